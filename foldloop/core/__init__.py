@@ -1,0 +1,55 @@
+"""The pure core: RunState, evolve/fold, decide, and the replay check.
+
+Nothing here does I/O, reads a clock, draws randomness, starts threads or logs.
+"""
+
+from foldloop.core.commands import (
+    Cancel,
+    Command,
+    ModelCallFailed,
+    ModelReplied,
+    Resume,
+    Start,
+    ToolFinished,
+)
+from foldloop.core.decide import MAX_INVALID_ARGS, MAX_MODEL_ATTEMPTS, decide
+from foldloop.core.effects import CallModel, Decision, Effect, RunTools, Settle, ToolRun
+from foldloop.core.evolve import INITIAL, apply, evolve, fold
+from foldloop.core.messages import Message, prompt_digest
+from foldloop.core.pricing import DEFAULT_PRICING, ModelPrice, Pricing
+from foldloop.core.replay import command_for, replay
+from foldloop.core.state import STATE_VERSION, CallState, RunState, RunStatus
+
+__all__ = [
+    "CallModel",
+    "CallState",
+    "Cancel",
+    "Command",
+    "DEFAULT_PRICING",
+    "Decision",
+    "Effect",
+    "INITIAL",
+    "MAX_INVALID_ARGS",
+    "MAX_MODEL_ATTEMPTS",
+    "Message",
+    "ModelCallFailed",
+    "ModelPrice",
+    "ModelReplied",
+    "Pricing",
+    "Resume",
+    "RunState",
+    "RunStatus",
+    "RunTools",
+    "STATE_VERSION",
+    "Settle",
+    "Start",
+    "ToolFinished",
+    "ToolRun",
+    "apply",
+    "command_for",
+    "decide",
+    "evolve",
+    "fold",
+    "prompt_digest",
+    "replay",
+]

@@ -1,0 +1,223 @@
+"""evolve(state, recorded) -> state, and fold: the only way a run's state is ever made.
+
+Total and pure: every event, even one that arrives late (a tool result after a cancel)
+or one from a newer writer (``UnknownEvent``), yields a state; nothing here raises for
+a valid event, reads a clock or logs.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Iterable
+
+from msgspec.structs import replace
+
+from foldloop.core.messages import Message, push
+from foldloop.core.state import CallState, RunState, RunStatus
+from foldloop.events.catalogue import (
+    ApprovalDecided,
+    ApprovalExpired,
+    ApprovalRequested,
+    ModelFailed,
+    ModelRequested,
+    ModelResponded,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunLimitReached,
+    RunNoProgress,
+    RunResumed,
+    RunStarted,
+    ToolCompleted,
+    ToolFailed,
+    ToolRequested,
+)
+from foldloop.events.recorded import AnyEvent, Recorded, UnknownEvent
+
+__all__ = ["INITIAL", "apply", "evolve", "fold", "tool_message"]
+
+INITIAL = RunState()
+
+
+def tool_message(call: CallState) -> Message:
+    """What the model is told about one finished call."""
+    if call.status == "completed":
+        content = call.result
+    elif call.kind == "interrupted":
+        content = (
+            "error (interrupted): the process running this tool stopped before it reported; "
+            "whether the tool took effect is unknown. Check before trying again."
+        )
+    elif call.kind == "denied":
+        content = f"denied by a person: {call.result}" if call.result else "denied by a person"
+    else:
+        content = f"error ({call.kind}): {call.result}"
+    return Message(role="tool", content=content, tool_call_id=call.call_id, name=call.tool)
+
+
+def _signature(call: CallState) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    for part in (call.tool, call.args, call.status, call.result):
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _finish_call(state: RunState, call_id: str, status: str, result: str, kind: str) -> RunState:
+    calls = list(state.calls)
+    for i, call in enumerate(calls):
+        if call.call_id == call_id and not call.finished:
+            calls[i] = replace(call, status=status, result=result, kind=kind)
+            break
+    else:
+        return state
+    new_calls = tuple(calls)
+    invalid = state.invalid_args_in_step + (1 if kind == "invalid_args" else 0)
+    state = replace(state, calls=new_calls, invalid_args_in_step=invalid)
+    if not all(c.finished for c in new_calls):
+        return state
+    sig, count = state.repeat_sig, state.repeat_count
+    for call in new_calls:
+        this = _signature(call)
+        sig, count = (sig, count + 1) if this == sig else (this, 1)
+    return replace(
+        state,
+        history=push(state.history, (tool_message(c) for c in new_calls)),
+        repeat_sig=sig,
+        repeat_count=count,
+    )
+
+
+def _park(state: RunState, at: int, status: RunStatus, reason: str) -> RunState:
+    return replace(
+        state,
+        status=status,
+        reason=reason,
+        model_pending=0,
+        active_before_ns=state.elapsed_ns(at),
+        active_since=at,
+    )
+
+
+def apply(state: RunState, event: AnyEvent, at: int) -> RunState:
+    """The state after ``event`` happened at ``at`` (unix ns). Increments ``seq``."""
+    prev_at = state.last_at
+    state = replace(state, seq=state.seq + 1, last_at=at)
+    match event:
+        case RunStarted():
+            intro = [Message(role="system", content=event.instructions)] if event.instructions else []
+            intro.append(Message(role="user", content=event.input))
+            return replace(
+                state,
+                started=True,
+                agent=event.agent,
+                input=event.input,
+                instructions=event.instructions,
+                limits=event.limits,
+                tools=event.tools,
+                tools_digest=event.tools_digest,
+                status=RunStatus.RUNNING,
+                active_since=at,
+                history=push(state.history, intro),
+            )
+        case ModelRequested():
+            return replace(state, model_pending=event.step)
+        case ModelResponded():
+            calls = tuple(
+                CallState(call_id=c.id, tool=c.name, args=c.args) for c in event.tool_calls
+            )
+            reply = Message(role="assistant", content=event.text, tool_calls=event.tool_calls)
+            return replace(
+                state,
+                steps=max(state.steps, event.step),
+                usage=state.usage + event.usage,
+                model_pending=0,
+                model_failures=0,
+                calls=calls,
+                invalid_args_in_step=0,
+                history=push(state.history, (reply,)),
+            )
+        case ModelFailed():
+            return replace(state, model_failures=state.model_failures + 1)
+        case ToolRequested():
+            calls = tuple(
+                replace(c, status="requested")
+                if c.call_id == event.call_id and c.status == "proposed"
+                else c
+                for c in state.calls
+            )
+            return replace(state, calls=calls)
+        case ToolCompleted():
+            return _finish_call(state, event.call_id, "completed", event.result, "")
+        case ToolFailed():
+            return _finish_call(state, event.call_id, "failed", event.error, event.kind)
+        case ApprovalRequested():
+            calls = tuple(
+                replace(c, status="awaiting_approval") if c.call_id == event.call_id else c
+                for c in state.calls
+            )
+            return replace(state, calls=calls, status=RunStatus.AWAITING_APPROVAL)
+        case ApprovalDecided():
+            calls = tuple(
+                replace(c, status="requested")
+                if c.call_id == event.call_id and c.status == "awaiting_approval"
+                else c
+                for c in state.calls
+            )
+            waiting = any(c.status == "awaiting_approval" for c in calls)
+            status = RunStatus.AWAITING_APPROVAL if waiting else RunStatus.RUNNING
+            return replace(state, calls=calls, status=status)
+        case ApprovalExpired():
+            return state
+        case RunLimitReached():
+            reason = (
+                f"{event.limit} ceiling {event.ceiling:g} reached (value {event.value:g}); "
+                f"continue with rt.resume(run_id, extend=fl.Limits({event.limit}=...))"
+            )
+            return _park(state, at, RunStatus.LIMIT_REACHED, reason)
+        case RunNoProgress():
+            reason = (
+                f"no progress: {event.detail}; change the tools or instructions, or "
+                "continue with rt.resume(run_id)"
+            )
+            return _park(state, at, RunStatus.NO_PROGRESS, reason)
+        case RunCompleted():
+            state = _park(state, at, RunStatus.COMPLETED, "")
+            return replace(state, output=event.output)
+        case RunFailed():
+            return _park(state, at, RunStatus.FAILED, f"{event.kind}: {event.error}")
+        case RunCancelled():
+            why = f"cancelled by the host: {event.reason}" if event.reason else "cancelled by the host"
+            return _park(state, at, RunStatus.CANCELLED, why)
+        case RunResumed():
+            limits = event.extended_limits if event.extended_limits is not None else state.limits
+            before = state.active_before_ns
+            if state.status is RunStatus.RUNNING:
+                # It crashed while running: it was active up to its last recorded event.
+                before += max(0, prev_at - state.active_since)
+            waiting = any(c.status == "awaiting_approval" for c in state.calls)
+            return replace(
+                state,
+                limits=limits,
+                status=RunStatus.AWAITING_APPROVAL if waiting else RunStatus.RUNNING,
+                reason="",
+                repeat_count=0,
+                model_failures=0,
+                active_before_ns=before,
+                active_since=at,
+            )
+        case UnknownEvent():
+            return replace(state, unknown_events=state.unknown_events + 1)
+
+
+def evolve(state: RunState, recorded: Recorded) -> RunState:
+    """Fold one recorded event into the state."""
+    if not state.run_id:
+        state = replace(state, run_id=recorded.run_id)
+    return apply(state, recorded.event, recorded.at)
+
+
+def fold(events: Iterable[Recorded], initial: RunState = INITIAL) -> RunState:
+    """The state of a run: ``reduce(evolve, events, initial)``."""
+    return functools.reduce(evolve, events, initial)

@@ -1,0 +1,67 @@
+"""The model's message history, derived from events and kept in an append-cheap shape.
+
+A run of a thousand steps holds thousands of messages; copying one flat tuple per event
+would make the fold quadratic. History is a tuple of chunks of at most ``CHUNK`` messages:
+appending copies one small chunk and the (short) outer tuple, and stays immutable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Literal
+
+import msgspec
+
+from foldloop.events.values import ModelToolCall
+
+__all__ = ["CHUNK", "History", "Message", "Role", "flatten", "prompt_digest", "push"]
+
+Role = Literal["system", "user", "assistant", "tool"]
+CHUNK = 64
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One message of the conversation the model sees.
+
+    ``tool_calls`` is set on assistant messages that asked for tools; ``tool_call_id`` and
+    ``name`` on tool messages, which answer one call each, in the order the model asked.
+    """
+
+    role: Role
+    content: str = ""
+    tool_calls: tuple[ModelToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+History = tuple[tuple[Message, ...], ...]
+
+
+def push(history: History, messages: Iterable[Message]) -> History:
+    """Return ``history`` with ``messages`` appended (the original is untouched)."""
+    out = list(history[:-1])
+    last = list(history[-1]) if history else []
+    for message in messages:
+        if len(last) == CHUNK:
+            out.append(tuple(last))
+            last = []
+        last.append(message)
+    if last:
+        out.append(tuple(last))
+    return tuple(out)
+
+
+def flatten(history: History) -> tuple[Message, ...]:
+    """All messages in order."""
+    return tuple(m for chunk in history for m in chunk)
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+
+
+def prompt_digest(messages: tuple[Message, ...], tools_digest: str, max_tokens: int | None) -> str:
+    """A digest of exactly what the model is asked: proves a resumed prompt is byte-identical."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(_ENCODER.encode((messages, tools_digest, max_tokens)))
+    return h.hexdigest()

@@ -1,0 +1,127 @@
+"""The foldloop error tree.
+
+Every error foldloop raises to host code is a ``FoldloopError``; each message says what
+was wrong and what to do about it::
+
+    FoldloopError
+    ├── ConfigError (also ValueError)   your argument is out of range or malformed
+    ├── ConcurrencyError                another writer appended first (stale expected seq)
+    ├── RunNotFound (also KeyError)     no run with that id in this store
+    ├── RunLocked                       a live runtime drives the run, or you were fenced off
+    ├── NondeterminismError             today's decide() differs from the recorded log
+    ├── SchemaChangedError              the agent's tool set changed since the run started
+    ├── ApprovalError                   an approval decision that cannot be taken
+    ├── ToolSchemaError (also TypeError) a tool signature foldloop cannot describe
+    ├── ModelCallError                  a model adapter failed (``retryable`` says if a retry helps)
+    └── StoreError                      the store directory or file is unusable or corrupt
+        └── CorruptRecord               a record failed its checksum or hash chain
+
+This module imports nothing from foldloop, so every layer may raise these.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ApprovalError",
+    "ConcurrencyError",
+    "ConfigError",
+    "CorruptRecord",
+    "FoldloopError",
+    "ModelCallError",
+    "NondeterminismError",
+    "RunLocked",
+    "RunNotFound",
+    "SchemaChangedError",
+    "StoreError",
+    "ToolSchemaError",
+]
+
+
+class FoldloopError(Exception):
+    """Base of every error foldloop raises on purpose."""
+
+
+class ConfigError(FoldloopError, ValueError):
+    """Your fault: an argument was malformed or out of range; the message names the rule."""
+
+
+class ConcurrencyError(FoldloopError):
+    """Another append reached the run first: reload the state and decide again."""
+
+    def __init__(self, run_id: str, expected: int, actual: int) -> None:
+        self.run_id = run_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"run {run_id!r} is at seq {actual}, expected {expected}; "
+            "another writer appended first: reload the state and decide again"
+        )
+
+
+class RunNotFound(FoldloopError, KeyError):
+    """No run with this id exists in the store."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(run_id)
+
+    def __str__(self) -> str:
+        return (
+            f"no run {self.run_id!r} in this store; list runs with rt.runs() "
+            "or `foldloop runs`"
+        )
+
+
+class RunLocked(FoldloopError):
+    """A live runtime holds the run's lease, or this owner's lease was taken over."""
+
+
+class NondeterminismError(FoldloopError):
+    """Replaying the log through today's decide() produced a different event."""
+
+    def __init__(self, run_id: str, seq: int, recorded: object, new: object) -> None:
+        self.run_id = run_id
+        self.seq = seq
+        self.recorded = recorded
+        self.new = new
+        super().__init__(
+            f"run {run_id!r} diverges at seq {seq}: the log has {recorded!r} but today's "
+            f"code decides {new!r}; revert the change or start new runs with the new code"
+        )
+
+
+class SchemaChangedError(FoldloopError):
+    """The agent's tools differ from those the run was started with."""
+
+
+class ApprovalError(FoldloopError):
+    """An approval decision was refused (unknown, expired or already decided)."""
+
+
+class ToolSchemaError(FoldloopError, TypeError):
+    """A tool's signature cannot be turned into an argument schema."""
+
+
+class ModelCallError(FoldloopError):
+    """A model adapter failed; ``retryable`` tells the run whether asking again may help."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        self.retryable = retryable
+        super().__init__(message)
+
+
+class StoreError(FoldloopError):
+    """The store cannot be used: wrong path, not a foldloop store, truncated or corrupt."""
+
+
+class CorruptRecord(StoreError):
+    """A stored record failed its checksum or its hash chain; never folded silently."""
+
+    def __init__(self, run_id: str, seq: int, problem: str) -> None:
+        self.run_id = run_id
+        self.seq = seq
+        self.problem = problem
+        super().__init__(
+            f"run {run_id!r} seq {seq}: {problem}; the store is damaged "
+            "(run `foldloop doctor` to list every damaged record)"
+        )

@@ -1,0 +1,71 @@
+"""The vocabulary: the event catalogue, the Recorded envelope, the codec and upcasting.
+
+Pure: no I/O, no clock, no randomness, no threads.
+"""
+
+from foldloop.events.catalogue import (
+    ApprovalDecided,
+    ApprovalExpired,
+    ApprovalRequested,
+    Event,
+    KnownEvent,
+    ModelFailed,
+    ModelRequested,
+    ModelResponded,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunLimitReached,
+    RunNoProgress,
+    RunResumed,
+    RunStarted,
+    ToolCompleted,
+    ToolFailed,
+    ToolFailureKind,
+    ToolRequested,
+)
+from foldloop.events.codec import (
+    KNOWN_TAGS,
+    DecodeFailure,
+    decode_event,
+    encode_event,
+    register_upcaster,
+    schema_version_of,
+)
+from foldloop.events.recorded import AnyEvent, Recorded, UnknownEvent
+from foldloop.events.values import Limits, ModelToolCall, ToolInfo, Usage
+
+__all__ = [
+    "AnyEvent",
+    "ApprovalDecided",
+    "ApprovalExpired",
+    "ApprovalRequested",
+    "DecodeFailure",
+    "Event",
+    "KNOWN_TAGS",
+    "KnownEvent",
+    "Limits",
+    "ModelFailed",
+    "ModelRequested",
+    "ModelResponded",
+    "ModelToolCall",
+    "Recorded",
+    "RunCancelled",
+    "RunCompleted",
+    "RunFailed",
+    "RunLimitReached",
+    "RunNoProgress",
+    "RunResumed",
+    "RunStarted",
+    "ToolCompleted",
+    "ToolFailed",
+    "ToolFailureKind",
+    "ToolInfo",
+    "ToolRequested",
+    "UnknownEvent",
+    "Usage",
+    "decode_event",
+    "encode_event",
+    "register_upcaster",
+    "schema_version_of",
+]

@@ -1,0 +1,200 @@
+"""The v1 event catalogue (DESIGN.md section 2): facts in the past tense.
+
+Tags are fixed; fields may grow, always with defaults (msgspec's schema-evolution rule),
+so logs written by older versions keep decoding.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import msgspec
+
+from foldloop.events.values import Limits, ModelToolCall, ToolInfo, Usage
+
+__all__ = [
+    "ApprovalDecided",
+    "ApprovalExpired",
+    "ApprovalRequested",
+    "Event",
+    "KnownEvent",
+    "ModelFailed",
+    "ModelRequested",
+    "ModelResponded",
+    "RunCancelled",
+    "RunCompleted",
+    "RunFailed",
+    "RunLimitReached",
+    "RunNoProgress",
+    "RunResumed",
+    "RunStarted",
+    "ToolCompleted",
+    "ToolFailed",
+    "ToolFailureKind",
+    "ToolRequested",
+]
+
+ToolFailureKind = Literal["exception", "timeout", "invalid_args", "interrupted", "denied"]
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type"):
+    """Base of every event: frozen, keyword-only, tagged with a dotted name in ``type``."""
+
+    schema_version: ClassVar[int] = 1
+
+    @property
+    def type(self) -> str:
+        """The event's tag, e.g. ``"run.started"``."""
+        return type(self).__struct_config__.tag  # type: ignore[return-value]
+
+
+class RunStarted(Event, tag="run.started"):
+    """A run began; everything its decisions need later is recorded here."""
+
+    agent: str
+    input: str
+    limits: Limits = Limits()
+    tools_digest: str = ""
+    parent_run_id: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+    instructions: str = ""
+    tools: tuple[ToolInfo, ...] = ()
+
+
+class ModelRequested(Event, tag="model.requested"):
+    """The run asked the model for step ``step``; ``max_tokens`` is clamped to what is left."""
+
+    step: int
+    prompt_digest: str
+    max_tokens: int | None = None
+
+
+class ModelResponded(Event, tag="model.responded"):
+    """The model answered step ``step``."""
+
+    step: int
+    text: str = ""
+    tool_calls: tuple[ModelToolCall, ...] = ()
+    usage: Usage = Usage()
+    model: str = ""
+    latency_ms: float = 0.0
+
+
+class ModelFailed(Event, tag="model.failed"):
+    """A model call for ``step`` failed; ``retryable`` says whether asking again may help."""
+
+    step: int
+    error: str
+    retryable: bool = False
+
+
+class ToolRequested(Event, tag="tool.requested"):
+    """The run decided to call ``tool``; for non-idempotent tools this is the durable intent."""
+
+    call_id: str
+    tool: str
+    args: str
+    step: int
+
+
+class ToolCompleted(Event, tag="tool.completed"):
+    """A tool call returned ``result`` (JSON text, or the string the tool returned)."""
+
+    call_id: str
+    result: str
+    duration_ms: float = 0.0
+
+
+class ToolFailed(Event, tag="tool.failed"):
+    """A tool call ended without a result; ``kind`` says how."""
+
+    call_id: str
+    error: str
+    kind: ToolFailureKind = "exception"
+
+
+class ApprovalRequested(Event, tag="approval.requested"):
+    """A gated call waits for a person; only the token's digest is stored."""
+
+    call_id: str
+    gate: str
+    token_digest: str
+    expires_at: int
+    summary: str = ""
+
+
+class ApprovalDecided(Event, tag="approval.decided"):
+    """A person approved or denied a gated call."""
+
+    call_id: str
+    approved: bool
+    by: str = ""
+    note: str = ""
+
+
+class ApprovalExpired(Event, tag="approval.expired"):
+    """A pending approval passed its TTL undecided."""
+
+    call_id: str
+
+
+class RunLimitReached(Event, tag="run.limit_reached"):
+    """A ceiling stopped the run before its next action."""
+
+    limit: str
+    value: float
+    ceiling: float
+
+
+class RunNoProgress(Event, tag="run.no_progress"):
+    """The same tool, args and result repeated ``window`` times running."""
+
+    window: int
+    detail: str
+
+
+class RunCompleted(Event, tag="run.completed"):
+    """The model answered without tool calls: ``output`` is the run's result."""
+
+    output: str
+
+
+class RunFailed(Event, tag="run.failed"):
+    """The run cannot go on; ``kind`` classifies why."""
+
+    error: str
+    kind: str = "error"
+
+
+class RunCancelled(Event, tag="run.cancelled"):
+    """Host code cancelled the run."""
+
+    reason: str = ""
+
+
+class RunResumed(Event, tag="run.resumed"):
+    """A runtime took the run over (after a crash, a limit or a park)."""
+
+    owner: str
+    extended_limits: Limits | None = None
+
+
+KnownEvent = (
+    RunStarted
+    | ModelRequested
+    | ModelResponded
+    | ModelFailed
+    | ToolRequested
+    | ToolCompleted
+    | ToolFailed
+    | ApprovalRequested
+    | ApprovalDecided
+    | ApprovalExpired
+    | RunLimitReached
+    | RunNoProgress
+    | RunCompleted
+    | RunFailed
+    | RunCancelled
+    | RunResumed
+)
+"""Every event type this version of foldloop knows."""

@@ -1,0 +1,120 @@
+"""How one event is laid out on disk: keys, the record frame, its checksum and hash chain.
+
+LMDB does not checksum values, so every stored record is
+
+    crc32(prev_hash || frame)  4 bytes, big-endian
+    prev_hash                  16 bytes: the chain hash of the run's previous record
+    frame                      msgpack [run_id, seq, position, at, event, schema_version]
+
+and the chain hash of a record is blake2b-128(prev_hash || frame). Reads verify the crc
+(cheap, every time); ``verify_chain`` walks the hashes (doctor, verify).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+
+import msgspec
+
+__all__ = [
+    "GENESIS",
+    "HASH_SIZE",
+    "Frame",
+    "Head",
+    "Lease",
+    "decode_frame",
+    "index_key",
+    "index_prefix",
+    "pack_position",
+    "seal",
+    "unpack_position",
+    "unseal",
+]
+
+HASH_SIZE = 16
+GENESIS = b"\0" * HASH_SIZE
+_U64 = struct.Struct(">Q")
+_CRC = struct.Struct(">I")
+_HEADER = _CRC.size + HASH_SIZE
+
+
+class Frame(msgspec.Struct, array_like=True, frozen=True):
+    """The envelope as stored: the event stays raw until someone decodes it."""
+
+    run_id: str
+    seq: int
+    position: int
+    at: int
+    event: msgspec.Raw
+    v: int = 1
+
+
+class Head(msgspec.Struct, array_like=True, frozen=True):
+    """Per-run head: last seq and the chain hash of the last record."""
+
+    seq: int
+    hash: bytes
+
+
+class Lease(msgspec.Struct, array_like=True, frozen=True):
+    """Who drives a run: an owner id ('' when released) and an epoch that only grows."""
+
+    owner: str
+    epoch: int
+
+
+_FRAME_ENCODER = msgspec.msgpack.Encoder()
+_FRAME_DECODER = msgspec.msgpack.Decoder(Frame)
+
+
+def pack_position(position: int) -> bytes:
+    """Big-endian u64: the log's keys sort in position order, so appends go at the end."""
+    return _U64.pack(position)
+
+
+def unpack_position(key: bytes) -> int:
+    """Inverse of ``pack_position``."""
+    return int(_U64.unpack(key)[0])
+
+
+def index_prefix(run_id: str) -> bytes:
+    """Key prefix of a run's index entries (run ids never hold NUL)."""
+    return run_id.encode() + b"\0"
+
+
+def index_key(run_id: str, seq: int) -> bytes:
+    """Key of one index entry: run id, NUL, big-endian seq."""
+    return index_prefix(run_id) + _U64.pack(seq)
+
+
+def seal(frame: Frame, prev_hash: bytes) -> tuple[bytes, bytes]:
+    """The stored bytes of ``frame`` chained after ``prev_hash``, and its own chain hash."""
+    body = prev_hash + _FRAME_ENCODER.encode(frame)
+    chain = hashlib.blake2b(body, digest_size=HASH_SIZE).digest()
+    return _CRC.pack(zlib.crc32(body)) + body, chain
+
+
+class SealBroken(Exception):
+    """The stored bytes fail their checksum (raised before any decode)."""
+
+
+def unseal(value: bytes) -> tuple[bytes, bytes]:
+    """Check the crc; return (prev_hash, frame bytes). Raises SealBroken on a mismatch."""
+    if len(value) < _HEADER:
+        raise SealBroken(f"record is {len(value)} bytes, shorter than its {_HEADER}-byte header")
+    body = memoryview(value)[_CRC.size :]
+    if zlib.crc32(body) != _CRC.unpack_from(value)[0]:
+        raise SealBroken("checksum mismatch (the stored bytes changed after they were written)")
+    return bytes(body[:HASH_SIZE]), bytes(body[HASH_SIZE:])
+
+
+def chain_hash(value: bytes) -> bytes:
+    """The chain hash of a stored record (hash of everything after the crc)."""
+    return hashlib.blake2b(memoryview(value)[_CRC.size :], digest_size=HASH_SIZE).digest()
+
+
+def decode_frame(frame: bytes) -> Frame:
+    """Decode a frame's envelope (the event stays raw)."""
+    return _FRAME_DECODER.decode(frame)

@@ -1,0 +1,543 @@
+"""The LMDB log: one environment per store directory, shared by every runtime in a process.
+
+Databases inside the environment:
+
+    log        position (u64 BE)      -> sealed record (see framing.py)
+    index      run_id NUL seq (u64 BE) -> position
+    heads      run_id                 -> Head(seq, chain hash)
+    leases     run_id                 -> Lease(owner, epoch)
+    snapshots  run_id                 -> msgpack [state_version, seq, state bytes]
+    meta       name                   -> bytes (checkpoints and store-wide facts)
+
+The log's keys grow monotonically, so every commit lands at its end; positions are read
+from the last key inside the write transaction, which keeps them gapless even when
+several processes append to the same store (LMDB serialises their write transactions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+import msgspec
+import structlog
+
+from foldloop.errors import ConcurrencyError, CorruptRecord, RunLocked, StoreError
+from foldloop.events.catalogue import Event
+from foldloop.events.codec import DecodeFailure, decode_event, encode_event, schema_version_of
+from foldloop.events.recorded import Recorded
+from foldloop.store.framing import (
+    GENESIS,
+    Frame,
+    Head,
+    Lease,
+    SealBroken,
+    chain_hash,
+    decode_frame,
+    index_key,
+    index_prefix,
+    pack_position,
+    seal,
+    unpack_position,
+    unseal,
+)
+from foldloop.store.owners import owner_alive
+from foldloop.store.preflight import check_or_create_dir, write_marker
+from foldloop.store.writer import WriteOp, Writer
+
+__all__ = ["DEFAULT_MAP_SIZE", "LmdbStore", "MAX_MAP_SIZE", "WriteTxn", "open_store"]
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+DEFAULT_MAP_SIZE = 256 << 20
+MAX_MAP_SIZE = 1 << 40
+_HEADS = msgspec.msgpack.Decoder(Head)
+_LEASE = msgspec.msgpack.Decoder(Lease)
+_ENC = msgspec.msgpack.Encoder()
+_SNAPSHOT = msgspec.msgpack.Decoder(tuple[int, int, bytes])
+
+
+class _SharedExclusive:
+    """Readers share, a map resize excludes them (LMDB forbids resizing under open txns)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+class WriteTxn:
+    """What a write op sees: one LMDB write transaction plus the store's rules."""
+
+    def __init__(self, store: LmdbStore) -> None:
+        self.store = store
+        self._guard = store._resize.shared()
+        self._guard.__enter__()
+        try:
+            self.txn = store._begin(write=True)
+        except BaseException:
+            self._guard.__exit__(None, None, None)
+            raise
+        self.appended: list[Recorded] = []
+        last = self.txn.cursor(db=store._log)
+        self._next = unpack_position(last.key()) + 1 if last.last() else 1
+
+    def commit(self) -> None:
+        try:
+            self.txn.commit()
+        finally:
+            self._guard.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        try:
+            self.txn.abort()
+        finally:
+            self._guard.__exit__(None, None, None)
+
+    # -- reads inside the transaction ----------------------------------------------------
+
+    def head(self, run_id: str) -> Head:
+        raw = self.txn.get(run_id.encode(), db=self.store._heads)
+        return Head(0, GENESIS) if raw is None else _HEADS.decode(raw)
+
+    def lease(self, run_id: str) -> Lease | None:
+        raw = self.txn.get(run_id.encode(), db=self.store._leases)
+        return None if raw is None else _LEASE.decode(raw)
+
+    # -- writes --------------------------------------------------------------------------
+
+    def check_lease(self, run_id: str, owner: str, epoch: int) -> None:
+        lease = self.lease(run_id)
+        if lease is None or lease.owner != owner or lease.epoch != epoch:
+            now = "nobody" if lease is None or not lease.owner else f"owner {lease.owner}"
+            held = 0 if lease is None else lease.epoch
+            raise RunLocked(
+                f"run {run_id!r} is now driven by {now} (epoch {held}); this runtime held "
+                f"epoch {epoch} and was fenced off, so its append was refused"
+            )
+
+    def append(
+        self,
+        run_id: str,
+        payloads: Sequence[tuple[Event, bytes]],
+        *,
+        expected_seq: int,
+        at: int,
+        owner: str | None = None,
+        epoch: int | None = None,
+    ) -> list[Recorded]:
+        """Append encoded events after ``expected_seq``; check everything before writing."""
+        head = self.head(run_id)
+        if head.seq != expected_seq:
+            raise ConcurrencyError(run_id, expected_seq, head.seq)
+        if owner is not None and epoch is not None:
+            self.check_lease(run_id, owner, epoch)
+        txn, store = self.txn, self.store
+        prev = head.hash
+        seq = head.seq
+        out: list[Recorded] = []
+        for event, raw in payloads:
+            seq += 1
+            position = self._next
+            self._next += 1
+            frame = Frame(run_id, seq, position, at, msgspec.Raw(raw), schema_version_of(event))
+            value, prev = seal(frame, prev)
+            key = pack_position(position)
+            txn.put(key, value, db=store._log, append=True)
+            txn.put(index_key(run_id, seq), key, db=store._index)
+            out.append(Recorded(run_id=run_id, seq=seq, position=position, at=at, event=event))
+        txn.put(run_id.encode(), _ENC.encode(Head(seq, prev)), db=store._heads)
+        self.appended.extend(out)
+        return out
+
+    def put_lease(self, run_id: str, lease: Lease) -> None:
+        self.txn.put(run_id.encode(), _ENC.encode(lease), db=self.store._leases)
+
+    def acquire_lease(self, run_id: str, owner: str) -> int:
+        """Take the run for ``owner`` unless a live owner holds it; returns the new epoch."""
+        lease = self.lease(run_id)
+        if lease is not None and lease.owner and lease.owner != owner:
+            if owner_alive(self.store.owners_dir, lease.owner):
+                raise RunLocked(
+                    f"run {run_id!r} is driven by a live runtime (owner {lease.owner}, epoch "
+                    f"{lease.epoch}); stop that runtime or let it finish first"
+                )
+        epoch = (lease.epoch if lease is not None else 0) + 1
+        self.put_lease(run_id, Lease(owner, epoch))
+        return epoch
+
+    def release_lease(self, run_id: str, owner: str, epoch: int) -> bool:
+        lease = self.lease(run_id)
+        if lease is None or lease.owner != owner or lease.epoch != epoch:
+            return False
+        self.put_lease(run_id, Lease("", epoch))
+        return True
+
+    def put_snapshot(self, run_id: str, state_version: int, seq: int, state: bytes) -> None:
+        self.txn.put(
+            run_id.encode(), _ENC.encode((state_version, seq, state)), db=self.store._snapshots
+        )
+
+    def put_meta(self, key: str, value: bytes) -> None:
+        self.txn.put(key.encode(), value, db=self.store._meta)
+
+
+class LmdbStore:
+    """An open store directory. Use ``open_store``: one instance per directory per process."""
+
+    def __init__(self, path: Path, *, create: bool, map_size: int, readonly: bool = False) -> None:
+        self.path = path
+        self.owners_dir = path / "owners"
+        self.readonly = readonly
+        new = check_or_create_dir(path, create=create and not readonly)
+        try:
+            self.env = lmdb.open(
+                str(path),
+                map_size=map_size,
+                max_dbs=8,
+                max_readers=1024,
+                subdir=True,
+                sync=True,
+                metasync=True,
+                writemap=False,
+                map_async=False,
+                readahead=False,
+                meminit=True,
+                lock=True,
+                create=new,
+                mode=0o600,
+                max_spare_txns=0,
+            )
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot open the store at {str(path)!r}: {exc}") from None
+        try:
+            self.env.reader_check()
+            self._log = self.env.open_db(b"log", create=True)
+            self._index = self.env.open_db(b"index", create=True)
+            self._heads = self.env.open_db(b"heads", create=True)
+            self._leases = self.env.open_db(b"leases", create=True)
+            self._snapshots = self.env.open_db(b"snapshots", create=True)
+            self._meta = self.env.open_db(b"meta", create=True)
+        except lmdb.Error as exc:
+            self.env.close()
+            raise StoreError(f"cannot open the store at {str(path)!r}: {exc}") from None
+        if new:
+            write_marker(path)
+        self.owners_dir.mkdir(mode=0o700, exist_ok=True)
+        self._resize = _SharedExclusive()
+        self._listeners: list[Callable[[list[Recorded]], None]] = []
+        self._refs = 0
+        self.writer = Writer(lambda: WriteTxn(self), self._grow, self._notify)
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _begin(self, *, write: bool = False) -> Any:
+        try:
+            return self.env.begin(write=write, buffers=False)
+        except lmdb.ReadersFullError:
+            # Slots of SIGKILLed readers linger until someone checks: clear them, retry once.
+            self.env.reader_check()
+            return self.env.begin(write=write, buffers=False)
+
+    def _grow(self, error: Exception) -> None:
+        """Called by the writer on MapFullError (grow) or MapResizedError (adopt)."""
+        with self._resize.exclusive():
+            if isinstance(error, lmdb.MapResizedError):
+                # Another process grew the map: adopt its size (no txn of ours is open).
+                self.env.set_mapsize(0)
+                return
+            size = self.env.info()["map_size"]
+            if size >= MAX_MAP_SIZE:
+                raise StoreError(f"the store reached its map size cap of {MAX_MAP_SIZE:,} bytes")
+            self.env.set_mapsize(min(size * 2, MAX_MAP_SIZE))
+        log.info("map_grown", path=str(self.path), map_size=min(size * 2, MAX_MAP_SIZE))
+
+    def _notify(self, records: list[Recorded]) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(records)
+            except Exception:
+                log.exception("commit_listener_failed")
+
+    def add_listener(self, fn: Callable[[list[Recorded]], None]) -> Callable[[], None]:
+        """Call ``fn`` (on the writer thread; keep it quick) with every batch this process
+        commits. Returns a function that removes the listener."""
+        self._listeners.append(fn)
+        return lambda: self._listeners.remove(fn) if fn in self._listeners else None
+
+    def read_txn(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn`` inside a short read transaction."""
+        while True:
+            with self._resize.shared():
+                try:
+                    txn = self._begin()
+                except lmdb.MapResizedError as exc:
+                    resized: Exception = exc
+                else:
+                    try:
+                        return fn(txn)
+                    finally:
+                        txn.abort()
+            self._grow(resized)
+
+    # -- writes --------------------------------------------------------------------------
+
+    def submit(
+        self,
+        fn: Callable[[WriteTxn], T],
+        *,
+        durable: bool = True,
+        callback: Callable[[WriteOp[T]], None] | None = None,
+    ) -> WriteOp[T]:
+        """Queue a write op for the group-commit writer."""
+        if self.readonly:
+            raise StoreError(f"the store at {str(self.path)!r} was opened read-only")
+        return self.writer.submit(WriteOp(fn, durable=durable, callback=callback))
+
+    def append(
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        *,
+        expected_seq: int,
+        at: int,
+        owner: str | None = None,
+        epoch: int | None = None,
+    ) -> list[Recorded]:
+        """Append events atomically after ``expected_seq`` and wait until they are durable."""
+        payloads = encode_all(events)
+        return self.submit(
+            lambda w: w.append(
+                run_id, payloads, expected_seq=expected_seq, at=at, owner=owner, epoch=epoch
+            )
+        ).wait()
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def head(self, run_id: str) -> int:
+        """The run's last seq (0 if the run does not exist)."""
+
+        def get(txn: Any) -> int:
+            raw = txn.get(run_id.encode(), db=self._heads)
+            return 0 if raw is None else _HEADS.decode(raw).seq
+
+        return self.read_txn(get)
+
+    def read(self, run_id: str, from_seq: int = 1, to_seq: int | None = None) -> list[Recorded]:
+        """The run's records from ``from_seq`` (inclusive) to ``to_seq`` (inclusive)."""
+
+        def get(txn: Any) -> list[Recorded]:
+            prefix = index_prefix(run_id)
+            cur = txn.cursor(db=self._index)
+            out: list[Recorded] = []
+            if not cur.set_range(index_key(run_id, max(1, from_seq))):
+                return out
+            log_db = self._log
+            for key, pos in cur:
+                if not key.startswith(prefix):
+                    break
+                seq = int.from_bytes(key[-8:], "big")
+                if to_seq is not None and seq > to_seq:
+                    break
+                out.append(self._decode(txn.get(pos, db=log_db), run_id, seq))
+            return out
+
+        return self.read_txn(get)
+
+    def read_all(self, from_position: int = 1, limit: int | None = None) -> list[Recorded]:
+        """Records across the whole log in position order, from ``from_position``."""
+
+        def get(txn: Any) -> list[Recorded]:
+            cur = txn.cursor(db=self._log)
+            out: list[Recorded] = []
+            if not cur.set_range(pack_position(max(1, from_position))):
+                return out
+            for _key, value in cur:
+                out.append(self._decode(value, None, None))
+                if limit is not None and len(out) >= limit:
+                    break
+            return out
+
+        return self.read_txn(get)
+
+    def last_position(self) -> int:
+        """Position of the newest record in the log (0 if empty)."""
+
+        def get(txn: Any) -> int:
+            cur = txn.cursor(db=self._log)
+            return unpack_position(cur.key()) if cur.last() else 0
+
+        return self.read_txn(get)
+
+    def run_ids(self) -> list[str]:
+        """Every run in the store, sorted by id."""
+        return self.read_txn(
+            lambda txn: [bytes(k).decode() for k, _ in txn.cursor(db=self._heads)]
+        )
+
+    def lease(self, run_id: str) -> Lease | None:
+        """Who holds the run now (owner '' when nobody)."""
+
+        def get(txn: Any) -> Lease | None:
+            raw = txn.get(run_id.encode(), db=self._leases)
+            return None if raw is None else _LEASE.decode(raw)
+
+        return self.read_txn(get)
+
+    def snapshot(self, run_id: str) -> tuple[int, int, bytes] | None:
+        """(state_version, seq, state bytes) of the run's latest snapshot, if any."""
+
+        def get(txn: Any) -> tuple[int, int, bytes] | None:
+            raw = txn.get(run_id.encode(), db=self._snapshots)
+            return None if raw is None else _SNAPSHOT.decode(raw)
+
+        return self.read_txn(get)
+
+    def meta(self, key: str) -> bytes | None:
+        """A store-wide value (checkpoints and the like)."""
+        return self.read_txn(lambda txn: txn.get(key.encode(), db=self._meta))
+
+    def owner_alive(self, owner: str) -> bool:
+        """True if a live runtime holds ``owner``'s lock."""
+        return owner_alive(self.owners_dir, owner)
+
+    def _decode(self, value: bytes | None, run_id: str | None, seq: int | None) -> Recorded:
+        rid, s = run_id or "?", seq or 0
+        if value is None:
+            raise CorruptRecord(rid, s, "the index points at a record that is missing")
+        try:
+            _prev, body = unseal(value)
+            frame = decode_frame(body)
+        except (SealBroken, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise CorruptRecord(rid, s, str(exc)) from None
+        if run_id is not None and (frame.run_id != run_id or frame.seq != seq):
+            raise CorruptRecord(rid, s, f"the record holds {frame.run_id!r} seq {frame.seq}")
+        try:
+            event = decode_event(bytes(frame.event), frame.v)
+        except DecodeFailure as exc:
+            raise CorruptRecord(frame.run_id, frame.seq, f"undecodable event: {exc}") from None
+        return Recorded(
+            run_id=frame.run_id, seq=frame.seq, position=frame.position, at=frame.at, event=event
+        )
+
+    def verify_chain(self, run_id: str) -> int:
+        """Walk the run's hash chain and checksums; return its length or raise CorruptRecord."""
+
+        def walk(txn: Any) -> int:
+            prefix = index_prefix(run_id)
+            cur = txn.cursor(db=self._index)
+            prev = GENESIS
+            expected = 0
+            if cur.set_range(prefix):
+                for key, pos in cur:
+                    if not key.startswith(prefix):
+                        break
+                    expected += 1
+                    seq = int.from_bytes(key[-8:], "big")
+                    if seq != expected:
+                        raise CorruptRecord(run_id, expected, f"seq gap: next stored is {seq}")
+                    value = txn.get(pos, db=self._log)
+                    self._decode(value, run_id, seq)
+                    stored_prev, _ = unseal(value)
+                    if stored_prev != prev:
+                        raise CorruptRecord(run_id, seq, "hash chain broken (a record was altered)")
+                    prev = chain_hash(value)
+            raw = txn.get(run_id.encode(), db=self._heads)
+            head = Head(0, GENESIS) if raw is None else _HEADS.decode(raw)
+            if head.seq != expected or head.hash != prev:
+                raise CorruptRecord(run_id, expected, "head does not match the last record")
+            return expected
+
+        return self.read_txn(walk)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def map_size(self) -> int:
+        """Current LMDB map size in bytes."""
+        return int(self.env.info()["map_size"])
+
+    def _close(self) -> None:
+        self.writer.close()
+        with self._resize.exclusive():
+            self.env.close()
+
+    def close(self) -> None:
+        """Release this reference; the last one commits pending writes and closes LMDB."""
+        with _REGISTRY_LOCK:
+            self._refs -= 1
+            if self._refs > 0:
+                return
+            _REGISTRY.pop(str(self.path), None)
+        self._close()
+
+
+def encode_all(events: Sequence[Event]) -> list[tuple[Event, bytes]]:
+    """Encode events before queueing them, so a bad payload fails in the caller, unwritten."""
+    return [(event, encode_event(event)) for event in events]
+
+
+_REGISTRY: dict[str, LmdbStore] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def open_store(
+    path: str | os.PathLike[str],
+    *,
+    create: bool = True,
+    map_size: int = DEFAULT_MAP_SIZE,
+) -> LmdbStore:
+    """Open (or share) the store at ``path``.
+
+    LMDB forbids opening one environment twice in a process, so every open of the same
+    directory in this process shares one LmdbStore; ``close`` releases a reference.
+    """
+    if not isinstance(map_size, int) or isinstance(map_size, bool) or not (
+        1 << 20 <= map_size <= MAX_MAP_SIZE
+    ):
+        from foldloop.errors import ConfigError
+
+        raise ConfigError(
+            f"map_size must be an int of bytes between 1 MiB and {MAX_MAP_SIZE:,}; got {map_size!r}"
+        )
+    real = Path(os.path.realpath(os.fspath(path)))
+    with _REGISTRY_LOCK:
+        store = _REGISTRY.get(str(real))
+        if store is None:
+            store = LmdbStore(real, create=create, map_size=map_size)
+            _REGISTRY[str(real)] = store
+        store._refs += 1
+        return store

@@ -1,0 +1,119 @@
+"""Checks made before LMDB touches a directory, so a bad path is an error, not a crash.
+
+LMDB maps data.mdb into memory: a truncated file kills the process with SIGBUS on the
+first read past its end, and an empty one is silently treated as a brand new database.
+So before opening, the meta pages are read with plain file I/O and checked against the
+file's size, and a marker file tells a damaged foldloop store from a fresh directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import struct
+from pathlib import Path
+
+from foldloop.errors import StoreError
+
+__all__ = ["FORMAT", "MARKER", "check_or_create_dir", "check_data_file", "write_marker"]
+
+MARKER = "foldloop.store"
+FORMAT = 1
+_MAGIC = 0xBEEFC0DE
+_META_OFFSET = 16  # after the page header
+
+
+def _read_marker(path: Path) -> int:
+    try:
+        data = json.loads((path / MARKER).read_text())
+        return int(data["format"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StoreError(
+            f"{path / MARKER} is unreadable ({exc}); this is not an intact foldloop store"
+        ) from None
+
+
+def check_or_create_dir(path: Path, *, create: bool) -> bool:
+    """Validate the store directory (creating it 0700 if allowed). True if it is new."""
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{str(path)!r} is not a directory (foldloop stores are directories)")
+    if not path.exists():
+        if not create:
+            raise StoreError(f"no foldloop store at {str(path)!r}")
+        try:
+            path.mkdir(mode=0o700, parents=True)
+            os.chmod(path, 0o700)
+        except OSError as exc:
+            raise StoreError(f"cannot create the store directory {str(path)!r}: {exc}") from None
+        return True
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise StoreError(
+            f"cannot write to {str(path)!r}: foldloop needs read and write access "
+            "(readers too take locks in lock.mdb)"
+        )
+    has_marker = (path / MARKER).exists()
+    data = path / "data.mdb"
+    if not has_marker:
+        if any(path.iterdir()):
+            raise StoreError(
+                f"{str(path)!r} holds files but is not a foldloop store (no {MARKER} marker); "
+                "point --store at an empty or new directory"
+            )
+        if not create:
+            raise StoreError(f"no foldloop store at {str(path)!r}")
+        os.chmod(path, 0o700)
+        return True
+    fmt = _read_marker(path)
+    if fmt > FORMAT:
+        raise StoreError(
+            f"{str(path)!r} has store format {fmt}, newer than this foldloop supports "
+            f"(format {FORMAT}); upgrade foldloop to open it"
+        )
+    if not data.exists() or data.stat().st_size == 0:
+        raise StoreError(
+            f"{str(path)!r} is marked as a foldloop store but its data.mdb is missing or empty; "
+            "the store was damaged: restore it from a backup"
+        )
+    check_data_file(data)
+    return False
+
+
+def check_data_file(data: Path) -> None:
+    """Refuse a data.mdb that is not LMDB or that is shorter than its meta pages claim."""
+    size = data.stat().st_size
+    if not stat.S_ISREG(data.stat().st_mode):
+        raise StoreError(f"{str(data)!r} is not a regular file")
+    with data.open("rb") as fh:
+        head = fh.read(_META_OFFSET + 160)
+        if len(head) < _META_OFFSET + 152:
+            raise StoreError(f"{str(data)!r} is {size} bytes: too short to be an LMDB file")
+        magic, _version = struct.unpack_from("<II", head, _META_OFFSET)
+        if magic != _MAGIC:
+            raise StoreError(f"{str(data)!r} is not an LMDB file (bad magic); the store is corrupt")
+        psize = struct.unpack_from("<I", head, _META_OFFSET + 24)[0]
+        if psize < 512 or psize & (psize - 1):
+            raise StoreError(f"{str(data)!r} has an impossible page size {psize}; it is corrupt")
+        metas = [struct.unpack_from("<QQ", head, _META_OFFSET + 120)]
+        fh.seek(psize)
+        second = fh.read(_META_OFFSET + 160)
+        if len(second) >= _META_OFFSET + 136 and struct.unpack_from(
+            "<I", second, _META_OFFSET
+        )[0] == _MAGIC:
+            metas.append(struct.unpack_from("<QQ", second, _META_OFFSET + 120))
+    last_pg, _txnid = max(metas, key=lambda m: m[1])
+    needed = (last_pg + 1) * psize
+    if size < needed:
+        raise StoreError(
+            f"{str(data)!r} is {size:,} bytes but its last page needs {needed:,}: the file was "
+            "truncated; refusing to open it (reading it would crash the process). "
+            "Restore the store from a backup"
+        )
+
+
+def write_marker(path: Path) -> None:
+    """Mark a directory as a foldloop store of this format (atomic rename)."""
+    tmp = path / (MARKER + ".tmp")
+    tmp.write_text(json.dumps({"format": FORMAT}) + "\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path / MARKER)
