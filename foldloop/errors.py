@@ -66,10 +66,7 @@ class RunNotFound(FoldloopError, KeyError):
         super().__init__(run_id)
 
     def __str__(self) -> str:
-        return (
-            f"no run {self.run_id!r} in this store; list runs with rt.runs() "
-            "or `foldloop runs`"
-        )
+        return f"no run {self.run_id!r} in this store; list runs with rt.runs() or `foldloop runs`"
 
 
 class RunLocked(FoldloopError):

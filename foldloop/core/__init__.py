@@ -15,7 +15,7 @@ from foldloop.core.commands import (
 from foldloop.core.decide import MAX_INVALID_ARGS, MAX_MODEL_ATTEMPTS, decide
 from foldloop.core.effects import CallModel, Decision, Effect, RunTools, Settle, ToolRun
 from foldloop.core.evolve import INITIAL, apply, evolve, fold
-from foldloop.core.messages import Message, prompt_digest
+from foldloop.core.messages import Message, ToolSpec, prompt_digest
 from foldloop.core.pricing import DEFAULT_PRICING, ModelPrice, Pricing
 from foldloop.core.replay import command_for, replay
 from foldloop.core.state import STATE_VERSION, CallState, RunState, RunStatus
@@ -45,6 +45,7 @@ __all__ = [
     "Start",
     "ToolFinished",
     "ToolRun",
+    "ToolSpec",
     "apply",
     "command_for",
     "decide",

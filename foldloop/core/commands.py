@@ -27,7 +27,7 @@ class Command(msgspec.Struct, frozen=True, kw_only=True):
     now: int
 
 
-class Start(Command):
+class Start(Command, frozen=True):
     """Begin a run."""
 
     agent: str
@@ -40,7 +40,7 @@ class Start(Command):
     parent_run_id: str | None = None
 
 
-class ModelReplied(Command):
+class ModelReplied(Command, frozen=True):
     """The model answered step ``step``."""
 
     step: int
@@ -51,7 +51,7 @@ class ModelReplied(Command):
     latency_ms: float = 0.0
 
 
-class ModelCallFailed(Command):
+class ModelCallFailed(Command, frozen=True):
     """A model call for ``step`` raised."""
 
     step: int
@@ -59,8 +59,8 @@ class ModelCallFailed(Command):
     retryable: bool = False
 
 
-class ToolFinished(Command):
-    """A tool call ended: ``ok`` with ``result``, or failed with ``kind`` and ``result`` as error."""
+class ToolFinished(Command, frozen=True):
+    """A tool call ended: ``ok`` with ``result``, or failed with ``kind`` (``result`` = error)."""
 
     call_id: str
     ok: bool
@@ -69,13 +69,13 @@ class ToolFinished(Command):
     duration_ms: float = 0.0
 
 
-class Cancel(Command):
+class Cancel(Command, frozen=True):
     """Host code cancels the run."""
 
     reason: str = ""
 
 
-class Resume(Command):
+class Resume(Command, frozen=True):
     """A runtime takes the run over, optionally raising its ceilings."""
 
     owner: str

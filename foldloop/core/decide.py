@@ -28,7 +28,7 @@ from foldloop.core.evolve import apply
 from foldloop.core.messages import prompt_digest
 from foldloop.core.state import CallState, RunState, RunStatus
 from foldloop.events.catalogue import (
-    Event,
+    KnownEvent,
     ModelFailed,
     ModelRequested,
     ModelResponded,
@@ -68,11 +68,11 @@ class _Builder:
     def __init__(self, state: RunState, now: int) -> None:
         self.state = state
         self.now = now
-        self.events: list[Event] = []
+        self.events: list[KnownEvent] = []
         self.effects: list[Effect] = []
         self.durable = False
 
-    def emit(self, event: Event) -> None:
+    def emit(self, event: KnownEvent) -> None:
         self.events.append(event)
         self.state = apply(self.state, event, self.now)
 
@@ -81,7 +81,9 @@ class _Builder:
         self.durable = True
 
     def decision(self) -> Decision:
-        return Decision(events=tuple(self.events), effects=tuple(self.effects), durable=self.durable)
+        return Decision(
+            events=tuple(self.events), effects=tuple(self.effects), durable=self.durable
+        )
 
     # -- the loop's rules ---------------------------------------------------------------
 
@@ -137,7 +139,9 @@ class _Builder:
         runs: list[ToolRun] = []
         step = self.state.steps
         for call in calls:
-            self.emit(ToolRequested(call_id=call.call_id, tool=call.tool, args=call.args, step=step))
+            self.emit(
+                ToolRequested(call_id=call.call_id, tool=call.tool, args=call.args, step=step)
+            )
             info = self.state.tool_info(call.tool)
             if info is None:
                 names = ", ".join(t.name for t in self.state.tools) or "none"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from foldloop.events.catalogue import Event
+from foldloop.events.catalogue import KnownEvent
 
 __all__ = ["CallModel", "Decision", "Effect", "RunTools", "Settle", "ToolRun"]
 
@@ -47,7 +47,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     why a command was refused (no events then).
     """
 
-    events: tuple[Event, ...] = ()
+    events: tuple[KnownEvent, ...] = ()
     effects: tuple[Effect, ...] = ()
     durable: bool = False
     rejected: str = ""

@@ -106,7 +106,9 @@ def apply(state: RunState, event: AnyEvent, at: int) -> RunState:
     state = replace(state, seq=state.seq + 1, last_at=at)
     match event:
         case RunStarted():
-            intro = [Message(role="system", content=event.instructions)] if event.instructions else []
+            intro = (
+                [Message(role="system", content=event.instructions)] if event.instructions else []
+            )
             intro.append(Message(role="user", content=event.input))
             return replace(
                 state,
@@ -188,7 +190,11 @@ def apply(state: RunState, event: AnyEvent, at: int) -> RunState:
         case RunFailed():
             return _park(state, at, RunStatus.FAILED, f"{event.kind}: {event.error}")
         case RunCancelled():
-            why = f"cancelled by the host: {event.reason}" if event.reason else "cancelled by the host"
+            why = (
+                f"cancelled by the host: {event.reason}"
+                if event.reason
+                else "cancelled by the host"
+            )
             return _park(state, at, RunStatus.CANCELLED, why)
         case RunResumed():
             limits = event.extended_limits if event.extended_limits is not None else state.limits

@@ -15,7 +15,7 @@ import msgspec
 
 from foldloop.events.values import ModelToolCall
 
-__all__ = ["CHUNK", "History", "Message", "Role", "flatten", "prompt_digest", "push"]
+__all__ = ["CHUNK", "History", "Message", "Role", "ToolSpec", "flatten", "prompt_digest", "push"]
 
 Role = Literal["system", "user", "assistant", "tool"]
 CHUNK = 64
@@ -65,3 +65,11 @@ def prompt_digest(messages: tuple[Message, ...], tools_digest: str, max_tokens: 
     h = hashlib.blake2b(digest_size=16)
     h.update(_ENCODER.encode((messages, tools_digest, max_tokens)))
     return h.hexdigest()
+
+
+class ToolSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A tool as the model is shown it: a name, a description and a JSON schema of its args."""
+
+    name: str
+    description: str
+    parameters: dict[str, object]

@@ -107,10 +107,14 @@ def replay(records: Sequence[Recorded], start: StartFactory = _recorded_start) -
             continue
         command = command_for(rec, start)
         if command is None:
-            raise NondeterminismError(rec.run_id, rec.seq, rec.event, "no decision produces it here")
+            raise NondeterminismError(
+                rec.run_id, rec.seq, rec.event, "no decision produces it here"
+            )
         decision = decide(state, command)
         if decision.rejected:
-            raise NondeterminismError(rec.run_id, rec.seq, rec.event, f"rejected: {decision.rejected}")
+            raise NondeterminismError(
+                rec.run_id, rec.seq, rec.event, f"rejected: {decision.rejected}"
+            )
         for offset, new in enumerate(decision.events):
             if i + offset >= len(records):
                 last = records[-1]

@@ -48,7 +48,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_f
         return type(self).__struct_config__.tag  # type: ignore[return-value]
 
 
-class RunStarted(Event, tag="run.started"):
+class RunStarted(Event, tag="run.started", frozen=True):
     """A run began; everything its decisions need later is recorded here."""
 
     agent: str
@@ -61,7 +61,7 @@ class RunStarted(Event, tag="run.started"):
     tools: tuple[ToolInfo, ...] = ()
 
 
-class ModelRequested(Event, tag="model.requested"):
+class ModelRequested(Event, tag="model.requested", frozen=True):
     """The run asked the model for step ``step``; ``max_tokens`` is clamped to what is left."""
 
     step: int
@@ -69,7 +69,7 @@ class ModelRequested(Event, tag="model.requested"):
     max_tokens: int | None = None
 
 
-class ModelResponded(Event, tag="model.responded"):
+class ModelResponded(Event, tag="model.responded", frozen=True):
     """The model answered step ``step``."""
 
     step: int
@@ -80,7 +80,7 @@ class ModelResponded(Event, tag="model.responded"):
     latency_ms: float = 0.0
 
 
-class ModelFailed(Event, tag="model.failed"):
+class ModelFailed(Event, tag="model.failed", frozen=True):
     """A model call for ``step`` failed; ``retryable`` says whether asking again may help."""
 
     step: int
@@ -88,7 +88,7 @@ class ModelFailed(Event, tag="model.failed"):
     retryable: bool = False
 
 
-class ToolRequested(Event, tag="tool.requested"):
+class ToolRequested(Event, tag="tool.requested", frozen=True):
     """The run decided to call ``tool``; for non-idempotent tools this is the durable intent."""
 
     call_id: str
@@ -97,7 +97,7 @@ class ToolRequested(Event, tag="tool.requested"):
     step: int
 
 
-class ToolCompleted(Event, tag="tool.completed"):
+class ToolCompleted(Event, tag="tool.completed", frozen=True):
     """A tool call returned ``result`` (JSON text, or the string the tool returned)."""
 
     call_id: str
@@ -105,7 +105,7 @@ class ToolCompleted(Event, tag="tool.completed"):
     duration_ms: float = 0.0
 
 
-class ToolFailed(Event, tag="tool.failed"):
+class ToolFailed(Event, tag="tool.failed", frozen=True):
     """A tool call ended without a result; ``kind`` says how."""
 
     call_id: str
@@ -113,7 +113,7 @@ class ToolFailed(Event, tag="tool.failed"):
     kind: ToolFailureKind = "exception"
 
 
-class ApprovalRequested(Event, tag="approval.requested"):
+class ApprovalRequested(Event, tag="approval.requested", frozen=True):
     """A gated call waits for a person; only the token's digest is stored."""
 
     call_id: str
@@ -123,7 +123,7 @@ class ApprovalRequested(Event, tag="approval.requested"):
     summary: str = ""
 
 
-class ApprovalDecided(Event, tag="approval.decided"):
+class ApprovalDecided(Event, tag="approval.decided", frozen=True):
     """A person approved or denied a gated call."""
 
     call_id: str
@@ -132,13 +132,13 @@ class ApprovalDecided(Event, tag="approval.decided"):
     note: str = ""
 
 
-class ApprovalExpired(Event, tag="approval.expired"):
+class ApprovalExpired(Event, tag="approval.expired", frozen=True):
     """A pending approval passed its TTL undecided."""
 
     call_id: str
 
 
-class RunLimitReached(Event, tag="run.limit_reached"):
+class RunLimitReached(Event, tag="run.limit_reached", frozen=True):
     """A ceiling stopped the run before its next action."""
 
     limit: str
@@ -146,33 +146,33 @@ class RunLimitReached(Event, tag="run.limit_reached"):
     ceiling: float
 
 
-class RunNoProgress(Event, tag="run.no_progress"):
+class RunNoProgress(Event, tag="run.no_progress", frozen=True):
     """The same tool, args and result repeated ``window`` times running."""
 
     window: int
     detail: str
 
 
-class RunCompleted(Event, tag="run.completed"):
+class RunCompleted(Event, tag="run.completed", frozen=True):
     """The model answered without tool calls: ``output`` is the run's result."""
 
     output: str
 
 
-class RunFailed(Event, tag="run.failed"):
+class RunFailed(Event, tag="run.failed", frozen=True):
     """The run cannot go on; ``kind`` classifies why."""
 
     error: str
     kind: str = "error"
 
 
-class RunCancelled(Event, tag="run.cancelled"):
+class RunCancelled(Event, tag="run.cancelled", frozen=True):
     """Host code cancelled the run."""
 
     reason: str = ""
 
 
-class RunResumed(Event, tag="run.resumed"):
+class RunResumed(Event, tag="run.resumed", frozen=True):
     """A runtime took the run over (after a crash, a limit or a park)."""
 
     owner: str

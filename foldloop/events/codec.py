@@ -82,7 +82,8 @@ def _upcast(raw: bytes, tag: str, version: int) -> AnyEvent:
     if tag not in KNOWN_TAGS:
         return UnknownEvent(tag=tag, raw=raw)
     try:
-        return msgspec.convert(data, KnownEvent)
+        event: KnownEvent = msgspec.convert(data, KnownEvent)
+        return event
     except msgspec.ValidationError as exc:
         raise DecodeFailure(f"{tag} (schema v{version}) after upcasting: {exc}") from None
 

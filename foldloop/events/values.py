@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["DEFAULT_MAX_STEPS", "DEFAULT_NO_PROGRESS", "Limits", "ModelToolCall", "ToolInfo", "Usage"]
+__all__ = [
+    "DEFAULT_MAX_STEPS",
+    "DEFAULT_NO_PROGRESS",
+    "Limits",
+    "ModelToolCall",
+    "ToolInfo",
+    "Usage",
+]
 
 DEFAULT_MAX_STEPS = 25
 """Model calls a run may make when its limits leave ``max_steps`` unset: a runaway loop ends."""

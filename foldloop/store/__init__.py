@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from foldloop.events.catalogue import Event
+from foldloop.events.catalogue import KnownEvent
 from foldloop.events.recorded import Recorded
 from foldloop.store.framing import Lease
 from foldloop.store.lmdb_store import (
@@ -45,7 +45,7 @@ class EventLog(Protocol):
     def append(
         self,
         run_id: str,
-        events: Sequence[Event],
+        events: Sequence[KnownEvent],
         *,
         expected_seq: int,
         at: int,

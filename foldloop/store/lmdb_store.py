@@ -27,8 +27,8 @@ import lmdb
 import msgspec
 import structlog
 
-from foldloop.errors import ConcurrencyError, CorruptRecord, RunLocked, StoreError
-from foldloop.events.catalogue import Event
+from foldloop.errors import ConcurrencyError, ConfigError, CorruptRecord, RunLocked, StoreError
+from foldloop.events.catalogue import KnownEvent
 from foldloop.events.codec import DecodeFailure, decode_event, encode_event, schema_version_of
 from foldloop.events.recorded import Recorded
 from foldloop.store.framing import (
@@ -152,7 +152,7 @@ class WriteTxn:
     def append(
         self,
         run_id: str,
-        payloads: Sequence[tuple[Event, bytes]],
+        payloads: Sequence[tuple[KnownEvent, bytes]],
         *,
         expected_seq: int,
         at: int,
@@ -189,12 +189,16 @@ class WriteTxn:
     def acquire_lease(self, run_id: str, owner: str) -> int:
         """Take the run for ``owner`` unless a live owner holds it; returns the new epoch."""
         lease = self.lease(run_id)
-        if lease is not None and lease.owner and lease.owner != owner:
-            if owner_alive(self.store.owners_dir, lease.owner):
-                raise RunLocked(
-                    f"run {run_id!r} is driven by a live runtime (owner {lease.owner}, epoch "
-                    f"{lease.epoch}); stop that runtime or let it finish first"
-                )
+        if (
+            lease is not None
+            and lease.owner
+            and lease.owner != owner
+            and owner_alive(self.store.owners_dir, lease.owner)
+        ):
+            raise RunLocked(
+                f"run {run_id!r} is driven by a live runtime (owner {lease.owner}, epoch "
+                f"{lease.epoch}); stop that runtime or let it finish first"
+            )
         epoch = (lease.epoch if lease is not None else 0) + 1
         self.put_lease(run_id, Lease(owner, epoch))
         return epoch
@@ -330,7 +334,7 @@ class LmdbStore:
     def append(
         self,
         run_id: str,
-        events: Sequence[Event],
+        events: Sequence[KnownEvent],
         *,
         expected_seq: int,
         at: int,
@@ -404,9 +408,7 @@ class LmdbStore:
 
     def run_ids(self) -> list[str]:
         """Every run in the store, sorted by id."""
-        return self.read_txn(
-            lambda txn: [bytes(k).decode() for k, _ in txn.cursor(db=self._heads)]
-        )
+        return self.read_txn(lambda txn: [bytes(k).decode() for k, _ in txn.cursor(db=self._heads)])
 
     def lease(self, run_id: str) -> Lease | None:
         """Who holds the run now (owner '' when nobody)."""
@@ -428,7 +430,12 @@ class LmdbStore:
 
     def meta(self, key: str) -> bytes | None:
         """A store-wide value (checkpoints and the like)."""
-        return self.read_txn(lambda txn: txn.get(key.encode(), db=self._meta))
+
+        def get(txn: Any) -> bytes | None:
+            raw = txn.get(key.encode(), db=self._meta)
+            return None if raw is None else bytes(raw)
+
+        return self.read_txn(get)
 
     def owner_alive(self, owner: str) -> bool:
         """True if a live runtime holds ``owner``'s lock."""
@@ -505,7 +512,7 @@ class LmdbStore:
         self._close()
 
 
-def encode_all(events: Sequence[Event]) -> list[tuple[Event, bytes]]:
+def encode_all(events: Sequence[KnownEvent]) -> list[tuple[KnownEvent, bytes]]:
     """Encode events before queueing them, so a bad payload fails in the caller, unwritten."""
     return [(event, encode_event(event)) for event in events]
 
@@ -525,11 +532,11 @@ def open_store(
     LMDB forbids opening one environment twice in a process, so every open of the same
     directory in this process shares one LmdbStore; ``close`` releases a reference.
     """
-    if not isinstance(map_size, int) or isinstance(map_size, bool) or not (
-        1 << 20 <= map_size <= MAX_MAP_SIZE
+    if (
+        not isinstance(map_size, int)
+        or isinstance(map_size, bool)
+        or not (1 << 20 <= map_size <= MAX_MAP_SIZE)
     ):
-        from foldloop.errors import ConfigError
-
         raise ConfigError(
             f"map_size must be an int of bytes between 1 MiB and {MAX_MAP_SIZE:,}; got {map_size!r}"
         )

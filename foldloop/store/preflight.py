@@ -97,9 +97,10 @@ def check_data_file(data: Path) -> None:
         metas = [struct.unpack_from("<QQ", head, _META_OFFSET + 120)]
         fh.seek(psize)
         second = fh.read(_META_OFFSET + 160)
-        if len(second) >= _META_OFFSET + 136 and struct.unpack_from(
-            "<I", second, _META_OFFSET
-        )[0] == _MAGIC:
+        if (
+            len(second) >= _META_OFFSET + 136
+            and struct.unpack_from("<I", second, _META_OFFSET)[0] == _MAGIC
+        ):
             metas.append(struct.unpack_from("<QQ", second, _META_OFFSET + 120))
     last_pg, _txnid = max(metas, key=lambda m: m[1])
     needed = (last_pg + 1) * psize

@@ -1,0 +1,217 @@
+"""RunActor: the thin shell around decide() for one active run.
+
+For each command: decide, append the decision's events, evolve, start the effects. The
+append is the only blocking hop, and only when the decision is durable (an effect leaves
+the process); otherwise the events are queued for the next group commit and the run moves
+on. Model calls run on the runtime's model pool, tools on their ToolActors, so the actor
+thread is always free to take a cancel.
+
+Nothing raises out of ``on_receive``: pykka kills an actor whose ``tell`` handler raises,
+so every failure becomes a settled, resumable run with a reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import pykka
+import structlog
+
+from foldloop.actors.tool_actor import RunToolCall
+from foldloop.agent import Agent
+from foldloop.core.commands import Command, ModelCallFailed, ModelReplied
+from foldloop.core.decide import decide
+from foldloop.core.effects import CallModel, Decision, RunTools, Settle
+from foldloop.core.evolve import apply
+from foldloop.core.state import STATE_VERSION, RunState
+from foldloop.errors import FoldloopError, ModelCallError
+from foldloop.events.values import Usage
+from foldloop.llm.protocol import to_model_tool_calls
+from foldloop.store.lmdb_store import encode_all
+from foldloop.store.writer import WriteOp
+
+if TYPE_CHECKING:
+    from foldloop.actors.system import ActorSystem
+
+__all__ = ["AppendFailed", "RunActor"]
+
+log = structlog.get_logger(__name__)
+_STATE = msgspec.msgpack.Encoder()
+
+
+@dataclass(frozen=True)
+class AppendFailed:
+    """A queued (non-durable) append of this run was refused by the store."""
+
+    error: BaseException
+
+
+class RunActor(pykka.ThreadingActor):
+    """Drives one run while it is active; parked runs hold no actor."""
+
+    use_daemon_thread = True
+
+    def __init__(self, system: ActorSystem, agent: Agent, state: RunState, epoch: int) -> None:
+        super().__init__()
+        self.system = system
+        self.agent = agent
+        self.state = state
+        self.epoch = epoch
+        self.run_id = state.run_id
+        self.log = log.bind(run_id=self.run_id, agent=agent.name)
+        self._dead = False
+
+    # -- messages ------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> None:
+        if self._dead:
+            return
+        try:
+            if isinstance(message, Command):
+                self.handle(message)
+            elif isinstance(message, Decision):
+                self.perform(message)
+            elif isinstance(message, AppendFailed):
+                self.fail(message.error)
+        except Exception as exc:
+            self.log.exception("run_actor_error")
+            self.fail(exc)
+
+    def handle(self, command: Command) -> None:
+        """Decide, append, evolve, act."""
+        decision = decide(self.state, command)
+        if decision.rejected:
+            self.log.debug("command_ignored", command=type(command).__name__, why=decision.rejected)
+            return
+        self.commit(decision, command.now)
+        self.perform(decision)
+
+    def commit(self, decision: Decision, at: int) -> None:
+        """Append the decision's events; wait only if an effect needs them durable."""
+        if not decision.events:
+            return
+        run_id, owner, epoch, expected = self.run_id, self.system.owner, self.epoch, self.state.seq
+        payloads = encode_all(decision.events)
+        op = self.system.store.submit(
+            lambda w: w.append(
+                run_id, payloads, expected_seq=expected, at=at, owner=owner, epoch=epoch
+            ),
+            durable=decision.durable,
+            callback=None if decision.durable else self._on_queued_append,
+        )
+        state = self.state
+        for event in decision.events:
+            state = apply(state, event, at)
+        if decision.durable:
+            op.wait()
+        before = self.state.seq
+        self.state = state
+        every = self.system.snapshot_every
+        if every and state.seq // every > before // every:
+            self._snapshot(state)
+        if self.system.on_state is not None:
+            self.system.on_state(state)
+
+    def _on_queued_append(self, op: WriteOp[Any]) -> None:
+        if op.error is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.actor_ref.tell(AppendFailed(op.error))
+
+    def _snapshot(self, state: RunState) -> None:
+        run_id, seq, blob = state.run_id, state.seq, _STATE.encode(state)
+
+        def put(w: Any) -> None:
+            if w.head(run_id).seq == seq:
+                w.put_snapshot(run_id, STATE_VERSION, seq, blob)
+
+        self.system.store.submit(put, durable=False)
+
+    # -- effects -------------------------------------------------------------------------
+
+    def perform(self, decision: Decision) -> None:
+        """Start each effect of a committed decision."""
+        for effect in decision.effects:
+            match effect:
+                case CallModel():
+                    self._call_model(effect)
+                case RunTools():
+                    for call in effect.calls:
+                        actor = self.system.tool_actor(self.agent, call.tool)
+                        message = RunToolCall(self.run_id, call.call_id, call.args, self.actor_ref)
+                        actor.tell(message)
+                case Settle():
+                    self.settle()
+
+    def _call_model(self, effect: CallModel) -> None:
+        messages = self.state.messages
+        specs = [t.spec for t in self.agent.tools]
+        llm, agent, ref, clock = self.agent.llm, self.agent, self.actor_ref, self.system.clock
+
+        def call() -> None:
+            start = time.perf_counter()
+            try:
+                reply = llm.complete(messages, specs, max_tokens=effect.max_tokens)
+                usage = reply.usage or Usage()
+                model = reply.model or llm.model
+                if not usage.cost_usd:
+                    usage = agent.pricing.usage(model, usage.input_tokens, usage.output_tokens)
+                command: Command = ModelReplied(
+                    now=clock(),
+                    step=effect.step,
+                    text=_clean(reply.text),
+                    tool_calls=to_model_tool_calls(reply.tool_calls),
+                    usage=usage,
+                    model=model,
+                    latency_ms=round((time.perf_counter() - start) * 1000, 3),
+                )
+            except ModelCallError as exc:
+                command = ModelCallFailed(
+                    now=clock(), step=effect.step, error=str(exc), retryable=exc.retryable
+                )
+            except Exception as exc:
+                command = ModelCallFailed(
+                    now=clock(),
+                    step=effect.step,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retryable=False,
+                )
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(command)
+
+        pool = self.system.model_pool
+        if effect.delay_s > 0:
+            self.system.timers.call_later(effect.delay_s, lambda: _discard(pool.submit(call)))
+        else:
+            self.system.model_pool.submit(call)
+
+    # -- endings -------------------------------------------------------------------------
+
+    def settle(self) -> None:
+        """The run finished or parked: release the lease, tell waiters, stop."""
+        self._dead = True
+        state = self.state
+        self.log.info("run_settled", status=state.status.value, steps=state.steps, seq=state.seq)
+        self.system.release(self.run_id, self.epoch, state)
+        self.stop()
+
+    def fail(self, error: BaseException) -> None:
+        """The run cannot be driven from here any more (fenced off, store error)."""
+        if self._dead:
+            return
+        self._dead = True
+        reason = str(error) if isinstance(error, FoldloopError) else repr(error)
+        self.log.error("run_interrupted", error=reason)
+        self.system.interrupted(self.run_id, self.epoch, self.state, reason)
+        self.stop()
+
+
+def _discard(_: object) -> None:
+    return None
+
+
+def _clean(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8") if not text.isascii() else text

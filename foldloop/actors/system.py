@@ -1,0 +1,160 @@
+"""ActorSystem: the runtime's supervisor: starts run and tool actors, tracks who is active,
+releases leases and wakes waiters when runs settle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pykka
+import structlog
+
+from foldloop.actors.run_actor import RunActor
+from foldloop.actors.timers import Timers
+from foldloop.actors.tool_actor import ToolActor
+from foldloop.agent import Agent
+from foldloop.core.effects import Decision
+from foldloop.core.state import RunState
+from foldloop.store.lmdb_store import LmdbStore
+
+__all__ = ["ActorSystem", "Settlement"]
+
+log = structlog.get_logger(__name__)
+
+
+class Settlement:
+    """How a run driven here ended up: its final state, or why it was interrupted."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.state: RunState | None = None
+        self.interrupted: str = ""
+
+
+class ActorSystem:
+    """Owns every actor of one runtime."""
+
+    def __init__(
+        self,
+        store: LmdbStore,
+        owner: str,
+        clock: Callable[[], int],
+        *,
+        snapshot_every: int,
+        on_state: Callable[[RunState], None] | None,
+        model_workers: int = 64,
+    ) -> None:
+        self.store = store
+        self.owner = owner
+        self.clock = clock
+        self.snapshot_every = snapshot_every
+        self.on_state = on_state
+        self.timers = Timers()
+        self.model_pool = ThreadPoolExecutor(
+            max_workers=model_workers, thread_name_prefix="foldloop-model"
+        )
+        self._lock = threading.Lock()
+        self._runs: dict[str, pykka.ActorRef[Any]] = {}
+        self._tools: dict[tuple[str, str], pykka.ActorRef[Any]] = {}
+        self._settlements: dict[str, Settlement] = {}
+        self._closed = False
+
+    # -- tools ---------------------------------------------------------------------------
+
+    def tool_actor(self, agent: Agent, name: str) -> pykka.ActorRef[Any]:
+        """The ToolActor of ``agent``'s tool ``name`` (started on first use)."""
+        key = (agent.name, name)
+        with self._lock:
+            ref = self._tools.get(key)
+            if ref is None:
+                tool = agent.tool(name)
+                if tool is None:  # decide never asks for an unknown tool
+                    raise KeyError(name)
+                ref = ToolActor.start(tool, self.timers, self.clock)
+                self._tools[key] = ref
+            return ref
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def active(self, run_id: str) -> bool:
+        """True if an actor of this runtime drives the run now."""
+        with self._lock:
+            return run_id in self._runs
+
+    def settlement(self, run_id: str) -> Settlement | None:
+        """The settlement record of a run driven (now or before) by this runtime."""
+        with self._lock:
+            return self._settlements.get(run_id)
+
+    def start_run(self, agent: Agent, state: RunState, epoch: int, decision: Decision) -> None:
+        """Start an actor for a run whose decision is already committed, and act on it."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("runtime closed")
+            settlement = Settlement()
+            self._settlements[state.run_id] = settlement
+            ref = RunActor.start(self, agent, state, epoch)
+            self._runs[state.run_id] = ref
+        ref.tell(decision)
+
+    def tell(self, run_id: str, message: Any) -> bool:
+        """Send a message to the run's actor; False if no actor drives it here."""
+        with self._lock:
+            ref = self._runs.get(run_id)
+        if ref is None:
+            return False
+        try:
+            ref.tell(message)
+        except pykka.ActorDeadError:
+            return False
+        return True
+
+    def settled_without_actor(self, state: RunState) -> None:
+        """Record the outcome of a decision the runtime committed without starting an actor."""
+        with self._lock:
+            settlement = self._settlements.setdefault(state.run_id, Settlement())
+        settlement.state = state
+        settlement.event.set()
+
+    def release(self, run_id: str, epoch: int, state: RunState) -> None:
+        """Called by a RunActor whose run settled."""
+        owner = self.owner
+        self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
+        self._finish(run_id, state, "")
+
+    def interrupted(self, run_id: str, epoch: int, state: RunState, reason: str) -> None:
+        """Called by a RunActor that can no longer drive its run."""
+        self._finish(run_id, state, reason)
+
+    def _finish(self, run_id: str, state: RunState, interrupted: str) -> None:
+        with self._lock:
+            self._runs.pop(run_id, None)
+            settlement = self._settlements.setdefault(run_id, Settlement())
+        settlement.state = state
+        settlement.interrupted = interrupted
+        settlement.event.set()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop every actor; runs still going stay 'running' in the log (recover() resumes)."""
+        with self._lock:
+            self._closed = True
+            runs = list(self._runs.items())
+            tools = list(self._tools.values())
+        for run_id, ref in runs:
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                ref.stop(block=True, timeout=5)
+            settlement = self.settlement(run_id)
+            if settlement is not None and not settlement.event.is_set():
+                settlement.interrupted = "the runtime driving it was closed; resume it later"
+                settlement.event.set()
+        for ref in tools:
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                ref.stop(block=True, timeout=5)
+        self.timers.stop()
+        self.model_pool.shutdown(wait=False, cancel_futures=True)

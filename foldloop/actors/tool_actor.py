@@ -1,0 +1,118 @@
+"""ToolActor: one per tool, runs calls on its own bounded pool and reports each outcome.
+
+The actor's own thread only dispatches, so a slow tool never blocks other calls to it
+beyond its concurrency bound. A call past its timeout is reported as
+``tool.failed(kind="timeout")`` at once; its late real outcome is then ignored by decide.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+import structlog
+
+from foldloop.actors.timers import Timers
+from foldloop.core.commands import ToolFinished
+from foldloop.tools.decorator import Tool
+
+__all__ = ["RunToolCall", "ToolActor"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RunToolCall:
+    """Run one call and tell ``reply_to`` a ToolFinished command."""
+
+    run_id: str
+    call_id: str
+    args: str
+    reply_to: Any
+
+
+class ToolActor(pykka.ThreadingActor):
+    """Executes one tool's calls with a concurrency bound and a timeout."""
+
+    use_daemon_thread = True
+
+    def __init__(self, tool: Tool, timers: Timers, clock: Callable[[], int]) -> None:
+        super().__init__()
+        self.tool = tool
+        self.timers = timers
+        self.clock = clock
+        self.pool = ThreadPoolExecutor(
+            max_workers=tool.concurrency, thread_name_prefix=f"foldloop-tool-{tool.name}"
+        )
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, RunToolCall):
+            try:
+                self._start(message)
+            except Exception:
+                log.exception("tool_dispatch_failed", tool=self.tool.name, run_id=message.run_id)
+
+    def on_stop(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _start(self, call: RunToolCall) -> None:
+        settled = threading.Lock()
+        done = [False]
+
+        def report(command: ToolFinished) -> None:
+            with settled:
+                if done[0]:
+                    return
+                done[0] = True
+            try:
+                call.reply_to.tell(command)
+            except pykka.ActorDeadError:
+                log.info("tool_result_unclaimed", run_id=call.run_id, call_id=call.call_id)
+
+        def run() -> None:
+            outcome = self.tool.invoke(call.args)
+            if not outcome.ok:
+                log.info(
+                    "tool_failed",
+                    run_id=call.run_id,
+                    tool=self.tool.name,
+                    call_id=call.call_id,
+                    kind=outcome.kind,
+                )
+            report(
+                ToolFinished(
+                    now=self.clock(),
+                    call_id=call.call_id,
+                    ok=outcome.ok,
+                    result=outcome.text,
+                    kind=outcome.kind,
+                    duration_ms=round(outcome.duration_ms, 3),
+                )
+            )
+
+        timeout = self.tool.timeout
+        if timeout is not None:
+            started = time.monotonic()
+
+            def expire() -> None:
+                log.warning(
+                    "tool_timed_out", run_id=call.run_id, tool=self.tool.name, timeout_s=timeout
+                )
+                report(
+                    ToolFinished(
+                        now=self.clock(),
+                        call_id=call.call_id,
+                        ok=False,
+                        result=f"tool {self.tool.name!r} did not finish within {timeout:g} s",
+                        kind="timeout",
+                        duration_ms=round((time.monotonic() - started) * 1000, 3),
+                    )
+                )
+
+            self.timers.call_later(timeout, expire)
+        self.pool.submit(run)

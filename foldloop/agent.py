@@ -1,0 +1,70 @@
+"""Agent: what a run is made of (a model, tools, instructions, limits), defined by host code."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from foldloop.core.pricing import DEFAULT_PRICING, Pricing
+from foldloop.errors import ConfigError
+from foldloop.events.values import Limits, ToolInfo
+from foldloop.llm.protocol import LLM
+from foldloop.tools.decorator import Tool, tools_digest
+
+__all__ = ["Agent"]
+
+_NAME = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass(frozen=True, eq=False)
+class Agent:
+    """A named agent. Runs record its name; ``recover``/``resume`` find it again by name."""
+
+    name: str
+    llm: LLM
+    tools: Sequence[Tool] = ()
+    instructions: str = ""
+    limits: Limits = field(default_factory=Limits)
+    pricing: Pricing = DEFAULT_PRICING
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ConfigError(
+                f"agent name must be 1-128 characters of [A-Za-z0-9._:-]; got {self.name!r}"
+            )
+        if not hasattr(self.llm, "complete"):
+            raise ConfigError(
+                f"agent {self.name!r}: llm must have a complete(messages, tools) method "
+                "(fl.ScriptedLLM, fl.OpenAIChat, ...)"
+            )
+        tools = tuple(self.tools)
+        seen: set[str] = set()
+        for t in tools:
+            if not isinstance(t, Tool):
+                raise ConfigError(
+                    f"agent {self.name!r}: {t!r} is not a tool; decorate it with @fl.tool"
+                )
+            if t.name in seen:
+                raise ConfigError(f"agent {self.name!r}: tool {t.name!r} is registered twice")
+            seen.add(t.name)
+        if not isinstance(self.limits, Limits):
+            raise ConfigError(f"agent {self.name!r}: limits must be fl.Limits(...)")
+        object.__setattr__(self, "tools", tools)
+
+    @property
+    def tools_digest(self) -> str:
+        """Digest of the tool set; a run started with another digest cannot resume here."""
+        return tools_digest(self.tools)
+
+    @property
+    def tool_infos(self) -> tuple[ToolInfo, ...]:
+        """What runs record about each tool."""
+        return tuple(t.info for t in self.tools)
+
+    def tool(self, name: str) -> Tool | None:
+        """The tool called ``name``, if the agent has one."""
+        for t in self.tools:
+            if t.name == name:
+                return t
+        return None

@@ -1,0 +1,14 @@
+"""Models: the LLM protocol, Reply/ToolCall, and ScriptedLLM (adapters come as extras)."""
+
+from foldloop.llm.protocol import LLM, Reply, ToolCall, to_model_tool_calls
+from foldloop.llm.scripted import ScriptedLLM, ScriptFn, estimate_tokens
+
+__all__ = [
+    "LLM",
+    "Reply",
+    "ScriptFn",
+    "ScriptedLLM",
+    "ToolCall",
+    "estimate_tokens",
+    "to_model_tool_calls",
+]

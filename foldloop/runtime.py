@@ -1,0 +1,573 @@
+"""Runtime: the host-facing facade (DESIGN.md section 6).
+
+It opens the store, holds an owner lock (so a crash frees its runs at once), and wires
+commands from host code to the pure core and the actors. A run is driven by one runtime
+at a time through a lease with a growing epoch; every append checks the epoch in the
+same write transaction, so a fenced-off runtime can never interleave its writes.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import msgspec
+import structlog
+
+from foldloop.actors.system import ActorSystem
+from foldloop.agent import Agent
+from foldloop.core.commands import Cancel, Command, Resume, Start
+from foldloop.core.decide import decide
+from foldloop.core.effects import Decision, Settle
+from foldloop.core.evolve import INITIAL, apply, fold
+from foldloop.core.replay import replay
+from foldloop.core.state import STATE_VERSION, RunState, RunStatus
+from foldloop.errors import ConfigError, FoldloopError, RunLocked, RunNotFound, SchemaChangedError
+from foldloop.events.catalogue import RunStarted
+from foldloop.events.recorded import Recorded
+from foldloop.events.values import Limits, Usage
+from foldloop.store.lmdb_store import DEFAULT_MAP_SIZE, LmdbStore, WriteTxn, encode_all, open_store
+from foldloop.store.owners import OwnerLock
+
+__all__ = ["RunHandle", "RunResult", "RunSummary", "Runtime"]
+
+log = structlog.get_logger(__name__)
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_STATE_DECODER = msgspec.msgpack.Decoder(RunState)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where a run stands when ``wait`` returns. Every status but completed has a reason."""
+
+    run_id: str
+    status: RunStatus
+    output: str
+    reason: str
+    resumable: bool
+    usage: Usage
+    steps: int
+
+    @property
+    def ok(self) -> bool:
+        """True when the run completed."""
+        return self.status is RunStatus.COMPLETED
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One line of ``Runtime.runs()``."""
+
+    run_id: str
+    agent: str
+    status: RunStatus
+    steps: int
+    reason: str
+    seq: int
+    updated_at: int
+
+
+def _result(state: RunState, *, interrupted: str = "") -> RunResult:
+    status, reason = state.status, state.reason
+    if interrupted:
+        status, reason = (
+            RunStatus.INTERRUPTED,
+            (f"{interrupted}; rt.recover() or rt.resume(run_id) continues it"),
+        )
+    elif status is RunStatus.RUNNING:
+        reason = "still running; call wait() again"
+    return RunResult(
+        run_id=state.run_id,
+        status=status,
+        output=state.output,
+        reason=reason,
+        resumable=status is RunStatus.INTERRUPTED or (state.resumable and not state.terminal),
+        usage=state.usage,
+        steps=state.steps,
+    )
+
+
+class RunHandle:
+    """A run spawned or resumed through a runtime."""
+
+    def __init__(self, runtime: Runtime, run_id: str) -> None:
+        self._rt = runtime
+        self.id = run_id
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.id!r})"
+
+    def wait(self, timeout: float | None = None) -> RunResult:
+        """Block until the run completes or parks (or ``timeout`` seconds pass)."""
+        return self._rt._wait(self.id, timeout)
+
+    def cancel(self, reason: str = "") -> None:
+        """Cancel the run (at once: model calls run off the run's thread)."""
+        self._rt._cancel(self.id, reason)
+
+    @property
+    def state(self) -> RunState:
+        """The run's current state (the fold of its log)."""
+        return self._rt.state(self.id)
+
+
+class Runtime:
+    """Runs agents on an LMDB store. Use ``Runtime.open(path, agents=[...])``."""
+
+    def __init__(
+        self,
+        store: LmdbStore,
+        *,
+        agents: Iterable[Agent] = (),
+        clock: Callable[[], int] = time.time_ns,
+        snapshot_every: int = 200,
+        on_state: Callable[[RunState], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.owner = uuid.uuid4().hex[:16]
+        self._agents: dict[str, Agent] = {}
+        for agent in agents:
+            self.register(agent)
+        self._owner_lock = OwnerLock(store.owners_dir, self.owner)
+        self.system = ActorSystem(
+            store, self.owner, clock, snapshot_every=snapshot_every, on_state=on_state
+        )
+        self._closed = False
+        self._subscribers: list[tuple[Callable[[Recorded], None], frozenset[str] | None]] = []
+        self._unlisten: Callable[[], None] | None = None
+        self._lock = threading.Lock()
+        log.info("runtime_opened", path=str(store.path), owner=self.owner)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path = ".foldloop",
+        *,
+        agents: Iterable[Agent] = (),
+        clock: Callable[[], int] | None = None,
+        map_size: int = DEFAULT_MAP_SIZE,
+        snapshot_every: int = 200,
+        on_state: Callable[[RunState], None] | None = None,
+    ) -> Runtime:
+        """Open (creating if absent) the store directory at ``path`` and start a runtime.
+
+        ``clock`` returns unix ns (inject one in tests); ``snapshot_every`` bounds how many
+        events a resume folds; ``on_state`` observes every state a run actor reaches.
+        """
+        if not isinstance(snapshot_every, int) or snapshot_every < 0:
+            raise ConfigError(f"snapshot_every must be an int >= 0; got {snapshot_every!r}")
+        store = open_store(path, map_size=map_size)
+        try:
+            return cls(
+                store,
+                agents=agents,
+                clock=clock or time.time_ns,
+                snapshot_every=snapshot_every,
+                on_state=on_state,
+            )
+        except BaseException:
+            store.close()
+            raise
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop driving runs (they stay resumable), commit what is queued, release the store."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._unlisten is not None:
+            self._unlisten()
+        self.system.stop()
+        self._owner_lock.release()
+        self.store.close()
+        log.info("runtime_closed", owner=self.owner)
+
+    # -- agents --------------------------------------------------------------------------
+
+    def register(self, agent: Agent) -> None:
+        """Make ``agent`` known, so its runs can be resumed and recovered here."""
+        if not isinstance(agent, Agent):
+            raise ConfigError(f"expected an fl.Agent, got {type(agent).__name__}")
+        known = self._agents.get(agent.name)
+        if known is not None and known is not agent:
+            raise ConfigError(
+                f"another agent named {agent.name!r} is already registered with this runtime"
+            )
+        self._agents[agent.name] = agent
+
+    def _agent_for(self, state: RunState) -> Agent:
+        agent = self._agents.get(state.agent)
+        if agent is None:
+            raise ConfigError(
+                f"run {state.run_id!r} belongs to agent {state.agent!r}, which this runtime does "
+                f"not know; open it with Runtime.open(..., agents=[<the {state.agent!r} agent>])"
+            )
+        if agent.tools_digest != state.tools_digest:
+            raise SchemaChangedError(_tool_drift(state, agent))
+        return agent
+
+    # -- spawning ------------------------------------------------------------------------
+
+    def spawn(
+        self,
+        agent: Agent,
+        input: str,
+        *,
+        run_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
+    ) -> RunHandle:
+        """Start a run of ``agent`` on ``input``; returns once run.started is durable."""
+        self._check_open()
+        self.register(agent)
+        if not isinstance(input, str):
+            raise ConfigError(f"input must be a str; got {type(input).__name__}")
+        run_id = run_id if run_id is not None else f"{agent.name}-{uuid.uuid4().hex[:12]}"
+        _check_run_id(run_id)
+        meta = tuple(sorted((str(k), str(v)) for k, v in (metadata or {}).items()))
+        command = Start(
+            now=self.clock(),
+            agent=agent.name,
+            input=input,
+            instructions=agent.instructions,
+            limits=agent.limits,
+            tools=agent.tool_infos,
+            tools_digest=agent.tools_digest,
+            metadata=meta,
+            parent_run_id=parent_run_id,
+        )
+        decision = decide(INITIAL, command)
+        payloads = encode_all(decision.events)
+        owner = self.owner
+
+        def start(w: WriteTxn) -> int:
+            if w.head(run_id).seq:
+                raise ConfigError(
+                    f"run {run_id!r} already exists; resume it with rt.resume({run_id!r}) "
+                    "or spawn with another run_id"
+                )
+            epoch = w.acquire_lease(run_id, owner)
+            w.append(run_id, payloads, expected_seq=0, at=command.now, owner=owner, epoch=epoch)
+            return epoch
+
+        epoch = self.store.submit(start).wait()
+        state = _evolve_all(RunState(run_id=run_id), decision, command.now)
+        log.info("run_started", run_id=run_id, agent=agent.name)
+        self._drive(agent, state, epoch, decision)
+        return RunHandle(self, run_id)
+
+    def _drive(self, agent: Agent, state: RunState, epoch: int, decision: Decision) -> None:
+        if any(isinstance(e, Settle) for e in decision.effects):
+            owner = self.owner
+            self.store.submit(lambda w: w.release_lease(state.run_id, owner, epoch), durable=False)
+            self.system.settled_without_actor(state)
+            return
+        self.system.start_run(agent, state, epoch, decision)
+
+    def handle(self, run_id: str) -> RunHandle:
+        """A handle to an existing run (to wait on it or cancel it)."""
+        if not self.store.head(run_id):
+            raise RunNotFound(run_id)
+        return RunHandle(self, run_id)
+
+    # -- resuming ------------------------------------------------------------------------
+
+    def resume(self, run_id: str, *, extend: Limits | None = None) -> RunHandle:
+        """Continue a resumable run (interrupted, limit reached, no progress, parked).
+
+        Raises RunLocked if a live runtime drives it, SchemaChangedError if the agent's
+        tools changed since the run started.
+        """
+        self._check_open()
+        if extend is not None and not isinstance(extend, Limits):
+            raise ConfigError("extend must be fl.Limits(...)")
+        if self.system.active(run_id):
+            raise RunLocked(
+                f"run {run_id!r} is being driven by this runtime right now; wait() for it first"
+            )
+        state = self.state(run_id)
+        if not state.resumable:
+            raise ConfigError(
+                f"run {run_id!r} is {state.status.value} and cannot be resumed"
+                + (f": {state.reason}" if state.reason else "")
+            )
+        agent = self._agent_for(state)
+        owner = self.owner
+        epoch = self.store.submit(lambda w: w.acquire_lease(run_id, owner)).wait()
+        try:
+            state = self.state(run_id)  # re-read under the lease: nobody else appends now
+            command = Resume(now=self.clock(), owner=owner, extend=extend)
+            decision = decide(state, command)
+            if decision.rejected:
+                raise ConfigError(decision.rejected)
+            self._append(state, decision, command, epoch)
+        except BaseException:
+            self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
+            raise
+        log.info("run_resumed", run_id=run_id, agent=agent.name, seq=state.seq)
+        self._drive(agent, _evolve_all(state, decision, command.now), epoch, decision)
+        return RunHandle(self, run_id)
+
+    def recover(self) -> list[RunHandle]:
+        """Resume every run left running by a runtime that died, for agents registered here."""
+        self._check_open()
+        handles: list[RunHandle] = []
+        for run_id in self.store.run_ids():
+            if self.system.active(run_id):
+                continue
+            lease = self.store.lease(run_id)
+            if (
+                lease is not None
+                and lease.owner
+                and (lease.owner == self.owner or self.store.owner_alive(lease.owner))
+            ):
+                continue
+            state = self.state(run_id)
+            if state.status is not RunStatus.RUNNING or state.agent not in self._agents:
+                continue
+            try:
+                handles.append(self.resume(run_id))
+            except RunLocked:
+                continue  # another runtime recovered it first
+            except SchemaChangedError as exc:
+                log.warning("recover_skipped", run_id=run_id, error=str(exc))
+        return handles
+
+    def _append(self, state: RunState, decision: Decision, command: Command, epoch: int) -> None:
+        payloads = encode_all(decision.events)
+        run_id, owner, seq, at = state.run_id, self.owner, state.seq, command.now
+        self.store.submit(
+            lambda w: w.append(run_id, payloads, expected_seq=seq, at=at, owner=owner, epoch=epoch)
+        ).wait()
+
+    def _cancel(self, run_id: str, reason: str) -> None:
+        command = Cancel(now=self.clock(), reason=reason)
+        if self.system.tell(run_id, command):
+            return
+        state = self.state(run_id)
+        if state.terminal:
+            return
+        owner = self.owner
+        epoch = self.store.submit(lambda w: w.acquire_lease(run_id, owner)).wait()
+        try:
+            state = self.state(run_id)
+            decision = decide(state, command)
+            if decision.events:
+                self._append(state, decision, command, epoch)
+        finally:
+            self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
+
+    # -- waiting -------------------------------------------------------------------------
+
+    def _wait(self, run_id: str, timeout: float | None) -> RunResult:
+        settlement = self.system.settlement(run_id)
+        if settlement is not None:
+            settlement.event.wait(timeout)
+            if settlement.event.is_set() and settlement.state is not None:
+                return _result(settlement.state, interrupted=settlement.interrupted)
+            return _result(self.state(run_id))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:  # driven elsewhere (another process): follow the log
+            state = self.state(run_id)
+            if state.settled:
+                return _result(state)
+            lease = self.store.lease(run_id)
+            if lease is None or not lease.owner or not self.store.owner_alive(lease.owner):
+                return _result(state, interrupted="no runtime is driving it")
+            if deadline is not None and time.monotonic() >= deadline:
+                return _result(state)
+            time.sleep(0.02)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def events(self, run_id: str, from_seq: int = 1) -> Iterator[Recorded]:
+        """The run's recorded events from ``from_seq``."""
+        if not isinstance(from_seq, int) or from_seq < 1:
+            raise ConfigError(f"from_seq must be an int >= 1; got {from_seq!r}")
+        records = self.store.read(run_id, from_seq)
+        if not records and not self.store.head(run_id):
+            raise RunNotFound(run_id)
+        return iter(records)
+
+    def read_all(self, from_position: int = 1) -> Iterator[Recorded]:
+        """The whole log in order, read in pages (cheap enough to tail)."""
+        if not isinstance(from_position, int) or from_position < 1:
+            raise ConfigError(f"from_position must be an int >= 1; got {from_position!r}")
+        position = from_position
+        while True:
+            page = self.store.read_all(position, limit=1024)
+            yield from page
+            if len(page) < 1024:
+                return
+            position = page[-1].position + 1
+
+    def state(self, run_id: str) -> RunState:
+        """The run's state: its latest snapshot plus the events after it."""
+        base = RunState(run_id=run_id)
+        snap = self.store.snapshot(run_id)
+        if snap is not None and snap[0] == STATE_VERSION:
+            try:
+                base = _STATE_DECODER.decode(snap[2])
+            except msgspec.MsgspecError:
+                base = RunState(run_id=run_id)
+        tail = self.store.read(run_id, base.seq + 1)
+        if not tail and not base.seq:
+            raise RunNotFound(run_id)
+        return fold(tail, base)
+
+    def runs(
+        self, status: RunStatus | str | None = None, agent: str | None = None
+    ) -> list[RunSummary]:
+        """Summaries of the runs in the store, optionally filtered by status and agent."""
+        wanted = RunStatus(status) if status is not None else None
+        out: list[RunSummary] = []
+        for run_id in self.store.run_ids():
+            state = self.state(run_id)
+            current = state.status
+            if current is RunStatus.RUNNING and not self.system.active(run_id):
+                lease = self.store.lease(run_id)
+                if lease is None or not lease.owner or not self.store.owner_alive(lease.owner):
+                    current = RunStatus.INTERRUPTED
+            if wanted is not None and current is not wanted:
+                continue
+            if agent is not None and state.agent != agent:
+                continue
+            out.append(
+                RunSummary(
+                    run_id=run_id,
+                    agent=state.agent,
+                    status=current,
+                    steps=state.steps,
+                    reason=state.reason,
+                    seq=state.seq,
+                    updated_at=state.last_at,
+                )
+            )
+        return out
+
+    def verify(self, run_id: str) -> RunState:
+        """Replay the run's log through today's decide(); raise at the first difference.
+
+        Checks the checksums and hash chain too. Raises NondeterminismError (with run, seq,
+        recorded and new event) or SchemaChangedError if the agent's tools changed.
+        """
+        records = list(self.events(run_id))
+        self.store.verify_chain(run_id)
+        first = records[0].event
+        if not isinstance(first, RunStarted):
+            raise FoldloopError(f"run {run_id!r} does not begin with run.started")
+        agent = self._agent_for(fold(records[:1]))
+
+        def start(event: RunStarted, now: int) -> Start:
+            return Start(
+                now=now,
+                agent=agent.name,
+                input=event.input,
+                instructions=agent.instructions,
+                limits=event.limits,
+                tools=agent.tool_infos,
+                tools_digest=agent.tools_digest,
+                metadata=event.metadata,
+                parent_run_id=event.parent_run_id,
+            )
+
+        return replay(records, start)
+
+    def subscribe(
+        self, callback: Callable[[Recorded], None], types: Iterable[str] | None = None
+    ) -> Callable[[], None]:
+        """Call ``callback`` for every event this process commits (of ``types``, if given).
+
+        Callbacks run on a dispatcher thread; one that raises is logged and left subscribed.
+        Returns a function that unsubscribes.
+        """
+        entry = (callback, frozenset(types) if types is not None else None)
+        with self._lock:
+            self._subscribers.append(entry)
+            if self._unlisten is None:
+                self._unlisten = self._start_dispatch()
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if entry in self._subscribers:
+                    self._subscribers.remove(entry)
+
+        return unsubscribe
+
+    def _start_dispatch(self) -> Callable[[], None]:
+        pending: queue.SimpleQueue[list[Recorded] | None] = queue.SimpleQueue()
+
+        def pump() -> None:
+            while (batch := pending.get()) is not None:
+                with self._lock:
+                    subs = list(self._subscribers)
+                for rec in batch:
+                    for callback, types in subs:
+                        if types is None or rec.type in types:
+                            try:
+                                callback(rec)
+                            except Exception:
+                                log.exception("subscriber_failed", run_id=rec.run_id, seq=rec.seq)
+
+        thread = threading.Thread(target=pump, name="foldloop-subscribers", daemon=True)
+        thread.start()
+        remove = self.store.add_listener(pending.put)
+
+        def stop() -> None:
+            remove()
+            pending.put(None)
+            thread.join(timeout=5)
+
+        return stop
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConfigError("this runtime is closed; open a new one with fl.Runtime.open()")
+
+
+def _evolve_all(state: RunState, decision: Decision, at: int) -> RunState:
+    for event in decision.events:
+        state = apply(state, event, at)
+    return state
+
+
+def _check_run_id(run_id: object) -> None:
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise ConfigError(f"run_id must be 1-128 characters of [A-Za-z0-9._:-]; got {run_id!r}")
+
+
+def _tool_drift(state: RunState, agent: Agent) -> str:
+    old = {t.name: t for t in state.tools}
+    new = {t.name: t.info for t in agent.tools}
+    added = sorted(set(new) - set(old))
+    removed = sorted(set(old) - set(new))
+    changed = sorted(n for n in set(old) & set(new) if old[n] != new[n])
+    parts = [
+        f"{label}: {', '.join(names)}"
+        for label, names in (("added", added), ("removed", removed), ("changed", changed))
+        if names
+    ]
+    return (
+        f"run {state.run_id!r} was started with other tools than agent {agent.name!r} has now "
+        f"({'; '.join(parts) or 'digest differs'}); resume it with the original tools, "
+        "or start a new run"
+    )

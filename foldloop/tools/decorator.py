@@ -1,0 +1,182 @@
+"""``@fl.tool``: a plain function becomes a tool the model can call, with a schema.
+
+Tools are ``idempotent=False`` unless they say otherwise: after a crash, foldloop never
+runs a non-idempotent call twice; it tells the model the outcome is unknown instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, overload
+
+import msgspec
+
+from foldloop.core.messages import ToolSpec
+from foldloop.errors import ConfigError
+from foldloop.events.values import ToolInfo
+from foldloop.tools.schema import ArgSchema, build_arg_schema, parse_docstring
+
+__all__ = ["DEFAULT_TIMEOUT", "Tool", "ToolOutcome", "tool", "tools_digest"]
+
+DEFAULT_TIMEOUT = 120.0
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_JSON = msgspec.json.Encoder(order="sorted")
+
+
+class ToolOutcome(msgspec.Struct, frozen=True):
+    """What one invocation produced: ok with text, or a failure kind and message."""
+
+    ok: bool
+    text: str
+    kind: str = ""
+    duration_ms: float = 0.0
+
+
+def _clean(text: str) -> str:
+    # Lone surrogates cannot be stored (msgpack needs valid UTF-8): replace, never crash.
+    return text.encode("utf-8", "replace").decode("utf-8") if not text.isascii() else text
+
+
+class Tool:
+    """A function the model may call, with its argument schema and execution policy."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        idempotent: bool = False,
+        concurrency: int = 8,
+    ) -> None:
+        tool_name = name or fn.__name__
+        if not _NAME.match(tool_name):
+            raise ConfigError(
+                f"tool name {tool_name!r} must be 1-64 characters of letters, digits, '_' or '-'"
+            )
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            raise ConfigError(
+                f"tool {tool_name!r}: timeout must be a finite number of seconds > 0 "
+                f"(or None for no timeout); got {timeout!r}"
+            )
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise ConfigError(
+                f"tool {tool_name!r}: concurrency must be an int >= 1; got {concurrency!r}"
+            )
+        doc, param_docs = parse_docstring(fn.__doc__)
+        self.fn = fn
+        self.name = tool_name
+        self.description = description if description is not None else doc
+        self.timeout = None if timeout is None else float(timeout)
+        self.idempotent = bool(idempotent)
+        self.concurrency = concurrency
+        self.schema: ArgSchema = build_arg_schema(fn, tool_name, param_docs)
+        self._decoder = msgspec.json.Decoder(self.schema.struct)
+        digest = hashlib.sha256(
+            _JSON.encode([self.name, self.schema.parameters, self.idempotent])
+        ).hexdigest()[:16]
+        self.info = ToolInfo(name=self.name, idempotent=self.idempotent, schema_digest=digest)
+        self.spec = ToolSpec(
+            name=self.name, description=self.description, parameters=self.schema.parameters
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the underlying function directly (tools stay plain functions in tests)."""
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Tool({self.name!r}, idempotent={self.idempotent}, timeout={self.timeout})"
+
+    def validate(self, args: str) -> msgspec.Struct:
+        """Decode the model's argument text; raises msgspec errors with a JSON path."""
+        return self._decoder.decode(args or "{}")
+
+    def invoke(self, args: str) -> ToolOutcome:
+        """Validate ``args`` and run the tool; every failure becomes an outcome, never a raise."""
+        start = time.perf_counter()
+        try:
+            parsed = self.validate(args)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            return ToolOutcome(False, f"invalid arguments for {self.name!r}: {exc}", "invalid_args")
+        kwargs = {name: getattr(parsed, name) for name in self.schema.names}
+        try:
+            value = self.fn(**kwargs)
+        except Exception as exc:
+            ms = (time.perf_counter() - start) * 1000
+            return ToolOutcome(False, _clean(f"{type(exc).__name__}: {exc}"), "exception", ms)
+        except BaseException as exc:  # SystemExit / KeyboardInterrupt must not kill actors
+            ms = (time.perf_counter() - start) * 1000
+            return ToolOutcome(
+                False, f"{type(exc).__name__} raised inside the tool", "exception", ms
+            )
+        ms = (time.perf_counter() - start) * 1000
+        if isinstance(value, str):
+            return ToolOutcome(True, _clean(value), "", ms)
+        try:
+            return ToolOutcome(True, _JSON.encode(value).decode(), "", ms)
+        except (TypeError, msgspec.EncodeError, UnicodeEncodeError) as exc:
+            return ToolOutcome(
+                False,
+                f"the tool returned a {type(value).__name__} that is not JSON-encodable ({exc}); "
+                "return str, numbers, lists, dicts, dataclasses or msgspec Structs",
+                "exception",
+                ms,
+            )
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> Tool: ...
+
+
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    idempotent: bool = False,
+    concurrency: int = 8,
+) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    idempotent: bool = False,
+    concurrency: int = 8,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Make ``fn`` a tool: ``@fl.tool`` or ``@fl.tool(timeout=30, idempotent=True)``."""
+
+    def wrap(f: Callable[..., Any]) -> Tool:
+        return Tool(
+            f,
+            name=name,
+            description=description,
+            timeout=timeout,
+            idempotent=idempotent,
+            concurrency=concurrency,
+        )
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def tools_digest(tools: Sequence[Tool]) -> str:
+    """A digest of a tool set (names, schemas, idempotency): what resume checks against."""
+    h = hashlib.sha256()
+    for info in sorted((t.info for t in tools), key=lambda i: i.name):
+        h.update(f"{info.name}\0{info.schema_digest}\0{info.idempotent}\n".encode())
+    return h.hexdigest()[:32]
