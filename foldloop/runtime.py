@@ -157,15 +157,17 @@ class Runtime:
         map_size: int = DEFAULT_MAP_SIZE,
         snapshot_every: int = 200,
         on_state: Callable[[RunState], None] | None = None,
+        create: bool = True,
     ) -> Runtime:
         """Open (creating if absent) the store directory at ``path`` and start a runtime.
 
         ``clock`` returns unix ns (inject one in tests); ``snapshot_every`` bounds how many
-        events a resume folds; ``on_state`` observes every state a run actor reaches.
+        events a resume folds; ``on_state`` observes every state a run actor reaches;
+        ``create=False`` refuses to create a missing store (read-only tools use it).
         """
         if not isinstance(snapshot_every, int) or snapshot_every < 0:
             raise ConfigError(f"snapshot_every must be an int >= 0; got {snapshot_every!r}")
-        store = open_store(path, map_size=map_size)
+        store = open_store(path, map_size=map_size, create=create)
         try:
             return cls(
                 store,

@@ -1,0 +1,324 @@
+"""The ``foldloop`` command: run the demo and inspect a store.
+
+Exit codes: 0 ok, 1 runtime error, 2 usage, 3 not found, 4 corrupt or incompatible.
+Read commands never create a store; payloads are escaped before they reach the terminal.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import msgspec
+import structlog
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from foldloop.agent import Agent
+from foldloop.cli.demo import DEMO_INPUT, demo_agent
+from foldloop.errors import (
+    ConfigError,
+    CorruptRecord,
+    FoldloopError,
+    NondeterminismError,
+    RunNotFound,
+    SchemaChangedError,
+    StoreError,
+)
+from foldloop.events.recorded import Recorded
+from foldloop.events.values import Limits
+from foldloop.runtime import Runtime
+
+__all__ = ["app", "main"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CORRUPT = 0, 1, 2, 3, 4
+
+app = typer.Typer(
+    name="foldloop",
+    help="Agent runs that survive anything: run the demo, inspect and resume runs in a store.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+StoreOpt = Annotated[
+    Path,
+    typer.Option(
+        "--store",
+        envvar="FOLDLOOP_STORE",
+        help="Store directory (default .foldloop, or $FOLDLOOP_STORE).",
+    ),
+]
+_DEFAULT_STORE = Path(".foldloop")
+_OPTIONS: dict[str, Path] = {"store": _DEFAULT_STORE}
+
+
+@app.callback()
+def _global(store: StoreOpt = _DEFAULT_STORE) -> None:
+    """Agent runs that survive anything: run the demo, inspect and resume runs in a store."""
+    _OPTIONS["store"] = store
+
+
+def _store() -> Path:
+    return _OPTIONS["store"]
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in range(32) if c not in (10,)}
+_CONTROL.update({0x7F: "\\x7f"})
+_BIDI = {c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F)}
+
+
+def escape(text: str) -> str:
+    """Make untrusted text safe for a terminal: control, ANSI and bidi characters escaped."""
+    return text.translate({**_CONTROL, **_BIDI}).replace("[", "\\[")
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {escape(message)}")
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn foldloop errors into a one-line message and an exit code (never a traceback)."""
+    try:
+        yield
+    except RunNotFound as exc:
+        _fail(EXIT_NOT_FOUND, str(exc))
+    except (CorruptRecord, NondeterminismError, SchemaChangedError) as exc:
+        _fail(EXIT_CORRUPT, str(exc))
+    except StoreError as exc:
+        code = EXIT_NOT_FOUND if str(exc).startswith("no foldloop store") else EXIT_CORRUPT
+        _fail(code, str(exc))
+    except ConfigError as exc:
+        _fail(EXIT_USAGE, str(exc))
+    except FoldloopError as exc:
+        _fail(EXIT_ERROR, str(exc))
+
+
+@contextmanager
+def _runtime(
+    store: Path, *, create: bool = False, agents: tuple[Agent, ...] = ()
+) -> Iterator[Runtime]:
+    with _errors(), Runtime.open(store, create=create, agents=agents) as rt:
+        yield rt
+
+
+def _load_agent(spec: str) -> Agent:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        _fail(
+            EXIT_USAGE, f"--agent must look like module:attr (e.g. myapp.agents:calc); got {spec!r}"
+        )
+    sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        _fail(EXIT_USAGE, f"cannot load agent {spec!r}: {exc}")
+    if callable(obj) and not isinstance(obj, Agent):
+        obj = obj()
+    if not isinstance(obj, Agent):
+        _fail(EXIT_USAGE, f"{spec!r} is a {type(obj).__name__}, not an fl.Agent")
+    return obj
+
+
+def _event_json(rec: Recorded) -> dict[str, Any]:
+    body: dict[str, Any] = msgspec.to_builtins(rec.event)
+    if not isinstance(body, dict):
+        body = {"type": rec.type}
+    body.pop("type", None)
+    return {
+        "run_id": rec.run_id,
+        "seq": rec.seq,
+        "position": rec.position,
+        "at": rec.at,
+        "type": rec.type,
+        "data": body,
+    }
+
+
+def _summary(rec: Recorded) -> str:
+    data = _event_json(rec)["data"]
+    text = ", ".join(f"{k}={v!r}" for k, v in data.items() if k not in ("tools", "limits"))
+    return escape(text if len(text) <= 90 else text[:87] + "...")
+
+
+@app.command()
+def demo() -> None:
+    """Run an offline demo agent on the embedded store and show what it records."""
+    agent = demo_agent()
+    store = _store()
+    with _runtime(store, create=True, agents=(agent,)) as rt:
+        out.print(f"[bold]foldloop demo[/] - store: {escape(str(store))}")
+        out.print(f"[dim]input:[/] {escape(DEMO_INPUT)}\n")
+
+        def show(rec: Recorded) -> None:
+            out.print(
+                f"  [cyan]{rec.seq:>3}[/] {rec.type:<18} {_summary(rec)}",
+                no_wrap=True,
+                overflow="ellipsis",
+            )
+
+        unsubscribe = rt.subscribe(show)
+        run = rt.spawn(agent, DEMO_INPUT)
+        result = run.wait(timeout=60)
+        _flush(rt, run.id)
+        out.print(f"\n[yellow]run {result.status.value}[/]: {escape(result.reason)}")
+        out.print("[dim]extending the step ceiling and resuming...[/]\n")
+        run = rt.resume(run.id, extend=Limits(max_steps=5))
+        result = run.wait(timeout=60)
+        _flush(rt, run.id)
+        unsubscribe()
+        out.print(f"\n[green]run {result.status.value}[/] after {result.steps} steps: ")
+        out.print(f"  {escape(result.output)}")
+        rt.verify(run.id)
+        out.print("[dim]replay check (verify): today's code decides exactly what the log says.[/]")
+        out.print("\nInspect what it wrote:")
+        flag = f" --store {store}" if store != _DEFAULT_STORE else ""
+        for line in (
+            f"foldloop{flag} runs",
+            f"foldloop{flag} show {run.id}",
+            f"foldloop{flag} events {run.id} --json",
+            f"foldloop{flag} verify {run.id} --agent foldloop.cli.demo:demo_agent",
+            f"foldloop{flag} doctor",
+        ):
+            out.print(f"  {escape(line)}")
+
+
+def _flush(rt: Runtime, run_id: str) -> None:
+    """Let the subscriber thread print the run's last events before we print more."""
+    head = rt.store.head(run_id)
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and rt.store.head(run_id) < head:
+        time.sleep(0.01)
+    time.sleep(0.05)
+
+
+@app.command()
+def runs(
+    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    agent: Annotated[str | None, typer.Option(help="Only runs of this agent.")] = None,
+) -> None:
+    """List the runs in the store."""
+    with _runtime(_store()) as rt:
+        try:
+            rows = rt.runs(status=status, agent=agent)
+        except ValueError:
+            _fail(EXIT_USAGE, f"unknown status {status!r}")
+        table = Table("run", "agent", "status", "steps", "reason")
+        for row in rows:
+            table.add_row(
+                escape(row.run_id),
+                escape(row.agent),
+                row.status.value,
+                str(row.steps),
+                escape(row.reason[:80]),
+            )
+        out.print(table)
+
+
+@app.command()
+def show(run: str) -> None:
+    """A run's summary and timeline."""
+    with _runtime(_store()) as rt:
+        state = rt.state(run)
+        summary = next((r for r in rt.runs() if r.run_id == run), None)
+        status = summary.status.value if summary else state.status.value
+        out.print(f"[bold]{escape(run)}[/] agent={escape(state.agent)} status={status}")
+        out.print(
+            f"steps={state.steps} tokens={state.usage.total_tokens} "
+            f"cost=${state.usage.cost_usd:.4f}"
+        )
+        if state.reason:
+            out.print(f"reason: {escape(state.reason)}")
+        if state.output:
+            out.print(f"output: {escape(state.output)}")
+        for rec in rt.events(run):
+            out.print(f"  {rec.seq:>4} {rec.type:<18} {_summary(rec)}")
+
+
+@app.command()
+def events(
+    run: str,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
+    from_seq: Annotated[int, typer.Option("--from-seq", min=1)] = 1,
+) -> None:
+    """A run's events."""
+    with _runtime(_store()) as rt:
+        for rec in rt.events(run, from_seq):
+            if as_json:
+                sys.stdout.write(json.dumps(_event_json(rec), ensure_ascii=True) + "\n")
+            else:
+                out.print(f"{rec.seq:>4} {rec.type:<18} {_summary(rec)}")
+
+
+@app.command()
+def verify(
+    run: str,
+    agent: Annotated[str, typer.Option(help="The agent as module:attr.")],
+) -> None:
+    """Replay a run's log through today's code; exit 4 at the first difference."""
+    loaded = _load_agent(agent)
+    with _runtime(_store(), agents=(loaded,)) as rt:
+        state = rt.verify(run)
+        out.print(f"ok: {state.seq} events of {escape(run)} replay identically")
+
+
+@app.command()
+def resume(
+    run: str,
+    agent: Annotated[str, typer.Option(help="The agent as module:attr.")],
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Raise the step ceiling.")] = None,
+) -> None:
+    """Continue a resumable run and wait for it to settle."""
+    loaded = _load_agent(agent)
+    with _runtime(_store(), agents=(loaded,)) as rt:
+        extend = Limits(max_steps=max_steps) if max_steps else None
+        result = rt.resume(run, extend=extend).wait()
+        out.print(f"{escape(run)}: {result.status.value} {escape(result.reason or result.output)}")
+
+
+@app.command()
+def doctor() -> None:
+    """Walk the whole store: checksums, hash chains, gapless seqs, decodability."""
+    with _runtime(_store()) as rt:
+        problems = 0
+        run_ids = rt.store.run_ids()
+        for run_id in run_ids:
+            try:
+                rt.store.verify_chain(run_id)
+            except CorruptRecord as exc:
+                problems += 1
+                out.print(f"[red]{escape(exc.run_id)} seq {exc.seq}[/]: {escape(exc.problem)}")
+        if problems:
+            raise typer.Exit(EXIT_CORRUPT)
+        out.print(f"ok: {len(run_ids)} runs, {rt.store.last_position()} events, all intact")
+
+
+def _quiet_logs() -> None:
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``foldloop`` script."""
+    _quiet_logs()
+    command: Callable[..., Any] = typer.main.get_command(app)
+    try:
+        command(args=argv, prog_name="foldloop", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else EXIT_ERROR
+        sys.exit(code)

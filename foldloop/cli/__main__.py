@@ -1,0 +1,5 @@
+"""``python -m foldloop.cli``."""
+
+from foldloop.cli import main
+
+main()
