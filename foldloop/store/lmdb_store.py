@@ -514,7 +514,16 @@ class LmdbStore:
 
 def encode_all(events: Sequence[KnownEvent]) -> list[tuple[KnownEvent, bytes]]:
     """Encode events before queueing them, so a bad payload fails in the caller, unwritten."""
-    return [(event, encode_event(event)) for event in events]
+    out: list[tuple[KnownEvent, bytes]] = []
+    for event in events:
+        try:
+            out.append((event, encode_event(event)))
+        except (msgspec.EncodeError, OverflowError, UnicodeEncodeError, TypeError) as exc:
+            raise ConfigError(
+                f"cannot store a {event.type} event: {exc}; integers must fit in 64 bits and "
+                "text must be valid unicode (nothing was written)"
+            ) from None
+    return out
 
 
 _REGISTRY: dict[str, LmdbStore] = {}

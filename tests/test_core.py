@@ -1,0 +1,360 @@
+"""The pure core: fold laws, message order, limits, and a stateful machine over decide()."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+from hypothesis import given, note
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from foldloop.core import (
+    INITIAL,
+    CallModel,
+    Cancel,
+    Decision,
+    ModelCallFailed,
+    ModelReplied,
+    Resume,
+    RunState,
+    RunStatus,
+    RunTools,
+    Settle,
+    Start,
+    ToolFinished,
+    decide,
+    evolve,
+    fold,
+    replay,
+)
+from foldloop.errors import NondeterminismError
+from foldloop.events import (
+    Limits,
+    ModelToolCall,
+    Recorded,
+    RunCompleted,
+    ToolInfo,
+    Usage,
+)
+from tests.strategies import any_event
+
+TOOLS = (
+    ToolInfo(name="add", idempotent=True, schema_digest="a"),
+    ToolInfo(name="send", idempotent=False, schema_digest="s"),
+)
+
+
+def records(events: list[Any], run_id: str = "r", start_seq: int = 1) -> list[Recorded]:
+    return [
+        Recorded(run_id=run_id, seq=start_seq + i, position=start_seq + i, at=1000 * (i + 1), event=e)
+        for i, e in enumerate(events)
+    ]
+
+
+@given(st.lists(any_event, max_size=30), st.integers(0, 30))
+def test_fold_is_a_left_fold_over_any_split(events: list[Any], cut: int) -> None:
+    log = records(events)
+    cut = min(cut, len(log))
+    assert fold(log) == fold(log[cut:], fold(log[:cut]))
+
+
+@given(st.lists(any_event, max_size=30))
+def test_evolve_is_total_and_deterministic(events: list[Any]) -> None:
+    log = records(events)
+    assert fold(log) == fold(log)
+    assert fold(log).seq == len(log)
+
+
+class Driver:
+    """Feeds commands to decide() and keeps the log, as a RunActor would."""
+
+    def __init__(self, limits: Limits = Limits()) -> None:
+        self.log: list[Recorded] = []
+        self.state = RunState(run_id="r")
+        self.clock = itertools.count(1_000, 1_000)
+        self.limits = limits
+
+    def send(self, command: Any) -> Decision:
+        decision = decide(self.state, command)
+        for event in decision.events:
+            rec = Recorded(
+                run_id="r",
+                seq=self.state.seq + 1,
+                position=len(self.log) + 1,
+                at=command.now,
+                event=event,
+            )
+            self.log.append(rec)
+            self.state = evolve(self.state, rec)
+        return decision
+
+    def now(self) -> int:
+        return next(self.clock)
+
+    def start(self) -> Decision:
+        return self.send(
+            Start(now=self.now(), agent="a", input="hi", tools=TOOLS, limits=self.limits)
+        )
+
+    def reply(self, calls: list[tuple[str, str]] = (), text: str = "", usage: Usage = Usage()) -> Decision:
+        return self.send(
+            ModelReplied(
+                now=self.now(),
+                step=self.state.model_pending,
+                text=text,
+                tool_calls=tuple(ModelToolCall(id="", name=n, args=a) for n, a in calls),
+                usage=usage,
+            )
+        )
+
+    def finish(self, call_id: str, result: str = "ok", ok: bool = True, kind: str = "") -> Decision:
+        return self.send(
+            ToolFinished(now=self.now(), call_id=call_id, ok=ok, result=result, kind=kind)
+        )
+
+
+def test_tool_results_reach_the_model_in_the_order_it_asked() -> None:
+    d = Driver()
+    d.start()
+    d.reply([("add", '{"n":1}'), ("add", '{"n":2}'), ("add", '{"n":3}')])
+    ids = [c.call_id for c in d.state.calls]
+    for call_id in reversed(ids):  # completion order is the reverse
+        d.finish(call_id, result=f"r-{call_id}")
+    tool_messages = [m for m in d.state.messages if m.role == "tool"]
+    assert [m.tool_call_id for m in tool_messages] == ids
+    assert [m.content for m in tool_messages] == [f"r-{i}" for i in ids]
+
+
+@given(st.permutations(range(5)))
+def test_message_history_is_independent_of_completion_order(order: list[int]) -> None:
+    histories = []
+    for permutation in (list(range(5)), order):
+        d = Driver()
+        d.start()
+        d.reply([("add", f'{{"n":{i}}}') for i in range(5)])
+        ids = [c.call_id for c in d.state.calls]
+        for i in permutation:
+            d.finish(ids[i], result=str(i))
+        histories.append(d.state.messages)
+    assert histories[0] == histories[1]
+
+
+def test_max_steps_stops_before_the_next_model_call() -> None:
+    d = Driver(Limits(max_steps=2))
+    d.start()
+    d.reply([("add", "{}")])
+    d.finish(d.state.calls[0].call_id)
+    d.reply([("add", "{}")])
+    decision = d.finish(d.state.calls[0].call_id)
+    assert d.state.status is RunStatus.LIMIT_REACHED
+    assert not any(isinstance(e, CallModel) for e in decision.effects)
+    assert "max_steps" in d.state.reason and "extend" in d.state.reason
+    resumed = d.send(Resume(now=d.now(), owner="o", extend=Limits(max_steps=3)))
+    assert d.state.status is RunStatus.RUNNING
+    assert d.state.limits.max_steps == 3
+    assert any(isinstance(e, CallModel) and e.step == 3 for e in resumed.effects)
+
+
+def test_max_tokens_clamps_each_call_to_what_is_left() -> None:
+    d = Driver(Limits(max_tokens=100))
+    first = d.start()
+    assert first.effects == (CallModel(step=1, max_tokens=100),)
+    d.reply([("add", "{}")], usage=Usage(input_tokens=60, output_tokens=10))
+    decision = d.finish(d.state.calls[0].call_id)
+    assert decision.effects == (CallModel(step=2, max_tokens=30),)
+    d.reply([("add", "{}")], usage=Usage(input_tokens=25, output_tokens=5))
+    d.finish(d.state.calls[0].call_id)
+    assert d.state.status is RunStatus.LIMIT_REACHED
+    assert d.log[-1].event.limit == "max_tokens"
+
+
+def test_max_cost_and_max_seconds_are_checked_before_actions() -> None:
+    d = Driver(Limits(max_cost_usd=0.5))
+    d.start()
+    d.reply([("add", "{}")], usage=Usage(cost_usd=0.6))
+    assert d.state.status is RunStatus.LIMIT_REACHED
+    assert d.log[-1].event.limit == "max_cost_usd"
+    assert all(c.status == "proposed" for c in d.state.calls)  # no tool was requested
+
+    t = Driver(Limits(max_seconds=1))
+    t.clock = iter([0, 2_000_000_000, 2_000_000_001])
+    t.start()
+    t.reply([("add", "{}")])
+    assert t.state.status is RunStatus.LIMIT_REACHED
+    assert t.log[-1].event.limit == "max_seconds"
+
+
+def test_no_progress_stops_after_the_same_result_n_times() -> None:
+    d = Driver(Limits(no_progress=3))
+    d.start()
+    for _ in range(3):
+        d.reply([("add", '{"a":1}')])
+        d.finish(d.state.calls[0].call_id, result="same")
+    assert d.state.status is RunStatus.NO_PROGRESS
+    assert "same result 3 times" in d.log[-1].event.detail
+
+
+def test_three_invalid_args_in_one_step_fail_the_run_with_a_reason() -> None:
+    d = Driver()
+    d.start()
+    d.reply([("add", "x"), ("add", "y"), ("nope", "{}")])
+    for call in d.state.calls[:2]:
+        d.finish(call.call_id, result="Expected `int`", ok=False, kind="invalid_args")
+    assert d.state.status is RunStatus.FAILED
+    assert "invalid tool arguments 3 times" in d.state.reason
+    assert "no tool named 'nope'" in d.state.calls[2].result
+
+
+def test_two_invalid_args_are_fed_back_and_the_run_goes_on() -> None:
+    d = Driver()
+    d.start()
+    d.reply([("add", "x"), ("add", "{}")])
+    d.finish(d.state.calls[0].call_id, result="bad", ok=False, kind="invalid_args")
+    decision = d.finish(d.state.calls[1].call_id)
+    assert d.state.status is RunStatus.RUNNING
+    assert any(isinstance(e, CallModel) for e in decision.effects)
+    assert "error (invalid_args): bad" in [m.content for m in d.state.messages]
+
+
+def test_resume_reruns_idempotent_and_interrupts_non_idempotent_calls() -> None:
+    d = Driver()
+    d.start()
+    d.reply([("add", "{}"), ("send", "{}")])
+    add_id, send_id = (c.call_id for c in d.state.calls)
+    decision = d.send(Resume(now=d.now(), owner="o2"))  # the old owner died mid-step
+    assert decision.effects == (RunTools(calls=(decision.effects[0].calls[0],)),)
+    assert decision.effects[0].calls[0].call_id == add_id
+    failed = d.log[-1].event
+    assert failed.call_id == send_id and failed.kind == "interrupted"
+    assert "unknown" in d.state.messages[-1].content or d.state.calls[1].kind == "interrupted"
+
+
+def test_resume_reasks_an_unanswered_model_call_with_the_same_prompt() -> None:
+    d = Driver()
+    first = d.start()
+    requested = d.log[-1].event
+    decision = d.send(Resume(now=d.now(), owner="o2"))
+    assert decision.effects == (CallModel(step=1, max_tokens=first.effects[0].max_tokens),)
+    assert d.state.model_pending == 1
+    assert requested.prompt_digest  # the digest of what was asked, unchanged in the log
+
+
+def test_model_failures_retry_with_backoff_then_fail() -> None:
+    d = Driver()
+    d.start()
+    delays = []
+    for _ in range(5):
+        decision = d.send(ModelCallFailed(now=d.now(), step=1, error="429", retryable=True))
+        delays.extend(e.delay_s for e in decision.effects if isinstance(e, CallModel))
+    assert delays == sorted(delays) and len(delays) == 4
+    assert d.state.status is RunStatus.FAILED and "429" in d.state.reason
+
+
+def test_cancel_is_final_and_late_results_are_recorded_but_not_acted_on() -> None:
+    d = Driver()
+    d.start()
+    d.reply([("add", "{}")])
+    d.send(Cancel(now=d.now(), reason="user"))
+    late = d.finish(d.state.calls[0].call_id)
+    assert d.state.status is RunStatus.CANCELLED
+    assert late.effects == ()
+    assert decide(d.state, Resume(now=d.now(), owner="x")).rejected
+
+
+def test_replay_detects_a_changed_decision() -> None:
+    d = Driver()
+    d.start()
+    d.reply(text="done")
+    assert replay(d.log).status is RunStatus.COMPLETED
+    tampered = [*d.log[:-1], Recorded(run_id="r", seq=4, position=4, at=1, event=RunCompleted(output="other"))]
+    with pytest.raises(NondeterminismError, match="seq 4") as info:
+        replay(tampered)
+    assert info.value.seq == 4
+    assert info.value.recorded == RunCompleted(output="other")
+    assert info.value.new == RunCompleted(output="done")
+
+
+class RunMachine(RuleBasedStateMachine):
+    """Random commands against decide(): the log must always fold and replay to one state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.d = Driver(Limits(max_steps=6, no_progress=3))
+        self.d.start()
+        self.executed: dict[tuple[str, str], int] = {}
+
+    def perform(self, decision: Decision) -> None:
+        for effect in decision.effects:
+            if isinstance(effect, RunTools):
+                for call in effect.calls:
+                    key = (call.call_id, call.tool)
+                    self.executed[key] = self.executed.get(key, 0) + 1
+
+    @precondition(lambda self: self.d.state.model_pending and self.d.state.status is RunStatus.RUNNING)
+    @rule(
+        calls=st.lists(
+            st.tuples(st.sampled_from(["add", "send", "nope"]), st.sampled_from(["{}", '{"a":1}'])),
+            max_size=3,
+        ),
+        text=st.sampled_from(["", "thinking", "final"]),
+    )
+    def model_replies(self, calls: list[tuple[str, str]], text: str) -> None:
+        self.perform(self.d.reply(calls, text=text))
+
+    @precondition(lambda self: self.d.state.model_pending and self.d.state.status is RunStatus.RUNNING)
+    @rule(retryable=st.booleans())
+    def model_fails(self, retryable: bool) -> None:
+        step = self.d.state.model_pending
+        self.perform(self.d.send(ModelCallFailed(now=self.d.now(), step=step, error="e", retryable=retryable)))
+
+    @precondition(lambda self: any(c.status == "requested" for c in self.d.state.calls))
+    @rule(data=st.data(), ok=st.booleans(), kind=st.sampled_from(["exception", "timeout", "invalid_args"]))
+    def tool_finishes(self, data: st.DataObject, ok: bool, kind: str) -> None:
+        pending = [c for c in self.d.state.calls if c.status == "requested"]
+        call = data.draw(st.sampled_from(pending))
+        result = data.draw(st.sampled_from(["1", "2"]))
+        self.perform(self.d.finish(call.call_id, result=result, ok=ok, kind="" if ok else kind))
+
+    @rule()
+    def crash_and_resume(self) -> None:
+        self.perform(self.d.send(Resume(now=self.d.now(), owner="o", extend=Limits(max_steps=8))))
+
+    @rule()
+    def cancel(self) -> None:
+        self.perform(self.d.send(Cancel(now=self.d.now(), reason="r")))
+
+    @invariant()
+    def log_folds_to_the_live_state(self) -> None:
+        assert fold(self.d.log, RunState(run_id="r")) == self.d.state
+        assert [r.seq for r in self.d.log] == list(range(1, len(self.d.log) + 1))
+
+    @invariant()
+    def log_replays_through_decide(self) -> None:
+        note(f"log: {[r.type for r in self.d.log]}")
+        assert replay(self.d.log) == fold(self.d.log)
+
+    @invariant()
+    def non_idempotent_calls_never_run_twice(self) -> None:
+        for (call_id, tool), times in self.executed.items():
+            if tool == "send":
+                assert times == 1, call_id
+
+    @invariant()
+    def steps_never_exceed_the_ceiling(self) -> None:
+        assert self.d.state.steps <= self.d.state.limits.steps_ceiling
+
+    @invariant()
+    def settled_runs_have_reasons(self) -> None:
+        s = self.d.state
+        if s.status not in (RunStatus.RUNNING, RunStatus.COMPLETED):
+            assert s.reason
+
+
+TestRunMachine = RunMachine.TestCase
+
+
+def test_initial_state_is_empty() -> None:
+    assert INITIAL.seq == 0 and not INITIAL.started
+    assert Settle() == Settle()

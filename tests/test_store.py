@@ -1,0 +1,326 @@
+"""The LMDB log: atomic appends, integrity, growth, bad files, leases, and a model check."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
+
+from foldloop.errors import ConcurrencyError, ConfigError, CorruptRecord, RunLocked, StoreError
+from foldloop.events import ModelRequested, RunCompleted, RunStarted, ToolCompleted
+from foldloop.store import OwnerLock, encode_all, open_store
+from foldloop.store.framing import Frame, index_key, seal
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ev(i: int) -> ToolCompleted:
+    return ToolCompleted(call_id=f"c{i}", result=f"result-{i}")
+
+
+def test_append_and_read_back(store_path: Path) -> None:
+    store = open_store(store_path)
+    try:
+        recs = store.append("r1", [RunStarted(agent="a", input="x"), ev(1)], expected_seq=0, at=7)
+        assert [(r.seq, r.position, r.at) for r in recs] == [(1, 1, 7), (2, 2, 7)]
+        store.append("r2", [ev(2)], expected_seq=0, at=8)
+        store.append("r1", [ev(3)], expected_seq=2, at=9)
+        assert [r.event for r in store.read("r1")] == [RunStarted(agent="a", input="x"), ev(1), ev(3)]
+        assert [r.seq for r in store.read("r1", 2)] == [2, 3]
+        assert [r.position for r in store.read_all()] == [1, 2, 3, 4]
+        assert [r.run_id for r in store.read_all(3)] == ["r2", "r1"]
+        assert store.head("r1") == 3 and store.head("nope") == 0
+        assert store.run_ids() == ["r1", "r2"]
+        assert store.verify_chain("r1") == 3
+    finally:
+        store.close()
+
+
+def test_stale_expected_seq_is_refused_and_writes_nothing(store_path: Path) -> None:
+    store = open_store(store_path)
+    try:
+        store.append("r1", [ev(1), ev(2)], expected_seq=0, at=1)
+        with pytest.raises(ConcurrencyError, match="at seq 2, expected 1") as info:
+            store.append("r1", [ev(3)], expected_seq=1, at=2)
+        assert (info.value.expected, info.value.actual) == (1, 2)
+        assert store.head("r1") == 2 and store.last_position() == 2
+    finally:
+        store.close()
+
+
+def test_unencodable_payload_fails_before_any_write(store_path: Path) -> None:
+    store = open_store(store_path)
+    try:
+        with pytest.raises(ConfigError, match="nothing was written"):
+            store.append("r1", [RunCompleted(output="\ud800")], expected_seq=0, at=1)
+        assert store.last_position() == 0
+    finally:
+        store.close()
+
+
+def test_store_directory_is_private(store_path: Path) -> None:
+    store = open_store(store_path)
+    store.append("r1", [ev(1)], expected_seq=0, at=1)
+    store.close()
+    assert stat.S_IMODE(store_path.stat().st_mode) == 0o700
+    for name in ("data.mdb", "lock.mdb"):
+        assert stat.S_IMODE((store_path / name).stat().st_mode) == 0o600
+
+
+def test_two_opens_in_one_process_share_the_store(store_path: Path) -> None:
+    a = open_store(store_path)
+    b = open_store(store_path)
+    try:
+        assert a is b
+        a.append("r1", [ev(1)], expected_seq=0, at=1)
+    finally:
+        a.close()
+    assert b.head("r1") == 1  # still open: one reference left
+    b.close()
+
+
+def test_flipped_byte_is_reported_with_run_and_seq(store_path: Path) -> None:
+    store = open_store(store_path)
+    store.append("r1", [RunStarted(agent="a", input="x"), RunCompleted(output="MARKER-0123456789")], expected_seq=0, at=1)
+    store.close()
+    data = (store_path / "data.mdb").read_bytes()
+    assert b"MARKER-0123456789" in data
+    (store_path / "data.mdb").write_bytes(data.replace(b"MARKER-0123456789", b"MARKER-0123456788"))
+    store = open_store(store_path)
+    try:
+        assert store.read("r1", 1, 1)[0].seq == 1  # the intact record still reads
+        with pytest.raises(CorruptRecord, match="'r1' seq 2: checksum mismatch") as info:
+            store.read("r1")
+        assert (info.value.run_id, info.value.seq) == ("r1", 2)
+    finally:
+        store.close()
+
+
+def test_rewritten_record_with_valid_checksum_breaks_the_hash_chain(store_path: Path) -> None:
+    store = open_store(store_path)
+    try:
+        store.append("r1", [ev(1), ev(2), ev(3)], expected_seq=0, at=1)
+        forged = Frame("r1", 2, 2, 1, msgspec.Raw(msgspec.msgpack.encode(ev(99))))
+        value, _ = seal(forged, b"\0" * 16)
+        with store.env.begin(write=True) as txn:
+            pos = txn.get(index_key("r1", 2), db=store._index)
+            txn.put(pos, value, db=store._log)
+        assert store.read("r1")[1].event == ev(99)  # the crc alone cannot tell
+        with pytest.raises(CorruptRecord, match="seq 2: hash chain broken"):
+            store.verify_chain("r1")
+    finally:
+        store.close()
+
+
+def test_map_grows_when_full_and_nothing_is_lost(store_path: Path) -> None:
+    store = open_store(store_path, map_size=1 << 20)
+    try:
+        big = "x" * 20_000
+        for i in range(120):  # ~2.4 MB into a 1 MiB map
+            store.append("r1", [RunCompleted(output=f"{i}{big}")], expected_seq=i, at=i)
+        assert store.map_size > 1 << 20
+        assert [r.event.output[:3].rstrip("x") for r in store.read("r1")] == [str(i) for i in range(120)]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("map_size", [0, -5, 2**60, "10GB", True])
+def test_bad_map_size_is_refused(store_path: Path, map_size: object) -> None:
+    with pytest.raises(ConfigError, match="map_size must be an int"):
+        open_store(store_path, map_size=map_size)  # type: ignore[arg-type]
+    assert not store_path.exists()
+
+
+def _open_in_child(path: Path) -> subprocess.CompletedProcess[str]:
+    code = textwrap.dedent(
+        f"""
+        from foldloop.store import open_store
+        from foldloop.errors import StoreError
+        try:
+            s = open_store({str(path)!r}, create=True)
+            print("opened", s.read_all())
+        except StoreError as e:
+            print("StoreError:", e)
+        """
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def _make_store(path: Path, n: int = 300) -> None:
+    store = open_store(path)
+    for i in range(n):
+        store.append("r1", [RunCompleted(output="y" * 500)], expected_seq=i, at=i)
+    store.close()
+
+
+def test_truncated_data_file_is_refused_not_a_crash(store_path: Path) -> None:
+    _make_store(store_path)
+    data = store_path / "data.mdb"
+    size = data.stat().st_size
+    with data.open("r+b") as fh:
+        fh.truncate(size // 2)
+    proc = _open_in_child(store_path)
+    assert proc.returncode == 0, proc.stderr  # not -SIGBUS
+    assert "StoreError:" in proc.stdout and "truncated" in proc.stdout
+
+
+def test_non_lmdb_data_file_is_refused(store_path: Path) -> None:
+    _make_store(store_path, 5)
+    (store_path / "data.mdb").write_bytes(os.urandom(64 * 1024))
+    proc = _open_in_child(store_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "is not an LMDB file" in proc.stdout
+
+
+def test_emptied_data_file_is_not_mistaken_for_a_new_store(store_path: Path) -> None:
+    _make_store(store_path, 5)
+    (store_path / "data.mdb").write_bytes(b"")
+    with pytest.raises(StoreError, match="missing or empty"):
+        open_store(store_path)
+    assert (store_path / "data.mdb").stat().st_size == 0
+
+
+def test_a_file_or_a_foreign_directory_is_refused(tmp_path: Path) -> None:
+    afile = tmp_path / "file"
+    afile.write_text("hello")
+    with pytest.raises(StoreError, match="is not a directory"):
+        open_store(afile)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not a foldloop store"):
+        open_store(foreign)
+    assert sorted(os.listdir(foreign)) == ["notes.txt"]
+    with pytest.raises(StoreError, match="no foldloop store"):
+        open_store(tmp_path / "missing", create=False)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_stale_reader_slot_of_a_killed_process_is_cleared_on_open(store_path: Path) -> None:
+    _make_store(store_path, 3)
+    code = textwrap.dedent(
+        f"""
+        import sys, time
+        from foldloop.store import open_store
+        s = open_store({str(store_path)!r})
+        txn = s.env.begin()
+        txn.get(b"x")
+        print("reading", flush=True)
+        time.sleep(60)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "reading"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    store = open_store(store_path)
+    try:
+        assert f"{child.pid}" not in store.env.readers().split()
+        assert store.env.reader_check() == 0  # already cleared by open
+    finally:
+        store.close()
+
+
+def test_leases_fence_a_stale_owner(store_path: Path) -> None:
+    store = open_store(store_path)
+    lock_a = OwnerLock(store.owners_dir, "owner-a")
+    lock_b = OwnerLock(store.owners_dir, "owner-b")
+    try:
+        epoch_a = store.submit(lambda w: w.acquire_lease("r1", "owner-a")).wait()
+        payload = encode_all([ev(1)])
+        store.submit(lambda w: w.append("r1", payload, expected_seq=0, at=1, owner="owner-a", epoch=epoch_a)).wait()
+        with pytest.raises(RunLocked, match="driven by a live runtime"):
+            store.submit(lambda w: w.acquire_lease("r1", "owner-b")).wait()
+        lock_a.release()  # owner a dies
+        epoch_b = store.submit(lambda w: w.acquire_lease("r1", "owner-b")).wait()
+        assert epoch_b == epoch_a + 1
+        with pytest.raises(RunLocked, match=f"held epoch {epoch_a} and was fenced off"):
+            store.submit(lambda w: w.append("r1", payload, expected_seq=1, at=2, owner="owner-a", epoch=epoch_a)).wait()
+        assert store.head("r1") == 1
+    finally:
+        lock_b.release()
+        store.close()
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """The real store against a dict model, with reopen in between."""
+
+    runs = Bundle("runs")
+
+    def __init__(self) -> None:
+        super().__init__()
+        import tempfile
+
+        self.dir = Path(tempfile.mkdtemp()) / "s"
+        self.store = open_store(self.dir, map_size=1 << 20)
+        self.model: dict[str, list[ToolCompleted]] = {}
+        self.order: list[tuple[str, int]] = []
+        self.n = 0
+
+    @rule(target=runs, rid=st.from_regex(r"[a-z]{1,3}(-[0-9]{1,2})?", fullmatch=True))
+    def new_run(self, rid: str) -> str:
+        self.model.setdefault(rid, [])
+        return rid
+
+    @rule(r=runs, k=st.integers(1, 4), size=st.integers(0, 3000))
+    def append(self, r: str, k: int, size: int) -> None:
+        events = []
+        for _ in range(k):
+            self.n += 1
+            events.append(ToolCompleted(call_id=str(self.n), result="z" * size))
+        self.store.append(r, events, expected_seq=len(self.model[r]), at=self.n)
+        for e in events:
+            self.model[r].append(e)
+            self.order.append((r, len(self.model[r])))
+
+    @rule(r=runs, lag=st.integers(1, 3))
+    def stale_append(self, r: str, lag: int) -> None:
+        if len(self.model[r]) < lag:
+            return
+        with pytest.raises(ConcurrencyError):
+            self.store.append(r, [ev(0)], expected_seq=len(self.model[r]) - lag, at=0)
+
+    @rule()
+    def reopen(self) -> None:
+        self.store.close()
+        self.store = open_store(self.dir, map_size=1 << 20)
+
+    @rule(r=runs, from_seq=st.integers(1, 10))
+    def read_from(self, r: str, from_seq: int) -> None:
+        assert [x.event for x in self.store.read(r, from_seq)] == self.model[r][from_seq - 1 :]
+
+    @invariant()
+    def matches_model(self) -> None:
+        for r, events in self.model.items():
+            got = self.store.read(r)
+            assert [x.event for x in got] == events
+            assert [x.seq for x in got] == list(range(1, len(events) + 1))
+        everything = self.store.read_all()
+        assert [x.position for x in everything] == list(range(1, len(self.order) + 1))
+        assert [(x.run_id, x.seq) for x in everything] == self.order
+
+    def teardown(self) -> None:
+        self.store.close()
+
+
+TestStoreMachine = StoreMachine.TestCase
+TestStoreMachine.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+
+
+def test_requested_event_roundtrip_through_store(store_path: Path) -> None:
+    store = open_store(store_path)
+    try:
+        store.append("r", [ModelRequested(step=1, prompt_digest="abc", max_tokens=5)], expected_seq=0, at=3)
+        assert store.read("r")[0].event == ModelRequested(step=1, prompt_digest="abc", max_tokens=5)
+    finally:
+        store.close()
