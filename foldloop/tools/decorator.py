@@ -106,8 +106,14 @@ class Tool:
         start = time.perf_counter()
         try:
             parsed = self.validate(args)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except msgspec.ValidationError as exc:
             return ToolOutcome(False, f"invalid arguments for {self.name!r}: {exc}", "invalid_args")
+        except msgspec.DecodeError as exc:
+            return ToolOutcome(
+                False,
+                f"arguments for {self.name!r} are not valid JSON ({exc}); send a JSON object",
+                "invalid_args",
+            )
         kwargs = {name: getattr(parsed, name) for name in self.schema.names}
         try:
             value = self.fn(**kwargs)

@@ -1,0 +1,334 @@
+"""The Runtime through its public API: tools, limits, cancel, resume, verify, locks."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+import foldloop as fl
+from foldloop.core import fold
+
+
+@pytest.fixture
+def rt(store_path: Path) -> Iterator[fl.Runtime]:
+    with fl.Runtime.open(store_path) as runtime:
+        yield runtime
+
+
+@fl.tool(idempotent=True)
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def types(rt: fl.Runtime, run_id: str) -> list[str]:
+    return [r.type for r in rt.events(run_id)]
+
+
+def test_a_run_completes_and_its_log_tells_the_story(rt: fl.Runtime) -> None:
+    llm = fl.ScriptedLLM(
+        [fl.Reply(tool_calls=[fl.ToolCall("add", {"a": 2, "b": 3})]), fl.Reply(text="5")]
+    )
+    agent = fl.Agent(name="calc", llm=llm, tools=[add], instructions="Be exact.")
+    run = rt.spawn(agent, "What is 2+3?", metadata={"user": "u1"})
+    result = run.wait(timeout=30)
+    assert (result.status, result.output, result.steps, result.resumable) == (
+        fl.RunStatus.COMPLETED, "5", 2, False,
+    )
+    assert result.usage.input_tokens > 0 and result.usage.output_tokens > 0
+    assert types(rt, run.id) == [
+        "run.started", "model.requested", "model.responded", "tool.requested",
+        "tool.completed", "model.requested", "model.responded", "run.completed",
+    ]
+    state = rt.state(run.id)
+    assert [m.role for m in state.messages] == ["system", "user", "assistant", "tool", "assistant"]
+    assert state.messages[3].content == "5"
+    assert [s.run_id for s in rt.runs(status=fl.RunStatus.COMPLETED)] == [run.id]
+    assert rt.runs(agent="other") == []
+    assert [r.run_id for r in rt.read_all()] == [run.id] * 8
+    assert rt.verify(run.id).status is fl.RunStatus.COMPLETED
+
+
+def test_tool_calls_of_one_reply_run_concurrently_and_answer_in_order(rt: fl.Runtime) -> None:
+    barrier = threading.Barrier(3, timeout=10)
+
+    @fl.tool
+    def meet(name: str, delay: float) -> str:
+        """Wait for the other calls (only possible if they run at the same time)."""
+        barrier.wait()
+        time.sleep(delay)
+        return f"hello {name}"
+
+    calls = [fl.ToolCall("meet", {"name": n, "delay": d}) for n, d in (("a", 0.2), ("b", 0.1), ("c", 0.0))]
+    agent = fl.Agent(name="meet", llm=fl.ScriptedLLM([fl.Reply(tool_calls=calls), fl.Reply(text="ok")]), tools=[meet])
+    run = rt.spawn(agent, "go")
+    assert run.wait(timeout=30).status is fl.RunStatus.COMPLETED
+    completed = [r.event.call_id for r in rt.events(run.id) if r.type == "tool.completed"]
+    assert completed == ["call_1_3", "call_1_2", "call_1_1"]  # finished in reverse
+    tool_msgs = [m for m in rt.state(run.id).messages if m.role == "tool"]
+    assert [m.content for m in tool_msgs] == ["hello a", "hello b", "hello c"]  # asked order
+
+
+def test_a_tool_past_its_timeout_fails_with_kind_timeout_and_the_run_goes_on(rt: fl.Runtime) -> None:
+    release = threading.Event()
+
+    @fl.tool(timeout=0.2)
+    def slow() -> str:
+        """Take too long."""
+        release.wait(10)
+        return "late"
+
+    llm = fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("slow")]), fl.Reply(text="gave up")])
+    run = rt.spawn(fl.Agent(name="slow", llm=llm, tools=[slow]), "go")
+    try:
+        assert run.wait(timeout=30).output == "gave up"
+    finally:
+        release.set()
+    failed = [r.event for r in rt.events(run.id) if r.type == "tool.failed"]
+    assert [(f.kind, f.error) for f in failed] == [("timeout", "tool 'slow' did not finish within 0.2 s")]
+
+
+def test_a_tool_that_raises_is_fed_back_to_the_model(rt: fl.Runtime) -> None:
+    @fl.tool
+    def boom(x: int) -> int:
+        """Fail."""
+        raise ValueError(f"bad {x}")
+
+    seen: list[str] = []
+
+    def model(messages: Sequence[fl.Message], tools: Sequence[fl.ToolSpec]) -> fl.Reply:
+        if len(messages) == 1:
+            return fl.Reply(tool_calls=[fl.ToolCall("boom", {"x": 7})])
+        seen.append(messages[-1].content)
+        return fl.Reply(text="sorry")
+
+    run = rt.spawn(fl.Agent(name="boom", llm=fl.ScriptedLLM(model), tools=[boom]), "go")
+    assert run.wait(timeout=30).status is fl.RunStatus.COMPLETED
+    assert seen == ["error (exception): ValueError: bad 7"]
+    assert [r.event.kind for r in rt.events(run.id) if r.type == "tool.failed"] == ["exception"]
+
+
+def test_invalid_arguments_are_fed_back_then_three_in_a_step_fail_the_run(rt: fl.Runtime) -> None:
+    llm = fl.ScriptedLLM(
+        [
+            fl.Reply(tool_calls=[fl.ToolCall("add", {"a": "two", "b": 3})]),
+            fl.Reply(tool_calls=[fl.ToolCall("add", '{"a": 1'), fl.ToolCall("add", {"a": 1}), fl.ToolCall("add", {"a": 1, "b": 2, "c": 3})]),
+        ]
+    )
+    run = rt.spawn(fl.Agent(name="bad", llm=llm, tools=[add]), "go")
+    result = run.wait(timeout=30)
+    assert result.status is fl.RunStatus.FAILED
+    assert "invalid tool arguments 3 times in step 2" in result.reason
+    failures = [r.event.error for r in rt.events(run.id) if r.type == "tool.failed"]
+    assert "Expected `int`, got `str` - at `$.a`" in failures[0]
+    assert "not valid JSON" in failures[1] and "missing required field `b`" in failures[2]
+    assert "unknown field `c`" in failures[3]
+    assert not result.resumable
+
+
+def test_cancel_is_immediate_while_the_model_is_thinking(rt: fl.Runtime) -> None:
+    llm = fl.ScriptedLLM([fl.Reply(text="too late")], latency_s=3)
+    run = rt.spawn(fl.Agent(name="slowmodel", llm=llm), "go")
+    time.sleep(0.1)
+    run.cancel(reason="user left")
+    result = run.wait(timeout=2)
+    assert result.status is fl.RunStatus.CANCELLED
+    assert result.reason == "cancelled by the host: user left"
+    assert types(rt, run.id)[-1] == "run.cancelled"
+
+
+def test_a_limit_parks_the_run_and_resume_extends_it(rt: fl.Runtime) -> None:
+    replies = [fl.Reply(tool_calls=[fl.ToolCall("add", {"a": i, "b": 1})]) for i in range(3)]
+    agent = fl.Agent(
+        name="lim", llm=fl.ScriptedLLM([*replies, fl.Reply(text="done")]), tools=[add],
+        limits=fl.Limits(max_steps=2),
+    )
+    run = rt.spawn(agent, "count")
+    parked = run.wait(timeout=30)
+    assert (parked.status, parked.resumable, parked.steps) == (fl.RunStatus.LIMIT_REACHED, True, 2)
+    assert "max_steps" in parked.reason and "rt.resume" in parked.reason
+    resumed = rt.resume(run.id, extend=fl.Limits(max_steps=10)).wait(timeout=30)
+    assert (resumed.status, resumed.output, resumed.steps) == (fl.RunStatus.COMPLETED, "done", 4)
+    assert "run.resumed" in types(rt, run.id)
+    assert rt.verify(run.id).status is fl.RunStatus.COMPLETED
+    with pytest.raises(fl.ConfigError, match="completed and cannot be resumed"):
+        rt.resume(run.id)
+
+
+def test_no_progress_stops_a_looping_run(rt: fl.Runtime) -> None:
+    llm = fl.ScriptedLLM(lambda m, t: fl.Reply(tool_calls=[fl.ToolCall("add", {"a": 1, "b": 1})]))
+    run = rt.spawn(fl.Agent(name="loop", llm=llm, tools=[add]), "go")
+    result = run.wait(timeout=30)
+    assert result.status is fl.RunStatus.NO_PROGRESS
+    assert "same result 3 times" in result.reason and result.resumable
+
+
+def test_max_seconds_uses_the_injected_clock(store_path: Path) -> None:
+    ticks = itertools.count(0, 400_000_000)  # every reading is 0.4 s later
+    with fl.Runtime.open(store_path, clock=lambda: next(ticks)) as rt:
+        llm = fl.ScriptedLLM(lambda m, t: fl.Reply(tool_calls=[fl.ToolCall("add", {"a": len(m), "b": 0})]))
+        agent = fl.Agent(name="timed", llm=llm, tools=[add], limits=fl.Limits(max_seconds=2, max_steps=100))
+        result = rt.spawn(agent, "go").wait(timeout=30)
+        assert result.status is fl.RunStatus.LIMIT_REACHED
+        assert "max_seconds ceiling 2" in result.reason
+
+
+def test_retryable_model_errors_are_retried_and_recorded(rt: fl.Runtime) -> None:
+    attempts = []
+
+    def flaky(messages: Sequence[fl.Message], tools: Sequence[fl.ToolSpec]) -> fl.Reply:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise fl.ModelCallError("429 rate limited", retryable=True)
+        return fl.Reply(text="finally", model="gpt-4o-mini", usage=fl.Usage(input_tokens=1000, output_tokens=1000))
+
+    result = rt.spawn(fl.Agent(name="flaky", llm=fl.ScriptedLLM(flaky)), "go").wait(timeout=30)
+    assert result.output == "finally"
+    assert result.usage.cost_usd == pytest.approx((1000 * 0.15 + 1000 * 0.60) / 1e6)
+    events = list(rt.events(rt.runs()[0].run_id))
+    assert [e.event.retryable for e in events if e.type == "model.failed"] == [True, True]
+
+
+def test_verify_catches_changed_code_and_changed_tools(rt: fl.Runtime, store_path: Path) -> None:
+    script = [fl.Reply(tool_calls=[fl.ToolCall("add", {"a": 1, "b": 2})]), fl.Reply(text="3")]
+    agent = fl.Agent(name="v", llm=fl.ScriptedLLM(script), tools=[add], instructions="v1")
+    run = rt.spawn(agent, "go")
+    run.wait(timeout=30)
+    rt.close()
+
+    changed = fl.Agent(name="v", llm=fl.ScriptedLLM(script), tools=[add], instructions="v2")
+    with fl.Runtime.open(store_path, agents=[changed]) as rt2:
+        with pytest.raises(fl.NondeterminismError, match="seq 1") as info:
+            rt2.verify(run.id)
+        assert info.value.run_id == run.id and info.value.seq == 1
+
+    @fl.tool(idempotent=True)
+    def mul(a: int, b: int) -> int:
+        """Multiply."""
+        return a * b
+
+    other_tools = fl.Agent(name="v", llm=fl.ScriptedLLM(script), tools=[add, mul])
+    with fl.Runtime.open(store_path, agents=[other_tools]) as rt3:
+        with pytest.raises(fl.SchemaChangedError, match="added: mul"):
+            rt3.verify(run.id)
+
+
+def test_spawn_refuses_bad_or_taken_run_ids(rt: fl.Runtime) -> None:
+    agent = fl.Agent(name="ids", llm=fl.ScriptedLLM([fl.Reply(text="x")]))
+    rt.spawn(agent, "go", run_id="fixed-1").wait(timeout=30)
+    with pytest.raises(fl.ConfigError, match="already exists"):
+        rt.spawn(agent, "again", run_id="fixed-1")
+    for bad in ("", "a/b", "x" * 129, "nul\0", "new\nline"):
+        with pytest.raises(fl.ConfigError, match="run_id must be"):
+            rt.spawn(agent, "go", run_id=bad)
+    with pytest.raises(fl.RunNotFound):
+        rt.state("nope")
+    with pytest.raises(fl.RunNotFound):
+        rt.resume("nope")
+    assert len(rt.runs()) == 1
+
+
+def test_subscribers_get_live_events_and_a_raising_one_is_isolated(rt: fl.Runtime) -> None:
+    got: list[str] = []
+    rt.subscribe(lambda rec: (_ for _ in ()).throw(RuntimeError("bad subscriber")))
+    unsubscribe = rt.subscribe(lambda rec: got.append(rec.type), types={"run.completed", "run.started"})
+    agent = fl.Agent(name="sub", llm=fl.ScriptedLLM([fl.Reply(text="x")]))
+    rt.spawn(agent, "go").wait(timeout=30)
+    deadline = time.monotonic() + 5
+    while len(got) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert got == ["run.started", "run.completed"]
+    unsubscribe()
+
+
+def test_state_from_a_snapshot_equals_the_full_fold(store_path: Path) -> None:
+    with fl.Runtime.open(store_path, snapshot_every=5) as rt:
+        replies = [fl.Reply(tool_calls=[fl.ToolCall("add", {"a": i, "b": i})]) for i in range(8)]
+        agent = fl.Agent(name="snap", llm=fl.ScriptedLLM([*replies, fl.Reply(text="end")]), tools=[add])
+        run = rt.spawn(agent, "go")
+        run.wait(timeout=30)
+        # Snapshot ops queue behind appends; an empty durable op flushes the writer.
+        rt.store.submit(lambda w: None).wait()
+        snap = rt.store.snapshot(run.id)
+        assert snap is not None and 0 < snap[1] <= rt.store.head(run.id)
+        assert rt.state(run.id) == fold(rt.events(run.id))
+
+
+def test_second_runtime_cannot_resume_a_run_driven_elsewhere(store_path: Path) -> None:
+    code = textwrap.dedent(
+        f"""
+        import sys, time, foldloop as fl
+        agent = fl.Agent(name="slow", llm=fl.ScriptedLLM([fl.Reply(text="x")], latency_s=60))
+        rt = fl.Runtime.open({str(store_path)!r}, agents=[agent])
+        run = rt.spawn(agent, "go", run_id="held")
+        print("SPAWNED", flush=True)
+        time.sleep(60)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, stderr=subprocess.DEVNULL)
+    try:
+        assert child.stdout is not None
+        while (line := child.stdout.readline()) and line.strip() != "SPAWNED":
+            pass  # structlog, unconfigured by the library, prints its own lines first
+        assert line.strip() == "SPAWNED"
+        agent = fl.Agent(name="slow", llm=fl.ScriptedLLM([fl.Reply(text="mine")]))
+        with fl.Runtime.open(store_path, agents=[agent]) as rt:
+            with pytest.raises(fl.RunLocked, match="driven by a live runtime"):
+                rt.resume("held")
+            assert rt.recover() == []
+            assert rt.runs()[0].status is fl.RunStatus.RUNNING
+            child.kill()
+            child.wait()
+            assert rt.runs()[0].status is fl.RunStatus.INTERRUPTED  # the lease died with it
+            (handle,) = rt.recover()
+            assert handle.wait(timeout=30).output == "mine"
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+
+
+def test_two_runtimes_in_one_process_share_one_log(store_path: Path) -> None:
+    agent = fl.Agent(name="two", llm=fl.ScriptedLLM([fl.Reply(text="x")]))
+    with fl.Runtime.open(store_path, agents=[agent]) as a, fl.Runtime.open(store_path, agents=[agent]) as b:
+        ra = a.spawn(agent, "one")
+        rb = b.spawn(agent, "two")
+        assert ra.wait(timeout=30).ok and rb.wait(timeout=30).ok
+        assert {r.run_id for r in a.read_all()} == {ra.id, rb.id}
+        assert a.owner != b.owner
+    assert os.path.isdir(store_path)
+
+
+def test_closed_runtime_says_so(store_path: Path) -> None:
+    rt = fl.Runtime.open(store_path)
+    rt.close()
+    with pytest.raises(fl.ConfigError, match="closed"):
+        rt.spawn(fl.Agent(name="x", llm=fl.ScriptedLLM([])), "go")
+
+
+def test_tool_schema_errors_happen_at_decoration() -> None:
+    with pytest.raises(fl.ToolSchemaError, match="has no type hint"):
+
+        @fl.tool
+        def untyped(x):  # type: ignore[no-untyped-def]
+            return x
+
+    with pytest.raises(fl.ToolSchemaError, match="not supported"):
+
+        @fl.tool
+        def weird(x: threading.Lock) -> None:
+            """Nope."""
+
+    with pytest.raises(fl.ConfigError, match="timeout must be"):
+        fl.tool(timeout=float("nan"), name="nan_timeout")(lambda: None)
+    with pytest.raises(fl.ConfigError, match="registered twice"):
+        fl.Agent(name="dup", llm=fl.ScriptedLLM([]), tools=[add, add])
