@@ -26,7 +26,7 @@ from foldloop.agent import Agent
 from foldloop.core.commands import Cancel, Command, Resume, Start
 from foldloop.core.decide import decide
 from foldloop.core.effects import Decision, Settle
-from foldloop.core.evolve import INITIAL, apply, fold
+from foldloop.core.evolve import apply, fold
 from foldloop.core.replay import replay
 from foldloop.core.state import STATE_VERSION, RunState, RunStatus
 from foldloop.errors import ConfigError, FoldloopError, RunLocked, RunNotFound, SchemaChangedError
@@ -257,7 +257,7 @@ class Runtime:
             metadata=meta,
             parent_run_id=parent_run_id,
         )
-        decision = decide(INITIAL, command)
+        decision = decide(RunState(run_id=run_id), command)
         payloads = encode_all(decision.events)
         owner = self.owner
 
@@ -547,6 +547,8 @@ class Runtime:
 
 
 def _evolve_all(state: RunState, decision: Decision, at: int) -> RunState:
+    if decision.state is not None:
+        return decision.state
     for event in decision.events:
         state = apply(state, event, at)
     return state

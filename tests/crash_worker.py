@@ -24,7 +24,7 @@ import msgspec
 import structlog
 
 import foldloop as fl
-from foldloop.core.messages import prompt_digest
+from foldloop.core.messages import history_digest
 
 OUT_LOCK = threading.Lock()
 
@@ -79,7 +79,7 @@ def build_agent(args: argparse.Namespace) -> fl.Agent:
     def script(messages: Sequence[fl.Message], tools: Sequence[fl.ToolSpec]) -> fl.Reply:
         step = sum(1 for m in messages if m.role == "assistant")
         if prompts is not None:
-            ledger_write(prompts, f"{step + 1} {prompt_digest(tuple(messages), '', None)}")
+            ledger_write(prompts, f"{step + 1} {history_digest(messages)}")
         if args.hang_in_model_step and step + 1 == args.hang_in_model_step:
             emit("IN_MODEL")
             time.sleep(3600)

@@ -3,6 +3,14 @@
 from foldloop.actors.run_actor import RunActor
 from foldloop.actors.system import ActorSystem, Settlement
 from foldloop.actors.timers import Timers
-from foldloop.actors.tool_actor import RunToolCall, ToolActor
+from foldloop.actors.tool_actor import RunToolCall, ToolActor, ToolRunner
 
-__all__ = ["ActorSystem", "RunActor", "RunToolCall", "Settlement", "Timers", "ToolActor"]
+__all__ = [
+    "ActorSystem",
+    "RunActor",
+    "RunToolCall",
+    "Settlement",
+    "Timers",
+    "ToolActor",
+    "ToolRunner",
+]

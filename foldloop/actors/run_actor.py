@@ -103,9 +103,11 @@ class RunActor(pykka.ThreadingActor):
             durable=decision.durable,
             callback=None if decision.durable else self._on_queued_append,
         )
-        state = self.state
-        for event in decision.events:
-            state = apply(state, event, at)
+        state = decision.state
+        if state is None:
+            state = self.state
+            for event in decision.events:
+                state = apply(state, event, at)
         if decision.durable:
             op.wait()
         before = self.state.seq
@@ -140,9 +142,10 @@ class RunActor(pykka.ThreadingActor):
                     self._call_model(effect)
                 case RunTools():
                     for call in effect.calls:
-                        actor = self.system.tool_actor(self.agent, call.tool)
-                        message = RunToolCall(self.run_id, call.call_id, call.args, self.actor_ref)
-                        actor.tell(message)
+                        runner = self.system.tool_runner(self.agent, call.tool)
+                        runner.dispatch(
+                            RunToolCall(self.run_id, call.call_id, call.args, self.actor_ref)
+                        )
                 case Settle():
                     self.settle()
 
@@ -183,7 +186,11 @@ class RunActor(pykka.ThreadingActor):
                 ref.tell(command)
 
         pool = self.system.model_pool
-        if effect.delay_s > 0:
+        if effect.delay_s <= 0 and getattr(llm, "instant", False):
+            # Nothing to wait for, so nothing a cancel could interrupt: call it here. The
+            # reply still arrives as a message, behind any cancel already queued.
+            call()
+        elif effect.delay_s > 0:
             self.system.timers.call_later(effect.delay_s, lambda: _discard(pool.submit(call)))
         else:
             self.system.model_pool.submit(call)

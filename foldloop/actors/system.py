@@ -15,7 +15,7 @@ import structlog
 
 from foldloop.actors.run_actor import RunActor
 from foldloop.actors.timers import Timers
-from foldloop.actors.tool_actor import ToolActor
+from foldloop.actors.tool_actor import ToolActor, ToolRunner
 from foldloop.agent import Agent
 from foldloop.core.effects import Decision
 from foldloop.core.state import RunState
@@ -60,23 +60,25 @@ class ActorSystem:
         self._lock = threading.Lock()
         self._runs: dict[str, pykka.ActorRef[Any]] = {}
         self._tools: dict[tuple[str, str], pykka.ActorRef[Any]] = {}
+        self._runners: dict[tuple[str, str], ToolRunner] = {}
         self._settlements: dict[str, Settlement] = {}
         self._closed = False
 
     # -- tools ---------------------------------------------------------------------------
 
-    def tool_actor(self, agent: Agent, name: str) -> pykka.ActorRef[Any]:
-        """The ToolActor of ``agent``'s tool ``name`` (started on first use)."""
+    def tool_runner(self, agent: Agent, name: str) -> ToolRunner:
+        """The runner of ``agent``'s tool ``name``; its ToolActor starts on first use."""
         key = (agent.name, name)
         with self._lock:
-            ref = self._tools.get(key)
-            if ref is None:
+            runner = self._runners.get(key)
+            if runner is None:
                 tool = agent.tool(name)
                 if tool is None:  # decide never asks for an unknown tool
                     raise KeyError(name)
-                ref = ToolActor.start(tool, self.timers, self.clock)
-                self._tools[key] = ref
-            return ref
+                runner = ToolRunner(tool, self.timers, self.clock)
+                self._tools[key] = ToolActor.start(runner)
+                self._runners[key] = runner
+            return runner
 
     # -- runs ----------------------------------------------------------------------------
 

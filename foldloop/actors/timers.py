@@ -32,9 +32,12 @@ class Timers:
 
     def call_later(self, delay_s: float, fn: Callable[[], None]) -> None:
         """Run ``fn`` after ``delay_s`` seconds (monotonic clock)."""
+        due = time.monotonic() + delay_s
         with self._cond:
-            heapq.heappush(self._heap, (time.monotonic() + delay_s, next(self._ids), fn))
-            self._cond.notify()
+            earliest = not self._heap or due < self._heap[0][0]
+            heapq.heappush(self._heap, (due, next(self._ids), fn))
+            if earliest:  # waking the thread for a later deadline would only cost the GIL
+                self._cond.notify()
 
     def stop(self) -> None:
         """Drop pending timers and stop the thread."""

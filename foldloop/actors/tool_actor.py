@@ -1,8 +1,10 @@
-"""ToolActor: one per tool, runs calls on its own bounded pool and reports each outcome.
+"""ToolActor: one per tool; owns the tool's bounded pool and its timeouts.
 
-The actor's own thread only dispatches, so a slow tool never blocks other calls to it
-beyond its concurrency bound. A call past its timeout is reported as
-``tool.failed(kind="timeout")`` at once; its late real outcome is then ignored by decide.
+Run actors hand calls straight to ``dispatch`` (thread-safe) rather than through the
+actor's mailbox: the mailbox would only forward to the pool, at the price of one more
+thread wake-up on every step. The actor's own thread handles lifecycle (stop shuts the
+pool down). A call past its timeout is reported as ``tool.failed(kind="timeout")`` at
+once; its late real outcome is then ignored by decide.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from foldloop.actors.timers import Timers
 from foldloop.core.commands import ToolFinished
 from foldloop.tools.decorator import Tool
 
-__all__ = ["RunToolCall", "ToolActor"]
+__all__ = ["RunToolCall", "ToolActor", "ToolRunner"]
 
 log = structlog.get_logger(__name__)
 
@@ -36,13 +38,10 @@ class RunToolCall:
     reply_to: Any
 
 
-class ToolActor(pykka.ThreadingActor):
-    """Executes one tool's calls with a concurrency bound and a timeout."""
-
-    use_daemon_thread = True
+class ToolRunner:
+    """One tool's bounded pool and timeouts; ``dispatch`` may be called from any thread."""
 
     def __init__(self, tool: Tool, timers: Timers, clock: Callable[[], int]) -> None:
-        super().__init__()
         self.tool = tool
         self.timers = timers
         self.clock = clock
@@ -50,14 +49,15 @@ class ToolActor(pykka.ThreadingActor):
             max_workers=tool.concurrency, thread_name_prefix=f"foldloop-tool-{tool.name}"
         )
 
-    def on_receive(self, message: Any) -> None:
-        if isinstance(message, RunToolCall):
-            try:
-                self._start(message)
-            except Exception:
-                log.exception("tool_dispatch_failed", tool=self.tool.name, run_id=message.run_id)
+    def dispatch(self, call: RunToolCall) -> None:
+        """Start ``call`` on the pool; its outcome is told to ``call.reply_to``."""
+        try:
+            self._start(call)
+        except Exception:
+            log.exception("tool_dispatch_failed", tool=self.tool.name, run_id=call.run_id)
 
-    def on_stop(self) -> None:
+    def shutdown(self) -> None:
+        """Stop taking calls; running ones finish on their threads, unclaimed."""
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _start(self, call: RunToolCall) -> None:
@@ -116,3 +116,20 @@ class ToolActor(pykka.ThreadingActor):
 
             self.timers.call_later(timeout, expire)
         self.pool.submit(run)
+
+
+class ToolActor(pykka.ThreadingActor):
+    """The actor of one tool: owns its ToolRunner's lifecycle; calls may also arrive here."""
+
+    use_daemon_thread = True
+
+    def __init__(self, runner: ToolRunner) -> None:
+        super().__init__()
+        self.runner = runner
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, RunToolCall):
+            self.runner.dispatch(message)
+
+    def on_stop(self) -> None:
+        self.runner.shutdown()

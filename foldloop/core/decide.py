@@ -82,7 +82,10 @@ class _Builder:
 
     def decision(self) -> Decision:
         return Decision(
-            events=tuple(self.events), effects=tuple(self.effects), durable=self.durable
+            events=tuple(self.events),
+            effects=tuple(self.effects),
+            durable=self.durable,
+            state=self.state,
         )
 
     # -- the loop's rules ---------------------------------------------------------------
@@ -125,7 +128,7 @@ class _Builder:
         if s.limits.max_tokens is not None:
             left = max(1, s.limits.max_tokens - s.usage.total_tokens)
         step = s.steps + 1
-        digest = prompt_digest(s.messages, s.tools_digest, left)
+        digest = prompt_digest(s.history_digest, s.tools_digest, left)
         self.emit(ModelRequested(step=step, prompt_digest=digest, max_tokens=left))
         self.effects.append(CallModel(step=step, max_tokens=left))
 

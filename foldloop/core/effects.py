@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from foldloop.core.state import RunState
 from foldloop.events.catalogue import KnownEvent
 
 __all__ = ["CallModel", "Decision", "Effect", "RunTools", "Settle", "ToolRun"]
@@ -44,10 +45,12 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
 
     ``durable``: an effect leaves the process (a non-idempotent tool, a result handed to
     the host), so the events must be fsync'd before any effect starts. ``rejected`` says
-    why a command was refused (no events then).
+    why a command was refused (no events then). ``state`` is the state after the events
+    (decide computed it while deciding; callers need not apply the events again).
     """
 
     events: tuple[KnownEvent, ...] = ()
     effects: tuple[Effect, ...] = ()
     durable: bool = False
     rejected: str = ""
+    state: RunState | None = None

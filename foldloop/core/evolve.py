@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from msgspec.structs import replace
 
-from foldloop.core.messages import Message, push
+from foldloop.core.messages import Message, chain_digest, push
 from foldloop.core.state import CallState, RunState, RunStatus
 from foldloop.events.catalogue import (
     ApprovalDecided,
@@ -82,10 +82,17 @@ def _finish_call(state: RunState, call_id: str, status: str, result: str, kind: 
         this = _signature(call)
         sig, count = (sig, count + 1) if this == sig else (this, 1)
     return replace(
-        state,
-        history=push(state.history, (tool_message(c) for c in new_calls)),
+        _with_messages(state, [tool_message(c) for c in new_calls]),
         repeat_sig=sig,
         repeat_count=count,
+    )
+
+
+def _with_messages(state: RunState, messages: list[Message]) -> RunState:
+    return replace(
+        state,
+        history=push(state.history, messages),
+        history_digest=chain_digest(state.history_digest, messages),
     )
 
 
@@ -122,6 +129,7 @@ def apply(state: RunState, event: AnyEvent, at: int) -> RunState:
                 status=RunStatus.RUNNING,
                 active_since=at,
                 history=push(state.history, intro),
+                history_digest=chain_digest(state.history_digest, intro),
             )
         case ModelRequested():
             return replace(state, model_pending=event.step)
@@ -139,6 +147,7 @@ def apply(state: RunState, event: AnyEvent, at: int) -> RunState:
                 calls=calls,
                 invalid_args_in_step=0,
                 history=push(state.history, (reply,)),
+                history_digest=chain_digest(state.history_digest, (reply,)),
             )
         case ModelFailed():
             return replace(state, model_failures=state.model_failures + 1)

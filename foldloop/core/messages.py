@@ -15,7 +15,18 @@ import msgspec
 
 from foldloop.events.values import ModelToolCall
 
-__all__ = ["CHUNK", "History", "Message", "Role", "ToolSpec", "flatten", "prompt_digest", "push"]
+__all__ = [
+    "CHUNK",
+    "History",
+    "Message",
+    "Role",
+    "ToolSpec",
+    "chain_digest",
+    "flatten",
+    "history_digest",
+    "prompt_digest",
+    "push",
+]
 
 Role = Literal["system", "user", "assistant", "tool"]
 CHUNK = 64
@@ -60,11 +71,30 @@ def flatten(history: History) -> tuple[Message, ...]:
 _ENCODER = msgspec.msgpack.Encoder()
 
 
-def prompt_digest(messages: tuple[Message, ...], tools_digest: str, max_tokens: int | None) -> str:
+def chain_digest(previous: str, messages: Iterable[Message]) -> str:
+    """Extend a running digest of the history by ``messages`` (O(1) per message).
+
+    Folding keeps this digest in RunState, so the prompt digest of step 1,000 does not
+    re-encode 3,000 messages.
+    """
+    digest = previous
+    for message in messages:
+        digest = hashlib.blake2b(
+            digest.encode() + _ENCODER.encode(message), digest_size=16
+        ).hexdigest()
+    return digest
+
+
+def history_digest(messages: Iterable[Message]) -> str:
+    """The running digest of a whole message list (what RunState.history_digest holds)."""
+    return chain_digest("", messages)
+
+
+def prompt_digest(history: str, tools_digest: str, max_tokens: int | None) -> str:
     """A digest of exactly what the model is asked: proves a resumed prompt is byte-identical."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(_ENCODER.encode((messages, tools_digest, max_tokens)))
-    return h.hexdigest()
+    return hashlib.blake2b(
+        _ENCODER.encode((history, tools_digest, max_tokens)), digest_size=16
+    ).hexdigest()
 
 
 class ToolSpec(msgspec.Struct, frozen=True, kw_only=True):

@@ -76,6 +76,7 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     last_at: int = 0
     unknown_events: int = 0
     history: History = ()
+    history_digest: str = ""
 
     @property
     def messages(self) -> tuple[Message, ...]:

@@ -52,6 +52,12 @@ class ScriptedLLM:
         """The name recorded in ``model.responded``."""
         return self._model
 
+    @property
+    def instant(self) -> bool:
+        """A list replayed with no latency answers at once: the run calls it inline
+        (no thread hand-off); a function or a latency may block, so those go to the pool."""
+        return not callable(self._replies) and not self.latency_s
+
     def complete(
         self,
         messages: Sequence[Message],

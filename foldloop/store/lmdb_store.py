@@ -3,8 +3,8 @@
 Databases inside the environment:
 
     log        position (u64 BE)      -> sealed record (see framing.py)
-    index      run_id NUL seq (u64 BE) -> position
-    heads      run_id                 -> Head(seq, chain hash)
+    index      run_id NUL seq (u64 BE) -> position (u64 BE) + chain hash; a run's last
+                                        entry is its head (seq and hash to chain onto)
     leases     run_id                 -> Lease(owner, epoch)
     snapshots  run_id                 -> msgpack [state_version, seq, state bytes]
     meta       name                   -> bytes (checkpoints and store-wide facts)
@@ -39,8 +39,10 @@ from foldloop.store.framing import (
     SealBroken,
     chain_hash,
     decode_frame,
+    head_from_index,
     index_key,
     index_prefix,
+    index_value,
     pack_position,
     seal,
     unpack_position,
@@ -57,7 +59,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 DEFAULT_MAP_SIZE = 256 << 20
 MAX_MAP_SIZE = 1 << 40
-_HEADS = msgspec.msgpack.Decoder(Head)
+_LAST = b"\xff" * 8
 _LEASE = msgspec.msgpack.Decoder(Lease)
 _ENC = msgspec.msgpack.Encoder()
 _SNAPSHOT = msgspec.msgpack.Decoder(tuple[int, int, bytes])
@@ -130,8 +132,7 @@ class WriteTxn:
     # -- reads inside the transaction ----------------------------------------------------
 
     def head(self, run_id: str) -> Head:
-        raw = self.txn.get(run_id.encode(), db=self.store._heads)
-        return Head(0, GENESIS) if raw is None else _HEADS.decode(raw)
+        return last_index_entry(self.txn.cursor(db=self.store._index), run_id)
 
     def lease(self, run_id: str) -> Lease | None:
         raw = self.txn.get(run_id.encode(), db=self.store._leases)
@@ -177,9 +178,8 @@ class WriteTxn:
             value, prev = seal(frame, prev)
             key = pack_position(position)
             txn.put(key, value, db=store._log, append=True)
-            txn.put(index_key(run_id, seq), key, db=store._index)
+            txn.put(index_key(run_id, seq), index_value(position, prev), db=store._index)
             out.append(Recorded(run_id=run_id, seq=seq, position=position, at=at, event=event))
-        txn.put(run_id.encode(), _ENC.encode(Head(seq, prev)), db=store._heads)
         self.appended.extend(out)
         return out
 
@@ -251,7 +251,6 @@ class LmdbStore:
             self.env.reader_check()
             self._log = self.env.open_db(b"log", create=True)
             self._index = self.env.open_db(b"index", create=True)
-            self._heads = self.env.open_db(b"heads", create=True)
             self._leases = self.env.open_db(b"leases", create=True)
             self._snapshots = self.env.open_db(b"snapshots", create=True)
             self._meta = self.env.open_db(b"meta", create=True)
@@ -354,11 +353,7 @@ class LmdbStore:
     def head(self, run_id: str) -> int:
         """The run's last seq (0 if the run does not exist)."""
 
-        def get(txn: Any) -> int:
-            raw = txn.get(run_id.encode(), db=self._heads)
-            return 0 if raw is None else _HEADS.decode(raw).seq
-
-        return self.read_txn(get)
+        return self.read_txn(lambda txn: last_index_entry(txn.cursor(db=self._index), run_id).seq)
 
     def read(self, run_id: str, from_seq: int = 1, to_seq: int | None = None) -> list[Recorded]:
         """The run's records from ``from_seq`` (inclusive) to ``to_seq`` (inclusive)."""
@@ -376,7 +371,7 @@ class LmdbStore:
                 seq = int.from_bytes(key[-8:], "big")
                 if to_seq is not None and seq > to_seq:
                     break
-                out.append(self._decode(txn.get(pos, db=log_db), run_id, seq))
+                out.append(self._decode(txn.get(pos[:8], db=log_db), run_id, seq))
             return out
 
         return self.read_txn(get)
@@ -408,7 +403,18 @@ class LmdbStore:
 
     def run_ids(self) -> list[str]:
         """Every run in the store, sorted by id."""
-        return self.read_txn(lambda txn: [bytes(k).decode() for k, _ in txn.cursor(db=self._heads)])
+
+        def walk(txn: Any) -> list[str]:
+            cur = txn.cursor(db=self._index)
+            out: list[str] = []
+            found = cur.first()
+            while found:
+                run_id = bytes(cur.key()[:-9]).decode()
+                out.append(run_id)
+                found = cur.set_range(index_prefix(run_id) + _LAST)
+            return out
+
+        return self.read_txn(walk)
 
     def lease(self, run_id: str) -> Lease | None:
         """Who holds the run now (owner '' when nobody)."""
@@ -476,16 +482,14 @@ class LmdbStore:
                     seq = int.from_bytes(key[-8:], "big")
                     if seq != expected:
                         raise CorruptRecord(run_id, expected, f"seq gap: next stored is {seq}")
-                    value = txn.get(pos, db=self._log)
+                    value = txn.get(pos[:8], db=self._log)
                     self._decode(value, run_id, seq)
                     stored_prev, _ = unseal(value)
                     if stored_prev != prev:
                         raise CorruptRecord(run_id, seq, "hash chain broken (a record was altered)")
                     prev = chain_hash(value)
-            raw = txn.get(run_id.encode(), db=self._heads)
-            head = Head(0, GENESIS) if raw is None else _HEADS.decode(raw)
-            if head.seq != expected or head.hash != prev:
-                raise CorruptRecord(run_id, expected, "head does not match the last record")
+                    if bytes(pos[8:]) != prev:
+                        raise CorruptRecord(run_id, seq, "index hash does not match the record")
             return expected
 
         return self.read_txn(walk)
@@ -510,6 +514,15 @@ class LmdbStore:
                 return
             _REGISTRY.pop(str(self.path), None)
         self._close()
+
+
+def last_index_entry(cur: Any, run_id: str) -> Head:
+    """The run's head: its last index entry (seq 0 and the genesis hash when absent)."""
+    prefix = index_prefix(run_id)
+    found = cur.prev() if cur.set_range(prefix + _LAST) else cur.last()
+    if found and cur.key().startswith(prefix):
+        return head_from_index(cur.key(), cur.value())
+    return Head(0, GENESIS)
 
 
 def encode_all(events: Sequence[KnownEvent]) -> list[tuple[KnownEvent, bytes]]:
