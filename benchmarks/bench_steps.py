@@ -159,9 +159,10 @@ def bench_load(quick: bool) -> None:
 
 def bench_fold(quick: bool) -> None:
     steps = 1000
-    with tempfile.TemporaryDirectory() as d, fl.Runtime.open(
-        Path(d) / "fl", snapshot_every=0
-    ) as rt:
+    with (
+        tempfile.TemporaryDirectory() as d,
+        fl.Runtime.open(Path(d) / "fl", snapshot_every=0) as rt,
+    ):
         run = rt.spawn(agent(steps, "long"), "go")
         assert run.wait(timeout=600).ok
         n = rt.store.head(run.id)
@@ -191,7 +192,8 @@ def bench_fold(quick: bool) -> None:
         print(f"   read + fold (RunState):      {n / t_ours:10.0f} events/s")
         print(f"   ratio fold/bare:             {t_bare / t_ours:10.0%}")
         data = Path(d) / "fl" / "data.mdb"
-        print(f"   data.mdb: {data.stat().st_size / steps:.0f} bytes per step (file size, incl. free pages)")
+        per_step = data.stat().st_size / steps
+        print(f"   data.mdb: {per_step:.0f} bytes per step (file size, free pages included)")
         _ = msgspec  # keeps the import for readers comparing encoders
 
 
@@ -206,7 +208,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-    print(f"foldloop {fl.__version__}, python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"foldloop {fl.__version__}, python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}"
+    )
     bench_sequential(args.quick)
     bench_load(args.quick)
     bench_fold(args.quick)

@@ -11,7 +11,6 @@ from foldloop.events import (
     ToolInfo,
     Usage,
 )
-from foldloop.events.catalogue import KnownEvent as _K
 
 # Text that msgpack can carry: no lone surrogates.
 text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
@@ -42,7 +41,7 @@ st.register_type_strategy(Usage, usage)
 st.register_type_strategy(ModelToolCall, tool_call)
 st.register_type_strategy(ToolInfo, tool_info)
 
-EVENT_TYPES: tuple[type, ...] = _K.__args__
+EVENT_TYPES: tuple[type, ...] = KnownEvent.__args__
 any_event = st.one_of([st.from_type(cls) for cls in EVENT_TYPES])
 
 __all__ = ["EVENT_TYPES", "KnownEvent", "any_event", "limits", "text", "usage"]

@@ -27,7 +27,20 @@ LAYERS = {
 }
 SIBLINGS = {"tools", "llm", "projections"}
 PURE = {"events", "core"}
-BANNED_IN_PURE = {"time", "random", "uuid", "threading", "os", "lmdb", "pykka", "structlog", "secrets", "socket", "subprocess", "asyncio"}
+BANNED_IN_PURE = {
+    "time",
+    "random",
+    "uuid",
+    "threading",
+    "os",
+    "lmdb",
+    "pykka",
+    "structlog",
+    "secrets",
+    "socket",
+    "subprocess",
+    "asyncio",
+}
 
 
 def modules() -> list[Path]:
@@ -97,16 +110,45 @@ def test_public_api_names_match_the_design() -> None:
     import foldloop as fl
 
     for name in (
-        "tool", "ScriptedLLM", "Reply", "ToolCall", "Agent", "Limits", "Runtime", "RunStatus",
-        "Message", "FoldloopError", "ConcurrencyError", "RunNotFound", "RunLocked",
-        "NondeterminismError", "SchemaChangedError", "ApprovalError", "ToolSchemaError", "StoreError",
+        "tool",
+        "ScriptedLLM",
+        "Reply",
+        "ToolCall",
+        "Agent",
+        "Limits",
+        "Runtime",
+        "RunStatus",
+        "Message",
+        "FoldloopError",
+        "ConcurrencyError",
+        "RunNotFound",
+        "RunLocked",
+        "NondeterminismError",
+        "SchemaChangedError",
+        "ApprovalError",
+        "ToolSchemaError",
+        "StoreError",
     ):
         assert hasattr(fl, name), name
         assert name in fl.__all__, name
-    for error in ("ConcurrencyError", "RunNotFound", "RunLocked", "NondeterminismError",
-                  "SchemaChangedError", "ApprovalError", "ToolSchemaError", "StoreError"):
+    for error in (
+        "ConcurrencyError",
+        "RunNotFound",
+        "RunLocked",
+        "NondeterminismError",
+        "SchemaChangedError",
+        "ApprovalError",
+        "ToolSchemaError",
+        "StoreError",
+    ):
         assert issubclass(getattr(fl, error), fl.FoldloopError)
     assert {s.value for s in fl.RunStatus} == {
-        "running", "awaiting_approval", "completed", "failed", "cancelled", "limit_reached",
-        "no_progress", "interrupted",
+        "running",
+        "awaiting_approval",
+        "completed",
+        "failed",
+        "cancelled",
+        "limit_reached",
+        "no_progress",
+        "interrupted",
     }

@@ -48,7 +48,9 @@ TOOLS = (
 
 def records(events: list[Any], run_id: str = "r", start_seq: int = 1) -> list[Recorded]:
     return [
-        Recorded(run_id=run_id, seq=start_seq + i, position=start_seq + i, at=1000 * (i + 1), event=e)
+        Recorded(
+            run_id=run_id, seq=start_seq + i, position=start_seq + i, at=1000 * (i + 1), event=e
+        )
         for i, e in enumerate(events)
     ]
 
@@ -98,7 +100,9 @@ class Driver:
             Start(now=self.now(), agent="a", input="hi", tools=TOOLS, limits=self.limits)
         )
 
-    def reply(self, calls: list[tuple[str, str]] = (), text: str = "", usage: Usage = Usage()) -> Decision:
+    def reply(
+        self, calls: list[tuple[str, str]] = (), text: str = "", usage: Usage = Usage()
+    ) -> Decision:
         return self.send(
             ModelReplied(
                 now=self.now(),
@@ -268,7 +272,10 @@ def test_replay_detects_a_changed_decision() -> None:
     d.start()
     d.reply(text="done")
     assert replay(d.log).status is RunStatus.COMPLETED
-    tampered = [*d.log[:-1], Recorded(run_id="r", seq=4, position=4, at=1, event=RunCompleted(output="other"))]
+    tampered = [
+        *d.log[:-1],
+        Recorded(run_id="r", seq=4, position=4, at=1, event=RunCompleted(output="other")),
+    ]
     with pytest.raises(NondeterminismError, match="seq 4") as info:
         replay(tampered)
     assert info.value.seq == 4
@@ -292,7 +299,9 @@ class RunMachine(RuleBasedStateMachine):
                     key = (call.call_id, call.tool)
                     self.executed[key] = self.executed.get(key, 0) + 1
 
-    @precondition(lambda self: self.d.state.model_pending and self.d.state.status is RunStatus.RUNNING)
+    @precondition(
+        lambda self: self.d.state.model_pending and self.d.state.status is RunStatus.RUNNING
+    )
     @rule(
         calls=st.lists(
             st.tuples(st.sampled_from(["add", "send", "nope"]), st.sampled_from(["{}", '{"a":1}'])),
@@ -303,14 +312,24 @@ class RunMachine(RuleBasedStateMachine):
     def model_replies(self, calls: list[tuple[str, str]], text: str) -> None:
         self.perform(self.d.reply(calls, text=text))
 
-    @precondition(lambda self: self.d.state.model_pending and self.d.state.status is RunStatus.RUNNING)
+    @precondition(
+        lambda self: self.d.state.model_pending and self.d.state.status is RunStatus.RUNNING
+    )
     @rule(retryable=st.booleans())
     def model_fails(self, retryable: bool) -> None:
         step = self.d.state.model_pending
-        self.perform(self.d.send(ModelCallFailed(now=self.d.now(), step=step, error="e", retryable=retryable)))
+        self.perform(
+            self.d.send(
+                ModelCallFailed(now=self.d.now(), step=step, error="e", retryable=retryable)
+            )
+        )
 
     @precondition(lambda self: any(c.status == "requested" for c in self.d.state.calls))
-    @rule(data=st.data(), ok=st.booleans(), kind=st.sampled_from(["exception", "timeout", "invalid_args"]))
+    @rule(
+        data=st.data(),
+        ok=st.booleans(),
+        kind=st.sampled_from(["exception", "timeout", "invalid_args"]),
+    )
     def tool_finishes(self, data: st.DataObject, ok: bool, kind: str) -> None:
         pending = [c for c in self.d.state.calls if c.status == "requested"]
         call = data.draw(st.sampled_from(pending))

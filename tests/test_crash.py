@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import random
 import signal
@@ -42,7 +43,9 @@ def read_until(proc: subprocess.Popen[str], marker: str, timeout: float = 60) ->
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
-            raise AssertionError(f"worker exited before {marker!r}: {proc.stderr.read() if proc.stderr else ''}")
+            raise AssertionError(
+                f"worker exited before {marker!r}: {proc.stderr.read() if proc.stderr else ''}"
+            )
         lines.append(line.strip())
         if line.startswith(marker):
             return lines
@@ -144,7 +147,9 @@ def test_two_processes_appending_at_once_keep_everything_gapless(tmp_path: Path)
     store, ledger = tmp_path / "store", tmp_path / "ledger"
     open_store(store).close()  # create it once, so both workers open an existing store
     procs = [
-        start_worker(store, ledger, "--runs", "6", "--parallel", "4", "--steps", "3", "--prefix", f"p{i}")
+        start_worker(
+            store, ledger, "--runs", "6", "--parallel", "4", "--steps", "3", "--prefix", f"p{i}"
+        )
         for i in range(2)
     ]
     for proc in procs:
@@ -154,12 +159,15 @@ def test_two_processes_appending_at_once_keep_everything_gapless(tmp_path: Path)
     everything = check_log(store)
     runs = {r.run_id for r in everything}
     assert len(runs) == 2 * 6 * 4
-    assert all(fold([r for r in everything if r.run_id == run]).status is fl.RunStatus.COMPLETED for run in runs)
+    assert all(
+        fold([r for r in everything if r.run_id == run]).status is fl.RunStatus.COMPLETED
+        for run in runs
+    )
     writers = {run.split("-")[0] for run in runs}
     assert writers == {"p0", "p1"}
     # Both processes' records interleave in the one global order.
     owners = [r.run_id.split("-")[0] for r in everything]
-    assert any(a != b for a, b in zip(owners, owners[1:], strict=False))
+    assert any(a != b for a, b in itertools.pairwise(owners))
 
 
 def parse(lines: list[str]) -> tuple[list[tuple[str, int, int, str]], list[tuple[str, int, str]]]:
@@ -181,8 +189,17 @@ def test_kill_loop_at_random_points(tmp_path: Path, request: pytest.FixtureReque
     acked_total = 0
     for i in range(kills):
         proc = start_worker(
-            store, ledger, "--recover", "--runs", "50", "--parallel", "3", "--steps", "4",
-            "--prefix", f"k{i}",
+            store,
+            ledger,
+            "--recover",
+            "--runs",
+            "50",
+            "--parallel",
+            "3",
+            "--steps",
+            "4",
+            "--prefix",
+            f"k{i}",
         )
         read_until(proc, "READY")
         time.sleep(rng.uniform(0.005, 0.3))
@@ -190,7 +207,9 @@ def test_kill_loop_at_random_points(tmp_path: Path, request: pytest.FixtureReque
         acked_total += len(acks)
         log = check_log(store)  # gapless seqs and positions, intact chains
         now = [(r.position, r.run_id, r.seq, digest(r.event)) for r in log]
-        assert now[: len(previous)] == previous, f"kill {i}: the log before the crash is not a prefix"
+        assert now[: len(previous)] == previous, (
+            f"kill {i}: the log before the crash is not a prefix"
+        )
         present = {(run, seq): (pos, d) for pos, run, seq, d in now}
         for run, seq, pos, d in acks:
             assert present.get((run, seq)) == (pos, d), f"kill {i}: acknowledged {run}#{seq} lost"

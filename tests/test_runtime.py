@@ -42,12 +42,21 @@ def test_a_run_completes_and_its_log_tells_the_story(rt: fl.Runtime) -> None:
     run = rt.spawn(agent, "What is 2+3?", metadata={"user": "u1"})
     result = run.wait(timeout=30)
     assert (result.status, result.output, result.steps, result.resumable) == (
-        fl.RunStatus.COMPLETED, "5", 2, False,
+        fl.RunStatus.COMPLETED,
+        "5",
+        2,
+        False,
     )
     assert result.usage.input_tokens > 0 and result.usage.output_tokens > 0
     assert types(rt, run.id) == [
-        "run.started", "model.requested", "model.responded", "tool.requested",
-        "tool.completed", "model.requested", "model.responded", "run.completed",
+        "run.started",
+        "model.requested",
+        "model.responded",
+        "tool.requested",
+        "tool.completed",
+        "model.requested",
+        "model.responded",
+        "run.completed",
     ]
     state = rt.state(run.id)
     assert [m.role for m in state.messages] == ["system", "user", "assistant", "tool", "assistant"]
@@ -68,8 +77,15 @@ def test_tool_calls_of_one_reply_run_concurrently_and_answer_in_order(rt: fl.Run
         time.sleep(delay)
         return f"hello {name}"
 
-    calls = [fl.ToolCall("meet", {"name": n, "delay": d}) for n, d in (("a", 0.2), ("b", 0.1), ("c", 0.0))]
-    agent = fl.Agent(name="meet", llm=fl.ScriptedLLM([fl.Reply(tool_calls=calls), fl.Reply(text="ok")]), tools=[meet])
+    calls = [
+        fl.ToolCall("meet", {"name": n, "delay": d})
+        for n, d in (("a", 0.2), ("b", 0.1), ("c", 0.0))
+    ]
+    agent = fl.Agent(
+        name="meet",
+        llm=fl.ScriptedLLM([fl.Reply(tool_calls=calls), fl.Reply(text="ok")]),
+        tools=[meet],
+    )
     run = rt.spawn(agent, "go")
     assert run.wait(timeout=30).status is fl.RunStatus.COMPLETED
     completed = [r.event.call_id for r in rt.events(run.id) if r.type == "tool.completed"]
@@ -78,7 +94,9 @@ def test_tool_calls_of_one_reply_run_concurrently_and_answer_in_order(rt: fl.Run
     assert [m.content for m in tool_msgs] == ["hello a", "hello b", "hello c"]  # asked order
 
 
-def test_a_tool_past_its_timeout_fails_with_kind_timeout_and_the_run_goes_on(rt: fl.Runtime) -> None:
+def test_a_tool_past_its_timeout_fails_with_kind_timeout_and_the_run_goes_on(
+    rt: fl.Runtime,
+) -> None:
     release = threading.Event()
 
     @fl.tool(timeout=0.2)
@@ -94,7 +112,9 @@ def test_a_tool_past_its_timeout_fails_with_kind_timeout_and_the_run_goes_on(rt:
     finally:
         release.set()
     failed = [r.event for r in rt.events(run.id) if r.type == "tool.failed"]
-    assert [(f.kind, f.error) for f in failed] == [("timeout", "tool 'slow' did not finish within 0.2 s")]
+    assert [(f.kind, f.error) for f in failed] == [
+        ("timeout", "tool 'slow' did not finish within 0.2 s")
+    ]
 
 
 def test_a_tool_that_raises_is_fed_back_to_the_model(rt: fl.Runtime) -> None:
@@ -121,7 +141,13 @@ def test_invalid_arguments_are_fed_back_then_three_in_a_step_fail_the_run(rt: fl
     llm = fl.ScriptedLLM(
         [
             fl.Reply(tool_calls=[fl.ToolCall("add", {"a": "two", "b": 3})]),
-            fl.Reply(tool_calls=[fl.ToolCall("add", '{"a": 1'), fl.ToolCall("add", {"a": 1}), fl.ToolCall("add", {"a": 1, "b": 2, "c": 3})]),
+            fl.Reply(
+                tool_calls=[
+                    fl.ToolCall("add", '{"a": 1'),
+                    fl.ToolCall("add", {"a": 1}),
+                    fl.ToolCall("add", {"a": 1, "b": 2, "c": 3}),
+                ]
+            ),
         ]
     )
     run = rt.spawn(fl.Agent(name="bad", llm=llm, tools=[add]), "go")
@@ -149,7 +175,9 @@ def test_cancel_is_immediate_while_the_model_is_thinking(rt: fl.Runtime) -> None
 def test_a_limit_parks_the_run_and_resume_extends_it(rt: fl.Runtime) -> None:
     replies = [fl.Reply(tool_calls=[fl.ToolCall("add", {"a": i, "b": 1})]) for i in range(3)]
     agent = fl.Agent(
-        name="lim", llm=fl.ScriptedLLM([*replies, fl.Reply(text="done")]), tools=[add],
+        name="lim",
+        llm=fl.ScriptedLLM([*replies, fl.Reply(text="done")]),
+        tools=[add],
         limits=fl.Limits(max_steps=2),
     )
     run = rt.spawn(agent, "count")
@@ -175,8 +203,12 @@ def test_no_progress_stops_a_looping_run(rt: fl.Runtime) -> None:
 def test_max_seconds_uses_the_injected_clock(store_path: Path) -> None:
     ticks = itertools.count(0, 400_000_000)  # every reading is 0.4 s later
     with fl.Runtime.open(store_path, clock=lambda: next(ticks)) as rt:
-        llm = fl.ScriptedLLM(lambda m, t: fl.Reply(tool_calls=[fl.ToolCall("add", {"a": len(m), "b": 0})]))
-        agent = fl.Agent(name="timed", llm=llm, tools=[add], limits=fl.Limits(max_seconds=2, max_steps=100))
+        llm = fl.ScriptedLLM(
+            lambda m, t: fl.Reply(tool_calls=[fl.ToolCall("add", {"a": len(m), "b": 0})])
+        )
+        agent = fl.Agent(
+            name="timed", llm=llm, tools=[add], limits=fl.Limits(max_seconds=2, max_steps=100)
+        )
         result = rt.spawn(agent, "go").wait(timeout=30)
         assert result.status is fl.RunStatus.LIMIT_REACHED
         assert "max_seconds ceiling 2" in result.reason
@@ -189,7 +221,11 @@ def test_retryable_model_errors_are_retried_and_recorded(rt: fl.Runtime) -> None
         attempts.append(1)
         if len(attempts) < 3:
             raise fl.ModelCallError("429 rate limited", retryable=True)
-        return fl.Reply(text="finally", model="gpt-4o-mini", usage=fl.Usage(input_tokens=1000, output_tokens=1000))
+        return fl.Reply(
+            text="finally",
+            model="gpt-4o-mini",
+            usage=fl.Usage(input_tokens=1000, output_tokens=1000),
+        )
 
     result = rt.spawn(fl.Agent(name="flaky", llm=fl.ScriptedLLM(flaky)), "go").wait(timeout=30)
     assert result.output == "finally"
@@ -217,9 +253,11 @@ def test_verify_catches_changed_code_and_changed_tools(rt: fl.Runtime, store_pat
         return a * b
 
     other_tools = fl.Agent(name="v", llm=fl.ScriptedLLM(script), tools=[add, mul])
-    with fl.Runtime.open(store_path, agents=[other_tools]) as rt3:
-        with pytest.raises(fl.SchemaChangedError, match="added: mul"):
-            rt3.verify(run.id)
+    with (
+        fl.Runtime.open(store_path, agents=[other_tools]) as rt3,
+        pytest.raises(fl.SchemaChangedError, match="added: mul"),
+    ):
+        rt3.verify(run.id)
 
 
 def test_spawn_refuses_bad_or_taken_run_ids(rt: fl.Runtime) -> None:
@@ -240,7 +278,9 @@ def test_spawn_refuses_bad_or_taken_run_ids(rt: fl.Runtime) -> None:
 def test_subscribers_get_live_events_and_a_raising_one_is_isolated(rt: fl.Runtime) -> None:
     got: list[str] = []
     rt.subscribe(lambda rec: (_ for _ in ()).throw(RuntimeError("bad subscriber")))
-    unsubscribe = rt.subscribe(lambda rec: got.append(rec.type), types={"run.completed", "run.started"})
+    unsubscribe = rt.subscribe(
+        lambda rec: got.append(rec.type), types={"run.completed", "run.started"}
+    )
     agent = fl.Agent(name="sub", llm=fl.ScriptedLLM([fl.Reply(text="x")]))
     rt.spawn(agent, "go").wait(timeout=30)
     deadline = time.monotonic() + 5
@@ -253,7 +293,9 @@ def test_subscribers_get_live_events_and_a_raising_one_is_isolated(rt: fl.Runtim
 def test_state_from_a_snapshot_equals_the_full_fold(store_path: Path) -> None:
     with fl.Runtime.open(store_path, snapshot_every=5) as rt:
         replies = [fl.Reply(tool_calls=[fl.ToolCall("add", {"a": i, "b": i})]) for i in range(8)]
-        agent = fl.Agent(name="snap", llm=fl.ScriptedLLM([*replies, fl.Reply(text="end")]), tools=[add])
+        agent = fl.Agent(
+            name="snap", llm=fl.ScriptedLLM([*replies, fl.Reply(text="end")]), tools=[add]
+        )
         run = rt.spawn(agent, "go")
         run.wait(timeout=30)
         # Snapshot ops queue behind appends; an empty durable op flushes the writer.
@@ -274,7 +316,9 @@ def test_second_runtime_cannot_resume_a_run_driven_elsewhere(store_path: Path) -
         time.sleep(60)
         """
     )
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, stderr=subprocess.DEVNULL
+    )
     try:
         assert child.stdout is not None
         while (line := child.stdout.readline()) and line.strip() != "SPAWNED":
@@ -299,7 +343,10 @@ def test_second_runtime_cannot_resume_a_run_driven_elsewhere(store_path: Path) -
 
 def test_two_runtimes_in_one_process_share_one_log(store_path: Path) -> None:
     agent = fl.Agent(name="two", llm=fl.ScriptedLLM([fl.Reply(text="x")]))
-    with fl.Runtime.open(store_path, agents=[agent]) as a, fl.Runtime.open(store_path, agents=[agent]) as b:
+    with (
+        fl.Runtime.open(store_path, agents=[agent]) as a,
+        fl.Runtime.open(store_path, agents=[agent]) as b,
+    ):
         ra = a.spawn(agent, "one")
         rb = b.spawn(agent, "two")
         assert ra.wait(timeout=30).ok and rb.wait(timeout=30).ok

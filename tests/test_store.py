@@ -35,7 +35,11 @@ def test_append_and_read_back(store_path: Path) -> None:
         assert [(r.seq, r.position, r.at) for r in recs] == [(1, 1, 7), (2, 2, 7)]
         store.append("r2", [ev(2)], expected_seq=0, at=8)
         store.append("r1", [ev(3)], expected_seq=2, at=9)
-        assert [r.event for r in store.read("r1")] == [RunStarted(agent="a", input="x"), ev(1), ev(3)]
+        assert [r.event for r in store.read("r1")] == [
+            RunStarted(agent="a", input="x"),
+            ev(1),
+            ev(3),
+        ]
         assert [r.seq for r in store.read("r1", 2)] == [2, 3]
         assert [r.position for r in store.read_all()] == [1, 2, 3, 4]
         assert [r.run_id for r in store.read_all(3)] == ["r2", "r1"]
@@ -91,7 +95,12 @@ def test_two_opens_in_one_process_share_the_store(store_path: Path) -> None:
 
 def test_flipped_byte_is_reported_with_run_and_seq(store_path: Path) -> None:
     store = open_store(store_path)
-    store.append("r1", [RunStarted(agent="a", input="x"), RunCompleted(output="MARKER-0123456789")], expected_seq=0, at=1)
+    store.append(
+        "r1",
+        [RunStarted(agent="a", input="x"), RunCompleted(output="MARKER-0123456789")],
+        expected_seq=0,
+        at=1,
+    )
     store.close()
     data = (store_path / "data.mdb").read_bytes()
     assert b"MARKER-0123456789" in data
@@ -129,7 +138,9 @@ def test_map_grows_when_full_and_nothing_is_lost(store_path: Path) -> None:
         for i in range(120):  # ~2.4 MB into a 1 MiB map
             store.append("r1", [RunCompleted(output=f"{i}{big}")], expected_seq=i, at=i)
         assert store.map_size > 1 << 20
-        assert [r.event.output[:3].rstrip("x") for r in store.read("r1")] == [str(i) for i in range(120)]
+        assert [r.event.output[:3].rstrip("x") for r in store.read("r1")] == [
+            str(i) for i in range(120)
+        ]
     finally:
         store.close()
 
@@ -238,14 +249,20 @@ def test_leases_fence_a_stale_owner(store_path: Path) -> None:
     try:
         epoch_a = store.submit(lambda w: w.acquire_lease("r1", "owner-a")).wait()
         payload = encode_all([ev(1)])
-        store.submit(lambda w: w.append("r1", payload, expected_seq=0, at=1, owner="owner-a", epoch=epoch_a)).wait()
+        store.submit(
+            lambda w: w.append("r1", payload, expected_seq=0, at=1, owner="owner-a", epoch=epoch_a)
+        ).wait()
         with pytest.raises(RunLocked, match="driven by a live runtime"):
             store.submit(lambda w: w.acquire_lease("r1", "owner-b")).wait()
         lock_a.release()  # owner a dies
         epoch_b = store.submit(lambda w: w.acquire_lease("r1", "owner-b")).wait()
         assert epoch_b == epoch_a + 1
         with pytest.raises(RunLocked, match=f"held epoch {epoch_a} and was fenced off"):
-            store.submit(lambda w: w.append("r1", payload, expected_seq=1, at=2, owner="owner-a", epoch=epoch_a)).wait()
+            store.submit(
+                lambda w: w.append(
+                    "r1", payload, expected_seq=1, at=2, owner="owner-a", epoch=epoch_a
+                )
+            ).wait()
         assert store.head("r1") == 1
     finally:
         lock_b.release()
@@ -320,7 +337,9 @@ TestStoreMachine.settings = settings(max_examples=40, stateful_step_count=25, de
 def test_requested_event_roundtrip_through_store(store_path: Path) -> None:
     store = open_store(store_path)
     try:
-        store.append("r", [ModelRequested(step=1, prompt_digest="abc", max_tokens=5)], expected_seq=0, at=3)
+        store.append(
+            "r", [ModelRequested(step=1, prompt_digest="abc", max_tokens=5)], expected_seq=0, at=3
+        )
         assert store.read("r")[0].event == ModelRequested(step=1, prompt_digest="abc", max_tokens=5)
     finally:
         store.close()

@@ -1,0 +1,119 @@
+"""The README's quickstart and the real `foldloop` entry point, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDLOOP = [sys.executable, "-m", "foldloop.cli"]
+
+
+def readme_blocks(lang: str) -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
+
+
+def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*FOLDLOOP, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+
+
+def test_readme_quickstart_runs_and_is_short(tmp_path: Path) -> None:
+    quickstart = readme_blocks("python")[0]
+    assert len(quickstart.strip().splitlines()) <= 40
+    proc = subprocess.run(
+        [sys.executable, "-c", quickstart],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "completed 2 + 3 = 5, and I noted it. 3" in proc.stdout
+    assert "run.completed" in proc.stdout
+    assert (tmp_path / ".foldloop-quickstart" / "data.mdb").exists()
+
+
+def test_readme_setup_commands_are_the_ones_ci_runs() -> None:
+    bash = readme_blocks("bash")[0]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "foldloop demo" in bash
+    test_command = re.search(r"&& (\.venv/bin/python -m pytest -q)", bash)
+    assert test_command is not None and test_command.group(1) in ci
+
+
+def test_demo_then_inspect_what_it_wrote(tmp_path: Path) -> None:
+    demo = run(["demo"], tmp_path)
+    assert demo.returncode == 0, demo.stderr
+    assert "run limit_reached" in demo.stdout and "run completed after 3 steps" in demo.stdout
+    run_id = re.search(r"foldloop show (\S+)", demo.stdout).group(1)  # type: ignore[union-attr]
+
+    runs = run(["runs"], tmp_path)
+    assert runs.returncode == 0 and run_id in runs.stdout and "completed" in runs.stdout
+
+    events = run(["events", run_id, "--json"], tmp_path)
+    lines = [json.loads(line) for line in events.stdout.splitlines()]
+    assert [e["seq"] for e in lines] == list(range(1, len(lines) + 1))
+    assert lines[0]["type"] == "run.started" and lines[-1]["type"] == "run.completed"
+    assert {"run.limit_reached", "run.resumed"} <= {e["type"] for e in lines}
+
+    verify = run(["verify", run_id, "--agent", "foldloop.cli.demo:demo_agent"], tmp_path)
+    assert verify.returncode == 0, verify.stderr
+    assert "replay identically" in verify.stdout
+    doctor = run(["doctor"], tmp_path)
+    assert doctor.returncode == 0 and "all intact" in doctor.stdout
+    show = run(["show", run_id], tmp_path)
+    assert show.returncode == 0 and "tool.completed" in show.stdout
+
+
+def test_exit_codes_and_no_store_created_by_reads(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    proc = run(["--store", str(missing), "runs"], tmp_path)
+    assert proc.returncode == 3
+    assert "no foldloop store" in proc.stderr and "Traceback" not in proc.stderr
+    assert not missing.exists()
+    proc = run(["runs"], tmp_path, FOLDLOOP_STORE=str(missing))
+    assert proc.returncode == 3 and not missing.exists()
+
+    assert run(["demo"], tmp_path).returncode == 0
+    proc = run(["show", "no-such-run"], tmp_path)
+    assert proc.returncode == 3 and "no run 'no-such-run'" in proc.stderr
+    proc = run(["events", "x", "--from-seq", "-1"], tmp_path)
+    assert proc.returncode == 2
+    proc = run(["verify", "x", "--agent", "nocolon"], tmp_path)
+    assert proc.returncode == 2 and "module:attr" in proc.stderr
+    proc = run(["runs", "--status", "bogus"], tmp_path)
+    assert proc.returncode == 2 and "unknown status" in proc.stderr
+
+
+def test_corrupt_store_exits_4(tmp_path: Path) -> None:
+    assert run(["demo"], tmp_path).returncode == 0
+    data = tmp_path / ".foldloop" / "data.mdb"
+    blob = data.read_bytes()
+    marker = b"You are a careful bookkeeper"
+    assert marker in blob
+    data.write_bytes(blob.replace(marker, b"You are a careless bookkeeper"[: len(marker)]))
+    proc = run(["doctor"], tmp_path)
+    assert proc.returncode == 4
+    assert "seq 1" in proc.stdout and "checksum mismatch" in proc.stdout
+
+
+@pytest.mark.parametrize("payload", ["\x1b[31mred", "\u202eevil", "bell\x07"])
+def test_terminal_escapes_are_neutralised(payload: str) -> None:
+    from foldloop.cli import escape
+
+    shown = escape(payload)
+    assert "\x1b" not in shown and "\u202e" not in shown and "\x07" not in shown
