@@ -96,9 +96,11 @@ def _with_messages(state: RunState, messages: list[Message]) -> RunState:
     )
 
 
-def _park(state: RunState, at: int, status: RunStatus, reason: str) -> RunState:
+def _park(state: RunState, seq: int, at: int, status: RunStatus, reason: str) -> RunState:
     return replace(
         state,
+        seq=seq,
+        last_at=at,
         status=status,
         reason=reason,
         model_pending=0,
@@ -110,7 +112,7 @@ def _park(state: RunState, at: int, status: RunStatus, reason: str) -> RunState:
 def apply(state: RunState, event: AnyEvent, at: int) -> RunState:
     """The state after ``event`` happened at ``at`` (unix ns). Increments ``seq``."""
     prev_at = state.last_at
-    state = replace(state, seq=state.seq + 1, last_at=at)
+    seq = state.seq + 1  # set in the same replace() as each event's own changes: one copy
     match event:
         case RunStarted():
             intro = (
@@ -119,6 +121,8 @@ def apply(state: RunState, event: AnyEvent, at: int) -> RunState:
             intro.append(Message(role="user", content=event.input))
             return replace(
                 state,
+                seq=seq,
+                last_at=at,
                 started=True,
                 agent=event.agent,
                 input=event.input,
@@ -132,7 +136,7 @@ def apply(state: RunState, event: AnyEvent, at: int) -> RunState:
                 history_digest=chain_digest(state.history_digest, intro),
             )
         case ModelRequested():
-            return replace(state, model_pending=event.step)
+            return replace(state, seq=seq, last_at=at, model_pending=event.step)
         case ModelResponded():
             calls = tuple(
                 CallState(call_id=c.id, tool=c.name, args=c.args) for c in event.tool_calls
@@ -140,6 +144,8 @@ def apply(state: RunState, event: AnyEvent, at: int) -> RunState:
             reply = Message(role="assistant", content=event.text, tool_calls=event.tool_calls)
             return replace(
                 state,
+                seq=seq,
+                last_at=at,
                 steps=max(state.steps, event.step),
                 usage=state.usage + event.usage,
                 model_pending=0,
@@ -150,7 +156,7 @@ def apply(state: RunState, event: AnyEvent, at: int) -> RunState:
                 history_digest=chain_digest(state.history_digest, (reply,)),
             )
         case ModelFailed():
-            return replace(state, model_failures=state.model_failures + 1)
+            return replace(state, seq=seq, last_at=at, model_failures=state.model_failures + 1)
         case ToolRequested():
             calls = tuple(
                 replace(c, status="requested")
@@ -158,17 +164,27 @@ def apply(state: RunState, event: AnyEvent, at: int) -> RunState:
                 else c
                 for c in state.calls
             )
-            return replace(state, calls=calls)
+            return replace(state, seq=seq, last_at=at, calls=calls)
         case ToolCompleted():
-            return _finish_call(state, event.call_id, "completed", event.result, "")
+            return _finish_call(
+                replace(state, seq=seq, last_at=at), event.call_id, "completed", event.result, ""
+            )
         case ToolFailed():
-            return _finish_call(state, event.call_id, "failed", event.error, event.kind)
+            return _finish_call(
+                replace(state, seq=seq, last_at=at),
+                event.call_id,
+                "failed",
+                event.error,
+                event.kind,
+            )
         case ApprovalRequested():
             calls = tuple(
                 replace(c, status="awaiting_approval") if c.call_id == event.call_id else c
                 for c in state.calls
             )
-            return replace(state, calls=calls, status=RunStatus.AWAITING_APPROVAL)
+            return replace(
+                state, seq=seq, last_at=at, calls=calls, status=RunStatus.AWAITING_APPROVAL
+            )
         case ApprovalDecided():
             calls = tuple(
                 replace(c, status="requested")
@@ -178,33 +194,33 @@ def apply(state: RunState, event: AnyEvent, at: int) -> RunState:
             )
             waiting = any(c.status == "awaiting_approval" for c in calls)
             status = RunStatus.AWAITING_APPROVAL if waiting else RunStatus.RUNNING
-            return replace(state, calls=calls, status=status)
+            return replace(state, seq=seq, last_at=at, calls=calls, status=status)
         case ApprovalExpired():
-            return state
+            return replace(state, seq=seq, last_at=at)
         case RunLimitReached():
             reason = (
                 f"{event.limit} ceiling {event.ceiling:g} reached (value {event.value:g}); "
                 f"continue with rt.resume(run_id, extend=fl.Limits({event.limit}=...))"
             )
-            return _park(state, at, RunStatus.LIMIT_REACHED, reason)
+            return _park(state, seq, at, RunStatus.LIMIT_REACHED, reason)
         case RunNoProgress():
             reason = (
                 f"no progress: {event.detail}; change the tools or instructions, or "
                 "continue with rt.resume(run_id)"
             )
-            return _park(state, at, RunStatus.NO_PROGRESS, reason)
+            return _park(state, seq, at, RunStatus.NO_PROGRESS, reason)
         case RunCompleted():
-            state = _park(state, at, RunStatus.COMPLETED, "")
+            state = _park(state, seq, at, RunStatus.COMPLETED, "")
             return replace(state, output=event.output)
         case RunFailed():
-            return _park(state, at, RunStatus.FAILED, f"{event.kind}: {event.error}")
+            return _park(state, seq, at, RunStatus.FAILED, f"{event.kind}: {event.error}")
         case RunCancelled():
             why = (
                 f"cancelled by the host: {event.reason}"
                 if event.reason
                 else "cancelled by the host"
             )
-            return _park(state, at, RunStatus.CANCELLED, why)
+            return _park(state, seq, at, RunStatus.CANCELLED, why)
         case RunResumed():
             limits = event.extended_limits if event.extended_limits is not None else state.limits
             before = state.active_before_ns
@@ -214,6 +230,8 @@ def apply(state: RunState, event: AnyEvent, at: int) -> RunState:
             waiting = any(c.status == "awaiting_approval" for c in state.calls)
             return replace(
                 state,
+                seq=seq,
+                last_at=at,
                 limits=limits,
                 status=RunStatus.AWAITING_APPROVAL if waiting else RunStatus.RUNNING,
                 reason="",
@@ -223,7 +241,7 @@ def apply(state: RunState, event: AnyEvent, at: int) -> RunState:
                 active_since=at,
             )
         case UnknownEvent():
-            return replace(state, unknown_events=state.unknown_events + 1)
+            return replace(state, seq=seq, last_at=at, unknown_events=state.unknown_events + 1)
 
 
 def evolve(state: RunState, recorded: Recorded) -> RunState:

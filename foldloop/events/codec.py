@@ -21,6 +21,7 @@ __all__ = [
     "KNOWN_TAGS",
     "Upcaster",
     "decode_event",
+    "has_upcasters",
     "encode_event",
     "register_upcaster",
     "schema_version_of",
@@ -62,6 +63,11 @@ def encode_event(event: Event) -> bytes:
 def schema_version_of(event: Event) -> int:
     """The schema version stamped beside an event when it is written."""
     return type(event).schema_version
+
+
+def has_upcasters() -> bool:
+    """True once any upcaster is registered (readers then take the careful decode path)."""
+    return bool(_UPCASTERS)
 
 
 def register_upcaster(tag: str, from_version: int, fn: Upcaster) -> None:

@@ -18,13 +18,17 @@ import zlib
 
 import msgspec
 
+from foldloop.events.catalogue import KnownEvent
+
 __all__ = [
     "GENESIS",
     "HASH_SIZE",
     "Frame",
     "Head",
     "Lease",
+    "TypedFrame",
     "decode_frame",
+    "decode_typed_frame",
     "head_from_index",
     "index_key",
     "index_value",
@@ -85,8 +89,20 @@ class Lease(msgspec.Struct, array_like=True, frozen=True):
     epoch: int
 
 
+class TypedFrame(msgspec.Struct, array_like=True, frozen=True):
+    """The same frame, decoded with its event in one pass (the fast read path)."""
+
+    run_id: str
+    seq: int
+    position: int
+    at: int
+    event: KnownEvent
+    v: int = 1
+
+
 _FRAME_ENCODER = msgspec.msgpack.Encoder()
 _FRAME_DECODER = msgspec.msgpack.Decoder(Frame)
+_TYPED_DECODER = msgspec.msgpack.Decoder(TypedFrame)
 
 
 def pack_position(position: int) -> bytes:
@@ -138,3 +154,8 @@ def chain_hash(value: bytes) -> bytes:
 def decode_frame(frame: bytes) -> Frame:
     """Decode a frame's envelope (the event stays raw)."""
     return _FRAME_DECODER.decode(frame)
+
+
+def decode_typed_frame(frame: bytes) -> TypedFrame:
+    """Decode envelope and event at once; raises msgspec errors for unknown or old events."""
+    return _TYPED_DECODER.decode(frame)

@@ -29,7 +29,13 @@ import structlog
 
 from foldloop.errors import ConcurrencyError, ConfigError, CorruptRecord, RunLocked, StoreError
 from foldloop.events.catalogue import KnownEvent
-from foldloop.events.codec import DecodeFailure, decode_event, encode_event, schema_version_of
+from foldloop.events.codec import (
+    DecodeFailure,
+    decode_event,
+    encode_event,
+    has_upcasters,
+    schema_version_of,
+)
 from foldloop.events.recorded import Recorded
 from foldloop.store.framing import (
     GENESIS,
@@ -39,6 +45,7 @@ from foldloop.store.framing import (
     SealBroken,
     chain_hash,
     decode_frame,
+    decode_typed_frame,
     head_from_index,
     index_key,
     index_prefix,
@@ -451,6 +458,25 @@ class LmdbStore:
         rid, s = run_id or "?", seq or 0
         if value is None:
             raise CorruptRecord(rid, s, "the index points at a record that is missing")
+        if not has_upcasters():
+            try:
+                _prev, body = unseal(value)
+                typed = decode_typed_frame(body)
+            except SealBroken as exc:
+                raise CorruptRecord(rid, s, str(exc)) from None
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                pass  # an unknown tag or a bad record: the careful path below says which
+            else:
+                if typed.v == 1 and (
+                    run_id is None or (typed.run_id == run_id and typed.seq == seq)
+                ):
+                    return Recorded(
+                        run_id=typed.run_id,
+                        seq=typed.seq,
+                        position=typed.position,
+                        at=typed.at,
+                        event=typed.event,
+                    )
         try:
             _prev, body = unseal(value)
             frame = decode_frame(body)
