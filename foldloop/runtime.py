@@ -258,7 +258,7 @@ class Runtime:
             parent_run_id=parent_run_id,
         )
         decision = decide(RunState(run_id=run_id), command)
-        payloads = encode_all(decision.events)
+        payloads = encode_all(decision.events, command.now)
         owner = self.owner
 
         def start(w: WriteTxn) -> int:
@@ -268,7 +268,7 @@ class Runtime:
                     "or spawn with another run_id"
                 )
             epoch = w.acquire_lease(run_id, owner)
-            w.append(run_id, payloads, expected_seq=0, at=command.now, owner=owner, epoch=epoch)
+            w.append(run_id, payloads, expected_seq=0, owner=owner, epoch=epoch)
             return epoch
 
         epoch = self.store.submit(start).wait()
@@ -355,10 +355,10 @@ class Runtime:
         return handles
 
     def _append(self, state: RunState, decision: Decision, command: Command, epoch: int) -> None:
-        payloads = encode_all(decision.events)
-        run_id, owner, seq, at = state.run_id, self.owner, state.seq, command.now
+        payloads = encode_all(decision.events, command.now)
+        run_id, owner, seq = state.run_id, self.owner, state.seq
         self.store.submit(
-            lambda w: w.append(run_id, payloads, expected_seq=seq, at=at, owner=owner, epoch=epoch)
+            lambda w: w.append(run_id, payloads, expected_seq=seq, owner=owner, epoch=epoch)
         ).wait()
 
     def _cancel(self, run_id: str, reason: str) -> None:

@@ -248,9 +248,9 @@ def test_leases_fence_a_stale_owner(store_path: Path) -> None:
     lock_b = OwnerLock(store.owners_dir, "owner-b")
     try:
         epoch_a = store.submit(lambda w: w.acquire_lease("r1", "owner-a")).wait()
-        payload = encode_all([ev(1)])
+        payload = encode_all([ev(1)], 1)
         store.submit(
-            lambda w: w.append("r1", payload, expected_seq=0, at=1, owner="owner-a", epoch=epoch_a)
+            lambda w: w.append("r1", payload, expected_seq=0, owner="owner-a", epoch=epoch_a)
         ).wait()
         with pytest.raises(RunLocked, match="driven by a live runtime"):
             store.submit(lambda w: w.acquire_lease("r1", "owner-b")).wait()
@@ -259,9 +259,7 @@ def test_leases_fence_a_stale_owner(store_path: Path) -> None:
         assert epoch_b == epoch_a + 1
         with pytest.raises(RunLocked, match=f"held epoch {epoch_a} and was fenced off"):
             store.submit(
-                lambda w: w.append(
-                    "r1", payload, expected_seq=1, at=2, owner="owner-a", epoch=epoch_a
-                )
+                lambda w: w.append("r1", payload, expected_seq=1, owner="owner-a", epoch=epoch_a)
             ).wait()
         assert store.head("r1") == 1
     finally:

@@ -21,17 +21,19 @@ import msgspec
 import pykka
 import structlog
 
+from foldloop.actors.base import FastActor
 from foldloop.actors.tool_actor import RunToolCall
 from foldloop.agent import Agent
 from foldloop.core.commands import Command, ModelCallFailed, ModelReplied
 from foldloop.core.decide import decide
 from foldloop.core.effects import CallModel, Decision, RunTools, Settle
 from foldloop.core.evolve import apply
+from foldloop.core.messages import MessageView
 from foldloop.core.state import STATE_VERSION, RunState
 from foldloop.errors import FoldloopError, ModelCallError
 from foldloop.events.values import Usage
 from foldloop.llm.protocol import to_model_tool_calls
-from foldloop.store.lmdb_store import encode_all
+from foldloop.store.lmdb_store import Payload, encode_all
 from foldloop.store.writer import WriteOp
 
 if TYPE_CHECKING:
@@ -50,10 +52,8 @@ class AppendFailed:
     error: BaseException
 
 
-class RunActor(pykka.ThreadingActor):
+class RunActor(FastActor):
     """Drives one run while it is active; parked runs hold no actor."""
-
-    use_daemon_thread = True
 
     def __init__(self, system: ActorSystem, agent: Agent, state: RunState, epoch: int) -> None:
         super().__init__()
@@ -64,6 +64,9 @@ class RunActor(pykka.ThreadingActor):
         self.run_id = state.run_id
         self.log = log.bind(run_id=self.run_id, agent=agent.name)
         self._dead = False
+        self._held: list[Payload] = []
+        self._held_from = 0
+        self._inline = bool(getattr(agent.llm, "instant", False))
 
     # -- messages ------------------------------------------------------------------------
 
@@ -77,6 +80,8 @@ class RunActor(pykka.ThreadingActor):
                 self.perform(message)
             elif isinstance(message, AppendFailed):
                 self.fail(message.error)
+            if self._held and self.actor_inbox.empty():
+                self._flush_held()
         except Exception as exc:
             self.log.exception("run_actor_error")
             self.fail(exc)
@@ -87,36 +92,62 @@ class RunActor(pykka.ThreadingActor):
         if decision.rejected:
             self.log.debug("command_ignored", command=type(command).__name__, why=decision.rejected)
             return
-        self.commit(decision, command.now)
+        inline_model = (
+            self._inline
+            and len(decision.effects) == 1
+            and isinstance(decision.effects[0], CallModel)
+            and decision.effects[0].delay_s <= 0
+        )
+        self.commit(decision, command.now, hold=inline_model)
         self.perform(decision)
 
-    def commit(self, decision: Decision, at: int) -> None:
-        """Append the decision's events; wait only if an effect needs them durable."""
+    def commit(self, decision: Decision, at: int, *, hold: bool = False) -> None:
+        """Append the decision's events; wait only if an effect needs them durable.
+
+        ``hold`` keeps a non-durable decision's events back so that they ride in the next
+        decision's append (one head lookup, one lease check, one op); ``on_receive``
+        flushes them if no message follows.
+        """
         if not decision.events:
             return
-        run_id, owner, epoch, expected = self.run_id, self.system.owner, self.epoch, self.state.seq
-        payloads = encode_all(decision.events)
-        op = self.system.store.submit(
-            lambda w: w.append(
-                run_id, payloads, expected_seq=expected, at=at, owner=owner, epoch=epoch
-            ),
-            durable=decision.durable,
-            callback=None if decision.durable else self._on_queued_append,
-        )
+        payloads = encode_all(decision.events, at)
+        if self._held:
+            payloads = self._held + payloads
+            expected = self._held_from
+            self._held = []
+        else:
+            expected = self.state.seq
         state = decision.state
         if state is None:
             state = self.state
             for event in decision.events:
                 state = apply(state, event, at)
-        if decision.durable:
-            op.wait()
         before = self.state.seq
+        if hold and not decision.durable:
+            self._held, self._held_from = payloads, expected
+        else:
+            op = self._submit(payloads, expected, durable=decision.durable)
+            if decision.durable:
+                op.wait()
+            every = self.system.snapshot_every
+            if every and state.seq // every > before // every:
+                self._snapshot(state)
         self.state = state
-        every = self.system.snapshot_every
-        if every and state.seq // every > before // every:
-            self._snapshot(state)
         if self.system.on_state is not None:
             self.system.on_state(state)
+
+    def _submit(self, payloads: list[Payload], expected: int, *, durable: bool) -> WriteOp[Any]:
+        run_id, owner, epoch = self.run_id, self.system.owner, self.epoch
+        return self.system.store.submit(
+            lambda w: w.append(run_id, payloads, expected_seq=expected, owner=owner, epoch=epoch),
+            durable=durable,
+            callback=None if durable else self._on_queued_append,
+        )
+
+    def _flush_held(self) -> None:
+        if self._held:
+            payloads, self._held = self._held, []
+            self._submit(payloads, self._held_from, durable=False)
 
     def _on_queued_append(self, op: WriteOp[Any]) -> None:
         if op.error is not None:
@@ -150,7 +181,7 @@ class RunActor(pykka.ThreadingActor):
                     self.settle()
 
     def _call_model(self, effect: CallModel) -> None:
-        messages = self.state.messages
+        messages = MessageView(self.state.history)
         specs = [t.spec for t in self.agent.tools]
         llm, agent, ref, clock = self.agent.llm, self.agent, self.actor_ref, self.system.clock
 
@@ -191,7 +222,7 @@ class RunActor(pykka.ThreadingActor):
             # reply still arrives as a message, behind any cancel already queued.
             call()
         elif effect.delay_s > 0:
-            self.system.timers.call_later(effect.delay_s, lambda: _discard(pool.submit(call)))
+            self.system.timers.call_later(effect.delay_s, lambda: pool.submit(call))
         else:
             self.system.model_pool.submit(call)
 
@@ -214,10 +245,6 @@ class RunActor(pykka.ThreadingActor):
         self.log.error("run_interrupted", error=reason)
         self.system.interrupted(self.run_id, self.epoch, self.state, reason)
         self.stop()
-
-
-def _discard(_: object) -> None:
-    return None
 
 
 def _clean(text: str) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pykka
@@ -16,6 +15,7 @@ import structlog
 from foldloop.actors.run_actor import RunActor
 from foldloop.actors.timers import Timers
 from foldloop.actors.tool_actor import ToolActor, ToolRunner
+from foldloop.actors.workers import Workers
 from foldloop.agent import Agent
 from foldloop.core.effects import Decision
 from foldloop.core.state import RunState
@@ -54,9 +54,7 @@ class ActorSystem:
         self.snapshot_every = snapshot_every
         self.on_state = on_state
         self.timers = Timers()
-        self.model_pool = ThreadPoolExecutor(
-            max_workers=model_workers, thread_name_prefix="foldloop-model"
-        )
+        self.model_pool = Workers(model_workers, "foldloop-model")
         self._lock = threading.Lock()
         self._runs: dict[str, pykka.ActorRef[Any]] = {}
         self._tools: dict[tuple[str, str], pykka.ActorRef[Any]] = {}
@@ -159,4 +157,4 @@ class ActorSystem:
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 ref.stop(block=True, timeout=5)
         self.timers.stop()
-        self.model_pool.shutdown(wait=False, cancel_futures=True)
+        self.model_pool.shutdown()

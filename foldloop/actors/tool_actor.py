@@ -12,14 +12,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import pykka
 import structlog
 
+from foldloop.actors.base import FastActor
 from foldloop.actors.timers import Timers
+from foldloop.actors.workers import Workers
 from foldloop.core.commands import ToolFinished
 from foldloop.tools.decorator import Tool
 
@@ -45,9 +46,7 @@ class ToolRunner:
         self.tool = tool
         self.timers = timers
         self.clock = clock
-        self.pool = ThreadPoolExecutor(
-            max_workers=tool.concurrency, thread_name_prefix=f"foldloop-tool-{tool.name}"
-        )
+        self.pool = Workers(tool.concurrency, f"foldloop-tool-{tool.name}")
 
     def dispatch(self, call: RunToolCall) -> None:
         """Start ``call`` on the pool; its outcome is told to ``call.reply_to``."""
@@ -58,7 +57,7 @@ class ToolRunner:
 
     def shutdown(self) -> None:
         """Stop taking calls; running ones finish on their threads, unclaimed."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown()
 
     def _start(self, call: RunToolCall) -> None:
         settled = threading.Lock()
@@ -118,10 +117,8 @@ class ToolRunner:
         self.pool.submit(run)
 
 
-class ToolActor(pykka.ThreadingActor):
+class ToolActor(FastActor):
     """The actor of one tool: owns its ToolRunner's lifecycle; calls may also arrive here."""
-
-    use_daemon_thread = True
 
     def __init__(self, runner: ToolRunner) -> None:
         super().__init__()

@@ -8,8 +8,8 @@ appending copies one small chunk and the (short) outer tuple, and stays immutabl
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Literal, overload
 
 import msgspec
 
@@ -19,6 +19,7 @@ __all__ = [
     "CHUNK",
     "History",
     "Message",
+    "MessageView",
     "Role",
     "ToolSpec",
     "chain_digest",
@@ -61,6 +62,36 @@ def push(history: History, messages: Iterable[Message]) -> History:
     if last:
         out.append(tuple(last))
     return tuple(out)
+
+
+class MessageView(Sequence[Message]):
+    """The messages of a history without copying them out of their chunks."""
+
+    __slots__ = ("_chunks", "_len")
+
+    def __init__(self, history: History) -> None:
+        self._chunks = history
+        self._len = sum(len(c) for c in history)
+
+    def __len__(self) -> int:
+        return self._len
+
+    @overload
+    def __getitem__(self, index: int) -> Message: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Message]: ...
+    def __getitem__(self, index: int | slice) -> Message | Sequence[Message]:
+        if isinstance(index, slice):
+            return flatten(self._chunks)[index]
+        if index < 0:
+            index += self._len
+        if not 0 <= index < self._len:
+            raise IndexError(index)
+        return self._chunks[index // CHUNK][index % CHUNK]
+
+    def __iter__(self) -> Iterator[Message]:
+        for chunk in self._chunks:
+            yield from chunk
 
 
 def flatten(history: History) -> tuple[Message, ...]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -49,7 +50,6 @@ from foldloop.store.framing import (
     head_from_index,
     index_key,
     index_prefix,
-    index_value,
     pack_position,
     seal,
     unpack_position,
@@ -59,7 +59,7 @@ from foldloop.store.owners import owner_alive
 from foldloop.store.preflight import check_or_create_dir, write_marker
 from foldloop.store.writer import WriteOp, Writer
 
-__all__ = ["DEFAULT_MAP_SIZE", "LmdbStore", "MAX_MAP_SIZE", "WriteTxn", "open_store"]
+__all__ = ["DEFAULT_MAP_SIZE", "LmdbStore", "MAX_MAP_SIZE", "Payload", "WriteTxn", "open_store"]
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +67,10 @@ T = TypeVar("T")
 DEFAULT_MAP_SIZE = 256 << 20
 MAX_MAP_SIZE = 1 << 40
 _LAST = b"\xff" * 8
+_SEQ = struct.Struct(">Q")
+
+Payload = tuple[KnownEvent, bytes, int]
+"""An event ready to append: the event, its encoded bytes, and its ``at`` (unix ns)."""
 _LEASE = msgspec.msgpack.Decoder(Lease)
 _ENC = msgspec.msgpack.Encoder()
 _SNAPSHOT = msgspec.msgpack.Decoder(tuple[int, int, bytes])
@@ -160,10 +164,9 @@ class WriteTxn:
     def append(
         self,
         run_id: str,
-        payloads: Sequence[tuple[KnownEvent, bytes]],
+        payloads: Sequence[Payload],
         *,
         expected_seq: int,
-        at: int,
         owner: str | None = None,
         epoch: int | None = None,
     ) -> list[Recorded]:
@@ -173,19 +176,20 @@ class WriteTxn:
             raise ConcurrencyError(run_id, expected_seq, head.seq)
         if owner is not None and epoch is not None:
             self.check_lease(run_id, owner, epoch)
-        txn, store = self.txn, self.store
+        put, log_db, index_db = self.txn.put, self.store._log, self.store._index
+        prefix = index_prefix(run_id)
         prev = head.hash
         seq = head.seq
         out: list[Recorded] = []
-        for event, raw in payloads:
+        for event, raw, at in payloads:
             seq += 1
             position = self._next
             self._next += 1
             frame = Frame(run_id, seq, position, at, msgspec.Raw(raw), schema_version_of(event))
             value, prev = seal(frame, prev)
             key = pack_position(position)
-            txn.put(key, value, db=store._log, append=True)
-            txn.put(index_key(run_id, seq), index_value(position, prev), db=store._index)
+            put(key, value, db=log_db, append=True)
+            put(prefix + _SEQ.pack(seq), key + prev, db=index_db)
             out.append(Recorded(run_id=run_id, seq=seq, position=position, at=at, event=event))
         self.appended.extend(out)
         return out
@@ -348,10 +352,10 @@ class LmdbStore:
         epoch: int | None = None,
     ) -> list[Recorded]:
         """Append events atomically after ``expected_seq`` and wait until they are durable."""
-        payloads = encode_all(events)
+        payloads = encode_all(events, at)
         return self.submit(
             lambda w: w.append(
-                run_id, payloads, expected_seq=expected_seq, at=at, owner=owner, epoch=epoch
+                run_id, payloads, expected_seq=expected_seq, owner=owner, epoch=epoch
             )
         ).wait()
 
@@ -551,12 +555,12 @@ def last_index_entry(cur: Any, run_id: str) -> Head:
     return Head(0, GENESIS)
 
 
-def encode_all(events: Sequence[KnownEvent]) -> list[tuple[KnownEvent, bytes]]:
+def encode_all(events: Sequence[KnownEvent], at: int) -> list[Payload]:
     """Encode events before queueing them, so a bad payload fails in the caller, unwritten."""
-    out: list[tuple[KnownEvent, bytes]] = []
+    out: list[Payload] = []
     for event in events:
         try:
-            out.append((event, encode_event(event)))
+            out.append((event, encode_event(event), at))
         except (msgspec.EncodeError, OverflowError, UnicodeEncodeError, TypeError) as exc:
             raise ConfigError(
                 f"cannot store a {event.type} event: {exc}; integers must fit in 64 bits and "

@@ -35,7 +35,7 @@ class WriteOp(Generic[T]):
     """One unit of work for the writer, with a tiny future of its own (cheaper than
     concurrent.futures, which the step path would pay for on every append)."""
 
-    __slots__ = ("_done", "callback", "durable", "error", "fn", "queued_at", "result")
+    __slots__ = ("_gate", "callback", "done", "durable", "error", "fn", "queued_at", "result")
 
     def __init__(
         self,
@@ -50,13 +50,18 @@ class WriteOp(Generic[T]):
         self.callback = callback
         self.result: T | None = None
         self.error: BaseException | None = None
-        self._done = threading.Event()
+        self.done = False
+        # A held lock released by finish(): far cheaper to make than a threading.Event,
+        # and most ops (led by their own caller, or never waited on) never block on it.
+        self._gate = threading.Lock()
+        self._gate.acquire()
 
     def finish(self, result: T | None, error: BaseException | None) -> None:
         """Resolve the op (writer thread only)."""
         self.result = result
         self.error = error
-        self._done.set()
+        self.done = True
+        self._gate.release()
         if self.callback is not None:
             try:
                 self.callback(self)
@@ -65,8 +70,10 @@ class WriteOp(Generic[T]):
 
     def wait(self, timeout: float | None = None) -> T:
         """Block until committed; re-raise the op's error."""
-        if not self._done.wait(timeout):
-            raise StoreError(f"the store writer did not answer within {timeout} s")
+        if not self.done:
+            if not self._gate.acquire(timeout=-1 if timeout is None else timeout):
+                raise StoreError(f"the store writer did not answer within {timeout} s")
+            self._gate.release()
         if self.error is not None:
             raise self.error
         return self.result  # type: ignore[return-value]
@@ -190,7 +197,7 @@ class Writer:
         except Exception as exc:  # the write path must outlive any one bad batch
             log.exception("writer_batch_failed")
             for op in batch:
-                if not op._done.is_set():
+                if not op.done:
                     op.finish(None, StoreError(f"the store writer failed: {exc!r}"))
 
     def _commit(self, batch: list[WriteOp[Any]]) -> None:

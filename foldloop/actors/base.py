@@ -1,0 +1,26 @@
+"""The actor base foldloop's actors share: pykka's ThreadingActor with a C inbox.
+
+pykka documents ``_create_actor_inbox`` as the seam for the inbox. Its default,
+``queue.Queue``, is a pure-Python Condition dance on every ``tell``; ``queue.SimpleQueue``
+is implemented in C with the same put/get/empty interface, and a step makes several
+tells, each on the serial path.
+"""
+
+from __future__ import annotations
+
+import queue
+from typing import Any
+
+import pykka
+
+__all__ = ["FastActor"]
+
+
+class FastActor(pykka.ThreadingActor):
+    """A daemon-thread ThreadingActor whose inbox is a ``queue.SimpleQueue``."""
+
+    use_daemon_thread = True
+
+    @staticmethod
+    def _create_actor_inbox() -> Any:
+        return queue.SimpleQueue()

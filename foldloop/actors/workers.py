@@ -1,0 +1,70 @@
+"""A bounded set of daemon worker threads: the tool and model pools.
+
+``concurrent.futures.ThreadPoolExecutor`` builds a Future, a work item and a semaphore
+dance for every call; the step path wants none of that (results travel back as actor
+messages), so this is a queue and up to ``limit`` threads, started on demand.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+
+import structlog
+
+__all__ = ["Workers"]
+
+log = structlog.get_logger(__name__)
+
+
+class Workers:
+    """Run callables on at most ``limit`` threads; extra jobs wait in order."""
+
+    def __init__(self, limit: int, name: str) -> None:
+        self._limit = limit
+        self._name = name
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+        self._pending = 0
+        self._closed = False
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue ``job``; start a thread if every running one is busy and the bound allows."""
+        with self._lock:
+            if self._closed:
+                return
+            self._pending += 1
+            grow = self._pending > self._idle and self._threads < self._limit
+            if grow:
+                self._threads += 1
+                index = self._threads
+        self._queue.put(job)
+        if grow:
+            threading.Thread(target=self._work, name=f"{self._name}-{index}", daemon=True).start()
+
+    def shutdown(self) -> None:
+        """Stop every thread once its current job ends; queued jobs are dropped."""
+        with self._lock:
+            self._closed = True
+            threads = self._threads
+        for _ in range(threads):
+            self._queue.put(None)
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            job = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+                self._pending -= 1
+                closed = self._closed
+            if job is None or closed:
+                return
+            try:
+                job()
+            except Exception:
+                log.exception("worker_job_failed", pool=self._name)
