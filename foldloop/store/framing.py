@@ -29,6 +29,8 @@ __all__ = [
     "TypedFrame",
     "decode_frame",
     "decode_typed_frame",
+    "peek_run_seq",
+    "RunSeq",
     "head_from_index",
     "index_key",
     "index_value",
@@ -89,6 +91,13 @@ class Lease(msgspec.Struct, array_like=True, frozen=True):
     epoch: int
 
 
+class RunSeq(msgspec.Struct, array_like=True, frozen=True):
+    """The first two fields of a frame: enough to place a record without decoding it."""
+
+    run_id: str
+    seq: int
+
+
 class TypedFrame(msgspec.Struct, array_like=True, frozen=True):
     """The same frame, decoded with its event in one pass (the fast read path)."""
 
@@ -103,6 +112,7 @@ class TypedFrame(msgspec.Struct, array_like=True, frozen=True):
 _FRAME_ENCODER = msgspec.msgpack.Encoder()
 _FRAME_DECODER = msgspec.msgpack.Decoder(Frame)
 _TYPED_DECODER = msgspec.msgpack.Decoder(TypedFrame)
+_RUN_SEQ_DECODER = msgspec.msgpack.Decoder(RunSeq)
 
 
 def pack_position(position: int) -> bytes:
@@ -154,6 +164,11 @@ def chain_hash(value: bytes) -> bytes:
 def decode_frame(frame: bytes) -> Frame:
     """Decode a frame's envelope (the event stays raw)."""
     return _FRAME_DECODER.decode(frame)
+
+
+def peek_run_seq(frame: bytes) -> RunSeq:
+    """Which run and seq a frame belongs to (trailing fields are skipped, not decoded)."""
+    return _RUN_SEQ_DECODER.decode(frame)
 
 
 def decode_typed_frame(frame: bytes) -> TypedFrame:

@@ -2,9 +2,9 @@
 
 Databases inside the environment:
 
-    log        position (u64 BE)      -> sealed record (see framing.py)
-    index      run_id NUL seq (u64 BE) -> position (u64 BE) + chain hash; a run's last
-                                        entry is its head (seq and hash to chain onto)
+    log        position (u64 BE)      -> sealed record (see framing.py): the only truth
+    index      run_id NUL seq (u64 BE) -> position (u64 BE) + chain hash, for records up to
+                                        meta["indexed"]; a cache of the log, see below
     leases     run_id                 -> Lease(owner, epoch)
     snapshots  run_id                 -> msgpack [state_version, seq, state bytes]
     meta       name                   -> bytes (checkpoints and store-wide facts)
@@ -12,6 +12,14 @@ Databases inside the environment:
 The log's keys grow monotonically, so every commit lands at its end; positions are read
 from the last key inside the write transaction, which keeps them gapless even when
 several processes append to the same store (LMDB serialises their write transactions).
+
+The per-run index is materialised lazily. A step's durable commit writes only log pages
+(each extra database a commit touches costs ~50 us of fsync'd pages here); every
+``INDEX_EVERY`` records, index entries for the unindexed tail and the new high-water mark
+``meta["indexed"]`` are written together in one transaction. Records past the mark (the
+tail) are found by scanning the log from the mark: incrementally by each process's write
+path (so run heads stay exact when several processes append) and by readers. Nothing
+needs repair after a crash: the tail is simply scanned again.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from foldloop.store.framing import (
     index_key,
     index_prefix,
     pack_position,
+    peek_run_seq,
     seal,
     unpack_position,
     unseal,
@@ -68,6 +77,13 @@ DEFAULT_MAP_SIZE = 256 << 20
 MAX_MAP_SIZE = 1 << 40
 _LAST = b"\xff" * 8
 _SEQ = struct.Struct(">Q")
+_INDEXED = b"indexed"
+_FRAME_AT = 4 + 16  # crc + previous hash precede the frame
+INDEX_EVERY = 256
+"""Unindexed records that trigger writing their index entries (in the next commit)."""
+
+TailEntry = tuple[str, int, int, bytes]
+"""(run_id, seq, position, chain hash) of a record past the index's high-water mark."""
 
 Payload = tuple[KnownEvent, bytes, int]
 """An event ready to append: the event, its encoded bytes, and its ``at`` (unix ns)."""
@@ -125,12 +141,39 @@ class WriteTxn:
             self._guard.__exit__(None, None, None)
             raise
         self.appended: list[Recorded] = []
-        last = self.txn.cursor(db=store._log)
-        self._next = unpack_position(last.key()) + 1 if last.last() else 1
+        try:
+            last = self.txn.cursor(db=store._log)
+            self._next = unpack_position(last.key()) + 1 if last.last() else 1
+            store._sync_tail(self.txn)
+        except BaseException:
+            self.txn.abort()
+            self._guard.__exit__(None, None, None)
+            raise
+        self._heads: dict[str, Head] = {}
+        self._new: list[TailEntry] = []
+        self._force_index = False
+
+    def index_now(self) -> None:
+        """Write the tail's index entries in this transaction (used on close)."""
+        self._force_index = True
 
     def commit(self) -> None:
+        store = self.store
         try:
+            pending = len(store._tail) + len(self._new)
+            indexed = pending and (pending >= store.index_every or self._force_index)
+            if indexed:
+                put, index_db = self.txn.put, store._index
+                for run_id, seq, position, chain in (*store._tail, *self._new):
+                    put(index_key(run_id, seq), pack_position(position) + chain, db=index_db)
+                self.txn.put(_INDEXED, pack_position(self._next - 1), db=store._meta)
             self.txn.commit()
+            if indexed:
+                store._reset_tail(self._next - 1)
+            elif self._new:
+                store._tail.extend(self._new)
+                store._tail_heads.update(self._heads)
+                store._tail_scanned = self._next - 1
         finally:
             self._guard.__exit__(None, None, None)
 
@@ -143,6 +186,9 @@ class WriteTxn:
     # -- reads inside the transaction ----------------------------------------------------
 
     def head(self, run_id: str) -> Head:
+        head = self._heads.get(run_id) or self.store._tail_heads.get(run_id)
+        if head is not None:
+            return head
         return last_index_entry(self.txn.cursor(db=self.store._index), run_id)
 
     def lease(self, run_id: str) -> Lease | None:
@@ -176,8 +222,7 @@ class WriteTxn:
             raise ConcurrencyError(run_id, expected_seq, head.seq)
         if owner is not None and epoch is not None:
             self.check_lease(run_id, owner, epoch)
-        put, log_db, index_db = self.txn.put, self.store._log, self.store._index
-        prefix = index_prefix(run_id)
+        put, log_db, new = self.txn.put, self.store._log, self._new
         prev = head.hash
         seq = head.seq
         out: list[Recorded] = []
@@ -187,10 +232,10 @@ class WriteTxn:
             self._next += 1
             frame = Frame(run_id, seq, position, at, msgspec.Raw(raw), schema_version_of(event))
             value, prev = seal(frame, prev)
-            key = pack_position(position)
-            put(key, value, db=log_db, append=True)
-            put(prefix + _SEQ.pack(seq), key + prev, db=index_db)
+            put(pack_position(position), value, db=log_db, append=True)
+            new.append((run_id, seq, position, prev))
             out.append(Recorded(run_id=run_id, seq=seq, position=position, at=at, event=event))
+        self._heads[run_id] = Head(seq, prev)
         self.appended.extend(out)
         return out
 
@@ -233,8 +278,17 @@ class WriteTxn:
 class LmdbStore:
     """An open store directory. Use ``open_store``: one instance per directory per process."""
 
-    def __init__(self, path: Path, *, create: bool, map_size: int, readonly: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        create: bool,
+        map_size: int,
+        readonly: bool = False,
+        index_every: int = INDEX_EVERY,
+    ) -> None:
         self.path = path
+        self.index_every = index_every
         self.owners_dir = path / "owners"
         self.readonly = readonly
         new = check_or_create_dir(path, create=create and not readonly)
@@ -272,6 +326,12 @@ class LmdbStore:
             write_marker(path)
         self.owners_dir.mkdir(mode=0o700, exist_ok=True)
         self._resize = _SharedExclusive()
+        # The write path's view of the unindexed tail (touched only inside write txns,
+        # which this process runs one at a time).
+        self._tail_base = -1
+        self._tail_scanned = 0
+        self._tail: list[TailEntry] = []
+        self._tail_heads: dict[str, Head] = {}
         self._listeners: list[Callable[[list[Recorded]], None]] = []
         self._refs = 0
         self.writer = Writer(lambda: WriteTxn(self), self._grow, self._notify)
@@ -327,6 +387,46 @@ class LmdbStore:
                         txn.abort()
             self._grow(resized)
 
+    # -- the unindexed tail ----------------------------------------------------------------
+
+    def _indexed(self, txn: Any) -> int:
+        raw = txn.get(_INDEXED, db=self._meta)
+        return 0 if raw is None else unpack_position(raw)
+
+    def _reset_tail(self, base: int) -> None:
+        self._tail_base = self._tail_scanned = base
+        self._tail = []
+        self._tail_heads = {}
+
+    def _sync_tail(self, txn: Any) -> None:
+        """Bring the write path's tail cache up to date with what is committed."""
+        base = self._indexed(txn)
+        if base != self._tail_base:
+            self._reset_tail(base)
+        for position, value, run_id, seq in self._scan_tail(txn, self._tail_scanned):
+            chain = chain_hash(value)
+            self._tail.append((run_id, seq, position, chain))
+            self._tail_heads[run_id] = Head(seq, chain)
+            self._tail_scanned = position
+
+    def _scan_tail(self, txn: Any, after: int) -> Iterator[tuple[int, bytes, str, int]]:
+        """(position, value, run_id, seq) of every record past ``after``.
+
+        Run and seq are read from the frame even when its checksum fails, so a damaged
+        record is reported to its own run's readers (``_decode`` checks the crc) and the
+        write path keeps exact heads; only a record too damaged to place stops the scan.
+        """
+        cur = txn.cursor(db=self._log)
+        if not cur.set_range(pack_position(after + 1)):
+            return
+        for key, value in cur:
+            try:
+                where = peek_run_seq(bytes(value[_FRAME_AT:]))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                where_ = f"the record at log position {unpack_position(key)}"
+                raise CorruptRecord("?", 0, f"{where_} is unreadable ({exc})") from None
+            yield unpack_position(key), value, where.run_id, where.seq
+
     # -- writes --------------------------------------------------------------------------
 
     def submit(
@@ -364,7 +464,14 @@ class LmdbStore:
     def head(self, run_id: str) -> int:
         """The run's last seq (0 if the run does not exist)."""
 
-        return self.read_txn(lambda txn: last_index_entry(txn.cursor(db=self._index), run_id).seq)
+        def get(txn: Any) -> int:
+            seq = last_index_entry(txn.cursor(db=self._index), run_id).seq
+            for _pos, _value, rid, s in self._scan_tail(txn, self._indexed(txn)):
+                if rid == run_id:
+                    seq = s
+            return seq
+
+        return self.read_txn(get)
 
     def read(self, run_id: str, from_seq: int = 1, to_seq: int | None = None) -> list[Recorded]:
         """The run's records from ``from_seq`` (inclusive) to ``to_seq`` (inclusive)."""
@@ -373,16 +480,18 @@ class LmdbStore:
             prefix = index_prefix(run_id)
             cur = txn.cursor(db=self._index)
             out: list[Recorded] = []
-            if not cur.set_range(index_key(run_id, max(1, from_seq))):
-                return out
             log_db = self._log
-            for key, pos in cur:
-                if not key.startswith(prefix):
-                    break
-                seq = int.from_bytes(key[-8:], "big")
-                if to_seq is not None and seq > to_seq:
-                    break
-                out.append(self._decode(txn.get(pos[:8], db=log_db), run_id, seq))
+            if cur.set_range(index_key(run_id, max(1, from_seq))):
+                for key, pos in cur:
+                    if not key.startswith(prefix):
+                        break
+                    seq = int.from_bytes(key[-8:], "big")
+                    if to_seq is not None and seq > to_seq:
+                        return out
+                    out.append(self._decode(txn.get(pos[:8], db=log_db), run_id, seq))
+            for _pos, value, rid, seq in self._scan_tail(txn, self._indexed(txn)):
+                if rid == run_id and seq >= from_seq and (to_seq is None or seq <= to_seq):
+                    out.append(self._decode(value, run_id, seq))
             return out
 
         return self.read_txn(get)
@@ -417,13 +526,14 @@ class LmdbStore:
 
         def walk(txn: Any) -> list[str]:
             cur = txn.cursor(db=self._index)
-            out: list[str] = []
+            out: set[str] = set()
             found = cur.first()
             while found:
                 run_id = bytes(cur.key()[:-9]).decode()
-                out.append(run_id)
+                out.add(run_id)
                 found = cur.set_range(index_prefix(run_id) + _LAST)
-            return out
+            out.update(rid for _p, _v, rid, _s in self._scan_tail(txn, self._indexed(txn)))
+            return sorted(out)
 
         return self.read_txn(walk)
 
@@ -520,6 +630,17 @@ class LmdbStore:
                     prev = chain_hash(value)
                     if bytes(pos[8:]) != prev:
                         raise CorruptRecord(run_id, seq, "index hash does not match the record")
+            for _position, value, rid, seq in self._scan_tail(txn, self._indexed(txn)):
+                if rid != run_id:
+                    continue
+                expected += 1
+                if seq != expected:
+                    raise CorruptRecord(run_id, expected, f"seq gap: next stored is {seq}")
+                self._decode(value, run_id, seq)
+                stored_prev, _ = unseal(value)
+                if stored_prev != prev:
+                    raise CorruptRecord(run_id, seq, "hash chain broken (a record was altered)")
+                prev = chain_hash(value)
             return expected
 
         return self.read_txn(walk)
@@ -532,6 +653,8 @@ class LmdbStore:
         return int(self.env.info()["map_size"])
 
     def _close(self) -> None:
+        # Index the tail so that the next opener (often a read-only CLI) scans nothing.
+        self.writer.submit(WriteOp(lambda w: w.index_now(), durable=False))
         self.writer.close()
         with self._resize.exclusive():
             self.env.close()
@@ -578,11 +701,14 @@ def open_store(
     *,
     create: bool = True,
     map_size: int = DEFAULT_MAP_SIZE,
+    index_every: int = INDEX_EVERY,
 ) -> LmdbStore:
     """Open (or share) the store at ``path``.
 
     LMDB forbids opening one environment twice in a process, so every open of the same
     directory in this process shares one LmdbStore; ``close`` releases a reference.
+    ``index_every`` (tests use small values) is how many unindexed records trigger
+    writing their index entries.
     """
     if (
         not isinstance(map_size, int)
@@ -596,7 +722,7 @@ def open_store(
     with _REGISTRY_LOCK:
         store = _REGISTRY.get(str(real))
         if store is None:
-            store = LmdbStore(real, create=create, map_size=map_size)
+            store = LmdbStore(real, create=create, map_size=map_size, index_every=index_every)
             _REGISTRY[str(real)] = store
         store._refs += 1
         return store
