@@ -67,6 +67,7 @@ class RunActor(FastActor):
         self._held: list[Payload] = []
         self._held_from = 0
         self._inline = bool(getattr(agent.llm, "instant", False))
+        self._specs = [t.spec for t in agent.tools]
 
     # -- messages ------------------------------------------------------------------------
 
@@ -181,8 +182,8 @@ class RunActor(FastActor):
                     self.settle()
 
     def _call_model(self, effect: CallModel) -> None:
-        messages = MessageView(self.state.history)
-        specs = [t.spec for t in self.agent.tools]
+        messages = MessageView(self.state.history, self.state.steps)
+        specs = self._specs
         llm, agent, ref, clock = self.agent.llm, self.agent, self.actor_ref, self.system.clock
 
         def call() -> None:

@@ -65,13 +65,18 @@ def push(history: History, messages: Iterable[Message]) -> History:
 
 
 class MessageView(Sequence[Message]):
-    """The messages of a history without copying them out of their chunks."""
+    """The messages of a history without copying them out of their chunks.
 
-    __slots__ = ("_chunks", "_len")
+    ``assistant_turns`` (the run's step count) lets a model that counts its own replies,
+    like ScriptedLLM, skip walking the whole history on every call.
+    """
 
-    def __init__(self, history: History) -> None:
+    __slots__ = ("_chunks", "_len", "assistant_turns")
+
+    def __init__(self, history: History, assistant_turns: int | None = None) -> None:
         self._chunks = history
         self._len = sum(len(c) for c in history)
+        self.assistant_turns = assistant_turns
 
     def __len__(self) -> int:
         return self._len

@@ -22,7 +22,11 @@ ScriptFn = Callable[[Sequence[Message], Sequence[ToolSpec]], Reply]
 
 
 def estimate_tokens(text: str) -> int:
-    """A rough, deterministic token count (4 characters a token) for scripted usage."""
+    """A rough, deterministic token count (4 characters a token) for scripted replies.
+
+    Scripted prompts are counted as 16 tokens a message, so that estimating usage stays
+    O(1) however long the run's history grows.
+    """
     return (len(text) + 3) // 4
 
 
@@ -71,7 +75,9 @@ class ScriptedLLM:
         if callable(self._replies):
             reply = self._replies(messages, tools)
         else:
-            k = sum(1 for m in messages if m.role == "assistant")
+            k = getattr(messages, "assistant_turns", None)
+            if k is None:
+                k = sum(1 for m in messages if m.role == "assistant")
             if k >= len(self._replies):
                 raise ModelCallError(
                     f"ScriptedLLM has {len(self._replies)} replies and this is model call "
@@ -79,7 +85,7 @@ class ScriptedLLM:
                 )
             reply = self._replies[k]
         if reply.usage is None:
-            prompt = sum(len(m.content) for m in messages) // 4 + 4 * len(messages)
+            prompt = 16 * len(messages)  # O(1): a long run's prompt is not re-walked per call
             completion = estimate_tokens(reply.text) + 8 * len(reply.tool_calls)
             reply = Reply(
                 text=reply.text,

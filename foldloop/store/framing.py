@@ -48,7 +48,7 @@ _CRC = struct.Struct(">I")
 _HEADER = _CRC.size + HASH_SIZE
 
 
-class Frame(msgspec.Struct, array_like=True, frozen=True):
+class Frame(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True):
     """The envelope as stored: the event stays raw until someone decodes it."""
 
     run_id: str
