@@ -26,6 +26,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give the kill loop time in proportion to the kills asked for (about 1 s each)."""
+    kills = int(config.getoption("--kills"))
+    for item in items:
+        if "kill_loop" in item.name:
+            item.add_marker(pytest.mark.timeout(90 + 2 * kills))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),

@@ -346,3 +346,38 @@ def test_requested_event_roundtrip_through_store(store_path: Path) -> None:
         assert store.read("r")[0].event == ModelRequested(step=1, prompt_digest="abc", max_tokens=5)
     finally:
         store.close()
+
+
+def test_damaged_record_in_the_unindexed_tail_is_attributed_to_its_run(store_path: Path) -> None:
+    # A writer killed mid-life leaves its last records unindexed (in the log's tail).
+    code = textwrap.dedent(
+        f"""
+        import os, signal
+        from foldloop.events import RunCompleted, ToolCompleted
+        from foldloop.store import open_store
+        s = open_store({str(store_path)!r})
+        s.append("r1", [ToolCompleted(call_id="a", result="x"),
+                        RunCompleted(output="TAILMARK-0123456789")], expected_seq=0, at=1)
+        s.append("r2", [ToolCompleted(call_id="b", result="y")], expected_seq=0, at=2)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    data = (store_path / "data.mdb").read_bytes()
+    assert data.count(b"TAILMARK-0123456789") >= 1  # copy-on-write may leave old page copies
+    (store_path / "data.mdb").write_bytes(
+        data.replace(b"TAILMARK-0123456789", b"TAILMARK-0123456780")
+    )
+    store = open_store(store_path)
+    try:
+        assert store.meta("indexed") is None  # nothing was ever indexed: all tail
+        assert [r.seq for r in store.read("r2")] == [1]
+        with pytest.raises(CorruptRecord, match="'r1' seq 2: checksum mismatch"):
+            store.read("r1")
+        assert store.head("r1") == 2
+        store.append("r2", [ev(5)], expected_seq=1, at=3)  # other runs keep working
+        with pytest.raises(ConcurrencyError):
+            store.append("r1", [ev(6)], expected_seq=1, at=3)  # the damaged run's head holds
+    finally:
+        store.close()

@@ -87,6 +87,14 @@ class RunActor(FastActor):
             self.log.exception("run_actor_error")
             self.fail(exc)
 
+    def on_stop(self) -> None:
+        # The runtime is closing: queue what this run holds back (the store commits it).
+        if not self._dead:
+            try:
+                self._flush_held()
+            except Exception:
+                self.log.exception("flush_on_stop_failed")
+
     def handle(self, command: Command) -> None:
         """Decide, append, evolve, act."""
         decision = decide(self.state, command)
