@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from foldloop.core.commands import Start
 from foldloop.core.pricing import DEFAULT_PRICING, Pricing
 from foldloop.errors import ConfigError
 from foldloop.events.values import Limits, ToolInfo
@@ -61,6 +62,28 @@ class Agent:
     def tool_infos(self) -> tuple[ToolInfo, ...]:
         """What runs record about each tool."""
         return tuple(t.info for t in self.tools)
+
+    def start(
+        self,
+        input: str,
+        *,
+        now: int,
+        limits: Limits | None = None,
+        metadata: tuple[tuple[str, str], ...] = (),
+        parent_run_id: str | None = None,
+    ) -> Start:
+        """The Start command this agent issues today for ``input`` (spawn and verify use it)."""
+        return Start(
+            now=now,
+            agent=self.name,
+            input=input,
+            instructions=self.instructions,
+            limits=self.limits if limits is None else limits,
+            tools=self.tool_infos,
+            tools_digest=self.tools_digest,
+            metadata=metadata,
+            parent_run_id=parent_run_id,
+        )
 
     def tool(self, name: str) -> Tool | None:
         """The tool called ``name``, if the agent has one."""

@@ -246,17 +246,7 @@ class Runtime:
         run_id = run_id if run_id is not None else f"{agent.name}-{uuid.uuid4().hex[:12]}"
         _check_run_id(run_id)
         meta = tuple(sorted((str(k), str(v)) for k, v in (metadata or {}).items()))
-        command = Start(
-            now=self.clock(),
-            agent=agent.name,
-            input=input,
-            instructions=agent.instructions,
-            limits=agent.limits,
-            tools=agent.tool_infos,
-            tools_digest=agent.tools_digest,
-            metadata=meta,
-            parent_run_id=parent_run_id,
-        )
+        command = agent.start(input, now=self.clock(), metadata=meta, parent_run_id=parent_run_id)
         decision = decide(RunState(run_id=run_id), command)
         payloads = encode_all(decision.events, command.now)
         owner = self.owner
@@ -480,14 +470,10 @@ class Runtime:
         agent = self._agent_for(fold(records[:1]))
 
         def start(event: RunStarted, now: int) -> Start:
-            return Start(
+            return agent.start(
+                event.input,
                 now=now,
-                agent=agent.name,
-                input=event.input,
-                instructions=agent.instructions,
                 limits=event.limits,
-                tools=agent.tool_infos,
-                tools_digest=agent.tools_digest,
                 metadata=event.metadata,
                 parent_run_id=event.parent_run_id,
             )
