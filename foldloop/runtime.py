@@ -27,10 +27,12 @@ from foldloop.core.commands import Cancel, Command, Resume, Start
 from foldloop.core.decide import decide
 from foldloop.core.effects import Decision, Settle
 from foldloop.core.evolve import apply, fold
+from foldloop.core.explain import Explanation, explain
 from foldloop.core.replay import replay
 from foldloop.core.state import STATE_VERSION, RunState, RunStatus
 from foldloop.errors import ConfigError, FoldloopError, RunLocked, RunNotFound, SchemaChangedError
 from foldloop.events.catalogue import RunStarted
+from foldloop.events.jsonl import dump_run, load_run
 from foldloop.events.recorded import Recorded
 from foldloop.events.values import Limits, Usage
 from foldloop.store.lmdb_store import DEFAULT_MAP_SIZE, LmdbStore, WriteTxn, encode_all, open_store
@@ -435,10 +437,8 @@ class Runtime:
         for run_id in self.store.run_ids():
             state = self.state(run_id)
             current = state.status
-            if current is RunStatus.RUNNING and not self.system.active(run_id):
-                lease = self.store.lease(run_id)
-                if lease is None or not lease.owner or not self.store.owner_alive(lease.owner):
-                    current = RunStatus.INTERRUPTED
+            if current is RunStatus.RUNNING and self._orphaned(run_id):
+                current = RunStatus.INTERRUPTED
             if wanted is not None and current is not wanted:
                 continue
             if agent is not None and state.agent != agent:
@@ -455,6 +455,46 @@ class Runtime:
                 )
             )
         return out
+
+    def explain(self, run_id: str) -> Explanation:
+        """Why the run is where it is (status, reason, limit, last decision) and what to do."""
+        records = list(self.events(run_id))
+        return explain(fold(records), records, orphaned=self._orphaned(run_id))
+
+    def export(self, run_id: str) -> Iterator[str]:
+        """The run as JSONL lines (schema in ``foldloop.events.jsonl``)."""
+        return dump_run(run_id, self.events(run_id))
+
+    def import_jsonl(self, lines: Iterable[str], *, run_id: str | None = None) -> str:
+        """Append an exported run to this store (as ``run_id`` if given); returns its id.
+
+        The imported run folds to the same state; nobody drives it, so a resumable one
+        shows as interrupted until a runtime with its agent resumes it.
+        """
+        self._check_open()
+        header, exported = load_run(lines)
+        target = run_id if run_id is not None else header.run_id
+        _check_run_id(target)
+        if not exported:
+            raise ConfigError("the export holds no events")
+        payloads = [p for e in exported for p in encode_all([e.event], e.at)]
+
+        def put(w: WriteTxn) -> None:
+            if w.head(target).seq:
+                raise ConfigError(
+                    f"run {target!r} already exists in this store; import it under another "
+                    "id (foldloop import FILE --run-id NEW)"
+                )
+            w.append(target, payloads, expected_seq=0)
+
+        self.store.submit(put).wait()
+        return target
+
+    def _orphaned(self, run_id: str) -> bool:
+        if self.system.active(run_id):
+            return False
+        lease = self.store.lease(run_id)
+        return lease is None or not lease.owner or not self.store.owner_alive(lease.owner)
 
     def verify(self, run_id: str) -> RunState:
         """Replay the run's log through today's decide(); raise at the first difference.

@@ -75,6 +75,22 @@ def test_demo_then_inspect_what_it_wrote(tmp_path: Path) -> None:
     assert "replay identically" in verify.stdout
     doctor = run(["doctor"], tmp_path)
     assert doctor.returncode == 0 and "all intact" in doctor.stdout
+    explain = run(["explain", run_id], tmp_path)
+    assert explain.returncode == 0
+    assert "is completed after 3 steps" in explain.stdout
+    tail = run(["tail", "--from", "2"], tmp_path)
+    assert tail.returncode == 0
+    assert tail.stdout.splitlines()[0].split()[0] == "2"
+    exported = tmp_path / "run.jsonl"
+    assert run(["export", run_id, "-o", str(exported)], tmp_path).returncode == 0
+    imported = run(["--store", str(tmp_path / "copy"), "import", str(exported)], tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    assert f"imported {run_id}: {len(lines)} events" in imported.stdout
+    again = run(["--store", str(tmp_path / "copy"), "import", str(exported)], tmp_path)
+    assert again.returncode == 2
+    assert "already exists" in again.stderr
+    missing = run(["import", str(tmp_path / "nope.jsonl")], tmp_path)
+    assert missing.returncode == 3
     show = run(["show", run_id], tmp_path)
     assert show.returncode == 0 and "tool.completed" in show.stdout
 

@@ -379,3 +379,70 @@ def test_tool_schema_errors_happen_at_decoration() -> None:
         fl.tool(timeout=float("nan"), name="nan_timeout")(lambda: None)
     with pytest.raises(fl.ConfigError, match="registered twice"):
         fl.Agent(name="dup", llm=fl.ScriptedLLM([]), tools=[add, add])
+
+
+def test_explain_says_why_and_what_next(rt: fl.Runtime) -> None:
+    llm = fl.ScriptedLLM(
+        [fl.Reply(tool_calls=[fl.ToolCall("add", {"a": i, "b": 1})]) for i in range(5)]
+    )
+    agent = fl.Agent(name="why", llm=llm, tools=[add], limits=fl.Limits(max_steps=2))
+    run = rt.spawn(agent, "go")
+    run.wait(timeout=30)
+    why = rt.explain(run.id)
+    assert why.status is fl.RunStatus.LIMIT_REACHED
+    assert why.limit == "max_steps = 2 of 2"
+    assert "extend=fl.Limits(max_steps=...)" in why.next_steps[0]
+    assert "run.limit_reached" in why.last_decision
+    assert str(why).startswith(f"run {run.id} is limit_reached after 2 steps")
+
+    done = rt.spawn(fl.Agent(name="done", llm=fl.ScriptedLLM([fl.Reply(text="ok")])), "go")
+    done.wait(timeout=30)
+    assert "final text" in rt.explain(done.id).last_decision
+    assert rt.explain(done.id).next_steps[0].startswith("nothing")
+
+
+def test_export_then_import_gives_the_same_fold(rt: fl.Runtime, tmp_path: Path) -> None:
+    script = [
+        fl.Reply(tool_calls=[fl.ToolCall("add", {"a": 1, "b": 2}), fl.ToolCall("add", {"a": "x"})]),
+        fl.Reply(text="3", usage=fl.Usage(input_tokens=5, output_tokens=1, cost_usd=0.25)),
+    ]
+    agent = fl.Agent(name="exp", llm=fl.ScriptedLLM(script), tools=[add])
+    run = rt.spawn(agent, "go", metadata={"user": "ü\u202e"})
+    run.wait(timeout=30)
+    lines = list(rt.export(run.id))
+    assert lines[0].startswith('{"foldloop":"run","format":1')
+    assert len(lines) == 1 + len(list(rt.events(run.id)))
+
+    with fl.Runtime.open(tmp_path / "other", agents=[agent]) as other:
+        imported = other.import_jsonl(lines)
+        assert imported == run.id
+        assert other.state(run.id) == rt.state(run.id)
+        assert [r.event for r in other.events(run.id)] == [r.event for r in rt.events(run.id)]
+        assert other.verify(run.id).status is fl.RunStatus.COMPLETED
+        copy = other.import_jsonl(lines, run_id="copy-1")
+        assert other.state(copy).output == "3"
+        with pytest.raises(fl.ConfigError, match="already exists"):
+            other.import_jsonl(lines)
+        with pytest.raises(fl.ConfigError, match="truncated"):
+            other.import_jsonl(lines[:-1], run_id="cut")
+        with pytest.raises(fl.ConfigError, match="line 1 is not a foldloop run header"):
+            other.import_jsonl(["{}"], run_id="bad")
+        with pytest.raises(fl.ConfigError, match="line 3"):
+            other.import_jsonl(
+                [lines[0], lines[1], '{"seq": 2, "at": 1, "event": {"type": "nope"}}'],
+                run_id="bad2",
+            )
+        assert sorted(other.store.run_ids()) == sorted([run.id, "copy-1"])
+
+
+def test_an_imported_unfinished_run_can_be_resumed(rt: fl.Runtime, tmp_path: Path) -> None:
+    llm = fl.ScriptedLLM(
+        [fl.Reply(tool_calls=[fl.ToolCall("add", {"a": 1, "b": 1})]), fl.Reply(text="2")]
+    )
+    agent = fl.Agent(name="move", llm=llm, tools=[add], limits=fl.Limits(max_steps=1))
+    run = rt.spawn(agent, "go")
+    assert run.wait(timeout=30).status is fl.RunStatus.LIMIT_REACHED
+    with fl.Runtime.open(tmp_path / "elsewhere", agents=[agent]) as other:
+        other.import_jsonl(rt.export(run.id))
+        result = other.resume(run.id, extend=fl.Limits(max_steps=3)).wait(timeout=30)
+        assert (result.status, result.output) == (fl.RunStatus.COMPLETED, "2")

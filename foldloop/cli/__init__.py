@@ -290,6 +290,68 @@ def resume(
 
 
 @app.command()
+def explain(run: str) -> None:
+    """Why a run is where it is, and what to do next."""
+    with _runtime(_store()) as rt:
+        out.print(escape(str(rt.explain(run))))
+
+
+@app.command()
+def tail(
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events.")
+    ] = False,
+    from_position: Annotated[int, typer.Option("--from", min=1, help="First log position.")] = 1,
+) -> None:
+    """The whole log in order (all runs), optionally following it live."""
+    with _runtime(_store()) as rt:
+        position = from_position
+        while True:
+            for rec in rt.read_all(position):
+                out.print(
+                    f"{rec.position:>6} {escape(rec.run_id)} {rec.seq:>4} {rec.type:<18} "
+                    f"{_summary(rec)}",
+                    no_wrap=True,
+                    overflow="ellipsis",
+                )
+                position = rec.position + 1
+            if not follow:
+                return
+            time.sleep(0.2)
+
+
+@app.command("export")
+def export_run(
+    run: str,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="File (default stdout).")
+    ] = None,
+) -> None:
+    """Export a run's events as JSONL (schema: foldloop.events.jsonl)."""
+    with _runtime(_store()) as rt:
+        lines = list(rt.export(run))
+    text = "\n".join(lines) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+        err.print(f"wrote {len(lines) - 1} events of {escape(run)} to {escape(str(output))}")
+
+
+@app.command("import")
+def import_run(
+    file: Path,
+    run_id: Annotated[str | None, typer.Option("--run-id", help="Import under this id.")] = None,
+) -> None:
+    """Import a run exported as JSONL into the store (created if absent)."""
+    if not file.is_file():
+        _fail(EXIT_NOT_FOUND, f"no file {str(file)!r}")
+    with _runtime(_store(), create=True) as rt:
+        imported = rt.import_jsonl(file.read_text().splitlines(), run_id=run_id)
+        out.print(f"imported {escape(imported)}: {rt.store.head(imported)} events")
+
+
+@app.command()
 def doctor() -> None:
     """Walk the whole store: checksums, hash chains, gapless seqs, decodability."""
     with _runtime(_store()) as rt:
