@@ -38,6 +38,8 @@ class Settlement:
 class ActorSystem:
     """Owns every actor of one runtime."""
 
+    KEEP_SETTLED = 256
+
     def __init__(
         self,
         store: LmdbStore,
@@ -119,6 +121,8 @@ class ActorSystem:
             settlement = self._settlements.setdefault(state.run_id, Settlement())
         settlement.state = state
         settlement.event.set()
+        with self._lock:
+            self._forget_old()
 
     def release(self, run_id: str, epoch: int, state: RunState) -> None:
         """Called by a RunActor whose run settled."""
@@ -134,9 +138,26 @@ class ActorSystem:
         with self._lock:
             self._runs.pop(run_id, None)
             settlement = self._settlements.setdefault(run_id, Settlement())
+            self._forget_old()
         settlement.state = state
         settlement.interrupted = interrupted
         settlement.event.set()
+
+    def _forget_old(self) -> None:
+        """Keep settlements of runs driven now, and of the last ``KEEP_SETTLED`` that ended.
+
+        A runtime that lives for months must not hold every finished run's state; a wait()
+        on a forgotten run reads its state from the store instead.
+        """
+        excess = len(self._settlements) - len(self._runs) - self.KEEP_SETTLED
+        if excess <= 0:
+            return
+        for run_id in list(self._settlements):
+            if excess <= 0:
+                break
+            if run_id not in self._runs and self._settlements[run_id].event.is_set():
+                del self._settlements[run_id]
+                excess -= 1
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -14,30 +14,45 @@ from collections.abc import Callable
 
 import structlog
 
-__all__ = ["Timers"]
+__all__ = ["Timer", "Timers"]
 
 log = structlog.get_logger(__name__)
+
+
+class Timer:
+    """A scheduled call; ``cancel`` drops the function (and all it references) at once."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn: Callable[[], None] | None = fn
+
+    def cancel(self) -> None:
+        """Do not run; release the function now (its heap slot empties when due)."""
+        self.fn = None
 
 
 class Timers:
     """Calls functions later, on one daemon thread."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._heap: list[tuple[float, int, Timer]] = []
         self._ids = itertools.count()
         self._cond = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="foldloop-timers", daemon=True)
         self._thread.start()
 
-    def call_later(self, delay_s: float, fn: Callable[[], None]) -> None:
-        """Run ``fn`` after ``delay_s`` seconds (monotonic clock)."""
+    def call_later(self, delay_s: float, fn: Callable[[], None]) -> Timer:
+        """Run ``fn`` after ``delay_s`` seconds (monotonic clock); returns a cancellable Timer."""
         due = time.monotonic() + delay_s
+        timer = Timer(fn)
         with self._cond:
             earliest = not self._heap or due < self._heap[0][0]
-            heapq.heappush(self._heap, (due, next(self._ids), fn))
+            heapq.heappush(self._heap, (due, next(self._ids), timer))
             if earliest:  # waking the thread for a later deadline would only cost the GIL
                 self._cond.notify()
+        return timer
 
     def stop(self) -> None:
         """Drop pending timers and stop the thread."""
@@ -55,7 +70,10 @@ class Timers:
                     self._cond.wait(timeout)
                 if self._stopped:
                     return
-                _, _, fn = heapq.heappop(self._heap)
+                _, _, timer = heapq.heappop(self._heap)
+                fn, timer.fn = timer.fn, None
+            if fn is None:
+                continue
             try:
                 fn()
             except Exception:

@@ -19,7 +19,7 @@ import pykka
 import structlog
 
 from foldloop.actors.base import FastActor
-from foldloop.actors.timers import Timers
+from foldloop.actors.timers import Timer, Timers
 from foldloop.actors.workers import Workers
 from foldloop.core.commands import ToolFinished
 from foldloop.tools.decorator import Tool
@@ -62,12 +62,15 @@ class ToolRunner:
     def _start(self, call: RunToolCall) -> None:
         settled = threading.Lock()
         done = [False]
+        timer: list[Timer] = []
 
         def report(command: ToolFinished) -> None:
             with settled:
                 if done[0]:
                     return
                 done[0] = True
+            if timer:
+                timer[0].cancel()  # release the run's references now, not in `timeout` s
             try:
                 call.reply_to.tell(command)
             except pykka.ActorDeadError:
@@ -113,7 +116,7 @@ class ToolRunner:
                     )
                 )
 
-            self.timers.call_later(timeout, expire)
+            timer.append(self.timers.call_later(timeout, expire))
         self.pool.submit(run)
 
 

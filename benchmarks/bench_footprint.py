@@ -1,0 +1,152 @@
+"""Footprint: import time, bytes per step, resume time, and the cost of parked runs.
+
+    python benchmarks/bench_footprint.py            # 10,000 parked runs
+    python benchmarks/bench_footprint.py --parked 2000
+
+1. ``import foldloop`` in a fresh interpreter (best of 5), against ``import json``.
+2. Bytes on disk per step at 20 and 1,000 steps (data.mdb growth / steps, after the
+   store indexed its tail on close).
+3. Resume time of a 1,000-step run: state rebuilt from the whole log vs from a snapshot.
+4. Parked runs: RSS and thread count before and after parking N runs (each stopped by
+   its step ceiling, so it holds no actor and no thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import structlog
+
+import foldloop as fl
+
+
+@fl.tool(timeout=30)
+def note(i: int) -> str:
+    """Record a note."""
+    return f"noted {i}"
+
+
+def agent(name: str, steps: int) -> fl.Agent:
+    replies = [fl.Reply(tool_calls=[fl.ToolCall("note", {"i": i})]) for i in range(steps - 1)]
+    return fl.Agent(
+        name=name,
+        llm=fl.ScriptedLLM([*replies, fl.Reply(text="done")]),
+        tools=[note],
+        limits=fl.Limits(max_steps=steps + 1),
+    )
+
+
+def import_time() -> None:
+    def best(module: str) -> float:
+        times = []
+        for _ in range(5):
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-I",
+                    "-c",
+                    f"import time; t=time.perf_counter(); import {module}; "
+                    "print(time.perf_counter()-t)",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            times.append(float(out.stdout))
+        return min(times)
+
+    ours, ref = best("foldloop"), best("json")
+    print(f"1. import foldloop: {ours * 1000:.0f} ms (import json: {ref * 1000:.1f} ms)")
+
+
+def rss_kib(field: str = "VmRSS") -> int:
+    """Resident memory in KiB; RssAnon leaves out LMDB's memory-mapped file pages."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def bytes_per_step() -> None:
+    for steps in (20, 1000):
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "s"
+            with fl.Runtime.open(path) as rt:
+                rt.spawn(agent("warm", 2), "go").wait(timeout=60)
+            base = (path / "data.mdb").stat().st_size
+            with fl.Runtime.open(path) as rt:
+                runs = max(1, 2000 // steps)
+                a = agent(f"b{steps}", steps)
+                for _ in range(runs):
+                    assert rt.spawn(a, "go").wait(timeout=600).ok
+            grown = (path / "data.mdb").stat().st_size - base
+            print(f"2. {steps:>5}-step runs: {grown / (runs * steps):6.0f} bytes per step on disk")
+
+
+def resume_time() -> None:
+    with tempfile.TemporaryDirectory() as d:
+        for every in (0, 200):
+            path = Path(d) / f"s{every}"
+            with fl.Runtime.open(path, snapshot_every=every) as rt:
+                run = rt.spawn(agent(f"long{every}", 1000), "go")
+                assert run.wait(timeout=600).ok
+                rt.store.submit(lambda w: None).wait()
+                best = min(_timed(lambda r=rt, i=run.id: r.state(i)) for _ in range(5))
+                label = "from the whole log" if not every else f"snapshot every {every}"
+                print(f"3. state of a 1,000-step run, {label}: {best * 1000:.1f} ms")
+
+
+def parked(n: int) -> None:
+    with tempfile.TemporaryDirectory() as d, fl.Runtime.open(Path(d) / "s") as rt:
+        a = fl.Agent(
+            name="parked",
+            llm=fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("note", {"i": 1})])] * 2),
+            tools=[note],
+            limits=fl.Limits(max_steps=1),
+        )
+        rt.spawn(a, "warm").wait(timeout=60)
+        time.sleep(0.2)
+        rss0, anon0, threads0 = rss_kib(), rss_kib("RssAnon"), threading.active_count()
+        handles = [rt.spawn(a, "go") for _ in range(n)]
+        statuses = {h.wait(timeout=600).status for h in handles}
+        time.sleep(0.5)
+        rss1, anon1, threads1 = rss_kib(), rss_kib("RssAnon"), threading.active_count()
+        assert statuses == {fl.RunStatus.LIMIT_REACHED}, statuses
+        print(
+            f"4. {n} parked runs: +{(rss1 - rss0) / 1024:.1f} MiB RSS "
+            f"(+{(anon1 - anon0) / 1024:.1f} MiB anonymous; the rest is LMDB's mapped file), "
+            f"threads {threads0} -> {threads1}"
+        )
+
+
+def _timed(fn: object) -> float:
+    start = time.perf_counter()
+    fn()  # type: ignore[operator]
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parked", type=int, default=10_000, help="runs to park (default 10,000)")
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    print(
+        f"foldloop {fl.__version__}, python {sys.version.split()[0]}, pid {os.getpid()}, "
+        f"{time.strftime('%Y-%m-%d')}"
+    )
+    import_time()
+    bytes_per_step()
+    resume_time()
+    parked(args.parked)
+
+
+if __name__ == "__main__":
+    main()
