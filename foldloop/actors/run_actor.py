@@ -148,7 +148,9 @@ class RunActor(FastActor):
     def _submit(self, payloads: list[Payload], expected: int, *, durable: bool) -> WriteOp[Any]:
         run_id, owner, epoch = self.run_id, self.system.owner, self.epoch
         return self.system.store.submit(
-            lambda w: w.append(run_id, payloads, expected_seq=expected, owner=owner, epoch=epoch),
+            lambda w: w.append(
+                run_id, payloads, expected_seq=expected, owner=owner, epoch=epoch, records=False
+            ),
             durable=durable,
             callback=None if durable else self._on_queued_append,
         )

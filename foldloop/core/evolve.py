@@ -8,7 +8,7 @@ a valid event, reads a clock or logs.
 from __future__ import annotations
 
 import functools
-import hashlib
+import zlib
 from collections.abc import Iterable
 
 from msgspec.structs import replace
@@ -57,11 +57,10 @@ def tool_message(call: CallState) -> Message:
 
 
 def _signature(call: CallState) -> str:
-    h = hashlib.blake2b(digest_size=12)
-    for part in (call.tool, call.args, call.status, call.result):
-        h.update(part.encode("utf-8", "surrogatepass"))
-        h.update(b"\0")
-    return h.hexdigest()
+    """A short fingerprint of (tool, args, outcome) for no-progress detection (CRC32: cheap,
+    deterministic across processes, and a collision only matters on consecutive calls)."""
+    data = "\0".join((call.tool, call.args, call.status, call.result))
+    return f"{zlib.crc32(data.encode('utf-8', 'surrogatepass')):08x}"
 
 
 def _finish_call(state: RunState, call_id: str, status: str, result: str, kind: str) -> RunState:

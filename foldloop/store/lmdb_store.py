@@ -93,39 +93,52 @@ _SNAPSHOT = msgspec.msgpack.Decoder(tuple[int, int, bytes])
 
 
 class _SharedExclusive:
-    """Readers share, a map resize excludes them (LMDB forbids resizing under open txns)."""
+    """Readers share, a map resize excludes them (LMDB forbids resizing under open txns).
+
+    Every transaction takes the shared side, so it is two plain lock round trips; the rare
+    exclusive side (a map resize) waits on a condition until the readers drain.
+    """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
         self._readers = 0
         self._writer = False
 
+    def acquire_shared(self) -> None:
+        with self._lock:
+            while self._writer:
+                self._drained.wait()
+            self._readers += 1
+
+    def release_shared(self) -> None:
+        with self._lock:
+            self._readers -= 1
+            if self._writer and not self._readers:
+                self._drained.notify_all()
+
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer:
-                self._cond.wait()
-            self._readers += 1
+        self.acquire_shared()
         try:
             yield
         finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
+            self.release_shared()
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._readers:
-                self._cond.wait()
+        with self._lock:
+            while self._writer:
+                self._drained.wait()
             self._writer = True
+            while self._readers:
+                self._drained.wait()
         try:
             yield
         finally:
-            with self._cond:
+            with self._lock:
                 self._writer = False
-                self._cond.notify_all()
+                self._drained.notify_all()
 
 
 class WriteTxn:
@@ -133,12 +146,12 @@ class WriteTxn:
 
     def __init__(self, store: LmdbStore) -> None:
         self.store = store
-        self._guard = store._resize.shared()
-        self._guard.__enter__()
+        self._resize = store._resize
+        self._resize.acquire_shared()
         try:
             self.txn = store._begin(write=True)
         except BaseException:
-            self._guard.__exit__(None, None, None)
+            self._resize.release_shared()
             raise
         self.appended: list[Recorded] = []
         try:
@@ -147,7 +160,7 @@ class WriteTxn:
             store._sync_tail(self.txn)
         except BaseException:
             self.txn.abort()
-            self._guard.__exit__(None, None, None)
+            self._resize.release_shared()
             raise
         self._heads: dict[str, Head] = {}
         self._new: list[TailEntry] = []
@@ -175,13 +188,13 @@ class WriteTxn:
                 store._tail_heads.update(self._heads)
                 store._tail_scanned = self._next - 1
         finally:
-            self._guard.__exit__(None, None, None)
+            self._resize.release_shared()
 
     def abort(self) -> None:
         try:
             self.txn.abort()
         finally:
-            self._guard.__exit__(None, None, None)
+            self._resize.release_shared()
 
     # -- reads inside the transaction ----------------------------------------------------
 
@@ -215,14 +228,20 @@ class WriteTxn:
         expected_seq: int,
         owner: str | None = None,
         epoch: int | None = None,
+        records: bool = True,
     ) -> list[Recorded]:
-        """Append encoded events after ``expected_seq``; check everything before writing."""
+        """Append encoded events after ``expected_seq``; check everything before writing.
+
+        Returns the Recorded events unless ``records`` is False and nobody listens to
+        commits (the step path needs neither, and skips building them).
+        """
         head = self.head(run_id)
         if head.seq != expected_seq:
             raise ConcurrencyError(run_id, expected_seq, head.seq)
         if owner is not None and epoch is not None:
             self.check_lease(run_id, owner, epoch)
         put, log_db, new = self.txn.put, self.store._log, self._new
+        keep = records or bool(self.store._listeners)
         prev = head.hash
         seq = head.seq
         out: list[Recorded] = []
@@ -234,7 +253,8 @@ class WriteTxn:
             value, prev = seal(frame, prev)
             put(pack_position(position), value, db=log_db, append=True)
             new.append((run_id, seq, position, prev))
-            out.append(Recorded(run_id=run_id, seq=seq, position=position, at=at, event=event))
+            if keep:
+                out.append(Recorded(run_id=run_id, seq=seq, position=position, at=at, event=event))
         self._heads[run_id] = Head(seq, prev)
         self.appended.extend(out)
         return out
@@ -375,7 +395,8 @@ class LmdbStore:
     def read_txn(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn`` inside a short read transaction."""
         while True:
-            with self._resize.shared():
+            self._resize.acquire_shared()
+            try:
                 try:
                     txn = self._begin()
                 except lmdb.MapResizedError as exc:
@@ -385,6 +406,8 @@ class LmdbStore:
                         return fn(txn)
                     finally:
                         txn.abort()
+            finally:
+                self._resize.release_shared()
             self._grow(resized)
 
     # -- the unindexed tail ----------------------------------------------------------------
