@@ -12,11 +12,15 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from foldloop.core import (
     INITIAL,
+    ApprovalTicket,
     CallModel,
     Cancel,
+    DecideApproval,
     Decision,
+    ExpireApproval,
     ModelCallFailed,
     ModelReplied,
+    RequestApproval,
     Resume,
     RunState,
     RunStatus,
@@ -283,16 +287,36 @@ def test_replay_detects_a_changed_decision() -> None:
     assert info.value.new == RunCompleted(output="done")
 
 
+def ticket(index: int = -1, call_id: str = "", expires_at: int = 10**18) -> ApprovalTicket:
+    return ApprovalTicket(
+        index=index,
+        call_id=call_id,
+        gate="g",
+        token_digest=f"d{index}{call_id}",
+        expires_at=expires_at,
+    )
+
+
 class RunMachine(RuleBasedStateMachine):
-    """Random commands against decide(): the log must always fold and replay to one state."""
+    """Random commands against decide(): the log must always fold and replay to one state.
+
+    ``send`` is gated: every call to it waits for a person before it may run.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.d = Driver(Limits(max_steps=6, no_progress=3))
         self.d.start()
         self.executed: dict[tuple[str, str], int] = {}
+        self.approved: set[str] = set()
+        self.status_before = self.d.state.status
 
     def perform(self, decision: Decision) -> None:
+        before = self.status_before
+        self.status_before = self.d.state.status
+        if before is RunStatus.RUNNING and self.d.state.status is not RunStatus.RUNNING:
+            # Every decision that takes a run out of running hands it back (parks it).
+            assert Settle() in decision.effects, decision
         for effect in decision.effects:
             if isinstance(effect, RunTools):
                 for call in effect.calls:
@@ -310,7 +334,34 @@ class RunMachine(RuleBasedStateMachine):
         text=st.sampled_from(["", "thinking", "final"]),
     )
     def model_replies(self, calls: list[tuple[str, str]], text: str) -> None:
-        self.perform(self.d.reply(calls, text=text))
+        gated = tuple(ticket(index=i) for i, (name, _) in enumerate(calls) if name == "send")
+        self.perform(
+            self.d.send(
+                ModelReplied(
+                    now=self.d.now(),
+                    step=self.d.state.model_pending,
+                    text=text,
+                    tool_calls=tuple(ModelToolCall(id="", name=n, args=a) for n, a in calls),
+                    gated=gated,
+                )
+            )
+        )
+
+    @precondition(lambda self: any(c.status == "awaiting_approval" for c in self.d.state.calls))
+    @rule(data=st.data(), verdict=st.sampled_from(["approve", "deny", "expire"]))
+    def a_person_decides(self, data: st.DataObject, verdict: str) -> None:
+        waiting = [c for c in self.d.state.calls if c.status == "awaiting_approval"]
+        call = data.draw(st.sampled_from(waiting))
+        now = self.d.now()
+        if verdict == "expire":
+            command: Any = ExpireApproval(now=now, call_id=call.call_id)
+        else:
+            command = DecideApproval(
+                now=now, call_id=call.call_id, approved=verdict == "approve", by="p", note="n"
+            )
+            if verdict == "approve":
+                self.approved.add(call.call_id)
+        self.perform(self.d.send(command))
 
     @precondition(
         lambda self: self.d.state.model_pending and self.d.state.status is RunStatus.RUNNING
@@ -338,7 +389,17 @@ class RunMachine(RuleBasedStateMachine):
 
     @rule()
     def crash_and_resume(self) -> None:
-        self.perform(self.d.send(Resume(now=self.d.now(), owner="o", extend=Limits(max_steps=8))))
+        # A resume asks again for expired approvals and for held-back gated calls.
+        again = tuple(
+            ticket(call_id=c.call_id)
+            for c in self.d.state.calls
+            if c.tool == "send" and c.status in ("expired", "proposed")
+        )
+        self.perform(
+            self.d.send(
+                Resume(now=self.d.now(), owner="o", extend=Limits(max_steps=8), gated=again)
+            )
+        )
 
     @rule()
     def cancel(self) -> None:
@@ -359,6 +420,7 @@ class RunMachine(RuleBasedStateMachine):
         for (call_id, tool), times in self.executed.items():
             if tool == "send":
                 assert times == 1, call_id
+                assert call_id in self.approved, f"gated {call_id} ran without approval"
 
     @invariant()
     def steps_never_exceed_the_ceiling(self) -> None:
@@ -377,3 +439,85 @@ TestRunMachine = RunMachine.TestCase
 def test_initial_state_is_empty() -> None:
     assert INITIAL.seq == 0 and not INITIAL.started
     assert Settle() == Settle()
+
+
+def test_a_gated_call_waits_parks_and_is_decided_exactly_once() -> None:
+    d = Driver()
+    d.start()
+    decision = d.send(
+        ModelReplied(
+            now=d.now(),
+            step=1,
+            tool_calls=(
+                ModelToolCall(id="", name="send", args='{"to":"x"}'),
+                ModelToolCall(id="", name="add", args="{}"),
+            ),
+            gated=(ticket(index=0),),
+        )
+    )
+    send_id, add_id = (c.call_id for c in d.state.calls)
+    assert [type(e).__name__ for e in decision.events] == [
+        "ModelResponded",
+        "ApprovalRequested",
+        "ToolRequested",
+    ]
+    assert RequestApproval(call_id=send_id, gate="g") in decision.effects
+    assert d.state.status is RunStatus.RUNNING  # add is still running
+    parked = d.finish(add_id)
+    assert Settle() in parked.effects
+    assert d.state.status is RunStatus.AWAITING_APPROVAL
+    assert send_id in d.state.reason and "pending_approvals" in d.state.reason
+
+    approved = d.send(DecideApproval(now=d.now(), call_id=send_id, approved=True, by="alice"))
+    assert [c.call_id for e in approved.effects if isinstance(e, RunTools) for c in e.calls] == [
+        send_id
+    ]
+    assert approved.durable  # send is not idempotent: its intent is fsync'd first
+    again = decide(d.state, DecideApproval(now=d.now(), call_id=send_id, approved=False))
+    assert again.rejected  # decided once
+    d.finish(send_id, result="sent")
+    assert d.state.status is RunStatus.RUNNING
+    assert replay(d.log) == fold(d.log)
+
+
+def test_a_denied_call_never_runs_and_the_model_hears_the_note() -> None:
+    d = Driver()
+    d.start()
+    d.send(
+        ModelReplied(
+            now=d.now(),
+            step=1,
+            tool_calls=(ModelToolCall(id="", name="send", args="{}"),),
+            gated=(ticket(index=0),),
+        )
+    )
+    (call,) = d.state.calls
+    denied = d.send(
+        DecideApproval(now=d.now(), call_id=call.call_id, approved=False, note="too risky")
+    )
+    assert not any(isinstance(e, RunTools) for e in denied.effects)
+    assert any(isinstance(e, CallModel) for e in denied.effects)
+    assert d.state.messages[-1].content == "denied by a person: too risky"
+    assert d.log[-2].event.kind == "denied"
+
+
+def test_an_expired_approval_is_asked_again_with_a_fresh_token_on_resume() -> None:
+    d = Driver()
+    d.start()
+    d.send(
+        ModelReplied(
+            now=d.now(),
+            step=1,
+            tool_calls=(ModelToolCall(id="", name="send", args="{}"),),
+            gated=(ticket(index=0),),
+        )
+    )
+    (call,) = d.state.calls
+    d.send(ExpireApproval(now=d.now(), call_id=call.call_id))
+    assert d.state.status is RunStatus.AWAITING_APPROVAL
+    assert "expired" in d.state.reason
+    fresh = ApprovalTicket(call_id=call.call_id, gate="g", token_digest="fresh", expires_at=10**18)
+    d.send(Resume(now=d.now(), owner="o", gated=(fresh,)))
+    assert d.log[-1].event.token_digest == "fresh"
+    assert d.state.calls[0].status == "awaiting_approval"
+    assert replay(d.log) == fold(d.log)

@@ -4,8 +4,11 @@ Nothing here does I/O, reads a clock, draws randomness, starts threads or logs.
 """
 
 from foldloop.core.commands import (
+    ApprovalTicket,
     Cancel,
     Command,
+    DecideApproval,
+    ExpireApproval,
     ModelCallFailed,
     ModelReplied,
     Resume,
@@ -13,7 +16,15 @@ from foldloop.core.commands import (
     ToolFinished,
 )
 from foldloop.core.decide import MAX_INVALID_ARGS, MAX_MODEL_ATTEMPTS, decide
-from foldloop.core.effects import CallModel, Decision, Effect, RunTools, Settle, ToolRun
+from foldloop.core.effects import (
+    CallModel,
+    Decision,
+    Effect,
+    RequestApproval,
+    RunTools,
+    Settle,
+    ToolRun,
+)
 from foldloop.core.evolve import INITIAL, apply, evolve, fold
 from foldloop.core.messages import Message, ToolSpec, prompt_digest
 from foldloop.core.pricing import DEFAULT_PRICING, ModelPrice, Pricing
@@ -21,7 +32,11 @@ from foldloop.core.replay import command_for, replay
 from foldloop.core.state import STATE_VERSION, CallState, RunState, RunStatus
 
 __all__ = [
+    "ApprovalTicket",
     "CallModel",
+    "DecideApproval",
+    "ExpireApproval",
+    "RequestApproval",
     "CallState",
     "Cancel",
     "Command",

@@ -11,7 +11,10 @@ import msgspec
 from foldloop.events.values import Limits, ModelToolCall, ToolInfo, Usage
 
 __all__ = [
+    "ApprovalTicket",
     "Cancel",
+    "DecideApproval",
+    "ExpireApproval",
     "Command",
     "ModelCallFailed",
     "ModelReplied",
@@ -40,8 +43,23 @@ class Start(Command, frozen=True):
     parent_run_id: str | None = None
 
 
+class ApprovalTicket(msgspec.Struct, frozen=True, kw_only=True):
+    """A gate's verdict that a call needs a person, with its token's digest and deadline.
+
+    Issued at the edge (the token is random): by ``index`` into a reply's tool calls, or by
+    ``call_id`` when a resume asks again for an expired request.
+    """
+
+    index: int = -1
+    call_id: str = ""
+    gate: str
+    token_digest: str
+    expires_at: int
+    summary: str = ""
+
+
 class ModelReplied(Command, frozen=True):
-    """The model answered step ``step``."""
+    """The model answered step ``step``; ``gated`` holds the calls a gate holds back."""
 
     step: int
     text: str = ""
@@ -49,6 +67,22 @@ class ModelReplied(Command, frozen=True):
     usage: Usage = Usage()
     model: str = ""
     latency_ms: float = 0.0
+    gated: tuple[ApprovalTicket, ...] = ()
+
+
+class DecideApproval(Command, frozen=True):
+    """A person approved or denied a call waiting at a gate."""
+
+    call_id: str
+    approved: bool
+    by: str = ""
+    note: str = ""
+
+
+class ExpireApproval(Command, frozen=True):
+    """A waiting call's approval passed its deadline undecided."""
+
+    call_id: str
 
 
 class ModelCallFailed(Command, frozen=True):
@@ -80,3 +114,4 @@ class Resume(Command, frozen=True):
 
     owner: str
     extend: Limits | None = None
+    gated: tuple[ApprovalTicket, ...] = ()

@@ -15,19 +15,33 @@ from __future__ import annotations
 from msgspec.structs import replace
 
 from foldloop.core.commands import (
+    ApprovalTicket,
     Cancel,
     Command,
+    DecideApproval,
+    ExpireApproval,
     ModelCallFailed,
     ModelReplied,
     Resume,
     Start,
     ToolFinished,
 )
-from foldloop.core.effects import CallModel, Decision, Effect, RunTools, Settle, ToolRun
+from foldloop.core.effects import (
+    CallModel,
+    Decision,
+    Effect,
+    RequestApproval,
+    RunTools,
+    Settle,
+    ToolRun,
+)
 from foldloop.core.evolve import apply
 from foldloop.core.messages import prompt_digest
 from foldloop.core.state import CallState, RunState, RunStatus
 from foldloop.events.catalogue import (
+    ApprovalDecided,
+    ApprovalExpired,
+    ApprovalRequested,
     KnownEvent,
     ModelFailed,
     ModelRequested,
@@ -163,6 +177,38 @@ class _Builder:
             self.effects.append(RunTools(calls=tuple(runs)))
         elif all(c.finished for c in self.state.calls):
             self.after_step()
+        elif self.state.status is RunStatus.AWAITING_APPROVAL:
+            self.settle()
+
+    def propose(self, calls: tuple[CallState, ...], tickets: tuple[ApprovalTicket, ...]) -> None:
+        """Hold back the calls a gate ticketed (approval.requested), request the others."""
+        if tickets:
+            limit = self.limit_before_tools()
+            if limit is not None:
+                self.emit(limit)
+                self.settle()
+                return
+        by_index = {t.index: t for t in tickets if t.index >= 0}
+        by_id = {t.call_id: t for t in tickets if t.call_id}
+        positions = {c.call_id: i for i, c in enumerate(self.state.calls)}
+        plain: list[CallState] = []
+        for call in calls:
+            ticket = by_id.get(call.call_id) or by_index.get(positions.get(call.call_id, -1))
+            if ticket is None or self.state.tool_info(call.tool) is None:
+                plain.append(call)
+                continue
+            self.emit(
+                ApprovalRequested(
+                    call_id=call.call_id,
+                    gate=ticket.gate,
+                    token_digest=ticket.token_digest,
+                    expires_at=ticket.expires_at,
+                    summary=ticket.summary,
+                )
+            )
+            self.effects.append(RequestApproval(call_id=call.call_id, gate=ticket.gate))
+            self.durable = True
+        self.request_tools(tuple(plain))
 
     def after_step(self) -> None:
         """Every call of the step has an outcome: stop for a rule, or ask the model again."""
@@ -253,7 +299,7 @@ def decide(state: RunState, command: Command) -> Decision:
                 b.emit(RunCompleted(output=command.text))
                 b.settle()
             else:
-                b.request_tools(b.state.calls)
+                b.propose(b.state.calls, command.gated)
         case ModelCallFailed():
             if state.status is not RunStatus.RUNNING or state.model_pending != command.step:
                 return _rejected(f"no model call for step {command.step} is pending")
@@ -302,6 +348,16 @@ def decide(state: RunState, command: Command) -> Decision:
                 )
             if b.state.status is RunStatus.RUNNING and all(c.finished for c in b.state.calls):
                 b.after_step()
+            elif (
+                b.state.status is RunStatus.AWAITING_APPROVAL
+                and state.status is RunStatus.RUNNING
+            ):
+                b.settle()  # the last running call ended; the others wait for a person
+        case DecideApproval() | ExpireApproval():
+            call = next((c for c in state.calls if c.call_id == command.call_id), None)
+            if call is None or call.status != "awaiting_approval" or state.terminal:
+                return _rejected(f"no call {command.call_id!r} is waiting for approval")
+            _gate_decision(b, command)
         case Cancel():
             if state.terminal or not state.started:
                 return _rejected(f"run {state.run_id!r} is {state.status.value}; nothing to cancel")
@@ -317,10 +373,40 @@ def decide(state: RunState, command: Command) -> Decision:
                 )
             extended = state.limits.extended(command.extend) if command.extend else None
             b.emit(RunResumed(owner=command.owner, extended_limits=extended))
-            _recover(b)
+            _recover(b, command.gated)
         case _:
             return _rejected(f"unknown command {type(command).__name__}")
     return b.decision()
+
+
+def _gate_decision(b: _Builder, command: DecideApproval | ExpireApproval) -> None:
+    """A waiting call was decided (run it, or tell the model it was denied) or expired."""
+    if isinstance(command, ExpireApproval):
+        b.emit(ApprovalExpired(call_id=command.call_id))
+        if b.state.status is RunStatus.AWAITING_APPROVAL:
+            b.settle()
+        return
+    b.emit(
+        ApprovalDecided(
+            call_id=command.call_id, approved=command.approved, by=command.by, note=command.note
+        )
+    )
+    if command.approved:
+        approved = next(c for c in b.state.calls if c.call_id == command.call_id)
+        b.request_tools((approved,))
+        return
+    who = f" by {command.by}" if command.by else ""
+    b.emit(
+        ToolFailed(
+            call_id=command.call_id,
+            kind="denied",
+            error=command.note or f"the call was denied{who}",
+        )
+    )
+    if all(c.finished for c in b.state.calls):
+        b.after_step()
+    elif b.state.status is RunStatus.AWAITING_APPROVAL:
+        b.settle()
 
 
 def _pending_max_tokens(state: RunState) -> int | None:
@@ -335,8 +421,13 @@ def _kind(kind: str) -> ToolFailureKind:
     return "exception"
 
 
-def _recover(b: _Builder) -> None:
+def _recover(b: _Builder, tickets: tuple[ApprovalTicket, ...] = ()) -> None:
     """After ``run.resumed``: pick the run up exactly where its log says it stood."""
+    again = {t.call_id for t in tickets}
+    expired = tuple(c for c in b.state.calls if c.status == "expired" and c.call_id in again)
+    if expired:
+        b.propose(expired, tickets)  # ask again, with fresh tokens
+        return
     s = b.state
     if s.status is RunStatus.AWAITING_APPROVAL:
         b.settle()
@@ -362,7 +453,7 @@ def _recover(b: _Builder) -> None:
                 )
             )
     if proposed:
-        b.request_tools(proposed)
+        b.propose(proposed, tickets)
         if rerun:
             b.effects.append(RunTools(calls=tuple(rerun)))
         return

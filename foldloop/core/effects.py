@@ -7,7 +7,7 @@ import msgspec
 from foldloop.core.state import RunState
 from foldloop.events.catalogue import KnownEvent
 
-__all__ = ["CallModel", "Decision", "Effect", "RunTools", "Settle", "ToolRun"]
+__all__ = ["CallModel", "Decision", "Effect", "RequestApproval", "RunTools", "Settle", "ToolRun"]
 
 
 class CallModel(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,11 +33,18 @@ class RunTools(msgspec.Struct, frozen=True, kw_only=True):
     calls: tuple[ToolRun, ...]
 
 
+class RequestApproval(msgspec.Struct, frozen=True, kw_only=True):
+    """Tell the gate's ``notify`` that a call waits for a person (after the request is durable)."""
+
+    call_id: str
+    gate: str
+
+
 class Settle(msgspec.Struct, frozen=True, kw_only=True):
     """The run finished or parked: hand the result to the host, release the actor."""
 
 
-Effect = CallModel | RunTools | Settle
+Effect = CallModel | RunTools | RequestApproval | Settle
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):

@@ -75,16 +75,49 @@ def _finish_call(state: RunState, call_id: str, status: str, result: str, kind: 
     invalid = state.invalid_args_in_step + (1 if kind == "invalid_args" else 0)
     state = replace(state, calls=new_calls, invalid_args_in_step=invalid)
     if not all(c.finished for c in new_calls):
-        return state
+        return _gate_status(state)
     sig, count = state.repeat_sig, state.repeat_count
     for call in new_calls:
         this = _signature(call)
         sig, count = (sig, count + 1) if this == sig else (this, 1)
-    return replace(
-        _with_messages(state, [tool_message(c) for c in new_calls]),
-        repeat_sig=sig,
-        repeat_count=count,
+    return _gate_status(
+        replace(
+            _with_messages(state, [tool_message(c) for c in new_calls]),
+            repeat_sig=sig,
+            repeat_count=count,
+        )
     )
+
+
+def _set_call(
+    state: RunState, call_id: str, status: str, only_from: tuple[str, ...]
+) -> tuple[CallState, ...]:
+    return tuple(
+        replace(c, status=status) if c.call_id == call_id and c.status in only_from else c
+        for c in state.calls
+    )
+
+
+def _gate_status(state: RunState) -> RunState:
+    """A run waits for approval when calls wait at a gate and nothing else is in flight."""
+    if state.status not in (RunStatus.RUNNING, RunStatus.AWAITING_APPROVAL):
+        return state
+    waiting = [c for c in state.calls if c.status in ("awaiting_approval", "expired")]
+    busy = any(c.status in ("proposed", "requested") for c in state.calls) or state.model_pending
+    if waiting and not busy:
+        expired = [c.call_id for c in waiting if c.status == "expired"]
+        if expired:
+            why = (
+                f"the approval of {', '.join(expired)} expired undecided; "
+                "rt.resume(run_id) asks again with a fresh token"
+            )
+        else:
+            names = ", ".join(f"{c.call_id} ({c.tool})" for c in waiting)
+            why = f"waiting for a person to approve or deny {names}; see rt.pending_approvals()"
+        return replace(state, status=RunStatus.AWAITING_APPROVAL, reason=why)
+    if state.status is RunStatus.AWAITING_APPROVAL:
+        return replace(state, status=RunStatus.RUNNING, reason="")
+    return state
 
 
 def _with_messages(state: RunState, messages: list[Message]) -> RunState:
@@ -177,25 +210,19 @@ def apply(state: RunState, event: AnyEvent, at: int) -> RunState:
                 event.kind,
             )
         case ApprovalRequested():
-            calls = tuple(
-                replace(c, status="awaiting_approval") if c.call_id == event.call_id else c
-                for c in state.calls
-            )
-            return replace(
-                state, seq=seq, last_at=at, calls=calls, status=RunStatus.AWAITING_APPROVAL
-            )
+            calls = _set_call(state, event.call_id, "awaiting_approval", ("proposed", "expired"))
+            return _gate_status(replace(state, seq=seq, last_at=at, calls=calls))
         case ApprovalDecided():
-            calls = tuple(
-                replace(c, status="requested")
-                if c.call_id == event.call_id and c.status == "awaiting_approval"
-                else c
-                for c in state.calls
-            )
-            waiting = any(c.status == "awaiting_approval" for c in calls)
-            status = RunStatus.AWAITING_APPROVAL if waiting else RunStatus.RUNNING
-            return replace(state, seq=seq, last_at=at, calls=calls, status=status)
+            # Approved: the call goes back to proposed, and tool.requested follows at once;
+            # denied: it stays waiting until the tool.failed(kind="denied") that follows.
+            if event.approved:
+                calls = _set_call(state, event.call_id, "proposed", ("awaiting_approval",))
+            else:
+                calls = state.calls
+            return _gate_status(replace(state, seq=seq, last_at=at, calls=calls))
         case ApprovalExpired():
-            return replace(state, seq=seq, last_at=at)
+            calls = _set_call(state, event.call_id, "expired", ("awaiting_approval",))
+            return _gate_status(replace(state, seq=seq, last_at=at, calls=calls))
         case RunLimitReached():
             reason = (
                 f"{event.limit} ceiling {event.ceiling:g} reached (value {event.value:g}); "
@@ -226,19 +253,19 @@ def apply(state: RunState, event: AnyEvent, at: int) -> RunState:
             if state.status is RunStatus.RUNNING:
                 # It crashed while running: it was active up to its last recorded event.
                 before += max(0, prev_at - state.active_since)
-            waiting = any(c.status == "awaiting_approval" for c in state.calls)
-            return replace(
+            resumed = replace(
                 state,
                 seq=seq,
                 last_at=at,
                 limits=limits,
-                status=RunStatus.AWAITING_APPROVAL if waiting else RunStatus.RUNNING,
+                status=RunStatus.RUNNING,
                 reason="",
                 repeat_count=0,
                 model_failures=0,
                 active_before_ns=before,
                 active_since=at,
             )
+            return _gate_status(resumed)
         case UnknownEvent():
             return replace(state, seq=seq, last_at=at, unknown_events=state.unknown_events + 1)
 

@@ -12,8 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from foldloop.core.commands import (
+    ApprovalTicket,
     Cancel,
     Command,
+    DecideApproval,
+    ExpireApproval,
     ModelCallFailed,
     ModelReplied,
     Resume,
@@ -25,6 +28,9 @@ from foldloop.core.evolve import INITIAL, evolve
 from foldloop.core.state import RunState
 from foldloop.errors import NondeterminismError
 from foldloop.events.catalogue import (
+    ApprovalDecided,
+    ApprovalExpired,
+    ApprovalRequested,
     ModelFailed,
     ModelResponded,
     RunCancelled,
@@ -55,8 +61,56 @@ def _recorded_start(event: RunStarted, now: int) -> Start:
     )
 
 
-def command_for(recorded: Recorded, start: StartFactory = _recorded_start) -> Command | None:
-    """The command that produced ``recorded`` as its first event, or None for a decided event."""
+_INPUT_TYPES = frozenset(
+    {
+        "run.started",
+        "model.responded",
+        "model.failed",
+        "tool.completed",
+        "tool.failed",
+        "approval.decided",
+        "approval.expired",
+        "run.cancelled",
+        "run.resumed",
+    }
+)
+
+
+def _tickets(
+    following: Sequence[Recorded], by_index: tuple[str, ...]
+) -> tuple[ApprovalTicket, ...]:
+    """The gate tickets a decision was made with, read back from its approval.requested events."""
+    out: list[ApprovalTicket] = []
+    for rec in following:
+        event = rec.event
+        if not isinstance(event, ApprovalRequested):
+            if rec.type in _INPUT_TYPES:
+                break
+            continue
+        known = event.call_id in by_index
+        out.append(
+            ApprovalTicket(
+                index=by_index.index(event.call_id) if known else -1,
+                call_id="" if known else event.call_id,
+                gate=event.gate,
+                token_digest=event.token_digest,
+                expires_at=event.expires_at,
+                summary=event.summary,
+            )
+        )
+    return tuple(out)
+
+
+def command_for(
+    recorded: Recorded,
+    start: StartFactory = _recorded_start,
+    following: Sequence[Recorded] = (),
+) -> Command | None:
+    """The command that produced ``recorded`` as its first event, or None for a decided event.
+
+    ``following`` are the records after it (the gate tickets of a reply or a resume are
+    read back from the approval.requested events its decision recorded).
+    """
     event, now = recorded.event, recorded.at
     match event:
         case RunStarted():
@@ -70,6 +124,7 @@ def command_for(recorded: Recorded, start: StartFactory = _recorded_start) -> Co
                 usage=event.usage,
                 model=event.model,
                 latency_ms=event.latency_ms,
+                gated=_tickets(following, tuple(c.id for c in event.tool_calls)),
             )
         case ModelFailed():
             return ModelCallFailed(
@@ -90,7 +145,22 @@ def command_for(recorded: Recorded, start: StartFactory = _recorded_start) -> Co
         case RunCancelled():
             return Cancel(now=now, reason=event.reason)
         case RunResumed():
-            return Resume(now=now, owner=event.owner, extend=event.extended_limits)
+            return Resume(
+                now=now,
+                owner=event.owner,
+                extend=event.extended_limits,
+                gated=_tickets(following, ()),
+            )
+        case ApprovalDecided():
+            return DecideApproval(
+                now=now,
+                call_id=event.call_id,
+                approved=event.approved,
+                by=event.by,
+                note=event.note,
+            )
+        case ApprovalExpired():
+            return ExpireApproval(now=now, call_id=event.call_id)
         case _:
             return None
 
@@ -105,7 +175,7 @@ def replay(records: Sequence[Recorded], start: StartFactory = _recorded_start) -
             state = evolve(state, rec)
             i += 1
             continue
-        command = command_for(rec, start)
+        command = command_for(rec, start, records[i + 1 :])
         if command is None:
             raise NondeterminismError(
                 rec.run_id, rec.seq, rec.event, "no decision produces it here"

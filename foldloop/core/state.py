@@ -29,7 +29,7 @@ class RunStatus(StrEnum):
     INTERRUPTED = "interrupted"
 
 
-CallStatus = Literal["proposed", "requested", "awaiting_approval", "completed", "failed"]
+CallStatus = Literal["proposed", "requested", "awaiting_approval", "expired", "completed", "failed"]
 
 
 class CallState(msgspec.Struct, frozen=True, kw_only=True):
