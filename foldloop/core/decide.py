@@ -330,29 +330,7 @@ def decide(state: RunState, command: Command) -> Decision:
             call = next((c for c in state.calls if c.call_id == command.call_id), None)
             if call is None or call.finished:
                 return _rejected(f"no tool call {command.call_id!r} is waiting for a result")
-            if command.ok:
-                b.emit(
-                    ToolCompleted(
-                        call_id=command.call_id,
-                        result=command.result,
-                        duration_ms=command.duration_ms,
-                    )
-                )
-            else:
-                b.emit(
-                    ToolFailed(
-                        call_id=command.call_id,
-                        error=command.result,
-                        kind=_kind(command.kind),
-                    )
-                )
-            if b.state.status is RunStatus.RUNNING and all(c.finished for c in b.state.calls):
-                b.after_step()
-            elif (
-                b.state.status is RunStatus.AWAITING_APPROVAL
-                and state.status is RunStatus.RUNNING
-            ):
-                b.settle()  # the last running call ended; the others wait for a person
+            _tool_finished(b, state, command)
         case DecideApproval() | ExpireApproval():
             call = next((c for c in state.calls if c.call_id == command.call_id), None)
             if call is None or call.status != "awaiting_approval" or state.terminal:
@@ -377,6 +355,22 @@ def decide(state: RunState, command: Command) -> Decision:
         case _:
             return _rejected(f"unknown command {type(command).__name__}")
     return b.decision()
+
+
+def _tool_finished(b: _Builder, state: RunState, command: ToolFinished) -> None:
+    """Record a tool's outcome; move on when the step is done, park if only gates remain."""
+    if command.ok:
+        b.emit(
+            ToolCompleted(
+                call_id=command.call_id, result=command.result, duration_ms=command.duration_ms
+            )
+        )
+    else:
+        b.emit(ToolFailed(call_id=command.call_id, error=command.result, kind=_kind(command.kind)))
+    if b.state.status is RunStatus.RUNNING and all(c.finished for c in b.state.calls):
+        b.after_step()
+    elif b.state.status is RunStatus.AWAITING_APPROVAL and state.status is RunStatus.RUNNING:
+        b.settle()  # the last running call ended; the others wait for a person
 
 
 def _gate_decision(b: _Builder, command: DecideApproval | ExpireApproval) -> None:
@@ -459,5 +453,8 @@ def _recover(b: _Builder, tickets: tuple[ApprovalTicket, ...] = ()) -> None:
         return
     if rerun:
         b.effects.append(RunTools(calls=tuple(rerun)))
+        return
+    if b.state.status is RunStatus.AWAITING_APPROVAL:
+        b.settle()  # what ran is accounted for; the rest waits for a person
         return
     b.call_model()

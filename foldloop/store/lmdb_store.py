@@ -25,6 +25,7 @@ needs repair after a crash: the tail is simply scanned again.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import struct
 import threading
@@ -36,7 +37,14 @@ import lmdb
 import msgspec
 import structlog
 
-from foldloop.errors import ConcurrencyError, ConfigError, CorruptRecord, RunLocked, StoreError
+from foldloop.errors import (
+    ApprovalError,
+    ConcurrencyError,
+    ConfigError,
+    CorruptRecord,
+    RunLocked,
+    StoreError,
+)
 from foldloop.events.catalogue import KnownEvent
 from foldloop.events.codec import (
     DecodeFailure,
@@ -46,6 +54,7 @@ from foldloop.events.codec import (
     schema_version_of,
 )
 from foldloop.events.recorded import Recorded
+from foldloop.store.approvals import ApprovalRecord, approval_key
 from foldloop.store.framing import (
     GENESIS,
     Frame,
@@ -88,6 +97,7 @@ TailEntry = tuple[str, int, int, bytes]
 Payload = tuple[KnownEvent, bytes, int]
 """An event ready to append: the event, its encoded bytes, and its ``at`` (unix ns)."""
 _LEASE = msgspec.msgpack.Decoder(Lease)
+_APPROVAL = msgspec.msgpack.Decoder(ApprovalRecord)
 _ENC = msgspec.msgpack.Encoder()
 _SNAPSHOT = msgspec.msgpack.Decoder(tuple[int, int, bytes])
 
@@ -286,6 +296,62 @@ class WriteTxn:
         self.put_lease(run_id, Lease("", epoch))
         return True
 
+    # -- approvals ---------------------------------------------------------------------------
+
+    def approval(self, run_id: str, call_id: str) -> ApprovalRecord | None:
+        raw = self.txn.get(approval_key(run_id, call_id), db=self.store._approvals)
+        return None if raw is None else _APPROVAL.decode(raw)
+
+    def put_approval(self, record: ApprovalRecord) -> None:
+        key = approval_key(record.run_id, record.call_id)
+        self.txn.put(key, _ENC.encode(record), db=self.store._approvals)
+        self.txn.put(record.token_digest.encode(), key, db=self.store._tokens)
+
+    def find_approval(self, token_digest: str) -> ApprovalRecord | None:
+        key = self.txn.get(token_digest.encode(), db=self.store._tokens)
+        if key is None:
+            return None
+        raw = self.txn.get(key, db=self.store._approvals)
+        return None if raw is None else _APPROVAL.decode(raw)
+
+    def decide_approval(
+        self, record: ApprovalRecord, *, approved: bool, by: str, note: str, now: int
+    ) -> ApprovalRecord:
+        """Record a decision if the request is still pending and unexpired.
+
+        Returns the stored record: decided, or marked expired (the caller reports that).
+        Raises ApprovalError, writing nothing, when the request was already decided.
+        """
+        current = self.approval(record.run_id, record.call_id)
+        if current is None or current.token_digest != record.token_digest:
+            raise ApprovalError(
+                f"no such approval request for run {record.run_id!r} call {record.call_id!r}"
+            )
+        if current.status != "pending":
+            raise ApprovalError(
+                f"the approval of run {current.run_id!r} call {current.call_id!r} was already "
+                f"{current.status}"
+                + (f" by {current.by!r}" if current.by else "")
+                + (f" at {_iso(current.decided_at)}" if current.decided_at else "")
+            )
+        if now >= current.expires_at:
+            decided = msgspec.structs.replace(current, status="expired", decided_at=now)
+        else:
+            decided = msgspec.structs.replace(
+                current,
+                status="approved" if approved else "denied",
+                by=by,
+                note=note,
+                decided_at=now,
+            )
+        self.put_approval(decided)
+        return decided
+
+    def mark_applied(self, run_id: str, call_id: str) -> None:
+        current = self.approval(run_id, call_id)
+        if current is not None and not current.applied:
+            self.put_approval(msgspec.structs.replace(current, applied=True))
+
     def put_snapshot(self, run_id: str, state_version: int, seq: int, state: bytes) -> None:
         self.txn.put(
             run_id.encode(), _ENC.encode((state_version, seq, state)), db=self.store._snapshots
@@ -316,7 +382,7 @@ class LmdbStore:
             self.env = lmdb.open(
                 str(path),
                 map_size=map_size,
-                max_dbs=8,
+                max_dbs=10,
                 max_readers=1024,
                 subdir=True,
                 sync=True,
@@ -339,6 +405,8 @@ class LmdbStore:
             self._leases = self.env.open_db(b"leases", create=True)
             self._snapshots = self.env.open_db(b"snapshots", create=True)
             self._meta = self.env.open_db(b"meta", create=True)
+            self._approvals = self.env.open_db(b"approvals", create=True)
+            self._tokens = self.env.open_db(b"tokens", create=True)
         except lmdb.Error as exc:
             self.env.close()
             raise StoreError(f"cannot open the store at {str(path)!r}: {exc}") from None
@@ -578,6 +646,31 @@ class LmdbStore:
 
         return self.read_txn(get)
 
+    def approvals(self) -> list[ApprovalRecord]:
+        """Every approval record (pending, decided, expired; applied to the log or not)."""
+        return self.read_txn(
+            lambda txn: [_APPROVAL.decode(v) for _k, v in txn.cursor(db=self._approvals)]
+        )
+
+    def approval_by_token(self, token_digest: str) -> ApprovalRecord | None:
+        """The approval record a token's digest belongs to."""
+
+        def get(txn: Any) -> ApprovalRecord | None:
+            key = txn.get(token_digest.encode(), db=self._tokens)
+            raw = None if key is None else txn.get(key, db=self._approvals)
+            return None if raw is None else _APPROVAL.decode(raw)
+
+        return self.read_txn(get)
+
+    def approval(self, run_id: str, call_id: str) -> ApprovalRecord | None:
+        """One approval record."""
+
+        def get(txn: Any) -> ApprovalRecord | None:
+            raw = txn.get(approval_key(run_id, call_id), db=self._approvals)
+            return None if raw is None else _APPROVAL.decode(raw)
+
+        return self.read_txn(get)
+
     def meta(self, key: str) -> bytes | None:
         """A store-wide value (checkpoints and the like)."""
 
@@ -690,6 +783,10 @@ class LmdbStore:
                 return
             _REGISTRY.pop(str(self.path), None)
         self._close()
+
+
+def _iso(ns: int) -> str:
+    return datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC).isoformat(timespec="seconds")
 
 
 def last_index_entry(cur: Any, run_id: str) -> Head:

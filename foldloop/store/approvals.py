@@ -1,0 +1,43 @@
+"""The approvals table: one record per gated call, decided exactly once.
+
+The run's log says a call waits (approval.requested) and, later, how it was decided
+(approval.decided / approval.expired). Between the two, a person decides from any
+process: that decision is checked ("still pending, not expired") and recorded here in
+one LMDB write transaction, so of two racing deciders exactly one wins. Whoever drives
+the run next appends the decision to the log and marks the record applied (in the same
+transaction as the append).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+__all__ = ["ApprovalRecord", "ApprovalStatus", "approval_key"]
+
+ApprovalStatus = Literal["pending", "approved", "denied", "expired"]
+
+
+class ApprovalRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A gated call's request and, once made, its decision."""
+
+    run_id: str
+    call_id: str
+    gate: str
+    tool: str
+    args: str
+    summary: str = ""
+    token_digest: str
+    expires_at: int
+    requested_at: int
+    status: ApprovalStatus = "pending"
+    by: str = ""
+    note: str = ""
+    decided_at: int = 0
+    applied: bool = False
+
+
+def approval_key(run_id: str, call_id: str) -> bytes:
+    """Key of a run's approval record (run ids and call ids never hold NUL)."""
+    return run_id.encode() + b"\0" + call_id.encode()
