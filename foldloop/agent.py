@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from foldloop.approvals import RequireApproval
 from foldloop.core.commands import Start
 from foldloop.core.pricing import DEFAULT_PRICING, Pricing
 from foldloop.errors import ConfigError
@@ -28,6 +29,7 @@ class Agent:
     instructions: str = ""
     limits: Limits = field(default_factory=Limits)
     pricing: Pricing = DEFAULT_PRICING
+    approvals: RequireApproval | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -51,6 +53,8 @@ class Agent:
             seen.add(t.name)
         if not isinstance(self.limits, Limits):
             raise ConfigError(f"agent {self.name!r}: limits must be fl.Limits(...)")
+        if self.approvals is not None and not isinstance(self.approvals, RequireApproval):
+            raise ConfigError(f"agent {self.name!r}: approvals must be fl.RequireApproval(...)")
         object.__setattr__(self, "tools", tools)
 
     @property

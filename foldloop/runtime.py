@@ -8,6 +8,7 @@ same write transaction, so a fenced-off runtime can never interleave its writes.
 
 from __future__ import annotations
 
+import datetime
 import queue
 import re
 import threading
@@ -23,18 +24,35 @@ import structlog
 
 from foldloop.actors.system import ActorSystem
 from foldloop.agent import Agent
-from foldloop.core.commands import Cancel, Command, Resume, Start
+from foldloop.approvals import PendingApproval, approval_writes, issue_tickets, token_digest
+from foldloop.core.commands import (
+    ApprovalTicket,
+    Cancel,
+    Command,
+    DecideApproval,
+    ExpireApproval,
+    Resume,
+    Start,
+)
 from foldloop.core.decide import decide
-from foldloop.core.effects import Decision, Settle
+from foldloop.core.effects import Decision, Effect, RequestApproval, Settle
 from foldloop.core.evolve import apply, fold
 from foldloop.core.explain import Explanation, explain
 from foldloop.core.replay import replay
 from foldloop.core.state import STATE_VERSION, RunState, RunStatus
-from foldloop.errors import ConfigError, FoldloopError, RunLocked, RunNotFound, SchemaChangedError
+from foldloop.errors import (
+    ApprovalError,
+    ConfigError,
+    FoldloopError,
+    RunLocked,
+    RunNotFound,
+    SchemaChangedError,
+)
 from foldloop.events.catalogue import RunStarted
 from foldloop.events.jsonl import dump_run, load_run
 from foldloop.events.recorded import Recorded
 from foldloop.events.values import Limits, Usage
+from foldloop.store.approvals import ApprovalRecord
 from foldloop.store.lmdb_store import DEFAULT_MAP_SIZE, LmdbStore, WriteTxn, encode_all, open_store
 from foldloop.store.owners import OwnerLock
 
@@ -132,6 +150,7 @@ class Runtime:
         clock: Callable[[], int] = time.time_ns,
         snapshot_every: int = 200,
         on_state: Callable[[RunState], None] | None = None,
+        poll_interval: float = 0.1,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -144,6 +163,12 @@ class Runtime:
             store, self.owner, clock, snapshot_every=snapshot_every, on_state=on_state
         )
         self._closed = False
+        self._poll_interval = poll_interval
+        self._stop_polling = threading.Event()
+        self._poller = threading.Thread(
+            target=self._poll_approvals, name="foldloop-approvals", daemon=True
+        )
+        self._poller.start()
         self._subscribers: list[tuple[Callable[[Recorded], None], frozenset[str] | None]] = []
         self._unlisten: Callable[[], None] | None = None
         self._lock = threading.Lock()
@@ -160,6 +185,7 @@ class Runtime:
         snapshot_every: int = 200,
         on_state: Callable[[RunState], None] | None = None,
         create: bool = True,
+        poll_interval: float = 0.1,
     ) -> Runtime:
         """Open (creating if absent) the store directory at ``path`` and start a runtime.
 
@@ -177,6 +203,7 @@ class Runtime:
                 clock=clock or time.time_ns,
                 snapshot_every=snapshot_every,
                 on_state=on_state,
+                poll_interval=poll_interval,
             )
         except BaseException:
             store.close()
@@ -198,6 +225,8 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        self._stop_polling.set()
+        self._poller.join(timeout=5)
         if self._unlisten is not None:
             self._unlisten()
         self.system.stop()
@@ -270,6 +299,11 @@ class Runtime:
         return RunHandle(self, run_id)
 
     def _drive(self, agent: Agent, state: RunState, epoch: int, decision: Decision) -> None:
+        for effect in decision.effects:
+            if isinstance(effect, RequestApproval) and any(
+                isinstance(e, Settle) for e in decision.effects
+            ):
+                self.system.notify(agent, state, effect.call_id)
         if any(isinstance(e, Settle) for e in decision.effects):
             owner = self.owner
             self.store.submit(lambda w: w.release_lease(state.run_id, owner, epoch), durable=False)
@@ -309,17 +343,202 @@ class Runtime:
         epoch = self.store.submit(lambda w: w.acquire_lease(run_id, owner)).wait()
         try:
             state = self.state(run_id)  # re-read under the lease: nobody else appends now
-            command = Resume(now=self.clock(), owner=owner, extend=extend)
+            now = self.clock()
+            gated, tokens = self._tickets_again(agent, state, now)
+            command = Resume(now=now, owner=owner, extend=extend, gated=gated)
             decision = decide(state, command)
             if decision.rejected:
                 raise ConfigError(decision.rejected)
             self._append(state, decision, command, epoch)
+            state = _evolve_all(state, decision, command.now)
+            self._remember_tokens(run_id, tokens)
+            state, decisions = self._apply_approvals(state, epoch, [decision])
         except BaseException:
             self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
             raise
         log.info("run_resumed", run_id=run_id, agent=agent.name, seq=state.seq)
-        self._drive(agent, _evolve_all(state, decision, command.now), epoch, decision)
+        self._drive(agent, state, epoch, _merged(decisions, state))
         return RunHandle(self, run_id)
+
+    # -- approvals -----------------------------------------------------------------------
+
+    def pending_approvals(self) -> list[PendingApproval]:
+        """Gated calls waiting for a decision (with the token, where this runtime issued it)."""
+        now = self.clock()
+        return [
+            self.system.pending(r)
+            for r in self.store.open_approvals()
+            if r.status == "pending" and now < r.expires_at
+        ]
+
+    def approve(
+        self,
+        token: str | None = None,
+        *,
+        run_id: str | None = None,
+        call_id: str | None = None,
+        by: str = "",
+        note: str = "",
+    ) -> None:
+        """Approve a waiting call, by its token or by ids, from any process with the store.
+
+        Exactly one decision wins; a second one, an unknown or forged token, or a decision
+        after the deadline raises ApprovalError saying which.
+        """
+        self._decide_approval(token, run_id, call_id, approved=True, by=by, note=note)
+
+    def deny(
+        self,
+        token: str | None = None,
+        *,
+        run_id: str | None = None,
+        call_id: str | None = None,
+        by: str = "",
+        note: str = "",
+    ) -> None:
+        """Deny a waiting call; the model is told ``note`` and the run goes on without it."""
+        self._decide_approval(token, run_id, call_id, approved=False, by=by, note=note)
+
+    def _decide_approval(
+        self,
+        token: str | None,
+        run_id: str | None,
+        call_id: str | None,
+        *,
+        approved: bool,
+        by: str,
+        note: str,
+    ) -> None:
+        self._check_open()
+        if token is not None:
+            record = self.store.approval_by_token(token_digest(token))
+            if record is None:
+                raise ApprovalError("no such approval request: the token is unknown or forged")
+        elif run_id is not None and call_id is not None:
+            record = self.store.approval(run_id, call_id)
+            if record is None:
+                raise ApprovalError(f"no approval request for run {run_id!r} call {call_id!r}")
+        else:
+            raise ConfigError("pass a token, or both run_id= and call_id=")
+        now = self.clock()
+        decided = self.store.submit(
+            lambda w: w.decide_approval(record, approved=approved, by=by, note=note, now=now)
+        ).wait()
+        log.info(
+            "approval_decided", run_id=record.run_id, call_id=record.call_id, status=decided.status
+        )
+        self._continue_approvals(record.run_id, record.agent)
+        if decided.status == "expired":
+            raise ApprovalError(
+                f"the approval of run {record.run_id!r} call {record.call_id!r} expired at "
+                f"{_iso(record.expires_at)}; rt.resume({record.run_id!r}) asks again"
+            )
+
+    def _tickets_again(
+        self, agent: Agent, state: RunState, now: int
+    ) -> tuple[tuple[ApprovalTicket, ...], dict[str, str]]:
+        """Fresh tickets for expired requests and for gated calls never requested."""
+        if agent.approvals is None:
+            return (), {}
+        calls = [
+            (-1, c.call_id, c.tool, c.args)
+            for c in state.calls
+            if c.status in ("expired", "proposed")
+        ]
+        return issue_tickets(agent.approvals, calls, now)
+
+    def _remember_tokens(self, run_id: str, tokens: dict[str, str]) -> None:
+        for call_id, token in tokens.items():
+            self.system.issued[(run_id, call_id)] = token
+
+    def _apply_approvals(
+        self, state: RunState, epoch: int, decisions: list[Decision]
+    ) -> tuple[RunState, list[Decision]]:
+        """Append the decisions (and expiries) the approvals table holds for a run we hold."""
+        for call in state.calls:
+            if call.status != "awaiting_approval":
+                continue
+            record = self.store.approval(state.run_id, call.call_id)
+            if record is None or record.applied:
+                continue
+            now = self.clock()
+            if record.status == "pending":
+                if now < record.expires_at:
+                    continue
+                record = self.store.submit(_expiry(record, now)).wait()
+            command: Command
+            if record.status == "expired":
+                command = ExpireApproval(now=now, call_id=call.call_id)
+            else:
+                command = DecideApproval(
+                    now=now,
+                    call_id=call.call_id,
+                    approved=record.status == "approved",
+                    by=record.by,
+                    note=record.note,
+                )
+            decision = decide(state, command)
+            if decision.rejected:
+                continue
+            self._append(state, decision, command, epoch)
+            state = _evolve_all(state, decision, command.now)
+            decisions.append(decision)
+        return state, decisions
+
+    def _continue_approvals(self, run_id: str, agent_name: str) -> None:
+        """Carry decisions into the run's log now, if this runtime can drive it."""
+        if self.system.active(run_id):
+            for record in self.store.open_approvals():
+                if record.run_id == run_id and record.status in ("approved", "denied"):
+                    self.system.tell(
+                        run_id,
+                        DecideApproval(
+                            now=self.clock(),
+                            call_id=record.call_id,
+                            approved=record.status == "approved",
+                            by=record.by,
+                            note=record.note,
+                        ),
+                    )
+                elif record.run_id == run_id and record.status == "expired":
+                    self.system.tell(
+                        run_id, ExpireApproval(now=self.clock(), call_id=record.call_id)
+                    )
+            return
+        agent = self._agents.get(agent_name)
+        if agent is None or self._closed:
+            return  # a runtime with the agent (its poller, resume or recover) carries it on
+        owner = self.owner
+        try:
+            epoch = self.store.submit(lambda w: w.acquire_lease(run_id, owner)).wait()
+        except RunLocked:
+            return  # the runtime that drives it sees the decision itself
+        try:
+            state = self.state(run_id)
+            if state.status is not RunStatus.AWAITING_APPROVAL:
+                raise _NothingToDo
+            state, decisions = self._apply_approvals(state, epoch, [])
+            if not decisions:
+                raise _NothingToDo
+        except BaseException:
+            self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
+            return
+        self._drive(agent, state, epoch, _merged(decisions, state))
+
+    def _poll_approvals(self) -> None:
+        """Every ``poll_interval``: carry decisions made elsewhere, and expiries, into runs."""
+        while not self._stop_polling.wait(self._poll_interval):
+            try:
+                now = self.clock()
+                runs = {
+                    (r.run_id, r.agent)
+                    for r in self.store.open_approvals()
+                    if r.agent in self._agents and (r.status != "pending" or now >= r.expires_at)
+                }
+                for run_id, agent_name in sorted(runs):
+                    self._continue_approvals(run_id, agent_name)
+            except Exception:
+                log.exception("approval_poll_failed")
 
     def recover(self) -> list[RunHandle]:
         """Resume every run left running by a runtime that died, for agents registered here."""
@@ -349,9 +568,15 @@ class Runtime:
     def _append(self, state: RunState, decision: Decision, command: Command, epoch: int) -> None:
         payloads = encode_all(decision.events, command.now)
         run_id, owner, seq = state.run_id, self.owner, state.seq
-        self.store.submit(
-            lambda w: w.append(run_id, payloads, expected_seq=seq, owner=owner, epoch=epoch)
-        ).wait()
+        after = _evolve_all(state, decision, command.now)
+        extra = approval_writes(run_id, after, decision.events, command.now)
+
+        def write(w: WriteTxn) -> None:
+            w.append(run_id, payloads, expected_seq=seq, owner=owner, epoch=epoch)
+            if extra is not None:
+                extra(w)
+
+        self.store.submit(write).wait()
 
     def _cancel(self, run_id: str, reason: str) -> None:
         command = Cancel(now=self.clock(), reason=reason)
@@ -570,6 +795,28 @@ class Runtime:
     def _check_open(self) -> None:
         if self._closed:
             raise ConfigError("this runtime is closed; open a new one with fl.Runtime.open()")
+
+
+def _expiry(record: ApprovalRecord, now: int) -> Callable[[WriteTxn], ApprovalRecord]:
+    """A write op that marks a pending request expired (its deadline has passed)."""
+    return lambda w: w.decide_approval(record, approved=False, by="", note="", now=now)
+
+
+class _NothingToDo(Exception):
+    """Internal: a lease was taken for nothing to apply."""
+
+
+def _merged(decisions: list[Decision], state: RunState) -> Decision:
+    """The effects of several decisions in a row: every effect but the earlier Settles."""
+    effects: list[Effect] = [
+        e for d in decisions[:-1] for e in d.effects if not isinstance(e, Settle)
+    ]
+    effects.extend(decisions[-1].effects)
+    return Decision(effects=tuple(effects), state=state)
+
+
+def _iso(ns: int) -> str:
+    return datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC).isoformat(timespec="seconds")
 
 
 def _evolve_all(state: RunState, decision: Decision, at: int) -> RunState:

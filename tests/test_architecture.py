@@ -21,6 +21,7 @@ LAYERS = {
     "llm": 4,
     "projections": 4,
     "agent": 5,
+    "approvals": 4,
     "actors": 6,
     "runtime": 7,
     "cli": 8,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +25,10 @@ import structlog
 from foldloop.actors.base import FastActor
 from foldloop.actors.tool_actor import RunToolCall
 from foldloop.agent import Agent
+from foldloop.approvals import approval_writes, issue_tickets
 from foldloop.core.commands import Command, ModelCallFailed, ModelReplied
 from foldloop.core.decide import decide
-from foldloop.core.effects import CallModel, Decision, RunTools, Settle
+from foldloop.core.effects import CallModel, Decision, RequestApproval, RunTools, Settle
 from foldloop.core.evolve import apply
 from foldloop.core.messages import MessageView
 from foldloop.core.state import STATE_VERSION, RunState
@@ -66,6 +68,7 @@ class RunActor(FastActor):
         self._dead = False
         self._held: list[Payload] = []
         self._held_from = 0
+        self._held_extras: list[Callable[[Any], None]] = []
         self._inline = bool(getattr(agent.llm, "instant", False))
         self._specs = [t.spec for t in agent.tools]
 
@@ -97,10 +100,24 @@ class RunActor(FastActor):
 
     def handle(self, command: Command) -> None:
         """Decide, append, evolve, act."""
+        tokens: dict[str, str] = {}
+        policy = self.agent.approvals
+        if policy is not None and isinstance(command, ModelReplied) and command.tool_calls:
+            gated, tokens = issue_tickets(
+                policy,
+                ((i, "", c.name, c.args) for i, c in enumerate(command.tool_calls)),
+                command.now,
+            )
+            command = msgspec.structs.replace(command, gated=gated)
         decision = decide(self.state, command)
         if decision.rejected:
             self.log.debug("command_ignored", command=type(command).__name__, why=decision.rejected)
             return
+        if tokens and decision.state is not None:
+            for index, call in enumerate(decision.state.calls):
+                token = tokens.get(str(index))
+                if token is not None:
+                    self.system.issued[(self.run_id, call.call_id)] = token
         inline_model = (
             self._inline
             and len(decision.effects) == 1
@@ -120,22 +137,24 @@ class RunActor(FastActor):
         if not decision.events:
             return
         payloads = encode_all(decision.events, at)
-        if self._held:
-            payloads = self._held + payloads
-            expected = self._held_from
-            self._held = []
-        else:
-            expected = self.state.seq
         state = decision.state
         if state is None:
             state = self.state
             for event in decision.events:
                 state = apply(state, event, at)
+        extra = approval_writes(self.run_id, state, decision.events, at)
+        extras = [*self._held_extras, extra] if extra else list(self._held_extras)
+        if self._held:
+            payloads = self._held + payloads
+            expected = self._held_from
+            self._held, self._held_extras = [], []
+        else:
+            expected = self.state.seq
         before = self.state.seq
         if hold and not decision.durable:
-            self._held, self._held_from = payloads, expected
+            self._held, self._held_from, self._held_extras = payloads, expected, extras
         else:
-            op = self._submit(payloads, expected, durable=decision.durable)
+            op = self._submit(payloads, expected, durable=decision.durable, extras=extras)
             if decision.durable:
                 op.wait()
             every = self.system.snapshot_every
@@ -145,20 +164,32 @@ class RunActor(FastActor):
         if self.system.on_state is not None:
             self.system.on_state(state)
 
-    def _submit(self, payloads: list[Payload], expected: int, *, durable: bool) -> WriteOp[Any]:
+    def _submit(
+        self,
+        payloads: list[Payload],
+        expected: int,
+        *,
+        durable: bool,
+        extras: list[Callable[[Any], None]] | None = None,
+    ) -> WriteOp[Any]:
         run_id, owner, epoch = self.run_id, self.system.owner, self.epoch
-        return self.system.store.submit(
-            lambda w: w.append(
+
+        def write(w: Any) -> None:
+            w.append(
                 run_id, payloads, expected_seq=expected, owner=owner, epoch=epoch, records=False
-            ),
-            durable=durable,
-            callback=None if durable else self._on_queued_append,
+            )
+            for extra in extras or ():
+                extra(w)  # approval records, in the same transaction as their events
+
+        return self.system.store.submit(
+            write, durable=durable, callback=None if durable else self._on_queued_append
         )
 
     def _flush_held(self) -> None:
         if self._held:
-            payloads, self._held = self._held, []
-            self._submit(payloads, self._held_from, durable=False)
+            payloads, extras = self._held, self._held_extras
+            self._held, self._held_extras = [], []
+            self._submit(payloads, self._held_from, durable=False, extras=extras)
 
     def _on_queued_append(self, op: WriteOp[Any]) -> None:
         if op.error is not None:
@@ -188,6 +219,8 @@ class RunActor(FastActor):
                         runner.dispatch(
                             RunToolCall(self.run_id, call.call_id, call.args, self.actor_ref)
                         )
+                case RequestApproval():
+                    self.system.notify(self.agent, self.state, effect.call_id)
                 case Settle():
                     self.settle()
 

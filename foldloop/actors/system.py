@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pykka
 import structlog
 
@@ -17,8 +18,10 @@ from foldloop.actors.timers import Timers
 from foldloop.actors.tool_actor import ToolActor, ToolRunner
 from foldloop.actors.workers import Workers
 from foldloop.agent import Agent
+from foldloop.approvals import PendingApproval
 from foldloop.core.effects import Decision
 from foldloop.core.state import RunState
+from foldloop.store.approvals import ApprovalRecord
 from foldloop.store.lmdb_store import LmdbStore
 
 __all__ = ["ActorSystem", "Settlement"]
@@ -63,6 +66,8 @@ class ActorSystem:
         self._runners: dict[tuple[str, str], ToolRunner] = {}
         self._settlements: dict[str, Settlement] = {}
         self._closed = False
+        self.issued: dict[tuple[str, str], str] = {}
+        """Approval tokens this runtime handed out, by (run_id, call_id): never stored."""
 
     # -- tools ---------------------------------------------------------------------------
 
@@ -158,6 +163,57 @@ class ActorSystem:
             if run_id not in self._runs and self._settlements[run_id].event.is_set():
                 del self._settlements[run_id]
                 excess -= 1
+
+    # -- approvals -----------------------------------------------------------------------
+
+    def pending(self, record: ApprovalRecord) -> PendingApproval:
+        """The host's view of an approval record (with the token if it was issued here)."""
+        try:
+            args: Any = msgspec.json.decode(record.args or "{}")
+        except msgspec.DecodeError:
+            args = record.args
+        return PendingApproval(
+            run_id=record.run_id,
+            call_id=record.call_id,
+            tool=record.tool,
+            args=args,
+            gate=record.gate,
+            summary=record.summary,
+            expires_at=record.expires_at,
+            token=self.issued.get((record.run_id, record.call_id)),
+        )
+
+    def notify(self, agent: Agent, state: RunState, call_id: str) -> None:
+        """Hand a new request to the gate's ``notify`` off the run's thread; a callback that
+        raises or hangs is logged and the request stays pending."""
+        log.info("approval_requested", run_id=state.run_id, call_id=call_id)
+        policy = agent.approvals
+        if policy is None or policy.notify is None:
+            return
+        record = self.store.approval(state.run_id, call_id)
+        if record is None:
+            return
+        pending, callback, finished = self.pending(record), policy.notify, threading.Event()
+
+        def call() -> None:
+            try:
+                callback(pending)
+            except Exception:
+                log.exception("approval_notify_failed", run_id=state.run_id, call_id=call_id)
+            finally:
+                finished.set()
+
+        def watchdog() -> None:
+            if not finished.is_set():
+                log.warning(
+                    "approval_notify_timed_out",
+                    run_id=state.run_id,
+                    call_id=call_id,
+                    timeout_s=policy.notify_timeout,
+                )
+
+        self.timers.call_later(policy.notify_timeout, watchdog)
+        self.model_pool.submit(call)
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ class ApprovalRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
 
     run_id: str
     call_id: str
+    agent: str = ""
     gate: str
     tool: str
     args: str

@@ -306,6 +306,10 @@ class WriteTxn:
         key = approval_key(record.run_id, record.call_id)
         self.txn.put(key, _ENC.encode(record), db=self.store._approvals)
         self.txn.put(record.token_digest.encode(), key, db=self.store._tokens)
+        if record.applied:
+            self.txn.delete(key, db=self.store._open)
+        else:
+            self.txn.put(key, b"", db=self.store._open)
 
     def find_approval(self, token_digest: str) -> ApprovalRecord | None:
         key = self.txn.get(token_digest.encode(), db=self.store._tokens)
@@ -407,6 +411,7 @@ class LmdbStore:
             self._meta = self.env.open_db(b"meta", create=True)
             self._approvals = self.env.open_db(b"approvals", create=True)
             self._tokens = self.env.open_db(b"tokens", create=True)
+            self._open = self.env.open_db(b"approvals_open", create=True)
         except lmdb.Error as exc:
             self.env.close()
             raise StoreError(f"cannot open the store at {str(path)!r}: {exc}") from None
@@ -651,6 +656,19 @@ class LmdbStore:
         return self.read_txn(
             lambda txn: [_APPROVAL.decode(v) for _k, v in txn.cursor(db=self._approvals)]
         )
+
+    def open_approvals(self) -> list[ApprovalRecord]:
+        """Approval records not yet applied to their run's log (pending or freshly decided)."""
+
+        def get(txn: Any) -> list[ApprovalRecord]:
+            out = []
+            for key, _ in txn.cursor(db=self._open):
+                raw = txn.get(key, db=self._approvals)
+                if raw is not None:
+                    out.append(_APPROVAL.decode(raw))
+            return out
+
+        return self.read_txn(get)
 
     def approval_by_token(self, token_digest: str) -> ApprovalRecord | None:
         """The approval record a token's digest belongs to."""
