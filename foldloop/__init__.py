@@ -6,6 +6,8 @@ exactly where it was. Start at ``Runtime.open`` (see README.md).
 
 from foldloop import events as events
 from foldloop.agent import Agent as Agent
+from foldloop.approvals import PendingApproval as PendingApproval
+from foldloop.approvals import RequireApproval as RequireApproval
 from foldloop.core.messages import Message as Message
 from foldloop.core.messages import ToolSpec as ToolSpec
 from foldloop.core.pricing import Pricing as Pricing
@@ -75,9 +77,11 @@ __all__ = [
     "Message",
     "ModelCallError",
     "NondeterminismError",
+    "PendingApproval",
     "Pricing",
     "Recorded",
     "Reply",
+    "RequireApproval",
     "RunHandle",
     "RunLocked",
     "RunNotFound",

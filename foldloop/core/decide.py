@@ -389,14 +389,8 @@ def _gate_decision(b: _Builder, command: DecideApproval | ExpireApproval) -> Non
         approved = next(c for c in b.state.calls if c.call_id == command.call_id)
         b.request_tools((approved,))
         return
-    who = f" by {command.by}" if command.by else ""
-    b.emit(
-        ToolFailed(
-            call_id=command.call_id,
-            kind="denied",
-            error=command.note or f"the call was denied{who}",
-        )
-    )
+    # The model hears the person's note (who decided is in approval.decided).
+    b.emit(ToolFailed(call_id=command.call_id, kind="denied", error=command.note))
     if all(c.finished for c in b.state.calls):
         b.after_step()
     elif b.state.status is RunStatus.AWAITING_APPROVAL:

@@ -1,0 +1,301 @@
+"""Approval gates through the public API: decided exactly once, from any process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+import foldloop as fl
+from foldloop.approvals import PendingApproval
+
+
+class Ledger:
+    """Effects that really happened (outside the log)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.lock = threading.Lock()
+
+    def add(self, line: str) -> None:
+        with self.lock:
+            self.lines.append(line)
+
+
+@pytest.fixture
+def ledger() -> Ledger:
+    return Ledger()
+
+
+def make_agent(ledger: Ledger, name: str = "pay", **gate: object) -> fl.Agent:
+    @fl.tool(name="pay")
+    def pay(to: str, cents: int) -> str:
+        """Pay someone (an effect that must not happen twice)."""
+        ledger.add(f"pay {to} {cents}")
+        return f"paid {to}"
+
+    @fl.tool(name="balance", idempotent=True)
+    def balance() -> int:
+        """Read the balance."""
+        return 100
+
+    def model(messages: object, tools: object) -> fl.Reply:
+        msgs = list(messages)  # type: ignore[call-overload]
+        if sum(1 for m in msgs if m.role == "assistant") == 0:
+            return fl.Reply(
+                tool_calls=[
+                    fl.ToolCall("pay", {"to": "bob", "cents": 5}),
+                    fl.ToolCall("balance", {}),
+                ]
+            )
+        return fl.Reply(text="results: " + " | ".join(m.content for m in msgs if m.role == "tool"))
+
+    return fl.Agent(
+        name=name,
+        llm=fl.ScriptedLLM(model),
+        tools=[pay, balance],
+        approvals=fl.RequireApproval({"pay"}, **gate),  # type: ignore[arg-type]
+    )
+
+
+def wait_for(predicate: object, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.fixture
+def rt(store_path: Path) -> Iterator[fl.Runtime]:
+    with fl.Runtime.open(store_path) as runtime:
+        yield runtime
+
+
+def test_a_gated_call_parks_the_run_and_runs_once_when_approved(
+    rt: fl.Runtime, ledger: Ledger
+) -> None:
+    told: list[PendingApproval] = []
+    agent = make_agent(ledger, notify=told.append)
+    run = rt.spawn(agent, "pay bob")
+    parked = run.wait(timeout=30)
+    assert parked.status is fl.RunStatus.AWAITING_APPROVAL
+    assert parked.resumable
+    assert "pay" in parked.reason
+    assert ledger.lines == []  # not before approval
+    assert not rt.system.active(run.id)  # parked: no actor, no thread
+    (pending,) = rt.pending_approvals()
+    assert (pending.run_id, pending.tool, pending.args) == (
+        run.id,
+        "pay",
+        {"to": "bob", "cents": 5},
+    )
+    assert pending.token is not None
+    wait_for(lambda: told)
+    assert told[0].token == pending.token
+    requested = next(r.event for r in rt.events(run.id) if r.type == "approval.requested")
+    assert pending.token not in requested.token_digest  # only a digest is stored
+    assert pending.token.encode() not in (rt.store.path / "data.mdb").read_bytes()
+
+    rt.approve(pending.token, by="alice", note="ok")
+    wait_for(lambda: rt.state(run.id).status is fl.RunStatus.COMPLETED)
+    assert ledger.lines == ["pay bob 5"]
+    assert rt.pending_approvals() == []
+    decided = [r.event for r in rt.events(run.id) if r.type == "approval.decided"]
+    assert [(d.approved, d.by, d.note) for d in decided] == [(True, "alice", "ok")]
+    with pytest.raises(fl.ApprovalError, match="already approved by 'alice'"):
+        rt.approve(pending.token, by="mallory")
+    with pytest.raises(fl.ApprovalError, match="unknown or forged"):
+        rt.approve("x" * 43)
+    assert rt.verify(run.id).status is fl.RunStatus.COMPLETED
+    assert ledger.lines == ["pay bob 5"]
+
+
+def test_a_denied_call_never_runs_and_the_model_hears_why(rt: fl.Runtime, ledger: Ledger) -> None:
+    agent = make_agent(ledger)
+    run = rt.spawn(agent, "pay bob")
+    assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+    (pending,) = rt.pending_approvals()
+    rt.deny(run_id=run.id, call_id=pending.call_id, by="carol", note="not this month")
+    wait_for(lambda: rt.state(run.id).status is fl.RunStatus.COMPLETED)
+    assert ledger.lines == []
+    output = rt.state(run.id).output
+    assert "denied by a person: not this month" in output
+    assert "100" in output  # the ungated call ran and its result reached the model
+    failed = [r.event for r in rt.events(run.id) if r.type == "tool.failed"]
+    assert [(f.kind, f.error) for f in failed] == [("denied", "not this month")]
+
+
+def test_an_expired_request_is_refused_then_asked_again_on_resume(
+    store_path: Path, ledger: Ledger
+) -> None:
+    now = [1_000_000_000_000]
+    clock = lambda: now[0]  # noqa: E731 - an injectable clock
+    with fl.Runtime.open(store_path, clock=clock) as rt:
+        agent = make_agent(ledger, ttl=60)
+        run = rt.spawn(agent, "pay bob")
+        assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+        (first,) = rt.pending_approvals()
+        now[0] += 61 * 10**9
+        assert rt.pending_approvals() == []
+        with pytest.raises(fl.ApprovalError, match="expired at"):
+            rt.approve(first.token)
+        wait_for(lambda: any(r.type == "approval.expired" for r in rt.events(run.id)))
+        assert "expired" in rt.state(run.id).reason
+        rt.resume(run.id).wait(timeout=30)
+        (second,) = rt.pending_approvals()
+        assert second.token != first.token
+        assert second.call_id == first.call_id
+        rt.approve(second.token, by="dave")
+        wait_for(lambda: rt.state(run.id).status is fl.RunStatus.COMPLETED)
+        assert ledger.lines == ["pay bob 5"]
+        assert rt.verify(run.id).status is fl.RunStatus.COMPLETED
+
+
+def test_several_gated_calls_are_decided_each_on_its_own(rt: fl.Runtime, ledger: Ledger) -> None:
+    @fl.tool(name="pay")
+    def pay(to: str) -> str:
+        """Pay."""
+        ledger.add(f"pay {to}")
+        return f"paid {to}"
+
+    replies = [
+        fl.Reply(tool_calls=[fl.ToolCall("pay", {"to": n}) for n in ("a", "b", "c")]),
+        fl.Reply(text="done"),
+    ]
+    agent = fl.Agent(
+        name="multi",
+        llm=fl.ScriptedLLM(replies),
+        tools=[pay],
+        approvals=fl.RequireApproval({"pay"}),
+    )
+    run = rt.spawn(agent, "go")
+    assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+    pending = {p.args["to"]: p for p in rt.pending_approvals()}
+    assert set(pending) == {"a", "b", "c"}
+    rt.approve(run_id=run.id, call_id=pending["b"].call_id)
+    wait_for(lambda: ledger.lines == ["pay b"])
+    assert rt.state(run.id).status is fl.RunStatus.AWAITING_APPROVAL
+    rt.deny(pending["a"].token)
+    rt.approve(pending["c"].token)
+    wait_for(lambda: rt.state(run.id).status is fl.RunStatus.COMPLETED)
+    assert sorted(ledger.lines) == ["pay b", "pay c"]
+    messages = [m for m in rt.state(run.id).messages if m.role == "tool"]
+    assert [m.content for m in messages] == ["denied by a person", "paid b", "paid c"]
+
+
+def test_a_notify_callback_that_raises_is_logged_and_the_request_stays(
+    rt: fl.Runtime, ledger: Ledger
+) -> None:
+    def broken(pending: PendingApproval) -> None:
+        raise RuntimeError("the chat service is down")
+
+    agent = make_agent(ledger, notify=broken)
+    with structlog.testing.capture_logs() as logs:
+        run = rt.spawn(agent, "pay bob")
+        assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+        wait_for(lambda: any(e["event"] == "approval_notify_failed" for e in logs))
+    assert len(rt.pending_approvals()) == 1
+    rt.approve(rt.pending_approvals()[0].token)
+    wait_for(lambda: rt.state(run.id).status is fl.RunStatus.COMPLETED)
+
+
+def test_a_decision_from_another_process_is_picked_up_while_this_one_runs(
+    store_path: Path, ledger: Ledger
+) -> None:
+    with fl.Runtime.open(store_path) as rt:
+        agent = make_agent(ledger)
+        run = rt.spawn(agent, "pay bob")
+        assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+        (pending,) = rt.pending_approvals()
+        code = textwrap.dedent(
+            f"""
+            import foldloop as fl
+            with fl.Runtime.open({str(store_path)!r}) as other:  # no agent registered there
+                other.approve(run_id={run.id!r}, call_id={pending.call_id!r}, by="remote")
+            print("APPROVED", flush=True)
+            """
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
+        assert "APPROVED" in proc.stdout, proc.stderr
+        started = time.monotonic()
+        wait_for(lambda: rt.state(run.id).status is fl.RunStatus.COMPLETED)
+        assert time.monotonic() - started < 5  # the poller looks every 100 ms
+        assert ledger.lines == ["pay bob 5"]
+        assert [r.event.by for r in rt.events(run.id) if r.type == "approval.decided"] == ["remote"]
+
+
+def test_two_processes_racing_to_decide_have_exactly_one_winner_each_time(
+    store_path: Path, ledger: Ledger
+) -> None:
+    races = 100
+    with fl.Runtime.open(store_path) as rt:
+        agent = make_agent(ledger)
+        runs = [rt.spawn(agent, f"r{i}", run_id=f"race-{i}") for i in range(races)]
+        for run in runs:
+            assert run.wait(timeout=60).status is fl.RunStatus.AWAITING_APPROVAL
+        requests = sorted((p.run_id, p.call_id) for p in rt.pending_approvals())
+        assert len(requests) == races
+    go = store_path.parent / "go"
+    code = textwrap.dedent(
+        f"""
+        import os, sys, time
+        import foldloop as fl
+        name = sys.argv[1]
+        requests = {requests!r}
+        with fl.Runtime.open({str(store_path)!r}) as rt:
+            print("READY", flush=True)
+            while not os.path.exists({str(go)!r}):
+                time.sleep(0.001)
+            for run_id, call_id in requests:
+                try:
+                    rt.approve(run_id=run_id, call_id=call_id, by=name)
+                    print("WON", run_id, flush=True)
+                except fl.ApprovalError as exc:
+                    assert "already approved by" in str(exc), exc
+        """
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, name], stdout=subprocess.PIPE, text=True)
+        for name in ("left", "right")
+    ]
+    for proc in procs:
+        assert proc.stdout is not None
+        while proc.stdout.readline().strip() != "READY":
+            pass
+    go.write_text("go")
+    outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs)
+    wins = [
+        {line.split()[1] for line in out.splitlines() if line.startswith("WON")} for out in outputs
+    ]
+    assert len(wins[0]) + len(wins[1]) == races  # every request decided ...
+    assert not wins[0] & wins[1]  # ... by exactly one of them
+    with fl.Runtime.open(store_path) as rt:
+        for run_id, call_id in requests:
+            record = rt.store.approval(run_id, call_id)
+            assert record is not None
+            assert record.status == "approved"
+            assert run_id in wins[0 if record.by == "left" else 1]
+
+
+def test_pending_requests_cost_no_thread(rt: fl.Runtime, ledger: Ledger) -> None:
+    agent = make_agent(ledger)
+    rt.spawn(agent, "warm").wait(timeout=30)
+    before = threading.active_count()
+    handles = [rt.spawn(agent, f"p{i}") for i in range(50)]
+    assert {h.wait(timeout=60).status for h in handles} == {fl.RunStatus.AWAITING_APPROVAL}
+    time.sleep(0.2)
+    assert threading.active_count() <= before + 1
+    assert len(rt.pending_approvals()) == 51
+    assert not any(rt.system.active(h.id) for h in handles)
