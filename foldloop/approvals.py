@@ -128,14 +128,16 @@ def issue_tickets(
 
 
 def approval_writes(
-    run_id: str, state: RunState, events: Iterable[KnownEvent], at: int
+    run_id: str, state: RunState, events: Iterable[KnownEvent], at: int, first_seq: int = 0
 ) -> Callable[[WriteTxn], None] | None:
     """The approvals-table writes that go with a decision's events, in the same transaction:
-    new requests become pending records, applied decisions are marked applied."""
+    new requests become pending records, applied decisions are marked applied (with the
+    seq of their approval.decided, when ``first_seq``, the seq of the first event, is known).
+    """
     requests: list[ApprovalRecord] = []
-    applied: list[str] = []
+    applied: list[tuple[str, int]] = []
     calls = {c.call_id: c for c in state.calls}
-    for event in events:
+    for offset, event in enumerate(events):
         if isinstance(event, ApprovalRequested):
             call = calls.get(event.call_id)
             requests.append(
@@ -153,14 +155,14 @@ def approval_writes(
                 )
             )
         elif isinstance(event, ApprovalDecided | ApprovalExpired):
-            applied.append(event.call_id)
+            applied.append((event.call_id, first_seq + offset if first_seq else 0))
     if not requests and not applied:
         return None
 
     def write(w: WriteTxn) -> None:
         for record in requests:
             w.put_approval(record)
-        for call_id in applied:
-            w.mark_applied(run_id, call_id)
+        for call_id, seq in applied:
+            w.mark_applied(run_id, call_id, seq)
 
     return write

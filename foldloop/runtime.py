@@ -569,7 +569,7 @@ class Runtime:
         payloads = encode_all(decision.events, command.now)
         run_id, owner, seq = state.run_id, self.owner, state.seq
         after = _evolve_all(state, decision, command.now)
-        extra = approval_writes(run_id, after, decision.events, command.now)
+        extra = approval_writes(run_id, after, decision.events, command.now, seq + 1)
 
         def write(w: WriteTxn) -> None:
             w.append(run_id, payloads, expected_seq=seq, owner=owner, epoch=epoch)

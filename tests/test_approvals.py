@@ -111,7 +111,10 @@ def test_a_gated_call_parks_the_run_and_runs_once_when_approved(
     assert rt.pending_approvals() == []
     decided = [r.event for r in rt.events(run.id) if r.type == "approval.decided"]
     assert [(d.approved, d.by, d.note) for d in decided] == [(True, "alice", "ok")]
-    with pytest.raises(fl.ApprovalError, match="already approved by 'alice'"):
+    decided_seq = next(r.seq for r in rt.events(run.id) if r.type == "approval.decided")
+    with pytest.raises(
+        fl.ApprovalError, match=rf"already approved by 'alice' at .* \(seq {decided_seq} "
+    ):
         rt.approve(pending.token, by="mallory")
     with pytest.raises(fl.ApprovalError, match="unknown or forged"):
         rt.approve("x" * 43)
@@ -299,3 +302,47 @@ def test_pending_requests_cost_no_thread(rt: fl.Runtime, ledger: Ledger) -> None
     assert threading.active_count() <= before + 1
     assert len(rt.pending_approvals()) == 51
     assert not any(rt.system.active(h.id) for h in handles)
+
+
+def test_a_notify_callback_that_hangs_is_logged_and_the_run_is_untouched(
+    rt: fl.Runtime, ledger: Ledger
+) -> None:
+    release = threading.Event()
+    agent = make_agent(ledger, notify=lambda pending: release.wait(30), notify_timeout=0.2)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            run = rt.spawn(agent, "pay bob")
+            assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+            wait_for(lambda: any(e["event"] == "approval_notify_timed_out" for e in logs))
+        rt.approve(rt.pending_approvals()[0].token)
+        wait_for(lambda: rt.state(run.id).status is fl.RunStatus.COMPLETED)
+    finally:
+        release.set()
+
+
+def test_a_parked_run_outlives_its_runtime_and_continues_elsewhere(
+    store_path: Path, ledger: Ledger
+) -> None:
+    spawner = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
+        import foldloop as fl
+        from tests.test_approvals import Ledger, make_agent
+        with fl.Runtime.open({str(store_path)!r}) as rt:
+            run = rt.spawn(make_agent(Ledger()), "pay bob", run_id="orphan")
+            print(run.wait(timeout=30).status.value, flush=True)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", spawner], capture_output=True, text=True, timeout=60
+    )
+    assert "awaiting_approval" in out.stdout.splitlines(), out.stderr
+    with fl.Runtime.open(store_path) as bystander:  # no agent: it can only decide
+        (pending,) = bystander.pending_approvals()
+        assert pending.token is None  # issued by another runtime: only its ids are known
+        bystander.approve(run_id="orphan", call_id=pending.call_id, by="ops")
+        assert bystander.state("orphan").status is fl.RunStatus.AWAITING_APPROVAL
+    with fl.Runtime.open(store_path, agents=[make_agent(ledger)]) as rt:
+        wait_for(lambda: rt.state("orphan").status is fl.RunStatus.COMPLETED)
+    assert ledger.lines == ["pay bob 5"]

@@ -142,7 +142,7 @@ class RunActor(FastActor):
             state = self.state
             for event in decision.events:
                 state = apply(state, event, at)
-        extra = approval_writes(self.run_id, state, decision.events, at)
+        extra = approval_writes(self.run_id, state, decision.events, at, self.state.seq + 1)
         extras = [*self._held_extras, extra] if extra else list(self._held_extras)
         if self._held:
             payloads = self._held + payloads

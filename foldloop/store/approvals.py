@@ -37,6 +37,7 @@ class ApprovalRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     note: str = ""
     decided_at: int = 0
     applied: bool = False
+    applied_seq: int = 0
 
 
 def approval_key(run_id: str, call_id: str) -> bytes:

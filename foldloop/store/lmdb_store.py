@@ -337,6 +337,7 @@ class WriteTxn:
                 f"{current.status}"
                 + (f" by {current.by!r}" if current.by else "")
                 + (f" at {_iso(current.decided_at)}" if current.decided_at else "")
+                + (f" (seq {current.applied_seq} of the run)" if current.applied_seq else "")
             )
         if now >= current.expires_at:
             decided = msgspec.structs.replace(current, status="expired", decided_at=now)
@@ -351,10 +352,10 @@ class WriteTxn:
         self.put_approval(decided)
         return decided
 
-    def mark_applied(self, run_id: str, call_id: str) -> None:
+    def mark_applied(self, run_id: str, call_id: str, seq: int = 0) -> None:
         current = self.approval(run_id, call_id)
         if current is not None and not current.applied:
-            self.put_approval(msgspec.structs.replace(current, applied=True))
+            self.put_approval(msgspec.structs.replace(current, applied=True, applied_seq=seq))
 
     def put_snapshot(self, run_id: str, state_version: int, seq: int, state: bytes) -> None:
         self.txn.put(
