@@ -104,24 +104,29 @@ def resume_time() -> None:
                 print(f"3. state of a 1,000-step run, {label}: {best * 1000:.1f} ms")
 
 
-def parked(n: int) -> None:
+def parked(n: int, *, by_approval: bool = False) -> None:
     with tempfile.TemporaryDirectory() as d, fl.Runtime.open(Path(d) / "s") as rt:
         a = fl.Agent(
             name="parked",
             llm=fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("note", {"i": 1})])] * 2),
             tools=[note],
-            limits=fl.Limits(max_steps=1),
+            limits=fl.Limits(max_steps=10 if by_approval else 1),
+            approvals=fl.RequireApproval({"note"}) if by_approval else None,
         )
         rt.spawn(a, "warm").wait(timeout=60)
+        for pending in rt.pending_approvals():
+            rt.deny(pending.token)
         time.sleep(0.2)
         rss0, anon0, threads0 = rss_kib(), rss_kib("RssAnon"), threading.active_count()
         handles = [rt.spawn(a, "go") for _ in range(n)]
         statuses = {h.wait(timeout=600).status for h in handles}
         time.sleep(0.5)
         rss1, anon1, threads1 = rss_kib(), rss_kib("RssAnon"), threading.active_count()
-        assert statuses == {fl.RunStatus.LIMIT_REACHED}, statuses
+        expected = fl.RunStatus.AWAITING_APPROVAL if by_approval else fl.RunStatus.LIMIT_REACHED
+        assert statuses == {expected}, statuses
+        why = "awaiting approval" if by_approval else "at their step ceiling"
         print(
-            f"4. {n} parked runs: +{(rss1 - rss0) / 1024:.1f} MiB RSS "
+            f"4. {n} runs parked {why}: +{(rss1 - rss0) / 1024:.1f} MiB RSS "
             f"(+{(anon1 - anon0) / 1024:.1f} MiB anonymous; the rest is LMDB's mapped file), "
             f"threads {threads0} -> {threads1}"
         )
@@ -146,6 +151,7 @@ def main() -> None:
     bytes_per_step()
     resume_time()
     parked(args.parked)
+    parked(args.parked, by_approval=True)
 
 
 if __name__ == "__main__":

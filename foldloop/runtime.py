@@ -20,8 +20,8 @@ from pathlib import Path
 from types import TracebackType
 
 import msgspec
-import structlog
 
+from foldloop._log import get_logger
 from foldloop.actors.system import ActorSystem
 from foldloop.agent import Agent
 from foldloop.approvals import PendingApproval, approval_writes, issue_tickets, token_digest
@@ -58,7 +58,7 @@ from foldloop.store.owners import OwnerLock
 
 __all__ = ["RunHandle", "RunResult", "RunSummary", "Runtime"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _STATE_DECODER = msgspec.msgpack.Decoder(RunState)

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pykka
-import structlog
 
+from foldloop._log import get_logger
 from foldloop.actors.base import FastActor
 from foldloop.actors.tool_actor import RunToolCall
 from foldloop.agent import Agent
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AppendFailed", "RunActor"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 _STATE = msgspec.msgpack.Encoder()
 
 

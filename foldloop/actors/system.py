@@ -11,8 +11,8 @@ from typing import Any
 
 import msgspec
 import pykka
-import structlog
 
+from foldloop._log import get_logger
 from foldloop.actors.run_actor import RunActor
 from foldloop.actors.timers import Timers
 from foldloop.actors.tool_actor import ToolActor, ToolRunner
@@ -26,7 +26,7 @@ from foldloop.store.lmdb_store import LmdbStore
 
 __all__ = ["ActorSystem", "Settlement"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 class Settlement:

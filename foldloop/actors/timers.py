@@ -12,11 +12,11 @@ import threading
 import time
 from collections.abc import Callable
 
-import structlog
+from foldloop._log import get_logger
 
 __all__ = ["Timer", "Timers"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 class Timer:

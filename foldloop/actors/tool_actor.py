@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pykka
-import structlog
 
+from foldloop._log import get_logger
 from foldloop.actors.base import FastActor
 from foldloop.actors.timers import Timer, Timers
 from foldloop.actors.workers import Workers
@@ -26,7 +26,7 @@ from foldloop.tools.decorator import Tool
 
 __all__ = ["RunToolCall", "ToolActor", "ToolRunner"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ import queue
 import threading
 from collections.abc import Callable
 
-import structlog
+from foldloop._log import get_logger
 
 __all__ = ["Workers"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 class Workers:

@@ -35,8 +35,8 @@ from typing import Any, TypeVar
 
 import lmdb
 import msgspec
-import structlog
 
+from foldloop._log import get_logger
 from foldloop.errors import (
     ApprovalError,
     ConcurrencyError,
@@ -79,7 +79,7 @@ from foldloop.store.writer import WriteOp, Writer
 
 __all__ = ["DEFAULT_MAP_SIZE", "LmdbStore", "MAX_MAP_SIZE", "Payload", "WriteTxn", "open_store"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 T = TypeVar("T")
 DEFAULT_MAP_SIZE = 256 << 20

@@ -19,13 +19,13 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import lmdb
-import structlog
 
+from foldloop._log import get_logger
 from foldloop.errors import FoldloopError, StoreError
 
 __all__ = ["WriteOp", "Writer"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 T = TypeVar("T")
 _MAX_BATCH = 4096
