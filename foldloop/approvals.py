@@ -148,6 +148,7 @@ def approval_writes(
                     gate=event.gate,
                     tool=call.tool if call else "",
                     args=call.args if call else "",
+                    args_digest=hashlib.sha256((call.args if call else "").encode()).hexdigest(),
                     summary=event.summary,
                     token_digest=event.token_digest,
                     expires_at=event.expires_at,

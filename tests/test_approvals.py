@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import textwrap
@@ -103,6 +104,12 @@ def test_a_gated_call_parks_the_run_and_runs_once_when_approved(
     assert told[0].token == pending.token
     requested = next(r.event for r in rt.events(run.id) if r.type == "approval.requested")
     assert pending.token not in requested.token_digest  # only a digest is stored
+    record = rt.store.approval(run.id, pending.call_id)
+    assert record is not None
+    assert (record.tool, record.args_digest) == (
+        "pay",
+        hashlib.sha256(record.args.encode()).hexdigest(),
+    )
     assert pending.token.encode() not in (rt.store.path / "data.mdb").read_bytes()
 
     rt.approve(pending.token, by="alice", note="ok")

@@ -24,3 +24,9 @@ class FastActor(pykka.ThreadingActor):
     @staticmethod
     def _create_actor_inbox() -> Any:
         return queue.SimpleQueue()
+
+    def start_here(self) -> pykka.ActorRef[Any]:
+        """Start this already-built actor (keeping a reference to the object itself)."""
+        pykka.ActorRegistry.register(self.actor_ref)
+        self._start_actor_loop()
+        return self.actor_ref

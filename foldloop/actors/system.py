@@ -13,12 +13,13 @@ import msgspec
 import pykka
 
 from foldloop._log import get_logger
+from foldloop.actors.approval_gate import ApprovalGate, Issued
 from foldloop.actors.run_actor import RunActor
 from foldloop.actors.timers import Timers
 from foldloop.actors.tool_actor import ToolActor, ToolRunner
 from foldloop.actors.workers import Workers
 from foldloop.agent import Agent
-from foldloop.approvals import PendingApproval
+from foldloop.approvals import PendingApproval, RequireApproval
 from foldloop.core.effects import Decision
 from foldloop.core.state import RunState
 from foldloop.store.approvals import ApprovalRecord
@@ -67,7 +68,9 @@ class ActorSystem:
         self._settlements: dict[str, Settlement] = {}
         self._closed = False
         self.issued: dict[tuple[str, str], str] = {}
-        """Approval tokens this runtime handed out, by (run_id, call_id): never stored."""
+        """Tokens issued, until their request is durable and handed to its gate."""
+        self._gates: dict[str, ApprovalGate] = {}
+        self._gate_refs: dict[str, pykka.ActorRef[Any]] = {}
 
     # -- tools ---------------------------------------------------------------------------
 
@@ -180,40 +183,43 @@ class ActorSystem:
             gate=record.gate,
             summary=record.summary,
             expires_at=record.expires_at,
-            token=self.issued.get((record.run_id, record.call_id)),
+            token=self.token(record.run_id, record.call_id),
         )
 
+    def gate(self, policy: RequireApproval) -> ApprovalGate:
+        """The ApprovalGate actor of ``policy``'s gate (started on first use)."""
+        with self._lock:
+            gate = self._gates.get(policy.gate)
+            if gate is None:
+                gate = ApprovalGate(policy, self.timers, self.model_pool)
+                self._gate_refs[policy.gate] = gate.start_here()
+                self._gates[policy.gate] = gate
+            return gate
+
+    def token(self, run_id: str, call_id: str) -> str | None:
+        """A token this runtime issued for a request (never stored anywhere)."""
+        fresh = self.issued.get((run_id, call_id))
+        if fresh is not None:
+            return fresh
+        with self._lock:
+            gates = list(self._gates.values())
+        for gate in gates:
+            token = gate.token(run_id, call_id)
+            if token is not None:
+                return token
+        return None
+
     def notify(self, agent: Agent, state: RunState, call_id: str) -> None:
-        """Hand a new request to the gate's ``notify`` off the run's thread; a callback that
-        raises or hangs is logged and the request stays pending."""
-        log.info("approval_requested", run_id=state.run_id, call_id=call_id)
+        """A request is durable: its gate remembers the token and tells ``notify``."""
         policy = agent.approvals
-        if policy is None or policy.notify is None:
-            return
         record = self.store.approval(state.run_id, call_id)
-        if record is None:
+        if policy is None or record is None:
             return
-        pending, callback, finished = self.pending(record), policy.notify, threading.Event()
-
-        def call() -> None:
-            try:
-                callback(pending)
-            except Exception:
-                log.exception("approval_notify_failed", run_id=state.run_id, call_id=call_id)
-            finally:
-                finished.set()
-
-        def watchdog() -> None:
-            if not finished.is_set():
-                log.warning(
-                    "approval_notify_timed_out",
-                    run_id=state.run_id,
-                    call_id=call_id,
-                    timeout_s=policy.notify_timeout,
-                )
-
-        self.timers.call_later(policy.notify_timeout, watchdog)
-        self.model_pool.submit(call)
+        gate = self.gate(policy)
+        token = self.issued.pop((state.run_id, call_id), None)
+        if token is not None:
+            gate.remember(state.run_id, call_id, token)
+        gate.actor_ref.tell(Issued(self.pending(record)))
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -222,7 +228,7 @@ class ActorSystem:
         with self._lock:
             self._closed = True
             runs = list(self._runs.items())
-            tools = list(self._tools.values())
+            tools = [*self._tools.values(), *self._gate_refs.values()]
         for run_id, ref in runs:
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 ref.stop(block=True, timeout=5)

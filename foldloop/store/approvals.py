@@ -28,6 +28,7 @@ class ApprovalRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     gate: str
     tool: str
     args: str
+    args_digest: str = ""
     summary: str = ""
     token_digest: str
     expires_at: int
