@@ -132,6 +132,95 @@ def parked(n: int, *, by_approval: bool = False) -> None:
         )
 
 
+def waiting_in_a_fresh_process(n: int) -> None:
+    """What n runs waiting for approval cost a runtime that opens their store afresh."""
+    code = (
+        "import sys, time, threading, logging, structlog\n"
+        "structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))\n"
+        "import foldloop as fl\n"
+        "from pathlib import Path\n"
+        "def rss(f):\n"
+        "    for l in Path('/proc/self/status').read_text().splitlines():\n"
+        "        if l.startswith(f + ':'): return int(l.split()[1])\n"
+        "rt = fl.Runtime.open(sys.argv[1])\n"
+        "time.sleep(1.0)\n"
+        "n = len(rt.pending_approvals())\n"
+        "time.sleep(1.0)\n"
+        "print(n, rss('VmRSS'), rss('RssAnon'), threading.active_count())\n"
+        "rt.close()\n"
+    )
+    with tempfile.TemporaryDirectory() as d:
+        empty, full = Path(d) / "empty", Path(d) / "full"
+        with fl.Runtime.open(empty):
+            pass
+        with fl.Runtime.open(full) as rt:
+            a = fl.Agent(
+                name="waiting",
+                llm=fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("note", {"i": 1})])] * 2),
+                tools=[note],
+                approvals=fl.RequireApproval({"note"}),
+            )
+            handles = [rt.spawn(a, "go") for _ in range(n)]
+            assert {h.wait(timeout=600).status for h in handles} == {fl.RunStatus.AWAITING_APPROVAL}
+        rows = []
+        for store in (empty, full):
+            out = subprocess.run(
+                [sys.executable, "-c", code, str(store)], capture_output=True, text=True, check=True
+            )
+            rows.append([int(x) for x in out.stdout.split()])
+        (_n0, rss0, anon0, t0), (n1, rss1, anon1, t1) = rows
+        assert n1 == n, n1
+        print(
+            f"5. a fresh runtime over {n} runs awaiting approval vs an empty store: "
+            f"+{(rss1 - rss0) / 1024:.1f} MiB RSS (+{(anon1 - anon0) / 1024:.1f} MiB anonymous), "
+            f"threads {t0} vs {t1}"
+        )
+
+
+def pickup_latency(rounds: int = 15) -> None:
+    """How long a runtime takes to carry a decision made by another process into its run.
+
+    Measured from the deciding process's ``approve`` returning (it prints the time, after
+    its commit) to this runtime seeing approval.decided in the run's log.
+    """
+    code = (
+        "import sys, time, logging, structlog, foldloop as fl\n"
+        "structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))\n"
+        "rt = fl.Runtime.open(sys.argv[1])\n"
+        "rt.approve(run_id=sys.argv[2], call_id=sys.argv[3], by='remote')\n"
+        "print(time.time_ns(), flush=True)\n"
+        "rt.close()\n"
+    )
+    lags = []
+    with tempfile.TemporaryDirectory() as d, fl.Runtime.open(Path(d) / "s") as rt:
+        a = fl.Agent(
+            name="remote",
+            llm=fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("note", {"i": 1})])] * 2),
+            tools=[note],
+            approvals=fl.RequireApproval({"note"}),
+        )
+        for _ in range(rounds):
+            run = rt.spawn(a, "go")
+            assert run.wait(timeout=60).status is fl.RunStatus.AWAITING_APPROVAL
+            (pending,) = [p for p in rt.pending_approvals() if p.run_id == run.id]
+            proc = subprocess.Popen(
+                [sys.executable, "-c", code, str(Path(d) / "s"), run.id, pending.call_id],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert proc.stdout is not None
+            decided_at = int(proc.stdout.readline())
+            while not any(r.type == "approval.decided" for r in rt.events(run.id)):
+                time.sleep(0.001)
+            lags.append((time.time_ns() - decided_at) / 1e6)
+            proc.wait()
+    lags.sort()
+    print(
+        f"6. a decision made in another process reaches the run in "
+        f"{lags[len(lags) // 2]:.0f} ms (median of {rounds}; max {lags[-1]:.0f} ms)"
+    )
+
+
 def _timed(fn: object) -> float:
     start = time.perf_counter()
     fn()  # type: ignore[operator]
@@ -152,6 +241,8 @@ def main() -> None:
     resume_time()
     parked(args.parked)
     parked(args.parked, by_approval=True)
+    waiting_in_a_fresh_process(args.parked)
+    pickup_latency()
 
 
 if __name__ == "__main__":
