@@ -532,8 +532,8 @@ class Runtime:
                 now = self.clock()
                 runs = {
                     (r.run_id, r.agent)
-                    for r in self.store.open_approvals()
-                    if r.agent in self._agents and (r.status != "pending" or now >= r.expires_at)
+                    for r in self.store.due_approvals(now)
+                    if r.agent in self._agents
                 }
                 for run_id, agent_name in sorted(runs):
                     self._continue_approvals(run_id, agent_name)

@@ -309,7 +309,10 @@ class WriteTxn:
         if record.applied:
             self.txn.delete(key, db=self.store._open)
         else:
-            self.txn.put(key, b"", db=self.store._open)
+            # status and deadline beside the key: the poller finds what is due without
+            # decoding every pending request
+            due = record.status.encode()[:1] + pack_position(record.expires_at)
+            self.txn.put(key, due, db=self.store._open)
 
     def find_approval(self, token_digest: str) -> ApprovalRecord | None:
         key = self.txn.get(token_digest.encode(), db=self.store._tokens)
@@ -664,6 +667,21 @@ class LmdbStore:
         def get(txn: Any) -> list[ApprovalRecord]:
             out = []
             for key, _ in txn.cursor(db=self._open):
+                raw = txn.get(key, db=self._approvals)
+                if raw is not None:
+                    out.append(_APPROVAL.decode(raw))
+            return out
+
+        return self.read_txn(get)
+
+    def due_approvals(self, now: int) -> list[ApprovalRecord]:
+        """Open requests that need carrying into their run: decided, or past their deadline."""
+
+        def get(txn: Any) -> list[ApprovalRecord]:
+            out = []
+            for key, due in txn.cursor(db=self._open):
+                if due[:1] == b"p" and unpack_position(due[1:9]) > now:
+                    continue
                 raw = txn.get(key, db=self._approvals)
                 if raw is not None:
                     out.append(_APPROVAL.decode(raw))
