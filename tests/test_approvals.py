@@ -353,3 +353,36 @@ def test_a_parked_run_outlives_its_runtime_and_continues_elsewhere(
     with fl.Runtime.open(store_path, agents=[make_agent(ledger)]) as rt:
         wait_for(lambda: rt.state("orphan").status is fl.RunStatus.COMPLETED)
     assert ledger.lines == ["pay bob 5"]
+
+
+def test_the_cli_lists_and_decides_approvals(store_path: Path, ledger: Ledger) -> None:
+    with fl.Runtime.open(store_path) as rt:
+        run = rt.spawn(make_agent(ledger), "pay bob")
+        assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+        (pending,) = rt.pending_approvals()
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "foldloop.cli", "--store", str(store_path), *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        listed = cli("approvals")
+        assert listed.returncode == 0
+        assert pending.call_id in listed.stdout
+        assert "pay" in listed.stdout
+        assert cli("approve").returncode == 2  # neither a token nor --run/--call
+        forged = cli("approve", "not-a-token")
+        assert forged.returncode == 1
+        assert "unknown or forged" in forged.stderr
+        denied = cli(
+            "deny", "--run", run.id, "--call", pending.call_id, "--by", "cli", "--note", "no"
+        )
+        assert denied.returncode == 0, denied.stderr
+        again = cli("approve", "--run", run.id, "--call", pending.call_id)
+        assert again.returncode == 1
+        assert "already denied by 'cli'" in again.stderr
+        wait_for(lambda: rt.state(run.id).status is fl.RunStatus.COMPLETED)  # our poller
+    assert ledger.lines == []

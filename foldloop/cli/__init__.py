@@ -6,6 +6,7 @@ Read commands never create a store; payloads are escaped before they reach the t
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import json
 import logging
@@ -26,6 +27,7 @@ from rich.table import Table
 from foldloop.agent import Agent
 from foldloop.cli.demo import DEMO_INPUT, demo_agent
 from foldloop.errors import (
+    ApprovalError,
     ConfigError,
     CorruptRecord,
     FoldloopError,
@@ -85,7 +87,7 @@ def escape(text: str) -> str:
 
 
 def _fail(code: int, message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(message)}")
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -103,6 +105,8 @@ def _errors() -> Iterator[None]:
         _fail(code, str(exc))
     except ConfigError as exc:
         _fail(EXIT_USAGE, str(exc))
+    except ApprovalError as exc:
+        _fail(EXIT_ERROR, str(exc))
     except FoldloopError as exc:
         _fail(EXIT_ERROR, str(exc))
 
@@ -349,6 +353,75 @@ def import_run(
     with _runtime(_store(), create=True) as rt:
         imported = rt.import_jsonl(file.read_text().splitlines(), run_id=run_id)
         out.print(f"imported {escape(imported)}: {rt.store.head(imported)} events")
+
+
+@app.command()
+def approvals() -> None:
+    """Gated calls waiting for a person."""
+    with _runtime(_store()) as rt:
+        table = Table("run", "call", "tool", "args", "expires")
+        for p in rt.pending_approvals():
+            args = json.dumps(p.args, ensure_ascii=True)
+            expires = datetime.datetime.fromtimestamp(p.expires_at / 1e9, tz=datetime.UTC)
+            table.add_row(
+                escape(p.run_id),
+                escape(p.call_id),
+                escape(p.tool),
+                escape(args[:60]),
+                expires.isoformat(timespec="seconds"),
+            )
+        out.print(table)
+
+
+def _decision(
+    approved: bool,
+    token: str | None,
+    *,
+    run: str | None,
+    call: str | None,
+    by: str,
+    note: str,
+) -> None:
+    if token is None and (run is None or call is None):
+        _fail(EXIT_USAGE, "give a TOKEN, or both --run and --call")
+    with _runtime(_store()) as rt:
+        if approved:
+            rt.approve(token, run_id=run, call_id=call, by=by, note=note)
+        else:
+            rt.deny(token, run_id=run, call_id=call, by=by, note=note)
+    verb = "approved" if approved else "denied"
+    out.print(f"{verb}; a runtime with the agent carries it into the run (or `foldloop resume`)")
+
+
+TokenArg = Annotated[str | None, typer.Argument(help="The approval token.")]
+RunOpt = Annotated[str | None, typer.Option("--run", help="Run id (with --call).")]
+CallOpt = Annotated[str | None, typer.Option("--call", help="Call id (with --run).")]
+ByOpt = Annotated[str, typer.Option("--by", help="Who decides (recorded).")]
+NoteOpt = Annotated[str, typer.Option("--note", help="Told to the model (deny) and recorded.")]
+
+
+@app.command()
+def approve(
+    token: TokenArg = None,
+    run: RunOpt = None,
+    call: CallOpt = None,
+    by: ByOpt = "",
+    note: NoteOpt = "",
+) -> None:
+    """Approve a waiting call, by its token or by --run and --call."""
+    _decision(True, token, run=run, call=call, by=by, note=note)
+
+
+@app.command()
+def deny(
+    token: TokenArg = None,
+    run: RunOpt = None,
+    call: CallOpt = None,
+    by: ByOpt = "",
+    note: NoteOpt = "",
+) -> None:
+    """Deny a waiting call; the model is told the note and the run goes on."""
+    _decision(False, token, run=run, call=call, by=by, note=note)
 
 
 @app.command()
