@@ -520,7 +520,11 @@ class Runtime:
             state, decisions = self._apply_approvals(state, epoch, [])
             if not decisions:
                 raise _NothingToDo
-        except BaseException:
+        except _NothingToDo:
+            self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
+            return
+        except Exception:
+            log.exception("approval_apply_failed", run_id=run_id)
             self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
             return
         self._drive(agent, state, epoch, _merged(decisions, state))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from foldloop.core.replay import INPUT_TYPES
 from foldloop.core.state import RunState, RunStatus
 from foldloop.events.catalogue import (
     ModelResponded,
@@ -18,20 +19,6 @@ from foldloop.events.catalogue import (
 from foldloop.events.recorded import Recorded
 
 __all__ = ["Explanation", "explain"]
-
-_INPUTS = frozenset(
-    {
-        "run.started",
-        "model.responded",
-        "model.failed",
-        "tool.completed",
-        "tool.failed",
-        "approval.decided",
-        "approval.expired",
-        "run.cancelled",
-        "run.resumed",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -60,7 +47,7 @@ class Explanation:
 def _describe(records: Sequence[Recorded]) -> str:
     """The last decision: the last input event and what was decided after it."""
     start = len(records) - 1
-    while start > 0 and records[start].type not in _INPUTS:
+    while start > 0 and records[start].type not in INPUT_TYPES:
         start -= 1
     tail = records[start:]
     if not tail:

@@ -41,7 +41,7 @@ from foldloop.events.catalogue import (
 )
 from foldloop.events.recorded import Recorded, UnknownEvent
 
-__all__ = ["StartFactory", "command_for", "replay"]
+__all__ = ["INPUT_TYPES", "StartFactory", "command_for", "replay"]
 
 StartFactory = Callable[[RunStarted, int], Start]
 """Builds the Start command today's code would issue for a recorded ``run.started``."""
@@ -61,7 +61,8 @@ def _recorded_start(event: RunStarted, now: int) -> Start:
     )
 
 
-_INPUT_TYPES = frozenset(
+#: The events that begin a decision (a command's own record); every other event is decided.
+INPUT_TYPES = frozenset(
     {
         "run.started",
         "model.responded",
@@ -84,7 +85,7 @@ def _tickets(
     for rec in following:
         event = rec.event
         if not isinstance(event, ApprovalRequested):
-            if rec.type in _INPUT_TYPES:
+            if rec.type in INPUT_TYPES:
                 break
             continue
         known = event.call_id in by_index
