@@ -60,6 +60,8 @@ from foldloop.runtime import RunHandle as RunHandle
 from foldloop.runtime import RunResult as RunResult
 from foldloop.runtime import RunSummary as RunSummary
 from foldloop.runtime import Runtime as Runtime
+from foldloop.tools.command import CommandResult as CommandResult
+from foldloop.tools.command import run_command as run_command
 from foldloop.tools.decorator import Tool as Tool
 from foldloop.tools.decorator import tool as tool
 
@@ -68,6 +70,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Agent",
     "ApprovalError",
+    "CommandResult",
     "ConcurrencyError",
     "ConfigError",
     "CorruptRecord",
@@ -99,5 +102,6 @@ __all__ = [
     "ToolSpec",
     "Usage",
     "events",
+    "run_command",
     "tool",
 ]

@@ -1,15 +1,18 @@
 """Tools: ``@tool``, argument schemas from type hints, validation and safe invocation."""
 
+from foldloop.tools.command import CommandResult, run_command
 from foldloop.tools.decorator import DEFAULT_TIMEOUT, Tool, ToolOutcome, tool, tools_digest
 from foldloop.tools.schema import ArgSchema, build_arg_schema, parse_docstring
 
 __all__ = [
     "ArgSchema",
+    "CommandResult",
     "DEFAULT_TIMEOUT",
     "Tool",
     "ToolOutcome",
     "build_arg_schema",
     "parse_docstring",
+    "run_command",
     "tool",
     "tools_digest",
 ]

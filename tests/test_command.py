@@ -1,0 +1,77 @@
+"""run_command: real subprocesses, killed as a whole process group when their time is up."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import foldloop as fl
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_command_that_finishes_in_time(tmp_path: Path) -> None:
+    result = fl.run_command([sys.executable, "-c", "import os; print(os.getcwd())"], 30, tmp_path)
+    assert result.ok
+    assert result.stdout.strip() == str(tmp_path)
+    assert not result.timed_out
+    failing = fl.run_command([sys.executable, "-c", "import sys; sys.exit(3)"], 30)
+    assert (failing.returncode, failing.ok) == (3, False)
+
+
+def test_a_hung_command_and_its_children_are_killed(tmp_path: Path) -> None:
+    script = (
+        "trap '' TERM; "  # ignore the polite signal
+        "sleep 60 & echo $!; "  # a grandchild holding our stdout
+        "sleep 60"
+    )
+    start = time.monotonic()
+    result = fl.run_command(["sh", "-c", script], timeout=0.5, grace=0.5)
+    elapsed = time.monotonic() - start
+    assert result.timed_out
+    assert result.returncode < 0
+    assert elapsed < 30  # not the 60 s the children wanted
+    grandchild = int(result.stdout.split()[0])
+    deadline = time.monotonic() + 5
+    while alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(grandchild)
+
+
+@pytest.mark.parametrize(
+    ("cmd", "timeout", "message"),
+    [
+        ("echo hi", 5, "list of strings"),
+        ([], 5, "list of strings"),
+        (["true"], 0, "timeout must be"),
+        (["true"], float("nan"), "timeout must be"),
+        (["/no/such/program"], 5, "cannot start"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_runs(
+    cmd: object, timeout: float, message: str
+) -> None:
+    with pytest.raises(fl.ConfigError, match=message):
+        fl.run_command(cmd, timeout)  # type: ignore[arg-type]
+
+
+def test_a_tool_can_shell_out(tmp_path: Path) -> None:
+    @fl.tool(timeout=30, idempotent=True)
+    def count_lines(path: str) -> int:
+        """Count the lines of a file with wc."""
+        result = fl.run_command(["wc", "-l", path], timeout=10)
+        return int(result.stdout.split()[0])
+
+    target = tmp_path / "f.txt"
+    target.write_text("a\nb\nc\n")
+    assert count_lines.invoke(f'{{"path": "{target}"}}').text == "3"
