@@ -52,6 +52,7 @@ from foldloop.errors import (
 from foldloop.events.recorded import Recorded as Recorded
 from foldloop.events.values import Limits as Limits
 from foldloop.events.values import Usage as Usage
+from foldloop.llm.openai_chat import OpenAIChat as OpenAIChat
 from foldloop.llm.protocol import LLM as LLM
 from foldloop.llm.protocol import Reply as Reply
 from foldloop.llm.protocol import ToolCall as ToolCall
@@ -80,6 +81,7 @@ __all__ = [
     "Message",
     "ModelCallError",
     "NondeterminismError",
+    "OpenAIChat",
     "PendingApproval",
     "Pricing",
     "Recorded",

@@ -1,9 +1,11 @@
 """Models: the LLM protocol, Reply/ToolCall, and ScriptedLLM (adapters come as extras)."""
 
+from foldloop.llm.openai_chat import OpenAIChat
 from foldloop.llm.protocol import LLM, Reply, ToolCall, to_model_tool_calls
 from foldloop.llm.scripted import ScriptedLLM, ScriptFn, estimate_tokens
 
 __all__ = [
+    "OpenAIChat",
     "LLM",
     "Reply",
     "ScriptFn",

@@ -1,0 +1,172 @@
+"""OpenAIChat against a real HTTP server on 127.0.0.1 that speaks chat completions."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import foldloop as fl
+
+
+class FakeOpenAI:
+    """Serves scripted responses to POST /v1/chat/completions and keeps every request."""
+
+    def __init__(self) -> None:
+        self.responses: list[tuple[int, dict[str, Any]]] = []
+        self.requests: list[dict[str, Any]] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # - http.server's naming
+                length = int(self.headers.get("content-length", 0))
+                owner.requests.append(json.loads(self.rfile.read(length)))
+                status, body = owner.responses.pop(0)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def completion(
+    *,
+    text: str | None = None,
+    calls: list[tuple[str, str, str]] = (),
+    tokens: tuple[int, int] = (50, 10),
+) -> tuple[int, dict[str, Any]]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if calls:
+        message["tool_calls"] = [
+            {"id": cid, "type": "function", "function": {"name": name, "arguments": args}}
+            for cid, name, args in calls
+        ]
+    return 200, {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {
+            "prompt_tokens": tokens[0],
+            "completion_tokens": tokens[1],
+            "total_tokens": sum(tokens),
+        },
+    }
+
+
+def error(status: int, message: str) -> tuple[int, dict[str, Any]]:
+    return status, {"error": {"message": message, "type": "error", "param": None, "code": None}}
+
+
+@fl.tool(idempotent=True)
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def rt(store_path: Path) -> Iterator[fl.Runtime]:
+    with fl.Runtime.open(store_path) as runtime:
+        yield runtime
+
+
+def agent(server: FakeOpenAI, name: str) -> fl.Agent:
+    llm = fl.OpenAIChat("gpt-4o-mini", base_url=server.url, timeout=10)
+    return fl.Agent(name=name, llm=llm, tools=[add], instructions="Use add.")
+
+
+def test_parallel_tool_calls_usage_and_results_in_order(rt: fl.Runtime, server: FakeOpenAI) -> None:
+    server.responses = [
+        completion(
+            calls=[("call_a", "add", '{"a": 2, "b": 3}'), ("call_b", "add", '{"a": 1, "b": 1}')]
+        ),
+        completion(text="5 and 2", tokens=(70, 5)),
+    ]
+    result = rt.spawn(agent(server, "oa"), "add things").wait(timeout=30)
+    assert (result.status, result.output) == (fl.RunStatus.COMPLETED, "5 and 2")
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (120, 15)
+    assert result.usage.cost_usd == pytest.approx((120 * 0.15 + 15 * 0.60) / 1e6)
+    first, second = server.requests
+    assert first["model"] == "gpt-4o-mini"
+    assert first["tools"][0]["function"]["name"] == "add"
+    assert first["tools"][0]["function"]["parameters"]["required"] == ["a", "b"]
+    assert [m["role"] for m in second["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "tool",
+    ]
+    assert [m.get("tool_call_id") for m in second["messages"][3:]] == ["call_a", "call_b"]
+    assert [m["content"] for m in second["messages"][3:]] == ["5", "2"]
+    assert second["messages"][2]["tool_calls"][0]["function"]["arguments"] == '{"a": 2, "b": 3}'
+
+
+def test_a_rate_limit_is_recorded_and_retried(rt: fl.Runtime, server: FakeOpenAI) -> None:
+    server.responses = [error(429, "slow down"), completion(text="done")]
+    run = rt.spawn(agent(server, "rl"), "go")
+    assert run.wait(timeout=30).output == "done"
+    failed = [r.event for r in rt.events(run.id) if r.type == "model.failed"]
+    assert len(failed) == 1
+    assert failed[0].retryable
+    assert "429" in failed[0].error
+    assert len(server.requests) == 2
+
+
+def test_a_bad_request_fails_the_run_clearly_without_retrying(
+    rt: fl.Runtime, server: FakeOpenAI
+) -> None:
+    server.responses = [error(400, "tools[0].function.parameters is invalid")]
+    result = rt.spawn(agent(server, "bad"), "go").wait(timeout=30)
+    assert result.status is fl.RunStatus.FAILED
+    assert "refused the request (HTTP 400)" in result.reason
+    assert "parameters is invalid" in result.reason
+    assert len(server.requests) == 1
+
+
+def test_malformed_tool_arguments_are_fed_back_to_the_model(
+    rt: fl.Runtime, server: FakeOpenAI
+) -> None:
+    server.responses = [
+        completion(calls=[("call_x", "add", '{"a": 2, "b":')]),
+        completion(text="sorry"),
+    ]
+    run = rt.spawn(agent(server, "mal"), "go")
+    assert run.wait(timeout=30).output == "sorry"
+    failed = [r.event for r in rt.events(run.id) if r.type == "tool.failed"]
+    assert [f.kind for f in failed] == ["invalid_args"]
+    fed_back = server.requests[1]["messages"][-1]
+    assert fed_back["tool_call_id"] == "call_x"
+    assert "not valid JSON" in fed_back["content"]
+
+
+def test_a_missing_key_for_the_real_api_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(fl.ConfigError, match="needs an API key"):
+        fl.OpenAIChat("gpt-4o-mini")
