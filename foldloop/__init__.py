@@ -52,6 +52,7 @@ from foldloop.errors import (
 from foldloop.events.recorded import Recorded as Recorded
 from foldloop.events.values import Limits as Limits
 from foldloop.events.values import Usage as Usage
+from foldloop.llm.anthropic_chat import AnthropicChat as AnthropicChat
 from foldloop.llm.openai_chat import OpenAIChat as OpenAIChat
 from foldloop.llm.protocol import LLM as LLM
 from foldloop.llm.protocol import Reply as Reply
@@ -70,6 +71,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Agent",
+    "AnthropicChat",
     "ApprovalError",
     "CommandResult",
     "ConcurrencyError",

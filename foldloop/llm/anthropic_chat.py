@@ -1,0 +1,155 @@
+"""AnthropicChat: Claude through the official SDK's messages API (``foldloop[anthropic]``).
+
+Tool calls travel as ``tool_use`` blocks and results as ``tool_result`` blocks in a user
+turn (consecutive results merged into one turn, as the API requires). Errors map like
+OpenAIChat's: rate limits, overloads, 5xx, timeouts and lost connections are retryable
+and retried by the run; refused requests are not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from foldloop.core.messages import Message, ToolSpec
+from foldloop.errors import ConfigError, ModelCallError
+from foldloop.events.values import Usage
+from foldloop.llm.protocol import Reply, ToolCall
+
+__all__ = ["AnthropicChat"]
+
+DEFAULT_MAX_TOKENS = 4096
+
+
+def _input(args: str) -> dict[str, Any]:
+    try:
+        value = json.loads(args or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _conversation(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
+    """(system text, messages API turns) for a foldloop history."""
+    system = "\n\n".join(m.content for m in messages if m.role == "system")
+    turns: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role == "system":
+            continue
+        if m.role == "tool":
+            block = {
+                "type": "tool_result",
+                "tool_use_id": m.tool_call_id or "",
+                "content": m.content,
+            }
+            if turns and turns[-1]["role"] == "user" and isinstance(turns[-1]["content"], list):
+                turns[-1]["content"].append(block)
+            else:
+                turns.append({"role": "user", "content": [block]})
+        elif m.role == "assistant":
+            blocks: list[dict[str, Any]] = []
+            if m.content:
+                blocks.append({"type": "text", "text": m.content})
+            blocks.extend(
+                {"type": "tool_use", "id": c.id, "name": c.name, "input": _input(c.args)}
+                for c in m.tool_calls
+            )
+            turns.append({"role": "assistant", "content": blocks or m.content})
+        else:
+            turns.append({"role": "user", "content": m.content})
+    return system, turns
+
+
+class AnthropicChat:
+    """A Claude model behind the Anthropic messages API."""
+
+    instant = False
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 60.0,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+    ) -> None:
+        try:
+            import anthropic  # noqa: PLC0415 - an optional extra, imported when used
+        except ImportError:
+            raise ConfigError(
+                "AnthropicChat needs the anthropic SDK: pip install 'foldloop[anthropic]'"
+            ) from None
+        key = api_key or os.environ.get("ANTHROPIC_API_KEY")
+        if key is None:
+            if base_url is None:
+                raise ConfigError(
+                    "AnthropicChat needs an API key: pass api_key= or set ANTHROPIC_API_KEY"
+                )
+            key = "unused"
+        self._anthropic = anthropic
+        self._model = model
+        self._max_tokens = max_tokens
+        self._client = anthropic.Anthropic(
+            api_key=key, base_url=base_url, max_retries=0, timeout=timeout
+        )
+
+    @property
+    def model(self) -> str:
+        """The model name sent with every request."""
+        return self._model
+
+    def complete(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec],
+        *,
+        max_tokens: int | None = None,
+    ) -> Reply:
+        """One messages-API call; provider usage flows into the run's ``model.responded``."""
+        anthropic = self._anthropic
+        system, turns = _conversation(messages)
+        request: dict[str, Any] = {
+            "model": self._model,
+            "messages": turns,
+            "max_tokens": min(self._max_tokens, max_tokens or self._max_tokens),
+        }
+        if system:
+            request["system"] = system
+        if tools:
+            request["tools"] = [
+                {"name": t.name, "description": t.description, "input_schema": t.parameters}
+                for t in tools
+            ]
+        try:
+            response = self._client.messages.create(**request)
+        except (anthropic.RateLimitError, anthropic.InternalServerError) as exc:
+            raise ModelCallError(
+                f"{self._model}: HTTP {exc.status_code}, will retry: {exc.message}", retryable=True
+            ) from None
+        except (anthropic.APITimeoutError, anthropic.APIConnectionError) as exc:
+            raise ModelCallError(f"{self._model}: {exc}", retryable=True) from None
+        except anthropic.APIStatusError as exc:
+            retryable = exc.status_code in (408, 409, 529)  # timeout, conflict, overloaded
+            raise ModelCallError(
+                f"{self._model} (HTTP {exc.status_code}): {exc.message}"
+                + ("" if retryable else "; fix the request (messages, tool schemas, model, key)"),
+                retryable=retryable,
+            ) from None
+        text = "".join(b.text for b in response.content if b.type == "text")
+        calls = [
+            ToolCall(name=b.name, args=json.dumps(b.input, sort_keys=True), id=b.id)
+            for b in response.content
+            if b.type == "tool_use"
+        ]
+        return Reply(
+            text=text,
+            tool_calls=calls,
+            usage=Usage(
+                input_tokens=response.usage.input_tokens,
+                output_tokens=response.usage.output_tokens,
+            ),
+            model=response.model or self._model,
+        )

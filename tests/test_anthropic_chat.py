@@ -1,0 +1,102 @@
+"""AnthropicChat against a real HTTP server on 127.0.0.1 that speaks the messages API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import foldloop as fl
+from tests.test_openai_chat import FakeOpenAI as FakeServer
+from tests.test_openai_chat import add, error
+
+
+def message(
+    *,
+    text: str = "",
+    uses: list[tuple[str, str, dict[str, Any]]] = (),
+    tokens: tuple[int, int] = (40, 8),
+) -> tuple[int, dict[str, Any]]:
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    content += [{"type": "tool_use", "id": i, "name": n, "input": a} for i, n, a in uses]
+    return 200, {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-haiku-4-5",
+        "content": content,
+        "stop_reason": "tool_use" if uses else "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": tokens[0], "output_tokens": tokens[1]},
+    }
+
+
+@pytest.fixture
+def server() -> Iterator[FakeServer]:
+    fake = FakeServer()
+    fake.url = fake.url.removesuffix("/v1")  # the SDK appends /v1/messages itself
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def rt(store_path: Path) -> Iterator[fl.Runtime]:
+    with fl.Runtime.open(store_path) as runtime:
+        yield runtime
+
+
+def agent(server: FakeServer, name: str) -> fl.Agent:
+    llm = fl.AnthropicChat("claude-haiku-4-5", base_url=server.url, timeout=10)
+    return fl.Agent(name=name, llm=llm, tools=[add], instructions="Use add.")
+
+
+def test_tool_use_blocks_results_and_usage(rt: fl.Runtime, server: FakeServer) -> None:
+    server.responses = [
+        message(
+            text="adding",
+            uses=[("toolu_a", "add", {"a": 2, "b": 3}), ("toolu_b", "add", {"a": 1, "b": 1})],
+        ),
+        message(text="5 and 2", tokens=(60, 4)),
+    ]
+    result = rt.spawn(agent(server, "an"), "add things").wait(timeout=30)
+    assert (result.status, result.output) == (fl.RunStatus.COMPLETED, "5 and 2")
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (100, 12)
+    assert result.usage.cost_usd == pytest.approx((100 * 1.00 + 12 * 5.00) / 1e6)
+    first, second = server.requests
+    assert first["system"] == "Use add."
+    assert first["tools"][0]["input_schema"]["required"] == ["a", "b"]
+    assert first["max_tokens"] == 4096
+    assert [t["role"] for t in second["messages"]] == ["user", "assistant", "user"]
+    results = second["messages"][2]["content"]  # both results in one user turn, in order
+    assert [(b["type"], b["tool_use_id"], b["content"]) for b in results] == [
+        ("tool_result", "toolu_a", "5"),
+        ("tool_result", "toolu_b", "2"),
+    ]
+    uses = [b for b in second["messages"][1]["content"] if b["type"] == "tool_use"]
+    assert [b["input"] for b in uses] == [{"a": 2, "b": 3}, {"a": 1, "b": 1}]
+
+
+def test_rate_limits_and_overloads_are_retried_bad_requests_are_not(
+    rt: fl.Runtime, server: FakeServer
+) -> None:
+    server.responses = [error(429, "rate limited"), error(529, "overloaded"), message(text="ok")]
+    run = rt.spawn(agent(server, "retry"), "go")
+    assert run.wait(timeout=30).output == "ok"
+    assert [r.event.retryable for r in rt.events(run.id) if r.type == "model.failed"] == [
+        True,
+        True,
+    ]
+
+    server.responses = [error(400, "messages: roles must alternate")]
+    failed = rt.spawn(agent(server, "refused"), "go").wait(timeout=30)
+    assert failed.status is fl.RunStatus.FAILED
+    assert "HTTP 400" in failed.reason
+    assert "roles must alternate" in failed.reason
+
+
+def test_a_missing_key_for_the_real_api_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with pytest.raises(fl.ConfigError, match="needs an API key"):
+        fl.AnthropicChat("claude-haiku-4-5")
