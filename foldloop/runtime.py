@@ -277,7 +277,14 @@ class Runtime:
         run_id = run_id if run_id is not None else f"{agent.name}-{uuid.uuid4().hex[:12]}"
         _check_run_id(run_id)
         meta = tuple(sorted((str(k), str(v)) for k, v in (metadata or {}).items()))
-        command = agent.start(input, now=self.clock(), metadata=meta, parent_run_id=parent_run_id)
+        now = self.clock()
+        command = agent.start(
+            input,
+            now=now,
+            metadata=meta,
+            parent_run_id=parent_run_id,
+            limits=_priced_limits(agent, now),
+        )
         decision = decide(RunState(run_id=run_id), command)
         payloads = encode_all(decision.events, command.now)
         owner = self.owner
@@ -804,6 +811,28 @@ class Runtime:
 def _expiry(record: ApprovalRecord, now: int) -> Callable[[WriteTxn], ApprovalRecord]:
     """A write op that marks a pending request expired (its deadline has passed)."""
     return lambda w: w.decide_approval(record, approved=False, by="", note="", now=now)
+
+
+def _priced_limits(agent: Agent, now: int) -> Limits:
+    """The agent's limits, given how old its price table is (its ``stale`` policy decides)."""
+    limits, pricing = agent.limits, agent.pricing
+    if limits.max_cost_usd is None:
+        return limits
+    today = datetime.datetime.fromtimestamp(now / 1e9, tz=datetime.UTC).date()
+    age = pricing.age_days(today)
+    if age <= pricing.max_age_days:
+        return limits
+    why = (
+        f"agent {agent.name!r}: the price table is {age} days old (as of {pricing.as_of}, "
+        f"over {pricing.max_age_days}), so max_cost_usd may be off"
+    )
+    if pricing.stale == "refuse":
+        raise ConfigError(why + "; update the prices (fl.Pricing) or choose stale='warn'")
+    if pricing.stale == "tokens_only":
+        log.warning("pricing_stale_cost_ceiling_dropped", agent=agent.name, age_days=age)
+        return msgspec.structs.replace(limits, max_cost_usd=None)
+    log.warning("pricing_stale", agent=agent.name, age_days=age, as_of=pricing.as_of)
+    return limits
 
 
 class _NothingToDo(Exception):

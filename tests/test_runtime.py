@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+import structlog
 
 import foldloop as fl
 from foldloop.core import fold
@@ -446,3 +447,38 @@ def test_an_imported_unfinished_run_can_be_resumed(rt: fl.Runtime, tmp_path: Pat
         other.import_jsonl(rt.export(run.id))
         result = other.resume(run.id, extend=fl.Limits(max_steps=3)).wait(timeout=30)
         assert (result.status, result.output) == (fl.RunStatus.COMPLETED, "2")
+
+
+@pytest.mark.parametrize("policy", ["warn", "tokens_only", "refuse"])
+def test_a_stale_price_table_is_handled_as_configured(store_path: Path, policy: str) -> None:
+    import datetime
+
+    old = fl.Pricing(as_of="2026-01-01", stale=policy)  # type: ignore[arg-type]
+    later = int(datetime.datetime(2026, 6, 1, tzinfo=datetime.UTC).timestamp() * 1e9)
+    agent = fl.Agent(
+        name=f"priced-{policy}",
+        llm=fl.ScriptedLLM([fl.Reply(text="x")]),
+        limits=fl.Limits(max_cost_usd=1.0),
+        pricing=old,
+    )
+    with fl.Runtime.open(store_path, clock=lambda: later) as rt:
+        if policy == "refuse":
+            with pytest.raises(fl.ConfigError, match="151 days old"):
+                rt.spawn(agent, "go")
+            assert rt.runs() == []
+            return
+        with structlog.testing.capture_logs() as logs:
+            run = rt.spawn(agent, "go")
+        assert run.wait(timeout=30).ok
+        started = next(rt.events(run.id)).event
+        expected = 1.0 if policy == "warn" else None
+        assert started.limits.max_cost_usd == expected
+        assert any(e["event"].startswith("pricing_stale") for e in logs)
+
+    fresh = fl.Agent(
+        name="fresh", llm=fl.ScriptedLLM([fl.Reply(text="x")]), limits=fl.Limits(max_cost_usd=1.0)
+    )
+    with fl.Runtime.open(store_path) as rt, structlog.testing.capture_logs() as logs:
+        run = rt.spawn(fresh, "go")
+        assert next(rt.events(run.id)).event.limits.max_cost_usd == 1.0
+        assert not any(e["event"].startswith("pricing_stale") for e in logs)

@@ -8,12 +8,13 @@ the fold and replays never depend on this table.
 from __future__ import annotations
 
 import datetime as _dt
+from typing import Literal
 
 import msgspec
 
 from foldloop.events.values import Usage
 
-__all__ = ["DEFAULT_PRICING", "ModelPrice", "Pricing"]
+__all__ = ["DEFAULT_PRICING", "ModelPrice", "Pricing", "StalePolicy"]
 
 
 class ModelPrice(msgspec.Struct, frozen=True):
@@ -23,11 +24,21 @@ class ModelPrice(msgspec.Struct, frozen=True):
     output_per_mtok: float
 
 
+StalePolicy = Literal["warn", "tokens_only", "refuse"]
+
+
 class Pricing(msgspec.Struct, frozen=True, kw_only=True):
-    """A price table valid as of ``as_of`` (ISO date)."""
+    """A price table valid as of ``as_of`` (ISO date).
+
+    When it is older than ``max_age_days`` and a run has a cost ceiling, ``stale`` decides:
+    ``"warn"`` (log and enforce the ceiling anyway), ``"tokens_only"`` (drop the cost
+    ceiling, keep the token ceilings) or ``"refuse"`` (the run does not start).
+    """
 
     as_of: str
     prices: dict[str, ModelPrice] = {}
+    max_age_days: int = 90
+    stale: StalePolicy = "warn"
 
     def cost(self, model: str, input_tokens: int, output_tokens: int) -> float:
         """Dollars for one call; unknown models cost 0 (token ceilings still apply)."""
