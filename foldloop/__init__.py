@@ -66,6 +66,7 @@ from foldloop.tools.command import CommandResult as CommandResult
 from foldloop.tools.command import run_command as run_command
 from foldloop.tools.decorator import Tool as Tool
 from foldloop.tools.decorator import tool as tool
+from foldloop.tools.mcp import McpServer as McpServer
 
 __version__ = "0.1.0"
 
@@ -80,6 +81,7 @@ __all__ = [
     "FoldloopError",
     "LLM",
     "Limits",
+    "McpServer",
     "Message",
     "ModelCallError",
     "NondeterminismError",
