@@ -100,3 +100,18 @@ def test_a_missing_key_for_the_real_api_is_a_clear_error(monkeypatch: pytest.Mon
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     with pytest.raises(fl.ConfigError, match="needs an API key"):
         fl.AnthropicChat("claude-haiku-4-5")
+
+
+def test_invalid_tool_input_is_fed_back_as_a_tool_result(
+    rt: fl.Runtime, server: FakeServer
+) -> None:
+    server.responses = [
+        message(uses=[("toolu_x", "add", {"a": "two", "b": 3})]),
+        message(text="sorry"),
+    ]
+    run = rt.spawn(agent(server, "bad-input"), "go")
+    assert run.wait(timeout=30).output == "sorry"
+    assert [r.event.kind for r in rt.events(run.id) if r.type == "tool.failed"] == ["invalid_args"]
+    (block,) = server.requests[1]["messages"][-1]["content"]
+    assert block["tool_use_id"] == "toolu_x"
+    assert "Expected `int`, got `str` - at `$.a`" in block["content"]

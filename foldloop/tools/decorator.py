@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, overload
@@ -18,6 +20,7 @@ import msgspec
 from foldloop.core.messages import ToolSpec
 from foldloop.errors import ConfigError
 from foldloop.events.values import ToolInfo
+from foldloop.tools.command import run_command
 from foldloop.tools.schema import ArgSchema, build_arg_schema, parse_docstring
 
 __all__ = ["DEFAULT_TIMEOUT", "Tool", "ToolOutcome", "tool", "tools_digest"]
@@ -53,8 +56,17 @@ class Tool:
         timeout: float | None = DEFAULT_TIMEOUT,
         idempotent: bool = False,
         concurrency: int = 8,
+        subprocess: bool = False,
     ) -> None:
         tool_name = name or fn.__name__
+        if subprocess and (
+            "<locals>" in fn.__qualname__ or fn.__module__ in ("__main__", "builtins")
+        ):
+            raise ConfigError(
+                f"tool {tool_name!r}: a subprocess tool must be defined at module level in an "
+                "importable module (the child process imports it by name)"
+            )
+        self.isolated = subprocess
         if not _NAME.match(tool_name):
             raise ConfigError(
                 f"tool name {tool_name!r} must be 1-64 characters of letters, digits, '_' or '-'"
@@ -102,7 +114,38 @@ class Tool:
         return self._decoder.decode(args or "{}")
 
     def invoke(self, args: str) -> ToolOutcome:
-        """Validate ``args`` and run the tool; every failure becomes an outcome, never a raise."""
+        """Validate ``args`` and run the tool (in a child process if ``subprocess=True``)."""
+        if self.isolated:
+            return self._invoke_in_subprocess(args)
+        return self.invoke_here(args)
+
+    def _invoke_in_subprocess(self, args: str) -> ToolOutcome:
+        try:
+            self.validate(args)  # refuse bad arguments before starting a process
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            return ToolOutcome(False, f"invalid arguments for {self.name!r}: {exc}", "invalid_args")
+        cmd = [sys.executable, "-m", "foldloop.tools.isolated", self.fn.__module__]
+        cmd += [self.fn.__qualname__, args or "{}"]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        result = run_command(cmd, timeout=self.timeout or 10**9, env=env)
+        ms = result.duration_s * 1000
+        if result.timed_out:
+            why = f"tool {self.name!r} did not finish within {self.timeout:g} s"
+            return ToolOutcome(False, why + "; its process was killed", "timeout", ms)
+        try:
+            outcome = msgspec.json.decode(result.stdout, type=ToolOutcome)
+        except msgspec.MsgspecError:
+            tail = result.stderr.strip().splitlines()[-3:]
+            return ToolOutcome(
+                False,
+                f"tool {self.name!r}'s process exited with {result.returncode}: {' | '.join(tail)}",
+                "exception",
+                ms,
+            )
+        return msgspec.structs.replace(outcome, duration_ms=ms)
+
+    def invoke_here(self, args: str) -> ToolOutcome:
+        """Validate ``args`` and run the tool in this process; failures become outcomes."""
         start = time.perf_counter()
         try:
             parsed = self.validate(args)
@@ -152,6 +195,7 @@ def tool(
     timeout: float | None = DEFAULT_TIMEOUT,
     idempotent: bool = False,
     concurrency: int = 8,
+    subprocess: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -164,8 +208,13 @@ def tool(
     timeout: float | None = DEFAULT_TIMEOUT,
     idempotent: bool = False,
     concurrency: int = 8,
+    subprocess: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
-    """Make ``fn`` a tool: ``@fl.tool`` or ``@fl.tool(timeout=30, idempotent=True)``."""
+    """Make ``fn`` a tool: ``@fl.tool`` or ``@fl.tool(timeout=30, idempotent=True)``.
+
+    ``subprocess=True`` runs each call in a child process, killed with its whole process
+    group at the timeout (for tools that may hang in code that cannot be interrupted).
+    """
 
     def wrap(f: Callable[..., Any]) -> Tool:
         return Tool(
@@ -175,6 +224,7 @@ def tool(
             timeout=timeout,
             idempotent=idempotent,
             concurrency=concurrency,
+            subprocess=subprocess,
         )
 
     return wrap(fn) if fn is not None else wrap

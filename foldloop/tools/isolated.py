@@ -1,0 +1,43 @@
+"""Run one tool call in this (child) process: ``python -m foldloop.tools.isolated M Q ARGS``.
+
+The parent (``Tool.invoke`` of a ``@tool(subprocess=True)`` tool) starts this module in a
+new process group, so a hung tool is killed with its whole group at the timeout. The tool
+is found by module and qualified name (so it must be defined at module level); arguments
+arrive as JSON text and the outcome leaves as one JSON object: nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import msgspec
+
+from foldloop.tools.decorator import Tool, ToolOutcome
+
+
+def _find(module: str, qualname: str) -> Any:
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of the child."""
+    module, qualname, args = argv[1], argv[2], argv[3]
+    try:
+        found = _find(module, qualname)
+    except Exception as exc:
+        outcome = ToolOutcome(False, f"cannot load tool {module}:{qualname}: {exc!r}", "exception")
+    else:
+        tool = found if isinstance(found, Tool) else Tool(found)
+        outcome = tool.invoke_here(args)
+    sys.stdout.write(msgspec.json.encode(outcome).decode())
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,29 @@
+"""Tools for the subprocess-isolation tests (module level: the child imports them by name)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import foldloop as fl
+
+
+@fl.tool(subprocess=True, idempotent=True)
+def whoami(tag: str) -> dict[str, object]:
+    """Report which process ran the call."""
+    return {"pid": os.getpid(), "tag": tag}
+
+
+@fl.tool(subprocess=True, timeout=1.0)
+def hang(pidfile: str) -> str:
+    """Write our pid, then hang in code that cannot be interrupted."""
+    Path(pidfile).write_text(str(os.getpid()))
+    time.sleep(600)
+    return "never"
+
+
+@fl.tool(subprocess=True)
+def crash() -> str:
+    """Die without a word."""
+    os._exit(7)

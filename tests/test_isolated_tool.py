@@ -1,0 +1,57 @@
+"""@tool(subprocess=True): each call in a child process, killed with its group at the timeout."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+import foldloop as fl
+from tests.isolated_tools import crash, hang, whoami
+from tests.test_command import alive
+
+
+def test_a_call_runs_in_another_process_and_returns_its_value() -> None:
+    outcome = whoami.invoke('{"tag": "x"}')
+    assert outcome.ok, outcome
+    value = json.loads(outcome.text)
+    assert value["tag"] == "x"
+    assert value["pid"] != os.getpid()
+    bad = whoami.invoke('{"tag": 5}')
+    assert (bad.ok, bad.kind) == (False, "invalid_args")  # refused before any process starts
+
+
+def test_a_hung_tool_is_killed_at_its_timeout(tmp_path: Path, store_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    llm = fl.ScriptedLLM(
+        [fl.Reply(tool_calls=[fl.ToolCall("hang", {"pidfile": str(pidfile)})]), fl.Reply(text="ok")]
+    )
+    agent = fl.Agent(name="iso", llm=llm, tools=[hang])
+    with fl.Runtime.open(store_path) as rt:
+        run = rt.spawn(agent, "go")
+        assert run.wait(timeout=60).output == "ok"
+        failed = [r.event for r in rt.events(run.id) if r.type == "tool.failed"]
+        assert [f.kind for f in failed] == ["timeout"]
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(child)  # the worker that ran it was freed, not left hanging
+
+
+def test_a_crashing_child_is_an_exception_outcome() -> None:
+    outcome = crash.invoke("{}")
+    assert (outcome.ok, outcome.kind) == (False, "exception")
+    assert "exited with 7" in outcome.text
+
+
+def test_a_subprocess_tool_must_be_importable() -> None:
+    with pytest.raises(fl.ConfigError, match="defined at module level"):
+
+        @fl.tool(subprocess=True)
+        def local() -> str:
+            """Not importable by name."""
+            return "x"
