@@ -128,15 +128,17 @@ def test_parallel_tool_calls_usage_and_results_in_order(rt: fl.Runtime, server: 
     assert second["messages"][2]["tool_calls"][0]["function"]["arguments"] == '{"a": 2, "b": 3}'
 
 
-def test_a_rate_limit_is_recorded_and_retried(rt: fl.Runtime, server: FakeOpenAI) -> None:
-    server.responses = [error(429, "slow down"), completion(text="done")]
+def test_rate_limits_and_server_errors_are_recorded_and_retried(
+    rt: fl.Runtime, server: FakeOpenAI
+) -> None:
+    server.responses = [error(429, "slow down"), error(500, "oops"), completion(text="done")]
     run = rt.spawn(agent(server, "rl"), "go")
     assert run.wait(timeout=30).output == "done"
     failed = [r.event for r in rt.events(run.id) if r.type == "model.failed"]
-    assert len(failed) == 1
-    assert failed[0].retryable
+    assert [f.retryable for f in failed] == [True, True]
     assert "429" in failed[0].error
-    assert len(server.requests) == 2
+    assert "500" in failed[1].error
+    assert len(server.requests) == 3
 
 
 def test_a_bad_request_fails_the_run_clearly_without_retrying(
