@@ -58,6 +58,7 @@ def test_readme_setup_commands_are_the_ones_ci_runs() -> None:
 def test_demo_then_inspect_what_it_wrote(tmp_path: Path) -> None:
     demo = run(["demo"], tmp_path)
     assert demo.returncode == 0, demo.stderr
+    assert "approval needed" in demo.stdout
     assert "run limit_reached" in demo.stdout and "run completed after 3 steps" in demo.stdout
     run_id = re.search(r"foldloop show (\S+)", demo.stdout).group(1)  # type: ignore[union-attr]
 
@@ -68,7 +69,9 @@ def test_demo_then_inspect_what_it_wrote(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in events.stdout.splitlines()]
     assert [e["seq"] for e in lines] == list(range(1, len(lines) + 1))
     assert lines[0]["type"] == "run.started" and lines[-1]["type"] == "run.completed"
-    assert {"run.limit_reached", "run.resumed"} <= {e["type"] for e in lines}
+    assert {"run.limit_reached", "run.resumed", "approval.requested", "approval.decided"} <= {
+        e["type"] for e in lines
+    }
 
     verify = run(["verify", run_id, "--agent", "foldloop.cli.demo:demo_agent"], tmp_path)
     assert verify.returncode == 0, verify.stderr

@@ -482,3 +482,30 @@ def test_a_stale_price_table_is_handled_as_configured(store_path: Path, policy: 
         run = rt.spawn(fresh, "go")
         assert next(rt.events(run.id)).event.limits.max_cost_usd == 1.0
         assert not any(e["event"].startswith("pricing_stale") for e in logs)
+
+
+def test_a_huge_tool_result_is_cut_not_fatal(rt: fl.Runtime) -> None:
+    @fl.tool(idempotent=True)
+    def dump() -> str:
+        """Return far too much."""
+        return "x" * 3_000_000
+
+    llm = fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("dump")]), fl.Reply(text="ok")])
+    run = rt.spawn(fl.Agent(name="big", llm=llm, tools=[dump]), "go")
+    assert run.wait(timeout=30).output == "ok"
+    (done,) = [r.event for r in rt.events(run.id) if r.type == "tool.completed"]
+    assert done.result.endswith("[truncated: 2737856 more characters]")
+    assert len(done.result) < 300_000
+
+
+def test_an_oversized_event_is_refused_before_any_write(store_path: Path) -> None:
+    from foldloop.events import RunCompleted
+    from foldloop.store import open_store
+
+    store = open_store(store_path)
+    try:
+        with pytest.raises(fl.ConfigError, match="over the 1,048,576-byte limit"):
+            store.append("r", [RunCompleted(output="y" * 2_000_000)], expected_seq=0, at=1)
+        assert store.last_position() == 0
+    finally:
+        store.close()

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from foldloop.agent import Agent
 from foldloop.cli.demo import DEMO_INPUT, demo_agent
+from foldloop.core.state import RunStatus
 from foldloop.errors import (
     ApprovalError,
     ConfigError,
@@ -178,6 +179,15 @@ def demo() -> None:
         run = rt.spawn(agent, DEMO_INPUT)
         result = run.wait(timeout=60)
         _flush(rt, run.id)
+        if result.status is RunStatus.AWAITING_APPROVAL:
+            for pending in rt.pending_approvals():
+                out.print(
+                    f"\n[yellow]approval needed[/]: {escape(pending.summary)} - "
+                    "the demo approves it as 'demo' (a person would: foldloop approve ...)\n"
+                )
+                rt.approve(pending.token, by="demo", note="fine by the demo")
+            result = rt.handle(run.id).wait(timeout=60)
+            _flush(rt, run.id)
         out.print(f"\n[yellow]run {result.status.value}[/]: {escape(result.reason)}")
         out.print("[dim]extending the step ceiling and resuming...[/]\n")
         run = rt.resume(run.id, extend=Limits(max_steps=5))

@@ -1,7 +1,8 @@
 """The demo agent behind ``foldloop demo``: offline, scripted, and shows the whole loop.
 
-It adds numbers, looks up a (fake) exchange rate, writes a note (a non-idempotent tool),
-hits its step ceiling on purpose, and is resumed with an extended limit.
+It adds numbers, looks up a (fake) exchange rate, asks a person before writing a note (a
+non-idempotent tool behind an approval gate, which the demo answers itself), hits its step
+ceiling on purpose, and is resumed with an extended limit.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from foldloop.agent import Agent
+from foldloop.approvals import RequireApproval
 from foldloop.core.messages import Message, ToolSpec
 from foldloop.events.values import Limits
 from foldloop.llm.protocol import Reply, ToolCall
@@ -84,4 +86,5 @@ def demo_agent() -> Agent:
         tools=[add, exchange_rate, write_note],
         instructions="You are a careful bookkeeper. Use the tools; never guess a rate.",
         limits=Limits(max_steps=2),
+        approvals=RequireApproval({"write_note"}, ttl=600),
     )

@@ -88,6 +88,8 @@ _LAST = b"\xff" * 8
 _SEQ = struct.Struct(">Q")
 _INDEXED = b"indexed"
 _FRAME_AT = 4 + 16  # crc + previous hash precede the frame
+MAX_EVENT_BYTES = 1 << 20
+"""The largest encoded event the log accepts (tool results are capped well below it)."""
 INDEX_EVERY = 256
 """Unindexed records that trigger writing their index entries (in the next commit)."""
 
@@ -840,12 +842,19 @@ def encode_all(events: Sequence[KnownEvent], at: int) -> list[Payload]:
     out: list[Payload] = []
     for event in events:
         try:
-            out.append((event, encode_event(event), at))
+            raw = encode_event(event)
         except (msgspec.EncodeError, OverflowError, UnicodeEncodeError, TypeError) as exc:
             raise ConfigError(
                 f"cannot store a {event.type} event: {exc}; integers must fit in 64 bits and "
                 "text must be valid unicode (nothing was written)"
             ) from None
+        if len(raw) > MAX_EVENT_BYTES:
+            raise ConfigError(
+                f"a {event.type} event of {len(raw):,} bytes is over the {MAX_EVENT_BYTES:,}-byte "
+                "limit (nothing was written); keep large data outside the log and record a "
+                "reference to it"
+            )
+        out.append((event, raw, at))
     return out
 
 

@@ -39,8 +39,15 @@ class ToolOutcome(msgspec.Struct, frozen=True):
     duration_ms: float = 0.0
 
 
+MAX_RESULT_CHARS = 256 * 1024
+"""Longer tool results are cut (with a note saying so): the log is not a blob store."""
+
+
 def _clean(text: str) -> str:
     # Lone surrogates cannot be stored (msgpack needs valid UTF-8): replace, never crash.
+    if len(text) > MAX_RESULT_CHARS:
+        cut = len(text) - MAX_RESULT_CHARS
+        text = text[:MAX_RESULT_CHARS] + f"\n[truncated: {cut} more characters]"
     return text.encode("utf-8", "replace").decode("utf-8") if not text.isascii() else text
 
 
@@ -172,7 +179,7 @@ class Tool:
         if isinstance(value, str):
             return ToolOutcome(True, _clean(value), "", ms)
         try:
-            return ToolOutcome(True, _JSON.encode(value).decode(), "", ms)
+            return ToolOutcome(True, _clean(_JSON.encode(value).decode()), "", ms)
         except (TypeError, msgspec.EncodeError, UnicodeEncodeError) as exc:
             return ToolOutcome(
                 False,
