@@ -9,13 +9,13 @@ and retried by the run; refused requests are not.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
 from foldloop.core.messages import Message, ToolSpec
-from foldloop.errors import ConfigError, ModelCallError
+from foldloop.errors import ConfigError
 from foldloop.events.values import Usage
+from foldloop.llm import sdk
 from foldloop.llm.protocol import Reply, ToolCall
 
 __all__ = ["AnthropicChat"]
@@ -82,13 +82,7 @@ class AnthropicChat:
             raise ConfigError(
                 "AnthropicChat needs the anthropic SDK: pip install 'foldloop[anthropic]'"
             ) from None
-        key = api_key or os.environ.get("ANTHROPIC_API_KEY")
-        if key is None:
-            if base_url is None:
-                raise ConfigError(
-                    "AnthropicChat needs an API key: pass api_key= or set ANTHROPIC_API_KEY"
-                )
-            key = "unused"
+        key = sdk.api_key(api_key, "ANTHROPIC_API_KEY", base_url, "AnthropicChat")
         self._anthropic = anthropic
         self._model = model
         self._max_tokens = max_tokens
@@ -109,7 +103,6 @@ class AnthropicChat:
         max_tokens: int | None = None,
     ) -> Reply:
         """One messages-API call; provider usage flows into the run's ``model.responded``."""
-        anthropic = self._anthropic
         system, turns = _conversation(messages)
         request: dict[str, Any] = {
             "model": self._model,
@@ -123,21 +116,9 @@ class AnthropicChat:
                 {"name": t.name, "description": t.description, "input_schema": t.parameters}
                 for t in tools
             ]
-        try:
+        # 408 timeout, 409 conflict and 529 overloaded are worth asking again.
+        with sdk.sdk_errors(self._anthropic, self._model, retry_statuses=(408, 409, 529)):
             response = self._client.messages.create(**request)
-        except (anthropic.RateLimitError, anthropic.InternalServerError) as exc:
-            raise ModelCallError(
-                f"{self._model}: HTTP {exc.status_code}, will retry: {exc.message}", retryable=True
-            ) from None
-        except (anthropic.APITimeoutError, anthropic.APIConnectionError) as exc:
-            raise ModelCallError(f"{self._model}: {exc}", retryable=True) from None
-        except anthropic.APIStatusError as exc:
-            retryable = exc.status_code in (408, 409, 529)  # timeout, conflict, overloaded
-            raise ModelCallError(
-                f"{self._model} (HTTP {exc.status_code}): {exc.message}"
-                + ("" if retryable else "; fix the request (messages, tool schemas, model, key)"),
-                retryable=retryable,
-            ) from None
         text = "".join(b.text for b in response.content if b.type == "text")
         calls = [
             ToolCall(name=b.name, args=json.dumps(b.input, sort_keys=True), id=b.id)

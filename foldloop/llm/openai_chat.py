@@ -9,13 +9,13 @@ arguments are passed on verbatim, malformed or not: validation feeds errors back
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 from foldloop.core.messages import Message, ToolSpec
 from foldloop.errors import ConfigError, ModelCallError
 from foldloop.events.values import Usage
+from foldloop.llm import sdk
 from foldloop.llm.protocol import Reply, ToolCall
 
 __all__ = ["OpenAIChat"]
@@ -66,13 +66,7 @@ class OpenAIChat:
             raise ConfigError(
                 "OpenAIChat needs the openai SDK: pip install 'foldloop[openai]'"
             ) from None
-        key = api_key or os.environ.get("OPENAI_API_KEY")
-        if key is None:
-            if base_url is None:
-                raise ConfigError(
-                    "OpenAIChat needs an API key: pass api_key= or set OPENAI_API_KEY"
-                )
-            key = "unused"  # local OpenAI-compatible servers often need none
+        key = sdk.api_key(api_key, "OPENAI_API_KEY", base_url, "OpenAIChat")
         self._openai = openai
         self._model = model
         self._client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=0, timeout=timeout)
@@ -90,7 +84,6 @@ class OpenAIChat:
         max_tokens: int | None = None,
     ) -> Reply:
         """One chat completion; provider usage flows into the run's ``model.responded``."""
-        openai = self._openai
         request: dict[str, Any] = {
             "model": self._model,
             "messages": [_message(m) for m in messages],
@@ -99,20 +92,8 @@ class OpenAIChat:
             request["tools"] = [_tool(t) for t in tools]
         if max_tokens is not None:
             request["max_tokens"] = max_tokens
-        try:
+        with sdk.sdk_errors(self._openai, self._model):
             response = self._client.chat.completions.create(**request)
-        except (openai.RateLimitError, openai.InternalServerError) as exc:
-            raise ModelCallError(
-                f"{self._model}: HTTP {exc.status_code}, will retry: {exc.message}", retryable=True
-            ) from None
-        except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-            raise ModelCallError(f"{self._model}: {exc}", retryable=True) from None
-        except openai.APIStatusError as exc:
-            raise ModelCallError(
-                f"{self._model} refused the request (HTTP {exc.status_code}): {exc.message}; "
-                "fix the request (messages, tool schemas, model name, key)",
-                retryable=False,
-            ) from None
         if not response.choices:
             raise ModelCallError(f"{self._model}: the response has no choices", retryable=True)
         message = response.choices[0].message
