@@ -458,10 +458,9 @@ class Runtime:
         for call_id, token in tokens.items():
             self.system.issued[(run_id, call_id)] = token
 
-    def _apply_approvals(
-        self, state: RunState, epoch: int, decisions: list[Decision]
-    ) -> tuple[RunState, list[Decision]]:
-        """Append the decisions (and expiries) the approvals table holds for a run we hold."""
+    def _approval_commands(self, state: RunState) -> Iterator[Command]:
+        """Commands for the run's waiting calls that the approvals table has decided (or
+        that passed their deadline, which is recorded as expired first)."""
         for call in state.calls:
             if call.status != "awaiting_approval":
                 continue
@@ -473,17 +472,22 @@ class Runtime:
                 if now < record.expires_at:
                     continue
                 record = self.store.submit(_expiry(record, now)).wait()
-            command: Command
             if record.status == "expired":
-                command = ExpireApproval(now=now, call_id=call.call_id)
+                yield ExpireApproval(now=now, call_id=call.call_id)
             else:
-                command = DecideApproval(
+                yield DecideApproval(
                     now=now,
                     call_id=call.call_id,
                     approved=record.status == "approved",
                     by=record.by,
                     note=record.note,
                 )
+
+    def _apply_approvals(
+        self, state: RunState, epoch: int, decisions: list[Decision]
+    ) -> tuple[RunState, list[Decision]]:
+        """Append the decisions (and expiries) the approvals table holds for a run we hold."""
+        for command in list(self._approval_commands(state)):
             decision = decide(state, command)
             if decision.rejected:
                 continue
@@ -495,22 +499,9 @@ class Runtime:
     def _continue_approvals(self, run_id: str, agent_name: str) -> None:
         """Carry decisions into the run's log now, if this runtime can drive it."""
         if self.system.active(run_id):
-            for record in self.store.open_approvals():
-                if record.run_id == run_id and record.status in ("approved", "denied"):
-                    self.system.tell(
-                        run_id,
-                        DecideApproval(
-                            now=self.clock(),
-                            call_id=record.call_id,
-                            approved=record.status == "approved",
-                            by=record.by,
-                            note=record.note,
-                        ),
-                    )
-                elif record.run_id == run_id and record.status == "expired":
-                    self.system.tell(
-                        run_id, ExpireApproval(now=self.clock(), call_id=record.call_id)
-                    )
+            # Its actor appends them (it rejects any it has already applied).
+            for command in self._approval_commands(self.state(run_id)):
+                self.system.tell(run_id, command)
             return
         agent = self._agents.get(agent_name)
         if agent is None or self._closed:
