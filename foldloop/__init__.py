@@ -5,6 +5,8 @@ exactly where it was. Start at ``Runtime.open`` (see README.md).
 """
 
 from foldloop import events as events
+from foldloop import projections as projections
+from foldloop.actors.projection_actor import ProjectionHandle as ProjectionHandle
 from foldloop.agent import Agent as Agent
 from foldloop.approvals import PendingApproval as PendingApproval
 from foldloop.approvals import RequireApproval as RequireApproval
@@ -35,6 +37,9 @@ from foldloop.errors import (
     NondeterminismError as NondeterminismError,
 )
 from foldloop.errors import (
+    ProjectionError as ProjectionError,
+)
+from foldloop.errors import (
     RunLocked as RunLocked,
 )
 from foldloop.errors import (
@@ -58,6 +63,7 @@ from foldloop.llm.protocol import LLM as LLM
 from foldloop.llm.protocol import Reply as Reply
 from foldloop.llm.protocol import ToolCall as ToolCall
 from foldloop.llm.scripted import ScriptedLLM as ScriptedLLM
+from foldloop.projections.base import Projection as Projection
 from foldloop.runtime import RunHandle as RunHandle
 from foldloop.runtime import RunResult as RunResult
 from foldloop.runtime import RunSummary as RunSummary
@@ -88,6 +94,9 @@ __all__ = [
     "OpenAIChat",
     "PendingApproval",
     "Pricing",
+    "Projection",
+    "ProjectionError",
+    "ProjectionHandle",
     "Recorded",
     "Reply",
     "RequireApproval",
@@ -108,6 +117,7 @@ __all__ = [
     "ToolSpec",
     "Usage",
     "events",
+    "projections",
     "run_command",
     "tool",
 ]

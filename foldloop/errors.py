@@ -13,6 +13,7 @@ was wrong and what to do about it::
     ├── ApprovalError                   an approval decision that cannot be taken
     ├── ToolSchemaError (also TypeError) a tool signature foldloop cannot describe
     ├── ModelCallError                  a model adapter failed (``retryable`` says if a retry helps)
+    ├── ProjectionError                 a projection's apply raised; it stopped at that record
     └── StoreError                      the store directory or file is unusable or corrupt
         └── CorruptRecord               a record failed its checksum or hash chain
 
@@ -29,6 +30,7 @@ __all__ = [
     "FoldloopError",
     "ModelCallError",
     "NondeterminismError",
+    "ProjectionError",
     "RunLocked",
     "RunNotFound",
     "SchemaChangedError",
@@ -105,6 +107,29 @@ class ModelCallError(FoldloopError):
     def __init__(self, message: str, *, retryable: bool = False) -> None:
         self.retryable = retryable
         super().__init__(message)
+
+
+class ProjectionError(FoldloopError):
+    """A projection stopped because its ``apply`` raised on the record at ``position``.
+
+    Runs and other projections go on; the projection's checkpoint stays before the record,
+    so attaching it again (after fixing ``apply``) retries that record.
+    """
+
+    def __init__(
+        self, name: str, *, position: int, run_id: str, seq: int, event_type: str, error: str
+    ) -> None:
+        self.name = name
+        self.position = position
+        self.run_id = run_id
+        self.seq = seq
+        self.event_type = event_type
+        self.error = error
+        super().__init__(
+            f"projection {name!r} stopped at position {position} "
+            f"(run {run_id!r} seq {seq}, {event_type}): apply raised {error}; "
+            "fix apply and attach it again to retry from there"
+        )
 
 
 class StoreError(FoldloopError):

@@ -9,7 +9,6 @@ same write transaction, so a fenced-off runtime can never interleave its writes.
 from __future__ import annotations
 
 import datetime
-import queue
 import re
 import threading
 import time
@@ -18,10 +17,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import msgspec
 
 from foldloop._log import get_logger
+from foldloop.actors.followers import Followers
+from foldloop.actors.projection_actor import ProjectionHandle
 from foldloop.actors.system import ActorSystem
 from foldloop.agent import Agent
 from foldloop.approvals import PendingApproval, approval_writes, issue_tickets, token_digest
@@ -52,6 +54,7 @@ from foldloop.events.catalogue import RunStarted
 from foldloop.events.jsonl import dump_run, load_run
 from foldloop.events.recorded import Recorded
 from foldloop.events.values import Limits, Usage
+from foldloop.projections.base import Projection
 from foldloop.store.approvals import ApprovalRecord
 from foldloop.store.lmdb_store import DEFAULT_MAP_SIZE, LmdbStore, WriteTxn, encode_all, open_store
 from foldloop.store.owners import OwnerLock
@@ -169,9 +172,7 @@ class Runtime:
             target=self._poll_approvals, name="foldloop-approvals", daemon=True
         )
         self._poller.start()
-        self._subscribers: list[tuple[Callable[[Recorded], None], frozenset[str] | None]] = []
-        self._unlisten: Callable[[], None] | None = None
-        self._lock = threading.Lock()
+        self.followers = Followers(store, clock)
         log.info("runtime_opened", path=str(store.path), owner=self.owner)
 
     @classmethod
@@ -227,8 +228,7 @@ class Runtime:
         self._closed = True
         self._stop_polling.set()
         self._poller.join(timeout=5)
-        if self._unlisten is not None:
-            self._unlisten()
+        self.followers.close()
         self.system.stop()
         self._owner_lock.release()
         self.store.close()
@@ -541,6 +541,10 @@ class Runtime:
                     self._continue_approvals(run_id, agent_name)
             except Exception:
                 log.exception("approval_poll_failed")
+            try:
+                self.followers.tick()
+            except Exception:
+                log.exception("projection_poll_failed")
 
     def recover(self) -> list[RunHandle]:
         """Resume every run left running by a runtime that died, for agents registered here."""
@@ -747,52 +751,34 @@ class Runtime:
 
         return replay(records, start)
 
+    # -- projections ---------------------------------------------------------------------
+
+    def attach(
+        self, projection: Projection[Any], *, reset: bool = False, checkpoint_every: float = 1.0
+    ) -> ProjectionHandle:
+        """Fold the log into ``projection``: from its checkpoint (a new one backfills from
+        the first record), then live, each record applied once and in log order.
+
+        Returns a handle with ``.state``, ``.position``, ``.catch_up()``, ``.error`` and
+        ``.detach()``. ``reset=True`` drops the stored checkpoint and rebuilds from the start.
+        A stored projection writes its checkpoint at most every ``checkpoint_every`` seconds
+        while live (and on detach or close); after a crash it re-applies at most that much.
+        An ``apply`` that raises stops this projection only (see ``handle.error``).
+        """
+        self._check_open()
+        return self.followers.attach(projection, reset=reset, checkpoint_every=checkpoint_every)
+
     def subscribe(
         self, callback: Callable[[Recorded], None], types: Iterable[str] | None = None
-    ) -> Callable[[], None]:
-        """Call ``callback`` for every event this process commits (of ``types``, if given).
+    ) -> ProjectionHandle:
+        """Call ``callback`` with every record committed from now on, by any process (only
+        those of ``types``, if given), in log order, on the subscription's own thread.
 
-        Callbacks run on a dispatcher thread; one that raises is logged and left subscribed.
-        Returns a function that unsubscribes.
+        A callback that raises is stopped (``handle.error`` says at which record); runs and
+        other subscribers are untouched. Call the returned handle (or ``.detach()``) to stop.
         """
-        entry = (callback, frozenset(types) if types is not None else None)
-        with self._lock:
-            self._subscribers.append(entry)
-            if self._unlisten is None:
-                self._unlisten = self._start_dispatch()
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if entry in self._subscribers:
-                    self._subscribers.remove(entry)
-
-        return unsubscribe
-
-    def _start_dispatch(self) -> Callable[[], None]:
-        pending: queue.SimpleQueue[list[Recorded] | None] = queue.SimpleQueue()
-
-        def pump() -> None:
-            while (batch := pending.get()) is not None:
-                with self._lock:
-                    subs = list(self._subscribers)
-                for rec in batch:
-                    for callback, types in subs:
-                        if types is None or rec.type in types:
-                            try:
-                                callback(rec)
-                            except Exception:
-                                log.exception("subscriber_failed", run_id=rec.run_id, seq=rec.seq)
-
-        thread = threading.Thread(target=pump, name="foldloop-subscribers", daemon=True)
-        thread.start()
-        remove = self.store.add_listener(pending.put)
-
-        def stop() -> None:
-            remove()
-            pending.put(None)
-            thread.join(timeout=5)
-
-        return stop
+        self._check_open()
+        return self.followers.subscribe(callback, types)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -278,17 +278,21 @@ def test_spawn_refuses_bad_or_taken_run_ids(rt: fl.Runtime) -> None:
 
 def test_subscribers_get_live_events_and_a_raising_one_is_isolated(rt: fl.Runtime) -> None:
     got: list[str] = []
-    rt.subscribe(lambda rec: (_ for _ in ()).throw(RuntimeError("bad subscriber")))
-    unsubscribe = rt.subscribe(
-        lambda rec: got.append(rec.type), types={"run.completed", "run.started"}
-    )
+    bad = rt.subscribe(lambda rec: (_ for _ in ()).throw(RuntimeError("bad subscriber")))
+    good = rt.subscribe(lambda rec: got.append(rec.type), types={"run.completed", "run.started"})
     agent = fl.Agent(name="sub", llm=fl.ScriptedLLM([fl.Reply(text="x")]))
-    rt.spawn(agent, "go").wait(timeout=30)
-    deadline = time.monotonic() + 5
-    while len(got) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    result = rt.spawn(agent, "go").wait(timeout=30)
+    assert result.status is fl.RunStatus.COMPLETED
+    good.catch_up(timeout=10)
     assert got == ["run.started", "run.completed"]
-    unsubscribe()
+    # the raising one stopped itself at the first record, saying which and why
+    with pytest.raises(fl.ProjectionError, match="bad subscriber") as info:
+        bad.catch_up(timeout=10)
+    assert info.value.position == 1 and info.value.event_type == "run.started"
+    assert not bad.live and good.live
+    good.detach()
+    rt.spawn(agent, "again").wait(timeout=30)
+    assert got == ["run.started", "run.completed"]
 
 
 def test_state_from_a_snapshot_equals_the_full_fold(store_path: Path) -> None:

@@ -31,8 +31,9 @@ from foldloop.core.decide import decide
 from foldloop.core.effects import CallModel, Decision, RequestApproval, RunTools, Settle
 from foldloop.core.evolve import apply
 from foldloop.core.messages import MessageView
-from foldloop.core.state import STATE_VERSION, RunState
+from foldloop.core.state import STATE_VERSION, RunState, RunStatus
 from foldloop.errors import FoldloopError, ModelCallError
+from foldloop.events.catalogue import ToolFailed
 from foldloop.events.values import Usage
 from foldloop.llm.protocol import to_model_tool_calls
 from foldloop.store.lmdb_store import Payload, encode_all
@@ -125,6 +126,11 @@ class RunActor(FastActor):
             and decision.effects[0].delay_s <= 0
         )
         self.commit(decision, command.now, hold=inline_model)
+        for event in decision.events:
+            if type(event) is ToolFailed:
+                self.log.warning(
+                    "tool_failed", call_id=event.call_id, kind=event.kind, error=event.error[:300]
+                )
         self.perform(decision)
 
     def commit(self, decision: Decision, at: int, *, hold: bool = False) -> None:
@@ -276,7 +282,8 @@ class RunActor(FastActor):
         """The run finished or parked: release the lease, tell waiters, stop."""
         self._dead = True
         state = self.state
-        self.log.info("run_settled", status=state.status.value, steps=state.steps, seq=state.seq)
+        what = "run_parked" if state.status is RunStatus.AWAITING_APPROVAL else "run_finished"
+        self.log.info(what, status=state.status.value, steps=state.steps, seq=state.seq)
         self.system.release(self.run_id, self.epoch, state)
         self.stop()
 

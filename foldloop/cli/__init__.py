@@ -175,10 +175,10 @@ def demo() -> None:
                 overflow="ellipsis",
             )
 
-        unsubscribe = rt.subscribe(show)
+        follow = rt.subscribe(show)
         run = rt.spawn(agent, DEMO_INPUT)
         result = run.wait(timeout=60)
-        _flush(rt, run.id)
+        follow.catch_up(timeout=5)
         if result.status is RunStatus.AWAITING_APPROVAL:
             for pending in rt.pending_approvals():
                 out.print(
@@ -187,13 +187,13 @@ def demo() -> None:
                 )
                 rt.approve(pending.token, by="demo", note="fine by the demo")
             result = rt.handle(run.id).wait(timeout=60)
-            _flush(rt, run.id)
+            follow.catch_up(timeout=5)
         out.print(f"\n[yellow]run {result.status.value}[/]: {escape(result.reason)}")
         out.print("[dim]extending the step ceiling and resuming...[/]\n")
         run = rt.resume(run.id, extend=Limits(max_steps=5))
         result = run.wait(timeout=60)
-        _flush(rt, run.id)
-        unsubscribe()
+        follow.catch_up(timeout=5)
+        follow.detach()
         out.print(f"\n[green]run {result.status.value}[/] after {result.steps} steps: ")
         out.print(f"  {escape(result.output)}")
         rt.verify(run.id)
@@ -208,15 +208,6 @@ def demo() -> None:
             f"foldloop{flag} doctor",
         ):
             out.print(f"  {escape(line)}")
-
-
-def _flush(rt: Runtime, run_id: str) -> None:
-    """Let the subscriber thread print the run's last events before we print more."""
-    head = rt.store.head(run_id)
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline and rt.store.head(run_id) < head:
-        time.sleep(0.01)
-    time.sleep(0.05)
 
 
 @app.command()

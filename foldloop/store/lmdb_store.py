@@ -55,6 +55,7 @@ from foldloop.events.codec import (
 )
 from foldloop.events.recorded import Recorded
 from foldloop.store.approvals import ApprovalRecord, approval_key
+from foldloop.store.checkpoints import Checkpoint, decode_checkpoint, encode_checkpoint
 from foldloop.store.framing import (
     GENESIS,
     Frame,
@@ -370,6 +371,30 @@ class WriteTxn:
     def put_meta(self, key: str, value: bytes) -> None:
         self.txn.put(key.encode(), value, db=self.store._meta)
 
+    def put_checkpoint(self, checkpoint: Checkpoint, *, advance: bool = True) -> bool:
+        """Store a projection checkpoint; with ``advance``, only if it is not behind the
+        stored one (same version). Returns whether it was written."""
+        key = checkpoint.name.encode()
+        db = self.store._checkpoints
+        if advance:
+            raw = self.txn.get(key, db=db)
+            if raw is not None:
+                try:
+                    current = decode_checkpoint(raw)
+                except msgspec.DecodeError:
+                    current = None
+                if (
+                    current is not None
+                    and current.version == checkpoint.version
+                    and current.position > checkpoint.position
+                ):
+                    return False
+        self.txn.put(key, encode_checkpoint(checkpoint), db=db)
+        return True
+
+    def delete_checkpoint(self, name: str) -> None:
+        self.txn.delete(name.encode(), db=self.store._checkpoints)
+
 
 class LmdbStore:
     """An open store directory. Use ``open_store``: one instance per directory per process."""
@@ -418,6 +443,7 @@ class LmdbStore:
             self._approvals = self.env.open_db(b"approvals", create=True)
             self._tokens = self.env.open_db(b"tokens", create=True)
             self._open = self.env.open_db(b"approvals_open", create=True)
+            self._checkpoints = self.env.open_db(b"checkpoints", create=True)
         except lmdb.Error as exc:
             self.env.close()
             raise StoreError(f"cannot open the store at {str(path)!r}: {exc}") from None
@@ -718,6 +744,40 @@ class LmdbStore:
             return None if raw is None else bytes(raw)
 
         return self.read_txn(get)
+
+    def checkpoint(self, name: str) -> Checkpoint | None:
+        """The stored checkpoint of projection ``name`` (None if it has none).
+
+        Raises StoreError when the stored bytes are not a checkpoint."""
+
+        def get(txn: Any) -> bytes | None:
+            raw = txn.get(name.encode(), db=self._checkpoints)
+            return None if raw is None else bytes(raw)
+
+        raw = self.read_txn(get)
+        if raw is None:
+            return None
+        try:
+            return decode_checkpoint(raw)
+        except msgspec.DecodeError as exc:
+            raise StoreError(
+                f"the checkpoint of projection {name!r} is unreadable ({exc}); "
+                "re-attach it with reset=True to rebuild it from the log"
+            ) from None
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every stored projection checkpoint that decodes, by name."""
+
+        def walk(txn: Any) -> list[Checkpoint]:
+            out = []
+            for _key, raw in txn.cursor(db=self._checkpoints):
+                try:
+                    out.append(decode_checkpoint(raw))
+                except msgspec.DecodeError:
+                    continue
+            return out
+
+        return self.read_txn(walk)
 
     def owner_alive(self, owner: str) -> bool:
         """True if a live runtime holds ``owner``'s lock."""

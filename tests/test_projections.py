@@ -1,0 +1,491 @@
+"""Projections: backfill then live, checkpoints across restarts and SIGKILL, isolation of a
+raising projection, a reader process following another's writes, RunMetrics, Prometheus
+and OpenTelemetry, and the structlog events at the edges."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+import foldloop as fl
+from foldloop.events import (
+    ApprovalDecided,
+    ApprovalExpired,
+    ApprovalRequested,
+    ModelFailed,
+    ModelRequested,
+    ModelResponded,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunLimitReached,
+    RunResumed,
+    RunStarted,
+    ToolCompleted,
+    ToolFailed,
+    ToolRequested,
+)
+from foldloop.projections import Histogram, RunMetrics, RunMetricsState, prometheus_text
+from tests.projection_shared import Positions, agent
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def rt(store_path: Path) -> Iterator[fl.Runtime]:
+    with fl.Runtime.open(store_path) as runtime:
+        yield runtime
+
+
+def status_counts(rt: fl.Runtime) -> dict[str, int]:
+    return dict(collections.Counter(s.status.value for s in rt.runs()))
+
+
+def test_a_new_projection_backfills_the_history_then_follows_live(rt: fl.Runtime) -> None:
+    for i in range(3):
+        assert rt.spawn(agent(), f"old {i}").wait(timeout=30).ok
+    before = rt.store.last_position()
+    metrics = rt.attach(RunMetrics())
+    positions = rt.attach(Positions())
+    assert metrics.catch_up() == before
+    assert positions.catch_up() == before
+    assert positions.state == tuple(range(1, before + 1))
+    state: RunMetricsState = metrics.state
+    assert state.runs_by_status == {"completed": 3} == status_counts(rt)
+    assert (state.model_calls, state.tool_calls) == (6, 3)
+    # live: runs spawned after attaching show up, once each, in log order
+    for i in range(2):
+        rt.spawn(agent("other"), f"new {i}").wait(timeout=30)
+    last = rt.store.last_position()
+    assert positions.catch_up() == last and metrics.catch_up() == last
+    assert positions.state == tuple(range(1, last + 1))
+    state = metrics.state
+    assert state.runs_by_status == {"completed": 5} and state.runs_by_agent == {
+        "calc": 3,
+        "other": 2,
+    }
+    records = list(rt.read_all())
+    assert state.events == len(records) == last
+    assert state.tokens_in == sum(
+        r.event.usage.input_tokens for r in records if isinstance(r.event, ModelResponded)
+    )
+    assert state.tool_latency["add"].count == 5
+    metrics.detach()
+    positions.detach()
+    assert not metrics.live
+
+
+def test_a_restart_continues_from_the_checkpoint_and_applies_nothing_twice(
+    store_path: Path,
+) -> None:
+    applied: list[int] = []
+
+    class Counting(Positions):
+        def apply(self, state: tuple[int, ...], record: fl.Recorded) -> tuple[int, ...]:
+            applied.append(record.position)
+            return super().apply(state, record)
+
+    with fl.Runtime.open(store_path) as rt:
+        rt.spawn(agent(), "one").wait(timeout=30)
+        handle = rt.attach(Counting())
+        first = handle.catch_up()
+        # closing the runtime detaches it, writing the checkpoint
+    assert applied == list(range(1, first + 1))
+    with fl.Runtime.open(store_path) as rt:
+        stored = rt.store.checkpoint("positions")
+        assert stored is not None and stored.position == first
+        rt.spawn(agent(), "two").wait(timeout=30)
+        applied.clear()
+        handle = rt.attach(Counting())
+        last = handle.catch_up()
+        assert applied == list(range(first + 1, last + 1))
+        assert handle.state == tuple(range(1, last + 1))
+        # reset=True rebuilds from the first record
+        handle.detach()
+        applied.clear()
+        handle = rt.attach(Counting(), reset=True)
+        assert handle.catch_up() == last and applied == list(range(1, last + 1))
+        handle.detach()
+        # a new version discards the stored state and backfills
+        applied.clear()
+        bumped = Counting()
+        bumped.version = 2
+        assert rt.attach(bumped).catch_up() == last
+        assert applied == list(range(1, last + 1))
+
+
+def test_a_sigkilled_follower_resumes_from_its_checkpoint_gapless(store_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.projection_worker", "follow", str(store_path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    seen = 0
+    for line in child.stdout:
+        if line.startswith("AT "):
+            seen += 1
+            if seen == 8:
+                break
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    with fl.Runtime.open(store_path) as rt:
+        stored = rt.store.checkpoint("positions")
+        assert stored is not None and stored.position > 0
+        # the stored pair is consistent: the state holds exactly the positions before it
+        assert Positions().decode_state(stored.state or b"") == tuple(range(1, stored.position + 1))
+        handle = rt.attach(Positions())
+        last = handle.catch_up()
+        assert last == rt.store.last_position()
+        assert handle.state == tuple(range(1, last + 1))
+
+
+class Fragile(fl.Projection[int]):
+    """Counts records and raises on the first tool.completed (when ``broken``)."""
+
+    name = "fragile"
+    broken = True
+
+    def initial(self) -> int:
+        return 0
+
+    def apply(self, state: int, record: fl.Recorded) -> int:
+        if self.broken and record.type == "tool.completed":
+            raise ValueError("cannot handle tool results")
+        return state + 1
+
+
+def test_a_raising_projection_stops_alone_and_says_where(rt: fl.Runtime) -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            fragile = rt.attach(Fragile())
+            positions = rt.attach(Positions())
+            assert rt.spawn(agent(), "go").wait(timeout=30).ok
+            with pytest.raises(fl.ProjectionError, match="cannot handle tool results") as info:
+                fragile.catch_up()
+    finally:
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    failed_at = next(r.position for r in rt.read_all() if r.type == "tool.completed")
+    error = info.value
+    assert (error.name, error.position, error.event_type) == (
+        "fragile",
+        failed_at,
+        "tool.completed",
+    )
+    assert error.seq == failed_at and error.run_id == fragile.error.run_id  # type: ignore[union-attr]
+    assert fragile.state == failed_at - 1 and fragile.position == failed_at - 1
+    assert not fragile.live
+    stopped = [e for e in logs if e["event"] == "projection_stopped"]
+    assert stopped and stopped[0]["position"] == failed_at and stopped[0]["log_level"] == "error"
+    # the other projection and the runs went on
+    rt.spawn(agent(), "after").wait(timeout=30)
+    last = positions.catch_up()
+    assert positions.state == tuple(range(1, last + 1))
+    # the failure is in the checkpoint; attaching a fixed projection retries that record
+    stored = rt.store.checkpoint("fragile")
+    assert stored is not None and stored.failure is not None
+    assert stored.failure.position == failed_at and stored.position == failed_at - 1
+    fixed = Fragile()
+    fixed.broken = False
+    again = rt.attach(fixed)
+    assert again.catch_up() == last and again.state == last and again.error is None
+
+
+def test_a_reader_process_follows_what_another_process_writes(rt: fl.Runtime) -> None:
+    metrics = rt.attach(RunMetrics())
+    metrics.catch_up()
+    assert metrics.state.runs_by_status == {}
+    subprocess.run(
+        [sys.executable, "-m", "tests.projection_worker", "write", str(rt.store.path), "4"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    # nothing was committed by this process: the poller notices the log grew
+    last = metrics.catch_up(timeout=10)
+    assert last == rt.store.last_position() > 0
+    assert metrics.state.runs_by_status == {"completed": 4}
+
+
+def test_attach_refuses_what_it_cannot_run(rt: fl.Runtime) -> None:
+    with pytest.raises(fl.ConfigError, match=r"takes an fl\.Projection"):
+        rt.attach(object())  # type: ignore[arg-type]
+    with pytest.raises(fl.ConfigError, match="needs a name"):
+        rt.attach(fl.Projection(initial=lambda: 0, apply=lambda s, r: s))
+    rt.attach(Positions())
+    with pytest.raises(fl.ConfigError, match="already attached"):
+        rt.attach(Positions())
+    with pytest.raises(fl.ConfigError, match="set of event types"):
+        rt.subscribe(print, types="tool.completed")
+    count = rt.attach(fl.Projection("count", initial=lambda: 0, apply=lambda n, r: n + 1))
+    rt.spawn(agent(), "go").wait(timeout=30)
+    assert count.catch_up() == count.state == rt.store.last_position()
+
+
+# -- RunMetrics ----------------------------------------------------------------------
+
+
+def test_run_metrics_follow_approvals_failures_and_statuses(rt: fl.Runtime) -> None:
+    @fl.tool
+    def boom() -> str:
+        """Always fails."""
+        raise RuntimeError("boom")
+
+    gated = fl.Agent(
+        name="gated",
+        llm=fl.ScriptedLLM(
+            [fl.Reply(tool_calls=[fl.ToolCall("boom", {})]), fl.Reply(text="gave up")]
+        ),
+        tools=[boom],
+        approvals=fl.RequireApproval({"boom"}),
+    )
+    metrics = rt.attach(RunMetrics())
+    run = rt.spawn(gated, "try")
+    assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+    metrics.catch_up()
+    assert metrics.state.runs_by_status == {"awaiting_approval": 1} == status_counts(rt)
+    assert metrics.state.approvals == {"requested": 1}
+    rt.approve(run_id=run.id, call_id=rt.pending_approvals()[0].call_id, by="alice")
+    assert rt.handle(run.id).wait(timeout=30).status is fl.RunStatus.COMPLETED
+    metrics.catch_up()
+    state = metrics.state
+    assert state.runs_by_status == {"completed": 1} == status_counts(rt)
+    assert state.approvals == {"requested": 1, "approved": 1}
+    assert state.approval_wait.count == 1 and state.approval_wait.max >= 0
+    assert state.tool_failures == {"exception": 1}
+    assert state.tool_latency["boom"].count == 1
+    limited = fl.Agent(
+        name="limited",
+        llm=fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("add", {"a": 1, "b": 1})])] * 5),
+        tools=[agent().tools[0]],
+        limits=fl.Limits(max_steps=1),
+    )
+    assert rt.spawn(limited, "loop").wait(timeout=30).status is fl.RunStatus.LIMIT_REACHED
+    metrics.catch_up()
+    assert metrics.state.runs_by_status == {"completed": 1, "limit_reached": 1}
+    assert metrics.state.runs_by_status == status_counts(rt)
+
+
+def test_prometheus_text_parses_back_and_is_served_over_http(rt: fl.Runtime) -> None:
+    for i in range(3):
+        rt.spawn(agent(), f"go {i}").wait(timeout=30)
+    metrics = rt.attach(RunMetrics())
+    metrics.catch_up()
+    families = {f.name: f for f in text_string_to_metric_families(prometheus_text(metrics.state))}
+    runs = {s.labels["status"]: s.value for s in families["foldloop_runs"].samples}
+    assert runs["completed"] == 3 and runs["running"] == 0
+    calls = families["foldloop_tool_calls"].samples
+    assert [s.value for s in calls if s.name == "foldloop_tool_calls_total"] == [3]
+    tokens = {
+        s.labels["direction"]: s.value
+        for s in families["foldloop_tokens"].samples
+        if s.name.endswith("_total")
+    }
+    assert tokens == {"in": metrics.state.tokens_in, "out": metrics.state.tokens_out}
+    latency = families["foldloop_tool_latency_seconds"].samples
+    count = [s for s in latency if s.name.endswith("_count") and s.labels["tool"] == "add"]
+    inf = [s for s in latency if s.name.endswith("_bucket") and s.labels["le"] == "+Inf"]
+    assert count[0].value == inf[0].value == 3
+    with fl.projections.serve_prometheus(metrics, port=0) as server:
+        assert server.url.startswith("http://127.0.0.1:")
+        rt.spawn(agent(), "live").wait(timeout=30)
+        metrics.catch_up()
+        with urllib.request.urlopen(server.url, timeout=10) as response:
+            body = response.read().decode()
+    scraped = {f.name: f for f in text_string_to_metric_families(body)}
+    served = {s.labels["status"]: s.value for s in scraped["foldloop_runs"].samples}
+    assert served["completed"] == 4
+
+
+def test_otel_spans_per_run_model_call_and_tool_call(rt: fl.Runtime) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    follow = rt.subscribe(fl.projections.OtelSpans(provider))
+    run = rt.spawn(agent(), "traced")
+    run.wait(timeout=30)
+    follow.catch_up()
+    spans = exporter.get_finished_spans()
+    names = collections.Counter(s.name for s in spans)
+    assert names == {"foldloop.run": 1, "foldloop.model_call": 2, "foldloop.tool_call": 1}
+    root = next(s for s in spans if s.name == "foldloop.run")
+    assert root.attributes is not None and root.attributes["foldloop.run_id"] == run.id
+    assert root.attributes["foldloop.status"] == "completed"
+    for span in spans:
+        if span is not root:
+            assert span.parent is not None and span.parent.span_id == root.context.span_id
+            assert root.start_time <= span.start_time <= span.end_time <= root.end_time
+    tool = next(s for s in spans if s.name == "foldloop.tool_call")
+    assert tool.attributes is not None and tool.attributes["foldloop.tool"] == "add"
+
+
+def test_structlog_events_at_the_edges_carry_the_run_id(rt: fl.Runtime) -> None:
+    @fl.tool
+    def boom() -> str:
+        """Always fails."""
+        raise RuntimeError("boom")
+
+    gated = fl.Agent(
+        name="edges",
+        llm=fl.ScriptedLLM(
+            [
+                fl.Reply(tool_calls=[fl.ToolCall("boom", {})]),
+                fl.Reply(tool_calls=[fl.ToolCall("add", {"a": 1, "b": 2})]),
+                fl.Reply(text="done"),
+            ]
+        ),
+        tools=[boom, agent().tools[0]],
+        approvals=fl.RequireApproval({"add"}),
+    )
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            run = rt.spawn(gated, "go")
+            assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+            rt.approve(run_id=run.id, call_id=rt.pending_approvals()[0].call_id)
+            assert rt.handle(run.id).wait(timeout=30).ok
+    finally:
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    by_event: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for entry in logs:
+        by_event[entry["event"]].append(entry)
+    for name in ("run_started", "tool_failed", "approval_requested", "run_parked", "run_finished"):
+        assert by_event[name], f"no {name} log"
+        assert all(e["run_id"] == run.id for e in by_event[name])
+    assert by_event["tool_failed"][0]["kind"] == "exception"
+    assert by_event["run_finished"][-1]["status"] == "completed"
+
+
+# -- pure parts, with hypothesis -----------------------------------------------------
+
+latencies = st.floats(min_value=0, max_value=1e4, allow_nan=False)
+
+
+@given(st.lists(latencies, min_size=1, max_size=200), st.floats(0.01, 1.0))
+def test_histogram_percentiles_fall_in_the_right_bucket(values: list[float], q: float) -> None:
+    h = Histogram()
+    for v in values:
+        h = h.observe(v)
+    assert h.count == len(values) and sum(h.counts) == len(values)
+    assert h.max == max(values)
+    estimate = h.percentile(q)
+    exact = sorted(values)[max(0, -(-int(q * len(values) * 1e9) // int(1e9)) - 1)]
+    bounds = (0.0, *h.bounds, max(values))
+    # the estimate lies in the bucket that holds the exact order statistic
+    i = (
+        next(k for k, b in enumerate(h.bounds) if exact <= b)
+        if exact <= h.bounds[-1]
+        else len(h.bounds)
+    )
+    assert bounds[i] - 1e-9 <= estimate <= max(bounds[i + 1], exact) + 1e-9
+    assert h.percentile(0.5) <= h.percentile(0.99) + 1e-9
+
+
+RUNS = ("r1", "r2", "r3")
+CALLS = ("c1", "c2")
+events = st.one_of(
+    st.builds(RunStarted, agent=st.sampled_from(("a", "b")), input=st.just("x")),
+    st.builds(ModelRequested, step=st.integers(1, 3), prompt_digest=st.just("d")),
+    st.builds(ModelResponded, step=st.integers(1, 3)),
+    st.builds(ModelFailed, step=st.integers(1, 3), error=st.just("e")),
+    st.builds(
+        ToolRequested,
+        call_id=st.sampled_from(CALLS),
+        tool=st.sampled_from(("t", "u")),
+        args=st.just("{}"),
+        step=st.integers(1, 3),
+    ),
+    st.builds(
+        ToolCompleted,
+        call_id=st.sampled_from(CALLS),
+        result=st.just("1"),
+        duration_ms=st.floats(0, 1e5),
+    ),
+    st.builds(ToolFailed, call_id=st.sampled_from(CALLS), error=st.just("e")),
+    st.builds(
+        ApprovalRequested,
+        call_id=st.sampled_from(CALLS),
+        gate=st.just("g"),
+        token_digest=st.just("t"),
+        expires_at=st.just(0),
+    ),
+    st.builds(ApprovalDecided, call_id=st.sampled_from(CALLS), approved=st.booleans()),
+    st.builds(ApprovalExpired, call_id=st.sampled_from(CALLS)),
+    st.builds(RunCompleted, output=st.just("o")),
+    st.builds(RunFailed, error=st.just("e")),
+    st.builds(RunCancelled),
+    st.builds(
+        RunLimitReached, limit=st.just("max_steps"), value=st.just(1.0), ceiling=st.just(1.0)
+    ),
+    st.builds(RunResumed, owner=st.just("o")),
+)
+logs = st.lists(st.tuples(st.sampled_from(RUNS), events), max_size=60).map(
+    lambda pairs: [
+        fl.Recorded(run_id=run, seq=i, position=i, at=i * 1_000_000, event=event)
+        for i, (run, event) in enumerate(pairs, start=1)
+    ]
+)
+
+
+def fold_metrics(records: list[fl.Recorded], state: RunMetricsState | None = None) -> Any:
+    p = RunMetrics()
+    state = p.initial() if state is None else state
+    for rec in records:
+        state = p.apply(state, rec)
+    return state
+
+
+@given(logs, st.integers(0, 60))
+def test_run_metrics_through_a_checkpoint_equals_one_fold(
+    records: list[fl.Recorded], split: int
+) -> None:
+    p = RunMetrics()
+    whole = fold_metrics(records)
+    head = fold_metrics(records[:split])
+    restored = p.decode_state(p.encode_state(head))
+    assert restored == head
+    assert fold_metrics(records[split:], restored) == whole
+
+
+@given(logs)
+def test_run_metrics_counts_agree_with_the_records(records: list[fl.Recorded]) -> None:
+    state = fold_metrics(records)
+    kinds = collections.Counter(type(r.event) for r in records)
+    assert state.events == len(records)
+    assert state.model_calls == kinds[ModelRequested]
+    assert state.model_failures == kinds[ModelFailed]
+    assert state.tool_calls == kinds[ToolRequested]
+    assert sum(state.tool_failures.values()) == kinds[ToolFailed]
+    assert state.runs_by_status == dict(
+        collections.Counter(run.status for run in state.runs.values())
+    )
+    assert sum(state.runs_by_agent.values()) == kinds[RunStarted]
+    finished = sum(h.count for h in state.tool_latency.values())
+    assert finished <= kinds[ToolCompleted] + kinds[ToolFailed]
+    assert finished + len(state.open_calls) <= kinds[ToolRequested]
+    families = {f.name: f for f in text_string_to_metric_families(prometheus_text(state))}
+    assert sum(s.value for s in families["foldloop_runs"].samples) == len(state.runs)
