@@ -483,6 +483,15 @@ class Runtime:
                     note=record.note,
                 )
 
+    def _decided_not_applied(self, state: RunState) -> bool:
+        """True if a call the run waits on is decided in the approvals table already."""
+        for call in state.calls:
+            if call.status == "awaiting_approval":
+                record = self.store.approval(state.run_id, call.call_id)
+                if record is not None and record.status != "pending" and not record.applied:
+                    return True
+        return False
+
     def _apply_approvals(
         self, state: RunState, epoch: int, decisions: list[Decision]
     ) -> tuple[RunState, list[Decision]]:
@@ -604,13 +613,22 @@ class Runtime:
     # -- waiting -------------------------------------------------------------------------
 
     def _wait(self, run_id: str, timeout: float | None) -> RunResult:
-        settlement = self.system.settlement(run_id)
-        if settlement is not None:
-            settlement.event.wait(timeout)
-            if settlement.event.is_set() and settlement.state is not None:
-                return _result(settlement.state, interrupted=settlement.interrupted)
-            return _result(self.state(run_id))
         deadline = None if timeout is None else time.monotonic() + timeout
+        while (settlement := self.system.settlement(run_id)) is not None:
+            settlement.event.wait(None if deadline is None else max(0, deadline - time.monotonic()))
+            state = settlement.state
+            if not settlement.event.is_set() or state is None:
+                return _result(self.state(run_id))
+            if (
+                state.status is RunStatus.AWAITING_APPROVAL
+                and self._decided_not_applied(state)
+                and (deadline is None or time.monotonic() < deadline)
+            ):
+                # parked before a decision already taken reached it: the poller (or the
+                # drive the decision started) continues the run; wait for that settlement
+                time.sleep(0.01)
+                continue
+            return _result(state, interrupted=settlement.interrupted)
         while True:  # driven elsewhere (another process): follow the log
             state = self.state(run_id)
             if state.settled:

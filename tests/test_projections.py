@@ -391,7 +391,7 @@ def test_histogram_percentiles_fall_in_the_right_bucket(values: list[float], q: 
     for v in values:
         h = h.observe(v)
     assert h.count == len(values) and sum(h.counts) == len(values)
-    assert h.max == max(values)
+    assert (h.min, h.max) == (min(values), max(values))
     estimate = h.percentile(q)
     exact = sorted(values)[max(0, -(-int(q * len(values) * 1e9) // int(1e9)) - 1)]
     bounds = (0.0, *h.bounds, max(values))
@@ -402,6 +402,7 @@ def test_histogram_percentiles_fall_in_the_right_bucket(values: list[float], q: 
         else len(h.bounds)
     )
     assert bounds[i] - 1e-9 <= estimate <= max(bounds[i + 1], exact) + 1e-9
+    assert h.min - 1e-9 <= estimate <= h.max + 1e-9
     assert h.percentile(0.5) <= h.percentile(0.99) + 1e-9
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -96,6 +98,43 @@ def test_demo_then_inspect_what_it_wrote(tmp_path: Path) -> None:
     assert missing.returncode == 3
     show = run(["show", run_id], tmp_path)
     assert show.returncode == 0 and "tool.completed" in show.stdout
+
+
+def test_metrics_table_prometheus_and_a_scrape_endpoint(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert run(["demo"], tmp_path).returncode == 0
+    table = run(["metrics"], tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert re.search(r"runs completed\s*│\s*1", table.stdout)
+    assert re.search(r"tool calls\s*│\s*3 \(0 failed\)", table.stdout)
+    assert "approval wait" in table.stdout and "tool write_note" in table.stdout
+    text = run(["metrics", "--prometheus"], tmp_path)
+    assert text.returncode == 0, text.stderr
+    families = {f.name: f for f in text_string_to_metric_families(text.stdout)}
+    runs = {s.labels["status"]: s.value for s in families["foldloop_runs"].samples}
+    assert runs["completed"] == 1 and runs["limit_reached"] == 0
+    approvals = {s.labels["outcome"]: s.value for s in families["foldloop_approvals"].samples}
+    assert approvals == {"approved": 1, "requested": 1}
+    server = subprocess.Popen(
+        [*FOLDLOOP, "metrics", "--serve", "0"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        url = re.search(r"serving (\S+)", server.stderr.readline())
+        assert url is not None
+        with urllib.request.urlopen(url.group(1), timeout=10) as response:
+            scraped = response.read().decode()
+        assert 'foldloop_runs{status="completed"} 1.0' in scraped
+    finally:
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=10) == 0
+    missing = run(["--store", str(tmp_path / "nope"), "metrics"], tmp_path)
+    assert missing.returncode == 3 and not (tmp_path / "nope").exists()
 
 
 def test_exit_codes_and_no_store_created_by_reads(tmp_path: Path) -> None:

@@ -128,8 +128,13 @@ class RunActor(FastActor):
         self.commit(decision, command.now, hold=inline_model)
         for event in decision.events:
             if type(event) is ToolFailed:
+                tool = next((c.tool for c in self.state.calls if c.call_id == event.call_id), "")
                 self.log.warning(
-                    "tool_failed", call_id=event.call_id, kind=event.kind, error=event.error[:300]
+                    "tool_failed",
+                    tool=tool,
+                    call_id=event.call_id,
+                    kind=event.kind,
+                    error=event.error[:300],
                 )
         self.perform(decision)
 

@@ -78,14 +78,6 @@ class ToolRunner:
 
         def run() -> None:
             outcome = self.tool.invoke(call.args)
-            if not outcome.ok:
-                log.info(
-                    "tool_failed",
-                    run_id=call.run_id,
-                    tool=self.tool.name,
-                    call_id=call.call_id,
-                    kind=outcome.kind,
-                )
             report(
                 ToolFinished(
                     now=self.clock(),

@@ -6,6 +6,7 @@ Read commands never create a store; payloads are escaped before they reach the t
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib
 import json
@@ -26,6 +27,7 @@ from rich.table import Table
 
 from foldloop.agent import Agent
 from foldloop.cli.demo import DEMO_INPUT, demo_agent
+from foldloop.cli.metrics_view import metrics_view
 from foldloop.core.state import RunStatus
 from foldloop.errors import (
     ApprovalError,
@@ -39,6 +41,8 @@ from foldloop.errors import (
 )
 from foldloop.events.recorded import Recorded
 from foldloop.events.values import Limits
+from foldloop.projections.metrics import RunMetrics
+from foldloop.projections.prometheus import prometheus_text, serve_prometheus
 from foldloop.runtime import Runtime
 
 __all__ = ["app", "main"]
@@ -372,6 +376,33 @@ def approvals() -> None:
                 expires.isoformat(timespec="seconds"),
             )
         out.print(table)
+
+
+@app.command()
+def metrics(
+    prometheus: Annotated[
+        bool, typer.Option("--prometheus", help="Print the Prometheus text exposition.")
+    ] = False,
+    serve: Annotated[
+        int | None,
+        typer.Option("--serve", help="Serve /metrics on this port (127.0.0.1) until Ctrl-C."),
+    ] = None,
+) -> None:
+    """Metrics folded from the whole log: runs by status, calls, tokens, cost, latencies."""
+    with _runtime(_store()) as rt:
+        handle = rt.attach(RunMetrics())
+        handle.catch_up(timeout=600)
+        if serve is not None:
+            with _errors(), serve_prometheus(handle, port=serve) as server:
+                err.print(f"serving {server.url} (following the log; Ctrl-C to stop)")
+                with contextlib.suppress(KeyboardInterrupt):
+                    while True:
+                        time.sleep(1)
+            return
+        if prometheus:
+            sys.stdout.write(prometheus_text(handle.state))
+            return
+        out.print(metrics_view(handle.state, escape))
 
 
 def _decision(

@@ -35,6 +35,7 @@ class Histogram(msgspec.Struct, frozen=True, kw_only=True):
     counts: tuple[int, ...] = ()
     count: int = 0
     sum: float = 0.0
+    min: float = 0.0
     max: float = 0.0
 
     def observe(self, value: float) -> Histogram:
@@ -46,19 +47,20 @@ class Histogram(msgspec.Struct, frozen=True, kw_only=True):
             counts=tuple(counts),
             count=self.count + 1,
             sum=self.sum + value,
+            min=min(self.min, value) if self.count else value,
             max=max(self.max, value),
         )
 
     def percentile(self, q: float) -> float:
-        """The estimated ``q``-quantile (0 < q <= 1); NaN when empty."""
+        """The estimated ``q``-quantile (0 < q <= 1), within [min, max]; NaN when empty."""
         if not self.count:
             return math.nan
         rank = q * self.count
         seen = 0
         for i, n in enumerate(self.counts):
             if n and seen + n >= rank:
-                low = self.bounds[i - 1] if i else 0.0
-                high = self.bounds[i] if i < len(self.bounds) else self.max
+                high = min(self.bounds[i], self.max) if i < len(self.bounds) else self.max
+                low = min(max(self.bounds[i - 1] if i else 0.0, self.min), high)
                 return low + (high - low) * ((rank - seen) / n)
             seen += n
         return self.max

@@ -66,13 +66,17 @@ class Tool:
         subprocess: bool = False,
     ) -> None:
         tool_name = name or fn.__name__
-        if subprocess and (
-            "<locals>" in fn.__qualname__ or fn.__module__ in ("__main__", "builtins")
-        ):
-            raise ConfigError(
-                f"tool {tool_name!r}: a subprocess tool must be defined at module level in an "
-                "importable module (the child process imports it by name)"
-            )
+        self._module = fn.__module__
+        if subprocess:
+            main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+            if fn.__module__ == "__main__" and main_file:
+                # a script: the child loads the file under another name (its main guard skipped)
+                self._module = "file:" + os.path.abspath(main_file)
+            elif "<locals>" in fn.__qualname__ or fn.__module__ in ("__main__", "builtins"):
+                raise ConfigError(
+                    f"tool {tool_name!r}: a subprocess tool must be defined at module level in "
+                    "an importable module or a script file (the child process loads it by name)"
+                )
         self.isolated = subprocess
         if not _NAME.match(tool_name):
             raise ConfigError(
@@ -131,7 +135,7 @@ class Tool:
             self.validate(args)  # refuse bad arguments before starting a process
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             return ToolOutcome(False, f"invalid arguments for {self.name!r}: {exc}", "invalid_args")
-        cmd = [sys.executable, "-m", "foldloop.tools.isolated", self.fn.__module__]
+        cmd = [sys.executable, "-m", "foldloop.tools.isolated", self._module]
         cmd += [self.fn.__qualname__, args or "{}"]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         result = run_command(cmd, timeout=self.timeout or 10**9, env=env)

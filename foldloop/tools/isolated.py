@@ -9,6 +9,7 @@ arrive as JSON text and the outcome leaves as one JSON object: nothing is pickle
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from typing import Any
 
@@ -17,8 +18,22 @@ import msgspec
 from foldloop.tools.decorator import Tool, ToolOutcome
 
 
+def _load(module: str) -> Any:
+    """Import ``module``, or load ``file:/path/script.py`` under a name that is not __main__."""
+    if not module.startswith("file:"):
+        return importlib.import_module(module)
+    path = module.removeprefix("file:")
+    spec = importlib.util.spec_from_file_location("foldloop_isolated_script", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path!r}")
+    loaded = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = loaded
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
 def _find(module: str, qualname: str) -> Any:
-    obj: Any = importlib.import_module(module)
+    obj: Any = _load(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj
