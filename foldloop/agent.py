@@ -41,6 +41,15 @@ class Agent:
                 f"agent {self.name!r}: llm must have a complete(messages, tools) method "
                 "(fl.ScriptedLLM, fl.OpenAIChat, ...)"
             )
+        if not isinstance(self.instructions, str):
+            raise ConfigError(f"agent {self.name!r}: instructions must be a str")
+        try:
+            self.instructions.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ConfigError(
+                f"agent {self.name!r}: instructions contain an unpaired surrogate at index "
+                f"{exc.start}; text must be valid Unicode"
+            ) from None
         tools = tuple(self.tools)
         seen: set[str] = set()
         for t in tools:

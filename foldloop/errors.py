@@ -9,7 +9,7 @@ was wrong and what to do about it::
     ├── RunNotFound (also KeyError)     no run with that id in this store
     ├── RunLocked                       a live runtime drives the run, or you were fenced off
     ├── NondeterminismError             today's decide() differs from the recorded log
-    ├── SchemaChangedError              the agent's tool set changed since the run started
+    ├── SchemaChangedError              the tool set changed, or the log holds newer event types
     ├── ApprovalError                   an approval decision that cannot be taken
     ├── ToolSchemaError (also TypeError) a tool signature foldloop cannot describe
     ├── ModelCallError                  a model adapter failed (``retryable`` says if a retry helps)
@@ -90,7 +90,8 @@ class NondeterminismError(FoldloopError):
 
 
 class SchemaChangedError(FoldloopError):
-    """The agent's tools differ from those the run was started with."""
+    """The agent's tools differ from those the run was started with, or the run's log holds
+    event types of a newer foldloop (it can be read, not resumed, until you upgrade)."""
 
 
 class ApprovalError(FoldloopError):

@@ -52,7 +52,7 @@ from foldloop.errors import (
 )
 from foldloop.events.catalogue import RunStarted
 from foldloop.events.jsonl import dump_run, load_run
-from foldloop.events.recorded import Recorded
+from foldloop.events.recorded import Recorded, UnknownEvent
 from foldloop.events.values import Limits, Usage
 from foldloop.projections.base import Projection
 from foldloop.store.approvals import ApprovalRecord
@@ -272,11 +272,17 @@ class Runtime:
         """Start a run of ``agent`` on ``input``; returns once run.started is durable."""
         self._check_open()
         self.register(agent)
-        if not isinstance(input, str):
-            raise ConfigError(f"input must be a str; got {type(input).__name__}")
+        _check_text("input", input)
         run_id = run_id if run_id is not None else f"{agent.name}-{uuid.uuid4().hex[:12]}"
         _check_run_id(run_id)
-        meta = tuple(sorted((str(k), str(v)) for k, v in (metadata or {}).items()))
+        if parent_run_id is not None:
+            _check_run_id(parent_run_id)
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ConfigError(f"metadata must be a mapping of str to str; got {metadata!r:.80}")
+        for key, value in (metadata or {}).items():
+            _check_text("a metadata key", key)
+            _check_text(f"metadata[{key!r}]", value)
+        meta = tuple(sorted((metadata or {}).items()))
         now = self.clock()
         command = agent.start(
             input,
@@ -340,6 +346,8 @@ class Runtime:
                 f"run {run_id!r} is being driven by this runtime right now; wait() for it first"
             )
         state = self.state(run_id)
+        if state.unknown_events:
+            self._refuse_unknown(run_id)
         if not state.resumable:
             raise ConfigError(
                 f"run {run_id!r} is {state.status.value} and cannot be resumed"
@@ -366,6 +374,15 @@ class Runtime:
         log.info("run_resumed", run_id=run_id, agent=agent.name, seq=state.seq)
         self._drive(agent, state, epoch, _merged(decisions, state))
         return RunHandle(self, run_id)
+
+    def _refuse_unknown(self, run_id: str) -> None:
+        """A run holding events of a newer foldloop cannot be decided on by this one."""
+        for rec in self.store.read(run_id):
+            if isinstance(rec.event, UnknownEvent):
+                raise SchemaChangedError(
+                    f"run {run_id!r} seq {rec.seq} holds a {rec.event.tag!r} event written by a "
+                    "newer foldloop; upgrade foldloop to resume it (reading it works)"
+                )
 
     # -- approvals -----------------------------------------------------------------------
 
@@ -853,6 +870,19 @@ def _evolve_all(state: RunState, decision: Decision, at: int) -> RunState:
     for event in decision.events:
         state = apply(state, event, at)
     return state
+
+
+def _check_text(what: str, value: object) -> None:
+    """Refuse what the log cannot hold as text, naming the value and the rule."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{what} must be a str; got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(
+            f"{what} contains an unpaired surrogate (U+{ord(value[exc.start]):04X}) at index "
+            f"{exc.start}; text must be valid Unicode (decode bytes with errors='replace')"
+        ) from None
 
 
 def _check_run_id(run_id: object) -> None:

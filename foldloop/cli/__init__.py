@@ -106,8 +106,14 @@ def _errors() -> Iterator[None]:
     except (CorruptRecord, NondeterminismError, SchemaChangedError) as exc:
         _fail(EXIT_CORRUPT, str(exc))
     except StoreError as exc:
-        code = EXIT_NOT_FOUND if str(exc).startswith("no foldloop store") else EXIT_CORRUPT
-        _fail(code, str(exc))
+        text = str(exc)
+        if text.startswith("no foldloop store"):
+            code = EXIT_NOT_FOUND
+        elif text.startswith(("cannot write to", "cannot create the store")) or " is on " in text:
+            code = EXIT_ERROR  # the environment, not the store, is at fault
+        else:
+            code = EXIT_CORRUPT
+        _fail(code, text)
     except ConfigError as exc:
         _fail(EXIT_USAGE, str(exc))
     except ApprovalError as exc:

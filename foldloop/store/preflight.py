@@ -16,7 +16,64 @@ from pathlib import Path
 
 from foldloop.errors import StoreError
 
-__all__ = ["FORMAT", "MARKER", "check_or_create_dir", "check_data_file", "write_marker"]
+__all__ = [
+    "FORMAT",
+    "MARKER",
+    "check_data_file",
+    "check_or_create_dir",
+    "network_filesystem",
+    "write_marker",
+]
+
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "ncpfs",
+        "afs",
+        "9p",
+        "fuse.sshfs",
+        "glusterfs",
+        "ceph",
+    }
+)
+"""Where LMDB's shared-memory locks and mmap coherence do not hold (LMDB docs, Caveats)."""
+
+
+def _unescape(field: str) -> str:
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
+
+
+def network_filesystem(path: Path, mounts: str) -> str | None:
+    """The network filesystem type ``path`` lives on, per ``mounts`` (/proc/mounts text)."""
+    target = os.path.realpath(path)
+    best, best_type = "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point, fstype = _unescape(fields[1]), fields[2]
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, best_type = point, fstype
+    return best_type if best_type in NETWORK_FILESYSTEMS else None
+
+
+def _check_local(path: Path) -> None:
+    try:
+        mounts = Path("/proc/mounts").read_text()
+    except OSError:
+        return  # not Linux: nothing to check against
+    fstype = network_filesystem(path, mounts)
+    if fstype is not None:
+        raise StoreError(
+            f"{str(path)!r} is on {fstype}; LMDB needs a local filesystem (its locks and "
+            "memory map are not coherent across network mounts): put the store on a local disk"
+        )
+
 
 MARKER = "foldloop.store"
 FORMAT = 1
@@ -38,6 +95,7 @@ def check_or_create_dir(path: Path, *, create: bool) -> bool:
     """Validate the store directory (creating it 0700 if allowed). True if it is new."""
     if path.exists() and not path.is_dir():
         raise StoreError(f"{str(path)!r} is not a directory (foldloop stores are directories)")
+    _check_local(path)
     if not path.exists():
         if not create:
             raise StoreError(f"no foldloop store at {str(path)!r}")
