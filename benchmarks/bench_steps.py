@@ -16,6 +16,7 @@ Absolute times drift between machines and runs; the ratios are what to compare.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import statistics
 import sys
@@ -139,8 +140,13 @@ def bench_sequential(quick: bool) -> None:
 
 
 def bench_load(quick: bool) -> None:
-    concurrent = 100
-    steps = 10 if quick else STEPS
+    for concurrent in (100, 1000):
+        _load(concurrent, 10 if quick else STEPS)
+
+
+def _load(concurrent: int, steps: int) -> None:
+    """``concurrent`` runs at once: steps/s, fsyncs per step, and step latency from the log
+    (the time between a run's consecutive model.requested events)."""
     with tempfile.TemporaryDirectory() as d, fl.Runtime.open(Path(d) / "fl") as rt:
         a = agent(steps, "load")
         rt.spawn(a, "warm").wait(timeout=60)
@@ -149,23 +155,34 @@ def bench_load(quick: bool) -> None:
         start = time.perf_counter()
         lock = threading.Lock()
 
-        def spawn() -> None:
-            h = rt.spawn(a, "go")
+        def spawn(n: int) -> None:
+            mine = [rt.spawn(a, "go") for _ in range(n)]
             with lock:
-                handles.append(h)
+                handles.extend(mine)
 
-        threads = [threading.Thread(target=spawn) for _ in range(concurrent)]
+        spawners = 100
+        threads = [
+            threading.Thread(target=spawn, args=(concurrent // spawners,)) for _ in range(spawners)
+        ]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        results = [h.wait(timeout=300) for h in handles]
+        results = [h.wait(timeout=600) for h in handles]
         elapsed = time.perf_counter() - start
         assert all(r.ok for r in results)
         total = concurrent * steps
         commits = rt.store.writer.commits - commits0
+        latencies: list[float] = []
+        for h in handles:
+            asks = [r.at for r in rt.events(h.id) if r.type == "model.requested"]
+            latencies += [(b - a_) / 1e3 for a_, b in itertools.pairwise(asks)]
+        latencies.sort()
+        p50 = latencies[len(latencies) // 2]
+        p99 = latencies[int(len(latencies) * 0.99)]
         print(f"2. load: {concurrent} concurrent runs x {steps} steps")
         print(f"   aggregate:        {total / elapsed:8.0f} steps/s ({elapsed:.2f} s)")
+        print(f"   step latency:     p50 {p50 / 1000:6.1f} ms, p99 {p99 / 1000:6.1f} ms")
         print(f"   commits (fsyncs): {commits} for {total} steps = {commits / total:.3f} per step")
 
 

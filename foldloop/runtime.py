@@ -41,6 +41,7 @@ from foldloop.core.effects import Decision, Effect, RequestApproval, Settle
 from foldloop.core.evolve import apply, fold
 from foldloop.core.explain import Explanation, explain
 from foldloop.core.replay import replay
+from foldloop.core.snapshot import restore_state
 from foldloop.core.state import STATE_VERSION, RunState, RunStatus
 from foldloop.errors import (
     ApprovalError,
@@ -64,7 +65,6 @@ __all__ = ["RunHandle", "RunResult", "RunSummary", "Runtime"]
 log = get_logger(__name__)
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_STATE_DECODER = msgspec.msgpack.Decoder(RunState)
 
 
 @dataclass(frozen=True)
@@ -686,9 +686,9 @@ class Runtime:
         snap = self.store.snapshot(run_id)
         if snap is not None and snap[0] == STATE_VERSION:
             try:
-                base = _STATE_DECODER.decode(snap[2])
+                base = restore_state(snap[2], snap[3])
             except msgspec.MsgspecError:
-                base = RunState(run_id=run_id)
+                base = RunState(run_id=run_id)  # a snapshot is a cache: fold the log instead
         tail = self.store.read(run_id, base.seq + 1)
         if not tail and not base.seq:
             raise RunNotFound(run_id)

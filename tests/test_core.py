@@ -521,3 +521,16 @@ def test_an_expired_approval_is_asked_again_with_a_fresh_token_on_resume() -> No
     assert d.log[-1].event.token_digest == "fresh"
     assert d.state.calls[0].status == "awaiting_approval"
     assert replay(d.log) == fold(d.log)
+
+
+@given(st.integers(0, 300), st.integers(0, 5))
+def test_a_snapshot_split_into_chunks_restores_the_same_state(n: int, extra: int) -> None:
+    from foldloop.core.messages import CHUNK, Message, push
+    from foldloop.core.snapshot import encode_chunk, full_chunks, restore_state, split_state
+
+    history = push((), [Message(role="user", content=f"m{i}") for i in range(n)])
+    state = RunState(run_id="r", seq=n + extra, history=history)
+    blob, chunks = split_state(state)
+    assert len(chunks) == full_chunks(history) == n // CHUNK
+    assert all(len(c) == CHUNK for c in chunks)
+    assert restore_state(blob, [encode_chunk(c) for c in chunks]) == state

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import msgspec
 import pytest
 import structlog
 
@@ -308,6 +309,32 @@ def test_state_from_a_snapshot_equals_the_full_fold(store_path: Path) -> None:
         snap = rt.store.snapshot(run.id)
         assert snap is not None and 0 < snap[1] <= rt.store.head(run.id)
         assert rt.state(run.id) == fold(rt.events(run.id))
+
+
+def test_snapshots_store_each_full_history_chunk_once(store_path: Path) -> None:
+    steps = 70  # 2 + 2 * 70 messages: two full chunks of 64 and a partial one
+    with fl.Runtime.open(store_path, snapshot_every=40) as rt:
+        replies = [
+            fl.Reply(tool_calls=[fl.ToolCall("add", {"a": i, "b": 1})]) for i in range(steps)
+        ]
+        agent = fl.Agent(
+            name="chunks",
+            llm=fl.ScriptedLLM([*replies, fl.Reply(text="end")]),
+            tools=[add],
+            limits=fl.Limits(max_steps=steps + 1),
+        )
+        run = rt.spawn(agent, "go")
+        assert run.wait(timeout=60).ok
+        rt.store.submit(lambda w: None).wait()
+        snap = rt.store.snapshot(run.id)
+        assert snap is not None and len(snap[3]) == 2
+        full = fold(rt.events(run.id))
+        assert rt.state(run.id) == full
+        assert len(full.messages) > 128
+        # the snapshot's own state holds only the partial chunk
+        assert len(snap[2]) < len(msgspec.msgpack.encode(full)) / 2
+        count = rt.store.read_txn(lambda txn: txn.stat(rt.store._chunks)["entries"])
+        assert count == 2  # written once each, though ~8 snapshots were taken
 
 
 def test_second_runtime_cannot_resume_a_run_driven_elsewhere(store_path: Path) -> None:

@@ -31,6 +31,7 @@ from foldloop.core.decide import decide
 from foldloop.core.effects import CallModel, Decision, RequestApproval, RunTools, Settle
 from foldloop.core.evolve import apply
 from foldloop.core.messages import MessageView
+from foldloop.core.snapshot import encode_chunk, split_state
 from foldloop.core.state import STATE_VERSION, RunState, RunStatus
 from foldloop.errors import FoldloopError, ModelCallError
 from foldloop.events.catalogue import ToolFailed
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["AppendFailed", "RunActor"]
 
 log = get_logger(__name__)
-_STATE = msgspec.msgpack.Encoder()
 
 
 @dataclass(frozen=True)
@@ -208,11 +208,14 @@ class RunActor(FastActor):
                 self.actor_ref.tell(AppendFailed(op.error))
 
     def _snapshot(self, state: RunState) -> None:
-        run_id, seq, blob = state.run_id, state.seq, _STATE.encode(state)
+        run_id, seq = state.run_id, state.seq
+        blob, chunks = split_state(state)
 
         def put(w: Any) -> None:
             if w.head(run_id).seq == seq:
-                w.put_snapshot(run_id, STATE_VERSION, seq, blob)
+                stored = min(w.snapshot_chunks(run_id), len(chunks))
+                new = [encode_chunk(c) for c in chunks[stored:]]
+                w.put_snapshot(run_id, STATE_VERSION, seq, blob, new_chunks=new, first_chunk=stored)
 
         self.system.store.submit(put, durable=False)
 

@@ -102,7 +102,7 @@ Payload = tuple[KnownEvent, bytes, int]
 _LEASE = msgspec.msgpack.Decoder(Lease)
 _APPROVAL = msgspec.msgpack.Decoder(ApprovalRecord)
 _ENC = msgspec.msgpack.Encoder()
-_SNAPSHOT = msgspec.msgpack.Decoder(tuple[int, int, bytes])
+_SNAPSHOT = msgspec.msgpack.Decoder(tuple[int, int, bytes, int])
 
 
 class _SharedExclusive:
@@ -363,10 +363,33 @@ class WriteTxn:
         if current is not None and not current.applied:
             self.put_approval(msgspec.structs.replace(current, applied=True, applied_seq=seq))
 
-    def put_snapshot(self, run_id: str, state_version: int, seq: int, state: bytes) -> None:
-        self.txn.put(
-            run_id.encode(), _ENC.encode((state_version, seq, state)), db=self.store._snapshots
-        )
+    def snapshot_chunks(self, run_id: str) -> int:
+        """How many history chunks the run's stored snapshot has (0 without one)."""
+        raw = self.txn.get(run_id.encode(), db=self.store._snapshots)
+        if raw is None:
+            return 0
+        try:
+            return _SNAPSHOT.decode(raw)[3]
+        except msgspec.MsgspecError:
+            return 0
+
+    def put_snapshot(
+        self,
+        run_id: str,
+        state_version: int,
+        seq: int,
+        state: bytes,
+        *,
+        new_chunks: Sequence[bytes] = (),
+        first_chunk: int = 0,
+    ) -> None:
+        """Store a snapshot; ``new_chunks`` are the history chunks from ``first_chunk`` on
+        (the ones before are stored already and never change)."""
+        key = run_id.encode()
+        for i, chunk in enumerate(new_chunks, start=first_chunk):
+            self.txn.put(key + b"\0" + i.to_bytes(4, "big"), chunk, db=self.store._chunks)
+        count = first_chunk + len(new_chunks)
+        self.txn.put(key, _ENC.encode((state_version, seq, state, count)), db=self.store._snapshots)
 
     def put_meta(self, key: str, value: bytes) -> None:
         self.txn.put(key.encode(), value, db=self.store._meta)
@@ -417,7 +440,7 @@ class LmdbStore:
             self.env = lmdb.open(
                 str(path),
                 map_size=map_size,
-                max_dbs=10,
+                max_dbs=16,
                 max_readers=1024,
                 subdir=True,
                 sync=True,
@@ -444,6 +467,7 @@ class LmdbStore:
             self._tokens = self.env.open_db(b"tokens", create=True)
             self._open = self.env.open_db(b"approvals_open", create=True)
             self._checkpoints = self.env.open_db(b"checkpoints", create=True)
+            self._chunks = self.env.open_db(b"history_chunks", create=True)
         except lmdb.Error as exc:
             self.env.close()
             raise StoreError(f"cannot open the store at {str(path)!r}: {exc}") from None
@@ -674,12 +698,25 @@ class LmdbStore:
 
         return self.read_txn(get)
 
-    def snapshot(self, run_id: str) -> tuple[int, int, bytes] | None:
-        """(state_version, seq, state bytes) of the run's latest snapshot, if any."""
+    def snapshot(self, run_id: str) -> tuple[int, int, bytes, list[bytes]] | None:
+        """(state_version, seq, state bytes, history chunks) of the run's latest snapshot."""
 
-        def get(txn: Any) -> tuple[int, int, bytes] | None:
-            raw = txn.get(run_id.encode(), db=self._snapshots)
-            return None if raw is None else _SNAPSHOT.decode(raw)
+        def get(txn: Any) -> tuple[int, int, bytes, list[bytes]] | None:
+            key = run_id.encode()
+            raw = txn.get(key, db=self._snapshots)
+            if raw is None:
+                return None
+            try:
+                version, seq, state, count = _SNAPSHOT.decode(raw)
+            except msgspec.MsgspecError:
+                return None  # an older snapshot format: a cache, rebuilt from the log
+            chunks = []
+            for i in range(count):
+                chunk = txn.get(key + b"\0" + i.to_bytes(4, "big"), db=self._chunks)
+                if chunk is None:
+                    return None
+                chunks.append(bytes(chunk))
+            return version, seq, state, chunks
 
         return self.read_txn(get)
 

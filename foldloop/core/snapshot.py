@@ -1,0 +1,55 @@
+"""Snapshots that grow with the run's new messages, not with its whole history.
+
+A snapshot bounds the fold, but a run's state holds its message history, so a snapshot
+that stored the whole state each time would write O(history) bytes every
+``snapshot_every`` events: quadratic disk traffic over a long run, and a store that grows
+per step with the run's length. History is kept in immutable chunks of ``CHUNK``
+messages (see ``messages``); a full chunk never changes again. So a snapshot stores the
+state with only the last, partial chunk, and each full chunk is stored once, beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+
+from foldloop.core.messages import CHUNK, History, Message
+from foldloop.core.state import RunState
+
+__all__ = ["decode_chunk", "encode_chunk", "full_chunks", "restore_state", "split_state"]
+
+_ENC = msgspec.msgpack.Encoder()
+_STATE = msgspec.msgpack.Decoder(RunState)
+_CHUNK = msgspec.msgpack.Decoder(tuple[Message, ...])
+
+
+def full_chunks(history: History) -> int:
+    """How many leading chunks of ``history`` are full (and so will never change)."""
+    if history and len(history[-1]) == CHUNK:
+        return len(history)
+    return max(len(history) - 1, 0)
+
+
+def split_state(state: RunState) -> tuple[bytes, History]:
+    """(the state encoded without its full chunks, the full chunks)."""
+    n = full_chunks(state.history)
+    head, tail = state.history[:n], state.history[n:]
+    return _ENC.encode(msgspec.structs.replace(state, history=tail)), head
+
+
+def encode_chunk(chunk: tuple[Message, ...]) -> bytes:
+    """A full chunk's stored bytes."""
+    return _ENC.encode(chunk)
+
+
+def decode_chunk(raw: bytes) -> tuple[Message, ...]:
+    """A stored chunk (raises msgspec errors when the bytes are not one)."""
+    return _CHUNK.decode(raw)
+
+
+def restore_state(blob: bytes, chunks: Sequence[bytes]) -> RunState:
+    """The state ``split_state`` stored, its full chunks put back in front."""
+    state = _STATE.decode(blob)
+    head = tuple(decode_chunk(raw) for raw in chunks)
+    return msgspec.structs.replace(state, history=head + state.history)
