@@ -137,6 +137,40 @@ def test_metrics_table_prometheus_and_a_scrape_endpoint(tmp_path: Path) -> None:
     assert missing.returncode == 3 and not (tmp_path / "nope").exists()
 
 
+def test_tail_follow_prints_what_another_process_writes(tmp_path: Path) -> None:
+    import foldloop as fl
+
+    assert run(["demo"], tmp_path).returncode == 0
+    store = tmp_path / ".foldloop"
+    with fl.Runtime.open(store) as rt:
+        last = rt.store.last_position()
+    follower = subprocess.Popen(
+        [*FOLDLOOP, "tail", "--follow", "--from", str(last + 1)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        agent = fl.Agent(name="late", llm=fl.ScriptedLLM([fl.Reply(text="hi")]))
+        with fl.Runtime.open(store) as rt:
+            handle = rt.spawn(agent, "written while tail follows")
+            assert handle.wait(timeout=30).ok
+            run_id = handle.id
+        assert follower.stdout is not None
+        seen: list[list[str]] = []
+        for line in follower.stdout:
+            seen.append(line.split())
+            if "run.completed" in line:
+                break
+    finally:
+        follower.terminate()
+        follower.wait(timeout=10)
+    assert [int(cols[0]) for cols in seen] == list(range(last + 1, last + 1 + len(seen)))
+    assert all(cols[1] == run_id for cols in seen)
+    assert seen[0][3] == "run.started"
+
+
 def test_exit_codes_and_no_store_created_by_reads(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     proc = run(["--store", str(missing), "runs"], tmp_path)

@@ -215,6 +215,7 @@ def demo() -> None:
             f"foldloop{flag} show {run.id}",
             f"foldloop{flag} events {run.id} --json",
             f"foldloop{flag} verify {run.id} --agent foldloop.cli.demo:demo_agent",
+            f"foldloop{flag} metrics",
             f"foldloop{flag} doctor",
         ):
             out.print(f"  {escape(line)}")
