@@ -245,12 +245,13 @@ def test_attach_refuses_what_it_cannot_run(rt: fl.Runtime) -> None:
 # -- RunMetrics ----------------------------------------------------------------------
 
 
-def test_run_metrics_follow_approvals_failures_and_statuses(rt: fl.Runtime) -> None:
-    @fl.tool
-    def boom() -> str:
-        """Always fails."""
-        raise RuntimeError("boom")
+@fl.tool
+def boom() -> str:
+    """Always fails."""
+    raise RuntimeError("boom")
 
+
+def test_run_metrics_follow_approvals_failures_and_statuses(rt: fl.Runtime) -> None:
     gated = fl.Agent(
         name="gated",
         llm=fl.ScriptedLLM(
@@ -344,11 +345,6 @@ def test_otel_spans_per_run_model_call_and_tool_call(rt: fl.Runtime) -> None:
 
 
 def test_structlog_events_at_the_edges_carry_the_run_id(rt: fl.Runtime) -> None:
-    @fl.tool
-    def boom() -> str:
-        """Always fails."""
-        raise RuntimeError("boom")
-
     gated = fl.Agent(
         name="edges",
         llm=fl.ScriptedLLM(

@@ -12,20 +12,14 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from foldloop.core.state import RunStatus
 from foldloop.projections.histogram import Histogram
 from foldloop.projections.metrics import RunMetricsState
 
 __all__ = ["MetricsServer", "prometheus_text", "serve_prometheus"]
 
-_STATUSES = (
-    "running",
-    "awaiting_approval",
-    "completed",
-    "failed",
-    "cancelled",
-    "limit_reached",
-    "no_progress",
-)
+_STATUSES = tuple(s.value for s in RunStatus if s is not RunStatus.INTERRUPTED)
+"""Every status the log alone can show (interrupted needs the leases), exported even at 0."""
 
 
 def _collector(read: Callable[[], RunMetricsState]) -> Any:

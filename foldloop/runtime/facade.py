@@ -8,13 +8,10 @@ same write transaction, so a fenced-off runtime can never interleave its writes.
 
 from __future__ import annotations
 
-import datetime
-import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,25 +23,21 @@ from foldloop.actors.followers import Followers
 from foldloop.actors.projection_actor import ProjectionHandle
 from foldloop.actors.system import ActorSystem
 from foldloop.agent import Agent
-from foldloop.approvals import PendingApproval, approval_writes, issue_tickets, token_digest
+from foldloop.approvals import PendingApproval, approval_writes
 from foldloop.core.commands import (
-    ApprovalTicket,
     Cancel,
     Command,
-    DecideApproval,
-    ExpireApproval,
     Resume,
     Start,
 )
 from foldloop.core.decide import decide
-from foldloop.core.effects import Decision, Effect, RequestApproval, Settle
-from foldloop.core.evolve import apply, fold
+from foldloop.core.effects import Decision, RequestApproval, Settle
+from foldloop.core.evolve import fold
 from foldloop.core.explain import Explanation, explain
 from foldloop.core.replay import replay
 from foldloop.core.snapshot import restore_state
 from foldloop.core.state import STATE_VERSION, RunState, RunStatus
 from foldloop.errors import (
-    ApprovalError,
     ConfigError,
     FoldloopError,
     RunLocked,
@@ -54,92 +47,24 @@ from foldloop.errors import (
 from foldloop.events.catalogue import RunStarted
 from foldloop.events.jsonl import dump_run, load_run
 from foldloop.events.recorded import Recorded, UnknownEvent
-from foldloop.events.values import Limits, Usage
+from foldloop.events.values import Limits
 from foldloop.projections.base import Projection
-from foldloop.store.approvals import ApprovalRecord
+from foldloop.runtime.approval_desk import ApprovalDesk
+from foldloop.runtime.results import RunHandle, RunResult, RunSummary, result_of
+from foldloop.runtime.rules import (
+    check_run_id,
+    check_text,
+    evolve_all,
+    merged,
+    priced_limits,
+    tool_drift,
+)
 from foldloop.store.lmdb_store import DEFAULT_MAP_SIZE, LmdbStore, WriteTxn, encode_all, open_store
 from foldloop.store.owners import OwnerLock
 
-__all__ = ["RunHandle", "RunResult", "RunSummary", "Runtime"]
+__all__ = ["Runtime"]
 
 log = get_logger(__name__)
-
-_RUN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """Where a run stands when ``wait`` returns. Every status but completed has a reason."""
-
-    run_id: str
-    status: RunStatus
-    output: str
-    reason: str
-    resumable: bool
-    usage: Usage
-    steps: int
-
-    @property
-    def ok(self) -> bool:
-        """True when the run completed."""
-        return self.status is RunStatus.COMPLETED
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """One line of ``Runtime.runs()``."""
-
-    run_id: str
-    agent: str
-    status: RunStatus
-    steps: int
-    reason: str
-    seq: int
-    updated_at: int
-
-
-def _result(state: RunState, *, interrupted: str = "") -> RunResult:
-    status, reason = state.status, state.reason
-    if interrupted:
-        status, reason = (
-            RunStatus.INTERRUPTED,
-            (f"{interrupted}; rt.recover() or rt.resume(run_id) continues it"),
-        )
-    elif status is RunStatus.RUNNING:
-        reason = "still running; call wait() again"
-    return RunResult(
-        run_id=state.run_id,
-        status=status,
-        output=state.output,
-        reason=reason,
-        resumable=status is RunStatus.INTERRUPTED or (state.resumable and not state.terminal),
-        usage=state.usage,
-        steps=state.steps,
-    )
-
-
-class RunHandle:
-    """A run spawned or resumed through a runtime."""
-
-    def __init__(self, runtime: Runtime, run_id: str) -> None:
-        self._rt = runtime
-        self.id = run_id
-
-    def __repr__(self) -> str:
-        return f"RunHandle({self.id!r})"
-
-    def wait(self, timeout: float | None = None) -> RunResult:
-        """Block until the run completes or parks (or ``timeout`` seconds pass)."""
-        return self._rt._wait(self.id, timeout)
-
-    def cancel(self, reason: str = "") -> None:
-        """Cancel the run (at once: model calls run off the run's thread)."""
-        self._rt._cancel(self.id, reason)
-
-    @property
-    def state(self) -> RunState:
-        """The run's current state (the fold of its log)."""
-        return self._rt.state(self.id)
 
 
 class Runtime:
@@ -168,11 +93,10 @@ class Runtime:
         self._closed = False
         self._poll_interval = poll_interval
         self._stop_polling = threading.Event()
-        self._poller = threading.Thread(
-            target=self._poll_approvals, name="foldloop-approvals", daemon=True
-        )
-        self._poller.start()
         self.followers = Followers(store, clock)
+        self.desk = ApprovalDesk(self)
+        self._poller = threading.Thread(target=self._poll, name="foldloop-poller", daemon=True)
+        self._poller.start()
         log.info("runtime_opened", path=str(store.path), owner=self.owner)
 
     @classmethod
@@ -247,6 +171,15 @@ class Runtime:
             )
         self._agents[agent.name] = agent
 
+    def agent_named(self, name: str) -> Agent | None:
+        """The agent registered here under ``name`` (None if this runtime does not know it)."""
+        return self._agents.get(name)
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._closed
+
     def _agent_for(self, state: RunState) -> Agent:
         agent = self._agents.get(state.agent)
         if agent is None:
@@ -255,7 +188,7 @@ class Runtime:
                 f"not know; open it with Runtime.open(..., agents=[<the {state.agent!r} agent>])"
             )
         if agent.tools_digest != state.tools_digest:
-            raise SchemaChangedError(_tool_drift(state, agent))
+            raise SchemaChangedError(tool_drift(state, agent))
         return agent
 
     # -- spawning ------------------------------------------------------------------------
@@ -270,18 +203,18 @@ class Runtime:
         parent_run_id: str | None = None,
     ) -> RunHandle:
         """Start a run of ``agent`` on ``input``; returns once run.started is durable."""
-        self._check_open()
+        self.check_open()
         self.register(agent)
-        _check_text("input", input)
+        check_text("input", input)
         run_id = run_id if run_id is not None else f"{agent.name}-{uuid.uuid4().hex[:12]}"
-        _check_run_id(run_id)
+        check_run_id(run_id)
         if parent_run_id is not None:
-            _check_run_id(parent_run_id)
+            check_run_id(parent_run_id)
         if metadata is not None and not isinstance(metadata, Mapping):
             raise ConfigError(f"metadata must be a mapping of str to str; got {metadata!r:.80}")
         for key, value in (metadata or {}).items():
-            _check_text("a metadata key", key)
-            _check_text(f"metadata[{key!r}]", value)
+            check_text("a metadata key", key)
+            check_text(f"metadata[{key!r}]", value)
         meta = tuple(sorted((metadata or {}).items()))
         now = self.clock()
         command = agent.start(
@@ -289,7 +222,7 @@ class Runtime:
             now=now,
             metadata=meta,
             parent_run_id=parent_run_id,
-            limits=_priced_limits(agent, now),
+            limits=priced_limits(agent, now),
         )
         decision = decide(RunState(run_id=run_id), command)
         payloads = encode_all(decision.events, command.now)
@@ -306,12 +239,14 @@ class Runtime:
             return epoch
 
         epoch = self.store.submit(start).wait()
-        state = _evolve_all(RunState(run_id=run_id), decision, command.now)
+        state = evolve_all(RunState(run_id=run_id), decision, command.now)
         log.info("run_started", run_id=run_id, agent=agent.name)
-        self._drive(agent, state, epoch, decision)
+        self.drive(agent, state, epoch, decision)
         return RunHandle(self, run_id)
 
-    def _drive(self, agent: Agent, state: RunState, epoch: int, decision: Decision) -> None:
+    def drive(self, agent: Agent, state: RunState, epoch: int, decision: Decision) -> None:
+        """Hand a run whose decision is committed (under ``epoch``) to a RunActor here.
+        (For the runtime package: host code spawns, resumes or approves instead.)"""
         for effect in decision.effects:
             if isinstance(effect, RequestApproval) and any(
                 isinstance(e, Settle) for e in decision.effects
@@ -338,7 +273,7 @@ class Runtime:
         Raises RunLocked if a live runtime drives it, SchemaChangedError if the agent's
         tools changed since the run started.
         """
-        self._check_open()
+        self.check_open()
         if extend is not None and not isinstance(extend, Limits):
             raise ConfigError("extend must be fl.Limits(...)")
         if self.system.active(run_id):
@@ -359,20 +294,20 @@ class Runtime:
         try:
             state = self.state(run_id)  # re-read under the lease: nobody else appends now
             now = self.clock()
-            gated, tokens = self._tickets_again(agent, state, now)
+            gated, tokens = self.desk.tickets_again(agent, state, now)
             command = Resume(now=now, owner=owner, extend=extend, gated=gated)
             decision = decide(state, command)
             if decision.rejected:
                 raise ConfigError(decision.rejected)
-            self._append(state, decision, command, epoch)
-            state = _evolve_all(state, decision, command.now)
-            self._remember_tokens(run_id, tokens)
-            state, decisions = self._apply_approvals(state, epoch, [decision])
+            self.append_decision(state, decision, command, epoch)
+            state = evolve_all(state, decision, command.now)
+            self.desk.remember_tokens(run_id, tokens)
+            state, decisions = self.desk.apply(state, epoch, [decision])
         except BaseException:
             self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
             raise
         log.info("run_resumed", run_id=run_id, agent=agent.name, seq=state.seq)
-        self._drive(agent, state, epoch, _merged(decisions, state))
+        self.drive(agent, state, epoch, merged(decisions, state))
         return RunHandle(self, run_id)
 
     def _refuse_unknown(self, run_id: str) -> None:
@@ -388,12 +323,7 @@ class Runtime:
 
     def pending_approvals(self) -> list[PendingApproval]:
         """Gated calls waiting for a decision (with the token, where this runtime issued it)."""
-        now = self.clock()
-        return [
-            self.system.pending(r)
-            for r in self.store.open_approvals()
-            if r.status == "pending" and now < r.expires_at
-        ]
+        return self.desk.pending()
 
     def approve(
         self,
@@ -409,7 +339,7 @@ class Runtime:
         Exactly one decision wins; a second one, an unknown or forged token, or a decision
         after the deadline raises ApprovalError saying which.
         """
-        self._decide_approval(token, run_id, call_id, approved=True, by=by, note=note)
+        self.desk.record_decision(token, run_id, call_id, approved=True, by=by, note=note)
 
     def deny(
         self,
@@ -421,150 +351,14 @@ class Runtime:
         note: str = "",
     ) -> None:
         """Deny a waiting call; the model is told ``note`` and the run goes on without it."""
-        self._decide_approval(token, run_id, call_id, approved=False, by=by, note=note)
+        self.desk.record_decision(token, run_id, call_id, approved=False, by=by, note=note)
 
-    def _decide_approval(
-        self,
-        token: str | None,
-        run_id: str | None,
-        call_id: str | None,
-        *,
-        approved: bool,
-        by: str,
-        note: str,
-    ) -> None:
-        self._check_open()
-        if token is not None:
-            record = self.store.approval_by_token(token_digest(token))
-            if record is None:
-                raise ApprovalError("no such approval request: the token is unknown or forged")
-        elif run_id is not None and call_id is not None:
-            record = self.store.approval(run_id, call_id)
-            if record is None:
-                raise ApprovalError(f"no approval request for run {run_id!r} call {call_id!r}")
-        else:
-            raise ConfigError("pass a token, or both run_id= and call_id=")
-        now = self.clock()
-        decided = self.store.submit(
-            lambda w: w.decide_approval(record, approved=approved, by=by, note=note, now=now)
-        ).wait()
-        log.info(
-            "approval_decided", run_id=record.run_id, call_id=record.call_id, status=decided.status
-        )
-        self._continue_approvals(record.run_id, record.agent)
-        if decided.status == "expired":
-            raise ApprovalError(
-                f"the approval of run {record.run_id!r} call {record.call_id!r} expired at "
-                f"{_iso(record.expires_at)}; rt.resume({record.run_id!r}) asks again"
-            )
-
-    def _tickets_again(
-        self, agent: Agent, state: RunState, now: int
-    ) -> tuple[tuple[ApprovalTicket, ...], dict[str, str]]:
-        """Fresh tickets for expired requests and for gated calls never requested."""
-        if agent.approvals is None:
-            return (), {}
-        calls = [
-            (-1, c.call_id, c.tool, c.args)
-            for c in state.calls
-            if c.status in ("expired", "proposed")
-        ]
-        return issue_tickets(agent.approvals, calls, now)
-
-    def _remember_tokens(self, run_id: str, tokens: dict[str, str]) -> None:
-        for call_id, token in tokens.items():
-            self.system.issued[(run_id, call_id)] = token
-
-    def _approval_commands(self, state: RunState) -> Iterator[Command]:
-        """Commands for the run's waiting calls that the approvals table has decided (or
-        that passed their deadline, which is recorded as expired first)."""
-        for call in state.calls:
-            if call.status != "awaiting_approval":
-                continue
-            record = self.store.approval(state.run_id, call.call_id)
-            if record is None or record.applied:
-                continue
-            now = self.clock()
-            if record.status == "pending":
-                if now < record.expires_at:
-                    continue
-                record = self.store.submit(_expiry(record, now)).wait()
-            if record.status == "expired":
-                yield ExpireApproval(now=now, call_id=call.call_id)
-            else:
-                yield DecideApproval(
-                    now=now,
-                    call_id=call.call_id,
-                    approved=record.status == "approved",
-                    by=record.by,
-                    note=record.note,
-                )
-
-    def _decided_not_applied(self, state: RunState) -> bool:
-        """True if a call the run waits on is decided in the approvals table already."""
-        for call in state.calls:
-            if call.status == "awaiting_approval":
-                record = self.store.approval(state.run_id, call.call_id)
-                if record is not None and record.status != "pending" and not record.applied:
-                    return True
-        return False
-
-    def _apply_approvals(
-        self, state: RunState, epoch: int, decisions: list[Decision]
-    ) -> tuple[RunState, list[Decision]]:
-        """Append the decisions (and expiries) the approvals table holds for a run we hold."""
-        for command in list(self._approval_commands(state)):
-            decision = decide(state, command)
-            if decision.rejected:
-                continue
-            self._append(state, decision, command, epoch)
-            state = _evolve_all(state, decision, command.now)
-            decisions.append(decision)
-        return state, decisions
-
-    def _continue_approvals(self, run_id: str, agent_name: str) -> None:
-        """Carry decisions into the run's log now, if this runtime can drive it."""
-        if self.system.active(run_id):
-            # Its actor appends them (it rejects any it has already applied).
-            for command in self._approval_commands(self.state(run_id)):
-                self.system.tell(run_id, command)
-            return
-        agent = self._agents.get(agent_name)
-        if agent is None or self._closed:
-            return  # a runtime with the agent (its poller, resume or recover) carries it on
-        owner = self.owner
-        try:
-            epoch = self.store.submit(lambda w: w.acquire_lease(run_id, owner)).wait()
-        except RunLocked:
-            return  # the runtime that drives it sees the decision itself
-        try:
-            state = self.state(run_id)
-            if state.status is not RunStatus.AWAITING_APPROVAL:
-                raise _NothingToDo
-            state, decisions = self._apply_approvals(state, epoch, [])
-            if not decisions:
-                raise _NothingToDo
-        except _NothingToDo:
-            self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
-            return
-        except Exception:
-            log.exception("approval_apply_failed", run_id=run_id)
-            self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
-            return
-        self._drive(agent, state, epoch, _merged(decisions, state))
-
-    def _poll_approvals(self) -> None:
-        """Every ``poll_interval``: carry decisions made elsewhere, and expiries, into runs."""
+    def _poll(self) -> None:
+        """Every ``poll_interval``: decisions and expiries into runs, other processes'
+        commits to the projections."""
         while not self._stop_polling.wait(self._poll_interval):
             try:
-                now = self.clock()
-                runs = {
-                    (r.run_id, r.agent)
-                    for r in self.store.due_approvals(now)
-                    if r.agent in self._agents
-                }
-                for run_id, agent_name in sorted(runs):
-                    self._continue_approvals(run_id, agent_name)
+                self.desk.carry_due()
             except Exception:
                 log.exception("approval_poll_failed")
             try:
@@ -572,9 +366,11 @@ class Runtime:
             except Exception:
                 log.exception("projection_poll_failed")
 
+    # -- recovering ----------------------------------------------------------------------
+
     def recover(self) -> list[RunHandle]:
         """Resume every run left running by a runtime that died, for agents registered here."""
-        self._check_open()
+        self.check_open()
         handles: list[RunHandle] = []
         for run_id in self.store.run_ids():
             if self.system.active(run_id):
@@ -597,10 +393,14 @@ class Runtime:
                 log.warning("recover_skipped", run_id=run_id, error=str(exc))
         return handles
 
-    def _append(self, state: RunState, decision: Decision, command: Command, epoch: int) -> None:
+    def append_decision(
+        self, state: RunState, decision: Decision, command: Command, epoch: int
+    ) -> None:
+        """Append a decision taken outside any actor (resume, approvals), durably, with
+        its approvals-table writes. (For the runtime package.)"""
         payloads = encode_all(decision.events, command.now)
         run_id, owner, seq = state.run_id, self.owner, state.seq
-        after = _evolve_all(state, decision, command.now)
+        after = evolve_all(state, decision, command.now)
         extra = approval_writes(run_id, after, decision.events, command.now, seq + 1)
 
         def write(w: WriteTxn) -> None:
@@ -623,7 +423,7 @@ class Runtime:
             state = self.state(run_id)
             decision = decide(state, command)
             if decision.events:
-                self._append(state, decision, command, epoch)
+                self.append_decision(state, decision, command, epoch)
         finally:
             self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
 
@@ -635,26 +435,26 @@ class Runtime:
             settlement.event.wait(None if deadline is None else max(0, deadline - time.monotonic()))
             state = settlement.state
             if not settlement.event.is_set() or state is None:
-                return _result(self.state(run_id))
+                return result_of(self.state(run_id))
             if (
                 state.status is RunStatus.AWAITING_APPROVAL
-                and self._decided_not_applied(state)
+                and self.desk.decided_not_applied(state)
                 and (deadline is None or time.monotonic() < deadline)
             ):
                 # parked before a decision already taken reached it: the poller (or the
                 # drive the decision started) continues the run; wait for that settlement
                 time.sleep(0.01)
                 continue
-            return _result(state, interrupted=settlement.interrupted)
+            return result_of(state, interrupted=settlement.interrupted)
         while True:  # driven elsewhere (another process): follow the log
             state = self.state(run_id)
             if state.settled:
-                return _result(state)
+                return result_of(state)
             lease = self.store.lease(run_id)
             if lease is None or not lease.owner or not self.store.owner_alive(lease.owner):
-                return _result(state, interrupted="no runtime is driving it")
+                return result_of(state, interrupted="no runtime is driving it")
             if deadline is not None and time.monotonic() >= deadline:
-                return _result(state)
+                return result_of(state)
             time.sleep(0.02)
 
     # -- reading -------------------------------------------------------------------------
@@ -737,10 +537,10 @@ class Runtime:
         The imported run folds to the same state; nobody drives it, so a resumable one
         shows as interrupted until a runtime with its agent resumes it.
         """
-        self._check_open()
+        self.check_open()
         header, exported = load_run(lines)
         target = run_id if run_id is not None else header.run_id
-        _check_run_id(target)
+        check_run_id(target)
         if not exported:
             raise ConfigError("the export holds no events")
         payloads = [p for e in exported for p in encode_all([e.event], e.at)]
@@ -800,7 +600,7 @@ class Runtime:
         while live (and on detach or close); after a crash it re-applies at most that much.
         An ``apply`` that raises stops this projection only (see ``handle.error``).
         """
-        self._check_open()
+        self.check_open()
         return self.followers.attach(projection, reset=reset, checkpoint_every=checkpoint_every)
 
     def subscribe(
@@ -812,97 +612,10 @@ class Runtime:
         A callback that raises is stopped (``handle.error`` says at which record); runs and
         other subscribers are untouched. Call the returned handle (or ``.detach()``) to stop.
         """
-        self._check_open()
+        self.check_open()
         return self.followers.subscribe(callback, types)
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raise ConfigError if this runtime was closed."""
         if self._closed:
             raise ConfigError("this runtime is closed; open a new one with fl.Runtime.open()")
-
-
-def _expiry(record: ApprovalRecord, now: int) -> Callable[[WriteTxn], ApprovalRecord]:
-    """A write op that marks a pending request expired (its deadline has passed)."""
-    return lambda w: w.decide_approval(record, approved=False, by="", note="", now=now)
-
-
-def _priced_limits(agent: Agent, now: int) -> Limits:
-    """The agent's limits, given how old its price table is (its ``stale`` policy decides)."""
-    limits, pricing = agent.limits, agent.pricing
-    if limits.max_cost_usd is None:
-        return limits
-    today = datetime.datetime.fromtimestamp(now / 1e9, tz=datetime.UTC).date()
-    age = pricing.age_days(today)
-    if age <= pricing.max_age_days:
-        return limits
-    why = (
-        f"agent {agent.name!r}: the price table is {age} days old (as of {pricing.as_of}, "
-        f"over {pricing.max_age_days}), so max_cost_usd may be off"
-    )
-    if pricing.stale == "refuse":
-        raise ConfigError(why + "; update the prices (fl.Pricing) or choose stale='warn'")
-    if pricing.stale == "tokens_only":
-        log.warning("pricing_stale_cost_ceiling_dropped", agent=agent.name, age_days=age)
-        return msgspec.structs.replace(limits, max_cost_usd=None)
-    log.warning("pricing_stale", agent=agent.name, age_days=age, as_of=pricing.as_of)
-    return limits
-
-
-class _NothingToDo(Exception):
-    """Internal: a lease was taken for nothing to apply."""
-
-
-def _merged(decisions: list[Decision], state: RunState) -> Decision:
-    """The effects of several decisions in a row: every effect but the earlier Settles."""
-    effects: list[Effect] = [
-        e for d in decisions[:-1] for e in d.effects if not isinstance(e, Settle)
-    ]
-    effects.extend(decisions[-1].effects)
-    return Decision(effects=tuple(effects), state=state)
-
-
-def _iso(ns: int) -> str:
-    return datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC).isoformat(timespec="seconds")
-
-
-def _evolve_all(state: RunState, decision: Decision, at: int) -> RunState:
-    if decision.state is not None:
-        return decision.state
-    for event in decision.events:
-        state = apply(state, event, at)
-    return state
-
-
-def _check_text(what: str, value: object) -> None:
-    """Refuse what the log cannot hold as text, naming the value and the rule."""
-    if not isinstance(value, str):
-        raise ConfigError(f"{what} must be a str; got {type(value).__name__}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ConfigError(
-            f"{what} contains an unpaired surrogate (U+{ord(value[exc.start]):04X}) at index "
-            f"{exc.start}; text must be valid Unicode (decode bytes with errors='replace')"
-        ) from None
-
-
-def _check_run_id(run_id: object) -> None:
-    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
-        raise ConfigError(f"run_id must be 1-128 characters of [A-Za-z0-9._:-]; got {run_id!r}")
-
-
-def _tool_drift(state: RunState, agent: Agent) -> str:
-    old = {t.name: t for t in state.tools}
-    new = {t.name: t.info for t in agent.tools}
-    added = sorted(set(new) - set(old))
-    removed = sorted(set(old) - set(new))
-    changed = sorted(n for n in set(old) & set(new) if old[n] != new[n])
-    parts = [
-        f"{label}: {', '.join(names)}"
-        for label, names in (("added", added), ("removed", removed), ("changed", changed))
-        if names
-    ]
-    return (
-        f"run {state.run_id!r} was started with other tools than agent {agent.name!r} has now "
-        f"({'; '.join(parts) or 'digest differs'}); resume it with the original tools, "
-        "or start a new run"
-    )

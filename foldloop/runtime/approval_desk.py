@@ -1,0 +1,215 @@
+"""The runtime's approvals desk: decisions taken from any process, carried into runs.
+
+A decision is checked and recorded in the store's approvals table in one write
+transaction (so of two racing deciders exactly one wins); the desk then carries it into
+the run's log: through the run's actor if this runtime drives it, by taking the run's
+lease and appending if the run is parked here, or not at all (a runtime with the agent
+does it: its poller, ``resume`` or ``recover``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from foldloop._log import get_logger
+from foldloop.agent import Agent
+from foldloop.approvals import PendingApproval, issue_tickets, token_digest
+from foldloop.core.commands import ApprovalTicket, Command, DecideApproval, ExpireApproval
+from foldloop.core.decide import decide
+from foldloop.core.effects import Decision
+from foldloop.core.state import RunState, RunStatus
+from foldloop.errors import ApprovalError, ConfigError, RunLocked
+from foldloop.runtime.rules import NothingToDo, evolve_all, expiry, iso, merged
+
+if TYPE_CHECKING:
+    from foldloop.runtime.facade import Runtime
+
+__all__ = ["ApprovalDesk"]
+
+log = get_logger("foldloop.runtime")
+
+
+class ApprovalDesk:
+    """Approvals for one runtime (``rt.approve``/``deny``/``pending_approvals`` land here)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def pending(self) -> list[PendingApproval]:
+        """Gated calls waiting for a decision (with the token, where this runtime issued it)."""
+        now = self.rt.clock()
+        return [
+            self.rt.system.pending(r)
+            for r in self.rt.store.open_approvals()
+            if r.status == "pending" and now < r.expires_at
+        ]
+
+    def approve(
+        self,
+        token: str | None = None,
+        *,
+        run_id: str | None = None,
+        call_id: str | None = None,
+        by: str = "",
+        note: str = "",
+    ) -> None:
+        """Approve a waiting call, by its token or by ids, from any process with the store.
+
+        Exactly one decision wins; a second one, an unknown or forged token, or a decision
+        after the deadline raises ApprovalError saying which.
+        """
+        self.record_decision(token, run_id, call_id, approved=True, by=by, note=note)
+
+    def deny(
+        self,
+        token: str | None = None,
+        *,
+        run_id: str | None = None,
+        call_id: str | None = None,
+        by: str = "",
+        note: str = "",
+    ) -> None:
+        """Deny a waiting call; the model is told ``note`` and the run goes on without it."""
+        self.record_decision(token, run_id, call_id, approved=False, by=by, note=note)
+
+    def record_decision(
+        self,
+        token: str | None,
+        run_id: str | None,
+        call_id: str | None,
+        *,
+        approved: bool,
+        by: str,
+        note: str,
+    ) -> None:
+        self.rt.check_open()
+        if token is not None:
+            record = self.rt.store.approval_by_token(token_digest(token))
+            if record is None:
+                raise ApprovalError("no such approval request: the token is unknown or forged")
+        elif run_id is not None and call_id is not None:
+            record = self.rt.store.approval(run_id, call_id)
+            if record is None:
+                raise ApprovalError(f"no approval request for run {run_id!r} call {call_id!r}")
+        else:
+            raise ConfigError("pass a token, or both run_id= and call_id=")
+        now = self.rt.clock()
+        decided = self.rt.store.submit(
+            lambda w: w.decide_approval(record, approved=approved, by=by, note=note, now=now)
+        ).wait()
+        log.info(
+            "approval_decided", run_id=record.run_id, call_id=record.call_id, status=decided.status
+        )
+        self.carry(record.run_id, record.agent)
+        if decided.status == "expired":
+            raise ApprovalError(
+                f"the approval of run {record.run_id!r} call {record.call_id!r} expired at "
+                f"{iso(record.expires_at)}; rt.resume({record.run_id!r}) asks again"
+            )
+
+    def tickets_again(
+        self, agent: Agent, state: RunState, now: int
+    ) -> tuple[tuple[ApprovalTicket, ...], dict[str, str]]:
+        """Fresh tickets for expired requests and for gated calls never requested."""
+        if agent.approvals is None:
+            return (), {}
+        calls = [
+            (-1, c.call_id, c.tool, c.args)
+            for c in state.calls
+            if c.status in ("expired", "proposed")
+        ]
+        return issue_tickets(agent.approvals, calls, now)
+
+    def remember_tokens(self, run_id: str, tokens: dict[str, str]) -> None:
+        for call_id, token in tokens.items():
+            self.rt.system.issued[(run_id, call_id)] = token
+
+    def commands(self, state: RunState) -> Iterator[Command]:
+        """Commands for the run's waiting calls that the approvals table has decided (or
+        that passed their deadline, which is recorded as expired first)."""
+        for call in state.calls:
+            if call.status != "awaiting_approval":
+                continue
+            record = self.rt.store.approval(state.run_id, call.call_id)
+            if record is None or record.applied:
+                continue
+            now = self.rt.clock()
+            if record.status == "pending":
+                if now < record.expires_at:
+                    continue
+                record = self.rt.store.submit(expiry(record, now)).wait()
+            if record.status == "expired":
+                yield ExpireApproval(now=now, call_id=call.call_id)
+            else:
+                yield DecideApproval(
+                    now=now,
+                    call_id=call.call_id,
+                    approved=record.status == "approved",
+                    by=record.by,
+                    note=record.note,
+                )
+
+    def decided_not_applied(self, state: RunState) -> bool:
+        """True if a call the run waits on is decided in the approvals table already."""
+        for call in state.calls:
+            if call.status == "awaiting_approval":
+                record = self.rt.store.approval(state.run_id, call.call_id)
+                if record is not None and record.status != "pending" and not record.applied:
+                    return True
+        return False
+
+    def apply(
+        self, state: RunState, epoch: int, decisions: list[Decision]
+    ) -> tuple[RunState, list[Decision]]:
+        """Append the decisions (and expiries) the approvals table holds for a run we hold."""
+        for command in list(self.commands(state)):
+            decision = decide(state, command)
+            if decision.rejected:
+                continue
+            self.rt.append_decision(state, decision, command, epoch)
+            state = evolve_all(state, decision, command.now)
+            decisions.append(decision)
+        return state, decisions
+
+    def carry(self, run_id: str, agent_name: str) -> None:
+        """Carry decisions into the run's log now, if this runtime can drive it."""
+        if self.rt.system.active(run_id):
+            # Its actor appends them (it rejects any it has already applied).
+            for command in self.commands(self.rt.state(run_id)):
+                self.rt.system.tell(run_id, command)
+            return
+        agent = self.rt.agent_named(agent_name)
+        if agent is None or self.rt.closed:
+            return  # a runtime with the agent (its poller, resume or recover) carries it on
+        owner = self.rt.owner
+        try:
+            epoch = self.rt.store.submit(lambda w: w.acquire_lease(run_id, owner)).wait()
+        except RunLocked:
+            return  # the runtime that drives it sees the decision itself
+        try:
+            state = self.rt.state(run_id)
+            if state.status is not RunStatus.AWAITING_APPROVAL:
+                raise NothingToDo
+            state, decisions = self.apply(state, epoch, [])
+            if not decisions:
+                raise NothingToDo
+        except NothingToDo:
+            self.rt.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
+            return
+        except Exception:
+            log.exception("approval_apply_failed", run_id=run_id)
+            self.rt.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
+            return
+        self.rt.drive(agent, state, epoch, merged(decisions, state))
+
+    def carry_due(self) -> None:
+        """Carry decisions made elsewhere, and expiries, into runs of agents known here."""
+        now = self.rt.clock()
+        runs = {
+            (r.run_id, r.agent)
+            for r in self.rt.store.due_approvals(now)
+            if self.rt.agent_named(r.agent) is not None
+        }
+        for run_id, agent_name in sorted(runs):
+            self.carry(run_id, agent_name)

@@ -1,0 +1,89 @@
+"""What host code holds for a run: its handle, its result, its summary row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from foldloop.core.state import RunState, RunStatus
+from foldloop.events.values import Usage
+
+if TYPE_CHECKING:
+    from foldloop.runtime.facade import Runtime
+
+__all__ = ["RunHandle", "RunResult", "RunSummary", "result_of"]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where a run stands when ``wait`` returns. Every status but completed has a reason."""
+
+    run_id: str
+    status: RunStatus
+    output: str
+    reason: str
+    resumable: bool
+    usage: Usage
+    steps: int
+
+    @property
+    def ok(self) -> bool:
+        """True when the run completed."""
+        return self.status is RunStatus.COMPLETED
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One line of ``Runtime.runs()``."""
+
+    run_id: str
+    agent: str
+    status: RunStatus
+    steps: int
+    reason: str
+    seq: int
+    updated_at: int
+
+
+def result_of(state: RunState, *, interrupted: str = "") -> RunResult:
+    status, reason = state.status, state.reason
+    if interrupted:
+        status, reason = (
+            RunStatus.INTERRUPTED,
+            (f"{interrupted}; rt.recover() or rt.resume(run_id) continues it"),
+        )
+    elif status is RunStatus.RUNNING:
+        reason = "still running; call wait() again"
+    return RunResult(
+        run_id=state.run_id,
+        status=status,
+        output=state.output,
+        reason=reason,
+        resumable=status is RunStatus.INTERRUPTED or (state.resumable and not state.terminal),
+        usage=state.usage,
+        steps=state.steps,
+    )
+
+
+class RunHandle:
+    """A run spawned or resumed through a runtime."""
+
+    def __init__(self, runtime: Runtime, run_id: str) -> None:
+        self._rt = runtime
+        self.id = run_id
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.id!r})"
+
+    def wait(self, timeout: float | None = None) -> RunResult:
+        """Block until the run completes or parks (or ``timeout`` seconds pass)."""
+        return self._rt._wait(self.id, timeout)
+
+    def cancel(self, reason: str = "") -> None:
+        """Cancel the run (at once: model calls run off the run's thread)."""
+        self._rt._cancel(self.id, reason)
+
+    @property
+    def state(self) -> RunState:
+        """The run's current state (the fold of its log)."""
+        return self._rt.state(self.id)
