@@ -2,12 +2,17 @@
 
 Databases inside the environment:
 
-    log        position (u64 BE)      -> sealed record (see framing.py): the only truth
-    index      run_id NUL seq (u64 BE) -> position (u64 BE) + chain hash, for records up to
-                                        meta["indexed"]; a cache of the log, see below
-    leases     run_id                 -> Lease(owner, epoch)
-    snapshots  run_id                 -> msgpack [state_version, seq, state bytes]
-    meta       name                   -> bytes (checkpoints and store-wide facts)
+    log             position (u64 BE)       -> sealed record (see framing.py): the only truth
+    index           run_id NUL seq (u64 BE) -> position (u64 BE) + chain hash, for records up
+                                               to meta["indexed"]; a cache of the log, see below
+    leases          run_id                  -> Lease(owner, epoch)
+    snapshots       run_id                  -> msgpack [state_version, seq, state, chunks]
+    history_chunks  run_id NUL n (u32 BE)   -> a full chunk of the run's messages (snapshot.py)
+    approvals, tokens, approvals_open       -> approval records and their lookups
+    checkpoints     projection name         -> Checkpoint(position, state, failure)
+    meta            name                    -> bytes (store-wide facts)
+
+Key shapes and codecs are in ``layout``; what a write transaction may do is ``WriteTxn``.
 
 The log's keys grow monotonically, so every commit lands at its end; positions are read
 from the last key inside the write transaction, which keeps them gapless even when
@@ -25,9 +30,7 @@ needs repair after a crash: the tail is simply scanned again.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
-import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -38,71 +41,70 @@ import msgspec
 
 from foldloop._log import get_logger
 from foldloop.errors import (
-    ApprovalError,
-    ConcurrencyError,
     ConfigError,
     CorruptRecord,
-    RunLocked,
     StoreError,
 )
 from foldloop.events.catalogue import KnownEvent
 from foldloop.events.codec import (
     DecodeFailure,
     decode_event,
-    encode_event,
     has_upcasters,
-    schema_version_of,
 )
 from foldloop.events.recorded import Recorded
 from foldloop.store.approvals import ApprovalRecord, approval_key
-from foldloop.store.checkpoints import Checkpoint, decode_checkpoint, encode_checkpoint
+from foldloop.store.checkpoints import Checkpoint, decode_checkpoint
 from foldloop.store.framing import (
     GENESIS,
-    Frame,
     Head,
     Lease,
     SealBroken,
     chain_hash,
     decode_frame,
     decode_typed_frame,
-    head_from_index,
     index_key,
     index_prefix,
     pack_position,
     peek_run_seq,
-    seal,
     unpack_position,
     unseal,
 )
+from foldloop.store.layout import (
+    APPROVAL_DECODER,
+    INDEX_EVERY,
+    INDEXED_KEY,
+    LAST_KEY,
+    LEASE_DECODER,
+    MAX_EVENT_BYTES,
+    SNAPSHOT_DECODER,
+    Payload,
+    TailEntry,
+    encode_all,
+    last_index_entry,
+)
 from foldloop.store.owners import owner_alive
 from foldloop.store.preflight import check_or_create_dir, write_marker
+from foldloop.store.write_txn import WriteTxn
 from foldloop.store.writer import WriteOp, Writer
 
-__all__ = ["DEFAULT_MAP_SIZE", "LmdbStore", "MAX_MAP_SIZE", "Payload", "WriteTxn", "open_store"]
+__all__ = [
+    "DEFAULT_MAP_SIZE",
+    "INDEX_EVERY",
+    "LmdbStore",
+    "MAX_EVENT_BYTES",
+    "MAX_MAP_SIZE",
+    "Payload",
+    "WriteTxn",
+    "encode_all",
+    "open_store",
+]
 
 log = get_logger(__name__)
 
 T = TypeVar("T")
 DEFAULT_MAP_SIZE = 256 << 20
 MAX_MAP_SIZE = 1 << 40
-_LAST = b"\xff" * 8
-_SEQ = struct.Struct(">Q")
-_INDEXED = b"indexed"
 _FRAME_AT = 4 + 16  # crc + previous hash precede the frame
-MAX_EVENT_BYTES = 1 << 20
-"""The largest encoded event the log accepts (tool results are capped well below it)."""
-INDEX_EVERY = 256
-"""Unindexed records that trigger writing their index entries (in the next commit)."""
-
-TailEntry = tuple[str, int, int, bytes]
-"""(run_id, seq, position, chain hash) of a record past the index's high-water mark."""
-
-Payload = tuple[KnownEvent, bytes, int]
-"""An event ready to append: the event, its encoded bytes, and its ``at`` (unix ns)."""
-_LEASE = msgspec.msgpack.Decoder(Lease)
-_APPROVAL = msgspec.msgpack.Decoder(ApprovalRecord)
-_ENC = msgspec.msgpack.Encoder()
-_SNAPSHOT = msgspec.msgpack.Decoder(tuple[int, int, bytes, int])
 
 
 class _SharedExclusive:
@@ -152,271 +154,6 @@ class _SharedExclusive:
             with self._lock:
                 self._writer = False
                 self._drained.notify_all()
-
-
-class WriteTxn:
-    """What a write op sees: one LMDB write transaction plus the store's rules."""
-
-    def __init__(self, store: LmdbStore) -> None:
-        self.store = store
-        self._resize = store._resize
-        self._resize.acquire_shared()
-        try:
-            self.txn = store._begin(write=True)
-        except BaseException:
-            self._resize.release_shared()
-            raise
-        self.appended: list[Recorded] = []
-        try:
-            last = self.txn.cursor(db=store._log)
-            self._next = unpack_position(last.key()) + 1 if last.last() else 1
-            store._sync_tail(self.txn)
-        except BaseException:
-            self.txn.abort()
-            self._resize.release_shared()
-            raise
-        self._heads: dict[str, Head] = {}
-        self._new: list[TailEntry] = []
-        self._force_index = False
-
-    def index_now(self) -> None:
-        """Write the tail's index entries in this transaction (used on close)."""
-        self._force_index = True
-
-    def commit(self) -> None:
-        store = self.store
-        try:
-            pending = len(store._tail) + len(self._new)
-            indexed = pending and (pending >= store.index_every or self._force_index)
-            if indexed:
-                put, index_db = self.txn.put, store._index
-                for run_id, seq, position, chain in (*store._tail, *self._new):
-                    put(index_key(run_id, seq), pack_position(position) + chain, db=index_db)
-                self.txn.put(_INDEXED, pack_position(self._next - 1), db=store._meta)
-            self.txn.commit()
-            if indexed:
-                store._reset_tail(self._next - 1)
-            elif self._new:
-                store._tail.extend(self._new)
-                store._tail_heads.update(self._heads)
-                store._tail_scanned = self._next - 1
-        finally:
-            self._resize.release_shared()
-
-    def abort(self) -> None:
-        try:
-            self.txn.abort()
-        finally:
-            self._resize.release_shared()
-
-    # -- reads inside the transaction ----------------------------------------------------
-
-    def head(self, run_id: str) -> Head:
-        head = self._heads.get(run_id) or self.store._tail_heads.get(run_id)
-        if head is not None:
-            return head
-        return last_index_entry(self.txn.cursor(db=self.store._index), run_id)
-
-    def lease(self, run_id: str) -> Lease | None:
-        raw = self.txn.get(run_id.encode(), db=self.store._leases)
-        return None if raw is None else _LEASE.decode(raw)
-
-    # -- writes --------------------------------------------------------------------------
-
-    def check_lease(self, run_id: str, owner: str, epoch: int) -> None:
-        lease = self.lease(run_id)
-        if lease is None or lease.owner != owner or lease.epoch != epoch:
-            now = "nobody" if lease is None or not lease.owner else f"owner {lease.owner}"
-            held = 0 if lease is None else lease.epoch
-            raise RunLocked(
-                f"run {run_id!r} is now driven by {now} (epoch {held}); this runtime held "
-                f"epoch {epoch} and was fenced off, so its append was refused"
-            )
-
-    def append(
-        self,
-        run_id: str,
-        payloads: Sequence[Payload],
-        *,
-        expected_seq: int,
-        owner: str | None = None,
-        epoch: int | None = None,
-        records: bool = True,
-    ) -> list[Recorded]:
-        """Append encoded events after ``expected_seq``; check everything before writing.
-
-        Returns the Recorded events unless ``records`` is False and nobody listens to
-        commits (the step path needs neither, and skips building them).
-        """
-        head = self.head(run_id)
-        if head.seq != expected_seq:
-            raise ConcurrencyError(run_id, expected_seq, head.seq)
-        if owner is not None and epoch is not None:
-            self.check_lease(run_id, owner, epoch)
-        put, log_db, new = self.txn.put, self.store._log, self._new
-        keep = records or bool(self.store._listeners)
-        prev = head.hash
-        seq = head.seq
-        out: list[Recorded] = []
-        for event, raw, at in payloads:
-            seq += 1
-            position = self._next
-            self._next += 1
-            frame = Frame(run_id, seq, position, at, msgspec.Raw(raw), schema_version_of(event))
-            value, prev = seal(frame, prev)
-            put(pack_position(position), value, db=log_db, append=True)
-            new.append((run_id, seq, position, prev))
-            if keep:
-                out.append(Recorded(run_id=run_id, seq=seq, position=position, at=at, event=event))
-        self._heads[run_id] = Head(seq, prev)
-        self.appended.extend(out)
-        return out
-
-    def put_lease(self, run_id: str, lease: Lease) -> None:
-        self.txn.put(run_id.encode(), _ENC.encode(lease), db=self.store._leases)
-
-    def acquire_lease(self, run_id: str, owner: str) -> int:
-        """Take the run for ``owner`` unless a live owner holds it; returns the new epoch."""
-        lease = self.lease(run_id)
-        if (
-            lease is not None
-            and lease.owner
-            and lease.owner != owner
-            and owner_alive(self.store.owners_dir, lease.owner)
-        ):
-            raise RunLocked(
-                f"run {run_id!r} is driven by a live runtime (owner {lease.owner}, epoch "
-                f"{lease.epoch}); stop that runtime or let it finish first"
-            )
-        epoch = (lease.epoch if lease is not None else 0) + 1
-        self.put_lease(run_id, Lease(owner, epoch))
-        return epoch
-
-    def release_lease(self, run_id: str, owner: str, epoch: int) -> bool:
-        lease = self.lease(run_id)
-        if lease is None or lease.owner != owner or lease.epoch != epoch:
-            return False
-        self.put_lease(run_id, Lease("", epoch))
-        return True
-
-    # -- approvals ---------------------------------------------------------------------------
-
-    def approval(self, run_id: str, call_id: str) -> ApprovalRecord | None:
-        raw = self.txn.get(approval_key(run_id, call_id), db=self.store._approvals)
-        return None if raw is None else _APPROVAL.decode(raw)
-
-    def put_approval(self, record: ApprovalRecord) -> None:
-        key = approval_key(record.run_id, record.call_id)
-        self.txn.put(key, _ENC.encode(record), db=self.store._approvals)
-        self.txn.put(record.token_digest.encode(), key, db=self.store._tokens)
-        if record.applied:
-            self.txn.delete(key, db=self.store._open)
-        else:
-            # status and deadline beside the key: the poller finds what is due without
-            # decoding every pending request
-            due = record.status.encode()[:1] + pack_position(record.expires_at)
-            self.txn.put(key, due, db=self.store._open)
-
-    def find_approval(self, token_digest: str) -> ApprovalRecord | None:
-        key = self.txn.get(token_digest.encode(), db=self.store._tokens)
-        if key is None:
-            return None
-        raw = self.txn.get(key, db=self.store._approvals)
-        return None if raw is None else _APPROVAL.decode(raw)
-
-    def decide_approval(
-        self, record: ApprovalRecord, *, approved: bool, by: str, note: str, now: int
-    ) -> ApprovalRecord:
-        """Record a decision if the request is still pending and unexpired.
-
-        Returns the stored record: decided, or marked expired (the caller reports that).
-        Raises ApprovalError, writing nothing, when the request was already decided.
-        """
-        current = self.approval(record.run_id, record.call_id)
-        if current is None or current.token_digest != record.token_digest:
-            raise ApprovalError(
-                f"no such approval request for run {record.run_id!r} call {record.call_id!r}"
-            )
-        if current.status != "pending":
-            raise ApprovalError(
-                f"the approval of run {current.run_id!r} call {current.call_id!r} was already "
-                f"{current.status}"
-                + (f" by {current.by!r}" if current.by else "")
-                + (f" at {_iso(current.decided_at)}" if current.decided_at else "")
-                + (f" (seq {current.applied_seq} of the run)" if current.applied_seq else "")
-            )
-        if now >= current.expires_at:
-            decided = msgspec.structs.replace(current, status="expired", decided_at=now)
-        else:
-            decided = msgspec.structs.replace(
-                current,
-                status="approved" if approved else "denied",
-                by=by,
-                note=note,
-                decided_at=now,
-            )
-        self.put_approval(decided)
-        return decided
-
-    def mark_applied(self, run_id: str, call_id: str, seq: int = 0) -> None:
-        current = self.approval(run_id, call_id)
-        if current is not None and not current.applied:
-            self.put_approval(msgspec.structs.replace(current, applied=True, applied_seq=seq))
-
-    def snapshot_chunks(self, run_id: str) -> int:
-        """How many history chunks the run's stored snapshot has (0 without one)."""
-        raw = self.txn.get(run_id.encode(), db=self.store._snapshots)
-        if raw is None:
-            return 0
-        try:
-            return _SNAPSHOT.decode(raw)[3]
-        except msgspec.MsgspecError:
-            return 0
-
-    def put_snapshot(
-        self,
-        run_id: str,
-        state_version: int,
-        seq: int,
-        state: bytes,
-        *,
-        new_chunks: Sequence[bytes] = (),
-        first_chunk: int = 0,
-    ) -> None:
-        """Store a snapshot; ``new_chunks`` are the history chunks from ``first_chunk`` on
-        (the ones before are stored already and never change)."""
-        key = run_id.encode()
-        for i, chunk in enumerate(new_chunks, start=first_chunk):
-            self.txn.put(key + b"\0" + i.to_bytes(4, "big"), chunk, db=self.store._chunks)
-        count = first_chunk + len(new_chunks)
-        self.txn.put(key, _ENC.encode((state_version, seq, state, count)), db=self.store._snapshots)
-
-    def put_meta(self, key: str, value: bytes) -> None:
-        self.txn.put(key.encode(), value, db=self.store._meta)
-
-    def put_checkpoint(self, checkpoint: Checkpoint, *, advance: bool = True) -> bool:
-        """Store a projection checkpoint; with ``advance``, only if it is not behind the
-        stored one (same version). Returns whether it was written."""
-        key = checkpoint.name.encode()
-        db = self.store._checkpoints
-        if advance:
-            raw = self.txn.get(key, db=db)
-            if raw is not None:
-                try:
-                    current = decode_checkpoint(raw)
-                except msgspec.DecodeError:
-                    current = None
-                if (
-                    current is not None
-                    and current.version == checkpoint.version
-                    and current.position > checkpoint.position
-                ):
-                    return False
-        self.txn.put(key, encode_checkpoint(checkpoint), db=db)
-        return True
-
-    def delete_checkpoint(self, name: str) -> None:
-        self.txn.delete(name.encode(), db=self.store._checkpoints)
 
 
 class LmdbStore:
@@ -542,7 +279,7 @@ class LmdbStore:
     # -- the unindexed tail ----------------------------------------------------------------
 
     def _indexed(self, txn: Any) -> int:
-        raw = txn.get(_INDEXED, db=self._meta)
+        raw = txn.get(INDEXED_KEY, db=self._meta)
         return 0 if raw is None else unpack_position(raw)
 
     def _reset_tail(self, base: int) -> None:
@@ -683,7 +420,7 @@ class LmdbStore:
             while found:
                 run_id = bytes(cur.key()[:-9]).decode()
                 out.add(run_id)
-                found = cur.set_range(index_prefix(run_id) + _LAST)
+                found = cur.set_range(index_prefix(run_id) + LAST_KEY)
             out.update(rid for _p, _v, rid, _s in self._scan_tail(txn, self._indexed(txn)))
             return sorted(out)
 
@@ -694,7 +431,7 @@ class LmdbStore:
 
         def get(txn: Any) -> Lease | None:
             raw = txn.get(run_id.encode(), db=self._leases)
-            return None if raw is None else _LEASE.decode(raw)
+            return None if raw is None else LEASE_DECODER.decode(raw)
 
         return self.read_txn(get)
 
@@ -707,7 +444,7 @@ class LmdbStore:
             if raw is None:
                 return None
             try:
-                version, seq, state, count = _SNAPSHOT.decode(raw)
+                version, seq, state, count = SNAPSHOT_DECODER.decode(raw)
             except msgspec.MsgspecError:
                 return None  # an older snapshot format: a cache, rebuilt from the log
             chunks = []
@@ -723,7 +460,7 @@ class LmdbStore:
     def approvals(self) -> list[ApprovalRecord]:
         """Every approval record (pending, decided, expired; applied to the log or not)."""
         return self.read_txn(
-            lambda txn: [_APPROVAL.decode(v) for _k, v in txn.cursor(db=self._approvals)]
+            lambda txn: [APPROVAL_DECODER.decode(v) for _k, v in txn.cursor(db=self._approvals)]
         )
 
     def open_approvals(self) -> list[ApprovalRecord]:
@@ -734,7 +471,7 @@ class LmdbStore:
             for key, _ in txn.cursor(db=self._open):
                 raw = txn.get(key, db=self._approvals)
                 if raw is not None:
-                    out.append(_APPROVAL.decode(raw))
+                    out.append(APPROVAL_DECODER.decode(raw))
             return out
 
         return self.read_txn(get)
@@ -749,7 +486,7 @@ class LmdbStore:
                     continue
                 raw = txn.get(key, db=self._approvals)
                 if raw is not None:
-                    out.append(_APPROVAL.decode(raw))
+                    out.append(APPROVAL_DECODER.decode(raw))
             return out
 
         return self.read_txn(get)
@@ -760,7 +497,7 @@ class LmdbStore:
         def get(txn: Any) -> ApprovalRecord | None:
             key = txn.get(token_digest.encode(), db=self._tokens)
             raw = None if key is None else txn.get(key, db=self._approvals)
-            return None if raw is None else _APPROVAL.decode(raw)
+            return None if raw is None else APPROVAL_DECODER.decode(raw)
 
         return self.read_txn(get)
 
@@ -769,7 +506,7 @@ class LmdbStore:
 
         def get(txn: Any) -> ApprovalRecord | None:
             raw = txn.get(approval_key(run_id, call_id), db=self._approvals)
-            return None if raw is None else _APPROVAL.decode(raw)
+            return None if raw is None else APPROVAL_DECODER.decode(raw)
 
         return self.read_txn(get)
 
@@ -919,40 +656,6 @@ class LmdbStore:
                 return
             _REGISTRY.pop(str(self.path), None)
         self._close()
-
-
-def _iso(ns: int) -> str:
-    return datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC).isoformat(timespec="seconds")
-
-
-def last_index_entry(cur: Any, run_id: str) -> Head:
-    """The run's head: its last index entry (seq 0 and the genesis hash when absent)."""
-    prefix = index_prefix(run_id)
-    found = cur.prev() if cur.set_range(prefix + _LAST) else cur.last()
-    if found and cur.key().startswith(prefix):
-        return head_from_index(cur.key(), cur.value())
-    return Head(0, GENESIS)
-
-
-def encode_all(events: Sequence[KnownEvent], at: int) -> list[Payload]:
-    """Encode events before queueing them, so a bad payload fails in the caller, unwritten."""
-    out: list[Payload] = []
-    for event in events:
-        try:
-            raw = encode_event(event)
-        except (msgspec.EncodeError, OverflowError, UnicodeEncodeError, TypeError) as exc:
-            raise ConfigError(
-                f"cannot store a {event.type} event: {exc}; integers must fit in 64 bits and "
-                "text must be valid unicode (nothing was written)"
-            ) from None
-        if len(raw) > MAX_EVENT_BYTES:
-            raise ConfigError(
-                f"a {event.type} event of {len(raw):,} bytes is over the {MAX_EVENT_BYTES:,}-byte "
-                "limit (nothing was written); keep large data outside the log and record a "
-                "reference to it"
-            )
-        out.append((event, raw, at))
-    return out
 
 
 _REGISTRY: dict[str, LmdbStore] = {}

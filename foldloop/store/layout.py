@@ -1,0 +1,86 @@
+"""How the store lays data out in LMDB: key shapes, value codecs, the write-path limits.
+
+Shared by the write transaction (``write_txn``) and the store (``lmdb_store``).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from foldloop.errors import ConfigError
+from foldloop.events.catalogue import KnownEvent
+from foldloop.events.codec import encode_event
+from foldloop.store.approvals import ApprovalRecord
+from foldloop.store.framing import GENESIS, Head, Lease, head_from_index, index_prefix
+
+__all__ = [
+    "APPROVAL_DECODER",
+    "ENCODER",
+    "INDEXED_KEY",
+    "INDEX_EVERY",
+    "LAST_KEY",
+    "LEASE_DECODER",
+    "MAX_EVENT_BYTES",
+    "Payload",
+    "SNAPSHOT_DECODER",
+    "TailEntry",
+    "encode_all",
+    "iso",
+    "last_index_entry",
+]
+
+LAST_KEY = b"\xff" * 8
+INDEXED_KEY = b"indexed"
+MAX_EVENT_BYTES = 1 << 20
+"""The largest encoded event the log accepts (tool results are capped well below it)."""
+INDEX_EVERY = 256
+"""Unindexed records that trigger writing their index entries (in the next commit)."""
+
+TailEntry = tuple[str, int, int, bytes]
+"""(run_id, seq, position, chain hash) of a record past the index's high-water mark."""
+
+Payload = tuple[KnownEvent, bytes, int]
+"""An event ready to append: the event, its encoded bytes, and its ``at`` (unix ns)."""
+LEASE_DECODER = msgspec.msgpack.Decoder(Lease)
+APPROVAL_DECODER = msgspec.msgpack.Decoder(ApprovalRecord)
+ENCODER = msgspec.msgpack.Encoder()
+SNAPSHOT_DECODER = msgspec.msgpack.Decoder(tuple[int, int, bytes, int])
+
+
+def iso(ns: int) -> str:
+    """``ns`` (unix ns) as an ISO 8601 UTC timestamp."""
+    return datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC).isoformat(timespec="seconds")
+
+
+def last_index_entry(cur: Any, run_id: str) -> Head:
+    """The run's head: its last index entry (seq 0 and the genesis hash when absent)."""
+    prefix = index_prefix(run_id)
+    found = cur.prev() if cur.set_range(prefix + LAST_KEY) else cur.last()
+    if found and cur.key().startswith(prefix):
+        return head_from_index(cur.key(), cur.value())
+    return Head(0, GENESIS)
+
+
+def encode_all(events: Sequence[KnownEvent], at: int) -> list[Payload]:
+    """Encode events before queueing them, so a bad payload fails in the caller, unwritten."""
+    out: list[Payload] = []
+    for event in events:
+        try:
+            raw = encode_event(event)
+        except (msgspec.EncodeError, OverflowError, UnicodeEncodeError, TypeError) as exc:
+            raise ConfigError(
+                f"cannot store a {event.type} event: {exc}; integers must fit in 64 bits and "
+                "text must be valid unicode (nothing was written)"
+            ) from None
+        if len(raw) > MAX_EVENT_BYTES:
+            raise ConfigError(
+                f"a {event.type} event of {len(raw):,} bytes is over the {MAX_EVENT_BYTES:,}-byte "
+                "limit (nothing was written); keep large data outside the log and record a "
+                "reference to it"
+            )
+        out.append((event, raw, at))
+    return out

@@ -1,0 +1,313 @@
+"""WriteTxn: what a write op sees, one LMDB write transaction plus the store's rules.
+
+Appends check the expected seq and the lease epoch, frame and chain each record, and
+remember the new records for the unindexed tail; approvals, leases, snapshots and
+projection checkpoints are written through it too, so whatever belongs together commits
+together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from foldloop.errors import ApprovalError, ConcurrencyError, RunLocked
+from foldloop.events.codec import schema_version_of
+from foldloop.events.recorded import Recorded
+from foldloop.store.approvals import ApprovalRecord, approval_key
+from foldloop.store.checkpoints import Checkpoint, decode_checkpoint, encode_checkpoint
+from foldloop.store.framing import (
+    Frame,
+    Head,
+    Lease,
+    index_key,
+    pack_position,
+    seal,
+    unpack_position,
+)
+from foldloop.store.layout import (
+    APPROVAL_DECODER,
+    ENCODER,
+    INDEXED_KEY,
+    LEASE_DECODER,
+    SNAPSHOT_DECODER,
+    Payload,
+    TailEntry,
+    iso,
+    last_index_entry,
+)
+from foldloop.store.owners import owner_alive
+
+if TYPE_CHECKING:
+    from foldloop.store.lmdb_store import LmdbStore
+
+__all__ = ["WriteTxn"]
+
+
+class WriteTxn:
+    """What a write op sees: one LMDB write transaction plus the store's rules."""
+
+    def __init__(self, store: LmdbStore) -> None:
+        self.store = store
+        self._resize = store._resize
+        self._resize.acquire_shared()
+        try:
+            self.txn = store._begin(write=True)
+        except BaseException:
+            self._resize.release_shared()
+            raise
+        self.appended: list[Recorded] = []
+        try:
+            last = self.txn.cursor(db=store._log)
+            self._next = unpack_position(last.key()) + 1 if last.last() else 1
+            store._sync_tail(self.txn)
+        except BaseException:
+            self.txn.abort()
+            self._resize.release_shared()
+            raise
+        self._heads: dict[str, Head] = {}
+        self._new: list[TailEntry] = []
+        self._force_index = False
+
+    def index_now(self) -> None:
+        """Write the tail's index entries in this transaction (used on close)."""
+        self._force_index = True
+
+    def commit(self) -> None:
+        store = self.store
+        try:
+            pending = len(store._tail) + len(self._new)
+            indexed = pending and (pending >= store.index_every or self._force_index)
+            if indexed:
+                put, index_db = self.txn.put, store._index
+                for run_id, seq, position, chain in (*store._tail, *self._new):
+                    put(index_key(run_id, seq), pack_position(position) + chain, db=index_db)
+                self.txn.put(INDEXED_KEY, pack_position(self._next - 1), db=store._meta)
+            self.txn.commit()
+            if indexed:
+                store._reset_tail(self._next - 1)
+            elif self._new:
+                store._tail.extend(self._new)
+                store._tail_heads.update(self._heads)
+                store._tail_scanned = self._next - 1
+        finally:
+            self._resize.release_shared()
+
+    def abort(self) -> None:
+        try:
+            self.txn.abort()
+        finally:
+            self._resize.release_shared()
+
+    # -- reads inside the transaction ----------------------------------------------------
+
+    def head(self, run_id: str) -> Head:
+        head = self._heads.get(run_id) or self.store._tail_heads.get(run_id)
+        if head is not None:
+            return head
+        return last_index_entry(self.txn.cursor(db=self.store._index), run_id)
+
+    def lease(self, run_id: str) -> Lease | None:
+        raw = self.txn.get(run_id.encode(), db=self.store._leases)
+        return None if raw is None else LEASE_DECODER.decode(raw)
+
+    # -- writes --------------------------------------------------------------------------
+
+    def check_lease(self, run_id: str, owner: str, epoch: int) -> None:
+        lease = self.lease(run_id)
+        if lease is None or lease.owner != owner or lease.epoch != epoch:
+            now = "nobody" if lease is None or not lease.owner else f"owner {lease.owner}"
+            held = 0 if lease is None else lease.epoch
+            raise RunLocked(
+                f"run {run_id!r} is now driven by {now} (epoch {held}); this runtime held "
+                f"epoch {epoch} and was fenced off, so its append was refused"
+            )
+
+    def append(
+        self,
+        run_id: str,
+        payloads: Sequence[Payload],
+        *,
+        expected_seq: int,
+        owner: str | None = None,
+        epoch: int | None = None,
+        records: bool = True,
+    ) -> list[Recorded]:
+        """Append encoded events after ``expected_seq``; check everything before writing.
+
+        Returns the Recorded events unless ``records`` is False and nobody listens to
+        commits (the step path needs neither, and skips building them).
+        """
+        head = self.head(run_id)
+        if head.seq != expected_seq:
+            raise ConcurrencyError(run_id, expected_seq, head.seq)
+        if owner is not None and epoch is not None:
+            self.check_lease(run_id, owner, epoch)
+        put, log_db, new = self.txn.put, self.store._log, self._new
+        keep = records or bool(self.store._listeners)
+        prev = head.hash
+        seq = head.seq
+        out: list[Recorded] = []
+        for event, raw, at in payloads:
+            seq += 1
+            position = self._next
+            self._next += 1
+            frame = Frame(run_id, seq, position, at, msgspec.Raw(raw), schema_version_of(event))
+            value, prev = seal(frame, prev)
+            put(pack_position(position), value, db=log_db, append=True)
+            new.append((run_id, seq, position, prev))
+            if keep:
+                out.append(Recorded(run_id=run_id, seq=seq, position=position, at=at, event=event))
+        self._heads[run_id] = Head(seq, prev)
+        self.appended.extend(out)
+        return out
+
+    def put_lease(self, run_id: str, lease: Lease) -> None:
+        self.txn.put(run_id.encode(), ENCODER.encode(lease), db=self.store._leases)
+
+    def acquire_lease(self, run_id: str, owner: str) -> int:
+        """Take the run for ``owner`` unless a live owner holds it; returns the new epoch."""
+        lease = self.lease(run_id)
+        if (
+            lease is not None
+            and lease.owner
+            and lease.owner != owner
+            and owner_alive(self.store.owners_dir, lease.owner)
+        ):
+            raise RunLocked(
+                f"run {run_id!r} is driven by a live runtime (owner {lease.owner}, epoch "
+                f"{lease.epoch}); stop that runtime or let it finish first"
+            )
+        epoch = (lease.epoch if lease is not None else 0) + 1
+        self.put_lease(run_id, Lease(owner, epoch))
+        return epoch
+
+    def release_lease(self, run_id: str, owner: str, epoch: int) -> bool:
+        lease = self.lease(run_id)
+        if lease is None or lease.owner != owner or lease.epoch != epoch:
+            return False
+        self.put_lease(run_id, Lease("", epoch))
+        return True
+
+    # -- approvals ---------------------------------------------------------------------------
+
+    def approval(self, run_id: str, call_id: str) -> ApprovalRecord | None:
+        raw = self.txn.get(approval_key(run_id, call_id), db=self.store._approvals)
+        return None if raw is None else APPROVAL_DECODER.decode(raw)
+
+    def put_approval(self, record: ApprovalRecord) -> None:
+        key = approval_key(record.run_id, record.call_id)
+        self.txn.put(key, ENCODER.encode(record), db=self.store._approvals)
+        self.txn.put(record.token_digest.encode(), key, db=self.store._tokens)
+        if record.applied:
+            self.txn.delete(key, db=self.store._open)
+        else:
+            # status and deadline beside the key: the poller finds what is due without
+            # decoding every pending request
+            due = record.status.encode()[:1] + pack_position(record.expires_at)
+            self.txn.put(key, due, db=self.store._open)
+
+    def find_approval(self, token_digest: str) -> ApprovalRecord | None:
+        key = self.txn.get(token_digest.encode(), db=self.store._tokens)
+        if key is None:
+            return None
+        raw = self.txn.get(key, db=self.store._approvals)
+        return None if raw is None else APPROVAL_DECODER.decode(raw)
+
+    def decide_approval(
+        self, record: ApprovalRecord, *, approved: bool, by: str, note: str, now: int
+    ) -> ApprovalRecord:
+        """Record a decision if the request is still pending and unexpired.
+
+        Returns the stored record: decided, or marked expired (the caller reports that).
+        Raises ApprovalError, writing nothing, when the request was already decided.
+        """
+        current = self.approval(record.run_id, record.call_id)
+        if current is None or current.token_digest != record.token_digest:
+            raise ApprovalError(
+                f"no such approval request for run {record.run_id!r} call {record.call_id!r}"
+            )
+        if current.status != "pending":
+            raise ApprovalError(
+                f"the approval of run {current.run_id!r} call {current.call_id!r} was already "
+                f"{current.status}"
+                + (f" by {current.by!r}" if current.by else "")
+                + (f" at {iso(current.decided_at)}" if current.decided_at else "")
+                + (f" (seq {current.applied_seq} of the run)" if current.applied_seq else "")
+            )
+        if now >= current.expires_at:
+            decided = msgspec.structs.replace(current, status="expired", decided_at=now)
+        else:
+            decided = msgspec.structs.replace(
+                current,
+                status="approved" if approved else "denied",
+                by=by,
+                note=note,
+                decided_at=now,
+            )
+        self.put_approval(decided)
+        return decided
+
+    def mark_applied(self, run_id: str, call_id: str, seq: int = 0) -> None:
+        current = self.approval(run_id, call_id)
+        if current is not None and not current.applied:
+            self.put_approval(msgspec.structs.replace(current, applied=True, applied_seq=seq))
+
+    def snapshot_chunks(self, run_id: str) -> int:
+        """How many history chunks the run's stored snapshot has (0 without one)."""
+        raw = self.txn.get(run_id.encode(), db=self.store._snapshots)
+        if raw is None:
+            return 0
+        try:
+            return SNAPSHOT_DECODER.decode(raw)[3]
+        except msgspec.MsgspecError:
+            return 0
+
+    def put_snapshot(
+        self,
+        run_id: str,
+        state_version: int,
+        seq: int,
+        state: bytes,
+        *,
+        new_chunks: Sequence[bytes] = (),
+        first_chunk: int = 0,
+    ) -> None:
+        """Store a snapshot; ``new_chunks`` are the history chunks from ``first_chunk`` on
+        (the ones before are stored already and never change)."""
+        key = run_id.encode()
+        for i, chunk in enumerate(new_chunks, start=first_chunk):
+            self.txn.put(key + b"\0" + i.to_bytes(4, "big"), chunk, db=self.store._chunks)
+        count = first_chunk + len(new_chunks)
+        self.txn.put(
+            key, ENCODER.encode((state_version, seq, state, count)), db=self.store._snapshots
+        )
+
+    def put_meta(self, key: str, value: bytes) -> None:
+        self.txn.put(key.encode(), value, db=self.store._meta)
+
+    def put_checkpoint(self, checkpoint: Checkpoint, *, advance: bool = True) -> bool:
+        """Store a projection checkpoint; with ``advance``, only if it is not behind the
+        stored one (same version). Returns whether it was written."""
+        key = checkpoint.name.encode()
+        db = self.store._checkpoints
+        if advance:
+            raw = self.txn.get(key, db=db)
+            if raw is not None:
+                try:
+                    current = decode_checkpoint(raw)
+                except msgspec.DecodeError:
+                    current = None
+                if (
+                    current is not None
+                    and current.version == checkpoint.version
+                    and current.position > checkpoint.position
+                ):
+                    return False
+        self.txn.put(key, encode_checkpoint(checkpoint), db=db)
+        return True
+
+    def delete_checkpoint(self, name: str) -> None:
+        self.txn.delete(name.encode(), db=self.store._checkpoints)
