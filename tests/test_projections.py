@@ -209,6 +209,23 @@ def test_a_raising_projection_stops_alone_and_says_where(rt: fl.Runtime) -> None
     assert again.catch_up() == last and again.state == last and again.error is None
 
 
+def test_a_damaged_record_stops_a_projection_with_where_it_is(store_path: Path) -> None:
+    with fl.Runtime.open(store_path) as rt:
+        rt.spawn(agent(), "MARKER-0123456789").wait(timeout=30)
+        last = rt.store.last_position()
+    data = (store_path / "data.mdb").read_bytes()
+    assert b"MARKER-0123456789" in data  # (free pages may hold old copies too)
+    (store_path / "data.mdb").write_bytes(data.replace(b"MARKER-0123456789", b"MARKER-0123456788"))
+    with fl.Runtime.open(store_path) as rt:
+        handle = rt.attach(Positions())
+        with pytest.raises(fl.ProjectionError, match="checksum mismatch") as info:
+            handle.catch_up()
+        # run.started (position 1) holds the input: the projection stopped before it
+        assert (info.value.position, info.value.seq) == (1, 1)
+        assert handle.position == 0 and not handle.live
+        assert last > 1
+
+
 def test_a_reader_process_follows_what_another_process_writes(rt: fl.Runtime) -> None:
     metrics = rt.attach(RunMetrics())
     metrics.catch_up()

@@ -17,7 +17,6 @@ from typing import Any
 from foldloop._log import get_logger
 from foldloop.actors.base import FastActor
 from foldloop.errors import ProjectionError
-from foldloop.events.recorded import Recorded
 from foldloop.projections.base import Projection
 from foldloop.store.checkpoints import Checkpoint, ProjectionFailure
 from foldloop.store.lmdb_store import LmdbStore
@@ -114,7 +113,12 @@ class ProjectionActor(FastActor):
             return
         self._poked.clear()
         position, state = self._published
-        page = self.store.read_all(position + 1, limit=PAGE)
+        try:
+            page = self.store.read_all(position + 1, limit=PAGE)
+        except Exception as exc:  # a damaged record or a closed store: stop, say where
+            run_id, seq = getattr(exc, "run_id", "?"), getattr(exc, "seq", 0)
+            self._halt(position, state, position + 1, run_id, seq, "(unreadable)", exc)
+            return
         if not page:
             return
         types, apply = self._types, self._apply
@@ -123,7 +127,7 @@ class ProjectionActor(FastActor):
                 try:
                     state = apply(state, rec)
                 except Exception as exc:
-                    self._halt(position, state, rec, exc)
+                    self._halt(position, state, rec.position, rec.run_id, rec.seq, rec.type, exc)
                     return
             position = rec.position
         self._publish(position, state)
@@ -137,9 +141,18 @@ class ProjectionActor(FastActor):
             self._published = (position, state)
             self._changed.notify_all()
 
-    def _halt(self, position: int, state: Any, rec: Recorded, exc: Exception) -> None:
-        """``apply`` raised on ``rec``: keep the state before it, record why, stop."""
-        failed_at, run_id, seq, event_type = rec.position, rec.run_id, rec.seq, rec.type
+    def _halt(  # noqa: PLR0917 - the failing record's coordinates, spelled out
+        self,
+        position: int,
+        state: Any,
+        failed_at: int,
+        run_id: str,
+        seq: int,
+        event_type: str,
+        exc: Exception,
+    ) -> None:
+        """The record at ``failed_at`` could not be applied (or read): keep the state
+        before it, record why, stop."""
         self.failure = ProjectionFailure(
             position=failed_at,
             run_id=run_id,

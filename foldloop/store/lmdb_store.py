@@ -566,7 +566,7 @@ class LmdbStore:
                 _prev, body = unseal(value)
                 typed = decode_typed_frame(body)
             except SealBroken as exc:
-                raise CorruptRecord(rid, s, str(exc)) from None
+                raise CorruptRecord(*_where(value, rid, s), str(exc)) from None
             except (msgspec.DecodeError, msgspec.ValidationError):
                 pass  # an unknown tag or a bad record: the careful path below says which
             else:
@@ -584,7 +584,7 @@ class LmdbStore:
             _prev, body = unseal(value)
             frame = decode_frame(body)
         except (SealBroken, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise CorruptRecord(rid, s, str(exc)) from None
+            raise CorruptRecord(*_where(value, rid, s), str(exc)) from None
         if run_id is not None and (frame.run_id != run_id or frame.seq != seq):
             raise CorruptRecord(rid, s, f"the record holds {frame.run_id!r} seq {frame.seq}")
         try:
@@ -656,6 +656,18 @@ class LmdbStore:
                 return
             _REGISTRY.pop(str(self.path), None)
         self._close()
+
+
+def _where(value: bytes, run_id: str, seq: int) -> tuple[str, int]:
+    """The run and seq a damaged record names (read past its checksum), when the caller
+    does not know them (a read across the log); the caller's own otherwise."""
+    if run_id != "?":
+        return run_id, seq
+    try:
+        found = peek_run_seq(bytes(value[_FRAME_AT:]))
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return run_id, seq
+    return found.run_id, found.seq
 
 
 _REGISTRY: dict[str, LmdbStore] = {}
