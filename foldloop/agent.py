@@ -30,6 +30,8 @@ class Agent:
     limits: Limits = field(default_factory=Limits)
     pricing: Pricing = DEFAULT_PRICING
     approvals: RequireApproval | None = None
+    _digest: str = field(init=False, repr=False, default="")
+    _infos: tuple[ToolInfo, ...] = field(init=False, repr=False, default=())
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -65,16 +67,19 @@ class Agent:
         if self.approvals is not None and not isinstance(self.approvals, RequireApproval):
             raise ConfigError(f"agent {self.name!r}: approvals must be fl.RequireApproval(...)")
         object.__setattr__(self, "tools", tools)
+        # Computed once: every spawn records both, and tools never change after decoration.
+        object.__setattr__(self, "_digest", tools_digest(tools))
+        object.__setattr__(self, "_infos", tuple(t.info for t in tools))
 
     @property
     def tools_digest(self) -> str:
         """Digest of the tool set; a run started with another digest cannot resume here."""
-        return tools_digest(self.tools)
+        return self._digest
 
     @property
     def tool_infos(self) -> tuple[ToolInfo, ...]:
         """What runs record about each tool."""
-        return tuple(t.info for t in self.tools)
+        return self._infos
 
     def start(
         self,

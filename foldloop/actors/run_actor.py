@@ -65,13 +65,20 @@ class RunActor(FastActor):
         self.state = state
         self.epoch = epoch
         self.run_id = state.run_id
-        self.log = log.bind(run_id=self.run_id, agent=agent.name)
+        self._log: Any = None
         self._dead = False
         self._held: list[Payload] = []
         self._held_from = 0
         self._held_extras: list[Callable[[Any], None]] = []
         self._inline = bool(getattr(agent.llm, "instant", False))
         self._specs = [t.spec for t in agent.tools]
+
+    @property
+    def log(self) -> Any:
+        """This run's logger (bound on first use: most runs log only when they end)."""
+        if self._log is None:
+            self._log = log.bind(run_id=self.run_id, agent=self.agent.name)
+        return self._log
 
     # -- messages ------------------------------------------------------------------------
 

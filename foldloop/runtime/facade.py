@@ -8,6 +8,7 @@ same write transaction, so a fenced-off runtime can never interleave its writes.
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 import uuid
@@ -206,7 +207,7 @@ class Runtime:
         self.check_open()
         self.register(agent)
         check_text("input", input)
-        run_id = run_id if run_id is not None else f"{agent.name}-{uuid.uuid4().hex[:12]}"
+        run_id = run_id if run_id is not None else f"{agent.name}-{secrets.token_hex(6)}"
         check_run_id(run_id)
         if parent_run_id is not None:
             check_run_id(parent_run_id)
