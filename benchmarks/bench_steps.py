@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import msgspec
@@ -187,43 +188,75 @@ def _load(concurrent: int, steps: int) -> None:
 
 
 def bench_fold(quick: bool) -> None:
-    steps = 1000
+    reps = 3 if quick else 7
     with (
         tempfile.TemporaryDirectory() as d,
         fl.Runtime.open(Path(d) / "fl", snapshot_every=0) as rt,
     ):
+        steps = 1000
         run = rt.spawn(agent(steps, "long"), "go")
         assert run.wait(timeout=600).ok
-        n = rt.store.head(run.id)
-        store = rt.store
-        reps = 3 if quick else 7
-
-        def bare() -> int:
-            def walk(txn: object) -> int:
-                count = 0
-                cur = txn.cursor(db=store._log)  # type: ignore[attr-defined]
-                for _key, value in cur:
-                    _prev, body = unseal(value)
-                    frame = decode_frame(body)
-                    decode_event(bytes(frame.event), frame.v)
-                    count += 1
-                return count
-
-            return store.read_txn(walk)
-
-        def ours() -> int:
-            return fold(store.read(run.id)).seq
-
-        t_bare = min(_timed(bare) for _ in range(reps))
-        t_ours = min(_timed(ours) for _ in range(reps))
-        print(f"3. fold of a {steps}-step run ({n} events, no snapshot)")
-        print(f"   bare cursor+checksum+decode: {n / t_bare:10.0f} events/s")
-        print(f"   read + fold (RunState):      {n / t_ours:10.0f} events/s")
-        print(f"   ratio fold/bare:             {t_bare / t_ours:10.0%}")
+        _fold_vs_bare(rt.store, run.id, f"a {steps}-step run", reps)
         data = Path(d) / "fl" / "data.mdb"
         per_step = data.stat().st_size / steps
         print(f"   data.mdb: {per_step:.0f} bytes per step (file size, free pages included)")
+    with (
+        tempfile.TemporaryDirectory() as d,
+        fl.Runtime.open(Path(d) / "fl", snapshot_every=0) as rt,
+    ):
+        run_id = _synthetic_run(rt.store, 100_000)
+        _fold_vs_bare(rt.store, run_id, "a 100,000-event run (written by the store)", 3)
         _ = msgspec  # keeps the import for readers comparing encoders
+
+
+def _synthetic_run(store: Any, events: int) -> str:
+    """Append one valid run of about ``events`` events (20-step-run shapes), 4,000 at a time."""
+    run_id = "synthetic"
+    seq = len(
+        store.append(run_id, [fl.events.RunStarted(agent="a", input="go")], expected_seq=0, at=1)
+    )
+    step = 0
+    while seq < events - 1:
+        batch: list[Any] = []
+        for _ in range(1000):
+            step += 1
+            call = f"c{step}"
+            batch += [
+                ModelRequested(step=step, prompt_digest="0" * 32),
+                ModelResponded(
+                    step=step, tool_calls=(ModelToolCall(id=call, name="note", args='{"i":1}'),)
+                ),
+                ToolRequested(call_id=call, tool="note", args='{"i":1}', step=step),
+                ToolCompleted(call_id=call, result=f"noted {step}"),
+            ]
+        seq += len(store.append(run_id, batch, expected_seq=seq, at=1))
+    return run_id
+
+
+def _fold_vs_bare(store: Any, run_id: str, what: str, reps: int) -> None:
+    n = store.head(run_id)
+
+    def bare() -> int:
+        def walk(txn: Any) -> int:
+            count = 0
+            for _key, value in txn.cursor(db=store._log):
+                _prev, body = unseal(value)
+                frame = decode_frame(body)
+                decode_event(bytes(frame.event), frame.v)
+                count += 1
+            return count
+
+        return int(store.read_txn(walk))
+
+    def ours() -> int:
+        return fold(store.read(run_id)).seq
+
+    t_bare = min(_timed(bare) for _ in range(reps))
+    t_ours = min(_timed(ours) for _ in range(reps))
+    print(f"3. fold of {what} ({n} events, no snapshot)")
+    print(f"   bare cursor+checksum+decode: {n / t_bare:10.0f} events/s")
+    print(f"   read + fold (RunState):      {n / t_ours:10.0f} events/s")
+    print(f"   ratio fold/bare:             {t_bare / t_ours:10.0%}")
 
 
 def _timed(fn: object) -> float:
