@@ -282,6 +282,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.model: dict[str, list[ToolCompleted]] = {}
         self.order: list[tuple[str, int]] = []
         self.n = 0
+        self.appends = 0
 
     @rule(target=runs, rid=st.from_regex(r"[a-z]{1,3}(-[0-9]{1,2})?", fullmatch=True))
     def new_run(self, rid: str) -> str:
@@ -295,6 +296,7 @@ class StoreMachine(RuleBasedStateMachine):
             self.n += 1
             events.append(ToolCompleted(call_id=str(self.n), result="z" * size))
         self.store.append(r, events, expected_seq=len(self.model[r]), at=self.n)
+        self.appends += 1
         for e in events:
             self.model[r].append(e)
             self.order.append((r, len(self.model[r])))
@@ -314,6 +316,16 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(r=runs, from_seq=st.integers(1, 10))
     def read_from(self, r: str, from_seq: int) -> None:
         assert [x.event for x in self.store.read(r, from_seq)] == self.model[r][from_seq - 1 :]
+
+    @rule(r=runs, from_seq=st.integers(1, 12), span=st.integers(0, 6))
+    def read_slice(self, r: str, from_seq: int, span: int) -> None:
+        got = [x.event for x in self.store.read(r, from_seq, from_seq + span)]
+        assert got == self.model[r][from_seq - 1 : from_seq + span]
+
+    @invariant()
+    def index_holds_stretches_not_records(self) -> None:
+        entries = self.store.read_txn(lambda txn: txn.stat(self.store._index)["entries"])
+        assert entries <= self.appends
 
     @invariant()
     def matches_model(self) -> None:
@@ -335,6 +347,41 @@ class StoreMachine(RuleBasedStateMachine):
 
 TestStoreMachine = StoreMachine.TestCase
 TestStoreMachine.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+
+
+def test_a_format_1_store_is_upgraded_and_reads_the_same(store_path: Path) -> None:
+    """Format 1 kept one index entry per record (position + chain hash); opening such a store
+    drops that index (a cache of the log) and rebuilds it in the new shape."""
+    from foldloop.store.framing import chain_hash, index_key, pack_position
+    from foldloop.store.layout import INDEXED_KEY
+
+    store = open_store(store_path, index_every=4)
+    for i in range(6):
+        for r in ("a", "b"):
+            store.append(r, [ev(i), ev(i + 100)], expected_seq=2 * i, at=i)
+    before = {r: store.read(r) for r in ("a", "b")}
+
+    def rewrite_as_format_1(w: object) -> None:
+        txn = w.txn  # type: ignore[attr-defined]
+        txn.drop(store._index, delete=False)
+        for rec in store.read_all():
+            chain = chain_hash(txn.get(pack_position(rec.position), db=store._log))
+            old_value = pack_position(rec.position) + chain
+            txn.put(index_key(rec.run_id, rec.seq), old_value, db=store._index)
+        txn.put(INDEXED_KEY, pack_position(rec.position), db=store._meta)
+
+    store.submit(rewrite_as_format_1).wait()
+    store.close()
+    (store_path / "foldloop.store").write_text('{"format": 1}\n')
+    store = open_store(store_path, index_every=4)
+    try:
+        assert {r: store.read(r) for r in ("a", "b")} == before
+        assert store.head("a") == 12 and store.verify_chain("b") == 12
+        store.append("a", [ev(999)], expected_seq=12, at=99)
+        assert store.read("a", 12)[-1].event == ev(999)
+        assert '"format": 2' in (store_path / "foldloop.store").read_text()
+    finally:
+        store.close()
 
 
 def test_requested_event_roundtrip_through_store(store_path: Path) -> None:

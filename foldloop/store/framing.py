@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import zlib
+from typing import NamedTuple
 
 import msgspec
 
@@ -31,6 +32,8 @@ __all__ = [
     "decode_typed_frame",
     "peek_run_seq",
     "RunSeq",
+    "IndexRange",
+    "decode_index",
     "head_from_index",
     "index_key",
     "index_value",
@@ -69,19 +72,51 @@ class Head(msgspec.Struct, array_like=True, frozen=True):
 _POS = struct.Struct(">Q")
 
 
-def index_value(position: int, chain: bytes) -> bytes:
-    """An index entry's value: the record's position and its chain hash.
+_RANGE = struct.Struct(">QI")
 
-    Keeping the chain hash here lets the index double as the per-run head (its last
-    entry), so an append touches two databases instead of three (each one costs pages
-    in every fsync).
+
+class IndexRange(NamedTuple):
+    """One index entry: ``length`` records of a run from ``first_seq``, stored at consecutive
+    log positions from ``first_position``; ``last_chain`` is the last one's chain hash."""
+
+    first_seq: int
+    first_position: int
+    length: int
+    last_chain: bytes
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the range's last record."""
+        return self.first_seq + self.length - 1
+
+
+def index_value(first_position: int, count: int, last_chain: bytes) -> bytes:
+    """An index entry's value: where a run of consecutive records starts, how many, and the
+    last one's chain hash.
+
+    One entry covers every record a run appended at consecutive log positions (an append,
+    or a run's appends with no other run's records between them), not one entry per event:
+    the index is a fifth the size. Keeping the chain hash lets the index double as the
+    per-run head (its last entry), so an append touches no database but the log.
     """
-    return _POS.pack(position) + chain
+    return _RANGE.pack(first_position, count) + last_chain
+
+
+def decode_index(key: bytes, value: bytes) -> IndexRange:
+    """The range an index entry (key: run id, NUL, first seq) describes."""
+    first_position, count = _RANGE.unpack_from(value)
+    return IndexRange(
+        int.from_bytes(key[-8:], "big"),
+        first_position,
+        count,
+        bytes(value[_RANGE.size : _RANGE.size + HASH_SIZE]),
+    )
 
 
 def head_from_index(key: bytes, value: bytes) -> Head:
     """The head a run's last index entry describes."""
-    return Head(int.from_bytes(key[-8:], "big"), bytes(value[8 : 8 + HASH_SIZE]))
+    entry = decode_index(key, value)
+    return Head(entry.last_seq, entry.last_chain)
 
 
 class Lease(msgspec.Struct, array_like=True, frozen=True):

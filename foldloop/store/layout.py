@@ -6,7 +6,7 @@ Shared by the write transaction (``write_txn``) and the store (``lmdb_store``).
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -15,7 +15,15 @@ from foldloop.errors import ConfigError
 from foldloop.events.catalogue import KnownEvent
 from foldloop.events.codec import encode_event
 from foldloop.store.approvals import ApprovalRecord
-from foldloop.store.framing import GENESIS, Head, Lease, head_from_index, index_prefix
+from foldloop.store.framing import (
+    GENESIS,
+    Head,
+    IndexRange,
+    Lease,
+    decode_index,
+    index_key,
+    index_prefix,
+)
 
 __all__ = [
     "APPROVAL_DECODER",
@@ -29,8 +37,11 @@ __all__ = [
     "SNAPSHOT_DECODER",
     "TailEntry",
     "encode_all",
+    "index_ranges",
     "iso",
     "last_index_entry",
+    "last_index_range",
+    "seek_index",
 ]
 
 LAST_KEY = b"\xff" * 8
@@ -56,13 +67,55 @@ def iso(ns: int) -> str:
     return datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC).isoformat(timespec="seconds")
 
 
-def last_index_entry(cur: Any, run_id: str) -> Head:
-    """The run's head: its last index entry (seq 0 and the genesis hash when absent)."""
+def last_index_range(cur: Any, run_id: str) -> IndexRange | None:
+    """The run's last index entry (None when the run has none)."""
     prefix = index_prefix(run_id)
     found = cur.prev() if cur.set_range(prefix + LAST_KEY) else cur.last()
     if found and cur.key().startswith(prefix):
-        return head_from_index(cur.key(), cur.value())
-    return Head(0, GENESIS)
+        return decode_index(cur.key(), cur.value())
+    return None
+
+
+def last_index_entry(cur: Any, run_id: str) -> Head:
+    """The run's head per the index (seq 0 and the genesis hash when absent)."""
+    last = last_index_range(cur, run_id)
+    return Head(0, GENESIS) if last is None else Head(last.last_seq, last.last_chain)
+
+
+def index_ranges(tail: Iterable[TailEntry]) -> list[tuple[str, int, int, int, bytes]]:
+    """(run_id, first seq, first position, count, last chain hash) for each stretch of a
+    run's records that sit at consecutive seqs and consecutive log positions."""
+    done: list[tuple[str, int, int, int, bytes]] = []
+    open_: dict[str, tuple[str, int, int, int, bytes]] = {}
+    for run_id, seq, position, chain in tail:
+        current = open_.get(run_id)
+        if current is not None:
+            _, first_seq, first_position, count, _ = current
+            if first_seq + count == seq and first_position + count == position:
+                open_[run_id] = (run_id, first_seq, first_position, count + 1, chain)
+                continue
+            done.append(current)
+        open_[run_id] = (run_id, seq, position, 1, chain)
+    done.extend(open_.values())
+    return done
+
+
+def seek_index(cur: Any, run_id: str, seq: int) -> bool:
+    """Put ``cur`` on the run's index entry that holds ``seq`` (or the first one after it);
+    False when the run has no such entry."""
+    prefix = index_prefix(run_id)
+    key = index_key(run_id, seq)
+    if cur.set_range(key):
+        if cur.key() == key:
+            return True
+        if cur.prev() and cur.key().startswith(prefix):
+            entry = decode_index(cur.key(), cur.value())
+            if entry.last_seq >= seq:
+                return True
+        return bool(cur.set_range(key)) and bytes(cur.key()).startswith(prefix)
+    if cur.last() and cur.key().startswith(prefix):
+        return decode_index(cur.key(), cur.value()).last_seq >= seq
+    return False
 
 
 def encode_all(events: Sequence[KnownEvent], at: int) -> list[Payload]:

@@ -57,12 +57,13 @@ from foldloop.store.checkpoints import Checkpoint, decode_checkpoint
 from foldloop.store.framing import (
     GENESIS,
     Head,
+    IndexRange,
     Lease,
     SealBroken,
     chain_hash,
     decode_frame,
+    decode_index,
     decode_typed_frame,
-    index_key,
     index_prefix,
     pack_position,
     peek_run_seq,
@@ -81,9 +82,10 @@ from foldloop.store.layout import (
     TailEntry,
     encode_all,
     last_index_entry,
+    seek_index,
 )
 from foldloop.store.owners import owner_alive
-from foldloop.store.preflight import check_or_create_dir, write_marker
+from foldloop.store.preflight import FORMAT, check_or_create_dir, store_format, write_marker
 from foldloop.store.write_txn import WriteTxn
 from foldloop.store.writer import WriteOp, Writer
 
@@ -210,6 +212,8 @@ class LmdbStore:
             raise StoreError(f"cannot open the store at {str(path)!r}: {exc}") from None
         if new:
             write_marker(path)
+        elif not readonly and store_format(path) < FORMAT:
+            self._upgrade()
         self.owners_dir.mkdir(mode=0o700, exist_ok=True)
         self._resize = _SharedExclusive()
         # The write path's view of the unindexed tail (touched only inside write txns,
@@ -223,6 +227,20 @@ class LmdbStore:
         self.writer = Writer(lambda: WriteTxn(self), self._grow, self._notify)
 
     # -- plumbing ------------------------------------------------------------------------
+
+    def _upgrade(self) -> None:
+        """Format 1 -> 2: the per-run index changed shape. It is a cache of the log, so it
+        is dropped and rebuilt: everything becomes the unindexed tail, indexed anew by the
+        next commit that indexes."""
+        try:
+            with self.env.begin(write=True) as txn:
+                txn.drop(self._index, delete=False)
+                txn.delete(INDEXED_KEY, db=self._meta)
+        except lmdb.Error as exc:
+            self.env.close()
+            raise StoreError(f"cannot upgrade the store at {str(self.path)!r}: {exc}") from None
+        write_marker(self.path)
+        log.info("store_upgraded", path=str(self.path), format=FORMAT)
 
     def _begin(self, *, write: bool = False) -> Any:
         try:
@@ -366,24 +384,37 @@ class LmdbStore:
         """The run's records from ``from_seq`` (inclusive) to ``to_seq`` (inclusive)."""
 
         def get(txn: Any) -> list[Recorded]:
-            prefix = index_prefix(run_id)
-            cur = txn.cursor(db=self._index)
             out: list[Recorded] = []
-            log_db = self._log
-            if cur.set_range(index_key(run_id, max(1, from_seq))):
-                for key, pos in cur:
-                    if not key.startswith(prefix):
-                        break
-                    seq = int.from_bytes(key[-8:], "big")
+            start = max(1, from_seq)
+            for entry, _key in self._ranges(txn, run_id, start):
+                log_cur = txn.cursor(db=self._log)
+                skip = max(0, start - entry.first_seq)
+                if not log_cur.set_key(pack_position(entry.first_position + skip)):
+                    raise CorruptRecord(
+                        run_id, entry.first_seq + skip, "the index points at a missing record"
+                    )
+                for seq in range(entry.first_seq + skip, entry.first_seq + entry.length):
                     if to_seq is not None and seq > to_seq:
                         return out
-                    out.append(self._decode(txn.get(pos[:8], db=log_db), run_id, seq))
+                    out.append(self._decode(log_cur.value(), run_id, seq))
+                    log_cur.next()
             for _pos, value, rid, seq in self._scan_tail(txn, self._indexed(txn)):
                 if rid == run_id and seq >= from_seq and (to_seq is None or seq <= to_seq):
                     out.append(self._decode(value, run_id, seq))
             return out
 
         return self.read_txn(get)
+
+    def _ranges(self, txn: Any, run_id: str, start: int) -> Iterator[tuple[IndexRange, bytes]]:
+        """The run's index entries from the one holding ``start`` on (with their keys)."""
+        cur = txn.cursor(db=self._index)
+        if not seek_index(cur, run_id, start):
+            return
+        prefix = index_prefix(run_id)
+        for key, value in cur:
+            if not key.startswith(prefix):
+                return
+            yield decode_index(key, value), bytes(key)
 
     def read_all(self, from_position: int = 1, limit: int | None = None) -> list[Recorded]:
         """Records across the whole log in position order, from ``from_position``."""
@@ -599,26 +630,26 @@ class LmdbStore:
         """Walk the run's hash chain and checksums; return its length or raise CorruptRecord."""
 
         def walk(txn: Any) -> int:
-            prefix = index_prefix(run_id)
-            cur = txn.cursor(db=self._index)
             prev = GENESIS
             expected = 0
-            if cur.set_range(prefix):
-                for key, pos in cur:
-                    if not key.startswith(prefix):
-                        break
-                    expected += 1
-                    seq = int.from_bytes(key[-8:], "big")
-                    if seq != expected:
-                        raise CorruptRecord(run_id, expected, f"seq gap: next stored is {seq}")
-                    value = txn.get(pos[:8], db=self._log)
+            for entry, _key in self._ranges(txn, run_id, 1):
+                if entry.first_seq != expected + 1:
+                    raise CorruptRecord(
+                        run_id, expected + 1, f"seq gap: next stored is {entry.first_seq}"
+                    )
+                for offset in range(entry.length):
+                    seq = entry.first_seq + offset
+                    expected = seq
+                    value = txn.get(pack_position(entry.first_position + offset), db=self._log)
                     self._decode(value, run_id, seq)
                     stored_prev, _ = unseal(value)
                     if stored_prev != prev:
                         raise CorruptRecord(run_id, seq, "hash chain broken (a record was altered)")
                     prev = chain_hash(value)
-                    if bytes(pos[8:]) != prev:
-                        raise CorruptRecord(run_id, seq, "index hash does not match the record")
+                if prev != entry.last_chain:
+                    raise CorruptRecord(
+                        run_id, entry.last_seq, "index hash does not match the record"
+                    )
             for _position, value, rid, seq in self._scan_tail(txn, self._indexed(txn)):
                 if rid != run_id:
                     continue

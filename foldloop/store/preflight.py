@@ -22,6 +22,7 @@ __all__ = [
     "check_data_file",
     "check_or_create_dir",
     "network_filesystem",
+    "store_format",
     "write_marker",
 ]
 
@@ -76,7 +77,8 @@ def _check_local(path: Path) -> None:
 
 
 MARKER = "foldloop.store"
-FORMAT = 1
+FORMAT = 2
+"""2: one index entry per stretch of a run's records (1: one per record; upgraded on open)."""
 _MAGIC = 0xBEEFC0DE
 _META_OFFSET = 16  # after the page header
 
@@ -89,6 +91,11 @@ def _read_marker(path: Path) -> int:
         raise StoreError(
             f"{path / MARKER} is unreadable ({exc}); this is not an intact foldloop store"
         ) from None
+
+
+def store_format(path: Path) -> int:
+    """The format a store's marker records (raises StoreError when unreadable)."""
+    return _read_marker(path)
 
 
 def check_or_create_dir(path: Path, *, create: bool) -> bool:

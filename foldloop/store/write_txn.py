@@ -23,6 +23,7 @@ from foldloop.store.framing import (
     Head,
     Lease,
     index_key,
+    index_value,
     pack_position,
     seal,
     unpack_position,
@@ -35,8 +36,10 @@ from foldloop.store.layout import (
     SNAPSHOT_DECODER,
     Payload,
     TailEntry,
+    index_ranges,
     iso,
     last_index_entry,
+    last_index_range,
 )
 from foldloop.store.owners import owner_alive
 
@@ -81,9 +84,7 @@ class WriteTxn:
             pending = len(store._tail) + len(self._new)
             indexed = pending and (pending >= store.index_every or self._force_index)
             if indexed:
-                put, index_db = self.txn.put, store._index
-                for run_id, seq, position, chain in (*store._tail, *self._new):
-                    put(index_key(run_id, seq), pack_position(position) + chain, db=index_db)
+                self._write_index((*store._tail, *self._new))
                 self.txn.put(INDEXED_KEY, pack_position(self._next - 1), db=store._meta)
             self.txn.commit()
             if indexed:
@@ -94,6 +95,30 @@ class WriteTxn:
                 store._tail_scanned = self._next - 1
         finally:
             self._resize.release_shared()
+
+    def _write_index(self, tail: Sequence[TailEntry]) -> None:
+        """Index the tail: one entry per stretch of a run's records at consecutive positions,
+        extending the run's last entry when the stretch continues it."""
+        put, index_db = self.txn.put, self.store._index
+        cur = self.txn.cursor(db=index_db)
+        for run_id, first_seq, first_position, count, chain in index_ranges(tail):
+            last = last_index_range(cur, run_id)
+            if (
+                last is not None
+                and last.last_seq + 1 == first_seq
+                and last.first_position + last.length == first_position
+            ):
+                put(
+                    index_key(run_id, last.first_seq),
+                    index_value(last.first_position, last.length + count, chain),
+                    db=index_db,
+                )
+            else:
+                put(
+                    index_key(run_id, first_seq),
+                    index_value(first_position, count, chain),
+                    db=index_db,
+                )
 
     def abort(self) -> None:
         try:
