@@ -45,34 +45,6 @@ class ApprovalDesk:
             if r.status == "pending" and now < r.expires_at
         ]
 
-    def approve(
-        self,
-        token: str | None = None,
-        *,
-        run_id: str | None = None,
-        call_id: str | None = None,
-        by: str = "",
-        note: str = "",
-    ) -> None:
-        """Approve a waiting call, by its token or by ids, from any process with the store.
-
-        Exactly one decision wins; a second one, an unknown or forged token, or a decision
-        after the deadline raises ApprovalError saying which.
-        """
-        self.record_decision(token, run_id, call_id, approved=True, by=by, note=note)
-
-    def deny(
-        self,
-        token: str | None = None,
-        *,
-        run_id: str | None = None,
-        call_id: str | None = None,
-        by: str = "",
-        note: str = "",
-    ) -> None:
-        """Deny a waiting call; the model is told ``note`` and the run goes on without it."""
-        self.record_decision(token, run_id, call_id, approved=False, by=by, note=note)
-
     def record_decision(
         self,
         token: str | None,
@@ -83,6 +55,8 @@ class ApprovalDesk:
         by: str,
         note: str,
     ) -> None:
+        """Check and record a decision in one write transaction (exactly one racing decider
+        wins), then carry it into the run if this runtime can."""
         self.rt.check_open()
         if token is not None:
             record = self.rt.store.approval_by_token(token_digest(token))
