@@ -131,10 +131,10 @@ class ProjectionActor(FastActor):
                     return
             position = rec.position
         self._publish(position, state)
+        if self.stored and time.monotonic() - self._last_checkpoint >= self.checkpoint_interval:
+            self._checkpoint(wait=False)  # during a long backfill too: a crash keeps progress
         if len(page) == PAGE:
             self.poke()
-        elif self.stored and time.monotonic() - self._last_checkpoint >= self.checkpoint_interval:
-            self._checkpoint(wait=False)
 
     def _publish(self, position: int, state: Any) -> None:
         with self._changed:
