@@ -373,6 +373,7 @@ class Runtime:
         """Resume every run left running by a runtime that died, for agents registered here."""
         self.check_open()
         handles: list[RunHandle] = []
+        orphans = []
         for run_id in self.store.run_ids():
             if self.system.active(run_id):
                 continue
@@ -383,15 +384,16 @@ class Runtime:
                 and (lease.owner == self.owner or self.store.owner_alive(lease.owner))
             ):
                 continue
-            state = self.state(run_id)
+            orphans.append(run_id)
+        for state in self._states(orphans):
             if state.status is not RunStatus.RUNNING or state.agent not in self._agents:
                 continue
             try:
-                handles.append(self.resume(run_id))
+                handles.append(self.resume(state.run_id))
             except RunLocked:
                 continue  # another runtime recovered it first
             except SchemaChangedError as exc:
-                log.warning("recover_skipped", run_id=run_id, error=str(exc))
+                log.warning("recover_skipped", run_id=state.run_id, error=str(exc))
         return handles
 
     def append_decision(
@@ -483,17 +485,39 @@ class Runtime:
 
     def state(self, run_id: str) -> RunState:
         """The run's state: its latest snapshot plus the events after it."""
-        base = RunState(run_id=run_id)
-        snap = self.store.snapshot(run_id)
-        if snap is not None and snap[0] == STATE_VERSION:
-            try:
-                base = restore_state(snap[2], snap[3])
-            except msgspec.MsgspecError:
-                base = RunState(run_id=run_id)  # a snapshot is a cache: fold the log instead
+        base = self._snapshot_state(run_id)
         tail = self.store.read(run_id, base.seq + 1)
         if not tail and not base.seq:
             raise RunNotFound(run_id)
         return fold(tail, base)
+
+    def _snapshot_state(self, run_id: str) -> RunState:
+        """The run's latest snapshot (an empty state when it has none or it is unreadable:
+        a snapshot is a cache, the log is folded instead)."""
+        snap = self.store.snapshot(run_id)
+        if snap is not None and snap[0] == STATE_VERSION:
+            try:
+                return restore_state(snap[2], snap[3])
+            except msgspec.MsgspecError:
+                pass
+        return RunState(run_id=run_id)
+
+    def _states(self, run_ids: Iterable[str]) -> Iterator[RunState]:
+        """The states of many runs, reading the log in one transaction per batch."""
+        batch: list[str] = []
+        for run_id in run_ids:
+            batch.append(run_id)
+            if len(batch) == 512:
+                yield from self._state_batch(batch)
+                batch = []
+        if batch:
+            yield from self._state_batch(batch)
+
+    def _state_batch(self, run_ids: list[str]) -> Iterator[RunState]:
+        bases = {run_id: self._snapshot_state(run_id) for run_id in run_ids}
+        tails = self.store.read_runs({rid: base.seq + 1 for rid, base in bases.items()})
+        for run_id, base in bases.items():
+            yield fold(tails[run_id], base)
 
     def runs(
         self, status: RunStatus | str | None = None, agent: str | None = None
@@ -501,8 +525,8 @@ class Runtime:
         """Summaries of the runs in the store, optionally filtered by status and agent."""
         wanted = RunStatus(status) if status is not None else None
         out: list[RunSummary] = []
-        for run_id in self.store.run_ids():
-            state = self.state(run_id)
+        for state in self._states(self.store.run_ids()):
+            run_id = state.run_id
             current = state.status
             if current is RunStatus.RUNNING and self._orphaned(run_id):
                 current = RunStatus.INTERRUPTED

@@ -384,23 +384,45 @@ class LmdbStore:
         """The run's records from ``from_seq`` (inclusive) to ``to_seq`` (inclusive)."""
 
         def get(txn: Any) -> list[Recorded]:
-            out: list[Recorded] = []
-            start = max(1, from_seq)
-            for entry, _key in self._ranges(txn, run_id, start):
-                log_cur = txn.cursor(db=self._log)
-                skip = max(0, start - entry.first_seq)
-                if not log_cur.set_key(pack_position(entry.first_position + skip)):
-                    raise CorruptRecord(
-                        run_id, entry.first_seq + skip, "the index points at a missing record"
-                    )
-                for seq in range(entry.first_seq + skip, entry.first_seq + entry.length):
-                    if to_seq is not None and seq > to_seq:
-                        return out
-                    out.append(self._decode(log_cur.value(), run_id, seq))
-                    log_cur.next()
+            out = self._from_index(txn, run_id, max(1, from_seq), to_seq)
             for _pos, value, rid, seq in self._scan_tail(txn, self._indexed(txn)):
                 if rid == run_id and seq >= from_seq and (to_seq is None or seq <= to_seq):
                     out.append(self._decode(value, run_id, seq))
+            return out
+
+        return self.read_txn(get)
+
+    def _from_index(
+        self, txn: Any, run_id: str, start: int, to_seq: int | None = None
+    ) -> list[Recorded]:
+        """The run's indexed records from ``start``: each index entry's stretch of the log
+        walked with one cursor."""
+        out: list[Recorded] = []
+        for entry, _key in self._ranges(txn, run_id, start):
+            skip = max(0, start - entry.first_seq)
+            log_cur = txn.cursor(db=self._log)
+            if not log_cur.set_key(pack_position(entry.first_position + skip)):
+                raise CorruptRecord(
+                    run_id, entry.first_seq + skip, "the index points at a missing record"
+                )
+            for seq in range(entry.first_seq + skip, entry.first_seq + entry.length):
+                if to_seq is not None and seq > to_seq:
+                    return out
+                out.append(self._decode(log_cur.value(), run_id, seq))
+                log_cur.next()
+        return out
+
+    def read_runs(self, starts: dict[str, int]) -> dict[str, list[Recorded]]:
+        """Several runs' records at once (``run_id -> from_seq``): one read transaction and
+        one scan of the unindexed tail for all of them (``read`` per run would scan it for
+        each)."""
+
+        def get(txn: Any) -> dict[str, list[Recorded]]:
+            out = {rid: self._from_index(txn, rid, max(1, start)) for rid, start in starts.items()}
+            for _pos, value, rid, seq in self._scan_tail(txn, self._indexed(txn)):
+                start = starts.get(rid)
+                if start is not None and seq >= start:
+                    out[rid].append(self._decode(value, rid, seq))
             return out
 
         return self.read_txn(get)
