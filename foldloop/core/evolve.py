@@ -63,26 +63,38 @@ def _signature(call: CallState) -> str:
     return f"{zlib.crc32(data.encode('utf-8', 'surrogatepass')):08x}"
 
 
-def _finish_call(state: RunState, call_id: str, status: str, result: str, kind: str) -> RunState:
+def _finish_call(  # noqa: PLR0917 - one event's fields, applied in one copy
+    state: RunState, seq: int, at: int, call_id: str, status: str, result: str, kind: str
+) -> RunState:
+    """A call's outcome; when it was the step's last, its messages join the history. All
+    in one ``replace`` (the fold's hottest path)."""
     calls = list(state.calls)
     for i, call in enumerate(calls):
         if call.call_id == call_id and not call.finished:
             calls[i] = replace(call, status=status, result=result, kind=kind)
             break
     else:
-        return state
+        return replace(state, seq=seq, last_at=at)
     new_calls = tuple(calls)
     invalid = state.invalid_args_in_step + (1 if kind == "invalid_args" else 0)
-    state = replace(state, calls=new_calls, invalid_args_in_step=invalid)
     if not all(c.finished for c in new_calls):
-        return _gate_status(state)
+        return _gate_status(
+            replace(state, seq=seq, last_at=at, calls=new_calls, invalid_args_in_step=invalid)
+        )
     sig, count = state.repeat_sig, state.repeat_count
     for call in new_calls:
         this = _signature(call)
         sig, count = (sig, count + 1) if this == sig else (this, 1)
+    messages = [tool_message(c) for c in new_calls]
     return _gate_status(
         replace(
-            _with_messages(state, [tool_message(c) for c in new_calls]),
+            state,
+            seq=seq,
+            last_at=at,
+            calls=new_calls,
+            invalid_args_in_step=invalid,
+            history=push(state.history, messages),
+            history_digest=chain_digest(state.history_digest, messages),
             repeat_sig=sig,
             repeat_count=count,
         )
@@ -118,14 +130,6 @@ def _gate_status(state: RunState) -> RunState:
     if state.status is RunStatus.AWAITING_APPROVAL:
         return replace(state, status=RunStatus.RUNNING, reason="")
     return state
-
-
-def _with_messages(state: RunState, messages: list[Message]) -> RunState:
-    return replace(
-        state,
-        history=push(state.history, messages),
-        history_digest=chain_digest(state.history_digest, messages),
-    )
 
 
 def _park(state: RunState, seq: int, at: int, status: RunStatus, reason: str) -> RunState:
@@ -198,17 +202,9 @@ def apply(state: RunState, event: AnyEvent, at: int) -> RunState:
             )
             return replace(state, seq=seq, last_at=at, calls=calls)
         case ToolCompleted():
-            return _finish_call(
-                replace(state, seq=seq, last_at=at), event.call_id, "completed", event.result, ""
-            )
+            return _finish_call(state, seq, at, event.call_id, "completed", event.result, "")
         case ToolFailed():
-            return _finish_call(
-                replace(state, seq=seq, last_at=at),
-                event.call_id,
-                "failed",
-                event.error,
-                event.kind,
-            )
+            return _finish_call(state, seq, at, event.call_id, "failed", event.error, event.kind)
         case ApprovalRequested():
             calls = _set_call(state, event.call_id, "awaiting_approval", ("proposed", "expired"))
             return _gate_status(replace(state, seq=seq, last_at=at, calls=calls))
