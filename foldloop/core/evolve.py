@@ -110,11 +110,18 @@ def _set_call(
     )
 
 
+_AT_GATE = frozenset({"awaiting_approval", "expired"})
+
+
 def _gate_status(state: RunState) -> RunState:
     """A run waits for approval when calls wait at a gate and nothing else is in flight."""
-    if state.status not in (RunStatus.RUNNING, RunStatus.AWAITING_APPROVAL):
+    status = state.status
+    if status is RunStatus.RUNNING:
+        if not any(c.status in _AT_GATE for c in state.calls):
+            return state  # the common case, decided without building lists
+    elif status is not RunStatus.AWAITING_APPROVAL:
         return state
-    waiting = [c for c in state.calls if c.status in ("awaiting_approval", "expired")]
+    waiting = [c for c in state.calls if c.status in _AT_GATE]
     busy = any(c.status in ("proposed", "requested") for c in state.calls) or state.model_pending
     if waiting and not busy:
         expired = [c.call_id for c in waiting if c.status == "expired"]
