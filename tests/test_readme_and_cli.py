@@ -135,6 +135,25 @@ def test_metrics_table_prometheus_and_a_scrape_endpoint(tmp_path: Path) -> None:
         assert server.wait(timeout=10) == 0
     missing = run(["--store", str(tmp_path / "nope"), "metrics"], tmp_path)
     assert missing.returncode == 3 and not (tmp_path / "nope").exists()
+    # the metrics command left its checkpoint; a projection that failed is listed with why
+    import foldloop as fl
+
+    def boom(state: int, record: fl.Recorded) -> int:
+        if record.type == "tool.completed":
+            raise ValueError("no tools here")
+        return state + 1
+
+    with fl.Runtime.open(tmp_path / ".foldloop") as rt:
+        failing = rt.attach(fl.Projection("picky", initial=lambda: 0, apply=boom))
+        with pytest.raises(fl.ProjectionError):
+            failing.catch_up()
+        last = rt.store.last_position()
+    listed = run(["projections"], tmp_path, COLUMNS="200")
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[1]: line for line in listed.stdout.splitlines() if "│" in line[:3]}
+    assert "foldloop.run_metrics" in rows and " ok " in rows["foldloop.run_metrics"]
+    assert "stopped at" in rows["picky"] and "ValueError" in listed.stdout
+    assert str(last) in rows["foldloop.run_metrics"]
 
 
 def test_tail_follow_prints_what_another_process_writes(tmp_path: Path) -> None:

@@ -412,6 +412,34 @@ def metrics(
         out.print(metrics_view(handle.state, escape))
 
 
+@app.command()
+def projections() -> None:
+    """Projection checkpoints in the store: where each stands, and why one stopped."""
+    with _runtime(_store()) as rt:
+        last = rt.store.last_position()
+        table = Table("projection", "v", "position", "behind", "status", "updated")
+        table.columns[0].no_wrap = True
+        table.columns[5].no_wrap = True
+        for cp in sorted(rt.store.checkpoints(), key=lambda c: c.name):
+            failure = cp.failure
+            status = (
+                "ok"
+                if failure is None
+                else f"stopped at {failure.position} ({failure.run_id} seq {failure.seq}, "
+                f"{failure.event_type}): {failure.error}"
+            )
+            updated = datetime.datetime.fromtimestamp(cp.updated_at / 1e9, tz=datetime.UTC)
+            table.add_row(
+                escape(cp.name),
+                str(cp.version),
+                str(cp.position),
+                str(max(0, last - cp.position)),
+                escape(status),
+                updated.strftime("%Y-%m-%d %H:%M:%S"),
+            )
+        out.print(table)
+
+
 def _decision(
     approved: bool,
     token: str | None,
