@@ -10,6 +10,7 @@ from foldloop.approvals import RequireApproval
 from foldloop.core.commands import Start
 from foldloop.core.pricing import DEFAULT_PRICING, Pricing
 from foldloop.errors import ConfigError
+from foldloop.events.codec import unpaired_surrogate
 from foldloop.events.values import Limits, ToolInfo
 from foldloop.llm.protocol import LLM
 from foldloop.tools.decorator import Tool, tools_digest
@@ -45,13 +46,12 @@ class Agent:
             )
         if not isinstance(self.instructions, str):
             raise ConfigError(f"agent {self.name!r}: instructions must be a str")
-        try:
-            self.instructions.encode("utf-8")
-        except UnicodeEncodeError as exc:
+        bad = unpaired_surrogate(self.instructions)
+        if bad is not None:
             raise ConfigError(
                 f"agent {self.name!r}: instructions contain an unpaired surrogate at index "
-                f"{exc.start}; text must be valid Unicode"
-            ) from None
+                f"{bad}; text must be valid Unicode"
+            )
         tools = tuple(self.tools)
         seen: set[str] = set()
         for t in tools:

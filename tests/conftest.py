@@ -12,6 +12,8 @@ import pytest
 import structlog
 from hypothesis import HealthCheck, settings
 
+import foldloop as fl
+
 settings.register_profile(
     "ci", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -50,3 +52,10 @@ def _stop_actors() -> Iterator[None]:
 @pytest.fixture
 def store_path(tmp_path: Path) -> Path:
     return tmp_path / "store"
+
+
+@pytest.fixture
+def rt(store_path: Path) -> Iterator[fl.Runtime]:
+    """A runtime on a fresh store in a temp dir, closed after the test."""
+    with fl.Runtime.open(store_path) as runtime:
+        yield runtime

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,12 +38,6 @@ def server() -> Iterator[FakeServer]:
     fake.url = fake.url.removesuffix("/v1")  # the SDK appends /v1/messages itself
     yield fake
     fake.close()
-
-
-@pytest.fixture
-def rt(store_path: Path) -> Iterator[fl.Runtime]:
-    with fl.Runtime.open(store_path) as runtime:
-        yield runtime
 
 
 def agent(server: FakeServer, name: str) -> fl.Agent:

@@ -8,7 +8,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -73,12 +72,6 @@ def wait_for(predicate: object, timeout: float = 10) -> None:
             return
         time.sleep(0.02)
     raise AssertionError("condition not reached in time")
-
-
-@pytest.fixture
-def rt(store_path: Path) -> Iterator[fl.Runtime]:
-    with fl.Runtime.open(store_path) as runtime:
-        yield runtime
 
 
 def test_a_gated_call_parks_the_run_and_runs_once_when_approved(

@@ -105,7 +105,11 @@ class Driver:
         )
 
     def reply(
-        self, calls: list[tuple[str, str]] = (), text: str = "", usage: Usage = Usage()
+        self,
+        calls: list[tuple[str, str]] = (),
+        text: str = "",
+        usage: Usage = Usage(),
+        gated: tuple[ApprovalTicket, ...] = (),
     ) -> Decision:
         return self.send(
             ModelReplied(
@@ -114,6 +118,7 @@ class Driver:
                 text=text,
                 tool_calls=tuple(ModelToolCall(id="", name=n, args=a) for n, a in calls),
                 usage=usage,
+                gated=gated,
             )
         )
 
@@ -444,17 +449,7 @@ def test_initial_state_is_empty() -> None:
 def test_a_gated_call_waits_parks_and_is_decided_exactly_once() -> None:
     d = Driver()
     d.start()
-    decision = d.send(
-        ModelReplied(
-            now=d.now(),
-            step=1,
-            tool_calls=(
-                ModelToolCall(id="", name="send", args='{"to":"x"}'),
-                ModelToolCall(id="", name="add", args="{}"),
-            ),
-            gated=(ticket(index=0),),
-        )
-    )
+    decision = d.reply([("send", '{"to":"x"}'), ("add", "{}")], gated=(ticket(index=0),))
     send_id, add_id = (c.call_id for c in d.state.calls)
     assert [type(e).__name__ for e in decision.events] == [
         "ModelResponded",
@@ -483,14 +478,7 @@ def test_a_gated_call_waits_parks_and_is_decided_exactly_once() -> None:
 def test_a_denied_call_never_runs_and_the_model_hears_the_note() -> None:
     d = Driver()
     d.start()
-    d.send(
-        ModelReplied(
-            now=d.now(),
-            step=1,
-            tool_calls=(ModelToolCall(id="", name="send", args="{}"),),
-            gated=(ticket(index=0),),
-        )
-    )
+    d.reply([("send", "{}")], gated=(ticket(index=0),))
     (call,) = d.state.calls
     denied = d.send(
         DecideApproval(now=d.now(), call_id=call.call_id, approved=False, note="too risky")
@@ -504,14 +492,7 @@ def test_a_denied_call_never_runs_and_the_model_hears_the_note() -> None:
 def test_an_expired_approval_is_asked_again_with_a_fresh_token_on_resume() -> None:
     d = Driver()
     d.start()
-    d.send(
-        ModelReplied(
-            now=d.now(),
-            step=1,
-            tool_calls=(ModelToolCall(id="", name="send", args="{}"),),
-            gated=(ticket(index=0),),
-        )
-    )
+    d.reply([("send", "{}")], gated=(ticket(index=0),))
     (call,) = d.state.calls
     d.send(ExpireApproval(now=d.now(), call_id=call.call_id))
     assert d.state.status is RunStatus.AWAITING_APPROVAL

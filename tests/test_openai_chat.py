@@ -6,7 +6,6 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -88,12 +87,6 @@ def server() -> Iterator[FakeOpenAI]:
     fake = FakeOpenAI()
     yield fake
     fake.close()
-
-
-@pytest.fixture
-def rt(store_path: Path) -> Iterator[fl.Runtime]:
-    with fl.Runtime.open(store_path) as runtime:
-        yield runtime
 
 
 def agent(server: FakeOpenAI, name: str) -> fl.Agent:

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +42,6 @@ from foldloop.projections import Histogram, RunMetrics, RunMetricsState, prometh
 from tests.projection_shared import Positions, agent
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def rt(store_path: Path) -> Iterator[fl.Runtime]:
-    with fl.Runtime.open(store_path) as runtime:
-        yield runtime
 
 
 def status_counts(rt: fl.Runtime) -> dict[str, int]:

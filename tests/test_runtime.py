@@ -9,7 +9,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
@@ -18,12 +18,6 @@ import structlog
 
 import foldloop as fl
 from foldloop.core import fold
-
-
-@pytest.fixture
-def rt(store_path: Path) -> Iterator[fl.Runtime]:
-    with fl.Runtime.open(store_path) as runtime:
-        yield runtime
 
 
 @fl.tool(idempotent=True)

@@ -85,11 +85,16 @@ class ProjectionActor(FastActor):
         """(position, state) after the last page applied."""
         return self._published
 
-    def wait_for(self, position: int, timeout: float | None) -> bool:
-        """Block until the projection reached ``position`` or stopped; False on timeout."""
+    def wait_done(self, timeout: float | None) -> bool:
+        """Block until the actor stopped (detached or failed); False on timeout."""
+        return self.wait_for(None, timeout)
+
+    def wait_for(self, position: int | None, timeout: float | None) -> bool:
+        """Block until the projection reached ``position`` (None: until it stopped) or
+        stopped; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
-            while self._published[0] < position and not self.done:
+            while not self.done and (position is None or self._published[0] < position):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
@@ -280,6 +285,6 @@ class ProjectionHandle:
         actor = self._actor
         if not actor.done:
             actor.actor_ref.tell(_DETACH)
-            actor.wait_for(1 << 62, timeout=10)
+            actor.wait_done(timeout=10)
 
     __call__ = detach

@@ -35,6 +35,7 @@ from foldloop.core.snapshot import encode_chunk, split_state
 from foldloop.core.state import STATE_VERSION, RunState, RunStatus
 from foldloop.errors import FoldloopError, ModelCallError
 from foldloop.events.catalogue import ToolFailed
+from foldloop.events.codec import storable_text
 from foldloop.events.values import Usage
 from foldloop.llm.protocol import to_model_tool_calls
 from foldloop.store.lmdb_store import Payload, encode_all
@@ -261,7 +262,7 @@ class RunActor(FastActor):
                 command: Command = ModelReplied(
                     now=clock(),
                     step=effect.step,
-                    text=_clean(reply.text),
+                    text=storable_text(reply.text),
                     tool_calls=to_model_tool_calls(reply.tool_calls),
                     usage=usage,
                     model=model,
@@ -311,7 +312,3 @@ class RunActor(FastActor):
         self.log.error("run_interrupted", error=reason)
         self.system.interrupted(self.run_id, self.epoch, self.state, reason)
         self.stop()
-
-
-def _clean(text: str) -> str:
-    return text.encode("utf-8", "replace").decode("utf-8") if not text.isascii() else text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from rich.console import Group
 from rich.table import Table
@@ -29,9 +30,9 @@ def _row(name: str, h: Histogram) -> tuple[str, ...]:
     return (name, str(h.count), _seconds(h.p50), _seconds(h.p90), _seconds(h.p99), _seconds(h.max))
 
 
-def metrics_view(state: RunMetricsState, escape: object = str) -> Group:
-    """Totals, runs by status, and latency percentiles (bucket estimates) as rich tables."""
-    esc = escape if callable(escape) else str
+def metrics_view(state: RunMetricsState, esc: Callable[[str], str]) -> Group:
+    """Totals, runs by status, and latency percentiles (bucket estimates) as rich tables;
+    ``esc`` makes names from the log safe for the terminal."""
     totals = Table("figure", "value", title=f"foldloop metrics (log position {state.position})")
     for status, n in sorted(state.runs_by_status.items()):
         totals.add_row(f"runs {status}", str(n))

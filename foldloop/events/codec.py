@@ -25,6 +25,8 @@ __all__ = [
     "encode_event",
     "register_upcaster",
     "schema_version_of",
+    "storable_text",
+    "unpaired_surrogate",
 ]
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
@@ -58,6 +60,23 @@ _UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 def encode_event(event: Event) -> bytes:
     """Encode one event to msgpack (the stored payload)."""
     return _ENCODER.encode(event)
+
+
+def unpaired_surrogate(text: str) -> int | None:
+    """Index of the first character msgpack cannot carry (a lone surrogate), or None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def storable_text(text: str) -> str:
+    """``text`` with each lone surrogate replaced by ``?``: what the log can hold of text that
+    came from outside (a model's reply, a tool's result), never a crash."""
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
 
 
 def schema_version_of(event: Event) -> int:

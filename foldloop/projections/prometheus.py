@@ -154,7 +154,7 @@ def serve_prometheus(source: Any, *, port: int = 9464, addr: str = "127.0.0.1") 
     from prometheus_client import start_http_server  # noqa: PLC0415
 
     read: Callable[[], RunMetricsState] = (
-        source if callable(source) and not hasattr(source, "state") else (lambda: source.state)
+        (lambda: source.state) if hasattr(source, "state") else source
     )
     server, thread = start_http_server(port, addr=addr, registry=_registry(read))
     return MetricsServer(server, thread)

@@ -18,6 +18,7 @@ from foldloop.core.effects import Decision, Effect, Settle
 from foldloop.core.evolve import apply
 from foldloop.core.state import RunState
 from foldloop.errors import ConfigError
+from foldloop.events.codec import unpaired_surrogate
 from foldloop.events.values import Limits
 from foldloop.store.approvals import ApprovalRecord
 from foldloop.store.lmdb_store import WriteTxn
@@ -97,13 +98,12 @@ def check_text(what: str, value: object) -> None:
     """Refuse what the log cannot hold as text, naming the value and the rule."""
     if not isinstance(value, str):
         raise ConfigError(f"{what} must be a str; got {type(value).__name__}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
+    bad = unpaired_surrogate(value)
+    if bad is not None:
         raise ConfigError(
-            f"{what} contains an unpaired surrogate (U+{ord(value[exc.start]):04X}) at index "
-            f"{exc.start}; text must be valid Unicode (decode bytes with errors='replace')"
-        ) from None
+            f"{what} contains an unpaired surrogate (U+{ord(value[bad]):04X}) at index "
+            f"{bad}; text must be valid Unicode (decode bytes with errors='replace')"
+        )
 
 
 def check_run_id(run_id: object) -> None:

@@ -385,6 +385,8 @@ class LmdbStore:
 
         def get(txn: Any) -> list[Recorded]:
             out = self._from_index(txn, run_id, max(1, from_seq), to_seq)
+            if to_seq is not None and out and out[-1].seq >= to_seq:
+                return out  # all asked for came from the index: no need to scan the tail
             for _pos, value, rid, seq in self._scan_tail(txn, self._indexed(txn)):
                 if rid == run_id and seq >= from_seq and (to_seq is None or seq <= to_seq):
                     out.append(self._decode(value, run_id, seq))
@@ -398,9 +400,9 @@ class LmdbStore:
         """The run's indexed records from ``start``: each index entry's stretch of the log
         walked with one cursor."""
         out: list[Recorded] = []
+        log_cur = txn.cursor(db=self._log)
         for entry, _key in self._ranges(txn, run_id, start):
             skip = max(0, start - entry.first_seq)
-            log_cur = txn.cursor(db=self._log)
             if not log_cur.set_key(pack_position(entry.first_position + skip)):
                 raise CorruptRecord(
                     run_id, entry.first_seq + skip, "the index points at a missing record"

@@ -19,6 +19,7 @@ import msgspec
 
 from foldloop.core.messages import ToolSpec
 from foldloop.errors import ConfigError
+from foldloop.events.codec import storable_text
 from foldloop.events.values import ToolInfo
 from foldloop.tools.command import run_command
 from foldloop.tools.schema import ArgSchema, build_arg_schema, parse_docstring
@@ -44,11 +45,11 @@ MAX_RESULT_CHARS = 256 * 1024
 
 
 def _clean(text: str) -> str:
-    # Lone surrogates cannot be stored (msgpack needs valid UTF-8): replace, never crash.
+    """A result the log can hold: capped at MAX_RESULT_CHARS, lone surrogates replaced."""
     if len(text) > MAX_RESULT_CHARS:
         cut = len(text) - MAX_RESULT_CHARS
         text = text[:MAX_RESULT_CHARS] + f"\n[truncated: {cut} more characters]"
-    return text.encode("utf-8", "replace").decode("utf-8") if not text.isascii() else text
+    return storable_text(text)
 
 
 class Tool:
