@@ -2,6 +2,7 @@
 
     python benchmarks/bench_steps.py            # all three
     python benchmarks/bench_steps.py --quick    # fewer repetitions
+    python benchmarks/bench_steps.py --only steps   # one section: steps, load or fold
 
 1. Sequential durable steps: a 20-step run (scripted reply + trivial non-idempotent tool)
    against the floor: a plain Python loop writing the same events to raw LMDB in one
@@ -268,14 +269,18 @@ def _timed(fn: object) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument(
+        "--only", choices=("steps", "load", "fold"), help="run one section (default: all)"
+    )
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     print(
         f"foldloop {fl.__version__}, python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}"
     )
-    bench_sequential(args.quick)
-    bench_load(args.quick)
-    bench_fold(args.quick)
+    sections = {"steps": bench_sequential, "load": bench_load, "fold": bench_fold}
+    for name, bench in sections.items():
+        if args.only in (None, name):
+            bench(args.quick)
 
 
 if __name__ == "__main__":
