@@ -127,6 +127,9 @@ def issue_tickets(
     return tuple(tickets), tokens
 
 
+_GATE_EVENTS = (ApprovalRequested, ApprovalDecided, ApprovalExpired)
+
+
 def approval_writes(
     run_id: str, state: RunState, events: Iterable[KnownEvent], at: int, first_seq: int = 0
 ) -> Callable[[WriteTxn], None] | None:
@@ -134,6 +137,9 @@ def approval_writes(
     new requests become pending records, applied decisions are marked applied (with the
     seq of their approval.decided, when ``first_seq``, the seq of the first event, is known).
     """
+    events = tuple(events)
+    if not any(isinstance(e, _GATE_EVENTS) for e in events):
+        return None  # the common case: a step with no approvals in it
     requests: list[ApprovalRecord] = []
     applied: list[tuple[str, int]] = []
     calls = {c.call_id: c for c in state.calls}

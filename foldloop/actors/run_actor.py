@@ -48,6 +48,9 @@ __all__ = ["AppendFailed", "RunActor"]
 
 log = get_logger(__name__)
 
+_INLINE_DEPTH = 8
+"""Instant model replies handled in place, one inside the other, before one goes by mail."""
+
 
 @dataclass(frozen=True)
 class AppendFailed:
@@ -73,6 +76,7 @@ class RunActor(FastActor):
         self._held_extras: list[Callable[[Any], None]] = []
         self._inline = bool(getattr(agent.llm, "instant", False))
         self._specs = [t.spec for t in agent.tools]
+        self._depth = 0
 
     @property
     def log(self) -> Any:
@@ -249,9 +253,10 @@ class RunActor(FastActor):
     def _call_model(self, effect: CallModel) -> None:
         messages = MessageView(self.state.history, self.state.steps)
         specs = self._specs
-        llm, agent, ref, clock = self.agent.llm, self.agent, self.actor_ref, self.system.clock
+        llm, agent, clock = self.agent.llm, self.agent, self.system.clock
+        ref = self.actor_ref
 
-        def call() -> None:
+        def ask() -> Command:
             start = time.perf_counter()
             try:
                 reply = llm.complete(messages, specs, max_tokens=effect.max_tokens)
@@ -259,7 +264,7 @@ class RunActor(FastActor):
                 model = reply.model or llm.model
                 if not usage.cost_usd:
                     usage = agent.pricing.usage(model, usage.input_tokens, usage.output_tokens)
-                command: Command = ModelReplied(
+                return ModelReplied(
                     now=clock(),
                     step=effect.step,
                     text=storable_text(reply.text),
@@ -269,28 +274,42 @@ class RunActor(FastActor):
                     latency_ms=round((time.perf_counter() - start) * 1000, 3),
                 )
             except ModelCallError as exc:
-                command = ModelCallFailed(
+                return ModelCallFailed(
                     now=clock(), step=effect.step, error=str(exc), retryable=exc.retryable
                 )
             except Exception as exc:
-                command = ModelCallFailed(
+                return ModelCallFailed(
                     now=clock(),
                     step=effect.step,
                     error=f"{type(exc).__name__}: {exc}",
                     retryable=False,
                 )
+
+        def call() -> None:
+            command = ask()
             with contextlib.suppress(pykka.ActorDeadError):
                 ref.tell(command)
 
         pool = self.system.model_pool
-        if effect.delay_s <= 0 and getattr(llm, "instant", False):
-            # Nothing to wait for, so nothing a cancel could interrupt: call it here. The
-            # reply still arrives as a message, behind any cancel already queued.
-            call()
+        if effect.delay_s <= 0 and self._inline:
+            # Nothing to wait for, so nothing a cancel could interrupt: call it here, and
+            # handle the reply at once unless a message (a cancel) is already queued, which
+            # must come first. The depth bound keeps a run of instant steps (unknown tools,
+            # no tool calls to wait for) from growing the stack without limit.
+            command = ask()
+            if self._depth < _INLINE_DEPTH and self.actor_inbox.empty():
+                self._depth += 1
+                try:
+                    self.handle(command)
+                finally:
+                    self._depth -= 1
+            else:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    ref.tell(command)
         elif effect.delay_s > 0:
             self.system.timers.call_later(effect.delay_s, lambda: pool.submit(call))
         else:
-            self.system.model_pool.submit(call)
+            pool.submit(call)
 
     # -- endings -------------------------------------------------------------------------
 
