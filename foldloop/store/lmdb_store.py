@@ -222,6 +222,8 @@ class LmdbStore:
         self._tail_scanned = 0
         self._tail: list[TailEntry] = []
         self._tail_heads: dict[str, Head] = {}
+        self._written_id = -2  # LMDB id of this process's last write txn, and what came next
+        self._written_next = 0
         self._listeners: list[Callable[[list[Recorded]], None]] = []
         self._refs = 0
         self.writer = Writer(lambda: WriteTxn(self), self._grow, self._notify)

@@ -63,9 +63,15 @@ class WriteTxn:
             raise
         self.appended: list[Recorded] = []
         try:
-            last = self.txn.cursor(db=store._log)
-            self._next = unpack_position(last.key()) + 1 if last.last() else 1
-            store._sync_tail(self.txn)
+            self._id = self.txn.id()
+            if self._id == store._written_id + 1:
+                # LMDB numbers write transactions that changed something: the one after ours
+                # means nobody else wrote since, so the tail cache and next position hold.
+                self._next = store._written_next
+            else:
+                last = self.txn.cursor(db=store._log)
+                self._next = unpack_position(last.key()) + 1 if last.last() else 1
+                store._sync_tail(self.txn)
         except BaseException:
             self.txn.abort()
             self._resize.release_shared()
@@ -87,6 +93,9 @@ class WriteTxn:
                 self._write_index((*store._tail, *self._new))
                 self.txn.put(INDEXED_KEY, pack_position(self._next - 1), db=store._meta)
             self.txn.commit()
+            # An unchanged transaction does not advance LMDB's id, so the next one reuses
+            # this id and takes the slow path above: remembering it is always safe.
+            store._written_id, store._written_next = self._id, self._next
             if indexed:
                 store._reset_tail(self._next - 1)
             elif self._new:
