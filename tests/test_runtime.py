@@ -111,6 +111,86 @@ def test_a_tool_past_its_timeout_fails_with_kind_timeout_and_the_run_goes_on(
     assert [(f.kind, f.error) for f in failed] == [
         ("timeout", "tool 'slow' did not finish within 0.2 s")
     ]
+    time.sleep(0.2)  # the released tool's late outcome is refused, not recorded
+    assert "tool.completed" not in types(rt, run.id)
+
+
+def test_cancel_is_immediate_while_a_tool_runs_on_the_run_thread(rt: fl.Runtime) -> None:
+    # A step's only call runs on its run actor's thread; a cancel must not wait for it.
+    started, release = threading.Event(), threading.Event()
+
+    @fl.tool(timeout=60)
+    def stuck() -> str:
+        """Block until released."""
+        started.set()
+        release.wait(20)
+        return "finished anyway"
+
+    llm = fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("stuck")]), fl.Reply(text="no")])
+    run = rt.spawn(fl.Agent(name="stuck", llm=llm, tools=[stuck]), "go")
+    try:
+        assert started.wait(10)
+        run.cancel(reason="enough")
+        result = run.wait(timeout=5)
+        assert not release.is_set()  # settled while the tool was still running
+    finally:
+        release.set()
+    assert result.status is fl.RunStatus.CANCELLED
+    assert types(rt, run.id)[-2:] == ["tool.requested", "run.cancelled"]
+    time.sleep(0.2)  # the tool's late outcome reaches nobody: the log ends where it ended
+    assert types(rt, run.id)[-1] == "run.cancelled"
+
+
+def test_a_tool_concurrency_bound_holds_across_runs(rt: fl.Runtime) -> None:
+    lock = threading.Lock()
+    running, peak = [0], [0]
+
+    @fl.tool(concurrency=1)
+    def narrow(i: int) -> str:
+        """One at a time."""
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        return str(i)
+
+    replies = [fl.Reply(tool_calls=[fl.ToolCall("narrow", {"i": i})]) for i in range(3)]
+    agent = fl.Agent(
+        name="narrow", llm=fl.ScriptedLLM([*replies, fl.Reply(text="ok")]), tools=[narrow]
+    )
+    runs = [rt.spawn(agent, "go") for _ in range(4)]
+    assert all(r.wait(timeout=30).status is fl.RunStatus.COMPLETED for r in runs)
+    assert peak[0] == 1
+    assert sum(types(rt, r.id).count("tool.completed") for r in runs) == 12
+
+
+def test_closing_does_not_wait_for_a_tool_running_on_a_run_thread(store_path: Path) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    @fl.tool(timeout=60)
+    def stuck() -> str:
+        """Block until released."""
+        started.set()
+        release.wait(20)
+        return "late"
+
+    llm = fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("stuck")]), fl.Reply(text="no")])
+    agent = fl.Agent(name="stuck", llm=llm, tools=[stuck])
+    try:
+        with fl.Runtime.open(store_path, agents=[agent]) as rt:
+            run = rt.spawn(agent, "go")
+            assert started.wait(10)
+        assert not release.is_set()  # closed while the tool still ran
+    finally:
+        release.set()
+    with fl.Runtime.open(store_path, agents=[agent]) as rt:
+        assert types(rt, run.id)[-1] == "tool.requested"  # the late outcome was not written
+        rt.recover()
+        assert rt.handle(run.id).wait(timeout=10).output == "no"
+        failed = [r.event.kind for r in rt.events(run.id) if r.type == "tool.failed"]
+        assert failed == ["interrupted"]  # not run twice: its outcome is unknown
 
 
 def test_a_tool_that_raises_is_fed_back_to_the_model(rt: fl.Runtime) -> None:

@@ -13,6 +13,7 @@ so every failure becomes a settled, resumable run with a reason.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,12 +24,12 @@ import pykka
 
 from foldloop._log import get_logger
 from foldloop.actors.base import FastActor
-from foldloop.actors.tool_actor import RunToolCall
+from foldloop.actors.tool_actor import RunToolCall, ToolRunner
 from foldloop.agent import Agent
 from foldloop.approvals import approval_writes, issue_tickets
-from foldloop.core.commands import Command, ModelCallFailed, ModelReplied
+from foldloop.core.commands import Command, ModelCallFailed, ModelReplied, ToolFinished
 from foldloop.core.decide import decide
-from foldloop.core.effects import CallModel, Decision, RequestApproval, RunTools, Settle
+from foldloop.core.effects import CallModel, Decision, RequestApproval, RunTools, Settle, ToolRun
 from foldloop.core.evolve import apply
 from foldloop.core.messages import MessageView
 from foldloop.core.snapshot import encode_chunk, split_state
@@ -77,6 +78,11 @@ class RunActor(FastActor):
         self._inline = bool(getattr(agent.llm, "instant", False))
         self._specs = [t.spec for t in agent.tools]
         self._depth = 0
+        # A tool running on this actor's own thread (see _run_here): while it runs, the
+        # system may hand the run to a fresh actor (timeout, cancel, any message).
+        self.guard = threading.Lock()
+        self.away: str | None = None
+        self.replaced = False
 
     @property
     def log(self) -> Any:
@@ -240,11 +246,12 @@ class RunActor(FastActor):
                 case CallModel():
                     self._call_model(effect)
                 case RunTools():
-                    for call in effect.calls:
-                        runner = self.system.tool_runner(self.agent, call.tool)
-                        runner.dispatch(
-                            RunToolCall(self.run_id, call.call_id, call.args, self.actor_ref)
-                        )
+                    if not self._run_here(effect):
+                        for call in effect.calls:
+                            runner = self.system.tool_runner(self.agent, call.tool)
+                            runner.dispatch(
+                                RunToolCall(self.run_id, call.call_id, call.args, self.actor_ref)
+                            )
                 case RequestApproval():
                     self.system.notify(self.agent, self.state, effect.call_id)
                 case Settle():
@@ -296,20 +303,81 @@ class RunActor(FastActor):
             # handle the reply at once unless a message (a cancel) is already queued, which
             # must come first. The depth bound keeps a run of instant steps (unknown tools,
             # no tool calls to wait for) from growing the stack without limit.
-            command = ask()
-            if self._depth < _INLINE_DEPTH and self.actor_inbox.empty():
-                self._depth += 1
-                try:
-                    self.handle(command)
-                finally:
-                    self._depth -= 1
-            else:
-                with contextlib.suppress(pykka.ActorDeadError):
-                    ref.tell(command)
+            self._deliver(ask())
         elif effect.delay_s > 0:
             self.system.timers.call_later(effect.delay_s, lambda: pool.submit(call))
         else:
             pool.submit(call)
+
+    def _deliver(self, command: Command) -> None:
+        """Handle a command produced on this thread at once, unless a message (a cancel)
+        is already queued, which must come first. The depth bound keeps a run of instant
+        steps from growing the stack without limit: past it, the command goes by mail."""
+        if self._depth < _INLINE_DEPTH and self.actor_inbox.empty():
+            self._depth += 1
+            try:
+                self.handle(command)
+            finally:
+                self._depth -= 1
+        else:
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.actor_ref.tell(command)
+
+    def _run_here(self, effect: RunTools) -> bool:
+        """Run a step's only tool call on this thread, if its tool has a free slot.
+
+        Handing the call to the tool's pool and its result back costs two thread wake-ups
+        on every step. Running it here costs none, and nothing is lost: the call is durable
+        already, the tool's concurrency bound is kept by its slots, and if the tool
+        overruns its timeout, or any message (a cancel, an approval) arrives meanwhile,
+        the system hands the run to a fresh actor (``ActorSystem.take_over``); this one
+        then only forwards the tool's late outcome and stops.
+        """
+        if len(effect.calls) != 1 or len(self.state.calls) != 1 or not self.actor_inbox.empty():
+            return False
+        call = effect.calls[0]
+        runner = self.system.tool_runner(self.agent, call.tool)
+        if runner.tool.isolated or not runner.slots.acquire(blocking=False):
+            return False
+        with self.guard:
+            self.away = call.call_id
+        timer = None
+        try:
+            if runner.tool.timeout is not None:
+                timer = self.system.timers.call_later(
+                    runner.tool.timeout, self._overdue(runner, call, time.monotonic())
+                )
+            outcome = runner.tool.invoke(call.args)
+        finally:
+            runner.slots.release()
+            if timer is not None:
+                timer.cancel()
+            with self.guard:
+                self.away = None
+                replaced = self.replaced
+        command = ToolFinished(
+            now=self.system.clock(),
+            call_id=call.call_id,
+            ok=outcome.ok,
+            result=outcome.text,
+            kind=outcome.kind,
+            duration_ms=round(outcome.duration_ms, 3),
+        )
+        if replaced:
+            self._dead = True
+            self.system.tell(self.run_id, command)  # to the actor that drives the run now
+            self.stop()
+        else:
+            self._deliver(command)
+        return True
+
+    def _overdue(self, runner: ToolRunner, call: ToolRun, started: float) -> Callable[[], None]:
+        run_id, system = self.run_id, self.system
+
+        def expire() -> None:
+            system.tell(run_id, runner.timed_out(run_id, call.call_id, started))
+
+        return expire
 
     # -- endings -------------------------------------------------------------------------
 

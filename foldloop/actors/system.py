@@ -63,6 +63,7 @@ class ActorSystem:
         self.model_pool = Workers(model_workers, "foldloop-model")
         self._lock = threading.Lock()
         self._runs: dict[str, pykka.ActorRef[Any]] = {}
+        self._actors: dict[str, RunActor] = {}
         self._tools: dict[tuple[str, str], pykka.ActorRef[Any]] = {}
         self._runners: dict[tuple[str, str], ToolRunner] = {}
         self._settlements: dict[str, Settlement] = {}
@@ -107,21 +108,55 @@ class ActorSystem:
                 raise RuntimeError("runtime closed")
             settlement = Settlement()
             self._settlements[state.run_id] = settlement
-            ref = RunActor.start(self, agent, state, epoch)
+            actor = RunActor(self, agent, state, epoch)
+            ref = actor.start_here()
             self._runs[state.run_id] = ref
+            self._actors[state.run_id] = actor
         ref.tell(decision)
 
     def tell(self, run_id: str, message: Any) -> bool:
-        """Send a message to the run's actor; False if no actor drives it here."""
+        """Send a message to the run's actor; False if no actor drives it here.
+
+        If the actor is busy running a tool on its own thread, the run is first handed to a
+        fresh actor (``take_over``), so the message is handled now, not when the tool ends.
+        """
         with self._lock:
             ref = self._runs.get(run_id)
+            actor = self._actors.get(run_id)
         if ref is None:
             return False
+        if actor is not None and actor.away is not None:
+            ref = self.take_over(actor) or ref
         try:
             ref.tell(message)
         except pykka.ActorDeadError:
             return False
         return True
+
+    def take_over(self, actor: RunActor) -> pykka.ActorRef[Any] | None:
+        """Drive ``actor``'s run with a new actor while the old one's thread runs a tool.
+
+        The old actor's state is exactly the run's (it does nothing but wait for the tool),
+        so the new one starts from it; whatever waits in the old inbox moves over in order.
+        The old actor forwards the tool's outcome when it comes back, then stops.
+        Returns the new actor's ref (None if the tool already came back, or closing).
+        """
+        run_id = actor.run_id
+        with actor.guard:
+            if actor.away is None or actor.replaced:
+                return None
+            with self._lock:
+                if self._closed or self._actors.get(run_id) is not actor:
+                    return None
+                actor.replaced = True
+                fresh = RunActor(self, actor.agent, actor.state, actor.epoch)
+                ref = fresh.start_here()
+                self._runs[run_id] = ref
+                self._actors[run_id] = fresh
+        for envelope in actor.drain_inbox():
+            fresh.actor_inbox.put(envelope)
+        log.info("run_actor_replaced", run_id=run_id, call_id=actor.away)
+        return ref
 
     def settled_without_actor(self, state: RunState) -> None:
         """Record the outcome of a decision the runtime committed without starting an actor."""
@@ -145,6 +180,7 @@ class ActorSystem:
     def _finish(self, run_id: str, state: RunState, interrupted: str) -> None:
         with self._lock:
             self._runs.pop(run_id, None)
+            self._actors.pop(run_id, None)
             settlement = self._settlements.setdefault(run_id, Settlement())
             self._forget_old()
         settlement.state = state
@@ -228,10 +264,18 @@ class ActorSystem:
         with self._lock:
             self._closed = True
             runs = list(self._runs.items())
+            actors = dict(self._actors)
             tools = [*self._tools.values(), *self._gate_refs.values()]
         for run_id, ref in runs:
+            actor = actors.get(run_id)
+            away = False
+            if actor is not None:
+                with actor.guard:
+                    away = actor.away is not None
+                    actor.replaced = away  # its tool's outcome is then dropped, like a pool's
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                ref.stop(block=True, timeout=5)
+                # An actor whose thread is in a tool stops when the tool returns: no wait.
+                ref.stop(block=not away, timeout=5)
             settlement = self.settlement(run_id)
             if settlement is not None and not settlement.event.is_set():
                 settlement.interrupted = "the runtime driving it was closed; resume it later"

@@ -47,6 +47,8 @@ class ToolRunner:
         self.timers = timers
         self.clock = clock
         self.pool = Workers(tool.concurrency, f"foldloop-tool-{tool.name}")
+        self.slots = threading.BoundedSemaphore(tool.concurrency)
+        """Held by every running call, on the pool or on a run actor's own thread."""
 
     def dispatch(self, call: RunToolCall) -> None:
         """Start ``call`` on the pool; its outcome is told to ``call.reply_to``."""
@@ -54,6 +56,19 @@ class ToolRunner:
             self._start(call)
         except Exception:
             log.exception("tool_dispatch_failed", tool=self.tool.name, run_id=call.run_id)
+
+    def timed_out(self, run_id: str, call_id: str, started: float) -> ToolFinished:
+        """The outcome of a call still running ``timeout`` s after ``started`` (monotonic)."""
+        timeout = self.tool.timeout or 0.0
+        log.warning("tool_timed_out", run_id=run_id, tool=self.tool.name, timeout_s=timeout)
+        return ToolFinished(
+            now=self.clock(),
+            call_id=call_id,
+            ok=False,
+            result=f"tool {self.tool.name!r} did not finish within {timeout:g} s",
+            kind="timeout",
+            duration_ms=round((time.monotonic() - started) * 1000, 3),
+        )
 
     def shutdown(self) -> None:
         """Stop taking calls; running ones finish on their threads, unclaimed."""
@@ -77,7 +92,8 @@ class ToolRunner:
                 log.info("tool_result_unclaimed", run_id=call.run_id, call_id=call.call_id)
 
         def run() -> None:
-            outcome = self.tool.invoke(call.args)
+            with self.slots:
+                outcome = self.tool.invoke(call.args)
             report(
                 ToolFinished(
                     now=self.clock(),
@@ -94,19 +110,7 @@ class ToolRunner:
             started = time.monotonic()
 
             def expire() -> None:
-                log.warning(
-                    "tool_timed_out", run_id=call.run_id, tool=self.tool.name, timeout_s=timeout
-                )
-                report(
-                    ToolFinished(
-                        now=self.clock(),
-                        call_id=call.call_id,
-                        ok=False,
-                        result=f"tool {self.tool.name!r} did not finish within {timeout:g} s",
-                        kind="timeout",
-                        duration_ms=round((time.monotonic() - started) * 1000, 3),
-                    )
-                )
+                report(self.timed_out(call.run_id, call.call_id, started))
 
             timer.append(self.timers.call_later(timeout, expire))
         self.pool.submit(run)
