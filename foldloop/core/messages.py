@@ -33,7 +33,7 @@ Role = Literal["system", "user", "assistant", "tool"]
 CHUNK = 64
 
 
-class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """One message of the conversation the model sees.
 
     ``tool_calls`` is set on assistant messages that asked for tools; ``tool_call_id`` and

@@ -32,7 +32,7 @@ class RunStatus(StrEnum):
 CallStatus = Literal["proposed", "requested", "awaiting_approval", "expired", "completed", "failed"]
 
 
-class CallState(msgspec.Struct, frozen=True, kw_only=True):
+class CallState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One tool call of the current step."""
 
     call_id: str
@@ -48,7 +48,7 @@ class CallState(msgspec.Struct, frozen=True, kw_only=True):
         return self.status in ("completed", "failed")
 
 
-class RunState(msgspec.Struct, frozen=True, kw_only=True):
+class RunState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The fold of a run's events."""
 
     run_id: str = ""

@@ -37,7 +37,9 @@ __all__ = [
 ToolFailureKind = Literal["exception", "timeout", "invalid_args", "interrupted", "denied"]
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type"):
+class Event(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type", gc=False
+):
     """Base of every event: frozen, keyword-only, tagged with a dotted name in ``type``."""
 
     schema_version: ClassVar[int] = 1

@@ -9,7 +9,7 @@ from foldloop.events.catalogue import KnownEvent
 __all__ = ["AnyEvent", "Recorded", "UnknownEvent"]
 
 
-class UnknownEvent(msgspec.Struct, frozen=True, kw_only=True):
+class UnknownEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An event whose tag this version does not know (written by a newer foldloop).
 
     It is kept byte for byte, skipped by the fold and reported by ``verify``/``doctor``,
@@ -29,7 +29,7 @@ AnyEvent = KnownEvent | UnknownEvent
 """What a decoded record may hold."""
 
 
-class Recorded(msgspec.Struct, frozen=True, kw_only=True):
+class Recorded(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One event as the log stores it.
 
     ``seq`` is 1-based and gapless per run, ``position`` 1-based and gapless across the

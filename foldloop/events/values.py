@@ -24,7 +24,7 @@ DEFAULT_NO_PROGRESS = 3
 """Identical (tool, args, result) repetitions in a row that stop a run as making no progress."""
 
 
-class Limits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Limits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """Ceilings checked before every action of a run.
 
     ``None`` means "not set": ``max_steps`` then defaults to 25 and ``no_progress`` to 3,
@@ -70,7 +70,7 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         )
 
 
-class Usage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Usage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """Tokens and dollars one model call (or a whole run) consumed."""
 
     input_tokens: int = 0
@@ -90,7 +90,7 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return self.input_tokens + self.output_tokens
 
 
-class ModelToolCall(msgspec.Struct, frozen=True, kw_only=True):
+class ModelToolCall(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One tool call as the model asked for it.
 
     ``args`` is the model's argument text verbatim (JSON expected, not guaranteed): a
@@ -102,7 +102,7 @@ class ModelToolCall(msgspec.Struct, frozen=True, kw_only=True):
     args: str
 
 
-class ToolInfo(msgspec.Struct, frozen=True, kw_only=True):
+class ToolInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What a run records about each tool it may call, so decisions need only the log."""
 
     name: str

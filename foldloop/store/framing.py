@@ -51,7 +51,7 @@ _CRC = struct.Struct(">I")
 _HEADER = _CRC.size + HASH_SIZE
 
 
-class Frame(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True):
+class Frame(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True, gc=False):
     """The envelope as stored: the event stays raw until someone decodes it."""
 
     run_id: str
@@ -133,7 +133,7 @@ class RunSeq(msgspec.Struct, array_like=True, frozen=True):
     seq: int
 
 
-class TypedFrame(msgspec.Struct, array_like=True, frozen=True):
+class TypedFrame(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """The same frame, decoded with its event in one pass (the fast read path)."""
 
     run_id: str
