@@ -337,7 +337,7 @@ class RunActor(FastActor):
             return False
         call = effect.calls[0]
         runner = self.system.tool_runner(self.agent, call.tool)
-        if runner.tool.isolated or not runner.slots.acquire(blocking=False):
+        if runner.tool.isolated or not runner.slots.try_take():
             return False
         with self.guard:
             self.away = call.call_id
@@ -349,7 +349,7 @@ class RunActor(FastActor):
                 )
             outcome = runner.tool.invoke(call.args)
         finally:
-            runner.slots.release()
+            runner.slots.give()
             if timer is not None:
                 timer.cancel()
             with self.guard:

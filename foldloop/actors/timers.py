@@ -18,18 +18,23 @@ __all__ = ["Timer", "Timers"]
 
 log = get_logger(__name__)
 
+_COMPACT_AFTER = 1024
+
 
 class Timer:
     """A scheduled call; ``cancel`` drops the function (and all it references) at once."""
 
-    __slots__ = ("fn",)
+    __slots__ = ("fn", "owner")
 
-    def __init__(self, fn: Callable[[], None]) -> None:
+    def __init__(self, fn: Callable[[], None], owner: Timers) -> None:
         self.fn: Callable[[], None] | None = fn
+        self.owner = owner
 
     def cancel(self) -> None:
-        """Do not run; release the function now (its heap slot empties when due)."""
-        self.fn = None
+        """Do not run; release the function now (its heap slot goes when due or compacted)."""
+        if self.fn is not None:
+            self.fn = None
+            self.owner.cancelled += 1  # advisory (unlocked): only decides when to compact
 
 
 class Timers:
@@ -37,8 +42,12 @@ class Timers:
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Timer]] = []
+        self._lock = threading.Lock()
+        self.cancelled = 0
+        """Cancelled timers still in the heap: a tool timeout armed and cancelled every step
+        would otherwise hold one entry per step for the whole timeout (120 s by default)."""
         self._ids = itertools.count()
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(self._lock)
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="foldloop-timers", daemon=True)
         self._thread.start()
@@ -46,17 +55,26 @@ class Timers:
     def call_later(self, delay_s: float, fn: Callable[[], None]) -> Timer:
         """Run ``fn`` after ``delay_s`` seconds (monotonic clock); returns a cancellable Timer."""
         due = time.monotonic() + delay_s
-        timer = Timer(fn)
-        with self._cond:
+        timer = Timer(fn, self)
+        with self._lock:
+            if self.cancelled > _COMPACT_AFTER and self.cancelled * 2 > len(self._heap):
+                self._heap = [entry for entry in self._heap if entry[2].fn is not None]
+                heapq.heapify(self._heap)
+                self.cancelled = 0
             earliest = not self._heap or due < self._heap[0][0]
             heapq.heappush(self._heap, (due, next(self._ids), timer))
             if earliest:  # waking the thread for a later deadline would only cost the GIL
                 self._cond.notify()
         return timer
 
+    def held(self) -> int:
+        """Entries in the heap (cancelled ones included until they are due or compacted)."""
+        with self._lock:
+            return len(self._heap)
+
     def stop(self) -> None:
         """Drop pending timers and stop the thread."""
-        with self._cond:
+        with self._lock:
             self._stopped = True
             self._heap.clear()
             self._cond.notify()
@@ -64,7 +82,7 @@ class Timers:
 
     def _run(self) -> None:
         while True:
-            with self._cond:
+            with self._lock:
                 while not self._stopped and (not self._heap or self._heap[0][0] > time.monotonic()):
                     timeout = self._heap[0][0] - time.monotonic() if self._heap else None
                     self._cond.wait(timeout)
@@ -72,6 +90,8 @@ class Timers:
                     return
                 _, _, timer = heapq.heappop(self._heap)
                 fn, timer.fn = timer.fn, None
+                if fn is None:
+                    self.cancelled -= 1
             if fn is None:
                 continue
             try:

@@ -24,7 +24,7 @@ from foldloop.actors.workers import Workers
 from foldloop.core.commands import ToolFinished
 from foldloop.tools.decorator import Tool
 
-__all__ = ["RunToolCall", "ToolActor", "ToolRunner"]
+__all__ = ["RunToolCall", "Slots", "ToolActor", "ToolRunner"]
 
 log = get_logger(__name__)
 
@@ -39,6 +39,47 @@ class RunToolCall:
     reply_to: Any
 
 
+class Slots:
+    """A counting bound on a tool's running calls.
+
+    ``threading.Semaphore`` is a Python-level Condition dance on every acquire and release;
+    a step takes and gives a slot each time, and nearly always finds one free, so this takes
+    a plain lock and touches the condition only when someone actually waits.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
+        self._free = limit
+        self._waiting = 0
+
+    def try_take(self) -> bool:
+        """Take a slot if one is free, without waiting."""
+        with self._lock:
+            if self._free <= 0:
+                return False
+            self._free -= 1
+            return True
+
+    def take(self) -> None:
+        """Take a slot, waiting for one if need be."""
+        with self._lock:
+            while self._free <= 0:
+                self._waiting += 1
+                try:
+                    self._freed.wait()
+                finally:
+                    self._waiting -= 1
+            self._free -= 1
+
+    def give(self) -> None:
+        """Give a slot back."""
+        with self._lock:
+            self._free += 1
+            if self._waiting:
+                self._freed.notify()
+
+
 class ToolRunner:
     """One tool's bounded pool and timeouts; ``dispatch`` may be called from any thread."""
 
@@ -47,7 +88,7 @@ class ToolRunner:
         self.timers = timers
         self.clock = clock
         self.pool = Workers(tool.concurrency, f"foldloop-tool-{tool.name}")
-        self.slots = threading.BoundedSemaphore(tool.concurrency)
+        self.slots = Slots(tool.concurrency)
         """Held by every running call, on the pool or on a run actor's own thread."""
 
     def dispatch(self, call: RunToolCall) -> None:
@@ -92,8 +133,11 @@ class ToolRunner:
                 log.info("tool_result_unclaimed", run_id=call.run_id, call_id=call.call_id)
 
         def run() -> None:
-            with self.slots:
+            self.slots.take()
+            try:
                 outcome = self.tool.invoke(call.args)
+            finally:
+                self.slots.give()
             report(
                 ToolFinished(
                     now=self.clock(),

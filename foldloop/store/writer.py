@@ -113,7 +113,8 @@ class Writer:
         self._on_commit = on_commit
         self._linger_s = linger_s
         self._pending: collections.deque[WriteOp[Any]] = collections.deque()
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # entered directly: Condition's own `with` is Python
+        self._cond = threading.Condition(self._lock)
         self._committing = False
         self._polling = False
         self._closed = False
@@ -124,7 +125,7 @@ class Writer:
 
     def submit(self, op: WriteOp[T]) -> WriteOp[T]:
         """Queue an op; a durable one is committed at once, by this thread if it is free."""
-        with self._cond:
+        with self._lock:
             if self._closed:
                 op.finish(None, StoreError("the store is closed; open it again to write"))
                 return op
@@ -140,7 +141,7 @@ class Writer:
 
     def close(self) -> None:
         """Commit everything queued, then stop the flusher."""
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return
             self._closed = True
@@ -158,7 +159,7 @@ class Writer:
         """Commit ``batch``; keep going while durable ops wait; then release the role."""
         while True:
             self._commit_safely(batch)
-            with self._cond:
+            with self._lock:
                 if any(op.durable for op in self._pending):
                     batch = self._take()
                     continue
@@ -168,7 +169,7 @@ class Writer:
     def _run(self) -> None:
         idle_since = time.monotonic()
         while True:
-            with self._cond:
+            with self._lock:
                 if self._closed and not self._pending and not self._committing:
                     return
                 if not self._pending or self._committing:

@@ -1,0 +1,54 @@
+"""The small concurrency parts the actors stand on: timers and tool slots."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from foldloop.actors.timers import Timers
+from foldloop.actors.tool_actor import Slots
+
+
+def test_cancelled_timers_do_not_pile_up() -> None:
+    # A tool timeout is armed and cancelled on every step; with a 120 s timeout the heap
+    # would otherwise hold every step of the last two minutes.
+    timers = Timers()
+    try:
+        fired: list[int] = []
+        for _ in range(10_000):
+            timers.call_later(120, lambda: fired.append(0)).cancel()
+        assert timers.held() <= 2 * 1024 + 1
+        timers.call_later(0.01, lambda: fired.append(-1))
+        deadline = time.monotonic() + 5
+        while not fired and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert fired == [-1]  # only the live timer ran
+    finally:
+        timers.stop()
+
+
+def test_slots_bound_concurrent_holders_and_wake_waiters() -> None:
+    slots = Slots(2)
+    lock = threading.Lock()
+    holding, peak = [0], [0]
+
+    def worker() -> None:
+        for _ in range(50):
+            if not slots.try_take():
+                slots.take()
+            with lock:
+                holding[0] += 1
+                peak[0] = max(peak[0], holding[0])
+            time.sleep(0.0005)
+            with lock:
+                holding[0] -= 1
+            slots.give()
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)  # nobody left waiting for a slot
+    assert peak[0] == 2
+    assert slots.try_take() and slots.try_take() and not slots.try_take()
