@@ -6,7 +6,7 @@ import itertools
 from typing import Any
 
 import pytest
-from hypothesis import given, note
+from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -35,11 +35,21 @@ from foldloop.core import (
 )
 from foldloop.errors import NondeterminismError
 from foldloop.events import (
+    ApprovalDecided,
+    ApprovalExpired,
+    ApprovalRequested,
     Limits,
+    ModelFailed,
+    ModelRequested,
+    ModelResponded,
     ModelToolCall,
     Recorded,
     RunCompleted,
+    RunStarted,
+    ToolCompleted,
+    ToolFailed,
     ToolInfo,
+    ToolRequested,
     Usage,
 )
 from tests.strategies import any_event
@@ -64,6 +74,59 @@ def test_fold_is_a_left_fold_over_any_split(events: list[Any], cut: int) -> None
     log = records(events)
     cut = min(cut, len(log))
     assert fold(log) == fold(log[cut:], fold(log[:cut]))
+
+
+@st.composite
+def step_shaped_logs(draw: st.DrawFn) -> list[Any]:
+    """Logs shaped like real runs (a reply's calls requested, gated, decided, finished in
+    any order, in any number), with any other event dropped in now and then: what the
+    fold's fast paths and their hand-offs to ``apply`` must get exactly right."""
+    ids = st.sampled_from(["c1", "c2", "c3", "zz"])
+    text = st.sampled_from(["", "ok", "same", "x" * 40])
+    events: list[Any] = [RunStarted(agent="a", input="go", tools=TOOLS)]
+    for step in range(1, draw(st.integers(1, 6)) + 1):
+        events.append(ModelRequested(step=step, prompt_digest="d"))
+        n = draw(st.integers(0, 3))
+        calls = tuple(
+            ModelToolCall(id=f"c{i}", name=draw(st.sampled_from(["add", "send"])), args="{}")
+            for i in range(1, n + 1)
+        )
+        usage = Usage(input_tokens=draw(st.integers(0, 9)), cost_usd=draw(st.floats(0, 1)))
+        events.append(ModelResponded(step=step, text=draw(text), tool_calls=calls, usage=usage))
+        finish = st.one_of(
+            st.builds(ToolCompleted, call_id=ids, result=text),
+            st.builds(ToolFailed, call_id=ids, error=text, kind=st.sampled_from(KINDS)),
+        )
+        gate = st.one_of(
+            st.builds(
+                ApprovalRequested,
+                call_id=ids,
+                gate=st.just("g"),
+                token_digest=st.just("t"),
+                expires_at=st.just(9),
+            ),
+            st.builds(ApprovalDecided, call_id=ids, approved=st.booleans()),
+            st.builds(ApprovalExpired, call_id=ids),
+        )
+        request = st.builds(ToolRequested, call_id=ids, tool=st.just("add"), args=st.just("{}"))
+        events += draw(st.lists(st.one_of(finish, finish, request, gate), max_size=8))
+        if draw(st.integers(0, 9)) == 0:  # now and then a failure, a parking, a resume...
+            events.append(draw(st.one_of(st.just(ModelFailed(step=step, error="e")), any_event)))
+    return events
+
+
+KINDS = ["exception", "timeout", "invalid_args", "interrupted", "denied"]
+
+
+@settings(max_examples=300)
+@given(step_shaped_logs(), st.integers(0, 60))
+def test_fold_equals_evolving_event_by_event(events: list[Any], cut: int) -> None:
+    log = records(events)
+    states = list(itertools.accumulate(log, evolve, initial=INITIAL))
+    for n, expected in enumerate(states):  # every prefix: a divergence may heal later on
+        assert fold(log[:n]) == expected, n
+    cut = min(cut, len(log))
+    assert fold(log[cut:], fold(log[:cut])) == states[-1]
 
 
 @given(st.lists(any_event, max_size=30))

@@ -3,6 +3,7 @@
 Nothing here does I/O, reads a clock, draws randomness, starts threads or logs.
 """
 
+from foldloop.core.batch import fold
 from foldloop.core.commands import (
     ApprovalTicket,
     Cancel,
@@ -25,7 +26,7 @@ from foldloop.core.effects import (
     Settle,
     ToolRun,
 )
-from foldloop.core.evolve import INITIAL, apply, evolve, fold
+from foldloop.core.evolve import INITIAL, apply, evolve
 from foldloop.core.messages import Message, ToolSpec, prompt_digest
 from foldloop.core.pricing import DEFAULT_PRICING, ModelPrice, Pricing
 from foldloop.core.replay import command_for, replay

@@ -1,4 +1,4 @@
-"""evolve(state, recorded) -> state, and fold: the only way a run's state is ever made.
+"""evolve(state, recorded) -> state: the one definition of what each event does to a run.
 
 Total and pure: every event, even one that arrives late (a tool result after a cancel)
 or one from a newer writer (``UnknownEvent``), yields a state; nothing here raises for
@@ -7,9 +7,7 @@ a valid event, reads a clock or logs.
 
 from __future__ import annotations
 
-import functools
 import zlib
-from collections.abc import Iterable
 
 from msgspec.structs import replace
 
@@ -35,7 +33,7 @@ from foldloop.events.catalogue import (
 )
 from foldloop.events.recorded import AnyEvent, Recorded, UnknownEvent
 
-__all__ = ["INITIAL", "apply", "evolve", "fold", "tool_message"]
+__all__ = ["INITIAL", "apply", "call_signature", "evolve", "tool_message"]
 
 INITIAL = RunState()
 
@@ -56,7 +54,7 @@ def tool_message(call: CallState) -> Message:
     return Message(role="tool", content=content, tool_call_id=call.call_id, name=call.tool)
 
 
-def _signature(call: CallState) -> str:
+def call_signature(call: CallState) -> str:
     """A short fingerprint of (tool, args, outcome) for no-progress detection (CRC32: cheap,
     deterministic across processes, and a collision only matters on consecutive calls)."""
     data = "\0".join((call.tool, call.args, call.status, call.result))
@@ -83,7 +81,7 @@ def _finish_call(  # noqa: PLR0917 - one event's fields, applied in one copy
         )
     sig, count = state.repeat_sig, state.repeat_count
     for call in new_calls:
-        this = _signature(call)
+        this = call_signature(call)
         sig, count = (sig, count + 1) if this == sig else (this, 1)
     messages = [tool_message(c) for c in new_calls]
     return _gate_status(
@@ -278,8 +276,3 @@ def evolve(state: RunState, recorded: Recorded) -> RunState:
     if not state.run_id:
         state = replace(state, run_id=recorded.run_id)
     return apply(state, recorded.event, recorded.at)
-
-
-def fold(events: Iterable[Recorded], initial: RunState = INITIAL) -> RunState:
-    """The state of a run: ``reduce(evolve, events, initial)``."""
-    return functools.reduce(evolve, events, initial)

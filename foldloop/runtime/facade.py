@@ -25,6 +25,7 @@ from foldloop.actors.projection_actor import ProjectionHandle
 from foldloop.actors.system import ActorSystem
 from foldloop.agent import Agent
 from foldloop.approvals import PendingApproval, approval_writes
+from foldloop.core.batch import fold
 from foldloop.core.commands import (
     Cancel,
     Command,
@@ -33,7 +34,6 @@ from foldloop.core.commands import (
 )
 from foldloop.core.decide import decide
 from foldloop.core.effects import Decision, RequestApproval, Settle
-from foldloop.core.evolve import fold
 from foldloop.core.explain import Explanation, explain
 from foldloop.core.replay import replay
 from foldloop.core.snapshot import restore_state

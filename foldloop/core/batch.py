@@ -1,0 +1,194 @@
+"""fold(events): ``reduce(evolve, events, initial)``, computed in one pass.
+
+Evolving event by event copies the 30-field RunState (and the history's outer tuple) once
+per event, although only the last state is wanted. Here the fields the common events change
+(a step's model call, reply, tool requests and outcomes) live in local accumulators, and one
+RunState is built at the end. Every other event, and every common one whose effect is not
+plain (a call at an approval gate, a parked run), is applied by ``apply`` itself on a state
+built at that point, so ``evolve`` stays the one definition of what an event means; the
+tests hold ``fold`` equal to ``reduce(evolve, ...)`` on generated logs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from msgspec.structs import replace
+
+from foldloop.core.evolve import INITIAL, apply, call_signature, tool_message
+from foldloop.core.messages import Message, chain_digest, push
+from foldloop.core.state import CallState, RunState, RunStatus
+from foldloop.events.catalogue import (
+    ModelRequested,
+    ModelResponded,
+    ToolCompleted,
+    ToolFailed,
+    ToolRequested,
+)
+from foldloop.events.recorded import Recorded
+
+__all__ = ["fold"]
+
+_AT_GATE = frozenset({"awaiting_approval", "expired"})
+
+
+class _Fold:
+    """A RunState taken apart into the fields the common events touch."""
+
+    __slots__ = (
+        "base",
+        "calls",
+        "cost_usd",
+        "input_tokens",
+        "invalid",
+        "last_at",
+        "messages",
+        "model_failures",
+        "model_pending",
+        "output_tokens",
+        "repeat_count",
+        "repeat_sig",
+        "seq",
+        "steps",
+    )
+
+    def __init__(self, state: RunState) -> None:
+        self.load(state)
+
+    def load(self, state: RunState) -> None:
+        self.base = state
+        self.seq = state.seq
+        self.last_at = state.last_at
+        self.steps = state.steps
+        self.input_tokens = state.usage.input_tokens
+        self.output_tokens = state.usage.output_tokens
+        self.cost_usd = state.usage.cost_usd
+        self.model_pending = state.model_pending
+        self.model_failures = state.model_failures
+        self.calls = list(state.calls)
+        self.invalid = state.invalid_args_in_step
+        self.repeat_sig = state.repeat_sig
+        self.repeat_count = state.repeat_count
+        self.messages: list[Message] = []
+
+    def state(self) -> RunState:
+        base = self.base
+        usage = base.usage
+        if (self.input_tokens, self.output_tokens, self.cost_usd) != (
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cost_usd,
+        ):
+            usage = replace(
+                usage,
+                input_tokens=self.input_tokens,
+                output_tokens=self.output_tokens,
+                cost_usd=self.cost_usd,
+            )
+        history, digest = base.history, base.history_digest
+        if self.messages:
+            history = push(history, self.messages)
+            digest = chain_digest(digest, self.messages)
+        return replace(
+            base,
+            seq=self.seq,
+            last_at=self.last_at,
+            steps=self.steps,
+            usage=usage,
+            model_pending=self.model_pending,
+            model_failures=self.model_failures,
+            calls=tuple(self.calls),
+            invalid_args_in_step=self.invalid,
+            repeat_sig=self.repeat_sig,
+            repeat_count=self.repeat_count,
+            history=history,
+            history_digest=digest,
+        )
+
+    # Each returns False, having changed nothing, when the event needs ``apply``.
+
+    def model_requested(self, event: ModelRequested, at: int) -> bool:
+        self.seq += 1
+        self.last_at = at
+        self.model_pending = event.step
+        return True
+
+    def model_responded(self, event: ModelResponded, at: int) -> bool:
+        self.seq += 1
+        self.last_at = at
+        self.steps = max(self.steps, event.step)
+        usage = event.usage
+        self.input_tokens += usage.input_tokens
+        self.output_tokens += usage.output_tokens
+        self.cost_usd += usage.cost_usd
+        self.model_pending = 0
+        self.model_failures = 0
+        self.calls = [CallState(call_id=c.id, tool=c.name, args=c.args) for c in event.tool_calls]
+        self.invalid = 0
+        self.messages.append(
+            Message(role="assistant", content=event.text, tool_calls=event.tool_calls)
+        )
+        return True
+
+    def tool_requested(self, event: ToolRequested, at: int) -> bool:
+        calls = self.calls
+        for i, call in enumerate(calls):
+            if call.call_id == event.call_id and call.status == "proposed":
+                calls[i] = replace(call, status="requested")
+        self.seq += 1
+        self.last_at = at
+        return True
+
+    def tool_finished(self, call_id: str, status: str, result: str, kind: str, at: int) -> bool:
+        calls = self.calls
+        i = next((j for j, c in enumerate(calls) if c.call_id == call_id and not c.finished), -1)
+        if i < 0:
+            self.seq += 1  # a late or unknown outcome: recorded, nothing else changes
+            self.last_at = at
+            return True
+        finished = replace(calls[i], status=status, result=result, kind=kind)
+        others = [c for j, c in enumerate(calls) if j != i]
+        if any(c.status in _AT_GATE for c in others):
+            return False  # the gate's status rules apply: leave it to evolve
+        calls[i] = finished
+        self.seq += 1
+        self.last_at = at
+        if kind == "invalid_args":
+            self.invalid += 1
+        if all(c.finished for c in calls):
+            sig, count = self.repeat_sig, self.repeat_count
+            for c in calls:
+                this = call_signature(c)
+                sig, count = (sig, count + 1) if this == sig else (this, 1)
+            self.repeat_sig, self.repeat_count = sig, count
+            self.messages.extend(tool_message(c) for c in calls)
+        return True
+
+
+def fold(events: Iterable[Recorded], initial: RunState = INITIAL) -> RunState:
+    """The state of a run: ``reduce(evolve, events, initial)``."""
+    acc: _Fold | None = None
+    state = initial
+    for recorded in events:
+        if not state.run_id:
+            state = replace(state, run_id=recorded.run_id)
+            acc = None
+        if acc is None:
+            acc = _Fold(state)
+        event, at = recorded.event, recorded.at
+        done = False
+        if acc.base.status is RunStatus.RUNNING:
+            if type(event) is ToolCompleted:
+                done = acc.tool_finished(event.call_id, "completed", event.result, "", at)
+            elif type(event) is ModelRequested:
+                done = acc.model_requested(event, at)
+            elif type(event) is ModelResponded:
+                done = acc.model_responded(event, at)
+            elif type(event) is ToolRequested:
+                done = acc.tool_requested(event, at)
+            elif type(event) is ToolFailed:
+                done = acc.tool_finished(event.call_id, "failed", event.error, event.kind, at)
+        if not done:
+            state = apply(acc.state(), event, at)
+            acc.load(state)
+    return state if acc is None else acc.state()
