@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
@@ -578,3 +579,9 @@ def test_a_snapshot_split_into_chunks_restores_the_same_state(n: int, extra: int
     assert len(chunks) == full_chunks(history) == n // CHUNK
     assert all(len(c) == CHUNK for c in chunks)
     assert restore_state(blob, [encode_chunk(c) for c in chunks]) == state
+    # Chunks written before they were deflated still read back.
+    plain = [msgspec.msgpack.encode(c) for c in chunks]
+    assert restore_state(blob, plain) == state
+    if chunks:
+        with pytest.raises(msgspec.DecodeError):
+            restore_state(blob, [b"z" + b"not deflated"])

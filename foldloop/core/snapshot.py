@@ -10,6 +10,7 @@ state with only the last, partial chunk, and each full chunk is stored once, bes
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 
 import msgspec
@@ -38,13 +39,25 @@ def split_state(state: RunState) -> tuple[bytes, History]:
     return _ENC.encode(msgspec.structs.replace(state, history=tail)), head
 
 
+_DEFLATED = b"z"
+"""Marks a compressed chunk; a plain one is a msgpack array, whose first byte never is 'z'."""
+
+
 def encode_chunk(chunk: tuple[Message, ...]) -> bytes:
-    """A full chunk's stored bytes."""
-    return _ENC.encode(chunk)
+    """A full chunk's stored bytes, deflated: 64 messages of one conversation repeat their
+    roles, keys, tool names and phrasing, and the chunks are a second copy of what the log
+    already holds, so they should cost as little disk as they can."""
+    return _DEFLATED + zlib.compress(_ENC.encode(chunk), 6)
 
 
 def decode_chunk(raw: bytes) -> tuple[Message, ...]:
-    """A stored chunk (raises msgspec errors when the bytes are not one)."""
+    """A stored chunk, deflated or not (older stores); raises msgspec.DecodeError when the
+    bytes are not one."""
+    if raw[:1] == _DEFLATED:
+        try:
+            raw = zlib.decompress(raw[1:])
+        except zlib.error as exc:
+            raise msgspec.DecodeError(f"a stored history chunk does not inflate: {exc}") from None
     return _CHUNK.decode(raw)
 
 
