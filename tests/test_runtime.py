@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import subprocess
 import sys
@@ -139,6 +140,39 @@ def test_cancel_is_immediate_while_a_tool_runs_on_the_run_thread(rt: fl.Runtime)
     assert types(rt, run.id)[-2:] == ["tool.requested", "run.cancelled"]
     time.sleep(0.2)  # the tool's late outcome reaches nobody: the log ends where it ended
     assert types(rt, run.id)[-1] == "run.cancelled"
+
+
+def test_cancels_racing_tools_on_run_threads_lose_nothing(rt: fl.Runtime) -> None:
+    # Cancels land before, during and after tools that run on their run actors' threads:
+    # every run must settle, cancelled ones with nothing after run.cancelled.
+    @fl.tool(timeout=5)
+    def nap(ms: int) -> str:
+        """Sleep a few milliseconds."""
+        time.sleep(ms / 1000)
+        return f"slept {ms}"
+
+    # Eight runs: each finds one of the tool's eight slots free, so every call runs on its
+    # run actor's thread.
+    replies = [fl.Reply(tool_calls=[fl.ToolCall("nap", {"ms": 10 + i % 7})]) for i in range(6)]
+    agent = fl.Agent(name="nap", llm=fl.ScriptedLLM([*replies, fl.Reply(text="ok")]), tools=[nap])
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            runs = [rt.spawn(agent, "go") for _ in range(8)]
+            for i, run in enumerate(runs[::2]):
+                time.sleep(0.004 * (i % 4))
+                run.cancel(reason="race")
+            results = [run.wait(timeout=30) for run in runs]
+    finally:
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    assert any(entry["event"] == "run_actor_replaced" for entry in logs)  # some hit a tool
+    for run, result in zip(runs, results, strict=True):
+        kinds = types(rt, run.id)
+        assert result.status in (fl.RunStatus.COMPLETED, fl.RunStatus.CANCELLED), result
+        assert kinds[-1] == ("run.completed" if result.ok else "run.cancelled")
+        asked, done = kinds.count("tool.requested"), kinds.count("tool.completed")
+        assert (asked, done) == (6, 6) if result.ok else done <= asked <= done + 1
+    assert all(r.ok for r in results[1::2])  # the ones nobody cancelled
 
 
 def test_a_tool_concurrency_bound_holds_across_runs(rt: fl.Runtime) -> None:

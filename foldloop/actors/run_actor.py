@@ -333,7 +333,7 @@ class RunActor(FastActor):
         the system hands the run to a fresh actor (``ActorSystem.take_over``); this one
         then only forwards the tool's late outcome and stops.
         """
-        if len(effect.calls) != 1 or len(self.state.calls) != 1 or not self.actor_inbox.empty():
+        if len(effect.calls) != 1 or len(self.state.calls) != 1:
             return False
         call = effect.calls[0]
         runner = self.system.tool_runner(self.agent, call.tool)
@@ -341,6 +341,17 @@ class RunActor(FastActor):
             return False
         with self.guard:
             self.away = call.call_id
+        # Said first, checked second (``ActorSystem.tell`` queues, then checks): a message
+        # that slipped in is seen here and handled first, the call going to the pool;
+        # unless its teller already handed the run over, and then the call runs here.
+        if not self.actor_inbox.empty():
+            with self.guard:
+                if not self.replaced:
+                    self.away = None
+                stay = self.away is not None
+            if not stay:
+                runner.slots.give()
+                return False
         timer = None
         try:
             if runner.tool.timeout is not None:
@@ -365,7 +376,7 @@ class RunActor(FastActor):
         )
         if replaced:
             self._dead = True
-            self.system.tell(self.run_id, command)  # to the actor that drives the run now
+            self.system.hand_on(self, command)
             self.stop()
         else:
             self._deliver(command)

@@ -120,18 +120,22 @@ class ActorSystem:
         If the actor is busy running a tool on its own thread, the run is first handed to a
         fresh actor (``take_over``), so the message is handled now, not when the tool ends.
         """
-        with self._lock:
-            ref = self._runs.get(run_id)
-            actor = self._actors.get(run_id)
-        if ref is None:
-            return False
-        if actor is not None and actor.away is not None:
-            ref = self.take_over(actor) or ref
-        try:
-            ref.tell(message)
-        except pykka.ActorDeadError:
-            return False
-        return True
+        for _ in range(2):  # a second look if the actor was replaced under our hands
+            with self._lock:
+                ref = self._runs.get(run_id)
+                actor = self._actors.get(run_id)
+            if ref is None:
+                return False
+            try:
+                ref.tell(message)
+            except pykka.ActorDeadError:
+                continue
+            # Queued first, checked second: an actor that starts a tool checks its inbox
+            # after saying so, so one of the two sides always sees the other.
+            if actor is not None and actor.away is not None:
+                self.take_over(actor)
+            return True
+        return False
 
     def take_over(self, actor: RunActor) -> pykka.ActorRef[Any] | None:
         """Drive ``actor``'s run with a new actor while the old one's thread runs a tool.
@@ -143,7 +147,8 @@ class ActorSystem:
         """
         run_id = actor.run_id
         with actor.guard:
-            if actor.away is None or actor.replaced:
+            call_id = actor.away
+            if call_id is None or actor.replaced:
                 return None
             with self._lock:
                 if self._closed or self._actors.get(run_id) is not actor:
@@ -155,8 +160,21 @@ class ActorSystem:
                 self._actors[run_id] = fresh
         for envelope in actor.drain_inbox():
             fresh.actor_inbox.put(envelope)
-        log.info("run_actor_replaced", run_id=run_id, call_id=actor.away)
+        log.info("run_actor_replaced", run_id=run_id, call_id=call_id)
         return ref
+
+    def hand_on(self, old: RunActor, outcome: Any) -> None:
+        """A replaced actor's tool came back: its outcome, and anything still queued for it,
+        go to the actor that drives the run now (none when closing or settled: dropped,
+        as a pool's late result is)."""
+        with self._lock:
+            ref = self._runs.get(old.run_id)
+            current = self._actors.get(old.run_id)
+        if ref is None or current is None or current is old:
+            return
+        for message in [*(e.message for e in old.drain_inbox()), outcome]:
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(message)
 
     def settled_without_actor(self, state: RunState) -> None:
         """Record the outcome of a decision the runtime committed without starting an actor."""
