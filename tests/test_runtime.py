@@ -116,8 +116,9 @@ def test_a_tool_past_its_timeout_fails_with_kind_timeout_and_the_run_goes_on(
     assert "tool.completed" not in types(rt, run.id)
 
 
-def test_cancel_is_immediate_while_a_tool_runs_on_the_run_thread(rt: fl.Runtime) -> None:
-    # A step's only call runs on its run actor's thread; a cancel must not wait for it.
+def stuck_agent() -> tuple[fl.Agent, threading.Event, threading.Event]:
+    """An agent whose one tool call blocks (on its run actor's thread: a step's only call
+    runs there) until ``release`` is set; ``started`` says it is running."""
     started, release = threading.Event(), threading.Event()
 
     @fl.tool(timeout=60)
@@ -125,10 +126,15 @@ def test_cancel_is_immediate_while_a_tool_runs_on_the_run_thread(rt: fl.Runtime)
         """Block until released."""
         started.set()
         release.wait(20)
-        return "finished anyway"
+        return "late"
 
     llm = fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("stuck")]), fl.Reply(text="no")])
-    run = rt.spawn(fl.Agent(name="stuck", llm=llm, tools=[stuck]), "go")
+    return fl.Agent(name="stuck", llm=llm, tools=[stuck]), started, release
+
+
+def test_cancel_is_immediate_while_a_tool_runs_on_the_run_thread(rt: fl.Runtime) -> None:
+    agent, started, release = stuck_agent()
+    run = rt.spawn(agent, "go")
     try:
         assert started.wait(10)
         run.cancel(reason="enough")
@@ -201,17 +207,7 @@ def test_a_tool_concurrency_bound_holds_across_runs(rt: fl.Runtime) -> None:
 
 
 def test_closing_does_not_wait_for_a_tool_running_on_a_run_thread(store_path: Path) -> None:
-    started, release = threading.Event(), threading.Event()
-
-    @fl.tool(timeout=60)
-    def stuck() -> str:
-        """Block until released."""
-        started.set()
-        release.wait(20)
-        return "late"
-
-    llm = fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("stuck")]), fl.Reply(text="no")])
-    agent = fl.Agent(name="stuck", llm=llm, tools=[stuck])
+    agent, started, release = stuck_agent()
     try:
         with fl.Runtime.open(store_path, agents=[agent]) as rt:
             run = rt.spawn(agent, "go")
