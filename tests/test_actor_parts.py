@@ -1,10 +1,11 @@
-"""The small concurrency parts the actors stand on: timers and tool slots."""
+"""The small concurrency parts the actors stand on: timers, tool slots, the loop pool."""
 
 from __future__ import annotations
 
 import threading
 import time
 
+from foldloop.actors.loops import ActorLoops
 from foldloop.actors.timers import Timers
 from foldloop.actors.tool_actor import Slots
 
@@ -52,3 +53,39 @@ def test_slots_bound_concurrent_holders_and_wake_waiters() -> None:
     assert not any(t.is_alive() for t in threads)  # nobody left waiting for a slot
     assert peak[0] == 2
     assert slots.try_take() and slots.try_take() and not slots.try_take()
+
+
+def test_actor_loops_reuse_idle_threads_and_let_them_go() -> None:
+    loops = ActorLoops(keep_idle_s=0.3)
+    names: list[str] = []
+    done = threading.Semaphore(0)
+
+    def loop() -> None:
+        names.append(threading.current_thread().name)
+        done.release()
+
+    for _ in range(50):  # one after another: one thread serves them all
+        loops.run(loop)
+        assert done.acquire(timeout=5)
+        deadline = time.monotonic() + 5
+        while loops.counts()[0] and time.monotonic() < deadline:
+            time.sleep(0.001)
+    assert len(names) == 50 and len(set(names)) == 1
+    gate = threading.Event()
+
+    def held() -> None:
+        gate.wait(5)
+        done.release()
+
+    for _ in range(5):  # five at once need five threads
+        loops.run(held)
+    time.sleep(0.05)
+    assert loops.counts() == (5, 0)
+    gate.set()
+    for _ in range(5):
+        assert done.acquire(timeout=5)
+    deadline = time.monotonic() + 5
+    while loops.counts() != (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert loops.counts() == (0, 0)  # idle threads ended after keep_idle_s
+    assert not any(t.name in names for t in threading.enumerate())

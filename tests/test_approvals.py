@@ -14,6 +14,7 @@ import pytest
 import structlog
 
 import foldloop as fl
+from foldloop.actors.loops import LOOPS
 from foldloop.approvals import PendingApproval
 
 
@@ -296,11 +297,15 @@ def test_two_processes_racing_to_decide_have_exactly_one_winner_each_time(
 def test_pending_requests_cost_no_thread(rt: fl.Runtime, ledger: Ledger) -> None:
     agent = make_agent(ledger)
     rt.spawn(agent, "warm").wait(timeout=30)
-    before = threading.active_count()
+    time.sleep(0.2)
+    before = threading.active_count() - LOOPS.counts()[1]  # not counting idle pool threads
+    busy_before = LOOPS.counts()[0]
     handles = [rt.spawn(agent, f"p{i}") for i in range(50)]
     assert {h.wait(timeout=60).status for h in handles} == {fl.RunStatus.AWAITING_APPROVAL}
     time.sleep(0.2)
-    assert threading.active_count() <= before + 1
+    busy, idle = LOOPS.counts()
+    assert busy <= busy_before  # no actor loop runs for a parked run
+    assert threading.active_count() - idle <= before + 1
     assert len(rt.pending_approvals()) == 51
     assert not any(rt.system.active(h.id) for h in handles)
 

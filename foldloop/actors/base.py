@@ -1,4 +1,5 @@
-"""The actor base foldloop's actors share: pykka's ThreadingActor with a C inbox.
+"""The actor base foldloop's actors share: pykka's ThreadingActor with a C inbox, its loop
+on a reused thread.
 
 pykka documents ``_create_actor_inbox`` as the seam for the inbox. Its default,
 ``queue.Queue``, is a pure-Python Condition dance on every ``tell``; ``queue.SimpleQueue``
@@ -13,6 +14,8 @@ from typing import Any, cast
 
 import pykka
 
+from foldloop.actors.loops import LOOPS
+
 __all__ = ["FastActor"]
 
 
@@ -24,6 +27,10 @@ class FastActor(pykka.ThreadingActor):
     @staticmethod
     def _create_actor_inbox() -> Any:
         return queue.SimpleQueue()
+
+    def _start_actor_loop(self) -> None:
+        # pykka starts a thread here; the loop runs on a pooled one instead (see loops.py).
+        LOOPS.run(self._actor_loop)
 
     def start_here(self) -> pykka.ActorRef[Any]:
         """Start this already-built actor (keeping a reference to the object itself)."""
