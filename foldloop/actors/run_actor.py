@@ -3,8 +3,10 @@
 For each command: decide, append the decision's events, evolve, start the effects. The
 append is the only blocking hop, and only when the decision is durable (an effect leaves
 the process); otherwise the events are queued for the next group commit and the run moves
-on. Model calls run on the runtime's model pool, tools on their ToolActors, so the actor
-thread is always free to take a cancel.
+on. Model calls that may block run on the runtime's model pool; an instant one (a scripted
+list) is called here. A step's only tool call runs on this thread too (``_run_here``), and
+the system hands the run to a fresh actor if a cancel, an approval or the tool's timeout
+arrives meanwhile; several calls go to their tool's pool. So a cancel never waits.
 
 Nothing raises out of ``on_receive``: pykka kills an actor whose ``tell`` handler raises,
 so every failure becomes a settled, resumable run with a reason.

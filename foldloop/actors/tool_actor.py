@@ -1,10 +1,12 @@
-"""ToolActor: one per tool; owns the tool's bounded pool and its timeouts.
+"""ToolActor: one per tool; owns the tool's bounded pool, its slots and its timeouts.
 
 Run actors hand calls straight to ``dispatch`` (thread-safe) rather than through the
 actor's mailbox: the mailbox would only forward to the pool, at the price of one more
-thread wake-up on every step. The actor's own thread handles lifecycle (stop shuts the
-pool down). A call past its timeout is reported as ``tool.failed(kind="timeout")`` at
-once; its late real outcome is then ignored by decide.
+thread wake-up on every step. A run actor may also run a step's only call on its own
+thread; it takes one of the tool's ``slots`` for it, as every pool job does, so the
+tool's concurrency bound holds either way. The actor's own thread handles lifecycle (stop
+shuts the pool down). A call past its timeout is reported as ``tool.failed(kind="timeout")``
+at once; its late real outcome is then ignored by decide.
 """
 
 from __future__ import annotations
