@@ -223,6 +223,47 @@ def test_closing_does_not_wait_for_a_tool_running_on_a_run_thread(store_path: Pa
         assert failed == ["interrupted"]  # not run twice: its outcome is unknown
 
 
+def test_a_timed_out_call_late_outcome_never_reaches_a_later_call_with_its_id(
+    rt: fl.Runtime,
+) -> None:
+    # Some providers reuse call ids across steps. The first call times out and returns
+    # while the second step's call (same id) is still running: the late "first" result
+    # must be dropped, not recorded as the second call's outcome.
+    first_back, second_started, second_go = (threading.Event() for _ in range(3))
+
+    @fl.tool(timeout=0.2)
+    def work(n: int) -> str:
+        """Block in ways the test controls."""
+        if n == 1:
+            second_started.wait(10)
+            first_back.set()
+            return "first"
+        second_started.set()
+        second_go.wait(10)
+        return "second"
+
+    llm = fl.ScriptedLLM(
+        [
+            fl.Reply(tool_calls=[fl.ToolCall("work", {"n": 1}, id="same")]),
+            fl.Reply(tool_calls=[fl.ToolCall("work", {"n": 2}, id="same")]),
+            fl.Reply(text="done"),
+        ]
+    )
+    run = rt.spawn(fl.Agent(name="reuse", llm=llm, tools=[work]), "go")
+    try:
+        assert first_back.wait(10)
+        time.sleep(0.1)  # the late outcome is on its way while the second call still runs
+    finally:
+        second_go.set()
+    assert run.wait(timeout=30).output == "done"
+    outcomes = [
+        (r.type, getattr(r.event, "result", getattr(r.event, "kind", "")))
+        for r in rt.events(run.id)
+        if r.type in ("tool.completed", "tool.failed")
+    ]
+    assert outcomes == [("tool.failed", "timeout"), ("tool.completed", "second")]
+
+
 def test_a_tool_that_raises_is_fed_back_to_the_model(rt: fl.Runtime) -> None:
     @fl.tool
     def boom(x: int) -> int:

@@ -85,6 +85,7 @@ class RunActor(FastActor):
         self.guard = threading.Lock()
         self.away: str | None = None
         self.replaced = False
+        self._timed_out = False  # the call running here was reported as timed out
 
     @property
     def log(self) -> Any:
@@ -367,20 +368,27 @@ class RunActor(FastActor):
                 timer.cancel()
             with self.guard:
                 self.away = None
-                replaced = self.replaced
-        command = ToolFinished(
-            now=self.system.clock(),
-            call_id=call.call_id,
-            ok=outcome.ok,
-            result=outcome.text,
-            kind=outcome.kind,
-            duration_ms=round(outcome.duration_ms, 3),
-        )
+                replaced, late = self.replaced, self._timed_out
+                self._timed_out = False
+        if late:
+            # Its timeout was reported: the outcome is dropped, as the pool drops a late
+            # one (a later step may reuse the call id, and must not receive it).
+            self.log.info("tool_result_unclaimed", call_id=call.call_id)
+            command: Command | None = None
+        else:
+            command = ToolFinished(
+                now=self.system.clock(),
+                call_id=call.call_id,
+                ok=outcome.ok,
+                result=outcome.text,
+                kind=outcome.kind,
+                duration_ms=round(outcome.duration_ms, 3),
+            )
         if replaced:
             self._dead = True
             self.system.hand_on(self, command)
             self.stop()
-        else:
+        elif command is not None:
             self._deliver(command)
         return True
 
@@ -388,6 +396,10 @@ class RunActor(FastActor):
         run_id, system = self.run_id, self.system
 
         def expire() -> None:
+            with self.guard:
+                if self.away != call.call_id:
+                    return  # it came back meanwhile; its own outcome stands
+                self._timed_out = True
             system.tell(run_id, runner.timed_out(run_id, call.call_id, started))
 
         return expire

@@ -163,16 +163,17 @@ class ActorSystem:
         log.info("run_actor_replaced", run_id=run_id, call_id=call_id)
         return ref
 
-    def hand_on(self, old: RunActor, outcome: Any) -> None:
-        """A replaced actor's tool came back: its outcome, and anything still queued for it,
-        go to the actor that drives the run now (none when closing or settled: dropped,
-        as a pool's late result is)."""
+    def hand_on(self, old: RunActor, outcome: Any | None) -> None:
+        """A replaced actor's tool came back: its outcome (None if its timeout was already
+        reported), and anything still queued for it, go to the actor that drives the run now
+        (none when closing or settled: dropped, as a pool's late result is)."""
         with self._lock:
             ref = self._runs.get(old.run_id)
             current = self._actors.get(old.run_id)
         if ref is None or current is None or current is old:
             return
-        for message in [*(e.message for e in old.drain_inbox()), outcome]:
+        queued = [e.message for e in old.drain_inbox()]
+        for message in [*queued, outcome] if outcome is not None else queued:
             with contextlib.suppress(pykka.ActorDeadError):
                 ref.tell(message)
 
