@@ -26,10 +26,10 @@ import pykka
 
 from foldloop._log import get_logger
 from foldloop.actors.base import FastActor
-from foldloop.actors.tool_actor import RunToolCall, ToolRunner
+from foldloop.actors.tool_actor import OneOutcome, RunToolCall, ToolRunner
 from foldloop.agent import Agent
 from foldloop.approvals import approval_writes, issue_tickets
-from foldloop.core.commands import Command, ModelCallFailed, ModelReplied, ToolFinished
+from foldloop.core.commands import Command, ModelCallFailed, ModelReplied
 from foldloop.core.decide import decide
 from foldloop.core.effects import CallModel, Decision, RequestApproval, RunTools, Settle, ToolRun
 from foldloop.core.evolve import apply
@@ -85,7 +85,6 @@ class RunActor(FastActor):
         self.guard = threading.Lock()
         self.away: str | None = None
         self.replaced = False
-        self._timed_out = False  # the call running here was reported as timed out
 
     @property
     def log(self) -> Any:
@@ -355,11 +354,12 @@ class RunActor(FastActor):
             if not stay:
                 runner.slots.give()
                 return False
+        once = OneOutcome()
         timer = None
         try:
             if runner.tool.timeout is not None:
                 timer = self.system.timers.call_later(
-                    runner.tool.timeout, self._overdue(runner, call, time.monotonic())
+                    runner.tool.timeout, self._overdue(runner, call, time.monotonic(), once)
                 )
             outcome = runner.tool.invoke(call.args)
         finally:
@@ -368,22 +368,12 @@ class RunActor(FastActor):
                 timer.cancel()
             with self.guard:
                 self.away = None
-                replaced, late = self.replaced, self._timed_out
-                self._timed_out = False
-        if late:
-            # Its timeout was reported: the outcome is dropped, as the pool drops a late
-            # one (a later step may reuse the call id, and must not receive it).
+                replaced = self.replaced
+        command: Command | None = None
+        if once.claim():
+            command = runner.finished(call.call_id, outcome)
+        else:  # its timeout was reported: dropped, as on the pool
             self.log.info("tool_result_unclaimed", call_id=call.call_id)
-            command: Command | None = None
-        else:
-            command = ToolFinished(
-                now=self.system.clock(),
-                call_id=call.call_id,
-                ok=outcome.ok,
-                result=outcome.text,
-                kind=outcome.kind,
-                duration_ms=round(outcome.duration_ms, 3),
-            )
         if replaced:
             self._dead = True
             self.system.hand_on(self, command)
@@ -392,15 +382,14 @@ class RunActor(FastActor):
             self._deliver(command)
         return True
 
-    def _overdue(self, runner: ToolRunner, call: ToolRun, started: float) -> Callable[[], None]:
+    def _overdue(
+        self, runner: ToolRunner, call: ToolRun, started: float, once: OneOutcome
+    ) -> Callable[[], None]:
         run_id, system = self.run_id, self.system
 
         def expire() -> None:
-            with self.guard:
-                if self.away != call.call_id:
-                    return  # it came back meanwhile; its own outcome stands
-                self._timed_out = True
-            system.tell(run_id, runner.timed_out(run_id, call.call_id, started))
+            if once.claim():
+                system.tell(run_id, runner.timed_out(run_id, call.call_id, started))
 
         return expire
 

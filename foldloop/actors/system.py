@@ -158,8 +158,7 @@ class ActorSystem:
                 ref = fresh.start_here()
                 self._runs[run_id] = ref
                 self._actors[run_id] = fresh
-        for envelope in actor.drain_inbox():
-            fresh.actor_inbox.put(envelope)
+        _move_queued(actor, fresh)
         log.info("run_actor_replaced", run_id=run_id, call_id=call_id)
         return ref
 
@@ -172,10 +171,10 @@ class ActorSystem:
             current = self._actors.get(old.run_id)
         if ref is None or current is None or current is old:
             return
-        queued = [e.message for e in old.drain_inbox()]
-        for message in [*queued, outcome] if outcome is not None else queued:
+        _move_queued(old, current)
+        if outcome is not None:
             with contextlib.suppress(pykka.ActorDeadError):
-                ref.tell(message)
+                ref.tell(outcome)
 
     def settled_without_actor(self, state: RunState) -> None:
         """Record the outcome of a decision the runtime committed without starting an actor."""
@@ -304,3 +303,9 @@ class ActorSystem:
                 ref.stop(block=True, timeout=5)
         self.timers.stop()
         self.model_pool.shutdown()
+
+
+def _move_queued(old: RunActor, new: RunActor) -> None:
+    """What waits in ``old``'s inbox goes to ``new``'s, in order (envelopes as they are)."""
+    for envelope in old.drain_inbox():
+        new.actor_inbox.put(envelope)

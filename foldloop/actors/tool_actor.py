@@ -24,9 +24,9 @@ from foldloop.actors.base import FastActor
 from foldloop.actors.timers import Timer, Timers
 from foldloop.actors.workers import Workers
 from foldloop.core.commands import ToolFinished
-from foldloop.tools.decorator import Tool
+from foldloop.tools.decorator import Tool, ToolOutcome
 
-__all__ = ["RunToolCall", "Slots", "ToolActor", "ToolRunner"]
+__all__ = ["OneOutcome", "RunToolCall", "Slots", "ToolActor", "ToolRunner"]
 
 log = get_logger(__name__)
 
@@ -39,6 +39,25 @@ class RunToolCall:
     call_id: str
     args: str
     reply_to: Any
+
+
+class OneOutcome:
+    """A call reports exactly one outcome: its own or its timeout, whichever claims first.
+    (A late one is dropped: a later step may reuse the call id and must not receive it.)"""
+
+    __slots__ = ("_lock", "_taken")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._taken = False
+
+    def claim(self) -> bool:
+        """True for the first caller only."""
+        with self._lock:
+            if self._taken:
+                return False
+            self._taken = True
+            return True
 
 
 class Slots:
@@ -100,6 +119,17 @@ class ToolRunner:
         except Exception:
             log.exception("tool_dispatch_failed", tool=self.tool.name, run_id=call.run_id)
 
+    def finished(self, call_id: str, outcome: ToolOutcome) -> ToolFinished:
+        """The command that reports a call's own outcome."""
+        return ToolFinished(
+            now=self.clock(),
+            call_id=call_id,
+            ok=outcome.ok,
+            result=outcome.text,
+            kind=outcome.kind,
+            duration_ms=round(outcome.duration_ms, 3),
+        )
+
     def timed_out(self, run_id: str, call_id: str, started: float) -> ToolFinished:
         """The outcome of a call still running ``timeout`` s after ``started`` (monotonic)."""
         timeout = self.tool.timeout or 0.0
@@ -118,15 +148,12 @@ class ToolRunner:
         self.pool.shutdown()
 
     def _start(self, call: RunToolCall) -> None:
-        settled = threading.Lock()
-        done = [False]
+        once = OneOutcome()
         timer: list[Timer] = []
 
         def report(command: ToolFinished) -> None:
-            with settled:
-                if done[0]:
-                    return
-                done[0] = True
+            if not once.claim():
+                return
             if timer:
                 timer[0].cancel()  # release the run's references now, not in `timeout` s
             try:
@@ -140,16 +167,7 @@ class ToolRunner:
                 outcome = self.tool.invoke(call.args)
             finally:
                 self.slots.give()
-            report(
-                ToolFinished(
-                    now=self.clock(),
-                    call_id=call.call_id,
-                    ok=outcome.ok,
-                    result=outcome.text,
-                    kind=outcome.kind,
-                    duration_ms=round(outcome.duration_ms, 3),
-                )
-            )
+            report(self.finished(call.call_id, outcome))
 
         timeout = self.tool.timeout
         if timeout is not None:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from msgspec.structs import replace
 
-from foldloop.core.evolve import INITIAL, apply, call_signature, tool_message
+from foldloop.core.evolve import AT_GATE, INITIAL, apply, call_signature, tool_message
 from foldloop.core.messages import Message, chain_digest, push
 from foldloop.core.state import CallState, RunState, RunStatus
 from foldloop.events.catalogue import (
@@ -28,8 +28,6 @@ from foldloop.events.catalogue import (
 from foldloop.events.recorded import Recorded
 
 __all__ = ["fold"]
-
-_AT_GATE = frozenset({"awaiting_approval", "expired"})
 
 
 class _Fold:
@@ -146,11 +144,9 @@ class _Fold:
             self.seq += 1  # a late or unknown outcome: recorded, nothing else changes
             self.last_at = at
             return True
-        finished = replace(calls[i], status=status, result=result, kind=kind)
-        others = [c for j, c in enumerate(calls) if j != i]
-        if any(c.status in _AT_GATE for c in others):
-            return False  # the gate's status rules apply: leave it to evolve
-        calls[i] = finished
+        if any(c.status in AT_GATE for c in calls):
+            return False  # a call at a gate (this one too): its status rules are evolve's
+        calls[i] = replace(calls[i], status=status, result=result, kind=kind)
         self.seq += 1
         self.last_at = at
         if kind == "invalid_args":

@@ -33,7 +33,7 @@ from foldloop.events.catalogue import (
 )
 from foldloop.events.recorded import AnyEvent, Recorded, UnknownEvent
 
-__all__ = ["INITIAL", "apply", "call_signature", "evolve", "tool_message"]
+__all__ = ["AT_GATE", "INITIAL", "apply", "call_signature", "evolve", "tool_message"]
 
 INITIAL = RunState()
 
@@ -108,18 +108,19 @@ def _set_call(
     )
 
 
-_AT_GATE = frozenset({"awaiting_approval", "expired"})
+AT_GATE = frozenset({"awaiting_approval", "expired"})
+"""Call statuses that wait on a person."""
 
 
 def _gate_status(state: RunState) -> RunState:
     """A run waits for approval when calls wait at a gate and nothing else is in flight."""
     status = state.status
     if status is RunStatus.RUNNING:
-        if not any(c.status in _AT_GATE for c in state.calls):
+        if not any(c.status in AT_GATE for c in state.calls):
             return state  # the common case, decided without building lists
     elif status is not RunStatus.AWAITING_APPROVAL:
         return state
-    waiting = [c for c in state.calls if c.status in _AT_GATE]
+    waiting = [c for c in state.calls if c.status in AT_GATE]
     busy = any(c.status in ("proposed", "requested") for c in state.calls) or state.model_pending
     if waiting and not busy:
         expired = [c.call_id for c in waiting if c.status == "expired"]

@@ -9,7 +9,7 @@ writes the exposition format by hand.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from foldloop.core.state import RunStatus
@@ -39,6 +39,12 @@ def _collector(read: Callable[[], RunMetricsState]) -> Any:
             buckets.append(("+Inf" if math.isinf(bound) else repr(bound), running))
         family.add_metric(labels, buckets, h.sum)
 
+    def by_label(name: str, doc: str, label: str, counts: Mapping[str, int]) -> Any:
+        family = CounterMetricFamily(name, doc, labels=[label])
+        for key, n in sorted(counts.items()):
+            family.add_metric([key], n)
+        return family
+
     class RunMetricsCollector(Collector):
         def collect(self) -> Iterator[Any]:
             s = read()
@@ -48,12 +54,9 @@ def _collector(read: Callable[[], RunMetricsState]) -> Any:
             for status in sorted({*_STATUSES, *s.runs_by_status}):
                 runs.add_metric([status], s.runs_by_status.get(status, 0))
             yield runs
-            by_agent = CounterMetricFamily(
-                "foldloop_runs_started", "Runs started, by agent.", labels=["agent"]
+            yield by_label(
+                "foldloop_runs_started", "Runs started, by agent.", "agent", s.runs_by_agent
             )
-            for agent, n in sorted(s.runs_by_agent.items()):
-                by_agent.add_metric([agent], n)
-            yield by_agent
             yield CounterMetricFamily(
                 "foldloop_model_calls", "Model calls asked.", value=s.model_calls
             )
@@ -63,12 +66,12 @@ def _collector(read: Callable[[], RunMetricsState]) -> Any:
             yield CounterMetricFamily(
                 "foldloop_tool_calls", "Tool calls requested.", value=s.tool_calls
             )
-            failures = CounterMetricFamily(
-                "foldloop_tool_failures", "Tool calls that failed, by kind.", labels=["kind"]
+            yield by_label(
+                "foldloop_tool_failures",
+                "Tool calls that failed, by kind.",
+                "kind",
+                s.tool_failures,
             )
-            for kind, n in sorted(s.tool_failures.items()):
-                failures.add_metric([kind], n)
-            yield failures
             tokens = CounterMetricFamily(
                 "foldloop_tokens", "Model tokens used.", labels=["direction"]
             )
@@ -78,12 +81,9 @@ def _collector(read: Callable[[], RunMetricsState]) -> Any:
             yield CounterMetricFamily(
                 "foldloop_cost_usd", "Model cost in US dollars (priced runs).", value=s.cost_usd
             )
-            approvals = CounterMetricFamily(
-                "foldloop_approvals", "Approval requests and outcomes.", labels=["outcome"]
+            yield by_label(
+                "foldloop_approvals", "Approval requests and outcomes.", "outcome", s.approvals
             )
-            for outcome, n in sorted(s.approvals.items()):
-                approvals.add_metric([outcome], n)
-            yield approvals
             tools = HistogramMetricFamily(
                 "foldloop_tool_latency_seconds",
                 "Seconds from a tool call's request to its result.",
