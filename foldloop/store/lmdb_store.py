@@ -63,8 +63,8 @@ from foldloop.store.framing import (
     chain_hash,
     decode_frame,
     decode_index,
-    decode_typed_frame,
     index_prefix,
+    open_fast,
     pack_position,
     peek_run_seq,
     unpack_position,
@@ -403,17 +403,24 @@ class LmdbStore:
         walked with one cursor."""
         out: list[Recorded] = []
         log_cur = txn.cursor(db=self._log)
+        careful = has_upcasters()
         for entry, _key in self._ranges(txn, run_id, start):
             skip = max(0, start - entry.first_seq)
             if not log_cur.set_key(pack_position(entry.first_position + skip)):
                 raise CorruptRecord(
                     run_id, entry.first_seq + skip, "the index points at a missing record"
                 )
-            for seq in range(entry.first_seq + skip, entry.first_seq + entry.length):
-                if to_seq is not None and seq > to_seq:
-                    return out
-                out.append(self._decode(log_cur.value(), run_id, seq))
+            last = entry.first_seq + entry.length - 1
+            if to_seq is not None and to_seq < last:
+                last = to_seq
+            for seq in range(entry.first_seq + skip, last + 1):
+                # _decode's fast path, called directly: this loop is most of a fold's read.
+                value = log_cur.value()
+                rec = None if careful else _sound(value, run_id, seq)
+                out.append(self._decode(value, run_id, seq) if rec is None else rec)
                 log_cur.next()
+            if to_seq is not None and last == to_seq:
+                return out
         return out
 
     def read_runs(self, starts: dict[str, int]) -> dict[str, list[Recorded]]:
@@ -618,25 +625,10 @@ class LmdbStore:
         rid, s = run_id or "?", seq or 0
         if value is None:
             raise CorruptRecord(rid, s, "the index points at a record that is missing")
-        if not has_upcasters():
-            try:
-                _prev, body = unseal(value)
-                typed = decode_typed_frame(body)
-            except SealBroken as exc:
-                raise CorruptRecord(*_where(value, rid, s), str(exc)) from None
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                pass  # an unknown tag or a bad record: the careful path below says which
-            else:
-                if typed.v == 1 and (
-                    run_id is None or (typed.run_id == run_id and typed.seq == seq)
-                ):
-                    return Recorded(
-                        run_id=typed.run_id,
-                        seq=typed.seq,
-                        position=typed.position,
-                        at=typed.at,
-                        event=typed.event,
-                    )
+        rec = None if has_upcasters() else _sound(value, run_id, seq)
+        if rec is not None:
+            return rec
+        # A bad checksum, an unknown tag, an old shape, a record out of place: say which.
         try:
             _prev, body = unseal(value)
             frame = decode_frame(body)
@@ -713,6 +705,19 @@ class LmdbStore:
                 return
             _REGISTRY.pop(str(self.path), None)
         self._close()
+
+
+def _sound(value: bytes, run_id: str | None, seq: int | None) -> Recorded | None:
+    """The record ``value`` holds, if it is sound, current and where it was expected
+    (``run_id``'s ``seq``, unless None); else None, and the careful path looks."""
+    typed = open_fast(value)
+    if typed is None or typed.v != 1:
+        return None
+    if run_id is not None and (typed.run_id != run_id or typed.seq != seq):
+        return None
+    return Recorded(
+        run_id=typed.run_id, seq=typed.seq, position=typed.position, at=typed.at, event=typed.event
+    )
 
 
 def _where(value: bytes, run_id: str, seq: int) -> tuple[str, int]:
