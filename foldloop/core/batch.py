@@ -30,8 +30,32 @@ from foldloop.events.recorded import Recorded
 __all__ = ["fold"]
 
 
+_ID, _TOOL, _ARGS, _STATUS, _RESULT, _KIND = range(6)
+_FINISHED = ("completed", "failed")
+
+
+def _record(call: CallState) -> list[str]:
+    return [call.call_id, call.tool, call.args, call.status, call.result, call.kind]
+
+
+def _call_state(r: list[str]) -> CallState:
+    return CallState(
+        call_id=r[_ID],
+        tool=r[_TOOL],
+        args=r[_ARGS],
+        status=r[_STATUS],  # type: ignore[arg-type]  # only ever a CallStatus
+        result=r[_RESULT],
+        kind=r[_KIND],
+    )
+
+
 class _Fold:
-    """A RunState taken apart into the fields the common events touch."""
+    """A RunState taken apart into the fields the common events touch.
+
+    The step's calls are mutable records (id, tool, args, status, result, kind) while the
+    fold runs: a call would otherwise be built, then copied for tool.requested and again
+    for its outcome; CallStates are built once, when a step ends or a state is wanted.
+    """
 
     __slots__ = (
         "base",
@@ -46,6 +70,7 @@ class _Fold:
         "output_tokens",
         "repeat_count",
         "repeat_sig",
+        "running",
         "seq",
         "steps",
     )
@@ -55,6 +80,7 @@ class _Fold:
 
     def load(self, state: RunState) -> None:
         self.base = state
+        self.running = state.status is RunStatus.RUNNING
         self.seq = state.seq
         self.last_at = state.last_at
         self.steps = state.steps
@@ -63,7 +89,7 @@ class _Fold:
         self.cost_usd = state.usage.cost_usd
         self.model_pending = state.model_pending
         self.model_failures = state.model_failures
-        self.calls = list(state.calls)
+        self.calls = [_record(c) for c in state.calls]
         self.invalid = state.invalid_args_in_step
         self.repeat_sig = state.repeat_sig
         self.repeat_count = state.repeat_count
@@ -95,7 +121,7 @@ class _Fold:
             usage=usage,
             model_pending=self.model_pending,
             model_failures=self.model_failures,
-            calls=tuple(self.calls),
+            calls=tuple(_call_state(r) for r in self.calls),
             invalid_args_in_step=self.invalid,
             repeat_sig=self.repeat_sig,
             repeat_count=self.repeat_count,
@@ -121,7 +147,7 @@ class _Fold:
         self.cost_usd += usage.cost_usd
         self.model_pending = 0
         self.model_failures = 0
-        self.calls = [CallState(call_id=c.id, tool=c.name, args=c.args) for c in event.tool_calls]
+        self.calls = [[c.id, c.name, c.args, "proposed", "", ""] for c in event.tool_calls]
         self.invalid = 0
         self.messages.append(
             Message(role="assistant", content=event.text, tool_calls=event.tool_calls)
@@ -129,35 +155,39 @@ class _Fold:
         return True
 
     def tool_requested(self, event: ToolRequested, at: int) -> bool:
-        calls = self.calls
-        for i, call in enumerate(calls):
-            if call.call_id == event.call_id and call.status == "proposed":
-                calls[i] = replace(call, status="requested")
+        call_id = event.call_id
+        for r in self.calls:
+            if r[_ID] == call_id and r[_STATUS] == "proposed":
+                r[_STATUS] = "requested"
         self.seq += 1
         self.last_at = at
         return True
 
     def tool_finished(self, call_id: str, status: str, result: str, kind: str, at: int) -> bool:
         calls = self.calls
-        i = next((j for j, c in enumerate(calls) if c.call_id == call_id and not c.finished), -1)
-        if i < 0:
-            self.seq += 1  # a late or unknown outcome: recorded, nothing else changes
-            self.last_at = at
-            return True
-        if any(c.status in AT_GATE for c in calls):
-            return False  # a call at a gate (this one too): its status rules are evolve's
-        calls[i] = replace(calls[i], status=status, result=result, kind=kind)
+        found = None
+        for r in calls:
+            if r[_STATUS] in AT_GATE:
+                return False  # a call at a gate (this one too): its status rules are evolve's
+            if found is None and r[_ID] == call_id and r[_STATUS] not in _FINISHED:
+                found = r
         self.seq += 1
         self.last_at = at
+        if found is None:
+            return True  # a late or unknown outcome: recorded, nothing else changes
+        found[_STATUS], found[_RESULT], found[_KIND] = status, result, kind
         if kind == "invalid_args":
             self.invalid += 1
-        if all(c.finished for c in calls):
-            sig, count = self.repeat_sig, self.repeat_count
-            for c in calls:
-                this = call_signature(c)
-                sig, count = (sig, count + 1) if this == sig else (this, 1)
-            self.repeat_sig, self.repeat_count = sig, count
-            self.messages.extend(tool_message(c) for c in calls)
+        for r in calls:
+            if r[_STATUS] not in _FINISHED:
+                return True
+        finished = [_call_state(r) for r in calls]
+        sig, count = self.repeat_sig, self.repeat_count
+        for c in finished:
+            this = call_signature(c)
+            sig, count = (sig, count + 1) if this == sig else (this, 1)
+        self.repeat_sig, self.repeat_count = sig, count
+        self.messages.extend(tool_message(c) for c in finished)
         return True
 
 
@@ -173,7 +203,7 @@ def fold(events: Iterable[Recorded], initial: RunState = INITIAL) -> RunState:
             acc = _Fold(state)
         event, at = recorded.event, recorded.at
         done = False
-        if acc.base.status is RunStatus.RUNNING:
+        if acc.running:
             if type(event) is ToolCompleted:
                 done = acc.tool_finished(event.call_id, "completed", event.result, "", at)
             elif type(event) is ModelRequested:
