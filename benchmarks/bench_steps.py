@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import resource
 import statistics
 import sys
 import tempfile
@@ -142,8 +143,32 @@ def bench_sequential(quick: bool) -> None:
 
 
 def bench_load(quick: bool) -> None:
+    _one_at_a_time(10 if quick else 50)
     for concurrent in (100, 1000):
         _load(concurrent, 10 if quick else STEPS)
+
+
+def _cpu_line(usage0: Any, usage1: Any, steps: int) -> str:
+    cpu = usage1.ru_utime + usage1.ru_stime - usage0.ru_utime - usage0.ru_stime
+    system = usage1.ru_stime - usage0.ru_stime
+    switches = usage1.ru_nvcsw - usage0.ru_nvcsw + usage1.ru_nivcsw - usage0.ru_nivcsw
+    return (
+        f"{cpu / steps * 1e6:6.0f} us ({system / steps * 1e6:.0f} us in the kernel), "
+        f"{switches / steps:.1f} context switches a step"
+    )
+
+
+def _one_at_a_time(runs: int) -> None:
+    """The reference for the load's CPU: the same runs, one after another."""
+    with tempfile.TemporaryDirectory() as d, fl.Runtime.open(Path(d) / "fl") as rt:
+        a = agent(STEPS, "load")
+        rt.spawn(a, "warm").wait(timeout=60)
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
+        for _ in range(runs):
+            assert rt.spawn(a, "go").wait(timeout=60).ok
+        usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"2. load reference: {runs} runs x {STEPS} steps, one at a time")
+    print(f"   CPU a step:       {_cpu_line(usage0, usage1, runs * STEPS)}")
 
 
 def _load(concurrent: int, steps: int) -> None:
@@ -154,6 +179,7 @@ def _load(concurrent: int, steps: int) -> None:
         rt.spawn(a, "warm").wait(timeout=60)
         commits0 = rt.store.writer.commits
         handles: list[fl.RunHandle] = []
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         lock = threading.Lock()
 
@@ -172,6 +198,7 @@ def _load(concurrent: int, steps: int) -> None:
             t.join()
         results = [h.wait(timeout=600) for h in handles]
         elapsed = time.perf_counter() - start
+        usage1 = resource.getrusage(resource.RUSAGE_SELF)
         assert all(r.ok for r in results)
         total = concurrent * steps
         commits = rt.store.writer.commits - commits0
@@ -186,6 +213,7 @@ def _load(concurrent: int, steps: int) -> None:
         print(f"   aggregate:        {total / elapsed:8.0f} steps/s ({elapsed:.2f} s)")
         print(f"   step latency:     p50 {p50 / 1000:6.1f} ms, p99 {p99 / 1000:6.1f} ms")
         print(f"   commits (fsyncs): {commits} for {total} steps = {commits / total:.3f} per step")
+        print(f"   CPU a step:       {_cpu_line(usage0, usage1, total)}")
 
 
 def bench_fold(quick: bool) -> None:
