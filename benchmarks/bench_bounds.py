@@ -40,7 +40,7 @@ from typing import Any
 import lmdb
 import msgspec
 import structlog
-from bench_steps import Floor, _synthetic_run, _timed, agent, foldloop_run
+from bench_steps import Floor, _synthetic_run, _timed, agent, bare_decode, foldloop_run
 
 import foldloop as fl
 from foldloop.core import fold
@@ -48,8 +48,8 @@ from foldloop.core.commands import ModelReplied, ToolFinished
 from foldloop.core.decide import decide
 from foldloop.core.effects import CallModel, RunTools
 from foldloop.core.state import RunState
-from foldloop.events import ModelResponded, ModelToolCall, Recorded, Usage, decode_event
-from foldloop.store.framing import GENESIS, Frame, decode_frame, open_fast, seal, unseal
+from foldloop.events import ModelResponded, ModelToolCall, Recorded, Usage
+from foldloop.store.framing import GENESIS, Frame, open_fast, seal
 from foldloop.store.layout import encode_all
 
 STEPS = 20
@@ -330,18 +330,6 @@ def bench_fold(reps: int = 5) -> None:
         run_id = _synthetic_run(store, 100_000)
         n = store.head(run_id)
 
-        def bare() -> int:
-            def walk(txn: Any) -> int:
-                count = 0
-                for _key, value in txn.cursor(db=store._log):
-                    _prev, body = unseal(value)
-                    frame = decode_frame(body)
-                    decode_event(bytes(frame.event), frame.v)
-                    count += 1
-                return count
-
-            return int(store.read_txn(walk))
-
         def bare_in_place() -> int:
             def walk(txn: Any) -> int:
                 count = 0
@@ -363,7 +351,7 @@ def bench_fold(reps: int = 5) -> None:
             return seq + at + kinds
 
         t_touch = min(_timed(touch) for _ in range(reps))
-        t_bare = min(_timed(bare) for _ in range(reps))
+        t_bare = min(_timed(lambda: bare_decode(store)) for _ in range(reps))
         t_fast = min(_timed(bare_in_place) for _ in range(reps))
         t_read = min(_timed(lambda: store.read(run_id)) for _ in range(reps))
         t_fold = min(_timed(lambda: fold(records)) for _ in range(reps))
