@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from msgspec.structs import replace
 
-from foldloop.core.evolve import AT_GATE, INITIAL, apply, call_signature, tool_message
+from foldloop.core.evolve import AT_GATE, FINISHED, INITIAL, apply, call_signature, tool_message
 from foldloop.core.messages import Message, chain_digest, push
 from foldloop.core.state import CallState, RunState, RunStatus
 from foldloop.events.catalogue import (
@@ -31,7 +31,6 @@ __all__ = ["fold"]
 
 
 _ID, _TOOL, _ARGS, _STATUS, _RESULT, _KIND = range(6)
-_FINISHED = ("completed", "failed")
 
 
 def _record(call: CallState) -> list[str]:
@@ -169,7 +168,7 @@ class _Fold:
         for r in calls:
             if r[_STATUS] in AT_GATE:
                 return False  # a call at a gate (this one too): its status rules are evolve's
-            if found is None and r[_ID] == call_id and r[_STATUS] not in _FINISHED:
+            if found is None and r[_ID] == call_id and r[_STATUS] not in FINISHED:
                 found = r
         self.seq += 1
         self.last_at = at
@@ -179,7 +178,7 @@ class _Fold:
         if kind == "invalid_args":
             self.invalid += 1
         for r in calls:
-            if r[_STATUS] not in _FINISHED:
+            if r[_STATUS] not in FINISHED:
                 return True
         finished = [_call_state(r) for r in calls]
         sig, count = self.repeat_sig, self.repeat_count

@@ -35,7 +35,7 @@ from foldloop.core.effects import (
     Settle,
     ToolRun,
 )
-from foldloop.core.evolve import apply
+from foldloop.core.evolve import all_finished, apply
 from foldloop.core.messages import prompt_digest
 from foldloop.core.state import CallState, RunState, RunStatus
 from foldloop.events.catalogue import (
@@ -175,19 +175,21 @@ class _Builder:
             runs.append(ToolRun(call_id=call.call_id, tool=call.tool, args=call.args))
         if runs:
             self.effects.append(RunTools(calls=tuple(runs)))
-        elif all(c.finished for c in self.state.calls):
+        elif all_finished(self.state.calls):
             self.after_step()
         elif self.state.status is RunStatus.AWAITING_APPROVAL:
             self.settle()
 
     def propose(self, calls: tuple[CallState, ...], tickets: tuple[ApprovalTicket, ...]) -> None:
         """Hold back the calls a gate ticketed (approval.requested), request the others."""
-        if tickets:
-            limit = self.limit_before_tools()
-            if limit is not None:
-                self.emit(limit)
-                self.settle()
-                return
+        if not tickets:  # no gate holds any of them (the common case)
+            self.request_tools(calls)
+            return
+        limit = self.limit_before_tools()
+        if limit is not None:
+            self.emit(limit)
+            self.settle()
+            return
         by_index = {t.index: t for t in tickets if t.index >= 0}
         by_id = {t.call_id: t for t in tickets if t.call_id}
         positions = {c.call_id: i for i, c in enumerate(self.state.calls)}
@@ -367,7 +369,7 @@ def _tool_finished(b: _Builder, state: RunState, command: ToolFinished) -> None:
         )
     else:
         b.emit(ToolFailed(call_id=command.call_id, error=command.result, kind=_kind(command.kind)))
-    if b.state.status is RunStatus.RUNNING and all(c.finished for c in b.state.calls):
+    if b.state.status is RunStatus.RUNNING and all_finished(b.state.calls):
         b.after_step()
     elif b.state.status is RunStatus.AWAITING_APPROVAL and state.status is RunStatus.RUNNING:
         b.settle()  # the last running call ended; the others wait for a person
@@ -391,7 +393,7 @@ def _gate_decision(b: _Builder, command: DecideApproval | ExpireApproval) -> Non
         return
     # The model hears the person's note (who decided is in approval.decided).
     b.emit(ToolFailed(call_id=command.call_id, kind="denied", error=command.note))
-    if all(c.finished for c in b.state.calls):
+    if all_finished(b.state.calls):
         b.after_step()
     elif b.state.status is RunStatus.AWAITING_APPROVAL:
         b.settle()

@@ -8,6 +8,7 @@ a valid event, reads a clock or logs.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable
 
 from msgspec.structs import replace
 
@@ -33,9 +34,30 @@ from foldloop.events.catalogue import (
 )
 from foldloop.events.recorded import AnyEvent, Recorded, UnknownEvent
 
-__all__ = ["AT_GATE", "INITIAL", "apply", "call_signature", "evolve", "tool_message"]
+__all__ = [
+    "AT_GATE",
+    "FINISHED",
+    "INITIAL",
+    "all_finished",
+    "apply",
+    "call_signature",
+    "evolve",
+    "tool_message",
+]
 
 INITIAL = RunState()
+
+FINISHED = frozenset({"completed", "failed"})
+"""Statuses of a call with an outcome (``CallState.finished`` without a property call: the
+fold and decide ask it of every call of every step)."""
+
+
+def all_finished(calls: Iterable[CallState]) -> bool:
+    """Every call has an outcome."""
+    for call in calls:  # noqa: SIM110 - a loop: all() over a generator costs a frame a call
+        if call.status not in FINISHED:
+            return False
+    return True
 
 
 def tool_message(call: CallState) -> Message:
@@ -68,14 +90,14 @@ def _finish_call(  # noqa: PLR0917 - one event's fields, applied in one copy
     in one ``replace`` (the fold's hottest path)."""
     calls = list(state.calls)
     for i, call in enumerate(calls):
-        if call.call_id == call_id and not call.finished:
+        if call.call_id == call_id and call.status not in FINISHED:
             calls[i] = replace(call, status=status, result=result, kind=kind)
             break
     else:
         return replace(state, seq=seq, last_at=at)
     new_calls = tuple(calls)
     invalid = state.invalid_args_in_step + (1 if kind == "invalid_args" else 0)
-    if not all(c.finished for c in new_calls):
+    if not all_finished(new_calls):
         return _gate_status(
             replace(state, seq=seq, last_at=at, calls=new_calls, invalid_args_in_step=invalid)
         )
@@ -116,7 +138,10 @@ def _gate_status(state: RunState) -> RunState:
     """A run waits for approval when calls wait at a gate and nothing else is in flight."""
     status = state.status
     if status is RunStatus.RUNNING:
-        if not any(c.status in AT_GATE for c in state.calls):
+        for call in state.calls:
+            if call.status in AT_GATE:
+                break
+        else:
             return state  # the common case, decided without building lists
     elif status is not RunStatus.AWAITING_APPROVAL:
         return state
