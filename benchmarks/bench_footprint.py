@@ -5,7 +5,8 @@
 
 1. ``import foldloop`` in a fresh interpreter (best of 5), against ``import json``.
 2. Bytes on disk per step at 20 and 1,000 steps (data.mdb growth / steps, after the
-   store indexed its tail on close).
+   store indexed its tail on close), runs one after another; and 100 20-step runs at once,
+   whose records interleave in the log (the index then holds an entry per step).
 3. Resume time of a 1,000-step run: state rebuilt from the whole log vs from a snapshot.
 4. Parked runs: RSS and thread count before and after parking N runs (each stopped by
    its step ceiling, so it holds no actor and no thread).
@@ -76,7 +77,7 @@ def rss_kib(field: str = "VmRSS") -> int:
 
 
 def bytes_per_step() -> None:
-    for steps in (20, 1000):
+    for steps, together in ((20, False), (1000, False), (20, True)):
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "s"
             with fl.Runtime.open(path) as rt:
@@ -85,10 +86,16 @@ def bytes_per_step() -> None:
             with fl.Runtime.open(path) as rt:
                 runs = max(1, 2000 // steps)
                 a = agent(f"b{steps}", steps)
-                for _ in range(runs):
-                    assert rt.spawn(a, "go").wait(timeout=600).ok
+                if together:  # their records interleave in the log
+                    handles = [rt.spawn(a, "go") for _ in range(runs)]
+                    assert all(h.wait(timeout=600).ok for h in handles)
+                else:
+                    for _ in range(runs):
+                        assert rt.spawn(a, "go").wait(timeout=600).ok
             grown = (path / "data.mdb").stat().st_size - base
-            print(f"2. {steps:>5}-step runs: {grown / (runs * steps):6.0f} bytes per step on disk")
+            how = f", {runs} at once" if together else ""
+            per_step = grown / (runs * steps)
+            print(f"2. {steps:>5}-step runs{how}: {per_step:6.0f} bytes per step on disk")
 
 
 def resume_time() -> None:
