@@ -1,23 +1,25 @@
 """Bounds: the least the speed issue's workloads can cost under DESIGN's rules.
 
-    python benchmarks/bench_bounds.py               # both sections
+    python benchmarks/bench_bounds.py               # all three sections (~4 min)
     python benchmarks/bench_bounds.py --only step   # or: --only disk, --only fold
 
 The other scripts measure foldloop against a floor; this one measures what is left between
 them once the work DESIGN requires is counted, so a target can be judged reachable or not
 before anyone rewrites the runtime for it.
 
-1. Step: three loops alternate in one process on the same disk, each one durable LMDB
+1. Step: four loops alternate in one process on the same disk, each one durable LMDB
    transaction a step: the floor (raw LMDB, the step's four events encoded), the *lean
    loop* (the floor plus what DESIGN requires of every step whatever the runtime around
-   it: ``decide`` and the fold on each command, the tool's argument check, and each record
-   sealed with its checksum and chain hash), and foldloop itself. lean/floor is the best
-   ratio any shell around this core could reach; foldloop/lean is what the shell (actors,
-   the group-commit writer, leases, timers, approvals) costs.
+   it: ``decide`` on each command, evolving the state, the tool's argument check, and each
+   record sealed with its checksum and chain hash), the lean loop storing a step's events
+   as one value (section 2's shape), and foldloop itself. lean/floor is the best ratio any
+   shell around this core could reach; foldloop/lean is what the shell (actors, the
+   group-commit writer, leases, timers, approvals) costs.
 2. Disk: a run's records re-encoded in ever tighter forms, each with LMDB's measured cost
    per entry, against the 450 bytes-a-step target: today's format; one-character field
-   keys (the map form DESIGN's named, upcastable fields allow); run ids interned; then
-   forms DESIGN's rules do not allow (positional fields, an 8-byte chain hash).
+   keys (the map form DESIGN's named, upcastable fields allow); run ids interned; forms
+   DESIGN's rules do not allow (positional fields, an 8-byte chain hash); and a step's
+   events stored as one value, with today's keys and with one-character keys.
 3. Fold: a 100,000-event run read back as the public ``Recorded`` envelopes with nothing
    folded (``store.read``), against the bare cursor+checksum+decode loop: what is left of
    the 85% target for the fold itself.
