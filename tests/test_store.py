@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import stat
@@ -9,10 +10,11 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
@@ -20,6 +22,7 @@ from foldloop.errors import ConcurrencyError, ConfigError, CorruptRecord, RunLoc
 from foldloop.events import ModelRequested, RunCompleted, RunStarted, ToolCompleted
 from foldloop.store import OwnerLock, encode_all, open_store
 from foldloop.store.framing import Frame, seal
+from foldloop.store.layout import INDEX_SPAN
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -323,9 +326,11 @@ class StoreMachine(RuleBasedStateMachine):
         assert got == self.model[r][from_seq - 1 : from_seq + span]
 
     @invariant()
-    def index_holds_stretches_not_records(self) -> None:
+    def index_holds_one_entry_a_run(self) -> None:
+        # Runs interleave here; each run's entry lists where its records sit (no run nears
+        # INDEX_SPAN records, past which an entry of scattered records is closed).
         entries = self.store.read_txn(lambda txn: txn.stat(self.store._index)["entries"])
-        assert entries <= self.appends
+        assert entries <= sum(1 for e in self.model.values() if e)
 
     @invariant()
     def matches_model(self) -> None:
@@ -384,7 +389,73 @@ def test_a_format_1_store_is_upgraded_and_reads_the_same(store_path: Path) -> No
         assert store.head("a") == 12 and store.verify_chain("b") == 12
         store.append("a", [ev(999)], expected_seq=12, at=99)
         assert store.read("a", 12)[-1].event == ev(999)
-        assert '"format": 2' in (store_path / "foldloop.store").read_text()
+        assert '"format": 3' in (store_path / "foldloop.store").read_text()
+    finally:
+        store.close()
+
+
+def _index_entries(store: Any) -> int:
+    return int(store.read_txn(lambda txn: txn.stat(store._index)["entries"]))
+
+
+def test_a_format_2_store_keeps_its_index_and_reads_the_same(store_path: Path) -> None:
+    """Format 2 wrote an index entry per stretch of a run's records at consecutive log
+    positions; format 3 reads those entries as they are and only bumps the marker (so an
+    older foldloop refuses the store rather than misread the entries written from now on)."""
+    from foldloop.store.framing import chain_hash, index_key, index_value, pack_position
+    from foldloop.store.layout import INDEXED_KEY
+
+    store = open_store(store_path, index_every=4)
+    for i in range(6):
+        for r in ("a", "b"):
+            store.append(r, [ev(i), ev(i + 100)], expected_seq=2 * i, at=i)
+    before = {r: store.read(r) for r in ("a", "b")}
+
+    def rewrite_as_format_2(w: object) -> None:
+        txn = w.txn  # type: ignore[attr-defined]
+        txn.drop(store._index, delete=False)
+        records = store.read_all()
+        for rec in records:  # each interleaved append is a stretch of its own
+            if rec.seq % 2 == 1:
+                chain = chain_hash(txn.get(pack_position(rec.position + 1), db=store._log))
+                value = index_value(rec.position, 2, chain, rec.position + 1)
+                txn.put(index_key(rec.run_id, rec.seq), value, db=store._index)
+        txn.put(INDEXED_KEY, pack_position(records[-1].position), db=store._meta)
+
+    store.submit(rewrite_as_format_2).wait()
+    assert _index_entries(store) == 12
+    store.close()
+    (store_path / "foldloop.store").write_text('{"format": 2}\n')
+    store = open_store(store_path, index_every=4)
+    try:
+        assert '"format": 3' in (store_path / "foldloop.store").read_text()
+        assert _index_entries(store) == 12  # kept, not rebuilt
+        assert {r: store.read(r) for r in ("a", "b")} == before
+        assert store.read("b", 5, 8) == before["b"][4:8]
+        assert store.verify_chain("a") == 12
+        store.append("a", [ev(999)], expected_seq=12, at=99)
+        assert store.read("a", 12)[-1].event == ev(999)
+    finally:
+        store.close()
+
+
+def test_interleaved_runs_share_one_index_entry_each(store_path: Path) -> None:
+    """Concurrent runs interleave their records in the log; each run's index entry lists
+    where its records sit instead of one entry per append."""
+    runs = [f"r{i}" for i in range(20)]
+    store = open_store(store_path, index_every=8)
+    try:
+        for step in range(10):
+            for r in runs:
+                store.append(r, [ev(step), ev(step + 1000)], expected_seq=2 * step, at=step)
+        store.submit(lambda w: w.index_now()).wait()
+        assert _index_entries(store) == len(runs)  # was one per append: 200
+        for r in runs:
+            got = store.read(r)
+            assert [x.seq for x in got] == list(range(1, 21))
+            assert [x.event for x in got] == [ev(s + k) for s in range(10) for k in (0, 1000)]
+            assert [x.event for x in store.read(r, 7, 12)] == [x.event for x in got[6:12]]
+            assert store.verify_chain(r) == 20
     finally:
         store.close()
 
@@ -433,3 +504,43 @@ def test_damaged_record_in_the_unindexed_tail_is_attributed_to_its_run(store_pat
             store.append("r1", [ev(6)], expected_seq=1, at=3)  # the damaged run's head holds
     finally:
         store.close()
+
+
+@given(
+    st.one_of(
+        st.integers(2, 1500).map(lambda n: list(range(5, 5 + n))),  # a run appending alone
+        st.integers(2, 1500)
+        .flatmap(lambda n: st.lists(st.sampled_from([1, 1, 2, 7, 300]), min_size=n, max_size=n))
+        .map(lambda gaps: list(itertools.accumulate(gaps))),  # runs interleaving
+    ),
+    st.integers(1, 1499),
+)
+@example(list(range(0, 2 * INDEX_SPAN, 2)), 10)  # scattered, as many as an entry may hold
+@example(list(range(0, 2 * INDEX_SPAN + 2, 2)), 10)  # one more: a new entry starts
+def test_an_index_entry_lists_its_positions_exactly_when_extended(
+    positions: list[int], cut: int
+) -> None:
+    """An entry's value gives back every position it was built from, and one extended by
+    the positions of the next seqs gives back both parts; consecutive positions add no
+    bytes; past INDEX_SPAN a scattered entry is closed, never silently cut."""
+    from foldloop.store.framing import decode_index, index_key, index_value, steps_between
+    from foldloop.store.layout import joined
+
+    cut = min(cut, len(positions) - 1)
+    head, tail = positions[:cut], positions[cut:]
+    key = index_key("r", 1)
+    value = index_value(head[0], len(head), b"c" * 16, head[-1], steps_between(head))
+    first = decode_index(key, value)
+    assert list(first.positions()) == head and first.last_position == head[-1]
+    merged = joined(first, tail)
+    if merged is None:
+        assert len(positions) > INDEX_SPAN and positions[-1] - positions[0] >= len(positions)
+        return
+    count, last_position, steps = merged
+    assert count == len(positions) and (not steps or count <= INDEX_SPAN)
+    value = index_value(first.first_position, count, b"d" * 16, last_position, steps)
+    entry = decode_index(key, value)
+    assert list(entry.positions()) == positions
+    assert entry.last_seq == len(positions) and entry.last_chain == b"d" * 16
+    if positions[-1] - positions[0] == len(positions) - 1:
+        assert len(value) == 28

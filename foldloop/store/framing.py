@@ -13,8 +13,10 @@ and the chain hash of a record is blake2b-128(prev_hash || frame). Reads verify 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import struct
 import zlib
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import msgspec
@@ -36,6 +38,8 @@ __all__ = [
     "head_from_index",
     "index_key",
     "index_value",
+    "encode_steps",
+    "steps_between",
     "index_prefix",
     "pack_position",
     "seal",
@@ -77,40 +81,82 @@ _RANGE = struct.Struct(">QI")
 
 
 class IndexRange(NamedTuple):
-    """One index entry: ``length`` records of a run from ``first_seq``, stored at consecutive
-    log positions from ``first_position``; ``last_chain`` is the last one's chain hash."""
+    """One index entry: ``length`` records of a run from ``first_seq``, the first stored at
+    ``first_position`` and the last at ``last_position``; ``last_chain`` is the last one's
+    chain hash. ``steps`` holds how far each later record sits from the one before it
+    (msgpack integers, one after the other), empty when they are all consecutive (a run
+    appending alone)."""
 
     first_seq: int
     first_position: int
     length: int
     last_chain: bytes
+    last_position: int
+    steps: bytes = b""
 
     @property
     def last_seq(self) -> int:
         """The seq of the range's last record."""
         return self.first_seq + self.length - 1
 
+    def positions(self) -> Sequence[int]:
+        """The log position of each record of the range, in seq order."""
+        if not self.steps:
+            return range(self.first_position, self.first_position + self.length)
+        n = self.length - 1
+        steps = _STEPS_DECODER.decode(b"\xdd" + n.to_bytes(4, "big") + self.steps)
+        return list(itertools.accumulate(steps, initial=self.first_position))
 
-def index_value(first_position: int, count: int, last_chain: bytes) -> bytes:
-    """An index entry's value: where a run of consecutive records starts, how many, and the
-    last one's chain hash.
 
-    One entry covers every record a run appended at consecutive log positions (an append,
-    or a run's appends with no other run's records between them), not one entry per event:
-    the index is a fifth the size. Keeping the chain hash lets the index double as the
-    per-run head (its last entry), so an append touches no database but the log.
+_STEPS_ENCODER = msgspec.msgpack.Encoder()
+_STEPS_DECODER = msgspec.msgpack.Decoder(tuple[int, ...])
+
+
+def encode_steps(steps: Sequence[int]) -> bytes:
+    """``steps`` as msgpack integers one after the other (an array's items, no header), so
+    that an entry grows by appending bytes, without decoding what it holds."""
+    items = _STEPS_ENCODER.encode(tuple(steps))
+    n = len(steps)
+    return items[1 if n < 16 else 3 if n < 1 << 16 else 5 :]
+
+
+def steps_between(positions: Sequence[int]) -> bytes:
+    """How far each position sits from the one before it (``encode_steps``); empty when
+    they are consecutive."""
+    if positions[-1] - positions[0] == len(positions) - 1:
+        return b""  # positions only grow, so this means every step is 1
+    return encode_steps([b - a for a, b in itertools.pairwise(positions)])
+
+
+def index_value(
+    first_position: int, count: int, last_chain: bytes, last_position: int, steps: bytes = b""
+) -> bytes:
+    """An index entry's value: where a stretch of a run's records sits in the log, how
+    many, the last one's chain hash, and (when they are not consecutive) where the last
+    one sits and the steps between them.
+
+    One entry covers a stretch of a run's consecutive seqs (its appends while no index was
+    written, then extended by the next ones), not one entry per event. Records at
+    consecutive positions cost nothing beyond the first position and a count; records of
+    runs that appended in between (concurrent runs) cost a byte or two each, rather than an
+    entry of their own. Keeping the chain hash lets the index double as the per-run head
+    (its last entry), so an append touches no database but the log.
     """
-    return _RANGE.pack(first_position, count) + last_chain
+    value = _RANGE.pack(first_position, count) + last_chain
+    return value + _U64.pack(last_position) + steps if steps else value
 
 
 def decode_index(key: bytes, value: bytes) -> IndexRange:
     """The range an index entry (key: run id, NUL, first seq) describes."""
     first_position, count = _RANGE.unpack_from(value)
+    end = _RANGE.size + HASH_SIZE
+    chain = bytes(value[_RANGE.size : end])
+    first_seq = int.from_bytes(key[-8:], "big")
+    if len(value) == end:
+        return IndexRange(first_seq, first_position, count, chain, first_position + count - 1)
+    (last_position,) = _U64.unpack_from(value, end)
     return IndexRange(
-        int.from_bytes(key[-8:], "big"),
-        first_position,
-        count,
-        bytes(value[_RANGE.size : _RANGE.size + HASH_SIZE]),
+        first_seq, first_position, count, chain, last_position, bytes(value[end + _U64.size :])
     )
 
 

@@ -21,8 +21,10 @@ from foldloop.store.framing import (
     IndexRange,
     Lease,
     decode_index,
+    encode_steps,
     index_key,
     index_prefix,
+    steps_between,
 )
 
 __all__ = [
@@ -37,7 +39,9 @@ __all__ = [
     "SNAPSHOT_DECODER",
     "TailEntry",
     "encode_all",
+    "INDEX_SPAN",
     "index_ranges",
+    "joined",
     "iso",
     "last_index_entry",
     "last_index_range",
@@ -82,22 +86,46 @@ def last_index_entry(cur: Any, run_id: str) -> Head:
     return Head(0, GENESIS) if last is None else Head(last.last_seq, last.last_chain)
 
 
-def index_ranges(tail: Iterable[TailEntry]) -> list[tuple[str, int, int, int, bytes]]:
-    """(run_id, first seq, first position, count, last chain hash) for each stretch of a
-    run's records that sit at consecutive seqs and consecutive log positions."""
-    done: list[tuple[str, int, int, int, bytes]] = []
-    open_: dict[str, tuple[str, int, int, int, bytes]] = {}
+INDEX_SPAN = 1024
+"""Most records one index entry lists when they are not at consecutive positions (the
+entry's value is rewritten, a byte or two a record, each time it grows)."""
+
+
+def index_ranges(tail: Iterable[TailEntry]) -> list[tuple[str, int, list[int], bytes]]:
+    """(run_id, first seq, positions, last chain hash) for each stretch of a run's records at
+    consecutive seqs, wherever they sit in the log."""
+    done: list[tuple[str, int, list[int], bytes]] = []
+    open_: dict[str, tuple[str, int, list[int], bytes]] = {}
     for run_id, seq, position, chain in tail:
         current = open_.get(run_id)
         if current is not None:
-            _, first_seq, first_position, count, _ = current
-            if first_seq + count == seq and first_position + count == position:
-                open_[run_id] = (run_id, first_seq, first_position, count + 1, chain)
+            _, first_seq, positions, _ = current
+            if first_seq + len(positions) == seq:
+                positions.append(position)
+                open_[run_id] = (run_id, first_seq, positions, chain)
                 continue
             done.append(current)
-        open_[run_id] = (run_id, seq, position, 1, chain)
+        open_[run_id] = (run_id, seq, [position], chain)
     done.extend(open_.values())
     return done
+
+
+def joined(last: IndexRange, positions: Sequence[int]) -> tuple[int, int, bytes] | None:
+    """(count, last position, steps) of one entry holding ``last``'s records and then those
+    at ``positions`` (the seqs right after it); None when a new entry should start."""
+    count = last.length + len(positions)
+    gap = positions[0] - last.last_position
+    more = steps_between(positions)
+    if gap == 1 and not last.steps and not more:
+        return count, positions[-1], b""  # still consecutive: no limit, no steps
+    if count > INDEX_SPAN:
+        return None
+    before = last.steps or _ONES * (last.length - 1)
+    after = more or _ONES * (len(positions) - 1)
+    return count, positions[-1], before + encode_steps((gap,)) + after
+
+
+_ONES = encode_steps((1,))
 
 
 def seek_index(cur: Any, run_id: str, seq: int) -> bool:

@@ -212,8 +212,8 @@ class LmdbStore:
             raise StoreError(f"cannot open the store at {str(path)!r}: {exc}") from None
         if new:
             write_marker(path)
-        elif not readonly and store_format(path) < FORMAT:
-            self._upgrade()
+        elif not readonly and (found := store_format(path)) < FORMAT:
+            self._upgrade(found)
         self.owners_dir.mkdir(mode=0o700, exist_ok=True)
         self._resize = _SharedExclusive()
         # The write path's view of the unindexed tail (touched only inside write txns,
@@ -230,19 +230,22 @@ class LmdbStore:
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _upgrade(self) -> None:
-        """Format 1 -> 2: the per-run index changed shape. It is a cache of the log, so it
+    def _upgrade(self, found: int) -> None:
+        """Format 1 -> 3: the per-run index changed shape. It is a cache of the log, so it
         is dropped and rebuilt: everything becomes the unindexed tail, indexed anew by the
-        next commit that indexes."""
-        try:
-            with self.env.begin(write=True) as txn:
-                txn.drop(self._index, delete=False)
-                txn.delete(INDEXED_KEY, db=self._meta)
-        except lmdb.Error as exc:
-            self.env.close()
-            raise StoreError(f"cannot upgrade the store at {str(self.path)!r}: {exc}") from None
+        next commit that indexes. Format 2 -> 3: its entries read as they are; only the
+        marker changes, so that an older foldloop, which cannot read the entries this one
+        writes, refuses the store instead of misreading it."""
+        if found < 2:
+            try:
+                with self.env.begin(write=True) as txn:
+                    txn.drop(self._index, delete=False)
+                    txn.delete(INDEXED_KEY, db=self._meta)
+            except lmdb.Error as exc:
+                self.env.close()
+                raise StoreError(f"cannot upgrade the store at {str(self.path)!r}: {exc}") from None
         write_marker(self.path)
-        log.info("store_upgraded", path=str(self.path), format=FORMAT)
+        log.info("store_upgraded", path=str(self.path), format=FORMAT, was=found)
 
     def _begin(self, *, write: bool = False) -> Any:
         try:
@@ -406,19 +409,21 @@ class LmdbStore:
         careful = has_upcasters()
         for entry, _key in self._ranges(txn, run_id, start):
             skip = max(0, start - entry.first_seq)
-            if not log_cur.set_key(pack_position(entry.first_position + skip)):
-                raise CorruptRecord(
-                    run_id, entry.first_seq + skip, "the index points at a missing record"
-                )
             last = entry.first_seq + entry.length - 1
             if to_seq is not None and to_seq < last:
                 last = to_seq
+            positions = entry.positions()
+            at = -1  # the position the cursor is on
             for seq in range(entry.first_seq + skip, last + 1):
+                position = positions[seq - entry.first_seq]
+                if position != at and not log_cur.set_key(pack_position(position)):
+                    raise CorruptRecord(run_id, seq, "the index points at a missing record")
                 # _decode's fast path, called directly: this loop is most of a fold's read.
                 value = log_cur.value()
                 rec = None if careful else _sound(value, run_id, seq)
                 out.append(self._decode(value, run_id, seq) if rec is None else rec)
                 log_cur.next()
+                at = position + 1
             if to_seq is not None and last == to_seq:
                 return out
         return out
@@ -655,10 +660,10 @@ class LmdbStore:
                     raise CorruptRecord(
                         run_id, expected + 1, f"seq gap: next stored is {entry.first_seq}"
                     )
-                for offset in range(entry.length):
+                for offset, position in enumerate(entry.positions()):
                     seq = entry.first_seq + offset
                     expected = seq
-                    value = txn.get(pack_position(entry.first_position + offset), db=self._log)
+                    value = txn.get(pack_position(position), db=self._log)
                     self._decode(value, run_id, seq)
                     stored_prev, _ = unseal(value)
                     if stored_prev != prev:

@@ -77,8 +77,10 @@ def _check_local(path: Path) -> None:
 
 
 MARKER = "foldloop.store"
-FORMAT = 2
-"""2: one index entry per stretch of a run's records (1: one per record; upgraded on open)."""
+FORMAT = 3
+"""3: an index entry lists where each of a stretch of a run's records sits, so concurrent
+runs need not an entry per append (2: one entry per stretch at consecutive positions, which
+3 reads as they are; 1: one entry per record, rebuilt). Older stores are upgraded on open."""
 _MAGIC = 0xBEEFC0DE
 _META_OFFSET = 16  # after the page header
 

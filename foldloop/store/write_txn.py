@@ -26,6 +26,7 @@ from foldloop.store.framing import (
     index_value,
     pack_position,
     seal,
+    steps_between,
     unpack_position,
 )
 from foldloop.store.layout import (
@@ -38,6 +39,7 @@ from foldloop.store.layout import (
     TailEntry,
     index_ranges,
     iso,
+    joined,
     last_index_entry,
     last_index_range,
 )
@@ -106,28 +108,23 @@ class WriteTxn:
             self._resize.release_shared()
 
     def _write_index(self, tail: Sequence[TailEntry]) -> None:
-        """Index the tail: one entry per stretch of a run's records at consecutive positions,
+        """Index the tail: one entry per stretch of a run's records at consecutive seqs,
         extending the run's last entry when the stretch continues it."""
         put, index_db = self.txn.put, self.store._index
         cur = self.txn.cursor(db=index_db)
-        for run_id, first_seq, first_position, count, chain in index_ranges(tail):
+        for run_id, first_seq, positions, chain in index_ranges(tail):
             last = last_index_range(cur, run_id)
-            if (
-                last is not None
-                and last.last_seq + 1 == first_seq
-                and last.first_position + last.length == first_position
-            ):
-                put(
-                    index_key(run_id, last.first_seq),
-                    index_value(last.first_position, last.length + count, chain),
-                    db=index_db,
-                )
+            merged = None
+            if last is not None and last.last_seq + 1 == first_seq:
+                merged = joined(last, positions)
+            if last is not None and merged is not None:
+                count, last_position, steps = merged
+                value = index_value(last.first_position, count, chain, last_position, steps)
+                put(index_key(run_id, last.first_seq), value, db=index_db)
             else:
-                put(
-                    index_key(run_id, first_seq),
-                    index_value(first_position, count, chain),
-                    db=index_db,
-                )
+                steps = steps_between(positions)
+                value = index_value(positions[0], len(positions), chain, positions[-1], steps)
+                put(index_key(run_id, first_seq), value, db=index_db)
 
     def abort(self) -> None:
         try:
