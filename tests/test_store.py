@@ -359,17 +359,22 @@ TestStoreMachine = StoreMachine.TestCase
 TestStoreMachine.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
 
 
+def _two_interleaved_runs(store_path: Path) -> tuple[Any, dict[str, list[Any]]]:
+    """A store where runs a and b appended in turn (12 records each), and what they read."""
+    store = open_store(store_path, index_every=4)
+    for i in range(6):
+        for r in ("a", "b"):
+            store.append(r, [ev(i), ev(i + 100)], expected_seq=2 * i, at=i)
+    return store, {r: store.read(r) for r in ("a", "b")}
+
+
 def test_a_format_1_store_is_upgraded_and_reads_the_same(store_path: Path) -> None:
     """Format 1 kept one index entry per record (position + chain hash); opening such a store
     drops that index (a cache of the log) and rebuilds it in the new shape."""
     from foldloop.store.framing import chain_hash, index_key, pack_position
     from foldloop.store.layout import INDEXED_KEY
 
-    store = open_store(store_path, index_every=4)
-    for i in range(6):
-        for r in ("a", "b"):
-            store.append(r, [ev(i), ev(i + 100)], expected_seq=2 * i, at=i)
-    before = {r: store.read(r) for r in ("a", "b")}
+    store, before = _two_interleaved_runs(store_path)
 
     def rewrite_as_format_1(w: object) -> None:
         txn = w.txn  # type: ignore[attr-defined]
@@ -405,11 +410,7 @@ def test_a_format_2_store_keeps_its_index_and_reads_the_same(store_path: Path) -
     from foldloop.store.framing import chain_hash, index_key, index_value, pack_position
     from foldloop.store.layout import INDEXED_KEY
 
-    store = open_store(store_path, index_every=4)
-    for i in range(6):
-        for r in ("a", "b"):
-            store.append(r, [ev(i), ev(i + 100)], expected_seq=2 * i, at=i)
-    before = {r: store.read(r) for r in ("a", "b")}
+    store, before = _two_interleaved_runs(store_path)
 
     def rewrite_as_format_2(w: object) -> None:
         txn = w.txn  # type: ignore[attr-defined]
