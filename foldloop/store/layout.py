@@ -87,8 +87,9 @@ def last_index_entry(cur: Any, run_id: str) -> Head:
 
 
 INDEX_SPAN = 1024
-"""Most records one index entry lists when they are not at consecutive positions (the
-entry's value is rewritten, a byte or two a record, each time it grows)."""
+"""How many records an index entry is extended to hold when they are not at consecutive
+positions (its value, a byte or two a record, is rewritten each time it grows); past it the
+next stretch starts an entry of its own."""
 
 
 def index_ranges(tail: Iterable[TailEntry]) -> list[tuple[str, int, list[int], bytes]]:
