@@ -412,18 +412,25 @@ class LmdbStore:
             last = entry.first_seq + entry.length - 1
             if to_seq is not None and to_seq < last:
                 last = to_seq
-            positions = entry.positions()
-            at = -1  # the position the cursor is on
+            # Consecutive records: one seek, then the cursor walks. Scattered ones (runs
+            # that appended in between): a seek wherever the next record is not the next key.
+            positions = entry.positions() if entry.steps else None
+            at = -1 if positions is not None else entry.first_position + skip
+            if positions is None and not log_cur.set_key(pack_position(at)):
+                raise CorruptRecord(
+                    run_id, entry.first_seq + skip, "the index points at a missing record"
+                )
             for seq in range(entry.first_seq + skip, last + 1):
-                position = positions[seq - entry.first_seq]
-                if position != at and not log_cur.set_key(pack_position(position)):
-                    raise CorruptRecord(run_id, seq, "the index points at a missing record")
+                if positions is not None:
+                    position = positions[seq - entry.first_seq]
+                    if position != at and not log_cur.set_key(pack_position(position)):
+                        raise CorruptRecord(run_id, seq, "the index points at a missing record")
+                    at = position + 1
                 # _decode's fast path, called directly: this loop is most of a fold's read.
                 value = log_cur.value()
                 rec = None if careful else _sound(value, run_id, seq)
                 out.append(self._decode(value, run_id, seq) if rec is None else rec)
                 log_cur.next()
-                at = position + 1
             if to_seq is not None and last == to_seq:
                 return out
         return out
