@@ -62,8 +62,8 @@ class ActorSystem:
         self.timers = Timers()
         self.model_pool = Workers(model_workers, "foldloop-model")
         self._lock = threading.Lock()
-        self._runs: dict[str, pykka.ActorRef[Any]] = {}
         self._actors: dict[str, RunActor] = {}
+        """The actor driving each active run here (its ``actor_ref`` is where to tell)."""
         self._tools: dict[tuple[str, str], pykka.ActorRef[Any]] = {}
         self._runners: dict[tuple[str, str], ToolRunner] = {}
         self._settlements: dict[str, Settlement] = {}
@@ -94,7 +94,7 @@ class ActorSystem:
     def active(self, run_id: str) -> bool:
         """True if an actor of this runtime drives the run now."""
         with self._lock:
-            return run_id in self._runs
+            return run_id in self._actors
 
     def settlement(self, run_id: str) -> Settlement | None:
         """The settlement record of a run driven (now or before) by this runtime."""
@@ -110,7 +110,6 @@ class ActorSystem:
             self._settlements[state.run_id] = settlement
             actor = RunActor(self, agent, state, epoch)
             ref = actor.start_here()
-            self._runs[state.run_id] = ref
             self._actors[state.run_id] = actor
         ref.tell(decision)
 
@@ -122,17 +121,16 @@ class ActorSystem:
         """
         for _ in range(2):  # a second look if the actor was replaced under our hands
             with self._lock:
-                ref = self._runs.get(run_id)
                 actor = self._actors.get(run_id)
-            if ref is None:
+            if actor is None:
                 return False
             try:
-                ref.tell(message)
+                actor.actor_ref.tell(message)
             except pykka.ActorDeadError:
                 continue
             # Queued first, checked second: an actor that starts a tool checks its inbox
             # after saying so, so one of the two sides always sees the other.
-            if actor is not None and actor.away is not None:
+            if actor.away is not None:
                 self.take_over(actor)
             return True
         return False
@@ -156,7 +154,6 @@ class ActorSystem:
                 actor.replaced = True
                 fresh = RunActor(self, actor.agent, actor.state, actor.epoch)
                 ref = fresh.start_here()
-                self._runs[run_id] = ref
                 self._actors[run_id] = fresh
         _move_queued(actor, fresh)
         log.info("run_actor_replaced", run_id=run_id, call_id=call_id)
@@ -167,14 +164,13 @@ class ActorSystem:
         reported), and anything still queued for it, go to the actor that drives the run now
         (none when closing or settled: dropped, as a pool's late result is)."""
         with self._lock:
-            ref = self._runs.get(old.run_id)
             current = self._actors.get(old.run_id)
-        if ref is None or current is None or current is old:
+        if current is None or current is old:
             return
         _move_queued(old, current)
         if outcome is not None:
             with contextlib.suppress(pykka.ActorDeadError):
-                ref.tell(outcome)
+                current.actor_ref.tell(outcome)
 
     def settled_without_actor(self, state: RunState) -> None:
         """Record the outcome of a decision the runtime committed without starting an actor."""
@@ -197,7 +193,6 @@ class ActorSystem:
 
     def _finish(self, run_id: str, state: RunState, interrupted: str) -> None:
         with self._lock:
-            self._runs.pop(run_id, None)
             self._actors.pop(run_id, None)
             settlement = self._settlements.setdefault(run_id, Settlement())
             self._forget_old()
@@ -211,13 +206,13 @@ class ActorSystem:
         A runtime that lives for months must not hold every finished run's state; a wait()
         on a forgotten run reads its state from the store instead.
         """
-        excess = len(self._settlements) - len(self._runs) - self.KEEP_SETTLED
+        excess = len(self._settlements) - len(self._actors) - self.KEEP_SETTLED
         if excess <= 0:
             return
         for run_id in list(self._settlements):
             if excess <= 0:
                 break
-            if run_id not in self._runs and self._settlements[run_id].event.is_set():
+            if run_id not in self._actors and self._settlements[run_id].event.is_set():
                 del self._settlements[run_id]
                 excess -= 1
 
@@ -281,19 +276,15 @@ class ActorSystem:
         """Stop every actor; runs still going stay 'running' in the log (recover() resumes)."""
         with self._lock:
             self._closed = True
-            runs = list(self._runs.items())
-            actors = dict(self._actors)
+            actors = list(self._actors.items())
             tools = [*self._tools.values(), *self._gate_refs.values()]
-        for run_id, ref in runs:
-            actor = actors.get(run_id)
-            away = False
-            if actor is not None:
-                with actor.guard:
-                    away = actor.away is not None
-                    actor.replaced = away  # its tool's outcome is then dropped, like a pool's
+        for run_id, actor in actors:
+            with actor.guard:
+                away = actor.away is not None
+                actor.replaced = away  # its tool's outcome is then dropped, like a pool's
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 # An actor whose thread is in a tool stops when the tool returns: no wait.
-                ref.stop(block=not away, timeout=5)
+                actor.actor_ref.stop(block=not away, timeout=5)
             settlement = self.settlement(run_id)
             if settlement is not None and not settlement.event.is_set():
                 settlement.interrupted = "the runtime driving it was closed; resume it later"
