@@ -45,8 +45,9 @@ import structlog
 from bench_steps import Floor, _synthetic_run, _timed, agent, bare_decode, foldloop_run
 
 import foldloop as fl
+from foldloop.actors.tool_actor import outcome_command
 from foldloop.core import fold
-from foldloop.core.commands import ModelReplied, ToolFinished
+from foldloop.core.commands import ModelReplied
 from foldloop.core.decide import decide
 from foldloop.core.effects import CallModel, RunTools
 from foldloop.core.state import RunState
@@ -135,16 +136,8 @@ class LeanLoop:
             run = decision.effects[-1]
             assert isinstance(run, RunTools), decision
             call = run.calls[0]
-            outcome = self.tool.invoke(call.args)
-            finished = ToolFinished(
-                now=now,
-                call_id=call.call_id,
-                ok=outcome.ok,
-                result=outcome.text,
-                kind=outcome.kind,
-                duration_ms=outcome.duration_ms,
-            )
-            decision = decide(state, finished)
+            outcome = outcome_command(call.call_id, self.tool.invoke(call.args), now)
+            decision = decide(state, outcome)
             assert decision.state is not None
             state, held = decision.state, list(decision.events)
         assert state.output == "done", state

@@ -26,12 +26,12 @@ import pykka
 
 from foldloop._log import get_logger
 from foldloop.actors.base import FastActor
-from foldloop.actors.tool_actor import OneOutcome, RunToolCall, ToolRunner
+from foldloop.actors.tool_actor import OneOutcome, RunToolCall
 from foldloop.agent import Agent
 from foldloop.approvals import approval_writes, issue_tickets
 from foldloop.core.commands import Command, ModelCallFailed, ModelReplied
 from foldloop.core.decide import decide
-from foldloop.core.effects import CallModel, Decision, RequestApproval, RunTools, Settle, ToolRun
+from foldloop.core.effects import CallModel, Decision, RequestApproval, RunTools, Settle
 from foldloop.core.evolve import apply
 from foldloop.core.messages import MessageView
 from foldloop.core.snapshot import encode_chunk, split_state
@@ -357,10 +357,10 @@ class RunActor(FastActor):
         once = OneOutcome()
         timer = None
         try:
-            if runner.tool.timeout is not None:
-                timer = self.system.timers.call_later(
-                    runner.tool.timeout, self._overdue(runner, call, time.monotonic(), once)
-                )
+            run_id, system = self.run_id, self.system
+            timer = runner.watch(
+                run_id, call.call_id, once, lambda command: system.tell(run_id, command)
+            )
             outcome = runner.tool.invoke(call.args)
         finally:
             runner.slots.give()
@@ -381,17 +381,6 @@ class RunActor(FastActor):
         elif command is not None:
             self._deliver(command)
         return True
-
-    def _overdue(
-        self, runner: ToolRunner, call: ToolRun, started: float, once: OneOutcome
-    ) -> Callable[[], None]:
-        run_id, system = self.run_id, self.system
-
-        def expire() -> None:
-            if once.claim():
-                system.tell(run_id, runner.timed_out(run_id, call.call_id, started))
-
-        return expire
 
     # -- endings -------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from foldloop.actors.workers import Workers
 from foldloop.core.commands import ToolFinished
 from foldloop.tools.decorator import Tool, ToolOutcome
 
-__all__ = ["OneOutcome", "RunToolCall", "Slots", "ToolActor", "ToolRunner"]
+__all__ = ["OneOutcome", "RunToolCall", "Slots", "ToolActor", "ToolRunner", "outcome_command"]
 
 log = get_logger(__name__)
 
@@ -101,6 +101,18 @@ class Slots:
                 self._freed.notify()
 
 
+def outcome_command(call_id: str, outcome: ToolOutcome, now: int) -> ToolFinished:
+    """The command that reports what one call of a tool produced, at ``now`` (unix ns)."""
+    return ToolFinished(
+        now=now,
+        call_id=call_id,
+        ok=outcome.ok,
+        result=outcome.text,
+        kind=outcome.kind,
+        duration_ms=round(outcome.duration_ms, 3),
+    )
+
+
 class ToolRunner:
     """One tool's bounded pool and timeouts; ``dispatch`` may be called from any thread."""
 
@@ -121,14 +133,7 @@ class ToolRunner:
 
     def finished(self, call_id: str, outcome: ToolOutcome) -> ToolFinished:
         """The command that reports a call's own outcome."""
-        return ToolFinished(
-            now=self.clock(),
-            call_id=call_id,
-            ok=outcome.ok,
-            result=outcome.text,
-            kind=outcome.kind,
-            duration_ms=round(outcome.duration_ms, 3),
-        )
+        return outcome_command(call_id, outcome, self.clock())
 
     def timed_out(self, run_id: str, call_id: str, started: float) -> ToolFinished:
         """The outcome of a call still running ``timeout`` s after ``started`` (monotonic)."""
@@ -147,36 +152,47 @@ class ToolRunner:
         """Stop taking calls; running ones finish on their threads, unclaimed."""
         self.pool.shutdown()
 
+    def watch(
+        self,
+        run_id: str,
+        call_id: str,
+        once: OneOutcome,
+        deliver: Callable[[ToolFinished], object],
+    ) -> Timer | None:
+        """Arm the call's timeout (None if the tool has none): once it passes, and unless
+        ``once`` was claimed by the call's own outcome, ``deliver`` gets the timeout."""
+        timeout = self.tool.timeout
+        if timeout is None:
+            return None
+        started = time.monotonic()
+
+        def expire() -> None:
+            if once.claim():
+                deliver(self.timed_out(run_id, call_id, started))
+
+        return self.timers.call_later(timeout, expire)
+
     def _start(self, call: RunToolCall) -> None:
         once = OneOutcome()
-        timer: list[Timer] = []
 
-        def report(command: ToolFinished) -> None:
-            if not once.claim():
-                return
-            if timer:
-                timer[0].cancel()  # release the run's references now, not in `timeout` s
+        def report(command: ToolFinished) -> None:  # called by whoever claimed ``once``
             try:
                 call.reply_to.tell(command)
             except pykka.ActorDeadError:
                 log.info("tool_result_unclaimed", run_id=call.run_id, call_id=call.call_id)
 
-        def run() -> None:
+        def run() -> None:  # submitted after ``timer`` is set
             self.slots.take()
             try:
                 outcome = self.tool.invoke(call.args)
             finally:
                 self.slots.give()
-            report(self.finished(call.call_id, outcome))
+            if timer is not None:
+                timer.cancel()  # release the run's references now, not in `timeout` s
+            if once.claim():
+                report(self.finished(call.call_id, outcome))
 
-        timeout = self.tool.timeout
-        if timeout is not None:
-            started = time.monotonic()
-
-            def expire() -> None:
-                report(self.timed_out(call.run_id, call.call_id, started))
-
-            timer.append(self.timers.call_later(timeout, expire))
+        timer = self.watch(call.run_id, call.call_id, once, report)
         self.pool.submit(run)
 
 
