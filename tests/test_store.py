@@ -533,7 +533,7 @@ def test_an_index_entry_lists_its_positions_exactly_when_extended(
     value = index_value(head[0], len(head), b"c" * 16, head[-1], steps_between(head))
     first = decode_index(key, value)
     assert list(first.positions()) == head and first.last_position == head[-1]
-    merged = joined(first, tail)
+    merged = joined(first, 1 + len(head), tail)
     if merged is None:
         assert len(positions) > INDEX_SPAN and positions[-1] - positions[0] >= len(positions)
         return

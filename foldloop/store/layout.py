@@ -111,9 +111,14 @@ def index_ranges(tail: Iterable[TailEntry]) -> list[tuple[str, int, list[int], b
     return done
 
 
-def joined(last: IndexRange, positions: Sequence[int]) -> tuple[int, int, bytes] | None:
+def joined(
+    last: IndexRange | None, first_seq: int, positions: Sequence[int]
+) -> tuple[int, int, bytes] | None:
     """(count, last position, steps) of one entry holding ``last``'s records and then those
-    at ``positions`` (the seqs right after it); None when a new entry should start."""
+    at ``positions`` (seqs from ``first_seq``); None when a new entry should start (no
+    ``last``, a stretch that does not follow it, or one it may not grow to hold)."""
+    if last is None or last.last_seq + 1 != first_seq:
+        return None
     count = last.length + len(positions)
     gap = positions[0] - last.last_position
     more = steps_between(positions)

@@ -114,9 +114,7 @@ class WriteTxn:
         cur = self.txn.cursor(db=index_db)
         for run_id, first_seq, positions, chain in index_ranges(tail):
             last = last_index_range(cur, run_id)
-            merged = None
-            if last is not None and last.last_seq + 1 == first_seq:
-                merged = joined(last, positions)
+            merged = joined(last, first_seq, positions)
             if last is not None and merged is not None:
                 count, last_position, steps = merged
                 value = index_value(last.first_position, count, chain, last_position, steps)
