@@ -19,6 +19,7 @@ import structlog
 
 import foldloop as fl
 from foldloop.core import fold
+from tests.peak import Peak
 
 
 @fl.tool(idempotent=True)
@@ -182,18 +183,13 @@ def test_cancels_racing_tools_on_run_threads_lose_nothing(rt: fl.Runtime) -> Non
 
 
 def test_a_tool_concurrency_bound_holds_across_runs(rt: fl.Runtime) -> None:
-    lock = threading.Lock()
-    running, peak = [0], [0]
+    peak = Peak()
 
     @fl.tool(concurrency=1)
     def narrow(i: int) -> str:
         """One at a time."""
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-        time.sleep(0.02)
-        with lock:
-            running[0] -= 1
+        with peak:
+            time.sleep(0.02)
         return str(i)
 
     replies = [fl.Reply(tool_calls=[fl.ToolCall("narrow", {"i": i})]) for i in range(3)]
@@ -202,7 +198,7 @@ def test_a_tool_concurrency_bound_holds_across_runs(rt: fl.Runtime) -> None:
     )
     runs = [rt.spawn(agent, "go") for _ in range(4)]
     assert all(r.wait(timeout=30).status is fl.RunStatus.COMPLETED for r in runs)
-    assert peak[0] == 1
+    assert peak.most == 1
     assert sum(types(rt, r.id).count("tool.completed") for r in runs) == 12
 
 
