@@ -14,6 +14,7 @@ from foldloop.events import (
     DecodeFailure,
     ModelRequested,
     RunCompleted,
+    ToolCompleted,
     ToolRequested,
     UnknownEvent,
     decode_event,
@@ -21,6 +22,10 @@ from foldloop.events import (
     register_upcaster,
 )
 from foldloop.events import codec as codec_module
+from foldloop.events import named as named_module
+from foldloop.events.jsonl import dump_run, load_run
+from foldloop.events.named import from_named, to_named
+from foldloop.events.recorded import Recorded
 from tests.strategies import EVENT_TYPES, any_event
 
 
@@ -104,3 +109,122 @@ def test_upcaster_applies_by_stored_schema_version() -> None:
         )
     finally:
         codec_module._UPCASTERS.clear()
+
+
+# Today's field order of every event. Records store fields by position, so this order is
+# what every log written since store format 4 means. A new field goes at the END of its
+# class with a default (append it here too); moving, renaming or removing one needs a new
+# schema_version, the old order in named.PAST_FIELDS and an upcaster (catalogue.py).
+FIELD_ORDER = {
+    "run.started": (
+        "agent",
+        "input",
+        "limits",
+        "tools_digest",
+        "parent_run_id",
+        "metadata",
+        "instructions",
+        "tools",
+    ),
+    "model.requested": ("step", "prompt_digest", "max_tokens"),
+    "model.responded": ("step", "text", "tool_calls", "usage", "model", "latency_ms"),
+    "model.failed": ("step", "error", "retryable"),
+    "tool.requested": ("call_id", "tool", "args", "step"),
+    "tool.completed": ("call_id", "result", "duration_ms"),
+    "tool.failed": ("call_id", "error", "kind"),
+    "approval.requested": ("call_id", "gate", "token_digest", "expires_at", "summary"),
+    "approval.decided": ("call_id", "approved", "by", "note"),
+    "approval.expired": ("call_id",),
+    "run.limit_reached": ("limit", "value", "ceiling"),
+    "run.no_progress": ("window", "detail"),
+    "run.completed": ("output",),
+    "run.failed": ("error", "kind"),
+    "run.cancelled": ("reason",),
+    "run.resumed": ("owner", "extended_limits"),
+}
+
+
+@pytest.mark.parametrize("cls", EVENT_TYPES, ids=lambda c: c.__struct_config__.tag)
+def test_stored_field_order_only_grows_at_the_end(cls: type) -> None:
+    pinned = FIELD_ORDER[cls.__struct_config__.tag]
+    fields = cls.__struct_fields__
+    assert fields[: len(pinned)] == pinned, (
+        f"{cls.__name__}'s fields moved: stored records hold {pinned} by position; add new "
+        "fields at the end, or give the event a new schema_version (see catalogue.py)"
+    )
+    assert fields == pinned, f"{cls.__name__} grew {fields[len(pinned) :]}: append them above"
+
+
+@given(any_event)
+def test_records_written_by_name_before_format_4_decode_to_the_same_event(event: Any) -> None:
+    by_name = msgspec.msgpack.encode(to_named(event))
+    assert by_name[0] in range(0x80, 0x90) or by_name[0] in (0xDE, 0xDF)
+    assert decode_event(by_name) == event
+
+
+@given(any_event)
+def test_the_named_view_round_trips(event: Any) -> None:
+    named = to_named(event)
+    assert msgspec.to_builtins(named)["type"] == event.type
+    back = msgspec.msgpack.decode(msgspec.msgpack.encode(named), type=named_module.NAMED_UNION)
+    assert from_named(back) == event
+
+
+def test_an_export_names_every_field_and_imports_back() -> None:
+    events = [
+        ModelRequested(step=1, prompt_digest="d"),
+        ToolCompleted(call_id="c1", result="4", duration_ms=0.5),
+    ]
+    records = [
+        Recorded(run_id="r", seq=i, position=i, at=7, event=e) for i, e in enumerate(events, 1)
+    ]
+    lines = list(dump_run("r", records))
+    assert msgspec.json.decode(lines[2])["event"] == {
+        "type": "tool.completed",
+        "call_id": "c1",
+        "result": "4",
+        "duration_ms": 0.5,
+    }
+    _header, loaded = load_run(lines)
+    assert [e.event for e in loaded] == events
+
+
+def test_unknown_positional_tag_decodes_to_unknown_event_and_keeps_bytes() -> None:
+    raw = msgspec.msgpack.encode(["tool.stream_chunk", "c1", "x"])
+    event = decode_event(raw)
+    assert isinstance(event, UnknownEvent)
+    assert (event.type, event.raw) == ("tool.stream_chunk", raw)
+
+
+def test_trailing_fields_of_newer_positional_writers_are_ignored() -> None:
+    assert decode_event(msgspec.msgpack.encode(["run.completed", "ok", 0.9])) == RunCompleted(
+        output="ok"
+    )
+
+
+def test_upcasters_see_positional_records_by_their_writers_field_names() -> None:
+    # A made-up version 0 of tool.completed that stored (id, result) by position.
+    stored_v0 = msgspec.msgpack.encode(["tool.completed", "c1", "4"])
+    register_upcaster("tool.completed", 0, lambda d: d)
+    try:
+        with pytest.raises(DecodeFailure, match=r"tool.completed \(schema v0\).*PAST_FIELDS"):
+            decode_event(stored_v0, version=0)
+    finally:
+        codec_module._UPCASTERS.clear()
+    seen: list[dict[str, Any]] = []
+
+    def upcast(d: dict[str, Any]) -> dict[str, Any]:
+        seen.append(dict(d))
+        return {"type": "tool.completed", "call_id": d["id"], "result": d["result"]}
+
+    try:
+        named_module.PAST_FIELDS[("tool.completed", 0)] = ("id", "result")
+        register_upcaster("tool.completed", 0, upcast)
+        assert decode_event(stored_v0, version=0) == ToolCompleted(call_id="c1", result="4")
+        assert seen == [{"type": "tool.completed", "id": "c1", "result": "4"}]
+        # Today's records (version 1) are read positionally with today's order.
+        fresh = ToolCompleted(call_id="c2", result="5")
+        assert decode_event(encode_event(fresh), version=1) == fresh
+    finally:
+        codec_module._UPCASTERS.clear()
+        named_module.PAST_FIELDS.clear()

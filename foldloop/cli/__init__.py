@@ -39,7 +39,8 @@ from foldloop.errors import (
     SchemaChangedError,
     StoreError,
 )
-from foldloop.events.recorded import Recorded
+from foldloop.events.named import to_named
+from foldloop.events.recorded import Recorded, UnknownEvent
 from foldloop.events.values import Limits
 from foldloop.projections.metrics import RunMetrics
 from foldloop.projections.prometheus import prometheus_text, serve_prometheus
@@ -149,7 +150,9 @@ def _load_agent(spec: str) -> Agent:
 
 
 def _event_json(rec: Recorded) -> dict[str, Any]:
-    body: dict[str, Any] = msgspec.to_builtins(rec.event)
+    event = rec.event
+    named = event if isinstance(event, UnknownEvent) else to_named(event)
+    body: dict[str, Any] = msgspec.to_builtins(named)
     if not isinstance(body, dict):
         body = {"type": rec.type}
     body.pop("type", None)

@@ -2,6 +2,15 @@
 
 Tags are fixed; fields may grow, always with defaults (msgspec's schema-evolution rule),
 so logs written by older versions keep decoding.
+
+Events are stored positionally (``array_like``): the tag, then each field in declaration
+order, trailing defaults left out. That halves a step's bytes against field names, and
+puts one rule on every change to this file: a new field goes at the end of its class,
+with a default. Moving, renaming or removing a field is a new ``schema_version`` (the old
+order goes into ``named.PAST_FIELDS`` and an upcaster carries old records forward);
+``tests/test_codec.py`` pins today's order so that a field slipped in mid-class fails
+there, not in someone's log. JSON views (export, ``foldloop show``) name every field
+(``named.to_named``).
 """
 
 from __future__ import annotations
@@ -38,7 +47,13 @@ ToolFailureKind = Literal["exception", "timeout", "invalid_args", "interrupted",
 
 
 class Event(
-    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type", gc=False
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    omit_defaults=True,
+    tag_field="type",
+    array_like=True,
+    gc=False,
 ):
     """Base of every event: frozen, keyword-only, tagged with a dotted name in ``type``."""
 

@@ -1,9 +1,12 @@
 """Bytes <-> events: one cached encoder and decoder, unknown tags kept, old shapes upcast.
 
 Decoding takes the fast typed path first (msgspec validates straight into the tagged
-union). Only when that fails, or when an upcaster is registered for the record's
-(tag, version), does it look at the raw map: an unknown tag becomes ``UnknownEvent``,
-an old shape is carried forward by the registered functions, never rewritten in place.
+union of positional events). Only when that fails, or when an upcaster is registered for
+the record's (tag, version), does it look closer: a map is a record written before store
+format 4 (fields by name, decoded through the named twins), an unknown tag becomes
+``UnknownEvent``, an old shape is carried forward by the registered functions, never
+rewritten in place. Upcasters always see a map of field names, however the record was
+stored.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 import msgspec
 
 from foldloop.events.catalogue import Event, KnownEvent
+from foldloop.events.named import NAMED_UNION, field_names, from_named, named_from_map
 from foldloop.events.recorded import AnyEvent, UnknownEvent
 
 __all__ = [
@@ -36,10 +40,6 @@ class DecodeFailure(Exception):
     """A record holds a known tag whose payload no longer validates (and no upcaster fixes it)."""
 
 
-class _TagOnly(msgspec.Struct):
-    type: str
-
-
 def _tags() -> dict[str, type[Event]]:
     tags: dict[str, type[Event]] = {}
     for cls in KnownEvent.__args__:
@@ -53,12 +53,13 @@ KNOWN_TAGS: frozenset[str] = frozenset(_CLASSES)
 
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER: msgspec.msgpack.Decoder[KnownEvent] = msgspec.msgpack.Decoder(KnownEvent)
-_TAG_DECODER = msgspec.msgpack.Decoder(_TagOnly)
+_NAMED_DECODER: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(NAMED_UNION)
+_MAP_FIRST_BYTES = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
 _UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 
 
 def encode_event(event: Event) -> bytes:
-    """Encode one event to msgpack (the stored payload)."""
+    """Encode one event to msgpack (the stored payload): its tag, then its fields in order."""
     return _ENCODER.encode(event)
 
 
@@ -98,8 +99,39 @@ def register_upcaster(tag: str, from_version: int, fn: Upcaster) -> None:
     _UPCASTERS[(tag, from_version)] = fn
 
 
+def _is_map(raw: bytes) -> bool:
+    """True for a payload written by name (store formats 1-3), not positionally."""
+    return bool(raw) and raw[0] in _MAP_FIRST_BYTES
+
+
+def _peek_tag(raw: bytes) -> str:
+    """The tag of a stored payload, positional or by name; raises DecodeFailure."""
+    try:
+        data = msgspec.msgpack.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise DecodeFailure(f"not an event: {exc}") from None
+    tag = data.get("type") if isinstance(data, dict) else data[0] if data else None
+    if not isinstance(tag, str):
+        raise DecodeFailure("not an event: no tag")
+    return tag
+
+
+def _as_map(raw: bytes, tag: str, version: int) -> dict[str, Any]:
+    """A stored payload as the map of field names upcasters take."""
+    data = msgspec.msgpack.decode(raw)
+    if isinstance(data, dict):
+        return data
+    names = field_names(tag, version)
+    if names is None:
+        raise DecodeFailure(
+            f"{tag} (schema v{version}) is stored by position and this foldloop does not "
+            "know that version's field order (add it to foldloop.events.named.PAST_FIELDS)"
+        )
+    return {"type": tag, **dict(zip(names, data[1:], strict=False))}
+
+
 def _upcast(raw: bytes, tag: str, version: int) -> AnyEvent:
-    data: dict[str, Any] = msgspec.msgpack.decode(raw)
+    data = _as_map(raw, tag, version)
     while (tag, version) in _UPCASTERS:
         data = _UPCASTERS[(tag, version)](data)
         tag = str(data.get("type", tag))
@@ -107,8 +139,7 @@ def _upcast(raw: bytes, tag: str, version: int) -> AnyEvent:
     if tag not in KNOWN_TAGS:
         return UnknownEvent(tag=tag, raw=raw)
     try:
-        event: KnownEvent = msgspec.convert(data, KnownEvent)
-        return event
+        return named_from_map(data)
     except msgspec.ValidationError as exc:
         raise DecodeFailure(f"{tag} (schema v{version}) after upcasting: {exc}") from None
 
@@ -116,19 +147,13 @@ def _upcast(raw: bytes, tag: str, version: int) -> AnyEvent:
 def decode_event(raw: bytes, version: int = 1) -> AnyEvent:
     """Decode one stored payload; unknown tags become ``UnknownEvent``, old shapes are upcast."""
     if _UPCASTERS:
-        try:
-            tag = _TAG_DECODER.decode(raw).type
-        except msgspec.DecodeError as exc:
-            raise DecodeFailure(f"not an event: {exc}") from None
+        tag = _peek_tag(raw)
         if (tag, version) in _UPCASTERS:
             return _upcast(raw, tag, version)
     try:
-        return _DECODER.decode(raw)
+        return _DECODER.decode(raw) if not _is_map(raw) else from_named(_NAMED_DECODER.decode(raw))
     except msgspec.ValidationError as exc:
-        try:
-            tag = _TAG_DECODER.decode(raw).type
-        except msgspec.DecodeError:
-            raise DecodeFailure(f"not an event: {exc}") from None
+        tag = _peek_tag(raw)
         if tag not in KNOWN_TAGS:
             return UnknownEvent(tag=tag, raw=raw)
         raise DecodeFailure(f"{tag}: {exc}") from None

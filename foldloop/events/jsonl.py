@@ -4,19 +4,22 @@
     {"seq": 1, "at": 1795315622516675010, "event": {"type": "run.started", ...}}
     ...
 
-``event`` is the event exactly as msgspec encodes it to JSON: its ``type`` tag and its
-fields by name. Positions are not exported (they belong to a store); seq and at are, so
-importing a run into any store gives the same fold.
+``event`` is the event by name (``named.to_named``): its ``type`` tag and its fields by
+name, defaults left out (the log stores events positionally; an export is for people and
+other tools, so it names every field). Positions are not exported (they belong to a
+store); seq and at are, so importing a run into any store gives the same fold.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import msgspec
 
 from foldloop.errors import ConfigError
 from foldloop.events.catalogue import KnownEvent
+from foldloop.events.named import NAMED_UNION, from_named, to_named
 from foldloop.events.recorded import Recorded, UnknownEvent
 
 __all__ = ["FORMAT", "ExportedEvent", "ExportHeader", "dump_run", "load_run"]
@@ -41,9 +44,21 @@ class ExportedEvent(msgspec.Struct, frozen=True, kw_only=True):
     event: KnownEvent
 
 
+class _Line(msgspec.Struct, frozen=True, kw_only=True):
+    """An event line as written: the event by name."""
+
+    seq: int
+    at: int
+    event: msgspec.Struct
+
+
 _ENCODER = msgspec.json.Encoder()
 _HEADER = msgspec.json.Decoder(ExportHeader)
-_LINE = msgspec.json.Decoder(ExportedEvent)
+_LINE: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
+    msgspec.defstruct(
+        "_Line", [("seq", int), ("at", int), ("event", NAMED_UNION)], kw_only=True, frozen=True
+    )
+)
 
 
 def dump_run(run_id: str, records: Iterable[Recorded]) -> Iterator[str]:
@@ -59,7 +74,7 @@ def dump_run(run_id: str, records: Iterable[Recorded]) -> Iterator[str]:
     yield _ENCODER.encode(header).decode()
     for rec in records:
         assert not isinstance(rec.event, UnknownEvent)
-        yield _ENCODER.encode(ExportedEvent(seq=rec.seq, at=rec.at, event=rec.event)).decode()
+        yield _ENCODER.encode(_Line(seq=rec.seq, at=rec.at, event=to_named(rec.event))).decode()
 
 
 def load_run(lines: Iterable[str]) -> tuple[ExportHeader, list[ExportedEvent]]:
@@ -83,9 +98,10 @@ def load_run(lines: Iterable[str]) -> tuple[ExportHeader, list[ExportedEvent]]:
         if not line.strip():
             continue
         try:
-            event = _LINE.decode(line)
+            line_ = _LINE.decode(line)
         except msgspec.MsgspecError as exc:
             raise ConfigError(f"line {number}: {exc}") from None
+        event = ExportedEvent(seq=line_.seq, at=line_.at, event=from_named(line_.event))
         if event.seq != len(events) + 1:
             raise ConfigError(f"line {number}: seq {event.seq}, expected {len(events) + 1}")
         events.append(event)
