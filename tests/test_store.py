@@ -21,7 +21,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 from foldloop.errors import ConcurrencyError, ConfigError, CorruptRecord, RunLocked, StoreError
 from foldloop.events import ModelRequested, RunCompleted, RunStarted, ToolCompleted
 from foldloop.store import OwnerLock, encode_all, open_store
-from foldloop.store.framing import Frame, seal
+from foldloop.store.framing import batch_frame, seal
 from foldloop.store.layout import INDEX_SPAN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,13 +97,11 @@ def test_two_opens_in_one_process_share_the_store(store_path: Path) -> None:
 
 
 def test_flipped_byte_is_reported_with_run_and_seq(store_path: Path) -> None:
+    """One append is one stored value: a damaged byte makes the events of that append
+    unreadable (named by the first one asked for) and leaves the others readable."""
     store = open_store(store_path)
-    store.append(
-        "r1",
-        [RunStarted(agent="a", input="x"), RunCompleted(output="MARKER-0123456789")],
-        expected_seq=0,
-        at=1,
-    )
+    store.append("r1", [RunStarted(agent="a", input="x")], expected_seq=0, at=1)
+    store.append("r1", [ev(2), RunCompleted(output="MARKER-0123456789")], expected_seq=1, at=2)
     store.close()
     data = (store_path / "data.mdb").read_bytes()
     assert b"MARKER-0123456789" in data
@@ -114,6 +112,10 @@ def test_flipped_byte_is_reported_with_run_and_seq(store_path: Path) -> None:
         with pytest.raises(CorruptRecord, match="'r1' seq 2: checksum mismatch") as info:
             store.read("r1")
         assert (info.value.run_id, info.value.seq) == ("r1", 2)
+        with pytest.raises(CorruptRecord, match="'r1' seq 3: checksum mismatch"):
+            store.read("r1", 3)
+        with pytest.raises(CorruptRecord, match="'r1' seq 2: checksum mismatch"):
+            store.verify_chain("r1")
     finally:
         store.close()
 
@@ -121,10 +123,11 @@ def test_flipped_byte_is_reported_with_run_and_seq(store_path: Path) -> None:
 def test_rewritten_record_with_valid_checksum_breaks_the_hash_chain(store_path: Path) -> None:
     store = open_store(store_path)
     try:
-        store.append("r1", [ev(1), ev(2), ev(3)], expected_seq=0, at=1)
-        forged = Frame("r1", 2, 2, 1, msgspec.Raw(msgspec.msgpack.encode(ev(99))))
-        value, _ = seal(forged, b"\0" * 16)
+        for i in (1, 2, 3):  # three appends, three stored values
+            store.append("r1", [ev(i)], expected_seq=i - 1, at=i)
         position = store.read("r1")[1].position
+        forged = batch_frame("r1", 2, position, encode_all([ev(99)], 2))
+        value, _ = seal(forged, b"\0" * 16)
         with store.env.begin(write=True) as txn:
             txn.put(position.to_bytes(8, "big"), value, db=store._log)
         assert store.read("r1")[1].event == ev(99)  # the crc alone cannot tell
@@ -368,24 +371,52 @@ def _two_interleaved_runs(store_path: Path) -> tuple[Any, dict[str, list[Any]]]:
     return store, {r: store.read(r) for r in ("a", "b")}
 
 
+def _as_legacy_log(store: Any) -> dict[tuple[str, int], bytes]:
+    """Rewrite the store's log as formats 1-3 stored it: one value per event, the event's
+    fields by name, each value chained to the run's previous one; drops the index (the
+    caller writes one of the old shape). Returns each record's chain hash."""
+    from foldloop.events.named import to_named
+    from foldloop.store.framing import GENESIS, Frame, pack_position
+    from foldloop.store.layout import INDEXED_KEY
+
+    records = store.read_all()
+    chains: dict[tuple[str, int], bytes] = {}
+
+    def rewrite(w: Any) -> None:
+        txn = w.txn
+        txn.drop(store._log, delete=False)
+        txn.drop(store._index, delete=False)
+        txn.delete(INDEXED_KEY, db=store._meta)
+        last: dict[str, bytes] = {}
+        for rec in records:
+            raw = msgspec.msgpack.encode(to_named(rec.event))
+            frame = Frame(rec.run_id, rec.seq, rec.position, rec.at, msgspec.Raw(raw))
+            value, chain = seal(frame, last.get(rec.run_id, GENESIS))
+            last[rec.run_id] = chains[(rec.run_id, rec.seq)] = chain
+            txn.put(pack_position(rec.position), value, db=store._log)
+
+    store.submit(rewrite).wait()
+    store._reset_tail(-1)
+    return chains
+
+
 def test_a_format_1_store_is_upgraded_and_reads_the_same(store_path: Path) -> None:
     """Format 1 kept one index entry per record (position + chain hash); opening such a store
-    drops that index (a cache of the log) and rebuilds it in the new shape."""
-    from foldloop.store.framing import chain_hash, index_key, pack_position
+    drops that index (a cache of the log) and rebuilds it in the new shape. Its records (one
+    a value, fields by name) read as they are."""
+    from foldloop.store.framing import index_key, pack_position
     from foldloop.store.layout import INDEXED_KEY
 
     store, before = _two_interleaved_runs(store_path)
+    chains = _as_legacy_log(store)
 
-    def rewrite_as_format_1(w: object) -> None:
-        txn = w.txn  # type: ignore[attr-defined]
-        txn.drop(store._index, delete=False)
+    def index_as_format_1(w: Any) -> None:
         for rec in store.read_all():
-            chain = chain_hash(txn.get(pack_position(rec.position), db=store._log))
-            old_value = pack_position(rec.position) + chain
-            txn.put(index_key(rec.run_id, rec.seq), old_value, db=store._index)
-        txn.put(INDEXED_KEY, pack_position(rec.position), db=store._meta)
+            old_value = pack_position(rec.position) + chains[(rec.run_id, rec.seq)]
+            w.txn.put(index_key(rec.run_id, rec.seq), old_value, db=store._index)
+        w.txn.put(INDEXED_KEY, pack_position(rec.position), db=store._meta)
 
-    store.submit(rewrite_as_format_1).wait()
+    store.submit(index_as_format_1).wait()
     store.close()
     (store_path / "foldloop.store").write_text('{"format": 1}\n')
     store = open_store(store_path, index_every=4)
@@ -394,7 +425,8 @@ def test_a_format_1_store_is_upgraded_and_reads_the_same(store_path: Path) -> No
         assert store.head("a") == 12 and store.verify_chain("b") == 12
         store.append("a", [ev(999)], expected_seq=12, at=99)
         assert store.read("a", 12)[-1].event == ev(999)
-        assert '"format": 3' in (store_path / "foldloop.store").read_text()
+        assert store.verify_chain("a") == 13
+        assert '"format": 4' in (store_path / "foldloop.store").read_text()
     finally:
         store.close()
 
@@ -403,39 +435,50 @@ def _index_entries(store: Any) -> int:
     return int(store.read_txn(lambda txn: txn.stat(store._index)["entries"]))
 
 
-def test_a_format_2_store_keeps_its_index_and_reads_the_same(store_path: Path) -> None:
-    """Format 2 wrote an index entry per stretch of a run's records at consecutive log
-    positions; format 3 reads those entries as they are and only bumps the marker (so an
-    older foldloop refuses the store rather than misread the entries written from now on)."""
-    from foldloop.store.framing import chain_hash, index_key, index_value, pack_position
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_a_format_2_or_3_store_keeps_its_index_and_reads_the_same(
+    store_path: Path, fmt: int
+) -> None:
+    """Formats 2 and 3 wrote an index entry per stretch of a run's records; format 4 reads
+    those entries and their one-event values as they are and only bumps the marker (so an
+    older foldloop refuses the store rather than misread what is written from now on).
+    New appends land as one value each, after the old ones, in the same chain."""
+    from foldloop.store.framing import index_key, index_value, pack_position
     from foldloop.store.layout import INDEXED_KEY
 
     store, before = _two_interleaved_runs(store_path)
+    chains = _as_legacy_log(store)
 
-    def rewrite_as_format_2(w: object) -> None:
-        txn = w.txn  # type: ignore[attr-defined]
-        txn.drop(store._index, delete=False)
+    def index_as_before(w: Any) -> None:
         records = store.read_all()
         for rec in records:  # each interleaved append is a stretch of its own
             if rec.seq % 2 == 1:
-                chain = chain_hash(txn.get(pack_position(rec.position + 1), db=store._log))
+                chain = chains[(rec.run_id, rec.seq + 1)]
                 value = index_value(rec.position, 2, chain, rec.position + 1)
-                txn.put(index_key(rec.run_id, rec.seq), value, db=store._index)
-        txn.put(INDEXED_KEY, pack_position(records[-1].position), db=store._meta)
+                w.txn.put(index_key(rec.run_id, rec.seq), value, db=store._index)
+        w.txn.put(INDEXED_KEY, pack_position(records[-1].position), db=store._meta)
 
-    store.submit(rewrite_as_format_2).wait()
+    store.submit(index_as_before).wait()
     assert _index_entries(store) == 12
     store.close()
-    (store_path / "foldloop.store").write_text('{"format": 2}\n')
+    (store_path / "foldloop.store").write_text(f'{{"format": {fmt}}}\n')
     store = open_store(store_path, index_every=4)
     try:
-        assert '"format": 3' in (store_path / "foldloop.store").read_text()
+        assert '"format": 4' in (store_path / "foldloop.store").read_text()
         assert _index_entries(store) == 12  # kept, not rebuilt
         assert {r: store.read(r) for r in ("a", "b")} == before
         assert store.read("b", 5, 8) == before["b"][4:8]
         assert store.verify_chain("a") == 12
-        store.append("a", [ev(999)], expected_seq=12, at=99)
-        assert store.read("a", 12)[-1].event == ev(999)
+        for i in range(3):  # past index_every: the new values get indexed too
+            store.append("a", [ev(999), ev(1000 + i)], expected_seq=12 + 2 * i, at=99 + i)
+        assert [r.event for r in store.read("a", 12)] == [
+            before["a"][-1].event,
+            *(e for i in range(3) for e in (ev(999), ev(1000 + i))),
+        ]
+        assert store.verify_chain("a") == 18
+        everything = store.read_all()
+        assert [r.position for r in everything] == list(range(1, 31))
+        assert [r.position for r in store.read_all(26, 3)] == [26, 27, 28]
     finally:
         store.close()
 
@@ -497,7 +540,8 @@ def test_damaged_record_in_the_unindexed_tail_is_attributed_to_its_run(store_pat
     try:
         assert store.meta("indexed") is None  # nothing was ever indexed: all tail
         assert [r.seq for r in store.read("r2")] == [1]
-        with pytest.raises(CorruptRecord, match="'r1' seq 2: checksum mismatch"):
+        # r1's two events are one stored value: the first is named
+        with pytest.raises(CorruptRecord, match="'r1' seq 1: checksum mismatch"):
             store.read("r1")
         assert store.head("r1") == 2
         store.append("r2", [ev(5)], expected_seq=1, at=3)  # other runs keep working
@@ -545,3 +589,29 @@ def test_an_index_entry_lists_its_positions_exactly_when_extended(
     assert entry.last_seq == len(positions) and entry.last_chain == b"d" * 16
     if positions[-1] - positions[0] == len(positions) - 1:
         assert len(value) == 28
+
+
+def test_an_append_is_one_stored_value_per_clock_reading(store_path: Path) -> None:
+    """A decision's events share one value (one checksum, chain hash and envelope); payloads
+    built by hand with different times (an import) keep each time, one value per stretch."""
+    store = open_store(store_path)
+    try:
+        store.append("r", [ev(1), ev(2), ev(3)], expected_seq=0, at=7)
+        imported = [*encode_all([ev(4), ev(5)], 8), *encode_all([ev(6)], 9)]
+        store.submit(lambda w: w.append("r", imported, expected_seq=3)).wait()
+        values = store.read_txn(lambda txn: txn.stat(store._log)["entries"])
+        assert values == 3
+        got = store.read("r")
+        assert [(r.seq, r.position, r.at) for r in got] == [
+            (1, 1, 7),
+            (2, 2, 7),
+            (3, 3, 7),
+            (4, 4, 8),
+            (5, 5, 8),
+            (6, 6, 9),
+        ]
+        assert [r.event for r in got] == [ev(i) for i in range(1, 7)]
+        assert store.verify_chain("r") == 6 and store.last_position() == 6
+        assert [r.seq for r in store.read("r", 2, 5)] == [2, 3, 4, 5]
+    finally:
+        store.close()

@@ -1,13 +1,21 @@
-"""How one event is laid out on disk: keys, the record frame, its checksum and hash chain.
+"""How events are laid out on disk: keys, the stored frame, its checksum and hash chain.
 
-LMDB does not checksum values, so every stored record is
+One append of a run (the events one decision produced, at one clock reading) is one
+stored value, under the log position of its first event:
 
     crc32(prev_hash || frame)  4 bytes, big-endian
-    prev_hash                  16 bytes: the chain hash of the run's previous record
-    frame                      msgpack [run_id, seq, position, at, event, schema_version]
+    prev_hash                  16 bytes: the chain hash of the run's previous value
+    frame                      msgpack [run_id, seq, position, at, count, events, versions]
 
-and the chain hash of a record is blake2b-128(prev_hash || frame). Reads verify the crc
-(cheap, every time); ``verify_chain`` walks the hashes (doctor, verify).
+``seq`` and ``position`` are the first event's; the others follow one by one. ``events``
+are positional payloads (``events.codec``); ``versions`` is empty when every event is at
+schema version 1. The chain hash of a value is blake2b-128(prev_hash || frame). Reads
+verify the crc (cheap, every time); ``verify_chain`` walks the hashes (doctor, verify).
+
+Stores of formats 1-3 hold one event a value, ``[run_id, seq, position, at, event, v]``
+(a five- or six-item array where a batch has seven); they read as batches of one.
+A step's events sharing one checksum, chain hash, envelope and LMDB entry is most of why
+a step takes ~400 bytes rather than ~700 (benchmarks/bench_footprint.py).
 """
 
 from __future__ import annotations
@@ -29,10 +37,11 @@ __all__ = [
     "Frame",
     "Head",
     "Lease",
-    "TypedFrame",
-    "decode_frame",
-    "peek_run_seq",
-    "RunSeq",
+    "Batch",
+    "TypedBatch",
+    "batch_frame",
+    "decode_stored",
+    "peek_stored",
     "IndexRange",
     "decode_index",
     "head_from_index",
@@ -54,10 +63,11 @@ _U64 = struct.Struct(">Q")
 _CRC = struct.Struct(">I")
 _HEADER = _CRC.size + HASH_SIZE
 _CRC_OF = _CRC.unpack_from
+_BATCH_HEAD = 0x97  # msgpack fixarray(7): a Batch frame; one-event frames are 5 or 6 items
 
 
 class Frame(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True, gc=False):
-    """The envelope as stored: the event stays raw until someone decodes it."""
+    """A value of store formats 1-3: one event, raw until someone decodes it."""
 
     run_id: str
     seq: int
@@ -180,22 +190,53 @@ class RunSeq(msgspec.Struct, array_like=True, frozen=True):
     seq: int
 
 
-class TypedFrame(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """The same frame, decoded with its event in one pass (the fast read path)."""
+class Batch(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """The frame of a stored value: one append's events, raw until someone decodes them.
+    Every field is always written (no omitted defaults), so its array has seven items."""
 
     run_id: str
     seq: int
     position: int
     at: int
-    event: KnownEvent
-    v: int = 1
+    count: int
+    events: tuple[msgspec.Raw, ...]
+    versions: tuple[int, ...] = ()
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the batch's last event."""
+        return self.seq + self.count - 1
+
+
+class TypedBatch(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """The same frame with its events decoded in one pass (the fast read path)."""
+
+    run_id: str
+    seq: int
+    position: int
+    at: int
+    count: int
+    events: list[KnownEvent]
+    versions: tuple[int, ...] = ()
+
+
+class _BatchHead(msgspec.Struct, array_like=True, frozen=True):
+    """A frame's leading fields: enough to place its events without decoding them."""
+
+    run_id: str
+    seq: int
+    position: int
+    at: int
+    count: int
 
 
 _FRAME_ENCODER = msgspec.msgpack.Encoder()
 _FRAME_DECODER = msgspec.msgpack.Decoder(Frame)
-_TYPED_DECODER = msgspec.msgpack.Decoder(TypedFrame)
+_BATCH_DECODER = msgspec.msgpack.Decoder(Batch)
+_TYPED_DECODER = msgspec.msgpack.Decoder(TypedBatch)
 _DECODE_TYPED = _TYPED_DECODER.decode
 _RUN_SEQ_DECODER = msgspec.msgpack.Decoder(RunSeq)
+_HEAD_DECODER = msgspec.msgpack.Decoder(_BatchHead)
 
 
 def pack_position(position: int) -> bytes:
@@ -218,7 +259,25 @@ def index_key(run_id: str, seq: int) -> bytes:
     return index_prefix(run_id) + _U64.pack(seq)
 
 
-def seal(frame: Frame, prev_hash: bytes) -> tuple[bytes, bytes]:
+def batch_frame(
+    run_id: str, seq: int, position: int, payloads: Sequence[tuple[KnownEvent, bytes, int]]
+) -> Batch:
+    """The frame of events appended together at one time: ``payloads`` are (event, its
+    encoded bytes, at), ``at`` the same for all; schema versions are stored only when one
+    of them is not 1."""
+    versions = tuple(type(event).schema_version for event, _raw, _at in payloads)
+    return Batch(
+        run_id,
+        seq,
+        position,
+        payloads[0][2],
+        len(payloads),
+        tuple(msgspec.Raw(raw) for _event, raw, _at in payloads),
+        () if all(v == 1 for v in versions) else versions,
+    )
+
+
+def seal(frame: Batch | Frame, prev_hash: bytes) -> tuple[bytes, bytes]:
     """The stored bytes of ``frame`` chained after ``prev_hash``, and its own chain hash."""
     body = prev_hash + _FRAME_ENCODER.encode(frame)
     chain = hashlib.blake2b(body, digest_size=HASH_SIZE).digest()
@@ -244,25 +303,38 @@ def chain_hash(value: bytes) -> bytes:
     return hashlib.blake2b(memoryview(value)[_CRC.size :], digest_size=HASH_SIZE).digest()
 
 
-def decode_frame(frame: bytes) -> Frame:
-    """Decode a frame's envelope (the event stays raw)."""
-    return _FRAME_DECODER.decode(frame)
+def decode_stored(body: bytes) -> Batch:
+    """The frame of a stored value (its events raw); a one-event value of an older format
+    as a batch of one. Raises msgspec errors on bytes that are neither."""
+    if body[:1] == b"\x97":
+        return _BATCH_DECODER.decode(body)
+    old = _FRAME_DECODER.decode(body)
+    return Batch(old.run_id, old.seq, old.position, old.at, 1, (old.event,), (old.v,))
 
 
-def peek_run_seq(frame: bytes) -> RunSeq:
-    """Which run and seq a frame belongs to (trailing fields are skipped, not decoded)."""
-    return _RUN_SEQ_DECODER.decode(frame)
+def peek_stored(body: bytes) -> tuple[str, int, int]:
+    """(run_id, first seq, event count) of a stored frame, its events skipped."""
+    if body[:1] == b"\x97":
+        head = _HEAD_DECODER.decode(body)
+        return head.run_id, head.seq, head.count
+    where = _RUN_SEQ_DECODER.decode(body)
+    return where.run_id, where.seq, 1
 
 
-def open_fast(value: bytes) -> TypedFrame | None:
-    """Envelope and event of a sound record, decoded in one pass; None when the careful
-    path must look (a checksum that does not match, an event unknown or of an old shape).
+def open_fast(value: bytes) -> TypedBatch | None:
+    """Envelope and events of a sound value, decoded in one pass; None when the careful
+    path must look (a checksum that does not match, an event unknown or of an old shape,
+    a value of an older format).
 
     The read path's inner loop: it reads the stored bytes in place (``unseal`` copies the
     frame and the previous hash out) and raises nothing, so a reader pays one call a
-    record; the careful path then says what is wrong with the rare record it gets.
+    value; the careful path then says what is wrong with the rare value it gets.
     """
-    if len(value) < _HEADER or zlib.crc32(memoryview(value)[_CRC.size :]) != _CRC_OF(value)[0]:
+    if (
+        len(value) <= _HEADER
+        or value[_HEADER] != _BATCH_HEAD
+        or zlib.crc32(memoryview(value)[_CRC.size :]) != _CRC_OF(value)[0]
+    ):
         return None
     try:
         return _DECODE_TYPED(memoryview(value)[_HEADER:])

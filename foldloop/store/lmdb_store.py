@@ -2,8 +2,10 @@
 
 Databases inside the environment:
 
-    log             position (u64 BE)       -> sealed record (see framing.py): the only truth
-    index           run_id NUL seq (u64 BE) -> position (u64 BE) + chain hash, for records up
+    log             position (u64 BE)       -> one append's events, sealed (framing.py): the
+                                               only truth; keyed by its first event's position
+    index           run_id NUL seq (u64 BE) -> where a stretch of the run's events sits, and
+                                               the chain hash of its last value, for events up
                                                to meta["indexed"]; a cache of the log, see below
     leases          run_id                  -> Lease(owner, epoch)
     snapshots       run_id                  -> msgpack [state_version, seq, state, chunks]
@@ -60,13 +62,14 @@ from foldloop.store.framing import (
     IndexRange,
     Lease,
     SealBroken,
+    TypedBatch,
     chain_hash,
-    decode_frame,
     decode_index,
+    decode_stored,
     index_prefix,
     open_fast,
     pack_position,
-    peek_run_seq,
+    peek_stored,
     unpack_position,
     unseal,
 )
@@ -231,11 +234,11 @@ class LmdbStore:
     # -- plumbing ------------------------------------------------------------------------
 
     def _upgrade(self, found: int) -> None:
-        """Format 1 -> 3: the per-run index changed shape. It is a cache of the log, so it
+        """Format 1 -> 4: the per-run index changed shape. It is a cache of the log, so it
         is dropped and rebuilt: everything becomes the unindexed tail, indexed anew by the
-        next commit that indexes. Format 2 -> 3: its entries read as they are; only the
-        marker changes, so that an older foldloop, which cannot read the entries this one
-        writes, refuses the store instead of misreading it."""
+        next commit that indexes. Formats 2 and 3 -> 4: their entries and their one-event
+        values read as they are; only the marker changes, so that an older foldloop, which
+        cannot read what this one writes, refuses the store instead of misreading it."""
         if found < 2:
             try:
                 with self.env.begin(write=True) as txn:
@@ -315,29 +318,30 @@ class LmdbStore:
         base = self._indexed(txn)
         if base != self._tail_base:
             self._reset_tail(base)
-        for position, value, run_id, seq in self._scan_tail(txn, self._tail_scanned):
+        for position, value, run_id, seq, count in self._scan_tail(txn, self._tail_scanned):
             chain = chain_hash(value)
-            self._tail.append((run_id, seq, position, chain))
-            self._tail_heads[run_id] = Head(seq, chain)
-            self._tail_scanned = position
+            for i in range(count):
+                self._tail.append((run_id, seq + i, position + i, chain))
+            self._tail_heads[run_id] = Head(seq + count - 1, chain)
+            self._tail_scanned = position + count - 1
 
-    def _scan_tail(self, txn: Any, after: int) -> Iterator[tuple[int, bytes, str, int]]:
-        """(position, value, run_id, seq) of every record past ``after``.
+    def _scan_tail(self, txn: Any, after: int) -> Iterator[tuple[int, bytes, str, int, int]]:
+        """(position, value, run_id, first seq, count) of every stored value past ``after``.
 
-        Run and seq are read from the frame even when its checksum fails, so a damaged
-        record is reported to its own run's readers (``_decode`` checks the crc) and the
-        write path keeps exact heads; only a record too damaged to place stops the scan.
+        Run and seqs are read from the frame even when its checksum fails, so a damaged
+        value is reported to its own run's readers (``_records`` checks the crc) and the
+        write path keeps exact heads; only a value too damaged to place stops the scan.
         """
         cur = txn.cursor(db=self._log)
         if not cur.set_range(pack_position(after + 1)):
             return
         for key, value in cur:
             try:
-                where = peek_run_seq(bytes(value[_FRAME_AT:]))
+                run_id, seq, count = peek_stored(bytes(value[_FRAME_AT:]))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                where_ = f"the record at log position {unpack_position(key)}"
+                where_ = f"the value at log position {unpack_position(key)}"
                 raise CorruptRecord("?", 0, f"{where_} is unreadable ({exc})") from None
-            yield unpack_position(key), value, where.run_id, where.seq
+            yield unpack_position(key), value, run_id, seq, count
 
     # -- writes --------------------------------------------------------------------------
 
@@ -378,9 +382,9 @@ class LmdbStore:
 
         def get(txn: Any) -> int:
             seq = last_index_entry(txn.cursor(db=self._index), run_id).seq
-            for _pos, _value, rid, s in self._scan_tail(txn, self._indexed(txn)):
+            for _pos, _value, rid, first, count in self._scan_tail(txn, self._indexed(txn)):
                 if rid == run_id:
-                    seq = s
+                    seq = first + count - 1
             return seq
 
         return self.read_txn(get)
@@ -392,9 +396,11 @@ class LmdbStore:
             out = self._from_index(txn, run_id, max(1, from_seq), to_seq)
             if to_seq is not None and out and out[-1].seq >= to_seq:
                 return out  # all asked for came from the index: no need to scan the tail
-            for _pos, value, rid, seq in self._scan_tail(txn, self._indexed(txn)):
-                if rid == run_id and seq >= from_seq and (to_seq is None or seq <= to_seq):
-                    out.append(self._decode(value, run_id, seq))
+            last = to_seq if to_seq is not None else 1 << 63
+            for _pos, value, rid, first, count in self._scan_tail(txn, self._indexed(txn)):
+                if rid == run_id and first + count > from_seq and first <= last:
+                    batch = self._records(value, run_id, first)
+                    out.extend(r for r in batch if from_seq <= r.seq <= last)
             return out
 
         return self.read_txn(get)
@@ -402,38 +408,58 @@ class LmdbStore:
     def _from_index(
         self, txn: Any, run_id: str, start: int, to_seq: int | None = None
     ) -> list[Recorded]:
-        """The run's indexed records from ``start``: each index entry's stretch of the log
-        walked with one cursor."""
+        """The run's indexed events from ``start``: each stored value decoded once, the
+        cursor walking on while the run's values are adjacent in the log (a run appending
+        alone) and seeking where another run's values sit in between."""
         out: list[Recorded] = []
-        log_cur = txn.cursor(db=self._log)
+        cur = txn.cursor(db=self._log)
         careful = has_upcasters()
+        batch: list[Recorded] = []
+        first = 0  # the position of batch[0]
         for entry, _key in self._ranges(txn, run_id, start):
-            skip = max(0, start - entry.first_seq)
-            last = entry.first_seq + entry.length - 1
-            if to_seq is not None and to_seq < last:
-                last = to_seq
-            # Consecutive records: one seek, then the cursor walks. Scattered ones (runs
-            # that appended in between): a seek wherever the next record is not the next key.
-            positions = entry.positions() if entry.steps else None
-            at = -1 if positions is not None else entry.first_position + skip
-            if positions is None and not log_cur.set_key(pack_position(at)):
-                raise CorruptRecord(
-                    run_id, entry.first_seq + skip, "the index points at a missing record"
-                )
-            for seq in range(entry.first_seq + skip, last + 1):
-                if positions is not None:
-                    position = positions[seq - entry.first_seq]
-                    if position != at and not log_cur.set_key(pack_position(position)):
-                        raise CorruptRecord(run_id, seq, "the index points at a missing record")
-                    at = position + 1
-                # _decode's fast path, called directly: this loop is most of a fold's read.
-                value = log_cur.value()
-                rec = None if careful else _sound(value, run_id, seq)
-                out.append(self._decode(value, run_id, seq) if rec is None else rec)
-                log_cur.next()
+            last = entry.last_seq if to_seq is None else min(to_seq, entry.last_seq)
+            positions = entry.positions()
+            for seq in range(max(start, entry.first_seq), last + 1):
+                position = positions[seq - entry.first_seq]
+                i = position - first
+                if not 0 <= i < len(batch):
+                    batch = self._batch_at(cur, position, run_id, seq, careful)
+                    first = batch[0].position
+                    i = position - first
+                rec = batch[i]
+                if rec.seq != seq:
+                    raise CorruptRecord(
+                        run_id, seq, f"the index points at position {position}, seq {rec.seq}"
+                    )
+                out.append(rec)
             if to_seq is not None and last == to_seq:
                 return out
         return out
+
+    def _batch_at(
+        self, cur: Any, position: int, run_id: str, seq: int, careful: bool
+    ) -> list[Recorded]:
+        """The events of the stored value holding ``position`` (``run_id``'s ``seq``), the
+        cursor left on it. The next value is tried first: it is the one wanted whenever the
+        run's values are adjacent."""
+        key = pack_position(position)
+        if not (cur.next() and cur.key() == key) and not _seek_value(cur, key):
+            raise CorruptRecord(run_id, seq, "the index points at a missing record")
+        value = cur.value()
+        # The fast path, inlined: this is most of a fold's read.
+        typed = None if careful else open_fast(value)
+        if (
+            typed is not None
+            and not typed.versions
+            and typed.run_id == run_id
+            and 0 <= position - typed.position < typed.count
+            and typed.seq + position - typed.position == seq
+        ):
+            return _unpack(typed)
+        batch = self._records(value, run_id, seq, within=True)
+        if not 0 <= position - batch[0].position < len(batch):
+            raise CorruptRecord(run_id, seq, "the index points at a missing record")
+        return batch
 
     def read_runs(self, starts: dict[str, int]) -> dict[str, list[Recorded]]:
         """Several runs' records at once (``run_id -> from_seq``): one read transaction and
@@ -442,10 +468,11 @@ class LmdbStore:
 
         def get(txn: Any) -> dict[str, list[Recorded]]:
             out = {rid: self._from_index(txn, rid, max(1, start)) for rid, start in starts.items()}
-            for _pos, value, rid, seq in self._scan_tail(txn, self._indexed(txn)):
+            for _pos, value, rid, first, count in self._scan_tail(txn, self._indexed(txn)):
                 start = starts.get(rid)
-                if start is not None and seq >= start:
-                    out[rid].append(self._decode(value, rid, seq))
+                if start is not None and first + count > start:
+                    batch = self._records(value, rid, first)
+                    out[rid].extend(r for r in batch if r.seq >= start)
             return out
 
         return self.read_txn(get)
@@ -467,24 +494,29 @@ class LmdbStore:
         def get(txn: Any) -> list[Recorded]:
             cur = txn.cursor(db=self._log)
             out: list[Recorded] = []
-            if not cur.set_range(pack_position(max(1, from_position))):
+            start = max(1, from_position)
+            if not _seek_value(cur, pack_position(start)):
                 return out
             for _key, value in cur:
-                out.append(self._decode(value, None, None))
+                out.extend(r for r in self._records(value, None, None) if r.position >= start)
                 if limit is not None and len(out) >= limit:
-                    break
+                    return out[:limit]
             return out
 
         return self.read_txn(get)
 
     def last_position(self) -> int:
         """Position of the newest record in the log (0 if empty)."""
+        return self.read_txn(self._last_position)
 
-        def get(txn: Any) -> int:
-            cur = txn.cursor(db=self._log)
-            return unpack_position(cur.key()) if cur.last() else 0
-
-        return self.read_txn(get)
+    def _last_position(self, txn: Any) -> int:
+        """The position of the log's last event: its last value's key, plus the events
+        after the first that the value holds."""
+        cur = txn.cursor(db=self._log)
+        if not cur.last():
+            return 0
+        _run_id, _seq, count = peek_stored(bytes(cur.value()[_FRAME_AT:]))
+        return unpack_position(cur.key()) + count - 1
 
     def run_ids(self) -> list[str]:
         """Every run in the store, sorted by id."""
@@ -497,7 +529,7 @@ class LmdbStore:
                 run_id = bytes(cur.key()[:-9]).decode()
                 out.add(run_id)
                 found = cur.set_range(index_prefix(run_id) + LAST_KEY)
-            out.update(rid for _p, _v, rid, _s in self._scan_tail(txn, self._indexed(txn)))
+            out.update(rid for _p, _v, rid, _s, _n in self._scan_tail(txn, self._indexed(txn)))
             return sorted(out)
 
         return self.read_txn(walk)
@@ -633,35 +665,76 @@ class LmdbStore:
         """True if a live runtime holds ``owner``'s lock."""
         return owner_alive(self.owners_dir, owner)
 
-    def _decode(self, value: bytes | None, run_id: str | None, seq: int | None) -> Recorded:
+    def _records(
+        self, value: bytes | None, run_id: str | None, seq: int | None, *, within: bool = False
+    ) -> list[Recorded]:
+        """The events of one stored value, checked: its checksum, and (unless None) that it
+        is ``run_id``'s and starts at ``seq`` (holds ``seq``, when ``within``). Raises
+        CorruptRecord naming what is wrong."""
         rid, s = run_id or "?", seq or 0
         if value is None:
             raise CorruptRecord(rid, s, "the index points at a record that is missing")
-        rec = None if has_upcasters() else _sound(value, run_id, seq)
-        if rec is not None:
-            return rec
-        # A bad checksum, an unknown tag, an old shape, a record out of place: say which.
+        typed = None if has_upcasters() else open_fast(value)
+        if (
+            typed is not None
+            and not typed.versions
+            and (run_id is None or typed.run_id == run_id)
+            and (seq is None or typed.seq == seq or within)
+        ):
+            return _unpack(typed)
+        # A bad checksum, an unknown tag, an old shape or format, a value out of place.
         try:
             _prev, body = unseal(value)
-            frame = decode_frame(body)
+            batch = decode_stored(body)
         except (SealBroken, msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise CorruptRecord(*_where(value, rid, s), str(exc)) from None
-        if run_id is not None and (frame.run_id != run_id or frame.seq != seq):
-            raise CorruptRecord(rid, s, f"the record holds {frame.run_id!r} seq {frame.seq}")
-        try:
-            event = decode_event(bytes(frame.event), frame.v)
-        except DecodeFailure as exc:
-            raise CorruptRecord(frame.run_id, frame.seq, f"undecodable event: {exc}") from None
-        return Recorded(
-            run_id=frame.run_id, seq=frame.seq, position=frame.position, at=frame.at, event=event
-        )
+        if run_id is not None and batch.run_id != run_id:
+            raise CorruptRecord(rid, s, f"the record holds run {batch.run_id!r} seq {batch.seq}")
+        if seq is not None and not (
+            batch.seq <= seq <= batch.last_seq if within else batch.seq == seq
+        ):
+            raise CorruptRecord(rid, s, f"the record holds {batch.run_id!r} seq {batch.seq}")
+        versions = batch.versions or (1,) * batch.count
+        if len(batch.events) != batch.count or len(versions) != batch.count:
+            raise CorruptRecord(batch.run_id, batch.seq, "the record's event count is wrong")
+        out = []
+        for i, (raw, version) in enumerate(zip(batch.events, versions, strict=True)):
+            try:
+                event = decode_event(bytes(raw), version)
+            except DecodeFailure as exc:
+                raise CorruptRecord(
+                    batch.run_id, batch.seq + i, f"undecodable event: {exc}"
+                ) from None
+            out.append(
+                Recorded(
+                    run_id=batch.run_id,
+                    seq=batch.seq + i,
+                    position=batch.position + i,
+                    at=batch.at,
+                    event=event,
+                )
+            )
+        return out
 
     def verify_chain(self, run_id: str) -> int:
         """Walk the run's hash chain and checksums; return its length or raise CorruptRecord."""
 
         def walk(txn: Any) -> int:
             prev = GENESIS
-            expected = 0
+            expected = 0  # the last seq checked
+            batch: list[Recorded] = []
+
+            def check(value: bytes | None, seq: int) -> list[Recorded]:
+                nonlocal prev, expected
+                records = self._records(value, run_id, seq)
+                assert value is not None
+                stored_prev, _ = unseal(value)
+                if stored_prev != prev:
+                    raise CorruptRecord(run_id, seq, "hash chain broken (a record was altered)")
+                prev = chain_hash(value)
+                expected = records[-1].seq
+                return records
+
             for entry, _key in self._ranges(txn, run_id, 1):
                 if entry.first_seq != expected + 1:
                     raise CorruptRecord(
@@ -669,28 +742,20 @@ class LmdbStore:
                     )
                 for offset, position in enumerate(entry.positions()):
                     seq = entry.first_seq + offset
-                    expected = seq
-                    value = txn.get(pack_position(position), db=self._log)
-                    self._decode(value, run_id, seq)
-                    stored_prev, _ = unseal(value)
-                    if stored_prev != prev:
-                        raise CorruptRecord(run_id, seq, "hash chain broken (a record was altered)")
-                    prev = chain_hash(value)
-                if prev != entry.last_chain:
+                    if seq > expected:
+                        batch = check(txn.get(pack_position(position), db=self._log), seq)
+                    if batch[seq - batch[0].seq].position != position:
+                        raise CorruptRecord(run_id, seq, f"the index places it at {position}")
+                if expected != entry.last_seq or prev != entry.last_chain:
                     raise CorruptRecord(
                         run_id, entry.last_seq, "index hash does not match the record"
                     )
-            for _position, value, rid, seq in self._scan_tail(txn, self._indexed(txn)):
+            for _position, value, rid, seq, _count in self._scan_tail(txn, self._indexed(txn)):
                 if rid != run_id:
                     continue
-                expected += 1
-                if seq != expected:
-                    raise CorruptRecord(run_id, expected, f"seq gap: next stored is {seq}")
-                self._decode(value, run_id, seq)
-                stored_prev, _ = unseal(value)
-                if stored_prev != prev:
-                    raise CorruptRecord(run_id, seq, "hash chain broken (a record was altered)")
-                prev = chain_hash(value)
+                if seq != expected + 1:
+                    raise CorruptRecord(run_id, expected + 1, f"seq gap: next stored is {seq}")
+                check(value, seq)
             return expected
 
         return self.read_txn(walk)
@@ -719,17 +784,23 @@ class LmdbStore:
         self._close()
 
 
-def _sound(value: bytes, run_id: str | None, seq: int | None) -> Recorded | None:
-    """The record ``value`` holds, if it is sound, current and where it was expected
-    (``run_id``'s ``seq``, unless None); else None, and the careful path looks."""
-    typed = open_fast(value)
-    if typed is None or typed.v != 1:
-        return None
-    if run_id is not None and (typed.run_id != run_id or typed.seq != seq):
-        return None
-    return Recorded(
-        run_id=typed.run_id, seq=typed.seq, position=typed.position, at=typed.at, event=typed.event
-    )
+def _unpack(typed: TypedBatch) -> list[Recorded]:
+    """A decoded value's events as records."""
+    run_id, seq, position, at = typed.run_id, typed.seq, typed.position, typed.at
+    return [
+        Recorded(run_id=run_id, seq=seq + i, position=position + i, at=at, event=event)
+        for i, event in enumerate(typed.events)
+    ]
+
+
+def _seek_value(cur: Any, key: bytes) -> bool:
+    """Put ``cur`` on the stored value holding the event at ``key``'s position: the last
+    value keyed at or before it (the first value when none is); False on an empty log."""
+    if cur.set_range(key):
+        if cur.key() == key or not cur.prev():
+            cur.set_range(key)
+        return True
+    return bool(cur.last())
 
 
 def _where(value: bytes, run_id: str, seq: int) -> tuple[str, int]:
@@ -738,10 +809,10 @@ def _where(value: bytes, run_id: str, seq: int) -> tuple[str, int]:
     if run_id != "?":
         return run_id, seq
     try:
-        found = peek_run_seq(bytes(value[_FRAME_AT:]))
+        found, first, _count = peek_stored(bytes(value[_FRAME_AT:]))
     except (msgspec.DecodeError, msgspec.ValidationError):
         return run_id, seq
-    return found.run_id, found.seq
+    return found, first
 
 
 _REGISTRY: dict[str, LmdbStore] = {}

@@ -77,10 +77,12 @@ def _check_local(path: Path) -> None:
 
 
 MARKER = "foldloop.store"
-FORMAT = 3
-"""3: an index entry lists where each of a stretch of a run's records sits, so concurrent
-runs need not an entry per append (2: one entry per stretch at consecutive positions, which
-3 reads as they are; 1: one entry per record, rebuilt). Older stores are upgraded on open."""
+FORMAT = 4
+"""4: one stored value per append (its events positional, one checksum and chain hash for
+them all); 4 reads the one-event values of older formats as they are. 3: an index entry
+lists where each of a stretch of a run's records sits, so concurrent runs need not an entry
+per append (2: one entry per stretch at consecutive positions, which 3 and 4 read as they
+are; 1: one entry per record, rebuilt). Older stores are upgraded on open."""
 _MAGIC = 0xBEEFC0DE
 _META_OFFSET = 16  # after the page header
 

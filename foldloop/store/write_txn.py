@@ -8,26 +8,26 @@ together.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from foldloop.errors import ApprovalError, ConcurrencyError, RunLocked
-from foldloop.events.codec import schema_version_of
 from foldloop.events.recorded import Recorded
 from foldloop.store.approvals import ApprovalRecord, approval_key
 from foldloop.store.checkpoints import Checkpoint, decode_checkpoint, encode_checkpoint
 from foldloop.store.framing import (
-    Frame,
     Head,
     Lease,
+    batch_frame,
     index_key,
     index_value,
     pack_position,
     seal,
     steps_between,
-    unpack_position,
 )
 from foldloop.store.layout import (
     APPROVAL_DECODER,
@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
 __all__ = ["WriteTxn"]
 
+_AT = operator.itemgetter(2)
+
 
 class WriteTxn:
     """What a write op sees: one LMDB write transaction plus the store's rules."""
@@ -71,8 +73,7 @@ class WriteTxn:
                 # means nobody else wrote since, so the tail cache and next position hold.
                 self._next = store._written_next
             else:
-                last = self.txn.cursor(db=store._log)
-                self._next = unpack_position(last.key()) + 1 if last.last() else 1
+                self._next = store._last_position(self.txn) + 1
                 store._sync_tail(self.txn)
         except BaseException:
             self.txn.abort()
@@ -179,16 +180,21 @@ class WriteTxn:
         prev = head.hash
         seq = head.seq
         out: list[Recorded] = []
-        for event, raw, at in payloads:
-            seq += 1
+        # One stored value per stretch of events sharing a clock reading (an append's
+        # events always do, unless a caller built its payloads by hand).
+        for at, group in itertools.groupby(payloads, key=_AT):
+            batch = list(group)
             position = self._next
-            self._next += 1
-            frame = Frame(run_id, seq, position, at, msgspec.Raw(raw), schema_version_of(event))
-            value, prev = seal(frame, prev)
+            value, prev = seal(batch_frame(run_id, seq + 1, position, batch), prev)
             put(pack_position(position), value, db=log_db, append=True)
-            new.append((run_id, seq, position, prev))
-            if keep:
-                out.append(Recorded(run_id=run_id, seq=seq, position=position, at=at, event=event))
+            for event, _raw, _at in batch:
+                seq += 1
+                new.append((run_id, seq, self._next, prev))
+                if keep:
+                    out.append(
+                        Recorded(run_id=run_id, seq=seq, position=self._next, at=at, event=event)
+                    )
+                self._next += 1
         self._heads[run_id] = Head(seq, prev)
         self.appended.extend(out)
         return out
