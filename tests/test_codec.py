@@ -17,6 +17,7 @@ from foldloop.events import (
     ToolCompleted,
     ToolRequested,
     UnknownEvent,
+    Usage,
     decode_event,
     encode_event,
     register_upcaster,
@@ -144,9 +145,12 @@ FIELD_ORDER = {
 }
 
 
-@pytest.mark.parametrize("cls", EVENT_TYPES, ids=lambda c: c.__struct_config__.tag)
+FIELD_ORDER["Usage"] = ("input_tokens", "output_tokens", "cost_usd")  # stored positionally too
+
+
+@pytest.mark.parametrize("cls", [*EVENT_TYPES, Usage], ids=lambda c: c.__struct_config__.tag)
 def test_stored_field_order_only_grows_at_the_end(cls: type) -> None:
-    pinned = FIELD_ORDER[cls.__struct_config__.tag]
+    pinned = FIELD_ORDER[cls.__struct_config__.tag or cls.__name__]
     fields = cls.__struct_fields__
     assert fields[: len(pinned)] == pinned, (
         f"{cls.__name__}'s fields moved: stored records hold {pinned} by position; add new "

@@ -12,7 +12,7 @@ from foldloop.events.values import Limits, ToolInfo, Usage
 
 __all__ = ["CallState", "CallStatus", "RunState", "RunStatus", "STATE_VERSION"]
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 """Bumped whenever RunState's shape changes, so older snapshots are ignored, not misread."""
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from foldloop.events.catalogue import Event, KnownEvent
+from foldloop.events.values import Usage
 
 __all__ = [
     "NAMED_UNION",
@@ -35,22 +36,30 @@ event that changes shape (a field renamed, removed or moved) gets a new schema_v
 its old order is added here, and an upcaster carries the old map forward."""
 
 
-def _twin(cls: type[Event]) -> type[msgspec.Struct]:
-    """A map-encoded struct with ``cls``'s fields, defaults and tag."""
+def _twin(cls: type[msgspec.Struct], values: dict[type, type]) -> type[msgspec.Struct]:
+    """A map-encoded struct with ``cls``'s fields, defaults and tag; fields holding a
+    positional value type (``values``' keys) hold its named twin instead."""
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
     for f in msgspec.structs.fields(cls):
+        kind = values.get(f.type, f.type)
+        default = f.default
+        if type(default) in values:
+            twin_default = _SHARED.setdefault(default, values[type(default)](**_fields(default)))
+            _SHARED.setdefault(twin_default, default)
+            default = twin_default
         if f.required:
-            fields.append((f.name, f.type))
+            fields.append((f.name, kind))
         elif f.default_factory is not msgspec.NODEFAULT:
-            fields.append((f.name, f.type, msgspec.field(default_factory=f.default_factory)))
+            fields.append((f.name, kind, msgspec.field(default_factory=f.default_factory)))
         else:
-            fields.append((f.name, f.type, f.default))
+            fields.append((f.name, kind, default))
+    tag = cls.__struct_config__.tag
     return msgspec.defstruct(
         cls.__name__,
         fields,
         module=__name__,
-        tag=cls.__struct_config__.tag,
-        tag_field="type",
+        tag=tag if isinstance(tag, str) else None,
+        tag_field="type" if isinstance(tag, str) else None,
         kw_only=True,
         omit_defaults=True,
         frozen=True,
@@ -58,8 +67,31 @@ def _twin(cls: type[Event]) -> type[msgspec.Struct]:
     )
 
 
+_SHARED: dict[Any, Any] = {}
+"""One object per default value and its twin, so that a field at its default is omitted
+(msgspec omits a default it is handed, not an equal copy of it)."""
+
+
+def _fields(value: Any) -> dict[str, Any]:
+    return msgspec.structs.asdict(value)
+
+
+_VALUES: dict[type, type] = {Usage: _twin(Usage, {})}
+"""The positional value types events hold, and their named twins."""
+_VALUES_BACK: dict[type, type] = {twin: cls for cls, twin in _VALUES.items()}
+
+
+def _convert(data: dict[str, Any], types: dict[type, type]) -> dict[str, Any]:
+    """``data``'s values of a type in ``types`` turned into its counterpart."""
+    for name, value in data.items():
+        other = types.get(type(value))
+        if other is not None:
+            data[name] = _SHARED.get(value) or other(**_fields(value))
+    return data
+
+
 _CLASSES: tuple[type[Event], ...] = KnownEvent.__args__
-_TWINS: dict[type[Event], type[msgspec.Struct]] = {cls: _twin(cls) for cls in _CLASSES}
+_TWINS: dict[type[Event], type[msgspec.Struct]] = {cls: _twin(cls, _VALUES) for cls in _CLASSES}
 _REAL: dict[type[msgspec.Struct], type[Event]] = {twin: cls for cls, twin in _TWINS.items()}
 _CURRENT: dict[str, type[Event]] = {str(cls.__struct_config__.tag): cls for cls in _CLASSES}
 NAMED_UNION: Any = _TWINS[_CLASSES[0]]
@@ -70,12 +102,13 @@ for _twin_cls in list(_TWINS.values())[1:]:
 
 def to_named(event: KnownEvent) -> msgspec.Struct:
     """``event``'s named twin: encodes as ``{"type": tag, field: value, ...}``."""
-    return _TWINS[type(event)](**msgspec.structs.asdict(event))
+    return _TWINS[type(event)](**_convert(msgspec.structs.asdict(event), _VALUES))
 
 
 def from_named(named: msgspec.Struct) -> KnownEvent:
     """The event a named twin stands for."""
-    event: KnownEvent = _REAL[type(named)](**msgspec.structs.asdict(named))  # type: ignore[assignment]
+    fields = _convert(msgspec.structs.asdict(named), _VALUES_BACK)
+    event: KnownEvent = _REAL[type(named)](**fields)  # type: ignore[assignment]
     return event
 
 

@@ -70,8 +70,12 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=F
         )
 
 
-class Usage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
-    """Tokens and dollars one model call (or a whole run) consumed."""
+class Usage(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=False):
+    """Tokens and dollars one model call (or a whole run) consumed.
+
+    Stored positionally (``[input_tokens, output_tokens, cost_usd]``), like the events:
+    every model reply carries one, and its field names were a seventh of a step's bytes.
+    The same rule holds: a new field goes at the end, with a default."""
 
     input_tokens: int = 0
     output_tokens: int = 0
