@@ -43,7 +43,7 @@ from foldloop.events import (
     decode_event,
     encode_event,
 )
-from foldloop.store.framing import decode_frame, unseal
+from foldloop.store.framing import decode_stored, unseal
 
 STEPS = 20
 
@@ -263,16 +263,17 @@ def _synthetic_run(store: Any, events: int) -> str:
 
 
 def bare_decode(store: Any) -> int:
-    """The reference of the fold: a bare cursor over the whole log, each record's checksum
-    checked and its envelope and event decoded; returns how many records it read."""
+    """The reference of the fold: a bare cursor over the whole log, each stored value's
+    checksum checked, its envelope and each of its events decoded; returns how many
+    events it read."""
 
     def walk(txn: Any) -> int:
         count = 0
         for _key, value in txn.cursor(db=store._log):
             _prev, body = unseal(value)
-            frame = decode_frame(body)
-            decode_event(bytes(frame.event), frame.v)
-            count += 1
+            for raw in decode_stored(body).events:
+                decode_event(bytes(raw))
+                count += 1
         return count
 
     return int(store.read_txn(walk))

@@ -126,7 +126,7 @@ def test_rewritten_record_with_valid_checksum_breaks_the_hash_chain(store_path: 
         for i in (1, 2, 3):  # three appends, three stored values
             store.append("r1", [ev(i)], expected_seq=i - 1, at=i)
         position = store.read("r1")[1].position
-        forged = batch_frame("r1", 2, position, encode_all([ev(99)], 2))
+        forged = batch_frame(store._numbers["r1"], 2, position, encode_all([ev(99)], 2))
         value, _ = seal(forged, b"\0" * 16)
         with store.env.begin(write=True) as txn:
             txn.put(position.to_bytes(8, "big"), value, db=store._log)
@@ -613,5 +613,70 @@ def test_an_append_is_one_stored_value_per_clock_reading(store_path: Path) -> No
         assert [r.event for r in got] == [ev(i) for i in range(1, 7)]
         assert store.verify_chain("r") == 6 and store.last_position() == 6
         assert [r.seq for r in store.read("r", 2, 5)] == [2, 3, 4, 5]
+    finally:
+        store.close()
+
+
+def _run_numbers(store: Any) -> dict[str, int]:
+    from foldloop.store.framing import unpack_run
+
+    return dict(
+        store.read_txn(
+            lambda txn: [
+                (bytes(k).decode(), unpack_run(v)) for k, v in txn.cursor(db=store._run_numbers)
+            ]
+        )
+    )
+
+
+def test_runs_are_numbered_once_across_processes(store_path: Path) -> None:
+    """Stored values name their run by a number given on its first append. Another
+    process numbers its own new runs in the same sequence, and this process reads them
+    by the names it has not seen yet."""
+    store = open_store(store_path)
+    try:
+        store.append("run-a", [ev(1)], expected_seq=0, at=1)
+        code = textwrap.dedent(
+            f"""
+            from foldloop.events import ToolCompleted
+            from foldloop.store import open_store
+            s = open_store({str(store_path)!r})
+            for name in ("run-b", "run-c", "run-a"):
+                head = s.head(name)
+                s.append(name, [ToolCompleted(call_id=name, result="x")], expected_seq=head, at=2)
+            s.close()
+            """
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr.decode()
+        store.append("run-d", [ev(4)], expected_seq=0, at=3)
+        assert _run_numbers(store) == {"run-a": 1, "run-b": 2, "run-c": 3, "run-d": 4}
+        assert [(r.run_id, r.seq) for r in store.read_all()] == [
+            ("run-a", 1),
+            ("run-b", 1),
+            ("run-c", 1),
+            ("run-a", 2),
+            ("run-d", 1),
+        ]
+        assert [r.event.call_id for r in store.read("run-c")] == ["run-c"]  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+
+def test_a_number_given_in_an_aborted_transaction_is_not_kept(store_path: Path) -> None:
+    store = open_store(store_path)
+    try:
+        payloads = encode_all([ev(1)], 1)
+
+        def append_then_crash(w: Any) -> None:
+            w.append("lost", payloads, expected_seq=0)
+            raise RuntimeError("the op fails after its append")
+
+        with pytest.raises(StoreError, match="the op fails after its append"):
+            store.submit(append_then_crash).wait()
+        store.append("kept", [ev(1)], expected_seq=0, at=2)
+        store.append("lost", [ev(2)], expected_seq=0, at=3)
+        assert _run_numbers(store) == {"kept": 1, "lost": 2}
+        assert [(r.run_id, r.event) for r in store.read_all()] == [("kept", ev(1)), ("lost", ev(2))]
     finally:
         store.close()

@@ -5,9 +5,11 @@ stored value, under the log position of its first event:
 
     crc32(prev_hash || frame)  4 bytes, big-endian
     prev_hash                  16 bytes: the chain hash of the run's previous value
-    frame                      msgpack [run_id, seq, position, at, count, events, versions]
+    frame                      msgpack [run, seq, position, at, count, events, versions]
 
-``seq`` and ``position`` are the first event's; the others follow one by one. ``events``
+``run`` is the run's number in this store (``run_numbers``: assigned on its first append,
+never reused, a byte or two where the run id takes fifteen to forty). ``seq`` and
+``position`` are the first event's; the others follow one by one. ``events``
 are positional payloads (``events.codec``); ``versions`` is empty when every event is at
 schema version 1. The chain hash of a value is blake2b-128(prev_hash || frame). Reads
 verify the crc (cheap, every time); ``verify_chain`` walks the hashes (doctor, verify).
@@ -40,6 +42,8 @@ __all__ = [
     "Batch",
     "TypedBatch",
     "batch_frame",
+    "pack_run",
+    "unpack_run",
     "decode_stored",
     "peek_stored",
     "IndexRange",
@@ -60,6 +64,7 @@ __all__ = [
 HASH_SIZE = 16
 GENESIS = b"\0" * HASH_SIZE
 _U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
 _CRC = struct.Struct(">I")
 _HEADER = _CRC.size + HASH_SIZE
 _CRC_OF = _CRC.unpack_from
@@ -192,9 +197,10 @@ class RunSeq(msgspec.Struct, array_like=True, frozen=True):
 
 class Batch(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """The frame of a stored value: one append's events, raw until someone decodes them.
-    Every field is always written (no omitted defaults), so its array has seven items."""
+    Every field is always written (no omitted defaults), so its array has seven items.
+    ``run`` is the run's number (its id itself in a one-event value of formats 1-3)."""
 
-    run_id: str
+    run: int | str
     seq: int
     position: int
     at: int
@@ -211,7 +217,7 @@ class Batch(msgspec.Struct, array_like=True, frozen=True, gc=False):
 class TypedBatch(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """The same frame with its events decoded in one pass (the fast read path)."""
 
-    run_id: str
+    run: int
     seq: int
     position: int
     at: int
@@ -223,7 +229,7 @@ class TypedBatch(msgspec.Struct, array_like=True, frozen=True, gc=False):
 class _BatchHead(msgspec.Struct, array_like=True, frozen=True):
     """A frame's leading fields: enough to place its events without decoding them."""
 
-    run_id: str
+    run: int
     seq: int
     position: int
     at: int
@@ -249,6 +255,16 @@ def unpack_position(key: bytes) -> int:
     return int(_U64.unpack(key)[0])
 
 
+def pack_run(run: int) -> bytes:
+    """Key of a run number (u32 big-endian): numbers sort in the order they were given."""
+    return _U32.pack(run)
+
+
+def unpack_run(key: bytes) -> int:
+    """Inverse of ``pack_run``."""
+    return int(_U32.unpack(key)[0])
+
+
 def index_prefix(run_id: str) -> bytes:
     """Key prefix of a run's index entries (run ids never hold NUL)."""
     return run_id.encode() + b"\0"
@@ -260,14 +276,14 @@ def index_key(run_id: str, seq: int) -> bytes:
 
 
 def batch_frame(
-    run_id: str, seq: int, position: int, payloads: Sequence[tuple[KnownEvent, bytes, int]]
+    run: int, seq: int, position: int, payloads: Sequence[tuple[KnownEvent, bytes, int]]
 ) -> Batch:
-    """The frame of events appended together at one time: ``payloads`` are (event, its
-    encoded bytes, at), ``at`` the same for all; schema versions are stored only when one
-    of them is not 1."""
+    """The frame of events appended together at one time to run number ``run``:
+    ``payloads`` are (event, its encoded bytes, at), ``at`` the same for all; schema
+    versions are stored only when one of them is not 1."""
     versions = tuple(type(event).schema_version for event, _raw, _at in payloads)
     return Batch(
-        run_id,
+        run,
         seq,
         position,
         payloads[0][2],
@@ -312,11 +328,12 @@ def decode_stored(body: bytes) -> Batch:
     return Batch(old.run_id, old.seq, old.position, old.at, 1, (old.event,), (old.v,))
 
 
-def peek_stored(body: bytes) -> tuple[str, int, int]:
-    """(run_id, first seq, event count) of a stored frame, its events skipped."""
+def peek_stored(body: bytes) -> tuple[int | str, int, int]:
+    """(run number, or id in formats 1-3; first seq; event count) of a stored frame, its
+    events skipped."""
     if body[:1] == b"\x97":
         head = _HEAD_DECODER.decode(body)
-        return head.run_id, head.seq, head.count
+        return head.run, head.seq, head.count
     where = _RUN_SEQ_DECODER.decode(body)
     return where.run_id, where.seq, 1
 

@@ -7,6 +7,8 @@ Databases inside the environment:
     index           run_id NUL seq (u64 BE) -> where a stretch of the run's events sits, and
                                                the chain hash of its last value, for events up
                                                to meta["indexed"]; a cache of the log, see below
+    run_numbers     run_id                  -> its number (u32 BE), given on its first append
+    run_ids         number (u32 BE)         -> run_id: stored values name runs by number
     leases          run_id                  -> Lease(owner, epoch)
     snapshots       run_id                  -> msgpack [state_version, seq, state, chunks]
     history_chunks  run_id NUL n (u32 BE)   -> a full chunk of the run's messages (snapshot.py)
@@ -69,6 +71,7 @@ from foldloop.store.framing import (
     index_prefix,
     open_fast,
     pack_position,
+    pack_run,
     peek_stored,
     unpack_position,
     unseal,
@@ -210,6 +213,8 @@ class LmdbStore:
             self._open = self.env.open_db(b"approvals_open", create=True)
             self._checkpoints = self.env.open_db(b"checkpoints", create=True)
             self._chunks = self.env.open_db(b"history_chunks", create=True)
+            self._run_numbers = self.env.open_db(b"run_numbers", create=True)
+            self._run_ids = self.env.open_db(b"run_ids", create=True)
         except lmdb.Error as exc:
             self.env.close()
             raise StoreError(f"cannot open the store at {str(path)!r}: {exc}") from None
@@ -227,6 +232,9 @@ class LmdbStore:
         self._tail_heads: dict[str, Head] = {}
         self._written_id = -2  # LMDB id of this process's last write txn, and what came next
         self._written_next = 0
+        # Run numbers never change once committed, so both directions are cached for good.
+        self._numbers: dict[str, int] = {}
+        self._names: dict[int, str] = {}
         self._listeners: list[Callable[[list[Recorded]], None]] = []
         self._refs = 0
         self.writer = Writer(lambda: WriteTxn(self), self._grow, self._notify)
@@ -337,11 +345,26 @@ class LmdbStore:
             return
         for key, value in cur:
             try:
-                run_id, seq, count = peek_stored(bytes(value[_FRAME_AT:]))
+                run, seq, count = peek_stored(bytes(value[_FRAME_AT:]))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 where_ = f"the value at log position {unpack_position(key)}"
                 raise CorruptRecord("?", 0, f"{where_} is unreadable ({exc})") from None
-            yield unpack_position(key), value, run_id, seq, count
+            yield unpack_position(key), value, self._run_id(txn, run, seq), seq, count
+
+    def _run_id(self, txn: Any, run: int | str, seq: int = 0) -> str:
+        """The id of the run a stored value names (by number, or by id before format 4)."""
+        if isinstance(run, str):
+            return run
+        name = self._names.get(run)
+        if name is None:
+            raw = txn.get(pack_run(run), db=self._run_ids)
+            if raw is None:
+                raise CorruptRecord(
+                    "?", seq, f"a stored value names run number {run}, which the store lacks"
+                )
+            name = self._names[run] = bytes(raw).decode()
+            self._numbers[name] = run
+        return name
 
     # -- writes --------------------------------------------------------------------------
 
@@ -399,7 +422,7 @@ class LmdbStore:
             last = to_seq if to_seq is not None else 1 << 63
             for _pos, value, rid, first, count in self._scan_tail(txn, self._indexed(txn)):
                 if rid == run_id and first + count > from_seq and first <= last:
-                    batch = self._records(value, run_id, first)
+                    batch = self._records(txn, value, run_id, first)
                     out.extend(r for r in batch if from_seq <= r.seq <= last)
             return out
 
@@ -423,7 +446,7 @@ class LmdbStore:
                 position = positions[seq - entry.first_seq]
                 i = position - first
                 if not 0 <= i < len(batch):
-                    batch = self._batch_at(cur, position, run_id, seq, careful)
+                    batch = self._batch_at(txn, cur, position, (run_id, seq), careful=careful)
                     first = batch[0].position
                     i = position - first
                 rec = batch[i]
@@ -437,11 +460,13 @@ class LmdbStore:
         return out
 
     def _batch_at(
-        self, cur: Any, position: int, run_id: str, seq: int, careful: bool
+        self, txn: Any, cur: Any, position: int, wanted: tuple[str, int], *, careful: bool
     ) -> list[Recorded]:
-        """The events of the stored value holding ``position`` (``run_id``'s ``seq``), the
+        """The events of the stored value holding ``position`` (``wanted``: the run id and
+        seq the index says it holds), the
         cursor left on it. The next value is tried first: it is the one wanted whenever the
         run's values are adjacent."""
+        run_id, seq = wanted
         key = pack_position(position)
         if not (cur.next() and cur.key() == key) and not _seek_value(cur, key):
             raise CorruptRecord(run_id, seq, "the index points at a missing record")
@@ -451,12 +476,12 @@ class LmdbStore:
         if (
             typed is not None
             and not typed.versions
-            and typed.run_id == run_id
+            and self._names.get(typed.run) == run_id
             and 0 <= position - typed.position < typed.count
             and typed.seq + position - typed.position == seq
         ):
-            return _unpack(typed)
-        batch = self._records(value, run_id, seq, within=True)
+            return _unpack(typed, run_id)
+        batch = self._records(txn, value, run_id, seq, within=True)
         if not 0 <= position - batch[0].position < len(batch):
             raise CorruptRecord(run_id, seq, "the index points at a missing record")
         return batch
@@ -471,7 +496,7 @@ class LmdbStore:
             for _pos, value, rid, first, count in self._scan_tail(txn, self._indexed(txn)):
                 start = starts.get(rid)
                 if start is not None and first + count > start:
-                    batch = self._records(value, rid, first)
+                    batch = self._records(txn, value, rid, first)
                     out[rid].extend(r for r in batch if r.seq >= start)
             return out
 
@@ -498,7 +523,8 @@ class LmdbStore:
             if not _seek_value(cur, pack_position(start)):
                 return out
             for _key, value in cur:
-                out.extend(r for r in self._records(value, None, None) if r.position >= start)
+                batch = self._records(txn, value, None, None)
+                out.extend(r for r in batch if r.position >= start)
                 if limit is not None and len(out) >= limit:
                     return out[:limit]
             return out
@@ -666,7 +692,13 @@ class LmdbStore:
         return owner_alive(self.owners_dir, owner)
 
     def _records(
-        self, value: bytes | None, run_id: str | None, seq: int | None, *, within: bool = False
+        self,
+        txn: Any,
+        value: bytes | None,
+        run_id: str | None,
+        seq: int | None,
+        *,
+        within: bool = False,
     ) -> list[Recorded]:
         """The events of one stored value, checked: its checksum, and (unless None) that it
         is ``run_id``'s and starts at ``seq`` (holds ``seq``, when ``within``). Raises
@@ -675,39 +707,35 @@ class LmdbStore:
         if value is None:
             raise CorruptRecord(rid, s, "the index points at a record that is missing")
         typed = None if has_upcasters() else open_fast(value)
-        if (
-            typed is not None
-            and not typed.versions
-            and (run_id is None or typed.run_id == run_id)
-            and (seq is None or typed.seq == seq or within)
-        ):
-            return _unpack(typed)
+        if typed is not None and not typed.versions and (seq is None or typed.seq == seq or within):
+            name = self._run_id(txn, typed.run, typed.seq)
+            if run_id is None or name == run_id:
+                return _unpack(typed, name)
         # A bad checksum, an unknown tag, an old shape or format, a value out of place.
         try:
             _prev, body = unseal(value)
             batch = decode_stored(body)
         except (SealBroken, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise CorruptRecord(*_where(value, rid, s), str(exc)) from None
-        if run_id is not None and batch.run_id != run_id:
-            raise CorruptRecord(rid, s, f"the record holds run {batch.run_id!r} seq {batch.seq}")
+            raise CorruptRecord(*self._where(txn, value, rid, s), str(exc)) from None
+        name = self._run_id(txn, batch.run, batch.seq)
+        if run_id is not None and name != run_id:
+            raise CorruptRecord(rid, s, f"the record holds run {name!r} seq {batch.seq}")
         if seq is not None and not (
             batch.seq <= seq <= batch.last_seq if within else batch.seq == seq
         ):
-            raise CorruptRecord(rid, s, f"the record holds {batch.run_id!r} seq {batch.seq}")
+            raise CorruptRecord(rid, s, f"the record holds {name!r} seq {batch.seq}")
         versions = batch.versions or (1,) * batch.count
         if len(batch.events) != batch.count or len(versions) != batch.count:
-            raise CorruptRecord(batch.run_id, batch.seq, "the record's event count is wrong")
+            raise CorruptRecord(name, batch.seq, "the record's event count is wrong")
         out = []
         for i, (raw, version) in enumerate(zip(batch.events, versions, strict=True)):
             try:
                 event = decode_event(bytes(raw), version)
             except DecodeFailure as exc:
-                raise CorruptRecord(
-                    batch.run_id, batch.seq + i, f"undecodable event: {exc}"
-                ) from None
+                raise CorruptRecord(name, batch.seq + i, f"undecodable event: {exc}") from None
             out.append(
                 Recorded(
-                    run_id=batch.run_id,
+                    run_id=name,
                     seq=batch.seq + i,
                     position=batch.position + i,
                     at=batch.at,
@@ -715,6 +743,17 @@ class LmdbStore:
                 )
             )
         return out
+
+    def _where(self, txn: Any, value: bytes, run_id: str, seq: int) -> tuple[str, int]:
+        """The run and seq a damaged value names (read past its checksum), when the caller
+        does not know them (a read across the log); the caller's own otherwise."""
+        if run_id != "?":
+            return run_id, seq
+        try:
+            run, first, _count = peek_stored(bytes(value[_FRAME_AT:]))
+            return self._run_id(txn, run, first), first
+        except (msgspec.DecodeError, msgspec.ValidationError, CorruptRecord):
+            return run_id, seq
 
     def verify_chain(self, run_id: str) -> int:
         """Walk the run's hash chain and checksums; return its length or raise CorruptRecord."""
@@ -726,7 +765,7 @@ class LmdbStore:
 
             def check(value: bytes | None, seq: int) -> list[Recorded]:
                 nonlocal prev, expected
-                records = self._records(value, run_id, seq)
+                records = self._records(txn, value, run_id, seq)
                 assert value is not None
                 stored_prev, _ = unseal(value)
                 if stored_prev != prev:
@@ -784,9 +823,9 @@ class LmdbStore:
         self._close()
 
 
-def _unpack(typed: TypedBatch) -> list[Recorded]:
-    """A decoded value's events as records."""
-    run_id, seq, position, at = typed.run_id, typed.seq, typed.position, typed.at
+def _unpack(typed: TypedBatch, run_id: str) -> list[Recorded]:
+    """A decoded value's events as records (of ``run_id``, the run its number names)."""
+    seq, position, at = typed.seq, typed.position, typed.at
     return [
         Recorded(run_id=run_id, seq=seq + i, position=position + i, at=at, event=event)
         for i, event in enumerate(typed.events)
@@ -801,18 +840,6 @@ def _seek_value(cur: Any, key: bytes) -> bool:
             cur.set_range(key)
         return True
     return bool(cur.last())
-
-
-def _where(value: bytes, run_id: str, seq: int) -> tuple[str, int]:
-    """The run and seq a damaged record names (read past its checksum), when the caller
-    does not know them (a read across the log); the caller's own otherwise."""
-    if run_id != "?":
-        return run_id, seq
-    try:
-        found, first, _count = peek_stored(bytes(value[_FRAME_AT:]))
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return run_id, seq
-    return found, first
 
 
 _REGISTRY: dict[str, LmdbStore] = {}

@@ -26,8 +26,10 @@ from foldloop.store.framing import (
     index_key,
     index_value,
     pack_position,
+    pack_run,
     seal,
     steps_between,
+    unpack_run,
 )
 from foldloop.store.layout import (
     APPROVAL_DECODER,
@@ -80,6 +82,7 @@ class WriteTxn:
             self._resize.release_shared()
             raise
         self._heads: dict[str, Head] = {}
+        self._numbered: dict[str, int] = {}  # run numbers given in this transaction
         self._new: list[TailEntry] = []
         self._force_index = False
 
@@ -96,6 +99,8 @@ class WriteTxn:
                 self._write_index((*store._tail, *self._new))
                 self.txn.put(INDEXED_KEY, pack_position(self._next - 1), db=store._meta)
             self.txn.commit()
+            for run_id, number in self._numbered.items():
+                store._numbers[run_id], store._names[number] = number, run_id
             # An unchanged transaction does not advance LMDB's id, so the next one reuses
             # this id and takes the slow path above: remembering it is always safe.
             store._written_id, store._written_next = self._id, self._next
@@ -139,6 +144,26 @@ class WriteTxn:
             return head
         return last_index_entry(self.txn.cursor(db=self.store._index), run_id)
 
+    def run_number(self, run_id: str) -> int:
+        """The run's number, given now (the next free one) on its first append. Numbers
+        given here reach the store's cache only once this transaction commits, so an
+        aborted one never leaves a number two runs could both be given."""
+        number = self.store._numbers.get(run_id) or self._numbered.get(run_id)
+        if number is not None:
+            return number
+        store, key = self.store, run_id.encode()
+        raw = self.txn.get(key, db=store._run_numbers)
+        if raw is not None:
+            number = store._numbers[run_id] = unpack_run(raw)
+            store._names[number] = run_id
+            return number
+        cur = self.txn.cursor(db=store._run_ids)
+        number = unpack_run(cur.key()) + 1 if cur.last() else 1
+        self.txn.put(key, pack_run(number), db=store._run_numbers)
+        self.txn.put(pack_run(number), key, db=store._run_ids)
+        self._numbered[run_id] = number
+        return number
+
     def lease(self, run_id: str) -> Lease | None:
         raw = self.txn.get(run_id.encode(), db=self.store._leases)
         return None if raw is None else LEASE_DECODER.decode(raw)
@@ -177,6 +202,7 @@ class WriteTxn:
             self.check_lease(run_id, owner, epoch)
         put, log_db, new = self.txn.put, self.store._log, self._new
         keep = records or bool(self.store._listeners)
+        number = self.run_number(run_id)
         prev = head.hash
         seq = head.seq
         out: list[Recorded] = []
@@ -185,7 +211,7 @@ class WriteTxn:
         for at, group in itertools.groupby(payloads, key=_AT):
             batch = list(group)
             position = self._next
-            value, prev = seal(batch_frame(run_id, seq + 1, position, batch), prev)
+            value, prev = seal(batch_frame(number, seq + 1, position, batch), prev)
             put(pack_position(position), value, db=log_db, append=True)
             for event, _raw, _at in batch:
                 seq += 1
