@@ -7,19 +7,18 @@ The other scripts measure foldloop against a floor; this one measures what is le
 them once the work DESIGN requires is counted, so a target can be judged reachable or not
 before anyone rewrites the runtime for it.
 
-1. Step: four loops alternate in one process on the same disk, each one durable LMDB
+1. Step: three loops alternate in one process on the same disk, each one durable LMDB
    transaction a step: the floor (raw LMDB, the step's four events encoded), the *lean
    loop* (the floor plus what DESIGN requires of every step whatever the runtime around
-   it: ``decide`` on each command, evolving the state, the tool's argument check, and each
-   record sealed with its checksum and chain hash), the lean loop storing a step's events
-   as one value (section 2's shape), and foldloop itself. lean/floor is the best ratio any
-   shell around this core could reach; foldloop/lean is what the shell (actors, the
-   group-commit writer, leases, timers, approvals) costs.
-2. Disk: a run's records re-encoded in ever tighter forms, each with LMDB's measured cost
-   per entry, against the 450 bytes-a-step target: today's format; one-character field
-   keys (the map form DESIGN's named, upcastable fields allow); run ids interned; forms
-   DESIGN's rules do not allow (positional fields, an 8-byte chain hash); and a step's
-   events stored as one value, with today's keys and with one-character keys.
+   it: ``decide`` on each command, evolving the state, the tool's argument check, and the
+   step's events sealed as the store seals them: one value, checksum and chain hash), and
+   foldloop itself. lean/floor is the best ratio any shell around this core could reach;
+   foldloop/lean is what the shell (actors, the group-commit writer, leases, timers,
+   approvals) costs.
+2. Disk: where a step's bytes go in today's format (store format 4), measured on the
+   stored values of 20- and 1,000-step runs: the values' envelopes (checksum, chain hash,
+   run number, seq, position, time), the events themselves, LMDB's cost per entry, and
+   the other databases, against the 450 bytes-a-step target.
 3. Fold: a 100,000-event run read back as the public ``Recorded`` envelopes with nothing
    folded (``store.read``), against the bare cursor+checksum+decode loop: what is left of
    the 85% target for the fold itself.
@@ -28,19 +27,15 @@ before anyone rewrites the runtime for it.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import itertools
 import logging
 import statistics
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
 import lmdb
-import msgspec
 import structlog
 from bench_steps import Floor, _synthetic_run, _timed, agent, bare_decode, foldloop_run
 
@@ -51,8 +46,8 @@ from foldloop.core.commands import ModelReplied
 from foldloop.core.decide import decide
 from foldloop.core.effects import CallModel, RunTools
 from foldloop.core.state import RunState
-from foldloop.events import ModelResponded, ModelToolCall, Recorded, Usage
-from foldloop.store.framing import GENESIS, Frame, open_fast, seal
+from foldloop.events import ModelResponded, ModelToolCall, Usage
+from foldloop.store.framing import GENESIS, batch_frame, decode_stored, open_fast, seal
 from foldloop.store.layout import encode_all
 
 STEPS = 20
@@ -68,19 +63,17 @@ class LeanLoop:
     events are encoded and sealed (CRC, chain hash) and committed durably (the tool is not
     idempotent); the tool's arguments are checked and it runs; its result goes through
     ``decide`` (tool.completed, then model.requested), whose events ride in the next
-    step's transaction, as the runtime holds them back too. ``batched`` seals the events
-    of each transaction into one stored value (one checksum, chain hash and envelope),
-    the record shape that section 2 finds under 450 bytes a step.
+    step's transaction, as the runtime holds them back too. A transaction's events are
+    sealed into one stored value, as the store seals an append.
     """
 
-    def __init__(self, directory: Path, a: fl.Agent, *, batched: bool = False) -> None:
+    def __init__(self, directory: Path, a: fl.Agent) -> None:
         self.env = lmdb.open(str(directory), map_size=1 << 30, sync=True, metasync=True, max_dbs=2)
         self.db = self.env.open_db(b"log")
         self.agent = a
         self.tool = a.tools[0]
         self.position = 0
         self.runs = 0
-        self.batched = batched
         self.types: list[str] = []
         """The event types the last run wrote, in order (checked against foldloop's)."""
 
@@ -114,22 +107,11 @@ class LeanLoop:
             payloads = encode_all([*held, *decision.events], now)
             self.types += [event.type for event, _raw, _at in payloads]
             with self.env.begin(write=True) as txn:
-                if self.batched:
-                    first = self.position + 1
-                    items = [[at, msgspec.Raw(raw)] for _event, raw, at in payloads]
-                    body = chain + _ENC.encode([run_id, seq + 1, first, items, 1])
-                    chain = hashlib.blake2b(body, digest_size=16).digest()
-                    value = zlib.crc32(body).to_bytes(4, "big") + body
-                    txn.put(first.to_bytes(8, "big"), value, db=self.db, append=True)
-                    seq += len(payloads)
-                    self.position += len(payloads)
-                else:
-                    for _event, raw, at in payloads:
-                        seq += 1
-                        self.position += 1
-                        frame = Frame(run_id, seq, self.position, at, msgspec.Raw(raw))
-                        value, chain = seal(frame, chain)
-                        txn.put(self.position.to_bytes(8, "big"), value, db=self.db, append=True)
+                frame = batch_frame(self.runs, seq + 1, self.position + 1, payloads)
+                value, chain = seal(frame, chain)
+                txn.put((self.position + 1).to_bytes(8, "big"), value, db=self.db, append=True)
+                seq += len(payloads)
+                self.position += len(payloads)
             held = []
             if last:
                 break
@@ -148,73 +130,31 @@ def bench_step(pairs: int) -> None:
     a = agent(STEPS)
     with tempfile.TemporaryDirectory() as d, fl.Runtime.open(Path(d) / "fl") as rt:
         floor, lean = Floor(Path(d) / "floor"), LeanLoop(Path(d) / "lean", a)
-        batched = LeanLoop(Path(d) / "batched", a, batched=True)
         for _ in range(3):
-            floor.run(STEPS), lean.run(STEPS), batched.run(STEPS), foldloop_run(rt, a, STEPS)
+            floor.run(STEPS), lean.run(STEPS), foldloop_run(rt, a, STEPS)
         samples = [
-            (floor.run(STEPS), lean.run(STEPS), foldloop_run(rt, a, STEPS), batched.run(STEPS))
-            for _ in range(pairs)
+            (floor.run(STEPS), lean.run(STEPS), foldloop_run(rt, a, STEPS)) for _ in range(pairs)
         ]
         run = rt.spawn(a, "go")
         assert run.wait(timeout=60).ok
         ours = [r.type for r in rt.events(run.id)]
         assert lean.types == ours, f"the lean loop wrote {lean.types}, foldloop {ours}"
-        for loop in (floor, lean, batched):
+        for loop in (floor, lean):
             loop.env.close()
     med = statistics.median
-    lean_ratio = med(b / f for f, b, _, _ in samples)
-    ours_ratio = med(o / f for f, _, o, _ in samples)
+    lean_ratio = med(b / f for f, b, _ in samples)
+    ours_ratio = med(o / f for f, _, o in samples)
     print(f"1. a {STEPS}-step run, {pairs} rounds (median µs a step; paired ratios)")
-    print(f"   floor (raw LMDB, 1 durable txn/step):  {med(f for f, _, _, _ in samples):8.1f}")
-    print(f"   lean loop (floor + DESIGN's work):     {med(b for _, b, _, _ in samples):8.1f}")
-    print(f"   ... one stored value a step:           {med(x for _, _, _, x in samples):8.1f}")
-    print(f"   foldloop:                              {med(o for _, _, o, _ in samples):8.1f}")
+    print(f"   floor (raw LMDB, 1 durable txn/step):  {med(f for f, _, _ in samples):8.1f}")
+    print(f"   lean loop (floor + DESIGN's work):     {med(b for _, b, _ in samples):8.1f}")
+    print(f"   foldloop:                              {med(o for _, _, o in samples):8.1f}")
     print(f"   lean/floor:      {lean_ratio:5.2f}x  (the best any runtime shell could reach)")
-    print(
-        f"   ... one value:   {med(x / f for f, _, _, x in samples):5.2f}x  "
-        "(the same with section 2's record shape)"
-    )
     print(f"   foldloop/floor:  {ours_ratio:5.2f}x  (target {TARGET_RATIO}x)")
     room = (TARGET_RATIO - lean_ratio) / (ours_ratio - lean_ratio) if ours_ratio > lean_ratio else 1
     print(f"   the target leaves the shell {max(0.0, room):.0%} of what it costs now")
 
 
 # -- disk --------------------------------------------------------------------------------
-
-
-def _keyed(value: Any) -> Any:
-    """``value`` as msgpack would hold it with one-character keys (``type`` kept)."""
-    if isinstance(value, dict):
-        return {
-            k if k == "type" else chr(ord("a") + i): _keyed(v)
-            for i, (k, v) in enumerate(value.items())
-        }
-    if isinstance(value, list):
-        return [_keyed(v) for v in value]
-    return value
-
-
-def _positional(value: Any) -> Any:
-    """``value`` with every map turned into the list of its values (the tag first)."""
-    if isinstance(value, dict):
-        return [_positional(v) for v in value.values()]
-    if isinstance(value, list):
-        return [_positional(v) for v in value]
-    return value
-
-
-_ENC = msgspec.msgpack.Encoder()
-
-
-def _record_bytes(rec: Recorded, event: Any, run_ref: Any, hash_size: int) -> int:
-    envelope = _ENC.encode([run_ref, rec.seq, rec.position, rec.at, msgspec.Raw(event), 1])
-    return 4 + hash_size + len(envelope)
-
-
-def _group_bytes(group: list[Recorded], events: dict[tuple[str, int], bytes]) -> int:
-    first = group[0]
-    body = [[r.at, msgspec.Raw(events[(r.run_id, r.seq)])] for r in group]
-    return 4 + 16 + len(_ENC.encode([first.run_id, first.seq, first.position, body, 1]))
 
 
 def _entry_overhead(values: list[bytes]) -> float:
@@ -247,70 +187,37 @@ def _other_pages(store: Any) -> int:
 
 
 def bench_disk() -> None:
-    print("2. bytes a step: the runs' records re-encoded (LMDB's cost per entry measured)")
+    print("2. bytes a step in store format 4 (stored values measured; LMDB's cost an entry too)")
     for steps in (STEPS, 1000):
         runs = max(1, 2000 // steps)
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "s"
-            with fl.Runtime.open(path, snapshot_every=0) as rt:
+            with fl.Runtime.open(path) as rt:
                 rt.spawn(agent(2, "warm"), "go").wait(timeout=60)
                 other0 = _other_pages(rt.store)
-                ids = []
+                skip = rt.store.read_txn(lambda txn: txn.stat(rt.store._log)["entries"])
                 for _ in range(runs):  # one after another, as bench_footprint runs them
-                    ids.append(rt.spawn(agent(steps), "go"))
-                    assert ids[-1].wait(timeout=600).ok
-                records = [r for h in ids for r in rt.events(h.id)]
-                stored = rt.store.read_txn(
+                    assert rt.spawn(agent(steps), "go").wait(timeout=600).ok
+                values = rt.store.read_txn(
                     lambda txn: [bytes(v) for _k, v in txn.cursor(db=rt.store._log)]
-                )[-len(records) :]
+                )[skip:]
                 other = (_other_pages(rt.store) - other0) / (runs * steps)
-            overhead = _entry_overhead(stored)
-            print(
-                f"   {runs} run(s) of {steps} steps: LMDB adds {overhead:.1f} B an entry; "
-                f"the other databases (index, leases) {other:.0f} B a step"
-            )
-            maps = [msgspec.to_builtins(r.event) for r in records]
-            keyed = [_ENC.encode(_keyed(m)) for m in maps]
-            positional = [_ENC.encode(_positional(m)) for m in maps]
-            today = [_ENC.encode(r.event) for r in records]
-            forms: list[tuple[str, list[bytes], bool, int]] = [
-                ("today's format", today, False, 16),
-                ("one-character keys", keyed, False, 16),
-                ("... and interned run ids", keyed, True, 16),
-                ("... and positional fields*", positional, True, 16),
-                ("... and an 8-byte chain hash*", positional, True, 8),
-            ]
-            for label, events, interned, hash_size in forms:
-                total = sum(
-                    _record_bytes(r, e, 300 if interned else r.run_id, hash_size) + overhead
-                    for r, e in zip(records, events, strict=True)
-                )
-                per_step = total / (runs * steps) + other
-                mark = "<=" if per_step <= TARGET_BYTES else "> "
-                print(f"     {label:32s} {per_step:6.0f} B a step {mark} {TARGET_BYTES}")
-            # One stored value per append: the runtime appends a step's four events together
-            # (the tool's outcome and the next model request ride with the model's reply).
-            starts = [
-                i
-                for i, r in enumerate(records)
-                if i == 0 or r.run_id != records[i - 1].run_id or r.type == "tool.completed"
-            ]
-            groups = [records[a:b] for a, b in itertools.pairwise([*starts, len(records)])]
-            shared: list[tuple[str, list[bytes]]] = [
-                ("one value a step, today's keys†", today),
-                ("... and one-character keys†", keyed),
-            ]
-            for label, events in shared:
-                by_seq = {(r.run_id, r.seq): e for r, e in zip(records, events, strict=True)}
-                total = sum(_group_bytes(g, by_seq) + overhead for g in groups)
-                per_step = total / (runs * steps) + other
-                mark = "<=" if per_step <= TARGET_BYTES else "> "
-                print(f"     {label:32s} {per_step:6.0f} B a step {mark} {TARGET_BYTES}")
-    print("   † a step's events in one stored value: one checksum, chain hash and envelope")
-    print("     (run id, first seq and position) for the four, each event keeping its time")
-    print("   * beyond a format change: positional fields are not what DESIGN's upcasting of")
-    print("     events by field name assumes; an 8-byte chain hash halves today's 16-byte")
-    print("     margin against a record that is wrong but checksums right (DESIGN names no size)")
+        events = sum(len(raw) for v in values for raw in decode_stored(v[20:]).events)
+        envelope = sum(map(len, values)) - events
+        overhead = _entry_overhead(values) * len(values)
+        total = (events + envelope + overhead) / (runs * steps) + other
+        mark = "<=" if total <= TARGET_BYTES else "> "
+        per = runs * steps
+        print(
+            f"   {runs} run(s) of {steps} steps, {len(values) / per:.1f} values a step: "
+            f"{total:4.0f} B a step {mark} {TARGET_BYTES}"
+        )
+        print(
+            f"     events {events / per:4.0f}, envelopes {envelope / per:4.0f} (crc, chain hash, "
+            f"run number, seq, position, time), LMDB entries {overhead / per:4.0f}, "
+            f"other databases {other:4.0f} (index, snapshots, run numbers)"
+        )
+    print("   (bench_footprint.py measures the same as the data file's growth, free pages in)")
 
 
 # -- fold --------------------------------------------------------------------------------
