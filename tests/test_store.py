@@ -22,7 +22,7 @@ from foldloop.errors import ConcurrencyError, ConfigError, CorruptRecord, RunLoc
 from foldloop.events import ModelRequested, RunCompleted, RunStarted, ToolCompleted
 from foldloop.store import OwnerLock, encode_all, open_store
 from foldloop.store.framing import batch_frame, seal
-from foldloop.store.layout import INDEX_SPAN
+from foldloop.store.layout import INDEX_SPAN, VALUE_BYTES, VALUE_EVENTS, value_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -591,30 +591,49 @@ def test_an_index_entry_lists_its_positions_exactly_when_extended(
         assert len(value) == 28
 
 
-def test_an_append_is_one_stored_value_per_clock_reading(store_path: Path) -> None:
-    """A decision's events share one value (one checksum, chain hash and envelope); payloads
-    built by hand with different times (an import) keep each time, one value per stretch."""
+def test_an_append_is_one_stored_value_each_event_keeping_its_time(store_path: Path) -> None:
+    """A decision's events share one value (one checksum, chain hash and envelope), also
+    when they were decided at different times (events held back from the previous
+    decision, an imported run); an append too big for one value fills several."""
     store = open_store(store_path)
     try:
         store.append("r", [ev(1), ev(2), ev(3)], expected_seq=0, at=7)
-        imported = [*encode_all([ev(4), ev(5)], 8), *encode_all([ev(6)], 9)]
-        store.submit(lambda w: w.append("r", imported, expected_seq=3)).wait()
-        values = store.read_txn(lambda txn: txn.stat(store._log)["entries"])
-        assert values == 3
+        mixed = [*encode_all([ev(4), ev(5)], 9), *encode_all([ev(6)], 8)]
+        store.submit(lambda w: w.append("r", mixed, expected_seq=3)).wait()
+        assert store.read_txn(lambda txn: txn.stat(store._log)["entries"]) == 2
         got = store.read("r")
         assert [(r.seq, r.position, r.at) for r in got] == [
             (1, 1, 7),
             (2, 2, 7),
             (3, 3, 7),
-            (4, 4, 8),
-            (5, 5, 8),
-            (6, 6, 9),
+            (4, 4, 9),
+            (5, 5, 9),
+            (6, 6, 8),
         ]
         assert [r.event for r in got] == [ev(i) for i in range(1, 7)]
         assert store.verify_chain("r") == 6 and store.last_position() == 6
         assert [r.seq for r in store.read("r", 2, 5)] == [2, 3, 4, 5]
+        many = encode_all([ev(i) for i in range(7, 7 + 2 * VALUE_EVENTS + 1)], 10)
+        store.append("r", [e for e, _raw, _at in many], expected_seq=6, at=10)
+        assert store.read_txn(lambda txn: txn.stat(store._log)["entries"]) == 2 + 3
+        assert [r.seq for r in store.read("r", 6)] == list(range(6, 8 + 2 * VALUE_EVENTS))
+        assert store.verify_chain("r") == 7 + 2 * VALUE_EVENTS
     finally:
         store.close()
+
+
+@given(sizes=st.lists(st.integers(0, VALUE_BYTES + 10), min_size=1, max_size=3 * VALUE_EVENTS))
+@example(sizes=[VALUE_BYTES + 1])
+@example(sizes=[VALUE_BYTES // 2, VALUE_BYTES // 2, 1])
+def test_value_groups_keep_order_and_limits(sizes: list[int]) -> None:
+    payloads = [(ev(i), b"x" * n, i) for i, n in enumerate(sizes)]
+    groups = value_groups(payloads)  # type: ignore[arg-type]
+    assert [p for g in groups for p in g] == payloads
+    for g in groups:
+        assert 1 <= len(g) <= VALUE_EVENTS
+        assert len(g) == 1 or sum(len(raw) for _e, raw, _at in g) <= VALUE_BYTES
+    for a, b in itertools.pairwise(groups):  # a group ends only where the next one must
+        assert len(a) == VALUE_EVENTS or sum(len(r) for _e, r, _a in [*a, b[0]]) > VALUE_BYTES
 
 
 def _run_numbers(store: Any) -> dict[str, int]:

@@ -5,17 +5,21 @@ stored value, under the log position of its first event:
 
     crc32(prev_hash || frame)  4 bytes, big-endian
     prev_hash                  16 bytes: the chain hash of the run's previous value
-    frame                      msgpack [run, seq, position, at, count, events, versions]
+    frame                      msgpack [run, seq, position, at, count, events, versions,
+                                        offsets]
 
 ``run`` is the run's number in this store (``run_numbers``: assigned on its first append,
 never reused, a byte or two where the run id takes fifteen to forty). ``seq`` and
 ``position`` are the first event's; the others follow one by one. ``events``
 are positional payloads (``events.codec``); ``versions`` is empty when every event is at
-schema version 1. The chain hash of a value is blake2b-128(prev_hash || frame). Reads
+schema version 1; ``offsets`` is empty when every event has the first one's time ``at``,
+else each event's time minus ``at`` (an append carries the events a run held back from
+its previous decision, with their own time). The chain hash of a value is
+blake2b-128(prev_hash || frame). Reads
 verify the crc (cheap, every time); ``verify_chain`` walks the hashes (doctor, verify).
 
 Stores of formats 1-3 hold one event a value, ``[run_id, seq, position, at, event, v]``
-(a five- or six-item array where a batch has seven); they read as batches of one.
+(a five- or six-item array where a batch has eight); they read as batches of one.
 A step's events sharing one checksum, chain hash, envelope and LMDB entry is most of why
 a step takes ~400 bytes rather than ~700 (benchmarks/bench_footprint.py).
 """
@@ -68,7 +72,8 @@ _U32 = struct.Struct(">I")
 _CRC = struct.Struct(">I")
 _HEADER = _CRC.size + HASH_SIZE
 _CRC_OF = _CRC.unpack_from
-_BATCH_HEAD = 0x97  # msgpack fixarray(7): a Batch frame; one-event frames are 5 or 6 items
+_BATCH_HEAD = 0x98  # msgpack fixarray(8): a Batch frame; one-event frames are 5 or 6 items
+_BATCH_FIRST = bytes([_BATCH_HEAD])
 
 
 class Frame(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True, gc=False):
@@ -197,7 +202,7 @@ class RunSeq(msgspec.Struct, array_like=True, frozen=True):
 
 class Batch(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """The frame of a stored value: one append's events, raw until someone decodes them.
-    Every field is always written (no omitted defaults), so its array has seven items.
+    Every field is always written (no omitted defaults), so its array has eight items.
     ``run`` is the run's number (its id itself in a one-event value of formats 1-3)."""
 
     run: int | str
@@ -207,6 +212,7 @@ class Batch(msgspec.Struct, array_like=True, frozen=True, gc=False):
     count: int
     events: tuple[msgspec.Raw, ...]
     versions: tuple[int, ...] = ()
+    offsets: tuple[int, ...] = ()
 
     @property
     def last_seq(self) -> int:
@@ -224,6 +230,7 @@ class TypedBatch(msgspec.Struct, array_like=True, frozen=True, gc=False):
     count: int
     events: list[KnownEvent]
     versions: tuple[int, ...] = ()
+    offsets: tuple[int, ...] = ()
 
 
 class _BatchHead(msgspec.Struct, array_like=True, frozen=True):
@@ -278,18 +285,21 @@ def index_key(run_id: str, seq: int) -> bytes:
 def batch_frame(
     run: int, seq: int, position: int, payloads: Sequence[tuple[KnownEvent, bytes, int]]
 ) -> Batch:
-    """The frame of events appended together at one time to run number ``run``:
-    ``payloads`` are (event, its encoded bytes, at), ``at`` the same for all; schema
-    versions are stored only when one of them is not 1."""
+    """The frame of events appended together to run number ``run``: ``payloads`` are
+    (event, its encoded bytes, at); schema versions are stored only when one of them is
+    not 1, times only when one differs from the first."""
     versions = tuple(type(event).schema_version for event, _raw, _at in payloads)
+    first = payloads[0][2]
+    offsets = tuple(at - first for _event, _raw, at in payloads)
     return Batch(
         run,
         seq,
         position,
-        payloads[0][2],
+        first,
         len(payloads),
         tuple(msgspec.Raw(raw) for _event, raw, _at in payloads),
         () if all(v == 1 for v in versions) else versions,
+        offsets if any(offsets) else (),
     )
 
 
@@ -322,16 +332,16 @@ def chain_hash(value: bytes) -> bytes:
 def decode_stored(body: bytes) -> Batch:
     """The frame of a stored value (its events raw); a one-event value of an older format
     as a batch of one. Raises msgspec errors on bytes that are neither."""
-    if body[:1] == b"\x97":
+    if body[:1] == _BATCH_FIRST:
         return _BATCH_DECODER.decode(body)
     old = _FRAME_DECODER.decode(body)
-    return Batch(old.run_id, old.seq, old.position, old.at, 1, (old.event,), (old.v,))
+    return Batch(old.run_id, old.seq, old.position, old.at, 1, (old.event,), (old.v,), ())
 
 
 def peek_stored(body: bytes) -> tuple[int | str, int, int]:
     """(run number, or id in formats 1-3; first seq; event count) of a stored frame, its
     events skipped."""
-    if body[:1] == b"\x97":
+    if body[:1] == _BATCH_FIRST:
         head = _HEAD_DECODER.decode(body)
         return head.run, head.seq, head.count
     where = _RUN_SEQ_DECODER.decode(body)

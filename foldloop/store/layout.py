@@ -39,6 +39,9 @@ __all__ = [
     "SNAPSHOT_DECODER",
     "TailEntry",
     "encode_all",
+    "value_groups",
+    "VALUE_BYTES",
+    "VALUE_EVENTS",
     "INDEX_SPAN",
     "index_ranges",
     "joined",
@@ -52,6 +55,11 @@ LAST_KEY = b"\xff" * 8
 INDEXED_KEY = b"indexed"
 MAX_EVENT_BYTES = 1 << 20
 """The largest encoded event the log accepts (tool results are capped well below it)."""
+VALUE_EVENTS = 64
+VALUE_BYTES = 64 << 10
+"""An append's events share stored values of at most this many events and (unless one
+event alone is bigger) bytes: a decision's few events are one value, a whole imported
+run is many, so reading one event never decodes a run."""
 INDEX_EVERY = 256
 """Unindexed records that trigger writing their index entries (in the next commit)."""
 
@@ -150,6 +158,22 @@ def seek_index(cur: Any, run_id: str, seq: int) -> bool:
     if cur.last() and cur.key().startswith(prefix):
         return decode_index(cur.key(), cur.value()).last_seq >= seq
     return False
+
+
+def value_groups(payloads: Sequence[Payload]) -> list[Sequence[Payload]]:
+    """``payloads`` cut into the stored values they fill (``VALUE_EVENTS``,
+    ``VALUE_BYTES``), in order."""
+    groups: list[Sequence[Payload]] = []
+    start = size = 0
+    for i, (_event, raw, _at) in enumerate(payloads):
+        if i > start and (i - start == VALUE_EVENTS or size + len(raw) > VALUE_BYTES):
+            groups.append(payloads[start:i])
+            start = i
+            size = 0
+        size += len(raw)
+    if start < len(payloads):
+        groups.append(payloads[start:])
+    return groups
 
 
 def encode_all(events: Sequence[KnownEvent], at: int) -> list[Payload]:

@@ -725,10 +725,13 @@ class LmdbStore:
         ):
             raise CorruptRecord(rid, s, f"the record holds {name!r} seq {batch.seq}")
         versions = batch.versions or (1,) * batch.count
-        if len(batch.events) != batch.count or len(versions) != batch.count:
+        offsets = batch.offsets or (0,) * batch.count
+        if not len(batch.events) == len(versions) == len(offsets) == batch.count:
             raise CorruptRecord(name, batch.seq, "the record's event count is wrong")
         out = []
-        for i, (raw, version) in enumerate(zip(batch.events, versions, strict=True)):
+        for i, (raw, version, offset) in enumerate(
+            zip(batch.events, versions, offsets, strict=True)
+        ):
             try:
                 event = decode_event(bytes(raw), version)
             except DecodeFailure as exc:
@@ -738,7 +741,7 @@ class LmdbStore:
                     run_id=name,
                     seq=batch.seq + i,
                     position=batch.position + i,
-                    at=batch.at,
+                    at=batch.at + offset,
                     event=event,
                 )
             )
@@ -826,6 +829,11 @@ class LmdbStore:
 def _unpack(typed: TypedBatch, run_id: str) -> list[Recorded]:
     """A decoded value's events as records (of ``run_id``, the run its number names)."""
     seq, position, at = typed.seq, typed.position, typed.at
+    if typed.offsets:
+        return [
+            Recorded(run_id=run_id, seq=seq + i, position=position + i, at=at + d, event=event)
+            for i, (event, d) in enumerate(zip(typed.events, typed.offsets, strict=True))
+        ]
     return [
         Recorded(run_id=run_id, seq=seq + i, position=position + i, at=at, event=event)
         for i, event in enumerate(typed.events)

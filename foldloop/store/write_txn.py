@@ -8,8 +8,6 @@ together.
 
 from __future__ import annotations
 
-import itertools
-import operator
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -44,6 +42,7 @@ from foldloop.store.layout import (
     joined,
     last_index_entry,
     last_index_range,
+    value_groups,
 )
 from foldloop.store.owners import owner_alive
 
@@ -51,8 +50,6 @@ if TYPE_CHECKING:
     from foldloop.store.lmdb_store import LmdbStore
 
 __all__ = ["WriteTxn"]
-
-_AT = operator.itemgetter(2)
 
 
 class WriteTxn:
@@ -206,14 +203,11 @@ class WriteTxn:
         prev = head.hash
         seq = head.seq
         out: list[Recorded] = []
-        # One stored value per stretch of events sharing a clock reading (an append's
-        # events always do, unless a caller built its payloads by hand).
-        for at, group in itertools.groupby(payloads, key=_AT):
-            batch = list(group)
+        for batch in value_groups(payloads):
             position = self._next
             value, prev = seal(batch_frame(number, seq + 1, position, batch), prev)
             put(pack_position(position), value, db=log_db, append=True)
-            for event, _raw, _at in batch:
+            for event, _raw, at in batch:
                 seq += 1
                 new.append((run_id, seq, self._next, prev))
                 if keep:
