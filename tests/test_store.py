@@ -699,3 +699,23 @@ def test_a_number_given_in_an_aborted_transaction_is_not_kept(store_path: Path) 
         assert [(r.run_id, r.event) for r in store.read_all()] == [("kept", ev(1)), ("lost", ev(2))]
     finally:
         store.close()
+
+
+def test_a_value_at_odds_with_its_own_count_is_reported_not_a_crash(store_path: Path) -> None:
+    """A value whose checksum holds but whose event count does not match its events (a
+    writer bug, not disk damage) is named as a CorruptRecord by every reader."""
+    from foldloop.store.framing import GENESIS, Batch
+
+    store = open_store(store_path)
+    try:
+        store.append("r1", [ev(1)], expected_seq=0, at=7)
+        raw = msgspec.Raw(encode_all([ev(1)], 7)[0][1])
+        forged = Batch(store._numbers["r1"], 1, 1, 7, 2, (raw,), (), (5, 6))
+        value, _ = seal(forged, GENESIS)
+        with store.env.begin(write=True) as txn:
+            txn.put((1).to_bytes(8, "big"), value, db=store._log)
+        for read in (lambda: store.read("r1"), store.read_all, lambda: store.verify_chain("r1")):
+            with pytest.raises(CorruptRecord, match="'r1' seq 1: the record's event count"):
+                read()
+    finally:
+        store.close()

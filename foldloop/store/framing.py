@@ -364,6 +364,9 @@ def open_fast(value: bytes) -> TypedBatch | None:
     ):
         return None
     try:
-        return _DECODE_TYPED(memoryview(value)[_HEADER:])
+        typed = _DECODE_TYPED(memoryview(value)[_HEADER:])
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
+    if len(typed.events) != typed.count or (typed.offsets and len(typed.offsets) != typed.count):
+        return None  # a frame at odds with itself: the careful path names it
+    return typed

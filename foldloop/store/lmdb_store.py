@@ -463,9 +463,8 @@ class LmdbStore:
         self, txn: Any, cur: Any, position: int, wanted: tuple[str, int], *, careful: bool
     ) -> list[Recorded]:
         """The events of the stored value holding ``position`` (``wanted``: the run id and
-        seq the index says it holds), the
-        cursor left on it. The next value is tried first: it is the one wanted whenever the
-        run's values are adjacent."""
+        seq the index says it holds), the cursor left on it. The next value is tried first:
+        it is the one wanted whenever the run's values are adjacent."""
         run_id, seq = wanted
         key = pack_position(position)
         if not (cur.next() and cur.key() == key) and not _seek_value(cur, key):
@@ -541,8 +540,13 @@ class LmdbStore:
         cur = txn.cursor(db=self._log)
         if not cur.last():
             return 0
-        _run_id, _seq, count = peek_stored(bytes(cur.value()[_FRAME_AT:]))
-        return unpack_position(cur.key()) + count - 1
+        last = unpack_position(cur.key())
+        try:
+            _run, _seq, count = peek_stored(bytes(cur.value()[_FRAME_AT:]))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            where = f"the log's last value (position {last}) is unreadable ({exc})"
+            raise CorruptRecord("?", 0, where) from None
+        return last + count - 1
 
     def run_ids(self) -> list[str]:
         """Every run in the store, sorted by id."""
@@ -707,7 +711,15 @@ class LmdbStore:
         if value is None:
             raise CorruptRecord(rid, s, "the index points at a record that is missing")
         typed = None if has_upcasters() else open_fast(value)
-        if typed is not None and not typed.versions and (seq is None or typed.seq == seq or within):
+        if (
+            typed is not None
+            and not typed.versions
+            and (
+                seq is None
+                or typed.seq == seq
+                or (within and typed.seq <= seq < typed.seq + typed.count)
+            )
+        ):
             name = self._run_id(txn, typed.run, typed.seq)
             if run_id is None or name == run_id:
                 return _unpack(typed, name)
@@ -843,11 +855,11 @@ def _unpack(typed: TypedBatch, run_id: str) -> list[Recorded]:
 def _seek_value(cur: Any, key: bytes) -> bool:
     """Put ``cur`` on the stored value holding the event at ``key``'s position: the last
     value keyed at or before it (the first value when none is); False on an empty log."""
-    if cur.set_range(key):
-        if cur.key() == key or not cur.prev():
-            cur.set_range(key)
-        return True
-    return bool(cur.last())
+    if not cur.set_range(key):
+        return bool(cur.last())
+    if cur.key() != key and not cur.prev():
+        cur.first()
+    return True
 
 
 _REGISTRY: dict[str, LmdbStore] = {}
