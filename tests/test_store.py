@@ -719,3 +719,24 @@ def test_a_value_at_odds_with_its_own_count_is_reported_not_a_crash(store_path: 
                 read()
     finally:
         store.close()
+
+
+def test_the_run_number_cache_is_bounded_and_misses_read_lmdb(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from foldloop.store import lmdb_store
+
+    monkeypatch.setattr(lmdb_store, "RUN_NUMBERS_KEPT", 4)
+    store = open_store(store_path)
+    try:
+        runs = [f"run-{i}" for i in range(10)]
+        for round_ in range(2):  # the second round finds every number in LMDB, not cached
+            for run in runs:
+                store.append(run, [ev(round_)], expected_seq=round_, at=round_)
+                assert len(store._names) <= 4 and len(store._numbers) <= 4
+        assert _run_numbers(store) == {run: i + 1 for i, run in enumerate(runs)}
+        assert [r.run_id for r in store.read_all()] == runs * 2
+        assert all([r.event for r in store.read(run)] == [ev(0), ev(1)] for run in runs)
+        assert len(store._names) <= 4
+    finally:
+        store.close()

@@ -113,6 +113,8 @@ T = TypeVar("T")
 DEFAULT_MAP_SIZE = 256 << 20
 MAX_MAP_SIZE = 1 << 40
 _FRAME_AT = 4 + 16  # crc + previous hash precede the frame
+RUN_NUMBERS_KEPT = 2048
+"""Run numbers a process keeps cached (a run's number is read from LMDB when not)."""
 
 
 class _SharedExclusive:
@@ -232,7 +234,9 @@ class LmdbStore:
         self._tail_heads: dict[str, Head] = {}
         self._written_id = -2  # LMDB id of this process's last write txn, and what came next
         self._written_next = 0
-        # Run numbers never change once committed, so both directions are cached for good.
+        # Run numbers never change once committed, so a cached one is never stale; the
+        # cache is bounded (``remember_run``) so that a store of a million runs costs no
+        # more memory than one of a thousand.
         self._numbers: dict[str, int] = {}
         self._names: dict[int, str] = {}
         self._listeners: list[Callable[[list[Recorded]], None]] = []
@@ -362,9 +366,18 @@ class LmdbStore:
                 raise CorruptRecord(
                     "?", seq, f"a stored value names run number {run}, which the store lacks"
                 )
-            name = self._names[run] = bytes(raw).decode()
-            self._numbers[name] = run
+            name = bytes(raw).decode()
+            self.remember_run(name, run)
         return name
+
+    def remember_run(self, run_id: str, number: int) -> None:
+        """Cache a committed run number; past ``RUN_NUMBERS_KEPT`` the cache starts over
+        (the runs in use come back at one LMDB read each)."""
+        if len(self._names) >= RUN_NUMBERS_KEPT:
+            self._names.clear()
+            self._numbers.clear()
+        self._names[number] = run_id
+        self._numbers[run_id] = number
 
     # -- writes --------------------------------------------------------------------------
 

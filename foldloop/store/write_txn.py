@@ -97,7 +97,7 @@ class WriteTxn:
                 self.txn.put(INDEXED_KEY, pack_position(self._next - 1), db=store._meta)
             self.txn.commit()
             for run_id, number in self._numbered.items():
-                store._numbers[run_id], store._names[number] = number, run_id
+                store.remember_run(run_id, number)
             # An unchanged transaction does not advance LMDB's id, so the next one reuses
             # this id and takes the slow path above: remembering it is always safe.
             store._written_id, store._written_next = self._id, self._next
@@ -151,8 +151,8 @@ class WriteTxn:
         store, key = self.store, run_id.encode()
         raw = self.txn.get(key, db=store._run_numbers)
         if raw is not None:
-            number = store._numbers[run_id] = unpack_run(raw)
-            store._names[number] = run_id
+            number = unpack_run(raw)
+            store.remember_run(run_id, number)
             return number
         cur = self.txn.cursor(db=store._run_ids)
         number = unpack_run(cur.key()) + 1 if cur.last() else 1
