@@ -138,8 +138,11 @@ def approval_writes(
     seq of their approval.decided, when ``first_seq``, the seq of the first event, is known).
     """
     events = tuple(events)
-    if not any(isinstance(e, _GATE_EVENTS) for e in events):
-        return None  # the common case: a step with no approvals in it
+    for event in events:
+        if isinstance(event, _GATE_EVENTS):
+            break
+    else:
+        return None  # the common case: a step with no approvals in it (a loop: no generator)
     requests: list[ApprovalRecord] = []
     applied: list[tuple[str, int]] = []
     calls = {c.call_id: c for c in state.calls}
