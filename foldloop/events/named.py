@@ -77,7 +77,9 @@ def _fields(value: Any) -> dict[str, Any]:
 
 
 _VALUES: dict[type, type] = {Usage: _twin(Usage, {})}
-"""The positional value types events hold, and their named twins."""
+"""The positional value types events hold, and their named twins. A twin replaces a field
+typed exactly as the value type (``usage: Usage``); a field that may also hold something
+else (``Usage | None``) would need its union rewritten here too."""
 _VALUES_BACK: dict[type, type] = {twin: cls for cls, twin in _VALUES.items()}
 
 

@@ -1,27 +1,27 @@
 """How events are laid out on disk: keys, the stored frame, its checksum and hash chain.
 
-One append of a run (the events one decision produced, at one clock reading) is one
-stored value, under the log position of its first event:
+One append of a run (the events a decision produced, with any its run held back from the
+previous one; ``layout.value_groups`` splits an append of more than 64 events or 64 KiB)
+is one stored value, under the log position of its first event:
 
     crc32(prev_hash || frame)  4 bytes, big-endian
     prev_hash                  16 bytes: the chain hash of the run's previous value
     frame                      msgpack [run, seq, position, at, count, events, versions,
                                         offsets]
 
-``run`` is the run's number in this store (``run_numbers``: assigned on its first append,
-never reused, a byte or two where the run id takes fifteen to forty). ``seq`` and
-``position`` are the first event's; the others follow one by one. ``events``
-are positional payloads (``events.codec``); ``versions`` is empty when every event is at
+``run`` is the run's number in this store (``run_numbers``: given on its first append,
+never reused; a byte or two where the run id takes fifteen to forty). ``seq`` and
+``position`` are the first event's; the others follow one by one. ``events`` are
+positional payloads (``events.codec``); ``versions`` is empty when every event is at
 schema version 1; ``offsets`` is empty when every event has the first one's time ``at``,
-else each event's time minus ``at`` (an append carries the events a run held back from
-its previous decision, with their own time). The chain hash of a value is
-blake2b-128(prev_hash || frame). Reads
-verify the crc (cheap, every time); ``verify_chain`` walks the hashes (doctor, verify).
+else each event's time minus ``at``. The chain hash of a value is
+blake2b-128(prev_hash || frame). Reads verify the crc (cheap, every time);
+``verify_chain`` walks the hashes (doctor, verify).
 
 Stores of formats 1-3 hold one event a value, ``[run_id, seq, position, at, event, v]``
 (a five- or six-item array where a batch has eight); they read as batches of one.
-A step's events sharing one checksum, chain hash, envelope and LMDB entry is most of why
-a step takes ~400 bytes rather than ~700 (benchmarks/bench_footprint.py).
+A step's events sharing one checksum, chain hash, envelope and LMDB entry is much of why a
+step takes ~320-350 bytes rather than ~700 (benchmarks/README.md).
 """
 
 from __future__ import annotations
