@@ -288,20 +288,22 @@ def batch_frame(
     """The frame of events appended together to run number ``run``: ``payloads`` are
     (event, its encoded bytes, at); schema versions are stored only when one of them is
     not 1, times only when one differs from the first."""
-    raws = []
     first = payloads[0][2]
-    plain = True  # every event at schema version 1, all at the first one's time
-    for event, raw, at in payloads:
+    raws, versions, offsets = [], [], []
+    for event, raw, at in payloads:  # one loop: this runs for every append
         raws.append(msgspec.Raw(raw))
-        plain = plain and at == first and type(event).schema_version == 1
-    versions: tuple[int, ...] = ()
-    offsets: tuple[int, ...] = ()
-    if not plain:
-        versions = tuple(type(event).schema_version for event, _raw, _at in payloads)
-        versions = () if versions == (1,) * len(versions) else versions
-        offsets = tuple(at - first for _event, _raw, at in payloads)
-        offsets = offsets if any(offsets) else ()
-    return Batch(run, seq, position, first, len(payloads), tuple(raws), versions, offsets)
+        versions.append(type(event).schema_version)
+        offsets.append(at - first)
+    return Batch(
+        run,
+        seq,
+        position,
+        first,
+        len(raws),
+        tuple(raws),
+        () if versions.count(1) == len(versions) else tuple(versions),
+        tuple(offsets) if any(offsets) else (),
+    )
 
 
 def seal(frame: Batch | Frame, prev_hash: bytes) -> tuple[bytes, bytes]:
