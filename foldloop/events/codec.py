@@ -104,16 +104,28 @@ def _is_map(raw: bytes) -> bool:
     return bool(raw) and raw[0] in _MAP_FIRST_BYTES
 
 
+class _TagFirst(msgspec.Struct, array_like=True):
+    """A positional payload's tag (its other items are skipped, not built)."""
+
+    type: str
+
+
+class _TagField(msgspec.Struct):
+    """A payload written by name: its ``type`` (its other fields are skipped)."""
+
+    type: str
+
+
+_TAG_FIRST = msgspec.msgpack.Decoder(_TagFirst)
+_TAG_FIELD = msgspec.msgpack.Decoder(_TagField)
+
+
 def _peek_tag(raw: bytes) -> str:
     """The tag of a stored payload, positional or by name; raises DecodeFailure."""
     try:
-        data = msgspec.msgpack.decode(raw)
-    except msgspec.DecodeError as exc:
+        return (_TAG_FIELD if _is_map(raw) else _TAG_FIRST).decode(raw).type
+    except msgspec.MsgspecError as exc:
         raise DecodeFailure(f"not an event: {exc}") from None
-    tag = data.get("type") if isinstance(data, dict) else data[0] if data else None
-    if not isinstance(tag, str):
-        raise DecodeFailure("not an event: no tag")
-    return tag
 
 
 def _as_map(raw: bytes, tag: str, version: int) -> dict[str, Any]:
