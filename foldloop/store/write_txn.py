@@ -1,7 +1,8 @@
 """WriteTxn: what a write op sees, one LMDB write transaction plus the store's rules.
 
-Appends check the expected seq and the lease epoch, frame and chain each record, and
-remember the new records for the unindexed tail; approvals, leases, snapshots and
+Appends check the expected seq and the lease epoch, number a new run, seal each append as
+one stored value chained to the run's previous one, and remember the new events for the
+unindexed tail; approvals, leases, snapshots and
 projection checkpoints are written through it too, so whatever belongs together commits
 together.
 """
