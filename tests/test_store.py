@@ -740,3 +740,25 @@ def test_the_run_number_cache_is_bounded_and_misses_read_lmdb(
         assert len(store._names) <= 4
     finally:
         store.close()
+
+
+def test_an_append_placed_by_an_older_foldloop_is_refused_loudly(store_path: Path) -> None:
+    """A process of an older version that held the store open across its upgrade places
+    its next append by the old rule (one event a value, at the last key + 1): inside the
+    newest value's positions. Readers and writers stop there and say so."""
+    from foldloop.events.named import to_named
+    from foldloop.store.framing import Frame
+
+    store = open_store(store_path)
+    try:
+        store.append("new", [ev(1), ev(2), ev(3)], expected_seq=0, at=1)  # positions 1-3
+        old = Frame("old", 1, 2, 5, msgspec.Raw(msgspec.msgpack.encode(to_named(ev(9)))))
+        value, _ = seal(old, b"\0" * 16)
+        with store.env.begin(write=True) as txn:  # what the old process's write path does
+            txn.put((2).to_bytes(8, "big"), value, db=store._log, append=True)
+        with pytest.raises(CorruptRecord, match=r"position 2 does not follow .* ends at 3"):
+            store.read("old")
+        with pytest.raises(StoreError, match="older than store format 4"):
+            store.append("new", [ev(4)], expected_seq=3, at=6)
+    finally:
+        store.close()

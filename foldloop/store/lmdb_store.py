@@ -347,13 +347,19 @@ class LmdbStore:
         cur = txn.cursor(db=self._log)
         if not cur.set_range(pack_position(after + 1)):
             return
+        end = after  # the last position of the value before: positions are gapless
         for key, value in cur:
+            position = unpack_position(key)
             try:
                 run, seq, count = peek_stored(bytes(value[_FRAME_AT:]))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                where_ = f"the value at log position {unpack_position(key)}"
+                where_ = f"the value at log position {position}"
                 raise CorruptRecord("?", 0, f"{where_} is unreadable ({exc})") from None
-            yield unpack_position(key), value, self._run_id(txn, run, seq), seq, count
+            run_id = self._run_id(txn, run, seq)
+            if position != end + 1:
+                raise _misplaced(run_id, seq, position, end)
+            end = position + count - 1
+            yield position, value, run_id, seq, count
 
     def _run_id(self, txn: Any, run: int | str, seq: int = 0) -> str:
         """The id of the run a stored value names (by number, or by id before format 4)."""
@@ -553,13 +559,21 @@ class LmdbStore:
         cur = txn.cursor(db=self._log)
         if not cur.last():
             return 0
-        last = unpack_position(cur.key())
-        try:
-            _run, _seq, count = peek_stored(bytes(cur.value()[_FRAME_AT:]))
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            where = f"the log's last value (position {last}) is unreadable ({exc})"
-            raise CorruptRecord("?", 0, where) from None
+        last, (run, seq, count) = self._placed(cur)
+        if cur.prev():  # and it follows the value before it (see _misplaced)
+            before, (_run, _seq, before_count) = self._placed(cur)
+            if before + before_count != last:
+                raise _misplaced(self._run_id(txn, run, seq), seq, last, before + before_count - 1)
         return last + count - 1
+
+    def _placed(self, cur: Any) -> tuple[int, tuple[int | str, int, int]]:
+        """(position, (run, first seq, count)) of the value under ``cur``."""
+        position = unpack_position(cur.key())
+        try:
+            return position, peek_stored(bytes(cur.value()[_FRAME_AT:]))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            where = f"the log's value at position {position} is unreadable ({exc})"
+            raise CorruptRecord("?", 0, where) from None
 
     def run_ids(self) -> list[str]:
         """Every run in the store, sorted by id."""
@@ -849,6 +863,17 @@ class LmdbStore:
                 return
             _REGISTRY.pop(str(self.path), None)
         self._close()
+
+
+def _misplaced(run_id: str, seq: int, position: int, end: int) -> CorruptRecord:
+    """A value that does not start right after the one before it (positions are gapless)."""
+    return CorruptRecord(
+        run_id,
+        seq,
+        f"the value at log position {position} does not follow the one before it, which ends "
+        f"at {end}: a foldloop older than store format {FORMAT} may have appended to this "
+        "store after it was upgraded (README, 'The store')",
+    )
 
 
 def _unpack(typed: TypedBatch, run_id: str) -> list[Recorded]:
