@@ -4,7 +4,8 @@ Tags are fixed; fields may grow, always with defaults (msgspec's schema-evolutio
 so logs written by older versions keep decoding.
 
 Events are stored positionally (``array_like``): the tag, then each field in declaration
-order, trailing defaults left out. That halves a step's bytes against field names, and
+order (every field written: msgspec omits no default in this form). That halves a step's
+bytes against field names, and
 puts one rule on every change to this file: a new field goes at the end of its class,
 with a default. Moving, renaming or removing a field is a new ``schema_version`` (the old
 order goes into ``named.PAST_FIELDS`` and an upcaster carries old records forward);

@@ -44,21 +44,14 @@ class ExportedEvent(msgspec.Struct, frozen=True, kw_only=True):
     event: KnownEvent
 
 
-class _Line(msgspec.Struct, frozen=True, kw_only=True):
-    """An event line as written: the event by name."""
-
-    seq: int
-    at: int
-    event: msgspec.Struct
-
+_Line: Any = msgspec.defstruct(
+    "_Line", [("seq", int), ("at", int), ("event", NAMED_UNION)], kw_only=True, frozen=True
+)
+"""An event line as written and read: the event by name (``ExportedEvent`` holds it typed)."""
 
 _ENCODER = msgspec.json.Encoder()
 _HEADER = msgspec.json.Decoder(ExportHeader)
-_LINE: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
-    msgspec.defstruct(
-        "_Line", [("seq", int), ("at", int), ("event", NAMED_UNION)], kw_only=True, frozen=True
-    )
-)
+_LINE: msgspec.json.Decoder[Any] = msgspec.json.Decoder(_Line)
 
 
 def dump_run(run_id: str, records: Iterable[Recorded]) -> Iterator[str]:
