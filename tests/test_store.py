@@ -328,6 +328,14 @@ class StoreMachine(RuleBasedStateMachine):
         got = [x.event for x in self.store.read(r, from_seq, from_seq + span)]
         assert got == self.model[r][from_seq - 1 : from_seq + span]
 
+    @rule(start=st.integers(0, 40), limit=st.none() | st.integers(1, 7))
+    def read_all_from(self, start: int, limit: int | None) -> None:
+        # Appends of several events are one stored value: a read may start inside one.
+        got = self.store.read_all(start, limit)
+        want = list(enumerate(self.order, start=1))[max(1, start) - 1 :]
+        want = want if limit is None else want[:limit]
+        assert [(r.position, (r.run_id, r.seq)) for r in got] == want
+
     @invariant()
     def index_holds_one_entry_a_run(self) -> None:
         # Runs interleave here; each run's entry lists where its records sit (no run nears
