@@ -47,15 +47,7 @@ __all__ = [
 ToolFailureKind = Literal["exception", "timeout", "invalid_args", "interrupted", "denied"]
 
 
-class Event(
-    msgspec.Struct,
-    frozen=True,
-    kw_only=True,
-    omit_defaults=True,
-    tag_field="type",
-    array_like=True,
-    gc=False,
-):
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", array_like=True, gc=False):
     """Base of every event: frozen, keyword-only, tagged with a dotted name in ``type``."""
 
     schema_version: ClassVar[int] = 1

@@ -36,6 +36,7 @@ from typing import NamedTuple
 import msgspec
 
 from foldloop.events.catalogue import KnownEvent
+from foldloop.events.codec import schema_version_of
 
 __all__ = [
     "GENESIS",
@@ -292,7 +293,7 @@ def batch_frame(
     raws, versions, offsets = [], [], []
     for event, raw, at in payloads:  # one loop: this runs for every append
         raws.append(msgspec.Raw(raw))
-        versions.append(type(event).schema_version)
+        versions.append(schema_version_of(event))
         offsets.append(at - first)
     return Batch(
         run,

@@ -349,12 +349,7 @@ class LmdbStore:
             return
         end = after  # the last position of the value before: positions are gapless
         for key, value in cur:
-            position = unpack_position(key)
-            try:
-                run, seq, count = peek_stored(bytes(value[_FRAME_AT:]))
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                where_ = f"the value at log position {position}"
-                raise CorruptRecord("?", 0, f"{where_} is unreadable ({exc})") from None
+            position, (run, seq, count) = _placed(key, value)
             run_id = self._run_id(txn, run, seq)
             if position != end + 1:
                 raise _misplaced(run_id, seq, position, end)
@@ -455,7 +450,6 @@ class LmdbStore:
         alone) and seeking where another run's values sit in between."""
         out: list[Recorded] = []
         cur = txn.cursor(db=self._log)
-        careful = has_upcasters()
         batch: list[Recorded] = []
         first = 0  # the position of batch[0]
         for entry, _key in self._ranges(txn, run_id, start):
@@ -465,7 +459,7 @@ class LmdbStore:
                 position = positions[seq - entry.first_seq]
                 i = position - first
                 if not 0 <= i < len(batch):
-                    batch = self._batch_at(txn, cur, position, (run_id, seq), careful=careful)
+                    batch = self._batch_at(txn, cur, position, run_id, seq)
                     first = batch[0].position
                     i = position - first
                 rec = batch[i]
@@ -478,27 +472,14 @@ class LmdbStore:
                 return out
         return out
 
-    def _batch_at(
-        self, txn: Any, cur: Any, position: int, wanted: tuple[str, int], *, careful: bool
-    ) -> list[Recorded]:
-        """The events of the stored value holding ``position`` (``wanted``: the run id and
-        seq the index says it holds), the cursor left on it. The next value is tried first:
-        it is the one wanted whenever the run's values are adjacent."""
-        run_id, seq = wanted
+    def _batch_at(self, txn: Any, cur: Any, position: int, run_id: str, seq: int) -> list[Recorded]:
+        """The events of the stored value holding ``position`` (``run_id``'s ``seq``, says
+        the index), the cursor left on it. The next value is tried first: it is the one
+        wanted whenever the run's values are adjacent."""
         key = pack_position(position)
         if not (cur.next() and cur.key() == key) and not _seek_value(cur, key):
             raise CorruptRecord(run_id, seq, "the index points at a missing record")
         value = cur.value()
-        # The fast path, inlined: this is most of a fold's read.
-        typed = None if careful else open_fast(value)
-        if (
-            typed is not None
-            and not typed.versions
-            and self._names.get(typed.run) == run_id
-            and 0 <= position - typed.position < typed.count
-            and typed.seq + position - typed.position == seq
-        ):
-            return _unpack(typed, run_id)
         batch = self._records(txn, value, run_id, seq, within=True)
         if not 0 <= position - batch[0].position < len(batch):
             raise CorruptRecord(run_id, seq, "the index points at a missing record")
@@ -559,21 +540,12 @@ class LmdbStore:
         cur = txn.cursor(db=self._log)
         if not cur.last():
             return 0
-        last, (run, seq, count) = self._placed(cur)
+        last, (run, seq, count) = _placed(cur.key(), cur.value())
         if cur.prev():  # and it follows the value before it (see _misplaced)
-            before, (_run, _seq, before_count) = self._placed(cur)
+            before, (_run, _seq, before_count) = _placed(cur.key(), cur.value())
             if before + before_count != last:
                 raise _misplaced(self._run_id(txn, run, seq), seq, last, before + before_count - 1)
         return last + count - 1
-
-    def _placed(self, cur: Any) -> tuple[int, tuple[int | str, int, int]]:
-        """(position, (run, first seq, count)) of the value under ``cur``."""
-        position = unpack_position(cur.key())
-        try:
-            return position, peek_stored(bytes(cur.value()[_FRAME_AT:]))
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            where = f"the log's value at position {position} is unreadable ({exc})"
-            raise CorruptRecord("?", 0, where) from None
 
     def run_ids(self) -> list[str]:
         """Every run in the store, sorted by id."""
@@ -863,6 +835,17 @@ class LmdbStore:
                 return
             _REGISTRY.pop(str(self.path), None)
         self._close()
+
+
+def _placed(key: bytes, value: bytes) -> tuple[int, tuple[int | str, int, int]]:
+    """(position, (run, first seq, count)) of a stored value; its events are skipped, and
+    its checksum is not checked (the caller reads or checks it)."""
+    position = unpack_position(key)
+    try:
+        return position, peek_stored(bytes(value[_FRAME_AT:]))
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        where = f"the value at log position {position} is unreadable ({exc})"
+        raise CorruptRecord("?", 0, where) from None
 
 
 def _misplaced(run_id: str, seq: int, position: int, end: int) -> CorruptRecord:
