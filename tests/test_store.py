@@ -286,6 +286,7 @@ class StoreMachine(RuleBasedStateMachine):
         # A tiny index threshold interleaves indexed records and the unindexed tail.
         self.store = open_store(self.dir, map_size=1 << 20, index_every=5)
         self.model: dict[str, list[ToolCompleted]] = {}
+        self.ats: dict[str, list[int]] = {}
         self.order: list[tuple[str, int]] = []
         self.n = 0
         self.appends = 0
@@ -293,18 +294,25 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(target=runs, rid=st.from_regex(r"[a-z]{1,3}(-[0-9]{1,2})?", fullmatch=True))
     def new_run(self, rid: str) -> str:
         self.model.setdefault(rid, [])
+        self.ats.setdefault(rid, [])
         return rid
 
-    @rule(r=runs, k=st.integers(1, 4), size=st.integers(0, 3000))
-    def append(self, r: str, k: int, size: int) -> None:
+    @rule(r=runs, k=st.integers(1, 4), size=st.integers(0, 3000), later=st.integers(0, 4))
+    def append(self, r: str, k: int, size: int, later: int) -> None:
         events = []
         for _ in range(k):
             self.n += 1
             events.append(ToolCompleted(call_id=str(self.n), result="z" * size))
-        self.store.append(r, events, expected_seq=len(self.model[r]), at=self.n)
+        # The last ``later`` events happened later (as held-back events of a run do): one
+        # stored value, each event keeping its own time.
+        cut = max(0, k - later)
+        payloads = encode_all(events[:cut], self.n) + encode_all(events[cut:], self.n + 7)
+        expected = len(self.model[r])
+        self.store.submit(lambda w: w.append(r, payloads, expected_seq=expected)).wait()
         self.appends += 1
-        for e in events:
+        for i, e in enumerate(events):
             self.model[r].append(e)
+            self.ats[r].append(self.n if i < cut else self.n + 7)
             self.order.append((r, len(self.model[r])))
 
     @rule(r=runs, lag=st.integers(1, 3))
@@ -322,6 +330,12 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(r=runs, from_seq=st.integers(1, 10))
     def read_from(self, r: str, from_seq: int) -> None:
         assert [x.event for x in self.store.read(r, from_seq)] == self.model[r][from_seq - 1 :]
+
+    @rule(r=runs, from_seq=st.integers(1, 10))
+    def read_events_from(self, r: str, from_seq: int) -> None:
+        want = list(zip(self.model[r], self.ats[r], strict=True))[from_seq - 1 :]
+        assert self.store.read_events(r, from_seq) == want
+        assert [(x.event, x.at) for x in self.store.read(r, from_seq)] == want
 
     @rule(r=runs, from_seq=st.integers(1, 12), span=st.integers(0, 6))
     def read_slice(self, r: str, from_seq: int, span: int) -> None:

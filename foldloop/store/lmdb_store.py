@@ -34,6 +34,7 @@ needs repair after a crash: the tail is simply scanned again.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -55,7 +56,7 @@ from foldloop.events.codec import (
     decode_event,
     has_upcasters,
 )
-from foldloop.events.recorded import Recorded
+from foldloop.events.recorded import AnyEvent, Recorded
 from foldloop.store.approvals import ApprovalRecord, approval_key
 from foldloop.store.checkpoints import Checkpoint, decode_checkpoint
 from foldloop.store.framing import (
@@ -442,48 +443,70 @@ class LmdbStore:
 
         return self.read_txn(get)
 
+    def read_events(self, run_id: str, from_seq: int = 1) -> list[tuple[AnyEvent, int]]:
+        """``(event, at)`` of the run's records from ``from_seq`` on, in seq order: what a
+        fold needs of ``read``, without building a Recorded envelope for each record
+        (``core.fold_events`` takes these; ``Runtime.state`` reads this way)."""
+
+        def get(txn: Any) -> list[tuple[AnyEvent, int]]:
+            start = max(1, from_seq)
+            out: list[tuple[AnyEvent, int]] = []
+            for typed, lo, hi in self._run_values(txn, run_id, start):
+                _pairs_into(out, typed, lo, hi)
+            for _pos, value, rid, first, count in self._scan_tail(txn, self._indexed(txn)):
+                if rid == run_id and first + count > start:
+                    typed = self._batch(txn, value, run_id, first)[0]
+                    _pairs_into(out, typed, max(0, start - first), count)
+            return out
+
+        return self.read_txn(get)
+
     def _from_index(
         self, txn: Any, run_id: str, start: int, to_seq: int | None = None
     ) -> list[Recorded]:
-        """The run's indexed events from ``start``: each stored value decoded once, the
-        cursor walking on while the run's values are adjacent in the log (a run appending
-        alone) and seeking where another run's values sit in between."""
+        """The run's indexed records from ``start`` (to ``to_seq``)."""
         out: list[Recorded] = []
+        for typed, lo, hi in self._run_values(txn, run_id, start, to_seq):
+            out += _unpack(typed, run_id, lo, hi)
+        return out
+
+    def _run_values(
+        self, txn: Any, run_id: str, start: int, to_seq: int | None = None
+    ) -> Iterator[tuple[TypedBatch, int, int]]:
+        """Each stored value holding the run's indexed records from ``start`` (to
+        ``to_seq``), decoded once, with the slice ``[lo, hi)`` of its events wanted. The
+        cursor walks on while the run's values are adjacent in the log (a run appending
+        alone) and seeks where another run's values sit in between. A value's own checked
+        frame says which seqs it holds; the index must place the first one wanted in it."""
         cur = txn.cursor(db=self._log)
-        batch: list[Recorded] = []
-        first = 0  # the position of batch[0]
         for entry, _key in self._ranges(txn, run_id, start):
             last = entry.last_seq if to_seq is None else min(to_seq, entry.last_seq)
             positions = entry.positions()
-            for seq in range(max(start, entry.first_seq), last + 1):
-                position = positions[seq - entry.first_seq]
-                i = position - first
-                if not 0 <= i < len(batch):
-                    batch = self._batch_at(txn, cur, position, run_id, seq)
-                    first = batch[0].position
-                    i = position - first
-                rec = batch[i]
-                if rec.seq != seq:
-                    raise CorruptRecord(
-                        run_id, seq, f"the index points at position {position}, seq {rec.seq}"
-                    )
-                out.append(rec)
+            seq = max(start, entry.first_seq)
+            while seq <= last:
+                typed = self._value_at(txn, cur, positions[seq - entry.first_seq], run_id, seq)
+                hi = min(typed.count, last - typed.seq + 1)
+                yield typed, seq - typed.seq, hi
+                seq = typed.seq + hi
             if to_seq is not None and last == to_seq:
-                return out
-        return out
+                return
 
-    def _batch_at(self, txn: Any, cur: Any, position: int, run_id: str, seq: int) -> list[Recorded]:
-        """The events of the stored value holding ``position`` (``run_id``'s ``seq``, says
-        the index), the cursor left on it. The next value is tried first: it is the one
-        wanted whenever the run's values are adjacent."""
+    def _value_at(self, txn: Any, cur: Any, position: int, run_id: str, seq: int) -> TypedBatch:
+        """The stored value holding ``position`` (``run_id``'s ``seq``, says the index), the
+        cursor left on it. The next value is tried first: it is the one wanted whenever
+        the run's values are adjacent."""
         key = pack_position(position)
         if not (cur.next() and cur.key() == key) and not _seek_value(cur, key):
             raise CorruptRecord(run_id, seq, "the index points at a missing record")
-        value = cur.value()
-        batch = self._records(txn, value, run_id, seq, within=True)
-        if not 0 <= position - batch[0].position < len(batch):
+        typed = self._batch(txn, cur.value(), run_id, seq, within=True)[0]
+        offset = position - typed.position
+        if not 0 <= offset < typed.count:
             raise CorruptRecord(run_id, seq, "the index points at a missing record")
-        return batch
+        if typed.seq + offset != seq:
+            raise CorruptRecord(
+                run_id, seq, f"the index points at position {position}, seq {typed.seq + offset}"
+            )
+        return typed
 
     def read_runs(self, starts: dict[str, int]) -> dict[str, list[Recorded]]:
         """Several runs' records at once (``run_id -> from_seq``): one read transaction and
@@ -700,12 +723,23 @@ class LmdbStore:
         value: bytes | None,
         run_id: str | None,
         seq: int | None,
+    ) -> list[Recorded]:
+        """The records of one stored value, checked (see ``_batch``)."""
+        typed, name = self._batch(txn, value, run_id, seq)
+        return _unpack(typed, name, 0, typed.count)
+
+    def _batch(
+        self,
+        txn: Any,
+        value: bytes | None,
+        run_id: str | None,
+        seq: int | None,
         *,
         within: bool = False,
-    ) -> list[Recorded]:
-        """The events of one stored value, checked: its checksum, and (unless None) that it
-        is ``run_id``'s and starts at ``seq`` (holds ``seq``, when ``within``). Raises
-        CorruptRecord naming what is wrong."""
+    ) -> tuple[TypedBatch, str]:
+        """One stored value with its events decoded, and the id of its run, checked: its
+        checksum, and (unless None) that it is ``run_id``'s and starts at ``seq`` (holds
+        ``seq``, when ``within``). Raises CorruptRecord naming what is wrong."""
         rid, s = run_id or "?", seq or 0
         if value is None:
             raise CorruptRecord(rid, s, "the index points at a record that is missing")
@@ -721,7 +755,7 @@ class LmdbStore:
         ):
             name = self._run_id(txn, typed.run, typed.seq)
             if run_id is None or name == run_id:
-                return _unpack(typed, name)
+                return typed, name
         # A bad checksum, an unknown tag, an old shape or format, a value out of place.
         try:
             _prev, body = unseal(value)
@@ -739,24 +773,14 @@ class LmdbStore:
         offsets = batch.offsets or (0,) * batch.count
         if not len(batch.events) == len(versions) == len(offsets) == batch.count:
             raise CorruptRecord(name, batch.seq, "the record's event count is wrong")
-        out = []
-        for i, (raw, version, offset) in enumerate(
-            zip(batch.events, versions, offsets, strict=True)
-        ):
+        events: list[Any] = []  # AnyEvent: an event of a newer writer reads as UnknownEvent
+        for i, (raw, version) in enumerate(zip(batch.events, versions, strict=True)):
             try:
-                event = decode_event(bytes(raw), version)
+                events.append(decode_event(bytes(raw), version))
             except DecodeFailure as exc:
                 raise CorruptRecord(name, batch.seq + i, f"undecodable event: {exc}") from None
-            out.append(
-                Recorded(
-                    run_id=name,
-                    seq=batch.seq + i,
-                    position=batch.position + i,
-                    at=batch.at + offset,
-                    event=event,
-                )
-            )
-        return out
+        typed = TypedBatch(0, batch.seq, batch.position, batch.at, batch.count, events, (), offsets)
+        return typed, name
 
     def _where(self, txn: Any, value: bytes, run_id: str, seq: int) -> tuple[str, int]:
         """The run and seq a damaged value names (read past its checksum), when the caller
@@ -859,18 +883,38 @@ def _misplaced(run_id: str, seq: int, position: int, end: int) -> CorruptRecord:
     )
 
 
-def _unpack(typed: TypedBatch, run_id: str) -> list[Recorded]:
-    """A decoded value's events as records (of ``run_id``, the run its number names)."""
-    seq, position, at = typed.seq, typed.position, typed.at
+def _unpack(typed: TypedBatch, run_id: str, lo: int, hi: int) -> list[Recorded]:
+    """Events ``lo`` to ``hi`` (exclusive) of a decoded value as records (of ``run_id``,
+    the run its number names)."""
+    seq, position, at, events = typed.seq, typed.position, typed.at, typed.events
     if typed.offsets:
+        offsets = typed.offsets
         return [
-            Recorded(run_id=run_id, seq=seq + i, position=position + i, at=at + d, event=event)
-            for i, (event, d) in enumerate(zip(typed.events, typed.offsets, strict=True))
+            Recorded(
+                run_id=run_id,
+                seq=seq + i,
+                position=position + i,
+                at=at + offsets[i],
+                event=events[i],
+            )
+            for i in range(lo, hi)
         ]
     return [
-        Recorded(run_id=run_id, seq=seq + i, position=position + i, at=at, event=event)
-        for i, event in enumerate(typed.events)
+        Recorded(run_id=run_id, seq=seq + i, position=position + i, at=at, event=events[i])
+        for i in range(lo, hi)
     ]
+
+
+def _pairs_into(out: list[tuple[AnyEvent, int]], typed: TypedBatch, lo: int, hi: int) -> None:
+    """Append ``(event, at)`` of events ``lo`` to ``hi`` (exclusive) of a decoded value
+    (whose offsets, when it has them, are one an event: ``open_fast`` checks)."""
+    at, events = typed.at, typed.events
+    if lo or hi != len(events):
+        events = events[lo:hi]
+    if typed.offsets:
+        out += zip(events, map(at.__add__, typed.offsets[lo:hi]))  # noqa: B905 - equal lengths
+    else:
+        out += zip(events, itertools.repeat(at))
 
 
 def _seek_value(cur: Any, key: bytes) -> bool:
