@@ -32,6 +32,7 @@ from foldloop.core import (
     decide,
     evolve,
     fold,
+    fold_events,
     replay,
 )
 from foldloop.errors import NondeterminismError
@@ -128,6 +129,17 @@ def test_fold_equals_evolving_event_by_event(events: list[Any], cut: int) -> Non
         assert fold(log[:n]) == expected, n
     cut = min(cut, len(log))
     assert fold(log[cut:], fold(log[:cut])) == states[-1]
+    # The same fold from (event, at) pairs, as Runtime.state reads them from the store.
+    pairs = [(r.event, r.at) for r in log]
+    assert fold_events("r", pairs[cut:], fold_events("r", pairs[:cut])) == states[-1]
+    assert fold_events("r", pairs[cut:], states[cut]) == states[-1]
+
+
+def test_fold_events_names_the_run_only_once_it_has_an_event() -> None:
+    assert fold_events("r", []) == INITIAL  # as fold([]): an empty log is no run yet
+    state = fold_events("r", [(RunStarted(agent="a", input="go"), 5)])
+    assert (state.run_id, state.seq, state.last_at) == ("r", 1, 5)
+    assert fold_events("other", [], state) is state  # a state keeps its own run
 
 
 @given(st.lists(any_event, max_size=30))

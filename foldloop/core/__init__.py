@@ -3,7 +3,7 @@
 Nothing here does I/O, reads a clock, draws randomness, starts threads or logs.
 """
 
-from foldloop.core.batch import fold
+from foldloop.core.batch import fold, fold_events
 from foldloop.core.commands import (
     ApprovalTicket,
     Cancel,
@@ -67,6 +67,7 @@ __all__ = [
     "decide",
     "evolve",
     "fold",
+    "fold_events",
     "prompt_digest",
     "replay",
 ]

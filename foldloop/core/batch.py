@@ -11,6 +11,7 @@ tests hold ``fold`` equal to ``reduce(evolve, ...)`` on generated logs.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 from msgspec.structs import replace
@@ -25,9 +26,9 @@ from foldloop.events.catalogue import (
     ToolFailed,
     ToolRequested,
 )
-from foldloop.events.recorded import Recorded
+from foldloop.events.recorded import AnyEvent, Recorded
 
-__all__ = ["fold"]
+__all__ = ["fold", "fold_events"]
 
 
 _ID, _TOOL, _ARGS, _STATUS, _RESULT, _KIND = range(6)
@@ -180,27 +181,39 @@ class _Fold:
         for r in calls:
             if r[_STATUS] not in FINISHED:
                 return True
-        finished = [_call_state(r) for r in calls]
         sig, count = self.repeat_sig, self.repeat_count
-        for c in finished:
-            this = call_signature(c)
+        for r in calls:
+            this = call_signature(r[_TOOL], r[_ARGS], r[_STATUS], r[_RESULT])
             sig, count = (sig, count + 1) if this == sig else (this, 1)
         self.repeat_sig, self.repeat_count = sig, count
-        self.messages.extend(tool_message(c) for c in finished)
+        self.messages += [
+            tool_message(r[_ID], r[_TOOL], r[_STATUS], r[_RESULT], r[_KIND]) for r in calls
+        ]
         return True
 
 
 def fold(events: Iterable[Recorded], initial: RunState = INITIAL) -> RunState:
     """The state of a run: ``reduce(evolve, events, initial)``."""
-    acc: _Fold | None = None
+    records = iter(events)
+    first = next(records, None)
+    if first is None:
+        return initial
+    pairs = itertools.chain(((first.event, first.at),), ((r.event, r.at) for r in records))
+    return fold_events(first.run_id, pairs, initial)
+
+
+def fold_events(
+    run_id: str, events: Iterable[tuple[AnyEvent, int]], initial: RunState = INITIAL
+) -> RunState:
+    """``fold`` of run ``run_id``'s records given as ``(event, at)`` pairs (what
+    ``LmdbStore.read_events`` returns: no Recorded envelope to build or take apart)."""
     state = initial
-    for recorded in events:
-        if not state.run_id:
-            state = replace(state, run_id=recorded.run_id)
-            acc = None
+    acc: _Fold | None = None
+    for event, at in events:
         if acc is None:
+            if not state.run_id:
+                state = replace(state, run_id=run_id)
             acc = _Fold(state)
-        event, at = recorded.event, recorded.at
         done = False
         if acc.running:
             if type(event) is ToolCompleted:

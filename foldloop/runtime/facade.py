@@ -25,7 +25,7 @@ from foldloop.actors.projection_actor import ProjectionHandle
 from foldloop.actors.system import ActorSystem
 from foldloop.agent import Agent
 from foldloop.approvals import PendingApproval, approval_writes
-from foldloop.core.batch import fold
+from foldloop.core.batch import fold, fold_events
 from foldloop.core.commands import (
     Cancel,
     Command,
@@ -486,10 +486,10 @@ class Runtime:
     def state(self, run_id: str) -> RunState:
         """The run's state: its latest snapshot plus the events after it."""
         base = self._snapshot_state(run_id)
-        tail = self.store.read(run_id, base.seq + 1)
+        tail = self.store.read_events(run_id, base.seq + 1)
         if not tail and not base.seq:
             raise RunNotFound(run_id)
-        return fold(tail, base)
+        return fold_events(run_id, tail, base)
 
     def _snapshot_state(self, run_id: str) -> RunState:
         """The run's latest snapshot (an empty state when it has none or it is unreadable:
