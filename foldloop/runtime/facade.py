@@ -486,10 +486,10 @@ class Runtime:
     def state(self, run_id: str) -> RunState:
         """The run's state: its latest snapshot plus the events after it."""
         base = self._snapshot_state(run_id)
-        tail = self.store.read_events(run_id, base.seq + 1)
-        if not tail and not base.seq:
+        events, ats = self.store.read_events(run_id, base.seq + 1)
+        if not events and not base.seq:
             raise RunNotFound(run_id)
-        return fold_events(run_id, tail, base)
+        return fold_events(run_id, zip(events, ats, strict=True), base)
 
     def _snapshot_state(self, run_id: str) -> RunState:
         """The run's latest snapshot (an empty state when it has none or it is unreadable:

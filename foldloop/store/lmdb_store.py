@@ -34,7 +34,6 @@ needs repair after a crash: the tail is simply scanned again.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -443,21 +442,22 @@ class LmdbStore:
 
         return self.read_txn(get)
 
-    def read_events(self, run_id: str, from_seq: int = 1) -> list[tuple[AnyEvent, int]]:
-        """``(event, at)`` of the run's records from ``from_seq`` on, in seq order: what a
-        fold needs of ``read``, without building a Recorded envelope for each record
-        (``core.fold_events`` takes these; ``Runtime.state`` reads this way)."""
+    def read_events(self, run_id: str, from_seq: int = 1) -> tuple[list[AnyEvent], list[int]]:
+        """The events of the run's records from ``from_seq`` on, in seq order, and the time
+        of each: what a fold needs of ``read``, without a Recorded envelope a record
+        (``core.fold_events(run_id, zip(events, ats))``, as ``Runtime.state`` does)."""
 
-        def get(txn: Any) -> list[tuple[AnyEvent, int]]:
+        def get(txn: Any) -> tuple[list[AnyEvent], list[int]]:
             start = max(1, from_seq)
-            out: list[tuple[AnyEvent, int]] = []
+            events: list[AnyEvent] = []
+            ats: list[int] = []
             for typed, lo, hi in self._run_values(txn, run_id, start):
-                _pairs_into(out, typed, lo, hi)
+                _events_into(events, ats, typed, lo, hi)
             for _pos, value, rid, first, count in self._scan_tail(txn, self._indexed(txn)):
                 if rid == run_id and first + count > start:
                     typed = self._batch(txn, value, run_id, first)[0]
-                    _pairs_into(out, typed, max(0, start - first), count)
-            return out
+                    _events_into(events, ats, typed, max(0, start - first), count)
+            return events, ats
 
         return self.read_txn(get)
 
@@ -474,17 +474,37 @@ class LmdbStore:
         self, txn: Any, run_id: str, start: int, to_seq: int | None = None
     ) -> Iterator[tuple[TypedBatch, int, int]]:
         """Each stored value holding the run's indexed records from ``start`` (to
-        ``to_seq``), decoded once, with the slice ``[lo, hi)`` of its events wanted. The
-        cursor walks on while the run's values are adjacent in the log (a run appending
-        alone) and seeks where another run's values sit in between. A value's own checked
-        frame says which seqs it holds; the index must place the first one wanted in it."""
+        ``to_seq``), decoded once, with the slice ``[lo, hi)`` of its events wanted. A
+        value's own checked frame says which seqs it holds; the index must place the first
+        one wanted in it.
+
+        The cursor steps on to the next value first: whenever the run's values are
+        adjacent in the log (a run appending alone), that is the one the index names, and
+        a sound value of the run's number at the seq and position wanted is taken as it
+        is. Anything else (another run's value in between, an older format, a damaged
+        value, upcasters to apply) seeks the value and reads it carefully."""
         cur = txn.cursor(db=self._log)
+        number = None if has_upcasters() else self._numbers.get(run_id)
         for entry, _key in self._ranges(txn, run_id, start):
             last = entry.last_seq if to_seq is None else min(to_seq, entry.last_seq)
             positions = entry.positions()
-            seq = max(start, entry.first_seq)
+            first = entry.first_seq
+            seq = max(start, first)
             while seq <= last:
-                typed = self._value_at(txn, cur, positions[seq - entry.first_seq], run_id, seq)
+                position = positions[seq - first]
+                typed = None
+                if cur.next() and cur.key() == pack_position(position) and number is not None:
+                    typed = open_fast(cur.value())
+                if (
+                    typed is None
+                    or typed.run != number
+                    or typed.seq != seq
+                    or typed.position != position
+                    or typed.versions
+                ):
+                    typed = self._value_at(txn, cur, position, run_id, seq)
+                    if number is None and not has_upcasters():
+                        number = self._numbers.get(run_id)
                 hi = min(typed.count, last - typed.seq + 1)
                 yield typed, seq - typed.seq, hi
                 seq = typed.seq + hi
@@ -492,11 +512,9 @@ class LmdbStore:
                 return
 
     def _value_at(self, txn: Any, cur: Any, position: int, run_id: str, seq: int) -> TypedBatch:
-        """The stored value holding ``position`` (``run_id``'s ``seq``, says the index), the
-        cursor left on it. The next value is tried first: it is the one wanted whenever
-        the run's values are adjacent."""
-        key = pack_position(position)
-        if not (cur.next() and cur.key() == key) and not _seek_value(cur, key):
+        """The stored value holding ``position`` (``run_id``'s ``seq``, says the index),
+        read carefully, the cursor left on it."""
+        if not _seek_value(cur, pack_position(position)):
             raise CorruptRecord(run_id, seq, "the index points at a missing record")
         typed = self._batch(txn, cur.value(), run_id, seq, within=True)[0]
         offset = position - typed.position
@@ -905,16 +923,19 @@ def _unpack(typed: TypedBatch, run_id: str, lo: int, hi: int) -> list[Recorded]:
     ]
 
 
-def _pairs_into(out: list[tuple[AnyEvent, int]], typed: TypedBatch, lo: int, hi: int) -> None:
-    """Append ``(event, at)`` of events ``lo`` to ``hi`` (exclusive) of a decoded value
-    (whose offsets, when it has them, are one an event: ``open_fast`` checks)."""
-    at, events = typed.at, typed.events
-    if lo or hi != len(events):
-        events = events[lo:hi]
-    if typed.offsets:
-        out += zip(events, map(at.__add__, typed.offsets[lo:hi]))  # noqa: B905 - equal lengths
+def _events_into(
+    events: list[AnyEvent], ats: list[int], typed: TypedBatch, lo: int, hi: int
+) -> None:
+    """Append events ``lo`` to ``hi`` (exclusive) of a decoded value, and their times
+    (its offsets, when it has them, are one an event: ``open_fast`` checks)."""
+    if lo or hi != typed.count:
+        events += typed.events[lo:hi]
     else:
-        out += zip(events, itertools.repeat(at))
+        events += typed.events
+    if typed.offsets:
+        ats += map(typed.at.__add__, typed.offsets[lo:hi])
+    else:
+        ats += [typed.at] * (hi - lo)
 
 
 def _seek_value(cur: Any, key: bytes) -> bool:
