@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import structlog
+from bench_steps import quiet_threads
 
 import foldloop as fl
 
@@ -106,6 +107,7 @@ def resume_time() -> None:
                 run = rt.spawn(agent(f"long{every}", 1000), "go")
                 assert run.wait(timeout=600).ok
                 rt.store.submit(lambda w: None).wait()
+                quiet_threads()
                 best = min(_timed(lambda r=rt, i=run.id: r.state(i)) for _ in range(5))
                 label = "from the whole log" if not every else f"snapshot every {every}"
                 print(f"3. state of a 1,000-step run, {label}: {best * 1000:.1f} ms")
