@@ -21,7 +21,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 from foldloop.errors import ConcurrencyError, ConfigError, CorruptRecord, RunLocked, StoreError
 from foldloop.events import ModelRequested, RunCompleted, RunStarted, ToolCompleted
 from foldloop.store import OwnerLock, encode_all, open_store
-from foldloop.store.framing import batch_frame, seal
+from foldloop.store.framing import batch_frame, decode_index, index_key, index_value, seal
 from foldloop.store.layout import INDEX_SPAN, VALUE_BYTES, VALUE_EVENTS, value_groups
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,6 +122,36 @@ def test_flipped_byte_is_reported_with_run_and_seq(store_path: Path) -> None:
             store.read_events("r1")
         with pytest.raises(CorruptRecord, match="'r1' seq 3: checksum mismatch"):
             store.read_events("r1", 3)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("points_at", ["another run's value", "a later value of the run"])
+def test_an_index_entry_placing_a_run_wrongly_is_reported_not_followed(
+    store_path: Path, points_at: str
+) -> None:
+    """Reads take a stored value the index names only if its own frame holds the run and
+    the seq the index says sit there (stepping to the adjacent value or seeking one)."""
+    store = open_store(store_path)
+    for i in range(3):  # a, b, a, b, a, b: each run's values are apart in the log
+        for run in ("a", "b"):
+            store.append(run, [ev(10 * i), ev(10 * i + 1)], expected_seq=2 * i, at=i)
+    store.close()  # indexes everything
+    b_first = 3
+    store = open_store(store_path)
+    try:
+        key = index_key("a", 1)
+        entry = decode_index(key, store.read_txn(lambda txn: txn.get(key, db=store._index)))
+        assert [entry.first_position, entry.length] == [1, 6]
+        wrong = b_first if points_at == "another run's value" else 5  # where a's seq 3 is
+        # The forged entry says a's six records sit at six consecutive positions from there.
+        forged = index_value(wrong, 6, entry.last_chain, entry.last_position, b"")
+        with store.env.begin(write=True) as txn:
+            txn.put(key, forged, db=store._index)
+        for read in (lambda: store.read("a"), lambda: store.read_events("a")):
+            with pytest.raises(CorruptRecord, match=r"'a' seq 1: the record holds"):
+                read()
+        assert [r.event for r in store.read("b")] == [ev(j) for j in (0, 1, 10, 11, 20, 21)]
     finally:
         store.close()
 

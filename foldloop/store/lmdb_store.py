@@ -478,13 +478,14 @@ class LmdbStore:
         value's own checked frame says which seqs it holds; the index must place the first
         one wanted in it.
 
-        The cursor steps on to the next value first: whenever the run's values are
-        adjacent in the log (a run appending alone), that is the one the index names, and
-        a sound value of the run's number at the seq and position wanted is taken as it
-        is. Anything else (another run's value in between, an older format, a damaged
-        value, upcasters to apply) seeks the value and reads it carefully."""
+        Where the value wanted starts right after the one just taken (a run appending
+        alone: every value), the cursor steps on to it; elsewhere it seeks. A sound value
+        of the run's number that holds the seq the index places at that position is taken
+        as it is; anything else (an older format, a damaged value, upcasters to apply) is
+        read again carefully."""
         cur = txn.cursor(db=self._log)
         number = None if has_upcasters() else self._numbers.get(run_id)
+        after = -1  # the position right after the last value taken
         for entry, _key in self._ranges(txn, run_id, start):
             last = entry.last_seq if to_seq is None else min(to_seq, entry.last_seq)
             positions = entry.positions()
@@ -493,14 +494,16 @@ class LmdbStore:
             while seq <= last:
                 position = positions[seq - first]
                 typed = None
-                if cur.next() and cur.key() == pack_position(position) and number is not None:
+                if number is not None and (
+                    cur.next() if position == after else _seek_value(cur, pack_position(position))
+                ):
                     typed = open_fast(cur.value())
                 if (
                     typed is None
                     or typed.run != number
-                    or typed.seq != seq
-                    or typed.position != position
                     or typed.versions
+                    or not 0 <= position - typed.position < typed.count
+                    or typed.seq + position - typed.position != seq
                 ):
                     typed = self._value_at(txn, cur, position, run_id, seq)
                     if number is None and not has_upcasters():
@@ -508,6 +511,7 @@ class LmdbStore:
                 hi = min(typed.count, last - typed.seq + 1)
                 yield typed, seq - typed.seq, hi
                 seq = typed.seq + hi
+                after = typed.position + typed.count
             if to_seq is not None and last == to_seq:
                 return
 
