@@ -156,6 +156,34 @@ def test_an_index_entry_placing_a_run_wrongly_is_reported_not_followed(
         store.close()
 
 
+def test_reads_use_the_tail_cache_only_for_what_their_transaction_sees(
+    store_path: Path,
+) -> None:
+    """A read finds a run's unindexed records through the write path's view of the tail:
+    records the view has but the read's transaction does not are left out, records the
+    transaction has and the view does not yet are scanned for."""
+    store = open_store(store_path)
+    try:
+        store.append("r", [ev(1)], expected_seq=0, at=1)
+        store.append("other", [ev(9)], expected_seq=0, at=1)
+
+        def older_transaction(txn: Any) -> list[int]:
+            store.append("r", [ev(2), ev(3)], expected_seq=1, at=2)  # the view moves on
+            return [first for _value, first, _count in store._tail_of(txn, "r")]
+
+        assert store.read_txn(older_transaction) == [1]
+        base, entries, covered = store._tail_view
+        assert covered == 4 and [e[0] for e in entries] == ["r", "other", "r", "r"]
+        store._tail_view = (base, entries[:2], 2)  # a view behind what is committed
+        assert [r.seq for r in store.read("r")] == [1, 2, 3]
+        assert store.read_events("r")[0] == [ev(1), ev(2), ev(3)]
+        assert store.head("r") == 3
+        store._tail_view = (base - 1, [], 0)  # a view of another index: scan it all
+        assert [r.seq for r in store.read("r", 2)] == [2, 3]
+    finally:
+        store.close()
+
+
 def test_rewritten_record_with_valid_checksum_breaks_the_hash_chain(store_path: Path) -> None:
     store = open_store(store_path)
     try:

@@ -232,6 +232,10 @@ class LmdbStore:
         self._tail_scanned = 0
         self._tail: list[TailEntry] = []
         self._tail_heads: dict[str, Head] = {}
+        # What readers on any thread use of it: (index base, entries, the last position
+        # they cover), replaced whole after every change, so one attribute read takes a
+        # consistent view (entries are only ever appended to a list until it is replaced).
+        self._tail_view: tuple[int, list[TailEntry], int] = (-1, self._tail, 0)
         self._written_id = -2  # LMDB id of this process's last write txn, and what came next
         self._written_next = 0
         # Run numbers never change once committed, so a cached one is never stale; the
@@ -324,6 +328,11 @@ class LmdbStore:
         self._tail_base = self._tail_scanned = base
         self._tail = []
         self._tail_heads = {}
+        self._publish_tail()
+
+    def _publish_tail(self) -> None:
+        """Let readers see the tail cache as it is now (write path only)."""
+        self._tail_view = (self._tail_base, self._tail, self._tail_scanned)
 
     def _sync_tail(self, txn: Any) -> None:
         """Bring the write path's tail cache up to date with what is committed."""
@@ -336,6 +345,7 @@ class LmdbStore:
                 self._tail.append((run_id, seq + i, position + i, chain))
             self._tail_heads[run_id] = Head(seq + count - 1, chain)
             self._tail_scanned = position + count - 1
+        self._publish_tail()
 
     def _scan_tail(self, txn: Any, after: int) -> Iterator[tuple[int, bytes, str, int, int]]:
         """(position, value, run_id, first seq, count) of every stored value past ``after``.
@@ -355,6 +365,40 @@ class LmdbStore:
                 raise _misplaced(run_id, seq, position, end)
             end = position + count - 1
             yield position, value, run_id, seq, count
+
+    def _tail_of(self, txn: Any, run_id: str) -> Iterator[tuple[bytes, int, int]]:
+        """(value, first seq, count) of each of the run's stored values past the index, as
+        ``txn`` sees them, in log order.
+
+        The write path's view of the tail says where the run's records are, so that a
+        read looks at its own values only, not at every value of the tail: when the view
+        is of the index ``txn`` sees, positions it covers and ``txn`` does not see are
+        left out and positions ``txn`` sees past it are scanned. A view of another index
+        (one was written meanwhile) is not used: the tail is scanned whole."""
+        indexed = self._indexed(txn)
+        base, entries, covered = self._tail_view
+        if base != indexed:
+            for _pos, value, rid, first, count in self._scan_tail(txn, indexed):
+                if rid == run_id:
+                    yield value, first, count
+            return
+        last = self._last_position(txn)
+        cur = txn.cursor(db=self._log)
+        end = base  # the last position of the values taken
+        for rid, seq, position, _chain in entries:
+            if position > covered or position > last:
+                break
+            if rid != run_id or position <= end:
+                continue
+            if not _seek_value(cur, pack_position(position)):
+                raise CorruptRecord(run_id, seq, f"log position {position} is missing")
+            start, (_run, first, count) = _placed(cur.key(), cur.value())
+            end = start + count - 1
+            yield cur.value(), first, count
+        if covered < last:
+            for _pos, value, rid, first, count in self._scan_tail(txn, covered):
+                if rid == run_id:
+                    yield value, first, count
 
     def _run_id(self, txn: Any, run: int | str, seq: int = 0) -> str:
         """The id of the run a stored value names (by number, or by id before format 4)."""
@@ -419,9 +463,8 @@ class LmdbStore:
 
         def get(txn: Any) -> int:
             seq = last_index_entry(txn.cursor(db=self._index), run_id).seq
-            for _pos, _value, rid, first, count in self._scan_tail(txn, self._indexed(txn)):
-                if rid == run_id:
-                    seq = first + count - 1
+            for _value, first, count in self._tail_of(txn, run_id):
+                seq = first + count - 1
             return seq
 
         return self.read_txn(get)
@@ -434,8 +477,8 @@ class LmdbStore:
             if to_seq is not None and out and out[-1].seq >= to_seq:
                 return out  # all asked for came from the index: no need to scan the tail
             last = to_seq if to_seq is not None else 1 << 63
-            for _pos, value, rid, first, count in self._scan_tail(txn, self._indexed(txn)):
-                if rid == run_id and first + count > from_seq and first <= last:
+            for value, first, count in self._tail_of(txn, run_id):
+                if first + count > from_seq and first <= last:
                     batch = self._records(txn, value, run_id, first)
                     out.extend(r for r in batch if from_seq <= r.seq <= last)
             return out
@@ -453,8 +496,8 @@ class LmdbStore:
             ats: list[int] = []
             for typed, lo, hi in self._run_values(txn, run_id, start):
                 _events_into(events, ats, typed, lo, hi)
-            for _pos, value, rid, first, count in self._scan_tail(txn, self._indexed(txn)):
-                if rid == run_id and first + count > start:
+            for value, first, count in self._tail_of(txn, run_id):
+                if first + count > start:
                     typed = self._batch(txn, value, run_id, first)[0]
                     _events_into(events, ats, typed, max(0, start - first), count)
             return events, ats

@@ -108,6 +108,7 @@ class WriteTxn:
                 store._tail.extend(self._new)
                 store._tail_heads.update(self._heads)
                 store._tail_scanned = self._next - 1
+                store._publish_tail()
         finally:
             self._resize.release_shared()
 
