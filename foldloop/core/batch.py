@@ -205,8 +205,8 @@ def fold(events: Iterable[Recorded], initial: RunState = INITIAL) -> RunState:
 def fold_events(
     run_id: str, events: Iterable[tuple[AnyEvent, int]], initial: RunState = INITIAL
 ) -> RunState:
-    """``fold`` of run ``run_id``'s records given as ``(event, at)`` pairs (what
-    ``LmdbStore.read_events`` returns: no Recorded envelope to build or take apart)."""
+    """``fold`` of run ``run_id``'s records given as ``(event, at)`` pairs, such as
+    ``zip(*store.read_events(run_id))``: no Recorded envelope to build or take apart."""
     state = initial
     acc: _Fold | None = None
     for event, at in events:

@@ -392,9 +392,10 @@ class LmdbStore:
                 continue
             if not _seek_value(cur, pack_position(position)):
                 raise CorruptRecord(run_id, seq, f"log position {position} is missing")
-            start, (_run, first, count) = _placed(cur.key(), cur.value())
+            value = cur.value()
+            start, (_run, first, count) = _placed(cur.key(), value)
             end = start + count - 1
-            yield cur.value(), first, count
+            yield value, first, count
         if covered < last:
             for _pos, value, rid, first, count in self._scan_tail(txn, covered):
                 if rid == run_id:
@@ -844,6 +845,7 @@ class LmdbStore:
                 events.append(decode_event(bytes(raw), version))
             except DecodeFailure as exc:
                 raise CorruptRecord(name, batch.seq + i, f"undecodable event: {exc}") from None
+        # Run number 0: an older format names the run by id, and the caller gets the id.
         typed = TypedBatch(0, batch.seq, batch.position, batch.at, batch.count, events, (), offsets)
         return typed, name
 
