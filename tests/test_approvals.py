@@ -186,7 +186,10 @@ def test_several_gated_calls_are_decided_each_on_its_own(rt: fl.Runtime, ledger:
     pending = {p.args["to"]: p for p in rt.pending_approvals()}
     assert set(pending) == {"a", "b", "c"}
     rt.approve(run_id=run.id, call_id=pending["b"].call_id)
-    wait_for(lambda: ledger.lines == ["pay b"])
+    # The ledger has "pay b" a moment before the run records the call's outcome and parks
+    # again: wait for the outcome in the log, then the run must be waiting for a and c.
+    wait_for(lambda: any(r.type == "tool.completed" for r in rt.events(run.id)))
+    assert ledger.lines == ["pay b"]
     assert rt.state(run.id).status is fl.RunStatus.AWAITING_APPROVAL
     rt.deny(pending["a"].token)
     rt.approve(pending["c"].token)
