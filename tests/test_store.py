@@ -434,8 +434,8 @@ class StoreMachine(RuleBasedStateMachine):
         assert self.store.run_ids() == sorted(r for r, e in self.model.items() if e)
         starts = {r: 1 + len(e) // 2 for r, e in self.model.items()}
         many = self.store.read_runs(starts)
-        assert {r: [x.event for x in got] for r, got in many.items()} == {
-            r: e[starts[r] - 1 :] for r, e in self.model.items()
+        assert many == {
+            r: (e[starts[r] - 1 :], self.ats[r][starts[r] - 1 :]) for r, e in self.model.items()
         }
         everything = self.store.read_all()
         assert [x.position for x in everything] == list(range(1, len(self.order) + 1))

@@ -517,7 +517,8 @@ class Runtime:
         bases = {run_id: self._snapshot_state(run_id) for run_id in run_ids}
         tails = self.store.read_runs({rid: base.seq + 1 for rid, base in bases.items()})
         for run_id, base in bases.items():
-            yield fold(tails[run_id], base)
+            events, ats = tails[run_id]
+            yield fold_events(run_id, zip(events, ats, strict=True), base)
 
     def runs(
         self, status: RunStatus | str | None = None, agent: str | None = None

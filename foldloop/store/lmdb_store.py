@@ -574,18 +574,23 @@ class LmdbStore:
             )
         return typed
 
-    def read_runs(self, starts: dict[str, int]) -> dict[str, list[Recorded]]:
-        """Several runs' records at once (``run_id -> from_seq``): one read transaction and
-        one scan of the unindexed tail for all of them (``read`` per run would scan it for
-        each)."""
+    def read_runs(self, starts: dict[str, int]) -> dict[str, tuple[list[AnyEvent], list[int]]]:
+        """``read_events`` of several runs at once (``run_id -> from_seq``): one read
+        transaction and one scan of the unindexed tail for all of them."""
 
-        def get(txn: Any) -> dict[str, list[Recorded]]:
-            out = {rid: self._from_index(txn, rid, max(1, start)) for rid, start in starts.items()}
+        def get(txn: Any) -> dict[str, tuple[list[AnyEvent], list[int]]]:
+            out: dict[str, tuple[list[AnyEvent], list[int]]] = {}
+            for rid, start in starts.items():
+                events: list[AnyEvent] = []
+                ats: list[int] = []
+                for typed, lo, hi in self._run_values(txn, rid, max(1, start)):
+                    _events_into(events, ats, typed, lo, hi)
+                out[rid] = events, ats
             for _pos, value, rid, first, count in self._scan_tail(txn, self._indexed(txn)):
-                start = starts.get(rid)
-                if start is not None and first + count > start:
-                    batch = self._records(txn, value, rid, first)
-                    out[rid].extend(r for r in batch if r.seq >= start)
+                wanted = starts.get(rid)
+                if wanted is not None and first + count > wanted:
+                    typed = self._batch(txn, value, rid, first)[0]
+                    _events_into(*out[rid], typed, max(0, wanted - first), count)
             return out
 
         return self.read_txn(get)
