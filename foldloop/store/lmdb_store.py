@@ -493,10 +493,7 @@ class LmdbStore:
 
         def get(txn: Any) -> tuple[list[AnyEvent], list[int]]:
             start = max(1, from_seq)
-            events: list[AnyEvent] = []
-            ats: list[int] = []
-            for typed, lo, hi in self._run_values(txn, run_id, start):
-                _events_into(events, ats, typed, lo, hi)
+            events, ats = self._indexed_events(txn, run_id, start)
             for value, first, count in self._tail_of(txn, run_id):
                 if first + count > start:
                     typed = self._batch(txn, value, run_id, first)[0]
@@ -504,6 +501,16 @@ class LmdbStore:
             return events, ats
 
         return self.read_txn(get)
+
+    def _indexed_events(
+        self, txn: Any, run_id: str, start: int
+    ) -> tuple[list[AnyEvent], list[int]]:
+        """The run's indexed events from ``start``, and their times."""
+        events: list[AnyEvent] = []
+        ats: list[int] = []
+        for typed, lo, hi in self._run_values(txn, run_id, start):
+            _events_into(events, ats, typed, lo, hi)
+        return events, ats
 
     def _from_index(
         self, txn: Any, run_id: str, start: int, to_seq: int | None = None
@@ -579,13 +586,9 @@ class LmdbStore:
         transaction and one scan of the unindexed tail for all of them."""
 
         def get(txn: Any) -> dict[str, tuple[list[AnyEvent], list[int]]]:
-            out: dict[str, tuple[list[AnyEvent], list[int]]] = {}
-            for rid, start in starts.items():
-                events: list[AnyEvent] = []
-                ats: list[int] = []
-                for typed, lo, hi in self._run_values(txn, rid, max(1, start)):
-                    _events_into(events, ats, typed, lo, hi)
-                out[rid] = events, ats
+            out = {
+                rid: self._indexed_events(txn, rid, max(1, start)) for rid, start in starts.items()
+            }
             for _pos, value, rid, first, count in self._scan_tail(txn, self._indexed(txn)):
                 wanted = starts.get(rid)
                 if wanted is not None and first + count > wanted:
@@ -982,10 +985,7 @@ def _events_into(
 ) -> None:
     """Append events ``lo`` to ``hi`` (exclusive) of a decoded value, and their times
     (its offsets, when it has them, are one an event: ``open_fast`` checks)."""
-    if lo or hi != typed.count:
-        events += typed.events[lo:hi]
-    else:
-        events += typed.events
+    events += typed.events[lo:hi]
     if typed.offsets:
         ats += map(typed.at.__add__, typed.offsets[lo:hi])
     else:
