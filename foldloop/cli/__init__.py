@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import importlib
 import json
 import logging
 import os
@@ -45,6 +44,7 @@ from foldloop.events.values import Limits
 from foldloop.projections.metrics import RunMetrics
 from foldloop.projections.prometheus import prometheus_text, serve_prometheus
 from foldloop.runtime import Runtime
+from foldloop.runtime.agent_ref import load_agent
 
 __all__ = ["app", "main"]
 
@@ -132,21 +132,11 @@ def _runtime(
 
 
 def _load_agent(spec: str) -> Agent:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        _fail(
-            EXIT_USAGE, f"--agent must look like module:attr (e.g. myapp.agents:calc); got {spec!r}"
-        )
     sys.path.insert(0, os.getcwd())
     try:
-        obj: Any = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        _fail(EXIT_USAGE, f"cannot load agent {spec!r}: {exc}")
-    if callable(obj) and not isinstance(obj, Agent):
-        obj = obj()
-    if not isinstance(obj, Agent):
-        _fail(EXIT_USAGE, f"{spec!r} is a {type(obj).__name__}, not an fl.Agent")
-    return obj
+        return load_agent(spec)
+    except ConfigError as exc:
+        _fail(EXIT_USAGE, f"--agent: {exc}")
 
 
 def _event_json(rec: Recorded) -> dict[str, Any]:
