@@ -451,14 +451,28 @@ class Runtime:
             return result_of(state, interrupted=settlement.interrupted)
         while True:  # driven elsewhere (another process): follow the log
             state = self.state(run_id)
-            if state.settled:
+            if state.settled and not (
+                # parked before a decision already taken: a runtime's poller carries it
+                state.status is RunStatus.AWAITING_APPROVAL
+                and self.desk.decided_not_applied(state)
+                and (deadline is None or time.monotonic() < deadline)
+            ):
                 return result_of(state)
-            lease = self.store.lease(run_id)
-            if lease is None or not lease.owner or not self.store.owner_alive(lease.owner):
-                return result_of(state, interrupted="no runtime is driving it")
+            if not self._driven(run_id):
+                # A run settles before its lease is released: read it again, then the lease
+                state = self.state(run_id)
+                if state.settled:
+                    continue
+                if not self._driven(run_id):
+                    return result_of(state, interrupted="no runtime is driving it")
             if deadline is not None and time.monotonic() >= deadline:
                 return result_of(state)
             time.sleep(0.02)
+
+    def _driven(self, run_id: str) -> bool:
+        """A live runtime holds the run's lease."""
+        lease = self.store.lease(run_id)
+        return lease is not None and bool(lease.owner) and self.store.owner_alive(lease.owner)
 
     # -- reading -------------------------------------------------------------------------
 
