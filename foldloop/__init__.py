@@ -54,6 +54,9 @@ from foldloop.errors import (
 from foldloop.errors import (
     ToolSchemaError as ToolSchemaError,
 )
+from foldloop.errors import (
+    WorkerError as WorkerError,
+)
 from foldloop.events.recorded import Recorded as Recorded
 from foldloop.events.values import Limits as Limits
 from foldloop.events.values import Usage as Usage
@@ -68,6 +71,7 @@ from foldloop.runtime import RunHandle as RunHandle
 from foldloop.runtime import RunResult as RunResult
 from foldloop.runtime import RunSummary as RunSummary
 from foldloop.runtime import Runtime as Runtime
+from foldloop.runtime import WorkerPool as WorkerPool
 from foldloop.tools.command import CommandResult as CommandResult
 from foldloop.tools.command import run_command as run_command
 from foldloop.tools.decorator import Tool as Tool
@@ -116,6 +120,8 @@ __all__ = [
     "ToolSchemaError",
     "ToolSpec",
     "Usage",
+    "WorkerError",
+    "WorkerPool",
     "events",
     "projections",
     "run_command",

@@ -14,6 +14,7 @@ was wrong and what to do about it::
     ├── ToolSchemaError (also TypeError) a tool signature foldloop cannot describe
     ├── ModelCallError                  a model adapter failed (``retryable`` says if a retry helps)
     ├── ProjectionError                 a projection's apply raised; it stopped at that record
+    ├── WorkerError                     a WorkerPool's worker process would not start or died
     └── StoreError                      the store directory or file is unusable or corrupt
         └── CorruptRecord               a record failed its checksum or hash chain
 
@@ -36,6 +37,7 @@ __all__ = [
     "SchemaChangedError",
     "StoreError",
     "ToolSchemaError",
+    "WorkerError",
 ]
 
 
@@ -131,6 +133,13 @@ class ProjectionError(FoldloopError):
             f"(run {run_id!r} seq {seq}, {event_type}): apply raised {error}; "
             "fix apply and attach it again to retry from there"
         )
+
+
+class WorkerError(FoldloopError):
+    """A WorkerPool's worker process failed to start, or died with a request in flight.
+
+    Runs it drove stay in the log: the pool's replacement worker recovers them.
+    """
 
 
 class StoreError(FoldloopError):

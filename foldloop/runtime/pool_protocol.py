@@ -1,0 +1,79 @@
+"""What a WorkerPool and its worker processes say to each other: one JSON object a line.
+
+The host writes requests to a worker's stdin; the worker answers on its stdout (its own
+logs go to stderr). Only plain data crosses: an agent travels as its name, known to the
+worker because it loaded the same ``module:attr`` at start.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = [
+    "SPAWNS",
+    "Failed",
+    "Ready",
+    "Refused",
+    "Reply",
+    "Spawn",
+    "Spawned",
+    "decode_reply",
+    "encode",
+]
+
+
+class Spawn(msgspec.Struct, frozen=True, tag="spawn"):
+    """Start a run of the agent named ``agent`` (answered by Spawned or Refused)."""
+
+    id: int
+    agent: str
+    input: str
+    run_id: str | None = None
+    metadata: dict[str, str] | None = None
+    parent_run_id: str | None = None
+
+
+class Ready(msgspec.Struct, frozen=True, tag="ready"):
+    """The worker's runtime is open and has recovered the orphaned runs it could."""
+
+    owner: str
+    pid: int
+    recovered: list[str]
+
+
+class Spawned(msgspec.Struct, frozen=True, tag="spawned"):
+    """Request ``id`` started run ``run_id``: its run.started is durable."""
+
+    id: int
+    run_id: str
+
+
+class Refused(msgspec.Struct, frozen=True, tag="refused"):
+    """Request ``id`` raised ``error`` (a FoldloopError class name) with ``message``."""
+
+    id: int
+    error: str
+    message: str
+
+
+class Failed(msgspec.Struct, frozen=True, tag="failed"):
+    """The worker could not start (sent instead of Ready, before it exits)."""
+
+    message: str
+
+
+Reply = Ready | Spawned | Refused | Failed
+
+_ENCODER = msgspec.json.Encoder()
+_REPLIES = msgspec.json.Decoder(Reply)
+SPAWNS = msgspec.json.Decoder(Spawn)
+
+
+def encode(message: Spawn | Reply) -> bytes:
+    """One protocol line."""
+    return _ENCODER.encode(message) + b"\n"
+
+
+def decode_reply(line: bytes) -> Reply:
+    """A worker's line (raises msgspec.DecodeError on anything else)."""
+    return _REPLIES.decode(line)

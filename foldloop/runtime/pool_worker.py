@@ -1,0 +1,123 @@
+"""A WorkerPool's worker process: a Runtime of its own on the shared store.
+
+Started by ``WorkerPool`` as ``python -m foldloop.runtime.pool_worker --store PATH
+--agent module:attr ...``. It opens the store, recovers runs whose runtime died (a worker
+that was killed, say), says Ready, then spawns the runs the host asks for and drives them
+until its stdin closes. One process per core is how a pool uses more than one core: each
+has its own interpreter lock, and the store's leases keep each run driven by one of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO
+
+import msgspec
+import structlog
+
+from foldloop.errors import FoldloopError
+from foldloop.runtime.agent_ref import load_agent
+from foldloop.runtime.facade import Runtime
+from foldloop.runtime.pool_protocol import (
+    SPAWNS,
+    Failed,
+    Ready,
+    Refused,
+    Reply,
+    Spawn,
+    Spawned,
+    encode,
+)
+
+__all__ = ["main"]
+
+SPAWN_THREADS = 32
+"""Spawns answered at once: each waits for its run.started to be durable, so several in
+flight share a group commit instead of paying an fsync each."""
+
+
+class _Answers:
+    """The protocol channel: stdout as it was at start (print() and logs go to stderr)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+
+    def send(self, reply: Reply) -> None:
+        line = encode(reply)
+        with self._lock:
+            self._out.write(line)
+            self._out.flush()
+
+
+def _spawn(rt: Runtime, request: Spawn) -> Reply:
+    agent = rt.agent_named(request.agent)
+    if agent is None:
+        return Refused(
+            request.id,
+            "ConfigError",
+            f"this pool's workers do not know agent {request.agent!r}; "
+            "name it in WorkerPool(agents=[...]) as module:attr",
+        )
+    try:
+        handle = rt.spawn(
+            agent,
+            request.input,
+            run_id=request.run_id,
+            metadata=request.metadata,
+            parent_run_id=request.parent_run_id,
+        )
+    except FoldloopError as exc:
+        return Refused(request.id, type(exc).__name__, str(exc))
+    except Exception as exc:  # a bug, reported to the host rather than lost in a thread
+        return Refused(request.id, "FoldloopError", f"{type(exc).__name__}: {exc}")
+    return Spawned(request.id, handle.id)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="A WorkerPool's worker (started by the pool).")
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--agent", action="append", required=True, help="module:attr")
+    parser.add_argument("--log-level", default="warning")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve spawn requests from stdin until it closes; 1 if the runtime could not start."""
+    args = _parse(argv)
+    answers = _Answers(os.fdopen(os.dup(1), "wb"))
+    os.dup2(2, 1)  # whatever else writes to stdout lands on stderr, not in the protocol
+    level = logging.getLevelName(args.log_level.upper())
+    if isinstance(level, int):
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+    try:
+        agents = [load_agent(spec) for spec in args.agent]
+        rt = Runtime.open(args.store, agents=agents, create=False)
+    except FoldloopError as exc:
+        answers.send(Failed(str(exc)))
+        return 1
+    with rt, ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="foldloop-spawn") as pool:
+        recovered = [h.id for h in rt.recover()]
+        answers.send(Ready(rt.owner, os.getpid(), recovered))
+
+        def serve(request: Spawn) -> None:
+            answers.send(_spawn(rt, request))
+
+        for line in sys.stdin.buffer:
+            try:
+                request = SPAWNS.decode(line)
+            except msgspec.DecodeError as exc:
+                print(f"foldloop worker: ignored a malformed request: {exc}", file=sys.stderr)
+                continue
+            pool.submit(serve, request)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

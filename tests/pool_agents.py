@@ -1,0 +1,59 @@
+"""Agents a WorkerPool's worker processes import by path (``pool_agents:NAME``).
+
+The tests dir is on the host's sys.path under pytest, and a pool hands its sys.path to
+the workers, so these load in both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import foldloop as fl
+
+
+@fl.tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+calc = fl.Agent(
+    name="calc",
+    llm=fl.ScriptedLLM(
+        [fl.Reply(tool_calls=[fl.ToolCall("add", {"a": 2, "b": 3})]), fl.Reply(text="5")]
+    ),
+    tools=[add],
+)
+
+
+@fl.tool(timeout=60)
+def wait_for(path: str) -> str:
+    """Block until ``path`` exists (non-idempotent: a crash inside it leaves it unknown).
+
+    Args:
+        path: the file to wait for
+    """
+    while not Path(path).exists():
+        time.sleep(0.01)
+    return "appeared"
+
+
+def _blocker_reply(messages: Sequence[fl.Message], tools: Sequence[fl.ToolSpec]) -> fl.Reply:
+    """Ask to wait for the file the input names; then report what the tool said."""
+    if messages[-1].role == "tool":
+        return fl.Reply(text=f"tool said: {messages[-1].content}")
+    return fl.Reply(tool_calls=[fl.ToolCall("wait_for", {"path": messages[-1].content})])
+
+
+blocker = fl.Agent(name="blocker", llm=fl.ScriptedLLM(_blocker_reply), tools=[wait_for])
+
+gated = fl.Agent(
+    name="gated",
+    llm=fl.ScriptedLLM(
+        [fl.Reply(tool_calls=[fl.ToolCall("add", {"a": 1, "b": 1})]), fl.Reply(text="2")]
+    ),
+    tools=[add],
+    approvals=fl.RequireApproval({"add"}),
+)

@@ -1,0 +1,119 @@
+"""WorkerPool: runs driven by real worker processes on one store.
+
+Every test starts real subprocesses (``python -m foldloop.runtime.pool_worker``); the
+agents come from ``pool_agents``, which the workers import through the host's sys.path.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+import foldloop as fl
+from foldloop.runtime.pool_protocol import Failed, decode_reply
+
+
+def _wait_for_type(rt: fl.Runtime, run_id: str, kind: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(r.type == kind for r in rt.events(run_id)):
+        assert time.monotonic() < deadline, f"no {kind} in {run_id} after {timeout} s"
+        time.sleep(0.02)
+
+
+def test_runs_are_spread_over_the_workers_and_complete(store_path: Path) -> None:
+    with fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=2) as pool:
+        workers = pool.workers
+        assert len({w.pid for w in workers}) == 2
+        assert os.getpid() not in {w.pid for w in workers}
+        handles = [pool.spawn("calc", f"sum {i}") for i in range(4)]
+        results = [h.wait(timeout=30) for h in handles]
+        assert [r.status for r in results] == [fl.RunStatus.COMPLETED] * 4
+        assert {r.output for r in results} == {"5"}
+        assert [w.spawned for w in pool.workers] == [2, 2]
+        # The host's runtime knows no agent: every step was decided in a worker.
+        assert pool.runtime.agent_named("calc") is None
+        types = [r.type for r in pool.runtime.events(handles[0].id)]
+        assert types.count("tool.completed") == 1
+        assert types[-1] == "run.completed"
+
+
+def test_a_worker_killed_mid_tool_is_replaced_and_its_run_recovered(
+    store_path: Path, tmp_path: Path
+) -> None:
+    gate = tmp_path / "go"
+    with fl.WorkerPool(store_path, agents=["pool_agents:blocker"], processes=1) as pool:
+        handle = pool.spawn("blocker", str(gate))
+        _wait_for_type(pool.runtime, handle.id, "tool.requested")
+        victim = pool.workers[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        gate.touch()  # too late for the killed tool: its outcome stays unknown
+        result = handle.wait(timeout=30)
+        assert result.status is fl.RunStatus.COMPLETED, result
+        replacement = pool.workers[0]
+        assert replacement.pid != victim.pid and replacement.alive
+        assert replacement.recovered == (handle.id,)
+        records = list(pool.runtime.events(handle.id))
+        failed = [r.event for r in records if r.type == "tool.failed"]
+        assert [f.kind for f in failed] == ["interrupted"]  # type: ignore[attr-defined]
+        resumed = [r.event for r in records if r.type == "run.resumed"]
+        assert [e.owner for e in resumed] == [replacement.owner]  # type: ignore[attr-defined]
+        assert result.output.startswith("tool said: error (interrupted)")
+
+
+def test_a_decision_taken_in_the_host_is_carried_by_a_worker(store_path: Path) -> None:
+    with fl.WorkerPool(store_path, agents=["pool_agents:gated"], processes=2) as pool:
+        handle = pool.spawn("gated", "one plus one")
+        parked = handle.wait(timeout=30)
+        assert parked.status is fl.RunStatus.AWAITING_APPROVAL, parked
+        (pending,) = pool.runtime.pending_approvals()
+        pool.runtime.approve(run_id=handle.id, call_id=pending.call_id, by="alice")
+        result = handle.wait(timeout=30)
+        assert result.status is fl.RunStatus.COMPLETED and result.output == "2", result
+
+
+def test_a_worker_refusal_reaches_the_host_as_the_same_error(store_path: Path) -> None:
+    with fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=1) as pool:
+        assert pool.spawn("calc", "first", run_id="same").wait(timeout=30).ok
+        with pytest.raises(fl.ConfigError, match="run 'same' already exists"):
+            pool.spawn("calc", "second", run_id="same")
+        with pytest.raises(fl.ConfigError, match="do not know agent 'blocker'"):
+            pool.spawn("blocker", "x")
+        assert pool.workers[0].spawned == 1  # the unknown agent never left the host
+        types = [r.type for r in pool.runtime.events("same")]
+        assert types.count("run.started") == 1 and types[-1] == "run.completed"
+
+
+def test_bad_pool_arguments_are_refused_before_any_process_starts(store_path: Path) -> None:
+    with pytest.raises(fl.ConfigError, match="module:attr"):
+        fl.WorkerPool(store_path, agents=["no_colon_here"])
+    with pytest.raises(fl.ConfigError, match="cannot load agent 'pool_agents:nobody'"):
+        fl.WorkerPool(store_path, agents=["pool_agents:nobody"])
+    with pytest.raises(fl.ConfigError, match="processes must be an int >= 1"):
+        fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=0)
+    with pytest.raises(fl.ConfigError, match="import paths of agents"):
+        fl.WorkerPool(store_path, agents=[])
+
+
+def test_a_worker_that_cannot_start_says_why_and_exits(store_path: Path) -> None:
+    fl.Runtime.open(store_path).close()
+    worker = [sys.executable, "-m", "foldloop.runtime.pool_worker"]
+    out = subprocess.run(
+        [*worker, "--store", str(store_path), "--agent", "pool_agents:nobody"],
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)},
+        check=False,
+    )
+    assert out.returncode == 1
+    reply = decode_reply(out.stdout.splitlines()[0])
+    assert isinstance(reply, Failed)
+    assert "cannot load agent 'pool_agents:nobody'" in reply.message
+    with pytest.raises(msgspec.DecodeError):
+        decode_reply(b"not a protocol line")
