@@ -54,10 +54,13 @@ def test_a_worker_killed_mid_tool_is_replaced_and_its_run_recovered(
         victim = pool.workers[0]
         os.kill(victim.pid, signal.SIGKILL)
         gate.touch()  # too late for the killed tool: its outcome stays unknown
+        deadline = time.monotonic() + 30
+        while (replacement := pool.workers[0]).pid == victim.pid or not replacement.owner:
+            assert time.monotonic() < deadline, "the killed worker was not replaced"
+            time.sleep(0.05)  # nobody spawns or waits: the pool replaces it by itself
+        assert replacement.alive
         result = handle.wait(timeout=30)
         assert result.status is fl.RunStatus.COMPLETED, result
-        replacement = pool.workers[0]
-        assert replacement.pid != victim.pid and replacement.alive
         assert replacement.recovered == (handle.id,)
         records = list(pool.runtime.events(handle.id))
         failed = [r.event for r in records if r.type == "tool.failed"]

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from types import TracebackType
 import msgspec
 
 from foldloop import errors
+from foldloop._log import get_logger
 from foldloop.agent import Agent
 from foldloop.core.state import RunStatus
 from foldloop.errors import ConfigError, FoldloopError, WorkerError
@@ -43,6 +44,12 @@ from foldloop.runtime.pool_protocol import (
 from foldloop.runtime.results import RunHandle, RunResult
 
 __all__ = ["PooledRunHandle", "WorkerInfo", "WorkerPool"]
+
+log = get_logger(__name__)
+
+RESTART_INTERVAL = 1.0
+"""Seconds at least between a worker's death and its automatic replacement: a run that
+kills every worker that recovers it costs one process start a second, not a busy loop."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,10 @@ def _error(name: str, message: str) -> FoldloopError:
 class _Worker:
     """One worker process, the requests in flight to it and the thread reading its answers."""
 
-    def __init__(self, command: list[str], env: Mapping[str, str]) -> None:
+    def __init__(
+        self, command: list[str], env: Mapping[str, str], on_exit: Callable[[], None]
+    ) -> None:
+        self._on_exit = on_exit
         self.proc = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=dict(env)
         )
@@ -124,6 +134,8 @@ class _Worker:
             pending, self._pending = self._pending, {}
         for future in pending.values():
             future.set_exception(gone)
+        if self.ready.exception() is None:
+            self._on_exit()  # it had started: replace it (one that could not start is not)
 
     def request(self, spawn: Spawn) -> Future[str]:
         """Send ``spawn`` (its id is assigned here); the future gets the run id."""
@@ -228,13 +240,31 @@ class WorkerPool:
         self._next = itertools.count()
         self._workers: list[_Worker] = []
         try:
-            started = [_Worker(self._command, self._env) for _ in range(processes)]
+            started = [self._start_worker() for _ in range(processes)]
             self._workers = started
             for worker in started:
                 self._await_ready(worker)
         except BaseException:
             self.close()
             raise
+
+    def _start_worker(self) -> _Worker:
+        return _Worker(self._command, self._env, self._worker_exited)
+
+    def _worker_exited(self) -> None:
+        """A started worker's process ended: replace it soon, from a thread of its own."""
+        if not self._closed:
+            threading.Thread(
+                target=self._restart_soon, name="foldloop-pool-restart", daemon=True
+            ).start()
+
+    def _restart_soon(self) -> None:
+        time.sleep(RESTART_INTERVAL)
+        try:
+            for info in self.replace_dead():
+                log.warning("pool_worker_replaced", pid=info.pid, recovered=len(info.recovered))
+        except WorkerError as exc:
+            log.warning("pool_worker_not_replaced", error=str(exc))
 
     def _await_ready(self, worker: _Worker) -> None:
         try:
@@ -278,7 +308,7 @@ class WorkerPool:
                 if not self._dead(worker):
                     continue
                 worker.stop(1.0)
-                self._workers[i] = replacement = _Worker(self._command, self._env)
+                self._workers[i] = replacement = self._start_worker()
                 fresh.append(replacement)
             for worker in fresh:
                 self._await_ready(worker)
