@@ -120,3 +120,20 @@ def test_a_worker_that_cannot_start_says_why_and_exits(store_path: Path) -> None
     assert "cannot load agent 'pool_agents:nobody'" in reply.message
     with pytest.raises(msgspec.DecodeError):
         decode_reply(b"not a protocol line")
+
+
+def test_a_run_left_going_at_close_is_continued_by_the_next_pool(
+    store_path: Path, tmp_path: Path
+) -> None:
+    gate = tmp_path / "go"
+    with fl.WorkerPool(store_path, agents=["pool_agents:blocker"], processes=1) as pool:
+        run_id = pool.spawn("blocker", str(gate)).id
+        _wait_for_type(pool.runtime, run_id, "tool.requested")
+    # Closed with the tool still blocked: the worker stopped driving the run, which waits.
+    gate.touch()
+    with fl.WorkerPool(store_path, agents=["pool_agents:blocker"], processes=1) as pool:
+        assert pool.workers[0].recovered == (run_id,)
+        result = pool.handle(run_id).wait(timeout=30)
+        assert result.status is fl.RunStatus.COMPLETED, result
+        with pytest.raises(fl.RunNotFound):
+            pool.handle("no-such-run")
