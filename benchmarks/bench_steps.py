@@ -8,7 +8,8 @@
    against the floor: a plain Python loop writing the same events to raw LMDB in one
    durable (fsync'd) transaction per step.
 2. Load: 100 and 1,000 concurrent runs of 20 steps, several rounds in one runtime: aggregate
-   steps/s (the median round after the first, which starts the threads), fsyncs per step.
+   steps/s (the median round after the first, which starts the threads), fsyncs per step;
+   then the same over a WorkerPool of two worker processes (one per core) on one store.
 3. Fold: rebuilding the state of a 1,000-step run from the log (no snapshot), against a
    bare cursor + decode loop over the same records.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import os
 import resource
 import statistics
 import sys
@@ -72,6 +74,11 @@ def agent(steps: int, name: str = "bench") -> fl.Agent:
             name=name, llm=scripted(steps), tools=[note], limits=fl.Limits(max_steps=steps + 1)
         )
     return _AGENTS[key]
+
+
+def load_agent() -> fl.Agent:
+    """The load's agent, by import path (``bench_steps:load_agent``) for a WorkerPool."""
+    return agent(STEPS, "load")
 
 
 class Floor:
@@ -148,6 +155,8 @@ def bench_load(quick: bool) -> None:
     _one_at_a_time(10 if quick else 50)
     for concurrent, rounds in ((100, 7), (1000, 3)):
         _load(concurrent, 10 if quick else STEPS, 2 if quick else rounds)
+    for concurrent, rounds in ((100, 7), (1000, 3)):
+        _pool_load(concurrent, 2 if quick else rounds, processes=2)
 
 
 def _cpu_line(usage0: Any, usage1: Any, steps: int) -> str:
@@ -192,13 +201,7 @@ def _load(concurrent: int, steps: int, rounds: int) -> None:
         usage1 = resource.getrusage(resource.RUSAGE_SELF)
         total = concurrent * steps * rounds
         commits = rt.store.writer.commits - commits0
-        latencies: list[float] = []
-        for h in handles:
-            asks = [r.at for r in rt.events(h.id) if r.type == "model.requested"]
-            latencies += [(b - a_) / 1e3 for a_, b in itertools.pairwise(asks)]
-        latencies.sort()
-        p50 = latencies[len(latencies) // 2]
-        p99 = latencies[int(len(latencies) * 0.99)]
+        p50, p99 = _latencies(rt, handles)
         later = sorted(rates[1:]) or rates
         print(f"2. load: {concurrent} concurrent runs x {steps} steps, {rounds} rounds")
         print(
@@ -210,8 +213,68 @@ def _load(concurrent: int, steps: int, rounds: int) -> None:
         print(f"   CPU a step:       {_cpu_line(usage0, usage1, total)}")
 
 
+def _pool_load(concurrent: int, rounds: int, processes: int) -> None:
+    """``_load`` over a WorkerPool: runs spawned by the host, driven by ``processes``
+    worker processes on one store. Commits are counted by LMDB's transaction id (every
+    process's write transactions), CPU over the host and the workers."""
+    with (
+        tempfile.TemporaryDirectory() as d,
+        fl.WorkerPool(
+            Path(d) / "fl", agents=["bench_steps:load_agent"], processes=processes
+        ) as pool,
+    ):
+        for _ in range(processes):
+            assert pool.spawn("load", "warm").wait(timeout=60).ok
+        env = pool.runtime.store.env
+        txn0 = env.info()["last_txnid"]
+        cpu0 = _cpu_seconds([w.pid for w in pool.workers])
+        rates: list[float] = []
+        handles: list[fl.RunHandle] = []
+        for _ in range(rounds):
+            rate, mine = _load_round(pool, "load", concurrent, STEPS)
+            rates.append(rate)
+            handles += mine
+        cpu = _cpu_seconds([w.pid for w in pool.workers]) - cpu0
+        total = concurrent * STEPS * rounds
+        commits = env.info()["last_txnid"] - txn0
+        p50, p99 = _latencies(pool.runtime, handles)
+        later = sorted(rates[1:]) or rates
+        print(
+            f"2. load over a WorkerPool of {processes} processes: {concurrent} concurrent runs "
+            f"x {STEPS} steps, {rounds} rounds"
+        )
+        print(
+            f"   aggregate:        {statistics.median(later):8.0f} steps/s (median of rounds "
+            f"2-{rounds}: {later[0]:.0f}-{later[-1]:.0f}; the first: {rates[0]:.0f})"
+        )
+        print(f"   step latency:     p50 {p50 / 1000:6.1f} ms, p99 {p99 / 1000:6.1f} ms")
+        print(f"   commits (fsyncs): {commits} for {total} steps = {commits / total:.3f} per step")
+        print(f"   CPU a step:       {cpu / total * 1e6:6.0f} us (host and workers)")
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of this process and of ``pids`` (Linux: /proc/PID/stat)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    total = usage.ru_utime + usage.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def _latencies(rt: fl.Runtime, handles: list[fl.RunHandle]) -> tuple[float, float]:
+    """p50 and p99 µs between a run's consecutive model.requested events."""
+    latencies: list[float] = []
+    for h in handles:
+        asks = [r.at for r in rt.events(h.id) if r.type == "model.requested"]
+        latencies += [(b - a_) / 1e3 for a_, b in itertools.pairwise(asks)]
+    latencies.sort()
+    return latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
+
+
 def _load_round(
-    rt: fl.Runtime, a: fl.Agent, concurrent: int, steps: int
+    rt: fl.Runtime | fl.WorkerPool, a: fl.Agent | str, concurrent: int, steps: int
 ) -> tuple[float, list[fl.RunHandle]]:
     """One round: ``concurrent`` runs spawned from 100 threads, all waited for."""
     handles: list[fl.RunHandle] = []
@@ -219,7 +282,7 @@ def _load_round(
     start = time.perf_counter()
 
     def spawn(n: int) -> None:
-        mine = [rt.spawn(a, "go") for _ in range(n)]
+        mine: list[fl.RunHandle] = [rt.spawn(a, "go") for _ in range(n)]  # type: ignore[arg-type]
         with lock:
             handles.extend(mine)
 
