@@ -463,7 +463,11 @@ class Runtime:
         while True:
             state = self.state(run_id)
             if state.settled and not self._decision_pending(state, deadline):
-                return result_of(state)
+                # The approvals table was read after the state: a decision carried in
+                # between shows as applied there and not yet here. Settled means no change.
+                if self.store.head(run_id) == state.seq:
+                    return result_of(state)
+                continue
             if not self._driven(run_id):
                 # A run settles before its lease is released: read it again, then the lease
                 state = self.state(run_id)
