@@ -137,3 +137,19 @@ def test_a_run_left_going_at_close_is_continued_by_the_next_pool(
         assert result.status is fl.RunStatus.COMPLETED, result
         with pytest.raises(fl.RunNotFound):
             pool.handle("no-such-run")
+
+
+def test_cancel_of_a_run_in_a_worker_reaches_it_at_once(store_path: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "never"
+    with fl.WorkerPool(store_path, agents=["pool_agents:blocker"], processes=1) as pool:
+        handle = pool.spawn("blocker", str(gate))
+        _wait_for_type(pool.runtime, handle.id, "tool.requested")
+        handle.cancel("not needed")  # the worker holds the lease: the host alone could not
+        result = handle.wait(timeout=10)
+        assert result.status is fl.RunStatus.CANCELLED, result
+        assert "not needed" in result.reason
+        types = [r.type for r in pool.runtime.events(handle.id)]
+        assert types[-1] == "run.cancelled" and "tool.completed" not in types
+        handle.cancel()  # cancelling a finished run again changes nothing
+        assert [r.type for r in pool.runtime.events(handle.id)] == types
+        gate.touch()  # lets the abandoned tool thread end

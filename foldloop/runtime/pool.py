@@ -34,8 +34,11 @@ from foldloop.errors import ConfigError, FoldloopError, WorkerError
 from foldloop.runtime.agent_ref import load_agent
 from foldloop.runtime.facade import Runtime
 from foldloop.runtime.pool_protocol import (
+    Cancel,
+    Cancelled,
     Failed,
     Ready,
+    Request,
     Spawn,
     Spawned,
     decode_reply,
@@ -120,6 +123,8 @@ class _Worker:
                 if isinstance(reply, Spawned):
                     self.spawned += 1  # only this thread writes it
                     future.set_result(reply.run_id)
+                elif isinstance(reply, Cancelled):
+                    future.set_result("")
                 else:
                     future.set_exception(_error(reply.error, reply.message))
         code = self.proc.wait()
@@ -137,11 +142,12 @@ class _Worker:
         if self.ready.exception() is None:
             self._on_exit()  # it had started: replace it (one that could not start is not)
 
-    def request(self, spawn: Spawn) -> Future[str]:
-        """Send ``spawn`` (its id is assigned here); the future gets the run id."""
+    def request(self, message: Request) -> Future[str]:
+        """Send ``message`` (its id is assigned here); the future gets the run id of a
+        spawn, "" for a cancel, or the error the worker raised."""
         future: Future[str] = Future()
         with self._lock:
-            request = msgspec.structs.replace(spawn, id=next(self._ids))
+            request = msgspec.structs.replace(message, id=next(self._ids))
             self._pending[request.id] = future
             assert self.proc.stdin is not None
             try:
@@ -182,7 +188,8 @@ class _Worker:
 
 
 class PooledRunHandle(RunHandle):
-    """A run driven by one of a pool's workers; ``wait`` rides out that worker's death."""
+    """A run driven by one of a pool's workers; ``wait`` rides out that worker's death,
+    ``cancel`` asks the worker driving the run."""
 
     def __init__(self, pool: WorkerPool, run_id: str) -> None:
         super().__init__(pool.runtime, run_id)
@@ -198,6 +205,11 @@ class PooledRunHandle(RunHandle):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             result = super().wait(left)
         return result
+
+    def cancel(self, reason: str = "") -> None:
+        """Cancel the run: through the worker that drives it, or here if none does."""
+        if not self._pool.cancel_in_worker(self.id, reason):
+            super().cancel(reason)
 
 
 class WorkerPool:
@@ -362,6 +374,19 @@ class WorkerPool:
             with self._lock:
                 worker = self._workers[next(self._next) % len(self._workers)]
         return worker
+
+    def cancel_in_worker(self, run_id: str, reason: str) -> bool:
+        """Ask the worker holding the run's lease to cancel it; False if none of this
+        pool's workers holds it (the run is parked or finished: cancel it from the host)."""
+        lease = self.runtime.store.lease(run_id)
+        if lease is None or not lease.owner:
+            return False
+        with self._lock:
+            driver = next((w for w in self._workers if w.info().owner == lease.owner), None)
+        if driver is None:
+            return False
+        driver.request(Cancel(0, run_id, reason)).result()
+        return True
 
     def handle(self, run_id: str) -> PooledRunHandle:
         """A handle to an existing run of the store."""

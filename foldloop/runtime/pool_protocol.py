@@ -1,8 +1,8 @@
 """What a WorkerPool and its worker processes say to each other: one JSON object a line.
 
-The host writes requests to a worker's stdin; the worker answers on its stdout (its own
-logs go to stderr). Only plain data crosses: an agent travels as its name, known to the
-worker because it loaded the same ``module:attr`` at start.
+The host writes requests (spawn a run, cancel one) to a worker's stdin; the worker answers
+on its stdout (its own logs go to stderr). Only plain data crosses: an agent travels as its
+name, known to the worker because it loaded the same ``module:attr`` at start.
 """
 
 from __future__ import annotations
@@ -10,11 +10,14 @@ from __future__ import annotations
 import msgspec
 
 __all__ = [
-    "SPAWNS",
+    "REQUESTS",
+    "Cancel",
+    "Cancelled",
     "Failed",
     "Ready",
     "Refused",
     "Reply",
+    "Request",
     "Spawn",
     "Spawned",
     "decode_reply",
@@ -33,6 +36,17 @@ class Spawn(msgspec.Struct, frozen=True, tag="spawn"):
     parent_run_id: str | None = None
 
 
+class Cancel(msgspec.Struct, frozen=True, tag="cancel"):
+    """Cancel run ``run_id``, which this worker drives (answered by Cancelled or Refused)."""
+
+    id: int
+    run_id: str
+    reason: str = ""
+
+
+Request = Spawn | Cancel
+
+
 class Ready(msgspec.Struct, frozen=True, tag="ready"):
     """The worker's runtime is open and has recovered the orphaned runs it could."""
 
@@ -46,6 +60,12 @@ class Spawned(msgspec.Struct, frozen=True, tag="spawned"):
 
     id: int
     run_id: str
+
+
+class Cancelled(msgspec.Struct, frozen=True, tag="cancelled"):
+    """Request ``id``'s cancel is recorded (or the run had already finished)."""
+
+    id: int
 
 
 class Refused(msgspec.Struct, frozen=True, tag="refused"):
@@ -62,14 +82,14 @@ class Failed(msgspec.Struct, frozen=True, tag="failed"):
     message: str
 
 
-Reply = Ready | Spawned | Refused | Failed
+Reply = Ready | Spawned | Cancelled | Refused | Failed
 
 _ENCODER = msgspec.json.Encoder()
 _REPLIES = msgspec.json.Decoder(Reply)
-SPAWNS = msgspec.json.Decoder(Spawn)
+REQUESTS = msgspec.json.Decoder(Request)
 
 
-def encode(message: Spawn | Reply) -> bytes:
+def encode(message: Request | Reply) -> bytes:
     """One protocol line."""
     return _ENCODER.encode(message) + b"\n"
 

@@ -25,11 +25,14 @@ from foldloop.errors import FoldloopError
 from foldloop.runtime.agent_ref import load_agent
 from foldloop.runtime.facade import Runtime
 from foldloop.runtime.pool_protocol import (
-    SPAWNS,
+    REQUESTS,
+    Cancel,
+    Cancelled,
     Failed,
     Ready,
     Refused,
     Reply,
+    Request,
     Spawn,
     Spawned,
     encode,
@@ -38,7 +41,7 @@ from foldloop.runtime.pool_protocol import (
 __all__ = ["main"]
 
 SPAWN_THREADS = 32
-"""Spawns answered at once: each waits for its run.started to be durable, so several in
+"""Requests answered at once: each waits for its run.started to be durable, so several in
 flight share a group commit instead of paying an fsync each."""
 
 
@@ -75,9 +78,24 @@ def _spawn(rt: Runtime, request: Spawn) -> Reply:
         )
     except FoldloopError as exc:
         return Refused(request.id, type(exc).__name__, str(exc))
+    return Spawned(request.id, handle.id)
+
+
+def _cancel(rt: Runtime, request: Cancel) -> Reply:
+    try:
+        rt.handle(request.run_id).cancel(request.reason)
+    except FoldloopError as exc:
+        return Refused(request.id, type(exc).__name__, str(exc))
+    return Cancelled(request.id)
+
+
+def _serve(rt: Runtime, request: Request) -> Reply:
+    try:
+        if isinstance(request, Spawn):
+            return _spawn(rt, request)
+        return _cancel(rt, request)
     except Exception as exc:  # a bug, reported to the host rather than lost in a thread
         return Refused(request.id, "FoldloopError", f"{type(exc).__name__}: {exc}")
-    return Spawned(request.id, handle.id)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -89,7 +107,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve spawn requests from stdin until it closes; 1 if the runtime could not start."""
+    """Serve requests from stdin until it closes; 1 if the runtime could not start."""
     args = _parse(argv)
     answers = _Answers(os.fdopen(os.dup(1), "wb"))
     os.dup2(2, 1)  # whatever else writes to stdout lands on stderr, not in the protocol
@@ -106,12 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         recovered = [h.id for h in rt.recover()]
         answers.send(Ready(rt.owner, os.getpid(), recovered))
 
-        def serve(request: Spawn) -> None:
-            answers.send(_spawn(rt, request))
+        def serve(request: Request) -> None:
+            answers.send(_serve(rt, request))
 
         for line in sys.stdin.buffer:
             try:
-                request = SPAWNS.decode(line)
+                request = REQUESTS.decode(line)
             except msgspec.DecodeError as exc:
                 print(f"foldloop worker: ignored a malformed request: {exc}", file=sys.stderr)
                 continue
