@@ -153,3 +153,48 @@ def test_cancel_of_a_run_in_a_worker_reaches_it_at_once(store_path: Path, tmp_pa
         handle.cancel()  # cancelling a finished run again changes nothing
         assert [r.type for r in pool.runtime.events(handle.id)] == types
         gate.touch()  # lets the abandoned tool thread end
+
+
+def _exited(pid: int) -> bool:
+    """The process is gone or a zombie (its parent was killed before reaping it)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def test_workers_of_a_killed_host_stop_and_leave_their_runs_resumable(
+    store_path: Path, tmp_path: Path
+) -> None:
+    gate = tmp_path / "go"
+    host = f"""
+import sys, time
+import foldloop as fl
+pool = fl.WorkerPool({str(store_path)!r}, agents=["pool_agents:blocker"], processes=2)
+run = pool.spawn("blocker", {str(gate)!r})
+while not any(r.type == "tool.requested" for r in pool.runtime.events(run.id)):
+    time.sleep(0.01)
+print("DRIVING", run.id, *[w.pid for w in pool.workers], flush=True)
+time.sleep(600)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", host], stdout=subprocess.PIPE, env=env, text=True
+    )
+    assert proc.stdout is not None
+    line = ""
+    while not line.startswith("DRIVING "):  # past the host's log lines
+        line = proc.stdout.readline()
+        assert line, "the host exited before its run reached the tool"
+    _, run_id, *pids = line.split()
+    proc.kill()  # SIGKILL: the host cannot close its pool
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while not all(_exited(int(pid)) for pid in pids):
+        assert time.monotonic() < deadline, "workers outlived their host"
+        time.sleep(0.05)
+    gate.touch()
+    with fl.WorkerPool(store_path, agents=["pool_agents:blocker"], processes=1) as pool:
+        assert pool.workers[0].recovered == (run_id,)
+        assert pool.handle(run_id).wait(timeout=30).ok
