@@ -17,6 +17,7 @@ EXPECTED = {
     "approvals.py": ["awaiting_approval", "completed - Deleted the old log"],
     "projections.py": ["runs: {'completed': 4} tool calls: 4", "tools used: {'add': 4}"],
     "export_import.py": ['"format":1', "completed hello"],
+    "worker_pool.py": ["the sum is 38", "runs per worker: [10, 10]", "runs completed: 20"],
 }
 
 

@@ -1,0 +1,48 @@
+"""A WorkerPool: runs driven by two worker processes on one store, one per core.
+
+    python examples/worker_pool.py
+
+Each worker imports the agent by its path (``worker_pool:agent``: this file, found on the
+host's sys.path) and drives the runs the host hands it; the host waits and reads through
+the log, as for any run another process drives.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+
+import structlog
+
+import foldloop as fl
+
+
+@fl.tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def _reply(messages: Sequence[fl.Message], tools: Sequence[fl.ToolSpec]) -> fl.Reply:
+    """Add the two numbers of the question with the tool, then say the sum."""
+    if messages[-1].role == "tool":
+        return fl.Reply(text=f"the sum is {messages[-1].content}")
+    a, b = (int(x) for x in messages[-1].content.split("+"))
+    return fl.Reply(tool_calls=[fl.ToolCall("add", {"a": a, "b": b})])
+
+
+agent = fl.Agent(name="adder", llm=fl.ScriptedLLM(_reply), tools=[add])
+
+if __name__ == "__main__":
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        fl.WorkerPool(tmp, agents=["worker_pool:agent"], processes=2) as pool,
+    ):
+        handles = [pool.spawn("adder", f"{i}+{i}") for i in range(20)]
+        results = [h.wait(timeout=60) for h in handles]
+        assert all(r.ok for r in results)
+        print("outputs:", results[0].output, "...", results[-1].output)
+        print("runs per worker:", [w.spawned for w in pool.workers])
+        print("runs completed:", len(pool.runtime.runs(status=fl.RunStatus.COMPLETED)))
