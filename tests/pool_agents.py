@@ -57,3 +57,13 @@ gated = fl.Agent(
     tools=[add],
     approvals=fl.RequireApproval({"add"}),
 )
+
+short = fl.Agent(
+    name="short",
+    llm=fl.ScriptedLLM(
+        [fl.Reply(tool_calls=[fl.ToolCall("add", {"a": i, "b": 1})]) for i in range(3)]
+        + [fl.Reply(text="done")]
+    ),
+    tools=[add],
+    limits=fl.Limits(max_steps=2),
+)

@@ -198,3 +198,20 @@ time.sleep(600)
     with fl.WorkerPool(store_path, agents=["pool_agents:blocker"], processes=1) as pool:
         assert pool.workers[0].recovered == (run_id,)
         assert pool.handle(run_id).wait(timeout=30).ok
+
+
+def test_a_run_at_its_limit_is_resumed_on_a_worker(store_path: Path) -> None:
+    with fl.WorkerPool(store_path, agents=["pool_agents:short"], processes=2) as pool:
+        handle = pool.spawn("short", "count")
+        stopped = handle.wait(timeout=30)
+        assert stopped.status is fl.RunStatus.LIMIT_REACHED, stopped
+        with pytest.raises(fl.ConfigError, match="does not know"):
+            pool.runtime.resume(handle.id)  # the host drives nothing
+        resumed = pool.resume(handle.id, extend=fl.Limits(max_steps=10))
+        assert resumed.id == handle.id
+        result = resumed.wait(timeout=30)
+        assert result.status is fl.RunStatus.COMPLETED and result.steps == 4, result
+        with pytest.raises(fl.ConfigError, match="cannot be resumed"):
+            pool.resume(handle.id)  # the worker's refusal, raised here as the same class
+        with pytest.raises(fl.RunNotFound):
+            pool.resume("no-such-run")

@@ -31,6 +31,7 @@ from foldloop._log import get_logger
 from foldloop.agent import Agent
 from foldloop.core.state import RunStatus
 from foldloop.errors import ConfigError, FoldloopError, WorkerError
+from foldloop.events.values import Limits
 from foldloop.runtime.agent_ref import load_agent
 from foldloop.runtime.facade import Runtime
 from foldloop.runtime.pool_protocol import (
@@ -39,6 +40,7 @@ from foldloop.runtime.pool_protocol import (
     Failed,
     Ready,
     Request,
+    Resume,
     Spawn,
     Spawned,
     decode_reply,
@@ -62,7 +64,7 @@ class WorkerInfo:
     pid: int
     owner: str
     spawned: int
-    """Runs it started (requests it refused are not counted)."""
+    """Runs it started or resumed (requests it refused are not counted)."""
     recovered: tuple[str, ...]
     alive: bool
 
@@ -144,7 +146,7 @@ class _Worker:
 
     def request(self, message: Request) -> Future[str]:
         """Send ``message`` (its id is assigned here); the future gets the run id of a
-        spawn, "" for a cancel, or the error the worker raised."""
+        spawn or resume, "" for a cancel, or the error the worker raised."""
         future: Future[str] = Future()
         with self._lock:
             request = msgspec.structs.replace(message, id=next(self._ids))
@@ -374,6 +376,16 @@ class WorkerPool:
             with self._lock:
                 worker = self._workers[next(self._next) % len(self._workers)]
         return worker
+
+    def resume(self, run_id: str, *, extend: Limits | None = None) -> PooledRunHandle:
+        """Continue a resumable run on the next worker (``Runtime.resume``'s rules: RunLocked
+        if a live runtime drives it, ConfigError if it cannot be resumed)."""
+        if extend is not None and not isinstance(extend, Limits):
+            raise ConfigError("extend must be fl.Limits(...)")
+        self.runtime.handle(run_id)  # raises RunNotFound
+        self.runtime.check_open()
+        worker = self._pick()
+        return PooledRunHandle(self, worker.request(Resume(0, run_id, extend)).result())
 
     def cancel_in_worker(self, run_id: str, reason: str) -> bool:
         """Ask the worker holding the run's lease to cancel it; False if none of this

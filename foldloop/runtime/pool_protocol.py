@@ -1,6 +1,6 @@
 """What a WorkerPool and its worker processes say to each other: one JSON object a line.
 
-The host writes requests (spawn a run, cancel one) to a worker's stdin; the worker answers
+The host writes requests (spawn a run, cancel or resume one) to a worker's stdin; the worker answers
 on its stdout (its own logs go to stderr). Only plain data crosses: an agent travels as its
 name, known to the worker because it loaded the same ``module:attr`` at start.
 """
@@ -8,6 +8,8 @@ name, known to the worker because it loaded the same ``module:attr`` at start.
 from __future__ import annotations
 
 import msgspec
+
+from foldloop.events.values import Limits
 
 __all__ = [
     "REQUESTS",
@@ -18,6 +20,7 @@ __all__ = [
     "Refused",
     "Reply",
     "Request",
+    "Resume",
     "Spawn",
     "Spawned",
     "decode_reply",
@@ -44,7 +47,16 @@ class Cancel(msgspec.Struct, frozen=True, tag="cancel"):
     reason: str = ""
 
 
-Request = Spawn | Cancel
+class Resume(msgspec.Struct, frozen=True, tag="resume"):
+    """Resume run ``run_id`` here, its limits extended by ``extend`` (answered by
+    Spawned with the run's id, or Refused)."""
+
+    id: int
+    run_id: str
+    extend: Limits | None = None
+
+
+Request = Spawn | Cancel | Resume
 
 
 class Ready(msgspec.Struct, frozen=True, tag="ready"):

@@ -33,6 +33,7 @@ from foldloop.runtime.pool_protocol import (
     Refused,
     Reply,
     Request,
+    Resume,
     Spawn,
     Spawned,
     encode,
@@ -89,10 +90,20 @@ def _cancel(rt: Runtime, request: Cancel) -> Reply:
     return Cancelled(request.id)
 
 
+def _resume(rt: Runtime, request: Resume) -> Reply:
+    try:
+        handle = rt.resume(request.run_id, extend=request.extend)
+    except FoldloopError as exc:
+        return Refused(request.id, type(exc).__name__, str(exc))
+    return Spawned(request.id, handle.id)
+
+
 def _serve(rt: Runtime, request: Request) -> Reply:
     try:
         if isinstance(request, Spawn):
             return _spawn(rt, request)
+        if isinstance(request, Resume):
+            return _resume(rt, request)
         return _cancel(rt, request)
     except Exception as exc:  # a bug, reported to the host rather than lost in a thread
         return Refused(request.id, "FoldloopError", f"{type(exc).__name__}: {exc}")
