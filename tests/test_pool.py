@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -215,3 +216,41 @@ def test_a_run_at_its_limit_is_resumed_on_a_worker(store_path: Path) -> None:
             pool.resume(handle.id)  # the worker's refusal, raised here as the same class
         with pytest.raises(fl.RunNotFound):
             pool.resume("no-such-run")
+
+
+def test_spawns_racing_a_killed_worker_lose_no_run(store_path: Path) -> None:
+    """Spawns from ten threads while a worker is SIGKILLed: each either returns a handle
+    or raises WorkerError, and every run that reached the log completes."""
+    handles: list[fl.RunHandle] = []
+    refused: list[str] = []
+    lock = threading.Lock()
+    enough = threading.Event()
+    with fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=2) as pool:
+
+        def spawn(k: int) -> None:
+            for i in range(10):
+                try:
+                    handle = pool.spawn("calc", "add", run_id=f"r{k}-{i}")
+                except fl.WorkerError:
+                    with lock:
+                        refused.append(f"r{k}-{i}")
+                    continue
+                with lock:
+                    handles.append(handle)
+                    if len(handles) == 20:
+                        enough.set()
+
+        threads = [threading.Thread(target=spawn, args=(k,)) for k in range(10)]
+        for t in threads:
+            t.start()
+        assert enough.wait(30)
+        os.kill(pool.workers[0].pid, signal.SIGKILL)
+        for t in threads:
+            t.join()
+        assert len(handles) + len(refused) == 100
+        assert all(h.wait(timeout=30).ok for h in handles)
+        in_log = [r for r in refused if pool.runtime.store.head(r)]
+        assert all(pool.handle(r).wait(timeout=30).ok for r in in_log)
+        summaries = pool.runtime.runs()
+        assert len(summaries) == len(handles) + len(in_log)
+        assert {s.status for s in summaries} == {fl.RunStatus.COMPLETED}
