@@ -14,11 +14,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import msgspec
 
+from foldloop._closing import ClosedOnExit
 from foldloop._log import get_logger
 from foldloop.actors.followers import Followers
 from foldloop.actors.projection_actor import ProjectionHandle
@@ -68,7 +68,7 @@ __all__ = ["Runtime"]
 log = get_logger(__name__)
 
 
-class Runtime:
+class Runtime(ClosedOnExit):
     """Runs agents on an LMDB store. Use ``Runtime.open(path, agents=[...])``."""
 
     def __init__(
@@ -134,17 +134,6 @@ class Runtime:
         except BaseException:
             store.close()
             raise
-
-    def __enter__(self) -> Runtime:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Stop driving runs (they stay resumable), commit what is queued, release the store."""

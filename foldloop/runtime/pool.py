@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import msgspec
 
 from foldloop import errors
+from foldloop._closing import ClosedOnExit
 from foldloop._log import get_logger
 from foldloop.agent import Agent
 from foldloop.core.state import RunStatus
@@ -214,7 +214,7 @@ class PooledRunHandle(RunHandle):
             super().cancel(reason)
 
 
-class WorkerPool:
+class WorkerPool(ClosedOnExit):
     """``processes`` worker processes driving runs of ``agents`` on the store at ``path``.
 
     ``agents`` are import paths (``"myapp.agents:calc"``): each worker imports them, with
@@ -288,17 +288,6 @@ class WorkerPool:
                 f"worker process {worker.proc.pid} did not start within "
                 f"{self._start_timeout:g} s (WorkerPool(start_timeout=...))"
             ) from None
-
-    def __enter__(self) -> WorkerPool:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def closed(self) -> bool:

@@ -15,11 +15,11 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from foldloop._closing import ClosedOnExit
 from foldloop.core.messages import ToolSpec
 from foldloop.errors import ConfigError
 from foldloop.events.values import ToolInfo
@@ -87,7 +87,7 @@ class McpTool(Tool):
         return ToolOutcome(not is_error, text, "exception" if is_error else "", ms)
 
 
-class McpServer:
+class McpServer(ClosedOnExit):
     """A running MCP server process and its tools (``with fl.McpServer([...]) as server``)."""
 
     def __init__(
@@ -181,14 +181,3 @@ class McpServer:
                 self._done.result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
-
-    def __enter__(self) -> McpServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
