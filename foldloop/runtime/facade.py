@@ -597,10 +597,7 @@ class Runtime(ClosedOnExit):
         return target
 
     def _orphaned(self, run_id: str) -> bool:
-        if self.system.active(run_id):
-            return False
-        lease = self.store.lease(run_id)
-        return lease is None or not lease.owner or not self.store.owner_alive(lease.owner)
+        return not self.system.active(run_id) and not self._driven(run_id)
 
     def verify(self, run_id: str) -> RunState:
         """Replay the run's log through today's decide(); raise at the first difference.
