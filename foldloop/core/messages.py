@@ -105,6 +105,8 @@ def flatten(history: History) -> tuple[Message, ...]:
 
 
 _ENCODER = msgspec.msgpack.Encoder()
+_BLAKE2B_16 = hashlib.blake2b(digest_size=16)
+"""An empty 16-byte blake2b, copied for each digest (never updated itself)."""
 
 
 def chain_digest(previous: str, messages: Iterable[Message]) -> str:
@@ -115,9 +117,9 @@ def chain_digest(previous: str, messages: Iterable[Message]) -> str:
     """
     digest = previous
     for message in messages:
-        digest = hashlib.blake2b(
-            digest.encode() + _ENCODER.encode(message), digest_size=16
-        ).hexdigest()
+        h = _BLAKE2B_16.copy()  # a third cheaper than blake2b(..., digest_size=16) a call
+        h.update(digest.encode() + _ENCODER.encode(message))
+        digest = h.hexdigest()
     return digest
 
 
