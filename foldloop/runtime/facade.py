@@ -67,6 +67,10 @@ __all__ = ["Runtime"]
 
 log = get_logger(__name__)
 
+LEASE_RELEASE_GRACE = 1.0
+"""Seconds a wait on a run settled in another process waits for that process to release
+the run's lease (it goes with its next commit, within milliseconds) before returning."""
+
 
 class Runtime(ClosedOnExit):
     """Runs agents on an LMDB store. Use ``Runtime.open(path, agents=[...])``."""
@@ -449,15 +453,25 @@ class Runtime(ClosedOnExit):
         1 ms at first and backing off to every 20 ms: a short run is seen settled soon
         after it settles, a long one costs ~50 state reads a second."""
         pause = 0.001
+        released_by: float | None = None
         while True:
             state = self.state(run_id)
             if state.settled and not self._decision_pending(state, deadline):
                 # The approvals table was read after the state: a decision carried in
                 # between shows as applied there and not yet here. Settled means no change.
-                if self.store.head(run_id) == state.seq:
+                if self.store.head(run_id) != state.seq:
+                    continue
+                # Its runtime releases the lease with its next commit: wait for that (a
+                # little), so that a resume right after this wait finds the run free.
+                now = time.monotonic()
+                released_by = released_by or now + LEASE_RELEASE_GRACE
+                if (
+                    not self._driven(run_id)
+                    or now >= released_by
+                    or (deadline is not None and now >= deadline)
+                ):
                     return result_of(state)
-                continue
-            if not self._driven(run_id):
+            elif not self._driven(run_id):
                 # A run settles before its lease is released: read it again, then the lease
                 state = self.state(run_id)
                 if state.settled:
