@@ -21,12 +21,11 @@ from typing import BinaryIO
 import msgspec
 import structlog
 
-from foldloop.errors import FoldloopError
+from foldloop.errors import ConfigError, FoldloopError
 from foldloop.runtime.agent_ref import load_agent
 from foldloop.runtime.facade import Runtime
 from foldloop.runtime.pool_protocol import (
     REQUESTS,
-    Cancel,
     Cancelled,
     Failed,
     Ready,
@@ -60,51 +59,34 @@ class _Answers:
             self._out.flush()
 
 
-def _spawn(rt: Runtime, request: Spawn) -> Reply:
+def _spawn(rt: Runtime, request: Spawn) -> str:
     agent = rt.agent_named(request.agent)
     if agent is None:
-        return Refused(
-            request.id,
-            "ConfigError",
+        raise ConfigError(
             f"this pool's workers do not know agent {request.agent!r}; "
-            "name it in WorkerPool(agents=[...]) as module:attr",
+            "name it in WorkerPool(agents=[...]) as module:attr"
         )
-    try:
-        handle = rt.spawn(
-            agent,
-            request.input,
-            run_id=request.run_id,
-            metadata=request.metadata,
-            parent_run_id=request.parent_run_id,
-        )
-    except FoldloopError as exc:
-        return Refused(request.id, type(exc).__name__, str(exc))
-    return Spawned(request.id, handle.id)
-
-
-def _cancel(rt: Runtime, request: Cancel) -> Reply:
-    try:
-        rt.handle(request.run_id).cancel(request.reason)
-    except FoldloopError as exc:
-        return Refused(request.id, type(exc).__name__, str(exc))
-    return Cancelled(request.id)
-
-
-def _resume(rt: Runtime, request: Resume) -> Reply:
-    try:
-        handle = rt.resume(request.run_id, extend=request.extend)
-    except FoldloopError as exc:
-        return Refused(request.id, type(exc).__name__, str(exc))
-    return Spawned(request.id, handle.id)
+    handle = rt.spawn(
+        agent,
+        request.input,
+        run_id=request.run_id,
+        metadata=request.metadata,
+        parent_run_id=request.parent_run_id,
+    )
+    return handle.id
 
 
 def _serve(rt: Runtime, request: Request) -> Reply:
+    """Carry out one request; every failure becomes a Refused the host re-raises."""
     try:
         if isinstance(request, Spawn):
-            return _spawn(rt, request)
+            return Spawned(request.id, _spawn(rt, request))
         if isinstance(request, Resume):
-            return _resume(rt, request)
-        return _cancel(rt, request)
+            return Spawned(request.id, rt.resume(request.run_id, extend=request.extend).id)
+        rt.handle(request.run_id).cancel(request.reason)
+        return Cancelled(request.id)
+    except FoldloopError as exc:
+        return Refused(request.id, type(exc).__name__, str(exc))
     except Exception as exc:  # a bug, reported to the host rather than lost in a thread
         return Refused(request.id, "FoldloopError", f"{type(exc).__name__}: {exc}")
 
@@ -128,11 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         agents = [load_agent(spec) for spec in args.agent]
         rt = Runtime.open(args.store, agents=agents, create=False)
-    except FoldloopError as exc:
-        answers.send(Failed(str(exc)))
+    except Exception as exc:  # an agent's module may raise anything as it is imported
+        answers.send(Failed(str(exc) if isinstance(exc, FoldloopError) else repr(exc)))
         return 1
     with rt, ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="foldloop-spawn") as pool:
-        recovered = [h.id for h in rt.recover()]
+        try:
+            recovered = [h.id for h in rt.recover()]
+        except FoldloopError as exc:
+            answers.send(Failed(f"recovering orphaned runs failed: {exc}"))
+            return 1
         answers.send(Ready(rt.owner, os.getpid(), recovered))
 
         def serve(request: Request) -> None:
