@@ -99,6 +99,8 @@ def test_bad_pool_arguments_are_refused_before_any_process_starts(store_path: Pa
         fl.WorkerPool(store_path, agents=["no_colon_here"])
     with pytest.raises(fl.ConfigError, match="cannot load agent 'pool_agents:nobody'"):
         fl.WorkerPool(store_path, agents=["pool_agents:nobody"])
+    with pytest.raises(fl.ConfigError, match="raised RuntimeError: the settings file is missing"):
+        fl.WorkerPool(store_path, agents=["pool_broken:agent"])
     with pytest.raises(fl.ConfigError, match="processes must be an int >= 1"):
         fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=0)
     with pytest.raises(fl.ConfigError, match="import paths of agents"):

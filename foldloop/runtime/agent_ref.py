@@ -23,6 +23,11 @@ def load_agent(spec: str) -> Agent:
         obj: object = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"cannot load agent {spec!r}: {exc}") from None
+    except Exception as exc:  # the module itself raised as it was imported
+        raise ConfigError(
+            f"cannot load agent {spec!r}: importing {module_name} raised "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     if callable(obj) and not isinstance(obj, Agent):
         obj = obj()
     if not isinstance(obj, Agent):
