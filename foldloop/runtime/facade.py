@@ -456,7 +456,9 @@ class Runtime(ClosedOnExit):
         released_by: float | None = None
         while True:
             state = self.state(run_id)
-            if state.settled and not self._decision_pending(state, deadline):
+            if state.settled and self._decision_pending(state, deadline):
+                pass  # parked, but a runtime's poller carries a decision in: keep following
+            elif state.settled:
                 # The approvals table was read after the state: a decision carried in
                 # between shows as applied there and not yet here. Settled means no change.
                 if self.store.head(run_id) != state.seq:
