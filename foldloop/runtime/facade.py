@@ -54,7 +54,7 @@ from foldloop.runtime.approval_desk import ApprovalDesk
 from foldloop.runtime.results import RunHandle, RunResult, RunSummary, result_of
 from foldloop.runtime.rules import (
     check_run_id,
-    check_text,
+    check_spawn,
     evolve_all,
     merged,
     priced_limits,
@@ -199,16 +199,8 @@ class Runtime(ClosedOnExit):
         """Start a run of ``agent`` on ``input``; returns once run.started is durable."""
         self.check_open()
         self.register(agent)
-        check_text("input", input)
+        check_spawn(input, run_id, metadata, parent_run_id)
         run_id = run_id if run_id is not None else f"{agent.name}-{secrets.token_hex(6)}"
-        check_run_id(run_id)
-        if parent_run_id is not None:
-            check_run_id(parent_run_id)
-        if metadata is not None and not isinstance(metadata, Mapping):
-            raise ConfigError(f"metadata must be a mapping of str to str; got {metadata!r:.80}")
-        for key, value in (metadata or {}).items():
-            check_text("a metadata key", key)
-            check_text(f"metadata[{key!r}]", value)
         meta = tuple(sorted((metadata or {}).items()))
         now = self.clock()
         command = agent.start(

@@ -47,6 +47,7 @@ from foldloop.runtime.pool_protocol import (
     encode,
 )
 from foldloop.runtime.results import RunHandle, RunResult
+from foldloop.runtime.rules import check_spawn
 
 __all__ = ["PooledRunHandle", "WorkerInfo", "WorkerPool"]
 
@@ -341,10 +342,7 @@ class WorkerPool(ClosedOnExit):
                 f"this pool's workers do not know agent {name!r}; they know "
                 f"{sorted(self._agents)} (WorkerPool(agents=[...]) names them as module:attr)"
             )
-        if not isinstance(input, str):
-            raise ConfigError(f"input must be a str; got {type(input).__name__}")
-        if metadata is not None and not isinstance(metadata, Mapping):
-            raise ConfigError(f"metadata must be a mapping of str to str; got {metadata!r:.80}")
+        check_spawn(input, run_id, metadata, parent_run_id)  # here: a worker gets only valid JSON
         request = Spawn(
             0,
             name,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import msgspec
 
@@ -26,6 +26,7 @@ from foldloop.store.lmdb_store import WriteTxn
 __all__ = [
     "NothingToDo",
     "check_run_id",
+    "check_spawn",
     "check_text",
     "evolve_all",
     "expiry",
@@ -110,6 +111,23 @@ def check_run_id(run_id: object) -> None:
     """Refuse a run id the store and the CLI cannot carry safely."""
     if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
         raise ConfigError(f"run_id must be 1-128 characters of [A-Za-z0-9._:-]; got {run_id!r}")
+
+
+def check_spawn(input: object, run_id: object, metadata: object, parent_run_id: object) -> None:
+    """Refuse a spawn's arguments before anything is written (``run_id`` and
+    ``parent_run_id`` may be None: a run id is made, no parent is recorded)."""
+    check_text("input", input)
+    if run_id is not None:
+        check_run_id(run_id)
+    if parent_run_id is not None:
+        check_run_id(parent_run_id)
+    if metadata is None:
+        return
+    if not isinstance(metadata, Mapping):
+        raise ConfigError(f"metadata must be a mapping of str to str; got {metadata!r:.80}")
+    for key, value in metadata.items():
+        check_text("a metadata key", key)
+        check_text(f"metadata[{key!r}]", value)
 
 
 def tool_drift(state: RunState, agent: Agent) -> str:
