@@ -18,7 +18,14 @@ import msgspec
 import pytest
 
 import foldloop as fl
-from foldloop.runtime.pool_protocol import Failed, decode_reply
+from foldloop.runtime.pool_protocol import Failed, Ready, Refused, Spawned, decode_reply
+
+WORKER = [sys.executable, "-m", "foldloop.runtime.pool_worker"]
+
+
+def _env() -> dict[str, str]:
+    """This process's environment with its sys.path, as a pool gives its workers."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
 
 
 def _wait_for_type(rt: fl.Runtime, run_id: str, kind: str, timeout: float = 30) -> None:
@@ -89,7 +96,11 @@ def test_a_worker_refusal_reaches_the_host_as_the_same_error(store_path: Path) -
             pool.spawn("calc", "second", run_id="same")
         with pytest.raises(fl.ConfigError, match="do not know agent 'blocker'"):
             pool.spawn("blocker", "x")
-        assert pool.workers[0].spawned == 1  # the unknown agent never left the host
+        with pytest.raises(fl.ConfigError, match=r"metadata\['k'\] must be a str"):
+            pool.spawn("calc", "x", metadata={"k": 1})  # type: ignore[dict-item]
+        with pytest.raises(fl.ConfigError, match="run_id must be"):
+            pool.spawn("calc", "x", run_id=7)  # type: ignore[arg-type]
+        assert pool.workers[0].spawned == 1  # none of those left the host
         types = [r.type for r in pool.runtime.events("same")]
         assert types.count("run.started") == 1 and types[-1] == "run.completed"
 
@@ -109,12 +120,11 @@ def test_bad_pool_arguments_are_refused_before_any_process_starts(store_path: Pa
 
 def test_a_worker_that_cannot_start_says_why_and_exits(store_path: Path) -> None:
     fl.Runtime.open(store_path).close()
-    worker = [sys.executable, "-m", "foldloop.runtime.pool_worker"]
     out = subprocess.run(
-        [*worker, "--store", str(store_path), "--agent", "pool_agents:nobody"],
+        [*WORKER, "--store", str(store_path), "--agent", "pool_agents:nobody"],
         capture_output=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)},
+        env=_env(),
         check=False,
     )
     assert out.returncode == 1
@@ -181,9 +191,8 @@ while not any(r.type == "tool.requested" for r in pool.runtime.events(run.id)):
 print("DRIVING", run.id, *[w.pid for w in pool.workers], flush=True)
 time.sleep(600)
 """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", host], stdout=subprocess.PIPE, env=env, text=True
+        [sys.executable, "-c", host], stdout=subprocess.PIPE, env=_env(), text=True
     )
     assert proc.stdout is not None
     line = ""
@@ -256,3 +265,29 @@ def test_spawns_racing_a_killed_worker_lose_no_run(store_path: Path) -> None:
         summaries = pool.runtime.runs()
         assert len(summaries) == len(handles) + len(in_log)
         assert {s.status for s in summaries} == {fl.RunStatus.COMPLETED}
+
+
+def test_a_worker_answers_a_malformed_request_instead_of_dropping_it(store_path: Path) -> None:
+    """The protocol at the pipe: a request that does not decode is refused under its id
+    (a host waiting on it would otherwise wait for ever); the worker goes on serving."""
+    fl.Runtime.open(store_path).close()
+    worker = subprocess.Popen(
+        [*WORKER, "--store", str(store_path), "--agent", "pool_agents:calc"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=_env(),
+    )
+    assert worker.stdin is not None and worker.stdout is not None
+    try:
+        assert isinstance(decode_reply(worker.stdout.readline()), Ready)
+        worker.stdin.write(b'{"type":"spawn","id":7,"agent":"calc","input":5}\n')
+        worker.stdin.write(b'{"type":"spawn","id":8,"agent":"calc","input":"2+3"}\n')
+        worker.stdin.flush()
+        replies = {r.id: r for r in (decode_reply(worker.stdout.readline()) for _ in range(2))}
+        refused, spawned = replies[7], replies[8]
+        assert isinstance(refused, Refused) and refused.error == "ConfigError"
+        assert "malformed request" in refused.message and "input" in refused.message
+        assert isinstance(spawned, Spawned)
+    finally:
+        worker.stdin.close()
+        assert worker.wait(timeout=30) == 0

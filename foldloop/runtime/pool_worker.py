@@ -91,6 +91,19 @@ def _serve(rt: Runtime, request: Request) -> Reply:
         return Refused(request.id, "FoldloopError", f"{type(exc).__name__}: {exc}")
 
 
+def _malformed(line: bytes, exc: msgspec.DecodeError) -> Reply:
+    """A Refused for a request that did not decode, so the host waiting on it learns why
+    (a line without even an id is answered with id 0, which nobody waits on)."""
+    try:
+        raw = msgspec.json.decode(line)
+    except msgspec.DecodeError:
+        raw = None
+    ident = raw.get("id") if isinstance(raw, dict) else None
+    return Refused(
+        ident if isinstance(ident, int) else 0, "ConfigError", f"a malformed request: {exc}"
+    )
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="A WorkerPool's worker (started by the pool).")
     parser.add_argument("--store", required=True)
@@ -128,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 request = REQUESTS.decode(line)
             except msgspec.DecodeError as exc:
-                print(f"foldloop worker: ignored a malformed request: {exc}", file=sys.stderr)
+                answers.send(_malformed(line, exc))
                 continue
             pool.submit(serve, request)
     return 0
