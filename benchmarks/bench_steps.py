@@ -192,25 +192,17 @@ def _load(concurrent: int, steps: int, rounds: int) -> None:
         rt.spawn(a, "warm").wait(timeout=60)
         commits0 = rt.store.writer.commits
         usage0 = resource.getrusage(resource.RUSAGE_SELF)
-        rates: list[float] = []
-        handles: list[fl.RunHandle] = []
-        for _ in range(rounds):
-            rate, mine = _load_round(rt, a, concurrent, steps)
-            rates.append(rate)
-            handles += mine
+        rates, handles = _rounds(rt, a, concurrent, steps, rounds)
         usage1 = resource.getrusage(resource.RUSAGE_SELF)
         total = concurrent * steps * rounds
-        commits = rt.store.writer.commits - commits0
-        p50, p99 = _latencies(rt, handles)
-        later = sorted(rates[1:]) or rates
-        print(f"2. load: {concurrent} concurrent runs x {steps} steps, {rounds} rounds")
-        print(
-            f"   aggregate:        {statistics.median(later):8.0f} steps/s (median of rounds "
-            f"2-{rounds}: {later[0]:.0f}-{later[-1]:.0f}; the first: {rates[0]:.0f})"
+        _report(
+            f"2. load: {concurrent} concurrent runs x {steps} steps, {rounds} rounds",
+            rates,
+            _latencies(rt, handles),
+            rt.store.writer.commits - commits0,
+            total,
+            _cpu_line(usage0, usage1, total),
         )
-        print(f"   step latency:     p50 {p50 / 1000:6.1f} ms, p99 {p99 / 1000:6.1f} ms")
-        print(f"   commits (fsyncs): {commits} for {total} steps = {commits / total:.3f} per step")
-        print(f"   CPU a step:       {_cpu_line(usage0, usage1, total)}")
 
 
 def _pool_load(concurrent: int, rounds: int, processes: int) -> None:
@@ -228,28 +220,53 @@ def _pool_load(concurrent: int, rounds: int, processes: int) -> None:
         env = pool.runtime.store.env
         txn0 = env.info()["last_txnid"]
         cpu0 = _cpu_seconds([w.pid for w in pool.workers])
-        rates: list[float] = []
-        handles: list[fl.RunHandle] = []
-        for _ in range(rounds):
-            rate, mine = _load_round(pool, "load", concurrent, STEPS)
-            rates.append(rate)
-            handles += mine
+        rates, handles = _rounds(pool, "load", concurrent, STEPS, rounds)
         cpu = _cpu_seconds([w.pid for w in pool.workers]) - cpu0
         total = concurrent * STEPS * rounds
-        commits = env.info()["last_txnid"] - txn0
-        p50, p99 = _latencies(pool.runtime, handles)
-        later = sorted(rates[1:]) or rates
-        print(
+        _report(
             f"2. load over a WorkerPool of {processes} processes: {concurrent} concurrent runs "
-            f"x {STEPS} steps, {rounds} rounds"
+            f"x {STEPS} steps, {rounds} rounds",
+            rates,
+            _latencies(pool.runtime, handles),
+            env.info()["last_txnid"] - txn0,
+            total,
+            f"{cpu / total * 1e6:6.0f} us (host and workers)",
         )
-        print(
-            f"   aggregate:        {statistics.median(later):8.0f} steps/s (median of rounds "
-            f"2-{rounds}: {later[0]:.0f}-{later[-1]:.0f}; the first: {rates[0]:.0f})"
-        )
-        print(f"   step latency:     p50 {p50 / 1000:6.1f} ms, p99 {p99 / 1000:6.1f} ms")
-        print(f"   commits (fsyncs): {commits} for {total} steps = {commits / total:.3f} per step")
-        print(f"   CPU a step:       {cpu / total * 1e6:6.0f} us (host and workers)")
+
+
+def _rounds(
+    rt: fl.Runtime | fl.WorkerPool, a: fl.Agent | str, concurrent: int, steps: int, rounds: int
+) -> tuple[list[float], list[fl.RunHandle]]:
+    """``rounds`` load rounds: the steps/s of each, and every run's handle."""
+    rates: list[float] = []
+    handles: list[fl.RunHandle] = []
+    for _ in range(rounds):
+        rate, mine = _load_round(rt, a, concurrent, steps)
+        rates.append(rate)
+        handles += mine
+    return rates, handles
+
+
+def _report(
+    title: str,
+    rates: list[float],
+    latency: tuple[float, float],
+    commits: int,
+    total: int,
+    cpu: str,
+) -> None:
+    """A load section's lines: rates (the median round after the first), p50/p99 step
+    latency in µs, commits for ``total`` steps, and the CPU line."""
+    later = sorted(rates[1:]) or rates
+    p50, p99 = latency
+    print(title)
+    print(
+        f"   aggregate:        {statistics.median(later):8.0f} steps/s (median of rounds "
+        f"2-{len(rates)}: {later[0]:.0f}-{later[-1]:.0f}; the first: {rates[0]:.0f})"
+    )
+    print(f"   step latency:     p50 {p50 / 1000:6.1f} ms, p99 {p99 / 1000:6.1f} ms")
+    print(f"   commits (fsyncs): {commits} for {total} steps = {commits / total:.3f} per step")
+    print(f"   CPU a step:       {cpu}")
 
 
 def _cpu_seconds(pids: list[int]) -> float:
