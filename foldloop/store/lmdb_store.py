@@ -401,6 +401,18 @@ class LmdbStore:
                 if rid == run_id:
                     yield value, first, count
 
+    def _tail_slices(
+        self, txn: Any, run_id: str, start: int, to_seq: int | None = None
+    ) -> Iterator[tuple[TypedBatch, int, int]]:
+        """The tail's part of a read: each of the run's unindexed values holding seqs from
+        ``start`` (to ``to_seq``), decoded and checked, with the slice ``[lo, hi)`` of its
+        events wanted (as ``_run_values`` gives the indexed part)."""
+        for value, first, count in self._tail_of(txn, run_id):
+            if first + count > start and (to_seq is None or first <= to_seq):
+                typed = self._batch(txn, value, run_id, first)[0]
+                hi = count if to_seq is None else min(count, to_seq - first + 1)
+                yield typed, max(0, start - first), hi
+
     def _run_id(self, txn: Any, run: int | str, seq: int = 0) -> str:
         """The id of the run a stored value names (by number, or by id before format 4)."""
         if isinstance(run, str):
@@ -477,11 +489,8 @@ class LmdbStore:
             out = self._from_index(txn, run_id, max(1, from_seq), to_seq)
             if to_seq is not None and out and out[-1].seq >= to_seq:
                 return out  # all asked for came from the index: no need to scan the tail
-            last = to_seq if to_seq is not None else 1 << 63
-            for value, first, count in self._tail_of(txn, run_id):
-                if first + count > from_seq and first <= last:
-                    batch = self._records(txn, value, run_id, first)
-                    out.extend(r for r in batch if from_seq <= r.seq <= last)
+            for typed, lo, hi in self._tail_slices(txn, run_id, max(1, from_seq), to_seq):
+                out += _unpack(typed, run_id, lo, hi)
             return out
 
         return self.read_txn(get)
@@ -494,10 +503,8 @@ class LmdbStore:
         def get(txn: Any) -> tuple[list[AnyEvent], list[int]]:
             start = max(1, from_seq)
             events, ats = self._indexed_events(txn, run_id, start)
-            for value, first, count in self._tail_of(txn, run_id):
-                if first + count > start:
-                    typed = self._batch(txn, value, run_id, first)[0]
-                    _events_into(events, ats, typed, max(0, start - first), count)
+            for typed, lo, hi in self._tail_slices(txn, run_id, start):
+                _events_into(events, ats, typed, lo, hi)
             return events, ats
 
         return self.read_txn(get)
