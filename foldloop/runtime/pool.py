@@ -163,8 +163,18 @@ class _Worker:
                 ) from None
         return future
 
+    @property
+    def _started(self) -> Ready | None:
+        return self.ready.result() if self.ready.done() and not self.ready.exception() else None
+
+    @property
+    def owner(self) -> str:
+        """Its runtime's owner id ("" until it is ready)."""
+        ready = self._started
+        return ready.owner if ready else ""
+
     def info(self) -> WorkerInfo:
-        ready = self.ready.result() if self.ready.done() and not self.ready.exception() else None
+        ready = self._started
         return WorkerInfo(
             pid=self.proc.pid,
             owner=ready.owner if ready else "",
@@ -323,7 +333,7 @@ class WorkerPool(ClosedOnExit):
         worker drops the lock at once, before anything here can reap it)."""
         if not worker.alive:
             return True
-        owner = worker.info().owner
+        owner = worker.owner
         return bool(owner) and not self.runtime.store.owner_alive(owner)
 
     def spawn(
@@ -358,7 +368,7 @@ class WorkerPool(ClosedOnExit):
     def _pick(self) -> _Worker:
         with self._lock:
             worker = self._workers[next(self._next) % len(self._workers)]
-        if self._dead(worker):
+        if not worker.alive:  # the process check alone: a spawn costs no lock-file probe
             self.replace_dead()
             with self._lock:
                 worker = self._workers[next(self._next) % len(self._workers)]
@@ -381,7 +391,7 @@ class WorkerPool(ClosedOnExit):
         if lease is None or not lease.owner:
             return False
         with self._lock:
-            driver = next((w for w in self._workers if w.info().owner == lease.owner), None)
+            driver = next((w for w in self._workers if w.owner == lease.owner), None)
         if driver is None:
             return False
         driver.request(Cancel(0, run_id, reason)).result()
