@@ -582,13 +582,13 @@ def test_an_expired_approval_is_asked_again_with_a_fresh_token_on_resume() -> No
 
 @given(st.integers(0, 300), st.integers(0, 5))
 def test_a_snapshot_split_into_chunks_restores_the_same_state(n: int, extra: int) -> None:
-    from foldloop.core.messages import CHUNK, Message, push
+    from foldloop.core.messages import CHUNK, History, Message, push
     from foldloop.core.snapshot import encode_chunk, full_chunks, restore_state, split_state
 
-    history = push((), [Message(role="user", content=f"m{i}") for i in range(n)])
+    history = push(History(), [Message(role="user", content=f"m{i}") for i in range(n)])
     state = RunState(run_id="r", seq=n + extra, history=history)
     blob, chunks = split_state(state)
-    assert len(chunks) == full_chunks(history) == n // CHUNK
+    assert len(chunks) == full_chunks(history.chunks) == n // CHUNK
     assert all(len(c) == CHUNK for c in chunks)
     assert restore_state(blob, [encode_chunk(c) for c in chunks]) == state
     # Chunks written before they were deflated still read back.
@@ -597,3 +597,39 @@ def test_a_snapshot_split_into_chunks_restores_the_same_state(n: int, extra: int
     if chunks:
         with pytest.raises(msgspec.DecodeError):
             restore_state(blob, [b"z" + b"not deflated"])
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 70), st.booleans()), max_size=12),
+    st.sampled_from([0, 1, 63, 64, 65]),
+)
+def test_a_history_digest_asked_at_any_point_is_the_digest_of_all_its_messages(
+    pushes: list[tuple[int, bool]], snapshot_after: int
+) -> None:
+    """The digest is computed lazily from a memo that push hands on and a snapshot
+    keeps: asked after any pushes, or never until the end, it must be the running digest
+    of every message (what prompt digests recorded in older logs were made of)."""
+    from foldloop.core.messages import History, Message, flatten, history_digest, push
+    from foldloop.core.snapshot import encode_chunk, restore_state, split_state
+
+    history, count = History(), 0
+    for size, ask in pushes:
+        history = push(
+            history, [Message(role="user", content=f"m{count + i}") for i in range(size)]
+        )
+        count += size
+        if ask:
+            assert history.digest == history_digest(flatten(history))
+        if count >= snapshot_after and snapshot_after:
+            blob, chunks = split_state(RunState(run_id="r", seq=count, history=history))
+            restored = restore_state(blob, [encode_chunk(c) for c in chunks]).history
+            assert restored == history
+            assert restored.digest_memo == history.digest_memo  # resumes hash only the tail
+            history = restored
+    assert history.size == count
+    assert history.digest == history_digest(flatten(history))
+    assert history.digest_memo == (count, history.digest)
+    # The memo is no part of equality or of the encoded state.
+    fresh = History(history.chunks)
+    assert fresh == history and fresh.digest_memo == (0, "")
+    assert msgspec.msgpack.encode(fresh) == msgspec.msgpack.encode(history)

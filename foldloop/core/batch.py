@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from msgspec.structs import replace
 
 from foldloop.core.evolve import AT_GATE, FINISHED, INITIAL, apply, call_signature, tool_message
-from foldloop.core.messages import Message, chain_digest, push
+from foldloop.core.messages import Message, push
 from foldloop.core.state import CallState, RunState, RunStatus
 from foldloop.events.catalogue import (
     ModelRequested,
@@ -109,10 +109,7 @@ class _Fold:
                 output_tokens=self.output_tokens,
                 cost_usd=self.cost_usd,
             )
-        history, digest = base.history, base.history_digest
-        if self.messages:
-            history = push(history, self.messages)
-            digest = chain_digest(digest, self.messages)
+        history = push(base.history, self.messages) if self.messages else base.history
         return replace(
             base,
             seq=self.seq,
@@ -126,7 +123,6 @@ class _Fold:
             repeat_sig=self.repeat_sig,
             repeat_count=self.repeat_count,
             history=history,
-            history_digest=digest,
         )
 
     # Each returns False, having changed nothing, when the event needs ``apply``.

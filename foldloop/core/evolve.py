@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from msgspec.structs import replace
 
-from foldloop.core.messages import Message, chain_digest, push
+from foldloop.core.messages import Message, push
 from foldloop.core.state import CallState, RunState, RunStatus
 from foldloop.events.catalogue import (
     ApprovalDecided,
@@ -116,7 +116,6 @@ def _finish_call(  # noqa: PLR0917 - one event's fields, applied in one copy
             calls=new_calls,
             invalid_args_in_step=invalid,
             history=push(state.history, messages),
-            history_digest=chain_digest(state.history_digest, messages),
             repeat_sig=sig,
             repeat_count=count,
         )
@@ -202,7 +201,6 @@ def apply(state: RunState, event: AnyEvent, at: int) -> RunState:
                 status=RunStatus.RUNNING,
                 active_since=at,
                 history=push(state.history, intro),
-                history_digest=chain_digest(state.history_digest, intro),
             )
         case ModelRequested():
             return replace(state, seq=seq, last_at=at, model_pending=event.step)
@@ -222,7 +220,6 @@ def apply(state: RunState, event: AnyEvent, at: int) -> RunState:
                 calls=calls,
                 invalid_args_in_step=0,
                 history=push(state.history, (reply,)),
-                history_digest=chain_digest(state.history_digest, (reply,)),
             )
         case ModelFailed():
             return replace(state, seq=seq, last_at=at, model_failures=state.model_failures + 1)

@@ -1,13 +1,18 @@
 """The model's message history, derived from events and kept in an append-cheap shape.
 
 A run of a thousand steps holds thousands of messages; copying one flat tuple per event
-would make the fold quadratic. History is a tuple of chunks of at most ``CHUNK`` messages:
+would make the fold quadratic. History holds chunks of at most ``CHUNK`` messages:
 appending copies one small chunk and the (short) outer tuple, and stays immutable.
+
+Its running digest (what a model request's prompt digest is made of) is computed when it
+is first asked for, not as messages join: a fold that rebuilds a state to show it, wait
+on it or count it never pays a hash a message.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal, overload
 
@@ -17,6 +22,7 @@ from foldloop.events.values import ModelToolCall
 
 __all__ = [
     "CHUNK",
+    "Chunks",
     "History",
     "Message",
     "MessageView",
@@ -47,13 +53,59 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=
     name: str | None = None
 
 
-History = tuple[tuple[Message, ...], ...]
+Chunks = tuple[tuple[Message, ...], ...]
+
+_MEMO = "_digest"
+"""A history's ``__dict__`` key for (messages digested, their running digest)."""
+
+
+class History(msgspec.Struct, frozen=True, array_like=True, dict=True):
+    """A run's messages in chunks, and a memo of its running digest.
+
+    The memo is not a field: two histories of the same messages are equal (and encode
+    alike) whether or not either has computed its digest. ``push`` hands the memo on, so
+    a run that asks for the digest every step hashes only the messages since the last
+    time, as when the digest was a field brought up to date on every push.
+    """
+
+    chunks: Chunks = ()
+
+    @property
+    def size(self) -> int:
+        """How many messages it holds."""
+        return sum(map(len, self.chunks))
+
+    @property
+    def digest(self) -> str:
+        """The running digest of every message (``history_digest``), from the memo on."""
+        done, digest = self.digest_memo
+        size = self.size
+        if done < size:
+            first = done // CHUNK
+            rest = itertools.chain.from_iterable(self.chunks[first:])
+            digest = chain_digest(digest, itertools.islice(rest, done - first * CHUNK, None))
+            self.__dict__[_MEMO] = (size, digest)
+        return digest
+
+    @property
+    def digest_memo(self) -> tuple[int, str]:
+        """(how many leading messages the memo covers, their digest); (0, "") if none."""
+        memo: tuple[int, str] = self.__dict__.get(_MEMO, (0, ""))
+        return memo
+
+    def remember(self, done: int, digest: str) -> History:
+        """This history, told the digest of its first ``done`` messages (a snapshot's);
+        returns itself."""
+        if done > self.digest_memo[0]:
+            self.__dict__[_MEMO] = (done, digest)
+        return self
 
 
 def push(history: History, messages: Iterable[Message]) -> History:
     """Return ``history`` with ``messages`` appended (the original is untouched)."""
-    out = list(history[:-1])
-    last = list(history[-1]) if history else []
+    chunks = history.chunks
+    out = list(chunks[:-1])
+    last = list(chunks[-1]) if chunks else []
     for message in messages:
         if len(last) == CHUNK:
             out.append(tuple(last))
@@ -61,7 +113,11 @@ def push(history: History, messages: Iterable[Message]) -> History:
         last.append(message)
     if last:
         out.append(tuple(last))
-    return tuple(out)
+    pushed = History(tuple(out))
+    memo = history.__dict__.get(_MEMO)
+    if memo is not None:
+        pushed.__dict__[_MEMO] = memo
+    return pushed
 
 
 class MessageView(Sequence[Message]):
@@ -71,11 +127,11 @@ class MessageView(Sequence[Message]):
     like ScriptedLLM, skip walking the whole history on every call.
     """
 
-    __slots__ = ("_chunks", "_len", "assistant_turns")
+    __slots__ = ("_history", "_len", "assistant_turns")
 
     def __init__(self, history: History, assistant_turns: int | None = None) -> None:
-        self._chunks = history
-        self._len = sum(len(c) for c in history)
+        self._history = history
+        self._len = history.size
         self.assistant_turns = assistant_turns
 
     def __len__(self) -> int:
@@ -87,21 +143,21 @@ class MessageView(Sequence[Message]):
     def __getitem__(self, index: slice) -> Sequence[Message]: ...
     def __getitem__(self, index: int | slice) -> Message | Sequence[Message]:
         if isinstance(index, slice):
-            return flatten(self._chunks)[index]
+            return flatten(self._history)[index]
         if index < 0:
             index += self._len
         if not 0 <= index < self._len:
             raise IndexError(index)
-        return self._chunks[index // CHUNK][index % CHUNK]
+        return self._history.chunks[index // CHUNK][index % CHUNK]
 
     def __iter__(self) -> Iterator[Message]:
-        for chunk in self._chunks:
+        for chunk in self._history.chunks:
             yield from chunk
 
 
 def flatten(history: History) -> tuple[Message, ...]:
     """All messages in order."""
-    return tuple(m for chunk in history for m in chunk)
+    return tuple(itertools.chain.from_iterable(history.chunks))
 
 
 _ENCODER = msgspec.msgpack.Encoder()
@@ -124,7 +180,7 @@ def chain_digest(previous: str, messages: Iterable[Message]) -> str:
 
 
 def history_digest(messages: Iterable[Message]) -> str:
-    """The running digest of a whole message list (what RunState.history_digest holds)."""
+    """The running digest of a whole message list (what ``History.digest`` computes)."""
     return chain_digest("", messages)
 
 

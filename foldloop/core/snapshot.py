@@ -6,6 +6,8 @@ that stored the whole state each time would write O(history) bytes every
 per step with the run's length. History is kept in immutable chunks of ``CHUNK``
 messages (see ``messages``); a full chunk never changes again. So a snapshot stores the
 state with only the last, partial chunk, and each full chunk is stored once, beside it.
+The history's digest memo goes with the state, so a run resumed from a snapshot hashes
+only the messages after it.
 """
 
 from __future__ import annotations
@@ -15,28 +17,39 @@ from collections.abc import Sequence
 
 import msgspec
 
-from foldloop.core.messages import CHUNK, History, Message
+from foldloop.core.messages import CHUNK, Chunks, History, Message
 from foldloop.core.state import RunState
 
 __all__ = ["decode_chunk", "encode_chunk", "full_chunks", "restore_state", "split_state"]
 
+
+class _Stored(msgspec.Struct, array_like=True, frozen=True):
+    """A snapshot's state, and its history's digest memo (which is not a field of it)."""
+
+    state: RunState
+    digested: int = 0
+    digest: str = ""
+
+
 _ENC = msgspec.msgpack.Encoder()
-_STATE = msgspec.msgpack.Decoder(RunState)
+_STATE = msgspec.msgpack.Decoder(_Stored)
 _CHUNK = msgspec.msgpack.Decoder(tuple[Message, ...])
 
 
-def full_chunks(history: History) -> int:
-    """How many leading chunks of ``history`` are full (and so will never change)."""
+def full_chunks(history: Chunks) -> int:
+    """How many leading chunks of a history are full (and so will never change)."""
     if history and len(history[-1]) == CHUNK:
         return len(history)
     return max(len(history) - 1, 0)
 
 
-def split_state(state: RunState) -> tuple[bytes, History]:
+def split_state(state: RunState) -> tuple[bytes, Chunks]:
     """(the state encoded without its full chunks, the full chunks)."""
-    n = full_chunks(state.history)
-    head, tail = state.history[:n], state.history[n:]
-    return _ENC.encode(msgspec.structs.replace(state, history=tail)), head
+    chunks = state.history.chunks
+    n = full_chunks(chunks)
+    digested, digest = state.history.digest_memo
+    tail = msgspec.structs.replace(state, history=History(chunks[n:]))
+    return _ENC.encode(_Stored(tail, digested, digest)), chunks[:n]
 
 
 _DEFLATED = b"z"
@@ -63,6 +76,8 @@ def decode_chunk(raw: bytes) -> tuple[Message, ...]:
 
 def restore_state(blob: bytes, chunks: Sequence[bytes]) -> RunState:
     """The state ``split_state`` stored, its full chunks put back in front."""
-    state = _STATE.decode(blob)
+    stored = _STATE.decode(blob)
+    state = stored.state
     head = tuple(decode_chunk(raw) for raw in chunks)
-    return msgspec.structs.replace(state, history=head + state.history)
+    history = History(head + state.history.chunks).remember(stored.digested, stored.digest)
+    return msgspec.structs.replace(state, history=history)

@@ -12,7 +12,7 @@ from foldloop.events.values import Limits, ToolInfo, Usage
 
 __all__ = ["CallState", "CallStatus", "RunState", "RunStatus", "STATE_VERSION"]
 
-STATE_VERSION = 4
+STATE_VERSION = 5
 """Bumped whenever RunState's shape changes, so older snapshots are ignored, not misread."""
 
 
@@ -75,13 +75,17 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     active_before_ns: int = 0
     last_at: int = 0
     unknown_events: int = 0
-    history: History = ()
-    history_digest: str = ""
+    history: History = History()
 
     @property
     def messages(self) -> tuple[Message, ...]:
         """The conversation the model sees next, derived from the events."""
         return flatten(self.history)
+
+    @property
+    def history_digest(self) -> str:
+        """The running digest of the history (computed when first asked for: see History)."""
+        return self.history.digest
 
     @property
     def terminal(self) -> bool:
