@@ -77,12 +77,11 @@ def tool_message(call_id: str, tool: str, status: str, result: str, kind: str) -
     return Message(role="tool", content=content, tool_call_id=call_id, name=tool)
 
 
-def call_signature(tool: str, args: str, status: str, result: str) -> str:
+def call_signature(tool: str, args: str, status: str, result: str) -> int:
     """A short fingerprint of a call's (tool, args, outcome) for no-progress detection
     (CRC32: cheap, deterministic across processes, and a collision only matters on
-    consecutive calls)."""
-    data = "\0".join((tool, args, status, result)).encode("utf-8", "surrogatepass")
-    return "%08x" % zlib.crc32(data)  # noqa: UP031 - twice as fast as an f-string here
+    consecutive calls). An int, not its hex: the fold computes one a call."""
+    return zlib.crc32(f"{tool}\0{args}\0{status}\0{result}".encode("utf-8", "surrogatepass"))
 
 
 def _finish_call(  # noqa: PLR0917 - one event's fields, applied in one copy

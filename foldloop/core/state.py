@@ -69,7 +69,8 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     model_failures: int = 0
     calls: tuple[CallState, ...] = ()
     invalid_args_in_step: int = 0
-    repeat_sig: str = ""
+    repeat_sig: int = -1
+    """The last finished call's ``call_signature`` (-1 before any)."""
     repeat_count: int = 0
     active_since: int = 0
     active_before_ns: int = 0
