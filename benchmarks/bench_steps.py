@@ -116,8 +116,8 @@ class Floor:
 def foldloop_run(rt: fl.Runtime, a: fl.Agent, steps: int) -> float:
     """µs per step of one run, spawn to result.
 
-    After the result, the run's lease release is still queued for the next group commit;
-    it is flushed (untimed) so that its fsync does not land inside the next floor run.
+    After the result, anything still queued for the next group commit (a non-durable
+    op) is flushed, untimed, so that its fsync does not land inside the next floor run.
     """
     start = time.perf_counter()
     result = rt.spawn(a, "go").wait(timeout=120)

@@ -681,3 +681,53 @@ def test_an_oversized_event_is_refused_before_any_write(store_path: Path) -> Non
         assert store.last_position() == 0
     finally:
         store.close()
+
+
+def test_a_run_that_settles_releases_its_lease_in_the_same_transaction(rt: fl.Runtime) -> None:
+    """Whoever reads a run as settled (finished or parked at a gate) finds its lease free:
+    the release is written with the settling events, not by a later commit a wait in
+    another process, or a resume right after it, would have to wait for."""
+    done = fl.Agent(name="done", llm=fl.ScriptedLLM([fl.Reply(text="ok")]))
+    gated = fl.Agent(
+        name="gated",
+        llm=fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("add", {"a": 1, "b": 2})])]),
+        tools=[add],
+        approvals=fl.RequireApproval({"add"}),
+    )
+    ids = [f"settle-{i}" for i in range(30)]
+    seen_held: list[tuple[str, str]] = []
+    settled_reads = 0
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal settled_reads
+        while not stop.is_set():
+            for run_id in ids:
+                if not rt.store.head(run_id):
+                    continue
+                state = rt.state(run_id)  # read first: the lease read after it is newer
+                lease = rt.store.lease(run_id)
+                if state.settled:
+                    settled_reads += 1
+                    if lease is not None and lease.owner:
+                        seen_held.append((run_id, state.status.value))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        handles = [
+            rt.spawn(gated if i % 3 == 0 else done, "go", run_id=run_id)
+            for i, run_id in enumerate(ids)
+        ]
+        results = [h.wait(timeout=30) for h in handles]
+        time.sleep(0.05)
+    finally:
+        stop.set()
+        watcher.join()
+    assert {r.status for r in results} == {
+        fl.RunStatus.COMPLETED,
+        fl.RunStatus.AWAITING_APPROVAL,
+    }
+    assert settled_reads > len(ids)  # the watcher did look at settled runs
+    assert seen_held == []
+    assert all(not rt.store.lease(run_id).owner for run_id in ids)  # type: ignore[union-attr]

@@ -77,6 +77,7 @@ class RunActor(FastActor):
         self._held: list[Payload] = []
         self._held_from = 0
         self._held_extras: list[Callable[[Any], None]] = []
+        self._released = False  # the lease went in the settling decision's transaction
         self._inline = bool(getattr(agent.llm, "instant", False))
         self._specs = [t.spec for t in agent.tools]
         self._depth = 0
@@ -175,6 +176,13 @@ class RunActor(FastActor):
                 state = apply(state, event, at)
         extra = approval_writes(self.run_id, state, decision.events, at, self.state.seq + 1)
         extras = [*self._held_extras, extra] if extra else list(self._held_extras)
+        settles = decision.durable and any(type(e) is Settle for e in decision.effects)
+        if settles:
+            # The run ends or parks here: its lease goes in the same transaction as the
+            # events that say so, so no reader (a wait in another process, a resume) sees
+            # it settled and still held, and the release costs no commit of its own.
+            run_id, owner, epoch = self.run_id, self.system.owner, self.epoch
+            extras.append(lambda w: w.release_lease(run_id, owner, epoch))
         if self._held:
             payloads = self._held + payloads
             expected = self._held_from
@@ -188,6 +196,7 @@ class RunActor(FastActor):
             op = self._submit(payloads, expected, durable=decision.durable, extras=extras)
             if decision.durable:
                 op.wait()
+                self._released = settles
             every = self.system.snapshot_every
             if every and state.seq // every > before // every:
                 self._snapshot(state)
@@ -390,7 +399,7 @@ class RunActor(FastActor):
         state = self.state
         what = "run_parked" if state.status is RunStatus.AWAITING_APPROVAL else "run_finished"
         self.log.info(what, status=state.status.value, steps=state.steps, seq=state.seq)
-        self.system.release(self.run_id, self.epoch, state)
+        self.system.settled(self.run_id, self.epoch, state, released=self._released)
         self.stop()
 
     def fail(self, error: BaseException) -> None:

@@ -181,10 +181,12 @@ class ActorSystem:
         with self._lock:
             self._forget_old()
 
-    def release(self, run_id: str, epoch: int, state: RunState) -> None:
-        """Called by a RunActor whose run settled."""
-        owner = self.owner
-        self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
+    def settled(self, run_id: str, epoch: int, state: RunState, *, released: bool) -> None:
+        """Called by a RunActor whose run settled; ``released`` when its lease went in the
+        settling decision's own transaction (else it is released now)."""
+        if not released:
+            owner = self.owner
+            self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
         self._finish(run_id, state, "")
 
     def interrupted(self, run_id: str, epoch: int, state: RunState, reason: str) -> None:

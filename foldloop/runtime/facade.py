@@ -69,7 +69,9 @@ log = get_logger(__name__)
 
 LEASE_RELEASE_GRACE = 1.0
 """Seconds a wait on a run settled in another process waits for that process to release
-the run's lease (it goes with its next commit, within milliseconds) before returning."""
+the run's lease before returning. A run an actor drove releases it in the transaction that
+settles it; one settled by a host call (a resume or an approval that parks it again at once)
+releases it with that process's next commit, within milliseconds."""
 
 
 class Runtime(ClosedOnExit):
@@ -455,8 +457,8 @@ class Runtime(ClosedOnExit):
                 # between shows as applied there and not yet here. Settled means no change.
                 if self.store.head(run_id) != state.seq:
                     continue
-                # Its runtime releases the lease with its next commit: wait for that (a
-                # little), so that a resume right after this wait finds the run free.
+                # Settled by a host call, its lease goes with that runtime's next commit:
+                # wait for it (a little), so a resume right after this wait finds it free.
                 now = time.monotonic()
                 released_by = released_by or now + LEASE_RELEASE_GRACE
                 if (
