@@ -78,6 +78,9 @@ class ActorSystem:
     def tool_runner(self, agent: Agent, name: str) -> ToolRunner:
         """The runner of ``agent``'s tool ``name``; its ToolActor starts on first use."""
         key = (agent.name, name)
+        runner = self._runners.get(key)  # every call of every step: no lock once it exists
+        if runner is not None:
+            return runner
         with self._lock:
             runner = self._runners.get(key)
             if runner is None:
