@@ -72,8 +72,10 @@ class History(msgspec.Struct, frozen=True, array_like=True, dict=True):
 
     @property
     def size(self) -> int:
-        """How many messages it holds."""
-        return sum(map(len, self.chunks))
+        """How many messages it holds (every chunk but the last is full: ``push`` fills
+        one before it starts the next, and ``MessageView`` indexes by that too)."""
+        chunks = self.chunks
+        return (len(chunks) - 1) * CHUNK + len(chunks[-1]) if chunks else 0
 
     @property
     def digest(self) -> str:
