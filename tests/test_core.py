@@ -633,3 +633,5 @@ def test_a_history_digest_asked_at_any_point_is_the_digest_of_all_its_messages(
     fresh = History(history.chunks)
     assert fresh == history and fresh.digest_memo == (0, "")
     assert msgspec.msgpack.encode(fresh) == msgspec.msgpack.encode(history)
+    # A memo claiming more messages than there are (a damaged snapshot) is not believed.
+    assert History(history.chunks).remember(count + 1, "bogus").digest == history.digest

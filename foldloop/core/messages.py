@@ -97,8 +97,9 @@ class History(msgspec.Struct, frozen=True, array_like=True, dict=True):
 
     def remember(self, done: int, digest: str) -> History:
         """This history, told the digest of its first ``done`` messages (a snapshot's);
-        returns itself."""
-        if done > self.digest_memo[0]:
+        returns itself. A memo past its last message is ignored (the digest is then
+        computed from the messages)."""
+        if self.size >= done > self.digest_memo[0]:
             self.__dict__[_MEMO] = (done, digest)
         return self
 
