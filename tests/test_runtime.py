@@ -731,3 +731,33 @@ def test_a_run_that_settles_releases_its_lease_in_the_same_transaction(rt: fl.Ru
     assert settled_reads > len(ids)  # the watcher did look at settled runs
     assert seen_held == []
     assert all(not rt.store.lease(run_id).owner for run_id in ids)  # type: ignore[union-attr]
+
+
+def test_cancelling_a_parked_run_frees_its_lease_with_the_cancel(rt: fl.Runtime) -> None:
+    """A host's cancel of a run no actor drives (parked at a gate, or at a limit) takes the
+    run's lease, appends run.cancelled and releases the lease in that same transaction:
+    when cancel returns, the run is cancelled and free, not held until a later commit."""
+    gated = fl.Agent(
+        name="gated",
+        llm=fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("add", {"a": 1, "b": 2})])]),
+        tools=[add],
+        approvals=fl.RequireApproval({"add"}),
+    )
+    limited = fl.Agent(
+        name="limited",
+        llm=fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("add", {"a": 1, "b": 2})])] * 3),
+        tools=[add],
+        limits=fl.Limits(max_steps=1),
+    )
+    for agent, parked in (
+        (gated, fl.RunStatus.AWAITING_APPROVAL),
+        (limited, fl.RunStatus.LIMIT_REACHED),
+    ):
+        for _ in range(5):
+            run = rt.spawn(agent, "go")
+            assert run.wait(timeout=30).status is parked
+            run.cancel("not needed")
+            lease = rt.store.lease(run.id)
+            assert lease is not None and lease.owner == "", lease
+            assert rt.state(run.id).status is fl.RunStatus.CANCELLED
+            assert types(rt, run.id)[-1] == "run.cancelled"

@@ -384,10 +384,17 @@ class Runtime(ClosedOnExit):
         return handles
 
     def append_decision(
-        self, state: RunState, decision: Decision, command: Command, epoch: int
+        self,
+        state: RunState,
+        decision: Decision,
+        command: Command,
+        epoch: int,
+        *,
+        release: bool = False,
     ) -> None:
-        """Append a decision taken outside any actor (resume, approvals), durably, with
-        its approvals-table writes. (For the runtime package.)"""
+        """Append a decision taken outside any actor (resume, approvals, cancel), durably,
+        with its approvals-table writes, and (``release``) the run's lease in the same
+        transaction, when nothing follows it. (For the runtime package.)"""
         payloads = encode_all(decision.events, command.now)
         run_id, owner, seq = state.run_id, self.owner, state.seq
         after = evolve_all(state, decision, command.now)
@@ -397,6 +404,8 @@ class Runtime(ClosedOnExit):
             w.append(run_id, payloads, expected_seq=seq, owner=owner, epoch=epoch)
             if extra is not None:
                 extra(w)
+            if release:
+                w.release_lease(run_id, owner, epoch)
 
         self.store.submit(write).wait()
 
@@ -409,13 +418,17 @@ class Runtime(ClosedOnExit):
             return
         owner = self.owner
         epoch = self.store.submit(lambda w: w.acquire_lease(run_id, owner)).wait()
+        released = False
         try:
             state = self.state(run_id)
             decision = decide(state, command)
             if decision.events:
-                self.append_decision(state, decision, command, epoch)
+                # The cancel ends the run: its lease goes in the same transaction.
+                self.append_decision(state, decision, command, epoch, release=True)
+                released = True
         finally:
-            self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
+            if not released:
+                self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
 
     # -- waiting -------------------------------------------------------------------------
 
