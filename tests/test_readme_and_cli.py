@@ -80,6 +80,10 @@ def test_demo_then_inspect_what_it_wrote(tmp_path: Path) -> None:
     assert "replay identically" in verify.stdout
     doctor = run(["doctor"], tmp_path)
     assert doctor.returncode == 0 and "all intact" in doctor.stdout
+    assert "checking runs" not in doctor.stderr  # no progress bar when stderr is no terminal
+    on_terminal = run(["doctor"], tmp_path, FORCE_COLOR="1")  # rich: stderr counts as one
+    assert on_terminal.returncode == 0 and "all intact" in on_terminal.stdout
+    assert "checking runs" in on_terminal.stderr
     explain = run(["explain", run_id], tmp_path)
     assert explain.returncode == 0
     assert "is completed after 3 steps" in explain.stdout

@@ -22,6 +22,7 @@ import msgspec
 import structlog
 import typer
 from rich.console import Console
+from rich.progress import track
 from rich.table import Table
 
 from foldloop.agent import Agent
@@ -490,7 +491,15 @@ def doctor() -> None:
     with _runtime(_store()) as rt:
         problems = 0
         run_ids = rt.store.run_ids()
-        for run_id in run_ids:
+        # A store of many runs takes a while: a progress bar on stderr, when it is a terminal.
+        checking = track(
+            run_ids,
+            description="checking runs",
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
+        )
+        for run_id in checking:
             try:
                 rt.store.verify_chain(run_id)
             except CorruptRecord as exc:
