@@ -6,6 +6,7 @@ the workers, so these load in both.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,4 +67,19 @@ short = fl.Agent(
     ),
     tools=[add],
     limits=fl.Limits(max_steps=2),
+)
+
+
+@fl.tool(idempotent=True)
+def switch_interval() -> str:
+    """This process's sys.getswitchinterval() (what a pool set in its worker)."""
+    return repr(sys.getswitchinterval())
+
+
+probe = fl.Agent(
+    name="probe",
+    llm=fl.ScriptedLLM(
+        [fl.Reply(tool_calls=[fl.ToolCall("switch_interval", {})]), fl.Reply(text="seen")]
+    ),
+    tools=[switch_interval],
 )

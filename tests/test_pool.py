@@ -116,6 +116,29 @@ def test_bad_pool_arguments_are_refused_before_any_process_starts(store_path: Pa
         fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=0)
     with pytest.raises(fl.ConfigError, match="import paths of agents"):
         fl.WorkerPool(store_path, agents=[])
+    for bad in (0, -1, 2.0, "0.05", True):
+        with pytest.raises(fl.ConfigError, match="switch_interval is the workers'"):
+            fl.WorkerPool(store_path, agents=["pool_agents:calc"], switch_interval=bad)  # type: ignore[arg-type]
+    assert not any(w.name.startswith("foldloop-pool-") for w in threading.enumerate())
+
+
+@pytest.mark.parametrize(
+    ("given", "seen"),
+    [({}, 0.05), ({"switch_interval": 0.02}, 0.02), ({"switch_interval": None}, 0.005)],
+)
+def test_workers_run_with_the_switch_interval_asked_for(
+    store_path: Path, given: dict[str, float | None], seen: float
+) -> None:
+    """A worker drives hundreds of runs on threads: the pool sets its interpreter's switch
+    interval (0.05 s unless told otherwise; None keeps Python's 0.005), and leaves the
+    host's alone. A tool run in the worker reports the worker's own."""
+    before = sys.getswitchinterval()
+    with fl.WorkerPool(store_path, agents=["pool_agents:probe"], processes=1, **given) as pool:
+        run = pool.spawn("probe", "go")
+        assert run.wait(timeout=30).output == "seen"
+        (done,) = [r.event for r in pool.runtime.events(run.id) if r.type == "tool.completed"]
+        assert float(done.result) == pytest.approx(seen, abs=1e-6)  # type: ignore[attr-defined]
+    assert sys.getswitchinterval() == before
 
 
 def test_a_worker_that_cannot_start_says_why_and_exits(store_path: Path) -> None:

@@ -109,12 +109,15 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--store", required=True)
     parser.add_argument("--agent", action="append", required=True, help="module:attr")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval, s")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve requests from stdin until it closes; 1 if the runtime could not start."""
     args = _parse(argv)
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)  # see pool.SWITCH_INTERVAL
     answers = _Answers(os.fdopen(os.dup(1), "wb"))
     os.dup2(2, 1)  # whatever else writes to stdout lands on stderr, not in the protocol
     level = logging.getLevelName(args.log_level.upper())
