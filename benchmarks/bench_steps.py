@@ -155,6 +155,14 @@ def bench_load(quick: bool) -> None:
     _one_at_a_time(10 if quick else 50)
     for concurrent, rounds in ((100, 7), (1000, 3)):
         _load(concurrent, 10 if quick else STEPS, 2 if quick else rounds)
+    # What a host driving a thousand runs in one process may set (README, WorkerPool):
+    # threads waiting for the interpreter lock wake every switch interval to ask for it.
+    default = sys.getswitchinterval()
+    sys.setswitchinterval(0.05)
+    try:
+        _load(1000, 10 if quick else STEPS, 2 if quick else 3, note=", switch interval 0.05 s")
+    finally:
+        sys.setswitchinterval(default)
     for concurrent, rounds in ((100, 7), (1000, 3)):
         _pool_load(concurrent, 2 if quick else rounds, processes=2)
 
@@ -182,7 +190,7 @@ def _one_at_a_time(runs: int) -> None:
     print(f"   CPU a step:       {_cpu_line(usage0, usage1, runs * STEPS)}")
 
 
-def _load(concurrent: int, steps: int, rounds: int) -> None:
+def _load(concurrent: int, steps: int, rounds: int, note: str = "") -> None:
     """``concurrent`` runs at once, ``rounds`` times in one runtime: steps/s of each round
     (the first one starts the actor threads, later ones find them pooled, as a busy
     service does), fsyncs per step, and step latency from the log (the time between a
@@ -196,7 +204,7 @@ def _load(concurrent: int, steps: int, rounds: int) -> None:
         usage1 = resource.getrusage(resource.RUSAGE_SELF)
         total = concurrent * steps * rounds
         _report(
-            f"2. load: {concurrent} concurrent runs x {steps} steps, {rounds} rounds",
+            f"2. load: {concurrent} concurrent runs x {steps} steps, {rounds} rounds{note}",
             rates,
             _latencies(rt, handles),
             rt.store.writer.commits - commits0,
