@@ -761,3 +761,40 @@ def test_cancelling_a_parked_run_frees_its_lease_with_the_cancel(rt: fl.Runtime)
             assert lease is not None and lease.owner == "", lease
             assert rt.state(run.id).status is fl.RunStatus.CANCELLED
             assert types(rt, run.id)[-1] == "run.cancelled"
+
+
+def test_a_host_decision_that_parks_a_run_again_frees_its_lease_with_it(rt: fl.Runtime) -> None:
+    """Denying one of two gated calls of a parked run: the runtime takes the lease, appends
+    the denial and the failed call, and the run parks again for the other call. The lease
+    goes in that same transaction, so it is free when ``deny`` returns; approving the other
+    call then finishes the run."""
+    two = fl.Agent(
+        name="two_gated",
+        llm=fl.ScriptedLLM(
+            [
+                fl.Reply(
+                    tool_calls=[
+                        fl.ToolCall("add", {"a": 1, "b": 2}),
+                        fl.ToolCall("add", {"a": 3, "b": 4}),
+                    ]
+                ),
+                fl.Reply(text="done"),
+            ]
+        ),
+        tools=[add],
+        approvals=fl.RequireApproval({"add"}),
+    )
+    for _ in range(5):
+        run = rt.spawn(two, "go")
+        assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+        first, second = sorted(
+            (p for p in rt.pending_approvals() if p.run_id == run.id), key=lambda p: p.call_id
+        )
+        rt.deny(first.token, note="not this one")
+        lease = rt.store.lease(run.id)
+        assert lease is not None and lease.owner == "", lease
+        state = rt.state(run.id)
+        assert state.status is fl.RunStatus.AWAITING_APPROVAL
+        assert [c.status for c in state.calls] == ["failed", "awaiting_approval"]
+        rt.approve(second.token)
+        assert run.wait(timeout=30).output == "done"

@@ -17,7 +17,7 @@ from foldloop.agent import Agent
 from foldloop.approvals import PendingApproval, issue_tickets, token_digest
 from foldloop.core.commands import ApprovalTicket, Command, DecideApproval, ExpireApproval
 from foldloop.core.decide import decide
-from foldloop.core.effects import Decision
+from foldloop.core.effects import Decision, Settle
 from foldloop.core.state import RunState, RunStatus
 from foldloop.errors import ApprovalError, ConfigError, RunLocked
 from foldloop.runtime.rules import NothingToDo, evolve_all, expiry, iso, merged
@@ -135,16 +135,25 @@ class ApprovalDesk:
 
     def apply(
         self, state: RunState, epoch: int, decisions: list[Decision]
-    ) -> tuple[RunState, list[Decision]]:
-        """Append the decisions (and expiries) the approvals table holds for a run we hold."""
+    ) -> tuple[RunState, list[Decision], bool]:
+        """Append the decisions (and expiries) the approvals table holds for a run we hold,
+        after ``decisions`` (already committed), in one transaction; when the last of them
+        settles the run, its lease is released in that transaction too. Returns the state
+        after them, every decision, and whether the lease went."""
+        steps: list[tuple[Decision, Command]] = []
+        after = state
         for command in list(self.commands(state)):
-            decision = decide(state, command)
+            decision = decide(after, command)
             if decision.rejected:
                 continue
-            self.rt.append_decision(state, decision, command, epoch)
-            state = evolve_all(state, decision, command.now)
-            decisions.append(decision)
-        return state, decisions
+            steps.append((decision, command))
+            after = evolve_all(after, decision, command.now)
+        if not steps:
+            return state, decisions, False
+        decisions = [*decisions, *(decision for decision, _ in steps)]
+        settles = any(isinstance(e, Settle) for e in decisions[-1].effects)
+        self.rt.append_decisions(state, steps, epoch, release=settles)
+        return after, decisions, settles
 
     def carry(self, run_id: str, agent_name: str) -> None:
         """Carry decisions into the run's log now, if this runtime can drive it."""
@@ -165,7 +174,7 @@ class ApprovalDesk:
             state = self.rt.state(run_id)
             if state.status is not RunStatus.AWAITING_APPROVAL:
                 raise NothingToDo
-            state, decisions = self.apply(state, epoch, [])
+            state, decisions, released = self.apply(state, epoch, [])
             if not decisions:
                 raise NothingToDo
         except NothingToDo:
@@ -175,7 +184,7 @@ class ApprovalDesk:
             log.exception("approval_apply_failed", run_id=run_id)
             self.rt.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
             return
-        self.rt.drive(agent, state, epoch, merged(decisions, state))
+        self.rt.drive(agent, state, epoch, merged(decisions, state), released=released)
 
     def carry_due(self) -> None:
         """Carry decisions made elsewhere, and expiries, into runs of agents known here."""

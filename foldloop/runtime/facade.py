@@ -12,7 +12,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ from foldloop.runtime.rules import (
     priced_limits,
     tool_drift,
 )
+from foldloop.store.layout import Payload
 from foldloop.store.lmdb_store import DEFAULT_MAP_SIZE, LmdbStore, WriteTxn, encode_all, open_store
 from foldloop.store.owners import OwnerLock
 
@@ -215,6 +216,7 @@ class Runtime(ClosedOnExit):
         decision = decide(RunState(run_id=run_id), command)
         payloads = encode_all(decision.events, command.now)
         owner = self.owner
+        settles = any(isinstance(e, Settle) for e in decision.effects)
 
         def start(w: WriteTxn) -> int:
             if w.head(run_id).seq:
@@ -224,25 +226,39 @@ class Runtime(ClosedOnExit):
                 )
             epoch = w.acquire_lease(run_id, owner)
             w.append(run_id, payloads, expected_seq=0, owner=owner, epoch=epoch)
+            if settles:  # it ends or parks at once: the lease goes with its first events
+                w.release_lease(run_id, owner, epoch)
             return epoch
 
         epoch = self.store.submit(start).wait()
         state = evolve_all(RunState(run_id=run_id), decision, command.now)
         log.info("run_started", run_id=run_id, agent=agent.name)
-        self.drive(agent, state, epoch, decision)
+        self.drive(agent, state, epoch, decision, released=settles)
         return RunHandle(self, run_id)
 
-    def drive(self, agent: Agent, state: RunState, epoch: int, decision: Decision) -> None:
-        """Hand a run whose decision is committed (under ``epoch``) to a RunActor here.
-        (For the runtime package: host code spawns, resumes or approves instead.)"""
+    def drive(
+        self,
+        agent: Agent,
+        state: RunState,
+        epoch: int,
+        decision: Decision,
+        *,
+        released: bool = False,
+    ) -> None:
+        """Hand a run whose decision is committed (under ``epoch``) to a RunActor here;
+        ``released`` when a decision that settles it released the lease as it was
+        committed. (For the runtime package: host code spawns, resumes or approves instead.)"""
         for effect in decision.effects:
             if isinstance(effect, RequestApproval) and any(
                 isinstance(e, Settle) for e in decision.effects
             ):
                 self.system.notify(agent, state, effect.call_id)
         if any(isinstance(e, Settle) for e in decision.effects):
-            owner = self.owner
-            self.store.submit(lambda w: w.release_lease(state.run_id, owner, epoch), durable=False)
+            if not released:
+                owner = self.owner
+                self.store.submit(
+                    lambda w: w.release_lease(state.run_id, owner, epoch), durable=False
+                )
             self.system.settled_without_actor(state)
             return
         self.system.start_run(agent, state, epoch, decision)
@@ -287,15 +303,15 @@ class Runtime(ClosedOnExit):
             decision = decide(state, command)
             if decision.rejected:
                 raise ConfigError(decision.rejected)
-            self.append_decision(state, decision, command, epoch)
+            self.append_decisions(state, [(decision, command)], epoch)
             state = evolve_all(state, decision, command.now)
             self.desk.remember_tokens(run_id, tokens)
-            state, decisions = self.desk.apply(state, epoch, [decision])
+            state, decisions, released = self.desk.apply(state, epoch, [decision])
         except BaseException:
             self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
             raise
         log.info("run_resumed", run_id=run_id, agent=agent.name, seq=state.seq)
-        self.drive(agent, state, epoch, merged(decisions, state))
+        self.drive(agent, state, epoch, merged(decisions, state), released=released)
         return RunHandle(self, run_id)
 
     def _refuse_unknown(self, run_id: str) -> None:
@@ -383,27 +399,33 @@ class Runtime(ClosedOnExit):
                 log.warning("recover_skipped", run_id=state.run_id, error=str(exc))
         return handles
 
-    def append_decision(
+    def append_decisions(
         self,
         state: RunState,
-        decision: Decision,
-        command: Command,
+        steps: Sequence[tuple[Decision, Command]],
         epoch: int,
         *,
         release: bool = False,
     ) -> None:
-        """Append a decision taken outside any actor (resume, approvals, cancel), durably,
-        with its approvals-table writes, and (``release``) the run's lease in the same
-        transaction, when nothing follows it. (For the runtime package.)"""
-        payloads = encode_all(decision.events, command.now)
-        run_id, owner, seq = state.run_id, self.owner, state.seq
-        after = evolve_all(state, decision, command.now)
-        extra = approval_writes(run_id, after, decision.events, command.now, seq + 1)
+        """Append decisions taken outside any actor (resume, approvals, cancel), one after
+        another from ``state``, durably and in one transaction, with their approvals-table
+        writes, and (``release``) the run's lease in that transaction too, when nothing
+        follows them. (For the runtime package.)"""
+        run_id, owner = state.run_id, self.owner
+        writes: list[tuple[list[Payload], int, Callable[[WriteTxn], None] | None]] = []
+        for decision, command in steps:
+            after = evolve_all(state, decision, command.now)
+            events, now, seq = decision.events, command.now, state.seq
+            writes.append(
+                (encode_all(events, now), seq, approval_writes(run_id, after, events, now, seq + 1))
+            )
+            state = after
 
         def write(w: WriteTxn) -> None:
-            w.append(run_id, payloads, expected_seq=seq, owner=owner, epoch=epoch)
-            if extra is not None:
-                extra(w)
+            for payloads, seq, extra in writes:
+                w.append(run_id, payloads, expected_seq=seq, owner=owner, epoch=epoch)
+                if extra is not None:
+                    extra(w)
             if release:
                 w.release_lease(run_id, owner, epoch)
 
@@ -424,7 +446,7 @@ class Runtime(ClosedOnExit):
             decision = decide(state, command)
             if decision.events:
                 # The cancel ends the run: its lease goes in the same transaction.
-                self.append_decision(state, decision, command, epoch, release=True)
+                self.append_decisions(state, [(decision, command)], epoch, release=True)
                 released = True
         finally:
             if not released:
