@@ -70,9 +70,9 @@ log = get_logger(__name__)
 
 LEASE_RELEASE_GRACE = 1.0
 """Seconds a wait on a run settled in another process waits for that process to release
-the run's lease before returning. A run an actor drove releases it in the transaction that
-settles it; one settled by a host call (a resume or an approval that parks it again at once)
-releases it with that process's next commit, within milliseconds."""
+the run's lease before returning. A run releases it in the transaction that settles it,
+except after a ``resume`` that parks it again at once with nothing decided meanwhile: that
+release goes with the resuming process's next commit, within milliseconds."""
 
 
 class Runtime(ClosedOnExit):
@@ -492,7 +492,7 @@ class Runtime(ClosedOnExit):
                 # between shows as applied there and not yet here. Settled means no change.
                 if self.store.head(run_id) != state.seq:
                     continue
-                # Settled by a host call, its lease goes with that runtime's next commit:
+                # Parked again by a resume, its lease goes with that runtime's next commit:
                 # wait for it (a little), so a resume right after this wait finds it free.
                 now = time.monotonic()
                 released_by = released_by or now + LEASE_RELEASE_GRACE
