@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 import structlog
-from bench_steps import STEPS, _load_round, agent
+from bench_steps import STEPS, _load_round, _rounds, agent
 
 import foldloop as fl
 
@@ -38,7 +38,7 @@ def main() -> None:
         a = agent(STEPS, "load")
         _load_round(rt, a, runs, STEPS)
         before = resource.getrusage(resource.RUSAGE_SELF)
-        rates = [_load_round(rt, a, runs, STEPS)[0] for _ in range(rounds)]
+        rates, _handles = _rounds(rt, a, runs, STEPS, rounds)
         after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     print(f"foldloop from {Path(fl.__file__).parent}")

@@ -176,7 +176,7 @@ class RunActor(FastActor):
                 state = apply(state, event, at)
         extra = approval_writes(self.run_id, state, decision.events, at, self.state.seq + 1)
         extras = [*self._held_extras, extra] if extra else list(self._held_extras)
-        settles = decision.durable and any(type(e) is Settle for e in decision.effects)
+        settles = decision.durable and decision.settles
         if settles:
             # The run ends or parks here: its lease goes in the same transaction as the
             # events that say so, so no reader (a wait in another process, a resume) sees

@@ -61,3 +61,9 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     durable: bool = False
     rejected: str = ""
     state: RunState | None = None
+
+    @property
+    def settles(self) -> bool:
+        """The run finishes or parks with it: whoever commits it may release the lease in
+        the same transaction."""
+        return any(type(e) is Settle for e in self.effects)

@@ -17,7 +17,7 @@ from foldloop.agent import Agent
 from foldloop.approvals import PendingApproval, issue_tickets, token_digest
 from foldloop.core.commands import ApprovalTicket, Command, DecideApproval, ExpireApproval
 from foldloop.core.decide import decide
-from foldloop.core.effects import Decision, Settle
+from foldloop.core.effects import Decision
 from foldloop.core.state import RunState, RunStatus
 from foldloop.errors import ApprovalError, ConfigError, RunLocked
 from foldloop.runtime.rules import NothingToDo, evolve_all, expiry, iso, merged
@@ -151,7 +151,7 @@ class ApprovalDesk:
         if not steps:
             return state, decisions, False
         decisions = [*decisions, *(decision for decision, _ in steps)]
-        settles = any(isinstance(e, Settle) for e in decisions[-1].effects)
+        settles = decisions[-1].settles
         self.rt.append_decisions(state, steps, epoch, release=settles)
         return after, decisions, settles
 

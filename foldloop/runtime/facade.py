@@ -33,7 +33,7 @@ from foldloop.core.commands import (
     Start,
 )
 from foldloop.core.decide import decide
-from foldloop.core.effects import Decision, RequestApproval, Settle
+from foldloop.core.effects import Decision, RequestApproval
 from foldloop.core.explain import Explanation, explain
 from foldloop.core.replay import replay
 from foldloop.core.snapshot import restore_state
@@ -216,7 +216,7 @@ class Runtime(ClosedOnExit):
         decision = decide(RunState(run_id=run_id), command)
         payloads = encode_all(decision.events, command.now)
         owner = self.owner
-        settles = any(isinstance(e, Settle) for e in decision.effects)
+        settles = decision.settles
 
         def start(w: WriteTxn) -> int:
             if w.head(run_id).seq:
@@ -248,12 +248,10 @@ class Runtime(ClosedOnExit):
         """Hand a run whose decision is committed (under ``epoch``) to a RunActor here;
         ``released`` when a decision that settles it released the lease as it was
         committed. (For the runtime package: host code spawns, resumes or approves instead.)"""
-        for effect in decision.effects:
-            if isinstance(effect, RequestApproval) and any(
-                isinstance(e, Settle) for e in decision.effects
-            ):
-                self.system.notify(agent, state, effect.call_id)
-        if any(isinstance(e, Settle) for e in decision.effects):
+        if decision.settles:
+            for effect in decision.effects:
+                if isinstance(effect, RequestApproval):
+                    self.system.notify(agent, state, effect.call_id)
             if not released:
                 owner = self.owner
                 self.store.submit(
