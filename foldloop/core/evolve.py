@@ -7,13 +7,12 @@ a valid event, reads a clock or logs.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable
 
 from msgspec.structs import replace
 
 from foldloop.core.messages import Message, push
-from foldloop.core.state import CallState, RunState, RunStatus
+from foldloop.core.state import CallSignature, CallState, RunState, RunStatus
 from foldloop.events.catalogue import (
     ApprovalDecided,
     ApprovalExpired,
@@ -77,11 +76,12 @@ def tool_message(call_id: str, tool: str, status: str, result: str, kind: str) -
     return Message(role="tool", content=content, tool_call_id=call_id, name=tool)
 
 
-def call_signature(tool: str, args: str, status: str, result: str) -> int:
-    """A short fingerprint of a call's (tool, args, outcome) for no-progress detection
-    (CRC32: cheap, deterministic across processes, and a collision only matters on
-    consecutive calls). An int, not its hex: the fold computes one a call."""
-    return zlib.crc32(f"{tool}\0{args}\0{status}\0{result}".encode("utf-8", "surrogatepass"))
+def call_signature(tool: str, args: str, status: str, result: str) -> CallSignature:
+    """What makes two consecutive calls "the same" for no-progress detection: the tool,
+    its args and its outcome. The fields themselves, not a hash of them: the fold takes one
+    a call, a tuple costs a fifth of hashing a joined string (34 vs 177 ns), and two calls never
+    collide."""
+    return (tool, args, status, result)
 
 
 def _finish_call(  # noqa: PLR0917 - one event's fields, applied in one copy

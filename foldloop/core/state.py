@@ -10,9 +10,9 @@ import msgspec
 from foldloop.core.messages import History, Message, flatten
 from foldloop.events.values import Limits, ToolInfo, Usage
 
-__all__ = ["CallState", "CallStatus", "RunState", "RunStatus", "STATE_VERSION"]
+__all__ = ["CallSignature", "CallState", "CallStatus", "RunState", "RunStatus", "STATE_VERSION"]
 
-STATE_VERSION = 5
+STATE_VERSION = 6
 """Bumped whenever RunState's shape changes, so older snapshots are ignored, not misread."""
 
 
@@ -28,6 +28,9 @@ class RunStatus(StrEnum):
     NO_PROGRESS = "no_progress"
     INTERRUPTED = "interrupted"
 
+
+CallSignature = tuple[str, str, str, str]
+"""(tool, args, status, result) of a finished call: see ``core.evolve.call_signature``."""
 
 CallStatus = Literal["proposed", "requested", "awaiting_approval", "expired", "completed", "failed"]
 
@@ -69,8 +72,8 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     model_failures: int = 0
     calls: tuple[CallState, ...] = ()
     invalid_args_in_step: int = 0
-    repeat_sig: int = -1
-    """The last finished call's ``call_signature`` (-1 before any)."""
+    repeat_sig: CallSignature | None = None
+    """The last finished call's ``call_signature`` (None before any)."""
     repeat_count: int = 0
     active_since: int = 0
     active_before_ns: int = 0
