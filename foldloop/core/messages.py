@@ -105,17 +105,19 @@ class History(msgspec.Struct, frozen=True, array_like=True, dict=True):
 
 
 def push(history: History, messages: Iterable[Message]) -> History:
-    """Return ``history`` with ``messages`` appended (the original is untouched)."""
+    """Return ``history`` with ``messages`` appended (the original is untouched).
+
+    Cut by slices, not message by message: a fold hands over every message of a run at
+    once, tens of thousands for a long one."""
+    new = messages if isinstance(messages, list | tuple) else list(messages)
+    if not new:
+        return history
     chunks = history.chunks
     out = list(chunks[:-1])
-    last = list(chunks[-1]) if chunks else []
-    for message in messages:
-        if len(last) == CHUNK:
-            out.append(tuple(last))
-            last = []
-        last.append(message)
-    if last:
-        out.append(tuple(last))
+    last: tuple[Message, ...] = chunks[-1] if chunks else ()
+    room = CHUNK - len(last)
+    out.append(last + tuple(new[:room]) if room else last)
+    out.extend(tuple(new[i : i + CHUNK]) for i in range(room, len(new), CHUNK))
     pushed = History(tuple(out))
     memo = history.__dict__.get(_MEMO)
     if memo is not None:
