@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any
 
@@ -133,6 +134,50 @@ def test_fold_equals_evolving_event_by_event(events: list[Any], cut: int) -> Non
     pairs = [(r.event, r.at) for r in log]
     assert fold_events("r", pairs[cut:], fold_events("r", pairs[:cut])) == states[-1]
     assert fold_events("r", pairs[cut:], states[cut]) == states[-1]
+
+
+@st.composite
+def repetitive_logs(draw: st.DrawFn) -> tuple[list[Any], list[tuple[str, str, str, str]]]:
+    """Steps of one or two calls, each requested and then finished in order, drawn from so
+    few tools and outcomes that steps often repeat the last one exactly; and every finished
+    call's (tool, args, status, result), in order."""
+    events: list[Any] = [RunStarted(agent="a", input="go", tools=TOOLS)]
+    finished: list[tuple[str, str, str, str]] = []
+    for step in range(1, draw(st.integers(1, 8)) + 1):
+        calls = [
+            (f"c{i}", draw(st.sampled_from(["add", "send"])), draw(st.sampled_from(["ok", "same"])))
+            for i in range(1, draw(st.integers(1, 2)) + 1)
+        ]
+        ok = draw(st.lists(st.booleans(), min_size=len(calls), max_size=len(calls)))
+        asked = tuple(ModelToolCall(id=i, name=tool, args="{}") for i, tool, _ in calls)
+        events += [ModelRequested(step=step, prompt_digest="d")]
+        events += [ModelResponded(step=step, tool_calls=asked)]
+        events += [
+            ToolRequested(call_id=i, tool=tool, args="{}", step=step) for i, tool, _ in calls
+        ]
+        for (call_id, tool, result), done in zip(calls, ok, strict=True):
+            if done:
+                events.append(ToolCompleted(call_id=call_id, result=result))
+            else:
+                events.append(ToolFailed(call_id=call_id, error=result, kind="exception"))
+            finished.append((tool, "{}", "completed" if done else "failed", result))
+    return events, finished
+
+
+@given(repetitive_logs())
+def test_fold_counts_repeated_calls_as_evolve_does(
+    drawn: tuple[list[Any], list[tuple[str, str, str, str]]],
+) -> None:
+    """No-progress detection counts the finished calls at the end of the run that equal
+    the last one (tool, args and outcome); the fold's fast path counts exactly that."""
+    events, finished = drawn
+    log = records(events)
+    trailing = len(finished) - next(
+        (i + 1 for i in range(len(finished) - 1, -1, -1) if finished[i] != finished[-1]), 0
+    )
+    state = fold(log)
+    assert state == functools.reduce(evolve, log, INITIAL)
+    assert (state.repeat_sig, state.repeat_count) == (finished[-1], trailing)
 
 
 def test_fold_events_names_the_run_only_once_it_has_an_event() -> None:

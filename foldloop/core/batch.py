@@ -2,23 +2,29 @@
 
 Evolving event by event copies the 30-field RunState (and the history's outer tuple) once
 per event, although only the last state is wanted. Here the fields the common events change
-(a step's model call, reply, tool requests and outcomes) live in local accumulators, and one
-RunState is built at the end. Every other event, and every common one whose effect is not
-plain (a call at an approval gate, a parked run), is applied by ``apply`` itself on a state
-built at that point, so ``evolve`` stays the one definition of what an event means; the
-tests hold ``fold`` equal to ``reduce(evolve, ...)`` on generated logs.
+(a step's model call, reply, tool requests and outcomes) live in local variables of one
+loop, and one RunState is built when the loop ends. Every other event, and every common one
+whose effect is not plain (a call at an approval gate, a parked run), is applied by
+``apply`` itself on a state built at that point, so ``evolve`` stays the one definition of
+what an event means; the tests hold ``fold`` equal to ``reduce(evolve, ...)`` on generated
+logs.
+
+The loop is written for speed, because rebuilding a state is a read of the whole log: no
+method call, attribute write or record object an event (each costs about as much as
+decoding the event did), a step's calls kept as the reply's own ``ModelToolCall`` tuple
+beside lists of their statuses and outcomes, and CallStates built once, at the end.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 
 from msgspec.structs import replace
 
-from foldloop.core.evolve import AT_GATE, FINISHED, INITIAL, apply, call_signature, tool_message
+from foldloop.core.evolve import AT_GATE, FINISHED, INITIAL, apply, tool_message
 from foldloop.core.messages import Message, push
-from foldloop.core.state import CallState, RunState, RunStatus
+from foldloop.core.state import CallSignature, CallState, RunState, RunStatus
 from foldloop.events.catalogue import (
     ModelRequested,
     ModelResponded,
@@ -27,165 +33,11 @@ from foldloop.events.catalogue import (
     ToolRequested,
 )
 from foldloop.events.recorded import AnyEvent, Recorded
+from foldloop.events.values import ModelToolCall
 
 __all__ = ["fold", "fold_events"]
 
-
-_ID, _TOOL, _ARGS, _STATUS, _RESULT, _KIND = range(6)
-
-
-def _record(call: CallState) -> list[str]:
-    return [call.call_id, call.tool, call.args, call.status, call.result, call.kind]
-
-
-def _call_state(r: list[str]) -> CallState:
-    return CallState(
-        call_id=r[_ID],
-        tool=r[_TOOL],
-        args=r[_ARGS],
-        status=r[_STATUS],  # type: ignore[arg-type]  # only ever a CallStatus
-        result=r[_RESULT],
-        kind=r[_KIND],
-    )
-
-
-class _Fold:
-    """A RunState taken apart into the fields the common events touch.
-
-    The step's calls are mutable records (id, tool, args, status, result, kind) while the
-    fold runs: a call would otherwise be built, then copied for tool.requested and again
-    for its outcome; CallStates are built once, when a step ends or a state is wanted.
-    """
-
-    __slots__ = (
-        "base",
-        "calls",
-        "cost_usd",
-        "input_tokens",
-        "invalid",
-        "last_at",
-        "messages",
-        "model_failures",
-        "model_pending",
-        "output_tokens",
-        "repeat_count",
-        "repeat_sig",
-        "running",
-        "seq",
-        "steps",
-    )
-
-    def __init__(self, state: RunState) -> None:
-        self.load(state)
-
-    def load(self, state: RunState) -> None:
-        self.base = state
-        self.running = state.status is RunStatus.RUNNING
-        self.seq = state.seq
-        self.last_at = state.last_at
-        self.steps = state.steps
-        self.input_tokens = state.usage.input_tokens
-        self.output_tokens = state.usage.output_tokens
-        self.cost_usd = state.usage.cost_usd
-        self.model_pending = state.model_pending
-        self.model_failures = state.model_failures
-        self.calls = [_record(c) for c in state.calls]
-        self.invalid = state.invalid_args_in_step
-        self.repeat_sig = state.repeat_sig
-        self.repeat_count = state.repeat_count
-        self.messages: list[Message] = []
-
-    def state(self) -> RunState:
-        base = self.base
-        usage = base.usage
-        if (self.input_tokens, self.output_tokens, self.cost_usd) != (
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.cost_usd,
-        ):
-            usage = replace(
-                usage,
-                input_tokens=self.input_tokens,
-                output_tokens=self.output_tokens,
-                cost_usd=self.cost_usd,
-            )
-        history = push(base.history, self.messages) if self.messages else base.history
-        return replace(
-            base,
-            seq=self.seq,
-            last_at=self.last_at,
-            steps=self.steps,
-            usage=usage,
-            model_pending=self.model_pending,
-            model_failures=self.model_failures,
-            calls=tuple(_call_state(r) for r in self.calls),
-            invalid_args_in_step=self.invalid,
-            repeat_sig=self.repeat_sig,
-            repeat_count=self.repeat_count,
-            history=history,
-        )
-
-    # Each returns False, having changed nothing, when the event needs ``apply``.
-
-    def model_requested(self, event: ModelRequested, at: int) -> bool:
-        self.seq += 1
-        self.last_at = at
-        self.model_pending = event.step
-        return True
-
-    def model_responded(self, event: ModelResponded, at: int) -> bool:
-        self.seq += 1
-        self.last_at = at
-        self.steps = max(self.steps, event.step)
-        usage = event.usage
-        self.input_tokens += usage.input_tokens
-        self.output_tokens += usage.output_tokens
-        self.cost_usd += usage.cost_usd
-        self.model_pending = 0
-        self.model_failures = 0
-        self.calls = [[c.id, c.name, c.args, "proposed", "", ""] for c in event.tool_calls]
-        self.invalid = 0
-        self.messages.append(
-            Message(role="assistant", content=event.text, tool_calls=event.tool_calls)
-        )
-        return True
-
-    def tool_requested(self, event: ToolRequested, at: int) -> bool:
-        call_id = event.call_id
-        for r in self.calls:
-            if r[_ID] == call_id and r[_STATUS] == "proposed":
-                r[_STATUS] = "requested"
-        self.seq += 1
-        self.last_at = at
-        return True
-
-    def tool_finished(self, call_id: str, status: str, result: str, kind: str, at: int) -> bool:
-        calls = self.calls
-        found = None
-        for r in calls:
-            if r[_STATUS] in AT_GATE:
-                return False  # a call at a gate (this one too): its status rules are evolve's
-            if found is None and r[_ID] == call_id and r[_STATUS] not in FINISHED:
-                found = r
-        self.seq += 1
-        self.last_at = at
-        if found is None:
-            return True  # a late or unknown outcome: recorded, nothing else changes
-        found[_STATUS], found[_RESULT], found[_KIND] = status, result, kind
-        if kind == "invalid_args":
-            self.invalid += 1
-        for r in calls:
-            if r[_STATUS] not in FINISHED:
-                return True
-        sig, count = self.repeat_sig, self.repeat_count
-        for r in calls:
-            this = call_signature(r[_TOOL], r[_ARGS], r[_STATUS], r[_RESULT])
-            sig, count = (sig, count + 1) if this == sig else (this, 1)
-        self.repeat_sig, self.repeat_count = sig, count
-        self.messages += [
-            tool_message(r[_ID], r[_TOOL], r[_STATUS], r[_RESULT], r[_KIND]) for r in calls
-        ]
-        return True
+Pair = tuple[AnyEvent, int]
 
 
 def fold(events: Iterable[Recorded], initial: RunState = INITIAL) -> RunState:
@@ -203,26 +55,198 @@ def fold_events(
 ) -> RunState:
     """``fold`` of run ``run_id``'s records given as ``(event, at)`` pairs, such as
     ``zip(*store.read_events(run_id))``: no Recorded envelope to build or take apart."""
-    state = initial
-    acc: _Fold | None = None
-    for event, at in events:
-        if acc is None:
-            if not state.run_id:
-                state = replace(state, run_id=run_id)
-            acc = _Fold(state)
-        done = False
-        if acc.running:
-            if type(event) is ToolCompleted:
-                done = acc.tool_finished(event.call_id, "completed", event.result, "", at)
-            elif type(event) is ModelRequested:
-                done = acc.model_requested(event, at)
-            elif type(event) is ModelResponded:
-                done = acc.model_responded(event, at)
-            elif type(event) is ToolRequested:
-                done = acc.tool_requested(event, at)
-            elif type(event) is ToolFailed:
-                done = acc.tool_finished(event.call_id, "failed", event.error, event.kind, at)
-        if not done:
-            state = apply(acc.state(), event, at)
-            acc.load(state)
-    return state if acc is None else acc.state()
+    pairs = iter(events)
+    first = next(pairs, None)
+    if first is None:
+        return initial
+    state = initial if initial.run_id else replace(initial, run_id=run_id)
+    rest: Iterator[Pair] = itertools.chain((first,), pairs)
+    while True:
+        state, stopped = _plain_run(state, rest)
+        if stopped is None:
+            return state
+        state = apply(state, *stopped)
+
+
+def _plain_run(  # noqa: PLR0915 - one loop on purpose: see the module's docstring
+    state: RunState, pairs: Iterator[Pair]
+) -> tuple[RunState, Pair | None]:
+    """Fold the plain events from ``pairs`` on; stop at the first that needs ``apply``.
+
+    Returns the state after the plain events and that event with its ``at`` (None once
+    ``pairs`` is exhausted).
+    """
+    if state.status is not RunStatus.RUNNING:
+        return state, next(pairs, None)  # a settled run's events are all ``apply``'s
+    seq, last_at, steps = state.seq, state.last_at, state.steps
+    usage = state.usage
+    input_tokens, output_tokens, cost = usage.input_tokens, usage.output_tokens, usage.cost_usd
+    pending, failures = state.model_pending, state.model_failures
+    invalid, sig, count = state.invalid_args_in_step, state.repeat_sig, state.repeat_count
+    # The step's calls: what the model asked (id, name, args) and, beside it, each one's
+    # status, result and kind. ``gated``: a call waits at an approval gate, so outcomes
+    # follow evolve's gate rules (only ``apply`` ever puts a call there).
+    asked: Sequence[ModelToolCall] = [
+        ModelToolCall(id=c.call_id, name=c.tool, args=c.args) for c in state.calls
+    ]
+    statuses: list[str] = [c.status for c in state.calls]
+    results = [c.result for c in state.calls]
+    kinds = [c.kind for c in state.calls]
+    gated = any(s in AT_GATE for s in statuses)
+    single = len(asked) == 1
+    calls_changed = False
+    messages: list[Message] = []
+    stopped: Pair | None = None
+    # Locals, not globals, for what every event looks up (a third faster to load).
+    completed_t, failed_t, requested_t = ToolCompleted, ToolFailed, ModelRequested
+    replied_t, tool_requested_t, message_t, finished = (
+        ModelResponded,
+        ToolRequested,
+        Message,
+        FINISHED,
+    )
+    for event, at in pairs:
+        kind_of = type(event)  # compared by identity below; mypy is told each branch's type
+        if kind_of is completed_t or kind_of is failed_t:
+            if gated:
+                stopped = event, at
+                break
+            if kind_of is completed_t:
+                done: ToolCompleted = event  # type: ignore[assignment]
+                call_id, outcome, result, kind = done.call_id, "completed", done.result, ""
+            else:
+                failed: ToolFailed = event  # type: ignore[assignment]
+                call_id, outcome, result, kind = failed.call_id, "failed", failed.error, failed.kind
+            seq += 1
+            last_at = at
+            if single:  # the common step: one call (no loops to set up)
+                call = asked[0]
+                if call.id != call_id or statuses[0] in finished:
+                    continue  # a late or unknown outcome: recorded, nothing else changes
+                statuses[0], results[0], kinds[0] = outcome, result, kind
+                calls_changed = True
+                if kind == "invalid_args":
+                    invalid += 1
+                this: CallSignature = (call.name, call.args, outcome, result)
+                if this == sig:
+                    count += 1
+                else:
+                    sig, count = this, 1
+                if outcome == "completed":
+                    messages.append(
+                        message_t(role="tool", content=result, tool_call_id=call_id, name=call.name)
+                    )
+                else:
+                    messages.append(tool_message(call_id, call.name, outcome, result, kind))
+                continue
+            for i, call in enumerate(asked):
+                if call.id == call_id and statuses[i] not in finished:
+                    break
+            else:
+                continue  # a late or unknown outcome: recorded, nothing else changes
+            statuses[i], results[i], kinds[i] = outcome, result, kind
+            calls_changed = True
+            if kind == "invalid_args":
+                invalid += 1
+            for status in statuses:
+                if status not in finished:
+                    break
+            else:  # the step's last outcome: its signatures and tool messages
+                for i, call in enumerate(asked):
+                    this = (call.name, call.args, statuses[i], results[i])
+                    if this == sig:
+                        count += 1
+                    else:
+                        sig, count = this, 1
+                    if statuses[i] == "completed":
+                        messages.append(
+                            message_t(
+                                role="tool",
+                                content=results[i],
+                                tool_call_id=call.id,
+                                name=call.name,
+                            )
+                        )
+                    else:
+                        messages.append(
+                            tool_message(call.id, call.name, statuses[i], results[i], kinds[i])
+                        )
+        elif kind_of is requested_t:
+            requested: ModelRequested = event  # type: ignore[assignment]
+            seq += 1
+            last_at = at
+            pending = requested.step
+        elif kind_of is replied_t:
+            replied: ModelResponded = event  # type: ignore[assignment]
+            seq += 1
+            last_at = at
+            if replied.step > steps:  # noqa: PLR1730 - max() is a call, this is not
+                steps = replied.step
+            usage = replied.usage
+            input_tokens += usage.input_tokens
+            output_tokens += usage.output_tokens
+            cost += usage.cost_usd
+            pending = failures = invalid = 0
+            asked = replied.tool_calls
+            single = len(asked) == 1
+            if single:
+                statuses, results, kinds = ["proposed"], [""], [""]
+            else:
+                n = len(asked)
+                statuses, results, kinds = ["proposed"] * n, [""] * n, [""] * n
+            gated = False
+            calls_changed = True
+            messages.append(message_t(role="assistant", content=replied.text, tool_calls=asked))
+        elif kind_of is tool_requested_t:
+            tool_requested: ToolRequested = event  # type: ignore[assignment]
+            seq += 1
+            last_at = at
+            call_id = tool_requested.call_id
+            if single:
+                if asked[0].id == call_id and statuses[0] == "proposed":
+                    statuses[0] = "requested"
+                    calls_changed = True
+                continue
+            for i, call in enumerate(asked):
+                if call.id == call_id and statuses[i] == "proposed":
+                    statuses[i] = "requested"
+                    calls_changed = True
+        else:
+            stopped = event, at
+            break
+    usage = state.usage
+    if (input_tokens, output_tokens, cost) != (
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cost_usd,
+    ):
+        usage = replace(
+            usage, input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost
+        )
+    folded = replace(
+        state,
+        seq=seq,
+        last_at=last_at,
+        steps=steps,
+        usage=usage,
+        model_pending=pending,
+        model_failures=failures,
+        calls=tuple(
+            CallState(
+                call_id=call.id,
+                tool=call.name,
+                args=call.args,
+                status=statuses[i],  # type: ignore[arg-type]  # only ever a CallStatus
+                result=results[i],
+                kind=kinds[i],
+            )
+            for i, call in enumerate(asked)
+        )
+        if calls_changed
+        else state.calls,
+        invalid_args_in_step=invalid,
+        repeat_sig=sig,
+        repeat_count=count,
+        history=push(state.history, messages) if messages else state.history,
+    )
+    return folded, stopped
