@@ -654,7 +654,7 @@ def test_a_history_digest_asked_at_any_point_is_the_digest_of_all_its_messages(
     """The digest is computed lazily from a memo that push hands on and a snapshot
     keeps: asked after any pushes, or never until the end, it must be the running digest
     of every message (what prompt digests recorded in older logs were made of)."""
-    from foldloop.core.messages import History, Message, flatten, history_digest, push
+    from foldloop.core.messages import CHUNK, History, Message, flatten, history_digest, push
     from foldloop.core.snapshot import encode_chunk, restore_state, split_state
 
     history, count = History(), 0
@@ -663,6 +663,10 @@ def test_a_history_digest_asked_at_any_point_is_the_digest_of_all_its_messages(
             history, [Message(role="user", content=f"m{count + i}") for i in range(size)]
         )
         count += size
+        # Every message once, in order, in chunks all full but the last (none empty).
+        assert [m.content for m in flatten(history)] == [f"m{i}" for i in range(count)]
+        assert all(len(c) == CHUNK for c in history.chunks[:-1])
+        assert all(history.chunks)
         if ask:
             assert history.digest == history_digest(flatten(history))
         if count >= snapshot_after and snapshot_after:
