@@ -55,17 +55,14 @@ def fold_events(
 ) -> RunState:
     """``fold`` of run ``run_id``'s records given as ``(event, at)`` pairs, such as
     ``zip(*store.read_events(run_id))``: no Recorded envelope to build or take apart."""
+    start = initial if initial.run_id else replace(initial, run_id=run_id)
     pairs = iter(events)
-    first = next(pairs, None)
-    if first is None:
-        return initial
-    state = initial if initial.run_id else replace(initial, run_id=run_id)
-    rest: Iterator[Pair] = itertools.chain((first,), pairs)
-    while True:
-        state, stopped = _plain_run(state, rest)
-        if stopped is None:
-            return state
-        state = apply(state, *stopped)
+    state, stopped = _plain_run(start, pairs)
+    if stopped is None and state.seq == start.seq:
+        return initial  # no event (each one counts): no run yet, as ``fold([])``
+    while stopped is not None:
+        state, stopped = _plain_run(apply(state, *stopped), pairs)
+    return state
 
 
 def _plain_run(  # noqa: PLR0915 - one loop on purpose: see the module's docstring
