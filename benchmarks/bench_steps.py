@@ -403,8 +403,7 @@ def _fold_vs_bare(store: Any, run_id: str, what: str, reps: int) -> None:
         return len(store.read_events(run_id)[0])
 
     def ours() -> int:  # what Runtime.state does when there is no snapshot
-        events, ats = store.read_events(run_id)
-        return fold_events(run_id, zip(events, ats, strict=True)).seq
+        return int(store.consume_events(run_id, lambda pairs: fold_events(run_id, pairs).seq))
 
     quiet_threads()
     t_bare = t_read = t_ours = float("inf")

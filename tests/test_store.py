@@ -122,6 +122,8 @@ def test_flipped_byte_is_reported_with_run_and_seq(store_path: Path) -> None:
             store.read_events("r1")
         with pytest.raises(CorruptRecord, match="'r1' seq 3: checksum mismatch"):
             store.read_events("r1", 3)
+        with pytest.raises(CorruptRecord, match="'r1' seq 2: checksum mismatch"):
+            store.consume_events("r1", list)
     finally:
         store.close()
 
@@ -401,6 +403,13 @@ class StoreMachine(RuleBasedStateMachine):
         assert self.store.read_events(r, from_seq) == want
         records = self.store.read(r, from_seq)
         assert ([x.event for x in records], [x.at for x in records]) == want
+
+    @rule(r=runs, from_seq=st.integers(1, 10), span=st.integers(0, 6))
+    def consume_events_from(self, r: str, from_seq: int, span: int) -> None:
+        # What Runtime.state folds: the same pairs, whatever the spans they come in.
+        got = self.store.consume_events(r, list, from_seq, span=span)
+        events, ats = self.model[r][from_seq - 1 :], self.ats[r][from_seq - 1 :]
+        assert got == list(zip(events, ats, strict=True))
 
     @rule(r=runs, from_seq=st.integers(1, 12), span=st.integers(0, 6))
     def read_slice(self, r: str, from_seq: int, span: int) -> None:

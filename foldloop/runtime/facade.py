@@ -543,10 +543,12 @@ class Runtime(ClosedOnExit):
     def state(self, run_id: str) -> RunState:
         """The run's state: its latest snapshot plus the events after it."""
         base = self._snapshot_state(run_id)
-        events, ats = self.store.read_events(run_id, base.seq + 1)
-        if not events and not base.seq:
+        state = self.store.consume_events(
+            run_id, lambda pairs: fold_events(run_id, pairs, base), base.seq + 1
+        )
+        if not state.seq:  # no snapshot and no event: no such run
             raise RunNotFound(run_id)
-        return fold_events(run_id, zip(events, ats, strict=True), base)
+        return state
 
     def _snapshot_state(self, run_id: str) -> RunState:
         """The run's latest snapshot (an empty state when it has none or it is unreadable:

@@ -361,14 +361,13 @@ def open_fast(value: bytes) -> TypedBatch | None:
     frame and the previous hash out) and raises nothing, so a reader pays one call a
     value; the careful path then says what is wrong with the rare value it gets.
     """
-    if (
-        len(value) <= _HEADER
-        or value[_HEADER] != _BATCH_HEAD
-        or zlib.crc32(memoryview(value)[_CRC.size :]) != _CRC_OF(value)[0]
-    ):
+    if len(value) <= _HEADER or value[_HEADER] != _BATCH_HEAD:
+        return None
+    view = memoryview(value)  # one view, sliced twice: no copy of the value's bytes
+    if zlib.crc32(view[_CRC.size :]) != _CRC_OF(value)[0]:
         return None
     try:
-        typed = _DECODE_TYPED(memoryview(value)[_HEADER:])
+        typed = _DECODE_TYPED(view[_HEADER:])
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
     if len(typed.events) != typed.count or (typed.offsets and len(typed.offsets) != typed.count):
