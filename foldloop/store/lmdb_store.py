@@ -502,7 +502,8 @@ class LmdbStore:
     def read_events(self, run_id: str, from_seq: int = 1) -> tuple[list[AnyEvent], list[int]]:
         """The events of the run's records from ``from_seq`` on, in seq order, and the time
         of each: what a fold needs of ``read``, without a Recorded envelope a record
-        (``core.fold_events(run_id, zip(events, ats))``, as ``Runtime.state`` does)."""
+        (``core.fold_events(run_id, zip(events, ats))``; ``consume_events`` hands a fold
+        the same pairs without building the two lists, as ``Runtime.state`` reads)."""
 
         def get(txn: Any) -> tuple[list[AnyEvent], list[int]]:
             start = max(1, from_seq)
