@@ -185,10 +185,14 @@ def _plain_run(  # noqa: PLR0915 - one loop on purpose: see the module's docstri
             cost += usage.cost_usd
             pending = failures = invalid = 0
             asked = replied.tool_calls
-            single = len(asked) == 1
-            if single:
+            if single and len(asked) == 1:  # one call again: its three lists are reused
+                statuses[0] = "proposed"
+                results[0] = kinds[0] = ""
+            elif len(asked) == 1:
+                single = True
                 statuses, results, kinds = ["proposed"], [""], [""]
             else:
+                single = False
                 n = len(asked)
                 statuses, results, kinds = ["proposed"] * n, [""] * n, [""] * n
             gated = False
