@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import operator
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -541,23 +542,28 @@ class LmdbStore:
         """The run's records from ``from_seq``, in spans of at least ``span`` (but the
         last), whole stored values each."""
         start = max(1, from_seq)
+        # An event's time is its value's plus its own offset: both are gathered as they
+        # are and added in one pass a span (a map over two lists), not a value at a time.
         events: list[AnyEvent] = []
-        ats: list[int] = []
+        bases: list[int] = []
+        offsets: list[int] = []
         values = itertools.chain(
             self._run_values(txn, run_id, start), self._tail_slices(txn, run_id, start)
         )
         for typed, lo, hi in values:
             if lo or hi != typed.count:
-                _events_into(events, ats, typed, lo, hi)
-            else:  # _events_into's whole-value case, inline: this runs once a stored value
+                events += typed.events[lo:hi]
+                offsets += typed.offsets[lo:hi] if typed.offsets else [0] * (hi - lo)
+                bases += [typed.at] * (hi - lo)
+            else:  # the whole value, as nearly every one: no slices to copy
                 events += typed.events
-                offsets = typed.offsets
-                ats += map(typed.at.__add__, offsets) if offsets else [typed.at] * hi
+                offsets += typed.offsets or [0] * hi
+                bases += [typed.at] * hi
             if len(events) >= span:
-                yield zip(events, ats, strict=True)
-                events, ats = [], []
+                yield zip(events, map(operator.add, bases, offsets), strict=True)
+                events, bases, offsets = [], [], []
         if events:
-            yield zip(events, ats, strict=True)
+            yield zip(events, map(operator.add, bases, offsets), strict=True)
 
     def _indexed_events(
         self, txn: Any, run_id: str, start: int
