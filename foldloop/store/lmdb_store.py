@@ -530,7 +530,7 @@ class LmdbStore:
         decoded objects are still in the CPU's caches, and no list of the whole run is
         built (``read_events`` builds two): folding 100,000 events costs a quarter less.
         ``fn`` should only read what it is handed (a pure fold): the transaction stays open
-        until it returns, and a write from inside it would wait on the store's own lock."""
+        until it returns, and a write from inside it could deadlock against a map resize."""
 
         def get(txn: Any) -> T:
             spans = self._event_spans(txn, run_id, from_seq, max(1, span))
