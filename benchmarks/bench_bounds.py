@@ -1,7 +1,7 @@
 """Bounds: the least the speed issue's workloads can cost under DESIGN's rules.
 
-    python benchmarks/bench_bounds.py               # all three sections (~4 min)
-    python benchmarks/bench_bounds.py --only step   # or: --only disk, --only fold
+    python benchmarks/bench_bounds.py               # all four sections (~5 min)
+    python benchmarks/bench_bounds.py --only step   # or: --only disk, --only fold, --only cold
 
 The other scripts measure foldloop against a floor; this one measures what is left between
 them once the work DESIGN requires is counted, so a target can be judged reachable or not
@@ -22,6 +22,12 @@ before anyone rewrites the runtime for it.
 3. Fold: a 100,000-event run read back as the public ``Recorded`` envelopes with nothing
    folded (``store.read``), against the bare cursor+checksum+decode loop: what is left of
    the 85% target for the fold itself.
+4. Cold: what CPU work costs between two fsyncs. The floor's loop with, before each commit,
+   a few rounds of real ``decide`` work, or a busy-wait as long as that work takes when run
+   back to back; with and without fsync. A step's Python runs after its thread slept through
+   the last fsync, with the code and data it touches gone from the CPU's caches: on this
+   machine it costs about twice its hot time, which is why each µs of Python weighs double
+   in the step's ratio to the floor.
 """
 
 from __future__ import annotations
@@ -279,9 +285,84 @@ def bench_fold(reps: int = 5) -> None:
     )
 
 
+class ColdFloor(Floor):
+    """The floor's loop with ``work()`` done before each step's commit."""
+
+    def __init__(self, directory: Path, *, sync: bool) -> None:
+        super().__init__(directory)
+        if not sync:
+            self.env.close()
+            self.env = lmdb.open(
+                str(directory), map_size=1 << 30, sync=False, metasync=False, max_dbs=2
+            )
+            self.db = self.env.open_db(b"log")
+        self.work: Any = None
+
+    def run(self, steps: int) -> float:
+        self.runs += 1
+        tag = f"r{self.runs}".encode()
+        raw = encode_all([ModelResponded(step=1)], 0)[0][1]
+        start = time.perf_counter()
+        for _ in range(steps):
+            if self.work is not None:
+                self.work()
+            with self.env.begin(write=True) as txn:
+                for _ in range(4):
+                    self.position += 1
+                    txn.put(self.position.to_bytes(8, "big") + tag, raw, db=self.db, append=True)
+        return (time.perf_counter() - start) / steps * 1e6
+
+
+def bench_cold(pairs: int = 25, rounds: int = 3) -> None:
+    a = agent(STEPS)
+    reply = ModelReplied(
+        now=2,
+        step=1,
+        tool_calls=(ModelToolCall(id="", name="note", args='{"i":1}'),),
+        usage=Usage(),
+        model="m",
+    )
+
+    def python_work() -> None:
+        for _ in range(rounds):
+            started = decide(RunState(run_id="x"), a.start("go", now=1)).state
+            assert started is not None
+            decide(started, reply)
+
+    t0 = time.perf_counter()
+    for _ in range(300):
+        python_work()
+    hot = (time.perf_counter() - t0) / 300
+
+    def busy() -> None:
+        end = time.perf_counter() + hot
+        while time.perf_counter() < end:
+            pass
+
+    print(f"4. cold work: {rounds} rounds of decide before each commit, {hot * 1e6:.0f} µs hot")
+    for sync in (True, False):
+        with tempfile.TemporaryDirectory() as d:
+            floor = ColdFloor(Path(d) / "f", sync=sync)
+            works = {"nothing": None, "busy-wait": busy, "decide": python_work}
+            times: dict[str, list[float]] = {name: [] for name in works}
+            for i in range(pairs + 3):
+                for name, work in works.items():
+                    floor.work = work
+                    took = floor.run(STEPS)
+                    if i >= 3:  # the first rounds warm the file up
+                        times[name].append(took)
+            base = statistics.median(times["nothing"])
+            added = {n: statistics.median(t) - base for n, t in times.items() if n != "nothing"}
+            print(
+                f"   {'with' if sync else 'without'} fsync: the floor {base:6.1f} µs a step; "
+                f"a busy-wait adds {added['busy-wait']:5.1f}, decide adds {added['decide']:5.1f} "
+                f"({added['decide'] / (hot * 1e6):.1f}x its hot time)"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("step", "disk", "fold"), help="run one section")
+    parser.add_argument("--only", choices=("step", "disk", "fold", "cold"), help="run one section")
     parser.add_argument("--pairs", type=int, default=40, help="rounds of step runs (default 40)")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
@@ -294,6 +375,8 @@ def main() -> None:
         bench_disk()
     if args.only in (None, "fold"):
         bench_fold()
+    if args.only in (None, "cold"):
+        bench_cold()
 
 
 if __name__ == "__main__":
