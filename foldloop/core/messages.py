@@ -104,21 +104,28 @@ class History(msgspec.Struct, frozen=True, array_like=True, dict=True):
         return self
 
 
+_SEQUENCES = (list, tuple)
+"""What ``push`` takes as it is (a ``list | tuple`` union would be built on every call)."""
+
+
 def push(history: History, messages: Iterable[Message]) -> History:
     """Return ``history`` with ``messages`` appended (the original is untouched).
 
     Cut by slices, not message by message: a fold hands over every message of a run at
     once, tens of thousands for a long one."""
-    new = messages if isinstance(messages, list | tuple) else list(messages)
+    new = messages if isinstance(messages, _SEQUENCES) else list(messages)
     if not new:
         return history
     chunks = history.chunks
-    out = list(chunks[:-1])
     last: tuple[Message, ...] = chunks[-1] if chunks else ()
     room = CHUNK - len(last)
-    out.append(last + tuple(new[:room]) if room else last)
-    out.extend(tuple(new[i : i + CHUNK]) for i in range(room, len(new), CHUNK))
-    pushed = History(tuple(out))
+    if len(new) <= room:  # a step's message or two: they join the last chunk
+        pushed = History((*chunks[:-1], last + tuple(new)))
+    else:
+        out = list(chunks[:-1])
+        out.append(last + tuple(new[:room]) if room else last)
+        out.extend(tuple(new[i : i + CHUNK]) for i in range(room, len(new), CHUNK))
+        pushed = History(tuple(out))
     memo = history.__dict__.get(_MEMO)
     if memo is not None:
         pushed.__dict__[_MEMO] = memo
