@@ -94,7 +94,8 @@ def _plain_run(  # noqa: PLR0915 - one loop on purpose: see the module's docstri
     calls_changed = False
     messages: list[Message] = []
     stopped: Pair | None = None
-    # Locals, not globals, for what every event looks up (a third faster to load).
+    # Locals, not globals, for what every event looks up (the fold alone 0.261 -> 0.252 µs an
+    # event when they became locals).
     completed_t, failed_t, requested_t = ToolCompleted, ToolFailed, ModelRequested
     replied_t, tool_requested_t, message_t, finished = (
         ModelResponded,
@@ -129,7 +130,7 @@ def _plain_run(  # noqa: PLR0915 - one loop on purpose: see the module's docstri
                     count += 1
                 else:
                     sig, count = this, 1
-                if outcome == "completed":
+                if outcome == "completed":  # tool_message's common case, without the call
                     messages.append(
                         message_t(role="tool", content=result, tool_call_id=call_id, name=call.name)
                     )
@@ -155,19 +156,9 @@ def _plain_run(  # noqa: PLR0915 - one loop on purpose: see the module's docstri
                         count += 1
                     else:
                         sig, count = this, 1
-                    if statuses[i] == "completed":
-                        messages.append(
-                            message_t(
-                                role="tool",
-                                content=results[i],
-                                tool_call_id=call.id,
-                                name=call.name,
-                            )
-                        )
-                    else:
-                        messages.append(
-                            tool_message(call.id, call.name, statuses[i], results[i], kinds[i])
-                        )
+                    messages.append(
+                        tool_message(call.id, call.name, statuses[i], results[i], kinds[i])
+                    )
         elif kind_of is requested_t:
             requested: ModelRequested = event  # type: ignore[assignment]
             seq += 1
