@@ -557,7 +557,8 @@ class LmdbStore:
                 events += typed.events[lo:hi]
                 offsets += typed.offsets[lo:hi] if typed.offsets else [0] * (hi - lo)
                 bases += [typed.at] * (hi - lo)
-            else:  # the whole value, as nearly every one: no slices to copy
+            else:  # the whole value, as nearly every one: no slices to copy (2-3% of the
+                # fold's read at 1,000 steps; read_events, off the fold's path, slices always)
                 events += typed.events
                 offsets += typed.offsets or [0] * hi
                 bases += [typed.at] * hi
@@ -1058,14 +1059,9 @@ def _events_into(
 ) -> None:
     """Append events ``lo`` to ``hi`` (exclusive) of a decoded value, and their times
     (its offsets, when it has them, are one an event: ``open_fast`` checks)."""
-    offsets = typed.offsets
-    if lo or hi != typed.count:
-        events += typed.events[lo:hi]
-        offsets = offsets[lo:hi]
-    else:  # the whole value, as nearly every one of a read: no slices to copy
-        events += typed.events
-    if offsets:
-        ats += map(typed.at.__add__, offsets)
+    events += typed.events[lo:hi]
+    if typed.offsets:
+        ats += map(typed.at.__add__, typed.offsets[lo:hi])
     else:
         ats += [typed.at] * (hi - lo)
 
