@@ -241,8 +241,6 @@ class LmdbStore:
         # they cover), replaced whole after every change, so one attribute read takes a
         # consistent view (entries are only ever appended to a list until it is replaced).
         self._tail_view: tuple[int, list[TailEntry], int] = (-1, self._tail, 0)
-        self._written_id = -2  # LMDB id of this process's last write txn, and what came next
-        self._written_next = 0
         # Run numbers never change once committed, so a cached one is never stale; the
         # cache is bounded (``remember_run``) so that a store of a million runs costs no
         # more memory than one of a thousand.
@@ -271,7 +269,9 @@ class LmdbStore:
         write_marker(self.path)
         log.info("store_upgraded", path=str(self.path), format=FORMAT, was=found)
 
-    def _begin(self, *, write: bool = False) -> Any:
+    def _begin(self, *, write: bool = False, parent: Any = None) -> Any:
+        if parent is not None:
+            return self.env.begin(write=True, parent=parent, buffers=False)
         try:
             return self.env.begin(write=write, buffers=False)
         except lmdb.ReadersFullError:

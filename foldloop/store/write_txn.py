@@ -53,6 +53,19 @@ if TYPE_CHECKING:
 __all__ = ["WriteTxn"]
 
 
+class _Savepoint:
+    """What an op may change of a WriteTxn's bookkeeping, as it was when the op began."""
+
+    __slots__ = ("appended", "heads", "new", "next", "numbered")
+
+    def __init__(self, next_position: int, new: int, appended: int) -> None:
+        self.next = next_position
+        self.new = new
+        self.appended = appended
+        self.heads: dict[str, Head | None] = {}
+        self.numbered: list[str] = []
+
+
 class WriteTxn:
     """What a write op sees: one LMDB write transaction plus the store's rules."""
 
@@ -60,29 +73,59 @@ class WriteTxn:
         self.store = store
         self._resize = store._resize
         self._resize.acquire_shared()
+        self._released = False
         try:
-            self.txn = store._begin(write=True)
+            self._parent = store._begin(write=True)
         except BaseException:
-            self._resize.release_shared()
+            self._release()
             raise
+        self.txn = self._parent
+        """Where writes go: the op's own child transaction while an op runs."""
         self.appended: list[Recorded] = []
         try:
-            self._id = self.txn.id()
-            if self._id == store._written_id + 1:
-                # LMDB numbers write transactions that changed something: the one after ours
-                # means nobody else wrote since, so the tail cache and next position hold.
-                self._next = store._written_next
-            else:
-                self._next = store._last_position(self.txn) + 1
-                store._sync_tail(self.txn)
+            # Read from what is committed, every time: another process may have written
+            # since this one last did, and LMDB says so in nothing cheaper than its data.
+            self._next = store._last_position(self._parent) + 1
+            store._sync_tail(self._parent)
         except BaseException:
-            self.txn.abort()
-            self._resize.release_shared()
+            self.abort()
             raise
         self._heads: dict[str, Head] = {}
         self._numbered: dict[str, int] = {}  # run numbers given in this transaction
         self._new: list[TailEntry] = []
         self._force_index = False
+        self._op: _Savepoint | None = None
+
+    # -- one op at a time, each all or nothing -----------------------------------------------
+
+    def begin_op(self) -> None:
+        """Start an op: its writes go to a child transaction until ``end_op``/``undo_op``."""
+        self.txn = self.store._begin(write=True, parent=self._parent)
+        self._op = _Savepoint(self._next, len(self._new), len(self.appended))
+
+    def end_op(self) -> None:
+        """Keep the op's writes (they commit with the transaction)."""
+        child, self.txn, self._op = self.txn, self._parent, None
+        child.commit()
+
+    def undo_op(self) -> None:
+        """Drop everything the op wrote, in LMDB and in this transaction's bookkeeping, so
+        that an op which raises part-way leaves nothing behind."""
+        child, self.txn, op, self._op = self.txn, self._parent, self._op, None
+        if child is not self._parent:
+            child.abort()
+        if op is None:
+            return
+        self._next = op.next
+        del self._new[op.new :]
+        del self.appended[op.appended :]
+        for run_id, head in op.heads.items():
+            if head is None:
+                self._heads.pop(run_id, None)
+            else:
+                self._heads[run_id] = head
+        for run_id in op.numbered:
+            self._numbered.pop(run_id, None)
 
     def index_now(self) -> None:
         """Write the tail's index entries in this transaction (used on close)."""
@@ -95,13 +138,10 @@ class WriteTxn:
             indexed = pending and (pending >= store.index_every or self._force_index)
             if indexed:
                 self._write_index((*store._tail, *self._new))
-                self.txn.put(INDEXED_KEY, pack_position(self._next - 1), db=store._meta)
-            self.txn.commit()
+                self._parent.put(INDEXED_KEY, pack_position(self._next - 1), db=store._meta)
+            self._parent.commit()
             for run_id, number in self._numbered.items():
                 store.remember_run(run_id, number)
-            # An unchanged transaction does not advance LMDB's id, so the next one reuses
-            # this id and takes the slow path above: remembering it is always safe.
-            store._written_id, store._written_next = self._id, self._next
             if indexed:
                 store._reset_tail(self._next - 1)
             elif self._new:
@@ -110,7 +150,7 @@ class WriteTxn:
                 store._tail_scanned = self._next - 1
                 store._publish_tail()
         finally:
-            self._resize.release_shared()
+            self._release()
 
     def _write_index(self, tail: Sequence[TailEntry]) -> None:
         """Index the tail: one entry per stretch of a run's records at consecutive seqs,
@@ -130,9 +170,19 @@ class WriteTxn:
                 put(index_key(run_id, first_seq), value, db=index_db)
 
     def abort(self) -> None:
+        """Drop the whole transaction (safe after a failed commit, and twice)."""
         try:
-            self.txn.abort()
+            if self.txn is not self._parent:
+                self.txn.abort()
+            self._parent.abort()
         finally:
+            self._release()
+
+    def _release(self) -> None:
+        # Exactly once: a failed commit is followed by an abort, and a reader count that
+        # went below zero would make the next map resize wait for ever.
+        if not self._released:
+            self._released = True
             self._resize.release_shared()
 
     # -- reads inside the transaction ----------------------------------------------------
@@ -160,6 +210,8 @@ class WriteTxn:
         number = unpack_run(cur.key()) + 1 if cur.last() else 1
         self.txn.put(key, pack_run(number), db=store._run_numbers)
         self.txn.put(pack_run(number), key, db=store._run_ids)
+        if self._op is not None:
+            self._op.numbered.append(run_id)
         self._numbered[run_id] = number
         return number
 
@@ -217,9 +269,16 @@ class WriteTxn:
                         Recorded(run_id=run_id, seq=seq, position=self._next, at=at, event=event)
                     )
                 self._next += 1
+        self._remember_head(run_id)
         self._heads[run_id] = Head(seq, prev)
         self.appended.extend(out)
         return out
+
+    def _remember_head(self, run_id: str) -> None:
+        """Note the run's head as it was before the running op, once, for ``undo_op``."""
+        op = self._op
+        if op is not None and run_id not in op.heads:
+            op.heads[run_id] = self._heads.get(run_id)
 
     def put_lease(self, run_id: str, lease: Lease) -> None:
         self.txn.put(run_id.encode(), ENCODER.encode(lease), db=self.store._leases)

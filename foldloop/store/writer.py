@@ -6,8 +6,8 @@ so a hundred runs stepping together share one fsync. An op that is not durable (
 events start no effect that leaves the process) may linger a moment so that it rides in
 the next durable commit instead of paying for a commit of its own; nobody waits on it.
 
-Each op checks before it writes and raises a FoldloopError to reject itself, so a
-rejected op never leaves half its writes in the shared transaction.
+Each op runs in a child transaction of the shared one: an op that raises (a FoldloopError
+to reject itself, or anything else) is undone whole, whatever it wrote before raising.
 """
 
 from __future__ import annotations
@@ -77,12 +77,6 @@ class WriteOp(Generic[T]):
         if self.error is not None:
             raise self.error
         return self.result  # type: ignore[return-value]
-
-
-class _OpCrashed(Exception):
-    def __init__(self, index: int, error: BaseException) -> None:
-        self.index = index
-        self.error = error
 
 
 class Writer:
@@ -202,41 +196,26 @@ class Writer:
                     op.finish(None, StoreError(f"the store writer failed: {exc!r}"))
 
     def _commit(self, batch: list[WriteOp[Any]]) -> None:
-        pending = list(batch)
-        while pending:
-            outcomes: list[tuple[WriteOp[Any], Any, BaseException | None]] = []
+        while True:
             try:
                 ctx = self._begin()
                 try:
-                    for i, op in enumerate(pending):
-                        try:
-                            outcomes.append((op, op.fn(ctx), None))
-                        except FoldloopError as exc:
-                            outcomes.append((op, None, exc))
-                        except (lmdb.MapFullError, lmdb.MapResizedError):
-                            raise
-                        except Exception as exc:
-                            raise _OpCrashed(i, exc) from exc
+                    outcomes = [self._run_op(ctx, op) for op in batch]
                     ctx.commit()
                 except BaseException:
                     ctx.abort()
                     raise
-            except _OpCrashed as crash:
-                op = pending.pop(crash.index)
-                log.error("write_op_crashed", error=repr(crash.error))
-                op.finish(None, StoreError(f"the store refused a write: {crash.error!r}"))
-                continue
             except (lmdb.MapFullError, lmdb.MapResizedError) as exc:
                 try:
                     self._grow(exc)
                 except StoreError as full:
-                    for op in pending:
+                    for op in batch:
                         op.finish(None, full)
                     return
                 continue
             except lmdb.Error as exc:
                 log.error("commit_failed", error=str(exc))
-                for op in pending:
+                for op in batch:
                     op.finish(
                         None,
                         StoreError(
@@ -246,9 +225,27 @@ class Writer:
                     )
                 return
             self.commits += 1
-            self.ops += len(pending)
-            for op, result, error in outcomes:
+            self.ops += len(batch)
+            for op, (result, error) in zip(batch, outcomes, strict=True):
                 op.finish(result, error)
             if ctx.appended:
                 self._on_commit(ctx.appended)
             return
+
+    @staticmethod
+    def _run_op(ctx: Any, op: WriteOp[Any]) -> tuple[Any, BaseException | None]:
+        """Run one op in its own child transaction: all of it is kept, or (it raised) none."""
+        ctx.begin_op()
+        try:
+            result = op.fn(ctx)
+        except (lmdb.MapFullError, lmdb.MapResizedError):
+            raise  # the whole batch is retried once the map has grown
+        except FoldloopError as exc:
+            ctx.undo_op()
+            return None, exc
+        except Exception as exc:
+            ctx.undo_op()
+            log.error("write_op_crashed", error=repr(exc))
+            return None, StoreError(f"the store refused a write: {exc!r}")
+        ctx.end_op()
+        return result, None
