@@ -6,6 +6,7 @@ the workers, so these load in both.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -82,4 +83,28 @@ probe = fl.Agent(
         [fl.Reply(tool_calls=[fl.ToolCall("switch_interval", {})]), fl.Reply(text="seen")]
     ),
     tools=[switch_interval],
+)
+
+
+@fl.tool
+def pay_once(tag: str) -> str:
+    """Record a payment in the ledger file $FOLDLOOP_TEST_LEDGER (must never run twice)."""
+    with open(os.environ["FOLDLOOP_TEST_LEDGER"], "a") as out:
+        out.write(tag + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    return f"paid {tag}"
+
+
+def _pay_reply(messages: Sequence[fl.Message], tools: Sequence[fl.ToolSpec]) -> fl.Reply:
+    if messages[-1].role == "tool":
+        return fl.Reply(text=messages[-1].content)
+    return fl.Reply(tool_calls=[fl.ToolCall("pay_once", {"tag": messages[-1].content})])
+
+
+payer = fl.Agent(
+    name="payer",
+    llm=fl.ScriptedLLM(_pay_reply),
+    tools=[pay_once],
+    approvals=fl.RequireApproval({"pay_once"}),
 )

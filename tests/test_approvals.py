@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -295,6 +296,88 @@ def test_two_processes_racing_to_decide_have_exactly_one_winner_each_time(
             assert record is not None
             assert record.status == "approved"
             assert run_id in wins[0 if record.by == "left" else 1]
+
+
+def test_approving_as_a_run_parks_never_fences_the_run_the_approval_starts(
+    store_path: Path, ledger: Ledger
+) -> None:
+    """The host's approve and the runtime's own poller both carry a decision into its run;
+    only one may drive it (they once took turns fencing each other off: the run ended
+    interrupted after its tool had run, its outcome lost)."""
+    with fl.Runtime.open(store_path, poll_interval=0.002) as rt:
+        agent = make_agent(ledger)
+        for i in range(60):
+            run = rt.spawn(agent, f"r{i}")
+            assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+            (pending,) = [p for p in rt.pending_approvals() if p.run_id == run.id]
+            rt.approve(pending.token, by="alice")
+            result = run.wait(timeout=30)
+            assert result.status is fl.RunStatus.COMPLETED, (run.id, result.reason)
+        assert ledger.lines == ["pay bob 5"] * 60
+
+
+def test_two_processes_with_the_agent_racing_to_approve_finish_every_run_once(
+    store_path: Path, tmp_path: Path
+) -> None:
+    """Both deciders drive what they approve: one wins each decision (the loser's write
+    commits nothing), exactly one of them carries it into the run, and every run ends
+    completed with its tool run once."""
+    ledger = tmp_path / "ledger"
+    ledger.touch()
+    env = {**os.environ, "FOLDLOOP_TEST_LEDGER": str(ledger)}
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        from pool_agents import payer
+    finally:
+        sys.path.pop(0)
+    runs = 60
+    with fl.Runtime.open(store_path) as rt:
+        for i in range(runs):
+            parked = rt.spawn(payer, f"t{i}", run_id=f"pay-{i}").wait(timeout=30)
+            assert parked.status is fl.RunStatus.AWAITING_APPROVAL
+        requests = sorted((p.run_id, p.call_id) for p in rt.pending_approvals())
+    go = tmp_path / "go"
+    code = textwrap.dedent(
+        f"""
+        import os, sys, time
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import foldloop as fl
+        from pool_agents import payer
+        with fl.Runtime.open({str(store_path)!r}, agents=[payer]) as rt:
+            print("READY", flush=True)
+            while not os.path.exists({str(go)!r}):
+                time.sleep(0.001)
+            for run_id, call_id in {requests!r}:
+                try:
+                    rt.approve(run_id=run_id, call_id=call_id, by=sys.argv[1])
+                except fl.ApprovalError:
+                    pass
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not all(
+                rt.state(r).terminal for r, _c in {requests!r}
+            ):
+                time.sleep(0.01)
+        """
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, name], stdout=subprocess.PIPE, text=True, env=env
+        )
+        for name in ("left", "right")
+    ]
+    for proc in procs:
+        assert proc.stdout is not None
+        while proc.stdout.readline().strip() != "READY":
+            pass
+    go.write_text("go")
+    for proc in procs:
+        proc.communicate(timeout=120)
+        assert proc.returncode == 0
+    assert sorted(ledger.read_text().split()) == sorted(f"t{i}" for i in range(runs))
+    with fl.Runtime.open(store_path, agents=[payer]) as rt:
+        for run_id, _call_id in requests:
+            state = rt.verify(run_id)
+            assert state.status is fl.RunStatus.COMPLETED, (run_id, state.reason)
 
 
 def _threads_outside_pools() -> int:

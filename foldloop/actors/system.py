@@ -22,6 +22,7 @@ from foldloop.agent import Agent
 from foldloop.approvals import PendingApproval, RequireApproval
 from foldloop.core.effects import Decision
 from foldloop.core.state import RunState
+from foldloop.errors import RunLocked
 from foldloop.store.approvals import ApprovalRecord
 from foldloop.store.lmdb_store import LmdbStore
 
@@ -62,8 +63,12 @@ class ActorSystem:
         self.timers = Timers()
         self.model_pool = Workers(model_workers, "foldloop-model")
         self._lock = threading.Lock()
+        self._handed = threading.Condition(self._lock)  # a claim became an actor, or went
         self._actors: dict[str, RunActor] = {}
         """The actor driving each active run here (its ``actor_ref`` is where to tell)."""
+        self._claims: set[str] = set()
+        """Runs one thread of this runtime has taken (the lease is per runtime, so it alone
+        cannot keep two threads of one runtime from driving a run at once)."""
         self._tools: dict[tuple[str, str], pykka.ActorRef[Any]] = {}
         self._runners: dict[tuple[str, str], ToolRunner] = {}
         self._settlements: dict[str, Settlement] = {}
@@ -99,21 +104,50 @@ class ActorSystem:
         with self._lock:
             return run_id in self._actors
 
+    def claim(self, run_id: str) -> None:
+        """Take the run for the calling thread until its actor finishes or ``unclaim``.
+
+        Raises RunLocked when the run is claimed here already (an actor drives it, or a
+        spawn, resume, cancel or approval is carrying a decision into it)."""
+        with self._lock:
+            if run_id in self._claims:
+                raise RunLocked(
+                    f"run {run_id!r} is being driven by this runtime right now; wait() for it first"
+                )
+            self._claims.add(run_id)
+
+    def unclaim(self, run_id: str) -> None:
+        """Give up a claim whose run got no actor (nothing to do, or it failed)."""
+        with self._lock:
+            self._claims.discard(run_id)
+            self._handed.notify_all()
+
+    def await_handover(self, run_id: str, timeout: float) -> bool:
+        """Wait until the run is not claimed here, or an actor drives it; False on timeout."""
+        with self._lock:
+            return self._handed.wait_for(
+                lambda: run_id in self._actors or run_id not in self._claims, timeout
+            )
+
     def settlement(self, run_id: str) -> Settlement | None:
         """The settlement record of a run driven (now or before) by this runtime."""
         with self._lock:
             return self._settlements.get(run_id)
 
     def start_run(self, agent: Agent, state: RunState, epoch: int, decision: Decision) -> None:
-        """Start an actor for a run whose decision is already committed, and act on it."""
+        """Start an actor for a run claimed here whose decision is already committed, and act
+        on it; the claim goes when the actor finishes."""
         with self._lock:
             if self._closed:
+                self._claims.discard(state.run_id)
+                self._handed.notify_all()
                 raise RuntimeError("runtime closed")
             settlement = Settlement()
             self._settlements[state.run_id] = settlement
             actor = RunActor(self, agent, state, epoch)
             ref = actor.start_here()
             self._actors[state.run_id] = actor
+            self._handed.notify_all()
         ref.tell(decision)
 
     def tell(self, run_id: str, message: Any) -> bool:
@@ -176,8 +210,11 @@ class ActorSystem:
                 current.actor_ref.tell(outcome)
 
     def settled_without_actor(self, state: RunState) -> None:
-        """Record the outcome of a decision the runtime committed without starting an actor."""
+        """Record the outcome of a decision the runtime committed without starting an actor
+        (the run's claim goes)."""
         with self._lock:
+            self._claims.discard(state.run_id)
+            self._handed.notify_all()
             settlement = self._settlements.setdefault(state.run_id, Settlement())
         settlement.state = state
         settlement.event.set()
@@ -199,6 +236,8 @@ class ActorSystem:
     def _finish(self, run_id: str, state: RunState, interrupted: str) -> None:
         with self._lock:
             self._actors.pop(run_id, None)
+            self._claims.discard(run_id)
+            self._handed.notify_all()
             settlement = self._settlements.setdefault(run_id, Settlement())
             self._forget_old()
         settlement.state = state

@@ -165,11 +165,10 @@ class ApprovalDesk:
         agent = self.rt.agent_named(agent_name)
         if agent is None or self.rt.closed:
             return  # a runtime with the agent (its poller, resume or recover) carries it on
-        owner = self.rt.owner
         try:
-            epoch = self.rt.store.submit(lambda w: w.acquire_lease(run_id, owner)).wait()
+            epoch = self.rt.take(run_id)
         except RunLocked:
-            return  # the runtime that drives it sees the decision itself
+            return  # whoever drives it (here or elsewhere) sees the decision itself
         try:
             state = self.rt.state(run_id)
             if state.status is not RunStatus.AWAITING_APPROVAL:
@@ -178,11 +177,11 @@ class ApprovalDesk:
             if not decisions:
                 raise NothingToDo
         except NothingToDo:
-            self.rt.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
+            self.rt.give_back(run_id, epoch)
             return
         except Exception:
             log.exception("approval_apply_failed", run_id=run_id)
-            self.rt.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
+            self.rt.give_back(run_id, epoch)
             return
         self.rt.drive(agent, state, epoch, merged(decisions, state), released=released)
 

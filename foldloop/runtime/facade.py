@@ -230,7 +230,12 @@ class Runtime(ClosedOnExit):
                 w.release_lease(run_id, owner, epoch)
             return epoch
 
-        epoch = self.store.submit(start).wait()
+        self.system.claim(run_id)
+        try:
+            epoch = self.store.submit(start).wait()
+        except BaseException:
+            self.system.unclaim(run_id)
+            raise
         state = evolve_all(RunState(run_id=run_id), decision, command.now)
         log.info("run_started", run_id=run_id, agent=agent.name)
         self.drive(agent, state, epoch, decision, released=settles)
@@ -245,21 +250,41 @@ class Runtime(ClosedOnExit):
         *,
         released: bool = False,
     ) -> None:
-        """Hand a run whose decision is committed (under ``epoch``) to a RunActor here;
-        ``released`` when a decision that settles it released the lease as it was
-        committed. (For the runtime package: host code spawns, resumes or approves instead.)"""
+        """Hand a run taken here (``take``) whose decision is committed under ``epoch`` to
+        a RunActor; ``released`` when a decision that settles it released the lease as it
+        was committed. (For the runtime package: host code spawns, resumes or approves.)"""
         if decision.settles:
             for effect in decision.effects:
                 if isinstance(effect, RequestApproval):
                     self.system.notify(agent, state, effect.call_id)
             if not released:
-                owner = self.owner
-                self.store.submit(
-                    lambda w: w.release_lease(state.run_id, owner, epoch), durable=False
-                )
+                self._release(state.run_id, epoch)
             self.system.settled_without_actor(state)
             return
         self.system.start_run(agent, state, epoch, decision)
+
+    def take(self, run_id: str) -> int:
+        """Claim the run for the calling thread and take its lease; returns the epoch.
+
+        Raises RunLocked when another thread of this runtime has it, or a live runtime
+        holds its lease. Hand it on with ``drive`` or give it back with ``give_back``.
+        (For the runtime package.)"""
+        self.system.claim(run_id)
+        owner = self.owner
+        try:
+            return self.store.submit(lambda w: w.acquire_lease(run_id, owner)).wait()
+        except BaseException:
+            self.system.unclaim(run_id)
+            raise
+
+    def give_back(self, run_id: str, epoch: int) -> None:
+        """Undo ``take`` for a run not driven after all. (For the runtime package.)"""
+        self._release(run_id, epoch)
+        self.system.unclaim(run_id)
+
+    def _release(self, run_id: str, epoch: int) -> None:
+        owner = self.owner
+        self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
 
     def handle(self, run_id: str) -> RunHandle:
         """A handle to an existing run (to wait on it or cancel it)."""
@@ -278,10 +303,6 @@ class Runtime(ClosedOnExit):
         self.check_open()
         if extend is not None and not isinstance(extend, Limits):
             raise ConfigError("extend must be fl.Limits(...)")
-        if self.system.active(run_id):
-            raise RunLocked(
-                f"run {run_id!r} is being driven by this runtime right now; wait() for it first"
-            )
         state = self.state(run_id)
         if state.unknown_events:
             self._refuse_unknown(run_id)
@@ -292,7 +313,7 @@ class Runtime(ClosedOnExit):
             )
         agent = self._agent_for(state)
         owner = self.owner
-        epoch = self.store.submit(lambda w: w.acquire_lease(run_id, owner)).wait()
+        epoch = self.take(run_id)
         try:
             state = self.state(run_id)  # re-read under the lease: nobody else appends now
             now = self.clock()
@@ -306,7 +327,7 @@ class Runtime(ClosedOnExit):
             self.desk.remember_tokens(run_id, tokens)
             state, decisions, released = self.desk.apply(state, epoch, [decision])
         except BaseException:
-            self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
+            self.give_back(run_id, epoch)
             raise
         log.info("run_resumed", run_id=run_id, agent=agent.name, seq=state.seq)
         self.drive(agent, state, epoch, merged(decisions, state), released=released)
@@ -431,24 +452,32 @@ class Runtime(ClosedOnExit):
 
     def _cancel(self, run_id: str, reason: str) -> None:
         command = Cancel(now=self.clock(), reason=reason)
-        if self.system.tell(run_id, command):
-            return
-        state = self.state(run_id)
-        if state.terminal:
-            return
-        owner = self.owner
-        epoch = self.store.submit(lambda w: w.acquire_lease(run_id, owner)).wait()
-        released = False
-        try:
+        while not self.system.tell(run_id, command):
             state = self.state(run_id)
-            decision = decide(state, command)
-            if decision.events:
-                # The cancel ends the run: its lease goes in the same transaction.
-                self.append_decisions(state, [(decision, command)], epoch, release=True)
-                released = True
-        finally:
-            if not released:
-                self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
+            if state.terminal:
+                return
+            try:
+                epoch = self.take(run_id)
+            except RunLocked:
+                # Another thread here is handing the run to an actor (or giving it back):
+                # tell that actor, or take the run, once it has.
+                if self.system.await_handover(run_id, timeout=5.0):
+                    continue
+                raise
+            released = False
+            try:
+                state = self.state(run_id)
+                decision = decide(state, command)
+                if decision.events:
+                    # The cancel ends the run: its lease goes in the same transaction.
+                    self.append_decisions(state, [(decision, command)], epoch, release=True)
+                    released = True
+            finally:
+                if released:
+                    self.system.unclaim(run_id)
+                else:
+                    self.give_back(run_id, epoch)
+            return
 
     # -- waiting -------------------------------------------------------------------------
 
