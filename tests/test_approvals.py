@@ -159,10 +159,33 @@ def test_an_expired_request_is_refused_then_asked_again_on_resume(
         (second,) = rt.pending_approvals()
         assert second.token != first.token
         assert second.call_id == first.call_id
+        # The expired token must not decide the request asked again.
+        with pytest.raises(fl.ApprovalError, match=r"earlier request.*asked again"):
+            rt.approve(first.token, by="mallory")
+        assert rt.store.approval(run.id, first.call_id).status == "pending"  # type: ignore[union-attr]
         rt.approve(second.token, by="dave")
         wait_for(lambda: rt.state(run.id).status is fl.RunStatus.COMPLETED)
         assert ledger.lines == ["pay bob 5"]
         assert rt.verify(run.id).status is fl.RunStatus.COMPLETED
+
+
+def test_ids_beside_a_token_must_be_the_tokens(store_path: Path, ledger: Ledger) -> None:
+    with fl.Runtime.open(store_path) as rt:
+        agent = make_agent(ledger)
+        a = rt.spawn(agent, "pay bob", run_id="run-a")
+        b = rt.spawn(agent, "pay bob", run_id="run-b")
+        for run in (a, b):
+            assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+        by_run = {p.run_id: p for p in rt.pending_approvals()}
+        token_a = by_run["run-a"].token
+        with pytest.raises(fl.ApprovalError, match="token is for run 'run-a'"):
+            rt.approve(token_a, run_id="run-b", call_id=by_run["run-b"].call_id, by="eve")
+        with pytest.raises(fl.ApprovalError, match="token is for run 'run-a'"):
+            rt.deny(token_a, run_id="run-a", call_id="no-such-call", by="eve")
+        assert {p.run_id for p in rt.pending_approvals()} == {"run-a", "run-b"}  # untouched
+        rt.approve(token_a, run_id="run-a", call_id=by_run["run-a"].call_id, by="alice")
+        assert a.wait(timeout=30).status is fl.RunStatus.COMPLETED
+        assert ledger.lines == ["pay bob 5"]
 
 
 def test_several_gated_calls_are_decided_each_on_its_own(rt: fl.Runtime, ledger: Ledger) -> None:

@@ -21,6 +21,7 @@ from foldloop.core.effects import Decision
 from foldloop.core.state import RunState, RunStatus
 from foldloop.errors import ApprovalError, ConfigError, RunLocked
 from foldloop.runtime.rules import NothingToDo, evolve_all, expiry, iso, merged
+from foldloop.store.approvals import ApprovalRecord
 
 if TYPE_CHECKING:
     from foldloop.runtime.facade import Runtime
@@ -59,9 +60,7 @@ class ApprovalDesk:
         wins), then carry it into the run if this runtime can."""
         self.rt.check_open()
         if token is not None:
-            record = self.rt.store.approval_by_token(token_digest(token))
-            if record is None:
-                raise ApprovalError("no such approval request: the token is unknown or forged")
+            record = self._by_token(token, run_id, call_id)
         elif run_id is not None and call_id is not None:
             record = self.rt.store.approval(run_id, call_id)
             if record is None:
@@ -81,6 +80,28 @@ class ApprovalDesk:
                 f"the approval of run {record.run_id!r} call {record.call_id!r} expired at "
                 f"{iso(record.expires_at)}; rt.resume({record.run_id!r}) asks again"
             )
+
+    def _by_token(self, token: str, run_id: str | None, call_id: str | None) -> ApprovalRecord:
+        """The request ``token`` decides: refused when unknown, superseded by a request
+        issued again (``resume`` after an expiry), or not the ids given beside it."""
+        digest = token_digest(token)
+        record = self.rt.store.approval_by_token(digest)
+        if record is None:
+            raise ApprovalError("no such approval request: the token is unknown or forged")
+        if record.token_digest != digest:
+            raise ApprovalError(
+                f"this token was for an earlier request of run {record.run_id!r} call "
+                f"{record.call_id!r}, asked again at {iso(record.requested_at)} with a new "
+                "token; decide with the new token (rt.pending_approvals()) or by ids"
+            )
+        if (run_id is not None and run_id != record.run_id) or (
+            call_id is not None and call_id != record.call_id
+        ):
+            raise ApprovalError(
+                f"the token is for run {record.run_id!r} call {record.call_id!r}, not "
+                f"run {run_id!r} call {call_id!r}; pass the token alone, or the ids alone"
+            )
+        return record
 
     def tickets_again(
         self, agent: Agent, state: RunState, now: int

@@ -800,7 +800,8 @@ class LmdbStore:
         return self.read_txn(get)
 
     def approval_by_token(self, token_digest: str) -> ApprovalRecord | None:
-        """The approval record a token's digest belongs to."""
+        """The current record of the request a token's digest was issued for (a request asked
+        again holds a new digest: compare ``token_digest`` before acting on it)."""
 
         def get(txn: Any) -> ApprovalRecord | None:
             key = txn.get(token_digest.encode(), db=self._tokens)
