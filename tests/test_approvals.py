@@ -442,6 +442,25 @@ def test_a_notify_callback_that_hangs_is_logged_and_the_run_is_untouched(
         release.set()
 
 
+def test_every_notify_runs_before_close_returns(store_path: Path, ledger: Ledger) -> None:
+    """A host that closes the runtime as soon as wait() says a run is parked still gets
+    every token: the notify handed to the gate runs before close returns (a slow one too,
+    within its notify_timeout)."""
+    told: list[str] = []
+
+    def notify(pending: PendingApproval) -> None:
+        time.sleep(0.005)  # a chat message takes a moment
+        assert pending.token is not None
+        told.append(pending.run_id)
+
+    agent = make_agent(ledger, notify=notify)
+    for i in range(40):
+        with fl.Runtime.open(store_path) as rt:
+            run = rt.spawn(agent, "pay bob", run_id=f"park-{i}")
+            assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+        assert told == [f"park-{k}" for k in range(i + 1)]
+
+
 def test_a_parked_run_outlives_its_runtime_and_continues_elsewhere(
     store_path: Path, ledger: Ledger
 ) -> None:

@@ -30,6 +30,9 @@ __all__ = ["ActorSystem", "Settlement"]
 
 log = get_logger(__name__)
 
+NOTIFY_WORKERS = 8
+"""Threads running approval ``notify`` callbacks (a chat message, an e-mail: I/O)."""
+
 
 class Settlement:
     """How a run driven here ended up: its final state, or why it was interrupted."""
@@ -62,6 +65,7 @@ class ActorSystem:
         self.on_state = on_state
         self.timers = Timers()
         self.model_pool = Workers(model_workers, "foldloop-model")
+        self.notify_pool = Workers(NOTIFY_WORKERS, "foldloop-notify")
         self._lock = threading.Lock()
         self._handed = threading.Condition(self._lock)  # a claim became an actor, or went
         self._actors: dict[str, RunActor] = {}
@@ -284,7 +288,7 @@ class ActorSystem:
         with self._lock:
             gate = self._gates.get(policy.gate)
             if gate is None:
-                gate = ApprovalGate(policy, self.timers, self.model_pool)
+                gate = ApprovalGate(policy, self.timers, self.notify_pool)
                 self._gate_refs[policy.gate] = gate.start_here()
                 self._gates[policy.gate] = gate
             return gate
@@ -322,6 +326,7 @@ class ActorSystem:
             self._closed = True
             actors = list(self._actors.items())
             tools = [*self._tools.values(), *self._gate_refs.values()]
+            gates = list(self._gates.values())
         for run_id, actor in actors:
             with actor.guard:
                 away = actor.away is not None
@@ -336,8 +341,18 @@ class ActorSystem:
         for ref in tools:
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 ref.stop(block=True, timeout=5)
+        self._deliver_notifications(gates)
         self.timers.stop()
         self.model_pool.shutdown()
+        self.notify_pool.shutdown()
+
+    def _deliver_notifications(self, gates: list[ApprovalGate]) -> None:
+        """Let every notify already handed to a gate run before the runtime closes: the
+        token it carries is stored nowhere else. A notify that hangs past its gate's
+        timeout is left behind (logged); its request stays pending, decidable by ids."""
+        timeout = max((gate.policy.notify_timeout for gate in gates), default=0.0)
+        if gates and not self.notify_pool.join(timeout):
+            log.warning("approval_notify_unfinished_at_close", timeout_s=timeout)
 
 
 def _move_queued(old: RunActor, new: RunActor) -> None:

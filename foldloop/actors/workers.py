@@ -29,6 +29,8 @@ class Workers:
         self._threads = 0
         self._idle = 0
         self._pending = 0
+        self._unfinished = 0  # queued or running
+        self._finished = threading.Condition(self._lock)
         self._closed = False
 
     def submit(self, job: Callable[[], None]) -> None:
@@ -37,6 +39,7 @@ class Workers:
             if self._closed:
                 return
             self._pending += 1
+            self._unfinished += 1
             grow = self._pending > self._idle and self._threads < self._limit
             if grow:
                 self._threads += 1
@@ -44,6 +47,12 @@ class Workers:
         self._queue.put(job)
         if grow:
             threading.Thread(target=self._work, name=f"{self._name}-{index}", daemon=True).start()
+
+    def join(self, timeout: float) -> bool:
+        """Wait until every job submitted so far has run; False if some still had not after
+        ``timeout`` seconds."""
+        with self._lock:
+            return self._finished.wait_for(lambda: not self._unfinished, timeout)
 
     def shutdown(self) -> None:
         """Stop every thread once its current job ends; queued jobs are dropped."""
@@ -68,3 +77,8 @@ class Workers:
                 job()
             except Exception:
                 log.exception("worker_job_failed", pool=self._name)
+            finally:
+                with self._lock:
+                    self._unfinished -= 1
+                    if not self._unfinished:
+                        self._finished.notify_all()
