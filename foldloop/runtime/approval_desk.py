@@ -59,6 +59,7 @@ class ApprovalDesk:
         """Check and record a decision in one write transaction (exactly one racing decider
         wins), then carry it into the run if this runtime can."""
         self.rt.check_open()
+        record: ApprovalRecord | None
         if token is not None:
             record = self._by_token(token, run_id, call_id)
         elif run_id is not None and call_id is not None:
