@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -314,3 +315,54 @@ def test_a_worker_answers_a_malformed_request_instead_of_dropping_it(store_path:
     finally:
         worker.stdin.close()
         assert worker.wait(timeout=30) == 0
+
+
+def test_one_damaged_run_stops_nothing_else(store_path: Path, tmp_path: Path) -> None:
+    """A flipped byte in one finished run: that run is reported damaged, and the rest go on:
+    the listing lists every run, recover() resumes the orphan, a pool starts and recovers."""
+    echo = fl.Agent(
+        name="echo",
+        llm=fl.ScriptedLLM(lambda messages, tools: fl.Reply(text=messages[-1].content)),
+        tools=[],
+    )
+    with fl.Runtime.open(store_path) as rt:
+        rt.spawn(echo, "MARKER-0123456789", run_id="damaged").wait(timeout=30)
+        rt.spawn(echo, "intact", run_id="intact").wait(timeout=30)
+    gate = tmp_path / "gate"
+    code = textwrap.dedent(
+        f"""
+        import time
+        import foldloop as fl
+        from pool_agents import blocker
+        rt = fl.Runtime.open({str(store_path)!r}, agents=[blocker])
+        rt.spawn(blocker, {str(gate)!r}, run_id="orphan")
+        while not any(r.type == "tool.requested" for r in rt.events("orphan")):
+            time.sleep(0.01)
+        print("IN_TOOL", flush=True)
+        time.sleep(60)
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=_env()
+    )
+    assert child.stdout is not None
+    while child.stdout.readline().strip() != "IN_TOOL":
+        assert child.poll() is None, "the child died before its tool ran"
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    data = (store_path / "data.mdb").read_bytes()
+    assert b"MARKER-0123456789" in data  # only the damaged run's values hold it
+    (store_path / "data.mdb").write_bytes(data.replace(b"MARKER-0123456789", b"MARKER-0000000000"))
+    gate.write_text("open")
+    with fl.Runtime.open(store_path) as rt:
+        rows = {row.run_id: row for row in rt.runs()}
+        assert set(rows) == {"damaged", "intact", "orphan"}
+        assert rows["damaged"].damaged and "checksum mismatch" in rows["damaged"].reason
+        assert rows["damaged"].status is fl.RunStatus.FAILED
+        assert rows["intact"].status is fl.RunStatus.COMPLETED and not rows["intact"].damaged
+        assert rows["orphan"].status is fl.RunStatus.INTERRUPTED
+        with pytest.raises(fl.CorruptRecord):
+            rt.state("damaged")
+    with fl.WorkerPool(store_path, agents=["pool_agents:blocker"], processes=1) as pool:
+        result = pool.handle("orphan").wait(timeout=30)
+        assert result.status is fl.RunStatus.COMPLETED, result.reason

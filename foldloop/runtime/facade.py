@@ -40,6 +40,7 @@ from foldloop.core.snapshot import restore_state
 from foldloop.core.state import STATE_VERSION, RunState, RunStatus
 from foldloop.errors import (
     ConfigError,
+    CorruptRecord,
     FoldloopError,
     RunLocked,
     RunNotFound,
@@ -51,7 +52,13 @@ from foldloop.events.recorded import Recorded, UnknownEvent
 from foldloop.events.values import Limits
 from foldloop.projections.base import Projection
 from foldloop.runtime.approval_desk import ApprovalDesk
-from foldloop.runtime.results import RunHandle, RunResult, RunSummary, result_of
+from foldloop.runtime.results import (
+    RunHandle,
+    RunResult,
+    RunSummary,
+    damaged_summary,
+    result_of,
+)
 from foldloop.runtime.rules import (
     check_run_id,
     check_spawn,
@@ -408,6 +415,9 @@ class Runtime(ClosedOnExit):
                 continue
             orphans.append(run_id)
         for state in self._states(orphans):
+            if isinstance(state, CorruptRecord):
+                log.warning("recover_skipped", run_id=state.run_id, error=str(state))
+                continue
             if state.status is not RunStatus.RUNNING or state.agent not in self._agents:
                 continue
             try:
@@ -590,8 +600,9 @@ class Runtime(ClosedOnExit):
                 pass
         return RunState(run_id=run_id)
 
-    def _states(self, run_ids: Iterable[str]) -> Iterator[RunState]:
-        """The states of many runs, reading the log in one transaction per batch."""
+    def _states(self, run_ids: Iterable[str]) -> Iterator[RunState | CorruptRecord]:
+        """The states of many runs, reading the log in one transaction per batch; a run
+        whose log is damaged gives its CorruptRecord in its place, the others their state."""
         batch: list[str] = []
         for run_id in run_ids:
             batch.append(run_id)
@@ -601,9 +612,17 @@ class Runtime(ClosedOnExit):
         if batch:
             yield from self._state_batch(batch)
 
-    def _state_batch(self, run_ids: list[str]) -> Iterator[RunState]:
+    def _state_batch(self, run_ids: list[str]) -> Iterator[RunState | CorruptRecord]:
         bases = {run_id: self._snapshot_state(run_id) for run_id in run_ids}
-        tails = self.store.read_runs({rid: base.seq + 1 for rid, base in bases.items()})
+        try:
+            tails = self.store.read_runs({rid: base.seq + 1 for rid, base in bases.items()})
+        except CorruptRecord:
+            for run_id in run_ids:  # one at a time, so the damage is put on its own run
+                try:
+                    yield self.state(run_id)
+                except CorruptRecord as exc:
+                    yield exc
+            return
         for run_id, base in bases.items():
             events, ats = tails[run_id]
             yield fold_events(run_id, zip(events, ats, strict=True), base)
@@ -615,6 +634,10 @@ class Runtime(ClosedOnExit):
         wanted = RunStatus(status) if status is not None else None
         out: list[RunSummary] = []
         for state in self._states(self.store.run_ids()):
+            if isinstance(state, CorruptRecord):
+                if wanted in (None, RunStatus.FAILED) and agent is None:
+                    out.append(damaged_summary(state))
+                continue
             run_id = state.run_id
             current = state.status
             if current is RunStatus.RUNNING and self._orphaned(run_id):
