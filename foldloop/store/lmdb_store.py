@@ -60,6 +60,8 @@ from foldloop.events.codec import (
 from foldloop.events.recorded import AnyEvent, Recorded
 from foldloop.store.approvals import ApprovalRecord, approval_key
 from foldloop.store.checkpoints import Checkpoint, decode_checkpoint
+from foldloop.store.create import prepare_dir
+from foldloop.store.env import open_databases, open_env
 from foldloop.store.framing import (
     GENESIS,
     Head,
@@ -93,7 +95,7 @@ from foldloop.store.layout import (
     seek_index,
 )
 from foldloop.store.owners import owner_alive
-from foldloop.store.preflight import FORMAT, check_or_create_dir, store_format, write_marker
+from foldloop.store.preflight import FORMAT, store_format, write_marker
 from foldloop.store.write_txn import WriteTxn
 from foldloop.store.writer import WriteOp, Writer
 
@@ -187,47 +189,27 @@ class LmdbStore:
         self.index_every = index_every
         self.owners_dir = path / "owners"
         self.readonly = readonly
-        new = check_or_create_dir(path, create=create and not readonly)
-        try:
-            self.env = lmdb.open(
-                str(path),
-                map_size=map_size,
-                max_dbs=16,
-                max_readers=1024,
-                subdir=True,
-                sync=True,
-                metasync=True,
-                writemap=False,
-                map_async=False,
-                readahead=False,
-                meminit=True,
-                lock=True,
-                create=new,
-                mode=0o600,
-                max_spare_txns=0,
-            )
-        except lmdb.Error as exc:
-            raise StoreError(f"cannot open the store at {str(path)!r}: {exc}") from None
+        prepare_dir(path, create=create and not readonly, map_size=map_size)
+        self.env = open_env(path, map_size=map_size)
         try:
             self.env.reader_check()
-            self._log = self.env.open_db(b"log", create=True)
-            self._index = self.env.open_db(b"index", create=True)
-            self._leases = self.env.open_db(b"leases", create=True)
-            self._snapshots = self.env.open_db(b"snapshots", create=True)
-            self._meta = self.env.open_db(b"meta", create=True)
-            self._approvals = self.env.open_db(b"approvals", create=True)
-            self._tokens = self.env.open_db(b"tokens", create=True)
-            self._open = self.env.open_db(b"approvals_open", create=True)
-            self._checkpoints = self.env.open_db(b"checkpoints", create=True)
-            self._chunks = self.env.open_db(b"history_chunks", create=True)
-            self._run_numbers = self.env.open_db(b"run_numbers", create=True)
-            self._run_ids = self.env.open_db(b"run_ids", create=True)
+            dbs = open_databases(self.env)
         except lmdb.Error as exc:
             self.env.close()
             raise StoreError(f"cannot open the store at {str(path)!r}: {exc}") from None
-        if new:
-            write_marker(path)
-        elif not readonly and (found := store_format(path)) < FORMAT:
+        self._log = dbs[b"log"]
+        self._index = dbs[b"index"]
+        self._leases = dbs[b"leases"]
+        self._snapshots = dbs[b"snapshots"]
+        self._meta = dbs[b"meta"]
+        self._approvals = dbs[b"approvals"]
+        self._tokens = dbs[b"tokens"]
+        self._open = dbs[b"approvals_open"]
+        self._checkpoints = dbs[b"checkpoints"]
+        self._chunks = dbs[b"history_chunks"]
+        self._run_numbers = dbs[b"run_numbers"]
+        self._run_ids = dbs[b"run_ids"]
+        if not readonly and (found := store_format(path)) < FORMAT:
             self._upgrade(found)
         self.owners_dir.mkdir(mode=0o700, exist_ok=True)
         self._resize = _SharedExclusive()

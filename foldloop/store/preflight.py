@@ -8,8 +8,10 @@ file's size, and a marker file tells a damaged foldloop store from a fresh direc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import stat
 import struct
 from pathlib import Path
@@ -19,11 +21,15 @@ from foldloop.errors import StoreError
 __all__ = [
     "FORMAT",
     "MARKER",
+    "check_access",
     "check_data_file",
-    "check_or_create_dir",
+    "check_local",
+    "check_store",
+    "marker_text",
     "network_filesystem",
     "store_format",
     "write_marker",
+    "write_synced",
 ]
 
 NETWORK_FILESYSTEMS = frozenset(
@@ -63,7 +69,8 @@ def network_filesystem(path: Path, mounts: str) -> str | None:
     return best_type if best_type in NETWORK_FILESYSTEMS else None
 
 
-def _check_local(path: Path) -> None:
+def check_local(path: Path) -> None:
+    """Refuse a path on a network filesystem."""
     try:
         mounts = Path("/proc/mounts").read_text()
     except OSError:
@@ -102,61 +109,40 @@ def store_format(path: Path) -> int:
     return _read_marker(path)
 
 
-def check_or_create_dir(path: Path, *, create: bool) -> bool:
-    """Validate the store directory (creating it 0700 if allowed). True if it is new."""
-    if path.exists() and not path.is_dir():
-        raise StoreError(f"{str(path)!r} is not a directory (foldloop stores are directories)")
-    _check_local(path)
-    if not path.exists():
-        if not create:
-            raise StoreError(f"no foldloop store at {str(path)!r}")
-        try:
-            path.mkdir(mode=0o700, parents=True)
-            os.chmod(path, 0o700)
-        except OSError as exc:
-            raise StoreError(f"cannot create the store directory {str(path)!r}: {exc}") from None
-        return True
+def check_access(path: Path) -> None:
+    """Refuse a store directory this process cannot both read and write."""
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
         raise StoreError(
             f"cannot write to {str(path)!r}: foldloop needs read and write access "
             "(readers too take locks in lock.mdb)"
         )
-    has_marker = (path / MARKER).exists()
-    data = path / "data.mdb"
-    if not has_marker:
-        if any(path.iterdir()):
-            raise StoreError(
-                f"{str(path)!r} holds files but is not a foldloop store (no {MARKER} marker); "
-                "point --store at an empty or new directory"
-            )
-        if not create:
-            raise StoreError(f"no foldloop store at {str(path)!r}")
-        os.chmod(path, 0o700)
-        return True
+
+
+def check_store(path: Path) -> None:
+    """Refuse a marked store this foldloop cannot read, or whose data file is damaged."""
     fmt = _read_marker(path)
     if fmt > FORMAT:
         raise StoreError(
             f"{str(path)!r} has store format {fmt}, newer than this foldloop supports "
             f"(format {FORMAT}); upgrade foldloop to open it"
         )
+    data = path / "data.mdb"
     if not data.exists() or data.stat().st_size == 0:
         raise StoreError(
             f"{str(path)!r} is marked as a foldloop store but its data.mdb is missing or empty; "
             "the store was damaged: restore it from a backup"
         )
     check_data_file(data)
-    return False
 
 
 def check_data_file(data: Path) -> None:
     """Refuse a data.mdb that is not LMDB or that is shorter than its meta pages claim."""
-    size = data.stat().st_size
     if not stat.S_ISREG(data.stat().st_mode):
         raise StoreError(f"{str(data)!r} is not a regular file")
     with data.open("rb") as fh:
         head = fh.read(_META_OFFSET + 160)
         if len(head) < _META_OFFSET + 152:
-            raise StoreError(f"{str(data)!r} is {size} bytes: too short to be an LMDB file")
+            raise StoreError(f"{str(data)!r} is {len(head)} bytes: too short to be an LMDB file")
         magic, _version = struct.unpack_from("<II", head, _META_OFFSET)
         if magic != _MAGIC:
             raise StoreError(f"{str(data)!r} is not an LMDB file (bad magic); the store is corrupt")
@@ -171,6 +157,8 @@ def check_data_file(data: Path) -> None:
             and struct.unpack_from("<I", second, _META_OFFSET)[0] == _MAGIC
         ):
             metas.append(struct.unpack_from("<QQ", second, _META_OFFSET + 120))
+        # Sized after the metas are read: a writer extends the file before it writes the meta.
+        size = os.fstat(fh.fileno()).st_size
     last_pg, _txnid = max(metas, key=lambda m: m[1])
     needed = (last_pg + 1) * psize
     if size < needed:
@@ -181,9 +169,29 @@ def check_data_file(data: Path) -> None:
         )
 
 
+def marker_text() -> str:
+    """What the marker file of a store of this format holds."""
+    return json.dumps({"format": FORMAT}) + "\n"
+
+
+def write_synced(path: Path, text: str) -> None:
+    """Write ``path`` (mode 0600) and flush it to disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_marker(path: Path) -> None:
     """Mark a directory as a foldloop store of this format (atomic rename)."""
-    tmp = path / (MARKER + ".tmp")
-    tmp.write_text(json.dumps({"format": FORMAT}) + "\n")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path / MARKER)
+    # A name of this process's own: concurrent upgraders must not share a temporary file.
+    tmp = path / f"{MARKER}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:
+        write_synced(tmp, marker_text())
+        os.replace(tmp, path / MARKER)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise StoreError(f"cannot write {str(path / MARKER)!r}: {exc}") from None
