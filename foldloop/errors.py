@@ -16,7 +16,8 @@ was wrong and what to do about it::
     ├── ProjectionError                 a projection's apply raised; it stopped at that record
     ├── WorkerError                     a WorkerPool's worker process would not start or died
     └── StoreError                      the store directory or file is unusable or corrupt
-        └── CorruptRecord               a record failed its checksum or hash chain
+        └── StoreCorrupted              the store's bytes were damaged (not your doing)
+            └── CorruptRecord           a record failed its checksum or hash chain
 
 This module imports nothing from foldloop, so every layer may raise these.
 """
@@ -35,6 +36,7 @@ __all__ = [
     "RunLocked",
     "RunNotFound",
     "SchemaChangedError",
+    "StoreCorrupted",
     "StoreError",
     "ToolSchemaError",
     "WorkerError",
@@ -146,7 +148,12 @@ class StoreError(FoldloopError):
     """The store cannot be used: wrong path, not a foldloop store, truncated or corrupt."""
 
 
-class CorruptRecord(StoreError):
+class StoreCorrupted(StoreError):
+    """The store's files are damaged (a disk fault, an outside write): restore a backup;
+    ``foldloop doctor`` lists what it can still tell apart."""
+
+
+class CorruptRecord(StoreCorrupted):
     """A stored record failed its checksum or its hash chain; never folded silently."""
 
     def __init__(self, run_id: str, seq: int, problem: str) -> None:

@@ -37,6 +37,7 @@ from foldloop.errors import (
     NondeterminismError,
     RunNotFound,
     SchemaChangedError,
+    StoreCorrupted,
     StoreError,
 )
 from foldloop.events.named import to_named
@@ -105,7 +106,7 @@ def _errors() -> Iterator[None]:
         yield
     except RunNotFound as exc:
         _fail(EXIT_NOT_FOUND, str(exc))
-    except (CorruptRecord, NondeterminismError, SchemaChangedError) as exc:
+    except (StoreCorrupted, NondeterminismError, SchemaChangedError) as exc:
         _fail(EXIT_CORRUPT, str(exc))
     except StoreError as exc:
         text = str(exc)
@@ -505,6 +506,9 @@ def doctor() -> None:
             except CorruptRecord as exc:
                 problems += 1
                 out.print(f"[red]{escape(exc.run_id)} seq {exc.seq}[/]: {escape(exc.problem)}")
+            except StoreError as exc:  # damage below the records (LMDB's own pages)
+                problems += 1
+                out.print(f"[red]{escape(run_id)}[/]: {escape(str(exc))}")
         if problems:
             raise typer.Exit(EXIT_CORRUPT)
         out.print(f"ok: {len(run_ids)} runs, {rt.store.last_position()} events, all intact")

@@ -49,6 +49,7 @@ from foldloop._log import get_logger
 from foldloop.errors import (
     ConfigError,
     CorruptRecord,
+    StoreCorrupted,
     StoreError,
 )
 from foldloop.events.catalogue import KnownEvent
@@ -288,7 +289,7 @@ class LmdbStore:
         return lambda: self._listeners.remove(fn) if fn in self._listeners else None
 
     def read_txn(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn`` inside a short read transaction."""
+        """Run ``fn`` inside a short read transaction (an LMDB failure is a StoreError)."""
         while True:
             self._resize.acquire_shared()
             try:
@@ -301,9 +302,25 @@ class LmdbStore:
                         return fn(txn)
                     finally:
                         txn.abort()
+            except lmdb.MapResizedError as exc:
+                resized = exc
+            except lmdb.Error as exc:
+                raise self._failed("read", exc) from None
             finally:
                 self._resize.release_shared()
             self._grow(resized)
+
+    def _failed(self, doing: str, exc: lmdb.Error) -> StoreError:
+        """What an LMDB failure means for the host: damage, or the environment refusing."""
+        where = f"the store at {str(self.path)!r}"
+        # A read transaction goes bad (MDB_BAD_TXN) only after LMDB met a damaged page in it.
+        damage = lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.InvalidError | lmdb.BadTxnError
+        if isinstance(exc, damage):
+            return StoreCorrupted(
+                f"{where} is damaged: LMDB could not {doing} it ({exc}); restore it from a "
+                "backup (`foldloop doctor` lists the runs it can still read)"
+            )
+        return StoreError(f"{where} could not be {doing} ({exc})")
 
     # -- the unindexed tail ----------------------------------------------------------------
 
