@@ -7,9 +7,12 @@ flock attempt on its file. Local filesystems only (LMDB needs one anyway).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
+
+from foldloop.errors import StoreError
 
 __all__ = ["OwnerLock", "owner_alive"]
 
@@ -18,16 +21,29 @@ class OwnerLock:
     """The lock file a live runtime holds."""
 
     def __init__(self, directory: Path, owner_id: str) -> None:
-        directory.mkdir(mode=0o700, exist_ok=True)
         self.owner_id = owner_id
         self.path = directory / f"{owner_id}.lock"
+        self._fd = -1
         # Lock under a temporary name, then rename into place: nobody can ever see the
         # owner's file unlocked while the owner lives (and so mistake it for dead).
         tmp = directory / f"{owner_id}.lock.tmp"
-        self._fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(self._fd, f"{os.getpid()}\n".encode())
-        os.replace(tmp, self.path)
+        try:
+            directory.mkdir(mode=0o700, exist_ok=True)
+            self._fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(self._fd, f"{os.getpid()}\n".encode())
+            os.replace(tmp, self.path)
+        except OSError as exc:  # a full disk, most likely: the host gets a StoreError
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise StoreError(
+                f"cannot write this runtime's owner lock {str(self.path)!r} ({exc}); "
+                "is the disk full, or the store directory not writable? Free space (or "
+                "fix its permissions), then open the store again"
+            ) from None
 
     def release(self) -> None:
         """Give the lock up (the runtime closed cleanly)."""
