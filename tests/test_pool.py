@@ -366,3 +366,107 @@ def test_one_damaged_run_stops_nothing_else(store_path: Path, tmp_path: Path) ->
     with fl.WorkerPool(store_path, agents=["pool_agents:blocker"], processes=1) as pool:
         result = pool.handle("orphan").wait(timeout=30)
         assert result.status is fl.RunStatus.COMPLETED, result.reason
+
+
+def test_workers_of_a_host_killed_before_they_are_ready_exit_without_a_traceback(
+    store_path: Path, tmp_path: Path
+) -> None:
+    """The host dies while its workers start: each finds its Ready unread (a broken pipe)
+    and exits quietly, as on a hang-up; the host's stderr, which they share, stays clean."""
+    gate, arrived = tmp_path / "gate", tmp_path / "arrived"
+    arrived.mkdir()
+    # Workers (not the host, which imports it too) stop in this import until the gate
+    # opens, so the host is killed before any of them has said Ready.
+    (tmp_path / "gated_start.py").write_text(
+        textwrap.dedent(
+            f"""
+            import os, time
+            from pathlib import Path
+            if os.environ["HOST_PID"] != str(os.getpid()):
+                Path({str(arrived)!r}, str(os.getpid())).touch()
+                while not Path({str(gate)!r}).exists():
+                    time.sleep(0.01)
+            from pool_agents import calc
+            """
+        )
+    )
+    host = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        os.environ["HOST_PID"] = str(os.getpid())
+        import foldloop as fl
+        fl.WorkerPool({str(store_path)!r}, agents=["gated_start:calc"], processes=2)
+        """
+    )
+    with (tmp_path / "stderr").open("w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", host], stdout=subprocess.DEVNULL, stderr=err, env=_env()
+        )
+        deadline = time.monotonic() + 30
+        while len(pids := [int(p.name) for p in arrived.iterdir()]) < 2:
+            assert proc.poll() is None, "the host died before its workers started"
+            assert time.monotonic() < deadline, "the workers never reached their agents"
+            time.sleep(0.01)
+        proc.kill()  # SIGKILL: its ends of the workers' pipes close with it
+        proc.wait(timeout=30)
+        gate.touch()
+        deadline = time.monotonic() + 30
+        while not all(_exited(pid) for pid in pids):
+            assert time.monotonic() < deadline, "workers outlived their host"
+            time.sleep(0.05)
+        err.seek(0)
+        printed = err.read()
+    assert "Traceback" not in printed and "BrokenPipe" not in printed, printed
+
+
+def test_a_worker_whose_host_is_gone_exits_with_code_0_and_prints_nothing(
+    store_path: Path, tmp_path: Path
+) -> None:
+    """What a killed host leaves a worker, at the pipe: both ends closed before its Ready
+    (the exit code is seen here, where the worker's parent is still alive to reap it)."""
+    fl.Runtime.open(store_path).close()
+    with (tmp_path / "stderr").open("w+") as err:
+        worker = subprocess.Popen(
+            [*WORKER, "--store", str(store_path), "--agent", "pool_agents:calc"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=_env(),
+        )
+        assert worker.stdin is not None and worker.stdout is not None
+        worker.stdin.close()
+        worker.stdout.close()
+        code = worker.wait(timeout=30)
+        err.seek(0)
+        printed = err.read()
+    assert code == 0, printed
+    assert "Traceback" not in printed and "BrokenPipe" not in printed, printed
+
+
+def test_a_ctrl_c_meant_for_the_host_does_not_stop_its_workers(
+    store_path: Path, tmp_path: Path
+) -> None:
+    """SIGINT reaches the host's whole process group; a worker leaves stopping to the host
+    (its hang-up), so it serves on and prints no KeyboardInterrupt."""
+    fl.Runtime.open(store_path).close()
+    with (tmp_path / "stderr").open("w+") as err:
+        worker = subprocess.Popen(
+            [*WORKER, "--store", str(store_path), "--agent", "pool_agents:calc"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=_env(),
+        )
+        assert worker.stdin is not None and worker.stdout is not None
+        assert isinstance(decode_reply(worker.stdout.readline()), Ready)
+        worker.send_signal(signal.SIGINT)
+        worker.stdin.write(b'{"type":"spawn","id":1,"agent":"calc","input":"2+3"}\n')
+        worker.stdin.flush()
+        assert isinstance(decode_reply(worker.stdout.readline()), Spawned)
+        worker.stdin.close()
+        code = worker.wait(timeout=30)
+        err.seek(0)
+        printed = err.read()
+    assert code == 0, printed
+    assert "Traceback" not in printed, printed

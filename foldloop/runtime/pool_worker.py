@@ -5,13 +5,20 @@ Started by ``WorkerPool`` as ``python -m foldloop.runtime.pool_worker --store PA
 that was killed, say), says Ready, then spawns the runs the host asks for and drives them
 until its stdin closes. One process per core is how a pool uses more than one core: each
 has its own interpreter lock, and the store's leases keep each run driven by one of them.
+
+A worker whose host is gone (killed: its end of the pipes closed) stops as on a hang-up,
+quietly and with exit code 0: it reads no more requests, and the runs it drives stay
+resumable, as after ``WorkerPool.close``. It ignores SIGINT: a Ctrl-C at the terminal is
+the host's to handle (closing its pool, or dying, hangs its workers up).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -51,12 +58,23 @@ class _Answers:
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
         self._lock = threading.Lock()
+        self.host_gone = False
+        """True once a reply found nobody reading: the host died."""
 
     def send(self, reply: Reply) -> None:
+        """Write one reply; to a host that is gone, nothing (``host_gone`` says so)."""
         line = encode(reply)
         with self._lock:
-            self._out.write(line)
-            self._out.flush()
+            if self.host_gone:
+                return
+            try:
+                self._out.write(line)
+                self._out.flush()
+            except BrokenPipeError:
+                self.host_gone = True
+                # Closed now, its unsent line dropped: flushed at exit, it would fail again.
+                with contextlib.suppress(OSError):
+                    self._out.close()
 
 
 def _spawn(rt: Runtime, request: Spawn) -> str:
@@ -114,8 +132,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve requests from stdin until it closes; 1 if the runtime could not start."""
+    """Serve requests from stdin until it closes or the host is gone (0); 1 if the runtime
+    could not start."""
     args = _parse(argv)
+    # A Ctrl-C reaches the host's whole process group: the host decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)  # see pool.SWITCH_INTERVAL
     answers = _Answers(os.fdopen(os.dup(1), "wb"))
@@ -138,9 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         answers.send(Ready(rt.owner, os.getpid(), recovered))
 
         def serve(request: Request) -> None:
-            answers.send(_serve(rt, request))
+            if not answers.host_gone:  # a request still in the pipe of a host that died
+                answers.send(_serve(rt, request))
 
         for line in sys.stdin.buffer:
+            if answers.host_gone:
+                break
             try:
                 request = REQUESTS.decode(line)
             except msgspec.DecodeError as exc:
