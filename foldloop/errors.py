@@ -16,6 +16,8 @@ was wrong and what to do about it::
     ├── ProjectionError                 a projection's apply raised; it stopped at that record
     ├── WorkerError                     a WorkerPool's worker process would not start or died
     └── StoreError                      the store directory or file is unusable or corrupt
+        ├── StoreNotFound               no foldloop store at that path
+        ├── StoreAccessError            the system refuses it: permissions, a full disk, NFS
         └── StoreCorrupted              the store's bytes were damaged (not your doing)
             └── CorruptRecord           a record failed its checksum or hash chain
 
@@ -36,8 +38,10 @@ __all__ = [
     "RunLocked",
     "RunNotFound",
     "SchemaChangedError",
+    "StoreAccessError",
     "StoreCorrupted",
     "StoreError",
+    "StoreNotFound",
     "ToolSchemaError",
     "WorkerError",
 ]
@@ -146,6 +150,15 @@ class WorkerError(FoldloopError):
 
 class StoreError(FoldloopError):
     """The store cannot be used: wrong path, not a foldloop store, truncated or corrupt."""
+
+
+class StoreNotFound(StoreError):
+    """No foldloop store at the path (a typo, or ``create=False`` where none was made)."""
+
+
+class StoreAccessError(StoreError):
+    """The system refuses the store: permissions, a full disk, a network filesystem. Fix
+    the environment; the store itself is fine."""
 
 
 class StoreCorrupted(StoreError):

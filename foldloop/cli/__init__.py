@@ -37,8 +37,9 @@ from foldloop.errors import (
     NondeterminismError,
     RunNotFound,
     SchemaChangedError,
-    StoreCorrupted,
+    StoreAccessError,
     StoreError,
+    StoreNotFound,
 )
 from foldloop.events.named import to_named
 from foldloop.events.recorded import Recorded, UnknownEvent
@@ -104,19 +105,12 @@ def _errors() -> Iterator[None]:
     """Turn foldloop errors into a one-line message and an exit code (never a traceback)."""
     try:
         yield
-    except RunNotFound as exc:
+    except (RunNotFound, StoreNotFound) as exc:
         _fail(EXIT_NOT_FOUND, str(exc))
-    except (StoreCorrupted, NondeterminismError, SchemaChangedError) as exc:
-        _fail(EXIT_CORRUPT, str(exc))
-    except StoreError as exc:
-        text = str(exc)
-        if text.startswith("no foldloop store"):
-            code = EXIT_NOT_FOUND
-        elif text.startswith(("cannot write to", "cannot create the store")) or " is on " in text:
-            code = EXIT_ERROR  # the environment, not the store, is at fault
-        else:
-            code = EXIT_CORRUPT
-        _fail(code, text)
+    except StoreAccessError as exc:
+        _fail(EXIT_ERROR, str(exc))  # the environment, not the store, is at fault
+    except (StoreError, NondeterminismError, SchemaChangedError) as exc:
+        _fail(EXIT_CORRUPT, str(exc))  # damaged, or not a store this foldloop can read
     except ConfigError as exc:
         _fail(EXIT_USAGE, str(exc))
     except ApprovalError as exc:

@@ -26,7 +26,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from foldloop.errors import StoreError
+from foldloop.errors import StoreAccessError, StoreError, StoreNotFound
 from foldloop.store.env import initialise
 from foldloop.store.preflight import (
     MARKER,
@@ -55,7 +55,7 @@ def prepare_dir(path: Path, *, create: bool, map_size: int) -> bool:
     check_local(path)
     if not path.exists():
         if not create:
-            raise StoreError(f"no foldloop store at {str(path)!r}")
+            raise StoreNotFound(f"no foldloop store at {str(path)!r}")
         _make_dir(path)
     check_access(path)
     if not (path / MARKER).exists():
@@ -75,7 +75,7 @@ def _make_dir(path: Path) -> None:
         with contextlib.suppress(FileExistsError):
             path.mkdir(mode=0o700)
     except OSError as exc:
-        raise StoreError(f"cannot create the store directory {str(path)!r}: {exc}") from None
+        raise StoreAccessError(f"cannot create the store directory {str(path)!r}: {exc}") from None
 
 
 @contextlib.contextmanager
@@ -84,12 +84,14 @@ def _locked(path: Path) -> Iterator[int]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
-        raise StoreError(f"cannot open the store directory {str(path)!r}: {exc}") from None
+        raise StoreAccessError(f"cannot open the store directory {str(path)!r}: {exc}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as exc:
-            raise StoreError(f"cannot lock {str(path)!r} to create a store in it: {exc}") from None
+            raise StoreAccessError(
+                f"cannot lock {str(path)!r} to create a store in it: {exc}"
+            ) from None
         yield fd
     finally:
         os.close(fd)
@@ -104,7 +106,7 @@ def _create(path: Path, dirfd: int, *, create: bool, map_size: int) -> None:
             "point --store at an empty or new directory"
         )
     if not create:
-        raise StoreError(f"no foldloop store at {str(path)!r}")
+        raise StoreNotFound(f"no foldloop store at {str(path)!r}")
     try:
         _clear(path)
         if os.stat(path).st_uid == os.geteuid():
@@ -119,12 +121,12 @@ def _create(path: Path, dirfd: int, *, create: bool, map_size: int) -> None:
             with contextlib.suppress(OSError):
                 _clear(path)
         if isinstance(exc, OSError):
-            raise StoreError(f"cannot create the store in {str(path)!r}: {exc}") from None
+            raise StoreAccessError(f"cannot create the store in {str(path)!r}: {exc}") from None
         raise
     try:
         os.fsync(dirfd)  # the marker's rename is durable only once the directory is
     except OSError as exc:
-        raise StoreError(f"cannot flush the new store at {str(path)!r}: {exc}") from None
+        raise StoreAccessError(f"cannot flush the new store at {str(path)!r}: {exc}") from None
 
 
 def _clear(path: Path) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import lmdb
 
-from foldloop.errors import StoreError
+from foldloop.errors import StoreAccessError, StoreCorrupted, StoreError
 
-__all__ = ["DATABASES", "initialise", "open_databases", "open_env"]
+__all__ = ["DATABASES", "initialise", "lmdb_failure", "open_databases", "open_env"]
 
 DATABASES = (
     b"log",
@@ -53,7 +53,24 @@ def open_env(path: Path, *, map_size: int) -> lmdb.Environment:
             max_spare_txns=0,
         )
     except lmdb.Error as exc:
-        raise StoreError(f"cannot open the store at {str(path)!r}: {exc}") from None
+        raise lmdb_failure(path, "open", exc) from None
+
+
+def lmdb_failure(path: Path, doing: str, exc: lmdb.Error) -> StoreError:
+    """What an LMDB failure means for the host: damage found in the store's pages, or the
+    system refusing (permissions, a full disk)."""
+    where = f"the store at {str(path)!r}"
+    # A transaction goes bad (MDB_BAD_TXN) only after LMDB met a damaged page in it.
+    damage = lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.InvalidError | lmdb.BadTxnError
+    if isinstance(exc, damage):
+        return StoreCorrupted(
+            f"{where} is damaged: LMDB could not {doing} it ({exc}); restore it from a "
+            "backup (`foldloop doctor` lists the runs it can still read)"
+        )
+    return StoreAccessError(
+        f"LMDB could not {doing} {where} ({exc}); check that this user may read and write "
+        "its files and that the disk has room"
+    )
 
 
 def open_databases(env: lmdb.Environment) -> dict[bytes, lmdb._Database]:
@@ -67,6 +84,6 @@ def initialise(path: Path, *, map_size: int) -> None:
     try:
         open_databases(env)
     except lmdb.Error as exc:
-        raise StoreError(f"cannot create the store at {str(path)!r}: {exc}") from None
+        raise lmdb_failure(path, "create", exc) from None
     finally:
         env.close()

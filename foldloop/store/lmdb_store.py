@@ -49,7 +49,6 @@ from foldloop._log import get_logger
 from foldloop.errors import (
     ConfigError,
     CorruptRecord,
-    StoreCorrupted,
     StoreError,
 )
 from foldloop.events.catalogue import KnownEvent
@@ -62,7 +61,7 @@ from foldloop.events.recorded import AnyEvent, Recorded
 from foldloop.store.approvals import ApprovalRecord, approval_key
 from foldloop.store.checkpoints import Checkpoint, decode_checkpoint
 from foldloop.store.create import prepare_dir
-from foldloop.store.env import open_databases, open_env
+from foldloop.store.env import lmdb_failure, open_databases, open_env
 from foldloop.store.framing import (
     GENESIS,
     Head,
@@ -197,7 +196,7 @@ class LmdbStore:
             dbs = open_databases(self.env)
         except lmdb.Error as exc:
             self.env.close()
-            raise StoreError(f"cannot open the store at {str(path)!r}: {exc}") from None
+            raise lmdb_failure(path, "open", exc) from None
         self._log = dbs[b"log"]
         self._index = dbs[b"index"]
         self._leases = dbs[b"leases"]
@@ -305,22 +304,10 @@ class LmdbStore:
             except lmdb.MapResizedError as exc:
                 resized = exc
             except lmdb.Error as exc:
-                raise self._failed("read", exc) from None
+                raise lmdb_failure(self.path, "read", exc) from None
             finally:
                 self._resize.release_shared()
             self._grow(resized)
-
-    def _failed(self, doing: str, exc: lmdb.Error) -> StoreError:
-        """What an LMDB failure means for the host: damage, or the environment refusing."""
-        where = f"the store at {str(self.path)!r}"
-        # A read transaction goes bad (MDB_BAD_TXN) only after LMDB met a damaged page in it.
-        damage = lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.InvalidError | lmdb.BadTxnError
-        if isinstance(exc, damage):
-            return StoreCorrupted(
-                f"{where} is damaged: LMDB could not {doing} it ({exc}); restore it from a "
-                "backup (`foldloop doctor` lists the runs it can still read)"
-            )
-        return StoreError(f"{where} could not be {doing} ({exc})")
 
     # -- the unindexed tail ----------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from foldloop.errors import StoreError
+from foldloop.errors import StoreAccessError
 
 __all__ = ["OwnerLock", "owner_alive"]
 
@@ -33,13 +33,13 @@ class OwnerLock:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.write(self._fd, f"{os.getpid()}\n".encode())
             os.replace(tmp, self.path)
-        except OSError as exc:  # a full disk, most likely: the host gets a StoreError
+        except OSError as exc:  # a full disk, most likely: the host gets a StoreAccessError
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
-            raise StoreError(
+            raise StoreAccessError(
                 f"cannot write this runtime's owner lock {str(self.path)!r} ({exc}); "
                 "is the disk full, or the store directory not writable? Free space (or "
                 "fix its permissions), then open the store again"

@@ -16,7 +16,7 @@ import stat
 import struct
 from pathlib import Path
 
-from foldloop.errors import StoreError
+from foldloop.errors import StoreAccessError, StoreCorrupted, StoreError
 
 __all__ = [
     "FORMAT",
@@ -77,7 +77,7 @@ def check_local(path: Path) -> None:
         return  # not Linux: nothing to check against
     fstype = network_filesystem(path, mounts)
     if fstype is not None:
-        raise StoreError(
+        raise StoreAccessError(
             f"{str(path)!r} is on {fstype}; LMDB needs a local filesystem (its locks and "
             "memory map are not coherent across network mounts): put the store on a local disk"
         )
@@ -99,7 +99,7 @@ def _read_marker(path: Path) -> int:
         data = json.loads((path / MARKER).read_text())
         return int(data["format"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise StoreError(
+        raise StoreCorrupted(
             f"{path / MARKER} is unreadable ({exc}); this is not an intact foldloop store"
         ) from None
 
@@ -112,7 +112,7 @@ def store_format(path: Path) -> int:
 def check_access(path: Path) -> None:
     """Refuse a store directory this process cannot both read and write."""
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
-        raise StoreError(
+        raise StoreAccessError(
             f"cannot write to {str(path)!r}: foldloop needs read and write access "
             "(readers too take locks in lock.mdb)"
         )
@@ -128,11 +128,19 @@ def check_store(path: Path) -> None:
         )
     data = path / "data.mdb"
     if not data.exists() or data.stat().st_size == 0:
-        raise StoreError(
+        raise StoreCorrupted(
             f"{str(path)!r} is marked as a foldloop store but its data.mdb is missing or empty; "
             "the store was damaged: restore it from a backup"
         )
-    check_data_file(data)
+    try:
+        check_data_file(data)
+    except PermissionError as exc:
+        raise StoreAccessError(
+            f"cannot read {str(data)!r} ({exc.strerror}): foldloop needs read and write "
+            "access to the store's files; run as their owner or fix their modes (0600)"
+        ) from None
+    except OSError as exc:
+        raise StoreAccessError(f"cannot read {str(data)!r}: {exc}") from None
 
 
 def check_data_file(data: Path) -> None:
@@ -142,13 +150,19 @@ def check_data_file(data: Path) -> None:
     with data.open("rb") as fh:
         head = fh.read(_META_OFFSET + 160)
         if len(head) < _META_OFFSET + 152:
-            raise StoreError(f"{str(data)!r} is {len(head)} bytes: too short to be an LMDB file")
+            raise StoreCorrupted(
+                f"{str(data)!r} is {len(head)} bytes: too short to be an LMDB file"
+            )
         magic, _version = struct.unpack_from("<II", head, _META_OFFSET)
         if magic != _MAGIC:
-            raise StoreError(f"{str(data)!r} is not an LMDB file (bad magic); the store is corrupt")
+            raise StoreCorrupted(
+                f"{str(data)!r} is not an LMDB file (bad magic); the store is corrupt"
+            )
         psize = struct.unpack_from("<I", head, _META_OFFSET + 24)[0]
         if psize < 512 or psize & (psize - 1):
-            raise StoreError(f"{str(data)!r} has an impossible page size {psize}; it is corrupt")
+            raise StoreCorrupted(
+                f"{str(data)!r} has an impossible page size {psize}; it is corrupt"
+            )
         metas = [struct.unpack_from("<QQ", head, _META_OFFSET + 120)]
         fh.seek(psize)
         second = fh.read(_META_OFFSET + 160)
@@ -162,7 +176,7 @@ def check_data_file(data: Path) -> None:
     last_pg, _txnid = max(metas, key=lambda m: m[1])
     needed = (last_pg + 1) * psize
     if size < needed:
-        raise StoreError(
+        raise StoreCorrupted(
             f"{str(data)!r} is {size:,} bytes but its last page needs {needed:,}: the file was "
             "truncated; refusing to open it (reading it would crash the process). "
             "Restore the store from a backup"
@@ -194,4 +208,4 @@ def write_marker(path: Path) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise StoreError(f"cannot write {str(path / MARKER)!r}: {exc}") from None
+        raise StoreAccessError(f"cannot write {str(path / MARKER)!r}: {exc}") from None
