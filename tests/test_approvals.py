@@ -339,6 +339,29 @@ def test_approving_as_a_run_parks_never_fences_the_run_the_approval_starts(
         assert ledger.lines == ["pay bob 5"] * 60
 
 
+def test_resuming_as_the_poller_records_an_expiry_then_approving_finishes_every_run(
+    store_path: Path, ledger: Ledger
+) -> None:
+    """expire -> resume -> approve, with the poller carrying the expiry as the host resumes:
+    the resume waits for that hand-over (no RunLocked from its own runtime), and the run
+    ends completed with its tool run once."""
+    now = [1_000_000_000_000]
+    with fl.Runtime.open(store_path, poll_interval=0.002, clock=lambda: now[0]) as rt:
+        agent = make_agent(ledger, ttl=60)
+        for i in range(30):
+            run = rt.spawn(agent, f"r{i}")
+            assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+            now[0] += 61 * 10**9
+            wait_for(lambda run=run: any(r.type == "approval.expired" for r in rt.events(run.id)))
+            handle = rt.resume(run.id)
+            assert handle.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+            (pending,) = [p for p in rt.pending_approvals() if p.run_id == run.id]
+            rt.approve(pending.token, by="alice")
+            result = handle.wait(timeout=30)
+            assert result.status is fl.RunStatus.COMPLETED, (run.id, result.reason)
+        assert ledger.lines == ["pay bob 5"] * 30
+
+
 def test_two_processes_with_the_agent_racing_to_approve_finish_every_run_once(
     store_path: Path, tmp_path: Path
 ) -> None:

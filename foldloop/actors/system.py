@@ -67,7 +67,7 @@ class ActorSystem:
         self.model_pool = Workers(model_workers, "foldloop-model")
         self.notify_pool = Workers(NOTIFY_WORKERS, "foldloop-notify")
         self._lock = threading.Lock()
-        self._handed = threading.Condition(self._lock)  # a claim became an actor, or went
+        self._handed = threading.Condition(self._lock)  # a claim went, or became an actor
         self._actors: dict[str, RunActor] = {}
         """The actor driving each active run here (its ``actor_ref`` is where to tell)."""
         self._claims: set[str] = set()
@@ -108,12 +108,17 @@ class ActorSystem:
         with self._lock:
             return run_id in self._actors
 
-    def claim(self, run_id: str) -> None:
+    def claim(self, run_id: str, *, wait: float = 0.0) -> None:
         """Take the run for the calling thread until its actor finishes or ``unclaim``.
 
-        Raises RunLocked when the run is claimed here already (an actor drives it, or a
-        spawn, resume, cancel or approval is carrying a decision into it)."""
+        Raises RunLocked when the run is claimed here already: an actor drives it, or (past
+        ``wait`` seconds) a spawn, resume, cancel or approval still carries a decision into
+        it. Waiting rides out such a hand-over, which takes a commit or two."""
         with self._lock:
+            if wait > 0:
+                self._handed.wait_for(
+                    lambda: run_id not in self._claims or run_id in self._actors, wait
+                )
             if run_id in self._claims:
                 raise RunLocked(
                     f"run {run_id!r} is being driven by this runtime right now; wait() for it first"
@@ -123,15 +128,12 @@ class ActorSystem:
     def unclaim(self, run_id: str) -> None:
         """Give up a claim whose run got no actor (nothing to do, or it failed)."""
         with self._lock:
-            self._claims.discard(run_id)
-            self._handed.notify_all()
+            self._drop_claim(run_id)
 
-    def await_handover(self, run_id: str, timeout: float) -> bool:
-        """Wait until the run is not claimed here, or an actor drives it; False on timeout."""
-        with self._lock:
-            return self._handed.wait_for(
-                lambda: run_id in self._actors or run_id not in self._claims, timeout
-            )
+    def _drop_claim(self, run_id: str) -> None:
+        """(Lock held.) The run is no longer claimed here; wake whoever awaits its hand-over."""
+        self._claims.discard(run_id)
+        self._handed.notify_all()
 
     def settlement(self, run_id: str) -> Settlement | None:
         """The settlement record of a run driven (now or before) by this runtime."""
@@ -143,13 +145,15 @@ class ActorSystem:
         on it; the claim goes when the actor finishes."""
         with self._lock:
             if self._closed:
-                self._claims.discard(state.run_id)
-                self._handed.notify_all()
+                self._drop_claim(state.run_id)
                 raise RuntimeError("runtime closed")
-            settlement = Settlement()
-            self._settlements[state.run_id] = settlement
-            actor = RunActor(self, agent, state, epoch)
-            ref = actor.start_here()
+            try:
+                actor = RunActor(self, agent, state, epoch)
+                ref = actor.start_here()
+            except BaseException:
+                self._drop_claim(state.run_id)
+                raise
+            self._settlements[state.run_id] = Settlement()
             self._actors[state.run_id] = actor
             self._handed.notify_all()
         ref.tell(decision)
@@ -217,8 +221,7 @@ class ActorSystem:
         """Record the outcome of a decision the runtime committed without starting an actor
         (the run's claim goes)."""
         with self._lock:
-            self._claims.discard(state.run_id)
-            self._handed.notify_all()
+            self._drop_claim(state.run_id)
             settlement = self._settlements.setdefault(state.run_id, Settlement())
         settlement.state = state
         settlement.event.set()
@@ -240,8 +243,7 @@ class ActorSystem:
     def _finish(self, run_id: str, state: RunState, interrupted: str) -> None:
         with self._lock:
             self._actors.pop(run_id, None)
-            self._claims.discard(run_id)
-            self._handed.notify_all()
+            self._drop_claim(run_id)
             settlement = self._settlements.setdefault(run_id, Settlement())
             self._forget_old()
         settlement.state = state

@@ -82,6 +82,11 @@ except after a ``resume`` that parks it again at once with nothing decided meanw
 release goes with the resuming process's next commit, within milliseconds."""
 
 
+HANDOVER_WAIT = 5.0
+"""Seconds a host's resume or cancel waits for another thread of this runtime that is
+carrying a decision into the run (the approvals poller, say) to finish, before RunLocked."""
+
+
 class Runtime(ClosedOnExit):
     """Runs agents on an LMDB store. Use ``Runtime.open(path, agents=[...])``."""
 
@@ -261,22 +266,25 @@ class Runtime(ClosedOnExit):
         a RunActor; ``released`` when a decision that settles it released the lease as it
         was committed. (For the runtime package: host code spawns, resumes or approves.)"""
         if decision.settles:
-            for effect in decision.effects:
-                if isinstance(effect, RequestApproval):
-                    self.system.notify(agent, state, effect.call_id)
-            if not released:
-                self._release(state.run_id, epoch)
-            self.system.settled_without_actor(state)
+            try:
+                for effect in decision.effects:
+                    if isinstance(effect, RequestApproval):
+                        self.system.notify(agent, state, effect.call_id)
+            finally:  # the run is parked or done whatever notify met: never left claimed
+                if not released:
+                    self._release(state.run_id, epoch)
+                self.system.settled_without_actor(state)
             return
         self.system.start_run(agent, state, epoch, decision)
 
-    def take(self, run_id: str) -> int:
+    def take(self, run_id: str, *, wait: float = 0.0) -> int:
         """Claim the run for the calling thread and take its lease; returns the epoch.
 
-        Raises RunLocked when another thread of this runtime has it, or a live runtime
-        holds its lease. Hand it on with ``drive`` or give it back with ``give_back``.
-        (For the runtime package.)"""
-        self.system.claim(run_id)
+        Raises RunLocked when an actor of this runtime drives it, another thread of this
+        runtime still holds it after ``wait`` seconds, or a live runtime holds its lease.
+        Hand it on with ``drive`` or give it back with ``give_back``. (For the runtime
+        package.)"""
+        self.system.claim(run_id, wait=wait)
         owner = self.owner
         try:
             return self.store.submit(lambda w: w.acquire_lease(run_id, owner)).wait()
@@ -319,13 +327,12 @@ class Runtime(ClosedOnExit):
                 + (f": {state.reason}" if state.reason else "")
             )
         agent = self._agent_for(state)
-        owner = self.owner
-        epoch = self.take(run_id)
+        epoch = self.take(run_id, wait=HANDOVER_WAIT)
         try:
             state = self.state(run_id)  # re-read under the lease: nobody else appends now
             now = self.clock()
             gated, tokens = self.desk.tickets_again(agent, state, now)
-            command = Resume(now=now, owner=owner, extend=extend, gated=gated)
+            command = Resume(now=now, owner=self.owner, extend=extend, gated=gated)
             decision = decide(state, command)
             if decision.rejected:
                 raise ConfigError(decision.rejected)
@@ -467,12 +474,10 @@ class Runtime(ClosedOnExit):
             if state.terminal:
                 return
             try:
-                epoch = self.take(run_id)
+                epoch = self.take(run_id, wait=HANDOVER_WAIT)
             except RunLocked:
-                # Another thread here is handing the run to an actor (or giving it back):
-                # tell that actor, or take the run, once it has.
-                if self.system.await_handover(run_id, timeout=5.0):
-                    continue
+                if self.system.active(run_id):
+                    continue  # another thread here handed it to an actor meanwhile: tell it
                 raise
             released = False
             try:
