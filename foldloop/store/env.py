@@ -56,20 +56,26 @@ def open_env(path: Path, *, map_size: int) -> lmdb.Environment:
         raise lmdb_failure(path, "open", exc) from None
 
 
-def lmdb_failure(path: Path, doing: str, exc: lmdb.Error) -> StoreError:
+def lmdb_failure(path: Path, doing: str, exc: lmdb.Error, *, then: str = "") -> StoreError:
     """What an LMDB failure means for the host: damage found in the store's pages, or the
-    system refusing (permissions, a full disk)."""
+    system refusing (permissions, a full disk); ``then`` ends the message (what became of
+    the work, say)."""
     where = f"the store at {str(path)!r}"
     # A transaction goes bad (MDB_BAD_TXN) only after LMDB met a damaged page in it.
     damage = lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.InvalidError | lmdb.BadTxnError
     if isinstance(exc, damage):
         return StoreCorrupted(
-            f"{where} is damaged: LMDB could not {doing} it ({exc}); restore it from a "
-            "backup (`foldloop doctor` lists the runs it can still read)"
+            f"{where} is damaged: LMDB could not {doing} it ({exc}); restore it from a backup "
+            f"(`foldloop doctor` lists the runs it can still read){then}"
+        )
+    if isinstance(exc, lmdb.ReadersFullError):
+        return StoreAccessError(
+            f"LMDB could not {doing} {where}: every reader slot is taken ({exc}); fewer "
+            f"processes may open it at once{then}"
         )
     return StoreAccessError(
-        f"LMDB could not {doing} {where} ({exc}); check that this user may read and write "
-        "its files and that the disk has room"
+        f"LMDB could not {doing} {where} ({exc}): is the disk full, or are its files not "
+        f"this user's to read and write? Free space or fix their permissions{then}"
     )
 
 

@@ -230,7 +230,14 @@ class LmdbStore:
         self._names: dict[int, str] = {}
         self._listeners: list[Callable[[list[Recorded]], None]] = []
         self._refs = 0
-        self.writer = Writer(lambda: WriteTxn(self), self._grow, self._notify)
+        self.writer = Writer(
+            lambda: WriteTxn(self),
+            self._grow,
+            self._notify,
+            lambda exc: lmdb_failure(
+                path, "commit to", exc, then="; nothing of this write was stored, resume the run"
+            ),
+        )
 
     # -- plumbing ------------------------------------------------------------------------
 

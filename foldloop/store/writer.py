@@ -99,12 +99,14 @@ class Writer:
         begin: Callable[[], Any],
         grow: Callable[[Exception], None],
         on_commit: Callable[[list[Any]], None],
+        failure: Callable[[lmdb.Error], StoreError],
         *,
         linger_s: float = 0.002,
     ) -> None:
         self._begin = begin
         self._grow = grow
         self._on_commit = on_commit
+        self._failure = failure  # what a failed commit means for the host
         self._linger_s = linger_s
         self._pending: collections.deque[WriteOp[Any]] = collections.deque()
         self._lock = threading.Lock()  # entered directly: Condition's own `with` is Python
@@ -215,14 +217,9 @@ class Writer:
                 continue
             except lmdb.Error as exc:
                 log.error("commit_failed", error=str(exc))
+                failure = self._failure(exc)
                 for op in batch:
-                    op.finish(
-                        None,
-                        StoreError(
-                            f"commit failed ({exc}); nothing of this write was stored. "
-                            "Is the disk full? Free space, then resume the run"
-                        ),
-                    )
+                    op.finish(None, failure)
                 return
             self.commits += 1
             self.ops += len(batch)
