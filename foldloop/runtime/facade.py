@@ -40,11 +40,11 @@ from foldloop.core.snapshot import restore_state
 from foldloop.core.state import STATE_VERSION, RunState, RunStatus
 from foldloop.errors import (
     ConfigError,
-    CorruptRecord,
     FoldloopError,
     RunLocked,
     RunNotFound,
     SchemaChangedError,
+    StoreCorrupted,
 )
 from foldloop.events.catalogue import RunStarted
 from foldloop.events.jsonl import dump_run, load_run
@@ -53,10 +53,10 @@ from foldloop.events.values import Limits
 from foldloop.projections.base import Projection
 from foldloop.runtime.approval_desk import ApprovalDesk
 from foldloop.runtime.results import (
+    Damaged,
     RunHandle,
     RunResult,
     RunSummary,
-    damaged_summary,
     result_of,
 )
 from foldloop.runtime.rules import (
@@ -422,8 +422,8 @@ class Runtime(ClosedOnExit):
                 continue
             orphans.append(run_id)
         for state in self._states(orphans):
-            if isinstance(state, CorruptRecord):
-                log.warning("recover_skipped", run_id=state.run_id, error=str(state))
+            if isinstance(state, Damaged):
+                log.warning("recover_skipped", run_id=state.run_id, error=str(state.error))
                 continue
             if state.status is not RunStatus.RUNNING or state.agent not in self._agents:
                 continue
@@ -605,9 +605,9 @@ class Runtime(ClosedOnExit):
                 pass
         return RunState(run_id=run_id)
 
-    def _states(self, run_ids: Iterable[str]) -> Iterator[RunState | CorruptRecord]:
+    def _states(self, run_ids: Iterable[str]) -> Iterator[RunState | Damaged]:
         """The states of many runs, reading the log in one transaction per batch; a run
-        whose log is damaged gives its CorruptRecord in its place, the others their state."""
+        whose log is damaged gives what is wrong in its place, the others their state."""
         batch: list[str] = []
         for run_id in run_ids:
             batch.append(run_id)
@@ -617,16 +617,16 @@ class Runtime(ClosedOnExit):
         if batch:
             yield from self._state_batch(batch)
 
-    def _state_batch(self, run_ids: list[str]) -> Iterator[RunState | CorruptRecord]:
+    def _state_batch(self, run_ids: list[str]) -> Iterator[RunState | Damaged]:
         bases = {run_id: self._snapshot_state(run_id) for run_id in run_ids}
         try:
             tails = self.store.read_runs({rid: base.seq + 1 for rid, base in bases.items()})
-        except CorruptRecord:
+        except StoreCorrupted:
             for run_id in run_ids:  # one at a time, so the damage is put on its own run
                 try:
                     yield self.state(run_id)
-                except CorruptRecord as exc:
-                    yield exc
+                except StoreCorrupted as exc:
+                    yield Damaged(run_id, exc)
             return
         for run_id, base in bases.items():
             events, ats = tails[run_id]
@@ -639,9 +639,9 @@ class Runtime(ClosedOnExit):
         wanted = RunStatus(status) if status is not None else None
         out: list[RunSummary] = []
         for state in self._states(self.store.run_ids()):
-            if isinstance(state, CorruptRecord):
+            if isinstance(state, Damaged):
                 if wanted in (None, RunStatus.FAILED) and agent is None:
-                    out.append(damaged_summary(state))
+                    out.append(state.summary())
                 continue
             run_id = state.run_id
             current = state.status

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from foldloop.core.state import RunState, RunStatus
-from foldloop.errors import CorruptRecord
+from foldloop.errors import StoreCorrupted
 from foldloop.events.values import Usage
 
 if TYPE_CHECKING:
     from foldloop.runtime.facade import Runtime
 
-__all__ = ["RunHandle", "RunResult", "RunSummary", "damaged_summary", "result_of"]
+__all__ = ["Damaged", "RunHandle", "RunResult", "RunSummary", "result_of"]
 
 
 @dataclass(frozen=True)
@@ -48,18 +48,25 @@ class RunSummary:
     """The run's log is damaged (``reason`` says where; ``foldloop doctor`` lists it all)."""
 
 
-def damaged_summary(error: CorruptRecord) -> RunSummary:
-    """The row of a run whose log cannot be read whole: listed as failed, saying why."""
-    return RunSummary(
-        run_id=error.run_id,
-        agent="",
-        status=RunStatus.FAILED,
-        steps=0,
-        reason=f"damaged: {error}",
-        seq=0,
-        updated_at=0,
-        damaged=True,
-    )
+@dataclass(frozen=True)
+class Damaged:
+    """A run whose log cannot be read whole, and what is wrong with it."""
+
+    run_id: str
+    error: StoreCorrupted
+
+    def summary(self) -> RunSummary:
+        """Its row in ``Runtime.runs()``: listed as failed, saying why."""
+        return RunSummary(
+            run_id=self.run_id,
+            agent="",
+            status=RunStatus.FAILED,
+            steps=0,
+            reason=f"damaged: {self.error}",
+            seq=0,
+            updated_at=0,
+            damaged=True,
+        )
 
 
 def result_of(state: RunState, *, interrupted: str = "") -> RunResult:
