@@ -205,6 +205,9 @@ class ApprovalDesk:
             log.exception("approval_apply_failed", run_id=run_id)
             self.rt.give_back(run_id, epoch)
             return
+        except BaseException:
+            self.rt.give_back(run_id, epoch)
+            raise
         self.rt.drive(agent, state, epoch, merged(decisions, state), released=released)
 
     def carry_due(self) -> None:

@@ -131,12 +131,17 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _ignore(signum: int, frame: object) -> None:
+    """A SIGINT handler that does nothing."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve requests from stdin until it closes or the host is gone (0); 1 if the runtime
     could not start."""
     args = _parse(argv)
     # A Ctrl-C reaches the host's whole process group: the host decides when workers stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # (A handler, not SIG_IGN: an ignored signal stays ignored in the tools' subprocesses.)
+    signal.signal(signal.SIGINT, _ignore)
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)  # see pool.SWITCH_INTERVAL
     answers = _Answers(os.fdopen(os.dup(1), "wb"))
