@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,13 @@ def make_agent(ledger: Ledger, name: str = "pay", **gate: object) -> fl.Agent:
         tools=[pay, balance],
         approvals=fl.RequireApproval({"pay"}, **gate),  # type: ignore[arg-type]
     )
+
+
+def _await_ready(proc: subprocess.Popen[str]) -> None:
+    """Read the child's lines up to READY (its runtime is open); fail if it dies first."""
+    assert proc.stdout is not None
+    while (line := proc.stdout.readline()).strip() != "READY":
+        assert line, f"the child exited ({proc.wait()}) before it was ready"
 
 
 def wait_for(predicate: object, timeout: float = 10) -> None:
@@ -302,9 +310,7 @@ def test_two_processes_racing_to_decide_have_exactly_one_winner_each_time(
         for name in ("left", "right")
     ]
     for proc in procs:
-        assert proc.stdout is not None
-        while proc.stdout.readline().strip() != "READY":
-            pass
+        _await_ready(proc)
     go.write_text("go")
     outputs = [proc.communicate(timeout=120)[0] for proc in procs]
     assert all(proc.returncode == 0 for proc in procs)
@@ -321,12 +327,40 @@ def test_two_processes_racing_to_decide_have_exactly_one_winner_each_time(
             assert run_id in wins[0 if record.by == "left" else 1]
 
 
+def test_one_thread_of_a_runtime_at_a_time_takes_a_run(store_path: Path, ledger: Ledger) -> None:
+    """What the approvals desk, resume and cancel rely on: while one thread of a runtime
+    holds a run, another is refused at once (or, waiting, gets it once it is given back)."""
+    with fl.Runtime.open(store_path) as rt:
+        run = rt.spawn(make_agent(ledger), "pay bob")
+        assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+        epoch = rt.take(run.id)
+        refused: list[BaseException] = []
+        other = threading.Thread(target=lambda: _try(lambda: rt.take(run.id), refused))
+        other.start()
+        other.join(timeout=10)
+        assert [type(e) for e in refused] == [fl.RunLocked]
+        taken: list[int] = []
+        waiting = threading.Thread(target=lambda: taken.append(rt.take(run.id, wait=30)))
+        waiting.start()
+        rt.give_back(run.id, epoch)
+        waiting.join(timeout=30)
+        assert taken == [epoch + 1]
+        rt.give_back(run.id, taken[0])
+
+
+def _try(fn: Callable[[], object], errors: list[BaseException]) -> None:
+    try:
+        fn()
+    except BaseException as exc:
+        errors.append(exc)
+
+
 def test_approving_as_a_run_parks_never_fences_the_run_the_approval_starts(
     store_path: Path, ledger: Ledger
 ) -> None:
     """The host's approve and the runtime's own poller both carry a decision into its run;
-    only one may drive it (they once took turns fencing each other off: the run ended
-    interrupted after its tool had run, its outcome lost)."""
+    only one may drive it, or the other fences it off and the run ends interrupted after
+    its tool ran, its outcome lost."""
     with fl.Runtime.open(store_path, poll_interval=0.002) as rt:
         agent = make_agent(ledger)
         for i in range(60):
@@ -412,9 +446,7 @@ def test_two_processes_with_the_agent_racing_to_approve_finish_every_run_once(
         for name in ("left", "right")
     ]
     for proc in procs:
-        assert proc.stdout is not None
-        while proc.stdout.readline().strip() != "READY":
-            pass
+        _await_ready(proc)
     go.write_text("go")
     for proc in procs:
         proc.communicate(timeout=120)
@@ -429,7 +461,7 @@ def test_two_processes_with_the_agent_racing_to_approve_finish_every_run_once(
 def _threads_outside_pools() -> int:
     """Live threads, less the model and tool pools' workers: those are bounded by their
     pools' limits, and how many a burst of runs starts depends on timing."""
-    pools = ("foldloop-model-", "foldloop-tool-")
+    pools = ("foldloop-model-", "foldloop-tool-", "foldloop-notify-")
     return sum(1 for t in threading.enumerate() if not t.name.startswith(pools))
 
 

@@ -34,6 +34,7 @@ from foldloop.store import encode_all, open_store
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "store_worker.py"
 SOAK = bool(os.environ.get("FOLDLOOP_SOAK"))
+TIMEOUT = 7200 if SOAK else 120
 RUNS = ("a", "b", "c")
 
 
@@ -252,7 +253,7 @@ class TwoProcesses(RuleBasedStateMachine):
             worker.kill()
 
 
-TestTwoProcesses = TwoProcesses.TestCase
+TestTwoProcesses = pytest.mark.timeout(TIMEOUT)(TwoProcesses.TestCase)
 TestTwoProcesses.settings = settings(
     max_examples=300 if SOAK else 6,
     stateful_step_count=60 if SOAK else 30,
@@ -261,9 +262,9 @@ TestTwoProcesses.settings = settings(
 
 
 def test_a_write_after_another_process_committed_over_a_no_op_lands(tmp_path: Path) -> None:
-    """The sequence that lost an acknowledged spawn: this process commits a transaction
-    that changes nothing (LMDB then does not count it), another process commits exactly
-    once, and this process appends again. The append must land after the other's."""
+    """This process commits a transaction that changes nothing (LMDB does not count it),
+    another process commits exactly once, and this process appends again: the append must
+    land after the other's, not over it."""
     path = tmp_path / "store"
     store = open_store(path)
     try:
@@ -319,13 +320,15 @@ def test_an_op_that_refuses_after_writing_leaves_nothing(tmp_path: Path) -> None
             w.append("r", payloads, expected_seq=1)
             return int(w.head("r").seq)
 
-        # One batch: the writer takes both ops together when they are queued together.
+        # One batch: a lingering op rides in the next durable op's commit.
         ops = [WriteOp(refuses, durable=False), WriteOp(then, durable=True)]
+        commits = store.writer.commits
         store.writer.submit(ops[0])
         store.writer.submit(ops[1])
         with pytest.raises(ConfigError):
             ops[0].wait()
         assert ops[1].wait() == 2
+        assert store.writer.commits == commits + 1  # they did share one transaction
         assert store.lease("r") is None
         assert [(r.seq, r.event) for r in store.read("r")] == [
             (1, ToolCompleted(call_id="1", result="x")),
@@ -374,6 +377,7 @@ _WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.timeout(TIMEOUT)
 @pytest.mark.parametrize("seed", range(8 if SOAK else 2))
 def test_processes_writing_at_once_lose_nothing_acknowledged(tmp_path: Path, seed: int) -> None:
     """Three processes append at random to their own run and to two shared ones at the same
