@@ -45,6 +45,7 @@ from foldloop.errors import (
     RunNotFound,
     SchemaChangedError,
     StoreCorrupted,
+    StoreError,
 )
 from foldloop.events.catalogue import RunStarted
 from foldloop.events.jsonl import dump_run, load_run
@@ -80,6 +81,14 @@ LEASE_RELEASE_GRACE = 1.0
 the run's lease before returning. A run releases it in the transaction that settles it,
 except after a ``resume`` that parks it again at once with nothing decided meanwhile: that
 release goes with the resuming process's next commit, within milliseconds."""
+
+
+def _unreadable(run_id: str) -> Damaged:
+    """A run the store lists but holds no readable event of (its id itself damaged)."""
+    return Damaged(
+        run_id,
+        StoreCorrupted(f"run {run_id!r} is listed by the store's index, but no event of it reads"),
+    )
 
 
 HANDOVER_WAIT = 5.0
@@ -396,10 +405,14 @@ class Runtime(ClosedOnExit):
         while not self._stop_polling.wait(self._poll_interval):
             try:
                 self.desk.carry_due()
+            except StoreError as exc:  # said already by what the host itself reads
+                log.warning("approval_poll_failed", error=str(exc))
             except Exception:
                 log.exception("approval_poll_failed")
             try:
                 self.followers.tick()
+            except StoreError as exc:
+                log.warning("projection_poll_failed", error=str(exc))
             except Exception:
                 log.exception("projection_poll_failed")
 
@@ -413,7 +426,11 @@ class Runtime(ClosedOnExit):
         for run_id in self.store.run_ids():
             if self.system.active(run_id):
                 continue
-            lease = self.store.lease(run_id)
+            try:
+                lease = self.store.lease(run_id)
+            except StoreCorrupted as exc:
+                log.warning("recover_skipped", run_id=run_id, error=str(exc))
+                continue
             if (
                 lease is not None
                 and lease.owner
@@ -431,7 +448,7 @@ class Runtime(ClosedOnExit):
                 handles.append(self.resume(state.run_id))
             except RunLocked:
                 continue  # another runtime recovered it first
-            except SchemaChangedError as exc:
+            except (SchemaChangedError, StoreCorrupted) as exc:
                 log.warning("recover_skipped", run_id=state.run_id, error=str(exc))
         return handles
 
@@ -597,7 +614,10 @@ class Runtime(ClosedOnExit):
     def _snapshot_state(self, run_id: str) -> RunState:
         """The run's latest snapshot (an empty state when it has none or it is unreadable:
         a snapshot is a cache, the log is folded instead)."""
-        snap = self.store.snapshot(run_id)
+        try:
+            snap = self.store.snapshot(run_id)
+        except StoreCorrupted:
+            return RunState(run_id=run_id)
         if snap is not None and snap[0] == STATE_VERSION:
             try:
                 return restore_state(snap[2], snap[3])
@@ -627,10 +647,13 @@ class Runtime(ClosedOnExit):
                     yield self.state(run_id)
                 except StoreCorrupted as exc:
                     yield Damaged(run_id, exc)
+                except RunNotFound:
+                    yield _unreadable(run_id)
             return
         for run_id, base in bases.items():
             events, ats = tails[run_id]
-            yield fold_events(run_id, zip(events, ats, strict=True), base)
+            state = fold_events(run_id, zip(events, ats, strict=True), base)
+            yield state if state.seq else _unreadable(run_id)
 
     def runs(
         self, status: RunStatus | str | None = None, agent: str | None = None

@@ -37,6 +37,7 @@ import contextlib
 import itertools
 import operator
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -49,6 +50,7 @@ from foldloop._log import get_logger
 from foldloop.errors import (
     ConfigError,
     CorruptRecord,
+    StoreCorrupted,
     StoreError,
 )
 from foldloop.events.catalogue import KnownEvent
@@ -122,6 +124,10 @@ MAX_MAP_SIZE = 1 << 40
 _FRAME_AT = 4 + 16  # crc + previous hash precede the frame
 RUN_NUMBERS_KEPT = 2048
 """Run numbers a process keeps cached (a run's number is read from LMDB when not)."""
+
+
+_UNDECODABLE = (msgspec.MsgspecError, struct.error, UnicodeDecodeError, IndexError, OverflowError)
+"""What reading a damaged key, index entry or table row raises (values have checksums)."""
 
 
 class _SharedExclusive:
@@ -312,6 +318,13 @@ class LmdbStore:
                 resized = exc
             except lmdb.Error as exc:
                 raise lmdb_failure(self.path, "read", exc) from None
+            except _UNDECODABLE as exc:
+                # Every value is checked as it is read; what escapes that is a damaged key,
+                # index entry or table row.
+                raise StoreCorrupted(
+                    f"the store at {str(self.path)!r} holds data that does not decode ({exc}); "
+                    "restore it from a backup (`foldloop doctor` lists the runs it can read)"
+                ) from None
             finally:
                 self._resize.release_shared()
             self._grow(resized)
@@ -719,9 +732,12 @@ class LmdbStore:
             out: set[str] = set()
             found = cur.first()
             while found:
-                run_id = bytes(cur.key()[:-9]).decode()
-                out.add(run_id)
-                found = cur.set_range(index_prefix(run_id) + LAST_KEY)
+                key = bytes(cur.key())
+                name = key[:-9]  # run_id NUL seq
+                out.add(name.decode(errors="replace"))
+                found = cur.set_range(name + b"\0" + LAST_KEY)
+                if found and bytes(cur.key()) <= key:  # damaged keys out of order
+                    found = cur.next()
             out.update(rid for _p, _v, rid, _s, _n in self._scan_tail(txn, self._indexed(txn)))
             return sorted(out)
 
