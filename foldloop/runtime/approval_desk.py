@@ -98,9 +98,12 @@ class ApprovalDesk:
         if (run_id is not None and run_id != record.run_id) or (
             call_id is not None and call_id != record.call_id
         ):
+            given = " ".join(
+                f"{name} {value!r}" for name, value in (("run", run_id), ("call", call_id)) if value
+            )
             raise ApprovalError(
-                f"the token is for run {record.run_id!r} call {record.call_id!r}, not "
-                f"run {run_id!r} call {call_id!r}; pass the token alone, or the ids alone"
+                f"the token is for run {record.run_id!r} call {record.call_id!r}, not {given}; "
+                "pass the token alone, or the ids alone"
             )
         return record
 
