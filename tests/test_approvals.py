@@ -355,6 +355,14 @@ def _try(fn: Callable[[], object], errors: list[BaseException]) -> None:
         errors.append(exc)
 
 
+def _approve_to_the_end(rt: fl.Runtime, run: fl.RunHandle) -> None:
+    """Approve the parked run's one request by its token; the run must then complete."""
+    (pending,) = [p for p in rt.pending_approvals() if p.run_id == run.id]
+    rt.approve(pending.token, by="alice")
+    result = run.wait(timeout=30)
+    assert result.status is fl.RunStatus.COMPLETED, (run.id, result.reason)
+
+
 def test_approving_as_a_run_parks_never_fences_the_run_the_approval_starts(
     store_path: Path, ledger: Ledger
 ) -> None:
@@ -366,10 +374,7 @@ def test_approving_as_a_run_parks_never_fences_the_run_the_approval_starts(
         for i in range(60):
             run = rt.spawn(agent, f"r{i}")
             assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
-            (pending,) = [p for p in rt.pending_approvals() if p.run_id == run.id]
-            rt.approve(pending.token, by="alice")
-            result = run.wait(timeout=30)
-            assert result.status is fl.RunStatus.COMPLETED, (run.id, result.reason)
+            _approve_to_the_end(rt, run)
         assert ledger.lines == ["pay bob 5"] * 60
 
 
@@ -389,10 +394,7 @@ def test_resuming_as_the_poller_records_an_expiry_then_approving_finishes_every_
             wait_for(lambda run=run: any(r.type == "approval.expired" for r in rt.events(run.id)))
             handle = rt.resume(run.id)
             assert handle.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
-            (pending,) = [p for p in rt.pending_approvals() if p.run_id == run.id]
-            rt.approve(pending.token, by="alice")
-            result = handle.wait(timeout=30)
-            assert result.status is fl.RunStatus.COMPLETED, (run.id, result.reason)
+            _approve_to_the_end(rt, handle)
         assert ledger.lines == ["pay bob 5"] * 30
 
 

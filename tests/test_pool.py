@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import msgspec
 import pytest
@@ -420,6 +421,17 @@ def test_workers_of_a_host_killed_before_they_are_ready_exit_without_a_traceback
     assert "Traceback" not in printed and "BrokenPipe" not in printed, printed
 
 
+def _calc_worker(store_path: Path, err: IO[str]) -> subprocess.Popen[bytes]:
+    """A worker started by hand (as a pool starts it), its stderr to ``err``."""
+    return subprocess.Popen(
+        [*WORKER, "--store", str(store_path), "--agent", "pool_agents:calc"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=err,
+        env=_env(),
+    )
+
+
 def test_a_worker_whose_host_is_gone_exits_with_code_0_and_prints_nothing(
     store_path: Path, tmp_path: Path
 ) -> None:
@@ -427,13 +439,7 @@ def test_a_worker_whose_host_is_gone_exits_with_code_0_and_prints_nothing(
     (the exit code is seen here, where the worker's parent is still alive to reap it)."""
     fl.Runtime.open(store_path).close()
     with (tmp_path / "stderr").open("w+") as err:
-        worker = subprocess.Popen(
-            [*WORKER, "--store", str(store_path), "--agent", "pool_agents:calc"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            env=_env(),
-        )
+        worker = _calc_worker(store_path, err)
         assert worker.stdin is not None and worker.stdout is not None
         worker.stdin.close()
         worker.stdout.close()
@@ -451,13 +457,7 @@ def test_a_ctrl_c_meant_for_the_host_does_not_stop_its_workers(
     (its hang-up), so it serves on and prints no KeyboardInterrupt."""
     fl.Runtime.open(store_path).close()
     with (tmp_path / "stderr").open("w+") as err:
-        worker = subprocess.Popen(
-            [*WORKER, "--store", str(store_path), "--agent", "pool_agents:calc"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            env=_env(),
-        )
+        worker = _calc_worker(store_path, err)
         assert worker.stdin is not None and worker.stdout is not None
         assert isinstance(decode_reply(worker.stdout.readline()), Ready)
         worker.send_signal(signal.SIGINT)
