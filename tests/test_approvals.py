@@ -333,19 +333,19 @@ def test_one_thread_of_a_runtime_at_a_time_takes_a_run(store_path: Path, ledger:
     with fl.Runtime.open(store_path) as rt:
         run = rt.spawn(make_agent(ledger), "pay bob")
         assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
-        epoch = rt.take(run.id)
+        epoch = rt.system.take(run.id)
         refused: list[BaseException] = []
-        other = threading.Thread(target=lambda: _try(lambda: rt.take(run.id), refused))
+        other = threading.Thread(target=lambda: _try(lambda: rt.system.take(run.id), refused))
         other.start()
         other.join(timeout=10)
         assert [type(e) for e in refused] == [fl.RunLocked]
         taken: list[int] = []
-        waiting = threading.Thread(target=lambda: taken.append(rt.take(run.id, wait=30)))
+        waiting = threading.Thread(target=lambda: taken.append(rt.system.take(run.id, wait=30)))
         waiting.start()
-        rt.give_back(run.id, epoch)
+        rt.system.give_back(run.id, epoch)
         waiting.join(timeout=30)
         assert taken == [epoch + 1]
-        rt.give_back(run.id, taken[0])
+        rt.system.give_back(run.id, taken[0])
 
 
 def _try(fn: Callable[[], object], errors: list[BaseException]) -> None:

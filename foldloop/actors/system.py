@@ -30,6 +30,9 @@ __all__ = ["ActorSystem", "Settlement"]
 
 log = get_logger(__name__)
 
+HANDOVER_WAIT = 5.0
+"""Seconds a host's resume or cancel waits for another thread of this runtime that is
+carrying a decision into the run (the approvals poller, say) to finish, before RunLocked."""
 NOTIFY_WORKERS = 8
 """Threads running approval ``notify`` callbacks (a chat message, an e-mail: I/O)."""
 
@@ -124,6 +127,29 @@ class ActorSystem:
                     f"run {run_id!r} is being driven by this runtime right now; wait() for it first"
                 )
             self._claims.add(run_id)
+
+    def take(self, run_id: str, *, wait: float = 0.0) -> int:
+        """Claim the run (``claim``) and take its lease in the store; returns the epoch.
+
+        Raises RunLocked as ``claim`` does, or when a live runtime holds the lease. Hand the
+        run to an actor (``start_run``) or give it back (``give_back``)."""
+        self.claim(run_id, wait=wait)
+        owner = self.owner
+        try:
+            return self.store.submit(lambda w: w.acquire_lease(run_id, owner)).wait()
+        except BaseException:
+            self.unclaim(run_id)
+            raise
+
+    def give_back(self, run_id: str, epoch: int) -> None:
+        """Undo ``take`` for a run not driven after all."""
+        self.release_lease(run_id, epoch)
+        self.unclaim(run_id)
+
+    def release_lease(self, run_id: str, epoch: int) -> None:
+        """Release the run's lease with the next commit (nothing waits on it)."""
+        owner = self.owner
+        self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
 
     def unclaim(self, run_id: str) -> None:
         """Give up a claim whose run got no actor (nothing to do, or it failed)."""
@@ -232,8 +258,7 @@ class ActorSystem:
         """Called by a RunActor whose run settled; ``released`` when its lease went in the
         settling decision's own transaction (else it is released now)."""
         if not released:
-            owner = self.owner
-            self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
+            self.release_lease(run_id, epoch)
         self._finish(run_id, state, "")
 
     def interrupted(self, run_id: str, epoch: int, state: RunState, reason: str) -> None:

@@ -191,7 +191,7 @@ class ApprovalDesk:
         if agent is None or self.rt.closed:
             return  # a runtime with the agent (its poller, resume or recover) carries it on
         try:
-            epoch = self.rt.take(run_id)
+            epoch = self.rt.system.take(run_id)
         except RunLocked:
             return  # whoever drives it (here or elsewhere) sees the decision itself
         try:
@@ -202,14 +202,14 @@ class ApprovalDesk:
             if not decisions:
                 raise NothingToDo
         except NothingToDo:
-            self.rt.give_back(run_id, epoch)
+            self.rt.system.give_back(run_id, epoch)
             return
         except Exception:
             log.exception("approval_apply_failed", run_id=run_id)
-            self.rt.give_back(run_id, epoch)
+            self.rt.system.give_back(run_id, epoch)
             return
         except BaseException:
-            self.rt.give_back(run_id, epoch)
+            self.rt.system.give_back(run_id, epoch)
             raise
         self.rt.drive(agent, state, epoch, merged(decisions, state), released=released)
 

@@ -22,7 +22,7 @@ from foldloop._closing import ClosedOnExit
 from foldloop._log import get_logger
 from foldloop.actors.followers import Followers
 from foldloop.actors.projection_actor import ProjectionHandle
-from foldloop.actors.system import ActorSystem
+from foldloop.actors.system import HANDOVER_WAIT, ActorSystem
 from foldloop.agent import Agent
 from foldloop.approvals import PendingApproval, approval_writes
 from foldloop.core.batch import fold, fold_events
@@ -81,19 +81,6 @@ LEASE_RELEASE_GRACE = 1.0
 the run's lease before returning. A run releases it in the transaction that settles it,
 except after a ``resume`` that parks it again at once with nothing decided meanwhile: that
 release goes with the resuming process's next commit, within milliseconds."""
-
-
-def _unreadable(run_id: str) -> Damaged:
-    """A run the store lists but holds no readable event of (its id itself damaged)."""
-    return Damaged(
-        run_id,
-        StoreCorrupted(f"run {run_id!r} is listed by the store's index, but no event of it reads"),
-    )
-
-
-HANDOVER_WAIT = 5.0
-"""Seconds a host's resume or cancel waits for another thread of this runtime that is
-carrying a decision into the run (the approvals poller, say) to finish, before RunLocked."""
 
 
 class Runtime(ClosedOnExit):
@@ -271,7 +258,7 @@ class Runtime(ClosedOnExit):
         *,
         released: bool = False,
     ) -> None:
-        """Hand a run taken here (``take``) whose decision is committed under ``epoch`` to
+        """Hand a run taken here (``system.take``) whose decision is committed under ``epoch`` to
         a RunActor; ``released`` when a decision that settles it released the lease as it
         was committed. (For the runtime package: host code spawns, resumes or approves.)"""
         if decision.settles:
@@ -281,34 +268,10 @@ class Runtime(ClosedOnExit):
                         self.system.notify(agent, state, effect.call_id)
             finally:  # the run is parked or done whatever notify met: never left claimed
                 if not released:
-                    self._release(state.run_id, epoch)
+                    self.system.release_lease(state.run_id, epoch)
                 self.system.settled_without_actor(state)
             return
         self.system.start_run(agent, state, epoch, decision)
-
-    def take(self, run_id: str, *, wait: float = 0.0) -> int:
-        """Claim the run for the calling thread and take its lease; returns the epoch.
-
-        Raises RunLocked when an actor of this runtime drives it, another thread of this
-        runtime still holds it after ``wait`` seconds, or a live runtime holds its lease.
-        Hand it on with ``drive`` or give it back with ``give_back``. (For the runtime
-        package.)"""
-        self.system.claim(run_id, wait=wait)
-        owner = self.owner
-        try:
-            return self.store.submit(lambda w: w.acquire_lease(run_id, owner)).wait()
-        except BaseException:
-            self.system.unclaim(run_id)
-            raise
-
-    def give_back(self, run_id: str, epoch: int) -> None:
-        """Undo ``take`` for a run not driven after all. (For the runtime package.)"""
-        self._release(run_id, epoch)
-        self.system.unclaim(run_id)
-
-    def _release(self, run_id: str, epoch: int) -> None:
-        owner = self.owner
-        self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
 
     def handle(self, run_id: str) -> RunHandle:
         """A handle to an existing run (to wait on it or cancel it)."""
@@ -336,7 +299,7 @@ class Runtime(ClosedOnExit):
                 + (f": {state.reason}" if state.reason else "")
             )
         agent = self._agent_for(state)
-        epoch = self.take(run_id, wait=HANDOVER_WAIT)
+        epoch = self.system.take(run_id, wait=HANDOVER_WAIT)
         try:
             state = self.state(run_id)  # re-read under the lease: nobody else appends now
             now = self.clock()
@@ -350,7 +313,7 @@ class Runtime(ClosedOnExit):
             self.desk.remember_tokens(run_id, tokens)
             state, decisions, released = self.desk.apply(state, epoch, [decision])
         except BaseException:
-            self.give_back(run_id, epoch)
+            self.system.give_back(run_id, epoch)
             raise
         log.info("run_resumed", run_id=run_id, agent=agent.name, seq=state.seq)
         self.drive(agent, state, epoch, merged(decisions, state), released=released)
@@ -487,29 +450,31 @@ class Runtime(ClosedOnExit):
     def _cancel(self, run_id: str, reason: str) -> None:
         command = Cancel(now=self.clock(), reason=reason)
         while not self.system.tell(run_id, command):
-            state = self.state(run_id)
-            if state.terminal:
+            if self.state(run_id).terminal:
                 return
             try:
-                epoch = self.take(run_id, wait=HANDOVER_WAIT)
+                epoch = self.system.take(run_id, wait=HANDOVER_WAIT)
             except RunLocked:
                 if self.system.active(run_id):
                     continue  # another thread here handed it to an actor meanwhile: tell it
                 raise
-            released = False
-            try:
-                state = self.state(run_id)
-                decision = decide(state, command)
-                if decision.events:
-                    # The cancel ends the run: its lease goes in the same transaction.
-                    self.append_decisions(state, [(decision, command)], epoch, release=True)
-                    released = True
-            finally:
-                if released:
-                    self.system.unclaim(run_id)
-                else:
-                    self.give_back(run_id, epoch)
+            self._cancel_taken(run_id, epoch, command)
             return
+
+    def _cancel_taken(self, run_id: str, epoch: int, command: Cancel) -> None:
+        """Cancel a run taken here that no actor drives; its lease goes with the cancel."""
+        try:
+            state = self.state(run_id)
+            decision = decide(state, command)
+            if decision.events:
+                self.append_decisions(state, [(decision, command)], epoch, release=True)
+        except BaseException:
+            self.system.give_back(run_id, epoch)
+            raise
+        if decision.events:
+            self.system.unclaim(run_id)
+        else:
+            self.system.give_back(run_id, epoch)
 
     # -- waiting -------------------------------------------------------------------------
 
@@ -648,12 +613,12 @@ class Runtime(ClosedOnExit):
                 except StoreCorrupted as exc:
                     yield Damaged(run_id, exc)
                 except RunNotFound:
-                    yield _unreadable(run_id)
+                    yield Damaged.unreadable(run_id)
             return
         for run_id, base in bases.items():
             events, ats = tails[run_id]
             state = fold_events(run_id, zip(events, ats, strict=True), base)
-            yield state if state.seq else _unreadable(run_id)
+            yield state if state.seq else Damaged.unreadable(run_id)
 
     def runs(
         self, status: RunStatus | str | None = None, agent: str | None = None

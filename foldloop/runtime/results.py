@@ -55,6 +55,12 @@ class Damaged:
     run_id: str
     error: StoreCorrupted
 
+    @classmethod
+    def unreadable(cls, run_id: str) -> Damaged:
+        """A run the store lists but holds no readable event of (its id itself damaged)."""
+        problem = f"run {run_id!r} is listed by the store's index, but no event of it reads"
+        return cls(run_id, StoreCorrupted(problem))
+
     def summary(self) -> RunSummary:
         """Its row in ``Runtime.runs()``: listed as failed, saying why."""
         return RunSummary(

@@ -6,13 +6,23 @@ cannot disagree.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import lmdb
+import msgspec
 
 from foldloop.errors import StoreAccessError, StoreCorrupted, StoreError
 
-__all__ = ["DATABASES", "initialise", "lmdb_failure", "open_databases", "open_env"]
+__all__ = [
+    "DATABASES",
+    "UNDECODABLE",
+    "initialise",
+    "lmdb_failure",
+    "open_databases",
+    "open_env",
+    "undecodable",
+]
 
 DATABASES = (
     b"log",
@@ -76,6 +86,18 @@ def lmdb_failure(path: Path, doing: str, exc: lmdb.Error, *, then: str = "") -> 
     return StoreAccessError(
         f"LMDB could not {doing} {where} ({exc}): is the disk full, or are its files not "
         f"this user's to read and write? Free space or fix their permissions{then}"
+    )
+
+
+UNDECODABLE = (msgspec.MsgspecError, struct.error, UnicodeDecodeError, IndexError, OverflowError)
+"""What reading a damaged key, index entry or table row raises (values have checksums)."""
+
+
+def undecodable(path: Path, exc: Exception) -> StoreCorrupted:
+    """A read met stored data that does not decode: damage past the values' checksums."""
+    return StoreCorrupted(
+        f"the store at {str(path)!r} holds data that does not decode ({exc}); "
+        "restore it from a backup (`foldloop doctor` lists the runs it can read)"
     )
 
 

@@ -37,7 +37,6 @@ import contextlib
 import itertools
 import operator
 import os
-import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -50,7 +49,6 @@ from foldloop._log import get_logger
 from foldloop.errors import (
     ConfigError,
     CorruptRecord,
-    StoreCorrupted,
     StoreError,
 )
 from foldloop.events.catalogue import KnownEvent
@@ -63,7 +61,7 @@ from foldloop.events.recorded import AnyEvent, Recorded
 from foldloop.store.approvals import ApprovalRecord, approval_key
 from foldloop.store.checkpoints import Checkpoint, decode_checkpoint
 from foldloop.store.create import prepare_dir
-from foldloop.store.env import lmdb_failure, open_databases, open_env
+from foldloop.store.env import UNDECODABLE, lmdb_failure, open_databases, open_env, undecodable
 from foldloop.store.framing import (
     GENESIS,
     Head,
@@ -124,10 +122,6 @@ MAX_MAP_SIZE = 1 << 40
 _FRAME_AT = 4 + 16  # crc + previous hash precede the frame
 RUN_NUMBERS_KEPT = 2048
 """Run numbers a process keeps cached (a run's number is read from LMDB when not)."""
-
-
-_UNDECODABLE = (msgspec.MsgspecError, struct.error, UnicodeDecodeError, IndexError, OverflowError)
-"""What reading a damaged key, index entry or table row raises (values have checksums)."""
 
 
 class _SharedExclusive:
@@ -301,30 +295,21 @@ class LmdbStore:
         return lambda: self._listeners.remove(fn) if fn in self._listeners else None
 
     def read_txn(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn`` inside a short read transaction (an LMDB failure is a StoreError)."""
+        """Run ``fn`` inside a short read transaction (a failure to read is a StoreError)."""
         while True:
             self._resize.acquire_shared()
             try:
+                txn = self._begin()
                 try:
-                    txn = self._begin()
-                except lmdb.MapResizedError as exc:
-                    resized: Exception = exc
-                else:
-                    try:
-                        return fn(txn)
-                    finally:
-                        txn.abort()
+                    return fn(txn)
+                finally:
+                    txn.abort()
             except lmdb.MapResizedError as exc:
-                resized = exc
+                resized: Exception = exc
             except lmdb.Error as exc:
                 raise lmdb_failure(self.path, "read", exc) from None
-            except _UNDECODABLE as exc:
-                # Every value is checked as it is read; what escapes that is a damaged key,
-                # index entry or table row.
-                raise StoreCorrupted(
-                    f"the store at {str(self.path)!r} holds data that does not decode ({exc}); "
-                    "restore it from a backup (`foldloop doctor` lists the runs it can read)"
-                ) from None
+            except UNDECODABLE as exc:
+                raise undecodable(self.path, exc) from None
             finally:
                 self._resize.release_shared()
             self._grow(resized)
