@@ -4,17 +4,21 @@
 
 The decision may come from any process that opens the store (``foldloop approve``);
 here host code decides by run and call id.
+
+Its store stays in ``.foldloop-examples/approvals`` (replaced on each run) for the
+``foldloop`` command to read; the last line it prints is the command.
 """
 
 from __future__ import annotations
 
-import logging
-import tempfile
-
-import structlog
+import shlex
+import shutil
+import sys
+from pathlib import Path
 
 import foldloop as fl
 
+STORE = Path(".foldloop-examples/approvals")
 deleted: list[str] = []
 
 
@@ -45,8 +49,8 @@ agent = fl.Agent(
 )
 
 if __name__ == "__main__":
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-    with tempfile.TemporaryDirectory() as tmp, fl.Runtime.open(tmp, agents=[agent]) as rt:
+    shutil.rmtree(STORE, ignore_errors=True)
+    with fl.Runtime.open(STORE, agents=[agent]) as rt:
         run = rt.spawn(agent, "Clean up.")
         parked = run.wait(timeout=60)
         print(parked.status.value, "-", parked.reason)
@@ -63,3 +67,5 @@ if __name__ == "__main__":
         assert deleted == ["/tmp/old.log"]
         assert len(asked) == 2
         assert result.status is fl.RunStatus.COMPLETED
+    print(f"\nthe store stays in {STORE}; list its runs with:")
+    print(" ", shlex.join([sys.executable, "-m", "foldloop.cli", "--store", str(STORE), "runs"]))

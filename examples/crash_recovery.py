@@ -6,12 +6,16 @@ The child process starts a run whose tool ``charge_card`` hangs (as if the proce
 mid-payment). The parent kills it with SIGKILL, opens the same store and calls
 ``recover()``: the log shows the charge was requested but not finished, and because the
 tool is not idempotent it is *not* run again: the model is told the outcome is unknown.
+
+Its store stays in ``.foldloop-examples/crash_recovery`` (replaced on each run) for the
+``foldloop`` command to read; the last line it prints is the command.
 """
 
 from __future__ import annotations
 
-import logging
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import structlog
-
 import foldloop as fl
+
+STORE = Path(".foldloop-examples/crash_recovery")
 
 
 @fl.tool(timeout=60)  # idempotent=False: must never run twice
@@ -50,22 +54,22 @@ def child(store: str) -> None:
 
 
 if __name__ == "__main__":
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     if len(sys.argv) > 1:
         child(sys.argv[1])
         sys.exit(0)
+    shutil.rmtree(STORE, ignore_errors=True)
     with tempfile.TemporaryDirectory() as tmp:
-        store, ledger = Path(tmp) / "store", Path(tmp) / "ledger"
+        ledger = Path(tmp) / "ledger"
         ledger.touch()
         env = {**os.environ, "LEDGER": str(ledger), "HANG": "1"}
-        proc = subprocess.Popen([sys.executable, __file__, str(store)], env=env)
+        proc = subprocess.Popen([sys.executable, __file__, str(STORE)], env=env)
         while not ledger.read_text():  # wait until the card is being charged
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         print("child killed inside charge_card; ledger:", ledger.read_text().strip())
         os.environ["LEDGER"] = str(ledger)
-        with fl.Runtime.open(store, agents=[agent]) as rt:
+        with fl.Runtime.open(STORE, agents=[agent]) as rt:
             for handle in rt.recover():
                 result = handle.wait(timeout=60)
                 print(handle.id, result.status.value, "-", result.output)
@@ -75,3 +79,5 @@ if __name__ == "__main__":
         assert ledger.read_text().count("charged") == 1, "the card was charged twice"
         assert "tool.failed" in kinds
         assert "tool.completed" not in kinds
+    print(f"\nthe store stays in {STORE}; list its runs with:")
+    print(" ", shlex.join([sys.executable, "-m", "foldloop.cli", "--store", str(STORE), "runs"]))

@@ -1,17 +1,22 @@
 """Projections: fold the whole log into metrics, backfilled then live; Prometheus text.
 
 python examples/projections.py
+
+Its store stays in ``.foldloop-examples/projections`` (replaced on each run) for the
+``foldloop`` command to read; the last line it prints is the command.
 """
 
 from __future__ import annotations
 
-import logging
-import tempfile
-
-import structlog
+import shlex
+import shutil
+import sys
+from pathlib import Path
 
 import foldloop as fl
 from foldloop.projections import RunMetrics, prometheus_text
+
+STORE = Path(".foldloop-examples/projections")
 
 
 @fl.tool(idempotent=True)
@@ -41,8 +46,8 @@ class ToolsUsed(fl.Projection[dict[str, int]]):
 
 
 if __name__ == "__main__":
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-    with tempfile.TemporaryDirectory() as tmp, fl.Runtime.open(tmp, agents=[agent]) as rt:
+    shutil.rmtree(STORE, ignore_errors=True)
+    with fl.Runtime.open(STORE, agents=[agent]) as rt:
         for i in range(3):
             rt.spawn(agent, f"sum {i}").wait(timeout=60)
         metrics = rt.attach(RunMetrics())  # backfills the three runs above...
@@ -61,3 +66,5 @@ if __name__ == "__main__":
         assert state.runs_by_status == {"completed": 4}
         assert tools.state == {"add": 4}
         assert seen == ["run.completed"]
+    print(f"\nthe store stays in {STORE}; list its runs with:")
+    print(" ", shlex.join([sys.executable, "-m", "foldloop.cli", "--store", str(STORE), "runs"]))

@@ -1,17 +1,22 @@
 """Tools: schemas from type hints, bad arguments fed back, timeouts, a subprocess tool.
 
 python examples/tools.py
+
+Its store stays in ``.foldloop-examples/tools`` (replaced on each run) for the
+``foldloop`` command to read; the last line it prints is the command.
 """
 
 from __future__ import annotations
 
-import logging
-import tempfile
+import shlex
+import shutil
+import sys
 import time
-
-import structlog
+from pathlib import Path
 
 import foldloop as fl
+
+STORE = Path(".foldloop-examples/tools")
 
 
 @fl.tool(idempotent=True)
@@ -56,9 +61,9 @@ llm = fl.ScriptedLLM(
 agent = fl.Agent(name="tools-example", llm=llm, tools=[add, slow, git_version])
 
 if __name__ == "__main__":
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     print(add.spec.parameters["properties"]["a"])  # the schema the model sees
-    with tempfile.TemporaryDirectory() as tmp, fl.Runtime.open(tmp, agents=[agent]) as rt:
+    shutil.rmtree(STORE, ignore_errors=True)
+    with fl.Runtime.open(STORE, agents=[agent]) as rt:
         run = rt.spawn(agent, "What is 2+3?")
         result = run.wait(timeout=60)
         failures = []
@@ -71,3 +76,5 @@ if __name__ == "__main__":
         assert sorted(failures) == ["invalid_args", "timeout"], failures
         print(result.status.value, result.output)
         assert result.status is fl.RunStatus.COMPLETED
+    print(f"\nthe store stays in {STORE}; list its runs with:")
+    print(" ", shlex.join([sys.executable, "-m", "foldloop.cli", "--store", str(STORE), "runs"]))

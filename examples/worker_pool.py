@@ -5,17 +5,22 @@
 Each worker imports the agent by its path (``worker_pool:agent``: this file, found on the
 host's sys.path) and drives the runs the host hands it; the host waits and reads through
 the log, as for any run another process drives.
+
+Its store stays in ``.foldloop-examples/worker_pool`` (replaced on each run) for the
+``foldloop`` command to read; the last line it prints is the command.
 """
 
 from __future__ import annotations
 
-import logging
-import tempfile
+import shlex
+import shutil
+import sys
 from collections.abc import Sequence
-
-import structlog
+from pathlib import Path
 
 import foldloop as fl
+
+STORE = Path(".foldloop-examples/worker_pool")
 
 
 @fl.tool
@@ -35,14 +40,13 @@ def _reply(messages: Sequence[fl.Message], tools: Sequence[fl.ToolSpec]) -> fl.R
 agent = fl.Agent(name="adder", llm=fl.ScriptedLLM(_reply), tools=[add])
 
 if __name__ == "__main__":
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        fl.WorkerPool(tmp, agents=["worker_pool:agent"], processes=2) as pool,
-    ):
+    shutil.rmtree(STORE, ignore_errors=True)
+    with fl.WorkerPool(STORE, agents=["worker_pool:agent"], processes=2) as pool:
         handles = [pool.spawn("adder", f"{i}+{i}") for i in range(20)]
         results = [h.wait(timeout=60) for h in handles]
         assert all(r.ok for r in results)
         print("outputs:", results[0].output, "...", results[-1].output)
         print("runs per worker:", [w.spawned for w in pool.workers])
         print("runs completed:", len(pool.runtime.runs(status=fl.RunStatus.COMPLETED)))
+    print(f"\nthe store stays in {STORE}; list its runs with:")
+    print(" ", shlex.join([sys.executable, "-m", "foldloop.cli", "--store", str(STORE), "runs"]))
