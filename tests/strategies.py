@@ -19,14 +19,14 @@ small = st.integers(min_value=0, max_value=10_000)
 st.register_type_strategy(str, text)
 # msgpack carries 64-bit integers; NaN never equals itself, so it cannot round-trip by ==.
 st.register_type_strategy(int, st.integers(-(2**63), 2**63 - 1))
-st.register_type_strategy(float, st.floats(allow_nan=False))
-limits = st.builds(
+st.register_type_strategy(float, st.floats(allow_nan=False, allow_infinity=False))  # JSON has neither
+limits = st.builds(  # the values fl.Limits accepts (tests/test_limits.py holds the rules)
     Limits,
-    max_steps=st.none() | st.integers(0, 100),
-    max_tokens=st.none() | small,
-    max_seconds=st.none() | st.floats(0, 1e6, allow_nan=False),
-    max_cost_usd=st.none() | st.floats(0, 1e3, allow_nan=False),
-    no_progress=st.none() | st.integers(0, 10),
+    max_steps=st.none() | st.integers(1, 100),
+    max_tokens=st.none() | st.integers(1, 10_000),
+    max_seconds=st.none() | st.floats(0, 1e6, exclude_min=True),
+    max_cost_usd=st.none() | st.floats(0, 1e3, exclude_min=True),
+    no_progress=st.none() | st.integers(2, 10),
 )
 usage = st.builds(
     Usage,

@@ -234,15 +234,15 @@ def test_20_an_unknown_tool_is_told_to_the_model_not_raised(tmp_path: Path) -> N
 
 # 26
 def test_26_a_run_holding_a_newer_event_type_reads_but_does_not_resume(tmp_path: Path) -> None:
-    agent = fl.Agent(
+    agent = fl.Agent(  # one step (a call to a tool it lacks), then its step ceiling
         name="newer",
-        llm=fl.ScriptedLLM([fl.Reply(text="a")]),
-        limits=fl.Limits(max_steps=0),
+        llm=fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("nope", {})])]),
+        limits=fl.Limits(max_steps=1),
     )
     with fl.Runtime.open(tmp_path / "store", agents=[agent]) as rt:
         run = rt.spawn(agent, "go")
         assert run.wait(timeout=30).status is fl.RunStatus.LIMIT_REACHED
-        raw = msgspec.msgpack.encode({"type": "tool.stream_chunk", "call_id": "c", "chunk": "x"})
+        raw = msgspec.msgpack.encode(["tool.stream_chunk", "c", "x"])  # positional, as stored
         head = rt.store.head(run.id)
         # what a newer writer leaves: a record whose payload has a tag this version lacks
         # (the event object only supplies the frame's schema version)

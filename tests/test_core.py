@@ -16,6 +16,7 @@ from foldloop.core import (
     INITIAL,
     ApprovalTicket,
     CallModel,
+    CallState,
     Cancel,
     DecideApproval,
     Decision,
@@ -36,6 +37,8 @@ from foldloop.core import (
     fold_events,
     replay,
 )
+from foldloop.core.evolve import Draft
+from foldloop.core.messages import History, Message
 from foldloop.errors import NondeterminismError
 from foldloop.events import (
     ApprovalDecided,
@@ -48,6 +51,8 @@ from foldloop.events import (
     ModelToolCall,
     Recorded,
     RunCompleted,
+    RunFailed,
+    RunResumed,
     RunStarted,
     ToolCompleted,
     ToolFailed,
@@ -55,6 +60,7 @@ from foldloop.events import (
     ToolRequested,
     Usage,
 )
+from foldloop.events.catalogue import RunFailureKind
 from tests.strategies import any_event
 
 TOOLS = (
@@ -684,3 +690,86 @@ def test_a_history_digest_asked_at_any_point_is_the_digest_of_all_its_messages(
     assert msgspec.msgpack.encode(fresh) == msgspec.msgpack.encode(history)
     # A memo claiming more messages than there are (a damaged snapshot) is not believed.
     assert History(history.chunks).remember(count + 1, "bogus").digest == history.digest
+
+
+@settings(max_examples=200)
+@given(step_shaped_logs())
+def test_a_draft_builds_back_the_state_it_was_made_of(events: list[Any]) -> None:
+    """The fold and decide thaw a state into a Draft and build it back: nothing changes."""
+    for state in itertools.accumulate(records(events), evolve, initial=INITIAL):
+        assert Draft(state).state() == state
+
+
+def test_a_draft_builds_back_every_field_in_its_place() -> None:
+    state = RunState(
+        run_id="r",
+        seq=2,
+        started=True,
+        agent="a",
+        input="i",
+        instructions="s",
+        limits=Limits(max_steps=3),
+        tools=TOOLS,
+        tools_digest="d",
+        status=RunStatus.FAILED,
+        reason="why",
+        output="o",
+        steps=4,
+        usage=Usage(input_tokens=5, output_tokens=6, cost_usd=7.0),
+        model_pending=8,
+        model_failures=9,
+        calls=(
+            CallState(
+                call_id="c",
+                tool="t",
+                args="{}",
+                status="failed",
+                result="r",
+                kind="timeout",
+                original_chars=10,
+            ),
+        ),
+        invalid_args_in_step=11,
+        repeat_sig=("t", "{}", "failed", "r"),
+        repeat_count=12,
+        active_since=13,
+        active_before_ns=14,
+        last_at=15,
+        unknown_events=16,
+        history=History(((Message(role="user", content="hi"),),)),
+        failure=RunFailureKind.MODEL,
+    )
+    assert Draft(state).state() == state
+
+
+def test_a_failed_run_is_resumable_by_its_failure_kind_not_its_wording() -> None:
+    started = RunStarted(agent="a", input="go")
+    model = fold(records([started, RunFailed(kind="model", error="timed out")]))
+    assert model.failure is RunFailureKind.MODEL
+    assert model.resumable and not model.terminal
+    for kind in ("invalid_args", "error", "modelling_went_wrong"):
+        state = fold(records([started, RunFailed(kind=kind, error="model call failed")]))
+        assert state.status is RunStatus.FAILED and state.failure is not RunFailureKind.MODEL
+        assert not state.resumable and state.terminal, kind
+    resumed = fold(records([started, RunFailed(kind="model", error="x"), RunResumed(owner="o")]))
+    assert resumed.status is RunStatus.RUNNING and resumed.failure is None
+
+
+def test_a_cut_result_or_error_is_told_with_its_length() -> None:
+    d = Driver()
+    d.start()
+    d.reply([("add", "{}"), ("send", "{}")])
+    first, second = (c.call_id for c in d.state.calls)
+    d.send(ToolFinished(now=d.now(), call_id=first, ok=True, result="abc", original_chars=10))
+    d.send(
+        ToolFinished(
+            now=d.now(), call_id=second, ok=False, result="boo", kind="exception", original_chars=7
+        )
+    )
+    told = [m.content for m in d.state.messages if m.role == "tool"]
+    assert told == [
+        "abc\n[cut: the tool returned 10 characters; only the first 3 are shown, 7 were left out]",
+        "error (exception): boo\n[cut: the tool returned 7 characters; only the first 3 are "
+        "shown, 4 were left out]",
+    ]
+    assert replay(d.log) == fold(d.log)  # the lengths are recorded and replay

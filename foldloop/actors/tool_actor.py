@@ -110,6 +110,7 @@ def outcome_command(call_id: str, outcome: ToolOutcome, now: int) -> ToolFinishe
         result=outcome.text,
         kind=outcome.kind,
         duration_ms=round(outcome.duration_ms, 3),
+        original_chars=outcome.original_chars,
     )
 
 
@@ -132,7 +133,16 @@ class ToolRunner:
             log.exception("tool_dispatch_failed", tool=self.tool.name, run_id=call.run_id)
 
     def finished(self, call_id: str, outcome: ToolOutcome) -> ToolFinished:
-        """The command that reports a call's own outcome."""
+        """The command that reports a call's own outcome, cut to the tool's bound."""
+        outcome = self.tool.bounded(outcome)
+        if outcome.original_chars is not None:
+            log.warning(
+                "tool_result_cut",
+                tool=self.tool.name,
+                call_id=call_id,
+                kept=len(outcome.text),
+                original=outcome.original_chars,
+            )
         return outcome_command(call_id, outcome, self.clock())
 
     def timed_out(self, run_id: str, call_id: str, started: float) -> ToolFinished:

@@ -101,6 +101,8 @@ class ToolFinished(Command, frozen=True):
     result: str
     kind: str = ""
     duration_ms: float = 0.0
+    original_chars: int | None = None
+    """Set when ``result`` was cut: the length of the whole result."""
 
 
 class Cancel(Command, frozen=True):

@@ -2,8 +2,8 @@
 
 The decider pattern: a command meets the current state and yields the events that record
 what happened plus the effects to start once they are stored. Decisions are built by
-emitting events one at a time and evolving a local copy of the state with the same
-``apply`` the fold uses, so the state after a decision is, by construction, the fold of
+emitting events one at a time and folding them into a draft of the state with the same
+rules the fold uses, so the state after a decision is, by construction, the fold of
 the log with the decision's events appended.
 
 Limits are checked before every action: before each model call (steps, tokens, cost,
@@ -35,7 +35,7 @@ from foldloop.core.effects import (
     Settle,
     ToolRun,
 )
-from foldloop.core.evolve import all_finished, apply
+from foldloop.core.evolve import Draft, all_finished
 from foldloop.core.messages import prompt_digest
 from foldloop.core.state import CallState, RunState, RunStatus
 from foldloop.events.catalogue import (
@@ -49,6 +49,7 @@ from foldloop.events.catalogue import (
     RunCancelled,
     RunCompleted,
     RunFailed,
+    RunFailureKind,
     RunLimitReached,
     RunNoProgress,
     RunResumed,
@@ -77,18 +78,31 @@ def retry_delay(attempt: int) -> float:
 
 
 class _Builder:
-    """Accumulates one decision: events (evolved into a local state as they are emitted)."""
+    """Accumulates one decision: events (folded into a draft of the state as they are
+    emitted; the state is built from the draft when next asked for)."""
 
     def __init__(self, state: RunState, now: int) -> None:
-        self.state = state
+        self._state: RunState | None = state
+        self._draft: Draft | None = None
         self.now = now
         self.events: list[KnownEvent] = []
         self.effects: list[Effect] = []
         self.durable = False
 
+    @property
+    def state(self) -> RunState:
+        """The state after the events emitted so far."""
+        if self._state is None:
+            assert self._draft is not None  # an event was emitted since the last build
+            self._state = self._draft.state()
+        return self._state
+
     def emit(self, event: KnownEvent) -> None:
         self.events.append(event)
-        self.state = apply(self.state, event, self.now)
+        if self._draft is None:
+            self._draft = Draft(self.state)
+        self._draft.take(((event, self.now),))
+        self._state = None
 
     def settle(self) -> None:
         self.effects.append(Settle())
@@ -219,7 +233,7 @@ class _Builder:
             last = next(c for c in reversed(s.calls) if c.kind == "invalid_args")
             self.emit(
                 RunFailed(
-                    kind="invalid_args",
+                    kind=RunFailureKind.INVALID_ARGS,
                     error=(
                         f"the model sent invalid tool arguments {s.invalid_args_in_step} times "
                         f"in step {s.steps} (last: {last.tool}: {last.result}); improve the tool "
@@ -320,7 +334,7 @@ def decide(state: RunState, command: Command) -> Decision:
                 why = f"gave up after {attempts} attempts" if command.retryable else "not retryable"
                 b.emit(
                     RunFailed(
-                        kind="model",
+                        kind=RunFailureKind.MODEL,
                         error=(
                             f"model call for step {command.step} failed ({why}): {command.error}; "
                             "fix the cause, then rt.resume(run_id)"
@@ -364,11 +378,21 @@ def _tool_finished(b: _Builder, state: RunState, command: ToolFinished) -> None:
     if command.ok:
         b.emit(
             ToolCompleted(
-                call_id=command.call_id, result=command.result, duration_ms=command.duration_ms
+                call_id=command.call_id,
+                result=command.result,
+                duration_ms=command.duration_ms,
+                original_chars=command.original_chars,
             )
         )
     else:
-        b.emit(ToolFailed(call_id=command.call_id, error=command.result, kind=_kind(command.kind)))
+        b.emit(
+            ToolFailed(
+                call_id=command.call_id,
+                error=command.result,
+                kind=_kind(command.kind),
+                original_chars=command.original_chars,
+            )
+        )
     if b.state.status is RunStatus.RUNNING and all_finished(b.state.calls):
         b.after_step()
     elif b.state.status is RunStatus.AWAITING_APPROVAL and state.status is RunStatus.RUNNING:

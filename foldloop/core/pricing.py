@@ -8,20 +8,36 @@ the fold and replays never depend on this table.
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Literal
+import math
+from typing import Literal, get_args
 
 import msgspec
 
+from foldloop.errors import ConfigError
 from foldloop.events.values import Usage
 
 __all__ = ["DEFAULT_PRICING", "ModelPrice", "Pricing", "StalePolicy"]
 
 
 class ModelPrice(msgspec.Struct, frozen=True):
-    """US dollars per million input and output tokens."""
+    """US dollars per million input and output tokens (finite, 0 or more)."""
 
     input_per_mtok: float
     output_per_mtok: float
+
+    def __post_init__(self) -> None:
+        for name in ("input_per_mtok", "output_per_mtok"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ConfigError(
+                    f"ModelPrice({name}={value!r}): {name} must be a finite number of "
+                    "US dollars per million tokens, 0 or more"
+                )
 
 
 StalePolicy = Literal["warn", "tokens_only", "refuse"]
@@ -39,6 +55,31 @@ class Pricing(msgspec.Struct, frozen=True, kw_only=True):
     prices: dict[str, ModelPrice] = {}
     max_age_days: int = 90
     stale: StalePolicy = "warn"
+
+    def __post_init__(self) -> None:
+        try:
+            _dt.date.fromisoformat(self.as_of)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"fl.Pricing(as_of={self.as_of!r}): as_of must be an ISO date, e.g. '2026-11-01'"
+            ) from None
+        if not isinstance(self.prices, dict) or not all(
+            isinstance(k, str) and isinstance(v, ModelPrice) for k, v in self.prices.items()
+        ):
+            raise ConfigError(
+                "fl.Pricing(prices=...): prices must map model names to ModelPrice(input, output) "
+                "(foldloop.core.ModelPrice)"
+            )
+        days = self.max_age_days
+        if isinstance(days, bool) or not isinstance(days, int) or days < 0:
+            raise ConfigError(
+                f"fl.Pricing(max_age_days={days!r}): max_age_days must be a whole number >= 0"
+            )
+        if self.stale not in get_args(StalePolicy):
+            raise ConfigError(
+                f"fl.Pricing(stale={self.stale!r}): stale must be one of "
+                f"{', '.join(map(repr, get_args(StalePolicy)))}"
+            )
 
     def cost(self, model: str, input_tokens: int, output_tokens: int) -> float:
         """Dollars for one call; unknown models cost 0 (token ceilings still apply)."""

@@ -138,10 +138,16 @@ def command_for(
                 ok=True,
                 result=event.result,
                 duration_ms=event.duration_ms,
+                original_chars=event.original_chars,
             )
         case ToolFailed():
             return ToolFinished(
-                now=now, call_id=event.call_id, ok=False, result=event.error, kind=event.kind
+                now=now,
+                call_id=event.call_id,
+                ok=False,
+                result=event.error,
+                kind=event.kind,
+                original_chars=event.original_chars,
             )
         case RunCancelled():
             return Cancel(now=now, reason=event.reason)

@@ -19,6 +19,7 @@ import msgspec
 
 from foldloop.core.messages import CHUNK, Chunks, History, Message
 from foldloop.core.state import RunState
+from foldloop.events.values import as_recorded
 
 __all__ = ["decode_chunk", "encode_chunk", "full_chunks", "restore_state", "split_state"]
 
@@ -76,7 +77,8 @@ def decode_chunk(raw: bytes) -> tuple[Message, ...]:
 
 def restore_state(blob: bytes, chunks: Sequence[bytes]) -> RunState:
     """The state ``split_state`` stored, its full chunks put back in front."""
-    stored = _STATE.decode(blob)
+    with as_recorded():  # the limits of a run recorded before a check on them read back
+        stored = _STATE.decode(blob)
     state = stored.state
     head = tuple(decode_chunk(raw) for raw in chunks)
     history = History(head + state.history.chunks).remember(stored.digested, stored.digest)

@@ -8,11 +8,12 @@ from typing import Literal
 import msgspec
 
 from foldloop.core.messages import History, Message, flatten
+from foldloop.events.catalogue import RunFailureKind
 from foldloop.events.values import Limits, ToolInfo, Usage
 
 __all__ = ["CallSignature", "CallState", "CallStatus", "RunState", "RunStatus", "STATE_VERSION"]
 
-STATE_VERSION = 6
+STATE_VERSION = 7
 """Bumped whenever RunState's shape changes, so older snapshots are ignored, not misread."""
 
 
@@ -30,12 +31,13 @@ class RunStatus(StrEnum):
 
 
 CallSignature = tuple[str, str, str, str]
-"""(tool, args, status, result) of a finished call: see ``core.evolve.call_signature``."""
+"""(tool, args, status, result) of a finished call: two calls in a row with the same one
+make no progress."""
 
 CallStatus = Literal["proposed", "requested", "awaiting_approval", "expired", "completed", "failed"]
 
 
-class CallState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+class CallState(msgspec.Struct, frozen=True, gc=False):
     """One tool call of the current step."""
 
     call_id: str
@@ -44,6 +46,8 @@ class CallState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     status: CallStatus = "proposed"
     result: str = ""
     kind: str = ""
+    original_chars: int | None = None
+    """Set when the result was cut: how long it was (``tool.completed``'s field)."""
 
     @property
     def finished(self) -> bool:
@@ -51,7 +55,7 @@ class CallState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         return self.status in ("completed", "failed")
 
 
-class RunState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+class RunState(msgspec.Struct, frozen=True, gc=False):
     """The fold of a run's events."""
 
     run_id: str = ""
@@ -80,6 +84,8 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     last_at: int = 0
     unknown_events: int = 0
     history: History = History()
+    failure: RunFailureKind | None = None
+    """Why a failed run failed (``run.failed``'s kind); None unless the status is failed."""
 
     @property
     def messages(self) -> tuple[Message, ...]:
@@ -102,7 +108,7 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     def resumable(self) -> bool:
         """``Runtime.resume`` can continue this run (perhaps with extended limits)."""
         if self.status is RunStatus.FAILED:
-            return self.reason.startswith("model")
+            return self.failure is RunFailureKind.MODEL
         return self.status in (
             RunStatus.RUNNING,
             RunStatus.LIMIT_REACHED,

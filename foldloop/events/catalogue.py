@@ -16,6 +16,7 @@ there, not in someone's log. JSON views (export, ``foldloop show``) name every f
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import ClassVar, Literal
 
 import msgspec
@@ -34,6 +35,7 @@ __all__ = [
     "RunCancelled",
     "RunCompleted",
     "RunFailed",
+    "RunFailureKind",
     "RunLimitReached",
     "RunNoProgress",
     "RunResumed",
@@ -45,6 +47,17 @@ __all__ = [
 ]
 
 ToolFailureKind = Literal["exception", "timeout", "invalid_args", "interrupted", "denied"]
+
+
+class RunFailureKind(StrEnum):
+    """Why a run failed (``run.failed``'s ``kind``); only a model failure can be resumed."""
+
+    MODEL = "model"
+    """The model call failed past its retries: resumable once the cause is fixed."""
+    INVALID_ARGS = "invalid_args"
+    """The model sent invalid tool arguments too often in one step."""
+    ERROR = "error"
+    """Anything else (and any kind this version does not know)."""
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", array_like=True, gc=False):
@@ -108,19 +121,25 @@ class ToolRequested(Event, tag="tool.requested", frozen=True):
 
 
 class ToolCompleted(Event, tag="tool.completed", frozen=True):
-    """A tool call returned ``result`` (JSON text, or the string the tool returned)."""
+    """A tool call returned ``result`` (JSON text, or the string the tool returned).
+
+    ``original_chars`` is set when the result was cut to the tool's ``max_result_chars``:
+    ``result`` holds the first characters, and the model is told how many were left out."""
 
     call_id: str
     result: str
     duration_ms: float = 0.0
+    original_chars: int | None = None
 
 
 class ToolFailed(Event, tag="tool.failed", frozen=True):
-    """A tool call ended without a result; ``kind`` says how."""
+    """A tool call ended without a result; ``kind`` says how. ``original_chars``: as in
+    ``tool.completed``, for an error cut to the tool's ``max_result_chars``."""
 
     call_id: str
     error: str
     kind: ToolFailureKind = "exception"
+    original_chars: int | None = None
 
 
 class ApprovalRequested(Event, tag="approval.requested", frozen=True):
@@ -170,7 +189,8 @@ class RunCompleted(Event, tag="run.completed", frozen=True):
 
 
 class RunFailed(Event, tag="run.failed", frozen=True):
-    """The run cannot go on; ``kind`` classifies why."""
+    """The run cannot go on; ``kind`` classifies why (a ``RunFailureKind``, kept a ``str``
+    so that a kind from a newer writer still decodes)."""
 
     error: str
     kind: str = "error"

@@ -2,20 +2,55 @@
 
 They are frozen msgspec Structs with only encodable fields, so an event that holds one
 stays hashable and round-trips through the codec unchanged.
+
+``Limits`` checks its values when it is built, by host code or by a decoder: msgspec runs
+``__post_init__`` on decode too. A record written before a check existed must stay
+readable, so decoders retry a refused record inside ``as_recorded()``, where values are
+taken as the log holds them.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import msgspec
+
+from foldloop.errors import ConfigError
 
 __all__ = [
     "DEFAULT_MAX_STEPS",
     "DEFAULT_NO_PROGRESS",
+    "LIMIT_RULES",
+    "MAX_INT",
     "Limits",
     "ModelToolCall",
     "ToolInfo",
     "Usage",
+    "as_recorded",
 ]
+
+_AS_RECORDED: ContextVar[bool] = ContextVar("foldloop_as_recorded", default=False)
+
+MAX_INT = 2**63 - 1
+"""The largest whole number the log can store (msgpack's signed 64-bit integers)."""
+
+
+@contextmanager
+def as_recorded() -> Iterator[None]:
+    """Build values as a log recorded them: checks added since are skipped (this thread only).
+
+    For decoders only: a run recorded by an older foldloop, with a limit today's checks
+    refuse (``max_steps=0``), reads back as it was instead of being lost.
+    """
+    token = _AS_RECORDED.set(True)
+    try:
+        yield
+    finally:
+        _AS_RECORDED.reset(token)
+
 
 DEFAULT_MAX_STEPS = 25
 """Model calls a run may make when its limits leave ``max_steps`` unset: a runaway loop ends."""
@@ -23,13 +58,50 @@ DEFAULT_MAX_STEPS = 25
 DEFAULT_NO_PROGRESS = 3
 """Identical (tool, args, result) repetitions in a row that stop a run as making no progress."""
 
+_UNSET = {
+    "max_steps": f"the default ({DEFAULT_MAX_STEPS})",
+    "max_tokens": "no ceiling",
+    "max_seconds": "no ceiling",
+    "max_cost_usd": "no ceiling",
+    "no_progress": f"the default ({DEFAULT_NO_PROGRESS})",
+}
+
+
+Rule = tuple[str, Callable[[object], bool]]
+"""What a value must be, in words, and the test of it."""
+
+
+def _whole(least: int) -> Rule:
+    def ok(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and least <= value <= MAX_INT
+
+    return f"a whole number >= {least}", ok
+
+
+def _positive(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and value > 0
+
+
+LIMIT_RULES: dict[str, Rule] = {
+    "max_steps": _whole(1),
+    "max_tokens": _whole(1),
+    "max_seconds": ("a finite number of seconds > 0", _positive),
+    "max_cost_usd": ("a finite number of US dollars > 0", _positive),
+    "no_progress": _whole(2),
+}
+"""Each field of ``Limits``: what it must be (besides None), and the test of it."""
+
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """Ceilings checked before every action of a run.
 
     ``None`` means "not set": ``max_steps`` then defaults to 25 and ``no_progress`` to 3,
-    the other ceilings are unlimited. ``Runtime.resume(extend=Limits(...))`` raises each
-    ceiling that the extension sets.
+    the other ceilings are unlimited. ``max_steps``, ``max_tokens`` and ``no_progress`` are
+    whole numbers (``no_progress`` at least 2: the same call twice running), seconds and
+    dollars finite and above 0; anything else raises ``ConfigError`` naming the field.
+    ``Runtime.resume(extend=Limits(...))`` raises each ceiling that the extension sets.
     """
 
     max_steps: int | None = None
@@ -37,6 +109,17 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=F
     max_seconds: float | None = None
     max_cost_usd: float | None = None
     no_progress: int | None = None
+
+    def __post_init__(self) -> None:
+        if _AS_RECORDED.get():
+            return
+        for name, (allowed, ok) in LIMIT_RULES.items():
+            value = getattr(self, name)
+            if value is not None and not ok(value):
+                raise ConfigError(
+                    f"fl.Limits({name}={value!r}): {name} must be {allowed}, or None for "
+                    f"{_UNSET[name]}"
+                )
 
     @property
     def steps_ceiling(self) -> int:
@@ -61,13 +144,14 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=F
         steps = pick(self.max_steps, ext.max_steps)
         tokens = pick(self.max_tokens, ext.max_tokens)
         window = pick(self.no_progress, ext.no_progress)
-        return Limits(
-            max_steps=None if steps is None else int(steps),
-            max_tokens=None if tokens is None else int(tokens),
-            max_seconds=pick(self.max_seconds, ext.max_seconds),
-            max_cost_usd=pick(self.max_cost_usd, ext.max_cost_usd),
-            no_progress=None if window is None else int(window),
-        )
+        with as_recorded():  # both were checked when built (or are a log's, kept as they are)
+            return Limits(
+                max_steps=None if steps is None else int(steps),
+                max_tokens=None if tokens is None else int(tokens),
+                max_seconds=pick(self.max_seconds, ext.max_seconds),
+                max_cost_usd=pick(self.max_cost_usd, ext.max_cost_usd),
+                no_progress=None if window is None else int(window),
+            )
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=False):

@@ -2,6 +2,8 @@
 
 Tools are ``idempotent=False`` unless they say otherwise: after a crash, foldloop never
 runs a non-idempotent call twice; it tells the model the outcome is unknown instead.
+A result longer than the tool's ``max_result_chars`` is cut (``Tool.bounded``); the event
+records how long it was and the model is told.
 """
 
 from __future__ import annotations
@@ -24,36 +26,42 @@ from foldloop.events.values import ToolInfo
 from foldloop.tools.command import run_command
 from foldloop.tools.schema import ArgSchema, build_arg_schema, parse_docstring
 
-__all__ = ["DEFAULT_TIMEOUT", "Tool", "ToolOutcome", "tool", "tools_digest"]
+__all__ = [
+    "DEFAULT_MAX_RESULT_CHARS",
+    "DEFAULT_TIMEOUT",
+    "MAX_RESULT_BYTES",
+    "Tool",
+    "ToolOutcome",
+    "tool",
+    "tools_digest",
+]
 
 DEFAULT_TIMEOUT = 120.0
+DEFAULT_MAX_RESULT_CHARS = 256 * 1024
+"""Characters of a tool's result (or error) kept unless it sets ``max_result_chars``."""
+MAX_RESULT_BYTES = 1_000_000
+"""What a result may take in the log (UTF-8): under the store's 1 MiB an event, with room
+for its other fields. A result of wide characters is cut to this too."""
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _JSON = msgspec.json.Encoder(order="sorted")
 
 
 class ToolOutcome(msgspec.Struct, frozen=True):
-    """What one invocation produced: ok with text, or a failure kind and message."""
+    """What one invocation produced: ok with text, or a failure kind and message.
+
+    ``original_chars`` is set once ``text`` was cut (``Tool.bounded``): how long it was."""
 
     ok: bool
     text: str
     kind: str = ""
     duration_ms: float = 0.0
-
-
-MAX_RESULT_CHARS = 256 * 1024
-"""Longer tool results are cut (with a note saying so): the log is not a blob store."""
-
-
-def _clean(text: str) -> str:
-    """A result the log can hold: capped at MAX_RESULT_CHARS, lone surrogates replaced."""
-    if len(text) > MAX_RESULT_CHARS:
-        cut = len(text) - MAX_RESULT_CHARS
-        text = text[:MAX_RESULT_CHARS] + f"\n[truncated: {cut} more characters]"
-    return storable_text(text)
+    original_chars: int | None = None
 
 
 class Tool:
     """A function the model may call, with its argument schema and execution policy."""
+
+    max_result_chars: int = DEFAULT_MAX_RESULT_CHARS
 
     def __init__(
         self,
@@ -65,6 +73,7 @@ class Tool:
         idempotent: bool = False,
         concurrency: int = 8,
         subprocess: bool = False,
+        max_result_chars: int = DEFAULT_MAX_RESULT_CHARS,
     ) -> None:
         tool_name = name or fn.__name__
         self._module = fn.__module__
@@ -97,6 +106,16 @@ class Tool:
             raise ConfigError(
                 f"tool {tool_name!r}: concurrency must be an int >= 1; got {concurrency!r}"
             )
+        if (
+            not isinstance(max_result_chars, int)
+            or isinstance(max_result_chars, bool)
+            or not 1 <= max_result_chars <= MAX_RESULT_BYTES
+        ):
+            raise ConfigError(
+                f"tool {tool_name!r}: max_result_chars must be a whole number from 1 to "
+                f"{MAX_RESULT_BYTES:,} (what the log holds of one result); got {max_result_chars!r}"
+            )
+        self.max_result_chars = max_result_chars
         doc, param_docs = parse_docstring(fn.__doc__)
         self.fn = fn
         self.name = tool_name
@@ -120,6 +139,20 @@ class Tool:
 
     def __repr__(self) -> str:
         return f"Tool({self.name!r}, idempotent={self.idempotent}, timeout={self.timeout})"
+
+    def bounded(self, outcome: ToolOutcome) -> ToolOutcome:
+        """``outcome`` with its text cut to ``max_result_chars`` characters (and to
+        ``MAX_RESULT_BYTES`` of UTF-8), ``original_chars`` saying how long it was; as it is
+        when it fits. Lone surrogates are replaced either way (the log cannot hold them)."""
+        text = outcome.text
+        kept = storable_text(text[: self.max_result_chars])
+        if not kept.isascii():
+            raw = kept.encode()
+            if len(raw) > MAX_RESULT_BYTES:
+                kept = raw[:MAX_RESULT_BYTES].decode("utf-8", "ignore")
+        if len(kept) < len(text):
+            return msgspec.structs.replace(outcome, text=kept, original_chars=len(text))
+        return outcome if kept is text else msgspec.structs.replace(outcome, text=kept)
 
     def validate(self, args: str) -> msgspec.Struct:
         """Decode the model's argument text; raises msgspec errors with a JSON path."""
@@ -174,7 +207,8 @@ class Tool:
             value = self.fn(**kwargs)
         except Exception as exc:
             ms = (time.perf_counter() - start) * 1000
-            return ToolOutcome(False, _clean(f"{type(exc).__name__}: {exc}"), "exception", ms)
+            why = storable_text(f"{type(exc).__name__}: {exc}")
+            return ToolOutcome(False, why, "exception", ms)
         except BaseException as exc:  # SystemExit / KeyboardInterrupt must not kill actors
             ms = (time.perf_counter() - start) * 1000
             return ToolOutcome(
@@ -182,9 +216,9 @@ class Tool:
             )
         ms = (time.perf_counter() - start) * 1000
         if isinstance(value, str):
-            return ToolOutcome(True, _clean(value), "", ms)
+            return ToolOutcome(True, storable_text(value), "", ms)
         try:
-            return ToolOutcome(True, _clean(_JSON.encode(value).decode()), "", ms)
+            return ToolOutcome(True, storable_text(_JSON.encode(value).decode()), "", ms)
         except (TypeError, msgspec.EncodeError, UnicodeEncodeError) as exc:
             return ToolOutcome(
                 False,
@@ -208,6 +242,7 @@ def tool(
     idempotent: bool = False,
     concurrency: int = 8,
     subprocess: bool = False,
+    max_result_chars: int = DEFAULT_MAX_RESULT_CHARS,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -221,11 +256,15 @@ def tool(
     idempotent: bool = False,
     concurrency: int = 8,
     subprocess: bool = False,
+    max_result_chars: int = DEFAULT_MAX_RESULT_CHARS,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Make ``fn`` a tool: ``@fl.tool`` or ``@fl.tool(timeout=30, idempotent=True)``.
 
     ``subprocess=True`` runs each call in a child process, killed with its whole process
     group at the timeout (for tools that may hang in code that cannot be interrupted).
+    ``max_result_chars`` (default 262,144) is how much of a result, or of an error, the
+    run keeps and the model reads; a longer one is cut, the cut recorded in the event,
+    told to the model and logged (``tool_result_cut``, a warning).
     """
 
     def wrap(f: Callable[..., Any]) -> Tool:
@@ -237,6 +276,7 @@ def tool(
             idempotent=idempotent,
             concurrency=concurrency,
             subprocess=subprocess,
+            max_result_chars=max_result_chars,
         )
 
     return wrap(fn) if fn is not None else wrap
