@@ -201,11 +201,11 @@ def bench_disk() -> None:
             with fl.Runtime.open(path) as rt:
                 rt.spawn(agent(2, "warm"), "go").wait(timeout=60)
                 other0 = _other_pages(rt.store)
-                skip = rt.store.read_txn(lambda txn: txn.stat(rt.store._log)["entries"])
+                skip = rt.store.read_txn(lambda txn: txn.stat(rt.store.tables.log)["entries"])
                 for _ in range(runs):  # one after another, as bench_footprint runs them
                     assert rt.spawn(agent(steps), "go").wait(timeout=600).ok
                 values = rt.store.read_txn(
-                    lambda txn: [bytes(v) for _k, v in txn.cursor(db=rt.store._log)]
+                    lambda txn: [bytes(v) for _k, v in txn.cursor(db=rt.store.tables.log)]
                 )[skip:]
                 other = (_other_pages(rt.store) - other0) / (runs * steps)
         events = sum(len(raw) for v in values for raw in decode_stored(v[20:]).events)
@@ -241,7 +241,7 @@ def bench_fold(reps: int = 5) -> None:
         def bare_in_place() -> int:
             def walk(txn: Any) -> int:
                 count = 0
-                for _key, value in txn.cursor(db=store._log):
+                for _key, value in txn.cursor(db=store.tables.log):
                     open_fast(value)  # checksum, then envelope and event in one pass
                     count += 1
                 return count

@@ -47,6 +47,7 @@ from foldloop.events import (
     decode_event,
     encode_event,
 )
+from foldloop.store import append_events
 from foldloop.store.framing import decode_stored, unseal
 
 STEPS = 20
@@ -350,9 +351,8 @@ def bench_fold(quick: bool) -> None:
 def _synthetic_run(store: Any, events: int) -> str:
     """Append one valid run of about ``events`` events (20-step-run shapes), 4,000 at a time."""
     run_id = "synthetic"
-    seq = len(
-        store.append(run_id, [fl.events.RunStarted(agent="a", input="go")], expected_seq=0, at=1)
-    )
+    started = fl.events.RunStarted(agent="a", input="go")
+    seq = len(append_events(store, run_id, [started], expected_seq=0, at=1))
     step = 0
     while seq < events - 1:
         batch: list[Any] = []
@@ -367,7 +367,7 @@ def _synthetic_run(store: Any, events: int) -> str:
                 ToolRequested(call_id=call, tool="note", args='{"i":1}', step=step),
                 ToolCompleted(call_id=call, result=f"noted {step}"),
             ]
-        seq += len(store.append(run_id, batch, expected_seq=seq, at=1))
+        seq += len(append_events(store, run_id, batch, expected_seq=seq, at=1))
     return run_id
 
 
@@ -378,7 +378,7 @@ def bare_decode(store: Any) -> int:
 
     def walk(txn: Any) -> int:
         count = 0
-        for _key, value in txn.cursor(db=store._log):
+        for _key, value in txn.cursor(db=store.tables.log):
             _prev, body = unseal(value)
             for raw in decode_stored(body).events:
                 decode_event(bytes(raw))

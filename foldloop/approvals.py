@@ -26,13 +26,12 @@ from foldloop.events.catalogue import (
     ApprovalRequested,
     KnownEvent,
 )
-from foldloop.store.approvals import ApprovalRecord
-from foldloop.store.lmdb_store import WriteTxn
+from foldloop.store.approvals import ApprovalChanges, ApprovalRecord
 
 __all__ = [
     "PendingApproval",
     "RequireApproval",
-    "approval_writes",
+    "approval_changes",
     "issue_tickets",
     "new_token",
     "token_digest",
@@ -130,10 +129,10 @@ def issue_tickets(
 _GATE_EVENTS = (ApprovalRequested, ApprovalDecided, ApprovalExpired)
 
 
-def approval_writes(
+def approval_changes(
     run_id: str, state: RunState, events: Iterable[KnownEvent], at: int, first_seq: int = 0
-) -> Callable[[WriteTxn], None] | None:
-    """The approvals-table writes that go with a decision's events, in the same transaction:
+) -> ApprovalChanges | None:
+    """The approvals-table changes that go with a decision's events, in the same append:
     new requests become pending records, applied decisions are marked applied (with the
     seq of their approval.decided, when ``first_seq``, the seq of the first event, is known).
     """
@@ -168,11 +167,5 @@ def approval_writes(
             applied.append((event.call_id, first_seq + offset if first_seq else 0))
     if not requests and not applied:
         return None
+    return ApprovalChanges(requests=tuple(requests), applied=tuple(applied))
 
-    def write(w: WriteTxn) -> None:
-        for record in requests:
-            w.put_approval(record)
-        for call_id, seq in applied:
-            w.mark_applied(run_id, call_id, seq)
-
-    return write

@@ -3,7 +3,9 @@
 Used by the two-process tests of the store (test_store_processes.py): each line is a JSON
 list ``[op, *args]``; each answer is one JSON line ``{"ok": value}`` or ``{"error": name}``
 (the FoldloopError class refusing the op). The owner id given on the command line is held
-with an OwnerLock, so other processes see this one alive until it exits or is killed.
+(``hold_owner``), so other processes see this one alive until it exits or is killed. Ops
+the store port has go through it; the others (a write that refuses itself part-way, a
+bare approval record) through LMDB write transactions.
 
     python tests/store_worker.py STORE OWNER
 """
@@ -19,7 +21,7 @@ import msgspec
 
 from foldloop.errors import ConfigError, FoldloopError
 from foldloop.events import ToolCompleted
-from foldloop.store import Lease, OwnerLock, WriteTxn, encode_all, open_store
+from foldloop.store import Lease, WriteTxn, encode_all, open_store
 from foldloop.store.approvals import ApprovalRecord
 
 
@@ -43,26 +45,18 @@ def _record(run_id: str, call_id: str) -> ApprovalRecord:
 def main() -> None:
     path, owner = Path(sys.argv[1]), sys.argv[2]
     store = open_store(path)
-    lock = OwnerLock(store.owners_dir, owner)
+    lock = store.hold_owner(owner)
     out = sys.stdout
 
     def write(fn: Callable[[WriteTxn], Any]) -> Any:
         return store.submit(fn).wait()
 
     def append(run: str, expected: int, tags: list[str], epoch: int | None = None) -> Any:
-        payloads = encode_all(_events(tags), 1)
-        return [
-            r.position
-            for r in write(
-                lambda w: w.append(
-                    run,
-                    payloads,
-                    expected_seq=expected,
-                    owner=None if epoch is None else owner,
-                    epoch=epoch,
-                )
-            )
-        ]
+        lease = None if epoch is None else Lease(owner, epoch)
+        appended = store.append(
+            run, encode_all(_events(tags), 1), expected_seq=expected, lease=lease
+        )
+        return [r.position for r in appended.wait()]
 
     def half(run: str, expected: int, tags: list[str]) -> Any:
         payloads = encode_all(_events(tags), 1)
@@ -86,10 +80,8 @@ def main() -> None:
 
     def decide(run: str, call: str) -> Any:
         record = _record(run, call)
-        decided = write(
-            lambda w: w.decide_approval(record, approved=True, by=owner, note="", now=2)
-        )
-        return decided.status
+        decided = store.decide_approval(record, approved=True, by=owner, note="", now=2)
+        return decided.wait().status
 
     def approval(run: str, call: str) -> Any:
         record = store.approval(run, call)
@@ -101,8 +93,10 @@ def main() -> None:
         "refuse": refuse,
         "noop": lambda: write(lambda w: None),
         "index": lambda: write(lambda w: w.index_now()),
-        "acquire": lambda run: write(lambda w: w.acquire_lease(run, owner)),
-        "release": lambda run, epoch: write(lambda w: w.release_lease(run, owner, epoch)),
+        "acquire": lambda run: store.acquire_lease(run, owner).wait(),
+        "release": lambda run, epoch: store.release_lease(
+            run, Lease(owner, epoch), durable=True
+        ).wait(),
         "propose": propose,
         "decide": decide,
         "approval": approval,

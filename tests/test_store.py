@@ -20,7 +20,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from foldloop.errors import ConcurrencyError, ConfigError, CorruptRecord, RunLocked, StoreError
 from foldloop.events import ModelRequested, RunCompleted, RunStarted, ToolCompleted
-from foldloop.store import OwnerLock, encode_all, open_store
+from foldloop.store import OwnerLock, append_events, encode_all, open_store
 from foldloop.store.framing import batch_frame, decode_index, index_key, index_value, seal
 from foldloop.store.layout import INDEX_SPAN, VALUE_BYTES, VALUE_EVENTS, value_groups
 
@@ -34,10 +34,12 @@ def ev(i: int) -> ToolCompleted:
 def test_append_and_read_back(store_path: Path) -> None:
     store = open_store(store_path)
     try:
-        recs = store.append("r1", [RunStarted(agent="a", input="x"), ev(1)], expected_seq=0, at=7)
+        recs = append_events(
+            store, "r1", [RunStarted(agent="a", input="x"), ev(1)], expected_seq=0, at=7
+        )
         assert [(r.seq, r.position, r.at) for r in recs] == [(1, 1, 7), (2, 2, 7)]
-        store.append("r2", [ev(2)], expected_seq=0, at=8)
-        store.append("r1", [ev(3)], expected_seq=2, at=9)
+        append_events(store, "r2", [ev(2)], expected_seq=0, at=8)
+        append_events(store, "r1", [ev(3)], expected_seq=2, at=9)
         assert [r.event for r in store.read("r1")] == [
             RunStarted(agent="a", input="x"),
             ev(1),
@@ -56,9 +58,9 @@ def test_append_and_read_back(store_path: Path) -> None:
 def test_stale_expected_seq_is_refused_and_writes_nothing(store_path: Path) -> None:
     store = open_store(store_path)
     try:
-        store.append("r1", [ev(1), ev(2)], expected_seq=0, at=1)
+        append_events(store, "r1", [ev(1), ev(2)], expected_seq=0, at=1)
         with pytest.raises(ConcurrencyError, match="at seq 2, expected 1") as info:
-            store.append("r1", [ev(3)], expected_seq=1, at=2)
+            append_events(store, "r1", [ev(3)], expected_seq=1, at=2)
         assert (info.value.expected, info.value.actual) == (1, 2)
         assert store.head("r1") == 2 and store.last_position() == 2
     finally:
@@ -69,7 +71,7 @@ def test_unencodable_payload_fails_before_any_write(store_path: Path) -> None:
     store = open_store(store_path)
     try:
         with pytest.raises(ConfigError, match="nothing was written"):
-            store.append("r1", [RunCompleted(output="\ud800")], expected_seq=0, at=1)
+            append_events(store, "r1", [RunCompleted(output="\ud800")], expected_seq=0, at=1)
         assert store.last_position() == 0
     finally:
         store.close()
@@ -77,7 +79,7 @@ def test_unencodable_payload_fails_before_any_write(store_path: Path) -> None:
 
 def test_store_directory_is_private(store_path: Path) -> None:
     store = open_store(store_path)
-    store.append("r1", [ev(1)], expected_seq=0, at=1)
+    append_events(store, "r1", [ev(1)], expected_seq=0, at=1)
     store.close()
     assert stat.S_IMODE(store_path.stat().st_mode) == 0o700
     for name in ("data.mdb", "lock.mdb"):
@@ -89,7 +91,7 @@ def test_two_opens_in_one_process_share_the_store(store_path: Path) -> None:
     b = open_store(store_path)
     try:
         assert a is b
-        a.append("r1", [ev(1)], expected_seq=0, at=1)
+        append_events(a, "r1", [ev(1)], expected_seq=0, at=1)
     finally:
         a.close()
     assert b.head("r1") == 1  # still open: one reference left
@@ -100,8 +102,10 @@ def test_flipped_byte_is_reported_with_run_and_seq(store_path: Path) -> None:
     """One append is one stored value: a damaged byte makes the events of that append
     unreadable (named by the first one asked for) and leaves the others readable."""
     store = open_store(store_path)
-    store.append("r1", [RunStarted(agent="a", input="x")], expected_seq=0, at=1)
-    store.append("r1", [ev(2), RunCompleted(output="MARKER-0123456789")], expected_seq=1, at=2)
+    append_events(store, "r1", [RunStarted(agent="a", input="x")], expected_seq=0, at=1)
+    append_events(
+        store, "r1", [ev(2), RunCompleted(output="MARKER-0123456789")], expected_seq=1, at=2
+    )
     store.close()
     data = (store_path / "data.mdb").read_bytes()
     assert b"MARKER-0123456789" in data
@@ -137,19 +141,19 @@ def test_an_index_entry_placing_a_run_wrongly_is_reported_not_followed(
     store = open_store(store_path)
     for i in range(3):  # a, b, a, b, a, b: each run's values are apart in the log
         for run in ("a", "b"):
-            store.append(run, [ev(10 * i), ev(10 * i + 1)], expected_seq=2 * i, at=i)
+            append_events(store, run, [ev(10 * i), ev(10 * i + 1)], expected_seq=2 * i, at=i)
     store.close()  # indexes everything
     b_first = 3
     store = open_store(store_path)
     try:
         key = index_key("a", 1)
-        entry = decode_index(key, store.read_txn(lambda txn: txn.get(key, db=store._index)))
+        entry = decode_index(key, store.read_txn(lambda txn: txn.get(key, db=store.tables.index)))
         assert [entry.first_position, entry.length] == [1, 6]
         wrong = b_first if points_at == "another run's value" else 5  # where a's seq 3 is
         # The forged entry says a's six records sit at six consecutive positions from there.
         forged = index_value(wrong, 6, entry.last_chain, entry.last_position, b"")
         with store.env.begin(write=True) as txn:
-            txn.put(key, forged, db=store._index)
+            txn.put(key, forged, db=store.tables.index)
         for read in (lambda: store.read("a"), lambda: store.read_events("a")):
             with pytest.raises(CorruptRecord, match=r"'a' seq 1: the record holds"):
                 read()
@@ -159,28 +163,30 @@ def test_an_index_entry_placing_a_run_wrongly_is_reported_not_followed(
 
 
 def test_reads_use_the_tail_cache_only_for_what_their_transaction_sees(
-    store_path: Path,
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A read finds a run's unindexed records through the write path's view of the tail:
     records the view has but the read's transaction does not are left out, records the
     transaction has and the view does not yet are scanned for."""
     store = open_store(store_path)
     try:
-        store.append("r", [ev(1)], expected_seq=0, at=1)
-        store.append("other", [ev(9)], expected_seq=0, at=1)
+        append_events(store, "r", [ev(1)], expected_seq=0, at=1)
+        append_events(store, "other", [ev(9)], expected_seq=0, at=1)
 
         def older_transaction(txn: Any) -> list[int]:
-            store.append("r", [ev(2), ev(3)], expected_seq=1, at=2)  # the view moves on
-            return [first for _value, first, _count in store._tail_of(txn, "r")]
+            append_events(store, "r", [ev(2), ev(3)], expected_seq=1, at=2)  # the view moves on
+            return [first for _value, first, _count in store.reader.tail_values(txn, "r")]
 
         assert store.read_txn(older_transaction) == [1]
-        base, entries, covered = store._tail_view
+        base, entries, covered = store.tail.view()
         assert covered == 4 and [e[0] for e in entries] == ["r", "other", "r", "r"]
-        store._tail_view = (base, entries[:2], 2)  # a view behind what is committed
+        behind = (base, entries[:2], 2)  # a view behind what is committed
+        monkeypatch.setattr(store.tail, "view", lambda: behind)
         assert [r.seq for r in store.read("r")] == [1, 2, 3]
         assert store.read_events("r")[0] == [ev(1), ev(2), ev(3)]
         assert store.head("r") == 3
-        store._tail_view = (base - 1, [], 0)  # a view of another index: scan it all
+        other = (base - 1, [], 0)  # a view of another index: scan it all
+        monkeypatch.setattr(store.tail, "view", lambda: other)
         assert [r.seq for r in store.read("r", 2)] == [2, 3]
     finally:
         store.close()
@@ -190,12 +196,12 @@ def test_rewritten_record_with_valid_checksum_breaks_the_hash_chain(store_path: 
     store = open_store(store_path)
     try:
         for i in (1, 2, 3):  # three appends, three stored values
-            store.append("r1", [ev(i)], expected_seq=i - 1, at=i)
+            append_events(store, "r1", [ev(i)], expected_seq=i - 1, at=i)
         position = store.read("r1")[1].position
-        forged = batch_frame(store._numbers["r1"], 2, position, encode_all([ev(99)], 2))
+        forged = batch_frame(store.numbers.cached("r1"), 2, position, encode_all([ev(99)], 2))
         value, _ = seal(forged, b"\0" * 16)
         with store.env.begin(write=True) as txn:
-            txn.put(position.to_bytes(8, "big"), value, db=store._log)
+            txn.put(position.to_bytes(8, "big"), value, db=store.tables.log)
         assert store.read("r1")[1].event == ev(99)  # the crc alone cannot tell
         with pytest.raises(CorruptRecord, match="seq 2: hash chain broken"):
             store.verify_chain("r1")
@@ -208,7 +214,7 @@ def test_map_grows_when_full_and_nothing_is_lost(store_path: Path) -> None:
     try:
         big = "x" * 20_000
         for i in range(120):  # ~2.4 MB into a 1 MiB map
-            store.append("r1", [RunCompleted(output=f"{i}{big}")], expected_seq=i, at=i)
+            append_events(store, "r1", [RunCompleted(output=f"{i}{big}")], expected_seq=i, at=i)
         assert store.map_size > 1 << 20
         assert [r.event.output[:3].rstrip("x") for r in store.read("r1")] == [
             str(i) for i in range(120)
@@ -242,7 +248,7 @@ def _open_in_child(path: Path) -> subprocess.CompletedProcess[str]:
 def _make_store(path: Path, n: int = 300) -> None:
     store = open_store(path)
     for i in range(n):
-        store.append("r1", [RunCompleted(output="y" * 500)], expected_seq=i, at=i)
+        append_events(store, "r1", [RunCompleted(output="y" * 500)], expected_seq=i, at=i)
     store.close()
 
 
@@ -386,7 +392,7 @@ class StoreMachine(RuleBasedStateMachine):
         if len(self.model[r]) < lag:
             return
         with pytest.raises(ConcurrencyError):
-            self.store.append(r, [ev(0)], expected_seq=len(self.model[r]) - lag, at=0)
+            append_events(self.store, r, [ev(0)], expected_seq=len(self.model[r]) - lag, at=0)
 
     @rule()
     def reopen(self) -> None:
@@ -428,7 +434,7 @@ class StoreMachine(RuleBasedStateMachine):
     def index_holds_one_entry_a_run(self) -> None:
         # Runs interleave here; each run's entry lists where its records sit (no run nears
         # INDEX_SPAN records, past which an entry of scattered records is closed).
-        entries = self.store.read_txn(lambda txn: txn.stat(self.store._index)["entries"])
+        entries = self.store.read_txn(lambda txn: txn.stat(self.store.tables.index)["entries"])
         assert entries <= sum(1 for e in self.model.values() if e)
 
     @invariant()
@@ -463,115 +469,57 @@ def _two_interleaved_runs(store_path: Path) -> tuple[Any, dict[str, list[Any]]]:
     store = open_store(store_path, index_every=4)
     for i in range(6):
         for r in ("a", "b"):
-            store.append(r, [ev(i), ev(i + 100)], expected_seq=2 * i, at=i)
+            append_events(store, r, [ev(i), ev(i + 100)], expected_seq=2 * i, at=i)
     return store, {r: store.read(r) for r in ("a", "b")}
 
 
-def _as_legacy_log(store: Any) -> dict[tuple[str, int], bytes]:
-    """Rewrite the store's log as formats 1-3 stored it: one value per event, the event's
-    fields by name, each value chained to the run's previous one; drops the index (the
-    caller writes one of the old shape). Returns each record's chain hash."""
-    from foldloop.events.named import to_named
-    from foldloop.store.framing import GENESIS, Frame, pack_position
-    from foldloop.store.layout import INDEXED_KEY
-
-    records = store.read_all()
-    chains: dict[tuple[str, int], bytes] = {}
-
-    # Straight through LMDB, past the write path, whose view of the tail this rewrite voids.
-    with store.env.begin(write=True) as txn:
-        txn.drop(store._log, delete=False)
-        txn.drop(store._index, delete=False)
-        txn.delete(INDEXED_KEY, db=store._meta)
-        last: dict[str, bytes] = {}
-        for rec in records:
-            raw = msgspec.msgpack.encode(to_named(rec.event))
-            frame = Frame(rec.run_id, rec.seq, rec.position, rec.at, msgspec.Raw(raw))
-            value, chain = seal(frame, last.get(rec.run_id, GENESIS))
-            last[rec.run_id] = chains[(rec.run_id, rec.seq)] = chain
-            txn.put(pack_position(rec.position), value, db=store._log)
-    store._reset_tail(-1)
-    return chains
+def _files(path: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``path``: its bytes and its modification time."""
+    return {
+        str(p.relative_to(path)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
-def test_a_format_1_store_is_upgraded_and_reads_the_same(store_path: Path) -> None:
-    """Format 1 kept one index entry per record (position + chain hash); opening such a store
-    drops that index (a cache of the log) and rebuilds it in the new shape. Its records (one
-    a value, fields by name) read as they are."""
-    from foldloop.store.framing import index_key, pack_position
-    from foldloop.store.layout import INDEXED_KEY
+@pytest.mark.parametrize("maker", [None, "0.0.7"])
+def test_a_store_of_an_older_format_is_refused_untouched(
+    store_path: Path, maker: str | None
+) -> None:
+    """One format before 1.0: a store of an older one is refused (exit 4 from the CLI) with
+    the format and the foldloop that made it, and how to move its runs; nothing in it is
+    changed."""
+    import json
 
-    store, before = _two_interleaved_runs(store_path)
-    chains = _as_legacy_log(store)
+    from foldloop.store.preflight import foldloop_version
 
-    records = store.read_all()
-    with store.env.begin(write=True) as txn:
-        for rec in records:
-            old_value = pack_position(rec.position) + chains[(rec.run_id, rec.seq)]
-            txn.put(index_key(rec.run_id, rec.seq), old_value, db=store._index)
-        txn.put(INDEXED_KEY, pack_position(rec.position), db=store._meta)
+    store = open_store(store_path)
+    append_events(store, "r1", [ev(1)], expected_seq=0, at=1)
     store.close()
-    (store_path / "foldloop.store").write_text('{"format": 1}\n')
-    store = open_store(store_path, index_every=4)
-    try:
-        assert {r: store.read(r) for r in ("a", "b")} == before
-        assert store.head("a") == 12 and store.verify_chain("b") == 12
-        store.append("a", [ev(999)], expected_seq=12, at=99)
-        assert store.read("a", 12)[-1].event == ev(999)
-        assert store.verify_chain("a") == 13
-        assert '"format": 4' in (store_path / "foldloop.store").read_text()
-    finally:
-        store.close()
+    marker = json.loads((store_path / "foldloop.store").read_text())
+    assert marker == {"format": 4, "foldloop": foldloop_version()}  # new stores say who made them
+    old = {"format": 3} if maker is None else {"format": 3, "foldloop": maker}
+    (store_path / "foldloop.store").write_text(json.dumps(old) + "\n")
+    before = _files(store_path)
+    who = "a foldloop that did not record its version" if maker is None else f"foldloop {maker}"
+    with pytest.raises(StoreError, match=f"has store format 3, made by {who}") as info:
+        open_store(store_path)
+    text = str(info.value)
+    assert "reads format 4 only" in text
+    assert f"--store {store_path} export RUN > RUN.jsonl" in text and "import RUN.jsonl" in text
+    proc = subprocess.run(
+        [sys.executable, "-m", "foldloop.cli", "--store", str(store_path), "runs"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 4, proc.stderr
+    assert "has store format 3" in proc.stderr + proc.stdout
+    assert _files(store_path) == before
 
 
 def _index_entries(store: Any) -> int:
-    return int(store.read_txn(lambda txn: txn.stat(store._index)["entries"]))
-
-
-@pytest.mark.parametrize("fmt", [2, 3])
-def test_a_format_2_or_3_store_keeps_its_index_and_reads_the_same(
-    store_path: Path, fmt: int
-) -> None:
-    """Formats 2 and 3 wrote an index entry per stretch of a run's records; format 4 reads
-    those entries and their one-event values as they are and only bumps the marker (so an
-    older foldloop refuses the store rather than misread what is written from now on).
-    New appends land as one value each, after the old ones, in the same chain."""
-    from foldloop.store.framing import index_key, index_value, pack_position
-    from foldloop.store.layout import INDEXED_KEY
-
-    store, before = _two_interleaved_runs(store_path)
-    chains = _as_legacy_log(store)
-
-    records = store.read_all()
-    with store.env.begin(write=True) as txn:
-        for rec in records:  # each interleaved append is a stretch of its own
-            if rec.seq % 2 == 1:
-                chain = chains[(rec.run_id, rec.seq + 1)]
-                value = index_value(rec.position, 2, chain, rec.position + 1)
-                txn.put(index_key(rec.run_id, rec.seq), value, db=store._index)
-        txn.put(INDEXED_KEY, pack_position(records[-1].position), db=store._meta)
-    assert _index_entries(store) == 12
-    store.close()
-    (store_path / "foldloop.store").write_text(f'{{"format": {fmt}}}\n')
-    store = open_store(store_path, index_every=4)
-    try:
-        assert '"format": 4' in (store_path / "foldloop.store").read_text()
-        assert _index_entries(store) == 12  # kept, not rebuilt
-        assert {r: store.read(r) for r in ("a", "b")} == before
-        assert store.read("b", 5, 8) == before["b"][4:8]
-        assert store.verify_chain("a") == 12
-        for i in range(3):  # past index_every: the new values get indexed too
-            store.append("a", [ev(999), ev(1000 + i)], expected_seq=12 + 2 * i, at=99 + i)
-        assert [r.event for r in store.read("a", 12)] == [
-            before["a"][-1].event,
-            *(e for i in range(3) for e in (ev(999), ev(1000 + i))),
-        ]
-        assert store.verify_chain("a") == 18
-        everything = store.read_all()
-        assert [r.position for r in everything] == list(range(1, 31))
-        assert [r.position for r in store.read_all(26, 3)] == [26, 27, 28]
-    finally:
-        store.close()
+    return int(store.read_txn(lambda txn: txn.stat(store.tables.index)["entries"]))
 
 
 def test_interleaved_runs_share_one_index_entry_each(store_path: Path) -> None:
@@ -582,7 +530,7 @@ def test_interleaved_runs_share_one_index_entry_each(store_path: Path) -> None:
     try:
         for step in range(10):
             for r in runs:
-                store.append(r, [ev(step), ev(step + 1000)], expected_seq=2 * step, at=step)
+                append_events(store, r, [ev(step), ev(step + 1000)], expected_seq=2 * step, at=step)
         store.submit(lambda w: w.index_now()).wait()
         assert _index_entries(store) == len(runs)  # was one per append: 200
         for r in runs:
@@ -598,8 +546,12 @@ def test_interleaved_runs_share_one_index_entry_each(store_path: Path) -> None:
 def test_requested_event_roundtrip_through_store(store_path: Path) -> None:
     store = open_store(store_path)
     try:
-        store.append(
-            "r", [ModelRequested(step=1, prompt_digest="abc", max_tokens=5)], expected_seq=0, at=3
+        append_events(
+            store,
+            "r",
+            [ModelRequested(step=1, prompt_digest="abc", max_tokens=5)],
+            expected_seq=0,
+            at=3,
         )
         assert store.read("r")[0].event == ModelRequested(step=1, prompt_digest="abc", max_tokens=5)
     finally:
@@ -612,11 +564,11 @@ def test_damaged_record_in_the_unindexed_tail_is_attributed_to_its_run(store_pat
         f"""
         import os, signal
         from foldloop.events import RunCompleted, ToolCompleted
-        from foldloop.store import open_store
+        from foldloop.store import append_events, open_store
         s = open_store({str(store_path)!r})
-        s.append("r1", [ToolCompleted(call_id="a", result="x"),
+        append_events(s, "r1", [ToolCompleted(call_id="a", result="x"),
                         RunCompleted(output="TAILMARK-0123456789")], expected_seq=0, at=1)
-        s.append("r2", [ToolCompleted(call_id="b", result="y")], expected_seq=0, at=2)
+        append_events(s, "r2", [ToolCompleted(call_id="b", result="y")], expected_seq=0, at=2)
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )
@@ -635,9 +587,11 @@ def test_damaged_record_in_the_unindexed_tail_is_attributed_to_its_run(store_pat
         with pytest.raises(CorruptRecord, match="'r1' seq 1: checksum mismatch"):
             store.read("r1")
         assert store.head("r1") == 2
-        store.append("r2", [ev(5)], expected_seq=1, at=3)  # other runs keep working
+        append_events(store, "r2", [ev(5)], expected_seq=1, at=3)  # other runs keep working
         with pytest.raises(ConcurrencyError):
-            store.append("r1", [ev(6)], expected_seq=1, at=3)  # the damaged run's head holds
+            append_events(
+                store, "r1", [ev(6)], expected_seq=1, at=3
+            )  # the damaged run's head holds
     finally:
         store.close()
 
@@ -688,10 +642,10 @@ def test_an_append_is_one_stored_value_each_event_keeping_its_time(store_path: P
     decision, an imported run); an append too big for one value fills several."""
     store = open_store(store_path)
     try:
-        store.append("r", [ev(1), ev(2), ev(3)], expected_seq=0, at=7)
+        append_events(store, "r", [ev(1), ev(2), ev(3)], expected_seq=0, at=7)
         mixed = [*encode_all([ev(4), ev(5)], 9), *encode_all([ev(6)], 8)]
         store.submit(lambda w: w.append("r", mixed, expected_seq=3)).wait()
-        assert store.read_txn(lambda txn: txn.stat(store._log)["entries"]) == 2
+        assert store.read_txn(lambda txn: txn.stat(store.tables.log)["entries"]) == 2
         got = store.read("r")
         assert [(r.seq, r.position, r.at) for r in got] == [
             (1, 1, 7),
@@ -705,8 +659,8 @@ def test_an_append_is_one_stored_value_each_event_keeping_its_time(store_path: P
         assert store.verify_chain("r") == 6 and store.last_position() == 6
         assert [r.seq for r in store.read("r", 2, 5)] == [2, 3, 4, 5]
         many = encode_all([ev(i) for i in range(7, 7 + 2 * VALUE_EVENTS + 1)], 10)
-        store.append("r", [e for e, _raw, _at in many], expected_seq=6, at=10)
-        assert store.read_txn(lambda txn: txn.stat(store._log)["entries"]) == 2 + 3
+        append_events(store, "r", [e for e, _raw, _at in many], expected_seq=6, at=10)
+        assert store.read_txn(lambda txn: txn.stat(store.tables.log)["entries"]) == 2 + 3
         assert [r.seq for r in store.read("r", 6)] == list(range(6, 8 + 2 * VALUE_EVENTS))
         assert store.verify_chain("r") == 7 + 2 * VALUE_EVENTS
     finally:
@@ -733,7 +687,8 @@ def _run_numbers(store: Any) -> dict[str, int]:
     return dict(
         store.read_txn(
             lambda txn: [
-                (bytes(k).decode(), unpack_run(v)) for k, v in txn.cursor(db=store._run_numbers)
+                (bytes(k).decode(), unpack_run(v))
+                for k, v in txn.cursor(db=store.tables.run_numbers)
             ]
         )
     )
@@ -745,21 +700,22 @@ def test_runs_are_numbered_once_across_processes(store_path: Path) -> None:
     by the names it has not seen yet."""
     store = open_store(store_path)
     try:
-        store.append("run-a", [ev(1)], expected_seq=0, at=1)
+        append_events(store, "run-a", [ev(1)], expected_seq=0, at=1)
         code = textwrap.dedent(
             f"""
             from foldloop.events import ToolCompleted
-            from foldloop.store import open_store
+            from foldloop.store import append_events, open_store
             s = open_store({str(store_path)!r})
             for name in ("run-b", "run-c", "run-a"):
                 head = s.head(name)
-                s.append(name, [ToolCompleted(call_id=name, result="x")], expected_seq=head, at=2)
+                event = ToolCompleted(call_id=name, result="x")
+                append_events(s, name, [event], expected_seq=head, at=2)
             s.close()
             """
         )
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
         assert proc.returncode == 0, proc.stderr.decode()
-        store.append("run-d", [ev(4)], expected_seq=0, at=3)
+        append_events(store, "run-d", [ev(4)], expected_seq=0, at=3)
         assert _run_numbers(store) == {"run-a": 1, "run-b": 2, "run-c": 3, "run-d": 4}
         assert [(r.run_id, r.seq) for r in store.read_all()] == [
             ("run-a", 1),
@@ -784,8 +740,8 @@ def test_a_number_given_in_an_aborted_transaction_is_not_kept(store_path: Path) 
 
         with pytest.raises(StoreError, match="the op fails after its append"):
             store.submit(append_then_crash).wait()
-        store.append("kept", [ev(1)], expected_seq=0, at=2)
-        store.append("lost", [ev(2)], expected_seq=0, at=3)
+        append_events(store, "kept", [ev(1)], expected_seq=0, at=2)
+        append_events(store, "lost", [ev(2)], expected_seq=0, at=3)
         assert _run_numbers(store) == {"kept": 1, "lost": 2}
         assert [(r.run_id, r.event) for r in store.read_all()] == [("kept", ev(1)), ("lost", ev(2))]
     finally:
@@ -799,12 +755,12 @@ def test_a_value_at_odds_with_its_own_count_is_reported_not_a_crash(store_path: 
 
     store = open_store(store_path)
     try:
-        store.append("r1", [ev(1)], expected_seq=0, at=7)
+        append_events(store, "r1", [ev(1)], expected_seq=0, at=7)
         raw = msgspec.Raw(encode_all([ev(1)], 7)[0][1])
-        forged = Batch(store._numbers["r1"], 1, 1, 7, 2, (raw,), (), (5, 6))
+        forged = Batch(store.numbers.cached("r1"), 1, 1, 7, 2, (raw,), (), (5, 6))
         value, _ = seal(forged, GENESIS)
         with store.env.begin(write=True) as txn:
-            txn.put((1).to_bytes(8, "big"), value, db=store._log)
+            txn.put((1).to_bytes(8, "big"), value, db=store.tables.log)
         for read in (lambda: store.read("r1"), store.read_all, lambda: store.verify_chain("r1")):
             with pytest.raises(CorruptRecord, match="'r1' seq 1: the record's event count"):
                 read()
@@ -815,41 +771,39 @@ def test_a_value_at_odds_with_its_own_count_is_reported_not_a_crash(store_path: 
 def test_the_run_number_cache_is_bounded_and_misses_read_lmdb(
     store_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from foldloop.store import lmdb_store
+    from foldloop.store import run_numbers
 
-    monkeypatch.setattr(lmdb_store, "RUN_NUMBERS_KEPT", 4)
+    monkeypatch.setattr(run_numbers, "KEPT", 4)
     store = open_store(store_path)
     try:
         runs = [f"run-{i}" for i in range(10)]
         for round_ in range(2):  # the second round finds every number in LMDB, not cached
             for run in runs:
-                store.append(run, [ev(round_)], expected_seq=round_, at=round_)
-                assert len(store._names) <= 4 and len(store._numbers) <= 4
+                append_events(store, run, [ev(round_)], expected_seq=round_, at=round_)
+                assert len(store.numbers) <= 4
         assert _run_numbers(store) == {run: i + 1 for i, run in enumerate(runs)}
         assert [r.run_id for r in store.read_all()] == runs * 2
         assert all([r.event for r in store.read(run)] == [ev(0), ev(1)] for run in runs)
-        assert len(store._names) <= 4
+        assert len(store.numbers) <= 4
     finally:
         store.close()
 
 
-def test_an_append_placed_by_an_older_foldloop_is_refused_loudly(store_path: Path) -> None:
-    """A process of an older version that held the store open across its upgrade places
-    its next append by the old rule (one event a value, at the last key + 1): inside the
-    newest value's positions. Readers and writers stop there and say so."""
-    from foldloop.events.named import to_named
-    from foldloop.store.framing import Frame
+def test_a_value_that_does_not_follow_the_one_before_is_refused_loudly(store_path: Path) -> None:
+    """Positions are gapless: a value keyed inside the positions of the value before it (a
+    writer that is not this foldloop's, or damage) stops readers and writers, named."""
+    from foldloop.store.framing import GENESIS, Batch
 
     store = open_store(store_path)
     try:
-        store.append("new", [ev(1), ev(2), ev(3)], expected_seq=0, at=1)  # positions 1-3
-        old = Frame("old", 1, 2, 5, msgspec.Raw(msgspec.msgpack.encode(to_named(ev(9)))))
-        value, _ = seal(old, b"\0" * 16)
-        with store.env.begin(write=True) as txn:  # what the old process's write path does
-            txn.put((2).to_bytes(8, "big"), value, db=store._log, append=True)
+        append_events(store, "new", [ev(1), ev(2), ev(3)], expected_seq=0, at=1)  # positions 1-3
+        raw = msgspec.Raw(encode_all([ev(9)], 5)[0][1])
+        value, _ = seal(Batch(1, 4, 2, 5, 1, (raw,)), GENESIS)
+        with store.env.begin(write=True) as txn:  # past the write path: LMDB itself
+            txn.put((2).to_bytes(8, "big"), value, db=store.tables.log, append=True)
         with pytest.raises(CorruptRecord, match=r"position 2 does not follow .* ends at 3"):
-            store.read("old")
-        with pytest.raises(StoreError, match="older than store format 4"):
-            store.append("new", [ev(4)], expected_seq=3, at=6)
+            store.read("new")
+        with pytest.raises(StoreError, match="does not follow"):
+            append_events(store, "new", [ev(4)], expected_seq=3, at=6)
     finally:
         store.close()

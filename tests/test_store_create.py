@@ -20,7 +20,7 @@ import pytest
 
 from foldloop.errors import StoreError
 from foldloop.events import RunCompleted
-from foldloop.store import open_store
+from foldloop.store import append_events, open_store
 
 PROCESSES = 4
 TRIALS = 10
@@ -32,7 +32,7 @@ RACER = textwrap.dedent(
     from pathlib import Path
     import foldloop as fl
     from foldloop.events import RunCompleted
-    from foldloop.store import open_store
+    from foldloop.store import append_events, open_store
 
     root, mode, who, trials = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
     agent = fl.Agent(name="a", llm=fl.ScriptedLLM([fl.Reply(text="ok")]))
@@ -41,7 +41,7 @@ RACER = textwrap.dedent(
         if mode == "store":
             store = open_store(path)
             try:
-                store.append(f"r{who}", [RunCompleted(output=who)], expected_seq=0, at=1)
+                append_events(store, f"r{who}", [RunCompleted(output=who)], expected_seq=0, at=1)
             finally:
                 store.close()
         else:
@@ -182,7 +182,7 @@ def _check_whole_or_absent(path: Path, *, clean: bool) -> None:
             open_store(path, create=False)
     store = open_store(path)
     try:
-        store.append("after", [RunCompleted(output="x")], expected_seq=0, at=1)
+        append_events(store, "after", [RunCompleted(output="x")], expected_seq=0, at=1)
         assert [r.run_id for r in store.read_all()] == ["after"]
     finally:
         store.close()

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from foldloop.events import ToolCompleted
-from foldloop.store import encode_all, open_store
+from foldloop.store import append_events, encode_all, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "store_worker.py"
@@ -268,7 +268,7 @@ def test_a_write_after_another_process_committed_over_a_no_op_lands(tmp_path: Pa
     path = tmp_path / "store"
     store = open_store(path)
     try:
-        store.append("a1", [ToolCompleted(call_id="1", result="x")], expected_seq=0, at=1)
+        append_events(store, "a1", [ToolCompleted(call_id="1", result="x")], expected_seq=0, at=1)
         store.submit(lambda w: None).wait()  # nothing written
         code = textwrap.dedent(
             f"""
@@ -283,7 +283,7 @@ def test_a_write_after_another_process_committed_over_a_no_op_lands(tmp_path: Pa
         )
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
         assert proc.returncode == 0, proc.stderr.decode()
-        store.append("a2", [ToolCompleted(call_id="2", result="z")], expected_seq=0, at=3)
+        append_events(store, "a2", [ToolCompleted(call_id="2", result="z")], expected_seq=0, at=3)
         assert [(r.run_id, r.position) for r in store.read_all()] == [
             ("a1", 1),
             ("b1", 2),

@@ -19,7 +19,7 @@ from foldloop.actors.projection_actor import ProjectionActor, ProjectionHandle
 from foldloop.errors import ConfigError, StoreError
 from foldloop.events.recorded import Recorded
 from foldloop.projections.base import Projection, check_projection
-from foldloop.store.lmdb_store import LmdbStore
+from foldloop.store import EventStore
 
 __all__ = ["Followers"]
 
@@ -46,7 +46,7 @@ class _Subscription(Projection[None]):
 class Followers:
     """Starts, wakes and stops the follower actors of one runtime."""
 
-    def __init__(self, store: LmdbStore, clock: Callable[[], int]) -> None:
+    def __init__(self, store: EventStore, clock: Callable[[], int]) -> None:
         self.store = store
         self.clock = clock
         self._lock = threading.Lock()
@@ -97,7 +97,7 @@ class Followers:
         name = projection.name
         if reset:
             if not self.store.readonly:
-                self.store.submit(lambda w: w.delete_checkpoint(name)).wait()
+                self.store.delete_checkpoint(name).wait()
             return 0, projection.initial()
         if not projection.stored:
             return 0, projection.initial()

@@ -1,9 +1,8 @@
 """Threads for actor loops, reused: a run's actor should not pay for a new thread.
 
 pykka's ThreadingActor starts a thread per actor and waits for it to start; a run lives for
-a few milliseconds to minutes, so starting and stopping its actor cost ~220 µs here, most of
-it the thread's birth and the start handshake, against ~55 µs on a thread taken from this
-pool. A thread whose actor stopped waits ``keep_idle_s`` for the next actor loop, then ends,
+a few milliseconds to minutes, so a thread's birth and the start handshake would be most of
+what starting its actor costs. A thread whose actor stopped waits ``keep_idle_s`` for the next actor loop, then ends,
 so a runtime at rest holds no thread for its runs (parked runs hold none at all).
 """
 

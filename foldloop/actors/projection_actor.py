@@ -18,8 +18,8 @@ from foldloop._log import get_logger
 from foldloop.actors.base import FastActor
 from foldloop.errors import ProjectionError
 from foldloop.projections.base import Projection
-from foldloop.store.checkpoints import Checkpoint, ProjectionFailure
-from foldloop.store.lmdb_store import LmdbStore
+from foldloop.store import Checkpoint, EventStore
+from foldloop.store.checkpoints import ProjectionFailure
 
 __all__ = ["ProjectionActor", "ProjectionHandle"]
 
@@ -46,7 +46,7 @@ class ProjectionActor(FastActor):
 
     def __init__(
         self,
-        store: LmdbStore,
+        store: EventStore,
         projection: Projection[Any],
         *,
         position: int,
@@ -207,7 +207,7 @@ class ProjectionActor(FastActor):
                 failure=self.failure,
                 updated_at=self.clock(),
             )
-            op = self.store.submit(lambda w: w.put_checkpoint(checkpoint), durable=False)
+            op = self.store.put_checkpoint(checkpoint)
             if wait:
                 op.wait()
         except Exception as exc:

@@ -17,23 +17,25 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, overload
 
 import msgspec
 import pykka
 
 from foldloop._log import get_logger
 from foldloop.actors.base import FastActor
-from foldloop.actors.tool_actor import OneOutcome, RunToolCall
+from foldloop.actors.timers import Timers
+from foldloop.actors.tool_actor import OneOutcome, RunToolCall, ToolRunner
+from foldloop.actors.workers import Workers
 from foldloop.agent import Agent
-from foldloop.approvals import approval_writes, issue_tickets
+from foldloop.approvals import approval_changes, issue_tickets
 from foldloop.core.commands import Command, ModelCallFailed, ModelReplied
 from foldloop.core.decide import decide
 from foldloop.core.effects import CallModel, Decision, RequestApproval, RunTools, Settle
 from foldloop.core.evolve import apply
-from foldloop.core.messages import MessageView
+from foldloop.core.messages import Chunks, MessageView
 from foldloop.core.snapshot import encode_chunk, split_state
 from foldloop.core.state import STATE_VERSION, RunState, RunStatus
 from foldloop.errors import FoldloopError, ModelCallError
@@ -41,13 +43,9 @@ from foldloop.events.catalogue import ToolFailed
 from foldloop.events.codec import storable_text
 from foldloop.events.values import Usage
 from foldloop.llm.protocol import to_model_tool_calls
-from foldloop.store.lmdb_store import Payload, encode_all
-from foldloop.store.writer import WriteOp
+from foldloop.store import ApprovalChanges, EventStore, Lease, Payload, Pending, encode_all
 
-if TYPE_CHECKING:
-    from foldloop.actors.system import ActorSystem
-
-__all__ = ["AppendFailed", "RunActor"]
+__all__ = ["AppendFailed", "RunActor", "RunHost"]
 
 log = get_logger(__name__)
 
@@ -62,21 +60,51 @@ class AppendFailed:
     error: BaseException
 
 
+class RunHost(Protocol):
+    """**Protocol:** what a RunActor needs of the system hosting it (``ActorSystem``), so
+    that the actor does not import its supervisor."""
+
+    @property
+    def owner(self) -> str: ...
+    @property
+    def store(self) -> EventStore: ...
+    @property
+    def clock(self) -> Callable[[], int]: ...
+    @property
+    def snapshot_every(self) -> int: ...
+    @property
+    def on_state(self) -> Callable[[RunState], None] | None: ...
+    @property
+    def issued(self) -> dict[tuple[str, str], str]: ...
+    @property
+    def timers(self) -> Timers: ...
+    @property
+    def model_pool(self) -> Workers: ...
+
+    def tool_runner(self, agent: Agent, name: str) -> ToolRunner: ...
+    def notify(self, agent: Agent, state: RunState, call_id: str) -> None: ...
+    def tell(self, run_id: str, message: Any) -> bool: ...
+    def hand_on(self, old: Any, outcome: Any | None) -> None: ...
+    def settled(self, run_id: str, epoch: int, state: RunState, *, released: bool) -> None: ...
+    def interrupted(self, run_id: str, epoch: int, state: RunState, reason: str) -> None: ...
+
+
 class RunActor(FastActor):
     """Drives one run while it is active; parked runs hold no actor."""
 
-    def __init__(self, system: ActorSystem, agent: Agent, state: RunState, epoch: int) -> None:
+    def __init__(self, system: RunHost, agent: Agent, state: RunState, epoch: int) -> None:
         super().__init__()
         self.system = system
         self.agent = agent
         self.state = state
         self.epoch = epoch
+        self.lease = Lease(system.owner, epoch)
         self.run_id = state.run_id
         self._log: Any = None
         self._dead = False
         self._held: list[Payload] = []
         self._held_from = 0
-        self._held_extras: list[Callable[[Any], None]] = []
+        self._held_approvals: ApprovalChanges | None = None
         self._released = False  # the lease went in the settling decision's transaction
         self._inline = bool(getattr(agent.llm, "instant", False))
         self._specs = [t.spec for t in agent.tools]
@@ -174,26 +202,27 @@ class RunActor(FastActor):
             state = self.state
             for event in decision.events:
                 state = apply(state, event, at)
-        extra = approval_writes(self.run_id, state, decision.events, at, self.state.seq + 1)
-        extras = [*self._held_extras, extra] if extra else list(self._held_extras)
+        approvals = _joined(
+            self._held_approvals,
+            approval_changes(self.run_id, state, decision.events, at, self.state.seq + 1),
+        )
+        # A run that ends or parks here gives its lease up in the same write as the events
+        # that say so: no reader (a wait in another process, a resume) sees it settled and
+        # still held, and the release costs no commit of its own.
         settles = decision.durable and decision.settles
-        if settles:
-            # The run ends or parks here: its lease goes in the same transaction as the
-            # events that say so, so no reader (a wait in another process, a resume) sees
-            # it settled and still held, and the release costs no commit of its own.
-            run_id, owner, epoch = self.run_id, self.system.owner, self.epoch
-            extras.append(lambda w: w.release_lease(run_id, owner, epoch))
         if self._held:
             payloads = self._held + payloads
             expected = self._held_from
-            self._held, self._held_extras = [], []
+            self._held, self._held_approvals = [], None
         else:
             expected = self.state.seq
         before = self.state.seq
         if hold and not decision.durable:
-            self._held, self._held_from, self._held_extras = payloads, expected, extras
+            self._held, self._held_from, self._held_approvals = payloads, expected, approvals
         else:
-            op = self._submit(payloads, expected, durable=decision.durable, extras=extras)
+            op = self._append(
+                payloads, expected, durable=decision.durable, approvals=approvals, release=settles
+            )
             if decision.durable:
                 op.wait()
                 self._released = settles
@@ -204,49 +233,48 @@ class RunActor(FastActor):
         if self.system.on_state is not None:
             self.system.on_state(state)
 
-    def _submit(
+    def _append(
         self,
         payloads: list[Payload],
         expected: int,
         *,
         durable: bool,
-        extras: list[Callable[[Any], None]] | None = None,
-    ) -> WriteOp[Any]:
-        run_id, owner, epoch = self.run_id, self.system.owner, self.epoch
-
-        def write(w: Any) -> None:
-            w.append(
-                run_id, payloads, expected_seq=expected, owner=owner, epoch=epoch, records=False
-            )
-            for extra in extras or ():
-                extra(w)  # approval records, in the same transaction as their events
-
-        return self.system.store.submit(
-            write, durable=durable, callback=None if durable else self._on_queued_append
+        approvals: ApprovalChanges | None,
+        release: bool = False,
+    ) -> Pending[Any]:
+        """Append under this actor's lease, with the approval records the events carry."""
+        return self.system.store.append(
+            self.run_id,
+            payloads,
+            expected_seq=expected,
+            lease=self.lease,
+            release=release,
+            approvals=approvals,
+            durable=durable,
+            records=False,
+            callback=None if durable else self._on_queued_append,
         )
 
     def _flush_held(self) -> None:
         if self._held:
-            payloads, extras = self._held, self._held_extras
-            self._held, self._held_extras = [], []
-            self._submit(payloads, self._held_from, durable=False, extras=extras)
+            payloads, approvals = self._held, self._held_approvals
+            self._held, self._held_approvals = [], None
+            self._append(payloads, self._held_from, durable=False, approvals=approvals)
 
-    def _on_queued_append(self, op: WriteOp[Any]) -> None:
+    def _on_queued_append(self, op: Pending[Any]) -> None:
         if op.error is not None:
             with contextlib.suppress(pykka.ActorDeadError):
                 self.actor_ref.tell(AppendFailed(op.error))
 
     def _snapshot(self, state: RunState) -> None:
-        run_id, seq = state.run_id, state.seq
         blob, chunks = split_state(state)
-
-        def put(w: Any) -> None:
-            if w.head(run_id).seq == seq:
-                stored = min(w.snapshot_chunks(run_id), len(chunks))
-                new = [encode_chunk(c) for c in chunks[stored:]]
-                w.put_snapshot(run_id, STATE_VERSION, seq, blob, new_chunks=new, first_chunk=stored)
-
-        self.system.store.submit(put, durable=False)
+        self.system.store.put_snapshot(
+            state.run_id,
+            seq=state.seq,
+            state_version=STATE_VERSION,
+            state=blob,
+            chunks=_Encoded(chunks),
+        )
 
     # -- effects -------------------------------------------------------------------------
 
@@ -411,3 +439,32 @@ class RunActor(FastActor):
         self.log.error("run_interrupted", error=reason)
         self.system.interrupted(self.run_id, self.epoch, self.state, reason)
         self.stop()
+
+
+def _joined(a: ApprovalChanges | None, b: ApprovalChanges | None) -> ApprovalChanges | None:
+    """Both decisions' approval changes, in order (None when neither has any)."""
+    if a is None or b is None:
+        return a or b
+    return a + b
+
+
+class _Encoded(Sequence[bytes]):
+    """A snapshot's history chunks, each encoded only when the store asks for it (the
+    chunks it holds already are never encoded again)."""
+
+    def __init__(self, chunks: Chunks) -> None:
+        self._chunks = chunks
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[bytes]: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | Sequence[bytes]:
+        if isinstance(index, slice):
+            return [encode_chunk(c) for c in self._chunks[index]]
+        return encode_chunk(self._chunks[index])

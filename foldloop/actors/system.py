@@ -23,8 +23,7 @@ from foldloop.approvals import PendingApproval, RequireApproval
 from foldloop.core.effects import Decision
 from foldloop.core.state import RunState
 from foldloop.errors import RunLocked
-from foldloop.store.approvals import ApprovalRecord
-from foldloop.store.lmdb_store import LmdbStore
+from foldloop.store import ApprovalRecord, EventStore, Lease
 
 __all__ = ["ActorSystem", "Settlement"]
 
@@ -53,7 +52,7 @@ class ActorSystem:
 
     def __init__(
         self,
-        store: LmdbStore,
+        store: EventStore,
         owner: str,
         clock: Callable[[], int],
         *,
@@ -134,9 +133,8 @@ class ActorSystem:
         Raises RunLocked as ``claim`` does, or when a live runtime holds the lease. Hand the
         run to an actor (``start_run``) or give it back (``give_back``)."""
         self.claim(run_id, wait=wait)
-        owner = self.owner
         try:
-            return self.store.submit(lambda w: w.acquire_lease(run_id, owner)).wait()
+            return self.store.acquire_lease(run_id, self.owner).wait()
         except BaseException:
             self.unclaim(run_id)
             raise
@@ -148,8 +146,7 @@ class ActorSystem:
 
     def release_lease(self, run_id: str, epoch: int) -> None:
         """Release the run's lease with the next commit (nothing waits on it)."""
-        owner = self.owner
-        self.store.submit(lambda w: w.release_lease(run_id, owner, epoch), durable=False)
+        self.store.release_lease(run_id, Lease(self.owner, epoch))
 
     def unclaim(self, run_id: str) -> None:
         """Give up a claim whose run got no actor (nothing to do, or it failed)."""
@@ -227,7 +224,7 @@ class ActorSystem:
                 ref = fresh.start_here()
                 self._actors[run_id] = fresh
         _move_queued(actor, fresh)
-        log.info("run_actor_replaced", run_id=run_id, call_id=call_id)
+        log.debug("run_actor_replaced", run_id=run_id, call_id=call_id)
         return ref
 
     def hand_on(self, old: RunActor, outcome: Any | None) -> None:

@@ -2,11 +2,9 @@
 
 Decoding takes the fast typed path first (msgspec validates straight into the tagged
 union of positional events). Only when that fails, or when an upcaster is registered for
-the record's (tag, version), does it look closer: a map is a record written before store
-format 4 (fields by name, decoded through the named twins), an unknown tag becomes
-``UnknownEvent``, an old shape is carried forward by the registered functions, never
-rewritten in place. Upcasters always see a map of field names, however the record was
-stored.
+the record's (tag, version), does it look closer: an unknown tag becomes ``UnknownEvent``,
+an old shape is carried forward by the registered functions, never rewritten in place.
+Upcasters see a map of field names (``named``), named by the order its writer used.
 """
 
 from __future__ import annotations
@@ -17,8 +15,9 @@ from typing import Any
 import msgspec
 
 from foldloop.events.catalogue import Event, KnownEvent
-from foldloop.events.named import NAMED_UNION, field_names, from_named, named_from_map
+from foldloop.events.named import field_names, from_named
 from foldloop.events.recorded import AnyEvent, UnknownEvent
+from foldloop.events.values import as_recorded
 
 __all__ = [
     "DecodeFailure",
@@ -53,8 +52,6 @@ KNOWN_TAGS: frozenset[str] = frozenset(_CLASSES)
 
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER: msgspec.msgpack.Decoder[KnownEvent] = msgspec.msgpack.Decoder(KnownEvent)
-_NAMED_DECODER: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(NAMED_UNION)
-_MAP_FIRST_BYTES = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
 _UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 
 
@@ -99,31 +96,19 @@ def register_upcaster(tag: str, from_version: int, fn: Upcaster) -> None:
     _UPCASTERS[(tag, from_version)] = fn
 
 
-def _is_map(raw: bytes) -> bool:
-    """True for a payload written by name (store formats 1-3), not positionally."""
-    return bool(raw) and raw[0] in _MAP_FIRST_BYTES
-
-
 class _TagFirst(msgspec.Struct, array_like=True):
     """A positional payload's tag (its other items are skipped, not built)."""
 
     type: str
 
 
-class _TagField(msgspec.Struct):
-    """A payload written by name: its ``type`` (its other fields are skipped)."""
-
-    type: str
-
-
 _TAG_FIRST = msgspec.msgpack.Decoder(_TagFirst)
-_TAG_FIELD = msgspec.msgpack.Decoder(_TagField)
 
 
 def _peek_tag(raw: bytes) -> str:
-    """The tag of a stored payload, positional or by name; raises DecodeFailure."""
+    """The tag of a stored payload; raises DecodeFailure."""
     try:
-        return (_TAG_FIELD if _is_map(raw) else _TAG_FIRST).decode(raw).type
+        return _TAG_FIRST.decode(raw).type
     except msgspec.MsgspecError as exc:
         raise DecodeFailure(f"not an event: {exc}") from None
 
@@ -131,8 +116,6 @@ def _peek_tag(raw: bytes) -> str:
 def _as_map(raw: bytes, tag: str, version: int) -> dict[str, Any]:
     """A stored payload as the map of field names upcasters take."""
     data = msgspec.msgpack.decode(raw)
-    if isinstance(data, dict):
-        return data
     names = field_names(tag, version)
     if names is None:
         raise DecodeFailure(
@@ -151,9 +134,18 @@ def _upcast(raw: bytes, tag: str, version: int) -> AnyEvent:
     if tag not in KNOWN_TAGS:
         return UnknownEvent(tag=tag, raw=raw)
     try:
-        return named_from_map(data)
+        return from_named(data)
     except msgspec.ValidationError as exc:
         raise DecodeFailure(f"{tag} (schema v{version}) after upcasting: {exc}") from None
+
+
+def _by_field(raw: bytes, tag: str, version: int) -> str | None:
+    """Why a stored payload does not validate, naming the field (None if that fails too)."""
+    try:
+        from_named(_as_map(raw, tag, version))
+    except (DecodeFailure, msgspec.MsgspecError) as exc:
+        return str(exc)
+    return None
 
 
 def decode_event(raw: bytes, version: int = 1) -> AnyEvent:
@@ -163,11 +155,16 @@ def decode_event(raw: bytes, version: int = 1) -> AnyEvent:
         if (tag, version) in _UPCASTERS:
             return _upcast(raw, tag, version)
     try:
-        return _DECODER.decode(raw) if not _is_map(raw) else from_named(_NAMED_DECODER.decode(raw))
+        return _DECODER.decode(raw)
     except msgspec.ValidationError as exc:
         tag = _peek_tag(raw)
         if tag not in KNOWN_TAGS:
             return UnknownEvent(tag=tag, raw=raw)
-        raise DecodeFailure(f"{tag}: {exc}") from None
+        with as_recorded():  # a value checked only since it was written (a limit of 0) reads back
+            try:
+                return _DECODER.decode(raw)
+            except msgspec.ValidationError:
+                pass
+        raise DecodeFailure(f"{tag}: {_by_field(raw, tag, version) or exc}") from None
     except msgspec.DecodeError as exc:
         raise DecodeFailure(f"not an event: {exc}") from None

@@ -19,8 +19,9 @@ import msgspec
 
 from foldloop.errors import ConfigError
 from foldloop.events.catalogue import KnownEvent
-from foldloop.events.named import NAMED_UNION, from_named, to_named
+from foldloop.events.named import from_named, to_named
 from foldloop.events.recorded import Recorded, UnknownEvent
+from foldloop.events.values import as_recorded
 
 __all__ = ["FORMAT", "ExportedEvent", "ExportHeader", "dump_run", "load_run"]
 
@@ -44,14 +45,17 @@ class ExportedEvent(msgspec.Struct, frozen=True, kw_only=True):
     event: KnownEvent
 
 
-_Line: Any = msgspec.defstruct(
-    "_Line", [("seq", int), ("at", int), ("event", NAMED_UNION)], kw_only=True, frozen=True
-)
-"""An event line as written and read: the event by name (``ExportedEvent`` holds it typed)."""
+class _Line(msgspec.Struct, frozen=True, kw_only=True):
+    """An event line as written and read: the event by name (``ExportedEvent`` holds it typed)."""
+
+    seq: int
+    at: int
+    event: dict[str, Any]
+
 
 _ENCODER = msgspec.json.Encoder()
 _HEADER = msgspec.json.Decoder(ExportHeader)
-_LINE: msgspec.json.Decoder[Any] = msgspec.json.Decoder(_Line)
+_LINE = msgspec.json.Decoder(_Line)
 
 
 def dump_run(run_id: str, records: Iterable[Recorded]) -> Iterator[str]:
@@ -91,10 +95,11 @@ def load_run(lines: Iterable[str]) -> tuple[ExportHeader, list[ExportedEvent]]:
         if not line.strip():
             continue
         try:
-            line_ = _LINE.decode(line)
+            with as_recorded():  # a log's values, even those checked only since it was written
+                line_ = _LINE.decode(line)
+                event = ExportedEvent(seq=line_.seq, at=line_.at, event=from_named(line_.event))
         except msgspec.MsgspecError as exc:
             raise ConfigError(f"line {number}: {exc}") from None
-        event = ExportedEvent(seq=line_.seq, at=line_.at, event=from_named(line_.event))
         if event.seq != len(events) + 1:
             raise ConfigError(f"line {number}: seq {event.seq}, expected {len(events) + 1}")
         events.append(event)

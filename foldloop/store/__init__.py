@@ -1,76 +1,41 @@
-"""The log: an append-only, checksummed, hash-chained event store on LMDB.
+"""The log: an append-only, checksummed, hash-chained event store.
 
-``EventLog`` is the narrow protocol the runtime depends on; ``LmdbStore`` is the embedded
-implementation (one directory, several processes, no server).
+``EventStore`` (``port``) is the store port: every operation the actors and the runtime
+need, backend-neutral. ``LmdbStore`` is the embedded implementation (one directory,
+several processes, no server).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
-
-from foldloop.events.catalogue import KnownEvent
-from foldloop.events.recorded import Recorded
+from foldloop.store.approvals import ApprovalChanges, ApprovalRecord
+from foldloop.store.checkpoints import Checkpoint
 from foldloop.store.framing import Lease
-from foldloop.store.lmdb_store import (
-    DEFAULT_MAP_SIZE,
-    MAX_MAP_SIZE,
-    LmdbStore,
-    WriteTxn,
-    encode_all,
-    open_store,
-)
+from foldloop.store.lmdb_store import LmdbStore, open_store
+from foldloop.store.mapped import DEFAULT_MAP_SIZE, MAX_MAP_SIZE
 from foldloop.store.owners import OwnerLock, owner_alive
+from foldloop.store.payloads import Payload, encode_all
+from foldloop.store.port import EventStore, OwnerHold, Pending, Snapshot, append_events
+from foldloop.store.write_txn import WriteTxn
 from foldloop.store.writer import WriteOp
 
 __all__ = [
     "DEFAULT_MAP_SIZE",
-    "EventLog",
+    "ApprovalChanges",
+    "ApprovalRecord",
+    "Checkpoint",
+    "EventStore",
     "Lease",
     "LmdbStore",
     "MAX_MAP_SIZE",
+    "OwnerHold",
     "OwnerLock",
+    "Payload",
+    "Pending",
+    "Snapshot",
     "WriteOp",
     "WriteTxn",
+    "append_events",
     "encode_all",
     "open_store",
     "owner_alive",
 ]
-
-
-@runtime_checkable
-class EventLog(Protocol):
-    """**Protocol:** what the runtime needs from a log (LMDB now; JetStream later)."""
-
-    def append(
-        self,
-        run_id: str,
-        events: Sequence[KnownEvent],
-        *,
-        expected_seq: int,
-        at: int,
-        owner: str | None = None,
-        epoch: int | None = None,
-    ) -> list[Recorded]:
-        """Append atomically after ``expected_seq``; durable when it returns."""
-        ...
-
-    def read(self, run_id: str, from_seq: int = 1, to_seq: int | None = None) -> list[Recorded]:
-        """One run's records in seq order."""
-        ...
-
-    def read_all(self, from_position: int = 1, limit: int | None = None) -> list[Recorded]:
-        """The whole log in position order."""
-        ...
-
-    def head(self, run_id: str) -> int:
-        """The run's last seq (0 when absent)."""
-        ...
-
-    def add_listener(self, fn: Callable[[list[Recorded]], None]) -> Callable[[], None]:
-        """Be told of every batch this process commits."""
-        ...
-
-    def close(self) -> None:
-        """Release the store."""
-        ...

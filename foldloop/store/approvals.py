@@ -14,7 +14,7 @@ from typing import Literal
 
 import msgspec
 
-__all__ = ["ApprovalRecord", "ApprovalStatus", "approval_key"]
+__all__ = ["ApprovalChanges", "ApprovalRecord", "ApprovalStatus", "approval_key"]
 
 ApprovalStatus = Literal["pending", "approved", "denied", "expired"]
 
@@ -39,6 +39,23 @@ class ApprovalRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     decided_at: int = 0
     applied: bool = False
     applied_seq: int = 0
+
+
+class ApprovalChanges(msgspec.Struct, frozen=True, kw_only=True):
+    """What an append changes in the approvals table, atomically with its events: the
+    requests it makes (pending records) and the decisions it applies to the run's log
+    (call ids, each with the seq of its approval.decided or approval.expired, 0 if unknown)."""
+
+    requests: tuple[ApprovalRecord, ...] = ()
+    applied: tuple[tuple[str, int], ...] = ()
+
+    def __add__(self, other: ApprovalChanges) -> ApprovalChanges:
+        return ApprovalChanges(
+            requests=self.requests + other.requests, applied=self.applied + other.applied
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.requests or self.applied)
 
 
 def approval_key(run_id: str, call_id: str) -> bytes:

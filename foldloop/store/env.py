@@ -7,7 +7,9 @@ cannot disagree.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import msgspec
@@ -16,6 +18,7 @@ from foldloop.errors import StoreAccessError, StoreCorrupted, StoreError
 
 __all__ = [
     "DATABASES",
+    "Tables",
     "UNDECODABLE",
     "initialise",
     "lmdb_failure",
@@ -101,9 +104,27 @@ def undecodable(path: Path, exc: Exception) -> StoreCorrupted:
     )
 
 
-def open_databases(env: lmdb.Environment) -> dict[bytes, lmdb._Database]:
-    """Every named database of ``env``, by name (creating those it lacks)."""
-    return {name: env.open_db(name, create=True) for name in DATABASES}
+@dataclass(frozen=True, slots=True)
+class Tables:
+    """The handles of a store's named databases (``lmdb_store`` says what each holds)."""
+
+    log: Any
+    index: Any
+    leases: Any
+    snapshots: Any
+    meta: Any
+    approvals: Any
+    tokens: Any
+    approvals_open: Any
+    checkpoints: Any
+    history_chunks: Any
+    run_numbers: Any
+    run_ids: Any
+
+
+def open_databases(env: lmdb.Environment) -> Tables:
+    """Every named database of ``env`` (creating those it lacks)."""
+    return Tables(**{name.decode(): env.open_db(name, create=True) for name in DATABASES})
 
 
 def initialise(path: Path, *, map_size: int) -> None:

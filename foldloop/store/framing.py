@@ -18,10 +18,8 @@ else each event's time minus ``at``. The chain hash of a value is
 blake2b-128(prev_hash || frame). Reads verify the crc (cheap, every time);
 ``verify_chain`` walks the hashes (doctor, verify).
 
-Stores of formats 1-3 hold one event a value, ``[run_id, seq, position, at, event, v]``
-(a five- or six-item array where a batch has eight); they read as batches of one.
-A step's events sharing one checksum, chain hash, envelope and LMDB entry is much of why a
-step takes ~320-350 bytes rather than ~700 (benchmarks/README.md).
+A step's events share one checksum, chain hash, envelope and LMDB entry, which keeps a
+step's bytes on disk small.
 """
 
 from __future__ import annotations
@@ -41,7 +39,6 @@ from foldloop.events.codec import schema_version_of
 __all__ = [
     "GENESIS",
     "HASH_SIZE",
-    "Frame",
     "Head",
     "Lease",
     "Batch",
@@ -73,19 +70,8 @@ _U32 = struct.Struct(">I")
 _CRC = struct.Struct(">I")
 _HEADER = _CRC.size + HASH_SIZE
 _CRC_OF = _CRC.unpack_from
-_BATCH_HEAD = 0x98  # msgpack fixarray(8): a Batch frame; one-event frames are 5 or 6 items
+_BATCH_HEAD = 0x98  # msgpack fixarray(8): a Batch frame
 _BATCH_FIRST = bytes([_BATCH_HEAD])
-
-
-class Frame(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True, gc=False):
-    """A value of store formats 1-3: one event, raw until someone decodes it."""
-
-    run_id: str
-    seq: int
-    position: int
-    at: int
-    event: msgspec.Raw
-    v: int = 1
 
 
 class Head(msgspec.Struct, array_like=True, frozen=True):
@@ -194,19 +180,12 @@ class Lease(msgspec.Struct, array_like=True, frozen=True):
     epoch: int
 
 
-class RunSeq(msgspec.Struct, array_like=True, frozen=True):
-    """The first two fields of a frame: enough to place a record without decoding it."""
-
-    run_id: str
-    seq: int
-
-
 class Batch(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """The frame of a stored value: one append's events, raw until someone decodes them.
     Every field is always written (no omitted defaults), so its array has eight items.
-    ``run`` is the run's number (its id itself in a one-event value of formats 1-3)."""
+    ``run`` is the run's number."""
 
-    run: int | str
+    run: int
     seq: int
     position: int
     at: int
@@ -245,11 +224,9 @@ class _BatchHead(msgspec.Struct, array_like=True, frozen=True):
 
 
 _FRAME_ENCODER = msgspec.msgpack.Encoder()
-_FRAME_DECODER = msgspec.msgpack.Decoder(Frame)
 _BATCH_DECODER = msgspec.msgpack.Decoder(Batch)
 _TYPED_DECODER = msgspec.msgpack.Decoder(TypedBatch)
 _DECODE_TYPED = _TYPED_DECODER.decode
-_RUN_SEQ_DECODER = msgspec.msgpack.Decoder(RunSeq)
 _HEAD_DECODER = msgspec.msgpack.Decoder(_BatchHead)
 
 
@@ -307,7 +284,7 @@ def batch_frame(
     )
 
 
-def seal(frame: Batch | Frame, prev_hash: bytes) -> tuple[bytes, bytes]:
+def seal(frame: Batch, prev_hash: bytes) -> tuple[bytes, bytes]:
     """The stored bytes of ``frame`` chained after ``prev_hash``, and its own chain hash."""
     body = prev_hash + _FRAME_ENCODER.encode(frame)
     chain = hashlib.blake2b(body, digest_size=HASH_SIZE).digest()
@@ -333,29 +310,29 @@ def chain_hash(value: bytes) -> bytes:
     return hashlib.blake2b(memoryview(value)[_CRC.size :], digest_size=HASH_SIZE).digest()
 
 
+_NOT_A_BATCH = "not a value of this store format (the bytes are damaged)"
+
+
 def decode_stored(body: bytes) -> Batch:
-    """The frame of a stored value (its events raw); a one-event value of an older format
-    as a batch of one. Raises msgspec errors on bytes that are neither."""
-    if body[:1] == _BATCH_FIRST:
-        return _BATCH_DECODER.decode(body)
-    old = _FRAME_DECODER.decode(body)
-    return Batch(old.run_id, old.seq, old.position, old.at, 1, (old.event,), (old.v,), ())
+    """The frame of a stored value (its events raw). Raises msgspec errors on bytes that
+    are not one."""
+    if body[:1] != _BATCH_FIRST:
+        raise msgspec.DecodeError(_NOT_A_BATCH)
+    return _BATCH_DECODER.decode(body)
 
 
-def peek_stored(body: bytes) -> tuple[int | str, int, int]:
-    """(run number, or id in formats 1-3; first seq; event count) of a stored frame, its
-    events skipped."""
-    if body[:1] == _BATCH_FIRST:
-        head = _HEAD_DECODER.decode(body)
-        return head.run, head.seq, head.count
-    where = _RUN_SEQ_DECODER.decode(body)
-    return where.run_id, where.seq, 1
+def peek_stored(body: bytes) -> tuple[int, int, int]:
+    """(run number, first seq, event count) of a stored frame, its events skipped."""
+    if body[:1] != _BATCH_FIRST:
+        raise msgspec.DecodeError(_NOT_A_BATCH)
+    head = _HEAD_DECODER.decode(body)
+    return head.run, head.seq, head.count
 
 
 def open_fast(value: bytes) -> TypedBatch | None:
     """Envelope and events of a sound value, decoded in one pass; None when the careful
     path must look (a checksum that does not match, an event unknown or of an old shape,
-    a value of an older format).
+    a value that is not a batch).
 
     The read path's inner loop: it reads the stored bytes in place (``unseal`` copies the
     frame and the previous hash out) and raises nothing, so a reader pays one call a

@@ -1,4 +1,4 @@
-"""How the store lays data out in LMDB: key shapes, value codecs, the write-path limits.
+"""How the store lays data out in LMDB: key shapes, value codecs, how appends fill values.
 
 Shared by the write transaction (``write_txn``) and the store (``lmdb_store``).
 """
@@ -11,9 +11,6 @@ from typing import Any
 
 import msgspec
 
-from foldloop.errors import ConfigError
-from foldloop.events.catalogue import KnownEvent
-from foldloop.events.codec import encode_event
 from foldloop.store.approvals import ApprovalRecord
 from foldloop.store.framing import (
     GENESIS,
@@ -26,6 +23,7 @@ from foldloop.store.framing import (
     index_prefix,
     steps_between,
 )
+from foldloop.store.payloads import MAX_EVENT_BYTES, Payload, encode_all
 
 __all__ = [
     "APPROVAL_DECODER",
@@ -53,8 +51,6 @@ __all__ = [
 
 LAST_KEY = b"\xff" * 8
 INDEXED_KEY = b"indexed"
-MAX_EVENT_BYTES = 1 << 20
-"""The largest encoded event the log accepts (tool results are capped well below it)."""
 VALUE_EVENTS = 64
 VALUE_BYTES = 64 << 10
 """An append's events share stored values of at most this many events and (unless one
@@ -66,8 +62,6 @@ INDEX_EVERY = 256
 TailEntry = tuple[str, int, int, bytes]
 """(run_id, seq, position, chain hash) of a record past the index's high-water mark."""
 
-Payload = tuple[KnownEvent, bytes, int]
-"""An event ready to append: the event, its encoded bytes, and its ``at`` (unix ns)."""
 LEASE_DECODER = msgspec.msgpack.Decoder(Lease)
 APPROVAL_DECODER = msgspec.msgpack.Decoder(ApprovalRecord)
 ENCODER = msgspec.msgpack.Encoder()
@@ -174,24 +168,3 @@ def value_groups(payloads: Sequence[Payload]) -> list[Sequence[Payload]]:
     if start < len(payloads):
         groups.append(payloads[start:])
     return groups
-
-
-def encode_all(events: Sequence[KnownEvent], at: int) -> list[Payload]:
-    """Encode events before queueing them, so a bad payload fails in the caller, unwritten."""
-    out: list[Payload] = []
-    for event in events:
-        try:
-            raw = encode_event(event)
-        except (msgspec.EncodeError, OverflowError, UnicodeEncodeError, TypeError) as exc:
-            raise ConfigError(
-                f"cannot store a {event.type} event: {exc}; integers must fit in 64 bits and "
-                "text must be valid unicode (nothing was written)"
-            ) from None
-        if len(raw) > MAX_EVENT_BYTES:
-            raise ConfigError(
-                f"a {event.type} event of {len(raw):,} bytes is over the {MAX_EVENT_BYTES:,}-byte "
-                "limit (nothing was written); keep large data outside the log and record a "
-                "reference to it"
-            )
-        out.append((event, raw, at))
-    return out

@@ -8,10 +8,10 @@ file's size, and a marker file tells a damaged foldloop store from a fresh direc
 
 from __future__ import annotations
 
-import contextlib
+import importlib.metadata
 import json
 import os
-import secrets
+import shlex
 import stat
 import struct
 from pathlib import Path
@@ -27,8 +27,6 @@ __all__ = [
     "check_store",
     "marker_text",
     "network_filesystem",
-    "store_format",
-    "write_marker",
     "write_synced",
 ]
 
@@ -85,28 +83,32 @@ def check_local(path: Path) -> None:
 
 MARKER = "foldloop.store"
 FORMAT = 4
-"""4: one stored value per append (its events positional, one checksum and chain hash for
-them all); 4 reads the one-event values of older formats as they are. 3: an index entry
-lists where each of a stretch of a run's records sits, so concurrent runs need not an entry
-per append (2: one entry per stretch at consecutive positions, which 3 and 4 read as they
-are; 1: one entry per record, rebuilt). Older stores are upgraded on open."""
+"""The one on-disk format this foldloop reads and writes: one stored value per append (its
+events positional, one checksum and chain hash for them all), an index entry per stretch of
+a run's records. A store of another format is refused, never converted in place: its runs
+move by export and import."""
 _MAGIC = 0xBEEFC0DE
 _META_OFFSET = 16  # after the page header
 
 
-def _read_marker(path: Path) -> int:
+def foldloop_version() -> str:
+    """This foldloop's version, as its package metadata gives it."""
+    try:
+        return importlib.metadata.version("foldloop")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
+
+
+def _read_marker(path: Path) -> tuple[int, str | None]:
+    """(format, foldloop version that made the store, if the marker records one)."""
     try:
         data = json.loads((path / MARKER).read_text())
-        return int(data["format"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        version = data.get("foldloop")
+        return int(data["format"]), version if isinstance(version, str) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise StoreCorrupted(
             f"{path / MARKER} is unreadable ({exc}); this is not an intact foldloop store"
         ) from None
-
-
-def store_format(path: Path) -> int:
-    """The format a store's marker records (raises StoreError when unreadable)."""
-    return _read_marker(path)
 
 
 def check_access(path: Path) -> None:
@@ -120,12 +122,9 @@ def check_access(path: Path) -> None:
 
 def check_store(path: Path) -> None:
     """Refuse a marked store this foldloop cannot read, or whose data file is damaged."""
-    fmt = _read_marker(path)
-    if fmt > FORMAT:
-        raise StoreError(
-            f"{str(path)!r} has store format {fmt}, newer than this foldloop supports "
-            f"(format {FORMAT}); upgrade foldloop to open it"
-        )
+    fmt, version = _read_marker(path)
+    if fmt != FORMAT:
+        raise StoreError(_other_format(path, fmt, version))
     data = path / "data.mdb"
     if not data.exists() or data.stat().st_size == 0:
         raise StoreCorrupted(
@@ -183,9 +182,28 @@ def check_data_file(data: Path) -> None:
         )
 
 
+def _other_format(path: Path, fmt: int, version: str | None) -> str:
+    """Why a store of format ``fmt`` (made by foldloop ``version``, when known) is refused,
+    and how its runs move to a store this foldloop reads."""
+    where, at = str(path), shlex.quote(str(path))
+    maker = f"foldloop {version}" if version else "a foldloop that did not record its version"
+    if fmt > FORMAT:
+        return (
+            f"{where!r} has store format {fmt}, newer than this foldloop ({foldloop_version()}) "
+            f"reads (format {FORMAT}); it was made by {maker}: upgrade foldloop to open it"
+        )
+    return (
+        f"{where!r} has store format {fmt}, made by {maker}; this foldloop "
+        f"({foldloop_version()}) reads format {FORMAT} only and never converts a store in place. "
+        f"Move its runs: with the foldloop that made it, `foldloop --store {at} runs` lists "
+        f"them and `foldloop --store {at} export RUN > RUN.jsonl` writes each one; then, with "
+        "this foldloop, `foldloop --store NEW_STORE import RUN.jsonl` for each file"
+    )
+
+
 def marker_text() -> str:
     """What the marker file of a store of this format holds."""
-    return json.dumps({"format": FORMAT}) + "\n"
+    return json.dumps({"format": FORMAT, "foldloop": foldloop_version()}) + "\n"
 
 
 def write_synced(path: Path, text: str) -> None:
@@ -196,16 +214,3 @@ def write_synced(path: Path, text: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_marker(path: Path) -> None:
-    """Mark a directory as a foldloop store of this format (atomic rename)."""
-    # A name of this process's own: concurrent upgraders must not share a temporary file.
-    tmp = path / f"{MARKER}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    try:
-        write_synced(tmp, marker_text())
-        os.replace(tmp, path / MARKER)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise StoreAccessError(f"cannot write {str(path / MARKER)!r}: {exc}") from None

@@ -2,22 +2,21 @@
 
 Appends check the expected seq and the lease epoch, number a new run, seal each append as
 one stored value chained to the run's previous one, and remember the new events for the
-unindexed tail; approvals, leases, snapshots and
-projection checkpoints are written through it too, so whatever belongs together commits
-together.
+unindexed tail; approvals, leases, snapshots and projection checkpoints are written
+through it too, so whatever belongs together commits together. It works through the
+store's parts (``WriteParts``), never through the store itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-import msgspec
-
-from foldloop.errors import ApprovalError, ConcurrencyError, RunLocked
+from foldloop.errors import ConcurrencyError
 from foldloop.events.recorded import Recorded
-from foldloop.store.approvals import ApprovalRecord, approval_key
-from foldloop.store.checkpoints import Checkpoint, decode_checkpoint, encode_checkpoint
+from foldloop.store.approvals import ApprovalChanges, ApprovalRecord
+from foldloop.store.checkpoints import Checkpoint
+from foldloop.store.env import Tables
 from foldloop.store.framing import (
     Head,
     Lease,
@@ -25,32 +24,41 @@ from foldloop.store.framing import (
     index_key,
     index_value,
     pack_position,
-    pack_run,
     seal,
     steps_between,
-    unpack_run,
 )
 from foldloop.store.layout import (
-    APPROVAL_DECODER,
-    ENCODER,
     INDEXED_KEY,
-    LEASE_DECODER,
-    SNAPSHOT_DECODER,
     Payload,
     TailEntry,
     index_ranges,
-    iso,
     joined,
     last_index_entry,
     last_index_range,
     value_groups,
 )
-from foldloop.store.owners import owner_alive
+from foldloop.store.log_reader import LogReader
+from foldloop.store.mapped import MappedEnv
+from foldloop.store.run_numbers import RunNumbers
+from foldloop.store.tables import SideTables
+from foldloop.store.tail import TailCache
 
-if TYPE_CHECKING:
-    from foldloop.store.lmdb_store import LmdbStore
+__all__ = ["WriteParts", "WriteTxn"]
 
-__all__ = ["WriteTxn"]
+
+@dataclass(frozen=True, slots=True)
+class WriteParts:
+    """What a write transaction works with: the store's parts, each through its methods."""
+
+    env: MappedEnv
+    tables: Tables
+    reader: LogReader
+    tail: TailCache
+    numbers: RunNumbers
+    side: SideTables
+    index_every: int
+    listeners: Sequence[object]
+    """Who listens to commits (appends build their records while anyone does)."""
 
 
 class _Savepoint:
@@ -69,13 +77,13 @@ class _Savepoint:
 class WriteTxn:
     """What a write op sees: one LMDB write transaction plus the store's rules."""
 
-    def __init__(self, store: LmdbStore) -> None:
-        self.store = store
-        self._resize = store._resize
-        self._resize.acquire_shared()
+    def __init__(self, parts: WriteParts) -> None:
+        self._parts = parts
+        self._env = env = parts.env
+        env.hold()
         self._released = False
         try:
-            self._parent = store._begin(write=True)
+            self._parent = env.begin(write=True)
         except BaseException:
             self._release()
             raise
@@ -85,11 +93,16 @@ class WriteTxn:
         try:
             # Read from what is committed, every time: another process may have written
             # since this one last did, and LMDB says so in nothing cheaper than its data.
-            self._next = store._last_position(self._parent) + 1
-            store._sync_tail(self._parent)
+            reader, parent = parts.reader, self._parent
+            self._next = reader.last_position(parent) + 1
+            parts.tail.sync(reader.indexed(parent), lambda after: reader.scan(parent, after))
         except BaseException:
             self.abort()
             raise
+        # The step path's collaborators, looked up once a transaction, not once an append.
+        self._tail_head = parts.tail.head
+        self._known_numbers = parts.numbers.known
+        self._log_db = parts.tables.log
         self._heads: dict[str, Head] = {}
         self._numbered: dict[str, int] = {}  # run numbers given in this transaction
         self._new: list[TailEntry] = []
@@ -100,7 +113,7 @@ class WriteTxn:
 
     def begin_op(self) -> None:
         """Start an op: its writes go to a child transaction until ``end_op``/``undo_op``."""
-        self.txn = self.store._begin(write=True, parent=self._parent)
+        self.txn = self._env.begin(write=True, parent=self._parent)
         self._op = _Savepoint(self._next, len(self._new), len(self.appended))
 
     def end_op(self) -> None:
@@ -132,30 +145,27 @@ class WriteTxn:
         self._force_index = True
 
     def commit(self) -> None:
-        store = self.store
+        parts, tail = self._parts, self._parts.tail
         try:
-            pending = len(store._tail) + len(self._new)
-            indexed = pending and (pending >= store.index_every or self._force_index)
+            pending = len(tail) + len(self._new)
+            indexed = pending and (pending >= parts.index_every or self._force_index)
             if indexed:
-                self._write_index((*store._tail, *self._new))
-                self._parent.put(INDEXED_KEY, pack_position(self._next - 1), db=store._meta)
+                self._write_index((*tail.entries(), *self._new))
+                self._parent.put(INDEXED_KEY, pack_position(self._next - 1), db=parts.tables.meta)
             self._parent.commit()
             for run_id, number in self._numbered.items():
-                store.remember_run(run_id, number)
+                parts.numbers.remember(run_id, number)
             if indexed:
-                store._reset_tail(self._next - 1)
+                tail.restart(self._next - 1)
             elif self._new:
-                store._tail.extend(self._new)
-                store._tail_heads.update(self._heads)
-                store._tail_scanned = self._next - 1
-                store._publish_tail()
+                tail.extend(self._new, self._heads, self._next - 1)
         finally:
             self._release()
 
     def _write_index(self, tail: Sequence[TailEntry]) -> None:
         """Index the tail: one entry per stretch of a run's records at consecutive seqs,
         extending the run's last entry when the stretch continues it."""
-        put, index_db = self.txn.put, self.store._index
+        put, index_db = self.txn.put, self._parts.tables.index
         cur = self.txn.cursor(db=index_db)
         for run_id, first_seq, positions, chain in index_ranges(tail):
             last = last_index_range(cur, run_id)
@@ -183,53 +193,40 @@ class WriteTxn:
         # went below zero would make the next map resize wait for ever.
         if not self._released:
             self._released = True
-            self._resize.release_shared()
+            self._env.let_go()
 
     # -- reads inside the transaction ----------------------------------------------------
 
     def head(self, run_id: str) -> Head:
-        head = self._heads.get(run_id) or self.store._tail_heads.get(run_id)
+        head = self._heads.get(run_id) or self._tail_head(run_id)
         if head is not None:
             return head
-        return last_index_entry(self.txn.cursor(db=self.store._index), run_id)
+        return last_index_entry(self.txn.cursor(db=self._parts.tables.index), run_id)
 
     def run_number(self, run_id: str) -> int:
         """The run's number, given now (the next free one) on its first append. Numbers
         given here reach the store's cache only once this transaction commits, so an
         aborted one never leaves a number two runs could both be given."""
-        number = self.store._numbers.get(run_id) or self._numbered.get(run_id)
+        number = (
+            self._known_numbers.get(run_id)
+            or self._numbered.get(run_id)
+            or self._parts.numbers.stored(self.txn, run_id)
+        )
         if number is not None:
             return number
-        store, key = self.store, run_id.encode()
-        raw = self.txn.get(key, db=store._run_numbers)
-        if raw is not None:
-            number = unpack_run(raw)
-            store.remember_run(run_id, number)
-            return number
-        cur = self.txn.cursor(db=store._run_ids)
-        number = unpack_run(cur.key()) + 1 if cur.last() else 1
-        self.txn.put(key, pack_run(number), db=store._run_numbers)
-        self.txn.put(pack_run(number), key, db=store._run_ids)
+        number = self._parts.numbers.give(self.txn, run_id)
         if self._op is not None:
             self._op.numbered.append(run_id)
         self._numbered[run_id] = number
         return number
 
     def lease(self, run_id: str) -> Lease | None:
-        raw = self.txn.get(run_id.encode(), db=self.store._leases)
-        return None if raw is None else LEASE_DECODER.decode(raw)
+        return self._parts.side.lease(self.txn, run_id)
 
-    # -- writes --------------------------------------------------------------------------
+    # -- appends ---------------------------------------------------------------------------
 
     def check_lease(self, run_id: str, owner: str, epoch: int) -> None:
-        lease = self.lease(run_id)
-        if lease is None or lease.owner != owner or lease.epoch != epoch:
-            now = "nobody" if lease is None or not lease.owner else f"owner {lease.owner}"
-            held = 0 if lease is None else lease.epoch
-            raise RunLocked(
-                f"run {run_id!r} is now driven by {now} (epoch {held}); this runtime held "
-                f"epoch {epoch} and was fenced off, so its append was refused"
-            )
+        self._parts.side.check_lease(self.txn, run_id, owner, epoch)
 
     def append(
         self,
@@ -251,8 +248,8 @@ class WriteTxn:
             raise ConcurrencyError(run_id, expected_seq, head.seq)
         if owner is not None and epoch is not None:
             self.check_lease(run_id, owner, epoch)
-        put, log_db, new = self.txn.put, self.store._log, self._new
-        keep = records or bool(self.store._listeners)
+        put, log_db, new = self.txn.put, self._log_db, self._new
+        keep = records or bool(self._parts.listeners)
         number = self.run_number(run_id)
         prev = head.hash
         seq = head.seq
@@ -280,106 +277,52 @@ class WriteTxn:
         if op is not None and run_id not in op.heads:
             op.heads[run_id] = self._heads.get(run_id)
 
+    # -- leases ----------------------------------------------------------------------------
+
     def put_lease(self, run_id: str, lease: Lease) -> None:
-        self.txn.put(run_id.encode(), ENCODER.encode(lease), db=self.store._leases)
+        self._parts.side.put_lease(self.txn, run_id, lease)
 
     def acquire_lease(self, run_id: str, owner: str) -> int:
         """Take the run for ``owner`` unless a live owner holds it; returns the new epoch."""
-        lease = self.lease(run_id)
-        if (
-            lease is not None
-            and lease.owner
-            and lease.owner != owner
-            and owner_alive(self.store.owners_dir, lease.owner)
-        ):
-            raise RunLocked(
-                f"run {run_id!r} is driven by a live runtime (owner {lease.owner}, epoch "
-                f"{lease.epoch}); stop that runtime or let it finish first"
-            )
-        epoch = (lease.epoch if lease is not None else 0) + 1
-        self.put_lease(run_id, Lease(owner, epoch))
-        return epoch
+        return self._parts.side.acquire_lease(self.txn, run_id, owner)
 
     def release_lease(self, run_id: str, owner: str, epoch: int) -> bool:
-        lease = self.lease(run_id)
-        if lease is None or lease.owner != owner or lease.epoch != epoch:
-            return False
-        self.put_lease(run_id, Lease("", epoch))
-        return True
+        return self._parts.side.release_lease(self.txn, run_id, owner, epoch)
 
     # -- approvals ---------------------------------------------------------------------------
 
     def approval(self, run_id: str, call_id: str) -> ApprovalRecord | None:
-        raw = self.txn.get(approval_key(run_id, call_id), db=self.store._approvals)
-        return None if raw is None else APPROVAL_DECODER.decode(raw)
+        return self._parts.side.approval(self.txn, run_id, call_id)
 
     def put_approval(self, record: ApprovalRecord) -> None:
-        key = approval_key(record.run_id, record.call_id)
-        self.txn.put(key, ENCODER.encode(record), db=self.store._approvals)
-        self.txn.put(record.token_digest.encode(), key, db=self.store._tokens)
-        if record.applied:
-            self.txn.delete(key, db=self.store._open)
-        else:
-            # status and deadline beside the key: the poller finds what is due without
-            # decoding every pending request
-            due = record.status.encode()[:1] + pack_position(record.expires_at)
-            self.txn.put(key, due, db=self.store._open)
+        self._parts.side.put_approval(self.txn, record)
 
     def find_approval(self, token_digest: str) -> ApprovalRecord | None:
-        key = self.txn.get(token_digest.encode(), db=self.store._tokens)
-        if key is None:
-            return None
-        raw = self.txn.get(key, db=self.store._approvals)
-        return None if raw is None else APPROVAL_DECODER.decode(raw)
+        return self._parts.side.approval_by_token(self.txn, token_digest)
 
     def decide_approval(
         self, record: ApprovalRecord, *, approved: bool, by: str, note: str, now: int
     ) -> ApprovalRecord:
-        """Record a decision if the request is still pending and unexpired.
-
-        Returns the stored record: decided, or marked expired (the caller reports that).
-        Raises ApprovalError, writing nothing, when the request was already decided.
-        """
-        current = self.approval(record.run_id, record.call_id)
-        if current is None or current.token_digest != record.token_digest:
-            raise ApprovalError(
-                f"no such approval request for run {record.run_id!r} call {record.call_id!r}"
-            )
-        if current.status != "pending":
-            raise ApprovalError(
-                f"the approval of run {current.run_id!r} call {current.call_id!r} was already "
-                f"{current.status}"
-                + (f" by {current.by!r}" if current.by else "")
-                + (f" at {iso(current.decided_at)}" if current.decided_at else "")
-                + (f" (seq {current.applied_seq} of the run)" if current.applied_seq else "")
-            )
-        if now >= current.expires_at:
-            decided = msgspec.structs.replace(current, status="expired", decided_at=now)
-        else:
-            decided = msgspec.structs.replace(
-                current,
-                status="approved" if approved else "denied",
-                by=by,
-                note=note,
-                decided_at=now,
-            )
-        self.put_approval(decided)
-        return decided
+        """Record a decision if the request is still pending and unexpired (``SideTables``)."""
+        return self._parts.side.decide_approval(
+            self.txn, record, approved=approved, by=by, note=note, now=now
+        )
 
     def mark_applied(self, run_id: str, call_id: str, seq: int = 0) -> None:
-        current = self.approval(run_id, call_id)
-        if current is not None and not current.applied:
-            self.put_approval(msgspec.structs.replace(current, applied=True, applied_seq=seq))
+        self._parts.side.mark_applied(self.txn, run_id, call_id, seq)
+
+    def apply_approvals(self, run_id: str, changes: ApprovalChanges) -> None:
+        """The approval records that go with an append: new requests, applied decisions."""
+        for record in changes.requests:
+            self.put_approval(record)
+        for call_id, seq in changes.applied:
+            self.mark_applied(run_id, call_id, seq)
+
+    # -- snapshots, checkpoints, meta ------------------------------------------------------
 
     def snapshot_chunks(self, run_id: str) -> int:
         """How many history chunks the run's stored snapshot has (0 without one)."""
-        raw = self.txn.get(run_id.encode(), db=self.store._snapshots)
-        if raw is None:
-            return 0
-        try:
-            return SNAPSHOT_DECODER.decode(raw)[3]
-        except msgspec.MsgspecError:
-            return 0
+        return self._parts.side.snapshot_chunks(self.txn, run_id)
 
     def put_snapshot(
         self,
@@ -393,37 +336,23 @@ class WriteTxn:
     ) -> None:
         """Store a snapshot; ``new_chunks`` are the history chunks from ``first_chunk`` on
         (the ones before are stored already and never change)."""
-        key = run_id.encode()
-        for i, chunk in enumerate(new_chunks, start=first_chunk):
-            self.txn.put(key + b"\0" + i.to_bytes(4, "big"), chunk, db=self.store._chunks)
-        count = first_chunk + len(new_chunks)
-        self.txn.put(
-            key, ENCODER.encode((state_version, seq, state, count)), db=self.store._snapshots
+        self._parts.side.put_snapshot(
+            self.txn,
+            run_id,
+            state_version,
+            seq,
+            state,
+            new_chunks=new_chunks,
+            first_chunk=first_chunk,
         )
 
     def put_meta(self, key: str, value: bytes) -> None:
-        self.txn.put(key.encode(), value, db=self.store._meta)
+        self._parts.side.put_meta(self.txn, key, value)
 
     def put_checkpoint(self, checkpoint: Checkpoint, *, advance: bool = True) -> bool:
         """Store a projection checkpoint; with ``advance``, only if it is not behind the
         stored one (same version). Returns whether it was written."""
-        key = checkpoint.name.encode()
-        db = self.store._checkpoints
-        if advance:
-            raw = self.txn.get(key, db=db)
-            if raw is not None:
-                try:
-                    current = decode_checkpoint(raw)
-                except msgspec.DecodeError:
-                    current = None
-                if (
-                    current is not None
-                    and current.version == checkpoint.version
-                    and current.position > checkpoint.position
-                ):
-                    return False
-        self.txn.put(key, encode_checkpoint(checkpoint), db=db)
-        return True
+        return self._parts.side.put_checkpoint(self.txn, checkpoint, advance=advance)
 
     def delete_checkpoint(self, name: str) -> None:
-        self.txn.delete(name.encode(), db=self.store._checkpoints)
+        self._parts.side.delete_checkpoint(self.txn, name)

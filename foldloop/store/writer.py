@@ -29,6 +29,9 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 _MAX_BATCH = 4096
+# Python raises KeyboardInterrupt in this thread at any bytecode; a commit it cut short
+# would keep the commit role for ever, so this thread never leads (its ops wait instead).
+_MAIN_THREAD = threading.main_thread().ident
 
 
 class WriteOp(Generic[T]):
@@ -126,8 +129,8 @@ class Writer:
                 op.finish(None, StoreError("the store is closed; open it again to write"))
                 return op
             self._pending.append(op)
-            if self._committing or not op.durable:
-                if not self._polling:
+            if self._committing or not op.durable or threading.get_ident() == _MAIN_THREAD:
+                if not self._polling or (op.durable and not self._committing):
                     self._cond.notify()
                 return op
             self._committing = True
@@ -136,7 +139,7 @@ class Writer:
         return op
 
     def close(self) -> None:
-        """Commit everything queued, then stop the flusher."""
+        """Commit everything queued, then stop the flusher (no linger: queued ops commit now)."""
         with self._lock:
             if self._closed:
                 return
@@ -153,14 +156,30 @@ class Writer:
 
     def _lead(self, batch: list[WriteOp[Any]]) -> None:
         """Commit ``batch``; keep going while durable ops wait; then release the role."""
-        while True:
-            self._commit_safely(batch)
-            with self._lock:
-                if any(op.durable for op in self._pending):
-                    batch = self._take()
-                    continue
-                self._committing = False
-                return
+        try:
+            while True:
+                self._commit_safely(batch)
+                with self._lock:
+                    if any(op.durable for op in self._pending):
+                        batch = self._take()
+                        continue
+                    self._committing = False
+                    if self._closed:
+                        self._cond.notify()  # close() waits on this, never on a linger
+                    return
+        except BaseException as exc:
+            self._abandon(batch, exc)
+            raise
+
+    def _abandon(self, batch: list[WriteOp[Any]], exc: BaseException) -> None:
+        """Hand back the role a leader cut short holds, failing what it had not finished, so
+        that neither close() nor the batch's waiters wait for ever."""
+        with self._lock:
+            self._committing = False
+            self._cond.notify()
+        for op in batch:
+            if not op.done:
+                op.finish(None, StoreError(f"the store writer was interrupted ({exc!r})"))
 
     def _run(self) -> None:
         idle_since = time.monotonic()
@@ -169,7 +188,7 @@ class Writer:
                 if self._closed and not self._pending and not self._committing:
                     return
                 if not self._pending or self._committing:
-                    if time.monotonic() - idle_since > self._IDLE_AFTER_S and not self._closed:
+                    if self._closed or time.monotonic() - idle_since > self._IDLE_AFTER_S:
                         self._polling = False  # asleep until a submit wakes us
                         self._cond.wait()
                         idle_since = time.monotonic()
