@@ -9,10 +9,10 @@ does it: its poller, ``resume`` or ``recover``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 
 from foldloop._log import get_logger
+from foldloop.actors.system import ActorSystem
 from foldloop.agent import Agent
 from foldloop.approvals import PendingApproval, issue_tickets, token_digest
 from foldloop.core.commands import ApprovalTicket, Command, DecideApproval, ExpireApproval
@@ -20,11 +20,14 @@ from foldloop.core.decide import decide
 from foldloop.core.effects import Decision
 from foldloop.core.state import RunState, RunStatus
 from foldloop.errors import ApprovalError, ConfigError, RunLocked
-from foldloop.runtime.rules import NothingToDo, evolve_all, expiry, iso, merged
+from foldloop.runtime.driving import drive
+from foldloop.runtime.lifecycle import Lifecycle
+from foldloop.runtime.queries import Queries
+from foldloop.runtime.registry import AgentRegistry
+from foldloop.runtime.rules import NothingToDo, evolve_all, iso, merged
+from foldloop.runtime.writes import RunWrites
+from foldloop.store import EventStore
 from foldloop.store.approvals import ApprovalRecord
-
-if TYPE_CHECKING:
-    from foldloop.runtime.facade import Runtime
 
 __all__ = ["ApprovalDesk"]
 
@@ -34,15 +37,31 @@ log = get_logger("foldloop.runtime")
 class ApprovalDesk:
     """Approvals for one runtime (``rt.approve``/``deny``/``pending_approvals`` land here)."""
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
+    def __init__(
+        self,
+        *,
+        store: EventStore,
+        system: ActorSystem,
+        writes: RunWrites,
+        queries: Queries,
+        agents: AgentRegistry,
+        lifecycle: Lifecycle,
+        clock: Callable[[], int],
+    ) -> None:
+        self._store = store
+        self._system = system
+        self._writes = writes
+        self._queries = queries
+        self._agents = agents
+        self._lifecycle = lifecycle
+        self._clock = clock
 
     def pending(self) -> list[PendingApproval]:
         """Gated calls waiting for a decision (with the token, where this runtime issued it)."""
-        now = self.rt.clock()
+        now = self._clock()
         return [
-            self.rt.system.pending(r)
-            for r in self.rt.store.open_approvals()
+            self._system.pending(r)
+            for r in self._store.open_approvals()
             if r.status == "pending" and now < r.expires_at
         ]
 
@@ -58,20 +77,17 @@ class ApprovalDesk:
     ) -> None:
         """Check and record a decision in one write transaction (exactly one racing decider
         wins), then carry it into the run if this runtime can."""
-        self.rt.check_open()
         record: ApprovalRecord | None
         if token is not None:
             record = self._by_token(token, run_id, call_id)
         elif run_id is not None and call_id is not None:
-            record = self.rt.store.approval(run_id, call_id)
+            record = self._store.approval(run_id, call_id)
             if record is None:
                 raise ApprovalError(f"no approval request for run {run_id!r} call {call_id!r}")
         else:
             raise ConfigError("pass a token, or both run_id= and call_id=")
-        now = self.rt.clock()
-        decided = self.rt.store.submit(
-            lambda w: w.decide_approval(record, approved=approved, by=by, note=note, now=now)
-        ).wait()
+        now = self._clock()
+        decided = self._writes.decide_approval(record, approved=approved, by=by, note=note, now=now)
         log.info(
             "approval_decided", run_id=record.run_id, call_id=record.call_id, status=decided.status
         )
@@ -86,7 +102,7 @@ class ApprovalDesk:
         """The request ``token`` decides: refused when unknown, superseded by a request
         issued again (``resume`` after an expiry), or not the ids given beside it."""
         digest = token_digest(token)
-        record = self.rt.store.approval_by_token(digest)
+        record = self._store.approval_by_token(digest)
         if record is None:
             raise ApprovalError("no such approval request: the token is unknown or forged")
         if record.token_digest != digest:
@@ -122,7 +138,7 @@ class ApprovalDesk:
 
     def remember_tokens(self, run_id: str, tokens: dict[str, str]) -> None:
         for call_id, token in tokens.items():
-            self.rt.system.issued[(run_id, call_id)] = token
+            self._system.issued[(run_id, call_id)] = token
 
     def commands(self, state: RunState) -> Iterator[Command]:
         """Commands for the run's waiting calls that the approvals table has decided (or
@@ -130,14 +146,14 @@ class ApprovalDesk:
         for call in state.calls:
             if call.status != "awaiting_approval":
                 continue
-            record = self.rt.store.approval(state.run_id, call.call_id)
+            record = self._store.approval(state.run_id, call.call_id)
             if record is None or record.applied:
                 continue
-            now = self.rt.clock()
+            now = self._clock()
             if record.status == "pending":
                 if now < record.expires_at:
                     continue
-                record = self.rt.store.submit(expiry(record, now)).wait()
+                record = self._writes.expire(record, now)
             if record.status == "expired":
                 yield ExpireApproval(now=now, call_id=call.call_id)
             else:
@@ -153,7 +169,7 @@ class ApprovalDesk:
         """True if a call the run waits on is decided in the approvals table already."""
         for call in state.calls:
             if call.status == "awaiting_approval":
-                record = self.rt.store.approval(state.run_id, call.call_id)
+                record = self._store.approval(state.run_id, call.call_id)
                 if record is not None and record.status != "pending" and not record.applied:
                     return True
         return False
@@ -177,49 +193,49 @@ class ApprovalDesk:
             return state, decisions, False
         decisions = [*decisions, *(decision for decision, _ in steps)]
         settles = decisions[-1].settles
-        self.rt.append_decisions(state, steps, epoch, release=settles)
+        self._writes.append_decisions(state, steps, epoch, release=settles)
         return after, decisions, settles
 
     def carry(self, run_id: str, agent_name: str) -> None:
         """Carry decisions into the run's log now, if this runtime can drive it."""
-        if self.rt.system.active(run_id):
+        if self._system.active(run_id):
             # Its actor appends them (it rejects any it has already applied).
-            for command in self.commands(self.rt.state(run_id)):
-                self.rt.system.tell(run_id, command)
+            for command in self.commands(self._queries.state(run_id)):
+                self._system.tell(run_id, command)
             return
-        agent = self.rt.agent_named(agent_name)
-        if agent is None or self.rt.closed:
+        agent = self._agents.named(agent_name)
+        if agent is None or self._lifecycle.closed:
             return  # a runtime with the agent (its poller, resume or recover) carries it on
         try:
-            epoch = self.rt.system.take(run_id)
+            epoch = self._system.take(run_id)
         except RunLocked:
             return  # whoever drives it (here or elsewhere) sees the decision itself
         try:
-            state = self.rt.state(run_id)
+            state = self._queries.state(run_id)
             if state.status is not RunStatus.AWAITING_APPROVAL:
                 raise NothingToDo
             state, decisions, released = self.apply(state, epoch, [])
             if not decisions:
                 raise NothingToDo
         except NothingToDo:
-            self.rt.system.give_back(run_id, epoch)
+            self._system.give_back(run_id, epoch)
             return
         except Exception:
             log.exception("approval_apply_failed", run_id=run_id)
-            self.rt.system.give_back(run_id, epoch)
+            self._system.give_back(run_id, epoch)
             return
         except BaseException:
-            self.rt.system.give_back(run_id, epoch)
+            self._system.give_back(run_id, epoch)
             raise
-        self.rt.drive(agent, state, epoch, merged(decisions, state), released=released)
+        drive(self._system, agent, state, epoch, merged(decisions, state), released=released)
 
     def carry_due(self) -> None:
         """Carry decisions made elsewhere, and expiries, into runs of agents known here."""
-        now = self.rt.clock()
+        now = self._clock()
         runs = {
             (r.run_id, r.agent)
-            for r in self.rt.store.due_approvals(now)
-            if self.rt.agent_named(r.agent) is not None
+            for r in self._store.due_approvals(now)
+            if self._agents.named(r.agent) is not None
         }
         for run_id, agent_name in sorted(runs):
             self.carry(run_id, agent_name)

@@ -1,7 +1,7 @@
 """WorkerPool: runs driven by several worker processes on one store, to use every core.
 
 One Runtime drives its runs on one interpreter lock, so it is bound to one core however
-many runs it drives (``benchmarks/README.md``: CPU a step x steps/s stays ~1.0). A pool
+many runs it drives. A pool
 starts ``processes`` worker processes, each a Runtime of its own on the same store
 (``pool_worker``), hands each new run to the next one, and keeps a Runtime in the host
 that drives nothing: waiting, reading, approving and cancelling go through the log, as
@@ -33,7 +33,7 @@ from foldloop.core.state import RunStatus
 from foldloop.errors import ConfigError, FoldloopError, WorkerError
 from foldloop.events.values import Limits
 from foldloop.runtime.agent_ref import load_agent
-from foldloop.runtime.facade import Runtime
+from foldloop.runtime.facade import Runtime, run_ops
 from foldloop.runtime.pool_protocol import (
     Cancel,
     Cancelled,
@@ -54,13 +54,10 @@ __all__ = ["PooledRunHandle", "WorkerInfo", "WorkerPool"]
 log = get_logger(__name__)
 
 SWITCH_INTERVAL = 0.05
-"""The workers' ``sys.setswitchinterval`` (CPython's default is 0.005). A worker drives
-hundreds of runs, a thread each while a run is active, and every thread waiting for the
-interpreter lock wakes each interval to ask for it: one runtime driving 1,000 runs spent a
-third of its CPU a step on that at the default (benchmarks/README.md); over two workers,
-1,000 runs went from 6,700 to 7,400-8,200 steps/s with 0.05, 100 runs did not change. A
-worker runs no host code but its agents' tools, so the longer interval only delays a run
-while another run's tool computes in pure Python."""
+"""The workers' ``sys.setswitchinterval`` (CPython's default is 0.005): a worker's many run
+threads each wake every interval to ask for the interpreter lock, which costs CPU a step
+at the default. A worker runs no host code but its agents' tools, so the longer interval
+only delays a run while another run's tool computes in pure Python."""
 
 RESTART_INTERVAL = 1.0
 """Seconds at least between a worker's death and its automatic replacement: a run that
@@ -214,18 +211,18 @@ class PooledRunHandle(RunHandle):
     ``cancel`` asks the worker driving the run."""
 
     def __init__(self, pool: WorkerPool, run_id: str) -> None:
-        super().__init__(pool.runtime, run_id)
+        super().__init__(run_ops(pool.runtime), run_id)
         self._pool = pool
 
-    def wait(self, timeout: float | None = None) -> RunResult:
-        """Block until the run completes or parks (or ``timeout`` seconds pass). If its
-        worker died, a replacement is started (it recovers the run) and waited on once."""
+    def wait(self, timeout: float | None = None, *, through_approvals: bool = False) -> RunResult:
+        """``RunHandle.wait``; if the run's worker died, a replacement is started (it
+        recovers the run) and waited on once."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        result = super().wait(timeout)
+        result = super().wait(timeout, through_approvals=through_approvals)
         if result.status is RunStatus.INTERRUPTED and not self._pool.closed:
             self._pool.replace_dead()
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            result = super().wait(left)
+            result = super().wait(left, through_approvals=through_approvals)
         return result
 
     def cancel(self, reason: str = "") -> None:
@@ -276,7 +273,7 @@ class WorkerPool(ClosedOnExit):
         self._start_timeout = start_timeout
         self.runtime = Runtime.open(path)  # drives nothing: it knows no agents
         self._command = [sys.executable, "-m", "foldloop.runtime.pool_worker"]
-        self._command += ["--store", str(self.runtime.store.path), "--log-level", log_level]
+        self._command += ["--store", self.runtime.store.location, "--log-level", log_level]
         for spec in specs:
             self._command += ["--agent", spec]
         if switch_interval is not None:

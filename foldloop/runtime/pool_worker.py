@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 import msgspec
-import structlog
 
 from foldloop.errors import ConfigError, FoldloopError
 from foldloop.runtime.agent_ref import load_agent
@@ -148,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.dup2(2, 1)  # whatever else writes to stdout lands on stderr, not in the protocol
     level = logging.getLevelName(args.log_level.upper())
     if isinstance(level, int):
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+        fmt = f"%(levelname)s %(name)s [worker {os.getpid()}]: %(message)s"
+        logging.basicConfig(level=level, stream=sys.stderr, format=fmt)  # a host of its own
     try:
         agents = [load_agent(spec) for spec in args.agent]
         rt = Runtime.open(args.store, agents=agents, create=False)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from foldloop.core.state import RunState, RunStatus
 from foldloop.errors import StoreCorrupted
 from foldloop.events.values import Usage
+from foldloop.runtime.lifecycle import OpenOnly
 
-if TYPE_CHECKING:
-    from foldloop.runtime.facade import Runtime
-
-__all__ = ["Damaged", "RunHandle", "RunResult", "RunSummary", "result_of"]
+__all__ = ["Damaged", "RunHandle", "RunOps", "RunResult", "RunSummary", "result_of"]
 
 
 @dataclass(frozen=True)
@@ -95,25 +93,50 @@ def result_of(state: RunState, *, interrupted: str = "") -> RunResult:
     )
 
 
-class RunHandle:
+class RunOps(Protocol):
+    """What a RunHandle asks of the runtime that gave it out."""
+
+    def check_open(self) -> None: ...
+
+    def state(self, run_id: str) -> RunState: ...
+
+    def wait(self, run_id: str, timeout: float | None, *, through_approvals: bool) -> RunResult: ...
+
+    def cancel(self, run_id: str, reason: str) -> None: ...
+
+
+class RunHandle(OpenOnly):
     """A run spawned or resumed through a runtime."""
 
-    def __init__(self, runtime: Runtime, run_id: str) -> None:
-        self._rt = runtime
+    def __init__(self, ops: RunOps, run_id: str) -> None:
+        self._ops = ops
         self.id = run_id
 
     def __repr__(self) -> str:
         return f"RunHandle({self.id!r})"
 
-    def wait(self, timeout: float | None = None) -> RunResult:
-        """Block until the run completes or parks (or ``timeout`` seconds pass)."""
-        return self._rt._wait(self.id, timeout)
+    def _check_open(self) -> None:
+        self._ops.check_open()
+
+    def wait(self, timeout: float | None = None, *, through_approvals: bool = False) -> RunResult:
+        """Block until the run stops moving, and return where it stands.
+
+        By default it returns when the run ends (completed, failed, cancelled, limit_reached,
+        no_progress), is interrupted (no runtime drives it), or parks waiting for a person
+        (awaiting_approval); a decision already taken but not yet carried into the run is
+        waited for. With ``through_approvals=True`` it waits on through every park (calls
+        approved or denied here or in any process, the run parking again, a resume by
+        another process) and returns only when the run ends or is interrupted. After
+        ``timeout`` seconds it returns the run as it stands then (running or
+        awaiting_approval, with a reason saying so).
+        """
+        return self._ops.wait(self.id, timeout, through_approvals=through_approvals)
 
     def cancel(self, reason: str = "") -> None:
         """Cancel the run (at once: model calls run off the run's thread)."""
-        self._rt._cancel(self.id, reason)
+        self._ops.cancel(self.id, reason)
 
     @property
     def state(self) -> RunState:
         """The run's current state (the fold of its log)."""
-        return self._rt.state(self.id)
+        return self._ops.state(self.id)

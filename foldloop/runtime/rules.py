@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import msgspec
 
@@ -20,8 +20,6 @@ from foldloop.core.state import RunState
 from foldloop.errors import ConfigError
 from foldloop.events.codec import unpaired_surrogate
 from foldloop.events.values import Limits
-from foldloop.store.approvals import ApprovalRecord
-from foldloop.store.lmdb_store import WriteTxn
 
 __all__ = [
     "NothingToDo",
@@ -29,7 +27,6 @@ __all__ = [
     "check_spawn",
     "check_text",
     "evolve_all",
-    "expiry",
     "iso",
     "merged",
     "priced_limits",
@@ -39,11 +36,6 @@ __all__ = [
 log = get_logger("foldloop.runtime")
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-def expiry(record: ApprovalRecord, now: int) -> Callable[[WriteTxn], ApprovalRecord]:
-    """A write op that marks a pending request expired (its deadline has passed)."""
-    return lambda w: w.decide_approval(record, approved=False, by="", note="", now=now)
 
 
 def priced_limits(agent: Agent, now: int) -> Limits:

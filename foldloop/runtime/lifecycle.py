@@ -1,0 +1,73 @@
+"""Closed means closed: one check in front of every public member of what host code holds.
+
+``Runtime`` and ``RunHandle`` derive from ``OpenOnly``: each public method and property a
+subclass defines is wrapped, as the class is created, so it first asks ``_check_open``. A
+method added later is guarded without anyone remembering to.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from foldloop.errors import ConfigError
+
+__all__ = ["CLOSED", "Lifecycle", "OpenOnly"]
+
+CLOSED = "this runtime is closed; open a new one with fl.Runtime.open()"
+
+
+class Lifecycle:
+    """Whether a runtime is open; shared by the runtime, its parts and its handles."""
+
+    def __init__(self) -> None:
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close`` was called."""
+        return self._closed
+
+    def close(self) -> bool:
+        """Mark it closed; True only the first time (the caller then releases what it holds)."""
+        if self._closed:
+            return False
+        self._closed = True
+        return True
+
+    def check(self) -> None:
+        """Raise ConfigError if it is closed."""
+        if self._closed:
+            raise ConfigError(CLOSED)
+
+
+class OpenOnly:
+    """Base whose subclasses' public methods and properties call ``_check_open`` first;
+    those named in ``_usable_when_closed`` are left alone."""
+
+    _usable_when_closed: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, member in list(vars(cls).items()):
+            if name.startswith("_") or name in cls._usable_when_closed:
+                continue
+            if isinstance(member, property) and member.fget is not None:
+                guarded = property(_checked(member.fget), member.fset, member.fdel, member.__doc__)
+                setattr(cls, name, guarded)
+            elif inspect.isfunction(member):  # not classmethods: they need no open instance
+                setattr(cls, name, _checked(member))
+
+    def _check_open(self) -> None:
+        raise NotImplementedError
+
+
+def _checked(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def checked(self: OpenOnly, *args: Any, **kwargs: Any) -> Any:
+        self._check_open()
+        return method(self, *args, **kwargs)
+
+    return checked

@@ -1,0 +1,107 @@
+"""Closed means closed: after ``rt.close()`` every public method of the runtime and of the
+handles it gave out raises the same ConfigError, never a store's raw error."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import foldloop as fl
+from foldloop.projections import RunMetrics
+
+CLOSED = r"this runtime is closed; open a new one with fl\.Runtime\.open\(\)"
+
+
+def _agent() -> fl.Agent:
+    return fl.Agent(name="closing", llm=fl.ScriptedLLM([fl.Reply(text="done")]))
+
+
+AGENT = _agent()
+
+RUNTIME_CALLS: dict[str, Callable[[fl.Runtime, str, list[str]], object]] = {
+    "agent_named": lambda rt, run, lines: rt.agent_named("closing"),
+    "approve": lambda rt, run, lines: rt.approve(run_id=run, call_id="call_1_1"),
+    "attach": lambda rt, run, lines: rt.attach(RunMetrics()),
+    "check_open": lambda rt, run, lines: rt.check_open(),
+    "deny": lambda rt, run, lines: rt.deny(run_id=run, call_id="call_1_1"),
+    "events": lambda rt, run, lines: rt.events(run),
+    "explain": lambda rt, run, lines: rt.explain(run),
+    "export": lambda rt, run, lines: rt.export(run),
+    "handle": lambda rt, run, lines: rt.handle(run),
+    "import_jsonl": lambda rt, run, lines: rt.import_jsonl(lines, run_id="copy"),
+    "pending_approvals": lambda rt, run, lines: rt.pending_approvals(),
+    "read_all": lambda rt, run, lines: rt.read_all(),
+    "recover": lambda rt, run, lines: rt.recover(),
+    "register": lambda rt, run, lines: rt.register(_agent()),
+    "resume": lambda rt, run, lines: rt.resume(run),
+    "runs": lambda rt, run, lines: rt.runs(),
+    "spawn": lambda rt, run, lines: rt.spawn(AGENT, "again"),
+    "state": lambda rt, run, lines: rt.state(run),
+    "subscribe": lambda rt, run, lines: rt.subscribe(lambda rec: None),
+    "verify": lambda rt, run, lines: rt.verify(run),
+}
+"""One call of each public method; ``close`` and ``closed`` work on a closed runtime."""
+
+HANDLE_CALLS: dict[str, Callable[[fl.RunHandle], object]] = {
+    "cancel": lambda handle: handle.cancel("late"),
+    "state": lambda handle: handle.state,
+    "wait": lambda handle: handle.wait(timeout=1),
+}
+
+
+def public_members(cls: type) -> set[str]:
+    """Public methods and properties of ``cls`` (classmethods such as ``open`` need no
+    instance, so no open one)."""
+    return {
+        name
+        for name, member in inspect.getmembers(cls)
+        if not name.startswith("_") and (inspect.isfunction(member) or isinstance(member, property))
+    }
+
+
+def test_every_public_method_of_the_runtime_is_in_the_table() -> None:
+    assert public_members(fl.Runtime) - {"close", "closed"} == set(RUNTIME_CALLS), (
+        "a public Runtime method was added or removed: list a call of it in RUNTIME_CALLS"
+    )
+    assert public_members(fl.RunHandle) == set(HANDLE_CALLS)
+
+
+@pytest.fixture
+def closed(store_path: Path) -> tuple[fl.Runtime, fl.RunHandle, list[str]]:
+    """A runtime that ran one run and was closed, the run's handle and its export."""
+    rt = fl.Runtime.open(store_path, agents=[AGENT])
+    run = rt.spawn(AGENT, "hi")
+    assert run.wait(timeout=30).ok
+    lines = list(rt.export(run.id))
+    rt.close()
+    return rt, run, lines
+
+
+@pytest.mark.parametrize("name", sorted(RUNTIME_CALLS))
+def test_a_closed_runtime_refuses_every_call_with_one_clear_error(
+    closed: tuple[fl.Runtime, fl.RunHandle, list[str]], name: str
+) -> None:
+    rt, run, lines = closed
+    with pytest.raises(fl.ConfigError, match=CLOSED):
+        RUNTIME_CALLS[name](rt, run.id, lines)
+
+
+@pytest.mark.parametrize("name", sorted(HANDLE_CALLS))
+def test_a_handle_of_a_closed_runtime_refuses_every_call(
+    closed: tuple[fl.Runtime, fl.RunHandle, list[str]], name: str
+) -> None:
+    _rt, run, _lines = closed
+    with pytest.raises(fl.ConfigError, match=CLOSED):
+        HANDLE_CALLS[name](run)
+
+
+def test_close_and_closed_still_answer(closed: tuple[fl.Runtime, fl.RunHandle, list[str]]) -> None:
+    rt, _run, _lines = closed
+    assert rt.closed
+    rt.close()  # a second close is a no-op
+    with rt:  # and so is leaving a with block
+        pass
+    assert rt.closed

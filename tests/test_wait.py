@@ -1,0 +1,238 @@
+"""``run.wait()``: where it returns by default (at the end or at a park), how
+``through_approvals=True`` waits on to the end whoever decides or resumes, and timeouts."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+import foldloop as fl
+from foldloop.events.catalogue import ApprovalDecided
+
+TESTS = Path(__file__).resolve().parent
+HEAD_START = 0.2
+"""Seconds a decider lets a blocked wait() run first: a wait that stopped at parks would
+have returned by then, so only one that waits through them sees the run end."""
+
+
+@fl.tool(name="pay")
+def pay(to: str) -> str:
+    """Pay someone."""
+    return f"paid {to}"
+
+
+def gated(name: str, payments: int, ttl: float = 3600.0) -> fl.Agent:
+    """An agent that pays ``payments`` people one step at a time, each payment gated, so
+    its run parks once per payment; then it says done."""
+
+    def model(messages: Sequence[fl.Message], tools: Sequence[fl.ToolSpec]) -> fl.Reply:
+        paid = sum(1 for m in messages if m.role == "tool")
+        if paid < payments:
+            return fl.Reply(tool_calls=[fl.ToolCall("pay", {"to": f"p{paid}"})])
+        return fl.Reply(text=f"done after {paid}")
+
+    return fl.Agent(
+        name=name,
+        llm=fl.ScriptedLLM(model),
+        tools=[pay],
+        approvals=fl.RequireApproval({"pay"}, ttl=ttl),
+    )
+
+
+ONCE = gated("once", 1)
+EXPIRING = gated("expiring", 1, ttl=1.0)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Return once ``predicate()`` is true; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.01)
+
+
+def decisions(rt: fl.Runtime, run_id: str) -> list[tuple[bool, str]]:
+    """(approved, by) of each approval.decided in the run's log."""
+    return [
+        (r.event.approved, r.event.by)
+        for r in rt.events(run_id)
+        if isinstance(r.event, ApprovalDecided)
+    ]
+
+
+def parked(rt: fl.Runtime, agent: fl.Agent) -> tuple[fl.RunHandle, fl.PendingApproval]:
+    """A run of ``agent`` parked at its first gate, and the request it waits on."""
+    run = rt.spawn(agent, "pay")
+    result = run.wait(timeout=30)  # by default wait() returns at a park
+    assert result.status is fl.RunStatus.AWAITING_APPROVAL, result
+    assert result.resumable
+    (pending,) = rt.pending_approvals()
+    return run, pending
+
+
+def test_wait_through_approvals_returns_the_end_when_another_thread_approves(
+    rt: fl.Runtime,
+) -> None:
+    run, pending = parked(rt, ONCE)
+    decider = threading.Timer(HEAD_START, rt.approve, [pending.token], {"by": "alice"})
+    decider.start()
+    result = run.wait(timeout=30, through_approvals=True)
+    decider.join()
+    assert (result.status, result.output) == (fl.RunStatus.COMPLETED, "done after 1")
+    assert decisions(rt, run.id) == [(True, "alice")]
+
+
+def test_wait_through_approvals_rides_out_a_run_that_parks_again_twice(
+    rt: fl.Runtime,
+) -> None:
+    agent = gated("thrice", 3)
+    run, _first = parked(rt, agent)
+    approved: list[str] = []
+
+    def decide_each_as_it_comes() -> None:
+        while len(approved) < 3:
+            wait_until(
+                lambda: any(p.call_id not in approved for p in rt.pending_approvals()),
+                30,
+                "the next approval request",
+            )
+            time.sleep(HEAD_START)  # the run is parked and wait() has seen so: then decide
+            (pending,) = [p for p in rt.pending_approvals() if p.call_id not in approved]
+            rt.approve(pending.token, by="bob")
+            approved.append(pending.call_id)
+
+    decider = threading.Thread(target=decide_each_as_it_comes)
+    decider.start()
+    result = run.wait(timeout=60, through_approvals=True)
+    decider.join(timeout=30)
+    assert (result.status, result.output) == (fl.RunStatus.COMPLETED, "done after 3")
+    types = [r.type for r in rt.events(run.id)]
+    assert types.count("approval.requested") == types.count("approval.decided") == 3
+
+
+def test_wait_through_approvals_sees_a_decision_made_by_another_process(
+    store_path: Path,
+) -> None:
+    with fl.Runtime.open(store_path, agents=[ONCE]) as rt:
+        run, pending = parked(rt, ONCE)
+        code = textwrap.dedent(
+            f"""
+            import sys, time
+            import foldloop as fl
+            with fl.Runtime.open({str(store_path)!r}) as other:  # it knows no agent
+                print("READY", flush=True)
+                sys.stdin.readline()
+                time.sleep({HEAD_START})
+                other.approve(run_id={run.id!r}, call_id={pending.call_id!r}, by="remote")
+            """
+        )
+        with subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        ) as proc:
+            assert proc.stdin is not None and proc.stdout is not None
+            while (line := proc.stdout.readline()).strip() != "READY":
+                assert line, "the other process exited before it was ready"
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            result = run.wait(timeout=60, through_approvals=True)
+            assert proc.wait(timeout=60) == 0
+        assert (result.status, result.output) == (fl.RunStatus.COMPLETED, "done after 1")
+        assert decisions(rt, run.id) == [(True, "remote")]
+
+
+def test_wait_through_approvals_follows_an_expiry_and_a_resume_by_another_process(
+    store_path: Path,
+) -> None:
+    """The request expires here; another process (with the agent) resumes the run, which
+    asks again and parks, approves it and drives the run to its end: this wait sees it."""
+    with fl.Runtime.open(store_path, agents=[EXPIRING]) as rt:
+        run, pending = parked(rt, EXPIRING)
+        code = textwrap.dedent(
+            f"""
+            import sys
+            sys.path.insert(0, {str(TESTS.parent)!r})
+            import foldloop as fl
+            from tests.test_wait import EXPIRING, wait_until
+            with fl.Runtime.open({str(store_path)!r}, agents=[EXPIRING]) as other:
+                expired = lambda: any(c.status == "expired" for c in other.state({run.id!r}).calls)
+                wait_until(expired, 30, "the request to expire")
+                other.handle({run.id!r}).wait(timeout=30)  # and its lease to be let go
+                again = other.resume({run.id!r})
+                other.approve(run_id={run.id!r}, call_id={pending.call_id!r}, by="elsewhere")
+                print(again.wait(timeout=30, through_approvals=True).status.value, flush=True)
+            """
+        )
+        with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as p:
+            result = run.wait(timeout=60, through_approvals=True)
+            out, _ = p.communicate(timeout=60)
+        assert "completed" in out.splitlines(), out
+        assert (result.status, result.output) == (fl.RunStatus.COMPLETED, "done after 1")
+        types = [r.type for r in rt.events(run.id)]
+        assert types.count("approval.requested") == 2
+        assert "approval.expired" in types and "run.resumed" in types
+
+
+def test_wait_through_approvals_returns_the_park_when_the_timeout_passes(rt: fl.Runtime) -> None:
+    run, _pending = parked(rt, ONCE)
+    started = time.monotonic()
+    result = run.wait(timeout=0.3, through_approvals=True)
+    took = time.monotonic() - started
+    assert 0.3 <= took < 5, took
+    assert result.status is fl.RunStatus.AWAITING_APPROVAL
+    assert "waiting for a person to approve or deny" in result.reason
+    assert result.resumable
+    rt.approve(run_id=run.id, call_id=_pending.call_id)
+    assert run.wait(timeout=30, through_approvals=True).output == "done after 1"
+
+
+@pytest.mark.parametrize("through_approvals", [False, True])
+def test_wait_returns_a_running_run_as_running_when_the_timeout_passes(
+    rt: fl.Runtime, through_approvals: bool
+) -> None:
+    release = threading.Event()
+
+    @fl.tool(name="hold", timeout=60)
+    def hold() -> str:
+        """Block until the test releases it."""
+        release.wait(30)
+        return "released"
+
+    agent = fl.Agent(
+        name="holder",
+        llm=fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("hold", {})]), fl.Reply(text="ok")]),
+        tools=[hold],
+    )
+    run = rt.spawn(agent, "hold on")
+    started = time.monotonic()
+    result = run.wait(timeout=0.2, through_approvals=through_approvals)
+    assert time.monotonic() - started >= 0.2
+    assert result.status is fl.RunStatus.RUNNING
+    assert result.reason == "still running; call wait() again"
+    release.set()
+    assert run.wait(timeout=30, through_approvals=through_approvals).output == "ok"
+
+
+def test_wait_by_default_returns_at_the_park_and_again_at_the_end(rt: fl.Runtime) -> None:
+    """Without through_approvals a wait stops at each park; once a decision is taken, a
+    wait waits for it to reach the run rather than return the park it already saw."""
+    run, pending = parked(rt, ONCE)
+    rt.approve(pending.token)
+    assert run.wait(timeout=30).status is fl.RunStatus.COMPLETED
+
+
+def test_the_readme_says_what_the_docstring_says() -> None:
+    def words(text: str) -> str:
+        return " ".join(text.replace("``", "").replace("`", "").split())
+
+    doc = words(inspect.getdoc(fl.RunHandle.wait) or "")
+    promise = doc[doc.index("By default") :]
+    assert promise.endswith("with a reason saying so).")
+    assert promise in words((TESTS.parent / "README.md").read_text())
