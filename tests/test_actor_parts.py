@@ -9,6 +9,7 @@ from foldloop.actors.loops import ActorLoops
 from foldloop.actors.timers import Timers
 from foldloop.actors.tool_actor import Slots
 from tests.peak import Peak
+from tests.waiting import wait_until
 
 
 def test_cancelled_timers_do_not_pile_up() -> None:
@@ -21,9 +22,7 @@ def test_cancelled_timers_do_not_pile_up() -> None:
             timers.call_later(120, lambda: fired.append(0)).cancel()
         assert timers.held() <= 2 * 1024 + 1
         timers.call_later(0.01, lambda: fired.append(-1))
-        deadline = time.monotonic() + 5
-        while not fired and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_until(lambda: fired, 5, "the live timer to fire")
         assert fired == [-1]  # only the live timer ran
     finally:
         timers.stop()
@@ -63,26 +62,24 @@ def test_actor_loops_reuse_idle_threads_and_let_them_go() -> None:
     for _ in range(50):  # one after another: one thread serves them all
         loops.run(loop)
         assert done.acquire(timeout=5)
-        deadline = time.monotonic() + 5
-        while loops.counts()[0] and time.monotonic() < deadline:
-            time.sleep(0.001)
+        wait_until(lambda: loops.counts() == (0, 1), 5, "the loop's thread to go idle")
     assert len(seen) == 50 and len(set(seen)) == 1
     gate = threading.Event()
+    started = threading.Semaphore(0)
 
     def held() -> None:
+        started.release()
         gate.wait(5)
         done.release()
 
     for _ in range(5):  # five at once need five threads
         loops.run(held)
-    time.sleep(0.05)
+    for _ in range(5):
+        assert started.acquire(timeout=5)  # all five are running now, side by side
     assert loops.counts() == (5, 0)
     gate.set()
     for _ in range(5):
         assert done.acquire(timeout=5)
-    deadline = time.monotonic() + 5
-    while loops.counts() != (0, 0) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert loops.counts() == (0, 0)  # idle threads ended after keep_idle_s
+    wait_until(lambda: loops.counts() == (0, 0), 5, "idle threads to end after keep_idle_s")
     seen[0].join(timeout=5)  # (by thread, not name: the process's own pool names alike)
     assert not seen[0].is_alive()

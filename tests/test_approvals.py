@@ -11,13 +11,15 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-import structlog
 
 import foldloop as fl
 from foldloop.actors.loops import LOOPS
 from foldloop.approvals import PendingApproval
+from tests.log_capture import capture_logs
+from tests.waiting import run_actors_alive, wait_until
 
 
 class Ledger:
@@ -75,13 +77,19 @@ def _await_ready(proc: subprocess.Popen[str]) -> None:
         assert line, f"the child exited ({proc.wait()}) before it was ready"
 
 
-def wait_for(predicate: object, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
+def completed(rt: fl.Runtime, run_id: str) -> Callable[[], bool]:
+    """A predicate: the run has completed."""
+    return lambda: rt.state(run_id).status is fl.RunStatus.COMPLETED
+
+
+def in_log(rt: fl.Runtime, run_id: str, kind: str) -> Callable[[], bool]:
+    """A predicate: an event of type ``kind`` is in the run's log."""
+    return lambda: any(r.type == kind for r in rt.events(run_id))
+
+
+def logged(logs: list[dict[str, Any]], event: str) -> Callable[[], bool]:
+    """A predicate: ``event`` is among the captured log events."""
+    return lambda: any(e["event"] == event for e in logs)
 
 
 def test_a_gated_call_parks_the_run_and_runs_once_when_approved(
@@ -103,7 +111,7 @@ def test_a_gated_call_parks_the_run_and_runs_once_when_approved(
         {"to": "bob", "cents": 5},
     )
     assert pending.token is not None
-    wait_for(lambda: told)
+    wait_until(lambda: told, 10, "the notify callback to be told")
     assert told[0].token == pending.token
     requested = next(r.event for r in rt.events(run.id) if r.type == "approval.requested")
     assert pending.token not in requested.token_digest  # only a digest is stored
@@ -116,7 +124,7 @@ def test_a_gated_call_parks_the_run_and_runs_once_when_approved(
     assert pending.token.encode() not in (rt.store.path / "data.mdb").read_bytes()
 
     rt.approve(pending.token, by="alice", note="ok")
-    wait_for(lambda: rt.state(run.id).status is fl.RunStatus.COMPLETED)
+    wait_until(completed(rt, run.id), 10, "the approved run to complete")
     assert ledger.lines == ["pay bob 5"]
     assert rt.pending_approvals() == []
     decided = [r.event for r in rt.events(run.id) if r.type == "approval.decided"]
@@ -138,7 +146,7 @@ def test_a_denied_call_never_runs_and_the_model_hears_why(rt: fl.Runtime, ledger
     assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
     (pending,) = rt.pending_approvals()
     rt.deny(run_id=run.id, call_id=pending.call_id, by="carol", note="not this month")
-    wait_for(lambda: rt.state(run.id).status is fl.RunStatus.COMPLETED)
+    wait_until(completed(rt, run.id), 10, "the run, its call denied, to complete")
     assert ledger.lines == []
     output = rt.state(run.id).output
     assert "denied by a person: not this month" in output
@@ -161,7 +169,7 @@ def test_an_expired_request_is_refused_then_asked_again_on_resume(
         assert rt.pending_approvals() == []
         with pytest.raises(fl.ApprovalError, match="expired at"):
             rt.approve(first.token)
-        wait_for(lambda: any(r.type == "approval.expired" for r in rt.events(run.id)))
+        wait_until(in_log(rt, run.id, "approval.expired"), 10, "approval.expired in the log")
         assert "expired" in rt.state(run.id).reason
         rt.resume(run.id).wait(timeout=30)
         (second,) = rt.pending_approvals()
@@ -172,7 +180,7 @@ def test_an_expired_request_is_refused_then_asked_again_on_resume(
             rt.approve(first.token, by="mallory")
         assert rt.store.approval(run.id, first.call_id).status == "pending"  # type: ignore[union-attr]
         rt.approve(second.token, by="dave")
-        wait_for(lambda: rt.state(run.id).status is fl.RunStatus.COMPLETED)
+        wait_until(completed(rt, run.id), 10, "the run approved on its second request")
         assert ledger.lines == ["pay bob 5"]
         assert rt.verify(run.id).status is fl.RunStatus.COMPLETED
 
@@ -220,7 +228,7 @@ def test_several_gated_calls_are_decided_each_on_its_own(rt: fl.Runtime, ledger:
     rt.approve(run_id=run.id, call_id=pending["b"].call_id)
     # The ledger has "pay b" a moment before the run records the call's outcome and parks
     # again: wait for the outcome in the log, then the run must be waiting for a and c.
-    wait_for(lambda: any(r.type == "tool.completed" for r in rt.events(run.id)))
+    wait_until(in_log(rt, run.id, "tool.completed"), 10, "the approved call's outcome")
     assert ledger.lines == ["pay b"]
     assert rt.state(run.id).status is fl.RunStatus.AWAITING_APPROVAL
     rt.deny(pending["a"].token)
@@ -239,13 +247,13 @@ def test_a_notify_callback_that_raises_is_logged_and_the_request_stays(
         raise RuntimeError("the chat service is down")
 
     agent = make_agent(ledger, notify=broken)
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         run = rt.spawn(agent, "pay bob")
         assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
-        wait_for(lambda: any(e["event"] == "approval_notify_failed" for e in logs))
+        wait_until(logged(logs, "approval_notify_failed"), 10, "approval_notify_failed logged")
     assert len(rt.pending_approvals()) == 1
     rt.approve(rt.pending_approvals()[0].token)
-    wait_for(lambda: rt.state(run.id).status is fl.RunStatus.COMPLETED)
+    wait_until(completed(rt, run.id), 10, "the approved run to complete")
 
 
 def test_a_decision_from_another_process_is_picked_up_while_this_one_runs(
@@ -269,7 +277,7 @@ def test_a_decision_from_another_process_is_picked_up_while_this_one_runs(
         )
         assert "APPROVED" in proc.stdout, proc.stderr
         started = time.monotonic()
-        wait_for(lambda: rt.state(run.id).status is fl.RunStatus.COMPLETED)
+        wait_until(completed(rt, run.id), 10, "the poller to carry the remote approval to the end")
         assert time.monotonic() - started < 5  # the poller looks every 100 ms
         assert ledger.lines == ["pay bob 5"]
         assert [r.event.by for r in rt.events(run.id) if r.type == "approval.decided"] == ["remote"]
@@ -391,7 +399,7 @@ def test_resuming_as_the_poller_records_an_expiry_then_approving_finishes_every_
             run = rt.spawn(agent, f"r{i}")
             assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
             now[0] += 61 * 10**9
-            wait_for(lambda run=run: any(r.type == "approval.expired" for r in rt.events(run.id)))
+            wait_until(in_log(rt, run.id, "approval.expired"), 10, f"approval.expired in {run.id}")
             handle = rt.resume(run.id)
             assert handle.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
             _approve_to_the_end(rt, handle)
@@ -470,17 +478,23 @@ def _threads_outside_pools() -> int:
 def test_pending_requests_cost_no_thread(rt: fl.Runtime, ledger: Ledger) -> None:
     agent = make_agent(ledger)
     rt.spawn(agent, "warm").wait(timeout=30)
-    time.sleep(0.2)
-    before = _threads_outside_pools() - LOOPS.counts()[1]  # nor idle actor-loop threads
-    busy_before = LOOPS.counts()[0]
+    # At rest: the warm run's actor has stopped (the gate's and tools' actors live on).
+    wait_until(lambda: run_actors_alive() == 0, 10, "the warm run's actor to stop")
+    busy_before, idle_before = LOOPS.counts()
+    before = _threads_outside_pools() - idle_before  # nor idle actor-loop threads
     handles = [rt.spawn(agent, f"p{i}") for i in range(50)]
     assert {h.wait(timeout=60).status for h in handles} == {fl.RunStatus.AWAITING_APPROVAL}
-    time.sleep(0.2)
-    busy, idle = LOOPS.counts()
-    assert busy <= busy_before  # no actor loop runs for a parked run
-    assert _threads_outside_pools() - idle <= before + 1
     assert len(rt.pending_approvals()) == 51
     assert not any(rt.system.active(h.id) for h in handles)
+    # Fifty parked runs: every run actor stops, no actor loop runs for them, and the
+    # process comes back to the threads it had (+1: one the burst started may be leaving).
+    wait_until(lambda: run_actors_alive() == 0, 10, "every parked run's actor to stop")
+    wait_until(lambda: LOOPS.counts()[0] <= busy_before, 10, "no actor loop for a parked run")
+    wait_until(
+        lambda: _threads_outside_pools() - LOOPS.counts()[1] <= before + 1,
+        10,
+        f"the threads outside the pools to come back to {before} (+1)",
+    )
 
 
 def test_a_notify_callback_that_hangs_is_logged_and_the_run_is_untouched(
@@ -489,12 +503,12 @@ def test_a_notify_callback_that_hangs_is_logged_and_the_run_is_untouched(
     release = threading.Event()
     agent = make_agent(ledger, notify=lambda pending: release.wait(30), notify_timeout=0.2)
     try:
-        with structlog.testing.capture_logs() as logs:
+        with capture_logs() as logs:
             run = rt.spawn(agent, "pay bob")
             assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
-            wait_for(lambda: any(e["event"] == "approval_notify_timed_out" for e in logs))
+            wait_until(logged(logs, "approval_notify_timed_out"), 10, "the notify timeout logged")
         rt.approve(rt.pending_approvals()[0].token)
-        wait_for(lambda: rt.state(run.id).status is fl.RunStatus.COMPLETED)
+        wait_until(completed(rt, run.id), 10, "the approved run to complete")
     finally:
         release.set()
 
@@ -542,7 +556,7 @@ def test_a_parked_run_outlives_its_runtime_and_continues_elsewhere(
         bystander.approve(run_id="orphan", call_id=pending.call_id, by="ops")
         assert bystander.state("orphan").status is fl.RunStatus.AWAITING_APPROVAL
     with fl.Runtime.open(store_path, agents=[make_agent(ledger)]) as rt:
-        wait_for(lambda: rt.state("orphan").status is fl.RunStatus.COMPLETED)
+        wait_until(completed(rt, "orphan"), 10, "the orphan, approved elsewhere, to complete")
     assert ledger.lines == ["pay bob 5"]
 
 
@@ -575,5 +589,5 @@ def test_the_cli_lists_and_decides_approvals(store_path: Path, ledger: Ledger) -
         again = cli("approve", "--run", run.id, "--call", pending.call_id)
         assert again.returncode == 1
         assert "already denied by 'cli'" in again.stderr
-        wait_for(lambda: rt.state(run.id).status is fl.RunStatus.COMPLETED)  # our poller
+        wait_until(completed(rt, run.id), 10, "our poller to carry the denial to the end")
     assert ledger.lines == []

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import foldloop as fl
+from tests.waiting import wait_until
 
 
 def alive(pid: int) -> bool:
@@ -42,10 +43,7 @@ def test_a_hung_command_and_its_children_are_killed(tmp_path: Path) -> None:
     assert result.returncode < 0
     assert elapsed < 30  # not the 60 s the children wanted
     grandchild = int(result.stdout.split()[0])
-    deadline = time.monotonic() + 5
-    while alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not alive(grandchild)
+    wait_until(lambda: not alive(grandchild), 5, "the grandchild to be killed")
 
 
 @pytest.mark.parametrize(

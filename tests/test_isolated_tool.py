@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 import foldloop as fl
 from tests.isolated_tools import crash, hang, whoami
 from tests.test_command import alive
+from tests.waiting import wait_until
 
 
 def test_a_call_runs_in_another_process_and_returns_its_value() -> None:
@@ -36,10 +36,8 @@ def test_a_hung_tool_is_killed_at_its_timeout(tmp_path: Path, store_path: Path) 
         failed = [r.event for r in rt.events(run.id) if r.type == "tool.failed"]
         assert [f.kind for f in failed] == ["timeout"]
     child = int(pidfile.read_text())
-    deadline = time.monotonic() + 10
-    while alive(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not alive(child)  # the worker that ran it was freed, not left hanging
+    # the worker that ran it was freed, not left hanging
+    wait_until(lambda: not alive(child), 10, "the hung tool's process to be killed")
 
 
 def test_a_crashing_child_is_an_exception_outcome() -> None:

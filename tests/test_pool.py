@@ -12,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 from typing import IO
 
@@ -21,6 +20,7 @@ import pytest
 
 import foldloop as fl
 from foldloop.runtime.pool_protocol import Failed, Ready, Refused, Spawned, decode_reply
+from tests.waiting import wait_until
 
 WORKER = [sys.executable, "-m", "foldloop.runtime.pool_worker"]
 
@@ -31,10 +31,9 @@ def _env() -> dict[str, str]:
 
 
 def _wait_for_type(rt: fl.Runtime, run_id: str, kind: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not any(r.type == kind for r in rt.events(run_id)):
-        assert time.monotonic() < deadline, f"no {kind} in {run_id} after {timeout} s"
-        time.sleep(0.02)
+    wait_until(
+        lambda: any(r.type == kind for r in rt.events(run_id)), timeout, f"{kind} in {run_id}"
+    )
 
 
 def test_runs_are_spread_over_the_workers_and_complete(store_path: Path) -> None:
@@ -64,10 +63,13 @@ def test_a_worker_killed_mid_tool_is_replaced_and_its_run_recovered(
         victim = pool.workers[0]
         os.kill(victim.pid, signal.SIGKILL)
         gate.touch()  # too late for the killed tool: its outcome stays unknown
-        deadline = time.monotonic() + 30
-        while (replacement := pool.workers[0]).pid == victim.pid or not replacement.owner:
-            assert time.monotonic() < deadline, "the killed worker was not replaced"
-            time.sleep(0.05)  # nobody spawns or waits: the pool replaces it by itself
+
+        def replaced() -> bool:  # nobody spawns or waits: the pool replaces it by itself
+            worker = pool.workers[0]
+            return worker.pid != victim.pid and bool(worker.owner)
+
+        wait_until(replaced, 30, "the killed worker's replacement to be ready")
+        replacement = pool.workers[0]
         assert replacement.alive
         result = handle.wait(timeout=30)
         assert result.status is fl.RunStatus.COMPLETED, result
@@ -227,10 +229,7 @@ time.sleep(600)
     _, run_id, *pids = line.split()
     proc.kill()  # SIGKILL: the host cannot close its pool
     proc.wait()
-    deadline = time.monotonic() + 30
-    while not all(_exited(int(pid)) for pid in pids):
-        assert time.monotonic() < deadline, "workers outlived their host"
-        time.sleep(0.05)
+    wait_until(lambda: all(_exited(int(pid)) for pid in pids), 30, "the workers to exit")
     gate.touch()
     with fl.WorkerPool(store_path, agents=["pool_agents:blocker"], processes=1) as pool:
         assert pool.workers[0].recovered == (run_id,)
@@ -404,18 +403,17 @@ def test_workers_of_a_host_killed_before_they_are_ready_exit_without_a_traceback
         proc = subprocess.Popen(
             [sys.executable, "-c", host], stdout=subprocess.DEVNULL, stderr=err, env=_env()
         )
-        deadline = time.monotonic() + 30
-        while len(pids := [int(p.name) for p in arrived.iterdir()]) < 2:
+
+        def arrived_both() -> bool:
             assert proc.poll() is None, "the host died before its workers started"
-            assert time.monotonic() < deadline, "the workers never reached their agents"
-            time.sleep(0.01)
+            return len(list(arrived.iterdir())) >= 2
+
+        wait_until(arrived_both, 30, "both workers to reach their agents' import")
+        pids = [int(p.name) for p in arrived.iterdir()]
         proc.kill()  # SIGKILL: its ends of the workers' pipes close with it
         proc.wait(timeout=30)
         gate.touch()
-        deadline = time.monotonic() + 30
-        while not all(_exited(pid) for pid in pids):
-            assert time.monotonic() < deadline, "workers outlived their host"
-            time.sleep(0.05)
+        wait_until(lambda: all(_exited(pid) for pid in pids), 30, "the workers to exit")
         err.seek(0)
         printed = err.read()
     assert "Traceback" not in printed and "BrokenPipe" not in printed, printed

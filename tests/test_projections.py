@@ -39,6 +39,7 @@ from foldloop.events import (
     ToolRequested,
 )
 from foldloop.projections import Histogram, RunMetrics, RunMetricsState, prometheus_text
+from tests.log_capture import capture_logs
 from tests.projection_shared import Positions, agent
 
 REPO = Path(__file__).resolve().parent.parent
@@ -168,7 +169,7 @@ class Fragile(fl.Projection[int]):
 def test_a_raising_projection_stops_alone_and_says_where(rt: fl.Runtime) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
     try:
-        with structlog.testing.capture_logs() as logs:
+        with capture_logs() as logs:
             fragile = rt.attach(Fragile())
             positions = rt.attach(Positions())
             assert rt.spawn(agent(), "go").wait(timeout=30).ok
@@ -369,7 +370,7 @@ def test_structlog_events_at_the_edges_carry_the_run_id(rt: fl.Runtime) -> None:
     )
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
     try:
-        with structlog.testing.capture_logs() as logs:
+        with capture_logs() as logs:
             run = rt.spawn(gated, "go")
             assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
             rt.approve(run_id=run.id, call_id=rt.pending_approvals()[0].call_id)

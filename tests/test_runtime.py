@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import subprocess
 import sys
@@ -13,13 +12,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import lmdb
 import msgspec
 import pytest
-import structlog
 
 import foldloop as fl
 from foldloop.core import fold
+from tests.log_capture import capture_logs
 from tests.peak import Peak
+from tests.waiting import run_actors_alive, wait_until
 
 
 @fl.tool(idempotent=True)
@@ -68,23 +69,31 @@ def test_a_run_completes_and_its_log_tells_the_story(rt: fl.Runtime) -> None:
 def test_tool_calls_of_one_reply_run_concurrently_and_answer_in_order(rt: fl.Runtime) -> None:
     barrier = threading.Barrier(3, timeout=10)
 
+    def recorded(name: str) -> bool:
+        return any(
+            r.type == "tool.completed" and r.event.result == f"hello {name}"
+            for r in rt.events("meet")
+        )
+
     @fl.tool
-    def meet(name: str, delay: float) -> str:
-        """Wait for the other calls (only possible if they run at the same time)."""
+    def meet(name: str, after: str) -> str:
+        """Wait for the other calls (only possible if they run at the same time), then
+        for the outcome of ``after`` to be in the log: they finish in the reverse order."""
         barrier.wait()
-        time.sleep(delay)
+        if after:
+            wait_until(lambda: recorded(after), 10, f"call {after!r} recorded before {name!r}")
         return f"hello {name}"
 
     calls = [
-        fl.ToolCall("meet", {"name": n, "delay": d})
-        for n, d in (("a", 0.2), ("b", 0.1), ("c", 0.0))
+        fl.ToolCall("meet", {"name": n, "after": after})
+        for n, after in (("a", "b"), ("b", "c"), ("c", ""))
     ]
     agent = fl.Agent(
         name="meet",
         llm=fl.ScriptedLLM([fl.Reply(tool_calls=calls), fl.Reply(text="ok")]),
         tools=[meet],
     )
-    run = rt.spawn(agent, "go")
+    run = rt.spawn(agent, "go", run_id="meet")
     assert run.wait(timeout=30).status is fl.RunStatus.COMPLETED
     completed = [r.event.call_id for r in rt.events(run.id) if r.type == "tool.completed"]
     assert completed == ["call_1_3", "call_1_2", "call_1_1"]  # finished in reverse
@@ -95,12 +104,13 @@ def test_tool_calls_of_one_reply_run_concurrently_and_answer_in_order(rt: fl.Run
 def test_a_tool_past_its_timeout_fails_with_kind_timeout_and_the_run_goes_on(
     rt: fl.Runtime,
 ) -> None:
-    release = threading.Event()
+    release, returned = threading.Event(), threading.Event()
 
     @fl.tool(timeout=0.2)
     def slow() -> str:
         """Take too long."""
         release.wait(10)
+        returned.set()
         return "late"
 
     llm = fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("slow")]), fl.Reply(text="gave up")])
@@ -113,7 +123,9 @@ def test_a_tool_past_its_timeout_fails_with_kind_timeout_and_the_run_goes_on(
     assert [(f.kind, f.error) for f in failed] == [
         ("timeout", "tool 'slow' did not finish within 0.2 s")
     ]
-    time.sleep(0.2)  # the released tool's late outcome is refused, not recorded
+    # The late outcome comes back to the replaced run actor, which drops it and stops.
+    assert returned.wait(10)
+    wait_until(lambda: run_actors_alive() == 0, 10, "the replaced run actor to stop")
     assert "tool.completed" not in types(rt, run.id)
 
 
@@ -145,34 +157,50 @@ def test_cancel_is_immediate_while_a_tool_runs_on_the_run_thread(rt: fl.Runtime)
         release.set()
     assert result.status is fl.RunStatus.CANCELLED
     assert types(rt, run.id)[-2:] == ["tool.requested", "run.cancelled"]
-    time.sleep(0.2)  # the tool's late outcome reaches nobody: the log ends where it ended
+    # The tool's late outcome reaches nobody: once the actor that ran it has stopped, the
+    # log still ends where it ended.
+    wait_until(lambda: run_actors_alive() == 0, 10, "the run actor that ran the tool to stop")
     assert types(rt, run.id)[-1] == "run.cancelled"
 
 
 def test_cancels_racing_tools_on_run_threads_lose_nothing(rt: fl.Runtime) -> None:
     # Cancels land before, during and after tools that run on their run actors' threads:
     # every run must settle, cancelled ones with nothing after run.cancelled.
+    in_tool, cancelled = threading.Event(), threading.Event()
+
     @fl.tool(timeout=5)
     def nap(ms: int) -> str:
-        """Sleep a few milliseconds."""
+        """Sleep a few milliseconds (ms < 0: until the test has cancelled the run)."""
+        if ms < 0:
+            in_tool.set()
+            assert cancelled.wait(10)
+            ms = 10
         time.sleep(ms / 1000)
         return f"slept {ms}"
 
     # Eight runs: each finds one of the tool's eight slots free, so every call runs on its
-    # run actor's thread.
+    # run actor's thread. The first run's first call holds until it is cancelled, so one
+    # cancel at least is sure to land while a tool runs; the others land where they fall.
     replies = [fl.Reply(tool_calls=[fl.ToolCall("nap", {"ms": 10 + i % 7})]) for i in range(6)]
     agent = fl.Agent(name="nap", llm=fl.ScriptedLLM([*replies, fl.Reply(text="ok")]), tools=[nap])
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    held_first = [fl.Reply(tool_calls=[fl.ToolCall("nap", {"ms": -1})]), *replies[1:]]
+    held = fl.Agent(
+        name="nap_held", llm=fl.ScriptedLLM([*held_first, fl.Reply(text="ok")]), tools=[nap]
+    )
     try:
-        with structlog.testing.capture_logs() as logs:
-            runs = [rt.spawn(agent, "go") for _ in range(8)]
-            for i, run in enumerate(runs[::2]):
-                time.sleep(0.004 * (i % 4))
-                run.cancel(reason="race")
-            results = [run.wait(timeout=30) for run in runs]
+        runs = [rt.spawn(held if i == 0 else agent, "go") for i in range(8)]
+        for i, run in enumerate(runs[2::2]):
+            time.sleep(0.004 * (i % 4))  # spreads the racing cancels over the steps
+            run.cancel(reason="race")
+        assert in_tool.wait(10)
+        runs[0].cancel(reason="race")
+        cancelled.set()
+        results = [run.wait(timeout=30) for run in runs]
     finally:
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    assert any(entry["event"] == "run_actor_replaced" for entry in logs)  # some hit a tool
+        cancelled.set()
+    # Cancelled while its tool ran (its actor handed over); the late outcome not recorded.
+    assert results[0].status is fl.RunStatus.CANCELLED
+    assert types(rt, runs[0].id)[-2:] == ["tool.requested", "run.cancelled"]
     for run, result in zip(runs, results, strict=True):
         kinds = types(rt, run.id)
         assert result.status in (fl.RunStatus.COMPLETED, fl.RunStatus.CANCELLED), result
@@ -211,6 +239,8 @@ def test_closing_does_not_wait_for_a_tool_running_on_a_run_thread(store_path: Pa
         assert not release.is_set()  # closed while the tool still ran
     finally:
         release.set()
+    # The closed runtime's actor gets the tool's outcome back, then stops, writing nothing.
+    wait_until(lambda: run_actors_alive() == 0, 10, "the closed runtime's run actor to stop")
     with fl.Runtime.open(store_path, agents=[agent]) as rt:
         assert types(rt, run.id)[-1] == "tool.requested"  # the late outcome was not written
         rt.recover()
@@ -248,7 +278,9 @@ def test_a_timed_out_call_late_outcome_never_reaches_a_later_call_with_its_id(
     run = rt.spawn(fl.Agent(name="reuse", llm=llm, tools=[work]), "go")
     try:
         assert first_back.wait(10)
-        time.sleep(0.1)  # the late outcome is on its way while the second call still runs
+        # The first call's actor (replaced at its timeout) takes its late outcome and stops
+        # while the second call still runs on the actor that replaced it.
+        wait_until(lambda: run_actors_alive() == 1, 10, "the first call's run actor to stop")
     finally:
         second_go.set()
     assert run.wait(timeout=30).output == "done"
@@ -307,7 +339,7 @@ def test_invalid_arguments_are_fed_back_then_three_in_a_step_fail_the_run(rt: fl
 def test_cancel_is_immediate_while_the_model_is_thinking(rt: fl.Runtime) -> None:
     llm = fl.ScriptedLLM([fl.Reply(text="too late")], latency_s=3)
     run = rt.spawn(fl.Agent(name="slowmodel", llm=llm), "go")
-    time.sleep(0.1)
+    wait_until(lambda: "model.requested" in types(rt, run.id), 10, "the model call to start")
     run.cancel(reason="user left")
     result = run.wait(timeout=2)
     assert result.status is fl.RunStatus.CANCELLED
@@ -433,8 +465,13 @@ def test_subscribers_get_live_events_and_a_raising_one_is_isolated(rt: fl.Runtim
     assert info.value.position == 1 and info.value.event_type == "run.started"
     assert not bad.live and good.live
     good.detach()
+    assert not good.live
+    witness: list[str] = []
+    later = rt.subscribe(lambda rec: witness.append(rec.type), types={"run.completed"})
     rt.spawn(agent, "again").wait(timeout=30)
-    assert got == ["run.started", "run.completed"]
+    later.catch_up(timeout=10)  # the second run's records have been handed out ...
+    assert witness == ["run.completed"]
+    assert got == ["run.started", "run.completed"]  # ... and not to the detached one
 
 
 def test_state_from_a_snapshot_equals_the_full_fold(store_path: Path) -> None:
@@ -445,8 +482,8 @@ def test_state_from_a_snapshot_equals_the_full_fold(store_path: Path) -> None:
         )
         run = rt.spawn(agent, "go")
         run.wait(timeout=30)
-        # Snapshot ops queue behind appends; an empty durable op flushes the writer.
-        rt.store.submit(lambda w: None).wait()
+        # Snapshots are written behind the appends, without being waited for.
+        wait_until(lambda: rt.store.snapshot(run.id) is not None, 10, "a snapshot of the run")
         snap = rt.store.snapshot(run.id)
         assert snap is not None and 0 < snap[1] <= rt.store.head(run.id)
         assert rt.state(run.id) == fold(rt.events(run.id))
@@ -466,7 +503,12 @@ def test_snapshots_store_each_full_history_chunk_once(store_path: Path) -> None:
         )
         run = rt.spawn(agent, "go")
         assert run.wait(timeout=60).ok
-        rt.store.submit(lambda w: None).wait()
+
+        def two_chunks() -> bool:
+            snap = rt.store.snapshot(run.id)
+            return snap is not None and len(snap[3]) == 2
+
+        wait_until(two_chunks, 10, "a snapshot holding two full history chunks")
         snap = rt.store.snapshot(run.id)
         assert snap is not None and len(snap[3]) == 2
         full = fold(rt.events(run.id))
@@ -474,8 +516,15 @@ def test_snapshots_store_each_full_history_chunk_once(store_path: Path) -> None:
         assert len(full.messages) > 128
         # the snapshot's own state holds only the partial chunk
         assert len(snap[2]) < len(msgspec.msgpack.encode(full)) / 2
-        count = rt.store.read_txn(lambda txn: txn.stat(rt.store._chunks)["entries"])
-        assert count == 2  # written once each, though ~8 snapshots were taken
+    # Closed (every snapshot written): the file itself holds two chunks, stored once each
+    # though ~8 snapshots were taken.
+    env = lmdb.open(str(store_path), readonly=True, max_dbs=16, lock=False)
+    try:
+        chunks = env.open_db(b"history_chunks", create=False)
+        with env.begin() as txn:
+            assert txn.stat(chunks)["entries"] == 2
+    finally:
+        env.close()
 
 
 def test_second_runtime_cannot_resume_a_run_driven_elsewhere(store_path: Path) -> None:
@@ -639,7 +688,7 @@ def test_a_stale_price_table_is_handled_as_configured(store_path: Path, policy: 
                 rt.spawn(agent, "go")
             assert rt.runs() == []
             return
-        with structlog.testing.capture_logs() as logs:
+        with capture_logs() as logs:
             run = rt.spawn(agent, "go")
         assert run.wait(timeout=30).ok
         started = next(rt.events(run.id)).event
@@ -650,7 +699,7 @@ def test_a_stale_price_table_is_handled_as_configured(store_path: Path, policy: 
     fresh = fl.Agent(
         name="fresh", llm=fl.ScriptedLLM([fl.Reply(text="x")]), limits=fl.Limits(max_cost_usd=1.0)
     )
-    with fl.Runtime.open(store_path) as rt, structlog.testing.capture_logs() as logs:
+    with fl.Runtime.open(store_path) as rt, capture_logs() as logs:
         run = rt.spawn(fresh, "go")
         assert next(rt.events(run.id)).event.limits.max_cost_usd == 1.0
         assert not any(e["event"].startswith("pricing_stale") for e in logs)
@@ -666,18 +715,17 @@ def test_a_huge_tool_result_is_cut_not_fatal(rt: fl.Runtime) -> None:
     run = rt.spawn(fl.Agent(name="big", llm=llm, tools=[dump]), "go")
     assert run.wait(timeout=30).output == "ok"
     (done,) = [r.event for r in rt.events(run.id) if r.type == "tool.completed"]
-    assert done.result.endswith("[truncated: 2737856 more characters]")
-    assert len(done.result) < 300_000
+    assert (len(done.result), done.original_chars) == (262_144, 3_000_000)  # see test_tool_results
 
 
 def test_an_oversized_event_is_refused_before_any_write(store_path: Path) -> None:
     from foldloop.events import RunCompleted
-    from foldloop.store import open_store
+    from foldloop.store import append_events, open_store
 
     store = open_store(store_path)
     try:
         with pytest.raises(fl.ConfigError, match="over the 1,048,576-byte limit"):
-            store.append("r", [RunCompleted(output="y" * 2_000_000)], expected_seq=0, at=1)
+            append_events(store, "r", [RunCompleted(output="y" * 2_000_000)], expected_seq=0, at=1)
         assert store.last_position() == 0
     finally:
         store.close()
@@ -696,11 +744,11 @@ def test_a_run_that_settles_releases_its_lease_in_the_same_transaction(rt: fl.Ru
     )
     ids = [f"settle-{i}" for i in range(30)]
     seen_held: list[tuple[str, str]] = []
-    settled_reads = 0
+    settled_reads = passes = 0
     stop = threading.Event()
 
     def watch() -> None:
-        nonlocal settled_reads
+        nonlocal settled_reads, passes
         while not stop.is_set():
             for run_id in ids:
                 if not rt.store.head(run_id):
@@ -711,6 +759,7 @@ def test_a_run_that_settles_releases_its_lease_in_the_same_transaction(rt: fl.Ru
                     settled_reads += 1
                     if lease is not None and lease.owner:
                         seen_held.append((run_id, state.status.value))
+            passes += 1
 
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -720,7 +769,9 @@ def test_a_run_that_settles_releases_its_lease_in_the_same_transaction(rt: fl.Ru
             for i, run_id in enumerate(ids)
         ]
         results = [h.wait(timeout=30) for h in handles]
-        time.sleep(0.05)
+        # Two more whole passes: the second began after every run had settled.
+        target = passes + 2
+        wait_until(lambda: passes >= target, 30, "the watcher to read every settled run")
     finally:
         stop.set()
         watcher.join()
