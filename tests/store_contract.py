@@ -348,6 +348,9 @@ class StoreContract:
         assert [r.call_id for r in store.due_approvals(10)] == ["soon"]
         late = store.decide_approval(soon, approved=True, by="alice", note="", now=10).wait()
         assert late.status == "expired" and late.by == ""
+        with pytest.raises(ApprovalError, match="cannot expire before then"):
+            store.expire_approval(later, now=99).wait()  # never a denial in disguise
+        assert store.approval("r", "later") == later
         expired = store.expire_approval(later, now=100).wait()
         assert expired.status == "expired"
         with pytest.raises(ApprovalError, match="already expired"):
@@ -356,6 +359,13 @@ class StoreContract:
             store.decide_approval(
                 request("r", "never"), approved=True, by="", note="", now=1
             ).wait()
+
+    def test_one_append_cannot_apply_a_call_and_request_it_again(self) -> None:
+        applied = ApprovalChanges(applied=(("c", 2),))
+        with pytest.raises(ValueError, match="applied and requested again"):
+            applied + ApprovalChanges(requests=(request("r", "c"),))
+        both = ApprovalChanges(requests=(request("r", "c"),)) + applied  # request, then apply
+        assert both.requests and both.applied
 
     def test_of_racing_deciders_exactly_one_wins(self, store: EventStore) -> None:
         self.append(

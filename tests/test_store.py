@@ -482,30 +482,30 @@ def _files(path: Path) -> dict[str, tuple[bytes, int]]:
     }
 
 
-@pytest.mark.parametrize("maker", [None, "0.0.7"])
+@pytest.mark.parametrize(("fmt", "maker"), [(3, None), (3, "0.0.7"), (4, None)])
 def test_a_store_of_an_older_format_is_refused_untouched(
-    store_path: Path, maker: str | None
+    store_path: Path, fmt: int, maker: str | None
 ) -> None:
     """One format before 1.0: a store of an older one is refused (exit 4 from the CLI) with
     the format and the foldloop that made it, and how to move its runs; nothing in it is
     changed."""
     import json
 
-    from foldloop.store.preflight import foldloop_version
+    from foldloop.store.preflight import FORMAT, foldloop_version
 
     store = open_store(store_path)
     append_events(store, "r1", [ev(1)], expected_seq=0, at=1)
     store.close()
     marker = json.loads((store_path / "foldloop.store").read_text())
-    assert marker == {"format": 4, "foldloop": foldloop_version()}  # new stores say who made them
-    old = {"format": 3} if maker is None else {"format": 3, "foldloop": maker}
+    assert marker == {"format": FORMAT, "foldloop": foldloop_version()}  # says who made it
+    old = {"format": fmt} if maker is None else {"format": fmt, "foldloop": maker}
     (store_path / "foldloop.store").write_text(json.dumps(old) + "\n")
     before = _files(store_path)
     who = "a foldloop that did not record its version" if maker is None else f"foldloop {maker}"
-    with pytest.raises(StoreError, match=f"has store format 3, made by {who}") as info:
+    with pytest.raises(StoreError, match=f"has store format {fmt}, made by {who}") as info:
         open_store(store_path)
     text = str(info.value)
-    assert "reads format 4 only" in text
+    assert f"reads format {FORMAT} only" in text
     assert f"--store {store_path} export RUN > RUN.jsonl" in text and "import RUN.jsonl" in text
     proc = subprocess.run(
         [sys.executable, "-m", "foldloop.cli", "--store", str(store_path), "runs"],
@@ -514,7 +514,7 @@ def test_a_store_of_an_older_format_is_refused_untouched(
         timeout=60,
     )
     assert proc.returncode == 4, proc.stderr
-    assert "has store format 3" in proc.stderr + proc.stdout
+    assert f"has store format {fmt}" in proc.stderr + proc.stdout
     assert _files(store_path) == before
 
 

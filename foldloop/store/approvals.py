@@ -50,6 +50,14 @@ class ApprovalChanges(msgspec.Struct, frozen=True, kw_only=True):
     applied: tuple[tuple[str, int], ...] = ()
 
     def __add__(self, other: ApprovalChanges) -> ApprovalChanges:
+        """Both, as one append's: requests are written before applied marks, so a call
+        applied here cannot be requested again by ``other`` in the same append."""
+        again = {r.call_id for r in other.requests} & {call_id for call_id, _ in self.applied}
+        if again:
+            raise ValueError(
+                f"call(s) {sorted(again)} applied and requested again in one append; "
+                "append the re-request separately"
+            )
         return ApprovalChanges(
             requests=self.requests + other.requests, applied=self.applied + other.applied
         )

@@ -45,14 +45,14 @@ from typing import Any, TypeVar
 import lmdb
 
 from foldloop._log import get_logger
-from foldloop.errors import ConcurrencyError, ConfigError, StoreError
+from foldloop.errors import ApprovalError, ConcurrencyError, ConfigError, StoreError
 from foldloop.events.recorded import AnyEvent, Recorded
 from foldloop.store.approvals import ApprovalChanges, ApprovalRecord
 from foldloop.store.checkpoints import Checkpoint
 from foldloop.store.create import prepare_dir
 from foldloop.store.env import lmdb_failure, open_databases, open_env
 from foldloop.store.framing import Lease
-from foldloop.store.layout import INDEX_EVERY
+from foldloop.store.layout import INDEX_EVERY, iso
 from foldloop.store.log_reader import EVENT_SPAN, LogReader
 from foldloop.store.mapped import DEFAULT_MAP_SIZE, MAX_MAP_SIZE, MappedEnv
 from foldloop.store.owners import OwnerLock, owner_alive
@@ -259,7 +259,13 @@ class LmdbStore:
         )
 
     def expire_approval(self, record: ApprovalRecord, *, now: int) -> WriteOp[ApprovalRecord]:
-        """Mark a pending request past its deadline expired."""
+        """Mark a pending request past its deadline expired (never a denial: before the
+        deadline it is refused)."""
+        if now < record.expires_at:
+            raise ApprovalError(
+                f"the approval of run {record.run_id!r} call {record.call_id!r} is not due "
+                f"until {iso(record.expires_at)}; it cannot expire before then"
+            )
         return self.decide_approval(record, approved=False, by="", note="", now=now)
 
     def put_snapshot(

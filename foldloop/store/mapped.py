@@ -76,6 +76,7 @@ class MappedEnv:
         self.env = env
         self.path = path
         self._resize = SharedExclusive()
+        self._closed = False
 
     @property
     def map_size(self) -> int:
@@ -106,6 +107,8 @@ class MappedEnv:
         while True:
             self._resize.acquire_shared()
             try:
+                if self._closed:  # a read racing close, or an iterator outliving it
+                    raise StoreError(f"the store at {str(self.path)!r} is closed; open it again")
                 txn = self.begin()
                 try:
                     return fn(txn)
@@ -137,4 +140,5 @@ class MappedEnv:
     def close(self) -> None:
         """Close the environment once no transaction of this process is open."""
         with self._resize.exclusive():
+            self._closed = True
             self.env.close()

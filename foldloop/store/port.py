@@ -5,14 +5,15 @@ approval records, checkpoints and bytes, never a transaction. ``LmdbStore`` impl
 on one directory; a second backend is a new module implementing the same Protocol, held
 to it by the one contract suite (``tests/store_contract.py``).
 
-Each write is one atomic step of a single run's stream or of one keyed table, so every
-operation maps onto a per-subject optimistic append plus a key-value compare-and-set
-(DESIGN.md section 8): an append is "publish after ``expected_seq``" on the run's subject
-(a stale seq is ``ConcurrencyError``), fenced by the run's lease key (a stale epoch is
-``RunLocked``); a lease, an approval decision, a snapshot or a checkpoint is one key
-changed if it still holds what was read. The approval records an append carries are
-derivable from its events, so a backend without multi-key transactions may write them
-after the events and repair them from the log.
+Every write is all-or-nothing, including the ones that touch several keys: ``start_run``
+(the run's lease and its first events) and an ``append`` that carries approval records or
+releases the lease. The contract suite holds every backend to that. Each operation is
+shaped for a per-subject optimistic append plus key-value compare-and-set (DESIGN.md
+section 8): an append is "publish after ``expected_seq``" on the run's subject (a stale
+seq is ``ConcurrencyError``), fenced by the run's lease (a stale epoch is ``RunLocked``);
+a lease, an approval decision, a snapshot or a checkpoint is one key changed if it still
+holds what was read. A backend without multi-key transactions must make the extra keys
+follow from the appended events (and rebuild them from the log) before it passes.
 
 Writes return a ``Pending`` (the group-commit writer resolves it): ``wait()`` returns the
 result or raises the write's error. ``durable`` writes are on disk when they resolve; the

@@ -82,11 +82,12 @@ def check_local(path: Path) -> None:
 
 
 MARKER = "foldloop.store"
-FORMAT = 4
+FORMAT = 5
 """The one on-disk format this foldloop reads and writes: one stored value per append (its
 events positional, one checksum and chain hash for them all), an index entry per stretch of
 a run's records. A store of another format is refused, never converted in place: its runs
-move by export and import."""
+move by export and import. (Format 4 markers were also left on stores upgraded in place
+from 1-3 with their old values inside, so 4 is refused too.)"""
 _MAGIC = 0xBEEFC0DE
 _META_OFFSET = 16  # after the page header
 
