@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from foldloop.events import (
     KnownEvent,
     Limits,
-    ModelToolCall,
+    ToolCall,
     ToolInfo,
     Usage,
 )
@@ -19,7 +19,8 @@ small = st.integers(min_value=0, max_value=10_000)
 st.register_type_strategy(str, text)
 # msgpack carries 64-bit integers; NaN never equals itself, so it cannot round-trip by ==.
 st.register_type_strategy(int, st.integers(-(2**63), 2**63 - 1))
-st.register_type_strategy(float, st.floats(allow_nan=False, allow_infinity=False))  # JSON has neither
+# JSON (exports, the CLI) has neither NaN nor infinity
+st.register_type_strategy(float, st.floats(allow_nan=False, allow_infinity=False))
 limits = st.builds(  # the values fl.Limits accepts (tests/test_limits.py holds the rules)
     Limits,
     max_steps=st.none() | st.integers(1, 100),
@@ -34,11 +35,11 @@ usage = st.builds(
     output_tokens=small,
     cost_usd=st.floats(0, 100, allow_nan=False),
 )
-tool_call = st.builds(ModelToolCall, id=text, name=text, args=text)
+tool_call = st.builds(ToolCall, id=text, name=text, args=text)
 tool_info = st.builds(ToolInfo, name=text, idempotent=st.booleans(), schema_digest=text)
 st.register_type_strategy(Limits, limits)
 st.register_type_strategy(Usage, usage)
-st.register_type_strategy(ModelToolCall, tool_call)
+st.register_type_strategy(ToolCall, tool_call)
 st.register_type_strategy(ToolInfo, tool_info)
 
 EVENT_TYPES: tuple[type, ...] = KnownEvent.__args__

@@ -258,3 +258,22 @@ def test_26_a_run_holding_a_newer_event_type_reads_but_does_not_resume(tmp_path:
         ):
             rt.resume(run.id, extend=fl.Limits(max_steps=5))
         assert rt.store.head(run.id) == head + 1  # nothing appended by the refusal
+
+
+def test_bad_query_arguments_are_config_errors_naming_the_value(tmp_path: Path) -> None:
+    """Reads refuse what cannot be a run id or a status, and a start past any seq or
+    position reads nothing (not a "damaged store" from the key encoding)."""
+    agent = quiet_agent()
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        run = rt.spawn(agent, "hi")
+        assert run.wait(timeout=60).ok
+        for call in (lambda: rt.state(123), lambda: rt.handle(5), lambda: rt.events("")):  # type: ignore[arg-type]
+            with pytest.raises(fl.ConfigError, match="a run id is a non-empty str"):
+                call()
+        with pytest.raises(fl.ConfigError, match="no run status 'bogus'; the statuses are"):
+            rt.runs(status="bogus")
+        assert list(rt.events(run.id, from_seq=2**70)) == []
+        assert list(rt.read_all(from_position=2**70)) == []
+        pages = rt.read_all()
+    with pytest.raises(fl.StoreError, match="is closed; open it again"):
+        list(pages)  # an iterator outliving its runtime says so, not a raw lmdb.Error

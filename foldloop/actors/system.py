@@ -22,7 +22,7 @@ from foldloop.agent import Agent
 from foldloop.approvals import PendingApproval, RequireApproval
 from foldloop.core.effects import Decision
 from foldloop.core.state import RunState
-from foldloop.errors import RunLocked
+from foldloop.errors import ConfigError, RunLocked
 from foldloop.store import ApprovalRecord, EventStore, Lease
 
 __all__ = ["ActorSystem", "Settlement"]
@@ -169,7 +169,9 @@ class ActorSystem:
         with self._lock:
             if self._closed:
                 self._drop_claim(state.run_id)
-                raise RuntimeError("runtime closed")
+                raise ConfigError(
+                    "this runtime closed while the run started; resume it with a new one"
+                )
             try:
                 actor = RunActor(self, agent, state, epoch)
                 ref = actor.start_here()

@@ -1,14 +1,16 @@
 """Closed means closed: one check in front of every public member of what host code holds.
 
-``Runtime`` and ``RunHandle`` derive from ``OpenOnly``: each public method and property a
-subclass defines is wrapped, as the class is created, so it first asks ``_check_open``. A
-method added later is guarded without anyone remembering to.
+``Runtime`` and ``RunHandle`` derive from ``OpenOnly``: each public function and property
+a subclass defines in its own body is wrapped, as the class is created, so it first asks
+``_check_open`` (not static or class methods, cached properties, mixins' members or instance
+attributes). tests/test_runtime_closed.py calls every public name after close.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -24,6 +26,7 @@ class Lifecycle:
 
     def __init__(self) -> None:
         self._closed = False
+        self._lock = threading.Lock()
 
     @property
     def closed(self) -> bool:
@@ -32,10 +35,11 @@ class Lifecycle:
 
     def close(self) -> bool:
         """Mark it closed; True only the first time (the caller then releases what it holds)."""
-        if self._closed:
-            return False
-        self._closed = True
-        return True
+        with self._lock:  # two racing closes: one releases
+            if self._closed:
+                return False
+            self._closed = True
+            return True
 
     def check(self) -> None:
         """Raise ConfigError if it is closed."""

@@ -29,6 +29,17 @@ STATE_BATCH = 512
 """Runs whose logs ``states`` reads in one transaction."""
 
 
+LAST_NUMBER = 2**63 - 1
+"""Past any seq or position a log can reach: a larger start reads nothing, as this does."""
+
+
+def checked_run_id(run_id: object) -> str:
+    """``run_id`` if it is a run id (a non-empty str), else a ConfigError saying so."""
+    if not isinstance(run_id, str) or not run_id:
+        raise ConfigError(f"a run id is a non-empty str; got {run_id!r}")
+    return run_id
+
+
 class Queries:
     """Reads of one runtime's store (``system`` says which runs this runtime drives)."""
 
@@ -39,22 +50,27 @@ class Queries:
 
     def exists(self, run_id: str) -> bool:
         """The store holds events of the run."""
-        return bool(self._store.head(run_id))
+        return bool(self._store.head(checked_run_id(run_id)))
 
     def events(self, run_id: str, from_seq: int = 1) -> Iterator[Recorded]:
         """The run's recorded events from ``from_seq``."""
-        if not isinstance(from_seq, int) or from_seq < 1:
+        checked_run_id(run_id)
+        if not isinstance(from_seq, int) or isinstance(from_seq, bool) or from_seq < 1:
             raise ConfigError(f"from_seq must be an int >= 1; got {from_seq!r}")
-        records = self._store.read(run_id, from_seq)
+        records = self._store.read(run_id, min(from_seq, LAST_NUMBER))
         if not records and not self._store.head(run_id):
             raise RunNotFound(run_id)
         return iter(records)
 
     def read_all(self, from_position: int = 1) -> Iterator[Recorded]:
         """The whole log in order, read in pages."""
-        if not isinstance(from_position, int) or from_position < 1:
+        if (
+            not isinstance(from_position, int)
+            or isinstance(from_position, bool)
+            or from_position < 1
+        ):
             raise ConfigError(f"from_position must be an int >= 1; got {from_position!r}")
-        return self._pages(from_position)
+        return self._pages(min(from_position, LAST_NUMBER))
 
     def _pages(self, position: int) -> Iterator[Recorded]:
         while True:
@@ -66,7 +82,7 @@ class Queries:
 
     def state(self, run_id: str) -> RunState:
         """The run's state: its latest snapshot plus the events after it."""
-        base = self._snapshot_state(run_id)
+        base = self._snapshot_state(checked_run_id(run_id))
         state = self._store.consume_events(
             run_id, lambda pairs: fold_events(run_id, pairs, base), base.seq + 1
         )
@@ -122,7 +138,11 @@ class Queries:
         self, status: RunStatus | str | None = None, agent: str | None = None
     ) -> list[RunSummary]:
         """Summaries of the runs in the store, optionally filtered by status and agent."""
-        wanted = RunStatus(status) if status is not None else None
+        try:
+            wanted = RunStatus(status) if status is not None else None
+        except ValueError:
+            known = ", ".join(s.value for s in RunStatus)
+            raise ConfigError(f"no run status {status!r}; the statuses are: {known}") from None
         out: list[RunSummary] = []
         for state in self.states(self._store.run_ids()):
             if isinstance(state, Damaged):
