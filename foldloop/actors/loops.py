@@ -2,8 +2,9 @@
 
 pykka's ThreadingActor starts a thread per actor and waits for it to start; a run lives for
 a few milliseconds to minutes, so a thread's birth and the start handshake would be most of
-what starting its actor costs. A thread whose actor stopped waits ``keep_idle_s`` for the next actor loop, then ends,
-so a runtime at rest holds no thread for its runs (parked runs hold none at all).
+what starting its actor costs. A thread whose actor stopped waits ``keep_idle_s`` for the
+next actor loop, then ends, so a runtime at rest holds no thread for its runs (parked runs
+hold none at all).
 """
 
 from __future__ import annotations
