@@ -52,7 +52,7 @@ from foldloop.core.commands import ModelReplied
 from foldloop.core.decide import decide
 from foldloop.core.effects import CallModel, RunTools
 from foldloop.core.state import RunState
-from foldloop.events import ModelResponded, ModelToolCall, Usage
+from foldloop.events import ModelResponded, ToolCall, Usage
 from foldloop.store.framing import GENESIS, batch_frame, decode_stored, open_fast, seal
 from foldloop.store.layout import encode_all
 
@@ -98,7 +98,7 @@ class LeanLoop:
             effect = decision.effects[-1]
             assert isinstance(effect, CallModel), decision
             last = step == steps
-            calls = () if last else (ModelToolCall(id="", name="note", args=f'{{"i":{step}}}'),)
+            calls = () if last else (ToolCall(id="", name="note", args=f'{{"i":{step}}}'),)
             reply = ModelReplied(
                 now=now,
                 step=effect.step,
@@ -318,7 +318,7 @@ def bench_cold(pairs: int = 25, rounds: int = 3) -> None:
     reply = ModelReplied(
         now=2,
         step=1,
-        tool_calls=(ModelToolCall(id="", name="note", args='{"i":1}'),),
+        tool_calls=(ToolCall(id="", name="note", args='{"i":1}'),),
         usage=Usage(),
         model="m",
     )

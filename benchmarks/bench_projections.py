@@ -30,9 +30,9 @@ import foldloop as fl
 from foldloop.events import (
     ModelRequested,
     ModelResponded,
-    ModelToolCall,
     RunCompleted,
     RunStarted,
+    ToolCall,
     ToolCompleted,
     ToolRequested,
     Usage,
@@ -57,7 +57,7 @@ def fill(store: Any, events: int) -> int:
                 ModelRequested(step=step, prompt_digest="d" * 16),
                 ModelResponded(
                     step=step,
-                    tool_calls=(ModelToolCall(id=call, name="note", args='{"i": 1}'),),
+                    tool_calls=(ToolCall(id=call, name="note", args='{"i": 1}'),),
                     usage=Usage(input_tokens=120, output_tokens=12),
                     latency_ms=0.4,
                 ),
@@ -72,7 +72,7 @@ def fill(store: Any, events: int) -> int:
     return int(store.last_position())
 
 
-def bare(store: Any, projection: fl.Projection[Any]) -> tuple[float, Any]:
+def bare(store: Any, projection: fl.projections.Projection[Any]) -> tuple[float, Any]:
     started = time.perf_counter()
     state = projection.initial()
     apply = projection.apply
@@ -87,7 +87,7 @@ def bare(store: Any, projection: fl.Projection[Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, state
 
 
-def attached(rt: fl.Runtime, projection: fl.Projection[Any]) -> tuple[float, Any]:
+def attached(rt: fl.Runtime, projection: fl.projections.Projection[Any]) -> tuple[float, Any]:
     started = time.perf_counter()
     handle = rt.attach(projection, reset=True)
     handle.catch_up(timeout=600)
@@ -97,13 +97,13 @@ def attached(rt: fl.Runtime, projection: fl.Projection[Any]) -> tuple[float, Any
     return took, state
 
 
-class Count(fl.Projection[int]):
+class Count(fl.projections.Projection[int]):
     name = "bench.count"
 
     def initial(self) -> int:
         return 0
 
-    def apply(self, state: int, record: fl.Recorded) -> int:
+    def apply(self, state: int, record: fl.types.Recorded) -> int:
         return state + 1
 
 

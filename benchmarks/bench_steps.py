@@ -41,7 +41,7 @@ from foldloop.core import fold_events
 from foldloop.events import (
     ModelRequested,
     ModelResponded,
-    ModelToolCall,
+    ToolCall,
     ToolCompleted,
     ToolRequested,
     decode_event,
@@ -101,7 +101,7 @@ class Floor:
                 ModelRequested(step=step, prompt_digest="0" * 32),
                 ModelResponded(
                     step=step,
-                    tool_calls=(ModelToolCall(id=f"c{step}", name="note", args='{"i":1}'),),
+                    tool_calls=(ToolCall(id=f"c{step}", name="note", args='{"i":1}'),),
                 ),
                 ToolRequested(call_id=f"c{step}", tool="note", args='{"i":1}', step=step),
                 ToolCompleted(call_id=f"c{step}", result=f"noted {step}"),
@@ -245,10 +245,10 @@ def _pool_load(concurrent: int, rounds: int, processes: int) -> None:
 
 def _rounds(
     rt: fl.Runtime | fl.WorkerPool, a: fl.Agent | str, concurrent: int, steps: int, rounds: int
-) -> tuple[list[float], list[fl.RunHandle]]:
+) -> tuple[list[float], list[fl.types.RunHandle]]:
     """``rounds`` load rounds: the steps/s of each, and every run's handle."""
     rates: list[float] = []
-    handles: list[fl.RunHandle] = []
+    handles: list[fl.types.RunHandle] = []
     for _ in range(rounds):
         rate, mine = _load_round(rt, a, concurrent, steps)
         rates.append(rate)
@@ -289,7 +289,7 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def _latencies(rt: fl.Runtime, handles: list[fl.RunHandle]) -> tuple[float, float]:
+def _latencies(rt: fl.Runtime, handles: list[fl.types.RunHandle]) -> tuple[float, float]:
     """p50 and p99 µs between a run's consecutive model.requested events."""
     latencies: list[float] = []
     for h in handles:
@@ -301,14 +301,14 @@ def _latencies(rt: fl.Runtime, handles: list[fl.RunHandle]) -> tuple[float, floa
 
 def _load_round(
     rt: fl.Runtime | fl.WorkerPool, a: fl.Agent | str, concurrent: int, steps: int
-) -> tuple[float, list[fl.RunHandle]]:
+) -> tuple[float, list[fl.types.RunHandle]]:
     """One round: ``concurrent`` runs spawned from 100 threads, all waited for."""
-    handles: list[fl.RunHandle] = []
+    handles: list[fl.types.RunHandle] = []
     lock = threading.Lock()
     start = time.perf_counter()
 
     def spawn(n: int) -> None:
-        mine: list[fl.RunHandle] = [rt.spawn(a, "go") for _ in range(n)]  # type: ignore[arg-type]
+        mine: list[fl.types.RunHandle] = [rt.spawn(a, "go") for _ in range(n)]  # type: ignore[arg-type]
         with lock:
             handles.extend(mine)
 
@@ -362,7 +362,7 @@ def _synthetic_run(store: Any, events: int) -> str:
             batch += [
                 ModelRequested(step=step, prompt_digest="0" * 32),
                 ModelResponded(
-                    step=step, tool_calls=(ModelToolCall(id=call, name="note", args='{"i":1}'),)
+                    step=step, tool_calls=(ToolCall(id=call, name="note", args='{"i":1}'),)
                 ),
                 ToolRequested(call_id=call, tool="note", args='{"i":1}', step=step),
                 ToolCompleted(call_id=call, result=f"noted {step}"),

@@ -40,7 +40,7 @@ llm = fl.ScriptedLLM(
         fl.Reply(text="Deleted the old log; I was not allowed to touch /etc/passwd."),
     ]
 )
-asked: list[fl.PendingApproval] = []
+asked: list[fl.types.PendingApproval] = []
 agent = fl.Agent(
     name="janitor",
     llm=llm,

@@ -31,7 +31,7 @@ llm = fl.ScriptedLLM(
 agent = fl.Agent(name="calc", llm=llm, tools=[add])
 
 
-class ToolsUsed(fl.Projection[dict[str, int]]):
+class ToolsUsed(fl.projections.Projection[dict[str, int]]):
     """A projection of your own: how often each tool was asked for."""
 
     name = "tools_used"
@@ -40,7 +40,7 @@ class ToolsUsed(fl.Projection[dict[str, int]]):
     def initial(self) -> dict[str, int]:
         return {}
 
-    def apply(self, state: dict[str, int], record: fl.Recorded) -> dict[str, int]:
+    def apply(self, state: dict[str, int], record: fl.types.Recorded) -> dict[str, int]:
         tool = record.event.tool  # type: ignore[union-attr]
         return {**state, tool: state.get(tool, 0) + 1}  # pure: a new dict
 

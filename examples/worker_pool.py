@@ -29,7 +29,7 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
-def _reply(messages: Sequence[fl.Message], tools: Sequence[fl.ToolSpec]) -> fl.Reply:
+def _reply(messages: Sequence[fl.Message], tools: Sequence[fl.types.ToolSpec]) -> fl.Reply:
     """Add the two numbers of the question with the tool, then say the sum."""
     if messages[-1].role == "tool":
         return fl.Reply(text=f"the sum is {messages[-1].content}")

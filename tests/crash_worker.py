@@ -76,7 +76,7 @@ def build_agent(args: argparse.Namespace) -> fl.Agent:
         ledger_write(ledger, f"lookup {key}")
         return f"value-of-{key}"
 
-    def script(messages: Sequence[fl.Message], tools: Sequence[fl.ToolSpec]) -> fl.Reply:
+    def script(messages: Sequence[fl.Message], tools: Sequence[fl.types.ToolSpec]) -> fl.Reply:
         step = sum(1 for m in messages if m.role == "assistant")
         if prompts is not None:
             ledger_write(prompts, f"{step + 1} {history_digest(messages)}")
@@ -118,7 +118,7 @@ def main() -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
     )
 
-    def on_state(state: fl.RunState) -> None:
+    def on_state(state: fl.types.RunState) -> None:
         emit(f"STATE {state.run_id} {state.seq} {digest(state)}")
 
     agent = build_agent(args)
@@ -126,7 +126,7 @@ def main() -> None:
         args.store, agents=[agent], on_state=on_state, snapshot_every=args.snapshot_every
     )
 
-    def ack(rec: fl.Recorded) -> None:
+    def ack(rec: fl.types.Recorded) -> None:
         emit(f"ACK {rec.run_id} {rec.seq} {rec.position} {digest(rec.event)} {rec.type}")
 
     rt.store.add_listener(lambda batch: [ack(r) for r in batch])

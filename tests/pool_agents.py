@@ -42,7 +42,7 @@ def wait_for(path: str) -> str:
     return "appeared"
 
 
-def _blocker_reply(messages: Sequence[fl.Message], tools: Sequence[fl.ToolSpec]) -> fl.Reply:
+def _blocker_reply(messages: Sequence[fl.Message], tools: Sequence[fl.types.ToolSpec]) -> fl.Reply:
     """Ask to wait for the file the input names; then report what the tool said."""
     if messages[-1].role == "tool":
         return fl.Reply(text=f"tool said: {messages[-1].content}")
@@ -96,7 +96,7 @@ def pay_once(tag: str) -> str:
     return f"paid {tag}"
 
 
-def _pay_reply(messages: Sequence[fl.Message], tools: Sequence[fl.ToolSpec]) -> fl.Reply:
+def _pay_reply(messages: Sequence[fl.Message], tools: Sequence[fl.types.ToolSpec]) -> fl.Reply:
     if messages[-1].role == "tool":
         return fl.Reply(text=messages[-1].content)
     return fl.Reply(tool_calls=[fl.ToolCall("pay_once", {"tag": messages[-1].content})])

@@ -22,7 +22,7 @@ def agent(name: str = "calc") -> fl.Agent:
     return fl.Agent(name=name, llm=llm, tools=[add])
 
 
-class Positions(fl.Projection[tuple[int, ...]]):
+class Positions(fl.projections.Projection[tuple[int, ...]]):
     """Every position applied, in order: a duplicate or a gap shows at once."""
 
     name = "positions"
@@ -30,5 +30,5 @@ class Positions(fl.Projection[tuple[int, ...]]):
     def initial(self) -> tuple[int, ...]:
         return ()
 
-    def apply(self, state: tuple[int, ...], record: fl.Recorded) -> tuple[int, ...]:
+    def apply(self, state: tuple[int, ...], record: fl.types.Recorded) -> tuple[int, ...]:
         return (*state, record.position)

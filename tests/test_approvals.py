@@ -363,7 +363,7 @@ def _try(fn: Callable[[], object], errors: list[BaseException]) -> None:
         errors.append(exc)
 
 
-def _approve_to_the_end(rt: fl.Runtime, run: fl.RunHandle) -> None:
+def _approve_to_the_end(rt: fl.Runtime, run: fl.types.RunHandle) -> None:
     """Approve the parked run's one request by its token; the run must then complete."""
     (pending,) = [p for p in rt.pending_approvals() if p.run_id == run.id]
     rt.approve(pending.token, by="alice")
@@ -580,7 +580,7 @@ def test_the_cli_lists_and_decides_approvals(store_path: Path, ledger: Ledger) -
         assert "pay" in listed.stdout
         assert cli("approve").returncode == 2  # neither a token nor --run/--call
         forged = cli("approve", "not-a-token")
-        assert forged.returncode == 1
+        assert forged.returncode == 3  # not found
         assert "unknown or forged" in forged.stderr
         denied = cli(
             "deny", "--run", run.id, "--call", pending.call_id, "--by", "cli", "--note", "no"

@@ -48,12 +48,12 @@ from foldloop.events import (
     ModelFailed,
     ModelRequested,
     ModelResponded,
-    ModelToolCall,
     Recorded,
     RunCompleted,
     RunFailed,
     RunResumed,
     RunStarted,
+    ToolCall,
     ToolCompleted,
     ToolFailed,
     ToolInfo,
@@ -97,7 +97,7 @@ def step_shaped_logs(draw: st.DrawFn) -> list[Any]:
         events.append(ModelRequested(step=step, prompt_digest="d"))
         n = draw(st.integers(0, 3))
         calls = tuple(
-            ModelToolCall(id=f"c{i}", name=draw(st.sampled_from(["add", "send"])), args="{}")
+            ToolCall(id=f"c{i}", name=draw(st.sampled_from(["add", "send"])), args="{}")
             for i in range(1, n + 1)
         )
         usage = Usage(input_tokens=draw(st.integers(0, 9)), cost_usd=draw(st.floats(0, 1)))
@@ -155,7 +155,7 @@ def repetitive_logs(draw: st.DrawFn) -> tuple[list[Any], list[tuple[str, str, st
             for i in range(1, draw(st.integers(1, 2)) + 1)
         ]
         ok = draw(st.lists(st.booleans(), min_size=len(calls), max_size=len(calls)))
-        asked = tuple(ModelToolCall(id=i, name=tool, args="{}") for i, tool, _ in calls)
+        asked = tuple(ToolCall(id=i, name=tool, args="{}") for i, tool, _ in calls)
         events += [ModelRequested(step=step, prompt_digest="d")]
         events += [ModelResponded(step=step, tool_calls=asked)]
         events += [
@@ -243,7 +243,7 @@ class Driver:
                 now=self.now(),
                 step=self.state.model_pending,
                 text=text,
-                tool_calls=tuple(ModelToolCall(id="", name=n, args=a) for n, a in calls),
+                tool_calls=tuple(ToolCall(id="", name=n, args=a) for n, a in calls),
                 usage=usage,
                 gated=gated,
             )
@@ -473,7 +473,7 @@ class RunMachine(RuleBasedStateMachine):
                     now=self.d.now(),
                     step=self.d.state.model_pending,
                     text=text,
-                    tool_calls=tuple(ModelToolCall(id="", name=n, args=a) for n, a in calls),
+                    tool_calls=tuple(ToolCall(id="", name=n, args=a) for n, a in calls),
                     gated=gated,
                 )
             )

@@ -66,7 +66,7 @@ def ledger_lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def check_log(store_path: Path) -> list[fl.Recorded]:
+def check_log(store_path: Path) -> list[fl.types.Recorded]:
     """Gapless seqs per run, gapless positions, intact chains; returns the whole log."""
     store = open_store(store_path, create=False)
     try:
@@ -213,7 +213,7 @@ def test_kill_loop_at_random_points(tmp_path: Path, request: pytest.FixtureReque
         present = {(run, seq): (pos, d) for pos, run, seq, d in now}
         for run, seq, pos, d in acks:
             assert present.get((run, seq)) == (pos, d), f"kill {i}: acknowledged {run}#{seq} lost"
-        by_run: dict[str, list[fl.Recorded]] = {}
+        by_run: dict[str, list[fl.types.Recorded]] = {}
         for r in log:
             by_run.setdefault(r.run_id, []).append(r)
         for run, seq, d in states:

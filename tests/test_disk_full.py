@@ -51,7 +51,7 @@ def _child(store: Path, mode: str) -> dict[str, Any]:
     rt = fl.Runtime.open(store, agents=[agent], map_size=MAP_SIZE)
     acked: dict[str, int] = {}  # run -> its last seq known durable
 
-    def spawn_and_wait() -> fl.RunResult:
+    def spawn_and_wait() -> fl.types.RunResult:
         result = rt.spawn(agent, "fill " + BLOB).wait(timeout=HANG_S)
         if result.ok:
             report["completed"].append(result.run_id)

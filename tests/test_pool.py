@@ -256,7 +256,7 @@ def test_a_run_at_its_limit_is_resumed_on_a_worker(store_path: Path) -> None:
 def test_spawns_racing_a_killed_worker_lose_no_run(store_path: Path) -> None:
     """Spawns from ten threads while a worker is SIGKILLed: each either returns a handle
     or raises WorkerError, and every run that reached the log completes."""
-    handles: list[fl.RunHandle] = []
+    handles: list[fl.types.RunHandle] = []
     refused: list[str] = []
     lock = threading.Lock()
     enough = threading.Event()
@@ -266,7 +266,7 @@ def test_spawns_racing_a_killed_worker_lose_no_run(store_path: Path) -> None:
             for i in range(10):
                 try:
                     handle = pool.spawn("calc", "add", run_id=f"r{k}-{i}")
-                except fl.WorkerError:
+                except fl.errors.WorkerError:
                     with lock:
                         refused.append(f"r{k}-{i}")
                     continue
@@ -361,7 +361,7 @@ def test_one_damaged_run_stops_nothing_else(store_path: Path, tmp_path: Path) ->
         assert rows["damaged"].status is fl.RunStatus.FAILED
         assert rows["intact"].status is fl.RunStatus.COMPLETED and not rows["intact"].damaged
         assert rows["orphan"].status is fl.RunStatus.INTERRUPTED
-        with pytest.raises(fl.CorruptRecord):
+        with pytest.raises(fl.errors.CorruptRecord):
             rt.state("damaged")
     with fl.WorkerPool(store_path, agents=["pool_agents:blocker"], processes=1) as pool:
         result = pool.handle("orphan").wait(timeout=30)

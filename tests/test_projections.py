@@ -89,7 +89,7 @@ def test_a_restart_continues_from_the_checkpoint_and_applies_nothing_twice(
     applied: list[int] = []
 
     class Counting(Positions):
-        def apply(self, state: tuple[int, ...], record: fl.Recorded) -> tuple[int, ...]:
+        def apply(self, state: tuple[int, ...], record: fl.types.Recorded) -> tuple[int, ...]:
             applied.append(record.position)
             return super().apply(state, record)
 
@@ -151,7 +151,7 @@ def test_a_sigkilled_follower_resumes_from_its_checkpoint_gapless(store_path: Pa
         assert handle.state == tuple(range(1, last + 1))
 
 
-class Fragile(fl.Projection[int]):
+class Fragile(fl.projections.Projection[int]):
     """Counts records and raises on the first tool.completed (when ``broken``)."""
 
     name = "fragile"
@@ -160,7 +160,7 @@ class Fragile(fl.Projection[int]):
     def initial(self) -> int:
         return 0
 
-    def apply(self, state: int, record: fl.Recorded) -> int:
+    def apply(self, state: int, record: fl.types.Recorded) -> int:
         if self.broken and record.type == "tool.completed":
             raise ValueError("cannot handle tool results")
         return state + 1
@@ -173,7 +173,9 @@ def test_a_raising_projection_stops_alone_and_says_where(rt: fl.Runtime) -> None
             fragile = rt.attach(Fragile())
             positions = rt.attach(Positions())
             assert rt.spawn(agent(), "go").wait(timeout=30).ok
-            with pytest.raises(fl.ProjectionError, match="cannot handle tool results") as info:
+            with pytest.raises(
+                fl.errors.ProjectionError, match="cannot handle tool results"
+            ) as info:
                 fragile.catch_up()
     finally:
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -212,7 +214,7 @@ def test_a_damaged_record_stops_a_projection_with_where_it_is(store_path: Path) 
     (store_path / "data.mdb").write_bytes(data.replace(b"MARKER-0123456789", b"MARKER-0123456788"))
     with fl.Runtime.open(store_path) as rt:
         handle = rt.attach(Positions())
-        with pytest.raises(fl.ProjectionError, match="checksum mismatch") as info:
+        with pytest.raises(fl.errors.ProjectionError, match="checksum mismatch") as info:
             handle.catch_up()
         # run.started (position 1) holds the input: the projection stopped before it
         assert (info.value.position, info.value.seq) == (1, 1)
@@ -239,16 +241,18 @@ def test_a_reader_process_follows_what_another_process_writes(rt: fl.Runtime) ->
 
 
 def test_attach_refuses_what_it_cannot_run(rt: fl.Runtime) -> None:
-    with pytest.raises(fl.ConfigError, match=r"takes an fl\.Projection"):
+    with pytest.raises(fl.ConfigError, match=r"takes a foldloop\.projections\.Projection"):
         rt.attach(object())  # type: ignore[arg-type]
     with pytest.raises(fl.ConfigError, match="needs a name"):
-        rt.attach(fl.Projection(initial=lambda: 0, apply=lambda s, r: s))
+        rt.attach(fl.projections.Projection(initial=lambda: 0, apply=lambda s, r: s))
     rt.attach(Positions())
     with pytest.raises(fl.ConfigError, match="already attached"):
         rt.attach(Positions())
     with pytest.raises(fl.ConfigError, match="set of event types"):
         rt.subscribe(print, types="tool.completed")
-    count = rt.attach(fl.Projection("count", initial=lambda: 0, apply=lambda n, r: n + 1))
+    count = rt.attach(
+        fl.projections.Projection("count", initial=lambda: 0, apply=lambda n, r: n + 1)
+    )
     rt.spawn(agent(), "go").wait(timeout=30)
     assert count.catch_up() == count.state == rt.store.last_position()
 
@@ -453,13 +457,13 @@ events = st.one_of(
 )
 logs = st.lists(st.tuples(st.sampled_from(RUNS), events), max_size=60).map(
     lambda pairs: [
-        fl.Recorded(run_id=run, seq=i, position=i, at=i * 1_000_000, event=event)
+        fl.types.Recorded(run_id=run, seq=i, position=i, at=i * 1_000_000, event=event)
         for i, (run, event) in enumerate(pairs, start=1)
     ]
 )
 
 
-def fold_metrics(records: list[fl.Recorded], state: RunMetricsState | None = None) -> Any:
+def fold_metrics(records: list[fl.types.Recorded], state: RunMetricsState | None = None) -> Any:
     p = RunMetrics()
     state = p.initial() if state is None else state
     for rec in records:
@@ -469,7 +473,7 @@ def fold_metrics(records: list[fl.Recorded], state: RunMetricsState | None = Non
 
 @given(logs, st.integers(0, 60))
 def test_run_metrics_through_a_checkpoint_equals_one_fold(
-    records: list[fl.Recorded], split: int
+    records: list[fl.types.Recorded], split: int
 ) -> None:
     p = RunMetrics()
     whole = fold_metrics(records)
@@ -480,7 +484,7 @@ def test_run_metrics_through_a_checkpoint_equals_one_fold(
 
 
 @given(logs)
-def test_run_metrics_counts_agree_with_the_records(records: list[fl.Recorded]) -> None:
+def test_run_metrics_counts_agree_with_the_records(records: list[fl.types.Recorded]) -> None:
     state = fold_metrics(records)
     kinds = collections.Counter(type(r.event) for r in records)
     assert state.events == len(records)

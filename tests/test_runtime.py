@@ -300,7 +300,7 @@ def test_a_tool_that_raises_is_fed_back_to_the_model(rt: fl.Runtime) -> None:
 
     seen: list[str] = []
 
-    def model(messages: Sequence[fl.Message], tools: Sequence[fl.ToolSpec]) -> fl.Reply:
+    def model(messages: Sequence[fl.Message], tools: Sequence[fl.types.ToolSpec]) -> fl.Reply:
         if len(messages) == 1:
             return fl.Reply(tool_calls=[fl.ToolCall("boom", {"x": 7})])
         seen.append(messages[-1].content)
@@ -392,14 +392,14 @@ def test_max_seconds_uses_the_injected_clock(store_path: Path) -> None:
 def test_retryable_model_errors_are_retried_and_recorded(rt: fl.Runtime) -> None:
     attempts = []
 
-    def flaky(messages: Sequence[fl.Message], tools: Sequence[fl.ToolSpec]) -> fl.Reply:
+    def flaky(messages: Sequence[fl.Message], tools: Sequence[fl.types.ToolSpec]) -> fl.Reply:
         attempts.append(1)
         if len(attempts) < 3:
-            raise fl.ModelCallError("429 rate limited", retryable=True)
+            raise fl.errors.ModelCallError("429 rate limited", retryable=True)
         return fl.Reply(
             text="finally",
             model="gpt-4o-mini",
-            usage=fl.Usage(input_tokens=1000, output_tokens=1000),
+            usage=fl.types.Usage(input_tokens=1000, output_tokens=1000),
         )
 
     result = rt.spawn(fl.Agent(name="flaky", llm=fl.ScriptedLLM(flaky)), "go").wait(timeout=30)
@@ -460,7 +460,7 @@ def test_subscribers_get_live_events_and_a_raising_one_is_isolated(rt: fl.Runtim
     good.catch_up(timeout=10)
     assert got == ["run.started", "run.completed"]
     # the raising one stopped itself at the first record, saying which and why
-    with pytest.raises(fl.ProjectionError, match="bad subscriber") as info:
+    with pytest.raises(fl.errors.ProjectionError, match="bad subscriber") as info:
         bad.catch_up(timeout=10)
     assert info.value.position == 1 and info.value.event_type == "run.started"
     assert not bad.live and good.live
@@ -626,7 +626,7 @@ def test_explain_says_why_and_what_next(rt: fl.Runtime) -> None:
 def test_export_then_import_gives_the_same_fold(rt: fl.Runtime, tmp_path: Path) -> None:
     script = [
         fl.Reply(tool_calls=[fl.ToolCall("add", {"a": 1, "b": 2}), fl.ToolCall("add", {"a": "x"})]),
-        fl.Reply(text="3", usage=fl.Usage(input_tokens=5, output_tokens=1, cost_usd=0.25)),
+        fl.Reply(text="3", usage=fl.types.Usage(input_tokens=5, output_tokens=1, cost_usd=0.25)),
     ]
     agent = fl.Agent(name="exp", llm=fl.ScriptedLLM(script), tools=[add])
     run = rt.spawn(agent, "go", metadata={"user": "ü\u202e"})

@@ -45,7 +45,7 @@ RUNTIME_CALLS: dict[str, Callable[[fl.Runtime, str, list[str]], object]] = {
 }
 """One call of each public method; ``close`` and ``closed`` work on a closed runtime."""
 
-HANDLE_CALLS: dict[str, Callable[[fl.RunHandle], object]] = {
+HANDLE_CALLS: dict[str, Callable[[fl.types.RunHandle], object]] = {
     "cancel": lambda handle: handle.cancel("late"),
     "state": lambda handle: handle.state,
     "wait": lambda handle: handle.wait(timeout=1),
@@ -66,11 +66,11 @@ def test_every_public_method_of_the_runtime_is_in_the_table() -> None:
     assert public_members(fl.Runtime) - {"close", "closed"} == set(RUNTIME_CALLS), (
         "a public Runtime method was added or removed: list a call of it in RUNTIME_CALLS"
     )
-    assert public_members(fl.RunHandle) == set(HANDLE_CALLS)
+    assert public_members(fl.types.RunHandle) == set(HANDLE_CALLS)
 
 
 @pytest.fixture
-def closed(store_path: Path) -> tuple[fl.Runtime, fl.RunHandle, list[str]]:
+def closed(store_path: Path) -> tuple[fl.Runtime, fl.types.RunHandle, list[str]]:
     """A runtime that ran one run and was closed, the run's handle and its export."""
     rt = fl.Runtime.open(store_path, agents=[AGENT])
     run = rt.spawn(AGENT, "hi")
@@ -82,7 +82,7 @@ def closed(store_path: Path) -> tuple[fl.Runtime, fl.RunHandle, list[str]]:
 
 @pytest.mark.parametrize("name", sorted(RUNTIME_CALLS))
 def test_a_closed_runtime_refuses_every_call_with_one_clear_error(
-    closed: tuple[fl.Runtime, fl.RunHandle, list[str]], name: str
+    closed: tuple[fl.Runtime, fl.types.RunHandle, list[str]], name: str
 ) -> None:
     rt, run, lines = closed
     with pytest.raises(fl.ConfigError, match=CLOSED):
@@ -91,14 +91,16 @@ def test_a_closed_runtime_refuses_every_call_with_one_clear_error(
 
 @pytest.mark.parametrize("name", sorted(HANDLE_CALLS))
 def test_a_handle_of_a_closed_runtime_refuses_every_call(
-    closed: tuple[fl.Runtime, fl.RunHandle, list[str]], name: str
+    closed: tuple[fl.Runtime, fl.types.RunHandle, list[str]], name: str
 ) -> None:
     _rt, run, _lines = closed
     with pytest.raises(fl.ConfigError, match=CLOSED):
         HANDLE_CALLS[name](run)
 
 
-def test_close_and_closed_still_answer(closed: tuple[fl.Runtime, fl.RunHandle, list[str]]) -> None:
+def test_close_and_closed_still_answer(
+    closed: tuple[fl.Runtime, fl.types.RunHandle, list[str]],
+) -> None:
     rt, _run, _lines = closed
     assert rt.closed
     rt.close()  # a second close is a no-op

@@ -59,7 +59,7 @@ def _read_everything(path: Path) -> str:
             for row in rt.runs():
                 try:
                     rt.state(row.run_id)
-                except fl.CorruptRecord:
+                except fl.errors.CorruptRecord:
                     damaged += 1
     except fl.StoreError as exc:
         if str(path) not in str(exc):

@@ -59,7 +59,7 @@ class Model:
         return fl.Reply(text="read it")
 
 
-def run_once(tmp_path: Path, tool: fl.Tool) -> tuple[Model, list[object], fl.RunResult]:
+def run_once(tmp_path: Path, tool: fl.types.Tool) -> tuple[Model, list[object], fl.types.RunResult]:
     model = Model(tool.name)
     agent = fl.Agent(name="reader", llm=fl.ScriptedLLM(model), tools=[tool])
     with fl.Runtime.open(tmp_path / "store", agents=[agent]) as rt:

@@ -33,7 +33,7 @@ def gated(name: str, payments: int, ttl: float = 3600.0) -> fl.Agent:
     """An agent that pays ``payments`` people one step at a time, each payment gated, so
     its run parks once per payment; then it says done."""
 
-    def model(messages: Sequence[fl.Message], tools: Sequence[fl.ToolSpec]) -> fl.Reply:
+    def model(messages: Sequence[fl.Message], tools: Sequence[fl.types.ToolSpec]) -> fl.Reply:
         paid = sum(1 for m in messages if m.role == "tool")
         if paid < payments:
             return fl.Reply(tool_calls=[fl.ToolCall("pay", {"to": f"p{paid}"})])
@@ -68,7 +68,7 @@ def decisions(rt: fl.Runtime, run_id: str) -> list[tuple[bool, str]]:
     ]
 
 
-def parked(rt: fl.Runtime, agent: fl.Agent) -> tuple[fl.RunHandle, fl.PendingApproval]:
+def parked(rt: fl.Runtime, agent: fl.Agent) -> tuple[fl.types.RunHandle, fl.types.PendingApproval]:
     """A run of ``agent`` parked at its first gate, and the request it waits on."""
     run = rt.spawn(agent, "pay")
     result = run.wait(timeout=30)  # by default wait() returns at a park
@@ -232,7 +232,7 @@ def test_the_readme_says_what_the_docstring_says() -> None:
     def words(text: str) -> str:
         return " ".join(text.replace("``", "").replace("`", "").split())
 
-    doc = words(inspect.getdoc(fl.RunHandle.wait) or "")
+    doc = words(inspect.getdoc(fl.types.RunHandle.wait) or "")
     promise = doc[doc.index("By default") :]
     assert promise.endswith("with a reason saying so).")
     assert promise in words((TESTS.parent / "README.md").read_text())

@@ -42,7 +42,6 @@ from foldloop.errors import FoldloopError, ModelCallError
 from foldloop.events.catalogue import ToolFailed
 from foldloop.events.codec import storable_text
 from foldloop.events.values import Usage
-from foldloop.llm.protocol import to_model_tool_calls
 from foldloop.store import ApprovalChanges, EventStore, Lease, Payload, Pending, encode_all
 
 __all__ = ["AppendFailed", "RunActor", "RunHost"]
@@ -314,7 +313,7 @@ class RunActor(FastActor):
                     now=clock(),
                     step=effect.step,
                     text=storable_text(reply.text),
-                    tool_calls=to_model_tool_calls(reply.tool_calls),
+                    tool_calls=tuple(reply.tool_calls),
                     usage=usage,
                     model=model,
                     latency_ms=round((time.perf_counter() - start) * 1000, 3),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from foldloop.events.values import Limits, ModelToolCall, ToolInfo, Usage
+from foldloop.events.values import Limits, ToolCall, ToolInfo, Usage
 
 __all__ = [
     "ApprovalTicket",
@@ -63,7 +63,7 @@ class ModelReplied(Command, frozen=True):
 
     step: int
     text: str = ""
-    tool_calls: tuple[ModelToolCall, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
     usage: Usage = Usage()
     model: str = ""
     latency_ms: float = 0.0

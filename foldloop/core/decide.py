@@ -59,7 +59,7 @@ from foldloop.events.catalogue import (
     ToolFailureKind,
     ToolRequested,
 )
-from foldloop.events.values import ModelToolCall
+from foldloop.events.values import ToolCall
 
 __all__ = ["MAX_INVALID_ARGS", "MAX_MODEL_ATTEMPTS", "decide", "retry_delay"]
 
@@ -260,10 +260,10 @@ class _Builder:
         self.call_model()
 
 
-def _assign_ids(step: int, calls: tuple[ModelToolCall, ...]) -> tuple[ModelToolCall, ...]:
+def _assign_ids(step: int, calls: tuple[ToolCall, ...]) -> tuple[ToolCall, ...]:
     """Give every call a unique id: the provider's if it has one, else one from step and index."""
     seen: set[str] = set()
-    out: list[ModelToolCall] = []
+    out: list[ToolCall] = []
     for i, call in enumerate(calls, start=1):
         call_id = call.id or f"call_{step}_{i}"
         if call_id in seen:

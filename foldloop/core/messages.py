@@ -18,7 +18,7 @@ from typing import Literal, overload
 
 import msgspec
 
-from foldloop.events.values import ModelToolCall
+from foldloop.events.values import ToolCall
 
 __all__ = [
     "CHUNK",
@@ -48,7 +48,7 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=
 
     role: Role
     content: str = ""
-    tool_calls: tuple[ModelToolCall, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     name: str | None = None
 

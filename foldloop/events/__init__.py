@@ -33,7 +33,7 @@ from foldloop.events.codec import (
     schema_version_of,
 )
 from foldloop.events.recorded import AnyEvent, Recorded, UnknownEvent
-from foldloop.events.values import Limits, ModelToolCall, ToolInfo, Usage
+from foldloop.events.values import Limits, ToolCall, ToolInfo, Usage
 
 __all__ = [
     "AnyEvent",
@@ -48,7 +48,7 @@ __all__ = [
     "ModelFailed",
     "ModelRequested",
     "ModelResponded",
-    "ModelToolCall",
+    "ToolCall",
     "Recorded",
     "RunCancelled",
     "RunCompleted",

@@ -21,7 +21,7 @@ from typing import ClassVar, Literal
 
 import msgspec
 
-from foldloop.events.values import Limits, ModelToolCall, ToolInfo, Usage
+from foldloop.events.values import Limits, ToolCall, ToolInfo, Usage
 
 __all__ = [
     "ApprovalDecided",
@@ -97,7 +97,7 @@ class ModelResponded(Event, tag="model.responded", frozen=True):
 
     step: int
     text: str = ""
-    tool_calls: tuple[ModelToolCall, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
     usage: Usage = Usage()
     model: str = ""
     latency_ms: float = 0.0

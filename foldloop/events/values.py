@@ -11,10 +11,12 @@ taken as the log holds them.
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -26,7 +28,7 @@ __all__ = [
     "LIMIT_RULES",
     "MAX_INT",
     "Limits",
-    "ModelToolCall",
+    "ToolCall",
     "ToolInfo",
     "Usage",
     "as_recorded",
@@ -178,16 +180,71 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=False
         return self.input_tokens + self.output_tokens
 
 
-class ModelToolCall(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """One tool call as the model asked for it.
+_CANONICAL_JSON = msgspec.json.Encoder(order="sorted")
 
-    ``args`` is the model's argument text verbatim (JSON expected, not guaranteed): a
-    malformed argument string is a fact to record and feed back, not something to drop.
+
+def _args_text(name: object, args: object) -> str:
+    if isinstance(args, str):
+        return args
+    if not isinstance(args, Mapping):
+        raise ConfigError(
+            f"fl.ToolCall({name!r}, args={args!r}): args must be a mapping of argument names to "
+            "JSON values, or the model's argument text"
+        )
+    try:
+        return _CANONICAL_JSON.encode(dict(args)).decode()
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise ConfigError(
+            f"fl.ToolCall({name!r}, args=...): the arguments must be JSON values ({exc})"
+        ) from exc
+
+
+class _NameFirst(msgspec.StructMeta):
+    """Builds a ToolCall as it is written, ``ToolCall(name, args, id)``, while its fields keep
+    their recorded order (id, name, args): logged replies and prompt digests stay the same bytes."""
+
+    def __call__(
+        cls,  # noqa: N805 - a metaclass's method: its self is the class
+        name: str,
+        args: Mapping[str, Any] | str = "{}",
+        id: str = "",
+    ) -> Any:
+        if not isinstance(name, str) or not isinstance(id, str):
+            raise ConfigError(f"fl.ToolCall(name={name!r}, id={id!r}): name and id must be str")
+        return super().__call__(id=id, name=name, args=_args_text(name, args))
+
+    @property
+    def __signature__(cls) -> inspect.Signature:  # noqa: N805 - as above
+        call = inspect.signature(_NameFirst.__call__)
+        params = list(call.parameters.values())[1:]
+        return call.replace(parameters=params, return_annotation=inspect.Signature.empty)
+
+
+class ToolCall(msgspec.Struct, metaclass=_NameFirst, frozen=True, kw_only=True, gc=False):
+    """A tool call a model asked for: ``ToolCall("add", {"a": 2, "b": 3})``.
+
+    The same value is recorded in ``model.responded`` and seen again in
+    ``Message.tool_calls``. ``args`` is always text: a mapping is stored as canonical JSON
+    (sorted keys, no spaces) when the call is built; text, such as a provider's raw
+    arguments, is kept verbatim (JSON expected, not guaranteed), so malformed arguments
+    reach validation and are fed back to the model. ``id`` is the provider's call id when
+    it has one; a run gives the others one from the step and their index.
     """
 
     id: str
     name: str
     args: str
+
+    if TYPE_CHECKING:
+
+        def __init__(self, name: str, args: Mapping[str, Any] | str = "{}", id: str = "") -> None:
+            """For type checkers; ``_NameFirst.__call__`` does it (a Struct has no __init__)."""
+
+    def __repr__(self) -> str:
+        return f"ToolCall(name={self.name!r}, args={self.args!r}, id={self.id!r})"
+
+    def __reduce__(self) -> tuple[object, tuple[str, str, str]]:
+        return ToolCall, (self.name, self.args, self.id)
 
 
 class ToolInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -2,7 +2,7 @@
 
 from foldloop.llm.anthropic_chat import AnthropicChat
 from foldloop.llm.openai_chat import OpenAIChat
-from foldloop.llm.protocol import LLM, Reply, ToolCall, to_model_tool_calls
+from foldloop.llm.protocol import LLM, Reply, ToolCall
 from foldloop.llm.scripted import ScriptedLLM, ScriptFn, estimate_tokens
 
 __all__ = [
@@ -14,5 +14,4 @@ __all__ = [
     "ScriptedLLM",
     "ToolCall",
     "estimate_tokens",
-    "to_model_tool_calls",
 ]

@@ -98,7 +98,7 @@ class OpenAIChat:
             raise ModelCallError(f"{self._model}: the response has no choices", retryable=True)
         message = response.choices[0].message
         calls = [
-            ToolCall(name=c.function.name, args=c.function.arguments or "", id=c.id)
+            ToolCall(name=c.function.name, args=c.function.arguments or "", id=c.id or "")
             for c in (message.tool_calls or [])
             if getattr(c, "function", None) is not None
         ]

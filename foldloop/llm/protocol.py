@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
-
-import msgspec
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from foldloop.core.messages import Message, ToolSpec
-from foldloop.events.values import ModelToolCall, Usage
+from foldloop.events.values import ToolCall, Usage
 
-__all__ = ["LLM", "Reply", "ToolCall", "to_model_tool_calls"]
-
-_JSON = msgspec.json.Encoder(order="sorted")
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """A tool call in a model's reply: ``ToolCall("add", {"a": 2, "b": 3})``.
-
-    ``args`` may be a mapping or the provider's raw JSON text (kept verbatim, so malformed
-    arguments reach the validation step and are fed back to the model). ``id`` is the
-    provider's call id when it has one.
-    """
-
-    name: str
-    args: Mapping[str, Any] | str = field(default_factory=dict)
-    id: str = ""
+__all__ = ["LLM", "Reply", "ToolCall"]
 
 
 @dataclass(frozen=True)
@@ -58,14 +40,3 @@ class LLM(Protocol):
     ) -> Reply:
         """Answer the conversation; ``max_tokens`` is what the run's budget leaves."""
         ...
-
-
-def _args_text(args: Mapping[str, Any] | str) -> str:
-    if isinstance(args, str):
-        return args
-    return _JSON.encode(dict(args)).decode()
-
-
-def to_model_tool_calls(calls: Sequence[ToolCall]) -> tuple[ModelToolCall, ...]:
-    """The recorded form of a reply's tool calls (args as canonical JSON text)."""
-    return tuple(ModelToolCall(id=c.id, name=c.name, args=_args_text(c.args)) for c in calls)

@@ -1,6 +1,6 @@
 """Projections: folds of the whole log into states of your own, backfilled then live.
 
-``fl.Projection`` is the protocol; ``RunMetrics`` the built-in operator's view;
+``Projection`` is the protocol; ``RunMetrics`` the built-in operator's view;
 ``prometheus_text`` / ``serve_prometheus`` expose it for a scrape; ``OtelSpans`` (extra
 ``otel``) turns the live log into OpenTelemetry spans.
 """

@@ -26,7 +26,7 @@ class Projection(Generic[S]):
     """A named fold of the log: ``initial() -> S`` and a pure ``apply(S, Recorded) -> S``.
 
     Subclass it and override ``initial`` and ``apply`` (and set ``name``), or build one
-    from two functions: ``fl.Projection("count", initial=lambda: 0, apply=lambda n, r: n + 1)``.
+    from two functions: ``Projection("count", initial=lambda: 0, apply=lambda n, r: n + 1)``.
 
     - ``name`` keys the checkpoint in the store: the same name continues the same fold.
     - ``version``: bump it when ``apply`` changes meaning; a checkpoint of another
@@ -103,8 +103,8 @@ def check_projection(projection: object) -> Projection[Any]:
     """``projection`` if it is usable, else a ConfigError saying what is wrong."""
     if not isinstance(projection, Projection):
         raise ConfigError(
-            f"attach() takes an fl.Projection; got {type(projection).__name__} "
-            "(subclass fl.Projection, or build one with fl.Projection(name, initial=, apply=))"
+            f"attach() takes a foldloop.projections.Projection; got {type(projection).__name__} "
+            "(subclass it, or build one with fl.projections.Projection(name, initial=, apply=))"
         )
     name = projection.name
     if not isinstance(name, str) or not name or "\0" in name or len(name) > 200:
