@@ -142,14 +142,14 @@ def test_metrics_table_prometheus_and_a_scrape_endpoint(tmp_path: Path) -> None:
     # the metrics command left its checkpoint; a projection that failed is listed with why
     import foldloop as fl
 
-    def boom(state: int, record: fl.Recorded) -> int:
+    def boom(state: int, record: fl.types.Recorded) -> int:
         if record.type == "tool.completed":
             raise ValueError("no tools here")
         return state + 1
 
     with fl.Runtime.open(tmp_path / ".foldloop") as rt:
-        failing = rt.attach(fl.Projection("picky", initial=lambda: 0, apply=boom))
-        with pytest.raises(fl.ProjectionError):
+        failing = rt.attach(fl.projections.Projection("picky", initial=lambda: 0, apply=boom))
+        with pytest.raises(fl.errors.ProjectionError):
             failing.catch_up()
         last = rt.store.last_position()
     listed = run(["projections"], tmp_path, COLUMNS="200")

@@ -1,0 +1,5 @@
+"""``python -m foldloop``: the ``foldloop`` command."""
+
+from foldloop.cli import main
+
+main()
