@@ -46,15 +46,15 @@ import structlog
 from bench_steps import Floor, _synthetic_run, _timed, agent, bare_decode, foldloop_run
 
 import foldloop as fl
-from foldloop.actors.tool_actor import outcome_command
+from foldloop.actors._tool_actor import outcome_command
 from foldloop.core import fold_events
-from foldloop.core.commands import ModelReplied
-from foldloop.core.decide import decide
-from foldloop.core.effects import CallModel, RunTools
-from foldloop.core.state import RunState
+from foldloop.core._commands import ModelReplied
+from foldloop.core._decide import decide
+from foldloop.core._effects import CallModel, RunTools
+from foldloop.core._state import RunState
 from foldloop.events import ModelResponded, ToolCall, Usage
-from foldloop.store.framing import GENESIS, batch_frame, decode_stored, open_fast, seal
-from foldloop.store.layout import encode_all
+from foldloop.store._framing import GENESIS, batch_frame, decode_stored, open_fast, seal
+from foldloop.store._layout import encode_all
 
 STEPS = 20
 TARGET_RATIO = 1.3

@@ -36,7 +36,7 @@ import msgspec
 import structlog
 
 import foldloop as fl
-from foldloop.actors.loops import LOOPS
+from foldloop.actors._loops import LOOPS
 from foldloop.core import fold_events
 from foldloop.events import (
     ModelRequested,
@@ -48,7 +48,7 @@ from foldloop.events import (
     encode_event,
 )
 from foldloop.store import append_events
-from foldloop.store.framing import decode_stored, unseal
+from foldloop.store._framing import decode_stored, unseal
 
 STEPS = 20
 

@@ -14,11 +14,11 @@ from foldloop import errors as errors
 from foldloop import events as events
 from foldloop import projections as projections
 from foldloop import types as types
-from foldloop.agent import Agent as Agent
-from foldloop.approvals import RequireApproval as RequireApproval
-from foldloop.core.messages import Message as Message
-from foldloop.core.pricing import Pricing as Pricing
-from foldloop.core.state import RunStatus as RunStatus
+from foldloop._agent import Agent as Agent
+from foldloop._approvals import RequireApproval as RequireApproval
+from foldloop.core._messages import Message as Message
+from foldloop.core._pricing import Pricing as Pricing
+from foldloop.core._state import RunStatus as RunStatus
 from foldloop.errors import (
     ApprovalError as ApprovalError,
 )
@@ -49,18 +49,18 @@ from foldloop.errors import (
 from foldloop.errors import (
     ToolSchemaError as ToolSchemaError,
 )
-from foldloop.events.values import Limits as Limits
-from foldloop.llm.anthropic_chat import AnthropicChat as AnthropicChat
-from foldloop.llm.openai_chat import OpenAIChat as OpenAIChat
-from foldloop.llm.protocol import LLM as LLM
-from foldloop.llm.protocol import Reply as Reply
-from foldloop.llm.protocol import ToolCall as ToolCall
-from foldloop.llm.scripted import ScriptedLLM as ScriptedLLM
+from foldloop.events._values import Limits as Limits
+from foldloop.llm._anthropic_chat import AnthropicChat as AnthropicChat
+from foldloop.llm._openai_chat import OpenAIChat as OpenAIChat
+from foldloop.llm._protocol import LLM as LLM
+from foldloop.llm._protocol import Reply as Reply
+from foldloop.llm._protocol import ToolCall as ToolCall
+from foldloop.llm._scripted import ScriptedLLM as ScriptedLLM
 from foldloop.runtime import Runtime as Runtime
 from foldloop.runtime import WorkerPool as WorkerPool
-from foldloop.tools.command import run_command as run_command
-from foldloop.tools.decorator import tool as tool
-from foldloop.tools.mcp import McpServer as McpServer
+from foldloop.tools._command import run_command as run_command
+from foldloop.tools._decorator import tool as tool
+from foldloop.tools._mcp import McpServer as McpServer
 
 __version__ = "0.1.0"
 

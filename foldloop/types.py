@@ -5,16 +5,16 @@ Import them for annotations (``from foldloop.types import RunResult``); the top 
 README.md, "Types you will meet", says where each one comes from.
 """
 
-from foldloop.actors.projection_actor import ProjectionHandle
-from foldloop.approvals import PendingApproval
-from foldloop.core.explain import Explanation
-from foldloop.core.messages import ToolSpec
-from foldloop.core.state import RunState
-from foldloop.events.recorded import Recorded
-from foldloop.events.values import Usage
+from foldloop._approvals import PendingApproval
+from foldloop.actors._projection_actor import ProjectionHandle
+from foldloop.core._explain import Explanation
+from foldloop.core._messages import ToolSpec
+from foldloop.core._state import RunState
+from foldloop.events._recorded import Recorded
+from foldloop.events._values import Usage
 from foldloop.runtime import RunHandle, RunResult, RunSummary, WorkerInfo
-from foldloop.tools.command import CommandResult
-from foldloop.tools.decorator import Tool
+from foldloop.tools._command import CommandResult
+from foldloop.tools._decorator import Tool
 
 __all__ = [
     "CommandResult",

@@ -24,7 +24,7 @@ import msgspec
 import structlog
 
 import foldloop as fl
-from foldloop.core.messages import history_digest
+from foldloop.core._messages import history_digest
 
 OUT_LOCK = threading.Lock()
 

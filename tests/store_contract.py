@@ -21,7 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from foldloop.errors import ApprovalError, ConcurrencyError, ConfigError, RunLocked
 from foldloop.events import RunCompleted, RunStarted, ToolCompleted
-from foldloop.events.recorded import Recorded
+from foldloop.events._recorded import Recorded
 from foldloop.store import (
     ApprovalChanges,
     ApprovalRecord,

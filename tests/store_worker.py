@@ -22,7 +22,7 @@ import msgspec
 from foldloop.errors import ConfigError, FoldloopError
 from foldloop.events import ToolCompleted
 from foldloop.store import Lease, WriteTxn, encode_all, open_store
-from foldloop.store.approvals import ApprovalRecord
+from foldloop.store._approvals import ApprovalRecord
 
 
 def _events(tags: list[str]) -> list[ToolCompleted]:

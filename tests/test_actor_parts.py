@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
-from foldloop.actors.loops import ActorLoops
-from foldloop.actors.timers import Timers
-from foldloop.actors.tool_actor import Slots
+from foldloop.actors._loops import ActorLoops
+from foldloop.actors._timers import Timers
+from foldloop.actors._tool_actor import Slots
 from tests.peak import Peak
 from tests.waiting import wait_until
 

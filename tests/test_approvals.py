@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 import foldloop as fl
-from foldloop.actors.loops import LOOPS
-from foldloop.approvals import PendingApproval
+from foldloop._approvals import PendingApproval
+from foldloop.actors._loops import LOOPS
 from tests.log_capture import capture_logs
 from tests.waiting import run_actors_alive, wait_until
 

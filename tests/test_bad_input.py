@@ -36,7 +36,7 @@ import msgspec
 import pytest
 
 import foldloop as fl
-from foldloop.store.preflight import network_filesystem
+from foldloop.store._preflight import network_filesystem
 
 
 def listing(path: Path) -> list[str]:

@@ -23,11 +23,11 @@ from foldloop.events import (
     encode_event,
     register_upcaster,
 )
-from foldloop.events import codec as codec_module
-from foldloop.events import named as named_module
-from foldloop.events.jsonl import dump_run, load_run
-from foldloop.events.named import from_named, to_named
-from foldloop.events.recorded import Recorded
+from foldloop.events import _codec as codec_module
+from foldloop.events import _named as named_module
+from foldloop.events._jsonl import dump_run, load_run
+from foldloop.events._named import from_named, to_named
+from foldloop.events._recorded import Recorded
 from tests.strategies import EVENT_TYPES, any_event
 
 

@@ -37,8 +37,8 @@ from foldloop.core import (
     fold_events,
     replay,
 )
-from foldloop.core.evolve import Draft
-from foldloop.core.messages import History, Message
+from foldloop.core._evolve import Draft
+from foldloop.core._messages import History, Message
 from foldloop.errors import NondeterminismError
 from foldloop.events import (
     ApprovalDecided,
@@ -60,7 +60,7 @@ from foldloop.events import (
     ToolRequested,
     Usage,
 )
-from foldloop.events.catalogue import RunFailureKind
+from foldloop.events._catalogue import RunFailureKind
 from tests.strategies import any_event
 
 TOOLS = (
@@ -633,8 +633,8 @@ def test_an_expired_approval_is_asked_again_with_a_fresh_token_on_resume() -> No
 
 @given(st.integers(0, 300), st.integers(0, 5))
 def test_a_snapshot_split_into_chunks_restores_the_same_state(n: int, extra: int) -> None:
-    from foldloop.core.messages import CHUNK, History, Message, push
-    from foldloop.core.snapshot import encode_chunk, full_chunks, restore_state, split_state
+    from foldloop.core._messages import CHUNK, History, Message, push
+    from foldloop.core._snapshot import encode_chunk, full_chunks, restore_state, split_state
 
     history = push(History(), [Message(role="user", content=f"m{i}") for i in range(n)])
     state = RunState(run_id="r", seq=n + extra, history=history)
@@ -660,8 +660,8 @@ def test_a_history_digest_asked_at_any_point_is_the_digest_of_all_its_messages(
     """The digest is computed lazily from a memo that push hands on and a snapshot
     keeps: asked after any pushes, or never until the end, it must be the running digest
     of every message (what prompt digests recorded in older logs were made of)."""
-    from foldloop.core.messages import CHUNK, History, Message, flatten, history_digest, push
-    from foldloop.core.snapshot import encode_chunk, restore_state, split_state
+    from foldloop.core._messages import CHUNK, History, Message, flatten, history_digest, push
+    from foldloop.core._snapshot import encode_chunk, restore_state, split_state
 
     history, count = History(), 0
     for size, ask in pushes:

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 import foldloop as fl
 from foldloop.core import ModelPrice
 from foldloop.events import RunLimitReached, RunResumed, RunStarted, decode_event, encode_event
-from foldloop.events.jsonl import dump_run
-from foldloop.events.recorded import Recorded
-from foldloop.events.values import LIMIT_RULES, MAX_INT, as_recorded
+from foldloop.events._jsonl import dump_run
+from foldloop.events._recorded import Recorded
+from foldloop.events._values import LIMIT_RULES, MAX_INT, as_recorded
 
 WHOLE = {"max_steps": 1, "max_tokens": 1, "no_progress": 2}
 """The whole-number fields and the least each allows."""

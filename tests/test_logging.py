@@ -20,8 +20,8 @@ import pytest
 import structlog
 
 import foldloop as fl
+from foldloop._approvals import PendingApproval
 from foldloop._log import EventDict
-from foldloop.approvals import PendingApproval
 from tests.log_capture import capture_logs
 
 ROOT = Path(__file__).resolve().parents[1]

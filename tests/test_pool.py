@@ -1,6 +1,6 @@
 """WorkerPool: runs driven by real worker processes on one store.
 
-Every test starts real subprocesses (``python -m foldloop.runtime.pool_worker``); the
+Every test starts real subprocesses (``python -m foldloop.runtime._pool_worker``); the
 agents come from ``pool_agents``, which the workers import through the host's sys.path.
 """
 
@@ -19,10 +19,10 @@ import msgspec
 import pytest
 
 import foldloop as fl
-from foldloop.runtime.pool_protocol import Failed, Ready, Refused, Spawned, decode_reply
+from foldloop.runtime._pool_protocol import Failed, Ready, Refused, Spawned, decode_reply
 from tests.waiting import wait_until
 
-WORKER = [sys.executable, "-m", "foldloop.runtime.pool_worker"]
+WORKER = [sys.executable, "-m", "foldloop.runtime._pool_worker"]
 
 
 def _env() -> dict[str, str]:

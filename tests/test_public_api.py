@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 import foldloop as fl
 import foldloop.events
 import foldloop.types
-from foldloop.core.messages import Message, history_digest
-from foldloop.events.catalogue import ModelResponded
-from foldloop.events.codec import decode_event, encode_event
+from foldloop.core._messages import Message, history_digest
+from foldloop.events._catalogue import ModelResponded
+from foldloop.events._codec import decode_event, encode_event
 from tests.test_openai_chat import FakeOpenAI, add, completion
 
 # Changing this list is an API change: note it in README.md ("Types you will meet", "Errors")

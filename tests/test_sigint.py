@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from foldloop._closing import ClosedOnExit
 from foldloop.cli import app
 from foldloop.store import open_store
-from foldloop.store.writer import WriteOp
+from foldloop.store._writer import WriteOp
 
 SOAK = bool(os.environ.get("FOLDLOOP_SOAK"))
 ITERATIONS = 1000 if SOAK else 100
@@ -41,7 +41,7 @@ last line (the runtime closes right after it)."""
 QUIET_EXITS = (0, 130, -signal.SIGINT)
 """Finished before the signal; stopped by it (exit 130); or killed by it at once, once the
 command was done (SIGINT's default action, as for any Unix tool)."""
-DEMO_AGENT = "foldloop.cli.demo:demo_agent"
+DEMO_AGENT = "foldloop.cli._demo:demo_agent"
 
 
 def foldloop_script() -> Path:

@@ -21,8 +21,8 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 from foldloop.errors import ConcurrencyError, ConfigError, CorruptRecord, RunLocked, StoreError
 from foldloop.events import ModelRequested, RunCompleted, RunStarted, ToolCompleted
 from foldloop.store import OwnerLock, append_events, encode_all, open_store
-from foldloop.store.framing import batch_frame, decode_index, index_key, index_value, seal
-from foldloop.store.layout import INDEX_SPAN, VALUE_BYTES, VALUE_EVENTS, value_groups
+from foldloop.store._framing import batch_frame, decode_index, index_key, index_value, seal
+from foldloop.store._layout import INDEX_SPAN, VALUE_BYTES, VALUE_EVENTS, value_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -491,7 +491,7 @@ def test_a_store_of_an_older_format_is_refused_untouched(
     changed."""
     import json
 
-    from foldloop.store.preflight import FORMAT, foldloop_version
+    from foldloop.store._preflight import FORMAT, foldloop_version
 
     store = open_store(store_path)
     append_events(store, "r1", [ev(1)], expected_seq=0, at=1)
@@ -613,8 +613,8 @@ def test_an_index_entry_lists_its_positions_exactly_when_extended(
     """An entry's value gives back every position it was built from, and one extended by
     the positions of the next seqs gives back both parts; consecutive positions add no
     bytes; past INDEX_SPAN a scattered entry is closed, never silently cut."""
-    from foldloop.store.framing import decode_index, index_key, index_value, steps_between
-    from foldloop.store.layout import joined
+    from foldloop.store._framing import decode_index, index_key, index_value, steps_between
+    from foldloop.store._layout import joined
 
     cut = min(cut, len(positions) - 1)
     head, tail = positions[:cut], positions[cut:]
@@ -682,7 +682,7 @@ def test_value_groups_keep_order_and_limits(sizes: list[int]) -> None:
 
 
 def _run_numbers(store: Any) -> dict[str, int]:
-    from foldloop.store.framing import unpack_run
+    from foldloop.store._framing import unpack_run
 
     return dict(
         store.read_txn(
@@ -751,7 +751,7 @@ def test_a_number_given_in_an_aborted_transaction_is_not_kept(store_path: Path) 
 def test_a_value_at_odds_with_its_own_count_is_reported_not_a_crash(store_path: Path) -> None:
     """A value whose checksum holds but whose event count does not match its events (a
     writer bug, not disk damage) is named as a CorruptRecord by every reader."""
-    from foldloop.store.framing import GENESIS, Batch
+    from foldloop.store._framing import GENESIS, Batch
 
     store = open_store(store_path)
     try:
@@ -771,7 +771,7 @@ def test_a_value_at_odds_with_its_own_count_is_reported_not_a_crash(store_path: 
 def test_the_run_number_cache_is_bounded_and_misses_read_lmdb(
     store_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from foldloop.store import run_numbers
+    from foldloop.store import _run_numbers as run_numbers
 
     monkeypatch.setattr(run_numbers, "KEPT", 4)
     store = open_store(store_path)
@@ -792,7 +792,7 @@ def test_the_run_number_cache_is_bounded_and_misses_read_lmdb(
 def test_a_value_that_does_not_follow_the_one_before_is_refused_loudly(store_path: Path) -> None:
     """Positions are gapless: a value keyed inside the positions of the value before it (a
     writer that is not this foldloop's, or damage) stops readers and writers, named."""
-    from foldloop.store.framing import GENESIS, Batch
+    from foldloop.store._framing import GENESIS, Batch
 
     store = open_store(store_path)
     try:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import foldloop as fl
-from foldloop.core.messages import Message, ToolSpec
+from foldloop.core._messages import Message, ToolSpec
 from foldloop.events import ToolCompleted, ToolFailed
-from foldloop.tools.decorator import DEFAULT_MAX_RESULT_CHARS, MAX_RESULT_BYTES
+from foldloop.tools._decorator import DEFAULT_MAX_RESULT_CHARS, MAX_RESULT_BYTES
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BIG = 5_000_000

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import foldloop as fl
-from foldloop.events.catalogue import ApprovalDecided
+from foldloop.events._catalogue import ApprovalDecided
 
 TESTS = Path(__file__).resolve().parent
 HEAD_START = 0.2

@@ -1,9 +1,9 @@
 """Actors: thin pykka shells around the pure core (runs, tools) and their supervisor."""
 
-from foldloop.actors.run_actor import RunActor
-from foldloop.actors.system import ActorSystem, Settlement
-from foldloop.actors.timers import Timers
-from foldloop.actors.tool_actor import RunToolCall, ToolActor, ToolRunner
+from foldloop.actors._run_actor import RunActor
+from foldloop.actors._system import ActorSystem, Settlement
+from foldloop.actors._timers import Timers
+from foldloop.actors._tool_actor import RunToolCall, ToolActor, ToolRunner
 
 __all__ = [
     "ActorSystem",

@@ -31,11 +31,11 @@ from rich.measure import Measurement
 from rich.progress import track
 from rich.table import Table
 
-from foldloop.agent import Agent
-from foldloop.approvals import token_digest
-from foldloop.cli.demo import DEMO_INPUT, demo_agent
-from foldloop.cli.metrics_view import metrics_view
-from foldloop.core.state import RunState, RunStatus
+from foldloop._agent import Agent
+from foldloop._approvals import token_digest
+from foldloop.cli._demo import DEMO_INPUT, demo_agent
+from foldloop.cli._metrics_view import metrics_view
+from foldloop.core._state import RunState, RunStatus
 from foldloop.errors import (
     ApprovalError,
     ConfigError,
@@ -49,16 +49,16 @@ from foldloop.errors import (
     StoreNotFound,
 )
 from foldloop.events import RunLimitReached
-from foldloop.events.jsonl import load_run
-from foldloop.events.named import to_named
-from foldloop.events.recorded import Recorded, UnknownEvent
-from foldloop.events.values import Limits
-from foldloop.projections.metrics import RunMetrics
-from foldloop.projections.prometheus import prometheus_text, serve_prometheus
+from foldloop.events._jsonl import load_run
+from foldloop.events._named import to_named
+from foldloop.events._recorded import Recorded, UnknownEvent
+from foldloop.events._values import Limits
+from foldloop.projections._metrics import RunMetrics
+from foldloop.projections._prometheus import prometheus_text, serve_prometheus
 from foldloop.runtime import Runtime
-from foldloop.runtime.agent_ref import load_agent
-from foldloop.runtime.rules import check_run_id
-from foldloop.store.approvals import ApprovalRecord
+from foldloop.runtime._agent_ref import load_agent
+from foldloop.runtime._rules import check_run_id
+from foldloop.store._approvals import ApprovalRecord
 
 __all__ = ["app", "main"]
 
@@ -118,7 +118,7 @@ AgentOpt = Annotated[
 ]
 _DEFAULT_STORE = Path(".foldloop")
 _OPTIONS: dict[str, Path] = {"store": _DEFAULT_STORE}
-_DEMO_AGENT = "foldloop.cli.demo:demo_agent"
+_DEMO_AGENT = "foldloop.cli._demo:demo_agent"
 _AGENT_PLACEHOLDER = "MODULE:ATTR"
 _LIMIT_OPTIONS = {
     "max_steps": "--max-steps",
@@ -572,7 +572,7 @@ def export_run(
         Path | None, typer.Option("-o", "--output", help="File (default stdout).")
     ] = None,
 ) -> None:
-    """Export a run's events as JSONL (schema: foldloop.events.jsonl)."""
+    """Export a run's events as JSONL (schema: foldloop.events._jsonl)."""
     with _runtime(_store()) as rt:
         lines = list(rt.export(run))
     text = "\n".join(lines) + "\n"

@@ -3,8 +3,8 @@
 Nothing here does I/O, reads a clock, draws randomness, starts threads or logs.
 """
 
-from foldloop.core.batch import fold, fold_events
-from foldloop.core.commands import (
+from foldloop.core._batch import fold, fold_events
+from foldloop.core._commands import (
     ApprovalTicket,
     Cancel,
     Command,
@@ -16,8 +16,8 @@ from foldloop.core.commands import (
     Start,
     ToolFinished,
 )
-from foldloop.core.decide import MAX_INVALID_ARGS, MAX_MODEL_ATTEMPTS, decide
-from foldloop.core.effects import (
+from foldloop.core._decide import MAX_INVALID_ARGS, MAX_MODEL_ATTEMPTS, decide
+from foldloop.core._effects import (
     CallModel,
     Decision,
     Effect,
@@ -26,11 +26,11 @@ from foldloop.core.effects import (
     Settle,
     ToolRun,
 )
-from foldloop.core.evolve import INITIAL, apply, evolve
-from foldloop.core.messages import Message, ToolSpec, prompt_digest
-from foldloop.core.pricing import DEFAULT_PRICING, ModelPrice, Pricing
-from foldloop.core.replay import command_for, replay
-from foldloop.core.state import STATE_VERSION, CallState, RunState, RunStatus
+from foldloop.core._evolve import INITIAL, apply, evolve
+from foldloop.core._messages import Message, ToolSpec, prompt_digest
+from foldloop.core._pricing import DEFAULT_PRICING, ModelPrice, Pricing
+from foldloop.core._replay import command_for, replay
+from foldloop.core._state import STATE_VERSION, CallState, RunState, RunStatus
 
 __all__ = [
     "ApprovalTicket",

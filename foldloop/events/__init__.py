@@ -3,7 +3,7 @@
 Pure: no I/O, no clock, no randomness, no threads.
 """
 
-from foldloop.events.catalogue import (
+from foldloop.events._catalogue import (
     ApprovalDecided,
     ApprovalExpired,
     ApprovalRequested,
@@ -24,7 +24,7 @@ from foldloop.events.catalogue import (
     ToolFailureKind,
     ToolRequested,
 )
-from foldloop.events.codec import (
+from foldloop.events._codec import (
     KNOWN_TAGS,
     DecodeFailure,
     decode_event,
@@ -32,8 +32,8 @@ from foldloop.events.codec import (
     register_upcaster,
     schema_version_of,
 )
-from foldloop.events.recorded import AnyEvent, Recorded, UnknownEvent
-from foldloop.events.values import Limits, ToolCall, ToolInfo, Usage
+from foldloop.events._recorded import AnyEvent, Recorded, UnknownEvent
+from foldloop.events._values import Limits, ToolCall, ToolInfo, Usage
 
 __all__ = [
     "AnyEvent",

@@ -1,9 +1,9 @@
 """Models: the LLM protocol, Reply/ToolCall, and ScriptedLLM (adapters come as extras)."""
 
-from foldloop.llm.anthropic_chat import AnthropicChat
-from foldloop.llm.openai_chat import OpenAIChat
-from foldloop.llm.protocol import LLM, Reply, ToolCall
-from foldloop.llm.scripted import ScriptedLLM, ScriptFn, estimate_tokens
+from foldloop.llm._anthropic_chat import AnthropicChat
+from foldloop.llm._openai_chat import OpenAIChat
+from foldloop.llm._protocol import LLM, Reply, ToolCall
+from foldloop.llm._scripted import ScriptedLLM, ScriptFn, estimate_tokens
 
 __all__ = [
     "AnthropicChat",

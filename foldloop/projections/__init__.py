@@ -5,11 +5,11 @@
 ``otel``) turns the live log into OpenTelemetry spans.
 """
 
-from foldloop.projections.base import Projection
-from foldloop.projections.histogram import Histogram
-from foldloop.projections.metrics import RunMetrics, RunMetricsState
-from foldloop.projections.otel import OtelSpans
-from foldloop.projections.prometheus import MetricsServer, prometheus_text, serve_prometheus
+from foldloop.projections._base import Projection
+from foldloop.projections._histogram import Histogram
+from foldloop.projections._metrics import RunMetrics, RunMetricsState
+from foldloop.projections._otel import OtelSpans
+from foldloop.projections._prometheus import MetricsServer, prometheus_text, serve_prometheus
 
 __all__ = [
     "Histogram",

@@ -10,9 +10,9 @@ name, ``lifecycle`` the one closed-check, ``results`` the handle, result and sum
 runs in several processes (``pool_worker`` is one of them, ``pool_protocol`` what they say).
 """
 
-from foldloop.runtime.facade import Runtime
-from foldloop.runtime.pool import PooledRunHandle, WorkerInfo, WorkerPool
-from foldloop.runtime.results import RunHandle, RunResult, RunSummary
+from foldloop.runtime._facade import Runtime
+from foldloop.runtime._pool import PooledRunHandle, WorkerInfo, WorkerPool
+from foldloop.runtime._results import RunHandle, RunResult, RunSummary
 
 __all__ = [
     "PooledRunHandle",

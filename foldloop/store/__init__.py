@@ -7,16 +7,16 @@ several processes, no server).
 
 from __future__ import annotations
 
-from foldloop.store.approvals import ApprovalChanges, ApprovalRecord
-from foldloop.store.checkpoints import Checkpoint
-from foldloop.store.framing import Lease
-from foldloop.store.lmdb_store import LmdbStore, open_store
-from foldloop.store.mapped import DEFAULT_MAP_SIZE, MAX_MAP_SIZE
-from foldloop.store.owners import OwnerLock, owner_alive
-from foldloop.store.payloads import Payload, encode_all
-from foldloop.store.port import EventStore, OwnerHold, Pending, Snapshot, append_events
-from foldloop.store.write_txn import WriteTxn
-from foldloop.store.writer import WriteOp
+from foldloop.store._approvals import ApprovalChanges, ApprovalRecord
+from foldloop.store._checkpoints import Checkpoint
+from foldloop.store._framing import Lease
+from foldloop.store._lmdb_store import LmdbStore, open_store
+from foldloop.store._mapped import DEFAULT_MAP_SIZE, MAX_MAP_SIZE
+from foldloop.store._owners import OwnerLock, owner_alive
+from foldloop.store._payloads import Payload, encode_all
+from foldloop.store._port import EventStore, OwnerHold, Pending, Snapshot, append_events
+from foldloop.store._write_txn import WriteTxn
+from foldloop.store._writer import WriteOp
 
 __all__ = [
     "DEFAULT_MAP_SIZE",

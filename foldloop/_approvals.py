@@ -1,0 +1,170 @@
+"""Approval gates: which tool calls wait for a person, and how that person is told.
+
+``RequireApproval`` is the agent's policy. When the model asks for a gated call, the
+run records approval.requested with only a digest of a fresh random token (32 bytes from
+``secrets``), writes the pending request to the store's approvals table in the same
+transaction, parks (no actor, no thread) once nothing else is in flight, and hands the
+token to ``notify`` and to this runtime's ``pending_approvals()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from foldloop.core._commands import ApprovalTicket
+from foldloop.core._state import RunState
+from foldloop.errors import ConfigError
+from foldloop.events._catalogue import (
+    ApprovalDecided,
+    ApprovalExpired,
+    ApprovalRequested,
+    KnownEvent,
+)
+from foldloop.store._approvals import ApprovalChanges, ApprovalRecord
+
+__all__ = [
+    "PendingApproval",
+    "RequireApproval",
+    "approval_changes",
+    "issue_tickets",
+    "new_token",
+    "token_digest",
+]
+
+
+@dataclass(frozen=True)
+class PendingApproval:
+    """A gated call waiting for a decision. ``token`` is set only where it was issued."""
+
+    run_id: str
+    call_id: str
+    tool: str
+    args: Any
+    gate: str
+    summary: str
+    expires_at: int
+    token: str | None = None
+
+
+Notify = Callable[[PendingApproval], None]
+
+
+@dataclass(frozen=True, eq=False)
+class RequireApproval:
+    """Gate the calls of ``tools`` (names, or a predicate ``(tool, args) -> bool``)."""
+
+    tools: Iterable[str] | Callable[[str, Mapping[str, Any]], bool]
+    ttl: float = 3600.0
+    notify: Notify | None = None
+    gate: str = "approval"
+    notify_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not callable(self.tools):
+            object.__setattr__(self, "tools", frozenset(self.tools))
+        if not isinstance(self.ttl, int | float) or not self.ttl > 0:
+            raise ConfigError(f"ttl must be a positive number of seconds; got {self.ttl!r}")
+
+    def requires(self, tool: str, args_json: str) -> bool:
+        """Whether a call of ``tool`` with these arguments must wait for a person."""
+        tools = self.tools
+        if not callable(tools):
+            return tool in tools
+        try:
+            args = msgspec.json.decode(args_json or "{}")
+        except msgspec.DecodeError:
+            args = {}
+        return bool(tools(tool, args if isinstance(args, dict) else {}))
+
+
+def new_token() -> str:
+    """A fresh approval token: 32 random bytes, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    """What the log and the store keep of a token (never the token itself)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def issue_tickets(
+    policy: RequireApproval,
+    calls: Iterable[tuple[int, str, str, str]],
+    now: int,
+) -> tuple[tuple[ApprovalTicket, ...], dict[str, str]]:
+    """Tickets (with fresh tokens) for the calls the policy gates.
+
+    ``calls`` are (index, call_id, tool, args): a reply's calls by index (call_id ''), or
+    a resume's held-back calls by id (index -1). Returns the tickets and, by the key of
+    each ticket (``str(index)`` or the call id), its raw token.
+    """
+    tickets: list[ApprovalTicket] = []
+    tokens: dict[str, str] = {}
+    expires_at = now + int(policy.ttl * 1e9)
+    for index, call_id, tool, args in calls:
+        if not policy.requires(tool, args):
+            continue
+        token = new_token()
+        summary = f"{tool}({args if len(args) <= 200 else args[:197] + '...'})"
+        tickets.append(
+            ApprovalTicket(
+                index=index,
+                call_id=call_id,
+                gate=policy.gate,
+                token_digest=token_digest(token),
+                expires_at=expires_at,
+                summary=summary,
+            )
+        )
+        tokens[call_id or str(index)] = token
+    return tuple(tickets), tokens
+
+
+_GATE_EVENTS = (ApprovalRequested, ApprovalDecided, ApprovalExpired)
+
+
+def approval_changes(
+    run_id: str, state: RunState, events: Iterable[KnownEvent], at: int, first_seq: int = 0
+) -> ApprovalChanges | None:
+    """The approvals-table changes that go with a decision's events, in the same append:
+    new requests become pending records, applied decisions are marked applied (with the
+    seq of their approval.decided, when ``first_seq``, the seq of the first event, is known).
+    """
+    events = tuple(events)
+    for event in events:
+        if isinstance(event, _GATE_EVENTS):
+            break
+    else:
+        return None  # the common case: a step with no approvals in it (a loop: no generator)
+    requests: list[ApprovalRecord] = []
+    applied: list[tuple[str, int]] = []
+    calls = {c.call_id: c for c in state.calls}
+    for offset, event in enumerate(events):
+        if isinstance(event, ApprovalRequested):
+            call = calls.get(event.call_id)
+            requests.append(
+                ApprovalRecord(
+                    run_id=run_id,
+                    call_id=event.call_id,
+                    agent=state.agent,
+                    gate=event.gate,
+                    tool=call.tool if call else "",
+                    args=call.args if call else "",
+                    args_digest=hashlib.sha256((call.args if call else "").encode()).hexdigest(),
+                    summary=event.summary,
+                    token_digest=event.token_digest,
+                    expires_at=event.expires_at,
+                    requested_at=at,
+                )
+            )
+        elif isinstance(event, ApprovalDecided | ApprovalExpired):
+            applied.append((event.call_id, first_seq + offset if first_seq else 0))
+    if not requests and not applied:
+        return None
+    return ApprovalChanges(requests=tuple(requests), applied=tuple(applied))

@@ -1,0 +1,193 @@
+"""Followers: the runtime's attached projections and subscriptions, woken as the log grows.
+
+Each follower is a ProjectionActor reading the log from its own position. Commits made
+in this process wake them through the store's commit listener; commits of other
+processes are noticed by ``tick`` (called by the runtime's poller), which compares the
+log's last position with the last one it saw.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgspec
+
+from foldloop._log import get_logger
+from foldloop.actors._projection_actor import ProjectionActor, ProjectionHandle
+from foldloop.errors import ConfigError, StoreError
+from foldloop.events._recorded import Recorded
+from foldloop.projections._base import Projection, check_projection
+from foldloop.store import EventStore
+
+__all__ = ["Followers"]
+
+log = get_logger(__name__)
+
+
+class _Subscription(Projection[None]):
+    """A callback as a projection without state or checkpoint, starting at the log's end."""
+
+    stored = False
+
+    def __init__(self, callback: Callable[[Recorded], None], types: frozenset[str] | None):
+        super().__init__(f"subscription:{id(callback):x}")
+        self.callback = callback
+        self.types = types
+
+    def initial(self) -> None:
+        return None
+
+    def apply(self, state: None, record: Recorded) -> None:
+        self.callback(record)
+
+
+class Followers:
+    """Starts, wakes and stops the follower actors of one runtime."""
+
+    def __init__(self, store: EventStore, clock: Callable[[], int]) -> None:
+        self.store = store
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._actors: dict[int, ProjectionActor] = {}
+        self._names: set[str] = set()
+        self._seen = 0
+        self._unlisten: Callable[[], None] | None = None
+
+    def attach(
+        self, projection: Projection[Any], *, reset: bool = False, checkpoint_every: float = 1.0
+    ) -> ProjectionHandle:
+        """Start ``projection`` from its checkpoint (or from the start), then follow live."""
+        projection = check_projection(projection)
+        if not isinstance(checkpoint_every, int | float) or checkpoint_every < 0:
+            raise ConfigError(
+                f"checkpoint_every is seconds between checkpoints (>= 0); got {checkpoint_every!r}"
+            )
+        name = projection.name
+        with self._lock:
+            if name in self._names:
+                raise ConfigError(
+                    f"projection {name!r} is already attached to this runtime; "
+                    "use its handle, or detach it first"
+                )
+            self._names.add(name)
+        try:
+            position, state = self._start_point(projection, reset=reset)
+        except BaseException:
+            with self._lock:
+                self._names.discard(name)
+            raise
+        return self._start(projection, position, state, name=name, every=checkpoint_every)
+
+    def subscribe(
+        self, callback: Callable[[Recorded], None], types: Iterable[str] | None
+    ) -> ProjectionHandle:
+        """Call ``callback`` for each record committed from now on (of ``types``)."""
+        if not callable(callback):
+            raise ConfigError(f"subscribe() takes a callable; got {type(callback).__name__}")
+        if isinstance(types, str):
+            raise ConfigError(f"types must be a set of event types, e.g. {{{types!r}}}")
+        wanted = frozenset(types) if types is not None else None
+        return self._start(
+            _Subscription(callback, wanted), self.store.last_position(), None, name=None
+        )
+
+    def _start_point(self, projection: Projection[Any], *, reset: bool) -> tuple[int, Any]:
+        name = projection.name
+        if reset:
+            if not self.store.readonly:
+                self.store.delete_checkpoint(name).wait()
+            return 0, projection.initial()
+        if not projection.stored:
+            return 0, projection.initial()
+        try:
+            checkpoint = self.store.checkpoint(name)
+        except StoreError as exc:
+            log.warning("projection_rebuilt", projection=name, why=str(exc))
+            return 0, projection.initial()
+        if checkpoint is None:
+            return 0, projection.initial()
+        if checkpoint.version != projection.version:
+            log.info(
+                "projection_rebuilt",
+                projection=name,
+                why=f"version {checkpoint.version} stored, {projection.version} attached",
+            )
+            return 0, projection.initial()
+        if checkpoint.state is None:
+            return 0, projection.initial()
+        try:
+            state = projection.decode_state(checkpoint.state)
+        except (msgspec.MsgspecError, ValueError, TypeError) as exc:
+            log.warning("projection_rebuilt", projection=name, why=f"state unreadable: {exc}")
+            return 0, projection.initial()
+        if checkpoint.failure is not None:
+            log.info(
+                "projection_retrying",
+                projection=name,
+                position=checkpoint.failure.position,
+                error=checkpoint.failure.error,
+            )
+        return checkpoint.position, state
+
+    def _start(
+        self,
+        projection: Projection[Any],
+        position: int,
+        state: Any,
+        *,
+        name: str | None,
+        every: float = 1.0,
+    ) -> ProjectionHandle:
+        actor = ProjectionActor(
+            self.store,
+            projection,
+            position=position,
+            state=state,
+            clock=self.clock,
+            checkpoint_interval=every,
+        )
+        key = id(actor)
+
+        def forget() -> None:
+            with self._lock:
+                self._actors.pop(key, None)
+                if name is not None:
+                    self._names.discard(name)
+
+        actor.on_done = forget
+        actor.start_here()
+        with self._lock:
+            self._actors[key] = actor
+            if self._unlisten is None:
+                self._unlisten = self.store.add_listener(self._on_commit)
+        actor.poke()
+        return ProjectionHandle(actor)
+
+    def _on_commit(self, _records: list[Recorded]) -> None:
+        for actor in list(self._actors.values()):
+            actor.poke()
+
+    def tick(self) -> None:
+        """Wake every follower if the log grew since the last tick (other processes' writes)."""
+        if not self._actors:
+            return
+        last = self.store.last_position()
+        if last != self._seen:
+            self._seen = last
+            for actor in list(self._actors.values()):
+                actor.poke()
+
+    def close(self) -> None:
+        """Detach every follower (stored projections write their checkpoints)."""
+        with self._lock:
+            actors = list(self._actors.values())
+            unlisten, self._unlisten = self._unlisten, None
+        if unlisten is not None:
+            unlisten()
+        for actor in actors:
+            ProjectionHandle(actor).detach()
+        with self._lock:
+            self._actors.clear()
+            self._names.clear()

@@ -1,0 +1,387 @@
+"""ActorSystem: the runtime's supervisor: starts run and tool actors, tracks who is active,
+releases leases and wakes waiters when runs settle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import pykka
+
+from foldloop._agent import Agent
+from foldloop._approvals import PendingApproval, RequireApproval
+from foldloop._log import get_logger
+from foldloop.actors._approval_gate import ApprovalGate, Issued
+from foldloop.actors._run_actor import RunActor
+from foldloop.actors._timers import Timers
+from foldloop.actors._tool_actor import ToolActor, ToolRunner
+from foldloop.actors._workers import Workers
+from foldloop.core._effects import Decision
+from foldloop.core._state import RunState
+from foldloop.errors import ConfigError, RunLocked
+from foldloop.store import ApprovalRecord, EventStore, Lease
+
+__all__ = ["ActorSystem", "Settlement"]
+
+log = get_logger(__name__)
+
+HANDOVER_WAIT = 5.0
+"""Seconds a host's resume or cancel waits for another thread of this runtime that is
+carrying a decision into the run (the approvals poller, say) to finish, before RunLocked."""
+NOTIFY_WORKERS = 8
+"""Threads running approval ``notify`` callbacks (a chat message, an e-mail: I/O)."""
+
+
+class Settlement:
+    """How a run driven here ended up: its final state, or why it was interrupted."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.state: RunState | None = None
+        self.interrupted: str = ""
+
+
+class ActorSystem:
+    """Owns every actor of one runtime."""
+
+    KEEP_SETTLED = 256
+
+    def __init__(
+        self,
+        store: EventStore,
+        owner: str,
+        clock: Callable[[], int],
+        *,
+        snapshot_every: int,
+        on_state: Callable[[RunState], None] | None,
+        model_workers: int = 64,
+    ) -> None:
+        self.store = store
+        self.owner = owner
+        self.clock = clock
+        self.snapshot_every = snapshot_every
+        self.on_state = on_state
+        self.timers = Timers()
+        self.model_pool = Workers(model_workers, "foldloop-model")
+        self.notify_pool = Workers(NOTIFY_WORKERS, "foldloop-notify")
+        self._lock = threading.Lock()
+        self._handed = threading.Condition(self._lock)  # a claim went, or became an actor
+        self._actors: dict[str, RunActor] = {}
+        """The actor driving each active run here (its ``actor_ref`` is where to tell)."""
+        self._claims: set[str] = set()
+        """Runs one thread of this runtime has taken (the lease is per runtime, so it alone
+        cannot keep two threads of one runtime from driving a run at once)."""
+        self._tools: dict[tuple[str, str], pykka.ActorRef[Any]] = {}
+        self._runners: dict[tuple[str, str], ToolRunner] = {}
+        self._settlements: dict[str, Settlement] = {}
+        self._closed = False
+        self.issued: dict[tuple[str, str], str] = {}
+        """Tokens issued, until their request is durable and handed to its gate."""
+        self._gates: dict[str, ApprovalGate] = {}
+        self._gate_refs: dict[str, pykka.ActorRef[Any]] = {}
+
+    # -- tools ---------------------------------------------------------------------------
+
+    def tool_runner(self, agent: Agent, name: str) -> ToolRunner:
+        """The runner of ``agent``'s tool ``name``; its ToolActor starts on first use."""
+        key = (agent.name, name)
+        runner = self._runners.get(key)  # every call of every step: no lock once it exists
+        if runner is not None:
+            return runner
+        with self._lock:
+            runner = self._runners.get(key)
+            if runner is None:
+                tool = agent.tool(name)
+                if tool is None:  # decide never asks for an unknown tool
+                    raise KeyError(name)
+                runner = ToolRunner(tool, self.timers, self.clock)
+                self._tools[key] = ToolActor.start(runner)
+                self._runners[key] = runner
+            return runner
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def active(self, run_id: str) -> bool:
+        """True if an actor of this runtime drives the run now."""
+        with self._lock:
+            return run_id in self._actors
+
+    def claim(self, run_id: str, *, wait: float = 0.0) -> None:
+        """Take the run for the calling thread until its actor finishes or ``unclaim``.
+
+        Raises RunLocked when the run is claimed here already: an actor drives it, or (past
+        ``wait`` seconds) a spawn, resume, cancel or approval still carries a decision into
+        it. Waiting rides out such a hand-over, which takes a commit or two."""
+        with self._lock:
+            if wait > 0:
+                self._handed.wait_for(
+                    lambda: run_id not in self._claims or run_id in self._actors, wait
+                )
+            if run_id in self._claims:
+                raise RunLocked(
+                    f"run {run_id!r} is being driven by this runtime right now; wait() for it first"
+                )
+            self._claims.add(run_id)
+
+    def take(self, run_id: str, *, wait: float = 0.0) -> int:
+        """Claim the run (``claim``) and take its lease in the store; returns the epoch.
+
+        Raises RunLocked as ``claim`` does, or when a live runtime holds the lease. Hand the
+        run to an actor (``start_run``) or give it back (``give_back``)."""
+        self.claim(run_id, wait=wait)
+        try:
+            return self.store.acquire_lease(run_id, self.owner).wait()
+        except BaseException:
+            self.unclaim(run_id)
+            raise
+
+    def give_back(self, run_id: str, epoch: int) -> None:
+        """Undo ``take`` for a run not driven after all."""
+        self.release_lease(run_id, epoch)
+        self.unclaim(run_id)
+
+    def release_lease(self, run_id: str, epoch: int) -> None:
+        """Release the run's lease with the next commit (nothing waits on it)."""
+        self.store.release_lease(run_id, Lease(self.owner, epoch))
+
+    def unclaim(self, run_id: str) -> None:
+        """Give up a claim whose run got no actor (nothing to do, or it failed)."""
+        with self._lock:
+            self._drop_claim(run_id)
+
+    def _drop_claim(self, run_id: str) -> None:
+        """(Lock held.) The run is no longer claimed here; wake whoever awaits its hand-over."""
+        self._claims.discard(run_id)
+        self._handed.notify_all()
+
+    def settlement(self, run_id: str) -> Settlement | None:
+        """The settlement record of a run driven (now or before) by this runtime."""
+        with self._lock:
+            return self._settlements.get(run_id)
+
+    def start_run(self, agent: Agent, state: RunState, epoch: int, decision: Decision) -> None:
+        """Start an actor for a run claimed here whose decision is already committed, and act
+        on it; the claim goes when the actor finishes."""
+        with self._lock:
+            if self._closed:
+                self._drop_claim(state.run_id)
+                raise ConfigError(
+                    "this runtime closed while the run started; resume it with a new one"
+                )
+            try:
+                actor = RunActor(self, agent, state, epoch)
+                ref = actor.start_here()
+            except BaseException:
+                self._drop_claim(state.run_id)
+                raise
+            self._settlements[state.run_id] = Settlement()
+            self._actors[state.run_id] = actor
+            self._handed.notify_all()
+        ref.tell(decision)
+
+    def tell(self, run_id: str, message: Any) -> bool:
+        """Send a message to the run's actor; False if no actor drives it here.
+
+        If the actor is busy running a tool on its own thread, the run is first handed to a
+        fresh actor (``take_over``), so the message is handled now, not when the tool ends.
+        """
+        for _ in range(2):  # a second look if the actor was replaced under our hands
+            with self._lock:
+                actor = self._actors.get(run_id)
+            if actor is None:
+                return False
+            try:
+                actor.actor_ref.tell(message)
+            except pykka.ActorDeadError:
+                continue
+            # Queued first, checked second: an actor that starts a tool checks its inbox
+            # after saying so, so one of the two sides always sees the other.
+            if actor.away is not None:
+                self.take_over(actor)
+            return True
+        return False
+
+    def take_over(self, actor: RunActor) -> pykka.ActorRef[Any] | None:
+        """Drive ``actor``'s run with a new actor while the old one's thread runs a tool.
+
+        The old actor's state is exactly the run's (it does nothing but wait for the tool),
+        so the new one starts from it; whatever waits in the old inbox moves over in order.
+        The old actor forwards the tool's outcome when it comes back, then stops.
+        Returns the new actor's ref (None if the tool already came back, or closing).
+        """
+        run_id = actor.run_id
+        with actor.guard:
+            call_id = actor.away
+            if call_id is None or actor.replaced:
+                return None
+            with self._lock:
+                if self._closed or self._actors.get(run_id) is not actor:
+                    return None
+                actor.replaced = True
+                fresh = RunActor(self, actor.agent, actor.state, actor.epoch)
+                ref = fresh.start_here()
+                self._actors[run_id] = fresh
+        _move_queued(actor, fresh)
+        log.debug("run_actor_replaced", run_id=run_id, call_id=call_id)
+        return ref
+
+    def hand_on(self, old: RunActor, outcome: Any | None) -> None:
+        """A replaced actor's tool came back: its outcome (None if its timeout was already
+        reported), and anything still queued for it, go to the actor that drives the run now
+        (none when closing or settled: dropped, as a pool's late result is)."""
+        with self._lock:
+            current = self._actors.get(old.run_id)
+        if current is None or current is old:
+            return
+        _move_queued(old, current)
+        if outcome is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                current.actor_ref.tell(outcome)
+
+    def settled_without_actor(self, state: RunState) -> None:
+        """Record the outcome of a decision the runtime committed without starting an actor
+        (the run's claim goes)."""
+        with self._lock:
+            self._drop_claim(state.run_id)
+            settlement = self._settlements.setdefault(state.run_id, Settlement())
+        settlement.state = state
+        settlement.event.set()
+        with self._lock:
+            self._forget_old()
+
+    def settled(self, run_id: str, epoch: int, state: RunState, *, released: bool) -> None:
+        """Called by a RunActor whose run settled; ``released`` when its lease went in the
+        settling decision's own transaction (else it is released now)."""
+        if not released:
+            self.release_lease(run_id, epoch)
+        self._finish(run_id, state, "")
+
+    def interrupted(self, run_id: str, epoch: int, state: RunState, reason: str) -> None:
+        """Called by a RunActor that can no longer drive its run."""
+        self._finish(run_id, state, reason)
+
+    def _finish(self, run_id: str, state: RunState, interrupted: str) -> None:
+        with self._lock:
+            self._actors.pop(run_id, None)
+            self._drop_claim(run_id)
+            settlement = self._settlements.setdefault(run_id, Settlement())
+            self._forget_old()
+        settlement.state = state
+        settlement.interrupted = interrupted
+        settlement.event.set()
+
+    def _forget_old(self) -> None:
+        """Keep settlements of runs driven now, and of the last ``KEEP_SETTLED`` that ended.
+
+        A runtime that lives for months must not hold every finished run's state; a wait()
+        on a forgotten run reads its state from the store instead.
+        """
+        excess = len(self._settlements) - len(self._actors) - self.KEEP_SETTLED
+        if excess <= 0:
+            return
+        for run_id in list(self._settlements):
+            if excess <= 0:
+                break
+            if run_id not in self._actors and self._settlements[run_id].event.is_set():
+                del self._settlements[run_id]
+                excess -= 1
+
+    # -- approvals -----------------------------------------------------------------------
+
+    def pending(self, record: ApprovalRecord) -> PendingApproval:
+        """The host's view of an approval record (with the token if it was issued here)."""
+        try:
+            args: Any = msgspec.json.decode(record.args or "{}")
+        except msgspec.DecodeError:
+            args = record.args
+        return PendingApproval(
+            run_id=record.run_id,
+            call_id=record.call_id,
+            tool=record.tool,
+            args=args,
+            gate=record.gate,
+            summary=record.summary,
+            expires_at=record.expires_at,
+            token=self.token(record.run_id, record.call_id),
+        )
+
+    def gate(self, policy: RequireApproval) -> ApprovalGate:
+        """The ApprovalGate actor of ``policy``'s gate (started on first use)."""
+        with self._lock:
+            gate = self._gates.get(policy.gate)
+            if gate is None:
+                gate = ApprovalGate(policy, self.timers, self.notify_pool)
+                self._gate_refs[policy.gate] = gate.start_here()
+                self._gates[policy.gate] = gate
+            return gate
+
+    def token(self, run_id: str, call_id: str) -> str | None:
+        """A token this runtime issued for a request (never stored anywhere)."""
+        fresh = self.issued.get((run_id, call_id))
+        if fresh is not None:
+            return fresh
+        with self._lock:
+            gates = list(self._gates.values())
+        for gate in gates:
+            token = gate.token(run_id, call_id)
+            if token is not None:
+                return token
+        return None
+
+    def notify(self, agent: Agent, state: RunState, call_id: str) -> None:
+        """A request is durable: its gate remembers the token and tells ``notify``."""
+        policy = agent.approvals
+        record = self.store.approval(state.run_id, call_id)
+        if policy is None or record is None:
+            return
+        gate = self.gate(policy)
+        token = self.issued.pop((state.run_id, call_id), None)
+        if token is not None:
+            gate.remember(state.run_id, call_id, token)
+        gate.actor_ref.tell(Issued(self.pending(record)))
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop every actor; runs still going stay 'running' in the log (recover() resumes)."""
+        with self._lock:
+            self._closed = True
+            actors = list(self._actors.items())
+            tools = [*self._tools.values(), *self._gate_refs.values()]
+            gates = list(self._gates.values())
+        for run_id, actor in actors:
+            with actor.guard:
+                away = actor.away is not None
+                actor.replaced = away  # its tool's outcome is then dropped, like a pool's
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                # An actor whose thread is in a tool stops when the tool returns: no wait.
+                actor.actor_ref.stop(block=not away, timeout=5)
+            settlement = self.settlement(run_id)
+            if settlement is not None and not settlement.event.is_set():
+                settlement.interrupted = "the runtime driving it was closed; resume it later"
+                settlement.event.set()
+        for ref in tools:
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                ref.stop(block=True, timeout=5)
+        self._deliver_notifications(gates)
+        self.timers.stop()
+        self.model_pool.shutdown()
+        self.notify_pool.shutdown()
+
+    def _deliver_notifications(self, gates: list[ApprovalGate]) -> None:
+        """Let every notify already handed to a gate run before the runtime closes: the
+        token it carries is stored nowhere else. A notify that hangs past its gate's
+        timeout is left behind (logged); its request stays pending, decidable by ids."""
+        timeout = max((gate.policy.notify_timeout for gate in gates), default=0.0)
+        if gates and not self.notify_pool.join(timeout):
+            log.warning("approval_notify_unfinished_at_close", timeout_s=timeout)
+
+
+def _move_queued(old: RunActor, new: RunActor) -> None:
+    """What waits in ``old``'s inbox goes to ``new``'s, in order (envelopes as they are)."""
+    for envelope in old.drain_inbox():
+        new.actor_inbox.put(envelope)

@@ -1,0 +1,221 @@
+"""ToolActor: one per tool; owns the tool's bounded pool, its slots and its timeouts.
+
+Run actors hand calls straight to ``dispatch`` (thread-safe) rather than through the
+actor's mailbox: the mailbox would only forward to the pool, at the price of one more
+thread wake-up on every step. A run actor may also run a step's only call on its own
+thread; it takes one of the tool's ``slots`` for it, as every pool job does, so the
+tool's concurrency bound holds either way. The actor's own thread handles lifecycle (stop
+shuts the pool down). A call past its timeout is reported as ``tool.failed(kind="timeout")``
+at once; its late real outcome is then ignored by decide.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from foldloop._log import get_logger
+from foldloop.actors._base import FastActor
+from foldloop.actors._timers import Timer, Timers
+from foldloop.actors._workers import Workers
+from foldloop.core._commands import ToolFinished
+from foldloop.tools._decorator import Tool, ToolOutcome
+
+__all__ = ["OneOutcome", "RunToolCall", "Slots", "ToolActor", "ToolRunner", "outcome_command"]
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RunToolCall:
+    """Run one call and tell ``reply_to`` a ToolFinished command."""
+
+    run_id: str
+    call_id: str
+    args: str
+    reply_to: Any
+
+
+class OneOutcome:
+    """A call reports exactly one outcome: its own or its timeout, whichever claims first.
+    (A late one is dropped: a later step may reuse the call id and must not receive it.)"""
+
+    __slots__ = ("_lock", "_taken")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._taken = False
+
+    def claim(self) -> bool:
+        """True for the first caller only."""
+        with self._lock:
+            if self._taken:
+                return False
+            self._taken = True
+            return True
+
+
+class Slots:
+    """A counting bound on a tool's running calls.
+
+    ``threading.Semaphore`` is a Python-level Condition dance on every acquire and release;
+    a step takes and gives a slot each time, and nearly always finds one free, so this takes
+    a plain lock and touches the condition only when someone actually waits.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
+        self._free = limit
+        self._waiting = 0
+
+    def try_take(self) -> bool:
+        """Take a slot if one is free, without waiting."""
+        with self._lock:
+            if self._free <= 0:
+                return False
+            self._free -= 1
+            return True
+
+    def take(self) -> None:
+        """Take a slot, waiting for one if need be."""
+        with self._lock:
+            while self._free <= 0:
+                self._waiting += 1
+                try:
+                    self._freed.wait()
+                finally:
+                    self._waiting -= 1
+            self._free -= 1
+
+    def give(self) -> None:
+        """Give a slot back."""
+        with self._lock:
+            self._free += 1
+            if self._waiting:
+                self._freed.notify()
+
+
+def outcome_command(call_id: str, outcome: ToolOutcome, now: int) -> ToolFinished:
+    """The command that reports what one call of a tool produced, at ``now`` (unix ns)."""
+    return ToolFinished(
+        now=now,
+        call_id=call_id,
+        ok=outcome.ok,
+        result=outcome.text,
+        kind=outcome.kind,
+        duration_ms=round(outcome.duration_ms, 3),
+        original_chars=outcome.original_chars,
+    )
+
+
+class ToolRunner:
+    """One tool's bounded pool and timeouts; ``dispatch`` may be called from any thread."""
+
+    def __init__(self, tool: Tool, timers: Timers, clock: Callable[[], int]) -> None:
+        self.tool = tool
+        self.timers = timers
+        self.clock = clock
+        self.pool = Workers(tool.concurrency, f"foldloop-tool-{tool.name}")
+        self.slots = Slots(tool.concurrency)
+        """Held by every running call, on the pool or on a run actor's own thread."""
+
+    def dispatch(self, call: RunToolCall) -> None:
+        """Start ``call`` on the pool; its outcome is told to ``call.reply_to``."""
+        try:
+            self._start(call)
+        except Exception:
+            log.exception("tool_dispatch_failed", tool=self.tool.name, run_id=call.run_id)
+
+    def finished(self, call_id: str, outcome: ToolOutcome) -> ToolFinished:
+        """The command that reports a call's own outcome, cut to the tool's bound."""
+        outcome = self.tool.bounded(outcome)
+        if outcome.original_chars is not None:
+            log.warning(
+                "tool_result_cut",
+                tool=self.tool.name,
+                call_id=call_id,
+                kept=len(outcome.text),
+                original=outcome.original_chars,
+            )
+        return outcome_command(call_id, outcome, self.clock())
+
+    def timed_out(self, run_id: str, call_id: str, started: float) -> ToolFinished:
+        """The outcome of a call still running ``timeout`` s after ``started`` (monotonic)."""
+        timeout = self.tool.timeout or 0.0
+        log.warning("tool_timed_out", run_id=run_id, tool=self.tool.name, timeout_s=timeout)
+        return ToolFinished(
+            now=self.clock(),
+            call_id=call_id,
+            ok=False,
+            result=f"tool {self.tool.name!r} did not finish within {timeout:g} s",
+            kind="timeout",
+            duration_ms=round((time.monotonic() - started) * 1000, 3),
+        )
+
+    def shutdown(self) -> None:
+        """Stop taking calls; running ones finish on their threads, unclaimed."""
+        self.pool.shutdown()
+
+    def watch(
+        self,
+        run_id: str,
+        call_id: str,
+        once: OneOutcome,
+        deliver: Callable[[ToolFinished], object],
+    ) -> Timer | None:
+        """Arm the call's timeout (None if the tool has none): once it passes, and unless
+        ``once`` was claimed by the call's own outcome, ``deliver`` gets the timeout."""
+        timeout = self.tool.timeout
+        if timeout is None:
+            return None
+        started = time.monotonic()
+
+        def expire() -> None:
+            if once.claim():
+                deliver(self.timed_out(run_id, call_id, started))
+
+        return self.timers.call_later(timeout, expire)
+
+    def _start(self, call: RunToolCall) -> None:
+        once = OneOutcome()
+
+        def report(command: ToolFinished) -> None:  # called by whoever claimed ``once``
+            try:
+                call.reply_to.tell(command)
+            except pykka.ActorDeadError:
+                log.info("tool_result_unclaimed", run_id=call.run_id, call_id=call.call_id)
+
+        def run() -> None:  # submitted after ``timer`` is set
+            self.slots.take()
+            try:
+                outcome = self.tool.invoke(call.args)
+            finally:
+                self.slots.give()
+            if timer is not None:
+                timer.cancel()  # release the run's references now, not in `timeout` s
+            if once.claim():
+                report(self.finished(call.call_id, outcome))
+
+        timer = self.watch(call.run_id, call.call_id, once, report)
+        self.pool.submit(run)
+
+
+class ToolActor(FastActor):
+    """The actor of one tool: owns its ToolRunner's lifecycle; calls may also arrive here."""
+
+    def __init__(self, runner: ToolRunner) -> None:
+        super().__init__()
+        self.runner = runner
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, RunToolCall):
+            self.runner.dispatch(message)
+
+    def on_stop(self) -> None:
+        self.runner.shutdown()

@@ -1,0 +1,119 @@
+"""Commands: what arrives at a run. Never stored; each carries the clock reading ``now``.
+
+Everything nondeterministic (a model reply, a tool result, the time) enters the core only
+inside a command, and ``decide`` turns it into recorded events.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from foldloop.events._values import Limits, ToolCall, ToolInfo, Usage
+
+__all__ = [
+    "ApprovalTicket",
+    "Cancel",
+    "DecideApproval",
+    "ExpireApproval",
+    "Command",
+    "ModelCallFailed",
+    "ModelReplied",
+    "Resume",
+    "Start",
+    "ToolFinished",
+]
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of every command; ``now`` is unix ns read once at the edge."""
+
+    now: int
+
+
+class Start(Command, frozen=True):
+    """Begin a run."""
+
+    agent: str
+    input: str
+    instructions: str = ""
+    limits: Limits = Limits()
+    tools: tuple[ToolInfo, ...] = ()
+    tools_digest: str = ""
+    metadata: tuple[tuple[str, str], ...] = ()
+    parent_run_id: str | None = None
+
+
+class ApprovalTicket(msgspec.Struct, frozen=True, kw_only=True):
+    """A gate's verdict that a call needs a person, with its token's digest and deadline.
+
+    Issued at the edge (the token is random): by ``index`` into a reply's tool calls, or by
+    ``call_id`` when a resume asks again for an expired request.
+    """
+
+    index: int = -1
+    call_id: str = ""
+    gate: str
+    token_digest: str
+    expires_at: int
+    summary: str = ""
+
+
+class ModelReplied(Command, frozen=True):
+    """The model answered step ``step``; ``gated`` holds the calls a gate holds back."""
+
+    step: int
+    text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    usage: Usage = Usage()
+    model: str = ""
+    latency_ms: float = 0.0
+    gated: tuple[ApprovalTicket, ...] = ()
+
+
+class DecideApproval(Command, frozen=True):
+    """A person approved or denied a call waiting at a gate."""
+
+    call_id: str
+    approved: bool
+    by: str = ""
+    note: str = ""
+
+
+class ExpireApproval(Command, frozen=True):
+    """A waiting call's approval passed its deadline undecided."""
+
+    call_id: str
+
+
+class ModelCallFailed(Command, frozen=True):
+    """A model call for ``step`` raised."""
+
+    step: int
+    error: str
+    retryable: bool = False
+
+
+class ToolFinished(Command, frozen=True):
+    """A tool call ended: ``ok`` with ``result``, or failed with ``kind`` (``result`` = error)."""
+
+    call_id: str
+    ok: bool
+    result: str
+    kind: str = ""
+    duration_ms: float = 0.0
+    original_chars: int | None = None
+    """Set when ``result`` was cut: the length of the whole result."""
+
+
+class Cancel(Command, frozen=True):
+    """Host code cancels the run."""
+
+    reason: str = ""
+
+
+class Resume(Command, frozen=True):
+    """A runtime takes the run over, optionally raising its ceilings."""
+
+    owner: str
+    extend: Limits | None = None
+    gated: tuple[ApprovalTicket, ...] = ()

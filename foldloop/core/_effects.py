@@ -1,0 +1,69 @@
+"""Effects: what must happen after a decision's events are appended, and the Decision itself."""
+
+from __future__ import annotations
+
+import msgspec
+
+from foldloop.core._state import RunState
+from foldloop.events._catalogue import KnownEvent
+
+__all__ = ["CallModel", "Decision", "Effect", "RequestApproval", "RunTools", "Settle", "ToolRun"]
+
+
+class CallModel(msgspec.Struct, frozen=True, kw_only=True):
+    """Ask the model for ``step``; ``delay_s`` > 0 is a retry backoff."""
+
+    step: int
+    max_tokens: int | None = None
+    attempt: int = 1
+    delay_s: float = 0.0
+
+
+class ToolRun(msgspec.Struct, frozen=True, kw_only=True):
+    """One tool call to execute."""
+
+    call_id: str
+    tool: str
+    args: str
+
+
+class RunTools(msgspec.Struct, frozen=True, kw_only=True):
+    """Execute these calls (concurrently); results come back as ToolFinished commands."""
+
+    calls: tuple[ToolRun, ...]
+
+
+class RequestApproval(msgspec.Struct, frozen=True, kw_only=True):
+    """Tell the gate's ``notify`` that a call waits for a person (after the request is durable)."""
+
+    call_id: str
+    gate: str
+
+
+class Settle(msgspec.Struct, frozen=True, kw_only=True):
+    """The run finished or parked: hand the result to the host, release the actor."""
+
+
+Effect = CallModel | RunTools | RequestApproval | Settle
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """Events to append (atomically, in order) and effects to start after they are stored.
+
+    ``durable``: an effect leaves the process (a non-idempotent tool, a result handed to
+    the host), so the events must be fsync'd before any effect starts. ``rejected`` says
+    why a command was refused (no events then). ``state`` is the state after the events
+    (decide computed it while deciding; callers need not apply the events again).
+    """
+
+    events: tuple[KnownEvent, ...] = ()
+    effects: tuple[Effect, ...] = ()
+    durable: bool = False
+    rejected: str = ""
+    state: RunState | None = None
+
+    @property
+    def settles(self) -> bool:
+        """The run finishes or parks with it: whoever commits it may release the lease in
+        the same transaction."""
+        return any(type(e) is Settle for e in self.effects)

@@ -1,0 +1,230 @@
+"""The v1 event catalogue (DESIGN.md section 2): facts in the past tense.
+
+Tags are fixed; fields may grow, always with defaults (msgspec's schema-evolution rule),
+so logs written by older versions keep decoding.
+
+Events are stored positionally (``array_like``): the tag, then each field in declaration
+order (every field written: msgspec omits no default in this form). That halves a step's
+bytes against field names, and
+puts one rule on every change to this file: a new field goes at the end of its class,
+with a default. Moving, renaming or removing a field is a new ``schema_version`` (the old
+order goes into ``named.PAST_FIELDS`` and an upcaster carries old records forward);
+``tests/test_codec.py`` pins today's order so that a field slipped in mid-class fails
+there, not in someone's log. JSON views (export, ``foldloop show``) name every field
+(``named.to_named``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar, Literal
+
+import msgspec
+
+from foldloop.events._values import Limits, ToolCall, ToolInfo, Usage
+
+__all__ = [
+    "ApprovalDecided",
+    "ApprovalExpired",
+    "ApprovalRequested",
+    "Event",
+    "KnownEvent",
+    "ModelFailed",
+    "ModelRequested",
+    "ModelResponded",
+    "RunCancelled",
+    "RunCompleted",
+    "RunFailed",
+    "RunFailureKind",
+    "RunLimitReached",
+    "RunNoProgress",
+    "RunResumed",
+    "RunStarted",
+    "ToolCompleted",
+    "ToolFailed",
+    "ToolFailureKind",
+    "ToolRequested",
+]
+
+ToolFailureKind = Literal["exception", "timeout", "invalid_args", "interrupted", "denied"]
+
+
+class RunFailureKind(StrEnum):
+    """Why a run failed (``run.failed``'s ``kind``); only a model failure can be resumed."""
+
+    MODEL = "model"
+    """The model call failed past its retries: resumable once the cause is fixed."""
+    INVALID_ARGS = "invalid_args"
+    """The model sent invalid tool arguments too often in one step."""
+    ERROR = "error"
+    """Anything else (and any kind this version does not know)."""
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", array_like=True, gc=False):
+    """Base of every event: frozen, keyword-only, tagged with a dotted name in ``type``."""
+
+    schema_version: ClassVar[int] = 1
+
+    @property
+    def type(self) -> str:
+        """The event's tag, e.g. ``"run.started"``."""
+        return type(self).__struct_config__.tag  # type: ignore[return-value]
+
+
+class RunStarted(Event, tag="run.started", frozen=True):
+    """A run began; everything its decisions need later is recorded here."""
+
+    agent: str
+    input: str
+    limits: Limits = Limits()
+    tools_digest: str = ""
+    parent_run_id: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+    instructions: str = ""
+    tools: tuple[ToolInfo, ...] = ()
+
+
+class ModelRequested(Event, tag="model.requested", frozen=True):
+    """The run asked the model for step ``step``; ``max_tokens`` is clamped to what is left."""
+
+    step: int
+    prompt_digest: str
+    max_tokens: int | None = None
+
+
+class ModelResponded(Event, tag="model.responded", frozen=True):
+    """The model answered step ``step``."""
+
+    step: int
+    text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    usage: Usage = Usage()
+    model: str = ""
+    latency_ms: float = 0.0
+
+
+class ModelFailed(Event, tag="model.failed", frozen=True):
+    """A model call for ``step`` failed; ``retryable`` says whether asking again may help."""
+
+    step: int
+    error: str
+    retryable: bool = False
+
+
+class ToolRequested(Event, tag="tool.requested", frozen=True):
+    """The run decided to call ``tool``; for non-idempotent tools this is the durable intent."""
+
+    call_id: str
+    tool: str
+    args: str
+    step: int
+
+
+class ToolCompleted(Event, tag="tool.completed", frozen=True):
+    """A tool call returned ``result`` (JSON text, or the string the tool returned).
+
+    ``original_chars`` is set when the result was cut to the tool's ``max_result_chars``:
+    ``result`` holds the first characters, and the model is told how many were left out."""
+
+    call_id: str
+    result: str
+    duration_ms: float = 0.0
+    original_chars: int | None = None
+
+
+class ToolFailed(Event, tag="tool.failed", frozen=True):
+    """A tool call ended without a result; ``kind`` says how. ``original_chars``: as in
+    ``tool.completed``, for an error cut to the tool's ``max_result_chars``."""
+
+    call_id: str
+    error: str
+    kind: ToolFailureKind = "exception"
+    original_chars: int | None = None
+
+
+class ApprovalRequested(Event, tag="approval.requested", frozen=True):
+    """A gated call waits for a person; only the token's digest is stored."""
+
+    call_id: str
+    gate: str
+    token_digest: str
+    expires_at: int
+    summary: str = ""
+
+
+class ApprovalDecided(Event, tag="approval.decided", frozen=True):
+    """A person approved or denied a gated call."""
+
+    call_id: str
+    approved: bool
+    by: str = ""
+    note: str = ""
+
+
+class ApprovalExpired(Event, tag="approval.expired", frozen=True):
+    """A pending approval passed its TTL undecided."""
+
+    call_id: str
+
+
+class RunLimitReached(Event, tag="run.limit_reached", frozen=True):
+    """A ceiling stopped the run before its next action."""
+
+    limit: str
+    value: float
+    ceiling: float
+
+
+class RunNoProgress(Event, tag="run.no_progress", frozen=True):
+    """The same tool, args and result repeated ``window`` times running."""
+
+    window: int
+    detail: str
+
+
+class RunCompleted(Event, tag="run.completed", frozen=True):
+    """The model answered without tool calls: ``output`` is the run's result."""
+
+    output: str
+
+
+class RunFailed(Event, tag="run.failed", frozen=True):
+    """The run cannot go on; ``kind`` classifies why (a ``RunFailureKind``, kept a ``str``
+    so that a kind from a newer writer still decodes)."""
+
+    error: str
+    kind: str = "error"
+
+
+class RunCancelled(Event, tag="run.cancelled", frozen=True):
+    """Host code cancelled the run."""
+
+    reason: str = ""
+
+
+class RunResumed(Event, tag="run.resumed", frozen=True):
+    """A runtime took the run over (after a crash, a limit or a park)."""
+
+    owner: str
+    extended_limits: Limits | None = None
+
+
+KnownEvent = (
+    RunStarted
+    | ModelRequested
+    | ModelResponded
+    | ModelFailed
+    | ToolRequested
+    | ToolCompleted
+    | ToolFailed
+    | ApprovalRequested
+    | ApprovalDecided
+    | ApprovalExpired
+    | RunLimitReached
+    | RunNoProgress
+    | RunCompleted
+    | RunFailed
+    | RunCancelled
+    | RunResumed
+)
+"""Every event type this version of foldloop knows."""

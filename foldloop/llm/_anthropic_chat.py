@@ -1,0 +1,136 @@
+"""AnthropicChat: Claude through the official SDK's messages API (``foldloop[anthropic]``).
+
+Tool calls travel as ``tool_use`` blocks and results as ``tool_result`` blocks in a user
+turn (consecutive results merged into one turn, as the API requires). Errors map like
+OpenAIChat's: rate limits, overloads, 5xx, timeouts and lost connections are retryable
+and retried by the run; refused requests are not.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from foldloop.core._messages import Message, ToolSpec
+from foldloop.errors import ConfigError
+from foldloop.events._values import Usage
+from foldloop.llm import _sdk as sdk
+from foldloop.llm._protocol import Reply, ToolCall
+
+__all__ = ["AnthropicChat"]
+
+DEFAULT_MAX_TOKENS = 4096
+
+
+def _input(args: str) -> dict[str, Any]:
+    try:
+        value = json.loads(args or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _conversation(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
+    """(system text, messages API turns) for a foldloop history."""
+    system = "\n\n".join(m.content for m in messages if m.role == "system")
+    turns: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role == "system":
+            continue
+        if m.role == "tool":
+            block = {
+                "type": "tool_result",
+                "tool_use_id": m.tool_call_id or "",
+                "content": m.content,
+            }
+            if turns and turns[-1]["role"] == "user" and isinstance(turns[-1]["content"], list):
+                turns[-1]["content"].append(block)
+            else:
+                turns.append({"role": "user", "content": [block]})
+        elif m.role == "assistant":
+            blocks: list[dict[str, Any]] = []
+            if m.content:
+                blocks.append({"type": "text", "text": m.content})
+            blocks.extend(
+                {"type": "tool_use", "id": c.id, "name": c.name, "input": _input(c.args)}
+                for c in m.tool_calls
+            )
+            turns.append({"role": "assistant", "content": blocks or m.content})
+        else:
+            turns.append({"role": "user", "content": m.content})
+    return system, turns
+
+
+class AnthropicChat:
+    """A Claude model behind the Anthropic messages API."""
+
+    instant = False
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 60.0,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+    ) -> None:
+        try:
+            import anthropic  # noqa: PLC0415 - an optional extra, imported when used
+        except ImportError:
+            raise ConfigError(
+                "AnthropicChat needs the anthropic SDK: pip install 'foldloop[anthropic]'"
+            ) from None
+        key = sdk.api_key(api_key, "ANTHROPIC_API_KEY", base_url, "AnthropicChat")
+        self._anthropic = anthropic
+        self._model = model
+        self._max_tokens = max_tokens
+        self._client = anthropic.Anthropic(
+            api_key=key, base_url=base_url, max_retries=0, timeout=timeout
+        )
+
+    @property
+    def model(self) -> str:
+        """The model name sent with every request."""
+        return self._model
+
+    def complete(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec],
+        *,
+        max_tokens: int | None = None,
+    ) -> Reply:
+        """One messages-API call; provider usage flows into the run's ``model.responded``."""
+        system, turns = _conversation(messages)
+        request: dict[str, Any] = {
+            "model": self._model,
+            "messages": turns,
+            "max_tokens": min(self._max_tokens, max_tokens or self._max_tokens),
+        }
+        if system:
+            request["system"] = system
+        if tools:
+            request["tools"] = [
+                {"name": t.name, "description": t.description, "input_schema": t.parameters}
+                for t in tools
+            ]
+        # 408 timeout, 409 conflict and 529 overloaded are worth asking again.
+        with sdk.sdk_errors(self._anthropic, self._model, retry_statuses=(408, 409, 529)):
+            response = self._client.messages.create(**request)
+        text = "".join(b.text for b in response.content if b.type == "text")
+        calls = [
+            ToolCall(name=b.name, args=json.dumps(b.input, sort_keys=True), id=b.id)
+            for b in response.content
+            if b.type == "tool_use"
+        ]
+        return Reply(
+            text=text,
+            tool_calls=calls,
+            usage=Usage(
+                input_tokens=response.usage.input_tokens,
+                output_tokens=response.usage.output_tokens,
+            ),
+            model=response.model or self._model,
+        )

@@ -1,0 +1,114 @@
+"""OpenAIChat: any OpenAI-compatible chat completions server, through the official SDK.
+
+Install with ``pip install 'foldloop[openai]'``. The SDK's own retries are switched off:
+each rate limit (429), server error (5xx), timeout or connection failure is raised as a
+retryable ModelCallError, so the run records ``model.failed(retryable=True)`` and retries
+with its own backoff; a refused request (400, 401, 404...) is not retried. Tool-call
+arguments are passed on verbatim, malformed or not: validation feeds errors back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from foldloop.core._messages import Message, ToolSpec
+from foldloop.errors import ConfigError, ModelCallError
+from foldloop.events._values import Usage
+from foldloop.llm import _sdk as sdk
+from foldloop.llm._protocol import Reply, ToolCall
+
+__all__ = ["OpenAIChat"]
+
+
+def _message(m: Message) -> dict[str, Any]:
+    if m.role == "assistant" and m.tool_calls:
+        return {
+            "role": "assistant",
+            "content": m.content or None,
+            "tool_calls": [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.args}}
+                for c in m.tool_calls
+            ],
+        }
+    if m.role == "tool":
+        return {"role": "tool", "tool_call_id": m.tool_call_id or "", "content": m.content}
+    return {"role": m.role, "content": m.content}
+
+
+def _tool(spec: ToolSpec) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": spec.name,
+            "description": spec.description,
+            "parameters": spec.parameters,
+        },
+    }
+
+
+class OpenAIChat:
+    """A chat model behind the OpenAI API, or any server that speaks it (``base_url``)."""
+
+    instant = False
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        try:
+            import openai  # noqa: PLC0415 - an optional extra, imported when used
+        except ImportError:
+            raise ConfigError(
+                "OpenAIChat needs the openai SDK: pip install 'foldloop[openai]'"
+            ) from None
+        key = sdk.api_key(api_key, "OPENAI_API_KEY", base_url, "OpenAIChat")
+        self._openai = openai
+        self._model = model
+        self._client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=0, timeout=timeout)
+
+    @property
+    def model(self) -> str:
+        """The model name sent with every request."""
+        return self._model
+
+    def complete(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec],
+        *,
+        max_tokens: int | None = None,
+    ) -> Reply:
+        """One chat completion; provider usage flows into the run's ``model.responded``."""
+        request: dict[str, Any] = {
+            "model": self._model,
+            "messages": [_message(m) for m in messages],
+        }
+        if tools:
+            request["tools"] = [_tool(t) for t in tools]
+        if max_tokens is not None:
+            request["max_tokens"] = max_tokens
+        with sdk.sdk_errors(self._openai, self._model):
+            response = self._client.chat.completions.create(**request)
+        if not response.choices:
+            raise ModelCallError(f"{self._model}: the response has no choices", retryable=True)
+        message = response.choices[0].message
+        calls = [
+            ToolCall(name=c.function.name, args=c.function.arguments or "", id=c.id or "")
+            for c in (message.tool_calls or [])
+            if getattr(c, "function", None) is not None
+        ]
+        usage = response.usage
+        return Reply(
+            text=message.content or "",
+            tool_calls=calls,
+            usage=Usage(
+                input_tokens=usage.prompt_tokens if usage else 0,
+                output_tokens=usage.completion_tokens if usage else 0,
+            ),
+            model=response.model or self._model,
+        )

@@ -1,0 +1,96 @@
+"""ScriptedLLM: a deterministic model for tests, demos and benchmarks; no network, no key.
+
+With a list, the k-th model call of a run gets the k-th reply, where k is counted from the
+run's own history (the assistant messages already in it). It keeps no state of its own, so
+a run resumed in another process after a crash gets exactly the reply it would have got.
+With a function, the reply is ``fn(messages, tools)`` (pydantic-ai's FunctionModel idea).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from foldloop.core._messages import Message, ToolSpec
+from foldloop.errors import ConfigError, ModelCallError
+from foldloop.events._values import Usage
+from foldloop.llm._protocol import Reply
+
+__all__ = ["ScriptFn", "ScriptedLLM", "estimate_tokens"]
+
+ScriptFn = Callable[[Sequence[Message], Sequence[ToolSpec]], Reply]
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough, deterministic token count (4 characters a token) for scripted replies.
+
+    Scripted prompts are counted as 16 tokens a message, so that estimating usage stays
+    O(1) however long the run's history grows.
+    """
+    return (len(text) + 3) // 4
+
+
+class ScriptedLLM:
+    """A model whose replies are written down in advance."""
+
+    def __init__(
+        self,
+        replies: Sequence[Reply] | ScriptFn,
+        *,
+        model: str = "scripted",
+        latency_s: float = 0.0,
+    ) -> None:
+        if not callable(replies):
+            replies = tuple(replies)
+            for i, reply in enumerate(replies):
+                if not isinstance(reply, Reply):
+                    raise ConfigError(
+                        f"ScriptedLLM reply {i} is a {type(reply).__name__}; write fl.Reply(...)"
+                    )
+        self._replies = replies
+        self._model = model
+        self.latency_s = latency_s
+
+    @property
+    def model(self) -> str:
+        """The name recorded in ``model.responded``."""
+        return self._model
+
+    @property
+    def instant(self) -> bool:
+        """A list replayed with no latency answers at once: the run calls it inline
+        (no thread hand-off); a function or a latency may block, so those go to the pool."""
+        return not callable(self._replies) and not self.latency_s
+
+    def complete(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec],
+        *,
+        max_tokens: int | None = None,
+    ) -> Reply:
+        """Return the scripted reply for this point of the conversation."""
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        if callable(self._replies):
+            reply = self._replies(messages, tools)
+        else:
+            k = getattr(messages, "assistant_turns", None)
+            if k is None:
+                k = sum(1 for m in messages if m.role == "assistant")
+            if k >= len(self._replies):
+                raise ModelCallError(
+                    f"ScriptedLLM has {len(self._replies)} replies and this is model call "
+                    f"{k + 1}; add replies, or end the script with a reply that has no tool calls"
+                )
+            reply = self._replies[k]
+        if reply.usage is None:
+            prompt = 16 * len(messages)  # O(1): a long run's prompt is not re-walked per call
+            completion = estimate_tokens(reply.text) + 8 * len(reply.tool_calls)
+            reply = Reply(
+                text=reply.text,
+                tool_calls=reply.tool_calls,
+                usage=Usage(input_tokens=prompt, output_tokens=completion),
+                model=reply.model,
+            )
+        return reply

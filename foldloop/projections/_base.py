@@ -1,0 +1,117 @@
+"""The Projection protocol: a named, pure fold of the whole log into a state of your own.
+
+A projection sees every record of every run in log order (``Recorded.position``) and
+folds it with a pure ``apply``. The runtime runs it (``rt.attach``): from its stored
+checkpoint (position 0 for a new one, so it backfills the history first), then live.
+Because ``apply`` is pure and the checkpoint stores (position, state) together, a
+restart continues exactly where the projection stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from foldloop.errors import ConfigError
+from foldloop.events._recorded import Recorded
+
+__all__ = ["Projection", "check_projection"]
+
+S = TypeVar("S")
+
+
+class Projection(Generic[S]):
+    """A named fold of the log: ``initial() -> S`` and a pure ``apply(S, Recorded) -> S``.
+
+    Subclass it and override ``initial`` and ``apply`` (and set ``name``), or build one
+    from two functions: ``Projection("count", initial=lambda: 0, apply=lambda n, r: n + 1)``.
+
+    - ``name`` keys the checkpoint in the store: the same name continues the same fold.
+    - ``version``: bump it when ``apply`` changes meaning; a checkpoint of another
+      version is discarded and the projection backfills from the start.
+    - ``stored``: keep the state (not only the position) in the checkpoint, so a restart
+      does not refold. The state must be msgspec-serialisable (override
+      ``encode_state``/``decode_state`` otherwise). With ``stored=False`` every attach
+      backfills from position 1.
+    - ``types``: apply only records of these event types (the others just advance the
+      position).
+    """
+
+    name: str = ""
+    version: int = 1
+    stored: bool = True
+    types: frozenset[str] | None = None
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        initial: Callable[[], S] | None = None,
+        apply: Callable[[S, Recorded], S] | None = None,
+        version: int | None = None,
+        stored: bool | None = None,
+        types: Iterable[str] | None = None,
+    ) -> None:
+        if name is not None:
+            self.name = name
+        if initial is not None:
+            self._initial = initial
+        if apply is not None:
+            self._apply = apply
+        if version is not None:
+            self.version = version
+        if stored is not None:
+            self.stored = stored
+        if types is not None:
+            self.types = frozenset(types)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} v{self.version}>"
+
+    def initial(self) -> S:
+        """The state before any record."""
+        fn: Callable[[], S] | None = getattr(self, "_initial", None)
+        if fn is None:
+            raise ConfigError(
+                f"{type(self).__name__} defines no initial(): override it or pass initial="
+            )
+        return fn()
+
+    def apply(self, state: S, record: Recorded) -> S:
+        """The state after ``record`` (pure: no I/O, no clock, do not mutate ``state``)."""
+        fn: Callable[[S, Recorded], S] | None = getattr(self, "_apply", None)
+        if fn is None:
+            raise ConfigError(
+                f"{type(self).__name__} defines no apply(): override it or pass apply="
+            )
+        return fn(state, record)
+
+    def encode_state(self, state: S) -> bytes:
+        """The checkpoint bytes of ``state`` (msgpack by default)."""
+        return msgspec.msgpack.encode(state)
+
+    def decode_state(self, raw: bytes) -> S:
+        """The state stored by ``encode_state``, typed like ``initial()``."""
+        state_type: Any = type(self.initial())
+        result: S = msgspec.msgpack.decode(raw, type=state_type)
+        return result
+
+
+def check_projection(projection: object) -> Projection[Any]:
+    """``projection`` if it is usable, else a ConfigError saying what is wrong."""
+    if not isinstance(projection, Projection):
+        raise ConfigError(
+            f"attach() takes a foldloop.projections.Projection; got {type(projection).__name__} "
+            "(subclass it, or build one with fl.projections.Projection(name, initial=, apply=))"
+        )
+    name = projection.name
+    if not isinstance(name, str) or not name or "\0" in name or len(name) > 200:
+        raise ConfigError(
+            f"a projection needs a name of 1-200 characters without NUL; got {name!r} "
+            "(set the class attribute `name` or pass name=)"
+        )
+    if not isinstance(projection.version, int) or projection.version < 1:
+        raise ConfigError(f"projection {name!r}: version must be an int >= 1")
+    return projection

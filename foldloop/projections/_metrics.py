@@ -1,0 +1,322 @@
+"""RunMetrics: the whole log folded into the figures an operator watches.
+
+Runs by status, model and tool calls, tokens and cost, per-tool latency, model latency
+and approval wait times. The state is immutable: counters are plain values, histograms
+are ``Histogram`` structs and the per-run bookkeeping (a run's status, its open calls)
+lives in ``immutables.Map`` (a persistent hash map), so ``apply`` copies O(log n), not
+the whole state, per record.
+
+Statuses come from the log alone: a run counts as ``awaiting_approval`` while it has an
+undecided approval request, and a run whose runtime died still counts as ``running``
+(``interrupted`` needs the store's leases; ``rt.runs()`` shows it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import immutables
+import msgspec
+
+from foldloop.events._catalogue import (
+    ApprovalDecided,
+    ApprovalExpired,
+    ApprovalRequested,
+    ModelFailed,
+    ModelRequested,
+    ModelResponded,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunLimitReached,
+    RunNoProgress,
+    RunResumed,
+    RunStarted,
+    ToolCompleted,
+    ToolFailed,
+    ToolRequested,
+)
+from foldloop.events._recorded import Recorded
+from foldloop.projections._base import Projection
+from foldloop.projections._histogram import APPROVAL_BUCKETS, Histogram
+
+__all__ = ["RunMetrics", "RunMetricsState"]
+
+_EMPTY: immutables.Map[Any, Any] = immutables.Map()
+
+_FINAL = {
+    RunCompleted: "completed",
+    RunFailed: "failed",
+    RunCancelled: "cancelled",
+    RunLimitReached: "limit_reached",
+    RunNoProgress: "no_progress",
+}
+
+
+class _Run(msgspec.Struct, frozen=True, array_like=True):
+    """A run's bookkeeping: its status and the approval requests still open."""
+
+    agent: str
+    status: str
+    waiting: frozenset[str] = frozenset()
+
+
+class RunMetricsState(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``RunMetrics`` folds the log into (read ``handle.state``)."""
+
+    position: int = 0
+    events: int = 0
+    runs_by_status: Mapping[str, int] = msgspec.field(default_factory=dict)
+    runs_by_agent: Mapping[str, int] = msgspec.field(default_factory=dict)
+    model_calls: int = 0
+    model_failures: int = 0
+    tool_calls: int = 0
+    tool_failures: Mapping[str, int] = msgspec.field(default_factory=dict)
+    """tool.failed count by kind (exception, timeout, invalid_args, interrupted, denied)."""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    tool_latency: Mapping[str, Histogram] = msgspec.field(default_factory=dict)
+    """Seconds from a tool call's request to its result, per tool."""
+    model_latency: Histogram = Histogram()
+    approval_wait: Histogram = Histogram(bounds=APPROVAL_BUCKETS)
+    """Seconds from approval.requested to approval.decided."""
+    approvals: Mapping[str, int] = msgspec.field(default_factory=dict)
+    """Approval outcomes: requested, approved, denied, expired."""
+    runs: immutables.Map[str, _Run] = _EMPTY
+    open_calls: immutables.Map[str, tuple[str, int]] = _EMPTY
+    """(run_id NUL call_id) -> (tool, requested at ns): tool calls not finished yet."""
+    open_approvals: immutables.Map[str, int] = _EMPTY
+    """(run_id NUL call_id) -> requested at ns."""
+
+    def tool_percentiles(self) -> dict[str, dict[str, float]]:
+        """Per tool: count, p50, p90, p99 and max latency in seconds (bucket estimates)."""
+        return {
+            tool: {"count": h.count, "p50": h.p50, "p90": h.p90, "p99": h.p99, "max": h.max}
+            for tool, h in sorted(self.tool_latency.items())
+        }
+
+
+def _bump(counts: Mapping[str, int], key: str, by: int = 1) -> dict[str, int]:
+    out = dict(counts)
+    n = out.get(key, 0) + by
+    if n:
+        out[key] = n
+    else:
+        out.pop(key, None)
+    return out
+
+
+def _moved(state: RunMetricsState, run_id: str, run: _Run) -> RunMetricsState:
+    """``state`` with ``run_id`` now in ``run`` (statuses recounted)."""
+    old = state.runs.get(run_id)
+    counts: Mapping[str, int] = state.runs_by_status
+    if old is None or old.status != run.status:
+        if old is not None:
+            counts = _bump(counts, old.status, -1)
+        counts = _bump(counts, run.status)
+    return msgspec.structs.replace(state, runs=state.runs.set(run_id, run), runs_by_status=counts)
+
+
+class RunMetrics(Projection[RunMetricsState]):
+    """``rt.attach(fl.projections.RunMetrics())``: figures for dashboards and alerts."""
+
+    name = "foldloop.run_metrics"
+    version = 1
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__(name)
+
+    def initial(self) -> RunMetricsState:
+        return RunMetricsState()
+
+    def apply(self, state: RunMetricsState, record: Recorded) -> RunMetricsState:
+        state = msgspec.structs.replace(state, position=record.position, events=state.events + 1)
+        handler = _HANDLERS.get(type(record.event))
+        return state if handler is None else handler(state, record)
+
+    def encode_state(self, state: RunMetricsState) -> bytes:
+        return _ENC.encode(_Stored.of(state))
+
+    def decode_state(self, raw: bytes) -> RunMetricsState:
+        return _DEC.decode(raw).restore()
+
+
+# -- handlers -------------------------------------------------------------------------
+
+
+def _run_started(s: RunMetricsState, r: Recorded) -> RunMetricsState:
+    event: Any = r.event
+    s = msgspec.structs.replace(s, runs_by_agent=_bump(s.runs_by_agent, event.agent))
+    return _moved(s, r.run_id, _Run(event.agent, "running"))
+
+
+def _run_ended(s: RunMetricsState, r: Recorded) -> RunMetricsState:
+    run = s.runs.get(r.run_id) or _Run("", "running")
+    return _moved(s, r.run_id, _Run(run.agent, _FINAL[type(r.event)], run.waiting))
+
+
+def _run_resumed(s: RunMetricsState, r: Recorded) -> RunMetricsState:
+    run = s.runs.get(r.run_id) or _Run("", "running")
+    status = "awaiting_approval" if run.waiting else "running"
+    return _moved(s, r.run_id, _Run(run.agent, status, run.waiting))
+
+
+def _model_requested(s: RunMetricsState, _r: Recorded) -> RunMetricsState:
+    return msgspec.structs.replace(s, model_calls=s.model_calls + 1)
+
+
+def _model_responded(s: RunMetricsState, r: Recorded) -> RunMetricsState:
+    event: Any = r.event
+    usage = event.usage
+    return msgspec.structs.replace(
+        s,
+        tokens_in=s.tokens_in + usage.input_tokens,
+        tokens_out=s.tokens_out + usage.output_tokens,
+        cost_usd=s.cost_usd + usage.cost_usd,
+        model_latency=s.model_latency.observe(event.latency_ms / 1000),
+    )
+
+
+def _model_failed(s: RunMetricsState, _r: Recorded) -> RunMetricsState:
+    return msgspec.structs.replace(s, model_failures=s.model_failures + 1)
+
+
+def _tool_requested(s: RunMetricsState, r: Recorded) -> RunMetricsState:
+    event: Any = r.event
+    key = f"{r.run_id}\0{event.call_id}"
+    return msgspec.structs.replace(
+        s, tool_calls=s.tool_calls + 1, open_calls=s.open_calls.set(key, (event.tool, r.at))
+    )
+
+
+def _tool_finished(s: RunMetricsState, r: Recorded) -> RunMetricsState:
+    event: Any = r.event
+    key = f"{r.run_id}\0{event.call_id}"
+    opened = s.open_calls.get(key)
+    failures = s.tool_failures
+    if isinstance(event, ToolFailed):
+        failures = _bump(failures, event.kind)
+    if opened is None:
+        return msgspec.structs.replace(s, tool_failures=failures)
+    tool, at = opened
+    took = event.duration_ms / 1000 if getattr(event, "duration_ms", 0.0) else (r.at - at) / 1e9
+    latency = dict(s.tool_latency)
+    latency[tool] = latency.get(tool, Histogram()).observe(max(took, 0.0))
+    return msgspec.structs.replace(
+        s, tool_failures=failures, tool_latency=latency, open_calls=s.open_calls.delete(key)
+    )
+
+
+def _approval_requested(s: RunMetricsState, r: Recorded) -> RunMetricsState:
+    event: Any = r.event
+    key = f"{r.run_id}\0{event.call_id}"
+    s = msgspec.structs.replace(
+        s,
+        approvals=_bump(s.approvals, "requested"),
+        open_approvals=s.open_approvals.set(key, r.at),
+    )
+    run = s.runs.get(r.run_id) or _Run("", "running")
+    waiting = run.waiting | {event.call_id}
+    status = "awaiting_approval" if run.status == "running" else run.status
+    return _moved(s, r.run_id, _Run(run.agent, status, waiting))
+
+
+def _approval_decided(s: RunMetricsState, r: Recorded) -> RunMetricsState:
+    event: Any = r.event
+    key = f"{r.run_id}\0{event.call_id}"
+    opened = s.open_approvals.get(key)
+    wait = s.approval_wait if opened is None else s.approval_wait.observe((r.at - opened) / 1e9)
+    s = msgspec.structs.replace(
+        s,
+        approvals=_bump(s.approvals, "approved" if event.approved else "denied"),
+        approval_wait=wait,
+        open_approvals=s.open_approvals.delete(key) if opened is not None else s.open_approvals,
+    )
+    run = s.runs.get(r.run_id)
+    if run is None:
+        return s
+    waiting = run.waiting - {event.call_id}
+    status = "running" if run.status == "awaiting_approval" and not waiting else run.status
+    return _moved(s, r.run_id, _Run(run.agent, status, waiting))
+
+
+def _approval_expired(s: RunMetricsState, r: Recorded) -> RunMetricsState:
+    event: Any = r.event
+    key = f"{r.run_id}\0{event.call_id}"
+    opened = s.open_approvals
+    return msgspec.structs.replace(
+        s,
+        approvals=_bump(s.approvals, "expired"),
+        open_approvals=opened.delete(key) if key in opened else opened,
+    )
+
+
+_HANDLERS: dict[type, Any] = {
+    RunStarted: _run_started,
+    RunCompleted: _run_ended,
+    RunFailed: _run_ended,
+    RunCancelled: _run_ended,
+    RunLimitReached: _run_ended,
+    RunNoProgress: _run_ended,
+    RunResumed: _run_resumed,
+    ModelRequested: _model_requested,
+    ModelResponded: _model_responded,
+    ModelFailed: _model_failed,
+    ToolRequested: _tool_requested,
+    ToolCompleted: _tool_finished,
+    ToolFailed: _tool_finished,
+    ApprovalRequested: _approval_requested,
+    ApprovalDecided: _approval_decided,
+    ApprovalExpired: _approval_expired,
+}
+
+
+# -- checkpoint format ---------------------------------------------------------------
+
+
+class _Stored(msgspec.Struct, frozen=True, kw_only=True):
+    """RunMetricsState with its persistent maps as plain dicts (msgpack-friendly)."""
+
+    state: RunMetricsState
+    runs: dict[str, _Run]
+    open_calls: dict[str, tuple[str, int]]
+    open_approvals: dict[str, int]
+
+    @classmethod
+    def of(cls, state: RunMetricsState) -> _Stored:
+        return cls(
+            state=msgspec.structs.replace(
+                state, runs=_EMPTY, open_calls=_EMPTY, open_approvals=_EMPTY
+            ),
+            runs=dict(state.runs.items()),
+            open_calls=dict(state.open_calls.items()),
+            open_approvals=dict(state.open_approvals.items()),
+        )
+
+    def restore(self) -> RunMetricsState:
+        return msgspec.structs.replace(
+            self.state,
+            runs=immutables.Map(self.runs),
+            open_calls=immutables.Map(self.open_calls),
+            open_approvals=immutables.Map(self.open_approvals),
+        )
+
+
+def _enc_hook(obj: object) -> object:
+    if isinstance(obj, immutables.Map):
+        if obj:
+            raise TypeError("persistent maps are stored through _Stored")
+        return {}
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+def _dec_hook(tp: type, obj: object) -> object:
+    if getattr(tp, "__origin__", tp) is immutables.Map:
+        return _EMPTY
+    raise NotImplementedError(f"cannot decode {tp}")
+
+
+_ENC = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+_DEC = msgspec.msgpack.Decoder(_Stored, dec_hook=_dec_hook)

@@ -1,0 +1,197 @@
+"""The host's commands that move runs: spawn, resume, cancel, recover.
+
+Each takes the run (a claim here and its lease in the store), decides with the pure core,
+writes the decision through ``RunWrites`` and hands the run on (``drive``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+
+from foldloop._agent import Agent
+from foldloop._log import get_logger
+from foldloop.actors._system import HANDOVER_WAIT, ActorSystem
+from foldloop.core._commands import Cancel, Resume
+from foldloop.core._decide import decide
+from foldloop.core._state import RunState, RunStatus
+from foldloop.errors import ConfigError, RunLocked, SchemaChangedError, StoreCorrupted
+from foldloop.events._recorded import UnknownEvent
+from foldloop.events._values import Limits
+from foldloop.runtime._approval_desk import ApprovalDesk
+from foldloop.runtime._driving import drive
+from foldloop.runtime._queries import Queries
+from foldloop.runtime._registry import AgentRegistry
+from foldloop.runtime._results import Damaged
+from foldloop.runtime._rules import check_spawn, evolve_all, merged, priced_limits
+from foldloop.runtime._writes import RunWrites
+from foldloop.store import EventStore
+
+__all__ = ["Commands"]
+
+log = get_logger("foldloop.runtime")
+
+
+class Commands:
+    """Spawn, resume, cancel and recover for the runtime ``owner``; each returns run ids."""
+
+    def __init__(
+        self,
+        *,
+        store: EventStore,
+        system: ActorSystem,
+        writes: RunWrites,
+        queries: Queries,
+        agents: AgentRegistry,
+        desk: ApprovalDesk,
+        clock: Callable[[], int],
+        owner: str,
+    ) -> None:
+        self._store = store
+        self._system = system
+        self._writes = writes
+        self._queries = queries
+        self._agents = agents
+        self._desk = desk
+        self._clock = clock
+        self._owner = owner
+
+    def spawn(
+        self,
+        agent: Agent,
+        input: str,
+        *,
+        run_id: str | None,
+        metadata: Mapping[str, str] | None,
+        parent_run_id: str | None,
+    ) -> str:
+        """Start a run of ``agent`` on ``input``; returns once run.started is durable."""
+        self._agents.register(agent)
+        check_spawn(input, run_id, metadata, parent_run_id)
+        run_id = run_id if run_id is not None else f"{agent.name}-{secrets.token_hex(6)}"
+        meta = tuple(sorted((metadata or {}).items()))
+        now = self._clock()
+        command = agent.start(
+            input,
+            now=now,
+            metadata=meta,
+            parent_run_id=parent_run_id,
+            limits=priced_limits(agent, now),
+        )
+        decision = decide(RunState(run_id=run_id), command)
+        settles = decision.settles
+        self._system.claim(run_id)
+        try:
+            epoch = self._writes.start(run_id, decision.events, command.now, settles=settles)
+        except BaseException:
+            self._system.unclaim(run_id)
+            raise
+        state = evolve_all(RunState(run_id=run_id), decision, command.now)
+        log.info("run_started", run_id=run_id, agent=agent.name)
+        drive(self._system, agent, state, epoch, decision, released=settles)
+        return run_id
+
+    def resume(self, run_id: str, *, extend: Limits | None) -> str:
+        """Continue a resumable run (interrupted, limit reached, no progress, parked)."""
+        if extend is not None and not isinstance(extend, Limits):
+            raise ConfigError("extend must be fl.Limits(...)")
+        state = self._queries.state(run_id)
+        if state.unknown_events:
+            self._refuse_unknown(run_id)
+        if not state.resumable:
+            raise ConfigError(
+                f"run {run_id!r} is {state.status.value} and cannot be resumed"
+                + (f": {state.reason}" if state.reason else "")
+            )
+        agent = self._agents.for_run(state)
+        epoch = self._system.take(run_id, wait=HANDOVER_WAIT)
+        try:
+            state = self._queries.state(run_id)  # re-read under the lease: nobody else appends
+            now = self._clock()
+            gated, tokens = self._desk.tickets_again(agent, state, now)
+            command = Resume(now=now, owner=self._owner, extend=extend, gated=gated)
+            decision = decide(state, command)
+            if decision.rejected:
+                raise ConfigError(decision.rejected)
+            self._writes.append_decisions(state, [(decision, command)], epoch)
+            state = evolve_all(state, decision, command.now)
+            self._desk.remember_tokens(run_id, tokens)
+            state, decisions, released = self._desk.apply(state, epoch, [decision])
+        except BaseException:
+            self._system.give_back(run_id, epoch)
+            raise
+        log.info("run_resumed", run_id=run_id, agent=agent.name, seq=state.seq)
+        drive(self._system, agent, state, epoch, merged(decisions, state), released=released)
+        return run_id
+
+    def _refuse_unknown(self, run_id: str) -> None:
+        """A run holding events of a newer foldloop cannot be decided on by this one."""
+        for rec in self._queries.events(run_id):
+            if isinstance(rec.event, UnknownEvent):
+                raise SchemaChangedError(
+                    f"run {run_id!r} seq {rec.seq} holds a {rec.event.tag!r} event written by a "
+                    "newer foldloop; upgrade foldloop to resume it (reading it works)"
+                )
+
+    def recover(self) -> list[str]:
+        """Resume every run left running by a runtime that died, for agents known here."""
+        recovered: list[str] = []
+        orphans = []
+        for run_id in self._store.run_ids():
+            if self._system.active(run_id):
+                continue
+            try:
+                lease = self._store.lease(run_id)
+            except StoreCorrupted as exc:
+                log.warning("recover_skipped", run_id=run_id, error=str(exc))
+                continue
+            if (
+                lease is not None
+                and lease.owner
+                and (lease.owner == self._owner or self._store.owner_alive(lease.owner))
+            ):
+                continue
+            orphans.append(run_id)
+        for state in self._queries.states(orphans):
+            if isinstance(state, Damaged):
+                log.warning("recover_skipped", run_id=state.run_id, error=str(state.error))
+                continue
+            if state.status is not RunStatus.RUNNING or self._agents.named(state.agent) is None:
+                continue
+            try:
+                recovered.append(self.resume(state.run_id, extend=None))
+            except RunLocked:
+                continue  # another runtime recovered it first
+            except (SchemaChangedError, StoreCorrupted) as exc:
+                log.warning("recover_skipped", run_id=state.run_id, error=str(exc))
+        return recovered
+
+    def cancel(self, run_id: str, reason: str) -> None:
+        """Cancel the run: through its actor if one drives it here, else by taking it."""
+        command = Cancel(now=self._clock(), reason=reason)
+        while not self._system.tell(run_id, command):
+            if self._queries.state(run_id).terminal:
+                return
+            try:
+                epoch = self._system.take(run_id, wait=HANDOVER_WAIT)
+            except RunLocked:
+                if self._system.active(run_id):
+                    continue  # another thread here handed it to an actor meanwhile: tell it
+                raise
+            self._cancel_taken(run_id, epoch, command)
+            return
+
+    def _cancel_taken(self, run_id: str, epoch: int, command: Cancel) -> None:
+        """Cancel a run taken here that no actor drives; its lease goes with the cancel."""
+        try:
+            state = self._queries.state(run_id)
+            decision = decide(state, command)
+            if decision.events:
+                self._writes.append_decisions(state, [(decision, command)], epoch, release=True)
+        except BaseException:
+            self._system.give_back(run_id, epoch)
+            raise
+        if decision.events:
+            self._system.unclaim(run_id)
+        else:
+            self._system.give_back(run_id, epoch)

@@ -1,0 +1,364 @@
+"""Runtime: the host-facing facade (DESIGN.md section 6).
+
+It opens the store, holds an owner lock (so a crash frees its runs at once), wires the
+runtime's parts together and hands each host call to the part whose job it is:
+``commands`` (spawn, resume, cancel, recover), ``waiting``, ``queries`` (state, runs,
+events, explain, verify), ``transfer`` (export, import), ``approval_desk`` and the
+actors' ``Followers`` (projections, subscriptions). Every public method raises
+ConfigError once the runtime is closed (``lifecycle``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from foldloop._agent import Agent
+from foldloop._approvals import PendingApproval
+from foldloop._closing import ClosedOnExit
+from foldloop._log import get_logger
+from foldloop.actors._followers import Followers
+from foldloop.actors._projection_actor import ProjectionHandle
+from foldloop.actors._system import ActorSystem
+from foldloop.core._explain import Explanation
+from foldloop.core._state import RunState, RunStatus
+from foldloop.errors import ConfigError, RunNotFound, StoreError
+from foldloop.events._recorded import Recorded
+from foldloop.events._values import Limits
+from foldloop.projections._base import Projection
+from foldloop.runtime._approval_desk import ApprovalDesk
+from foldloop.runtime._commands import Commands
+from foldloop.runtime._lifecycle import Lifecycle, OpenOnly
+from foldloop.runtime._queries import Queries
+from foldloop.runtime._registry import AgentRegistry
+from foldloop.runtime._results import RunHandle, RunOps, RunResult, RunSummary
+from foldloop.runtime._transfer import Transfer
+from foldloop.runtime._waiting import Waiter
+from foldloop.runtime._writes import RunWrites
+from foldloop.store import DEFAULT_MAP_SIZE, EventStore, open_store
+
+__all__ = ["Runtime", "run_ops"]
+
+log = get_logger(__name__)
+
+
+class Runtime(OpenOnly, ClosedOnExit):
+    """Runs agents on an LMDB store. Use ``Runtime.open(path, agents=[...])``."""
+
+    _usable_when_closed: ClassVar[frozenset[str]] = frozenset({"close", "closed"})
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        agents: Iterable[Agent] = (),
+        clock: Callable[[], int] = time.time_ns,
+        snapshot_every: int = 200,
+        on_state: Callable[[RunState], None] | None = None,
+        poll_interval: float = 0.1,
+    ) -> None:
+        self.store = store
+        self.owner = uuid.uuid4().hex[:16]
+        self._clock = clock
+        self._lifecycle = Lifecycle()
+        self._agents = AgentRegistry(agents)
+        self._owner_hold = store.hold_owner(self.owner)
+        self.system = ActorSystem(
+            store, self.owner, clock, snapshot_every=snapshot_every, on_state=on_state
+        )
+        self._followers = Followers(store, clock)
+        writes = RunWrites(store, self.owner)
+        self._queries = Queries(store, self.system, self._agents)
+        self._desk = ApprovalDesk(
+            store=store,
+            system=self.system,
+            writes=writes,
+            queries=self._queries,
+            agents=self._agents,
+            lifecycle=self._lifecycle,
+            clock=clock,
+        )
+        self._commands = Commands(
+            store=store,
+            system=self.system,
+            writes=writes,
+            queries=self._queries,
+            agents=self._agents,
+            desk=self._desk,
+            clock=clock,
+            owner=self.owner,
+        )
+        self._transfer = Transfer(self._queries, writes)
+        self._ops = _RunOps(
+            self._lifecycle,
+            self._queries,
+            Waiter(store, self.system, self._queries, self._desk),
+            self._commands,
+        )
+        self._poll_interval = poll_interval
+        self._stop_polling = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="foldloop-poller", daemon=True)
+        self._poller.start()
+        log.info("runtime_opened", path=store.location, owner=self.owner)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path = ".foldloop",
+        *,
+        agents: Iterable[Agent] = (),
+        clock: Callable[[], int] | None = None,
+        map_size: int = DEFAULT_MAP_SIZE,
+        snapshot_every: int = 200,
+        on_state: Callable[[RunState], None] | None = None,
+        create: bool = True,
+        poll_interval: float = 0.1,
+    ) -> Runtime:
+        """Open (creating if absent) the store directory at ``path`` and start a runtime.
+
+        ``clock`` returns unix ns (inject one in tests); ``snapshot_every`` bounds how many
+        events a resume folds; ``on_state`` observes every state a run actor reaches;
+        ``create=False`` refuses to create a missing store (read-only tools use it).
+        """
+        if not isinstance(snapshot_every, int) or snapshot_every < 0:
+            raise ConfigError(f"snapshot_every must be an int >= 0; got {snapshot_every!r}")
+        store = open_store(path, map_size=map_size, create=create)
+        try:
+            return cls(
+                store,
+                agents=agents,
+                clock=clock or time.time_ns,
+                snapshot_every=snapshot_every,
+                on_state=on_state,
+                poll_interval=poll_interval,
+            )
+        except BaseException:
+            store.close()
+            raise
+
+    def close(self) -> None:
+        """Stop driving runs (they stay resumable), commit what is queued, release the store."""
+        if not self._lifecycle.close():
+            return
+        self._stop_polling.set()
+        self._poller.join(timeout=5)
+        self._followers.close()
+        self.system.stop()
+        self._owner_hold.release()
+        self.store.close()
+        log.info("runtime_closed", owner=self.owner)
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._lifecycle.closed
+
+    def check_open(self) -> None:
+        """Raise ConfigError if this runtime was closed."""
+        self._lifecycle.check()
+
+    def _check_open(self) -> None:
+        self._lifecycle.check()
+
+    # -- agents --------------------------------------------------------------------------
+
+    def register(self, agent: Agent) -> None:
+        """Make ``agent`` known, so its runs can be resumed and recovered here."""
+        self._agents.register(agent)
+
+    def agent_named(self, name: str) -> Agent | None:
+        """The agent registered here under ``name`` (None if this runtime does not know it)."""
+        return self._agents.named(name)
+
+    # -- commands ------------------------------------------------------------------------
+
+    def spawn(
+        self,
+        agent: Agent,
+        input: str,
+        *,
+        run_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
+    ) -> RunHandle:
+        """Start a run of ``agent`` on ``input``; returns once run.started is durable."""
+        started = self._commands.spawn(
+            agent, input, run_id=run_id, metadata=metadata, parent_run_id=parent_run_id
+        )
+        return RunHandle(self._ops, started)
+
+    def handle(self, run_id: str) -> RunHandle:
+        """A handle to an existing run (to wait on it or cancel it)."""
+        if not self._queries.exists(run_id):
+            raise RunNotFound(run_id)
+        return RunHandle(self._ops, run_id)
+
+    def resume(self, run_id: str, *, extend: Limits | None = None) -> RunHandle:
+        """Continue a resumable run (interrupted, limit reached, no progress, parked).
+
+        Raises RunLocked if a live runtime drives it, SchemaChangedError if the agent's
+        tools changed since the run started.
+        """
+        return RunHandle(self._ops, self._commands.resume(run_id, extend=extend))
+
+    def recover(self) -> list[RunHandle]:
+        """Resume every run left running by a runtime that died, for agents registered here."""
+        return [RunHandle(self._ops, run_id) for run_id in self._commands.recover()]
+
+    # -- approvals -----------------------------------------------------------------------
+
+    def pending_approvals(self) -> list[PendingApproval]:
+        """Gated calls waiting for a decision (with the token, where this runtime issued it)."""
+        return self._desk.pending()
+
+    def approve(
+        self,
+        token: str | None = None,
+        *,
+        run_id: str | None = None,
+        call_id: str | None = None,
+        by: str = "",
+        note: str = "",
+    ) -> None:
+        """Approve a waiting call, by its token or by ids, from any process with the store.
+
+        Exactly one decision wins; a second one, an unknown or forged token, or a decision
+        after the deadline raises ApprovalError saying which.
+        """
+        self._desk.record_decision(token, run_id, call_id, approved=True, by=by, note=note)
+
+    def deny(
+        self,
+        token: str | None = None,
+        *,
+        run_id: str | None = None,
+        call_id: str | None = None,
+        by: str = "",
+        note: str = "",
+    ) -> None:
+        """Deny a waiting call; the model is told ``note`` and the run goes on without it."""
+        self._desk.record_decision(token, run_id, call_id, approved=False, by=by, note=note)
+
+    def _poll(self) -> None:
+        """Every ``poll_interval``: decisions and expiries into runs, other processes'
+        commits to the projections."""
+        while not self._stop_polling.wait(self._poll_interval):
+            try:
+                self._desk.carry_due()
+            except StoreError as exc:  # said already by what the host itself reads
+                log.warning("approval_poll_failed", error=str(exc))
+            except Exception:
+                log.exception("approval_poll_failed")
+            try:
+                self._followers.tick()
+            except StoreError as exc:
+                log.warning("projection_poll_failed", error=str(exc))
+            except Exception:
+                log.exception("projection_poll_failed")
+
+    # -- reading -------------------------------------------------------------------------
+
+    def events(self, run_id: str, from_seq: int = 1) -> Iterator[Recorded]:
+        """The run's recorded events from ``from_seq``."""
+        return self._queries.events(run_id, from_seq)
+
+    def read_all(self, from_position: int = 1) -> Iterator[Recorded]:
+        """The whole log in order, read in pages (cheap enough to tail)."""
+        return self._queries.read_all(from_position)
+
+    def state(self, run_id: str) -> RunState:
+        """The run's state: its latest snapshot plus the events after it."""
+        return self._queries.state(run_id)
+
+    def runs(
+        self, status: RunStatus | str | None = None, agent: str | None = None
+    ) -> list[RunSummary]:
+        """Summaries of the runs in the store, optionally filtered by status and agent."""
+        return self._queries.runs(status, agent)
+
+    def explain(self, run_id: str) -> Explanation:
+        """Why the run is where it is (status, reason, limit, last decision) and what to do."""
+        return self._queries.explain(run_id)
+
+    def verify(self, run_id: str) -> RunState:
+        """Replay the run's log through today's decide(); raise at the first difference.
+
+        Checks the checksums and hash chain too. Raises NondeterminismError (with run, seq,
+        recorded and new event) or SchemaChangedError if the agent's tools changed.
+        """
+        return self._queries.verify(run_id)
+
+    # -- transfer ------------------------------------------------------------------------
+
+    def export(self, run_id: str) -> Iterator[str]:
+        """The run as JSONL lines (schema in ``foldloop.events._jsonl``)."""
+        return self._transfer.export(run_id)
+
+    def import_jsonl(self, lines: Iterable[str], *, run_id: str | None = None) -> str:
+        """Append an exported run to this store (as ``run_id`` if given); returns its id.
+
+        The imported run folds to the same state; nobody drives it, so a resumable one
+        shows as interrupted until a runtime with its agent resumes it.
+        """
+        return self._transfer.import_jsonl(lines, run_id=run_id)
+
+    # -- projections ---------------------------------------------------------------------
+
+    def attach(
+        self, projection: Projection[Any], *, reset: bool = False, checkpoint_every: float = 1.0
+    ) -> ProjectionHandle:
+        """Fold the log into ``projection``: from its checkpoint (a new one backfills from
+        the first record), then live, each record applied once and in log order.
+
+        Returns a handle with ``.state``, ``.position``, ``.catch_up()``, ``.error`` and
+        ``.detach()``. ``reset=True`` drops the stored checkpoint and rebuilds from the start.
+        A stored projection writes its checkpoint at most every ``checkpoint_every`` seconds
+        while live (and on detach or close); after a crash it re-applies at most that much.
+        An ``apply`` that raises stops this projection only (see ``handle.error``).
+        """
+        return self._followers.attach(projection, reset=reset, checkpoint_every=checkpoint_every)
+
+    def subscribe(
+        self, callback: Callable[[Recorded], None], types: Iterable[str] | None = None
+    ) -> ProjectionHandle:
+        """Call ``callback`` with every record committed from now on, by any process (only
+        those of ``types``, if given), in log order, on the subscription's own thread.
+
+        A callback that raises is stopped (``handle.error`` says at which record); runs and
+        other subscribers are untouched. Call the returned handle (or ``.detach()``) to stop.
+        """
+        return self._followers.subscribe(callback, types)
+
+
+class _RunOps:
+    """What the handles a runtime gives out ask of it (``results.RunOps``)."""
+
+    def __init__(
+        self, lifecycle: Lifecycle, queries: Queries, waiter: Waiter, commands: Commands
+    ) -> None:
+        self._lifecycle = lifecycle
+        self._queries = queries
+        self._waiter = waiter
+        self._commands = commands
+
+    def check_open(self) -> None:
+        self._lifecycle.check()
+
+    def state(self, run_id: str) -> RunState:
+        return self._queries.state(run_id)
+
+    def wait(self, run_id: str, timeout: float | None, *, through_approvals: bool) -> RunResult:
+        return self._waiter.wait(run_id, timeout, through_approvals=through_approvals)
+
+    def cancel(self, run_id: str, reason: str) -> None:
+        self._commands.cancel(run_id, reason)
+
+
+def run_ops(runtime: Runtime) -> RunOps:
+    """The operations ``runtime``'s handles use (for handles made elsewhere in this package,
+    as a WorkerPool's are)."""
+    return runtime._ops

@@ -1,0 +1,205 @@
+"""What the runtime answers from the log without changing it: a run's events and state,
+the run list, explanations, replay checks, and who drives a run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import msgspec
+
+from foldloop.actors._system import ActorSystem
+from foldloop.core._batch import fold, fold_events
+from foldloop.core._commands import Start
+from foldloop.core._explain import Explanation, explain
+from foldloop.core._replay import replay
+from foldloop.core._snapshot import restore_state
+from foldloop.core._state import STATE_VERSION, RunState, RunStatus
+from foldloop.errors import ConfigError, FoldloopError, RunNotFound, StoreCorrupted
+from foldloop.events._catalogue import RunStarted
+from foldloop.events._recorded import Recorded
+from foldloop.runtime._registry import AgentRegistry
+from foldloop.runtime._results import Damaged, RunSummary
+from foldloop.store import EventStore
+
+__all__ = ["Queries"]
+
+PAGE = 1024
+"""Records ``read_all`` reads in one transaction."""
+STATE_BATCH = 512
+"""Runs whose logs ``states`` reads in one transaction."""
+
+
+LAST_NUMBER = 2**63 - 1
+"""Past any seq or position a log can reach: a larger start reads nothing, as this does."""
+
+
+def checked_run_id(run_id: object) -> str:
+    """``run_id`` if it is a run id (a non-empty str), else a ConfigError saying so."""
+    if not isinstance(run_id, str) or not run_id:
+        raise ConfigError(f"a run id is a non-empty str; got {run_id!r}")
+    return run_id
+
+
+class Queries:
+    """Reads of one runtime's store (``system`` says which runs this runtime drives)."""
+
+    def __init__(self, store: EventStore, system: ActorSystem, agents: AgentRegistry) -> None:
+        self._store = store
+        self._system = system
+        self._agents = agents
+
+    def exists(self, run_id: str) -> bool:
+        """The store holds events of the run."""
+        return bool(self._store.head(checked_run_id(run_id)))
+
+    def events(self, run_id: str, from_seq: int = 1) -> Iterator[Recorded]:
+        """The run's recorded events from ``from_seq``."""
+        checked_run_id(run_id)
+        if not isinstance(from_seq, int) or isinstance(from_seq, bool) or from_seq < 1:
+            raise ConfigError(f"from_seq must be an int >= 1; got {from_seq!r}")
+        records = self._store.read(run_id, min(from_seq, LAST_NUMBER))
+        if not records and not self._store.head(run_id):
+            raise RunNotFound(run_id)
+        return iter(records)
+
+    def read_all(self, from_position: int = 1) -> Iterator[Recorded]:
+        """The whole log in order, read in pages."""
+        if (
+            not isinstance(from_position, int)
+            or isinstance(from_position, bool)
+            or from_position < 1
+        ):
+            raise ConfigError(f"from_position must be an int >= 1; got {from_position!r}")
+        return self._pages(min(from_position, LAST_NUMBER))
+
+    def _pages(self, position: int) -> Iterator[Recorded]:
+        while True:
+            page = self._store.read_all(position, limit=PAGE)
+            yield from page
+            if len(page) < PAGE:
+                return
+            position = page[-1].position + 1
+
+    def state(self, run_id: str) -> RunState:
+        """The run's state: its latest snapshot plus the events after it."""
+        base = self._snapshot_state(checked_run_id(run_id))
+        state = self._store.consume_events(
+            run_id, lambda pairs: fold_events(run_id, pairs, base), base.seq + 1
+        )
+        if not state.seq:  # no snapshot and no event: no such run
+            raise RunNotFound(run_id)
+        return state
+
+    def _snapshot_state(self, run_id: str) -> RunState:
+        """The run's latest snapshot (an empty state when it has none or it is unreadable:
+        a snapshot is a cache, the log is folded instead)."""
+        try:
+            snap = self._store.snapshot(run_id)
+        except StoreCorrupted:
+            return RunState(run_id=run_id)
+        if snap is not None and snap[0] == STATE_VERSION:
+            try:
+                return restore_state(snap[2], snap[3])
+            except msgspec.MsgspecError:
+                pass
+        return RunState(run_id=run_id)
+
+    def states(self, run_ids: Iterable[str]) -> Iterator[RunState | Damaged]:
+        """The states of many runs, reading the log in one transaction per batch; a run
+        whose log is damaged gives what is wrong in its place, the others their state."""
+        batch: list[str] = []
+        for run_id in run_ids:
+            batch.append(run_id)
+            if len(batch) == STATE_BATCH:
+                yield from self._state_batch(batch)
+                batch = []
+        if batch:
+            yield from self._state_batch(batch)
+
+    def _state_batch(self, run_ids: list[str]) -> Iterator[RunState | Damaged]:
+        bases = {run_id: self._snapshot_state(run_id) for run_id in run_ids}
+        try:
+            tails = self._store.read_runs({rid: base.seq + 1 for rid, base in bases.items()})
+        except StoreCorrupted:
+            for run_id in run_ids:  # one at a time, so the damage is put on its own run
+                try:
+                    yield self.state(run_id)
+                except StoreCorrupted as exc:
+                    yield Damaged(run_id, exc)
+                except RunNotFound:
+                    yield Damaged.unreadable(run_id)
+            return
+        for run_id, base in bases.items():
+            events, ats = tails[run_id]
+            state = fold_events(run_id, zip(events, ats, strict=True), base)
+            yield state if state.seq else Damaged.unreadable(run_id)
+
+    def runs(
+        self, status: RunStatus | str | None = None, agent: str | None = None
+    ) -> list[RunSummary]:
+        """Summaries of the runs in the store, optionally filtered by status and agent."""
+        try:
+            wanted = RunStatus(status) if status is not None else None
+        except ValueError:
+            known = ", ".join(s.value for s in RunStatus)
+            raise ConfigError(f"no run status {status!r}; the statuses are: {known}") from None
+        out: list[RunSummary] = []
+        for state in self.states(self._store.run_ids()):
+            if isinstance(state, Damaged):
+                if wanted in (None, RunStatus.FAILED) and agent is None:
+                    out.append(state.summary())
+                continue
+            run_id = state.run_id
+            current = state.status
+            if current is RunStatus.RUNNING and self.orphaned(run_id):
+                current = RunStatus.INTERRUPTED
+            if wanted is not None and current is not wanted:
+                continue
+            if agent is not None and state.agent != agent:
+                continue
+            out.append(
+                RunSummary(
+                    run_id=run_id,
+                    agent=state.agent,
+                    status=current,
+                    steps=state.steps,
+                    reason=state.reason,
+                    seq=state.seq,
+                    updated_at=state.last_at,
+                )
+            )
+        return out
+
+    def explain(self, run_id: str) -> Explanation:
+        """Why the run is where it is and what to do."""
+        records = list(self.events(run_id))
+        return explain(fold(records), records, orphaned=self.orphaned(run_id))
+
+    def verify(self, run_id: str) -> RunState:
+        """Replay the run's log through today's decide(); raise at the first difference."""
+        records = list(self.events(run_id))
+        self._store.verify_chain(run_id)
+        first = records[0].event
+        if not isinstance(first, RunStarted):
+            raise FoldloopError(f"run {run_id!r} does not begin with run.started")
+        agent = self._agents.for_run(fold(records[:1]))
+
+        def start(event: RunStarted, now: int) -> Start:
+            return agent.start(
+                event.input,
+                now=now,
+                limits=event.limits,
+                metadata=event.metadata,
+                parent_run_id=event.parent_run_id,
+            )
+
+        return replay(records, start)
+
+    def orphaned(self, run_id: str) -> bool:
+        """Neither an actor here nor a live runtime anywhere drives the run."""
+        return not self._system.active(run_id) and not self.driven(run_id)
+
+    def driven(self, run_id: str) -> bool:
+        """A live runtime holds the run's lease."""
+        lease = self._store.lease(run_id)
+        return lease is not None and bool(lease.owner) and self._store.owner_alive(lease.owner)

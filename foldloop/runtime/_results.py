@@ -1,0 +1,142 @@
+"""What host code holds for a run: its handle, its result, its summary row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from foldloop.core._state import RunState, RunStatus
+from foldloop.errors import StoreCorrupted
+from foldloop.events._values import Usage
+from foldloop.runtime._lifecycle import OpenOnly
+
+__all__ = ["Damaged", "RunHandle", "RunOps", "RunResult", "RunSummary", "result_of"]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where a run stands when ``wait`` returns. Every status but completed has a reason."""
+
+    run_id: str
+    status: RunStatus
+    output: str
+    reason: str
+    resumable: bool
+    usage: Usage
+    steps: int
+
+    @property
+    def ok(self) -> bool:
+        """True when the run completed."""
+        return self.status is RunStatus.COMPLETED
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One line of ``Runtime.runs()``."""
+
+    run_id: str
+    agent: str
+    status: RunStatus
+    steps: int
+    reason: str
+    seq: int
+    updated_at: int
+    damaged: bool = False
+    """The run's log is damaged (``reason`` says where; ``foldloop doctor`` lists it all)."""
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """A run whose log cannot be read whole, and what is wrong with it."""
+
+    run_id: str
+    error: StoreCorrupted
+
+    @classmethod
+    def unreadable(cls, run_id: str) -> Damaged:
+        """A run the store lists but holds no readable event of (its id itself damaged)."""
+        problem = f"run {run_id!r} is listed by the store's index, but no event of it reads"
+        return cls(run_id, StoreCorrupted(problem))
+
+    def summary(self) -> RunSummary:
+        """Its row in ``Runtime.runs()``: listed as failed, saying why."""
+        return RunSummary(
+            run_id=self.run_id,
+            agent="",
+            status=RunStatus.FAILED,
+            steps=0,
+            reason=f"damaged: {self.error}",
+            seq=0,
+            updated_at=0,
+            damaged=True,
+        )
+
+
+def result_of(state: RunState, *, interrupted: str = "") -> RunResult:
+    status, reason = state.status, state.reason
+    if interrupted:
+        status, reason = (
+            RunStatus.INTERRUPTED,
+            (f"{interrupted}; rt.recover() or rt.resume(run_id) continues it"),
+        )
+    elif status is RunStatus.RUNNING:
+        reason = "still running; call wait() again"
+    return RunResult(
+        run_id=state.run_id,
+        status=status,
+        output=state.output,
+        reason=reason,
+        resumable=status is RunStatus.INTERRUPTED or (state.resumable and not state.terminal),
+        usage=state.usage,
+        steps=state.steps,
+    )
+
+
+class RunOps(Protocol):
+    """What a RunHandle asks of the runtime that gave it out."""
+
+    def check_open(self) -> None: ...
+
+    def state(self, run_id: str) -> RunState: ...
+
+    def wait(self, run_id: str, timeout: float | None, *, through_approvals: bool) -> RunResult: ...
+
+    def cancel(self, run_id: str, reason: str) -> None: ...
+
+
+class RunHandle(OpenOnly):
+    """A run spawned or resumed through a runtime."""
+
+    def __init__(self, ops: RunOps, run_id: str) -> None:
+        self._ops = ops
+        self.id = run_id
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.id!r})"
+
+    def _check_open(self) -> None:
+        self._ops.check_open()
+
+    def wait(self, timeout: float | None = None, *, through_approvals: bool = False) -> RunResult:
+        """Block until the run stops moving, and return where it stands.
+
+        By default it returns when the run ends (completed, failed, cancelled, limit_reached,
+        no_progress), is interrupted (no runtime drives it), or parks waiting for a person
+        (awaiting_approval); a decision already taken but not yet carried into the run is
+        waited for. With ``through_approvals=True`` it waits on through every park (calls
+        approved or denied here or in any process, the run parking again, a resume by
+        another process) and returns only when the run ends or is interrupted. After
+        ``timeout`` seconds it returns the run as it stands then (running or
+        awaiting_approval, with a reason saying so).
+        """
+        return self._ops.wait(self.id, timeout, through_approvals=through_approvals)
+
+    def cancel(self, reason: str = "") -> None:
+        """Cancel the run (at once: model calls run off the run's thread)."""
+        self._ops.cancel(self.id, reason)
+
+    @property
+    def state(self) -> RunState:
+        """The run's current state (the fold of its log)."""
+        return self._ops.state(self.id)

@@ -1,0 +1,141 @@
+"""The runtime's small rules: argument checks, price-table policy, merging decisions.
+
+Pure functions of their arguments (plus a warning log for stale prices), kept apart from
+the facade so each reads on its own.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Mapping
+
+import msgspec
+
+from foldloop._agent import Agent
+from foldloop._log import get_logger
+from foldloop.core._effects import Decision, Effect, Settle
+from foldloop.core._evolve import apply
+from foldloop.core._state import RunState
+from foldloop.errors import ConfigError
+from foldloop.events._codec import unpaired_surrogate
+from foldloop.events._values import Limits
+
+__all__ = [
+    "NothingToDo",
+    "check_run_id",
+    "check_spawn",
+    "check_text",
+    "evolve_all",
+    "iso",
+    "merged",
+    "priced_limits",
+    "tool_drift",
+]
+
+log = get_logger("foldloop.runtime")
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def priced_limits(agent: Agent, now: int) -> Limits:
+    """The agent's limits, given how old its price table is (its ``stale`` policy decides)."""
+    limits, pricing = agent.limits, agent.pricing
+    if limits.max_cost_usd is None:
+        return limits
+    today = datetime.datetime.fromtimestamp(now / 1e9, tz=datetime.UTC).date()
+    age = pricing.age_days(today)
+    if age <= pricing.max_age_days:
+        return limits
+    why = (
+        f"agent {agent.name!r}: the price table is {age} days old (as of {pricing.as_of}, "
+        f"over {pricing.max_age_days}), so max_cost_usd may be off"
+    )
+    if pricing.stale == "refuse":
+        raise ConfigError(why + "; update the prices (fl.Pricing) or choose stale='warn'")
+    if pricing.stale == "tokens_only":
+        log.warning("pricing_stale_cost_ceiling_dropped", agent=agent.name, age_days=age)
+        return msgspec.structs.replace(limits, max_cost_usd=None)
+    log.warning("pricing_stale", agent=agent.name, age_days=age, as_of=pricing.as_of)
+    return limits
+
+
+class NothingToDo(Exception):
+    """A lease was taken, but there was nothing to apply under it."""
+
+
+def merged(decisions: list[Decision], state: RunState) -> Decision:
+    """The effects of several decisions in a row: every effect but the earlier Settles."""
+    effects: list[Effect] = [
+        e for d in decisions[:-1] for e in d.effects if not isinstance(e, Settle)
+    ]
+    effects.extend(decisions[-1].effects)
+    return Decision(effects=tuple(effects), state=state)
+
+
+def iso(ns: int) -> str:
+    """``ns`` (unix ns) as an ISO 8601 UTC timestamp."""
+    return datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC).isoformat(timespec="seconds")
+
+
+def evolve_all(state: RunState, decision: Decision, at: int) -> RunState:
+    """The state after a committed decision (its own, or its events applied)."""
+    if decision.state is not None:
+        return decision.state
+    for event in decision.events:
+        state = apply(state, event, at)
+    return state
+
+
+def check_text(what: str, value: object) -> None:
+    """Refuse what the log cannot hold as text, naming the value and the rule."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{what} must be a str; got {type(value).__name__}")
+    bad = unpaired_surrogate(value)
+    if bad is not None:
+        raise ConfigError(
+            f"{what} contains an unpaired surrogate (U+{ord(value[bad]):04X}) at index "
+            f"{bad}; text must be valid Unicode (decode bytes with errors='replace')"
+        )
+
+
+def check_run_id(run_id: object) -> None:
+    """Refuse a run id the store and the CLI cannot carry safely."""
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise ConfigError(f"run_id must be 1-128 characters of [A-Za-z0-9._:-]; got {run_id!r}")
+
+
+def check_spawn(input: object, run_id: object, metadata: object, parent_run_id: object) -> None:
+    """Refuse a spawn's arguments before anything is written (``run_id`` and
+    ``parent_run_id`` may be None: a run id is made, no parent is recorded)."""
+    check_text("input", input)
+    if run_id is not None:
+        check_run_id(run_id)
+    if parent_run_id is not None:
+        check_run_id(parent_run_id)
+    if metadata is None:
+        return
+    if not isinstance(metadata, Mapping):
+        raise ConfigError(f"metadata must be a mapping of str to str; got {metadata!r:.80}")
+    for key, value in metadata.items():
+        check_text("a metadata key", key)
+        check_text(f"metadata[{key!r}]", value)
+
+
+def tool_drift(state: RunState, agent: Agent) -> str:
+    """Why a run cannot resume with ``agent``: which tools were added, removed or changed."""
+    old = {t.name: t for t in state.tools}
+    new = {t.name: t.info for t in agent.tools}
+    added = sorted(set(new) - set(old))
+    removed = sorted(set(old) - set(new))
+    changed = sorted(n for n in set(old) & set(new) if old[n] != new[n])
+    parts = [
+        f"{label}: {', '.join(names)}"
+        for label, names in (("added", added), ("removed", removed), ("changed", changed))
+        if names
+    ]
+    return (
+        f"run {state.run_id!r} was started with other tools than agent {agent.name!r} has now "
+        f"({'; '.join(parts) or 'digest differs'}); resume it with the original tools, "
+        "or start a new run"
+    )

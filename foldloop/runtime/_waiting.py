@@ -1,0 +1,130 @@
+"""Waiting for a run: on this runtime's settlement of it where it drives the run, by
+following the log where another runtime (or process) does, and through its parks when asked."""
+
+from __future__ import annotations
+
+import time
+
+from foldloop.actors._system import ActorSystem
+from foldloop.core._state import RunState, RunStatus
+from foldloop.runtime._approval_desk import ApprovalDesk
+from foldloop.runtime._queries import Queries
+from foldloop.runtime._results import RunResult, result_of
+from foldloop.store import EventStore
+
+__all__ = ["LEASE_RELEASE_GRACE", "Waiter"]
+
+LEASE_RELEASE_GRACE = 1.0
+"""Seconds a wait on a run settled in another process waits for that process to release
+the run's lease before returning. A run releases it in the transaction that settles it,
+except after a ``resume`` that parks it again at once with nothing decided meanwhile: that
+release goes with the resuming process's next commit, within milliseconds."""
+PARKED_POLL = 0.05
+"""Longest pause between looks at a parked run's log while waiting through its park (a
+decision from another process takes a poller's 0.1 s to arrive anyway)."""
+
+
+class Waiter:
+    """``RunHandle.wait`` for one runtime."""
+
+    def __init__(
+        self, store: EventStore, system: ActorSystem, queries: Queries, desk: ApprovalDesk
+    ) -> None:
+        self._store = store
+        self._system = system
+        self._queries = queries
+        self._desk = desk
+
+    def wait(
+        self, run_id: str, timeout: float | None, *, through_approvals: bool = False
+    ) -> RunResult:
+        """See ``RunHandle.wait``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state, interrupted = self._settle(run_id, deadline)
+            if (
+                through_approvals
+                and not interrupted
+                and state.status is RunStatus.AWAITING_APPROVAL
+                and self._moved(run_id, state.seq, deadline)
+            ):
+                continue
+            return result_of(state, interrupted=interrupted)
+
+    def _settle(self, run_id: str, deadline: float | None) -> tuple[RunState, str]:
+        """The run once it ends, parks or is interrupted (or at the deadline), and why it
+        was interrupted ("" if it was not)."""
+        while (settlement := self._system.settlement(run_id)) is not None:
+            settlement.event.wait(None if deadline is None else max(0, deadline - time.monotonic()))
+            state = settlement.state
+            if not settlement.event.is_set() or state is None:
+                return self._queries.state(run_id), ""
+            if self._decision_pending(state, deadline):
+                # the poller (or the drive the decision started) continues the run; wait
+                # for that settlement
+                time.sleep(0.01)
+                continue
+            if (
+                state.status is RunStatus.AWAITING_APPROVAL
+                and not settlement.interrupted
+                and self._store.head(run_id) > state.seq
+            ):
+                break  # it moved on since it parked (a decision carried in, a resume elsewhere)
+            return state, settlement.interrupted
+        return self._follow(run_id, deadline)
+
+    def _moved(self, run_id: str, seq: int, deadline: float | None) -> bool:
+        """Wait for the parked run's log to grow past ``seq``; False at the deadline."""
+        pause = 0.001
+        while self._store.head(run_id) <= seq:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            left = PARKED_POLL if deadline is None else max(0.0, deadline - time.monotonic())
+            time.sleep(min(pause, left))
+            pause = min(pause * 1.5, PARKED_POLL)
+        return True
+
+    def _decision_pending(self, state: RunState, deadline: float | None) -> bool:
+        """Parked before a decision already taken reached it (and there is time left)."""
+        return (
+            state.status is RunStatus.AWAITING_APPROVAL
+            and self._desk.decided_not_applied(state)
+            and (deadline is None or time.monotonic() < deadline)
+        )
+
+    def _follow(self, run_id: str, deadline: float | None) -> tuple[RunState, str]:
+        """Wait for a run driven elsewhere (another process) by following the log, every
+        1 ms at first and backing off to every 20 ms: a short run is seen settled soon
+        after it settles, a long one costs ~50 state reads a second."""
+        pause = 0.001
+        released_by: float | None = None
+        while True:
+            state = self._queries.state(run_id)
+            if state.settled and self._decision_pending(state, deadline):
+                pass  # parked, but a runtime's poller carries a decision in: keep following
+            elif state.settled:
+                # The approvals table was read after the state: a decision carried in
+                # between shows as applied there and not yet here. Settled means no change.
+                if self._store.head(run_id) != state.seq:
+                    continue
+                # Parked again by a resume, its lease goes with that runtime's next commit:
+                # wait for it (a little), so a resume right after this wait finds it free.
+                now = time.monotonic()
+                released_by = released_by or now + LEASE_RELEASE_GRACE
+                if (
+                    not self._queries.driven(run_id)
+                    or now >= released_by
+                    or (deadline is not None and now >= deadline)
+                ):
+                    return state, ""
+            elif not self._queries.driven(run_id):
+                # A run settles before its lease is released: read it again, then the lease
+                state = self._queries.state(run_id)
+                if state.settled:
+                    continue
+                if not self._queries.driven(run_id):
+                    return state, "no runtime is driving it"
+            if deadline is not None and time.monotonic() >= deadline:
+                return state, ""
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.02)

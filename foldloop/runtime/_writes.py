@@ -1,0 +1,99 @@
+"""Every write the runtime itself makes to the store, in one place.
+
+The actors write their own steps; what the host's calls write (a run started, decisions
+taken outside any actor, an imported run, an approval decided or expired) goes through
+``RunWrites``, each as one write transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from foldloop._approvals import approval_changes
+from foldloop.core._commands import Command
+from foldloop.core._effects import Decision
+from foldloop.core._state import RunState
+from foldloop.errors import ConcurrencyError, ConfigError
+from foldloop.events._catalogue import KnownEvent
+from foldloop.runtime._rules import evolve_all
+from foldloop.store import ApprovalChanges, EventStore, Lease, Payload, encode_all
+from foldloop.store._approvals import ApprovalRecord
+
+__all__ = ["RunWrites"]
+
+
+class RunWrites:
+    """The runtime's writes, as ``owner`` (the runtime whose leases they check)."""
+
+    def __init__(self, store: EventStore, owner: str) -> None:
+        self._store = store
+        self._owner = owner
+
+    def start(self, run_id: str, events: Sequence[KnownEvent], at: int, *, settles: bool) -> int:
+        """Write a new run's first events under a fresh lease (released with them when
+        they settle it at once); returns the lease's epoch. Refuses a run id in use."""
+        pending = self._store.start_run(
+            run_id, encode_all(events, at), owner=self._owner, release=settles
+        )
+        try:
+            return pending.wait()
+        except ConcurrencyError as exc:
+            raise ConfigError(
+                f"run {run_id!r} already exists; resume it (foldloop resume {run_id}) "
+                "or spawn with another run_id"
+            ) from exc
+
+    def append_decisions(
+        self,
+        state: RunState,
+        steps: Sequence[tuple[Decision, Command]],
+        epoch: int,
+        *,
+        release: bool = False,
+    ) -> None:
+        """Append decisions taken outside any actor (resume, approvals, cancel), one after
+        another from ``state``, durably and as one append, with their approvals-table
+        changes, and (``release``) the run's lease with them, when nothing follows them."""
+        run_id, first_seq = state.run_id, state.seq
+        payloads: list[Payload] = []
+        changes = ApprovalChanges()
+        for decision, command in steps:
+            after = evolve_all(state, decision, command.now)
+            events, now = decision.events, command.now
+            payloads.extend(encode_all(events, now))
+            step_changes = approval_changes(run_id, after, events, now, state.seq + 1)
+            if step_changes is not None:
+                changes = changes + step_changes
+            state = after
+        self._store.append(
+            run_id,
+            payloads,
+            expected_seq=first_seq,
+            lease=Lease(self._owner, epoch),
+            approvals=changes or None,
+            release=release,
+        ).wait()
+
+    def import_run(self, target: str, events: Sequence[tuple[KnownEvent, int]]) -> None:
+        """Append an exported run's events (each with its time) as the new run ``target``."""
+        payloads = [p for event, at in events for p in encode_all([event], at)]
+        try:
+            self._store.import_run(target, payloads).wait()
+        except ConcurrencyError as exc:
+            raise ConfigError(
+                f"run {target!r} already exists in this store; import it under another "
+                "id (foldloop import FILE --run-id NEW)"
+            ) from exc
+
+    def decide_approval(
+        self, record: ApprovalRecord, *, approved: bool, by: str, note: str, now: int
+    ) -> ApprovalRecord:
+        """Check and record a decision in the approvals table (exactly one racing decider
+        wins); returns the record as it stands after."""
+        return self._store.decide_approval(
+            record, approved=approved, by=by, note=note, now=now
+        ).wait()
+
+    def expire(self, record: ApprovalRecord, now: int) -> ApprovalRecord:
+        """Mark a pending request expired (its deadline has passed)."""
+        return self._store.expire_approval(record, now=now).wait()
