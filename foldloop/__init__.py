@@ -103,9 +103,18 @@ _NAMESPACES = ("errors", "events", "types")
 _MOVED = {
     **dict.fromkeys(types.__all__, "foldloop.types"),
     **dict.fromkeys(
-        ("CorruptRecord", "ModelCallError", "ProjectionError", "WorkerError"), "foldloop.errors"
+        (
+            "CorruptRecord",
+            "ModelCallError",
+            "ProjectionError",
+            "WorkerError",
+            "StoreNotFound",
+            "StoreAccessError",
+            "StoreCorrupted",
+        ),
+        "foldloop.errors",
     ),
-    "Projection": "foldloop.projections",
+    **dict.fromkeys(("Projection", "RunMetrics", "prometheus_text"), "foldloop.projections"),
 }
 """Names once exported here, and the module that holds each now (for the error message)."""
 
@@ -117,6 +126,11 @@ def __dir__() -> list[str]:
 if not _typing.TYPE_CHECKING:  # type checkers report an unknown name themselves
 
     def __getattr__(name: str) -> object:
+        if name == "ModelToolCall":
+            raise AttributeError(
+                "foldloop.ModelToolCall is gone: a recorded tool call is a fl.ToolCall now",
+                name=name,
+            )
         home = _MOVED.get(name)
         if home is None:
             raise AttributeError(f"module 'foldloop' has no attribute {name!r}", name=name)

@@ -66,6 +66,15 @@ class Agent:
             raise ConfigError(f"agent {self.name!r}: limits must be fl.Limits(...)")
         if self.approvals is not None and not isinstance(self.approvals, RequireApproval):
             raise ConfigError(f"agent {self.name!r}: approvals must be fl.RequireApproval(...)")
+        if self.approvals is not None and not callable(self.approvals.tools):
+            unknown = sorted(set(self.approvals.tools) - seen)  # a typo would gate nothing
+            if unknown:
+                raise ConfigError(
+                    f"agent {self.name!r}: approvals name tool(s) {unknown} that it does not "
+                    f"have; its tools are {sorted(seen)}"
+                )
+        if not isinstance(self.pricing, Pricing):
+            raise ConfigError(f"agent {self.name!r}: pricing must be fl.Pricing(...)")
         object.__setattr__(self, "tools", tools)
         # Computed once: every spawn records both, and tools never change after decoration.
         object.__setattr__(self, "_digest", tools_digest(tools))

@@ -66,8 +66,18 @@ class RequireApproval:
     notify_timeout: float = 10.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.tools, str):  # iterating it would gate one-letter names
+            raise ConfigError(
+                f"RequireApproval({self.tools!r}): pass a set of tool names, "
+                f"RequireApproval({{{self.tools!r}}}), or a predicate (tool, args) -> bool"
+            )
         if not callable(self.tools):
-            object.__setattr__(self, "tools", frozenset(self.tools))
+            names = frozenset(self.tools)
+            if not all(isinstance(n, str) for n in names):
+                raise ConfigError(
+                    f"RequireApproval: tool names must be str; got {sorted(map(repr, names))}"
+                )
+            object.__setattr__(self, "tools", names)
         if not isinstance(self.ttl, int | float) or not self.ttl > 0:
             raise ConfigError(f"ttl must be a positive number of seconds; got {self.ttl!r}")
 

@@ -277,3 +277,33 @@ def test_bad_query_arguments_are_config_errors_naming_the_value(tmp_path: Path) 
         pages = rt.read_all()
     with pytest.raises(fl.StoreError, match="is closed; open it again"):
         list(pages)  # an iterator outliving its runtime says so, not a raw lmdb.Error
+
+
+def test_a_gate_naming_a_tool_the_agent_lacks_is_refused_at_the_agent() -> None:
+    """A misspelt gate would gate nothing: the dangerous tool would run unasked."""
+
+    @fl.tool
+    def rm(path: str) -> str:
+        """Remove a path."""
+        return path
+
+    with pytest.raises(fl.ConfigError, match=r"approvals name tool\(s\) \['rn'\] that it does not"):
+        fl.Agent(name="a", llm=fl.ScriptedLLM([]), tools=[rm], approvals=fl.RequireApproval({"rn"}))
+    with pytest.raises(fl.ConfigError, match="pass a set of tool names"):
+        fl.RequireApproval("rm")  # a str would gate the tools named 'r' and 'm'
+    gated = fl.Agent(
+        name="b", llm=fl.ScriptedLLM([]), tools=[rm], approvals=fl.RequireApproval({"rm"})
+    )
+    assert gated.approvals is not None and gated.approvals.requires("rm", "{}")
+
+
+def test_a_decorated_non_function_and_a_negative_wait_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(fl.ConfigError, match=r"@fl\.tool decorates a function; got 5"):
+        fl.tool()(5)  # type: ignore[call-overload]
+    agent = quiet_agent()
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        run = rt.spawn(agent, "hi")
+        for bad in (-1, float("nan"), "3"):
+            with pytest.raises(fl.ConfigError, match="timeout must be None or a finite number"):
+                run.wait(timeout=bad)  # type: ignore[arg-type]
+        assert run.wait(timeout=60).ok

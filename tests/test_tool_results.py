@@ -91,7 +91,7 @@ def test_a_5_mb_result_is_cut_recorded_told_and_logged(tmp_path: Path, logged: R
     )
     (line,) = logged.cut()
     assert f"kept={DEFAULT_MAX_RESULT_CHARS}" in line and f"original={BIG}" in line
-    assert "tool=dump" in line and "call_id=" in line
+    assert "tool=dump" in line and "call_id=" in line and f"run_id={result.run_id}" in line
     assert [r.levelno for r in logged.records if "tool_result_cut" in r.getMessage()] == [
         logging.WARNING
     ]

@@ -407,7 +407,7 @@ class RunActor(FastActor):
                 replaced = self.replaced
         command: Command | None = None
         if once.claim():
-            command = runner.finished(call.call_id, outcome)
+            command = runner.finished(self.state.run_id, call.call_id, outcome)
         else:  # its timeout was reported: dropped, as on the pool
             self.log.info("tool_result_unclaimed", call_id=call.call_id)
         if replaced:

@@ -132,12 +132,13 @@ class ToolRunner:
         except Exception:
             log.exception("tool_dispatch_failed", tool=self.tool.name, run_id=call.run_id)
 
-    def finished(self, call_id: str, outcome: ToolOutcome) -> ToolFinished:
+    def finished(self, run_id: str, call_id: str, outcome: ToolOutcome) -> ToolFinished:
         """The command that reports a call's own outcome, cut to the tool's bound."""
         outcome = self.tool.bounded(outcome)
         if outcome.original_chars is not None:
             log.warning(
                 "tool_result_cut",
+                run_id=run_id,
                 tool=self.tool.name,
                 call_id=call_id,
                 kept=len(outcome.text),
@@ -200,7 +201,7 @@ class ToolRunner:
             if timer is not None:
                 timer.cancel()  # release the run's references now, not in `timeout` s
             if once.claim():
-                report(self.finished(call.call_id, outcome))
+                report(self.finished(call.run_id, call.call_id, outcome))
 
         timer = self.watch(call.run_id, call.call_id, once, report)
         self.pool.submit(run)

@@ -3,10 +3,12 @@ following the log where another runtime (or process) does, and through its parks
 
 from __future__ import annotations
 
+import math
 import time
 
 from foldloop.actors._system import ActorSystem
 from foldloop.core._state import RunState, RunStatus
+from foldloop.errors import ConfigError
 from foldloop.runtime._approval_desk import ApprovalDesk
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._results import RunResult, result_of
@@ -39,6 +41,15 @@ class Waiter:
         self, run_id: str, timeout: float | None, *, through_approvals: bool = False
     ) -> RunResult:
         """See ``RunHandle.wait``."""
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or timeout < 0
+        ):
+            raise ConfigError(
+                f"timeout must be None or a finite number of seconds >= 0; got {timeout!r}"
+            )
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             state, interrupted = self._settle(run_id, deadline)

@@ -268,6 +268,8 @@ def tool(
     """
 
     def wrap(f: Callable[..., Any]) -> Tool:
+        if not callable(f):
+            raise ConfigError(f"@fl.tool decorates a function; got {f!r}")
         return Tool(
             f,
             name=name,
