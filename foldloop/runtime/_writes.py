@@ -39,8 +39,8 @@ class RunWrites:
             return pending.wait()
         except ConcurrencyError as exc:
             raise ConfigError(
-                f"run {run_id!r} already exists; resume it (foldloop resume {run_id}) "
-                "or spawn with another run_id"
+                f"run {run_id!r} already exists; spawn with another run_id (or, if it "
+                "stopped resumable, continue it with rt.resume)"
             ) from exc
 
     def append_decisions(
