@@ -7,7 +7,7 @@ README.md, "Types you will meet", says where each one comes from.
 
 from foldloop._approvals import PendingApproval
 from foldloop.actors._projection_actor import ProjectionHandle
-from foldloop.core._explain import Explanation
+from foldloop.core._explain import DecidedApproval, Explanation
 from foldloop.core._messages import ToolSpec
 from foldloop.core._state import RunState
 from foldloop.events._recorded import Recorded
@@ -18,6 +18,7 @@ from foldloop.tools._decorator import Tool
 
 __all__ = [
     "CommandResult",
+    "DecidedApproval",
     "Explanation",
     "PendingApproval",
     "ProjectionHandle",

@@ -252,6 +252,63 @@ def test_a_terminal_gets_tables_that_fit_and_wide_shows_them_whole(shop: Shop) -
     assert code == 0 and all(len(line) <= 80 for line in shown.splitlines()), shown
 
 
+@fl.tool(name="send_invoice_reminder")
+def send_invoice_reminder(customer: str) -> str:
+    """An effect behind an approval gate, with a tool name as long as real ones are."""
+    return f"reminded {customer}"
+
+
+def _ask_to_send(messages: object, tools: object) -> fl.Reply:
+    return fl.Reply(tool_calls=[fl.ToolCall("send_invoice_reminder", {"customer": "x" * 300})])
+
+
+@pytest.fixture(scope="module")
+def spawned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """Six runs with the ids spawn gives (``billing-4f1c2d3e5a6b``): four waiting for a
+    person, two cancelled with a long reason. Returns the store and each run's status."""
+    path = tmp_path_factory.mktemp("spawned") / "store"
+    agent = fl.Agent(
+        name="billing",
+        llm=fl.ScriptedLLM(_ask_to_send),
+        tools=[send_invoice_reminder],
+        approvals=fl.RequireApproval({"send_invoice_reminder"}),
+    )
+    statuses = {}
+    with fl.Runtime.open(path) as rt:
+        for n in range(6):
+            handle = rt.spawn(agent, "remind them")
+            handle.wait(timeout=30)
+            if n % 3 == 2:
+                handle.cancel(LONG_REASON)
+            statuses[handle.id] = "cancelled" if n % 3 == 2 else "awaiting_approval"
+    return path, statuses
+
+
+@pytest.mark.parametrize("columns", [60, 80, 100])
+def test_a_terminal_never_cuts_the_ids_a_user_types_next(
+    spawned: tuple[Path, dict[str, str]], columns: int
+) -> None:
+    path, statuses = spawned
+    code, shown = on_terminal(["--store", str(path), "runs"], columns=columns)
+    assert code == 0, shown
+    for run_id, status in statuses.items():
+        (row,) = [line for line in shown.splitlines() if run_id in line]
+        assert re.search(rf"│ {status}\s+│ 1\s+│", row), shown  # status and steps whole
+        assert "│ billing " in row, shown
+    assert LONG_REASON not in shown  # the free text gave way, not the ids
+    if columns >= 80:  # room for every id: the table fits the terminal too
+        assert all(len(line) <= columns for line in shown.splitlines()), shown
+    code, shown = on_terminal(["--store", str(path), "approvals"], columns=columns)
+    assert code == 0, shown
+    waiting = [run_id for run_id, status in statuses.items() if status == "awaiting_approval"]
+    for run_id in waiting:
+        (row,) = [line for line in shown.splitlines() if run_id in line]
+        assert re.search(r"│ call_1_1\s+│ send_invoice_reminder\s+│", row), shown
+        assert re.search(r"│ \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00\s+│", row), shown
+    if columns >= 100:  # below, a row's ids alone are wider: overflowing beats cutting one
+        assert all(len(line) <= columns for line in shown.splitlines()), shown
+
+
 # -- a reader that goes away ----------------------------------------------------------------
 
 
@@ -367,6 +424,13 @@ def test_every_listing_and_error_words_its_hints_for_the_shell(shop: Shop) -> No
     assert "--agent MODULE:ATTR" in outcomes[1][2]
     assert "`foldloop runs`" in outcomes[2][2]
     assert "--run-id" in outcomes[3][2]
+
+
+def test_counts_are_words_a_person_would_write(shop: Shop) -> None:
+    code, stdout, _ = cli(shop.path, "explain", "limited")
+    assert code == 0 and "is limit_reached after 1 step\n" in stdout, stdout
+    code, stdout, _ = cli(shop.path, "explain", "done")
+    assert code == 0 and "is completed after 2 steps\n" in stdout, stdout
 
 
 # -- help ---------------------------------------------------------------------------------

@@ -61,7 +61,8 @@ def test_demo_then_inspect_what_it_wrote(tmp_path: Path) -> None:
     demo = run(["demo"], tmp_path)
     assert demo.returncode == 0, demo.stderr
     assert "approval needed" in demo.stdout
-    assert "run limit_reached" in demo.stdout and "run completed after 3 steps" in demo.stdout
+    assert "run limit_reached" in demo.stdout and "run completed after 3 steps:\n" in demo.stdout
+    assert [line for line in demo.stdout.splitlines() if line != line.rstrip()] == []
     run_id = re.search(r"foldloop show (\S+)", demo.stdout).group(1)  # type: ignore[union-attr]
 
     runs = run(["runs"], tmp_path)
@@ -80,6 +81,7 @@ def test_demo_then_inspect_what_it_wrote(tmp_path: Path) -> None:
     assert "replay identically" in verify.stdout
     doctor = run(["doctor"], tmp_path)
     assert doctor.returncode == 0 and "all intact" in doctor.stdout
+    assert doctor.stdout.startswith("ok: 1 run, "), doctor.stdout
     assert "checking runs" not in doctor.stderr  # no progress bar when stderr is no terminal
     on_terminal = run(["doctor"], tmp_path, FORCE_COLOR="1")  # rich: stderr counts as one
     assert on_terminal.returncode == 0 and "all intact" in on_terminal.stdout

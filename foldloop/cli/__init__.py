@@ -2,8 +2,9 @@
 
 Exit codes: 0 ok, 1 runtime error, 2 usage, 3 not found, 4 corrupt or incompatible, 130
 interrupted (Ctrl-C). Read commands never create a store; payloads are escaped before they
-reach the terminal. On a terminal, output fits its width (``--wide`` shows tables whole);
-piped or redirected, nothing is wrapped or clipped. Hints name this command's commands.
+reach the terminal. On a terminal, output fits its width by cutting free text, never an id
+(``--wide`` shows tables whole); piped or redirected, nothing is wrapped or clipped. Hints
+name this command's commands.
 """
 
 from __future__ import annotations
@@ -30,11 +31,14 @@ from rich.console import Console, RenderableType
 from rich.measure import Measurement
 from rich.progress import track
 from rich.table import Table
+from rich.text import Text
 
 from foldloop._agent import Agent
 from foldloop._approvals import token_digest
 from foldloop.cli._demo import DEMO_INPUT, demo_agent
+from foldloop.cli._fit import fit, free
 from foldloop.cli._metrics_view import metrics_view
+from foldloop.core._explain import DecidedApproval
 from foldloop.core._state import RunState, RunStatus
 from foldloop.errors import (
     ApprovalError,
@@ -153,12 +157,14 @@ def escape(text: str) -> str:
 _UNBOUNDED = 1 << 20
 
 
-def _line(text: str) -> None:
-    """A line of a listing: cut at a terminal's edge (with an ellipsis), whole when piped."""
+def _line(key: str, rest: str = "") -> None:
+    """A line of a listing: ``rest`` cut at a terminal's edge (with an ellipsis), ``key``
+    (the seq, the type, the run id) never; whole when piped."""
+    line = Text.from_markup(key)
+    tail = Text.from_markup(rest)
     if out.is_terminal:
-        out.print(text, no_wrap=True, overflow="ellipsis")
-    else:
-        out.print(text, soft_wrap=True)
+        tail.truncate(max(out.width - line.cell_len, 1), overflow="ellipsis")
+    out.print(line + tail, soft_wrap=True)
 
 
 def _prose(text: str) -> None:
@@ -171,22 +177,20 @@ def _command_line(text: str) -> None:
     out.print(text, soft_wrap=True)
 
 
-def _table(table: Table, *, wide: bool = False, clip: Sequence[int] = ()) -> None:
-    """A table fitted to the terminal, the ``clip`` columns cut with an ellipsis; at its
+def _table(table: Table, *, wide: bool = False) -> None:
+    """A table fitted to the terminal (its free columns give way, ids are never cut); at its
     natural width, nothing cut, when piped or ``wide``."""
     if out.is_terminal and not wide:
-        for index in clip:
-            table.columns[index].no_wrap = True
-            table.columns[index].overflow = "ellipsis"
-        out.print(table)
+        _whole(table, fit(table, out, out.width))
         return
     _whole(table)
 
 
-def _whole(renderable: RenderableType) -> None:
-    """Render at the renderable's natural width (Console.print never goes past the
-    console's own width, which is 80 when stdout is not a terminal)."""
-    width = Measurement.get(out, out.options.update_width(_UNBOUNDED), renderable).maximum
+def _whole(renderable: RenderableType, width: int | None = None) -> None:
+    """Render at ``width``, by default the renderable's natural width (Console.print never
+    goes past the console's own width, which is 80 when stdout is not a terminal)."""
+    if width is None:
+        width = Measurement.get(out, out.options.update_width(_UNBOUNDED), renderable).maximum
     wide = _Output(
         file=out.file,
         width=max(width, 1),
@@ -271,8 +275,15 @@ def _resume_command(run: str, agent: str = _AGENT_PLACEHOLDER, *, again: str = "
     return f"{again} resume {run} --agent {agent}"
 
 
-def _advice(run: str, status: RunStatus, state: RunState, records: Sequence[Recorded]) -> str:
-    """What to do next with a run, as commands of this CLI."""
+def _advice(
+    run: str,
+    status: RunStatus,
+    state: RunState,
+    records: Sequence[Recorded],
+    decided: Sequence[DecidedApproval] = (),
+) -> str:
+    """What to do next with a run, as commands of this CLI (``decided``: decisions made but
+    not yet carried into its log, ``rt.explain(run).decided``)."""
     resume = f"`{_resume_command(run)}`"
     match status:
         case RunStatus.COMPLETED:
@@ -286,6 +297,12 @@ def _advice(run: str, status: RunStatus, state: RunState, records: Sequence[Reco
             return f"raise the ceiling: `{_resume_command(run)} {option} N`"
         case RunStatus.NO_PROGRESS:
             return f"change the tools or instructions, or continue with {resume}"
+        case RunStatus.AWAITING_APPROVAL if decided:
+            calls = ", ".join(d.call_id for d in decided)
+            return (
+                f"nothing to decide for {calls}: a runtime with the agent registered carries "
+                f"the decision in by itself, or {resume} does"
+            )
         case RunStatus.AWAITING_APPROVAL if any(c.status == "expired" for c in state.calls):
             return f"{resume} asks again with a fresh token"
         case RunStatus.AWAITING_APPROVAL:
@@ -320,6 +337,11 @@ def _event_json(rec: Recorded) -> dict[str, Any]:
         "type": rec.type,
         "data": body,
     }
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 step``, ``3 steps``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _summary(rec: Recorded) -> str:
@@ -369,7 +391,7 @@ def demo() -> None:
         _prose(f"[dim]input:[/] {escape(DEMO_INPUT)}\n")
 
         def show(rec: Recorded) -> None:
-            _line(f"  [cyan]{rec.seq:>3}[/] {rec.type:<18} {_summary(rec)}")
+            _line(f"  [cyan]{rec.seq:>3}[/] {rec.type:<18} ", _summary(rec))
 
         follow = rt.subscribe(show)
         run = rt.spawn(agent, DEMO_INPUT)
@@ -395,8 +417,10 @@ def demo() -> None:
         result = run.wait(timeout=60)
         follow.catch_up(timeout=5)
         follow.detach()
-        _prose(f"\n[green]run {result.status.value}[/] after {result.steps} steps: ")
-        _prose(f"  {escape(result.output)}")
+        ended = f"\n[green]run {result.status.value}[/] after {_count(result.steps, 'step')}"
+        _prose(f"{ended}:" if result.output else ended)
+        if result.output:
+            _prose(f"  {escape(result.output)}")
         rt.verify(run.id)
         _prose("[dim]replay check (verify): today's code decides exactly what the log says.[/]")
         _prose("\nInspect what it wrote:")
@@ -423,7 +447,7 @@ def runs(
             rows = rt.runs(status=status, agent=agent)
         except ValueError:
             _fail(EXIT_USAGE, f"unknown status {status!r}")
-        table = Table("run", "agent", "status", "steps", "reason")
+        table = Table("run", "agent", "status", "steps", free("reason"))
         for row in rows:
             table.add_row(
                 escape(row.run_id),
@@ -432,7 +456,7 @@ def runs(
                 str(row.steps),
                 escape(_fact(row.reason)),
             )
-        _table(table, wide=wide, clip=(4,))
+        _table(table, wide=wide)
 
 
 def _status_of(rt: Runtime, run: str, state: RunState) -> RunStatus:
@@ -448,19 +472,22 @@ def show(run: RunArg) -> None:
         state = rt.state(run)
         records = list(rt.events(run))
         status = _status_of(rt, run, state)
+        parked = rt.explain(run) if status is RunStatus.AWAITING_APPROVAL else None
+        decided = parked.decided if parked else ()  # made, not yet carried into the log
         _prose(f"[bold]{escape(run)}[/] agent={escape(state.agent)} status={status.value}")
         _prose(
             f"steps={state.steps} tokens={state.usage.total_tokens} "
             f"cost=${state.usage.cost_usd:.4f}"
         )
-        if state.reason:
-            _prose(f"reason: {escape(_fact(state.reason))}")
+        reason = parked.reason if parked else state.reason
+        if reason:
+            _prose(f"reason: {escape(_fact(reason))}")
         if state.output:
             _prose(f"output: {escape(state.output)}")
         if status is not RunStatus.COMPLETED:
-            _prose(f"next: {escape(_advice(run, status, state, records))}")
+            _prose(f"next: {escape(_advice(run, status, state, records, decided))}")
         for rec in records:
-            _line(f"  {rec.seq:>4} {rec.type:<18} {_summary(rec)}")
+            _line(f"  {rec.seq:>4} {rec.type:<18} ", _summary(rec))
 
 
 @app.command()
@@ -475,7 +502,7 @@ def events(
             if as_json:
                 sys.stdout.write(json.dumps(_event_json(rec), ensure_ascii=True) + "\n")
             else:
-                _line(f"{rec.seq:>4} {rec.type:<18} {_summary(rec)}")
+                _line(f"{rec.seq:>4} {rec.type:<18} ", _summary(rec))
 
 
 _AGENT_HINT = "pass the run's own agent with --agent MODULE:ATTR"
@@ -487,7 +514,7 @@ def verify(run: RunArg, agent: AgentOpt) -> None:
     loaded = _load_agent(agent)
     with _runtime(_store(), agents=(loaded,), hint=_AGENT_HINT) as rt:
         state = rt.verify(run)
-        _prose(f"ok: {state.seq} events of {escape(run)} replay identically")
+        _prose(f"ok: {_count(state.seq, 'event')} of {escape(run)} replay identically")
 
 
 @app.command()
@@ -532,13 +559,14 @@ def explain(run: RunArg) -> None:
     """Why a run is where it is, and what to do next."""
     with _runtime(_store()) as rt:
         why = rt.explain(run)
-        lines = [f"run {why.run_id} is {why.status.value} after {why.steps} steps"]
+        lines = [f"run {why.run_id} is {why.status.value} after {_count(why.steps, 'step')}"]
         if why.reason:
             lines.append(f"why: {_fact(why.reason)}")
         if why.limit:
             lines.append(f"limit: {why.limit}")
         lines.append(f"last decision: {why.last_decision}")
-        lines.append(f"next: {_advice(run, why.status, rt.state(run), list(rt.events(run)))}")
+        advice = _advice(run, why.status, rt.state(run), list(rt.events(run)), why.decided)
+        lines.append(f"next: {advice}")
         for line in lines:
             _prose(escape(line))
 
@@ -556,8 +584,8 @@ def tail(
         while True:
             for rec in rt.read_all(position):
                 _line(
-                    f"{rec.position:>6} {escape(rec.run_id)} {rec.seq:>4} {rec.type:<18} "
-                    f"{_summary(rec)}"
+                    f"{rec.position:>6} {escape(rec.run_id)} {rec.seq:>4} {rec.type:<18} ",
+                    _summary(rec),
                 )
                 position = rec.position + 1
             if not follow:
@@ -581,7 +609,8 @@ def export_run(
             sys.stdout.write(text)
         else:
             output.write_text(text)
-            err.print(f"wrote {len(lines) - 1} events of {escape(run)} to {escape(str(output))}")
+            written = _count(len(lines) - 1, "event")
+            err.print(f"wrote {written} of {escape(run)} to {escape(str(output))}")
 
 
 @app.command("import")
@@ -607,14 +636,14 @@ def import_run(
             raise ConfigError("the export holds no events")
     with _runtime(_store(), create=True, hint=hint) as rt:
         imported = rt.import_jsonl(lines, run_id=run_id)
-        _prose(f"imported {escape(imported)}: {rt.store.head(imported)} events")
+        _prose(f"imported {escape(imported)}: {_count(rt.store.head(imported), 'event')}")
 
 
 @app.command()
 def approvals(wide: WideOpt = False) -> None:
     """Gated calls waiting for a person."""
     with _runtime(_store()) as rt:
-        table = Table("run", "call", "tool", "args", "expires")
+        table = Table("run", "call", "tool", free("args"), "expires")
         for p in rt.pending_approvals():
             args = json.dumps(p.args, ensure_ascii=True)
             expires = datetime.datetime.fromtimestamp(p.expires_at / 1e9, tz=datetime.UTC)
@@ -625,7 +654,7 @@ def approvals(wide: WideOpt = False) -> None:
                 escape(args),
                 expires.isoformat(timespec="seconds"),
             )
-        _table(table, wide=wide, clip=(3,))
+        _table(table, wide=wide)
 
 
 @app.command()
@@ -652,11 +681,8 @@ def metrics(
         if prometheus:
             sys.stdout.write(prometheus_text(handle.state))
             return
-        view = metrics_view(handle.state, escape)
-        if out.is_terminal:
-            out.print(view)
-        else:
-            _whole(view)
+        for table in metrics_view(handle.state, escape):
+            _table(table)
 
 
 @app.command()
@@ -664,9 +690,7 @@ def projections(wide: WideOpt = False) -> None:
     """Projection checkpoints in the store: where each stands, and why one stopped."""
     with _runtime(_store()) as rt:
         last = rt.store.last_position()
-        table = Table("projection", "v", "position", "behind", "status", "updated")
-        table.columns[0].no_wrap = True
-        table.columns[5].no_wrap = True
+        table = Table("projection", "v", "position", "behind", free("status"), "updated")
         for cp in sorted(rt.store.checkpoints(), key=lambda c: c.name):
             failure = cp.failure
             status = (
@@ -684,7 +708,7 @@ def projections(wide: WideOpt = False) -> None:
                 escape(status),
                 updated.strftime("%Y-%m-%d %H:%M:%S"),
             )
-        _table(table, wide=wide, clip=(4,))
+        _table(table, wide=wide)
 
 
 _WAITING = "`foldloop approvals` lists what waits"
@@ -792,7 +816,8 @@ def doctor() -> None:
                 _prose(f"[red]{escape(run_id)}[/]: {escape(str(exc))}")
         if problems:
             raise typer.Exit(EXIT_CORRUPT)
-        _prose(f"ok: {len(run_ids)} runs, {rt.store.last_position()} events, all intact")
+        counted = f"{_count(len(run_ids), 'run')}, {_count(rt.store.last_position(), 'event')}"
+        _prose(f"ok: {counted}, all intact")
 
 
 def _quiet_logs() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from rich.console import Group
 from rich.table import Table
 
+from foldloop.cli._fit import free
 from foldloop.projections._histogram import Histogram
 from foldloop.projections._metrics import RunMetricsState
 
@@ -30,10 +30,14 @@ def _row(name: str, h: Histogram) -> tuple[str, ...]:
     return (name, str(h.count), _seconds(h.p50), _seconds(h.p90), _seconds(h.p99), _seconds(h.max))
 
 
-def metrics_view(state: RunMetricsState, esc: Callable[[str], str]) -> Group:
+def metrics_view(state: RunMetricsState, esc: Callable[[str], str]) -> tuple[Table, Table]:
     """Totals, runs by status, and latency percentiles (bucket estimates) as rich tables;
     ``esc`` makes names from the log safe for the terminal."""
-    totals = Table("figure", "value", title=f"foldloop metrics (log position {state.position})")
+    totals = Table(
+        "figure",
+        free("value", wrap=True),
+        title=f"foldloop metrics (log position {state.position})",
+    )
     for status, n in sorted(state.runs_by_status.items()):
         totals.add_row(f"runs {status}", str(n))
     totals.add_row("model calls", f"{state.model_calls} ({state.model_failures} failed)")
@@ -54,4 +58,4 @@ def metrics_view(state: RunMetricsState, esc: Callable[[str], str]) -> Group:
         latency.add_row(*_row(f"tool {esc(tool)}", h))
     if state.approval_wait.count:
         latency.add_row(*_row("approval wait", state.approval_wait))
-    return Group(totals, latency)
+    return totals, latency

@@ -6,8 +6,10 @@ an exported log long after the run.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from foldloop.core._replay import INPUT_TYPES
 from foldloop.core._state import RunState, RunStatus
@@ -18,7 +20,20 @@ from foldloop.events._catalogue import (
 )
 from foldloop.events._recorded import Recorded
 
-__all__ = ["Explanation", "explain"]
+__all__ = ["DecidedApproval", "Explanation", "explain", "parked_reason"]
+
+
+@dataclass(frozen=True)
+class DecidedApproval:
+    """A decision on a call the run waits on, recorded (in the store's approvals table)
+    but not yet carried into the run's log: whoever drives the run next carries it in."""
+
+    call_id: str
+    outcome: Literal["approved", "denied", "expired"]
+    by: str
+    at: int
+    """When it was decided (unix ns)."""
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -32,6 +47,8 @@ class Explanation:
     last_decision: str
     next_steps: tuple[str, ...] = field(default_factory=tuple)
     limit: str = ""
+    decided: tuple[DecidedApproval, ...] = ()
+    """Decisions on calls the run waits on, made but not yet carried into its log."""
 
     def __str__(self) -> str:
         lines = [f"run {self.run_id} is {self.status.value} after {self.steps} steps"]
@@ -68,8 +85,66 @@ def _describe(records: Sequence[Recorded]) -> str:
     return "; ".join(parts)
 
 
-def explain(state: RunState, records: Sequence[Recorded], *, orphaned: bool = False) -> Explanation:
-    """Explain ``state`` (the fold of ``records``); ``orphaned``: no live runtime drives it."""
+def _iso(ns: int) -> str:
+    return datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC).isoformat(timespec="seconds")
+
+
+def _decided_fact(decided: DecidedApproval, tool: str) -> str:
+    if decided.outcome == "expired":
+        return f"{decided.call_id} ({tool}) expired undecided at {_iso(decided.at)}"
+    note = f" (note: {decided.note!r})" if decided.note else ""
+    return (
+        f"{decided.call_id} ({tool}) {decided.outcome} by {decided.by!r} at "
+        f"{_iso(decided.at)}{note}"
+    )
+
+
+def _awaiting_decided(
+    state: RunState, decided: Sequence[DecidedApproval]
+) -> tuple[str, list[str], tuple[DecidedApproval, ...]]:
+    """The reason, the next steps and the decisions that count, for a parked run some of
+    whose waiting calls are decided outside its log (none count: ``("", [], ())``)."""
+    waiting = {c.call_id: c for c in state.calls if c.status == "awaiting_approval"}
+    counted = tuple(d for d in decided if d.call_id in waiting)
+    if not counted:
+        return "", [], ()
+    ids = {d.call_id for d in counted}
+    facts = "; ".join(_decided_fact(d, waiting[d.call_id].tool) for d in counted)
+    still = [
+        c
+        for c in state.calls
+        if c.call_id not in ids and c.status in ("awaiting_approval", "expired")
+    ]
+    carry = (
+        f"a runtime with agent {state.agent!r} registered carries it in by itself (its "
+        f"poller), or rt.resume({state.run_id!r}) / rt.recover() in one"
+    )
+    reason = f"decided, not yet carried into the run's log: {facts}"
+    if still:
+        reason += "; still undecided: " + ", ".join(f"{c.call_id} ({c.tool})" for c in still)
+    next_steps = [f"nothing to decide for {', '.join(sorted(ids))}: {carry}"]
+    pending = [c.call_id for c in still if c.status == "awaiting_approval"]
+    if pending:
+        next_steps.append(f"decide the pending approvals: {', '.join(pending)}")
+    return reason, next_steps, counted
+
+
+def parked_reason(state: RunState, decided: Sequence[DecidedApproval]) -> str:
+    """``state.reason``, or for a parked run with decisions not yet in its log, what
+    ``explain`` says of them (for run listings)."""
+    return _awaiting_decided(state, decided)[0] or state.reason
+
+
+def explain(
+    state: RunState,
+    records: Sequence[Recorded],
+    *,
+    orphaned: bool = False,
+    decided: Sequence[DecidedApproval] = (),
+) -> Explanation:
+    """Explain ``state`` (the fold of ``records``); ``orphaned``: no live runtime drives it;
+    ``decided``: decisions recorded outside the log (the store's approvals table) and not
+    yet carried into it; only those on calls the run still waits on count."""
     status = state.status
     limit = ""
     next_steps: list[str] = []
@@ -78,6 +153,9 @@ def explain(state: RunState, records: Sequence[Recorded], *, orphaned: bool = Fa
     )
     if status is RunStatus.RUNNING and orphaned:
         status = RunStatus.INTERRUPTED
+    decided_reason, decided_steps, counted = (
+        _awaiting_decided(state, decided) if status is RunStatus.AWAITING_APPROVAL else ("", [], ())
+    )
     match status:
         case RunStatus.COMPLETED:
             next_steps.append("nothing: the run completed; its output is in run.completed")
@@ -96,6 +174,8 @@ def explain(state: RunState, records: Sequence[Recorded], *, orphaned: bool = Fa
             next_steps.append("start a new run: a cancelled run cannot continue")
         case RunStatus.INTERRUPTED:
             next_steps.append("rt.recover() in a runtime with this agent, or rt.resume(run_id)")
+        case RunStatus.AWAITING_APPROVAL if counted:
+            next_steps.extend(decided_steps)
         case RunStatus.AWAITING_APPROVAL:
             waiting = [c.call_id for c in state.calls if c.status == "awaiting_approval"]
             next_steps.append(f"decide the pending approvals: {', '.join(waiting)}")
@@ -104,6 +184,8 @@ def explain(state: RunState, records: Sequence[Recorded], *, orphaned: bool = Fa
     reason = state.reason
     if status is RunStatus.INTERRUPTED:
         reason = "the runtime driving it stopped before the run finished"
+    elif counted:
+        reason = decided_reason
     return Explanation(
         run_id=state.run_id,
         status=status,
@@ -112,4 +194,5 @@ def explain(state: RunState, records: Sequence[Recorded], *, orphaned: bool = Fa
         last_decision=_describe(records),
         next_steps=tuple(next_steps),
         limit=limit,
+        decided=counted,
     )

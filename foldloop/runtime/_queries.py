@@ -10,7 +10,7 @@ import msgspec
 from foldloop.actors._system import ActorSystem
 from foldloop.core._batch import fold, fold_events
 from foldloop.core._commands import Start
-from foldloop.core._explain import Explanation, explain
+from foldloop.core._explain import DecidedApproval, Explanation, explain, parked_reason
 from foldloop.core._replay import replay
 from foldloop.core._snapshot import restore_state
 from foldloop.core._state import STATE_VERSION, RunState, RunStatus
@@ -163,7 +163,9 @@ class Queries:
                     agent=state.agent,
                     status=current,
                     steps=state.steps,
-                    reason=state.reason,
+                    reason=parked_reason(state, self.decided(state))
+                    if current is RunStatus.AWAITING_APPROVAL
+                    else state.reason,
                     seq=state.seq,
                     updated_at=state.last_at,
                 )
@@ -171,9 +173,34 @@ class Queries:
         return out
 
     def explain(self, run_id: str) -> Explanation:
-        """Why the run is where it is and what to do."""
+        """Why the run is where it is and what to do, with the decisions the approvals
+        table holds for calls it waits on and its log does not yet."""
         records = list(self.events(run_id))
-        return explain(fold(records), records, orphaned=self.orphaned(run_id))
+        state = fold(records)
+        return explain(state, records, orphaned=self.orphaned(run_id), decided=self.decided(state))
+
+    def decided(self, state: RunState) -> tuple[DecidedApproval, ...]:
+        """Decisions recorded in the approvals table on calls ``state`` waits on, not yet
+        carried into its log (the log is the truth: these only say what comes next)."""
+        if state.status is not RunStatus.AWAITING_APPROVAL:
+            return ()
+        out = []
+        for call in state.calls:
+            if call.status != "awaiting_approval":
+                continue
+            record = self._store.approval(state.run_id, call.call_id)
+            if record is None or record.applied or record.status == "pending":
+                continue
+            out.append(
+                DecidedApproval(
+                    call_id=record.call_id,
+                    outcome=record.status,
+                    by=record.by,
+                    at=record.decided_at,
+                    note=record.note,
+                )
+            )
+        return tuple(out)
 
     def verify(self, run_id: str) -> RunState:
         """Replay the run's log through today's decide(); raise at the first difference."""
