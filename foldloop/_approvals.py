@@ -25,6 +25,11 @@ from foldloop.events._catalogue import (
     ApprovalExpired,
     ApprovalRequested,
     KnownEvent,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunLimitReached,
+    RunNoProgress,
 )
 from foldloop.store._approvals import ApprovalChanges, ApprovalRecord
 
@@ -137,6 +142,8 @@ def issue_tickets(
 
 
 _GATE_EVENTS = (ApprovalRequested, ApprovalDecided, ApprovalExpired)
+_ENDS = (RunCancelled, RunCompleted, RunFailed, RunLimitReached, RunNoProgress)
+_CHANGES = _GATE_EVENTS + _ENDS
 
 
 def approval_changes(
@@ -148,7 +155,7 @@ def approval_changes(
     """
     events = tuple(events)
     for event in events:
-        if isinstance(event, _GATE_EVENTS):
+        if isinstance(event, _CHANGES):
             break
     else:
         return None  # the common case: a step with no approvals in it (a loop: no generator)
@@ -175,6 +182,13 @@ def approval_changes(
             )
         elif isinstance(event, ApprovalDecided | ApprovalExpired):
             applied.append((event.call_id, first_seq + offset if first_seq else 0))
+        elif isinstance(event, _ENDS):  # the run ended: nobody waits on its requests now
+            done = {call_id for call_id, _ in applied}
+            applied += [
+                (c.call_id, 0)
+                for c in state.calls
+                if c.status in ("awaiting_approval", "expired") and c.call_id not in done
+            ]
     if not requests and not applied:
         return None
     return ApprovalChanges(requests=tuple(requests), applied=tuple(applied))

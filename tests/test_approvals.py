@@ -155,6 +155,29 @@ def test_a_denied_call_never_runs_and_the_model_hears_why(rt: fl.Runtime, ledger
     assert [(f.kind, f.error) for f in failed] == [("denied", "not this month")]
 
 
+def test_a_cancelled_run_leaves_no_request_to_decide(store_path: Path, ledger: Ledger) -> None:
+    """A run that ends while it waits closes its requests in the same append: nothing is
+    listed, and a decision (here or from another process) is refused, not silently kept."""
+    agent = make_agent(ledger)
+    with fl.Runtime.open(store_path, agents=[agent]) as rt:
+        run = rt.spawn(agent, "pay bob")
+        assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+        (pending,) = rt.pending_approvals()
+        run.cancel(reason="changed my mind")
+        assert run.wait(timeout=30).status is fl.RunStatus.CANCELLED
+        assert rt.pending_approvals() == []
+        with pytest.raises(fl.ApprovalError, match="no longer waits on call"):
+            rt.approve(run_id=run.id, call_id=pending.call_id, by="alice")
+        with pytest.raises(fl.ApprovalError, match="no longer waits on call"):
+            rt.approve(pending.token, by="alice")
+    with fl.Runtime.open(store_path) as other:  # another runtime, without the agent
+        assert other.pending_approvals() == []
+        with pytest.raises(fl.ApprovalError, match="no longer waits on call"):
+            other.deny(run_id=run.id, call_id=pending.call_id, by="bob")
+        assert other.state(run.id).status is fl.RunStatus.CANCELLED
+    assert ledger.lines == []
+
+
 def test_an_expired_request_is_refused_then_asked_again_on_resume(
     store_path: Path, ledger: Ledger
 ) -> None:

@@ -146,6 +146,11 @@ class SideTables:
                 + (f" at {iso(current.decided_at)}" if current.decided_at else "")
                 + (f" (seq {current.applied_seq} of the run)" if current.applied_seq else "")
             )
+        if current.applied:  # still pending, yet its run's log moved past it: the run ended
+            raise ApprovalError(
+                f"run {current.run_id!r} no longer waits on call {current.call_id!r}: the run "
+                "ended before anyone decided"
+            )
         if now >= current.expires_at:
             decided = msgspec.structs.replace(current, status="expired", decided_at=now)
         else:
