@@ -348,8 +348,8 @@ def test_approving_a_run_that_is_not_there_exits_3(shop: Shop) -> None:
         ["events", "nope", "--json"],
         ["explain", "nope"],
         ["export", "nope"],
-        ["verify", "nope", "--agent", "foldloop.cli._demo:demo_agent"],
-        ["resume", "nope", "--agent", "foldloop.cli._demo:demo_agent"],
+        ["verify", "nope", "--agent", "foldloop.cli:demo_agent"],
+        ["resume", "nope", "--agent", "foldloop.cli:demo_agent"],
         ["approve", "no-such-token"],
         ["deny", "no-such-token"],
         ["approve", "--run", "nope", "--call", "call_1_1"],
@@ -406,7 +406,7 @@ def test_every_listing_and_error_words_its_hints_for_the_shell(shop: Shop) -> No
     assert not PYTHON_ADVICE.search(stdout), stdout
     outcomes = [
         cli(shop.path, "approve", "--", shop.lapsed_token),  # expired: asked again on resume
-        cli(shop.path, "resume", "limited", "--agent", "foldloop.cli._demo:demo_agent"),
+        cli(shop.path, "resume", "limited", "--agent", "foldloop.cli:demo_agent"),
         cli(shop.path, "show", "nope"),
     ]
     exported = script("--store", str(shop.path), "export", "done").stdout

@@ -76,7 +76,7 @@ def test_demo_then_inspect_what_it_wrote(tmp_path: Path) -> None:
         e["type"] for e in lines
     }
 
-    verify = run(["verify", run_id, "--agent", "foldloop.cli._demo:demo_agent"], tmp_path)
+    verify = run(["verify", run_id, "--agent", "foldloop.cli:demo_agent"], tmp_path)
     assert verify.returncode == 0, verify.stderr
     assert "replay identically" in verify.stdout
     doctor = run(["doctor"], tmp_path)

@@ -41,7 +41,7 @@ last line (the runtime closes right after it)."""
 QUIET_EXITS = (0, 130, -signal.SIGINT)
 """Finished before the signal; stopped by it (exit 130); or killed by it at once, once the
 command was done (SIGINT's default action, as for any Unix tool)."""
-DEMO_AGENT = "foldloop.cli._demo:demo_agent"
+DEMO_AGENT = "foldloop.cli:demo_agent"
 
 
 def foldloop_script() -> Path:

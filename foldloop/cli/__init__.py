@@ -122,7 +122,7 @@ AgentOpt = Annotated[
 ]
 _DEFAULT_STORE = Path(".foldloop")
 _OPTIONS: dict[str, Path] = {"store": _DEFAULT_STORE}
-_DEMO_AGENT = "foldloop.cli._demo:demo_agent"
+_DEMO_AGENT = "foldloop.cli:demo_agent"
 _AGENT_PLACEHOLDER = "MODULE:ATTR"
 _LIMIT_OPTIONS = {
     "max_steps": "--max-steps",
