@@ -182,7 +182,7 @@ def approval_changes(
             )
         elif isinstance(event, ApprovalDecided | ApprovalExpired):
             applied.append((event.call_id, first_seq + offset if first_seq else 0))
-        elif isinstance(event, _ENDS):  # the run ended: nobody waits on its requests now
+        elif isinstance(event, _ENDS) and state.terminal:  # nobody can decide for it now
             done = {call_id for call_id, _ in applied}
             applied += [
                 (c.call_id, 0)

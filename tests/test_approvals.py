@@ -178,6 +178,46 @@ def test_a_cancelled_run_leaves_no_request_to_decide(store_path: Path, ledger: L
     assert ledger.lines == []
 
 
+def test_a_limit_reached_while_parked_keeps_the_other_requests_decidable(
+    store_path: Path,
+) -> None:
+    """A limit ends a run resumably: its open requests stay open (only a run nothing can
+    continue closes them), so after resume(extend=...) they are listed and can be decided."""
+
+    @fl.tool(name="pay")
+    def pay(to: str) -> str:
+        """Pay someone."""
+        return "paid " + to
+
+    def model(messages: object, tools: object) -> fl.Reply:
+        if not any(m.role == "assistant" for m in messages):  # type: ignore[attr-defined]
+            return fl.Reply(
+                tool_calls=[fl.ToolCall("pay", {"to": "a"}), fl.ToolCall("pay", {"to": "b"})]
+            )
+        return fl.Reply(text="done")
+
+    agent = fl.Agent(
+        name="pay2",
+        llm=fl.ScriptedLLM(model),
+        tools=[pay],
+        approvals=fl.RequireApproval({"pay"}),
+        limits=fl.Limits(max_seconds=0.5),
+    )
+    now = [1_700_000_000 * 10**9]
+    with fl.Runtime.open(store_path, agents=[agent], clock=lambda: now[0]) as rt:
+        run = rt.spawn(agent, "pay both")
+        assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+        first, second = sorted(rt.pending_approvals(), key=lambda p: p.call_id)
+        now[0] += 10**9  # a second parked: past max_seconds
+        rt.approve(first.token, by="alice")
+        assert run.wait(timeout=30).status is fl.RunStatus.LIMIT_REACHED
+        assert second.call_id in [p.call_id for p in rt.pending_approvals()]
+        rt.resume(run.id, extend=fl.Limits(max_seconds=100))
+        assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+        rt.approve(run_id=run.id, call_id=second.call_id, by="alice")  # not refused
+        assert second.call_id not in [p.call_id for p in rt.pending_approvals()]
+
+
 def test_an_expired_request_is_refused_then_asked_again_on_resume(
     store_path: Path, ledger: Ledger
 ) -> None:
