@@ -153,7 +153,12 @@ class ApprovalDesk:
             if record.status == "pending":
                 if now < record.expires_at:
                     continue
-                record = self._writes.expire(record, now)
+                try:
+                    record = self._writes.expire(record, now)
+                except ApprovalError:  # decided between the read and the expiry: use that
+                    record = self._store.approval(state.run_id, call.call_id)
+                    if record is None or record.applied or record.status == "pending":
+                        continue
             if record.status == "expired":
                 yield ExpireApproval(now=now, call_id=call.call_id)
             else:
