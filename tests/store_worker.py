@@ -21,8 +21,9 @@ import msgspec
 
 from foldloop.errors import ConfigError, FoldloopError
 from foldloop.events import ToolCompleted
-from foldloop.store import Lease, WriteTxn, encode_all, open_store
+from foldloop.store import Lease, encode_all, open_store
 from foldloop.store._approvals import ApprovalRecord
+from foldloop.store._write_txn import WriteTxn
 
 
 def _events(tags: list[str]) -> list[ToolCompleted]:

@@ -303,7 +303,8 @@ def test_an_op_that_refuses_after_writing_leaves_nothing(tmp_path: Path) -> None
     """Ops share one transaction (group commit); one that raises after it wrote is undone
     whole, and the ops beside it in the same commit keep what they wrote."""
     from foldloop.errors import ConfigError
-    from foldloop.store import Lease, WriteOp
+    from foldloop.store import Lease
+    from foldloop.store._writer import WriteOp
 
     store = open_store(tmp_path / "store")
     try:

@@ -32,6 +32,7 @@ from foldloop.events._codec import (
     register_upcaster,
     schema_version_of,
 )
+from foldloop.events._named import PAST_FIELDS, from_named, to_named
 from foldloop.events._recorded import AnyEvent, Recorded, UnknownEvent
 from foldloop.events._values import Limits, ToolCall, ToolInfo, Usage
 
@@ -44,6 +45,7 @@ __all__ = [
     "Event",
     "KNOWN_TAGS",
     "KnownEvent",
+    "PAST_FIELDS",
     "Limits",
     "ModelFailed",
     "ModelRequested",
@@ -66,6 +68,8 @@ __all__ = [
     "Usage",
     "decode_event",
     "encode_event",
+    "from_named",
     "register_upcaster",
     "schema_version_of",
+    "to_named",
 ]

@@ -15,8 +15,6 @@ from foldloop.store._mapped import DEFAULT_MAP_SIZE, MAX_MAP_SIZE
 from foldloop.store._owners import OwnerLock, owner_alive
 from foldloop.store._payloads import Payload, encode_all
 from foldloop.store._port import EventStore, OwnerHold, Pending, Snapshot, append_events
-from foldloop.store._write_txn import WriteTxn
-from foldloop.store._writer import WriteOp
 
 __all__ = [
     "DEFAULT_MAP_SIZE",
@@ -32,8 +30,6 @@ __all__ = [
     "Payload",
     "Pending",
     "Snapshot",
-    "WriteOp",
-    "WriteTxn",
     "append_events",
     "encode_all",
     "open_store",
