@@ -48,7 +48,16 @@ __all__ = [
 
 
 class FoldloopError(Exception):
-    """Base of every error foldloop raises on purpose."""
+    """Base of every error foldloop raises on purpose.
+
+    ``fact`` is what went wrong; ``advice``, when there is one, is what a Python caller does
+    about it (the command line words its own). ``str()`` gives both.
+    """
+
+    def __init__(self, fact: str = "", *args: object, advice: str = "") -> None:
+        super().__init__(f"{fact}; {advice}" if advice else fact, *args)
+        self.fact = fact
+        self.advice = advice
 
 
 class ConfigError(FoldloopError, ValueError):

@@ -307,3 +307,21 @@ def test_a_decorated_non_function_and_a_negative_wait_are_config_errors(tmp_path
             with pytest.raises(fl.ConfigError, match="timeout must be None or a finite number"):
                 run.wait(timeout=bad)  # type: ignore[arg-type]
         assert run.wait(timeout=60).ok
+
+
+def test_an_error_carries_its_fact_and_its_advice_as_fields() -> None:
+    """The command line replaces the advice by its own from the field, never by parsing a
+    message: a fact that itself mentions Python survives whole."""
+    from foldloop.cli import _in_cli_words
+
+    err = fl.ApprovalError("the approval of run 'r' call 'c' expired", advice="rt.resume('r')")
+    assert (str(err), err.fact, err.advice) == (
+        "the approval of run 'r' call 'c' expired; rt.resume('r')",
+        "the approval of run 'r' call 'c' expired",
+        "rt.resume('r')",
+    )
+    assert _in_cli_words(err, "`foldloop resume r`") == (
+        "the approval of run 'r' call 'c' expired; `foldloop resume r`"
+    )
+    plain = fl.StoreError("cancelled by the host: paid; see fl.docs")  # no advice field
+    assert _in_cli_words(plain, "`foldloop runs`") == str(plain)

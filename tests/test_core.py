@@ -290,7 +290,7 @@ def test_max_steps_stops_before_the_next_model_call() -> None:
     decision = d.finish(d.state.calls[0].call_id)
     assert d.state.status is RunStatus.LIMIT_REACHED
     assert not any(isinstance(e, CallModel) for e in decision.effects)
-    assert "max_steps" in d.state.reason and "extend" in d.state.reason
+    assert "max_steps" in d.state.reason and d.state.resumable
     resumed = d.send(Resume(now=d.now(), owner="o", extend=Limits(max_steps=3)))
     assert d.state.status is RunStatus.RUNNING
     assert d.state.limits.max_steps == 3
@@ -588,7 +588,7 @@ def test_a_gated_call_waits_parks_and_is_decided_exactly_once() -> None:
     parked = d.finish(add_id)
     assert Settle() in parked.effects
     assert d.state.status is RunStatus.AWAITING_APPROVAL
-    assert send_id in d.state.reason and "pending_approvals" in d.state.reason
+    assert d.state.reason == f"waiting for a person to approve or deny {send_id} (send)"
 
     approved = d.send(DecideApproval(now=d.now(), call_id=send_id, approved=True, by="alice"))
     assert [c.call_id for e in approved.effects if isinstance(e, RunTools) for c in e.calls] == [

@@ -215,7 +215,7 @@ def test_wait_returns_a_running_run_as_running_when_the_timeout_passes(
     result = run.wait(timeout=0.2, through_approvals=through_approvals)
     assert time.monotonic() - started >= 0.2
     assert result.status is fl.RunStatus.RUNNING
-    assert result.reason == "still running; call wait() again"
+    assert result.reason == "still running"
     release.set()
     assert run.wait(timeout=30, through_approvals=through_approvals).output == "ok"
 

@@ -123,7 +123,8 @@ class ActorSystem:
                 )
             if run_id in self._claims:
                 raise RunLocked(
-                    f"run {run_id!r} is being driven by this runtime right now; wait() for it first"
+                    f"run {run_id!r} is being driven by this runtime right now",
+                    advice="wait() for it first",
                 )
             self._claims.add(run_id)
 

@@ -14,7 +14,6 @@ import datetime
 import json
 import logging
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -203,25 +202,14 @@ def _whole(renderable: RenderableType, width: int | None = None) -> None:
 
 # -- errors and hints ------------------------------------------------------------------
 
-_PYTHON_ADVICE = re.compile(r";\s[^;]*(?:\brt\.|\bfl\.|\bRuntime\.|\bwait\(\))[^;]*$")
-"""The last clause of a library message when it advises a Python call ("...; continue with
-rt.resume(run_id)"): the CLI keeps the fact before it and words the advice itself."""
-
-
-def _fact(text: str) -> str:
-    """A library message without its advice to Python callers."""
-    return _PYTHON_ADVICE.sub("", text)
-
-
 def _in_cli_words(exc: FoldloopError, hint: str) -> str:
-    """An error's message as this CLI says it: Python advice replaced by ``hint``."""
+    """An error's message as this CLI says it: its advice to Python callers, if it has
+    any, replaced by ``hint``, the command's own."""
     if isinstance(exc, RunNotFound):
         return f"no run {exc.run_id!r} in this store; list runs with `foldloop runs`"
-    text = str(exc)
-    fact = _fact(text)
-    if fact == text:
-        return text
-    return f"{fact}; {hint}" if hint else fact
+    if not exc.advice:
+        return str(exc)
+    return f"{exc.fact}; {hint}" if hint else exc.fact
 
 
 def _fail(code: int, message: str) -> NoReturn:
@@ -409,7 +397,7 @@ def demo() -> None:
                 rt.approve(pending.token, by="demo", note="fine by the demo")
             result = rt.handle(run.id).wait(timeout=60)
             follow.catch_up(timeout=5)
-        _prose(f"\n[yellow]run {result.status.value}[/]: {escape(_fact(result.reason))}")
+        _prose(f"\n[yellow]run {result.status.value}[/]: {escape(result.reason)}")
         _prose("[dim]the demo raises the step ceiling and resumes it, as this would:[/]")
         resume_it = _resume_command(run.id, _DEMO_AGENT, again=again)
         _command_line(f"  {escape(resume_it)} --max-steps 5\n")
@@ -454,7 +442,7 @@ def runs(
                 escape(row.agent),
                 row.status.value,
                 str(row.steps),
-                escape(_fact(row.reason)),
+                escape(row.reason),
             )
         _table(table, wide=wide)
 
@@ -481,7 +469,7 @@ def show(run: RunArg) -> None:
         )
         reason = parked.reason if parked else state.reason
         if reason:
-            _prose(f"reason: {escape(_fact(reason))}")
+            _prose(f"reason: {escape(reason)}")
         if state.output:
             _prose(f"output: {escape(state.output)}")
         if status is not RunStatus.COMPLETED:
@@ -547,7 +535,7 @@ def resume(
         )
         result = rt.resume(run, extend=extend).wait()
         _prose(
-            f"{escape(run)}: {result.status.value} {escape(_fact(result.reason) or result.output)}"
+            f"{escape(run)}: {result.status.value} {escape(result.reason or result.output)}"
         )
         if result.status is not RunStatus.COMPLETED:
             advice = _advice(run, result.status, rt.state(run), list(rt.events(run)))
@@ -561,7 +549,7 @@ def explain(run: RunArg) -> None:
         why = rt.explain(run)
         lines = [f"run {why.run_id} is {why.status.value} after {_count(why.steps, 'step')}"]
         if why.reason:
-            lines.append(f"why: {_fact(why.reason)}")
+            lines.append(f"why: {why.reason}")
         if why.limit:
             lines.append(f"limit: {why.limit}")
         lines.append(f"last decision: {why.last_decision}")

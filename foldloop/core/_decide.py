@@ -335,10 +335,7 @@ def decide(state: RunState, command: Command) -> Decision:
                 b.emit(
                     RunFailed(
                         kind=RunFailureKind.MODEL,
-                        error=(
-                            f"model call for step {command.step} failed ({why}): {command.error}; "
-                            "fix the cause, then rt.resume(run_id)"
-                        ),
+                        error=f"model call for step {command.step} failed ({why}): {command.error}",
                     )
                 )
                 b.settle()

@@ -367,18 +367,12 @@ def _approval_expired(d: Draft, event: ApprovalExpired, at: int) -> None:
 
 
 def _limit_reached(d: Draft, event: RunLimitReached, at: int) -> None:
-    reason = (
-        f"{event.limit} ceiling {event.ceiling:g} reached (value {event.value:g}); "
-        f"continue with rt.resume(run_id, extend=fl.Limits({event.limit}=...))"
-    )
+    reason = f"{event.limit} ceiling {event.ceiling:g} reached (value {event.value:g})"
     _park(d, at, RunStatus.LIMIT_REACHED, reason)
 
 
 def _no_progress(d: Draft, event: RunNoProgress, at: int) -> None:
-    reason = (
-        f"no progress: {event.detail}; change the tools or instructions, or "
-        "continue with rt.resume(run_id)"
-    )
+    reason = f"no progress: {event.detail}"
     _park(d, at, RunStatus.NO_PROGRESS, reason)
 
 
@@ -468,13 +462,10 @@ def _gate_status(d: Draft) -> None:
     if waiting and not busy:
         expired = [c.call_id for c in waiting if c.status == "expired"]
         if expired:
-            why = (
-                f"the approval of {', '.join(expired)} expired undecided; "
-                "rt.resume(run_id) asks again with a fresh token"
-            )
+            why = f"the approval of {', '.join(expired)} expired undecided"
         else:
             names = ", ".join(f"{c.call_id} ({c.tool})" for c in waiting)
-            why = f"waiting for a person to approve or deny {names}; see rt.pending_approvals()"
+            why = f"waiting for a person to approve or deny {names}"
         d.status, d.reason = RunStatus.AWAITING_APPROVAL, why
     elif status is RunStatus.AWAITING_APPROVAL:
         d.status, d.reason = RunStatus.RUNNING, ""

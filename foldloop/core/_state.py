@@ -13,8 +13,9 @@ from foldloop.events._values import Limits, ToolInfo, Usage
 
 __all__ = ["CallSignature", "CallState", "CallStatus", "RunState", "RunStatus", "STATE_VERSION"]
 
-STATE_VERSION = 7
-"""Bumped whenever RunState's shape changes, so older snapshots are ignored, not misread."""
+STATE_VERSION = 8
+"""Bumped whenever RunState's shape or what the fold puts in it changes, so older snapshots are
+refolded, not misread."""
 
 
 class RunStatus(StrEnum):

@@ -95,7 +95,8 @@ class ApprovalDesk:
         if decided.status == "expired":
             raise ApprovalError(
                 f"the approval of run {record.run_id!r} call {record.call_id!r} expired at "
-                f"{iso(record.expires_at)}; rt.resume({record.run_id!r}) asks again"
+                f"{iso(record.expires_at)}",
+                advice=f"rt.resume({record.run_id!r}) asks again",
             )
 
     def _by_token(self, token: str, run_id: str | None, call_id: str | None) -> ApprovalRecord:
@@ -108,8 +109,8 @@ class ApprovalDesk:
         if record.token_digest != digest:
             raise ApprovalError(
                 f"this token was for an earlier request of run {record.run_id!r} call "
-                f"{record.call_id!r}, asked again at {iso(record.requested_at)} with a new "
-                "token; decide with the new token (rt.pending_approvals()) or by ids"
+                f"{record.call_id!r}, asked again at {iso(record.requested_at)} with a new token",
+                advice="decide with the new token (rt.pending_approvals()) or by ids",
             )
         if (run_id is not None and run_id != record.run_id) or (
             call_id is not None and call_id != record.call_id

@@ -18,7 +18,8 @@ from foldloop.errors import ConfigError
 
 __all__ = ["CLOSED", "Lifecycle", "OpenOnly"]
 
-CLOSED = "this runtime is closed; open a new one with fl.Runtime.open()"
+CLOSED = "this runtime is closed"
+REOPEN = "open a new one with fl.Runtime.open()"
 
 
 class Lifecycle:
@@ -44,7 +45,7 @@ class Lifecycle:
     def check(self) -> None:
         """Raise ConfigError if it is closed."""
         if self._closed:
-            raise ConfigError(CLOSED)
+            raise ConfigError(CLOSED, advice=REOPEN)
 
 
 class OpenOnly:

@@ -41,7 +41,8 @@ class AgentRegistry:
         if agent is None:
             raise ConfigError(
                 f"run {state.run_id!r} belongs to agent {state.agent!r}, which this runtime does "
-                f"not know; open it with Runtime.open(..., agents=[<the {state.agent!r} agent>])"
+                "not know",
+                advice=f"open it with Runtime.open(..., agents=[<the {state.agent!r} agent>])",
             )
         if agent.tools_digest != state.tools_digest:
             raise SchemaChangedError(tool_drift(state, agent))

@@ -78,10 +78,10 @@ def result_of(state: RunState, *, interrupted: str = "") -> RunResult:
     if interrupted:
         status, reason = (
             RunStatus.INTERRUPTED,
-            (f"{interrupted}; rt.recover() or rt.resume(run_id) continues it"),
+            interrupted,
         )
     elif status is RunStatus.RUNNING:
-        reason = "still running; call wait() again"
+        reason = "still running"
     return RunResult(
         run_id=state.run_id,
         status=status,

@@ -52,7 +52,7 @@ def priced_limits(agent: Agent, now: int) -> Limits:
         f"over {pricing.max_age_days}), so max_cost_usd may be off"
     )
     if pricing.stale == "refuse":
-        raise ConfigError(why + "; update the prices (fl.Pricing) or choose stale='warn'")
+        raise ConfigError(why, advice="update the prices (fl.Pricing) or choose stale='warn'")
     if pricing.stale == "tokens_only":
         log.warning("pricing_stale_cost_ceiling_dropped", agent=agent.name, age_days=age)
         return msgspec.structs.replace(limits, max_cost_usd=None)

@@ -39,8 +39,8 @@ class RunWrites:
             return pending.wait()
         except ConcurrencyError as exc:
             raise ConfigError(
-                f"run {run_id!r} already exists; spawn with another run_id (or, if it "
-                "stopped resumable, continue it with rt.resume)"
+                f"run {run_id!r} already exists",
+                advice="spawn with another run_id (or, if it stopped resumable, rt.resume it)",
             ) from exc
 
     def append_decisions(
