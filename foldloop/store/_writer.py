@@ -95,7 +95,8 @@ class Writer:
     instead of being woken for each op, which would steal the GIL from the step path.
     """
 
-    _IDLE_AFTER_S = 0.25
+    IDLE_AFTER_S = 0.25
+    """Seconds without work after which the flusher sleeps until a submit wakes it."""
 
     def __init__(
         self,
@@ -164,8 +165,9 @@ class Writer:
                         batch = self._take()
                         continue
                     self._committing = False
-                    if self._closed:
-                        self._cond.notify()  # close() waits on this, never on a linger
+                    if self._closed or (self._pending and not self._polling):
+                        # close() waits on this; a flusher asleep would not see what queued
+                        self._cond.notify()
                     return
         except BaseException as exc:
             self._abandon(batch, exc)
@@ -188,7 +190,7 @@ class Writer:
                 if self._closed and not self._pending and not self._committing:
                     return
                 if not self._pending or self._committing:
-                    if self._closed or time.monotonic() - idle_since > self._IDLE_AFTER_S:
+                    if self._closed or time.monotonic() - idle_since > self.IDLE_AFTER_S:
                         self._polling = False  # asleep until a submit wakes us
                         self._cond.wait()
                         idle_since = time.monotonic()
