@@ -6,11 +6,13 @@ thread wake-up on every step. A run actor may also run a step's only call on its
 thread; it takes one of the tool's ``slots`` for it, as every pool job does, so the
 tool's concurrency bound holds either way. The actor's own thread handles lifecycle (stop
 shuts the pool down). A call past its timeout is reported as ``tool.failed(kind="timeout")``
-at once; its late real outcome is then ignored by decide.
+at once; its late real outcome is then ignored by decide. An ``async def`` tool's calls are
+tasks on the runtime's event loop instead: no thread each, the timeout cancels the task.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +23,7 @@ import pykka
 
 from foldloop._log import get_logger
 from foldloop.actors._base import FastActor
+from foldloop.actors._event_loop import EventLoop
 from foldloop.actors._timers import Timer, Timers
 from foldloop.actors._workers import Workers
 from foldloop.core._commands import ToolFinished
@@ -117,10 +120,15 @@ def outcome_command(call_id: str, outcome: ToolOutcome, now: int) -> ToolFinishe
 class ToolRunner:
     """One tool's bounded pool and timeouts; ``dispatch`` may be called from any thread."""
 
-    def __init__(self, tool: Tool, timers: Timers, clock: Callable[[], int]) -> None:
+    def __init__(
+        self, tool: Tool, timers: Timers, clock: Callable[[], int], loop: EventLoop
+    ) -> None:
         self.tool = tool
         self.timers = timers
         self.clock = clock
+        self.loop = loop
+        self.async_slots = asyncio.Semaphore(tool.concurrency)
+        """The bound of an async tool's calls in flight on the loop."""
         self.pool = Workers(tool.concurrency, f"foldloop-tool-{tool.name}")
         self.slots = Slots(tool.concurrency)
         """Held by every running call, on the pool or on a run actor's own thread."""
@@ -192,6 +200,10 @@ class ToolRunner:
             except pykka.ActorDeadError:
                 log.info("tool_result_unclaimed", run_id=call.run_id, call_id=call.call_id)
 
+        if self.tool.is_async:
+            self.loop.run(self._awaited(call, once, report))
+            return
+
         def run() -> None:  # submitted after ``timer`` is set
             self.slots.take()
             try:
@@ -205,6 +217,26 @@ class ToolRunner:
 
         timer = self.watch(call.run_id, call.call_id, once, report)
         self.pool.submit(run)
+
+    async def _awaited(
+        self, call: RunToolCall, once: OneOutcome, report: Callable[[ToolFinished], None]
+    ) -> None:
+        """An async tool's call on the loop: its bound kept by ``async_slots``, its timeout
+        (waiting for a slot included, as on the pool) a cancellation of the task."""
+
+        async def bounded() -> ToolOutcome:
+            async with self.async_slots:
+                return await self.tool.ainvoke(call.args)
+
+        started = time.monotonic()
+        try:
+            outcome = await asyncio.wait_for(bounded(), self.tool.timeout)
+        except TimeoutError:
+            if once.claim():
+                report(self.timed_out(call.run_id, call.call_id, started))
+            return
+        if once.claim():
+            report(self.finished(call.run_id, call.call_id, outcome))
 
 
 class ToolActor(FastActor):

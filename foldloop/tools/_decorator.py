@@ -9,6 +9,7 @@ records how long it was and the model is told.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import os
 import re
@@ -62,6 +63,10 @@ class Tool:
     """A function the model may call, with its argument schema and execution policy."""
 
     max_result_chars: int = DEFAULT_MAX_RESULT_CHARS
+    isolated: bool = False
+    """Each call runs in a child process (``subprocess=True``)."""
+    is_async: bool = False
+    """An ``async def`` tool, awaited on the runtime's event loop."""
 
     def __init__(
         self,
@@ -77,6 +82,12 @@ class Tool:
     ) -> None:
         tool_name = name or fn.__name__
         self._module = fn.__module__
+        self.is_async = inspect.iscoroutinefunction(fn)
+        if self.is_async and subprocess:
+            raise ConfigError(
+                f"tool {tool_name!r}: an async def tool runs on the runtime's event loop, not in "
+                "a subprocess; drop subprocess=True or make it a plain def"
+            )
         if subprocess:
             main_file = getattr(sys.modules.get("__main__"), "__file__", None)
             if fn.__module__ == "__main__" and main_file:
@@ -192,6 +203,32 @@ class Tool:
     def invoke_here(self, args: str) -> ToolOutcome:
         """Validate ``args`` and run the tool in this process; failures become outcomes."""
         start = time.perf_counter()
+        kwargs = self._arguments(args)
+        if isinstance(kwargs, ToolOutcome):
+            return kwargs
+        try:
+            value = self.fn(**kwargs)
+        except Exception as exc:
+            return self._raised(exc, start)
+        except BaseException as exc:  # SystemExit / KeyboardInterrupt must not kill actors
+            return self._raised(exc, start)
+        return self._returned(value, start)
+
+    async def ainvoke(self, args: str) -> ToolOutcome:
+        """``invoke_here`` for an ``async def`` tool, awaited on the runtime's event loop.
+        A cancellation (its timeout, a runtime closing) is not caught: the caller reports it."""
+        start = time.perf_counter()
+        kwargs = self._arguments(args)
+        if isinstance(kwargs, ToolOutcome):
+            return kwargs
+        try:
+            value = await self.fn(**kwargs)
+        except Exception as exc:
+            return self._raised(exc, start)
+        return self._returned(value, start)
+
+    def _arguments(self, args: str) -> dict[str, Any] | ToolOutcome:
+        """The call's keyword arguments, or the outcome that refuses them."""
         try:
             parsed = self.validate(args)
         except msgspec.ValidationError as exc:
@@ -202,18 +239,19 @@ class Tool:
                 f"arguments for {self.name!r} are not valid JSON ({exc}); send a JSON object",
                 "invalid_args",
             )
-        kwargs = {name: getattr(parsed, name) for name in self.schema.names}
-        try:
-            value = self.fn(**kwargs)
-        except Exception as exc:
-            ms = (time.perf_counter() - start) * 1000
-            why = storable_text(f"{type(exc).__name__}: {exc}")
-            return ToolOutcome(False, why, "exception", ms)
-        except BaseException as exc:  # SystemExit / KeyboardInterrupt must not kill actors
-            ms = (time.perf_counter() - start) * 1000
+        return {name: getattr(parsed, name) for name in self.schema.names}
+
+    @staticmethod
+    def _raised(exc: BaseException, start: float) -> ToolOutcome:
+        ms = (time.perf_counter() - start) * 1000
+        if not isinstance(exc, Exception):
             return ToolOutcome(
                 False, f"{type(exc).__name__} raised inside the tool", "exception", ms
             )
+        return ToolOutcome(False, storable_text(f"{type(exc).__name__}: {exc}"), "exception", ms)
+
+    @staticmethod
+    def _returned(value: object, start: float) -> ToolOutcome:
         ms = (time.perf_counter() - start) * 1000
         if isinstance(value, str):
             return ToolOutcome(True, storable_text(value), "", ms)
