@@ -375,7 +375,7 @@ class RunActor(FastActor):
             return False
         call = effect.calls[0]
         runner = self.system.tool_runner(self.agent, call.tool)
-        if runner.tool.isolated or not runner.slots.try_take():
+        if runner.tool.isolated or runner.tool.is_async or not runner.slots.try_take():
             return False
         with self.guard:
             self.away = call.call_id

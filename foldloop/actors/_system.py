@@ -16,6 +16,7 @@ from foldloop._agent import Agent
 from foldloop._approvals import PendingApproval, RequireApproval
 from foldloop._log import get_logger
 from foldloop.actors._approval_gate import ApprovalGate, Issued
+from foldloop.actors._event_loop import EventLoop
 from foldloop.actors._run_actor import RunActor
 from foldloop.actors._timers import Timers
 from foldloop.actors._tool_actor import ToolActor, ToolRunner
@@ -58,7 +59,7 @@ class ActorSystem:
         *,
         snapshot_every: int,
         on_state: Callable[[RunState], None] | None,
-        model_workers: int = 64,
+        max_model_calls: int | None = None,
     ) -> None:
         self.store = store
         self.owner = owner
@@ -66,8 +67,11 @@ class ActorSystem:
         self.snapshot_every = snapshot_every
         self.on_state = on_state
         self.timers = Timers()
-        self.model_pool = Workers(model_workers, "foldloop-model")
+        self.model_pool = Workers(max_model_calls, "foldloop-model")
+        """Sync ``complete`` calls: as many threads as calls wait, up to the cap if one is set."""
         self.notify_pool = Workers(NOTIFY_WORKERS, "foldloop-notify")
+        self.loop = EventLoop()
+        """Where async tools are awaited."""
         self._lock = threading.Lock()
         self._handed = threading.Condition(self._lock)  # a claim went, or became an actor
         self._actors: dict[str, RunActor] = {}
@@ -98,7 +102,7 @@ class ActorSystem:
                 tool = agent.tool(name)
                 if tool is None:  # decide never asks for an unknown tool
                     raise KeyError(name)
-                runner = ToolRunner(tool, self.timers, self.clock)
+                runner = ToolRunner(tool, self.timers, self.clock, self.loop)
                 self._tools[key] = ToolActor.start(runner)
                 self._runners[key] = runner
             return runner
@@ -370,6 +374,7 @@ class ActorSystem:
                 ref.stop(block=True, timeout=5)
         self._deliver_notifications(gates)
         self.timers.stop()
+        self.loop.close()  # async tool calls still in flight are cancelled; runs resume later
         self.model_pool.shutdown()
         self.notify_pool.shutdown()
 

@@ -19,10 +19,12 @@ log = get_logger(__name__)
 
 
 class Workers:
-    """Run callables on at most ``limit`` threads; extra jobs wait in order."""
+    """Run callables on at most ``limit`` threads (None: as many as jobs wait); extra jobs
+    wait in order. A thread idle for ``keep_idle_s`` ends, so a burst leaves none behind."""
 
-    def __init__(self, limit: int, name: str) -> None:
-        self._limit = limit
+    def __init__(self, limit: int | None, name: str, *, keep_idle_s: float = 30.0) -> None:
+        self._limit = limit if limit is not None else 2**31
+        self._keep_idle_s = keep_idle_s
         self._name = name
         self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -66,7 +68,17 @@ class Workers:
         while True:
             with self._lock:
                 self._idle += 1
-            job = self._queue.get()
+            try:
+                job = self._queue.get(timeout=self._keep_idle_s)
+            except queue.Empty:
+                with self._lock:
+                    self._idle -= 1
+                    # end only if the threads still idle cover every queued job (a submit
+                    # that counted this one as idle started no thread for its job)
+                    if self._pending <= self._idle:
+                        self._threads -= 1
+                        return
+                continue
             with self._lock:
                 self._idle -= 1
                 self._pending -= 1

@@ -60,6 +60,7 @@ class Runtime(OpenOnly, ClosedOnExit):
         snapshot_every: int = 200,
         on_state: Callable[[RunState], None] | None = None,
         poll_interval: float = 0.1,
+        max_model_calls: int | None = None,
     ) -> None:
         self.store = store
         self.owner = uuid.uuid4().hex[:16]
@@ -68,7 +69,12 @@ class Runtime(OpenOnly, ClosedOnExit):
         self._agents = AgentRegistry(agents)
         self._owner_hold = store.hold_owner(self.owner)
         self.system = ActorSystem(
-            store, self.owner, clock, snapshot_every=snapshot_every, on_state=on_state
+            store,
+            self.owner,
+            clock,
+            snapshot_every=snapshot_every,
+            on_state=on_state,
+            max_model_calls=max_model_calls,
         )
         self._followers = Followers(store, clock)
         writes = RunWrites(store, self.owner)
@@ -117,15 +123,26 @@ class Runtime(OpenOnly, ClosedOnExit):
         on_state: Callable[[RunState], None] | None = None,
         create: bool = True,
         poll_interval: float = 0.1,
+        max_model_calls: int | None = None,
     ) -> Runtime:
         """Open (creating if absent) the store directory at ``path`` and start a runtime.
 
         ``clock`` returns unix ns (inject one in tests); ``snapshot_every`` bounds how many
         events a resume folds; ``on_state`` observes every state a run actor reaches;
-        ``create=False`` refuses to create a missing store (read-only tools use it).
+        ``create=False`` refuses to create a missing store (read-only tools use it);
+        ``max_model_calls`` caps the model calls in flight at once (a provider's rate limit;
+        None: as many as runs ask for, the threads of a burst ending once it is over).
         """
         if not isinstance(snapshot_every, int) or snapshot_every < 0:
             raise ConfigError(f"snapshot_every must be an int >= 0; got {snapshot_every!r}")
+        if max_model_calls is not None and (
+            not isinstance(max_model_calls, int)
+            or isinstance(max_model_calls, bool)
+            or max_model_calls < 1
+        ):
+            raise ConfigError(
+                f"max_model_calls must be an int >= 1, or None for no cap; got {max_model_calls!r}"
+            )
         store = open_store(path, map_size=map_size, create=create)
         try:
             return cls(
@@ -135,6 +152,7 @@ class Runtime(OpenOnly, ClosedOnExit):
                 snapshot_every=snapshot_every,
                 on_state=on_state,
                 poll_interval=poll_interval,
+                max_model_calls=max_model_calls,
             )
         except BaseException:
             store.close()

@@ -1,0 +1,98 @@
+"""Sync model calls run on a pool that grows with demand, up to max_model_calls when set."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+import foldloop as fl
+from foldloop.actors._workers import Workers
+from tests.waiting import wait_until
+
+
+class Gate:
+    """A model that holds every call until released, counting the calls in flight."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.now = 0
+        self.most = 0
+
+    def __call__(self, messages: Sequence[fl.Message], tools: object) -> fl.Reply:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            self.release.wait(30)
+        finally:
+            with self.lock:
+                self.now -= 1
+        return fl.Reply(text="ok")
+
+
+def test_there_is_no_silent_cap_on_model_calls_in_flight(tmp_path: Path) -> None:
+    gate = Gate()
+    agent = fl.Agent(name="a", llm=fl.ScriptedLLM(gate))
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        runs = [rt.spawn(agent, "go") for _ in range(80)]
+        try:
+            wait_until(lambda: gate.now == 80, 30, "80 model calls in flight at once")
+        finally:
+            gate.release.set()
+        assert all(run.wait(timeout=60).ok for run in runs)
+
+
+def test_max_model_calls_caps_the_calls_in_flight(tmp_path: Path) -> None:
+    gate = Gate()
+    agent = fl.Agent(name="a", llm=fl.ScriptedLLM(gate))
+    with fl.Runtime.open(tmp_path / "s", agents=[agent], max_model_calls=3) as rt:
+        runs = [rt.spawn(agent, "go") for _ in range(10)]
+        wait_until(lambda: gate.now == 3, 30, "three model calls in flight")
+        gate.release.set()
+        assert all(run.wait(timeout=60).ok for run in runs)
+    assert gate.most == 3
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "3"])
+def test_a_bad_max_model_calls_is_refused(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(fl.ConfigError, match="max_model_calls must be an int >= 1"):
+        fl.Runtime.open(tmp_path / "s", max_model_calls=bad)  # type: ignore[arg-type]
+
+
+def test_a_bursts_threads_end_once_idle_and_the_pool_still_serves() -> None:
+    pool = Workers(None, "burst", keep_idle_s=0.05)
+    release = threading.Event()
+    started = threading.Semaphore(0)
+    before = threading.active_count()
+
+    def job() -> None:
+        started.release()
+        release.wait(30)
+
+    for _ in range(20):
+        pool.submit(job)
+    for _ in range(20):
+        assert started.acquire(timeout=30), "a job never started: the pool did not grow"
+    assert threading.active_count() - before >= 20
+    release.set()
+    wait_until(lambda: threading.active_count() <= before, 30, "the burst's threads to end")
+    done = threading.Event()
+    pool.submit(done.set)
+    assert done.wait(30), "a job after the burst never ran"
+    pool.shutdown()
+
+
+def test_jobs_racing_idle_threads_ending_all_run() -> None:
+    pool = Workers(None, "race", keep_idle_s=0.001)
+    ran = threading.Semaphore(0)
+    for i in range(2000):
+        pool.submit(ran.release)
+        if i % 50 == 0:
+            threading.Event().wait(0.002)  # let threads go idle and end between submits
+    for _ in range(2000):
+        assert ran.acquire(timeout=30), "a job was left with no thread to run it"
+    pool.shutdown()
