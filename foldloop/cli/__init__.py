@@ -202,6 +202,7 @@ def _whole(renderable: RenderableType, width: int | None = None) -> None:
 
 # -- errors and hints ------------------------------------------------------------------
 
+
 def _in_cli_words(exc: FoldloopError, hint: str) -> str:
     """An error's message as this CLI says it: its advice to Python callers, if it has
     any, replaced by ``hint``, the command's own."""
@@ -534,9 +535,7 @@ def resume(
             else None
         )
         result = rt.resume(run, extend=extend).wait()
-        _prose(
-            f"{escape(run)}: {result.status.value} {escape(result.reason or result.output)}"
-        )
+        _prose(f"{escape(run)}: {result.status.value} {escape(result.reason or result.output)}")
         if result.status is not RunStatus.COMPLETED:
             advice = _advice(run, result.status, rt.state(run), list(rt.events(run)))
             _prose(f"next: {escape(advice)}")
