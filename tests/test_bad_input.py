@@ -312,7 +312,7 @@ def test_a_decorated_non_function_and_a_negative_wait_are_config_errors(tmp_path
 def test_an_error_carries_its_fact_and_its_advice_as_fields() -> None:
     """The command line replaces the advice by its own from the field, never by parsing a
     message: a fact that itself mentions Python survives whole."""
-    from foldloop.cli import _in_cli_words
+    from foldloop.cli._errors import in_cli_words as _in_cli_words
 
     err = fl.ApprovalError("the approval of run 'r' call 'c' expired", advice="rt.resume('r')")
     assert (str(err), err.fact, err.advice) == (

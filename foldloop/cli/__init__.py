@@ -15,46 +15,53 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import msgspec
 import typer
-from rich.console import Console, RenderableType
-from rich.measure import Measurement
 from rich.progress import track
 from rich.table import Table
-from rich.text import Text
 
 from foldloop._agent import Agent
 from foldloop._approvals import token_digest
-from foldloop.cli._demo import DEMO_INPUT, demo_agent
-from foldloop.cli._fit import fit, free
+from foldloop.cli._demo import demo_agent
+from foldloop.cli._errors import errors as _errors
+from foldloop.cli._errors import fail as _fail
+from foldloop.cli._errors import opened as _runtime
+from foldloop.cli._exit_codes import (
+    EXIT_CORRUPT,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_USAGE,
+)
+from foldloop.cli._fit import free
+from foldloop.cli._hints import advice as _advice
+from foldloop.cli._hints import invocation as _invocation
+from foldloop.cli._hints import resume_command as _resume_command
 from foldloop.cli._metrics_view import metrics_view
-from foldloop.core._explain import DecidedApproval
+from foldloop.cli._output import count as _count
+from foldloop.cli._output import err, escape
+from foldloop.cli._output import event_json as _event_json
+from foldloop.cli._output import line as _line
+from foldloop.cli._output import prose as _prose
+from foldloop.cli._output import silence_stdout as _silence_stdout
+from foldloop.cli._output import summary as _summary
+from foldloop.cli._output import table as _table
+from foldloop.cli._tour import tour
 from foldloop.core._state import RunState, RunStatus
 from foldloop.errors import (
-    ApprovalError,
     ConfigError,
     CorruptRecord,
-    FoldloopError,
-    NondeterminismError,
     RunNotFound,
-    SchemaChangedError,
-    StoreAccessError,
     StoreError,
-    StoreNotFound,
 )
-from foldloop.events import RunLimitReached
 from foldloop.events._jsonl import load_run
-from foldloop.events._named import to_named
-from foldloop.events._recorded import Recorded, UnknownEvent
 from foldloop.events._values import Limits
 from foldloop.projections._metrics import RunMetrics
 from foldloop.projections._prometheus import prometheus_text, serve_prometheus
@@ -63,10 +70,8 @@ from foldloop.runtime._agent_ref import load_agent
 from foldloop.runtime._rules import check_run_id
 from foldloop.store._approvals import ApprovalRecord
 
-__all__ = ["app", "main"]
+__all__ = ["app", "demo_agent", "main"]  # demo_agent: `--agent foldloop.cli:demo_agent`
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CORRUPT = 0, 1, 2, 3, 4
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
 
 app = typer.Typer(
     name="foldloop",
@@ -77,31 +82,6 @@ app = typer.Typer(
     rich_markup_mode=None,  # click's option style: a flag is shown as a flag, not <bool>
 )
 
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null: what is still buffered for a reader that left goes
-    nowhere, instead of into an "Exception ignored" at exit."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-
-
-def _reader_gone() -> NoReturn:
-    """stdout's reader went away (``| head``): stop quietly with 0, as Unix tools do."""
-    _silence_stdout()
-    raise typer.Exit(EXIT_OK)
-
-
-class _Output(Console):
-    """stdout, where a broken pipe ends the command quietly (rich would exit 1)."""
-
-    def on_broken_pipe(self) -> None:
-        self.quiet = True
-        _reader_gone()
-
-
-out = _Output(highlight=False)
-err = Console(stderr=True, highlight=False)
 
 StoreOpt = Annotated[
     Path,
@@ -121,14 +101,6 @@ AgentOpt = Annotated[
 ]
 _DEFAULT_STORE = Path(".foldloop")
 _OPTIONS: dict[str, Path] = {"store": _DEFAULT_STORE}
-_DEMO_AGENT = "foldloop.cli:demo_agent"
-_AGENT_PLACEHOLDER = "MODULE:ATTR"
-_LIMIT_OPTIONS = {
-    "max_steps": "--max-steps",
-    "max_tokens": "--max-tokens",
-    "max_seconds": "--max-seconds",
-    "max_cost_usd": "--max-cost-usd",
-}
 
 
 @app.callback()
@@ -141,117 +113,6 @@ def _store() -> Path:
     return _OPTIONS["store"]
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in range(32) if c not in (10,)}
-_CONTROL.update({0x7F: "\\x7f"})
-_BIDI = {c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F)}
-
-
-def escape(text: str) -> str:
-    """Make untrusted text safe for a terminal: control, ANSI and bidi characters escaped."""
-    return text.translate({**_CONTROL, **_BIDI}).replace("[", "\\[")
-
-
-# -- output: fitted to a terminal, whole when piped ---------------------------------------
-
-_UNBOUNDED = 1 << 20
-
-
-def _line(key: str, rest: str = "") -> None:
-    """A line of a listing: ``rest`` cut at a terminal's edge (with an ellipsis), ``key``
-    (the seq, the type, the run id) never; whole when piped."""
-    line = Text.from_markup(key)
-    tail = Text.from_markup(rest)
-    if out.is_terminal:
-        tail.truncate(max(out.width - line.cell_len, 1), overflow="ellipsis")
-    out.print(line + tail, soft_wrap=True)
-
-
-def _prose(text: str) -> None:
-    """Sentences: wrapped on a terminal, one line each when piped."""
-    out.print(text, soft_wrap=not out.is_terminal)
-
-
-def _command_line(text: str) -> None:
-    """A command to copy: never broken by a wrap of ours, whatever the output is."""
-    out.print(text, soft_wrap=True)
-
-
-def _table(table: Table, *, wide: bool = False) -> None:
-    """A table fitted to the terminal (its free columns give way, ids are never cut); at its
-    natural width, nothing cut, when piped or ``wide``."""
-    if out.is_terminal and not wide:
-        _whole(table, fit(table, out, out.width))
-        return
-    _whole(table)
-
-
-def _whole(renderable: RenderableType, width: int | None = None) -> None:
-    """Render at ``width``, by default the renderable's natural width (Console.print never
-    goes past the console's own width, which is 80 when stdout is not a terminal)."""
-    if width is None:
-        width = Measurement.get(out, out.options.update_width(_UNBOUNDED), renderable).maximum
-    wide = _Output(
-        file=out.file,
-        width=max(width, 1),
-        highlight=False,
-        force_terminal=out.is_terminal,
-        no_color=out.no_color,
-    )
-    wide.print(renderable)
-
-
-# -- errors and hints ------------------------------------------------------------------
-
-
-def _in_cli_words(exc: FoldloopError, hint: str) -> str:
-    """An error's message as this CLI says it: its advice to Python callers, if it has
-    any, replaced by ``hint``, the command's own."""
-    if isinstance(exc, RunNotFound):
-        return f"no run {exc.run_id!r} in this store; list runs with `foldloop runs`"
-    if not exc.advice:
-        return str(exc)
-    return f"{exc.fact}; {hint}" if hint else exc.fact
-
-
-def _fail(code: int, message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    raise typer.Exit(code)
-
-
-_EXIT_CODES: tuple[tuple[type[FoldloopError], int], ...] = (
-    (RunNotFound, EXIT_NOT_FOUND),
-    (StoreNotFound, EXIT_NOT_FOUND),
-    (StoreAccessError, EXIT_ERROR),  # the environment, not the store, is at fault
-    (StoreError, EXIT_CORRUPT),  # damaged, or not a store this foldloop can read
-    (NondeterminismError, EXIT_CORRUPT),
-    (SchemaChangedError, EXIT_CORRUPT),
-    (ConfigError, EXIT_USAGE),
-    (ApprovalError, EXIT_ERROR),
-    (FoldloopError, EXIT_ERROR),
-)
-
-
-@contextmanager
-def _errors(hint: str = "") -> Iterator[None]:
-    """Turn foldloop errors into one line on stderr and an exit code (never a traceback);
-    ``hint`` is the command's own advice, said where the library's was for Python."""
-    try:
-        yield
-    except BrokenPipeError:
-        _reader_gone()
-    except FoldloopError as exc:
-        code = next(code for cls, code in _EXIT_CODES if isinstance(exc, cls))
-        _fail(code, _in_cli_words(exc, hint))
-
-
-@contextmanager
-def _runtime(
-    store: Path, *, create: bool = False, agents: tuple[Agent, ...] = (), hint: str = ""
-) -> Iterator[Runtime]:
-    with _errors(hint), Runtime.open(store, create=create, agents=agents) as rt:
-        yield rt
-
-
 def _load_agent(spec: str) -> Agent:
     sys.path.insert(0, os.getcwd())
     try:
@@ -260,168 +121,17 @@ def _load_agent(spec: str) -> Agent:
         _fail(EXIT_USAGE, f"--agent: {exc}")
 
 
-def _resume_command(run: str, agent: str = _AGENT_PLACEHOLDER, *, again: str = "foldloop") -> str:
-    return f"{again} resume {run} --agent {agent}"
-
-
-def _advice(
-    run: str,
-    status: RunStatus,
-    state: RunState,
-    records: Sequence[Recorded],
-    decided: Sequence[DecidedApproval] = (),
-) -> str:
-    """What to do next with a run, as commands of this CLI (``decided``: decisions made but
-    not yet carried into its log, ``rt.explain(run).decided``)."""
-    resume = f"`{_resume_command(run)}`"
-    match status:
-        case RunStatus.COMPLETED:
-            return f"nothing: it completed (its output: `foldloop show {run}`)"
-        case RunStatus.LIMIT_REACHED:
-            limit = next(
-                (r.event.limit for r in reversed(records) if isinstance(r.event, RunLimitReached)),
-                "max_steps",
-            )
-            option = _LIMIT_OPTIONS.get(limit, "--max-steps")
-            return f"raise the ceiling: `{_resume_command(run)} {option} N`"
-        case RunStatus.NO_PROGRESS:
-            return f"change the tools or instructions, or continue with {resume}"
-        case RunStatus.AWAITING_APPROVAL if decided:
-            calls = ", ".join(d.call_id for d in decided)
-            return (
-                f"nothing to decide for {calls}: a runtime with the agent registered carries "
-                f"the decision in by itself, or {resume} does"
-            )
-        case RunStatus.AWAITING_APPROVAL if any(c.status == "expired" for c in state.calls):
-            return f"{resume} asks again with a fresh token"
-        case RunStatus.AWAITING_APPROVAL:
-            waiting = [c.call_id for c in state.calls if c.status == "awaiting_approval"]
-            call = waiting[0] if len(waiting) == 1 else "CALL"
-            return (
-                "decide: `foldloop approvals` lists what waits, then "
-                f"`foldloop approve --run {run} --call {call}` (or `foldloop deny ...`)"
-            )
-        case RunStatus.FAILED if state.resumable:
-            return f"fix the cause, then {resume}"
-        case RunStatus.FAILED | RunStatus.CANCELLED:
-            return "start a new run: this one cannot continue"
-        case RunStatus.INTERRUPTED:
-            return f"{resume} continues it"
-        case _:
-            return "wait: a runtime is driving it (`foldloop tail --follow` shows its steps)"
-
-
-def _event_json(rec: Recorded) -> dict[str, Any]:
-    event = rec.event
-    named = event if isinstance(event, UnknownEvent) else to_named(event)
-    body: dict[str, Any] = msgspec.to_builtins(named)
-    if not isinstance(body, dict):
-        body = {"type": rec.type}
-    body.pop("type", None)
-    return {
-        "run_id": rec.run_id,
-        "seq": rec.seq,
-        "position": rec.position,
-        "at": rec.at,
-        "type": rec.type,
-        "data": body,
-    }
-
-
-def _count(n: int, noun: str) -> str:
-    """``1 step``, ``3 steps``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-def _summary(rec: Recorded) -> str:
-    data = _event_json(rec)["data"]
-    return escape(", ".join(f"{k}={v!r}" for k, v in data.items() if k not in ("tools", "limits")))
-
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _invocation() -> str:
-    """How to start this same foldloop from this shell, for hints meant to be pasted.
-
-    ``foldloop`` when that name on PATH is this installation's script; else the script's
-    path as it was typed (``.venv/bin/foldloop``, a venv not activated); else this
-    interpreter with ``-m foldloop``. Never a ``foldloop`` that is another installation.
-    """
-    argv0 = sys.argv[0] if sys.argv else ""
-    by_script = Path(argv0).name == "foldloop" and Path(argv0).is_file()
-    on_path = shutil.which("foldloop")
-    if on_path is not None:
-        here = Path(sys.executable).parent
-        if _same_file(on_path, argv0) if by_script else Path(on_path).parent == here:
-            return "foldloop"
-    if by_script:
-        return shlex.quote(argv0)
-    return f"{shlex.quote(sys.executable)} -m foldloop"
-
-
 # -- commands ----------------------------------------------------------------------------
 
 
 @app.command()
 def demo() -> None:
     """Run an offline demo agent on the embedded store and show what it records."""
-    agent = demo_agent()
     store = _store()
     again = _invocation()
     if store != _DEFAULT_STORE:
         again += f" --store {shlex.quote(str(store))}"
-    with _runtime(store, create=True, agents=(agent,)) as rt:
-        _prose(f"[bold]foldloop demo[/] - store: {escape(str(store))}")
-        _prose(f"[dim]input:[/] {escape(DEMO_INPUT)}\n")
-
-        def show(rec: Recorded) -> None:
-            _line(f"  [cyan]{rec.seq:>3}[/] {rec.type:<18} ", _summary(rec))
-
-        follow = rt.subscribe(show)
-        run = rt.spawn(agent, DEMO_INPUT)
-        result = run.wait(timeout=60)
-        follow.catch_up(timeout=5)
-        if result.status is RunStatus.AWAITING_APPROVAL:
-            for pending in rt.pending_approvals():
-                _prose(
-                    f"\n[yellow]approval needed[/]: {escape(pending.summary)} - the demo "
-                    "approves it as 'demo'; a person would run:"
-                )
-                _command_line(
-                    f"  {escape(again)} approve --run {run.id} --call {escape(pending.call_id)}\n"
-                )
-                rt.approve(pending.token, by="demo", note="fine by the demo")
-            result = rt.handle(run.id).wait(timeout=60)
-            follow.catch_up(timeout=5)
-        _prose(f"\n[yellow]run {result.status.value}[/]: {escape(result.reason)}")
-        _prose("[dim]the demo raises the step ceiling and resumes it, as this would:[/]")
-        resume_it = _resume_command(run.id, _DEMO_AGENT, again=again)
-        _command_line(f"  {escape(resume_it)} --max-steps 5\n")
-        run = rt.resume(run.id, extend=Limits(max_steps=5))
-        result = run.wait(timeout=60)
-        follow.catch_up(timeout=5)
-        follow.detach()
-        ended = f"\n[green]run {result.status.value}[/] after {_count(result.steps, 'step')}"
-        _prose(f"{ended}:" if result.output else ended)
-        if result.output:
-            _prose(f"  {escape(result.output)}")
-        rt.verify(run.id)
-        _prose("[dim]replay check (verify): today's code decides exactly what the log says.[/]")
-        _prose("\nInspect what it wrote:")
-        for line in (
-            f"{again} runs",
-            f"{again} show {run.id}",
-            f"{again} events {run.id} --json",
-            f"{again} verify {run.id} --agent {_DEMO_AGENT}",
-            f"{again} metrics",
-            f"{again} doctor",
-        ):
-            _command_line(f"  {escape(line)}")
+    tour(store, again)
 
 
 @app.command()

@@ -1,0 +1,78 @@
+"""Foldloop errors as the command reports them: one line on stderr and an exit code."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+
+from foldloop._agent import Agent
+from foldloop.cli._exit_codes import EXIT_CORRUPT, EXIT_ERROR, EXIT_NOT_FOUND, EXIT_USAGE
+from foldloop.cli._output import err, escape, reader_gone
+from foldloop.errors import (
+    ApprovalError,
+    ConfigError,
+    FoldloopError,
+    NondeterminismError,
+    RunNotFound,
+    SchemaChangedError,
+    StoreAccessError,
+    StoreError,
+    StoreNotFound,
+)
+from foldloop.runtime import Runtime
+
+__all__ = ["errors", "fail", "in_cli_words", "opened"]
+
+
+def in_cli_words(exc: FoldloopError, hint: str) -> str:
+    """An error's message as this CLI says it: its advice to Python callers, if it has
+    any, replaced by ``hint``, the command's own."""
+    if isinstance(exc, RunNotFound):
+        return f"no run {exc.run_id!r} in this store; list runs with `foldloop runs`"
+    if not exc.advice:
+        return str(exc)
+    return f"{exc.fact}; {hint}" if hint else exc.fact
+
+
+def fail(code: int, message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+_EXIT_CODES: tuple[tuple[type[FoldloopError], int], ...] = (
+    (RunNotFound, EXIT_NOT_FOUND),
+    (StoreNotFound, EXIT_NOT_FOUND),
+    (StoreAccessError, EXIT_ERROR),  # the environment, not the store, is at fault
+    (StoreError, EXIT_CORRUPT),  # damaged, or not a store this foldloop can read
+    (NondeterminismError, EXIT_CORRUPT),
+    (SchemaChangedError, EXIT_CORRUPT),
+    (ConfigError, EXIT_USAGE),
+    (ApprovalError, EXIT_ERROR),
+    (FoldloopError, EXIT_ERROR),
+)
+
+
+@contextmanager
+def errors(hint: str = "") -> Iterator[None]:
+    """Turn foldloop errors into one line on stderr and an exit code (never a traceback);
+    ``hint`` is the command's own advice, said where the library's was for Python."""
+    try:
+        yield
+    except BrokenPipeError:
+        reader_gone()
+    except FoldloopError as exc:
+        code = next(code for cls, code in _EXIT_CODES if isinstance(exc, cls))
+        fail(code, in_cli_words(exc, hint))
+
+
+@contextmanager
+def opened(
+    store: Path, *, create: bool = False, agents: tuple[Agent, ...] = (), hint: str = ""
+) -> Iterator[Runtime]:
+    """A runtime on ``store`` whose foldloop errors end the command as ``errors`` says."""
+    with errors(hint), Runtime.open(store, create=create, agents=agents) as rt:
+        yield rt
