@@ -60,8 +60,12 @@ class ActorSystem:
         snapshot_every: int,
         on_state: Callable[[RunState], None] | None,
         max_model_calls: int | None = None,
+        on_inactive: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
+        self.on_inactive = on_inactive
+        """Told the run id when a run driven here stops being active (it settled, parked or
+        was interrupted), on the thread that drove it: hand slow work elsewhere."""
         self.owner = owner
         self.clock = clock
         self.snapshot_every = snapshot_every
@@ -108,6 +112,11 @@ class ActorSystem:
             return runner
 
     # -- runs ----------------------------------------------------------------------------
+
+    def active_count(self) -> int:
+        """How many runs an actor of this runtime drives now."""
+        with self._lock:
+            return len(self._actors)
 
     def active(self, run_id: str) -> bool:
         """True if an actor of this runtime drives the run now."""
@@ -278,6 +287,8 @@ class ActorSystem:
         settlement.state = state
         settlement.interrupted = interrupted
         settlement.event.set()
+        if self.on_inactive is not None:
+            self.on_inactive(run_id)
 
     def _forget_old(self) -> None:
         """Keep settlements of runs driven now, and of the last ``KEEP_SETTLED`` that ended.
