@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -13,19 +16,38 @@ import pytest
 import foldloop as fl
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # a burst of concurrent connections is not dropped at accept
+    block_on_close = False  # kept-alive connections idle in their threads; do not wait on them
+
+
 class FakeOpenAI:
-    """Serves scripted responses to POST /v1/chat/completions and keeps every request."""
+    """Serves scripted responses to POST /v1/chat/completions and keeps every request.
+
+    With ``delay_s`` each answer waits that long first; a client that hangs up meanwhile
+    gets no answer and sets ``hung_up``. ``received`` is set by every request.
+    """
 
     def __init__(self) -> None:
         self.responses: list[tuple[int, dict[str, Any]]] = []
         self.requests: list[dict[str, Any]] = []
+        self.delay_s = 0.0
+        self.received = threading.Event()
+        self.hung_up = threading.Event()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real servers: clients pool connections
+
             def do_POST(self) -> None:  # - http.server's naming
                 length = int(self.headers.get("content-length", 0))
                 owner.requests.append(json.loads(self.rfile.read(length)))
                 status, body = owner.responses.pop(0)
+                owner.received.set()
+                if owner.delay_s and self.client_left_within(owner.delay_s):
+                    owner.hung_up.set()
+                    self.close_connection = True
+                    return
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
@@ -33,10 +55,21 @@ class FakeOpenAI:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def client_left_within(self, wait_s: float) -> bool:
+                """Wait up to wait_s; True as soon as the client closes the connection."""
+                deadline = time.monotonic() + wait_s
+                while (left := deadline - time.monotonic()) > 0:
+                    if select.select([self.connection], [], [], left)[0]:
+                        try:
+                            return self.connection.recv(1, socket.MSG_PEEK) == b""
+                        except OSError:
+                            return True
+                return False
+
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

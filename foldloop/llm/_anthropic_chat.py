@@ -4,13 +4,17 @@ Tool calls travel as ``tool_use`` blocks and results as ``tool_result`` blocks i
 turn (consecutive results merged into one turn, as the API requires). Errors map like
 OpenAIChat's: rate limits, overloads, 5xx, timeouts and lost connections are retryable
 and retried by the run; refused requests are not.
+
+``complete`` uses the SDK's ``Anthropic`` client, ``acomplete`` its ``AsyncAnthropic`` client
+(one per event loop, made on first use, its connection pool shared by every call on that
+loop); both build the request and read the reply with the same functions.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from foldloop.core._messages import Message, ToolSpec
 from foldloop.errors import ConfigError
@@ -18,9 +22,13 @@ from foldloop.events._values import Usage
 from foldloop.llm import _sdk as sdk
 from foldloop.llm._protocol import Reply, ToolCall
 
+if TYPE_CHECKING:
+    from anthropic.types import Message as AnthropicMessage
+
 __all__ = ["AnthropicChat"]
 
 DEFAULT_MAX_TOKENS = 4096
+_RETRY_STATUSES = (408, 409, 529)  # timeout, conflict and overloaded are worth asking again
 
 
 def _input(args: str) -> dict[str, Any]:
@@ -83,12 +91,17 @@ class AnthropicChat:
                 "AnthropicChat needs the anthropic SDK: pip install 'foldloop[anthropic]'"
             ) from None
         key = sdk.api_key(api_key, "ANTHROPIC_API_KEY", base_url, "AnthropicChat")
+        options: dict[str, Any] = {
+            "api_key": key,
+            "base_url": base_url,
+            "timeout": timeout,
+            "max_retries": 0,  # the run retries, and records every failure
+        }
         self._anthropic = anthropic
         self._model = model
         self._max_tokens = max_tokens
-        self._client = anthropic.Anthropic(
-            api_key=key, base_url=base_url, max_retries=0, timeout=timeout
-        )
+        self._client = anthropic.Anthropic(**options)
+        self._async_clients = sdk.LoopClients(lambda: anthropic.AsyncAnthropic(**options))
 
     @property
     def model(self) -> str:
@@ -103,6 +116,31 @@ class AnthropicChat:
         max_tokens: int | None = None,
     ) -> Reply:
         """One messages-API call; provider usage flows into the run's ``model.responded``."""
+        with sdk.sdk_errors(self._anthropic, self._model, retry_statuses=_RETRY_STATUSES):
+            response = self._client.messages.create(**self._request(messages, tools, max_tokens))
+        return self._reply(response)
+
+    async def acomplete(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec],
+        *,
+        max_tokens: int | None = None,
+    ) -> Reply:
+        """``complete`` on the running event loop; a cancel closes the request's connection."""
+        client = self._async_clients.get()
+        with sdk.sdk_errors(self._anthropic, self._model, retry_statuses=_RETRY_STATUSES):
+            response = await client.messages.create(**self._request(messages, tools, max_tokens))
+        return self._reply(response)
+
+    async def aclose(self) -> None:
+        """Close the running event loop's async client and its pooled connections."""
+        await self._async_clients.aclose()
+
+    def _request(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec], max_tokens: int | None
+    ) -> dict[str, Any]:
+        """The messages-API request, one definition for both forms."""
         system, turns = _conversation(messages)
         request: dict[str, Any] = {
             "model": self._model,
@@ -116,9 +154,10 @@ class AnthropicChat:
                 {"name": t.name, "description": t.description, "input_schema": t.parameters}
                 for t in tools
             ]
-        # 408 timeout, 409 conflict and 529 overloaded are worth asking again.
-        with sdk.sdk_errors(self._anthropic, self._model, retry_statuses=(408, 409, 529)):
-            response = self._client.messages.create(**request)
+        return request
+
+    def _reply(self, response: AnthropicMessage) -> Reply:
+        """The SDK's response as a Reply, one definition for both forms."""
         text = "".join(b.text for b in response.content if b.type == "text")
         calls = [
             ToolCall(name=b.name, args=json.dumps(b.input, sort_keys=True), id=b.id)

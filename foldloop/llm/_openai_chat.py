@@ -5,18 +5,25 @@ each rate limit (429), server error (5xx), timeout or connection failure is rais
 retryable ModelCallError, so the run records ``model.failed(retryable=True)`` and retries
 with its own backoff; a refused request (400, 401, 404...) is not retried. Tool-call
 arguments are passed on verbatim, malformed or not: validation feeds errors back.
+
+``complete`` uses the SDK's ``OpenAI`` client, ``acomplete`` its ``AsyncOpenAI`` client (one
+per event loop, made on first use, its connection pool shared by every call on that loop);
+both build the request and read the reply with the same functions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from foldloop.core._messages import Message, ToolSpec
 from foldloop.errors import ConfigError, ModelCallError
 from foldloop.events._values import Usage
 from foldloop.llm import _sdk as sdk
 from foldloop.llm._protocol import Reply, ToolCall
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletion
 
 __all__ = ["OpenAIChat"]
 
@@ -67,9 +74,16 @@ class OpenAIChat:
                 "OpenAIChat needs the openai SDK: pip install 'foldloop[openai]'"
             ) from None
         key = sdk.api_key(api_key, "OPENAI_API_KEY", base_url, "OpenAIChat")
+        options: dict[str, Any] = {
+            "api_key": key,
+            "base_url": base_url,
+            "timeout": timeout,
+            "max_retries": 0,  # the run retries, and records every failure
+        }
         self._openai = openai
         self._model = model
-        self._client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=0, timeout=timeout)
+        self._client = openai.OpenAI(**options)
+        self._async_clients = sdk.LoopClients(lambda: openai.AsyncOpenAI(**options))
 
     @property
     def model(self) -> str:
@@ -84,6 +98,35 @@ class OpenAIChat:
         max_tokens: int | None = None,
     ) -> Reply:
         """One chat completion; provider usage flows into the run's ``model.responded``."""
+        with sdk.sdk_errors(self._openai, self._model):
+            response = self._client.chat.completions.create(
+                **self._request(messages, tools, max_tokens)
+            )
+        return self._reply(response)
+
+    async def acomplete(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec],
+        *,
+        max_tokens: int | None = None,
+    ) -> Reply:
+        """``complete`` on the running event loop; a cancel closes the request's connection."""
+        client = self._async_clients.get()
+        with sdk.sdk_errors(self._openai, self._model):
+            response = await client.chat.completions.create(
+                **self._request(messages, tools, max_tokens)
+            )
+        return self._reply(response)
+
+    async def aclose(self) -> None:
+        """Close the running event loop's async client and its pooled connections."""
+        await self._async_clients.aclose()
+
+    def _request(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec], max_tokens: int | None
+    ) -> dict[str, Any]:
+        """The chat-completions request, one definition for both forms."""
         request: dict[str, Any] = {
             "model": self._model,
             "messages": [_message(m) for m in messages],
@@ -92,15 +135,17 @@ class OpenAIChat:
             request["tools"] = [_tool(t) for t in tools]
         if max_tokens is not None:
             request["max_tokens"] = max_tokens
-        with sdk.sdk_errors(self._openai, self._model):
-            response = self._client.chat.completions.create(**request)
+        return request
+
+    def _reply(self, response: ChatCompletion) -> Reply:
+        """The SDK's response as a Reply, one definition for both forms."""
         if not response.choices:
             raise ModelCallError(f"{self._model}: the response has no choices", retryable=True)
         message = response.choices[0].message
         calls = [
-            ToolCall(name=c.function.name, args=c.function.arguments or "", id=c.id or "")
+            ToolCall(name=fn.name, args=fn.arguments or "", id=c.id or "")
             for c in (message.tool_calls or [])
-            if getattr(c, "function", None) is not None
+            if (fn := getattr(c, "function", None)) is not None  # custom tool calls have none
         ]
         usage = response.usage
         return Reply(

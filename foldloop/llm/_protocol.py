@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 from foldloop.core._messages import Message, ToolSpec
 from foldloop.events._values import ToolCall, Usage
 
-__all__ = ["LLM", "Reply", "ToolCall"]
+__all__ = ["LLM", "AsyncComplete", "Reply", "ToolCall", "async_form"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,21 @@ class Reply:
 
 @runtime_checkable
 class LLM(Protocol):
-    """**Protocol:** a chat model. ``complete`` may raise ``ModelCallError(retryable=...)``."""
+    """**Protocol:** a chat model. ``complete`` may raise ``ModelCallError(retryable=...)``.
+
+    A model may also define the asynchronous form, with the same arguments, reply and
+    errors::
+
+        async def acomplete(self, messages, tools, *, max_tokens=None) -> Reply: ...
+
+    It is optional (``complete`` alone keeps a model valid) and found by
+    [`async_form()`][foldloop.llm.async_form]. When a model has it, the runtime awaits it
+    on its own event loop, so thousands of calls wait on one thread; otherwise ``complete``
+    runs on a thread pool. ``acomplete`` must not block the loop (no ``time.sleep``, no
+    sync HTTP). A cancelled run cancels the task awaiting ``acomplete``: the call gets
+    ``asyncio.CancelledError`` at its ``await`` and must let it propagate (clean up in
+    ``finally``, never swallow it or turn it into ``ModelCallError``).
+    """
 
     @property
     def model(self) -> str:
@@ -40,3 +55,30 @@ class LLM(Protocol):
     ) -> Reply:
         """Answer the conversation; ``max_tokens`` is what the run's budget leaves."""
         ...
+
+
+class AsyncComplete(Protocol):
+    """**Protocol:** a model's bound ``acomplete``, as [`async_form()`][foldloop.llm.async_form]
+    returns it."""
+
+    def __call__(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec],
+        *,
+        max_tokens: int | None = None,
+    ) -> Awaitable[Reply]:
+        """Answer the conversation, as ``LLM.complete`` does, without blocking the loop."""
+        ...
+
+
+def async_form(llm: LLM) -> AsyncComplete | None:
+    """The model's bound ``acomplete`` when it is an ``async def``, else None (use ``complete``).
+
+    An ``acomplete`` that is not a coroutine function (a plain ``def``) is not the async
+    form and is ignored, so calling the result always returns a coroutine to await.
+    """
+    method = getattr(llm, "acomplete", None)
+    if method is None or not inspect.iscoroutinefunction(method):
+        return None
+    return cast(AsyncComplete, method)

@@ -4,10 +4,14 @@ With a list, the k-th model call of a run gets the k-th reply, where k is counte
 run's own history (the assistant messages already in it). It keeps no state of its own, so
 a run resumed in another process after a crash gets exactly the reply it would have got.
 With a function, the reply is ``fn(messages, tools)`` (pydantic-ai's FunctionModel idea).
+``latency_s`` makes every call wait that long first: ``complete`` sleeps its thread,
+``acomplete`` awaits ``asyncio.sleep`` (so a fleet's waits share one event loop) and then
+runs the same reply logic on the loop, so ``fn`` must be quick: wait with ``latency_s``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 
@@ -47,6 +51,8 @@ class ScriptedLLM:
                     raise ConfigError(
                         f"ScriptedLLM reply {i} is a {type(reply).__name__}; write fl.Reply(...)"
                     )
+        if latency_s < 0:
+            raise ConfigError(f"ScriptedLLM latency_s is {latency_s}; give 0 or more seconds")
         self._replies = replies
         self._model = model
         self.latency_s = latency_s
@@ -58,8 +64,8 @@ class ScriptedLLM:
 
     @property
     def instant(self) -> bool:
-        """A list replayed with no latency answers at once: the run calls it inline
-        (no thread hand-off); a function or a latency may block, so those go to the pool."""
+        """A list replayed with no latency answers at once: the run calls it inline (no
+        hand-off); with a function or a latency the run awaits ``acomplete``."""
         return not callable(self._replies) and not self.latency_s
 
     def complete(
@@ -70,8 +76,24 @@ class ScriptedLLM:
         max_tokens: int | None = None,
     ) -> Reply:
         """Return the scripted reply for this point of the conversation."""
-        if self.latency_s:
+        if self.latency_s > 0:
             time.sleep(self.latency_s)
+        return self._reply(messages, tools)
+
+    async def acomplete(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec],
+        *,
+        max_tokens: int | None = None,
+    ) -> Reply:
+        """``complete`` without blocking: the latency is awaited on the running loop."""
+        if self.latency_s > 0:
+            await asyncio.sleep(self.latency_s)
+        return self._reply(messages, tools)
+
+    def _reply(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Reply:
+        """The reply for this point of the conversation, shared by both forms."""
         if callable(self._replies):
             reply = self._replies(messages, tools)
         else:

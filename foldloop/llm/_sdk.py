@@ -1,4 +1,4 @@
-"""What the official-SDK adapters share: API keys, and SDK errors as ModelCallError.
+"""What the official-SDK adapters share: API keys, async clients, SDK errors as ModelCallError.
 
 The openai and anthropic SDKs name their errors alike (RateLimitError, InternalServerError,
 APITimeoutError, APIConnectionError, APIStatusError), so one mapping serves both: the run
@@ -7,14 +7,17 @@ retries what a retry can fix and fails clearly on what it cannot.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from types import ModuleType
+from typing import Generic, Protocol, TypeVar
 
 from foldloop.errors import ConfigError, ModelCallError
 
-__all__ = ["api_key", "sdk_errors"]
+__all__ = ["LoopClients", "api_key", "sdk_errors"]
 
 
 def api_key(given: str | None, env_var: str, base_url: str | None, adapter: str) -> str:
@@ -29,7 +32,11 @@ def api_key(given: str | None, env_var: str, base_url: str | None, adapter: str)
 
 @contextlib.contextmanager
 def sdk_errors(sdk: ModuleType, model: str, retry_statuses: tuple[int, ...] = ()) -> Iterator[None]:
-    """Turn the SDK's errors into ModelCallError, retryable when asking again may help."""
+    """Turn the SDK's errors into ModelCallError, retryable when asking again may help.
+
+    It wraps a sync call and an ``await`` alike; a cancellation (``asyncio.CancelledError``,
+    a BaseException) passes through untouched.
+    """
     try:
         yield
     except (sdk.RateLimitError, sdk.InternalServerError) as exc:
@@ -45,3 +52,46 @@ def sdk_errors(sdk: ModuleType, model: str, retry_statuses: tuple[int, ...] = ()
             + ("" if retryable else "; fix the request (messages, tool schemas, model, key)"),
             retryable=retryable,
         ) from None
+
+
+class _AsyncClient(Protocol):
+    async def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=_AsyncClient)
+
+
+class LoopClients(Generic[C]):
+    """One async SDK client per running event loop, made there on first use.
+
+    An httpx connection pool belongs to the loop it first ran on (used from another, it
+    fails with "bound to a different event loop"), and a runtime runs its model calls on
+    one loop of its own; so an adapter shared by two runtimes, or reused after one closes,
+    gets a client and a pool per loop. Clients of loops since closed are dropped when a new
+    loop first calls. Each pool has the SDK's limits: up to 1,000 connections, 100 of them
+    kept alive between calls; calls past 1,000 in flight wait for a connection within
+    their timeout.
+    """
+
+    def __init__(self, make: Callable[[], C]) -> None:
+        self._make = make
+        self._clients: dict[asyncio.AbstractEventLoop, C] = {}
+        self._lock = threading.Lock()  # loops of different runtimes run on different threads
+
+    def get(self) -> C:
+        """The running loop's client."""
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            with self._lock:
+                live = {lp: c for lp, c in self._clients.items() if not lp.is_closed()}
+                client = live[loop] = self._make()
+                self._clients = live
+        return client
+
+    async def aclose(self) -> None:
+        """Close the running loop's client and its connections (a later call makes a new one)."""
+        with self._lock:
+            client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.close()
