@@ -239,6 +239,7 @@ def test_public_api_names_match_the_design() -> None:
     ):
         assert issubclass(getattr(fl, error), fl.FoldloopError)
     assert {s.value for s in fl.RunStatus} == {
+        "queued",
         "running",
         "awaiting_approval",
         "completed",

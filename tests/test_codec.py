@@ -48,7 +48,7 @@ def test_decoded_event_keeps_its_tag(event: Any) -> None:
 
 def test_catalogue_tags_are_unique_and_dotted() -> None:
     tags = [cls.__struct_config__.tag for cls in EVENT_TYPES]
-    assert len(tags) == len(set(tags)) == 16
+    assert len(tags) == len(set(tags)) == 18
     assert all("." in tag for tag in tags)
 
 
@@ -134,6 +134,8 @@ FIELD_ORDER = {
     "run.failed": ("error", "kind"),
     "run.cancelled": ("reason",),
     "run.resumed": ("owner", "extended_limits"),
+    "run.queued": (),
+    "run.admitted": ("owner",),
 }
 
 

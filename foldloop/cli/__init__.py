@@ -178,7 +178,8 @@ def show(run: RunArg) -> None:
             f"steps={state.steps} tokens={state.usage.total_tokens} "
             f"cost=${state.usage.cost_usd:.4f}"
         )
-        reason = parked.reason if parked else state.reason
+        queued = rt.explain(run) if status is RunStatus.QUEUED else None  # its runtime gone?
+        reason = parked.reason if parked else queued.reason if queued else state.reason
         if reason:
             _prose(f"reason: {escape(reason)}")
         if state.output:

@@ -72,6 +72,12 @@ def advice(
             return "start a new run: this one cannot continue"
         case RunStatus.INTERRUPTED:
             return f"{resume} continues it"
+        case RunStatus.QUEUED:
+            return (
+                "wait: it starts by itself when its runtime has a free slot (max_active_runs; "
+                "`foldloop tail --follow` shows it start); if that runtime is gone, a runtime "
+                "with its agent admits it in turn on recover() (a WorkerPool's workers do)"
+            )
         case _:
             return "wait: a runtime is driving it (`foldloop tail --follow` shows its steps)"
 

@@ -5,6 +5,7 @@ Nothing here does I/O, reads a clock, draws randomness, starts threads or logs.
 
 from foldloop.core._batch import fold, fold_events
 from foldloop.core._commands import (
+    Admit,
     ApprovalTicket,
     Cancel,
     Command,
@@ -33,6 +34,7 @@ from foldloop.core._replay import command_for, replay
 from foldloop.core._state import STATE_VERSION, CallState, RunState, RunStatus
 
 __all__ = [
+    "Admit",
     "ApprovalTicket",
     "CallModel",
     "DecideApproval",

@@ -11,6 +11,7 @@ import msgspec
 from foldloop.events._values import Limits, ToolCall, ToolInfo, Usage
 
 __all__ = [
+    "Admit",
     "ApprovalTicket",
     "Cancel",
     "DecideApproval",
@@ -41,6 +42,8 @@ class Start(Command, frozen=True):
     tools_digest: str = ""
     metadata: tuple[tuple[str, str], ...] = ()
     parent_run_id: str | None = None
+    queued: bool = False
+    """The runtime has no free slot (``max_active_runs``): record the run, queued."""
 
 
 class ApprovalTicket(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,6 +112,12 @@ class Cancel(Command, frozen=True):
     """Host code cancels the run."""
 
     reason: str = ""
+
+
+class Admit(Command, frozen=True):
+    """A queued run's turn came: runtime ``owner`` starts driving it."""
+
+    owner: str
 
 
 class Resume(Command, frozen=True):

@@ -15,6 +15,7 @@ from __future__ import annotations
 from msgspec.structs import replace
 
 from foldloop.core._commands import (
+    Admit,
     ApprovalTicket,
     Cancel,
     Command,
@@ -46,12 +47,14 @@ from foldloop.events._catalogue import (
     ModelFailed,
     ModelRequested,
     ModelResponded,
+    RunAdmitted,
     RunCancelled,
     RunCompleted,
     RunFailed,
     RunFailureKind,
     RunLimitReached,
     RunNoProgress,
+    RunQueued,
     RunResumed,
     RunStarted,
     ToolCompleted,
@@ -284,19 +287,11 @@ def decide(state: RunState, command: Command) -> Decision:
         case Start():
             if state.started:
                 return _rejected(f"run {state.run_id!r} has already started")
-            b.emit(
-                RunStarted(
-                    agent=command.agent,
-                    input=command.input,
-                    limits=command.limits,
-                    tools_digest=command.tools_digest,
-                    parent_run_id=command.parent_run_id,
-                    metadata=command.metadata,
-                    instructions=command.instructions,
-                    tools=command.tools,
-                )
-            )
-            b.durable = True
+            _start(b, command)
+        case Admit():
+            if state.status is not RunStatus.QUEUED:
+                return _rejected(f"run {state.run_id!r} is {state.status.value}, not queued")
+            b.emit(RunAdmitted(owner=command.owner))
             b.call_model()
         case ModelReplied():
             if state.status is not RunStatus.RUNNING or state.model_pending != command.step:
@@ -368,6 +363,28 @@ def decide(state: RunState, command: Command) -> Decision:
         case _:
             return _rejected(f"unknown command {type(command).__name__}")
     return b.decision()
+
+
+def _start(b: _Builder, command: Start) -> None:
+    """Record the run; ask the model, or (no free slot) queue it."""
+    b.emit(
+        RunStarted(
+            agent=command.agent,
+            input=command.input,
+            limits=command.limits,
+            tools_digest=command.tools_digest,
+            parent_run_id=command.parent_run_id,
+            metadata=command.metadata,
+            instructions=command.instructions,
+            tools=command.tools,
+        )
+    )
+    b.durable = True
+    if command.queued:
+        b.emit(RunQueued())
+        b.settle()
+    else:
+        b.call_model()
 
 
 def _tool_finished(b: _Builder, state: RunState, command: ToolFinished) -> None:

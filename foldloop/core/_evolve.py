@@ -28,12 +28,14 @@ from foldloop.events._catalogue import (
     ModelFailed,
     ModelRequested,
     ModelResponded,
+    RunAdmitted,
     RunCancelled,
     RunCompleted,
     RunFailed,
     RunFailureKind,
     RunLimitReached,
     RunNoProgress,
+    RunQueued,
     RunResumed,
     RunStarted,
     ToolCompleted,
@@ -47,6 +49,7 @@ __all__ = [
     "AT_GATE",
     "FINISHED",
     "INITIAL",
+    "QUEUED_REASON",
     "Draft",
     "all_finished",
     "apply",
@@ -408,6 +411,21 @@ def _resumed(d: Draft, event: RunResumed, at: int) -> None:
     _gate_status(d)
 
 
+QUEUED_REASON = "waiting for a free slot in its runtime (max_active_runs)"
+
+
+def _queued(d: Draft, event: RunQueued, at: int) -> None:
+    if d.status is RunStatus.RUNNING:  # decide queues only a run it has just started
+        _park(d, at, RunStatus.QUEUED, QUEUED_REASON)
+
+
+def _admitted(d: Draft, event: RunAdmitted, at: int) -> None:
+    if d.status is RunStatus.QUEUED:  # its time queued is not active time
+        d.status = RunStatus.RUNNING
+        d.reason = ""
+        d.active_since = at
+
+
 def _unknown(d: Draft, event: UnknownEvent, at: int) -> None:
     d.unknown_events += 1
 
@@ -429,6 +447,8 @@ RULES: dict[type, Callable[[Draft, Any, int], None]] = {
     RunFailed: _failed,
     RunCancelled: _cancelled,
     RunResumed: _resumed,
+    RunQueued: _queued,
+    RunAdmitted: _admitted,
     UnknownEvent: _unknown,
 }
 """Each event type's rule (``Draft.take`` looks each event's up by its exact type)."""

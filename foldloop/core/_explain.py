@@ -20,7 +20,9 @@ from foldloop.events._catalogue import (
 )
 from foldloop.events._recorded import Recorded
 
-__all__ = ["DecidedApproval", "Explanation", "explain", "parked_reason"]
+__all__ = ["ORPHAN_QUEUED", "DecidedApproval", "Explanation", "explain", "parked_reason"]
+
+ORPHAN_QUEUED = "queued, and no live runtime holds it (the one that queued it is gone)"
 
 
 @dataclass(frozen=True)
@@ -142,9 +144,10 @@ def explain(
     orphaned: bool = False,
     decided: Sequence[DecidedApproval] = (),
 ) -> Explanation:
-    """Explain ``state`` (the fold of ``records``); ``orphaned``: no live runtime drives it;
-    ``decided``: decisions recorded outside the log (the store's approvals table) and not
-    yet carried into it; only those on calls the run still waits on count."""
+    """Explain ``state`` (the fold of ``records``); ``orphaned``: no live runtime drives it
+    (or, queued, holds it); ``decided``: decisions recorded outside the log (the store's
+    approvals table) and not yet carried into it; only those on calls the run still waits
+    on count."""
     status = state.status
     limit = ""
     next_steps: list[str] = []
@@ -174,6 +177,13 @@ def explain(
             next_steps.append("start a new run: a cancelled run cannot continue")
         case RunStatus.INTERRUPTED:
             next_steps.append("rt.recover() in a runtime with this agent, or rt.resume(run_id)")
+        case RunStatus.QUEUED if orphaned:
+            next_steps.append(
+                "rt.recover() in a runtime with this agent: it admits the queued runs in the "
+                "order they were started"
+            )
+        case RunStatus.QUEUED:
+            next_steps.append("wait: it starts when its runtime has a free slot (run.wait())")
         case RunStatus.AWAITING_APPROVAL if counted:
             next_steps.extend(decided_steps)
         case RunStatus.AWAITING_APPROVAL:
@@ -184,6 +194,8 @@ def explain(
     reason = state.reason
     if status is RunStatus.INTERRUPTED:
         reason = "the runtime driving it stopped before the run finished"
+    elif status is RunStatus.QUEUED and orphaned:
+        reason = ORPHAN_QUEUED
     elif counted:
         reason = decided_reason
     return Explanation(

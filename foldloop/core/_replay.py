@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from msgspec.structs import replace
+
 from foldloop.core._commands import (
+    Admit,
     ApprovalTicket,
     Cancel,
     Command,
@@ -33,7 +36,9 @@ from foldloop.events._catalogue import (
     ApprovalRequested,
     ModelFailed,
     ModelResponded,
+    RunAdmitted,
     RunCancelled,
+    RunQueued,
     RunResumed,
     RunStarted,
     ToolCompleted,
@@ -73,6 +78,7 @@ INPUT_TYPES = frozenset(
         "approval.expired",
         "run.cancelled",
         "run.resumed",
+        "run.admitted",
     }
 )
 
@@ -110,12 +116,16 @@ def command_for(
     """The command that produced ``recorded`` as its first event, or None for a decided event.
 
     ``following`` are the records after it (the gate tickets of a reply or a resume are
-    read back from the approval.requested events its decision recorded).
+    read back from the approval.requested events its decision recorded; whether a start
+    found no free slot, from the run.queued after it).
     """
     event, now = recorded.event, recorded.at
     match event:
         case RunStarted():
-            return start(event, now)
+            queued = bool(following) and isinstance(following[0].event, RunQueued)
+            return replace(start(event, now), queued=True) if queued else start(event, now)
+        case RunAdmitted():
+            return Admit(now=now, owner=event.owner)
         case ModelResponded():
             return ModelReplied(
                 now=now,

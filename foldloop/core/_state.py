@@ -21,6 +21,8 @@ refolded, not misread."""
 class RunStatus(StrEnum):
     """Where a run stands."""
 
+    QUEUED = "queued"
+    """Started past its runtime's ``max_active_runs``: it waits its turn (``run.queued``)."""
     RUNNING = "running"
     AWAITING_APPROVAL = "awaiting_approval"
     COMPLETED = "completed"
@@ -120,8 +122,9 @@ class RunState(msgspec.Struct, frozen=True, gc=False):
 
     @property
     def settled(self) -> bool:
-        """No actor needs to drive the run now: it finished or is parked."""
-        return self.status is not RunStatus.RUNNING
+        """Nothing moves the run on by itself: it finished or is parked (a queued run is
+        not settled: its runtime admits it when a slot frees)."""
+        return self.status is not RunStatus.RUNNING and self.status is not RunStatus.QUEUED
 
     def tool_info(self, name: str) -> ToolInfo | None:
         """The recorded description of tool ``name``, if the run has it."""

@@ -32,12 +32,14 @@ __all__ = [
     "ModelFailed",
     "ModelRequested",
     "ModelResponded",
+    "RunAdmitted",
     "RunCancelled",
     "RunCompleted",
     "RunFailed",
     "RunFailureKind",
     "RunLimitReached",
     "RunNoProgress",
+    "RunQueued",
     "RunResumed",
     "RunStarted",
     "ToolCompleted",
@@ -209,6 +211,17 @@ class RunResumed(Event, tag="run.resumed", frozen=True):
     extended_limits: Limits | None = None
 
 
+class RunQueued(Event, tag="run.queued", frozen=True):
+    """The run was started past its runtime's ``max_active_runs``: it waits its turn
+    (recorded with ``run.started``, in the same append)."""
+
+
+class RunAdmitted(Event, tag="run.admitted", frozen=True):
+    """A queued run got its turn: runtime ``owner`` drives it from here."""
+
+    owner: str
+
+
 KnownEvent = (
     RunStarted
     | ModelRequested
@@ -226,5 +239,7 @@ KnownEvent = (
     | RunFailed
     | RunCancelled
     | RunResumed
+    | RunQueued
+    | RunAdmitted
 )
 """Every event type this version of foldloop knows."""

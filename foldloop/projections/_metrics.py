@@ -26,11 +26,13 @@ from foldloop.events._catalogue import (
     ModelFailed,
     ModelRequested,
     ModelResponded,
+    RunAdmitted,
     RunCancelled,
     RunCompleted,
     RunFailed,
     RunLimitReached,
     RunNoProgress,
+    RunQueued,
     RunResumed,
     RunStarted,
     ToolCompleted,
@@ -163,6 +165,16 @@ def _run_resumed(s: RunMetricsState, r: Recorded) -> RunMetricsState:
     return _moved(s, r.run_id, _Run(run.agent, status, run.waiting))
 
 
+def _run_queued(s: RunMetricsState, r: Recorded) -> RunMetricsState:
+    run = s.runs.get(r.run_id) or _Run("", "running")
+    return _moved(s, r.run_id, _Run(run.agent, "queued"))
+
+
+def _run_admitted(s: RunMetricsState, r: Recorded) -> RunMetricsState:
+    run = s.runs.get(r.run_id) or _Run("", "queued")
+    return _moved(s, r.run_id, _Run(run.agent, "running"))
+
+
 def _model_requested(s: RunMetricsState, _r: Recorded) -> RunMetricsState:
     return msgspec.structs.replace(s, model_calls=s.model_calls + 1)
 
@@ -261,6 +273,8 @@ _HANDLERS: dict[type, Any] = {
     RunLimitReached: _run_ended,
     RunNoProgress: _run_ended,
     RunResumed: _run_resumed,
+    RunQueued: _run_queued,
+    RunAdmitted: _run_admitted,
     ModelRequested: _model_requested,
     ModelResponded: _model_responded,
     ModelFailed: _model_failed,

@@ -1,4 +1,5 @@
-"""The host's commands that move runs: spawn, resume, cancel, recover.
+"""The host's commands that move runs: spawn, resume, cancel, recover, and the admission
+of a queued run when its turn comes.
 
 Each takes the run (a claim here and its lease in the store), decides with the pure core,
 writes the decision through ``RunWrites`` and hands the run on (``drive``).
@@ -9,21 +10,24 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Mapping
 
+from msgspec.structs import replace
+
 from foldloop._agent import Agent
 from foldloop._log import get_logger
 from foldloop.actors._system import HANDOVER_WAIT, ActorSystem
-from foldloop.core._commands import Cancel, Resume
+from foldloop.core._commands import Admit, Cancel, Resume
 from foldloop.core._decide import decide
 from foldloop.core._state import RunState, RunStatus
 from foldloop.errors import ConfigError, RunLocked, SchemaChangedError, StoreCorrupted
 from foldloop.events._recorded import UnknownEvent
 from foldloop.events._values import Limits
+from foldloop.runtime._admission import Admission
 from foldloop.runtime._approval_desk import ApprovalDesk
 from foldloop.runtime._driving import drive
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._registry import AgentRegistry
 from foldloop.runtime._results import Damaged
-from foldloop.runtime._rules import check_spawn, evolve_all, merged, priced_limits
+from foldloop.runtime._rules import NothingToDo, check_spawn, evolve_all, merged, priced_limits
 from foldloop.runtime._writes import RunWrites
 from foldloop.store import EventStore
 
@@ -46,6 +50,7 @@ class Commands:
         desk: ApprovalDesk,
         clock: Callable[[], int],
         owner: str,
+        admission: Admission,
     ) -> None:
         self._store = store
         self._system = system
@@ -55,6 +60,7 @@ class Commands:
         self._desk = desk
         self._clock = clock
         self._owner = owner
+        self._admission = admission
 
     def spawn(
         self,
@@ -65,7 +71,9 @@ class Commands:
         metadata: Mapping[str, str] | None,
         parent_run_id: str | None,
     ) -> str:
-        """Start a run of ``agent`` on ``input``; returns once run.started is durable."""
+        """Start a run of ``agent`` on ``input``; returns once run.started is durable.
+
+        Past ``max_active_runs`` the run is recorded queued and waits its turn (FIFO)."""
         self._agents.register(agent)
         check_spawn(input, run_id, metadata, parent_run_id)
         run_id = run_id if run_id is not None else f"{agent.name}-{secrets.token_hex(6)}"
@@ -78,18 +86,59 @@ class Commands:
             parent_run_id=parent_run_id,
             limits=priced_limits(agent, now),
         )
-        decision = decide(RunState(run_id=run_id), command)
-        settles = decision.settles
-        self._system.claim(run_id)
+        admitted = self._admission.reserve()
         try:
-            epoch = self._writes.start(run_id, decision.events, command.now, settles=settles)
-        except BaseException:
-            self._system.unclaim(run_id)
-            raise
-        state = evolve_all(RunState(run_id=run_id), decision, command.now)
-        log.info("run_started", run_id=run_id, agent=agent.name)
-        drive(self._system, agent, state, epoch, decision, released=settles)
+            if not admitted:
+                command = replace(command, queued=True)
+            decision = decide(RunState(run_id=run_id), command)
+            # A queued run keeps its lease: who holds it admits it, and only the queued runs
+            # of a runtime that died are taken over by another's recover().
+            settles = decision.settles and admitted
+            self._system.claim(run_id)
+            try:
+                epoch = self._writes.start(run_id, decision.events, command.now, settles=settles)
+            except BaseException:
+                self._system.unclaim(run_id)
+                raise
+            if not admitted:
+                self._system.unclaim(run_id)
+                self._admission.enqueue((run_id,))
+                log.info("run_queued", run_id=run_id, agent=agent.name)
+                return run_id
+            state = evolve_all(RunState(run_id=run_id), decision, command.now)
+            log.info("run_started", run_id=run_id, agent=agent.name)
+            drive(self._system, agent, state, epoch, decision, released=settles)
+        finally:
+            if admitted:
+                self._admission.release()
         return run_id
+
+    def admit(self, run_id: str) -> None:
+        """Start a queued run whose turn came (on the admission thread): take it, record
+        ``run.admitted`` and hand it to an actor. A run cancelled meanwhile is left as it is."""
+        try:
+            epoch = self._system.take(run_id, wait=HANDOVER_WAIT)
+        except RunLocked as exc:  # a live runtime recovered it, having found this one dead
+            log.warning("admission_skipped", run_id=run_id, error=str(exc))
+            return
+        try:
+            state = self._queries.state(run_id)
+            agent = self._agents.named(state.agent)
+            if state.status is not RunStatus.QUEUED or agent is None:
+                raise NothingToDo
+            command = Admit(now=self._clock(), owner=self._owner)
+            decision = decide(state, command)
+            settles = decision.settles  # a ceiling reached before its first model call
+            self._writes.append_decisions(state, [(decision, command)], epoch, release=settles)
+        except NothingToDo:
+            self._system.give_back(run_id, epoch)
+            return
+        except BaseException:
+            self._system.give_back(run_id, epoch)
+            raise
+        state = evolve_all(state, decision, command.now)
+        log.info("run_admitted", run_id=run_id, agent=agent.name)
+        drive(self._system, agent, state, epoch, decision, released=settles)
 
     def resume(self, run_id: str, *, extend: Limits | None) -> str:
         """Continue a resumable run (interrupted, limit reached, no progress, parked)."""
@@ -98,6 +147,13 @@ class Commands:
         state = self._queries.state(run_id)
         if state.unknown_events:
             self._refuse_unknown(run_id)
+        if state.status is RunStatus.QUEUED:
+            raise ConfigError(
+                f"run {run_id!r} is queued: its runtime starts it when a slot is free "
+                "(max_active_runs)",
+                advice="wait() for it; if its runtime is gone, recover() in a runtime with "
+                "its agent admits it in turn",
+            )
         if not state.resumable:
             raise ConfigError(
                 f"run {run_id!r} is {state.status.value} and cannot be resumed"
@@ -134,8 +190,10 @@ class Commands:
                 )
 
     def recover(self) -> list[str]:
-        """Resume every run left running by a runtime that died, for agents known here."""
+        """Resume every run left running by a runtime that died, for agents known here, and
+        queue the runs it had queued behind those waiting here, in the order they started."""
         recovered: list[str] = []
+        queued: list[str] = []
         orphans = []
         for run_id in self._store.run_ids():
             if self._system.active(run_id):
@@ -156,7 +214,12 @@ class Commands:
             if isinstance(state, Damaged):
                 log.warning("recover_skipped", run_id=state.run_id, error=str(state.error))
                 continue
-            if state.status is not RunStatus.RUNNING or self._agents.named(state.agent) is None:
+            if self._agents.named(state.agent) is None:
+                continue
+            if state.status is RunStatus.QUEUED:
+                queued.append(state.run_id)
+                continue
+            if state.status is not RunStatus.RUNNING:
                 continue
             try:
                 recovered.append(self.resume(state.run_id, extend=None))
@@ -164,7 +227,24 @@ class Commands:
                 continue  # another runtime recovered it first
             except (SchemaChangedError, StoreCorrupted) as exc:
                 log.warning("recover_skipped", run_id=state.run_id, error=str(exc))
-        return recovered
+        return recovered + self._requeue(queued)
+
+    def _requeue(self, run_ids: list[str]) -> list[str]:
+        """Take over the leases of queued runs whose runtime died and queue them here in the
+        order they were started (their run.started's log position): spawn order."""
+        taking = [(run_id, self._store.acquire_lease(run_id, self._owner)) for run_id in run_ids]
+        taken: list[str] = []
+        for run_id, op in taking:  # asked all at once: one commit for all of them
+            try:
+                op.wait()
+            except RunLocked:
+                continue  # another runtime recovered it first
+            taken.append(run_id)
+        taken.sort(key=lambda run_id: self._store.read(run_id, 1, 1)[0].position)
+        if taken:
+            self._admission.enqueue(taken)
+            log.info("runs_requeued", count=len(taken))
+        return taken
 
     def cancel(self, run_id: str, reason: str) -> None:
         """Cancel the run: through its actor if one drives it here, else by taking it."""
@@ -179,6 +259,7 @@ class Commands:
                     continue  # another thread here handed it to an actor meanwhile: tell it
                 raise
             self._cancel_taken(run_id, epoch, command)
+            self._admission.forget(run_id)
             return
 
     def _cancel_taken(self, run_id: str, epoch: int, command: Cancel) -> None:

@@ -30,12 +30,14 @@ from foldloop.errors import ConfigError, RunNotFound, StoreError
 from foldloop.events._recorded import Recorded
 from foldloop.events._values import Limits
 from foldloop.projections._base import Projection
+from foldloop.runtime._admission import Admission
 from foldloop.runtime._approval_desk import ApprovalDesk
 from foldloop.runtime._commands import Commands
 from foldloop.runtime._lifecycle import Lifecycle, OpenOnly
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._registry import AgentRegistry
 from foldloop.runtime._results import RunHandle, RunOps, RunResult, RunSummary
+from foldloop.runtime._rules import check_cap
 from foldloop.runtime._transfer import Transfer
 from foldloop.runtime._waiting import Waiter
 from foldloop.runtime._writes import RunWrites
@@ -61,13 +63,23 @@ class Runtime(OpenOnly, ClosedOnExit):
         on_state: Callable[[RunState], None] | None = None,
         poll_interval: float = 0.1,
         max_model_calls: int | None = None,
+        max_active_runs: int | None = None,
     ) -> None:
+        check_cap("max_model_calls", max_model_calls)
+        check_cap("max_active_runs", max_active_runs)
         self.store = store
         self.owner = uuid.uuid4().hex[:16]
         self._clock = clock
         self._lifecycle = Lifecycle()
         self._agents = AgentRegistry(agents)
         self._owner_hold = store.hold_owner(self.owner)
+        # Late-bound (lambdas): the system and the commands it counts and admits with need
+        # it, so they are built after it.
+        self._admission = Admission(
+            max_active_runs,
+            active=lambda: self.system.active_count(),  # noqa: PLW0108
+            admit=lambda run_id: self._commands.admit(run_id),  # noqa: PLW0108
+        )
         self.system = ActorSystem(
             store,
             self.owner,
@@ -75,6 +87,7 @@ class Runtime(OpenOnly, ClosedOnExit):
             snapshot_every=snapshot_every,
             on_state=on_state,
             max_model_calls=max_model_calls,
+            on_inactive=None if max_active_runs is None else self._admission.on_inactive,
         )
         self._followers = Followers(store, clock)
         writes = RunWrites(store, self.owner)
@@ -97,12 +110,13 @@ class Runtime(OpenOnly, ClosedOnExit):
             desk=self._desk,
             clock=clock,
             owner=self.owner,
+            admission=self._admission,
         )
         self._transfer = Transfer(self._queries, writes)
         self._ops = _RunOps(
             self._lifecycle,
             self._queries,
-            Waiter(store, self.system, self._queries, self._desk),
+            Waiter(store, self.system, self._queries, self._desk, self._admission),
             self._commands,
         )
         self._poll_interval = poll_interval
@@ -124,6 +138,7 @@ class Runtime(OpenOnly, ClosedOnExit):
         create: bool = True,
         poll_interval: float = 0.1,
         max_model_calls: int | None = None,
+        max_active_runs: int | None = None,
     ) -> Runtime:
         """Open (creating if absent) the store directory at ``path`` and start a runtime.
 
@@ -131,18 +146,14 @@ class Runtime(OpenOnly, ClosedOnExit):
         events a resume folds; ``on_state`` observes every state a run actor reaches;
         ``create=False`` refuses to create a missing store (read-only tools use it);
         ``max_model_calls`` caps the model calls in flight at once (a provider's rate limit;
-        None: as many as runs ask for, the threads of a burst ending once it is over).
+        None: as many as runs ask for, the threads of a burst ending once it is over);
+        ``max_active_runs`` caps the runs driven at once: runs spawned past it are recorded
+        ``queued`` and start in spawn order as slots free (None: no cap).
         """
         if not isinstance(snapshot_every, int) or snapshot_every < 0:
             raise ConfigError(f"snapshot_every must be an int >= 0; got {snapshot_every!r}")
-        if max_model_calls is not None and (
-            not isinstance(max_model_calls, int)
-            or isinstance(max_model_calls, bool)
-            or max_model_calls < 1
-        ):
-            raise ConfigError(
-                f"max_model_calls must be an int >= 1, or None for no cap; got {max_model_calls!r}"
-            )
+        check_cap("max_model_calls", max_model_calls)  # before the store is created
+        check_cap("max_active_runs", max_active_runs)
         store = open_store(path, map_size=map_size, create=create)
         try:
             return cls(
@@ -153,6 +164,7 @@ class Runtime(OpenOnly, ClosedOnExit):
                 on_state=on_state,
                 poll_interval=poll_interval,
                 max_model_calls=max_model_calls,
+                max_active_runs=max_active_runs,
             )
         except BaseException:
             store.close()
@@ -165,6 +177,7 @@ class Runtime(OpenOnly, ClosedOnExit):
         self._stop_polling.set()
         self._poller.join(timeout=5)
         self._followers.close()
+        self._admission.close()
         self.system.stop()
         self._owner_hold.release()
         self.store.close()
@@ -203,7 +216,8 @@ class Runtime(OpenOnly, ClosedOnExit):
         metadata: Mapping[str, str] | None = None,
         parent_run_id: str | None = None,
     ) -> RunHandle:
-        """Start a run of ``agent`` on ``input``; returns once run.started is durable."""
+        """Start a run of ``agent`` on ``input``; returns once run.started is durable (past
+        ``max_active_runs``, with the run queued: it starts when its turn comes)."""
         started = self._commands.spawn(
             agent, input, run_id=run_id, metadata=metadata, parent_run_id=parent_run_id
         )
@@ -224,7 +238,8 @@ class Runtime(OpenOnly, ClosedOnExit):
         return RunHandle(self._ops, self._commands.resume(run_id, extend=extend))
 
     def recover(self) -> list[RunHandle]:
-        """Resume every run left running by a runtime that died, for agents registered here."""
+        """Resume every run left running by a runtime that died, for agents registered here;
+        the runs it had queued are queued here, in the order they were spawned."""
         return [RunHandle(self._ops, run_id) for run_id in self._commands.recover()]
 
     # -- approvals -----------------------------------------------------------------------

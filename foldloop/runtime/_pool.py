@@ -47,7 +47,7 @@ from foldloop.runtime._pool_protocol import (
     encode,
 )
 from foldloop.runtime._results import RunHandle, RunResult
-from foldloop.runtime._rules import check_spawn
+from foldloop.runtime._rules import check_cap, check_spawn
 
 __all__ = ["PooledRunHandle", "WorkerInfo", "WorkerPool"]
 
@@ -238,7 +238,8 @@ class WorkerPool(ClosedOnExit):
     the host's ``sys.path``. Use it as a context manager; ``close()`` stops the workers
     (runs still going stay resumable: a later pool, or ``rt.recover()``, continues them).
     ``switch_interval`` is the workers' ``sys.setswitchinterval`` (``SWITCH_INTERVAL``;
-    None keeps Python's default).
+    None keeps Python's default). ``max_model_calls`` and ``max_active_runs`` are each
+    worker's ``Runtime.open`` caps (per process: the pool's whole is that times ``processes``).
     """
 
     def __init__(
@@ -250,6 +251,8 @@ class WorkerPool(ClosedOnExit):
         log_level: str = "warning",
         start_timeout: float = 60.0,
         switch_interval: float | None = SWITCH_INTERVAL,
+        max_model_calls: int | None = None,
+        max_active_runs: int | None = None,
     ) -> None:
         specs = [agents] if isinstance(agents, str) else list(agents)
         if not specs or not all(isinstance(s, str) for s in specs):
@@ -269,6 +272,8 @@ class WorkerPool(ClosedOnExit):
                 "switch_interval is the workers' sys.setswitchinterval in seconds, a number "
                 f"in (0, 1], or None for Python's default; got {switch_interval!r}"
             )
+        check_cap("max_model_calls", max_model_calls)
+        check_cap("max_active_runs", max_active_runs)
         self._agents = {load_agent(spec).name for spec in specs}
         self._start_timeout = start_timeout
         self.runtime = Runtime.open(path)  # drives nothing: it knows no agents
@@ -278,6 +283,12 @@ class WorkerPool(ClosedOnExit):
             self._command += ["--agent", spec]
         if switch_interval is not None:
             self._command += ["--switch-interval", repr(float(switch_interval))]
+        for flag, cap in (
+            ("--max-model-calls", max_model_calls),
+            ("--max-active-runs", max_active_runs),
+        ):
+            if cap is not None:
+                self._command += [flag, str(cap)]
         search = [os.getcwd() if p == "" else p for p in sys.path]
         self._env = {**os.environ, "PYTHONPATH": os.pathsep.join(search)}
         self._lock = threading.Lock()

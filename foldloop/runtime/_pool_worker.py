@@ -127,6 +127,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--agent", action="append", required=True, help="module:attr")
     parser.add_argument("--log-level", default="warning")
     parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval, s")
+    parser.add_argument("--max-model-calls", type=int, help="Runtime.open(max_model_calls=)")
+    parser.add_argument("--max-active-runs", type=int, help="Runtime.open(max_active_runs=)")
     return parser.parse_args(argv)
 
 
@@ -151,7 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=level, stream=sys.stderr, format=fmt)  # a host of its own
     try:
         agents = [load_agent(spec) for spec in args.agent]
-        rt = Runtime.open(args.store, agents=agents, create=False)
+        rt = Runtime.open(
+            args.store,
+            agents=agents,
+            create=False,
+            max_model_calls=args.max_model_calls,
+            max_active_runs=args.max_active_runs,
+        )
     except Exception as exc:  # an agent's module may raise anything as it is imported
         answers.send(Failed(str(exc) if isinstance(exc, FoldloopError) else repr(exc)))
         return 1

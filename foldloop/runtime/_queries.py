@@ -10,7 +10,13 @@ import msgspec
 from foldloop.actors._system import ActorSystem
 from foldloop.core._batch import fold, fold_events
 from foldloop.core._commands import Start
-from foldloop.core._explain import DecidedApproval, Explanation, explain, parked_reason
+from foldloop.core._explain import (
+    ORPHAN_QUEUED,
+    DecidedApproval,
+    Explanation,
+    explain,
+    parked_reason,
+)
 from foldloop.core._replay import replay
 from foldloop.core._snapshot import restore_state
 from foldloop.core._state import STATE_VERSION, RunState, RunStatus
@@ -150,9 +156,11 @@ class Queries:
                     out.append(state.summary())
                 continue
             run_id = state.run_id
-            current = state.status
+            current, reason = state.status, state.reason
             if current is RunStatus.RUNNING and self.orphaned(run_id):
                 current = RunStatus.INTERRUPTED
+            elif current is RunStatus.QUEUED and self.orphaned(run_id):
+                reason = ORPHAN_QUEUED
             if wanted is not None and current is not wanted:
                 continue
             if agent is not None and state.agent != agent:
@@ -165,7 +173,7 @@ class Queries:
                     steps=state.steps,
                     reason=parked_reason(state, self.decided(state))
                     if current is RunStatus.AWAITING_APPROVAL
-                    else state.reason,
+                    else reason,
                     seq=state.seq,
                     updated_at=state.last_at,
                 )
@@ -223,7 +231,8 @@ class Queries:
         return replay(records, start)
 
     def orphaned(self, run_id: str) -> bool:
-        """Neither an actor here nor a live runtime anywhere drives the run."""
+        """Neither an actor here nor a live runtime anywhere drives the run (or, for a
+        queued run, holds it)."""
         return not self._system.active(run_id) and not self.driven(run_id)
 
     def driven(self, run_id: str) -> bool:

@@ -87,7 +87,9 @@ def result_of(state: RunState, *, interrupted: str = "") -> RunResult:
         status=status,
         output=state.output,
         reason=reason,
-        resumable=status is RunStatus.INTERRUPTED or (state.resumable and not state.terminal),
+        # a queued run is admitted (by recover() once its runtime is gone), never resumed
+        resumable=(status is RunStatus.INTERRUPTED and state.status is not RunStatus.QUEUED)
+        or (state.resumable and not state.terminal),
         usage=state.usage,
         steps=state.steps,
     )

@@ -23,6 +23,7 @@ from foldloop.events._values import Limits
 
 __all__ = [
     "NothingToDo",
+    "check_cap",
     "check_run_id",
     "check_spawn",
     "check_text",
@@ -97,6 +98,12 @@ def check_text(what: str, value: object) -> None:
             f"{what} contains an unpaired surrogate (U+{ord(value[bad]):04X}) at index "
             f"{bad}; text must be valid Unicode (decode bytes with errors='replace')"
         )
+
+
+def check_cap(name: str, value: object) -> None:
+    """Refuse a cap (``max_model_calls``, ``max_active_runs``) that is not None or an int >= 1."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ConfigError(f"{name} must be an int >= 1, or None for no cap; got {value!r}")
 
 
 def check_run_id(run_id: object) -> None:

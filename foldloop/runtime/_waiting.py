@@ -1,5 +1,6 @@
-"""Waiting for a run: on this runtime's settlement of it where it drives the run, by
-following the log where another runtime (or process) does, and through its parks when asked."""
+"""Waiting for a run: through its turn if it is queued here, on this runtime's settlement of
+it where it drives the run, by following the log where another runtime (or process) does,
+and through its parks when asked."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import math
 import time
 
 from foldloop.actors._system import ActorSystem
+from foldloop.core._explain import ORPHAN_QUEUED
 from foldloop.core._state import RunState, RunStatus
 from foldloop.errors import ConfigError
+from foldloop.runtime._admission import Admission
 from foldloop.runtime._approval_desk import ApprovalDesk
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._results import RunResult, result_of
@@ -30,12 +33,18 @@ class Waiter:
     """``RunHandle.wait`` for one runtime."""
 
     def __init__(
-        self, store: EventStore, system: ActorSystem, queries: Queries, desk: ApprovalDesk
+        self,
+        store: EventStore,
+        system: ActorSystem,
+        queries: Queries,
+        desk: ApprovalDesk,
+        admission: Admission,
     ) -> None:
         self._store = store
         self._system = system
         self._queries = queries
         self._desk = desk
+        self._admission = admission
 
     def wait(
         self, run_id: str, timeout: float | None, *, through_approvals: bool = False
@@ -65,6 +74,12 @@ class Waiter:
     def _settle(self, run_id: str, deadline: float | None) -> tuple[RunState, str]:
         """The run once it ends, parks or is interrupted (or at the deadline), and why it
         was interrupted ("" if it was not)."""
+        turn = self._admission.wait_turn(run_id, deadline)
+        if turn == "deadline":
+            return self._queries.state(run_id), ""
+        if turn == "closed":
+            why = "the runtime holding it in its queue was closed; recover() in a new one admits it"
+            return self._queries.state(run_id), why
         while (settlement := self._system.settlement(run_id)) is not None:
             settlement.event.wait(None if deadline is None else max(0, deadline - time.monotonic()))
             state = settlement.state
@@ -134,6 +149,8 @@ class Waiter:
                 if state.settled:
                     continue
                 if not self._queries.driven(run_id):
+                    if state.status is RunStatus.QUEUED:
+                        return state, f"{ORPHAN_QUEUED}; recover() in a runtime with its agent"
                     return state, "no runtime is driving it"
             if deadline is not None and time.monotonic() >= deadline:
                 return state, ""
