@@ -36,7 +36,6 @@ import msgspec
 import structlog
 
 import foldloop as fl
-from foldloop.actors._loops import LOOPS
 from foldloop.core import fold_events
 from foldloop.events import (
     ModelRequested,
@@ -389,10 +388,10 @@ def bare_decode(store: Any) -> int:
 
 
 def quiet_threads() -> None:
-    """Wait (up to 10 s) until the threads an earlier section left are gone: a thousand
-    pooled actor threads ending together would land in the middle of a timing."""
+    """Wait (up to 10 s) until the threads an earlier section left are gone: pool threads
+    ending together would land in the middle of a timing."""
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (sum(LOOPS.counts()) or threading.active_count() > 8):
+    while time.monotonic() < deadline and threading.active_count() > 8:
         time.sleep(0.1)
 
 

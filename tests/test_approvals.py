@@ -17,9 +17,8 @@ import pytest
 
 import foldloop as fl
 from foldloop._approvals import PendingApproval
-from foldloop.actors._loops import LOOPS
 from tests.log_capture import capture_logs
-from tests.waiting import run_actors_alive, wait_until
+from tests.waiting import wait_until
 
 
 class Ledger:
@@ -541,23 +540,16 @@ def _threads_outside_pools() -> int:
 def test_pending_requests_cost_no_thread(rt: fl.Runtime, ledger: Ledger) -> None:
     agent = make_agent(ledger)
     rt.spawn(agent, "warm").wait(timeout=30)
-    # At rest: the warm run's actor has stopped (the gate's and tools' actors live on).
-    wait_until(lambda: run_actors_alive() == 0, 10, "the warm run's actor to stop")
-    busy_before, idle_before = LOOPS.counts()
-    before = _threads_outside_pools() - idle_before  # nor idle actor-loop threads
+    # At rest: the warm run is no longer active (the shards', gate's and tools' actors live on).
+    wait_until(lambda: rt.system.active_count() == 0, 10, "the warm run to deactivate")
+    before = _threads_outside_pools()
     handles = [rt.spawn(agent, f"p{i}") for i in range(50)]
     assert {h.wait(timeout=60).status for h in handles} == {fl.RunStatus.AWAITING_APPROVAL}
     assert len(rt.pending_approvals()) == 51
     assert not any(rt.system.active(h.id) for h in handles)
-    # Fifty parked runs: every run actor stops, no actor loop runs for them, and the
-    # process comes back to the threads it had (+1: one the burst started may be leaving).
-    wait_until(lambda: run_actors_alive() == 0, 10, "every parked run's actor to stop")
-    wait_until(lambda: LOOPS.counts()[0] <= busy_before, 10, "no actor loop for a parked run")
-    wait_until(
-        lambda: _threads_outside_pools() - LOOPS.counts()[1] <= before + 1,
-        10,
-        f"the threads outside the pools to come back to {before} (+1)",
-    )
+    # Fifty parked runs: none is active, and no thread was started for any of them.
+    assert rt.system.active_count() == 0
+    assert _threads_outside_pools() == before
 
 
 def test_a_notify_callback_that_hangs_is_logged_and_the_run_is_untouched(

@@ -20,7 +20,7 @@ import foldloop as fl
 from foldloop.core import fold
 from tests.log_capture import capture_logs
 from tests.peak import Peak
-from tests.waiting import run_actors_alive, wait_until
+from tests.waiting import logged, wait_until
 
 
 @fl.tool(idempotent=True)
@@ -114,24 +114,25 @@ def test_a_tool_past_its_timeout_fails_with_kind_timeout_and_the_run_goes_on(
         return "late"
 
     llm = fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("slow")]), fl.Reply(text="gave up")])
-    run = rt.spawn(fl.Agent(name="slow", llm=llm, tools=[slow]), "go")
-    try:
-        assert run.wait(timeout=30).output == "gave up"
-    finally:
-        release.set()
-    failed = [r.event for r in rt.events(run.id) if r.type == "tool.failed"]
-    assert [(f.kind, f.error) for f in failed] == [
-        ("timeout", "tool 'slow' did not finish within 0.2 s")
-    ]
-    # The late outcome comes back to the replaced run actor, which drops it and stops.
-    assert returned.wait(10)
-    wait_until(lambda: run_actors_alive() == 0, 10, "the replaced run actor to stop")
+    with capture_logs() as logs:
+        run = rt.spawn(fl.Agent(name="slow", llm=llm, tools=[slow]), "go")
+        try:
+            assert run.wait(timeout=30).output == "gave up"
+        finally:
+            release.set()
+        failed = [r.event for r in rt.events(run.id) if r.type == "tool.failed"]
+        assert [(f.kind, f.error) for f in failed] == [
+            ("timeout", "tool 'slow' did not finish within 0.2 s")
+        ]
+        # The late outcome comes back after its timeout was reported: dropped.
+        assert returned.wait(10)
+        wait_until(lambda: logged(logs, "tool_result_late", run_id=run.id), 10, "the drop")
     assert "tool.completed" not in types(rt, run.id)
 
 
 def stuck_agent() -> tuple[fl.Agent, threading.Event, threading.Event]:
-    """An agent whose one tool call blocks (on its run actor's thread: a step's only call
-    runs there) until ``release`` is set; ``started`` says it is running."""
+    """An agent whose one tool call blocks (on the tool's pool) until ``release`` is set;
+    ``started`` says it is running."""
     started, release = threading.Event(), threading.Event()
 
     @fl.tool(timeout=60)
@@ -145,27 +146,27 @@ def stuck_agent() -> tuple[fl.Agent, threading.Event, threading.Event]:
     return fl.Agent(name="stuck", llm=llm, tools=[stuck]), started, release
 
 
-def test_cancel_is_immediate_while_a_tool_runs_on_the_run_thread(rt: fl.Runtime) -> None:
+def test_cancel_is_immediate_while_a_tool_runs(rt: fl.Runtime) -> None:
     agent, started, release = stuck_agent()
-    run = rt.spawn(agent, "go")
-    try:
-        assert started.wait(10)
-        run.cancel(reason="enough")
-        result = run.wait(timeout=5)
-        assert not release.is_set()  # settled while the tool was still running
-    finally:
-        release.set()
-    assert result.status is fl.RunStatus.CANCELLED
-    assert types(rt, run.id)[-2:] == ["tool.requested", "run.cancelled"]
-    # The tool's late outcome reaches nobody: once the actor that ran it has stopped, the
-    # log still ends where it ended.
-    wait_until(lambda: run_actors_alive() == 0, 10, "the run actor that ran the tool to stop")
+    with capture_logs() as logs:
+        run = rt.spawn(agent, "go")
+        try:
+            assert started.wait(10)
+            run.cancel(reason="enough")
+            result = run.wait(timeout=5)
+            assert not release.is_set()  # settled while the tool was still running
+        finally:
+            release.set()
+        assert result.status is fl.RunStatus.CANCELLED
+        assert types(rt, run.id)[-2:] == ["tool.requested", "run.cancelled"]
+        # The tool's late outcome reaches nobody: the run is no longer active.
+        wait_until(lambda: logged(logs, "tool_result_unclaimed", run_id=run.id), 10, "the drop")
     assert types(rt, run.id)[-1] == "run.cancelled"
 
 
-def test_cancels_racing_tools_on_run_threads_lose_nothing(rt: fl.Runtime) -> None:
-    # Cancels land before, during and after tools that run on their run actors' threads:
-    # every run must settle, cancelled ones with nothing after run.cancelled.
+def test_cancels_racing_tools_lose_nothing(rt: fl.Runtime) -> None:
+    # Cancels land before, during and after tool calls: every run must settle, cancelled
+    # ones with nothing after run.cancelled.
     in_tool, cancelled = threading.Event(), threading.Event()
 
     @fl.tool(timeout=5)
@@ -178,9 +179,8 @@ def test_cancels_racing_tools_on_run_threads_lose_nothing(rt: fl.Runtime) -> Non
         time.sleep(ms / 1000)
         return f"slept {ms}"
 
-    # Eight runs: each finds one of the tool's eight slots free, so every call runs on its
-    # run actor's thread. The first run's first call holds until it is cancelled, so one
-    # cancel at least is sure to land while a tool runs; the others land where they fall.
+    # Eight runs. The first run's first call holds until it is cancelled, so one cancel at
+    # least is sure to land while a tool runs; the others land where they fall.
     replies = [fl.Reply(tool_calls=[fl.ToolCall("nap", {"ms": 10 + i % 7})]) for i in range(6)]
     agent = fl.Agent(name="nap", llm=fl.ScriptedLLM([*replies, fl.Reply(text="ok")]), tools=[nap])
     held_first = [fl.Reply(tool_calls=[fl.ToolCall("nap", {"ms": -1})]), *replies[1:]]
@@ -198,7 +198,7 @@ def test_cancels_racing_tools_on_run_threads_lose_nothing(rt: fl.Runtime) -> Non
         results = [run.wait(timeout=30) for run in runs]
     finally:
         cancelled.set()
-    # Cancelled while its tool ran (its actor handed over); the late outcome not recorded.
+    # Cancelled while its tool ran; the late outcome not recorded.
     assert results[0].status is fl.RunStatus.CANCELLED
     assert types(rt, runs[0].id)[-2:] == ["tool.requested", "run.cancelled"]
     for run, result in zip(runs, results, strict=True):
@@ -230,17 +230,18 @@ def test_a_tool_concurrency_bound_holds_across_runs(rt: fl.Runtime) -> None:
     assert sum(types(rt, r.id).count("tool.completed") for r in runs) == 12
 
 
-def test_closing_does_not_wait_for_a_tool_running_on_a_run_thread(store_path: Path) -> None:
+def test_closing_does_not_wait_for_a_running_tool(store_path: Path) -> None:
     agent, started, release = stuck_agent()
-    try:
-        with fl.Runtime.open(store_path, agents=[agent]) as rt:
-            run = rt.spawn(agent, "go")
-            assert started.wait(10)
-        assert not release.is_set()  # closed while the tool still ran
-    finally:
-        release.set()
-    # The closed runtime's actor gets the tool's outcome back, then stops, writing nothing.
-    wait_until(lambda: run_actors_alive() == 0, 10, "the closed runtime's run actor to stop")
+    with capture_logs() as logs:
+        try:
+            with fl.Runtime.open(store_path, agents=[agent]) as rt:
+                run = rt.spawn(agent, "go")
+                assert started.wait(10)
+            assert not release.is_set()  # closed while the tool still ran
+        finally:
+            release.set()
+        # The tool's outcome comes back to a closed runtime: dropped, nothing written.
+        wait_until(lambda: logged(logs, "tool_result_unclaimed", run_id=run.id), 10, "the drop")
     with fl.Runtime.open(store_path, agents=[agent]) as rt:
         assert types(rt, run.id)[-1] == "tool.requested"  # the late outcome was not written
         rt.recover()
@@ -275,14 +276,14 @@ def test_a_timed_out_call_late_outcome_never_reaches_a_later_call_with_its_id(
             fl.Reply(text="done"),
         ]
     )
-    run = rt.spawn(fl.Agent(name="reuse", llm=llm, tools=[work]), "go")
-    try:
-        assert first_back.wait(10)
-        # The first call's actor (replaced at its timeout) takes its late outcome and stops
-        # while the second call still runs on the actor that replaced it.
-        wait_until(lambda: run_actors_alive() == 1, 10, "the first call's run actor to stop")
-    finally:
-        second_go.set()
+    with capture_logs() as logs:
+        run = rt.spawn(fl.Agent(name="reuse", llm=llm, tools=[work]), "go")
+        try:
+            assert first_back.wait(10)
+            # The first call's late outcome is dropped while the second call still runs.
+            wait_until(lambda: logged(logs, "tool_result_late", run_id=run.id), 10, "the drop")
+        finally:
+            second_go.set()
     assert run.wait(timeout=30).output == "done"
     outcomes = [
         (r.type, getattr(r.event, "result", getattr(r.event, "kind", "")))

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
-import pykka
-
-__all__ = ["run_actors_alive", "wait_until"]
+__all__ = ["logged", "wait_until"]
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
@@ -21,7 +20,9 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> No
         pause = min(pause * 2, 0.02)  # quick for fast conditions, cheap for slow ones
 
 
-def run_actors_alive() -> int:
-    """Run actors still registered in this process (one that stopped has handled all it
-    was given, a tool's late outcome included)."""
-    return len(pykka.ActorRegistry.get_by_class_name("RunActor"))
+
+def logged(logs: list[dict[str, Any]], event: str, **fields: object) -> bool:
+    """True once ``logs`` (from ``capture_logs``) hold ``event`` with these ``fields``."""
+    return any(
+        e.get("event") == event and all(e.get(k) == v for k, v in fields.items()) for e in logs
+    )

@@ -1,4 +1,4 @@
-"""Actors: thin pykka shells around the pure core (runs, tools) and their supervisor."""
+"""Actors: thin pykka shells around the pure core (runs on shards, tools) and their supervisor."""
 
 from foldloop.actors._run_actor import RunActor
 from foldloop.actors._system import ActorSystem, Settlement

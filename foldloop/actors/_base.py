@@ -1,5 +1,4 @@
-"""The actor base foldloop's actors share: pykka's ThreadingActor with a C inbox, its loop
-on a reused thread.
+"""The actor base foldloop's actors share: pykka's ThreadingActor with a C inbox.
 
 pykka documents ``_create_actor_inbox`` as the seam for the inbox. Its default,
 ``queue.Queue``, is a pure-Python Condition dance on every ``tell``; ``queue.SimpleQueue``
@@ -10,11 +9,9 @@ tells, each on the serial path.
 from __future__ import annotations
 
 import queue
-from typing import Any, cast
+from typing import Any
 
 import pykka
-
-from foldloop.actors._loops import LOOPS
 
 __all__ = ["FastActor"]
 
@@ -28,22 +25,8 @@ class FastActor(pykka.ThreadingActor):
     def _create_actor_inbox() -> Any:
         return queue.SimpleQueue()
 
-    def _start_actor_loop(self) -> None:
-        # pykka starts a thread here; the loop runs on a pooled one instead (see loops.py).
-        LOOPS.run(self._actor_loop)
-
     def start_here(self) -> pykka.ActorRef[Any]:
         """Start this already-built actor (keeping a reference to the object itself)."""
         pykka.ActorRegistry.register(self.actor_ref)
         self._start_actor_loop()
         return self.actor_ref
-
-    def drain_inbox(self) -> list[Any]:
-        """Take every queued envelope, in order (to hand a run over to another actor)."""
-        inbox = cast("queue.SimpleQueue[Any]", self.actor_inbox)
-        taken: list[Any] = []
-        while True:
-            try:
-                taken.append(inbox.get_nowait())
-            except queue.Empty:
-                return taken

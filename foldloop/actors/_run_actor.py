@@ -1,37 +1,37 @@
-"""RunActor: the thin shell around decide() for one active run.
+"""RunActor: one run while it is active, a virtual actor hosted by a Shard.
 
-For each command: decide, append the decision's events, evolve, start the effects. The
-append is the only blocking hop, and only when the decision is durable (an effect leaves
-the process); otherwise the events are queued for the next group commit and the run moves
-on. Model calls that may block run on the runtime's model pool; an instant one (a scripted
-list) is called here. A step's only tool call runs on this thread too (``_run_here``), and
-the system hands the run to a fresh actor if a cancel, an approval or the tool's timeout
-arrives meanwhile; several calls go to their tool's pool. So a cancel never waits.
+Each message is handled in one place, ``handle``: decide, append, then perform the
+effects. The append waits only when the decision is durable (an effect leaves the
+process), and then without holding the shard: the run's next message waits for the commit,
+other runs go on. Model calls go to the runtime's event loop (a model with ``acomplete``)
+or its model pool; an instant one (a scripted list) is answered here and its reply queued
+in the run's own mailbox, behind any cancel already there. Tool calls go to their tool's
+pool or loop. A cancel cancels the model call in flight.
 
-Nothing raises out of ``on_receive``: pykka kills an actor whose ``tell`` handler raises,
-so every failure becomes a settled, resumable run with a reason.
+Nothing raises out of ``receive``: every failure becomes a settled, resumable run with a
+reason.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
+import asyncio
+import concurrent.futures
+import inspect
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, overload
 
 import msgspec
-import pykka
 
 from foldloop._agent import Agent
 from foldloop._approvals import approval_changes, issue_tickets
 from foldloop._log import get_logger
-from foldloop.actors._base import FastActor
+from foldloop.actors._event_loop import EventLoop
 from foldloop.actors._timers import Timers
-from foldloop.actors._tool_actor import OneOutcome, RunToolCall, ToolRunner
+from foldloop.actors._tool_actor import RunToolCall, ToolRunner
 from foldloop.actors._workers import Workers
-from foldloop.core._commands import Command, ModelCallFailed, ModelReplied
+from foldloop.core._commands import Cancel, Command, ModelCallFailed, ModelReplied
 from foldloop.core._decide import decide
 from foldloop.core._effects import CallModel, Decision, RequestApproval, RunTools, Settle
 from foldloop.core._evolve import apply
@@ -42,14 +42,12 @@ from foldloop.errors import FoldloopError, ModelCallError
 from foldloop.events._catalogue import ToolFailed
 from foldloop.events._codec import storable_text
 from foldloop.events._values import Usage
+from foldloop.llm import Reply
 from foldloop.store import ApprovalChanges, EventStore, Lease, Payload, Pending, encode_all
 
 __all__ = ["AppendFailed", "RunActor", "RunHost"]
 
 log = get_logger(__name__)
-
-_INLINE_DEPTH = 8
-"""Instant model replies handled in place, one inside the other, before one goes by mail."""
 
 
 @dataclass(frozen=True)
@@ -79,40 +77,38 @@ class RunHost(Protocol):
     def timers(self) -> Timers: ...
     @property
     def model_pool(self) -> Workers: ...
+    @property
+    def loop(self) -> EventLoop: ...
 
     def tool_runner(self, agent: Agent, name: str) -> ToolRunner: ...
     def notify(self, agent: Agent, state: RunState, call_id: str) -> None: ...
     def tell(self, run_id: str, message: Any) -> bool: ...
-    def hand_on(self, old: Any, outcome: Any | None) -> None: ...
+    def resume(self, run_id: str, then: Callable[[], bool]) -> None: ...
     def settled(self, run_id: str, epoch: int, state: RunState, *, released: bool) -> None: ...
     def interrupted(self, run_id: str, epoch: int, state: RunState, reason: str) -> None: ...
 
 
-class RunActor(FastActor):
+class RunActor:
     """Drives one run while it is active; parked runs hold no actor."""
 
     def __init__(self, system: RunHost, agent: Agent, state: RunState, epoch: int) -> None:
-        super().__init__()
         self.system = system
         self.agent = agent
         self.state = state
         self.epoch = epoch
         self.lease = Lease(system.owner, epoch)
         self.run_id = state.run_id
+        self.finished = False
         self._log: Any = None
-        self._dead = False
         self._held: list[Payload] = []
         self._held_from = 0
         self._held_approvals: ApprovalChanges | None = None
         self._released = False  # the lease went in the settling decision's transaction
         self._inline = bool(getattr(agent.llm, "instant", False))
+        self._asks = _async_form(agent.llm)
         self._specs = [t.spec for t in agent.tools]
-        self._depth = 0
-        # A tool running on this actor's own thread (see _run_here): while it runs, the
-        # system may hand the run to a fresh actor (timeout, cancel, any message).
-        self.guard = threading.Lock()
-        self.away: str | None = None
-        self.replaced = False
+        self._in_flight: concurrent.futures.Future[Any] | None = None
+        """The async model call under way (cancelled with the run)."""
 
     @property
     def log(self) -> Any:
@@ -121,34 +117,45 @@ class RunActor(FastActor):
             self._log = log.bind(run_id=self.run_id, agent=self.agent.name)
         return self._log
 
-    # -- messages ------------------------------------------------------------------------
+    # -- messages (the shard hands them over one at a time) ------------------------------
 
-    def on_receive(self, message: Any) -> None:
-        if self._dead:
-            return
+    def receive(self, message: Any) -> bool:
+        """Handle one message; False while a durable commit of it is on its way (the shard
+        is told to go on with ``committed`` when it lands)."""
+        if self.finished:
+            return True
         try:
             if isinstance(message, Command):
-                self.handle(message)
-            elif isinstance(message, Decision):
-                self.perform(message)
-            elif isinstance(message, AppendFailed):
+                return self.handle(message)
+            if isinstance(message, Decision):
+                return self.carry_out(message)
+            if isinstance(message, AppendFailed):
                 self.fail(message.error)
-            if self._held and self.actor_inbox.empty():
-                self._flush_held()
         except Exception as exc:
             self.log.exception("run_actor_error")
             self.fail(exc)
+        return True
 
-    def on_stop(self) -> None:
-        # The runtime is closing: queue what this run holds back (the store commits it).
-        if not self._dead:
+    def idle(self) -> None:
+        """No message waits: what was held back for the next append goes now."""
+        try:
+            self._flush_held()
+        except Exception as exc:
+            self.fail(exc)
+
+    def stopping(self) -> None:
+        """The runtime is closing: queue what this run holds back (the store commits it)."""
+        if not self.finished:
             try:
                 self._flush_held()
             except Exception:
                 self.log.exception("flush_on_stop_failed")
+        self._cancel_in_flight()
 
-    def handle(self, command: Command) -> None:
-        """Decide, append, evolve, act."""
+    # -- one step: decide, append, perform -------------------------------------------------
+
+    def handle(self, command: Command) -> bool:
+        """Decide on ``command``, append the decision's events, then perform its effects."""
         tokens: dict[str, str] = {}
         policy = self.agent.approvals
         if policy is not None and isinstance(command, ModelReplied) and command.tool_calls:
@@ -158,43 +165,45 @@ class RunActor(FastActor):
                 command.now,
             )
             command = msgspec.structs.replace(command, gated=gated)
+        if isinstance(command, Cancel):
+            self._cancel_in_flight()
         decision = decide(self.state, command)
         if decision.rejected:
             self.log.debug("command_ignored", command=type(command).__name__, why=decision.rejected)
-            return
+            return True
         if tokens and decision.state is not None:
             for index, call in enumerate(decision.state.calls):
                 token = tokens.get(str(index))
                 if token is not None:
                     self.system.issued[(self.run_id, call.call_id)] = token
-        inline_model = (
-            self._inline
-            and len(decision.effects) == 1
-            and isinstance(decision.effects[0], CallModel)
-            and decision.effects[0].delay_s <= 0
-        )
-        self.commit(decision, command.now, hold=inline_model)
-        for event in decision.events:
-            if type(event) is ToolFailed:
-                tool = next((c.tool for c in self.state.calls if c.call_id == event.call_id), "")
-                self.log.warning(
-                    "tool_failed",
-                    tool=tool,
-                    call_id=event.call_id,
-                    kind=event.kind,
-                    error=event.error[:300],
-                )
+        self._log_failures(decision)
+        return self.carry_out(decision, command.now)
+
+    def carry_out(self, decision: Decision, at: int | None = None) -> bool:
+        """Append a decision's events (none to append for the first decision: it is in the
+        log already), then perform its effects, once committed when it is durable."""
+        if at is not None and decision.events and self.commit(decision, at):
+            return False
         self.perform(decision)
+        return True
 
-    def commit(self, decision: Decision, at: int, *, hold: bool = False) -> None:
-        """Append the decision's events; wait only if an effect needs them durable.
+    def _committed(self, op: Pending[Any], decision: Decision) -> bool:
+        """The durable append of ``decision`` landed: go on with its effects."""
+        if op.error is not None:
+            self.fail(op.error)
+        elif not self.finished:
+            self._released = decision.settles
+            self.perform(decision)
+        return True
 
-        ``hold`` keeps a non-durable decision's events back so that they ride in the next
-        decision's append (one head lookup, one lease check, one op); ``on_receive``
-        flushes them if no message follows.
+    def commit(self, decision: Decision, at: int) -> bool:
+        """Append the decision's events; True when an effect needs them durable: the shard
+        is then told to go on (``_committed``) once they are.
+
+        A non-durable decision followed by an instant model call keeps its events back to
+        ride in the next decision's append (one head lookup, one lease check, one op);
+        ``idle`` flushes them if no message follows.
         """
-        if not decision.events:
-            return
         payloads = encode_all(decision.events, at)
         state = decision.state
         if state is None:
@@ -216,54 +225,72 @@ class RunActor(FastActor):
         else:
             expected = self.state.seq
         before = self.state.seq
-        if hold and not decision.durable:
+        if not decision.durable and self._holds(decision):
             self._held, self._held_from, self._held_approvals = payloads, expected, approvals
         else:
-            op = self._append(
-                payloads, expected, durable=decision.durable, approvals=approvals, release=settles
+            self._append(
+                payloads,
+                expected,
+                approvals=approvals,
+                release=settles,
+                landed=self._landing(decision) if decision.durable else None,
             )
-            if decision.durable:
-                op.wait()
-                self._released = settles
             every = self.system.snapshot_every
             if every and state.seq // every > before // every:
                 self._snapshot(state)
         self.state = state
         if self.system.on_state is not None:
             self.system.on_state(state)
+        return decision.durable
+
+    def _landing(self, decision: Decision) -> Callable[[Pending[Any]], None]:
+        """The writer's callback for a durable append: resume the run on its shard."""
+        resume, run_id = self.system.resume, self.run_id
+        return lambda op: resume(run_id, lambda: self._committed(op, decision))
+
+    def _holds(self, decision: Decision) -> bool:
+        """The decision's only effect is an instant model call: its events can wait for the
+        reply's."""
+        effects = decision.effects
+        return (
+            self._inline
+            and len(effects) == 1
+            and isinstance(effects[0], CallModel)
+            and effects[0].delay_s <= 0
+        )
 
     def _append(
         self,
         payloads: list[Payload],
         expected: int,
         *,
-        durable: bool,
         approvals: ApprovalChanges | None,
         release: bool = False,
-    ) -> Pending[Any]:
-        """Append under this actor's lease, with the approval records the events carry."""
-        return self.system.store.append(
+        landed: Callable[[Pending[Any]], None] | None = None,
+    ) -> None:
+        """Append under this actor's lease, with the approval records the events carry:
+        durable when ``landed`` is given (told when it is), else queued."""
+        self.system.store.append(
             self.run_id,
             payloads,
             expected_seq=expected,
             lease=self.lease,
             release=release,
             approvals=approvals,
-            durable=durable,
+            durable=landed is not None,
             records=False,
-            callback=None if durable else self._on_queued_append,
+            callback=landed if landed is not None else self._on_queued_append,
         )
 
     def _flush_held(self) -> None:
         if self._held:
             payloads, approvals = self._held, self._held_approvals
             self._held, self._held_approvals = [], None
-            self._append(payloads, self._held_from, durable=False, approvals=approvals)
+            self._append(payloads, self._held_from, approvals=approvals)
 
     def _on_queued_append(self, op: Pending[Any]) -> None:
         if op.error is not None:
-            with contextlib.suppress(pykka.ActorDeadError):
-                self.actor_ref.tell(AppendFailed(op.error))
+            self.system.tell(self.run_id, AppendFailed(op.error))
 
     def _snapshot(self, state: RunState) -> None:
         blob, chunks = split_state(state)
@@ -275,6 +302,18 @@ class RunActor(FastActor):
             chunks=_Encoded(chunks),
         )
 
+    def _log_failures(self, decision: Decision) -> None:
+        for event in decision.events:
+            if type(event) is ToolFailed:
+                tool = next((c.tool for c in self.state.calls if c.call_id == event.call_id), "")
+                self.log.warning(
+                    "tool_failed",
+                    tool=tool,
+                    call_id=event.call_id,
+                    kind=event.kind,
+                    error=event.error[:300],
+                )
+
     # -- effects -------------------------------------------------------------------------
 
     def perform(self, decision: Decision) -> None:
@@ -284,160 +323,140 @@ class RunActor(FastActor):
                 case CallModel():
                     self._call_model(effect)
                 case RunTools():
-                    if not self._run_here(effect):
-                        for call in effect.calls:
-                            runner = self.system.tool_runner(self.agent, call.tool)
-                            runner.dispatch(
-                                RunToolCall(self.run_id, call.call_id, call.args, self.actor_ref)
-                            )
+                    tell, run_id = self.system.tell, self.run_id
+                    for call in effect.calls:
+                        runner = self.system.tool_runner(self.agent, call.tool)
+                        runner.dispatch(
+                            RunToolCall(run_id, call.call_id, call.args, _to_run(tell, run_id))
+                        )
                 case RequestApproval():
                     self.system.notify(self.agent, self.state, effect.call_id)
                 case Settle():
                     self.settle()
 
     def _call_model(self, effect: CallModel) -> None:
+        """Ask the model: inline when instant, on the runtime's loop when it has
+        ``acomplete``, else on the model pool; the reply comes back as a message."""
         messages = MessageView(self.state.history, self.state.steps)
-        specs = self._specs
-        llm, agent, clock = self.agent.llm, self.agent, self.system.clock
-        ref = self.actor_ref
-
-        def ask() -> Command:
-            start = time.perf_counter()
-            try:
-                reply = llm.complete(messages, specs, max_tokens=effect.max_tokens)
-                usage = reply.usage or Usage()
-                model = reply.model or llm.model
-                if not usage.cost_usd:
-                    usage = agent.pricing.usage(model, usage.input_tokens, usage.output_tokens)
-                return ModelReplied(
-                    now=clock(),
-                    step=effect.step,
-                    text=storable_text(reply.text),
-                    tool_calls=tuple(reply.tool_calls),
-                    usage=usage,
-                    model=model,
-                    latency_ms=round((time.perf_counter() - start) * 1000, 3),
-                )
-            except ModelCallError as exc:
-                return ModelCallFailed(
-                    now=clock(), step=effect.step, error=str(exc), retryable=exc.retryable
-                )
-            except Exception as exc:
-                return ModelCallFailed(
-                    now=clock(),
-                    step=effect.step,
-                    error=f"{type(exc).__name__}: {exc}",
-                    retryable=False,
-                )
-
-        def call() -> None:
-            command = ask()
-            with contextlib.suppress(pykka.ActorDeadError):
-                ref.tell(command)
-
-        pool = self.system.model_pool
+        asked = _Asked(self, effect, messages)
         if effect.delay_s <= 0 and self._inline:
-            # Nothing to wait for, so nothing a cancel could interrupt: call it here, and
-            # handle the reply at once unless a message (a cancel) is already queued, which
-            # must come first. The depth bound keeps a run of instant steps (unknown tools,
-            # no tool calls to wait for) from growing the stack without limit.
-            self._deliver(ask())
+            self.system.tell(self.run_id, asked.sync())
         elif effect.delay_s > 0:
-            self.system.timers.call_later(effect.delay_s, lambda: pool.submit(call))
+            self.system.timers.call_later(effect.delay_s, lambda: self._start_call(asked))
         else:
-            pool.submit(call)
+            self._start_call(asked)
 
-    def _deliver(self, command: Command) -> None:
-        """Handle a command produced on this thread at once, unless a message (a cancel)
-        is already queued, which must come first. The depth bound keeps a run of instant
-        steps from growing the stack without limit: past it, the command goes by mail."""
-        if self._depth < _INLINE_DEPTH and self.actor_inbox.empty():
-            self._depth += 1
-            try:
-                self.handle(command)
-            finally:
-                self._depth -= 1
-        else:
-            with contextlib.suppress(pykka.ActorDeadError):
-                self.actor_ref.tell(command)
+    def _start_call(self, asked: _Asked) -> None:
+        tell, run_id = self.system.tell, self.run_id
+        if self._asks is None:
+            self.system.model_pool.submit(lambda: tell(run_id, asked.sync()))
+            return
+        future = self.system.loop.run(asked.awaited(self._asks))
+        self._in_flight = future
 
-    def _run_here(self, effect: RunTools) -> bool:
-        """Run a step's only tool call on this thread, if its tool has a free slot.
+        def replied(done: concurrent.futures.Future[Command]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                tell(run_id, done.result())
 
-        Handing the call to the tool's pool and its result back costs two thread wake-ups
-        on every step. Running it here costs none, and nothing is lost: the call is durable
-        already, the tool's concurrency bound is kept by its slots, and if the tool
-        overruns its timeout, or any message (a cancel, an approval) arrives meanwhile,
-        the system hands the run to a fresh actor (``ActorSystem.take_over``); this one
-        then only forwards the tool's late outcome and stops.
-        """
-        if len(effect.calls) != 1 or len(self.state.calls) != 1:
-            return False
-        call = effect.calls[0]
-        runner = self.system.tool_runner(self.agent, call.tool)
-        if runner.tool.isolated or runner.tool.is_async or not runner.slots.try_take():
-            return False
-        with self.guard:
-            self.away = call.call_id
-        # Said first, checked second (``ActorSystem.tell`` queues, then checks): a message
-        # that slipped in is seen here and handled first, the call going to the pool;
-        # unless its teller already handed the run over, and then the call runs here.
-        if not self.actor_inbox.empty():
-            with self.guard:
-                if not self.replaced:
-                    self.away = None
-                stay = self.away is not None
-            if not stay:
-                runner.slots.give()
-                return False
-        once = OneOutcome()
-        timer = None
-        try:
-            run_id, system = self.run_id, self.system
-            timer = runner.watch(
-                run_id, call.call_id, once, lambda command: system.tell(run_id, command)
-            )
-            outcome = runner.tool.invoke(call.args)
-        finally:
-            runner.slots.give()
-            if timer is not None:
-                timer.cancel()
-            with self.guard:
-                self.away = None
-                replaced = self.replaced
-        command: Command | None = None
-        if once.claim():
-            command = runner.finished(self.state.run_id, call.call_id, outcome)
-        else:  # its timeout was reported: dropped, as on the pool
-            self.log.info("tool_result_unclaimed", call_id=call.call_id)
-        if replaced:
-            self._dead = True
-            self.system.hand_on(self, command)
-            self.stop()
-        elif command is not None:
-            self._deliver(command)
-        return True
+        future.add_done_callback(replied)
+
+    def _cancel_in_flight(self) -> None:
+        future, self._in_flight = self._in_flight, None
+        if future is not None:
+            future.cancel()
 
     # -- endings -------------------------------------------------------------------------
 
     def settle(self) -> None:
-        """The run finished or parked: release the lease, tell waiters, stop."""
-        self._dead = True
+        """The run finished or parked: release the lease, tell waiters, deactivate."""
+        self.finished = True
+        self._cancel_in_flight()
         state = self.state
         what = "run_parked" if state.status is RunStatus.AWAITING_APPROVAL else "run_finished"
         self.log.info(what, status=state.status.value, steps=state.steps, seq=state.seq)
         self.system.settled(self.run_id, self.epoch, state, released=self._released)
-        self.stop()
 
     def fail(self, error: BaseException) -> None:
         """The run cannot be driven from here any more (fenced off, store error)."""
-        if self._dead:
+        if self.finished:
             return
-        self._dead = True
+        self.finished = True
+        self._cancel_in_flight()
         reason = str(error) if isinstance(error, FoldloopError) else repr(error)
         self.log.error("run_interrupted", error=reason)
         self.system.interrupted(self.run_id, self.epoch, self.state, reason)
-        self.stop()
+
+
+AsyncAsk = Callable[..., Awaitable[Reply]]
+
+
+def _async_form(llm: object) -> AsyncAsk | None:
+    """The model's ``acomplete`` when it has one (a coroutine function), else None."""
+    ask = getattr(llm, "acomplete", None)
+    return ask if ask is not None and inspect.iscoroutinefunction(ask) else None
+
+
+def _to_run(tell: Callable[[str, Any], bool], run_id: str) -> Callable[[Any], bool]:
+    return lambda command: tell(run_id, command)
+
+
+class _Asked:
+    """One model call of a run: what it asks, and its answer as the command it becomes."""
+
+    __slots__ = ("agent", "clock", "effect", "messages", "specs")
+
+    def __init__(self, actor: RunActor, effect: CallModel, messages: MessageView) -> None:
+        self.agent = actor.agent
+        self.clock = actor.system.clock
+        self.effect = effect
+        self.messages = messages
+        self.specs = actor._specs
+
+    def sync(self) -> Command:
+        """Call ``complete`` (on the calling thread)."""
+        start = time.perf_counter()
+        try:
+            reply = self.agent.llm.complete(
+                self.messages, self.specs, max_tokens=self.effect.max_tokens
+            )
+        except Exception as exc:
+            return self.failed(exc)
+        return self.replied(reply, start)
+
+    async def awaited(self, ask: AsyncAsk) -> Command:
+        """Await ``acomplete`` (on the runtime's loop; a cancel cancels it)."""
+        start = time.perf_counter()
+        try:
+            reply = await ask(self.messages, self.specs, max_tokens=self.effect.max_tokens)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return self.failed(exc)
+        return self.replied(reply, start)
+
+    def replied(self, reply: Reply, start: float) -> Command:
+        usage = reply.usage or Usage()
+        model = reply.model or self.agent.llm.model
+        if not usage.cost_usd:
+            usage = self.agent.pricing.usage(model, usage.input_tokens, usage.output_tokens)
+        return ModelReplied(
+            now=self.clock(),
+            step=self.effect.step,
+            text=storable_text(reply.text),
+            tool_calls=tuple(reply.tool_calls),
+            usage=usage,
+            model=model,
+            latency_ms=round((time.perf_counter() - start) * 1000, 3),
+        )
+
+    def failed(self, exc: Exception) -> Command:
+        if isinstance(exc, ModelCallError):
+            error, retryable = str(exc), exc.retryable
+        else:
+            error, retryable = f"{type(exc).__name__}: {exc}", False
+        return ModelCallFailed(
+            now=self.clock(), step=self.effect.step, error=error, retryable=retryable
+        )
 
 
 def _joined(a: ApprovalChanges | None, b: ApprovalChanges | None) -> ApprovalChanges | None:

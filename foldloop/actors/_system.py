@@ -1,11 +1,12 @@
-"""ActorSystem: the runtime's supervisor: starts run and tool actors, tracks who is active,
-releases leases and wakes waiters when runs settle.
+"""ActorSystem: the runtime's supervisor: activates runs on its shards, starts tool actors,
+tracks who is active, releases leases and wakes waiters when runs settle.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from foldloop._log import get_logger
 from foldloop.actors._approval_gate import ApprovalGate, Issued
 from foldloop.actors._event_loop import EventLoop
 from foldloop.actors._run_actor import RunActor
+from foldloop.actors._shard import Activate, Continue, Deliver, Shard
 from foldloop.actors._timers import Timers
 from foldloop.actors._tool_actor import ToolActor, ToolRunner
 from foldloop.actors._workers import Workers
@@ -35,6 +37,8 @@ HANDOVER_WAIT = 5.0
 carrying a decision into the run (the approvals poller, say) to finish, before RunLocked."""
 NOTIFY_WORKERS = 8
 """Threads running approval ``notify`` callbacks (a chat message, an e-mail: I/O)."""
+SHARDS = 4
+"""Actors (threads) the active runs are placed on: runs never block one, so a few suffice."""
 
 
 class Settlement:
@@ -75,11 +79,14 @@ class ActorSystem:
         """Sync ``complete`` calls: as many threads as calls wait, up to the cap if one is set."""
         self.notify_pool = Workers(NOTIFY_WORKERS, "foldloop-notify")
         self.loop = EventLoop()
-        """Where async tools are awaited."""
+        """Where async model calls and async tools are awaited."""
+        self._shards: list[pykka.ActorRef[Any]] = []
         self._lock = threading.Lock()
         self._handed = threading.Condition(self._lock)  # a claim went, or became an actor
         self._actors: dict[str, RunActor] = {}
-        """The actor driving each active run here (its ``actor_ref`` is where to tell)."""
+        """The actor of each run active here."""
+        self._placed: dict[str, pykka.ActorRef[Any]] = {}
+        """The shard each active run is on."""
         self._claims: set[str] = set()
         """Runs one thread of this runtime has taken (the lease is per runtime, so it alone
         cannot keep two threads of one runtime from driving a run at once)."""
@@ -178,83 +185,63 @@ class ActorSystem:
             return self._settlements.get(run_id)
 
     def start_run(self, agent: Agent, state: RunState, epoch: int, decision: Decision) -> None:
-        """Start an actor for a run claimed here whose decision is already committed, and act
-        on it; the claim goes when the actor finishes."""
+        """Activate a run claimed here whose decision is already committed, and act on it;
+        the claim goes when the run settles."""
+        run_id = state.run_id
         with self._lock:
             if self._closed:
-                self._drop_claim(state.run_id)
+                self._drop_claim(run_id)
                 raise ConfigError(
                     "this runtime closed while the run started; resume it with a new one"
                 )
             try:
+                shard = self._shard_of(run_id)
                 actor = RunActor(self, agent, state, epoch)
-                ref = actor.start_here()
+                # told under the lock: a tell that sees the run placed queues behind these
+                shard.tell(Activate(actor))
+                shard.tell(Deliver(run_id, decision))
             except BaseException:
-                self._drop_claim(state.run_id)
+                self._drop_claim(run_id)
                 raise
-            self._settlements[state.run_id] = Settlement()
-            self._actors[state.run_id] = actor
+            self._settlements[run_id] = Settlement()
+            self._actors[run_id] = actor
+            self._placed[run_id] = shard
             self._handed.notify_all()
-        ref.tell(decision)
+
+    def _shard_of(self, run_id: str) -> pykka.ActorRef[Any]:
+        """(Lock held.) The shard a run is placed on, by its id (shards start on first use)."""
+        if not self._shards:
+            self._shards = [Shard(self._deactivated).start_here() for _ in range(SHARDS)]
+        return self._shards[zlib.crc32(run_id.encode()) % len(self._shards)]
 
     def tell(self, run_id: str, message: Any) -> bool:
-        """Send a message to the run's actor; False if no actor drives it here.
-
-        If the actor is busy running a tool on its own thread, the run is first handed to a
-        fresh actor (``take_over``), so the message is handled now, not when the tool ends.
-        """
-        for _ in range(2):  # a second look if the actor was replaced under our hands
-            with self._lock:
-                actor = self._actors.get(run_id)
-            if actor is None:
-                return False
-            try:
-                actor.actor_ref.tell(message)
-            except pykka.ActorDeadError:
-                continue
-            # Queued first, checked second: an actor that starts a tool checks its inbox
-            # after saying so, so one of the two sides always sees the other.
-            if actor.away is not None:
-                self.take_over(actor)
-            return True
-        return False
-
-    def take_over(self, actor: RunActor) -> pykka.ActorRef[Any] | None:
-        """Drive ``actor``'s run with a new actor while the old one's thread runs a tool.
-
-        The old actor's state is exactly the run's (it does nothing but wait for the tool),
-        so the new one starts from it; whatever waits in the old inbox moves over in order.
-        The old actor forwards the tool's outcome when it comes back, then stops.
-        Returns the new actor's ref (None if the tool already came back, or closing).
-        """
-        run_id = actor.run_id
-        with actor.guard:
-            call_id = actor.away
-            if call_id is None or actor.replaced:
-                return None
-            with self._lock:
-                if self._closed or self._actors.get(run_id) is not actor:
-                    return None
-                actor.replaced = True
-                fresh = RunActor(self, actor.agent, actor.state, actor.epoch)
-                ref = fresh.start_here()
-                self._actors[run_id] = fresh
-        _move_queued(actor, fresh)
-        log.debug("run_actor_replaced", run_id=run_id, call_id=call_id)
-        return ref
-
-    def hand_on(self, old: RunActor, outcome: Any | None) -> None:
-        """A replaced actor's tool came back: its outcome (None if its timeout was already
-        reported), and anything still queued for it, go to the actor that drives the run now
-        (none when closing or settled: dropped, as a pool's late result is)."""
+        """Queue a message in the mailbox of the run; False if it is not active here."""
         with self._lock:
-            current = self._actors.get(old.run_id)
-        if current is None or current is old:
-            return
-        _move_queued(old, current)
-        if outcome is not None:
+            shard = self._placed.get(run_id)
+        if shard is None:
+            return False
+        try:
+            shard.tell(Deliver(run_id, message))
+        except pykka.ActorDeadError:  # closing
+            return False
+        return True
+
+    def resume(self, run_id: str, then: Callable[[], bool]) -> None:
+        """Let the run go on with the message in hand (its durable append landed)."""
+        with self._lock:
+            shard = self._placed.get(run_id)
+        if shard is not None:
             with contextlib.suppress(pykka.ActorDeadError):
-                current.actor_ref.tell(outcome)
+                shard.tell(Continue(run_id, then))
+
+    def _deactivated(self, run_id: str, unhandled: list[Any]) -> None:
+        """A shard let a run go (it settled, failed, or broke its shard's last guard)."""
+        if unhandled:
+            log.info("run_messages_dropped", run_id=run_id, count=len(unhandled))
+        with self._lock:
+            actor = self._actors.get(run_id)
+        if actor is not None:  # not settled through the actor: only a bug gets here
+            self.interrupted(run_id, actor.epoch, actor.state, "its actor failed; resume it")
 
     def settled_without_actor(self, state: RunState) -> None:
         """Record the outcome of a decision the runtime committed without starting an actor
@@ -281,6 +268,7 @@ class ActorSystem:
     def _finish(self, run_id: str, state: RunState, interrupted: str) -> None:
         with self._lock:
             self._actors.pop(run_id, None)
+            self._placed.pop(run_id, None)
             self._drop_claim(run_id)
             settlement = self._settlements.setdefault(run_id, Settlement())
             self._forget_old()
@@ -366,16 +354,14 @@ class ActorSystem:
         """Stop every actor; runs still going stay 'running' in the log (recover() resumes)."""
         with self._lock:
             self._closed = True
-            actors = list(self._actors.items())
+            shards, self._shards = self._shards, []
+            active = list(self._actors)
             tools = [*self._tools.values(), *self._gate_refs.values()]
             gates = list(self._gates.values())
-        for run_id, actor in actors:
-            with actor.guard:
-                away = actor.away is not None
-                actor.replaced = away  # its tool's outcome is then dropped, like a pool's
+        for shard in shards:  # each queues what its runs hold back, as it stops
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                # An actor whose thread is in a tool stops when the tool returns: no wait.
-                actor.actor_ref.stop(block=not away, timeout=5)
+                shard.stop(block=True, timeout=5)
+        for run_id in active:
             settlement = self.settlement(run_id)
             if settlement is not None and not settlement.event.is_set():
                 settlement.interrupted = "the runtime driving it was closed; resume it later"
@@ -385,7 +371,7 @@ class ActorSystem:
                 ref.stop(block=True, timeout=5)
         self._deliver_notifications(gates)
         self.timers.stop()
-        self.loop.close()  # async tool calls still in flight are cancelled; runs resume later
+        self.loop.close()  # model calls and async tools in flight are cancelled; runs resume later
         self.model_pool.shutdown()
         self.notify_pool.shutdown()
 
@@ -396,9 +382,3 @@ class ActorSystem:
         timeout = max((gate.policy.notify_timeout for gate in gates), default=0.0)
         if gates and not self.notify_pool.join(timeout):
             log.warning("approval_notify_unfinished_at_close", timeout_s=timeout)
-
-
-def _move_queued(old: RunActor, new: RunActor) -> None:
-    """What waits in ``old``'s inbox goes to ``new``'s, in order (envelopes as they are)."""
-    for envelope in old.drain_inbox():
-        new.actor_inbox.put(envelope)

@@ -1,11 +1,9 @@
-"""ToolActor: one per tool; owns the tool's bounded pool, its slots and its timeouts.
+"""ToolActor: one per tool; owns the tool's bounded pool and its timeouts.
 
 Run actors hand calls straight to ``dispatch`` (thread-safe) rather than through the
 actor's mailbox: the mailbox would only forward to the pool, at the price of one more
-thread wake-up on every step. A run actor may also run a step's only call on its own
-thread; it takes one of the tool's ``slots`` for it, as every pool job does, so the
-tool's concurrency bound holds either way. The actor's own thread handles lifecycle (stop
-shuts the pool down). A call past its timeout is reported as ``tool.failed(kind="timeout")``
+thread wake-up on every step. The actor's own thread handles lifecycle (stop shuts the
+pool down). A call past its timeout is reported as ``tool.failed(kind="timeout")``
 at once; its late real outcome is then ignored by decide. An ``async def`` tool's calls are
 tasks on the runtime's event loop instead: no thread each, the timeout cancels the task.
 """
@@ -19,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pykka
-
 from foldloop._log import get_logger
 from foldloop.actors._base import FastActor
 from foldloop.actors._event_loop import EventLoop
@@ -29,19 +25,19 @@ from foldloop.actors._workers import Workers
 from foldloop.core._commands import ToolFinished
 from foldloop.tools._decorator import Tool, ToolOutcome
 
-__all__ = ["OneOutcome", "RunToolCall", "Slots", "ToolActor", "ToolRunner", "outcome_command"]
+__all__ = ["OneOutcome", "RunToolCall", "ToolActor", "ToolRunner", "outcome_command"]
 
 log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
 class RunToolCall:
-    """Run one call and tell ``reply_to`` a ToolFinished command."""
+    """Run one call and hand ``reply`` its ToolFinished command (False: nobody took it)."""
 
     run_id: str
     call_id: str
     args: str
-    reply_to: Any
+    reply: Callable[[ToolFinished], bool]
 
 
 class OneOutcome:
@@ -61,47 +57,6 @@ class OneOutcome:
                 return False
             self._taken = True
             return True
-
-
-class Slots:
-    """A counting bound on a tool's running calls.
-
-    ``threading.Semaphore`` is a Python-level Condition dance on every acquire and release;
-    a step takes and gives a slot each time, and nearly always finds one free, so this takes
-    a plain lock and touches the condition only when someone actually waits.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self._lock = threading.Lock()
-        self._freed = threading.Condition(self._lock)
-        self._free = limit
-        self._waiting = 0
-
-    def try_take(self) -> bool:
-        """Take a slot if one is free, without waiting."""
-        with self._lock:
-            if self._free <= 0:
-                return False
-            self._free -= 1
-            return True
-
-    def take(self) -> None:
-        """Take a slot, waiting for one if need be."""
-        with self._lock:
-            while self._free <= 0:
-                self._waiting += 1
-                try:
-                    self._freed.wait()
-                finally:
-                    self._waiting -= 1
-            self._free -= 1
-
-    def give(self) -> None:
-        """Give a slot back."""
-        with self._lock:
-            self._free += 1
-            if self._waiting:
-                self._freed.notify()
 
 
 def outcome_command(call_id: str, outcome: ToolOutcome, now: int) -> ToolFinished:
@@ -130,8 +85,6 @@ class ToolRunner:
         self.async_slots = asyncio.Semaphore(tool.concurrency)
         """The bound of an async tool's calls in flight on the loop."""
         self.pool = Workers(tool.concurrency, f"foldloop-tool-{tool.name}")
-        self.slots = Slots(tool.concurrency)
-        """Held by every running call, on the pool or on a run actor's own thread."""
 
     def dispatch(self, call: RunToolCall) -> None:
         """Start ``call`` on the pool; its outcome is told to ``call.reply_to``."""
@@ -195,9 +148,7 @@ class ToolRunner:
         once = OneOutcome()
 
         def report(command: ToolFinished) -> None:  # called by whoever claimed ``once``
-            try:
-                call.reply_to.tell(command)
-            except pykka.ActorDeadError:
+            if not call.reply(command):
                 log.info("tool_result_unclaimed", run_id=call.run_id, call_id=call.call_id)
 
         if self.tool.is_async:
@@ -205,15 +156,13 @@ class ToolRunner:
             return
 
         def run() -> None:  # submitted after ``timer`` is set
-            self.slots.take()
-            try:
-                outcome = self.tool.invoke(call.args)
-            finally:
-                self.slots.give()
+            outcome = self.tool.invoke(call.args)  # the pool's threads are the tool's bound
             if timer is not None:
                 timer.cancel()  # release the run's references now, not in `timeout` s
             if once.claim():
                 report(self.finished(call.run_id, call.call_id, outcome))
+            else:
+                log.info("tool_result_late", run_id=call.run_id, call_id=call.call_id)
 
         timer = self.watch(call.run_id, call.call_id, once, report)
         self.pool.submit(run)

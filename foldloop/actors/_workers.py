@@ -26,7 +26,7 @@ class Workers:
         self._limit = limit if limit is not None else 2**31
         self._keep_idle_s = keep_idle_s
         self._name = name
-        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
         self._idle = 0
@@ -35,7 +35,7 @@ class Workers:
         self._finished = threading.Condition(self._lock)
         self._closed = False
 
-    def submit(self, job: Callable[[], None]) -> None:
+    def submit(self, job: Callable[[], object]) -> None:
         """Queue ``job``; start a thread if every running one is busy and the bound allows."""
         with self._lock:
             if self._closed:
