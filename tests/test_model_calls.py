@@ -34,9 +34,23 @@ class Gate:
         return fl.Reply(text="ok")
 
 
+class SyncModel:
+    """A model with only the sync ``complete`` (no ``acomplete``): it runs on the pool."""
+
+    model = "gated"
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    def complete(
+        self, messages: Sequence[fl.Message], tools: object, *, max_tokens: int | None = None
+    ) -> fl.Reply:
+        return self.gate(messages, tools)
+
+
 def test_there_is_no_silent_cap_on_model_calls_in_flight(tmp_path: Path) -> None:
     gate = Gate()
-    agent = fl.Agent(name="a", llm=fl.ScriptedLLM(gate))
+    agent = fl.Agent(name="a", llm=SyncModel(gate))
     with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
         runs = [rt.spawn(agent, "go") for _ in range(80)]
         try:
@@ -48,7 +62,7 @@ def test_there_is_no_silent_cap_on_model_calls_in_flight(tmp_path: Path) -> None
 
 def test_max_model_calls_caps_the_calls_in_flight(tmp_path: Path) -> None:
     gate = Gate()
-    agent = fl.Agent(name="a", llm=fl.ScriptedLLM(gate))
+    agent = fl.Agent(name="a", llm=SyncModel(gate))
     with fl.Runtime.open(tmp_path / "s", agents=[agent], max_model_calls=3) as rt:
         runs = [rt.spawn(agent, "go") for _ in range(10)]
         wait_until(lambda: gate.now == 3, 30, "three model calls in flight")

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import inspect
+import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, overload
 
@@ -42,7 +42,7 @@ from foldloop.errors import FoldloopError, ModelCallError
 from foldloop.events._catalogue import ToolFailed
 from foldloop.events._codec import storable_text
 from foldloop.events._values import Usage
-from foldloop.llm import Reply
+from foldloop.llm import AsyncComplete, Reply, async_form
 from foldloop.store import ApprovalChanges, EventStore, Lease, Payload, Pending, encode_all
 
 __all__ = ["AppendFailed", "RunActor", "RunHost"]
@@ -105,10 +105,11 @@ class RunActor:
         self._held_approvals: ApprovalChanges | None = None
         self._released = False  # the lease went in the settling decision's transaction
         self._inline = bool(getattr(agent.llm, "instant", False))
-        self._asks = _async_form(agent.llm)
+        self._asks = async_form(agent.llm)
         self._specs = [t.spec for t in agent.tools]
-        self._in_flight: concurrent.futures.Future[Any] | None = None
-        """The async model call under way (cancelled with the run)."""
+        self._in_flight: list[concurrent.futures.Future[Any]] = []
+        """The async model call and tool tasks under way (cancelled with the run)."""
+        self._in_flight_lock = threading.Lock()  # a retry's delayed call starts on a timer
 
     @property
     def log(self) -> Any:
@@ -326,9 +327,11 @@ class RunActor:
                     tell, run_id = self.system.tell, self.run_id
                     for call in effect.calls:
                         runner = self.system.tool_runner(self.agent, call.tool)
-                        runner.dispatch(
+                        task = runner.dispatch(
                             RunToolCall(run_id, call.call_id, call.args, _to_run(tell, run_id))
                         )
+                        if task is not None:
+                            self._track(task)
                 case RequestApproval():
                     self.system.notify(self.agent, self.state, effect.call_id)
                 case Settle():
@@ -352,7 +355,7 @@ class RunActor:
             self.system.model_pool.submit(lambda: tell(run_id, asked.sync()))
             return
         future = self.system.loop.run(asked.awaited(self._asks))
-        self._in_flight = future
+        self._track(future)
 
         def replied(done: concurrent.futures.Future[Command]) -> None:
             if not done.cancelled() and done.exception() is None:
@@ -360,9 +363,19 @@ class RunActor:
 
         future.add_done_callback(replied)
 
+    def _track(self, future: concurrent.futures.Future[Any]) -> None:
+        """Keep an async call's future, for a cancel to cancel (the ones done go)."""
+        with self._in_flight_lock:
+            if not self.finished:
+                self._in_flight = [f for f in self._in_flight if not f.done()]
+                self._in_flight.append(future)
+                return
+        future.cancel()
+
     def _cancel_in_flight(self) -> None:
-        future, self._in_flight = self._in_flight, None
-        if future is not None:
+        with self._in_flight_lock:
+            futures, self._in_flight = self._in_flight, []
+        for future in futures:
             future.cancel()
 
     # -- endings -------------------------------------------------------------------------
@@ -385,15 +398,6 @@ class RunActor:
         reason = str(error) if isinstance(error, FoldloopError) else repr(error)
         self.log.error("run_interrupted", error=reason)
         self.system.interrupted(self.run_id, self.epoch, self.state, reason)
-
-
-AsyncAsk = Callable[..., Awaitable[Reply]]
-
-
-def _async_form(llm: object) -> AsyncAsk | None:
-    """The model's ``acomplete`` when it has one (a coroutine function), else None."""
-    ask = getattr(llm, "acomplete", None)
-    return ask if ask is not None and inspect.iscoroutinefunction(ask) else None
 
 
 def _to_run(tell: Callable[[str, Any], bool], run_id: str) -> Callable[[Any], bool]:
@@ -423,7 +427,7 @@ class _Asked:
             return self.failed(exc)
         return self.replied(reply, start)
 
-    async def awaited(self, ask: AsyncAsk) -> Command:
+    async def awaited(self, ask: AsyncComplete) -> Command:
         """Await ``acomplete`` (on the runtime's loop; a cancel cancels it)."""
         start = time.perf_counter()
         try:

@@ -11,6 +11,7 @@ tasks on the runtime's event loop instead: no thread each, the timeout cancels t
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
@@ -86,12 +87,14 @@ class ToolRunner:
         """The bound of an async tool's calls in flight on the loop."""
         self.pool = Workers(tool.concurrency, f"foldloop-tool-{tool.name}")
 
-    def dispatch(self, call: RunToolCall) -> None:
-        """Start ``call`` on the pool; its outcome is told to ``call.reply_to``."""
+    def dispatch(self, call: RunToolCall) -> concurrent.futures.Future[None] | None:
+        """Start ``call`` on the pool or, for an async tool, the loop (then returns its task's
+        future, for a cancel of the run to cancel); its outcome goes to ``call.reply``."""
         try:
-            self._start(call)
+            return self._start(call)
         except Exception:
             log.exception("tool_dispatch_failed", tool=self.tool.name, run_id=call.run_id)
+            return None
 
     def finished(self, run_id: str, call_id: str, outcome: ToolOutcome) -> ToolFinished:
         """The command that reports a call's own outcome, cut to the tool's bound."""
@@ -144,7 +147,7 @@ class ToolRunner:
 
         return self.timers.call_later(timeout, expire)
 
-    def _start(self, call: RunToolCall) -> None:
+    def _start(self, call: RunToolCall) -> concurrent.futures.Future[None] | None:
         once = OneOutcome()
 
         def report(command: ToolFinished) -> None:  # called by whoever claimed ``once``
@@ -152,8 +155,7 @@ class ToolRunner:
                 log.info("tool_result_unclaimed", run_id=call.run_id, call_id=call.call_id)
 
         if self.tool.is_async:
-            self.loop.run(self._awaited(call, once, report))
-            return
+            return self.loop.run(self._awaited(call, once, report))
 
         def run() -> None:  # submitted after ``timer`` is set
             outcome = self.tool.invoke(call.args)  # the pool's threads are the tool's bound
@@ -166,6 +168,7 @@ class ToolRunner:
 
         timer = self.watch(call.run_id, call.call_id, once, report)
         self.pool.submit(run)
+        return None
 
     async def _awaited(
         self, call: RunToolCall, once: OneOutcome, report: Callable[[ToolFinished], None]
