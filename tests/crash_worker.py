@@ -5,6 +5,7 @@ It talks to the test only through stdout lines and files, like a black-box harne
     ACK run seq position digest type   a committed event (printed after the commit)
     STATE run seq digest         the state a run actor reached
     IN_TOOL run call             a tool started (its ledger line is written first)
+    IN_FLIGHT n                  (--fleet) n runs spawned and not waited for yet
 Effects are recorded in an external ledger (O_APPEND + fsync), outside LMDB.
 """
 
@@ -93,7 +94,7 @@ def build_agent(args: argparse.Namespace) -> fl.Agent:
 
     return fl.Agent(
         name="worker",
-        llm=fl.ScriptedLLM(script),
+        llm=fl.ScriptedLLM(script, latency_s=args.latency),
         tools=[charge, lookup],
         limits=fl.Limits(max_steps=args.steps + 5),
     )
@@ -112,6 +113,8 @@ def main() -> None:
     parser.add_argument("--hang-in-tool", action="store_true")
     parser.add_argument("--hang-in-model-step", type=int, default=0)
     parser.add_argument("--snapshot-every", type=int, default=7)
+    parser.add_argument("--latency", type=float, default=0.0, help="model latency, seconds")
+    parser.add_argument("--fleet", action="store_true", help="spawn all runs, then wait")
     args = parser.parse_args()
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
@@ -138,9 +141,18 @@ def main() -> None:
         h.wait(timeout=120)
 
     def spawn_some(worker: int) -> None:
+        fleet = []
         for i in range(args.runs):
             run_id = f"{args.prefix}-{os.getpid()}-{worker}-{i}"
-            rt.spawn(agent, run_id, run_id=run_id).wait(timeout=120)
+            handle = rt.spawn(agent, run_id, run_id=run_id)
+            if args.fleet:
+                fleet.append(handle)
+            else:
+                handle.wait(timeout=120)
+        if fleet:
+            emit(f"IN_FLIGHT {len(fleet)}")
+        for handle in fleet:
+            handle.wait(timeout=120)
 
     threads = [threading.Thread(target=spawn_some, args=(w,)) for w in range(args.parallel)]
     for t in threads:

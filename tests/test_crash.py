@@ -205,28 +205,73 @@ def test_kill_loop_at_random_points(tmp_path: Path, request: pytest.FixtureReque
         time.sleep(rng.uniform(0.005, 0.3))
         acks, states = parse(kill(proc))
         acked_total += len(acks)
-        log = check_log(store)  # gapless seqs and positions, intact chains
-        now = [(r.position, r.run_id, r.seq, digest(r.event)) for r in log]
-        assert now[: len(previous)] == previous, (
-            f"kill {i}: the log before the crash is not a prefix"
+        previous = check_after_kill(store, previous, acks, states, f"kill {i}")
+    check_recovered(store, ledger)
+    assert acked_total > 0
+
+
+def test_kill_loop_with_500_runs_in_flight_on_a_slow_model(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # Each worker spawns 500 runs at once on a model answering after 0.2 s and is killed
+    # while they are in flight; the next one recovers them and adds its own 500.
+    kills = max(2, int(request.config.getoption("--kills")) // 25)
+    rng = random.Random(int(os.environ.get("FOLDLOOP_SEED", "20261206")))
+    store, ledger = tmp_path / "store", tmp_path / "ledger"
+    previous: list[tuple[int, str, int, str]] = []
+    for i in range(kills):
+        proc = start_worker(
+            store,
+            ledger,
+            *("--recover", "--fleet", "--runs", "500", "--steps", "4", "--latency", "0.2"),
+            *("--prefix", f"f{i}"),
         )
-        present = {(run, seq): (pos, d) for pos, run, seq, d in now}
-        for run, seq, pos, d in acks:
-            assert present.get((run, seq)) == (pos, d), f"kill {i}: acknowledged {run}#{seq} lost"
+        read_until(proc, "IN_FLIGHT", timeout=120)
+        time.sleep(rng.uniform(0.02, 0.5))
+        acks, states = parse(kill(proc))
+        previous = check_after_kill(store, previous, acks, states, f"fleet kill {i}")
         by_run: dict[str, list[fl.types.Recorded]] = {}
-        for r in log:
+        for r in check_log(store):
             by_run.setdefault(r.run_id, []).append(r)
-        for run, seq, d in states:
-            recs = by_run.get(run, [])
-            if seq <= len(recs):
-                assert digest(fold(recs[:seq])) == d, f"kill {i}: fold of {run}[:{seq}] differs"
-        previous = now
-    # A last worker recovers everything and runs to quiescence.
+        cut = sum(fold(recs).status is fl.RunStatus.RUNNING for recs in by_run.values())
+        assert cut >= 50, f"fleet kill {i}: only {cut} runs were in flight when killed"
+    runs = check_recovered(store, ledger)
+    assert runs >= 500 * kills
+
+
+def check_after_kill(
+    store: Path,
+    previous: list[tuple[int, str, int, str]],
+    acks: list[tuple[str, int, int, str]],
+    states: list[tuple[str, int, str]],
+    what: str,
+) -> list[tuple[int, str, int, str]]:
+    """The log after a kill: the one before is its prefix, every acknowledged event is in
+    it, every state a run reached is the fold of its log to there. Returns the log."""
+    log = check_log(store)  # gapless seqs and positions, intact chains
+    now = [(r.position, r.run_id, r.seq, digest(r.event)) for r in log]
+    assert now[: len(previous)] == previous, f"{what}: the log before the crash is not a prefix"
+    present = {(run, seq): (pos, d) for pos, run, seq, d in now}
+    for run, seq, pos, d in acks:
+        assert present.get((run, seq)) == (pos, d), f"{what}: acknowledged {run}#{seq} lost"
+    by_run: dict[str, list[fl.types.Recorded]] = {}
+    for r in log:
+        by_run.setdefault(r.run_id, []).append(r)
+    for run, seq, d in states:
+        recs = by_run.get(run, [])
+        if seq <= len(recs):
+            assert digest(fold(recs[:seq])) == d, f"{what}: fold of {run}[:{seq}] differs"
+    return now
+
+
+def check_recovered(store: Path, ledger: Path) -> int:
+    """A last worker recovers everything and runs it to the end: every run completed, every
+    non-idempotent charge run once and only after its durable intent. Returns the runs."""
     proc = start_worker(store, ledger, "--recover", "--runs", "0")
     read_until(proc, "DONE", timeout=120)
     proc.wait(timeout=60)
     log = check_log(store)
-    by_run = {}
+    by_run: dict[str, list[fl.types.Recorded]] = {}
     for r in log:
         by_run.setdefault(r.run_id, []).append(r)
     statuses = Counter(fold(recs).status for recs in by_run.values())
@@ -241,4 +286,4 @@ def test_kill_loop_at_random_points(tmp_path: Path, request: pytest.FixtureReque
     for ref, times in charges.items():
         assert times == 1, f"non-idempotent charge {ref} ran {times} times"
         assert ref in intents, f"charge {ref} ran without a durable intent in the log"
-    assert acked_total > 0
+    return len(by_run)
