@@ -20,7 +20,6 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> No
         pause = min(pause * 2, 0.02)  # quick for fast conditions, cheap for slow ones
 
 
-
 def logged(logs: list[dict[str, Any]], event: str, **fields: object) -> bool:
     """True once ``logs`` (from ``capture_logs``) hold ``event`` with these ``fields``."""
     return any(
