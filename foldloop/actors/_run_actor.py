@@ -122,7 +122,7 @@ class RunActor:
 
     def receive(self, message: Any) -> bool:
         """Handle one message; False while a durable commit of it is on its way (the shard
-        is told to go on with ``committed`` when it lands)."""
+        goes on with ``_committed`` when it lands)."""
         if self.finished:
             return True
         try:
@@ -192,9 +192,14 @@ class RunActor:
         """The durable append of ``decision`` landed: go on with its effects."""
         if op.error is not None:
             self.fail(op.error)
-        elif not self.finished:
-            self._released = decision.settles
-            self.perform(decision)
+            return True
+        try:
+            if not self.finished:
+                self._released = decision.settles
+                self.perform(decision)
+        except Exception as exc:
+            self.log.exception("run_actor_error")
+            self.fail(exc)
         return True
 
     def commit(self, decision: Decision, at: int) -> bool:
