@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -130,6 +131,9 @@ class _Run:
     def idle(self) -> None:
         assert self.inside == 0
 
+    def activated(self, post: Callable[[object], None]) -> None:
+        pass
+
     def stopping(self) -> None:
         pass
 
@@ -137,13 +141,14 @@ class _Run:
 def test_a_shard_hands_each_run_its_messages_one_at_a_time_in_order() -> None:
     # Twenty runs on two shards, each told 60 messages from four threads at once; some
     # messages wait (as on a durable commit) and resume from yet another thread.
-    shards = [Shard.start(lambda run_id, left: None) for _ in range(2)]
+    shards = [Shard.start(lambda run: None, lambda run_id, left: None) for _ in range(2)]
     try:
 
         def resume(run_id: str, then: Callable[[], bool]) -> None:
-            shards[int(run_id[1:]) % 2].tell(Continue(run_id, then))
+            shards[int(run_id[1:]) % 2].tell(Continue(by_id[run_id], then))
 
         runs = [_Run(f"r{i}", resume) for i in range(20)]
+        by_id = {run.run_id: run for run in runs}
         for i, run in enumerate(runs):
             shards[i % 2].tell(Activate(run))
         sent: dict[str, list[int]] = {run.run_id: [] for run in runs}
@@ -175,3 +180,160 @@ def test_a_shard_hands_each_run_its_messages_one_at_a_time_in_order() -> None:
     finally:
         for shard in shards:
             shard.stop()
+
+
+class _Ending(_Run):
+    """A hosted run that finishes on the message ``"end"``."""
+
+    def receive(self, message: object) -> bool:
+        if message == "end":
+            self.finished = True
+            return True
+        if message == "wait":
+            return False  # waits for a Continue that the test sends
+        self.handled.append(message)  # type: ignore[arg-type]
+        return True
+
+
+def test_a_shard_reports_what_a_run_leaves_unhandled_and_keeps_activations_apart() -> None:
+    left: list[object] = []
+    dropped: list[tuple[str, list[object]]] = []
+    shard = Shard.start(left.append, lambda run_id, messages: dropped.append((run_id, messages)))
+    try:
+        first = _Ending("r1", lambda run_id, then: None)
+        shard.tell(Activate(first))
+        for message in ("wait", 1, "end", 2):  # 1, "end", 2 queue behind the wait
+            shard.tell(Deliver("r1", message))
+        shard.tell(Continue(first, lambda: True))  # the wait is over: 1, then the end
+        shard.tell(Deliver("r1", 3))  # arrives once the run is gone
+        wait_until(lambda: len(dropped) == 2, 5, "the unhandled messages to be reported")
+        assert left == [first]
+        assert dropped == [("r1", [2]), ("r1", [3])]
+        assert first.handled == [1]
+        second = _Ending("r1", lambda run_id, then: None)  # the same run, activated again
+        shard.tell(Activate(second))
+        shard.tell(Continue(first, lambda: first.handled.append(99) or True))  # stale
+        shard.tell(Deliver("r1", 4))
+        wait_until(lambda: second.handled == [4], 5, "the new activation to get its message")
+        assert first.handled == [1]  # the old activation's continuation was not run
+    finally:
+        shard.stop()
+
+
+class _Scripted:
+    """A hosted run driven by the state machine: each message is handled at once, waits for
+    a Continue, or ends the run, as the message itself says."""
+
+    def __init__(self, run_id: str, generation: int) -> None:
+        self.run_id = run_id
+        self.generation = generation
+        self.finished = False
+        self.handled: list[int] = []
+        self.waiting: int | None = None  # the message in hand, until a Continue
+
+    def receive(self, message: tuple[int, str]) -> bool:
+        serial, kind = message
+        assert self.waiting is None, "a message handed over while another was in hand"
+        assert not self.finished, "a message handed to a run that ended"
+        if kind == "wait":
+            self.waiting = serial
+            return False
+        self.handled.append(serial)
+        if kind == "end":
+            self.finished = True
+        return True
+
+    def go_on(self) -> bool:
+        assert self.waiting is not None
+        self.handled.append(self.waiting)
+        self.waiting = None
+        return True
+
+    def idle(self) -> None:
+        assert self.waiting is None
+
+    def activated(self, post: Callable[[object], None]) -> None:
+        pass
+
+    def stopping(self) -> None:
+        pass
+
+
+class ShardMachine(RuleBasedStateMachine):
+    """The Shard's scheduling, called synchronously, against a model of per-run mailboxes:
+    each activation gets its run's messages in order, one at a time; nothing reaches an
+    activation that ended; what a run leaves unhandled is reported, nothing else lost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left: list[object] = []
+        self.dropped: list[tuple[str, list[object]]] = []
+        self.shard = Shard(
+            self.left.append, lambda run_id, messages: self.dropped.append((run_id, messages))
+        )
+        self.active: dict[str, _Scripted] = {}
+        self.ended: list[_Scripted] = []
+        self.queue: dict[str, list[tuple[int, str]]] = {}  # model: told, not yet handled
+        self.serial = 0
+        self.generations = 0
+
+    @rule(run=st.sampled_from(["a", "b", "c"]))
+    def activate(self, run: str) -> None:
+        if run in self.active:
+            return
+        self.generations += 1
+        hosted = _Scripted(run, self.generations)
+        self.active[run] = hosted
+        self.queue[run] = []
+        self.shard.on_receive(Activate(hosted))
+
+    @rule(run=st.sampled_from(["a", "b", "c"]), kind=st.sampled_from(["do", "do", "wait", "end"]))
+    def deliver(self, run: str, kind: str) -> None:
+        self.serial += 1
+        message = (self.serial, kind)
+        hosted = self.active.get(run)
+        dropped_before = len(self.dropped)
+        self.shard.on_receive(Deliver(run, message))
+        if hosted is None:
+            assert self.dropped[dropped_before:] == [(run, [message])]
+            return
+        self.queue[run].append(message)
+        self._settle(run)
+
+    @precondition(lambda self: any(h.waiting is not None for h in self.active.values()))
+    @rule(data=st.data())
+    def go_on(self, data: st.DataObject) -> None:
+        run = data.draw(st.sampled_from(sorted(r for r, h in self.active.items() if h.waiting)))
+        hosted = self.active[run]
+        self.shard.on_receive(Continue(hosted, hosted.go_on))
+        self._settle(run)
+
+    @precondition(lambda self: bool(self.ended))
+    @rule(data=st.data())
+    def stale_continue(self, data: st.DataObject) -> None:
+        old = data.draw(st.sampled_from(self.ended))
+        self.shard.on_receive(Continue(old, lambda: pytest.fail("a stale Continue ran")))
+
+    def _settle(self, run: str) -> None:
+        """Bring the model up to what the shard must have done for ``run``."""
+        hosted = self.active[run]
+        handled = set(hosted.handled) | ({hosted.waiting} if hosted.waiting else set())
+        self.queue[run] = [m for m in self.queue[run] if m[0] not in handled]
+        if hosted.finished:
+            assert self.left[-1] is hosted
+            rest = self.queue.pop(run)
+            if rest:
+                assert self.dropped[-1] == (run, rest)
+            self.ended.append(self.active.pop(run))
+
+    @invariant()
+    def in_order_one_at_a_time(self) -> None:
+        for hosted in [*self.active.values(), *self.ended]:
+            assert hosted.handled == sorted(hosted.handled)
+        for run, hosted in self.active.items():
+            # messages wait only while one is in hand; an idle run has none queued
+            assert bool(self.queue[run]) <= (hosted.waiting is not None)
+
+
+ShardMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=50)
+test_shard_scheduling = ShardMachine.TestCase

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 import foldloop as fl
-from tests.waiting import wait_until
+from tests.log_capture import capture_logs
+from tests.waiting import logged, wait_until
 
 
 class Hanging:
@@ -112,3 +116,132 @@ def test_runs_in_flight_hold_no_thread_each(tmp_path: Path) -> None:
         finally:
             model.release.set()
         assert all(run.wait(timeout=60).ok for run in runs)
+
+
+def test_a_cancel_that_reaches_a_run_as_it_parks_is_not_lost(tmp_path: Path) -> None:
+    # The cancel is told while the run's parking decision is being committed (on_state runs
+    # then, on the run's shard), so it waits in the run's mailbox behind a decision that ends
+    # the run's activation: it must still cancel the parked run.
+    @fl.tool
+    def pay(amount: int) -> str:
+        """Pay."""
+        return "paid"
+
+    llm = fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("pay", {"amount": 5})])])
+    agent = fl.Agent(name="payer", llm=llm, tools=[pay], approvals=fl.RequireApproval({"pay"}))
+    told: list[str] = []
+    holder: list[fl.Runtime] = []
+
+    def on_state(state: fl.types.RunState) -> None:
+        if state.status is fl.RunStatus.AWAITING_APPROVAL and not told:
+            told.append(state.run_id)
+            holder[0].handle(state.run_id).cancel(reason="changed my mind")
+
+    with fl.Runtime.open(tmp_path / "s", agents=[agent], on_state=on_state) as rt:
+        holder.append(rt)
+        run = rt.spawn(agent, "go")
+        wait_until(
+            lambda: rt.state(run.id).status is fl.RunStatus.CANCELLED,
+            10,
+            "the parked run to be cancelled",
+        )
+        assert told == [run.id]
+        assert rt.state(run.id).reason.endswith("changed my mind")
+        assert rt.pending_approvals() == []
+
+
+def test_an_instant_models_step_is_one_store_write(tmp_path: Path) -> None:
+    # A tool result's events wait for the instant model's reply and ride in its append.
+    @fl.tool(idempotent=True)
+    def noop(i: int) -> str:
+        """Nothing."""
+        return "ok"
+
+    replies = [fl.Reply(tool_calls=[fl.ToolCall("noop", {"i": i})]) for i in range(20)]
+    agent = fl.Agent(name="a", llm=fl.ScriptedLLM([*replies, fl.Reply(text="done")]), tools=[noop])
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        assert rt.spawn(agent, "warm").wait(timeout=30).ok
+        writer = rt.store.writer  # type: ignore[attr-defined]
+        before = writer.ops
+        assert rt.spawn(agent, "go").wait(timeout=30).ok
+        assert writer.ops - before <= 22  # 21 model calls (+ the start); 42 if each split in two
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_tools_timeout_does_not_count_its_wait_for_a_slot(tmp_path: Path, kind: str) -> None:
+    # Six calls of a one-at-a-time tool that takes 0.2 s, timeout 1 s: the last waits ~1 s
+    # for its slot, yet none of them is past its timeout.
+    ran: list[str] = []
+
+    @fl.tool(concurrency=1, timeout=1)
+    def pay_sync(key: str) -> str:
+        """Pay (not idempotent)."""
+        ran.append(key)
+        time.sleep(0.2)
+        return "paid"
+
+    @fl.tool(concurrency=1, timeout=1)
+    async def pay_async(key: str) -> str:
+        """Pay (not idempotent)."""
+        ran.append(key)
+        await asyncio.sleep(0.2)
+        return "paid"
+
+    tool = pay_sync if kind == "sync" else pay_async
+    llm = fl.ScriptedLLM(
+        lambda messages, tools: (
+            fl.Reply(text="done")
+            if messages[-1].role == "tool"
+            else fl.Reply(tool_calls=[fl.ToolCall(tool.name, {"key": messages[-1].content})])
+        )
+    )
+    agent = fl.Agent(name="payer", llm=llm, tools=[tool])
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        runs = [rt.spawn(agent, f"k{i}") for i in range(6)]
+        assert all(run.wait(timeout=30).ok for run in runs)
+        kinds = [r.type for run in runs for r in rt.events(run.id) if r.type.startswith("tool.")]
+    assert kinds.count("tool.completed") == 6 and "tool.failed" not in kinds
+    assert sorted(ran) == [f"k{i}" for i in range(6)]  # each once
+
+
+def test_a_sync_call_still_waiting_for_its_thread_never_runs_once_its_run_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    release, started = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    @fl.tool(concurrency=1, timeout=30)
+    def pay(key: str) -> str:
+        """Pay (not idempotent)."""
+        ran.append(key)
+        started.set()
+        release.wait(30)
+        return "paid"
+
+    llm = fl.ScriptedLLM(
+        lambda messages, tools: (
+            fl.Reply(text="done")
+            if messages[-1].role == "tool"
+            else fl.Reply(tool_calls=[fl.ToolCall("pay", {"key": messages[-1].content})])
+        )
+    )
+    agent = fl.Agent(name="payer", llm=llm, tools=[pay])
+    with capture_logs() as logs, fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        first = rt.spawn(agent, "first")
+        assert started.wait(10)  # holds the tool's only thread
+        second = rt.spawn(agent, "second")
+        wait_until(
+            lambda: "tool.requested" in [r.type for r in rt.events(second.id)],
+            10,
+            "the second call to be requested (and queued behind the first)",
+        )
+        second.cancel(reason="never mind")
+        assert second.wait(timeout=10).status is fl.RunStatus.CANCELLED
+        release.set()
+        assert first.wait(timeout=10).ok
+        wait_until(
+            lambda: logged(logs, "tool_call_not_started", run_id=second.id),
+            10,
+            "the queued call to be dropped",
+        )
+    assert ran == ["first"]

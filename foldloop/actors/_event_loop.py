@@ -1,6 +1,7 @@
 """The runtime's asyncio event loop, on a thread of its own, started on first use.
 
-``async def`` tools are awaited here: thousands of calls in flight hold no thread each.
+Async model calls (``acomplete``) and ``async def`` tools are awaited here: thousands of
+calls in flight hold no thread each.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from foldloop._approvals import approval_changes, issue_tickets
 from foldloop._log import get_logger
 from foldloop.actors._event_loop import EventLoop
 from foldloop.actors._timers import Timers
-from foldloop.actors._tool_actor import RunToolCall, ToolRunner
+from foldloop.actors._tool_actor import Cancellable, RunToolCall, ToolRunner
 from foldloop.actors._workers import Workers
 from foldloop.core._commands import Cancel, Command, ModelCallFailed, ModelReplied
 from foldloop.core._decide import decide
@@ -83,7 +83,7 @@ class RunHost(Protocol):
     def tool_runner(self, agent: Agent, name: str) -> ToolRunner: ...
     def notify(self, agent: Agent, state: RunState, call_id: str) -> None: ...
     def tell(self, run_id: str, message: Any) -> bool: ...
-    def resume(self, run_id: str, then: Callable[[], bool]) -> None: ...
+    def proceed(self, actor: RunActor, then: Callable[[], bool]) -> None: ...
     def settled(self, run_id: str, epoch: int, state: RunState, *, released: bool) -> None: ...
     def interrupted(self, run_id: str, epoch: int, state: RunState, reason: str) -> None: ...
 
@@ -107,9 +107,12 @@ class RunActor:
         self._inline = bool(getattr(agent.llm, "instant", False))
         self._asks = async_form(agent.llm)
         self._specs = [t.spec for t in agent.tools]
-        self._in_flight: list[concurrent.futures.Future[Any]] = []
-        """The async model call and tool tasks under way (cancelled with the run)."""
+        self._in_flight: list[Cancellable] = []
+        """The async model call, async tool tasks and queued sync tool calls under way
+        (cancelled with the run)."""
         self._in_flight_lock = threading.Lock()  # a retry's delayed call starts on a timer
+        self._post: Callable[[Any], object] = lambda message: system.tell(self.run_id, message)
+        """Queues a message this run made for itself (the shard's, once activated)."""
 
     @property
     def log(self) -> Any:
@@ -136,6 +139,10 @@ class RunActor:
             self.log.exception("run_actor_error")
             self.fail(exc)
         return True
+
+    def activated(self, post: Callable[[Any], None]) -> None:
+        """On a shard now: ``post`` queues this run's own follow-ups in its mailbox."""
+        self._post = post
 
     def idle(self) -> None:
         """No message waits: what was held back for the next append goes now."""
@@ -188,14 +195,14 @@ class RunActor:
         self.perform(decision)
         return True
 
-    def _committed(self, op: Pending[Any], decision: Decision) -> bool:
+    def _committed(self, op: Pending[Any], decision: Decision, released: bool) -> bool:
         """The durable append of ``decision`` landed: go on with its effects."""
         if op.error is not None:
             self.fail(op.error)
             return True
         try:
             if not self.finished:
-                self._released = decision.settles
+                self._released = released
                 self.perform(decision)
         except Exception as exc:
             self.log.exception("run_actor_error")
@@ -239,7 +246,7 @@ class RunActor:
                 expected,
                 approvals=approvals,
                 release=settles,
-                landed=self._landing(decision) if decision.durable else None,
+                landed=self._landing(decision, settles) if decision.durable else None,
             )
             every = self.system.snapshot_every
             if every and state.seq // every > before // every:
@@ -249,10 +256,10 @@ class RunActor:
             self.system.on_state(state)
         return decision.durable
 
-    def _landing(self, decision: Decision) -> Callable[[Pending[Any]], None]:
-        """The writer's callback for a durable append: resume the run on its shard."""
-        resume, run_id = self.system.resume, self.run_id
-        return lambda op: resume(run_id, lambda: self._committed(op, decision))
+    def _landing(self, decision: Decision, released: bool) -> Callable[[Pending[Any]], None]:
+        """The writer's callback for a durable append: the run goes on, on its shard."""
+        proceed = self.system.proceed
+        return lambda op: proceed(self, lambda: self._committed(op, decision, released))
 
     def _holds(self, decision: Decision) -> bool:
         """The decision's only effect is an instant model call: its events can wait for the
@@ -348,7 +355,7 @@ class RunActor:
         messages = MessageView(self.state.history, self.state.steps)
         asked = _Asked(self, effect, messages)
         if effect.delay_s <= 0 and self._inline:
-            self.system.tell(self.run_id, asked.sync())
+            self._post(asked.sync())
         elif effect.delay_s > 0:
             self.system.timers.call_later(effect.delay_s, lambda: self._start_call(asked))
         else:
@@ -368,7 +375,7 @@ class RunActor:
 
         future.add_done_callback(replied)
 
-    def _track(self, future: concurrent.futures.Future[Any]) -> None:
+    def _track(self, future: Cancellable) -> None:
         """Keep an async call's future, for a cancel to cancel (the ones done go)."""
         with self._in_flight_lock:
             if not self.finished:

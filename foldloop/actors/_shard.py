@@ -43,6 +43,10 @@ class Hosted(Protocol):
         """No message waits for the run now."""
         ...
 
+    def activated(self, post: Callable[[Any], None]) -> None:
+        """The run is on a shard now; ``post`` queues a message it makes for itself."""
+        ...
+
     def stopping(self) -> None:
         """The runtime is closing: keep nothing back from the store."""
         ...
@@ -65,58 +69,88 @@ class Deliver:
 
 @dataclass(frozen=True, slots=True)
 class Continue:
-    """The message in hand for ``run_id`` may go on: ``then()`` (returning as ``receive``)."""
+    """The message in hand for ``run`` may go on: ``then()`` (returning as ``receive``)."""
 
-    run_id: str
+    run: Hosted
     then: Callable[[], bool]
 
 
 class Shard(FastActor):
-    """Hosts the active runs placed on it and schedules their messages."""
+    """Hosts the active runs placed on it and schedules their messages.
 
-    def __init__(self, on_deactivated: Callable[[str, list[Any]], None]) -> None:
+    ``on_deactivated`` is told each run that leaves (settled, failed, or past the last
+    guard); ``on_dropped`` gets the messages a run will never handle (queued behind its end,
+    or arriving once it left), for its host to see whether any still matters (a cancel).
+    """
+
+    def __init__(
+        self,
+        on_deactivated: Callable[[Hosted], None],
+        on_dropped: Callable[[str, list[Any]], None],
+    ) -> None:
         super().__init__()
         self._runs: dict[str, Hosted] = {}
         self._mailboxes: Mailboxes[str, Any] = Mailboxes()
         self._on_deactivated = on_deactivated
+        self._on_dropped = on_dropped
 
     def on_receive(self, message: Any) -> None:
         if type(message) is Deliver:
             run = self._runs.get(message.run_id)
-            if run is None:  # deactivated meanwhile: as a message to a stopped actor
-                log.debug("message_for_inactive_run", run_id=message.run_id)
+            if run is None:  # deactivated meanwhile
+                self._on_dropped(message.run_id, [message.message])
                 return
             first = self._mailboxes.post(message.run_id, message.message)
             if first is not None:
                 self._go(run, _receiving(run, first))
         elif type(message) is Continue:
-            run = self._runs.get(message.run_id)
-            if run is not None:
-                self._go(run, message.then)
+            if self._runs.get(message.run.run_id) is message.run:
+                self._go(message.run, message.then)
         elif type(message) is Activate:
-            self._runs[message.run.run_id] = message.run
+            run = message.run
+            self._runs[run.run_id] = run
+            run.activated(lambda follow_up: self._post_own(run, follow_up))
+
+    def _post_own(self, run: Hosted, message: Any) -> None:
+        """A message a run made for itself while handling one (an instant model's reply):
+        next in its mailbox, unless messages wait in the shard's inbox (a cancel, say), which
+        must come first: then behind them."""
+        if self._runs.get(run.run_id) is run and self.actor_inbox.empty():
+            first = self._mailboxes.post(run.run_id, message)
+            if first is not None:  # the run was idle (not while it handles a message)
+                self._go(run, _receiving(run, first))
+        else:
+            self.actor_ref.tell(Deliver(run.run_id, message))
 
     def _go(self, run: Hosted, step: Callable[[], bool]) -> None:
         try:
             self._steps(run, step)
         except Exception:  # a last guard: runs turn their failures into events themselves
             log.exception("run_step_failed", run_id=run.run_id)
-            if self._runs.pop(run.run_id, None) is not None:
-                self._on_deactivated(run.run_id, self._mailboxes.drop(run.run_id))
+            if self._runs.get(run.run_id) is run:
+                self._deactivate(run)
 
     def _steps(self, run: Hosted, step: Callable[[], bool]) -> None:
         """Run ``step`` and then the run's queued messages, until one waits or none is left."""
         run_id = run.run_id
         while step():
             if run.finished:
-                del self._runs[run_id]
-                self._on_deactivated(run_id, self._mailboxes.drop(run_id))
+                self._deactivate(run)
                 return
             message = self._mailboxes.done(run_id)
             if message is None:
                 run.idle()
+                if run.finished:  # what it held back could not be written
+                    self._deactivate(run)
                 return
             step = _receiving(run, message)
+
+    def _deactivate(self, run: Hosted) -> None:
+        del self._runs[run.run_id]
+        dropped = self._mailboxes.drop(run.run_id)
+        self._on_deactivated(run)
+        if dropped:
+            self._on_dropped(run.run_id, dropped)
 
     def on_stop(self) -> None:
         for run in self._runs.values():

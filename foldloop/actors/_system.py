@@ -23,6 +23,7 @@ from foldloop.actors._shard import Activate, Continue, Deliver, Shard
 from foldloop.actors._timers import Timers
 from foldloop.actors._tool_actor import ToolActor, ToolRunner
 from foldloop.actors._workers import Workers
+from foldloop.core._commands import Cancel
 from foldloop.core._effects import Decision
 from foldloop.core._state import RunState
 from foldloop.errors import ConfigError, RunLocked
@@ -38,7 +39,8 @@ carrying a decision into the run (the approvals poller, say) to finish, before R
 NOTIFY_WORKERS = 8
 """Threads running approval ``notify`` callbacks (a chat message, an e-mail: I/O)."""
 SHARDS = 4
-"""Actors (threads) the active runs are placed on: runs never block one, so a few suffice."""
+"""Actors (threads) the active runs are placed on. A run waits for a model, a tool or its
+commit without holding one, so a few suffice (a shard does lead group commits)."""
 
 
 class Settlement:
@@ -68,6 +70,9 @@ class ActorSystem:
     ) -> None:
         self.store = store
         self.on_inactive = on_inactive
+        self.on_lost_cancel: Callable[[str, Cancel], None] | None = None
+        """Given a cancel that reached a run as it stopped being active here (it parked, say):
+        its host carries it in another way. Called on a shard: hand slow work elsewhere."""
         """Told the run id when a run driven here stops being active (it settled, parked or
         was interrupted), on the thread that drove it: hand slow work elsewhere."""
         self.owner = owner
@@ -211,7 +216,9 @@ class ActorSystem:
     def _shard_of(self, run_id: str) -> pykka.ActorRef[Any]:
         """(Lock held.) The shard a run is placed on, by its id (shards start on first use)."""
         if not self._shards:
-            self._shards = [Shard(self._deactivated).start_here() for _ in range(SHARDS)]
+            self._shards = [
+                Shard(self._deactivated, self._dropped).start_here() for _ in range(SHARDS)
+            ]
         return self._shards[zlib.crc32(run_id.encode()) % len(self._shards)]
 
     def tell(self, run_id: str, message: Any) -> bool:
@@ -226,22 +233,29 @@ class ActorSystem:
             return False
         return True
 
-    def resume(self, run_id: str, then: Callable[[], bool]) -> None:
+    def proceed(self, actor: RunActor, then: Callable[[], bool]) -> None:
         """Let the run go on with the message in hand (its durable append landed)."""
         with self._lock:
-            shard = self._placed.get(run_id)
+            shard = self._placed.get(actor.run_id)
         if shard is not None:
             with contextlib.suppress(pykka.ActorDeadError):
-                shard.tell(Continue(run_id, then))
+                shard.tell(Continue(actor, then))
 
-    def _deactivated(self, run_id: str, unhandled: list[Any]) -> None:
-        """A shard let a run go (it settled, failed, or broke its shard's last guard)."""
-        if unhandled:
-            log.info("run_messages_dropped", run_id=run_id, count=len(unhandled))
+    def _deactivated(self, run: Any) -> None:
+        """A shard let ``run`` go. A run that settled or failed has said so already; one that
+        broke its shard's last guard has not, and is interrupted here."""
         with self._lock:
-            actor = self._actors.get(run_id)
-        if actor is not None:  # not settled through the actor: only a bug gets here
-            self.interrupted(run_id, actor.epoch, actor.state, "its actor failed; resume it")
+            broke = self._actors.get(run.run_id) is run  # not a later activation of it
+        if broke:
+            self.interrupted(run.run_id, run.epoch, run.state, "its actor failed; resume it")
+
+    def _dropped(self, run_id: str, messages: list[Any]) -> None:
+        """Messages a run will never handle (it parked, ended or failed first). Late results
+        are stale by then; a cancel is not: it goes to ``on_lost_cancel``."""
+        cancels = [m for m in messages if isinstance(m, Cancel)]
+        log.debug("run_messages_dropped", run_id=run_id, count=len(messages) - len(cancels))
+        if cancels and self.on_lost_cancel is not None:
+            self.on_lost_cancel(run_id, cancels[0])
 
     def settled_without_actor(self, state: RunState) -> None:
         """Record the outcome of a decision the runtime committed without starting an actor

@@ -11,12 +11,11 @@ tasks on the runtime's event loop instead: no thread each, the timeout cancels t
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from foldloop._log import get_logger
 from foldloop.actors._base import FastActor
@@ -26,7 +25,15 @@ from foldloop.actors._workers import Workers
 from foldloop.core._commands import ToolFinished
 from foldloop.tools._decorator import Tool, ToolOutcome
 
-__all__ = ["OneOutcome", "RunToolCall", "ToolActor", "ToolRunner", "outcome_command"]
+__all__ = [
+    "Cancellable",
+    "OneOutcome",
+    "QueuedCall",
+    "RunToolCall",
+    "ToolActor",
+    "ToolRunner",
+    "outcome_command",
+]
 
 log = get_logger(__name__)
 
@@ -73,6 +80,42 @@ def outcome_command(call_id: str, outcome: ToolOutcome, now: int) -> ToolFinishe
     )
 
 
+class Cancellable(Protocol):
+    """**Protocol:** a call a cancel of its run may stop (``concurrent.futures.Future`` is one)."""
+
+    def cancel(self) -> bool: ...
+    def done(self) -> bool: ...
+
+
+class QueuedCall:
+    """A sync call waiting for one of its tool's threads: cancelled, it never starts."""
+
+    __slots__ = ("_lock", "_state")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = "queued"
+
+    def start(self) -> bool:
+        """The call gets its thread: False if it was cancelled first."""
+        with self._lock:
+            if self._state == "cancelled":
+                return False
+            self._state = "started"
+            return True
+
+    def cancel(self) -> bool:
+        """Keep the call from starting; False once it has."""
+        with self._lock:
+            if self._state == "queued":
+                self._state = "cancelled"
+            return self._state == "cancelled"
+
+    def done(self) -> bool:
+        """Started or cancelled: nothing left to cancel."""
+        return self._state != "queued"
+
+
 class ToolRunner:
     """One tool's bounded pool and timeouts; ``dispatch`` may be called from any thread."""
 
@@ -87,9 +130,10 @@ class ToolRunner:
         """The bound of an async tool's calls in flight on the loop."""
         self.pool = Workers(tool.concurrency, f"foldloop-tool-{tool.name}")
 
-    def dispatch(self, call: RunToolCall) -> concurrent.futures.Future[None] | None:
-        """Start ``call`` on the pool or, for an async tool, the loop (then returns its task's
-        future, for a cancel of the run to cancel); its outcome goes to ``call.reply``."""
+    def dispatch(self, call: RunToolCall) -> Cancellable | None:
+        """Start ``call`` on the pool or, for an async tool, the loop; its outcome goes to
+        ``call.reply``. Returns what a cancel of the run cancels: the async task, or the sync
+        call while it waits for a thread (one running cannot be stopped)."""
         try:
             return self._start(call)
         except Exception:
@@ -147,7 +191,7 @@ class ToolRunner:
 
         return self.timers.call_later(timeout, expire)
 
-    def _start(self, call: RunToolCall) -> concurrent.futures.Future[None] | None:
+    def _start(self, call: RunToolCall) -> Cancellable:
         once = OneOutcome()
 
         def report(command: ToolFinished) -> None:  # called by whoever claimed ``once``
@@ -156,8 +200,14 @@ class ToolRunner:
 
         if self.tool.is_async:
             return self.loop.run(self._awaited(call, once, report))
+        queued = QueuedCall()
 
-        def run() -> None:  # submitted after ``timer`` is set
+        def run() -> None:
+            if not queued.start():  # its run was cancelled or ended while it waited
+                log.info("tool_call_not_started", run_id=call.run_id, call_id=call.call_id)
+                return
+            # the timeout runs from here: waiting for one of the tool's threads is not the call
+            timer = self.watch(call.run_id, call.call_id, once, report)
             outcome = self.tool.invoke(call.args)  # the pool's threads are the tool's bound
             if timer is not None:
                 timer.cancel()  # release the run's references now, not in `timeout` s
@@ -166,41 +216,32 @@ class ToolRunner:
             else:
                 log.info("tool_result_late", run_id=call.run_id, call_id=call.call_id)
 
-        timer = self.watch(call.run_id, call.call_id, once, report)
         self.pool.submit(run)
-        return None
+        return queued
 
     async def _awaited(
         self, call: RunToolCall, once: OneOutcome, report: Callable[[ToolFinished], None]
     ) -> None:
-        """An async tool's call on the loop: its bound kept by ``async_slots``, its timeout
-        (waiting for a slot included, as on the pool) a cancellation of the task."""
-
-        async def bounded() -> ToolOutcome:
-            async with self.async_slots:
-                return await self.tool.ainvoke(call.args)
-
-        started = time.monotonic()
-        try:
-            outcome = await asyncio.wait_for(bounded(), self.tool.timeout)
-        except TimeoutError:
-            if once.claim():
-                report(self.timed_out(call.run_id, call.call_id, started))
-            return
+        """An async tool's call on the loop: its bound kept by ``async_slots``; its timeout,
+        from when it has a slot, a cancellation of the task."""
+        async with self.async_slots:
+            started = time.monotonic()
+            try:
+                outcome = await asyncio.wait_for(self.tool.ainvoke(call.args), self.tool.timeout)
+            except TimeoutError:
+                if once.claim():
+                    report(self.timed_out(call.run_id, call.call_id, started))
+                return
         if once.claim():
             report(self.finished(call.run_id, call.call_id, outcome))
 
 
 class ToolActor(FastActor):
-    """The actor of one tool: owns its ToolRunner's lifecycle; calls may also arrive here."""
+    """The actor of one tool: owns its ToolRunner's lifecycle (runs call ``dispatch``)."""
 
     def __init__(self, runner: ToolRunner) -> None:
         super().__init__()
         self.runner = runner
-
-    def on_receive(self, message: Any) -> None:
-        if isinstance(message, RunToolCall):
-            self.runner.dispatch(message)
 
     def on_stop(self) -> None:
         self.runner.shutdown()

@@ -5,7 +5,7 @@ A run spawned while every slot is taken is recorded queued (``run.started`` and
 who admits it) and its id joins the queue: nothing else of it is held in memory. When a run
 driven here stops being active (``ActorSystem(on_inactive=...)``), the admission thread takes
 the next queued run and starts it (``Commands.admit``: lease, ``run.admitted``, an actor).
-That work never runs on the thread that reported the slot free: it is a run actor's, which
+That work never runs on the thread that reported the slot free: it is a shard's, which
 drives other runs.
 
 In flight = runs with an actor here + slots reserved (a spawn or an admission between its
@@ -114,10 +114,6 @@ class Admission:
                 return
             self._waiting.discard(run_id)
             self._changed.notify_all()
-
-    def queued(self, run_id: str) -> bool:
-        """The run waits here for its turn (queued, or being admitted now)."""
-        return run_id in self._waiting
 
     def wait_turn(self, run_id: str, deadline: float | None) -> Turn:
         """Block while the run waits here for its turn (``deadline``: ``time.monotonic()``).

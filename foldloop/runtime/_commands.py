@@ -15,10 +15,17 @@ from msgspec.structs import replace
 from foldloop._agent import Agent
 from foldloop._log import get_logger
 from foldloop.actors._system import HANDOVER_WAIT, ActorSystem
+from foldloop.actors._workers import Workers
 from foldloop.core._commands import Admit, Cancel, Resume
 from foldloop.core._decide import decide
 from foldloop.core._state import RunState, RunStatus
-from foldloop.errors import ConfigError, RunLocked, SchemaChangedError, StoreCorrupted
+from foldloop.errors import (
+    ConfigError,
+    FoldloopError,
+    RunLocked,
+    SchemaChangedError,
+    StoreCorrupted,
+)
 from foldloop.events._recorded import UnknownEvent
 from foldloop.events._values import Limits
 from foldloop.runtime._admission import Admission
@@ -60,6 +67,7 @@ class Commands:
         self._desk = desk
         self._clock = clock
         self._owner = owner
+        self._late_cancels = Workers(1, "foldloop-cancel")
         self._admission = admission
 
     def spawn(
@@ -245,6 +253,22 @@ class Commands:
             self._admission.enqueue(taken)
             log.info("runs_requeued", count=len(taken))
         return taken
+
+    def carry_lost_cancel(self, run_id: str, command: Cancel) -> None:
+        """A cancel reached a run as it stopped being active here (it parked, or a late
+        one found it gone): cancel it again, off the shard that reported it."""
+
+        def again() -> None:
+            try:
+                self.cancel(run_id, command.reason)
+            except FoldloopError as exc:
+                log.warning("cancel_not_carried", run_id=run_id, error=str(exc))
+
+        self._late_cancels.submit(again)
+
+    def close(self) -> None:
+        """Stop carrying lost cancels (one under way finishes)."""
+        self._late_cancels.shutdown()
 
     def cancel(self, run_id: str, reason: str) -> None:
         """Cancel the run: through its actor if one drives it here, else by taking it."""

@@ -112,6 +112,7 @@ class Runtime(OpenOnly, ClosedOnExit):
             owner=self.owner,
             admission=self._admission,
         )
+        self.system.on_lost_cancel = self._commands.carry_lost_cancel
         self._transfer = Transfer(self._queries, writes)
         self._ops = _RunOps(
             self._lifecycle,
@@ -178,6 +179,7 @@ class Runtime(OpenOnly, ClosedOnExit):
         self._poller.join(timeout=5)
         self._followers.close()
         self._admission.close()
+        self._commands.close()
         self.system.stop()
         self._owner_hold.release()
         self.store.close()
