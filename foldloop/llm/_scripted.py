@@ -87,9 +87,13 @@ class ScriptedLLM:
         *,
         max_tokens: int | None = None,
     ) -> Reply:
-        """``complete`` without blocking: the latency is awaited on the running loop."""
+        """``complete`` without blocking: the latency is awaited on the running loop, then a
+        function is called there (keep it quick); a function with no latency is called on a
+        worker thread instead, as it may block (a test's gate, say)."""
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
+        elif callable(self._replies):
+            return await asyncio.to_thread(self._reply, messages, tools)
         return self._reply(messages, tools)
 
     def _reply(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Reply:
