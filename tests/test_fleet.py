@@ -245,3 +245,32 @@ def test_a_sync_call_still_waiting_for_its_thread_never_runs_once_its_run_is_can
             "the queued call to be dropped",
         )
     assert ran == ["first"]
+
+
+def test_runs_lists_no_live_run_as_interrupted(tmp_path: Path) -> None:
+    # runs() folds the states in batches, then checks who holds each run: a run that
+    # settled in between must show settled, not orphaned.
+    @fl.tool(idempotent=True)
+    def noop(i: int) -> str:
+        """Nothing."""
+        return "ok"
+
+    def script(messages: Sequence[fl.Message], tools: object) -> fl.Reply:
+        turns = sum(1 for m in messages if m.role == "assistant")
+        if turns < 2:
+            return fl.Reply(tool_calls=[fl.ToolCall("noop", {"i": turns})])
+        return fl.Reply(text="done")
+
+    agent = fl.Agent(name="lister", llm=fl.ScriptedLLM(script, latency_s=0.05), tools=[noop])
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        runs = [rt.spawn(agent, f"r{i}") for i in range(300)]
+        seen: set[fl.RunStatus] = set()
+        statuses: list[fl.RunStatus] = []
+        while statuses.count(fl.RunStatus.COMPLETED) < len(runs):
+            summaries = rt.runs()
+            statuses = [s.status for s in summaries]
+            seen |= set(statuses)
+            wrong = [s for s in summaries if s.status is fl.RunStatus.INTERRUPTED]
+            assert not wrong, f"a live run listed as interrupted: {wrong[0]}"
+        assert all(run.wait(timeout=30).ok for run in runs)
+        assert fl.RunStatus.RUNNING in seen  # it did look while runs were going

@@ -23,6 +23,7 @@ from foldloop.events._recorded import Recorded
 __all__ = ["ORPHAN_QUEUED", "DecidedApproval", "Explanation", "explain", "parked_reason"]
 
 ORPHAN_QUEUED = "queued, and no live runtime holds it (the one that queued it is gone)"
+ORPHAN_RUNNING = "the runtime driving it stopped before the run finished"
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,7 @@ def explain(
             next_steps.append("wait: a runtime is driving it (run.wait())")
     reason = state.reason
     if status is RunStatus.INTERRUPTED:
-        reason = "the runtime driving it stopped before the run finished"
+        reason = ORPHAN_RUNNING
     elif status is RunStatus.QUEUED and orphaned:
         reason = ORPHAN_QUEUED
     elif counted:

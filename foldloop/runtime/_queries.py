@@ -12,6 +12,7 @@ from foldloop.core._batch import fold, fold_events
 from foldloop.core._commands import Start
 from foldloop.core._explain import (
     ORPHAN_QUEUED,
+    ORPHAN_RUNNING,
     DecidedApproval,
     Explanation,
     explain,
@@ -32,6 +33,12 @@ __all__ = ["Queries"]
 PAGE = 1024
 """Records ``read_all`` reads in one transaction."""
 STATE_BATCH = 512
+
+_ORPHANED = {
+    RunStatus.RUNNING: (RunStatus.INTERRUPTED, ORPHAN_RUNNING),
+    RunStatus.QUEUED: (RunStatus.QUEUED, ORPHAN_QUEUED),
+}
+"""How a run nobody drives (or, queued, holds) is shown: status and reason."""
 """Runs whose logs ``states`` reads in one transaction."""
 
 
@@ -150,17 +157,18 @@ class Queries:
             known = ", ".join(s.value for s in RunStatus)
             raise ConfigError(f"no run status {status!r}; the statuses are: {known}") from None
         out: list[RunSummary] = []
-        for state in self.states(self._store.run_ids()):
-            if isinstance(state, Damaged):
+        for read in self.states(self._store.run_ids()):
+            if isinstance(read, Damaged):
                 if wanted in (None, RunStatus.FAILED) and agent is None:
-                    out.append(state.summary())
+                    out.append(read.summary())
                 continue
-            run_id = state.run_id
+            state, run_id = read, read.run_id
             current, reason = state.status, state.reason
-            if current is RunStatus.RUNNING and self.orphaned(run_id):
-                current = RunStatus.INTERRUPTED
-            elif current is RunStatus.QUEUED and self.orphaned(run_id):
-                reason = ORPHAN_QUEUED
+            if current in _ORPHANED and self.orphaned(run_id):
+                # Read again after the lease check: a run settles and gives its lease up in
+                # one write, so one that did since the batch read shows settled now.
+                state = self.state(run_id)
+                current, reason = _ORPHANED.get(state.status, (state.status, state.reason))
             if wanted is not None and current is not wanted:
                 continue
             if agent is not None and state.agent != agent:
