@@ -102,9 +102,10 @@ def test_scripted_latency_is_awaited_so_calls_wait_together_on_one_loop() -> Non
     assert 0.2 <= elapsed < 5  # a blocking sleep would take 200 x 0.2 s = 40 s
 
 
-def test_a_negative_latency_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="latency_s is -1"):
-        fl.ScriptedLLM([fl.Reply(text="hi")], latency_s=-1)
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), 3601, True, "0.1", None])
+def test_a_latency_that_is_not_a_sane_number_of_seconds_is_a_config_error(bad: object) -> None:
+    with pytest.raises(ConfigError, match=r"latency_s is .*give a number of seconds from 0"):
+        fl.ScriptedLLM([fl.Reply(text="ok")], latency_s=bad)  # type: ignore[arg-type]
 
 
 # OpenAIChat and AnthropicChat

@@ -20,7 +20,10 @@ from foldloop.errors import ConfigError, ModelCallError
 from foldloop.events._values import Usage
 from foldloop.llm._protocol import Reply
 
-__all__ = ["ScriptFn", "ScriptedLLM", "estimate_tokens"]
+__all__ = ["MAX_LATENCY_S", "ScriptFn", "ScriptedLLM", "estimate_tokens"]
+
+MAX_LATENCY_S = 3600.0
+"""A scripted model's longest wait: more is a mistake (a real model call times out sooner)."""
 
 ScriptFn = Callable[[Sequence[Message], Sequence[ToolSpec]], Reply]
 
@@ -51,8 +54,15 @@ class ScriptedLLM:
                     raise ConfigError(
                         f"ScriptedLLM reply {i} is a {type(reply).__name__}; write fl.Reply(...)"
                     )
-        if latency_s < 0:
-            raise ConfigError(f"ScriptedLLM latency_s is {latency_s}; give 0 or more seconds")
+        if (
+            isinstance(latency_s, bool)
+            or not isinstance(latency_s, int | float)
+            or not 0 <= latency_s <= MAX_LATENCY_S  # NaN fails both comparisons
+        ):
+            raise ConfigError(
+                f"ScriptedLLM latency_s is {latency_s!r}; give a number of seconds from 0 to "
+                f"{MAX_LATENCY_S:g}"
+            )
         self._replies = replies
         self._model = model
         self.latency_s = latency_s
