@@ -6,7 +6,8 @@ a run resumed in another process after a crash gets exactly the reply it would h
 With a function, the reply is ``fn(messages, tools)`` (pydantic-ai's FunctionModel idea).
 ``latency_s`` makes every call wait that long first: ``complete`` sleeps its thread,
 ``acomplete`` awaits ``asyncio.sleep`` (so a fleet's waits share one event loop) and then
-runs the same reply logic on the loop, so ``fn`` must be quick: wait with ``latency_s``.
+runs the same reply logic on the loop, so ``fn`` must then be quick; with no latency,
+``acomplete`` calls ``fn`` on a worker thread (it may block).
 """
 
 from __future__ import annotations
