@@ -410,8 +410,10 @@ def test_queued_runs_survive_a_sigkill_and_recover_admits_them_in_spawn_order(
     }
     shown = _cli(store_path, "show", "x2")
     assert "status=queued" in shown and "no live runtime holds it" in shown
+    assert "next: the runtime that queued it is gone" in shown
     explained = _cli(store_path, "explain", "v4")
     assert "is queued" in explained and "no live runtime holds it" in explained
+    assert "next: the runtime that queued it is gone" in explained  # not "wait"
 
     model = Turnstile(open_all=True)
     with fl.Runtime.open(store_path, agents=[agent(model)], max_active_runs=1) as rt:

@@ -185,7 +185,9 @@ def show(run: RunArg) -> None:
         if state.output:
             _prose(f"output: {escape(state.output)}")
         if status is not RunStatus.COMPLETED:
-            _prose(f"next: {escape(_advice(run, status, state, records, decided))}")
+            orphaned = queued is not None and queued.orphaned
+            advice = _advice(run, status, state, records, decided, orphaned=orphaned)
+            _prose(f"next: {escape(advice)}")
         for rec in records:
             _line(f"  {rec.seq:>4} {rec.type:<18} ", _summary(rec))
 
@@ -263,7 +265,9 @@ def explain(run: RunArg) -> None:
         if why.limit:
             lines.append(f"limit: {why.limit}")
         lines.append(f"last decision: {why.last_decision}")
-        advice = _advice(run, why.status, rt.state(run), list(rt.events(run)), why.decided)
+        advice = _advice(
+            run, why.status, rt.state(run), list(rt.events(run)), why.decided, orphaned=why.orphaned
+        )
         lines.append(f"next: {advice}")
         for line in lines:
             _prose(escape(line))

@@ -35,9 +35,12 @@ def advice(
     state: RunState,
     records: Sequence[Recorded],
     decided: Sequence[DecidedApproval] = (),
+    *,
+    orphaned: bool = False,
 ) -> str:
     """What to do next with a run, as commands of this CLI (``decided``: decisions made but
-    not yet carried into its log, ``rt.explain(run).decided``)."""
+    not yet carried into its log, ``rt.explain(run).decided``; ``orphaned``: queued by a
+    runtime that is gone, ``rt.explain(run).orphaned``)."""
     resume = f"`{resume_command(run)}`"
     match status:
         case RunStatus.COMPLETED:
@@ -72,6 +75,11 @@ def advice(
             return "start a new run: this one cannot continue"
         case RunStatus.INTERRUPTED:
             return f"{resume} continues it"
+        case RunStatus.QUEUED if orphaned:
+            return (
+                "the runtime that queued it is gone: a runtime with its agent admits it, in "
+                "spawn order, on recover() (a WorkerPool's workers do as they start)"
+            )
         case RunStatus.QUEUED:
             return (
                 "wait: it starts by itself when its runtime has a free slot (max_active_runs; "

@@ -52,6 +52,8 @@ class Explanation:
     limit: str = ""
     decided: tuple[DecidedApproval, ...] = ()
     """Decisions on calls the run waits on, made but not yet carried into its log."""
+    orphaned: bool = False
+    """Interrupted or queued, and no live runtime drives (or holds) it: ``recover()`` does."""
 
     def __str__(self) -> str:
         lines = [f"run {self.run_id} is {self.status.value} after {self.steps} steps"]
@@ -208,4 +210,5 @@ def explain(
         next_steps=tuple(next_steps),
         limit=limit,
         decided=counted,
+        orphaned=orphaned and status in (RunStatus.INTERRUPTED, RunStatus.QUEUED),
     )
