@@ -9,11 +9,13 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import foldloop as fl
+from tests.waiting import wait_until
 
 
 class _Server(ThreadingHTTPServer):
@@ -34,6 +36,7 @@ class FakeOpenAI:
         self.delay_s = 0.0
         self.received = threading.Event()
         self.hung_up = threading.Event()
+        self.disconnected = threading.Event()  # a client closed a connection it kept alive
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -68,6 +71,10 @@ class FakeOpenAI:
 
             def log_message(self, *args: object) -> None:
                 pass
+
+            def finish(self) -> None:
+                super().finish()
+                owner.disconnected.set()
 
         self.server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
@@ -198,3 +205,13 @@ def test_a_missing_key_for_the_real_api_is_a_clear_error(monkeypatch: pytest.Mon
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(fl.ConfigError, match="needs an API key"):
         fl.OpenAIChat("gpt-4o-mini")
+
+
+def test_closing_the_runtime_closes_the_models_pooled_connections(
+    store_path: Path, server: FakeOpenAI
+) -> None:
+    server.responses = [completion(text="hi")]
+    oa = agent(server, "oa")
+    with fl.Runtime.open(store_path, agents=[oa]) as rt:
+        assert rt.spawn(oa, "hello").wait(timeout=30).ok  # through acomplete, kept alive
+    wait_until(server.disconnected.is_set, 10, "the runtime's close to close the connection")

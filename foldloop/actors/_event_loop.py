@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 __all__ = ["EventLoop"]
@@ -41,8 +42,12 @@ class EventLoop:
                 self._thread.start()
             return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Cancel the tasks still running, stop the loop and wait for its thread."""
+    def close(
+        self, timeout: float = 5.0, *, first: Iterable[Callable[[], Awaitable[object]]] = ()
+    ) -> None:
+        """Cancel the tasks still running, stop the loop and wait for its thread. ``first``:
+        clean-ups awaited before that (a model's ``aclose`` of its connections), each
+        bounded by ``timeout`` and its failure ignored."""
         with self._lock:
             if self._closed:
                 return
@@ -52,6 +57,9 @@ class EventLoop:
             return
 
         async def stop() -> None:
+            for cleanup in first:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(cleanup(), timeout)
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in tasks:
                 task.cancel()

@@ -5,9 +5,10 @@ tracks who is active, releases leases and wakes waiters when runs settle.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -86,6 +87,7 @@ class ActorSystem:
         self.loop = EventLoop()
         """Where async model calls and async tools are awaited."""
         self._shards: list[pykka.ActorRef[Any]] = []
+        self._models_seen: dict[int, object] = {}  # their connections close with the loop
         self._lock = threading.Lock()
         self._handed = threading.Condition(self._lock)  # a claim went, or became an actor
         self._actors: dict[str, RunActor] = {}
@@ -210,6 +212,7 @@ class ActorSystem:
                 raise
             self._settlements[run_id] = Settlement()
             self._actors[run_id] = actor
+            self._models_seen.setdefault(id(agent.llm), agent.llm)
             self._placed[run_id] = shard
             self._handed.notify_all()
 
@@ -385,9 +388,18 @@ class ActorSystem:
                 ref.stop(block=True, timeout=5)
         self._deliver_notifications(gates)
         self.timers.stop()
-        self.loop.close()  # model calls and async tools in flight are cancelled; runs resume later
+        # model calls and async tools in flight are cancelled (runs resume later), and the
+        # async models' connection pools closed
+        self.loop.close(first=self._model_cleanups())
         self.model_pool.shutdown()
         self.notify_pool.shutdown()
+
+    def _model_cleanups(self) -> list[Callable[[], Awaitable[object]]]:
+        """The ``aclose`` of each distinct model that ran here and has one."""
+        with self._lock:
+            models = list(self._models_seen.values())
+        closers = [getattr(m, "aclose", None) for m in models]
+        return [c for c in closers if c is not None and inspect.iscoroutinefunction(c)]
 
     def _deliver_notifications(self, gates: list[ApprovalGate]) -> None:
         """Let every notify already handed to a gate run before the runtime closes: the
