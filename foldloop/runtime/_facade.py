@@ -144,7 +144,9 @@ class Runtime(OpenOnly, ClosedOnExit):
         """Open (creating if absent) the store directory at ``path`` and start a runtime.
 
         ``clock`` returns unix ns (inject one in tests); ``snapshot_every`` bounds how many
-        events a resume folds; ``on_state`` observes every state a run actor reaches;
+        events a resume folds; ``on_state`` observes every state a run actor reaches, on
+        the run's shard as its events are appended (a durable append may still be committing:
+        keep it quick and read the log for what is stored);
         ``create=False`` refuses to create a missing store (read-only tools use it);
         ``max_model_calls`` caps the model calls in flight at once (a provider's rate limit;
         None: as many as runs ask for, the threads of a burst ending once it is over);
