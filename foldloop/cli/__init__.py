@@ -544,6 +544,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
     store survives that, as it survives SIGKILL); and from the moment the command is done,
     a Ctrl-C ends the process at once, with no traceback.
     """
+    # typer imports its value adapters (and pydantic, when installed) while parsing: done here,
+    # while a Ctrl-C still ends the process at once, not as an import Python cannot unwind
+    with contextlib.suppress(ImportError):
+        import typer._adapters  # noqa: F401, PLC0415
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the script's exit-at-once ends
     try:
         try:
