@@ -208,14 +208,18 @@ def drive(
     deadline: float,
     sampler: Sampler,
     spawners: int,
+    spawn_all: Callable[[int], list[fl.types.RunHandle]] | None = None,
 ) -> None:
     """Spawn ``out.runs`` runs, one after another as a host would (or from ``spawners``
-    threads, as many request handlers would), then wait for them all, both until
-    ``deadline`` (time.monotonic); fill ``out`` with what got done."""
+    threads, as many request handlers would, or all with ``spawn_all``), then wait for them
+    all, both until ``deadline`` (time.monotonic); fill ``out`` with what got done."""
     start = time.perf_counter()
     handles: list[fl.types.RunHandle] = []
 
     def spawn_some(n: int) -> None:
+        if spawn_all is not None:
+            handles.extend(spawn_all(n))
+            return
         mine: list[fl.types.RunHandle] = []
         for _ in range(n):
             if time.monotonic() > deadline:
@@ -258,7 +262,8 @@ def case_runtime(
         tempfile.TemporaryDirectory(prefix="fleet-") as d,
         fl.Runtime.open(Path(d) / "fl", agents=[agent], max_model_calls=args.max_model_calls) as rt,
     ):
-        drive(lambda: rt.spawn(agent, "go"), out, deadline, Sampler(), args.spawners)
+        spawn_all = (lambda n: rt.spawn_many(agent, ["go"] * n)) if args.spawn_many else None
+        drive(lambda: rt.spawn(agent, "go"), out, deadline, Sampler(), args.spawners, spawn_all)
 
 
 def case_pool(out: Outcome, deadline: float, args: argparse.Namespace) -> None:
@@ -346,6 +351,8 @@ def run_case(case: Case, runs: int, args: argparse.Namespace) -> Outcome:
     ]
     if args.max_model_calls:
         command.append(f"--max-model-calls={args.max_model_calls}")
+    if args.spawn_many:
+        command.append("--spawn-many")
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     watchdog = threading.Timer(args.timeout_s + GRACE_S, proc.kill)
     watchdog.start()
@@ -506,6 +513,11 @@ def main() -> None:
     parser.add_argument("--max-model-calls", type=int, help="Runtime.open(max_model_calls=...)")
     parser.add_argument(
         "--spawners", type=int, default=1, help="threads spawning the runs (default 1)"
+    )
+    parser.add_argument(
+        "--spawn-many",
+        action="store_true",
+        help="one Runtime: start the runs with one rt.spawn_many (their starts share commits)",
     )
     parser.add_argument("--child", choices=list(CASES), help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)

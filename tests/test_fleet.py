@@ -274,3 +274,38 @@ def test_runs_lists_no_live_run_as_interrupted(tmp_path: Path) -> None:
             assert not wrong, f"a live run listed as interrupted: {wrong[0]}"
         assert all(run.wait(timeout=30).ok for run in runs)
         assert fl.RunStatus.RUNNING in seen  # it did look while runs were going
+
+
+def test_spawn_many_starts_every_run_in_order_sharing_commits(tmp_path: Path) -> None:
+    agent = fl.Agent(name="many", llm=fl.ScriptedLLM([fl.Reply(text="ok")]))
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        writer = rt.store.writer  # type: ignore[attr-defined]
+        commits = writer.commits
+        handles = rt.spawn_many(agent, [f"q{i}" for i in range(500)], metadata={"batch": "1"})
+        durable = writer.commits - commits
+        assert all(h.wait(timeout=30).ok for h in handles)
+        inputs = [rt.state(h.id).messages[-2].content for h in handles]
+        assert inputs == [f"q{i}" for i in range(500)]  # each handle is its input's run
+        started = next(iter(rt.events(handles[0].id))).event
+        assert dict(started.metadata) == {"batch": "1"}  # type: ignore[attr-defined]
+    assert durable < 100  # one spawn at a time commits once each: 500
+
+
+def test_spawn_many_refuses_a_bad_input_before_writing_anything(tmp_path: Path) -> None:
+    agent = fl.Agent(name="many", llm=fl.ScriptedLLM([fl.Reply(text="ok")]))
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        with pytest.raises(fl.ConfigError):
+            rt.spawn_many(agent, ["fine", 42, "fine too"])  # type: ignore[list-item]
+        assert rt.runs() == []
+
+
+def test_spawn_many_past_the_cap_queues_the_rest_in_order(tmp_path: Path) -> None:
+    agent = fl.Agent(name="many", llm=fl.ScriptedLLM([fl.Reply(text="ok")], latency_s=0.05))
+    with fl.Runtime.open(tmp_path / "s", agents=[agent], max_active_runs=2) as rt:
+        handles = rt.spawn_many(agent, [f"q{i}" for i in range(8)])
+        assert all(h.wait(timeout=30).ok for h in handles)
+        admitted = sorted(
+            (r.position, h.id) for h in handles for r in rt.events(h.id) if r.type == "run.admitted"
+        )
+        queued = [h.id for h in handles if "run.queued" in [r.type for r in rt.events(h.id)]]
+    assert len(queued) == 6 and [run_id for _, run_id in admitted] == queued  # FIFO

@@ -39,6 +39,7 @@ RUNTIME_CALLS: dict[str, Callable[[fl.Runtime, str, list[str]], object]] = {
     "resume": lambda rt, run, lines: rt.resume(run),
     "runs": lambda rt, run, lines: rt.runs(),
     "spawn": lambda rt, run, lines: rt.spawn(AGENT, "again"),
+    "spawn_many": lambda rt, run, lines: rt.spawn_many(AGENT, ["again"]),
     "state": lambda rt, run, lines: rt.state(run),
     "subscribe": lambda rt, run, lines: rt.subscribe(lambda rec: None),
     "verify": lambda rt, run, lines: rt.verify(run),

@@ -8,7 +8,8 @@ writes the decision through ``RunWrites`` and hands the run on (``drive``).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from msgspec.structs import replace
 
@@ -16,8 +17,9 @@ from foldloop._agent import Agent
 from foldloop._log import get_logger
 from foldloop.actors._system import HANDOVER_WAIT, ActorSystem
 from foldloop.actors._workers import Workers
-from foldloop.core._commands import Admit, Cancel, Resume
+from foldloop.core._commands import Admit, Cancel, Resume, Start
 from foldloop.core._decide import decide
+from foldloop.core._effects import Decision
 from foldloop.core._state import RunState, RunStatus
 from foldloop.errors import (
     ConfigError,
@@ -36,7 +38,7 @@ from foldloop.runtime._registry import AgentRegistry
 from foldloop.runtime._results import Damaged
 from foldloop.runtime._rules import NothingToDo, check_spawn, evolve_all, merged, priced_limits
 from foldloop.runtime._writes import RunWrites
-from foldloop.store import EventStore
+from foldloop.store import EventStore, Pending
 
 __all__ = ["Commands"]
 
@@ -82,44 +84,117 @@ class Commands:
         """Start a run of ``agent`` on ``input``; returns once run.started is durable.
 
         Past ``max_active_runs`` the run is recorded queued and waits its turn (FIFO)."""
+        return self.spawn_many(
+            agent, [input], run_ids=[run_id], metadata=metadata, parent_run_id=parent_run_id
+        )[0]
+
+    def spawn_many(
+        self,
+        agent: Agent,
+        inputs: Sequence[str],
+        *,
+        run_ids: Sequence[str | None] | None = None,
+        metadata: Mapping[str, str] | None,
+        parent_run_id: str | None = None,
+    ) -> list[str]:
+        """Start a run of ``agent`` on each input, in order; returns once every run.started
+        is durable. Their writes are under way together, so they share commits. Nothing is
+        written when an input is refused."""
         self._agents.register(agent)
-        check_spawn(input, run_id, metadata, parent_run_id)
-        run_id = run_id if run_id is not None else f"{agent.name}-{secrets.token_hex(6)}"
+        ids = list(run_ids) if run_ids is not None else [None] * len(inputs)
+        for text, run_id in zip(inputs, ids, strict=True):
+            check_spawn(text, run_id, metadata, parent_run_id)
+        named = [run_id for run_id in ids if run_id is not None]
+        if len(set(named)) != len(named):
+            raise ConfigError("spawn_many was given a run_id twice; give each run its own")
         meta = tuple(sorted((metadata or {}).items()))
         now = self._clock()
-        command = agent.start(
-            input,
-            now=now,
-            metadata=meta,
-            parent_run_id=parent_run_id,
-            limits=priced_limits(agent, now),
-        )
-        admitted = self._admission.reserve()
+        limits = priced_limits(agent, now)
+        starts: list[_Start] = []
         try:
-            if not admitted:
-                command = replace(command, queued=True)
-            decision = decide(RunState(run_id=run_id), command)
-            # A queued run keeps its lease: who holds it admits it, and only the queued runs
-            # of a runtime that died are taken over by another's recover().
-            settles = decision.settles and admitted
+            for text, given in zip(inputs, ids, strict=True):
+                command = agent.start(
+                    text, now=now, metadata=meta, parent_run_id=parent_run_id, limits=limits
+                )
+                run_id = given if given is not None else f"{agent.name}-{secrets.token_hex(6)}"
+                # once one waits, the rest wait behind it (FIFO), whatever slot frees meanwhile
+                queue = any(not start.admitted for start in starts[-1:])
+                starts.append(self._start(agent, run_id, command, queue=queue))
+        except BaseException:
+            for start in starts:  # their writes stand: each is driven, as below
+                self._finish_start(start)
+            raise
+        errors = [error for start in starts if (error := self._finish_start(start))]
+        if errors:
+            raise errors[0]
+        return [start.run_id for start in starts]
+
+    def _finish_start(self, start: _Start) -> Exception | None:
+        """``_started``, or what it raised (the run's claim and slot then given back)."""
+        try:
+            self._started(start)
+        except Exception as exc:
+            self._abandon(start)
+            return exc
+        except BaseException:
+            self._abandon(start)
+            raise
+        return None
+
+    def _start(self, agent: Agent, run_id: str, command: Start, *, queue: bool) -> _Start:
+        """Decide a new run's start (queued past the cap, or with ``queue``), claim it and
+        begin its write."""
+        admitted = not queue and self._admission.reserve()
+        if not admitted:
+            command = replace(command, queued=True)
+        decision = decide(RunState(run_id=run_id), command)
+        # A queued run keeps its lease: who holds it admits it, and only the queued runs
+        # of a runtime that died are taken over by another's recover().
+        settles = decision.settles and admitted
+        try:
             self._system.claim(run_id)
-            try:
-                epoch = self._writes.start(run_id, decision.events, command.now, settles=settles)
-            except BaseException:
-                self._system.unclaim(run_id)
-                raise
-            if not admitted:
-                self._system.unclaim(run_id)
-                self._admission.enqueue((run_id,))
-                log.info("run_queued", run_id=run_id, agent=agent.name)
-                return run_id
-            state = evolve_all(RunState(run_id=run_id), decision, command.now)
-            log.info("run_started", run_id=run_id, agent=agent.name)
-            drive(self._system, agent, state, epoch, decision, released=settles)
-        finally:
+        except BaseException:
             if admitted:
                 self._admission.release()
-        return run_id
+            raise
+        start = _Start(agent, run_id, command, decision, admitted=admitted, settles=settles)
+        try:
+            start.pending = self._writes.start(
+                run_id, decision.events, command.now, settles=settles
+            )
+        except BaseException:
+            self._abandon(start)
+            raise
+        return start
+
+    def _abandon(self, start: _Start) -> None:
+        """Give back what a start that went no further took: its claim, its slot."""
+        if start.finished:
+            return
+        start.finished = True
+        self._system.unclaim(start.run_id)
+        if start.admitted:
+            self._admission.release()
+
+    def _started(self, start: _Start) -> None:
+        """Once its write is durable, hand a started run to an actor, or queue it."""
+        run_id, agent = start.run_id, start.agent
+        assert start.pending is not None
+        epoch = self._writes.started(run_id, start.pending)
+        start.pending = None
+        if not start.admitted:
+            self._system.unclaim(run_id)
+            self._admission.enqueue((run_id,))
+            start.finished = True
+            log.info("run_queued", run_id=run_id, agent=agent.name)
+            return
+        try:
+            state = evolve_all(RunState(run_id=run_id), start.decision, start.command.now)
+            log.info("run_started", run_id=run_id, agent=agent.name)
+            drive(self._system, agent, state, epoch, start.decision, released=start.settles)
+        finally:
+            start.finished = True
+            self._admission.release()
 
     def admit(self, run_id: str) -> None:
         """Start a queued run whose turn came (on the admission thread): take it, record
@@ -300,3 +375,19 @@ class Commands:
             self._system.unclaim(run_id)
         else:
             self._system.give_back(run_id, epoch)
+
+
+@dataclass(slots=True)
+class _Start:
+    """A run being started by ``spawn_many``: its decision, reservation and write."""
+
+    agent: Agent
+    run_id: str
+    command: Start
+    decision: Decision
+    admitted: bool = field(kw_only=True)
+    """It has a slot (else it is queued)."""
+    settles: bool = field(kw_only=True)
+    """Its first decision ends or parks it: the lease goes with the write."""
+    pending: Pending[int] | None = None
+    finished: bool = False

@@ -16,7 +16,7 @@ from foldloop.core._state import RunState
 from foldloop.errors import ConcurrencyError, ConfigError
 from foldloop.events._catalogue import KnownEvent
 from foldloop.runtime._rules import evolve_all
-from foldloop.store import ApprovalChanges, EventStore, Lease, Payload, encode_all
+from foldloop.store import ApprovalChanges, EventStore, Lease, Payload, Pending, encode_all
 from foldloop.store._approvals import ApprovalRecord
 
 __all__ = ["RunWrites"]
@@ -29,12 +29,19 @@ class RunWrites:
         self._store = store
         self._owner = owner
 
-    def start(self, run_id: str, events: Sequence[KnownEvent], at: int, *, settles: bool) -> int:
+    def start(
+        self, run_id: str, events: Sequence[KnownEvent], at: int, *, settles: bool
+    ) -> Pending[int]:
         """Write a new run's first events under a fresh lease (released with them when
-        they settle it at once); returns the lease's epoch. Refuses a run id in use."""
-        pending = self._store.start_run(
+        they settle it at once); ``started`` waits for it. Several may be under way at
+        once: they share commits."""
+        return self._store.start_run(
             run_id, encode_all(events, at), owner=self._owner, release=settles
         )
+
+    @staticmethod
+    def started(run_id: str, pending: Pending[int]) -> int:
+        """Wait for a ``start``: the lease's epoch once durable. Refuses a run id in use."""
         try:
             return pending.wait()
         except ConcurrencyError as exc:
