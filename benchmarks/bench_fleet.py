@@ -274,7 +274,8 @@ def case_pool(out: Outcome, deadline: float, args: argparse.Namespace) -> None:
         fl.WorkerPool(Path(d) / "fl", agents=["fleet_agents:pool_agent"], processes=2) as pool,
     ):
         sampler = Sampler(lambda: [w.pid for w in pool.workers if w.alive])
-        drive(lambda: pool.spawn("fleet", "go"), out, deadline, sampler, args.spawners)
+        spawn_all = (lambda n: pool.spawn_many("fleet", ["go"] * n)) if args.spawn_many else None
+        drive(lambda: pool.spawn("fleet", "go"), out, deadline, sampler, args.spawners, spawn_all)
 
 
 def case_openai(out: Outcome, deadline: float, args: argparse.Namespace) -> None:
@@ -517,7 +518,7 @@ def main() -> None:
     parser.add_argument(
         "--spawn-many",
         action="store_true",
-        help="one Runtime: start the runs with one rt.spawn_many (their starts share commits)",
+        help="start the runs with one spawn_many (Runtime or WorkerPool: starts share commits)",
     )
     parser.add_argument("--child", choices=list(CASES), help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)

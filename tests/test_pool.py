@@ -53,6 +53,20 @@ def test_runs_are_spread_over_the_workers_and_complete(store_path: Path) -> None
         assert types[-1] == "run.completed"
 
 
+def test_spawn_many_spreads_the_runs_over_the_workers_in_input_order(store_path: Path) -> None:
+    with fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=2) as pool:
+        with pytest.raises(fl.ConfigError):  # checked before any request is sent
+            pool.spawn_many("calc", ["fine", 7])  # type: ignore[list-item]
+        assert [w.spawned for w in pool.workers] == [0, 0]
+        handles = pool.spawn_many("calc", [f"sum {i}" for i in range(200)])
+        results = [h.wait(timeout=60) for h in handles]
+        assert {r.status for r in results} == {fl.RunStatus.COMPLETED}
+        states = [pool.runtime.state(h.id) for h in handles]
+        inputs = [next(m.content for m in st.messages if m.role == "user") for st in states]
+        assert inputs == [f"sum {i}" for i in range(200)]
+        assert [w.spawned for w in pool.workers] == [100, 100]
+
+
 def test_a_worker_killed_mid_tool_is_replaced_and_its_run_recovered(
     store_path: Path, tmp_path: Path
 ) -> None:

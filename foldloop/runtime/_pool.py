@@ -377,14 +377,42 @@ class WorkerPool(ClosedOnExit):
         parent_run_id: str | None = None,
     ) -> PooledRunHandle:
         """Start a run on the next worker; returns once its run.started is durable."""
+        request = self._spawn_request(agent, input, run_id, metadata, parent_run_id)
+        self.runtime.check_open()
+        return PooledRunHandle(self, self._pick().request(request).result())
+
+    def spawn_many(
+        self,
+        agent: Agent | str,
+        inputs: Iterable[str],
+        *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> list[PooledRunHandle]:
+        """Start a run on each input, spread over the workers, all requests in flight at
+        once (a worker's starts share commits); returns their handles in input order once
+        every run.started is durable. Every input is checked before any is sent."""
+        requests = [self._spawn_request(agent, text, None, metadata, None) for text in inputs]
+        self.runtime.check_open()
+        pending = [self._pick().request(request) for request in requests]
+        return [PooledRunHandle(self, reply.result()) for reply in pending]
+
+    def _spawn_request(
+        self,
+        agent: Agent | str,
+        input: str,
+        run_id: str | None,
+        metadata: Mapping[str, str] | None,
+        parent_run_id: str | None,
+    ) -> Spawn:
+        """A worker's spawn request, checked here: a worker gets only what it can start."""
         name = agent.name if isinstance(agent, Agent) else agent
         if name not in self._agents:
             raise ConfigError(
                 f"this pool's workers do not know agent {name!r}; they know "
                 f"{sorted(self._agents)} (WorkerPool(agents=[...]) names them as module:attr)"
             )
-        check_spawn(input, run_id, metadata, parent_run_id)  # here: a worker gets only valid JSON
-        request = Spawn(
+        check_spawn(input, run_id, metadata, parent_run_id)
+        return Spawn(
             0,
             name,
             input,
@@ -392,9 +420,6 @@ class WorkerPool(ClosedOnExit):
             metadata=dict(metadata) if metadata is not None else None,
             parent_run_id=parent_run_id,
         )
-        self.runtime.check_open()
-        worker = self._pick()
-        return PooledRunHandle(self, worker.request(request).result())
 
     def _pick(self) -> _Worker:
         with self._lock:
