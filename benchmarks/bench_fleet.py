@@ -49,6 +49,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 from fleet_agents import LATENCY_ENV, STEPS_ENV, fleet_agent, ping, script
@@ -208,7 +209,7 @@ def drive(
     deadline: float,
     sampler: Sampler,
     spawners: int,
-    spawn_all: Callable[[int], list[fl.types.RunHandle]] | None = None,
+    spawn_all: Callable[[int], Sequence[Any]] | None = None,
 ) -> None:
     """Spawn ``out.runs`` runs, one after another as a host would (or from ``spawners``
     threads, as many request handlers would, or all with ``spawn_all``), then wait for them
