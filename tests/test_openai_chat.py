@@ -174,6 +174,17 @@ def test_rate_limits_and_server_errors_are_recorded_and_retried(
     assert len(server.requests) == 3
 
 
+def test_a_reply_that_is_not_a_chat_completion_is_retried_with_a_clear_error(
+    rt: fl.Runtime, server: FakeOpenAI
+) -> None:
+    server.responses = [(200, {"choices": "none today"}), completion(text="done")]
+    run = rt.spawn(agent(server, "odd"), "go")
+    assert run.wait(timeout=30).output == "done"
+    failed = [r.event for r in rt.events(run.id) if r.type == "model.failed"]
+    assert [f.retryable for f in failed] == [True]
+    assert "the response is not a chat completion" in failed[0].error
+
+
 def test_a_bad_request_fails_the_run_clearly_without_retrying(
     rt: fl.Runtime, server: FakeOpenAI
 ) -> None:
