@@ -309,3 +309,26 @@ def test_spawn_many_past_the_cap_queues_the_rest_in_order(tmp_path: Path) -> Non
         )
         queued = [h.id for h in handles if "run.queued" in [r.type for r in rt.events(h.id)]]
     assert len(queued) == 6 and [run_id for _, run_id in admitted] == queued  # FIFO
+
+
+def test_a_blocking_async_model_is_reported(tmp_path: Path) -> None:
+    class Blocking:
+        """An acomplete that blocks the loop (time.sleep): what the README forbids."""
+
+        model = "blocking"
+
+        def complete(self, messages: Sequence[fl.Message], tools: object, **_: object) -> fl.Reply:
+            raise AssertionError("awaited, not called")
+
+        async def acomplete(
+            self, messages: Sequence[fl.Message], tools: object, *, max_tokens: int | None = None
+        ) -> fl.Reply:
+            time.sleep(2.5)
+            return fl.Reply(text="late")
+
+    agent = fl.Agent(name="blocker", llm=Blocking())
+    with capture_logs() as logs, fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        assert rt.spawn(agent, "go").wait(timeout=30).ok
+        wait_until(lambda: logged(logs, "event_loop_blocked"), 10, "the blocked loop reported")
+    [warning] = [e for e in logs if e.get("event") == "event_loop_blocked"]
+    assert warning["late_s"] >= 2.0 and warning["log_level"] == "warning"

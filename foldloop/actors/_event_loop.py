@@ -1,7 +1,8 @@
 """The runtime's asyncio event loop, on a thread of its own, started on first use.
 
 Async model calls (``acomplete``) and ``async def`` tools are awaited here: thousands of
-calls in flight hold no thread each.
+calls in flight hold no thread each. One of them that blocks (``time.sleep``, sync I/O)
+holds up every other and their timeouts: a watcher logs it when the loop runs late.
 """
 
 from __future__ import annotations
@@ -13,9 +14,18 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
-__all__ = ["EventLoop"]
+from foldloop._log import get_logger
+
+__all__ = ["LATE_S", "EventLoop"]
 
 T = TypeVar("T")
+
+log = get_logger(__name__)
+
+LATE_S = 2.0
+"""How late the loop may run a timer before the watcher says something blocks it."""
+LATE_REPEAT_S = 60.0
+"""Once said, not again for this long (a loop that stays blocked is one problem)."""
 
 
 class EventLoop:
@@ -40,6 +50,7 @@ class EventLoop:
                     target=self._loop.run_forever, name=self._name, daemon=True
                 )
                 self._thread.start()
+                asyncio.run_coroutine_threadsafe(_watch_lateness(), self._loop)
             return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def close(
@@ -70,3 +81,21 @@ class EventLoop:
         thread.join(timeout)
         if not thread.is_alive():
             loop.close()
+
+
+async def _watch_lateness(period: float = 0.25) -> None:
+    """Warn when the loop runs a ``period`` s timer ``LATE_S`` late or more."""
+    loop = asyncio.get_running_loop()
+    said = -LATE_REPEAT_S
+    while True:
+        before = loop.time()
+        await asyncio.sleep(period)
+        late = loop.time() - before - period
+        if late >= LATE_S and loop.time() - said >= LATE_REPEAT_S:
+            said = loop.time()
+            log.warning(
+                "event_loop_blocked",
+                late_s=round(late, 2),
+                advice="an acomplete or async tool blocked the runtime's event loop (time.sleep "
+                "or sync I/O there): await instead, or give a sync complete / def tool",
+            )
