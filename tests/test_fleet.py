@@ -332,3 +332,39 @@ def test_a_blocking_async_model_is_reported(tmp_path: Path) -> None:
         wait_until(lambda: logged(logs, "event_loop_blocked"), 10, "the blocked loop reported")
     [warning] = [e for e in logs if e.get("event") == "event_loop_blocked"]
     assert warning["late_s"] >= 2.0 and warning["log_level"] == "warning"
+
+
+def test_spawn_many_refuses_one_str_for_its_inputs(tmp_path: Path) -> None:
+    agent = fl.Agent(name="many", llm=fl.ScriptedLLM([fl.Reply(text="ok")]))
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        with pytest.raises(fl.ConfigError, match="not one str"):
+            rt.spawn_many(agent, "hello")
+        assert rt.runs() == []
+
+
+def test_a_ctrl_c_during_spawn_many_leaves_every_written_run_driven(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The host's Ctrl-C lands while it waits for the second start to be durable: the starts
+    # under way still land and are driven or queued; no claim or slot is left behind.
+    from foldloop.runtime._writes import RunWrites
+
+    real = RunWrites.started
+    calls = [0]
+
+    def interrupted_once(run_id: str, pending: object) -> int:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise KeyboardInterrupt
+        return real(run_id, pending)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RunWrites, "started", staticmethod(interrupted_once))
+    agent = fl.Agent(name="many", llm=fl.ScriptedLLM([fl.Reply(text="ok")], latency_s=0.05))
+    with fl.Runtime.open(tmp_path / "s", agents=[agent], max_active_runs=2) as rt:
+        with pytest.raises(KeyboardInterrupt):
+            rt.spawn_many(agent, [f"q{i}" for i in range(5)])
+        ids = [s.run_id for s in rt.runs()]
+        assert len(ids) == 5
+        assert all(rt.handle(run_id).wait(timeout=30).ok for run_id in ids)
+        # nothing leaked: the cap's two slots serve new runs, which complete
+        assert all(h.wait(timeout=30).ok for h in rt.spawn_many(agent, ["a", "b", "c"]))

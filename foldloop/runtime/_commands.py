@@ -99,7 +99,8 @@ class Commands:
     ) -> list[str]:
         """Start a run of ``agent`` on each input, in order; returns once every run.started
         is durable. Their writes are under way together, so they share commits. Nothing is
-        written when an input is refused."""
+        written when an input is refused; when a start fails (a run id in use), the others
+        are still driven and the first failure is raised."""
         self._agents.register(agent)
         ids = list(run_ids) if run_ids is not None else [None] * len(inputs)
         for text, run_id in zip(inputs, ids, strict=True):
@@ -118,28 +119,32 @@ class Commands:
                 )
                 run_id = given if given is not None else f"{agent.name}-{secrets.token_hex(6)}"
                 # once one waits, the rest wait behind it (FIFO), whatever slot frees meanwhile
-                queue = any(not start.admitted for start in starts[-1:])
+                queue = bool(starts) and not starts[-1].admitted
                 starts.append(self._start(agent, run_id, command, queue=queue))
-        except BaseException:
-            for start in starts:  # their writes stand: each is driven, as below
-                self._finish_start(start)
-            raise
-        errors = [error for start in starts if (error := self._finish_start(start))]
-        if errors:
-            raise errors[0]
+        finally:  # the writes begun stand, even past a Ctrl-C: each run is driven or queued
+            failures = [failure for start in starts if (failure := self._finish_start(start))]
+        interrupt = next((f for f in failures if not isinstance(f, Exception)), None)
+        if interrupt is not None or failures:
+            raise interrupt or failures[0]
         return [start.run_id for start in starts]
 
-    def _finish_start(self, start: _Start) -> Exception | None:
-        """``_started``, or what it raised (the run's claim and slot then given back)."""
-        try:
-            self._started(start)
-        except Exception as exc:
-            self._abandon(start)
-            return exc
-        except BaseException:
-            self._abandon(start)
-            raise
-        return None
+    def _finish_start(self, start: _Start) -> BaseException | None:
+        """``_started``, or what it raised (the run's claim and slot then given back). A
+        Ctrl-C while its write is under way is noted and the write waited for all the same:
+        a run whose start is written must not be left claimed and undriven."""
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                self._started(start)
+            except Exception as exc:
+                self._abandon(start)
+                return exc
+            except BaseException as exc:
+                interrupted = interrupted or exc
+                if start.pending is not None and not start.finished:
+                    continue  # the wait was cut short: the write is still landing
+                self._abandon(start)
+            return interrupted
 
     def _start(self, agent: Agent, run_id: str, command: Start, *, queue: bool) -> _Start:
         """Decide a new run's start (queued past the cap, or with ``queue``), claim it and
@@ -188,12 +193,12 @@ class Commands:
             start.finished = True
             log.info("run_queued", run_id=run_id, agent=agent.name)
             return
+        state = evolve_all(RunState(run_id=run_id), start.decision, start.command.now)
+        log.info("run_started", run_id=run_id, agent=agent.name)
+        start.finished = True  # drive gives the claim back itself if it fails
         try:
-            state = evolve_all(RunState(run_id=run_id), start.decision, start.command.now)
-            log.info("run_started", run_id=run_id, agent=agent.name)
             drive(self._system, agent, state, epoch, start.decision, released=start.settles)
         finally:
-            start.finished = True
             self._admission.release()
 
     def admit(self, run_id: str) -> None:

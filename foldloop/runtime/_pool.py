@@ -391,6 +391,8 @@ class WorkerPool(ClosedOnExit):
         """Start a run on each input, spread over the workers, all requests in flight at
         once (a worker's starts share commits); returns their handles in input order once
         every run.started is durable. Every input is checked before any is sent."""
+        if isinstance(inputs, str):
+            raise ConfigError("spawn_many takes a list of inputs, not one str; spawn() takes one")
         requests = [self._spawn_request(agent, text, None, metadata, None) for text in inputs]
         self.runtime.check_open()
         pending = [self._pick().request(request) for request in requests]
