@@ -368,3 +368,37 @@ def test_a_ctrl_c_during_spawn_many_leaves_every_written_run_driven(
         assert all(rt.handle(run_id).wait(timeout=30).ok for run_id in ids)
         # nothing leaked: the cap's two slots serve new runs, which complete
         assert all(h.wait(timeout=30).ok for h in rt.spawn_many(agent, ["a", "b", "c"]))
+
+
+def test_a_hung_sync_call_past_its_timeout_does_not_hold_up_the_calls_behind_it(
+    tmp_path: Path,
+) -> None:
+    release = threading.Event()
+    ran: list[str] = []
+
+    @fl.tool(concurrency=1, timeout=0.3)
+    def lookup(key: str) -> str:
+        """Look up (the first call hangs until the test ends)."""
+        ran.append(key)
+        if key == "first":
+            release.wait(30)
+        return f"value of {key}"
+
+    llm = fl.ScriptedLLM(
+        lambda messages, tools: (
+            fl.Reply(text=messages[-1].content)
+            if messages[-1].role == "tool"
+            else fl.Reply(tool_calls=[fl.ToolCall("lookup", {"key": messages[-1].content})])
+        )
+    )
+    agent = fl.Agent(name="looker", llm=llm, tools=[lookup])
+    try:
+        with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+            first = rt.spawn(agent, "first")
+            wait_until(lambda: ran == ["first"], 10, "the first call to hang in the tool")
+            second = rt.spawn(agent, "second")
+            # the first is past its timeout: its thread no longer counts, the second runs
+            assert second.wait(timeout=10).output == "value of second"
+            assert "did not finish" in first.wait(timeout=10).output
+    finally:
+        release.set()

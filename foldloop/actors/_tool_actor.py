@@ -206,11 +206,22 @@ class ToolRunner:
             if not queued.start():  # its run was cancelled or ended while it waited
                 log.info("tool_call_not_started", run_id=call.run_id, call_id=call.call_id)
                 return
-            # the timeout runs from here: waiting for one of the tool's threads is not the call
-            timer = self.watch(call.run_id, call.call_id, once, report)
+            # The timeout runs from here: waiting for one of the tool's threads is not the
+            # call. Past it, the call's thread no longer counts against the tool's bound (a
+            # call that hangs must not hold up the ones queued behind it).
+            late = OneOutcome()
+
+            def past_timeout(command: ToolFinished) -> None:
+                if late.claim():  # still running (else it returned just now: nothing to lend)
+                    self.pool.lend()
+                report(command)
+
+            timer = self.watch(call.run_id, call.call_id, once, past_timeout)
             outcome = self.tool.invoke(call.args)  # the pool's threads are the tool's bound
             if timer is not None:
                 timer.cancel()  # release the run's references now, not in `timeout` s
+            if not late.claim():  # it timed out: its lent thread is taken back
+                self.pool.reclaim()
             if once.claim():
                 report(self.finished(call.run_id, call.call_id, outcome))
             else:

@@ -50,6 +50,25 @@ class Workers:
         if grow:
             threading.Thread(target=self._work, name=f"{self._name}-{index}", daemon=True).start()
 
+    def lend(self) -> None:
+        """One more thread may run (a job holding one is past its timeout and no longer
+        counts): a job waiting starts now. ``reclaim`` once that job returns."""
+        with self._lock:
+            if self._closed:
+                return
+            self._limit += 1
+            grow = self._pending > self._idle and self._threads < self._limit
+            if grow:
+                self._threads += 1
+                index = self._threads
+        if grow:
+            threading.Thread(target=self._work, name=f"{self._name}-{index}", daemon=True).start()
+
+    def reclaim(self) -> None:
+        """Undo a ``lend``: a thread above the bound ends once its job is done."""
+        with self._lock:
+            self._limit -= 1
+
     def join(self, timeout: float) -> bool:
         """Wait until every job submitted so far has run; False if some still had not after
         ``timeout`` seconds."""
@@ -94,3 +113,8 @@ class Workers:
                     self._unfinished -= 1
                     if not self._unfinished:
                         self._finished.notify_all()
+                    above = self._threads > self._limit  # a lent thread given back
+                    if above:
+                        self._threads -= 1
+            if above:
+                return
