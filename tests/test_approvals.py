@@ -531,10 +531,9 @@ def test_two_processes_with_the_agent_racing_to_approve_finish_every_run_once(
 
 
 def _threads_outside_pools() -> int:
-    """Live threads, less the model and tool pools' workers (and the event loop's executor,
-    where a scripted function runs): those are bounded by their pools' limits, and how many
-    a burst of runs starts depends on timing."""
-    pools = ("foldloop-model-", "foldloop-tool-", "foldloop-notify-", "asyncio_")
+    """Live threads, less the model and tool pools' workers: those are bounded by their
+    pools' limits, and how many a burst of runs starts depends on timing."""
+    pools = ("foldloop-model-", "foldloop-tool-", "foldloop-notify-")
     return sum(1 for t in threading.enumerate() if not t.name.startswith(pools))
 
 

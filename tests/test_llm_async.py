@@ -52,8 +52,10 @@ class PlainAcomplete(SyncOnly):
 
 
 def test_async_form_is_the_bound_acomplete_of_an_async_def_only() -> None:
-    scripted = fl.ScriptedLLM([fl.Reply(text="hi")])
+    scripted = fl.ScriptedLLM([fl.Reply(text="hi")], latency_s=0.1)
     assert async_form(scripted) == scripted.acomplete
+    # with nothing to wait for, a scripted model is called through complete (awaitable False)
+    assert async_form(fl.ScriptedLLM([fl.Reply(text="hi")])) is None
     assert async_form(SyncOnly()) is None
     assert async_form(PlainAcomplete()) is None
     assert isinstance(SyncOnly(), fl.LLM)  # models without the async form stay valid

@@ -110,3 +110,21 @@ def test_jobs_racing_idle_threads_ending_all_run() -> None:
     for _ in range(2000):
         assert ran.acquire(timeout=30), "a job was left with no thread to run it"
     pool.shutdown()
+
+
+def test_a_scripted_function_with_no_latency_may_block_and_is_not_capped(
+    tmp_path: Path,
+) -> None:
+    # It runs through complete on the model pool (it may block, as this gate does), which
+    # grows with the calls: twenty wait at once.
+    gate = Gate()
+    agent = fl.Agent(name="a", llm=fl.ScriptedLLM(gate))
+    assert fl.llm.async_form(agent.llm) is None
+    assert fl.llm.async_form(fl.ScriptedLLM(gate, latency_s=0.1)) is not None
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        runs = [rt.spawn(agent, "go") for _ in range(20)]
+        try:
+            wait_until(lambda: gate.now == 20, 30, "twenty scripted calls in flight at once")
+        finally:
+            gate.release.set()
+        assert all(run.wait(timeout=60).ok for run in runs)

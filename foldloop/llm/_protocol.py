@@ -76,9 +76,13 @@ def async_form(llm: LLM) -> AsyncComplete | None:
     """The model's bound ``acomplete`` when it is an ``async def``, else None (use ``complete``).
 
     An ``acomplete`` that is not a coroutine function (a plain ``def``) is not the async
-    form and is ignored, so calling the result always returns a coroutine to await.
+    form and is ignored, so calling the result always returns a coroutine to await. A model
+    whose ``awaitable`` attribute is False asks to be called through ``complete`` (on a
+    thread) although it has ``acomplete``: what it runs may block.
     """
     method = getattr(llm, "acomplete", None)
     if method is None or not inspect.iscoroutinefunction(method):
+        return None
+    if not getattr(llm, "awaitable", True):
         return None
     return cast(AsyncComplete, method)

@@ -6,8 +6,9 @@ a run resumed in another process after a crash gets exactly the reply it would h
 With a function, the reply is ``fn(messages, tools)`` (pydantic-ai's FunctionModel idea).
 ``latency_s`` makes every call wait that long first: ``complete`` sleeps its thread,
 ``acomplete`` awaits ``asyncio.sleep`` (so a fleet's waits share one event loop) and then
-runs the same reply logic on the loop, so ``fn`` must then be quick; with no latency,
-``acomplete`` calls ``fn`` on a worker thread (it may block).
+runs the same reply logic on the loop, so ``fn`` must then be quick. With no latency a
+runtime calls ``complete`` on its model pool instead (``awaitable`` is False): ``fn`` may
+block there.
 """
 
 from __future__ import annotations
@@ -76,8 +77,16 @@ class ScriptedLLM:
     @property
     def instant(self) -> bool:
         """A list replayed with no latency answers at once: the run calls it inline (no
-        hand-off); with a function or a latency the run awaits ``acomplete``."""
+        hand-off); a function with no latency runs on the model pool; with a latency the run
+        awaits ``acomplete``."""
         return not callable(self._replies) and not self.latency_s
+
+    @property
+    def awaitable(self) -> bool:
+        """Awaited on the runtime's loop (``acomplete``) only with a latency to wait: a
+        function with none is called through ``complete`` on the model pool, as it may block
+        (a test's gate)."""
+        return bool(self.latency_s)
 
     def complete(
         self,
@@ -99,12 +108,9 @@ class ScriptedLLM:
         max_tokens: int | None = None,
     ) -> Reply:
         """``complete`` without blocking: the latency is awaited on the running loop, then a
-        function is called there (keep it quick); a function with no latency is called on a
-        worker thread instead, as it may block (a test's gate, say)."""
+        function is called there (keep it quick)."""
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
-        elif callable(self._replies):
-            return await asyncio.to_thread(self._reply, messages, tools)
         return self._reply(messages, tools)
 
     def _reply(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Reply:
