@@ -185,6 +185,29 @@ def test_a_reply_that_is_not_a_chat_completion_is_retried_with_a_clear_error(
     assert "the response is not a chat completion" in failed[0].error
 
 
+def test_lenient_servers_replies_are_read(rt: fl.Runtime, server: FakeOpenAI) -> None:
+    # Arguments as an object, usage as floats or null, a 200 carrying an error: all seen
+    # from OpenAI-compatible servers.
+    odd_call = completion(calls=[("call_1", "add", "{}")], tokens=(7, 3))
+    call = odd_call[1]["choices"][0]["message"]["tool_calls"][0]
+    call["function"]["arguments"] = {"a": 2, "b": 3}
+    odd_call[1]["usage"] = {"prompt_tokens": 7.0, "completion_tokens": None}
+    server.responses = [
+        (200, {"error": {"message": "model overloaded, try again"}}),
+        odd_call,
+        completion(text="5"),
+    ]
+    run = rt.spawn(agent(server, "lenient"), "go")
+    assert run.wait(timeout=30).output == "5"
+    events = list(rt.events(run.id))
+    [failed] = [r.event for r in events if r.type == "model.failed"]
+    assert failed.retryable and "no choices: model overloaded, try again" in failed.error
+    [requested] = [r.event for r in events if r.type == "tool.requested"]
+    assert requested.args == '{"a":2,"b":3}'
+    first_reply = next(r.event for r in events if r.type == "model.responded")
+    assert (first_reply.usage.input_tokens, first_reply.usage.output_tokens) == (7, 0)
+
+
 def test_a_bad_request_fails_the_run_clearly_without_retrying(
     rt: fl.Runtime, server: FakeOpenAI
 ) -> None:

@@ -35,7 +35,7 @@ _PATH = "/chat/completions"
 
 class _Function(msgspec.Struct):
     name: str = ""
-    arguments: str | None = None
+    arguments: str | dict[str, Any] | None = None  # some servers send an object
 
 
 class _Call(msgspec.Struct):
@@ -53,8 +53,8 @@ class _Choice(msgspec.Struct):
 
 
 class _Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    prompt_tokens: float | None = 0  # some servers send 3.0, or null
+    completion_tokens: float | None = 0
 
 
 class _Completion(msgspec.Struct):
@@ -63,6 +63,11 @@ class _Completion(msgspec.Struct):
     choices: list[_Choice] = []
     usage: _Usage | None = None
     model: str | None = None
+    error: _Error | None = None  # a 200 that carries an error instead
+
+
+class _Error(msgspec.Struct):
+    message: str = ""
 
 
 _decode = msgspec.json.Decoder(_Completion).decode
@@ -186,10 +191,15 @@ class OpenAIChat:
                 f"{self._model}: the response is not a chat completion ({exc})", retryable=True
             ) from None
         if not response.choices:
-            raise ModelCallError(f"{self._model}: the response has no choices", retryable=True)
+            said = (
+                f": {response.error.message}" if response.error and response.error.message else ""
+            )
+            raise ModelCallError(
+                f"{self._model}: the response has no choices{said}", retryable=True
+            )
         message = response.choices[0].message
         calls = [
-            ToolCall(name=fn.name, args=fn.arguments or "", id=c.id or "")
+            ToolCall(name=fn.name, args=_arguments(fn.arguments), id=c.id or "")
             for c in (message.tool_calls or [])
             if (fn := c.function) is not None
         ]
@@ -198,8 +208,15 @@ class OpenAIChat:
             text=message.content or "",
             tool_calls=calls,
             usage=Usage(
-                input_tokens=usage.prompt_tokens if usage else 0,
-                output_tokens=usage.completion_tokens if usage else 0,
+                input_tokens=int(usage.prompt_tokens or 0) if usage else 0,
+                output_tokens=int(usage.completion_tokens or 0) if usage else 0,
             ),
             model=response.model or self._model,
         )
+
+
+def _arguments(arguments: str | dict[str, Any] | None) -> str:
+    """A call's arguments as the JSON text the run records (an object is encoded)."""
+    if isinstance(arguments, dict):
+        return msgspec.json.encode(arguments).decode()
+    return arguments or ""
