@@ -266,7 +266,9 @@ def test_runs_lists_no_live_run_as_interrupted(tmp_path: Path) -> None:
         runs = [rt.spawn(agent, f"r{i}") for i in range(300)]
         seen: set[fl.RunStatus] = set()
         statuses: list[fl.RunStatus] = []
+        deadline = time.monotonic() + 60
         while statuses.count(fl.RunStatus.COMPLETED) < len(runs):
+            assert time.monotonic() < deadline, "the runs did not complete within 60 s"
             summaries = rt.runs()
             statuses = [s.status for s in summaries]
             seen |= set(statuses)

@@ -54,10 +54,10 @@ class EventLoop:
             return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def close(
-        self, timeout: float = 5.0, *, first: Iterable[Callable[[], Awaitable[object]]] = ()
+        self, timeout: float = 5.0, *, then: Iterable[Callable[[], Awaitable[object]]] = ()
     ) -> None:
-        """Cancel the tasks still running, stop the loop and wait for its thread. ``first``:
-        clean-ups awaited before that (a model's ``aclose`` of its connections), each
+        """Cancel the tasks still running, stop the loop and wait for its thread. ``then``:
+        clean-ups awaited once nothing runs (a model's ``aclose`` of its connections), each
         bounded by ``timeout`` and its failure ignored."""
         with self._lock:
             if self._closed:
@@ -67,18 +67,20 @@ class EventLoop:
         if loop is None or thread is None:
             return
 
+        cleanups = list(then)
+
         async def stop() -> None:
-            for cleanup in first:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(cleanup(), timeout)
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for cleanup in cleanups:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(cleanup(), timeout)
             loop.stop()
 
         asyncio.run_coroutine_threadsafe(stop(), loop)
-        thread.join(timeout)
+        thread.join(timeout * (1 + len(cleanups)))
         if not thread.is_alive():
             loop.close()
 

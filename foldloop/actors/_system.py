@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import threading
+import weakref
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -71,11 +72,11 @@ class ActorSystem:
     ) -> None:
         self.store = store
         self.on_inactive = on_inactive
+        """Told the run id when a run driven here stops being active (it settled, parked or
+        was interrupted), on the thread that drove it: hand slow work elsewhere."""
         self.on_lost_cancel: Callable[[str, Cancel], None] | None = None
         """Given a cancel that reached a run as it stopped being active here (it parked, say):
         its host carries it in another way. Called on a shard: hand slow work elsewhere."""
-        """Told the run id when a run driven here stops being active (it settled, parked or
-        was interrupted), on the thread that drove it: hand slow work elsewhere."""
         self.owner = owner
         self.clock = clock
         self.snapshot_every = snapshot_every
@@ -87,7 +88,9 @@ class ActorSystem:
         self.loop = EventLoop()
         """Where async model calls and async tools are awaited."""
         self._shards: list[pykka.ActorRef[Any]] = []
-        self._models_seen: dict[int, object] = {}  # their connections close with the loop
+        self._models_seen: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        """Models that ran here (their connections close with the loop); one dropped by its
+        host is forgotten with it."""
         self._lock = threading.Lock()
         self._handed = threading.Condition(self._lock)  # a claim went, or became an actor
         self._actors: dict[str, RunActor] = {}
@@ -126,6 +129,11 @@ class ActorSystem:
             return runner
 
     # -- runs ----------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once ``stop`` began: no run is activated here any more."""
+        return self._closed
 
     def active_count(self) -> int:
         """How many runs an actor of this runtime drives now."""
@@ -212,7 +220,8 @@ class ActorSystem:
                 raise
             self._settlements[run_id] = Settlement()
             self._actors[run_id] = actor
-            self._models_seen.setdefault(id(agent.llm), agent.llm)
+            with contextlib.suppress(TypeError):  # a model that cannot be weakly referenced
+                self._models_seen.setdefault(id(agent.llm), agent.llm)
             self._placed[run_id] = shard
             self._handed.notify_all()
 
@@ -390,7 +399,7 @@ class ActorSystem:
         self.timers.stop()
         # model calls and async tools in flight are cancelled (runs resume later), and the
         # async models' connection pools closed
-        self.loop.close(first=self._model_cleanups())
+        self.loop.close(then=self._model_cleanups())
         self.model_pool.shutdown()
         self.notify_pool.shutdown()
 

@@ -359,7 +359,7 @@ class Commands:
             try:
                 epoch = self._system.take(run_id, wait=HANDOVER_WAIT)
             except RunLocked:
-                if self._system.active(run_id):
+                if self._system.active(run_id) and not self._system.closed:
                     continue  # another thread here handed it to an actor meanwhile: tell it
                 raise
             self._cancel_taken(run_id, epoch, command)

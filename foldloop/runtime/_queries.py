@@ -33,13 +33,13 @@ __all__ = ["Queries"]
 PAGE = 1024
 """Records ``read_all`` reads in one transaction."""
 STATE_BATCH = 512
+"""Runs whose logs ``states`` reads in one transaction."""
 
 _ORPHANED = {
     RunStatus.RUNNING: (RunStatus.INTERRUPTED, ORPHAN_RUNNING),
     RunStatus.QUEUED: (RunStatus.QUEUED, ORPHAN_QUEUED),
 }
 """How a run nobody drives (or, queued, holds) is shown: status and reason."""
-"""Runs whose logs ``states`` reads in one transaction."""
 
 
 LAST_NUMBER = 2**63 - 1
@@ -168,7 +168,10 @@ class Queries:
                 # Read again after the lease check: a run settles and gives its lease up in
                 # one write, so one that did since the batch read shows settled now.
                 state = self.state(run_id)
-                current, reason = _ORPHANED.get(state.status, (state.status, state.reason))
+                if state.status is current:  # else it moved on (settled, or was taken up)
+                    current, reason = _ORPHANED[current]
+                else:
+                    current, reason = state.status, state.reason
             if wanted is not None and current is not wanted:
                 continue
             if agent is not None and state.agent != agent:
