@@ -404,3 +404,17 @@ def test_a_hung_sync_call_past_its_timeout_does_not_hold_up_the_calls_behind_it(
             assert "did not finish" in first.wait(timeout=10).output
     finally:
         release.set()
+
+
+@pytest.mark.parametrize(
+    "usage", [fl.types.Usage(input_tokens=-5), fl.types.Usage(output_tokens=10**30)]
+)
+def test_a_model_reporting_impossible_usage_fails_the_run_clearly(
+    tmp_path: Path, usage: fl.types.Usage
+) -> None:
+    llm = fl.ScriptedLLM([fl.Reply(text="hi", usage=usage)])
+    agent = fl.Agent(name="odd", llm=llm)
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        result = rt.spawn(agent, "go").wait(timeout=30)
+    assert result.status is fl.RunStatus.FAILED
+    assert "which is not a usage to record" in result.reason

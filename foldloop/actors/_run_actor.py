@@ -412,6 +412,22 @@ class RunActor:
         self.system.interrupted(self.run_id, self.epoch, self.state, reason)
 
 
+MAX_COUNT = 2**53
+"""Token counts past this are no provider's (and would not fit a stored integer)."""
+
+
+def _implausible(usage: Usage) -> str:
+    """What is wrong with a model's reported usage ("" if nothing)."""
+    for name in ("input_tokens", "output_tokens"):
+        value = getattr(usage, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_COUNT:
+            return f"{name}={value!r}"
+    cost = usage.cost_usd
+    if isinstance(cost, bool) or not isinstance(cost, int | float) or not 0 <= cost < MAX_COUNT:
+        return f"cost_usd={cost!r}"  # NaN fails the comparison too
+    return ""
+
+
 def _to_run(tell: Callable[[str, Any], bool], run_id: str) -> Callable[[Any], bool]:
     return lambda command: tell(run_id, command)
 
@@ -453,6 +469,14 @@ class _Asked:
     def replied(self, reply: Reply, start: float) -> Command:
         usage = reply.usage or Usage()
         model = reply.model or self.agent.llm.model
+        odd = _implausible(usage)
+        if odd:  # recorded as it came, it would corrupt the run's budget, or not encode at all
+            return ModelCallFailed(
+                now=self.clock(),
+                step=self.effect.step,
+                error=f"model {model!r} reported {odd}, which is not a usage to record",
+                retryable=False,
+            )
         if not usage.cost_usd:
             usage = self.agent.pricing.usage(model, usage.input_tokens, usage.output_tokens)
         return ModelReplied(

@@ -70,7 +70,7 @@ class _Error(msgspec.Struct):
     message: str = ""
 
 
-_decode = msgspec.json.Decoder(_Completion).decode
+_decode = msgspec.json.Decoder(_Completion, strict=False).decode  # "12" is read as 12
 
 
 def _message(m: Message) -> dict[str, Any]:
@@ -188,7 +188,8 @@ class OpenAIChat:
             response = _decode(body)
         except msgspec.DecodeError as exc:
             raise ModelCallError(
-                f"{self._model}: the response is not a chat completion ({exc})", retryable=True
+                f"{self._model}: the response is not a chat completion ({exc}): {body[:200]!r}",
+                retryable=True,
             ) from None
         if not response.choices:
             said = (
