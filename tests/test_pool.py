@@ -19,6 +19,7 @@ import msgspec
 import pytest
 
 import foldloop as fl
+from foldloop.runtime import _pool as pool_module
 from foldloop.runtime._pool_protocol import Failed, Ready, Refused, Spawned, decode_reply
 from tests.waiting import wait_until
 
@@ -53,7 +54,10 @@ def test_runs_are_spread_over_the_workers_and_complete(store_path: Path) -> None
         assert types[-1] == "run.completed"
 
 
-def test_spawn_many_spreads_the_runs_over_the_workers_in_input_order(store_path: Path) -> None:
+def test_spawn_many_spreads_the_runs_over_the_workers_in_input_order(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool_module, "SPAWN_WINDOW", 16)  # 200 runs go 16 in flight at a time
     with fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=2) as pool:
         with pytest.raises(fl.ConfigError):  # checked before any request is sent
             pool.spawn_many("calc", ["fine", 7])  # type: ignore[list-item]

@@ -11,6 +11,7 @@ pool starts a replacement, which recovers the runs the dead one left.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import os
@@ -52,6 +53,10 @@ from foldloop.runtime._rules import check_cap, check_spawn
 __all__ = ["PooledRunHandle", "WorkerInfo", "WorkerPool"]
 
 log = get_logger(__name__)
+
+SPAWN_WINDOW = 512
+"""Spawn requests ``spawn_many`` keeps in flight: enough for the workers' starts to share
+commits, few enough that a Ctrl-C leaves little already sent behind it."""
 
 SWITCH_INTERVAL = 0.05
 """The workers' ``sys.setswitchinterval`` (CPython's default is 0.005): a worker's many run
@@ -388,15 +393,22 @@ class WorkerPool(ClosedOnExit):
         *,
         metadata: Mapping[str, str] | None = None,
     ) -> list[PooledRunHandle]:
-        """Start a run on each input, spread over the workers, all requests in flight at
-        once (a worker's starts share commits); returns their handles in input order once
-        every run.started is durable. Every input is checked before any is sent."""
+        """Start a run on each input, spread over the workers, up to ``SPAWN_WINDOW``
+        requests in flight at once (a worker's starts share commits); returns their handles
+        in input order once every run.started is durable. Every input is checked before any
+        is sent; a Ctrl-C stops the sending (the requests in flight still start their runs)."""
         if isinstance(inputs, str):
             raise ConfigError("spawn_many takes a list of inputs, not one str; spawn() takes one")
         requests = [self._spawn_request(agent, text, None, metadata, None) for text in inputs]
         self.runtime.check_open()
-        pending = [self._pick().request(request) for request in requests]
-        return [PooledRunHandle(self, reply.result()) for reply in pending]
+        started: list[PooledRunHandle] = []
+        in_flight: collections.deque[Future[str]] = collections.deque()
+        for request in requests:
+            if len(in_flight) >= SPAWN_WINDOW:
+                started.append(PooledRunHandle(self, in_flight.popleft().result()))
+            in_flight.append(self._pick().request(request))
+        started.extend(PooledRunHandle(self, reply.result()) for reply in in_flight)
+        return started
 
     def _spawn_request(
         self,
