@@ -339,8 +339,12 @@ def test_a_blocking_async_model_is_reported(tmp_path: Path) -> None:
 def test_spawn_many_refuses_one_str_for_its_inputs(tmp_path: Path) -> None:
     agent = fl.Agent(name="many", llm=fl.ScriptedLLM([fl.Reply(text="ok")]))
     with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
-        with pytest.raises(fl.ConfigError, match="not one str"):
+        with pytest.raises(fl.ConfigError, match="list of str inputs; got a str"):
             rt.spawn_many(agent, "hello")
+        with pytest.raises(fl.ConfigError, match="list of str inputs; got a int"):
+            rt.spawn_many(agent, 42)  # type: ignore[arg-type]
+        with pytest.raises(fl.ConfigError, match=r"inputs\[1\]: input must be a str"):
+            rt.spawn_many(agent, ["fine", 3])  # type: ignore[list-item]
         assert rt.runs() == []
 
 

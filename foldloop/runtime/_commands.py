@@ -103,8 +103,13 @@ class Commands:
         are still driven and the first failure is raised."""
         self._agents.register(agent)
         ids = list(run_ids) if run_ids is not None else [None] * len(inputs)
-        for text, run_id in zip(inputs, ids, strict=True):
-            check_spawn(text, run_id, metadata, parent_run_id)
+        for index, (text, run_id) in enumerate(zip(inputs, ids, strict=True)):
+            try:
+                check_spawn(text, run_id, metadata, parent_run_id)
+            except ConfigError as exc:
+                if len(inputs) == 1:
+                    raise
+                raise ConfigError(f"inputs[{index}]: {exc.fact}", advice=exc.advice) from None
         named = [run_id for run_id in ids if run_id is not None]
         if len(set(named)) != len(named):
             raise ConfigError("spawn_many was given a run_id twice; give each run its own")

@@ -238,8 +238,11 @@ class Runtime(OpenOnly, ClosedOnExit):
         every ``run.started`` is durable. The starts share commits (a fleet's thousands of
         spawns cost a few fsyncs, not one each); past ``max_active_runs`` the rest queue in
         this order. An input that ``spawn`` would refuse is refused before anything is written."""
-        if isinstance(inputs, str):
-            raise ConfigError("spawn_many takes a list of inputs, not one str; spawn() takes one")
+        if isinstance(inputs, str) or not isinstance(inputs, Iterable):
+            raise ConfigError(
+                f"spawn_many takes a list of str inputs; got a {type(inputs).__name__}",
+                advice="spawn() takes one input",
+            )
         started = self._commands.spawn_many(agent, list(inputs), metadata=metadata)
         return [RunHandle(self._ops, run_id) for run_id in started]
 
