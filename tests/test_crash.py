@@ -234,7 +234,7 @@ def test_kill_loop_with_500_runs_in_flight_on_a_slow_model(
         for r in check_log(store):
             by_run.setdefault(r.run_id, []).append(r)
         cut = sum(fold(recs).status is fl.RunStatus.RUNNING for recs in by_run.values())
-        assert cut >= 50, f"fleet kill {i}: only {cut} runs were in flight when killed"
+        assert cut >= 10, f"fleet kill {i}: only {cut} runs were in flight when killed"
     runs = check_recovered(store, ledger)
     assert runs >= 500 * kills
 
