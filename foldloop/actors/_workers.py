@@ -42,13 +42,9 @@ class Workers:
                 return
             self._pending += 1
             self._unfinished += 1
-            grow = self._pending > self._idle and self._threads < self._limit
-            if grow:
-                self._threads += 1
-                index = self._threads
+            index = self._grow()
         self._queue.put(job)
-        if grow:
-            threading.Thread(target=self._work, name=f"{self._name}-{index}", daemon=True).start()
+        self._start(index)
 
     def lend(self) -> None:
         """One more thread may run (a job holding one is past its timeout and no longer
@@ -57,11 +53,20 @@ class Workers:
             if self._closed:
                 return
             self._limit += 1
-            grow = self._pending > self._idle and self._threads < self._limit
-            if grow:
-                self._threads += 1
-                index = self._threads
-        if grow:
+            index = self._grow()
+        self._start(index)
+
+    def _grow(self) -> int | None:
+        """(Lock held.) Count a new thread if jobs outnumber the idle ones and the bound
+        allows; its number, or None."""
+        if self._pending > self._idle and self._threads < self._limit:
+            self._threads += 1
+            return self._threads
+        return None
+
+    def _start(self, index: int | None) -> None:
+        """Start the thread ``_grow`` counted (if it counted one)."""
+        if index is not None:
             threading.Thread(target=self._work, name=f"{self._name}-{index}", daemon=True).start()
 
     def reclaim(self) -> None:

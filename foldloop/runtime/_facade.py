@@ -37,7 +37,7 @@ from foldloop.runtime._lifecycle import Lifecycle, OpenOnly
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._registry import AgentRegistry
 from foldloop.runtime._results import RunHandle, RunOps, RunResult, RunSummary
-from foldloop.runtime._rules import check_cap
+from foldloop.runtime._rules import check_cap, check_inputs
 from foldloop.runtime._transfer import Transfer
 from foldloop.runtime._waiting import Waiter
 from foldloop.runtime._writes import RunWrites
@@ -238,11 +238,7 @@ class Runtime(OpenOnly, ClosedOnExit):
         every ``run.started`` is durable. The starts share commits (a fleet's thousands of
         spawns cost a few fsyncs, not one each); past ``max_active_runs`` the rest queue in
         this order. An input that ``spawn`` would refuse is refused before anything is written."""
-        if isinstance(inputs, str) or not isinstance(inputs, Iterable):
-            raise ConfigError(
-                f"spawn_many takes a list of str inputs; got a {type(inputs).__name__}",
-                advice="spawn() takes one input",
-            )
+        check_inputs(inputs)
         started = self._commands.spawn_many(agent, list(inputs), metadata=metadata)
         return [RunHandle(self._ops, run_id) for run_id in started]
 

@@ -48,7 +48,7 @@ from foldloop.runtime._pool_protocol import (
     encode,
 )
 from foldloop.runtime._results import RunHandle, RunResult
-from foldloop.runtime._rules import check_cap, check_spawn
+from foldloop.runtime._rules import check_cap, check_inputs, check_spawn
 
 __all__ = ["PooledRunHandle", "WorkerInfo", "WorkerPool"]
 
@@ -397,11 +397,7 @@ class WorkerPool(ClosedOnExit):
         requests in flight at once (a worker's starts share commits); returns their handles
         in input order once every run.started is durable. Every input is checked before any
         is sent; a Ctrl-C stops the sending (the requests in flight still start their runs)."""
-        if isinstance(inputs, str) or not isinstance(inputs, Iterable):
-            raise ConfigError(
-                f"spawn_many takes a list of str inputs; got a {type(inputs).__name__}",
-                advice="spawn() takes one input",
-            )
+        check_inputs(inputs)
         requests = [self._spawn_request(agent, text, None, metadata, None) for text in inputs]
         self.runtime.check_open()
         started: list[PooledRunHandle] = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import msgspec
 
@@ -110,6 +110,15 @@ def check_run_id(run_id: object) -> None:
     """Refuse a run id the store and the CLI cannot carry safely."""
     if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
         raise ConfigError(f"run_id must be 1-128 characters of [A-Za-z0-9._:-]; got {run_id!r}")
+
+
+def check_inputs(inputs: object) -> None:
+    """Refuse what ``spawn_many`` cannot take as its inputs (one str would be its letters)."""
+    if isinstance(inputs, str) or not isinstance(inputs, Iterable):
+        raise ConfigError(
+            f"spawn_many takes a list of str inputs; got a {type(inputs).__name__}",
+            advice="spawn() takes one input",
+        )
 
 
 def check_spawn(input: object, run_id: object, metadata: object, parent_run_id: object) -> None:
