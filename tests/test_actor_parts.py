@@ -1,7 +1,9 @@
-"""The small concurrency parts the actors stand on: timers, per-run mailboxes, shards."""
+"""The small concurrency parts the actors stand on: timers, per-run mailboxes, shards, the
+runtime's event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -12,9 +14,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from foldloop.actors._event_loop import EventLoop
 from foldloop.actors._mailboxes import Mailboxes
 from foldloop.actors._shard import Activate, Continue, Deliver, Shard
 from foldloop.actors._timers import Timers
+from tests.log_capture import capture_logs
 from tests.waiting import wait_until
 
 
@@ -337,3 +341,90 @@ class ShardMachine(RuleBasedStateMachine):
 
 ShardMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=50)
 test_shard_scheduling = ShardMachine.TestCase
+
+
+def test_loop_calls_from_many_threads_each_answer_once() -> None:
+    loop = EventLoop()
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def keep(value: int) -> None:
+        with lock:
+            results.append(value)
+
+    async def echo(value: int) -> int:
+        await asyncio.sleep(random.random() / 100)
+        return value
+
+    def hand_over(base: int) -> None:
+        for i in range(500):
+            loop.start(echo(base + i), keep)
+
+    try:
+        threads = [threading.Thread(target=hand_over, args=(k * 1000,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wait_until(lambda: len(results) == 2000, 10, "every call's result")
+        assert sorted(results) == [k * 1000 + i for k in range(4) for i in range(500)]
+    finally:
+        loop.close()
+
+
+def test_a_loop_call_cancelled_before_it_starts_never_runs() -> None:
+    loop = EventLoop()
+    held, early_ran, later_done = threading.Event(), threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        held.wait(10)  # blocks the loop: the next call is handed over but cannot start yet
+
+    async def mark(event: threading.Event) -> None:
+        event.set()
+
+    try:
+        loop.start(hold())
+        early = loop.start(mark(early_ran))
+        assert not early.done()  # handed over, not started
+        early.cancel()
+        held.set()
+        loop.start(mark(threading.Event()), lambda _: later_done.set())  # after ``early``
+        wait_until(later_done.is_set, 10, "the call handed over after it to finish")
+        assert early.done()
+        assert not early_ran.is_set()
+    finally:
+        loop.close()
+
+
+def test_a_loop_call_that_raises_is_logged_and_gives_no_result() -> None:
+    loop = EventLoop()
+    results: list[object] = []
+
+    async def broken() -> int:
+        raise ValueError("bad model")
+
+    try:
+        with capture_logs() as logs:
+            call = loop.start(broken(), results.append)
+            wait_until(call.done, 10, "the call to end")
+            wait_until(
+                lambda: any(e["event"] == "loop_call_failed" for e in logs), 10, "the log line"
+            )
+        assert results == []
+        assert "bad model" in next(e for e in logs if e["event"] == "loop_call_failed")["error"]
+    finally:
+        loop.close()
+
+
+def test_a_closed_loop_refuses_new_calls() -> None:
+    loop = EventLoop()
+
+    async def nothing() -> None:
+        return None
+
+    loop.start(nothing())
+    loop.close()
+    coro = nothing()
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.start(coro)
+    assert coro.cr_frame is None  # closed, not left to warn "never awaited"

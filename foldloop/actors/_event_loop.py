@@ -8,7 +8,6 @@ holds up every other and their timeouts: a watcher logs it when the loop runs la
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -16,7 +15,7 @@ from typing import Any, TypeVar
 
 from foldloop._log import get_logger
 
-__all__ = ["LATE_S", "EventLoop"]
+__all__ = ["LATE_S", "EventLoop", "LoopCall"]
 
 T = TypeVar("T")
 
@@ -28,8 +27,71 @@ LATE_REPEAT_S = 60.0
 """Once said, not again for this long (a loop that stays blocked is one problem)."""
 
 
+class LoopCall:
+    """One coroutine handed to the loop; ``cancel`` and ``done`` from any thread."""
+
+    __slots__ = ("_cancelled", "_coro", "_loop", "_on_result", "_task")
+
+    def __init__(
+        self, coro: Coroutine[Any, Any, T], on_result: Callable[[T], object] | None
+    ) -> None:
+        self._coro: Coroutine[Any, Any, Any] | None = coro
+        self._on_result: Callable[[Any], object] | None = on_result
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelled = False
+
+    def cancel(self) -> bool:
+        """Cancel the call: before it starts, it never does; running, its task is cancelled."""
+        self._cancelled = True
+        task, loop = self._task, self._loop
+        if task is not None and loop is not None and not task.done():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(task.cancel)
+        return True
+
+    def done(self) -> bool:
+        """Finished, or cancelled before it started: nothing left to cancel."""
+        task = self._task
+        return task.done() if task is not None else self._coro is None
+
+    def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
+        """(On the loop.) Start the call's task, unless it was cancelled first."""
+        coro, self._coro = self._coro, None
+        if coro is None:
+            return
+        if self._cancelled:
+            coro.close()
+            return
+        self._loop = loop
+        task = loop.create_task(coro)
+        self._task = task
+        task.add_done_callback(self._finished)
+        if self._cancelled:  # cancel() ran between the check and the task's creation
+            task.cancel()
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            log.error("loop_call_failed", error=repr(error))
+        elif self._on_result is not None:
+            try:
+                self._on_result(task.result())
+            except Exception:
+                log.exception("loop_call_result_failed")
+        self._on_result = None
+
+    def _discard(self) -> None:
+        """The loop closed before the call started."""
+        coro, self._coro = self._coro, None
+        if coro is not None:
+            coro.close()
+
+
 class EventLoop:
-    """``run(coro)`` from any thread; ``close()`` cancels what is still running."""
+    """``start(coro)`` from any thread; ``close()`` cancels what is still running."""
 
     def __init__(self, name: str = "foldloop-loop") -> None:
         self._name = name
@@ -37,21 +99,38 @@ class EventLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._inbox: list[LoopCall] = []  # calls handed over, not yet started on the loop
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Schedule ``coro`` on the loop; its future resolves on the loop's thread."""
+    def start(
+        self, coro: Coroutine[Any, Any, T], on_result: Callable[[T], object] | None = None
+    ) -> LoopCall:
+        """Start ``coro`` on the loop; ``on_result`` gets what it returns, on the loop's
+        thread (not if it is cancelled or raises: that is logged). Calls handed over
+        together wake the loop once."""
+        call = LoopCall(coro, on_result)
         with self._lock:
             if self._closed:
                 coro.close()
                 raise RuntimeError("the runtime's event loop is closed")
-            if self._loop is None:
-                self._loop = asyncio.new_event_loop()
-                self._thread = threading.Thread(
-                    target=self._loop.run_forever, name=self._name, daemon=True
-                )
-                self._thread.start()
-                asyncio.run_coroutine_threadsafe(_watch_lateness(), self._loop)
-            return asyncio.run_coroutine_threadsafe(coro, self._loop)
+            loop = self._loop or self._open()
+            self._inbox.append(call)
+            if len(self._inbox) == 1:  # else the loop is woken already and takes this one too
+                loop.call_soon_threadsafe(self._begin_all, loop)
+        return call
+
+    def _open(self) -> asyncio.AbstractEventLoop:
+        """(Lock held.) The loop and its thread, on first use."""
+        loop = self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=loop.run_forever, name=self._name, daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(_watch_lateness(), loop)
+        return loop
+
+    def _begin_all(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            calls, self._inbox = self._inbox, []
+        for call in calls:
+            call._begin(loop)
 
     def close(
         self, timeout: float = 5.0, *, then: Iterable[Callable[[], Awaitable[object]]] = ()
@@ -81,6 +160,10 @@ class EventLoop:
 
         asyncio.run_coroutine_threadsafe(stop(), loop)
         thread.join(timeout * (1 + len(cleanups)))
+        with self._lock:
+            unstarted, self._inbox = self._inbox, []
+        for call in unstarted:
+            call._discard()
         if not thread.is_alive():
             loop.close()
 

@@ -15,7 +15,6 @@ reason.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -366,14 +365,7 @@ class RunActor:
         if self._asks is None:
             self.system.model_pool.submit(lambda: tell(run_id, asked.sync()))
             return
-        future = self.system.loop.run(asked.awaited(self._asks))
-        self._track(future)
-
-        def replied(done: concurrent.futures.Future[Command]) -> None:
-            if not done.cancelled() and done.exception() is None:
-                tell(run_id, done.result())
-
-        future.add_done_callback(replied)
+        self._track(self.system.loop.start(asked.awaited(self._asks), _to_run(tell, run_id)))
 
     def _track(self, future: Cancellable) -> None:
         """Keep an async call's future, for a cancel to cancel (the ones done go)."""

@@ -81,7 +81,7 @@ def outcome_command(call_id: str, outcome: ToolOutcome, now: int) -> ToolFinishe
 
 
 class Cancellable(Protocol):
-    """**Protocol:** a call a cancel of its run may stop (``concurrent.futures.Future`` is one)."""
+    """**Protocol:** a call a cancel of its run may stop (a ``LoopCall`` or ``QueuedCall``)."""
 
     def cancel(self) -> bool: ...
     def done(self) -> bool: ...
@@ -199,7 +199,7 @@ class ToolRunner:
                 log.info("tool_result_unclaimed", run_id=call.run_id, call_id=call.call_id)
 
         if self.tool.is_async:
-            return self.loop.run(self._awaited(call, once, report))
+            return self.loop.start(self._awaited(call, once, report))
         queued = QueuedCall()
 
         def run() -> None:
