@@ -236,3 +236,18 @@ def test_the_readme_says_what_the_docstring_says() -> None:
     promise = doc[doc.index("By default") :]
     assert promise.endswith("with a reason saying so).")
     assert promise in words((TESTS.parent / "README.md").read_text())
+
+
+def test_a_runtime_keeps_only_the_latest_settlements_and_waits_on_older_runs_from_the_log(
+    rt: fl.Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rt.system, "KEEP_SETTLED", 3)
+    agent = fl.Agent(name="short", llm=fl.ScriptedLLM([fl.Reply(text="ok")]))
+    runs = [rt.spawn(agent, f"task {i}") for i in range(10)]
+    for run in runs:
+        run.wait(timeout=30)
+    kept = [run.id for run in runs if rt.system.settlement(run.id) is not None]
+    assert len(kept) == 3
+    for run in runs:  # forgotten ones are read back from the store
+        result = run.wait(timeout=30)
+        assert result.status is fl.RunStatus.COMPLETED and result.output == "ok", result

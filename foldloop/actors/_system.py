@@ -4,6 +4,7 @@ tracks who is active, releases leases and wakes waiters when runs settle.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import inspect
 import threading
@@ -103,6 +104,8 @@ class ActorSystem:
         self._tools: dict[tuple[str, str], pykka.ActorRef[Any]] = {}
         self._runners: dict[tuple[str, str], ToolRunner] = {}
         self._settlements: dict[str, Settlement] = {}
+        self._ended: collections.deque[tuple[str, Settlement]] = collections.deque()
+        """Settlements in the order their runs ended, for ``_forget_old``."""
         self._closed = False
         self.issued: dict[tuple[str, str], str] = {}
         """Tokens issued, until their request is durable and handed to its gate."""
@@ -275,10 +278,9 @@ class ActorSystem:
         with self._lock:
             self._drop_claim(state.run_id)
             settlement = self._settlements.setdefault(state.run_id, Settlement())
+            self._forget_old(state.run_id, settlement)
         settlement.state = state
         settlement.event.set()
-        with self._lock:
-            self._forget_old()
 
     def settled(self, run_id: str, epoch: int, state: RunState, *, released: bool) -> None:
         """Called by a RunActor whose run settled; ``released`` when its lease went in the
@@ -297,28 +299,25 @@ class ActorSystem:
             self._placed.pop(run_id, None)
             self._drop_claim(run_id)
             settlement = self._settlements.setdefault(run_id, Settlement())
-            self._forget_old()
+            self._forget_old(run_id, settlement)
         settlement.state = state
         settlement.interrupted = interrupted
         settlement.event.set()
         if self.on_inactive is not None:
             self.on_inactive(run_id)
 
-    def _forget_old(self) -> None:
-        """Keep settlements of runs driven now, and of the last ``KEEP_SETTLED`` that ended.
+    def _forget_old(self, run_id: str, ended: Settlement) -> None:
+        """(Lock held.) ``run_id`` ended with ``ended``: keep the settlements of runs driven
+        now and of the last ``KEEP_SETTLED`` that ended.
 
         A runtime that lives for months must not hold every finished run's state; a wait()
         on a forgotten run reads its state from the store instead.
         """
-        excess = len(self._settlements) - len(self._actors) - self.KEEP_SETTLED
-        if excess <= 0:
-            return
-        for run_id in list(self._settlements):
-            if excess <= 0:
-                break
-            if run_id not in self._actors and self._settlements[run_id].event.is_set():
-                del self._settlements[run_id]
-                excess -= 1
+        self._ended.append((run_id, ended))
+        while len(self._ended) > self.KEEP_SETTLED:
+            old_id, old = self._ended.popleft()
+            if self._settlements.get(old_id) is old and old_id not in self._actors:
+                del self._settlements[old_id]
 
     # -- approvals -----------------------------------------------------------------------
 
