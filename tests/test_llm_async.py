@@ -7,6 +7,8 @@ so connection pools, cancellation and hang-ups are the SDKs' own.
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 import json
 import threading
 import time
@@ -20,6 +22,7 @@ import foldloop as fl
 from foldloop.core._messages import Message, ToolSpec
 from foldloop.errors import ConfigError, ModelCallError
 from foldloop.llm import AsyncComplete, async_form
+from foldloop.llm import _sdk as sdk
 from tests.test_anthropic_chat import message
 from tests.test_openai_chat import FakeOpenAI, add, completion, error
 
@@ -254,3 +257,26 @@ def test_one_adapter_serves_two_event_loops(provider: Provider, server: FakeOpen
         other.call_soon_threadsafe(other.stop)
         thread.join(10)
         other.close()
+
+
+@pytest.mark.parametrize("with_aiohttp", [True, False], ids=["aiohttp", "httpx"])
+def test_acomplete_goes_over_aiohttp_when_installed_and_httpx_otherwise(
+    provider: Provider, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, with_aiohttp: bool
+) -> None:
+    sdk_module = importlib.import_module(provider.name)
+    if not with_aiohttp:
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(
+            importlib.util,
+            "find_spec",
+            lambda name, *a: None if name == "aiohttp" else find_spec(name, *a),
+        )
+    options = sdk.async_options(sdk_module, {"timeout": 10})
+    if with_aiohttp:
+        assert isinstance(options["http_client"], sdk_module.DefaultAioHttpClient)
+    else:
+        assert "http_client" not in options
+    llm = provider.make(server.url.removesuffix("/v1") + provider.url_suffix)
+    server.responses = [provider.reply]
+    reply = on_a_loop(llm, lambda: llm.acomplete(MESSAGES, TOOLS, max_tokens=100))
+    assert reply.text == "adding"

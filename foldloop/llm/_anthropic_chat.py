@@ -101,7 +101,9 @@ class AnthropicChat:
         self._model = model
         self._max_tokens = max_tokens
         self._client = anthropic.Anthropic(**options)
-        self._async_clients = sdk.LoopClients(lambda: anthropic.AsyncAnthropic(**options))
+        self._async_clients = sdk.LoopClients(
+            lambda: anthropic.AsyncAnthropic(**sdk.async_options(anthropic, options))
+        )
 
     @property
     def model(self) -> str:

@@ -128,7 +128,9 @@ class OpenAIChat:
         self._openai = openai
         self._model = model
         self._client = openai.OpenAI(**options)
-        self._async_clients = sdk.LoopClients(lambda: openai.AsyncOpenAI(**options))
+        self._async_clients = sdk.LoopClients(
+            lambda: openai.AsyncOpenAI(**sdk.async_options(openai, options))
+        )
 
     @property
     def model(self) -> str:

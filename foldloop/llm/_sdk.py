@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import threading
 from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from foldloop.errors import ConfigError, ModelCallError
 
-__all__ = ["LoopClients", "api_key", "sdk_errors"]
+__all__ = ["LoopClients", "api_key", "async_options", "sdk_errors"]
 
 
 def api_key(given: str | None, env_var: str, base_url: str | None, adapter: str) -> str:
@@ -52,6 +53,16 @@ def sdk_errors(sdk: ModuleType, model: str, retry_statuses: tuple[int, ...] = ()
             + ("" if retryable else "; fix the request (messages, tool schemas, model, key)"),
             retryable=retryable,
         ) from None
+
+
+def async_options(sdk: ModuleType, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` for the SDK's async client, over aiohttp when it is installed (the
+    SDK's ``DefaultAioHttpClient``, which the extras bring): at a thousand calls in flight
+    the default httpx transport's CPU per call, not the model, bounds a runtime."""
+    aiohttp_client = getattr(sdk, "DefaultAioHttpClient", None)
+    if aiohttp_client is None or importlib.util.find_spec("aiohttp") is None:
+        return options
+    return {**options, "http_client": aiohttp_client(timeout=options.get("timeout"))}
 
 
 class _AsyncClient(Protocol):
