@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import msgspec
+
 from foldloop._approvals import RequireApproval
 from foldloop.core._commands import Start
+from foldloop.core._messages import ToolSpec
 from foldloop.core._pricing import DEFAULT_PRICING, Pricing
 from foldloop.errors import ConfigError
 from foldloop.events._codec import unpaired_surrogate
 from foldloop.events._values import Limits, ToolInfo
 from foldloop.llm._protocol import LLM
-from foldloop.tools._decorator import Tool, tools_digest
+from foldloop.tools._decorator import Tool, infos_digest
 
 __all__ = ["Agent"]
 
@@ -22,7 +26,11 @@ _NAME = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 @dataclass(frozen=True, eq=False)
 class Agent:
-    """A named agent. Runs record its name; ``recover``/``resume`` find it again by name."""
+    """A named agent. Runs record its name; ``recover``/``resume`` find it again by name.
+
+    ``agents`` are its sub-agents: each is offered to the model as a tool named after it,
+    taking ``{"input": str}`` and described by its ``description``; a call of one is a
+    child run whose final output is the call's result."""
 
     name: str
     llm: LLM
@@ -31,8 +39,11 @@ class Agent:
     limits: Limits = field(default_factory=Limits)
     pricing: Pricing = DEFAULT_PRICING
     approvals: RequireApproval | None = None
+    agents: Sequence[Agent] = ()
+    description: str = ""
     _digest: str = field(init=False, repr=False, default="")
     _infos: tuple[ToolInfo, ...] = field(init=False, repr=False, default=())
+    _specs: tuple[ToolSpec, ...] = field(init=False, repr=False, default=())
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -62,6 +73,21 @@ class Agent:
             if t.name in seen:
                 raise ConfigError(f"agent {self.name!r}: tool {t.name!r} is registered twice")
             seen.add(t.name)
+        agents = tuple(self.agents) if not isinstance(self.agents, Agent) else (self.agents,)
+        for a in agents:
+            if not isinstance(a, Agent):
+                raise ConfigError(
+                    f"agent {self.name!r}: {a!r} in agents is not an fl.Agent; list the "
+                    "sub-agents' Agent objects"
+                )
+            if a.name in seen:
+                raise ConfigError(
+                    f"agent {self.name!r}: sub-agent {a.name!r} has the name of another of its "
+                    "tools or sub-agents; the model calls each by name, so rename one"
+                )
+            seen.add(a.name)
+        if not isinstance(self.description, str):
+            raise ConfigError(f"agent {self.name!r}: description must be a str")
         if not isinstance(self.limits, Limits):
             raise ConfigError(f"agent {self.name!r}: limits must be fl.Limits(...)")
         if self.approvals is not None and not isinstance(self.approvals, RequireApproval):
@@ -76,9 +102,14 @@ class Agent:
         if not isinstance(self.pricing, Pricing):
             raise ConfigError(f"agent {self.name!r}: pricing must be fl.Pricing(...)")
         object.__setattr__(self, "tools", tools)
+        object.__setattr__(self, "agents", agents)
         # Computed once: every spawn records both, and tools never change after decoration.
-        object.__setattr__(self, "_digest", tools_digest(tools))
-        object.__setattr__(self, "_infos", tuple(t.info for t in tools))
+        offered = [_as_tool(a) for a in agents]
+        infos = tuple(t.info for t in tools) + tuple(info for info, _ in offered)
+        object.__setattr__(self, "_infos", infos)
+        object.__setattr__(self, "_digest", infos_digest(infos))
+        specs = tuple(t.spec for t in tools) + tuple(spec for _, spec in offered)
+        object.__setattr__(self, "_specs", specs)
 
     @property
     def tools_digest(self) -> str:
@@ -87,8 +118,17 @@ class Agent:
 
     @property
     def tool_infos(self) -> tuple[ToolInfo, ...]:
-        """What runs record about each tool."""
+        """What runs record about each tool (sub-agents included)."""
         return self._infos
+
+    @property
+    def tool_specs(self) -> tuple[ToolSpec, ...]:
+        """What the model is shown of each tool (sub-agents included)."""
+        return self._specs
+
+    def subagent(self, name: str) -> Agent | None:
+        """The sub-agent called ``name``, if the agent has one."""
+        return next((a for a in self.agents if a.name == name), None)
 
     def start(
         self,
@@ -98,6 +138,8 @@ class Agent:
         limits: Limits | None = None,
         metadata: tuple[tuple[str, str], ...] = (),
         parent_run_id: str | None = None,
+        parent_call_id: str = "",
+        depth: int = 0,
     ) -> Start:
         """The Start command this agent issues today for ``input`` (spawn and verify use it)."""
         return Start(
@@ -110,6 +152,8 @@ class Agent:
             tools_digest=self.tools_digest,
             metadata=metadata,
             parent_run_id=parent_run_id,
+            parent_call_id=parent_call_id,
+            depth=depth,
         )
 
     def tool(self, name: str) -> Tool | None:
@@ -118,3 +162,26 @@ class Agent:
             if t.name == name:
                 return t
         return None
+
+
+_CHILD_INPUT = {
+    "type": "object",
+    "properties": {
+        "input": {"type": "string", "description": "The task, in full: it sees nothing else."}
+    },
+    "required": ["input"],
+    "additionalProperties": False,
+}
+_JSON = msgspec.json.Encoder(order="sorted")
+
+
+def _as_tool(agent: Agent) -> tuple[ToolInfo, ToolSpec]:
+    """How a sub-agent is offered to the model and recorded by runs: a tool named after it."""
+    description = (
+        agent.description or f"Hand a task to the {agent.name!r} agent; it answers with its result."
+    )
+    digest = hashlib.sha256(_JSON.encode([agent.name, _CHILD_INPUT, description])).hexdigest()[:16]
+    info = ToolInfo(
+        name=agent.name, idempotent=False, schema_digest=digest, agent_limits=agent.limits
+    )
+    return info, ToolSpec(name=agent.name, description=description, parameters=_CHILD_INPUT)

@@ -28,6 +28,8 @@ limits = st.builds(  # the values fl.Limits accepts (tests/test_limits.py holds 
     max_seconds=st.none() | st.floats(0, 1e6, exclude_min=True),
     max_cost_usd=st.none() | st.floats(0, 1e3, exclude_min=True),
     no_progress=st.none() | st.integers(2, 10),
+    max_children=st.none() | st.integers(1, 10),
+    max_depth=st.none() | st.integers(0, 5),
 )
 usage = st.builds(
     Usage,
@@ -36,7 +38,13 @@ usage = st.builds(
     cost_usd=st.floats(0, 100, allow_nan=False),
 )
 tool_call = st.builds(ToolCall, id=text, name=text, args=text)
-tool_info = st.builds(ToolInfo, name=text, idempotent=st.booleans(), schema_digest=text)
+tool_info = st.builds(
+    ToolInfo,
+    name=text,
+    idempotent=st.booleans(),
+    schema_digest=text,
+    agent_limits=st.none() | limits,
+)
 st.register_type_strategy(Limits, limits)
 st.register_type_strategy(Usage, usage)
 st.register_type_strategy(ToolCall, tool_call)

@@ -48,7 +48,7 @@ def test_decoded_event_keeps_its_tag(event: Any) -> None:
 
 def test_catalogue_tags_are_unique_and_dotted() -> None:
     tags = [cls.__struct_config__.tag for cls in EVENT_TYPES]
-    assert len(tags) == len(set(tags)) == 18
+    assert len(tags) == len(set(tags)) == 20
     assert all("." in tag for tag in tags)
 
 
@@ -118,6 +118,8 @@ FIELD_ORDER = {
         "metadata",
         "instructions",
         "tools",
+        "parent_call_id",
+        "depth",
     ),
     "model.requested": ("step", "prompt_digest", "max_tokens"),
     "model.responded": ("step", "text", "tool_calls", "usage", "model", "latency_ms"),
@@ -136,6 +138,8 @@ FIELD_ORDER = {
     "run.resumed": ("owner", "extended_limits"),
     "run.queued": (),
     "run.admitted": ("owner",),
+    "child.spawned": ("call_id", "run_id", "agent", "limits"),
+    "child.ended": ("call_id", "run_id", "status", "steps", "usage", "reason"),
 }
 
 

@@ -19,7 +19,7 @@ from foldloop.events._jsonl import dump_run
 from foldloop.events._recorded import Recorded
 from foldloop.events._values import LIMIT_RULES, MAX_INT, as_recorded
 
-WHOLE = {"max_steps": 1, "max_tokens": 1, "no_progress": 2}
+WHOLE = {"max_steps": 1, "max_tokens": 1, "no_progress": 2, "max_children": 1, "max_depth": 0}
 """The whole-number fields and the least each allows."""
 POSITIVE = ("max_seconds", "max_cost_usd")
 

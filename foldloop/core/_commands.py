@@ -14,6 +14,7 @@ __all__ = [
     "Admit",
     "ApprovalTicket",
     "Cancel",
+    "ChildFinished",
     "DecideApproval",
     "ExpireApproval",
     "Command",
@@ -44,6 +45,8 @@ class Start(Command, frozen=True):
     parent_run_id: str | None = None
     queued: bool = False
     """The runtime has no free slot (``max_active_runs``): record the run, queued."""
+    parent_call_id: str = ""
+    depth: int = 0
 
 
 class ApprovalTicket(msgspec.Struct, frozen=True, kw_only=True):
@@ -112,6 +115,19 @@ class Cancel(Command, frozen=True):
     """Host code cancels the run."""
 
     reason: str = ""
+
+
+class ChildFinished(Command, frozen=True):
+    """A child run ended (or can never start): ``output`` if it completed, else ``reason``;
+    ``steps`` and ``usage``: what its subtree spent of its allotment."""
+
+    call_id: str
+    run_id: str
+    status: str
+    output: str = ""
+    reason: str = ""
+    steps: int = 0
+    usage: Usage = Usage()
 
 
 class Admit(Command, frozen=True):

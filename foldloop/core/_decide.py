@@ -12,12 +12,14 @@ time) and before each batch of tool calls (time, cost).
 
 from __future__ import annotations
 
+import msgspec
 from msgspec.structs import replace
 
 from foldloop.core._commands import (
     Admit,
     ApprovalTicket,
     Cancel,
+    ChildFinished,
     Command,
     DecideApproval,
     ExpireApproval,
@@ -29,20 +31,25 @@ from foldloop.core._commands import (
 )
 from foldloop.core._effects import (
     CallModel,
+    CancelChildren,
     Decision,
     Effect,
     RequestApproval,
     RunTools,
     Settle,
+    SpawnChild,
     ToolRun,
 )
 from foldloop.core._evolve import Draft, all_finished
 from foldloop.core._messages import prompt_digest
 from foldloop.core._state import CallState, RunState, RunStatus
+from foldloop.core._tree import allotment, child_run_id, spent
 from foldloop.events._catalogue import (
     ApprovalDecided,
     ApprovalExpired,
     ApprovalRequested,
+    ChildEnded,
+    ChildSpawned,
     KnownEvent,
     ModelFailed,
     ModelRequested,
@@ -62,7 +69,7 @@ from foldloop.events._catalogue import (
     ToolFailureKind,
     ToolRequested,
 )
-from foldloop.events._values import ToolCall
+from foldloop.events._values import ToolCall, ToolInfo
 
 __all__ = ["MAX_INVALID_ARGS", "MAX_MODEL_ATTEMPTS", "decide", "retry_delay"]
 
@@ -111,6 +118,12 @@ class _Builder:
         self.effects.append(Settle())
         self.durable = True
 
+    def cancel_children(self, reason: str) -> None:
+        """Cancel the child runs still running (the run ends without their answers)."""
+        running = tuple(c.run_id for c in self.state.children if c.running)
+        if running:
+            self.effects.append(CancelChildren(run_ids=running, reason=reason))
+
     def decision(self) -> Decision:
         return Decision(
             events=tuple(self.events),
@@ -124,20 +137,23 @@ class _Builder:
     def limit_before_model(self) -> RunLimitReached | None:
         s = self.state
         limits = s.limits
-        if s.steps >= limits.steps_ceiling:
-            return RunLimitReached(limit="max_steps", value=s.steps, ceiling=limits.steps_ceiling)
-        if limits.max_tokens is not None and s.usage.total_tokens >= limits.max_tokens:
+        used = spent(s)  # its children's spend counts: the run's ceilings bound its tree
+        if used.steps >= limits.steps_ceiling:
             return RunLimitReached(
-                limit="max_tokens", value=s.usage.total_tokens, ceiling=limits.max_tokens
+                limit="max_steps", value=used.steps, ceiling=limits.steps_ceiling
             )
+        tokens = used.usage.total_tokens
+        if limits.max_tokens is not None and tokens >= limits.max_tokens:
+            return RunLimitReached(limit="max_tokens", value=tokens, ceiling=limits.max_tokens)
         return self.limit_before_tools()
 
     def limit_before_tools(self) -> RunLimitReached | None:
         s = self.state
         limits = s.limits
-        if limits.max_cost_usd is not None and s.usage.cost_usd >= limits.max_cost_usd:
+        cost = spent(s).usage.cost_usd
+        if limits.max_cost_usd is not None and cost >= limits.max_cost_usd:
             return RunLimitReached(
-                limit="max_cost_usd", value=round(s.usage.cost_usd, 6), ceiling=limits.max_cost_usd
+                limit="max_cost_usd", value=round(cost, 6), ceiling=limits.max_cost_usd
             )
         if limits.max_seconds is not None:
             elapsed = s.elapsed_ns(self.now) / _NS
@@ -155,9 +171,7 @@ class _Builder:
             self.settle()
             return
         s = self.state
-        left = None
-        if s.limits.max_tokens is not None:
-            left = max(1, s.limits.max_tokens - s.usage.total_tokens)
+        left = _tokens_left(s)
         step = s.steps + 1
         digest = prompt_digest(s.history_digest, s.tools_digest, left)
         self.emit(ModelRequested(step=step, prompt_digest=digest, max_tokens=left))
@@ -187,11 +201,19 @@ class _Builder:
                     )
                 )
                 continue
+            if info.agent_limits is not None:
+                why = _child_refused(self.state, info, call.args)
+                if why:
+                    self.emit(ToolFailed(call_id=call.call_id, kind="invalid_args", error=why))
+                continue  # started by spawn_children, as slots allow
             if not info.idempotent:
                 self.durable = True
             runs.append(ToolRun(call_id=call.call_id, tool=call.tool, args=call.args))
+        self.spawn_children()
         if runs:
             self.effects.append(RunTools(calls=tuple(runs)))
+        elif self.children_pending():
+            return
         elif all_finished(self.state.calls):
             self.after_step()
         elif self.state.status is RunStatus.AWAITING_APPROVAL:
@@ -228,6 +250,43 @@ class _Builder:
             self.effects.append(RequestApproval(call_id=call.call_id, gate=ticket.gate))
             self.durable = True
         self.request_tools(tuple(plain))
+
+    def spawn_children(self) -> None:
+        """Start the sub-agent calls waiting for a child run, as many as ``max_children``
+        allows running at once, each with its allotment escrowed (``child.spawned``)."""
+        s = self.state
+        running = sum(1 for c in s.children if c.running)
+        waiting = _unstarted_children(s)
+        for index, (call, info) in enumerate(waiting):
+            if running >= s.limits.children_ceiling:
+                return
+            assert info.agent_limits is not None
+            limits = allotment(self.state, info.agent_limits, self.now, len(waiting) - index)
+            if isinstance(limits, str):
+                error = f"sub-agent {call.tool!r} was not started: {limits}"
+                self.emit(ToolFailed(call_id=call.call_id, kind="exception", error=error))
+                continue
+            run_id = child_run_id(s.run_id, call.call_id, call.tool)
+            self.emit(
+                ChildSpawned(call_id=call.call_id, run_id=run_id, agent=call.tool, limits=limits)
+            )
+            self.effects.append(
+                SpawnChild(
+                    call_id=call.call_id,
+                    run_id=run_id,
+                    agent=call.tool,
+                    input=_child_input(call.args),
+                    limits=limits,
+                    depth=s.depth + 1,
+                )
+            )
+            self.durable = True  # the escrow is recorded before the child can spend
+            running += 1
+
+    def children_pending(self) -> bool:
+        """A sub-agent call of the step has no outcome yet (its child runs, or waits to)."""
+        s = self.state
+        return any(c.running for c in s.children) or bool(_unstarted_children(s))
 
     def after_step(self) -> None:
         """Every call of the step has an outcome: stop for a rule, or ask the model again."""
@@ -276,6 +335,52 @@ def _assign_ids(step: int, calls: tuple[ToolCall, ...]) -> tuple[ToolCall, ...]:
     return tuple(out)
 
 
+class _ChildArgs(msgspec.Struct, forbid_unknown_fields=True):
+    input: str
+
+
+_CHILD_ARGS = msgspec.json.Decoder(_ChildArgs)
+
+
+def _child_refused(state: RunState, info: ToolInfo, args: str) -> str:
+    """Why a call of sub-agent ``info`` cannot start a child run ("" if it can)."""
+    try:
+        _CHILD_ARGS.decode(args)
+    except msgspec.DecodeError as exc:
+        return f'sub-agent {info.name!r} takes {{"input": "<text>"}}: {exc}'
+    depth = state.depth + 1
+    if depth > state.limits.depth_ceiling:
+        return (
+            f"sub-agent {info.name!r} would run {depth} levels below the root, past the "
+            f"tree's max_depth={state.limits.depth_ceiling}; do this part without it"
+        )
+    return ""
+
+
+def _child_input(args: str) -> str:
+    return _CHILD_ARGS.decode(args).input
+
+
+def _unstarted_children(state: RunState) -> list[tuple[CallState, ToolInfo]]:
+    """The step's sub-agent calls requested and not yet started, in the model's order."""
+    started = {c.call_id for c in state.children}
+    out = []
+    for call in state.calls:
+        if call.status != "requested" or call.call_id in started:
+            continue
+        info = state.tool_info(call.tool)
+        if info is not None and info.agent_limits is not None:
+            out.append((call, info))
+    return out
+
+
+def _tokens_left(state: RunState) -> int | None:
+    """The max_tokens of the next model call: what is left of the ceiling (None: none)."""
+    if state.limits.max_tokens is None:
+        return None
+    return max(1, state.limits.max_tokens - spent(state).usage.total_tokens)
+
+
 def _rejected(why: str) -> Decision:
     return Decision(rejected=why)
 
@@ -320,7 +425,7 @@ def decide(state: RunState, command: Command) -> Decision:
                 b.effects.append(
                     CallModel(
                         step=command.step,
-                        max_tokens=_pending_max_tokens(state),
+                        max_tokens=_tokens_left(state),
                         attempt=attempts + 1,
                         delay_s=retry_delay(attempts),
                     )
@@ -344,10 +449,13 @@ def decide(state: RunState, command: Command) -> Decision:
             if call is None or call.status != "awaiting_approval" or state.terminal:
                 return _rejected(f"no call {command.call_id!r} is waiting for approval")
             _gate_decision(b, command)
+        case ChildFinished():
+            return _child_finished(b, state, command)
         case Cancel():
             if state.terminal or not state.started:
                 return _rejected(f"run {state.run_id!r} is {state.status.value}; nothing to cancel")
             b.emit(RunCancelled(reason=command.reason))
+            b.cancel_children("parent cancelled")
             b.settle()
         case Resume():
             if not state.started:
@@ -377,6 +485,8 @@ def _start(b: _Builder, command: Start) -> None:
             metadata=command.metadata,
             instructions=command.instructions,
             tools=command.tools,
+            parent_call_id=command.parent_call_id,
+            depth=command.depth,
         )
     )
     b.durable = True
@@ -413,6 +523,45 @@ def _tool_finished(b: _Builder, state: RunState, command: ToolFinished) -> None:
         b.settle()  # the last running call ended; the others wait for a person
 
 
+def _child_finished(b: _Builder, state: RunState, command: ChildFinished) -> Decision:
+    """A child ended: record what it spent (the rest of its allotment returns), give its
+    answer to the call as the call's outcome, start a waiting sub-agent call in its slot."""
+    link = next((c for c in state.children if c.run_id == command.run_id), None)
+    if link is None or not link.running or link.call_id != command.call_id or state.terminal:
+        return _rejected(f"no child run {command.run_id!r} is running")
+    b.emit(
+        ChildEnded(
+            call_id=command.call_id,
+            run_id=command.run_id,
+            status=command.status,
+            steps=command.steps,
+            usage=command.usage,
+            reason="" if command.status == RunStatus.COMPLETED else command.reason,
+        )
+    )
+    call = next((c for c in b.state.calls if c.call_id == command.call_id), None)
+    if call is None or call.finished:
+        return b.decision()  # the step moved on without it; its spend is recorded all the same
+    if command.status == RunStatus.COMPLETED:
+        b.emit(ToolCompleted(call_id=command.call_id, result=command.output))
+    else:
+        error = f"sub-agent run {command.run_id} ended {command.status}"
+        b.emit(
+            ToolFailed(
+                call_id=command.call_id,
+                kind="exception",
+                error=f"{error}: {command.reason}" if command.reason else error,
+            )
+        )
+    if b.state.status is RunStatus.RUNNING:
+        b.spawn_children()
+        if all_finished(b.state.calls):
+            b.after_step()
+    elif b.state.status is RunStatus.AWAITING_APPROVAL and state.status is RunStatus.RUNNING:
+        b.settle()  # the last running call ended; the others wait for a person
+    return b.decision()
+
+
 def _gate_decision(b: _Builder, command: DecideApproval | ExpireApproval) -> None:
     """A waiting call was decided (run it, or tell the model it was denied) or expired."""
     if isinstance(command, ExpireApproval):
@@ -437,12 +586,6 @@ def _gate_decision(b: _Builder, command: DecideApproval | ExpireApproval) -> Non
         b.settle()
 
 
-def _pending_max_tokens(state: RunState) -> int | None:
-    if state.limits.max_tokens is None:
-        return None
-    return max(1, state.limits.max_tokens - state.usage.total_tokens)
-
-
 def _kind(kind: str) -> ToolFailureKind:
     if kind in ("timeout", "invalid_args", "interrupted", "denied"):
         return kind  # type: ignore[return-value]
@@ -462,14 +605,29 @@ def _recover(b: _Builder, tickets: tuple[ApprovalTicket, ...] = ()) -> None:
         return
     if s.model_pending:
         # A model call asked and not answered is asked again (model calls are repeatable).
-        b.effects.append(CallModel(step=s.model_pending, max_tokens=_pending_max_tokens(s)))
+        b.effects.append(CallModel(step=s.model_pending, max_tokens=_tokens_left(s)))
         return
     proposed = tuple(c for c in s.calls if c.status == "proposed")
     rerun: list[ToolRun] = []
+    for child in s.children:
+        if child.running:  # follow it again (it exists: its start was durable first)
+            call = next(c for c in s.calls if c.call_id == child.call_id)
+            b.effects.append(
+                SpawnChild(
+                    call_id=child.call_id,
+                    run_id=child.run_id,
+                    agent=child.agent,
+                    input=_child_input(call.args),
+                    limits=child.allotted,
+                    depth=s.depth + 1,
+                )
+            )
     for call in s.calls:
         if call.status != "requested":
             continue
         info = s.tool_info(call.tool)
+        if info is not None and info.agent_limits is not None:
+            continue  # a sub-agent call: its child is followed above, or started below
         if info is not None and info.idempotent:
             rerun.append(ToolRun(call_id=call.call_id, tool=call.tool, args=call.args))
         else:
@@ -485,8 +643,11 @@ def _recover(b: _Builder, tickets: tuple[ApprovalTicket, ...] = ()) -> None:
         if rerun:
             b.effects.append(RunTools(calls=tuple(rerun)))
         return
+    b.spawn_children()
     if rerun:
         b.effects.append(RunTools(calls=tuple(rerun)))
+        return
+    if b.children_pending():
         return
     if b.state.status is RunStatus.AWAITING_APPROVAL:
         b.settle()  # what ran is accounted for; the rest waits for a person

@@ -6,8 +6,19 @@ import msgspec
 
 from foldloop.core._state import RunState
 from foldloop.events._catalogue import KnownEvent
+from foldloop.events._values import Limits
 
-__all__ = ["CallModel", "Decision", "Effect", "RequestApproval", "RunTools", "Settle", "ToolRun"]
+__all__ = [
+    "CallModel",
+    "CancelChildren",
+    "Decision",
+    "Effect",
+    "RequestApproval",
+    "RunTools",
+    "Settle",
+    "SpawnChild",
+    "ToolRun",
+]
 
 
 class CallModel(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,11 +51,31 @@ class RequestApproval(msgspec.Struct, frozen=True, kw_only=True):
     gate: str
 
 
+class SpawnChild(msgspec.Struct, frozen=True, kw_only=True):
+    """Start child run ``run_id`` of sub-agent ``agent`` on ``input`` (its ``child.spawned``
+    is durable); when it exists already (a resume), only follow it. Its end comes back as a
+    ChildFinished command."""
+
+    call_id: str
+    run_id: str
+    agent: str
+    input: str
+    limits: Limits
+    depth: int
+
+
+class CancelChildren(msgspec.Struct, frozen=True, kw_only=True):
+    """Cancel these child runs (and so their own children), saying ``reason``."""
+
+    run_ids: tuple[str, ...]
+    reason: str
+
+
 class Settle(msgspec.Struct, frozen=True, kw_only=True):
     """The run finished or parked: hand the result to the host, release the actor."""
 
 
-Effect = CallModel | RunTools | RequestApproval | Settle
+Effect = CallModel | RunTools | RequestApproval | SpawnChild | CancelChildren | Settle
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):

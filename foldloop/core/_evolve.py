@@ -20,11 +20,20 @@ from typing import Any
 import msgspec
 
 from foldloop.core._messages import History, Message, push
-from foldloop.core._state import CallSignature, CallState, CallStatus, RunState, RunStatus
+from foldloop.core._state import (
+    CallSignature,
+    CallState,
+    CallStatus,
+    ChildLink,
+    RunState,
+    RunStatus,
+)
 from foldloop.events._catalogue import (
     ApprovalDecided,
     ApprovalExpired,
     ApprovalRequested,
+    ChildEnded,
+    ChildSpawned,
     ModelFailed,
     ModelRequested,
     ModelResponded,
@@ -148,7 +157,9 @@ class Draft:
         "active_since",
         "agent",
         "calls",
+        "children",
         "cost_usd",
+        "depth",
         "failure",
         "gated",
         "history",
@@ -163,6 +174,8 @@ class Draft:
         "model_pending",
         "output",
         "output_tokens",
+        "parent_call_id",
+        "parent_run_id",
         "reason",
         "repeat_count",
         "repeat_sig",
@@ -214,6 +227,10 @@ class Draft:
         self.unknown_events: int = state.unknown_events
         self.failure: RunFailureKind | None = state.failure
         self.history: History = state.history
+        self.parent_run_id: str = state.parent_run_id
+        self.parent_call_id: str = state.parent_call_id
+        self.depth: int = state.depth
+        self.children: tuple[ChildLink, ...] = state.children
         self.messages: list[Message] = []
 
     def take(self, events: Iterable[tuple[AnyEvent, int]]) -> int:
@@ -272,6 +289,10 @@ class Draft:
             self.unknown_events,
             self.history,
             self.failure,
+            self.parent_run_id,
+            self.parent_call_id,
+            self.depth,
+            self.children,
         )
 
 
@@ -291,6 +312,9 @@ def _run_started(d: Draft, event: RunStarted, at: int) -> None:
     d.tools_digest = event.tools_digest
     d.status = RunStatus.RUNNING
     d.active_since = at
+    d.parent_run_id = event.parent_run_id or ""
+    d.parent_call_id = event.parent_call_id
+    d.depth = event.depth
 
 
 def _model_requested(d: Draft, event: ModelRequested, at: int) -> None:
@@ -426,6 +450,20 @@ def _admitted(d: Draft, event: RunAdmitted, at: int) -> None:
         d.active_since = at
 
 
+def _child_spawned(d: Draft, event: ChildSpawned, at: int) -> None:
+    link = ChildLink(event.call_id, event.run_id, event.agent, event.limits)
+    d.children = (*d.children, link)
+
+
+def _child_ended(d: Draft, event: ChildEnded, at: int) -> None:
+    d.children = tuple(
+        msgspec.structs.replace(c, status=event.status, steps=event.steps, usage=event.usage)
+        if c.run_id == event.run_id and c.running
+        else c
+        for c in d.children
+    )
+
+
 def _unknown(d: Draft, event: UnknownEvent, at: int) -> None:
     d.unknown_events += 1
 
@@ -449,6 +487,8 @@ RULES: dict[type, Callable[[Draft, Any, int], None]] = {
     RunResumed: _resumed,
     RunQueued: _queued,
     RunAdmitted: _admitted,
+    ChildSpawned: _child_spawned,
+    ChildEnded: _child_ended,
     UnknownEvent: _unknown,
 }
 """Each event type's rule (``Draft.take`` looks each event's up by its exact type)."""

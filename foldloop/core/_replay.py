@@ -17,6 +17,7 @@ from foldloop.core._commands import (
     Admit,
     ApprovalTicket,
     Cancel,
+    ChildFinished,
     Command,
     DecideApproval,
     ExpireApproval,
@@ -34,6 +35,7 @@ from foldloop.events._catalogue import (
     ApprovalDecided,
     ApprovalExpired,
     ApprovalRequested,
+    ChildEnded,
     ModelFailed,
     ModelResponded,
     RunAdmitted,
@@ -63,6 +65,8 @@ def _recorded_start(event: RunStarted, now: int) -> Start:
         tools_digest=event.tools_digest,
         metadata=event.metadata,
         parent_run_id=event.parent_run_id,
+        parent_call_id=event.parent_call_id,
+        depth=event.depth,
     )
 
 
@@ -79,6 +83,7 @@ INPUT_TYPES = frozenset(
         "run.cancelled",
         "run.resumed",
         "run.admitted",
+        "child.ended",
     }
 )
 
@@ -178,6 +183,21 @@ def command_for(
             )
         case ApprovalExpired():
             return ExpireApproval(now=now, call_id=event.call_id)
+        case ChildEnded():
+            answer = following[0].event if following else None
+            output = ""
+            if isinstance(answer, ToolCompleted) and answer.call_id == event.call_id:
+                output = answer.result
+            return ChildFinished(
+                now=now,
+                call_id=event.call_id,
+                run_id=event.run_id,
+                status=event.status,
+                output=output,
+                reason=event.reason,
+                steps=event.steps,
+                usage=event.usage,
+            )
         case _:
             return None
 

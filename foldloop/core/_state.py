@@ -11,9 +11,17 @@ from foldloop.core._messages import History, Message, flatten
 from foldloop.events._catalogue import RunFailureKind
 from foldloop.events._values import Limits, ToolInfo, Usage
 
-__all__ = ["CallSignature", "CallState", "CallStatus", "RunState", "RunStatus", "STATE_VERSION"]
+__all__ = [
+    "CallSignature",
+    "CallState",
+    "CallStatus",
+    "ChildLink",
+    "RunState",
+    "RunStatus",
+    "STATE_VERSION",
+]
 
-STATE_VERSION = 8
+STATE_VERSION = 9
 """Bumped whenever RunState's shape or what the fold puts in it changes, so older snapshots are
 refolded, not misread."""
 
@@ -58,6 +66,24 @@ class CallState(msgspec.Struct, frozen=True, gc=False):
         return self.status in ("completed", "failed")
 
 
+class ChildLink(msgspec.Struct, frozen=True, gc=False):
+    """A child run a sub-agent call started: its allotment, then what it spent."""
+
+    call_id: str
+    run_id: str
+    agent: str
+    allotted: Limits
+    status: str = "running"
+    """"running" until ``child.ended``, then the status it ended with."""
+    steps: int = 0
+    usage: Usage = Usage()
+
+    @property
+    def running(self) -> bool:
+        """Not ended yet: its allotment is still escrowed."""
+        return self.status == "running"
+
+
 class RunState(msgspec.Struct, frozen=True, gc=False):
     """The fold of a run's events."""
 
@@ -89,6 +115,13 @@ class RunState(msgspec.Struct, frozen=True, gc=False):
     history: History = History()
     failure: RunFailureKind | None = None
     """Why a failed run failed (``run.failed``'s kind); None unless the status is failed."""
+    parent_run_id: str = ""
+    """The run whose sub-agent call started this one ("" for a root)."""
+    parent_call_id: str = ""
+    depth: int = 0
+    """How far below its root the run is (0: a root)."""
+    children: tuple[ChildLink, ...] = ()
+    """Every child run its sub-agent calls started, in the order they started."""
 
     @property
     def messages(self) -> tuple[Message, ...]:

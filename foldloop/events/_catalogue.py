@@ -25,6 +25,8 @@ from foldloop.events._values import Limits, ToolCall, ToolInfo, Usage
 
 __all__ = [
     "ApprovalDecided",
+    "ChildEnded",
+    "ChildSpawned",
     "ApprovalExpired",
     "ApprovalRequested",
     "Event",
@@ -84,6 +86,10 @@ class RunStarted(Event, tag="run.started", frozen=True):
     metadata: tuple[tuple[str, str], ...] = ()
     instructions: str = ""
     tools: tuple[ToolInfo, ...] = ()
+    parent_call_id: str = ""
+    """The parent's call that started this run (a sub-agent run; "" for a root)."""
+    depth: int = 0
+    """How far below its root the run is (0: a root)."""
 
 
 class ModelRequested(Event, tag="model.requested", frozen=True):
@@ -222,6 +228,29 @@ class RunAdmitted(Event, tag="run.admitted", frozen=True):
     owner: str
 
 
+class ChildSpawned(Event, tag="child.spawned", frozen=True):
+    """Sub-agent call ``call_id`` started child run ``run_id`` of ``agent``, with ``limits``
+    as its allotment: escrowed from this run's budget until the child ends."""
+
+    call_id: str
+    run_id: str
+    agent: str
+    limits: Limits = Limits()
+
+
+class ChildEnded(Event, tag="child.ended", frozen=True):
+    """Child run ``run_id`` ended ``status`` having spent ``steps`` and ``usage`` (its whole
+    subtree's); what is left of its allotment returns to this run."""
+
+    call_id: str
+    run_id: str
+    status: str
+    steps: int = 0
+    usage: Usage = Usage()
+    reason: str = ""
+    """Why it ended so, when it did not complete (its own ``reason``)."""
+
+
 KnownEvent = (
     RunStarted
     | ModelRequested
@@ -241,5 +270,7 @@ KnownEvent = (
     | RunResumed
     | RunQueued
     | RunAdmitted
+    | ChildSpawned
+    | ChildEnded
 )
 """Every event type this version of foldloop knows."""

@@ -23,6 +23,8 @@ import msgspec
 from foldloop.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_MAX_CHILDREN",
+    "DEFAULT_MAX_DEPTH",
     "DEFAULT_MAX_STEPS",
     "DEFAULT_NO_PROGRESS",
     "LIMIT_RULES",
@@ -60,12 +62,20 @@ DEFAULT_MAX_STEPS = 25
 DEFAULT_NO_PROGRESS = 3
 """Identical (tool, args, result) repetitions in a row that stop a run as making no progress."""
 
+DEFAULT_MAX_CHILDREN = 4
+"""Sub-agent runs one run may have running at once when ``max_children`` is unset."""
+
+DEFAULT_MAX_DEPTH = 3
+"""How far below its root a tree may grow when the root's ``max_depth`` is unset."""
+
 _UNSET = {
     "max_steps": f"the default ({DEFAULT_MAX_STEPS})",
     "max_tokens": "no ceiling",
     "max_seconds": "no ceiling",
     "max_cost_usd": "no ceiling",
     "no_progress": f"the default ({DEFAULT_NO_PROGRESS})",
+    "max_children": f"the default ({DEFAULT_MAX_CHILDREN})",
+    "max_depth": f"the default ({DEFAULT_MAX_DEPTH})",
 }
 
 
@@ -92,6 +102,8 @@ LIMIT_RULES: dict[str, Rule] = {
     "max_seconds": ("a finite number of seconds > 0", _positive),
     "max_cost_usd": ("a finite number of US dollars > 0", _positive),
     "no_progress": _whole(2),
+    "max_children": _whole(1),
+    "max_depth": _whole(0),
 }
 """Each field of ``Limits``: what it must be (besides None), and the test of it."""
 
@@ -99,8 +111,11 @@ LIMIT_RULES: dict[str, Rule] = {
 class Limits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """Ceilings checked before every action of a run.
 
-    ``None`` means "not set": ``max_steps`` then defaults to 25 and ``no_progress`` to 3,
-    the other ceilings are unlimited. ``max_steps``, ``max_tokens`` and ``no_progress`` are
+    ``None`` means "not set": ``max_steps`` then defaults to 25, ``no_progress`` to 3,
+    ``max_children`` to 4 and ``max_depth`` to 3; the other ceilings are unlimited. A root
+    run's steps, tokens, dollars and seconds bound its whole tree of sub-agent runs, and its
+    ``max_depth`` how deep that tree may grow; ``max_children`` is how many sub-agent runs
+    one run may have running at once. ``max_steps``, ``max_tokens`` and ``no_progress`` are
     whole numbers (``no_progress`` at least 2: the same call twice running), seconds and
     dollars finite and above 0; anything else raises ``ConfigError`` naming the field.
     ``Runtime.resume(extend=Limits(...))`` raises each ceiling that the extension sets.
@@ -111,6 +126,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=F
     max_seconds: float | None = None
     max_cost_usd: float | None = None
     no_progress: int | None = None
+    max_children: int | None = None
+    max_depth: int | None = None
 
     def __post_init__(self) -> None:
         if _AS_RECORDED.get():
@@ -133,6 +150,16 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=F
         """The effective no-progress window (3 when unset)."""
         return DEFAULT_NO_PROGRESS if self.no_progress is None else self.no_progress
 
+    @property
+    def children_ceiling(self) -> int:
+        """Sub-agent runs this run may have running at once (4 when unset)."""
+        return DEFAULT_MAX_CHILDREN if self.max_children is None else self.max_children
+
+    @property
+    def depth_ceiling(self) -> int:
+        """How far below the root its tree may grow (3 when unset)."""
+        return DEFAULT_MAX_DEPTH if self.max_depth is None else self.max_depth
+
     def extended(self, ext: Limits) -> Limits:
         """Raise each ceiling that ``ext`` sets; a ceiling is never lowered by an extension."""
 
@@ -146,6 +173,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=F
         steps = pick(self.max_steps, ext.max_steps)
         tokens = pick(self.max_tokens, ext.max_tokens)
         window = pick(self.no_progress, ext.no_progress)
+        children = pick(self.max_children, ext.max_children)
+        depth = pick(self.max_depth, ext.max_depth)
         with as_recorded():  # both were checked when built (or are a log's, kept as they are)
             return Limits(
                 max_steps=None if steps is None else int(steps),
@@ -153,6 +182,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=F
                 max_seconds=pick(self.max_seconds, ext.max_seconds),
                 max_cost_usd=pick(self.max_cost_usd, ext.max_cost_usd),
                 no_progress=None if window is None else int(window),
+                max_children=None if children is None else int(children),
+                max_depth=None if depth is None else int(depth),
             )
 
 
@@ -247,9 +278,12 @@ class ToolCall(msgspec.Struct, metaclass=_NameFirst, frozen=True, kw_only=True, 
         return ToolCall, (self.name, self.args, self.id)
 
 
-class ToolInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+class ToolInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """What a run records about each tool it may call, so decisions need only the log."""
 
     name: str
     idempotent: bool
     schema_digest: str
+    agent_limits: Limits | None = None
+    """Set when the tool is a sub-agent (named after its agent): that agent's own limits,
+    which its child runs get, capped by what the run has left."""

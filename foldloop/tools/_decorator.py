@@ -34,6 +34,7 @@ __all__ = [
     "Tool",
     "ToolOutcome",
     "tool",
+    "infos_digest",
     "tools_digest",
 ]
 
@@ -324,7 +325,12 @@ def tool(
 
 def tools_digest(tools: Sequence[Tool]) -> str:
     """A digest of a tool set (names, schemas, idempotency): what resume checks against."""
+    return infos_digest([t.info for t in tools])
+
+
+def infos_digest(infos: Sequence[ToolInfo]) -> str:
+    """``tools_digest`` of what runs record about the tools (sub-agents included)."""
     h = hashlib.sha256()
-    for info in sorted((t.info for t in tools), key=lambda i: i.name):
+    for info in sorted(infos, key=lambda i: i.name):
         h.update(f"{info.name}\0{info.schema_digest}\0{info.idempotent}\n".encode())
     return h.hexdigest()[:32]

@@ -1,0 +1,149 @@
+"""Run trees: a child's id, what a child's end tells its parent, and one budget for the
+tree: what a run has used of its ceilings, children included, and the allotment a new
+child run gets.
+
+A root's steps, tokens, dollars and seconds bound its whole tree. Starting a child
+escrows an allotment from its parent (``child.spawned`` records it): the child's own
+limits, capped by an even share of what the parent has left. A child cannot spend past
+its allotment (its own ceilings are that allotment), and what it does not spend returns
+to the parent when it ends (``child.ended`` records what it spent). So, by induction down
+the tree, what all its runs spend stays within the root's ceilings, up to what a single
+run may overshoot its own today (a model call's usage is known only after the call).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from foldloop.core._commands import ChildFinished
+from foldloop.core._effects import SpawnChild
+from foldloop.core._state import RunState, RunStatus
+from foldloop.events._values import Limits, Usage, as_recorded
+
+__all__ = [
+    "Budget",
+    "allotment",
+    "child_finished",
+    "child_run_id",
+    "ended_for_parent",
+    "spent",
+    "unstartable",
+]
+
+_NS = 1_000_000_000
+
+
+class Budget:
+    """What counts against a run's ceilings: its own model calls, what its ended children's
+    subtrees spent, and the whole allotments of the children still running."""
+
+    __slots__ = ("steps", "usage")
+
+    def __init__(self, steps: int, usage: Usage) -> None:
+        self.steps = steps
+        self.usage = usage
+
+
+def spent(state: RunState) -> Budget:
+    """``state``'s spend as its ceilings see it (a child with children still running when it
+    ends is charged their whole allotments)."""
+    steps, usage = state.steps, state.usage
+    for child in state.children:
+        if child.running:
+            allotted = child.allotted
+            steps += allotted.steps_ceiling
+            usage = usage + Usage(
+                output_tokens=allotted.max_tokens or 0, cost_usd=allotted.max_cost_usd or 0.0
+            )
+        else:
+            steps += child.steps
+            usage = usage + child.usage
+    return Budget(steps, usage)
+
+
+def allotment(state: RunState, own: Limits, now: int, waiting: int) -> Limits | str:
+    """The limits of a new child of ``state`` whose agent's limits are ``own``: each of
+    steps, tokens and dollars capped by an even share of what ``state`` has left, shared
+    with the ``waiting`` sub-agent calls not started yet (this one included) and the run
+    itself; seconds by what it has left. Or why nothing is left to give."""
+    limits = state.limits
+    used = spent(state)
+    shares = waiting + 1
+    steps_left = limits.steps_ceiling - used.steps
+    if steps_left < 1:
+        ceiling = limits.steps_ceiling
+        return f"no steps left to give it: the tree has used {used.steps} of max_steps={ceiling}"
+    steps = min(own.steps_ceiling, max(1, steps_left // shares))
+    tokens = own.max_tokens
+    if limits.max_tokens is not None:
+        left = limits.max_tokens - used.usage.total_tokens
+        if left < 1:
+            return f"no tokens left to give it (max_tokens={limits.max_tokens})"
+        tokens = min(tokens or left, max(1, left // shares))
+    cost = own.max_cost_usd
+    if limits.max_cost_usd is not None:
+        left_usd = limits.max_cost_usd - used.usage.cost_usd
+        if left_usd <= 0:
+            return f"no dollars left to give it (max_cost_usd={limits.max_cost_usd:g})"
+        cost = min(cost or left_usd, left_usd / shares)
+    seconds = own.max_seconds
+    if limits.max_seconds is not None:
+        left_s = limits.max_seconds - state.elapsed_ns(now) / _NS
+        if left_s <= 0:
+            return f"no time left to give it (max_seconds={limits.max_seconds:g})"
+        seconds = min(seconds or left_s, left_s)
+    with as_recorded():  # each value is one a Limits accepts; built as the log will hold it
+        return Limits(
+            max_steps=steps,
+            max_tokens=tokens,
+            max_seconds=seconds,
+            max_cost_usd=cost,
+            no_progress=own.no_progress,
+            max_children=own.max_children,
+            max_depth=limits.max_depth,  # the root's governs the whole tree
+        )
+
+
+def child_run_id(parent: str, call_id: str, agent: str) -> str:
+    """The id of the child run that call ``call_id`` of run ``parent`` starts: derived, so a
+    crash between the child's start and the parent's record of it never makes two."""
+    digest = hashlib.blake2b(f"{parent}\0{call_id}".encode(), digest_size=12).hexdigest()
+    short = f"{parent}.{digest[:8]}"
+    return short if len(short) <= 128 else f"{agent[:100]}-{digest}"
+
+
+_WAITS = frozenset({RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.AWAITING_APPROVAL})
+
+
+def ended_for_parent(state: RunState) -> bool:
+    """The child run has its answer for its parent: it stopped other than to wait (a child
+    parked at an approval, queued, or interrupted by a crash and to be recovered, has not)."""
+    return (
+        state.started and state.status not in _WAITS and state.status is not RunStatus.INTERRUPTED
+    )
+
+
+def child_finished(state: RunState, now: int) -> ChildFinished:
+    """The command that tells a child run's parent how it ended and what its subtree spent."""
+    used = spent(state)
+    return ChildFinished(
+        now=now,
+        call_id=state.parent_call_id,
+        run_id=state.run_id,
+        status=state.status.value,
+        output=state.output,
+        reason=state.reason,
+        steps=used.steps,
+        usage=used.usage,
+    )
+
+
+def unstartable(now: int, effect: SpawnChild, why: str) -> ChildFinished:
+    """The parent's answer when its child run could not be started: failed, spending nothing."""
+    return ChildFinished(
+        now=now,
+        call_id=effect.call_id,
+        run_id=effect.run_id,
+        status=RunStatus.FAILED.value,
+        reason=f"the child run could not be started: {why}",
+    )
