@@ -57,6 +57,7 @@ from foldloop.llm._protocol import Reply as Reply
 from foldloop.llm._protocol import ToolCall as ToolCall
 from foldloop.llm._scripted import ScriptedLLM as ScriptedLLM
 from foldloop.runtime import Runtime as Runtime
+from foldloop.runtime import RunTree as RunTree
 from foldloop.runtime import WorkerPool as WorkerPool
 from foldloop.tools._command import run_command as run_command
 from foldloop.tools._decorator import tool as tool
@@ -85,6 +86,7 @@ __all__ = [
     "RunLocked",
     "RunNotFound",
     "RunStatus",
+    "RunTree",
     "Runtime",
     "SchemaChangedError",
     "ScriptedLLM",

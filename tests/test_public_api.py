@@ -42,6 +42,7 @@ PUBLIC = [
     "RunLocked",
     "RunNotFound",
     "RunStatus",
+    "RunTree",
     "Runtime",
     "SchemaChangedError",
     "ScriptedLLM",

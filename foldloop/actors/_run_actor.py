@@ -32,7 +32,15 @@ from foldloop.actors._tool_actor import Cancellable, RunToolCall, ToolRunner
 from foldloop.actors._workers import Workers
 from foldloop.core._commands import Cancel, Command, ModelCallFailed, ModelReplied
 from foldloop.core._decide import decide
-from foldloop.core._effects import CallModel, Decision, RequestApproval, RunTools, Settle
+from foldloop.core._effects import (
+    CallModel,
+    CancelChildren,
+    Decision,
+    RequestApproval,
+    RunTools,
+    Settle,
+    SpawnChild,
+)
 from foldloop.core._evolve import apply
 from foldloop.core._messages import Chunks, MessageView
 from foldloop.core._snapshot import encode_chunk, split_state
@@ -82,6 +90,8 @@ class RunHost(Protocol):
     def tool_runner(self, agent: Agent, name: str) -> ToolRunner: ...
     def notify(self, agent: Agent, state: RunState, call_id: str) -> None: ...
     def tell(self, run_id: str, message: Any) -> bool: ...
+    def spawn_child(self, parent: RunState, effect: SpawnChild) -> None: ...
+    def cancel_children(self, run_ids: tuple[str, ...], reason: str) -> None: ...
     def proceed(self, actor: RunActor, then: Callable[[], bool]) -> None: ...
     def settled(self, run_id: str, epoch: int, state: RunState, *, released: bool) -> None: ...
     def interrupted(self, run_id: str, epoch: int, state: RunState, reason: str) -> None: ...
@@ -105,7 +115,7 @@ class RunActor:
         self._released = False  # the lease went in the settling decision's transaction
         self._inline = bool(getattr(agent.llm, "instant", False))
         self._asks = async_form(agent.llm)
-        self._specs = [t.spec for t in agent.tools]
+        self._specs = list(agent.tool_specs)
         self._in_flight: list[Cancellable] = []
         """The async model call, async tool tasks and queued sync tool calls under way
         (cancelled with the run)."""
@@ -345,6 +355,10 @@ class RunActor:
                             self._track(task)
                 case RequestApproval():
                     self.system.notify(self.agent, self.state, effect.call_id)
+                case SpawnChild():
+                    self.system.spawn_child(self.state, effect)
+                case CancelChildren():
+                    self.system.cancel_children(effect.run_ids, effect.reason)
                 case Settle():
                     self.settle()
 

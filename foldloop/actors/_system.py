@@ -27,8 +27,9 @@ from foldloop.actors._timers import Timers
 from foldloop.actors._tool_actor import ToolActor, ToolRunner
 from foldloop.actors._workers import Workers
 from foldloop.core._commands import Cancel
-from foldloop.core._effects import Decision
+from foldloop.core._effects import Decision, SpawnChild
 from foldloop.core._state import RunState
+from foldloop.core._tree import child_finished, ended_for_parent, unstartable
 from foldloop.errors import ConfigError, RunLocked
 from foldloop.store import ApprovalRecord, EventStore, Lease
 
@@ -78,6 +79,12 @@ class ActorSystem:
         self.on_lost_cancel: Callable[[str, Cancel], None] | None = None
         """Given a cancel that reached a run as it stopped being active here (it parked, say):
         its host carries it in another way. Called on a shard: hand slow work elsewhere."""
+        self.on_spawn_child: Callable[[RunState, SpawnChild], None] | None = None
+        """Starts (or, when it exists, follows) a child run of a sub-agent call; called on
+        a shard: hand slow work elsewhere. Its end comes back to the parent through
+        ``tell`` (``ChildFinished``)."""
+        self.on_cancel_children: Callable[[tuple[str, ...], str], None] | None = None
+        """Cancels child runs (a parent's cancel cascades); called on a shard, as above."""
         self.owner = owner
         self.clock = clock
         self.snapshot_every = snapshot_every
@@ -248,6 +255,24 @@ class ActorSystem:
             return False
         return True
 
+    def spawn_child(self, parent: RunState, effect: SpawnChild) -> None:
+        """Start a sub-agent call's child run (through ``on_spawn_child``)."""
+        if self.on_spawn_child is None:
+            self.tell(parent.run_id, unstartable(self.clock(), effect, "no host starts child runs"))
+            return
+        self.on_spawn_child(parent, effect)
+
+    def cancel_children(self, run_ids: tuple[str, ...], reason: str) -> None:
+        """Cancel child runs (through ``on_cancel_children``)."""
+        if self.on_cancel_children is not None:
+            self.on_cancel_children(run_ids, reason)
+
+    def tell_parent(self, state: RunState) -> None:
+        """If ``state`` is a child run's end, tell its parent (when the parent is driven here;
+        a parent driven elsewhere, or resumed later, learns it when it follows the child)."""
+        if state.parent_run_id and ended_for_parent(state):
+            self.tell(state.parent_run_id, child_finished(state, self.clock()))
+
     def proceed(self, actor: RunActor, then: Callable[[], bool]) -> None:
         """Let the run go on with the message in hand (its durable append landed)."""
         with self._lock:
@@ -281,6 +306,7 @@ class ActorSystem:
             self._forget_old(state.run_id, settlement)
         settlement.state = state
         settlement.event.set()
+        self.tell_parent(state)
 
     def settled(self, run_id: str, epoch: int, state: RunState, *, released: bool) -> None:
         """Called by a RunActor whose run settled; ``released`` when its lease went in the
@@ -303,6 +329,8 @@ class ActorSystem:
         settlement.state = state
         settlement.interrupted = interrupted
         settlement.event.set()
+        if not interrupted:
+            self.tell_parent(state)
         if self.on_inactive is not None:
             self.on_inactive(run_id)
 

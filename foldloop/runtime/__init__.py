@@ -12,13 +12,14 @@ runs in several processes (``pool_worker`` is one of them, ``pool_protocol`` wha
 
 from foldloop.runtime._facade import Runtime
 from foldloop.runtime._pool import PooledRunHandle, WorkerInfo, WorkerPool
-from foldloop.runtime._results import RunHandle, RunResult, RunSummary
+from foldloop.runtime._results import RunHandle, RunResult, RunSummary, RunTree
 
 __all__ = [
     "PooledRunHandle",
     "RunHandle",
     "RunResult",
     "RunSummary",
+    "RunTree",
     "Runtime",
     "WorkerInfo",
     "WorkerPool",

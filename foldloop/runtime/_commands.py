@@ -7,6 +7,7 @@ writes the decision through ``RunWrites`` and hands the run on (``drive``).
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,9 +20,11 @@ from foldloop.actors._system import HANDOVER_WAIT, ActorSystem
 from foldloop.actors._workers import Workers
 from foldloop.core._commands import Admit, Cancel, Resume, Start
 from foldloop.core._decide import decide
-from foldloop.core._effects import Decision
+from foldloop.core._effects import Decision, SpawnChild
 from foldloop.core._state import RunState, RunStatus
+from foldloop.core._tree import child_finished, ended_for_parent, unstartable
 from foldloop.errors import (
+    ConcurrencyError,
     ConfigError,
     FoldloopError,
     RunLocked,
@@ -70,6 +73,9 @@ class Commands:
         self._clock = clock
         self._owner = owner
         self._late_cancels = Workers(1, "foldloop-cancel")
+        self._children = Workers(None, "foldloop-children")
+        """Starts child runs and carries cancels down a tree, off the shards (each waits
+        for a commit)."""
         self._admission = admission
 
     def spawn(
@@ -96,11 +102,14 @@ class Commands:
         run_ids: Sequence[str | None] | None = None,
         metadata: Mapping[str, str] | None,
         parent_run_id: str | None = None,
+        child: SpawnChild | None = None,
     ) -> list[str]:
         """Start a run of ``agent`` on each input, in order; returns once every run.started
         is durable. Their writes are under way together, so they share commits. Nothing is
         written when an input is refused; when a start fails (a run id in use), the others
-        are still driven and the first failure is raised."""
+        are still driven and the first failure is raised. ``child``: the one run is that
+        sub-agent call's child (its allotment for limits; admitted at once, as its root
+        already was: a tree never waits behind the runs it holds slots from)."""
         self._agents.register(agent)
         ids = list(run_ids) if run_ids is not None else [None] * len(inputs)
         for index, (text, run_id) in enumerate(zip(inputs, ids, strict=True)):
@@ -115,17 +124,25 @@ class Commands:
             raise ConfigError("spawn_many was given a run_id twice; give each run its own")
         meta = tuple(sorted((metadata or {}).items()))
         now = self._clock()
-        limits = priced_limits(agent, now)
+        limits = priced_limits(agent, now) if child is None else child.limits
         starts: list[_Start] = []
         try:
             for text, given in zip(inputs, ids, strict=True):
                 command = agent.start(
-                    text, now=now, metadata=meta, parent_run_id=parent_run_id, limits=limits
+                    text,
+                    now=now,
+                    metadata=meta,
+                    parent_run_id=parent_run_id,
+                    limits=limits,
+                    parent_call_id="" if child is None else child.call_id,
+                    depth=0 if child is None else child.depth,
                 )
                 run_id = given if given is not None else f"{agent.name}-{secrets.token_hex(6)}"
                 # once one waits, the rest wait behind it (FIFO), whatever slot frees meanwhile
                 queue = bool(starts) and not starts[-1].admitted
-                starts.append(self._start(agent, run_id, command, queue=queue))
+                starts.append(
+                    self._start(agent, run_id, command, queue=queue, exempt=child is not None)
+                )
         finally:  # the writes begun stand, even past a Ctrl-C: each run is driven or queued
             failures = [failure for start in starts if (failure := self._finish_start(start))]
         interrupt = next((f for f in failures if not isinstance(f, Exception)), None)
@@ -151,10 +168,13 @@ class Commands:
                 self._abandon(start)
             return interrupted
 
-    def _start(self, agent: Agent, run_id: str, command: Start, *, queue: bool) -> _Start:
-        """Decide a new run's start (queued past the cap, or with ``queue``), claim it and
-        begin its write."""
-        admitted = not queue and self._admission.reserve()
+    def _start(
+        self, agent: Agent, run_id: str, command: Start, *, queue: bool, exempt: bool = False
+    ) -> _Start:
+        """Decide a new run's start (queued past the cap, or with ``queue``; never when
+        ``exempt``), claim it and begin its write."""
+        reserved = not exempt and not queue and self._admission.reserve()
+        admitted = exempt or reserved
         if not admitted:
             command = replace(command, queued=True)
         decision = decide(RunState(run_id=run_id), command)
@@ -164,10 +184,12 @@ class Commands:
         try:
             self._system.claim(run_id)
         except BaseException:
-            if admitted:
+            if reserved:
                 self._admission.release()
             raise
-        start = _Start(agent, run_id, command, decision, admitted=admitted, settles=settles)
+        start = _Start(
+            agent, run_id, command, decision, admitted=admitted, reserved=reserved, settles=settles
+        )
         try:
             start.pending = self._writes.start(
                 run_id, decision.events, command.now, settles=settles
@@ -183,7 +205,7 @@ class Commands:
             return
         start.finished = True
         self._system.unclaim(start.run_id)
-        if start.admitted:
+        if start.reserved:
             self._admission.release()
 
     def _started(self, start: _Start) -> None:
@@ -204,7 +226,8 @@ class Commands:
         try:
             drive(self._system, agent, state, epoch, start.decision, released=start.settles)
         finally:
-            self._admission.release()
+            if start.reserved:
+                self._admission.release()
 
     def admit(self, run_id: str) -> None:
         """Start a queued run whose turn came (on the admission thread): take it, record
@@ -314,6 +337,9 @@ class Commands:
                 continue
             if state.status is not RunStatus.RUNNING:
                 continue
+            if self._parent_gone(state):  # a cascade a crash cut short: finish it
+                self._cancel_child(state.run_id, "parent cancelled")
+                continue
             try:
                 recovered.append(self.resume(state.run_id, extend=None))
             except RunLocked:
@@ -321,6 +347,15 @@ class Commands:
             except (SchemaChangedError, StoreCorrupted) as exc:
                 log.warning("recover_skipped", run_id=state.run_id, error=str(exc))
         return recovered + self._requeue(queued)
+
+    def _parent_gone(self, state: RunState) -> bool:
+        """A child run whose parent ended without waiting for it (it was cancelled)."""
+        if not state.parent_run_id:
+            return False
+        try:
+            return self._queries.state(state.parent_run_id).terminal
+        except FoldloopError:
+            return False  # an unreadable parent: leave the child to be resumed
 
     def _requeue(self, run_ids: list[str]) -> list[str]:
         """Take over the leases of queued runs whose runtime died and queue them here in the
@@ -351,9 +386,53 @@ class Commands:
 
         self._late_cancels.submit(again)
 
+    def spawn_child(self, parent: RunState, effect: SpawnChild) -> None:
+        """Start a sub-agent call's child run, or follow it where it exists already (a
+        resumed parent), off the calling shard. A child that cannot start is the parent's
+        failed call; one that has ended already is told to the parent again."""
+        self._children.submit(lambda: self._spawn_child(parent, effect))
+
+    def _spawn_child(self, parent: RunState, effect: SpawnChild) -> None:
+        try:
+            if not self._store.head(effect.run_id):
+                agent = self._agents.named(effect.agent)
+                if agent is None:
+                    raise ConfigError(f"this runtime does not know agent {effect.agent!r}")
+                self.spawn_many(
+                    agent,
+                    [effect.input],
+                    run_ids=[effect.run_id],
+                    metadata=None,
+                    parent_run_id=parent.run_id,
+                    child=effect,
+                )
+                return
+        except ConcurrencyError:
+            pass  # started meanwhile (by a resume of the parent elsewhere): follow it
+        except FoldloopError as exc:
+            log.warning("child_not_started", run_id=effect.run_id, error=str(exc))
+            self._system.tell(parent.run_id, unstartable(self._clock(), effect, str(exc)))
+            return
+        state = self._queries.state(effect.run_id)
+        if ended_for_parent(state):
+            self._system.tell(parent.run_id, child_finished(state, self._clock()))
+        # else its settlement here tells the parent; recover() resumes it if its runtime died
+
+    def cancel_children(self, run_ids: tuple[str, ...], reason: str) -> None:
+        """Cancel child runs (each cascades to its own), off the calling shard."""
+        for run_id in run_ids:
+            self._children.submit(functools.partial(self._cancel_child, run_id, reason))
+
+    def _cancel_child(self, run_id: str, reason: str) -> None:
+        try:
+            self.cancel(run_id, reason)
+        except FoldloopError as exc:
+            log.warning("child_not_cancelled", run_id=run_id, error=str(exc))
+
     def close(self) -> None:
-        """Stop carrying lost cancels (one under way finishes)."""
+        """Stop carrying lost cancels and tree work (one under way finishes)."""
         self._late_cancels.shutdown()
+        self._children.shutdown()
 
     def cancel(self, run_id: str, reason: str) -> None:
         """Cancel the run: through its actor if one drives it here, else by taking it."""
@@ -396,7 +475,9 @@ class _Start:
     command: Start
     decision: Decision
     admitted: bool = field(kw_only=True)
-    """It has a slot (else it is queued)."""
+    """It is driven now (else it is queued)."""
+    reserved: bool = field(kw_only=True)
+    """It holds an admission slot, released once it has its actor (a child run holds none)."""
     settles: bool = field(kw_only=True)
     """Its first decision ends or parks it: the lease goes with the write."""
     pending: Pending[int] | None = None

@@ -36,7 +36,7 @@ from foldloop.runtime._commands import Commands
 from foldloop.runtime._lifecycle import Lifecycle, OpenOnly
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._registry import AgentRegistry
-from foldloop.runtime._results import RunHandle, RunOps, RunResult, RunSummary
+from foldloop.runtime._results import RunHandle, RunOps, RunResult, RunSummary, RunTree
 from foldloop.runtime._rules import check_cap, check_inputs
 from foldloop.runtime._transfer import Transfer
 from foldloop.runtime._waiting import Waiter
@@ -113,6 +113,8 @@ class Runtime(OpenOnly, ClosedOnExit):
             admission=self._admission,
         )
         self.system.on_lost_cancel = self._commands.carry_lost_cancel
+        self.system.on_spawn_child = self._commands.spawn_child
+        self.system.on_cancel_children = self._commands.cancel_children
         self._transfer = Transfer(self._queries, writes)
         self._ops = _RunOps(
             self._lifecycle,
@@ -331,6 +333,11 @@ class Runtime(OpenOnly, ClosedOnExit):
     ) -> list[RunSummary]:
         """Summaries of the runs in the store, optionally filtered by status and agent."""
         return self._queries.runs(status, agent)
+
+    def tree(self, run_id: str) -> RunTree:
+        """The run and every child run below it: what its sub-agent calls started, each
+        with its status and spend (``RunTree``)."""
+        return self._queries.tree(run_id)
 
     def explain(self, run_id: str) -> Explanation:
         """Why the run is where it is (status, reason, limit, last decision) and what to do."""

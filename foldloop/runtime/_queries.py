@@ -25,7 +25,7 @@ from foldloop.errors import ConfigError, FoldloopError, RunNotFound, StoreCorrup
 from foldloop.events._catalogue import RunStarted
 from foldloop.events._recorded import Recorded
 from foldloop.runtime._registry import AgentRegistry
-from foldloop.runtime._results import Damaged, RunSummary
+from foldloop.runtime._results import Damaged, RunSummary, RunTree
 from foldloop.store import EventStore
 
 __all__ = ["Queries"]
@@ -187,9 +187,34 @@ class Queries:
                     else reason,
                     seq=state.seq,
                     updated_at=state.last_at,
+                    parent_run_id=state.parent_run_id or None,
                 )
             )
         return out
+
+    def tree(self, run_id: str) -> RunTree:
+        """The run and the child runs below it (``Runtime.tree``)."""
+        return self._tree(self.state(run_id), "")
+
+    def _tree(self, state: RunState, call_id: str) -> RunTree:
+        children = []
+        for link in state.children:
+            if self._store.head(link.run_id):
+                children.append(self._tree(self.state(link.run_id), link.call_id))
+            else:
+                children.append(
+                    RunTree(link.run_id, link.agent, RunStatus.RUNNING, call_id=link.call_id)
+                )
+        return RunTree(
+            run_id=state.run_id,
+            agent=state.agent,
+            status=state.status,
+            children=tuple(children),
+            reason=state.reason,
+            steps=state.steps,
+            usage=state.usage,
+            call_id=call_id,
+        )
 
     def explain(self, run_id: str) -> Explanation:
         """Why the run is where it is and what to do, with the decisions the approvals

@@ -30,6 +30,8 @@ class AgentRegistry:
                 f"another agent named {agent.name!r} is already registered with this runtime"
             )
         self._agents[agent.name] = agent
+        for sub in agent.agents:  # a child run is decided by its own agent, found by name
+            self.register(sub)
 
     def named(self, name: str) -> Agent | None:
         """The agent registered under ``name`` (None if unknown)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from foldloop.core._state import RunState, RunStatus
@@ -10,7 +10,7 @@ from foldloop.errors import StoreCorrupted
 from foldloop.events._values import Usage
 from foldloop.runtime._lifecycle import OpenOnly
 
-__all__ = ["Damaged", "RunHandle", "RunOps", "RunResult", "RunSummary", "result_of"]
+__all__ = ["Damaged", "RunHandle", "RunOps", "RunResult", "RunSummary", "RunTree", "result_of"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,48 @@ class RunSummary:
     updated_at: int
     damaged: bool = False
     """The run's log is damaged (``reason`` says where; ``foldloop doctor`` lists it all)."""
+    parent_run_id: str | None = None
+    """The run whose sub-agent call started this one (None for a root)."""
+
+
+@dataclass(frozen=True)
+class RunTree:
+    """A run and the child runs its sub-agent calls started, recursively (``Runtime.tree``).
+
+    ``steps`` and ``usage`` are the run's own; ``spent_steps`` and ``spent`` add those of
+    its whole subtree (what counts against the root's limits). A child whose start was
+    recorded by its parent but never written (a crash between the two; ``recover()``
+    starts it) shows as running with nothing spent."""
+
+    run_id: str
+    agent: str
+    status: RunStatus
+    children: tuple[RunTree, ...] = ()
+    reason: str = ""
+    steps: int = 0
+    usage: Usage = field(default_factory=Usage)
+    call_id: str = ""
+    """The parent's call that started it ("" for the root)."""
+
+    @property
+    def spent_steps(self) -> int:
+        """Model calls made by the run and every run below it."""
+        return self.steps + sum(c.spent_steps for c in self.children)
+
+    @property
+    def spent(self) -> Usage:
+        """Tokens and dollars of the run and every run below it."""
+        total = self.usage
+        for child in self.children:
+            total = total + child.spent
+        return total
+
+    def walk(self) -> list[RunTree]:
+        """This node and every node below it, depth first in the order they started."""
+        out = [self]
+        for child in self.children:
+            out.extend(child.walk())
+        return out
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,7 @@ def check_spawn(input: object, run_id: object, metadata: object, parent_run_id: 
 def tool_drift(state: RunState, agent: Agent) -> str:
     """Why a run cannot resume with ``agent``: which tools were added, removed or changed."""
     old = {t.name: t for t in state.tools}
-    new = {t.name: t.info for t in agent.tools}
+    new = {t.name: t for t in agent.tool_infos}
     added = sorted(set(new) - set(old))
     removed = sorted(set(old) - set(new))
     changed = sorted(n for n in set(old) & set(new) if old[n] != new[n])

@@ -1,0 +1,476 @@
+"""Run trees: sub-agents offered as tools, child runs, their answers back in the parent,
+fan-out bounded by max_children, max_depth, cancel cascade, one budget for the tree."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import foldloop as fl
+from foldloop.core._commands import ChildFinished, Command, ModelReplied, Start
+from foldloop.core._decide import decide
+from foldloop.core._effects import CallModel, SpawnChild
+from foldloop.core._state import RunState
+from foldloop.core._tree import child_finished, child_run_id, ended_for_parent
+from foldloop.events import Limits, ToolCall, ToolInfo, Usage
+from tests.waiting import wait_until
+
+
+def answers(prefix: str) -> Callable[[Sequence[fl.Message], Sequence[object]], fl.Reply]:
+    """A model that answers its task at once: ``prefix: <task>``."""
+
+    def reply(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        task = next(m.content for m in messages if m.role == "user")
+        return fl.Reply(text=f"{prefix}: {task}")
+
+    return reply
+
+
+def fans_out(
+    *calls: tuple[str, str],
+) -> Callable[[Sequence[fl.Message], Sequence[object]], fl.Reply]:
+    """A lead's model: first asks each (agent, task) at once, then joins what came back."""
+
+    def reply(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        if not any(m.role == "tool" for m in messages):
+            return fl.Reply(tool_calls=[fl.ToolCall(a, {"input": t}) for a, t in calls])
+        return fl.Reply(text=" | ".join(m.content for m in messages if m.role == "tool"))
+
+    return reply
+
+
+def researcher(name: str = "researcher", **kw: object) -> fl.Agent:
+    return fl.Agent(
+        name=name, llm=fl.ScriptedLLM(answers("found")), description="Finds things out.", **kw
+    )
+
+
+def test_sub_agents_are_offered_as_tools_and_their_answers_come_back_in_order(
+    store_path: Path,
+) -> None:
+    seen: list[list[str]] = []
+
+    def lead_model(messages: Sequence[fl.Message], tools: Sequence[fl.types.ToolSpec]) -> fl.Reply:
+        seen.append([t.name for t in tools])
+        return fans_out(("researcher", "cats"), ("researcher", "dogs"), ("writer", "a poem"))(
+            messages, tools
+        )
+
+    writer = fl.Agent(name="writer", llm=fl.ScriptedLLM(answers("wrote")))
+    lead = fl.Agent(
+        name="lead",
+        llm=fl.ScriptedLLM(lead_model),
+        agents=[researcher(), writer],
+        limits=fl.Limits(max_steps=30),
+    )
+    with fl.Runtime.open(store_path, agents=[lead]) as rt:
+        run = rt.spawn(lead, "go")
+        result = run.wait(timeout=30)
+        assert result.ok, result
+        # the model's order, whatever order the children ended in
+        assert result.output == "found: cats | found: dogs | wrote: a poem"
+        assert seen[0] == ["researcher", "writer"]
+        types = [r.type for r in rt.events(run.id)]
+        assert types.count("child.spawned") == types.count("child.ended") == 3
+        children = [s for s in rt.runs() if s.parent_run_id == run.id]
+        assert len(children) == 3
+        assert all(s.status is fl.RunStatus.COMPLETED for s in children)
+        tree = rt.tree(run.id)
+        assert (tree.run_id, tree.agent, tree.status) == (run.id, "lead", fl.RunStatus.COMPLETED)
+        assert [(c.agent, c.status) for c in tree.children] == [
+            ("researcher", fl.RunStatus.COMPLETED),
+            ("researcher", fl.RunStatus.COMPLETED),
+            ("writer", fl.RunStatus.COMPLETED),
+        ]
+        assert tree.spent_steps == 2 + 3
+        # each child's id is its parent's and call's: a second start could not make another
+        assert [c.run_id for c in tree.children] == [
+            child_run_id(run.id, c.call_id, c.agent) for c in tree.children
+        ]
+
+
+def test_a_child_that_does_not_complete_is_a_failed_call_saying_how_it_ended(
+    store_path: Path,
+) -> None:
+    def loops(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        turn = sum(1 for m in messages if m.role == "assistant")
+        return fl.Reply(tool_calls=[fl.ToolCall("noop", {"i": turn})])
+
+    @fl.tool(idempotent=True)
+    def noop(i: int) -> str:
+        """Do nothing."""
+        return "ok"
+
+    stuck = fl.Agent(
+        name="stuck", llm=fl.ScriptedLLM(loops), tools=[noop], limits=fl.Limits(max_steps=2)
+    )
+    lead = fl.Agent(
+        name="lead",
+        llm=fl.ScriptedLLM(fans_out(("stuck", "try"))),
+        agents=[stuck],
+        limits=fl.Limits(max_steps=20),
+    )
+    with fl.Runtime.open(store_path, agents=[lead]) as rt:
+        run = rt.spawn(lead, "go")
+        result = run.wait(timeout=30)
+        assert result.ok, result
+        failed = [r.event for r in rt.events(run.id) if r.type == "tool.failed"]
+        assert len(failed) == 1
+        assert "ended limit_reached" in failed[0].error
+        assert "max_steps ceiling 2" in failed[0].error
+        assert "error (exception): sub-agent run" in result.output
+
+
+def test_max_children_runs_them_a_few_at_a_time_in_the_models_order(store_path: Path) -> None:
+    lead = fl.Agent(
+        name="lead",
+        llm=fl.ScriptedLLM(fans_out(*[("researcher", f"t{i}") for i in range(5)])),
+        agents=[researcher()],
+        limits=fl.Limits(max_steps=30, max_children=2),
+    )
+    with fl.Runtime.open(store_path, agents=[lead]) as rt:
+        run = rt.spawn(lead, "go")
+        result = run.wait(timeout=30)
+        assert result.output == " | ".join(f"found: t{i}" for i in range(5))
+        running = 0
+        for rec in rt.events(run.id):
+            running += {"child.spawned": 1, "child.ended": -1}.get(rec.type, 0)
+            assert running <= 2
+        spawned = [r.event.run_id for r in rt.events(run.id) if r.type == "child.spawned"]
+        assert len(spawned) == 5
+
+
+def test_max_depth_stops_a_tree_growing_past_it(store_path: Path) -> None:
+    def chain(level: int, below: fl.Agent | None) -> fl.Agent:
+        if below is None:
+            return fl.Agent(name=f"a{level}", llm=fl.ScriptedLLM(answers(f"a{level}")))
+        return fl.Agent(
+            name=f"a{level}",
+            llm=fl.ScriptedLLM(fans_out((below.name, "deeper"))),
+            agents=[below],
+        )
+
+    bottom = chain(4, None)
+    agents = [bottom]
+    for level in (3, 2, 1):
+        agents.append(chain(level, agents[-1]))
+    root = fl.Agent(
+        name="a0",
+        llm=fl.ScriptedLLM(fans_out(("a1", "deeper"))),
+        agents=[agents[-1]],
+        limits=fl.Limits(max_steps=40, max_depth=2),
+    )
+    with fl.Runtime.open(store_path, agents=[root]) as rt:
+        run = rt.spawn(root, "go")
+        result = run.wait(timeout=30)
+        assert result.ok, result
+        tree = rt.tree(run.id)
+        depths = [len(tree.walk())]
+        assert depths == [3]  # a0 -> a1 -> a2; a2's call of a3 was refused
+        (a2,) = tree.children[0].children
+        failed = [r.event for r in rt.events(a2.run_id) if r.type == "tool.failed"]
+        assert "max_depth=2" in failed[0].error
+        assert failed[0].kind == "invalid_args"
+
+
+def test_cancelling_a_parent_cancels_its_whole_subtree(store_path: Path) -> None:
+    release = threading.Event()
+
+    @fl.tool(timeout=30)
+    def hold(task: str) -> str:
+        """Wait for the test."""
+        release.wait(20)
+        return "held"
+
+    def holds(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        if not any(m.role == "tool" for m in messages):
+            return fl.Reply(tool_calls=[fl.ToolCall("hold", {"task": "x"})])
+        return fl.Reply(text="done")
+
+    leaf = fl.Agent(name="leaf", llm=fl.ScriptedLLM(holds), tools=[hold])
+    middle = fl.Agent(
+        name="middle", llm=fl.ScriptedLLM(fans_out(("leaf", "a"), ("leaf", "b"))), agents=[leaf]
+    )
+    root = fl.Agent(
+        name="root",
+        llm=fl.ScriptedLLM(fans_out(("middle", "m"))),
+        agents=[middle],
+        limits=fl.Limits(max_steps=40),
+    )
+    try:
+        with fl.Runtime.open(store_path, agents=[root]) as rt:
+            run = rt.spawn(root, "go")
+            wait_until(lambda: len(rt.runs()) == 4, 20, "the tree to grow to four runs")
+            run.cancel(reason="enough")
+            assert run.wait(timeout=20).status is fl.RunStatus.CANCELLED
+            others = [s.run_id for s in rt.runs() if s.run_id != run.id]
+            for run_id in others:
+                wait_until(
+                    lambda run_id=run_id: rt.state(run_id).status is fl.RunStatus.CANCELLED,
+                    20,
+                    f"{run_id} to be cancelled",
+                )
+                cancelled = [r.event for r in rt.events(run_id) if r.type == "run.cancelled"]
+                assert cancelled[0].reason == "parent cancelled"
+    finally:
+        release.set()
+
+
+def test_the_tree_spends_no_more_steps_than_the_roots_ceiling(store_path: Path) -> None:
+    def busy(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        turn = sum(1 for m in messages if m.role == "assistant")
+        return fl.Reply(tool_calls=[fl.ToolCall("noop", {"i": turn})])
+
+    @fl.tool(idempotent=True)
+    def noop(i: int) -> str:
+        """Do nothing new."""
+        return f"ok {i}"
+
+    worker = fl.Agent(name="worker", llm=fl.ScriptedLLM(busy), tools=[noop])
+    lead = fl.Agent(
+        name="lead",
+        llm=fl.ScriptedLLM(fans_out(*[("worker", f"w{i}") for i in range(3)])),
+        agents=[worker],
+        limits=fl.Limits(max_steps=12),
+    )
+    with fl.Runtime.open(store_path, agents=[lead]) as rt:
+        run = rt.spawn(lead, "go")
+        result = run.wait(timeout=30)
+        tree = rt.tree(run.id)
+        allotted = [
+            r.event.limits.max_steps for r in rt.events(run.id) if r.type == "child.spawned"
+        ]
+        assert allotted == [2, 3, 3]  # even shares of what is left, one share kept back
+        assert [c.steps for c in tree.children] == allotted  # each used its whole allotment
+        assert all(c.status is fl.RunStatus.LIMIT_REACHED for c in tree.children)
+        assert result.ok, result  # the lead had a step left to answer with
+        assert tree.spent_steps == 1 + 8 + 1 <= 12
+
+
+@pytest.mark.parametrize(
+    ("agents", "says"),
+    [
+        pytest.param(lambda: ["not an agent"], "is not an fl.Agent", id="not-an-agent"),
+        pytest.param(
+            lambda: [researcher("dup"), researcher("dup")], "has the name of another", id="twice"
+        ),
+    ],
+)
+def test_bad_sub_agents_are_refused_with_a_clear_error(
+    agents: Callable[[], list[object]], says: str
+) -> None:
+    with pytest.raises(fl.ConfigError, match=says):
+        fl.Agent(name="lead", llm=fl.ScriptedLLM([]), agents=agents())  # type: ignore[arg-type]
+
+
+TREE_WORKER = Path(__file__).with_name("tree_worker.py")
+
+
+def tree_worker(store: Path, ledger: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(TREE_WORKER), str(store), "--ledger", str(ledger), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
+
+
+def expect_line(proc: subprocess.Popen[str], marker: str, timeout: float = 60) -> str:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            err = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"the tree worker exited before {marker!r}: {err[-2000:]}")
+        if line.startswith(marker):
+            return line.strip()
+    raise AssertionError(f"no {marker!r} within {timeout} s")
+
+
+def test_kill_loop_over_a_run_tree_starts_each_child_once_and_charges_each_leaf_once(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    kills = max(3, int(request.config.getoption("--kills")) // 8)
+    rng = random.Random(int(request.config.getoption("--kills")))
+    store, ledger = tmp_path / "fl", tmp_path / "ledger"
+    proc = tree_worker(store, ledger, "--spawn", "tree")
+    expect_line(proc, "READY")
+    for _ in range(kills):
+        time.sleep(rng.uniform(0.0, 0.4))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+        proc = tree_worker(store, ledger, "--recover")
+        expect_line(proc, "READY")
+    done = expect_line(proc, "DONE", timeout=120)
+    proc.communicate(timeout=30)
+
+    leaves = [f"t.{i}.{j}" for i in range(3) for j in range(3)]
+    assert done.startswith("DONE completed ")
+    with fl.Runtime.open(store) as rt:
+        runs = rt.runs()
+        assert len(runs) == 1 + 3 + 9  # every child started exactly once
+        by_id = {s.run_id: s for s in runs}
+        for s in runs:
+            assert s.status is fl.RunStatus.COMPLETED, s
+            started = [r for r in rt.events(s.run_id) if r.type == "run.started"]
+            assert len(started) == 1
+            if s.parent_run_id is not None:
+                parent = rt.state(s.parent_run_id)
+                links = [c for c in parent.children if c.run_id == s.run_id]
+                assert len(links) == 1 and links[0].status == "completed"
+                assert by_id[s.parent_run_id]
+        charged = ledger.read_text().splitlines()
+        assert sorted(set(charged)) == sorted(set(charged) & set(leaves))
+        assert len(charged) == len(set(charged))  # a non-idempotent tool never ran twice
+        resumed = [
+            s.run_id for s in runs if any(r.type == "run.resumed" for r in rt.events(s.run_id))
+        ]
+        assert resumed, "no kill landed while the tree ran"
+        tree = rt.tree("tree")
+        answers = [leaf for mid in tree.children for leaf in mid.children]
+        assert len(answers) == 9
+        for leaf in answers:
+            state = rt.state(leaf.run_id)
+            ran = state.input in charged
+            # charged and told so, or cut by a kill and told the outcome is unknown
+            assert state.output in (state.input, f"{state.input}?")
+            assert ran or state.output == f"{state.input}?"
+
+
+# -- the budget invariant, on the pure core ---------------------------------------------
+
+CHILD_INFO = ToolInfo(name="helper", idempotent=False, schema_digest="d")
+
+
+class TreeSim:
+    """Runs of one tree driven by ``decide`` alone, in whatever order hypothesis picks:
+    model replies (usage within each call's max_tokens) and children's ends."""
+
+    def __init__(self, root: Limits, child: Limits) -> None:
+        self.info = msgspec.structs.replace(CHILD_INFO, agent_limits=child)
+        self.states: dict[str, RunState] = {}
+        self.pending: list[tuple[str, object]] = []  # (run id, CallModel | ChildFinished)
+        self.now = 1
+        self.start("root", root, parent=None, call_id="", depth=0)
+
+    def start(
+        self, run_id: str, limits: Limits, *, parent: str | None, call_id: str, depth: int
+    ) -> None:
+        command = Start(
+            now=self.tick(),
+            agent="helper" if parent else "root",
+            input="go",
+            limits=limits,
+            tools=(self.info,),
+            tools_digest="x",
+            parent_run_id=parent,
+            parent_call_id=call_id,
+            depth=depth,
+        )
+        self.apply(RunState(run_id=run_id), command)
+
+    def tick(self) -> int:
+        self.now += 1_000
+        return self.now
+
+    def apply(self, state: RunState, command: Command) -> None:
+        decision = decide(state, command)
+        assert not decision.rejected, decision.rejected
+        assert decision.state is not None
+        state = decision.state
+        self.states[state.run_id] = state
+        for effect in decision.effects:
+            if isinstance(effect, CallModel):
+                self.pending.append((state.run_id, effect))
+            elif isinstance(effect, SpawnChild):
+                self.start(
+                    effect.run_id,
+                    effect.limits,
+                    parent=state.run_id,
+                    call_id=effect.call_id,
+                    depth=effect.depth,
+                )
+        if state.settled and state.parent_run_id and ended_for_parent(state):
+            self.pending.append((state.parent_run_id, child_finished(state, self.tick())))
+
+    def step(self, data: st.DataObject) -> None:
+        run_id, what = self.pending.pop(data.draw(st.integers(0, len(self.pending) - 1)))
+        state = self.states[run_id]
+        if isinstance(what, ChildFinished):
+            self.apply(state, what)
+            return
+        assert isinstance(what, CallModel)
+        cap = what.max_tokens if what.max_tokens is not None else 400
+        total = data.draw(st.integers(0, cap))
+        usage = Usage(input_tokens=total // 2, output_tokens=total - total // 2)
+        calls = data.draw(st.integers(0, 3))
+        reply = ModelReplied(
+            now=self.tick(),
+            step=what.step,
+            text="done",
+            tool_calls=tuple(ToolCall("helper", {"input": f"t{i}"}) for i in range(calls)),
+            usage=usage,
+        )
+        self.apply(state, reply)
+
+    def spent(self) -> tuple[int, int]:
+        """Steps and tokens of every run of the tree, each counted once, by its own run."""
+        return (
+            sum(s.steps for s in self.states.values()),
+            sum(s.usage.total_tokens for s in self.states.values()),
+        )
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(1, 30),
+    st.none() | st.integers(1, 3_000),
+    st.none() | st.integers(1, 20),
+    st.none() | st.integers(1, 2_000),
+    st.integers(1, 3),
+    st.integers(0, 3),
+    st.data(),
+)
+def test_a_tree_never_spends_more_steps_or_tokens_than_its_roots_ceilings(
+    root_steps: int,
+    root_tokens: int | None,
+    child_steps: int | None,
+    child_tokens: int | None,
+    max_children: int,
+    max_depth: int,
+    data: st.DataObject,
+) -> None:
+    root = Limits(
+        max_steps=root_steps, max_tokens=root_tokens, max_children=max_children, max_depth=max_depth
+    )
+    sim = TreeSim(root, Limits(max_steps=child_steps, max_tokens=child_tokens))
+    while sim.pending:
+        sim.step(data)
+        steps, tokens = sim.spent()
+        assert steps <= root_steps
+        if root_tokens is not None:
+            assert tokens <= root_tokens
+    root_state = sim.states["root"]
+    assert root_state.settled  # nothing left in flight: the tree ended
+    assert all(s.settled for s in sim.states.values())
+    assert max(s.depth for s in sim.states.values()) <= max_depth
+    for state in sim.states.values():  # what a parent recorded is what its children spent
+        for link in state.children:
+            child = sim.states[link.run_id]
+            assert not link.running
+            assert link.steps == child.steps + sum(c.steps for c in child.children)
