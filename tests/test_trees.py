@@ -213,6 +213,7 @@ def test_cancelling_a_parent_cancels_its_whole_subtree(store_path: Path) -> None
         with fl.Runtime.open(store_path, agents=[root]) as rt:
             run = rt.spawn(root, "go")
             wait_until(lambda: len(rt.runs()) == 4, 20, "the tree to grow to four runs")
+            assert rt.explain(run.id).next_steps[0].startswith("wait: it waits for its child runs")
             run.cancel(reason="enough")
             assert run.wait(timeout=20).status is fl.RunStatus.CANCELLED
             others = [s.run_id for s in rt.runs() if s.run_id != run.id]
@@ -257,6 +258,16 @@ def test_the_tree_spends_no_more_steps_than_the_roots_ceiling(store_path: Path) 
         assert all(c.status is fl.RunStatus.LIMIT_REACHED for c in tree.children)
         assert result.ok, result  # the lead had a step left to answer with
         assert tree.spent_steps == 1 + 8 + 1 <= 12
+        explained = rt.explain(run.id)  # where the tree's budget went
+        assert [line for line in explained.budget if line.startswith("child ")] == [
+            f"child {c.run_id} (worker, call {c.call_id}) allotted {c.steps} steps: spent "
+            f"{c.steps} steps, {c.usage.total_tokens:,} tokens, ended limit_reached"
+            for c in tree.children
+        ]
+        tokens = tree.spent.total_tokens
+        assert explained.budget[-1] == (
+            f"counted against its ceilings (12 steps): 10 steps, {tokens:,} tokens"
+        )
 
 
 @pytest.mark.parametrize(

@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from foldloop.core._replay import INPUT_TYPES
-from foldloop.core._state import RunState, RunStatus
+from foldloop.core._state import ChildLink, RunState, RunStatus
+from foldloop.core._tree import spent
 from foldloop.events._catalogue import (
     ModelResponded,
     RunLimitReached,
     ToolFailed,
 )
 from foldloop.events._recorded import Recorded
+from foldloop.events._values import Limits, Usage
 
 __all__ = ["ORPHAN_QUEUED", "DecidedApproval", "Explanation", "explain", "parked_reason"]
 
@@ -54,6 +56,9 @@ class Explanation:
     """Decisions on calls the run waits on, made but not yet carried into its log."""
     orphaned: bool = False
     """Interrupted or queued, and no live runtime drives (or holds) it: ``recover()`` does."""
+    budget: tuple[str, ...] = ()
+    """Where a tree's budget went: the run's own spend, each child's allotment and spend,
+    and what the run's ceilings have left (empty for a run without children)."""
 
     def __str__(self) -> str:
         lines = [f"run {self.run_id} is {self.status.value} after {self.steps} steps"]
@@ -62,6 +67,7 @@ class Explanation:
         if self.limit:
             lines.append(f"limit: {self.limit}")
         lines.append(f"last decision: {self.last_decision}")
+        lines.extend(f"budget: {line}" for line in self.budget)
         lines.extend(f"next: {step}" for step in self.next_steps)
         return "\n".join(lines)
 
@@ -88,6 +94,48 @@ def _describe(records: Sequence[Recorded]) -> str:
         else:
             parts.append(f"seq {rec.seq}: {rec.type}")
     return "; ".join(parts)
+
+
+def _spend(steps: int, usage: Usage) -> str:
+    text = f"{steps} step{'s' * (steps != 1)}, {usage.total_tokens:,} tokens"
+    return text + (f", ${usage.cost_usd:.4f}" if usage.cost_usd else "")
+
+
+def _ceilings(limits: Limits) -> str:
+    parts = [f"{limits.steps_ceiling} steps"]
+    if limits.max_tokens is not None:
+        parts.append(f"{limits.max_tokens:,} tokens")
+    if limits.max_cost_usd is not None:
+        parts.append(f"${limits.max_cost_usd:g}")
+    if limits.max_seconds is not None:
+        parts.append(f"{limits.max_seconds:g} s")
+    return ", ".join(parts)
+
+
+def _child_line(link: ChildLink) -> str:
+    allotted = _ceilings(link.allotted)
+    head = f"child {link.run_id} ({link.agent}, call {link.call_id}) allotted {allotted}"
+    if link.running:
+        return f"{head}: running, its allotment held back"
+    return f"{head}: spent {_spend(link.steps, link.usage)}, ended {link.status}"
+
+
+def budget_lines(state: RunState) -> tuple[str, ...]:
+    """Where a run's tree budget went (empty when it has no children and no parent)."""
+    if not state.children and not state.parent_run_id:
+        return ()
+    lines = []
+    if state.parent_run_id:
+        lines.append(
+            f"a child of {state.parent_run_id} (call {state.parent_call_id}), its ceilings the "
+            f"allotment it got: {_ceilings(state.limits)}"
+        )
+    lines.append(f"own model calls: {_spend(state.steps, state.usage)}")
+    lines.extend(_child_line(link) for link in state.children)
+    used = spent(state)
+    counted = _spend(used.steps, used.usage)
+    lines.append(f"counted against its ceilings ({_ceilings(state.limits)}): {counted}")
+    return tuple(lines)
 
 
 def _iso(ns: int) -> str:
@@ -192,6 +240,9 @@ def explain(
         case RunStatus.AWAITING_APPROVAL:
             waiting = [c.call_id for c in state.calls if c.status == "awaiting_approval"]
             next_steps.append(f"decide the pending approvals: {', '.join(waiting)}")
+        case _ if any(c.running for c in state.children):
+            running = [c.run_id for c in state.children if c.running]
+            next_steps.append(f"wait: it waits for its child runs {', '.join(running)}")
         case _:
             next_steps.append("wait: a runtime is driving it (run.wait())")
     reason = state.reason
@@ -211,4 +262,5 @@ def explain(
         limit=limit,
         decided=counted,
         orphaned=orphaned and status in (RunStatus.INTERRUPTED, RunStatus.QUEUED),
+        budget=budget_lines(state),
     )
