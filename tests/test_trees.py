@@ -485,3 +485,28 @@ def test_a_tree_never_spends_more_steps_or_tokens_than_its_roots_ceilings(
             child = sim.states[link.run_id]
             assert not link.running
             assert link.steps == child.steps + sum(c.steps for c in child.children)
+
+
+def test_a_parent_hears_the_end_of_a_child_another_runtime_recovered(tmp_path: Path) -> None:
+    from tests.tree_worker import build
+
+    for attempt in range(8):
+        store, ledger = tmp_path / f"fl{attempt}", tmp_path / f"ledger{attempt}"
+        proc = tree_worker(store, ledger, "--spawn", "tree")
+        expect_line(proc, "READY")
+        time.sleep(0.1 + attempt * 0.03)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+        root = build(ledger)
+        with fl.Runtime.open(store, agents=[root], poll_interval=0.05) as here:
+            state = here.state("tree")
+            if state.settled or not any(c.running for c in state.children):
+                continue  # the kill came too early or too late: try again
+            here.resume("tree")  # the root is driven here ...
+            with fl.Runtime.open(store, agents=[root]) as there:
+                assert "tree" not in there.recover()  # ... its children there
+                result = here.handle("tree").wait(timeout=20)
+                assert result.ok, result
+                assert result.output.count("t.") == 9
+            return
+    pytest.fail("no kill landed while the tree's middle runs were running")

@@ -28,7 +28,7 @@ from foldloop.actors._tool_actor import ToolActor, ToolRunner
 from foldloop.actors._workers import Workers
 from foldloop.core._commands import Cancel
 from foldloop.core._effects import Decision, SpawnChild
-from foldloop.core._state import RunState
+from foldloop.core._state import ChildLink, RunState
 from foldloop.core._tree import child_finished, ended_for_parent, unstartable
 from foldloop.errors import ConfigError, RunLocked
 from foldloop.store import ApprovalRecord, EventStore, Lease
@@ -111,6 +111,8 @@ class ActorSystem:
         self._tools: dict[tuple[str, str], pykka.ActorRef[Any]] = {}
         self._runners: dict[tuple[str, str], ToolRunner] = {}
         self._settlements: dict[str, Settlement] = {}
+        self._parents: set[str] = set()
+        """Runs driven here that started child runs (``children_elsewhere`` looks at these)."""
         self._ended: collections.deque[tuple[str, Settlement]] = collections.deque()
         """Settlements in the order their runs ended, for ``_forget_old``."""
         self._closed = False
@@ -257,6 +259,8 @@ class ActorSystem:
 
     def spawn_child(self, parent: RunState, effect: SpawnChild) -> None:
         """Start a sub-agent call's child run (through ``on_spawn_child``)."""
+        with self._lock:
+            self._parents.add(parent.run_id)
         if self.on_spawn_child is None:
             self.tell(parent.run_id, unstartable(self.clock(), effect, "no host starts child runs"))
             return
@@ -266,6 +270,23 @@ class ActorSystem:
         """Cancel child runs (through ``on_cancel_children``)."""
         if self.on_cancel_children is not None:
             self.on_cancel_children(run_ids, reason)
+
+    def children_elsewhere(self) -> list[tuple[str, ChildLink]]:
+        """(parent, child) of each running child of a parent driven here whose child no actor
+        here drives: driven by another runtime (after a recovery there), it cannot tell its
+        parent by itself."""
+        out: list[tuple[str, ChildLink]] = []
+        with self._lock:
+            for parent in self._parents:
+                actor = self._actors.get(parent)
+                if actor is None:
+                    continue
+                out.extend(
+                    (parent, link)
+                    for link in actor.state.children
+                    if link.running and link.run_id not in self._actors
+                )
+        return out
 
     def tell_parent(self, state: RunState) -> None:
         """If ``state`` is a child run's end, tell its parent (when the parent is driven here;
@@ -322,6 +343,7 @@ class ActorSystem:
     def _finish(self, run_id: str, state: RunState, interrupted: str) -> None:
         with self._lock:
             self._actors.pop(run_id, None)
+            self._parents.discard(run_id)
             self._placed.pop(run_id, None)
             self._drop_claim(run_id)
             settlement = self._settlements.setdefault(run_id, Settlement())

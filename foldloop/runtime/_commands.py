@@ -28,6 +28,7 @@ from foldloop.errors import (
     ConfigError,
     FoldloopError,
     RunLocked,
+    RunNotFound,
     SchemaChangedError,
     StoreCorrupted,
 )
@@ -417,6 +418,17 @@ class Commands:
         if ended_for_parent(state):
             self._system.tell(parent.run_id, child_finished(state, self._clock()))
         # else its settlement here tells the parent; recover() resumes it if its runtime died
+
+    def follow_children(self) -> None:
+        """Tell parents driven here the ends of their children driven elsewhere (the poller
+        calls it: a child recovered by another runtime tells only a parent active there)."""
+        for parent, link in self._system.children_elsewhere():
+            try:
+                state = self._queries.state(link.run_id)
+            except RunNotFound:
+                continue  # its start is under way here
+            if ended_for_parent(state):
+                self._system.tell(parent, child_finished(state, self._clock()))
 
     def cancel_children(self, run_ids: tuple[str, ...], reason: str) -> None:
         """Cancel child runs (each cascades to its own), off the calling shard."""

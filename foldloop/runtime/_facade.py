@@ -298,8 +298,8 @@ class Runtime(OpenOnly, ClosedOnExit):
         self._desk.record_decision(token, run_id, call_id, approved=False, by=by, note=note)
 
     def _poll(self) -> None:
-        """Every ``poll_interval``: decisions and expiries into runs, other processes'
-        commits to the projections."""
+        """Every ``poll_interval``: decisions and expiries into runs, the ends of children
+        driven elsewhere into their parents, other processes' commits to the projections."""
         while not self._stop_polling.wait(self._poll_interval):
             try:
                 self._desk.carry_due()
@@ -307,6 +307,12 @@ class Runtime(OpenOnly, ClosedOnExit):
                 log.warning("approval_poll_failed", error=str(exc))
             except Exception:
                 log.exception("approval_poll_failed")
+            try:
+                self._commands.follow_children()
+            except StoreError as exc:
+                log.warning("children_poll_failed", error=str(exc))
+            except Exception:
+                log.exception("children_poll_failed")
             try:
                 self._followers.tick()
             except StoreError as exc:
