@@ -90,7 +90,7 @@ class RunHost(Protocol):
     def tool_runner(self, agent: Agent, name: str) -> ToolRunner: ...
     def notify(self, agent: Agent, state: RunState, call_id: str) -> None: ...
     def tell(self, run_id: str, message: Any) -> bool: ...
-    def spawn_child(self, parent: RunState, effect: SpawnChild) -> None: ...
+    def spawn_children(self, parent: RunState, effects: tuple[SpawnChild, ...]) -> None: ...
     def cancel_children(self, run_ids: tuple[str, ...], reason: str) -> None: ...
     def proceed(self, actor: RunActor, then: Callable[[], bool]) -> None: ...
     def settled(self, run_id: str, epoch: int, state: RunState, *, released: bool) -> None: ...
@@ -339,7 +339,10 @@ class RunActor:
     # -- effects -------------------------------------------------------------------------
 
     def perform(self, decision: Decision) -> None:
-        """Start each effect of a committed decision."""
+        """Start each effect of a committed decision (a decision's child runs together)."""
+        children = tuple(e for e in decision.effects if type(e) is SpawnChild)
+        if children:
+            self.system.spawn_children(self.state, children)
         for effect in decision.effects:
             match effect:
                 case CallModel():
@@ -355,8 +358,6 @@ class RunActor:
                             self._track(task)
                 case RequestApproval():
                     self.system.notify(self.agent, self.state, effect.call_id)
-                case SpawnChild():
-                    self.system.spawn_child(self.state, effect)
                 case CancelChildren():
                     self.system.cancel_children(effect.run_ids, effect.reason)
                 case Settle():

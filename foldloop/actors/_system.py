@@ -79,10 +79,10 @@ class ActorSystem:
         self.on_lost_cancel: Callable[[str, Cancel], None] | None = None
         """Given a cancel that reached a run as it stopped being active here (it parked, say):
         its host carries it in another way. Called on a shard: hand slow work elsewhere."""
-        self.on_spawn_child: Callable[[RunState, SpawnChild], None] | None = None
-        """Starts (or, when it exists, follows) a child run of a sub-agent call; called on
-        a shard: hand slow work elsewhere. Its end comes back to the parent through
-        ``tell`` (``ChildFinished``)."""
+        self.on_spawn_children: Callable[[RunState, tuple[SpawnChild, ...]], None] | None = None
+        """Starts (or, when they exist, follows) the child runs of a parent's sub-agent calls;
+        called on a shard: hand slow work elsewhere. Their ends come back to the parent
+        through ``tell`` (``ChildFinished``)."""
         self.on_cancel_children: Callable[[tuple[str, ...], str], None] | None = None
         """Cancels child runs (a parent's cancel cascades); called on a shard, as above."""
         self.owner = owner
@@ -257,14 +257,16 @@ class ActorSystem:
             return False
         return True
 
-    def spawn_child(self, parent: RunState, effect: SpawnChild) -> None:
-        """Start a sub-agent call's child run (through ``on_spawn_child``)."""
+    def spawn_children(self, parent: RunState, effects: tuple[SpawnChild, ...]) -> None:
+        """Start a parent's child runs (through ``on_spawn_children``)."""
         with self._lock:
             self._parents.add(parent.run_id)
-        if self.on_spawn_child is None:
-            self.tell(parent.run_id, unstartable(self.clock(), effect, "no host starts child runs"))
+        if self.on_spawn_children is None:
+            for effect in effects:
+                why = "no host starts child runs"
+                self.tell(parent.run_id, unstartable(self.clock(), effect, why))
             return
-        self.on_spawn_child(parent, effect)
+        self.on_spawn_children(parent, effects)
 
     def cancel_children(self, run_ids: tuple[str, ...], reason: str) -> None:
         """Cancel child runs (through ``on_cancel_children``)."""

@@ -44,7 +44,10 @@ from foldloop.runtime._rules import NothingToDo, check_spawn, evolve_all, merged
 from foldloop.runtime._writes import RunWrites
 from foldloop.store import EventStore, Pending
 
-__all__ = ["Commands"]
+__all__ = ["CHILD_WORKERS", "Commands"]
+
+CHILD_WORKERS = 8
+"""Threads that start child runs and carry cancels down trees, however many trees grow."""
 
 log = get_logger("foldloop.runtime")
 
@@ -74,9 +77,9 @@ class Commands:
         self._clock = clock
         self._owner = owner
         self._late_cancels = Workers(1, "foldloop-cancel")
-        self._children = Workers(None, "foldloop-children")
-        """Starts child runs and carries cancels down a tree, off the shards (each waits
-        for a commit)."""
+        self._children = Workers(CHILD_WORKERS, "foldloop-children")
+        """Starts child runs and carries cancels down a tree, off the shards (each job waits
+        for a commit; a parent's children start in one job, sharing commits)."""
         self._admission = admission
 
     def spawn(
@@ -103,14 +106,11 @@ class Commands:
         run_ids: Sequence[str | None] | None = None,
         metadata: Mapping[str, str] | None,
         parent_run_id: str | None = None,
-        child: SpawnChild | None = None,
     ) -> list[str]:
         """Start a run of ``agent`` on each input, in order; returns once every run.started
         is durable. Their writes are under way together, so they share commits. Nothing is
         written when an input is refused; when a start fails (a run id in use), the others
-        are still driven and the first failure is raised. ``child``: the one run is that
-        sub-agent call's child (its allotment for limits; admitted at once, as its root
-        already was: a tree never waits behind the runs it holds slots from)."""
+        are still driven and the first failure is raised."""
         self._agents.register(agent)
         ids = list(run_ids) if run_ids is not None else [None] * len(inputs)
         for index, (text, run_id) in enumerate(zip(inputs, ids, strict=True)):
@@ -125,25 +125,17 @@ class Commands:
             raise ConfigError("spawn_many was given a run_id twice; give each run its own")
         meta = tuple(sorted((metadata or {}).items()))
         now = self._clock()
-        limits = priced_limits(agent, now) if child is None else child.limits
+        limits = priced_limits(agent, now)
         starts: list[_Start] = []
         try:
             for text, given in zip(inputs, ids, strict=True):
                 command = agent.start(
-                    text,
-                    now=now,
-                    metadata=meta,
-                    parent_run_id=parent_run_id,
-                    limits=limits,
-                    parent_call_id="" if child is None else child.call_id,
-                    depth=0 if child is None else child.depth,
+                    text, now=now, metadata=meta, parent_run_id=parent_run_id, limits=limits
                 )
                 run_id = given if given is not None else f"{agent.name}-{secrets.token_hex(6)}"
                 # once one waits, the rest wait behind it (FIFO), whatever slot frees meanwhile
                 queue = bool(starts) and not starts[-1].admitted
-                starts.append(
-                    self._start(agent, run_id, command, queue=queue, exempt=child is not None)
-                )
+                starts.append(self._start(agent, run_id, command, queue=queue))
         finally:  # the writes begun stand, even past a Ctrl-C: each run is driven or queued
             failures = [failure for start in starts if (failure := self._finish_start(start))]
         interrupt = next((f for f in failures if not isinstance(f, Exception)), None)
@@ -387,37 +379,59 @@ class Commands:
 
         self._late_cancels.submit(again)
 
-    def spawn_child(self, parent: RunState, effect: SpawnChild) -> None:
-        """Start a sub-agent call's child run, or follow it where it exists already (a
-        resumed parent), off the calling shard. A child that cannot start is the parent's
-        failed call; one that has ended already is told to the parent again."""
-        self._children.submit(lambda: self._spawn_child(parent, effect))
+    def spawn_children(self, parent: RunState, effects: Sequence[SpawnChild]) -> None:
+        """Start the child runs of a parent's sub-agent calls, or follow those that exist
+        already (a resumed parent), off the calling shard; their starts share commits. A
+        child that cannot start is the parent's failed call; one that has ended already is
+        told to the parent again."""
+        self._children.submit(lambda: self._spawn_children(parent, list(effects)))
 
-    def _spawn_child(self, parent: RunState, effect: SpawnChild) -> None:
+    def _spawn_children(self, parent: RunState, effects: list[SpawnChild]) -> None:
+        now = self._clock()
+        starts: list[tuple[SpawnChild, _Start]] = []
+        follow: list[SpawnChild] = []
         try:
-            if not self._store.head(effect.run_id):
-                agent = self._agents.named(effect.agent)
-                if agent is None:
-                    raise ConfigError(f"this runtime does not know agent {effect.agent!r}")
-                self.spawn_many(
-                    agent,
-                    [effect.input],
-                    run_ids=[effect.run_id],
-                    metadata=None,
-                    parent_run_id=parent.run_id,
-                    child=effect,
-                )
-                return
-        except ConcurrencyError:
-            pass  # started meanwhile (by a resume of the parent elsewhere): follow it
-        except FoldloopError as exc:
-            log.warning("child_not_started", run_id=effect.run_id, error=str(exc))
-            self._system.tell(parent.run_id, unstartable(self._clock(), effect, str(exc)))
-            return
-        state = self._queries.state(effect.run_id)
-        if ended_for_parent(state):
-            self._system.tell(parent.run_id, child_finished(state, self._clock()))
-        # else its settlement here tells the parent; recover() resumes it if its runtime died
+            for effect in effects:
+                if self._store.head(effect.run_id):
+                    follow.append(effect)
+                    continue
+                try:
+                    starts.append((effect, self._start_child(parent, effect, now)))
+                except FoldloopError as exc:
+                    self._child_not_started(parent, effect, exc)
+        finally:  # the writes begun stand: each child is driven (see spawn_many)
+            for effect, start in starts:
+                failure = self._finish_start(start)
+                if isinstance(failure, ConcurrencyError):
+                    follow.append(effect)  # started meanwhile (its parent resumed elsewhere)
+                elif isinstance(failure, FoldloopError):
+                    self._child_not_started(parent, effect, failure)
+        for effect in follow:
+            state = self._queries.state(effect.run_id)
+            if ended_for_parent(state):
+                self._system.tell(parent.run_id, child_finished(state, self._clock()))
+            # else its settlement here tells the parent, or the poller sees it end elsewhere
+
+    def _start_child(self, parent: RunState, effect: SpawnChild, now: int) -> _Start:
+        """Begin writing a child run's start: its allotment for limits, admitted at once (its
+        root already was: a tree never waits behind the runs it holds slots from)."""
+        agent = self._agents.named(effect.agent)
+        if agent is None:
+            raise ConfigError(f"this runtime does not know agent {effect.agent!r}")
+        check_spawn(effect.input, effect.run_id, None, parent.run_id)
+        command = agent.start(
+            effect.input,
+            now=now,
+            parent_run_id=parent.run_id,
+            limits=effect.limits,
+            parent_call_id=effect.call_id,
+            depth=effect.depth,
+        )
+        return self._start(agent, effect.run_id, command, queue=False, exempt=True)
+
+    def _child_not_started(self, parent: RunState, effect: SpawnChild, exc: BaseException) -> None:
+        log.warning("child_not_started", run_id=effect.run_id, error=str(exc))
+        self._system.tell(parent.run_id, unstartable(self._clock(), effect, str(exc)))
 
     def follow_children(self) -> None:
         """Tell parents driven here the ends of their children driven elsewhere (the poller

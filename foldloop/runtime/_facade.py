@@ -113,7 +113,7 @@ class Runtime(OpenOnly, ClosedOnExit):
             admission=self._admission,
         )
         self.system.on_lost_cancel = self._commands.carry_lost_cancel
-        self.system.on_spawn_child = self._commands.spawn_child
+        self.system.on_spawn_children = self._commands.spawn_children
         self.system.on_cancel_children = self._commands.cancel_children
         self._transfer = Transfer(self._queries, writes)
         self._ops = _RunOps(
