@@ -510,3 +510,64 @@ def test_a_parent_hears_the_end_of_a_child_another_runtime_recovered(tmp_path: P
                 assert result.output.count("t.") == 9
             return
     pytest.fail("no kill landed while the tree's middle runs were running")
+
+
+def killed_mid_tree(tmp_path: Path) -> tuple[Path, Path]:
+    """A store whose tree (tree_worker.py) was SIGKILLed while its middle runs ran."""
+    for attempt in range(8):
+        store, ledger = tmp_path / f"fl{attempt}", tmp_path / f"ledger{attempt}"
+        proc = tree_worker(store, ledger, "--spawn", "tree")
+        expect_line(proc, "READY")
+        time.sleep(0.1 + attempt * 0.03)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+        with fl.Runtime.open(store) as rt:
+            state = rt.state("tree")
+            if not state.settled and any(c.running for c in state.children):
+                return store, ledger
+    pytest.fail("no kill landed while the tree's middle runs were running")
+
+
+def running_below(rt: fl.Runtime, run_id: str) -> list[str]:
+    return [
+        node.run_id
+        for node in rt.tree(run_id).walk()[1:]
+        if rt.state(node.run_id).status is fl.RunStatus.RUNNING
+    ]
+
+
+def test_cancelling_a_parent_no_runtime_drives_cancels_its_subtree(tmp_path: Path) -> None:
+    from tests.tree_worker import build
+
+    store, ledger = killed_mid_tree(tmp_path)
+    with fl.Runtime.open(store, agents=[build(ledger)]) as rt:
+        assert running_below(rt, "tree")  # orphans, driven by nobody
+        rt.handle("tree").cancel(reason="stop")
+        wait_until(lambda: not running_below(rt, "tree"), 20, "the subtree to be cancelled")
+        for node in rt.tree("tree").walk()[1:]:
+            state = rt.state(node.run_id)
+            assert state.status in (fl.RunStatus.COMPLETED, fl.RunStatus.CANCELLED), state
+            if state.status is fl.RunStatus.CANCELLED:
+                assert state.reason == "cancelled by the host: parent cancelled"
+
+
+def test_recover_finishes_a_cancel_cascade_a_crash_cut_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from foldloop.runtime._commands import Commands
+    from tests.tree_worker import build
+
+    store, ledger = killed_mid_tree(tmp_path)
+    root = build(ledger)
+    with monkeypatch.context() as patched, fl.Runtime.open(store, agents=[root]) as rt:
+        patched.setattr(Commands, "cancel_children", lambda *args: None)  # the crash
+        rt.handle("tree").cancel(reason="stop")
+        assert rt.state("tree").status is fl.RunStatus.CANCELLED
+        cut = running_below(rt, "tree")
+        assert cut  # the cascade never ran: the children still run, driven by nobody
+    with fl.Runtime.open(store, agents=[root]) as rt:
+        resumed = rt.recover()
+        assert not set(resumed) & set(cut)  # not resumed: cancelled
+        wait_until(lambda: not running_below(rt, "tree"), 20, "recover() to finish the cascade")
+        for run_id in cut:
+            assert rt.state(run_id).status is fl.RunStatus.CANCELLED

@@ -20,7 +20,7 @@ from foldloop.actors._system import HANDOVER_WAIT, ActorSystem
 from foldloop.actors._workers import Workers
 from foldloop.core._commands import Admit, Cancel, Resume, Start
 from foldloop.core._decide import decide
-from foldloop.core._effects import Decision, SpawnChild
+from foldloop.core._effects import CancelChildren, Decision, SpawnChild
 from foldloop.core._state import RunState, RunStatus
 from foldloop.core._tree import child_finished, ended_for_parent, unstartable
 from foldloop.errors import (
@@ -342,13 +342,18 @@ class Commands:
         return recovered + self._requeue(queued)
 
     def _parent_gone(self, state: RunState) -> bool:
-        """A child run whose parent ended without waiting for it (it was cancelled)."""
-        if not state.parent_run_id:
-            return False
-        try:
-            return self._queries.state(state.parent_run_id).terminal
-        except FoldloopError:
-            return False  # an unreadable parent: leave the child to be resumed
+        """A run of a tree whose parent, or an ancestor above it, ended without waiting for
+        it (it was cancelled): its cascade was cut short."""
+        parent = state.parent_run_id
+        while parent:
+            try:
+                above = self._queries.state(parent)
+            except FoldloopError:
+                return False  # an unreadable parent: leave the child to be resumed
+            if above.terminal:
+                return True
+            parent = above.parent_run_id
+        return False
 
     def _requeue(self, run_ids: list[str]) -> list[str]:
         """Take over the leases of queued runs whose runtime died and queue them here in the
@@ -490,6 +495,9 @@ class Commands:
             self._system.unclaim(run_id)
         else:
             self._system.give_back(run_id, epoch)
+        for effect in decision.effects:  # its children, driven here, elsewhere or nowhere
+            if isinstance(effect, CancelChildren):
+                self.cancel_children(effect.run_ids, effect.reason)
 
 
 @dataclass(slots=True)
