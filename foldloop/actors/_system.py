@@ -293,7 +293,7 @@ class ActorSystem:
     def tell_parent(self, state: RunState) -> None:
         """If ``state`` is a child run's end, tell its parent (when the parent is driven here;
         a parent driven elsewhere, or resumed later, learns it when it follows the child)."""
-        if state.parent_run_id and ended_for_parent(state):
+        if state.parent_call_id and ended_for_parent(state):
             self.tell(state.parent_run_id, child_finished(state, self.clock()))
 
     def proceed(self, actor: RunActor, then: Callable[[], bool]) -> None:

@@ -343,8 +343,9 @@ class Commands:
 
     def _parent_gone(self, state: RunState) -> bool:
         """A run of a tree whose parent, or an ancestor above it, ended without waiting for
-        it (it was cancelled): its cascade was cut short."""
-        parent = state.parent_run_id
+        it (it was cancelled): its cascade was cut short. (A run spawned by host code with
+        a ``parent_run_id`` is no sub-agent's: its parent's end does not end it.)"""
+        parent = state.parent_run_id if state.parent_call_id else ""
         while parent:
             try:
                 above = self._queries.state(parent)
@@ -352,7 +353,7 @@ class Commands:
                 return False  # an unreadable parent: leave the child to be resumed
             if above.terminal:
                 return True
-            parent = above.parent_run_id
+            parent = above.parent_run_id if above.parent_call_id else ""
         return False
 
     def _requeue(self, run_ids: list[str]) -> list[str]:
