@@ -571,3 +571,17 @@ def test_recover_finishes_a_cancel_cascade_a_crash_cut_short(
         wait_until(lambda: not running_below(rt, "tree"), 20, "recover() to finish the cascade")
         for run_id in cut:
             assert rt.state(run_id).status is fl.RunStatus.CANCELLED
+
+
+def test_a_cascade_started_just_before_close_is_finished_by_close(tmp_path: Path) -> None:
+    from tests.tree_worker import build  # noqa: PLC0415
+
+    store, ledger = killed_mid_tree(tmp_path)
+    root = build(ledger)
+    with fl.Runtime.open(store, agents=[root]) as rt:
+        below = running_below(rt, "tree")
+        rt.handle("tree").cancel(reason="stop")
+    with fl.Runtime.open(store) as rt:  # no agents: nothing here could carry on a cascade
+        assert running_below(rt, "tree") == []
+        for run_id in below:
+            assert rt.state(run_id).status is fl.RunStatus.CANCELLED

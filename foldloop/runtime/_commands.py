@@ -48,6 +48,8 @@ __all__ = ["CHILD_WORKERS", "Commands"]
 
 CHILD_WORKERS = 8
 """Threads that start child runs and carry cancels down trees, however many trees grow."""
+TREE_CLOSE_WAIT = 10.0
+"""Seconds ``close`` waits for queued tree work (a cancel's cascade) before it stops."""
 
 log = get_logger("foldloop.runtime")
 
@@ -462,8 +464,11 @@ class Commands:
             log.warning("child_not_cancelled", run_id=run_id, error=str(exc))
 
     def close(self) -> None:
-        """Stop carrying lost cancels and tree work (one under way finishes)."""
+        """Stop carrying lost cancels; finish the tree work queued (a cancel's cascade, the
+        children a decision started), waiting up to ``TREE_CLOSE_WAIT`` s for it."""
         self._late_cancels.shutdown()
+        if not self._children.join(TREE_CLOSE_WAIT):
+            log.warning("tree_work_cut_at_close", advice="recover() finishes it")
         self._children.shutdown()
 
     def cancel(self, run_id: str, reason: str) -> None:
