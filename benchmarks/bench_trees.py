@@ -73,7 +73,8 @@ def bench_child(pairs: int) -> None:
     print(f"   lead calling a plain tool:        {tool_us:8.0f} us (median)")
     print(f"   lead calling a sub-agent:         {child_us:8.0f} us (median)")
     print(f"   a plain run of the child agent:   {plain:8.0f} us (median)")
-    print(f"   the child's cost in its parent:   {extra:8.0f} us = {extra / plain:.2f}x a plain run")
+    ratio = extra / plain
+    print(f"   the child's cost in its parent:   {extra:8.0f} us = {ratio:.2f}x a plain run")
 
 
 class PeakThreads:

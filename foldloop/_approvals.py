@@ -45,7 +45,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class PendingApproval:
-    """A gated call waiting for a decision. ``token`` is set only where it was issued."""
+    """A gated call waiting for a decision. ``token`` is set only where it was issued.
+
+    ``root_run_id`` is the root of the run's tree (``rt.tree(root_run_id)`` reaches the
+    run), in ``rt.pending_approvals()`` rows and in what a gate's ``notify`` is handed; the
+    run itself for a run no sub-agent call started.
+    """
 
     run_id: str
     call_id: str
@@ -55,6 +60,11 @@ class PendingApproval:
     summary: str
     expires_at: int
     token: str | None = None
+    root_run_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.root_run_id:
+            object.__setattr__(self, "root_run_id", self.run_id)
 
 
 Notify = Callable[[PendingApproval], None]

@@ -19,6 +19,7 @@ EXPECTED = {
     "projections.py": ["runs: {'completed': 4} tool calls: 4", "tools used: {'add': 4}"],
     "export_import.py": ['"format":1', "completed hello"],
     "worker_pool.py": ["the sum is 38", "runs per worker: [10, 10]", "runs completed: 20"],
+    "subagents.py": ["waiting for a person: email", "- interviews: dr.lee replied", "  people "],
 }
 
 
@@ -35,6 +36,7 @@ AGENT = {
     "projections.py": "calc",
     "export_import.py": "greeter",
     "worker_pool.py": "adder",
+    "subagents.py": "lead",
 }
 
 

@@ -29,6 +29,7 @@ RUNTIME_CALLS: dict[str, Callable[[fl.Runtime, str, list[str]], object]] = {
     "deny": lambda rt, run, lines: rt.deny(run_id=run, call_id="call_1_1"),
     "events": lambda rt, run, lines: rt.events(run),
     "explain": lambda rt, run, lines: rt.explain(run),
+    "tree": lambda rt, run, lines: rt.tree(run),
     "export": lambda rt, run, lines: rt.export(run),
     "handle": lambda rt, run, lines: rt.handle(run),
     "import_jsonl": lambda rt, run, lines: rt.import_jsonl(lines, run_id="copy"),

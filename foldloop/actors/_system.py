@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import inspect
 import threading
 import weakref
@@ -83,6 +84,8 @@ class ActorSystem:
         """Starts (or, when they exist, follows) the child runs of a parent's sub-agent calls;
         called on a shard: hand slow work elsewhere. Their ends come back to the parent
         through ``tell`` (``ChildFinished``)."""
+        self.root_of: Callable[[str], str] | None = None
+        """The root run of a run's tree (for the rows ``notify`` gets)."""
         self.on_cancel_children: Callable[[tuple[str, ...], str], None] | None = None
         """Cancels child runs (a parent's cancel cascades); called on a shard, as above."""
         self.owner = owner
@@ -423,7 +426,10 @@ class ActorSystem:
         token = self.issued.pop((state.run_id, call_id), None)
         if token is not None:
             gate.remember(state.run_id, call_id, token)
-        gate.actor_ref.tell(Issued(self.pending(record)))
+        pending = self.pending(record)
+        if state.parent_run_id and self.root_of is not None:  # a request deep in a tree
+            pending = dataclasses.replace(pending, root_run_id=self.root_of(state.run_id))
+        gate.actor_ref.tell(Issued(pending))
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -53,19 +53,22 @@ from foldloop.cli._output import prose as _prose
 from foldloop.cli._output import silence_stdout as _silence_stdout
 from foldloop.cli._output import summary as _summary
 from foldloop.cli._output import table as _table
+from foldloop.cli._output import whole as _whole
 from foldloop.cli._tour import tour
+from foldloop.cli._tree_view import Shown, draw, listed_roots, tree_json
 from foldloop.core._state import RunState, RunStatus
 from foldloop.errors import (
     ConfigError,
     CorruptRecord,
+    RunLocked,
     RunNotFound,
     StoreError,
 )
-from foldloop.events._jsonl import load_run
+from foldloop.events._jsonl import load_export
 from foldloop.events._values import Limits
 from foldloop.projections._metrics import RunMetrics
 from foldloop.projections._prometheus import prometheus_text, serve_prometheus
-from foldloop.runtime import Runtime
+from foldloop.runtime import Runtime, RunTree
 from foldloop.runtime._agent_ref import load_agent
 from foldloop.runtime._rules import check_run_id
 from foldloop.store._approvals import ApprovalRecord
@@ -136,26 +139,89 @@ def demo() -> None:
 
 @app.command()
 def runs(
-    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
-    agent: Annotated[str | None, typer.Option(help="Only runs of this agent.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="Only runs with this status (roots only, unless --all).")
+    ] = None,
+    agent: Annotated[
+        str | None, typer.Option(help="Only runs of this agent (roots only, unless --all).")
+    ] = None,
+    every: Annotated[
+        bool, typer.Option("--all", help="Every run, child runs too, each with its parent.")
+    ] = False,
     wide: WideOpt = False,
 ) -> None:
-    """List the runs in the store (`foldloop explain RUN` says what to do with one)."""
+    """List the runs in the store: the roots of run trees, each with how many runs are
+    below it (child runs its sub-agent calls started, and theirs; the column shows once
+    there are some); `--all` lists every run, with its parent. --status and --agent
+    filter the runs listed: the roots, or with --all every run. `foldloop tree RUN` draws
+    a tree; `foldloop explain RUN` says what to do with a run."""
+    try:
+        wanted = RunStatus(status) if status is not None else None
+    except ValueError:
+        known = ", ".join(s.value for s in RunStatus)
+        _fail(EXIT_USAGE, f"unknown status {status!r}; the statuses are: {known}")
     with _runtime(_store()) as rt:
-        try:
-            rows = rt.runs(status=status, agent=agent)
-        except ValueError:
-            _fail(EXIT_USAGE, f"unknown status {status!r}")
-        table = Table("run", "agent", "status", "steps", free("reason"))
-        for row in rows:
-            table.add_row(
-                escape(row.run_id),
-                escape(row.agent),
-                row.status.value,
-                str(row.steps),
-                escape(row.reason),
-            )
+        rows = rt.runs()
+        listed, below = (rows, {}) if every else listed_roots(rows)
+        listed = [
+            row
+            for row in listed
+            if (wanted is None or row.status is wanted) and (agent is None or row.agent == agent)
+        ]
+        # a store without run trees keeps the narrower table of plain runs
+        parents = every and any(row.parent_run_id for row in listed)
+        counts = not every and any(below[row.run_id] for row in listed)
+        headers = ["run", "agent", "status", "steps"]
+        if parents:
+            headers.insert(1, "parent")
+        elif counts:
+            headers.append("below")
+        table = Table(*headers, free("reason"))
+        for row in listed:
+            cells = [escape(row.run_id), escape(row.agent), row.status.value, str(row.steps)]
+            if parents:
+                cells.insert(1, escape(row.parent_run_id or "-"))
+            elif counts:
+                cells.append(str(below[row.run_id]))
+            table.add_row(*cells, escape(row.reason))
         _table(table, wide=wide)
+
+
+def _shown(rt: Runtime) -> Shown:
+    """A tree node's status and reason as ``runs`` and ``explain`` show them."""
+
+    def shown(node: RunTree) -> tuple[RunStatus, str]:
+        if node.status not in (
+            RunStatus.RUNNING,
+            RunStatus.QUEUED,
+            RunStatus.AWAITING_APPROVAL,
+        ):
+            return node.status, node.reason
+        try:
+            why = rt.explain(node.run_id)
+        except RunNotFound:  # its parent recorded its start, a crash came before its own
+            return node.status, "not started yet: a runtime with its agent starts it on recover"
+        return why.status, why.reason
+
+    return shown
+
+
+@app.command()
+def tree(
+    run: RunArg,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The tree as one JSON object, children nested.")
+    ] = False,
+) -> None:
+    """A run and every child run below it: each one's agent, id, status, spend (its own
+    steps, and its subtree's steps, tokens and dollars) and why it stopped."""
+    with _runtime(_store()) as rt:
+        root = rt.tree(run)
+        shown = _shown(rt)
+        if as_json:
+            sys.stdout.write(json.dumps(tree_json(root, shown), ensure_ascii=True) + "\n")
+            return
+        _whole(draw(root, shown))
 
 
 def _status_of(rt: Runtime, run: str, state: RunState) -> RunStatus:
@@ -211,12 +277,20 @@ _AGENT_HINT = "pass the run's own agent with --agent MODULE:ATTR"
 
 
 @app.command()
-def verify(run: RunArg, agent: AgentOpt) -> None:
+def verify(
+    run: RunArg,
+    agent: AgentOpt,
+    tree: Annotated[
+        bool, typer.Option("--tree", help="Also every child run below it, and their links.")
+    ] = False,
+) -> None:
     """Replay a run's log through today's code; exit 4 at the first difference."""
     loaded = _load_agent(agent)
     with _runtime(_store(), agents=(loaded,), hint=_AGENT_HINT) as rt:
-        state = rt.verify(run)
-        _prose(f"ok: {_count(state.seq, 'event')} of {escape(run)} replay identically")
+        states = rt.verify(run, tree=True) if tree else {run: rt.verify(run)}
+        events = _count(sum(s.seq for s in states.values()), "event")
+        runs = f" in {_count(len(states), 'run')}" if tree else ""
+        _prose(f"ok: {events}{runs} of {escape(run)} replay identically")
 
 
 @app.command()
@@ -273,6 +347,73 @@ def explain(run: RunArg) -> None:
             _prose(escape(line))
 
 
+_ELSEWHERE = (
+    "a live runtime in another process drives it, and a cancel reaches a run only through "
+    "the runtime driving it: cancel it in that process, or stop that process and run "
+)
+
+
+@app.command()
+def cancel(
+    run: RunArg,
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the log).")] = "",
+) -> None:
+    """Cancel a run and every run below it (each recorded "parent cancelled"). A run that a
+    live runtime in another process drives is cancelled there only: exit 1 says so."""
+    with _runtime(_store()) as rt:
+        ended = rt.state(run)
+        before = _cancelled_below(rt, run)
+        try:
+            rt.handle(run).cancel(reason)
+        except RunLocked:
+            _fail(
+                EXIT_ERROR, f"cannot cancel {run!r} from here: {_ELSEWHERE}`foldloop cancel {run}`"
+            )
+        elsewhere = _cancel_below(rt, run)
+        below = len(_cancelled_below(rt, run) - before)
+        if ended.terminal and not below and not elsewhere:
+            _prose(f"nothing to cancel: {escape(run)} had ended {ended.status.value}")
+            return
+        runs = _count(below, "run")
+        if not ended.terminal:
+            _prose(f"cancelled {escape(run)}" + (f" and {runs} below it" if below else ""))
+        elif below:
+            _prose(f"cancelled {runs} below {escape(run)} (it had ended {ended.status.value})")
+        if elsewhere:
+            _fail(
+                EXIT_ERROR,
+                f"cannot cancel {', '.join(elsewhere)} (below {run}) from here: "
+                f"{_ELSEWHERE}`foldloop cancel {run}` again",
+            )
+
+
+def _cancelled_below(rt: Runtime, run: str) -> set[str]:
+    return {n.run_id for n in rt.tree(run).walk()[1:] if n.status is RunStatus.CANCELLED}
+
+
+def _cancel_below(rt: Runtime, run: str) -> list[str]:
+    """Carry the cancel down the tree below ``run`` before this command's runtime closes
+    (closing drops the part of the cascade it has not carried yet): each child its parent
+    still counts as running is cancelled with "parent cancelled". Returns the runs that a
+    live runtime elsewhere drives, which only it can cancel."""
+    elsewhere: list[str] = []
+    todo = [run]
+    while todo:
+        for link in rt.state(todo.pop()).children:
+            try:
+                child = rt.state(link.run_id)
+            except RunNotFound:  # its start never written: nothing below it either
+                continue
+            todo.append(link.run_id)
+            if not link.running or child.terminal:
+                continue
+            try:
+                rt.handle(link.run_id).cancel("parent cancelled")
+            except RunLocked:
+                elsewhere.append(link.run_id)
+    return elsewhere
+
+
 @app.command()
 def tail(
     follow: Annotated[
@@ -301,10 +442,14 @@ def export_run(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="File (default stdout).")
     ] = None,
+    tree: Annotated[
+        bool, typer.Option("--tree", help="The run and every child run below it, in one file.")
+    ] = False,
 ) -> None:
-    """Export a run's events as JSONL (schema: foldloop.events._jsonl)."""
+    """Export a run's events as JSONL (schema: foldloop.events._jsonl); with --tree, the
+    runs below it too (`foldloop import FILE` brings them all back, under their ids)."""
     with _runtime(_store()) as rt:
-        lines = list(rt.export(run))
+        lines = list(rt.export(run, tree=tree))
     text = "\n".join(lines) + "\n"
     with _errors():
         if output is None:
@@ -312,15 +457,23 @@ def export_run(
         else:
             output.write_text(text)
             written = _count(len(lines) - 1, "event")
+            if tree:  # a header line for the tree, one for each run
+                runs = json.loads(lines[0])["runs"]
+                written = (
+                    f"{_count(runs, 'run')} ({_count(len(lines) - 1 - runs, 'event')}) of the tree"
+                )
             err.print(f"wrote {written} of {escape(run)} to {escape(str(output))}")
 
 
 @app.command("import")
 def import_run(
     file: Annotated[Path, typer.Argument(metavar="FILE", help="A run exported as JSONL.")],
-    run_id: Annotated[str | None, typer.Option("--run-id", help="Import under this id.")] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Import under this id (one run, not a tree).")
+    ] = None,
 ) -> None:
-    """Import a run exported as JSONL into the store (created if absent)."""
+    """Import a run exported as JSONL into the store (created if absent); a tree exported
+    with --tree comes back whole, under the ids it was exported with."""
     if not file.is_file():
         _fail(EXIT_NOT_FOUND, f"no file {str(file)!r}")
     # All checks that need no store come first: a bad file must not leave an empty store.
@@ -330,15 +483,32 @@ def import_run(
         _fail(EXIT_USAGE, f"{str(file)!r} is not text, so not a foldloop export (JSONL)")
     except OSError as exc:
         _fail(EXIT_ERROR, f"cannot read {str(file)!r}: {exc.strerror}")
-    hint = "import it under another id with --run-id ID"
-    with _errors(hint):
-        header, exported = load_run(lines)
-        check_run_id(run_id if run_id is not None else header.run_id)
-        if not exported:
-            raise ConfigError("the export holds no events")
+    with _errors():
+        export = load_export(lines)
+        if export.tree and run_id is not None:
+            raise ConfigError(
+                "--run-id renames one run; a run tree is imported under the ids it was "
+                "exported with (each child's id is derived from its parent's and recorded in "
+                "its log)"
+            )
+        for member in export.runs:
+            check_run_id(run_id if run_id is not None else member.header.run_id)
+            if not member.events:
+                raise ConfigError("the export holds no events")
+    hint = (
+        "import the tree into another store (--store PATH)"
+        if export.tree
+        else "import it under another id with --run-id ID"
+    )
     with _runtime(_store(), create=True, hint=hint) as rt:
         imported = rt.import_jsonl(lines, run_id=run_id)
-        _prose(f"imported {escape(imported)}: {_count(rt.store.head(imported), 'event')}")
+        if not export.tree:
+            _prose(f"imported {escape(imported)}: {_count(rt.store.head(imported), 'event')}")
+            return
+        events = _count(sum(rt.store.head(m.header.run_id) for m in export.runs), "event")
+        below = len(export.runs) - 1
+        runs = f"and {_count(below, 'run')} below it" if below else "with no run below it"
+        _prose(f"imported {escape(imported)} {runs}: {events}")
 
 
 @app.command()

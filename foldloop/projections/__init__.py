@@ -7,7 +7,7 @@
 
 from foldloop.projections._base import Projection
 from foldloop.projections._histogram import Histogram
-from foldloop.projections._metrics import RunMetrics, RunMetricsState
+from foldloop.projections._metrics import RunMetrics, RunMetricsState, TreeTotals
 from foldloop.projections._otel import OtelSpans
 from foldloop.projections._prometheus import MetricsServer, prometheus_text, serve_prometheus
 
@@ -18,6 +18,7 @@ __all__ = [
     "Projection",
     "RunMetrics",
     "RunMetricsState",
+    "TreeTotals",
     "prometheus_text",
     "serve_prometheus",
 ]

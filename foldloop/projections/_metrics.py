@@ -1,14 +1,18 @@
 """RunMetrics: the whole log folded into the figures an operator watches.
 
 Runs by status, model and tool calls, tokens and cost, per-tool latency, model latency
-and approval wait times. The state is immutable: counters are plain values, histograms
-are ``Histogram`` structs and the per-run bookkeeping (a run's status, its open calls)
-lives in ``immutables.Map`` (a persistent hash map), so ``apply`` copies O(log n), not
-the whole state, per record.
+and approval wait times; runs, calls, tokens and cost per run tree (``by_root``). The
+state is immutable: counters are plain values, histograms are ``Histogram`` structs and
+the per-run bookkeeping (a run's status, its open calls, each tree's totals) lives in
+``immutables.Map`` (a persistent hash map), so ``apply`` copies O(log n), not the whole
+state, per record.
 
 Statuses come from the log alone: a run counts as ``awaiting_approval`` while it has an
 undecided approval request, and a run whose runtime died still counts as ``running``
 (``interrupted`` needs the store's leases; ``rt.runs()`` shows it).
+
+A child run's ``run.started`` names its parent and comes before any other event of it, so
+each run's root is known from the runs folded before it.
 """
 
 from __future__ import annotations
@@ -40,10 +44,11 @@ from foldloop.events._catalogue import (
     ToolRequested,
 )
 from foldloop.events._recorded import Recorded
+from foldloop.events._values import Usage
 from foldloop.projections._base import Projection
 from foldloop.projections._histogram import APPROVAL_BUCKETS, Histogram
 
-__all__ = ["RunMetrics", "RunMetricsState"]
+__all__ = ["RunMetrics", "RunMetricsState", "TreeTotals"]
 
 _EMPTY: immutables.Map[Any, Any] = immutables.Map()
 
@@ -57,11 +62,27 @@ _FINAL = {
 
 
 class _Run(msgspec.Struct, frozen=True, array_like=True):
-    """A run's bookkeeping: its status and the approval requests still open."""
+    """A run's bookkeeping: its status, the approval requests still open, and the root of
+    its tree ("" when it is a root)."""
 
     agent: str
     status: str
     waiting: frozenset[str] = frozenset()
+    root: str = ""
+
+
+class TreeTotals(msgspec.Struct, frozen=True, array_like=True):
+    """What one run tree (a root run and every child run below it) has used so far."""
+
+    runs: int = 0
+    model_calls: int = 0
+    tool_calls: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+
+
+_NO_TOTALS = TreeTotals()
 
 
 class RunMetricsState(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,6 +112,13 @@ class RunMetricsState(msgspec.Struct, frozen=True, kw_only=True):
     """(run_id NUL call_id) -> (tool, requested at ns): tool calls not finished yet."""
     open_approvals: immutables.Map[str, int] = _EMPTY
     """(run_id NUL call_id) -> requested at ns."""
+    by_root: immutables.Map[str, TreeTotals] = _EMPTY
+    """Root run id -> what its tree used (a run no sub-agent call started is a root)."""
+
+    def root_of(self, run_id: str) -> str:
+        """The root of the run's tree (the run itself for a root or a run not seen)."""
+        run = self.runs.get(run_id)
+        return run.root or run_id if run is not None else run_id
 
     def tool_percentiles(self) -> dict[str, dict[str, float]]:
         """Per tool: count, p50, p90, p99 and max latency in seconds (bucket estimates)."""
@@ -110,6 +138,41 @@ def _bump(counts: Mapping[str, int], key: str, by: int = 1) -> dict[str, int]:
     return out
 
 
+def _tree(
+    state: RunMetricsState,
+    run_id: str,
+    *,
+    runs: int = 0,
+    model_calls: int = 0,
+    tool_calls: int = 0,
+    usage: Usage | None = None,
+) -> immutables.Map[str, TreeTotals]:
+    """``by_root`` with these runs, calls and ``usage`` added to the run's tree (built
+    positionally: this runs for most records)."""
+    run = state.runs.get(run_id)
+    root = run.root or run_id if run is not None else run_id
+    t = state.by_root.get(root, _NO_TOTALS)
+    if usage is None:
+        totals = TreeTotals(
+            t.runs + runs,
+            t.model_calls + model_calls,
+            t.tool_calls + tool_calls,
+            t.tokens_in,
+            t.tokens_out,
+            t.cost_usd,
+        )
+    else:
+        totals = TreeTotals(
+            t.runs,
+            t.model_calls,
+            t.tool_calls,
+            t.tokens_in + usage.input_tokens,
+            t.tokens_out + usage.output_tokens,
+            t.cost_usd + usage.cost_usd,
+        )
+    return state.by_root.set(root, totals)
+
+
 def _moved(state: RunMetricsState, run_id: str, run: _Run) -> RunMetricsState:
     """``state`` with ``run_id`` now in ``run`` (statuses recounted)."""
     old = state.runs.get(run_id)
@@ -125,7 +188,7 @@ class RunMetrics(Projection[RunMetricsState]):
     """``rt.attach(fl.projections.RunMetrics())``: figures for dashboards and alerts."""
 
     name = "foldloop.run_metrics"
-    version = 1
+    version = 2
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__(name)
@@ -151,32 +214,41 @@ class RunMetrics(Projection[RunMetricsState]):
 def _run_started(s: RunMetricsState, r: Recorded) -> RunMetricsState:
     event: Any = r.event
     s = msgspec.structs.replace(s, runs_by_agent=_bump(s.runs_by_agent, event.agent))
-    return _moved(s, r.run_id, _Run(event.agent, "running"))
+    root = s.root_of(event.parent_run_id) if event.parent_run_id else ""
+    s = _moved(s, r.run_id, _Run(event.agent, "running", root=root))
+    return msgspec.structs.replace(s, by_root=_tree(s, r.run_id, runs=1))
+
+
+def _now(s: RunMetricsState, run_id: str, status: str, waiting: frozenset[str]) -> _Run:
+    """The run's bookkeeping with this status and these open requests."""
+    run = s.runs.get(run_id) or _Run("", status)
+    return _Run(run.agent, status, waiting, run.root)
 
 
 def _run_ended(s: RunMetricsState, r: Recorded) -> RunMetricsState:
-    run = s.runs.get(r.run_id) or _Run("", "running")
-    return _moved(s, r.run_id, _Run(run.agent, _FINAL[type(r.event)], run.waiting))
+    run = s.runs.get(r.run_id)
+    waiting = run.waiting if run is not None else frozenset()
+    return _moved(s, r.run_id, _now(s, r.run_id, _FINAL[type(r.event)], waiting))
 
 
 def _run_resumed(s: RunMetricsState, r: Recorded) -> RunMetricsState:
-    run = s.runs.get(r.run_id) or _Run("", "running")
-    status = "awaiting_approval" if run.waiting else "running"
-    return _moved(s, r.run_id, _Run(run.agent, status, run.waiting))
+    run = s.runs.get(r.run_id)
+    waiting = run.waiting if run is not None else frozenset()
+    status = "awaiting_approval" if waiting else "running"
+    return _moved(s, r.run_id, _now(s, r.run_id, status, waiting))
 
 
 def _run_queued(s: RunMetricsState, r: Recorded) -> RunMetricsState:
-    run = s.runs.get(r.run_id) or _Run("", "running")
-    return _moved(s, r.run_id, _Run(run.agent, "queued"))
+    return _moved(s, r.run_id, _now(s, r.run_id, "queued", frozenset()))
 
 
 def _run_admitted(s: RunMetricsState, r: Recorded) -> RunMetricsState:
-    run = s.runs.get(r.run_id) or _Run("", "queued")
-    return _moved(s, r.run_id, _Run(run.agent, "running"))
+    return _moved(s, r.run_id, _now(s, r.run_id, "running", frozenset()))
 
 
-def _model_requested(s: RunMetricsState, _r: Recorded) -> RunMetricsState:
-    return msgspec.structs.replace(s, model_calls=s.model_calls + 1)
+def _model_requested(s: RunMetricsState, r: Recorded) -> RunMetricsState:
+    by_root = _tree(s, r.run_id, model_calls=1)
+    return msgspec.structs.replace(s, model_calls=s.model_calls + 1, by_root=by_root)
 
 
 def _model_responded(s: RunMetricsState, r: Recorded) -> RunMetricsState:
@@ -188,6 +260,7 @@ def _model_responded(s: RunMetricsState, r: Recorded) -> RunMetricsState:
         tokens_out=s.tokens_out + usage.output_tokens,
         cost_usd=s.cost_usd + usage.cost_usd,
         model_latency=s.model_latency.observe(event.latency_ms / 1000),
+        by_root=_tree(s, r.run_id, usage=usage),
     )
 
 
@@ -199,7 +272,10 @@ def _tool_requested(s: RunMetricsState, r: Recorded) -> RunMetricsState:
     event: Any = r.event
     key = f"{r.run_id}\0{event.call_id}"
     return msgspec.structs.replace(
-        s, tool_calls=s.tool_calls + 1, open_calls=s.open_calls.set(key, (event.tool, r.at))
+        s,
+        tool_calls=s.tool_calls + 1,
+        open_calls=s.open_calls.set(key, (event.tool, r.at)),
+        by_root=_tree(s, r.run_id, tool_calls=1),
     )
 
 
@@ -232,7 +308,7 @@ def _approval_requested(s: RunMetricsState, r: Recorded) -> RunMetricsState:
     run = s.runs.get(r.run_id) or _Run("", "running")
     waiting = run.waiting | {event.call_id}
     status = "awaiting_approval" if run.status == "running" else run.status
-    return _moved(s, r.run_id, _Run(run.agent, status, waiting))
+    return _moved(s, r.run_id, _Run(run.agent, status, waiting, run.root))
 
 
 def _approval_decided(s: RunMetricsState, r: Recorded) -> RunMetricsState:
@@ -251,7 +327,7 @@ def _approval_decided(s: RunMetricsState, r: Recorded) -> RunMetricsState:
         return s
     waiting = run.waiting - {event.call_id}
     status = "running" if run.status == "awaiting_approval" and not waiting else run.status
-    return _moved(s, r.run_id, _Run(run.agent, status, waiting))
+    return _moved(s, r.run_id, _Run(run.agent, status, waiting, run.root))
 
 
 def _approval_expired(s: RunMetricsState, r: Recorded) -> RunMetricsState:
@@ -297,16 +373,18 @@ class _Stored(msgspec.Struct, frozen=True, kw_only=True):
     runs: dict[str, _Run]
     open_calls: dict[str, tuple[str, int]]
     open_approvals: dict[str, int]
+    by_root: dict[str, TreeTotals] = msgspec.field(default_factory=dict)
 
     @classmethod
     def of(cls, state: RunMetricsState) -> _Stored:
         return cls(
             state=msgspec.structs.replace(
-                state, runs=_EMPTY, open_calls=_EMPTY, open_approvals=_EMPTY
+                state, runs=_EMPTY, open_calls=_EMPTY, open_approvals=_EMPTY, by_root=_EMPTY
             ),
             runs=dict(state.runs.items()),
             open_calls=dict(state.open_calls.items()),
             open_approvals=dict(state.open_approvals.items()),
+            by_root=dict(state.by_root.items()),
         )
 
     def restore(self) -> RunMetricsState:
@@ -315,6 +393,7 @@ class _Stored(msgspec.Struct, frozen=True, kw_only=True):
             runs=immutables.Map(self.runs),
             open_calls=immutables.Map(self.open_calls),
             open_approvals=immutables.Map(self.open_approvals),
+            by_root=immutables.Map(self.by_root),
         )
 
 

@@ -2,9 +2,11 @@
 
 ``rt.subscribe(fl.projections.OtelSpans())`` turns the live log into spans: one per run
 (``foldloop.run``, from run.started to its end) with children per model call
-(``foldloop.model_call``) and per tool call (``foldloop.tool_call``). Span times are the
-events' recorded times, so spans describe what the log says happened. A run whose start
-came before the subscription gets its run span at the first record seen.
+(``foldloop.model_call``) and per tool call (``foldloop.tool_call``). A child run's span
+nests under the tool call span of the sub-agent call that started it, so a run tree is one
+trace. Span times are the events' recorded times, so spans describe what the log says
+happened. A run whose start came before the subscription gets its run span at the first
+record seen (a root span, parent unknown).
 
 Spans are side effects, so this is a subscriber rather than a stored projection.
 """
@@ -54,7 +56,7 @@ class OtelSpans:
         event = record.event
         run_id = record.run_id
         if isinstance(event, RunStarted):
-            self._run_span(record, agent=event.agent)
+            self._run_span(record, event)
             return
         run = self._run_span(record)
         if isinstance(event, ModelRequested):
@@ -88,17 +90,31 @@ class OtelSpans:
                 self._open.pop(key).end(end_time=record.at)
             span.end(end_time=record.at)
 
-    def _run_span(self, record: Recorded, agent: str = "") -> Any:
+    def _run_span(self, record: Recorded, started: RunStarted | None = None) -> Any:
         span = self._runs.get(record.run_id)
         if span is None:
             attributes = {"foldloop.run_id": record.run_id}
-            if agent:
-                attributes["foldloop._agent"] = agent
+            context = None
+            if started is not None:
+                attributes["foldloop.agent"] = started.agent
+                if started.parent_run_id:
+                    attributes["foldloop.parent_run_id"] = started.parent_run_id
+                    attributes["foldloop.parent_call_id"] = started.parent_call_id
+                    context = self._parent_context(started)
             span = self._tracer.start_span(
-                "foldloop.run", start_time=record.at, attributes=attributes
+                "foldloop.run", context=context, start_time=record.at, attributes=attributes
             )
             self._runs[record.run_id] = span
         return span
+
+    def _parent_context(self, started: RunStarted) -> Any:
+        """The sub-agent call's span in the parent (or the parent's run span, if the call's
+        span is not open here), as the context a child run's span starts in."""
+        parent = started.parent_run_id or ""
+        span = self._open.get((parent, started.parent_call_id))
+        if span is None:
+            span = self._runs.get(parent)
+        return None if span is None else self._trace.set_span_in_context(span)
 
     def _start(
         self, record: Recorded, key: tuple[str, str], name: str, parent: Any, attrs: dict[str, Any]

@@ -10,6 +10,7 @@ does it: its poller, ``resume`` or ``recover``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 from foldloop._agent import Agent
 from foldloop._approvals import PendingApproval, issue_tickets, token_digest
@@ -57,10 +58,12 @@ class ApprovalDesk:
         self._clock = clock
 
     def pending(self) -> list[PendingApproval]:
-        """Gated calls waiting for a decision (with the token, where this runtime issued it)."""
+        """Gated calls waiting for a decision (with the token, where this runtime issued it),
+        each with the root of its run's tree."""
         now = self._clock()
+        roots: dict[str, str] = {}
         return [
-            self._system.pending(r)
+            replace(self._system.pending(r), root_run_id=self._queries.root_of(r.run_id, roots))
             for r in self._store.open_approvals()
             if r.status == "pending" and now < r.expires_at
         ]

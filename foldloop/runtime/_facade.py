@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, overload
 
 from foldloop._agent import Agent
 from foldloop._approvals import PendingApproval
@@ -115,6 +115,7 @@ class Runtime(OpenOnly, ClosedOnExit):
         self.system.on_lost_cancel = self._commands.carry_lost_cancel
         self.system.on_spawn_children = self._commands.spawn_children
         self.system.on_cancel_children = self._commands.cancel_children
+        self.system.root_of = lambda run_id: self._queries.root_of(run_id, {})
         self._transfer = Transfer(self._queries, writes)
         self._ops = _RunOps(
             self._lifecycle,
@@ -349,22 +350,39 @@ class Runtime(OpenOnly, ClosedOnExit):
         """Why the run is where it is (status, reason, limit, last decision) and what to do."""
         return self._queries.explain(run_id)
 
-    def verify(self, run_id: str) -> RunState:
+    @overload
+    def verify(self, run_id: str, *, tree: Literal[False] = False) -> RunState: ...
+    @overload
+    def verify(self, run_id: str, *, tree: Literal[True]) -> dict[str, RunState]: ...
+    def verify(self, run_id: str, *, tree: bool = False) -> RunState | dict[str, RunState]:
         """Replay the run's log through today's decide(); raise at the first difference.
 
         Checks the checksums and hash chain too. Raises NondeterminismError (with run, seq,
         recorded and new event) or SchemaChangedError if the agent's tools changed.
+        ``tree=True`` checks the run and every child run below it, and that parent and
+        child logs agree (who started whom with which allotment, what each child spent);
+        returns each run's state by run id, depth first from ``run_id``.
         """
+        if tree is True:
+            return self._queries.verify_tree(run_id)
+        if tree is not False:
+            raise ConfigError(f"tree must be True or False; got {tree!r}")
         return self._queries.verify(run_id)
 
     # -- transfer ------------------------------------------------------------------------
 
-    def export(self, run_id: str) -> Iterator[str]:
-        """The run as JSONL lines (schema in ``foldloop.events._jsonl``)."""
-        return self._transfer.export(run_id)
+    def export(self, run_id: str, *, tree: bool = False) -> Iterator[str]:
+        """The run as JSONL lines (schema in ``foldloop.events._jsonl``); with ``tree=True``,
+        the run and every child run below it (``tree(run_id).walk()``), in one export that
+        ``import_jsonl`` takes back whole."""
+        if not isinstance(tree, bool):
+            raise ConfigError(f"tree must be True or False; got {tree!r}")
+        return self._transfer.export(run_id, tree=tree)
 
     def import_jsonl(self, lines: Iterable[str], *, run_id: str | None = None) -> str:
         """Append an exported run to this store (as ``run_id`` if given); returns its id.
+        An exported tree is imported whole under its own run ids (``run_id`` must be None;
+        if this store holds any of them, nothing is imported); returns its root's id.
 
         The imported run folds to the same state; nobody drives it, so a resumable one
         shows as interrupted until a runtime with its agent resumes it.

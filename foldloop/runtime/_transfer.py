@@ -1,11 +1,19 @@
-"""Moving a run between stores: export as JSONL lines, import into this one."""
+"""Moving runs between stores: export as JSONL lines, import into this one.
+
+A run is exported alone, or (``tree=True``) with every child run below it. A tree is
+imported under the ids it was exported with: a child's id is derived from its parent's
+and is written in its parent's log (``child.spawned``, ``child.ended``, the failed call's
+error the model read), so renaming a tree would change what its runs recorded.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from foldloop.errors import ConfigError
-from foldloop.events._jsonl import dump_run, load_run
+from foldloop.errors import ConfigError, RunNotFound
+from foldloop.events._catalogue import ChildSpawned
+from foldloop.events._jsonl import dump_run, dump_tree, load_export
+from foldloop.events._recorded import Recorded
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._rules import check_run_id
 from foldloop.runtime._writes import RunWrites
@@ -20,16 +28,65 @@ class Transfer:
         self._queries = queries
         self._writes = writes
 
-    def export(self, run_id: str) -> Iterator[str]:
-        """The run as JSONL lines (schema in ``foldloop.events._jsonl``)."""
-        return dump_run(run_id, self._queries.events(run_id))
+    def export(self, run_id: str, *, tree: bool = False) -> Iterator[str]:
+        """The run (with ``tree``, and every run below it) as JSONL lines (schema in
+        ``foldloop.events._jsonl``)."""
+        records = list(self._queries.events(run_id))
+        if not tree:
+            return dump_run(run_id, records)
+        return dump_tree(run_id, self._subtree(run_id, records))
+
+    def _subtree(self, run_id: str, records: list[Recorded]) -> list[tuple[str, list[Recorded]]]:
+        """The run and the runs below it, depth first in the order they started. A run's
+        children are those its own exported log started: read parent before child, a tree
+        that moves meanwhile is exported as a crash would have left it (a child its parent
+        started but the store does not hold yet is started by ``recover()`` after import)."""
+        out: list[tuple[str, list[Recorded]]] = []
+        seen = {run_id}
+        todo = [(run_id, records)]
+        while todo:
+            member, member_records = todo.pop()
+            out.append((member, member_records))
+            below = []
+            for rec in member_records:
+                event = rec.event
+                if not isinstance(event, ChildSpawned) or event.run_id in seen:
+                    continue
+                seen.add(event.run_id)
+                try:
+                    below.append((event.run_id, list(self._queries.events(event.run_id))))
+                except RunNotFound:
+                    continue
+            todo.extend(reversed(below))
+        return out
 
     def import_jsonl(self, lines: Iterable[str], *, run_id: str | None) -> str:
-        """Append an exported run to this store (as ``run_id`` if given); returns its id."""
-        header, exported = load_run(lines)
-        target = run_id if run_id is not None else header.run_id
+        """Append an exported run (as ``run_id`` if given), or an exported tree under its
+        own ids, to this store; returns the (root) run's id."""
+        export = load_export(lines)
+        if export.tree:
+            if run_id is not None:
+                raise ConfigError(
+                    "a run tree is imported under the run ids it was exported with (each "
+                    "child's id is derived from its parent's and recorded in its log), so "
+                    "it cannot be renamed",
+                    advice="import it with run_id=None, into a store that does not hold it",
+                )
+            for run in export.runs:
+                check_run_id(run.header.run_id)
+                if self._queries.exists(run.header.run_id):
+                    raise ConfigError(
+                        f"run {run.header.run_id!r} of the tree of {export.run_id!r} already "
+                        "exists in this store; nothing was imported",
+                        advice="import the tree into a store that does not hold it",
+                    )
+            for run in export.runs:
+                self._writes.import_run(run.header.run_id, [(e.event, e.at) for e in run.events])
+            return export.run_id
+        (run,) = export.runs
+        target = run_id if run_id is not None else run.header.run_id
         check_run_id(target)
-        if not exported:
+        if not run.events:
             raise ConfigError("the export holds no events")
-        self._writes.import_run(target, [(e.event, e.at) for e in exported])
+        self._writes.import_run(target, [(e.event, e.at) for e in run.events])
         return target
