@@ -316,7 +316,7 @@ def expect_line(proc: subprocess.Popen[str], marker: str, timeout: float = 60) -
 def test_kill_loop_over_a_run_tree_starts_each_child_once_and_charges_each_leaf_once(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    kills = max(3, int(request.config.getoption("--kills")) // 8)
+    kills = max(4, int(request.config.getoption("--kills")) // 6)
     rng = random.Random(int(request.config.getoption("--kills")))
     store, ledger = tmp_path / "fl", tmp_path / "ledger"
     proc = tree_worker(store, ledger, "--spawn", "tree")
