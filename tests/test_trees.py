@@ -97,7 +97,7 @@ def test_sub_agents_are_offered_as_tools_and_their_answers_come_back_in_order(
         assert tree.spent_steps == 2 + 3
         # each child's id is its parent's and call's: a second start could not make another
         assert [c.run_id for c in tree.children] == [
-            child_run_id(run.id, c.call_id, c.agent) for c in tree.children
+            child_run_id(run.id, 1, c.call_id, c.agent) for c in tree.children
         ]
 
 
@@ -131,6 +131,27 @@ def test_a_child_that_does_not_complete_is_a_failed_call_saying_how_it_ended(
         assert "ended limit_reached" in failed[0].error
         assert "max_steps ceiling 2" in failed[0].error
         assert "error (exception): sub-agent run" in result.output
+
+
+def test_a_call_id_the_model_uses_again_in_a_later_step_starts_a_new_child(
+    store_path: Path,
+) -> None:
+    def reuses(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        asked = sum(1 for m in messages if m.role == "tool")
+        if asked < 2:
+            return fl.Reply(tool_calls=[fl.ToolCall("researcher", {"input": f"q{asked}"}, id="c0")])
+        return fl.Reply(text=" | ".join(m.content for m in messages if m.role == "tool"))
+
+    lead = fl.Agent(
+        name="lead",
+        llm=fl.ScriptedLLM(reuses),
+        agents=[researcher()],
+        limits=fl.Limits(max_steps=30),
+    )
+    with fl.Runtime.open(store_path, agents=[lead]) as rt:
+        result = rt.spawn(lead, "go").wait(timeout=30)
+        assert result.output == "found: q0 | found: q1", result
+        assert len({c.run_id for c in rt.state(result.run_id).children}) == 2
 
 
 def test_max_children_runs_them_a_few_at_a_time_in_the_models_order(store_path: Path) -> None:
@@ -353,6 +374,8 @@ def test_kill_loop_over_a_run_tree_starts_each_child_once_and_charges_each_leaf_
         ]
         assert resumed, "no kill landed while the tree ran"
         tree = rt.tree("tree")
+        for node in tree.walk():  # the budget: no subtree spent past its run's ceiling
+            assert node.spent_steps <= rt.state(node.run_id).limits.steps_ceiling
         answers = [leaf for mid in tree.children for leaf in mid.children]
         assert len(answers) == 9
         for leaf in answers:

@@ -266,7 +266,7 @@ class _Builder:
                 error = f"sub-agent {call.tool!r} was not started: {limits}"
                 self.emit(ToolFailed(call_id=call.call_id, kind="exception", error=error))
                 continue
-            run_id = child_run_id(s.run_id, call.call_id, call.tool)
+            run_id = child_run_id(s.run_id, s.steps, call.call_id, call.tool)
             self.emit(
                 ChildSpawned(call_id=call.call_id, run_id=run_id, agent=call.tool, limits=limits)
             )
@@ -362,8 +362,9 @@ def _child_input(args: str) -> str:
 
 
 def _unstarted_children(state: RunState) -> list[tuple[CallState, ToolInfo]]:
-    """The step's sub-agent calls requested and not yet started, in the model's order."""
-    started = {c.call_id for c in state.children}
+    """The step's sub-agent calls requested and not yet started, in the model's order (a
+    call whose child ended has its outcome already: only running links are this step's)."""
+    started = {c.call_id for c in state.children if c.running}
     out = []
     for call in state.calls:
         if call.status != "requested" or call.call_id in started:
@@ -526,8 +527,8 @@ def _tool_finished(b: _Builder, state: RunState, command: ToolFinished) -> None:
 def _child_finished(b: _Builder, state: RunState, command: ChildFinished) -> Decision:
     """A child ended: record what it spent (the rest of its allotment returns), give its
     answer to the call as the call's outcome, start a waiting sub-agent call in its slot."""
-    link = next((c for c in state.children if c.run_id == command.run_id), None)
-    if link is None or not link.running or link.call_id != command.call_id or state.terminal:
+    link = next((c for c in state.children if c.run_id == command.run_id and c.running), None)
+    if link is None or link.call_id != command.call_id or state.terminal:
         return _rejected(f"no child run {command.run_id!r} is running")
     b.emit(
         ChildEnded(
@@ -609,15 +610,15 @@ def _recover(b: _Builder, tickets: tuple[ApprovalTicket, ...] = ()) -> None:
         return
     proposed = tuple(c for c in s.calls if c.status == "proposed")
     rerun: list[ToolRun] = []
+    args = {c.call_id: c.args for c in s.calls}
     for child in s.children:
         if child.running:  # follow it again (it exists: its start was durable first)
-            call = next(c for c in s.calls if c.call_id == child.call_id)
             b.effects.append(
                 SpawnChild(
                     call_id=child.call_id,
                     run_id=child.run_id,
                     agent=child.agent,
-                    input=_child_input(call.args),
+                    input=_child_input(args.get(child.call_id, '{"input": ""}')),
                     limits=child.allotted,
                     depth=s.depth + 1,
                 )

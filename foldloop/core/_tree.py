@@ -104,10 +104,12 @@ def allotment(state: RunState, own: Limits, now: int, waiting: int) -> Limits | 
         )
 
 
-def child_run_id(parent: str, call_id: str, agent: str) -> str:
-    """The id of the child run that call ``call_id`` of run ``parent`` starts: derived, so a
-    crash between the child's start and the parent's record of it never makes two."""
-    digest = hashlib.blake2b(f"{parent}\0{call_id}".encode(), digest_size=12).hexdigest()
+def child_run_id(parent: str, step: int, call_id: str, agent: str) -> str:
+    """The id of the child run that call ``call_id`` of step ``step`` of run ``parent``
+    starts: derived, so a crash between the child's start and the parent's record of it
+    never makes two (the step too: a model may reuse a call id in a later step)."""
+    key = f"{parent}\0{step}\0{call_id}"
+    digest = hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
     short = f"{parent}.{digest[:8]}"
     return short if len(short) <= 128 else f"{agent[:100]}-{digest}"
 
