@@ -597,7 +597,7 @@ def test_recover_finishes_a_cancel_cascade_a_crash_cut_short(
 
 
 def test_a_cascade_started_just_before_close_is_finished_by_close(tmp_path: Path) -> None:
-    from tests.tree_worker import build  # noqa: PLC0415
+    from tests.tree_worker import build
 
     store, ledger = killed_mid_tree(tmp_path)
     root = build(ledger)
@@ -608,3 +608,157 @@ def test_a_cascade_started_just_before_close_is_finished_by_close(tmp_path: Path
         assert running_below(rt, "tree") == []
         for run_id in below:
             assert rt.state(run_id).status is fl.RunStatus.CANCELLED
+
+
+def test_a_child_resumes_only_within_its_allotment_and_while_its_parent_waits(
+    store_path: Path,
+) -> None:
+    def busy(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        turn = sum(1 for m in messages if m.role == "assistant")
+        return fl.Reply(tool_calls=[fl.ToolCall("noop", {"i": turn})])
+
+    @fl.tool(idempotent=True)
+    def noop(i: int) -> str:
+        """Do nothing new."""
+        return f"ok {i}"
+
+    worker = fl.Agent(name="worker", llm=fl.ScriptedLLM(busy), tools=[noop])
+    lead = fl.Agent(
+        name="lead",
+        llm=fl.ScriptedLLM(fans_out(("worker", "w"))),
+        agents=[worker],
+        limits=fl.Limits(max_steps=6),
+    )
+    with fl.Runtime.open(store_path, agents=[lead]) as rt:
+        run = rt.spawn(lead, "go")
+        assert run.wait(timeout=30).ok
+        (child,) = rt.tree(run.id).children
+        assert child.status is fl.RunStatus.LIMIT_REACHED  # resumable, as any run is
+        with pytest.raises(fl.ConfigError, match="cannot be extended"):
+            rt.resume(child.run_id, extend=fl.Limits(max_steps=40))
+        with pytest.raises(fl.ConfigError, match="no longer waits for"):
+            rt.resume(child.run_id)
+        assert rt.tree(run.id).spent_steps <= 6
+
+
+def test_resuming_only_the_root_of_a_killed_tree_finishes_the_tree(tmp_path: Path) -> None:
+    from tests.tree_worker import build
+
+    store, ledger = killed_mid_tree(tmp_path)
+    with fl.Runtime.open(store, agents=[build(ledger)]) as rt:
+        rt.resume("tree")  # not recover(): its orphaned children are taken up as it follows them
+        result = rt.handle("tree").wait(timeout=30)
+        assert result.ok, result
+        assert result.output.count("t.") == 9
+
+
+def test_recover_cancels_a_parked_child_whose_parent_was_cancelled(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from foldloop.runtime._commands import Commands
+
+    ran: list[str] = []
+
+    @fl.tool
+    def publish(text: str) -> str:
+        """Publish: not idempotent, gated."""
+        ran.append(text)
+        return "published"
+
+    def publishes(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        if not any(m.role == "tool" for m in messages):
+            return fl.Reply(tool_calls=[fl.ToolCall("publish", {"text": "x"})])
+        return fl.Reply(text="done")
+
+    gated = fl.Agent(
+        name="gated",
+        llm=fl.ScriptedLLM(publishes),
+        tools=[publish],
+        approvals=fl.RequireApproval({"publish"}),
+    )
+    lead = fl.Agent(name="lead", llm=fl.ScriptedLLM(fans_out(("gated", "g"))), agents=[gated])
+    with monkeypatch.context() as patched, fl.Runtime.open(store_path, agents=[lead]) as rt:
+        run = rt.spawn(lead, "go")
+        wait_until(rt.pending_approvals, 20, "the child to park at its gate")
+        # the crash: no cascade is carried, neither by the runtime nor by the root's actor
+        patched.setattr(Commands, "_cancel_running_children", lambda *args: None)
+        patched.setattr(rt.system, "on_cancel_children", None)
+        run.cancel()
+        assert run.wait(timeout=20).status is fl.RunStatus.CANCELLED
+        (child,) = rt.tree(run.id).children
+        assert child.status is fl.RunStatus.AWAITING_APPROVAL
+    with fl.Runtime.open(store_path, agents=[lead]) as rt:
+        rt.recover()
+        wait_until(
+            lambda: rt.state(child.run_id).status is fl.RunStatus.CANCELLED,
+            20,
+            "the child cancelled",
+        )
+        assert rt.pending_approvals() == []
+    assert ran == []
+
+
+def test_closing_right_after_cancelling_a_live_tree_leaves_nothing_below_it_running(
+    store_path: Path,
+) -> None:
+    release = threading.Event()
+
+    @fl.tool(timeout=30)
+    def hold(task: str) -> str:
+        """Wait for the test."""
+        release.wait(20)
+        return "held"
+
+    def holds(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        if not any(m.role == "tool" for m in messages):
+            return fl.Reply(tool_calls=[fl.ToolCall("hold", {"task": "x"})])
+        return fl.Reply(text="done")
+
+    leaf = fl.Agent(name="leaf", llm=fl.ScriptedLLM(holds), tools=[hold])
+    middle = fl.Agent(
+        name="middle", llm=fl.ScriptedLLM(fans_out(("leaf", "a"), ("leaf", "b"))), agents=[leaf]
+    )
+    root = fl.Agent(name="root", llm=fl.ScriptedLLM(fans_out(("middle", "m"))), agents=[middle])
+    try:
+        with fl.Runtime.open(store_path, agents=[root]) as rt:
+            run = rt.spawn(root, "go")
+            wait_until(lambda: len(rt.runs()) == 4, 20, "the tree to grow to four runs")
+            run.cancel()
+        release.set()
+        with fl.Runtime.open(store_path) as rt:
+            statuses = {node.run_id: node.status for node in rt.tree(run.id).walk()}
+            assert set(statuses.values()) == {fl.RunStatus.CANCELLED}, statuses
+    finally:
+        release.set()
+
+
+def test_children_whose_parent_is_cancelled_as_they_start_are_cancelled(store_path: Path) -> None:
+    slow = fl.Agent(name="slow", llm=fl.ScriptedLLM(answers("late"), latency_s=5.0))
+    lead = fl.Agent(
+        name="lead",
+        llm=fl.ScriptedLLM(fans_out(*[("slow", f"t{i}") for i in range(12)])),
+        agents=[slow],
+        limits=fl.Limits(max_steps=200, max_children=12),
+    )
+    with fl.Runtime.open(store_path, agents=[lead]) as rt:
+        cancelling: list[threading.Thread] = []
+        ids: list[str] = []
+
+        def on_spawned(record: fl.types.Recorded) -> None:  # the cancel races the starts
+            if not cancelling:
+                cancelling.append(threading.Thread(target=lambda: rt.handle(ids[0]).cancel()))
+                cancelling[0].start()
+
+        rt.subscribe(on_spawned, types={"child.spawned"})
+        run = rt.spawn(lead, "go")
+        ids.append(run.id)
+        assert run.wait(timeout=30).status is fl.RunStatus.CANCELLED
+        wait_until(lambda: cancelling and not cancelling[0].is_alive(), 10, "the cancel to return")
+        spawned = [r.event.run_id for r in rt.events(run.id) if r.type == "child.spawned"]
+        wait_until(
+            lambda: all(
+                rt.state(c).status is fl.RunStatus.CANCELLED for c in spawned if rt.store.head(c)
+            ),
+            10,
+            "every child that started to be cancelled",
+        )

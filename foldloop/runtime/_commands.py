@@ -20,7 +20,7 @@ from foldloop.actors._system import HANDOVER_WAIT, ActorSystem
 from foldloop.actors._workers import Workers
 from foldloop.core._commands import Admit, Cancel, Resume, Start
 from foldloop.core._decide import decide
-from foldloop.core._effects import CancelChildren, Decision, SpawnChild
+from foldloop.core._effects import Decision, SpawnChild
 from foldloop.core._state import RunState, RunStatus
 from foldloop.core._tree import child_finished, ended_for_parent, unstartable
 from foldloop.errors import (
@@ -270,6 +270,8 @@ class Commands:
                 f"run {run_id!r} is {state.status.value} and cannot be resumed"
                 + (f": {state.reason}" if state.reason else "")
             )
+        if state.parent_call_id:
+            self._check_child_resume(state, extend)
         agent = self._agents.for_run(state)
         epoch = self._system.take(run_id, wait=HANDOVER_WAIT)
         try:
@@ -290,6 +292,28 @@ class Commands:
         log.info("run_resumed", run_id=run_id, agent=agent.name, seq=state.seq)
         drive(self._system, agent, state, epoch, merged(decisions, state), released=released)
         return run_id
+
+    def _check_child_resume(self, state: RunState, extend: Limits | None) -> None:
+        """A sub-agent's child spends its parent's budget: it resumes only within its
+        allotment, and only while its parent still waits for it (else what it spent
+        again would be charged to no one)."""
+        run_id, parent_id = state.run_id, state.parent_run_id
+        if extend is not None:
+            raise ConfigError(
+                f"run {run_id!r} is a sub-agent's child: its ceilings are the allotment its "
+                f"parent {parent_id!r} gave it, and cannot be extended",
+                advice="raise the root's limits (resume the root with extend=...) instead",
+            )
+        parent = self._queries.state(parent_id)
+        link = next((c for c in parent.children if c.run_id == run_id and c.running), None)
+        if link is None or parent.terminal:
+            raise ConfigError(
+                f"run {run_id!r} is a sub-agent's child its parent {parent_id!r} no longer "
+                f"waits for (the parent is {parent.status.value}"
+                + ("" if parent.terminal else ", and has its outcome already")
+                + ")",
+                advice="start a new run, or resume the parent's tree from its root",
+            )
 
     def _refuse_unknown(self, run_id: str) -> None:
         """A run holding events of a newer foldloop cannot be decided on by this one."""
@@ -327,13 +351,13 @@ class Commands:
                 continue
             if self._agents.named(state.agent) is None:
                 continue
+            if not state.terminal and self._parent_gone(state):
+                self._cancel_child(state.run_id, "parent cancelled")  # a cascade cut short
+                continue
             if state.status is RunStatus.QUEUED:
                 queued.append(state.run_id)
                 continue
             if state.status is not RunStatus.RUNNING:
-                continue
-            if self._parent_gone(state):  # a cascade a crash cut short: finish it
-                self._cancel_child(state.run_id, "parent cancelled")
                 continue
             try:
                 recovered.append(self.resume(state.run_id, extend=None))
@@ -414,11 +438,31 @@ class Commands:
                     follow.append(effect)  # started meanwhile (its parent resumed elsewhere)
                 elif isinstance(failure, FoldloopError):
                     self._child_not_started(parent, effect, failure)
+        if starts and self._queries.state(parent.run_id).terminal:
+            # cancelled while they started: the cascade may have found them not there yet
+            self.cancel_children(tuple(effect.run_id for effect, _ in starts), "parent cancelled")
         for effect in follow:
-            state = self._queries.state(effect.run_id)
+            self._follow_child(parent, effect.run_id)
+
+    def _follow_child(self, parent: RunState, run_id: str) -> None:
+        """A child that exists: tell its parent if it ended; resume it if its runtime died
+        (a parent resumed alone would wait for it for ever); else its settlement tells the
+        parent, or the poller sees it end elsewhere."""
+        try:
+            state = self._queries.state(run_id)
             if ended_for_parent(state):
                 self._system.tell(parent.run_id, child_finished(state, self._clock()))
-            # else its settlement here tells the parent, or the poller sees it end elsewhere
+            elif (
+                state.status is RunStatus.RUNNING
+                and not self._system.active(run_id)
+                and self._queries.orphaned(run_id)
+                and self._agents.named(state.agent) is not None
+            ):
+                self.resume(run_id, extend=None)
+        except RunLocked:
+            pass  # another runtime took it up first: the poller follows it there
+        except FoldloopError as exc:
+            log.warning("child_not_followed", run_id=run_id, error=str(exc))
 
     def _start_child(self, parent: RunState, effect: SpawnChild, now: int) -> _Start:
         """Begin writing a child run's start: its allotment for limits, admitted at once (its
@@ -472,11 +516,12 @@ class Commands:
         self._children.shutdown()
 
     def cancel(self, run_id: str, reason: str) -> None:
-        """Cancel the run: through its actor if one drives it here, else by taking it."""
+        """Cancel the run: through its actor if one drives it here, else by taking it; and
+        every child run below it that still runs."""
         command = Cancel(now=self._clock(), reason=reason)
         while not self._system.tell(run_id, command):
             if self._queries.state(run_id).terminal:
-                return
+                break
             try:
                 epoch = self._system.take(run_id, wait=HANDOVER_WAIT)
             except RunLocked:
@@ -485,7 +530,17 @@ class Commands:
                 raise
             self._cancel_taken(run_id, epoch, command)
             self._admission.forget(run_id)
-            return
+            break
+        self._cancel_running_children(run_id)
+
+    def _cancel_running_children(self, run_id: str) -> None:
+        """The cascade, carried from the log now onto the tree pool (which ``close`` waits
+        for): the children the run's log says still run. Those its actor starts before the
+        cancel reaches it are cancelled by that decision's own effect, or by their start,
+        which finds the parent ended."""
+        running = tuple(c.run_id for c in self._queries.state(run_id).children if c.running)
+        if running:
+            self.cancel_children(running, "parent cancelled")
 
     def _cancel_taken(self, run_id: str, epoch: int, command: Cancel) -> None:
         """Cancel a run taken here that no actor drives; its lease goes with the cancel."""
@@ -501,9 +556,6 @@ class Commands:
             self._system.unclaim(run_id)
         else:
             self._system.give_back(run_id, epoch)
-        for effect in decision.effects:  # its children, driven here, elsewhere or nowhere
-            if isinstance(effect, CancelChildren):
-                self.cancel_children(effect.run_ids, effect.reason)
 
 
 @dataclass(slots=True)
