@@ -762,3 +762,52 @@ def test_children_whose_parent_is_cancelled_as_they_start_are_cancelled(store_pa
             10,
             "every child that started to be cancelled",
         )
+
+
+def test_a_cancel_reaches_a_child_another_runtime_drives(store_path: Path) -> None:
+    release = threading.Event()
+
+    @fl.tool(timeout=30)
+    def hold(task: str) -> str:
+        """Wait for the test (gated)."""
+        release.wait(20)
+        return "held"
+
+    def holds(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        if not any(m.role == "tool" for m in messages):
+            return fl.Reply(tool_calls=[fl.ToolCall("hold", {"task": "x"})])
+        return fl.Reply(text="done")
+
+    gated = fl.Agent(
+        name="gated",
+        llm=fl.ScriptedLLM(holds),
+        tools=[hold],
+        approvals=fl.RequireApproval({"hold"}),
+    )
+    lead = fl.Agent(name="lead", llm=fl.ScriptedLLM(fans_out(("gated", "g"))), agents=[gated])
+    try:
+        # here drives the root and never polls; there carries the approval in and so drives
+        # the child
+        with (
+            fl.Runtime.open(store_path, agents=[lead], poll_interval=3600) as here,
+            fl.Runtime.open(store_path, agents=[lead], poll_interval=0.05) as there,
+        ):
+            run = here.spawn(lead, "go")
+            wait_until(here.pending_approvals, 20, "the child to park at its gate")
+            (pending,) = here.pending_approvals()
+            there.approve(run_id=pending.run_id, call_id=pending.call_id, by="test")
+            wait_until(
+                lambda: any(r.type == "tool.requested" for r in there.events(pending.run_id)),
+                20,
+                "the child to run its tool there",
+            )
+            run.cancel()
+            assert run.wait(timeout=20).status is fl.RunStatus.CANCELLED
+            wait_until(
+                lambda: there.state(pending.run_id).status is fl.RunStatus.CANCELLED,
+                20,
+                "the child driven there to be cancelled",
+            )
+            assert there.state(pending.run_id).reason == "cancelled by the host: parent cancelled"
+    finally:
+        release.set()

@@ -293,6 +293,16 @@ class ActorSystem:
                 )
         return out
 
+    def children_of_elsewhere(self) -> list[tuple[str, str]]:
+        """(child, parent) of each sub-agent child driven here whose parent no actor here
+        drives: its parent's cancel, carried by another runtime, cannot reach it here."""
+        with self._lock:
+            return [
+                (run_id, actor.state.parent_run_id)
+                for run_id, actor in self._actors.items()
+                if actor.state.parent_call_id and actor.state.parent_run_id not in self._actors
+            ]
+
     def tell_parent(self, state: RunState) -> None:
         """If ``state`` is a child run's end, tell its parent (when the parent is driven here;
         a parent driven elsewhere, or resumed later, learns it when it follows the child)."""

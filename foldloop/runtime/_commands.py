@@ -486,8 +486,10 @@ class Commands:
         self._system.tell(parent.run_id, unstartable(self._clock(), effect, str(exc)))
 
     def follow_children(self) -> None:
-        """Tell parents driven here the ends of their children driven elsewhere (the poller
-        calls it: a child recovered by another runtime tells only a parent active there)."""
+        """Carry what a tree split over runtimes cannot carry by itself (the poller calls
+        it): the ends of children driven elsewhere to their parents driven here (a child
+        tells only a parent active in its own runtime), and the cancel of a parent driven
+        elsewhere to its children driven here (its cascade finds them locked)."""
         for parent, link in self._system.children_elsewhere():
             try:
                 state = self._queries.state(link.run_id)
@@ -495,6 +497,9 @@ class Commands:
                 continue  # its start is under way here
             if ended_for_parent(state):
                 self._system.tell(parent, child_finished(state, self._clock()))
+        for child, parent in self._system.children_of_elsewhere():
+            if self._queries.state(parent).terminal:
+                self._cancel_child(child, "parent cancelled")
 
     def cancel_children(self, run_ids: tuple[str, ...], reason: str) -> None:
         """Cancel child runs (each cascades to its own), off the calling shard."""
