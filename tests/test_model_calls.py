@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,3 +129,34 @@ def test_a_scripted_function_with_no_latency_may_block_and_is_not_capped(
         finally:
             gate.release.set()
         assert all(run.wait(timeout=60).ok for run in runs)
+
+
+class SaysHello:
+    """A hand-written model with a bug: it returns a str."""
+
+    model = "hello"
+
+    def complete(self, messages: object, tools: object, *, max_tokens: int | None = None) -> object:
+        return "hello"
+
+
+def says_hello(messages: object, tools: object) -> Any:
+    return "hello"
+
+
+@pytest.mark.parametrize(
+    "llm",
+    [
+        pytest.param(SaysHello, id="own-model"),
+        pytest.param(lambda: fl.ScriptedLLM(says_hello), id="scripted"),
+        pytest.param(lambda: fl.ScriptedLLM(says_hello, latency_s=0.01), id="async"),
+    ],
+)
+def test_a_model_that_returns_no_reply_fails_the_run_saying_what_it_returned(
+    tmp_path: Path, llm: Callable[[], fl.LLM]
+) -> None:
+    weird = fl.Agent(name="weird", llm=llm())
+    with fl.Runtime.open(tmp_path / "s", agents=[weird]) as rt:
+        result = rt.spawn(weird, "go").wait(timeout=10)
+        assert result.status is fl.RunStatus.FAILED, result
+        assert "returned str, not fl.Reply" in result.reason

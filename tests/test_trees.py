@@ -174,14 +174,18 @@ def test_max_children_runs_them_a_few_at_a_time_in_the_models_order(store_path: 
 
 
 def test_max_depth_stops_a_tree_growing_past_it(store_path: Path) -> None:
+    offered: dict[str, list[str]] = {}
+
     def chain(level: int, below: fl.Agent | None) -> fl.Agent:
         if below is None:
             return fl.Agent(name=f"a{level}", llm=fl.ScriptedLLM(answers(f"a{level}")))
-        return fl.Agent(
-            name=f"a{level}",
-            llm=fl.ScriptedLLM(fans_out((below.name, "deeper"))),
-            agents=[below],
-        )
+        ask = fans_out((below.name, "deeper"))
+
+        def model(messages: Sequence[fl.Message], tools: Sequence[fl.types.ToolSpec]) -> fl.Reply:
+            offered[f"a{level}"] = [t.name for t in tools]
+            return ask(messages, tools)
+
+        return fl.Agent(name=f"a{level}", llm=fl.ScriptedLLM(model), agents=[below])
 
     bottom = chain(4, None)
     agents = [bottom]
@@ -203,7 +207,8 @@ def test_max_depth_stops_a_tree_growing_past_it(store_path: Path) -> None:
         (a2,) = tree.children[0].children
         failed = [r.event for r in rt.events(a2.run_id) if r.type == "tool.failed"]
         assert "max_depth=2" in failed[0].error
-        assert failed[0].kind == "invalid_args"
+        assert failed[0].kind == "exception"  # the tree's shape, not the model's arguments
+        assert offered["a2"] == []  # a run at max_depth is not offered its sub-agents
 
 
 def test_cancelling_a_parent_cancels_its_whole_subtree(store_path: Path) -> None:
@@ -811,3 +816,21 @@ def test_a_cancel_reaches_a_child_another_runtime_drives(store_path: Path) -> No
             assert there.state(pending.run_id).reason == "cancelled by the host: parent cancelled"
     finally:
         release.set()
+
+
+def test_a_child_its_runtime_cannot_go_on_with_is_a_failed_call_not_a_wait(
+    store_path: Path,
+) -> None:
+    huge = fl.Agent(name="huge", llm=fl.ScriptedLLM(lambda m, t: fl.Reply(text="é" * 700_000)))
+    lead = fl.Agent(
+        name="lead",
+        llm=fl.ScriptedLLM(fans_out(("huge", "go"))),
+        agents=[huge],
+        limits=fl.Limits(max_steps=30),
+    )
+    with fl.Runtime.open(store_path, agents=[lead]) as rt:
+        result = rt.spawn(lead, "go").wait(timeout=20)
+        assert result.ok, result  # its model heard how the child ended, and answered
+        (failed,) = [r.event for r in rt.events(result.run_id) if r.type == "tool.failed"]
+        assert "ended interrupted" in failed.error
+        assert "bytes" in failed.error  # why: the child's reply was too big to record

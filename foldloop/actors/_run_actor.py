@@ -42,7 +42,7 @@ from foldloop.core._effects import (
     SpawnChild,
 )
 from foldloop.core._evolve import apply
-from foldloop.core._messages import Chunks, MessageView
+from foldloop.core._messages import Chunks, MessageView, ToolSpec
 from foldloop.core._snapshot import encode_chunk, split_state
 from foldloop.core._state import STATE_VERSION, RunState, RunStatus
 from foldloop.errors import FoldloopError, ModelCallError
@@ -115,7 +115,7 @@ class RunActor:
         self._released = False  # the lease went in the settling decision's transaction
         self._inline = bool(getattr(agent.llm, "instant", False))
         self._asks = async_form(agent.llm)
-        self._specs = list(agent.tool_specs)
+        self._specs = _offered(agent, state)
         self._in_flight: list[Cancellable] = []
         """The async model call, async tool tasks and queued sync tool calls under way
         (cancelled with the run)."""
@@ -435,6 +435,15 @@ def _implausible(usage: Usage) -> str:
     return ""
 
 
+def _offered(agent: Agent, state: RunState) -> list[ToolSpec]:
+    """The tools the model is shown: a run at its tree's max_depth is not offered the
+    sub-agents it could not start."""
+    if state.depth < state.limits.depth_ceiling:
+        return list(agent.tool_specs)
+    subagents = {a.name for a in agent.agents}
+    return [spec for spec in agent.tool_specs if spec.name not in subagents]
+
+
 def _to_run(tell: Callable[[str, Any], bool], run_id: str) -> Callable[[Any], bool]:
     return lambda command: tell(run_id, command)
 
@@ -460,7 +469,7 @@ class _Asked:
             )
         except Exception as exc:
             return self.failed(exc)
-        return self.replied(reply, start)
+        return self.checked(reply, start)
 
     async def awaited(self, ask: AsyncComplete) -> Command:
         """Await ``acomplete`` (on the runtime's loop; a cancel cancels it)."""
@@ -471,6 +480,17 @@ class _Asked:
             raise
         except Exception as exc:
             return self.failed(exc)
+        return self.checked(reply, start)
+
+    def checked(self, reply: object, start: float) -> Command:
+        """The reply as its command; a model that returned something else fails the run's
+        call, saying what it returned (a bug in the model's code, not worth a retry)."""
+        if not isinstance(reply, Reply):
+            error = ModelCallError(
+                f"model {self.agent.llm.model!r} returned {type(reply).__name__}, not fl.Reply",
+                retryable=False,
+            )
+            return self.failed(error)
         return self.replied(reply, start)
 
     def replied(self, reply: Reply, start: float) -> Command:

@@ -368,6 +368,9 @@ class ActorSystem:
         settlement.event.set()
         if not interrupted:
             self.tell_parent(state)
+        elif state.parent_call_id and not self._closed:  # its parent must not wait for ever
+            command = child_finished(state, self.clock(), interrupted=interrupted)
+            self.tell(state.parent_run_id, command)
         if self.on_inactive is not None:
             self.on_inactive(run_id)
 

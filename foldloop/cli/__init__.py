@@ -339,6 +339,7 @@ def explain(run: RunArg) -> None:
         if why.limit:
             lines.append(f"limit: {why.limit}")
         lines.append(f"last decision: {why.last_decision}")
+        lines.extend(f"budget: {line}" for line in why.budget)
         advice = _advice(
             run, why.status, rt.state(run), list(rt.events(run)), why.decided, orphaned=why.orphaned
         )

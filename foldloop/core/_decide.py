@@ -202,9 +202,10 @@ class _Builder:
                 )
                 continue
             if info.agent_limits is not None:
-                why = _child_refused(self.state, info, call.args)
-                if why:
-                    self.emit(ToolFailed(call_id=call.call_id, kind="invalid_args", error=why))
+                refused = _child_refused(self.state, info, call.args)
+                if refused is not None:
+                    kind, why = refused
+                    self.emit(ToolFailed(call_id=call.call_id, kind=kind, error=why))
                 continue  # started by spawn_children, as slots allow
             if not info.idempotent:
                 self.durable = True
@@ -342,19 +343,23 @@ class _ChildArgs(msgspec.Struct, forbid_unknown_fields=True):
 _CHILD_ARGS = msgspec.json.Decoder(_ChildArgs)
 
 
-def _child_refused(state: RunState, info: ToolInfo, args: str) -> str:
-    """Why a call of sub-agent ``info`` cannot start a child run ("" if it can)."""
+def _child_refused(
+    state: RunState, info: ToolInfo, args: str
+) -> tuple[ToolFailureKind, str] | None:
+    """Why a call of sub-agent ``info`` cannot start a child run (None if it can): its
+    arguments (the model's to fix), or the tree's depth (no fault of the model's)."""
     try:
         _CHILD_ARGS.decode(args)
     except msgspec.DecodeError as exc:
-        return f'sub-agent {info.name!r} takes {{"input": "<text>"}}: {exc}'
+        return "invalid_args", f'sub-agent {info.name!r} takes {{"input": "<text>"}}: {exc}'
     depth = state.depth + 1
     if depth > state.limits.depth_ceiling:
-        return (
-            f"sub-agent {info.name!r} would run {depth} levels below the root, past the "
-            f"tree's max_depth={state.limits.depth_ceiling}; do this part without it"
+        below = f"{depth} level{'s' * (depth != 1)} below the root"
+        return "exception", (
+            f"sub-agent {info.name!r} would run {below}, past the tree's "
+            f"max_depth={state.limits.depth_ceiling}; do this part without it"
         )
-    return ""
+    return None
 
 
 def _child_input(args: str) -> str:

@@ -125,16 +125,17 @@ def ended_for_parent(state: RunState) -> bool:
     )
 
 
-def child_finished(state: RunState, now: int) -> ChildFinished:
-    """The command that tells a child run's parent how it ended and what its subtree spent."""
+def child_finished(state: RunState, now: int, *, interrupted: str = "") -> ChildFinished:
+    """The command that tells a child run's parent how it ended and what its subtree spent
+    (``interrupted``: why the runtime driving it could not go on)."""
     used = spent(state)
     return ChildFinished(
         now=now,
         call_id=state.parent_call_id,
         run_id=state.run_id,
-        status=state.status.value,
-        output=state.output,
-        reason=state.reason,
+        status=RunStatus.INTERRUPTED.value if interrupted else state.status.value,
+        output="" if interrupted else state.output,
+        reason=interrupted or state.reason,
         steps=used.steps,
         usage=used.usage,
     )

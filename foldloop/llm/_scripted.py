@@ -117,6 +117,10 @@ class ScriptedLLM:
         """The reply for this point of the conversation, shared by both forms."""
         if callable(self._replies):
             reply = self._replies(messages, tools)
+            if not isinstance(reply, Reply):
+                raise ModelCallError(
+                    f"the ScriptedLLM's function returned {type(reply).__name__}, not fl.Reply"
+                )
         else:
             k = getattr(messages, "assistant_turns", None)
             if k is None:
