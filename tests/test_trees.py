@@ -25,6 +25,7 @@ from foldloop.core._effects import CallModel, SpawnChild
 from foldloop.core._state import RunState
 from foldloop.core._tree import child_finished, child_run_id, ended_for_parent
 from foldloop.events import Limits, ToolCall, ToolInfo, Usage
+from foldloop.tools._decorator import DEFAULT_MAX_RESULT_CHARS
 from tests.waiting import wait_until
 
 
@@ -445,7 +446,8 @@ class TreeSim:
                     depth=effect.depth,
                 )
         if state.settled and state.parent_run_id and ended_for_parent(state):
-            self.pending.append((state.parent_run_id, child_finished(state, self.tick())))
+            answer = child_finished(state, self.tick(), lambda text: (text, None))
+            self.pending.append((state.parent_run_id, answer))
 
     def step(self, data: st.DataObject) -> None:
         run_id, what = self.pending.pop(data.draw(st.integers(0, len(self.pending) - 1)))
@@ -834,3 +836,20 @@ def test_a_child_its_runtime_cannot_go_on_with_is_a_failed_call_not_a_wait(
         (failed,) = [r.event for r in rt.events(result.run_id) if r.type == "tool.failed"]
         assert "ended interrupted" in failed.error
         assert "bytes" in failed.error  # why: the child's reply was too big to record
+
+
+def test_a_childs_long_answer_is_cut_as_a_tools_result_is(store_path: Path) -> None:
+    long = fl.Agent(name="long", llm=fl.ScriptedLLM(lambda m, t: fl.Reply(text="x" * 300_000)))
+    lead = fl.Agent(
+        name="lead",
+        llm=fl.ScriptedLLM(fans_out(("long", "go"))),
+        agents=[long],
+        limits=fl.Limits(max_steps=30),
+    )
+    with fl.Runtime.open(store_path, agents=[lead]) as rt:
+        result = rt.spawn(lead, "go").wait(timeout=20)
+        assert result.ok, result
+        (done,) = [r.event for r in rt.events(result.run_id) if r.type == "tool.completed"]
+        assert done.original_chars == 300_000
+        assert len(done.result) == DEFAULT_MAX_RESULT_CHARS
+        rt.verify(result.run_id)  # the cut replays

@@ -33,6 +33,7 @@ from foldloop.core._state import ChildLink, RunState
 from foldloop.core._tree import child_finished, ended_for_parent, unstartable
 from foldloop.errors import ConfigError, RunLocked
 from foldloop.store import ApprovalRecord, EventStore, Lease
+from foldloop.tools._decorator import bound_text
 
 __all__ = ["ActorSystem", "Settlement"]
 
@@ -307,7 +308,7 @@ class ActorSystem:
         """If ``state`` is a child run's end, tell its parent (when the parent is driven here;
         a parent driven elsewhere, or resumed later, learns it when it follows the child)."""
         if state.parent_call_id and ended_for_parent(state):
-            self.tell(state.parent_run_id, child_finished(state, self.clock()))
+            self.tell(state.parent_run_id, child_finished(state, self.clock(), bound_text))
 
     def proceed(self, actor: RunActor, then: Callable[[], bool]) -> None:
         """Let the run go on with the message in hand (its durable append landed)."""
@@ -369,7 +370,7 @@ class ActorSystem:
         if not interrupted:
             self.tell_parent(state)
         elif state.parent_call_id and not self._closed:  # its parent must not wait for ever
-            command = child_finished(state, self.clock(), interrupted=interrupted)
+            command = child_finished(state, self.clock(), bound_text, interrupted=interrupted)
             self.tell(state.parent_run_id, command)
         if self.on_inactive is not None:
             self.on_inactive(run_id)

@@ -128,6 +128,8 @@ class ChildFinished(Command, frozen=True):
     reason: str = ""
     steps: int = 0
     usage: Usage = Usage()
+    original_chars: int | None = None
+    """Set when ``output`` was cut (as a tool's result is): how long it was."""
 
 
 class Admit(Command, frozen=True):

@@ -549,7 +549,13 @@ def _child_finished(b: _Builder, state: RunState, command: ChildFinished) -> Dec
     if call is None or call.finished:
         return b.decision()  # the step moved on without it; its spend is recorded all the same
     if command.status == RunStatus.COMPLETED:
-        b.emit(ToolCompleted(call_id=command.call_id, result=command.output))
+        b.emit(
+            ToolCompleted(
+                call_id=command.call_id,
+                result=command.output,
+                original_chars=command.original_chars,
+            )
+        )
     else:
         error = f"sub-agent run {command.run_id} ended {command.status}"
         b.emit(

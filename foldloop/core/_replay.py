@@ -185,15 +185,16 @@ def command_for(
             return ExpireApproval(now=now, call_id=event.call_id)
         case ChildEnded():
             answer = following[0].event if following else None
-            output = ""
+            output, original = "", None
             if isinstance(answer, ToolCompleted) and answer.call_id == event.call_id:
-                output = answer.result
+                output, original = answer.result, answer.original_chars
             return ChildFinished(
                 now=now,
                 call_id=event.call_id,
                 run_id=event.run_id,
                 status=event.status,
                 output=output,
+                original_chars=original,
                 reason=event.reason,
                 steps=event.steps,
                 usage=event.usage,

@@ -14,6 +14,7 @@ run may overshoot its own today (a model call's usage is known only after the ca
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 from foldloop.core._commands import ChildFinished
 from foldloop.core._effects import SpawnChild
@@ -21,6 +22,7 @@ from foldloop.core._state import RunState, RunStatus
 from foldloop.events._values import Limits, Usage, as_recorded
 
 __all__ = [
+    "Bound",
     "Budget",
     "allotment",
     "child_finished",
@@ -125,16 +127,25 @@ def ended_for_parent(state: RunState) -> bool:
     )
 
 
-def child_finished(state: RunState, now: int, *, interrupted: str = "") -> ChildFinished:
+Bound = Callable[[str], tuple[str, int | None]]
+"""Cuts an answer to what a parent's log takes: (kept, original length if cut)."""
+
+
+def child_finished(
+    state: RunState, now: int, bound: Bound, *, interrupted: str = ""
+) -> ChildFinished:
     """The command that tells a child run's parent how it ended and what its subtree spent
-    (``interrupted``: why the runtime driving it could not go on)."""
+    (``interrupted``: why the runtime driving it could not go on); its output cut by
+    ``bound``, as a tool's result is."""
     used = spent(state)
+    output, original = bound("" if interrupted else state.output)
     return ChildFinished(
         now=now,
         call_id=state.parent_call_id,
         run_id=state.run_id,
         status=RunStatus.INTERRUPTED.value if interrupted else state.status.value,
-        output="" if interrupted else state.output,
+        output=output,
+        original_chars=original,
         reason=interrupted or state.reason,
         steps=used.steps,
         usage=used.usage,

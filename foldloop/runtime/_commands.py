@@ -43,6 +43,7 @@ from foldloop.runtime._results import Damaged
 from foldloop.runtime._rules import NothingToDo, check_spawn, evolve_all, merged, priced_limits
 from foldloop.runtime._writes import RunWrites
 from foldloop.store import EventStore, Pending
+from foldloop.tools._decorator import bound_text
 
 __all__ = ["CHILD_WORKERS", "Commands"]
 
@@ -451,7 +452,7 @@ class Commands:
         try:
             state = self._queries.state(run_id)
             if ended_for_parent(state):
-                self._system.tell(parent.run_id, child_finished(state, self._clock()))
+                self._system.tell(parent.run_id, child_finished(state, self._clock(), bound_text))
             elif (
                 state.status is RunStatus.RUNNING
                 and not self._system.active(run_id)
@@ -496,7 +497,7 @@ class Commands:
             except RunNotFound:
                 continue  # its start is under way here
             if ended_for_parent(state):
-                self._system.tell(parent, child_finished(state, self._clock()))
+                self._system.tell(parent, child_finished(state, self._clock(), bound_text))
         for child, parent in self._system.children_of_elsewhere():
             if self._queries.state(parent).terminal:
                 self._cancel_child(child, "parent cancelled")

@@ -28,6 +28,7 @@ from foldloop.tools._command import run_command
 from foldloop.tools._schema import ArgSchema, build_arg_schema, parse_docstring
 
 __all__ = [
+    "bound_text",
     "DEFAULT_MAX_RESULT_CHARS",
     "DEFAULT_TIMEOUT",
     "MAX_RESULT_BYTES",
@@ -156,15 +157,10 @@ class Tool:
         """``outcome`` with its text cut to ``max_result_chars`` characters (and to
         ``MAX_RESULT_BYTES`` of UTF-8), ``original_chars`` saying how long it was; as it is
         when it fits. Lone surrogates are replaced either way (the log cannot hold them)."""
-        text = outcome.text
-        kept = storable_text(text[: self.max_result_chars])
-        if not kept.isascii():
-            raw = kept.encode()
-            if len(raw) > MAX_RESULT_BYTES:
-                kept = raw[:MAX_RESULT_BYTES].decode("utf-8", "ignore")
-        if len(kept) < len(text):
-            return msgspec.structs.replace(outcome, text=kept, original_chars=len(text))
-        return outcome if kept is text else msgspec.structs.replace(outcome, text=kept)
+        kept, original = bound_text(outcome.text, self.max_result_chars)
+        if original is not None:
+            return msgspec.structs.replace(outcome, text=kept, original_chars=original)
+        return outcome if kept is outcome.text else msgspec.structs.replace(outcome, text=kept)
 
     def validate(self, args: str) -> msgspec.Struct:
         """Decode the model's argument text; raises msgspec errors with a JSON path."""
@@ -321,6 +317,17 @@ def tool(
         )
 
     return wrap(fn) if fn is not None else wrap
+
+
+def bound_text(text: str, max_chars: int = DEFAULT_MAX_RESULT_CHARS) -> tuple[str, int | None]:
+    """``text`` cut to ``max_chars`` characters and ``MAX_RESULT_BYTES`` of UTF-8 (lone
+    surrogates replaced), and how long it was if it was cut (else None)."""
+    kept = storable_text(text[:max_chars])
+    if not kept.isascii():
+        raw = kept.encode()
+        if len(raw) > MAX_RESULT_BYTES:
+            kept = raw[:MAX_RESULT_BYTES].decode("utf-8", "ignore")
+    return kept, (len(text) if len(kept) < len(text) else None)
 
 
 def tools_digest(tools: Sequence[Tool]) -> str:
