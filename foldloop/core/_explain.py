@@ -102,7 +102,8 @@ def _spend(steps: int, usage: Usage) -> str:
 
 
 def _ceilings(limits: Limits) -> str:
-    parts = [f"{limits.steps_ceiling} steps"]
+    steps = limits.steps_ceiling
+    parts = [f"{steps} step{'s' * (steps != 1)}"]
     if limits.max_tokens is not None:
         parts.append(f"{limits.max_tokens:,} tokens")
     if limits.max_cost_usd is not None:

@@ -27,7 +27,9 @@ class AgentRegistry:
         known = self._agents.get(agent.name)
         if known is not None and known is not agent:
             raise ConfigError(
-                f"another agent named {agent.name!r} is already registered with this runtime"
+                f"another agent named {agent.name!r} is already registered with this runtime",
+                advice="runs find their agent by name: give each agent, sub-agents "
+                "included, a name of its own (or pass the same Agent object)",
             )
         self._agents[agent.name] = agent
         for sub in agent.agents:  # a child run is decided by its own agent, found by name
