@@ -533,3 +533,20 @@ def test_export_with_tree_in_python_and_import_jsonl_take_the_subtree(
         with pytest.raises(fl.ConfigError, match="already exists"):
             other.import_jsonl(lines)
         assert len(other.runs()) == 5
+
+
+def test_a_tree_export_without_one_of_its_ended_children_is_refused(
+    forest: Path, tmp_path: Path
+) -> None:
+    lines = script(forest, "export", LEAD, "--tree").stdout.splitlines()
+    starts = [i for i, line in enumerate(lines) if i > 0 and line.startswith('{"foldloop"')]
+    dropped = json.loads(lines[starts[-1]])["run_id"]  # the last run: a leaf of the tree
+    kept = lines[1 : starts[-1]]
+    header = {"foldloop": "tree", "format": 1, "run_id": LEAD, "runs": len(starts) - 1}
+    file = tmp_path / "half.jsonl"
+    file.write_text("\n".join([json.dumps(header), *kept]) + "\n")
+    proc = script(tmp_path / "store", "import", str(file))
+    assert proc.returncode == 2, proc.stdout
+    assert f"lacks child run(s) ['{dropped}']" in proc.stderr.replace("\n", " ")
+    with fl.Runtime.open(tmp_path / "store") as rt:
+        assert rt.runs() == []  # nothing half-imported
