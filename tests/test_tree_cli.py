@@ -19,7 +19,7 @@ import sys
 import sysconfig
 import termios
 import textwrap
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,33 +30,14 @@ import foldloop as fl
 from foldloop.cli import app
 from foldloop.events import RunCancelled
 from foldloop.events._jsonl import load_run
+from tests.tree_models import answers, fans_out
 
 SCRIPT = Path(sysconfig.get_path("scripts")) / "foldloop"
 LEAD, SOLO = "lead", "solo"
 
 
-def answers(prefix: str) -> Callable[[Sequence[fl.Message], Sequence[object]], fl.Reply]:
-    """A model that answers its task at once, ``prefix: <task>``, and charges for it."""
-
-    def reply(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
-        task = next(m.content for m in messages if m.role == "user")
-        usage = fl.types.Usage(input_tokens=10, output_tokens=5, cost_usd=0.001)
-        return fl.Reply(text=f"{prefix}: {task}", usage=usage)
-
-    return reply
-
-
-def fans_out(
-    *calls: tuple[str, str],
-) -> Callable[[Sequence[fl.Message], Sequence[object]], fl.Reply]:
-    """A lead's model: first asks each (agent, task) at once, then joins what came back."""
-
-    def reply(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
-        if not any(m.role == "tool" for m in messages):
-            return fl.Reply(tool_calls=[fl.ToolCall(a, {"input": t}) for a, t in calls])
-        return fl.Reply(text=" | ".join(m.content for m in messages if m.role == "tool"))
-
-    return reply
+CHARGED = fl.types.Usage(input_tokens=10, output_tokens=5, cost_usd=0.001)
+"""What each scripted answer costs (so a tree's spend shows)."""
 
 
 def _loops(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
@@ -75,7 +56,7 @@ def forest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store holding the tree lead -> (middle -> two researchers, stuck at its step
     ceiling), and a run with no children."""
     path = tmp_path_factory.mktemp("forest") / "store"
-    researcher = fl.Agent(name="researcher", llm=fl.ScriptedLLM(answers("found")))
+    researcher = fl.Agent(name="researcher", llm=fl.ScriptedLLM(answers("found", CHARGED)))
     stuck = fl.Agent(
         name="stuck", llm=fl.ScriptedLLM(_loops), tools=[noop], limits=fl.Limits(max_steps=2)
     )
@@ -90,7 +71,7 @@ def forest(tmp_path_factory: pytest.TempPathFactory) -> Path:
         agents=[middle, stuck],
         limits=fl.Limits(max_steps=30),
     )
-    solo = fl.Agent(name="solo", llm=fl.ScriptedLLM(answers("alone")))
+    solo = fl.Agent(name="solo", llm=fl.ScriptedLLM(answers("alone", CHARGED)))
     with fl.Runtime.open(path, agents=[lead, solo]) as rt:
         assert rt.spawn(lead, "go", run_id=LEAD).wait(timeout=30).ok
         assert rt.spawn(solo, "go", run_id=SOLO).wait(timeout=30).ok

@@ -4,7 +4,7 @@ spans of a child under its parent's call, and verify over a whole tree."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,47 +14,24 @@ from typer.testing import CliRunner
 import foldloop as fl
 from foldloop.cli import app
 from foldloop.events import ChildEnded, RunStarted, Usage
+from tests.tree_models import answers, fans_out
 from tests.waiting import wait_until
-
-Model = Callable[[Sequence[fl.Message], Sequence[object]], fl.Reply]
 
 USAGE = Usage(input_tokens=7, output_tokens=3, cost_usd=0.1)
 """Every model call's usage: a dollar figure whose sums are not exact in binary."""
 
 
-def answers(prefix: str) -> Model:
-    """A model that answers its task at once: ``prefix: <task>``."""
-
-    def reply(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
-        task = next(m.content for m in messages if m.role == "user")
-        return fl.Reply(text=f"{prefix}: {task}", usage=USAGE)
-
-    return reply
-
-
-def fans_out(*calls: tuple[str, str]) -> Model:
-    """A lead's model: first asks each (agent, task) at once, then joins what came back."""
-
-    def reply(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
-        if not any(m.role == "tool" for m in messages):
-            calls_now = [fl.ToolCall(a, {"input": t}) for a, t in calls]
-            return fl.Reply(tool_calls=calls_now, usage=USAGE)
-        return fl.Reply(text=" | ".join(m.content for m in messages if m.role == "tool"))
-
-    return reply
-
-
 def two_level_lead() -> fl.Agent:
     """lead -> (editor -> 2 researchers), researcher: four child runs, depth 2."""
-    researcher = fl.Agent(name="researcher", llm=fl.ScriptedLLM(answers("found")))
+    researcher = fl.Agent(name="researcher", llm=fl.ScriptedLLM(answers("found", USAGE)))
     editor = fl.Agent(
         name="editor",
-        llm=fl.ScriptedLLM(fans_out(("researcher", "cats"), ("researcher", "dogs"))),
+        llm=fl.ScriptedLLM(fans_out(("researcher", "cats"), ("researcher", "dogs"), usage=USAGE)),
         agents=[researcher],
     )
     return fl.Agent(
         name="lead",
-        llm=fl.ScriptedLLM(fans_out(("editor", "pets"), ("researcher", "birds"))),
+        llm=fl.ScriptedLLM(fans_out(("editor", "pets"), ("researcher", "birds"), usage=USAGE)),
         agents=[editor, researcher],
         limits=fl.Limits(max_steps=40),
     )
@@ -79,11 +56,13 @@ def test_an_approval_deep_in_a_tree_names_its_root(store_path: Path) -> None:
         approvals=fl.RequireApproval({"publish"}, notify=notified.append),
     )
     editor = fl.Agent(
-        name="editor", llm=fl.ScriptedLLM(fans_out(("publisher", "go"))), agents=[publisher]
+        name="editor",
+        llm=fl.ScriptedLLM(fans_out(("publisher", "go"), usage=USAGE)),
+        agents=[publisher],
     )
     lead = fl.Agent(
         name="lead",
-        llm=fl.ScriptedLLM(fans_out(("editor", "go"))),
+        llm=fl.ScriptedLLM(fans_out(("editor", "go"), usage=USAGE)),
         agents=[editor],
         limits=fl.Limits(max_steps=30),
     )
@@ -108,7 +87,7 @@ def test_an_approval_deep_in_a_tree_names_its_root(store_path: Path) -> None:
 
 def test_run_metrics_add_up_each_tree_under_its_root(store_path: Path) -> None:
     lead = two_level_lead()
-    plain = fl.Agent(name="plain", llm=fl.ScriptedLLM(answers("plain")))
+    plain = fl.Agent(name="plain", llm=fl.ScriptedLLM(answers("plain", USAGE)))
     with fl.Runtime.open(store_path, agents=[lead, plain]) as rt:
         runs = [rt.spawn(lead, "go"), rt.spawn(plain, "alone"), rt.spawn(lead, "again")]
         assert all(run.wait(timeout=30).ok for run in runs)

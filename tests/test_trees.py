@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -26,30 +27,25 @@ from foldloop.core._state import RunState
 from foldloop.core._tree import child_finished, child_run_id, ended_for_parent
 from foldloop.events import Limits, ToolCall, ToolInfo, Usage
 from foldloop.tools._decorator import DEFAULT_MAX_RESULT_CHARS
+from tests.tree_models import answers, fans_out
 from tests.waiting import wait_until
 
 
-def answers(prefix: str) -> Callable[[Sequence[fl.Message], Sequence[object]], fl.Reply]:
-    """A model that answers its task at once: ``prefix: <task>``."""
+def holding(name: str, release: threading.Event, **kw: Any) -> fl.Agent:
+    """An agent whose one tool call (``hold``) waits until ``release`` is set."""
 
-    def reply(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
-        task = next(m.content for m in messages if m.role == "user")
-        return fl.Reply(text=f"{prefix}: {task}")
+    @fl.tool(timeout=30)
+    def hold(task: str) -> str:
+        """Wait for the test."""
+        release.wait(20)
+        return "held"
 
-    return reply
-
-
-def fans_out(
-    *calls: tuple[str, str],
-) -> Callable[[Sequence[fl.Message], Sequence[object]], fl.Reply]:
-    """A lead's model: first asks each (agent, task) at once, then joins what came back."""
-
-    def reply(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+    def holds(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
         if not any(m.role == "tool" for m in messages):
-            return fl.Reply(tool_calls=[fl.ToolCall(a, {"input": t}) for a, t in calls])
-        return fl.Reply(text=" | ".join(m.content for m in messages if m.role == "tool"))
+            return fl.Reply(tool_calls=[fl.ToolCall("hold", {"task": "x"})])
+        return fl.Reply(text="done")
 
-    return reply
+    return fl.Agent(name=name, llm=fl.ScriptedLLM(holds), tools=[hold], **kw)
 
 
 def researcher(name: str = "researcher", **kw: object) -> fl.Agent:
@@ -214,19 +210,7 @@ def test_max_depth_stops_a_tree_growing_past_it(store_path: Path) -> None:
 
 def test_cancelling_a_parent_cancels_its_whole_subtree(store_path: Path) -> None:
     release = threading.Event()
-
-    @fl.tool(timeout=30)
-    def hold(task: str) -> str:
-        """Wait for the test."""
-        release.wait(20)
-        return "held"
-
-    def holds(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
-        if not any(m.role == "tool" for m in messages):
-            return fl.Reply(tool_calls=[fl.ToolCall("hold", {"task": "x"})])
-        return fl.Reply(text="done")
-
-    leaf = fl.Agent(name="leaf", llm=fl.ScriptedLLM(holds), tools=[hold])
+    leaf = holding("leaf", release)
     middle = fl.Agent(
         name="middle", llm=fl.ScriptedLLM(fans_out(("leaf", "a"), ("leaf", "b"))), agents=[leaf]
     )
@@ -709,19 +693,7 @@ def test_closing_right_after_cancelling_a_live_tree_leaves_nothing_below_it_runn
     store_path: Path,
 ) -> None:
     release = threading.Event()
-
-    @fl.tool(timeout=30)
-    def hold(task: str) -> str:
-        """Wait for the test."""
-        release.wait(20)
-        return "held"
-
-    def holds(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
-        if not any(m.role == "tool" for m in messages):
-            return fl.Reply(tool_calls=[fl.ToolCall("hold", {"task": "x"})])
-        return fl.Reply(text="done")
-
-    leaf = fl.Agent(name="leaf", llm=fl.ScriptedLLM(holds), tools=[hold])
+    leaf = holding("leaf", release)
     middle = fl.Agent(
         name="middle", llm=fl.ScriptedLLM(fans_out(("leaf", "a"), ("leaf", "b"))), agents=[leaf]
     )
@@ -773,24 +745,7 @@ def test_children_whose_parent_is_cancelled_as_they_start_are_cancelled(store_pa
 
 def test_a_cancel_reaches_a_child_another_runtime_drives(store_path: Path) -> None:
     release = threading.Event()
-
-    @fl.tool(timeout=30)
-    def hold(task: str) -> str:
-        """Wait for the test (gated)."""
-        release.wait(20)
-        return "held"
-
-    def holds(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
-        if not any(m.role == "tool" for m in messages):
-            return fl.Reply(tool_calls=[fl.ToolCall("hold", {"task": "x"})])
-        return fl.Reply(text="done")
-
-    gated = fl.Agent(
-        name="gated",
-        llm=fl.ScriptedLLM(holds),
-        tools=[hold],
-        approvals=fl.RequireApproval({"hold"}),
-    )
+    gated = holding("gated", release, approvals=fl.RequireApproval({"hold"}))
     lead = fl.Agent(name="lead", llm=fl.ScriptedLLM(fans_out(("gated", "g"))), agents=[gated])
     try:
         # here drives the root and never polls; there carries the approval in and so drives
