@@ -76,6 +76,11 @@ def test_an_approval_deep_in_a_tree_names_its_root(store_path: Path) -> None:
         assert rt.state(deep.run_id).depth == 2
         assert deep.root_run_id == tree.id
         assert deep.run_id in [node.run_id for node in rt.tree(deep.root_run_id).walk()]
+        # the root's explain says where a person is needed, below it
+        step = f"decide the pending approvals of {deep.run_id} below it (foldloop approvals)"
+        assert rt.explain(tree.id).next_steps[0] == step
+        shown = CliRunner().invoke(app, ["--store", str(store_path), "explain", tree.id])
+        assert f"next: {step}" in " ".join(shown.output.split()), shown.output
         wait_until(lambda: len(notified) == 2, 10, "both requests handed to notify")
         assert {p.run_id: p.root_run_id for p in notified} == {
             p.run_id: p.root_run_id for p in rows.values()

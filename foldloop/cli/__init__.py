@@ -343,6 +343,8 @@ def explain(run: RunArg) -> None:
         advice = _advice(
             run, why.status, rt.state(run), list(rt.events(run)), why.decided, orphaned=why.orphaned
         )
+        below = ("decide the pending approvals of", "wait: it waits for its child runs")
+        lines.extend(f"next: {step}" for step in why.next_steps if step.startswith(below))
         lines.append(f"next: {advice}")
         for line in lines:
             _prose(escape(line))

@@ -3,6 +3,7 @@ the run list, explanations, replay checks, and who drives a run."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
@@ -242,7 +243,19 @@ class Queries:
         table holds for calls it waits on and its log does not yet."""
         records = list(self.events(run_id))
         state = fold(records)
-        return explain(state, records, orphaned=self.orphaned(run_id), decided=self.decided(state))
+        why = explain(state, records, orphaned=self.orphaned(run_id), decided=self.decided(state))
+        if not any(c.running for c in state.children):
+            return why
+        # a tree waits on whatever waits below it: say where a person is needed
+        parked = [
+            node.run_id
+            for node in self.tree(run_id).walk()[1:]
+            if node.status is RunStatus.AWAITING_APPROVAL
+        ]
+        if not parked:
+            return why
+        ask = f"decide the pending approvals of {', '.join(parked)} below it (foldloop approvals)"
+        return dataclasses.replace(why, next_steps=(ask, *why.next_steps))
 
     def decided(self, state: RunState) -> tuple[DecidedApproval, ...]:
         """Decisions recorded in the approvals table on calls ``state`` waits on, not yet
