@@ -330,13 +330,14 @@ def test_kill_loop_over_a_run_tree_starts_each_child_once_and_charges_each_leaf_
     kills = max(4, int(request.config.getoption("--kills")) // 6)
     rng = random.Random(int(request.config.getoption("--kills")))
     store, ledger = tmp_path / "fl", tmp_path / "ledger"
-    proc = tree_worker(store, ledger, "--spawn", "tree")
+    park = ("--park-after", "0.02")  # parents park and are taken up again as children end
+    proc = tree_worker(store, ledger, "--spawn", "tree", *park)
     expect_line(proc, "READY")
     for _ in range(kills):
         time.sleep(rng.uniform(0.0, 0.4))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
-        proc = tree_worker(store, ledger, "--recover")
+        proc = tree_worker(store, ledger, "--recover", *park)
         expect_line(proc, "READY")
     done = expect_line(proc, "DONE", timeout=120)
     proc.communicate(timeout=30)
@@ -513,6 +514,7 @@ def test_a_parent_hears_the_end_of_a_child_another_runtime_recovered(tmp_path: P
         proc.communicate(timeout=30)
         root = build(ledger)
         with fl.Runtime.open(store, agents=[root], poll_interval=0.05) as here:
+            here.system.park_after_s = 0.01  # parked, the root still hears its children
             state = here.state("tree")
             if state.settled or not any(c.running for c in state.children):
                 continue  # the kill came too early or too late: try again
@@ -808,3 +810,56 @@ def test_a_childs_long_answer_is_cut_as_a_tools_result_is(store_path: Path) -> N
         assert done.original_chars == 300_000
         assert len(done.result) == DEFAULT_MAX_RESULT_CHARS
         rt.verify(result.run_id)  # the cut replays
+
+
+def test_a_parent_waiting_long_on_its_children_parks_and_goes_on_when_they_end(
+    store_path: Path,
+) -> None:
+    release = threading.Event()
+    slow = [holding(f"slow{i}", release) for i in range(3)]
+    lead = fl.Agent(
+        name="lead",
+        llm=fl.ScriptedLLM(fans_out(*[(a.name, f"t{i}") for i, a in enumerate(slow)])),
+        agents=slow,
+    )
+    try:
+        with fl.Runtime.open(store_path, agents=[lead]) as rt:
+            rt.system.park_after_s = 0.05
+            run = rt.spawn(lead, "go")
+            wait_until(lambda: rt.system.parked(run.id), 20, "the lead to park")
+            assert not rt.system.active(run.id)  # no actor, no state held: only the lease
+            (summary,) = [s for s in rt.runs() if s.run_id == run.id]
+            assert summary.status is fl.RunStatus.RUNNING  # not orphaned: its lease is here
+            assert rt.explain(run.id).next_steps[0].startswith("wait: it waits for its child")
+            release.set()
+            result = run.wait(timeout=20)
+            assert result.ok, result
+            assert result.output == "done | done | done"
+            assert not rt.system.parked(run.id)
+            rt.verify(run.id, tree=True)
+    finally:
+        release.set()
+
+
+def test_cancelling_a_parked_parent_cancels_it_and_its_children(store_path: Path) -> None:
+    release = threading.Event()
+    lead = fl.Agent(
+        name="lead",
+        llm=fl.ScriptedLLM(fans_out(("slow", "a"), ("slow", "b"))),
+        agents=[holding("slow", release)],
+    )
+    try:
+        with fl.Runtime.open(store_path, agents=[lead]) as rt:
+            rt.system.park_after_s = 0.05
+            run = rt.spawn(lead, "go")
+            wait_until(lambda: rt.system.parked(run.id), 20, "the lead to park")
+            run.cancel(reason="enough")
+            assert run.wait(timeout=20).status is fl.RunStatus.CANCELLED
+            for child in rt.tree(run.id).children:
+                wait_until(
+                    lambda c=child.run_id: rt.state(c).status is fl.RunStatus.CANCELLED,
+                    20,
+                    "its children to be cancelled",
+                )
+    finally:
+        release.set()

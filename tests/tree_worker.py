@@ -73,9 +73,12 @@ def main() -> None:
     parser.add_argument("--ledger", required=True)
     parser.add_argument("--spawn")
     parser.add_argument("--recover", action="store_true")
+    parser.add_argument("--park-after", type=float, help="seconds before a waiting parent parks")
     args = parser.parse_args()
     root = build(Path(args.ledger))
     with fl.Runtime.open(args.store, agents=[root]) as rt:
+        if args.park_after is not None:
+            rt.system.park_after_s = args.park_after
         if args.spawn:
             run_id = rt.spawn(root, "t", run_id=args.spawn).id
         else:

@@ -33,6 +33,7 @@ from foldloop.actors._workers import Workers
 from foldloop.core._commands import Cancel, Command, ModelCallFailed, ModelReplied
 from foldloop.core._decide import decide
 from foldloop.core._effects import (
+    AwaitChildren,
     CallModel,
     CancelChildren,
     Decision,
@@ -45,6 +46,7 @@ from foldloop.core._evolve import apply
 from foldloop.core._messages import Chunks, MessageView, ToolSpec
 from foldloop.core._snapshot import encode_chunk, split_state
 from foldloop.core._state import STATE_VERSION, RunState, RunStatus
+from foldloop.core._tree import waits_only_for_children
 from foldloop.errors import FoldloopError, ModelCallError
 from foldloop.events._catalogue import ToolFailed
 from foldloop.events._codec import storable_text
@@ -52,9 +54,16 @@ from foldloop.events._values import Usage
 from foldloop.llm import AsyncComplete, Reply, async_form
 from foldloop.store import ApprovalChanges, EventStore, Lease, Payload, Pending, encode_all
 
-__all__ = ["AppendFailed", "RunActor", "RunHost"]
+__all__ = ["AppendFailed", "ParkIfIdle", "RunActor", "RunHost"]
 
 log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ParkIfIdle:
+    """Park the run if it handled no command since (``handled`` of them then)."""
+
+    handled: int
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,9 @@ class RunHost(Protocol):
     def notify(self, agent: Agent, state: RunState, call_id: str) -> None: ...
     def tell(self, run_id: str, message: Any) -> bool: ...
     def spawn_children(self, parent: RunState, effects: tuple[SpawnChild, ...]) -> None: ...
+    def park(self, actor: RunActor) -> None: ...
+    @property
+    def park_after_s(self) -> float: ...
     def cancel_children(self, run_ids: tuple[str, ...], reason: str) -> None: ...
     def proceed(self, actor: RunActor, then: Callable[[], bool]) -> None: ...
     def settled(self, run_id: str, epoch: int, state: RunState, *, released: bool) -> None: ...
@@ -116,6 +128,8 @@ class RunActor:
         self._inline = bool(getattr(agent.llm, "instant", False))
         self._asks = async_form(agent.llm)
         self._specs = _offered(agent, state)
+        self._handled = 0
+        """Commands handled: a park check made before the last one is stale."""
         self._in_flight: list[Cancellable] = []
         """The async model call, async tool tasks and queued sync tool calls under way
         (cancelled with the run)."""
@@ -139,7 +153,14 @@ class RunActor:
             return True
         try:
             if isinstance(message, Command):
+                self._handled += 1
                 return self.handle(message)
+            if isinstance(message, ParkIfIdle):
+                if message.handled == self._handled and waits_only_for_children(self.state):
+                    self._flush_held()
+                    self.finished = True
+                    self.system.park(self)
+                return True
             if isinstance(message, Decision):
                 return self.carry_out(message)
             if isinstance(message, AppendFailed):
@@ -360,6 +381,8 @@ class RunActor:
                     self.system.notify(self.agent, self.state, effect.call_id)
                 case CancelChildren():
                     self.system.cancel_children(effect.run_ids, effect.reason)
+                case AwaitChildren():
+                    self._park_when_idle()
                 case Settle():
                     self.settle()
 
@@ -381,6 +404,16 @@ class RunActor:
             self.system.model_pool.submit(lambda: tell(run_id, asked.sync()))
             return
         self._track(self.system.loop.start(asked.awaited(self._asks), _to_run(tell, run_id)))
+
+    def _park_when_idle(self) -> None:
+        """Park (give the actor up, keep the lease) if nothing else arrives for the run for
+        ``park_after_s``: a parent waiting long on its children then holds nothing here."""
+        handled, tell, run_id = self._handled, self.system.tell, self.run_id
+
+        def check() -> None:
+            tell(run_id, ParkIfIdle(handled))
+
+        self.system.timers.call_later(self.system.park_after_s, check)
 
     def _track(self, future: Cancellable) -> None:
         """Keep an async call's future, for a cancel to cancel (the ones done go)."""

@@ -27,9 +27,9 @@ from foldloop.actors._shard import Activate, Continue, Deliver, Shard
 from foldloop.actors._timers import Timers
 from foldloop.actors._tool_actor import ToolActor, ToolRunner
 from foldloop.actors._workers import Workers
-from foldloop.core._commands import Cancel
+from foldloop.core._commands import Cancel, Command
 from foldloop.core._effects import Decision, SpawnChild
-from foldloop.core._state import ChildLink, RunState
+from foldloop.core._state import RunState
 from foldloop.core._tree import child_finished, ended_for_parent, unstartable
 from foldloop.errors import ConfigError, RunLocked
 from foldloop.store import ApprovalRecord, EventStore, Lease
@@ -45,6 +45,9 @@ carrying a decision into the run (the approvals poller, say) to finish, before R
 NOTIFY_WORKERS = 8
 """Threads running approval ``notify`` callbacks (a chat message, an e-mail: I/O)."""
 SHARDS = 4
+PARK_AFTER_S = 10.0
+"""Seconds a run that waits only for its child runs stays active before it parks (a short
+wait is not worth a fold from the log when the next child ends)."""
 """Actors (threads) the active runs are placed on. A run waits for a model, a tool or its
 commit without holding one, so a few suffice (a shard does lead group commits)."""
 
@@ -85,6 +88,11 @@ class ActorSystem:
         """Starts (or, when they exist, follows) the child runs of a parent's sub-agent calls;
         called on a shard: hand slow work elsewhere. Their ends come back to the parent
         through ``tell`` (``ChildFinished``)."""
+        self.on_parked: Callable[[str, Command], None] | None = None
+        """Takes a run parked here up again with a command that came for it (off the
+        calling thread: it waits for a commit)."""
+        self.park_after_s = PARK_AFTER_S
+        """How long a run waiting only for its children stays active before it parks."""
         self.root_of: Callable[[str], str] | None = None
         """The root run of a run's tree (for the rows ``notify`` gets)."""
         self.on_cancel_children: Callable[[tuple[str, ...], str], None] | None = None
@@ -115,6 +123,8 @@ class ActorSystem:
         self._tools: dict[tuple[str, str], pykka.ActorRef[Any]] = {}
         self._runners: dict[tuple[str, str], ToolRunner] = {}
         self._settlements: dict[str, Settlement] = {}
+        self._parked: dict[str, tuple[str, ...]] = {}
+        """Runs parked here for their children (lease kept), with the children they wait for."""
         self._parents: set[str] = set()
         """Runs driven here that started child runs (``children_elsewhere`` looks at these)."""
         self._ended: collections.deque[tuple[str, Settlement]] = collections.deque()
@@ -234,7 +244,10 @@ class ActorSystem:
             except BaseException:
                 self._drop_claim(run_id)
                 raise
-            self._settlements[run_id] = Settlement()
+            held = self._settlements.get(run_id)
+            if held is None or held.event.is_set():  # a parked run's waiters keep theirs
+                self._settlements[run_id] = Settlement()
+            self._parked.pop(run_id, None)
             self._actors[run_id] = actor
             with contextlib.suppress(TypeError):  # a model that cannot be weakly referenced
                 self._models_seen.setdefault(id(agent.llm), agent.llm)
@@ -249,10 +262,16 @@ class ActorSystem:
             ]
         return self._shards[zlib.crc32(run_id.encode()) % len(self._shards)]
 
-    def tell(self, run_id: str, message: Any) -> bool:
-        """Queue a message in the mailbox of the run; False if it is not active here."""
+    def tell(self, run_id: str, message: Any, *, take_up: bool = True) -> bool:
+        """Queue a message in the mailbox of the run; False if it is not active here. A
+        command for a run parked here for its children goes to ``on_parked`` (its host
+        takes it up again with it) unless ``take_up`` is False."""
         with self._lock:
             shard = self._placed.get(run_id)
+            parked = take_up and shard is None and run_id in self._parked
+        if parked and isinstance(message, Command) and self.on_parked is not None:
+            self.on_parked(run_id, message)
+            return True
         if shard is None:
             return False
         try:
@@ -277,21 +296,19 @@ class ActorSystem:
         if self.on_cancel_children is not None:
             self.on_cancel_children(run_ids, reason)
 
-    def children_elsewhere(self) -> list[tuple[str, ChildLink]]:
+    def children_elsewhere(self) -> list[tuple[str, str]]:
         """(parent, child) of each running child of a parent driven here whose child no actor
         here drives: driven by another runtime (after a recovery there), it cannot tell its
         parent by itself."""
-        out: list[tuple[str, ChildLink]] = []
+        out: list[tuple[str, str]] = []
         with self._lock:
             for parent in self._parents:
                 actor = self._actors.get(parent)
-                if actor is None:
-                    continue
-                out.extend(
-                    (parent, link)
-                    for link in actor.state.children
-                    if link.running and link.run_id not in self._actors
-                )
+                if actor is not None:
+                    running = [c.run_id for c in actor.state.children if c.running]
+                else:
+                    running = list(self._parked.get(parent, ()))
+                out.extend((parent, child) for child in running if child not in self._actors)
         return out
 
     def children_of_elsewhere(self) -> list[tuple[str, str]]:
@@ -326,9 +343,46 @@ class ActorSystem:
         if broke:
             self.interrupted(run.run_id, run.epoch, run.state, "its actor failed; resume it")
 
+    def park(self, actor: RunActor) -> None:
+        """The run waits only for its children: it gives its actor up and keeps its lease
+        (so nothing else takes it up); a command for it takes it up again (``tell``)."""
+        run_id = actor.run_id
+        with self._lock:
+            if self._actors.get(run_id) is not actor:
+                return
+            del self._actors[run_id]
+            self._placed.pop(run_id, None)
+            self._parked[run_id] = tuple(c.run_id for c in actor.state.children if c.running)
+            self._drop_claim(run_id)
+        actor.log.info("run_parked_for_children", children=len(self._parked.get(run_id, ())))
+        if self.on_inactive is not None:
+            self.on_inactive(run_id)
+
+    def park_again(self, state: RunState) -> None:
+        """Park a run taken up for a command it rejected (its lease stays here)."""
+        with self._lock:
+            self._parked[state.run_id] = tuple(c.run_id for c in state.children if c.running)
+
+    def parked(self, run_id: str) -> bool:
+        """The run is parked here, waiting for its children."""
+        with self._lock:
+            return run_id in self._parked
+
+    def unpark(self, run_id: str) -> bool:
+        """Take a run parked here off the parked list (its host drives it again); False if
+        it was not parked."""
+        with self._lock:
+            return self._parked.pop(run_id, None) is not None
+
     def _dropped(self, run_id: str, messages: list[Any]) -> None:
         """Messages a run will never handle (it parked, ended or failed first). Late results
-        are stale by then; a cancel is not: it goes to ``on_lost_cancel``."""
+        are stale by then; a cancel is not: it goes to ``on_lost_cancel``. A parked run
+        takes up again the commands that reached its mailbox as it parked."""
+        if self.parked(run_id) and self.on_parked is not None:
+            for message in messages:
+                if isinstance(message, Command):
+                    self.on_parked(run_id, message)
+            return
         cancels = [m for m in messages if isinstance(m, Cancel)]
         log.debug("run_messages_dropped", run_id=run_id, count=len(messages) - len(cancels))
         if cancels and self.on_lost_cancel is not None:
@@ -339,6 +393,7 @@ class ActorSystem:
         (the run's claim goes)."""
         with self._lock:
             self._drop_claim(state.run_id)
+            self._parked.pop(state.run_id, None)
             settlement = self._settlements.setdefault(state.run_id, Settlement())
             self._forget_old(state.run_id, settlement)
         settlement.state = state
@@ -359,6 +414,7 @@ class ActorSystem:
     def _finish(self, run_id: str, state: RunState, interrupted: str) -> None:
         with self._lock:
             self._actors.pop(run_id, None)
+            self._parked.pop(run_id, None)
             self._parents.discard(run_id)
             self._placed.pop(run_id, None)
             self._drop_claim(run_id)

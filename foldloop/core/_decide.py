@@ -30,6 +30,7 @@ from foldloop.core._commands import (
     ToolFinished,
 )
 from foldloop.core._effects import (
+    AwaitChildren,
     CallModel,
     CancelChildren,
     Decision,
@@ -43,7 +44,7 @@ from foldloop.core._effects import (
 from foldloop.core._evolve import Draft, all_finished
 from foldloop.core._messages import prompt_digest
 from foldloop.core._state import CallState, RunState, RunStatus
-from foldloop.core._tree import allotment, child_run_id, spent
+from foldloop.core._tree import allotment, child_run_id, spent, waits_only_for_children
 from foldloop.events._catalogue import (
     ApprovalDecided,
     ApprovalExpired,
@@ -125,6 +126,9 @@ class _Builder:
             self.effects.append(CancelChildren(run_ids=running, reason=reason))
 
     def decision(self) -> Decision:
+        if not any(type(e) is Settle for e in self.effects) and waits_only_for_children(self.state):
+            self.effects.append(AwaitChildren())
+            self.durable = True  # what it waits with is in the log before it may park
         return Decision(
             events=tuple(self.events),
             effects=tuple(self.effects),

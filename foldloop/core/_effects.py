@@ -9,6 +9,7 @@ from foldloop.events._catalogue import KnownEvent
 from foldloop.events._values import Limits
 
 __all__ = [
+    "AwaitChildren",
     "CallModel",
     "CancelChildren",
     "Decision",
@@ -71,11 +72,18 @@ class CancelChildren(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
 
 
+class AwaitChildren(msgspec.Struct, frozen=True, kw_only=True):
+    """Nothing moves the run but its child runs' ends (its events are durable): its actor
+    may park until one comes."""
+
+
 class Settle(msgspec.Struct, frozen=True, kw_only=True):
     """The run finished or parked: hand the result to the host, release the actor."""
 
 
-Effect = CallModel | RunTools | RequestApproval | SpawnChild | CancelChildren | Settle
+Effect = (
+    CallModel | RunTools | RequestApproval | SpawnChild | CancelChildren | AwaitChildren | Settle
+)
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):

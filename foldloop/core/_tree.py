@@ -23,6 +23,7 @@ from foldloop.events._values import Limits, Usage, as_recorded
 
 __all__ = [
     "Bound",
+    "waits_only_for_children",
     "Budget",
     "allotment",
     "child_finished",
@@ -161,3 +162,22 @@ def unstartable(now: int, effect: SpawnChild, why: str) -> ChildFinished:
         status=RunStatus.FAILED.value,
         reason=f"the child run could not be started: {why}",
     )
+
+
+_MOVES_ALONE = frozenset({"proposed", "requested"})
+
+
+def waits_only_for_children(state: RunState) -> bool:
+    """Only its child runs' ends (or a person, at a gate) can move the run on: no model call
+    or tool call of its own is under way."""
+    if state.status is not RunStatus.RUNNING or state.model_pending:
+        return False
+    if not any(c.running for c in state.children):
+        return False
+    children = {c.call_id for c in state.children if c.running}
+    for call in state.calls:
+        if call.status in _MOVES_ALONE and call.call_id not in children:
+            info = state.tool_info(call.tool)
+            if info is None or info.agent_limits is None:
+                return False  # a plain tool call runs (a sub-agent call waits for a slot)
+    return True

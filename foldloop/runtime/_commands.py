@@ -18,7 +18,7 @@ from foldloop._agent import Agent
 from foldloop._log import get_logger
 from foldloop.actors._system import HANDOVER_WAIT, ActorSystem
 from foldloop.actors._workers import Workers
-from foldloop.core._commands import Admit, Cancel, Resume, Start
+from foldloop.core._commands import Admit, Cancel, Command, Resume, Start
 from foldloop.core._decide import decide
 from foldloop.core._effects import Decision, SpawnChild
 from foldloop.core._state import RunState, RunStatus
@@ -491,9 +491,9 @@ class Commands:
         it): the ends of children driven elsewhere to their parents driven here (a child
         tells only a parent active in its own runtime), and the cancel of a parent driven
         elsewhere to its children driven here (its cascade finds them locked)."""
-        for parent, link in self._system.children_elsewhere():
+        for parent, child in self._system.children_elsewhere():
             try:
-                state = self._queries.state(link.run_id)
+                state = self._queries.state(child)
             except RunNotFound:
                 continue  # its start is under way here
             if ended_for_parent(state):
@@ -501,6 +501,52 @@ class Commands:
         for child, parent in self._system.children_of_elsewhere():
             if self._queries.state(parent).terminal:
                 self._cancel_child(child, "parent cancelled")
+
+    def take_up_parked(self, run_id: str, command: Command) -> None:
+        """A command came for a run parked here for its children: drive it again with it,
+        off the calling thread (on the tree pool, which ``close`` finishes)."""
+        self._children.submit(lambda: self._take_up_parked(run_id, command))
+
+    def _take_up_parked(self, run_id: str, command: Command) -> None:
+        while not self._system.tell(run_id, command, take_up=False):  # active again: told
+            if not self._system.parked(run_id):
+                return  # it moved on (settled, or taken up and gone): the command is stale
+            try:
+                epoch = self._system.take(run_id, wait=HANDOVER_WAIT)
+            except RunLocked:
+                continue  # another command is taking it up: tell it there
+            except FoldloopError as exc:
+                log.warning("parked_run_not_taken_up", run_id=run_id, error=str(exc))
+                return
+            if not self._system.unpark(run_id):
+                self._system.give_back(run_id, epoch)
+                continue
+            try:
+                self._drive_with(run_id, epoch, command)
+            except FoldloopError as exc:
+                log.warning("parked_run_not_taken_up", run_id=run_id, error=str(exc))
+            return
+
+    def _drive_with(self, run_id: str, epoch: int, command: Command) -> None:
+        """Decide ``command`` for a run taken here (claim and lease), append, drive it."""
+        try:
+            state = self._queries.state(run_id)
+            agent = self._agents.for_run(state)
+            decision = decide(state, command)
+            if decision.rejected:  # a stale answer: a run still waiting parks again
+                if state.status is RunStatus.RUNNING:
+                    self._system.park_again(state)
+                    self._system.unclaim(run_id)
+                else:
+                    self._system.give_back(run_id, epoch)
+                return
+            settles = decision.settles
+            self._writes.append_decisions(state, [(decision, command)], epoch, release=settles)
+        except BaseException:
+            self._system.give_back(run_id, epoch)
+            raise
+        state = evolve_all(state, decision, command.now)
+        drive(self._system, agent, state, epoch, decision, released=settles)
 
     def cancel_children(self, run_ids: tuple[str, ...], reason: str) -> None:
         """Cancel child runs (each cascades to its own), off the calling shard."""
