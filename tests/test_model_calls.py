@@ -160,3 +160,14 @@ def test_a_model_that_returns_no_reply_fails_the_run_saying_what_it_returned(
         result = rt.spawn(weird, "go").wait(timeout=10)
         assert result.status is fl.RunStatus.FAILED, result
         assert "returned str, not fl.Reply" in result.reason
+
+
+def test_a_reply_too_big_to_record_fails_the_run_instead_of_interrupting_it(
+    tmp_path: Path,
+) -> None:
+    big = fl.Agent(name="big", llm=fl.ScriptedLLM([fl.Reply(text="x" * 3_000_000)]))
+    with fl.Runtime.open(tmp_path / "s", agents=[big]) as rt:
+        result = rt.spawn(big, "go").wait(timeout=10)
+        assert result.status is fl.RunStatus.FAILED, result
+        assert "3,000,000 bytes, over the" in result.reason
+        assert rt.recover() == []  # nothing left running to ask the model again

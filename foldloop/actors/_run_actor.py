@@ -52,7 +52,15 @@ from foldloop.events._catalogue import ToolFailed
 from foldloop.events._codec import storable_text
 from foldloop.events._values import Usage
 from foldloop.llm import AsyncComplete, Reply, async_form
-from foldloop.store import ApprovalChanges, EventStore, Lease, Payload, Pending, encode_all
+from foldloop.store import (
+    MAX_EVENT_BYTES,
+    ApprovalChanges,
+    EventStore,
+    Lease,
+    Payload,
+    Pending,
+    encode_all,
+)
 
 __all__ = ["AppendFailed", "ParkIfIdle", "RunActor", "RunHost"]
 
@@ -456,6 +464,21 @@ MAX_COUNT = 2**53
 """Token counts past this are no provider's (and would not fit a stored integer)."""
 
 
+MAX_REPLY_BYTES = MAX_EVENT_BYTES - 64 * 1024
+"""A model reply's text and calls past this cannot fit one event (its envelope, usage and
+model name take the rest)."""
+
+
+def _reply_bytes(reply: Reply) -> int:
+    """About the bytes a reply takes in its event (exactly its text and calls')."""
+    text = reply.text
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    for call in reply.tool_calls:
+        size += len(call.name.encode()) + len(call.args.encode("utf-8", "surrogatepass"))
+        size += len(call.id.encode())
+    return size
+
+
 def _implausible(usage: Usage) -> str:
     """What is wrong with a model's reported usage ("" if nothing)."""
     for name in ("input_tokens", "output_tokens"):
@@ -529,6 +552,15 @@ class _Asked:
     def replied(self, reply: Reply, start: float) -> Command:
         usage = reply.usage or Usage()
         model = reply.model or self.agent.llm.model
+        size = _reply_bytes(reply)
+        if size > MAX_REPLY_BYTES:  # it could never be recorded: a failed call, not a crash
+            return ModelCallFailed(
+                now=self.clock(),
+                step=self.effect.step,
+                error=f"model {model!r} replied with {size:,} bytes, over the "
+                f"{MAX_REPLY_BYTES:,} bytes a reply may take in the log",
+                retryable=False,
+            )
         odd = _implausible(usage)
         if odd:  # recorded as it came, it would corrupt the run's budget, or not encode at all
             return ModelCallFailed(

@@ -352,8 +352,9 @@ class Commands:
                 continue
             if self._agents.named(state.agent) is None:
                 continue
-            if not state.terminal and self._parent_gone(state):
-                self._cancel_child(state.run_id, "parent cancelled")  # a cascade cut short
+            ended = self._ended_ancestor(state) if not state.terminal else None
+            if ended is not None:  # a cascade cut short, or a child its parent gave up on
+                self._cancel_child(state.run_id, ended)
                 continue
             if state.status is RunStatus.QUEUED:
                 queued.append(state.run_id)
@@ -368,20 +369,22 @@ class Commands:
                 log.warning("recover_skipped", run_id=state.run_id, error=str(exc))
         return recovered + self._requeue(queued)
 
-    def _parent_gone(self, state: RunState) -> bool:
-        """A run of a tree whose parent, or an ancestor above it, ended without waiting for
-        it (it was cancelled): its cascade was cut short. (A run spawned by host code with
-        a ``parent_run_id`` is no sub-agent's: its parent's end does not end it.)"""
+    def _ended_ancestor(self, state: RunState) -> str | None:
+        """For a run of a tree whose parent, or an ancestor above it, has ended: the reason
+        to cancel it ("parent cancelled" when it was a cancel whose cascade was cut short);
+        None otherwise. (A run host code spawned with a ``parent_run_id`` is no sub-agent's:
+        its parent's end does not end it.)"""
         parent = state.parent_run_id if state.parent_call_id else ""
         while parent:
             try:
                 above = self._queries.state(parent)
             except FoldloopError:
-                return False  # an unreadable parent: leave the child to be resumed
+                return None  # an unreadable parent: leave the child to be resumed
             if above.terminal:
-                return True
+                ended = above.status.value
+                return "parent cancelled" if ended == "cancelled" else f"parent {ended}"
             parent = above.parent_run_id if above.parent_call_id else ""
-        return False
+        return None
 
     def _requeue(self, run_ids: list[str]) -> list[str]:
         """Take over the leases of queued runs whose runtime died and queue them here in the

@@ -13,10 +13,11 @@ from foldloop.store._framing import Lease
 from foldloop.store._lmdb_store import LmdbStore, open_store
 from foldloop.store._mapped import DEFAULT_MAP_SIZE, MAX_MAP_SIZE
 from foldloop.store._owners import OwnerLock, owner_alive
-from foldloop.store._payloads import Payload, encode_all
+from foldloop.store._payloads import MAX_EVENT_BYTES, Payload, encode_all
 from foldloop.store._port import EventStore, OwnerHold, Pending, Snapshot, append_events
 
 __all__ = [
+    "MAX_EVENT_BYTES",
     "DEFAULT_MAP_SIZE",
     "ApprovalChanges",
     "ApprovalRecord",
