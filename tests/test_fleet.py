@@ -247,6 +247,44 @@ def test_a_sync_call_still_waiting_for_its_thread_never_runs_once_its_run_is_can
     assert ran == ["first"]
 
 
+def test_a_queued_sync_call_never_starts_once_cancel_returns(tmp_path: Path) -> None:
+    """The slot frees right after cancel() returns, before the run's shard may have handled
+    the cancel: the waiting call must not start all the same (tried 20 times)."""
+    releases: dict[str, threading.Event] = {}
+    ran: list[str] = []
+
+    @fl.tool(concurrency=1, timeout=30)
+    def pay(key: str) -> str:
+        """Pay (not idempotent)."""
+        ran.append(key)
+        releases.setdefault(key, threading.Event()).wait(30)
+        return "paid"
+
+    llm = fl.ScriptedLLM(
+        lambda messages, tools: (
+            fl.Reply(text="done")
+            if messages[-1].role == "tool"
+            else fl.Reply(tool_calls=[fl.ToolCall("pay", {"key": messages[-1].content})])
+        )
+    )
+    agent = fl.Agent(name="payer", llm=llm, tools=[pay])
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        for i in range(20):
+            holder = rt.spawn(agent, f"hold{i}")
+            wait_until(lambda i=i: f"hold{i}" in ran, 10, "the slot to be taken")
+            queued = rt.spawn(agent, f"queued{i}")
+            wait_until(
+                lambda q=queued: "tool.requested" in [r.type for r in rt.events(q.id)],
+                10,
+                "the second call to be requested (and queued behind the first)",
+            )
+            queued.cancel(reason="never mind")
+            releases.setdefault(f"hold{i}", threading.Event()).set()  # the slot frees now
+            assert holder.wait(timeout=10).ok
+            assert queued.wait(timeout=10).status is fl.RunStatus.CANCELLED
+        assert not [key for key in ran if key.startswith("queued")]
+
+
 def test_runs_lists_no_live_run_as_interrupted(tmp_path: Path) -> None:
     # runs() folds the states in batches, then checks who holds each run: a run that
     # settled in between must show settled, not orphaned.

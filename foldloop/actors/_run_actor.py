@@ -136,6 +136,8 @@ class RunActor:
         self._inline = bool(getattr(agent.llm, "instant", False))
         self._asks = async_form(agent.llm)
         self._specs = _offered(agent, state)
+        self._cancelling = False
+        """A cancel was told to this run and is not handled yet."""
         self._handled = 0
         """Commands handled: a park check made before the last one is stale."""
         self._in_flight: list[Cancellable] = []
@@ -368,7 +370,12 @@ class RunActor:
     # -- effects -------------------------------------------------------------------------
 
     def perform(self, decision: Decision) -> None:
-        """Start each effect of a committed decision (a decision's child runs together)."""
+        """Start each effect of a committed decision (a decision's child runs together);
+        with a cancel on its way, nothing new starts (the cancel, handled next, settles)."""
+        if self._cancelling:
+            decision = msgspec.structs.replace(
+                decision, effects=tuple(e for e in decision.effects if type(e) is Settle)
+            )
         children = tuple(e for e in decision.effects if type(e) is SpawnChild)
         if children:
             self.system.spawn_children(self.state, children)
@@ -431,6 +438,12 @@ class RunActor:
                 self._in_flight.append(future)
                 return
         future.cancel()
+
+    def cancel_requested(self) -> None:
+        """(Any thread.) A cancel is on its way to this run: calls waiting for a slot never
+        start, calls under way are cancelled, and nothing new starts before it is handled."""
+        self._cancelling = True
+        self._cancel_in_flight()
 
     def _cancel_in_flight(self) -> None:
         with self._in_flight_lock:

@@ -269,6 +269,9 @@ class ActorSystem:
         with self._lock:
             shard = self._placed.get(run_id)
             parked = take_up and shard is None and run_id in self._parked
+            actor = self._actors.get(run_id) if type(message) is Cancel else None
+        if actor is not None:  # from now on nothing of it starts, before the shard gets to it
+            actor.cancel_requested()
         if parked and isinstance(message, Command) and self.on_parked is not None:
             self.on_parked(run_id, message)
             return True
