@@ -865,3 +865,21 @@ def test_cancelling_a_parked_parent_cancels_it_and_its_children(store_path: Path
                 )
     finally:
         release.set()
+
+
+def test_a_child_its_runtime_cannot_go_on_with_is_its_parents_failed_call(
+    store_path: Path,
+) -> None:
+    slow = fl.Agent(name="slow", llm=fl.ScriptedLLM(answers("late"), latency_s=0.5))
+    lead = fl.Agent(name="lead", llm=fl.ScriptedLLM(fans_out(("slow", "go"))), agents=[slow])
+    with fl.Runtime.open(store_path, agents=[lead]) as rt:
+        run = rt.spawn(lead, "go")
+        wait_until(lambda: len(rt.runs()) == 2, 10, "the child to start")
+        (child,) = [s.run_id for s in rt.runs() if s.parent_run_id == run.id]
+        # its lease taken over (a new epoch) while its model call is out: its next append
+        # is fenced off, and the actor driving it cannot go on
+        rt.store.acquire_lease(child, rt.owner).wait()
+        result = run.wait(timeout=20)
+        assert result.ok, result  # the lead heard how its child ended, and answered
+        (failed,) = [r.event for r in rt.events(run.id) if r.type == "tool.failed"]
+        assert "ended interrupted" in failed.error
