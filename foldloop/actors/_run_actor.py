@@ -166,7 +166,11 @@ class RunActor:
                 self._handled += 1
                 return self.handle(message)
             if isinstance(message, ParkIfIdle):
-                if message.handled == self._handled and waits_only_for_children(self.state):
+                if (
+                    message.handled == self._handled
+                    and not self._cancelling  # the cancel on its way is handled here first
+                    and waits_only_for_children(self.state)
+                ):
                     self._flush_held()
                     self.finished = True
                     self.system.park(self)
