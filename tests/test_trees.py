@@ -883,3 +883,42 @@ def test_a_child_its_runtime_cannot_go_on_with_is_its_parents_failed_call(
         assert result.ok, result  # the lead heard how its child ended, and answered
         (failed,) = [r.event for r in rt.events(run.id) if r.type == "tool.failed"]
         assert "ended interrupted" in failed.error
+
+
+def test_commands_racing_to_a_parked_parent_are_all_handled_in_order(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from foldloop.runtime._writes import RunWrites
+
+    release = threading.Event()
+    lead = fl.Agent(
+        name="lead",
+        llm=fl.ScriptedLLM(fans_out(("quick", "a"), ("slow", "b"))),
+        agents=[
+            fl.Agent(name="quick", llm=fl.ScriptedLLM(answers("quick"), latency_s=0.3)),
+            holding("slow", release),
+        ],
+    )
+    append = RunWrites.append_decisions
+
+    def slow_append(self: RunWrites, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.2)  # widens the window between a take-up's start and its actor
+        return append(self, *args, **kwargs)
+
+    try:
+        with fl.Runtime.open(store_path, agents=[lead]) as rt:
+            rt.system.park_after_s = 0.01
+            run = rt.spawn(lead, "go")
+            wait_until(lambda: rt.system.parked(run.id), 20, "the lead to park")
+            monkeypatch.setattr(RunWrites, "append_decisions", slow_append)
+            # the quick child ends (its end takes the lead up), and a cancel comes meanwhile
+            quick = next(c.run_id for c in rt.tree(run.id).children if c.agent == "quick")
+            wait_until(
+                lambda: rt.state(quick).status is fl.RunStatus.COMPLETED,
+                20,
+                "the quick child to end (its end now takes the lead up, slowly)",
+            )
+            run.cancel(reason="enough")
+            assert run.wait(timeout=20).status is fl.RunStatus.CANCELLED
+    finally:
+        release.set()

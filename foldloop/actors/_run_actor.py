@@ -377,9 +377,8 @@ class RunActor:
         """Start each effect of a committed decision (a decision's child runs together);
         with a cancel on its way, nothing new starts (the cancel, handled next, settles)."""
         if self._cancelling:
-            decision = msgspec.structs.replace(
-                decision, effects=tuple(e for e in decision.effects if type(e) is Settle)
-            )
+            kept = tuple(e for e in decision.effects if type(e) in (Settle, CancelChildren))
+            decision = msgspec.structs.replace(decision, effects=kept)
         children = tuple(e for e in decision.effects if type(e) is SpawnChild)
         if children:
             self.system.spawn_children(self.state, children)
@@ -437,7 +436,7 @@ class RunActor:
     def _track(self, future: Cancellable) -> None:
         """Keep an async call's future, for a cancel to cancel (the ones done go)."""
         with self._in_flight_lock:
-            if not self.finished:
+            if not self.finished and not self._cancelling:
                 self._in_flight = [f for f in self._in_flight if not f.done()]
                 self._in_flight.append(future)
                 return
@@ -446,7 +445,8 @@ class RunActor:
     def cancel_requested(self) -> None:
         """(Any thread.) A cancel is on its way to this run: calls waiting for a slot never
         start, calls under way are cancelled, and nothing new starts before it is handled."""
-        self._cancelling = True
+        with self._in_flight_lock:
+            self._cancelling = True
         self._cancel_in_flight()
 
     def _cancel_in_flight(self) -> None:

@@ -29,7 +29,7 @@ from foldloop.actors._tool_actor import ToolActor, ToolRunner
 from foldloop.actors._workers import Workers
 from foldloop.core._commands import Cancel, Command
 from foldloop.core._effects import Decision, SpawnChild
-from foldloop.core._state import RunState
+from foldloop.core._state import RunState, RunStatus
 from foldloop.core._tree import child_finished, ended_for_parent, unstartable
 from foldloop.errors import ConfigError, RunLocked
 from foldloop.store import ApprovalRecord, EventStore, Lease
@@ -88,9 +88,9 @@ class ActorSystem:
         """Starts (or, when they exist, follows) the child runs of a parent's sub-agent calls;
         called on a shard: hand slow work elsewhere. Their ends come back to the parent
         through ``tell`` (``ChildFinished``)."""
-        self.on_parked: Callable[[str, Command], None] | None = None
-        """Takes a run parked here up again with a command that came for it (off the
-        calling thread: it waits for a commit)."""
+        self.on_parked: Callable[[str], None] | None = None
+        """Takes a run parked here up again with the commands that came for it
+        (``next_for_take_up``), off the calling thread: it waits for a commit."""
         self.park_after_s = PARK_AFTER_S
         """How long a run waiting only for its children stays active before it parks."""
         self.root_of: Callable[[str], str] | None = None
@@ -123,8 +123,10 @@ class ActorSystem:
         self._tools: dict[tuple[str, str], pykka.ActorRef[Any]] = {}
         self._runners: dict[tuple[str, str], ToolRunner] = {}
         self._settlements: dict[str, Settlement] = {}
+        # runs parked here for their children (lease kept), with the children they wait for;
+        # and parked runs one thread is taking up again, with the commands that came meanwhile
         self._parked: dict[str, tuple[str, ...]] = {}
-        """Runs parked here for their children (lease kept), with the children they wait for."""
+        self._taking_up: dict[str, list[Command]] = {}
         self._parents: set[str] = set()
         """Runs driven here that started child runs (``children_elsewhere`` looks at these)."""
         self._ended: collections.deque[tuple[str, Settlement]] = collections.deque()
@@ -248,6 +250,8 @@ class ActorSystem:
             if held is None or held.event.is_set():  # a parked run's waiters keep theirs
                 self._settlements[run_id] = Settlement()
             self._parked.pop(run_id, None)
+            for message in self._taking_up.pop(run_id, ()):  # came while it was taken up
+                shard.tell(Deliver(run_id, message))
             self._actors[run_id] = actor
             with contextlib.suppress(TypeError):  # a model that cannot be weakly referenced
                 self._models_seen.setdefault(id(agent.llm), agent.llm)
@@ -266,14 +270,24 @@ class ActorSystem:
         """Queue a message in the mailbox of the run; False if it is not active here. A
         command for a run parked here for its children goes to ``on_parked`` (its host
         takes it up again with it) unless ``take_up`` is False."""
+        start_take_up = False
         with self._lock:
             shard = self._placed.get(run_id)
-            parked = take_up and shard is None and run_id in self._parked
             actor = self._actors.get(run_id) if type(message) is Cancel else None
+            if shard is None and take_up and isinstance(message, Command):
+                waiting = self._taking_up.get(run_id)
+                if waiting is not None:  # being taken up: it gets this once it is placed
+                    waiting.append(message)
+                    return True
+                if run_id in self._parked and self.on_parked is not None:
+                    del self._parked[run_id]
+                    self._taking_up[run_id] = [message]
+                    start_take_up = True
         if actor is not None:  # from now on nothing of it starts, before the shard gets to it
             actor.cancel_requested()
-        if parked and isinstance(message, Command) and self.on_parked is not None:
-            self.on_parked(run_id, message)
+        if start_take_up:
+            assert self.on_parked is not None
+            self.on_parked(run_id)
             return True
         if shard is None:
             return False
@@ -361,30 +375,31 @@ class ActorSystem:
         if self.on_inactive is not None:
             self.on_inactive(run_id)
 
-    def park_again(self, state: RunState) -> None:
-        """Park a run taken up for a command it rejected (its lease stays here)."""
+    def next_for_take_up(self, run_id: str, state: RunState | None) -> Command | None:
+        """The next command for a run being taken up (in the order they came); None when
+        none is left: the run (``state``, None if unknown) then parks again as it was."""
         with self._lock:
-            self._parked[state.run_id] = tuple(c.run_id for c in state.children if c.running)
+            waiting = self._taking_up.get(run_id)
+            if waiting:
+                return waiting.pop(0)
+            self._taking_up.pop(run_id, None)
+            if state is not None and state.status is RunStatus.RUNNING:
+                self._parked[run_id] = tuple(c.run_id for c in state.children if c.running)
+            return None
 
     def parked(self, run_id: str) -> bool:
-        """The run is parked here, waiting for its children."""
+        """The run is parked here, waiting for its children (or being taken up)."""
         with self._lock:
-            return run_id in self._parked
-
-    def unpark(self, run_id: str) -> bool:
-        """Take a run parked here off the parked list (its host drives it again); False if
-        it was not parked."""
-        with self._lock:
-            return self._parked.pop(run_id, None) is not None
+            return run_id in self._parked or run_id in self._taking_up
 
     def _dropped(self, run_id: str, messages: list[Any]) -> None:
         """Messages a run will never handle (it parked, ended or failed first). Late results
         are stale by then; a cancel is not: it goes to ``on_lost_cancel``. A parked run
         takes up again the commands that reached its mailbox as it parked."""
-        if self.parked(run_id) and self.on_parked is not None:
+        if self.parked(run_id):
             for message in messages:
                 if isinstance(message, Command):
-                    self.on_parked(run_id, message)
+                    self.tell(run_id, message)
             return
         cancels = [m for m in messages if isinstance(m, Cancel)]
         log.debug("run_messages_dropped", run_id=run_id, count=len(messages) - len(cancels))
@@ -397,6 +412,7 @@ class ActorSystem:
         with self._lock:
             self._drop_claim(state.run_id)
             self._parked.pop(state.run_id, None)
+            self._taking_up.pop(state.run_id, None)
             settlement = self._settlements.setdefault(state.run_id, Settlement())
             self._forget_old(state.run_id, settlement)
         settlement.state = state
@@ -418,6 +434,7 @@ class ActorSystem:
         with self._lock:
             self._actors.pop(run_id, None)
             self._parked.pop(run_id, None)
+            self._taking_up.pop(run_id, None)
             self._parents.discard(run_id)
             self._placed.pop(run_id, None)
             self._drop_claim(run_id)
@@ -511,7 +528,7 @@ class ActorSystem:
         with self._lock:
             self._closed = True
             shards, self._shards = self._shards, []
-            active = list(self._actors)
+            active = [*self._actors, *self._parked, *self._taking_up]
             tools = [*self._tools.values(), *self._gate_refs.values()]
             gates = list(self._gates.values())
         for shard in shards:  # each queues what its runs hold back, as it stops

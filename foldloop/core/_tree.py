@@ -165,17 +165,20 @@ def unstartable(now: int, effect: SpawnChild, why: str) -> ChildFinished:
 
 
 _MOVES_ALONE = frozenset({"proposed", "requested"})
+_AT_GATE = frozenset({"awaiting_approval", "expired"})
 
 
 def waits_only_for_children(state: RunState) -> bool:
-    """Only its child runs' ends (or a person, at a gate) can move the run on: no model call
-    or tool call of its own is under way."""
+    """Only its child runs' ends can move the run on: no model call or tool call of its own
+    is under way, and no call waits at a gate (a decision reaches an active run)."""
     if state.status is not RunStatus.RUNNING or state.model_pending:
         return False
     if not any(c.running for c in state.children):
         return False
     children = {c.call_id for c in state.children if c.running}
     for call in state.calls:
+        if call.status in _AT_GATE:
+            return False
         if call.status in _MOVES_ALONE and call.call_id not in children:
             info = state.tool_info(call.tool)
             if info is None or info.agent_limits is None:

@@ -18,7 +18,7 @@ from foldloop._agent import Agent
 from foldloop._log import get_logger
 from foldloop.actors._system import HANDOVER_WAIT, ActorSystem
 from foldloop.actors._workers import Workers
-from foldloop.core._commands import Admit, Cancel, Command, Resume, Start
+from foldloop.core._commands import Admit, Cancel, Resume, Start
 from foldloop.core._decide import decide
 from foldloop.core._effects import Decision, SpawnChild
 from foldloop.core._state import RunState, RunStatus
@@ -505,51 +505,41 @@ class Commands:
             if self._queries.state(parent).terminal:
                 self._cancel_child(child, "parent cancelled")
 
-    def take_up_parked(self, run_id: str, command: Command) -> None:
-        """A command came for a run parked here for its children: drive it again with it,
+    def take_up_parked(self, run_id: str) -> None:
+        """Commands came for a run parked here for its children: drive it again with them,
         off the calling thread (on the tree pool, which ``close`` finishes)."""
-        self._children.submit(lambda: self._take_up_parked(run_id, command))
+        self._children.submit(lambda: self._take_up_parked(run_id))
 
-    def _take_up_parked(self, run_id: str, command: Command) -> None:
-        while not self._system.tell(run_id, command, take_up=False):  # active again: told
-            if not self._system.parked(run_id):
-                return  # it moved on (settled, or taken up and gone): the command is stale
-            try:
-                epoch = self._system.take(run_id, wait=HANDOVER_WAIT)
-            except RunLocked:
-                continue  # another command is taking it up: tell it there
-            except FoldloopError as exc:
-                log.warning("parked_run_not_taken_up", run_id=run_id, error=str(exc))
-                return
-            if not self._system.unpark(run_id):
-                self._system.give_back(run_id, epoch)
-                continue
-            try:
-                self._drive_with(run_id, epoch, command)
-            except FoldloopError as exc:
-                log.warning("parked_run_not_taken_up", run_id=run_id, error=str(exc))
+    def _take_up_parked(self, run_id: str) -> None:
+        """Take the run (its lease is this runtime's) and decide its commands in order until
+        one moves it; drive it then (the rest reach its actor); else it parks again."""
+        try:
+            epoch = self._system.take(run_id, wait=HANDOVER_WAIT)
+        except FoldloopError as exc:
+            log.warning("parked_run_not_taken_up", run_id=run_id, error=str(exc))
+            self._system.next_for_take_up(run_id, None)  # drops what came: recover() resumes it
             return
-
-    def _drive_with(self, run_id: str, epoch: int, command: Command) -> None:
-        """Decide ``command`` for a run taken here (claim and lease), append, drive it."""
+        state: RunState | None = None
         try:
             state = self._queries.state(run_id)
             agent = self._agents.for_run(state)
-            decision = decide(state, command)
-            if decision.rejected:  # a stale answer: a run still waiting parks again
-                if state.status is RunStatus.RUNNING:
-                    self._system.park_again(state)
-                    self._system.unclaim(run_id)
-                else:
-                    self._system.give_back(run_id, epoch)
+            while (command := self._system.next_for_take_up(run_id, state)) is not None:
+                decision = decide(state, command)
+                if decision.rejected:
+                    continue  # a stale answer
+                settles = decision.settles
+                self._writes.append_decisions(state, [(decision, command)], epoch, release=settles)
+                state = evolve_all(state, decision, command.now)
+                drive(self._system, agent, state, epoch, decision, released=settles)
                 return
-            settles = decision.settles
-            self._writes.append_decisions(state, [(decision, command)], epoch, release=settles)
-        except BaseException:
+        except BaseException as exc:
+            self._system.next_for_take_up(run_id, None)
             self._system.give_back(run_id, epoch)
+            if isinstance(exc, FoldloopError):
+                log.warning("parked_run_not_taken_up", run_id=run_id, error=str(exc))
+                return
             raise
-        state = evolve_all(state, decision, command.now)
-        drive(self._system, agent, state, epoch, decision, released=settles)
+        self._system.unclaim(run_id)  # parked again, its lease kept
 
     def cancel_children(self, run_ids: tuple[str, ...], reason: str) -> None:
         """Cancel child runs (each cascades to its own), off the calling shard."""
