@@ -204,6 +204,17 @@ def test_a_tools_timeout_does_not_count_its_wait_for_a_slot(tmp_path: Path, kind
     assert sorted(ran) == [f"k{i}" for i in range(6)]  # each once
 
 
+def pays_once() -> fl.ScriptedLLM:
+    """A model that calls ``pay`` with its task as the key, then says done."""
+    return fl.ScriptedLLM(
+        lambda messages, tools: (
+            fl.Reply(text="done")
+            if messages[-1].role == "tool"
+            else fl.Reply(tool_calls=[fl.ToolCall("pay", {"key": messages[-1].content})])
+        )
+    )
+
+
 def test_a_sync_call_still_waiting_for_its_thread_never_runs_once_its_run_is_cancelled(
     tmp_path: Path,
 ) -> None:
@@ -218,14 +229,7 @@ def test_a_sync_call_still_waiting_for_its_thread_never_runs_once_its_run_is_can
         release.wait(30)
         return "paid"
 
-    llm = fl.ScriptedLLM(
-        lambda messages, tools: (
-            fl.Reply(text="done")
-            if messages[-1].role == "tool"
-            else fl.Reply(tool_calls=[fl.ToolCall("pay", {"key": messages[-1].content})])
-        )
-    )
-    agent = fl.Agent(name="payer", llm=llm, tools=[pay])
+    agent = fl.Agent(name="payer", llm=pays_once(), tools=[pay])
     with capture_logs() as logs, fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
         first = rt.spawn(agent, "first")
         assert started.wait(10)  # holds the tool's only thread
@@ -260,14 +264,7 @@ def test_a_queued_sync_call_never_starts_once_cancel_returns(tmp_path: Path) -> 
         releases.setdefault(key, threading.Event()).wait(30)
         return "paid"
 
-    llm = fl.ScriptedLLM(
-        lambda messages, tools: (
-            fl.Reply(text="done")
-            if messages[-1].role == "tool"
-            else fl.Reply(tool_calls=[fl.ToolCall("pay", {"key": messages[-1].content})])
-        )
-    )
-    agent = fl.Agent(name="payer", llm=llm, tools=[pay])
+    agent = fl.Agent(name="payer", llm=pays_once(), tools=[pay])
     with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
         for i in range(20):
             holder = rt.spawn(agent, f"hold{i}")

@@ -48,6 +48,21 @@ def holding(name: str, release: threading.Event, **kw: Any) -> fl.Agent:
     return fl.Agent(name=name, llm=fl.ScriptedLLM(holds), tools=[hold], **kw)
 
 
+def busy_worker() -> fl.Agent:
+    """An agent that calls a trivial tool every step until a limit stops it."""
+
+    def busy(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        turn = sum(1 for m in messages if m.role == "assistant")
+        return fl.Reply(tool_calls=[fl.ToolCall("noop", {"i": turn})])
+
+    @fl.tool(idempotent=True)
+    def noop(i: int) -> str:
+        """Do nothing new."""
+        return f"ok {i}"
+
+    return fl.Agent(name="worker", llm=fl.ScriptedLLM(busy), tools=[noop])
+
+
 def researcher(name: str = "researcher", **kw: object) -> fl.Agent:
     return fl.Agent(
         name=name, llm=fl.ScriptedLLM(answers("found")), description="Finds things out.", **kw
@@ -241,16 +256,7 @@ def test_cancelling_a_parent_cancels_its_whole_subtree(store_path: Path) -> None
 
 
 def test_the_tree_spends_no_more_steps_than_the_roots_ceiling(store_path: Path) -> None:
-    def busy(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
-        turn = sum(1 for m in messages if m.role == "assistant")
-        return fl.Reply(tool_calls=[fl.ToolCall("noop", {"i": turn})])
-
-    @fl.tool(idempotent=True)
-    def noop(i: int) -> str:
-        """Do nothing new."""
-        return f"ok {i}"
-
-    worker = fl.Agent(name="worker", llm=fl.ScriptedLLM(busy), tools=[noop])
+    worker = busy_worker()
     lead = fl.Agent(
         name="lead",
         llm=fl.ScriptedLLM(fans_out(*[("worker", f"w{i}") for i in range(3)])),
@@ -606,16 +612,7 @@ def test_a_cascade_started_just_before_close_is_finished_by_close(tmp_path: Path
 def test_a_child_resumes_only_within_its_allotment_and_while_its_parent_waits(
     store_path: Path,
 ) -> None:
-    def busy(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
-        turn = sum(1 for m in messages if m.role == "assistant")
-        return fl.Reply(tool_calls=[fl.ToolCall("noop", {"i": turn})])
-
-    @fl.tool(idempotent=True)
-    def noop(i: int) -> str:
-        """Do nothing new."""
-        return f"ok {i}"
-
-    worker = fl.Agent(name="worker", llm=fl.ScriptedLLM(busy), tools=[noop])
+    worker = busy_worker()
     lead = fl.Agent(
         name="lead",
         llm=fl.ScriptedLLM(fans_out(("worker", "w"))),
