@@ -14,9 +14,7 @@ reason.
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, overload
@@ -27,10 +25,11 @@ from foldloop._agent import Agent
 from foldloop._approvals import approval_changes, issue_tickets
 from foldloop._log import get_logger
 from foldloop.actors._event_loop import EventLoop
+from foldloop.actors._model_call import ModelCall
 from foldloop.actors._timers import Timers
 from foldloop.actors._tool_actor import Cancellable, RunToolCall, ToolRunner
 from foldloop.actors._workers import Workers
-from foldloop.core._commands import Cancel, Command, ModelCallFailed, ModelReplied
+from foldloop.core._commands import Cancel, Command, ModelReplied
 from foldloop.core._decide import decide
 from foldloop.core._effects import (
     AwaitChildren,
@@ -47,13 +46,10 @@ from foldloop.core._messages import Chunks, MessageView, ToolSpec
 from foldloop.core._snapshot import encode_chunk, split_state
 from foldloop.core._state import STATE_VERSION, RunState, RunStatus
 from foldloop.core._tree import waits_only_for_children
-from foldloop.errors import FoldloopError, ModelCallError
+from foldloop.errors import FoldloopError
 from foldloop.events._catalogue import ToolFailed
-from foldloop.events._codec import storable_text
-from foldloop.events._values import Usage
-from foldloop.llm import AsyncComplete, Reply, async_form
+from foldloop.llm import async_form
 from foldloop.store import (
-    MAX_EVENT_BYTES,
     ApprovalChanges,
     EventStore,
     Lease,
@@ -408,7 +404,7 @@ class RunActor:
         """Ask the model: inline when instant, on the runtime's loop when it has
         ``acomplete``, else on the model pool; the reply comes back as a message."""
         messages = MessageView(self.state.history, self.state.steps)
-        asked = _Asked(self, effect, messages)
+        asked = ModelCall(self.agent, self.system.clock, effect, messages, self._specs)
         if effect.delay_s <= 0 and self._inline:
             self._post(asked.sync())
         elif effect.delay_s > 0:
@@ -416,7 +412,7 @@ class RunActor:
         else:
             self._start_call(asked)
 
-    def _start_call(self, asked: _Asked) -> None:
+    def _start_call(self, asked: ModelCall) -> None:
         tell, run_id = self.system.tell, self.run_id
         if self._asks is None:
             self.system.model_pool.submit(lambda: tell(run_id, asked.sync()))
@@ -477,37 +473,6 @@ class RunActor:
         self.system.interrupted(self.run_id, self.epoch, self.state, reason)
 
 
-MAX_COUNT = 2**53
-"""Token counts past this are no provider's (and would not fit a stored integer)."""
-
-
-MAX_REPLY_BYTES = MAX_EVENT_BYTES - 64 * 1024
-"""A model reply's text and calls past this cannot fit one event (its envelope, usage and
-model name take the rest)."""
-
-
-def _reply_bytes(reply: Reply) -> int:
-    """About the bytes a reply takes in its event (exactly its text and calls')."""
-    text = reply.text
-    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-    for call in reply.tool_calls:
-        size += len(call.name.encode()) + len(call.args.encode("utf-8", "surrogatepass"))
-        size += len(call.id.encode())
-    return size
-
-
-def _implausible(usage: Usage) -> str:
-    """What is wrong with a model's reported usage ("" if nothing)."""
-    for name in ("input_tokens", "output_tokens"):
-        value = getattr(usage, name)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_COUNT:
-            return f"{name}={value!r}"
-    cost = usage.cost_usd
-    if isinstance(cost, bool) or not isinstance(cost, int | float) or not 0 <= cost < MAX_COUNT:
-        return f"cost_usd={cost!r}"  # NaN fails the comparison too
-    return ""
-
-
 def _offered(agent: Agent, state: RunState) -> list[ToolSpec]:
     """The tools the model is shown: a run at its tree's max_depth is not offered the
     sub-agents it could not start."""
@@ -519,93 +484,6 @@ def _offered(agent: Agent, state: RunState) -> list[ToolSpec]:
 
 def _to_run(tell: Callable[[str, Any], bool], run_id: str) -> Callable[[Any], bool]:
     return lambda command: tell(run_id, command)
-
-
-class _Asked:
-    """One model call of a run: what it asks, and its answer as the command it becomes."""
-
-    __slots__ = ("agent", "clock", "effect", "messages", "specs")
-
-    def __init__(self, actor: RunActor, effect: CallModel, messages: MessageView) -> None:
-        self.agent = actor.agent
-        self.clock = actor.system.clock
-        self.effect = effect
-        self.messages = messages
-        self.specs = actor._specs
-
-    def sync(self) -> Command:
-        """Call ``complete`` (on the calling thread)."""
-        start = time.perf_counter()
-        try:
-            reply = self.agent.llm.complete(
-                self.messages, self.specs, max_tokens=self.effect.max_tokens
-            )
-        except Exception as exc:
-            return self.failed(exc)
-        return self.checked(reply, start)
-
-    async def awaited(self, ask: AsyncComplete) -> Command:
-        """Await ``acomplete`` (on the runtime's loop; a cancel cancels it)."""
-        start = time.perf_counter()
-        try:
-            reply = await ask(self.messages, self.specs, max_tokens=self.effect.max_tokens)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            return self.failed(exc)
-        return self.checked(reply, start)
-
-    def checked(self, reply: object, start: float) -> Command:
-        """The reply as its command; a model that returned something else fails the run's
-        call, saying what it returned (a bug in the model's code, not worth a retry)."""
-        if not isinstance(reply, Reply):
-            error = ModelCallError(
-                f"model {self.agent.llm.model!r} returned {type(reply).__name__}, not fl.Reply",
-                retryable=False,
-            )
-            return self.failed(error)
-        return self.replied(reply, start)
-
-    def replied(self, reply: Reply, start: float) -> Command:
-        usage = reply.usage or Usage()
-        model = reply.model or self.agent.llm.model
-        size = _reply_bytes(reply)
-        if size > MAX_REPLY_BYTES:  # it could never be recorded: a failed call, not a crash
-            return ModelCallFailed(
-                now=self.clock(),
-                step=self.effect.step,
-                error=f"model {model!r} replied with {size:,} bytes, over the "
-                f"{MAX_REPLY_BYTES:,} bytes a reply may take in the log",
-                retryable=False,
-            )
-        odd = _implausible(usage)
-        if odd:  # recorded as it came, it would corrupt the run's budget, or not encode at all
-            return ModelCallFailed(
-                now=self.clock(),
-                step=self.effect.step,
-                error=f"model {model!r} reported {odd}, which is not a usage to record",
-                retryable=False,
-            )
-        if not usage.cost_usd:
-            usage = self.agent.pricing.usage(model, usage.input_tokens, usage.output_tokens)
-        return ModelReplied(
-            now=self.clock(),
-            step=self.effect.step,
-            text=storable_text(reply.text),
-            tool_calls=tuple(reply.tool_calls),
-            usage=usage,
-            model=model,
-            latency_ms=round((time.perf_counter() - start) * 1000, 3),
-        )
-
-    def failed(self, exc: Exception) -> Command:
-        if isinstance(exc, ModelCallError):
-            error, retryable = str(exc), exc.retryable
-        else:
-            error, retryable = f"{type(exc).__name__}: {exc}", False
-        return ModelCallFailed(
-            now=self.clock(), step=self.effect.step, error=error, retryable=retryable
-        )
 
 
 def _joined(a: ApprovalChanges | None, b: ApprovalChanges | None) -> ApprovalChanges | None:

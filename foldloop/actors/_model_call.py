@@ -1,0 +1,140 @@
+"""One model call of a run: the request it makes of the model, sync or awaited, and the
+model's answer as the command it becomes (checked: a reply, a usage and a size the log can
+hold)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+
+from foldloop._agent import Agent
+from foldloop.core._commands import Command, ModelCallFailed, ModelReplied
+from foldloop.core._effects import CallModel
+from foldloop.core._messages import MessageView, ToolSpec
+from foldloop.errors import ModelCallError
+from foldloop.events._codec import storable_text
+from foldloop.events._values import Usage
+from foldloop.llm import AsyncComplete, Reply
+from foldloop.store import MAX_EVENT_BYTES
+
+__all__ = ["MAX_REPLY_BYTES", "ModelCall"]
+
+
+MAX_COUNT = 2**53
+"""Token counts past this are no provider's (and would not fit a stored integer)."""
+
+
+MAX_REPLY_BYTES = MAX_EVENT_BYTES - 64 * 1024
+"""A model reply's text and calls past this cannot fit one event (its envelope, usage and
+model name take the rest)."""
+
+
+def _reply_bytes(reply: Reply) -> int:
+    """About the bytes a reply takes in its event (exactly its text and calls')."""
+    text = reply.text
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    for call in reply.tool_calls:
+        size += len(call.name.encode()) + len(call.args.encode("utf-8", "surrogatepass"))
+        size += len(call.id.encode())
+    return size
+
+
+def _implausible(usage: Usage) -> str:
+    """What is wrong with a model's reported usage ("" if nothing)."""
+    for name in ("input_tokens", "output_tokens"):
+        value = getattr(usage, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_COUNT:
+            return f"{name}={value!r}"
+    cost = usage.cost_usd
+    if isinstance(cost, bool) or not isinstance(cost, int | float) or not 0 <= cost < MAX_COUNT:
+        return f"cost_usd={cost!r}"  # NaN fails the comparison too
+    return ""
+
+
+class ModelCall:
+    """One model call of a run: what it asks, and its answer as the command it becomes."""
+
+    __slots__ = ("agent", "clock", "effect", "messages", "specs")
+
+    def __init__(
+        self,
+        agent: Agent,
+        clock: Callable[[], int],
+        effect: CallModel,
+        messages: MessageView,
+        specs: Sequence[ToolSpec],
+    ) -> None:
+        self.agent = agent
+        self.clock = clock
+        self.effect = effect
+        self.messages = messages
+        self.specs = specs
+
+    def sync(self) -> Command:
+        """Call ``complete`` (on the calling thread)."""
+        start = time.perf_counter()
+        try:
+            reply = self.agent.llm.complete(
+                self.messages, self.specs, max_tokens=self.effect.max_tokens
+            )
+        except Exception as exc:
+            return self.failed(exc)
+        return self.checked(reply, start)
+
+    async def awaited(self, ask: AsyncComplete) -> Command:
+        """Await ``acomplete`` (on the runtime's loop; a cancel cancels it)."""
+        start = time.perf_counter()
+        try:
+            reply = await ask(self.messages, self.specs, max_tokens=self.effect.max_tokens)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return self.failed(exc)
+        return self.checked(reply, start)
+
+    def checked(self, reply: object, start: float) -> Command:
+        """The reply as its command; a model that returned something else fails the run's
+        call, saying what it returned (a bug in the model's code, not worth a retry)."""
+        if not isinstance(reply, Reply):
+            error = ModelCallError(
+                f"model {self.agent.llm.model!r} returned {type(reply).__name__}, not fl.Reply",
+                retryable=False,
+            )
+            return self.failed(error)
+        return self.replied(reply, start)
+
+    def replied(self, reply: Reply, start: float) -> Command:
+        usage = reply.usage or Usage()
+        model = reply.model or self.agent.llm.model
+        size = _reply_bytes(reply)
+        odd = _implausible(usage)
+        if size > MAX_REPLY_BYTES or odd:  # it could not be recorded, or would corrupt the run
+            why = (
+                f"replied with {size:,} bytes, over the {MAX_REPLY_BYTES:,} bytes a reply may "
+                "take in the log"
+                if size > MAX_REPLY_BYTES
+                else f"reported {odd}, which is not a usage to record"
+            )
+            error = ModelCallError(f"model {model!r} {why}", retryable=False)
+            return self.failed(error)
+        if not usage.cost_usd:
+            usage = self.agent.pricing.usage(model, usage.input_tokens, usage.output_tokens)
+        return ModelReplied(
+            now=self.clock(),
+            step=self.effect.step,
+            text=storable_text(reply.text),
+            tool_calls=tuple(reply.tool_calls),
+            usage=usage,
+            model=model,
+            latency_ms=round((time.perf_counter() - start) * 1000, 3),
+        )
+
+    def failed(self, exc: Exception) -> Command:
+        if isinstance(exc, ModelCallError):
+            error, retryable = str(exc), exc.retryable
+        else:
+            error, retryable = f"{type(exc).__name__}: {exc}", False
+        return ModelCallFailed(
+            now=self.clock(), step=self.effect.step, error=error, retryable=retryable
+        )
