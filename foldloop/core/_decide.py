@@ -12,7 +12,6 @@ time) and before each batch of tool calls (time, cost).
 
 from __future__ import annotations
 
-import msgspec
 from msgspec.structs import replace
 
 from foldloop.core._commands import (
@@ -44,7 +43,15 @@ from foldloop.core._effects import (
 from foldloop.core._evolve import Draft, all_finished
 from foldloop.core._messages import prompt_digest
 from foldloop.core._state import CallState, RunState, RunStatus
-from foldloop.core._tree import allotment, child_run_id, spent, waits_only_for_children
+from foldloop.core._tree import (
+    allotment,
+    child_input,
+    child_refused,
+    child_run_id,
+    spent,
+    unstarted_children,
+    waits_only_for_children,
+)
 from foldloop.events._catalogue import (
     ApprovalDecided,
     ApprovalExpired,
@@ -70,7 +77,7 @@ from foldloop.events._catalogue import (
     ToolFailureKind,
     ToolRequested,
 )
-from foldloop.events._values import ToolCall, ToolInfo
+from foldloop.events._values import ToolCall
 
 __all__ = ["MAX_INVALID_ARGS", "MAX_MODEL_ATTEMPTS", "decide", "retry_delay"]
 
@@ -206,7 +213,7 @@ class _Builder:
                 )
                 continue
             if info.agent_limits is not None:
-                refused = _child_refused(self.state, info, call.args)
+                refused = child_refused(self.state, info, call.args)
                 if refused is not None:
                     kind, why = refused
                     self.emit(ToolFailed(call_id=call.call_id, kind=kind, error=why))
@@ -261,7 +268,7 @@ class _Builder:
         allows running at once, each with its allotment escrowed (``child.spawned``)."""
         s = self.state
         running = sum(1 for c in s.children if c.running)
-        waiting = _unstarted_children(s)
+        waiting = unstarted_children(s)
         for index, (call, info) in enumerate(waiting):
             if running >= s.limits.children_ceiling:
                 return
@@ -280,7 +287,7 @@ class _Builder:
                     call_id=call.call_id,
                     run_id=run_id,
                     agent=call.tool,
-                    input=_child_input(call.args),
+                    input=child_input(call.args),
                     limits=limits,
                     depth=s.depth + 1,
                 )
@@ -291,7 +298,7 @@ class _Builder:
     def children_pending(self) -> bool:
         """A sub-agent call of the step has no outcome yet (its child runs, or waits to)."""
         s = self.state
-        return any(c.running for c in s.children) or bool(_unstarted_children(s))
+        return any(c.running for c in s.children) or bool(unstarted_children(s))
 
     def after_step(self) -> None:
         """Every call of the step has an outcome: stop for a rule, or ask the model again."""
@@ -338,50 +345,6 @@ def _assign_ids(step: int, calls: tuple[ToolCall, ...]) -> tuple[ToolCall, ...]:
         seen.add(call_id)
         out.append(call if call_id == call.id else replace(call, id=call_id))
     return tuple(out)
-
-
-class _ChildArgs(msgspec.Struct, forbid_unknown_fields=True):
-    input: str
-
-
-_CHILD_ARGS = msgspec.json.Decoder(_ChildArgs)
-
-
-def _child_refused(
-    state: RunState, info: ToolInfo, args: str
-) -> tuple[ToolFailureKind, str] | None:
-    """Why a call of sub-agent ``info`` cannot start a child run (None if it can): its
-    arguments (the model's to fix), or the tree's depth (no fault of the model's)."""
-    try:
-        _CHILD_ARGS.decode(args)
-    except msgspec.DecodeError as exc:
-        return "invalid_args", f'sub-agent {info.name!r} takes {{"input": "<text>"}}: {exc}'
-    depth = state.depth + 1
-    if depth > state.limits.depth_ceiling:
-        below = f"{depth} level{'s' * (depth != 1)} below the root"
-        return "exception", (
-            f"sub-agent {info.name!r} would run {below}, past the tree's "
-            f"max_depth={state.limits.depth_ceiling}; do this part without it"
-        )
-    return None
-
-
-def _child_input(args: str) -> str:
-    return _CHILD_ARGS.decode(args).input
-
-
-def _unstarted_children(state: RunState) -> list[tuple[CallState, ToolInfo]]:
-    """The step's sub-agent calls requested and not yet started, in the model's order (a
-    call whose child ended has its outcome already: only running links are this step's)."""
-    started = {c.call_id for c in state.children if c.running}
-    out = []
-    for call in state.calls:
-        if call.status != "requested" or call.call_id in started:
-            continue
-        info = state.tool_info(call.tool)
-        if info is not None and info.agent_limits is not None:
-            out.append((call, info))
-    return out
 
 
 def _tokens_left(state: RunState) -> int | None:
@@ -633,7 +596,7 @@ def _recover(b: _Builder, tickets: tuple[ApprovalTicket, ...] = ()) -> None:
                     call_id=child.call_id,
                     run_id=child.run_id,
                     agent=child.agent,
-                    input=_child_input(args.get(child.call_id, '{"input": ""}')),
+                    input=child_input(args.get(child.call_id, '{"input": ""}')),
                     limits=child.allotted,
                     depth=s.depth + 1,
                 )

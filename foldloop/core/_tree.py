@@ -16,13 +16,19 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
+import msgspec
+
 from foldloop.core._commands import ChildFinished
 from foldloop.core._effects import SpawnChild
-from foldloop.core._state import RunState, RunStatus
-from foldloop.events._values import Limits, Usage, as_recorded
+from foldloop.core._state import CallState, RunState, RunStatus
+from foldloop.events._catalogue import ToolFailureKind
+from foldloop.events._values import Limits, ToolInfo, Usage, as_recorded
 
 __all__ = [
     "Bound",
+    "child_input",
+    "child_refused",
+    "unstarted_children",
     "waits_only_for_children",
     "Budget",
     "allotment",
@@ -184,3 +190,45 @@ def waits_only_for_children(state: RunState) -> bool:
             if info is None or info.agent_limits is None:
                 return False  # a plain tool call runs (a sub-agent call waits for a slot)
     return True
+
+
+class _ChildArgs(msgspec.Struct, forbid_unknown_fields=True):
+    input: str
+
+
+_CHILD_ARGS = msgspec.json.Decoder(_ChildArgs)
+
+
+def child_refused(state: RunState, info: ToolInfo, args: str) -> tuple[ToolFailureKind, str] | None:
+    """Why a call of sub-agent ``info`` cannot start a child run (None if it can): its
+    arguments (the model's to fix), or the tree's depth (no fault of the model's)."""
+    try:
+        _CHILD_ARGS.decode(args)
+    except msgspec.DecodeError as exc:
+        return "invalid_args", f'sub-agent {info.name!r} takes {{"input": "<text>"}}: {exc}'
+    depth = state.depth + 1
+    if depth > state.limits.depth_ceiling:
+        below = f"{depth} level{'s' * (depth != 1)} below the root"
+        return "exception", (
+            f"sub-agent {info.name!r} would run {below}, past the tree's "
+            f"max_depth={state.limits.depth_ceiling}; do this part without it"
+        )
+    return None
+
+
+def child_input(args: str) -> str:
+    return _CHILD_ARGS.decode(args).input
+
+
+def unstarted_children(state: RunState) -> list[tuple[CallState, ToolInfo]]:
+    """The step's sub-agent calls requested and not yet started, in the model's order (a
+    call whose child ended has its outcome already: only running links are this step's)."""
+    started = {c.call_id for c in state.children if c.running}
+    out = []
+    for call in state.calls:
+        if call.status != "requested" or call.call_id in started:
+            continue
+        info = state.tool_info(call.tool)
+        if info is not None and info.agent_limits is not None:
+            out.append((call, info))
+    return out
