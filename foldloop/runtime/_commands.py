@@ -28,7 +28,6 @@ from foldloop.errors import (
     ConfigError,
     FoldloopError,
     RunLocked,
-    RunNotFound,
     SchemaChangedError,
     StoreCorrupted,
 )
@@ -41,16 +40,12 @@ from foldloop.runtime._queries import Queries
 from foldloop.runtime._registry import AgentRegistry
 from foldloop.runtime._results import Damaged
 from foldloop.runtime._rules import NothingToDo, check_spawn, evolve_all, merged, priced_limits
+from foldloop.runtime._trees import TreeWork
 from foldloop.runtime._writes import RunWrites
 from foldloop.store import EventStore, Pending
 from foldloop.tools._decorator import bound_text
 
-__all__ = ["CHILD_WORKERS", "Commands"]
-
-CHILD_WORKERS = 8
-"""Threads that start child runs and carry cancels down trees, however many trees grow."""
-TREE_CLOSE_WAIT = 10.0
-"""Seconds ``close`` waits for queued tree work (a cancel's cascade) before it stops."""
+__all__ = ["Commands"]
 
 log = get_logger("foldloop.runtime")
 
@@ -80,9 +75,16 @@ class Commands:
         self._clock = clock
         self._owner = owner
         self._late_cancels = Workers(1, "foldloop-cancel")
-        self._children = Workers(CHILD_WORKERS, "foldloop-children")
-        """Starts child runs and carries cancels down a tree, off the shards (each job waits
-        for a commit; a parent's children start in one job, sharing commits)."""
+        self.trees = TreeWork(
+            system=system,
+            queries=queries,
+            agents=agents,
+            writes=writes,
+            clock=clock,
+            cancel_child=self._cancel_child,
+        )
+        """Work on trees off the shards: a parent's children start in one job there, sharing
+        commits; cancels go down a tree there; parked runs are taken up there."""
         self._admission = admission
 
     def spawn(
@@ -420,7 +422,7 @@ class Commands:
         already (a resumed parent), off the calling shard; their starts share commits. A
         child that cannot start is the parent's failed call; one that has ended already is
         told to the parent again."""
-        self._children.submit(lambda: self._spawn_children(parent, list(effects)))
+        self.trees.submit(lambda: self._spawn_children(parent, list(effects)))
 
     def _spawn_children(self, parent: RunState, effects: list[SpawnChild]) -> None:
         now = self._clock()
@@ -489,62 +491,10 @@ class Commands:
         log.warning("child_not_started", run_id=effect.run_id, error=str(exc))
         self._system.tell(parent.run_id, unstartable(self._clock(), effect, str(exc)))
 
-    def follow_children(self) -> None:
-        """Carry what a tree split over runtimes cannot carry by itself (the poller calls
-        it): the ends of children driven elsewhere to their parents driven here (a child
-        tells only a parent active in its own runtime), and the cancel of a parent driven
-        elsewhere to its children driven here (its cascade finds them locked)."""
-        for parent, child in self._system.children_elsewhere():
-            try:
-                state = self._queries.state(child)
-            except RunNotFound:
-                continue  # its start is under way here
-            if ended_for_parent(state):
-                self._system.tell(parent, child_finished(state, self._clock(), bound_text))
-        for child, parent in self._system.children_of_elsewhere():
-            if self._queries.state(parent).terminal:
-                self._cancel_child(child, "parent cancelled")
-
-    def take_up_parked(self, run_id: str) -> None:
-        """Commands came for a run parked here for its children: drive it again with them,
-        off the calling thread (on the tree pool, which ``close`` finishes)."""
-        self._children.submit(lambda: self._take_up_parked(run_id))
-
-    def _take_up_parked(self, run_id: str) -> None:
-        """Take the run (its lease is this runtime's) and decide its commands in order until
-        one moves it; drive it then (the rest reach its actor); else it parks again."""
-        try:
-            epoch = self._system.take(run_id, wait=HANDOVER_WAIT)
-        except FoldloopError as exc:
-            log.warning("parked_run_not_taken_up", run_id=run_id, error=str(exc))
-            self._system.next_for_take_up(run_id, None)  # drops what came: recover() resumes it
-            return
-        state: RunState | None = None
-        try:
-            state = self._queries.state(run_id)
-            agent = self._agents.for_run(state)
-            while (command := self._system.next_for_take_up(run_id, state)) is not None:
-                decision = decide(state, command)
-                if decision.rejected:
-                    continue  # a stale answer
-                settles = decision.settles
-                self._writes.append_decisions(state, [(decision, command)], epoch, release=settles)
-                state = evolve_all(state, decision, command.now)
-                drive(self._system, agent, state, epoch, decision, released=settles)
-                return
-        except BaseException as exc:
-            self._system.next_for_take_up(run_id, None)
-            self._system.give_back(run_id, epoch)
-            if isinstance(exc, FoldloopError):
-                log.warning("parked_run_not_taken_up", run_id=run_id, error=str(exc))
-                return
-            raise
-        self._system.unclaim(run_id)  # parked again, its lease kept
-
     def cancel_children(self, run_ids: tuple[str, ...], reason: str) -> None:
         """Cancel child runs (each cascades to its own), off the calling shard."""
         for run_id in run_ids:
-            self._children.submit(functools.partial(self._cancel_child, run_id, reason))
+            self.trees.submit(functools.partial(self._cancel_child, run_id, reason))
 
     def _cancel_child(self, run_id: str, reason: str) -> None:
         try:
@@ -554,11 +504,9 @@ class Commands:
 
     def close(self) -> None:
         """Stop carrying lost cancels; finish the tree work queued (a cancel's cascade, the
-        children a decision started), waiting up to ``TREE_CLOSE_WAIT`` s for it."""
+        children a decision started), up to ``TREE_CLOSE_WAIT`` s."""
         self._late_cancels.shutdown()
-        if not self._children.join(TREE_CLOSE_WAIT):
-            log.warning("tree_work_cut_at_close", advice="recover() finishes it")
-        self._children.shutdown()
+        self.trees.close()
 
     def cancel(self, run_id: str, reason: str) -> None:
         """Cancel the run: through its actor if one drives it here, else by taking it; and

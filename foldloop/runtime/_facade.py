@@ -115,7 +115,7 @@ class Runtime(OpenOnly, ClosedOnExit):
         self.system.on_lost_cancel = self._commands.carry_lost_cancel
         self.system.on_spawn_children = self._commands.spawn_children
         self.system.on_cancel_children = self._commands.cancel_children
-        self.system.on_parked = self._commands.take_up_parked
+        self.system.on_parked = self._commands.trees.take_up_parked
         self.system.root_of = lambda run_id: self._queries.root_of(run_id, {})
         self._transfer = Transfer(self._queries, writes)
         self._ops = _RunOps(
@@ -310,7 +310,7 @@ class Runtime(OpenOnly, ClosedOnExit):
             except Exception:
                 log.exception("approval_poll_failed")
             try:
-                self._commands.follow_children()
+                self._commands.trees.follow_children()
             except StoreError as exc:
                 log.warning("children_poll_failed", error=str(exc))
             except Exception:

@@ -1,0 +1,114 @@
+"""Work on run trees that must not run on a shard (it waits for commits): parked runs
+taken up again, and what a tree split over runtimes cannot carry by itself. Its bounded pool
+also runs the child starts and cancel cascades of ``Commands``; ``close`` finishes it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from foldloop._log import get_logger
+from foldloop.actors._system import HANDOVER_WAIT, ActorSystem
+from foldloop.actors._workers import Workers
+from foldloop.core._decide import decide
+from foldloop.core._state import RunState
+from foldloop.core._tree import child_finished, ended_for_parent
+from foldloop.errors import FoldloopError, RunNotFound
+from foldloop.runtime._driving import drive
+from foldloop.runtime._queries import Queries
+from foldloop.runtime._registry import AgentRegistry
+from foldloop.runtime._rules import evolve_all
+from foldloop.runtime._writes import RunWrites
+from foldloop.tools._decorator import bound_text
+
+__all__ = ["CHILD_WORKERS", "TREE_CLOSE_WAIT", "TreeWork"]
+
+log = get_logger("foldloop.runtime")
+
+CHILD_WORKERS = 8
+"""Threads that start child runs and carry cancels down trees, however many trees grow."""
+TREE_CLOSE_WAIT = 10.0
+"""Seconds ``close`` waits for queued tree work (a cancel's cascade) before it stops."""
+
+
+class TreeWork:
+    """One runtime's tree work, on a pool of ``CHILD_WORKERS`` threads."""
+
+    def __init__(
+        self,
+        *,
+        system: ActorSystem,
+        queries: Queries,
+        agents: AgentRegistry,
+        writes: RunWrites,
+        clock: Callable[[], int],
+        cancel_child: Callable[[str, str], None],
+    ) -> None:
+        self._system = system
+        self._queries = queries
+        self._agents = agents
+        self._writes = writes
+        self._clock = clock
+        self._cancel_child = cancel_child
+        self._pool = Workers(CHILD_WORKERS, "foldloop-children")
+
+    def submit(self, job: Callable[[], object]) -> None:
+        """Run ``job`` on the tree pool."""
+        self._pool.submit(job)
+
+    def close(self) -> None:
+        """Finish the work queued (up to ``TREE_CLOSE_WAIT`` s), then stop."""
+        if not self._pool.join(TREE_CLOSE_WAIT):
+            log.warning("tree_work_cut_at_close", advice="recover() finishes it")
+        self._pool.shutdown()
+
+    def follow_children(self) -> None:
+        """Carry what a tree split over runtimes cannot carry by itself (the poller calls
+        it): the ends of children driven elsewhere to their parents driven here (a child
+        tells only a parent active in its own runtime), and the cancel of a parent driven
+        elsewhere to its children driven here (its cascade finds them locked)."""
+        for parent, child in self._system.children_elsewhere():
+            try:
+                state = self._queries.state(child)
+            except RunNotFound:
+                continue  # its start is under way here
+            if ended_for_parent(state):
+                self._system.tell(parent, child_finished(state, self._clock(), bound_text))
+        for child, parent in self._system.children_of_elsewhere():
+            if self._queries.state(parent).terminal:
+                self._cancel_child(child, "parent cancelled")
+
+    def take_up_parked(self, run_id: str) -> None:
+        """Commands came for a run parked here for its children: drive it again with them,
+        off the calling thread (on the tree pool, which ``close`` finishes)."""
+        self._pool.submit(lambda: self._take_up_parked(run_id))
+
+    def _take_up_parked(self, run_id: str) -> None:
+        """Take the run (its lease is this runtime's) and decide its commands in order until
+        one moves it; drive it then (the rest reach its actor); else it parks again."""
+        try:
+            epoch = self._system.take(run_id, wait=HANDOVER_WAIT)
+        except FoldloopError as exc:
+            log.warning("parked_run_not_taken_up", run_id=run_id, error=str(exc))
+            self._system.next_for_take_up(run_id, None)  # drops what came: recover() resumes it
+            return
+        state: RunState | None = None
+        try:
+            state = self._queries.state(run_id)
+            agent = self._agents.for_run(state)
+            while (command := self._system.next_for_take_up(run_id, state)) is not None:
+                decision = decide(state, command)
+                if decision.rejected:
+                    continue  # a stale answer
+                settles = decision.settles
+                self._writes.append_decisions(state, [(decision, command)], epoch, release=settles)
+                state = evolve_all(state, decision, command.now)
+                drive(self._system, agent, state, epoch, decision, released=settles)
+                return
+        except BaseException as exc:
+            self._system.next_for_take_up(run_id, None)
+            self._system.give_back(run_id, epoch)
+            if isinstance(exc, FoldloopError):
+                log.warning("parked_run_not_taken_up", run_id=run_id, error=str(exc))
+                return
+            raise
+        self._system.unclaim(run_id)  # parked again, its lease kept
