@@ -55,7 +55,14 @@ from foldloop.cli._output import summary as _summary
 from foldloop.cli._output import table as _table
 from foldloop.cli._output import whole as _whole
 from foldloop.cli._tour import tour
-from foldloop.cli._tree_view import Shown, draw, listed_roots, tree_json
+from foldloop.cli._tree_view import (
+    Shown,
+    cancel_below,
+    cancelled_below,
+    draw,
+    listed_roots,
+    tree_json,
+)
 from foldloop.core._state import RunState, RunStatus
 from foldloop.errors import (
     ConfigError,
@@ -365,15 +372,15 @@ def cancel(
     live runtime in another process drives is cancelled there only: exit 1 says so."""
     with _runtime(_store()) as rt:
         ended = rt.state(run)
-        before = _cancelled_below(rt, run)
+        before = cancelled_below(rt, run)
         try:
             rt.handle(run).cancel(reason)
         except RunLocked:
             _fail(
                 EXIT_ERROR, f"cannot cancel {run!r} from here: {_ELSEWHERE}`foldloop cancel {run}`"
             )
-        elsewhere = _cancel_below(rt, run)
-        below = len(_cancelled_below(rt, run) - before)
+        elsewhere = cancel_below(rt, run)
+        below = len(cancelled_below(rt, run) - before)
         if ended.terminal and not below and not elsewhere:
             _prose(f"nothing to cancel: {escape(run)} had ended {ended.status.value}")
             return
@@ -388,33 +395,6 @@ def cancel(
                 f"cannot cancel {', '.join(elsewhere)} (below {run}) from here: "
                 f"{_ELSEWHERE}`foldloop cancel {run}` again",
             )
-
-
-def _cancelled_below(rt: Runtime, run: str) -> set[str]:
-    return {n.run_id for n in rt.tree(run).walk()[1:] if n.status is RunStatus.CANCELLED}
-
-
-def _cancel_below(rt: Runtime, run: str) -> list[str]:
-    """Carry the cancel down the tree below ``run`` before this command's runtime closes
-    (closing drops the part of the cascade it has not carried yet): each child its parent
-    still counts as running is cancelled with "parent cancelled". Returns the runs that a
-    live runtime elsewhere drives, which only it can cancel."""
-    elsewhere: list[str] = []
-    todo = [run]
-    while todo:
-        for link in rt.state(todo.pop()).children:
-            try:
-                child = rt.state(link.run_id)
-            except RunNotFound:  # its start never written: nothing below it either
-                continue
-            todo.append(link.run_id)
-            if not link.running or child.terminal:
-                continue
-            try:
-                rt.handle(link.run_id).cancel("parent cancelled")
-            except RunLocked:
-                elsewhere.append(link.run_id)
-    return elsewhere
 
 
 @app.command()

@@ -1,5 +1,5 @@
-"""Run trees as the command shows them: drawn with rich, as nested JSON, and counted for
-``runs`` (how many runs below each root)."""
+"""Run trees as the commands meet them: drawn with rich, as nested JSON, counted for
+``runs`` (how many runs below each root), and walked by ``cancel``."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from rich.tree import Tree
 
 from foldloop.cli._output import count, escape, out
 from foldloop.core._state import RunStatus
-from foldloop.runtime import RunSummary, RunTree
+from foldloop.errors import RunLocked, RunNotFound
+from foldloop.runtime import RunSummary, Runtime, RunTree
 
-__all__ = ["Shown", "draw", "listed_roots", "tree_json"]
+__all__ = ["Shown", "cancel_below", "cancelled_below", "draw", "listed_roots", "tree_json"]
 
 Shown = Callable[[RunTree], tuple[RunStatus, str]]
 """A node's status and reason as ``runs`` shows them (a run nobody drives is interrupted)."""
@@ -110,3 +111,30 @@ def _below_counts(roots: Iterable[RunSummary], children: dict[str, list[str]]) -
             todo.extend(children.get(run_id, ()))
         counts[root.run_id] = below
     return counts
+
+
+def cancelled_below(rt: Runtime, run: str) -> set[str]:
+    return {n.run_id for n in rt.tree(run).walk()[1:] if n.status is RunStatus.CANCELLED}
+
+
+def cancel_below(rt: Runtime, run: str) -> list[str]:
+    """Carry the cancel down the tree below ``run`` before this command's runtime closes
+    (closing drops the part of the cascade it has not carried yet): each child its parent
+    still counts as running is cancelled with "parent cancelled". Returns the runs that a
+    live runtime elsewhere drives, which only it can cancel."""
+    elsewhere: list[str] = []
+    todo = [run]
+    while todo:
+        for link in rt.state(todo.pop()).children:
+            try:
+                child = rt.state(link.run_id)
+            except RunNotFound:  # its start never written: nothing below it either
+                continue
+            todo.append(link.run_id)
+            if not link.running or child.terminal:
+                continue
+            try:
+                rt.handle(link.run_id).cancel("parent cancelled")
+            except RunLocked:
+                elsewhere.append(link.run_id)
+    return elsewhere
