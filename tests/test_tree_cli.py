@@ -8,16 +8,10 @@ installed script (a real process) where processes matter, else through typer's C
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
-import os
-import pty
-import re
-import struct
 import subprocess
 import sys
 import sysconfig
-import termios
 import textwrap
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -30,6 +24,7 @@ import foldloop as fl
 from foldloop.cli import app
 from foldloop.events import RunCancelled
 from foldloop.events._jsonl import load_run
+from tests.test_cli_manners import on_terminal
 from tests.tree_models import answers, fans_out
 
 SCRIPT = Path(sysconfig.get_path("scripts")) / "foldloop"
@@ -128,29 +123,6 @@ def test_tree_draws_each_run_with_its_status_spend_and_why_it_stopped(forest: Pa
     assert lines[4].startswith(f"└── stuck {stuck.run_id} limit_reached · 2 steps, ")
     assert lines[4].endswith(" · max_steps ceiling 2 reached (value 2)")
     assert len(lines) == 5
-
-
-def on_terminal(args: Sequence[str], columns: int) -> tuple[int, str]:
-    """The script on a real pseudo-terminal ``columns`` wide: exit code and what it showed."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "FORCE_COLOR")}
-    proc = subprocess.Popen(
-        [str(SCRIPT), *args], stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True
-    )
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the terminal's other side is closed
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode())
-    return proc.wait(timeout=60), shown.replace("\r\n", "\n")
 
 
 def test_on_a_terminal_a_reason_gives_way_and_ids_and_numbers_never_do(forest: Path) -> None:
