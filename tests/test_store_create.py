@@ -80,12 +80,13 @@ CREATOR = textwrap.dedent(
 )
 
 
-def _wait_for(path: Path, procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> str:
-    """The text of a file a racer writes, once it exists (failing if a racer died)."""
+def _wait_for(path: Path, racer: subprocess.Popen[bytes], timeout: float = 60) -> str:
+    """The text of a file ``racer`` writes, once it exists (failing if it ended without it)."""
     deadline = time.monotonic() + timeout
     while not path.exists():
-        dead = [p.returncode for p in procs if p.poll() is not None]
-        assert not dead, f"a racer exited ({dead}) before writing {path.name}"
+        # A racer may write its last file and exit between the two checks: look again.
+        if racer.poll() is not None and not path.exists():
+            raise AssertionError(f"racer exited ({racer.returncode}) before writing {path.name}")
         assert time.monotonic() < deadline, f"no {path.name} after {timeout} s"
         time.sleep(0.001)
     return path.read_text()
@@ -110,11 +111,11 @@ def test_processes_creating_one_new_store_at_once_all_open_it(tmp_path: Path, mo
     procs = [subprocess.Popen([*argv, str(who), str(TRIALS)]) for who in range(PROCESSES)]
     try:
         for who in range(PROCESSES):
-            _wait_for(tmp_path / f"ready-{who}", procs)
+            _wait_for(tmp_path / f"ready-{who}", procs[who])
         for trial in range(TRIALS):
             (tmp_path / f"go-{trial}").touch()
             outcomes = [
-                _wait_for(tmp_path / f"done-{trial}-{who}", procs) for who in range(PROCESSES)
+                _wait_for(tmp_path / f"done-{trial}-{who}", procs[who]) for who in range(PROCESSES)
             ]
             assert outcomes == ["ok"] * PROCESSES, f"trial {trial}:\n" + "\n".join(outcomes)
             _check_complete(
