@@ -24,7 +24,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--kills", type=int, default=25, help="SIGKILLs in the crash-loop test (default 25)"
+        "--kills", type=int, default=12, help="SIGKILLs in the crash-loop test (default 12)"
     )
 
 

@@ -127,7 +127,7 @@ def step_shaped_logs(draw: st.DrawFn) -> list[Any]:
 KINDS = ["exception", "timeout", "invalid_args", "interrupted", "denied"]
 
 
-@settings(max_examples=300)
+@settings(max_examples=120)
 @given(step_shaped_logs(), st.integers(0, 60))
 def test_fold_equals_evolving_event_by_event(events: list[Any], cut: int) -> None:
     log = records(events)

@@ -4,7 +4,7 @@ A real ``foldloop`` process (the console script) gets one SIGINT at a random mom
 Python imports foldloop, while the store is being created, mid-run, or while it closes.
 Each must exit within a few seconds of that one signal, print no traceback, and leave a
 store that ``runs``, ``show``, ``verify`` and ``doctor`` accept (or none at all, which
-the next creator makes). ``FOLDLOOP_SOAK=1`` runs 1,000 interruptions instead of 50.
+the next creator makes). ``FOLDLOOP_SOAK=1`` runs 1,000 interruptions instead of 25.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from foldloop.store import open_store
 from foldloop.store._writer import WriteOp
 
 SOAK = bool(os.environ.get("FOLDLOOP_SOAK"))
-ITERATIONS = 1000 if SOAK else 50
+ITERATIONS = 1000 if SOAK else 25
 GRACE_S = 5.0
 """How long a process may take to exit after its one SIGINT."""
 PHASES = ("import", "creation", "run", "close")
