@@ -45,19 +45,20 @@ from typing import Any, TypeVar
 import lmdb
 
 from foldloop._log import get_logger
-from foldloop.errors import ApprovalError, ConcurrencyError, ConfigError, StoreError
+from foldloop.errors import ConcurrencyError, ConfigError, StoreError
 from foldloop.events._recorded import AnyEvent, Recorded
 from foldloop.store._approvals import ApprovalChanges, ApprovalRecord
 from foldloop.store._checkpoints import Checkpoint
 from foldloop.store._create import prepare_dir
 from foldloop.store._env import lmdb_failure, open_databases, open_env
 from foldloop.store._framing import Lease
-from foldloop.store._layout import INDEX_EVERY, iso
+from foldloop.store._layout import INDEX_EVERY
 from foldloop.store._log_reader import EVENT_SPAN, LogReader
 from foldloop.store._mapped import DEFAULT_MAP_SIZE, MAX_MAP_SIZE, MappedEnv
 from foldloop.store._owners import OwnerLock, owner_alive
 from foldloop.store._payloads import MAX_EVENT_BYTES, Payload, encode_all
 from foldloop.store._port import EventStore, Listener, Pending, Snapshot
+from foldloop.store._rules import check_expirable
 from foldloop.store._run_numbers import RunNumbers
 from foldloop.store._stored import StoredValues
 from foldloop.store._tables import SideTables
@@ -261,11 +262,7 @@ class LmdbStore:
     def expire_approval(self, record: ApprovalRecord, *, now: int) -> WriteOp[ApprovalRecord]:
         """Mark a pending request past its deadline expired (never a denial: before the
         deadline it is refused)."""
-        if now < record.expires_at:
-            raise ApprovalError(
-                f"the approval of run {record.run_id!r} call {record.call_id!r} is not due "
-                f"until {iso(record.expires_at)}; it cannot expire before then"
-            )
+        check_expirable(record, now)
         return self.decide_approval(record, approved=False, by="", note="", now=now)
 
     def put_snapshot(

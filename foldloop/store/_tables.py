@@ -12,19 +12,21 @@ from typing import Any
 
 import msgspec
 
-from foldloop.errors import ApprovalError, RunLocked, StoreError
+from foldloop.errors import StoreError
 from foldloop.store._approvals import ApprovalRecord, approval_key
 from foldloop.store._checkpoints import Checkpoint, decode_checkpoint, encode_checkpoint
 from foldloop.store._env import Tables
 from foldloop.store._framing import Lease, pack_position, unpack_position
-from foldloop.store._layout import (
-    APPROVAL_DECODER,
-    ENCODER,
-    LEASE_DECODER,
-    SNAPSHOT_DECODER,
-    iso,
-)
+from foldloop.store._layout import APPROVAL_DECODER, ENCODER, LEASE_DECODER, SNAPSHOT_DECODER
 from foldloop.store._port import Snapshot
+from foldloop.store._rules import (
+    acquired,
+    applied,
+    check_fence,
+    checkpoint_advances,
+    decided,
+    released,
+)
 
 __all__ = ["SideTables"]
 
@@ -52,39 +54,20 @@ class SideTables:
 
     def check_lease(self, txn: Any, run_id: str, owner: str, epoch: int) -> None:
         """Raise RunLocked unless ``owner`` holds the run at ``epoch`` (the fence)."""
-        lease = self.lease(txn, run_id)
-        if lease is None or lease.owner != owner or lease.epoch != epoch:
-            now = "nobody" if lease is None or not lease.owner else f"owner {lease.owner}"
-            held = 0 if lease is None else lease.epoch
-            raise RunLocked(
-                f"run {run_id!r} is now driven by {now} (epoch {held}); this runtime held "
-                f"epoch {epoch} and was fenced off, so its append was refused"
-            )
+        check_fence(run_id, self.lease(txn, run_id), owner, epoch)
 
     def acquire_lease(self, txn: Any, run_id: str, owner: str) -> int:
         """Take the run for ``owner`` unless a live owner holds it; returns the new epoch."""
-        lease = self.lease(txn, run_id)
-        if (
-            lease is not None
-            and lease.owner
-            and lease.owner != owner
-            and self._owner_alive(lease.owner)
-        ):
-            raise RunLocked(
-                f"run {run_id!r} is driven by a live runtime (owner {lease.owner}, epoch "
-                f"{lease.epoch}); stop that runtime or let it finish first"
-            )
-        epoch = (lease.epoch if lease is not None else 0) + 1
-        self.put_lease(txn, run_id, Lease(owner, epoch))
-        return epoch
+        lease = acquired(run_id, self.lease(txn, run_id), owner, self._owner_alive)
+        self.put_lease(txn, run_id, lease)
+        return lease.epoch
 
     def release_lease(self, txn: Any, run_id: str, owner: str, epoch: int) -> bool:
         """Give the run up if ``owner`` still holds it at ``epoch``; False if not."""
-        lease = self.lease(txn, run_id)
-        if lease is None or lease.owner != owner or lease.epoch != epoch:
-            return False
-        self.put_lease(txn, run_id, Lease("", epoch))
-        return True
+        lease = released(self.lease(txn, run_id), owner, epoch)
+        if lease is not None:
+            self.put_lease(txn, run_id, lease)
+        return lease is not None
 
     # -- approvals -------------------------------------------------------------------------
 
@@ -128,48 +111,21 @@ class SideTables:
     def decide_approval(
         self, txn: Any, record: ApprovalRecord, *, approved: bool, by: str, note: str, now: int
     ) -> ApprovalRecord:
-        """Record a decision if the request is still pending and unexpired.
+        """Record a decision if the request is still pending and unexpired (``decided``).
 
         Returns the stored record: decided, or marked expired (the caller reports that).
         Raises ApprovalError, writing nothing, when the request was already decided.
         """
         current = self.approval(txn, record.run_id, record.call_id)
-        if current is None or current.token_digest != record.token_digest:
-            raise ApprovalError(
-                f"no such approval request for run {record.run_id!r} call {record.call_id!r}"
-            )
-        if current.status != "pending":
-            raise ApprovalError(
-                f"the approval of run {current.run_id!r} call {current.call_id!r} was already "
-                f"{current.status}"
-                + (f" by {current.by!r}" if current.by else "")
-                + (f" at {iso(current.decided_at)}" if current.decided_at else "")
-                + (f" (seq {current.applied_seq} of the run)" if current.applied_seq else "")
-            )
-        if current.applied:  # still pending, yet its run's log moved past it: the run ended
-            raise ApprovalError(
-                f"run {current.run_id!r} no longer waits on call {current.call_id!r}: the run "
-                "ended before anyone decided"
-            )
-        if now >= current.expires_at:
-            decided = msgspec.structs.replace(current, status="expired", decided_at=now)
-        else:
-            decided = msgspec.structs.replace(
-                current,
-                status="approved" if approved else "denied",
-                by=by,
-                note=note,
-                decided_at=now,
-            )
-        self.put_approval(txn, decided)
-        return decided
+        stored = decided(current, record, approved=approved, by=by, note=note, now=now)
+        self.put_approval(txn, stored)
+        return stored
 
     def mark_applied(self, txn: Any, run_id: str, call_id: str, seq: int = 0) -> None:
         """The run's log holds the decision now (at ``seq``, when known)."""
-        current = self.approval(txn, run_id, call_id)
-        if current is not None and not current.applied:
-            applied = msgspec.structs.replace(current, applied=True, applied_seq=seq)
-            self.put_approval(txn, applied)
+        record = applied(self.approval(txn, run_id, call_id), seq)
+        if record is not None:
+            self.put_approval(txn, record)
 
     # -- snapshots -------------------------------------------------------------------------
 
@@ -248,21 +204,15 @@ class SideTables:
         """Store a projection checkpoint; with ``advance``, only if it is not behind the
         stored one (same version). Returns whether it was written."""
         key = checkpoint.name.encode()
-        db = self._t.checkpoints
         if advance:
-            raw = txn.get(key, db=db)
-            if raw is not None:
-                try:
-                    current = decode_checkpoint(raw)
-                except msgspec.DecodeError:
-                    current = None
-                if (
-                    current is not None
-                    and current.version == checkpoint.version
-                    and current.position > checkpoint.position
-                ):
-                    return False
-        txn.put(key, encode_checkpoint(checkpoint), db=db)
+            raw = txn.get(key, db=self._t.checkpoints)
+            try:
+                current = None if raw is None else decode_checkpoint(raw)
+            except msgspec.DecodeError:
+                current = None
+            if not checkpoint_advances(current, checkpoint):
+                return False
+        txn.put(key, encode_checkpoint(checkpoint), db=self._t.checkpoints)
         return True
 
     def delete_checkpoint(self, txn: Any, name: str) -> None:
