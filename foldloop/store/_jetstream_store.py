@@ -1,0 +1,451 @@
+"""The store port on NATS JetStream: a log several machines share.
+
+Events are in one stream (``_nats_log``), leases, owners, approvals, snapshots and
+checkpoints in key-value buckets (``_nats_tables``). What LMDB writes in one transaction
+is ordered here so that a crash between two writes loses nothing:
+
+- an append is published first (atomically, fenced by the run's expected last subject
+  sequence and checked against its lease), then its approval records are written, then
+  its lease released, then listeners told;
+- the approval changes also ride in the append's last message, so a crash between the
+  append and its records is repaired from the log when another runtime takes the run over
+  (``acquire_lease`` from another owner replays them, idempotently);
+- a lease is fenced twice: checked before the publish, and the publish itself fails if
+  another owner appended since (expected last subject sequence).
+
+Every operation runs on the store's asyncio loop thread (``_nats_bridge``); the port's
+methods block on it or return its ``Pending``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+
+from foldloop._log import get_logger
+from foldloop.errors import (
+    ConcurrencyError,
+    ConfigError,
+    CorruptRecord,
+    FoldloopError,
+    StoreAccessError,
+    StoreError,
+)
+from foldloop.events._recorded import AnyEvent, Recorded
+from foldloop.store._approvals import ApprovalChanges, ApprovalRecord
+from foldloop.store._checkpoints import Checkpoint
+from foldloop.store._framing import Lease
+from foldloop.store._nats_bridge import LoopThread, NatsPending
+from foldloop.store._nats_log import NatsLog, events_of
+from foldloop.store._nats_names import NatsTarget, parse_nats_url
+from foldloop.store._nats_tables import OWNER_TTL_S, NatsTables
+from foldloop.store._payloads import Payload
+from foldloop.store._port import EventStore, Listener, Pending, Snapshot
+from foldloop.store._rules import check_expirable
+
+__all__ = ["JetStreamStore", "open_jetstream"]
+
+T = TypeVar("T")
+log = get_logger("foldloop.store")
+
+CONNECT_TIMEOUT_S = 5.0
+CALL_TIMEOUT_S = 60.0
+"""The longest a blocking call waits on the loop (an append retries for 30 s inside it)."""
+
+
+class JetStreamStore:
+    """``EventStore`` on NATS JetStream (see the module doc)."""
+
+    def __init__(
+        self, target: NatsTarget, *, create: bool, options: Mapping[str, Any] | None = None
+    ) -> None:
+        self._t = target
+        self._listeners: list[Listener] = []
+        self._closed = False
+        self._loop = LoopThread("foldloop-nats")
+        self._nc: Client | None = None
+        try:
+            self._loop.call(self._open(create, dict(options or {})), CALL_TIMEOUT_S)
+        except BaseException:
+            self._loop.close(self._disconnect())
+            raise
+
+    async def _open(self, create: bool, options: dict[str, Any]) -> None:
+        t = self._t
+        try:
+            self._nc = await nats.connect(
+                servers=list(t.servers),
+                connect_timeout=CONNECT_TIMEOUT_S,
+                max_reconnect_attempts=-1,
+                allow_reconnect=True,
+                error_cb=_quiet_error,
+                disconnected_cb=_disconnected,
+                reconnected_cb=_reconnected,
+                **options,
+            )
+        except (TimeoutError, nats.errors.NoServersError, OSError) as exc:
+            raise StoreAccessError(
+                f"cannot reach a NATS server at {t.url} (tried {', '.join(t.servers)}: "
+                f"{exc or type(exc).__name__}); is nats-server running there with JetStream "
+                "(nats-server -js)?"
+            ) from None
+        js = self._nc.jetstream(timeout=CONNECT_TIMEOUT_S)
+        self._log = NatsLog(self._nc, js, t)
+        self._tables = NatsTables(self._nc, js, t)
+        try:
+            await self._log.ensure(create=create)
+            await self._tables.ensure(create=create)
+        except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
+            raise StoreAccessError(
+                f"the NATS server at {t.url} does not have JetStream enabled; start it with "
+                "`nats-server -js` (or a `jetstream {}` block in its configuration)"
+            ) from None
+        except nats.errors.TimeoutError:
+            raise StoreAccessError(
+                f"the NATS server at {t.url} did not answer JetStream requests within "
+                f"{CONNECT_TIMEOUT_S} s; is JetStream enabled (nats-server -js) and healthy?"
+            ) from None
+
+    async def _disconnect(self) -> None:
+        if self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self._nc.flush(timeout=2)
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def _guarded(self, coro: Coroutine[Any, Any, T]) -> T:
+        """``coro``, with what NATS raises turned into a StoreError that says what to do."""
+        try:
+            return await coro
+        except FoldloopError:
+            raise
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            raise StoreError(
+                f"the NATS server at {self._t.url} failed a request ({exc or type(exc).__name__}); "
+                "nothing half-written: retry once it is reachable"
+            ) from None
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        self._check_open(coro)
+        return self._loop.call(self._guarded(coro), CALL_TIMEOUT_S)
+
+    def _write(
+        self,
+        coro: Coroutine[Any, Any, T],
+        callback: Callable[[NatsPending[T]], None] | None = None,
+    ) -> NatsPending[T]:
+        self._check_open(coro)
+        return self._loop.pending(self._guarded(coro), callback)
+
+    def _check_open(self, coro: Coroutine[Any, Any, Any]) -> None:
+        if self._closed:
+            coro.close()
+            raise StoreError(f"the store at {self._t.url} is closed")
+
+    def _tell(self, records: list[Recorded]) -> None:
+        for listener in list(self._listeners):
+            self._loop.notify(listener, records)
+
+    # -- the port: identity ----------------------------------------------------------------
+
+    @property
+    def readonly(self) -> bool:
+        return False
+
+    @property
+    def location(self) -> str:
+        return self._t.url
+
+    # -- appends ---------------------------------------------------------------------------
+
+    def append(
+        self,
+        run_id: str,
+        payloads: Sequence[Payload],
+        *,
+        expected_seq: int,
+        lease: Lease | None = None,
+        release: bool = False,
+        approvals: ApprovalChanges | None = None,
+        durable: bool = True,
+        records: bool = True,
+        callback: Callable[[Pending[list[Recorded]]], None] | None = None,
+    ) -> Pending[list[Recorded]]:
+        """Append after ``expected_seq``, fenced by ``lease`` (see ``port.EventStore``);
+        every append is acknowledged by the server once stored (``durable`` or not)."""
+        if release and lease is None:
+            raise ConfigError("release=True releases the lease given: pass lease=")
+        return self._write(
+            self._append(
+                run_id,
+                payloads,
+                expected_seq=expected_seq,
+                lease=lease,
+                release=release,
+                approvals=approvals,
+            ),
+            callback,
+        )
+
+    async def _append(
+        self,
+        run_id: str,
+        payloads: Sequence[Payload],
+        *,
+        expected_seq: int,
+        lease: Lease | None,
+        release: bool,
+        approvals: ApprovalChanges | None,
+    ) -> list[Recorded]:
+        guard = None
+        if lease is not None:
+            owner, epoch = lease.owner, lease.epoch
+
+            async def guard() -> None:
+                await self._tables.check_lease(run_id, owner, epoch)
+
+        out = await self._log.append(
+            run_id, payloads, expected_seq=expected_seq, guard=guard, approvals=approvals
+        )
+        if approvals:
+            await self._tables.apply_approvals(approvals, run_id)
+        if release and lease is not None:
+            await self._tables.release_lease(run_id, lease.owner, lease.epoch)
+        self._tell(out)
+        return out
+
+    def start_run(
+        self, run_id: str, payloads: Sequence[Payload], *, owner: str, release: bool = False
+    ) -> Pending[int]:
+        """Take a new run's lease and append its first events (see ``port.EventStore``)."""
+        return self._write(self._start_run(run_id, payloads, owner, release))
+
+    async def _start_run(
+        self, run_id: str, payloads: Sequence[Payload], owner: str, release: bool
+    ) -> int:
+        head = await self._log.head(run_id)
+        if head:
+            raise ConcurrencyError(run_id, 0, head)
+        epoch, _previous = await self._tables.acquire_lease(run_id, owner)
+        try:
+            await self._append(
+                run_id,
+                payloads,
+                expected_seq=0,
+                lease=Lease(owner, epoch),
+                release=release,
+                approvals=None,
+            )
+        except ConcurrencyError:  # another runtime started it first: not ours to hold
+            await self._tables.release_lease(run_id, owner, epoch)
+            raise
+        return epoch
+
+    def import_run(self, run_id: str, payloads: Sequence[Payload]) -> Pending[None]:
+        """Append a whole run under no lease (in parts of 1,000 events past that)."""
+        return self._write(self._import(run_id, payloads))
+
+    async def _import(self, run_id: str, payloads: Sequence[Payload]) -> None:
+        await self._append(
+            run_id, payloads, expected_seq=0, lease=None, release=False, approvals=None
+        )
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def head(self, run_id: str) -> int:
+        return self._call(self._log.head(run_id))
+
+    def read(self, run_id: str, from_seq: int = 1, to_seq: int | None = None) -> list[Recorded]:
+        return self._call(self._log.read(run_id, from_seq, to_seq))
+
+    def read_events(self, run_id: str, from_seq: int = 1) -> tuple[list[AnyEvent], list[int]]:
+        return events_of(self.read(run_id, from_seq))
+
+    def consume_events(
+        self,
+        run_id: str,
+        fn: Callable[[Iterator[tuple[AnyEvent, int]]], T],
+        from_seq: int = 1,
+    ) -> T:
+        return fn((r.event, r.at) for r in self.read(run_id, from_seq))
+
+    def read_runs(self, starts: dict[str, int]) -> dict[str, tuple[list[AnyEvent], list[int]]]:
+        return {run_id: self.read_events(run_id, seq) for run_id, seq in starts.items()}
+
+    def run_ids(self) -> list[str]:
+        return self._call(self._log.run_ids())
+
+    def verify_chain(self, run_id: str) -> int:
+        """The run's seqs run 1, 2, ... in position order and every event decodes."""
+        records = self.read(run_id)
+        for want, record in enumerate(records, start=1):
+            if record.seq != want:
+                raise CorruptRecord(run_id, want, f"seq {record.seq} stored where {want} belongs")
+        return len(records)
+
+    def read_all(self, from_position: int = 1, limit: int | None = None) -> list[Recorded]:
+        return self._call(self._log.read_all(from_position, limit))
+
+    def last_position(self) -> int:
+        return self._call(self._log.last_position())
+
+    def add_listener(self, fn: Listener) -> Callable[[], None]:
+        self._listeners.append(fn)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(fn)
+
+        return remove
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def acquire_lease(self, run_id: str, owner: str) -> Pending[int]:
+        """Take the run for ``owner``; from another owner, its approval records are first
+        brought up to what its log says (a crash may have cut them)."""
+        return self._write(self._acquire(run_id, owner))
+
+    async def _acquire(self, run_id: str, owner: str) -> int:
+        epoch, previous = await self._tables.acquire_lease(run_id, owner)
+        if previous and previous != owner:
+            for changes in await self._log.approval_changes(run_id):
+                await self._tables.repair_approvals(changes, run_id)
+        return epoch
+
+    def release_lease(self, run_id: str, lease: Lease, *, durable: bool = False) -> Pending[bool]:
+        return self._write(self._tables.release_lease(run_id, lease.owner, lease.epoch))
+
+    def lease(self, run_id: str) -> Lease | None:
+        return self._call(self._tables.lease(run_id))
+
+    def hold_owner(self, owner: str) -> OwnerKey:
+        self._call(self._tables.hold_owner(owner))
+        return OwnerKey(self, owner)
+
+    def owner_alive(self, owner: str) -> bool:
+        return self._call(self._tables.owner_alive(owner))
+
+    # -- approvals -------------------------------------------------------------------------
+
+    def decide_approval(
+        self, record: ApprovalRecord, *, approved: bool, by: str, note: str, now: int
+    ) -> Pending[ApprovalRecord]:
+        return self._write(
+            self._tables.decide_approval(record, approved=approved, by=by, note=note, now=now)
+        )
+
+    def expire_approval(self, record: ApprovalRecord, *, now: int) -> Pending[ApprovalRecord]:
+        check_expirable(record, now)
+        return self.decide_approval(record, approved=False, by="", note="", now=now)
+
+    def approval(self, run_id: str, call_id: str) -> ApprovalRecord | None:
+        return self._call(self._tables.approval(run_id, call_id))
+
+    def approval_by_token(self, token_digest: str) -> ApprovalRecord | None:
+        return self._call(self._tables.approval_by_token(token_digest))
+
+    def approvals(self) -> list[ApprovalRecord]:
+        return self._call(self._tables.approvals())
+
+    def open_approvals(self) -> list[ApprovalRecord]:
+        return self._call(self._tables.open_approvals())
+
+    def due_approvals(self, now: int) -> list[ApprovalRecord]:
+        return self._call(self._tables.open_approvals(due_by=now))
+
+    # -- snapshots and checkpoints ---------------------------------------------------------
+
+    def put_snapshot(
+        self, run_id: str, *, seq: int, state_version: int, state: bytes, chunks: Sequence[bytes]
+    ) -> Pending[bool]:
+        return self._write(self._put_snapshot(run_id, seq, state_version, state, chunks))
+
+    async def _put_snapshot(
+        self, run_id: str, seq: int, state_version: int, state: bytes, chunks: Sequence[bytes]
+    ) -> bool:
+        if await self._log.head(run_id) != seq:
+            return False
+        return await self._tables.put_snapshot(
+            run_id, seq=seq, state_version=state_version, state=state, chunks=chunks
+        )
+
+    def snapshot(self, run_id: str) -> Snapshot | None:
+        return self._call(self._tables.snapshot(run_id))
+
+    def put_checkpoint(
+        self, checkpoint: Checkpoint, *, advance: bool = True, durable: bool = False
+    ) -> Pending[bool]:
+        return self._write(self._tables.put_checkpoint(checkpoint, advance=advance))
+
+    def delete_checkpoint(self, name: str) -> Pending[None]:
+        return self._write(self._tables.delete_checkpoint(name))
+
+    def checkpoint(self, name: str) -> Checkpoint | None:
+        return self._call(self._tables.checkpoint(name))
+
+    def checkpoints(self) -> list[Checkpoint]:
+        return self._call(self._tables.checkpoints())
+
+    def close(self) -> None:
+        """Wait for what is in flight, then disconnect."""
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.close(self._disconnect())
+
+
+class OwnerKey:
+    """A runtime's proof of life on NATS: its key in the owners bucket, renewed on the
+    store's loop every third of OWNER_TTL_S until released."""
+
+    def __init__(self, store: JetStreamStore, owner: str) -> None:
+        self._store = store
+        self._owner = owner
+        self._task = store._loop.submit(self._renew())
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(OWNER_TTL_S / 3)
+            try:
+                await self._store._tables.hold_owner(self._owner)
+            except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+                log.warning("owner_renewal_failed", owner=self._owner, error=str(exc))
+
+    def release(self) -> None:
+        """The runtime closed cleanly: its runs are free at once."""
+        self._task.cancel()
+        if not self._store._closed:
+            self._store._call(self._store._tables.drop_owner(self._owner))
+
+
+def open_jetstream(
+    url: str, *, create: bool = True, options: Mapping[str, Any] | None = None
+) -> JetStreamStore:
+    """Connect to the JetStream store at ``url`` (making its stream and buckets if absent)."""
+    return JetStreamStore(parse_nats_url(url), create=create, options=options)
+
+
+async def _quiet_error(exc: Exception) -> None:
+    log.debug("nats_error", error=str(exc) or type(exc).__name__)
+
+
+async def _disconnected() -> None:
+    log.warning("nats_disconnected")
+
+
+async def _reconnected() -> None:
+    log.info("nats_reconnected")
+
+
+def _implements_the_port(store: JetStreamStore) -> EventStore:
+    """(For mypy: JetStreamStore is an EventStore.)"""
+    return store

@@ -1,0 +1,119 @@
+"""Where a JetStream store lives: its URL, and the names of its stream, subjects and buckets.
+
+``nats://host:port[,host:port...][/NAMESPACE][?replicas=N]``: the servers to try, and a
+namespace (default ``foldloop``) so several stores share one NATS account. Run and call
+ids become subject tokens and key-value keys by escaping: what ids may hold that subjects
+and keys may not (``.``, ``:``, anything past ASCII letters, digits and ``-``) is written
+``_xx`` per byte, ``_`` itself included, so every id maps to exactly one token and back.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+
+from foldloop.errors import ConfigError
+
+__all__ = ["NatsTarget", "is_nats_url", "parse_nats_url", "token", "untoken"]
+
+_SAFE = re.compile(r"[A-Za-z0-9-]")
+_NAMESPACE = re.compile(r"[A-Za-z0-9-]{1,32}")
+_ESCAPED = re.compile(r"_([0-9a-f]{2})")
+
+
+class NatsTarget(msgspec.Struct, frozen=True, kw_only=True):
+    """A parsed store URL and the names of everything the store keeps there."""
+
+    url: str
+    servers: tuple[str, ...]
+    namespace: str = "foldloop"
+    replicas: int = 1
+
+    @property
+    def stream(self) -> str:
+        """The one stream holding every run's events."""
+        return f"fl_{self.namespace}_log"
+
+    @property
+    def subjects(self) -> str:
+        """The stream's subjects: one per run."""
+        return f"fl.{self.namespace}.log.>"
+
+    def subject(self, run_id: str) -> str:
+        """The subject a run's events are appended to."""
+        return f"fl.{self.namespace}.log.{token(run_id)}"
+
+    def run_of(self, subject: str) -> str:
+        """The run id of an event subject."""
+        return untoken(subject.rsplit(".", 1)[1])
+
+    def bucket(self, table: str) -> str:
+        """The key-value bucket of a side table (leases, owners, approvals, ...)."""
+        return f"fl_{self.namespace}_{table}"
+
+
+def is_nats_url(location: object) -> bool:
+    """True for a store location that names NATS servers rather than a directory."""
+    return isinstance(location, str) and location.startswith(("nats://", "tls://"))
+
+
+def parse_nats_url(url: str) -> NatsTarget:
+    """Servers, namespace and replicas of a store URL (ConfigError saying what is wrong)."""
+    parts = urlsplit(url)
+    hosts = [h for h in parts.netloc.split(",") if h]
+    if not hosts:
+        raise ConfigError(
+            f"no server in store URL {url!r}; write nats://HOST:PORT (several comma-separated)"
+        )
+    namespace = parts.path.strip("/") or "foldloop"
+    if not _NAMESPACE.fullmatch(namespace):
+        raise ConfigError(
+            f"the namespace {namespace!r} of store URL {url!r} must be 1-32 letters, digits "
+            "or '-' (it names the stream and buckets: nats://HOST:PORT/NAMESPACE)"
+        )
+    query = parse_qs(parts.query)
+    unknown = sorted(set(query) - {"replicas"})
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown} in store URL {url!r}; known: replicas")
+    replicas_text = query.get("replicas", ["1"])[-1]
+    if not replicas_text.isdigit() or not 1 <= int(replicas_text) <= 5:
+        raise ConfigError(
+            f"replicas in store URL {url!r} must be 1 to 5 (JetStream's limit); "
+            f"got {replicas_text!r}"
+        )
+    return NatsTarget(
+        url=url,
+        servers=tuple(f"{parts.scheme}://{host}" for host in hosts),
+        namespace=namespace,
+        replicas=int(replicas_text),
+    )
+
+
+def token(name: str) -> str:
+    """``name`` as one subject token or key-value key part (reversible, never empty)."""
+    if not name:
+        return "_"
+    return "".join(c if _SAFE.fullmatch(c) else _escape(c) for c in name)
+
+
+def untoken(text: str) -> str:
+    """The name ``token`` made ``text`` from."""
+    if text == "_":
+        return ""
+    raw = bytearray()
+    i = 0
+    while i < len(text):
+        match = _ESCAPED.match(text, i)
+        if match is not None:
+            raw.append(int(match.group(1), 16))
+            i = match.end()
+        else:
+            raw += text[i].encode()
+            i += 1
+    return raw.decode()
+
+
+def _escape(char: str) -> str:
+    return "".join(f"_{b:02x}" for b in char.encode())

@@ -1,0 +1,343 @@
+"""The side tables on JetStream key-value buckets: leases, owners, approvals, snapshots,
+checkpoints, meta.
+
+Each change is a compare-and-set by revision: read the key, compute its new value by the
+rules every backend shares (``_rules``), write it only if the key still holds that
+revision, and on a lost race read and decide again. An owner is alive while its key in
+the owners bucket is (renewed every third of the bucket's age limit; a dead process's key
+lapses at the limit, and its runs with it). Listing reads the last value of every key of
+a prefix in one direct get, without a consumer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import msgspec
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from foldloop.errors import StoreError
+from foldloop.store._approvals import ApprovalChanges, ApprovalRecord
+from foldloop.store._checkpoints import Checkpoint, decode_checkpoint, encode_checkpoint
+from foldloop.store._framing import Lease
+from foldloop.store._nats_log import direct_batch
+from foldloop.store._nats_names import NatsTarget, token
+from foldloop.store._port import Snapshot
+from foldloop.store._rules import acquired, applied, check_fence, checkpoint_advances, decided
+from foldloop.store._rules import released as released_lease
+
+__all__ = ["NatsTables", "OWNER_TTL_S"]
+
+T = TypeVar("T")
+
+OWNER_TTL_S = 10.0
+"""How long a runtime's owner key outlives its last renewal: a dead runtime's runs move on
+this long after it died."""
+TABLES = ("leases", "owners", "approvals", "open", "snapshots", "checkpoints", "meta")
+
+_ENC = msgspec.msgpack.Encoder()
+_LEASE = msgspec.msgpack.Decoder(Lease)
+_APPROVAL = msgspec.msgpack.Decoder(ApprovalRecord)
+_SNAPSHOT = msgspec.msgpack.Decoder(tuple[int, int, bytes, int])
+_DELETED = ("DEL", "PURGE")
+
+
+class NatsTables:
+    """The buckets of one store (all coroutines, on the store's loop)."""
+
+    def __init__(self, nc: Client, js: JetStreamContext, target: NatsTarget) -> None:
+        self._nc = nc
+        self._js = js
+        self._t = target
+        self._kv: dict[str, KeyValue] = {}
+
+    async def ensure(self, *, create: bool) -> None:
+        """Bind (making them if absent, with ``create``) every bucket."""
+        for table in TABLES:
+            name = self._t.bucket(table)
+            try:
+                self._kv[table] = await self._js.key_value(name)
+                continue
+            except nats.js.errors.BucketNotFoundError:
+                if not create:
+                    raise StoreError(
+                        f"the foldloop store at {self._t.url} has no bucket {name!r}; open "
+                        "it with a runtime first to finish making it"
+                    ) from None
+            config = KeyValueConfig(
+                bucket=name,
+                history=1,
+                storage=StorageType.FILE,
+                replicas=self._t.replicas,
+                direct=True,
+                ttl=OWNER_TTL_S if table == "owners" else None,
+            )
+            self._kv[table] = await self._js.create_key_value(config)
+
+    # -- key-value helpers -----------------------------------------------------------------
+
+    async def _get(self, table: str, key: str) -> tuple[bytes | None, int]:
+        """(value, revision) of a key; (None, 0) when absent."""
+        try:
+            entry = await self._kv[table].get(key, validate_keys=False)
+        except KeyNotFoundError as exc:
+            marker = getattr(exc, "entry", None)  # deleted: its marker's revision
+            return None, 0 if marker is None else int(marker.revision or 0)
+        return entry.value, int(entry.revision or 0)
+
+    async def _set(self, table: str, key: str, value: bytes, revision: int) -> bool:
+        """Write ``value`` if the key is still at ``revision`` (0: absent); False if not."""
+        try:
+            await self._kv[table].update(key, value, last=revision, validate_keys=False)
+        except KeyWrongLastSequenceError:
+            return False
+        return True
+
+    async def _change(
+        self, table: str, key: str, fn: Callable[[bytes | None], tuple[bytes | None, T]]
+    ) -> T:
+        """Compare-and-set: ``fn(current) -> (new value or None for no write, result)``,
+        again on a lost race."""
+        while True:
+            raw, revision = await self._get(table, key)
+            new, result = fn(raw)
+            if new is None or await self._set(table, key, new, revision):
+                return result
+
+    async def _last_values(self, table: str, prefix: str = ">") -> list[tuple[str, bytes]]:
+        """(key, value) of every key under ``prefix`` that holds a value."""
+        bucket = self._t.bucket(table)
+        base = f"$KV.{bucket}."
+        msgs = await direct_batch(
+            self._nc, f"KV_{bucket}", {"multi_last": [base + prefix], "batch": 1_000_000}
+        )
+        out = []
+        for msg in msgs:
+            h = msg.headers or {}
+            if h.get("KV-Operation") in _DELETED or "Nats-Marker-Reason" in h:
+                continue
+            out.append((h["Nats-Subject"][len(base) :], msg.data))
+        return out
+
+    # -- owners ----------------------------------------------------------------------------
+
+    async def hold_owner(self, owner: str) -> None:
+        """Mark ``owner`` alive (again) for OWNER_TTL_S."""
+        await self._kv["owners"].put(token(owner), b"1", validate_keys=False)
+
+    async def drop_owner(self, owner: str) -> None:
+        await self._kv["owners"].purge(token(owner))
+
+    async def owner_alive(self, owner: str) -> bool:
+        if not owner:
+            return False
+        raw, _ = await self._get("owners", token(owner))
+        return raw is not None
+
+    # -- leases ----------------------------------------------------------------------------
+
+    async def lease(self, run_id: str) -> Lease | None:
+        raw, _ = await self._get("leases", token(run_id))
+        return None if raw is None else _LEASE.decode(raw)
+
+    async def check_lease(self, run_id: str, owner: str, epoch: int) -> None:
+        check_fence(run_id, await self.lease(run_id), owner, epoch)
+
+    async def acquire_lease(self, run_id: str, owner: str) -> tuple[int, str]:
+        """Take the run for ``owner``: (the new epoch, who held it before or '')."""
+        while True:
+            raw, revision = await self._get("leases", token(run_id))
+            current = None if raw is None else _LEASE.decode(raw)
+            holder = current.owner if current is not None else ""
+            alive = bool(holder) and holder != owner and await self.owner_alive(holder)
+            lease = acquired(run_id, current, owner, _answer(alive))
+            if await self._set("leases", token(run_id), _ENC.encode(lease), revision):
+                return lease.epoch, holder
+
+    async def release_lease(self, run_id: str, owner: str, epoch: int) -> bool:
+        def release(raw: bytes | None) -> tuple[bytes | None, bool]:
+            lease = released_lease(None if raw is None else _LEASE.decode(raw), owner, epoch)
+            return (None, False) if lease is None else (_ENC.encode(lease), True)
+
+        return await self._change("leases", token(run_id), release)
+
+    # -- approvals -------------------------------------------------------------------------
+
+    @staticmethod
+    def _approval_key(run_id: str, call_id: str) -> str:
+        return f"r.{token(run_id)}.{token(call_id)}"
+
+    async def approval(self, run_id: str, call_id: str) -> ApprovalRecord | None:
+        raw, _ = await self._get("approvals", self._approval_key(run_id, call_id))
+        return None if raw is None else _APPROVAL.decode(raw)
+
+    async def approval_by_token(self, token_digest: str) -> ApprovalRecord | None:
+        key, _ = await self._get("approvals", f"t.{token(token_digest)}")
+        if key is None:
+            return None
+        raw, _ = await self._get("approvals", key.decode())
+        return None if raw is None else _APPROVAL.decode(raw)
+
+    async def approvals(self) -> list[ApprovalRecord]:
+        return [_APPROVAL.decode(v) for _k, v in await self._last_values("approvals", "r.>")]
+
+    async def open_approvals(self, due_by: int | None = None) -> list[ApprovalRecord]:
+        out = []
+        for key, _ in await self._last_values("open"):
+            raw, _ = await self._get("approvals", key)
+            if raw is None:
+                continue
+            record = _APPROVAL.decode(raw)
+            if record.applied:
+                continue
+            if due_by is not None and record.status == "pending" and record.expires_at > due_by:
+                continue
+            out.append(record)
+        return sorted(out, key=lambda r: (r.run_id, r.call_id))
+
+    async def _put_approval(self, record: ApprovalRecord, revision: int | None) -> bool:
+        """Store ``record`` (if still at ``revision``; None: whatever is there), with its
+        token's index and its place among the open ones."""
+        key = self._approval_key(record.run_id, record.call_id)
+        raw = _ENC.encode(record)
+        if revision is None:
+            await self._kv["approvals"].put(key, raw, validate_keys=False)
+        elif not await self._set("approvals", key, raw, revision):
+            return False
+        await self._kv["approvals"].put(
+            f"t.{token(record.token_digest)}", key.encode(), validate_keys=False
+        )
+        if record.applied:
+            await self._kv["open"].purge(key)
+        else:
+            await self._kv["open"].put(key, b"", validate_keys=False)
+        return True
+
+    async def apply_approvals(self, changes: ApprovalChanges, run_id: str) -> None:
+        """The records an append carries: its requests, then the decisions it applied."""
+        for record in changes.requests:
+            await self._put_approval(record, None)
+        for call_id, seq in changes.applied:
+            while True:
+                raw, revision = await self._get("approvals", self._approval_key(run_id, call_id))
+                marked = applied(None if raw is None else _APPROVAL.decode(raw), seq)
+                if marked is None or await self._put_approval(marked, revision):
+                    break
+
+    async def repair_approvals(self, changes: ApprovalChanges, run_id: str) -> None:
+        """``apply_approvals`` again from the log after a crash: a request is restored
+        only where its record is missing or an applied one of an earlier request."""
+        for record in changes.requests:
+            raw, revision = await self._get(
+                "approvals", self._approval_key(record.run_id, record.call_id)
+            )
+            current = None if raw is None else _APPROVAL.decode(raw)
+            if current is None or (current.applied and current.token_digest != record.token_digest):
+                await self._put_approval(record, revision)
+        await self.apply_approvals(ApprovalChanges(applied=changes.applied), run_id)
+
+    async def decide_approval(
+        self, record: ApprovalRecord, *, approved: bool, by: str, note: str, now: int
+    ) -> ApprovalRecord:
+        key = self._approval_key(record.run_id, record.call_id)
+        while True:
+            raw, revision = await self._get("approvals", key)
+            current = None if raw is None else _APPROVAL.decode(raw)
+            stored = decided(current, record, approved=approved, by=by, note=note, now=now)
+            if await self._put_approval(stored, revision):
+                return stored
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    async def snapshot(self, run_id: str) -> Snapshot | None:
+        raw, _ = await self._get("snapshots", token(run_id))
+        if raw is None:
+            return None
+        try:
+            version, seq, state, count = _SNAPSHOT.decode(raw)
+        except msgspec.DecodeError:
+            return None  # not one this foldloop wrote: a cache, rebuilt from the log
+        chunks = []
+        for i in range(count):
+            chunk, _ = await self._get("snapshots", f"{token(run_id)}.c{i}")
+            if chunk is None:
+                return None
+            chunks.append(chunk)
+        return version, seq, state, chunks
+
+    async def put_snapshot(
+        self, run_id: str, *, seq: int, state_version: int, state: bytes, chunks: Sequence[bytes]
+    ) -> bool:
+        key = token(run_id)
+        raw, _ = await self._get("snapshots", key)
+        stored = 0
+        if raw is not None:
+            try:
+                stored = min(int(_SNAPSHOT.decode(raw)[3]), len(chunks))
+            except msgspec.DecodeError:
+                stored = 0
+        values = [(f"{key}.c{i}", chunks[i]) for i in range(stored, len(chunks))]
+        values.append((key, _ENC.encode((state_version, seq, state, len(chunks)))))
+        if any(len(v) > self._nc.max_payload - 256 for _k, v in values):
+            return False  # a snapshot is a cache: too big for one message, go without
+        for k, v in values:
+            await self._kv["snapshots"].put(k, v, validate_keys=False)
+        return True
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    async def checkpoint(self, name: str) -> Checkpoint | None:
+        raw, _ = await self._get("checkpoints", token(name))
+        if raw is None:
+            return None
+        try:
+            return decode_checkpoint(raw)
+        except msgspec.DecodeError as exc:
+            raise StoreError(
+                f"the checkpoint of projection {name!r} is unreadable ({exc}); "
+                "re-attach it with reset=True to rebuild it from the log"
+            ) from None
+
+    async def checkpoints(self) -> list[Checkpoint]:
+        out = []
+        for _k, raw in await self._last_values("checkpoints"):
+            try:
+                out.append(decode_checkpoint(raw))
+            except msgspec.DecodeError:
+                continue
+        return sorted(out, key=lambda c: c.name)
+
+    async def put_checkpoint(self, checkpoint: Checkpoint, *, advance: bool) -> bool:
+        def put(raw: bytes | None) -> tuple[bytes | None, bool]:
+            if advance and raw is not None:
+                try:
+                    current: Checkpoint | None = decode_checkpoint(raw)
+                except msgspec.DecodeError:
+                    current = None
+                if not checkpoint_advances(current, checkpoint):
+                    return None, False
+            return encode_checkpoint(checkpoint), True
+
+        return await self._change("checkpoints", token(checkpoint.name), put)
+
+    async def delete_checkpoint(self, name: str) -> None:
+        await self._kv["checkpoints"].purge(token(name))
+
+    # -- meta ------------------------------------------------------------------------------
+
+    async def meta(self, key: str) -> tuple[bytes | None, int]:
+        return await self._get("meta", key)
+
+    async def set_meta(self, key: str, value: bytes, revision: int) -> bool:
+        return await self._set("meta", key, value, revision)
+
+
+def _answer(alive: bool) -> Callable[[str], bool]:
+    """An owner-liveness check that already knows its answer (asked on the loop before)."""
+    return lambda _owner: alive
