@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import structlog
 from hypothesis import HealthCheck, settings
 
 import foldloop as fl
+from tests.nats_servers import NatsServer, binary_problem, start_server
 
 settings.register_profile(
     "ci", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -52,6 +54,25 @@ def _stop_actors() -> Iterator[None]:
 @pytest.fixture
 def store_path(tmp_path: Path) -> Path:
     return tmp_path / "store"
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One real nats-server with JetStream for the whole session (skips where none runs)."""
+    problem = binary_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    server = start_server(tmp_path_factory.mktemp("nats"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nats_url(nats_server: NatsServer) -> str:
+    """A store URL of a namespace of its own on the session's server (owners lapse in 1 s)."""
+    return f"{nats_server.url}/t{uuid.uuid4().hex[:16]}?owner_ttl=1"
 
 
 @pytest.fixture

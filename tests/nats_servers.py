@@ -68,7 +68,10 @@ class NatsServer:
 
     def wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
-        health = f"http://127.0.0.1:{self.monitor}/healthz?js-enabled-only=true"
+        js = "-js" in self.args
+        health = f"http://127.0.0.1:{self.monitor}/healthz" + (
+            "?js-enabled-only=true" if js else ""
+        )
         while True:
             assert self.proc is not None
             if self.proc.poll() is not None:
@@ -99,7 +102,7 @@ class NatsServer:
                 self.proc.wait(10)
 
 
-def _server(root: Path, name: str, extra: list[str]) -> NatsServer:
+def _server(root: Path, name: str, extra: list[str], *, jetstream: bool = True) -> NatsServer:
     binary = _binary()
     assert binary is not None, binary_problem()
     port, monitor, cluster_port = _free_port(), _free_port(), _free_port()
@@ -111,16 +114,15 @@ def _server(root: Path, name: str, extra: list[str]) -> NatsServer:
         "-p", str(port),
         "-m", str(monitor),
         "-n", name,
-        "-js",
-        "-sd", str(store_dir),
+        *(["-js", "-sd", str(store_dir)] if jetstream else []),
         *extra,
     ]  # fmt: skip
     return NatsServer(name, port, monitor, cluster_port, store_dir, args)
 
 
-def start_server(root: Path, name: str = "n1") -> NatsServer:
-    """One nats-server with JetStream, ready."""
-    server = _server(root, name, [])
+def start_server(root: Path, name: str = "n1", *, jetstream: bool = True) -> NatsServer:
+    """One nats-server (with JetStream unless told otherwise), ready."""
+    server = _server(root, name, [], jetstream=jetstream)
     server.start()
     return server
 

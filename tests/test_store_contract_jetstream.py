@@ -4,7 +4,6 @@ nats-server started for these tests (each test in a namespace of its own)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,23 +11,15 @@ from hypothesis import settings
 
 from foldloop.store import EventStore
 from foldloop.store._jetstream_store import open_jetstream
-from tests.nats_servers import NatsServer, binary_problem, start_server
+from tests.nats_servers import NatsServer
 from tests.store_contract import StoreContract, contract_machine
-
-pytestmark = pytest.mark.skipif(binary_problem() is not None, reason=str(binary_problem()))
 
 _SERVER: list[NatsServer] = []
 
 
-@pytest.fixture(scope="module", autouse=True)
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    server = start_server(tmp_path_factory.mktemp("nats"))
-    _SERVER.append(server)
-    try:
-        yield server
-    finally:
-        _SERVER.remove(server)
-        server.stop()
+@pytest.fixture(autouse=True)
+def _server(nats_server: NatsServer) -> None:
+    _SERVER[:] = [nats_server]
 
 
 def _open(path: Path) -> EventStore:

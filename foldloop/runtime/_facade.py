@@ -41,7 +41,7 @@ from foldloop.runtime._rules import check_cap, check_inputs
 from foldloop.runtime._transfer import Transfer
 from foldloop.runtime._waiting import Waiter
 from foldloop.runtime._writes import RunWrites
-from foldloop.store import DEFAULT_MAP_SIZE, EventStore, open_store
+from foldloop.store import DEFAULT_MAP_SIZE, EventStore, connect_store
 
 __all__ = ["Runtime", "run_ops"]
 
@@ -145,7 +145,9 @@ class Runtime(OpenOnly, ClosedOnExit):
         max_model_calls: int | None = None,
         max_active_runs: int | None = None,
     ) -> Runtime:
-        """Open (creating if absent) the store directory at ``path`` and start a runtime.
+        """Open (creating if absent) the store at ``path`` and start a runtime: a directory
+        (LMDB, embedded), or ``nats://HOST:PORT[,HOST:PORT...][/NAMESPACE]`` (JetStream,
+        shared by every machine that opens it; extra ``foldloop[nats]``).
 
         ``clock`` returns unix ns (inject one in tests); ``snapshot_every`` bounds how many
         events a resume folds; ``on_state`` observes every state a run actor reaches, on
@@ -161,7 +163,7 @@ class Runtime(OpenOnly, ClosedOnExit):
             raise ConfigError(f"snapshot_every must be an int >= 0; got {snapshot_every!r}")
         check_cap("max_model_calls", max_model_calls)  # before the store is created
         check_cap("max_active_runs", max_active_runs)
-        store = open_store(path, map_size=map_size, create=create)
+        store = connect_store(path, map_size=map_size, create=create)
         try:
             return cls(
                 store,

@@ -2,7 +2,8 @@
 
 ``EventStore`` (``port``) is the store port: every operation the actors and the runtime
 need, backend-neutral. ``LmdbStore`` is the embedded implementation (one directory,
-several processes, no server).
+several processes, no server); ``connect_store`` also opens one on NATS JetStream
+(``nats://...``, shared by many machines).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from foldloop.store._checkpoints import Checkpoint
 from foldloop.store._framing import Lease
 from foldloop.store._lmdb_store import LmdbStore, open_store
 from foldloop.store._mapped import DEFAULT_MAP_SIZE, MAX_MAP_SIZE
+from foldloop.store._open import connect_store
 from foldloop.store._owners import OwnerLock, owner_alive
 from foldloop.store._payloads import MAX_EVENT_BYTES, Payload, encode_all
 from foldloop.store._port import EventStore, OwnerHold, Pending, Snapshot, append_events
@@ -32,6 +34,7 @@ __all__ = [
     "Pending",
     "Snapshot",
     "append_events",
+    "connect_store",
     "encode_all",
     "open_store",
     "owner_alive",

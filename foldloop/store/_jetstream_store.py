@@ -45,7 +45,7 @@ from foldloop.store._framing import Lease
 from foldloop.store._nats_bridge import LoopThread, NatsPending
 from foldloop.store._nats_log import NatsLog, events_of
 from foldloop.store._nats_names import NatsTarget, parse_nats_url
-from foldloop.store._nats_tables import OWNER_TTL_S, NatsTables
+from foldloop.store._nats_tables import NatsTables
 from foldloop.store._payloads import Payload
 from foldloop.store._port import EventStore, Listener, Pending, Snapshot
 from foldloop.store._rules import check_expirable
@@ -83,13 +83,15 @@ class JetStreamStore:
             self._nc = await nats.connect(
                 servers=list(t.servers),
                 connect_timeout=CONNECT_TIMEOUT_S,
-                max_reconnect_attempts=-1,
+                max_reconnect_attempts=1,  # at open: each server twice, then say so
+                reconnect_time_wait=0.5,
                 allow_reconnect=True,
                 error_cb=_quiet_error,
                 disconnected_cb=_disconnected,
                 reconnected_cb=_reconnected,
                 **options,
             )
+            self._nc.options["max_reconnect_attempts"] = -1  # once open: ride out outages
         except (TimeoutError, nats.errors.NoServersError, OSError) as exc:
             raise StoreAccessError(
                 f"cannot reach a NATS server at {t.url} (tried {', '.join(t.servers)}: "
@@ -405,7 +407,7 @@ class JetStreamStore:
 
 class OwnerKey:
     """A runtime's proof of life on NATS: its key in the owners bucket, renewed on the
-    store's loop every third of OWNER_TTL_S until released."""
+    store's loop every third of the bucket's age limit until released."""
 
     def __init__(self, store: JetStreamStore, owner: str) -> None:
         self._store = store
@@ -414,7 +416,7 @@ class OwnerKey:
 
     async def _renew(self) -> None:
         while True:
-            await asyncio.sleep(OWNER_TTL_S / 3)
+            await asyncio.sleep(self._store._tables.owner_ttl / 3)
             try:
                 await self._store._tables.hold_owner(self._owner)
             except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:

@@ -1,7 +1,10 @@
 """Where a JetStream store lives: its URL, and the names of its stream, subjects and buckets.
 
-``nats://host:port[,host:port...][/NAMESPACE][?replicas=N]``: the servers to try, and a
-namespace (default ``foldloop``) so several stores share one NATS account. Run and call
+``nats://host:port[,host:port...][/NAMESPACE][?replicas=N&owner_ttl=S]``: the servers to
+try, a namespace (default ``foldloop``) so several stores share one NATS account, the
+replicas of the stream and buckets when they are made (1; 3 on a cluster), and how long a
+runtime that stops renewing its owner key is still held alive (``owner_ttl`` seconds,
+default 10, set when the store is made): a killed worker's runs move on after it. Run and call
 ids become subject tokens and key-value keys by escaping: what ids may hold that subjects
 and keys may not (``.``, ``:``, anything past ASCII letters, digits and ``-``) is written
 ``_xx`` per byte, ``_`` itself included, so every id maps to exactly one token and back.
@@ -30,6 +33,7 @@ class NatsTarget(msgspec.Struct, frozen=True, kw_only=True):
     servers: tuple[str, ...]
     namespace: str = "foldloop"
     replicas: int = 1
+    owner_ttl: float = 10.0
 
     @property
     def stream(self) -> str:
@@ -74,17 +78,29 @@ def parse_nats_url(url: str) -> NatsTarget:
             "or '-' (it names the stream and buckets: nats://HOST:PORT/NAMESPACE)"
         )
     query = parse_qs(parts.query)
-    unknown = sorted(set(query) - {"replicas"})
+    unknown = sorted(set(query) - {"replicas", "owner_ttl"})
     if unknown:
-        raise ConfigError(f"unknown option(s) {unknown} in store URL {url!r}; known: replicas")
+        raise ConfigError(
+            f"unknown option(s) {unknown} in store URL {url!r}; known: replicas, owner_ttl"
+        )
     replicas_text = query.get("replicas", ["1"])[-1]
     if not replicas_text.isdigit() or not 1 <= int(replicas_text) <= 5:
         raise ConfigError(
             f"replicas in store URL {url!r} must be 1 to 5 (JetStream's limit); "
             f"got {replicas_text!r}"
         )
+    ttl_text = query.get("owner_ttl", ["10"])[-1]
+    try:
+        owner_ttl = float(ttl_text)
+    except ValueError:
+        owner_ttl = 0.0
+    if not 1 <= owner_ttl <= 3600:
+        raise ConfigError(
+            f"owner_ttl in store URL {url!r} must be 1 to 3600 seconds; got {ttl_text!r}"
+        )
     return NatsTarget(
         url=url,
+        owner_ttl=owner_ttl,
         servers=tuple(f"{parts.scheme}://{host}" for host in hosts),
         namespace=namespace,
         replicas=int(replicas_text),

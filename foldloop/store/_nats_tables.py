@@ -32,13 +32,10 @@ from foldloop.store._port import Snapshot
 from foldloop.store._rules import acquired, applied, check_fence, checkpoint_advances, decided
 from foldloop.store._rules import released as released_lease
 
-__all__ = ["NatsTables", "OWNER_TTL_S"]
+__all__ = ["NatsTables"]
 
 T = TypeVar("T")
 
-OWNER_TTL_S = 10.0
-"""How long a runtime's owner key outlives its last renewal: a dead runtime's runs move on
-this long after it died."""
 TABLES = ("leases", "owners", "approvals", "open", "snapshots", "checkpoints", "meta")
 
 _ENC = msgspec.msgpack.Encoder()
@@ -56,6 +53,8 @@ class NatsTables:
         self._js = js
         self._t = target
         self._kv: dict[str, KeyValue] = {}
+        self.owner_ttl = target.owner_ttl
+        """How long an owner key outlives its last renewal (the bucket's, once bound)."""
 
     async def ensure(self, *, create: bool) -> None:
         """Bind (making them if absent, with ``create``) every bucket."""
@@ -63,6 +62,8 @@ class NatsTables:
             name = self._t.bucket(table)
             try:
                 self._kv[table] = await self._js.key_value(name)
+                if table == "owners":
+                    self.owner_ttl = (await self._kv[table].status()).ttl or self.owner_ttl
                 continue
             except nats.js.errors.BucketNotFoundError:
                 if not create:
@@ -76,7 +77,7 @@ class NatsTables:
                 storage=StorageType.FILE,
                 replicas=self._t.replicas,
                 direct=True,
-                ttl=OWNER_TTL_S if table == "owners" else None,
+                ttl=self._t.owner_ttl if table == "owners" else None,
             )
             self._kv[table] = await self._js.create_key_value(config)
 
@@ -128,7 +129,7 @@ class NatsTables:
     # -- owners ----------------------------------------------------------------------------
 
     async def hold_owner(self, owner: str) -> None:
-        """Mark ``owner`` alive (again) for OWNER_TTL_S."""
+        """Mark ``owner`` alive (again) for ``owner_ttl`` seconds."""
         await self._kv["owners"].put(token(owner), b"1", validate_keys=False)
 
     async def drop_owner(self, owner: str) -> None:

@@ -1,0 +1,252 @@
+"""The runtime on a JetStream store (a real nats-server): runs, approvals from another
+host, projections, trees, verify and explain, export and import across backends, and a
+runtime SIGKILLed mid-tool whose runs another one recovers once its owner key lapses."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import nats
+import pytest
+
+import foldloop as fl
+from foldloop.errors import ConfigError, StoreAccessError, StoreError
+from foldloop.store import connect_store
+from tests.nats_servers import NatsServer, start_server
+from tests.tree_models import answers, fans_out
+from tests.waiting import wait_until
+
+
+@fl.tool
+def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+def calc() -> fl.Agent:
+    def plan(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        if not any(m.role == "tool" for m in messages):
+            return fl.Reply(tool_calls=[fl.ToolCall("add", {"a": 2, "b": 3})])
+        return fl.Reply(text=f"sum {messages[-1].content}")
+
+    return fl.Agent(name="calc", llm=fl.ScriptedLLM(plan), tools=[add])
+
+
+def test_a_run_on_jetstream_is_read_back_by_another_runtime(nats_url: str) -> None:
+    agent = calc()
+    with fl.Runtime.open(nats_url, agents=[agent]) as rt:
+        result = rt.spawn(agent, "2+3", run_id="r1").wait(timeout=30)
+        assert (result.status, result.output) == (fl.RunStatus.COMPLETED, "sum 5")
+        types = [r.type for r in rt.events("r1")]
+    with fl.Runtime.open(nats_url, agents=[calc()]) as other:  # another host, after it
+        assert [r.type for r in other.events("r1")] == types
+        assert [s.run_id for s in other.runs()] == ["r1"]
+        assert other.verify("r1").output == "sum 5"  # replayed: decide again, same events
+        assert other.explain("r1").status == fl.RunStatus.COMPLETED
+        assert [r.position for r in other.read_all()] == list(range(1, len(types) + 1))
+
+
+def test_an_approval_decided_from_another_host_reaches_the_run(nats_url: str) -> None:
+    @fl.tool
+    def publish(text: str) -> str:
+        """Publish the text."""
+        return f"published {text}"
+
+    def plan(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        if not any(m.role == "tool" for m in messages):
+            return fl.Reply(tool_calls=[fl.ToolCall("publish", {"text": "it"})])
+        return fl.Reply(text=messages[-1].content)
+
+    agent = fl.Agent(
+        name="publisher",
+        llm=fl.ScriptedLLM(plan),
+        tools=[publish],
+        approvals=fl.RequireApproval({"publish"}),
+    )
+    with fl.Runtime.open(nats_url, agents=[agent]) as rt, fl.Runtime.open(nats_url) as host:
+        handle = rt.spawn(agent, "go")
+        wait_until(host.pending_approvals, 30, "the approval request")
+        (pending,) = host.pending_approvals()
+        assert pending.run_id == handle.id and pending.tool == "publish"
+        host.approve(run_id=pending.run_id, call_id=pending.call_id, by="alice")
+        result = handle.wait(timeout=30)
+        assert (result.status, result.output) == (fl.RunStatus.COMPLETED, "published it")
+        assert host.pending_approvals() == []
+
+
+def test_a_projection_backfills_then_follows_and_keeps_its_checkpoint(nats_url: str) -> None:
+    agent = calc()
+    with fl.Runtime.open(nats_url, agents=[agent]) as rt:
+        rt.spawn(agent, "before").wait(timeout=30)
+        metrics = rt.attach(fl.projections.RunMetrics())
+        rt.spawn(agent, "after").wait(timeout=30)
+        metrics.catch_up(timeout=30)
+        assert metrics.state.runs_by_status.get("completed") == 2
+        position = metrics.position
+        assert position == rt.store.last_position()
+        metrics.detach()
+    with fl.Runtime.open(nats_url) as again:
+        stored = again.store.checkpoint("foldloop.run_metrics")
+        assert stored is not None and stored.position == position
+
+
+def test_a_run_tree_on_jetstream_verifies_whole(nats_url: str) -> None:
+    researcher = fl.Agent(name="researcher", llm=fl.ScriptedLLM(answers("found")))
+    lead = fl.Agent(
+        name="lead",
+        llm=fl.ScriptedLLM(fans_out(("researcher", "cats"), ("researcher", "dogs"))),
+        agents=[researcher],
+    )
+    with fl.Runtime.open(nats_url, agents=[lead]) as rt:
+        handle = rt.spawn(lead, "pets")
+        assert handle.wait(timeout=30).status == fl.RunStatus.COMPLETED
+        tree = rt.tree(handle.id)
+        assert [c.status for c in tree.children] == [fl.RunStatus.COMPLETED] * 2
+        assert set(rt.verify(handle.id, tree=True)) == {
+            handle.id,
+            *(c.run_id for c in tree.children),
+        }
+
+
+def test_export_from_lmdb_import_into_jetstream_and_back(nats_url: str, tmp_path: Path) -> None:
+    agent = calc()
+    with fl.Runtime.open(tmp_path / "a", agents=[agent]) as local:
+        run_id = local.spawn(agent, "2+3").wait(timeout=30).run_id
+        exported = list(local.export(run_id))
+        original = [(r.seq, r.at, r.event) for r in local.events(run_id)]
+    with fl.Runtime.open(nats_url, agents=[calc()]) as shared:
+        assert shared.import_jsonl(exported) == run_id
+        assert shared.verify(run_id).output == "sum 5"
+        assert [(r.seq, r.at, r.event) for r in shared.events(run_id)] == original
+        again = list(shared.export(run_id))
+    with fl.Runtime.open(tmp_path / "b") as back:
+        back.import_jsonl(again)
+        assert [(r.seq, r.at, r.event) for r in back.events(run_id)] == original
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys, threading
+    import foldloop as fl
+
+    url, ledger = sys.argv[1], sys.argv[2]
+    entered = threading.Event()
+
+    @fl.tool
+    def charge(amount: int) -> str:
+        "Charge once (not idempotent)."
+        with open(ledger, "a") as f:
+            f.write(f"charged {amount}\\n")
+        print("in tool", flush=True)
+        threading.Event().wait()  # held here until the process is killed
+        return "never"
+
+    agent = fl.Agent(
+        name="payer",
+        llm=fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("charge", {"amount": 7})])]),
+        tools=[charge],
+    )
+    rt = fl.Runtime.open(url, agents=[agent])
+    rt.spawn(agent, "pay", run_id="pay-1")
+    threading.Event().wait()
+    """
+)
+
+
+def test_a_runtime_killed_mid_tool_loses_its_runs_to_another_after_its_owner_key_lapses(
+    nats_url: str, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WORKER, nats_url, str(ledger)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"in tool\n"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    @fl.tool
+    def charge(amount: int) -> str:
+        """Charge once (not idempotent)."""
+        raise AssertionError("a non-idempotent call in flight at the kill ran again")
+
+    def told(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        return fl.Reply(text=f"told: {messages[-1].content}")
+
+    agent = fl.Agent(name="payer", llm=fl.ScriptedLLM(told), tools=[charge])
+    with fl.Runtime.open(nats_url, agents=[agent]) as rt:
+        lease = rt.store.lease("pay-1")
+        assert lease is not None and lease.owner
+        with pytest.raises(fl.errors.RunLocked):  # its owner key has not lapsed yet
+            rt.resume("pay-1")
+        wait_until(
+            lambda: not rt.store.owner_alive(lease.owner), 30, "the killed owner's key to lapse"
+        )
+        recovered = rt.recover()
+        assert [h.id for h in recovered] == ["pay-1"]
+        result = recovered[0].wait(timeout=30)
+        failed = [r.event for r in rt.events("pay-1") if r.type == "tool.failed"]
+    assert result.status == fl.RunStatus.COMPLETED and "unknown" in result.output
+    assert [f.kind for f in failed] == ["interrupted"]  # type: ignore[attr-defined]
+    assert ledger.read_text() == "charged 7\n"  # charged once, never again
+
+
+def test_clear_failures_at_open(nats_server: NatsServer, tmp_path: Path) -> None:
+    with pytest.raises(
+        StoreAccessError, match=r"cannot reach a NATS server at nats://127\.0\.0\.1:1"
+    ):
+        fl.Runtime.open("nats://127.0.0.1:1")
+    with pytest.raises(ConfigError, match="namespace"):
+        connect_store(f"{nats_server.url}/no.dots")
+    with pytest.raises(ConfigError, match="replicas"):
+        connect_store(f"{nats_server.url}/x?replicas=9")
+    with pytest.raises(ConfigError, match="unknown option"):
+        connect_store(f"{nats_server.url}/x?replica=3")
+    with pytest.raises(ConfigError, match="map_size"):
+        fl.Runtime.open(f"{nats_server.url}/x", map_size=1 << 30)
+    with pytest.raises(StoreError, match="no foldloop store"):
+        fl.Runtime.open(f"{nats_server.url}/never-made", create=False)
+
+
+def test_a_server_without_jetstream_is_named_as_such(tmp_path: Path) -> None:
+    server = start_server(tmp_path, jetstream=False)
+    try:
+        with pytest.raises(StoreAccessError, match="does not have JetStream enabled"):
+            fl.Runtime.open(server.url)
+    finally:
+        server.stop()
+
+
+def test_a_stream_made_by_something_else_is_refused(nats_url: str) -> None:
+    base, namespace = nats_url.split("?", maxsplit=1)[0].rsplit("/", 1)
+
+    async def squat() -> None:
+        nc = await nats.connect(base)
+        await nc.jetstream().add_stream(name=f"fl_{namespace}_log", subjects=["elsewhere.>"])
+        await nc.close()
+
+    asyncio.run(squat())
+    with pytest.raises(StoreError, match="was not made by foldloop"):
+        fl.Runtime.open(nats_url)
+
+
+def test_an_event_over_the_servers_max_payload_is_refused_unwritten(nats_url: str) -> None:
+    agent = calc()
+    with fl.Runtime.open(nats_url, agents=[agent]) as rt:
+        with pytest.raises(ConfigError, match="max_payload"):
+            rt.spawn(agent, "x" * 1_048_200, run_id="big")
+        assert rt.runs() == [] and rt.store.head("big") == 0
