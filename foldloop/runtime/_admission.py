@@ -93,6 +93,14 @@ class Admission:
             self._reserved -= 1
         self.pump()
 
+    def room(self) -> int | None:
+        """How many more runs could start here now, counting those queued here (None: no
+        cap): what a taker from a shared work queue may take without hoarding."""
+        if self.limit is None:
+            return None
+        with self._lock:
+            return max(0, self.limit - self._in_flight() - len(self._queue))
+
     def enqueue(self, run_ids: Iterable[str]) -> None:
         """Queue runs recorded queued (in this order, behind those waiting already)."""
         with self._lock:

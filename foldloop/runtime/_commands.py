@@ -42,7 +42,7 @@ from foldloop.runtime._results import Damaged
 from foldloop.runtime._rules import NothingToDo, check_spawn, evolve_all, merged, priced_limits
 from foldloop.runtime._trees import TreeWork
 from foldloop.runtime._writes import RunWrites
-from foldloop.store import EventStore, Pending
+from foldloop.store import EventStore, Pending, WorkQueue
 from foldloop.tools._decorator import bound_text
 
 __all__ = ["Commands"]
@@ -86,6 +86,9 @@ class Commands:
         """Work on trees off the shards: a parent's children start in one job there, sharing
         commits; cancels go down a tree there; parked runs are taken up there."""
         self._admission = admission
+        self._shared = store if isinstance(store, WorkQueue) else None
+        """The store's work queue, when it has one: every spawn is queued there, for any
+        runtime with the agent to take (``take_queued``)."""
 
     def spawn(
         self,
@@ -139,7 +142,7 @@ class Commands:
                 )
                 run_id = given if given is not None else f"{agent.name}-{secrets.token_hex(6)}"
                 # once one waits, the rest wait behind it (FIFO), whatever slot frees meanwhile
-                queue = bool(starts) and not starts[-1].admitted
+                queue = self._shared is not None or (bool(starts) and not starts[-1].admitted)
                 starts.append(self._start(agent, run_id, command, queue=queue))
         finally:  # the writes begun stand, even past a Ctrl-C: each run is driven or queued
             failures = [failure for start in starts if (failure := self._finish_start(start))]
@@ -177,8 +180,10 @@ class Commands:
             command = replace(command, queued=True)
         decision = decide(RunState(run_id=run_id), command)
         # A queued run keeps its lease: who holds it admits it, and only the queued runs
-        # of a runtime that died are taken over by another's recover().
-        settles = decision.settles and admitted
+        # of a runtime that died are taken over by another's recover(). On a shared work
+        # queue nobody holds it until a runtime takes it from there.
+        shared = self._shared is not None and not admitted
+        settles = (decision.settles and admitted) or shared
         try:
             self._system.claim(run_id)
         except BaseException:
@@ -214,7 +219,10 @@ class Commands:
         start.pending = None
         if not start.admitted:
             self._system.unclaim(run_id)
-            self._admission.enqueue((run_id,))
+            if self._shared is not None:
+                self._shared.enqueue(agent.name, [run_id])
+            else:
+                self._admission.enqueue((run_id,))
             start.finished = True
             log.info("run_queued", run_id=run_id, agent=agent.name)
             return
@@ -333,6 +341,7 @@ class Commands:
         recovered: list[str] = []
         queued: list[str] = []
         orphans = []
+        released: set[str] = set()  # queued runs nobody holds: on a shared queue, still there
         for run_id in self._store.run_ids():
             if self._system.active(run_id):
                 continue
@@ -347,6 +356,8 @@ class Commands:
                 and (lease.owner == self._owner or self._store.owner_alive(lease.owner))
             ):
                 continue
+            if lease is not None and not lease.owner:
+                released.add(run_id)
             orphans.append(run_id)
         for state in self._queries.states(orphans):
             if isinstance(state, Damaged):
@@ -359,7 +370,8 @@ class Commands:
                 self._cancel_child(state.run_id, ended)
                 continue
             if state.status is RunStatus.QUEUED:
-                queued.append(state.run_id)
+                if self._shared is None or state.run_id not in released:
+                    queued.append(state.run_id)
                 continue
             if state.status is not RunStatus.RUNNING:
                 continue
@@ -369,7 +381,7 @@ class Commands:
                 continue  # another runtime recovered it first
             except (SchemaChangedError, StoreCorrupted) as exc:
                 log.warning("recover_skipped", run_id=state.run_id, error=str(exc))
-        return recovered + self._requeue(queued)
+        return recovered + self.take_queued(queued)
 
     def _ended_ancestor(self, state: RunState) -> str | None:
         """For a run of a tree whose parent, or an ancestor above it, has ended: the reason
@@ -388,9 +400,10 @@ class Commands:
             parent = above.parent_run_id if above.parent_call_id else ""
         return None
 
-    def _requeue(self, run_ids: list[str]) -> list[str]:
-        """Take over the leases of queued runs whose runtime died and queue them here in the
-        order they were started (their run.started's log position): spawn order."""
+    def take_queued(self, run_ids: list[str]) -> list[str]:
+        """Take the leases of queued runs (whose runtime died, or from a shared work queue)
+        and queue them here in the order they were started (their run.started's log
+        position): spawn order. Runs a live runtime holds are left to it."""
         taking = [(run_id, self._store.acquire_lease(run_id, self._owner)) for run_id in run_ids]
         taken: list[str] = []
         for run_id, op in taking:  # asked all at once: one commit for all of them

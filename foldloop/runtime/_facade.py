@@ -40,8 +40,9 @@ from foldloop.runtime._results import RunHandle, RunOps, RunResult, RunSummary, 
 from foldloop.runtime._rules import check_cap, check_inputs
 from foldloop.runtime._transfer import Transfer
 from foldloop.runtime._waiting import Waiter
+from foldloop.runtime._work_taker import WorkTaker
 from foldloop.runtime._writes import RunWrites
-from foldloop.store import DEFAULT_MAP_SIZE, EventStore, connect_store
+from foldloop.store import DEFAULT_MAP_SIZE, EventStore, WorkQueue, connect_store
 
 __all__ = ["Runtime", "run_ops"]
 
@@ -67,6 +68,7 @@ class Runtime(OpenOnly, ClosedOnExit):
     ) -> None:
         check_cap("max_model_calls", max_model_calls)
         check_cap("max_active_runs", max_active_runs)
+        agents = tuple(agents)
         self.store = store
         self.owner = uuid.uuid4().hex[:16]
         self._clock = clock
@@ -118,6 +120,19 @@ class Runtime(OpenOnly, ClosedOnExit):
         self.system.on_parked = self._commands.trees.take_up_parked
         self.system.root_of = lambda run_id: self._queries.root_of(run_id, {})
         self._transfer = Transfer(self._queries, writes)
+        self._driving = {agent.name for agent in agents}
+        """Agents this runtime takes queued runs of from a shared work queue (those it was
+        opened with or given by ``register``; not those it merely spawns)."""
+        self._taker = (
+            WorkTaker(
+                store,
+                agents=lambda: sorted(self._driving),
+                room=self._admission.room,
+                take=self._commands.take_queued,
+            )
+            if isinstance(store, WorkQueue)
+            else None
+        )
         self._ops = _RunOps(
             self._lifecycle,
             self._queries,
@@ -183,6 +198,8 @@ class Runtime(OpenOnly, ClosedOnExit):
         """Stop driving runs (they stay resumable), commit what is queued, release the store."""
         if not self._lifecycle.close():
             return
+        if self._taker is not None:
+            self._taker.close()
         self._stop_polling.set()
         self._poller.join(timeout=5)
         self._followers.close()
@@ -208,8 +225,10 @@ class Runtime(OpenOnly, ClosedOnExit):
     # -- agents --------------------------------------------------------------------------
 
     def register(self, agent: Agent) -> None:
-        """Make ``agent`` known, so its runs can be resumed and recovered here."""
+        """Make ``agent`` known, so its runs can be resumed and recovered here (and, on a
+        store with a shared work queue, taken from it here)."""
         self._agents.register(agent)
+        self._driving.add(agent.name)
 
     def agent_named(self, name: str) -> Agent | None:
         """The agent registered here under ``name`` (None if this runtime does not know it)."""

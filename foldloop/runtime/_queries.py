@@ -46,7 +46,7 @@ from foldloop.events._recorded import Recorded
 from foldloop.events._values import Usage
 from foldloop.runtime._registry import AgentRegistry
 from foldloop.runtime._results import Damaged, RunSummary, RunTree
-from foldloop.store import EventStore
+from foldloop.store import EventStore, WorkQueue
 
 __all__ = ["Queries"]
 
@@ -383,8 +383,16 @@ class Queries:
 
     def orphaned(self, run_id: str) -> bool:
         """Neither an actor here nor a live runtime anywhere drives the run (or, for a
-        queued run, holds it)."""
-        return not self._system.active(run_id) and not self.driven(run_id)
+        queued run, holds it; on a shared work queue, a run nobody holds is held there)."""
+        if self._system.active(run_id):
+            return False
+        lease = self._store.lease(run_id)
+        if lease is not None and lease.owner:
+            return not self._store.owner_alive(lease.owner)
+        if isinstance(self._store, WorkQueue):
+            state = self.state(run_id)
+            return state.status is not RunStatus.QUEUED
+        return True
 
     def driven(self, run_id: str) -> bool:
         """A live runtime holds the run's lease."""

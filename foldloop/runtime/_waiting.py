@@ -15,7 +15,7 @@ from foldloop.runtime._admission import Admission
 from foldloop.runtime._approval_desk import ApprovalDesk
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._results import RunResult, result_of
-from foldloop.store import EventStore
+from foldloop.store import EventStore, WorkQueue
 
 __all__ = ["LEASE_RELEASE_GRACE", "Waiter"]
 
@@ -118,6 +118,14 @@ class Waiter:
             and (deadline is None or time.monotonic() < deadline)
         )
 
+    def _in_shared_queue(self, run_id: str) -> bool:
+        """A queued run on a store with a shared work queue, still in it (nobody holds it)
+        or just taken from it by a live runtime (read at once: a taker may be under way)."""
+        if not isinstance(self._store, WorkQueue):
+            return False
+        lease = self._store.lease(run_id)
+        return lease is None or not lease.owner or self._store.owner_alive(lease.owner)
+
     def _follow(self, run_id: str, deadline: float | None) -> tuple[RunState, str]:
         """Wait for a run driven elsewhere (another process) by following the log, every
         1 ms at first and backing off to every 20 ms: a short run is seen settled soon
@@ -149,9 +157,12 @@ class Waiter:
                 if state.settled:
                     continue
                 if not self._queries.driven(run_id):
-                    if state.status is RunStatus.QUEUED:
+                    if state.status is RunStatus.QUEUED and self._in_shared_queue(run_id):
+                        pass  # any runtime with its agent may take it: keep following
+                    elif state.status is RunStatus.QUEUED:
                         return state, f"{ORPHAN_QUEUED}; recover() in a runtime with its agent"
-                    return state, "no runtime is driving it"
+                    else:
+                        return state, "no runtime is driving it"
             if deadline is not None and time.monotonic() >= deadline:
                 return state, ""
             time.sleep(pause)

@@ -16,7 +16,15 @@ from foldloop.store._mapped import DEFAULT_MAP_SIZE, MAX_MAP_SIZE
 from foldloop.store._open import connect_store
 from foldloop.store._owners import OwnerLock, owner_alive
 from foldloop.store._payloads import MAX_EVENT_BYTES, Payload, encode_all
-from foldloop.store._port import EventStore, OwnerHold, Pending, Snapshot, append_events
+from foldloop.store._port import (
+    EventStore,
+    OwnerHold,
+    Pending,
+    Snapshot,
+    WorkItem,
+    WorkQueue,
+    append_events,
+)
 
 __all__ = [
     "MAX_EVENT_BYTES",
@@ -33,6 +41,8 @@ __all__ = [
     "Payload",
     "Pending",
     "Snapshot",
+    "WorkItem",
+    "WorkQueue",
     "append_events",
     "connect_store",
     "encode_all",

@@ -46,8 +46,9 @@ from foldloop.store._nats_bridge import LoopThread, NatsPending
 from foldloop.store._nats_log import NatsLog, events_of
 from foldloop.store._nats_names import NatsTarget, parse_nats_url
 from foldloop.store._nats_tables import NatsTables
+from foldloop.store._nats_work import NatsWork, NatsWorkItem
 from foldloop.store._payloads import Payload
-from foldloop.store._port import EventStore, Listener, Pending, Snapshot
+from foldloop.store._port import EventStore, Listener, Pending, Snapshot, WorkItem, WorkQueue
 from foldloop.store._rules import check_expirable
 
 __all__ = ["JetStreamStore", "open_jetstream"]
@@ -101,9 +102,11 @@ class JetStreamStore:
         js = self._nc.jetstream(timeout=CONNECT_TIMEOUT_S)
         self._log = NatsLog(self._nc, js, t)
         self._tables = NatsTables(self._nc, js, t)
+        self._work = NatsWork(self._nc, js, t)
         try:
             await self._log.ensure(create=create)
             await self._tables.ensure(create=create)
+            await self._work.ensure(create=create)
         except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
             raise StoreAccessError(
                 f"the NATS server at {t.url} does not have JetStream enabled; start it with "
@@ -118,9 +121,15 @@ class JetStreamStore:
     async def _disconnect(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
             with contextlib.suppress(Exception):
+                await self._work.close()
+            with contextlib.suppress(Exception):
                 await self._nc.flush(timeout=2)
             with contextlib.suppress(Exception):
                 await self._nc.close()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:  # renewals of holds never released: the owner is gone
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -330,7 +339,6 @@ class JetStreamStore:
         return self._call(self._tables.lease(run_id))
 
     def hold_owner(self, owner: str) -> OwnerKey:
-        self._call(self._tables.hold_owner(owner))
         return OwnerKey(self, owner)
 
     def owner_alive(self, owner: str) -> bool:
@@ -397,6 +405,19 @@ class JetStreamStore:
     def checkpoints(self) -> list[Checkpoint]:
         return self._call(self._tables.checkpoints())
 
+    # -- the work queue --------------------------------------------------------------------
+
+    def enqueue(self, agent: str, run_ids: Sequence[str]) -> None:
+        """Queue runs of ``agent`` for whichever runtime with that agent takes them."""
+        self._call(self._work.enqueue(agent, run_ids))
+
+    def take_work(self, agents: Sequence[str], limit: int, timeout: float) -> list[WorkItem]:
+        """Up to ``limit`` queued runs of ``agents`` (see ``WorkQueue``)."""
+        if not agents or limit <= 0:
+            return []
+        msgs = self._call(self._work.take(agents, limit, timeout))
+        return [NatsWorkItem(m, self._loop) for m in msgs]
+
     def close(self) -> None:
         """Wait for what is in flight, then disconnect."""
         if self._closed:
@@ -412,7 +433,11 @@ class OwnerKey:
     def __init__(self, store: JetStreamStore, owner: str) -> None:
         self._store = store
         self._owner = owner
-        self._task = store._loop.submit(self._renew())
+        self._task = store._call(self._begin())
+
+    async def _begin(self) -> asyncio.Task[None]:
+        await self._store._tables.hold_owner(self._owner)
+        return asyncio.get_running_loop().create_task(self._renew())
 
     async def _renew(self) -> None:
         while True:
@@ -422,11 +447,16 @@ class OwnerKey:
             except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
                 log.warning("owner_renewal_failed", owner=self._owner, error=str(exc))
 
+    async def _end(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._store._tables.drop_owner(self._owner)
+
     def release(self) -> None:
         """The runtime closed cleanly: its runs are free at once."""
-        self._task.cancel()
         if not self._store._closed:
-            self._store._call(self._store._tables.drop_owner(self._owner))
+            self._store._call(self._end())
 
 
 def open_jetstream(
@@ -450,4 +480,9 @@ async def _reconnected() -> None:
 
 def _implements_the_port(store: JetStreamStore) -> EventStore:
     """(For mypy: JetStreamStore is an EventStore.)"""
+    return store
+
+
+def _has_a_work_queue(store: JetStreamStore) -> WorkQueue:
+    """(For mypy: JetStreamStore is a WorkQueue.)"""
     return store

@@ -23,7 +23,7 @@ others ride in the next commit (nobody waits on them; a ``callback`` hears of a 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from foldloop.events._catalogue import KnownEvent
 from foldloop.events._recorded import AnyEvent, Recorded
@@ -38,6 +38,8 @@ __all__ = [
     "OwnerHold",
     "Pending",
     "Snapshot",
+    "WorkItem",
+    "WorkQueue",
     "append_events",
 ]
 
@@ -269,6 +271,38 @@ class EventStore(Protocol):
 
     def close(self) -> None:
         """Commit what is queued and let the store go."""
+        ...
+
+
+class WorkItem(Protocol):
+    """**Protocol:** a queued run taken from a ``WorkQueue``."""
+
+    @property
+    def run_id(self) -> str:
+        """The run to start."""
+        ...
+
+    def done(self) -> None:
+        """The run is taken (its lease held here): the queue forgets the item."""
+        ...
+
+    def retry(self) -> None:
+        """Not taken: the queue offers the item again (to any taker) soon."""
+        ...
+
+
+@runtime_checkable
+class WorkQueue(Protocol):
+    """**Protocol:** a queue of runs to start, shared by every runtime of a store (a store
+    that has one queues every spawn on it, and runtimes with agents take from it)."""
+
+    def enqueue(self, agent: str, run_ids: Sequence[str]) -> None:
+        """Queue runs of ``agent`` (recorded queued, lease released), durably, in order."""
+        ...
+
+    def take_work(self, agents: Sequence[str], limit: int, timeout: float) -> list[WorkItem]:
+        """Up to ``limit`` queued runs of these agents, waiting up to ``timeout`` seconds
+        for the first; each must be ``done`` or ``retry``."""
         ...
 
 

@@ -1,0 +1,81 @@
+"""Taking queued runs from a store's shared work queue (JetStream), for the agents here.
+
+One thread asks the queue for runs of the agents this runtime was opened with (or
+registered), as many as admission has room for, takes their leases and queues them for
+admission here (``Commands.take_queued``), then tells the queue they are taken. A runtime
+that dies between the two holds their leases: when its owner key lapses, another
+runtime's ``recover()`` queues them again. Items it could not take go back to the queue.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from foldloop._log import get_logger
+from foldloop.errors import FoldloopError
+from foldloop.store import WorkQueue
+
+__all__ = ["WorkTaker"]
+
+log = get_logger("foldloop.runtime")
+
+BATCH = 64
+"""Runs taken at once when admission has no cap."""
+POLL_S = 0.25
+"""How long one ask of the queue waits for a run (and close for a take under way)."""
+
+
+class WorkTaker:
+    """The thread taking runs from the shared queue (see the module doc)."""
+
+    def __init__(
+        self,
+        queue: WorkQueue,
+        *,
+        agents: Callable[[], list[str]],
+        room: Callable[[], int | None],
+        take: Callable[[list[str]], list[str]],
+    ) -> None:
+        self._queue = queue
+        self._agents = agents
+        self._room = room
+        self._take = take
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="foldloop-take", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            names = self._agents()
+            room = self._room()
+            limit = BATCH if room is None else min(room, BATCH)
+            if not names or limit <= 0:
+                self._stop.wait(0.1)
+                continue
+            try:
+                items = self._queue.take_work(names, limit, POLL_S)
+            except FoldloopError as exc:
+                log.warning("work_queue_unavailable", error=str(exc))
+                self._stop.wait(POLL_S)
+                continue
+            if not items:
+                continue
+            if self._stop.is_set():  # closing: leave them to another runtime
+                for item in items:
+                    item.retry()
+                return
+            try:
+                self._take([item.run_id for item in items])
+            except Exception:
+                log.exception("work_not_taken", runs=[item.run_id for item in items])
+                for item in items:
+                    item.retry()
+                continue
+            for item in items:
+                item.done()
+
+    def close(self) -> None:
+        """Take nothing more (waits for a take under way)."""
+        self._stop.set()
+        self._thread.join(POLL_S * 2 + 5)

@@ -1,0 +1,97 @@
+"""The shared work queue of a JetStream store: spawns from any host are queued there, and
+runtimes opened with the agent take them (a real nats-server)."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+
+import foldloop as fl
+from tests.waiting import wait_until
+
+
+def counter(name: str = "calc") -> fl.Agent:
+    @fl.tool(idempotent=True)
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    def plan(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        if not any(m.role == "tool" for m in messages):
+            return fl.Reply(tool_calls=[fl.ToolCall("add", {"a": 2, "b": 3})])
+        return fl.Reply(text=f"{messages[0].content}={messages[-1].content}")
+
+    return fl.Agent(name=name, llm=fl.ScriptedLLM(plan), tools=[add])
+
+
+def test_a_host_without_the_agent_enqueues_and_a_worker_with_it_drives(nats_url: str) -> None:
+    agent = counter()
+    with fl.Runtime.open(nats_url) as host:
+        handle = host.spawn(agent, "a")  # nobody takes it yet: queued, held by no one
+        (summary,) = host.runs()
+        assert summary.status is fl.RunStatus.QUEUED
+        assert host.store.lease(handle.id) == fl.store.Lease("", 1)
+        with fl.Runtime.open(nats_url, agents=[counter()]) as worker:
+            result = handle.wait(timeout=30)
+            assert (result.status, result.output) == (fl.RunStatus.COMPLETED, "a=5"), (
+                result,
+                [r.type for r in host.events(handle.id)],
+                host.store.lease(handle.id),
+            )
+            assert [r.type for r in worker.events(handle.id)][:3] == [
+                "run.started",
+                "run.queued",
+                "run.admitted",
+            ]
+
+
+def test_workers_share_the_queue_and_each_run_is_driven_once(nats_url: str) -> None:
+    agent = counter()
+    with (
+        fl.Runtime.open(nats_url) as host,
+        fl.Runtime.open(nats_url, agents=[agent]) as one,
+        fl.Runtime.open(nats_url, agents=[agent]) as two,
+    ):
+        handles = host.spawn_many(agent, [f"n{i}" for i in range(40)])
+        results = [h.wait(timeout=60) for h in handles]
+        assert [r.output for r in results] == [f"n{i}=5" for i in range(40)]
+        admitted = collections.Counter(
+            r.event.owner  # type: ignore[union-attr]
+            for h in handles
+            for r in host.events(h.id)
+            if r.type == "run.admitted"
+        )
+        assert sum(admitted.values()) == 40 and set(admitted) <= {one.owner, two.owner}
+        assert all(
+            [r.type for r in host.events(h.id)].count("tool.completed") == 1 for h in handles
+        )
+
+
+def test_a_queued_run_cancelled_before_anyone_takes_it_stays_cancelled(nats_url: str) -> None:
+    agent = counter()
+    with fl.Runtime.open(nats_url) as host:
+        handle = host.spawn(agent, "x")
+        handle.cancel()
+        assert handle.wait(timeout=30).status is fl.RunStatus.CANCELLED
+        with fl.Runtime.open(nats_url, agents=[agent]) as worker:
+            later = worker.spawn(agent, "y")  # taken after the cancelled one
+            assert later.wait(timeout=30).status is fl.RunStatus.COMPLETED
+        assert [r.type for r in host.events(handle.id)] == [
+            "run.started",
+            "run.queued",
+            "run.cancelled",
+        ]
+
+
+def test_a_runtime_takes_only_the_agents_it_was_opened_with(nats_url: str) -> None:
+    calc, other_agent = counter(), counter("other")
+    with (
+        fl.Runtime.open(nats_url) as host,
+        fl.Runtime.open(nats_url, agents=[other_agent]) as other,
+    ):
+        mine = host.spawn(calc, "x")
+        theirs = host.spawn(other_agent, "y")
+        assert theirs.wait(timeout=30).status is fl.RunStatus.COMPLETED
+        assert host.state(mine.id).status is fl.RunStatus.QUEUED  # no runtime drives "calc"
+        other.register(calc)  # now it does
+        wait_until(lambda: host.state(mine.id).status is fl.RunStatus.COMPLETED, 30, "mine to run")
