@@ -17,7 +17,7 @@ import nats
 import pytest
 
 import foldloop as fl
-from foldloop.errors import ConfigError, StoreAccessError, StoreError
+from foldloop.errors import ConfigError, StoreAccessError, StoreError, StoreNotFound
 from foldloop.store import connect_store
 from tests.nats_servers import NatsServer, start_server
 from tests.tree_models import answers, fans_out
@@ -218,7 +218,7 @@ def test_clear_failures_at_open(nats_server: NatsServer, tmp_path: Path) -> None
         connect_store(f"{nats_server.url}/x?replica=3")
     with pytest.raises(ConfigError, match="map_size"):
         fl.Runtime.open(f"{nats_server.url}/x", map_size=1 << 30)
-    with pytest.raises(StoreError, match="no foldloop store"):
+    with pytest.raises(StoreNotFound, match="no foldloop store"):
         fl.Runtime.open(f"{nats_server.url}/never-made", create=False)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeAlias
 
 import typer
 
@@ -24,8 +24,17 @@ from foldloop.errors import (
     StoreNotFound,
 )
 from foldloop.runtime import Runtime
+from foldloop.store._nats_names import is_nats_url
 
-__all__ = ["errors", "fail", "in_cli_words", "opened"]
+__all__ = ["Location", "errors", "fail", "in_cli_words", "location", "opened"]
+
+Location: TypeAlias = str | Path
+"""Where a store is: a directory, or NATS servers (``nats://...``) as typed."""
+
+
+def location(text: str) -> Location:
+    """``--store`` as given: a URL stays as typed (a Path would fold its ``//``)."""
+    return text if is_nats_url(text) else Path(text)
 
 
 def in_cli_words(exc: FoldloopError, hint: str) -> str:
@@ -56,6 +65,11 @@ _EXIT_CODES: tuple[tuple[type[FoldloopError], int], ...] = (
 )
 
 
+def _exit_code(exc: FoldloopError) -> int:
+    """The exit code that says what kind of failure ``exc`` is."""
+    return next(code for cls, code in _EXIT_CODES if isinstance(exc, cls))
+
+
 @contextmanager
 def errors(hint: str = "") -> Iterator[None]:
     """Turn foldloop errors into one line on stderr and an exit code (never a traceback);
@@ -65,13 +79,12 @@ def errors(hint: str = "") -> Iterator[None]:
     except BrokenPipeError:
         reader_gone()
     except FoldloopError as exc:
-        code = next(code for cls, code in _EXIT_CODES if isinstance(exc, cls))
-        fail(code, in_cli_words(exc, hint))
+        fail(_exit_code(exc), in_cli_words(exc, hint))
 
 
 @contextmanager
 def opened(
-    store: Path, *, create: bool = False, agents: tuple[Agent, ...] = (), hint: str = ""
+    store: Location, *, create: bool = False, agents: tuple[Agent, ...] = (), hint: str = ""
 ) -> Iterator[Runtime]:
     """A runtime on ``store`` whose foldloop errors end the command as ``errors`` says."""
     with errors(hint), Runtime.open(store, create=create, agents=agents) as rt:

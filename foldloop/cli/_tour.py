@@ -3,10 +3,8 @@ person would type at each turn (approve, resume, inspect)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from foldloop.cli._demo import DEMO_INPUT, demo_agent
-from foldloop.cli._errors import opened
+from foldloop.cli._errors import Location, opened
 from foldloop.cli._hints import resume_command
 from foldloop.cli._output import command_line, count, escape, line, prose, summary
 from foldloop.core._state import RunStatus
@@ -19,7 +17,7 @@ DEMO_AGENT = "foldloop.cli:demo_agent"
 """The demo agent as ``--agent`` names it."""
 
 
-def tour(store: Path, again: str) -> None:
+def tour(store: Location, again: str) -> None:
     """Run the demo on ``store``; ``again`` is how this shell starts foldloop on it."""
     agent = demo_agent()
     with opened(store, create=True, agents=(agent,)) as rt:

@@ -35,7 +35,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from foldloop.errors import ConcurrencyError, ConfigError, StoreError
+from foldloop.errors import ConcurrencyError, ConfigError, StoreError, StoreNotFound
 from foldloop.events._codec import decode_event, schema_version_of
 from foldloop.events._recorded import AnyEvent, Recorded
 from foldloop.store._approvals import ApprovalChanges
@@ -122,7 +122,7 @@ class NatsLog:
             info = await self._js.stream_info(t.stream)
         except NotFoundError:
             if not create:
-                raise StoreError(
+                raise StoreNotFound(
                     f"no foldloop store at {t.url} (no stream {t.stream!r}); open it with "
                     "a runtime first, or check the URL's namespace"
                 ) from None

@@ -22,7 +22,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from foldloop.errors import StoreError
+from foldloop.errors import StoreError, StoreNotFound
 from foldloop.store._approvals import ApprovalChanges, ApprovalRecord
 from foldloop.store._checkpoints import Checkpoint, decode_checkpoint, encode_checkpoint
 from foldloop.store._framing import Lease
@@ -67,7 +67,7 @@ class NatsTables:
                 continue
             except nats.js.errors.BucketNotFoundError:
                 if not create:
-                    raise StoreError(
+                    raise StoreNotFound(
                         f"the foldloop store at {self._t.url} has no bucket {name!r}; open "
                         "it with a runtime first to finish making it"
                     ) from None
