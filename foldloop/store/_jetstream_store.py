@@ -96,7 +96,7 @@ class JetStreamStore:
         except (TimeoutError, nats.errors.NoServersError, OSError) as exc:
             raise StoreAccessError(
                 f"cannot reach a NATS server at {t.url} (tried {', '.join(t.servers)}: "
-                f"{exc or type(exc).__name__}); is nats-server running there with JetStream "
+                f"{str(exc) or type(exc).__name__}); is nats-server running there with JetStream "
                 "(nats-server -js)?"
             ) from None
         js = self._nc.jetstream(timeout=CONNECT_TIMEOUT_S)
@@ -140,9 +140,10 @@ class JetStreamStore:
         except FoldloopError:
             raise
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            why = str(exc) or type(exc).__name__
             raise StoreError(
-                f"the NATS server at {self._t.url} failed a request ({exc or type(exc).__name__}); "
-                "nothing half-written: retry once it is reachable"
+                f"the NATS server at {self._t.url} failed a request ({why}); nothing "
+                "half-written: retry once it is reachable"
             ) from None
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:

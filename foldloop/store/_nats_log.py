@@ -40,6 +40,7 @@ from foldloop.events._codec import decode_event, schema_version_of
 from foldloop.events._recorded import AnyEvent, Recorded
 from foldloop.store._approvals import ApprovalChanges
 from foldloop.store._nats_names import NatsTarget
+from foldloop.store._nats_retry import RETRY_FOR_S, TRANSIENT, retrying
 from foldloop.store._payloads import Payload
 
 __all__ = ["NatsLog", "direct_batch"]
@@ -54,6 +55,12 @@ REQUEST_TIMEOUT_S = 5.0
 APPEND_DEADLINE_S = 30.0
 """How long an append keeps trying through a lost connection before giving up."""
 WRONG_LAST_SEQUENCE = 10071
+TRANSIENT_OR_CLOSED: tuple[type[BaseException], ...] = (
+    *TRANSIENT,
+    nats.errors.ConnectionClosedError,
+)
+STALE_READ_S = 10.0
+"""How long a read waits for the replica answering it to catch up with the leader."""
 
 _APPROVALS_ENC = msgspec.msgpack.Encoder()
 _APPROVALS_DEC = msgspec.msgpack.Decoder(ApprovalChanges)
@@ -72,7 +79,18 @@ class _Lost(Exception):
 
 
 async def direct_batch(nc: Client, stream: str, request: dict[str, Any]) -> list[Msg]:
-    """Every message a direct get of ``request`` answers with, up to its end-of-batch."""
+    """Every message a direct get of ``request`` answers with, up to its end-of-batch
+    (asked again through an outage, up to RETRY_FOR_S)."""
+    try:
+        return await retrying(lambda: _direct_batch_once(nc, stream, request))
+    except TRANSIENT:
+        raise StoreError(
+            f"the NATS server did not answer a read of stream {stream!r} within "
+            f"{RETRY_FOR_S:.0f} s; is it reachable?"
+        ) from None
+
+
+async def _direct_batch_once(nc: Client, stream: str, request: dict[str, Any]) -> list[Msg]:
     single = "batch" not in request and "multi_last" not in request
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
@@ -80,13 +98,7 @@ async def direct_batch(nc: Client, stream: str, request: dict[str, Any]) -> list
         await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
         out: list[Msg] = []
         while True:
-            try:
-                msg = await sub.next_msg(timeout=REQUEST_TIMEOUT_S)
-            except nats.errors.TimeoutError:
-                raise StoreError(
-                    f"the NATS server did not answer a read of stream {stream!r} within "
-                    f"{REQUEST_TIMEOUT_S} s; is it reachable?"
-                ) from None
+            msg = await sub.next_msg(timeout=REQUEST_TIMEOUT_S)
             status = (msg.headers or {}).get("Status")
             if status is None:
                 out.append(msg)
@@ -94,6 +106,8 @@ async def direct_batch(nc: Client, stream: str, request: dict[str, Any]) -> list
                     return out
             elif status in ("204", "404"):
                 return out
+            elif status in ("503", "408"):
+                raise nats.errors.NoRespondersError
             else:
                 raise StoreError(
                     f"reading stream {stream!r} failed: {status} "
@@ -159,23 +173,28 @@ class NatsLog:
             await self.ensure(create=False)  # another process made it first
 
     async def last_position(self) -> int:
-        info = await self._js.stream_info(self._t.stream)
+        info = await retrying(lambda: self._js.stream_info(self._t.stream))
         return int(info.state.last_seq)
 
     async def run_ids(self) -> list[str]:
-        info = await self._js.stream_info(self._t.stream, subjects_filter=self._t.subjects)
+        info = await retrying(
+            lambda: self._js.stream_info(self._t.stream, subjects_filter=self._t.subjects)
+        )
         return sorted(self._t.run_of(s) for s in (info.state.subjects or {}))
 
     # -- heads -----------------------------------------------------------------------------
 
     async def _fetch_head(self, run_id: str) -> _Head:
-        msgs = await direct_batch(
-            self._nc, self._t.stream, {"last_by_subj": self._t.subject(run_id)}
-        )
-        if not msgs:
+        """The run's last event as the stream's leader has it (a direct get may be served
+        by a replica that is behind)."""
+        try:
+            msg = await retrying(
+                lambda: self._js.get_msg(self._t.stream, subject=self._t.subject(run_id))
+            )
+        except NotFoundError:
             return _Head(0, 0)
-        h = msgs[-1].headers or {}
-        return _Head(int(h["Fl-Seq"]), int(h["Nats-Sequence"]), h.get("Fl-Write", ""))
+        h = msg.headers or {}
+        return _Head(int(h["Fl-Seq"]), int(msg.seq or 0), h.get("Fl-Write", ""))
 
     async def head(self, run_id: str) -> int:
         """The run's last seq, as the server has it."""
@@ -288,9 +307,9 @@ class NatsLog:
             except _Lost:
                 if time.monotonic() > deadline:
                     raise StoreError(
-                        f"the NATS server did not acknowledge an append to run {run_id!r} "
-                        f"within {APPEND_DEADLINE_S:.0f} s; nothing more was written and the "
-                        "run can be resumed once the server is reachable"
+                        f"no JetStream stream at {self._t.url} acknowledged an append to run "
+                        f"{run_id!r} within {APPEND_DEADLINE_S:.0f} s; nothing more was "
+                        "written, and the run can be resumed once the stream answers again"
                     ) from None
                 await asyncio.sleep(0.2)
                 try:
@@ -306,6 +325,11 @@ class NatsLog:
                 continue
             except ConcurrencyError:
                 self._heads.pop(run_id, None)
+                if attempt:  # an earlier try whose answer was lost may have landed since
+                    now = await self._fetch_head(run_id)
+                    if now.write == write:
+                        self._remember(run_id, now)
+                        return now
                 raise
             new = _Head(head.seq + len(part), stream_seq, write)
             self._remember(run_id, new)
@@ -353,13 +377,8 @@ class NatsLog:
                 reply = await self._nc.request(
                     subject, raw, timeout=REQUEST_TIMEOUT_S, headers=headers
                 )
-        except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError) as exc:
-            raise _Lost() from exc
-        except nats.errors.NoRespondersError:
-            raise StoreError(
-                f"no JetStream stream answers subject {subject!r} at {self._t.url}; was the "
-                f"stream {self._t.stream!r} removed?"
-            ) from None
+        except TRANSIENT_OR_CLOSED as exc:
+            raise _Lost() from exc  # no answer (a leader being elected, a stream moving)
         assert reply is not None
         ack = json.loads(reply.data)
         error = ack.get("error")
@@ -402,7 +421,30 @@ class NatsLog:
             return to_seq is not None and int((msg.headers or {}).get("Fl-Seq", "0")) > to_seq
 
         records = [self.record(m) for m in await self._messages(run_id, past)]
+        if to_seq is None:
+            records = await self._caught_up(run_id, records)
         return [r for r in records if r.seq >= from_seq]
+
+    async def _caught_up(self, run_id: str, records: list[Recorded]) -> list[Recorded]:
+        """``records`` (the whole run as a replica had it) completed up to the leader's
+        head: a replica behind the leader answers with a prefix of the run."""
+        head = await self._fetch_head(run_id)
+        deadline = time.monotonic() + STALE_READ_S
+        while (records[-1].seq if records else 0) < head.seq:
+            if time.monotonic() > deadline:
+                raise StoreError(
+                    f"the replicas of stream {self._t.stream!r} stayed behind its leader for "
+                    f"{STALE_READ_S:.0f} s reading run {run_id!r}; is the cluster healthy?"
+                )
+            await asyncio.sleep(0.02)
+            after = records[-1].position + 1 if records else 1
+            more = await direct_batch(
+                self._nc,
+                self._t.stream,
+                {"seq": after, "next_by_subj": self._t.subject(run_id), "batch": PAGE},
+            )
+            records += [self.record(m) for m in more]
+        return records
 
     async def approval_changes(self, run_id: str) -> list[ApprovalChanges]:
         """The approval changes of every append of the run, in order."""

@@ -12,6 +12,7 @@ a prefix in one direct get, without a consumer.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TypeVar
 
 import msgspec
@@ -19,7 +20,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from foldloop.errors import StoreError, StoreNotFound
@@ -28,6 +29,7 @@ from foldloop.store._checkpoints import Checkpoint, decode_checkpoint, encode_ch
 from foldloop.store._framing import Lease
 from foldloop.store._nats_log import direct_batch
 from foldloop.store._nats_names import NatsTarget, token
+from foldloop.store._nats_retry import retrying
 from foldloop.store._port import Snapshot
 from foldloop.store._rules import acquired, applied, check_fence, checkpoint_advances, decided
 from foldloop.store._rules import released as released_lease
@@ -84,19 +86,27 @@ class NatsTables:
     # -- key-value helpers -----------------------------------------------------------------
 
     async def _get(self, table: str, key: str) -> tuple[bytes | None, int]:
-        """(value, revision) of a key; (None, 0) when absent."""
+        """(value, revision) of a key, as the bucket's leader has it; (None, 0) when absent
+        (a deleted key: None and its marker's revision)."""
+        bucket = self._t.bucket(table)
         try:
-            entry = await self._kv[table].get(key, validate_keys=False)
-        except KeyNotFoundError as exc:
-            marker = getattr(exc, "entry", None)  # deleted: its marker's revision
-            return None, 0 if marker is None else int(marker.revision or 0)
-        return entry.value, int(entry.revision or 0)
+            msg = await retrying(
+                lambda: self._js.get_msg(f"KV_{bucket}", subject=f"$KV.{bucket}.{key}")
+            )
+        except nats.js.errors.NotFoundError:
+            return None, 0
+        revision = int(msg.seq or 0)
+        if (msg.headers or {}).get("KV-Operation") in _DELETED:
+            return None, revision
+        return msg.data or b"", revision
 
     async def _set(self, table: str, key: str, value: bytes, revision: int) -> bool:
         """Write ``value`` if the key is still at ``revision`` (0: absent); False if not."""
         try:
-            await self._kv[table].update(key, value, last=revision, validate_keys=False)
-        except KeyWrongLastSequenceError:
+            await retrying(
+                lambda: self._kv[table].update(key, value, last=revision, validate_keys=False)
+            )
+        except KeyWrongLastSequenceError:  # moved since read (a repeat included): read again
             return False
         return True
 
@@ -130,10 +140,10 @@ class NatsTables:
 
     async def hold_owner(self, owner: str) -> None:
         """Mark ``owner`` alive (again) for ``owner_ttl`` seconds."""
-        await self._kv["owners"].put(token(owner), b"1", validate_keys=False)
+        await retrying(lambda: self._kv["owners"].put(token(owner), b"1", validate_keys=False))
 
     async def drop_owner(self, owner: str) -> None:
-        await self._kv["owners"].purge(token(owner))
+        await retrying(lambda: self._kv["owners"].purge(token(owner)))
 
     async def owner_alive(self, owner: str) -> bool:
         if not owner:
@@ -208,16 +218,16 @@ class NatsTables:
         key = self._approval_key(record.run_id, record.call_id)
         raw = _ENC.encode(record)
         if revision is None:
-            await self._kv["approvals"].put(key, raw, validate_keys=False)
+            await retrying(lambda: self._kv["approvals"].put(key, raw, validate_keys=False))
         elif not await self._set("approvals", key, raw, revision):
             return False
         await self._kv["approvals"].put(
             f"t.{token(record.token_digest)}", key.encode(), validate_keys=False
         )
         if record.applied:
-            await self._kv["open"].purge(key)
+            await retrying(lambda: self._kv["open"].purge(key))
         else:
-            await self._kv["open"].put(key, b"", validate_keys=False)
+            await retrying(lambda: self._kv["open"].put(key, b"", validate_keys=False))
         return True
 
     async def apply_approvals(self, changes: ApprovalChanges, run_id: str) -> None:
@@ -288,7 +298,7 @@ class NatsTables:
         if any(len(v) > self._nc.max_payload - 256 for _k, v in values):
             return False  # a snapshot is a cache: too big for one message, go without
         for k, v in values:
-            await self._kv["snapshots"].put(k, v, validate_keys=False)
+            await retrying(partial(self._kv["snapshots"].put, k, v, validate_keys=False))
         return True
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -328,7 +338,7 @@ class NatsTables:
         return await self._change("checkpoints", token(checkpoint.name), put)
 
     async def delete_checkpoint(self, name: str) -> None:
-        await self._kv["checkpoints"].purge(token(name))
+        await retrying(lambda: self._kv["checkpoints"].purge(token(name)))
 
     # -- meta ------------------------------------------------------------------------------
 

@@ -8,8 +8,8 @@ its message id, so a spawn retried within the duplicate window is queued once.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
+from functools import partial
 
 import nats.errors
 import nats.js.errors
@@ -21,12 +21,15 @@ from nats.js.errors import NotFoundError
 
 from foldloop.store._nats_bridge import LoopThread
 from foldloop.store._nats_names import NatsTarget, token
+from foldloop.store._nats_retry import retrying
 
 __all__ = ["NatsWork", "NatsWorkItem"]
 
 ACK_WAIT_S = 30.0
 """How long a taken item may stay unacknowledged before it is offered again."""
 RETRY_DELAY_S = 1.0
+ADMIN_TIMEOUT_S = 30.0
+"""Making a consumer on a cluster waits for its replicas to agree."""
 
 
 class NatsWorkItem:
@@ -82,16 +85,22 @@ class NatsWork:
 
     async def enqueue(self, agent: str, run_ids: Sequence[str]) -> None:
         subject = self._subject(agent)
-        acks = [
-            self._js.publish(subject, run_id.encode(), headers={"Nats-Msg-Id": run_id})
-            for run_id in run_ids
-        ]
-        await asyncio.gather(*acks)
+        for run_id in run_ids:  # in order; a repeat is deduplicated by its message id
+            publish = partial(
+                self._js.publish, subject, run_id.encode(), headers={"Nats-Msg-Id": run_id}
+            )
+            await retrying(publish)
 
     async def _sub(self, agent: str) -> JetStreamContext.PullSubscription:
+        """The pull subscription on ``agent``'s consumer (made once, by whichever runtime
+        asks first; the others bind to it)."""
         sub = self._subs.get(agent)
-        if sub is None:
-            durable = f"take_{token(agent)}"
+        if sub is not None:
+            return sub
+        durable = f"take_{token(agent)}"
+        try:
+            await self._js.consumer_info(self.stream, durable)
+        except NotFoundError:
             config = ConsumerConfig(
                 durable_name=durable,
                 filter_subject=self._subject(agent),
@@ -99,11 +108,14 @@ class NatsWork:
                 ack_wait=ACK_WAIT_S,
                 max_deliver=-1,
                 max_ack_pending=100_000,
+                num_replicas=self._t.replicas,
             )
-            sub = await self._js.pull_subscribe(
-                self._subject(agent), durable=durable, stream=self.stream, config=config
-            )
-            self._subs[agent] = sub
+            try:
+                await self._js.add_consumer(self.stream, config, timeout=ADMIN_TIMEOUT_S)
+            except nats.js.errors.BadRequestError:
+                await self._js.consumer_info(self.stream, durable)  # made by another meanwhile
+        sub = await self._js.pull_subscribe_bind(durable=durable, stream=self.stream)
+        self._subs[agent] = sub
         return sub
 
     async def take(self, agents: Sequence[str], limit: int, timeout: float) -> list[Msg]:
@@ -116,8 +128,8 @@ class NatsWork:
             sub = await self._sub(agent)
             try:
                 out += await sub.fetch(limit - len(out), timeout=wait)
-            except nats.errors.TimeoutError:
-                continue
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue  # nothing queued for this agent
         return out
 
     async def close(self) -> None:
