@@ -71,8 +71,8 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 
 @pytest.fixture
 def nats_url(nats_server: NatsServer) -> str:
-    """A store URL of a namespace of its own on the session's server (owners lapse in 1 s)."""
-    return f"{nats_server.url}/t{uuid.uuid4().hex[:16]}?owner_ttl=1"
+    """A store URL of a namespace of its own on the session's server (owners lapse in 2 s)."""
+    return f"{nats_server.url}/t{uuid.uuid4().hex[:16]}?owner_ttl=2"
 
 
 @pytest.fixture

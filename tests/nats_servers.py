@@ -8,6 +8,7 @@ a temp dir, and is ready when its monitoring endpoint says JetStream is healthy.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import socket
 import subprocess
@@ -143,4 +144,21 @@ def start_cluster(root: Path, size: int = 3) -> list[NatsServer]:
             s.proc = subprocess.Popen(s.args, stdout=out, stderr=subprocess.STDOUT)
     for s in servers:
         s.wait_ready(60)
+    _wait_for_meta_leader(servers, 60)
     return servers
+
+
+def _wait_for_meta_leader(servers: list[NatsServer], timeout: float) -> None:
+    """JetStream answers a cluster's requests once its meta group has elected a leader."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for s in servers:
+            with (
+                contextlib.suppress(OSError, ValueError),
+                urllib.request.urlopen(f"http://127.0.0.1:{s.monitor}/jsz", timeout=1) as r,
+            ):
+                if json.loads(r.read()).get("meta_cluster", {}).get("leader"):
+                    return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no JetStream meta leader after {timeout} s")
+        time.sleep(0.1)

@@ -427,7 +427,10 @@ class ActorSystem:
         self._finish(run_id, state, "")
 
     def interrupted(self, run_id: str, epoch: int, state: RunState, reason: str) -> None:
-        """Called by a RunActor that can no longer drive its run."""
+        """Called by a RunActor that can no longer drive its run: its lease is given up
+        (if still ours), so ``recover()`` here or elsewhere can take the run up again."""
+        if not self._closed:
+            self.release_lease(run_id, epoch)
         self._finish(run_id, state, reason)
 
     def _finish(self, run_id: str, state: RunState, interrupted: str) -> None:

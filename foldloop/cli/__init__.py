@@ -64,6 +64,7 @@ from foldloop.cli._tree_view import (
     listed_roots,
     tree_json,
 )
+from foldloop.cli._worker import worker
 from foldloop.core._state import RunState, RunStatus
 from foldloop.errors import (
     ConfigError,
@@ -684,6 +685,9 @@ def doctor() -> None:
             raise typer.Exit(EXIT_CORRUPT)
         counted = f"{_count(len(run_ids), 'run')}, {_count(rt.store.last_position(), 'event')}"
         _prose(f"ok: {counted}, all intact")
+
+
+app.command()(worker)
 
 
 def _quiet_logs() -> None:

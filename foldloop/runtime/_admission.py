@@ -25,12 +25,15 @@ from typing import Literal
 
 from foldloop._log import get_logger
 from foldloop.actors._workers import Workers
+from foldloop.errors import StoreError
 
 __all__ = ["CLOSE_WAIT", "Admission", "Turn"]
 
 log = get_logger("foldloop.runtime")
 
 CLOSE_WAIT = 5.0
+RETRY_AFTER_S = 1.0
+"""An admission the store failed (a server away) is tried again this much later."""
 """Seconds ``close`` waits for an admission under way to finish (it takes a commit or two)."""
 
 Turn = Literal["now", "deadline", "closed"]
@@ -162,6 +165,12 @@ class Admission:
                 self._reserved += 1
             try:
                 self._admit(run_id)
+            except StoreError as exc:
+                if self._closed:  # closed under it: the run is resumed or admitted later
+                    log.info("admission_cut_by_close", run_id=run_id, error=str(exc))
+                else:  # the store failed a request (a server away): this run's turn again
+                    log.warning("admission_retried", run_id=run_id, error=str(exc))
+                    self._retry_later(run_id)
             except Exception as exc:
                 if self._closed:  # closed under it: the run is resumed or admitted later
                     log.info("admission_cut_by_close", run_id=run_id, error=str(exc))
@@ -172,6 +181,12 @@ class Admission:
                     self._reserved -= 1
                     self._waiting.discard(run_id)
                     self._changed.notify_all()
+
+    def _retry_later(self, run_id: str) -> None:
+        """Queue ``run_id`` again (at the back) after RETRY_AFTER_S, unless closed by then."""
+        timer = threading.Timer(RETRY_AFTER_S, lambda: self.enqueue((run_id,)))
+        timer.daemon = True
+        timer.start()
 
     def close(self) -> None:
         """Admit nothing more (the queued runs stay queued in the log, for ``recover()``);

@@ -379,6 +379,8 @@ class Commands:
                 recovered.append(self.resume(state.run_id, extend=None))
             except RunLocked:
                 continue  # another runtime recovered it first
+            except ConfigError as exc:  # it moved on since it was read (ended, parked)
+                log.info("recover_skipped", run_id=state.run_id, error=str(exc))
             except (SchemaChangedError, StoreCorrupted) as exc:
                 log.warning("recover_skipped", run_id=state.run_id, error=str(exc))
         return recovered + self.take_queued(queued)

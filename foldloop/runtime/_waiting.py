@@ -25,6 +25,9 @@ the run's lease before returning. A run releases it in the transaction that sett
 except after a ``resume`` that parks it again at once with nothing decided meanwhile: that
 release goes with the resuming process's next commit, within milliseconds."""
 PARKED_POLL = 0.05
+SHARED_RECOVERY_GRACE_S = 30.0
+"""On a store with a shared work queue, how long a run nobody drives is followed before
+``wait`` says it is interrupted: its runtime's owner key lapses and workers recover it."""
 """Longest pause between looks at a parked run's log while waiting through its park (a
 decision from another process takes a poller's 0.1 s to arrive anyway)."""
 
@@ -118,6 +121,10 @@ class Waiter:
             and (deadline is None or time.monotonic() < deadline)
         )
 
+    @property
+    def _shared(self) -> bool:
+        return isinstance(self._store, WorkQueue)
+
     def _in_shared_queue(self, run_id: str) -> bool:
         """A queued run on a store with a shared work queue, still in it (nobody holds it)
         or just taken from it by a live runtime (read at once: a taker may be under way)."""
@@ -132,6 +139,7 @@ class Waiter:
         after it settles, a long one costs ~50 state reads a second."""
         pause = 0.001
         released_by: float | None = None
+        undriven_since: float | None = None
         while True:
             state = self._queries.state(run_id)
             if state.settled and self._decision_pending(state, deadline):
@@ -157,12 +165,18 @@ class Waiter:
                 if state.settled:
                     continue
                 if not self._queries.driven(run_id):
+                    now = time.monotonic()
+                    undriven_since = undriven_since or now
                     if state.status is RunStatus.QUEUED and self._in_shared_queue(run_id):
                         pass  # any runtime with its agent may take it: keep following
+                    elif self._shared and now - undriven_since < SHARED_RECOVERY_GRACE_S:
+                        pass  # on a shared store, workers recover it: give them the time
                     elif state.status is RunStatus.QUEUED:
                         return state, f"{ORPHAN_QUEUED}; recover() in a runtime with its agent"
                     else:
                         return state, "no runtime is driving it"
+                else:
+                    undriven_since = None
             if deadline is not None and time.monotonic() >= deadline:
                 return state, ""
             time.sleep(pause)

@@ -1,0 +1,102 @@
+"""A worker of a shared store (``foldloop worker nats://... --agents m:a``): a runtime that
+takes queued runs of its agents from the store's work queue and, every ``recover_every``
+seconds, takes over runs whose runtime died (their owner key lapsed), until it is told
+to stop (SIGTERM, or Ctrl-C). With ``processes`` above 1 it supervises that many worker
+processes of itself, starting another in place of one that dies.
+
+It prints nothing: what it does goes to the log (stderr, at ``log_level``).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from foldloop._log import get_logger
+from foldloop.errors import FoldloopError
+from foldloop.runtime._agent_ref import load_agent
+from foldloop.runtime._facade import Runtime
+
+__all__ = ["RECOVER_EVERY_S", "serve_store"]
+
+log = get_logger("foldloop.worker")
+
+RECOVER_EVERY_S = 2.0
+"""How often a worker looks for runs of dead runtimes (each look reads every run's lease)."""
+RESTART_AFTER_S = 1.0
+"""A worker process that died is started again no sooner than this after it started."""
+
+
+def serve_store(
+    url: str,
+    agents: Sequence[str],
+    *,
+    processes: int = 1,
+    max_active_runs: int | None = None,
+    log_level: str = "warning",
+    recover_every: float = RECOVER_EVERY_S,
+) -> int:
+    """Work on the store at ``url`` for ``agents`` (``module:attr`` each) until stopped;
+    the exit code (0 once stopped)."""
+    level = logging.getLevelName(log_level.upper())
+    if isinstance(level, int):
+        logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(message)s")
+    stop = threading.Event()
+
+    def stopping(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, stopping)
+    signal.signal(signal.SIGINT, stopping)
+    if processes > 1:
+        command = [sys.executable, "-m", "foldloop", "worker", url, "--log-level", log_level]
+        for spec in agents:
+            command += ["--agents", spec]
+        if max_active_runs is not None:
+            command += ["--max-active-runs", str(max_active_runs)]
+        return _supervise(command, processes, stop)
+    loaded = [load_agent(spec) for spec in agents]
+    with Runtime.open(url, agents=loaded, max_active_runs=max_active_runs) as rt:
+        log.info("worker_started", store=url, agents=[a.name for a in loaded], owner=rt.owner)
+        while not stop.is_set():
+            try:
+                taken = rt.recover()
+            except FoldloopError as exc:
+                log.warning("recover_failed", error=str(exc))
+            else:
+                if taken:
+                    log.info("runs_recovered", runs=[h.id for h in taken])
+            stop.wait(recover_every)
+    log.info("worker_stopped", owner=rt.owner)
+    return 0
+
+
+def _supervise(command: list[str], processes: int, stop: threading.Event) -> int:
+    """Keep ``processes`` worker processes of ``command`` running until ``stop``; then stop
+    them (SIGTERM: each closes its runtime) and return."""
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        while not stop.is_set():
+            for proc in started:
+                if proc.poll() is not None:
+                    log.warning("worker_process_exited", pid=proc.pid, code=proc.returncode)
+            started = [p for p in started if p.poll() is None]
+            while len(started) < processes:
+                started.append(subprocess.Popen(command))
+            stop.wait(RESTART_AFTER_S)  # a process that dies at once costs one start a second
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in started:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return 0
