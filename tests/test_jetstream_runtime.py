@@ -250,3 +250,93 @@ def test_an_event_over_the_servers_max_payload_is_refused_unwritten(nats_url: st
         with pytest.raises(ConfigError, match="max_payload"):
             rt.spawn(agent, "x" * 1_048_200, run_id="big")
         assert rt.runs() == [] and rt.store.head("big") == 0
+
+
+def test_approval_records_a_crash_cut_are_rebuilt_from_the_log_on_take_over(
+    nats_url: str,
+) -> None:
+    from tests.store_contract import request
+
+    store = connect_store(nats_url)
+    try:
+        epoch = store.acquire_lease("r", "gone").wait()
+        asked = fl.store.ApprovalChanges(requests=(request("r", "c1"),))
+        store.append(
+            "r",
+            fl.store.encode_all([fl.events.RunStarted(agent="a", input="x")], 1),
+            expected_seq=0,
+            lease=fl.store.Lease("gone", epoch),
+            approvals=asked,
+        ).wait()
+        record = store.approval("r", "c1")
+        assert record is not None
+
+        async def cut() -> None:  # what a SIGKILL between the append and its records leaves
+            nc = await nats.connect(nats_url.split("/t", maxsplit=1)[0])
+            namespace = nats_url.rsplit("/", 1)[1].split("?", maxsplit=1)[0]
+            kv = await nc.jetstream().key_value(f"fl_{namespace}_approvals")
+            await kv.purge("r.r.c1")
+            await nc.close()
+
+        asyncio.run(cut())
+        assert store.approval("r", "c1") is None
+        store.acquire_lease("r", "next").wait()  # "gone" holds no owner key: taken over
+        assert store.approval("r", "c1") == record
+        assert store.open_approvals() == [record]
+    finally:
+        store.close()
+
+
+def test_a_server_restarted_mid_run_costs_the_run_nothing(tmp_path: Path) -> None:
+    server = start_server(tmp_path)
+    steps = 12
+
+    def slow(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        done = sum(1 for m in messages if m.role == "tool")
+        if done >= steps:
+            return fl.Reply(text=f"{done} done")
+        return fl.Reply(tool_calls=[fl.ToolCall("add", {"a": done, "b": 1})])
+
+    agent = fl.Agent(
+        name="slow",
+        llm=fl.ScriptedLLM(slow, latency_s=0.05),
+        tools=[add],
+        limits=fl.Limits(max_steps=40),
+    )
+    try:
+        with fl.Runtime.open(f"{server.url}/restart", agents=[agent]) as rt:
+            handle = rt.spawn(agent, "go")
+            wait_until(lambda: rt.store.head(handle.id) >= 10, 30, "a few steps")
+            server.kill()
+            server.start()  # same port and JetStream directory: what was stored is there
+            result = handle.wait(timeout=60)
+            assert (result.status, result.output) == (fl.RunStatus.COMPLETED, f"{steps} done")
+            seqs = [r.seq for r in rt.events(handle.id)]
+            assert seqs == list(range(1, len(seqs) + 1))
+            assert rt.verify(handle.id).output == f"{steps} done"
+    finally:
+        server.stop()
+
+
+def test_a_cancel_from_another_host_reaches_the_run_where_it_is_driven(nats_url: str) -> None:
+    @fl.tool
+    def wait_a_bit(n: int) -> int:
+        """Return n."""
+        return n
+
+    def forever(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        return fl.Reply(tool_calls=[fl.ToolCall("wait_a_bit", {"n": len(messages)})])
+
+    agent = fl.Agent(
+        name="looper",
+        llm=fl.ScriptedLLM(forever, latency_s=0.05),
+        tools=[wait_a_bit],
+        limits=fl.Limits(max_steps=10_000, no_progress=None),
+    )
+    with fl.Runtime.open(nats_url, agents=[agent]) as worker, fl.Runtime.open(nats_url) as host:
+        handle = host.spawn(agent, "go")
+        wait_until(lambda: worker.store.head(handle.id) >= 6, 30, "the run to be under way")
+        host.handle(handle.id).cancel()
+        result = handle.wait(timeout=30)
+        assert result.status is fl.RunStatus.CANCELLED
+        assert worker.state(handle.id).status is fl.RunStatus.CANCELLED

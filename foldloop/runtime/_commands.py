@@ -42,7 +42,7 @@ from foldloop.runtime._results import Damaged
 from foldloop.runtime._rules import NothingToDo, check_spawn, evolve_all, merged, priced_limits
 from foldloop.runtime._trees import TreeWork
 from foldloop.runtime._writes import RunWrites
-from foldloop.store import EventStore, Pending, WorkQueue
+from foldloop.store import EventStore, Pending, RemoteCancel, WorkQueue
 from foldloop.tools._decorator import bound_text
 
 __all__ = ["Commands"]
@@ -535,11 +535,17 @@ class Commands:
             except RunLocked:
                 if self._system.active(run_id) and not self._system.closed:
                     continue  # another thread here handed it to an actor meanwhile: tell it
+                if isinstance(self._store, RemoteCancel) and self._store.ask_cancel(run_id, reason):
+                    break  # the runtime driving it elsewhere took it (and cascades it)
                 raise
             self._cancel_taken(run_id, epoch, command)
             self._admission.forget(run_id)
             break
         self._cancel_running_children(run_id)
+
+    def cancel_here(self, run_id: str, reason: str) -> bool:
+        """A cancel asked for from another machine: True if a run driven here took it."""
+        return self._system.tell(run_id, Cancel(now=self._clock(), reason=reason))
 
     def _cancel_running_children(self, run_id: str) -> None:
         """The cascade, carried from the log now onto the tree pool (which ``close`` waits

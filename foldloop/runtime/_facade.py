@@ -42,7 +42,7 @@ from foldloop.runtime._transfer import Transfer
 from foldloop.runtime._waiting import Waiter
 from foldloop.runtime._work_taker import WorkTaker
 from foldloop.runtime._writes import RunWrites
-from foldloop.store import DEFAULT_MAP_SIZE, EventStore, WorkQueue, connect_store
+from foldloop.store import DEFAULT_MAP_SIZE, EventStore, RemoteCancel, WorkQueue, connect_store
 
 __all__ = ["Runtime", "run_ops"]
 
@@ -120,6 +120,11 @@ class Runtime(OpenOnly, ClosedOnExit):
         self.system.on_parked = self._commands.trees.take_up_parked
         self.system.root_of = lambda run_id: self._queries.root_of(run_id, {})
         self._transfer = Transfer(self._queries, writes)
+        self._stop_cancels = (
+            store.serve_cancels(self._commands.cancel_here)
+            if isinstance(store, RemoteCancel)
+            else None
+        )
         self._driving = {agent.name for agent in agents}
         """Agents this runtime takes queued runs of from a shared work queue (those it was
         opened with or given by ``register``; not those it merely spawns)."""
@@ -200,6 +205,8 @@ class Runtime(OpenOnly, ClosedOnExit):
             return
         if self._taker is not None:
             self._taker.close()
+        if self._stop_cancels is not None:
+            self._stop_cancels()
         self._stop_polling.set()
         self._poller.join(timeout=5)
         self._followers.close()

@@ -28,6 +28,8 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from foldloop._log import get_logger
 from foldloop.errors import (
@@ -48,7 +50,15 @@ from foldloop.store._nats_names import NatsTarget, parse_nats_url
 from foldloop.store._nats_tables import NatsTables
 from foldloop.store._nats_work import NatsWork, NatsWorkItem
 from foldloop.store._payloads import Payload
-from foldloop.store._port import EventStore, Listener, Pending, Snapshot, WorkItem, WorkQueue
+from foldloop.store._port import (
+    EventStore,
+    Listener,
+    Pending,
+    RemoteCancel,
+    Snapshot,
+    WorkItem,
+    WorkQueue,
+)
 from foldloop.store._rules import check_expirable
 
 __all__ = ["JetStreamStore", "open_jetstream"]
@@ -57,6 +67,8 @@ T = TypeVar("T")
 log = get_logger("foldloop.store")
 
 CONNECT_TIMEOUT_S = 5.0
+CANCEL_ANSWER_S = 2.0
+"""How long a cancel asks around for the runtime driving its run."""
 CALL_TIMEOUT_S = 60.0
 """The longest a blocking call waits on the loop (an append retries for 30 s inside it)."""
 
@@ -419,6 +431,47 @@ class JetStreamStore:
         msgs = self._call(self._work.take(agents, limit, timeout))
         return [NatsWorkItem(m, self._loop) for m in msgs]
 
+    # -- cancels across machines ---------------------------------------------------------
+
+    def serve_cancels(self, handler: Callable[[str, str], bool]) -> Callable[[], None]:
+        """Answer cancel requests for the runs ``handler`` drives (see ``RemoteCancel``):
+        each runtime listens on the store's cancel subjects; only the driver answers."""
+        sub = self._call(self._serve_cancels(handler))
+
+        def stop() -> None:
+            if not self._closed:
+                with contextlib.suppress(StoreError):
+                    self._call(sub.unsubscribe())
+
+        return stop
+
+    async def _serve_cancels(self, handler: Callable[[str, str], bool]) -> Subscription:
+        assert self._nc is not None
+        loop = asyncio.get_running_loop()
+
+        async def heard(msg: Msg) -> None:
+            run_id = self._t.run_of(msg.subject)
+            reason = msg.data.decode(errors="replace")
+            # the handler tells an actor (it takes locks): off the loop
+            if await loop.run_in_executor(None, handler, run_id, reason) and msg.reply:
+                await msg.respond(b"1")
+
+        return await self._nc.subscribe(self._t.cancel_subject("*"), cb=heard)
+
+    def ask_cancel(self, run_id: str, reason: str) -> bool:
+        """Ask the runtime driving ``run_id`` to cancel it; whether one took it."""
+        return self._call(self._ask_cancel(run_id, reason))
+
+    async def _ask_cancel(self, run_id: str, reason: str) -> bool:
+        assert self._nc is not None
+        try:
+            await self._nc.request(
+                self._t.cancel_subject(run_id), reason.encode(), timeout=CANCEL_ANSWER_S
+            )
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            return False
+        return True
+
     def close(self) -> None:
         """Wait for what is in flight, then disconnect."""
         if self._closed:
@@ -486,4 +539,9 @@ def _implements_the_port(store: JetStreamStore) -> EventStore:
 
 def _has_a_work_queue(store: JetStreamStore) -> WorkQueue:
     """(For mypy: JetStreamStore is a WorkQueue.)"""
+    return store
+
+
+def _carries_cancels(store: JetStreamStore) -> RemoteCancel:
+    """(For mypy: JetStreamStore is a RemoteCancel.)"""
     return store

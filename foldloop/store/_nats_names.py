@@ -53,6 +53,10 @@ class NatsTarget(msgspec.Struct, frozen=True, kw_only=True):
         """The run id of an event subject."""
         return untoken(subject.rsplit(".", 1)[1])
 
+    def cancel_subject(self, run_id: str) -> str:
+        """Where a cancel of the run is asked for (``*``: every run's, to listen on)."""
+        return f"fl.{self.namespace}.cancel.{run_id if run_id == '*' else token(run_id)}"
+
     def bucket(self, table: str) -> str:
         """The key-value bucket of a side table (leases, owners, approvals, ...)."""
         return f"fl_{self.namespace}_{table}"

@@ -38,6 +38,7 @@ __all__ = [
     "OwnerHold",
     "Pending",
     "Snapshot",
+    "RemoteCancel",
     "WorkItem",
     "WorkQueue",
     "append_events",
@@ -303,6 +304,21 @@ class WorkQueue(Protocol):
     def take_work(self, agents: Sequence[str], limit: int, timeout: float) -> list[WorkItem]:
         """Up to ``limit`` queued runs of these agents, waiting up to ``timeout`` seconds
         for the first; each must be ``done`` or ``retry``."""
+        ...
+
+
+@runtime_checkable
+class RemoteCancel(Protocol):
+    """**Protocol:** cancels carried to whichever runtime drives a run, on a store shared
+    by many machines (the cancelled run's own log records the cancel, as always)."""
+
+    def serve_cancels(self, handler: Callable[[str, str], bool]) -> Callable[[], None]:
+        """Hear cancels for runs driven here: ``handler(run_id, reason)`` returns True when
+        it drives the run and passed the cancel on. Returns the stopper."""
+        ...
+
+    def ask_cancel(self, run_id: str, reason: str) -> bool:
+        """True once the runtime driving ``run_id`` took the cancel; False if none did."""
         ...
 
 
