@@ -164,8 +164,9 @@ def test_a_runtime_killed_mid_tool_loses_its_runs_to_another_after_its_owner_key
     nats_url: str, tmp_path: Path
 ) -> None:
     ledger = tmp_path / "ledger"
+    url = nats_url.replace("owner_ttl=2", "owner_ttl=5")  # time to see it still held
     proc = subprocess.Popen(
-        [sys.executable, "-c", WORKER, nats_url, str(ledger)],
+        [sys.executable, "-c", WORKER, url, str(ledger)],
         stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
     )
@@ -188,7 +189,7 @@ def test_a_runtime_killed_mid_tool_loses_its_runs_to_another_after_its_owner_key
         return fl.Reply(text=f"told: {messages[-1].content}")
 
     agent = fl.Agent(name="payer", llm=fl.ScriptedLLM(told), tools=[charge])
-    with fl.Runtime.open(nats_url, agents=[agent]) as rt:
+    with fl.Runtime.open(url, agents=[agent]) as rt:
         lease = rt.store.lease("pay-1")
         assert lease is not None and lease.owner
         with pytest.raises(fl.errors.RunLocked):  # its owner key has not lapsed yet
@@ -263,7 +264,15 @@ def test_approval_records_a_crash_cut_are_rebuilt_from_the_log_on_take_over(
         asked = fl.store.ApprovalChanges(requests=(request("r", "c1"),))
         store.append(
             "r",
-            fl.store.encode_all([fl.events.RunStarted(agent="a", input="x")], 1),
+            fl.store.encode_all(
+                [
+                    fl.events.RunStarted(agent="a", input="x"),
+                    fl.events.ToolRequested(
+                        call_id="c1", tool="delete", args='{"path": "/tmp/x"}', step=1
+                    ),
+                ],
+                1,
+            ),
             expected_seq=0,
             lease=fl.store.Lease("gone", epoch),
             approvals=asked,
@@ -340,3 +349,46 @@ def test_a_cancel_from_another_host_reaches_the_run_where_it_is_driven(nats_url:
         result = handle.wait(timeout=30)
         assert result.status is fl.RunStatus.CANCELLED
         assert worker.state(handle.id).status is fl.RunStatus.CANCELLED
+
+
+def test_listing_a_bucket_of_more_than_a_thousand_keys(nats_url: str) -> None:
+    store = connect_store(nats_url)
+    try:
+        ops = [
+            store.put_checkpoint(fl.store.Checkpoint(name=f"p{i}", position=i)) for i in range(1100)
+        ]
+        for op in ops:
+            assert op.wait() is True
+        store.delete_checkpoint("p7").wait()
+        listed = {c.name: c.position for c in store.checkpoints()}
+        assert listed == {f"p{i}": i for i in range(1100) if i != 7}
+    finally:
+        store.close()
+
+
+def test_a_gated_call_with_large_args_waits_for_approval_and_runs(nats_url: str) -> None:
+    big = "x" * 200_000  # past NATS's 64 KiB limit on headers: args never ride in one
+
+    @fl.tool
+    def publish(text: str) -> str:
+        """Publish the text."""
+        return f"published {len(text)}"
+
+    def plan(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        if not any(m.role == "tool" for m in messages):
+            return fl.Reply(tool_calls=[fl.ToolCall("publish", {"text": big})])
+        return fl.Reply(text=messages[-1].content)
+
+    agent = fl.Agent(
+        name="publisher",
+        llm=fl.ScriptedLLM(plan),
+        tools=[publish],
+        approvals=fl.RequireApproval({"publish"}),
+    )
+    with fl.Runtime.open(nats_url, agents=[agent]) as rt:
+        handle = rt.spawn(agent, "go")
+        wait_until(rt.pending_approvals, 30, "the approval request")
+        (pending,) = rt.pending_approvals()
+        assert pending.args == {"text": big}
+        rt.approve(run_id=pending.run_id, call_id=pending.call_id, by="alice")
+        assert handle.wait(timeout=30).output == "published 200000"

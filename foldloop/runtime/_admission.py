@@ -32,9 +32,9 @@ __all__ = ["CLOSE_WAIT", "Admission", "Turn"]
 log = get_logger("foldloop.runtime")
 
 CLOSE_WAIT = 5.0
+"""Seconds ``close`` waits for an admission under way to finish (it takes a commit or two)."""
 RETRY_AFTER_S = 1.0
 """An admission the store failed (a server away) is tried again this much later."""
-"""Seconds ``close`` waits for an admission under way to finish (it takes a commit or two)."""
 
 Turn = Literal["now", "deadline", "closed"]
 """How a wait for a queued run's turn ended: not (or no longer) queued here; still queued
@@ -96,13 +96,13 @@ class Admission:
             self._reserved -= 1
         self.pump()
 
-    def room(self) -> int | None:
-        """How many more runs could start here now, counting those queued here (None: no
-        cap): what a taker from a shared work queue may take without hoarding."""
-        if self.limit is None:
-            return None
+    def room(self, uncapped: int) -> int:
+        """How many more runs a taker from a shared work queue may take now without
+        hoarding: the free slots less those queued here (with no cap, ``uncapped`` less
+        those queued here: it takes more only once what it took is admitted)."""
         with self._lock:
-            return max(0, self.limit - self._in_flight() - len(self._queue))
+            free = uncapped if self.limit is None else self.limit - self._in_flight()
+            return max(0, free - len(self._queue))
 
     def enqueue(self, run_ids: Iterable[str]) -> None:
         """Queue runs recorded queued (in this order, behind those waiting already)."""

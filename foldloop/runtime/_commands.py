@@ -49,6 +49,12 @@ __all__ = ["Commands"]
 
 log = get_logger("foldloop.runtime")
 
+STRANDED_AFTER_NS = 60 * 10**9
+"""On a shared work queue, a queued run nobody holds is in the queue; one still there this
+long after it was queued (its spawner died before it was queued, an admission failed and
+its runtime died) is taken by ``recover()`` like a dead runtime's queued run."""
+LAST_POSITION = 2**63 - 1
+
 
 class Commands:
     """Spawn, resume, cancel and recover for the runtime ``owner``; each returns run ids."""
@@ -182,7 +188,7 @@ class Commands:
         # A queued run keeps its lease: who holds it admits it, and only the queued runs
         # of a runtime that died are taken over by another's recover(). On a shared work
         # queue nobody holds it until a runtime takes it from there.
-        shared = self._shared is not None and not admitted
+        shared = self._shared is not None and not admitted  # see STRANDED_AFTER_NS
         settles = (decision.settles and admitted) or shared
         try:
             self._system.claim(run_id)
@@ -370,7 +376,8 @@ class Commands:
                 self._cancel_child(state.run_id, ended)
                 continue
             if state.status is RunStatus.QUEUED:
-                if self._shared is None or state.run_id not in released:
+                stranded = self._clock() - state.last_at > STRANDED_AFTER_NS
+                if self._shared is None or state.run_id not in released or stranded:
                     queued.append(state.run_id)
                 continue
             if state.status is not RunStatus.RUNNING:
@@ -413,12 +420,20 @@ class Commands:
                 op.wait()
             except RunLocked:
                 continue  # another runtime recovered it first
+            except FoldloopError as exc:  # left queued: a later recover() takes it
+                log.warning("queued_run_not_taken", run_id=run_id, error=str(exc))
+                continue
             taken.append(run_id)
-        taken.sort(key=lambda run_id: self._store.read(run_id, 1, 1)[0].position)
+        taken.sort(key=self._started_at)
         if taken:
             self._admission.enqueue(taken)
             log.info("runs_requeued", count=len(taken))
         return taken
+
+    def _started_at(self, run_id: str) -> int:
+        """The log position of the run's run.started (what spawn order is)."""
+        first = self._store.read(run_id, 1, 1)
+        return first[0].position if first else LAST_POSITION
 
     def carry_lost_cancel(self, run_id: str, command: Cancel) -> None:
         """A cancel reached a run as it stopped being active here (it parked, or a late

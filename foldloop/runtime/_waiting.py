@@ -25,11 +25,11 @@ the run's lease before returning. A run releases it in the transaction that sett
 except after a ``resume`` that parks it again at once with nothing decided meanwhile: that
 release goes with the resuming process's next commit, within milliseconds."""
 PARKED_POLL = 0.05
+"""Longest pause between looks at a parked run's log while waiting through its park (a
+decision from another process takes a poller's 0.1 s to arrive anyway)."""
 SHARED_RECOVERY_GRACE_S = 30.0
 """On a store with a shared work queue, how long a run nobody drives is followed before
 ``wait`` says it is interrupted: its runtime's owner key lapses and workers recover it."""
-"""Longest pause between looks at a parked run's log while waiting through its park (a
-decision from another process takes a poller's 0.1 s to arrive anyway)."""
 
 
 class Waiter:

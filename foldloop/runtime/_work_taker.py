@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from foldloop._log import get_logger
 from foldloop.errors import FoldloopError
-from foldloop.store import WorkQueue
+from foldloop.store import WorkItem, WorkQueue
 
 __all__ = ["WorkTaker"]
 
@@ -34,7 +34,7 @@ class WorkTaker:
         queue: WorkQueue,
         *,
         agents: Callable[[], list[str]],
-        room: Callable[[], int | None],
+        room: Callable[[int], int],
         take: Callable[[list[str]], list[str]],
     ) -> None:
         self._queue = queue
@@ -48,8 +48,7 @@ class WorkTaker:
     def _loop(self) -> None:
         while not self._stop.is_set():
             names = self._agents()
-            room = self._room()
-            limit = BATCH if room is None else min(room, BATCH)
+            limit = min(self._room(BATCH), BATCH)
             if not names or limit <= 0:
                 self._stop.wait(0.1)
                 continue
@@ -62,20 +61,28 @@ class WorkTaker:
             if not items:
                 continue
             if self._stop.is_set():  # closing: leave them to another runtime
-                for item in items:
-                    item.retry()
+                _settle(items, taken=False)
                 return
             try:
                 self._take([item.run_id for item in items])
             except Exception:
                 log.exception("work_not_taken", runs=[item.run_id for item in items])
-                for item in items:
-                    item.retry()
+                _settle(items, taken=False)
                 continue
-            for item in items:
-                item.done()
+            # taken, or held by a live runtime, or left queued for recover(): the queue is done
+            _settle(items, taken=True)
 
     def close(self) -> None:
         """Take nothing more (waits for a take under way)."""
         self._stop.set()
         self._thread.join(POLL_S * 2 + 5)
+
+
+def _settle(items: list[WorkItem], *, taken: bool) -> None:
+    """Tell the queue what became of ``items`` (a store closing under it is no matter: an
+    item not acknowledged is offered again)."""
+    for item in items:
+        try:
+            item.done() if taken else item.retry()
+        except Exception as exc:
+            log.info("work_item_not_settled", run_id=item.run_id, error=str(exc))

@@ -67,6 +67,8 @@ T = TypeVar("T")
 log = get_logger("foldloop.store")
 
 CONNECT_TIMEOUT_S = 5.0
+INSUFFICIENT_RESOURCES = 10074
+"""JetStream's answer to replicas a single server cannot hold."""
 CANCEL_ANSWER_S = 2.0
 """How long a cancel asks around for the runtime driving its run."""
 CALL_TIMEOUT_S = 60.0
@@ -128,6 +130,16 @@ class JetStreamStore:
             raise StoreAccessError(
                 f"the NATS server at {t.url} did not answer JetStream requests within "
                 f"{CONNECT_TIMEOUT_S} s; is JetStream enabled (nats-server -js) and healthy?"
+            ) from None
+        except nats.js.errors.APIError as exc:
+            if t.replicas > 1 and exc.err_code == INSUFFICIENT_RESOURCES:
+                raise ConfigError(
+                    f"replicas={t.replicas} in {t.url} needs a JetStream cluster of at least "
+                    f"{t.replicas} servers ({exc.description}); leave replicas out on one server"
+                ) from None
+            raise StoreError(
+                f"the NATS server at {t.url} refused to set up the store: {exc.description} "
+                f"(JetStream error {exc.err_code})"
             ) from None
 
     async def _disconnect(self) -> None:
@@ -340,7 +352,7 @@ class JetStreamStore:
 
     async def _acquire(self, run_id: str, owner: str) -> int:
         epoch, previous = await self._tables.acquire_lease(run_id, owner)
-        if previous and previous != owner:
+        if previous != owner:  # another runtime's, or released (by one that was cut off)
             for changes in await self._log.approval_changes(run_id):
                 await self._tables.repair_approvals(changes, run_id)
         return epoch

@@ -42,8 +42,10 @@ class NatsPending(Generic[T]):
     @property
     def error(self) -> BaseException | None:
         """Why the write was refused (None while pending or once acknowledged)."""
-        if not self._future.done() or self._future.cancelled():
+        if not self._future.done():
             return None
+        if self._future.cancelled():
+            return StoreError("the store closed before this write was acknowledged")
         return self._future.exception()
 
     def wait(self, timeout: float | None = None) -> T:
@@ -52,6 +54,8 @@ class NatsPending(Generic[T]):
             return self._future.result(timeout)
         except concurrent.futures.TimeoutError:
             raise StoreError(f"the NATS server did not answer within {timeout} s") from None
+        except concurrent.futures.CancelledError:
+            raise StoreError("the store closed before this write was acknowledged") from None
 
 
 class LoopThread:
@@ -61,6 +65,7 @@ class LoopThread:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=f"{name}-loop", daemon=True)
         self._notices: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._inflight: set[concurrent.futures.Future[Any]] = set()
         self._notifier = threading.Thread(
             target=self._notify_loop, name=f"{name}-notify", daemon=True
         )
@@ -93,7 +98,10 @@ class LoopThread:
         callback: Callable[[NatsPending[T]], None] | None = None,
     ) -> NatsPending[T]:
         """Run ``coro`` on the loop as a write; ``callback`` hears of its end (notifier)."""
-        op = NatsPending(self.submit(coro))
+        future = self.submit(coro)
+        self._inflight.add(future)
+        future.add_done_callback(self._inflight.discard)
+        op = NatsPending(future)
         if callback is not None:
             op._future.add_done_callback(lambda _f: self.notify(callback, op))
         return op
@@ -114,7 +122,9 @@ class LoopThread:
                 log.exception("store_notice_failed")
 
     def close(self, finish: Coroutine[Any, Any, None], timeout: float = 10.0) -> None:
-        """Run ``finish`` (closing the connection), then stop both threads."""
+        """Let the writes in flight end, run ``finish`` (closing the connection), then stop
+        both threads."""
+        concurrent.futures.wait(list(self._inflight), timeout)
         try:
             self.call(finish, timeout)
         finally:

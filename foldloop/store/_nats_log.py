@@ -36,6 +36,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import NotFoundError
 
 from foldloop.errors import ConcurrencyError, ConfigError, StoreError, StoreNotFound
+from foldloop.events._catalogue import ToolRequested
 from foldloop.events._codec import decode_event, schema_version_of
 from foldloop.events._recorded import AnyEvent, Recorded
 from foldloop.store._approvals import ApprovalChanges
@@ -43,12 +44,14 @@ from foldloop.store._nats_names import NatsTarget
 from foldloop.store._nats_retry import RETRY_FOR_S, TRANSIENT, retrying
 from foldloop.store._payloads import Payload
 
-__all__ = ["NatsLog", "direct_batch"]
+__all__ = ["NatsLog", "TooManyResults", "direct_batch"]
 
 MAX_BATCH = 1000
 """Events in one atomic batch: JetStream's limit (a longer append goes in parts)."""
 PAGE = 1000
 """Messages asked for in one direct get."""
+MAX_HEADER = 48 * 1024
+"""Bytes the approval header may take (NATS refuses headers past 64 KiB)."""
 HEADROOM = 512
 """Bytes an event's headers may take beside its body in one message."""
 REQUEST_TIMEOUT_S = 5.0
@@ -72,6 +75,10 @@ class _Head(msgspec.Struct, frozen=True, array_like=True):
     seq: int  # the run's last seq
     stream_seq: int  # the stream sequence of that event (0: no event yet)
     write: str = ""  # the write id of the append that put it there
+
+
+class TooManyResults(StoreError):
+    """A direct get matched more subjects than the server answers for at once."""
 
 
 class _Lost(Exception):
@@ -108,6 +115,8 @@ async def _direct_batch_once(nc: Client, stream: str, request: dict[str, Any]) -
                 return out
             elif status in ("503", "408"):
                 raise nats.errors.NoRespondersError
+            elif status == "413":
+                raise TooManyResults
             else:
                 raise StoreError(
                     f"reading stream {stream!r} failed: {status} "
@@ -149,6 +158,12 @@ class NatsLog:
                 f"{config.subjects}); use another namespace (nats://HOST:PORT/OTHER) or "
                 "remove that stream"
             )
+        if not config.allow_atomic or not config.deny_delete:  # an older server dropped them
+            raise StoreError(
+                f"stream {t.stream!r} at {t.url} does not allow atomic batches or does not "
+                "refuse deletes; foldloop needs nats-server 2.12 or newer (its appends are "
+                "atomic batches, its positions gapless)"
+            )
 
     async def _create(self) -> None:
         t = self._t
@@ -170,7 +185,7 @@ class NatsLog:
         except nats.js.errors.BadRequestError as exc:
             if "already in use" not in str(exc.description):
                 raise
-            await self.ensure(create=False)  # another process made it first
+        await self.ensure(create=False)  # ours, or another process's made first: check it
 
     async def last_position(self) -> int:
         info = await retrying(lambda: self._js.stream_info(self._t.stream))
@@ -194,6 +209,11 @@ class NatsLog:
         except NotFoundError:
             return _Head(0, 0)
         h = msg.headers or {}
+        if "Fl-Seq" not in h:
+            raise StoreError(
+                f"the last message on {self._t.subject(run_id)!r} is not a foldloop event; was "
+                f"something else published to {self._t.subjects}?"
+            )
         return _Head(int(h["Fl-Seq"]), int(msg.seq or 0), h.get("Fl-Write", ""))
 
     async def head(self, run_id: str) -> int:
@@ -220,6 +240,12 @@ class NatsLog:
         """Append after ``expected_seq`` (ConcurrencyError if the run is elsewhere), after
         ``guard`` (the lease fence) passes; the records as stored."""
         self._check_sizes(payloads)
+        if approvals and len(approvals_header(approvals)) > MAX_HEADER:
+            raise ConfigError(
+                f"the approval requests of one append to run {run_id!r} do not fit a NATS "
+                f"message header ({MAX_HEADER:,} bytes; nothing was written): shorten their "
+                "summaries, or gate fewer calls in one step"
+            )
         lock = self._lock(run_id)
         try:
             async with lock:
@@ -369,9 +395,7 @@ class NatsLog:
                     await self._nc.publish(subject, raw, headers=headers)
                     continue
                 if approvals:
-                    headers["Fl-Approvals"] = base64.b64encode(
-                        _APPROVALS_ENC.encode(approvals)
-                    ).decode()
+                    headers["Fl-Approvals"] = approvals_header(approvals)
                 if batch:
                     headers["Nats-Batch-Commit"] = "1"
                 reply = await self._nc.request(
@@ -416,43 +440,53 @@ class NatsLog:
         self, run_id: str, from_seq: int = 1, to_seq: int | None = None
     ) -> list[Recorded]:
         """The run's records from ``from_seq`` to ``to_seq`` (inclusive)."""
-
-        def past(msg: Msg) -> bool:
-            return to_seq is not None and int((msg.headers or {}).get("Fl-Seq", "0")) > to_seq
-
-        records = [self.record(m) for m in await self._messages(run_id, past)]
-        if to_seq is None:
-            records = await self._caught_up(run_id, records)
+        records = [self.record(m) for m in await self._run_messages(run_id, to_seq)]
         return [r for r in records if r.seq >= from_seq]
 
-    async def _caught_up(self, run_id: str, records: list[Recorded]) -> list[Recorded]:
-        """``records`` (the whole run as a replica had it) completed up to the leader's
-        head: a replica behind the leader answers with a prefix of the run."""
-        head = await self._fetch_head(run_id)
+    async def _run_messages(self, run_id: str, to_seq: int | None = None) -> list[Msg]:
+        """The run's stored messages up to ``to_seq`` (None: all), completed up to the
+        stream leader's head: a replica behind the leader answers with a prefix."""
+
+        def past(msg: Msg) -> bool:
+            return to_seq is not None and _seq_of(msg) > to_seq
+
+        msgs = await self._messages(run_id, past)
+        head = (await self._fetch_head(run_id)).seq
+        want = head if to_seq is None else min(to_seq, head)
         deadline = time.monotonic() + STALE_READ_S
-        while (records[-1].seq if records else 0) < head.seq:
+        while (_seq_of(msgs[-1]) if msgs else 0) < want:
             if time.monotonic() > deadline:
                 raise StoreError(
                     f"the replicas of stream {self._t.stream!r} stayed behind its leader for "
                     f"{STALE_READ_S:.0f} s reading run {run_id!r}; is the cluster healthy?"
                 )
             await asyncio.sleep(0.02)
-            after = records[-1].position + 1 if records else 1
+            after = int((msgs[-1].headers or {})["Nats-Sequence"]) + 1 if msgs else 1
             more = await direct_batch(
                 self._nc,
                 self._t.stream,
                 {"seq": after, "next_by_subj": self._t.subject(run_id), "batch": PAGE},
             )
-            records += [self.record(m) for m in more]
-        return records
+            msgs += [m for m in more if _seq_of(m) <= want]
+        return msgs
 
     async def approval_changes(self, run_id: str) -> list[ApprovalChanges]:
-        """The approval changes of every append of the run, in order."""
+        """The approval changes of every append of the run, in order, each request's args
+        (left out of the header) taken back from its call's ``tool.requested``."""
         out = []
-        for msg in await self._messages(run_id):
+        args: dict[str, str] = {}
+        for msg in await self._run_messages(run_id):
+            event = self.record(msg).event
+            if isinstance(event, ToolRequested):
+                args[event.call_id] = event.args
             raw = (msg.headers or {}).get("Fl-Approvals")
             if raw is not None:
-                out.append(_APPROVALS_DEC.decode(base64.b64decode(raw)))
+                changes = _APPROVALS_DEC.decode(base64.b64decode(raw))
+                requests = tuple(
+                    msgspec.structs.replace(r, args=args.get(r.call_id, ""))
+                    for r in changes.requests
+                )
+                out.append(msgspec.structs.replace(changes, requests=requests))
         return out
 
     async def read_all(self, from_position: int = 1, limit: int | None = None) -> list[Recorded]:
@@ -485,6 +519,23 @@ class NatsLog:
                 f"message {h.get('Nats-Sequence', '?')} of stream {self._t.stream!r} is not a "
                 f"foldloop event ({exc}); was something else published to {self._t.subjects}?"
             ) from None
+
+
+def _seq_of(msg: Msg) -> int:
+    """The run seq a stored message holds (0 for one that is not foldloop's)."""
+    try:
+        return int((msg.headers or {}).get("Fl-Seq", "0"))
+    except ValueError:
+        return 0
+
+
+def approvals_header(changes: ApprovalChanges) -> str:
+    """The approval changes an append carries, as its last message's header: without each
+    request's args (the log has them in the call's ``tool.requested``), so the header stays
+    far below NATS's 64 KiB limit on headers whatever a tool is called with."""
+    lean = tuple(msgspec.structs.replace(r, args="") for r in changes.requests)
+    raw = _APPROVALS_ENC.encode(msgspec.structs.replace(changes, requests=lean))
+    return base64.b64encode(raw).decode()
 
 
 def events_of(records: Sequence[Recorded]) -> tuple[list[AnyEvent], list[int]]:

@@ -27,7 +27,7 @@ from foldloop.errors import StoreError, StoreNotFound
 from foldloop.store._approvals import ApprovalChanges, ApprovalRecord
 from foldloop.store._checkpoints import Checkpoint, decode_checkpoint, encode_checkpoint
 from foldloop.store._framing import Lease
-from foldloop.store._nats_log import direct_batch
+from foldloop.store._nats_log import TooManyResults, direct_batch
 from foldloop.store._nats_names import NatsTarget, token
 from foldloop.store._nats_retry import retrying
 from foldloop.store._port import Snapshot
@@ -38,6 +38,8 @@ __all__ = ["NatsTables"]
 
 T = TypeVar("T")
 
+LIST_TIMEOUT_S = 10.0
+"""How long listing a bucket waits for its next key."""
 TABLES = ("leases", "owners", "approvals", "open", "snapshots", "checkpoints", "meta")
 
 _ENC = msgspec.msgpack.Encoder()
@@ -106,8 +108,10 @@ class NatsTables:
             await retrying(
                 lambda: self._kv[table].update(key, value, last=revision, validate_keys=False)
             )
-        except KeyWrongLastSequenceError:  # moved since read (a repeat included): read again
-            return False
+        except KeyWrongLastSequenceError:
+            # moved since read; or a repeat whose first try landed: then the value is ours
+            now, _ = await self._get(table, key)
+            return now == value
         return True
 
     async def _change(
@@ -122,18 +126,32 @@ class NatsTables:
                 return result
 
     async def _last_values(self, table: str, prefix: str = ">") -> list[tuple[str, bytes]]:
-        """(key, value) of every key under ``prefix`` that holds a value."""
+        """(key, value) of every key under ``prefix`` that holds a value: one direct get;
+        past its 1,024 keys, a watcher's initial values."""
         bucket = self._t.bucket(table)
         base = f"$KV.{bucket}."
-        msgs = await direct_batch(
-            self._nc, f"KV_{bucket}", {"multi_last": [base + prefix], "batch": 1_000_000}
-        )
+        try:
+            msgs = await direct_batch(
+                self._nc, f"KV_{bucket}", {"multi_last": [base + prefix], "batch": 1024}
+            )
+        except TooManyResults:
+            return await retrying(lambda: self._watch_values(table, prefix))
         out = []
         for msg in msgs:
             h = msg.headers or {}
             if h.get("KV-Operation") in _DELETED or "Nats-Marker-Reason" in h:
                 continue
             out.append((h["Nats-Subject"][len(base) :], msg.data))
+        return out
+
+    async def _watch_values(self, table: str, prefix: str) -> list[tuple[str, bytes]]:
+        watcher = await self._kv[table].watch(prefix, ignore_deletes=True)
+        out = []
+        try:
+            while (entry := await watcher.updates(timeout=LIST_TIMEOUT_S)) is not None:  # type: ignore[no-untyped-call]
+                out.append((entry.key, entry.value or b""))
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
         return out
 
     # -- owners ----------------------------------------------------------------------------
@@ -221,9 +239,8 @@ class NatsTables:
             await retrying(lambda: self._kv["approvals"].put(key, raw, validate_keys=False))
         elif not await self._set("approvals", key, raw, revision):
             return False
-        await self._kv["approvals"].put(
-            f"t.{token(record.token_digest)}", key.encode(), validate_keys=False
-        )
+        index = f"t.{token(record.token_digest)}"
+        await retrying(partial(self._kv["approvals"].put, index, key.encode(), validate_keys=False))
         if record.applied:
             await retrying(lambda: self._kv["open"].purge(key))
         else:
