@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,9 +122,11 @@ def _server(root: Path, name: str, extra: list[str], *, jetstream: bool = True) 
     return NatsServer(name, port, monitor, cluster_port, store_dir, args)
 
 
-def start_server(root: Path, name: str = "n1", *, jetstream: bool = True) -> NatsServer:
-    """One nats-server (with JetStream unless told otherwise), ready."""
-    server = _server(root, name, [], jetstream=jetstream)
+def start_server(
+    root: Path, name: str = "n1", *, jetstream: bool = True, extra: Sequence[str] = ()
+) -> NatsServer:
+    """One nats-server (with JetStream unless told otherwise; ``extra`` arguments), ready."""
+    server = _server(root, name, list(extra), jetstream=jetstream)
     server.start()
     return server
 

@@ -392,3 +392,20 @@ def test_a_gated_call_with_large_args_waits_for_approval_and_runs(nats_url: str)
         assert pending.args == {"text": big}
         rt.approve(run_id=pending.run_id, call_id=pending.call_id, by="alice")
         assert handle.wait(timeout=30).output == "published 200000"
+
+
+def test_credentials_in_the_url_reach_the_server_and_never_a_message(tmp_path: Path) -> None:
+    server = start_server(tmp_path, extra=["--user", "alice", "--pass", "s3cret"])
+    try:
+        good = server.url.replace("nats://", "nats://alice:s3cret@") + "/auth"
+        agent = calc()
+        with fl.Runtime.open(good, agents=[agent]) as rt:
+            assert rt.spawn(agent, "2+3").wait(timeout=30).output == "sum 5"
+        wrong = server.url.replace("nats://", "nats://alice:wrong@") + "/auth"
+        with pytest.raises(StoreAccessError) as info:
+            fl.Runtime.open(wrong)
+        assert "wrong" not in str(info.value) and "nats://***@127.0.0.1" in str(info.value)
+        with pytest.raises(ConfigError, match=r"creds='/nowhere/x\.creds'.*no such file"):
+            connect_store(f"{server.url}/auth?creds=/nowhere/x.creds")
+    finally:
+        server.stop()

@@ -43,6 +43,7 @@ from foldloop.runtime._waiting import Waiter
 from foldloop.runtime._work_taker import WorkTaker
 from foldloop.runtime._writes import RunWrites
 from foldloop.store import DEFAULT_MAP_SIZE, EventStore, RemoteCancel, WorkQueue, connect_store
+from foldloop.store._nats_names import shown
 
 __all__ = ["Runtime", "run_ops"]
 
@@ -148,7 +149,7 @@ class Runtime(OpenOnly, ClosedOnExit):
         self._stop_polling = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="foldloop-poller", daemon=True)
         self._poller.start()
-        log.info("runtime_opened", path=store.location, owner=self.owner)
+        log.info("runtime_opened", path=shown(store.location), owner=self.owner)
 
     @classmethod
     def open(

@@ -21,6 +21,7 @@ from foldloop._log import get_logger
 from foldloop.errors import FoldloopError
 from foldloop.runtime._agent_ref import load_agent
 from foldloop.runtime._facade import Runtime
+from foldloop.store._nats_names import shown
 
 __all__ = ["RECOVER_EVERY_S", "serve_store"]
 
@@ -62,7 +63,9 @@ def serve_store(
         return _supervise(command, processes, stop)
     loaded = [load_agent(spec) for spec in agents]
     with Runtime.open(url, agents=loaded, max_active_runs=max_active_runs) as rt:
-        log.info("worker_started", store=url, agents=[a.name for a in loaded], owner=rt.owner)
+        log.info(
+            "worker_started", store=shown(url), agents=[a.name for a in loaded], owner=rt.owner
+        )
         while not stop.is_set():
             try:
                 taken = rt.recover()

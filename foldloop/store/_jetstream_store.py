@@ -46,7 +46,7 @@ from foldloop.store._checkpoints import Checkpoint
 from foldloop.store._framing import Lease
 from foldloop.store._nats_bridge import LoopThread, NatsPending
 from foldloop.store._nats_log import NatsLog, events_of
-from foldloop.store._nats_names import NatsTarget, parse_nats_url
+from foldloop.store._nats_names import NatsTarget, parse_nats_url, shown
 from foldloop.store._nats_tables import NatsTables
 from foldloop.store._nats_work import NatsWork, NatsWorkItem
 from foldloop.store._payloads import Payload
@@ -87,7 +87,8 @@ class JetStreamStore:
         self._loop = LoopThread("foldloop-nats")
         self._nc: Client | None = None
         try:
-            self._loop.call(self._open(create, dict(options or {})), CALL_TIMEOUT_S)
+            connect = {**target.connect_options(), **(options or {})}
+            self._loop.call(self._open(create, connect), CALL_TIMEOUT_S)
         except BaseException:
             self._loop.close(self._disconnect())
             raise
@@ -108,8 +109,9 @@ class JetStreamStore:
             )
             self._nc.options["max_reconnect_attempts"] = -1  # once open: ride out outages
         except (TimeoutError, nats.errors.NoServersError, OSError) as exc:
+            tried = ", ".join(shown(server) for server in t.servers)
             raise StoreAccessError(
-                f"cannot reach a NATS server at {t.url} (tried {', '.join(t.servers)}: "
+                f"cannot reach a NATS server at {t.shown} (tried {tried}: "
                 f"{str(exc) or type(exc).__name__}); is nats-server running there with JetStream "
                 "(nats-server -js)?"
             ) from None
@@ -123,22 +125,22 @@ class JetStreamStore:
             await self._work.ensure(create=create)
         except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
             raise StoreAccessError(
-                f"the NATS server at {t.url} does not have JetStream enabled; start it with "
+                f"the NATS server at {t.shown} does not have JetStream enabled; start it with "
                 "`nats-server -js` (or a `jetstream {}` block in its configuration)"
             ) from None
         except nats.errors.TimeoutError:
             raise StoreAccessError(
-                f"the NATS server at {t.url} did not answer JetStream requests within "
+                f"the NATS server at {t.shown} did not answer JetStream requests within "
                 f"{CONNECT_TIMEOUT_S} s; is JetStream enabled (nats-server -js) and healthy?"
             ) from None
         except nats.js.errors.APIError as exc:
             if t.replicas > 1 and exc.err_code == INSUFFICIENT_RESOURCES:
                 raise ConfigError(
-                    f"replicas={t.replicas} in {t.url} needs a JetStream cluster of at least "
+                    f"replicas={t.replicas} in {t.shown} needs a JetStream cluster of at least "
                     f"{t.replicas} servers ({exc.description}); leave replicas out on one server"
                 ) from None
             raise StoreError(
-                f"the NATS server at {t.url} refused to set up the store: {exc.description} "
+                f"the NATS server at {t.shown} refused to set up the store: {exc.description} "
                 f"(JetStream error {exc.err_code})"
             ) from None
 
@@ -166,7 +168,7 @@ class JetStreamStore:
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             why = str(exc) or type(exc).__name__
             raise StoreError(
-                f"the NATS server at {self._t.url} failed a request ({why}); nothing "
+                f"the NATS server at {self._t.shown} failed a request ({why}); nothing "
                 "half-written: retry once it is reachable"
             ) from None
 
@@ -185,7 +187,7 @@ class JetStreamStore:
     def _check_open(self, coro: Coroutine[Any, Any, Any]) -> None:
         if self._closed:
             coro.close()
-            raise StoreError(f"the store at {self._t.url} is closed")
+            raise StoreError(f"the store at {self._t.shown} is closed")
 
     def _tell(self, records: list[Recorded]) -> None:
         for listener in list(self._listeners):

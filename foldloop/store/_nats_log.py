@@ -146,7 +146,7 @@ class NatsLog:
         except NotFoundError:
             if not create:
                 raise StoreNotFound(
-                    f"no foldloop store at {t.url} (no stream {t.stream!r}); open it with "
+                    f"no foldloop store at {t.shown} (no stream {t.stream!r}); open it with "
                     "a runtime first, or check the URL's namespace"
                 ) from None
             await self._create()
@@ -154,13 +154,13 @@ class NatsLog:
         config = info.config
         if (config.metadata or {}).get("foldloop") != "1" or config.subjects != [t.subjects]:
             raise StoreError(
-                f"stream {t.stream!r} at {t.url} was not made by foldloop (subjects "
+                f"stream {t.stream!r} at {t.shown} was not made by foldloop (subjects "
                 f"{config.subjects}); use another namespace (nats://HOST:PORT/OTHER) or "
                 "remove that stream"
             )
         if not config.allow_atomic or not config.deny_delete:  # an older server dropped them
             raise StoreError(
-                f"stream {t.stream!r} at {t.url} does not allow atomic batches or does not "
+                f"stream {t.stream!r} at {t.shown} does not allow atomic batches or does not "
                 "refuse deletes; foldloop needs nats-server 2.12 or newer (its appends are "
                 "atomic batches, its positions gapless)"
             )
@@ -333,7 +333,7 @@ class NatsLog:
             except _Lost:
                 if time.monotonic() > deadline:
                     raise StoreError(
-                        f"no JetStream stream at {self._t.url} acknowledged an append to run "
+                        f"no JetStream stream at {self._t.shown} acknowledged an append to run "
                         f"{run_id!r} within {APPEND_DEADLINE_S:.0f} s; nothing more was "
                         "written, and the run can be resumed once the stream answers again"
                     ) from None

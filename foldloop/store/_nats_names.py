@@ -1,7 +1,8 @@
 """Where a JetStream store lives: its URL, and the names of its stream, subjects and buckets.
 
-``nats://host:port[,host:port...][/NAMESPACE][?replicas=N&owner_ttl=S]``: the servers to
-try, a namespace (default ``foldloop``) so several stores share one NATS account, the
+``nats://host:port[,host:port...][/NAMESPACE][?replicas=N&owner_ttl=S&creds=PATH...]``
+(``tls://`` for TLS; ``creds``, ``nkey``, ``tls_ca``, ``tls_cert``, ``tls_key`` name files):
+the servers to try, a namespace (default ``foldloop``) so several stores share one NATS account, the
 replicas of the stream and buckets when they are made (1; 3 on a cluster), and how long a
 runtime that stops renewing its owner key is still held alive (``owner_ttl`` seconds,
 default 10, set when the store is made): a killed worker's runs move on after it. Run and call
@@ -12,7 +13,10 @@ and keys may not (``.``, ``:``, anything past ASCII letters, digits and ``-``) i
 
 from __future__ import annotations
 
+import os
 import re
+import ssl
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
@@ -24,6 +28,8 @@ __all__ = ["NatsTarget", "is_nats_url", "parse_nats_url", "token", "untoken"]
 _SAFE = re.compile(r"[A-Za-z0-9-]")
 _NAMESPACE = re.compile(r"[A-Za-z0-9-]{1,32}")
 _ESCAPED = re.compile(r"_([0-9a-f]{2})")
+_USERINFO = re.compile(r"(^[a-z]+://|,)[^@,/]*@")
+_FILES = ("creds", "nkey", "tls_ca", "tls_cert", "tls_key")
 
 
 class NatsTarget(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,6 +40,34 @@ class NatsTarget(msgspec.Struct, frozen=True, kw_only=True):
     namespace: str = "foldloop"
     replicas: int = 1
     owner_ttl: float = 10.0
+    files: tuple[tuple[str, str], ...] = ()
+    """Credentials and TLS files named in the URL (``creds``, ``nkey``, ``tls_ca``, ...)."""
+
+    @property
+    def shown(self) -> str:
+        """The URL as messages and logs show it: without a user's password or token."""
+        return shown(self.url)
+
+    def connect_options(self) -> dict[str, Any]:
+        """nats-py's connect options for the files the URL names."""
+        files = dict(self.files)
+        options: dict[str, Any] = {}
+        if "creds" in files:
+            options["user_credentials"] = files["creds"]
+        if "nkey" in files:
+            options["nkeys_seed"] = files["nkey"]
+        if "tls_ca" in files or "tls_cert" in files:
+            try:
+                context = ssl.create_default_context(cafile=files.get("tls_ca"))
+                if "tls_cert" in files:
+                    context.load_cert_chain(files["tls_cert"], files.get("tls_key"))
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigError(
+                    f"cannot load the TLS files of store URL {self.shown!r} ({exc}); "
+                    "tls_ca is a PEM CA bundle, tls_cert and tls_key a PEM certificate and key"
+                ) from None
+            options["tls"] = context
+        return options
 
     @property
     def stream(self) -> str:
@@ -82,11 +116,16 @@ def parse_nats_url(url: str) -> NatsTarget:
             "or '-' (it names the stream and buckets: nats://HOST:PORT/NAMESPACE)"
         )
     query = parse_qs(parts.query)
-    unknown = sorted(set(query) - {"replicas", "owner_ttl"})
+    unknown = sorted(set(query) - {"replicas", "owner_ttl", *_FILES})
     if unknown:
         raise ConfigError(
-            f"unknown option(s) {unknown} in store URL {url!r}; known: replicas, owner_ttl"
+            f"unknown option(s) {unknown} in store URL {shown(url)!r}; known: replicas, "
+            f"owner_ttl, {', '.join(_FILES)}"
         )
+    files = {name: query[name][-1] for name in _FILES if name in query}
+    for name, path in files.items():
+        if not os.path.isfile(path):
+            raise ConfigError(f"{name}={path!r} in store URL {shown(url)!r}: no such file")
     replicas_text = query.get("replicas", ["1"])[-1]
     if not replicas_text.isdigit() or not 1 <= int(replicas_text) <= 5:
         raise ConfigError(
@@ -104,11 +143,17 @@ def parse_nats_url(url: str) -> NatsTarget:
         )
     return NatsTarget(
         url=url,
+        files=tuple(sorted(files.items())),
         owner_ttl=owner_ttl,
         servers=tuple(f"{parts.scheme}://{host}" for host in hosts),
         namespace=namespace,
         replicas=int(replicas_text),
     )
+
+
+def shown(url: str) -> str:
+    """``url`` with any user:password@ or token@ of its servers written as ``***@``."""
+    return _USERINFO.sub("\\1***@", url)
 
 
 def token(name: str) -> str:

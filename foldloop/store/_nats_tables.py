@@ -72,7 +72,7 @@ class NatsTables:
             except nats.js.errors.BucketNotFoundError:
                 if not create:
                     raise StoreNotFound(
-                        f"the foldloop store at {self._t.url} has no bucket {name!r}; open "
+                        f"the foldloop store at {self._t.shown} has no bucket {name!r}; open "
                         "it with a runtime first to finish making it"
                     ) from None
             config = KeyValueConfig(
