@@ -22,26 +22,12 @@ import foldloop as fl
 from foldloop.cli import app
 from foldloop.errors import StoreNotFound
 from tests.nats_servers import NatsServer
+from tests.test_jetstream_runtime import calc
 from tests.tree_models import answers, fans_out
 from tests.waiting import wait_until
 
 SCRIPT = Path(sysconfig.get_path("scripts")) / "foldloop"
 HERE = "tests.test_cli_jetstream"
-
-
-@fl.tool
-def add(a: int, b: int) -> int:
-    """Add two numbers."""
-    return a + b
-
-
-def calc() -> fl.Agent:
-    def plan(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
-        if not any(m.role == "tool" for m in messages):
-            return fl.Reply(tool_calls=[fl.ToolCall("add", {"a": 2, "b": 3})])
-        return fl.Reply(text=f"sum {messages[-1].content}")
-
-    return fl.Agent(name="calc", llm=fl.ScriptedLLM(plan), tools=[add])
 
 
 def lead() -> fl.Agent:

@@ -44,7 +44,7 @@ from foldloop.store._nats_names import NatsTarget
 from foldloop.store._nats_retry import RETRY_FOR_S, TRANSIENT, retrying
 from foldloop.store._payloads import Payload
 
-__all__ = ["NatsLog", "TooManyResults", "direct_batch"]
+__all__ = ["NatsLog", "TooManyResults", "add_stream", "direct_batch"]
 
 MAX_BATCH = 1000
 """Events in one atomic batch: JetStream's limit (a longer append goes in parts)."""
@@ -126,6 +126,15 @@ async def _direct_batch_once(nc: Client, stream: str, request: dict[str, Any]) -
         await sub.unsubscribe()
 
 
+async def add_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Make a stream, unless another process made it first (that one is checked after)."""
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError as exc:
+        if "already in use" not in str(exc.description):
+            raise
+
+
 class NatsLog:
     """Appends and reads of the event stream (all coroutines, on the store's loop)."""
 
@@ -180,11 +189,7 @@ class NatsLog:
             deny_purge=True,
             metadata={"foldloop": "1"},
         )
-        try:
-            await self._js.add_stream(config)
-        except nats.js.errors.BadRequestError as exc:
-            if "already in use" not in str(exc.description):
-                raise
+        await add_stream(self._js, config)
         await self.ensure(create=False)  # ours, or another process's made first: check it
 
     async def last_position(self) -> int:

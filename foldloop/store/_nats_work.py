@@ -20,6 +20,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 from nats.js.errors import NotFoundError
 
 from foldloop.store._nats_bridge import LoopThread
+from foldloop.store._nats_log import add_stream
 from foldloop.store._nats_names import NatsTarget, token
 from foldloop.store._nats_retry import retrying
 
@@ -77,11 +78,7 @@ class NatsWork:
                 num_replicas=self._t.replicas,
                 metadata={"foldloop": "1"},
             )
-            try:
-                await self._js.add_stream(config)
-            except nats.js.errors.BadRequestError as exc:
-                if "already in use" not in str(exc.description):
-                    raise
+            await add_stream(self._js, config)
 
     async def enqueue(self, agent: str, run_ids: Sequence[str]) -> None:
         subject = self._subject(agent)
