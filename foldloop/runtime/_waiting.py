@@ -136,12 +136,15 @@ class Waiter:
     def _follow(self, run_id: str, deadline: float | None) -> tuple[RunState, str]:
         """Wait for a run driven elsewhere (another process) by following the log, every
         1 ms at first and backing off to every 20 ms: a short run is seen settled soon
-        after it settles, a long one costs ~50 state reads a second."""
+        after it settles, a long one costs ~50 head reads a second, and a state read only
+        when its log grew (the state is the fold of the log up to its head)."""
         pause = 0.001
         released_by: float | None = None
         undriven_since: float | None = None
+        state: RunState | None = None
         while True:
-            state = self._queries.state(run_id)
+            if state is None or self._store.head(run_id) != state.seq:
+                state = self._queries.state(run_id)
             if state.settled and self._decision_pending(state, deadline):
                 pass  # parked, but a runtime's poller carries a decision in: keep following
             elif state.settled:
