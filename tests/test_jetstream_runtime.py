@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -221,6 +223,12 @@ def test_clear_failures_at_open(nats_server: NatsServer, tmp_path: Path) -> None
         fl.Runtime.open(f"{nats_server.url}/x", map_size=1 << 30)
     with pytest.raises(StoreNotFound, match="no foldloop store"):
         fl.Runtime.open(f"{nats_server.url}/never-made", create=False)
+    with pytest.raises(ConfigError, match="is not a port"):
+        connect_store("nats://127.0.0.1:99999/x")
+    for mistyped in ("nat://127.0.0.1:4222/x", "http://127.0.0.1:4222/x"):
+        with pytest.raises(ConfigError, match="a URL no store is at"):
+            fl.Runtime.open(mistyped)
+    assert not (Path.cwd() / "nat:").exists() and not (Path.cwd() / "http:").exists()
 
 
 def test_a_server_without_jetstream_is_named_as_such(tmp_path: Path) -> None:
@@ -402,10 +410,29 @@ def test_credentials_in_the_url_reach_the_server_and_never_a_message(tmp_path: P
         with fl.Runtime.open(good, agents=[agent]) as rt:
             assert rt.spawn(agent, "2+3").wait(timeout=30).output == "sum 5"
         wrong = server.url.replace("nats://", "nats://alice:wrong@") + "/auth"
-        with pytest.raises(StoreAccessError) as info:
+        with pytest.raises(StoreAccessError, match="refused this store's credentials") as info:
             fl.Runtime.open(wrong)
         assert "wrong" not in str(info.value) and "nats://***@127.0.0.1" in str(info.value)
         with pytest.raises(ConfigError, match=r"creds='/nowhere/x\.creds'.*no such file"):
             connect_store(f"{server.url}/auth?creds=/nowhere/x.creds")
     finally:
         server.stop()
+
+
+def test_closing_with_the_server_gone_returns_soon_and_leaves_no_thread(tmp_path: Path) -> None:
+    server = start_server(tmp_path)
+    agent = calc()
+    before = set(threading.enumerate())
+    rt = fl.Runtime.open(f"{server.url}/gone", agents=[agent])
+    try:
+        assert rt.spawn(agent, "2+3").wait(timeout=30).ok
+    finally:
+        server.kill()
+    started = time.monotonic()
+    rt.close()  # never raises: the owner key lapses at owner_ttl without it
+    assert time.monotonic() - started < 20
+    wait_until(
+        lambda: not [t for t in threading.enumerate() if t not in before and t.is_alive()],
+        10,
+        "the store's threads to end",
+    )

@@ -4,9 +4,14 @@ runtimes opened with the agent take them (a real nats-server)."""
 from __future__ import annotations
 
 import collections
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import foldloop as fl
+from tests.nats_servers import start_server
 from tests.waiting import wait_until
 
 
@@ -95,3 +100,25 @@ def test_a_runtime_takes_only_the_agents_it_was_opened_with(nats_url: str) -> No
         assert host.state(mine.id).status is fl.RunStatus.QUEUED  # no runtime drives "calc"
         other.register(calc)  # now it does
         wait_until(lambda: host.state(mine.id).status is fl.RunStatus.COMPLETED, 30, "mine to run")
+
+
+def test_a_worker_supervisor_whose_workers_cannot_start_stops_with_their_error(
+    tmp_path: Path,
+) -> None:
+    server = start_server(tmp_path, jetstream=False)
+    try:
+        command = [sys.executable, "-m", "foldloop", "worker", f"{server.url}/w"]
+        command += ["--agents", "tests.failover_agents:payer", "--processes", "2"]
+        proc = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parent.parent,
+            env={**os.environ, "FOLDLOOP_TEST_LEDGER": str(tmp_path / "ledger")},
+        )
+    finally:
+        server.stop()
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "does not have JetStream enabled" in proc.stderr
+    assert "Traceback" not in proc.stderr

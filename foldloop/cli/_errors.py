@@ -24,7 +24,7 @@ from foldloop.errors import (
     StoreNotFound,
 )
 from foldloop.runtime import Runtime
-from foldloop.store._nats_names import is_nats_url
+from foldloop.store._nats_names import is_nats_url, is_other_url
 
 __all__ = ["Location", "errors", "fail", "in_cli_words", "location", "opened"]
 
@@ -34,7 +34,7 @@ Location: TypeAlias = str | Path
 
 def location(text: str) -> Location:
     """``--store`` as given: a URL stays as typed (a Path would fold its ``//``)."""
-    return text if is_nats_url(text) else Path(text)
+    return text if is_nats_url(text) or is_other_url(text) else Path(text)
 
 
 def in_cli_words(exc: FoldloopError, hint: str) -> str:

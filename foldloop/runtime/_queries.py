@@ -186,7 +186,9 @@ class Queries:
                 continue
             state, run_id = read, read.run_id
             current, reason = state.status, state.reason
-            if current in _ORPHANED and self.orphaned(run_id):
+            if current is RunStatus.QUEUED and self.in_shared_queue(run_id):
+                reason = shared_queue_reason(state.agent)
+            elif current in _ORPHANED and self.orphaned(run_id):
                 # Read again after the lease check: a run settles and gives its lease up in
                 # one write, so one that did since the batch read shows settled now.
                 state = self.state(run_id)
@@ -244,6 +246,15 @@ class Queries:
         records = list(self.events(run_id))
         state = fold(records)
         why = explain(state, records, orphaned=self.orphaned(run_id), decided=self.decided(state))
+        if state.status is RunStatus.QUEUED and self.in_shared_queue(run_id):
+            why = dataclasses.replace(
+                why,
+                reason=shared_queue_reason(state.agent),
+                next_steps=(
+                    "wait: a runtime with its agent takes it (foldloop worker URL --agents "
+                    "MODULE:ATTR, or Runtime.open(URL, agents=[...]))",
+                ),
+            )
         if not any(c.running for c in state.children):
             return why
         # a tree waits on whatever waits below it: say where a person is needed
@@ -381,6 +392,13 @@ class Queries:
             return records[0].event.parent_run_id or ""
         return ""
 
+    def in_shared_queue(self, run_id: str) -> bool:
+        """Queued on a store's shared work queue and not taken yet (nobody holds it)."""
+        if not isinstance(self._store, WorkQueue):
+            return False
+        lease = self._store.lease(run_id)
+        return lease is None or not lease.owner
+
     def orphaned(self, run_id: str) -> bool:
         """Neither an actor here nor a live runtime anywhere drives the run (or, for a
         queued run, holds it; on a shared work queue, a run nobody holds is held there)."""
@@ -398,6 +416,11 @@ class Queries:
         """A live runtime holds the run's lease."""
         lease = self._store.lease(run_id)
         return lease is not None and bool(lease.owner) and self._store.owner_alive(lease.owner)
+
+
+def shared_queue_reason(agent: str) -> str:
+    """How a run waiting on a shared work queue is shown."""
+    return f"queued until a runtime with agent {agent!r} takes it from the store's work queue"
 
 
 def _ends_for_parent(records: list[Recorded]) -> list[tuple[str, int, Usage]]:

@@ -10,10 +10,12 @@ It prints nothing: what it does goes to the log (stderr, at ``log_level``).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 
@@ -30,6 +32,11 @@ log = get_logger("foldloop.worker")
 RECOVER_EVERY_S = 2.0
 """How often a worker looks for runs of dead runtimes (each look reads every run's lease)."""
 RESTART_AFTER_S = 1.0
+FAILED_START_S = 10.0
+"""A worker process exiting 1 this soon could not start (bad agents, credentials, no
+JetStream): the supervisor stops rather than start it again and again."""
+SUPERVISOR_ENV = "FOLDLOOP_WORKER_SUPERVISOR"
+EXIT_FORCED = 130
 """A worker process that died is started again no sooner than this after it started."""
 
 
@@ -50,6 +57,8 @@ def serve_store(
     stop = threading.Event()
 
     def stopping(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():  # asked twice: stop now (the runs stay resumable all the same)
+            os._exit(EXIT_FORCED)
         stop.set()
 
     signal.signal(signal.SIGTERM, stopping)
@@ -66,7 +75,10 @@ def serve_store(
         log.info(
             "worker_started", store=shown(url), agents=[a.name for a in loaded], owner=rt.owner
         )
+        supervisor = int(os.environ.get(SUPERVISOR_ENV, "0"))
         while not stop.is_set():
+            if supervisor and os.getppid() != supervisor:  # the supervisor died: so do we
+                break
             try:
                 taken = rt.recover()
             except FoldloopError as exc:
@@ -82,15 +94,19 @@ def serve_store(
 def _supervise(command: list[str], processes: int, stop: threading.Event) -> int:
     """Keep ``processes`` worker processes of ``command`` running until ``stop``; then stop
     them (SIGTERM: each closes its runtime) and return."""
-    started: list[subprocess.Popen[bytes]] = []
+    started: dict[subprocess.Popen[bytes], float] = {}
+    env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
     try:
         while not stop.is_set():
-            for proc in started:
-                if proc.poll() is not None:
-                    log.warning("worker_process_exited", pid=proc.pid, code=proc.returncode)
-            started = [p for p in started if p.poll() is None]
+            for proc, since in list(started.items()):
+                if proc.poll() is None:
+                    continue
+                del started[proc]
+                if proc.returncode == 1 and time.monotonic() - since < FAILED_START_S:
+                    return 1  # it could not start (its error is above): nor would the next
+                log.warning("worker_process_exited", pid=proc.pid, code=proc.returncode)
             while len(started) < processes:
-                started.append(subprocess.Popen(command))
+                started[subprocess.Popen(command, env=env)] = time.monotonic()
             stop.wait(RESTART_AFTER_S)  # a process that dies at once costs one start a second
     finally:
         for proc in started:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import math
 import time
 
+from foldloop._log import get_logger
 from foldloop.actors._system import ActorSystem
 from foldloop.core._explain import ORPHAN_QUEUED
 from foldloop.core._state import RunState, RunStatus
-from foldloop.errors import ConfigError
+from foldloop.errors import ConfigError, StoreCorrupted, StoreError, StoreNotFound
 from foldloop.runtime._admission import Admission
 from foldloop.runtime._approval_desk import ApprovalDesk
 from foldloop.runtime._queries import Queries
@@ -18,6 +19,8 @@ from foldloop.runtime._results import RunResult, result_of
 from foldloop.store import EventStore, WorkQueue
 
 __all__ = ["LEASE_RELEASE_GRACE", "Waiter"]
+
+log = get_logger("foldloop.runtime")
 
 LEASE_RELEASE_GRACE = 1.0
 """Seconds a wait on a run settled in another process waits for that process to release
@@ -143,8 +146,19 @@ class Waiter:
         undriven_since: float | None = None
         state: RunState | None = None
         while True:
-            if state is None or self._store.head(run_id) != state.seq:
-                state = self._queries.state(run_id)
+            try:
+                if state is None or self._store.head(run_id) != state.seq:
+                    state = self._queries.state(run_id)
+            except (StoreNotFound, StoreCorrupted):
+                raise
+            except StoreError as exc:  # a shared store's server away: ride it out
+                if not self._shared or state is None:
+                    raise
+                if deadline is not None and time.monotonic() >= deadline:
+                    return state, ""
+                log.info("wait_store_unavailable", run_id=run_id, error=str(exc))
+                time.sleep(0.5)
+                continue
             if state.settled and self._decision_pending(state, deadline):
                 pass  # parked, but a runtime's poller carries a decision in: keep following
             elif state.settled:

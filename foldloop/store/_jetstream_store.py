@@ -71,6 +71,8 @@ INSUFFICIENT_RESOURCES = 10074
 """JetStream's answer to replicas a single server cannot hold."""
 CANCEL_ANSWER_S = 2.0
 """How long a cancel asks around for the runtime driving its run."""
+CLOSE_WAIT_S = 3.0
+"""How long a close waits for writes in flight, and for the owner key's removal."""
 CALL_TIMEOUT_S = 60.0
 """The longest a blocking call waits on the loop (an append retries for 30 s inside it)."""
 
@@ -84,6 +86,7 @@ class JetStreamStore:
         self._t = target
         self._listeners: list[Listener] = []
         self._closed = False
+        self._last_error = ""
         self._loop = LoopThread("foldloop-nats")
         self._nc: Client | None = None
         try:
@@ -102,14 +105,20 @@ class JetStreamStore:
                 max_reconnect_attempts=1,  # at open: each server twice, then say so
                 reconnect_time_wait=0.5,
                 allow_reconnect=True,
-                error_cb=_quiet_error,
-                disconnected_cb=_disconnected,
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnected,
                 reconnected_cb=_reconnected,
                 **options,
             )
             self._nc.options["max_reconnect_attempts"] = -1  # once open: ride out outages
         except (TimeoutError, nats.errors.NoServersError, OSError) as exc:
             tried = ", ".join(shown(server) for server in t.servers)
+            if "authorization" in self._last_error.lower():
+                raise StoreAccessError(
+                    f"the NATS server at {t.shown} refused this store's credentials "
+                    f"({self._last_error}); check the user and password (or token) in the "
+                    "URL, or its creds= / nkey= file"
+                ) from None
             raise StoreAccessError(
                 f"cannot reach a NATS server at {t.shown} (tried {tried}: "
                 f"{str(exc) or type(exc).__name__}); is nats-server running there with JetStream "
@@ -158,6 +167,14 @@ class JetStreamStore:
         await asyncio.gather(*others, return_exceptions=True)
 
     # -- plumbing --------------------------------------------------------------------------
+
+    async def _on_error(self, exc: Exception) -> None:
+        self._last_error = str(exc).removeprefix("nats: ").strip("'") or type(exc).__name__
+        log.debug("nats_error", error=self._last_error)
+
+    async def _on_disconnected(self) -> None:
+        if not self._closed:  # a close asked for is no news
+            log.warning("nats_disconnected", store=self._t.shown)
 
     async def _guarded(self, coro: Coroutine[Any, Any, T]) -> T:
         """``coro``, with what NATS raises turned into a StoreError that says what to do."""
@@ -487,11 +504,15 @@ class JetStreamStore:
         return True
 
     def close(self) -> None:
-        """Wait for what is in flight, then disconnect."""
+        """Let what is in flight end (up to CLOSE_WAIT_S: a server gone is no reason to
+        hang), then disconnect; never raises."""
         if self._closed:
             return
         self._closed = True
-        self._loop.close(self._disconnect())
+        try:
+            self._loop.close(self._disconnect(), timeout=CLOSE_WAIT_S)
+        except StoreError as exc:
+            log.warning("store_closed_unclean", store=self._t.shown, error=str(exc))
 
 
 class OwnerKey:
@@ -519,12 +540,16 @@ class OwnerKey:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        await self._store._tables.drop_owner(self._owner)
+        try:  # the server gone: the key lapses at owner_ttl all the same
+            await asyncio.wait_for(self._store._tables.drop_owner(self._owner), CLOSE_WAIT_S)
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            log.warning("owner_key_left_to_lapse", owner=self._owner, error=str(exc))
 
     def release(self) -> None:
-        """The runtime closed cleanly: its runs are free at once."""
+        """The runtime closed cleanly: its runs are free at once (or, the server away, once
+        its key lapses)."""
         if not self._store._closed:
-            self._store._call(self._end())
+            self._store._loop.call(self._end(), CLOSE_WAIT_S * 2)
 
 
 def open_jetstream(
@@ -532,14 +557,6 @@ def open_jetstream(
 ) -> JetStreamStore:
     """Connect to the JetStream store at ``url`` (making its stream and buckets if absent)."""
     return JetStreamStore(parse_nats_url(url), create=create, options=options)
-
-
-async def _quiet_error(exc: Exception) -> None:
-    log.debug("nats_error", error=str(exc) or type(exc).__name__)
-
-
-async def _disconnected() -> None:
-    log.warning("nats_disconnected")
 
 
 async def _reconnected() -> None:

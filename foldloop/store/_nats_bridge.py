@@ -126,7 +126,7 @@ class LoopThread:
         both threads."""
         concurrent.futures.wait(list(self._inflight), timeout)
         try:
-            self.call(finish, timeout)
+            self.call(finish, timeout * 2)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout)

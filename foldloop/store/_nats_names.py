@@ -29,6 +29,7 @@ _SAFE = re.compile(r"[A-Za-z0-9-]")
 _NAMESPACE = re.compile(r"[A-Za-z0-9-]{1,32}")
 _ESCAPED = re.compile(r"_([0-9a-f]{2})")
 _USERINFO = re.compile(r"(^[a-z]+://|,)[^@,/]*@")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _FILES = ("creds", "nkey", "tls_ca", "tls_cert", "tls_key")
 
 
@@ -56,7 +57,7 @@ class NatsTarget(msgspec.Struct, frozen=True, kw_only=True):
             options["user_credentials"] = files["creds"]
         if "nkey" in files:
             options["nkeys_seed"] = files["nkey"]
-        if "tls_ca" in files or "tls_cert" in files:
+        if self.url.startswith("tls://") or "tls_ca" in files or "tls_cert" in files:
             try:
                 context = ssl.create_default_context(cafile=files.get("tls_ca"))
                 if "tls_cert" in files:
@@ -101,14 +102,31 @@ def is_nats_url(location: object) -> bool:
     return isinstance(location, str) and location.startswith(("nats://", "tls://"))
 
 
+def is_other_url(location: object) -> bool:
+    """True for a URL of a kind no store is at (``http://``, a mistyped ``nat://``)."""
+    return (
+        isinstance(location, str)
+        and not is_nats_url(location)
+        and _SCHEME.match(location) is not None
+    )
+
+
 def parse_nats_url(url: str) -> NatsTarget:
     """Servers, namespace and replicas of a store URL (ConfigError saying what is wrong)."""
     parts = urlsplit(url)
     hosts = [h for h in parts.netloc.split(",") if h]
     if not hosts:
         raise ConfigError(
-            f"no server in store URL {url!r}; write nats://HOST:PORT (several comma-separated)"
+            f"no server in store URL {shown(url)!r}; write nats://HOST:PORT (several "
+            "comma-separated)"
         )
+    for host in hosts:
+        address = host.rsplit("@", 1)[-1]  # past any user:password@
+        port = address.rpartition(":")[2] if ":" in address else ""
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(
+                f"the port {port!r} in store URL {shown(url)!r} is not a port (1-65535)"
+            )
     namespace = parts.path.strip("/") or "foldloop"
     if not _NAMESPACE.fullmatch(namespace):
         raise ConfigError(

@@ -7,7 +7,7 @@ import os
 from foldloop.errors import ConfigError
 from foldloop.store._lmdb_store import open_store
 from foldloop.store._mapped import DEFAULT_MAP_SIZE
-from foldloop.store._nats_names import is_nats_url
+from foldloop.store._nats_names import is_nats_url, is_other_url, shown
 from foldloop.store._port import EventStore
 
 __all__ = ["connect_store"]
@@ -17,6 +17,11 @@ def connect_store(
     location: str | os.PathLike[str], *, create: bool = True, map_size: int = DEFAULT_MAP_SIZE
 ) -> EventStore:
     """The store at ``location``: a directory path, or ``nats://HOST:PORT[/NAMESPACE]``."""
+    if is_other_url(location):
+        raise ConfigError(
+            f"{shown(str(location))!r} is a URL no store is at: a store is a directory path "
+            "or nats://HOST:PORT[/NAMESPACE] (tls:// for TLS)"
+        )
     if not is_nats_url(location):
         return open_store(location, create=create, map_size=map_size)
     if map_size != DEFAULT_MAP_SIZE:
