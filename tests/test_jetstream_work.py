@@ -7,6 +7,9 @@ import collections
 import os
 import subprocess
 import sys
+import threading
+import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -122,3 +125,28 @@ def test_a_worker_supervisor_whose_workers_cannot_start_stops_with_their_error(
     assert proc.returncode == 1 and proc.stdout == ""
     assert "does not have JetStream enabled" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_wait_on_a_queued_run_ends_when_its_runtime_closes(nats_url: str) -> None:
+    rt = fl.Runtime.open(nats_url)  # no agents: nobody takes the run
+    handle = rt.spawn(counter(), "x")
+    outcome: list[object] = []
+
+    def waiting() -> None:
+        try:
+            outcome.append(handle.wait(timeout=None))
+        except fl.FoldloopError as exc:
+            outcome.append(exc)
+
+    def following() -> bool:  # the waiter is in its loop over the log, past its first read
+        frame = sys._current_frames().get(thread.ident or 0)
+        return any(f.name == "_follow" for f in traceback.extract_stack(frame)) if frame else False
+
+    thread = threading.Thread(target=waiting)
+    thread.start()
+    wait_until(following, 10, "the wait to follow the run")
+    time_in_loop = time.monotonic() + 0.3
+    wait_until(lambda: time.monotonic() > time_in_loop, 5, "a few rounds of its loop")
+    rt.close()
+    thread.join(20)
+    assert not thread.is_alive() and len(outcome) == 1

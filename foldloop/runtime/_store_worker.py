@@ -32,12 +32,13 @@ log = get_logger("foldloop.worker")
 RECOVER_EVERY_S = 2.0
 """How often a worker looks for runs of dead runtimes (each look reads every run's lease)."""
 RESTART_AFTER_S = 1.0
+"""A worker process that died is started again no sooner than this after it started."""
 FAILED_START_S = 10.0
-"""A worker process exiting 1 this soon could not start (bad agents, credentials, no
-JetStream): the supervisor stops rather than start it again and again."""
+"""A worker process failing this soon, before any ran this long, could not start (bad
+agents, refused credentials, no JetStream): the supervisor stops with its exit code rather
+than start it again and again."""
 SUPERVISOR_ENV = "FOLDLOOP_WORKER_SUPERVISOR"
 EXIT_FORCED = 130
-"""A worker process that died is started again no sooner than this after it started."""
 
 
 def serve_store(
@@ -52,8 +53,10 @@ def serve_store(
     """Work on the store at ``url`` for ``agents`` (``module:attr`` each) until stopped;
     the exit code (0 once stopped)."""
     level = logging.getLevelName(log_level.upper())
-    if isinstance(level, int):
-        logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(message)s")
+    if isinstance(level, int):  # the CLI configured warnings already: this level wins
+        logging.basicConfig(
+            level=level, stream=sys.stderr, format="%(levelname)s %(message)s", force=True
+        )
     stop = threading.Event()
 
     def stopping(signum: int, frame: FrameType | None) -> None:
@@ -75,7 +78,7 @@ def serve_store(
         log.info(
             "worker_started", store=shown(url), agents=[a.name for a in loaded], owner=rt.owner
         )
-        supervisor = int(os.environ.get(SUPERVISOR_ENV, "0"))
+        supervisor = int(os.environ.pop(SUPERVISOR_ENV, "0"))  # not for its tools' processes
         while not stop.is_set():
             if supervisor and os.getppid() != supervisor:  # the supervisor died: so do we
                 break
@@ -96,17 +99,22 @@ def _supervise(command: list[str], processes: int, stop: threading.Event) -> int
     them (SIGTERM: each closes its runtime) and return."""
     started: dict[subprocess.Popen[bytes], float] = {}
     env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+    ever_up = False  # some worker ran FAILED_START_S: a later failure is no start-up error
     try:
         while not stop.is_set():
+            now = time.monotonic()
+            ever_up = ever_up or any(now - since >= FAILED_START_S for since in started.values())
             for proc, since in list(started.items()):
                 if proc.poll() is None:
                     continue
                 del started[proc]
-                if proc.returncode == 1 and time.monotonic() - since < FAILED_START_S:
-                    return 1  # it could not start (its error is above): nor would the next
+                if proc.returncode > 0 and not ever_up and now - since < FAILED_START_S:
+                    return proc.returncode  # it could not start (its error is above)
                 log.warning("worker_process_exited", pid=proc.pid, code=proc.returncode)
             while len(started) < processes:
-                started[subprocess.Popen(command, env=env)] = time.monotonic()
+                # a session of its own: a Ctrl-C at the terminal is the supervisor's to pass on
+                proc = subprocess.Popen(command, env=env, start_new_session=True)
+                started[proc] = time.monotonic()
             stop.wait(RESTART_AFTER_S)  # a process that dies at once costs one start a second
     finally:
         for proc in started:

@@ -139,8 +139,8 @@ class Waiter:
     def _follow(self, run_id: str, deadline: float | None) -> tuple[RunState, str]:
         """Wait for a run driven elsewhere (another process) by following the log, every
         1 ms at first and backing off to every 20 ms: a short run is seen settled soon
-        after it settles, a long one costs ~50 head reads a second, and a state read only
-        when its log grew (the state is the fold of the log up to its head)."""
+        after it settles, a long one costs ~50 head reads a second, and a state read when
+        its log grew (the state is the fold of the log up to its head) or nobody drives it."""
         pause = 0.001
         released_by: float | None = None
         undriven_since: float | None = None
@@ -152,7 +152,7 @@ class Waiter:
             except (StoreNotFound, StoreCorrupted):
                 raise
             except StoreError as exc:  # a shared store's server away: ride it out
-                if not self._shared or state is None:
+                if not self._shared or state is None or self._system.closed:
                     raise
                 if deadline is not None and time.monotonic() >= deadline:
                     return state, ""

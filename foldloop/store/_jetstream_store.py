@@ -98,21 +98,31 @@ class JetStreamStore:
 
     async def _open(self, create: bool, options: dict[str, Any]) -> None:
         t = self._t
-        try:
-            self._nc = await nats.connect(
-                servers=list(t.servers),
-                connect_timeout=CONNECT_TIMEOUT_S,
-                max_reconnect_attempts=1,  # at open: each server twice, then say so
-                reconnect_time_wait=0.5,
-                allow_reconnect=True,
-                error_cb=self._on_error,
-                disconnected_cb=self._on_disconnected,
-                reconnected_cb=_reconnected,
-                **options,
-            )
-            self._nc.options["max_reconnect_attempts"] = -1  # once open: ride out outages
+        client = Client()
+        connecting = client.connect(
+            servers=list(t.servers),
+            connect_timeout=int(CONNECT_TIMEOUT_S),
+            max_reconnect_attempts=1,  # at open: each server twice, then say so
+            reconnect_time_wait=1,
+            allow_reconnect=True,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=_reconnected,
+            **options,
+        )
+        try:  # a handshake a server never answers (tls:// to a plain one) has no timeout
+            await asyncio.wait_for(connecting, CONNECT_TIMEOUT_S * (2 * len(t.servers) + 1))
+            self._nc = client
+            client.options["max_reconnect_attempts"] = -1  # once open: ride out outages
         except (TimeoutError, nats.errors.NoServersError, OSError) as exc:
+            with contextlib.suppress(Exception):
+                await client.close()
             tried = ", ".join(shown(server) for server in t.servers)
+            if t.url.startswith("tls://") and isinstance(exc, TimeoutError):
+                raise StoreAccessError(
+                    f"no TLS handshake with the NATS server at {t.shown} (tried {tried}); "
+                    "does it serve TLS? (nats:// for a server without it)"
+                ) from None
             if "authorization" in self._last_error.lower():
                 raise StoreAccessError(
                     f"the NATS server at {t.shown} refused this store's credentials "
@@ -173,7 +183,7 @@ class JetStreamStore:
         log.debug("nats_error", error=self._last_error)
 
     async def _on_disconnected(self) -> None:
-        if not self._closed:  # a close asked for is no news
+        if self._nc is not None and not self._closed:  # a close asked for is no news
             log.warning("nats_disconnected", store=self._t.shown)
 
     async def _guarded(self, coro: Coroutine[Any, Any, T]) -> T:

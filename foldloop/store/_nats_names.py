@@ -28,7 +28,7 @@ __all__ = ["NatsTarget", "is_nats_url", "parse_nats_url", "token", "untoken"]
 _SAFE = re.compile(r"[A-Za-z0-9-]")
 _NAMESPACE = re.compile(r"[A-Za-z0-9-]{1,32}")
 _ESCAPED = re.compile(r"_([0-9a-f]{2})")
-_USERINFO = re.compile(r"(^[a-z]+://|,)[^@,/]*@")
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]+)?")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _FILES = ("creds", "nkey", "tls_ca", "tls_cert", "tls_key")
 
@@ -57,6 +57,8 @@ class NatsTarget(msgspec.Struct, frozen=True, kw_only=True):
             options["user_credentials"] = files["creds"]
         if "nkey" in files:
             options["nkeys_seed"] = files["nkey"]
+        if self.url.startswith("tls://"):
+            options["tls_handshake_first"] = True  # TLS before anything, credentials included
         if self.url.startswith("tls://") or "tls_ca" in files or "tls_cert" in files:
             try:
                 context = ssl.create_default_context(cafile=files.get("tls_ca"))
@@ -121,8 +123,11 @@ def parse_nats_url(url: str) -> NatsTarget:
             "comma-separated)"
         )
     for host in hosts:
-        address = host.rsplit("@", 1)[-1]  # past any user:password@
-        port = address.rpartition(":")[2] if ":" in address else ""
+        address = host.rpartition("@")[2]  # past any user:password@
+        if address.startswith("["):  # [IPv6]:port
+            port = address.partition("]:")[2]
+        else:
+            port = address.rpartition(":")[2] if ":" in address else ""
         if port and not (port.isdigit() and 0 < int(port) < 65536):
             raise ConfigError(
                 f"the port {port!r} in store URL {shown(url)!r} is not a port (1-65535)"
@@ -130,7 +135,7 @@ def parse_nats_url(url: str) -> NatsTarget:
     namespace = parts.path.strip("/") or "foldloop"
     if not _NAMESPACE.fullmatch(namespace):
         raise ConfigError(
-            f"the namespace {namespace!r} of store URL {url!r} must be 1-32 letters, digits "
+            f"the namespace {namespace!r} of store URL {shown(url)!r} must be 1-32 letters, digits "
             "or '-' (it names the stream and buckets: nats://HOST:PORT/NAMESPACE)"
         )
     query = parse_qs(parts.query)
@@ -147,7 +152,7 @@ def parse_nats_url(url: str) -> NatsTarget:
     replicas_text = query.get("replicas", ["1"])[-1]
     if not replicas_text.isdigit() or not 1 <= int(replicas_text) <= 5:
         raise ConfigError(
-            f"replicas in store URL {url!r} must be 1 to 5 (JetStream's limit); "
+            f"replicas in store URL {shown(url)!r} must be 1 to 5 (JetStream's limit); "
             f"got {replicas_text!r}"
         )
     ttl_text = query.get("owner_ttl", ["10"])[-1]
@@ -157,7 +162,7 @@ def parse_nats_url(url: str) -> NatsTarget:
         owner_ttl = 0.0
     if not 1 <= owner_ttl <= 3600:
         raise ConfigError(
-            f"owner_ttl in store URL {url!r} must be 1 to 3600 seconds; got {ttl_text!r}"
+            f"owner_ttl in store URL {shown(url)!r} must be 1 to 3600 seconds; got {ttl_text!r}"
         )
     return NatsTarget(
         url=url,
@@ -170,8 +175,17 @@ def parse_nats_url(url: str) -> NatsTarget:
 
 
 def shown(url: str) -> str:
-    """``url`` with any user:password@ or token@ of its servers written as ``***@``."""
-    return _USERINFO.sub("\\1***@", url)
+    """``url`` as messages and logs may show it: any user:password@ or token@ written as
+    ``***@``, and nothing of a password kept (it may hold ``@``, ``,``, ``/`` or ``:``)."""
+    scheme, sep, rest = url.partition("://")
+    rest, mark, query = rest.partition("?")
+    at = rest.rfind("@")
+    if not sep or at < 0:
+        return url
+    last_host, slash, path = rest[at + 1 :].partition("/")
+    parts = (rest[:at] + "@" + last_host).split(",")
+    hosts = [h for h in (part.rpartition("@")[2] for part in parts) if _HOST.fullmatch(h)]
+    return f"{scheme}://***@{','.join(hosts)}{slash}{path}{mark}{query}"
 
 
 def token(name: str) -> str:
