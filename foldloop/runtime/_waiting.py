@@ -149,6 +149,42 @@ class Waiter:
             try:
                 if state is None or self._store.head(run_id) != state.seq:
                     state = self._queries.state(run_id)
+                if state.settled and self._decision_pending(state, deadline):
+                    pass  # parked, but a runtime's poller carries a decision in: keep following
+                elif state.settled:
+                    # The approvals table was read after the state: a decision carried in
+                    # between shows as applied there and not yet here. Settled: no change.
+                    if self._store.head(run_id) != state.seq:
+                        continue
+                    # Parked again by a resume, its lease goes with that runtime's next
+                    # commit: wait for it (a little), so a resume right after finds it free.
+                    now = time.monotonic()
+                    released_by = released_by or now + LEASE_RELEASE_GRACE
+                    if (
+                        not self._queries.driven(run_id)
+                        or now >= released_by
+                        or (deadline is not None and now >= deadline)
+                    ):
+                        return state, ""
+                elif not self._queries.driven(run_id):
+                    # A run settles before its lease is released: read it again, then the lease
+                    state = self._queries.state(run_id)
+                    if state.settled:
+                        continue
+                    if not self._queries.driven(run_id):
+                        now = time.monotonic()
+                        undriven_since = undriven_since or now
+                        if state.status is RunStatus.QUEUED and self._in_shared_queue(run_id):
+                            pass  # any runtime with its agent may take it: keep following
+                        elif self._shared and now - undriven_since < SHARED_RECOVERY_GRACE_S:
+                            pass  # on a shared store, workers recover it: give them the time
+                        elif state.status is RunStatus.QUEUED:
+                            why = f"{ORPHAN_QUEUED}; recover() in a runtime with its agent"
+                            return state, why
+                        else:
+                            return state, "no runtime is driving it"
+                    else:
+                        undriven_since = None
             except (StoreNotFound, StoreCorrupted):
                 raise
             except StoreError as exc:  # a shared store's server away: ride it out
@@ -159,41 +195,6 @@ class Waiter:
                 log.info("wait_store_unavailable", run_id=run_id, error=str(exc))
                 time.sleep(0.5)
                 continue
-            if state.settled and self._decision_pending(state, deadline):
-                pass  # parked, but a runtime's poller carries a decision in: keep following
-            elif state.settled:
-                # The approvals table was read after the state: a decision carried in
-                # between shows as applied there and not yet here. Settled means no change.
-                if self._store.head(run_id) != state.seq:
-                    continue
-                # Parked again by a resume, its lease goes with that runtime's next commit:
-                # wait for it (a little), so a resume right after this wait finds it free.
-                now = time.monotonic()
-                released_by = released_by or now + LEASE_RELEASE_GRACE
-                if (
-                    not self._queries.driven(run_id)
-                    or now >= released_by
-                    or (deadline is not None and now >= deadline)
-                ):
-                    return state, ""
-            elif not self._queries.driven(run_id):
-                # A run settles before its lease is released: read it again, then the lease
-                state = self._queries.state(run_id)
-                if state.settled:
-                    continue
-                if not self._queries.driven(run_id):
-                    now = time.monotonic()
-                    undriven_since = undriven_since or now
-                    if state.status is RunStatus.QUEUED and self._in_shared_queue(run_id):
-                        pass  # any runtime with its agent may take it: keep following
-                    elif self._shared and now - undriven_since < SHARED_RECOVERY_GRACE_S:
-                        pass  # on a shared store, workers recover it: give them the time
-                    elif state.status is RunStatus.QUEUED:
-                        return state, f"{ORPHAN_QUEUED}; recover() in a runtime with its agent"
-                    else:
-                        return state, "no runtime is driving it"
-                else:
-                    undriven_since = None
             if deadline is not None and time.monotonic() >= deadline:
                 return state, ""
             time.sleep(pause)
