@@ -55,23 +55,29 @@ def test_a_run_on_jetstream_is_read_back_by_another_runtime(nats_url: str) -> No
         assert [r.position for r in other.read_all()] == list(range(1, len(types) + 1))
 
 
-def test_an_approval_decided_from_another_host_reaches_the_run(nats_url: str) -> None:
+def publisher(text: str) -> fl.Agent:
+    """An agent whose one gated call publishes ``text``, then answers with the result."""
+
     @fl.tool
     def publish(text: str) -> str:
         """Publish the text."""
-        return f"published {text}"
+        return f"published {len(text)}"
 
     def plan(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
         if not any(m.role == "tool" for m in messages):
-            return fl.Reply(tool_calls=[fl.ToolCall("publish", {"text": "it"})])
+            return fl.Reply(tool_calls=[fl.ToolCall("publish", {"text": text})])
         return fl.Reply(text=messages[-1].content)
 
-    agent = fl.Agent(
+    return fl.Agent(
         name="publisher",
         llm=fl.ScriptedLLM(plan),
         tools=[publish],
         approvals=fl.RequireApproval({"publish"}),
     )
+
+
+def test_an_approval_decided_from_another_host_reaches_the_run(nats_url: str) -> None:
+    agent = publisher("it")
     with fl.Runtime.open(nats_url, agents=[agent]) as rt, fl.Runtime.open(nats_url) as host:
         handle = rt.spawn(agent, "go")
         wait_until(host.pending_approvals, 30, "the approval request")
@@ -79,7 +85,7 @@ def test_an_approval_decided_from_another_host_reaches_the_run(nats_url: str) ->
         assert pending.run_id == handle.id and pending.tool == "publish"
         host.approve(run_id=pending.run_id, call_id=pending.call_id, by="alice")
         result = handle.wait(timeout=30)
-        assert (result.status, result.output) == (fl.RunStatus.COMPLETED, "published it")
+        assert (result.status, result.output) == (fl.RunStatus.COMPLETED, "published 2")
         assert host.pending_approvals() == []
 
 
@@ -377,22 +383,7 @@ def test_listing_a_bucket_of_more_than_a_thousand_keys(nats_url: str) -> None:
 def test_a_gated_call_with_large_args_waits_for_approval_and_runs(nats_url: str) -> None:
     big = "x" * 200_000  # past NATS's 64 KiB limit on headers: args never ride in one
 
-    @fl.tool
-    def publish(text: str) -> str:
-        """Publish the text."""
-        return f"published {len(text)}"
-
-    def plan(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
-        if not any(m.role == "tool" for m in messages):
-            return fl.Reply(tool_calls=[fl.ToolCall("publish", {"text": big})])
-        return fl.Reply(text=messages[-1].content)
-
-    agent = fl.Agent(
-        name="publisher",
-        llm=fl.ScriptedLLM(plan),
-        tools=[publish],
-        approvals=fl.RequireApproval({"publish"}),
-    )
+    agent = publisher(big)
     with fl.Runtime.open(nats_url, agents=[agent]) as rt:
         handle = rt.spawn(agent, "go")
         wait_until(rt.pending_approvals, 30, "the approval request")
