@@ -130,11 +130,10 @@ class Waiter:
 
     def _in_shared_queue(self, run_id: str) -> bool:
         """A queued run on a store with a shared work queue, still in it (nobody holds it)
-        or just taken from it by a live runtime (read at once: a taker may be under way)."""
-        if not isinstance(self._store, WorkQueue):
-            return False
-        lease = self._store.lease(run_id)
-        return lease is None or not lease.owner or self._store.owner_alive(lease.owner)
+        or just taken from it by a live runtime (a taker may be under way)."""
+        return self._queries.in_shared_queue(run_id) or (
+            self._shared and self._queries.driven(run_id)
+        )
 
     def _follow(self, run_id: str, deadline: float | None) -> tuple[RunState, str]:
         """Wait for a run driven elsewhere (another process) by following the log, every
