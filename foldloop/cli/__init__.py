@@ -27,9 +27,9 @@ from rich.progress import track
 from rich.table import Table
 
 from foldloop._agent import Agent
-from foldloop._approvals import token_digest
+from foldloop.cli._approval_commands import approvals, approve, deny
 from foldloop.cli._demo import demo_agent
-from foldloop.cli._errors import Location, location
+from foldloop.cli._errors import choose_store, chosen_store, location
 from foldloop.cli._errors import errors as _errors
 from foldloop.cli._errors import fail as _fail
 from foldloop.cli._errors import opened as _runtime
@@ -44,10 +44,9 @@ from foldloop.cli._exit_codes import (
 from foldloop.cli._fit import free
 from foldloop.cli._hints import advice as _advice
 from foldloop.cli._hints import invocation as _invocation
-from foldloop.cli._hints import resume_command as _resume_command
 from foldloop.cli._metrics_view import metrics_view
+from foldloop.cli._output import WideOpt, err, escape
 from foldloop.cli._output import count as _count
-from foldloop.cli._output import err, escape
 from foldloop.cli._output import event_json as _event_json
 from foldloop.cli._output import line as _line
 from foldloop.cli._output import prose as _prose
@@ -80,7 +79,6 @@ from foldloop.projections._prometheus import prometheus_text, serve_prometheus
 from foldloop.runtime import Runtime, RunTree
 from foldloop.runtime._agent_ref import load_agent
 from foldloop.runtime._rules import check_run_id
-from foldloop.store._approvals import ApprovalRecord
 from foldloop.store._nats_names import is_nats_url
 
 __all__ = ["app", "demo_agent", "main"]  # demo_agent: `--agent foldloop.cli:demo_agent`
@@ -109,25 +107,19 @@ StoreOpt = Annotated[
     ),
 ]
 RunArg = Annotated[str, typer.Argument(metavar="RUN", help="The run id (see `foldloop runs`).")]
-WideOpt = Annotated[
-    bool,
-    typer.Option("--wide", help="On a terminal too, show every cell whole (rows may be long)."),
-]
 AgentOpt = Annotated[
     str, typer.Option("--agent", metavar="MODULE:ATTR", help="The run's agent, importable.")
 ]
 _DEFAULT_STORE = ".foldloop"
-_OPTIONS: dict[str, Location] = {"store": Path(_DEFAULT_STORE)}
 
 
 @app.callback()
 def _global(store: StoreOpt = _DEFAULT_STORE) -> None:
     """Agent runs that survive anything: run the demo, inspect and resume runs in a store."""
-    _OPTIONS["store"] = location(store)
+    choose_store(location(store))
 
 
-def _store() -> Location:
-    return _OPTIONS["store"]
+_store = chosen_store
 
 
 def _load_agent(spec: str) -> Agent:
@@ -502,22 +494,7 @@ def import_run(
         _prose(f"imported {escape(imported)} {runs}: {events}")
 
 
-@app.command()
-def approvals(wide: WideOpt = False) -> None:
-    """Gated calls waiting for a person."""
-    with _runtime(_store()) as rt:
-        table = Table("run", "call", "tool", free("args"), "expires")
-        for p in rt.pending_approvals():
-            args = json.dumps(p.args, ensure_ascii=True)
-            expires = datetime.datetime.fromtimestamp(p.expires_at / 1e9, tz=datetime.UTC)
-            table.add_row(
-                escape(p.run_id),
-                escape(p.call_id),
-                escape(p.tool),
-                escape(args),
-                expires.isoformat(timespec="seconds"),
-            )
-        _table(table, wide=wide)
+app.command()(approvals)
 
 
 @app.command()
@@ -574,84 +551,8 @@ def projections(wide: WideOpt = False) -> None:
         _table(table, wide=wide)
 
 
-_WAITING = "`foldloop approvals` lists what waits"
-
-
-def _request(rt: Runtime, token: str | None, run: str | None, call: str | None) -> ApprovalRecord:
-    """The approval request a decision names, or exit 3 (not found, whichever way named)."""
-    if token is not None:
-        record = rt.store.approval_by_token(token_digest(token))
-        if record is None:
-            _fail(
-                EXIT_NOT_FOUND,
-                f"no approval request has this token (unknown or forged); {_WAITING}",
-            )
-        return record
-    if run is None or call is None:
-        _fail(EXIT_USAGE, "give a TOKEN, or both --run and --call")
-    if not rt.store.head(run):
-        raise RunNotFound(run)
-    record = rt.store.approval(run, call)
-    if record is None:
-        _fail(EXIT_NOT_FOUND, f"run {run!r} has no approval request for call {call!r}; {_WAITING}")
-    return record
-
-
-def _decision(
-    approved: bool,
-    token: str | None,
-    *,
-    run: str | None,
-    call: str | None,
-    by: str,
-    note: str,
-) -> None:
-    if token is None and (run is None or call is None):
-        _fail(EXIT_USAGE, "give a TOKEN, or both --run and --call")
-    with _runtime(_store()) as rt:
-        record = _request(rt, token, run, call)
-        resume = _resume_command(record.run_id)
-        with _errors(f"{_WAITING}; an expired request is asked again by `{resume}`"):
-            if approved:
-                rt.approve(token, run_id=run, call_id=call, by=by, note=note)
-            else:
-                rt.deny(token, run_id=run, call_id=call, by=by, note=note)
-    verb = "approved" if approved else "denied"
-    _prose(
-        f"{verb} {escape(record.call_id)} of {escape(record.run_id)}; a runtime with its agent "
-        f"carries it into the run, or `{escape(resume)}`"
-    )
-
-
-TokenArg = Annotated[str | None, typer.Argument(metavar="TOKEN", help="The approval token.")]
-RunOpt = Annotated[str | None, typer.Option("--run", help="Run id (with --call).")]
-CallOpt = Annotated[str | None, typer.Option("--call", help="Call id (with --run).")]
-ByOpt = Annotated[str, typer.Option("--by", help="Who decides (recorded).")]
-NoteOpt = Annotated[str, typer.Option("--note", help="Told to the model (deny) and recorded.")]
-
-
-@app.command()
-def approve(
-    token: TokenArg = None,
-    run: RunOpt = None,
-    call: CallOpt = None,
-    by: ByOpt = "",
-    note: NoteOpt = "",
-) -> None:
-    """Approve a waiting call, by its token or by --run and --call."""
-    _decision(True, token, run=run, call=call, by=by, note=note)
-
-
-@app.command()
-def deny(
-    token: TokenArg = None,
-    run: RunOpt = None,
-    call: CallOpt = None,
-    by: ByOpt = "",
-    note: NoteOpt = "",
-) -> None:
-    """Deny a waiting call; the model is told the note and the run goes on."""
-    _decision(False, token, run=run, call=call, by=by, note=note)
+app.command()(approve)
+app.command()(deny)
 
 
 @app.command()

@@ -32,6 +32,19 @@ Location: TypeAlias = str | Path
 """Where a store is: a directory, or NATS servers (``nats://...``) as typed."""
 
 
+_CHOSEN: list[Location] = [Path(".foldloop")]
+
+
+def choose_store(store: Location) -> None:
+    """The store this invocation's commands work on (the global ``--store``)."""
+    _CHOSEN[0] = store
+
+
+def chosen_store() -> Location:
+    """The store ``choose_store`` set (``.foldloop`` until then)."""
+    return _CHOSEN[0]
+
+
 def location(text: str) -> Location:
     """``--store`` as given: a URL stays as typed (a Path would fold its ``//``)."""
     return text if is_nats_url(text) or is_other_url(text) else Path(text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import msgspec
 import typer
@@ -20,6 +20,7 @@ from foldloop.events._named import to_named
 from foldloop.events._recorded import Recorded, UnknownEvent
 
 __all__ = [
+    "WideOpt",
     "command_line",
     "count",
     "err",
@@ -34,6 +35,13 @@ __all__ = [
     "table",
     "whole",
 ]
+
+
+WideOpt = Annotated[
+    bool,
+    typer.Option("--wide", help="On a terminal too, show every cell whole (rows may be long)."),
+]
+"""The ``--wide`` option of the commands that print tables."""
 
 
 def silence_stdout() -> None:
