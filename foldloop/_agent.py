@@ -44,6 +44,7 @@ class Agent:
     _digest: str = field(init=False, repr=False, default="")
     _infos: tuple[ToolInfo, ...] = field(init=False, repr=False, default=())
     _specs: tuple[ToolSpec, ...] = field(init=False, repr=False, default=())
+    _specs_bytes: int = field(init=False, repr=False, default=0)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -110,6 +111,7 @@ class Agent:
         object.__setattr__(self, "_digest", infos_digest(infos))
         specs = tuple(t.spec for t in tools) + tuple(spec for _, spec in offered)
         object.__setattr__(self, "_specs", specs)
+        object.__setattr__(self, "_specs_bytes", sum(len(_JSON.encode(s)) for s in specs))
 
     @property
     def tools_digest(self) -> str:
@@ -154,6 +156,8 @@ class Agent:
             parent_run_id=parent_run_id,
             parent_call_id=parent_call_id,
             depth=depth,
+            price=self.pricing.price_of(self.llm.model),
+            tools_bytes=self._specs_bytes,
         )
 
     def tool(self, name: str) -> Tool | None:

@@ -203,11 +203,12 @@ def test_evolve_is_total_and_deterministic(events: list[Any]) -> None:
 class Driver:
     """Feeds commands to decide() and keeps the log, as a RunActor would."""
 
-    def __init__(self, limits: Limits = Limits()) -> None:
+    def __init__(self, limits: Limits = Limits(), price: tuple[float, float] | None = None) -> None:
         self.log: list[Recorded] = []
         self.state = RunState(run_id="r")
         self.clock = itertools.count(1_000, 1_000)
         self.limits = limits
+        self.price = price
 
     def send(self, command: Any) -> Decision:
         decision = decide(self.state, command)
@@ -226,9 +227,16 @@ class Driver:
     def now(self) -> int:
         return next(self.clock)
 
-    def start(self) -> Decision:
+    def start(self, input: str = "hi") -> Decision:
         return self.send(
-            Start(now=self.now(), agent="a", input="hi", tools=TOOLS, limits=self.limits)
+            Start(
+                now=self.now(),
+                agent="a",
+                input=input,
+                tools=TOOLS,
+                limits=self.limits,
+                price=self.price,
+            )
         )
 
     def reply(
@@ -295,19 +303,6 @@ def test_max_steps_stops_before_the_next_model_call() -> None:
     assert d.state.status is RunStatus.RUNNING
     assert d.state.limits.max_steps == 3
     assert any(isinstance(e, CallModel) and e.step == 3 for e in resumed.effects)
-
-
-def test_max_tokens_clamps_each_call_to_what_is_left() -> None:
-    d = Driver(Limits(max_tokens=100))
-    first = d.start()
-    assert first.effects == (CallModel(step=1, max_tokens=100),)
-    d.reply([("add", "{}")], usage=Usage(input_tokens=60, output_tokens=10))
-    decision = d.finish(d.state.calls[0].call_id)
-    assert decision.effects == (CallModel(step=2, max_tokens=30),)
-    d.reply([("add", "{}")], usage=Usage(input_tokens=25, output_tokens=5))
-    d.finish(d.state.calls[0].call_id)
-    assert d.state.status is RunStatus.LIMIT_REACHED
-    assert d.log[-1].event.limit == "max_tokens"
 
 
 def test_max_cost_and_max_seconds_are_checked_before_actions() -> None:

@@ -372,7 +372,12 @@ def test_kill_loop_over_a_run_tree_starts_each_child_once_and_charges_each_leaf_
         assert resumed, "no kill landed while the tree ran"
         tree = rt.tree("tree")
         for node in tree.walk():  # the budget: no subtree spent past its run's ceiling
-            assert node.spent_steps <= rt.state(node.run_id).limits.steps_ceiling
+            limits = rt.state(node.run_id).limits
+            assert node.spent_steps <= limits.steps_ceiling
+            assert limits.max_tokens is not None and limits.max_cost_usd is not None
+            assert node.spent.total_tokens <= limits.max_tokens
+            assert node.spent.cost_usd <= limits.max_cost_usd
+        assert tree.spent.cost_usd > 0  # priced: the dollar ceiling was in play
         answers = [leaf for mid in tree.children for leaf in mid.children]
         assert len(answers) == 9
         for leaf in answers:
@@ -390,7 +395,11 @@ CHILD_INFO = ToolInfo(name="helper", idempotent=False, schema_digest="d")
 
 class TreeSim:
     """Runs of one tree driven by ``decide`` alone, in whatever order hypothesis picks:
-    model replies (usage within each call's max_tokens) and children's ends."""
+    model replies and children's ends. A model counts no more input tokens than its call's
+    prompt bound (no byte-level tokenizer does: test_call_budget.py) and writes no more than
+    its max_tokens; a call costs its tokens at ``price`` (dollars a million tokens)."""
+
+    PRICE = (2.0, 8.0)
 
     def __init__(self, root: Limits, child: Limits) -> None:
         self.info = msgspec.structs.replace(CHILD_INFO, agent_limits=child)
@@ -412,6 +421,7 @@ class TreeSim:
             parent_run_id=parent,
             parent_call_id=call_id,
             depth=depth,
+            price=self.PRICE,
         )
         self.apply(RunState(run_id=run_id), command)
 
@@ -447,9 +457,12 @@ class TreeSim:
             self.apply(state, what)
             return
         assert isinstance(what, CallModel)
-        cap = what.max_tokens if what.max_tokens is not None else 400
-        total = data.draw(st.integers(0, cap))
-        usage = Usage(input_tokens=total // 2, output_tokens=total - total // 2)
+        most = 400 if what.max_tokens is None else what.max_tokens
+        written = data.draw(st.just(most) | st.integers(0, most))  # often all it may
+        read = data.draw(st.just(what.prompt_bound) | st.integers(0, what.prompt_bound or 400))
+        per_input, per_output = self.PRICE
+        cost = (read * per_input + written * per_output) / 1e6
+        usage = Usage(input_tokens=read, output_tokens=written, cost_usd=cost)
         calls = data.draw(st.integers(0, 3))
         reply = ModelReplied(
             now=self.tick(),
@@ -460,27 +473,31 @@ class TreeSim:
         )
         self.apply(state, reply)
 
-    def spent(self) -> tuple[int, int]:
-        """Steps and tokens of every run of the tree, each counted once, by its own run."""
+    def spent(self) -> tuple[int, int, float]:
+        """Steps, tokens and dollars of every run of the tree, each counted once, by its
+        own run."""
         return (
             sum(s.steps for s in self.states.values()),
             sum(s.usage.total_tokens for s in self.states.values()),
+            sum(s.usage.cost_usd for s in self.states.values()),
         )
 
 
 @settings(max_examples=150, deadline=None)
 @given(
     st.integers(1, 30),
-    st.none() | st.integers(1, 3_000),
+    st.none() | st.integers(1, 6_000),
+    st.none() | st.floats(0.0005, 0.05),
     st.none() | st.integers(1, 20),
-    st.none() | st.integers(1, 2_000),
+    st.none() | st.integers(1, 3_000),
     st.integers(1, 3),
     st.integers(0, 3),
     st.data(),
 )
-def test_a_tree_never_spends_more_steps_or_tokens_than_its_roots_ceilings(
+def test_a_tree_never_spends_more_steps_tokens_or_dollars_than_its_roots_ceilings(
     root_steps: int,
     root_tokens: int | None,
+    root_dollars: float | None,
     child_steps: int | None,
     child_tokens: int | None,
     max_children: int,
@@ -488,15 +505,21 @@ def test_a_tree_never_spends_more_steps_or_tokens_than_its_roots_ceilings(
     data: st.DataObject,
 ) -> None:
     root = Limits(
-        max_steps=root_steps, max_tokens=root_tokens, max_children=max_children, max_depth=max_depth
+        max_steps=root_steps,
+        max_tokens=root_tokens,
+        max_cost_usd=root_dollars,
+        max_children=max_children,
+        max_depth=max_depth,
     )
     sim = TreeSim(root, Limits(max_steps=child_steps, max_tokens=child_tokens))
     while sim.pending:
         sim.step(data)
-        steps, tokens = sim.spent()
+        steps, tokens, dollars = sim.spent()
         assert steps <= root_steps
         if root_tokens is not None:
             assert tokens <= root_tokens
+        if root_dollars is not None:
+            assert dollars <= root_dollars
     root_state = sim.states["root"]
     assert root_state.settled  # nothing left in flight: the tree ended
     assert all(s.settled for s in sim.states.values())

@@ -15,11 +15,14 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 
 import foldloop as fl
+from foldloop.core import ModelPrice
 
 FAN_OUT = 3
+ROOT_LIMITS = fl.Limits(max_steps=200, max_tokens=400_000, max_cost_usd=1.0)
 
 
 def ledger_write(path: Path, line: str) -> None:
@@ -57,13 +60,22 @@ def build(ledger: Path) -> fl.Agent:
             return fl.Reply(tool_calls=[fl.ToolCall("charge", {"ref": task})])
         return fl.Reply(text=task if results[0].content.startswith("charged") else f"{task}?")
 
-    leaf = fl.Agent(name="leaf", llm=fl.ScriptedLLM(leaf_model, latency_s=0.05), tools=[charge])
-    mid = fl.Agent(name="mid", llm=fl.ScriptedLLM(fans_out, latency_s=0.05), agents=[leaf])
+    priced = fl.Pricing(as_of=date.today().isoformat(), prices={"scripted": ModelPrice(1, 2)})
+    leaf = fl.Agent(
+        name="leaf",
+        llm=fl.ScriptedLLM(leaf_model, latency_s=0.05),
+        tools=[charge],
+        pricing=priced,
+    )
+    mid = fl.Agent(
+        name="mid", llm=fl.ScriptedLLM(fans_out, latency_s=0.05), agents=[leaf], pricing=priced
+    )
     return fl.Agent(
         name="root",
         llm=fl.ScriptedLLM(fans_out, latency_s=0.05),
         agents=[mid],
-        limits=fl.Limits(max_steps=200),
+        limits=ROOT_LIMITS,
+        pricing=priced,
     )
 
 

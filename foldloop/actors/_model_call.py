@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from foldloop._agent import Agent
+from foldloop._log import get_logger
 from foldloop.core._commands import Command, ModelCallFailed, ModelReplied
 from foldloop.core._effects import CallModel
 from foldloop.core._messages import MessageView, ToolSpec
@@ -19,6 +20,8 @@ from foldloop.llm import AsyncComplete, Reply
 from foldloop.store import MAX_EVENT_BYTES
 
 __all__ = ["MAX_REPLY_BYTES", "ModelCall"]
+
+log = get_logger(__name__)
 
 
 MAX_COUNT = 2**53
@@ -120,6 +123,7 @@ class ModelCall:
             return self.failed(error)
         if not usage.cost_usd:
             usage = self.agent.pricing.usage(model, usage.input_tokens, usage.output_tokens)
+        self._check_bound(model, usage)
         return ModelReplied(
             now=self.clock(),
             step=self.effect.step,
@@ -129,6 +133,22 @@ class ModelCall:
             model=model,
             latency_ms=round((time.perf_counter() - start) * 1000, 3),
         )
+
+    def _check_bound(self, model: str, usage: Usage) -> None:
+        """Say so when a model counted more than its call's budget reserved: a ceiling then
+        holds only up to the difference."""
+        effect = self.effect
+        over_input = effect.prompt_bound and usage.input_tokens > effect.prompt_bound
+        over_output = effect.max_tokens is not None and usage.output_tokens > effect.max_tokens
+        if over_input or over_output:
+            log.warning(
+                "model_usage_over_reserved",
+                model=model,
+                input_tokens=usage.input_tokens,
+                prompt_bound=effect.prompt_bound,
+                output_tokens=usage.output_tokens,
+                max_tokens=effect.max_tokens,
+            )
 
     def failed(self, exc: Exception) -> Command:
         if isinstance(exc, ModelCallError):

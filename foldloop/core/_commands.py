@@ -47,6 +47,8 @@ class Start(Command, frozen=True):
     """The runtime has no free slot (``max_active_runs``): record the run, queued."""
     parent_call_id: str = ""
     depth: int = 0
+    price: tuple[float, float] | None = None
+    tools_bytes: int = 0
 
 
 class ApprovalTicket(msgspec.Struct, frozen=True, kw_only=True):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from msgspec.structs import replace
 
+from foldloop.core._call_budget import CallRoom, call_room
 from foldloop.core._commands import (
     Admit,
     ApprovalTicket,
@@ -145,18 +146,20 @@ class _Builder:
 
     # -- the loop's rules ---------------------------------------------------------------
 
-    def limit_before_model(self) -> RunLimitReached | None:
+    def next_call(self) -> CallRoom:
+        """Room for the next model call: its max_tokens and prompt bound, or the ceiling
+        that forbids it (its children's spend counts: the run's ceilings bound its tree)."""
         s = self.state
-        limits = s.limits
-        used = spent(s)  # its children's spend counts: the run's ceilings bound its tree
-        if used.steps >= limits.steps_ceiling:
-            return RunLimitReached(
-                limit="max_steps", value=used.steps, ceiling=limits.steps_ceiling
+        used = spent(s)
+        if used.steps >= s.limits.steps_ceiling:
+            steps = RunLimitReached(
+                limit="max_steps", value=used.steps, ceiling=s.limits.steps_ceiling
             )
-        tokens = used.usage.total_tokens
-        if limits.max_tokens is not None and tokens >= limits.max_tokens:
-            return RunLimitReached(limit="max_tokens", value=tokens, ceiling=limits.max_tokens)
-        return self.limit_before_tools()
+            return CallRoom(limit=steps)
+        room = call_room(s, used)
+        if room.limit is None and (later := self.limit_before_tools()) is not None:
+            return CallRoom(limit=later)
+        return room
 
     def limit_before_tools(self) -> RunLimitReached | None:
         s = self.state
@@ -176,17 +179,17 @@ class _Builder:
 
     def call_model(self) -> None:
         """Ask the model for the next step, unless a ceiling forbids it."""
-        limit = self.limit_before_model()
-        if limit is not None:
-            self.emit(limit)
+        room = self.next_call()
+        if room.limit is not None:
+            self.emit(room.limit)
             self.settle()
             return
         s = self.state
-        left = _tokens_left(s)
+        left = room.max_tokens
         step = s.steps + 1
         digest = prompt_digest(s.history_digest, s.tools_digest, left)
         self.emit(ModelRequested(step=step, prompt_digest=digest, max_tokens=left))
-        self.effects.append(CallModel(step=step, max_tokens=left))
+        self.effects.append(CallModel(step=step, max_tokens=left, prompt_bound=room.prompt_bound))
 
     def request_tools(self, calls: tuple[CallState, ...]) -> None:
         """Record the intent of each proposed call and run the known ones."""
@@ -347,11 +350,17 @@ def _assign_ids(step: int, calls: tuple[ToolCall, ...]) -> tuple[ToolCall, ...]:
     return tuple(out)
 
 
-def _tokens_left(state: RunState) -> int | None:
-    """The max_tokens of the next model call: what is left of the ceiling (None: none)."""
-    if state.limits.max_tokens is None:
-        return None
-    return max(1, state.limits.max_tokens - spent(state).usage.total_tokens)
+def _asked_again(state: RunState, step: int, attempt: int = 1, delay_s: float = 0.0) -> CallModel:
+    """The pending call of ``step`` made again (a retry, a recovery): the room it had, since
+    nothing it counts has changed since it was asked."""
+    room = call_room(state, spent(state))
+    return CallModel(
+        step=step,
+        max_tokens=room.max_tokens,
+        attempt=attempt,
+        delay_s=delay_s,
+        prompt_bound=room.prompt_bound,
+    )
 
 
 def _rejected(why: str) -> Decision:
@@ -396,12 +405,7 @@ def decide(state: RunState, command: Command) -> Decision:
             attempts = b.state.model_failures
             if command.retryable and attempts < MAX_MODEL_ATTEMPTS:
                 b.effects.append(
-                    CallModel(
-                        step=command.step,
-                        max_tokens=_tokens_left(state),
-                        attempt=attempts + 1,
-                        delay_s=retry_delay(attempts),
-                    )
+                    _asked_again(state, command.step, attempts + 1, retry_delay(attempts))
                 )
             else:
                 why = f"gave up after {attempts} attempts" if command.retryable else "not retryable"
@@ -460,6 +464,8 @@ def _start(b: _Builder, command: Start) -> None:
             tools=command.tools,
             parent_call_id=command.parent_call_id,
             depth=command.depth,
+            price=command.price,
+            tools_bytes=command.tools_bytes,
         )
     )
     b.durable = True
@@ -584,7 +590,7 @@ def _recover(b: _Builder, tickets: tuple[ApprovalTicket, ...] = ()) -> None:
         return
     if s.model_pending:
         # A model call asked and not answered is asked again (model calls are repeatable).
-        b.effects.append(CallModel(step=s.model_pending, max_tokens=_tokens_left(s)))
+        b.effects.append(_asked_again(s, s.model_pending))
         return
     proposed = tuple(c for c in s.calls if c.status == "proposed")
     rerun: list[ToolRun] = []

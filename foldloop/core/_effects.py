@@ -29,6 +29,8 @@ class CallModel(msgspec.Struct, frozen=True, kw_only=True):
     max_tokens: int | None = None
     attempt: int = 1
     delay_s: float = 0.0
+    prompt_bound: int = 0
+    """The most input tokens the call's budget reserved (0: no ceiling needed a bound)."""
 
 
 class ToolRun(msgspec.Struct, frozen=True, kw_only=True):

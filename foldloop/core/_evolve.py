@@ -156,6 +156,8 @@ class Draft:
         "active_before_ns",
         "active_since",
         "agent",
+        "basis_size",
+        "basis_tokens",
         "calls",
         "children",
         "cost_usd",
@@ -176,6 +178,7 @@ class Draft:
         "output_tokens",
         "parent_call_id",
         "parent_run_id",
+        "price",
         "reason",
         "repeat_count",
         "repeat_sig",
@@ -185,6 +188,7 @@ class Draft:
         "status",
         "steps",
         "tools",
+        "tools_bytes",
         "tools_digest",
         "unfinished",
         "unknown_events",
@@ -231,6 +235,10 @@ class Draft:
         self.parent_call_id: str = state.parent_call_id
         self.depth: int = state.depth
         self.children: tuple[ChildLink, ...] = state.children
+        self.price: tuple[float, float] | None = state.price
+        self.tools_bytes: int = state.tools_bytes
+        self.basis_tokens: int = state.basis_tokens
+        self.basis_size: int = state.basis_size
         self.messages: list[Message] = []
 
     def take(self, events: Iterable[tuple[AnyEvent, int]]) -> int:
@@ -293,6 +301,10 @@ class Draft:
             self.parent_call_id,
             self.depth,
             self.children,
+            self.price,
+            self.tools_bytes,
+            self.basis_tokens,
+            self.basis_size,
         )
 
 
@@ -315,6 +327,8 @@ def _run_started(d: Draft, event: RunStarted, at: int) -> None:
     d.parent_run_id = event.parent_run_id or ""
     d.parent_call_id = event.parent_call_id
     d.depth = event.depth
+    d.price = event.price
+    d.tools_bytes = event.tools_bytes
 
 
 def _model_requested(d: Draft, event: ModelRequested, at: int) -> None:
@@ -332,6 +346,8 @@ def _model_responded(d: Draft, event: ModelResponded, at: int) -> None:
     d.calls = [_Call(c.id, c.name, c.args) for c in asked]
     d.unfinished = len(asked)
     d.gated = False
+    d.basis_tokens = usage.input_tokens  # the prompt it answered: all messages so far
+    d.basis_size = d.history.size + len(d.messages)
     d.messages.append(Message(role="assistant", content=event.text, tool_calls=asked))
 
 
@@ -395,6 +411,11 @@ def _approval_expired(d: Draft, event: ApprovalExpired, at: int) -> None:
 
 def _limit_reached(d: Draft, event: RunLimitReached, at: int) -> None:
     reason = f"{event.limit} ceiling {event.ceiling:g} reached (value {event.value:g})"
+    if event.needed:
+        reason = (
+            f"{event.limit} ceiling {event.ceiling:g} reached: {event.value:g} spent, and the "
+            f"next model call could take up to {event.needed:g}"
+        )
     _park(d, at, RunStatus.LIMIT_REACHED, reason)
 
 

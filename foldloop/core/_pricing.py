@@ -81,6 +81,11 @@ class Pricing(msgspec.Struct, frozen=True, kw_only=True):
                 f"{', '.join(map(repr, get_args(StalePolicy)))}"
             )
 
+    def price_of(self, model: str) -> tuple[float, float] | None:
+        """(input, output) dollars a million tokens of ``model``; None if the table lacks it."""
+        price = self.prices.get(model)
+        return None if price is None else (price.input_per_mtok, price.output_per_mtok)
+
     def cost(self, model: str, input_tokens: int, output_tokens: int) -> float:
         """Dollars for one call; unknown models cost 0 (token ceilings still apply)."""
         price = self.prices.get(model)

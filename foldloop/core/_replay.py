@@ -67,6 +67,8 @@ def _recorded_start(event: RunStarted, now: int) -> Start:
         parent_run_id=event.parent_run_id,
         parent_call_id=event.parent_call_id,
         depth=event.depth,
+        price=event.price,
+        tools_bytes=event.tools_bytes,
     )
 
 

@@ -122,6 +122,14 @@ class RunState(msgspec.Struct, frozen=True, gc=False):
     """How far below its root the run is (0: a root)."""
     children: tuple[ChildLink, ...] = ()
     """Every child run its sub-agent calls started, in the order they started."""
+    price: tuple[float, float] | None = None
+    """(input, output) dollars a million tokens its model call is reserved at (run.started)."""
+    tools_bytes: int = 0
+    """Bytes of the tool specs every model call shows (run.started)."""
+    basis_tokens: int = 0
+    """Input tokens the model counted in the last prompt it answered (0: none counted)."""
+    basis_size: int = 0
+    """How many messages that prompt held."""
 
     @property
     def messages(self) -> tuple[Message, ...]:

@@ -6,9 +6,9 @@ A root's steps, tokens, dollars and seconds bound its whole tree. Starting a chi
 escrows an allotment from its parent (``child.spawned`` records it): the child's own
 limits, capped by an even share of what the parent has left. A child cannot spend past
 its allotment (its own ceilings are that allotment), and what it does not spend returns
-to the parent when it ends (``child.ended`` records what it spent). So, by induction down
-the tree, what all its runs spend stays within the root's ceilings, up to what a single
-run may overshoot its own today (a model call's usage is known only after the call).
+to the parent when it ends (``child.ended`` records what it spent). Each run reserves a
+model call's worst case before making it (``_call_budget``), so, by induction down the
+tree, what all its runs spend stays within the root's ceilings.
 """
 
 from __future__ import annotations

@@ -90,6 +90,11 @@ class RunStarted(Event, tag="run.started", frozen=True):
     """The parent's call that started this run (a sub-agent run; "" for a root)."""
     depth: int = 0
     """How far below its root the run is (0: a root)."""
+    price: tuple[float, float] | None = None
+    """(input, output) US dollars a million tokens of the agent's model, from its price
+    table; what a cost ceiling reserves each model call at (None: no price known)."""
+    tools_bytes: int = 0
+    """Bytes of the tool specs every model call shows (part of each prompt's bound)."""
 
 
 class ModelRequested(Event, tag="model.requested", frozen=True):
@@ -181,6 +186,8 @@ class RunLimitReached(Event, tag="run.limit_reached", frozen=True):
     limit: str
     value: float
     ceiling: float
+    needed: float = 0.0
+    """What the next model call could have taken at most (0: the value met the ceiling)."""
 
 
 class RunNoProgress(Event, tag="run.no_progress", frozen=True):

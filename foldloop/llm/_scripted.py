@@ -98,7 +98,7 @@ class ScriptedLLM:
         """Return the scripted reply for this point of the conversation."""
         if self.latency_s > 0:
             time.sleep(self.latency_s)
-        return self._reply(messages, tools)
+        return self._reply(messages, tools, max_tokens)
 
     async def acomplete(
         self,
@@ -111,10 +111,13 @@ class ScriptedLLM:
         function is called there (keep it quick)."""
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
-        return self._reply(messages, tools)
+        return self._reply(messages, tools, max_tokens)
 
-    def _reply(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Reply:
-        """The reply for this point of the conversation, shared by both forms."""
+    def _reply(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec], max_tokens: int | None
+    ) -> Reply:
+        """The reply for this point of the conversation, shared by both forms; an estimated
+        usage counts no more output than ``max_tokens``, as a real model stops there."""
         if callable(self._replies):
             reply = self._replies(messages, tools)
             if not isinstance(reply, Reply):
@@ -134,6 +137,8 @@ class ScriptedLLM:
         if reply.usage is None:
             prompt = 16 * len(messages)  # O(1): a long run's prompt is not re-walked per call
             completion = estimate_tokens(reply.text) + 8 * len(reply.tool_calls)
+            if max_tokens is not None:
+                completion = min(completion, max_tokens)
             reply = Reply(
                 text=reply.text,
                 tool_calls=reply.tool_calls,
