@@ -201,6 +201,16 @@ def test_a_tree_of_models_that_spend_all_they_may_stays_within_the_roots_ceiling
     assert result.status in (fl.RunStatus.COMPLETED, fl.RunStatus.LIMIT_REACHED)
 
 
+def test_a_reply_under_a_dated_model_name_is_priced_as_the_agents_model(store_path: Path) -> None:
+    dated = fl.Reply(
+        text="hi", model="gpt-4o-2024-08-06", usage=Usage(input_tokens=1_000, output_tokens=100)
+    )
+    agent = fl.Agent(name="a", llm=fl.ScriptedLLM([dated], model="gpt-4o"))
+    with fl.Runtime.open(store_path, agents=[agent]) as rt:
+        result = rt.spawn(agent, "go").wait(timeout=10)
+    assert result.usage.cost_usd == pytest.approx((1_000 * 2.50 + 100 * 10.00) / 1e6)
+
+
 def test_a_model_that_reports_more_than_its_call_reserved_is_logged(store_path: Path) -> None:
     greedy = fl.Reply(text="hi", usage=Usage(input_tokens=50_000, output_tokens=10))
     agent = fl.Agent(name="a", llm=fl.ScriptedLLM([greedy]), limits=fl.Limits(max_tokens=100_000))

@@ -122,7 +122,7 @@ class ModelCall:
             error = ModelCallError(f"model {model!r} {why}", retryable=False)
             return self.failed(error)
         if not usage.cost_usd:
-            usage = self.agent.pricing.usage(model, usage.input_tokens, usage.output_tokens)
+            usage = self._priced(model, usage)
         self._check_bound(model, usage)
         return ModelReplied(
             now=self.clock(),
@@ -133,6 +133,13 @@ class ModelCall:
             model=model,
             latency_ms=round((time.perf_counter() - start) * 1000, 3),
         )
+
+    def _priced(self, model: str, usage: Usage) -> Usage:
+        """``usage`` with its cost from the price table: by the model that answered, or (a
+        dated name the table lacks, as providers answer) by the agent's own model."""
+        pricing = self.agent.pricing
+        name = model if model in pricing.prices else self.agent.llm.model
+        return pricing.usage(name, usage.input_tokens, usage.output_tokens)
 
     def _check_bound(self, model: str, usage: Usage) -> None:
         """Say so when a model counted more than its call's budget reserved: a ceiling then
