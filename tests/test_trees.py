@@ -396,7 +396,7 @@ CHILD_INFO = ToolInfo(name="helper", idempotent=False, schema_digest="d")
 class TreeSim:
     """Runs of one tree driven by ``decide`` alone, in whatever order hypothesis picks:
     model replies and children's ends. A model counts no more input tokens than its call's
-    prompt bound (no byte-level tokenizer does: test_call_budget.py) and writes no more than
+    prompt bound (no byte-level tokenizer does: test_ceilings.py) and writes no more than
     its max_tokens; a call costs its tokens at ``price`` (dollars a million tokens)."""
 
     PRICE = (2.0, 8.0)

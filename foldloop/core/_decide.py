@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from msgspec.structs import replace
 
-from foldloop.core._call_budget import CallRoom, call_room
+from foldloop.core._ceilings import before_tools, call_room, next_call
 from foldloop.core._commands import (
     Admit,
     ApprovalTicket,
@@ -68,7 +68,6 @@ from foldloop.events._catalogue import (
     RunCompleted,
     RunFailed,
     RunFailureKind,
-    RunLimitReached,
     RunNoProgress,
     RunQueued,
     RunResumed,
@@ -87,8 +86,6 @@ MAX_MODEL_ATTEMPTS = 5
 
 MAX_INVALID_ARGS = 3
 """Invalid-argument tool calls in one step that end the run failed."""
-
-_NS = 1_000_000_000
 
 
 def retry_delay(attempt: int) -> float:
@@ -146,40 +143,9 @@ class _Builder:
 
     # -- the loop's rules ---------------------------------------------------------------
 
-    def next_call(self) -> CallRoom:
-        """Room for the next model call: its max_tokens and prompt bound, or the ceiling
-        that forbids it (its children's spend counts: the run's ceilings bound its tree)."""
-        s = self.state
-        used = spent(s)
-        if used.steps >= s.limits.steps_ceiling:
-            steps = RunLimitReached(
-                limit="max_steps", value=used.steps, ceiling=s.limits.steps_ceiling
-            )
-            return CallRoom(limit=steps)
-        room = call_room(s, used)
-        if room.limit is None and (later := self.limit_before_tools()) is not None:
-            return CallRoom(limit=later)
-        return room
-
-    def limit_before_tools(self) -> RunLimitReached | None:
-        s = self.state
-        limits = s.limits
-        cost = spent(s).usage.cost_usd
-        if limits.max_cost_usd is not None and cost >= limits.max_cost_usd:
-            return RunLimitReached(
-                limit="max_cost_usd", value=round(cost, 6), ceiling=limits.max_cost_usd
-            )
-        if limits.max_seconds is not None:
-            elapsed = s.elapsed_ns(self.now) / _NS
-            if elapsed >= limits.max_seconds:
-                return RunLimitReached(
-                    limit="max_seconds", value=round(elapsed, 3), ceiling=limits.max_seconds
-                )
-        return None
-
     def call_model(self) -> None:
         """Ask the model for the next step, unless a ceiling forbids it."""
-        room = self.next_call()
+        room = next_call(self.state, self.now)
         if room.limit is not None:
             self.emit(room.limit)
             self.settle()
@@ -191,9 +157,28 @@ class _Builder:
         self.emit(ModelRequested(step=step, prompt_digest=digest, max_tokens=left))
         self.effects.append(CallModel(step=step, max_tokens=left, prompt_bound=room.prompt_bound))
 
+    def ask_again(self, step: int, attempt: int = 1, delay_s: float = 0.0) -> None:
+        """Make the pending call of ``step`` again (a retry, a recovery) with the room it was
+        asked with (nothing it counts has changed), unless that no longer fits: a call
+        recorded under an older rule."""
+        room = call_room(self.state, spent(self.state))
+        if room.limit is not None:
+            self.emit(room.limit)
+            self.settle()
+            return
+        self.effects.append(
+            CallModel(
+                step=step,
+                max_tokens=room.max_tokens,
+                attempt=attempt,
+                delay_s=delay_s,
+                prompt_bound=room.prompt_bound,
+            )
+        )
+
     def request_tools(self, calls: tuple[CallState, ...]) -> None:
         """Record the intent of each proposed call and run the known ones."""
-        limit = self.limit_before_tools()
+        limit = before_tools(self.state, self.now)
         if limit is not None:
             self.emit(limit)
             self.settle()
@@ -239,7 +224,7 @@ class _Builder:
         if not tickets:  # no gate holds any of them (the common case)
             self.request_tools(calls)
             return
-        limit = self.limit_before_tools()
+        limit = before_tools(self.state, self.now)
         if limit is not None:
             self.emit(limit)
             self.settle()
@@ -350,19 +335,6 @@ def _assign_ids(step: int, calls: tuple[ToolCall, ...]) -> tuple[ToolCall, ...]:
     return tuple(out)
 
 
-def _asked_again(state: RunState, step: int, attempt: int = 1, delay_s: float = 0.0) -> CallModel:
-    """The pending call of ``step`` made again (a retry, a recovery): the room it had, since
-    nothing it counts has changed since it was asked."""
-    room = call_room(state, spent(state))
-    return CallModel(
-        step=step,
-        max_tokens=room.max_tokens,
-        attempt=attempt,
-        delay_s=delay_s,
-        prompt_bound=room.prompt_bound,
-    )
-
-
 def _rejected(why: str) -> Decision:
     return Decision(rejected=why)
 
@@ -404,9 +376,7 @@ def decide(state: RunState, command: Command) -> Decision:
             b.emit(ModelFailed(step=command.step, error=command.error, retryable=command.retryable))
             attempts = b.state.model_failures
             if command.retryable and attempts < MAX_MODEL_ATTEMPTS:
-                b.effects.append(
-                    _asked_again(state, command.step, attempts + 1, retry_delay(attempts))
-                )
+                b.ask_again(command.step, attempts + 1, retry_delay(attempts))
             else:
                 why = f"gave up after {attempts} attempts" if command.retryable else "not retryable"
                 b.emit(
@@ -590,7 +560,7 @@ def _recover(b: _Builder, tickets: tuple[ApprovalTicket, ...] = ()) -> None:
         return
     if s.model_pending:
         # A model call asked and not answered is asked again (model calls are repeatable).
-        b.effects.append(_asked_again(s, s.model_pending))
+        b.ask_again(s.model_pending)
         return
     proposed = tuple(c for c in s.calls if c.status == "proposed")
     rerun: list[ToolRun] = []

@@ -7,7 +7,7 @@ escrows an allotment from its parent (``child.spawned`` records it): the child's
 limits, capped by an even share of what the parent has left. A child cannot spend past
 its allotment (its own ceilings are that allotment), and what it does not spend returns
 to the parent when it ends (``child.ended`` records what it spent). Each run reserves a
-model call's worst case before making it (``_call_budget``), so, by induction down the
+model call's worst case before making it (``_ceilings``), so, by induction down the
 tree, what all its runs spend stays within the root's ceilings.
 """
 

@@ -1,5 +1,5 @@
 """A model call's worst case is held against the run's token and dollar ceilings before the
-call is made: its prompt's bound plus its max_tokens (core/_call_budget.py)."""
+call is made: its prompt's bound plus its max_tokens (core/_ceilings.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import foldloop as fl
-from foldloop.core import CallModel, ModelPrice, RunStatus
-from foldloop.core._call_budget import PER_CALL, PER_MESSAGE
+from foldloop.core import CallModel, ModelPrice, Resume, RunStatus, evolve
+from foldloop.core._ceilings import PER_CALL, PER_MESSAGE
 from foldloop.core._messages import Message, ToolSpec
-from foldloop.events import Limits, RunLimitReached
+from foldloop.events import Limits, ModelRequested, Recorded, RunLimitReached, RunStarted
 from foldloop.events._values import Usage
 from tests.log_capture import capture_logs
 from tests.test_core import Driver
@@ -225,3 +225,20 @@ def test_a_scripted_models_estimated_output_stops_at_max_tokens() -> None:
     model = fl.ScriptedLLM([fl.Reply(text="word " * 400)])
     reply = model.complete([fl.Message(role="user", content="go")], [], max_tokens=7)
     assert reply.usage is not None and reply.usage.output_tokens == 7
+
+
+def test_a_pending_call_recorded_under_an_older_rule_stops_when_it_no_longer_fits() -> None:
+    d = Driver()
+    for event in (  # recorded before calls reserved their prompt: the whole ceiling asked
+        RunStarted(agent="a", input="hi", limits=Limits(max_tokens=100)),
+        ModelRequested(step=1, prompt_digest="old", max_tokens=100),
+    ):
+        at = d.now()
+        d.log.append(
+            Recorded(run_id="r", seq=len(d.log) + 1, position=len(d.log) + 1, at=at, event=event)
+        )
+        d.state = evolve(d.state, d.log[-1])
+    decision = d.send(Resume(now=d.now(), owner="o"))
+    assert not any(isinstance(e, CallModel) for e in decision.effects)  # never unbounded
+    assert d.state.status is RunStatus.LIMIT_REACHED
+    assert "next model call could take up to" in d.state.reason

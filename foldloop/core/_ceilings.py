@@ -1,12 +1,14 @@
-"""The most the next model call may spend, held against a run's ceilings before it starts.
+"""Which ceiling stops a run before its next action, and what its next model call may take.
 
-Tokens and dollars are known only once a call answers, so a ceiling holds exactly only if
-each call's worst case fits in what is left before it is made: its prompt's bound plus its
-``max_tokens``. The prompt's bound is the model's own count of the last prompt it answered
-plus what joined the conversation since, at one token a byte (a byte-level BPE tokenizer,
-as OpenAI's, Anthropic's and Llama's are, never gives more tokens than bytes) and a frame
-a message; before the model has counted a prompt, every byte of it (messages and tool
-specs). Dollars follow from tokens at the price recorded when the run started.
+A run's ceilings count its children (``spent``: what ended ones spent, the whole allotment of
+running ones), so they bound its tree. Tokens and dollars are known only once a call
+answers, so those ceilings hold exactly only if each call's worst case fits in what is left
+before it is made: its prompt's bound plus its ``max_tokens``. The prompt's bound is the
+model's own count of the last prompt it answered plus what joined the conversation since,
+at one token a byte (a byte-level BPE tokenizer, as OpenAI's, Anthropic's and Llama's are,
+never gives more tokens than bytes) and a frame a message; before the model has counted a
+prompt, every byte of it (messages and tool specs). Dollars follow from tokens at the price
+recorded when the run started.
 """
 
 from __future__ import annotations
@@ -19,15 +21,17 @@ import msgspec
 
 from foldloop.core._messages import CHUNK, History, Message
 from foldloop.core._state import RunState
-from foldloop.core._tree import Budget
+from foldloop.core._tree import Budget, spent
 from foldloop.events._catalogue import RunLimitReached
 
 __all__ = [
     "PER_CALL",
     "PER_MESSAGE",
     "CallRoom",
+    "before_tools",
     "call_room",
     "message_bytes",
+    "next_call",
     "prompt_bound",
 ]
 
@@ -37,6 +41,7 @@ PER_CALL = 64
 """Tokens a chat format may add to a whole prompt (its frame, the reply's priming)."""
 
 _JSON = msgspec.json.Encoder()
+_NS = 1_000_000_000
 
 
 def message_bytes(message: Message) -> int:
@@ -107,3 +112,34 @@ def call_room(state: RunState, used: Budget) -> CallRoom:
         if affordable is not None:
             room = affordable if room is None else min(room, affordable)
     return CallRoom(max_tokens=room, prompt_bound=prompt)
+
+
+def before_tools(state: RunState, now: int) -> RunLimitReached | None:
+    """The dollar or seconds ceiling that stops ``state`` before its next action, if any
+    (what was spent, not reserved: tool calls cost no tokens)."""
+    limits = state.limits
+    cost = spent(state).usage.cost_usd
+    if limits.max_cost_usd is not None and cost >= limits.max_cost_usd:
+        return RunLimitReached(
+            limit="max_cost_usd", value=round(cost, 6), ceiling=limits.max_cost_usd
+        )
+    if limits.max_seconds is not None:
+        elapsed = state.elapsed_ns(now) / _NS
+        if elapsed >= limits.max_seconds:
+            return RunLimitReached(
+                limit="max_seconds", value=round(elapsed, 3), ceiling=limits.max_seconds
+            )
+    return None
+
+
+def next_call(state: RunState, now: int) -> CallRoom:
+    """Room for ``state``'s next model call, or the ceiling that forbids it: steps, then the
+    call's reserve in tokens and dollars, then dollars spent and seconds."""
+    used = spent(state)
+    ceiling = state.limits.steps_ceiling
+    if used.steps >= ceiling:
+        return CallRoom(limit=RunLimitReached(limit="max_steps", value=used.steps, ceiling=ceiling))
+    room = call_room(state, used)
+    if room.limit is None and (later := before_tools(state, now)) is not None:
+        return CallRoom(limit=later)
+    return room
