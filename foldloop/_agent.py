@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from foldloop._approvals import RequireApproval
+from foldloop.core._ceilings import specs_bytes
 from foldloop.core._commands import Start
 from foldloop.core._messages import ToolSpec
 from foldloop.core._pricing import DEFAULT_PRICING, Pricing
@@ -111,7 +112,7 @@ class Agent:
         object.__setattr__(self, "_digest", infos_digest(infos))
         specs = tuple(t.spec for t in tools) + tuple(spec for _, spec in offered)
         object.__setattr__(self, "_specs", specs)
-        object.__setattr__(self, "_specs_bytes", sum(len(_JSON.encode(s)) for s in specs))
+        object.__setattr__(self, "_specs_bytes", specs_bytes(specs))
 
     @property
     def tools_digest(self) -> str:

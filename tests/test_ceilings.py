@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import foldloop as fl
 from foldloop.core import CallModel, ModelPrice, Resume, RunStatus, evolve
-from foldloop.core._ceilings import PER_CALL, PER_MESSAGE
+from foldloop.core._ceilings import PER_CALL, PER_MESSAGE, TOOLS_FRAME
 from foldloop.core._messages import Message, ToolSpec
 from foldloop.events import Limits, ModelRequested, Recorded, RunLimitReached, RunStarted
 from foldloop.events._values import Usage
@@ -40,37 +40,37 @@ def json_bytes(messages: tuple[Message, ...]) -> int:
 
 
 def test_each_call_reserves_its_prompts_bound_and_gets_what_is_left_as_max_tokens() -> None:
-    d = Driver(Limits(max_tokens=1_000))
-    first = d.start()
-    bound = PER_CALL + len(b'{"role":"user","content":"hi"}') + PER_MESSAGE
-    assert first.effects == (CallModel(step=1, max_tokens=1_000 - bound, prompt_bound=bound),)
+    d = Driver(Limits(max_tokens=10_000))
+    first = d.start()  # the Driver's run offers tools: a provider's tool frame counts too
+    bound = PER_CALL + TOOLS_FRAME + len(b'{"role":"user","content":"hi"}') + PER_MESSAGE
+    assert first.effects == (CallModel(step=1, max_tokens=10_000 - bound, prompt_bound=bound),)
 
     d.reply([("add", "{}")], usage=Usage(input_tokens=100, output_tokens=50))
     second = d.finish(d.state.calls[0].call_id)
     # the model's count of the prompt it answered, plus the reply and the result since
     bound = 100 + json_bytes(d.state.messages[1:])
     assert second.effects == (
-        CallModel(step=2, max_tokens=1_000 - 150 - bound, prompt_bound=bound),
+        CallModel(step=2, max_tokens=10_000 - 150 - bound, prompt_bound=bound),
     )
 
-    d.reply([("add", "{}")], usage=Usage(input_tokens=bound, output_tokens=1_000 - 150 - bound))
+    d.reply([("add", "{}")], usage=Usage(input_tokens=bound, output_tokens=10_000 - 150 - bound))
     d.finish(d.state.calls[0].call_id)
     assert d.state.status is RunStatus.LIMIT_REACHED  # no room left for any next prompt
     reached = d.log[-1].event
     assert isinstance(reached, RunLimitReached)
-    assert (reached.limit, reached.value, reached.ceiling) == ("max_tokens", 1_000, 1_000)
-    assert "next model call could take up to" in d.state.reason
+    assert (reached.limit, reached.value, reached.ceiling) == ("max_tokens", 10_000, 10_000)
+    assert "leaves no room for the next model call" in d.state.reason
 
 
 def test_a_call_whose_prompt_alone_could_pass_the_ceiling_is_not_made() -> None:
-    d = Driver(Limits(max_tokens=400))
+    d = Driver(Limits(max_tokens=3_000))
     d.start()
     d.reply([("add", "{}")], usage=Usage(input_tokens=100, output_tokens=10))
-    d.finish(d.state.calls[0].call_id, result="x" * 300)  # a long result joins the prompt
+    d.finish(d.state.calls[0].call_id, result="x" * 3_000)  # a long result joins the prompt
     reached = d.log[-1].event
     assert isinstance(reached, RunLimitReached)
     assert reached.value == 110 and reached.value < reached.ceiling
-    assert reached.needed == 100 + json_bytes(d.state.messages[1:]) + 1 > 400 - 110
+    assert reached.needed == 100 + json_bytes(d.state.messages[1:]) + 1 > 3_000 - 110
 
 
 def test_a_priced_cost_ceiling_reserves_each_calls_worst_case_in_dollars() -> None:
@@ -227,18 +227,50 @@ def test_a_scripted_models_estimated_output_stops_at_max_tokens() -> None:
     assert reply.usage is not None and reply.usage.output_tokens == 7
 
 
-def test_a_pending_call_recorded_under_an_older_rule_stops_when_it_no_longer_fits() -> None:
+def record(d: Driver, *events: object) -> None:
+    for event in events:
+        at, n = d.now(), len(d.log) + 1
+        d.log.append(Recorded(run_id="r", seq=n, position=n, at=at, event=event))
+        d.state = evolve(d.state, d.log[-1])
+
+
+def test_a_run_recorded_before_calls_reserved_goes_on_by_its_own_rule() -> None:
     d = Driver()
-    for event in (  # recorded before calls reserved their prompt: the whole ceiling asked
+    record(  # recorded by an older foldloop: the whole ceiling asked, no reserve
+        d,
         RunStarted(agent="a", input="hi", limits=Limits(max_tokens=100)),
         ModelRequested(step=1, prompt_digest="old", max_tokens=100),
-    ):
-        at = d.now()
-        d.log.append(
-            Recorded(run_id="r", seq=len(d.log) + 1, position=len(d.log) + 1, at=at, event=event)
-        )
-        d.state = evolve(d.state, d.log[-1])
+    )
     decision = d.send(Resume(now=d.now(), owner="o"))
+    assert decision.effects == (CallModel(step=1, max_tokens=100),)  # as it was asked
+
+
+def test_a_pending_call_that_a_new_ceiling_leaves_no_room_for_is_not_asked_again() -> None:
+    d = Driver()  # no token ceiling: the call went out without max_tokens
+    d.start()
+    d.reply([("add", "{}")], usage=Usage(input_tokens=3_000, output_tokens=2_500))
+    d.finish(d.state.calls[0].call_id)  # ... and the runtime stopped while it was out
+    decision = d.send(Resume(now=d.now(), owner="o", extend=Limits(max_tokens=5_600)))
     assert not any(isinstance(e, CallModel) for e in decision.effects)  # never unbounded
     assert d.state.status is RunStatus.LIMIT_REACHED
-    assert "next model call could take up to" in d.state.reason
+    assert "leaves no room for the next model call" in d.state.reason
+    again = d.send(Resume(now=d.now(), owner="o", extend=Limits(max_tokens=50_000)))
+    (call,) = again.effects
+    assert isinstance(call, CallModel) and call.step == 2
+    assert call.max_tokens == 50_000 - 5_500 - call.prompt_bound
+
+
+def test_a_limit_reason_shows_whole_numbers_and_dollars_as_people_read_them() -> None:
+    d = Driver(Limits(max_tokens=3_000_000))
+    d.start()
+    d.reply([("add", "{}")], usage=Usage(input_tokens=2_999_000, output_tokens=900))
+    d.finish(d.state.calls[0].call_id)
+    assert d.state.reason.startswith(
+        "max_tokens ceiling 3,000,000 leaves no room for the next model call: 2,999,900 spent"
+    )
+    p = Driver(Limits(max_cost_usd=0.01), price=(3.0, 15.0))
+    p.start()
+    p.reply([("add", "{}")], usage=Usage(input_tokens=100, output_tokens=10, cost_usd=0.0095))
+    p.finish(p.state.calls[0].call_id)
+    assert "max_cost_usd ceiling $0.01 leaves no room" in p.state.reason
+    assert "$0.0095 spent" in p.state.reason

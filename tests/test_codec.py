@@ -122,6 +122,7 @@ FIELD_ORDER = {
         "depth",
         "price",
         "tools_bytes",
+        "reserves_calls",
     ),
     "model.requested": ("step", "prompt_digest", "max_tokens"),
     "model.responded": ("step", "text", "tool_calls", "usage", "model", "latency_ms"),

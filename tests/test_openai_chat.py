@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 import foldloop as fl
+from foldloop.core._ceilings import PER_CALL, PER_MESSAGE, TOOLS_FRAME
+from tests.log_capture import capture_logs
 from tests.waiting import wait_until
 
 
@@ -33,6 +35,7 @@ class FakeOpenAI:
     def __init__(self) -> None:
         self.responses: list[tuple[int, dict[str, Any]]] = []
         self.requests: list[dict[str, Any]] = []
+        self.spends_all = False  # usage: the most a byte tokenizer counts, all of max_tokens
         self.delay_s = 0.0
         self.received = threading.Event()
         self.hung_up = threading.Event()
@@ -44,8 +47,15 @@ class FakeOpenAI:
 
             def do_POST(self) -> None:  # - http.server's naming
                 length = int(self.headers.get("content-length", 0))
-                owner.requests.append(json.loads(self.rfile.read(length)))
+                request = json.loads(self.rfile.read(length))
+                owner.requests.append(request)
                 status, body = owner.responses.pop(0)
+                if owner.spends_all:
+                    written = request.get("max_tokens", 500)
+                    body["usage"] = {
+                        "prompt_tokens": worst_count(request),
+                        "completion_tokens": written,
+                    }
                 owner.received.set()
                 if owner.delay_s and self.client_left_within(owner.delay_s):
                     owner.hung_up.set()
@@ -110,6 +120,21 @@ def completion(
             "total_tokens": sum(tokens),
         },
     }
+
+
+def worst_count(request: dict[str, Any]) -> int:
+    """What a byte-level tokenizer counts at most in a request as sent: a token a byte of
+    every text of its messages and tool specs, a frame a message and the whole."""
+    texts: list[str] = []
+    for m in request["messages"]:
+        texts += [m.get("content") or "", m.get("tool_call_id") or ""]
+        for call in m.get("tool_calls") or ():
+            texts += [call["id"], call["function"]["name"], call["function"]["arguments"]]
+    texts += [json.dumps(t["function"], separators=(",", ":")) for t in request.get("tools", ())]
+    frame = PER_CALL + PER_MESSAGE * len(request["messages"])
+    return (
+        frame + (TOOLS_FRAME if request.get("tools") else 0) + sum(len(t.encode()) for t in texts)
+    )
 
 
 def error(status: int, message: str) -> tuple[int, dict[str, Any]]:
@@ -249,3 +274,52 @@ def test_closing_the_runtime_closes_the_models_pooled_connections(
     with fl.Runtime.open(store_path, agents=[oa]) as rt:
         assert rt.spawn(oa, "hello").wait(timeout=30).ok  # through acomplete, kept alive
     wait_until(server.disconnected.is_set, 10, "the runtime's close to close the connection")
+
+
+def test_a_ceiling_asks_no_more_than_the_models_output_limit(
+    rt: fl.Runtime, server: FakeOpenAI
+) -> None:
+    server.responses = [completion(text="hi"), completion(text="hi"), completion(text="hi")]
+    ceilings = (fl.Limits(max_cost_usd=1.0), fl.Limits(max_tokens=50_000), fl.Limits())
+    for i, limits in enumerate(ceilings):
+        llm = fl.OpenAIChat("gpt-4o-mini", base_url=server.url)
+        assert rt.spawn(fl.Agent(name=f"capped{i}", llm=llm, limits=limits), "go").wait(30).ok
+    cost, tokens, none = (r.get("max_tokens") for r in server.requests)
+    assert cost == tokens == 16_384  # the model's output limit, not what the budget allows
+    assert none is None  # no ceiling: the server's default
+    small = fl.OpenAIChat("gpt-4o-mini", base_url=server.url, max_tokens=100)
+    server.responses = [completion(text="hi")]
+    assert (
+        rt.spawn(fl.Agent(name="small", llm=small, limits=fl.Limits(max_tokens=50_000)), "go")
+        .wait(timeout=30)
+        .ok
+    )
+    assert server.requests[-1]["max_tokens"] == 100
+    with pytest.raises(fl.errors.ConfigError, match="max_tokens must be a whole number"):
+        fl.OpenAIChat("gpt-4o-mini", base_url=server.url, max_tokens=0)
+
+
+def test_requests_as_sent_stay_within_what_each_call_reserved(
+    rt: fl.Runtime, server: FakeOpenAI
+) -> None:
+    """The server counts a token a byte of everything the adapter sends and writes all it
+    may: no call counts more than its run reserved, and the run stays within its ceiling."""
+    server.spends_all = True
+    server.responses = [
+        completion(calls=[(f"call_{i}", "add", f'{{"a": {i}, "b": 3}}') for i in range(3)]),
+        completion(calls=[("call_x", "add", '{"a": 1, "b": 1}')]),
+        completion(text="done"),
+    ]
+    a = fl.Agent(
+        name="sent",
+        llm=fl.OpenAIChat("gpt-4o-mini", base_url=server.url, max_tokens=300),
+        tools=[add],
+        instructions="Use add. " * 20,
+        limits=fl.Limits(max_tokens=20_000),
+    )
+    with capture_logs() as logs:
+        result = rt.spawn(a, "add things, ünïcödé 🙂").wait(timeout=30)
+    assert result.ok, result
+    assert len(server.requests) == 3
+    assert not [e for e in logs if e["event"] == "model_usage_over_reserved"]
+    assert result.usage.total_tokens <= 20_000

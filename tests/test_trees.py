@@ -891,7 +891,12 @@ def test_a_child_its_runtime_cannot_go_on_with_is_its_parents_failed_call(
     store_path: Path,
 ) -> None:
     slow = fl.Agent(name="slow", llm=fl.ScriptedLLM(answers("late"), latency_s=0.5))
-    lead = fl.Agent(name="lead", llm=fl.ScriptedLLM(fans_out(("slow", "go"))), agents=[slow])
+    lead = fl.Agent(
+        name="lead",
+        llm=fl.ScriptedLLM(fans_out(("slow", "go"))),
+        agents=[slow],
+        limits=fl.Limits(max_tokens=100_000),
+    )
     with fl.Runtime.open(store_path, agents=[lead]) as rt:
         run = rt.spawn(lead, "go")
         wait_until(lambda: len(rt.runs()) == 2, 10, "the child to start")
@@ -903,6 +908,12 @@ def test_a_child_its_runtime_cannot_go_on_with_is_its_parents_failed_call(
         assert result.ok, result  # the lead heard how its child ended, and answered
         (failed,) = [r.event for r in rt.events(run.id) if r.type == "tool.failed"]
         assert "ended interrupted" in failed.error
+        # it may be recovered and spend on: its whole allotment stays charged
+        (spawned,) = [r.event for r in rt.events(run.id) if r.type == "child.spawned"]
+        (ended,) = [r.event for r in rt.events(run.id) if r.type == "child.ended"]
+        assert ended.steps == spawned.limits.steps_ceiling
+        assert ended.usage.output_tokens == spawned.limits.max_tokens
+        rt.verify(run.id, tree=True)  # the charge agrees with the allotment
 
 
 def test_commands_racing_to_a_parked_parent_are_all_handled_in_order(

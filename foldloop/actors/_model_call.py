@@ -58,7 +58,7 @@ def _implausible(usage: Usage) -> str:
 class ModelCall:
     """One model call of a run: what it asks, and its answer as the command it becomes."""
 
-    __slots__ = ("agent", "clock", "effect", "messages", "specs")
+    __slots__ = ("agent", "clock", "effect", "messages", "run_id", "specs")
 
     def __init__(
         self,
@@ -67,7 +67,10 @@ class ModelCall:
         effect: CallModel,
         messages: MessageView,
         specs: Sequence[ToolSpec],
+        *,
+        run_id: str = "",
     ) -> None:
+        self.run_id = run_id
         self.agent = agent
         self.clock = clock
         self.effect = effect
@@ -147,14 +150,20 @@ class ModelCall:
         effect = self.effect
         over_input = effect.prompt_bound and usage.input_tokens > effect.prompt_bound
         over_output = effect.max_tokens is not None and usage.output_tokens > effect.max_tokens
-        if over_input or over_output:
+        over_usd = effect.reserved_usd and usage.cost_usd > effect.reserved_usd
+        if over_input or over_output or over_usd:
             log.warning(
                 "model_usage_over_reserved",
+                run_id=self.run_id,
+                agent=self.agent.name,
+                step=effect.step,
                 model=model,
                 input_tokens=usage.input_tokens,
                 prompt_bound=effect.prompt_bound,
                 output_tokens=usage.output_tokens,
                 max_tokens=effect.max_tokens,
+                cost_usd=usage.cost_usd,
+                reserved_usd=effect.reserved_usd,
             )
 
     def failed(self, exc: Exception) -> Command:

@@ -404,7 +404,9 @@ class RunActor:
         """Ask the model: inline when instant, on the runtime's loop when it has
         ``acomplete``, else on the model pool; the reply comes back as a message."""
         messages = MessageView(self.state.history, self.state.steps)
-        asked = ModelCall(self.agent, self.system.clock, effect, messages, self._specs)
+        asked = ModelCall(
+            self.agent, self.system.clock, effect, messages, self._specs, run_id=self.run_id
+        )
         if effect.delay_s <= 0 and self._inline:
             self._post(asked.sync())
         elif effect.delay_s > 0:

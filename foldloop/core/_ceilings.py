@@ -15,38 +15,51 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import msgspec
 
-from foldloop.core._messages import CHUNK, History, Message
+from foldloop.core._messages import CHUNK, History, Message, ToolSpec
 from foldloop.core._state import RunState
 from foldloop.core._tree import Budget, spent
 from foldloop.events._catalogue import RunLimitReached
 
 __all__ = [
+    "HELD_BACK",
     "PER_CALL",
     "PER_MESSAGE",
+    "TOOLS_FRAME",
     "CallRoom",
     "before_tools",
     "call_room",
-    "message_bytes",
+    "json_bytes",
     "next_call",
     "prompt_bound",
+    "specs_bytes",
 ]
 
 PER_MESSAGE = 16
 """Tokens a chat format may add around a message (role, separators)."""
 PER_CALL = 64
 """Tokens a chat format may add to a whole prompt (its frame, the reply's priming)."""
+TOOLS_FRAME = 1_024
+"""Tokens a provider may add to a prompt that offers tools (Anthropic's hidden tool-use
+instructions are 159-530)."""
+HELD_BACK = 1
+"""Output tokens' worth of dollars a call leaves unreserved: float sums must not round over."""
 
 _JSON = msgspec.json.Encoder()
 _NS = 1_000_000_000
 
 
-def message_bytes(message: Message) -> int:
-    """Bytes of ``message`` as JSON: at least its text's UTF-8 bytes and its calls' args."""
-    return len(_JSON.encode(message))
+def json_bytes(value: object) -> int:
+    """Bytes of ``value`` as JSON: at least the UTF-8 bytes of every text in it."""
+    return len(_JSON.encode(value))
+
+
+def specs_bytes(specs: Iterable[ToolSpec]) -> int:
+    """Bytes of the tool specs a model call shows (recorded in ``run.started``)."""
+    return sum(map(json_bytes, specs))
 
 
 def _messages_from(history: History, first: int) -> Iterator[Message]:
@@ -60,19 +73,20 @@ def prompt_bound(state: RunState) -> int:
     if state.basis_tokens > 0:
         first, bound = state.basis_size, state.basis_tokens
     else:
-        first, bound = 0, state.tools_bytes + PER_CALL
+        first, bound = 0, PER_CALL + state.tools_bytes + (TOOLS_FRAME if state.tools else 0)
     for message in _messages_from(state.history, first):
-        bound += message_bytes(message) + PER_MESSAGE
+        bound += json_bytes(message) + PER_MESSAGE
     return bound
 
 
 class CallRoom(msgspec.Struct, frozen=True):
     """What the next model call may take: its ``max_tokens`` (None: no ceiling asks for
-    one), the bound of its prompt (0 when no ceiling needs it), or the ceiling that
-    forbids it."""
+    one), the bound of its prompt and the dollars reserved (0 when no ceiling needs them),
+    or the ceiling that forbids it."""
 
     max_tokens: int | None = None
     prompt_bound: int = 0
+    reserved_usd: float = 0.0
     limit: RunLimitReached | None = None
 
 
@@ -80,9 +94,10 @@ def call_room(state: RunState, used: Budget) -> CallRoom:
     """Room for ``state``'s next call under its token and dollar ceilings, given what counts
     against them (``used``): the call's worst case must fit in what is left."""
     limits = state.limits
+    if not state.reserves_calls:
+        return _clamped(state, used)
     dollars, price = limits.max_cost_usd, state.price
-    priced = dollars is not None and price is not None
-    if limits.max_tokens is None and not priced:
+    if limits.max_tokens is None and (dollars is None or price is None):
         return CallRoom()
     prompt = prompt_bound(state)
     room: int | None = None
@@ -94,24 +109,35 @@ def call_room(state: RunState, used: Budget) -> CallRoom:
                 limit="max_tokens", value=tokens, ceiling=limits.max_tokens, needed=prompt + 1
             )
             return CallRoom(prompt_bound=prompt, limit=limit)
-    if dollars is not None and price is not None:
-        per_input, per_output = price
-        cost = used.usage.cost_usd
-        left = (dollars - cost) * 1e6 - prompt * per_input  # micro-dollars
-        # one token's worth held back: float sums of many calls' costs must not round over
-        affordable = math.floor(left / per_output) - 1 if per_output > 0 else None
-        if left < 0 or (affordable is not None and affordable < 1):
-            needed = (prompt * per_input + per_output * 2) / 1e6
-            limit = RunLimitReached(
-                limit="max_cost_usd",
-                value=round(cost, 6),
-                ceiling=dollars,
-                needed=round(needed, 6),
-            )
-            return CallRoom(prompt_bound=prompt, limit=limit)
-        if affordable is not None:
-            room = affordable if room is None else min(room, affordable)
-    return CallRoom(max_tokens=room, prompt_bound=prompt)
+    if dollars is None or price is None:
+        return CallRoom(max_tokens=room, prompt_bound=prompt)
+    per_input, per_output = price
+    cost = used.usage.cost_usd
+    left = (dollars - cost) * 1e6 - prompt * per_input  # micro-dollars
+    if per_output > 0:
+        affordable = math.floor(left / per_output) - HELD_BACK
+        room = affordable if room is None else min(room, affordable)
+    if left < 0 or (room is not None and room < 1):
+        needed = (prompt * per_input + (1 + HELD_BACK) * per_output) / 1e6
+        limit = RunLimitReached(
+            limit="max_cost_usd", value=round(cost, 6), ceiling=dollars, needed=round(needed, 6)
+        )
+        return CallRoom(prompt_bound=prompt, limit=limit)
+    out = 0 if room is None else room
+    reserved = (prompt * per_input + out * per_output) / 1e6
+    return CallRoom(max_tokens=room, prompt_bound=prompt, reserved_usd=reserved)
+
+
+def _clamped(state: RunState, used: Budget) -> CallRoom:
+    """The rule of runs recorded before calls reserved their worst case: max_tokens is what
+    is left of the token ceiling, and the call is made while anything is."""
+    ceiling = state.limits.max_tokens
+    if ceiling is None:
+        return CallRoom()
+    tokens = used.usage.total_tokens
+    if tokens >= ceiling:
+        return CallRoom(limit=RunLimitReached(limit="max_tokens", value=tokens, ceiling=ceiling))
+    return CallRoom(max_tokens=max(1, ceiling - tokens))
 
 
 def before_tools(state: RunState, now: int) -> RunLimitReached | None:

@@ -49,6 +49,7 @@ class Start(Command, frozen=True):
     depth: int = 0
     price: tuple[float, float] | None = None
     tools_bytes: int = 0
+    reserves_calls: bool = True
 
 
 class ApprovalTicket(msgspec.Struct, frozen=True, kw_only=True):

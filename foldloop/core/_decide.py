@@ -155,7 +155,14 @@ class _Builder:
         step = s.steps + 1
         digest = prompt_digest(s.history_digest, s.tools_digest, left)
         self.emit(ModelRequested(step=step, prompt_digest=digest, max_tokens=left))
-        self.effects.append(CallModel(step=step, max_tokens=left, prompt_bound=room.prompt_bound))
+        self.effects.append(
+            CallModel(
+                step=step,
+                max_tokens=left,
+                prompt_bound=room.prompt_bound,
+                reserved_usd=room.reserved_usd,
+            )
+        )
 
     def ask_again(self, step: int, attempt: int = 1, delay_s: float = 0.0) -> None:
         """Make the pending call of ``step`` again (a retry, a recovery) with the room it was
@@ -173,6 +180,7 @@ class _Builder:
                 attempt=attempt,
                 delay_s=delay_s,
                 prompt_bound=room.prompt_bound,
+                reserved_usd=room.reserved_usd,
             )
         )
 
@@ -436,6 +444,7 @@ def _start(b: _Builder, command: Start) -> None:
             depth=command.depth,
             price=command.price,
             tools_bytes=command.tools_bytes,
+            reserves_calls=command.reserves_calls,
         )
     )
     b.durable = True

@@ -31,6 +31,8 @@ class CallModel(msgspec.Struct, frozen=True, kw_only=True):
     delay_s: float = 0.0
     prompt_bound: int = 0
     """The most input tokens the call's budget reserved (0: no ceiling needed a bound)."""
+    reserved_usd: float = 0.0
+    """The dollars the call's budget reserved (0: no priced cost ceiling)."""
 
 
 class ToolRun(msgspec.Struct, frozen=True, kw_only=True):

@@ -182,6 +182,7 @@ class Draft:
         "reason",
         "repeat_count",
         "repeat_sig",
+        "reserves_calls",
         "run_id",
         "seq",
         "started",
@@ -239,6 +240,7 @@ class Draft:
         self.tools_bytes: int = state.tools_bytes
         self.basis_tokens: int = state.basis_tokens
         self.basis_size: int = state.basis_size
+        self.reserves_calls: bool = state.reserves_calls
         self.messages: list[Message] = []
 
     def take(self, events: Iterable[tuple[AnyEvent, int]]) -> int:
@@ -305,6 +307,7 @@ class Draft:
             self.tools_bytes,
             self.basis_tokens,
             self.basis_size,
+            self.reserves_calls,
         )
 
 
@@ -329,6 +332,7 @@ def _run_started(d: Draft, event: RunStarted, at: int) -> None:
     d.depth = event.depth
     d.price = event.price
     d.tools_bytes = event.tools_bytes
+    d.reserves_calls = event.reserves_calls
 
 
 def _model_requested(d: Draft, event: ModelRequested, at: int) -> None:
@@ -409,12 +413,24 @@ def _approval_expired(d: Draft, event: ApprovalExpired, at: int) -> None:
     _gate_status(d)
 
 
+def _amount(limit: str, value: float) -> str:
+    """A ceiling's value as a person reads it: whole counts with separators, dollars."""
+    if limit == "max_cost_usd":
+        return f"${value:,.6f}".rstrip("0").rstrip(".")
+    if limit == "max_seconds":
+        return f"{value:g}"
+    return f"{int(value):,}"
+
+
 def _limit_reached(d: Draft, event: RunLimitReached, at: int) -> None:
-    reason = f"{event.limit} ceiling {event.ceiling:g} reached (value {event.value:g})"
+    name = event.limit
+    ceiling, value = _amount(name, event.ceiling), _amount(name, event.value)
+    reason = f"{name} ceiling {ceiling} reached (value {value})"
     if event.needed:
         reason = (
-            f"{event.limit} ceiling {event.ceiling:g} reached: {event.value:g} spent, and the "
-            f"next model call could take up to {event.needed:g}"
+            f"{name} ceiling {ceiling} leaves no room for the next model call: {value} "
+            f"spent, and the call needs at least {_amount(name, event.needed)} (its prompt "
+            "and one reply token)"
         )
     _park(d, at, RunStatus.LIMIT_REACHED, reason)
 

@@ -69,6 +69,7 @@ def _recorded_start(event: RunStarted, now: int) -> Start:
         depth=event.depth,
         price=event.price,
         tools_bytes=event.tools_bytes,
+        reserves_calls=event.reserves_calls,
     )
 
 

@@ -21,7 +21,7 @@ __all__ = [
     "STATE_VERSION",
 ]
 
-STATE_VERSION = 9
+STATE_VERSION = 10
 """Bumped whenever RunState's shape or what the fold puts in it changes, so older snapshots are
 refolded, not misread."""
 
@@ -130,6 +130,9 @@ class RunState(msgspec.Struct, frozen=True, gc=False):
     """Input tokens the model counted in the last prompt it answered (0: none counted)."""
     basis_size: int = 0
     """How many messages that prompt held."""
+    reserves_calls: bool = False
+    """Its model calls reserve their worst case (run.started; False: recorded before that
+    rule, its calls' max_tokens clamped to what is left)."""
 
     @property
     def messages(self) -> tuple[Message, ...]:

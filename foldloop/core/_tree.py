@@ -35,6 +35,7 @@ __all__ = [
     "child_finished",
     "child_run_id",
     "ended_for_parent",
+    "escrowed",
     "spent",
     "unstartable",
 ]
@@ -59,15 +60,20 @@ def spent(state: RunState) -> Budget:
     steps, usage = state.steps, state.usage
     for child in state.children:
         if child.running:
-            allotted = child.allotted
-            steps += allotted.steps_ceiling
-            usage = usage + Usage(
-                output_tokens=allotted.max_tokens or 0, cost_usd=allotted.max_cost_usd or 0.0
-            )
+            held = escrowed(child.allotted)
+            steps += held.steps
+            usage = usage + held.usage
         else:
             steps += child.steps
             usage = usage + child.usage
     return Budget(steps, usage)
+
+
+def escrowed(allotted: Limits) -> Budget:
+    """What a child run with the allotment ``allotted`` is charged while it may still spend:
+    all of it."""
+    usage = Usage(output_tokens=allotted.max_tokens or 0, cost_usd=allotted.max_cost_usd or 0.0)
+    return Budget(allotted.steps_ceiling, usage)
 
 
 def allotment(state: RunState, own: Limits, now: int, waiting: int) -> Limits | str:
@@ -142,9 +148,10 @@ def child_finished(
     state: RunState, now: int, bound: Bound, *, interrupted: str = ""
 ) -> ChildFinished:
     """The command that tells a child run's parent how it ended and what its subtree spent
-    (``interrupted``: why the runtime driving it could not go on); its output cut by
-    ``bound``, as a tool's result is."""
-    used = spent(state)
+    (``interrupted``: why the runtime driving it could not go on, so it may be recovered and
+    spend on: charged its whole allotment); its output cut by ``bound``, as a tool's result
+    is."""
+    used = escrowed(state.limits) if interrupted else spent(state)
     output, original = bound("" if interrupted else state.output)
     return ChildFinished(
         now=now,

@@ -95,6 +95,9 @@ class RunStarted(Event, tag="run.started", frozen=True):
     table; what a cost ceiling reserves each model call at (None: no price known)."""
     tools_bytes: int = 0
     """Bytes of the tool specs every model call shows (part of each prompt's bound)."""
+    reserves_calls: bool = False
+    """Each model call reserves its worst case against the ceilings (runs recorded before
+    that rule clamp a call's max_tokens to what is left, and replay as they were)."""
 
 
 class ModelRequested(Event, tag="model.requested", frozen=True):
@@ -187,7 +190,8 @@ class RunLimitReached(Event, tag="run.limit_reached", frozen=True):
     value: float
     ceiling: float
     needed: float = 0.0
-    """What the next model call could have taken at most (0: the value met the ceiling)."""
+    """The least the next model call needed: its prompt's bound and one reply token (0: the
+    value itself met the ceiling)."""
 
 
 class RunNoProgress(Event, tag="run.no_progress", frozen=True):

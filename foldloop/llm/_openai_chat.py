@@ -31,6 +31,9 @@ from foldloop.llm._protocol import Reply, ToolCall
 __all__ = ["OpenAIChat"]
 
 _PATH = "/chat/completions"
+DEFAULT_MAX_TOKENS = 16_384
+"""The most a reply is asked to write when a run's ceiling asks for a cap: OpenAI refuses a
+max_tokens past the model's output limit (16,384 for gpt-4o and gpt-4o-mini)."""
 
 
 class _Function(msgspec.Struct):
@@ -111,7 +114,13 @@ class OpenAIChat:
         base_url: str | None = None,
         api_key: str | None = None,
         timeout: float = 60.0,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
     ) -> None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ConfigError(
+                f"OpenAIChat(max_tokens={max_tokens!r}): max_tokens must be a whole number >= 1 "
+                "(the most a reply may write; the model's output limit)"
+            )
         try:
             import openai  # noqa: PLC0415 - an optional extra, imported when used
         except ImportError:
@@ -127,6 +136,7 @@ class OpenAIChat:
         }
         self._openai = openai
         self._model = model
+        self._max_tokens = max_tokens
         self._client = openai.OpenAI(**options)
         self._async_clients = sdk.LoopClients(
             lambda: openai.AsyncOpenAI(**sdk.async_options(openai, options))
@@ -180,8 +190,8 @@ class OpenAIChat:
         }
         if tools:
             request["tools"] = [_tool(t) for t in tools]
-        if max_tokens is not None:
-            request["max_tokens"] = max_tokens
+        if max_tokens is not None:  # a run's ceiling asks for a cap
+            request["max_tokens"] = min(max_tokens, self._max_tokens)
         return request
 
     def _reply(self, body: str) -> Reply:

@@ -24,7 +24,7 @@ from foldloop.core._explain import (
 from foldloop.core._replay import INPUT_TYPES, replay
 from foldloop.core._snapshot import restore_state
 from foldloop.core._state import STATE_VERSION, RunState, RunStatus
-from foldloop.core._tree import ended_for_parent, spent
+from foldloop.core._tree import ended_for_parent, escrowed, spent
 from foldloop.errors import (
     ConfigError,
     FoldloopError,
@@ -304,7 +304,7 @@ class Queries:
         agent = self._agents.for_run(fold(records[:1]))
 
         def start(event: RunStarted, now: int) -> Start:
-            return agent.start(
+            command = agent.start(
                 event.input,
                 now=now,
                 limits=event.limits,
@@ -312,6 +312,14 @@ class Queries:
                 parent_run_id=event.parent_run_id,
                 parent_call_id=event.parent_call_id,
                 depth=event.depth,
+            )
+            # facts of the recording, not of today's code: the price table of the day, and
+            # whether calls reserved their worst case then
+            return msgspec.structs.replace(
+                command,
+                price=event.price,
+                tools_bytes=event.tools_bytes,
+                reserves_calls=event.reserves_calls,
             )
 
         return records, replay(records, start)
@@ -357,6 +365,12 @@ class Queries:
             raise NondeterminismError(spawned.run_id, 1, first, linked)
         if ended is None:
             return
+        if ended.status == RunStatus.INTERRUPTED.value:  # told by a runtime that lost it
+            held = escrowed(spawned.limits)
+            if (ended.steps, ended.usage) == (held.steps, held.usage):
+                return
+            told = msgspec.structs.replace(ended, steps=held.steps, usage=held.usage)
+            raise NondeterminismError(parent.run_id, link.ended_seq, ended, told)
         reports = _ends_for_parent(records)
         if (ended.status, ended.steps, ended.usage) in reports:
             return
