@@ -13,13 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import foldloop as fl
-from foldloop.core import CallModel, ModelPrice, Resume, RunStatus, evolve
+from foldloop.core import CallModel, ExpireApproval, ModelPrice, Resume, RunStatus, evolve
 from foldloop.core._ceilings import PER_CALL, PER_MESSAGE, TOOLS_FRAME
+from foldloop.core._explain import explain
 from foldloop.core._messages import Message, ToolSpec
 from foldloop.events import Limits, ModelRequested, Recorded, RunLimitReached, RunStarted
 from foldloop.events._values import Usage
 from tests.log_capture import capture_logs
-from tests.test_core import Driver
+from tests.test_core import Driver, ticket
 from tests.tree_models import fans_out
 
 
@@ -274,3 +275,44 @@ def test_a_limit_reason_shows_whole_numbers_and_dollars_as_people_read_them() ->
     p.finish(p.state.calls[0].call_id)
     assert "max_cost_usd ceiling $0.01 leaves no room" in p.state.reason
     assert "$0.0095 spent" in p.state.reason
+
+
+def test_explain_names_the_ceiling_that_would_let_the_next_call_fit() -> None:
+    d = Driver(Limits(max_tokens=3_000_000))
+    d.start()
+    d.reply([("add", "{}")], usage=Usage(input_tokens=2_999_000, output_tokens=900))
+    d.finish(d.state.calls[0].call_id)
+    reached = d.log[-1].event
+    assert isinstance(reached, RunLimitReached)
+    told = explain(d.state, d.log)
+    assert told.limit == "max_tokens = 2,999,900 of 3,000,000"
+    (step,) = told.next_steps
+    least = f"{int(reached.value + reached.needed):,}"
+    assert step == (
+        f"raise the ceiling to at least {least}: rt.resume(run_id, "
+        "extend=fl.Limits(max_tokens=...))"
+    )
+
+
+def test_explain_of_a_run_whose_approval_expired_says_how_to_ask_again() -> None:
+    d = Driver()
+    d.start()
+    d.reply([("send", "{}")], gated=(ticket(index=0),))
+    (call,) = d.state.calls
+    d.send(ExpireApproval(now=d.now(), call_id=call.call_id))
+    assert d.state.status is RunStatus.AWAITING_APPROVAL
+    assert explain(d.state, d.log).next_steps == (
+        f"the approval requests of {call.call_id} expired: rt.resume('r') asks again with "
+        "new tokens",
+    )
+
+
+def test_explain_of_a_child_run_says_it_resumes_only_while_its_parent_waits() -> None:
+    d = Driver(Limits(max_steps=1))
+    d.start()
+    d.state = msgspec.structs.replace(d.state, parent_run_id="lead")
+    d.reply([("add", "{}")])
+    d.finish(d.state.calls[0].call_id)
+    (step,) = explain(d.state, d.log).next_steps
+    assert "while its parent lead still waits for it" in step
+    assert "raise the root's ceilings and start a new run" in step

@@ -52,7 +52,7 @@ from foldloop.events._catalogue import (
     ToolRequested,
 )
 from foldloop.events._recorded import AnyEvent, Recorded, UnknownEvent
-from foldloop.events._values import Limits, ToolInfo, Usage
+from foldloop.events._values import Limits, ToolInfo, Usage, limit_amount
 
 __all__ = [
     "AT_GATE",
@@ -413,23 +413,14 @@ def _approval_expired(d: Draft, event: ApprovalExpired, at: int) -> None:
     _gate_status(d)
 
 
-def _amount(limit: str, value: float) -> str:
-    """A ceiling's value as a person reads it: whole counts with separators, dollars."""
-    if limit == "max_cost_usd":
-        return f"${value:,.6f}".rstrip("0").rstrip(".")
-    if limit == "max_seconds":
-        return f"{value:g}"
-    return f"{int(value):,}"
-
-
 def _limit_reached(d: Draft, event: RunLimitReached, at: int) -> None:
     name = event.limit
-    ceiling, value = _amount(name, event.ceiling), _amount(name, event.value)
+    ceiling, value = limit_amount(name, event.ceiling), limit_amount(name, event.value)
     reason = f"{name} ceiling {ceiling} reached (value {value})"
     if event.needed:
         reason = (
             f"{name} ceiling {ceiling} leaves no room for the next model call: {value} "
-            f"spent, and the call needs at least {_amount(name, event.needed)} (its prompt "
+            f"spent, and the call needs at least {limit_amount(name, event.needed)} (its prompt "
             "and one reply token)"
         )
     _park(d, at, RunStatus.LIMIT_REACHED, reason)

@@ -20,7 +20,7 @@ from foldloop.events._catalogue import (
     ToolFailed,
 )
 from foldloop.events._recorded import Recorded
-from foldloop.events._values import Limits, Usage
+from foldloop.events._values import Limits, Usage, limit_amount
 
 __all__ = ["ORPHAN_QUEUED", "DecidedApproval", "Explanation", "explain", "parked_reason"]
 
@@ -189,6 +189,41 @@ def parked_reason(state: RunState, decided: Sequence[DecidedApproval]) -> str:
     return _awaiting_decided(state, decided)[0] or state.reason
 
 
+def _resume_step(state: RunState, what: str, extend: str) -> str:
+    """The next step of a run that ``resume`` continues: for a child run, only while its
+    parent waits for it (else the work goes on from the root)."""
+    call = f"rt.resume(run_id{', ' + extend if extend else ''})"
+    if not state.parent_run_id:
+        return what + call
+    return (
+        f"{what}{call} while its parent {state.parent_run_id} still waits for it; once the "
+        "parent has moved on, raise the root's ceilings and start a new run"
+    )
+
+
+def _limit_step(state: RunState, event: RunLimitReached) -> tuple[str, str]:
+    """The ``limit`` line of a run a ceiling stopped, and its next step."""
+    name, spent = event.limit, event.value
+    limit = f"{name} = {limit_amount(name, spent)} of {limit_amount(name, event.ceiling)}"
+    above = f" to at least {limit_amount(name, spent + event.needed)}" if event.needed else ""
+    extend = f"extend=fl.Limits({name}=...)"
+    return limit, _resume_step(state, f"raise the ceiling{above}: ", extend)
+
+
+def _approval_steps(state: RunState) -> list[str]:
+    """What to do for a run parked at its gates: decide the pending requests, ask again for
+    the expired ones."""
+    waiting = [c.call_id for c in state.calls if c.status == "awaiting_approval"]
+    expired = [c.call_id for c in state.calls if c.status == "expired"]
+    steps = [f"decide the pending approvals: {', '.join(waiting)}"] if waiting else []
+    if expired:
+        steps.append(
+            f"the approval requests of {', '.join(expired)} expired: "
+            f"rt.resume({state.run_id!r}) asks again with new tokens"
+        )
+    return steps
+
+
 def explain(
     state: RunState,
     records: Sequence[Recorded],
@@ -215,14 +250,12 @@ def explain(
         case RunStatus.COMPLETED:
             next_steps.append("nothing: the run completed; its output is in run.completed")
         case RunStatus.LIMIT_REACHED if last_limit is not None:
-            limit = f"{last_limit.limit} = {last_limit.value:g} of {last_limit.ceiling:g}"
-            next_steps.append(
-                f"raise the ceiling: rt.resume(run_id, extend=fl.Limits({last_limit.limit}=...))"
-            )
+            limit, step = _limit_step(state, last_limit)
+            next_steps.append(step)
         case RunStatus.NO_PROGRESS:
-            next_steps.append("change the tools or instructions, then rt.resume(run_id)")
+            next_steps.append(_resume_step(state, "change the tools or instructions, then ", ""))
         case RunStatus.FAILED if state.resumable:
-            next_steps.append("fix the model's availability, then rt.resume(run_id)")
+            next_steps.append(_resume_step(state, "fix the model's availability, then ", ""))
         case RunStatus.FAILED:
             next_steps.append("start a new run: a failed run cannot continue")
         case RunStatus.CANCELLED:
@@ -239,8 +272,7 @@ def explain(
         case RunStatus.AWAITING_APPROVAL if counted:
             next_steps.extend(decided_steps)
         case RunStatus.AWAITING_APPROVAL:
-            waiting = [c.call_id for c in state.calls if c.status == "awaiting_approval"]
-            next_steps.append(f"decide the pending approvals: {', '.join(waiting)}")
+            next_steps.extend(_approval_steps(state))
         case _ if any(c.running for c in state.children):
             running = [c.run_id for c in state.children if c.running]
             next_steps.append(f"wait: it waits for its child runs {', '.join(running)}")

@@ -34,12 +34,22 @@ __all__ = [
     "ToolInfo",
     "Usage",
     "as_recorded",
+    "limit_amount",
 ]
 
 _AS_RECORDED: ContextVar[bool] = ContextVar("foldloop_as_recorded", default=False)
 
 MAX_INT = 2**63 - 1
 """The largest whole number the log can store (msgpack's signed 64-bit integers)."""
+
+
+def limit_amount(limit: str, value: float) -> str:
+    """A ceiling's value as a person reads it: whole counts with separators, dollars with $."""
+    if limit == "max_cost_usd":
+        return f"${value:,.6f}".rstrip("0").rstrip(".")
+    if limit == "max_seconds":
+        return f"{value:g} s"
+    return f"{int(value):,}"
 
 
 @contextmanager
