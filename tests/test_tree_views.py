@@ -243,3 +243,44 @@ def test_verify_checks_a_whole_tree_and_the_links_between_its_runs(
         assert (caught.value.run_id, caught.value.seq) == (leaf, 1)
         assert isinstance(caught.value.new, RunStarted)
         assert caught.value.new.parent_call_id == nodes[-1].call_id
+
+
+def test_a_roots_explain_says_a_lapsed_request_below_it_is_asked_again_by_resume(
+    store_path: Path,
+) -> None:
+    @fl.tool
+    def publish(text: str) -> str:
+        """Publish text."""
+        return f"published {text}"
+
+    now = [1_000_000_000_000]
+    publisher = fl.Agent(
+        name="publisher",
+        llm=fl.ScriptedLLM(
+            [fl.Reply(tool_calls=[fl.ToolCall("publish", {"text": "x"})]), fl.Reply(text="ok")]
+        ),
+        tools=[publish],
+        approvals=fl.RequireApproval({"publish"}, ttl=60),
+    )
+    lead = fl.Agent(
+        name="lead", llm=fl.ScriptedLLM(fans_out(("publisher", "go"))), agents=[publisher]
+    )
+    with fl.Runtime.open(store_path, agents=[lead], clock=lambda: now[0]) as rt:
+        tree = rt.spawn(lead, "go")
+        wait_until(lambda: len(rt.pending_approvals()) == 1, 30, "the request below the root")
+        (request,) = rt.pending_approvals()
+        now[0] += 61 * 10**9
+        wait_until(
+            lambda: any(r.type == "approval.expired" for r in rt.events(request.run_id)),
+            10,
+            "the request to lapse",
+        )
+        first = rt.explain(tree.id).next_steps[0]
+        assert first == (
+            f"the approval requests of {request.run_id} below it expired: rt.resume(<that run>) "
+            "asks again with new tokens"
+        )
+        rt.resume(request.run_id)
+        wait_until(lambda: len(rt.pending_approvals()) == 1, 30, "the request asked again")
+        rt.approve(rt.pending_approvals()[0].token, by="test")
+        assert tree.wait(timeout=30).ok

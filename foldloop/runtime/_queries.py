@@ -258,15 +258,24 @@ class Queries:
         if not any(c.running for c in state.children):
             return why
         # a tree waits on whatever waits below it: say where a person is needed
-        parked = [
-            node.run_id
-            for node in self.tree(run_id).walk()[1:]
-            if node.status is RunStatus.AWAITING_APPROVAL
-        ]
-        if not parked:
-            return why
-        ask = f"decide the pending approvals of {', '.join(parked)} below it (foldloop approvals)"
-        return dataclasses.replace(why, next_steps=(ask, *why.next_steps))
+        pending: list[str] = []
+        expired: list[str] = []  # their requests lapsed: only a resume asks again
+        for node in self.tree(run_id).walk()[1:]:
+            if node.status is RunStatus.AWAITING_APPROVAL:
+                calls = self.state(node.run_id).calls
+                asks = any(c.status == "awaiting_approval" for c in calls)
+                (pending if asks else expired).append(node.run_id)
+        steps = []
+        if pending:
+            runs = ", ".join(pending)
+            steps.append(f"decide the pending approvals of {runs} below it (foldloop approvals)")
+        if expired:
+            runs = ", ".join(expired)
+            steps.append(
+                f"the approval requests of {runs} below it expired: rt.resume(<that run>) "
+                "asks again with new tokens"
+            )
+        return dataclasses.replace(why, next_steps=(*steps, *why.next_steps))
 
     def decided(self, state: RunState) -> tuple[DecidedApproval, ...]:
         """Decisions recorded in the approvals table on calls ``state`` waits on, not yet
