@@ -316,3 +316,20 @@ def test_explain_of_a_child_run_says_it_resumes_only_while_its_parent_waits() ->
     (step,) = explain(d.state, d.log).next_steps
     assert "while its parent lead still waits for it" in step
     assert "raise the root's ceilings and start a new run" in step
+
+
+def test_a_reply_priced_above_what_its_call_reserved_is_logged(store_path: Path) -> None:
+    dearer = fl.Reply(
+        text="hi", model="gpt-4o", usage=Usage(input_tokens=2_000, output_tokens=1_000)
+    )
+    agent = fl.Agent(
+        name="a",
+        llm=fl.ScriptedLLM([dearer], model="gpt-4o-mini"),  # a proxy answered with gpt-4o
+        limits=fl.Limits(max_cost_usd=0.002),
+    )
+    with capture_logs() as logs, fl.Runtime.open(store_path, agents=[agent]) as rt:
+        result = rt.spawn(agent, "go").wait(timeout=10)
+    assert result.usage.cost_usd == pytest.approx((2_000 * 2.50 + 1_000 * 10.00) / 1e6)
+    (over,) = [e for e in logs if e["event"] == "model_usage_over_reserved"]
+    assert over["model"] == "gpt-4o" and over["run_id"] == result.run_id
+    assert 0 < over["reserved_usd"] < over["cost_usd"]
