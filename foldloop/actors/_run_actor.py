@@ -440,6 +440,11 @@ class RunActor:
                 return
         future.cancel()
 
+    @property
+    def cancelling(self) -> bool:
+        """A cancel was told to this run and is not handled yet."""
+        return self._cancelling
+
     def cancel_requested(self) -> None:
         """(Any thread.) A cancel is on its way to this run: calls waiting for a slot never
         start, calls under way are cancelled, and nothing new starts before it is handled."""

@@ -251,6 +251,8 @@ class ActorSystem:
                 self._settlements[run_id] = Settlement()
             self._parked.pop(run_id, None)
             for message in self._taking_up.pop(run_id, ()):  # came while it was taken up
+                if type(message) is Cancel:
+                    actor.cancel_requested()  # as ``tell`` does: nothing new starts before it
                 shard.tell(Deliver(run_id, message))
             self._actors[run_id] = actor
             with contextlib.suppress(TypeError):  # a model that cannot be weakly referenced
@@ -296,6 +298,16 @@ class ActorSystem:
         except pykka.ActorDeadError:  # closing
             return False
         return True
+
+    def wait_cancelled(self, timeout: float) -> bool:
+        """Wait until every run told a cancel here has handled it (it settled, or stopped
+        being active here); False if some had not after ``timeout`` seconds. A cancel still
+        in a run's mailbox when ``stop`` comes is lost (the run stays running in the log)."""
+        with self._lock:
+            return self._handed.wait_for(
+                lambda: not any(actor.cancelling for actor in self._actors.values()),
+                max(timeout, 0.0),
+            )
 
     def spawn_children(self, parent: RunState, effects: tuple[SpawnChild, ...]) -> None:
         """Start a parent's child runs (through ``on_spawn_children``)."""

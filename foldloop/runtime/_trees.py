@@ -4,6 +4,7 @@ also runs the child starts and cancel cascades of ``Commands``; ``close`` finish
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from foldloop._log import get_logger
@@ -56,9 +57,20 @@ class TreeWork:
         self._pool.submit(job)
 
     def close(self) -> None:
-        """Finish the work queued (up to ``TREE_CLOSE_WAIT`` s), then stop."""
-        if not self._pool.join(TREE_CLOSE_WAIT):
-            log.warning("tree_work_cut_at_close", advice="recover() finishes it")
+        """Finish the work queued and the cancels it told runs here (up to
+        ``TREE_CLOSE_WAIT`` s in all), then stop. A told cancel may wait in its run's mailbox
+        behind a commit: it is handled only once that lands, and its run's own cascade
+        (``CancelChildren``) comes back here as more work."""
+        deadline = time.monotonic() + TREE_CLOSE_WAIT
+        while True:
+            if not (
+                self._pool.join(deadline - time.monotonic())
+                and self._system.wait_cancelled(deadline - time.monotonic())
+            ):
+                log.warning("tree_work_cut_at_close", advice="recover() finishes it")
+                break
+            if self._pool.join(0):  # the cancels handled queued no more work
+                break
         self._pool.shutdown()
 
     def follow_children(self) -> None:
