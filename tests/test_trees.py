@@ -953,3 +953,132 @@ def test_commands_racing_to_a_parked_parent_are_all_handled_in_order(
             assert run.wait(timeout=20).status is fl.RunStatus.CANCELLED
     finally:
         release.set()
+
+
+def test_close_finishes_a_cancel_waiting_behind_a_commit_that_lands_late(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    lead = fl.Agent(
+        name="lead", llm=fl.ScriptedLLM(fans_out(("leaf", "a"))), agents=[holding("leaf", release)]
+    )
+    held: list[Callable[[], None]] = []
+
+    def lands_late(rt: fl.Runtime) -> None:
+        wait_until(lambda: rt.closed, 20, "close() to begin")
+        time.sleep(0.5)  # a slow disk: the child's commit lands after close began
+        held[0]()
+
+    try:
+        with fl.Runtime.open(store_path, agents=[lead]) as rt:
+            proceed = rt.system.proceed
+
+            def late(actor: Any, then: Callable[[], bool]) -> None:
+                if actor.state.parent_call_id and not held:  # the child's tool call, committed
+                    held.append(lambda: proceed(actor, then))
+                    return
+                proceed(actor, then)
+
+            monkeypatch.setattr(rt.system, "proceed", late)
+            run = rt.spawn(lead, "go")
+            wait_until(lambda: held, 20, "the child's tool call to be committed")
+            run.cancel()  # the child's cancel waits in its mailbox until that commit lands
+            landing = threading.Thread(target=lands_late, args=(rt,))
+            landing.start()
+        landing.join()
+        with fl.Runtime.open(store_path) as rt:
+            statuses = {node.run_id: node.status for node in rt.tree(run.id).walk()}
+            assert set(statuses.values()) == {fl.RunStatus.CANCELLED}, statuses
+            assert len(statuses) == 2
+    finally:
+        release.set()
+
+
+def test_recover_leaves_children_that_ended_under_a_finished_lead_as_they_ended(
+    store_path: Path,
+) -> None:
+    @fl.tool(idempotent=True)
+    def look(i: int) -> str:
+        """Look again."""
+        return f"seen {i}"
+
+    def looks(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        turn = sum(1 for m in messages if m.role == "assistant")
+        return fl.Reply(tool_calls=[fl.ToolCall("look", {"i": turn})])
+
+    def repeats(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        return fl.Reply(tool_calls=[fl.ToolCall("look", {"i": 0})])
+
+    def breaks(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        raise ValueError("the model broke")
+
+    children = [
+        fl.Agent(
+            name="looper", llm=fl.ScriptedLLM(looks), tools=[look], limits=Limits(max_steps=2)
+        ),
+        fl.Agent(name="stuck", llm=fl.ScriptedLLM(repeats), tools=[look]),
+        fl.Agent(name="broken", llm=fl.ScriptedLLM(breaks)),
+    ]
+    lead = fl.Agent(
+        name="lead",
+        llm=fl.ScriptedLLM(fans_out(("looper", "a"), ("stuck", "b"), ("broken", "c"))),
+        agents=children,
+    )
+
+    def ends(rt: fl.Runtime, run_id: str) -> dict[str, tuple[fl.RunStatus, str, int]]:
+        return {
+            c.agent: (c.status, c.reason, len(list(rt.events(c.run_id))))
+            for c in rt.tree(run_id).children
+        }
+
+    with fl.Runtime.open(store_path, agents=[lead]) as rt:
+        run = rt.spawn(lead, "go")
+        assert run.wait(timeout=30).ok  # each child's end was the lead's failed call
+        before = ends(rt, run.id)
+        assert {agent: end[0] for agent, end in before.items()} == {
+            "looper": fl.RunStatus.LIMIT_REACHED,
+            "stuck": fl.RunStatus.NO_PROGRESS,
+            "broken": fl.RunStatus.FAILED,
+        }
+    with fl.Runtime.open(store_path, agents=[lead]) as rt:  # a host recovers at every start
+        assert rt.recover() == []
+        assert ends(rt, run.id) == before  # nothing can move them: they stay as they ended
+
+
+def test_a_cancel_that_comes_while_a_parked_parent_is_taken_up_starts_nothing_new(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from foldloop.runtime._writes import RunWrites
+
+    release, taking_up, cancelled = threading.Event(), threading.Event(), threading.Event()
+    asked: list[int] = []
+    joins = fans_out(("leaf", "a"))
+
+    def lead_model(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        asked.append(len(messages))
+        return joins(messages, tools)
+
+    lead = fl.Agent(name="lead", llm=fl.ScriptedLLM(lead_model), agents=[holding("leaf", release)])
+    append = RunWrites.append_decisions
+
+    def held_append(self: RunWrites, state: RunState, *args: Any, **kwargs: Any) -> Any:
+        if state.run_id == run.id and not taking_up.is_set():  # the child's end takes it up
+            taking_up.set()
+            assert cancelled.wait(20)
+        return append(self, state, *args, **kwargs)
+
+    try:
+        with fl.Runtime.open(store_path, agents=[lead]) as rt:
+            rt.system.park_after_s = 0.01
+            run = rt.spawn(lead, "go")
+            wait_until(lambda: rt.system.parked(run.id), 20, "the lead to park")
+            monkeypatch.setattr(RunWrites, "append_decisions", held_append)
+            release.set()  # the child ends: its end takes the lead up
+            assert taking_up.wait(20)
+            run.cancel()  # reaches the lead once it is taken up, behind the child's end
+            cancelled.set()
+            assert run.wait(timeout=20).status is fl.RunStatus.CANCELLED
+        assert len(asked) == 1  # the child's answer did not ask the lead's model again
+    finally:
+        release.set()
+        cancelled.set()

@@ -371,7 +371,10 @@ class Commands:
                 continue
             if self._agents.named(state.agent) is None:
                 continue
-            ended = self._ended_ancestor(state) if not state.terminal else None
+            # a child that ended for its parent (limit reached, no progress, failed) under an
+            # ended parent can run nothing (its resume is refused): it stays as it ended
+            moves = not state.terminal and not ended_for_parent(state)
+            ended = self._ended_ancestor(state) if moves else None
             if ended is not None:  # a cascade cut short, or a child its parent gave up on
                 self._cancel_child(state.run_id, ended)
                 continue
@@ -534,7 +537,7 @@ class Commands:
 
     def close(self) -> None:
         """Stop carrying lost cancels; finish the tree work queued (a cancel's cascade, the
-        children a decision started), up to ``TREE_CLOSE_WAIT`` s."""
+        children a decision started) and the cancels it told, up to ``TREE_CLOSE_WAIT`` s."""
         self._late_cancels.shutdown()
         self.trees.close()
 
