@@ -17,6 +17,7 @@ from foldloop.core import CallModel, ExpireApproval, ModelPrice, Resume, RunStat
 from foldloop.core._ceilings import PER_CALL, PER_MESSAGE, TOOLS_FRAME
 from foldloop.core._explain import explain
 from foldloop.core._messages import Message, ToolSpec
+from foldloop.core._tree import child_finished
 from foldloop.events import Limits, ModelRequested, Recorded, RunLimitReached, RunStarted
 from foldloop.events._values import Usage
 from tests.log_capture import capture_logs
@@ -307,15 +308,17 @@ def test_explain_of_a_run_whose_approval_expired_says_how_to_ask_again() -> None
     )
 
 
-def test_explain_of_a_child_run_says_it_resumes_only_while_its_parent_waits() -> None:
+def test_explain_of_a_child_that_ended_by_itself_says_to_start_anew_from_the_root() -> None:
     d = Driver(Limits(max_steps=1))
     d.start()
     d.state = msgspec.structs.replace(d.state, parent_run_id="lead")
     d.reply([("add", "{}")])
     d.finish(d.state.calls[0].call_id)
     (step,) = explain(d.state, d.log).next_steps
-    assert "while its parent lead still waits for it" in step
-    assert "raise the root's ceilings and start a new run" in step
+    assert step == (
+        "nothing here: it is a sub-agent's child, and its parent lead has its outcome (a "
+        "failed call); start a new run with higher ceilings at its root"
+    )
 
 
 def test_a_reply_priced_above_what_its_call_reserved_is_logged(store_path: Path) -> None:
@@ -333,3 +336,33 @@ def test_a_reply_priced_above_what_its_call_reserved_is_logged(store_path: Path)
     (over,) = [e for e in logs if e["event"] == "model_usage_over_reserved"]
     assert over["model"] == "gpt-4o" and over["run_id"] == result.run_id
     assert 0 < over["reserved_usd"] < over["cost_usd"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.floats(0.05, 20.0), st.floats(0.1, 80.0))
+def test_the_dollar_ceiling_explain_names_lets_the_next_call_fit(
+    result_kb: int, per_input: float, per_output: float
+) -> None:
+    d = Driver(Limits(max_cost_usd=0.05), price=(per_input, per_output))
+    d.start()
+    d.reply([("add", "{}")], usage=Usage(input_tokens=10, output_tokens=1, cost_usd=0.0499))
+    d.finish(d.state.calls[0].call_id, result="x" * result_kb * 1_000)
+    reached = d.log[-1].event
+    if not isinstance(reached, RunLimitReached):
+        return  # the call fit after all
+    (step,) = explain(d.state, d.log).next_steps
+    shown = step.split("to at least $")[1].split(":")[0]
+    resumed = d.send(Resume(now=d.now(), owner="o", extend=Limits(max_cost_usd=float(shown))))
+    assert any(isinstance(e, CallModel) for e in resumed.effects), (step, d.state.reason)
+
+
+def test_an_interrupted_child_is_charged_its_allotment_where_it_caps_and_its_spend_elsewhere() -> (
+    None
+):
+    d = Driver(Limits(max_steps=9))  # an allotment of steps only
+    d.start()
+    d.state = msgspec.structs.replace(d.state, parent_run_id="lead", parent_call_id="c")
+    d.reply([("add", "{}")], usage=Usage(input_tokens=5_000, output_tokens=40, cost_usd=0.02))
+    told = child_finished(d.state, d.now(), lambda text: (text, None), interrupted="lost")
+    assert told.steps == 9  # the whole allotment: it may be recovered and go on
+    assert (told.usage.total_tokens, told.usage.cost_usd) == (5_040, 0.02)  # what it spent

@@ -912,7 +912,7 @@ def test_a_child_its_runtime_cannot_go_on_with_is_its_parents_failed_call(
         (spawned,) = [r.event for r in rt.events(run.id) if r.type == "child.spawned"]
         (ended,) = [r.event for r in rt.events(run.id) if r.type == "child.ended"]
         assert ended.steps == spawned.limits.steps_ceiling
-        assert ended.usage.output_tokens == spawned.limits.max_tokens
+        assert ended.usage.total_tokens == spawned.limits.max_tokens
         rt.verify(run.id, tree=True)  # the charge agrees with the allotment
 
 

@@ -68,7 +68,7 @@ class ModelCall:
         messages: MessageView,
         specs: Sequence[ToolSpec],
         *,
-        run_id: str = "",
+        run_id: str,
     ) -> None:
         self.run_id = run_id
         self.agent = agent

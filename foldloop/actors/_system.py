@@ -237,9 +237,12 @@ class ActorSystem:
                 raise ConfigError(
                     "this runtime closed while the run started; resume it with a new one"
                 )
+            came = self._taking_up.get(run_id, ())  # told while it was taken up
             try:
                 shard = self._shard_of(run_id)
                 actor = RunActor(self, agent, state, epoch)
+                if any(type(message) is Cancel for message in came):
+                    actor.cancel_requested()  # before the decision runs: it starts nothing new
                 # told under the lock: a tell that sees the run placed queues behind these
                 shard.tell(Activate(actor))
                 shard.tell(Deliver(run_id, decision))
@@ -250,9 +253,8 @@ class ActorSystem:
             if held is None or held.event.is_set():  # a parked run's waiters keep theirs
                 self._settlements[run_id] = Settlement()
             self._parked.pop(run_id, None)
-            for message in self._taking_up.pop(run_id, ()):  # came while it was taken up
-                if type(message) is Cancel:
-                    actor.cancel_requested()  # as ``tell`` does: nothing new starts before it
+            self._taking_up.pop(run_id, None)
+            for message in came:
                 shard.tell(Deliver(run_id, message))
             self._actors[run_id] = actor
             with contextlib.suppress(TypeError):  # a model that cannot be weakly referenced

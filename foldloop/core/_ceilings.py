@@ -118,9 +118,11 @@ def call_room(state: RunState, used: Budget) -> CallRoom:
         affordable = math.floor(left / per_output) - HELD_BACK
         room = affordable if room is None else min(room, affordable)
     if left < 0 or (room is not None and room < 1):
-        needed = (prompt * per_input + (1 + HELD_BACK) * per_output) / 1e6
+        least = prompt * per_input + (1 + HELD_BACK) * per_output  # micro-dollars
+        # rounded up, with margin: spent + needed, as shown, must be a ceiling that fits
+        needed = (math.ceil(least) + 2) / 1e6
         limit = RunLimitReached(
-            limit="max_cost_usd", value=round(cost, 6), ceiling=dollars, needed=round(needed, 6)
+            limit="max_cost_usd", value=round(cost, 6), ceiling=dollars, needed=needed
         )
         return CallRoom(prompt_bound=prompt, limit=limit)
     out = 0 if room is None else room

@@ -165,9 +165,9 @@ class _Builder:
         )
 
     def ask_again(self, step: int, attempt: int = 1, delay_s: float = 0.0) -> None:
-        """Make the pending call of ``step`` again (a retry, a recovery) with the room it was
-        asked with (nothing it counts has changed), unless that no longer fits: a call
-        recorded under an older rule."""
+        """Make the pending call of ``step`` again (a retry, a recovery, a resume) with the
+        room the run has now, unless none is left: a resume gave a run whose call went out
+        without a ceiling one that its prompt does not fit."""
         room = call_room(self.state, spent(self.state))
         if room.limit is not None:
             self.emit(room.limit)

@@ -190,22 +190,22 @@ def parked_reason(state: RunState, decided: Sequence[DecidedApproval]) -> str:
 
 
 def _resume_step(state: RunState, what: str, extend: str) -> str:
-    """The next step of a run that ``resume`` continues: for a child run, only while its
-    parent waits for it (else the work goes on from the root)."""
-    call = f"rt.resume(run_id{', ' + extend if extend else ''})"
-    if not state.parent_run_id:
-        return what + call
-    return (
-        f"{what}{call} while its parent {state.parent_run_id} still waits for it; once the "
-        "parent has moved on, raise the root's ceilings and start a new run"
-    )
+    """The next step of a run that ``resume`` continues. A sub-agent's child that ended by
+    itself cannot be resumed: its parent has its outcome already (a failed tool call)."""
+    if state.parent_run_id:
+        return (
+            f"nothing here: it is a sub-agent's child, and its parent {state.parent_run_id} "
+            "has its outcome (a failed call); start a new run"
+            + (" with higher ceilings at its root" if extend else "")
+        )
+    return what + f"rt.resume(run_id{', ' + extend if extend else ''})"
 
 
 def _limit_step(state: RunState, event: RunLimitReached) -> tuple[str, str]:
     """The ``limit`` line of a run a ceiling stopped, and its next step."""
-    name, spent = event.limit, event.value
-    limit = f"{name} = {limit_amount(name, spent)} of {limit_amount(name, event.ceiling)}"
-    above = f" to at least {limit_amount(name, spent + event.needed)}" if event.needed else ""
+    name, used = event.limit, event.value
+    limit = f"{name} = {limit_amount(name, used)} of {limit_amount(name, event.ceiling)}"
+    above = f" to at least {limit_amount(name, used + event.needed)}" if event.needed else ""
     extend = f"extend=fl.Limits({name}=...)"
     return limit, _resume_step(state, f"raise the ceiling{above}: ", extend)
 

@@ -36,6 +36,7 @@ __all__ = [
     "child_run_id",
     "ended_for_parent",
     "escrowed",
+    "interrupted_charge",
     "spent",
     "unstartable",
 ]
@@ -74,6 +75,21 @@ def escrowed(allotted: Limits) -> Budget:
     all of it."""
     usage = Usage(output_tokens=allotted.max_tokens or 0, cost_usd=allotted.max_cost_usd or 0.0)
     return Budget(allotted.steps_ceiling, usage)
+
+
+def interrupted_charge(state: RunState) -> Budget:
+    """What a child run its runtime could not go on with is charged (it may be recovered and
+    spend on): its whole allotment where the allotment caps, what it spent where not."""
+    used, held = spent(state), escrowed(state.limits)
+    tokens = used.usage.total_tokens
+    if state.limits.max_tokens is not None:
+        tokens = max(tokens, held.usage.total_tokens)
+    cost = used.usage.cost_usd
+    if state.limits.max_cost_usd is not None:
+        cost = max(cost, held.usage.cost_usd)
+    input_tokens = used.usage.input_tokens
+    usage = Usage(input_tokens=input_tokens, output_tokens=tokens - input_tokens, cost_usd=cost)
+    return Budget(max(used.steps, held.steps), usage)
 
 
 def allotment(state: RunState, own: Limits, now: int, waiting: int) -> Limits | str:
@@ -151,7 +167,7 @@ def child_finished(
     (``interrupted``: why the runtime driving it could not go on, so it may be recovered and
     spend on: charged its whole allotment); its output cut by ``bound``, as a tool's result
     is."""
-    used = escrowed(state.limits) if interrupted else spent(state)
+    used = interrupted_charge(state) if interrupted else spent(state)
     output, original = bound("" if interrupted else state.output)
     return ChildFinished(
         now=now,

@@ -375,8 +375,13 @@ class Queries:
         if ended is None:
             return
         if ended.status == RunStatus.INTERRUPTED.value:  # told by a runtime that lost it
-            held = escrowed(spawned.limits)
-            if (ended.steps, ended.usage) == (held.steps, held.usage):
+            held = escrowed(spawned.limits)  # at least its whole allotment was charged
+            usage = ended.usage
+            if (
+                ended.steps >= held.steps
+                and usage.total_tokens >= held.usage.total_tokens
+                and usage.cost_usd >= held.usage.cost_usd
+            ):
                 return
             told = msgspec.structs.replace(ended, steps=held.steps, usage=held.usage)
             raise NondeterminismError(parent.run_id, link.ended_seq, ended, told)

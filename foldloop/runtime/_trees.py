@@ -28,7 +28,8 @@ log = get_logger("foldloop.runtime")
 CHILD_WORKERS = 8
 """Threads that start child runs and carry cancels down trees, however many trees grow."""
 TREE_CLOSE_WAIT = 10.0
-"""Seconds ``close`` waits for queued tree work (a cancel's cascade) before it stops."""
+"""Seconds ``close`` waits for queued tree work (a cancel's cascade) and for the cancels it
+told runs here to be handled, in all, before it stops."""
 
 
 class TreeWork:
