@@ -142,11 +142,12 @@ def _clamped(state: RunState, used: Budget) -> CallRoom:
     return CallRoom(max_tokens=max(1, ceiling - tokens))
 
 
-def before_tools(state: RunState, now: int) -> RunLimitReached | None:
+def before_tools(state: RunState, now: int, used: Budget | None = None) -> RunLimitReached | None:
     """The dollar or seconds ceiling that stops ``state`` before its next action, if any
-    (what was spent, not reserved: tool calls cost no tokens)."""
+    (what was spent, not reserved: tool calls cost no tokens); ``used``: its ``spent``, if
+    the caller has it."""
     limits = state.limits
-    cost = spent(state).usage.cost_usd
+    cost = (spent(state) if used is None else used).usage.cost_usd
     if limits.max_cost_usd is not None and cost >= limits.max_cost_usd:
         return RunLimitReached(
             limit="max_cost_usd", value=round(cost, 6), ceiling=limits.max_cost_usd
@@ -168,6 +169,6 @@ def next_call(state: RunState, now: int) -> CallRoom:
     if used.steps >= ceiling:
         return CallRoom(limit=RunLimitReached(limit="max_steps", value=used.steps, ceiling=ceiling))
     room = call_room(state, used)
-    if room.limit is None and (later := before_tools(state, now)) is not None:
+    if room.limit is None and (later := before_tools(state, now, used)) is not None:
         return CallRoom(limit=later)
     return room

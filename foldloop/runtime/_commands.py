@@ -288,7 +288,7 @@ class Commands:
                 + (f": {state.reason}" if state.reason else "")
             )
         if state.parent_call_id:
-            self._check_child_resume(state, extend)
+            self.trees.check_child_resume(state, extend)
         agent = self._agents.for_run(state)
         epoch = self._system.take(run_id, wait=HANDOVER_WAIT)
         try:
@@ -309,28 +309,6 @@ class Commands:
         log.info("run_resumed", run_id=run_id, agent=agent.name, seq=state.seq)
         drive(self._system, agent, state, epoch, merged(decisions, state), released=released)
         return run_id
-
-    def _check_child_resume(self, state: RunState, extend: Limits | None) -> None:
-        """A sub-agent's child spends its parent's budget: it resumes only within its
-        allotment, and only while its parent still waits for it (else what it spent
-        again would be charged to no one)."""
-        run_id, parent_id = state.run_id, state.parent_run_id
-        if extend is not None:
-            raise ConfigError(
-                f"run {run_id!r} is a sub-agent's child: its ceilings are the allotment its "
-                f"parent {parent_id!r} gave it, and cannot be extended",
-                advice="raise the root's limits (resume the root with extend=...) instead",
-            )
-        parent = self._queries.state(parent_id)
-        link = next((c for c in parent.children if c.run_id == run_id and c.running), None)
-        if link is None or parent.terminal:
-            raise ConfigError(
-                f"run {run_id!r} is a sub-agent's child its parent {parent_id!r} no longer "
-                f"waits for (the parent is {parent.status.value}"
-                + ("" if parent.terminal else ", and has its outcome already")
-                + ")",
-                advice="start a new run, or resume the parent's tree from its root",
-            )
 
     def _refuse_unknown(self, run_id: str) -> None:
         """A run holding events of a newer foldloop cannot be decided on by this one."""
@@ -371,10 +349,7 @@ class Commands:
                 continue
             if self._agents.named(state.agent) is None:
                 continue
-            # a child that ended for its parent (limit reached, no progress, failed) under an
-            # ended parent can run nothing (its resume is refused): it stays as it ended
-            moves = not state.terminal and not ended_for_parent(state)
-            ended = self._ended_ancestor(state) if moves else None
+            ended = self.trees.cancel_reason(state)
             if ended is not None:  # a cascade cut short, or a child its parent gave up on
                 self._cancel_child(state.run_id, ended)
                 continue
@@ -394,23 +369,6 @@ class Commands:
             except (SchemaChangedError, StoreCorrupted) as exc:
                 log.warning("recover_skipped", run_id=state.run_id, error=str(exc))
         return recovered + self.take_queued(queued)
-
-    def _ended_ancestor(self, state: RunState) -> str | None:
-        """For a run of a tree whose parent, or an ancestor above it, has ended: the reason
-        to cancel it ("parent cancelled" when it was a cancel whose cascade was cut short);
-        None otherwise. (A run host code spawned with a ``parent_run_id`` is no sub-agent's:
-        its parent's end does not end it.)"""
-        parent = state.parent_run_id if state.parent_call_id else ""
-        while parent:
-            try:
-                above = self._queries.state(parent)
-            except FoldloopError:
-                return None  # an unreadable parent: leave the child to be resumed
-            if above.terminal:
-                ended = above.status.value
-                return "parent cancelled" if ended == "cancelled" else f"parent {ended}"
-            parent = above.parent_run_id if above.parent_call_id else ""
-        return None
 
     def take_queued(self, run_ids: list[str]) -> list[str]:
         """Take the leases of queued runs (whose runtime died, or from a shared work queue)

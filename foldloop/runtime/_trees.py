@@ -13,7 +13,8 @@ from foldloop.actors._workers import Workers
 from foldloop.core._decide import decide
 from foldloop.core._state import RunState
 from foldloop.core._tree import child_finished, ended_for_parent
-from foldloop.errors import FoldloopError, RunNotFound
+from foldloop.errors import ConfigError, FoldloopError, RunNotFound
+from foldloop.events._values import Limits
 from foldloop.runtime._driving import drive
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._registry import AgentRegistry
@@ -52,6 +53,53 @@ class TreeWork:
         self._clock = clock
         self._cancel_child = cancel_child
         self._pool = Workers(CHILD_WORKERS, "foldloop-children")
+
+    def check_child_resume(self, state: RunState, extend: Limits | None) -> None:
+        """A sub-agent's child spends its parent's budget: it resumes only within its
+        allotment, and only while its parent still waits for it (else what it spent
+        again would be charged to no one)."""
+        run_id, parent_id = state.run_id, state.parent_run_id
+        if extend is not None:
+            raise ConfigError(
+                f"run {run_id!r} is a sub-agent's child: its ceilings are the allotment its "
+                f"parent {parent_id!r} gave it, and cannot be extended",
+                advice="raise the root's limits (resume the root with extend=...) instead",
+            )
+        parent = self._queries.state(parent_id)
+        link = next((c for c in parent.children if c.run_id == run_id and c.running), None)
+        if link is None or parent.terminal:
+            raise ConfigError(
+                f"run {run_id!r} is a sub-agent's child its parent {parent_id!r} no longer "
+                f"waits for (the parent is {parent.status.value}"
+                + ("" if parent.terminal else ", and has its outcome already")
+                + ")",
+                advice="start a new run, or resume the parent's tree from its root",
+            )
+
+    def cancel_reason(self, state: RunState) -> str | None:
+        """Why ``recover()`` cancels ``state`` instead of resuming it (None: it does not).
+        A child that ended for its parent (limit reached, no progress, failed) can run
+        nothing more (its resume is refused): it stays as it ended."""
+        if state.terminal or ended_for_parent(state):
+            return None
+        return self._ended_ancestor(state)
+
+    def _ended_ancestor(self, state: RunState) -> str | None:
+        """For a run of a tree whose parent, or an ancestor above it, has ended: the reason
+        to cancel it ("parent cancelled" when it was a cancel whose cascade was cut short);
+        None otherwise. (A run host code spawned with a ``parent_run_id`` is no sub-agent's:
+        its parent's end does not end it.)"""
+        parent = state.parent_run_id if state.parent_call_id else ""
+        while parent:
+            try:
+                above = self._queries.state(parent)
+            except FoldloopError:
+                return None  # an unreadable parent: leave the child to be resumed
+            if above.terminal:
+                ended = above.status.value
+                return "parent cancelled" if ended == "cancelled" else f"parent {ended}"
+            parent = above.parent_run_id if above.parent_call_id else ""
+        return None
 
     def submit(self, job: Callable[[], object]) -> None:
         """Run ``job`` on the tree pool."""
