@@ -86,7 +86,7 @@ class JetStreamStore:
         self._t = target
         self._listeners: list[Listener] = []
         self._closed = False
-        self._last_error = ""
+        self._refused = ""  # an authorization error seen at open (later errors do not hide it)
         self._loop = LoopThread("foldloop-nats")
         self._nc: Client | None = None
         try:
@@ -123,10 +123,11 @@ class JetStreamStore:
                     f"no TLS handshake with the NATS server at {t.shown} (tried {tried}); "
                     "does it serve TLS? (nats:// for a server without it)"
                 ) from None
-            if "authorization" in self._last_error.lower():
+            await asyncio.sleep(0)  # an error callback the failure scheduled runs first
+            if self._refused:
                 raise StoreAccessError(
                     f"the NATS server at {t.shown} refused this store's credentials "
-                    f"({self._last_error}); check the user and password (or token) in the "
+                    f"({self._refused}); check the user and password (or token) in the "
                     "URL, or its creds= / nkey= file"
                 ) from None
             raise StoreAccessError(
@@ -179,8 +180,10 @@ class JetStreamStore:
     # -- plumbing --------------------------------------------------------------------------
 
     async def _on_error(self, exc: Exception) -> None:
-        self._last_error = str(exc).removeprefix("nats: ").strip("'") or type(exc).__name__
-        log.debug("nats_error", error=self._last_error)
+        error = str(exc).removeprefix("nats: ").strip("'") or type(exc).__name__
+        if "authorization" in error.lower():
+            self._refused = error
+        log.debug("nats_error", error=error)
 
     async def _on_disconnected(self) -> None:
         if self._nc is not None and not self._closed:  # a close asked for is no news
