@@ -238,7 +238,7 @@ def test_the_readme_says_what_the_docstring_says() -> None:
     assert promise in words((TESTS.parent / "README.md").read_text())
 
 
-def test_a_runtime_keeps_only_the_latest_settlements_and_waits_on_older_runs_from_the_log(
+def test_a_runtime_keeps_only_the_latest_settlements_and_their_handles_keep_their_own(
     rt: fl.Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(rt.system, "KEEP_SETTLED", 3)
@@ -248,6 +248,16 @@ def test_a_runtime_keeps_only_the_latest_settlements_and_waits_on_older_runs_fro
         run.wait(timeout=30)
     kept = [run.id for run in runs if rt.system.settlement(run.id) is not None]
     assert len(kept) == 3
-    for run in runs:  # forgotten ones are read back from the store
+    reads: list[str] = []
+    read_state = rt._queries.state
+    monkeypatch.setattr(
+        rt._queries, "state", lambda run_id: reads.append(run_id) or read_state(run_id)
+    )
+    for run in runs:  # each handle keeps how its run ended: no read of the log
         result = run.wait(timeout=30)
         assert result.status is fl.RunStatus.COMPLETED and result.output == "ok", result
+    assert reads == []
+    for run in runs:  # new handles of forgotten runs read them back from the store
+        result = rt.handle(run.id).wait(timeout=30)
+        assert result.status is fl.RunStatus.COMPLETED and result.output == "ok", result
+    assert sorted(set(reads)) == sorted(run.id for run in runs if run.id not in kept)

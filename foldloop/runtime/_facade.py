@@ -23,7 +23,7 @@ from foldloop._closing import ClosedOnExit
 from foldloop._log import get_logger
 from foldloop.actors._followers import Followers
 from foldloop.actors._projection_actor import ProjectionHandle
-from foldloop.actors._system import ActorSystem
+from foldloop.actors._system import ActorSystem, Settlement
 from foldloop.core._explain import Explanation
 from foldloop.core._state import RunState, RunStatus
 from foldloop.errors import ConfigError, RunNotFound, StoreError
@@ -464,8 +464,20 @@ class _RunOps:
     def state(self, run_id: str) -> RunState:
         return self._queries.state(run_id)
 
-    def wait(self, run_id: str, timeout: float | None, *, through_approvals: bool) -> RunResult:
-        return self._waiter.wait(run_id, timeout, through_approvals=through_approvals)
+    def ending(self, run_id: str) -> Settlement | None:
+        return self._waiter.ending(run_id)
+
+    def wait(
+        self,
+        run_id: str,
+        timeout: float | None,
+        *,
+        through_approvals: bool,
+        ending: Settlement | None,
+    ) -> RunResult:
+        return self._waiter.wait(
+            run_id, timeout, through_approvals=through_approvals, ending=ending
+        )
 
     def cancel(self, run_id: str, reason: str) -> None:
         self._commands.cancel(run_id, reason)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from foldloop.actors._system import Settlement
 from foldloop.core._state import RunState, RunStatus
 from foldloop.errors import StoreCorrupted
 from foldloop.events._values import Usage
@@ -144,7 +145,19 @@ class RunOps(Protocol):
 
     def state(self, run_id: str) -> RunState: ...
 
-    def wait(self, run_id: str, timeout: float | None, *, through_approvals: bool) -> RunResult: ...
+    def ending(self, run_id: str) -> Settlement | None:
+        """The runtime's record of how a run it drives ends (None if it drives none): a
+        handle keeps it, so its ``wait`` needs no read of the log once the run ended."""
+        ...
+
+    def wait(
+        self,
+        run_id: str,
+        timeout: float | None,
+        *,
+        through_approvals: bool,
+        ending: Settlement | None,
+    ) -> RunResult: ...
 
     def cancel(self, run_id: str, reason: str) -> None: ...
 
@@ -155,6 +168,7 @@ class RunHandle(OpenOnly):
     def __init__(self, ops: RunOps, run_id: str) -> None:
         self._ops = ops
         self.id = run_id
+        self._ending = ops.ending(run_id)
 
     def __repr__(self) -> str:
         return f"RunHandle({self.id!r})"
@@ -174,7 +188,9 @@ class RunHandle(OpenOnly):
         ``timeout`` seconds it returns the run as it stands then (running or
         awaiting_approval, with a reason saying so).
         """
-        return self._ops.wait(self.id, timeout, through_approvals=through_approvals)
+        return self._ops.wait(
+            self.id, timeout, through_approvals=through_approvals, ending=self._ending
+        )
 
     def cancel(self, reason: str = "") -> None:
         """Cancel the run (at once: model calls run off the run's thread)."""

@@ -8,7 +8,7 @@ import math
 import time
 
 from foldloop._log import get_logger
-from foldloop.actors._system import ActorSystem
+from foldloop.actors._system import ActorSystem, Settlement
 from foldloop.core._explain import ORPHAN_QUEUED
 from foldloop.core._state import RunState, RunStatus
 from foldloop.errors import ConfigError, StoreCorrupted, StoreError, StoreNotFound
@@ -52,10 +52,20 @@ class Waiter:
         self._desk = desk
         self._admission = admission
 
+    def ending(self, run_id: str) -> Settlement | None:
+        """How the run ends, as this runtime records it (for a handle to keep)."""
+        return self._system.settlement(run_id)
+
     def wait(
-        self, run_id: str, timeout: float | None, *, through_approvals: bool = False
+        self,
+        run_id: str,
+        timeout: float | None,
+        *,
+        through_approvals: bool = False,
+        ending: Settlement | None = None,
     ) -> RunResult:
-        """See ``RunHandle.wait``."""
+        """See ``RunHandle.wait``; ``ending``: the handle's record of how the run ends
+        (kept by the handle after the runtime forgets it)."""
         if timeout is not None and (
             isinstance(timeout, bool)
             or not isinstance(timeout, int | float)
@@ -67,7 +77,7 @@ class Waiter:
             )
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            state, interrupted = self._settle(run_id, deadline)
+            state, interrupted = self._settle(run_id, deadline, ending)
             if (
                 through_approvals
                 and not interrupted
@@ -77,9 +87,15 @@ class Waiter:
                 continue
             return result_of(state, interrupted=interrupted)
 
-    def _settle(self, run_id: str, deadline: float | None) -> tuple[RunState, str]:
+    def _settle(
+        self, run_id: str, deadline: float | None, ending: Settlement | None
+    ) -> tuple[RunState, str]:
         """The run once it ends, parks or is interrupted (or at the deadline), and why it
         was interrupted ("" if it was not)."""
+        if ending is not None and ending.event.is_set():
+            state = ending.state
+            if state is not None and state.terminal and not ending.interrupted:
+                return state, ""  # ended for good: nothing can have changed it since
         turn = self._admission.wait_turn(run_id, deadline)
         if turn == "deadline":
             return self._queries.state(run_id), ""
