@@ -50,6 +50,8 @@ class FakeOpenAI:
                 request = json.loads(self.rfile.read(length))
                 owner.requests.append(request)
                 status, body = owner.responses.pop(0)
+                if self.headers.get("content-type") != "application/json":  # as OpenAI's
+                    status, body = 400, {"error": {"message": "body must be declared JSON"}}
                 if owner.spends_all:
                     written = request.get("max_tokens", 500)
                     body["usage"] = {

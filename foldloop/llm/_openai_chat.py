@@ -9,10 +9,10 @@ arguments are passed on verbatim, malformed or not: validation feeds errors back
 ``complete`` uses the SDK's ``OpenAI`` client, ``acomplete`` its ``AsyncOpenAI`` client (one
 per event loop, made on first use, its connection pool shared by every call on that loop);
 both build the request and read the reply with the same functions. The request goes through
-the client's ``post`` as plain JSON and the reply is decoded with msgspec into the few fields a
-Reply needs: the SDK's typed request transform and response models cost about twice the rest
-of a call's CPU, which a fleet of runs pays on every step (auth, connection pool, timeouts and
-error classes are still the SDK's).
+the client's ``post`` as JSON bytes encoded by msgspec and the reply is decoded with msgspec
+into the few fields a Reply needs: the SDK's typed request transform and response models cost
+about twice the rest of a call's CPU, which a fleet of runs pays on every step (auth,
+connection pool, timeouts and error classes are still the SDK's).
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ class OpenAIChat:
         """One chat completion; provider usage flows into the run's ``model.responded``."""
         with sdk.sdk_errors(self._openai, self._model):
             response = self._client.post(
-                _PATH, body=self._request(messages, tools, max_tokens), cast_to=str
+                _PATH, content=self._request(messages, tools, max_tokens), cast_to=str
             )
         return self._reply(response)
 
@@ -172,7 +172,7 @@ class OpenAIChat:
         client = self._async_clients.get()
         with sdk.sdk_errors(self._openai, self._model):
             response = await client.post(
-                _PATH, body=self._request(messages, tools, max_tokens), cast_to=str
+                _PATH, content=self._request(messages, tools, max_tokens), cast_to=str
             )
         return self._reply(response)
 
@@ -182,8 +182,8 @@ class OpenAIChat:
 
     def _request(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec], max_tokens: int | None
-    ) -> dict[str, Any]:
-        """The chat-completions request, one definition for both forms."""
+    ) -> bytes:
+        """The chat-completions request's JSON body, one definition for both forms."""
         request: dict[str, Any] = {
             "model": self._model,
             "messages": [_message(m) for m in messages],
@@ -192,7 +192,7 @@ class OpenAIChat:
             request["tools"] = [_tool(t) for t in tools]
         if max_tokens is not None:  # a run's ceiling asks for a cap
             request["max_tokens"] = min(max_tokens, self._max_tokens)
-        return request
+        return msgspec.json.encode(request)
 
     def _reply(self, body: str) -> Reply:
         """The response body as a Reply, one definition for both forms."""
