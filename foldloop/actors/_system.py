@@ -44,7 +44,9 @@ HANDOVER_WAIT = 5.0
 carrying a decision into the run (the approvals poller, say) to finish, before RunLocked."""
 NOTIFY_WORKERS = 8
 """Threads running approval ``notify`` callbacks (a chat message, an e-mail: I/O)."""
-SHARDS = 4
+SHARDS = 1
+"""Shards the runs are placed on. One interpreter lock runs one thread's Python at a time:
+more shards only contend for it with the writer and the event loop (and lose throughput)."""
 PARK_AFTER_S = 10.0
 """Seconds a run that waits only for its child runs stays active before it parks (a short
 wait is not worth a fold from the log when the next child ends)."""
