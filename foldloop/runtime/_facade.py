@@ -32,6 +32,7 @@ from foldloop.events._values import Limits
 from foldloop.projections._base import Projection
 from foldloop.runtime._admission import Admission
 from foldloop.runtime._approval_desk import ApprovalDesk
+from foldloop.runtime._collector import COLLECTOR
 from foldloop.runtime._commands import Commands
 from foldloop.runtime._lifecycle import Lifecycle, OpenOnly
 from foldloop.runtime._queries import Queries
@@ -149,6 +150,7 @@ class Runtime(OpenOnly, ClosedOnExit):
         self._stop_polling = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="foldloop-poller", daemon=True)
         self._poller.start()
+        COLLECTOR.runtime_opened()
         log.info("runtime_opened", path=shown(store.location), owner=self.owner)
 
     @classmethod
@@ -204,18 +206,21 @@ class Runtime(OpenOnly, ClosedOnExit):
         """Stop driving runs (they stay resumable), commit what is queued, release the store."""
         if not self._lifecycle.close():
             return
-        if self._taker is not None:
-            self._taker.close()
-        if self._stop_cancels is not None:
-            self._stop_cancels()
-        self._stop_polling.set()
-        self._poller.join(timeout=5)
-        self._followers.close()
-        self._admission.close()
-        self._commands.close()
-        self.system.stop()
-        self._owner_hold.release()
-        self.store.close()
+        try:
+            if self._taker is not None:
+                self._taker.close()
+            if self._stop_cancels is not None:
+                self._stop_cancels()
+            self._stop_polling.set()
+            self._poller.join(timeout=5)
+            self._followers.close()
+            self._admission.close()
+            self._commands.close()
+            self.system.stop()
+            self._owner_hold.release()
+            self.store.close()
+        finally:
+            COLLECTOR.runtime_closed()
         log.info("runtime_closed", owner=self.owner)
 
     @property

@@ -1,0 +1,104 @@
+"""While a runtime is open, the collector's youngest threshold left at Python's default is
+raised (a fleet's in-flight objects were otherwise promoted and rescanned by full
+collections); the last runtime to close puts it back; a host's own thresholds are kept.
+
+Each case runs in a fresh interpreter: thresholds are the process's, not a test's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from foldloop.runtime._collector import PYTHON_DEFAULT, YOUNG_THRESHOLD
+
+
+def thresholds_seen(tmp_path: Path, steps: str) -> list[list[int]]:
+    """Run ``steps`` (Python, with ``fl``, ``gc``, ``path`` and ``seen()`` at hand) in a
+    fresh interpreter; what ``seen()`` recorded of gc.get_threshold() at each call."""
+    script = (
+        textwrap.dedent(
+            """
+        import gc, json, sys
+        import foldloop as fl
+        path = sys.argv[1]
+        out = []
+        def seen():
+            out.append(list(gc.get_threshold()))
+        """
+        )
+        + textwrap.dedent(steps)
+        + "\nprint(json.dumps(out))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    seen: list[list[int]] = json.loads(done.stdout.splitlines()[-1])
+    return seen
+
+
+def test_pythons_default_is_raised_while_a_runtime_is_open_and_put_back(tmp_path: Path) -> None:
+    seen = thresholds_seen(
+        tmp_path,
+        """
+        gc.set_threshold(700, 10, 10)
+        seen()
+        rt = fl.Runtime.open(path)
+        seen()
+        rt.close()
+        seen()
+        """,
+    )
+    assert seen == [
+        [PYTHON_DEFAULT, 10, 10],
+        [YOUNG_THRESHOLD, 10, 10],
+        [PYTHON_DEFAULT, 10, 10],
+    ]
+
+
+def test_the_last_runtime_to_close_puts_it_back(tmp_path: Path) -> None:
+    seen = thresholds_seen(
+        tmp_path,
+        """
+        first = fl.Runtime.open(path)
+        second = fl.Runtime.open(path + "-2")
+        first.close()
+        seen()
+        second.close()
+        seen()
+        again = fl.Runtime.open(path)
+        seen()
+        again.close()
+        seen()
+        """,
+    )
+    assert [t[0] for t in seen] == [YOUNG_THRESHOLD, PYTHON_DEFAULT] * 2
+
+
+def test_a_hosts_own_thresholds_are_kept(tmp_path: Path) -> None:
+    seen = thresholds_seen(
+        tmp_path,
+        """
+        gc.set_threshold(2000, 20, 5)
+        with fl.Runtime.open(path):
+            seen()
+        seen()
+        with fl.Runtime.open(path):
+            gc.set_threshold(700, 10, 10)  # set while open: the host's, kept at close
+            with fl.Runtime.open(path + "-2"):
+                seen()
+        seen()
+        gc.set_threshold(700, 10, 10)
+        with fl.Runtime.open(path):
+            gc.set_threshold(3000, 10, 10)  # changed after the runtime raised it
+        seen()
+        """,
+    )
+    assert seen == [[2000, 20, 5], [2000, 20, 5], [700, 10, 10], [700, 10, 10], [3000, 10, 10]]
