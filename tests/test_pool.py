@@ -20,7 +20,14 @@ import pytest
 
 import foldloop as fl
 from foldloop.runtime import _pool as pool_module
-from foldloop.runtime._pool_protocol import Failed, Ready, Refused, Spawned, decode_reply
+from foldloop.runtime._pool_protocol import (
+    Failed,
+    Ready,
+    Refused,
+    Spawned,
+    SpawnedMany,
+    decode_reply,
+)
 from tests.waiting import wait_until
 
 WORKER = [sys.executable, "-m", "foldloop.runtime._pool_worker"]
@@ -57,7 +64,8 @@ def test_runs_are_spread_over_the_workers_and_complete(store_path: Path) -> None
 def test_spawn_many_spreads_the_runs_over_the_workers_in_input_order(
     store_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pool_module, "SPAWN_WINDOW", 16)  # 200 runs go 16 in flight at a time
+    monkeypatch.setattr(pool_module, "SPAWN_WINDOW", 20)  # 200 runs go 20 in flight at a time,
+    monkeypatch.setattr(pool_module, "SPAWN_CHUNK", 10)  # 10 a request, workers taking turns
     with fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=2) as pool:
         with pytest.raises(fl.ConfigError):  # checked before any request is sent
             pool.spawn_many("calc", ["fine", 7])  # type: ignore[list-item]
@@ -325,11 +333,25 @@ def test_a_worker_answers_a_malformed_request_instead_of_dropping_it(store_path:
         worker.stdin.write(b'{"type":"spawn","id":7,"agent":"calc","input":5}\n')
         worker.stdin.write(b'{"type":"spawn","id":8,"agent":"calc","input":"2+3"}\n')
         worker.stdin.flush()
-        replies = {r.id: r for r in (decode_reply(worker.stdout.readline()) for _ in range(2))}
+        worker.stdin.write(b'{"type":"spawn_many","id":9,"agent":"calc","inputs":["1",2]}\n')
+        worker.stdin.write(b'{"type":"spawn_many","id":10,"agent":"nope","inputs":["1"]}\n')
+        many = b'{"type":"spawn_many","id":11,"agent":"calc","inputs":["a","b","c"]}\n'
+        worker.stdin.write(many)
+        worker.stdin.flush()
+        replies = {r.id: r for r in (decode_reply(worker.stdout.readline()) for _ in range(5))}
         refused, spawned = replies[7], replies[8]
         assert isinstance(refused, Refused) and refused.error == "ConfigError"
         assert "malformed request" in refused.message and "input" in refused.message
         assert isinstance(spawned, Spawned)
+        bad_input, unknown, started = replies[9], replies[10], replies[11]
+        assert isinstance(bad_input, Refused) and "malformed request" in bad_input.message
+        assert isinstance(unknown, Refused) and "'nope'" in unknown.message
+        assert isinstance(started, SpawnedMany) and len(set(started.run_ids)) == 3
+        with fl.Runtime.open(store_path) as rt:  # started in input order, nothing else
+            states = [rt.state(i) for i in started.run_ids]
+            inputs = [next(m.content for m in st.messages if m.role == "user") for st in states]
+            assert inputs == ["a", "b", "c"]
+            assert len(rt.runs()) == 4
     finally:
         worker.stdin.close()
         assert worker.wait(timeout=30) == 0

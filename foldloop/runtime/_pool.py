@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -44,6 +45,8 @@ from foldloop.runtime._pool_protocol import (
     Resume,
     Spawn,
     Spawned,
+    SpawnedMany,
+    SpawnMany,
     decode_reply,
     encode,
 )
@@ -54,9 +57,13 @@ __all__ = ["PooledRunHandle", "WorkerInfo", "WorkerPool"]
 
 log = get_logger(__name__)
 
-SPAWN_WINDOW = 512
-"""Spawn requests ``spawn_many`` keeps in flight: enough for the workers' starts to share
-commits, few enough that a Ctrl-C leaves little already sent behind it."""
+SPAWN_WINDOW = 2048
+"""Runs ``spawn_many`` keeps in flight: enough that the workers start runs faster than their
+first ones step (a smaller window left starts waiting behind steps), bounded so a Ctrl-C
+leaves at most this many already sent behind it."""
+SPAWN_CHUNK = 256
+"""Inputs one request to a worker carries: its starts share the worker's commits, and the
+pipe carries one round trip for them instead of one each."""
 
 SWITCH_INTERVAL = 0.05
 """The workers' ``sys.setswitchinterval`` (CPython's default is 0.005): a worker's many run
@@ -104,7 +111,7 @@ class _Worker:
         )
         self.ready: Future[Ready] = Future()
         self.spawned = 0
-        self._pending: dict[int, Future[str]] = {}
+        self._pending: dict[int, Future[Any]] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._reader = threading.Thread(
@@ -137,6 +144,9 @@ class _Worker:
                 if isinstance(reply, Spawned):
                     self.spawned += 1  # only this thread writes it
                     future.set_result(reply.run_id)
+                elif isinstance(reply, SpawnedMany):
+                    self.spawned += len(reply.run_ids)
+                    future.set_result(reply.run_ids)
                 elif isinstance(reply, Cancelled):
                     future.set_result("")
                 else:
@@ -156,10 +166,11 @@ class _Worker:
         if self.ready.exception() is None:
             self._on_exit()  # it had started: replace it (one that could not start is not)
 
-    def request(self, message: Request) -> Future[str]:
+    def request(self, message: Request) -> Future[Any]:
         """Send ``message`` (its id is assigned here); the future gets the run id of a
-        spawn or resume, "" for a cancel, or the error the worker raised."""
-        future: Future[str] = Future()
+        spawn or resume, the run ids of a spawn_many, "" for a cancel, or the error the
+        worker raised."""
+        future: Future[Any] = Future()
         with self._lock:
             request = msgspec.structs.replace(message, id=next(self._ids))
             self._pending[request.id] = future
@@ -398,15 +409,21 @@ class WorkerPool(ClosedOnExit):
         in input order once every run.started is durable. Every input is checked before any
         is sent; a Ctrl-C stops the sending (the requests in flight still start their runs)."""
         check_inputs(inputs)
-        requests = [self._spawn_request(agent, text, None, metadata, None) for text in inputs]
+        texts = list(inputs)
+        name = self._agent_name(agent)
+        for text in texts:
+            check_spawn(text, None, metadata, None)
+        meta = dict(metadata) if metadata is not None else None
         self.runtime.check_open()
         started: list[PooledRunHandle] = []
-        in_flight: collections.deque[Future[str]] = collections.deque()
-        for request in requests:
-            if len(in_flight) >= SPAWN_WINDOW:
-                started.append(PooledRunHandle(self, in_flight.popleft().result()))
-            in_flight.append(self._pick().request(request))
-        started.extend(PooledRunHandle(self, reply.result()) for reply in in_flight)
+        in_flight: collections.deque[Future[list[str]]] = collections.deque()
+        for at in range(0, len(texts), SPAWN_CHUNK):
+            if len(in_flight) * SPAWN_CHUNK >= SPAWN_WINDOW:
+                started.extend(PooledRunHandle(self, i) for i in in_flight.popleft().result())
+            chunk = SpawnMany(0, name, texts[at : at + SPAWN_CHUNK], metadata=meta)
+            in_flight.append(self._pick().request(chunk))
+        for reply in in_flight:
+            started.extend(PooledRunHandle(self, i) for i in reply.result())
         return started
 
     def _spawn_request(
@@ -418,12 +435,7 @@ class WorkerPool(ClosedOnExit):
         parent_run_id: str | None,
     ) -> Spawn:
         """A worker's spawn request, checked here: a worker gets only what it can start."""
-        name = agent.name if isinstance(agent, Agent) else agent
-        if name not in self._agents:
-            raise ConfigError(
-                f"this pool's workers do not know agent {name!r}; they know "
-                f"{sorted(self._agents)} (WorkerPool(agents=[...]) names them as module:attr)"
-            )
+        name = self._agent_name(agent)
         check_spawn(input, run_id, metadata, parent_run_id)
         return Spawn(
             0,
@@ -433,6 +445,16 @@ class WorkerPool(ClosedOnExit):
             metadata=dict(metadata) if metadata is not None else None,
             parent_run_id=parent_run_id,
         )
+
+    def _agent_name(self, agent: Agent | str) -> str:
+        """The name the workers know ``agent`` by (refused if they do not know it)."""
+        name = agent.name if isinstance(agent, Agent) else agent
+        if name not in self._agents:
+            raise ConfigError(
+                f"this pool's workers do not know agent {name!r}; they know "
+                f"{sorted(self._agents)} (WorkerPool(agents=[...]) names them as module:attr)"
+            )
+        return name
 
     def _pick(self) -> _Worker:
         with self._lock:

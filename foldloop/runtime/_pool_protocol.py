@@ -22,7 +22,9 @@ __all__ = [
     "Request",
     "Resume",
     "Spawn",
+    "SpawnMany",
     "Spawned",
+    "SpawnedMany",
     "decode_reply",
     "encode",
 ]
@@ -37,6 +39,16 @@ class Spawn(msgspec.Struct, frozen=True, tag="spawn"):
     run_id: str | None = None
     metadata: dict[str, str] | None = None
     parent_run_id: str | None = None
+
+
+class SpawnMany(msgspec.Struct, frozen=True, tag="spawn_many"):
+    """Start a run of the agent named ``agent`` on each of ``inputs``, in order, their
+    starts sharing commits (answered by SpawnedMany or Refused)."""
+
+    id: int
+    agent: str
+    inputs: list[str]
+    metadata: dict[str, str] | None = None
 
 
 class Cancel(msgspec.Struct, frozen=True, tag="cancel"):
@@ -56,7 +68,7 @@ class Resume(msgspec.Struct, frozen=True, tag="resume"):
     extend: Limits | None = None
 
 
-Request = Spawn | Cancel | Resume
+Request = Spawn | SpawnMany | Cancel | Resume
 
 
 class Ready(msgspec.Struct, frozen=True, tag="ready"):
@@ -72,6 +84,14 @@ class Spawned(msgspec.Struct, frozen=True, tag="spawned"):
 
     id: int
     run_id: str
+
+
+class SpawnedMany(msgspec.Struct, frozen=True, tag="spawned_many"):
+    """Request ``id`` started a run on each input: their ids, in input order, each
+    run.started durable."""
+
+    id: int
+    run_ids: list[str]
 
 
 class Cancelled(msgspec.Struct, frozen=True, tag="cancelled"):
@@ -94,7 +114,7 @@ class Failed(msgspec.Struct, frozen=True, tag="failed"):
     message: str
 
 
-Reply = Ready | Spawned | Cancelled | Refused | Failed
+Reply = Ready | Spawned | SpawnedMany | Cancelled | Refused | Failed
 
 _ENCODER = msgspec.json.Encoder()
 _REPLIES = msgspec.json.Decoder(Reply)

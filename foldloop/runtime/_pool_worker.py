@@ -27,6 +27,7 @@ from typing import BinaryIO
 
 import msgspec
 
+from foldloop._agent import Agent
 from foldloop.errors import ConfigError, FoldloopError
 from foldloop.runtime._agent_ref import load_agent
 from foldloop.runtime._facade import Runtime
@@ -41,6 +42,8 @@ from foldloop.runtime._pool_protocol import (
     Resume,
     Spawn,
     Spawned,
+    SpawnedMany,
+    SpawnMany,
     encode,
 )
 
@@ -76,13 +79,18 @@ class _Answers:
                     self._out.close()
 
 
-def _spawn(rt: Runtime, request: Spawn) -> str:
-    agent = rt.agent_named(request.agent)
+def _agent(rt: Runtime, name: str) -> Agent:
+    agent = rt.agent_named(name)
     if agent is None:
         raise ConfigError(
-            f"this pool's workers do not know agent {request.agent!r}; "
+            f"this pool's workers do not know agent {name!r}; "
             "name it in WorkerPool(agents=[...]) as module:attr"
         )
+    return agent
+
+
+def _spawn(rt: Runtime, request: Spawn) -> str:
+    agent = _agent(rt, request.agent)
     handle = rt.spawn(
         agent,
         request.input,
@@ -98,6 +106,10 @@ def _serve(rt: Runtime, request: Request) -> Reply:
     try:
         if isinstance(request, Spawn):
             return Spawned(request.id, _spawn(rt, request))
+        if isinstance(request, SpawnMany):
+            agent = _agent(rt, request.agent)
+            handles = rt.spawn_many(agent, request.inputs, metadata=request.metadata)
+            return SpawnedMany(request.id, [h.id for h in handles])
         if isinstance(request, Resume):
             return Spawned(request.id, rt.resume(request.run_id, extend=request.extend).id)
         rt.handle(request.run_id).cancel(request.reason)
