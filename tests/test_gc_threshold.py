@@ -16,13 +16,14 @@ from foldloop.runtime._collector import PYTHON_DEFAULT, YOUNG_THRESHOLD
 
 
 def thresholds_seen(tmp_path: Path, steps: str) -> list[list[int]]:
-    """Run ``steps`` (Python, with ``fl``, ``gc``, ``path`` and ``seen()`` at hand) in a
+    """Run ``steps`` (Python, with ``fl``, ``gc``, ``path``, ``DEFAULT`` and ``seen()``) in a
     fresh interpreter; what ``seen()`` recorded of gc.get_threshold() at each call."""
     script = (
         textwrap.dedent(
             """
         import gc, json, sys
         import foldloop as fl
+        from foldloop.runtime._collector import PYTHON_DEFAULT as DEFAULT
         path = sys.argv[1]
         out = []
         def seen():
@@ -48,7 +49,6 @@ def test_pythons_default_is_raised_while_a_runtime_is_open_and_put_back(tmp_path
     seen = thresholds_seen(
         tmp_path,
         """
-        gc.set_threshold(700, 10, 10)
         seen()
         rt = fl.Runtime.open(path)
         seen()
@@ -61,6 +61,18 @@ def test_pythons_default_is_raised_while_a_runtime_is_open_and_put_back(tmp_path
         [YOUNG_THRESHOLD, 10, 10],
         [PYTHON_DEFAULT, 10, 10],
     ]
+
+
+def test_only_the_youngest_generation_is_put_back(tmp_path: Path) -> None:
+    seen = thresholds_seen(
+        tmp_path,
+        """
+        with fl.Runtime.open(path):
+            gc.set_threshold(gc.get_threshold()[0], 30, 40)  # the host's, set while open
+        seen()
+        """,
+    )
+    assert seen == [[PYTHON_DEFAULT, 30, 40]]
 
 
 def test_the_last_runtime_to_close_puts_it_back(tmp_path: Path) -> None:
@@ -91,14 +103,14 @@ def test_a_hosts_own_thresholds_are_kept(tmp_path: Path) -> None:
             seen()
         seen()
         with fl.Runtime.open(path):
-            gc.set_threshold(700, 10, 10)  # set while open: the host's, kept at close
+            gc.set_threshold(1500, 10, 10)  # set while open: the host's, kept at close
             with fl.Runtime.open(path + "-2"):
                 seen()
         seen()
-        gc.set_threshold(700, 10, 10)
+        gc.set_threshold(DEFAULT, 10, 10)
         with fl.Runtime.open(path):
             gc.set_threshold(3000, 10, 10)  # changed after the runtime raised it
         seen()
         """,
     )
-    assert seen == [[2000, 20, 5], [2000, 20, 5], [700, 10, 10], [700, 10, 10], [3000, 10, 10]]
+    assert seen == [[2000, 20, 5], [2000, 20, 5], [1500, 10, 10], [1500, 10, 10], [3000, 10, 10]]

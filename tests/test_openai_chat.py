@@ -50,7 +50,7 @@ class FakeOpenAI:
                 request = json.loads(self.rfile.read(length))
                 owner.requests.append(request)
                 status, body = owner.responses.pop(0)
-                if self.headers.get("content-type") != "application/json":  # as OpenAI's
+                if not self.headers.get("content-type", "").startswith("application/json"):
                     status, body = 400, {"error": {"message": "body must be declared JSON"}}
                 if owner.spends_all:
                     written = request.get("max_tokens", 500)

@@ -257,6 +257,7 @@ def test_a_runtime_keeps_only_the_latest_settlements_and_their_handles_keep_thei
         result = run.wait(timeout=30)
         assert result.status is fl.RunStatus.COMPLETED and result.output == "ok", result
     assert reads == []
+    assert all(run._ending is None for run in runs)  # the result kept, not the final state
     for run in runs:  # new handles of forgotten runs read them back from the store
         result = rt.handle(run.id).wait(timeout=30)
         assert result.status is fl.RunStatus.COMPLETED and result.output == "ok", result

@@ -45,13 +45,13 @@ carrying a decision into the run (the approvals poller, say) to finish, before R
 NOTIFY_WORKERS = 8
 """Threads running approval ``notify`` callbacks (a chat message, an e-mail: I/O)."""
 SHARDS = 1
-"""Shards the runs are placed on. One interpreter lock runs one thread's Python at a time:
-more shards only contend for it with the writer and the event loop (and lose throughput)."""
+"""Actors (threads) the active runs are placed on. A run waits for a model, a tool or its
+commit without holding one; one interpreter lock runs one thread's Python at a time, so more
+shards only contend for it with the writer and the event loop (and lose throughput). What
+blocks the shard (a slow ``on_state``, a group commit it leads) holds up every run."""
 PARK_AFTER_S = 10.0
 """Seconds a run that waits only for its child runs stays active before it parks (a short
 wait is not worth a fold from the log when the next child ends)."""
-"""Actors (threads) the active runs are placed on. A run waits for a model, a tool or its
-commit without holding one, so a few suffice (a shard does lead group commits)."""
 
 
 class Settlement:

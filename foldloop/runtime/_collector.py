@@ -1,6 +1,7 @@
 """The interpreter's cyclic garbage collector while runtimes are open.
 
-CPython collects its youngest generation every 700 net allocations of tracked objects. A
+CPython collects its youngest generation every 700 net allocations of tracked objects (2,000
+from 3.13). A
 runtime with thousands of runs in flight keeps what each run waits with (its model call's
 task, its queued messages and appends) alive for the model's latency: collected that often,
 nearly all of it is promoted and rescanned by full collections, which then take half the
@@ -12,6 +13,7 @@ unless the host changed it meanwhile. A host that set its own thresholds keeps t
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 
 from foldloop._log import get_logger
@@ -20,7 +22,7 @@ __all__ = ["COLLECTOR", "PYTHON_DEFAULT", "YOUNG_THRESHOLD", "Collector"]
 
 log = get_logger(__name__)
 
-PYTHON_DEFAULT = 700
+PYTHON_DEFAULT = 700 if sys.version_info < (3, 13) else 2000
 """CPython's threshold for its youngest generation (``gc.get_threshold()[0]``)."""
 YOUNG_THRESHOLD = 50_000
 """The youngest generation's threshold while a runtime is open (if the host left Python's)."""
@@ -51,8 +53,9 @@ class Collector:
             if self._open > 0 or self._raised_from is None:
                 return
             before, self._raised_from = self._raised_from, None
-            if gc.get_threshold()[0] == YOUNG_THRESHOLD:  # else the host set its own since
-                gc.set_threshold(*before)
+            now = gc.get_threshold()
+            if now[0] == YOUNG_THRESHOLD:  # else the host set its own since
+                gc.set_threshold(before[0], now[1], now[2])
 
 
 COLLECTOR = Collector()

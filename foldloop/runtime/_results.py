@@ -169,6 +169,8 @@ class RunHandle(OpenOnly):
         self._ops = ops
         self.id = run_id
         self._ending = ops.ending(run_id)
+        self._ended: RunResult | None = None
+        """Its result once it ended for good (its Settlement, and the state in it, let go)."""
 
     def __repr__(self) -> str:
         return f"RunHandle({self.id!r})"
@@ -188,9 +190,16 @@ class RunHandle(OpenOnly):
         ``timeout`` seconds it returns the run as it stands then (running or
         awaiting_approval, with a reason saying so).
         """
-        return self._ops.wait(
+        if self._ended is not None:
+            return self._ended
+        result = self._ops.wait(
             self.id, timeout, through_approvals=through_approvals, ending=self._ending
         )
+        if result.status in (RunStatus.COMPLETED, RunStatus.CANCELLED) or (
+            result.status is RunStatus.FAILED and not result.resumable
+        ):
+            self._ended, self._ending = result, None
+        return result
 
     def cancel(self, reason: str = "") -> None:
         """Cancel the run (at once: model calls run off the run's thread)."""
