@@ -262,3 +262,26 @@ def test_a_runtime_keeps_only_the_latest_settlements_and_their_handles_keep_thei
         result = rt.handle(run.id).wait(timeout=30)
         assert result.status is fl.RunStatus.COMPLETED and result.output == "ok", result
     assert sorted(set(reads)) == sorted(run.id for run in runs if run.id not in kept)
+
+
+def test_a_run_resumed_by_another_runtime_after_its_limit_is_waited_to_its_new_end(
+    rt: fl.Runtime, store_path: Path
+) -> None:
+    """The settlement this runtime recorded (limit_reached) is stale once another runtime
+    resumed the run: the handle's wait follows the log to where the run ends now."""
+    agent = fl.Agent(
+        name="stepper",
+        llm=fl.ScriptedLLM(
+            [fl.Reply(tool_calls=[fl.ToolCall("pay", {"to": "a"})]), fl.Reply(text="paid")]
+        ),
+        tools=[pay],
+        limits=fl.Limits(max_steps=1),
+    )
+    rt.register(agent)
+    run = rt.spawn(agent, "pay a")
+    assert run.wait(timeout=30).status is fl.RunStatus.LIMIT_REACHED
+    with fl.Runtime.open(store_path, agents=[agent]) as other:
+        other.resume(run.id, extend=fl.Limits(max_steps=5))
+        for handle in (run, rt.handle(run.id)):
+            result = handle.wait(timeout=30)
+            assert result.status is fl.RunStatus.COMPLETED and result.output == "paid", result

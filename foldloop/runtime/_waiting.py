@@ -113,11 +113,11 @@ class Waiter:
                 time.sleep(0.01)
                 continue
             if (
-                state.status is RunStatus.AWAITING_APPROVAL
+                not state.terminal
                 and not settlement.interrupted
                 and self._store.head(run_id) > state.seq
             ):
-                break  # it moved on since it parked (a decision carried in, a resume elsewhere)
+                break  # it moved on since it settled here (a decision carried in, a resume)
             return state, settlement.interrupted
         return self._follow(run_id, deadline)
 
