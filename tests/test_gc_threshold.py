@@ -114,3 +114,49 @@ def test_a_hosts_own_thresholds_are_kept(tmp_path: Path) -> None:
         """,
     )
     assert seen == [[2000, 20, 5], [2000, 20, 5], [1500, 10, 10], [1500, 10, 10], [3000, 10, 10]]
+
+
+def test_a_forked_child_has_no_runtime_open_and_pythons_default(tmp_path: Path) -> None:
+    seen = thresholds_seen(
+        tmp_path,
+        """
+        import os, signal
+        rt = fl.Runtime.open(path)
+        seen()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: reports through the pipe, never returns into this script
+            code = 1
+            try:
+                signal.alarm(50)
+                os.close(read)
+                child = [list(gc.get_threshold())]
+                agent = fl.Agent(name="a", llm=fl.ScriptedLLM([fl.Reply(text="ok")]))
+                with fl.Runtime.open(path + "-child") as other:
+                    child.append(list(gc.get_threshold()))
+                    done = other.spawn(agent, "hi").wait(timeout=30)
+                child.append(list(gc.get_threshold()))
+                child.append([done.status == "completed"])
+                os.write(write, json.dumps(child).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            out.extend(json.loads(pipe.read() or "[]"))
+        out.append([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])])
+        seen()
+        rt.close()
+        seen()
+        """,
+    )
+    assert seen == [
+        [YOUNG_THRESHOLD, 10, 10],  # the parent, runtime open
+        [PYTHON_DEFAULT, 10, 10],  # the child, just forked
+        [YOUNG_THRESHOLD, 10, 10],  # the child's own runtime open
+        [PYTHON_DEFAULT, 10, 10],  # and closed
+        [True],  # its run completed
+        [0],  # the child's exit code
+        [YOUNG_THRESHOLD, 10, 10],  # the parent's runtime still open
+        [PYTHON_DEFAULT, 10, 10],  # and closed
+    ]

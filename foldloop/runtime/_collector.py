@@ -7,12 +7,15 @@ task, its queued messages and appends) alive for the model's latency: collected 
 nearly all of it is promoted and rescanned by full collections, which then take half the
 CPU of 10,000 runs in flight. So while a runtime is open, a youngest threshold still at
 Python's default is raised to ``YOUNG_THRESHOLD``; the last runtime to close puts it back
-unless the host changed it meanwhile. A host that set its own thresholds keeps them.
+unless the host changed it meanwhile. A host that set its own thresholds keeps them. A child
+made by ``os.fork`` has no runtime open (their threads do not survive a fork): it starts with
+the count at 0 and the threshold put back as the last close would.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import threading
 
@@ -42,21 +45,44 @@ class Collector:
             if self._open > 1:
                 return
             before = gc.get_threshold()
-            if before[0] == PYTHON_DEFAULT:
-                gc.set_threshold(YOUNG_THRESHOLD, before[1], before[2])
-                self._raised_from = before
-                log.debug("gc_threshold_raised", before=before, now=gc.get_threshold())
+            if before[0] != PYTHON_DEFAULT:
+                return
+            gc.set_threshold(YOUNG_THRESHOLD, before[1], before[2])
+            self._raised_from = before
+        log.debug("gc_threshold_raised", before=before, now=gc.get_threshold())
 
     def runtime_closed(self) -> None:
         with self._lock:
             self._open -= 1
-            if self._open > 0 or self._raised_from is None:
-                return
-            before, self._raised_from = self._raised_from, None
-            now = gc.get_threshold()
-            if now[0] == YOUNG_THRESHOLD:  # else the host set its own since
-                gc.set_threshold(before[0], now[1], now[2])
+            if self._open == 0:
+                self._put_back()
+
+    def _put_back(self) -> None:
+        """What the last close does: the youngest threshold back, unless the host changed it."""
+        if self._raised_from is None:
+            return
+        before, self._raised_from = self._raised_from, None
+        now = gc.get_threshold()
+        if now[0] == YOUNG_THRESHOLD:  # else the host set its own since
+            gc.set_threshold(before[0], now[1], now[2])
+
+    def before_fork(self) -> None:
+        self._lock.acquire()  # a fork then copies a count and a threshold that agree
+
+    def after_fork_in_parent(self) -> None:
+        self._lock.release()
+
+    def after_fork_in_child(self) -> None:
+        # No runtime survives a fork (their threads do not): this process has none open.
+        self._open = 0
+        self._put_back()
+        self._lock.release()
 
 
 COLLECTOR = Collector()
 """The process's one count (thresholds are the interpreter's, not a runtime's)."""
+os.register_at_fork(
+    before=COLLECTOR.before_fork,
+    after_in_parent=COLLECTOR.after_fork_in_parent,
+    after_in_child=COLLECTOR.after_fork_in_child,
+)

@@ -409,16 +409,45 @@ class LmdbStore:
 
     def close(self) -> None:
         """Release this reference; the last one commits pending writes and closes LMDB."""
+        key = str(self.path)
         with _REGISTRY_LOCK:
             self._refs -= 1
             if self._refs > 0:
                 return
-            _REGISTRY.pop(str(self.path), None)
-        self._close()
+            if _REGISTRY.get(key) is not self:  # closed already (or inherited over a fork)
+                return
+            del _REGISTRY[key]
+            closed = _CLOSING[key] = threading.Event()
+        try:
+            self._close()
+        finally:
+            with _REGISTRY_LOCK:
+                _CLOSING.pop(key, None)
+            closed.set()
 
 
 _REGISTRY: dict[str, LmdbStore] = {}
+_CLOSING: dict[str, threading.Event] = {}
+"""Paths whose last close is still closing LMDB, each with an event set once it has."""
+_INHERITED: set[str] = set()
+"""In a forked child, the paths its parent had open: LMDB cannot open them again here."""
 _REGISTRY_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's environments are unusable here and their writer threads did not survive.
+    _INHERITED.update(_REGISTRY, _CLOSING)
+    _REGISTRY.clear()
+    _CLOSING.clear()
+    _REGISTRY_LOCK.release()
+
+
+# Held over a fork, so that the child's registry is whole and its lock free.
+os.register_at_fork(
+    before=_REGISTRY_LOCK.acquire,
+    after_in_parent=_REGISTRY_LOCK.release,
+    after_in_child=_after_fork_in_child,
+)
 
 
 def open_store(
@@ -431,7 +460,8 @@ def open_store(
     """Open (or share) the store at ``path``.
 
     LMDB forbids opening one environment twice in a process, so every open of the same
-    directory in this process shares one LmdbStore; ``close`` releases a reference.
+    directory in this process shares one LmdbStore; ``close`` releases a reference, and
+    an open while the last close is still closing LMDB waits for it to finish.
     ``index_every`` (tests use small values) is how many unindexed records trigger
     writing their index entries.
     """
@@ -444,13 +474,29 @@ def open_store(
             f"map_size must be an int of bytes between 1 MiB and {MAX_MAP_SIZE:,}; got {map_size!r}"
         )
     real = Path(os.path.realpath(os.fspath(path)))
-    with _REGISTRY_LOCK:
-        store = _REGISTRY.get(str(real))
-        if store is None:
-            store = LmdbStore(real, create=create, map_size=map_size, index_every=index_every)
-            _REGISTRY[str(real)] = store
-        store._refs += 1
-        return store
+    key = str(real)
+    while True:
+        with _REGISTRY_LOCK:
+            if key in _INHERITED:
+                raise StoreError(
+                    f"the store at {key!r} was open in the process this one was forked from "
+                    "(os.fork, or multiprocessing's 'fork' start method), and LMDB cannot open it "
+                    "again in this process: start it with multiprocessing's 'spawn' or "
+                    "'forkserver' method, or fork before opening the store"
+                )
+            closing = _CLOSING.get(key)
+            if closing is None:
+                store = _REGISTRY.get(key)
+                if store is None:
+                    store = LmdbStore(
+                        real, create=create, map_size=map_size, index_every=index_every
+                    )
+                    _REGISTRY[key] = store
+                store._refs += 1
+                return store
+        # LMDB refuses an environment still open in this process: wait for its close (only
+        # this path's) and open it afresh.
+        closing.wait()
 
 
 def _implements_the_port(store: LmdbStore) -> EventStore:
