@@ -59,6 +59,28 @@ def test_1_a_regular_file_is_not_a_store_and_is_left_alone(tmp_path: Path) -> No
     assert target.read_text() == "mine" and listing(tmp_path) == ["notes.txt"]
 
 
+# 1, a store that is no path at all
+class _BytesPath:
+    def __fspath__(self) -> bytes:
+        return b"store"
+
+
+@pytest.mark.parametrize("where", [12345, None, b"store", ["store"], 3.5, _BytesPath()])
+def test_1_a_store_that_is_not_a_path_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: object
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(fl.ConfigError) as info:
+        fl.Runtime.open(where)  # type: ignore[arg-type]
+    said = str(info.value)
+    assert "must be a directory path (a str or os.PathLike" in said and "nats://" in said
+    assert f"({type(where).__name__})" in said and "Runtime.open('.foldloop')" in said
+    assert ("os.fsdecode()" in said) == (not isinstance(where, int | float | list | None))
+    with pytest.raises(fl.ConfigError, match="must be a path"):
+        fl.store.open_store(where)  # type: ignore[arg-type]
+    assert listing(tmp_path) == []
+
+
 # 2
 def test_2_a_network_filesystem_is_recognised_from_the_mount_table(tmp_path: Path) -> None:
     mounts = (

@@ -10,6 +10,7 @@ ConfigError once the runtime is closed (``lifecycle``).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -182,6 +183,15 @@ class Runtime(OpenOnly, ClosedOnExit):
         ``max_active_runs`` caps the runs driven at once: runs spawned past it are recorded
         ``queued`` and start in spawn order as slots free (None: no cap).
         """
+        if not isinstance(path, str | os.PathLike) or isinstance(os.fspath(path), bytes):
+            is_bytes = isinstance(path, bytes | os.PathLike)
+            raise ConfigError(
+                "the store must be a directory path (a str or os.PathLike such as "
+                "pathlib.Path) or a nats://HOST:PORT[/NAMESPACE] URL; got "
+                f"{path!r:.80} ({type(path).__name__}): pass where it is, as in "
+                "Runtime.open('.foldloop')"
+                + (", decoding a bytes path with os.fsdecode()" if is_bytes else "")
+            )
         if not isinstance(snapshot_every, int) or snapshot_every < 0:
             raise ConfigError(f"snapshot_every must be an int >= 0; got {snapshot_every!r}")
         check_cap("max_model_calls", max_model_calls)  # before the store is created

@@ -465,6 +465,12 @@ def open_store(
     ``index_every`` (tests use small values) is how many unindexed records trigger
     writing their index entries.
     """
+    if not isinstance(path, str | os.PathLike) or isinstance(os.fspath(path), bytes):
+        raise ConfigError(
+            "a store directory must be a path (a str or os.PathLike such as pathlib.Path); "
+            f"got {path!r:.80} ({type(path).__name__}): pass where it is, as in "
+            "open_store('.foldloop')"
+        )
     if (
         not isinstance(map_size, int)
         or isinstance(map_size, bool)
