@@ -230,14 +230,43 @@ def test_a_tool_concurrency_bound_holds_across_runs(rt: fl.Runtime) -> None:
     assert sum(types(rt, r.id).count("tool.completed") for r in runs) == 12
 
 
-def test_closing_does_not_wait_for_a_running_tool(store_path: Path) -> None:
+def test_closing_records_a_tool_call_that_returns_within_its_timeout(store_path: Path) -> None:
+    """A sync tool cannot be stopped: its effect happens whatever the runtime does, so
+    close() waits for it and records its outcome (no interrupted failure, nothing run twice),
+    and starts no model call meanwhile."""
+    agent, started, release = stuck_agent()
+    rt = fl.Runtime.open(store_path, agents=[agent])
+    run = rt.spawn(agent, "go")
+    assert started.wait(10)
+    closing = threading.Thread(target=rt.close)
+    with capture_logs() as logs:
+        closing.start()
+        wait_until(lambda: logged(logs, "close_waits_for_tool_calls", calls=1), 10, "close to wait")
+        release.set()
+        closing.join(30)
+    assert not closing.is_alive()
+    with fl.Runtime.open(store_path, agents=[agent]) as again:
+        kinds = types(again, run.id)
+        assert (
+            "tool.completed" in kinds
+            and "model.responded" not in kinds[kinds.index("tool.completed") :]
+        )
+        again.recover()
+        assert again.handle(run.id).wait(timeout=10).output == "no"
+        kinds = types(again, run.id)
+        assert kinds.count("tool.completed") == 1 and "tool.failed" not in kinds
+
+
+def test_closing_waits_for_a_running_tool_only_its_timeout(store_path: Path) -> None:
     agent, started, release = stuck_agent()
     with capture_logs() as logs:
         try:
             with fl.Runtime.open(store_path, agents=[agent]) as rt:
                 run = rt.spawn(agent, "go")
                 assert started.wait(10)
+                rt.close(timeout=0.2)
             assert not release.is_set()  # closed while the tool still ran
+            assert logged(logs, "tool_calls_unfinished_at_close", tool="stuck")
         finally:
             release.set()
         # The tool's outcome comes back to a closed runtime: dropped, nothing written.
@@ -850,3 +879,13 @@ def test_a_host_decision_that_parks_a_run_again_frees_its_lease_with_it(rt: fl.R
         assert [c.status for c in state.calls] == ["failed", "awaiting_approval"]
         rt.approve(second.token)
         assert run.wait(timeout=30).output == "done"
+
+
+@pytest.mark.parametrize("timeout", [-1, float("nan"), float("inf"), "10", True, None])
+def test_close_refuses_a_timeout_that_is_no_number_of_seconds(
+    store_path: Path, timeout: object
+) -> None:
+    with fl.Runtime.open(store_path) as rt:
+        with pytest.raises(fl.ConfigError, match="timeout must be a finite number of seconds"):
+            rt.close(timeout=timeout)  # type: ignore[arg-type]
+        assert not rt.closed  # still open: the with closes it

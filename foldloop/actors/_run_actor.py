@@ -134,6 +134,8 @@ class RunActor:
         self._specs = _offered(agent, state)
         self._cancelling = False
         """A cancel was told to this run and is not handled yet."""
+        self._closing = False
+        """Its runtime is closing: no new model call or child run starts."""
         self._handled = 0
         """Commands handled: a park check made before the last one is stale."""
         self._in_flight: list[Cancellable] = []
@@ -375,6 +377,9 @@ class RunActor:
         if self._cancelling:
             kept = tuple(e for e in decision.effects if type(e) in (Settle, CancelChildren))
             decision = msgspec.structs.replace(decision, effects=kept)
+        elif self._closing:  # the calls of tools requested still run: they are in the log
+            kept = tuple(e for e in decision.effects if type(e) not in (CallModel, SpawnChild))
+            decision = msgspec.structs.replace(decision, effects=kept)
         children = tuple(e for e in decision.effects if type(e) is SpawnChild)
         if children:
             self.system.spawn_children(self.state, children)
@@ -451,6 +456,11 @@ class RunActor:
         with self._in_flight_lock:
             self._cancelling = True
         self._cancel_in_flight()
+
+    def closing(self) -> None:
+        """(Any thread.) The runtime is closing: no new model call or child run starts; the
+        tools whose calls are requested still run, and their outcomes are recorded."""
+        self._closing = True
 
     def _cancel_in_flight(self) -> None:
         with self._in_flight_lock:

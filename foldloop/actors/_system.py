@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import inspect
 import threading
+import time
 import weakref
 import zlib
 from collections.abc import Awaitable, Callable
@@ -49,6 +50,10 @@ SHARDS = 1
 commit without holding one; one interpreter lock runs one thread's Python at a time, so more
 shards only contend for it with the writer and the event loop (and lose throughput). What
 blocks the shard (a slow ``on_state``, a group commit it leads) holds up every run."""
+CLOSE_DRAIN_S = 10.0
+"""Seconds ``stop`` waits for the sync tool calls under way (whose effects happen whatever
+the runtime does) to return, so that their outcomes are recorded, not lost to resume as
+interrupted."""
 PARK_AFTER_S = 10.0
 """Seconds a run that waits only for its child runs stays active before it parks (a short
 wait is not worth a fold from the log when the next child ends)."""
@@ -542,10 +547,15 @@ class ActorSystem:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Stop every actor; runs still going stay 'running' in the log (recover() resumes)."""
+    def stop(self, drain_s: float = CLOSE_DRAIN_S) -> None:
+        """Stop every actor; runs still going stay 'running' in the log (recover() resumes).
+        First, for up to ``drain_s``, the sync tool calls under way finish and are recorded;
+        no model call or child run starts meanwhile."""
         with self._lock:
             self._closed = True
+            actors = list(self._actors.values())
+        self._drain(actors, time.monotonic() + drain_s)
+        with self._lock:
             shards, self._shards = self._shards, []
             active = [*self._actors, *self._parked, *self._taking_up]
             tools = [*self._tools.values(), *self._gate_refs.values()]
@@ -569,6 +579,25 @@ class ActorSystem:
         self.model_pool.shutdown()
         self.notify_pool.shutdown()
 
+    def _drain(self, actors: list[RunActor], deadline: float) -> None:
+        """Let the sync tool calls under way (and the ones the shards are about to start:
+        their requests are durable) return, and their outcomes reach their runs' mailboxes
+        ahead of the shards' stop."""
+        for actor in actors:
+            actor.closing()
+        for shard in list(self._shards):  # what they hold queued is handled (FIFO)
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                shard.ask(_Barrier(), timeout=max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            runners = list(self._runners.values())
+        calls = sum(runner.pool.unfinished for runner in runners)
+        if calls:
+            left = round(max(0.0, deadline - time.monotonic()), 3)
+            log.info("close_waits_for_tool_calls", calls=calls, timeout_s=left)
+        for runner in runners:
+            if not runner.pool.join(max(0.0, deadline - time.monotonic())):
+                log.warning("tool_calls_unfinished_at_close", tool=runner.tool.name)
+
     def _model_cleanups(self) -> list[Callable[[], Awaitable[object]]]:
         """The ``aclose`` of each distinct model that ran here and has one."""
         with self._lock:
@@ -583,3 +612,7 @@ class ActorSystem:
         timeout = max((gate.policy.notify_timeout for gate in gates), default=0.0)
         if gates and not self.notify_pool.join(timeout):
             log.warning("approval_notify_unfinished_at_close", timeout_s=timeout)
+
+
+class _Barrier:
+    """A message a shard ignores: asked, its answer says every message before it is handled."""

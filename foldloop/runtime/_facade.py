@@ -10,6 +10,7 @@ ConfigError once the runtime is closed (``lifecycle``).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -24,7 +25,7 @@ from foldloop._closing import ClosedOnExit
 from foldloop._log import get_logger
 from foldloop.actors._followers import Followers
 from foldloop.actors._projection_actor import ProjectionHandle
-from foldloop.actors._system import ActorSystem, Settlement
+from foldloop.actors._system import CLOSE_DRAIN_S, ActorSystem, Settlement
 from foldloop.core._explain import Explanation
 from foldloop.core._state import RunState, RunStatus
 from foldloop.errors import ConfigError, RunNotFound, StoreError
@@ -212,8 +213,18 @@ class Runtime(OpenOnly, ClosedOnExit):
             store.close()
             raise
 
-    def close(self) -> None:
-        """Stop driving runs (they stay resumable), commit what is queued, release the store."""
+    def close(self, timeout: float = CLOSE_DRAIN_S) -> None:
+        """Stop driving runs (they stay resumable), commit what is queued, release the store.
+        Tool calls under way (a sync tool cannot be stopped) get up to ``timeout`` seconds to
+        return, and their outcomes are recorded; meanwhile no model call or child run starts.
+        A call still running then is left: a resume records it as interrupted."""
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or timeout < 0
+        ):
+            raise ConfigError(f"timeout must be a finite number of seconds >= 0; got {timeout!r}")
         if not self._lifecycle.close():
             return
         try:
@@ -226,7 +237,7 @@ class Runtime(OpenOnly, ClosedOnExit):
             self._followers.close()
             self._admission.close()
             self._commands.close()
-            self.system.stop()
+            self.system.stop(drain_s=timeout)
             self._owner_hold.release()
             self.store.close()
         finally:
