@@ -285,3 +285,32 @@ def test_a_run_resumed_by_another_runtime_after_its_limit_is_waited_to_its_new_e
         for handle in (run, rt.handle(run.id)):
             result = handle.wait(timeout=30)
             assert result.status is fl.RunStatus.COMPLETED and result.output == "paid", result
+
+
+def test_a_run_a_short_lived_runtime_took_up_and_left_is_taken_up_again_by_the_wait(
+    rt: fl.Runtime, store_path: Path
+) -> None:
+    """Approving through a second runtime with the agent drives the run there; when that
+    one closes mid-run, the first runtime's wait takes it up and sees it end, the approved
+    call performed once. A runtime without the agent says nobody drives it."""
+    slow = fl.Agent(
+        name="slow-after-approval",
+        llm=fl.ScriptedLLM(
+            [fl.Reply(tool_calls=[fl.ToolCall("pay", {"to": "a"})]), fl.Reply(text="paid a")],
+            latency_s=0.3,  # the run is still going when the approving runtime closes
+        ),
+        tools=[pay],
+        approvals=fl.RequireApproval({"pay"}),
+    )
+    rt.register(slow)
+    run, pending = parked(rt, slow)
+    with fl.Runtime.open(store_path, agents=[slow]) as approver:
+        approver.approve(run_id=pending.run_id, call_id=pending.call_id, by="bob")
+    with fl.Runtime.open(store_path) as bystander:  # no agents: cannot take it up
+        left = bystander.handle(run.id).wait(timeout=30)
+    assert left.status is fl.RunStatus.INTERRUPTED and left.resumable, left
+    assert left.reason == "no runtime is driving it"
+    result = run.wait(timeout=30)
+    assert result.status is fl.RunStatus.COMPLETED and result.output == "paid a", result
+    paid = [r for r in rt.events(run.id) if r.type == "tool.completed"]
+    assert len(paid) == 1, "\n".join(f"{r.type} {r.event}" for r in rt.events(run.id))

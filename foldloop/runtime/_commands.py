@@ -358,17 +358,43 @@ class Commands:
                 if self._shared is None or state.run_id not in released or stranded:
                     queued.append(state.run_id)
                 continue
-            if state.status is not RunStatus.RUNNING:
-                continue
-            try:
-                recovered.append(self.resume(state.run_id, extend=None))
-            except RunLocked:
-                continue  # another runtime recovered it first
-            except ConfigError as exc:  # it moved on since it was read (ended, parked)
-                log.info("recover_skipped", run_id=state.run_id, error=str(exc))
-            except (SchemaChangedError, StoreCorrupted) as exc:
-                log.warning("recover_skipped", run_id=state.run_id, error=str(exc))
+            if self._resume_orphan(state) == "resumed":
+                recovered.append(state.run_id)
         return recovered + self.take_queued(queued)
+
+    def take_up_orphan(self, run_id: str) -> bool:
+        """Recover one started run that a wait found nobody driving, as ``recover`` would,
+        if its agent is known here: True if it moves on (resumed here, cancelled with its
+        tree, or taken up by another runtime first)."""
+        if self._system.closed:
+            return False
+        state = self._queries.state(run_id)
+        if state.status is RunStatus.QUEUED or self._agents.named(state.agent) is None:
+            return False
+        if not self._queries.orphaned(run_id):
+            return True  # someone took it up meanwhile
+        ended = self.trees.cancel_reason(state)
+        if ended is not None:
+            self._cancel_child(run_id, ended)
+            return True
+        return self._resume_orphan(state) != "unreadable"
+
+    def _resume_orphan(self, state: RunState) -> str:
+        """Resume an orphaned run that was running: "resumed", "taken" (another runtime
+        was first), "moved" (it moved on since it was read: ended, parked) or "unreadable"."""
+        if state.status is not RunStatus.RUNNING:
+            return "moved"
+        try:
+            self.resume(state.run_id, extend=None)
+        except RunLocked:
+            return "taken"
+        except ConfigError as exc:
+            log.info("recover_skipped", run_id=state.run_id, error=str(exc))
+            return "moved"
+        except (SchemaChangedError, StoreCorrupted) as exc:
+            log.warning("recover_skipped", run_id=state.run_id, error=str(exc))
+            return "unreadable"
+        return "resumed"
 
     def take_queued(self, run_ids: list[str]) -> list[str]:
         """Take the leases of queued runs (whose runtime died, or from a shared work queue)

@@ -145,7 +145,14 @@ class Runtime(OpenOnly, ClosedOnExit):
         self._ops = _RunOps(
             self._lifecycle,
             self._queries,
-            Waiter(store, self.system, self._queries, self._desk, self._admission),
+            Waiter(
+                store,
+                self.system,
+                self._queries,
+                self._desk,
+                self._admission,
+                take_up=self._commands.take_up_orphan,
+            ),
             self._commands,
         )
         self._poll_interval = poll_interval

@@ -182,13 +182,14 @@ class RunHandle(OpenOnly):
         """Block until the run stops moving, and return where it stands.
 
         By default it returns when the run ends (completed, failed, cancelled, limit_reached,
-        no_progress), is interrupted (no runtime drives it), or parks waiting for a person
-        (awaiting_approval); a decision already taken but not yet carried into the run is
-        waited for. With ``through_approvals=True`` it waits on through every park (calls
-        approved or denied here or in any process, the run parking again, a resume by
-        another process) and returns only when the run ends or is interrupted. After
-        ``timeout`` seconds it returns the run as it stands then (running or
-        awaiting_approval, with a reason saying so).
+        no_progress), is interrupted (nothing drives it: a run its runtime left behind is
+        taken up here, as ``recover()`` would, when this runtime has its agent), or parks
+        waiting for a person (awaiting_approval); a decision already taken but not yet
+        carried into the run is waited for. With ``through_approvals=True`` it waits on
+        through every park (calls approved or denied here or in any process, the run parking
+        again, a resume by another process) and returns only when the run ends or is
+        interrupted. After ``timeout`` seconds it returns the run as it stands then (running
+        or awaiting_approval, with a reason saying so).
         """
         if self._ended is not None:
             return self._ended

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 from foldloop._log import get_logger
 from foldloop.actors._system import ActorSystem, Settlement
@@ -30,6 +31,10 @@ release goes with the resuming process's next commit, within milliseconds."""
 PARKED_POLL = 0.05
 """Longest pause between looks at a parked run's log while waiting through its park (a
 decision from another process takes a poller's 0.1 s to arrive anyway)."""
+NOT_DRIVEN = "no runtime is driving it"
+MAX_TAKE_UPS = 3
+"""How many times one wait takes up its run when nobody drives it (each time its runtime
+went away) before it says so."""
 SHARED_RECOVERY_GRACE_S = 30.0
 """On a store with a shared work queue, how long a run nobody drives is followed before
 ``wait`` says it is interrupted: its runtime's owner key lapses and workers recover it."""
@@ -45,8 +50,12 @@ class Waiter:
         queries: Queries,
         desk: ApprovalDesk,
         admission: Admission,
+        *,
+        take_up: Callable[[str], bool],
     ) -> None:
         self._store = store
+        self._take_up = take_up
+        """Recovers a run nobody drives if its agent is known here (True: it moves on)."""
         self._system = system
         self._queries = queries
         self._desk = desk
@@ -76,8 +85,12 @@ class Waiter:
                 f"timeout must be None or a finite number of seconds >= 0; got {timeout!r}"
             )
         deadline = None if timeout is None else time.monotonic() + timeout
+        take_ups = 0
         while True:
             state, interrupted = self._settle(run_id, deadline, ending)
+            if interrupted == NOT_DRIVEN and take_ups < MAX_TAKE_UPS and self._take_up(run_id):
+                take_ups += 1  # its runtime went (closed, or died): driven here now
+                continue
             if (
                 through_approvals
                 and not interrupted
@@ -197,7 +210,7 @@ class Waiter:
                             why = f"{ORPHAN_QUEUED}; recover() in a runtime with its agent"
                             return state, why
                         else:
-                            return state, "no runtime is driving it"
+                            return state, NOT_DRIVEN
                     else:
                         undriven_since = None
             except (StoreNotFound, StoreCorrupted):
