@@ -26,6 +26,8 @@ This module imports nothing from foldloop, so every layer may raise these.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ApprovalError",
     "ConcurrencyError",
@@ -153,8 +155,23 @@ class ProjectionError(FoldloopError):
 class WorkerError(FoldloopError):
     """A WorkerPool's worker process failed to start, or died with a request in flight.
 
-    Runs it drove stay in the log: the pool's replacement worker recovers them.
+    Runs it drove stay in the log: the pool's replacement worker recovers them. When worker
+    processes kept dying under a ``spawn_many`` (or ``spawn``), ``started`` holds the handles
+    of the runs that did start, in input order, and ``missing`` the indices of the inputs
+    that have no run: spawning only those again is safe.
     """
+
+    def __init__(
+        self,
+        fact: str = "",
+        *args: object,
+        advice: str = "",
+        started: tuple[Any, ...] = (),
+        missing: tuple[int, ...] = (),
+    ) -> None:
+        super().__init__(fact, *args, advice=advice)
+        self.started = started
+        self.missing = missing
 
 
 class StoreError(FoldloopError):

@@ -20,10 +20,12 @@ import pytest
 
 import foldloop as fl
 from foldloop.runtime import _pool as pool_module
+from foldloop.runtime._pool_process import WorkerProcess
 from foldloop.runtime._pool_protocol import (
     Failed,
     Ready,
     Refused,
+    Spawn,
     Spawned,
     SpawnedMany,
     decode_reply,
@@ -67,9 +69,11 @@ def test_spawn_many_spreads_the_runs_over_the_workers_in_input_order(
     monkeypatch.setattr(pool_module, "SPAWN_WINDOW", 20)  # 200 runs go 20 in flight at a time,
     monkeypatch.setattr(pool_module, "SPAWN_CHUNK", 10)  # 10 a request, workers taking turns
     with fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=2) as pool:
-        with pytest.raises(fl.ConfigError):  # checked before any request is sent
+        with pytest.raises(fl.ConfigError, match=r"^inputs\[1\]: input must be a str; got int$"):
             pool.spawn_many("calc", ["fine", 7])  # type: ignore[list-item]
-        assert [w.spawned for w in pool.workers] == [0, 0]
+        with pytest.raises(fl.ConfigError, match=r"^inputs\[2\]: input contains an unpaired"):
+            pool.spawn_many("calc", ["fine", "ok", "\ud800"])
+        assert [w.spawned for w in pool.workers] == [0, 0]  # checked before any request is sent
         handles = pool.spawn_many("calc", [f"sum {i}" for i in range(200)])
         results = [h.wait(timeout=60) for h in handles]
         assert {r.status for r in results} == {fl.RunStatus.COMPLETED}
@@ -279,42 +283,41 @@ def test_a_run_at_its_limit_is_resumed_on_a_worker(store_path: Path) -> None:
             pool.resume("no-such-run")
 
 
-def test_spawns_racing_a_killed_worker_lose_no_run(store_path: Path) -> None:
-    """Spawns from ten threads while a worker is SIGKILLed: each either returns a handle
-    or raises WorkerError, and every run that reached the log completes."""
-    handles: list[fl.types.RunHandle] = []
-    refused: list[str] = []
-    lock = threading.Lock()
-    enough = threading.Event()
-    with fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=2) as pool:
+def test_a_closed_pool_says_to_open_a_new_pool(store_path: Path) -> None:
+    with fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=1) as pool:
+        handle = pool.spawn("calc", "sum")
+        assert handle.wait(timeout=30).ok
+    closed = r"^this WorkerPool is closed; open a new one with fl\.WorkerPool\(\.\.\.\)$"
+    with pytest.raises(fl.ConfigError, match=closed):
+        pool.spawn("calc", "sum")
+    with pytest.raises(fl.ConfigError, match=closed):
+        pool.spawn_many("calc", ["sum"])
+    with pytest.raises(fl.ConfigError, match=closed):
+        pool.resume(handle.id)
+    with pytest.raises(fl.ConfigError, match=closed):
+        pool.handle(handle.id)
+    gone = r"^this handle's WorkerPool is closed; open a new one .* with pool\.handle\(run_id\)$"
+    with pytest.raises(fl.ConfigError, match=gone):
+        handle.wait(timeout=1)
+    with pytest.raises(fl.ConfigError, match=gone):
+        handle.cancel()
 
-        def spawn(k: int) -> None:
-            for i in range(10):
-                try:
-                    handle = pool.spawn("calc", "add", run_id=f"r{k}-{i}")
-                except fl.errors.WorkerError:
-                    with lock:
-                        refused.append(f"r{k}-{i}")
-                    continue
-                with lock:
-                    handles.append(handle)
-                    if len(handles) == 20:
-                        enough.set()
 
-        threads = [threading.Thread(target=spawn, args=(k,)) for k in range(10)]
-        for t in threads:
-            t.start()
-        assert enough.wait(30)
-        os.kill(pool.workers[0].pid, signal.SIGKILL)
-        for t in threads:
-            t.join()
-        assert len(handles) + len(refused) == 100
-        assert all(h.wait(timeout=30).ok for h in handles)
-        in_log = [r for r in refused if pool.runtime.store.head(r)]
-        assert all(pool.handle(r).wait(timeout=30).ok for r in in_log)
-        summaries = pool.runtime.runs()
-        assert len(summaries) == len(handles) + len(in_log)
-        assert {s.status for s in summaries} == {fl.RunStatus.COMPLETED}
+def test_a_request_to_a_worker_whose_process_ended_fails_at_once() -> None:
+    """A child of the worker still holds its stdin, so a write there succeeds: the request
+    must fail all the same, not wait for an answer that cannot come."""
+    child = "import sys; sys.stdin.read()"  # holds the pipe until the host hangs up
+    script = (
+        "import subprocess, sys; "
+        f"subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.DEVNULL)"
+    )
+    worker = WorkerProcess([sys.executable, "-c", script], os.environ, lambda: None)
+    try:
+        wait_until(lambda: not worker.alive, 30, "the worker process to end")
+        with pytest.raises(fl.errors.WorkerError, match=r"exited \(code 0\) before answering"):
+            worker.request(Spawn(0, "calc", "sum"))
+    finally:
+        worker.stop(10)
 
 
 def test_a_worker_answers_a_malformed_request_instead_of_dropping_it(store_path: Path) -> None:

@@ -8,7 +8,6 @@ writes the decision through ``RunWrites`` and hands the run on (``drive``).
 from __future__ import annotations
 
 import functools
-import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -39,7 +38,14 @@ from foldloop.runtime._driving import drive
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._registry import AgentRegistry
 from foldloop.runtime._results import Damaged
-from foldloop.runtime._rules import NothingToDo, check_spawn, evolve_all, merged, priced_limits
+from foldloop.runtime._rules import (
+    NothingToDo,
+    check_spawn,
+    evolve_all,
+    merged,
+    new_run_id,
+    priced_limits,
+)
 from foldloop.runtime._trees import TreeWork
 from foldloop.runtime._writes import RunWrites
 from foldloop.store import EventStore, Pending, RemoteCancel, WorkQueue
@@ -146,7 +152,7 @@ class Commands:
                 command = agent.start(
                     text, now=now, metadata=meta, parent_run_id=parent_run_id, limits=limits
                 )
-                run_id = given if given is not None else f"{agent.name}-{secrets.token_hex(6)}"
+                run_id = given if given is not None else new_run_id(agent.name)
                 # once one waits, the rest wait behind it (FIFO), whatever slot frees meanwhile
                 queue = self._shared is not None or (bool(starts) and not starts[-1].admitted)
                 starts.append(self._start(agent, run_id, command, queue=queue))

@@ -48,7 +48,7 @@ from foldloop.runtime._writes import RunWrites
 from foldloop.store import DEFAULT_MAP_SIZE, EventStore, RemoteCancel, WorkQueue, connect_store
 from foldloop.store._nats_names import shown
 
-__all__ = ["Runtime", "run_ops"]
+__all__ = ["Runtime", "run_ops", "spawn_named"]
 
 log = get_logger(__name__)
 
@@ -520,3 +520,16 @@ def run_ops(runtime: Runtime) -> RunOps:
     """The operations ``runtime``'s handles use (for handles made elsewhere in this package,
     as a WorkerPool's are)."""
     return runtime._ops
+
+
+def spawn_named(
+    runtime: Runtime,
+    agent: Agent,
+    inputs: list[str],
+    run_ids: list[str],
+    metadata: Mapping[str, str] | None,
+) -> list[str]:
+    """``Runtime.spawn_many`` under the run ids given, one an input (a WorkerPool's host
+    names its runs, so that after a worker's death the log says which of them started)."""
+    runtime.check_open()
+    return runtime._commands.spawn_many(agent, inputs, run_ids=run_ids, metadata=metadata)

@@ -6,52 +6,36 @@ starts ``processes`` worker processes, each a Runtime of its own on the same sto
 (``pool_worker``), hands each new run to the next one, and keeps a Runtime in the host
 that drives nothing: waiting, reading, approving and cancelling go through the log, as
 for any run driven by another process. A worker that dies loses its leases at once; the
-pool starts a replacement, which recovers the runs the dead one left.
+pool starts a replacement, which recovers the runs the dead one left. The host names each
+run before sending it, so a spawn in flight to a dying worker is settled from the log
+(``pool_spawns``): what started stands, the rest is sent again.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import itertools
 import os
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-from foldloop import errors
 from foldloop._agent import Agent
 from foldloop._closing import ClosedOnExit
 from foldloop._log import get_logger
 from foldloop.core._state import RunStatus
-from foldloop.errors import ConfigError, FoldloopError, WorkerError
+from foldloop.errors import ConfigError, WorkerError
 from foldloop.events._values import Limits
 from foldloop.runtime._agent_ref import load_agent
 from foldloop.runtime._facade import Runtime, run_ops
-from foldloop.runtime._pool_protocol import (
-    Cancel,
-    Cancelled,
-    Failed,
-    Ready,
-    Request,
-    Resume,
-    Spawn,
-    Spawned,
-    SpawnedMany,
-    SpawnMany,
-    decode_reply,
-    encode,
-)
+from foldloop.runtime._pool_process import WorkerInfo, WorkerProcess
+from foldloop.runtime._pool_protocol import Cancel, Resume, Spawn, SpawnMany
+from foldloop.runtime._pool_spawns import Spawns
 from foldloop.runtime._results import RunHandle, RunResult
-from foldloop.runtime._rules import check_cap, check_inputs, check_spawn
+from foldloop.runtime._rules import check_cap, check_inputs, check_spawn, check_text, new_run_id
 
 __all__ = ["PooledRunHandle", "WorkerInfo", "WorkerPool"]
 
@@ -71,155 +55,12 @@ threads each wake every interval to ask for the interpreter lock, which costs CP
 at the default. A worker runs no host code but its agents' tools, so the longer interval
 only delays a run while another run's tool computes in pure Python."""
 
+CLOSED = "this WorkerPool is closed"
+REOPEN = "open a new one with fl.WorkerPool(...)"
+
 RESTART_INTERVAL = 1.0
 """Seconds at least between a worker's death and its automatic replacement: a run that
 kills every worker that recovers it costs one process start a second, not a busy loop."""
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    """One worker process as the pool sees it."""
-
-    pid: int
-    owner: str
-    spawned: int
-    """Runs it started or resumed (requests it refused are not counted)."""
-    recovered: tuple[str, ...]
-    alive: bool
-
-
-def _error(name: str, message: str) -> FoldloopError:
-    """The worker's error, re-raised here as the same FoldloopError class."""
-    cls = getattr(errors, name, None)
-    if isinstance(cls, type) and issubclass(cls, FoldloopError):
-        try:
-            return cls(message)
-        except TypeError:  # a class whose constructor wants more than a message
-            pass
-    return FoldloopError(message)
-
-
-class _Worker:
-    """One worker process, the requests in flight to it and the thread reading its answers."""
-
-    def __init__(
-        self, command: list[str], env: Mapping[str, str], on_exit: Callable[[], None]
-    ) -> None:
-        self._on_exit = on_exit
-        self.proc = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=dict(env)
-        )
-        self.ready: Future[Ready] = Future()
-        self.spawned = 0
-        self._pending: dict[int, Future[Any]] = {}
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._reader = threading.Thread(
-            target=self._read, name=f"foldloop-pool-{self.proc.pid}", daemon=True
-        )
-        self._reader.start()
-
-    @property
-    def alive(self) -> bool:
-        return self._reader.is_alive() and self.proc.poll() is None
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                reply = decode_reply(line)
-            except msgspec.DecodeError:
-                continue  # not ours: the worker's stdout carries only protocol lines
-            if isinstance(reply, Ready):
-                self.ready.set_result(reply)
-            elif isinstance(reply, Failed):
-                self.ready.set_exception(
-                    WorkerError(f"a worker process could not start: {reply.message}")
-                )
-            else:
-                with self._lock:
-                    future = self._pending.pop(reply.id, None)
-                if future is None:
-                    continue
-                if isinstance(reply, Spawned):
-                    self.spawned += 1  # only this thread writes it
-                    future.set_result(reply.run_id)
-                elif isinstance(reply, SpawnedMany):
-                    self.spawned += len(reply.run_ids)
-                    future.set_result(reply.run_ids)
-                elif isinstance(reply, Cancelled):
-                    future.set_result("")
-                else:
-                    future.set_exception(_error(reply.error, reply.message))
-        code = self.proc.wait()
-        gone = WorkerError(
-            f"worker process {self.proc.pid} exited (code {code}) before answering; if it "
-            "had written run.started, the run is in the log and the pool's replacement "
-            "worker recovers it"
-        )
-        if not self.ready.done():
-            self.ready.set_exception(gone)
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        for future in pending.values():
-            future.set_exception(gone)
-        if self.ready.exception() is None:
-            self._on_exit()  # it had started: replace it (one that could not start is not)
-
-    def request(self, message: Request) -> Future[Any]:
-        """Send ``message`` (its id is assigned here); the future gets the run id of a
-        spawn or resume, the run ids of a spawn_many, "" for a cancel, or the error the
-        worker raised."""
-        future: Future[Any] = Future()
-        with self._lock:
-            request = msgspec.structs.replace(message, id=next(self._ids))
-            self._pending[request.id] = future
-            assert self.proc.stdin is not None
-            try:
-                self.proc.stdin.write(encode(request))
-                self.proc.stdin.flush()
-            except OSError:
-                self._pending.pop(request.id, None)
-                raise WorkerError(
-                    f"worker process {self.proc.pid} is gone; the pool starts another"
-                ) from None
-        return future
-
-    @property
-    def _started(self) -> Ready | None:
-        return self.ready.result() if self.ready.done() and not self.ready.exception() else None
-
-    @property
-    def owner(self) -> str:
-        """Its runtime's owner id ("" until it is ready)."""
-        ready = self._started
-        return ready.owner if ready else ""
-
-    def info(self) -> WorkerInfo:
-        ready = self._started
-        return WorkerInfo(
-            pid=self.proc.pid,
-            owner=ready.owner if ready else "",
-            spawned=self.spawned,
-            recovered=tuple(ready.recovered) if ready else (),
-            alive=self.alive,
-        )
-
-    def hang_up(self) -> None:
-        """Close its stdin: it stops driving (its runs stay resumable) and exits."""
-        assert self.proc.stdin is not None
-        with contextlib.suppress(OSError):
-            self.proc.stdin.close()
-
-    def stop(self, timeout: float) -> None:
-        """Hang up and wait for it to exit (killing it after ``timeout`` seconds)."""
-        self.hang_up()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._reader.join(timeout)
 
 
 class PooledRunHandle(RunHandle):
@@ -229,6 +70,14 @@ class PooledRunHandle(RunHandle):
     def __init__(self, pool: WorkerPool, run_id: str) -> None:
         super().__init__(run_ops(pool.runtime), run_id)
         self._pool = pool
+
+    def _check_open(self) -> None:
+        if self._pool.closed:  # its runtime is the pool's: the pool is what to open again
+            raise ConfigError(
+                "this handle's WorkerPool is closed",
+                advice=f"{REOPEN} and take the run up with pool.handle(run_id)",
+            )
+        super()._check_open()
 
     def wait(self, timeout: float | None = None, *, through_approvals: bool = False) -> RunResult:
         """``RunHandle.wait``; if the run's worker died, a replacement is started (it
@@ -310,7 +159,7 @@ class WorkerPool(ClosedOnExit):
         self._lock = threading.Lock()
         self._closed = False
         self._next = itertools.count()
-        self._workers: list[_Worker] = []
+        self._workers: list[WorkerProcess] = []
         try:
             started = [self._start_worker() for _ in range(processes)]
             self._workers = started
@@ -320,8 +169,8 @@ class WorkerPool(ClosedOnExit):
             self.close()
             raise
 
-    def _start_worker(self) -> _Worker:
-        return _Worker(self._command, self._env, self._worker_exited)
+    def _start_worker(self) -> WorkerProcess:
+        return WorkerProcess(self._command, self._env, self._worker_exited)
 
     def _worker_exited(self) -> None:
         """A started worker's process ended: replace it soon, from a thread of its own."""
@@ -338,7 +187,7 @@ class WorkerPool(ClosedOnExit):
         except WorkerError as exc:
             log.warning("pool_worker_not_replaced", error=str(exc))
 
-    def _await_ready(self, worker: _Worker) -> None:
+    def _await_ready(self, worker: WorkerProcess) -> None:
         try:
             worker.ready.result(self._start_timeout)
         except TimeoutError:
@@ -364,7 +213,7 @@ class WorkerPool(ClosedOnExit):
         with self._lock:
             if self._closed:
                 return []
-            fresh: list[_Worker] = []
+            fresh: list[WorkerProcess] = []
             for i, worker in enumerate(self._workers):
                 if not self._dead(worker):
                     continue
@@ -375,7 +224,7 @@ class WorkerPool(ClosedOnExit):
                 self._await_ready(worker)
             return [w.info() for w in fresh]
 
-    def _dead(self, worker: _Worker) -> bool:
+    def _dead(self, worker: WorkerProcess) -> bool:
         """Its process ended, or its owner lock is free (the process is dying: a SIGKILLed
         worker drops the lock at once, before anything here can reap it)."""
         if not worker.alive:
@@ -392,10 +241,23 @@ class WorkerPool(ClosedOnExit):
         metadata: Mapping[str, str] | None = None,
         parent_run_id: str | None = None,
     ) -> PooledRunHandle:
-        """Start a run on the next worker; returns once its run.started is durable."""
-        request = self._spawn_request(agent, input, run_id, metadata, parent_run_id)
-        self.runtime.check_open()
-        return PooledRunHandle(self, self._pick().request(request).result())
+        """Start a run on the next worker; returns once its run.started is durable. A
+        worker that dies first is ridden out: the log says whether the run started, and if
+        not it is sent again, under the same run id, to a live worker."""
+        self._check_open()
+        name = self._agent_name(agent)
+        check_spawn(input, run_id, metadata, parent_run_id)
+        meta = dict(metadata) if metadata is not None else None
+        named = run_id if run_id is not None else new_run_id(name)
+
+        def send(indices: list[int]) -> Future[Any]:
+            request = Spawn(0, name, input, named, meta, parent_run_id)
+            return self._pick().request(request)
+
+        # a run id the caller chose may have a run already: only one started past here is ours
+        mark = self.runtime.store.last_position() if run_id is not None else 0
+        spawns = Spawns(self.runtime.store, [named], send, call="spawn", mark=mark)
+        return spawns.run([[0]], 1, self._handle)[0]
 
     def spawn_many(
         self,
@@ -404,47 +266,46 @@ class WorkerPool(ClosedOnExit):
         *,
         metadata: Mapping[str, str] | None = None,
     ) -> list[PooledRunHandle]:
-        """Start a run on each input, spread over the workers, up to ``SPAWN_WINDOW``
-        requests in flight at once (a worker's starts share commits); returns their handles
-        in input order once every run.started is durable. Every input is checked before any
-        is sent; a Ctrl-C stops the sending (the requests in flight still start their runs)."""
+        """Start a run on each input, spread over the workers, ``SPAWN_CHUNK`` a request and
+        up to ``SPAWN_WINDOW`` in flight at once (a worker's starts share commits); returns
+        their handles in input order, one an input, once every run.started is durable. Every
+        input is checked before any is sent; a Ctrl-C stops the sending (the requests in
+        flight still start their runs). A worker that dies is ridden out as in ``spawn``;
+        if workers die under the same inputs ``ATTEMPTS`` times, the WorkerError holds the
+        handles of the runs that started (``.started``) and the inputs that have none
+        (``.missing``)."""
+        self._check_open()
         check_inputs(inputs)
         texts = list(inputs)
         name = self._agent_name(agent)
-        for text in texts:
-            check_spawn(text, None, metadata, None)
+        for index, text in enumerate(texts):
+            try:
+                check_text("input", text)
+            except ConfigError as exc:
+                raise ConfigError(f"inputs[{index}]: {exc.fact}", advice=exc.advice) from None
+        check_spawn("", None, metadata, None)  # the metadata, once for all inputs
         meta = dict(metadata) if metadata is not None else None
-        self.runtime.check_open()
-        started: list[PooledRunHandle] = []
-        in_flight: collections.deque[Future[list[str]]] = collections.deque()
-        for at in range(0, len(texts), SPAWN_CHUNK):
-            if len(in_flight) * SPAWN_CHUNK >= SPAWN_WINDOW:
-                started.extend(PooledRunHandle(self, i) for i in in_flight.popleft().result())
-            chunk = SpawnMany(0, name, texts[at : at + SPAWN_CHUNK], metadata=meta)
-            in_flight.append(self._pick().request(chunk))
-        for reply in in_flight:
-            started.extend(PooledRunHandle(self, i) for i in reply.result())
-        return started
+        run_ids = [new_run_id(name) for _ in texts]
 
-    def _spawn_request(
-        self,
-        agent: Agent | str,
-        input: str,
-        run_id: str | None,
-        metadata: Mapping[str, str] | None,
-        parent_run_id: str | None,
-    ) -> Spawn:
-        """A worker's spawn request, checked here: a worker gets only what it can start."""
-        name = self._agent_name(agent)
-        check_spawn(input, run_id, metadata, parent_run_id)
-        return Spawn(
-            0,
-            name,
-            input,
-            run_id=run_id,
-            metadata=dict(metadata) if metadata is not None else None,
-            parent_run_id=parent_run_id,
+        def send(indices: list[int]) -> Future[Any]:
+            request = SpawnMany(
+                0, name, [texts[i] for i in indices], meta, [run_ids[i] for i in indices]
+            )
+            return self._pick().request(request)
+
+        spawns = Spawns(self.runtime.store, run_ids, send, call="spawn_many")
+        chunks = (
+            list(range(at, min(at + SPAWN_CHUNK, len(texts))))
+            for at in range(0, len(texts), SPAWN_CHUNK)
         )
+        return spawns.run(chunks, max(1, SPAWN_WINDOW // SPAWN_CHUNK), self._handle)
+
+    def _handle(self, run_id: str) -> PooledRunHandle:
+        return PooledRunHandle(self, run_id)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConfigError(CLOSED, advice=REOPEN)
 
     def _agent_name(self, agent: Agent | str) -> str:
         """The name the workers know ``agent`` by (refused if they do not know it)."""
@@ -456,22 +317,25 @@ class WorkerPool(ClosedOnExit):
             )
         return name
 
-    def _pick(self) -> _Worker:
-        with self._lock:
-            worker = self._workers[next(self._next) % len(self._workers)]
+    def _pick(self) -> WorkerProcess:
+        worker = self._next_worker()
         if not worker.alive:  # the process check alone: a spawn costs no lock-file probe
             self.replace_dead()
-            with self._lock:
-                worker = self._workers[next(self._next) % len(self._workers)]
+            worker = self._next_worker()
         return worker
+
+    def _next_worker(self) -> WorkerProcess:
+        with self._lock:
+            self._check_open()  # under the lock: a close empties the list
+            return self._workers[next(self._next) % len(self._workers)]
 
     def resume(self, run_id: str, *, extend: Limits | None = None) -> PooledRunHandle:
         """Continue a resumable run on the next worker (``Runtime.resume``'s rules: RunLocked
         if a live runtime drives it, ConfigError if it cannot be resumed)."""
         if extend is not None and not isinstance(extend, Limits):
             raise ConfigError("extend must be fl.Limits(...)")
+        self._check_open()
         self.runtime.handle(run_id)  # raises RunNotFound
-        self.runtime.check_open()
         worker = self._pick()
         return PooledRunHandle(self, worker.request(Resume(0, run_id, extend)).result())
 
@@ -490,6 +354,7 @@ class WorkerPool(ClosedOnExit):
 
     def handle(self, run_id: str) -> PooledRunHandle:
         """A handle to an existing run of the store."""
+        self._check_open()
         self.runtime.handle(run_id)  # raises RunNotFound
         return PooledRunHandle(self, run_id)
 

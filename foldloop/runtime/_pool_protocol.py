@@ -43,12 +43,14 @@ class Spawn(msgspec.Struct, frozen=True, tag="spawn"):
 
 class SpawnMany(msgspec.Struct, frozen=True, tag="spawn_many"):
     """Start a run of the agent named ``agent`` on each of ``inputs``, in order, their
-    starts sharing commits (answered by SpawnedMany or Refused)."""
+    starts sharing commits (answered by SpawnedMany or Refused). ``run_ids``, one an input,
+    are the ids the host gave them (None: the worker makes them)."""
 
     id: int
     agent: str
     inputs: list[str]
     metadata: dict[str, str] | None = None
+    run_ids: list[str] | None = None
 
 
 class Cancel(msgspec.Struct, frozen=True, tag="cancel"):

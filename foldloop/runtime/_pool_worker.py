@@ -30,7 +30,7 @@ import msgspec
 from foldloop._agent import Agent
 from foldloop.errors import ConfigError, FoldloopError
 from foldloop.runtime._agent_ref import load_agent
-from foldloop.runtime._facade import Runtime
+from foldloop.runtime._facade import Runtime, spawn_named
 from foldloop.runtime._pool_protocol import (
     REQUESTS,
     Cancelled,
@@ -101,15 +101,25 @@ def _spawn(rt: Runtime, request: Spawn) -> str:
     return handle.id
 
 
+def _spawn_many(rt: Runtime, request: SpawnMany) -> list[str]:
+    agent = _agent(rt, request.agent)
+    if request.run_ids is None:
+        return [h.id for h in rt.spawn_many(agent, request.inputs, metadata=request.metadata)]
+    if len(request.run_ids) != len(request.inputs):
+        raise ConfigError(
+            f"a spawn_many request named {len(request.run_ids)} run ids for "
+            f"{len(request.inputs)} inputs; it needs one an input"
+        )
+    return spawn_named(rt, agent, request.inputs, request.run_ids, request.metadata)
+
+
 def _serve(rt: Runtime, request: Request) -> Reply:
     """Carry out one request; every failure becomes a Refused the host re-raises."""
     try:
         if isinstance(request, Spawn):
             return Spawned(request.id, _spawn(rt, request))
         if isinstance(request, SpawnMany):
-            agent = _agent(rt, request.agent)
-            handles = rt.spawn_many(agent, request.inputs, metadata=request.metadata)
-            return SpawnedMany(request.id, [h.id for h in handles])
+            return SpawnedMany(request.id, _spawn_many(rt, request))
         if isinstance(request, Resume):
             return Spawned(request.id, rt.resume(request.run_id, extend=request.extend).id)
         rt.handle(request.run_id).cancel(request.reason)

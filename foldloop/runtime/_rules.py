@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import secrets
 from collections.abc import Iterable, Mapping
 
 import msgspec
@@ -30,6 +31,7 @@ __all__ = [
     "evolve_all",
     "iso",
     "merged",
+    "new_run_id",
     "priced_limits",
     "tool_drift",
 ]
@@ -86,6 +88,11 @@ def evolve_all(state: RunState, decision: Decision, at: int) -> RunState:
     for event in decision.events:
         state = apply(state, event, at)
     return state
+
+
+def new_run_id(agent: str) -> str:
+    """A fresh run id for a run of ``agent`` (``calc-1a2b3c4d5e6f``)."""
+    return f"{agent}-{secrets.token_hex(6)}"
 
 
 def check_text(what: str, value: object) -> None:

@@ -1,0 +1,180 @@
+"""One worker process of a WorkerPool, as the host sees it: its pipes, the requests in
+flight to it and the thread reading its answers."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import subprocess
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from foldloop import errors
+from foldloop.errors import FoldloopError, WorkerError
+from foldloop.runtime._pool_protocol import (
+    Cancelled,
+    Failed,
+    Ready,
+    Request,
+    Spawned,
+    SpawnedMany,
+    decode_reply,
+    encode,
+)
+
+__all__ = ["WorkerInfo", "WorkerProcess"]
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One worker process as the pool sees it."""
+
+    pid: int
+    owner: str
+    spawned: int
+    """Runs it started or resumed (requests it refused are not counted)."""
+    recovered: tuple[str, ...]
+    alive: bool
+
+
+def _error(name: str, message: str) -> FoldloopError:
+    """The worker's error, re-raised here as the same FoldloopError class."""
+    cls = getattr(errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, FoldloopError):
+        try:
+            return cls(message)
+        except TypeError:  # a class whose constructor wants more than a message
+            pass
+    return FoldloopError(message)
+
+
+class WorkerProcess:
+    """One worker process, the requests in flight to it and the thread reading its answers."""
+
+    def __init__(
+        self, command: list[str], env: Mapping[str, str], on_exit: Callable[[], None]
+    ) -> None:
+        self._on_exit = on_exit
+        self.proc = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=dict(env)
+        )
+        self.ready: Future[Ready] = Future()
+        self.spawned = 0
+        self._pending: dict[int, Future[Any]] = {}
+        self._gone: WorkerError | None = None
+        """Set once its process ended: a request sent after that would wait forever."""
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(
+            target=self._read, name=f"foldloop-pool-{self.proc.pid}", daemon=True
+        )
+        self._reader.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._reader.is_alive() and self.proc.poll() is None
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                reply = decode_reply(line)
+            except msgspec.DecodeError:
+                continue  # not ours: the worker's stdout carries only protocol lines
+            if isinstance(reply, Ready):
+                self.ready.set_result(reply)
+            elif isinstance(reply, Failed):
+                self.ready.set_exception(
+                    WorkerError(f"a worker process could not start: {reply.message}")
+                )
+            else:
+                with self._lock:
+                    future = self._pending.pop(reply.id, None)
+                if future is None:
+                    continue
+                if isinstance(reply, Spawned):
+                    self.spawned += 1  # only this thread writes it
+                    future.set_result(reply.run_id)
+                elif isinstance(reply, SpawnedMany):
+                    self.spawned += len(reply.run_ids)
+                    future.set_result(reply.run_ids)
+                elif isinstance(reply, Cancelled):
+                    future.set_result("")
+                else:
+                    future.set_exception(_error(reply.error, reply.message))
+        code = self.proc.wait()
+        gone = WorkerError(
+            f"worker process {self.proc.pid} exited (code {code}) before answering; the "
+            "runs it drove are in the log and the pool's replacement worker recovers them"
+        )
+        if not self.ready.done():
+            self.ready.set_exception(gone)
+        with self._lock:
+            self._gone = gone
+            pending, self._pending = self._pending, {}
+        for future in pending.values():
+            future.set_exception(gone)
+        if self.ready.exception() is None:
+            self._on_exit()  # it had started: replace it (one that could not start is not)
+
+    def request(self, message: Request) -> Future[Any]:
+        """Send ``message`` (its id is assigned here); the future gets the run id of a
+        spawn or resume, the run ids of a spawn_many, "" for a cancel, or the error the
+        worker raised."""
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._gone is not None:
+                raise WorkerError(str(self._gone))  # a fresh one: threads may raise it at once
+            request = msgspec.structs.replace(message, id=next(self._ids))
+            self._pending[request.id] = future
+            assert self.proc.stdin is not None
+            try:
+                self.proc.stdin.write(encode(request))
+                self.proc.stdin.flush()
+            except OSError:
+                self._pending.pop(request.id, None)
+                raise WorkerError(
+                    f"worker process {self.proc.pid} is gone; the pool starts another"
+                ) from None
+        return future
+
+    @property
+    def _started(self) -> Ready | None:
+        return self.ready.result() if self.ready.done() and not self.ready.exception() else None
+
+    @property
+    def owner(self) -> str:
+        """Its runtime's owner id ("" until it is ready)."""
+        ready = self._started
+        return ready.owner if ready else ""
+
+    def info(self) -> WorkerInfo:
+        ready = self._started
+        return WorkerInfo(
+            pid=self.proc.pid,
+            owner=ready.owner if ready else "",
+            spawned=self.spawned,
+            recovered=tuple(ready.recovered) if ready else (),
+            alive=self.alive,
+        )
+
+    def hang_up(self) -> None:
+        """Close its stdin: it stops driving (its runs stay resumable) and exits."""
+        assert self.proc.stdin is not None
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+
+    def stop(self, timeout: float) -> None:
+        """Hang up and wait for it to exit (killing it after ``timeout`` seconds)."""
+        self.hang_up()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout)

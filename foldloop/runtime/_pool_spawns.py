@@ -1,0 +1,159 @@
+"""A WorkerPool's spawns, which a worker's death neither loses nor duplicates.
+
+The host names every run before it sends the request (a new run id, or the caller's). When
+the worker dies with the request in flight, the log says which of those runs started: they
+stand (the pool's replacement worker recovers them), and only the others are sent again,
+under the same ids, to a live worker; at most ``ATTEMPTS`` times, then a WorkerError says
+which inputs have a run (``started``) and which do not (``missing``).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from foldloop._log import get_logger
+from foldloop.errors import WorkerError
+from foldloop.store import EventStore
+
+__all__ = ["ATTEMPTS", "Spawns"]
+
+log = get_logger(__name__)
+
+ATTEMPTS = 3
+"""Sends of one input at most: a worker dying under each of them is no chance event."""
+
+H = TypeVar("H")
+
+
+def started_since(store: EventStore, run_ids: Sequence[str], mark: int) -> set[str]:
+    """Those of ``run_ids`` whose run.started is in the log past position ``mark``."""
+    started: set[str] = set()
+    for run_id in run_ids:
+        first = store.read(run_id, 1, 1)
+        if first and first[0].type == "run.started" and first[0].position > mark:
+            started.add(run_id)
+    return started
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Inputs sent together (their indices in the call), the answer awaited, which send."""
+
+    indices: list[int]
+    answer: Future[Any]
+    attempt: int
+
+
+class Spawns:
+    """The runs of one ``spawn`` or ``spawn_many`` call, each named before it is sent.
+
+    ``send(indices)`` sends the inputs at those indices (under ``run_ids[i]``) to a live
+    worker and returns the future of its answer. ``mark`` is the log's last position before
+    anything was sent: a run id the caller chose may already have a run, which is not ours
+    (0 when every id is new).
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        run_ids: list[str],
+        send: Callable[[list[int]], Future[Any]],
+        *,
+        call: str,
+        mark: int = 0,
+    ) -> None:
+        self.run_ids = run_ids
+        self._store = store
+        self._send = send
+        self._call = call
+        self._mark = mark
+        self._started = [False] * len(run_ids)
+        self._death: WorkerError | None = None
+        """The last death under inputs that ran out of attempts (None while none has)."""
+
+    def run(self, chunks: Iterable[list[int]], window: int, handle: Callable[[str], H]) -> list[H]:
+        """Send the chunks, at most ``window`` in flight; the handles, in input order, once
+        every run.started is durable. A worker's refusal is raised as it is (the
+        requests in flight still start their runs); WorkerError once some inputs ran out
+        of attempts, after every request in flight is settled."""
+        in_flight: collections.deque[_Batch] = collections.deque()
+        for chunk in chunks:
+            while len(in_flight) >= window and self._death is None:
+                self._settle_next(in_flight)
+            if self._death is not None:
+                break  # workers keep dying: send no more, so that the error is soon
+            in_flight.append(self._send_batch(chunk, 1))
+        while in_flight:
+            self._settle_next(in_flight)
+        if self._death is not None:
+            raise self._given_up(handle) from self._death
+        return [handle(run_id) for run_id in self.run_ids]
+
+    def _send_batch(self, indices: list[int], attempt: int) -> _Batch:
+        try:
+            answer = self._send(indices)
+        except WorkerError as exc:  # no worker to take it: as if it had died under it
+            answer = Future()
+            answer.set_exception(exc)
+        return _Batch(indices, answer, attempt)
+
+    def _settle_next(self, in_flight: collections.deque[_Batch]) -> None:
+        """Wait for the oldest batch; what of it did not start goes to the back, resent."""
+        batch = in_flight.popleft()
+        try:
+            batch.answer.result()
+        except WorkerError as exc:
+            again = self._after_death(batch, exc)
+            if again is not None:
+                in_flight.append(again)
+            return
+        for index in batch.indices:
+            self._started[index] = True
+
+    def _after_death(self, batch: _Batch, death: WorkerError) -> _Batch | None:
+        """The log's word on a batch whose worker died: its started runs stand, the rest is
+        resent (None once nothing is left to send, or its attempts are used up)."""
+        ids = [self.run_ids[i] for i in batch.indices]
+        started = started_since(self._store, ids, self._mark)
+        missing = [i for i in batch.indices if self.run_ids[i] not in started]
+        for index in batch.indices:
+            self._started[index] = self.run_ids[index] in started
+        log.warning(
+            "pool_spawns_lost_their_worker",
+            call=self._call,
+            started=len(started),
+            resent=len(missing) if batch.attempt < ATTEMPTS else 0,
+            attempt=batch.attempt,
+            error=str(death),
+        )
+        if not missing:
+            return None
+        if batch.attempt >= ATTEMPTS:
+            self._death = death
+            return None
+        return self._send_batch(missing, batch.attempt + 1)
+
+    def _given_up(self, handle: Callable[[str], H]) -> WorkerError:
+        """The error for inputs that ran out of attempts, with what did start."""
+        started = tuple(handle(r) for r, ok in zip(self.run_ids, self._started, strict=True) if ok)
+        missing = tuple(i for i, ok in enumerate(self._started) if not ok)
+        died = f"worker processes died under this {self._call} {_times(ATTEMPTS)}"
+        if self._call == "spawn":
+            fact = f"{died}: its run ({self.run_ids[0]}) did not start"
+            advice = "spawning it again is safe"
+        else:
+            fact = (
+                f"{died}: {len(started)} of {len(self.run_ids)} runs started (their "
+                "handles are this error's .started, in input order; the pool's workers "
+                f"drive them) and the inputs at .missing ({len(missing)}) have no run"
+            )
+            advice = "spawning only those again is safe"
+        return WorkerError(fact, advice=advice, started=started, missing=missing)
+
+
+def _times(n: int) -> str:
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")

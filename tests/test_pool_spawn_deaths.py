@@ -1,0 +1,223 @@
+"""WorkerPool spawns in flight to a worker that dies: nothing lost, nothing duplicated.
+
+Real worker processes and a real SIGKILL. Where the test needs a request to be in flight
+for sure, it stops the worker (SIGSTOP) first: the request then waits in its pipe, unanswered,
+until the kill.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import foldloop as fl
+from foldloop.events._catalogue import RunStarted
+from foldloop.runtime import _pool as pool_module
+from foldloop.runtime import _pool_spawns as spawns_module
+from tests.log_capture import capture_logs
+from tests.waiting import logged, wait_until
+
+LOST = "pool_spawns_lost_their_worker"
+
+
+def _inputs(pool: fl.WorkerPool) -> dict[str, str]:
+    """Every run of the log (its run.started, read from the whole log) and its input."""
+    records = pool.runtime.store.read_all()
+    return {r.run_id: r.event.input for r in records if isinstance(r.event, RunStarted)}
+
+
+def _started_inputs(pool: fl.WorkerPool) -> collections.Counter[str]:
+    """How many runs the whole log holds for each input."""
+    return collections.Counter(_inputs(pool).values())
+
+
+def _in_flight(pool: fl.WorkerPool, index: int) -> int:
+    """Requests sent to worker ``index`` and not answered yet (the pool's own count)."""
+    return len(pool._workers[index]._pending)
+
+
+class _Call:
+    """``fn()`` on a thread of its own: what it returned or raised."""
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self.result: object = None
+        self.error: BaseException | None = None
+        self._fn = fn
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.result = self._fn()
+        except BaseException as exc:
+            self.error = exc
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the call did not return"
+
+
+def test_a_worker_killed_under_spawn_many_costs_no_input_and_doubles_none(
+    store_path: Path,
+) -> None:
+    inputs = [f"sum {i}" for i in range(4000)]
+    with (
+        capture_logs(logging.WARNING) as logs,
+        fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=2) as pool,
+    ):
+        victim = pool.workers[0]
+        call = _Call(lambda: pool.spawn_many("calc", inputs))
+        # its first chunk's runs are started, the rest of its share is still to come
+        wait_until(lambda: pool.workers[0].spawned >= pool_module.SPAWN_CHUNK, 60, "a chunk")
+        assert call.running
+        os.kill(victim.pid, signal.SIGKILL)
+        call.join(120)
+        assert call.error is None, call.error
+        handles = call.result
+        assert isinstance(handles, list)
+        assert logged(logs, LOST, call="spawn_many")  # the kill did land mid-call
+        assert len(handles) == len(inputs)
+        assert len({h.id for h in handles}) == len(inputs)
+        assert _started_inputs(pool) == collections.Counter(inputs)  # each once, none twice
+        assert len(pool.runtime.store.run_ids()) == len(inputs)
+        runs = _inputs(pool)
+        assert [runs[h.id] for h in handles] == inputs  # in input order
+        results = [h.wait(timeout=120) for h in handles]
+        assert {r.status for r in results} == {fl.RunStatus.COMPLETED}
+        assert victim.pid not in {w.pid for w in pool.workers}
+
+
+def test_a_spawn_whose_worker_dies_before_answering_is_sent_again(store_path: Path) -> None:
+    with (
+        capture_logs(logging.WARNING) as logs,
+        fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=1) as pool,
+    ):
+        victim = pool.workers[0]
+        os.kill(victim.pid, signal.SIGSTOP)  # it reads nothing more: the spawn stays in flight
+        call = _Call(lambda: pool.spawn("calc", "sum once"))
+        wait_until(lambda: _in_flight(pool, 0) == 1, 30, "the spawn to be sent")
+        os.kill(victim.pid, signal.SIGKILL)
+        call.join(60)
+        assert call.error is None, call.error
+        handle = call.result
+        assert isinstance(handle, fl.types.RunHandle)
+        assert logged(logs, LOST, call="spawn", started=0, resent=1, attempt=1)
+        assert handle.wait(timeout=60).status is fl.RunStatus.COMPLETED
+        assert _started_inputs(pool) == {"sum once": 1}
+        assert pool.workers[0].pid != victim.pid
+
+
+def test_spawns_racing_a_killed_worker_all_return_a_run_each(store_path: Path) -> None:
+    """Spawns from ten threads, under run ids of their own, while a worker is SIGKILLed:
+    every one returns its handle (none raises), and each run id has one run."""
+    handles: list[fl.types.RunHandle] = []
+    lock = threading.Lock()
+    enough = threading.Event()
+    with fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=2) as pool:
+
+        def spawn(k: int) -> None:
+            for i in range(10):
+                handle = pool.spawn("calc", f"add {k}-{i}", run_id=f"r{k}-{i}")
+                with lock:
+                    handles.append(handle)
+                    if len(handles) == 20:
+                        enough.set()
+
+        calls = [_Call(functools.partial(spawn, k)) for k in range(10)]
+        assert enough.wait(30)
+        os.kill(pool.workers[0].pid, signal.SIGKILL)
+        for call in calls:
+            call.join(60)
+            assert call.error is None, call.error
+        assert sorted(h.id for h in handles) == sorted(
+            f"r{k}-{i}" for k in range(10) for i in range(10)
+        )
+        assert all(h.wait(timeout=60).ok for h in handles)
+        assert _started_inputs(pool) == collections.Counter(
+            f"add {k}-{i}" for k in range(10) for i in range(10)
+        )
+
+
+def test_workers_dying_past_the_attempts_name_what_started_and_what_did_not(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spawns_module, "ATTEMPTS", 1)  # the first death is the last straw
+    monkeypatch.setattr(pool_module, "SPAWN_WINDOW", 40)  # 4 requests of 10 in flight
+    monkeypatch.setattr(pool_module, "SPAWN_CHUNK", 10)
+    inputs = [f"sum {i}" for i in range(200)]
+    with fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=2) as pool:
+        victim = pool.workers[0]
+        os.kill(victim.pid, signal.SIGSTOP)
+        call = _Call(lambda: pool.spawn_many("calc", inputs))
+        wait_until(
+            lambda: _in_flight(pool, 0) == 2 and pool.workers[1].spawned == 20,
+            30,
+            "two requests stuck in the stopped worker, two answered by the other",
+        )
+        os.kill(victim.pid, signal.SIGKILL)
+        call.join(60)
+        error = call.error
+        assert isinstance(error, fl.errors.WorkerError), error
+        assert "20 of 200 runs started" in str(error)
+        assert "spawning only those again is safe" in str(error)
+        started = list(error.started)
+        runs = _inputs(pool)
+        answered = [i for i in range(40) if i // 10 % 2 == 1]  # the other worker's requests
+        assert [runs[h.id] for h in started] == [inputs[i] for i in answered]
+        assert error.missing == tuple(i for i in range(200) if i not in answered)
+        assert len(runs) == 20  # nothing of the missing ran
+        rest = pool.spawn_many("calc", [inputs[i] for i in error.missing])
+        assert _started_inputs(pool) == collections.Counter(inputs)
+        assert all(h.wait(timeout=60).ok for h in [*started, *rest])
+
+
+def test_a_spawn_past_its_attempts_says_it_did_not_start(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spawns_module, "ATTEMPTS", 1)
+    with fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=1) as pool:
+        victim = pool.workers[0]
+        os.kill(victim.pid, signal.SIGSTOP)
+        call = _Call(lambda: pool.spawn("calc", "sum once", run_id="only-once"))
+        wait_until(lambda: _in_flight(pool, 0) == 1, 30, "the spawn to be sent")
+        os.kill(victim.pid, signal.SIGKILL)
+        call.join(60)
+        error = call.error
+        assert isinstance(error, fl.errors.WorkerError), error
+        assert str(error) == (
+            "worker processes died under this spawn once: its run (only-once) did not "
+            "start; spawning it again is safe"
+        )
+        assert (error.started, error.missing) == ((), (0,))
+        assert pool.runtime.store.head("only-once") == 0
+        assert pool.spawn("calc", "sum once", run_id="only-once").wait(timeout=60).ok
+
+
+def test_a_taken_run_id_is_refused_even_when_the_worker_dies_under_the_spawn(
+    store_path: Path,
+) -> None:
+    """The log has a run under the id already: it is not the spawn's, so the host sends the
+    spawn again, and the live worker refuses it as it would have without the death."""
+    with fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=1) as pool:
+        assert pool.spawn("calc", "first", run_id="same").wait(timeout=30).ok
+        victim = pool.workers[0]
+        os.kill(victim.pid, signal.SIGSTOP)
+        call = _Call(lambda: pool.spawn("calc", "second", run_id="same"))
+        wait_until(lambda: _in_flight(pool, 0) == 1, 30, "the spawn to be sent")
+        os.kill(victim.pid, signal.SIGKILL)
+        call.join(60)
+        assert isinstance(call.error, fl.ConfigError), call.error
+        assert "run 'same' already exists" in str(call.error)
+        assert _started_inputs(pool) == {"first": 1}
