@@ -173,6 +173,15 @@ class StoreContract:
         assert isinstance(failures[0], ConcurrencyError) and stale.done
         assert [r.event for r in store.read("r")] == [ev(1)]
 
+    def test_flush_returns_once_what_was_queued_is_stored(self, store: EventStore) -> None:
+        ops = [
+            store.append("r", encode_all([ev(i)], 1), expected_seq=i - 1, durable=False)
+            for i in range(1, 4)
+        ]
+        assert store.flush(10)
+        assert all(op.done for op in ops)  # none lingers for a later commit
+        assert [r.event for r in store.read("r")] == [ev(1), ev(2), ev(3)]
+
     # -- leases and fencing ----------------------------------------------------------------
 
     def test_lease_lifecycle(self, store: EventStore) -> None:

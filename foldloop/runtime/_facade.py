@@ -245,6 +245,9 @@ class Runtime(OpenOnly, ClosedOnExit):
             self._admission.close()
             self._commands.close()
             self.system.stop(drain_s=timeout)
+            # What the runs wrote last is stored before another runtime may take them up.
+            if not self.store.flush(timeout=5.0):
+                log.warning("close_writes_unconfirmed", owner=self.owner)
             self._owner_hold.release()
             self.store.close()
         finally:

@@ -516,6 +516,10 @@ class JetStreamStore:
             return False
         return True
 
+    def flush(self, timeout: float) -> bool:
+        """Wait for the writes in flight to be acknowledged or refused."""
+        return self._loop.settle(timeout)
+
     def close(self) -> None:
         """Let what is in flight end (up to CLOSE_WAIT_S: a server gone is no reason to
         hang), then disconnect; never raises."""

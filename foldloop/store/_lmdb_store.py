@@ -401,6 +401,15 @@ class LmdbStore:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def flush(self, timeout: float) -> bool:
+        """Commit what is queued now (ops commit in order, so a durable no-op behind them
+        lands only once they have)."""
+        try:
+            self.writer.submit(WriteOp(lambda w: None, durable=True)).wait(timeout)
+        except StoreError:
+            return False
+        return True
+
     def _close(self) -> None:
         # Index the tail so that the next opener (often a read-only CLI) scans nothing.
         self.writer.submit(WriteOp(lambda w: w.index_now(), durable=False))

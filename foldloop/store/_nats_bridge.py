@@ -121,10 +121,15 @@ class LoopThread:
             except Exception:
                 log.exception("store_notice_failed")
 
+    def settle(self, timeout: float) -> bool:
+        """Wait for the writes in flight to end; False if some had not within ``timeout``."""
+        _, left = concurrent.futures.wait(list(self._inflight), timeout)
+        return not left
+
     def close(self, finish: Coroutine[Any, Any, None], timeout: float = 10.0) -> None:
         """Let the writes in flight end, run ``finish`` (closing the connection), then stop
         both threads."""
-        concurrent.futures.wait(list(self._inflight), timeout)
+        self.settle(timeout)
         try:
             self.call(finish, timeout * 2)
         finally:

@@ -270,6 +270,11 @@ class EventStore(Protocol):
         """Every stored checkpoint that decodes."""
         ...
 
+    def flush(self, timeout: float) -> bool:
+        """Wait until every write submitted so far is stored or refused (a queued,
+        non-durable one included); False if some were not within ``timeout`` s."""
+        ...
+
     def close(self) -> None:
         """Commit what is queued and let the store go."""
         ...
