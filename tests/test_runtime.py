@@ -257,6 +257,66 @@ def test_closing_records_a_tool_call_that_returns_within_its_timeout(store_path:
         assert kinds.count("tool.completed") == 1 and "tool.failed" not in kinds
 
 
+def test_a_model_reply_that_comes_while_closing_starts_no_tool(store_path: Path) -> None:
+    """While close() waits for one run's tool, another run's model reply arrives: it is not
+    recorded and its tool call never starts (the drain would not wait for it); the resumed
+    run asks the model again and pays once."""
+    agent, started, release = stuck_agent()
+    paid: list[str] = []
+
+    @fl.tool
+    def pay(to: str) -> str:
+        """Pay someone."""
+        paid.append(to)
+        return f"paid {to}"
+
+    llm = fl.ScriptedLLM(
+        [fl.Reply(tool_calls=[fl.ToolCall("pay", {"to": "bob"})]), fl.Reply(text="paid")],
+        latency_s=0.3,
+    )
+    payer = fl.Agent(name="payer", llm=llm, tools=[pay])
+    rt = fl.Runtime.open(store_path, agents=[agent, payer])
+    rt.spawn(agent, "go")
+    assert started.wait(10)
+    run = rt.spawn(payer, "pay bob")
+    closing = threading.Thread(target=rt.close)
+    with capture_logs() as logs:
+        closing.start()
+        wait_until(lambda: logged(logs, "command_dropped_at_close", run_id=run.id), 10, "the reply")
+        release.set()
+        closing.join(30)
+    assert not closing.is_alive() and paid == []
+    with fl.Runtime.open(store_path, agents=[agent, payer]) as again:
+        assert "tool.requested" not in types(again, run.id)
+        again.recover()
+        assert again.handle(run.id).wait(timeout=10).output == "paid"
+    assert paid == ["bob"]
+
+
+def test_closing_does_not_wait_for_a_call_past_its_timeout(store_path: Path) -> None:
+    """A hung call that timed out has its outcome recorded (timeout): close() has nothing
+    to wait for, though the call's thread still runs."""
+    release = threading.Event()
+
+    @fl.tool(timeout=0.2)
+    def hang() -> str:
+        """Hang until released."""
+        release.wait(30)
+        return "late"
+
+    llm = fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("hang")]), fl.Reply(text="gave up")])
+    agent = fl.Agent(name="hang", llm=llm, tools=[hang])
+    try:
+        rt = fl.Runtime.open(store_path, agents=[agent])
+        assert rt.spawn(agent, "go").wait(timeout=10).output == "gave up"
+        closing = threading.Thread(target=rt.close)  # its default timeout is 10 s
+        closing.start()
+        closing.join(5)
+        assert not closing.is_alive()
+    finally:
+        release.set()
+
+
 def test_closing_waits_for_a_running_tool_only_its_timeout(store_path: Path) -> None:
     agent, started, release = stuck_agent()
     with capture_logs() as logs:
@@ -266,7 +326,7 @@ def test_closing_waits_for_a_running_tool_only_its_timeout(store_path: Path) -> 
                 assert started.wait(10)
                 rt.close(timeout=0.2)
             assert not release.is_set()  # closed while the tool still ran
-            assert logged(logs, "tool_calls_unfinished_at_close", tool="stuck")
+            assert logged(logs, "tool_calls_unfinished_at_close", run_id=run.id, calls=1)
         finally:
             release.set()
         # The tool's outcome comes back to a closed runtime: dropped, nothing written.

@@ -29,7 +29,7 @@ from foldloop.actors._model_call import ModelCall
 from foldloop.actors._timers import Timers
 from foldloop.actors._tool_actor import Cancellable, RunToolCall, ToolRunner
 from foldloop.actors._workers import Workers
-from foldloop.core._commands import Cancel, Command, ModelReplied
+from foldloop.core._commands import Cancel, Command, ModelReplied, ToolFinished
 from foldloop.core._decide import decide
 from foldloop.core._effects import (
     AwaitChildren,
@@ -161,6 +161,10 @@ class RunActor:
             return True
         try:
             if isinstance(message, Command):
+                if self._closing and type(message) not in (ToolFinished, Cancel):
+                    # resume asks the model again, brings decisions in, follows children
+                    self.log.debug("command_dropped_at_close", command=type(message).__name__)
+                    return True
                 self._handled += 1
                 return self.handle(message)
             if isinstance(message, ParkIfIdle):
@@ -377,7 +381,7 @@ class RunActor:
         if self._cancelling:
             kept = tuple(e for e in decision.effects if type(e) in (Settle, CancelChildren))
             decision = msgspec.structs.replace(decision, effects=kept)
-        elif self._closing:  # the calls of tools requested still run: they are in the log
+        elif self._closing:  # the tool calls already requested still run: they are in the log
             kept = tuple(e for e in decision.effects if type(e) not in (CallModel, SpawnChild))
             decision = msgspec.structs.replace(decision, effects=kept)
         children = tuple(e for e in decision.effects if type(e) is SpawnChild)
@@ -458,9 +462,19 @@ class RunActor:
         self._cancel_in_flight()
 
     def closing(self) -> None:
-        """(Any thread.) The runtime is closing: no new model call or child run starts; the
-        tools whose calls are requested still run, and their outcomes are recorded."""
+        """(Any thread.) The runtime is closing: the run records its tool calls' outcomes
+        and a cancel, takes no other command, and starts no model call or child run."""
         self._closing = True
+
+    def tool_calls_under_way(self) -> int:
+        """(Any thread.) Calls of this run's own tools requested and without an outcome (a
+        sub-agent call's child run is none); 0 once the run stopped here."""
+        if self.finished:
+            return 0
+        tool = self.agent.tool
+        return sum(
+            1 for c in self.state.calls if c.status == "requested" and tool(c.tool) is not None
+        )
 
     def _cancel_in_flight(self) -> None:
         with self._in_flight_lock:

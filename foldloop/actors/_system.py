@@ -580,23 +580,26 @@ class ActorSystem:
         self.notify_pool.shutdown()
 
     def _drain(self, actors: list[RunActor], deadline: float) -> None:
-        """Let the sync tool calls under way (and the ones the shards are about to start:
-        their requests are durable) return, and their outcomes reach their runs' mailboxes
-        ahead of the shards' stop."""
+        """Until ``deadline``, wait for the runs' tool calls under way to return and their
+        outcomes to be recorded (the runs take no other command meanwhile)."""
         for actor in actors:
             actor.closing()
-        for shard in list(self._shards):  # what they hold queued is handled (FIFO)
-            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                shard.ask(_Barrier(), timeout=max(0.0, deadline - time.monotonic()))
-        with self._lock:
-            runners = list(self._runners.values())
-        calls = sum(runner.pool.unfinished for runner in runners)
-        if calls:
+        waiting = [actor for actor in actors if actor.tool_calls_under_way()]
+        if waiting:
+            calls = sum(actor.tool_calls_under_way() for actor in waiting)
             left = round(max(0.0, deadline - time.monotonic()), 3)
-            log.info("close_waits_for_tool_calls", calls=calls, timeout_s=left)
-        for runner in runners:
-            if not runner.pool.join(max(0.0, deadline - time.monotonic())):
-                log.warning("tool_calls_unfinished_at_close", tool=runner.tool.name)
+            log.info("close_waits_for_tool_calls", calls=calls, runs=len(waiting), timeout_s=left)
+        pause = 0.001
+        while waiting and time.monotonic() < deadline:
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.02)
+            waiting = [actor for actor in waiting if actor.tool_calls_under_way()]
+        for actor in waiting:
+            log.warning(
+                "tool_calls_unfinished_at_close",
+                run_id=actor.run_id,
+                calls=actor.tool_calls_under_way(),
+            )
 
     def _model_cleanups(self) -> list[Callable[[], Awaitable[object]]]:
         """The ``aclose`` of each distinct model that ran here and has one."""
@@ -612,7 +615,3 @@ class ActorSystem:
         timeout = max((gate.policy.notify_timeout for gate in gates), default=0.0)
         if gates and not self.notify_pool.join(timeout):
             log.warning("approval_notify_unfinished_at_close", timeout_s=timeout)
-
-
-class _Barrier:
-    """A message a shard ignores: asked, its answer says every message before it is handled."""

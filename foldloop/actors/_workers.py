@@ -74,12 +74,6 @@ class Workers:
         with self._lock:
             self._limit -= 1
 
-    @property
-    def unfinished(self) -> int:
-        """Jobs queued or running."""
-        with self._lock:
-            return self._unfinished
-
     def join(self, timeout: float) -> bool:
         """Wait until every job submitted so far has run; False if some still had not after
         ``timeout`` seconds."""

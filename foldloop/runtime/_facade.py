@@ -223,8 +223,9 @@ class Runtime(OpenOnly, ClosedOnExit):
     def close(self, timeout: float = CLOSE_DRAIN_S) -> None:
         """Stop driving runs (they stay resumable), commit what is queued, release the store.
         Tool calls under way (a sync tool cannot be stopped) get up to ``timeout`` seconds to
-        return, and their outcomes are recorded; meanwhile no model call or child run starts.
-        A call still running then is left: a resume records it as interrupted."""
+        return, and their outcomes are recorded; meanwhile the runs take no other command
+        but a cancel, and start no model call or child run. A call still running then is
+        left: a resume records it as interrupted."""
         if (
             isinstance(timeout, bool)
             or not isinstance(timeout, int | float)
