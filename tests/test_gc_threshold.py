@@ -120,7 +120,7 @@ def test_a_forked_child_has_no_runtime_open_and_pythons_default(tmp_path: Path) 
     seen = thresholds_seen(
         tmp_path,
         """
-        import os, signal
+        import os, signal, time
         rt = fl.Runtime.open(path)
         seen()
         read, write = os.pipe()
@@ -131,6 +131,9 @@ def test_a_forked_child_has_no_runtime_open_and_pythons_default(tmp_path: Path) 
                 signal.alarm(50)
                 os.close(read)
                 child = [list(gc.get_threshold())]
+                began = time.monotonic()
+                rt.close()  # inherited: its threads stayed in the parent, nothing to stop
+                child.append([time.monotonic() - began < 2])
                 agent = fl.Agent(name="a", llm=fl.ScriptedLLM([fl.Reply(text="ok")]))
                 with fl.Runtime.open(path + "-child") as other:
                     child.append(list(gc.get_threshold()))
@@ -153,6 +156,7 @@ def test_a_forked_child_has_no_runtime_open_and_pythons_default(tmp_path: Path) 
     assert seen == [
         [YOUNG_THRESHOLD, 10, 10],  # the parent, runtime open
         [PYTHON_DEFAULT, 10, 10],  # the child, just forked
+        [True],  # closing the runtime it inherited returned at once
         [YOUNG_THRESHOLD, 10, 10],  # the child's own runtime open
         [PYTHON_DEFAULT, 10, 10],  # and closed
         [True],  # its run completed

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from foldloop.events import Recorded, ToolCompleted
-from foldloop.store import encode_all, open_store
+from foldloop.store import LmdbStore, encode_all, open_store
 from foldloop.store._lmdb_store import _REGISTRY
 from foldloop.store._write_txn import WriteTxn
 from foldloop.store._writer import WriteOp
@@ -159,7 +159,7 @@ CHILD_OF_A_FORK = """
 import os, signal, sys
 from foldloop.errors import StoreError
 from foldloop.events import Recorded, ToolCompleted
-from foldloop.store import encode_all, open_store
+from foldloop.store import LmdbStore, encode_all, open_store
 
 path = sys.argv[1]
 store = open_store(path)
@@ -202,3 +202,13 @@ def test_a_forked_child_is_told_it_cannot_open_its_parents_store(tmp_path: Path)
 
 if __name__ == "__main__":
     print(json.dumps(churn_in_threads(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]))))
+
+
+def test_a_store_made_directly_closes_lmdb_when_closed(tmp_path: Path) -> None:
+    """An LmdbStore built without open_store is in no registry: close() still closes LMDB
+    (else the directory could not be opened again in this process)."""
+    direct = LmdbStore(tmp_path / "s", create=True, map_size=1 << 24)
+    direct.close()
+    direct.close()  # a second close does nothing
+    again = open_store(tmp_path / "s")
+    again.close()

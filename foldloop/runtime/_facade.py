@@ -79,6 +79,7 @@ class Runtime(OpenOnly, ClosedOnExit):
         self._lifecycle = Lifecycle()
         self._agents = AgentRegistry(agents)
         self._owner_hold = store.hold_owner(self.owner)
+        self._pid = os.getpid()
         # Late-bound (lambdas): the system and the commands it counts and admits with need
         # it, so they are built after it.
         self._admission = Admission(
@@ -234,6 +235,8 @@ class Runtime(OpenOnly, ClosedOnExit):
         ):
             raise ConfigError(f"timeout must be a finite number of seconds >= 0; got {timeout!r}")
         if not self._lifecycle.close():
+            return
+        if os.getpid() != self._pid:  # inherited over os.fork: its threads stayed behind
             return
         try:
             if self._taker is not None:

@@ -116,6 +116,8 @@ class LmdbStore:
         self.side = SideTables(self.tables, self.owner_alive)
         self._listeners: list[Listener] = []
         self._refs = 0
+        self._pid = os.getpid()
+        self._closed = False
         parts = WriteParts(
             env=self.mapped,
             tables=self.tables,
@@ -421,11 +423,12 @@ class LmdbStore:
         key = str(self.path)
         with _REGISTRY_LOCK:
             self._refs -= 1
-            if self._refs > 0:
+            # others still hold it; closed already; or inherited over a fork (the parent's)
+            if self._refs > 0 or self._closed or os.getpid() != self._pid:
                 return
-            if _REGISTRY.get(key) is not self:  # closed already (or inherited over a fork)
-                return
-            del _REGISTRY[key]
+            self._closed = True
+            if _REGISTRY.get(key) is self:  # not if it was made directly, unregistered
+                del _REGISTRY[key]
             closed = _CLOSING[key] = threading.Event()
         try:
             self._close()
