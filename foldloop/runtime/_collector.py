@@ -67,13 +67,15 @@ class Collector:
             gc.set_threshold(before[0], now[1], now[2])
 
     def before_fork(self) -> None:
-        self._lock.acquire()  # a fork then copies a count and a threshold that agree
+        """Held over a fork, so the child copies a count and a threshold that agree."""
+        self._lock.acquire()
 
     def after_fork_in_parent(self) -> None:
+        """The fork is done: the parent goes on."""
         self._lock.release()
 
     def after_fork_in_child(self) -> None:
-        # No runtime survives a fork (their threads do not): this process has none open.
+        """No runtime survives a fork (their threads do not): the child has none open."""
         self._open = 0
         self._put_back()
         self._lock.release()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from msgspec.structs import replace
 
@@ -54,6 +55,10 @@ from foldloop.tools._decorator import bound_text
 __all__ = ["Commands"]
 
 log = get_logger("foldloop.runtime")
+
+_Recovered = Literal["resumed", "taken", "moved", "unreadable"]
+"""What a recovery did with one orphaned run: resumed here, taken by another runtime first,
+moved on since it was read (ended, parked), or unreadable."""
 
 STRANDED_AFTER_NS = 60 * 10**9
 """On a shared work queue, a queued run nobody holds is in the queue; one still there this
@@ -385,7 +390,7 @@ class Commands:
             return True
         return self._resume_orphan(state) != "unreadable"
 
-    def _resume_orphan(self, state: RunState) -> str:
+    def _resume_orphan(self, state: RunState) -> _Recovered:
         """Resume an orphaned run that was running: "resumed", "taken" (another runtime
         was first), "moved" (it moved on since it was read: ended, parked) or "unreadable"."""
         if state.status is not RunStatus.RUNNING:

@@ -32,6 +32,7 @@ PARKED_POLL = 0.05
 """Longest pause between looks at a parked run's log while waiting through its park (a
 decision from another process takes a poller's 0.1 s to arrive anyway)."""
 NOT_DRIVEN = "no runtime is driving it"
+"""Why a wait returns a run as interrupted when nothing drives it and this runtime cannot."""
 MAX_TAKE_UPS = 3
 """How many times one wait takes up its run when nobody drives it (each time its runtime
 went away) before it says so."""
