@@ -314,3 +314,19 @@ def test_a_run_a_short_lived_runtime_took_up_and_left_is_taken_up_again_by_the_w
     assert result.status is fl.RunStatus.COMPLETED and result.output == "paid a", result
     paid = [r for r in rt.events(run.id) if r.type == "tool.completed"]
     assert len(paid) == 1, "\n".join(f"{r.type} {r.event}" for r in rt.events(run.id))
+
+
+def test_runs_a_closed_runtime_left_queued_are_taken_up_by_a_wait(store_path: Path) -> None:
+    """Queued behind max_active_runs when their runtime closed: a wait in a runtime with the
+    agent queues them there (as recover() would) and sees them end."""
+    agent = fl.Agent(
+        name="queued-then-left", llm=fl.ScriptedLLM([fl.Reply(text="done")], latency_s=0.2)
+    )
+    with fl.Runtime.open(store_path, agents=[agent], max_active_runs=1) as first:
+        runs = [first.spawn(agent, f"job {i}") for i in range(3)]
+        assert [first.state(r.id).status for r in runs[1:]] == [fl.RunStatus.QUEUED] * 2
+    with fl.Runtime.open(store_path, agents=[agent]) as second:
+        results = [second.handle(r.id).wait(timeout=30) for r in reversed(runs)]
+        assert [r.status for r in results] == [fl.RunStatus.COMPLETED] * 3, results
+        for run in runs:
+            assert [r.type for r in second.events(run.id)].count("run.completed") == 1

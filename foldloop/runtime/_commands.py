@@ -374,19 +374,22 @@ class Commands:
         return recovered + self.take_queued(queued)
 
     def take_up_orphan(self, run_id: str) -> bool:
-        """Recover one started run that a wait found nobody driving, as ``recover`` would,
-        if its agent is known here: True if it moves on (resumed here, cancelled with its
-        tree, or taken up by another runtime first)."""
+        """Recover one run that a wait found nobody driving (or, queued, holding), as
+        ``recover`` would, if its agent is known here: True if it moves on (resumed or
+        queued here, cancelled with its tree, or taken up by another runtime first)."""
         if self._system.closed:
             return False
         state = self._queries.state(run_id)
-        if state.status is RunStatus.QUEUED or self._agents.named(state.agent) is None:
+        if self._agents.named(state.agent) is None:
             return False
         if not self._queries.orphaned(run_id):
             return True  # someone took it up meanwhile
         ended = self.trees.cancel_reason(state)
         if ended is not None:
             self._cancel_child(run_id, ended)
+            return True
+        if state.status is RunStatus.QUEUED:
+            self.take_queued([run_id])  # queued here now, or another runtime took it first
             return True
         return self._resume_orphan(state) != "unreadable"
 

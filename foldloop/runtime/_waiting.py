@@ -33,6 +33,8 @@ PARKED_POLL = 0.05
 decision from another process takes a poller's 0.1 s to arrive anyway)."""
 NOT_DRIVEN = "no runtime is driving it"
 """Why a wait returns a run as interrupted when nothing drives it and this runtime cannot."""
+QUEUED_NOT_HELD = f"{ORPHAN_QUEUED}; recover() in a runtime with its agent"
+"""The same for a queued run."""
 MAX_TAKE_UPS = 3
 """How many times one wait takes up its run when nobody drives it (each time its runtime
 went away) before it says so."""
@@ -89,7 +91,11 @@ class Waiter:
         take_ups = 0
         while True:
             state, interrupted = self._settle(run_id, deadline, ending)
-            if interrupted == NOT_DRIVEN and take_ups < MAX_TAKE_UPS and self._take_up(run_id):
+            if (
+                interrupted in (NOT_DRIVEN, QUEUED_NOT_HELD)
+                and take_ups < MAX_TAKE_UPS
+                and self._take_up(run_id)
+            ):
                 take_ups += 1  # its runtime went (closed, or died): driven here now
                 continue
             if (
@@ -208,8 +214,7 @@ class Waiter:
                         elif self._shared and now - undriven_since < SHARED_RECOVERY_GRACE_S:
                             pass  # on a shared store, workers recover it: give them the time
                         elif state.status is RunStatus.QUEUED:
-                            why = f"{ORPHAN_QUEUED}; recover() in a runtime with its agent"
-                            return state, why
+                            return state, QUEUED_NOT_HELD
                         else:
                             return state, NOT_DRIVEN
                     else:
