@@ -293,6 +293,48 @@ def test_a_model_reply_that_comes_while_closing_starts_no_tool(store_path: Path)
     assert paid == ["bob"]
 
 
+def test_a_call_waiting_for_its_tools_thread_does_not_start_while_closing(
+    store_path: Path,
+) -> None:
+    """One call holds the tool's only thread as close() begins; the other run's call waits
+    for it: it never starts, and its outcome says it did not run (not 'interrupted' with
+    the outcome unknown)."""
+    started, release = threading.Event(), threading.Event()
+    ran: list[int] = []
+
+    @fl.tool(concurrency=1)
+    def one_at_a_time(n: int) -> str:
+        """Block the first call until released."""
+        ran.append(n)
+        if n == 1:
+            started.set()
+            release.wait(20)
+        return f"done {n}"
+
+    def model(messages: Sequence[fl.Message], tools: Sequence[fl.types.ToolSpec]) -> fl.Reply:
+        if any(m.role == "tool" for m in messages):
+            return fl.Reply(text="ok")
+        return fl.Reply(tool_calls=[fl.ToolCall("one_at_a_time", {"n": int(messages[-1].content)})])
+
+    agent = fl.Agent(name="narrow", llm=fl.ScriptedLLM(model), tools=[one_at_a_time])
+    rt = fl.Runtime.open(store_path, agents=[agent])
+    holding = rt.spawn(agent, "1")
+    assert started.wait(10)
+    waiting = rt.spawn(agent, "2")
+    wait_until(lambda: "tool.requested" in types(rt, waiting.id), 10, "the second call")
+    closing = threading.Thread(target=rt.close)
+    with capture_logs() as logs:
+        closing.start()
+        wait_until(lambda: logged(logs, "close_waits_for_tool_calls", calls=2), 10, "close to wait")
+        release.set()
+        closing.join(30)
+    assert not closing.is_alive() and ran == [1]
+    with fl.Runtime.open(store_path, agents=[agent]) as again:
+        assert "tool.completed" in types(again, holding.id)
+        (failed,) = [r.event for r in again.events(waiting.id) if r.type == "tool.failed"]
+        assert failed.kind == "interrupted" and "did not run" in failed.error
+
+
 def test_closing_does_not_wait_for_a_call_past_its_timeout(store_path: Path) -> None:
     """A hung call that timed out has its outcome recorded (timeout): close() has nothing
     to wait for, though the call's thread still runs."""
@@ -326,7 +368,7 @@ def test_closing_waits_for_a_running_tool_only_its_timeout(store_path: Path) -> 
                 assert started.wait(10)
                 rt.close(timeout=0.2)
             assert not release.is_set()  # closed while the tool still ran
-            assert logged(logs, "tool_calls_unfinished_at_close", run_id=run.id, calls=1)
+            assert logged(logs, "tool_calls_unfinished_at_close", run_ids=[run.id], calls=1)
         finally:
             release.set()
         # The tool's outcome comes back to a closed runtime: dropped, nothing written.

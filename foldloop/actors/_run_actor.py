@@ -27,7 +27,7 @@ from foldloop._log import get_logger
 from foldloop.actors._event_loop import EventLoop
 from foldloop.actors._model_call import ModelCall
 from foldloop.actors._timers import Timers
-from foldloop.actors._tool_actor import Cancellable, RunToolCall, ToolRunner
+from foldloop.actors._tool_actor import Cancellable, QueuedCall, RunToolCall, ToolRunner
 from foldloop.actors._workers import Workers
 from foldloop.core._commands import Cancel, Command, ModelReplied, ToolFinished
 from foldloop.core._decide import decide
@@ -463,8 +463,13 @@ class RunActor:
 
     def closing(self) -> None:
         """(Any thread.) The runtime is closing: the run records its tool calls' outcomes
-        and a cancel, takes no other command, and starts no model call or child run."""
+        and a cancel, takes no other command, and starts no model call, child run, or call
+        still waiting for one of its tool's threads (that one is recorded as not run)."""
         self._closing = True
+        with self._in_flight_lock:
+            waiting = [f for f in self._in_flight if isinstance(f, QueuedCall)]
+        for call in waiting:
+            call.hold()
 
     def tool_calls_under_way(self) -> int:
         """(Any thread.) Calls of this run's own tools requested and without an outcome (a

@@ -594,11 +594,12 @@ class ActorSystem:
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.02)
             waiting = [actor for actor in waiting if actor.tool_calls_under_way()]
-        for actor in waiting:
+        if waiting:
             log.warning(
                 "tool_calls_unfinished_at_close",
-                run_id=actor.run_id,
-                calls=actor.tool_calls_under_way(),
+                calls=sum(actor.tool_calls_under_way() for actor in waiting),
+                runs=len(waiting),
+                run_ids=[actor.run_id for actor in waiting[:10]],
             )
 
     def _model_cleanups(self) -> list[Callable[[], Awaitable[object]]]:

@@ -88,7 +88,8 @@ class Cancellable(Protocol):
 
 
 class QueuedCall:
-    """A sync call waiting for one of its tool's threads: cancelled, it never starts."""
+    """A sync call waiting for one of its tool's threads: cancelled (or its runtime
+    closing), it never starts."""
 
     __slots__ = ("_lock", "_state")
 
@@ -97,9 +98,9 @@ class QueuedCall:
         self._state = "queued"
 
     def start(self) -> bool:
-        """The call gets its thread: False if it was cancelled first."""
+        """The call gets its thread: False if it was cancelled or held back first."""
         with self._lock:
-            if self._state == "cancelled":
+            if self._state != "queued":
                 return False
             self._state = "started"
             return True
@@ -109,7 +110,18 @@ class QueuedCall:
         with self._lock:
             if self._state == "queued":
                 self._state = "cancelled"
-            return self._state == "cancelled"
+            return self._state in ("cancelled", "held")
+
+    def hold(self) -> None:
+        """The runtime is closing: the call never starts, and says so when its turn comes."""
+        with self._lock:
+            if self._state == "queued":
+                self._state = "held"
+
+    @property
+    def held(self) -> bool:
+        """Held back by ``hold``: its outcome is that it did not run."""
+        return self._state == "held"
 
     def done(self) -> bool:
         """Started or cancelled: nothing left to cancel."""
@@ -167,6 +179,18 @@ class ToolRunner:
             duration_ms=round((time.monotonic() - started) * 1000, 3),
         )
 
+    def not_run(self, call_id: str) -> ToolFinished:
+        """The outcome of a call its runtime held back as it closed: it never started."""
+        return ToolFinished(
+            now=self.clock(),
+            call_id=call_id,
+            ok=False,
+            result=f"tool {self.tool.name!r} did not run: its runtime closed before the call "
+            "got a thread",
+            kind="interrupted",
+            duration_ms=0.0,
+        )
+
     def shutdown(self) -> None:
         """Stop taking calls; running ones finish on their threads, unclaimed."""
         self.pool.shutdown()
@@ -205,6 +229,8 @@ class ToolRunner:
         def run() -> None:
             if not queued.start():  # its run was cancelled or ended while it waited
                 log.info("tool_call_not_started", run_id=call.run_id, call_id=call.call_id)
+                if queued.held and once.claim():
+                    report(self.not_run(call.call_id))
                 return
             # The timeout runs from here: waiting for one of the tool's threads is not the
             # call. Past it, the call's thread no longer counts against the tool's bound (a
