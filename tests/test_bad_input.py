@@ -81,6 +81,24 @@ def test_1_a_store_that_is_not_a_path_is_a_config_error(
     assert listing(tmp_path) == []
 
 
+@pytest.mark.parametrize("where", ["", "   ", "store\0x"])
+def test_1_an_empty_store_path_or_one_with_a_nul_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # "" would otherwise make this directory the store
+    with pytest.raises(fl.ConfigError, match="pass a directory"):
+        fl.Runtime.open(where)
+    if "\0" not in where:  # an argv cannot hold a NUL
+        done = subprocess.run(
+            [sys.executable, "-m", "foldloop", "--store", where, "demo"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 2 and "give a store directory" in done.stderr, done
+    assert listing(tmp_path) == []
+
+
 # 2
 def test_2_a_network_filesystem_is_recognised_from_the_mount_table(tmp_path: Path) -> None:
     mounts = (

@@ -483,6 +483,13 @@ def open_store(
             f"got {path!r:.80} ({type(path).__name__}): pass where it is, as in "
             "open_store('.foldloop')"
         )
+    where = os.fspath(path)
+    if not where.strip() or "\0" in where:
+        said = "is empty" if not where.strip() else "holds a NUL character"
+        raise ConfigError(
+            f"the store directory {where!r} {said}: pass a directory, as in "
+            "open_store('.foldloop') (or --store .foldloop)"
+        )
     if (
         not isinstance(map_size, int)
         or isinstance(map_size, bool)
