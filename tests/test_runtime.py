@@ -991,3 +991,32 @@ def test_close_refuses_a_timeout_that_is_no_number_of_seconds(
         with pytest.raises(fl.ConfigError, match="timeout must be a finite number of seconds"):
             rt.close(timeout=timeout)  # type: ignore[arg-type]
         assert not rt.closed  # still open: the with closes it
+
+
+def test_a_second_close_returns_only_once_the_first_is_done(store_path: Path) -> None:
+    """Two threads close one runtime while a tool call runs: the second close returns no
+    sooner than the first, the call's outcome stored (a daemon's shutdown can rely on it)."""
+    agent, started, release = stuck_agent()
+    rt = fl.Runtime.open(store_path, agents=[agent])
+    run = rt.spawn(agent, "go")
+    assert started.wait(10)
+    first = threading.Thread(target=rt.close)
+    entered = threading.Event()
+    seen: list[list[str]] = []
+
+    def second() -> None:
+        entered.set()
+        rt.close()
+        with fl.Runtime.open(store_path) as reader:
+            seen.append(types(reader, run.id))
+
+    with capture_logs() as logs:
+        first.start()
+        wait_until(lambda: logged(logs, "close_waits_for_tool_calls"), 10, "close to wait")
+        later = threading.Thread(target=second)
+        later.start()
+        assert entered.wait(10)
+        release.set()
+        first.join(30)
+        later.join(30)
+    assert seen and "tool.completed" in seen[0]

@@ -52,6 +52,10 @@ __all__ = ["Runtime", "run_ops", "spawn_named"]
 
 log = get_logger(__name__)
 
+CLOSE_GRACE_S = 30.0
+"""Seconds past its ``timeout`` a second ``close()`` waits for the first one to finish (the
+stores' own last writes and the actors' stops)."""
+
 
 class Runtime(OpenOnly, ClosedOnExit):
     """Runs agents on an LMDB store. Use ``Runtime.open(path, agents=[...])``."""
@@ -235,8 +239,11 @@ class Runtime(OpenOnly, ClosedOnExit):
         ):
             raise ConfigError(f"timeout must be a finite number of seconds >= 0; got {timeout!r}")
         if not self._lifecycle.close():
+            # another thread is closing it: return once it is closed (its outcomes stored)
+            self._lifecycle.wait_released(timeout + CLOSE_GRACE_S)
             return
         if os.getpid() != self._pid:  # inherited over os.fork: its threads stayed behind
+            self._lifecycle.released()
             return
         try:
             if self._taker is not None:
@@ -256,6 +263,7 @@ class Runtime(OpenOnly, ClosedOnExit):
             self.store.close()
         finally:
             COLLECTOR.runtime_closed()
+            self._lifecycle.released()
         log.info("runtime_closed", owner=self.owner)
 
     @property

@@ -28,6 +28,7 @@ class Lifecycle:
     def __init__(self) -> None:
         self._closed = False
         self._lock = threading.Lock()
+        self._released = threading.Event()
 
     @property
     def closed(self) -> bool:
@@ -41,6 +42,14 @@ class Lifecycle:
                 return False
             self._closed = True
             return True
+
+    def released(self) -> None:
+        """The first ``close`` let go of everything."""
+        self._released.set()
+
+    def wait_released(self, timeout: float) -> bool:
+        """For a later ``close``: wait until the first one has let go of everything."""
+        return self._released.wait(timeout)
 
     def check(self) -> None:
         """Raise ConfigError if it is closed."""
