@@ -242,7 +242,8 @@ class ActorSystem:
             if self._closed:
                 self._drop_claim(run_id)
                 raise ConfigError(
-                    "this runtime closed while the run started; resume it with a new one"
+                    f"this runtime closed while run {run_id!r} started: the run is in the log",
+                    advice="recover() in a runtime with its agent drives it (or a wait there)",
                 )
             came = self._taking_up.get(run_id, ())  # told while it was taken up
             try:
