@@ -1020,3 +1020,54 @@ def test_a_second_close_returns_only_once_the_first_is_done(store_path: Path) ->
         first.join(30)
         later.join(30)
     assert seen and "tool.completed" in seen[0]
+
+
+def test_a_call_requested_as_close_begins_is_waited_for_too(store_path: Path) -> None:
+    """Run B's model reply is being handled (its approval predicate, user code, takes a
+    while) when close() begins, while run A's tool keeps close waiting: B's call, requested
+    after close began, is waited for and recorded, not left to resume as interrupted."""
+    a_started, entered = threading.Event(), threading.Event()
+    done: list[str] = []
+
+    def slow_predicate(tool: str, args: dict[str, object]) -> bool:
+        entered.set()
+        time.sleep(0.3)  # the reply is still being handled as close() lists what it waits for
+        return False
+
+    @fl.tool
+    def slow() -> str:
+        """Work a while."""
+        a_started.set()
+        time.sleep(0.6)
+        done.append("slow")
+        return "ok"
+
+    @fl.tool
+    def pay(to: str) -> str:
+        """Pay someone."""
+        time.sleep(0.6)
+        done.append("pay")
+        return f"paid {to}"
+
+    a = fl.Agent(
+        name="a",
+        llm=fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("slow")]), fl.Reply(text="a")]),
+        tools=[slow],
+    )
+    b = fl.Agent(
+        name="b",
+        llm=fl.ScriptedLLM(
+            [fl.Reply(tool_calls=[fl.ToolCall("pay", {"to": "bob"})]), fl.Reply(text="b")],
+            latency_s=0.2,
+        ),
+        tools=[pay],
+        approvals=fl.RequireApproval(tools=slow_predicate),
+    )
+    rt = fl.Runtime.open(store_path, agents=[a, b])
+    rt.spawn(a, "go")
+    paying = rt.spawn(b, "pay bob")
+    assert a_started.wait(10) and entered.wait(10)
+    rt.close()
+    assert sorted(done) == ["pay", "slow"]
+    with fl.Runtime.open(store_path, agents=[a, b]) as again:
+        assert "tool.completed" in types(again, paying.id)

@@ -18,7 +18,7 @@ from foldloop._log import get_logger
 from foldloop.actors._base import FastActor
 from foldloop.actors._mailboxes import Mailboxes
 
-__all__ = ["Activate", "Continue", "Deliver", "Hosted", "Shard"]
+__all__ = ["Activate", "Barrier", "Continue", "Deliver", "Hosted", "Shard"]
 
 log = get_logger(__name__)
 
@@ -75,6 +75,11 @@ class Continue:
     then: Callable[[], bool]
 
 
+@dataclass(frozen=True, slots=True)
+class Barrier:
+    """Nothing to do: asked, its answer says every message sent before it was handled."""
+
+
 class Shard(FastActor):
     """Hosts the active runs placed on it and schedules their messages.
 
@@ -110,6 +115,8 @@ class Shard(FastActor):
             run = message.run
             self._runs[run.run_id] = run
             run.activated(lambda follow_up: self._post_own(run, follow_up))
+        elif type(message) is Barrier:
+            return  # its answer is all it is for
 
     def _post_own(self, run: Hosted, message: Any) -> None:
         """A message a run made for itself while handling one (an instant model's reply):

@@ -24,7 +24,7 @@ from foldloop._log import get_logger
 from foldloop.actors._approval_gate import ApprovalGate, Issued
 from foldloop.actors._event_loop import EventLoop
 from foldloop.actors._run_actor import RunActor
-from foldloop.actors._shard import Activate, Continue, Deliver, Shard
+from foldloop.actors._shard import Activate, Barrier, Continue, Deliver, Shard
 from foldloop.actors._timers import Timers
 from foldloop.actors._tool_actor import ToolActor, ToolRunner
 from foldloop.actors._workers import Workers
@@ -585,6 +585,11 @@ class ActorSystem:
         outcomes to be recorded (the runs take no other command meanwhile)."""
         for actor in actors:
             actor.closing()
+        # A command a shard was already handling may still request a call: once each shard
+        # answers a barrier, every run's state shows what it requested.
+        for shard in list(self._shards):
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                shard.ask(Barrier(), timeout=max(0.0, deadline - time.monotonic()))
         waiting = [actor for actor in actors if actor.tool_calls_under_way()]
         if waiting:
             calls = sum(actor.tool_calls_under_way() for actor in waiting)
@@ -594,7 +599,7 @@ class ActorSystem:
         while waiting and time.monotonic() < deadline:
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.02)
-            waiting = [actor for actor in waiting if actor.tool_calls_under_way()]
+            waiting = [actor for actor in actors if actor.tool_calls_under_way()]
         if waiting:
             log.warning(
                 "tool_calls_unfinished_at_close",

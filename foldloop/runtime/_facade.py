@@ -52,6 +52,9 @@ __all__ = ["Runtime", "run_ops", "spawn_named"]
 
 log = get_logger(__name__)
 
+FLUSH_WAIT_S = 5.0
+"""Seconds ``close()`` waits for the runs' last writes to be stored before it gives up its
+runs all the same (a store that cannot store them in that time has failed)."""
 CLOSE_GRACE_S = 30.0
 """Seconds past its ``timeout`` a second ``close()`` waits for the first one to finish (the
 stores' own last writes and the actors' stops)."""
@@ -257,7 +260,7 @@ class Runtime(OpenOnly, ClosedOnExit):
             self._commands.close()
             self.system.stop(drain_s=timeout)
             # What the runs wrote last is stored before another runtime may take them up.
-            if not self.store.flush(timeout=5.0):
+            if not self.store.flush(timeout=FLUSH_WAIT_S):
                 log.warning("close_writes_unconfirmed", owner=self.owner)
             self._owner_hold.release()
             self.store.close()
