@@ -12,6 +12,9 @@ import functools
 import logging
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +30,36 @@ from tests.waiting import logged, wait_until
 
 LOST = "pool_spawns_lost_their_worker"
 
+_DIES_UNPUBLISHED = textwrap.dedent(
+    """
+    import os, signal, struct, sys, time
+    from foldloop.core._decide import decide
+    from foldloop.core._state import RunState
+    from foldloop.store import encode_all, open_store
+    from pool_agents import calc
+
+    path, run_id, text = sys.argv[1:4]
+    store = open_store(path, create=False)
+    command = calc.start(text, now=time.time_ns())
+    events = decide(RunState(run_id=run_id), command).events
+    store.start_run(run_id, encode_all(events, command.now), owner="killed-writer").wait()
+    env = store.mapped.env
+    held = env.begin(write=True)  # this process dies owning LMDB's write lock
+    reader = env.begin()
+    published = reader.id()
+    reader.abort()
+    assert env.info()["last_txnid"] == published, "the start was not the last commit"
+    # LMDB's lock file keeps the published transaction id at offset 48 (Linux, 64-bit):
+    # one back is the state of a writer killed after its meta page, before publishing it
+    with open(os.path.join(path, "lock.mdb"), "r+b") as lock:
+        assert struct.unpack("<Q", os.pread(lock.fileno(), 8, 48))[0] == published
+        os.pwrite(lock.fileno(), struct.pack("<Q", published - 1), 48)
+    assert store.head(run_id) == 0, "readers still see the start"
+    print("unpublished", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
 
 def _inputs(pool: fl.WorkerPool) -> dict[str, str]:
     """Every run of the log (its run.started, read from the whole log) and its input."""
@@ -37,6 +70,21 @@ def _inputs(pool: fl.WorkerPool) -> dict[str, str]:
 def _started_inputs(pool: fl.WorkerPool) -> collections.Counter[str]:
     """How many runs the whole log holds for each input."""
     return collections.Counter(_inputs(pool).values())
+
+
+def _start_and_die_unpublished(store_path: Path, run_id: str, text: str) -> None:
+    """Start a run in another process that is then killed as a worker can be inside a
+    commit: the commit stored (LMDB's meta page written), its transaction id not yet
+    published, LMDB's write lock still its own; reads miss the run until someone writes."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", _DIES_UNPUBLISHED, str(store_path), run_id, text],
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.stdout == b"unpublished\n", proc.stderr.decode()
+    assert proc.returncode == -signal.SIGKILL
 
 
 def _in_flight(pool: fl.WorkerPool, index: int) -> int:
@@ -221,3 +269,28 @@ def test_a_taken_run_id_is_refused_even_when_the_worker_dies_under_the_spawn(
         assert isinstance(call.error, fl.ConfigError), call.error
         assert "run 'same' already exists" in str(call.error)
         assert _started_inputs(pool) == {"first": 1}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="writes LMDB's lock file as laid out on Linux")
+def test_a_run_its_dead_worker_stored_but_did_not_publish_is_not_sent_again(
+    store_path: Path,
+) -> None:
+    """The worker's last commit holds the run's start, but it died before LMDB published it:
+    the host's read after the death must see the run (started: the handle stands), not send
+    it again to be refused as a run that already exists."""
+    with fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=1) as pool:
+        victim = pool.workers[0]
+        os.kill(victim.pid, signal.SIGSTOP)
+        call = _Call(lambda: pool.spawn("calc", "sum late", run_id="late"))
+        wait_until(lambda: _in_flight(pool, 0) == 1, 30, "the spawn to be sent")
+        # as if the victim had started it and been killed inside that commit
+        _start_and_die_unpublished(store_path, "late", "sum late")
+        assert pool.runtime.store.head("late") == 0  # the host's reads miss it, as the pool's did
+        os.kill(victim.pid, signal.SIGKILL)
+        call.join(60)
+        assert call.error is None, call.error
+        handle = call.result
+        assert isinstance(handle, fl.types.RunHandle)
+        assert handle.id == "late"
+        assert handle.wait(timeout=60).status is fl.RunStatus.COMPLETED  # the replacement's
+        assert _started_inputs(pool) == {"sum late": 1}

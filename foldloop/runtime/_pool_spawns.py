@@ -5,6 +5,13 @@ the worker dies with the request in flight, the log says which of those runs sta
 stand (the pool's replacement worker recovers them), and only the others are sent again,
 under the same ids, to a live worker; at most ``ATTEMPTS`` times, then a WorkerError says
 which inputs have a run (``started``) and which do not (``missing``).
+
+A worker killed inside a commit, after LMDB wrote the commit's meta page and before it
+published the new transaction id in its lock file, leaves a commit that is stored but that
+no read sees until some process next takes LMDB's write lock (the one that does finds the
+lock's owner dead and publishes the newest meta page). So the host commits once itself
+(``EventStore.flush``) before it reads what the dead worker started: read before that, a
+run the worker did start would be sent again, and refused as one that already exists.
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ log = get_logger(__name__)
 
 ATTEMPTS = 3
 """Sends of one input at most: a worker dying under each of them is no chance event."""
+SETTLE_WAIT_S = 30.0
+"""Seconds the host's own commit after a worker's death may wait for the store's write
+lock (behind the live workers' commits) before the log is read all the same."""
 
 H = TypeVar("H")
 
@@ -118,6 +128,9 @@ class Spawns:
         """The log's word on a batch whose worker died: its started runs stand, the rest is
         resent (None once nothing is left to send, or its attempts are used up)."""
         ids = [self.run_ids[i] for i in batch.indices]
+        # a commit of ours takes the write lock: it publishes what the dead worker stored last
+        if not self._store.flush(SETTLE_WAIT_S):
+            log.warning("pool_spawns_store_unsettled", call=self._call, waited=SETTLE_WAIT_S)
         started = started_since(self._store, ids, self._mark)
         missing = [i for i in batch.indices if self.run_ids[i] not in started]
         for index in batch.indices:
