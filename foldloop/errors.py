@@ -26,8 +26,6 @@ This module imports nothing from foldloop, so every layer may raise these.
 
 from __future__ import annotations
 
-from typing import Any
-
 __all__ = [
     "ApprovalError",
     "ConcurrencyError",
@@ -166,7 +164,7 @@ class WorkerError(FoldloopError):
         fact: str = "",
         *args: object,
         advice: str = "",
-        started: tuple[Any, ...] = (),
+        started: tuple[object, ...] = (),
         missing: tuple[int, ...] = (),
     ) -> None:
         super().__init__(fact, *args, advice=advice)

@@ -271,6 +271,26 @@ def test_a_taken_run_id_is_refused_even_when_the_worker_dies_under_the_spawn(
         assert _started_inputs(pool) == {"first": 1}
 
 
+def test_a_run_id_another_spawn_takes_while_the_worker_dies_is_not_returned_as_ours(
+    store_path: Path,
+) -> None:
+    """Two spawns under one caller-given run id: the first is in flight to a worker that
+    dies, the second starts the run on the other worker meanwhile. The run in the log is not
+    the first spawn's (another input): it is refused, not handed back as its own."""
+    with fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=2) as pool:
+        victim = pool.workers[0]
+        os.kill(victim.pid, signal.SIGSTOP)
+        first = _Call(lambda: pool.spawn("calc", "mine", run_id="x"))
+        wait_until(lambda: _in_flight(pool, 0) == 1, 30, "the first spawn to be sent")
+        second = pool.spawn("calc", "theirs", run_id="x")  # the next worker
+        assert second.wait(timeout=30).ok
+        os.kill(victim.pid, signal.SIGKILL)
+        first.join(60)
+        assert isinstance(first.error, fl.ConfigError), (first.result, first.error)
+        assert "run 'x' already exists" in str(first.error)
+        assert _started_inputs(pool) == {"theirs": 1}
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="writes LMDB's lock file as laid out on Linux")
 def test_a_run_its_dead_worker_stored_but_did_not_publish_is_not_sent_again(
     store_path: Path,

@@ -28,6 +28,7 @@ from foldloop._closing import ClosedOnExit
 from foldloop._log import get_logger
 from foldloop.core._state import RunStatus
 from foldloop.errors import ConfigError, WorkerError
+from foldloop.events import RunStarted
 from foldloop.events._values import Limits
 from foldloop.runtime._agent_ref import load_agent
 from foldloop.runtime._facade import Runtime, run_ops
@@ -56,7 +57,9 @@ at the default. A worker runs no host code but its agents' tools, so the longer 
 only delays a run while another run's tool computes in pure Python."""
 
 CLOSED = "this WorkerPool is closed"
+"""What a closed pool (and its handles) say when used."""
 REOPEN = "open a new one with fl.WorkerPool(...)"
+"""The advice that goes with it."""
 
 RESTART_INTERVAL = 1.0
 """Seconds at least between a worker's death and its automatic replacement: a run that
@@ -254,9 +257,19 @@ class WorkerPool(ClosedOnExit):
             request = Spawn(0, name, input, named, meta, parent_run_id)
             return self._pick().request(request)
 
-        # a run id the caller chose may have a run already: only one started past here is ours
+        # a run id the caller chose may have a run already, or get another caller's: only one
+        # started past here with what was sent is ours
         mark = self.runtime.store.last_position() if run_id is not None else 0
-        spawns = Spawns(self.runtime.store, [named], send, call="spawn", mark=mark)
+
+        def ours(started: RunStarted) -> bool:
+            return (
+                started.agent == name
+                and started.input == input
+                and started.parent_run_id == parent_run_id
+                and dict(started.metadata) == (meta or {})
+            )
+
+        spawns = Spawns(self.runtime.store, [named], send, call="spawn", mark=mark, ours=ours)
         return spawns.run([[0]], 1, self._handle)[0]
 
     def spawn_many(

@@ -17,6 +17,7 @@ run the worker did start would be sent again, and refused as one that already ex
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 
 from foldloop._log import get_logger
 from foldloop.errors import WorkerError
+from foldloop.events import RunStarted
 from foldloop.store import EventStore
 
 __all__ = ["ATTEMPTS", "Spawns"]
@@ -36,15 +38,34 @@ SETTLE_WAIT_S = 30.0
 """Seconds the host's own commit after a worker's death may wait for the store's write
 lock (behind the live workers' commits) before the log is read all the same."""
 
+REPLICA_PAUSES_S = (0.05, 0.2, 1.0)
+"""Pauses before reading again a run's first record that a replica did not have yet."""
+
 H = TypeVar("H")
 
 
-def started_since(store: EventStore, run_ids: Sequence[str], mark: int) -> set[str]:
-    """Those of ``run_ids`` whose run.started is in the log past position ``mark``."""
+def started_since(
+    store: EventStore, run_ids: Sequence[str], mark: int, ours: Callable[[RunStarted], bool]
+) -> set[str]:
+    """Those of ``run_ids`` whose run.started is in the log past position ``mark`` and is
+    ``ours`` (what was sent). The head decides whether a run exists (a JetStream store reads
+    it from the stream's leader; a read of the first record may be served by a replica that
+    is behind, and is tried again)."""
     started: set[str] = set()
     for run_id in run_ids:
+        if store.head(run_id) == 0:
+            continue
         first = store.read(run_id, 1, 1)
-        if first and first[0].type == "run.started" and first[0].position > mark:
+        for pause in REPLICA_PAUSES_S:
+            if first:
+                break
+            time.sleep(pause)
+            first = store.read(run_id, 1, 1)
+        if not first:  # it exists, its start unread: sending it again could only double it
+            started.add(run_id)
+            continue
+        start = first[0]
+        if isinstance(start.event, RunStarted) and start.position > mark and ours(start.event):
             started.add(run_id)
     return started
 
@@ -63,8 +84,9 @@ class Spawns:
 
     ``send(indices)`` sends the inputs at those indices (under ``run_ids[i]``) to a live
     worker and returns the future of its answer. ``mark`` is the log's last position before
-    anything was sent: a run id the caller chose may already have a run, which is not ours
-    (0 when every id is new).
+    anything was sent, and ``ours`` says whether a run.started is what was sent: a run id the
+    caller chose may have a run already, or another caller's started meanwhile, which is not
+    ours (then it is sent again and refused as a run id in use).
     """
 
     def __init__(
@@ -75,12 +97,14 @@ class Spawns:
         *,
         call: str,
         mark: int = 0,
+        ours: Callable[[RunStarted], bool] = lambda started: True,
     ) -> None:
         self.run_ids = run_ids
         self._store = store
         self._send = send
         self._call = call
         self._mark = mark
+        self._ours = ours
         self._started = [False] * len(run_ids)
         self._death: WorkerError | None = None
         """The last death under inputs that ran out of attempts (None while none has)."""
@@ -131,7 +155,7 @@ class Spawns:
         # a commit of ours takes the write lock: it publishes what the dead worker stored last
         if not self._store.flush(SETTLE_WAIT_S):
             log.warning("pool_spawns_store_unsettled", call=self._call, waited=SETTLE_WAIT_S)
-        started = started_since(self._store, ids, self._mark)
+        started = started_since(self._store, ids, self._mark, self._ours)
         missing = [i for i in batch.indices if self.run_ids[i] not in started]
         for index in batch.indices:
             self._started[index] = self.run_ids[index] in started
