@@ -406,6 +406,8 @@ class LmdbStore:
     def flush(self, timeout: float) -> bool:
         """Commit what is queued now (ops commit in order, so a durable no-op behind them
         lands only once they have)."""
+        if self.readonly:
+            return True  # it queues nothing
         try:
             self.writer.submit(WriteOp(lambda w: None, durable=True)).wait(timeout)
         except StoreError:
