@@ -26,6 +26,8 @@ This module imports nothing from foldloop, so every layer may raise these.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ApprovalError",
     "ConcurrencyError",
@@ -164,7 +166,7 @@ class WorkerError(FoldloopError):
         fact: str = "",
         *args: object,
         advice: str = "",
-        started: tuple[object, ...] = (),
+        started: tuple[Any, ...] = (),  # RunHandles: this module imports no foldloop
         missing: tuple[int, ...] = (),
     ) -> None:
         super().__init__(fact, *args, advice=advice)

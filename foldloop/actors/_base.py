@@ -13,6 +13,8 @@ from typing import Any
 
 import pykka
 
+from foldloop.actors._own_threads import mark_own_thread
+
 __all__ = ["FastActor"]
 
 
@@ -24,6 +26,10 @@ class FastActor(pykka.ThreadingActor):
     @staticmethod
     def _create_actor_inbox() -> Any:
         return queue.SimpleQueue()
+
+    def on_start(self) -> None:
+        """Subclasses that start work here call this first."""
+        mark_own_thread()
 
     def start_here(self) -> pykka.ActorRef[Any]:
         """Start this already-built actor (keeping a reference to the object itself)."""

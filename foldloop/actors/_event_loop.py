@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from foldloop._log import get_logger
+from foldloop.actors._own_threads import mark_own_thread
 
 __all__ = ["LATE_S", "EventLoop", "LoopCall"]
 
@@ -121,7 +122,7 @@ class EventLoop:
     def _open(self) -> asyncio.AbstractEventLoop:
         """(Lock held.) The loop and its thread, on first use."""
         loop = self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=loop.run_forever, name=self._name, daemon=True)
+        self._thread = threading.Thread(target=_serve, args=(loop,), name=self._name, daemon=True)
         self._thread.start()
         asyncio.run_coroutine_threadsafe(_watch_lateness(), loop)
         return loop
@@ -184,3 +185,8 @@ async def _watch_lateness(period: float = 0.25) -> None:
                 advice="an acomplete or async tool blocked the runtime's event loop (time.sleep "
                 "or sync I/O there): await instead, or give a sync complete / def tool",
             )
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    mark_own_thread()
+    loop.run_forever()

@@ -27,7 +27,13 @@ from foldloop._log import get_logger
 from foldloop.actors._event_loop import EventLoop
 from foldloop.actors._model_call import ModelCall
 from foldloop.actors._timers import Timers
-from foldloop.actors._tool_actor import Cancellable, QueuedCall, RunToolCall, ToolRunner
+from foldloop.actors._tool_actor import (
+    AsyncCall,
+    Cancellable,
+    QueuedCall,
+    RunToolCall,
+    ToolRunner,
+)
 from foldloop.actors._workers import Workers
 from foldloop.core._commands import Cancel, Command, ModelReplied, ToolFinished
 from foldloop.core._decide import decide
@@ -467,7 +473,7 @@ class RunActor:
         still waiting for one of its tool's threads (that one is recorded as not run)."""
         self._closing = True
         with self._in_flight_lock:
-            waiting = [f for f in self._in_flight if isinstance(f, QueuedCall)]
+            waiting = [f for f in self._in_flight if isinstance(f, QueuedCall | AsyncCall)]
         for call in waiting:
             call.hold()
 

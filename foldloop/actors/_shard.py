@@ -77,7 +77,8 @@ class Continue:
 
 @dataclass(frozen=True, slots=True)
 class Barrier:
-    """Nothing to do: asked, its answer says every message sent before it was handled."""
+    """Nothing to do: asked, its answer says the shard took every message sent before it
+    (what each run was handling then is decided; a run's own queued messages may wait)."""
 
 
 class Shard(FastActor):

@@ -26,6 +26,7 @@ from foldloop.core._commands import ToolFinished
 from foldloop.tools._decorator import Tool, ToolOutcome
 
 __all__ = [
+    "AsyncCall",
     "Cancellable",
     "OneOutcome",
     "QueuedCall",
@@ -88,17 +89,19 @@ class Cancellable(Protocol):
 
 
 class QueuedCall:
-    """A sync call waiting for one of its tool's threads: cancelled (or its runtime
-    closing), it never starts."""
+    """A call waiting for one of its tool's slots (a thread, or an async tool's place):
+    cancelled, or held back as its runtime closes, it never starts."""
 
-    __slots__ = ("_lock", "_state")
+    __slots__ = ("_lock", "_not_run", "_state")
 
-    def __init__(self) -> None:
+    def __init__(self, not_run: Callable[[], None]) -> None:
         self._lock = threading.Lock()
         self._state = "queued"
+        self._not_run = not_run
+        """Reports that the call did not run (``hold``)."""
 
     def start(self) -> bool:
-        """The call gets its thread: False if it was cancelled or held back first."""
+        """The call gets its slot: False if it was cancelled or held back first."""
         with self._lock:
             if self._state != "queued":
                 return False
@@ -113,19 +116,38 @@ class QueuedCall:
             return self._state in ("cancelled", "held")
 
     def hold(self) -> None:
-        """The runtime is closing: the call never starts, and says so when its turn comes."""
+        """The runtime is closing: the call never starts, and its outcome (it did not run)
+        is reported now."""
         with self._lock:
-            if self._state == "queued":
-                self._state = "held"
-
-    @property
-    def held(self) -> bool:
-        """Held back by ``hold``: its outcome is that it did not run."""
-        return self._state == "held"
+            if self._state != "queued":
+                return
+            self._state = "held"
+        self._not_run()
 
     def done(self) -> bool:
-        """Started or cancelled: nothing left to cancel."""
+        """Started, cancelled or held: nothing left to stop from starting."""
         return self._state != "queued"
+
+
+class AsyncCall:
+    """An async tool's call: its task on the loop, and its wait for a place."""
+
+    __slots__ = ("queued", "task")
+
+    def __init__(self, task: Cancellable, queued: QueuedCall) -> None:
+        self.task = task
+        self.queued = queued
+
+    def cancel(self) -> bool:
+        self.queued.cancel()
+        return self.task.cancel()
+
+    def done(self) -> bool:
+        return self.task.done()
+
+    def hold(self) -> None:
+        """See ``QueuedCall.hold``."""
+        self.queued.hold()
 
 
 class ToolRunner:
@@ -222,15 +244,17 @@ class ToolRunner:
             if not call.reply(command):
                 log.info("tool_result_unclaimed", run_id=call.run_id, call_id=call.call_id)
 
+        def not_run() -> None:
+            if once.claim():
+                report(self.not_run(call.call_id))
+
+        queued = QueuedCall(not_run)
         if self.tool.is_async:
-            return self.loop.start(self._awaited(call, once, report))
-        queued = QueuedCall()
+            return AsyncCall(self.loop.start(self._awaited(call, once, report, queued)), queued)
 
         def run() -> None:
-            if not queued.start():  # its run was cancelled or ended while it waited
+            if not queued.start():  # its run was cancelled or closing while it waited
                 log.info("tool_call_not_started", run_id=call.run_id, call_id=call.call_id)
-                if queued.held and once.claim():
-                    report(self.not_run(call.call_id))
                 return
             # The timeout runs from here: waiting for one of the tool's threads is not the
             # call. Past it, the call's thread no longer counts against the tool's bound (a
@@ -257,11 +281,17 @@ class ToolRunner:
         return queued
 
     async def _awaited(
-        self, call: RunToolCall, once: OneOutcome, report: Callable[[ToolFinished], None]
+        self,
+        call: RunToolCall,
+        once: OneOutcome,
+        report: Callable[[ToolFinished], None],
+        queued: QueuedCall,
     ) -> None:
         """An async tool's call on the loop: its bound kept by ``async_slots``; its timeout,
         from when it has a slot, a cancellation of the task."""
         async with self.async_slots:
+            if not queued.start():  # held back as its runtime closes (reported then)
+                return
             started = time.monotonic()
             try:
                 outcome = await asyncio.wait_for(self.tool.ainvoke(call.args), self.tool.timeout)

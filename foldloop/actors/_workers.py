@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 
 from foldloop._log import get_logger
+from foldloop.actors._own_threads import mark_own_thread
 
 __all__ = ["Workers"]
 
@@ -89,6 +90,7 @@ class Workers:
             self._queue.put(None)
 
     def _work(self) -> None:
+        mark_own_thread()
         while True:
             with self._lock:
                 self._idle += 1

@@ -24,6 +24,7 @@ from foldloop._approvals import PendingApproval
 from foldloop._closing import ClosedOnExit
 from foldloop._log import get_logger
 from foldloop.actors._followers import Followers
+from foldloop.actors._own_threads import on_own_thread
 from foldloop.actors._projection_actor import ProjectionHandle
 from foldloop.actors._system import CLOSE_DRAIN_S, ActorSystem, Settlement
 from foldloop.core._explain import Explanation
@@ -231,9 +232,11 @@ class Runtime(OpenOnly, ClosedOnExit):
     def close(self, timeout: float = CLOSE_DRAIN_S) -> None:
         """Stop driving runs (they stay resumable), commit what is queued, release the store.
         Tool calls under way (a sync tool cannot be stopped) get up to ``timeout`` seconds to
-        return, and their outcomes are recorded; meanwhile the runs take no other command
-        but a cancel, and start no model call or child run. A call still running then is
-        left: a resume records it as interrupted."""
+        return, and their outcomes are recorded; meanwhile the runs take only tool outcomes
+        and cancels, and start no model call or child run; calls still waiting for a slot
+        of their tool never start (recorded as not run). A call still running then is left:
+        a resume records it as interrupted. A ``close()`` from another thread meanwhile
+        returns once this one is done (at once from a tool or callback it is waiting for)."""
         if (
             isinstance(timeout, bool)
             or not isinstance(timeout, int | float)
@@ -241,12 +244,14 @@ class Runtime(OpenOnly, ClosedOnExit):
             or timeout < 0
         ):
             raise ConfigError(f"timeout must be a finite number of seconds >= 0; got {timeout!r}")
-        if not self._lifecycle.close():
-            # another thread is closing it: return once it is closed (its outcomes stored)
-            self._lifecycle.wait_released(timeout + CLOSE_GRACE_S)
+        if not self._lifecycle.close(release_by=time.monotonic() + timeout + CLOSE_GRACE_S):
+            # another thread is closing it: return once it is closed (its outcomes stored),
+            # unless this is one of the runtime's own threads, which that close waits for
+            if not on_own_thread():
+                self._lifecycle.wait_released()
             return
         if os.getpid() != self._pid:  # inherited over os.fork: its threads stayed behind
-            self._lifecycle.released()
+            self._lifecycle.mark_released()
             return
         try:
             if self._taker is not None:
@@ -266,7 +271,7 @@ class Runtime(OpenOnly, ClosedOnExit):
             self.store.close()
         finally:
             COLLECTOR.runtime_closed()
-            self._lifecycle.released()
+            self._lifecycle.mark_released()
         log.info("runtime_closed", owner=self.owner)
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -29,27 +30,31 @@ class Lifecycle:
         self._closed = False
         self._lock = threading.Lock()
         self._released = threading.Event()
+        self._release_by = 0.0  # time.monotonic() by which the first close will have let go
 
     @property
     def closed(self) -> bool:
         """True once ``close`` was called."""
         return self._closed
 
-    def close(self) -> bool:
-        """Mark it closed; True only the first time (the caller then releases what it holds)."""
+    def close(self, release_by: float = 0.0) -> bool:
+        """Mark it closed; True only the first time (the caller then releases what it holds,
+        by ``release_by``, a ``time.monotonic()``)."""
         with self._lock:  # two racing closes: one releases
             if self._closed:
                 return False
             self._closed = True
+            self._release_by = release_by
             return True
 
-    def released(self) -> None:
+    def mark_released(self) -> None:
         """The first ``close`` let go of everything."""
         self._released.set()
 
-    def wait_released(self, timeout: float) -> bool:
-        """For a later ``close``: wait until the first one has let go of everything."""
-        return self._released.wait(timeout)
+    def wait_released(self) -> bool:
+        """For a later ``close``: wait until the first one has let go of everything (no
+        longer than it said it would take)."""
+        return self._released.wait(max(0.0, self._release_by - time.monotonic()))
 
     def check(self) -> None:
         """Raise ConfigError if it is closed."""
