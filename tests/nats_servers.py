@@ -152,7 +152,8 @@ def start_cluster(root: Path, size: int = 3) -> list[NatsServer]:
 
 
 def _wait_for_meta_leader(servers: list[NatsServer], timeout: float) -> None:
-    """JetStream answers a cluster's requests once its meta group has elected a leader."""
+    """JetStream places a replicated stream once its meta group has a leader that sees
+    every other peer current (a leader alone answers "no suitable peers for placement")."""
     deadline = time.monotonic() + timeout
     while True:
         for s in servers:
@@ -160,8 +161,11 @@ def _wait_for_meta_leader(servers: list[NatsServer], timeout: float) -> None:
                 contextlib.suppress(OSError, ValueError),
                 urllib.request.urlopen(f"http://127.0.0.1:{s.monitor}/jsz", timeout=1) as r,
             ):
-                if json.loads(r.read()).get("meta_cluster", {}).get("leader"):
+                meta = json.loads(r.read()).get("meta_cluster", {})
+                peers = meta.get("replicas") or []
+                current = all(p.get("current") and not p.get("offline") for p in peers)
+                if meta.get("leader") == s.name and len(peers) == len(servers) - 1 and current:
                     return
         if time.monotonic() > deadline:
-            raise RuntimeError(f"no JetStream meta leader after {timeout} s")
+            raise RuntimeError(f"no JetStream meta leader seeing every peer after {timeout} s")
         time.sleep(0.1)
