@@ -984,12 +984,12 @@ def test_a_host_decision_that_parks_a_run_again_frees_its_lease_with_it(rt: fl.R
         assert run.wait(timeout=30).output == "done"
 
 
-@pytest.mark.parametrize("timeout", [-1, float("nan"), float("inf"), "10", True, None])
+@pytest.mark.parametrize("timeout", [-1, float("nan"), float("inf"), 1e10, "10", True, None])
 def test_close_refuses_a_timeout_that_is_no_number_of_seconds(
     store_path: Path, timeout: object
 ) -> None:
     with fl.Runtime.open(store_path) as rt:
-        with pytest.raises(fl.ConfigError, match="timeout must be a finite number of seconds"):
+        with pytest.raises(fl.ConfigError, match="timeout must be a number of seconds from 0"):
             rt.close(timeout=timeout)  # type: ignore[arg-type]
         assert not rt.closed  # still open: the with closes it
 
@@ -1176,5 +1176,43 @@ def test_a_tool_that_closes_its_own_runtime_does_not_hold_up_the_close(
         go.set()
         host.join(20)  # far less than its timeout: it was not held up
         assert not host.is_alive()
+    with fl.Runtime.open(store_path, agents=[agent]) as again:
+        assert "tool.completed" in types(again, run.id)
+
+
+@pytest.mark.parametrize("where", ["tool", "on_state"])
+def test_a_close_from_the_runtimes_own_thread_returns_at_once_and_records_the_calls(
+    store_path: Path, where: str
+) -> None:
+    """A tool (or on_state, on the shard) calls close() first: the close goes on without
+    that thread, which returns at once, and the tool calls' outcomes are recorded."""
+    runtimes: list[fl.Runtime] = []
+    returned = threading.Event()
+
+    def shut() -> None:
+        if not runtimes[0].closed:
+            runtimes[0].close(timeout=30)
+            returned.set()
+
+    @fl.tool
+    def work() -> str:
+        """Work, and close the runtime from here when asked."""
+        if where == "tool":
+            shut()
+        return "worked"
+
+    def on_state(state: fl.RunState) -> None:
+        if where == "on_state" and state.calls and state.calls[0].status == "requested":
+            shut()
+
+    llm = fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("work")]), fl.Reply(text="ok")])
+    agent = fl.Agent(name="closes-itself", llm=llm, tools=[work])
+    rt = fl.Runtime.open(store_path, agents=[agent], on_state=on_state)
+    runtimes.append(rt)
+    run = rt.spawn(agent, "go")
+    assert returned.wait(10)  # not after close's timeout of 30 s
+    wait_until(
+        lambda: not any(t.name == "foldloop-close" for t in threading.enumerate()), 30, "the close"
+    )
     with fl.Runtime.open(store_path, agents=[agent]) as again:
         assert "tool.completed" in types(again, run.id)

@@ -53,6 +53,8 @@ __all__ = ["Runtime", "run_ops", "spawn_named"]
 
 log = get_logger(__name__)
 
+MAX_CLOSE_TIMEOUT_S = 86_400.0
+"""The longest ``close(timeout=...)`` (a day; threading refuses waits past its own limit)."""
 FLUSH_WAIT_S = 5.0
 """Seconds ``close()`` waits for the runs' last writes to be stored before it gives up its
 runs all the same (a store that cannot store them in that time has failed)."""
@@ -236,14 +238,19 @@ class Runtime(OpenOnly, ClosedOnExit):
         and cancels, and start no model call or child run; calls still waiting for a slot
         of their tool never start (recorded as not run). A call still running then is left:
         a resume records it as interrupted. A ``close()`` from another thread meanwhile
-        returns once this one is done (at once from a tool or callback it is waiting for)."""
+        returns once this one is done (at once from a tool or callback it is waiting for).
+        Called from one of its own threads (a tool, ``on_state``, a notify), it starts the
+        close on a thread of its own and returns at once."""
         if (
             isinstance(timeout, bool)
             or not isinstance(timeout, int | float)
             or not math.isfinite(timeout)
-            or timeout < 0
+            or not 0 <= timeout <= MAX_CLOSE_TIMEOUT_S
         ):
-            raise ConfigError(f"timeout must be a finite number of seconds >= 0; got {timeout!r}")
+            raise ConfigError(
+                f"timeout must be a number of seconds from 0 to {MAX_CLOSE_TIMEOUT_S:g}; "
+                f"got {timeout!r}"
+            )
         if not self._lifecycle.close(release_by=time.monotonic() + timeout + CLOSE_GRACE_S):
             # another thread is closing it: return once it is closed (its outcomes stored),
             # unless this is one of the runtime's own threads, which that close waits for
@@ -253,6 +260,13 @@ class Runtime(OpenOnly, ClosedOnExit):
         if os.getpid() != self._pid:  # inherited over os.fork: its threads stayed behind
             self._lifecycle.mark_released()
             return
+        if on_own_thread():  # a tool or callback: the close waits for what this thread does
+            threading.Thread(target=self._shut, args=(timeout,), name="foldloop-close").start()
+            return
+        self._shut(timeout)
+
+    def _shut(self, timeout: float) -> None:
+        """What the first ``close`` does."""
         try:
             if self._taker is not None:
                 self._taker.close()
