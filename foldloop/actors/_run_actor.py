@@ -368,6 +368,8 @@ class RunActor:
         )
 
     def _log_failures(self, decision: Decision) -> None:
+        if self._closing:  # calls held back as the runtime closes: close() logs them together
+            return
         for event in decision.events:
             if type(event) is ToolFailed:
                 tool = next((c.tool for c in self.state.calls if c.call_id == event.call_id), "")
@@ -402,7 +404,8 @@ class RunActor:
                     for call in effect.calls:
                         runner = self.system.tool_runner(self.agent, call.tool)
                         task = runner.dispatch(
-                            RunToolCall(run_id, call.call_id, call.args, _to_run(tell, run_id))
+                            RunToolCall(run_id, call.call_id, call.args, _to_run(tell, run_id)),
+                            closing=self._closing,
                         )
                         if task is not None:
                             self._track(task)
@@ -472,6 +475,11 @@ class RunActor:
         and a cancel, takes no other command, and starts no model call, child run, or call
         still waiting for one of its tool's threads (that one is recorded as not run)."""
         self._closing = True
+        self.hold_queued()
+
+    def hold_queued(self) -> None:
+        """(Any thread.) The calls still waiting for a slot of their tool never start; each
+        is reported as not run."""
         with self._in_flight_lock:
             waiting = [f for f in self._in_flight if isinstance(f, QueuedCall | AsyncCall)]
         for call in waiting:

@@ -54,6 +54,8 @@ CLOSE_DRAIN_S = 10.0
 """Seconds ``stop`` waits for the sync tool calls under way (whose effects happen whatever
 the runtime does) to return, so that their outcomes are recorded, not lost to resume as
 interrupted."""
+BARRIER_WAIT_S = 5.0
+"""Seconds ``stop`` waits for the shards to record the calls it held back at its end."""
 PARK_AFTER_S = 10.0
 """Seconds a run that waits only for its child runs stays active before it parks (a short
 wait is not worth a fold from the log when the next child ends)."""
@@ -587,9 +589,7 @@ class ActorSystem:
             actor.closing()
         # A command a shard was already handling may still request a call: once each shard
         # answers a barrier, every run's state shows what it requested.
-        for shard in list(self._shards):
-            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                shard.ask(Barrier(), timeout=max(0.0, deadline - time.monotonic()))
+        self._barrier(deadline)
         waiting = [actor for actor in actors if actor.tool_calls_under_way()]
         if waiting:
             calls = sum(actor.tool_calls_under_way() for actor in waiting)
@@ -600,6 +600,11 @@ class ActorSystem:
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.02)
             waiting = [actor for actor in actors if actor.tool_calls_under_way()]
+        if waiting:  # calls queued since close began never start either
+            for actor in waiting:
+                actor.hold_queued()
+            self._barrier(time.monotonic() + BARRIER_WAIT_S)  # their outcomes are recorded
+            waiting = [actor for actor in waiting if actor.tool_calls_under_way()]
         if waiting:
             log.warning(
                 "tool_calls_unfinished_at_close",
@@ -607,6 +612,12 @@ class ActorSystem:
                 runs=len(waiting),
                 run_ids=[actor.run_id for actor in waiting[:10]],
             )
+
+    def _barrier(self, deadline: float) -> None:
+        """Return once each shard took every message sent to it so far (or at ``deadline``)."""
+        for shard in list(self._shards):
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                shard.ask(Barrier(), timeout=max(0.0, deadline - time.monotonic()))
 
     def _model_cleanups(self) -> list[Callable[[], Awaitable[object]]]:
         """The ``aclose`` of each distinct model that ran here and has one."""

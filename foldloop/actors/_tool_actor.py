@@ -164,12 +164,16 @@ class ToolRunner:
         """The bound of an async tool's calls in flight on the loop."""
         self.pool = Workers(tool.concurrency, f"foldloop-tool-{tool.name}")
 
-    def dispatch(self, call: RunToolCall) -> Cancellable | None:
+    def dispatch(self, call: RunToolCall, *, closing: bool = False) -> Cancellable | None:
         """Start ``call`` on the pool or, for an async tool, the loop; its outcome goes to
         ``call.reply``. Returns what a cancel of the run cancels: the async task, or the sync
-        call while it waits for a thread (one running cannot be stopped)."""
+        call while it waits for a thread (one running cannot be stopped). ``closing``: the
+        runtime is closing, and a call that would wait for a slot is held back at once."""
         try:
-            return self._start(call)
+            started = self._start(call)
+            if closing and isinstance(started, QueuedCall | AsyncCall) and not self._free():
+                started.hold()
+            return started
         except Exception:
             log.exception("tool_dispatch_failed", tool=self.tool.name, run_id=call.run_id)
             return None
@@ -200,6 +204,12 @@ class ToolRunner:
             kind="timeout",
             duration_ms=round((time.monotonic() - started) * 1000, 3),
         )
+
+    def _free(self) -> bool:
+        """A slot is free now (a thread, or an async tool's place)."""
+        if self.tool.is_async:
+            return not self.async_slots.locked()
+        return self.pool.has_room()
 
     def not_run(self, call_id: str) -> ToolFinished:
         """The outcome of a call its runtime held back as it closed: it never started."""

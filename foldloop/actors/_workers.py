@@ -47,6 +47,11 @@ class Workers:
         self._queue.put(job)
         self._start(index)
 
+    def has_room(self) -> bool:
+        """Every job queued has a thread, idle or yet to start (none waits for one)."""
+        with self._lock:
+            return self._pending <= self._idle or self._threads < self._limit
+
     def lend(self) -> None:
         """One more thread may run (a job holding one is past its timeout and no longer
         counts): a job waiting starts now. ``reclaim`` once that job returns."""
