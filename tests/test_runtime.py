@@ -578,6 +578,19 @@ def test_spawn_refuses_bad_or_taken_run_ids(rt: fl.Runtime) -> None:
             rt.spawn(agent, "go", run_id=bad)
     with pytest.raises(fl.RunNotFound):
         rt.state("nope")
+
+
+def test_spawn_under_the_id_of_a_run_being_driven_here_says_it_exists(rt: fl.Runtime) -> None:
+    """Not RunLocked's "wait() for it first": a wait, then the spawn again, would still fail."""
+    agent, started, release = stuck_agent()
+    run = rt.spawn(agent, "go", run_id="busy")
+    try:
+        assert started.wait(10)
+        with pytest.raises(fl.ConfigError, match="run 'busy' already exists"):
+            rt.spawn(agent, "again", run_id="busy")
+    finally:
+        release.set()
+    assert run.wait(timeout=30).output == "no"
     with pytest.raises(fl.RunNotFound):
         rt.resume("nope")
     assert len(rt.runs()) == 1

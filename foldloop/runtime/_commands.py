@@ -203,9 +203,14 @@ class Commands:
         settles = (decision.settles and admitted) or shared
         try:
             self._system.claim(run_id)
-        except BaseException:
+        except BaseException as exc:
             if reserved:
                 self._admission.release()
+            if isinstance(exc, RunLocked):  # driven here: it exists (a start refuses that)
+                raise ConfigError(
+                    f"run {run_id!r} already exists",
+                    advice="spawn with another run_id (this runtime is driving that one)",
+                ) from None
             raise
         start = _Start(
             agent, run_id, command, decision, admitted=admitted, reserved=reserved, settles=settles
