@@ -343,8 +343,8 @@ def test_a_decorated_non_function_and_a_negative_wait_are_config_errors(tmp_path
     agent = quiet_agent()
     with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
         run = rt.spawn(agent, "hi")
-        for bad in (-1, float("nan"), "3"):
-            with pytest.raises(fl.ConfigError, match="timeout must be None or a finite number"):
+        for bad in (-1, float("nan"), "3", 1e10):
+            with pytest.raises(fl.ConfigError, match="timeout must be None or a number of sec"):
                 run.wait(timeout=bad)  # type: ignore[arg-type]
         assert run.wait(timeout=60).ok
 

@@ -23,6 +23,9 @@ __all__ = ["LEASE_RELEASE_GRACE", "Waiter"]
 
 log = get_logger("foldloop.runtime")
 
+MAX_WAIT_S = 365 * 86_400.0
+"""The longest ``wait(timeout=...)`` (a year: threading refuses waits past its own limit;
+None waits without one)."""
 LEASE_RELEASE_GRACE = 1.0
 """Seconds a wait on a run settled in another process waits for that process to release
 the run's lease before returning. A run releases it in the transaction that settles it,
@@ -82,10 +85,11 @@ class Waiter:
             isinstance(timeout, bool)
             or not isinstance(timeout, int | float)
             or not math.isfinite(timeout)
-            or timeout < 0
+            or not 0 <= timeout <= MAX_WAIT_S
         ):
             raise ConfigError(
-                f"timeout must be None or a finite number of seconds >= 0; got {timeout!r}"
+                f"timeout must be None or a number of seconds from 0 to {MAX_WAIT_S:g}; "
+                f"got {timeout!r}"
             )
         deadline = None if timeout is None else time.monotonic() + timeout
         take_ups = 0
