@@ -147,6 +147,32 @@ def stuck_agent() -> tuple[fl.Agent, threading.Event, threading.Event]:
     return fl.Agent(name="stuck", llm=llm, tools=[stuck]), started, release
 
 
+def narrow_agent() -> tuple[fl.Agent, threading.Event, threading.Event, list[int]]:
+    """An agent whose runs each call one tool of ``concurrency=1`` with the run's input as
+    ``n``: call 1 holds the tool's only thread until ``release``; ``ran`` lists the calls
+    that started; ``started`` says call 1 did."""
+    started, release = threading.Event(), threading.Event()
+    ran: list[int] = []
+
+    @fl.tool(concurrency=1)
+    def one_at_a_time(n: int) -> str:
+        """Block the first call until released."""
+        ran.append(n)
+        if n == 1:
+            started.set()
+            release.wait(20)
+        return f"done {n}"
+
+    def model(messages: Sequence[fl.Message], tools: Sequence[fl.types.ToolSpec]) -> fl.Reply:
+        if any(m.role == "tool" for m in messages):
+            return fl.Reply(text="ok")
+        n = int(messages[-1].content)
+        return fl.Reply(tool_calls=[fl.ToolCall("one_at_a_time", {"n": n})])
+
+    agent = fl.Agent(name="narrow", llm=fl.ScriptedLLM(model), tools=[one_at_a_time])
+    return agent, started, release, ran
+
+
 def test_cancel_is_immediate_while_a_tool_runs(rt: fl.Runtime) -> None:
     agent, started, release = stuck_agent()
     with capture_logs() as logs:
@@ -300,24 +326,7 @@ def test_a_call_waiting_for_its_tools_thread_does_not_start_while_closing(
     """One call holds the tool's only thread as close() begins; the other run's call waits
     for it: it never starts, and its outcome says it did not run (not 'interrupted' with
     the outcome unknown)."""
-    started, release = threading.Event(), threading.Event()
-    ran: list[int] = []
-
-    @fl.tool(concurrency=1)
-    def one_at_a_time(n: int) -> str:
-        """Block the first call until released."""
-        ran.append(n)
-        if n == 1:
-            started.set()
-            release.wait(20)
-        return f"done {n}"
-
-    def model(messages: Sequence[fl.Message], tools: Sequence[fl.types.ToolSpec]) -> fl.Reply:
-        if any(m.role == "tool" for m in messages):
-            return fl.Reply(text="ok")
-        return fl.Reply(tool_calls=[fl.ToolCall("one_at_a_time", {"n": int(messages[-1].content)})])
-
-    agent = fl.Agent(name="narrow", llm=fl.ScriptedLLM(model), tools=[one_at_a_time])
+    agent, started, release, ran = narrow_agent()
     rt = fl.Runtime.open(store_path, agents=[agent])
     holding = rt.spawn(agent, "1")
     assert started.wait(10)
@@ -1092,25 +1101,7 @@ def test_a_held_call_is_recorded_as_not_run_even_if_the_call_before_it_outlasts_
 ) -> None:
     """The call holding the tool's only thread outlives close(timeout): the call behind it
     is recorded as not run at once (not left 'outcome unknown'), and never starts."""
-    started, release = threading.Event(), threading.Event()
-    ran: list[int] = []
-
-    @fl.tool(concurrency=1)
-    def one_at_a_time(n: int) -> str:
-        """Block the first call until released."""
-        ran.append(n)
-        if n == 1:
-            started.set()
-            release.wait(20)
-        return f"done {n}"
-
-    def model(messages: Sequence[fl.Message], tools: Sequence[fl.types.ToolSpec]) -> fl.Reply:
-        if any(m.role == "tool" for m in messages):
-            return fl.Reply(text="ok")
-        n = int(messages[-1].content)
-        return fl.Reply(tool_calls=[fl.ToolCall("one_at_a_time", {"n": n})])
-
-    agent = fl.Agent(name="narrow", llm=fl.ScriptedLLM(model), tools=[one_at_a_time])
+    agent, started, release, ran = narrow_agent()
     try:
         with fl.Runtime.open(store_path, agents=[agent]) as rt:
             rt.spawn(agent, "1")

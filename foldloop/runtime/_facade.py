@@ -10,7 +10,6 @@ ConfigError once the runtime is closed (``lifecycle``).
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -41,7 +40,7 @@ from foldloop.runtime._lifecycle import Lifecycle, OpenOnly
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._registry import AgentRegistry
 from foldloop.runtime._results import RunHandle, RunOps, RunResult, RunSummary, RunTree
-from foldloop.runtime._rules import check_cap, check_inputs
+from foldloop.runtime._rules import check_cap, check_inputs, check_seconds
 from foldloop.runtime._transfer import Transfer
 from foldloop.runtime._waiting import Waiter
 from foldloop.runtime._work_taker import WorkTaker
@@ -241,16 +240,7 @@ class Runtime(OpenOnly, ClosedOnExit):
         returns once this one is done (at once from a tool or callback it is waiting for).
         Called from one of its own threads (a tool, ``on_state``, a notify), it starts the
         close on a thread of its own and returns at once."""
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not math.isfinite(timeout)
-            or not 0 <= timeout <= MAX_CLOSE_TIMEOUT_S
-        ):
-            raise ConfigError(
-                f"timeout must be a number of seconds from 0 to {MAX_CLOSE_TIMEOUT_S:g}; "
-                f"got {timeout!r}"
-            )
+        check_seconds("timeout", timeout, MAX_CLOSE_TIMEOUT_S)
         if not self._lifecycle.close(release_by=time.monotonic() + timeout + CLOSE_GRACE_S):
             # another thread is closing it: return once it is closed (its outcomes stored),
             # unless this is one of the runtime's own threads, which that close waits for

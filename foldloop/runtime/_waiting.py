@@ -4,7 +4,6 @@ and through its parks when asked."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
@@ -12,11 +11,12 @@ from foldloop._log import get_logger
 from foldloop.actors._system import ActorSystem, Settlement
 from foldloop.core._explain import ORPHAN_QUEUED
 from foldloop.core._state import RunState, RunStatus
-from foldloop.errors import ConfigError, StoreCorrupted, StoreError, StoreNotFound
+from foldloop.errors import StoreCorrupted, StoreError, StoreNotFound
 from foldloop.runtime._admission import Admission
 from foldloop.runtime._approval_desk import ApprovalDesk
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._results import RunResult, result_of
+from foldloop.runtime._rules import check_seconds
 from foldloop.store import EventStore, WorkQueue
 
 __all__ = ["LEASE_RELEASE_GRACE", "Waiter"]
@@ -81,16 +81,7 @@ class Waiter:
     ) -> RunResult:
         """See ``RunHandle.wait``; ``ending``: the handle's record of how the run ends
         (kept by the handle after the runtime forgets it)."""
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not math.isfinite(timeout)
-            or not 0 <= timeout <= MAX_WAIT_S
-        ):
-            raise ConfigError(
-                f"timeout must be None or a number of seconds from 0 to {MAX_WAIT_S:g}; "
-                f"got {timeout!r}"
-            )
+        check_seconds("timeout", timeout, MAX_WAIT_S, none=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         take_ups = 0
         while True:
