@@ -22,9 +22,10 @@ from foldloop._agent import Agent
 from foldloop._approvals import PendingApproval, RequireApproval
 from foldloop._log import get_logger
 from foldloop.actors._approval_gate import ApprovalGate, Issued
+from foldloop.actors._drain import CLOSE_DRAIN_S, drain
 from foldloop.actors._event_loop import EventLoop
 from foldloop.actors._run_actor import RunActor
-from foldloop.actors._shard import Activate, Barrier, Continue, Deliver, Shard
+from foldloop.actors._shard import Activate, Continue, Deliver, Shard
 from foldloop.actors._timers import Timers
 from foldloop.actors._tool_actor import ToolActor, ToolRunner
 from foldloop.actors._workers import Workers
@@ -36,7 +37,7 @@ from foldloop.errors import ConfigError, RunLocked
 from foldloop.store import ApprovalRecord, EventStore, Lease
 from foldloop.tools._decorator import bound_text
 
-__all__ = ["ActorSystem", "Settlement"]
+__all__ = ["CLOSE_DRAIN_S", "ActorSystem", "Settlement"]
 
 log = get_logger(__name__)
 
@@ -50,12 +51,6 @@ SHARDS = 1
 commit without holding one; one interpreter lock runs one thread's Python at a time, so more
 shards only contend for it with the writer and the event loop (and lose throughput). What
 blocks the shard (a slow ``on_state``, a group commit it leads) holds up every run."""
-CLOSE_DRAIN_S = 10.0
-"""Seconds ``stop`` waits for the sync tool calls under way (whose effects happen whatever
-the runtime does) to return, so that their outcomes are recorded, not lost to resume as
-interrupted."""
-BARRIER_WAIT_S = 5.0
-"""Seconds ``stop`` waits for the shards to record the calls it held back at its end."""
 PARK_AFTER_S = 10.0
 """Seconds a run that waits only for its child runs stays active before it parks (a short
 wait is not worth a fold from the log when the next child ends)."""
@@ -557,7 +552,8 @@ class ActorSystem:
         with self._lock:
             self._closed = True
             actors = list(self._actors.values())
-        self._drain(actors, time.monotonic() + drain_s)
+            shards = list(self._shards)
+        drain(actors, shards, time.monotonic() + drain_s)
         with self._lock:
             shards, self._shards = self._shards, []
             active = [*self._actors, *self._parked, *self._taking_up]
@@ -581,43 +577,6 @@ class ActorSystem:
         self.loop.close(then=self._model_cleanups())
         self.model_pool.shutdown()
         self.notify_pool.shutdown()
-
-    def _drain(self, actors: list[RunActor], deadline: float) -> None:
-        """Until ``deadline``, wait for the runs' tool calls under way to return and their
-        outcomes to be recorded (the runs take no other command meanwhile)."""
-        for actor in actors:
-            actor.closing()
-        # A command a shard was already handling may still request a call: once each shard
-        # answers a barrier, every run's state shows what it requested.
-        self._barrier(deadline)
-        waiting = [actor for actor in actors if actor.tool_calls_under_way()]
-        if waiting:
-            calls = sum(actor.tool_calls_under_way() for actor in waiting)
-            left = round(max(0.0, deadline - time.monotonic()), 3)
-            log.info("close_waits_for_tool_calls", calls=calls, runs=len(waiting), timeout_s=left)
-        pause = 0.001
-        while waiting and time.monotonic() < deadline:
-            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(pause * 2, 0.02)
-            waiting = [actor for actor in actors if actor.tool_calls_under_way()]
-        if waiting:  # calls queued since close began never start either
-            for actor in waiting:
-                actor.hold_queued()
-            self._barrier(time.monotonic() + BARRIER_WAIT_S)  # their outcomes are recorded
-            waiting = [actor for actor in waiting if actor.tool_calls_under_way()]
-        if waiting:
-            log.warning(
-                "tool_calls_unfinished_at_close",
-                calls=sum(actor.tool_calls_under_way() for actor in waiting),
-                runs=len(waiting),
-                run_ids=[actor.run_id for actor in waiting[:10]],
-            )
-
-    def _barrier(self, deadline: float) -> None:
-        """Return once each shard took every message sent to it so far (or at ``deadline``)."""
-        for shard in list(self._shards):
-            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                shard.ask(Barrier(), timeout=max(0.0, deadline - time.monotonic()))
 
     def _model_cleanups(self) -> list[Callable[[], Awaitable[object]]]:
         """The ``aclose`` of each distinct model that ran here and has one."""
