@@ -116,8 +116,6 @@ _DEFAULT_STORE = ".foldloop"
 @app.callback()
 def _global(store: StoreOpt = _DEFAULT_STORE) -> None:
     """Agent runs that survive anything: run the demo, inspect and resume runs in a store."""
-    if not store.strip() or "\0" in store:  # a Path would make "" this directory
-        _fail(EXIT_USAGE, f"--store {store!r}: give a store directory or a nats:// URL")
     choose_store(location(store))
 
 

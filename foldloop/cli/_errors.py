@@ -46,7 +46,10 @@ def chosen_store() -> Location:
 
 
 def location(text: str) -> Location:
-    """``--store`` as given: a URL stays as typed (a Path would fold its ``//``)."""
+    """``--store`` as given: a URL stays as typed (a Path would fold its ``//``, and make
+    "" this directory: refused)."""
+    if not text.strip() or "\0" in text:
+        fail(EXIT_USAGE, f"--store {text!r}: give a store directory or a nats:// URL")
     return text if is_nats_url(text) or is_other_url(text) else Path(text)
 
 
