@@ -147,6 +147,17 @@ def stuck_agent() -> tuple[fl.Agent, threading.Event, threading.Event]:
     return fl.Agent(name="stuck", llm=llm, tools=[stuck]), started, release
 
 
+def calls_with_input(tool: str) -> fl.ScriptedLLM:
+    """A model that calls ``tool`` once with ``n``, the run's input as an int, then says ok."""
+
+    def model(messages: Sequence[fl.Message], tools: Sequence[fl.types.ToolSpec]) -> fl.Reply:
+        if any(m.role == "tool" for m in messages):
+            return fl.Reply(text="ok")
+        return fl.Reply(tool_calls=[fl.ToolCall(tool, {"n": int(messages[-1].content)})])
+
+    return fl.ScriptedLLM(model)
+
+
 def narrow_agent() -> tuple[fl.Agent, threading.Event, threading.Event, list[int]]:
     """An agent whose runs each call one tool of ``concurrency=1`` with the run's input as
     ``n``: call 1 holds the tool's only thread until ``release``; ``ran`` lists the calls
@@ -163,13 +174,7 @@ def narrow_agent() -> tuple[fl.Agent, threading.Event, threading.Event, list[int
             release.wait(20)
         return f"done {n}"
 
-    def model(messages: Sequence[fl.Message], tools: Sequence[fl.types.ToolSpec]) -> fl.Reply:
-        if any(m.role == "tool" for m in messages):
-            return fl.Reply(text="ok")
-        n = int(messages[-1].content)
-        return fl.Reply(tool_calls=[fl.ToolCall("one_at_a_time", {"n": n})])
-
-    agent = fl.Agent(name="narrow", llm=fl.ScriptedLLM(model), tools=[one_at_a_time])
+    agent = fl.Agent(name="narrow", llm=calls_with_input("one_at_a_time"), tools=[one_at_a_time])
     return agent, started, release, ran
 
 
@@ -1131,13 +1136,9 @@ def test_a_queued_async_call_does_not_start_while_closing(store_path: Path) -> N
             await asyncio.sleep(0.5)
         return f"done {n}"
 
-    def model(messages: Sequence[fl.Message], tools: Sequence[fl.types.ToolSpec]) -> fl.Reply:
-        if any(m.role == "tool" for m in messages):
-            return fl.Reply(text="ok")
-        n = int(messages[-1].content)
-        return fl.Reply(tool_calls=[fl.ToolCall("one_at_a_time", {"n": n})])
-
-    agent = fl.Agent(name="narrow-async", llm=fl.ScriptedLLM(model), tools=[one_at_a_time])
+    agent = fl.Agent(
+        name="narrow-async", llm=calls_with_input("one_at_a_time"), tools=[one_at_a_time]
+    )
     with fl.Runtime.open(store_path, agents=[agent]) as rt:
         first = rt.spawn(agent, "1")
         assert started.wait(10)
