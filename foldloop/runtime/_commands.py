@@ -1,5 +1,5 @@
-"""The host's commands that move runs: spawn, resume, cancel, recover, and the admission
-of a queued run when its turn comes.
+"""The host's commands that move runs: spawn, resume, cancel (recovery is ``Recovery``, in
+``_recovery.py``), and the admission of a queued run when its turn comes.
 
 Each takes the run (a claim here and its lease in the store), decides with the pure core,
 writes the decision through ``RunWrites`` and hands the run on (``drive``).
@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 from msgspec.structs import replace
 
@@ -29,7 +28,6 @@ from foldloop.errors import (
     FoldloopError,
     RunLocked,
     SchemaChangedError,
-    StoreCorrupted,
 )
 from foldloop.events._recorded import UnknownEvent
 from foldloop.events._values import Limits
@@ -37,8 +35,8 @@ from foldloop.runtime._admission import Admission
 from foldloop.runtime._approval_desk import ApprovalDesk
 from foldloop.runtime._driving import drive
 from foldloop.runtime._queries import Queries
+from foldloop.runtime._recovery import Recovery
 from foldloop.runtime._registry import AgentRegistry
-from foldloop.runtime._results import Damaged
 from foldloop.runtime._rules import (
     NothingToDo,
     check_spawn,
@@ -55,16 +53,6 @@ from foldloop.tools._decorator import bound_text
 __all__ = ["Commands"]
 
 log = get_logger("foldloop.runtime")
-
-_Recovered = Literal["resumed", "taken", "moved", "unreadable"]
-"""What a recovery did with one orphaned run: resumed here, taken by another runtime first,
-moved on since it was read (ended, parked), or unreadable."""
-
-STRANDED_AFTER_NS = 60 * 10**9
-"""On a shared work queue, a queued run nobody holds is in the queue; one still there this
-long after it was queued (its spawner died before it was queued, an admission failed and
-its runtime died) is taken by ``recover()`` like a dead runtime's queued run."""
-LAST_POSITION = 2**63 - 1
 
 
 class Commands:
@@ -105,7 +93,20 @@ class Commands:
         self._admission = admission
         self._shared = store if isinstance(store, WorkQueue) else None
         """The store's work queue, when it has one: every spawn is queued there, for any
-        runtime with the agent to take (``take_queued``)."""
+        runtime with the agent to take (``recovery.take_queued``)."""
+        self.recovery = Recovery(
+            store=store,
+            system=system,
+            queries=queries,
+            agents=agents,
+            trees=self.trees,
+            clock=clock,
+            owner=owner,
+            admission=admission,
+            resume=lambda run_id: self.resume(run_id, extend=None),
+            cancel_child=self._cancel_child,
+        )
+        """Takes up runs a runtime left behind (``recover``, and a wait's take-up)."""
 
     def spawn(
         self,
@@ -199,7 +200,7 @@ class Commands:
         # A queued run keeps its lease: who holds it admits it, and only the queued runs
         # of a runtime that died are taken over by another's recover(). On a shared work
         # queue nobody holds it until a runtime takes it from there.
-        shared = self._shared is not None and not admitted  # see STRANDED_AFTER_NS
+        shared = self._shared is not None and not admitted  # see recovery's STRANDED_AFTER_NS
         settles = (decision.settles and admitted) or shared
         try:
             self._system.claim(run_id)
@@ -334,112 +335,6 @@ class Commands:
                     f"run {run_id!r} seq {rec.seq} holds a {rec.event.tag!r} event written by a "
                     "newer foldloop; upgrade foldloop to resume it (reading it works)"
                 )
-
-    def recover(self) -> list[str]:
-        """Resume every run left running by a runtime that died, for agents known here, and
-        queue the runs it had queued behind those waiting here, in the order they started."""
-        recovered: list[str] = []
-        queued: list[str] = []
-        orphans = []
-        released: set[str] = set()  # queued runs nobody holds: on a shared queue, still there
-        for run_id in self._store.run_ids():
-            if self._system.active(run_id):
-                continue
-            try:
-                lease = self._store.lease(run_id)
-            except StoreCorrupted as exc:
-                log.warning("recover_skipped", run_id=run_id, error=str(exc))
-                continue
-            if (
-                lease is not None
-                and lease.owner
-                and (lease.owner == self._owner or self._store.owner_alive(lease.owner))
-            ):
-                continue
-            if lease is not None and not lease.owner:
-                released.add(run_id)
-            orphans.append(run_id)
-        for state in self._queries.states(orphans):
-            if isinstance(state, Damaged):
-                log.warning("recover_skipped", run_id=state.run_id, error=str(state.error))
-                continue
-            if self._agents.named(state.agent) is None:
-                continue
-            ended = self.trees.cancel_reason(state)
-            if ended is not None:  # a cascade cut short, or a child its parent gave up on
-                self._cancel_child(state.run_id, ended)
-                continue
-            if state.status is RunStatus.QUEUED:
-                stranded = self._clock() - state.last_at > STRANDED_AFTER_NS
-                if self._shared is None or state.run_id not in released or stranded:
-                    queued.append(state.run_id)
-                continue
-            if self._resume_orphan(state) == "resumed":
-                recovered.append(state.run_id)
-        return recovered + self.take_queued(queued)
-
-    def take_up_orphan(self, run_id: str) -> bool:
-        """Recover one run that a wait found nobody driving (or, queued, holding), as
-        ``recover`` would, if its agent is known here: True if it moves on (resumed or
-        queued here, cancelled with its tree, or taken up by another runtime first)."""
-        if self._system.closed:
-            return False
-        state = self._queries.state(run_id)
-        if self._agents.named(state.agent) is None:
-            return False
-        if not self._queries.orphaned(run_id):
-            return True  # someone took it up meanwhile
-        ended = self.trees.cancel_reason(state)
-        if ended is not None:
-            self._cancel_child(run_id, ended)
-            return True
-        if state.status is RunStatus.QUEUED:
-            self.take_queued([run_id])  # queued here now, or another runtime took it first
-            return True
-        return self._resume_orphan(state) != "unreadable"
-
-    def _resume_orphan(self, state: RunState) -> _Recovered:
-        """Resume an orphaned run that was running: "resumed", "taken" (another runtime
-        was first), "moved" (it moved on since it was read: ended, parked) or "unreadable"."""
-        if state.status is not RunStatus.RUNNING:
-            return "moved"
-        try:
-            self.resume(state.run_id, extend=None)
-        except RunLocked:
-            return "taken"
-        except ConfigError as exc:
-            log.info("recover_skipped", run_id=state.run_id, error=str(exc))
-            return "moved"
-        except (SchemaChangedError, StoreCorrupted) as exc:
-            log.warning("recover_skipped", run_id=state.run_id, error=str(exc))
-            return "unreadable"
-        return "resumed"
-
-    def take_queued(self, run_ids: list[str]) -> list[str]:
-        """Take the leases of queued runs (whose runtime died, or from a shared work queue)
-        and queue them here in the order they were started (their run.started's log
-        position): spawn order. Runs a live runtime holds are left to it."""
-        taking = [(run_id, self._store.acquire_lease(run_id, self._owner)) for run_id in run_ids]
-        taken: list[str] = []
-        for run_id, op in taking:  # asked all at once: one commit for all of them
-            try:
-                op.wait()
-            except RunLocked:
-                continue  # another runtime recovered it first
-            except FoldloopError as exc:  # left queued: a later recover() takes it
-                log.warning("queued_run_not_taken", run_id=run_id, error=str(exc))
-                continue
-            taken.append(run_id)
-        taken.sort(key=self._started_at)
-        if taken:
-            self._admission.enqueue(taken)
-            log.info("runs_requeued", count=len(taken))
-        return taken
-
-    def _started_at(self, run_id: str) -> int:
-        """The log position of the run's run.started (what spawn order is)."""
-        first = self._store.read(run_id, 1, 1)
-        return first[0].position if first else LAST_POSITION
 
     def carry_lost_cancel(self, run_id: str, command: Cancel) -> None:
         """A cancel reached a run as it stopped being active here (it parked, or a late

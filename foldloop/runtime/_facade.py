@@ -147,7 +147,7 @@ class Runtime(OpenOnly, ClosedOnExit):
                 store,
                 agents=lambda: sorted(self._driving),
                 room=self._admission.room,
-                take=self._commands.take_queued,
+                take=self._commands.recovery.take_queued,
             )
             if isinstance(store, WorkQueue)
             else None
@@ -161,7 +161,7 @@ class Runtime(OpenOnly, ClosedOnExit):
                 self._queries,
                 self._desk,
                 self._admission,
-                take_up=self._commands.take_up_orphan,
+                take_up=self._commands.recovery.take_up_orphan,
             ),
             self._commands,
         )
@@ -352,7 +352,7 @@ class Runtime(OpenOnly, ClosedOnExit):
     def recover(self) -> list[RunHandle]:
         """Resume every run left running by a runtime that died, for agents registered here;
         the runs it had queued are queued here, in the order they were spawned."""
-        return [RunHandle(self._ops, run_id) for run_id in self._commands.recover()]
+        return [RunHandle(self._ops, run_id) for run_id in self._commands.recovery.recover()]
 
     # -- approvals -----------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 One thread asks the queue for runs of the agents this runtime was opened with (or
 registered), as many as admission has room for, takes their leases and queues them for
-admission here (``Commands.take_queued``), then tells the queue they are taken. A runtime
+admission here (``Recovery.take_queued``), then tells the queue they are taken. A runtime
 that dies between the two holds their leases: when its owner key lapses, another
 runtime's ``recover()`` queues them again. Items it could not take go back to the queue.
 """

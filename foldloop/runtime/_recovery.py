@@ -1,0 +1,176 @@
+"""Taking up the runs a runtime left behind (it died, or closed with runs under way):
+``recover()`` for all of them, and one at a time for a ``wait()`` that found its run so."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+from foldloop._log import get_logger
+from foldloop.actors._system import ActorSystem
+from foldloop.core._state import RunState, RunStatus
+from foldloop.errors import (
+    ConfigError,
+    FoldloopError,
+    RunLocked,
+    SchemaChangedError,
+    StoreCorrupted,
+)
+from foldloop.runtime._admission import Admission
+from foldloop.runtime._queries import Queries
+from foldloop.runtime._registry import AgentRegistry
+from foldloop.runtime._results import Damaged
+from foldloop.runtime._trees import TreeWork
+from foldloop.store import EventStore, WorkQueue
+
+__all__ = ["STRANDED_AFTER_NS", "Recovery"]
+
+log = get_logger("foldloop.runtime")
+
+_Recovered = Literal["resumed", "taken", "moved", "unreadable"]
+"""What a recovery did with one orphaned run: resumed here, taken by another runtime first,
+moved on since it was read (ended, parked), or unreadable."""
+
+STRANDED_AFTER_NS = 60 * 10**9
+"""On a shared work queue, a queued run nobody holds is in the queue; one still there this
+long after it was queued (its spawner died before it was queued, an admission failed and
+its runtime died) is taken by ``recover()`` like a dead runtime's queued run."""
+LAST_POSITION = 2**63 - 1
+
+
+class Recovery:
+    """Recovery for the runtime ``owner``: resumes the orphaned runs of agents known here,
+    queues their queued ones here in spawn order, cancels what their trees gave up."""
+
+    def __init__(
+        self,
+        *,
+        store: EventStore,
+        system: ActorSystem,
+        queries: Queries,
+        agents: AgentRegistry,
+        trees: TreeWork,
+        clock: Callable[[], int],
+        owner: str,
+        admission: Admission,
+        resume: Callable[[str], str],
+        cancel_child: Callable[[str, str], None],
+    ) -> None:
+        self._store = store
+        self._system = system
+        self._queries = queries
+        self._agents = agents
+        self._trees = trees
+        self._clock = clock
+        self._owner = owner
+        self._admission = admission
+        self._resume = resume
+        """Resumes a run as it stands (no limits extended)."""
+        self._cancel_child = cancel_child
+        self._shared = store if isinstance(store, WorkQueue) else None
+
+    def recover(self) -> list[str]:
+        """Resume every run left running by a runtime that died, for agents known here, and
+        queue the runs it had queued behind those waiting here, in the order they started."""
+        recovered: list[str] = []
+        queued: list[str] = []
+        orphans = []
+        released: set[str] = set()  # queued runs nobody holds: on a shared queue, still there
+        for run_id in self._store.run_ids():
+            if self._system.active(run_id):
+                continue
+            try:
+                lease = self._store.lease(run_id)
+            except StoreCorrupted as exc:
+                log.warning("recover_skipped", run_id=run_id, error=str(exc))
+                continue
+            if (
+                lease is not None
+                and lease.owner
+                and (lease.owner == self._owner or self._store.owner_alive(lease.owner))
+            ):
+                continue
+            if lease is not None and not lease.owner:
+                released.add(run_id)
+            orphans.append(run_id)
+        for state in self._queries.states(orphans):
+            if isinstance(state, Damaged):
+                log.warning("recover_skipped", run_id=state.run_id, error=str(state.error))
+                continue
+            if self._agents.named(state.agent) is None:
+                continue
+            ended = self._trees.cancel_reason(state)
+            if ended is not None:  # a cascade cut short, or a child its parent gave up on
+                self._cancel_child(state.run_id, ended)
+                continue
+            if state.status is RunStatus.QUEUED:
+                stranded = self._clock() - state.last_at > STRANDED_AFTER_NS
+                if self._shared is None or state.run_id not in released or stranded:
+                    queued.append(state.run_id)
+                continue
+            if self._resume_orphan(state) == "resumed":
+                recovered.append(state.run_id)
+        return recovered + self.take_queued(queued)
+
+    def take_up_orphan(self, run_id: str) -> bool:
+        """Recover one run that a wait found nobody driving (or, queued, holding), as
+        ``recover`` would, if its agent is known here: True if it moves on (resumed or
+        queued here, cancelled with its tree, or taken up by another runtime first)."""
+        if self._system.closed:
+            return False
+        state = self._queries.state(run_id)
+        if self._agents.named(state.agent) is None:
+            return False
+        if not self._queries.orphaned(run_id):
+            return True  # someone took it up meanwhile
+        ended = self._trees.cancel_reason(state)
+        if ended is not None:
+            self._cancel_child(run_id, ended)
+            return True
+        if state.status is RunStatus.QUEUED:
+            self.take_queued([run_id])  # queued here now, or another runtime took it first
+            return True
+        return self._resume_orphan(state) != "unreadable"
+
+    def _resume_orphan(self, state: RunState) -> _Recovered:
+        """Resume an orphaned run that was running: "resumed", "taken" (another runtime
+        was first), "moved" (it moved on since it was read: ended, parked) or "unreadable"."""
+        if state.status is not RunStatus.RUNNING:
+            return "moved"
+        try:
+            self._resume(state.run_id)
+        except RunLocked:
+            return "taken"
+        except ConfigError as exc:
+            log.info("recover_skipped", run_id=state.run_id, error=str(exc))
+            return "moved"
+        except (SchemaChangedError, StoreCorrupted) as exc:
+            log.warning("recover_skipped", run_id=state.run_id, error=str(exc))
+            return "unreadable"
+        return "resumed"
+
+    def take_queued(self, run_ids: list[str]) -> list[str]:
+        """Take the leases of queued runs (whose runtime died, or from a shared work queue)
+        and queue them here in the order they were started (their run.started's log
+        position): spawn order. Runs a live runtime holds are left to it."""
+        taking = [(run_id, self._store.acquire_lease(run_id, self._owner)) for run_id in run_ids]
+        taken: list[str] = []
+        for run_id, op in taking:  # asked all at once: one commit for all of them
+            try:
+                op.wait()
+            except RunLocked:
+                continue  # another runtime recovered it first
+            except FoldloopError as exc:  # left queued: a later recover() takes it
+                log.warning("queued_run_not_taken", run_id=run_id, error=str(exc))
+                continue
+            taken.append(run_id)
+        taken.sort(key=self._started_at)
+        if taken:
+            self._admission.enqueue(taken)
+            log.info("runs_requeued", count=len(taken))
+        return taken
+
+    def _started_at(self, run_id: str) -> int:
+        """The log position of the run's run.started (what spawn order is)."""
+        first = self._store.read(run_id, 1, 1)
+        return first[0].position if first else LAST_POSITION
