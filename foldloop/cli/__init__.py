@@ -45,7 +45,7 @@ from foldloop.cli._fit import free
 from foldloop.cli._hints import advice as _advice
 from foldloop.cli._hints import invocation as _invocation
 from foldloop.cli._metrics_view import metrics_view
-from foldloop.cli._output import WideOpt, err, escape
+from foldloop.cli._output import WideOpt, err, escape, import_lazy_modules
 from foldloop.cli._output import count as _count
 from foldloop.cli._output import event_json as _event_json
 from foldloop.cli._output import line as _line
@@ -613,10 +613,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     store survives that, as it survives SIGKILL); and from the moment the command is done,
     a Ctrl-C ends the process at once, with no traceback.
     """
-    # typer imports its value adapters (and pydantic, when installed) while parsing: done here,
-    # while a Ctrl-C still ends the process at once, not as an import Python cannot unwind
-    with contextlib.suppress(ImportError):
-        import typer._adapters  # noqa: F401, PLC0415
+    import_lazy_modules()  # while a Ctrl-C still ends the process at once
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the script's exit-at-once ends
     try:
         try:

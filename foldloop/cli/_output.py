@@ -3,6 +3,8 @@ text escaped; a reader that leaves (``| head``) ends the command quietly."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import sys
 from typing import Annotated, Any, NoReturn
@@ -26,6 +28,7 @@ __all__ = [
     "err",
     "escape",
     "event_json",
+    "import_lazy_modules",
     "line",
     "out",
     "prose",
@@ -151,3 +154,16 @@ def count(n: int, noun: str) -> str:
 def summary(rec: Recorded) -> str:
     data = event_json(rec)["data"]
     return escape(", ".join(f"{k}={v!r}" for k, v in data.items() if k not in ("tools", "limits")))
+
+
+LAZY_MODULES = ("typer._adapters", "lmdb._envid", "email.parser")
+"""Imported on first use by a dependency: typer's value adapters (and pydantic) while it
+parses, py-lmdb's environment ids and importlib.metadata's parser as a store opens."""
+
+
+def import_lazy_modules() -> None:
+    """Import now what dependencies import later: a Ctrl-C during such an import cannot be
+    unwound (Python prints "Exception ignored ... KeyboardInterrupt")."""
+    for name in LAZY_MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
