@@ -14,6 +14,7 @@ was wrong and what to do about it::
     ├── ToolSchemaError (also TypeError) a tool signature foldloop cannot describe
     ├── ModelCallError                  a model adapter failed (``retryable`` says if a retry helps)
     ├── ProjectionError                 a projection's apply raised; it stopped at that record
+    ├── SpawnError                      a spawn_many started some of its runs, not all
     ├── WorkerError                     a WorkerPool's worker process would not start or died
     └── StoreError                      the store directory or file is unusable or corrupt
         ├── StoreNotFound               no foldloop store at that path
@@ -40,6 +41,7 @@ __all__ = [
     "RunLocked",
     "RunNotFound",
     "SchemaChangedError",
+    "SpawnError",
     "StoreAccessError",
     "StoreCorrupted",
     "StoreError",
@@ -150,6 +152,29 @@ class ProjectionError(FoldloopError):
             f"(run {run_id!r} seq {seq}, {event_type}): apply raised {error}; "
             "fix apply and attach it again to retry from there"
         )
+
+
+class SpawnError(FoldloopError):
+    """A ``Runtime.spawn_many`` wrote some of its runs' starts and failed the others (the
+    runtime closed under it, the store failed).
+
+    ``started`` holds the handles of the runs whose ``run.started`` is in the log, in input
+    order (driven here, or left for ``recover()`` when the runtime closed under them);
+    ``missing`` the indices of the inputs that have no run: spawning only those again is
+    safe. The first failure is the ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        fact: str = "",
+        *args: object,
+        advice: str = "",
+        started: tuple[Any, ...] = (),  # RunHandles: this module imports no foldloop
+        missing: tuple[int, ...] = (),
+    ) -> None:
+        super().__init__(fact, *args, advice=advice)
+        self.started = started
+        self.missing = missing
 
 
 class WorkerError(FoldloopError):

@@ -28,6 +28,7 @@ from foldloop.errors import (
     FoldloopError,
     RunLocked,
     SchemaChangedError,
+    SpawnError,
 )
 from foldloop.events._recorded import UnknownEvent
 from foldloop.events._values import Limits
@@ -135,8 +136,9 @@ class Commands:
     ) -> list[str]:
         """Start a run of ``agent`` on each input, in order; returns once every run.started
         is durable. Their writes are under way together, so they share commits. Nothing is
-        written when an input is refused; when a start fails (a run id in use), the others
-        are still driven and the first failure is raised."""
+        written when an input is refused; when a start fails (a run id in use, the runtime
+        closing), the others written are still driven and SpawnError says which started
+        (the first failure itself when none did, or for a single input)."""
         self._agents.register(agent)
         ids = list(run_ids) if run_ids is not None else [None] * len(inputs)
         for index, (text, run_id) in enumerate(zip(inputs, ids, strict=True)):
@@ -153,6 +155,7 @@ class Commands:
         now = self._clock()
         limits = priced_limits(agent, now)
         starts: list[_Start] = []
+        refused: Exception | None = None  # a start that could not begin: the rest are not tried
         try:
             for text, given in zip(inputs, ids, strict=True):
                 command = agent.start(
@@ -161,13 +164,23 @@ class Commands:
                 run_id = given if given is not None else new_run_id(agent.name)
                 # once one waits, the rest wait behind it (FIFO), whatever slot frees meanwhile
                 queue = self._shared is not None or (bool(starts) and not starts[-1].admitted)
-                starts.append(self._start(agent, run_id, command, queue=queue))
+                try:
+                    starts.append(self._start(agent, run_id, command, queue=queue))
+                except Exception as exc:
+                    refused = exc
+                    break
         finally:  # the writes begun stand, even past a Ctrl-C: each run is driven or queued
             failures = [failure for start in starts if (failure := self._finish_start(start))]
         interrupt = next((f for f in failures if not isinstance(f, Exception)), None)
-        if interrupt is not None or failures:
-            raise interrupt or failures[0]
-        return [start.run_id for start in starts]
+        if interrupt is not None:
+            raise interrupt
+        first = failures[0] if failures else refused
+        if first is None:
+            return [start.run_id for start in starts]
+        written = {start.run_id for start in starts if start.written}
+        if len(inputs) == 1 or not written:
+            raise first
+        raise _partly_started(len(inputs), [s.run_id for s in starts], written, first) from first
 
     def _finish_start(self, start: _Start) -> BaseException | None:
         """``_started``, or what it raised (the run's claim and slot then given back). A
@@ -240,6 +253,7 @@ class Commands:
         assert start.pending is not None
         epoch = self._writes.started(run_id, start.pending)
         start.pending = None
+        start.written = True
         if not start.admitted:
             self._system.unclaim(run_id)
             if self._shared is not None:
@@ -503,4 +517,23 @@ class _Start:
     settles: bool = field(kw_only=True)
     """Its first decision ends or parks it: the lease goes with the write."""
     pending: Pending[int] | None = None
+    written: bool = False
+    """Its run.started is durable: the run exists, driven here or left for recover()."""
     finished: bool = False
+
+
+def _partly_started(
+    inputs: int, run_ids: list[str], written: set[str], first: BaseException
+) -> SpawnError:
+    """The error of a spawn_many that wrote some starts and not others (``run_ids``: the
+    starts tried, in input order; the facade makes handles of ``started``)."""
+    started = tuple(run_id for run_id in run_ids if run_id in written)
+    missing = tuple(i for i in range(inputs) if i >= len(run_ids) or run_ids[i] not in written)
+    why = first.fact if isinstance(first, FoldloopError) else repr(first)
+    return SpawnError(
+        f"{len(started)} of {inputs} runs started (their handles are this error's .started, "
+        f"in input order) and the inputs at .missing ({len(missing)}) have no run: {why}",
+        advice="spawning only those again is safe",
+        started=started,
+        missing=missing,
+    )

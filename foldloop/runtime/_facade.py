@@ -28,7 +28,7 @@ from foldloop.actors._projection_actor import ProjectionHandle
 from foldloop.actors._system import CLOSE_DRAIN_S, ActorSystem, Settlement
 from foldloop.core._explain import Explanation
 from foldloop.core._state import RunState, RunStatus
-from foldloop.errors import ConfigError, RunNotFound, StoreError
+from foldloop.errors import ConfigError, RunNotFound, SpawnError, StoreError
 from foldloop.events._recorded import Recorded
 from foldloop.events._values import Limits
 from foldloop.projections._base import Projection
@@ -330,9 +330,15 @@ class Runtime(OpenOnly, ClosedOnExit):
         """Start a run of ``agent`` on each input, in order, as ``spawn`` does; returns once
         every ``run.started`` is durable. The starts share commits (a fleet's thousands of
         spawns cost a few fsyncs, not one each); past ``max_active_runs`` the rest queue in
-        this order. An input that ``spawn`` would refuse is refused before anything is written."""
+        this order. An input that ``spawn`` would refuse is refused before anything is written.
+        When some runs started and others could not (the runtime closed under it, the store
+        failed), raises ``SpawnError`` with the handles of those that did (``.started``)."""
         check_inputs(inputs)
-        started = self._commands.spawn_many(agent, list(inputs), metadata=metadata)
+        try:
+            started = self._commands.spawn_many(agent, list(inputs), metadata=metadata)
+        except SpawnError as exc:
+            exc.started = tuple(RunHandle(self._ops, run_id) for run_id in exc.started)
+            raise
         return [RunHandle(self._ops, run_id) for run_id in started]
 
     def handle(self, run_id: str) -> RunHandle:
