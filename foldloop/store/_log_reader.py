@@ -2,14 +2,17 @@
 
 A run's records are found through its index entries up to the index's high-water mark
 (``meta["indexed"]``) and, past it, in the unindexed tail: through the write path's view
-of the tail (``tail.TailCache``) where it matches what the transaction sees, else by a
-scan. Every stored value read is decoded once and checked (``stored``).
+of the tail (``tail.TailCache``) where it covers what the transaction sees, else through
+the reads' own one, which they bring up to date (a process reading a log that others
+write scans each new value once, not once a read). Every stored value read is decoded
+once and checked (``stored``).
 """
 
 from __future__ import annotations
 
 import itertools
 import operator
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -36,7 +39,7 @@ from foldloop.store._stored import (
     seek_value,
     unpack,
 )
-from foldloop.store._tail import Scanned, TailCache
+from foldloop.store._tail import Scanned, TailCache, TailView
 
 __all__ = ["EVENT_SPAN", "LogReader", "Slices"]
 
@@ -59,6 +62,9 @@ class LogReader:
         self._numbers = numbers
         self._values = values
         self._tail = tail
+        self._read_tail = TailCache()
+        """The tail as reads found it, for when the write path's view is behind the log."""
+        self._read_tail_lock = threading.Lock()  # one reader at a time brings it up to date
 
     # -- positions and the tail ------------------------------------------------------------
 
@@ -104,19 +110,22 @@ class LogReader:
         """(value, first seq, count) of each of the run's stored values past the index, as
         ``txn`` sees them, in log order.
 
-        The write path's view of the tail says where the run's records are, so that a
-        read looks at its own values only, not at every value of the tail: when the view
-        is of the index ``txn`` sees, positions it covers and ``txn`` does not see are
-        left out and positions ``txn`` sees past it are scanned. A view of another index
-        (one was written meanwhile) is not used: the tail is scanned whole."""
+        A view of the tail says where the run's records are, so that a read looks at its
+        own values only, not at every value of the tail: the write path's view when it
+        covers what ``txn`` sees, else the reads' own, brought up to ``txn`` first.
+        Positions a view covers and ``txn`` does not see are left out, and positions
+        ``txn`` sees past it are scanned. When ``txn`` sees an older index than both
+        views (it began before one was written), the tail is scanned whole."""
         indexed = self.indexed(txn)
+        last = self.last_position(txn)
         base, entries, covered = self._tail.view()
+        if base != indexed or covered < last:
+            base, entries, covered = self._read_tail_at(txn, indexed)
         if base != indexed:
             for _pos, value, rid, first, count in self.scan(txn, indexed):
                 if rid == run_id:
                     yield value, first, count
             return
-        last = self.last_position(txn)
         cur = txn.cursor(db=self._tables.log)
         end = base  # the last position of the values taken
         for rid, seq, position, _chain in entries:
@@ -134,6 +143,14 @@ class LogReader:
             for _pos, value, rid, first, count in self.scan(txn, covered):
                 if rid == run_id:
                     yield value, first, count
+
+    def _read_tail_at(self, txn: Any, indexed: int) -> TailView:
+        """The reads' view of the tail, brought up to what ``txn`` sees (never back to an
+        older index: a view of a newer one is returned as it is)."""
+        with self._read_tail_lock:
+            if indexed >= self._read_tail.view()[0]:
+                self._read_tail.sync(indexed, lambda after: self.scan(txn, after))
+            return self._read_tail.view()
 
     def _tail_slices(self, txn: Any, run_id: str, start: int, to_seq: int | None = None) -> Slices:
         """The tail's part of a read: each of the run's unindexed values holding seqs from
