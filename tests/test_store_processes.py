@@ -340,6 +340,37 @@ def test_an_op_that_refuses_after_writing_leaves_nothing(tmp_path: Path) -> None
         store.close()
 
 
+def test_an_op_refused_before_it_writes_begins_no_child_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused op leaves nothing to abort: py-lmdb's abort of a write transaction waits
+    until no other thread of the process is inside an LMDB call, which 200 threads
+    following runs did not allow for seconds while every other process's writes waited."""
+    from foldloop.errors import ConcurrencyError
+
+    store = open_store(tmp_path / "store")
+    try:
+        children: list[object] = []
+        begin = store.mapped.begin
+
+        def counted(*, write: bool = False, parent: Any = None) -> Any:
+            if parent is not None:
+                children.append(parent)
+            return begin(write=write, parent=parent)
+
+        monkeypatch.setattr(store.mapped, "begin", counted)
+        payloads = encode_all([ToolCompleted(call_id="1", result="x")], 1)
+        store.submit(lambda w: w.append("r", payloads, expected_seq=0)).wait()
+        assert len(children) == 1  # the op that wrote had its own child transaction
+        with pytest.raises(ConcurrencyError):
+            store.submit(lambda w: w.append("r", payloads, expected_seq=0)).wait()
+        assert store.submit(lambda w: w.lease("r")).wait() is None  # a read-only op
+        assert len(children) == 1
+        assert store.head("r") == 1
+    finally:
+        store.close()
+
+
 _WRITER = textwrap.dedent(
     """
     import json, os, random, sys

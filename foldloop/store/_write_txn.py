@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from foldloop.errors import ConcurrencyError
 from foldloop.events._recorded import Recorded
@@ -74,6 +75,53 @@ class _Savepoint:
         self.numbered: list[str] = []
 
 
+class _OpTxn:
+    """A running op's transaction: reads see what the op wrote so far, and its first write
+    begins the child transaction (of the shared one) that keeps or drops the op whole.
+
+    An op refused before it writes (a stale seq, a lease held) so leaves nothing to undo:
+    py-lmdb's abort of a write transaction waits until no other thread of the process is
+    inside an LMDB call, which a process full of readers may not allow for seconds while
+    it holds LMDB's write lock and every other process's writes wait for it.
+    """
+
+    __slots__ = ("_child", "_env", "_parent", "_reading")
+
+    def __init__(self, env: MappedEnv, parent: Any) -> None:
+        self._env = env
+        self._parent = parent
+        self._child: Any = None
+        self._reading: Any = parent
+
+    def get(self, key: bytes, default: Any = None, db: Any = None) -> Any:
+        return self._reading.get(key, default, db=db)
+
+    def cursor(self, db: Any = None) -> Any:
+        """A cursor to read with (not to be used once the op has written after it)."""
+        return self._reading.cursor(db=db)
+
+    def put(self, key: bytes, value: bytes, *, db: Any = None, append: bool = False) -> bool:
+        return bool(self._writing().put(key, value, db=db, append=append))
+
+    def delete(self, key: bytes, *, db: Any = None) -> bool:
+        return bool(self._writing().delete(key, db=db))
+
+    def _writing(self) -> Any:
+        if self._child is None:
+            self._child = self._reading = self._env.begin(write=True, parent=self._parent)
+        return self._child
+
+    def keep(self) -> None:
+        """The op's writes stay (they commit with the shared transaction)."""
+        if self._child is not None:
+            self._child.commit()
+
+    def drop(self) -> None:
+        """The op's writes go."""
+        if self._child is not None:
+            self._child.abort()
+
+
 class WriteTxn:
     """What a write op sees: one LMDB write transaction plus the store's rules."""
 
@@ -87,8 +135,8 @@ class WriteTxn:
         except BaseException:
             self._release()
             raise
-        self.txn = self._parent
-        """Where writes go: the op's own child transaction while an op runs."""
+        self.txn: Any = self._parent
+        """Where reads and writes go: the running op's own ``_OpTxn`` while an op runs."""
         self.appended: list[Recorded] = []
         try:
             # Read from what is committed, every time: another process may have written
@@ -113,20 +161,20 @@ class WriteTxn:
 
     def begin_op(self) -> None:
         """Start an op: its writes go to a child transaction until ``end_op``/``undo_op``."""
-        self.txn = self._env.begin(write=True, parent=self._parent)
+        self.txn = _OpTxn(self._env, self._parent)
         self._op = _Savepoint(self._next, len(self._new), len(self.appended))
 
     def end_op(self) -> None:
         """Keep the op's writes (they commit with the transaction)."""
-        child, self.txn, self._op = self.txn, self._parent, None
-        child.commit()
+        op_txn, self.txn, self._op = self.txn, self._parent, None
+        op_txn.keep()
 
     def undo_op(self) -> None:
         """Drop everything the op wrote, in LMDB and in this transaction's bookkeeping, so
         that an op which raises part-way leaves nothing behind."""
-        child, self.txn, op, self._op = self.txn, self._parent, self._op, None
-        if child is not self._parent:
-            child.abort()
+        op_txn, self.txn, op, self._op = self.txn, self._parent, self._op, None
+        if op_txn is not self._parent:
+            op_txn.drop()
         if op is None:
             return
         self._next = op.next
@@ -183,7 +231,7 @@ class WriteTxn:
         """Drop the whole transaction (safe after a failed commit, and twice)."""
         try:
             if self.txn is not self._parent:
-                self.txn.abort()
+                self.txn.drop()
             self._parent.abort()
         finally:
             self._release()
