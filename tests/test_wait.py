@@ -330,3 +330,69 @@ def test_runs_a_closed_runtime_left_queued_are_taken_up_by_a_wait(store_path: Pa
         assert [r.status for r in results] == [fl.RunStatus.COMPLETED] * 3, results
         for run in runs:
             assert [r.type for r in second.events(run.id)].count("run.completed") == 1
+
+
+def test_many_waits_on_runs_driven_elsewhere_share_a_budget_of_looks(
+    store_path: Path, tmp_path: Path
+) -> None:
+    """500 threads wait on runs another process drives: between them they look at the log
+    about FOLLOW_LOOKS_PER_S times a second (each on its own would look 50 times a second,
+    25,000 between them: on two busy cores ~8,000), and every wait sees its run end."""
+    from foldloop.runtime._waiting import FOLLOW_LOOKS_PER_S
+
+    runs, release = 500, tmp_path / "release"
+    code = textwrap.dedent(
+        f"""
+        import os, time
+        import foldloop as fl
+
+        @fl.tool(idempotent=True, concurrency=4, timeout=120)
+        def hold(x: str) -> str:
+            '''Hold until the test releases the runs.'''
+            while not os.path.exists({str(release)!r}):
+                time.sleep(0.01)
+            return "held"
+
+        def script(messages, tools):
+            if messages[-1].role == "tool":
+                return fl.Reply(text="done")
+            return fl.Reply(tool_calls=[fl.ToolCall("hold", {{"x": "1"}})])
+
+        agent = fl.Agent(name="holder", llm=fl.ScriptedLLM(script), tools=[hold])
+        with fl.Runtime.open({str(store_path)!r}, agents=[agent]) as rt:
+            handles = rt.spawn_many(agent, ["go"] * {runs})
+            print(" ".join(h.id for h in handles), flush=True)
+            for h in handles:
+                h.wait(timeout=120)
+        """
+    )
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as p:
+        assert p.stdout is not None
+        ids = p.stdout.readline().split()
+        assert len(ids) == runs
+        with fl.Runtime.open(store_path) as rt:  # it has no agent: it follows the log
+            looks = [0]
+            head = rt.store.head  # type: ignore[attr-defined]
+
+            def counted(run_id: str) -> int:
+                looks[0] += 1
+                return int(head(run_id))
+
+            rt.store.head = counted  # type: ignore[attr-defined]
+            results: list[fl.types.RunResult] = []
+            waits = [
+                threading.Thread(target=lambda i=i: results.append(rt.handle(i).wait(timeout=120)))
+                for i in ids
+            ]
+            for wait in waits:
+                wait.start()
+            wait_until(lambda: looks[0] >= 20 * runs, 60, "every wait to back off")
+            start, since = looks[0], time.monotonic()
+            wait_until(lambda: looks[0] >= start + 3_000, 60, "3,000 more looks")
+            rate = (looks[0] - start) / (time.monotonic() - since)
+            release.touch()
+            for wait in waits:
+                wait.join(120)
+        assert p.wait(timeout=120) == 0
+    assert rate <= 1.5 * FOLLOW_LOOKS_PER_S, f"{rate:.0f} looks a second"
+    assert len(results) == runs and all(r.status is fl.RunStatus.COMPLETED for r in results)

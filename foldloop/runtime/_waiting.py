@@ -4,6 +4,7 @@ and through its parks when asked."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -41,6 +42,13 @@ QUEUED_NOT_HELD = f"{ORPHAN_QUEUED}; recover() in a runtime with its agent"
 MAX_TAKE_UPS = 3
 """How many times one wait takes up its run when nobody drives it (each time its runtime
 went away) before it says so."""
+FOLLOW_PAUSE_S = 0.02
+"""Longest pause between a follow's looks at its run's log while few follows are under way."""
+FOLLOW_LOOKS_PER_S = 2_000.0
+"""Looks a second the follows of one runtime take between them at most, once there are more
+than ``FOLLOW_LOOKS_PER_S * FOLLOW_PAUSE_S``: a thousand threads waiting on runs driven
+elsewhere each look every 0.5 s, not every 20 ms (a look is a head read and a lease check,
+~30 us: a thousand every 20 ms would take more than a core)."""
 SHARED_RECOVERY_GRACE_S = 30.0
 """On a store with a shared work queue, how long a run nobody drives is followed before
 ``wait`` says it is interrupted: its runtime's owner key lapses and workers recover it."""
@@ -66,6 +74,9 @@ class Waiter:
         self._queries = queries
         self._desk = desk
         self._admission = admission
+        self._following = 0
+        """Follows under way (``_follow``): they share FOLLOW_LOOKS_PER_S."""
+        self._following_lock = threading.Lock()
 
     def ending(self, run_id: str) -> Settlement | None:
         """How the run ends, as this runtime records it (for a handle to keep)."""
@@ -168,9 +179,23 @@ class Waiter:
 
     def _follow(self, run_id: str, deadline: float | None) -> tuple[RunState, str]:
         """Wait for a run driven elsewhere (another process) by following the log, every
-        1 ms at first and backing off to every 20 ms: a short run is seen settled soon
-        after it settles, a long one costs ~50 head reads a second, and a state read when
-        its log grew (the state is the fold of the log up to its head) or nobody drives it."""
+        1 ms at first and backing off to every 20 ms (or less often, when so many follows
+        are under way that they would take more than FOLLOW_LOOKS_PER_S between them): a
+        short run is seen settled soon after it settles, a long one costs ~50 looks a
+        second, and a state read when its log grew (the state is the fold of the log up
+        to its head) or nobody drives it."""
+        with self._following_lock:
+            self._following += 1
+        try:
+            return self._follow_log(run_id, deadline)
+        finally:
+            with self._following_lock:
+                self._following -= 1
+
+    def _longest_pause(self) -> float:
+        return max(FOLLOW_PAUSE_S, self._following / FOLLOW_LOOKS_PER_S)
+
+    def _follow_log(self, run_id: str, deadline: float | None) -> tuple[RunState, str]:
         pause = 0.001
         released_by: float | None = None
         undriven_since: float | None = None
@@ -226,5 +251,6 @@ class Waiter:
                 continue
             if deadline is not None and time.monotonic() >= deadline:
                 return state, ""
-            time.sleep(pause)
-            pause = min(pause * 1.5, 0.02)
+            left = pause if deadline is None else deadline - time.monotonic()
+            time.sleep(max(0.0, min(pause, left)))
+            pause = min(pause * 1.5, self._longest_pause())
