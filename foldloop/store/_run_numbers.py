@@ -81,8 +81,8 @@ class RunNumbers:
     def give(self, txn: Any, run_id: str) -> int:
         """Give the run the next free number in write transaction ``txn`` (cached only
         once the caller's transaction commits: see ``WriteTxn.run_number``)."""
-        cur = txn.cursor(db=self._tables.run_ids)
-        number = unpack_run(cur.key()) + 1 if cur.last() else 1
+        with txn.cursor(db=self._tables.run_ids) as cur:  # closed before the first write
+            number = unpack_run(cur.key()) + 1 if cur.last() else 1
         key = run_id.encode()
         txn.put(key, pack_run(number), db=self._tables.run_numbers)
         txn.put(pack_run(number), key, db=self._tables.run_ids)

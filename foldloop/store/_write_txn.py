@@ -97,7 +97,9 @@ class _OpTxn:
         return self._reading.get(key, default, db=db)
 
     def cursor(self, db: Any = None) -> Any:
-        """A cursor to read with (not to be used once the op has written after it)."""
+        """A cursor to read with; close it before the op's first write (a parent's cursor
+        open then is carried into the child, and copied into every later op's child until
+        the transaction ends)."""
         return self._reading.cursor(db=db)
 
     def put(self, key: bytes, value: bytes, *, db: Any = None, append: bool = False) -> bool:
