@@ -120,7 +120,7 @@ class LogReader:
         last = self.last_position(txn)
         base, entries, covered = self._tail.view()
         if base != indexed or covered < last:
-            base, entries, covered = self._read_tail_at(txn, indexed)
+            base, entries, covered = self._read_tail_at(txn, indexed, last)
         if base != indexed:
             for _pos, value, rid, first, count in self.scan(txn, indexed):
                 if rid == run_id:
@@ -144,9 +144,12 @@ class LogReader:
                 if rid == run_id:
                     yield value, first, count
 
-    def _read_tail_at(self, txn: Any, indexed: int) -> TailView:
+    def _read_tail_at(self, txn: Any, indexed: int, last: int) -> TailView:
         """The reads' view of the tail, brought up to what ``txn`` sees (never back to an
         older index: a view of a newer one is returned as it is)."""
+        view = self._read_tail.view()
+        if view[0] == indexed and view[2] >= last:
+            return view  # up to date: no lock (a view is published whole)
         with self._read_tail_lock:
             if indexed >= self._read_tail.view()[0]:
                 self._read_tail.sync(indexed, lambda after: self.scan(txn, after))

@@ -3,12 +3,13 @@
 The per-run index is written only every ``INDEX_EVERY`` records (``lmdb_store``); the
 records after its mark are found by scanning the log. A process that writes keeps what it
 scanned and what it appended here, so its write path knows every run's head without a
-scan, and its reads of a run look at that run's values only.
+scan, and its reads of a run look at that run's values only. Its reads keep a second one
+(``LogReader``) for the records other processes wrote since its write path last looked.
 
-The write path changes the cache (inside write transactions, which a process runs one at a
-time); readers on any thread take ``view()``, a tuple replaced whole after every change,
-so one attribute read is a consistent view (its entries list is only ever appended to
-until it is replaced).
+One owner changes a cache, one change at a time (the write path inside its write
+transactions; the reads under their lock); readers on any thread take ``view()``, a tuple
+replaced whole after every change, so one attribute read is a consistent view (its entries
+list is only ever appended to until it is replaced).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ TailView = tuple[int, list[TailEntry], int]
 
 
 class TailCache:
-    """The write path's record of the tail, and the view of it readers use."""
+    """A record of the tail (the write path's, or the reads'), and the view readers use."""
 
     def __init__(self) -> None:
         self._base = -1
@@ -54,7 +55,7 @@ class TailCache:
 
     def sync(self, indexed: int, scan: Callable[[int], Iterable[Scanned]]) -> None:
         """Catch up with what is committed: ``indexed`` is the index's mark now, and
-        ``scan(after)`` the stored values past a position (write path only)."""
+        ``scan(after)`` the stored values past a position (its owner only)."""
         if indexed != self._base:
             self.restart(indexed)
         for position, value, run_id, seq, count in scan(self._scanned):
