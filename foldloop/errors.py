@@ -14,7 +14,7 @@ was wrong and what to do about it::
     ├── ToolSchemaError (also TypeError) a tool signature foldloop cannot describe
     ├── ModelCallError                  a model adapter failed (``retryable`` says if a retry helps)
     ├── ProjectionError                 a projection's apply raised; it stopped at that record
-    ├── SpawnError                      a spawn_many started some of its runs, not all
+    ├── SpawnError                      a spawn_many failed part-way: which runs started
     ├── WorkerError                     a WorkerPool's worker process would not start or died
     └── StoreError                      the store directory or file is unusable or corrupt
         ├── StoreNotFound               no foldloop store at that path
@@ -155,13 +155,13 @@ class ProjectionError(FoldloopError):
 
 
 class SpawnError(FoldloopError):
-    """A ``Runtime.spawn_many`` wrote some of its runs' starts and failed the others (the
-    runtime closed under it, the store failed).
+    """A ``spawn_many`` (of a Runtime, or a WorkerPool's worker refusing a request) failed
+    part-way after some of its runs started (the runtime closed under it, the store failed).
 
     ``started`` holds the handles of the runs whose ``run.started`` is in the log, in input
-    order (driven here, or left for ``recover()`` when the runtime closed under them);
-    ``missing`` the indices of the inputs that have no run: spawning only those again is
-    safe. The first failure is the ``__cause__``.
+    order (driven, or left for ``recover()`` when the runtime closed before driving them);
+    ``missing`` the indices of the inputs that have no run (empty when all started):
+    spawning only those again is safe. The first failure is the ``__cause__``.
     """
 
     def __init__(

@@ -439,6 +439,48 @@ def test_spawn_many_that_the_store_fails_part_way_says_which_runs_started(
         assert sorted(s.run_id for s in rt.runs()) == sorted(h.id for h in error.started)
 
 
+def test_spawn_many_under_a_run_id_in_use_names_the_runs_on_either_side(tmp_path: Path) -> None:
+    from foldloop.runtime._facade import spawn_named
+
+    agent = fl.Agent(name="many", llm=fl.ScriptedLLM([fl.Reply(text="ok")]))
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        assert rt.spawn(agent, "first", run_id="taken").wait(timeout=30).ok
+        with pytest.raises(fl.errors.SpawnError, match="2 of 3 runs started") as caught:
+            spawn_named(rt, agent, ["a", "b", "c"], ["run-a", "taken", "run-c"], None)
+        error = caught.value
+        assert error.started == ("run-a", "run-c") and error.missing == (1,)
+        assert "already exists" in str(error.__cause__)
+        assert all(rt.handle(run_id).wait(timeout=30).ok for run_id in error.started)
+
+
+def test_spawn_many_that_closes_under_it_after_writing_every_run_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from foldloop.runtime import _commands
+
+    agent = fl.Agent(name="many", llm=fl.ScriptedLLM([fl.Reply(text="ok")]))
+    store = tmp_path / "s"
+    real = _commands.drive
+    driven = [0]
+
+    def closing_after_two(*args: object, **kwargs: object) -> None:
+        driven[0] += 1
+        if driven[0] > 2:
+            raise fl.ConfigError("this runtime closed while the run started")
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_commands, "drive", closing_after_two)
+    with fl.Runtime.open(store, agents=[agent]) as rt:
+        with pytest.raises(fl.errors.SpawnError, match="all 5 runs started, but not all") as caught:
+            rt.spawn_many(agent, [f"q{i}" for i in range(5)])
+        handles = caught.value.started
+        assert len(handles) == 5 and caught.value.missing == ()
+    monkeypatch.setattr(_commands, "drive", real)
+    with fl.Runtime.open(store, agents=[agent]) as rt:
+        assert len(rt.recover()) >= 3  # the three left behind (and any close() interrupted)
+        assert all(rt.handle(h.id).wait(timeout=30).ok for h in handles)
+
+
 def _spawn_many_racing_close(
     rt: fl.Runtime, agent: fl.Agent, inputs: list[str]
 ) -> tuple[list[str], tuple[int, ...], bool]:
@@ -483,7 +525,7 @@ def test_spawn_many_that_loses_the_race_with_close_hands_out_every_run_it_wrote(
             ]
         assert started == [text for i, text in enumerate(inputs) if i not in set(missing)]
         if partial:
-            return
+            return  # written all (the runtime closed before driving them all), or part
     pytest.fail("close() never landed while spawn_many was writing")
 
 

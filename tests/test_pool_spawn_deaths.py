@@ -314,3 +314,46 @@ def test_a_run_its_dead_worker_stored_but_did_not_publish_is_not_sent_again(
         assert handle.id == "late"
         assert handle.wait(timeout=60).status is fl.RunStatus.COMPLETED  # the replacement's
         assert _started_inputs(pool) == {"sum late": 1}
+
+
+@pytest.mark.parametrize("window", [1, 4])
+def test_a_request_a_worker_refuses_names_what_the_whole_call_started(
+    store_path: Path, window: int
+) -> None:
+    """A worker refuses the second of four requests after one of its two runs started (its
+    runtime closing under it): no more is sent; the requests in flight are settled; the log
+    says what started of the whole call."""
+    from concurrent.futures import Future
+
+    from pool_agents import calc
+
+    from foldloop.runtime._facade import spawn_named
+
+    run_ids = [f"run-{i}" for i in range(8)]
+    sent: list[list[int]] = []
+    with fl.Runtime.open(store_path, agents=[calc]) as rt:
+
+        def send(indices: list[int]) -> Future[list[str]]:
+            sent.append(indices)
+            answer: Future[list[str]] = Future()
+            if indices[0] == 2:  # run-2 starts, then the worker's runtime closes
+                spawn_named(rt, calc, ["sum 2"], ["run-2"], None)
+                answer.set_exception(fl.ConfigError("this runtime is closed"))
+            else:
+                ids = [run_ids[i] for i in indices]
+                answer.set_result(spawn_named(rt, calc, [f"sum {i}" for i in indices], ids, None))
+            return answer
+
+        spawns = spawns_module.Spawns(rt.store, run_ids, send, call="spawn_many")
+        chunks = ([i, i + 1] for i in range(0, 8, 2))
+        with pytest.raises(fl.errors.SpawnError) as caught:
+            spawns.run(chunks, window, lambda run_id: run_id)
+        error = caught.value
+        in_log = {s.run_id for s in rt.runs()}
+    assert str(error.__cause__) == "this runtime is closed"
+    assert set(error.started) == in_log and len(error.started) + len(error.missing) == 8
+    if window == 1:  # nothing sent after the refusal
+        assert sent == [[0, 1], [2, 3]] and error.missing == (3, 4, 5, 6, 7)
+    else:  # all four were in flight: the other three started their runs
+        assert len(sent) == 4 and error.missing == (3,)
+    assert error.started == tuple(run_ids[i] for i in range(8) if i not in error.missing)

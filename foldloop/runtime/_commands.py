@@ -28,7 +28,7 @@ from foldloop.errors import (
     FoldloopError,
     RunLocked,
     SchemaChangedError,
-    SpawnError,
+    StoreError,
 )
 from foldloop.events._recorded import UnknownEvent
 from foldloop.events._values import Limits
@@ -44,6 +44,7 @@ from foldloop.runtime._rules import (
     evolve_all,
     merged,
     new_run_id,
+    partly_spawned,
     priced_limits,
 )
 from foldloop.runtime._trees import TreeWork
@@ -158,29 +159,42 @@ class Commands:
         refused: Exception | None = None  # a start that could not begin: the rest are not tried
         try:
             for text, given in zip(inputs, ids, strict=True):
-                command = agent.start(
-                    text, now=now, metadata=meta, parent_run_id=parent_run_id, limits=limits
-                )
-                run_id = given if given is not None else new_run_id(agent.name)
-                # once one waits, the rest wait behind it (FIFO), whatever slot frees meanwhile
-                queue = self._shared is not None or (bool(starts) and not starts[-1].admitted)
                 try:
+                    command = agent.start(
+                        text, now=now, metadata=meta, parent_run_id=parent_run_id, limits=limits
+                    )
+                    run_id = given if given is not None else new_run_id(agent.name)
+                    # once one waits, the rest wait behind it (FIFO), whatever slot frees
+                    queue = self._shared is not None or (bool(starts) and not starts[-1].admitted)
                     starts.append(self._start(agent, run_id, command, queue=queue))
                 except Exception as exc:
                     refused = exc
                     break
         finally:  # the writes begun stand, even past a Ctrl-C: each run is driven or queued
-            failures = [failure for start in starts if (failure := self._finish_start(start))]
+            outcomes = [(start, self._finish_start(start)) for start in starts]
+        failures = [failure for _start, failure in outcomes if failure is not None]
         interrupt = next((f for f in failures if not isinstance(f, Exception)), None)
         if interrupt is not None:
             raise interrupt
         first = failures[0] if failures else refused
         if first is None:
             return [start.run_id for start in starts]
-        written = {start.run_id for start in starts if start.written}
-        if len(inputs) == 1 or not written:
+        landed = [start.written or self._landed(start, f) for start, f in outcomes]
+        if len(inputs) == 1 or not any(landed):
             raise first
-        raise _partly_started(len(inputs), [s.run_id for s in starts], written, first) from first
+        started = tuple(start.run_id for start, ok in zip(starts, landed, strict=True) if ok)
+        missing = tuple(i for i in range(len(inputs)) if i >= len(starts) or not landed[i])
+        raise partly_spawned(len(inputs), started, missing, first) from first
+
+    def _landed(self, start: _Start, failure: BaseException | None) -> bool:
+        """Whether a start whose wait failed with the store's error is in the log all the
+        same (the store may fail after the commit): then it is not to be spawned again."""
+        if not isinstance(failure, StoreError):
+            return False
+        try:
+            return self._store.head(start.run_id) > 0
+        except FoldloopError:
+            return False
 
     def _finish_start(self, start: _Start) -> BaseException | None:
         """``_started``, or what it raised (the run's claim and slot then given back). A
@@ -520,20 +534,3 @@ class _Start:
     written: bool = False
     """Its run.started is durable: the run exists, driven here or left for recover()."""
     finished: bool = False
-
-
-def _partly_started(
-    inputs: int, run_ids: list[str], written: set[str], first: BaseException
-) -> SpawnError:
-    """The error of a spawn_many that wrote some starts and not others (``run_ids``: the
-    starts tried, in input order; the facade makes handles of ``started``)."""
-    started = tuple(run_id for run_id in run_ids if run_id in written)
-    missing = tuple(i for i in range(inputs) if i >= len(run_ids) or run_ids[i] not in written)
-    why = first.fact if isinstance(first, FoldloopError) else repr(first)
-    return SpawnError(
-        f"{len(started)} of {inputs} runs started (their handles are this error's .started, "
-        f"in input order) and the inputs at .missing ({len(missing)}) have no run: {why}",
-        advice="spawning only those again is safe",
-        started=started,
-        missing=missing,
-    )

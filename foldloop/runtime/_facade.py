@@ -331,8 +331,9 @@ class Runtime(OpenOnly, ClosedOnExit):
         every ``run.started`` is durable. The starts share commits (a fleet's thousands of
         spawns cost a few fsyncs, not one each); past ``max_active_runs`` the rest queue in
         this order. An input that ``spawn`` would refuse is refused before anything is written.
-        When some runs started and others could not (the runtime closed under it, the store
-        failed), raises ``SpawnError`` with the handles of those that did (``.started``)."""
+        When it fails part-way after some runs started (the runtime closed under it, the
+        store failed), raises ``SpawnError`` with the handles of those in the log
+        (``.started``) and the indices of the inputs with no run (``.missing``)."""
         check_inputs(inputs)
         try:
             started = self._commands.spawn_many(agent, list(inputs), metadata=metadata)

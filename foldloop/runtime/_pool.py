@@ -286,7 +286,8 @@ class WorkerPool(ClosedOnExit):
         flight still start their runs). A worker that dies is ridden out as in ``spawn``;
         if workers die under the same inputs ``ATTEMPTS`` times, the WorkerError holds the
         handles of the runs that started (``.started``) and the inputs that have none
-        (``.missing``)."""
+        (``.missing``); a worker that refuses a request (its runtime closing, the store
+        failing) after some runs started raises a SpawnError holding the same."""
         self._check_open()
         check_inputs(inputs)
         texts = list(inputs)

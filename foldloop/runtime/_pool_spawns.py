@@ -4,7 +4,10 @@ The host names every run before it sends the request (a new run id, or the calle
 the worker dies with the request in flight, the log says which of those runs started: they
 stand (the pool's replacement worker recovers them), and only the others are sent again,
 under the same ids, to a live worker; at most ``ATTEMPTS`` times, then a WorkerError says
-which inputs have a run (``started``) and which do not (``missing``).
+which inputs have a run (``started``) and which do not (``missing``). When a worker refuses
+a request (its runtime closing, the store failing), the log says too which of its runs
+started; nothing more is sent, and once the requests in flight are answered a SpawnError
+says the same for the whole call.
 
 A worker killed inside a commit, after LMDB wrote the commit's meta page and before it
 published the new transaction id in its lock file, leaves a commit that is stored but that
@@ -24,8 +27,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from foldloop._log import get_logger
-from foldloop.errors import WorkerError
+from foldloop.errors import FoldloopError, WorkerError
 from foldloop.events import RunStarted
+from foldloop.runtime._rules import partly_spawned
 from foldloop.store import EventStore
 
 __all__ = ["ATTEMPTS", "Spawns"]
@@ -108,24 +112,37 @@ class Spawns:
         self._started = [False] * len(run_ids)
         self._death: WorkerError | None = None
         """The last death under inputs that ran out of attempts (None while none has)."""
+        self._refusal: FoldloopError | None = None
+        """The first refusal of a request by a worker (None while none was refused)."""
 
     def run(self, chunks: Iterable[list[int]], window: int, handle: Callable[[str], H]) -> list[H]:
         """Send the chunks, at most ``window`` in flight; the handles, in input order, once
-        every run.started is durable. A worker's refusal is raised as it is (the
-        requests in flight still start their runs); WorkerError once some inputs ran out
-        of attempts, after every request in flight is settled."""
+        every run.started is durable. Once every request in flight is settled: WorkerError
+        when some inputs ran out of attempts; a worker's refusal as it is when none of the
+        call's runs started (or it spawns one run), else SpawnError saying which did."""
         in_flight: collections.deque[_Batch] = collections.deque()
         for chunk in chunks:
-            while len(in_flight) >= window and self._death is None:
+            while len(in_flight) >= window and not self._stopped:
                 self._settle_next(in_flight)
-            if self._death is not None:
-                break  # workers keep dying: send no more, so that the error is soon
+            if self._stopped:
+                break  # workers keep dying, or refuse: send no more, so that the error is soon
             in_flight.append(self._send_batch(chunk, 1))
         while in_flight:
             self._settle_next(in_flight)
         if self._death is not None:
             raise self._given_up(handle) from self._death
+        if self._refusal is not None:
+            started = [handle(r) for r, ok in zip(self.run_ids, self._started, strict=True) if ok]
+            if self._call == "spawn" or not started:
+                raise self._refusal
+            missing = tuple(i for i, ok in enumerate(self._started) if not ok)
+            total = len(self.run_ids)
+            raise partly_spawned(total, tuple(started), missing, self._refusal) from self._refusal
         return [handle(run_id) for run_id in self.run_ids]
+
+    @property
+    def _stopped(self) -> bool:
+        return self._death is not None or self._refusal is not None
 
     def _send_batch(self, indices: list[int], attempt: int) -> _Batch:
         try:
@@ -144,6 +161,13 @@ class Spawns:
             again = self._after_death(batch, exc)
             if again is not None:
                 in_flight.append(again)
+            return
+        except FoldloopError as exc:  # refused: which of its runs started is the log's to say
+            self._refusal = self._refusal or exc
+            ids = [self.run_ids[i] for i in batch.indices]
+            started = started_since(self._store, ids, self._mark, self._ours)
+            for index in batch.indices:
+                self._started[index] = self.run_ids[index] in started
             return
         for index in batch.indices:
             self._started[index] = True

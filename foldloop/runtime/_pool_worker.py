@@ -28,7 +28,7 @@ from typing import BinaryIO
 import msgspec
 
 from foldloop._agent import Agent
-from foldloop.errors import ConfigError, FoldloopError
+from foldloop.errors import ConfigError, FoldloopError, SpawnError
 from foldloop.runtime._agent_ref import load_agent
 from foldloop.runtime._facade import Runtime, spawn_named
 from foldloop.runtime._pool_protocol import (
@@ -102,6 +102,17 @@ def _spawn(rt: Runtime, request: Spawn) -> str:
 
 
 def _spawn_many(rt: Runtime, request: SpawnMany) -> list[str]:
+    try:
+        return _start_many(rt, request)
+    except SpawnError as exc:
+        # the host reads from the log which runs of its whole call started: it is told
+        # what failed, not this request's share of it
+        if isinstance(exc.__cause__, Exception):
+            raise exc.__cause__ from None
+        raise
+
+
+def _start_many(rt: Runtime, request: SpawnMany) -> list[str]:
     agent = _agent(rt, request.agent)
     if request.run_ids is None:
         return [h.id for h in rt.spawn_many(agent, request.inputs, metadata=request.metadata)]

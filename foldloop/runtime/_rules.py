@@ -19,7 +19,7 @@ from foldloop._log import get_logger
 from foldloop.core._effects import Decision, Effect, Settle
 from foldloop.core._evolve import apply
 from foldloop.core._state import RunState
-from foldloop.errors import ConfigError
+from foldloop.errors import ConfigError, FoldloopError, SpawnError
 from foldloop.events._codec import unpaired_surrogate
 from foldloop.events._values import Limits
 
@@ -180,4 +180,27 @@ def tool_drift(state: RunState, agent: Agent) -> str:
         f"run {state.run_id!r} was started with other tools than agent {agent.name!r} has now "
         f"({'; '.join(parts) or 'digest differs'}); resume it with the original tools, "
         "or start a new run"
+    )
+
+
+def partly_spawned(
+    total: int, started: tuple[object, ...], missing: tuple[int, ...], failure: BaseException
+) -> SpawnError:
+    """The error of a ``spawn_many`` of ``total`` inputs that failed with ``failure`` when the
+    runs ``started`` (their handles, in input order) are in the log and the inputs at
+    ``missing`` have none."""
+    why = failure.fact if isinstance(failure, FoldloopError) else repr(failure)
+    if not missing:
+        return SpawnError(
+            f"all {total} runs started, but not all of them are driven: {why}",
+            advice="their handles are this error's .started; recover() in a runtime with "
+            "their agent drives those left behind",
+            started=started,
+        )
+    return SpawnError(
+        f"{len(started)} of {total} runs started (their handles are this error's .started, "
+        f"in input order) and the inputs at .missing ({len(missing)}) have no run: {why}",
+        advice="spawning only those again is safe",
+        started=started,
+        missing=missing,
     )
