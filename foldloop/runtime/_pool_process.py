@@ -107,11 +107,7 @@ class WorkerProcess:
                     future.set_result("")
                 else:
                     future.set_exception(_error(reply.error, reply.message))
-        code = self.proc.wait()
-        gone = WorkerError(
-            f"worker process {self.proc.pid} exited (code {code}) before answering; the "
-            "runs it drove are in the log and the pool's replacement worker recovers them"
-        )
+        gone = self._exited(self.proc.wait())
         if not self.ready.done():
             self.ready.set_exception(gone)
         with self._lock:
@@ -130,6 +126,8 @@ class WorkerProcess:
         with self._lock:
             if self._gone is not None:
                 raise WorkerError(str(self._gone))  # a fresh one: threads may raise it at once
+            if (code := self.proc.poll()) is not None:  # ended; its reader has yet to see it
+                raise self._exited(code)
             request = msgspec.structs.replace(message, id=next(self._ids))
             self._pending[request.id] = future
             assert self.proc.stdin is not None
@@ -142,6 +140,12 @@ class WorkerProcess:
                     f"worker process {self.proc.pid} is gone; the pool starts another"
                 ) from None
         return future
+
+    def _exited(self, code: int) -> WorkerError:
+        return WorkerError(
+            f"worker process {self.proc.pid} exited (code {code}) before answering; the "
+            "runs it drove are in the log and the pool's replacement worker recovers them"
+        )
 
     @property
     def _started(self) -> Ready | None:
