@@ -246,6 +246,37 @@ def test_a_server_without_jetstream_is_named_as_such(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_an_open_rides_out_jetstream_answering_slower_than_a_request_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server stops (SIGSTOP) as the store's stream is looked up, for longer than a
+    request's timeout (a loaded cluster making a replicated stream): the open asks again."""
+    from foldloop.store import _jetstream_store
+    from foldloop.store._nats_log import NatsLog
+    from tests.log_capture import capture_logs
+
+    monkeypatch.setattr(_jetstream_store, "CONNECT_TIMEOUT_S", 1.0)
+    server = start_server(tmp_path)
+    assert server.proc is not None
+    pid, ensure, paused = server.proc.pid, NatsLog.ensure, []
+
+    async def paused_once(self: NatsLog, *, create: bool) -> None:
+        if not paused:
+            paused.append(True)
+            os.kill(pid, signal.SIGSTOP)
+            threading.Timer(1.5, os.kill, (pid, signal.SIGCONT)).start()
+        await ensure(self, create=create)
+
+    monkeypatch.setattr(NatsLog, "ensure", paused_once)
+    try:
+        with capture_logs() as logs, fl.Runtime.open(f"{server.url}/slow") as rt:
+            assert rt.runs() == []
+        assert [e["attempt"] for e in logs if e.get("event") == "jetstream_setup_slow"] == [1]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        server.stop()
+
+
 def test_a_stream_made_by_something_else_is_refused(nats_url: str) -> None:
     base, namespace = nats_url.split("?", maxsplit=1)[0].rsplit("/", 1)
 

@@ -47,6 +47,7 @@ from foldloop.store._framing import Lease
 from foldloop.store._nats_bridge import LoopThread, NatsPending
 from foldloop.store._nats_log import NatsLog, events_of
 from foldloop.store._nats_names import NatsTarget, parse_nats_url, shown
+from foldloop.store._nats_setup import set_up
 from foldloop.store._nats_tables import NatsTables
 from foldloop.store._nats_work import NatsWork, NatsWorkItem
 from foldloop.store._payloads import Payload
@@ -67,8 +68,6 @@ T = TypeVar("T")
 log = get_logger("foldloop.store")
 
 CONNECT_TIMEOUT_S = 5.0
-INSUFFICIENT_RESOURCES = 10074
-"""JetStream's answer to replicas a single server cannot hold."""
 CANCEL_ANSWER_S = 2.0
 """How long a cancel asks around for the runtime driving its run."""
 CLOSE_WAIT_S = 3.0
@@ -139,30 +138,8 @@ class JetStreamStore:
         self._log = NatsLog(self._nc, js, t)
         self._tables = NatsTables(self._nc, js, t)
         self._work = NatsWork(self._nc, js, t)
-        try:
-            await self._log.ensure(create=create)
-            await self._tables.ensure(create=create)
-            await self._work.ensure(create=create)
-        except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
-            raise StoreAccessError(
-                f"the NATS server at {t.shown} does not have JetStream enabled; start it with "
-                "`nats-server -js` (or a `jetstream {}` block in its configuration)"
-            ) from None
-        except nats.errors.TimeoutError:
-            raise StoreAccessError(
-                f"the NATS server at {t.shown} did not answer JetStream requests within "
-                f"{CONNECT_TIMEOUT_S} s; is JetStream enabled (nats-server -js) and healthy?"
-            ) from None
-        except nats.js.errors.APIError as exc:
-            if t.replicas > 1 and exc.err_code == INSUFFICIENT_RESOURCES:
-                raise ConfigError(
-                    f"replicas={t.replicas} in {t.shown} needs a JetStream cluster of at least "
-                    f"{t.replicas} servers ({exc.description}); leave replicas out on one server"
-                ) from None
-            raise StoreError(
-                f"the NATS server at {t.shown} refused to set up the store: {exc.description} "
-                f"(JetStream error {exc.err_code})"
-            ) from None
+        parts = (self._log, self._tables, self._work)
+        await set_up(parts, t, timeout_s=CONNECT_TIMEOUT_S, create=create)
 
     async def _disconnect(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
