@@ -332,6 +332,28 @@ def test_runs_a_closed_runtime_left_queued_are_taken_up_by_a_wait(store_path: Pa
             assert [r.type for r in second.events(run.id)].count("run.completed") == 1
 
 
+def test_queued_runs_a_closed_runtime_left_are_taken_up_in_spawn_order_by_any_wait(
+    store_path: Path,
+) -> None:
+    """The first wait is on the last of five queued runs: all five are taken up with it and
+    admitted in the order they were spawned, as recover() would."""
+    agent = fl.Agent(name="fifo", llm=fl.ScriptedLLM([fl.Reply(text="done")], latency_s=0.2))
+    with fl.Runtime.open(store_path, agents=[agent], max_active_runs=1) as first:
+        runs = [first.spawn(agent, f"job {i}") for i in range(6)]
+        assert [first.state(r.id).status for r in runs[1:]] == [fl.RunStatus.QUEUED] * 5
+    queued = runs[1:]
+    with fl.Runtime.open(store_path, agents=[agent], max_active_runs=1) as second:
+        for run in reversed(queued):
+            assert second.handle(run.id).wait(timeout=60).status is fl.RunStatus.COMPLETED
+        admitted = sorted(
+            (r.position, run.id)
+            for run in queued
+            for r in second.events(run.id)
+            if r.type == "run.admitted"
+        )
+    assert [run_id for _, run_id in admitted] == [run.id for run in queued]
+
+
 def test_many_waits_on_runs_driven_elsewhere_share_a_budget_of_looks(
     store_path: Path, tmp_path: Path
 ) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Literal
 
@@ -68,6 +69,7 @@ class Recovery:
         """Resumes a run as it stands (no limits extended)."""
         self._cancel_child = cancel_child
         self._shared = store if isinstance(store, WorkQueue) else None
+        self._taking_queue = threading.Lock()
 
     def recover(self) -> list[str]:
         """Resume every run left running by a runtime that died, for agents known here, and
@@ -128,9 +130,35 @@ class Recovery:
             self._cancel_child(run_id, ended)
             return True
         if state.status is RunStatus.QUEUED:
-            self.take_queued([run_id])  # queued here now, or another runtime took it first
-            return True
+            with self._taking_queue:  # one wait takes a queue up; the others find theirs taken
+                if self._queries.orphaned(run_id):
+                    self.take_queued(self._queue_left_with(run_id))
+            return True  # queued here now, or another runtime took it first
         return self._resume_orphan(state) != "unreadable"
+
+    def _queue_left_with(self, run_id: str) -> list[str]:
+        """The queued runs (of agents known here) that the runtime holding ``run_id`` left
+        behind with it: taken up together, they queue here in spawn order, as recover()
+        would queue them, whichever of them is waited on first."""
+        lease = self._store.lease(run_id)
+        if lease is None or not lease.owner:
+            return [run_id]
+        left: list[str] = []
+        for other in self._store.run_ids():
+            try:
+                held = self._store.lease(other)
+            except StoreCorrupted:
+                continue
+            if held is not None and held.owner == lease.owner and not self._system.active(other):
+                left.append(other)
+        queued = [
+            state.run_id
+            for state in self._queries.states(left)
+            if not isinstance(state, Damaged)
+            and state.status is RunStatus.QUEUED
+            and self._agents.named(state.agent) is not None
+        ]
+        return queued if run_id in queued else [run_id, *queued]
 
     def _resume_orphan(self, state: RunState) -> _Recovered:
         """Resume an orphaned run that was running: "resumed", "taken" (another runtime
