@@ -183,8 +183,9 @@ class RunHandle(OpenOnly):
 
         By default it returns when the run ends (completed, failed, cancelled, limit_reached,
         no_progress), is interrupted (nothing drives it: a run its runtime left behind is
-        taken up here, as ``recover()`` would, when this runtime has its agent), or parks
-        waiting for a person (awaiting_approval); a decision already taken but not yet
+        taken up here, as ``recover()`` would, when this runtime has its agent; a queued one
+        with every run that runtime left queued, so that they keep their spawn order), or
+        parks waiting for a person (awaiting_approval); a decision already taken but not yet
         carried into the run is waited for. With ``through_approvals=True`` it waits on
         through every park (calls approved or denied here or in any process, the run parking
         again, a resume by another process) and returns only when the run ends or is
