@@ -154,7 +154,24 @@ class ProjectionError(FoldloopError):
         )
 
 
-class SpawnError(FoldloopError):
+class _SpawnsCutShort(FoldloopError):
+    """An error of spawns cut short: ``started`` holds the handles of the runs that did
+    start, in input order, and ``missing`` the indices of the inputs that have no run."""
+
+    def __init__(
+        self,
+        fact: str = "",
+        *args: object,
+        advice: str = "",
+        started: tuple[Any, ...] = (),  # RunHandles: this module imports no foldloop
+        missing: tuple[int, ...] = (),
+    ) -> None:
+        super().__init__(fact, *args, advice=advice)
+        self.started = started
+        self.missing = missing
+
+
+class SpawnError(_SpawnsCutShort):
     """A ``spawn_many`` (of a Runtime, or a WorkerPool's worker refusing a request) failed
     part-way after some of its runs started (the runtime closed under it, the store failed).
 
@@ -164,20 +181,8 @@ class SpawnError(FoldloopError):
     spawning only those again is safe. The first failure is the ``__cause__``.
     """
 
-    def __init__(
-        self,
-        fact: str = "",
-        *args: object,
-        advice: str = "",
-        started: tuple[Any, ...] = (),  # RunHandles: this module imports no foldloop
-        missing: tuple[int, ...] = (),
-    ) -> None:
-        super().__init__(fact, *args, advice=advice)
-        self.started = started
-        self.missing = missing
 
-
-class WorkerError(FoldloopError):
+class WorkerError(_SpawnsCutShort):
     """A WorkerPool's worker process failed to start, or died with a request in flight.
 
     Runs it drove stay in the log: the pool's replacement worker recovers them. When worker
@@ -185,18 +190,6 @@ class WorkerError(FoldloopError):
     of the runs that did start, in input order, and ``missing`` the indices of the inputs
     that have no run: spawning only those again is safe.
     """
-
-    def __init__(
-        self,
-        fact: str = "",
-        *args: object,
-        advice: str = "",
-        started: tuple[Any, ...] = (),  # RunHandles: this module imports no foldloop
-        missing: tuple[int, ...] = (),
-    ) -> None:
-        super().__init__(fact, *args, advice=advice)
-        self.started = started
-        self.missing = missing
 
 
 class StoreError(FoldloopError):
