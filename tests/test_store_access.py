@@ -76,3 +76,43 @@ def test_a_store_this_user_cannot_use_is_refused_by_name(store_path: Path, chang
             store_path / "lock.mdb",
         ):
             path.chmod(0o700 if path.is_dir() else 0o600)
+
+
+def test_a_read_waits_for_a_reader_slot_when_every_one_is_taken(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of threads reading at once across a store's processes take every reader
+    slot for a moment: a read then waits for one, and says so only after a long wait."""
+    import threading
+
+    import lmdb
+
+    from foldloop.store import _mapped, open_store
+    from tests.log_capture import capture_logs
+    from tests.waiting import logged, wait_until
+
+    store = open_store(store_path)
+    held: list[object] = []
+    try:
+        while True:  # take every slot, as many readers in flight would
+            try:
+                held.append(store.mapped.env.begin())
+            except lmdb.ReadersFullError:
+                break
+        assert len(held) >= 4000
+        got: list[int] = []
+        with capture_logs() as logs:
+            reader = threading.Thread(target=lambda: got.append(store.head("r")))
+            reader.start()
+            wait_until(lambda: logged(logs, "reader_slots_full"), 10, "the read to wait")
+            held.pop().abort()  # type: ignore[attr-defined]
+            reader.join(30)
+        assert got == [0]
+        monkeypatch.setattr(_mapped, "READER_SLOT_WAIT_S", 0.2)
+        held.append(store.mapped.env.begin())
+        with pytest.raises(fl.errors.StoreAccessError, match="every reader slot is taken"):
+            store.head("r")
+    finally:
+        for txn in held:
+            txn.abort()  # type: ignore[attr-defined]
+        store.close()

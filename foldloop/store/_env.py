@@ -43,6 +43,9 @@ DATABASES = (
 )
 """Every named database of a store (lmdb_store's docstring says what each holds)."""
 MAX_DBS = 16
+MAX_READERS = 4096
+"""Read transactions open at once across every process of a store (64 bytes each in
+lock.mdb); a read past them waits for a slot (``MappedEnv.begin``)."""
 
 
 def open_env(path: Path, *, map_size: int) -> lmdb.Environment:
@@ -52,7 +55,7 @@ def open_env(path: Path, *, map_size: int) -> lmdb.Environment:
             str(path),
             map_size=map_size,
             max_dbs=MAX_DBS,
-            max_readers=1024,
+            max_readers=MAX_READERS,
             subdir=True,
             sync=True,
             metasync=True,
@@ -83,8 +86,9 @@ def lmdb_failure(path: Path, doing: str, exc: lmdb.Error, *, then: str = "") -> 
         )
     if isinstance(exc, lmdb.ReadersFullError):
         return StoreAccessError(
-            f"LMDB could not {doing} {where}: every reader slot is taken ({exc}); fewer "
-            f"processes may open it at once{then}"
+            f"LMDB could not {doing} {where}: every reader slot is taken ({exc}): more "
+            f"threads read it at once, across its processes, than its {MAX_READERS} slots, "
+            f"for longer than a read waits for one; read from fewer threads at once{then}"
         )
     return StoreAccessError(
         f"LMDB could not {doing} {where} ({exc}): is the disk full, or are its files not "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +27,8 @@ log = get_logger(__name__)
 T = TypeVar("T")
 DEFAULT_MAP_SIZE = 256 << 20
 MAX_MAP_SIZE = 1 << 40
+READER_SLOT_WAIT_S = 30.0
+"""How long a read waits for a free reader slot before the store says every one is taken."""
 
 
 class SharedExclusive:
@@ -92,15 +95,28 @@ class MappedEnv:
         self._resize.release_shared()
 
     def begin(self, *, write: bool = False, parent: Any = None) -> Any:
-        """A transaction (a child of ``parent`` when given); the caller holds the map."""
+        """A transaction (a child of ``parent`` when given); the caller holds the map.
+
+        A read waits for a reader slot when every one is taken (by thousands of threads
+        reading at once across the store's processes; each read holds one only for its
+        transaction), up to ``READER_SLOT_WAIT_S``."""
         if parent is not None:
             return self.env.begin(write=True, parent=parent, buffers=False)
-        try:
-            return self.env.begin(write=write, buffers=False)
-        except lmdb.ReadersFullError:
-            # Slots of SIGKILLed readers linger until someone checks: clear them, retry once.
-            self.env.reader_check()
-            return self.env.begin(write=write, buffers=False)
+        pause, deadline = 0.001, 0.0
+        while True:
+            try:
+                return self.env.begin(write=write, buffers=False)
+            except lmdb.ReadersFullError:
+                now = time.monotonic()
+                if not deadline:
+                    # slots of SIGKILLed readers linger until someone checks: clear them
+                    self.env.reader_check()
+                    deadline = now + READER_SLOT_WAIT_S
+                    log.info("reader_slots_full", path=str(self.path))
+                elif now >= deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
 
     def read(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn`` inside a short read transaction (a failure to read is a StoreError)."""
