@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -450,5 +451,45 @@ def test_processes_writing_at_once_lose_nothing_acknowledged(tmp_path: Path, see
         assert len(everything) == sum(len(tags) for _r, _s, tags in acknowledged)
         for run in store.run_ids():
             assert store.verify_chain(run) == store.head(run)
+    finally:
+        store.close()
+
+
+def test_a_batch_taking_up_a_dead_runtimes_runs_asks_once_whether_it_lives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asking is syscalls (so GIL hand-offs among the process's threads) while the batch
+    holds LMDB's write lock: 50 takes of runs a dead runtime held ask once, not 50 times."""
+    from foldloop.store import Lease, _lmdb_store
+
+    store = open_store(tmp_path / "store")
+    try:
+        runs = [f"r{i}" for i in range(50)]
+        for run in runs:
+            store.submit(lambda w, run=run: w.put_lease(run, Lease("dead-owner", 1))).wait()
+        asked: list[str] = []
+        real = _lmdb_store.owner_alive
+
+        def counted(directory: Path, owner: str) -> bool:
+            asked.append(owner)
+            return real(directory, owner)
+
+        monkeypatch.setattr(_lmdb_store, "owner_alive", counted)
+        holding, release = threading.Event(), threading.Event()
+
+        def hold(w: Any) -> None:  # keeps the writer busy while the takes queue behind it
+            holding.set()
+            release.wait(30)
+
+        holder = threading.Thread(target=lambda: store.submit(hold).wait())
+        holder.start()
+        assert holding.wait(30)
+        commits = store.writer.commits
+        ops = [store.submit(lambda w, run=run: w.acquire_lease(run, "me")) for run in runs]
+        release.set()
+        holder.join(30)
+        assert [op.wait() for op in ops] == [2] * 50
+        assert store.writer.commits == commits + 2  # the holder's, then all 50 takes in one
+        assert asked == ["dead-owner"]
     finally:
         store.close()

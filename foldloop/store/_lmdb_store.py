@@ -113,7 +113,7 @@ class LmdbStore:
         self.tail = TailCache()
         self.values = StoredValues(self.numbers)
         self.reader = LogReader(self.tables, self.numbers, self.values, self.tail)
-        self.side = SideTables(self.tables, self.owner_alive)
+        self.side = SideTables(self.tables)
         self._listeners: list[Listener] = []
         self._refs = 0
         self._pid = os.getpid()
@@ -125,6 +125,7 @@ class LmdbStore:
             tail=self.tail,
             numbers=self.numbers,
             side=self.side,
+            owner_alive=self.owner_alive,
             index_every=index_every,
             listeners=self._listeners,
         )

@@ -38,9 +38,8 @@ def _chunk_key(key: bytes, i: int) -> bytes:
 class SideTables:
     """Leases, approvals, snapshots, checkpoints and store-wide values, in a transaction."""
 
-    def __init__(self, tables: Tables, owner_alive: Callable[[str], bool]) -> None:
+    def __init__(self, tables: Tables) -> None:
         self._t = tables
-        self._owner_alive = owner_alive
 
     # -- leases ----------------------------------------------------------------------------
 
@@ -56,9 +55,11 @@ class SideTables:
         """Raise RunLocked unless ``owner`` holds the run at ``epoch`` (the fence)."""
         check_fence(run_id, self.lease(txn, run_id), owner, epoch)
 
-    def acquire_lease(self, txn: Any, run_id: str, owner: str) -> int:
+    def acquire_lease(
+        self, txn: Any, run_id: str, owner: str, owner_alive: Callable[[str], bool]
+    ) -> int:
         """Take the run for ``owner`` unless a live owner holds it; returns the new epoch."""
-        lease = acquired(run_id, self.lease(txn, run_id), owner, self._owner_alive)
+        lease = acquired(run_id, self.lease(txn, run_id), owner, owner_alive)
         self.put_lease(txn, run_id, lease)
         return lease.epoch
 

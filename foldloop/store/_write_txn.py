@@ -9,7 +9,7 @@ store's parts (``WriteParts``), never through the store itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,7 @@ class WriteParts:
     tail: TailCache
     numbers: RunNumbers
     side: SideTables
+    owner_alive: Callable[[str], bool]
     index_every: int
     listeners: Sequence[object]
     """Who listens to commits (appends build their records while anyone does)."""
@@ -158,6 +159,7 @@ class WriteTxn:
         self._new: list[TailEntry] = []
         self._force_index = False
         self._op: _Savepoint | None = None
+        self._alive: dict[str, bool] = {}
 
     # -- one op at a time, each all or nothing -----------------------------------------------
 
@@ -334,7 +336,16 @@ class WriteTxn:
 
     def acquire_lease(self, run_id: str, owner: str) -> int:
         """Take the run for ``owner`` unless a live owner holds it; returns the new epoch."""
-        return self._parts.side.acquire_lease(self.txn, run_id, owner)
+        return self._parts.side.acquire_lease(self.txn, run_id, owner, self._owner_alive)
+
+    def _owner_alive(self, owner: str) -> bool:
+        """Whether ``owner`` lives, asked once a transaction: a batch taking up a dead
+        runtime's runs asks once, not once a run (each asking is syscalls, so GIL hand-offs
+        among the process's threads, while it holds LMDB's write lock)."""
+        alive = self._alive.get(owner)
+        if alive is None:
+            alive = self._alive[owner] = self._parts.owner_alive(owner)
+        return alive
 
     def release_lease(self, run_id: str, owner: str, epoch: int) -> bool:
         return self._parts.side.release_lease(self.txn, run_id, owner, epoch)
