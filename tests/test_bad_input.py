@@ -153,6 +153,13 @@ def test_4_a_bad_map_size_creates_nothing(tmp_path: Path, map_size: object) -> N
     assert not (tmp_path / "store").exists()
 
 
+@pytest.mark.parametrize("poll_interval", [0, -1, float("nan"), "0.1", 1e9])
+def test_a_bad_poll_interval_creates_nothing(tmp_path: Path, poll_interval: object) -> None:
+    with pytest.raises(fl.ConfigError, match="poll_interval must be"):
+        fl.Runtime.open(tmp_path / "store", poll_interval=poll_interval)  # type: ignore[arg-type]
+    assert not (tmp_path / "store").exists()
+
+
 # 6
 def test_6_two_opens_of_one_path_share_one_environment(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir()
@@ -312,6 +319,8 @@ def test_bad_query_arguments_are_config_errors_naming_the_value(tmp_path: Path) 
                 call()
         with pytest.raises(fl.ConfigError, match="no run status 'bogus'; the statuses are"):
             rt.runs(status="bogus")
+        with pytest.raises(fl.ConfigError, match="agent is an agent's name"):
+            rt.runs(agent=5)  # type: ignore[arg-type]
         assert list(rt.events(run.id, from_seq=2**70)) == []
         assert list(rt.read_all(from_position=2**70)) == []
         pages = rt.read_all()

@@ -53,6 +53,8 @@ __all__ = ["Runtime", "run_ops", "spawn_named"]
 log = get_logger(__name__)
 
 MAX_CLOSE_TIMEOUT_S = 86_400.0
+MAX_POLL_INTERVAL_S = 3_600.0
+"""The longest ``poll_interval`` (decisions of other processes reach runs within it)."""
 """The longest ``close(timeout=...)`` (a day; threading refuses waits past its own limit)."""
 FLUSH_WAIT_S = 5.0
 """Seconds ``close()`` waits for the runs' last writes to be stored before it gives up its
@@ -212,6 +214,9 @@ class Runtime(OpenOnly, ClosedOnExit):
             )
         if not isinstance(snapshot_every, int) or snapshot_every < 0:
             raise ConfigError(f"snapshot_every must be an int >= 0; got {snapshot_every!r}")
+        check_seconds("poll_interval", poll_interval, MAX_POLL_INTERVAL_S)
+        if not poll_interval:
+            raise ConfigError("poll_interval must be above 0 s (at 0 the poller would spin)")
         check_cap("max_model_calls", max_model_calls)  # before the store is created
         check_cap("max_active_runs", max_active_runs)
         store = connect_store(path, map_size=map_size, create=create)

@@ -173,6 +173,8 @@ class Queries:
         self, status: RunStatus | str | None = None, agent: str | None = None
     ) -> list[RunSummary]:
         """Summaries of the runs in the store, optionally filtered by status and agent."""
+        if agent is not None and not isinstance(agent, str):
+            raise ConfigError(f"agent is an agent's name (a str); got {agent!r:.80}")
         try:
             wanted = RunStatus(status) if status is not None else None
         except ValueError:
