@@ -80,6 +80,7 @@ class MappedEnv:
         self.path = path
         self._resize = SharedExclusive()
         self._closed = False
+        self._full_logged = float("-inf")
 
     @property
     def map_size(self) -> int:
@@ -95,32 +96,25 @@ class MappedEnv:
         self._resize.release_shared()
 
     def begin(self, *, write: bool = False, parent: Any = None) -> Any:
-        """A transaction (a child of ``parent`` when given); the caller holds the map.
-
-        A read waits for a reader slot when every one is taken (by thousands of threads
-        reading at once across the store's processes; each read holds one only for its
-        transaction), up to ``READER_SLOT_WAIT_S``."""
+        """A transaction (a child of ``parent`` when given); the caller holds the map."""
         if parent is not None:
             return self.env.begin(write=True, parent=parent, buffers=False)
-        pause, deadline = 0.001, 0.0
-        while True:
-            try:
-                return self.env.begin(write=write, buffers=False)
-            except lmdb.ReadersFullError:
-                now = time.monotonic()
-                if not deadline:
-                    # slots of SIGKILLed readers linger until someone checks: clear them
-                    self.env.reader_check()
-                    deadline = now + READER_SLOT_WAIT_S
-                    log.info("reader_slots_full", path=str(self.path))
-                elif now >= deadline:
-                    raise
-                time.sleep(pause)
-                pause = min(pause * 2, 0.05)
+        try:
+            return self.env.begin(write=write, buffers=False)
+        except lmdb.ReadersFullError:
+            # Slots of SIGKILLed readers linger until someone checks: clear them, retry once.
+            self.env.reader_check()
+            return self.env.begin(write=write, buffers=False)
 
     def read(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn`` inside a short read transaction (a failure to read is a StoreError)."""
+        """Run ``fn`` inside a short read transaction (a failure to read is a StoreError).
+
+        When every reader slot is taken (thousands of threads reading at once across the
+        store's processes; a read holds one only for its transaction) it waits for one, up
+        to ``READER_SLOT_WAIT_S``, without the map's lock (a grow, and writes, go on)."""
+        pause, deadline = 0.001, 0.0
         while True:
+            full = False
             self._resize.acquire_shared()
             try:
                 if self._closed:  # a read racing close, or an iterator outliving it
@@ -132,13 +126,31 @@ class MappedEnv:
                     txn.abort()
             except lmdb.MapResizedError as exc:
                 resized: Exception = exc
+            except lmdb.ReadersFullError as exc:
+                if deadline and time.monotonic() >= deadline:
+                    raise lmdb_failure(self.path, "read", exc) from None
+                full = True
             except lmdb.Error as exc:
                 raise lmdb_failure(self.path, "read", exc) from None
             except UNDECODABLE as exc:
                 raise undecodable(self.path, exc) from None
             finally:
                 self._resize.release_shared()
-            self.grow(resized)
+            if not full:
+                self.grow(resized)
+                continue
+            if not deadline:
+                deadline = time.monotonic() + READER_SLOT_WAIT_S
+                self._slots_full()
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def _slots_full(self) -> None:
+        """Log that reads wait for reader slots, at most once a second (thousands may)."""
+        now = time.monotonic()
+        if now - self._full_logged >= 1.0:
+            self._full_logged = now
+            log.info("reader_slots_full", path=str(self.path))
 
     def grow(self, error: Exception) -> None:
         """After MapFullError, double the map; after MapResizedError, adopt the new size."""
