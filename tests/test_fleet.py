@@ -439,6 +439,32 @@ def test_spawn_many_that_the_store_fails_part_way_says_which_runs_started(
         assert sorted(s.run_id for s in rt.runs()) == sorted(h.id for h in error.started)
 
 
+def test_a_start_the_store_failed_to_confirm_but_wrote_counts_as_started_and_is_taken_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store fails after the commit of the second start (a JetStream ack lost, say):
+    its run is in the log, so it is not missing; its lease is let go, and a wait takes it up."""
+    from foldloop.runtime._writes import RunWrites
+
+    real = RunWrites.started
+    calls = [0]
+
+    def unconfirmed_second(run_id: str, pending: object) -> int:
+        calls[0] += 1
+        epoch = real(run_id, pending)  # type: ignore[arg-type]
+        if calls[0] == 2:
+            raise fl.errors.StoreError("the store did not confirm the write")
+        return epoch
+
+    monkeypatch.setattr(RunWrites, "started", staticmethod(unconfirmed_second))
+    agent = fl.Agent(name="many", llm=fl.ScriptedLLM([fl.Reply(text="ok")]))
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        with pytest.raises(fl.errors.SpawnError, match="all 3 runs started") as caught:
+            rt.spawn_many(agent, ["a", "b", "c"])
+        assert caught.value.missing == () and len(caught.value.started) == 3
+        assert all(h.wait(timeout=30).ok for h in caught.value.started)
+
+
 def test_spawn_many_under_a_run_id_in_use_names_the_runs_on_either_side(tmp_path: Path) -> None:
     from foldloop.runtime._facade import spawn_named
 

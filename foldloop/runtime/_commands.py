@@ -188,13 +188,22 @@ class Commands:
 
     def _landed(self, start: _Start, failure: BaseException | None) -> bool:
         """Whether a start whose wait failed with the store's error is in the log all the
-        same (the store may fail after the commit): then it is not to be spawned again."""
+        same (the store may fail after the commit): then it is not to be spawned again, and
+        its lease, this runtime's, is let go, for ``recover()`` or a wait to take it up."""
         if not isinstance(failure, StoreError):
             return False
         try:
-            return self._store.head(start.run_id) > 0
+            if self._store.head(start.run_id) == 0:
+                return False
         except FoldloopError:
             return False
+        try:
+            lease = self._store.lease(start.run_id)
+            if lease is not None and lease.owner == self._owner:
+                self._store.release_lease(start.run_id, lease, durable=True).wait()
+        except FoldloopError:
+            pass  # the store is failing: the lease goes when this runtime closes
+        return True
 
     def _finish_start(self, start: _Start) -> BaseException | None:
         """``_started``, or what it raised (the run's claim and slot then given back). A

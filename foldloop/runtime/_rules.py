@@ -1,4 +1,5 @@
-"""The runtime's small rules: argument checks, price-table policy, merging decisions.
+"""The runtime's small rules: argument checks, price-table policy, merging decisions, the
+error of spawns cut short.
 
 Pure functions of their arguments (plus a warning log for stale prices), kept apart from
 the facade so each reads on its own.
@@ -193,8 +194,8 @@ def partly_spawned(
     if not missing:
         return SpawnError(
             f"all {total} runs started, but not all of them are driven: {why}",
-            advice="their handles are this error's .started; recover() in a runtime with "
-            "their agent drives those left behind",
+            advice="their handles are this error's .started; a wait on one, or recover(), "
+            "in a runtime with their agent drives those left behind",
             started=started,
         )
     return SpawnError(
