@@ -53,9 +53,10 @@ __all__ = ["Runtime", "run_ops", "spawn_named"]
 log = get_logger(__name__)
 
 MAX_CLOSE_TIMEOUT_S = 86_400.0
-MAX_POLL_INTERVAL_S = 3_600.0
-"""The longest ``poll_interval`` (decisions of other processes reach runs within it)."""
 """The longest ``close(timeout=...)`` (a day; threading refuses waits past its own limit)."""
+POLL_INTERVAL_S = (0.001, 3_600.0)
+"""The shortest and longest ``poll_interval`` (decisions of other processes reach runs
+within it; shorter, the poller would take a core)."""
 FLUSH_WAIT_S = 5.0
 """Seconds ``close()`` waits for the runs' last writes to be stored before it gives up its
 runs all the same (a store that cannot store them in that time has failed)."""
@@ -214,9 +215,16 @@ class Runtime(OpenOnly, ClosedOnExit):
             )
         if not isinstance(snapshot_every, int) or snapshot_every < 0:
             raise ConfigError(f"snapshot_every must be an int >= 0; got {snapshot_every!r}")
-        check_seconds("poll_interval", poll_interval, MAX_POLL_INTERVAL_S)
-        if not poll_interval:
-            raise ConfigError("poll_interval must be above 0 s (at 0 the poller would spin)")
+        least, most = POLL_INTERVAL_S
+        if (
+            isinstance(poll_interval, bool)
+            or not isinstance(poll_interval, int | float)
+            or not least <= poll_interval <= most  # NaN fails both comparisons
+        ):
+            raise ConfigError(
+                f"poll_interval must be a number of seconds from {least:g} to {most:g} "
+                f"(shorter, the poller would take a core); got {poll_interval!r}"
+            )
         check_cap("max_model_calls", max_model_calls)  # before the store is created
         check_cap("max_active_runs", max_active_runs)
         store = connect_store(path, map_size=map_size, create=create)
