@@ -4,9 +4,10 @@ and through its parks when asked."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from foldloop._log import get_logger
 from foldloop.actors._system import ActorSystem, Settlement
@@ -75,7 +76,7 @@ class Waiter:
         self._desk = desk
         self._admission = admission
         self._following = 0
-        """Follows under way (``_follow``): they share FOLLOW_LOOKS_PER_S."""
+        """Follows (and waits through parks) under way: they share FOLLOW_LOOKS_PER_S."""
         self._following_lock = threading.Lock()
 
     def ending(self, run_id: str) -> Settlement | None:
@@ -148,15 +149,28 @@ class Waiter:
         return self._follow(run_id, deadline)
 
     def _moved(self, run_id: str, seq: int, deadline: float | None) -> bool:
-        """Wait for the parked run's log to grow past ``seq``; False at the deadline."""
+        """Wait for the parked run's log to grow past ``seq``; False at the deadline (it
+        shares the follows' looks a second)."""
         pause = 0.001
-        while self._store.head(run_id) <= seq:
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            left = PARKED_POLL if deadline is None else max(0.0, deadline - time.monotonic())
-            time.sleep(min(pause, left))
-            pause = min(pause * 1.5, PARKED_POLL)
+        with self._counted():
+            while self._store.head(run_id) <= seq:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                left = PARKED_POLL if deadline is None else deadline - time.monotonic()
+                time.sleep(max(0.0, min(pause, left)))
+                pause = min(pause * 1.5, self._longest_pause(PARKED_POLL))
         return True
+
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        """Count a follow (or a wait through a park) under way while in the block."""
+        with self._following_lock:
+            self._following += 1
+        try:
+            yield
+        finally:
+            with self._following_lock:
+                self._following -= 1
 
     def _decision_pending(self, state: RunState, deadline: float | None) -> bool:
         """Parked before a decision already taken reached it (and there is time left)."""
@@ -184,16 +198,13 @@ class Waiter:
         short run is seen settled soon after it settles, a long one costs ~50 looks a
         second, and a state read when its log grew (the state is the fold of the log up
         to its head) or nobody drives it."""
-        with self._following_lock:
-            self._following += 1
-        try:
+        with self._counted():
             return self._follow_log(run_id, deadline)
-        finally:
-            with self._following_lock:
-                self._following -= 1
 
-    def _longest_pause(self) -> float:
-        return max(FOLLOW_PAUSE_S, self._following / FOLLOW_LOOKS_PER_S)
+    def _longest_pause(self, alone: float = FOLLOW_PAUSE_S) -> float:
+        """The longest pause between looks: ``alone``, or longer once the follows under way
+        would take more than FOLLOW_LOOKS_PER_S between them."""
+        return max(alone, self._following / FOLLOW_LOOKS_PER_S)
 
     def _follow_log(self, run_id: str, deadline: float | None) -> tuple[RunState, str]:
         pause = 0.001
