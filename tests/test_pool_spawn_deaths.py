@@ -357,3 +357,33 @@ def test_a_request_a_worker_refuses_names_what_the_whole_call_started(
     else:  # all four were in flight: the other three started their runs
         assert len(sent) == 4 and error.missing == (3,)
     assert error.started == tuple(run_ids[i] for i in range(8) if i not in error.missing)
+
+
+def test_after_a_refusal_a_request_whose_worker_dies_is_not_sent_again(store_path: Path) -> None:
+    from concurrent.futures import Future
+
+    from foldloop.runtime._facade import spawn_named
+    from pool_agents import calc
+
+    run_ids = [f"run-{i}" for i in range(8)]
+    sent: list[list[int]] = []
+    with fl.Runtime.open(store_path, agents=[calc]) as rt:
+
+        def send(indices: list[int]) -> Future[list[str]]:
+            sent.append(indices)
+            answer: Future[list[str]] = Future()
+            if indices[0] == 2:
+                answer.set_exception(fl.ConfigError("this runtime is closed"))
+            elif indices[0] == 4:  # its worker dies before starting anything
+                answer.set_exception(fl.errors.WorkerError("worker process 1 exited"))
+            else:
+                ids = [run_ids[i] for i in indices]
+                answer.set_result(spawn_named(rt, calc, [f"sum {i}" for i in indices], ids, None))
+            return answer
+
+        spawns = spawns_module.Spawns(rt.store, run_ids, send, call="spawn_many")
+        with pytest.raises(fl.errors.SpawnError) as caught:
+            spawns.run(([i, i + 1] for i in range(0, 8, 2)), 4, lambda run_id: run_id)
+    assert len(sent) == 4  # the dead worker's inputs were not sent again
+    assert caught.value.missing == (2, 3, 4, 5)
+    assert caught.value.started == ("run-0", "run-1", "run-6", "run-7")

@@ -163,6 +163,7 @@ class Spawns:
                 in_flight.append(again)
             return
         except FoldloopError as exc:  # refused: which of its runs started is the log's to say
+            log.warning("pool_spawns_refused", call=self._call, error=str(exc))
             self._refusal = self._refusal or exc
             ids = [self.run_ids[i] for i in batch.indices]
             started = started_since(self._store, ids, self._mark, self._ours)
@@ -191,8 +192,8 @@ class Spawns:
             attempt=batch.attempt,
             error=str(death),
         )
-        if not missing:
-            return None
+        if not missing or self._refusal is not None:
+            return None  # after a refusal nothing is sent again: the inputs stay missing
         if batch.attempt >= ATTEMPTS:
             self._death = death
             return None
