@@ -362,8 +362,9 @@ def test_a_request_a_worker_refuses_names_what_the_whole_call_started(
 def test_after_a_refusal_a_request_whose_worker_dies_is_not_sent_again(store_path: Path) -> None:
     from concurrent.futures import Future
 
-    from foldloop.runtime._facade import spawn_named
     from pool_agents import calc
+
+    from foldloop.runtime._facade import spawn_named
 
     run_ids = [f"run-{i}" for i in range(8)]
     sent: list[list[int]] = []
