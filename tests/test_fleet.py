@@ -535,7 +535,7 @@ def test_spawn_many_that_loses_the_race_with_close_hands_out_every_run_it_wrote(
     # Every run whose start is in the log comes back with a handle: from spawn_many, or
     # from its SpawnError (driven, or left for recover() when the runtime closed first).
     agent = fl.Agent(name="many", llm=fl.ScriptedLLM([fl.Reply(text="ok")]))
-    inputs = [f"q{i}" for i in range(2000)]
+    inputs = [f"q{i}" for i in range(1000)]
     for attempt in range(10):
         store = tmp_path / f"s{attempt}"
         handed, missing, partial = _spawn_many_racing_close(
