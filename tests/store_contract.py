@@ -195,6 +195,15 @@ class StoreContract:
         assert store.lease("r") == Lease("", 2)
         assert store.acquire_lease("r", "b").wait() == 3  # epochs only grow
 
+    def test_leases_reads_every_runs_lease_at_once(self, store: EventStore) -> None:
+        assert store.leases() == {}
+        odd = "run with spaces/and.dots"  # a key a store must spell and read back
+        for run_id, owner in (("a", "x"), ("b", "y"), (odd, "x")):
+            store.acquire_lease(run_id, owner).wait()
+        store.release_lease("b", Lease("y", 1), durable=True).wait()
+        assert store.leases() == {"a": Lease("x", 1), "b": Lease("", 1), odd: Lease("x", 1)}
+        assert store.leases() == {r: store.lease(r) for r in ("a", "b", odd)}
+
     def test_a_live_owner_keeps_its_runs_a_dead_one_loses_them(self, store: EventStore) -> None:
         hold = store.hold_owner("alive")
         try:

@@ -78,11 +78,14 @@ class Recovery:
         queued: list[str] = []
         orphans = []
         released: set[str] = set()  # queued runs nobody holds: on a shared queue, still there
+        leases = self._store.leases()
         for run_id in self._store.run_ids():
             if self._system.active(run_id):
                 continue
+            lease = leases.get(run_id)
             try:
-                lease = self._store.lease(run_id)
+                if lease is None:  # never leased, started since, or damaged: read it alone
+                    lease = self._store.lease(run_id)
             except StoreCorrupted as exc:
                 log.warning("recover_skipped", run_id=run_id, error=str(exc))
                 continue
@@ -143,14 +146,11 @@ class Recovery:
         lease = self._store.lease(run_id)
         if lease is None or not lease.owner:
             return [run_id]
-        left: list[str] = []
-        for other in self._store.run_ids():
-            try:
-                held = self._store.lease(other)
-            except StoreCorrupted:
-                continue
-            if held is not None and held.owner == lease.owner and not self._system.active(other):
-                left.append(other)
+        left = [
+            other
+            for other, held in self._store.leases().items()
+            if held.owner == lease.owner and not self._system.active(other)
+        ]
         queued = [
             state.run_id
             for state in self._queries.states(left)

@@ -372,6 +372,9 @@ class JetStreamStore:
     def lease(self, run_id: str) -> Lease | None:
         return self._call(self._tables.lease(run_id))
 
+    def leases(self) -> dict[str, Lease]:
+        return self._call(self._tables.leases())
+
     def hold_owner(self, owner: str) -> OwnerKey:
         return OwnerKey(self, owner)
 

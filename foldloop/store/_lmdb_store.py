@@ -353,6 +353,10 @@ class LmdbStore:
         """Who holds the run now (owner '' when nobody)."""
         return self.mapped.read(lambda txn: self.side.lease(txn, run_id))
 
+    def leases(self) -> dict[str, Lease]:
+        """Every run's lease, in one read transaction (see ``port.EventStore``)."""
+        return self.mapped.read(self.side.leases)
+
     def snapshot(self, run_id: str) -> Snapshot | None:
         """(state_version, seq, state bytes, history chunks) of the run's latest snapshot."""
         return self.mapped.read(lambda txn: self.side.snapshot(txn, run_id))

@@ -11,6 +11,7 @@ a prefix in one direct get, without a consumer.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TypeVar
@@ -28,7 +29,7 @@ from foldloop.store._approvals import ApprovalChanges, ApprovalRecord
 from foldloop.store._checkpoints import Checkpoint, decode_checkpoint, encode_checkpoint
 from foldloop.store._framing import Lease
 from foldloop.store._nats_log import TooManyResults, direct_batch
-from foldloop.store._nats_names import NatsTarget, token
+from foldloop.store._nats_names import NatsTarget, token, untoken
 from foldloop.store._nats_retry import retrying
 from foldloop.store._port import Snapshot
 from foldloop.store._rules import acquired, applied, check_fence, checkpoint_advances, decided
@@ -174,6 +175,14 @@ class NatsTables:
     async def lease(self, run_id: str) -> Lease | None:
         raw, _ = await self._get("leases", token(run_id))
         return None if raw is None else _LEASE.decode(raw)
+
+    async def leases(self) -> dict[str, Lease]:
+        """Every run's lease, in one batch of direct gets; a damaged one is left out."""
+        out: dict[str, Lease] = {}
+        for key, raw in await self._last_values("leases"):
+            with contextlib.suppress(msgspec.DecodeError):
+                out[untoken(key)] = _LEASE.decode(raw)
+        return out
 
     async def check_lease(self, run_id: str, owner: str, epoch: int) -> None:
         check_fence(run_id, await self.lease(run_id), owner, epoch)

@@ -195,6 +195,11 @@ class EventStore(Protocol):
         """Who holds the run (owner '' once released); None if nobody ever did."""
         ...
 
+    def leases(self) -> dict[str, Lease]:
+        """Every run's lease, read at once (a store-wide scan such as ``recover()`` reads
+        them so, not one by one); a damaged one is left out: ``lease`` of its run says so."""
+        ...
+
     def hold_owner(self, owner: str) -> OwnerHold:
         """Announce ``owner`` alive until the hold is released or the process dies."""
         ...

@@ -15,7 +15,7 @@ import msgspec
 from foldloop.errors import StoreError
 from foldloop.store._approvals import ApprovalRecord, approval_key
 from foldloop.store._checkpoints import Checkpoint, decode_checkpoint, encode_checkpoint
-from foldloop.store._env import Tables
+from foldloop.store._env import UNDECODABLE, Tables
 from foldloop.store._framing import Lease, pack_position, unpack_position
 from foldloop.store._layout import APPROVAL_DECODER, ENCODER, LEASE_DECODER, SNAPSHOT_DECODER
 from foldloop.store._port import Snapshot
@@ -47,6 +47,16 @@ class SideTables:
         """Who holds the run (owner '' when nobody)."""
         raw = txn.get(run_id.encode(), db=self._t.leases)
         return None if raw is None else LEASE_DECODER.decode(raw)
+
+    def leases(self, txn: Any) -> dict[str, Lease]:
+        """Every run's lease, leaving out one that does not decode (``lease`` raises there)."""
+        out: dict[str, Lease] = {}
+        for key, raw in txn.cursor(db=self._t.leases):
+            try:
+                out[bytes(key).decode()] = LEASE_DECODER.decode(raw)
+            except UNDECODABLE:
+                continue
+        return out
 
     def put_lease(self, txn: Any, run_id: str, lease: Lease) -> None:
         txn.put(run_id.encode(), ENCODER.encode(lease), db=self._t.leases)
