@@ -1221,3 +1221,44 @@ def test_a_close_from_the_runtimes_own_thread_returns_at_once_and_records_the_ca
     )
     with fl.Runtime.open(store_path, agents=[agent]) as again:
         assert "tool.completed" in types(again, run.id)
+
+
+def test_recover_asks_once_per_owner_whether_it_lives(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty runs another live runtime drives: recover() leaves them, asking once whether
+    their owner lives (on JetStream each asking is a request), not once a run."""
+    release = threading.Event()
+
+    @fl.tool(idempotent=True, concurrency=20, timeout=60)
+    def hold(x: str) -> str:
+        """Hold until released."""
+        release.wait(30)
+        return "held"
+
+    llm = fl.ScriptedLLM(
+        lambda messages, tools: (
+            fl.Reply(text="done")
+            if messages[-1].role == "tool"
+            else fl.Reply(tool_calls=[fl.ToolCall("hold", {"x": "1"})])
+        )
+    )
+    agent = fl.Agent(name="holder", llm=llm, tools=[hold])
+    try:
+        with fl.Runtime.open(store_path, agents=[agent]) as driver:
+            runs = driver.spawn_many(agent, ["go"] * 20)
+            with fl.Runtime.open(store_path, agents=[agent]) as other:
+                asked: list[str] = []
+                real = other.store.owner_alive  # type: ignore[attr-defined]
+
+                def counted(owner: str) -> bool:
+                    asked.append(owner)
+                    return bool(real(owner))
+
+                monkeypatch.setattr(other.store, "owner_alive", counted)
+                assert other.recover() == []
+                assert asked == [driver.owner]
+            release.set()
+            assert all(run.wait(timeout=30).ok for run in runs)
+    finally:
+        release.set()

@@ -79,6 +79,7 @@ class Recovery:
         orphans = []
         released: set[str] = set()  # queued runs nobody holds: on a shared queue, still there
         leases = self._store.leases()
+        alive = {self._owner: True}  # each owner asked about once a scan (JetStream: a request)
         for run_id in self._store.run_ids():
             if self._system.active(run_id):
                 continue
@@ -89,12 +90,11 @@ class Recovery:
             except StoreCorrupted as exc:
                 log.warning("recover_skipped", run_id=run_id, error=str(exc))
                 continue
-            if (
-                lease is not None
-                and lease.owner
-                and (lease.owner == self._owner or self._store.owner_alive(lease.owner))
-            ):
-                continue
+            if lease is not None and lease.owner:
+                if lease.owner not in alive:
+                    alive[lease.owner] = self._store.owner_alive(lease.owner)
+                if alive[lease.owner]:
+                    continue
             if lease is not None and not lease.owner:
                 released.add(run_id)
             orphans.append(run_id)
