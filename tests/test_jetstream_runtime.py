@@ -277,6 +277,26 @@ def test_an_open_rides_out_jetstream_answering_slower_than_a_request_timeout(
         server.stop()
 
 
+def test_recover_skips_a_run_whose_lease_is_damaged(nats_url: str) -> None:
+    """A lease that does not decode is that run's StoreCorrupted, and recover() goes on."""
+    from foldloop.store._nats_names import token
+    from tests.log_capture import capture_logs
+
+    agent = fl.Agent(name="once", llm=fl.ScriptedLLM([fl.Reply(text="done")]))
+    with fl.Runtime.open(nats_url, agents=[agent]) as rt:
+        assert rt.spawn(agent, "hi", run_id="damaged.run").wait(timeout=30).ok
+        store = rt.store
+        put = store._tables._kv["leases"].put  # type: ignore[attr-defined]
+        store._call(put(token("damaged.run"), b"\xc1 not a lease"))  # type: ignore[attr-defined]
+        store._call(put("_ff", b"\xc1"))  # type: ignore[attr-defined]  # a key no run has
+        with pytest.raises(fl.errors.StoreCorrupted, match=r"'damaged\.run''s lease"):
+            store.lease("damaged.run")
+        assert "damaged.run" not in store.leases()
+        with capture_logs() as logs:
+            assert rt.recover() == []
+        assert [e["run_id"] for e in logs if e.get("event") == "recover_skipped"] == ["damaged.run"]
+
+
 def test_a_stream_made_by_something_else_is_refused(nats_url: str) -> None:
     base, namespace = nats_url.split("?", maxsplit=1)[0].rsplit("/", 1)
 

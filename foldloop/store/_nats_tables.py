@@ -24,7 +24,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from foldloop.errors import StoreError, StoreNotFound
+from foldloop.errors import StoreCorrupted, StoreError, StoreNotFound
 from foldloop.store._approvals import ApprovalChanges, ApprovalRecord
 from foldloop.store._checkpoints import Checkpoint, decode_checkpoint, encode_checkpoint
 from foldloop.store._framing import Lease
@@ -174,13 +174,25 @@ class NatsTables:
 
     async def lease(self, run_id: str) -> Lease | None:
         raw, _ = await self._get("leases", token(run_id))
-        return None if raw is None else _LEASE.decode(raw)
+        return self._lease_of(run_id, raw)
+
+    def _lease_of(self, run_id: str, raw: bytes | None) -> Lease | None:
+        """A stored lease, decoded (StoreCorrupted, naming the run, if it does not decode)."""
+        if raw is None:
+            return None
+        try:
+            return _LEASE.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise StoreCorrupted(
+                f"run {run_id!r}'s lease at {self._t.shown} does not decode ({exc}); restore "
+                "the store from a backup, or delete that key of its leases bucket"
+            ) from None
 
     async def leases(self) -> dict[str, Lease]:
         """Every run's lease, in one batch of direct gets; a damaged one is left out."""
         out: dict[str, Lease] = {}
         for key, raw in await self._last_values("leases"):
-            with contextlib.suppress(msgspec.DecodeError):
+            with contextlib.suppress(msgspec.DecodeError, UnicodeDecodeError, ValueError):
                 out[untoken(key)] = _LEASE.decode(raw)
         return out
 
@@ -191,7 +203,7 @@ class NatsTables:
         """Take the run for ``owner``: (the new epoch, who held it before or '')."""
         while True:
             raw, revision = await self._get("leases", token(run_id))
-            current = None if raw is None else _LEASE.decode(raw)
+            current = self._lease_of(run_id, raw)
             holder = current.owner if current is not None else ""
             alive = bool(holder) and holder != owner and await self.owner_alive(holder)
             lease = acquired(run_id, current, owner, _answer(alive))
@@ -200,7 +212,7 @@ class NatsTables:
 
     async def release_lease(self, run_id: str, owner: str, epoch: int) -> bool:
         def release(raw: bytes | None) -> tuple[bytes | None, bool]:
-            lease = released_lease(None if raw is None else _LEASE.decode(raw), owner, epoch)
+            lease = released_lease(self._lease_of(run_id, raw), owner, epoch)
             return (None, False) if lease is None else (_ENC.encode(lease), True)
 
         return await self._change("leases", token(run_id), release)
