@@ -316,6 +316,41 @@ def test_a_run_its_dead_worker_stored_but_did_not_publish_is_not_sent_again(
         assert _started_inputs(pool) == {"sum late": 1}
 
 
+def _spawn_eight(
+    rt: fl.Runtime, window: int, answers: dict[int, BaseException], *, first_starts: bool = False
+) -> tuple[fl.errors.SpawnError, list[list[int]]]:
+    """Spawns of eight inputs, two a request, through a stand-in for the workers that starts
+    the runs of each request but answers those in ``answers`` (by their first index) with
+    that error (after starting its first run, with ``first_starts``): the SpawnError raised
+    and the requests sent."""
+    from concurrent.futures import Future
+
+    from pool_agents import calc
+
+    from foldloop.runtime._facade import spawn_named
+
+    run_ids = [f"run-{i}" for i in range(8)]
+    sent: list[list[int]] = []
+
+    def send(indices: list[int]) -> Future[list[str]]:
+        sent.append(indices)
+        answer: Future[list[str]] = Future()
+        failure = answers.get(indices[0])
+        if failure is None:
+            ids = [run_ids[i] for i in indices]
+            answer.set_result(spawn_named(rt, calc, [f"sum {i}" for i in indices], ids, None))
+            return answer
+        if first_starts:
+            spawn_named(rt, calc, [f"sum {indices[0]}"], [run_ids[indices[0]]], None)
+        answer.set_exception(failure)
+        return answer
+
+    spawns = spawns_module.Spawns(rt.store, run_ids, send, call="spawn_many")
+    with pytest.raises(fl.errors.SpawnError) as caught:
+        spawns.run(([i, i + 1] for i in range(0, 8, 2)), window, lambda run_id: run_id)
+    return caught.value, sent
+
+
 @pytest.mark.parametrize("window", [1, 4])
 def test_a_request_a_worker_refuses_names_what_the_whole_call_started(
     store_path: Path, window: int
@@ -323,32 +358,11 @@ def test_a_request_a_worker_refuses_names_what_the_whole_call_started(
     """A worker refuses the second of four requests after one of its two runs started (its
     runtime closing under it): no more is sent; the requests in flight are settled; the log
     says what started of the whole call."""
-    from concurrent.futures import Future
-
     from pool_agents import calc
 
-    from foldloop.runtime._facade import spawn_named
-
-    run_ids = [f"run-{i}" for i in range(8)]
-    sent: list[list[int]] = []
     with fl.Runtime.open(store_path, agents=[calc]) as rt:
-
-        def send(indices: list[int]) -> Future[list[str]]:
-            sent.append(indices)
-            answer: Future[list[str]] = Future()
-            if indices[0] == 2:  # run-2 starts, then the worker's runtime closes
-                spawn_named(rt, calc, ["sum 2"], ["run-2"], None)
-                answer.set_exception(fl.ConfigError("this runtime is closed"))
-            else:
-                ids = [run_ids[i] for i in indices]
-                answer.set_result(spawn_named(rt, calc, [f"sum {i}" for i in indices], ids, None))
-            return answer
-
-        spawns = spawns_module.Spawns(rt.store, run_ids, send, call="spawn_many")
-        chunks = ([i, i + 1] for i in range(0, 8, 2))
-        with pytest.raises(fl.errors.SpawnError) as caught:
-            spawns.run(chunks, window, lambda run_id: run_id)
-        error = caught.value
+        closed = fl.ConfigError("this runtime is closed")
+        error, sent = _spawn_eight(rt, window, {2: closed}, first_starts=True)
         in_log = {s.run_id for s in rt.runs()}
     assert str(error.__cause__) == "this runtime is closed"
     assert set(error.started) == in_log and len(error.started) + len(error.missing) == 8
@@ -356,35 +370,16 @@ def test_a_request_a_worker_refuses_names_what_the_whole_call_started(
         assert sent == [[0, 1], [2, 3]] and error.missing == (3, 4, 5, 6, 7)
     else:  # all four were in flight: the other three started their runs
         assert len(sent) == 4 and error.missing == (3,)
-    assert error.started == tuple(run_ids[i] for i in range(8) if i not in error.missing)
+    assert error.started == tuple(f"run-{i}" for i in range(8) if i not in error.missing)
 
 
 def test_after_a_refusal_a_request_whose_worker_dies_is_not_sent_again(store_path: Path) -> None:
-    from concurrent.futures import Future
-
     from pool_agents import calc
 
-    from foldloop.runtime._facade import spawn_named
-
-    run_ids = [f"run-{i}" for i in range(8)]
-    sent: list[list[int]] = []
     with fl.Runtime.open(store_path, agents=[calc]) as rt:
-
-        def send(indices: list[int]) -> Future[list[str]]:
-            sent.append(indices)
-            answer: Future[list[str]] = Future()
-            if indices[0] == 2:
-                answer.set_exception(fl.ConfigError("this runtime is closed"))
-            elif indices[0] == 4:  # its worker dies before starting anything
-                answer.set_exception(fl.errors.WorkerError("worker process 1 exited"))
-            else:
-                ids = [run_ids[i] for i in indices]
-                answer.set_result(spawn_named(rt, calc, [f"sum {i}" for i in indices], ids, None))
-            return answer
-
-        spawns = spawns_module.Spawns(rt.store, run_ids, send, call="spawn_many")
-        with pytest.raises(fl.errors.SpawnError) as caught:
-            spawns.run(([i, i + 1] for i in range(0, 8, 2)), 4, lambda run_id: run_id)
+        died = fl.errors.WorkerError("worker process 1 exited")  # before starting anything
+        answers = {2: fl.ConfigError("this runtime is closed"), 4: died}
+        error, sent = _spawn_eight(rt, 4, answers)
     assert len(sent) == 4  # the dead worker's inputs were not sent again
-    assert caught.value.missing == (2, 3, 4, 5)
-    assert caught.value.started == ("run-0", "run-1", "run-6", "run-7")
+    assert error.missing == (2, 3, 4, 5)
+    assert error.started == ("run-0", "run-1", "run-6", "run-7")
