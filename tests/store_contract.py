@@ -204,6 +204,12 @@ class StoreContract:
         assert store.leases() == {"a": Lease("x", 1), "b": Lease("", 1), odd: Lease("x", 1)}
         assert store.leases() == {r: store.lease(r) for r in ("a", "b", odd)}
 
+    def test_leases_reads_past_a_thousand_runs(self, store: EventStore) -> None:
+        runs = [f"r{i:04d}" for i in range(1_100)]  # JetStream lists past 1,024 another way
+        ops = [store.acquire_lease(run_id, "x") for run_id in runs]
+        assert all(op.wait() == 1 for op in ops)
+        assert store.leases() == dict.fromkeys(runs, Lease("x", 1))
+
     def test_a_live_owner_keeps_its_runs_a_dead_one_loses_them(self, store: EventStore) -> None:
         hold = store.hold_owner("alive")
         try:
