@@ -216,15 +216,7 @@ class Runtime(OpenOnly, ClosedOnExit):
         if not isinstance(snapshot_every, int) or snapshot_every < 0:
             raise ConfigError(f"snapshot_every must be an int >= 0; got {snapshot_every!r}")
         least, most = POLL_INTERVAL_S
-        if (
-            isinstance(poll_interval, bool)
-            or not isinstance(poll_interval, int | float)
-            or not least <= poll_interval <= most  # NaN fails both comparisons
-        ):
-            raise ConfigError(
-                f"poll_interval must be a number of seconds from {least:g} to {most:g} "
-                f"(shorter, the poller would take a core); got {poll_interval!r}"
-            )
+        check_seconds("poll_interval", poll_interval, most, least=least)
         check_cap("max_model_calls", max_model_calls)  # before the store is created
         check_cap("max_active_runs", max_active_runs)
         store = connect_store(path, map_size=map_size, create=create)

@@ -132,12 +132,11 @@ class Spawns:
         if self._death is not None:
             raise self._given_up(handle) from self._death
         if self._refusal is not None:
-            started = [handle(r) for r, ok in zip(self.run_ids, self._started, strict=True) if ok]
+            started, missing = self._split(handle)
             if self._call == "spawn" or not started:
                 raise self._refusal
-            missing = tuple(i for i, ok in enumerate(self._started) if not ok)
             total = len(self.run_ids)
-            raise partly_spawned(total, tuple(started), missing, self._refusal) from self._refusal
+            raise partly_spawned(total, started, missing, self._refusal) from self._refusal
         return [handle(run_id) for run_id in self.run_ids]
 
     @property
@@ -199,10 +198,15 @@ class Spawns:
             return None
         return self._send_batch(missing, batch.attempt + 1)
 
+    def _split(self, handle: Callable[[str], H]) -> tuple[tuple[H, ...], tuple[int, ...]]:
+        """The handles of the runs that started, in input order, and the indices of the
+        inputs that have none."""
+        started = tuple(handle(r) for r, ok in zip(self.run_ids, self._started, strict=True) if ok)
+        return started, tuple(i for i, ok in enumerate(self._started) if not ok)
+
     def _given_up(self, handle: Callable[[str], H]) -> WorkerError:
         """The error for inputs that ran out of attempts, with what did start."""
-        started = tuple(handle(r) for r, ok in zip(self.run_ids, self._started, strict=True) if ok)
-        missing = tuple(i for i, ok in enumerate(self._started) if not ok)
+        started, missing = self._split(handle)
         died = f"worker processes died under this {self._call} {_times(ATTEMPTS)}"
         if self._call == "spawn":
             fact = f"{died}: its run ({self.run_ids[0]}) did not start"

@@ -98,20 +98,22 @@ def new_run_id(agent: str) -> str:
     return f"{agent}-{secrets.token_hex(6)}"
 
 
-def check_seconds(name: str, value: object, most: float, *, none: bool = False) -> None:
-    """Raise ConfigError unless ``value`` is a number of seconds from 0 to ``most`` (or None,
-    when ``none``): threading refuses waits past its own limit."""
+def check_seconds(
+    name: str, value: object, most: float, *, none: bool = False, least: float = 0.0
+) -> None:
+    """Raise ConfigError unless ``value`` is a number of seconds from ``least`` to ``most``
+    (or None, when ``none``): threading refuses waits past its own limit."""
     if value is None and none:
         return
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
-        or not 0 <= value <= most
+        or not least <= value <= most
     ):
         also = "None or " if none else ""
         raise ConfigError(
-            f"{name} must be {also}a number of seconds from 0 to {most:g}; got {value!r}"
+            f"{name} must be {also}a number of seconds from {least:g} to {most:g}; got {value!r}"
         )
 
 
