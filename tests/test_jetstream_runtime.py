@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -478,3 +479,38 @@ def test_closing_with_the_server_gone_returns_soon_and_leaves_no_thread(tmp_path
         10,
         "the store's threads to end",
     )
+
+
+def test_a_read_in_flight_when_the_store_closes_is_a_store_error(tmp_path: Path) -> None:
+    """The server paused, a read waits on its answer; closing the store cancels the request
+    (nats-py does): the reader hears a StoreError, not asyncio's cancellation."""
+    server = start_server(tmp_path)
+    assert server.proc is not None
+    pid = server.proc.pid
+    store = connect_store(f"{server.url}/closing")
+    outcome: list[BaseException | object] = []
+
+    def reading() -> None:
+        try:
+            outcome.append(store.lease("r1"))
+        except BaseException as exc:  # what escapes is the point of the test
+            outcome.append(exc)
+
+    def asking() -> bool:  # the reader waits on the loop for the server's answer
+        frame = sys._current_frames().get(thread.ident or 0)
+        names = [f.name for f in traceback.extract_stack(frame)] if frame else []
+        return "call" in names and "result" in names
+
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        thread = threading.Thread(target=reading)
+        thread.start()
+        wait_until(asking, 10, "the read to wait on the server")
+        store.close()
+        thread.join(30)
+        assert not thread.is_alive() and len(outcome) == 1
+        assert isinstance(outcome[0], StoreError), outcome
+        assert "closed" in str(outcome[0])
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        server.stop()

@@ -150,3 +150,4 @@ def test_a_wait_on_a_queued_run_ends_when_its_runtime_closes(nats_url: str) -> N
     rt.close()
     thread.join(20)
     assert not thread.is_alive() and len(outcome) == 1
+    assert isinstance(outcome[0], fl.ConfigError) and "this runtime is closed" in str(outcome[0])

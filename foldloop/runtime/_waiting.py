@@ -13,9 +13,10 @@ from foldloop._log import get_logger
 from foldloop.actors._system import ActorSystem, Settlement
 from foldloop.core._explain import ORPHAN_QUEUED
 from foldloop.core._state import RunState, RunStatus
-from foldloop.errors import StoreCorrupted, StoreError, StoreNotFound
+from foldloop.errors import ConfigError, StoreCorrupted, StoreError, StoreNotFound
 from foldloop.runtime._admission import Admission
 from foldloop.runtime._approval_desk import ApprovalDesk
+from foldloop.runtime._lifecycle import CLOSED, REOPEN
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._results import RunResult, result_of
 from foldloop.runtime._rules import check_seconds
@@ -253,7 +254,9 @@ class Waiter:
             except (StoreNotFound, StoreCorrupted):
                 raise
             except StoreError as exc:  # a shared store's server away: ride it out
-                if not self._shared or state is None or self._system.closed:
+                if self._system.closed:  # closed under the wait: say so, not how the store saw it
+                    raise ConfigError(CLOSED, advice=REOPEN) from exc
+                if not self._shared or state is None:
                     raise
                 if deadline is not None and time.monotonic() >= deadline:
                     return state, ""

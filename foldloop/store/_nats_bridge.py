@@ -91,6 +91,8 @@ class LoopThread:
             raise StoreError(
                 f"the NATS server did not answer within {timeout} s; is it reachable?"
             ) from None
+        except concurrent.futures.CancelledError:  # the store closed under it (nats-py cancels)
+            raise StoreError("the store closed before the NATS server answered") from None
 
     def pending(
         self,
