@@ -278,6 +278,23 @@ class StoreContract:
         finally:
             hold.release()
 
+    def test_writes_begun_together_each_land_or_fail_on_their_own(self, store: EventStore) -> None:
+        started = encode_all([RunStarted(agent="a", input="x")], 5)
+        store.start_run("taken", started, owner="a").wait()
+        with store.writes_together():
+            ids = [f"r{i}" for i in range(50)]
+            pending = [store.start_run(run_id, started, owner="a") for run_id in ids]
+            again = store.start_run("taken", started, owner="b")
+            with store.writes_together():  # nested: still together, and waits inside are fine
+                inner = store.start_run("inner", started, owner="a").wait()
+            epochs = [p.wait() for p in pending]
+        with pytest.raises(ConcurrencyError):
+            again.wait()
+        assert [store.lease(run_id) for run_id in ids] == [Lease("a", e) for e in epochs]
+        assert store.lease("inner") == Lease("a", inner) and store.head("inner") == 1
+        taken = store.lease("taken")
+        assert taken is not None and taken.owner == "a"
+
     def test_import_writes_a_whole_run_in_one_go(self, store: EventStore) -> None:
         events = [ev(i) for i in range(300)]
         payloads = [p for i, e in enumerate(events) for p in encode_all([e], 1000 + i)]

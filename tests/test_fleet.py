@@ -328,6 +328,26 @@ def test_spawn_many_starts_every_run_in_order_sharing_commits(tmp_path: Path) ->
     assert durable < 100  # one spawn at a time commits once each: 500
 
 
+def test_spawn_many_from_a_thread_of_the_host_shares_commits(tmp_path: Path) -> None:
+    """Off the main thread (a server's handler, a pool's worker) too: a thread that commits
+    its own writes would commit each start on its own."""
+    agent = fl.Agent(name="many", llm=fl.ScriptedLLM([fl.Reply(text="ok")]))
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        writer = rt.store.writer  # type: ignore[attr-defined]
+        counted: list[int] = []
+
+        def spawning() -> None:
+            commits = writer.commits
+            handles = rt.spawn_many(agent, [f"q{i}" for i in range(500)])
+            counted.append(writer.commits - commits)
+            assert all(h.wait(timeout=30).ok for h in handles)
+
+        thread = threading.Thread(target=spawning)
+        thread.start()
+        thread.join(60)
+    assert counted and counted[0] < 100  # one commit a start: 500
+
+
 def test_spawn_many_refuses_a_bad_input_before_writing_anything(tmp_path: Path) -> None:
     agent = fl.Agent(name="many", llm=fl.ScriptedLLM([fl.Reply(text="ok")]))
     with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:

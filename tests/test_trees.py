@@ -223,6 +223,26 @@ def test_max_depth_stops_a_tree_growing_past_it(store_path: Path) -> None:
         assert offered["a2"] == []  # a run at max_depth is not offered its sub-agents
 
 
+def test_a_parents_children_start_sharing_commits(store_path: Path) -> None:
+    """They start on a thread of the runtime's: one commit a child if each committed its own."""
+    slow = fl.Agent(name="slow", llm=fl.ScriptedLLM(answers("late"), latency_s=60))
+    lead = fl.Agent(
+        name="lead",
+        llm=fl.ScriptedLLM(fans_out(*[("slow", f"t{i}") for i in range(200)])),
+        agents=[slow],
+        limits=fl.Limits(max_steps=1000, max_children=200),
+    )
+    with fl.Runtime.open(store_path, agents=[lead]) as rt:
+        writer = rt.store.writer  # type: ignore[attr-defined]
+        commits = writer.commits
+        run = rt.spawn(lead, "go")
+        wait_until(lambda: len(rt.runs()) == 201, 30, "the lead's 200 children to start")
+        started = writer.commits - commits
+        run.cancel(reason="enough")
+        assert run.wait(timeout=30).status is fl.RunStatus.CANCELLED
+    assert started < 60  # one commit a child: over 200
+
+
 def test_cancelling_a_parent_cancels_its_whole_subtree(store_path: Path) -> None:
     release = threading.Event()
     leaf = holding("leaf", release)

@@ -158,18 +158,21 @@ class Commands:
         starts: list[_Start] = []
         refused: Exception | None = None  # a start that could not begin: the rest are not tried
         try:
-            for text, given in zip(inputs, ids, strict=True):
-                try:
-                    command = agent.start(
-                        text, now=now, metadata=meta, parent_run_id=parent_run_id, limits=limits
-                    )
-                    run_id = given if given is not None else new_run_id(agent.name)
-                    # once one waits, the rest wait behind it (FIFO), whatever slot frees
-                    queue = self._shared is not None or (bool(starts) and not starts[-1].admitted)
-                    starts.append(self._start(agent, run_id, command, queue=queue))
-                except Exception as exc:
-                    refused = exc
-                    break
+            with self._store.writes_together():
+                for text, given in zip(inputs, ids, strict=True):
+                    try:
+                        command = agent.start(
+                            text, now=now, metadata=meta, parent_run_id=parent_run_id, limits=limits
+                        )
+                        run_id = given if given is not None else new_run_id(agent.name)
+                        # once one waits, the rest wait behind it (FIFO), whatever slot frees
+                        queue = self._shared is not None or (
+                            bool(starts) and not starts[-1].admitted
+                        )
+                        starts.append(self._start(agent, run_id, command, queue=queue))
+                    except Exception as exc:
+                        refused = exc
+                        break
         finally:  # the writes begun stand, even past a Ctrl-C: each run is driven or queued
             outcomes = [(start, self._finish_start(start)) for start in starts]
         failures = [failure for _start, failure in outcomes if failure is not None]
@@ -397,14 +400,15 @@ class Commands:
         starts: list[tuple[SpawnChild, _Start]] = []
         follow: list[SpawnChild] = []
         try:
-            for effect in effects:
-                if self._store.head(effect.run_id):
-                    follow.append(effect)
-                    continue
-                try:
-                    starts.append((effect, self._start_child(parent, effect, now)))
-                except FoldloopError as exc:
-                    self._child_not_started(parent, effect, exc)
+            with self._store.writes_together():
+                for effect in effects:
+                    if self._store.head(effect.run_id):
+                        follow.append(effect)
+                        continue
+                    try:
+                        starts.append((effect, self._start_child(parent, effect, now)))
+                    except FoldloopError as exc:
+                        self._child_not_started(parent, effect, exc)
         finally:  # the writes begun stand: each child is driven (see spawn_many)
             for effect, start in starts:
                 failure = self._finish_start(start)

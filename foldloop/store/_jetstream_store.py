@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import nats
@@ -495,6 +496,10 @@ class JetStreamStore:
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
             return False
         return True
+
+    def writes_together(self) -> AbstractContextManager[None]:
+        """Nothing to do: every write is a publish in flight, acknowledged on its own."""
+        return contextlib.nullcontext()
 
     def flush(self, timeout: float) -> bool:
         """Wait for the writes in flight to be acknowledged or refused."""

@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -407,6 +408,10 @@ class LmdbStore:
         return owner_alive(self.owners_dir, owner)
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    def writes_together(self) -> AbstractContextManager[None]:
+        """Writes begun in the block share commits (see ``port.EventStore``)."""
+        return self.writer.together()
 
     def flush(self, timeout: float) -> bool:
         """Commit what is queued now (ops commit in order, so a durable no-op behind them

@@ -23,6 +23,7 @@ others ride in the next commit (nobody waits on them; a ``callback`` hears of a 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol, TypeVar, runtime_checkable
 
 from foldloop.events._catalogue import KnownEvent
@@ -273,6 +274,12 @@ class EventStore(Protocol):
 
     def checkpoints(self) -> list[Checkpoint]:
         """Every stored checkpoint that decodes."""
+        ...
+
+    def writes_together(self) -> AbstractContextManager[None]:
+        """A block whose writes begun on this thread share commits with one another: none
+        is committed on its own as it is submitted (a loop of many runs' starts, waited for
+        after it, costs a few commits, not one each). Waiting inside the block is fine."""
         ...
 
     def flush(self, timeout: float) -> bool:

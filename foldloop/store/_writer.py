@@ -13,9 +13,10 @@ to reject itself, or anything else) is undone whole, whatever it wrote before ra
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 import lmdb
@@ -120,6 +121,7 @@ class Writer:
         self._closed = False
         self.commits = 0
         self.ops = 0
+        self._together = threading.local()  # its `depth`: how deep a thread is in together()
         self._thread = threading.Thread(target=self._run, name="foldloop-writer", daemon=True)
         self._thread.start()
 
@@ -130,7 +132,7 @@ class Writer:
                 op.finish(None, StoreError("the store is closed; open it again to write"))
                 return op
             self._pending.append(op)
-            if self._committing or not op.durable or threading.get_ident() == _MAIN_THREAD:
+            if self._committing or not op.durable or not self._may_lead():
                 if not self._polling or (op.durable and not self._committing):
                     self._cond.notify()
                 return op
@@ -138,6 +140,22 @@ class Writer:
             batch = self._take()
         self._lead(batch)
         return op
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """A block whose durable ops this thread does not commit one by one as it submits
+        them (a loop of submits would pay a commit each): they queue, and the flusher
+        commits them as they come, many at once."""
+        depth = getattr(self._together, "depth", 0)
+        self._together.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._together.depth = depth
+
+    def _may_lead(self) -> bool:
+        """Whether this thread commits the ops it submits while nobody commits."""
+        return threading.get_ident() != _MAIN_THREAD and not getattr(self._together, "depth", 0)
 
     def close(self) -> None:
         """Commit everything queued, then stop the flusher (no linger: queued ops commit now)."""
