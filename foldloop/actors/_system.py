@@ -131,8 +131,11 @@ class ActorSystem:
         # and parked runs one thread is taking up again, with the commands that came meanwhile
         self._parked: dict[str, tuple[str, ...]] = {}
         self._taking_up: dict[str, list[Command]] = {}
+        # runs driven here that started child runs, and sub-agent runs activated here: the
+        # tree's follow-ups (children_elsewhere, children_of_elsewhere) look at these, not at
+        # every active run (a fleet's thousands have neither)
         self._parents: set[str] = set()
-        """Runs driven here that started child runs (``children_elsewhere`` looks at these)."""
+        self._children: set[str] = set()
         self._ended: collections.deque[tuple[str, Settlement]] = collections.deque()
         """Settlements in the order their runs ended, for ``_forget_old``."""
         self._closed = False
@@ -262,6 +265,8 @@ class ActorSystem:
             for message in came:
                 shard.tell(Deliver(run_id, message))
             self._actors[run_id] = actor
+            if state.parent_call_id:
+                self._children.add(run_id)
             with contextlib.suppress(TypeError):  # a model that cannot be weakly referenced
                 self._models_seen.setdefault(id(agent.llm), agent.llm)
             self._placed[run_id] = shard
@@ -351,10 +356,11 @@ class ActorSystem:
         """(child, parent) of each sub-agent child driven here whose parent no actor here
         drives: its parent's cancel, carried by another runtime, cannot reach it here."""
         with self._lock:
+            self._children = {run_id for run_id in self._children if run_id in self._actors}
             return [
-                (run_id, actor.state.parent_run_id)
-                for run_id, actor in self._actors.items()
-                if actor.state.parent_call_id and actor.state.parent_run_id not in self._actors
+                (run_id, state.parent_run_id)
+                for run_id in self._children
+                if (state := self._actors[run_id].state).parent_run_id not in self._actors
             ]
 
     def tell_parent(self, state: RunState) -> None:
