@@ -7,8 +7,10 @@ writes the decision through ``RunWrites`` and hands the run on (``drive``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from msgspec.structs import replace
@@ -158,7 +160,7 @@ class Commands:
         starts: list[_Start] = []
         refused: Exception | None = None  # a start that could not begin: the rest are not tried
         try:
-            with self._store.writes_together():
+            with self._together(len(inputs)):
                 for text, given in zip(inputs, ids, strict=True):
                     try:
                         command = agent.start(
@@ -188,6 +190,11 @@ class Commands:
         started = tuple(start.run_id for start, ok in zip(starts, landed, strict=True) if ok)
         missing = tuple(i for i in range(len(inputs)) if i >= len(starts) or not landed[i])
         raise partly_spawned(len(inputs), started, missing, first) from first
+
+    def _together(self, starts: int) -> AbstractContextManager[None]:
+        """Where ``starts`` starts are begun: sharing commits when there are several (one
+        start commits sooner on its own thread than handed to the store's writer)."""
+        return self._store.writes_together() if starts > 1 else contextlib.nullcontext()
 
     def _landed(self, start: _Start, failure: BaseException | None) -> bool:
         """Whether a start whose wait failed with the store's error is in the log all the
@@ -400,7 +407,7 @@ class Commands:
         starts: list[tuple[SpawnChild, _Start]] = []
         follow: list[SpawnChild] = []
         try:
-            with self._store.writes_together():
+            with self._together(len(effects)):
                 for effect in effects:
                     if self._store.head(effect.run_id):
                         follow.append(effect)
