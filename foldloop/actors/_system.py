@@ -356,12 +356,8 @@ class ActorSystem:
         """(child, parent) of each sub-agent child driven here whose parent no actor here
         drives: its parent's cancel, carried by another runtime, cannot reach it here."""
         with self._lock:
-            self._children = {run_id for run_id in self._children if run_id in self._actors}
-            return [
-                (run_id, state.parent_run_id)
-                for run_id in self._children
-                if (state := self._actors[run_id].state).parent_run_id not in self._actors
-            ]
+            out = [(child, self._actors[child].state.parent_run_id) for child in self._children]
+            return [(child, parent) for child, parent in out if parent not in self._actors]
 
     def tell_parent(self, state: RunState) -> None:
         """If ``state`` is a child run's end, tell its parent (when the parent is driven here;
@@ -393,6 +389,7 @@ class ActorSystem:
             if self._actors.get(run_id) is not actor:
                 return
             del self._actors[run_id]
+            self._children.discard(run_id)
             self._placed.pop(run_id, None)
             self._parked[run_id] = tuple(c.run_id for c in actor.state.children if c.running)
             self._drop_claim(run_id)
@@ -464,6 +461,7 @@ class ActorSystem:
             self._parked.pop(run_id, None)
             self._taking_up.pop(run_id, None)
             self._parents.discard(run_id)
+            self._children.discard(run_id)
             self._placed.pop(run_id, None)
             self._drop_claim(run_id)
             settlement = self._settlements.setdefault(run_id, Settlement())
