@@ -281,15 +281,24 @@ class StoreContract:
     def test_writes_begun_together_each_land_or_fail_on_their_own(self, store: EventStore) -> None:
         started = encode_all([RunStarted(agent="a", input="x")], 5)
         store.start_run("taken", started, owner="a").wait()
-        with store.writes_together():
-            ids = [f"r{i}" for i in range(50)]
-            pending = [store.start_run(run_id, started, owner="a") for run_id in ids]
-            again = store.start_run("taken", started, owner="b")
-            with store.writes_together():  # nested: still together, and waits inside are fine
-                inner = store.start_run("inner", started, owner="a").wait()
-            epochs = [p.wait() for p in pending]
+        ids = [f"r{i}" for i in range(50)]
+        outcome: dict[str, Any] = {}
+
+        def together() -> None:  # not the main thread: a thread that would commit its own
+            with store.writes_together():
+                pending = [store.start_run(run_id, started, owner="a") for run_id in ids]
+                outcome["again"] = store.start_run("taken", started, owner="b")
+                with store.writes_together():  # nested: still together; waits inside are fine
+                    outcome["inner"] = store.start_run("inner", started, owner="a").wait()
+                outcome["epochs"] = [p.wait() for p in pending]
+
+        thread = threading.Thread(target=together)
+        thread.start()
+        thread.join(30)
+        assert not thread.is_alive() and set(outcome) == {"again", "inner", "epochs"}
+        epochs, inner = outcome["epochs"], outcome["inner"]
         with pytest.raises(ConcurrencyError):
-            again.wait()
+            outcome["again"].wait()
         assert [store.lease(run_id) for run_id in ids] == [Lease("a", e) for e in epochs]
         assert store.lease("inner") == Lease("a", inner) and store.head("inner") == 1
         taken = store.lease("taken")

@@ -335,17 +335,19 @@ def test_spawn_many_from_a_thread_of_the_host_shares_commits(tmp_path: Path) -> 
     with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
         writer = rt.store.writer  # type: ignore[attr-defined]
         counted: list[int] = []
+        ok: list[bool] = []
 
         def spawning() -> None:
             commits = writer.commits
             handles = rt.spawn_many(agent, [f"q{i}" for i in range(500)])
             counted.append(writer.commits - commits)
-            assert all(h.wait(timeout=30).ok for h in handles)
+            ok.extend(h.wait(timeout=30).ok for h in handles)
 
         thread = threading.Thread(target=spawning)
         thread.start()
         thread.join(60)
-    assert counted and counted[0] < 100  # one commit a start: 500
+        assert not thread.is_alive() and ok == [True] * 500
+    assert counted[0] < 100  # one commit a start: 500
 
 
 def test_spawn_many_refuses_a_bad_input_before_writing_anything(tmp_path: Path) -> None:

@@ -482,8 +482,8 @@ def test_closing_with_the_server_gone_returns_soon_and_leaves_no_thread(tmp_path
 
 
 def test_a_read_in_flight_when_the_store_closes_is_a_store_error(tmp_path: Path) -> None:
-    """The server paused, a read waits on its answer; closing the store cancels the request
-    (nats-py does): the reader hears a StoreError, not asyncio's cancellation."""
+    """The server paused, a read waits on its answer; closing the store cancels the calls in
+    flight: the reader hears a StoreError, not asyncio's cancellation."""
     server = start_server(tmp_path)
     assert server.proc is not None
     pid = server.proc.pid

@@ -151,7 +151,7 @@ class JetStreamStore:
             with contextlib.suppress(Exception):
                 await self._nc.close()
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in others:  # renewals of holds never released: the owner is gone
+        for task in others:  # holds' renewals, and calls in flight (a StoreError for their callers)
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
 

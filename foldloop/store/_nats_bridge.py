@@ -91,7 +91,7 @@ class LoopThread:
             raise StoreError(
                 f"the NATS server did not answer within {timeout} s; is it reachable?"
             ) from None
-        except concurrent.futures.CancelledError:  # the store closed under it (nats-py cancels)
+        except concurrent.futures.CancelledError:  # the store's close cancels calls in flight
             raise StoreError("the store closed before the NATS server answered") from None
 
     def pending(

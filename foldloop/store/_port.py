@@ -277,9 +277,10 @@ class EventStore(Protocol):
         ...
 
     def writes_together(self) -> AbstractContextManager[None]:
-        """A block whose writes begun on this thread share commits with one another: none
-        is committed on its own as it is submitted (a loop of many runs' starts, waited for
-        after it, costs a few commits, not one each). Waiting inside the block is fine."""
+        """A block in which this thread begins many writes before it waits on them (many
+        runs' starts): a store may hold back their commits so that they share them (LMDB
+        does: a few commits, not one each). Each write lands or fails as it would outside
+        the block; waiting inside it is fine."""
         ...
 
     def flush(self, timeout: float) -> bool:

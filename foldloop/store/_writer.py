@@ -144,8 +144,8 @@ class Writer:
     @contextlib.contextmanager
     def together(self) -> Iterator[None]:
         """A block whose durable ops this thread does not commit one by one as it submits
-        them (a loop of submits would pay a commit each): they queue, and the flusher
-        commits them as they come, many at once."""
+        them (a loop of submits would pay a commit each): they queue for the flusher (or a
+        leader committing on another thread), which commits them many at once."""
         depth = getattr(self._together, "depth", 0)
         self._together.depth = depth + 1
         try:
