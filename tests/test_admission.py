@@ -269,6 +269,34 @@ def test_runs_queued_at_close_wait_for_the_next_runtime(store_path: Path) -> Non
         assert admitted_order(again) == ["k1", "k2"]
 
 
+def test_recover_off_the_main_thread_takes_queued_runs_sharing_commits(store_path: Path) -> None:
+    """A host recovering from a thread of its own (a server's start-up task): the queued
+    runs' leases are taken in a few commits, not one each."""
+    model = Turnstile()
+    queue = agent(model)
+    rt = fl.Runtime.open(store_path, agents=[queue], max_active_runs=1)
+    rt.spawn_many(queue, [f"q{i}" for i in range(200)])
+    rt.close()
+    model.open("q0")  # the closed runtime's model thread ends; its reply is dropped
+    after = agent(Turnstile(open_all=True))
+    with fl.Runtime.open(store_path, agents=[after], max_active_runs=1) as again:
+        writer = again.store.writer  # type: ignore[attr-defined]
+        outcome: list[tuple[int, list[fl.types.RunHandle]]] = []
+
+        def recovering() -> None:
+            commits = writer.commits
+            handles = again.recover()
+            outcome.append((writer.commits - commits, handles))
+
+        thread = threading.Thread(target=recovering)
+        thread.start()
+        thread.join(60)
+        assert not thread.is_alive() and len(outcome) == 1
+        commits, handles = outcome[0]
+        assert len(handles) == 200 and all(h.wait(30).ok for h in handles)
+    assert commits < 40  # one commit a queued run: 199
+
+
 @pytest.mark.parametrize("bad", [0, -1, True, 1.5, "2"])
 def test_max_active_runs_must_be_a_whole_number_of_runs(store_path: Path, bad: object) -> None:
     with pytest.raises(fl.ConfigError, match=r"max_active_runs must be an int >= 1, or None"):

@@ -7,10 +7,8 @@ writes the decision through ``RunWrites`` and hands the run on (``drive``).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from msgspec.structs import replace
@@ -50,7 +48,7 @@ from foldloop.runtime._rules import (
     priced_limits,
 )
 from foldloop.runtime._trees import TreeWork
-from foldloop.runtime._writes import RunWrites
+from foldloop.runtime._writes import RunWrites, together
 from foldloop.store import EventStore, Pending, RemoteCancel, WorkQueue
 from foldloop.tools._decorator import bound_text
 
@@ -160,7 +158,7 @@ class Commands:
         starts: list[_Start] = []
         refused: Exception | None = None  # a start that could not begin: the rest are not tried
         try:
-            with self._together(len(inputs)):
+            with together(self._store, len(inputs)):
                 for text, given in zip(inputs, ids, strict=True):
                     try:
                         command = agent.start(
@@ -190,11 +188,6 @@ class Commands:
         started = tuple(start.run_id for start, ok in zip(starts, landed, strict=True) if ok)
         missing = tuple(i for i in range(len(inputs)) if i >= len(starts) or not landed[i])
         raise partly_spawned(len(inputs), started, missing, first) from first
-
-    def _together(self, starts: int) -> AbstractContextManager[None]:
-        """Where ``starts`` starts are begun: sharing commits when there are several (one
-        start commits sooner on its own thread than handed to the store's writer)."""
-        return self._store.writes_together() if starts > 1 else contextlib.nullcontext()
 
     def _landed(self, start: _Start, failure: BaseException | None) -> bool:
         """Whether a start whose wait failed with the store's error is in the log all the
@@ -407,7 +400,7 @@ class Commands:
         starts: list[tuple[SpawnChild, _Start]] = []
         follow: list[SpawnChild] = []
         try:
-            with self._together(len(effects)):
+            with together(self._store, len(effects)):
                 for effect in effects:
                     if self._store.head(effect.run_id):
                         follow.append(effect)

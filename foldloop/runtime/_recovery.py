@@ -22,6 +22,7 @@ from foldloop.runtime._queries import Queries
 from foldloop.runtime._registry import AgentRegistry
 from foldloop.runtime._results import Damaged
 from foldloop.runtime._trees import TreeWork
+from foldloop.runtime._writes import together
 from foldloop.store import EventStore, WorkQueue
 
 __all__ = ["STRANDED_AFTER_NS", "Recovery"]
@@ -181,9 +182,10 @@ class Recovery:
         """Take the leases of queued runs (whose runtime died, or from a shared work queue)
         and queue them here in the order they were started (their run.started's log
         position): spawn order. Runs a live runtime holds are left to it."""
-        taking = [(run_id, self._store.acquire_lease(run_id, self._owner)) for run_id in run_ids]
+        with together(self._store, len(run_ids)):  # asked all at once: they share commits
+            taking = [(r, self._store.acquire_lease(r, self._owner)) for r in run_ids]
         taken: list[str] = []
-        for run_id, op in taking:  # asked all at once: one commit for all of them
+        for run_id, op in taking:
             try:
                 op.wait()
             except RunLocked:

@@ -7,7 +7,9 @@ taken outside any actor, an imported run, an approval decided or expired) goes t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 from foldloop._approvals import approval_changes
 from foldloop.core._commands import Command
@@ -19,7 +21,13 @@ from foldloop.runtime._rules import evolve_all
 from foldloop.store import ApprovalChanges, EventStore, Lease, Payload, Pending, encode_all
 from foldloop.store._approvals import ApprovalRecord
 
-__all__ = ["RunWrites"]
+__all__ = ["RunWrites", "together"]
+
+
+def together(store: EventStore, writes: int) -> AbstractContextManager[None]:
+    """Where a thread begins ``writes`` writes before it waits on them: sharing commits
+    when there are several (``EventStore.writes_together``); one commits sooner alone."""
+    return store.writes_together() if writes > 1 else contextlib.nullcontext()
 
 
 class RunWrites:
