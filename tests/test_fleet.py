@@ -328,6 +328,25 @@ def test_spawn_many_starts_every_run_in_order_sharing_commits(tmp_path: Path) ->
     assert durable < 100  # one spawn at a time commits once each: 500
 
 
+def test_recover_resumes_many_runs_sharing_commits(tmp_path: Path) -> None:
+    """A fleet's host that died with its runs in flight: one at a time, each run's resume
+    would wait on its own commits (its lease, its resume): ~3 a run."""
+    slow = fl.Agent(
+        name="fleet", llm=fl.ScriptedLLM(lambda m, t: fl.Reply(text="ok"), latency_s=60)
+    )
+    rt = fl.Runtime.open(tmp_path / "s", agents=[slow])
+    rt.spawn_many(slow, ["go"] * 200)
+    rt.close()
+    fast = fl.Agent(name="fleet", llm=fl.ScriptedLLM(lambda m, t: fl.Reply(text="done")))
+    with fl.Runtime.open(tmp_path / "s", agents=[fast]) as again:
+        writer = again.store.writer  # type: ignore[attr-defined]
+        commits = writer.commits
+        handles = again.recover()
+        resumed = writer.commits - commits
+        assert len(handles) == 200 and all(h.wait(timeout=30).output == "done" for h in handles)
+    assert resumed < 150  # one run at a time: ~600
+
+
 def test_spawn_many_from_a_thread_of_the_host_shares_commits(tmp_path: Path) -> None:
     """Off the main thread (a server's handler, a pool's worker) too: a thread that commits
     its own writes would commit each start on its own."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 from foldloop._log import get_logger
@@ -38,6 +39,9 @@ STRANDED_AFTER_NS = 60 * 10**9
 long after it was queued (its spawner died before it was queued, an admission failed and
 its runtime died) is taken by ``recover()`` like a dead runtime's queued run."""
 LAST_POSITION = 2**63 - 1
+RESUMES_AT_ONCE = 32
+"""Orphans ``recover()`` resumes at once: each waits on two commits (its lease, its
+resume), which those under way together share (one after another: thousands of fsyncs)."""
 
 
 class Recovery:
@@ -75,7 +79,7 @@ class Recovery:
     def recover(self) -> list[str]:
         """Resume every run left running by a runtime that died, for agents known here, and
         queue the runs it had queued behind those waiting here, in the order they started."""
-        recovered: list[str] = []
+        running: list[RunState] = []
         queued: list[str] = []
         orphans = []
         released: set[str] = set()  # queued runs nobody holds: on a shared queue, still there
@@ -114,9 +118,21 @@ class Recovery:
                 if self._shared is None or state.run_id not in released or stranded:
                     queued.append(state.run_id)
                 continue
-            if self._resume_orphan(state) == "resumed":
-                recovered.append(state.run_id)
-        return recovered + self.take_queued(queued)
+            running.append(state)
+        return self._resume_all(running) + self.take_queued(queued)
+
+    def _resume_all(self, states: list[RunState]) -> list[str]:
+        """Resume orphans that were running, RESUMES_AT_ONCE at a time; the ids of those
+        resumed, in the order given (the first error is raised once all were tried)."""
+        if len(states) < 2:
+            outcomes = [self._resume_orphan(state) for state in states]
+        else:
+            threads = min(RESUMES_AT_ONCE, len(states))
+            with ThreadPoolExecutor(threads, thread_name_prefix="foldloop-recover") as pool:
+                outcomes = list(pool.map(self._resume_orphan, states))
+        return [
+            s.run_id for s, outcome in zip(states, outcomes, strict=True) if outcome == "resumed"
+        ]
 
     def take_up_orphan(self, run_id: str) -> bool:
         """Recover one run that a wait found nobody driving (or, queued, holding), as
