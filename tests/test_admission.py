@@ -297,6 +297,32 @@ def test_recover_off_the_main_thread_takes_queued_runs_sharing_commits(store_pat
     assert commits < 40  # one commit a queued run: 199
 
 
+def test_queued_runs_whose_turn_comes_together_are_admitted_sharing_commits(
+    store_path: Path,
+) -> None:
+    """200 runs a closed runtime left queued, recovered where there is room for all: the
+    admission thread starts them several at once, not each on two commits of its own."""
+    model = Turnstile()
+    queue = agent(model)
+    rt = fl.Runtime.open(store_path, agents=[queue], max_active_runs=1)
+    for i in range(201):
+        rt.spawn(queue, f"q{i}", run_id=f"q{i}")
+    rt.close()
+    model.open("q0")  # the closed runtime's model thread ends; its reply is dropped
+    gate = Turnstile()  # holds every admitted run in its model call: only admissions commit
+    with fl.Runtime.open(store_path, agents=[agent(gate)]) as again:
+        writer = again.store.writer  # type: ignore[attr-defined]
+        commits = writer.commits
+        handles = again.recover()
+        wait_until(lambda: len(gate.inside) == 201, 30, "every run to be admitted")
+        admitted = writer.commits - commits
+        for i in range(201):
+            gate.open(f"q{i}")
+        assert len(handles) == 201 and all(h.wait(30).ok for h in handles)
+        assert admitted_order(again) == [f"q{i}" for i in range(1, 201)]
+    assert admitted < 60  # one at a time: two commits each, 400
+
+
 @pytest.mark.parametrize("bad", [0, -1, True, 1.5, "2"])
 def test_max_active_runs_must_be_a_whole_number_of_runs(store_path: Path, bad: object) -> None:
     with pytest.raises(fl.ConfigError, match=r"max_active_runs must be an int >= 1, or None"):

@@ -4,7 +4,7 @@ A run spawned while every slot is taken is recorded queued (``run.started`` and
 ``run.queued``, durable before ``spawn`` returns; its runtime keeps its lease, which says
 who admits it) and its id joins the queue: nothing else of it is held in memory. When a run
 driven here stops being active (``ActorSystem(on_inactive=...)``), the admission thread takes
-the next queued run and starts it (``Commands.admit``: lease, ``run.admitted``, an actor).
+the next queued runs and starts them (``Admits.admit``: lease, ``run.admitted``, an actor).
 That work never runs on the thread that reported the slot free: it is a shard's, which
 drives other runs.
 
@@ -25,7 +25,6 @@ from typing import Literal
 
 from foldloop._log import get_logger
 from foldloop.actors._workers import Workers
-from foldloop.errors import StoreError
 
 __all__ = ["CLOSE_WAIT", "Admission", "Turn"]
 
@@ -34,6 +33,9 @@ log = get_logger("foldloop.runtime")
 CLOSE_WAIT = 5.0
 """Seconds ``close`` waits for an admission under way to finish (it takes a commit or two)."""
 RETRY_AFTER_S = 1.0
+ADMITS_AT_ONCE = 64
+"""Queued runs the admission thread starts at once at most (when as many slots are free):
+their writes share commits."""
 """An admission the store failed (a server away) is tried again this much later."""
 
 Turn = Literal["now", "deadline", "closed"]
@@ -54,7 +56,7 @@ class Admission:
         limit: int | None,
         *,
         active: Callable[[], int],
-        admit: Callable[[str], None],
+        admit: Callable[[list[str]], list[str]],
     ) -> None:
         self.limit = limit
         self._active = active
@@ -155,32 +157,36 @@ class Admission:
         self._thread.submit(self._drain)
 
     def _drain(self) -> None:
-        """(The admission thread.) Admit the queue's head while a slot is free."""
+        """(The admission thread.) Admit the queue's head while slots are free, as many at
+        once as are free (up to ADMITS_AT_ONCE)."""
         while True:
             with self._lock:
                 if self._closed or not self._queue or self._full():
                     self._scheduled = False
                     return
-                run_id = self._queue.popleft()
-                self._reserved += 1
+                free = ADMITS_AT_ONCE if self.limit is None else self.limit - self._in_flight()
+                turn = min(free, ADMITS_AT_ONCE, len(self._queue))
+                batch = [self._queue.popleft() for _ in range(turn)]
+                self._reserved += len(batch)
+            retry: list[str] = []
             try:
-                self._admit(run_id)
-            except StoreError as exc:
-                if self._closed:  # closed under it: the run is resumed or admitted later
-                    log.info("admission_cut_by_close", run_id=run_id, error=str(exc))
-                else:  # the store failed a request (a server away): this run's turn again
-                    log.warning("admission_retried", run_id=run_id, error=str(exc))
-                    self._retry_later(run_id)
+                retry = self._admit(batch)
             except Exception as exc:
-                if self._closed:  # closed under it: the run is resumed or admitted later
-                    log.info("admission_cut_by_close", run_id=run_id, error=str(exc))
+                if self._closed:  # closed under it: the runs are resumed or admitted later
+                    log.info("admission_cut_by_close", run_ids=batch, error=str(exc))
                 else:
-                    log.exception("admission_failed", run_id=run_id)
+                    log.exception("admission_failed", run_ids=batch)
             finally:
                 with self._lock:
-                    self._reserved -= 1
-                    self._waiting.discard(run_id)
+                    self._reserved -= len(batch)
+                    self._waiting.difference_update(batch)
                     self._changed.notify_all()
+            for run_id in retry:  # the store failed them (a server away): their turn again
+                if self._closed:
+                    log.info("admission_cut_by_close", run_id=run_id)
+                else:
+                    log.warning("admission_retried", run_id=run_id)
+                    self._retry_later(run_id)
 
     def _retry_later(self, run_id: str) -> None:
         """Queue ``run_id`` again (at the back) after RETRY_AFTER_S, unless closed by then."""

@@ -17,7 +17,7 @@ from foldloop._agent import Agent
 from foldloop._log import get_logger
 from foldloop.actors._system import HANDOVER_WAIT, ActorSystem
 from foldloop.actors._workers import Workers
-from foldloop.core._commands import Admit, Cancel, Resume, Start
+from foldloop.core._commands import Cancel, Resume, Start
 from foldloop.core._decide import decide
 from foldloop.core._effects import Decision, SpawnChild
 from foldloop.core._state import RunState, RunStatus
@@ -33,13 +33,13 @@ from foldloop.errors import (
 from foldloop.events._recorded import UnknownEvent
 from foldloop.events._values import Limits
 from foldloop.runtime._admission import Admission
+from foldloop.runtime._admits import Admits
 from foldloop.runtime._approval_desk import ApprovalDesk
 from foldloop.runtime._driving import drive
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._recovery import Recovery
 from foldloop.runtime._registry import AgentRegistry
 from foldloop.runtime._rules import (
-    NothingToDo,
     check_spawn,
     evolve_all,
     merged,
@@ -109,6 +109,16 @@ class Commands:
             cancel_child=self._cancel_child,
         )
         """Takes up runs a runtime left behind (``recover``, and a wait's take-up)."""
+        self.admits = Admits(
+            store=store,
+            system=system,
+            queries=queries,
+            agents=agents,
+            writes=writes,
+            clock=clock,
+            owner=owner,
+        )
+        """Starts the queued runs whose turn came (for ``Admission``)."""
 
     def spawn(
         self,
@@ -297,33 +307,6 @@ class Commands:
         finally:
             if start.reserved:
                 self._admission.release()
-
-    def admit(self, run_id: str) -> None:
-        """Start a queued run whose turn came (on the admission thread): take it, record
-        ``run.admitted`` and hand it to an actor. A run cancelled meanwhile is left as it is."""
-        try:
-            epoch = self._system.take(run_id, wait=HANDOVER_WAIT)
-        except RunLocked as exc:  # a live runtime recovered it, having found this one dead
-            log.warning("admission_skipped", run_id=run_id, error=str(exc))
-            return
-        try:
-            state = self._queries.state(run_id)
-            agent = self._agents.named(state.agent)
-            if state.status is not RunStatus.QUEUED or agent is None:
-                raise NothingToDo
-            command = Admit(now=self._clock(), owner=self._owner)
-            decision = decide(state, command)
-            settles = decision.settles  # a ceiling reached before its first model call
-            self._writes.append_decisions(state, [(decision, command)], epoch, release=settles)
-        except NothingToDo:
-            self._system.give_back(run_id, epoch)
-            return
-        except BaseException:
-            self._system.give_back(run_id, epoch)
-            raise
-        state = evolve_all(state, decision, command.now)
-        log.info("run_admitted", run_id=run_id, agent=agent.name)
-        drive(self._system, agent, state, epoch, decision, released=settles)
 
     def resume(self, run_id: str, *, extend: Limits | None) -> str:
         """Continue a resumable run (interrupted, limit reached, no progress, parked)."""

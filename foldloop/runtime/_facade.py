@@ -97,7 +97,7 @@ class Runtime(OpenOnly, ClosedOnExit):
         self._admission = Admission(
             max_active_runs,
             active=lambda: self.system.active_count(),  # noqa: PLW0108
-            admit=lambda run_id: self._commands.admit(run_id),  # noqa: PLW0108
+            admit=lambda run_ids: self._commands.admits.admit(run_ids),  # noqa: PLW0108
         )
         self.system = ActorSystem(
             store,

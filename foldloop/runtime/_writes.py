@@ -17,6 +17,7 @@ from foldloop.core._effects import Decision
 from foldloop.core._state import RunState
 from foldloop.errors import ConcurrencyError, ConfigError
 from foldloop.events._catalogue import KnownEvent
+from foldloop.events._recorded import Recorded
 from foldloop.runtime._rules import evolve_all
 from foldloop.store import ApprovalChanges, EventStore, Lease, Payload, Pending, encode_all
 from foldloop.store._approvals import ApprovalRecord
@@ -69,6 +70,18 @@ class RunWrites:
         """Append decisions taken outside any actor (resume, approvals, cancel), one after
         another from ``state``, durably and as one append, with their approvals-table
         changes, and (``release``) the run's lease with them, when nothing follows them."""
+        self.begin_decisions(state, steps, epoch, release=release).wait()
+
+    def begin_decisions(
+        self,
+        state: RunState,
+        steps: Sequence[tuple[Decision, Command]],
+        epoch: int,
+        *,
+        release: bool = False,
+    ) -> Pending[list[Recorded]]:
+        """``append_decisions`` under way: its write, to wait on (several begun one after
+        another share commits, ``together``)."""
         run_id, first_seq = state.run_id, state.seq
         payloads: list[Payload] = []
         changes = ApprovalChanges()
@@ -80,14 +93,14 @@ class RunWrites:
             if step_changes is not None:
                 changes = changes + step_changes
             state = after
-        self._store.append(
+        return self._store.append(
             run_id,
             payloads,
             expected_seq=first_seq,
             lease=Lease(self._owner, epoch),
             approvals=changes or None,
             release=release,
-        ).wait()
+        )
 
     def import_run(self, target: str, events: Sequence[tuple[KnownEvent, int]]) -> None:
         """Append an exported run's events (each with its time) as the new run ``target``."""
