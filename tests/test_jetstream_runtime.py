@@ -505,7 +505,8 @@ def test_a_read_in_flight_when_the_store_closes_is_a_store_error(tmp_path: Path)
         os.kill(pid, signal.SIGSTOP)
         thread = threading.Thread(target=reading)
         thread.start()
-        wait_until(asking, 10, "the read to wait on the server")
+        wait_until(lambda: asking() or outcome, 10, "the read to wait on the server")
+        assert not outcome, f"the read ended before the store closed: {outcome}"
         store.close()
         thread.join(30)
         assert not thread.is_alive() and len(outcome) == 1
