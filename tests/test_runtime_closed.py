@@ -109,3 +109,34 @@ def test_close_and_closed_still_answer(
     with rt:  # and so is leaving a with block
         pass
     assert rt.closed
+
+
+def test_a_wait_on_a_run_of_a_runtime_closed_under_it_returns_it_interrupted(
+    tmp_path: Path,
+) -> None:
+    """The wait returns how the run stands (interrupted: its runtime closed), not 'running'."""
+    import sys
+    import threading
+    import traceback
+
+    from tests.waiting import wait_until
+
+    slow = fl.Agent(name="slow", llm=fl.ScriptedLLM(lambda m, t: fl.Reply(text="x"), latency_s=60))
+    rt = fl.Runtime.open(tmp_path / "s", agents=[slow])
+    handle = rt.spawn(slow, "go")
+    outcome: list[object] = []
+    thread = threading.Thread(target=lambda: outcome.append(handle.wait(timeout=60)))
+    thread.start()
+
+    def waiting() -> bool:  # the wait is on the run's settlement
+        frame = sys._current_frames().get(thread.ident or 0)
+        return any(f.name == "_settle" for f in traceback.extract_stack(frame)) if frame else False
+
+    wait_until(waiting, 10, "the wait to wait on the run")
+    rt.close()
+    thread.join(20)
+    assert not thread.is_alive() and len(outcome) == 1
+    result = outcome[0]
+    assert isinstance(result, fl.types.RunResult)
+    assert result.status is fl.RunStatus.INTERRUPTED and result.resumable
+    assert "closed" in result.reason

@@ -98,7 +98,12 @@ class Waiter:
         deadline = None if timeout is None else time.monotonic() + timeout
         take_ups = 0
         while True:
-            state, interrupted = self._settle(run_id, deadline, ending)
+            try:
+                state, interrupted = self._settle(run_id, deadline, ending)
+            except StoreError as exc:
+                if self._system.closed and not isinstance(exc, (StoreNotFound, StoreCorrupted)):
+                    raise ConfigError(CLOSED, advice=REOPEN) from exc  # say so, not the store
+                raise
             if (
                 interrupted in (NOT_DRIVEN, QUEUED_NOT_HELD)
                 and take_ups < MAX_TAKE_UPS
@@ -133,8 +138,8 @@ class Waiter:
         while (settlement := self._system.settlement(run_id)) is not None:
             settlement.event.wait(None if deadline is None else max(0, deadline - time.monotonic()))
             state = settlement.state
-            if not settlement.event.is_set() or state is None:
-                return self._queries.state(run_id), ""
+            if not settlement.event.is_set() or state is None:  # the deadline, or closed under it
+                return self._queries.state(run_id), settlement.interrupted
             if self._decision_pending(state, deadline):
                 # the poller (or the drive the decision started) continues the run; wait
                 # for that settlement
@@ -254,9 +259,7 @@ class Waiter:
             except (StoreNotFound, StoreCorrupted):
                 raise
             except StoreError as exc:  # a shared store's server away: ride it out
-                if self._system.closed:  # closed under the wait: say so, not how the store saw it
-                    raise ConfigError(CLOSED, advice=REOPEN) from exc
-                if not self._shared or state is None:
+                if not self._shared or state is None or self._system.closed:
                     raise
                 if deadline is not None and time.monotonic() >= deadline:
                     return state, ""
