@@ -147,6 +147,29 @@ def test_a_worker_killed_under_spawn_many_costs_no_input_and_doubles_none(
         assert victim.pid not in {w.pid for w in pool.workers}
 
 
+def test_a_pool_closed_under_spawn_many_says_which_inputs_started(store_path: Path) -> None:
+    """Closed from another thread once a first chunk started: a SpawnError whose .started
+    are exactly the runs in the log and whose .missing are the other inputs."""
+    inputs = [f"sum {i}" for i in range(10_000)]
+    pool = fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=2)
+    call = _Call(lambda: pool.spawn_many("calc", inputs))
+    wait_until(lambda: pool.workers[0].spawned >= pool_module.SPAWN_CHUNK, 60, "a chunk")
+    pool.close()
+    call.join(60)
+    error = call.error
+    assert isinstance(error, fl.errors.SpawnError), error  # not ConfigError, and not all
+    started = {h.id for h in error.started}
+    with fl.Runtime.open(store_path) as rt:
+        logged_runs = {
+            r.run_id: r.event.input for r in rt.read_all() if isinstance(r.event, RunStarted)
+        }
+    assert started == set(logged_runs) and 0 < len(started) < len(inputs)
+    missing = set(error.missing)
+    assert sorted(logged_runs.values()) == sorted(
+        text for i, text in enumerate(inputs) if i not in missing
+    )
+
+
 def test_a_spawn_whose_worker_dies_before_answering_is_sent_again(store_path: Path) -> None:
     with (
         capture_logs(logging.WARNING) as logs,

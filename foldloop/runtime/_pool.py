@@ -13,12 +13,13 @@ run before sending it, so a spawn in flight to a dying worker is settled from th
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,8 @@ class WorkerPool(ClosedOnExit):
         self._env = {**os.environ, "PYTHONPATH": os.pathsep.join(search)}
         self._lock = threading.Lock()
         self._closed = False
+        self._spawning = 0  # spawn calls under way: a close lets them read the log first
+        self._spawned = threading.Condition(self._lock)
         self._next = itertools.count()
         self._workers: list[WorkerProcess] = []
         try:
@@ -270,7 +273,8 @@ class WorkerPool(ClosedOnExit):
             )
 
         spawns = Spawns(self.runtime.store, [named], send, call="spawn", mark=mark, ours=ours)
-        return spawns.run([[0]], 1, self._handle)[0]
+        with self._spawn_call():
+            return spawns.run([[0]], 1, self._handle)[0]
 
     def spawn_many(
         self,
@@ -312,7 +316,22 @@ class WorkerPool(ClosedOnExit):
             list(range(at, min(at + SPAWN_CHUNK, len(texts))))
             for at in range(0, len(texts), SPAWN_CHUNK)
         )
-        return spawns.run(chunks, max(1, SPAWN_WINDOW // SPAWN_CHUNK), self._handle)
+        with self._spawn_call():
+            return spawns.run(chunks, max(1, SPAWN_WINDOW // SPAWN_CHUNK), self._handle)
+
+    @contextlib.contextmanager
+    def _spawn_call(self) -> Iterator[None]:
+        """A spawn call under way: ``close`` keeps the host's runtime open until it ends (one
+        that the close cut short reads the log to say which of its runs started)."""
+        with self._lock:
+            self._check_open()
+            self._spawning += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._spawning -= 1
+                self._spawned.notify_all()
 
     def _handle(self, run_id: str) -> PooledRunHandle:
         return PooledRunHandle(self, run_id)
@@ -383,4 +402,6 @@ class WorkerPool(ClosedOnExit):
             worker.hang_up()  # all at once: they wind down in parallel
         for worker in workers:
             worker.stop(timeout)
+        with self._lock:
+            self._spawned.wait_for(lambda: not self._spawning, timeout)
         self.runtime.close()

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from foldloop._log import get_logger
-from foldloop.errors import FoldloopError, WorkerError
+from foldloop.errors import ConfigError, FoldloopError, WorkerError
 from foldloop.events import RunStarted
 from foldloop.runtime._rules import partly_spawned
 from foldloop.store import EventStore
@@ -146,7 +146,7 @@ class Spawns:
     def _send_batch(self, indices: list[int], attempt: int) -> _Batch:
         try:
             answer = self._send(indices)
-        except WorkerError as exc:  # no worker to take it: as if it had died under it
+        except (WorkerError, ConfigError) as exc:  # no worker to take it, or the pool closed
             answer = Future()
             answer.set_exception(exc)
         return _Batch(indices, answer, attempt)
