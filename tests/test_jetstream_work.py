@@ -151,3 +151,29 @@ def test_a_wait_on_a_queued_run_ends_when_its_runtime_closes(nats_url: str) -> N
     thread.join(20)
     assert not thread.is_alive() and len(outcome) == 1
     assert isinstance(outcome[0], fl.ConfigError) and "this runtime is closed" in str(outcome[0])
+
+
+def test_runs_a_close_cuts_spawn_many_short_on_are_all_in_the_work_queue(nats_url: str) -> None:
+    """Closed while its starts are being acknowledged: every run that started is put in the
+    work queue before the store closes, so a runtime with the agent drives them all after a
+    recover() (none left queued where neither it nor the work queue looks)."""
+    agent = counter()
+    rt = fl.Runtime.open(nats_url, agents=[agent])
+    outcome: list[list[fl.types.RunHandle]] = []
+
+    def spawning() -> None:
+        try:
+            outcome.append(rt.spawn_many(agent, [f"q{i}" for i in range(150)]))
+        except fl.errors.SpawnError as exc:
+            outcome.append(list(exc.started))
+
+    thread = threading.Thread(target=spawning)
+    thread.start()
+    wait_until(lambda: rt.store.last_position() > 0, 30, "the first start")
+    rt.close()
+    thread.join(60)
+    assert not thread.is_alive() and len(outcome) == 1 and outcome[0]
+    with fl.Runtime.open(nats_url, agents=[agent]) as again:
+        again.recover()  # what the closed runtime held (taken from the queue, or driving)
+        results = [again.handle(h.id).wait(timeout=60) for h in outcome[0]]
+    assert {r.status for r in results} == {fl.RunStatus.COMPLETED}

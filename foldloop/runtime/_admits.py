@@ -90,7 +90,11 @@ class Admits:
                 except RunLocked as exc:
                     _failed(run_id, exc, retry)
                     continue
-                leases.append((run_id, self._store.acquire_lease(run_id, self._owner)))
+                try:
+                    leases.append((run_id, self._store.acquire_lease(run_id, self._owner)))
+                except Exception as exc:  # refused before it began (the store closed)
+                    self._system.unclaim(run_id)
+                    _failed(run_id, exc, retry)
         taken: list[tuple[str, int]] = []
         for run_id, lease in leases:
             try:

@@ -7,8 +7,10 @@ writes the decision through ``RunWrites`` and hands the run on (``drive``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from msgspec.structs import replace
@@ -36,6 +38,7 @@ from foldloop.runtime._admission import Admission
 from foldloop.runtime._admits import Admits
 from foldloop.runtime._approval_desk import ApprovalDesk
 from foldloop.runtime._driving import drive
+from foldloop.runtime._lifecycle import CLOSED, REOPEN
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._recovery import Recovery
 from foldloop.runtime._registry import AgentRegistry
@@ -55,6 +58,9 @@ from foldloop.tools._decorator import bound_text
 __all__ = ["Commands"]
 
 log = get_logger("foldloop.runtime")
+
+SPAWNS_CLOSE_WAIT = 10.0
+"""Seconds a close waits for the spawn calls under way to finish the starts they began."""
 
 
 class Commands:
@@ -82,6 +88,9 @@ class Commands:
         self._clock = clock
         self._owner = owner
         self._late_cancels = Workers(1, "foldloop-cancel")
+        self._spawning = 0  # spawn calls under way (see ``stop_spawns``)
+        self._spawns_done = threading.Condition()
+        self._closing = False
         self.trees = TreeWork(
             system=system,
             queries=queries,
@@ -163,28 +172,14 @@ class Commands:
         if len(set(named)) != len(named):
             raise ConfigError("spawn_many was given a run_id twice; give each run its own")
         meta = tuple(sorted((metadata or {}).items()))
-        now = self._clock()
-        limits = priced_limits(agent, now)
         starts: list[_Start] = []
-        refused: Exception | None = None  # a start that could not begin: the rest are not tried
-        try:
-            with together(self._store, len(inputs)):
-                for text, given in zip(inputs, ids, strict=True):
-                    try:
-                        command = agent.start(
-                            text, now=now, metadata=meta, parent_run_id=parent_run_id, limits=limits
-                        )
-                        run_id = given if given is not None else new_run_id(agent.name)
-                        # once one waits, the rest wait behind it (FIFO), whatever slot frees
-                        queue = self._shared is not None or (
-                            bool(starts) and not starts[-1].admitted
-                        )
-                        starts.append(self._start(agent, run_id, command, queue=queue))
-                    except Exception as exc:
-                        refused = exc
-                        break
-        finally:  # the writes begun stand, even past a Ctrl-C: each run is driven or queued
-            outcomes = [(start, self._finish_start(start)) for start in starts]
+        with self._spawn_call():
+            try:
+                refused = self._begin_starts(
+                    agent, inputs, ids, meta=meta, parent_run_id=parent_run_id, starts=starts
+                )
+            finally:  # the writes begun stand, even past a Ctrl-C: each run is driven or queued
+                outcomes = [(start, self._finish_start(start)) for start in starts]
         failures = [failure for _start, failure in outcomes if failure is not None]
         interrupt = next((f for f in failures if not isinstance(f, Exception)), None)
         if interrupt is not None:
@@ -198,6 +193,36 @@ class Commands:
         started = tuple(start.run_id for start, ok in zip(starts, landed, strict=True) if ok)
         missing = tuple(i for i in range(len(inputs)) if i >= len(starts) or not landed[i])
         raise partly_spawned(len(inputs), started, missing, first) from first
+
+    def _begin_starts(
+        self,
+        agent: Agent,
+        inputs: Sequence[str],
+        ids: Sequence[str | None],
+        *,
+        meta: tuple[tuple[str, str], ...],
+        parent_run_id: str | None,
+        starts: list[_Start],
+    ) -> Exception | None:
+        """Begin the starts, in order, into ``starts`` (their writes sharing commits); the
+        failure that stopped them (the rest are not tried), None when all began."""
+        now = self._clock()
+        limits = priced_limits(agent, now)
+        with together(self._store, len(inputs)):
+            for text, given in zip(inputs, ids, strict=True):
+                try:
+                    if self._closing:
+                        raise ConfigError(CLOSED, advice=REOPEN)
+                    command = agent.start(
+                        text, now=now, metadata=meta, parent_run_id=parent_run_id, limits=limits
+                    )
+                    run_id = given if given is not None else new_run_id(agent.name)
+                    # once one waits, the rest wait behind it (FIFO), whatever slot frees
+                    queue = self._shared is not None or (bool(starts) and not starts[-1].admitted)
+                    starts.append(self._start(agent, run_id, command, queue=queue))
+                except Exception as exc:
+                    return exc
+        return None
 
     def _landed(self, start: _Start, failure: BaseException | None) -> bool:
         """Whether a start whose wait failed with the store's error is in the log all the
@@ -456,6 +481,27 @@ class Commands:
             self.cancel(run_id, reason)
         except FoldloopError as exc:
             log.warning("child_not_cancelled", run_id=run_id, error=str(exc))
+
+    @contextlib.contextmanager
+    def _spawn_call(self) -> Iterator[None]:
+        """A spawn call under way: ``stop_spawns`` waits for it to end."""
+        with self._spawns_done:
+            self._spawning += 1
+        try:
+            yield
+        finally:
+            with self._spawns_done:
+                self._spawning -= 1
+                self._spawns_done.notify_all()
+
+    def stop_spawns(self) -> None:
+        """Closing: spawn calls under way start no more runs, and finish those they began
+        (waited for up to SPAWNS_CLOSE_WAIT s), so that none is left written but neither
+        driven nor queued (on a shared work queue, put in it) while the store is still open."""
+        with self._spawns_done:
+            self._closing = True
+            if not self._spawns_done.wait_for(lambda: not self._spawning, SPAWNS_CLOSE_WAIT):
+                log.warning("spawns_unfinished_at_close", calls=self._spawning)
 
     def close(self) -> None:
         """Stop carrying lost cancels; finish the tree work queued (a cancel's cascade, the

@@ -263,6 +263,7 @@ class Runtime(OpenOnly, ClosedOnExit):
     def _shut(self, timeout: float) -> None:
         """What the first ``close`` does."""
         try:
+            self._commands.stop_spawns()
             if self._taker is not None:
                 self._taker.close()
             if self._stop_cancels is not None:
