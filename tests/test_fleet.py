@@ -374,6 +374,8 @@ def test_spawn_many_refuses_a_bad_input_before_writing_anything(tmp_path: Path) 
     with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
         with pytest.raises(fl.ConfigError):
             rt.spawn_many(agent, ["fine", 42, "fine too"])  # type: ignore[list-item]
+        with pytest.raises(fl.ConfigError, match=r"inputs\[1\]: input is 2,000,000 bytes"):
+            rt.spawn_many(agent, ["fine", "x" * 2_000_000, "fine too"])
         assert rt.runs() == []
 
 

@@ -73,6 +73,8 @@ def test_spawn_many_spreads_the_runs_over_the_workers_in_input_order(
             pool.spawn_many("calc", ["fine", 7])  # type: ignore[list-item]
         with pytest.raises(fl.ConfigError, match=r"^inputs\[2\]: input contains an unpaired"):
             pool.spawn_many("calc", ["fine", "ok", "\ud800"])
+        with pytest.raises(fl.ConfigError, match=r"^inputs\[1\]: input is 2,000,000 bytes"):
+            pool.spawn_many("calc", ["fine", "x" * 2_000_000])
         assert [w.spawned for w in pool.workers] == [0, 0]  # checked before any request is sent
         handles = pool.spawn_many("calc", [f"sum {i}" for i in range(200)])
         results = [h.wait(timeout=60) for h in handles]

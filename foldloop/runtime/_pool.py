@@ -37,7 +37,7 @@ from foldloop.runtime._pool_process import WorkerInfo, WorkerProcess
 from foldloop.runtime._pool_protocol import Cancel, Resume, Spawn, SpawnMany
 from foldloop.runtime._pool_spawns import Spawns
 from foldloop.runtime._results import RunHandle, RunResult
-from foldloop.runtime._rules import check_cap, check_inputs, check_spawn, check_text, new_run_id
+from foldloop.runtime._rules import check_cap, check_inputs, check_spawn, new_run_id
 
 __all__ = ["PooledRunHandle", "WorkerInfo", "WorkerPool"]
 
@@ -298,7 +298,7 @@ class WorkerPool(ClosedOnExit):
         name = self._agent_name(agent)
         for index, text in enumerate(texts):
             try:
-                check_text("input", text)
+                check_spawn(text, None, None, None)
             except ConfigError as exc:
                 raise ConfigError(f"inputs[{index}]: {exc.fact}", advice=exc.advice) from None
         check_spawn("", None, metadata, None)  # the metadata, once for all inputs

@@ -23,6 +23,7 @@ from foldloop.core._state import RunState
 from foldloop.errors import ConfigError, FoldloopError, SpawnError
 from foldloop.events._codec import unpaired_surrogate
 from foldloop.events._values import Limits
+from foldloop.store import MAX_EVENT_BYTES
 
 __all__ = [
     "NothingToDo",
@@ -154,6 +155,12 @@ def check_spawn(input: object, run_id: object, metadata: object, parent_run_id: 
     """Refuse a spawn's arguments before anything is written (``run_id`` and
     ``parent_run_id`` may be None: a run id is made, no parent is recorded)."""
     check_text("input", input)
+    size = len(str(input).encode())  # a str: check_text said so
+    if size > MAX_EVENT_BYTES:  # its run.started could not be stored (nor any of a spawn_many)
+        raise ConfigError(
+            f"input is {size:,} bytes, over the {MAX_EVENT_BYTES:,}-byte limit of an event",
+            advice="keep large data outside the log and pass a reference to it",
+        )
     if run_id is not None:
         check_run_id(run_id)
     if parent_run_id is not None:
