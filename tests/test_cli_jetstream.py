@@ -203,6 +203,19 @@ def test_a_read_of_a_namespace_nothing_made_is_not_found_and_creates_none(
         fl.Runtime.open(url, create=False)
 
 
+def test_a_namespace_nothing_made_is_one_line_from_the_installed_command(
+    nats_server: NatsServer,
+) -> None:
+    """Its connection closed after the failed open is no news worth a warning line."""
+    url = fresh(nats_server)
+    proc = subprocess.run(
+        [str(SCRIPT), "--store", url, "runs"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 3 and proc.stdout == ""
+    assert proc.stderr.startswith(f"error: no foldloop store at {url}")
+    assert proc.stderr.count("\n") == 1, proc.stderr
+
+
 def test_an_unreachable_server_is_one_line_and_no_traceback() -> None:
     url = "nats://127.0.0.1:1/nowhere"
     env = {**os.environ, "FOLDLOOP_STORE": url}

@@ -93,6 +93,7 @@ class JetStreamStore:
             connect = {**target.connect_options(), **(options or {})}
             self._loop.call(self._open(create, connect), CALL_TIMEOUT_S)
         except BaseException:
+            self._closed = True  # its disconnect is no news (a missing namespace, say)
             self._loop.close(self._disconnect())
             raise
 
