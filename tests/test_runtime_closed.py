@@ -4,13 +4,21 @@ handles it gave out raises the same ConfigError, never a store's raw error."""
 from __future__ import annotations
 
 import inspect
+import logging
+import signal
+import sys
+import threading
+import traceback
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
 import foldloop as fl
 from foldloop.projections import RunMetrics
+from tests.log_capture import capture_logs
+from tests.waiting import wait_until
 
 CLOSED = r"this runtime is closed; open a new one with fl\.Runtime\.open\(\)"
 
@@ -115,12 +123,6 @@ def test_a_wait_on_a_run_of_a_runtime_closed_under_it_returns_it_interrupted(
     tmp_path: Path,
 ) -> None:
     """The wait returns how the run stands (interrupted: its runtime closed), not 'running'."""
-    import sys
-    import threading
-    import traceback
-
-    from tests.waiting import wait_until
-
     slow = fl.Agent(name="slow", llm=fl.ScriptedLLM(lambda m, t: fl.Reply(text="x"), latency_s=60))
     rt = fl.Runtime.open(tmp_path / "s", agents=[slow])
     handle = rt.spawn(slow, "go")
@@ -140,3 +142,29 @@ def test_a_wait_on_a_run_of_a_runtime_closed_under_it_returns_it_interrupted(
     assert isinstance(result, fl.types.RunResult)
     assert result.status is fl.RunStatus.INTERRUPTED and result.resumable
     assert "closed" in result.reason
+
+
+def test_a_close_from_a_signal_handler_inside_spawn_many_does_not_wait_for_it(
+    tmp_path: Path,
+) -> None:
+    """A server's SIGTERM handler closing the runtime while the main thread is in spawn_many:
+    the close cannot wait for that call (it resumes only once the handler returns)."""
+    agent = fl.Agent(name="many", llm=fl.ScriptedLLM(lambda m, t: fl.Reply(text="x")))
+    rt = fl.Runtime.open(tmp_path / "s", agents=[agent])
+    closed: list[bool] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        rt.close(timeout=1)
+        closed.append(True)
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        with capture_logs(logging.WARNING) as logs:
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            with pytest.raises(fl.errors.SpawnError):
+                rt.spawn_many(agent, ["go"] * 50_000)
+        assert closed == [True]
+        assert not [e for e in logs if e.get("event") == "spawns_unfinished_at_close"]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -7,10 +7,8 @@ writes the decision through ``RunWrites`` and hands the run on (``drive``).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from msgspec.structs import replace
@@ -37,6 +35,7 @@ from foldloop.events._values import Limits
 from foldloop.runtime._admission import Admission
 from foldloop.runtime._admits import Admits
 from foldloop.runtime._approval_desk import ApprovalDesk
+from foldloop.runtime._calls import CallsUnderWay
 from foldloop.runtime._driving import drive
 from foldloop.runtime._lifecycle import CLOSED, REOPEN
 from foldloop.runtime._queries import Queries
@@ -88,8 +87,7 @@ class Commands:
         self._clock = clock
         self._owner = owner
         self._late_cancels = Workers(1, "foldloop-cancel")
-        self._spawning = 0  # spawn calls under way (see ``stop_spawns``)
-        self._spawns_done = threading.Condition()
+        self._spawns = CallsUnderWay()  # see ``stop_spawns``
         self._closing = False
         self.trees = TreeWork(
             system=system,
@@ -173,7 +171,7 @@ class Commands:
             raise ConfigError("spawn_many was given a run_id twice; give each run its own")
         meta = tuple(sorted((metadata or {}).items()))
         starts: list[_Start] = []
-        with self._spawn_call():
+        with self._spawns.call():
             try:
                 refused = self._begin_starts(
                     agent, inputs, ids, meta=meta, parent_run_id=parent_run_id, starts=starts
@@ -482,26 +480,13 @@ class Commands:
         except FoldloopError as exc:
             log.warning("child_not_cancelled", run_id=run_id, error=str(exc))
 
-    @contextlib.contextmanager
-    def _spawn_call(self) -> Iterator[None]:
-        """A spawn call under way: ``stop_spawns`` waits for it to end."""
-        with self._spawns_done:
-            self._spawning += 1
-        try:
-            yield
-        finally:
-            with self._spawns_done:
-                self._spawning -= 1
-                self._spawns_done.notify_all()
-
     def stop_spawns(self) -> None:
         """Closing: spawn calls under way start no more runs, and finish those they began
         (waited for up to SPAWNS_CLOSE_WAIT s), so that none is left written but neither
         driven nor queued (on a shared work queue, put in it) while the store is still open."""
-        with self._spawns_done:
-            self._closing = True
-            if not self._spawns_done.wait_for(lambda: not self._spawning, SPAWNS_CLOSE_WAIT):
-                log.warning("spawns_unfinished_at_close", calls=self._spawning)
+        self._closing = True
+        if not self._spawns.wait_others(SPAWNS_CLOSE_WAIT):
+            log.warning("spawns_unfinished_at_close", calls=self._spawns.under_way)
 
     def close(self) -> None:
         """Stop carrying lost cancels; finish the tree work queued (a cancel's cascade, the

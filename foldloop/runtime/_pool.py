@@ -32,6 +32,7 @@ from foldloop.errors import ConfigError, WorkerError
 from foldloop.events import RunStarted
 from foldloop.events._values import Limits
 from foldloop.runtime._agent_ref import load_agent
+from foldloop.runtime._calls import CallsUnderWay
 from foldloop.runtime._facade import Runtime, run_ops
 from foldloop.runtime._pool_process import WorkerInfo, WorkerProcess
 from foldloop.runtime._pool_protocol import Cancel, Resume, Spawn, SpawnMany
@@ -162,8 +163,7 @@ class WorkerPool(ClosedOnExit):
         self._env = {**os.environ, "PYTHONPATH": os.pathsep.join(search)}
         self._lock = threading.Lock()
         self._closed = False
-        self._spawning = 0  # spawn calls under way: a close lets them read the log first
-        self._spawned = threading.Condition(self._lock)
+        self._spawns = CallsUnderWay()  # a close lets them read the log first
         self._next = itertools.count()
         self._workers: list[WorkerProcess] = []
         try:
@@ -262,7 +262,6 @@ class WorkerPool(ClosedOnExit):
 
         # a run id the caller chose may have a run already, or get another caller's: only one
         # started past here with what was sent is ours
-        mark = self.runtime.store.last_position() if run_id is not None else 0
 
         def ours(started: RunStarted) -> bool:
             return (
@@ -272,8 +271,9 @@ class WorkerPool(ClosedOnExit):
                 and dict(started.metadata) == (meta or {})
             )
 
-        spawns = Spawns(self.runtime.store, [named], send, call="spawn", mark=mark, ours=ours)
         with self._spawn_call():
+            mark = self.runtime.store.last_position() if run_id is not None else 0
+            spawns = Spawns(self.runtime.store, [named], send, call="spawn", mark=mark, ours=ours)
             return spawns.run([[0]], 1, self._handle)[0]
 
     def spawn_many(
@@ -323,15 +323,9 @@ class WorkerPool(ClosedOnExit):
     def _spawn_call(self) -> Iterator[None]:
         """A spawn call under way: ``close`` keeps the host's runtime open until it ends (one
         that the close cut short reads the log to say which of its runs started)."""
-        with self._lock:
-            self._check_open()
-            self._spawning += 1
-        try:
+        self._check_open()
+        with self._spawns.call():
             yield
-        finally:
-            with self._lock:
-                self._spawning -= 1
-                self._spawned.notify_all()
 
     def _handle(self, run_id: str) -> PooledRunHandle:
         return PooledRunHandle(self, run_id)
@@ -398,10 +392,10 @@ class WorkerPool(ClosedOnExit):
                 return
             self._closed = True
             workers, self._workers = self._workers, []
+        deadline = time.monotonic() + timeout
         for worker in workers:
             worker.hang_up()  # all at once: they wind down in parallel
         for worker in workers:
-            worker.stop(timeout)
-        with self._lock:
-            self._spawned.wait_for(lambda: not self._spawning, timeout)
+            worker.stop(max(0.0, deadline - time.monotonic()))
+        self._spawns.wait_others(deadline - time.monotonic())
         self.runtime.close()
