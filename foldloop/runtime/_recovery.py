@@ -129,7 +129,8 @@ class Recovery:
         else:
             threads = min(RESUMES_AT_ONCE, len(states))
             with ThreadPoolExecutor(threads, thread_name_prefix="foldloop-recover") as pool:
-                outcomes = list(pool.map(self._resume_orphan, states))
+                futures = [pool.submit(self._resume_orphan, state) for state in states]
+            outcomes = [future.result() for future in futures]  # all ended: the first error
         return [
             s.run_id for s, outcome in zip(states, outcomes, strict=True) if outcome == "resumed"
         ]
