@@ -31,12 +31,13 @@ __all__ = ["CLOSE_WAIT", "Admission", "Turn"]
 log = get_logger("foldloop.runtime")
 
 CLOSE_WAIT = 5.0
-"""Seconds ``close`` waits for an admission under way to finish (it takes a commit or two)."""
+"""Seconds ``close`` waits for an admission under way to finish (a few commits, or a claim
+another thread of the runtime is handing over)."""
 RETRY_AFTER_S = 1.0
+"""An admission the store failed (a server away) is tried again this much later."""
 ADMITS_AT_ONCE = 64
 """Queued runs the admission thread starts at once at most (when as many slots are free):
 their writes share commits."""
-"""An admission the store failed (a server away) is tried again this much later."""
 
 Turn = Literal["now", "deadline", "closed"]
 """How a wait for a queued run's turn ended: not (or no longer) queued here; still queued
@@ -47,8 +48,8 @@ class Admission:
     """The queue of one runtime's queued runs and the count of its runs in flight.
 
     ``active`` says how many runs an actor of this runtime drives (``ActorSystem.active_count``;
-    called under this object's lock, so it must not call back here); ``admit`` starts one
-    queued run (on the admission thread).
+    called under this object's lock, so it must not call back here); ``admit`` starts queued
+    runs, in order (on the admission thread), and returns those to try again later.
     """
 
     def __init__(

@@ -77,7 +77,17 @@ class Admits:
                 _failed(run.state.run_id, exc, retry)
                 continue
             log.info("run_admitted", run_id=run.state.run_id, agent=run.agent.name)
-            drive(self._system, run.agent, run.state, run.epoch, run.decision, released=run.settles)
+            try:  # a failure gives the claim back (the runtime closed): the others go on
+                drive(
+                    self._system,
+                    run.agent,
+                    run.state,
+                    run.epoch,
+                    run.decision,
+                    released=run.settles,
+                )
+            except Exception as exc:
+                _failed(run.state.run_id, exc, retry)
         return retry
 
     def _take(self, run_ids: Sequence[str], retry: list[str]) -> list[tuple[str, int]]:
@@ -118,6 +128,8 @@ class Admits:
         with together(self._store, len(taken)):
             for (run_id, epoch), state in zip(taken, states, strict=True):
                 agent = None if isinstance(state, Damaged) else self._agents.named(state.agent)
+                if isinstance(state, Damaged):
+                    log.warning("admission_skipped", run_id=run_id, error=str(state.error))
                 if isinstance(state, Damaged) or state.status is not RunStatus.QUEUED or not agent:
                     self._system.give_back(run_id, epoch)  # cancelled meanwhile, or unreadable
                     continue

@@ -96,14 +96,23 @@ class Waiter:
         (kept by the handle after the runtime forgets it)."""
         check_seconds("timeout", timeout, MAX_WAIT_S, none=True)
         deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            return self._wait(run_id, deadline, through_approvals, ending)
+        except StoreError as exc:
+            if self._system.closed and not isinstance(exc, (StoreNotFound, StoreCorrupted)):
+                raise ConfigError(CLOSED, advice=REOPEN) from exc  # say so, not the store
+            raise
+
+    def _wait(
+        self,
+        run_id: str,
+        deadline: float | None,
+        through_approvals: bool,
+        ending: Settlement | None,
+    ) -> RunResult:
         take_ups = 0
         while True:
-            try:
-                state, interrupted = self._settle(run_id, deadline, ending)
-            except StoreError as exc:
-                if self._system.closed and not isinstance(exc, (StoreNotFound, StoreCorrupted)):
-                    raise ConfigError(CLOSED, advice=REOPEN) from exc  # say so, not the store
-                raise
+            state, interrupted = self._settle(run_id, deadline, ending)
             if (
                 interrupted in (NOT_DRIVEN, QUEUED_NOT_HELD)
                 and take_ups < MAX_TAKE_UPS
