@@ -177,3 +177,24 @@ def test_runs_a_close_cuts_spawn_many_short_on_are_all_in_the_work_queue(nats_ur
         again.recover()  # what the closed runtime held (taken from the queue, or driving)
         results = [again.handle(h.id).wait(timeout=60) for h in outcome[0]]
     assert {r.status for r in results} == {fl.RunStatus.COMPLETED}
+
+
+def test_a_queued_run_the_work_queue_lost_is_taken_up_by_a_wait_once_stranded(
+    nats_url: str,
+) -> None:
+    """Its spawner died between its start and putting it in the queue (here: it is taken
+    out of the queue and acknowledged): past STRANDED_AFTER_NS, a wait in a runtime with
+    its agent takes it up, as recover() would, instead of following it for ever."""
+    from foldloop.runtime._queries import STRANDED_AFTER_NS
+
+    agent = counter()
+    with fl.Runtime.open(nats_url) as host:  # no agents: it only queues
+        run_id = host.spawn(agent, "lost").id
+        store = host.store
+        assert isinstance(store, fl.store.WorkQueue)
+        (item,) = store.take_work([agent.name], 1, 5.0)
+        item.done()  # gone from the queue, held by no one
+    later = time.time_ns() + STRANDED_AFTER_NS + 10**9
+    with fl.Runtime.open(nats_url, agents=[agent], clock=lambda: later) as rt:
+        result = rt.handle(run_id).wait(timeout=20)
+    assert result.status is fl.RunStatus.COMPLETED, result

@@ -110,7 +110,7 @@ class Runtime(OpenOnly, ClosedOnExit):
         )
         self._followers = Followers(store, clock)
         writes = RunWrites(store, self.owner)
-        self._queries = Queries(store, self.system, self._agents)
+        self._queries = Queries(store, self.system, self._agents, clock)
         self._desk = ApprovalDesk(
             store=store,
             system=self.system,

@@ -4,7 +4,7 @@ the run list, explanations, replay checks, and who drives a run."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 import msgspec
@@ -75,13 +75,26 @@ def checked_run_id(run_id: object) -> str:
     return run_id
 
 
+STRANDED_AFTER_NS = 60 * 10**9
+"""On a shared work queue, a queued run nobody holds is in the queue; one still there this
+long after it was queued (its spawner died before it was queued, an admission failed and
+its runtime died) is taken up like a dead runtime's queued run (``recover()``, a wait)."""
+
+
 class Queries:
     """Reads of one runtime's store (``system`` says which runs this runtime drives)."""
 
-    def __init__(self, store: EventStore, system: ActorSystem, agents: AgentRegistry) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        system: ActorSystem,
+        agents: AgentRegistry,
+        clock: Callable[[], int],
+    ) -> None:
         self._store = store
         self._system = system
         self._agents = agents
+        self._clock = clock
 
     def exists(self, run_id: str) -> bool:
         """The store holds events of the run."""
@@ -439,8 +452,17 @@ class Queries:
             return not self._store.owner_alive(lease.owner)
         if isinstance(self._store, WorkQueue):
             state = self.state(run_id)
-            return state.status is not RunStatus.QUEUED
+            return state.status is not RunStatus.QUEUED or self.stranded(state)
         return True
+
+    def stranded(self, state: RunState) -> bool:
+        """A queued run on a shared work queue that nobody has taken for STRANDED_AFTER_NS
+        (whoever holds it, if anyone, is for the caller to ask)."""
+        return (
+            isinstance(self._store, WorkQueue)
+            and state.status is RunStatus.QUEUED
+            and self._clock() - state.last_at > STRANDED_AFTER_NS
+        )
 
     def driven(self, run_id: str) -> bool:
         """A live runtime holds the run's lease."""

@@ -26,7 +26,7 @@ from foldloop.runtime._trees import TreeWork
 from foldloop.runtime._writes import together
 from foldloop.store import EventStore, WorkQueue
 
-__all__ = ["STRANDED_AFTER_NS", "Recovery"]
+__all__ = ["Recovery"]
 
 log = get_logger("foldloop.runtime")
 
@@ -34,10 +34,6 @@ _Recovered = Literal["resumed", "taken", "moved", "unreadable"]
 """What a recovery did with one orphaned run: resumed here, taken by another runtime first,
 moved on since it was read (ended, parked), or unreadable."""
 
-STRANDED_AFTER_NS = 60 * 10**9
-"""On a shared work queue, a queued run nobody holds is in the queue; one still there this
-long after it was queued (its spawner died before it was queued, an admission failed and
-its runtime died) is taken by ``recover()`` like a dead runtime's queued run."""
 LAST_POSITION = 2**63 - 1
 RESUMES_AT_ONCE = 32
 """Orphans ``recover()`` resumes at once: each waits on two commits (its lease, its
@@ -114,7 +110,7 @@ class Recovery:
                 self._cancel_child(state.run_id, ended)
                 continue
             if state.status is RunStatus.QUEUED:
-                stranded = self._clock() - state.last_at > STRANDED_AFTER_NS
+                stranded = self._queries.stranded(state)
                 if self._shared is None or state.run_id not in released or stranded:
                     queued.append(state.run_id)
                 continue

@@ -255,9 +255,18 @@ class Waiter:
                     if not self._queries.driven(run_id):
                         now = time.monotonic()
                         undriven_since = undriven_since or now
-                        if state.status is RunStatus.QUEUED and self._in_shared_queue(run_id):
+                        stranded = self._queries.stranded(state)  # then taken up here
+                        if (
+                            state.status is RunStatus.QUEUED
+                            and self._in_shared_queue(run_id)
+                            and not stranded
+                        ):
                             pass  # any runtime with its agent may take it: keep following
-                        elif self._shared and now - undriven_since < SHARED_RECOVERY_GRACE_S:
+                        elif (
+                            self._shared
+                            and not stranded
+                            and now - undriven_since < SHARED_RECOVERY_GRACE_S
+                        ):
                             pass  # on a shared store, workers recover it: give them the time
                         elif state.status is RunStatus.QUEUED:
                             return state, QUEUED_NOT_HELD
