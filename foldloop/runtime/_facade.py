@@ -364,7 +364,9 @@ class Runtime(OpenOnly, ClosedOnExit):
 
     def recover(self) -> list[RunHandle]:
         """Resume every run left running by a runtime that died, for agents registered here;
-        the runs it had queued are queued here, in the order they were spawned."""
+        the runs it had queued are queued here, in the order they were spawned. Returns the
+        handles of the runs it resumed or queued (a child run its resumed parent took up
+        first is driven all the same, and not among them: wait on the parent)."""
         return [RunHandle(self._ops, run_id) for run_id in self._commands.recovery.recover()]
 
     # -- approvals -----------------------------------------------------------------------
