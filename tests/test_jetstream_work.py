@@ -198,3 +198,26 @@ def test_a_queued_run_the_work_queue_lost_is_taken_up_by_a_wait_once_stranded(
     with fl.Runtime.open(nats_url, agents=[agent], clock=lambda: later) as rt:
         result = rt.handle(run_id).wait(timeout=20)
     assert result.status is fl.RunStatus.COMPLETED, result
+
+
+def test_waits_on_runs_a_closed_runtime_left_take_them_up_without_a_grace_each(
+    nats_url: str,
+) -> None:
+    """Runs interrupted by a close, their logs still for longer than the workers' grace:
+    each wait in a runtime with their agent takes its run up at once (waits one after
+    another on many such runs would each give workers 30 s)."""
+    from foldloop.runtime._waiting import SHARED_RECOVERY_GRACE_S
+
+    slow = fl.Agent(name="calc", llm=fl.ScriptedLLM(lambda m, t: fl.Reply(text="x"), latency_s=60))
+    with fl.Runtime.open(nats_url, agents=[slow]) as first:
+        handles = first.spawn_many(slow, ["a", "b", "c"])
+        wait_until(
+            lambda: all(first.state(h.id).status is fl.RunStatus.RUNNING for h in handles),
+            30,
+            "the runs to be driven",
+        )
+    fast = fl.Agent(name="calc", llm=fl.ScriptedLLM(lambda m, t: fl.Reply(text="done")))
+    later = time.time_ns() + int(SHARED_RECOVERY_GRACE_S * 1e9) + 10**9
+    with fl.Runtime.open(nats_url, agents=[fast], clock=lambda: later) as rt:
+        results = [rt.handle(h.id).wait(timeout=20) for h in handles]
+    assert [r.status for r in results] == [fl.RunStatus.COMPLETED] * 3, results

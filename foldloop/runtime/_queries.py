@@ -455,6 +455,10 @@ class Queries:
             return state.status is not RunStatus.QUEUED or self.stranded(state)
         return True
 
+    def still_for(self, state: RunState) -> float:
+        """Seconds since the run's last event (by this runtime's clock)."""
+        return (self._clock() - state.last_at) / 1e9
+
     def stranded(self, state: RunState) -> bool:
         """A queued run on a shared work queue that nobody has taken for STRANDED_AFTER_NS
         (whoever holds it, if anyone, is for the caller to ask)."""

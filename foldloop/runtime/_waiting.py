@@ -266,8 +266,10 @@ class Waiter:
                             self._shared
                             and not stranded
                             and now - undriven_since < SHARED_RECOVERY_GRACE_S
+                            and self._queries.still_for(state) < SHARED_RECOVERY_GRACE_S
                         ):
                             pass  # on a shared store, workers recover it: give them the time
+                            # (a run still for longer had it: the next wait takes it up at once)
                         elif state.status is RunStatus.QUEUED:
                             return state, QUEUED_NOT_HELD
                         else:
