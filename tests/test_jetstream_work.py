@@ -183,9 +183,9 @@ def test_a_queued_run_the_work_queue_lost_is_taken_up_by_a_wait_once_stranded(
     nats_url: str,
 ) -> None:
     """Its spawner died between its start and putting it in the queue (here: it is taken
-    out of the queue and acknowledged): past STRANDED_AFTER_NS, a wait in a runtime with
+    out of the queue and acknowledged): past STRANDED_AFTER_S, a wait in a runtime with
     its agent takes it up, as recover() would, instead of following it for ever."""
-    from foldloop.runtime._queries import STRANDED_AFTER_NS
+    from foldloop.runtime._queries import STRANDED_AFTER_S
 
     agent = counter()
     with fl.Runtime.open(nats_url) as host:  # no agents: it only queues
@@ -194,7 +194,7 @@ def test_a_queued_run_the_work_queue_lost_is_taken_up_by_a_wait_once_stranded(
         assert isinstance(store, fl.store.WorkQueue)
         (item,) = store.take_work([agent.name], 1, 5.0)
         item.done()  # gone from the queue, held by no one
-    later = time.time_ns() + STRANDED_AFTER_NS + 10**9
+    later = time.time_ns() + int((STRANDED_AFTER_S + 1) * 1e9)
     with fl.Runtime.open(nats_url, agents=[agent], clock=lambda: later) as rt:
         result = rt.handle(run_id).wait(timeout=20)
     assert result.status is fl.RunStatus.COMPLETED, result

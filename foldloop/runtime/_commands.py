@@ -272,7 +272,7 @@ class Commands:
         # A queued run keeps its lease: who holds it admits it, and only the queued runs
         # of a runtime that died are taken over by another's recover(). On a shared work
         # queue nobody holds it until a runtime takes it from there.
-        shared = self._shared is not None and not admitted  # see queries' STRANDED_AFTER_NS
+        shared = self._shared is not None and not admitted  # see queries' STRANDED_AFTER_S
         settles = (decision.settles and admitted) or shared
         try:
             self._system.claim(run_id)

@@ -75,7 +75,7 @@ def checked_run_id(run_id: object) -> str:
     return run_id
 
 
-STRANDED_AFTER_NS = 60 * 10**9
+STRANDED_AFTER_S = 60.0
 """On a shared work queue, a queued run nobody holds is in the queue; one still there this
 long after it was queued (its spawner died before it was queued, an admission failed and
 its runtime died) is taken up like a dead runtime's queued run (``recover()``, a wait)."""
@@ -460,12 +460,12 @@ class Queries:
         return (self._clock() - state.last_at) / 1e9
 
     def stranded(self, state: RunState) -> bool:
-        """A queued run on a shared work queue that nobody has taken for STRANDED_AFTER_NS
+        """A queued run on a shared work queue that nobody has taken for STRANDED_AFTER_S
         (whoever holds it, if anyone, is for the caller to ask)."""
         return (
             isinstance(self._store, WorkQueue)
             and state.status is RunStatus.QUEUED
-            and self._clock() - state.last_at > STRANDED_AFTER_NS
+            and self.still_for(state) > STRANDED_AFTER_S
         )
 
     def driven(self, run_id: str) -> bool:

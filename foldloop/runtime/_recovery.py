@@ -157,12 +157,13 @@ class Recovery:
         """The queued runs (of agents known here) that the runtime holding ``run_id`` left
         behind with it: taken up together, they queue here in spawn order, as recover()
         would queue them, whichever of them is waited on first."""
-        lease = self._store.lease(run_id)
+        leases = self._store.leases()
+        lease = leases.get(run_id) or self._store.lease(run_id)  # left out of them: damaged
         if lease is None or not lease.owner:
             return [run_id]
         left = [
             other
-            for other, held in self._store.leases().items()
+            for other, held in leases.items()
             if held.owner == lease.owner and not self._system.active(other)
         ]
         queued = [

@@ -4,10 +4,8 @@ and through its parks when asked."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from foldloop._log import get_logger
 from foldloop.actors._system import ActorSystem, Settlement
@@ -16,6 +14,7 @@ from foldloop.core._state import RunState, RunStatus
 from foldloop.errors import ConfigError, StoreCorrupted, StoreError, StoreNotFound
 from foldloop.runtime._admission import Admission
 from foldloop.runtime._approval_desk import ApprovalDesk
+from foldloop.runtime._calls import CallsUnderWay
 from foldloop.runtime._lifecycle import CLOSED, REOPEN
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._results import RunResult, result_of
@@ -76,9 +75,8 @@ class Waiter:
         self._queries = queries
         self._desk = desk
         self._admission = admission
-        self._following = 0
+        self._following = CallsUnderWay()
         """Follows (and waits through parks) under way: they share FOLLOW_LOOKS_PER_S."""
-        self._following_lock = threading.Lock()
 
     def ending(self, run_id: str) -> Settlement | None:
         """How the run ends, as this runtime records it (for a handle to keep)."""
@@ -167,7 +165,7 @@ class Waiter:
         """Wait for the parked run's log to grow past ``seq``; False at the deadline (it
         shares the follows' looks a second)."""
         pause = 0.001
-        with self._counted():
+        with self._following.call():
             while self._store.head(run_id) <= seq:
                 if deadline is not None and time.monotonic() >= deadline:
                     return False
@@ -175,17 +173,6 @@ class Waiter:
                 time.sleep(max(0.0, min(pause, left)))
                 pause = min(pause * 1.5, self._longest_pause(PARKED_POLL))
         return True
-
-    @contextlib.contextmanager
-    def _counted(self) -> Iterator[None]:
-        """Count a follow (or a wait through a park) under way while in the block."""
-        with self._following_lock:
-            self._following += 1
-        try:
-            yield
-        finally:
-            with self._following_lock:
-                self._following -= 1
 
     def _decision_pending(self, state: RunState, deadline: float | None) -> bool:
         """Parked before a decision already taken reached it (and there is time left)."""
@@ -206,6 +193,20 @@ class Waiter:
             self._shared and self._queries.driven(run_id)
         )
 
+    def _left_to_others(self, run_id: str, state: RunState, followed_s: float) -> bool:
+        """Whether a run nobody drives is still for others to take up, not this wait: in
+        the shared work queue, or given the workers their time to recover it (a run still
+        for longer had it). Never once stranded there (``Queries.stranded``)."""
+        if self._queries.stranded(state):
+            return False
+        if state.status is RunStatus.QUEUED and self._in_shared_queue(run_id):
+            return True
+        return (
+            self._shared
+            and followed_s < SHARED_RECOVERY_GRACE_S
+            and self._queries.still_for(state) < SHARED_RECOVERY_GRACE_S
+        )
+
     def _follow(self, run_id: str, deadline: float | None) -> tuple[RunState, str]:
         """Wait for a run driven elsewhere (another process) by following the log, every
         1 ms at first and backing off to every 20 ms (or less often, when so many follows
@@ -213,13 +214,13 @@ class Waiter:
         short run is seen settled soon after it settles, a long one costs ~50 looks a
         second, and a state read when its log grew (the state is the fold of the log up
         to its head) or nobody drives it."""
-        with self._counted():
+        with self._following.call():
             return self._follow_log(run_id, deadline)
 
     def _longest_pause(self, alone: float = FOLLOW_PAUSE_S) -> float:
         """The longest pause between looks: ``alone``, or longer once the follows under way
         would take more than FOLLOW_LOOKS_PER_S between them."""
-        return max(alone, self._following / FOLLOW_LOOKS_PER_S)
+        return max(alone, self._following.under_way / FOLLOW_LOOKS_PER_S)
 
     def _follow_log(self, run_id: str, deadline: float | None) -> tuple[RunState, str]:
         pause = 0.001
@@ -255,21 +256,8 @@ class Waiter:
                     if not self._queries.driven(run_id):
                         now = time.monotonic()
                         undriven_since = undriven_since or now
-                        stranded = self._queries.stranded(state)  # then taken up here
-                        if (
-                            state.status is RunStatus.QUEUED
-                            and self._in_shared_queue(run_id)
-                            and not stranded
-                        ):
-                            pass  # any runtime with its agent may take it: keep following
-                        elif (
-                            self._shared
-                            and not stranded
-                            and now - undriven_since < SHARED_RECOVERY_GRACE_S
-                            and self._queries.still_for(state) < SHARED_RECOVERY_GRACE_S
-                        ):
-                            pass  # on a shared store, workers recover it: give them the time
-                            # (a run still for longer had it: the next wait takes it up at once)
+                        if self._left_to_others(run_id, state, now - undriven_since):
+                            pass  # keep following
                         elif state.status is RunStatus.QUEUED:
                             return state, QUEUED_NOT_HELD
                         else:
