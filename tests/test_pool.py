@@ -6,12 +6,14 @@ agents come from ``pool_agents``, which the workers import through the host's sy
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -303,6 +305,29 @@ def test_a_closed_pool_says_to_open_a_new_pool(store_path: Path) -> None:
         handle.wait(timeout=1)
     with pytest.raises(fl.ConfigError, match=gone):
         handle.cancel()
+
+
+def test_a_spawn_that_a_close_overtakes_after_its_check_says_the_pool_is_closed(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The close lands between the spawn's first check and the spawn counting itself as
+    # under way (which a close waits for): the spawn must still see the close, not read a
+    # store the close has shut.
+    pool = fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=1)
+    spawns = pool._spawns  # the seam where the close overtakes
+    enter = spawns.call
+
+    @contextlib.contextmanager
+    def overtaken() -> Iterator[None]:
+        pool.close()
+        with enter():
+            yield
+
+    monkeypatch.setattr(spawns, "call", overtaken)
+    closed = r"^this WorkerPool is closed; open a new one with fl\.WorkerPool\(\.\.\.\)$"
+    with pytest.raises(fl.ConfigError, match=closed):
+        pool.spawn("calc", "sum")
+    assert pool.runtime.closed
 
 
 def test_a_request_to_a_worker_whose_process_ended_fails_at_once() -> None:

@@ -323,8 +323,8 @@ class WorkerPool(ClosedOnExit):
     def _spawn_call(self) -> Iterator[None]:
         """A spawn call under way: ``close`` keeps the host's runtime open until it ends (one
         that the close cut short reads the log to say which of its runs started)."""
-        self._check_open()
         with self._spawns.call():
+            self._check_open()  # once counted: a close from here on waits for the call
             yield
 
     def _handle(self, run_id: str) -> PooledRunHandle:
