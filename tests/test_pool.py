@@ -538,3 +538,17 @@ def test_a_ctrl_c_meant_for_the_host_does_not_stop_its_workers(
         printed = err.read()
     assert code == 0, printed
     assert "Traceback" not in printed, printed
+
+
+def test_a_worker_info_lists_few_recovered_runs_and_counts_many() -> None:
+    few = fl.types.WorkerInfo(pid=7, owner="o", spawned=2, recovered=("r1", "r2"), alive=True)
+    assert repr(few) == (
+        "WorkerInfo(pid=7, owner='o', spawned=2, recovered=('r1', 'r2'), alive=True)"
+    )
+    many = fl.types.WorkerInfo(
+        pid=7, owner="o", spawned=0, recovered=tuple(f"r{i}" for i in range(5000)), alive=False
+    )
+    assert repr(many) == (
+        "WorkerInfo(pid=7, owner='o', spawned=0, recovered=<5,000 run ids>, alive=False)"
+    )
+    assert len(many.recovered) == 5000  # kept whole: only the repr is short

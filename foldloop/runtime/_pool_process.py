@@ -29,6 +29,9 @@ from foldloop.runtime._pool_protocol import (
 
 __all__ = ["WorkerInfo", "WorkerProcess"]
 
+SHOWN_RECOVERED = 5
+"""How many recovered run ids a WorkerInfo's repr lists (past that, their count)."""
+
 
 @dataclass(frozen=True)
 class WorkerInfo:
@@ -39,7 +42,17 @@ class WorkerInfo:
     spawned: int
     """Runs it started or resumed (requests it refused are not counted)."""
     recovered: tuple[str, ...]
+    """The runs it recovered as it started (a replacement takes up its predecessor's)."""
     alive: bool
+
+    def __repr__(self) -> str:
+        # a worker that took up a fleet recovered thousands: a printed pool.workers shows few
+        few = self.recovered if len(self.recovered) <= SHOWN_RECOVERED else None
+        recovered = repr(few) if few is not None else f"<{len(self.recovered):,} run ids>"
+        return (
+            f"WorkerInfo(pid={self.pid}, owner={self.owner!r}, spawned={self.spawned}, "
+            f"recovered={recovered}, alive={self.alive})"
+        )
 
 
 def _error(name: str, message: str) -> FoldloopError:
