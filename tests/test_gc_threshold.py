@@ -164,3 +164,48 @@ def test_a_forked_child_has_no_runtime_open_and_pythons_default(tmp_path: Path) 
         [YOUNG_THRESHOLD, 10, 10],  # the parent's runtime still open
         [PYTHON_DEFAULT, 10, 10],  # and closed
     ]
+
+
+def test_a_finished_run_is_freed_without_waiting_for_a_cyclic_collection(tmp_path: Path) -> None:
+    # A run's actor holds its whole state: in a reference cycle, every finished run would
+    # stay in memory until a collection found it (rare, with the threshold raised).
+    script = textwrap.dedent(
+        """
+        import gc, json, sys
+        import foldloop as fl
+
+        @fl.tool(idempotent=True)
+        def ping(i: int) -> str:
+            '''Answer at once.'''
+            return f"pong {i}"
+
+        def reply(messages, tools):
+            if sum(1 for m in messages if m.role == "assistant") < 2:
+                return fl.Reply(tool_calls=[fl.ToolCall("ping", {"i": 1})])
+            return fl.Reply(text="done")
+
+        instant = fl.Agent(name="instant", llm=fl.ScriptedLLM(reply), tools=[ping])
+        later = fl.Agent(name="later", llm=fl.ScriptedLLM(reply, latency_s=0.01), tools=[ping])
+        with fl.Runtime.open(sys.argv[1], agents=[instant, later]) as rt:
+            rt.spawn(instant, "warm up").wait(timeout=30)
+            gc.collect()
+            gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds is kept, to be counted
+            handles = [rt.spawn(a, "go") for a in (instant, later) for _ in range(10)]
+            ok = all(h.wait(timeout=30).ok for h in handles)
+            gc.collect()
+            ours = [o for o in gc.garbage if type(o).__module__.startswith("foldloop")]
+            kept = sorted({type(o).__name__ for o in ours})
+        print(json.dumps([ok, kept]))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    ok, kept = json.loads(done.stdout.splitlines()[-1])
+    assert ok
+    assert kept == []  # before: RunActor (its _post a closure over itself)

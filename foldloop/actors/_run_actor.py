@@ -14,6 +14,7 @@ reason.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -148,7 +149,7 @@ class RunActor:
         """The async model call, async tool tasks and queued sync tool calls under way
         (cancelled with the run)."""
         self._in_flight_lock = threading.Lock()  # a retry's delayed call starts on a timer
-        self._post: Callable[[Any], object] = lambda message: system.tell(self.run_id, message)
+        self._post: Callable[[Any], object] = functools.partial(system.tell, self.run_id)
         """Queues a message this run made for itself (the shard's, once activated)."""
 
     @property

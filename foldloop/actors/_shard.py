@@ -10,6 +10,8 @@ number of threads does not grow with the runs in flight.
 
 from __future__ import annotations
 
+import functools
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -115,14 +117,19 @@ class Shard(FastActor):
         elif type(message) is Activate:
             run = message.run
             self._runs[run.run_id] = run
-            run.activated(lambda follow_up: self._post_own(run, follow_up))
+            # by weak reference: a run holding a closure over itself would live until a
+            # cyclic collection, with all its state, instead of going when it finishes
+            run.activated(functools.partial(self._post_own, weakref.ref(run)))
         elif type(message) is Barrier:
             return  # its answer is all it is for
 
-    def _post_own(self, run: Hosted, message: Any) -> None:
+    def _post_own(self, ref: weakref.ref[Hosted], message: Any) -> None:
         """A message a run made for itself while handling one (an instant model's reply):
         next in its mailbox, unless messages wait in the shard's inbox (a cancel, say), which
         must come first: then behind them."""
+        run = ref()
+        if run is None:  # only the run holds this: gone, it cannot be posting
+            return
         if self._runs.get(run.run_id) is run and self.actor_inbox.empty():
             first = self._mailboxes.post(run.run_id, message)
             if first is not None:  # the run was idle (not while it handles a message)
