@@ -173,3 +173,38 @@ def test_a_reply_too_big_to_record_fails_the_run_instead_of_interrupting_it(
         assert result.status is fl.RunStatus.FAILED, result
         assert "3,000,000 bytes, over the" in result.reason
         assert rt.recover() == []  # nothing left running to ask the model again
+
+
+def test_a_model_call_waiting_for_a_capped_slot_is_never_made_once_its_run_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    # Under max_model_calls (a provider's rate limit), a cancelled run's call must not spend
+    # the quota when the slot frees: like a tool call waiting for a thread, it never starts.
+    gate = Gate()
+    asked: list[str] = []
+
+    class Recording(SyncModel):
+        def complete(
+            self, messages: Sequence[fl.Message], tools: object, *, max_tokens: int | None = None
+        ) -> fl.Reply:
+            asked.append(messages[-1].content)
+            return super().complete(messages, tools, max_tokens=max_tokens)
+
+    agent = fl.Agent(name="a", llm=Recording(gate))
+    with fl.Runtime.open(tmp_path / "s", agents=[agent], max_model_calls=1) as rt:
+        first = rt.spawn(agent, "first")
+        wait_until(lambda: gate.now == 1, 30, "the first call holding the one slot")
+        waiting = [rt.spawn(agent, f"waiting {i}") for i in range(2)]
+        wait_until(
+            lambda: all(any(r.type == "model.requested" for r in rt.events(h.id)) for h in waiting),
+            30,
+            "the waiting runs' calls requested",
+        )
+        for handle in waiting:
+            handle.cancel("not needed")
+        assert [h.wait(timeout=30).status for h in waiting] == [fl.RunStatus.CANCELLED] * 2
+        last = rt.spawn(agent, "last")  # queued behind the cancelled ones' calls
+        gate.release.set()
+        assert first.wait(timeout=30).ok
+        assert last.wait(timeout=30).ok
+    assert asked == ["first", "last"]  # before: first, waiting 0, waiting 1, last

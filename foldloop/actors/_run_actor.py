@@ -436,7 +436,16 @@ class RunActor:
     def _start_call(self, asked: ModelCall) -> None:
         tell, run_id = self.system.tell, self.run_id
         if self._asks is None:
-            self.system.model_pool.submit(lambda: tell(run_id, asked.sync()))
+            # cancelled (or its runtime closing) while it waits for a thread under
+            # max_model_calls, the model is never asked: nobody would read the reply
+            queued = QueuedCall(lambda: None)
+
+            def call() -> None:
+                if queued.start():
+                    tell(run_id, asked.sync())
+
+            self._track(queued)
+            self.system.model_pool.submit(call)
             return
         self._track(self.system.loop.start(asked.awaited(self._asks), _to_run(tell, run_id)))
 
