@@ -262,6 +262,42 @@ def test_a_tool_concurrency_bound_holds_across_runs(rt: fl.Runtime) -> None:
     assert sum(types(rt, r.id).count("tool.completed") for r in runs) == 12
 
 
+def test_a_tool_concurrency_bound_holds_across_the_agents_that_share_the_tool(
+    rt: fl.Runtime,
+) -> None:
+    # The bound is the tool's (one rate-limited API, say), not one per agent listing it.
+    peak = Peak()
+
+    @fl.tool(concurrency=1)
+    def narrow(i: int) -> str:
+        """One at a time, whoever calls."""
+        with peak:
+            time.sleep(0.02)
+        return str(i)
+
+    @fl.tool(concurrency=1)
+    async def narrow_async(i: int) -> str:
+        """One at a time on the loop too."""
+        with peak:
+            await asyncio.sleep(0.02)
+        return str(i)
+
+    for tool in (narrow, narrow_async):
+        peak.most = 0
+        replies = [fl.Reply(tool_calls=[fl.ToolCall(tool.name, {"i": i})]) for i in range(3)]
+        agents = [
+            fl.Agent(
+                name=f"{tool.name}-{n}",
+                llm=fl.ScriptedLLM([*replies, fl.Reply(text="ok")]),
+                tools=[tool],
+            )
+            for n in range(3)
+        ]
+        runs = [rt.spawn(agent, "go") for agent in agents for _ in range(2)]
+        assert all(r.wait(timeout=30).status is fl.RunStatus.COMPLETED for r in runs)
+        assert peak.most == 1, tool.name  # before: one call at a time per agent, 3 at once
+
+
 def test_closing_records_a_tool_call_that_returns_within_its_timeout(store_path: Path) -> None:
     """A sync tool cannot be stopped: its effect happens whatever the runtime does, so
     close() waits for it and records its outcome (no interrupted failure, nothing run twice),

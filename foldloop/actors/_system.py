@@ -158,8 +158,11 @@ class ActorSystem:
                 tool = agent.tool(name)
                 if tool is None:  # decide never asks for an unknown tool
                     raise KeyError(name)
-                runner = ToolRunner(tool, self.timers, self.clock, self.loop)
-                self._tools[key] = ToolActor.start(runner)
+                # one runner a tool, whichever agents list it: its concurrency bounds them all
+                runner = next((r for r in self._runners.values() if r.tool is tool), None)
+                if runner is None:
+                    runner = ToolRunner(tool, self.timers, self.clock, self.loop)
+                    self._tools[key] = ToolActor.start(runner)
                 self._runners[key] = runner
             return runner
 
