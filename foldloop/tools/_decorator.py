@@ -8,6 +8,7 @@ records how long it was and the model is told.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 import math
@@ -84,6 +85,11 @@ class Tool:
     ) -> None:
         tool_name = name or fn.__name__
         self._module = fn.__module__
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            raise ConfigError(
+                f"tool {tool_name!r} is a generator: a tool returns one result; write it as a "
+                "def or async def that returns it"
+            )
         self.is_async = inspect.iscoroutinefunction(fn)
         if self.is_async and subprocess:
             raise ConfigError(
@@ -167,7 +173,17 @@ class Tool:
         return self._decoder.decode(args or "{}")
 
     def invoke(self, args: str) -> ToolOutcome:
-        """Validate ``args`` and run the tool (in a child process if ``subprocess=True``)."""
+        """Validate ``args`` and run the tool (in a child process if ``subprocess=True``; an
+        ``async def`` tool on an event loop of its own, outside one: ``ainvoke`` inside)."""
+        if self.is_async:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return asyncio.run(self.ainvoke(args))
+            raise ConfigError(
+                f"tool {self.name!r} is async def and an event loop runs in this thread",
+                advice="await tool.ainvoke(args) instead",
+            )
         if self.isolated:
             return self._invoke_in_subprocess(args)
         return self.invoke_here(args)
@@ -252,6 +268,15 @@ class Tool:
         ms = (time.perf_counter() - start) * 1000
         if isinstance(value, str):
             return ToolOutcome(True, storable_text(value), "", ms)
+        if inspect.iscoroutine(value):
+            value.close()  # never awaited: closed here, not warned about at exit
+            return ToolOutcome(
+                False,
+                "the tool returned a coroutine instead of its result; declare it async def "
+                "(foldloop awaits it) or return the result itself",
+                "exception",
+                ms,
+            )
         try:
             return ToolOutcome(True, storable_text(_JSON.encode(value).decode()), "", ms)
         except (TypeError, msgspec.EncodeError, UnicodeEncodeError) as exc:

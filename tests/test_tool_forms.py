@@ -1,0 +1,63 @@
+"""What ``@fl.tool`` accepts: generators are refused; a coroutine returned by a plain
+function is a clear failure; ``invoke`` runs an async tool."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import warnings
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+import foldloop as fl
+
+
+def test_generator_tools_are_refused_when_decorated() -> None:
+    def chunks(x: int) -> Iterator[str]:
+        """Yield pieces."""
+        yield "a"
+
+    async def stream(x: int) -> AsyncIterator[str]:
+        """Yield pieces, async."""
+        yield "a"
+
+    for fn in (chunks, stream):
+        with pytest.raises(fl.ConfigError, match=r"is a generator: a tool returns one result"):
+            fl.tool(fn)
+
+
+def test_a_plain_function_returning_a_coroutine_fails_clearly_and_quietly() -> None:
+    async def later(x: int) -> str:
+        return str(x)
+
+    @fl.tool
+    def forgot(x: int) -> str:
+        """Forgot to be async."""
+        return later(x)  # type: ignore[return-value]
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        outcome = forgot.invoke('{"x": 1}')
+        gc.collect()  # an unawaited coroutine warns when it is collected
+    assert not outcome.ok and outcome.kind == "exception"
+    assert outcome.text.startswith("the tool returned a coroutine instead of its result")
+    assert not [w for w in seen if "never awaited" in str(w.message)]
+
+
+def test_invoke_runs_an_async_tool_outside_an_event_loop_and_says_what_to_do_inside() -> None:
+    @fl.tool
+    async def double(x: int) -> int:
+        """Twice x."""
+        await asyncio.sleep(0)
+        return 2 * x
+
+    outcome = double.invoke('{"x": 21}')
+    assert outcome.ok and outcome.text == "42"
+
+    async def inside() -> None:
+        with pytest.raises(fl.ConfigError, match=r"is async def and an event loop runs"):
+            double.invoke('{"x": 1}')
+        assert (await double.ainvoke('{"x": 2}')).text == "4"
+
+    asyncio.run(inside())
