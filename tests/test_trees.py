@@ -3,6 +3,7 @@ fan-out bounded by max_children, max_depth, cancel cascade, one budget for the t
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -594,10 +595,10 @@ def killed_mid_tree(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def running_below(rt: fl.Runtime, run_id: str) -> list[str]:
+    """The runs below ``run_id`` still running (as the tree shows them: a child whose start
+    a crash cut short has no log of its own)."""
     return [
-        node.run_id
-        for node in rt.tree(run_id).walk()[1:]
-        if rt.state(node.run_id).status is fl.RunStatus.RUNNING
+        node.run_id for node in rt.tree(run_id).walk()[1:] if node.status is fl.RunStatus.RUNNING
     ]
 
 
@@ -634,8 +635,9 @@ def test_recover_finishes_a_cancel_cascade_a_crash_cut_short(
         resumed = rt.recover()
         assert not set(resumed) & set(cut)  # not resumed: cancelled
         wait_until(lambda: not running_below(rt, "tree"), 20, "recover() to finish the cascade")
+        nodes = {node.run_id: node for node in rt.tree("tree").walk()}
         for run_id in cut:
-            assert rt.state(run_id).status is fl.RunStatus.CANCELLED
+            assert nodes[run_id].status is fl.RunStatus.CANCELLED
 
 
 def test_a_cascade_started_just_before_close_is_finished_by_close(tmp_path: Path) -> None:
@@ -1102,3 +1104,37 @@ def test_a_cancel_that_comes_while_a_parked_parent_is_taken_up_starts_nothing_ne
     finally:
         release.set()
         cancelled.set()
+
+
+def test_a_child_whose_start_never_landed_shows_cancelled_once_its_parent_ended(
+    tmp_path: Path,
+) -> None:
+    # A crash between the parent's child.spawned and the child's run.started leaves a child
+    # with no log: running while its parent could still start it (recover() does), cancelled
+    # once the parent ended; a child whose log is elsewhere (an imported run) shows what the
+    # parent recorded of it.
+    lead = fl.Agent(
+        name="lead",
+        llm=fl.ScriptedLLM(fans_out(("researcher", "cats"))),
+        agents=[researcher()],
+        limits=fl.Limits(max_steps=10),
+    )
+    with fl.Runtime.open(tmp_path / "a", agents=[lead]) as rt:
+        run = rt.spawn(lead, "go")
+        assert run.wait(timeout=30).ok
+        lines = list(rt.export(run.id))
+    spawned_at = next(i for i, line in enumerate(lines) if '"child.spawned"' in line)
+    header = json.loads(lines[0])
+    header["events"] = spawned_at  # the export's lines after its header, up to child.spawned
+    with fl.Runtime.open(tmp_path / "b") as rt:  # knows no agent: drives nothing
+        cut = rt.import_jsonl([json.dumps(header), *lines[1 : spawned_at + 1]], run_id="cut")
+        (child,) = rt.tree(cut).children
+        assert child.status is fl.RunStatus.RUNNING  # a runtime with the lead's agent starts it
+        rt.handle(cut).cancel(reason="stop")
+        assert rt.state(cut).status is fl.RunStatus.CANCELLED
+        (child,) = rt.tree(cut).children
+        assert child.status is fl.RunStatus.CANCELLED  # before: running, for ever
+        assert child.reason.startswith("never started: its parent ended")
+        whole = rt.import_jsonl(lines, run_id="whole")
+        (child,) = rt.tree(whole).children
+        assert child.status is fl.RunStatus.COMPLETED and child.steps >= 1

@@ -27,6 +27,7 @@ from foldloop.errors import (
     ConfigError,
     FoldloopError,
     RunLocked,
+    RunNotFound,
     SchemaChangedError,
     StoreError,
 )
@@ -477,6 +478,8 @@ class Commands:
     def _cancel_child(self, run_id: str, reason: str) -> None:
         try:
             self.cancel(run_id, reason)
+        except RunNotFound:  # its start never landed (a crash): nothing of it ever ran
+            log.debug("child_never_started", run_id=run_id)
         except FoldloopError as exc:
             log.warning("child_not_cancelled", run_id=run_id, error=str(exc))
 

@@ -240,6 +240,28 @@ class Queries:
         for link in state.children:
             if self._store.head(link.run_id):
                 children.append(self._tree(self.state(link.run_id), link.call_id))
+            elif not link.running:  # its log is elsewhere (an imported run): as recorded here
+                children.append(
+                    RunTree(
+                        link.run_id,
+                        link.agent,
+                        RunStatus(link.status),
+                        steps=link.steps,
+                        usage=link.usage,
+                        call_id=link.call_id,
+                    )
+                )
+            elif state.terminal:  # nothing starts it any more: it never ran
+                why = "never started: its parent ended before the child's start was written"
+                children.append(
+                    RunTree(
+                        link.run_id,
+                        link.agent,
+                        RunStatus.CANCELLED,
+                        reason=why,
+                        call_id=link.call_id,
+                    )
+                )
             else:
                 children.append(
                     RunTree(link.run_id, link.agent, RunStatus.RUNNING, call_id=link.call_id)

@@ -55,8 +55,8 @@ class RunTree:
 
     ``steps`` and ``usage`` are the run's own; ``spent_steps`` and ``spent`` add those of
     its whole subtree (what counts against the root's limits). A child whose start was
-    recorded by its parent but never written (a crash between the two; ``recover()``
-    starts it) shows as running with nothing spent."""
+    recorded by its parent but never written (a crash between the two) shows as running
+    with nothing spent (``recover()`` starts it), or as cancelled once its parent has ended."""
 
     run_id: str
     agent: str
