@@ -7,7 +7,9 @@ agents come from ``pool_agents``, which the workers import through the host's sy
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +24,7 @@ import pytest
 
 import foldloop as fl
 from foldloop.runtime import _pool as pool_module
+from foldloop.runtime import _pool_args as pool_args
 from foldloop.runtime._pool_process import WorkerProcess
 from foldloop.runtime._pool_protocol import (
     Failed,
@@ -154,10 +157,61 @@ def test_bad_pool_arguments_are_refused_before_any_process_starts(store_path: Pa
         fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=0)
     with pytest.raises(fl.ConfigError, match="import paths of agents"):
         fl.WorkerPool(store_path, agents=[])
-    for bad in (0, -1, 2.0, "0.05", True):
+    for bad in (0, -1, 2.0, "0.05", True, math.nan, math.inf):
         with pytest.raises(fl.ConfigError, match="switch_interval is the workers'"):
             fl.WorkerPool(store_path, agents=["pool_agents:calc"], switch_interval=bad)  # type: ignore[arg-type]
     assert not any(w.name.startswith("foldloop-pool-") for w in threading.enumerate())
+
+
+_TOO_MANY = pool_args.MAX_PROCESSES + 1
+_CPUS = pool_args.CPUS
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (
+            {"processes": True},
+            f"processes must be an int >= 1, or None for one per CPU ({_CPUS} here); got True",
+        ),
+        (
+            {"processes": _TOO_MANY},
+            f"processes={_TOO_MANY} is more than the {_TOO_MANY - 1} workers a pool starts here "
+            f"(4 per CPU, at least 8; this machine has {_CPUS} CPUs): each worker is a whole "
+            "Python process driving thousands of runs, so more workers than CPUs buy nothing; "
+            f"pass processes=None for one per CPU, or a number up to {_TOO_MANY - 1}",
+        ),
+        *(
+            (
+                {"start_timeout": bad},
+                f"start_timeout must be a number of seconds from 0.001 to 86400; got {bad!r}",
+            )
+            for bad in (0, -1, math.nan, math.inf, True, "60")
+        ),
+        *(
+            (
+                {"log_level": bad},
+                "log_level must be the name of a logging level, one of debug, info, warning, "
+                f"error, critical (any case); got {bad!r}",
+            )
+            for bad in ("bogus", 5, None, "")
+        ),
+    ],
+)
+def test_a_bad_pool_setting_says_what_to_pass_before_any_process_starts(
+    store_path: Path, given: dict[str, object], message: str
+) -> None:
+    """processes=True, 1000 processes (a typo that would start 1000 interpreters), a
+    start_timeout of nan, a log_level the worker cannot log at: each is refused up front."""
+    with pytest.raises(fl.ConfigError, match=f"^{re.escape(message)}$"):
+        fl.WorkerPool(store_path, agents=["pool_agents:calc"], **{"processes": 1, **given})  # type: ignore[arg-type]
+    assert not store_path.exists()  # refused before the pool even opened its store
+    assert not any(w.name.startswith("foldloop-pool-") for w in threading.enumerate())
+
+
+def test_a_log_level_is_taken_in_any_case_as_the_worker_takes_it() -> None:
+    names = ("DEBUG", "Info", "warning", "WARN", "Error", "critical", "fatal", "notset")
+    assert [pool_args.check_log_level(n) for n in names] == [n.lower() for n in names]
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,12 @@ from foldloop.events._values import Limits
 from foldloop.runtime._agent_ref import load_agent
 from foldloop.runtime._calls import CallsUnderWay
 from foldloop.runtime._facade import Runtime, run_ops
+from foldloop.runtime._pool_args import (
+    check_log_level,
+    check_processes,
+    check_start_timeout,
+    check_switch_interval,
+)
 from foldloop.runtime._pool_process import WorkerInfo, WorkerProcess
 from foldloop.runtime._pool_protocol import Cancel, Resume, Spawn, SpawnMany
 from foldloop.runtime._pool_spawns import Spawns
@@ -130,18 +136,10 @@ class WorkerPool(ClosedOnExit):
                 "WorkerPool(agents=...) takes import paths of agents, e.g. "
                 f"['myapp.agents:calc']; got {agents!r:.80}"
             )
-        processes = processes if processes is not None else os.cpu_count() or 1
-        if not isinstance(processes, int) or processes < 1:
-            raise ConfigError(f"processes must be an int >= 1; got {processes!r}")
-        if switch_interval is not None and (
-            not isinstance(switch_interval, int | float)
-            or isinstance(switch_interval, bool)
-            or not 0 < switch_interval <= 1
-        ):
-            raise ConfigError(
-                "switch_interval is the workers' sys.setswitchinterval in seconds, a number "
-                f"in (0, 1], or None for Python's default; got {switch_interval!r}"
-            )
+        processes = check_processes(processes)
+        log_level = check_log_level(log_level)
+        check_start_timeout(start_timeout)
+        check_switch_interval(switch_interval)
         check_cap("max_model_calls", max_model_calls)
         check_cap("max_active_runs", max_active_runs)
         self._agents = {load_agent(spec).name for spec in specs}
