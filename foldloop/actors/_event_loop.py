@@ -2,7 +2,9 @@
 
 Async model calls (``acomplete``) and ``async def`` tools are awaited here: thousands of
 calls in flight hold no thread each. One of them that blocks (``time.sleep``, sync I/O)
-holds up every other and their timeouts: a watcher logs it when the loop runs late.
+holds up every other and their timeouts: a watcher logs it when the loop runs late. One
+that raises ``SystemExit`` or ``KeyboardInterrupt`` (which asyncio lets out of the loop)
+does not stop it: the loop is served again.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ LATE_S = 2.0
 """How late the loop may run a timer before the watcher says something blocks it."""
 LATE_REPEAT_S = 60.0
 """Once said, not again for this long (a loop that stays blocked is one problem)."""
+CLOSE_SLACK_S = 1.0
+"""What a close waits past its bounds for the loop to answer and its thread to end."""
 
 
 class LoopCall:
@@ -100,7 +104,9 @@ class EventLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._stopped = False  # set on the loop as close stops it: its thread then ends
         self._inbox: list[LoopCall] = []  # calls handed over, not yet started on the loop
+        self._abandoned: set[asyncio.Task[Any]] = set()  # (loop only) see ``abandon``
 
     def start(
         self, coro: Coroutine[Any, Any, T], on_result: Callable[[T], object] | None = None
@@ -122,7 +128,9 @@ class EventLoop:
     def _open(self) -> asyncio.AbstractEventLoop:
         """(Lock held.) The loop and its thread, on first use."""
         loop = self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=_serve, args=(loop,), name=self._name, daemon=True)
+        self._thread = threading.Thread(
+            target=_serve, args=(loop, lambda: self._stopped), name=self._name, daemon=True
+        )
         self._thread.start()
         asyncio.run_coroutine_threadsafe(_watch_lateness(), loop)
         return loop
@@ -130,15 +138,27 @@ class EventLoop:
     def _begin_all(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
             calls, self._inbox = self._inbox, []
+            closed = self._closed
         for call in calls:
-            call._begin(loop)
+            if closed:  # after close took its tasks to cancel: it would miss these
+                call._discard()
+            else:
+                call._begin(loop)
+
+    def abandon(self, task: asyncio.Task[Any]) -> None:
+        """(On the loop.) ``task`` was given up on and cancelled (past its timeout, its
+        outcome reported): a close cancels it again but does not wait for it."""
+        self._abandoned.add(task)
+        task.add_done_callback(self._abandoned.discard)
 
     def close(
         self, timeout: float = 5.0, *, then: Iterable[Callable[[], Awaitable[object]]] = ()
     ) -> None:
         """Cancel the tasks still running, stop the loop and wait for its thread. ``then``:
         clean-ups awaited once nothing runs (a model's ``aclose`` of its connections), each
-        bounded by ``timeout`` and its failure ignored."""
+        bounded by ``timeout`` and its failure ignored. A task cancelled and still running
+        ``timeout`` s later (or at once, one ``abandon``ed) is left running on the loop's
+        thread, which ends once it does: nothing can stop a task that ignores its cancel."""
         with self._lock:
             if self._closed:
                 return
@@ -148,25 +168,59 @@ class EventLoop:
             return
 
         cleanups = list(then)
+        stopped = threading.Event()
 
         async def stop() -> None:
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            waited = [t for t in tasks if t not in self._abandoned]
+            if waited:
+                await asyncio.wait(waited, timeout=timeout)
             for cleanup in cleanups:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(cleanup(), timeout)
-            loop.stop()
+            self._stop_when_done([t for t in tasks if not t.done()], loop)
+            stopped.set()
 
         asyncio.run_coroutine_threadsafe(stop(), loop)
-        thread.join(timeout * (1 + len(cleanups)))
+        if stopped.wait(timeout * (1 + len(cleanups)) + CLOSE_SLACK_S) and self._stopped:
+            thread.join(CLOSE_SLACK_S)
         with self._lock:
             unstarted, self._inbox = self._inbox, []
         for call in unstarted:
             call._discard()
         if not thread.is_alive():
             loop.close()
+
+    def _stop_when_done(
+        self, left: list[asyncio.Task[Any]], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """(On the loop, closing.) Stop the loop now, or once the tasks ``left`` (which
+        ignored their cancel) end."""
+
+        def stop() -> None:
+            self._stopped = True
+            loop.stop()
+
+        if not left:
+            stop()
+            return
+        log.warning(
+            "loop_tasks_ignore_cancel",
+            tasks=len(left),
+            advice="an async tool or acomplete caught its CancelledError and went on: "
+            "re-raise it; the runtime's loop thread is left running until they end",
+        )
+        running = set(left)
+
+        def gone(task: asyncio.Task[Any]) -> None:
+            running.discard(task)
+            if not running:
+                stop()
+
+        for task in left:
+            task.add_done_callback(gone)
 
 
 async def _watch_lateness(period: float = 0.25) -> None:
@@ -187,6 +241,14 @@ async def _watch_lateness(period: float = 0.25) -> None:
             )
 
 
-def _serve(loop: asyncio.AbstractEventLoop) -> None:
+def _serve(loop: asyncio.AbstractEventLoop, stopped: Callable[[], bool]) -> None:
     mark_own_thread()
-    loop.run_forever()
+    while True:
+        try:
+            loop.run_forever()
+        except BaseException as exc:  # asyncio lets SystemExit / KeyboardInterrupt out
+            if stopped():
+                return
+            log.error("event_loop_callback_raised", error=repr(exc))
+            continue
+        return

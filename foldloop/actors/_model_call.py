@@ -89,15 +89,28 @@ class ModelCall:
         return self.checked(reply, start)
 
     async def awaited(self, ask: AsyncComplete) -> Command:
-        """Await ``acomplete`` (on the runtime's loop; a cancel cancels it)."""
+        """Await ``acomplete`` (on the runtime's loop; a cancel cancels it). What else it
+        raises fails the call, ``SystemExit`` and a ``CancelledError`` of its own too."""
         start = time.perf_counter()
         try:
             reply = await ask(self.messages, self.specs, max_tokens=self.effect.max_tokens)
         except asyncio.CancelledError:
-            raise
+            task = asyncio.current_task()
+            if task is None or task.cancelling():  # foldloop's cancel (its run's, a close)
+                raise
+            why = "raised CancelledError without being cancelled"
+            return self.failed(ModelCallError(self._in_acomplete(why), retryable=False))
         except Exception as exc:
             return self.failed(exc)
+        except GeneratorExit:
+            raise
+        except BaseException as exc:  # out of the loop, it would stop every call on it
+            why = f"raised {type(exc).__name__}"
+            return self.failed(ModelCallError(self._in_acomplete(why), retryable=False))
         return self.checked(reply, start)
+
+    def _in_acomplete(self, why: str) -> str:
+        return f"acomplete of model {self.agent.llm.model!r} {why}"
 
     def checked(self, reply: object, start: float) -> Command:
         """The reply as its command; a model that returned something else fails the run's

@@ -5,7 +5,7 @@ actor's mailbox: the mailbox would only forward to the pool, at the price of one
 thread wake-up on every step. The actor's own thread handles lifecycle (stop shuts the
 pool down). A call past its timeout is reported as ``tool.failed(kind="timeout")``
 at once; its late real outcome is then ignored by decide. An ``async def`` tool's calls are
-tasks on the runtime's event loop instead: no thread each, the timeout cancels the task.
+tasks on the runtime's event loop instead: no thread each, the timeout also cancels the task.
 """
 
 from __future__ import annotations
@@ -297,20 +297,86 @@ class ToolRunner:
         report: Callable[[ToolFinished], None],
         queued: QueuedCall,
     ) -> None:
-        """An async tool's call on the loop: its bound kept by ``async_slots``; its timeout,
-        from when it has a slot, a cancellation of the task."""
-        async with self.async_slots:
+        """An async tool's call on the loop: its bound kept by ``async_slots``. Its timeout
+        runs from when it has a slot; past it, as for a sync call, the run gets the timeout
+        at once, the slot goes back and the task is cancelled (what it does then is ignored:
+        a tool may swallow the cancel)."""
+        await self.async_slots.acquire()
+        slot = _Slot(self.async_slots)
+        try:
             if not queued.start():  # held back as its runtime closes (reported then)
                 return
-            started = time.monotonic()
-            try:
-                outcome = await asyncio.wait_for(self.tool.ainvoke(call.args), self.tool.timeout)
-            except TimeoutError:
-                if once.claim():
-                    report(self.timed_out(call.run_id, call.call_id, started))
-                return
+            outcome = await self._invoked(call, once, report, slot)
+        finally:
+            slot.release()
+        if outcome is None:
+            return
         if once.claim():
             report(self.finished(call.run_id, call.call_id, outcome))
+        else:
+            log.info("tool_result_late", run_id=call.run_id, call_id=call.call_id)
+
+    async def _invoked(
+        self,
+        call: RunToolCall,
+        once: OneOutcome,
+        report: Callable[[ToolFinished], None],
+        slot: _Slot,
+    ) -> ToolOutcome | None:
+        """The async tool's outcome (None: its timeout cancelled it, and was reported)."""
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("an async tool's call runs as a task on the runtime's loop")
+        started = time.monotonic()
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            if once.claim():
+                report(self.timed_out(call.run_id, call.call_id, started))
+            slot.release()  # a call that ignores its cancel must not hold up the ones queued
+            self.loop.abandon(task)
+            task.cancel()
+
+        timeout = self.tool.timeout
+        timer = None if timeout is None else asyncio.get_running_loop().call_later(timeout, expire)
+        try:
+            return await self.tool.ainvoke(call.args)
+        except asyncio.CancelledError:
+            if expired:
+                return None
+            if task.cancelling():  # foldloop's cancel (its run's, a close): not an outcome
+                raise
+            why = "CancelledError raised inside the tool without its call being cancelled"
+            return ToolOutcome(False, why, "exception", _ms_since(started))
+        except GeneratorExit:
+            raise
+        except BaseException as exc:  # out of the loop, it would stop every call on it
+            why = f"{type(exc).__name__} raised inside the tool"
+            return ToolOutcome(False, why, "exception", _ms_since(started))
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+
+class _Slot:
+    """(On the loop.) An async call's place in its tool's bound, given back once: at its
+    timeout, or as it ends."""
+
+    __slots__ = ("_slots",)
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots: asyncio.Semaphore | None = slots
+
+    def release(self) -> None:
+        slots, self._slots = self._slots, None
+        if slots is not None:
+            slots.release()
+
+
+def _ms_since(started: float) -> float:
+    return (time.monotonic() - started) * 1000
 
 
 class ToolActor(FastActor):

@@ -1,0 +1,208 @@
+"""Calls on the runtime's event loop that misbehave: a ``SystemExit`` or ``KeyboardInterrupt``
+(which asyncio lets out of its loop), a ``CancelledError`` nobody asked for, a cancel
+swallowed past the call's timeout. Each fails its own call; the loop serves on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+import foldloop as fl
+from foldloop.actors._event_loop import EventLoop
+from foldloop.events import ModelFailed, ToolCompleted, ToolFailed
+from foldloop.types import ToolSpec
+from tests.log_capture import capture_logs
+from tests.waiting import logged, wait_until
+
+ESCAPES = [
+    pytest.param(lambda: SystemExit(2), "SystemExit", id="SystemExit"),
+    pytest.param(KeyboardInterrupt, "KeyboardInterrupt", id="KeyboardInterrupt"),
+]
+
+
+class Raising:
+    """An async model whose ``acomplete`` raises what it is given."""
+
+    model = "raising"
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def complete(
+        self,
+        messages: Sequence[fl.Message],
+        tools: Sequence[ToolSpec],
+        *,
+        max_tokens: int | None = None,
+    ) -> fl.Reply:
+        raise AssertionError("the runtime awaits acomplete")
+
+    async def acomplete(
+        self,
+        messages: Sequence[fl.Message],
+        tools: Sequence[ToolSpec],
+        *,
+        max_tokens: int | None = None,
+    ) -> fl.Reply:
+        raise self.error
+
+
+def one_reply(*calls: fl.ToolCall) -> fl.ScriptedLLM:
+    return fl.ScriptedLLM([fl.Reply(tool_calls=list(calls)), fl.Reply(text="done")])
+
+
+def tool_outcomes(rt: fl.Runtime, run_id: str) -> list[object]:
+    return [r.event for r in rt.events(run_id) if r.type in ("tool.completed", "tool.failed")]
+
+
+def later_agent() -> fl.Agent:
+    """An agent whose model is awaited on the loop: it answers only if the loop still runs."""
+    return fl.Agent(name="later", llm=fl.ScriptedLLM([fl.Reply(text="fine")], latency_s=0.01))
+
+
+@pytest.mark.parametrize(("make", "name"), ESCAPES)
+def test_an_async_tool_raising_systemexit_fails_its_call_and_the_loop_serves_on(
+    tmp_path: Path, make: type[BaseException], name: str
+) -> None:
+    @fl.tool(idempotent=True, timeout=30)
+    async def quits() -> str:
+        """Parse a command line that is not there (argparse exits)."""
+        raise make()
+
+    agent = fl.Agent(name="a", llm=one_reply(fl.ToolCall("quits", {})), tools=[quits])
+    later = later_agent()
+    with fl.Runtime.open(tmp_path / "s", agents=[agent, later]) as rt:
+        run = rt.spawn(agent, "go")
+        assert run.wait(timeout=10).ok
+        (failed,) = tool_outcomes(rt, run.id)
+        assert isinstance(failed, ToolFailed) and failed.kind == "exception", failed
+        assert failed.error == f"{name} raised inside the tool"
+        assert rt.spawn(later, "x").wait(timeout=10).ok
+
+
+@pytest.mark.parametrize(("make", "name"), ESCAPES)
+def test_an_acomplete_raising_systemexit_fails_the_model_call_and_the_loop_serves_on(
+    tmp_path: Path, make: type[BaseException], name: str
+) -> None:
+    agent = fl.Agent(name="m", llm=Raising(make()))
+    later = later_agent()
+    with fl.Runtime.open(tmp_path / "s", agents=[agent, later]) as rt:
+        run = rt.spawn(agent, "go")
+        assert run.wait(timeout=10).status == "failed"
+        (failed,) = [r.event for r in rt.events(run.id) if isinstance(r.event, ModelFailed)]
+        assert failed.error == f"acomplete of model 'raising' raised {name}"
+        assert not failed.retryable
+        assert rt.spawn(later, "x").wait(timeout=10).ok
+
+
+def test_an_acomplete_raising_cancelled_error_of_its_own_fails_the_model_call(
+    tmp_path: Path,
+) -> None:
+    agent = fl.Agent(name="m", llm=Raising(asyncio.CancelledError()))
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        run = rt.spawn(agent, "go")
+        assert run.wait(timeout=10).status == "failed"
+        (failed,) = [r.event for r in rt.events(run.id) if isinstance(r.event, ModelFailed)]
+        assert failed.error == (
+            "acomplete of model 'raising' raised CancelledError without being cancelled"
+        )
+        assert not failed.retryable
+
+
+def test_an_async_tool_raising_cancelled_error_of_its_own_fails_its_call(tmp_path: Path) -> None:
+    @fl.tool(idempotent=True, timeout=30)
+    async def gives_up() -> str:
+        """Raise a cancellation nobody asked for."""
+        raise asyncio.CancelledError
+
+    agent = fl.Agent(name="a", llm=one_reply(fl.ToolCall("gives_up", {})), tools=[gives_up])
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        run = rt.spawn(agent, "go")
+        assert run.wait(timeout=10).ok
+        (failed,) = tool_outcomes(rt, run.id)
+        assert isinstance(failed, ToolFailed) and failed.kind == "exception", failed
+        assert "CancelledError raised inside the tool without its call being cancelled" in (
+            failed.error
+        )
+
+
+def test_an_async_tool_that_ignores_its_cancel_times_out_and_gives_its_slot_back(
+    tmp_path: Path,
+) -> None:
+    let_go = threading.Event()
+
+    @fl.tool(idempotent=True, timeout=0.2, concurrency=1)
+    async def stubborn(i: int) -> str:
+        """Retry through every cancel (a naive retry loop) until the test lets go."""
+        while not let_go.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.01)
+        return "late"
+
+    calls = [fl.ToolCall("stubborn", {"i": i}) for i in range(2)]  # the second waits for the slot
+    agent = fl.Agent(name="a", llm=one_reply(*calls), tools=[stubborn])
+    try:
+        with capture_logs() as logs:
+            rt = fl.Runtime.open(tmp_path / "s", agents=[agent])
+            try:
+                run = rt.spawn(agent, "go")
+                assert run.wait(timeout=10).ok
+                failed = tool_outcomes(rt, run.id)
+                assert [f.kind for f in failed if isinstance(f, ToolFailed)] == ["timeout"] * 2
+            finally:
+                began = time.monotonic()
+                rt.close(timeout=1)
+                closed_in = time.monotonic() - began
+            let_go.set()
+            wait_until(lambda: logged(logs, "tool_result_late"), 10, "the late outcomes logged")
+    finally:
+        let_go.set()
+    assert closed_in < 3, f"close waited {closed_in:.1f} s on calls it gave up on"
+
+
+def test_an_async_tool_that_returns_after_its_timeout_is_recorded_as_timed_out(
+    tmp_path: Path,
+) -> None:
+    @fl.tool(idempotent=True, timeout=0.2)
+    async def finishes_anyway() -> str:
+        """Catch the cancel once, then finish."""
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(60)
+        return "finished anyway"
+
+    agent = fl.Agent(
+        name="a", llm=one_reply(fl.ToolCall("finishes_anyway", {})), tools=[finishes_anyway]
+    )
+    with capture_logs() as logs, fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        run = rt.spawn(agent, "go")
+        assert run.wait(timeout=10).ok
+        (outcome,) = tool_outcomes(rt, run.id)
+        assert not isinstance(outcome, ToolCompleted)
+        assert isinstance(outcome, ToolFailed) and outcome.kind == "timeout", outcome
+        wait_until(lambda: logged(logs, "tool_result_late"), 10, "the late outcome logged")
+
+
+def test_the_loop_serves_on_after_a_call_lets_systemexit_out() -> None:
+    loop = EventLoop()
+    answered = threading.Event()
+
+    async def exits() -> None:
+        raise SystemExit(1)
+
+    async def answer() -> int:
+        return 42
+
+    try:
+        with capture_logs() as logs:
+            loop.start(exits())
+            wait_until(lambda: logged(logs, "event_loop_callback_raised"), 10, "the log line")
+            loop.start(answer(), lambda value: answered.set() if value == 42 else None)
+            assert answered.wait(10), "the loop stopped serving calls"
+    finally:
+        loop.close()
