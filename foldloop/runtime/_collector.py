@@ -3,9 +3,8 @@
 CPython collects its youngest generation every 700 net allocations of tracked objects (2,000
 from 3.13). A runtime with thousands of runs in flight keeps what each run waits with (its
 model call's task, its queued messages and appends) alive for the model's latency: collected
-that often, nearly all of it is promoted and rescanned by full collections, which then take
-half the CPU of 10,000 runs in flight (every 50,000, still a quarter: each young collection
-scanned for 40-170 ms and found nothing to free, as a run's step leaves no reference cycle).
+that often, nearly all of it is promoted and rescanned, only to be found alive: a run's
+steps leave no reference cycle for the collector to free (benchmarks/README.md has the cost).
 So while a runtime is open, a youngest threshold still at Python's default is raised to
 ``YOUNG_THRESHOLD``; the last runtime to close puts it back unless the host changed it
 meanwhile. A host that set its own thresholds keeps them. A child made by ``os.fork`` has no
