@@ -41,7 +41,7 @@ def test_a_plain_function_returning_a_coroutine_fails_clearly_and_quietly() -> N
         outcome = forgot.invoke('{"x": 1}')
         gc.collect()  # an unawaited coroutine warns when it is collected
     assert not outcome.ok and outcome.kind == "exception"
-    assert outcome.text.startswith("the tool returned a coroutine instead of its result")
+    assert outcome.text.startswith("the tool returned a coroutine instead of its result: await")
     assert not [w for w in seen if "never awaited" in str(w.message)]
 
 
@@ -61,3 +61,14 @@ def test_invoke_runs_an_async_tool_outside_an_event_loop_and_says_what_to_do_ins
         assert (await double.ainvoke('{"x": 2}')).text == "4"
 
     asyncio.run(inside())
+
+
+def test_invoke_of_an_async_tool_that_raises_systemexit_is_an_outcome() -> None:
+    @fl.tool
+    async def quits(x: int) -> str:
+        """Exit, as argparse does on bad input."""
+        raise SystemExit(2)
+
+    outcome = quits.invoke('{"x": 1}')
+    assert not outcome.ok and outcome.kind == "exception"
+    assert outcome.text == "SystemExit raised inside the tool"

@@ -179,7 +179,11 @@ class Tool:
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
-                return asyncio.run(self.ainvoke(args))
+                start = time.perf_counter()
+                try:
+                    return asyncio.run(self.ainvoke(args))
+                except BaseException as exc:  # SystemExit too, as invoke_here takes it
+                    return self._raised(exc, start)
             raise ConfigError(
                 f"tool {self.name!r} is async def and an event loop runs in this thread",
                 advice="await tool.ainvoke(args) instead",
@@ -272,8 +276,8 @@ class Tool:
             value.close()  # never awaited: closed here, not warned about at exit
             return ToolOutcome(
                 False,
-                "the tool returned a coroutine instead of its result; declare it async def "
-                "(foldloop awaits it) or return the result itself",
+                "the tool returned a coroutine instead of its result: await it inside the "
+                "tool, or declare the tool async def (foldloop awaits that)",
                 "exception",
                 ms,
             )
