@@ -177,7 +177,7 @@ _CPUS = pool_args.CPUS
         (
             {"processes": _TOO_MANY},
             f"processes={_TOO_MANY} is more than the {_TOO_MANY - 1} workers a pool starts here "
-            f"(4 per CPU, at least 8; this machine has {_CPUS} CPUs): each worker is a whole "
+            f"(4 per CPU, at least 8; this process may use {_CPUS} CPUs): each worker is a whole "
             "Python process driving thousands of runs, so more workers than CPUs buy nothing; "
             f"pass processes=None for one per CPU, or a number up to {_TOO_MANY - 1}",
         ),

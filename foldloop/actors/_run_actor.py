@@ -146,8 +146,8 @@ class RunActor:
         self._handled = 0
         """Commands handled: a park check made before the last one is stale."""
         self._in_flight: list[Cancellable] = []
-        """The async model call, async tool tasks and queued sync tool calls under way
-        (cancelled with the run)."""
+        """The async model call, async tool tasks, and sync tool and model calls waiting for
+        a thread (cancelled with the run)."""
         self._in_flight_lock = threading.Lock()  # a retry's delayed call starts on a timer
         self._post: Callable[[Any], object] = functools.partial(system.tell, self.run_id)
         """Queues a message this run made for itself (the shard's, once activated)."""
@@ -488,8 +488,8 @@ class RunActor:
         self.hold_queued()
 
     def hold_queued(self) -> None:
-        """(Any thread.) The calls still waiting for a slot of their tool never start; each
-        is reported as not run."""
+        """(Any thread.) The calls still waiting for a slot never start; each tool call is
+        reported as not run."""
         with self._in_flight_lock:
             waiting = [f for f in self._in_flight if isinstance(f, QueuedCall | AsyncCall)]
         for call in waiting:

@@ -89,8 +89,9 @@ class Cancellable(Protocol):
 
 
 class QueuedCall:
-    """A call waiting for one of its tool's slots (a thread, or an async tool's place):
-    cancelled, or held back as its runtime closes, it never starts."""
+    """A call waiting for a slot (one of its tool's threads or async places, or a thread for
+    a sync model under ``max_model_calls``): cancelled, or held back as its runtime closes,
+    it never starts."""
 
     __slots__ = ("_lock", "_not_run", "_state")
 
@@ -116,8 +117,8 @@ class QueuedCall:
             return self._state in ("cancelled", "held")
 
     def hold(self) -> None:
-        """The runtime is closing: the call never starts, and its outcome (it did not run)
-        is reported now."""
+        """The runtime is closing: the call never starts, and ``not_run`` says so now (a
+        tool call's outcome; nothing for a model call, which a resume makes again)."""
         with self._lock:
             if self._state != "queued":
                 return

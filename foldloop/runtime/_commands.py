@@ -478,7 +478,7 @@ class Commands:
     def _cancel_child(self, run_id: str, reason: str) -> None:
         try:
             self.cancel(run_id, reason)
-        except RunNotFound:  # its start never landed (a crash): nothing of it ever ran
+        except RunNotFound:  # a crash cut its start short (one still landing sees its parent ended)
             log.debug("child_never_started", run_id=run_id)
         except FoldloopError as exc:
             log.warning("child_not_cancelled", run_id=run_id, error=str(exc))

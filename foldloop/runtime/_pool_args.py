@@ -19,8 +19,8 @@ __all__ = [
     "check_switch_interval",
 ]
 
-CPUS = os.cpu_count() or 1
-"""This machine's CPUs: a pool's workers unless told otherwise."""
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+"""The CPUs this process may run on (taskset, cpusets): a pool's workers unless told otherwise."""
 
 MAX_PROCESSES = max(8, 4 * CPUS)
 """The most workers a pool starts: each is a whole interpreter driving thousands of runs, so
@@ -47,7 +47,7 @@ def check_processes(processes: object) -> int:
     if processes > MAX_PROCESSES:
         raise ConfigError(
             f"processes={processes} is more than the {MAX_PROCESSES} workers a pool starts "
-            f"here (4 per CPU, at least 8; this machine has {CPUS} CPUs): each worker is a "
+            f"here (4 per CPU, at least 8; this process may use {CPUS} CPUs): each worker is a "
             "whole Python process driving thousands of runs, so more workers than CPUs "
             "buy nothing",
             advice=f"pass processes=None for one per CPU, or a number up to {MAX_PROCESSES}",

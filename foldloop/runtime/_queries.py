@@ -245,7 +245,7 @@ class Queries:
                     RunTree(
                         link.run_id,
                         link.agent,
-                        RunStatus(link.status),
+                        _status(link.status),
                         steps=link.steps,
                         usage=link.usage,
                         call_id=link.call_id,
@@ -544,3 +544,12 @@ def _check_never_started(parent: RunState, link: _Link) -> None:
     if ended is not None and (ended.steps or ended.usage != Usage()):
         nothing = msgspec.structs.replace(ended, steps=0, usage=Usage())
         raise NondeterminismError(parent.run_id, link.ended_seq, ended, nothing)
+
+
+def _status(recorded: str) -> RunStatus:
+    """A child's status as its parent recorded it (one a newer version wrote reads as failed,
+    not as an error from ``tree``)."""
+    try:
+        return RunStatus(recorded)
+    except ValueError:
+        return RunStatus.FAILED
