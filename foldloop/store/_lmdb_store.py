@@ -65,7 +65,7 @@ from foldloop.store._stored import StoredValues
 from foldloop.store._tables import SideTables
 from foldloop.store._tail import TailCache
 from foldloop.store._verify import verify_chain
-from foldloop.store._write_txn import WriteParts, WriteTxn
+from foldloop.store._write_txn import Append, WriteParts, WriteTxn
 from foldloop.store._writer import WriteOp, Writer
 
 __all__ = [
@@ -201,23 +201,15 @@ class LmdbStore:
         """Append after ``expected_seq``, fenced by ``lease`` (see ``port.EventStore``)."""
         if release and lease is None:
             raise ConfigError("release=True releases the lease given: pass lease=")
-        owner, epoch = (lease.owner, lease.epoch) if lease is not None else (None, None)
-
-        def write(w: WriteTxn) -> list[Recorded]:
-            out = w.append(
-                run_id,
-                payloads,
-                expected_seq=expected_seq,
-                owner=owner,
-                epoch=epoch,
-                records=records,
-            )
-            if approvals:
-                w.apply_approvals(run_id, approvals)
-            if release and owner is not None and epoch is not None:
-                w.release_lease(run_id, owner, epoch)
-            return out
-
+        write = Append(
+            run_id,
+            payloads,
+            expected_seq=expected_seq,
+            lease=lease,
+            release=release,
+            approvals=approvals,
+            records=records,
+        )
         return self.submit(write, durable=durable, callback=callback)
 
     def start_run(

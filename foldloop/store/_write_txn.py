@@ -44,7 +44,7 @@ from foldloop.store._run_numbers import RunNumbers
 from foldloop.store._tables import SideTables
 from foldloop.store._tail import TailCache
 
-__all__ = ["WriteParts", "WriteTxn"]
+__all__ = ["Append", "WriteParts", "WriteTxn"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,3 +417,48 @@ class WriteTxn:
 
     def delete_checkpoint(self, name: str) -> None:
         self._parts.side.delete_checkpoint(self.txn, name)
+
+
+class Append:
+    """An append as a write op's function: run in the group commit's transaction, it checks
+    and writes the events, the approval records they carry and the lease's release. An
+    object, not a closure: a fleet's thousands of appends wait for a commit at once, and
+    each closure cell would be one more object for the garbage collector to scan."""
+
+    __slots__ = ("approvals", "expected_seq", "lease", "payloads", "records", "release", "run_id")
+
+    def __init__(
+        self,
+        run_id: str,
+        payloads: Sequence[Payload],
+        *,
+        expected_seq: int,
+        lease: Lease | None,
+        release: bool,
+        approvals: ApprovalChanges | None,
+        records: bool,
+    ) -> None:
+        self.run_id = run_id
+        self.payloads = payloads
+        self.expected_seq = expected_seq
+        self.lease = lease
+        self.release = release
+        self.approvals = approvals
+        self.records = records
+
+    def __call__(self, w: WriteTxn) -> list[Recorded]:
+        run_id, lease = self.run_id, self.lease
+        owner, epoch = (lease.owner, lease.epoch) if lease is not None else (None, None)
+        out = w.append(
+            run_id,
+            self.payloads,
+            expected_seq=self.expected_seq,
+            owner=owner,
+            epoch=epoch,
+            records=self.records,
+        )
+        if self.approvals:
+            w.apply_approvals(run_id, self.approvals)
+        if self.release and lease is not None:
+            w.release_lease(run_id, lease.owner, lease.epoch)
+        return out
