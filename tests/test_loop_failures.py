@@ -206,3 +206,33 @@ def test_the_loop_serves_on_after_a_call_lets_systemexit_out() -> None:
             assert answered.wait(10), "the loop stopped serving calls"
     finally:
         loop.close()
+
+
+def test_a_close_keeps_to_its_timeout_with_an_async_tool_that_ignores_its_cancel(
+    tmp_path: Path,
+) -> None:
+    # The tool's own timeout (60 s) is far off when the close comes: the close cancels the
+    # task, which goes on; close(timeout=1) must not wait the loop's own 5 s for it.
+    let_go, running = threading.Event(), threading.Event()
+
+    @fl.tool(idempotent=True, timeout=60)
+    async def stubborn() -> str:
+        """Retry through every cancel until the test lets go."""
+        running.set()
+        while not let_go.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.01)
+        return "late"
+
+    agent = fl.Agent(name="a", llm=one_reply(fl.ToolCall("stubborn", {})), tools=[stubborn])
+    rt = fl.Runtime.open(tmp_path / "s", agents=[agent])
+    try:
+        rt.spawn(agent, "go")
+        assert running.wait(10)
+        began = time.monotonic()
+        rt.close(timeout=1)
+        closed_in = time.monotonic() - began
+    finally:
+        let_go.set()
+        rt.close()
+    assert closed_in < 3.5, f"close(timeout=1) took {closed_in:.1f} s"  # before: ~6 s

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from foldloop._log import get_logger
 from foldloop.actors._own_threads import mark_own_thread
 
-__all__ = ["LATE_S", "EventLoop", "LoopCall"]
+__all__ = ["LATE_S", "LOOP_CLOSE_S", "EventLoop", "LoopCall"]
 
 T = TypeVar("T")
 
@@ -28,6 +28,8 @@ LATE_S = 2.0
 """How late the loop may run a timer before the watcher says something blocks it."""
 LATE_REPEAT_S = 60.0
 """Once said, not again for this long (a loop that stays blocked is one problem)."""
+LOOP_CLOSE_S = 5.0
+"""The longest a close waits for the tasks it cancelled, and for each clean-up after."""
 CLOSE_SLACK_S = 1.0
 """What a close waits past its bounds for the loop to answer and its thread to end."""
 
@@ -152,7 +154,10 @@ class EventLoop:
         task.add_done_callback(self._abandoned.discard)
 
     def close(
-        self, timeout: float = 5.0, *, then: Iterable[Callable[[], Awaitable[object]]] = ()
+        self,
+        timeout: float = LOOP_CLOSE_S,
+        *,
+        then: Iterable[Callable[[], Awaitable[object]]] = (),
     ) -> None:
         """Cancel the tasks still running, stop the loop and wait for its thread. ``then``:
         clean-ups awaited once nothing runs (a model's ``aclose`` of its connections), each

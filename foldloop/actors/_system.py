@@ -23,7 +23,7 @@ from foldloop._approvals import PendingApproval, RequireApproval
 from foldloop._log import get_logger
 from foldloop.actors._approval_gate import ApprovalGate, Issued
 from foldloop.actors._drain import CLOSE_DRAIN_S, drain
-from foldloop.actors._event_loop import EventLoop
+from foldloop.actors._event_loop import LOOP_CLOSE_S, EventLoop
 from foldloop.actors._run_actor import RunActor
 from foldloop.actors._shard import Activate, Continue, Deliver, Shard
 from foldloop.actors._timers import Timers
@@ -580,8 +580,8 @@ class ActorSystem:
         self._deliver_notifications(gates)
         self.timers.stop()
         # model calls and async tools in flight are cancelled (runs resume later), and the
-        # async models' connection pools closed
-        self.loop.close(then=self._model_cleanups())
+        # async models' connection pools closed, each waited for no longer than the drain
+        self.loop.close(min(LOOP_CLOSE_S, max(0.5, drain_s)), then=self._model_cleanups())
         self.model_pool.shutdown()
         self.notify_pool.shutdown()
 
