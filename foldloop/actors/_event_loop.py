@@ -252,8 +252,9 @@ def _serve(loop: asyncio.AbstractEventLoop, stopped: Callable[[], bool]) -> None
         try:
             loop.run_forever()
         except BaseException as exc:  # asyncio lets SystemExit / KeyboardInterrupt out
-            if stopped():
-                return
-            log.error("event_loop_callback_raised", error=repr(exc))
-            continue
+            if not stopped():
+                log.error("event_loop_callback_raised", error=repr(exc))
+                continue
+        # closed here: after a close that left a task ignoring its cancel, nobody else would
+        loop.close()
         return

@@ -163,6 +163,8 @@ class ToolRunner:
         self.loop = loop
         self.async_slots = asyncio.Semaphore(tool.concurrency)
         """The bound of an async tool's calls in flight on the loop."""
+        self.async_taken = 0
+        """Its places taken (written on the loop only)."""
         self.pool = Workers(tool.concurrency, f"foldloop-tool-{tool.name}")
 
     def dispatch(self, call: RunToolCall, *, closing: bool = False) -> Cancellable | None:
@@ -207,9 +209,11 @@ class ToolRunner:
         )
 
     def _free(self) -> bool:
-        """A slot is free now (a thread, or an async tool's place)."""
+        """A slot is free now (a thread, or an async tool's place). (Any thread: the count of
+        async places taken is a plain int, not the semaphore's waiters, which only the loop
+        may walk.)"""
         if self.tool.is_async:
-            return not self.async_slots.locked()
+            return self.async_taken < self.tool.concurrency
         return self.pool.has_room()
 
     def not_run(self, call_id: str) -> ToolFinished:
@@ -303,7 +307,8 @@ class ToolRunner:
         at once, the slot goes back and the task is cancelled (what it does then is ignored:
         a tool may swallow the cancel)."""
         await self.async_slots.acquire()
-        slot = _Slot(self.async_slots)
+        self.async_taken += 1
+        slot = _Slot(self)
         try:
             if not queued.start():  # held back as its runtime closes (reported then)
                 return
@@ -334,11 +339,11 @@ class ToolRunner:
         def expire() -> None:
             nonlocal expired
             expired = True
-            if once.claim():
-                report(self.timed_out(call.run_id, call.call_id, started))
             slot.release()  # a call that ignores its cancel must not hold up the ones queued
             self.loop.abandon(task)
             task.cancel()
+            if once.claim():
+                report(self.timed_out(call.run_id, call.call_id, started))
 
         timeout = self.tool.timeout
         timer = None if timeout is None else asyncio.get_running_loop().call_later(timeout, expire)
@@ -365,15 +370,16 @@ class _Slot:
     """(On the loop.) An async call's place in its tool's bound, given back once: at its
     timeout, or as it ends."""
 
-    __slots__ = ("_slots",)
+    __slots__ = ("_runner",)
 
-    def __init__(self, slots: asyncio.Semaphore) -> None:
-        self._slots: asyncio.Semaphore | None = slots
+    def __init__(self, runner: ToolRunner) -> None:
+        self._runner: ToolRunner | None = runner
 
     def release(self) -> None:
-        slots, self._slots = self._slots, None
-        if slots is not None:
-            slots.release()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.async_taken -= 1
+            runner.async_slots.release()
 
 
 def _ms_since(started: float) -> float:
