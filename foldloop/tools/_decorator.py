@@ -182,7 +182,9 @@ class Tool:
                 start = time.perf_counter()
                 try:
                     return asyncio.run(self.ainvoke(args))
-                except BaseException as exc:  # SystemExit too, as invoke_here takes it
+                except KeyboardInterrupt:
+                    raise  # Ctrl-C of the script calling invoke, on its own thread
+                except BaseException as exc:  # SystemExit (argparse) too, as invoke_here does
                     return self._raised(exc, start)
             raise ConfigError(
                 f"tool {self.name!r} is async def and an event loop runs in this thread",
