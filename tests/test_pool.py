@@ -209,6 +209,19 @@ def test_a_bad_pool_setting_says_what_to_pass_before_any_process_starts(
     assert not any(w.name.startswith("foldloop-pool-") for w in threading.enumerate())
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity here")
+def test_a_pool_counts_the_cpus_this_process_may_use_not_the_hosts() -> None:
+    # Pinned to one CPU (taskset, a cpuset), a process gets one worker by default.
+    script = (
+        "import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+        "from foldloop.runtime import _pool_args as a; print(a.CPUS, a.check_processes(None))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["1", "1"]  # before: os.cpu_count(), the host's
+
+
 def test_a_log_level_is_taken_in_any_case_as_the_worker_takes_it() -> None:
     names = ("DEBUG", "Info", "warning", "WARN", "Error", "critical", "fatal", "notset")
     assert [pool_args.check_log_level(n) for n in names] == [n.lower() for n in names]

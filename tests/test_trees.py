@@ -1138,3 +1138,10 @@ def test_a_child_whose_start_never_landed_shows_cancelled_once_its_parent_ended(
         whole = rt.import_jsonl(lines, run_id="whole")
         (child,) = rt.tree(whole).children
         assert child.status is fl.RunStatus.COMPLETED and child.steps >= 1
+
+
+def test_a_child_status_this_version_does_not_know_reads_as_failed() -> None:
+    from foldloop.runtime._queries import _status
+
+    assert _status("completed") is fl.RunStatus.COMPLETED
+    assert _status("paused-by-a-newer-version") is fl.RunStatus.FAILED  # not a ValueError
