@@ -5,6 +5,7 @@ runtime SIGKILLed mid-tool whose runs another one recovers once its owner key la
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -481,6 +482,19 @@ def test_closing_with_the_server_gone_returns_soon_and_leaves_no_thread(tmp_path
     )
 
 
+def all_stopped(pid: int) -> bool:
+    """Every thread of process ``pid`` is stopped by a signal (Linux: state T in /proc;
+    elsewhere, where there is no telling, True)."""
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():
+        return True
+    states = []
+    for task in tasks.iterdir():
+        with contextlib.suppress(OSError):
+            states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+    return bool(states) and all(state in ("T", "t") for state in states)
+
+
 def test_a_read_in_flight_when_the_store_closes_is_a_store_error(tmp_path: Path) -> None:
     """The server paused, a read waits on its answer; closing the store cancels the calls in
     flight: the reader hears a StoreError, not asyncio's cancellation."""
@@ -503,6 +517,9 @@ def test_a_read_in_flight_when_the_store_closes_is_a_store_error(tmp_path: Path)
 
     try:
         os.kill(pid, signal.SIGSTOP)
+        # every thread of the server stopped before the read goes out (one in a syscall, an
+        # fsync on a loaded disk say, stops only once it returns: it could still answer)
+        wait_until(lambda: all_stopped(pid), 10, "the server's threads to stop")
         thread = threading.Thread(target=reading)
         thread.start()
         wait_until(lambda: asking() or outcome, 10, "the read to wait on the server")
