@@ -556,11 +556,12 @@ class ActorSystem:
         """Stop every actor; runs still going stay 'running' in the log (recover() resumes).
         First, for up to ``drain_s``, the sync tool calls under way finish and are recorded;
         no model call or child run starts meanwhile."""
+        deadline = time.monotonic() + drain_s
         with self._lock:
             self._closed = True
             actors = list(self._actors.values())
             shards = list(self._shards)
-        drain(actors, shards, time.monotonic() + drain_s)
+        drain(actors, shards, deadline)
         with self._lock:
             shards, self._shards = self._shards, []
             active = [*self._actors, *self._parked, *self._taking_up]
@@ -580,8 +581,9 @@ class ActorSystem:
         self._deliver_notifications(gates)
         self.timers.stop()
         # model calls and async tools in flight are cancelled (runs resume later), and the
-        # async models' connection pools closed, each waited for no longer than the drain
-        self.loop.close(min(LOOP_CLOSE_S, max(0.5, drain_s)), then=self._model_cleanups())
+        # async models' connection pools closed, each waited for what the drain left of its time
+        left = min(LOOP_CLOSE_S, max(0.5, deadline - time.monotonic()))
+        self.loop.close(left, then=self._model_cleanups())
         self.model_pool.shutdown()
         self.notify_pool.shutdown()
 
