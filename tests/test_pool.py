@@ -194,7 +194,7 @@ _CPUS = pool_args.CPUS
                 "log_level must be the name of a logging level, one of debug, info, warning, "
                 f"error, critical (any case); got {bad!r}",
             )
-            for bad in ("bogus", 5, None, "")
+            for bad in ("bogus", 5, None, "", "notset")
         ),
     ],
 )
@@ -223,7 +223,7 @@ def test_a_pool_counts_the_cpus_this_process_may_use_not_the_hosts() -> None:
 
 
 def test_a_log_level_is_taken_in_any_case_as_the_worker_takes_it() -> None:
-    names = ("DEBUG", "Info", "warning", "WARN", "Error", "critical", "fatal", "notset")
+    names = ("DEBUG", "Info", "warning", "WARN", "Error", "critical", "fatal")
     assert [pool_args.check_log_level(n) for n in names] == [n.lower() for n in names]
 
 
@@ -619,3 +619,28 @@ def test_a_worker_info_lists_few_recovered_runs_and_counts_many() -> None:
         "WorkerInfo(pid=7, owner='o', spawned=0, recovered=<5,000 run ids>, alive=False)"
     )
     assert len(many.recovered) == 5000  # kept whole: only the repr is short
+
+
+def test_a_closed_pool_leaves_no_pipe_open(store_path: Path) -> None:
+    # Python's development mode warns of every file object collected still open.
+    script = textwrap.dedent(
+        """
+        import gc, sys
+        import foldloop as fl
+        with fl.WorkerPool(sys.argv[1], agents=["pool_agents:calc"], processes=2) as pool:
+            assert pool.spawn("calc", "sum").wait(timeout=30).ok
+        gc.collect()
+        print("closed")
+        """
+    )
+    dev = ["-X", "dev", "-W", "error::ResourceWarning"]
+    done = subprocess.run(
+        [sys.executable, *dev, "-c", script, str(store_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+        check=False,
+    )
+    assert done.stdout.strip() == "closed", done.stderr
+    assert "ResourceWarning" not in done.stderr, done.stderr  # before: the workers' stdout pipes

@@ -31,7 +31,7 @@ START_TIMEOUT_S = (0.001, 86_400.0)
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 """The ``log_level`` names shown; the worker takes any case (it looks up ``upper()``)."""
-_ALIASES = ("notset", "warn", "fatal")  # logging's other names, which the worker takes too
+_ALIASES = ("warn", "fatal")  # logging's other names for two of them (NOTSET would log all)
 
 
 def check_processes(processes: object) -> int:

@@ -120,6 +120,7 @@ class WorkerProcess:
                     future.set_result("")
                 else:
                     future.set_exception(_error(reply.error, reply.message))
+        self.proc.stdout.close()  # at its end: the pipe is this thread's alone
         gone = self._exited(self.proc.wait())
         if not self.ready.done():
             self.ready.set_exception(gone)
