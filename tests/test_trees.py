@@ -595,10 +595,12 @@ def killed_mid_tree(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def running_below(rt: fl.Runtime, run_id: str) -> list[str]:
-    """The runs below ``run_id`` still running (as the tree shows them: a child whose start
-    a crash cut short has no log of its own)."""
+    """The runs below ``run_id`` not ended (as the tree shows them: running, or interrupted
+    when nothing drives them; a child whose start a crash cut short has no log of its own)."""
     return [
-        node.run_id for node in rt.tree(run_id).walk()[1:] if node.status is fl.RunStatus.RUNNING
+        node.run_id
+        for node in rt.tree(run_id).walk()[1:]
+        if node.status in (fl.RunStatus.RUNNING, fl.RunStatus.INTERRUPTED)
     ]
 
 
@@ -1128,8 +1130,10 @@ def test_a_child_whose_start_never_landed_shows_cancelled_once_its_parent_ended(
     header["events"] = spawned_at  # the export's lines after its header, up to child.spawned
     with fl.Runtime.open(tmp_path / "b") as rt:  # knows no agent: drives nothing
         cut = rt.import_jsonl([json.dumps(header), *lines[1 : spawned_at + 1]], run_id="cut")
-        (child,) = rt.tree(cut).children
-        assert child.status is fl.RunStatus.RUNNING  # a runtime with the lead's agent starts it
+        tree = rt.tree(cut)
+        assert tree.status is fl.RunStatus.INTERRUPTED  # as rt.runs() shows it: nothing drives it
+        (child,) = tree.children
+        assert child.status is fl.RunStatus.INTERRUPTED  # recover() with the agents starts both
         rt.handle(cut).cancel(reason="stop")
         assert rt.state(cut).status is fl.RunStatus.CANCELLED
         (child,) = rt.tree(cut).children

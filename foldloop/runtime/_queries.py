@@ -199,18 +199,8 @@ class Queries:
                 if wanted in (None, RunStatus.FAILED) and agent is None:
                     out.append(read.summary())
                 continue
-            state, run_id = read, read.run_id
-            current, reason = state.status, state.reason
-            if current is RunStatus.QUEUED and self.in_shared_queue(run_id):
-                reason = shared_queue_reason(state.agent)
-            elif current in _ORPHANED and self.orphaned(run_id):
-                # Read again after the lease check: a run settles and gives its lease up in
-                # one write, so one that did since the batch read shows settled now.
-                state = self.state(run_id)
-                if state.status is current:  # else it moved on (settled, or was taken up)
-                    current, reason = _ORPHANED[current]
-                else:
-                    current, reason = state.status, state.reason
+            state, current, reason = self._shown(read)
+            run_id = state.run_id
             if wanted is not None and current is not wanted:
                 continue
             if agent is not None and state.agent != agent:
@@ -231,11 +221,30 @@ class Queries:
             )
         return out
 
+    def _shown(self, state: RunState) -> tuple[RunState, RunStatus, str]:
+        """The run as ``runs`` and ``tree`` show it: (its state, status, reason), one nobody
+        drives shown interrupted (queued: held by nobody)."""
+        run_id = state.run_id
+        current, reason = state.status, state.reason
+        if current is RunStatus.QUEUED and self.in_shared_queue(run_id):
+            reason = shared_queue_reason(state.agent)
+        elif current in _ORPHANED and self.orphaned(run_id):
+            # Read again after the lease check: a run settles and gives its lease up in one
+            # write, so one that did since the first read shows settled now.
+            state = self.state(run_id)
+            if state.status is current:  # else it moved on (settled, or was taken up)
+                current, reason = _ORPHANED[current]
+            else:
+                current, reason = state.status, state.reason
+        return state, current, reason
+
     def tree(self, run_id: str) -> RunTree:
-        """The run and the child runs below it (``Runtime.tree``)."""
+        """The run and the child runs below it (``Runtime.tree``), each shown as ``runs``
+        shows it."""
         return self._tree(self.state(run_id), "")
 
-    def _tree(self, state: RunState, call_id: str) -> RunTree:
+    def _tree(self, read: RunState, call_id: str) -> RunTree:
+        state, status, reason = self._shown(read)
         children = []
         for link in state.children:
             if self._store.head(link.run_id):
@@ -262,6 +271,17 @@ class Queries:
                         call_id=link.call_id,
                     )
                 )
+            elif status is RunStatus.INTERRUPTED:  # as its parent: recover() starts both
+                why = "its start was never written and nothing drives its parent"
+                children.append(
+                    RunTree(
+                        link.run_id,
+                        link.agent,
+                        RunStatus.INTERRUPTED,
+                        reason=why,
+                        call_id=link.call_id,
+                    )
+                )
             else:
                 children.append(
                     RunTree(link.run_id, link.agent, RunStatus.RUNNING, call_id=link.call_id)
@@ -269,9 +289,9 @@ class Queries:
         return RunTree(
             run_id=state.run_id,
             agent=state.agent,
-            status=state.status,
+            status=status,
             children=tuple(children),
-            reason=state.reason,
+            reason=reason,
             steps=state.steps,
             usage=state.usage,
             call_id=call_id,

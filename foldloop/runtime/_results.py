@@ -54,9 +54,11 @@ class RunTree:
     """A run and the child runs its sub-agent calls started, recursively (``Runtime.tree``).
 
     ``steps`` and ``usage`` are the run's own; ``spent_steps`` and ``spent`` add those of
-    its whole subtree (what counts against the root's limits). A child whose start was
-    recorded by its parent but never written (a crash between the two) shows as running
-    with nothing spent (``recover()`` starts it), or as cancelled once its parent has ended."""
+    its whole subtree (what counts against the root's limits). Each run shows the status
+    ``Runtime.runs`` gives it (one nothing drives: interrupted). A child whose start was
+    recorded by its parent but never written (a crash between the two) shows as running with
+    nothing spent, interrupted as its parent when nothing drives that (``recover()`` starts
+    them), or cancelled once its parent has ended."""
 
     run_id: str
     agent: str
