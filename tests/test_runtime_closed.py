@@ -168,3 +168,46 @@ def test_a_close_from_a_signal_handler_inside_spawn_many_does_not_wait_for_it(
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_wait_woken_by_the_close_reads_nothing_from_the_closing_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close tells the wait how the run stood: a wait that only gets the interpreter
+    once the store has closed (a busy machine) still returns it interrupted."""
+    from foldloop.runtime._queries import Queries
+
+    slow = fl.Agent(name="slow", llm=fl.ScriptedLLM(lambda m, t: fl.Reply(text="x"), latency_s=60))
+    rt = fl.Runtime.open(tmp_path / "s", agents=[slow])
+    handle = rt.spawn(slow, "go")
+    closed, outcome = threading.Event(), list[object]()
+    read = Queries.state
+
+    def late_read(self: Queries, run_id: str) -> fl.types.RunState:
+        if threading.current_thread() is thread:
+            closed.wait(20)  # as if the close ran to its end before this thread got going
+        return read(self, run_id)
+
+    monkeypatch.setattr(Queries, "state", late_read)
+
+    def waits() -> None:
+        try:
+            outcome.append(handle.wait(timeout=60))
+        except fl.FoldloopError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=waits)
+    thread.start()
+
+    def waiting() -> bool:
+        frame = sys._current_frames().get(thread.ident or 0)
+        return any(f.name == "_settle" for f in traceback.extract_stack(frame)) if frame else False
+
+    wait_until(waiting, 10, "the wait to wait on the run")
+    rt.close()
+    closed.set()
+    thread.join(30)
+    assert not thread.is_alive() and len(outcome) == 1
+    result = outcome[0]  # before: ConfigError "this runtime is closed"
+    assert isinstance(result, fl.types.RunResult), result
+    assert result.status is fl.RunStatus.INTERRUPTED and "closed" in result.reason

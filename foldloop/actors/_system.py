@@ -570,9 +570,11 @@ class ActorSystem:
         for shard in shards:  # each queues what its runs hold back, as it stops
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 shard.stop(block=True, timeout=5)
+        last = {actor.run_id: actor.state for actor in actors}  # its waits read no store
         for run_id in active:
             settlement = self.settlement(run_id)
             if settlement is not None and not settlement.event.is_set():
+                settlement.state = settlement.state or last.get(run_id)
                 settlement.interrupted = "the runtime driving it was closed; resume it later"
                 settlement.event.set()
         for ref in tools:
