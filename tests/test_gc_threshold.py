@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from foldloop.runtime._collector import PYTHON_DEFAULT, YOUNG_THRESHOLD
 
@@ -33,6 +34,12 @@ def thresholds_seen(tmp_path: Path, steps: str) -> list[list[int]]:
         + textwrap.dedent(steps)
         + "\nprint(json.dumps(out))\n"
     )
+    seen: list[list[int]] = printed(script, tmp_path)
+    return seen
+
+
+def printed(script: str, tmp_path: Path) -> Any:
+    """What ``script`` (run in a fresh interpreter with a store path) printed last, as JSON."""
     done = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path / "store")],
         capture_output=True,
@@ -41,8 +48,7 @@ def thresholds_seen(tmp_path: Path, steps: str) -> list[list[int]]:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    seen: list[list[int]] = json.loads(done.stdout.splitlines()[-1])
-    return seen
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def test_pythons_default_is_raised_while_a_runtime_is_open_and_put_back(tmp_path: Path) -> None:
@@ -198,14 +204,6 @@ def test_a_finished_run_is_freed_without_waiting_for_a_cyclic_collection(tmp_pat
         print(json.dumps([ok, kept]))
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "store")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    ok, kept = json.loads(done.stdout.splitlines()[-1])
+    ok, kept = printed(script, tmp_path)
     assert ok
     assert kept == []  # before: RunActor (its _post a closure over itself)

@@ -23,7 +23,7 @@ from foldloop.core._explain import (
 )
 from foldloop.core._replay import INPUT_TYPES, replay
 from foldloop.core._snapshot import restore_state
-from foldloop.core._state import STATE_VERSION, RunState, RunStatus
+from foldloop.core._state import STATE_VERSION, ChildLink, RunState, RunStatus
 from foldloop.core._tree import ended_for_parent, escrowed, spent
 from foldloop.errors import (
     ConfigError,
@@ -260,32 +260,8 @@ class Queries:
                         call_id=link.call_id,
                     )
                 )
-            elif state.terminal:  # nothing starts it any more: it never ran
-                why = "never started: its parent ended before the child's start was written"
-                children.append(
-                    RunTree(
-                        link.run_id,
-                        link.agent,
-                        RunStatus.CANCELLED,
-                        reason=why,
-                        call_id=link.call_id,
-                    )
-                )
-            elif status is RunStatus.INTERRUPTED:  # as its parent: recover() starts both
-                why = "its start was never written and nothing drives its parent"
-                children.append(
-                    RunTree(
-                        link.run_id,
-                        link.agent,
-                        RunStatus.INTERRUPTED,
-                        reason=why,
-                        call_id=link.call_id,
-                    )
-                )
             else:
-                children.append(
-                    RunTree(link.run_id, link.agent, RunStatus.RUNNING, call_id=link.call_id)
-                )
+                children.append(_unwritten(link, state.terminal, status))
         return RunTree(
             run_id=state.run_id,
             agent=state.agent,
@@ -573,3 +549,17 @@ def _status(recorded: str) -> RunStatus:
         return RunStatus(recorded)
     except ValueError:
         return RunStatus.FAILED
+
+
+def _unwritten(link: ChildLink, parent_ended: bool, parent: RunStatus) -> RunTree:
+    """A child whose start its parent recorded and a crash kept from being written: it never
+    ran if the parent ended, is interrupted with a parent nothing drives (``recover()``
+    starts both), else runs (its parent's runtime writes it)."""
+    if parent_ended:
+        status = RunStatus.CANCELLED
+        why = "never started: its parent ended before the child's start was written"
+    elif parent is RunStatus.INTERRUPTED:
+        status, why = parent, "its start was never written and nothing drives its parent"
+    else:
+        status, why = RunStatus.RUNNING, ""
+    return RunTree(link.run_id, link.agent, status, reason=why, call_id=link.call_id)
