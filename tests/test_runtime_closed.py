@@ -211,3 +211,76 @@ def test_a_wait_woken_by_the_close_reads_nothing_from_the_closing_store(
     result = outcome[0]  # before: ConfigError "this runtime is closed"
     assert isinstance(result, fl.types.RunResult), result
     assert result.status is fl.RunStatus.INTERRUPTED and "closed" in result.reason
+
+
+def test_a_wait_on_a_run_whose_last_commit_landed_as_the_close_began_returns_it_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait returns the run as its log holds it once the close stored what it wrote:
+    completed, not interrupted with the completed run's output."""
+    from foldloop.actors._system import ActorSystem
+
+    agent = fl.Agent(name="a", llm=fl.ScriptedLLM([fl.Reply(text="done")]))
+    landed = threading.Event()
+    # the shard never hears that the settling commit landed: the close comes right then
+    monkeypatch.setattr(ActorSystem, "proceed", lambda self, actor, then: landed.set())
+    rt = fl.Runtime.open(tmp_path / "s", agents=[agent])
+    handle = rt.spawn(agent, "go")
+    outcome: list[object] = []
+    thread = threading.Thread(target=lambda: outcome.append(handle.wait(timeout=30)))
+    thread.start()
+    assert landed.wait(10)
+    rt.close()
+    thread.join(30)
+    assert len(outcome) == 1
+    result = outcome[0]
+    assert isinstance(result, fl.types.RunResult)
+    assert (result.status, result.output) == (fl.RunStatus.COMPLETED, "done")  # before: interrupted
+    with fl.Runtime.open(tmp_path / "s") as again:
+        assert again.state(handle.id).status is fl.RunStatus.COMPLETED
+
+
+def test_a_late_wait_on_a_parent_parked_for_its_children_returns_it_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run parked for its children has no actor: its wait too is told at close."""
+    from foldloop.runtime._queries import Queries
+    from tests.tree_models import fans_out
+
+    slow = fl.Agent(name="slow", llm=fl.ScriptedLLM(lambda m, t: fl.Reply(text="x"), latency_s=60))
+    lead = fl.Agent(name="lead", llm=fl.ScriptedLLM(fans_out(("slow", "a"))), agents=[slow])
+    rt = fl.Runtime.open(tmp_path / "s", agents=[lead])
+    rt.system.park_after_s = 0.05
+    handle = rt.spawn(lead, "go")
+    wait_until(lambda: rt.system.parked(handle.id), 20, "the lead to park")
+    closed, outcome = threading.Event(), list[object]()
+    read = Queries.state
+
+    def late_read(self: Queries, run_id: str) -> fl.types.RunState:
+        if threading.current_thread() is thread:
+            closed.wait(20)  # as if the close ran to its end before this thread got going
+        return read(self, run_id)
+
+    monkeypatch.setattr(Queries, "state", late_read)
+
+    def waits() -> None:
+        try:
+            outcome.append(handle.wait(timeout=60))
+        except fl.FoldloopError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=waits)
+    thread.start()
+
+    def waiting() -> bool:
+        frame = sys._current_frames().get(thread.ident or 0)
+        return any(f.name == "_settle" for f in traceback.extract_stack(frame)) if frame else False
+
+    wait_until(waiting, 10, "the wait to wait on the run")
+    rt.close()
+    closed.set()
+    thread.join(30)
+    assert len(outcome) == 1
+    result = outcome[0]  # before: ConfigError "this runtime is closed"
+    assert isinstance(result, fl.types.RunResult), result
+    assert result.status is fl.RunStatus.INTERRUPTED and "closed" in result.reason

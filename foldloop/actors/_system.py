@@ -552,10 +552,11 @@ class ActorSystem:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def stop(self, drain_s: float = CLOSE_DRAIN_S) -> None:
+    def stop(self, drain_s: float = CLOSE_DRAIN_S) -> list[str]:
         """Stop every actor; runs still going stay 'running' in the log (recover() resumes).
         First, for up to ``drain_s``, the sync tool calls under way finish and are recorded;
-        no model call or child run starts meanwhile."""
+        no model call or child run starts meanwhile. Returns the runs it left (their waits
+        are told once what the runs wrote is stored: ``Waiter.closed_under``)."""
         deadline = time.monotonic() + drain_s
         with self._lock:
             self._closed = True
@@ -570,13 +571,6 @@ class ActorSystem:
         for shard in shards:  # each queues what its runs hold back, as it stops
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 shard.stop(block=True, timeout=5)
-        last = {actor.run_id: actor.state for actor in actors}  # its waits read no store
-        for run_id in active:
-            settlement = self.settlement(run_id)
-            if settlement is not None and not settlement.event.is_set():
-                settlement.state = settlement.state or last.get(run_id)
-                settlement.interrupted = "the runtime driving it was closed; resume it later"
-                settlement.event.set()
         for ref in tools:
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 ref.stop(block=True, timeout=5)
@@ -588,6 +582,7 @@ class ActorSystem:
         self.loop.close(left, then=self._model_cleanups())
         self.model_pool.shutdown()
         self.notify_pool.shutdown()
+        return active
 
     def _model_cleanups(self) -> list[Callable[[], Awaitable[object]]]:
         """The ``aclose`` of each distinct model that ran here and has one."""

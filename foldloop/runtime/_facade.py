@@ -273,10 +273,13 @@ class Runtime(OpenOnly, ClosedOnExit):
             self._followers.close()
             self._admission.close()
             self._commands.close()
-            self.system.stop(drain_s=timeout)
-            # What the runs wrote last is stored before another runtime may take them up.
-            if not self.store.flush(timeout=FLUSH_WAIT_S):
-                log.warning("close_writes_unconfirmed", owner=self.owner)
+            left = self.system.stop(drain_s=timeout)
+            try:
+                # What the runs wrote last is stored before another runtime may take them up.
+                if not self.store.flush(timeout=FLUSH_WAIT_S):
+                    log.warning("close_writes_unconfirmed", owner=self.owner)
+            finally:
+                self._ops.closed_under(left)  # their waits read the log while it is open
             self._owner_hold.release()
             self.store.close()
         finally:
@@ -541,6 +544,9 @@ class _RunOps:
 
     def ending(self, run_id: str) -> Settlement | None:
         return self._waiter.ending(run_id)
+
+    def closed_under(self, run_ids: list[str]) -> None:
+        self._waiter.closed_under(run_ids)
 
     def wait(
         self,

@@ -11,7 +11,13 @@ from foldloop._log import get_logger
 from foldloop.actors._system import ActorSystem, Settlement
 from foldloop.core._explain import ORPHAN_QUEUED
 from foldloop.core._state import RunState, RunStatus
-from foldloop.errors import ConfigError, StoreCorrupted, StoreError, StoreNotFound
+from foldloop.errors import (
+    ConfigError,
+    FoldloopError,
+    StoreCorrupted,
+    StoreError,
+    StoreNotFound,
+)
 from foldloop.runtime._admission import Admission
 from foldloop.runtime._approval_desk import ApprovalDesk
 from foldloop.runtime._calls import CallsUnderWay
@@ -36,6 +42,8 @@ release goes with the resuming process's next commit, within milliseconds."""
 PARKED_POLL = 0.05
 """Longest pause between looks at a parked run's log while waiting through its park (a
 decision from another process takes a poller's 0.1 s to arrive anyway)."""
+CLOSED_UNDER = "the runtime driving it was closed; resume it later"
+"""Why a wait on a run its own runtime drove until it closed returns it interrupted."""
 NOT_DRIVEN = "no runtime is driving it"
 """Why a wait returns a run as interrupted when nothing drives it and this runtime cannot."""
 QUEUED_NOT_HELD = f"{ORPHAN_QUEUED}; recover() in a runtime with its agent"
@@ -77,6 +85,23 @@ class Waiter:
         self._admission = admission
         self._following = CallsUnderWay()
         """Follows (and waits through parks) under way: they share FOLLOW_LOOKS_PER_S."""
+
+    def closed_under(self, run_ids: list[str]) -> None:
+        """(Closing, what the runs wrote stored, the store still open.) Wake the waits on
+        the runs the runtime left: each gets its run as the log holds it, interrupted unless
+        the log says it ended (its last commit landed as the close began)."""
+        for run_id in run_ids:
+            settlement = self._system.settlement(run_id)
+            if settlement is None or settlement.event.is_set():
+                continue
+            try:
+                state: RunState | None = self._queries.state(run_id)
+            except FoldloopError:  # the wait reads it, and says what failed
+                state = None
+            settlement.state = state
+            if state is None or not state.terminal:
+                settlement.interrupted = CLOSED_UNDER
+            settlement.event.set()
 
     def ending(self, run_id: str) -> Settlement | None:
         """How the run ends, as this runtime records it (for a handle to keep)."""
@@ -147,6 +172,8 @@ class Waiter:
             state = settlement.state
             if not settlement.event.is_set() or state is None:  # the deadline, or closed under it
                 return self._queries.state(run_id), settlement.interrupted
+            if settlement.interrupted:  # as it stood: its runtime may have closed the store
+                return state, settlement.interrupted
             if self._decision_pending(state, deadline):
                 # the poller (or the drive the decision started) continues the run; wait
                 # for that settlement
