@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import signal
 import warnings
 from collections.abc import AsyncIterator, Iterator
 
@@ -72,3 +73,15 @@ def test_invoke_of_an_async_tool_that_raises_systemexit_is_an_outcome() -> None:
     outcome = quits.invoke('{"x": 1}')
     assert not outcome.ok and outcome.kind == "exception"
     assert outcome.text == "SystemExit raised inside the tool"
+
+
+def test_a_ctrl_c_of_the_script_during_invoke_of_an_async_tool_stops_the_script() -> None:
+    @fl.tool
+    async def waits() -> str:
+        """Wait long."""
+        signal.raise_signal(signal.SIGINT)  # as a Ctrl-C of the script now
+        await asyncio.sleep(10)
+        return "never"
+
+    with pytest.raises(KeyboardInterrupt):  # before: an outcome, and the script went on
+        waits.invoke("{}")

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 
@@ -94,7 +94,13 @@ class WorkerProcess:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+        with self.proc.stdout:  # closed at its end: the pipe is this thread's alone
+            self._answers(self.proc.stdout)
+        self._ended()
+
+    def _answers(self, stdout: IO[bytes]) -> None:
+        """Settle each request as its worker's answer arrives, until the pipe ends."""
+        for line in stdout:
             try:
                 reply = decode_reply(line)
             except msgspec.DecodeError:
@@ -120,7 +126,9 @@ class WorkerProcess:
                     future.set_result("")
                 else:
                     future.set_exception(_error(reply.error, reply.message))
-        self.proc.stdout.close()  # at its end: the pipe is this thread's alone
+
+    def _ended(self) -> None:
+        """Its process ended: fail what waits on it, and have it replaced if it had started."""
         gone = self._exited(self.proc.wait())
         if not self.ready.done():
             self.ready.set_exception(gone)
