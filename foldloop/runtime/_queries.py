@@ -194,12 +194,13 @@ class Queries:
             known = ", ".join(s.value for s in RunStatus)
             raise ConfigError(f"no run status {status!r}; the statuses are: {known}") from None
         out: list[RunSummary] = []
+        alive: dict[str, bool] = {}
         for read in self.states(self._store.run_ids()):
             if isinstance(read, Damaged):
                 if wanted in (None, RunStatus.FAILED) and agent is None:
                     out.append(read.summary())
                 continue
-            state, current, reason = self._shown(read)
+            state, current, reason = self._shown(read, alive)
             run_id = state.run_id
             if wanted is not None and current is not wanted:
                 continue
@@ -221,14 +222,16 @@ class Queries:
             )
         return out
 
-    def _shown(self, state: RunState) -> tuple[RunState, RunStatus, str]:
+    def _shown(self, state: RunState, alive: dict[str, bool]) -> tuple[RunState, RunStatus, str]:
         """The run as ``runs`` and ``tree`` show it: (its state, status, reason), one nobody
-        drives shown interrupted (queued: held by nobody)."""
+        drives shown interrupted (queued: held by nobody). ``alive``: owners found alive or
+        not so far in this listing (a fleet's runs share a few: one look each, not one a
+        run, which on a shared store is a round trip to its server)."""
         run_id = state.run_id
         current, reason = state.status, state.reason
         if current is RunStatus.QUEUED and self.in_shared_queue(run_id):
             reason = shared_queue_reason(state.agent)
-        elif current in _ORPHANED and self.orphaned(run_id):
+        elif current in _ORPHANED and self.orphaned(run_id, alive):
             # Read again after the lease check: a run settles and gives its lease up in one
             # write, so one that did since the first read shows settled now.
             state = self.state(run_id)
@@ -241,14 +244,14 @@ class Queries:
     def tree(self, run_id: str) -> RunTree:
         """The run and the child runs below it (``Runtime.tree``), each shown as ``runs``
         shows it."""
-        return self._tree(self.state(run_id), "")
+        return self._tree(self.state(run_id), "", {})
 
-    def _tree(self, read: RunState, call_id: str) -> RunTree:
-        state, status, reason = self._shown(read)
+    def _tree(self, read: RunState, call_id: str, alive: dict[str, bool]) -> RunTree:
+        state, status, reason = self._shown(read, alive)
         children = []
         for link in state.children:
             if self._store.head(link.run_id):
-                children.append(self._tree(self.state(link.run_id), link.call_id))
+                children.append(self._tree(self.state(link.run_id), link.call_id, alive))
             elif not link.running:  # its log is elsewhere (an imported run): as recorded here
                 children.append(
                     RunTree(
@@ -460,14 +463,18 @@ class Queries:
         lease = self._store.lease(run_id)
         return lease is None or not lease.owner
 
-    def orphaned(self, run_id: str) -> bool:
+    def orphaned(self, run_id: str, alive: dict[str, bool] | None = None) -> bool:
         """Neither an actor here nor a live runtime anywhere drives the run (or, for a
-        queued run, holds it; on a shared work queue, a run nobody holds is held there)."""
+        queued run, holds it; on a shared work queue, a run nobody holds is held there).
+        ``alive``: owners already looked at, and where to note the one looked at now."""
         if self._system.active(run_id):
             return False
         lease = self._store.lease(run_id)
         if lease is not None and lease.owner:
-            return not self._store.owner_alive(lease.owner)
+            known = alive if alive is not None else {}
+            if lease.owner not in known:
+                known[lease.owner] = self._store.owner_alive(lease.owner)
+            return not known[lease.owner]
         if isinstance(self._store, WorkQueue):
             state = self.state(run_id)
             return state.status is not RunStatus.QUEUED or self.stranded(state)
