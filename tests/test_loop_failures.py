@@ -259,3 +259,58 @@ def test_a_loop_closed_with_a_task_ignoring_its_cancel_is_closed_once_the_task_e
     assert inner is not None and not inner.is_closed()  # its thread still runs the task
     let_go.set()
     wait_until(inner.is_closed, 10, "the loop closed once the task ended")
+
+
+class SlowToClose:
+    """An async model whose ``aclose`` (its connections) takes 0.7 s."""
+
+    model = "slow-to-close"
+
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    def complete(
+        self,
+        messages: Sequence[fl.Message],
+        tools: Sequence[ToolSpec],
+        *,
+        max_tokens: int | None = None,
+    ) -> fl.Reply:
+        raise AssertionError("the runtime awaits acomplete")
+
+    async def acomplete(
+        self,
+        messages: Sequence[fl.Message],
+        tools: Sequence[ToolSpec],
+        *,
+        max_tokens: int | None = None,
+    ) -> fl.Reply:
+        return fl.Reply(tool_calls=[fl.ToolCall("hangs", {})])
+
+    async def aclose(self) -> None:
+        await asyncio.sleep(0.7)
+        self.closed.set()
+
+
+def test_a_close_whose_tool_calls_took_its_time_still_lets_models_close_their_connections(
+    tmp_path: Path,
+) -> None:
+    let_go, running = threading.Event(), threading.Event()
+
+    @fl.tool(timeout=60)
+    def hangs() -> str:
+        """A sync call that outlasts the close's timeout."""
+        running.set()
+        let_go.wait(30)
+        return "late"
+
+    model = SlowToClose()
+    agent = fl.Agent(name="a", llm=model, tools=[hangs])
+    try:
+        with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+            rt.spawn(agent, "go")
+            assert running.wait(10)
+            rt.close(timeout=1)  # the tool call takes all of it
+        assert model.closed.is_set()  # before: cut at the loop's 0.5 s
+    finally:
+        let_go.set()

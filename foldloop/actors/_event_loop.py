@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from foldloop._log import get_logger
 from foldloop.actors._own_threads import mark_own_thread
 
-__all__ = ["LATE_S", "LOOP_CLOSE_S", "EventLoop", "LoopCall"]
+__all__ = ["CLEANUP_AT_LEAST_S", "LATE_S", "LOOP_CLOSE_S", "EventLoop", "LoopCall"]
 
 T = TypeVar("T")
 
@@ -30,6 +30,8 @@ LATE_REPEAT_S = 60.0
 """Once said, not again for this long (a loop that stays blocked is one problem)."""
 LOOP_CLOSE_S = 5.0
 """The longest a close waits for the tasks it cancelled, and for each clean-up after."""
+CLEANUP_AT_LEAST_S = 2.0
+"""What a close gives each model's ``aclose`` even when its tool calls took all its time."""
 CLOSE_SLACK_S = 1.0
 """What a close waits past its bounds for the loop to answer and its thread to end."""
 
@@ -158,10 +160,12 @@ class EventLoop:
         timeout: float = LOOP_CLOSE_S,
         *,
         then: Iterable[Callable[[], Awaitable[object]]] = (),
+        then_within: float | None = None,
     ) -> None:
         """Cancel the tasks still running, stop the loop and wait for its thread. ``then``:
         clean-ups awaited once nothing runs (a model's ``aclose`` of its connections), each
-        bounded by ``timeout`` and its failure ignored. A task cancelled and still running
+        bounded by ``then_within`` (``timeout`` if None; one cut short is logged) and its
+        failure ignored. A task cancelled and still running
         ``timeout`` s later (or at once, one ``abandon``ed) is left running on the loop's
         thread, which ends once it does: nothing can stop a task that ignores its cancel."""
         with self._lock:
@@ -173,6 +177,7 @@ class EventLoop:
             return
 
         cleanups = list(then)
+        within = timeout if then_within is None else then_within
         stopped = threading.Event()
 
         async def stop() -> None:
@@ -183,13 +188,17 @@ class EventLoop:
             if waited:
                 await asyncio.wait(waited, timeout=timeout)
             for cleanup in cleanups:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(cleanup(), timeout)
+                try:
+                    await asyncio.wait_for(cleanup(), within)
+                except TimeoutError:
+                    log.warning("model_aclose_unfinished", within_s=within, cleanup=repr(cleanup))
+                except Exception:  # a model's own clean-up failing stops nothing else
+                    log.debug("model_aclose_failed", exc_info=True)
             self._stop_when_done([t for t in tasks if not t.done()], loop)
             stopped.set()
 
         asyncio.run_coroutine_threadsafe(stop(), loop)
-        if stopped.wait(timeout * (1 + len(cleanups)) + CLOSE_SLACK_S) and self._stopped:
+        if stopped.wait(timeout + within * len(cleanups) + CLOSE_SLACK_S) and self._stopped:
             thread.join(CLOSE_SLACK_S)
         with self._lock:
             unstarted, self._inbox = self._inbox, []
