@@ -26,13 +26,10 @@ ESCAPES = [
 ]
 
 
-class Raising:
-    """An async model whose ``acomplete`` raises what it is given."""
+class AsyncModel:
+    """A model the runtime awaits (``acomplete``); ``answer`` says what each call does."""
 
-    model = "raising"
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
+    model = "async"
 
     def complete(
         self,
@@ -50,6 +47,21 @@ class Raising:
         *,
         max_tokens: int | None = None,
     ) -> fl.Reply:
+        return await self.answer()
+
+    async def answer(self) -> fl.Reply:
+        raise NotImplementedError
+
+
+class Raising(AsyncModel):
+    """An async model whose ``acomplete`` raises what it is given."""
+
+    model = "raising"
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    async def answer(self) -> fl.Reply:
         raise self.error
 
 
@@ -261,7 +273,7 @@ def test_a_loop_closed_with_a_task_ignoring_its_cancel_is_closed_once_the_task_e
     wait_until(inner.is_closed, 10, "the loop closed once the task ended")
 
 
-class SlowToClose:
+class SlowToClose(AsyncModel):
     """An async model whose ``aclose`` (its connections) takes 0.7 s."""
 
     model = "slow-to-close"
@@ -269,22 +281,7 @@ class SlowToClose:
     def __init__(self) -> None:
         self.closed = threading.Event()
 
-    def complete(
-        self,
-        messages: Sequence[fl.Message],
-        tools: Sequence[ToolSpec],
-        *,
-        max_tokens: int | None = None,
-    ) -> fl.Reply:
-        raise AssertionError("the runtime awaits acomplete")
-
-    async def acomplete(
-        self,
-        messages: Sequence[fl.Message],
-        tools: Sequence[ToolSpec],
-        *,
-        max_tokens: int | None = None,
-    ) -> fl.Reply:
+    async def answer(self) -> fl.Reply:
         return fl.Reply(tool_calls=[fl.ToolCall("hangs", {})])
 
     async def aclose(self) -> None:

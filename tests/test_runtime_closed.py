@@ -170,22 +170,20 @@ def test_a_close_from_a_signal_handler_inside_spawn_many_does_not_wait_for_it(
         signal.signal(signal.SIGALRM, previous)
 
 
-def test_a_wait_woken_by_the_close_reads_nothing_from_the_closing_store(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The close tells the wait how the run stood: a wait that only gets the interpreter
-    once the store has closed (a busy machine) still returns it interrupted."""
+def late_wait_through_close(
+    rt: fl.Runtime, handle: fl.types.RunHandle, monkeypatch: pytest.MonkeyPatch
+) -> object:
+    """Close ``rt`` while a wait on ``handle`` waits for the run's settlement, the wait
+    reading nothing from the store until the close has run to its end (as on a busy machine
+    a thread may get the interpreter only then); what the wait returned or raised."""
     from foldloop.runtime._queries import Queries
 
-    slow = fl.Agent(name="slow", llm=fl.ScriptedLLM(lambda m, t: fl.Reply(text="x"), latency_s=60))
-    rt = fl.Runtime.open(tmp_path / "s", agents=[slow])
-    handle = rt.spawn(slow, "go")
     closed, outcome = threading.Event(), list[object]()
     read = Queries.state
 
     def late_read(self: Queries, run_id: str) -> fl.types.RunState:
         if threading.current_thread() is thread:
-            closed.wait(20)  # as if the close ran to its end before this thread got going
+            closed.wait(20)
         return read(self, run_id)
 
     monkeypatch.setattr(Queries, "state", late_read)
@@ -208,7 +206,18 @@ def test_a_wait_woken_by_the_close_reads_nothing_from_the_closing_store(
     closed.set()
     thread.join(30)
     assert not thread.is_alive() and len(outcome) == 1
-    result = outcome[0]  # before: ConfigError "this runtime is closed"
+    return outcome[0]
+
+
+def test_a_wait_woken_by_the_close_reads_nothing_from_the_closing_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close tells the wait how the run stood: a wait that only gets the interpreter
+    once the store has closed (a busy machine) still returns it interrupted."""
+    slow = fl.Agent(name="slow", llm=fl.ScriptedLLM(lambda m, t: fl.Reply(text="x"), latency_s=60))
+    rt = fl.Runtime.open(tmp_path / "s", agents=[slow])
+    handle = rt.spawn(slow, "go")
+    result = late_wait_through_close(rt, handle, monkeypatch)  # before: "this runtime is closed"
     assert isinstance(result, fl.types.RunResult), result
     assert result.status is fl.RunStatus.INTERRUPTED and "closed" in result.reason
 
@@ -244,7 +253,6 @@ def test_a_late_wait_on_a_parent_parked_for_its_children_returns_it_interrupted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run parked for its children has no actor: its wait too is told at close."""
-    from foldloop.runtime._queries import Queries
     from tests.tree_models import fans_out
 
     slow = fl.Agent(name="slow", llm=fl.ScriptedLLM(lambda m, t: fl.Reply(text="x"), latency_s=60))
@@ -253,34 +261,6 @@ def test_a_late_wait_on_a_parent_parked_for_its_children_returns_it_interrupted(
     rt.system.park_after_s = 0.05
     handle = rt.spawn(lead, "go")
     wait_until(lambda: rt.system.parked(handle.id), 20, "the lead to park")
-    closed, outcome = threading.Event(), list[object]()
-    read = Queries.state
-
-    def late_read(self: Queries, run_id: str) -> fl.types.RunState:
-        if threading.current_thread() is thread:
-            closed.wait(20)  # as if the close ran to its end before this thread got going
-        return read(self, run_id)
-
-    monkeypatch.setattr(Queries, "state", late_read)
-
-    def waits() -> None:
-        try:
-            outcome.append(handle.wait(timeout=60))
-        except fl.FoldloopError as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=waits)
-    thread.start()
-
-    def waiting() -> bool:
-        frame = sys._current_frames().get(thread.ident or 0)
-        return any(f.name == "_settle" for f in traceback.extract_stack(frame)) if frame else False
-
-    wait_until(waiting, 10, "the wait to wait on the run")
-    rt.close()
-    closed.set()
-    thread.join(30)
-    assert len(outcome) == 1
-    result = outcome[0]  # before: ConfigError "this runtime is closed"
+    result = late_wait_through_close(rt, handle, monkeypatch)  # before: "this runtime is closed"
     assert isinstance(result, fl.types.RunResult), result
     assert result.status is fl.RunStatus.INTERRUPTED and "closed" in result.reason

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from foldloop._log import get_logger
 from foldloop.actors._own_threads import mark_own_thread
 
-__all__ = ["CLEANUP_AT_LEAST_S", "LATE_S", "LOOP_CLOSE_S", "EventLoop", "LoopCall"]
+__all__ = ["LATE_S", "LOOP_CLOSE_S", "EventLoop", "LoopCall"]
 
 T = TypeVar("T")
 
@@ -30,8 +30,10 @@ LATE_REPEAT_S = 60.0
 """Once said, not again for this long (a loop that stays blocked is one problem)."""
 LOOP_CLOSE_S = 5.0
 """The longest a close waits for the tasks it cancelled, and for each clean-up after."""
+CLOSE_AT_LEAST_S = 0.5
+"""The least a close waits for the tasks it cancelled."""
 CLEANUP_AT_LEAST_S = 2.0
-"""What a close gives each model's ``aclose`` even when its tool calls took all its time."""
+"""The least a close gives each model's ``aclose``, however short its own wait."""
 CLOSE_SLACK_S = 1.0
 """What a close waits past its bounds for the loop to answer and its thread to end."""
 
@@ -160,12 +162,12 @@ class EventLoop:
         timeout: float = LOOP_CLOSE_S,
         *,
         then: Iterable[Callable[[], Awaitable[object]]] = (),
-        then_within: float | None = None,
     ) -> None:
-        """Cancel the tasks still running, stop the loop and wait for its thread. ``then``:
-        clean-ups awaited once nothing runs (a model's ``aclose`` of its connections), each
-        bounded by ``then_within`` (``timeout`` if None; one cut short is logged) and its
-        failure ignored. A task cancelled and still running
+        """Cancel the tasks still running, stop the loop and wait for its thread, ``timeout``
+        seconds at most for the cancelled tasks (kept within ``CLOSE_AT_LEAST_S`` and
+        ``LOOP_CLOSE_S``). ``then``: clean-ups awaited once nothing runs (a model's ``aclose``
+        of its connections), each given as long, but ``CLEANUP_AT_LEAST_S`` at least (one cut
+        short is logged), its failure ignored. A task cancelled and still running
         ``timeout`` s later (or at once, one ``abandon``ed) is left running on the loop's
         thread, which ends once it does: nothing can stop a task that ignores its cancel."""
         with self._lock:
@@ -177,7 +179,8 @@ class EventLoop:
             return
 
         cleanups = list(then)
-        within = timeout if then_within is None else then_within
+        timeout = min(LOOP_CLOSE_S, max(CLOSE_AT_LEAST_S, timeout))
+        within = max(CLEANUP_AT_LEAST_S, timeout)
         stopped = threading.Event()
 
         async def stop() -> None:

@@ -23,7 +23,7 @@ from foldloop._approvals import PendingApproval, RequireApproval
 from foldloop._log import get_logger
 from foldloop.actors._approval_gate import ApprovalGate, Issued
 from foldloop.actors._drain import CLOSE_DRAIN_S, drain
-from foldloop.actors._event_loop import CLEANUP_AT_LEAST_S, LOOP_CLOSE_S, EventLoop
+from foldloop.actors._event_loop import EventLoop
 from foldloop.actors._run_actor import RunActor
 from foldloop.actors._shard import Activate, Continue, Deliver, Shard
 from foldloop.actors._timers import Timers
@@ -576,11 +576,9 @@ class ActorSystem:
                 ref.stop(block=True, timeout=5)
         self._deliver_notifications(gates)
         self.timers.stop()
-        # model calls and async tools in flight are cancelled (runs resume later), and the
-        # async models' connection pools closed, each waited for what the drain left of its time
-        left = min(LOOP_CLOSE_S, max(0.5, deadline - time.monotonic()))
-        cleanups_within = min(LOOP_CLOSE_S, max(CLEANUP_AT_LEAST_S, left))
-        self.loop.close(left, then=self._model_cleanups(), then_within=cleanups_within)
+        # model calls and async tools in flight are cancelled (runs resume later), waited for
+        # what the drain left of its time; then the async models' connection pools closed
+        self.loop.close(deadline - time.monotonic(), then=self._model_cleanups())
         self.model_pool.shutdown()
         self.notify_pool.shutdown()
         return active
