@@ -340,13 +340,16 @@ def test_a_model_reply_that_comes_while_closing_starts_no_tool(store_path: Path)
 
     llm = fl.ScriptedLLM(
         [fl.Reply(tool_calls=[fl.ToolCall("pay", {"to": "bob"})]), fl.Reply(text="paid")],
-        latency_s=0.3,
+        latency_s=1.0,
     )
     payer = fl.Agent(name="payer", llm=llm, tools=[pay])
     rt = fl.Runtime.open(store_path, agents=[agent, payer])
     rt.spawn(agent, "go")
     assert started.wait(10)
     run = rt.spawn(payer, "pay bob")
+    # its model call under way before the close begins (a close starts none): the request
+    # is in the log once the shard has made the call
+    wait_until(lambda: "model.requested" in types(rt, run.id), 10, "the model call to start")
     closing = threading.Thread(target=rt.close)
     with capture_logs() as logs:
         closing.start()
