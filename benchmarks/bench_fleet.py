@@ -3,7 +3,7 @@
     python benchmarks/bench_fleet.py                       # every case that can run here
     python benchmarks/bench_fleet.py --quick               # a tenth of the runs in each case
     python benchmarks/bench_fleet.py --case 1k openai      # chosen cases
-    python benchmarks/bench_fleet.py --case 10k --timeout-s 600 --spawners 8
+    python benchmarks/bench_fleet.py --case 10k --one-by-one     # rt.spawn in a loop instead
 
 The workload: N runs spawned at once, each making S model calls; every reply but the last
 asks for one call of a trivial idempotent tool (``fleet_agents.py``); the model answers
@@ -21,11 +21,13 @@ target from issue 20:
   node) over ``graph.ainvoke`` with ``AsyncSqliteSaver``, all runs gathered on one loop
 
 Each case runs in a fresh child process (one case's threads and memory do not reach the
-next) and stops at ``--timeout-s``, printing how far it got. Runs are spawned one after
-another from one thread, as a host loop does (``--spawners K``: from K threads, as request
-handlers would). Wall time runs from the first spawn to the last result, spawning included.
-Threads peak: the process's OS threads (for a pool, the host's plus its workers'), sampled
-every 50 ms, the sampler and spawners excluded. RSS/run: peak RSS during the case less RSS
+next) and stops at ``--timeout-s``, printing how far it got. Runs are started with one
+``spawn_many`` (as the README advises for many runs: their starts share commits);
+``--one-by-one`` calls ``spawn`` in a loop instead, as a host loop that does not know them
+all at once would (``--spawners K``: from K threads, as request handlers would). Wall time
+runs from the first spawn to the last result, spawning included. Threads peak: the
+process's OS threads (for a pool, the host's plus its workers'), sampled every 50 ms, the
+sampler and spawners excluded. RSS/run: peak RSS during the case less RSS
 before the first spawn, over the runs. CPU a step: user + system CPU of the same processes
 over the case (spawning included; not the openai case's server), over the steps done.
 """
@@ -263,7 +265,7 @@ def case_runtime(
         tempfile.TemporaryDirectory(prefix="fleet-") as d,
         fl.Runtime.open(Path(d) / "fl", agents=[agent], max_model_calls=args.max_model_calls) as rt,
     ):
-        spawn_all = (lambda n: rt.spawn_many(agent, ["go"] * n)) if args.spawn_many else None
+        spawn_all = None if args.one_by_one else (lambda n: rt.spawn_many(agent, ["go"] * n))
         drive(lambda: rt.spawn(agent, "go"), out, deadline, Sampler(), args.spawners, spawn_all)
 
 
@@ -275,7 +277,7 @@ def case_pool(out: Outcome, deadline: float, args: argparse.Namespace) -> None:
         fl.WorkerPool(Path(d) / "fl", agents=["fleet_agents:pool_agent"], processes=2) as pool,
     ):
         sampler = Sampler(lambda: [w.pid for w in pool.workers if w.alive])
-        spawn_all = (lambda n: pool.spawn_many("fleet", ["go"] * n)) if args.spawn_many else None
+        spawn_all = None if args.one_by_one else (lambda n: pool.spawn_many("fleet", ["go"] * n))
         drive(lambda: pool.spawn("fleet", "go"), out, deadline, sampler, args.spawners, spawn_all)
 
 
@@ -353,8 +355,8 @@ def run_case(case: Case, runs: int, args: argparse.Namespace) -> Outcome:
     ]
     if args.max_model_calls:
         command.append(f"--max-model-calls={args.max_model_calls}")
-    if args.spawn_many:
-        command.append("--spawn-many")
+    if args.one_by_one:
+        command.append("--one-by-one")
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     watchdog = threading.Timer(args.timeout_s + GRACE_S, proc.kill)
     watchdog.start()
@@ -514,12 +516,18 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=300.0, help="per case (default 300)")
     parser.add_argument("--max-model-calls", type=int, help="Runtime.open(max_model_calls=...)")
     parser.add_argument(
-        "--spawners", type=int, default=1, help="threads spawning the runs (default 1)"
+        "--spawners", type=int, default=1, help="threads starting the runs (default 1)"
     )
-    parser.add_argument(
+    spawning = parser.add_mutually_exclusive_group()
+    spawning.add_argument(
         "--spawn-many",
         action="store_true",
-        help="start the runs with one spawn_many (Runtime or WorkerPool: starts share commits)",
+        help="start the runs with spawn_many, their starts sharing commits (the default)",
+    )
+    spawning.add_argument(
+        "--one-by-one",
+        action="store_true",
+        help="start the runs with spawn in a loop (from each of --spawners threads)",
     )
     parser.add_argument("--child", choices=list(CASES), help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
