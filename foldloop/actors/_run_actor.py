@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol, overload
 
 import msgspec
@@ -70,15 +69,13 @@ __all__ = ["AppendFailed", "ParkIfIdle", "RunActor", "RunHost"]
 log = get_logger(__name__)
 
 
-@dataclass(frozen=True)
-class ParkIfIdle:
+class ParkIfIdle(msgspec.Struct, frozen=True):
     """Park the run if it handled no command since (``handled`` of them then)."""
 
     handled: int
 
 
-@dataclass(frozen=True)
-class AppendFailed:
+class AppendFailed(msgspec.Struct, frozen=True):
     """A queued (non-durable) append of this run was refused by the store."""
 
     error: BaseException

@@ -13,8 +13,9 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
+
+import msgspec
 
 from foldloop._log import get_logger
 from foldloop.actors._base import FastActor
@@ -54,31 +55,30 @@ class Hosted(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class Activate:
+# Messages are msgspec Structs: built in C, several a step at ~1/8 of a frozen dataclass.
+
+
+class Activate(msgspec.Struct, frozen=True):
     """Host ``run`` on this shard from now on."""
 
     run: Hosted
 
 
-@dataclass(frozen=True, slots=True)
-class Deliver:
+class Deliver(msgspec.Struct, frozen=True):
     """A message for the run ``run_id``: queued in its mailbox."""
 
     run_id: str
     message: Any
 
 
-@dataclass(frozen=True, slots=True)
-class Continue:
+class Continue(msgspec.Struct, frozen=True):
     """The message in hand for ``run`` may go on: ``then()`` (returning as ``receive``)."""
 
     run: Hosted
     then: Callable[[], bool]
 
 
-@dataclass(frozen=True, slots=True)
-class Barrier:
+class Barrier(msgspec.Struct, frozen=True):
     """Nothing to do: asked, its answer says the shard took every message sent before it
     (what each run was handling then is decided; a run's own queued messages may wait)."""
 
