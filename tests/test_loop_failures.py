@@ -1,6 +1,7 @@
 """Calls on the runtime's event loop that misbehave: a ``SystemExit`` or ``KeyboardInterrupt``
 (which asyncio lets out of its loop), a ``CancelledError`` nobody asked for, a cancel
-swallowed past the call's timeout. Each fails its own call; the loop serves on."""
+swallowed past the call's timeout. Each fails its own call; the loop serves on. A call is
+cancelled once only: its clean-up in ``finally`` may await without being cut short."""
 
 from __future__ import annotations
 
@@ -311,3 +312,61 @@ def test_a_close_whose_tool_calls_took_its_time_still_lets_models_close_their_co
         assert model.closed.is_set()  # before: cut at the loop's 0.5 s
     finally:
         let_go.set()
+
+
+class CleansUp(AsyncModel):
+    """An async model whose call waits until cancelled, then cleans up awaiting (closing a
+    response stream, say) in ``finally``."""
+
+    model = "cleans-up"
+
+    def __init__(self) -> None:
+        self.started, self.cleaned = threading.Event(), threading.Event()
+
+    async def answer(self) -> fl.Reply:
+        self.started.set()
+        try:
+            await asyncio.sleep(60)
+            return fl.Reply(text="never")
+        finally:
+            await asyncio.sleep(0.1)  # a second cancel would land here
+            self.cleaned.set()
+
+
+def test_a_close_cancels_an_async_model_call_once_and_its_clean_up_finishes(
+    tmp_path: Path,
+) -> None:
+    model = CleansUp()
+    agent = fl.Agent(name="a", llm=model)
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        rt.spawn(agent, "go")
+        assert model.started.wait(10)
+    # the run's stop cancels the call, then the loop's close: once only (before: twice)
+    assert model.cleaned.wait(5), "the call's clean-up was cut short by a second cancel"
+
+
+def test_an_async_tool_past_its_timeout_is_not_cancelled_again_as_its_run_ends(
+    tmp_path: Path,
+) -> None:
+    cleaned = threading.Event()
+
+    @fl.tool(idempotent=True, timeout=0.2)
+    async def fetch() -> str:
+        """Wait until cancelled, then clean up awaiting."""
+        try:
+            await asyncio.sleep(60)
+            return "never"
+        finally:
+            await asyncio.sleep(0.5)  # the run ends meanwhile (its model answers in 10 ms)
+            cleaned.set()
+
+    llm = fl.ScriptedLLM(
+        [fl.Reply(tool_calls=[fl.ToolCall("fetch", {})]), fl.Reply(text="done")], latency_s=0.01
+    )
+    agent = fl.Agent(name="a", llm=llm, tools=[fetch])
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        run = rt.spawn(agent, "go")
+        assert run.wait(timeout=10).ok
+        (outcome,) = tool_outcomes(rt, run.id)
+        assert isinstance(outcome, ToolFailed) and outcome.kind == "timeout", outcome
+        assert cleaned.wait(5), "the timed-out call's clean-up was cut short as its run ended"

@@ -4,7 +4,8 @@ Async model calls (``acomplete``) and ``async def`` tools are awaited here: thou
 calls in flight hold no thread each. One of them that blocks (``time.sleep``, sync I/O)
 holds up every other and their timeouts: a watcher logs it when the loop runs late. One
 that raises ``SystemExit`` or ``KeyboardInterrupt`` (which asyncio lets out of the loop)
-does not stop it: the loop is served again.
+does not stop it: the loop is served again. A task is cancelled once at most (by its run, its
+timeout or a close): a second cancel would land in the ``finally`` where it cleans up.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
@@ -41,13 +43,17 @@ CLOSE_SLACK_S = 1.0
 class LoopCall:
     """One coroutine handed to the loop; ``cancel`` and ``done`` from any thread."""
 
-    __slots__ = ("_cancelled", "_coro", "_loop", "_on_result", "_task")
+    __slots__ = ("_cancelled", "_coro", "_loop", "_on_result", "_owner", "_task")
 
     def __init__(
-        self, coro: Coroutine[Any, Any, T], on_result: Callable[[T], object] | None
+        self,
+        coro: Coroutine[Any, Any, T],
+        on_result: Callable[[T], object] | None,
+        owner: EventLoop,
     ) -> None:
         self._coro: Coroutine[Any, Any, Any] | None = coro
         self._on_result: Callable[[Any], object] | None = on_result
+        self._owner = owner
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[Any] | None = None
         self._cancelled = False
@@ -58,7 +64,7 @@ class LoopCall:
         task, loop = self._task, self._loop
         if task is not None and loop is not None and not task.done():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(task.cancel)
+                loop.call_soon_threadsafe(self._owner.cancel_once, task)
         return True
 
     def done(self) -> bool:
@@ -79,7 +85,7 @@ class LoopCall:
         self._task = task
         task.add_done_callback(self._finished)
         if self._cancelled:  # cancel() ran between the check and the task's creation
-            task.cancel()
+            self._owner.cancel_once(task)
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
@@ -113,6 +119,7 @@ class EventLoop:
         self._stopped = False  # set on the loop as close stops it: its thread then ends
         self._inbox: list[LoopCall] = []  # calls handed over, not yet started on the loop
         self._abandoned: set[asyncio.Task[Any]] = set()  # (loop only) see ``abandon``
+        self._cancelled: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()  # (loop only)
 
     def start(
         self, coro: Coroutine[Any, Any, T], on_result: Callable[[T], object] | None = None
@@ -120,7 +127,7 @@ class EventLoop:
         """Start ``coro`` on the loop; ``on_result`` gets what it returns, on the loop's
         thread (not if it is cancelled or raises: that is logged). Calls handed over
         together wake the loop once."""
-        call = LoopCall(coro, on_result)
+        call = LoopCall(coro, on_result, self)
         with self._lock:
             if self._closed:
                 coro.close()
@@ -151,11 +158,19 @@ class EventLoop:
             else:
                 call._begin(loop)
 
+    def cancel_once(self, task: asyncio.Task[Any]) -> None:
+        """(On the loop.) Cancel ``task`` unless it was cancelled here before: what it does
+        in ``finally`` then (closing a stream) is not cut short by a second cancel."""
+        if task not in self._cancelled and not task.done():
+            self._cancelled.add(task)
+            task.cancel()
+
     def abandon(self, task: asyncio.Task[Any]) -> None:
-        """(On the loop.) ``task`` was given up on and cancelled (past its timeout, its
-        outcome reported): a close cancels it again but does not wait for it."""
+        """(On the loop.) Give ``task`` up (past its timeout, its outcome reported): it is
+        cancelled, and a close does not wait for it."""
         self._abandoned.add(task)
         task.add_done_callback(self._abandoned.discard)
+        self.cancel_once(task)
 
     def close(
         self,
@@ -186,7 +201,7 @@ class EventLoop:
         async def stop() -> None:
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in tasks:
-                task.cancel()
+                self.cancel_once(task)
             waited = [t for t in tasks if t not in self._abandoned]
             if waited:
                 await asyncio.wait(waited, timeout=timeout)

@@ -342,7 +342,6 @@ class ToolRunner:
             expired = True
             slot.release()  # a call that ignores its cancel must not hold up the ones queued
             self.loop.abandon(task)
-            task.cancel()
             if once.claim():
                 report(self.timed_out(call.run_id, call.call_id, started))
 
