@@ -238,3 +238,13 @@ def test_a_provider_call_without_an_id_gets_one_from_the_run(rt: fl.Runtime) -> 
     responded = next(r.event for r in rt.events(run.id) if r.type == "model.responded")
     assert isinstance(responded, ModelResponded)
     assert responded.tool_calls == (fl.ToolCall("add", '{"a": 2, "b": 3}', id="call_1_1"),)
+
+
+def test_a_message_is_built_as_design_writes_it_role_and_content_first() -> None:
+    # DESIGN: "messages are fl.Message(role, content, ...)"; a ScriptedLLM function's test
+    # builds them so
+    said = fl.Message("user", "What is 2+3?")
+    assert (said.role, said.content) == ("user", "What is 2+3?")
+    assert said == fl.Message(role="user", content="What is 2+3?")
+    answer = fl.Message("tool", "5", tool_call_id="c1", name="add")
+    assert (answer.tool_call_id, answer.name) == ("c1", "add")

@@ -39,7 +39,7 @@ Role = Literal["system", "user", "assistant", "tool"]
 CHUNK = 64
 
 
-class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+class Message(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """One message of the conversation the model sees.
 
     ``tool_calls`` is set on assistant messages that asked for tools; ``tool_call_id`` and
