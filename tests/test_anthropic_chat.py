@@ -108,3 +108,43 @@ def test_invalid_tool_input_is_fed_back_as_a_tool_result(
     (block,) = server.requests[1]["messages"][-1]["content"]
     assert block["tool_use_id"] == "toolu_x"
     assert "Expected `int`, got `str` - at `$.a`" in block["content"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"id": "msg_1", "content": [', id="cut-short"),
+        pytest.param(b"<html>proxy error</html>", id="html"),
+        pytest.param({"id": "msg_1", "type": "message"}, id="no-content"),
+        pytest.param([1, 2], id="a-list"),
+    ],
+)
+def test_a_reply_that_is_not_a_message_is_retried_with_a_clear_error(
+    rt: fl.Runtime, server: FakeServer, body: object
+) -> None:
+    server.responses = [(200, body), message(text="done")]
+    run = rt.spawn(agent(server, "odd"), "go")
+    assert run.wait(timeout=30).output == "done"
+    (failed,) = [r.event for r in rt.events(run.id) if r.type == "model.failed"]
+    assert failed.retryable, failed
+    assert failed.error.startswith("claude-haiku-4-5: the response is not"), failed.error
+
+
+@pytest.mark.parametrize("adapter", [fl.OpenAIChat, fl.AnthropicChat])
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("max_tokens", 0, "max_tokens must be a whole number >= 1"),
+        ("max_tokens", "big", "max_tokens must be a whole number >= 1"),
+        ("max_tokens", True, "max_tokens must be a whole number >= 1"),
+        ("timeout", "x", "timeout must be a number of seconds > 0"),
+        ("timeout", 0, "timeout must be a number of seconds > 0"),
+        ("timeout", -1, "timeout must be a number of seconds > 0"),
+        ("timeout", float("nan"), "timeout must be a number of seconds > 0"),
+    ],
+)
+def test_both_adapters_refuse_bad_settings_alike(
+    adapter: Any, setting: str, value: object, says: str
+) -> None:
+    with pytest.raises(fl.errors.ConfigError, match=says):
+        adapter("m", base_url="http://127.0.0.1:9", **{setting: value})

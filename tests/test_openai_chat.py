@@ -33,7 +33,7 @@ class FakeOpenAI:
     """
 
     def __init__(self) -> None:
-        self.responses: list[tuple[int, dict[str, Any]]] = []
+        self.responses: list[tuple[int, Any]] = []  # a JSON value, or bytes sent as they are
         self.requests: list[dict[str, Any]] = []
         self.spends_all = False  # usage: the most a byte tokenizer counts, all of max_tokens
         self.delay_s = 0.0
@@ -63,7 +63,7 @@ class FakeOpenAI:
                     owner.hung_up.set()
                     self.close_connection = True
                     return
-                data = json.dumps(body).encode()
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from foldloop.core._messages import Message, ToolSpec
-from foldloop.errors import ConfigError
+from foldloop.errors import ConfigError, ModelCallError
 from foldloop.events._values import Usage
 from foldloop.llm import _sdk as sdk
 from foldloop.llm._protocol import Reply, ToolCall
@@ -84,6 +84,7 @@ class AnthropicChat:
         timeout: float = 60.0,
         max_tokens: int = DEFAULT_MAX_TOKENS,
     ) -> None:
+        sdk.check_settings("AnthropicChat", timeout=timeout, max_tokens=max_tokens)
         try:
             import anthropic  # noqa: PLC0415 - an optional extra, imported when used
         except ImportError:
@@ -159,7 +160,18 @@ class AnthropicChat:
         return request
 
     def _reply(self, response: AnthropicMessage) -> Reply:
-        """The SDK's response as a Reply, one definition for both forms."""
+        """The SDK's response as a Reply, one definition for both forms (the SDK builds it
+        without checking it: a body that is JSON but no message fails here, retryable)."""
+        try:
+            return self._read(response)
+        except (AttributeError, TypeError, KeyError) as exc:
+            raise ModelCallError(
+                f"{self._model}: the response is not a Messages-API message "
+                f"({type(exc).__name__}: {exc}): {str(response)[:200]!r}",
+                retryable=True,
+            ) from None
+
+    def _read(self, response: AnthropicMessage) -> Reply:
         text = "".join(b.text for b in response.content if b.type == "text")
         calls = [
             ToolCall(name=b.name, args=json.dumps(b.input, sort_keys=True), id=b.id)

@@ -116,11 +116,7 @@ class OpenAIChat:
         timeout: float = 60.0,
         max_tokens: int = DEFAULT_MAX_TOKENS,
     ) -> None:
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ConfigError(
-                f"OpenAIChat(max_tokens={max_tokens!r}): max_tokens must be a whole number >= 1 "
-                "(the most a reply may write; the model's output limit)"
-            )
+        sdk.check_settings("OpenAIChat", timeout=timeout, max_tokens=max_tokens)
         try:
             import openai  # noqa: PLC0415 - an optional extra, imported when used
         except ImportError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import json
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -46,6 +47,8 @@ def sdk_errors(sdk: ModuleType, model: str, retry_statuses: tuple[int, ...] = ()
         ) from None
     except (sdk.APITimeoutError, sdk.APIConnectionError) as exc:
         raise ModelCallError(f"{model}: {exc}", retryable=True) from None
+    except json.JSONDecodeError as exc:  # a 200 whose body is not JSON (a proxy's page)
+        raise ModelCallError(f"{model}: the response is not JSON ({exc})", retryable=True) from None
     except sdk.APIStatusError as exc:
         retryable = exc.status_code in retry_statuses
         raise ModelCallError(
@@ -53,6 +56,24 @@ def sdk_errors(sdk: ModuleType, model: str, retry_statuses: tuple[int, ...] = ()
             + ("" if retryable else "; fix the request (messages, tool schemas, model, key)"),
             retryable=retryable,
         ) from None
+
+
+def check_settings(adapter: str, *, timeout: object, max_tokens: object) -> None:
+    """Refuse an adapter's settings the SDK would take and fail on later (or every call)."""
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ConfigError(
+            f"{adapter}(max_tokens={max_tokens!r}): max_tokens must be a whole number >= 1 "
+            "(the most a reply may write; the model's output limit)"
+        )
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout < float("inf")  # nan too: it compares False
+    ):
+        raise ConfigError(
+            f"{adapter}(timeout={timeout!r}): timeout must be a number of seconds > 0 (how "
+            "long the SDK waits to connect, and for each read of the response)"
+        )
 
 
 def async_options(sdk: ModuleType, options: dict[str, Any]) -> dict[str, Any]:
