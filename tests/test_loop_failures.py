@@ -370,3 +370,30 @@ def test_an_async_tool_past_its_timeout_is_not_cancelled_again_as_its_run_ends(
         (outcome,) = tool_outcomes(rt, run.id)
         assert isinstance(outcome, ToolFailed) and outcome.kind == "timeout", outcome
         assert cleaned.wait(5), "the timed-out call's clean-up was cut short as its run ended"
+
+
+def test_a_loop_call_cancelled_before_it_starts_still_says_it_ended() -> None:
+    # What counts calls in flight (max_model_calls' places) hears of every call's end, one
+    # never begun included: a place lost so would never serve again.
+    loop = EventLoop()
+    started, hold, ended = threading.Event(), threading.Event(), threading.Event()
+    ends: list[str] = []
+
+    async def blocks() -> None:
+        started.set()
+        hold.wait(10)  # holds the loop's thread on purpose: the next call cannot begin
+
+    async def never() -> None:
+        raise AssertionError("a call cancelled before it began ran")
+
+    try:
+        loop.start(blocks())
+        assert started.wait(10)
+        call = loop.start(never(), on_end=lambda: (ends.append("ended"), ended.set()))
+        call.cancel()
+        hold.set()
+        assert ended.wait(10), "the call's end was never told"
+    finally:
+        hold.set()
+        loop.close()
+    assert ends == ["ended"]

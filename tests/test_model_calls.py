@@ -1,7 +1,9 @@
-"""Sync model calls run on a pool that grows with demand, up to max_model_calls when set."""
+"""Sync model calls run on a pool that grows with demand; max_model_calls, when set, caps the
+calls in flight, sync and async together."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,6 +51,38 @@ class SyncModel:
         return self.gate(messages, tools)
 
 
+class AsyncModel:
+    """A model with ``acomplete``: awaited on the runtime's loop, held by the same gate."""
+
+    model = "gated-async"
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    def complete(
+        self, messages: Sequence[fl.Message], tools: object, *, max_tokens: int | None = None
+    ) -> fl.Reply:
+        raise AssertionError("the runtime awaits acomplete")
+
+    async def acomplete(
+        self, messages: Sequence[fl.Message], tools: object, *, max_tokens: int | None = None
+    ) -> fl.Reply:
+        gate = self.gate
+        with gate.lock:
+            gate.now += 1
+            gate.most = max(gate.most, gate.now)
+        try:
+            while not gate.release.is_set():
+                await asyncio.sleep(0.005)
+        finally:
+            with gate.lock:
+                gate.now -= 1
+        return fl.Reply(text="ok")
+
+
+FORMS = [pytest.param(SyncModel, id="sync"), pytest.param(AsyncModel, id="async")]
+
+
 def test_there_is_no_silent_cap_on_model_calls_in_flight(tmp_path: Path) -> None:
     gate = Gate()
     agent = fl.Agent(name="a", llm=SyncModel(gate))
@@ -61,15 +95,56 @@ def test_there_is_no_silent_cap_on_model_calls_in_flight(tmp_path: Path) -> None
         assert all(run.wait(timeout=60).ok for run in runs)
 
 
-def test_max_model_calls_caps_the_calls_in_flight(tmp_path: Path) -> None:
+def requested(rt: fl.Runtime, runs: Sequence[fl.types.RunHandle]) -> bool:
+    return all(any(r.type == "model.requested" for r in rt.events(h.id)) for h in runs)
+
+
+@pytest.mark.parametrize(
+    "models",
+    [
+        pytest.param((SyncModel,), id="sync"),
+        pytest.param((AsyncModel,), id="async"),
+        pytest.param((SyncModel, AsyncModel), id="both-together"),
+    ],
+)
+def test_max_model_calls_caps_the_calls_in_flight(
+    tmp_path: Path, models: tuple[Callable[[Gate], fl.LLM], ...]
+) -> None:
+    # A provider's rate limit: the OpenAI and Anthropic adapters are async, so the cap must
+    # hold for acomplete as for complete, and count both forms in one runtime together.
     gate = Gate()
-    agent = fl.Agent(name="a", llm=SyncModel(gate))
-    with fl.Runtime.open(tmp_path / "s", agents=[agent], max_model_calls=3) as rt:
-        runs = [rt.spawn(agent, "go") for _ in range(10)]
-        wait_until(lambda: gate.now == 3, 30, "three model calls in flight")
-        gate.release.set()
+    agents = [fl.Agent(name=f"a{i}", llm=make(gate)) for i, make in enumerate(models)]
+    with fl.Runtime.open(tmp_path / "s", agents=agents, max_model_calls=3) as rt:
+        runs = [rt.spawn(agents[i % len(agents)], "go") for i in range(10)]
+        try:
+            wait_until(lambda: requested(rt, runs), 30, "every run's model call requested")
+            wait_until(lambda: gate.now == 3, 30, "three model calls in flight, no more")
+        finally:
+            gate.release.set()
         assert all(run.wait(timeout=60).ok for run in runs)
     assert gate.most == 3
+
+
+def test_places_under_max_model_calls_are_not_lost_to_cancels(tmp_path: Path) -> None:
+    # Calls cancelled while they wait for a place, while they hold one, or as they get one
+    # give it back: afterwards both places still serve (a lost one would leave runs waiting).
+    gate = Gate()
+    agent = fl.Agent(name="a", llm=AsyncModel(gate))
+    with fl.Runtime.open(tmp_path / "s", agents=[agent], max_model_calls=2) as rt:
+        runs = [rt.spawn(agent, "go") for _ in range(20)]
+        wait_until(lambda: requested(rt, runs), 30, "every run's model call requested")
+        for run in runs[::2]:  # the two holding a place, and nine waiting
+            run.cancel("not needed")
+        gate.release.set()
+        racing = [rt.spawn(agent, "go") for _ in range(20)]
+        for run in racing[::2]:  # as their calls are made or wait
+            run.cancel("not needed")
+        for run in runs + racing:
+            assert run.wait(timeout=30).status in (fl.RunStatus.CANCELLED, fl.RunStatus.COMPLETED)
+        assert all(run.wait(timeout=30).ok for run in runs[1::2] + racing[1::2])
+        after = [rt.spawn(agent, "after") for _ in range(4)]
+        assert all(run.wait(timeout=30).ok for run in after)
+    assert gate.most == 2
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "3"])
@@ -175,22 +250,36 @@ def test_a_reply_too_big_to_record_fails_the_run_instead_of_interrupting_it(
         assert rt.recover() == []  # nothing left running to ask the model again
 
 
+@pytest.mark.parametrize("form", FORMS)
 def test_a_model_call_waiting_for_a_capped_slot_is_never_made_once_its_run_is_cancelled(
-    tmp_path: Path,
+    tmp_path: Path, form: Callable[[Gate], fl.LLM]
 ) -> None:
     # Under max_model_calls (a provider's rate limit), a cancelled run's call must not spend
     # the quota when the slot frees: like a tool call waiting for a thread, it never starts.
     gate = Gate()
     asked: list[str] = []
 
-    class Recording(SyncModel):
+    class Recording:
+        model = "recording"
+
+        def __init__(self) -> None:
+            self.inner: Any = form(gate)
+            if hasattr(self.inner, "acomplete"):
+                self.acomplete = self._acomplete
+
         def complete(
             self, messages: Sequence[fl.Message], tools: object, *, max_tokens: int | None = None
         ) -> fl.Reply:
             asked.append(messages[-1].content)
-            return super().complete(messages, tools, max_tokens=max_tokens)
+            return self.inner.complete(messages, tools, max_tokens=max_tokens)  # type: ignore[no-any-return]
 
-    agent = fl.Agent(name="a", llm=Recording(gate))
+        async def _acomplete(
+            self, messages: Sequence[fl.Message], tools: object, *, max_tokens: int | None = None
+        ) -> fl.Reply:
+            asked.append(messages[-1].content)
+            return await self.inner.acomplete(messages, tools, max_tokens=max_tokens)  # type: ignore[no-any-return]
+
+    agent = fl.Agent(name="a", llm=Recording())
     with fl.Runtime.open(tmp_path / "s", agents=[agent], max_model_calls=1) as rt:
         first = rt.spawn(agent, "first")
         wait_until(lambda: gate.now == 1, 30, "the first call holding the one slot")

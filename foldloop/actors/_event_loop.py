@@ -43,16 +43,18 @@ CLOSE_SLACK_S = 1.0
 class LoopCall:
     """One coroutine handed to the loop; ``cancel`` and ``done`` from any thread."""
 
-    __slots__ = ("_cancelled", "_coro", "_loop", "_on_result", "_owner", "_task")
+    __slots__ = ("_cancelled", "_coro", "_loop", "_on_end", "_on_result", "_owner", "_task")
 
     def __init__(
         self,
         coro: Coroutine[Any, Any, T],
         on_result: Callable[[T], object] | None,
         owner: EventLoop,
+        on_end: Callable[[], object] | None = None,
     ) -> None:
         self._coro: Coroutine[Any, Any, Any] | None = coro
         self._on_result: Callable[[Any], object] | None = on_result
+        self._on_end = on_end
         self._owner = owner
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[Any] | None = None
@@ -79,6 +81,7 @@ class LoopCall:
             return
         if self._cancelled:
             coro.close()
+            self._ended()
             return
         self._loop = loop
         task = loop.create_task(coro)
@@ -88,6 +91,7 @@ class LoopCall:
             self._owner.cancel_once(task)
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._ended()
         if task.cancelled():
             return
         error = task.exception()
@@ -105,6 +109,16 @@ class LoopCall:
         coro, self._coro = self._coro, None
         if coro is not None:
             coro.close()
+            self._ended()
+
+    def _ended(self) -> None:
+        """Tell ``on_end``, once, that the call is over (run, cancelled or dropped)."""
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            try:
+                on_end()
+            except Exception:
+                log.exception("loop_call_end_failed")
 
 
 class EventLoop:
@@ -122,12 +136,17 @@ class EventLoop:
         self._cancelled: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()  # (loop only)
 
     def start(
-        self, coro: Coroutine[Any, Any, T], on_result: Callable[[T], object] | None = None
+        self,
+        coro: Coroutine[Any, Any, T],
+        on_result: Callable[[T], object] | None = None,
+        *,
+        on_end: Callable[[], object] | None = None,
     ) -> LoopCall:
         """Start ``coro`` on the loop; ``on_result`` gets what it returns, on the loop's
-        thread (not if it is cancelled or raises: that is logged). Calls handed over
-        together wake the loop once."""
-        call = LoopCall(coro, on_result, self)
+        thread (not if it is cancelled or raises: that is logged); ``on_end`` is told once
+        the call is over whichever way, its coroutine run or not (not when this raises: the
+        loop is closed). Calls handed over together wake the loop once."""
+        call = LoopCall(coro, on_result, self, on_end)
         with self._lock:
             if self._closed:
                 coro.close()

@@ -26,6 +26,7 @@ from foldloop._approvals import approval_changes, issue_tickets
 from foldloop._log import get_logger
 from foldloop.actors._event_loop import EventLoop
 from foldloop.actors._model_call import ModelCall
+from foldloop.actors._model_calls import ModelCalls
 from foldloop.actors._timers import Timers
 from foldloop.actors._tool_actor import (
     AsyncCall,
@@ -34,7 +35,6 @@ from foldloop.actors._tool_actor import (
     RunToolCall,
     ToolRunner,
 )
-from foldloop.actors._workers import Workers
 from foldloop.core._commands import Cancel, Command, ModelReplied, ToolFinished
 from foldloop.core._decide import decide
 from foldloop.core._effects import (
@@ -100,7 +100,7 @@ class RunHost(Protocol):
     @property
     def timers(self) -> Timers: ...
     @property
-    def model_pool(self) -> Workers: ...
+    def models(self) -> ModelCalls: ...
     @property
     def loop(self) -> EventLoop: ...
 
@@ -431,20 +431,8 @@ class RunActor:
             self._start_call(asked)
 
     def _start_call(self, asked: ModelCall) -> None:
-        tell, run_id = self.system.tell, self.run_id
-        if self._asks is None:
-            # cancelled (or its runtime closing) while it waits for a thread under
-            # max_model_calls, the model is never asked: nobody would read the reply
-            queued = QueuedCall(lambda: None)
-
-            def call() -> None:
-                if queued.start():
-                    tell(run_id, asked.sync())
-
-            self._track(queued)
-            self.system.model_pool.submit(call)
-            return
-        self._track(self.system.loop.start(asked.awaited(self._asks), _to_run(tell, run_id)))
+        reply = _to_run(self.system.tell, self.run_id)
+        self.system.models.start(asked, self._asks, reply, self._track)
 
     def _park_when_idle(self) -> None:
         """Park (give the actor up, keep the lease) if nothing else arrives for the run for

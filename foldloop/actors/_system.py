@@ -24,6 +24,7 @@ from foldloop._log import get_logger
 from foldloop.actors._approval_gate import ApprovalGate, Issued
 from foldloop.actors._drain import CLOSE_DRAIN_S, drain
 from foldloop.actors._event_loop import EventLoop
+from foldloop.actors._model_calls import ModelCalls
 from foldloop.actors._run_actor import RunActor
 from foldloop.actors._shard import Activate, Continue, Deliver, Shard
 from foldloop.actors._timers import Timers
@@ -106,11 +107,10 @@ class ActorSystem:
         self.snapshot_every = snapshot_every
         self.on_state = on_state
         self.timers = Timers()
-        self.model_pool = Workers(max_model_calls, "foldloop-model")
-        """Sync ``complete`` calls: as many threads as calls wait, up to the cap if one is set."""
         self.notify_pool = Workers(NOTIFY_WORKERS, "foldloop-notify")
         self.loop = EventLoop()
         """Where async model calls and async tools are awaited."""
+        self.models = ModelCalls(max_model_calls, self.loop)
         self._shards: list[pykka.ActorRef[Any]] = []
         self._models_seen: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         """Models that ran here (their connections close with the loop); one dropped by its
@@ -579,7 +579,7 @@ class ActorSystem:
         # model calls and async tools in flight are cancelled (runs resume later), waited for
         # what the drain left of its time; then the async models' connection pools closed
         self.loop.close(deadline - time.monotonic(), then=self._model_cleanups())
-        self.model_pool.shutdown()
+        self.models.shutdown()
         self.notify_pool.shutdown()
         return active
 

@@ -199,8 +199,8 @@ class Runtime(OpenOnly, ClosedOnExit):
         the run's shard as its events are appended (a durable append may still be committing:
         keep it quick and read the log for what is stored);
         ``create=False`` refuses to create a missing store (read-only tools use it);
-        ``max_model_calls`` caps the model calls in flight at once (a provider's rate limit;
-        None: as many as runs ask for, the threads of a burst ending once it is over);
+        ``max_model_calls`` caps the model calls in flight at once, async and sync together
+        (a provider's rate limit; None: as many as runs ask for);
         ``max_active_runs`` caps the runs driven at once: runs spawned past it are recorded
         ``queued`` and start in spawn order as slots free (None: no cap).
         """

@@ -1,0 +1,114 @@
+"""ModelCalls: where a runtime's model calls are made, at most ``max_model_calls`` at once.
+
+A model with ``acomplete`` is awaited on the runtime's event loop; one with only ``complete``
+runs on a pool of threads that grows with the calls (its threads end once idle). The cap,
+when set (a provider's rate limit), counts both forms together: calls past it wait their
+turn in order, and one whose run is cancelled, or whose runtime closes, while it waits is
+never made.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable
+
+from foldloop._log import get_logger
+from foldloop.actors._event_loop import EventLoop
+from foldloop.actors._model_call import ModelCall
+from foldloop.actors._tool_actor import Cancellable, QueuedCall
+from foldloop.actors._workers import Workers
+from foldloop.core._commands import Command
+from foldloop.llm import AsyncComplete
+
+__all__ = ["ModelCalls"]
+
+log = get_logger(__name__)
+
+
+class ModelCalls:
+    """Makes model calls from any thread, ``limit`` in flight at most (None: no cap)."""
+
+    def __init__(self, limit: int | None, loop: EventLoop) -> None:
+        self._limit = limit
+        self._loop = loop
+        self._pool = Workers(None, "foldloop-model")
+        self._lock = threading.Lock()
+        self._taken = 0
+        self._waiting: collections.deque[Callable[[], bool]] = collections.deque()
+        """Calls waiting for a place, each a start that says whether it took the place."""
+
+    def start(
+        self,
+        asked: ModelCall,
+        asks: AsyncComplete | None,
+        reply: Callable[[Command], object],
+        track: Callable[[Cancellable], None],
+    ) -> None:
+        """Make ``asked``: awaited through ``asks`` (the model's ``acomplete``), or with
+        ``complete`` on the pool when None. ``reply`` gets its command; ``track`` each thing
+        a cancel of its run cancels (the call while it waits, the awaited call)."""
+        if asks is not None and self._limit is None:
+            track(self._loop.start(asked.awaited(asks), reply))
+            return
+        queued = QueuedCall(lambda: None)  # held back at close: a resume asks again
+        track(queued)
+        if asks is None:
+
+            def call() -> None:
+                try:
+                    if queued.start():
+                        reply(asked.sync())
+                finally:
+                    self._leave()
+
+            def submit() -> bool:
+                self._pool.submit(call)
+                return True
+
+            self._enter(submit)
+            return
+
+        def begin() -> bool:
+            if not queued.start():
+                return False
+            track(self._loop.start(asked.awaited(asks), reply, on_end=self._leave))
+            return True
+
+        self._enter(begin)
+
+    def shutdown(self) -> None:
+        """Stop the pool's threads once their calls end; calls still waiting are dropped."""
+        with self._lock:
+            self._waiting.clear()
+        self._pool.shutdown()
+
+    def _enter(self, start: Callable[[], bool]) -> None:
+        """Run ``start`` now if a place is free (it raises as an uncapped call would), else
+        once one is."""
+        with self._lock:
+            if self._limit is not None and self._taken >= self._limit:
+                self._waiting.append(start)
+                return
+            self._taken += 1
+        try:
+            started = start()
+        except BaseException:
+            self._leave()
+            raise
+        if not started:
+            self._leave()
+
+    def _leave(self) -> None:
+        """A call ended, or was not made: its place goes to the next one waiting."""
+        while True:
+            with self._lock:
+                if not self._waiting:
+                    self._taken -= 1
+                    return
+                start = self._waiting.popleft()  # the place passes to it
+            try:
+                if start():
+                    return
+            except Exception:  # the loop closed under it, say: the place goes on
+                log.exception("model_call_start_failed")
