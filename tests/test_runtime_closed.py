@@ -17,6 +17,7 @@ import pytest
 
 import foldloop as fl
 from foldloop.projections import RunMetrics
+from foldloop.runtime import _commands as commands_module
 from tests.log_capture import capture_logs
 from tests.waiting import wait_until
 
@@ -264,3 +265,31 @@ def test_a_late_wait_on_a_parent_parked_for_its_children_returns_it_interrupted(
     result = late_wait_through_close(rt, handle, monkeypatch)  # before: "this runtime is closed"
     assert isinstance(result, fl.types.RunResult), result
     assert result.status is fl.RunStatus.INTERRUPTED and "closed" in result.reason
+
+
+def test_a_cancel_meeting_a_hand_over_as_its_runtime_closes_says_the_runtime_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A probe's cancel racing close() once got RunLocked ("wait() for it first"): the run's
+    # hand-over to an actor (admission's) held it as the close began. Held here on purpose.
+    release = threading.Event()
+
+    def holds(messages: object, tools: object) -> fl.Reply:
+        release.wait(30)
+        return fl.Reply(text="ok")
+
+    agent = fl.Agent(name="a", llm=fl.ScriptedLLM(holds))
+    rt = fl.Runtime.open(tmp_path / "s", agents=[agent], max_active_runs=1)
+    try:
+        rt.spawn(agent, "first")  # holds the one slot
+        queued = rt.spawn(agent, "queued")
+        assert rt.state(queued.id).status is fl.RunStatus.QUEUED
+        rt.system.claim(queued.id)  # a hand-over of it under way on another thread
+        monkeypatch.setattr(commands_module, "HANDOVER_WAIT", 0.1)  # the cancel's wait for it
+        rt._commands.stop_spawns()  # what a close does first
+        with pytest.raises(fl.ConfigError, match="this runtime is closed"):
+            queued.cancel()
+        rt.system.unclaim(queued.id)
+    finally:
+        release.set()
+        rt.close()

@@ -511,6 +511,8 @@ class Commands:
                     continue  # another thread here handed it to an actor meanwhile: tell it
                 if isinstance(self._store, RemoteCancel) and self._store.ask_cancel(run_id, reason):
                     break  # the runtime driving it elsewhere took it (and cascades it)
+                if self._closing or self._system.closed:  # a hand-over met the close
+                    raise ConfigError(CLOSED, advice=REOPEN) from None
                 raise
             self._cancel_taken(run_id, epoch, command)
             self._admission.forget(run_id)
