@@ -1,7 +1,7 @@
 """Bounds: the least the speed issue's workloads can cost under DESIGN's rules.
 
-    python benchmarks/bench_bounds.py               # all four sections (~5 min)
-    python benchmarks/bench_bounds.py --only step   # or: --only disk, --only fold, --only cold
+    python benchmarks/bench_bounds.py               # all five sections (~5 min)
+    python benchmarks/bench_bounds.py --only step   # or: disk, fold, cold, handoff
 
 The other scripts measure foldloop against a floor; this one measures what is left between
 them once the work DESIGN requires is counted, so a target can be judged reachable or not
@@ -28,15 +28,21 @@ before anyone rewrites the runtime for it.
    the last fsync, with the code and data it touches gone from the CPU's caches: on this
    machine it costs about twice its hot time, which is why each µs of Python weighs double
    in the step's ratio to the floor.
+5. Hand-off: what two thread hand-offs cost, the least a step pays to run its tool on the
+   tool's pool and come back to its run's shard: one item sent back and forth between two
+   Python threads over ``queue.SimpleQueue`` (the inboxes foldloop's actors and pools use),
+   a round trip against the floor's step.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import queue
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -360,9 +366,42 @@ def bench_cold(pairs: int = 25, rounds: int = 3) -> None:
             )
 
 
+def bench_handoff(rounds: int = 5, trips: int = 5000) -> None:
+    there: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+    back: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def echo() -> None:
+        while (item := there.get()) is not None:
+            back.put(item)
+
+    thread = threading.Thread(target=echo, daemon=True)
+    thread.start()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for i in range(trips):
+            there.put(i)
+            back.get()
+        times.append((time.perf_counter() - start) / trips * 1e6)
+    there.put(None)
+    thread.join()
+    with tempfile.TemporaryDirectory() as d:
+        floor = Floor(Path(d))
+        floor.run(STEPS)
+        step = statistics.median(floor.run(STEPS) for _ in range(10))
+    trip = statistics.median(times)
+    print("5. two thread hand-offs (one round trip between two threads)")
+    print(
+        f"   {trip:6.1f} µs a round trip (rounds {min(times):.1f}-{max(times):.1f}); the floor's "
+        f"step {step:6.1f} µs: {trip / step:.2f}x of it"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("step", "disk", "fold", "cold"), help="run one section")
+    parser.add_argument(
+        "--only", choices=("step", "disk", "fold", "cold", "handoff"), help="run one section"
+    )
     parser.add_argument("--pairs", type=int, default=40, help="rounds of step runs (default 40)")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
@@ -377,6 +416,8 @@ def main() -> None:
         bench_fold()
     if args.only in (None, "cold"):
         bench_cold()
+    if args.only in (None, "handoff"):
+        bench_handoff()
 
 
 if __name__ == "__main__":
