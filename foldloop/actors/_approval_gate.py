@@ -15,7 +15,7 @@ from typing import Any
 
 from foldloop._approvals import PendingApproval, RequireApproval
 from foldloop._log import get_logger
-from foldloop.actors._base import FastActor
+from foldloop.actors._base import FAILURES, FastActor
 from foldloop.actors._timers import Timers
 from foldloop.actors._workers import Workers
 
@@ -56,7 +56,7 @@ class ApprovalGate(FastActor):
         if isinstance(message, Issued):
             try:
                 self._issued(message.pending)
-            except Exception:
+            except FAILURES:
                 log.exception("approval_gate_failed", gate=self.policy.gate)
 
     def _issued(self, pending: PendingApproval) -> None:
@@ -69,7 +69,7 @@ class ApprovalGate(FastActor):
         def call(notify: Callable[[PendingApproval], None] = callback) -> None:
             try:
                 notify(pending)
-            except Exception:
+            except FAILURES:
                 log.exception(
                     "approval_notify_failed", run_id=pending.run_id, call_id=pending.call_id
                 )

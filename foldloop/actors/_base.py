@@ -15,7 +15,12 @@ import pykka
 
 from foldloop.actors._own_threads import mark_own_thread
 
-__all__ = ["FastActor"]
+__all__ = ["FAILURES", "FastActor"]
+
+FAILURES: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt)
+"""What code of the host's run in an actor or a pool thread (a model, a projection, a
+callback) may raise, caught as its own failure: pykka stops every actor of the process on a
+SystemExit or KeyboardInterrupt (never a real Ctrl-C here: that reaches the main thread)."""
 
 
 class FastActor(pykka.ThreadingActor):

@@ -78,7 +78,8 @@ class ModelCall:
         self.specs = specs
 
     def sync(self) -> Command:
-        """Call ``complete`` (on the calling thread)."""
+        """Call ``complete`` (on the calling thread: a shard, or a pool's). What it raises
+        fails the call, ``SystemExit`` too (in an actor it would stop every actor)."""
         start = time.perf_counter()
         try:
             reply = self.agent.llm.complete(
@@ -86,6 +87,9 @@ class ModelCall:
             )
         except Exception as exc:
             return self.failed(exc)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            why = f"model {self.agent.llm.model!r}: complete raised {type(exc).__name__}"
+            return self.failed(ModelCallError(why, retryable=False))
         return self.checked(reply, start)
 
     async def awaited(self, ask: AsyncComplete) -> Command:

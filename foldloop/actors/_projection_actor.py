@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from foldloop._log import get_logger
-from foldloop.actors._base import FastActor
+from foldloop.actors._base import FAILURES, FastActor
 from foldloop.errors import ProjectionError
 from foldloop.projections._base import Projection
 from foldloop.store import Checkpoint, EventStore
@@ -131,7 +131,7 @@ class ProjectionActor(FastActor):
             if types is None or rec.type in types:
                 try:
                     state = apply(state, rec)
-                except Exception as exc:
+                except FAILURES as exc:
                     self._halt(position, state, rec.position, rec.run_id, rec.seq, rec.type, exc)
                     return
             position = rec.position
@@ -154,7 +154,7 @@ class ProjectionActor(FastActor):
         run_id: str,
         seq: int,
         event_type: str,
-        exc: Exception,
+        exc: BaseException,
     ) -> None:
         """The record at ``failed_at`` could not be applied (or read): keep the state
         before it, record why, stop."""
@@ -210,7 +210,7 @@ class ProjectionActor(FastActor):
             op = self.store.put_checkpoint(checkpoint)
             if wait:
                 op.wait()
-        except Exception as exc:
+        except FAILURES as exc:
             log.warning("projection_checkpoint_failed", projection=projection.name, error=str(exc))
             return
         self._checkpointed = position

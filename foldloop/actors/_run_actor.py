@@ -24,6 +24,7 @@ import msgspec
 from foldloop._agent import Agent
 from foldloop._approvals import approval_changes, issue_tickets
 from foldloop._log import get_logger
+from foldloop.actors._base import FAILURES
 from foldloop.actors._event_loop import EventLoop
 from foldloop.actors._model_call import ModelCall
 from foldloop.actors._model_calls import ModelCalls
@@ -185,7 +186,7 @@ class RunActor:
                 return self.carry_out(message)
             if isinstance(message, AppendFailed):
                 self.fail(message.error)
-        except Exception as exc:
+        except FAILURES as exc:
             self.log.exception("run_actor_error")
             self.fail(exc)
         return True
@@ -198,7 +199,7 @@ class RunActor:
         """No message waits: what was held back for the next append goes now."""
         try:
             self._flush_held()
-        except Exception as exc:
+        except FAILURES as exc:
             self.fail(exc)
 
     def stopping(self) -> None:
@@ -206,7 +207,7 @@ class RunActor:
         if not self.finished:
             try:
                 self._flush_held()
-            except Exception:
+            except FAILURES:
                 self.log.exception("flush_on_stop_failed")
         self._cancel_in_flight()
 
@@ -254,7 +255,7 @@ class RunActor:
             if not self.finished:
                 self._released = released
                 self.perform(decision)
-        except Exception as exc:
+        except FAILURES as exc:
             self.log.exception("run_actor_error")
             self.fail(exc)
         return True

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import msgspec
 
 from foldloop._log import get_logger
-from foldloop.actors._base import FastActor
+from foldloop.actors._base import FAILURES, FastActor
 from foldloop.actors._mailboxes import Mailboxes
 
 __all__ = ["Activate", "Barrier", "Continue", "Deliver", "Hosted", "Shard"]
@@ -140,7 +140,7 @@ class Shard(FastActor):
     def _go(self, run: Hosted, step: Callable[[], bool]) -> None:
         try:
             self._steps(run, step)
-        except Exception:  # a last guard: runs turn their failures into events themselves
+        except FAILURES:  # a last guard: runs turn their failures into events themselves
             log.exception("run_step_failed", run_id=run.run_id)
             if self._runs.get(run.run_id) is run:
                 self._deactivate(run)
@@ -171,7 +171,7 @@ class Shard(FastActor):
         for run in self._runs.values():
             try:
                 run.stopping()
-            except Exception:
+            except FAILURES:
                 log.exception("run_stop_failed", run_id=run.run_id)
 
 

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 
 from foldloop._log import get_logger
+from foldloop.actors._base import FAILURES
 from foldloop.actors._own_threads import mark_own_thread
 
 __all__ = ["Workers"]
@@ -118,7 +119,7 @@ class Workers:
                 return
             try:
                 job()
-            except Exception:
+            except FAILURES:
                 log.exception("worker_job_failed", pool=self._name)
             finally:
                 with self._lock:
