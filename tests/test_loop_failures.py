@@ -348,16 +348,17 @@ def test_a_close_cancels_an_async_model_call_once_and_its_clean_up_finishes(
 def test_an_async_tool_past_its_timeout_is_not_cancelled_again_as_its_run_ends(
     tmp_path: Path,
 ) -> None:
-    cleaned = threading.Event()
+    run_ended, cleaned = threading.Event(), threading.Event()
 
     @fl.tool(idempotent=True, timeout=0.2)
     async def fetch() -> str:
-        """Wait until cancelled, then clean up awaiting."""
+        """Wait until cancelled, then clean up awaiting, until after its run ended."""
         try:
             await asyncio.sleep(60)
             return "never"
         finally:
-            await asyncio.sleep(0.5)  # the run ends meanwhile (its model answers in 10 ms)
+            while not run_ended.is_set():  # a second cancel would land here
+                await asyncio.sleep(0.01)
             cleaned.set()
 
     llm = fl.ScriptedLLM(
@@ -367,6 +368,7 @@ def test_an_async_tool_past_its_timeout_is_not_cancelled_again_as_its_run_ends(
     with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
         run = rt.spawn(agent, "go")
         assert run.wait(timeout=10).ok
+        run_ended.set()
         (outcome,) = tool_outcomes(rt, run.id)
         assert isinstance(outcome, ToolFailed) and outcome.kind == "timeout", outcome
         assert cleaned.wait(5), "the timed-out call's clean-up was cut short as its run ended"
@@ -397,3 +399,34 @@ def test_a_loop_call_cancelled_before_it_starts_still_says_it_ended() -> None:
         hold.set()
         loop.close()
     assert ends == ["ended"]
+
+
+class SwallowsOnce(AsyncModel):
+    """An async model whose call swallows its first cancel and goes on (as a library's race
+    can), ending only when cancelled again."""
+
+    model = "swallows-once"
+
+    def __init__(self) -> None:
+        self.started, self.ended = threading.Event(), threading.Event()
+
+    async def answer(self) -> fl.Reply:
+        self.started.set()
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(60)
+            await asyncio.sleep(60)
+            return fl.Reply(text="late")
+        finally:
+            self.ended.set()
+
+
+def test_a_close_cancels_once_more_a_call_that_swallowed_its_runs_cancel(tmp_path: Path) -> None:
+    model = SwallowsOnce()
+    agent = fl.Agent(name="a", llm=model)
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        run = rt.spawn(agent, "go")
+        assert model.started.wait(10)
+        run.cancel("stop")
+        assert run.wait(timeout=10).status is fl.RunStatus.CANCELLED
+    assert model.ended.wait(10), "the close left the call running on the loop's thread"

@@ -4,8 +4,9 @@ Async model calls (``acomplete``) and ``async def`` tools are awaited here: thou
 calls in flight hold no thread each. One of them that blocks (``time.sleep``, sync I/O)
 holds up every other and their timeouts: a watcher logs it when the loop runs late. One
 that raises ``SystemExit`` or ``KeyboardInterrupt`` (which asyncio lets out of the loop)
-does not stop it: the loop is served again. A task is cancelled once at most (by its run, its
-timeout or a close): a second cancel would land in the ``finally`` where it cleans up.
+does not stop it: the loop is served again. A task is cancelled once (by its run, its timeout
+or a close): a second cancel would land in the ``finally`` where it cleans up; only a close
+cancels once more what still runs half its wait later.
 """
 
 from __future__ import annotations
@@ -201,9 +202,10 @@ class EventLoop:
         seconds at most for the cancelled tasks (kept within ``CLOSE_AT_LEAST_S`` and
         ``LOOP_CLOSE_S``). ``then``: clean-ups awaited once nothing runs (a model's ``aclose``
         of its connections), each given as long, but ``CLEANUP_AT_LEAST_S`` at least (one cut
-        short is logged), its failure ignored. A task cancelled and still running
-        ``timeout`` s later (or at once, one ``abandon``ed) is left running on the loop's
-        thread, which ends once it does: nothing can stop a task that ignores its cancel."""
+        short is logged), its failure ignored. A task still running ``timeout / 2`` s later
+        is cancelled once more; one still running ``timeout`` s later (or at once, one
+        ``abandon``ed) is left running on the loop's thread, which ends once it does: nothing
+        can stop a task that ignores its cancels."""
         with self._lock:
             if self._closed:
                 return
@@ -223,7 +225,14 @@ class EventLoop:
                 self.cancel_once(task)
             waited = [t for t in tasks if t not in self._abandoned]
             if waited:
-                await asyncio.wait(waited, timeout=timeout)
+                await asyncio.wait(waited, timeout=timeout / 2)
+            # Still running: a clean-up that long, or a call that swallowed its cancel (its
+            # run's, or this one): cancelled once more, and waited for the other half.
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+            if left := [t for t in waited if not t.done()]:
+                await asyncio.wait(left, timeout=timeout / 2)
             for cleanup in cleanups:
                 try:
                     await asyncio.wait_for(cleanup(), within)
