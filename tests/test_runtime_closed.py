@@ -19,7 +19,7 @@ import foldloop as fl
 from foldloop.projections import RunMetrics
 from foldloop.runtime import _commands as commands_module
 from tests.log_capture import capture_logs
-from tests.waiting import wait_until
+from tests.waiting import logged, wait_until
 
 CLOSED = r"this runtime is closed; open a new one with fl\.Runtime\.open\(\)"
 
@@ -293,3 +293,45 @@ def test_a_cancel_meeting_a_hand_over_as_its_runtime_closes_says_the_runtime_is_
     finally:
         release.set()
         rt.close()
+
+
+def test_a_model_retry_whose_delay_ends_during_the_close_is_not_made(tmp_path: Path) -> None:
+    # The drain starts no model call (README); a retry's timer firing during it did.
+    release, holding = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    @fl.tool(idempotent=True, timeout=30)
+    def hold() -> str:
+        """Hold the close's drain until the test lets go."""
+        holding.set()
+        release.wait(30)
+        return "held"
+
+    def throttled(messages: object, tools: object) -> fl.Reply:
+        calls.append(1)
+        raise fl.errors.ModelCallError("HTTP 429", retryable=True)  # retried after 0.25 s
+
+    holder = fl.Agent(
+        name="holder",
+        llm=fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("hold", {})]), fl.Reply(text="ok")]),
+        tools=[hold],
+    )
+    retrier = fl.Agent(name="retrier", llm=fl.ScriptedLLM(throttled))
+    with capture_logs() as logs:
+        rt = fl.Runtime.open(tmp_path / "s", agents=[holder, retrier])
+        closer = threading.Thread(target=rt.close)
+        try:
+            rt.spawn(holder, "go")
+            assert holding.wait(10)
+            run = rt.spawn(retrier, "go")
+            wait_until(
+                lambda: any(r.type == "model.failed" for r in rt.events(run.id)), 10, "a failure"
+            )
+            closer.start()  # its drain waits for the held tool call
+            wait_until(lambda: logged(logs, "model_call_dropped", closing=True), 10, "the retry")
+            assert len(calls) == 1
+        finally:
+            release.set()
+            if closer.ident is None:
+                rt.close()
+            closer.join(30)

@@ -432,6 +432,9 @@ class RunActor:
             self._start_call(asked)
 
     def _start_call(self, asked: ModelCall) -> None:
+        if self._closing or self._cancelling or self.finished:  # a retry's delay ran out late
+            self.log.debug("model_call_dropped", closing=self._closing)
+            return
         reply = _to_run(self.system.tell, self.run_id)
         self.system.models.start(asked, self._asks, reply, self._track)
 
