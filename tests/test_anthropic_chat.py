@@ -148,3 +148,20 @@ def test_both_adapters_refuse_bad_settings_alike(
 ) -> None:
     with pytest.raises(fl.errors.ConfigError, match=says):
         adapter("m", base_url="http://127.0.0.1:9", **{setting: value})
+
+
+def test_lenient_replies_are_read_as_openai_chat_reads_them(
+    rt: fl.Runtime, server: FakeServer
+) -> None:
+    # Token counts null or as text, a tool_use without a name: read, not a failed run.
+    _, odd = message(uses=[("toolu_a", "add", {"a": 1, "b": 1})])
+    odd["usage"] = {"input_tokens": None, "output_tokens": "7"}
+    del odd["content"][0]["name"]
+    server.responses = [(200, odd), message(text="done")]
+    run = rt.spawn(agent(server, "lenient"), "go")
+    result = run.wait(timeout=30)
+    assert result.output == "done", result
+    failed = [r.event for r in rt.events(run.id) if r.type == "tool.failed"]
+    assert [f.kind for f in failed] == ["invalid_args"]  # the model is told, and answers
+    assert not [r for r in rt.events(run.id) if r.type == "model.failed"]
+    assert result.usage.output_tokens == 7 + 8

@@ -164,7 +164,7 @@ class AnthropicChat:
         without checking it: a body that is JSON but no message fails here, retryable)."""
         try:
             return self._read(response)
-        except (AttributeError, TypeError, KeyError) as exc:
+        except (AttributeError, TypeError, KeyError, ValueError) as exc:
             raise ModelCallError(
                 f"{self._model}: the response is not a Messages-API message "
                 f"({type(exc).__name__}: {exc}): {str(response)[:200]!r}",
@@ -172,18 +172,21 @@ class AnthropicChat:
             ) from None
 
     def _read(self, response: AnthropicMessage) -> Reply:
-        text = "".join(b.text for b in response.content if b.type == "text")
+        """Read leniently, as OpenAIChat does: a call without a name goes back to the model
+        as an invalid call, missing token counts are 0."""
+        text = "".join(b.text or "" for b in response.content if b.type == "text")
         calls = [
-            ToolCall(name=b.name, args=json.dumps(b.input, sort_keys=True), id=b.id)
+            ToolCall(name=b.name or "", args=json.dumps(b.input, sort_keys=True), id=b.id or "")
             for b in response.content
             if b.type == "tool_use"
         ]
+        usage = response.usage
         return Reply(
             text=text,
             tool_calls=calls,
             usage=Usage(
-                input_tokens=response.usage.input_tokens,
-                output_tokens=response.usage.output_tokens,
+                input_tokens=int(usage.input_tokens or 0) if usage else 0,
+                output_tokens=int(usage.output_tokens or 0) if usage else 0,
             ),
             model=response.model or self._model,
         )
