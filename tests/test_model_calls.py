@@ -127,13 +127,13 @@ def test_max_model_calls_caps_the_calls_in_flight(
 
 def test_places_under_max_model_calls_are_not_lost_to_cancels(tmp_path: Path) -> None:
     # Calls cancelled while they wait for a place, while they hold one, or as they get one
-    # give it back: afterwards both places still serve (a lost one would leave runs waiting).
+    # give it back: once all ended, no place is taken, and both serve again at once.
     gate = Gate()
     agent = fl.Agent(name="a", llm=AsyncModel(gate))
     with fl.Runtime.open(tmp_path / "s", agents=[agent], max_model_calls=2) as rt:
         runs = [rt.spawn(agent, "go") for _ in range(20)]
         wait_until(lambda: requested(rt, runs), 30, "every run's model call requested")
-        for run in runs[::2]:  # the two holding a place, and nine waiting
+        for run in runs[::2]:  # one holding a place (run 0), nine waiting
             run.cancel("not needed")
         gate.release.set()
         racing = [rt.spawn(agent, "go") for _ in range(20)]
@@ -142,7 +142,13 @@ def test_places_under_max_model_calls_are_not_lost_to_cancels(tmp_path: Path) ->
         for run in runs + racing:
             assert run.wait(timeout=30).status in (fl.RunStatus.CANCELLED, fl.RunStatus.COMPLETED)
         assert all(run.wait(timeout=30).ok for run in runs[1::2] + racing[1::2])
-        after = [rt.spawn(agent, "after") for _ in range(4)]
+        wait_until(lambda: rt.system.models.in_flight == 0, 10, "every place given back")
+        gate.release.clear()
+        after = [rt.spawn(agent, "after") for _ in range(3)]
+        try:
+            wait_until(lambda: gate.now == 2, 30, "both places serving at once")
+        finally:
+            gate.release.set()
         assert all(run.wait(timeout=30).ok for run in after)
     assert gate.most == 2
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from foldloop._log import get_logger
 from foldloop.actors._event_loop import EventLoop
 from foldloop.actors._model_call import ModelCall
-from foldloop.actors._tool_actor import Cancellable, QueuedCall
+from foldloop.actors._queued import Cancellable, QueuedCall
 from foldloop.actors._workers import Workers
 from foldloop.core._commands import Command
 from foldloop.llm import AsyncComplete
@@ -48,26 +48,50 @@ class ModelCalls:
         """Make ``asked``: awaited through ``asks`` (the model's ``acomplete``), or with
         ``complete`` on the pool when None. ``reply`` gets its command; ``track`` each thing
         a cancel of its run cancels (the call while it waits, the awaited call)."""
-        if asks is not None and self._limit is None:
+        if asks is not None and self._limit is None:  # nothing to wait for: straight on
             track(self._loop.start(asked.awaited(asks), reply))
             return
         queued = QueuedCall(lambda: None)  # held back at close: a resume asks again
         track(queued)
         if asks is None:
+            self._enter(self._sync(asked, queued, reply))
+        else:
+            self._enter(self._awaited(asked, asks, queued, reply, track))
 
-            def call() -> None:
-                try:
-                    if queued.start():
-                        reply(asked.sync())
-                finally:
-                    self._leave()
+    @property
+    def in_flight(self) -> int:
+        """Places taken now: calls made and not ended, or about to be made."""
+        with self._lock:
+            return self._taken
 
-            def submit() -> bool:
-                self._pool.submit(call)
-                return True
+    def _sync(
+        self, asked: ModelCall, queued: QueuedCall, reply: Callable[[Command], object]
+    ) -> Callable[[], bool]:
+        """The start of a ``complete`` call: onto the pool, which gives its place back."""
 
-            self._enter(submit)
-            return
+        def call() -> None:
+            try:
+                if queued.start():  # not cancelled (or held) while it waited for a thread
+                    reply(asked.sync())
+            finally:
+                self._leave()
+
+        def submit() -> bool:
+            self._pool.submit(call)
+            return True
+
+        return submit
+
+    def _awaited(
+        self,
+        asked: ModelCall,
+        asks: AsyncComplete,
+        queued: QueuedCall,
+        reply: Callable[[Command], object],
+        track: Callable[[Cancellable], None],
+    ) -> Callable[[], bool]:
+        """The start of an ``acomplete`` call: onto the loop, which gives its place back
+        however the call ends; not made if its run was cancelled while it waited."""
 
         def begin() -> bool:
             if not queued.start():
@@ -75,7 +99,7 @@ class ModelCalls:
             track(self._loop.start(asked.awaited(asks), reply, on_end=self._leave))
             return True
 
-        self._enter(begin)
+        return begin
 
     def shutdown(self) -> None:
         """Stop the pool's threads once their calls end; calls still waiting are dropped."""

@@ -28,14 +28,9 @@ from foldloop.actors._base import FAILURES
 from foldloop.actors._event_loop import EventLoop
 from foldloop.actors._model_call import ModelCall
 from foldloop.actors._model_calls import ModelCalls
+from foldloop.actors._queued import Cancellable, QueuedCall
 from foldloop.actors._timers import Timers
-from foldloop.actors._tool_actor import (
-    AsyncCall,
-    Cancellable,
-    QueuedCall,
-    RunToolCall,
-    ToolRunner,
-)
+from foldloop.actors._tool_actor import AsyncCall, RunToolCall, ToolRunner
 from foldloop.core._commands import Cancel, Command, ModelReplied, ToolFinished
 from foldloop.core._decide import decide
 from foldloop.core._effects import (

@@ -14,13 +14,13 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 import msgspec
 
 from foldloop._log import get_logger
 from foldloop.actors._base import FastActor
 from foldloop.actors._event_loop import EventLoop
+from foldloop.actors._queued import Cancellable, QueuedCall
 from foldloop.actors._timers import Timer, Timers
 from foldloop.actors._workers import Workers
 from foldloop.core._commands import ToolFinished
@@ -28,9 +28,7 @@ from foldloop.tools._decorator import Tool, ToolOutcome
 
 __all__ = [
     "AsyncCall",
-    "Cancellable",
     "OneOutcome",
-    "QueuedCall",
     "RunToolCall",
     "ToolActor",
     "ToolRunner",
@@ -41,8 +39,7 @@ log = get_logger(__name__)
 
 
 class RunToolCall(msgspec.Struct, frozen=True):
-    """Run one call and hand ``reply`` its ToolFinished command (False: nobody took it).
-    (A Struct: one a tool call, built in C.)"""
+    """Run one call and hand ``reply`` its ToolFinished command (False: nobody took it)."""
 
     run_id: str
     call_id: str
@@ -80,55 +77,6 @@ def outcome_command(call_id: str, outcome: ToolOutcome, now: int) -> ToolFinishe
         duration_ms=round(outcome.duration_ms, 3),
         original_chars=outcome.original_chars,
     )
-
-
-class Cancellable(Protocol):
-    """**Protocol:** a call a cancel of its run may stop (a ``LoopCall`` or ``QueuedCall``)."""
-
-    def cancel(self) -> bool: ...
-    def done(self) -> bool: ...
-
-
-class QueuedCall:
-    """A call waiting for a slot (one of its tool's threads or async places, or a thread for
-    a sync model under ``max_model_calls``): cancelled, or held back as its runtime closes,
-    it never starts."""
-
-    __slots__ = ("_lock", "_not_run", "_state")
-
-    def __init__(self, not_run: Callable[[], None]) -> None:
-        self._lock = threading.Lock()
-        self._state = "queued"
-        self._not_run = not_run
-        """Reports that the call did not run (``hold``)."""
-
-    def start(self) -> bool:
-        """The call gets its slot: False if it was cancelled or held back first."""
-        with self._lock:
-            if self._state != "queued":
-                return False
-            self._state = "started"
-            return True
-
-    def cancel(self) -> bool:
-        """Keep the call from starting; False once it has."""
-        with self._lock:
-            if self._state == "queued":
-                self._state = "cancelled"
-            return self._state in ("cancelled", "held")
-
-    def hold(self) -> None:
-        """The runtime is closing: the call never starts, and ``not_run`` says so now (a
-        tool call's outcome; nothing for a model call, which a resume makes again)."""
-        with self._lock:
-            if self._state != "queued":
-                return
-            self._state = "held"
-        self._not_run()
-
-    def done(self) -> bool:
-        """Started, cancelled or held: nothing left to stop from starting."""
-        return self._state != "queued"
 
 
 class AsyncCall:

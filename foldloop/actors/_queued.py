@@ -1,0 +1,58 @@
+"""What a cancel of a run stops: its calls in flight, and its calls still waiting for a slot
+(a tool's thread or async place, a place under ``max_model_calls``)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+__all__ = ["Cancellable", "QueuedCall"]
+
+
+class Cancellable(Protocol):
+    """**Protocol:** a call a cancel of its run may stop (a ``LoopCall`` or ``QueuedCall``)."""
+
+    def cancel(self) -> bool: ...
+    def done(self) -> bool: ...
+
+
+class QueuedCall:
+    """A call waiting for a slot (one of its tool's threads or async places, or a place under
+    ``max_model_calls``): cancelled, or held back as its runtime closes, it never starts."""
+
+    __slots__ = ("_lock", "_not_run", "_state")
+
+    def __init__(self, not_run: Callable[[], None]) -> None:
+        self._lock = threading.Lock()
+        self._state = "queued"
+        self._not_run = not_run
+        """Reports that the call did not run (``hold``)."""
+
+    def start(self) -> bool:
+        """The call gets its slot: False if it was cancelled or held back first."""
+        with self._lock:
+            if self._state != "queued":
+                return False
+            self._state = "started"
+            return True
+
+    def cancel(self) -> bool:
+        """Keep the call from starting; False once it has."""
+        with self._lock:
+            if self._state == "queued":
+                self._state = "cancelled"
+            return self._state in ("cancelled", "held")
+
+    def hold(self) -> None:
+        """The runtime is closing: the call never starts, and ``not_run`` says so now (a
+        tool call's outcome; nothing for a model call, which a resume makes again)."""
+        with self._lock:
+            if self._state != "queued":
+                return
+            self._state = "held"
+        self._not_run()
+
+    def done(self) -> bool:
+        """Started, cancelled or held: nothing left to stop from starting."""
+        return self._state != "queued"
