@@ -516,7 +516,10 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=300.0, help="per case (default 300)")
     parser.add_argument("--max-model-calls", type=int, help="Runtime.open(max_model_calls=...)")
     parser.add_argument(
-        "--spawners", type=int, default=1, help="threads starting the runs (default 1)"
+        "--spawners",
+        type=int,
+        default=1,
+        help="threads starting the runs, each with spawn_many (or spawn, --one-by-one); default 1",
     )
     spawning = parser.add_mutually_exclusive_group()
     spawning.add_argument(
