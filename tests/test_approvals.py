@@ -646,3 +646,54 @@ def test_the_cli_lists_and_decides_approvals(store_path: Path, ledger: Ledger) -
         assert "already denied by 'cli'" in again.stderr
         wait_until(completed(rt, run.id), 10, "our poller to carry the denial to the end")
     assert ledger.lines == []
+
+
+@pytest.mark.parametrize(
+    ("how", "says"),
+    [
+        pytest.param({"note": 123}, "note must be a str; got int", id="note-int"),
+        pytest.param({"by": None}, "by must be a str; got NoneType", id="by-none"),
+        pytest.param({"note": "x" * 2_000_000}, "over the 65,536 a decision", id="note-huge"),
+        pytest.param({"note": "caf\udce9"}, "unpaired surrogate", id="note-surrogate"),
+        pytest.param({"token": 123}, "token must be a str", id="token-int"),
+        pytest.param({"run_id": 123, "call_id": "c"}, "run_id must be", id="run-id-int"),
+        pytest.param({"call_id": 7}, "call_id must be a str", id="call-id-int"),
+    ],
+)
+def test_a_bad_decision_is_refused_before_anything_is_written(
+    store_path: Path, ledger: Ledger, how: dict[str, object], says: str
+) -> None:
+    # A note of 123 was stored and made every later read of the store fail as corrupt; one
+    # over 1 MiB left its run waiting for ever, no decision possible.
+    with fl.Runtime.open(store_path) as rt:
+        run = rt.spawn(make_agent(ledger), "pay bob")
+        assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+        (pending,) = rt.pending_approvals()
+        given: dict[str, object] = {"run_id": run.id, "call_id": pending.call_id, **how}
+        if "token" in how:
+            given = {"token": how["token"]}
+        with pytest.raises(fl.ConfigError, match=says):
+            rt.deny(**given)  # type: ignore[arg-type]
+        assert [p.call_id for p in rt.pending_approvals()] == [pending.call_id]
+        assert rt.runs()[0].status is fl.RunStatus.AWAITING_APPROVAL
+        rt.approve(run_id=run.id, call_id=pending.call_id, by="alice", note="fine")
+        assert run.wait(timeout=30, through_approvals=True).ok
+    assert ledger.lines == ["pay bob 5"]
+
+
+def test_the_cli_refuses_a_note_that_is_not_utf_8_as_a_usage_error(
+    store_path: Path, ledger: Ledger
+) -> None:
+    with fl.Runtime.open(store_path) as rt:
+        run = rt.spawn(make_agent(ledger), "pay bob")
+        assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+        (pending,) = rt.pending_approvals()
+    command = [sys.executable, "-m", "foldloop.cli", "--store", str(store_path), "deny"]
+    command += ["--run", run.id, "--call", pending.call_id, "--note"]
+    done = subprocess.run(
+        [os.fsencode(a) for a in command] + [b"caf\xe9"], capture_output=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert b"unpaired surrogate" in done.stderr and b"Traceback" not in done.stderr
+    with fl.Runtime.open(store_path) as rt:
+        assert [p.call_id for p in rt.pending_approvals()] == [pending.call_id]

@@ -8,6 +8,7 @@ import collections
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -501,3 +502,31 @@ def test_run_metrics_counts_agree_with_the_records(records: list[fl.types.Record
     assert finished + len(state.open_calls) <= kinds[ToolRequested]
     families = {f.name: f for f in text_string_to_metric_families(prometheus_text(state))}
     assert sum(s.value for s in families["foldloop_runs"].samples) == len(state.runs)
+
+
+CLI = [sys.executable, "-m", "foldloop.cli"]
+
+
+def test_serving_metrics_on_a_port_taken_or_out_of_range_is_a_config_error(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(fl.ConfigError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+            fl.projections.serve_prometheus(RunMetricsState, port=port)
+        for bad in (-1, 70000, "9464", True):
+            with pytest.raises(fl.ConfigError, match="port must be an int from 0 to 65535"):
+                fl.projections.serve_prometheus(RunMetricsState, port=bad)  # type: ignore[arg-type]
+        with fl.Runtime.open(tmp_path / "s"):
+            pass
+        done = subprocess.run(
+            [*CLI, "--store", str(tmp_path / "s"), "metrics", "--serve", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        taken.close()
+    assert done.returncode == 2, done.stderr
+    assert "cannot serve metrics" in done.stderr and "Traceback" not in done.stderr

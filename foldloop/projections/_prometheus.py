@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from foldloop.core._state import RunStatus
+from foldloop.errors import ConfigError
 from foldloop.projections._histogram import Histogram
 from foldloop.projections._metrics import RunMetricsState
 
@@ -156,5 +157,13 @@ def serve_prometheus(source: Any, *, port: int = 9464, addr: str = "127.0.0.1") 
     read: Callable[[], RunMetricsState] = (
         (lambda: source.state) if hasattr(source, "state") else source
     )
-    server, thread = start_http_server(port, addr=addr, registry=_registry(read))
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"port must be an int from 0 to 65535 (0: a free one); got {port!r}")
+    try:
+        server, thread = start_http_server(port, addr=addr, registry=_registry(read))
+    except OSError as exc:  # the port taken, the address not this machine's
+        raise ConfigError(
+            f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}",
+            advice="pick another port (0: a free one)",
+        ) from None
     return MetricsServer(server, thread)

@@ -25,7 +25,7 @@ from foldloop.runtime._driving import drive
 from foldloop.runtime._lifecycle import Lifecycle
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._registry import AgentRegistry
-from foldloop.runtime._rules import NothingToDo, evolve_all, iso, merged
+from foldloop.runtime._rules import NothingToDo, check_decision, evolve_all, iso, merged
 from foldloop.runtime._writes import RunWrites
 from foldloop.store import EventStore
 from foldloop.store._approvals import ApprovalRecord
@@ -80,6 +80,7 @@ class ApprovalDesk:
     ) -> None:
         """Check and record a decision in one write transaction (exactly one racing decider
         wins), then carry it into the run if this runtime can."""
+        check_decision(token, run_id, call_id, by, note)
         record: ApprovalRecord | None
         if token is not None:
             record = self._by_token(token, run_id, call_id)

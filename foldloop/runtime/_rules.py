@@ -28,6 +28,7 @@ from foldloop.store import MAX_EVENT_BYTES
 __all__ = [
     "NothingToDo",
     "check_cap",
+    "check_decision",
     "check_run_id",
     "check_seconds",
     "check_spawn",
@@ -43,6 +44,10 @@ __all__ = [
 log = get_logger("foldloop.runtime")
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+MAX_NOTE_BYTES = 64 * 1024
+"""The most a decision's ``note`` and ``by`` may take together: they are told to the model
+and stored twice (the approvals table, the run's ``approval.decided``)."""
 
 
 def priced_limits(agent: Agent, now: int) -> Limits:
@@ -127,6 +132,27 @@ def check_text(what: str, value: object) -> None:
         raise ConfigError(
             f"{what} contains an unpaired surrogate (U+{ord(value[bad]):04X}) at index "
             f"{bad}; text must be valid Unicode (decode bytes with errors='replace')"
+        )
+
+
+def check_decision(
+    token: object, run_id: object, call_id: object, by: object, note: object
+) -> None:
+    """Refuse an approval decision's arguments before anything is written."""
+    if token is not None:
+        check_text("token", token)
+    if run_id is not None:
+        check_run_id(run_id)
+    if call_id is not None:
+        check_text("call_id", call_id)
+    check_text("by", by)
+    check_text("note", note)
+    size = len(str(by).encode()) + len(str(note).encode())  # both str: check_text said so
+    if size > MAX_NOTE_BYTES:
+        raise ConfigError(
+            f"note and by are {size:,} bytes together, over the {MAX_NOTE_BYTES:,} a decision "
+            "may carry",
+            advice="keep the note short (it is told to the model); link to anything longer",
         )
 
 
