@@ -424,9 +424,12 @@ class SwallowsOnce(AsyncModel):
 def test_a_close_cancels_once_more_a_call_that_swallowed_its_runs_cancel(tmp_path: Path) -> None:
     model = SwallowsOnce()
     agent = fl.Agent(name="a", llm=model)
-    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+    rt = fl.Runtime.open(tmp_path / "s", agents=[agent])
+    try:
         run = rt.spawn(agent, "go")
         assert model.started.wait(10)
         run.cancel("stop")
         assert run.wait(timeout=10).status is fl.RunStatus.CANCELLED
+    finally:
+        rt.close(timeout=1)  # cancelled once more 0.5 s in
     assert model.ended.wait(10), "the close left the call running on the loop's thread"
