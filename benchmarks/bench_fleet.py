@@ -97,6 +97,14 @@ NEEDS = {
 }
 
 
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported (a submodule of a missing package cannot)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 @dataclass
 class Outcome:
     """What one case measured (a child process prints it as one JSON line)."""
@@ -340,7 +348,7 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run_case(case: Case, runs: int, args: argparse.Namespace) -> Outcome:
-    missing = [m for m in NEEDS.get(case.name, ()) if importlib.util.find_spec(m) is None]
+    missing = [m for m in NEEDS.get(case.name, ()) if not installed(m)]
     if missing:
         return Outcome(case.name, runs, case.steps, case.latency_s, skipped=missing[0])
     command = [
