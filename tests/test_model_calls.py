@@ -4,8 +4,9 @@ calls in flight, sync and async together."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +26,21 @@ class Gate:
         self.now = 0
         self.most = 0
 
-    def __call__(self, messages: Sequence[fl.Message], tools: object) -> fl.Reply:
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Count a call in flight while the block runs."""
         with self.lock:
             self.now += 1
             self.most = max(self.most, self.now)
         try:
-            self.release.wait(30)
+            yield
         finally:
             with self.lock:
                 self.now -= 1
+
+    def __call__(self, messages: Sequence[fl.Message], tools: object) -> fl.Reply:
+        with self.holding():
+            self.release.wait(30)
         return fl.Reply(text="ok")
 
 
@@ -67,16 +74,9 @@ class AsyncModel:
     async def acomplete(
         self, messages: Sequence[fl.Message], tools: object, *, max_tokens: int | None = None
     ) -> fl.Reply:
-        gate = self.gate
-        with gate.lock:
-            gate.now += 1
-            gate.most = max(gate.most, gate.now)
-        try:
-            while not gate.release.is_set():
+        with self.gate.holding():
+            while not self.gate.release.is_set():
                 await asyncio.sleep(0.005)
-        finally:
-            with gate.lock:
-                gate.now -= 1
         return fl.Reply(text="ok")
 
 
