@@ -97,6 +97,34 @@ def test_an_extension_of_valid_limits_is_valid(base: fl.Limits, ext: fl.Limits) 
     assert fl.Limits(**msgspec.structs.asdict(extended)) == extended
 
 
+def _effective(value: fl.Limits) -> dict[str, float | None]:
+    """Each ceiling as a run meets it (an unset one with a default counts as its default)."""
+    return {
+        "max_steps": value.steps_ceiling,
+        "max_tokens": value.max_tokens,
+        "max_seconds": value.max_seconds,
+        "max_cost_usd": value.max_cost_usd,
+        "no_progress": value.no_progress_window,
+        "max_children": value.children_ceiling,
+        "max_depth": value.depth_ceiling,
+    }
+
+
+@given(limits, limits)
+def test_an_extension_only_ever_raises_a_ceiling(base: fl.Limits, ext: fl.Limits) -> None:
+    # README: "a value at or below the current ceiling changes nothing: ceilings are only
+    # raised". An unset max_depth is 3, not "none yet": extending it to 0 lowered it.
+    before, after = _effective(base), _effective(base.extended(ext))
+    for name, was in before.items():
+        asked = getattr(ext, name)
+        if asked is None:
+            assert after[name] == was, name
+        elif was is None:  # no ceiling before (tokens, seconds, dollars): the extension sets one
+            assert after[name] == asked, name
+        else:
+            assert after[name] == max(was, asked), name
+
+
 def test_a_stored_record_with_a_limit_refused_today_decodes_as_recorded() -> None:
     # run.started as an older foldloop stored it: by position, limits by name.
     raw = msgspec.msgpack.encode(

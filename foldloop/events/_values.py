@@ -173,18 +173,18 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=F
     def extended(self, ext: Limits) -> Limits:
         """Raise each ceiling that ``ext`` sets; a ceiling is never lowered by an extension."""
 
-        def pick(old: float | None, new: float | None) -> float | None:
+        def pick(old: float | None, new: float | None, unset: float | None = None) -> float | None:
+            """``unset``: what an unset ceiling stands for (its default), None: no ceiling."""
             if new is None:
                 return old
-            if old is None:
-                return new
-            return max(old, new)
+            now = unset if old is None else old
+            return new if now is None else max(now, new)
 
-        steps = pick(self.max_steps, ext.max_steps)
+        steps = pick(self.max_steps, ext.max_steps, DEFAULT_MAX_STEPS)
         tokens = pick(self.max_tokens, ext.max_tokens)
-        window = pick(self.no_progress, ext.no_progress)
-        children = pick(self.max_children, ext.max_children)
-        depth = pick(self.max_depth, ext.max_depth)
+        window = pick(self.no_progress, ext.no_progress, DEFAULT_NO_PROGRESS)
+        children = pick(self.max_children, ext.max_children, DEFAULT_MAX_CHILDREN)
+        depth = pick(self.max_depth, ext.max_depth, DEFAULT_MAX_DEPTH)
         with as_recorded():  # both were checked when built (or are a log's, kept as they are)
             return Limits(
                 max_steps=None if steps is None else int(steps),
