@@ -503,3 +503,25 @@ def test_a_tree_export_without_one_of_its_ended_children_is_refused(
     assert f"lacks child run(s) ['{dropped}']" in proc.stderr.replace("\n", " ")
     with fl.Runtime.open(tmp_path / "store") as rt:
         assert rt.runs() == []  # nothing half-imported
+
+
+def test_a_tree_import_cut_short_is_finished_by_importing_it_again(
+    forest: Path, tmp_path: Path
+) -> None:
+    # Each run is its own append: a kill part-way left the first runs of the tree, whole
+    # (a probe saw 6 of 9), and the same import was then refused for ever.
+    with fl.Runtime.open(forest, create=False) as rt:
+        tree = rt.tree(LEAD)
+        lines = list(rt.export(LEAD, tree=True))
+        root_alone = list(rt.export(LEAD))
+    with fl.Runtime.open(tmp_path / "target") as target:
+        assert target.import_jsonl(root_alone, run_id=None) == LEAD  # where a cut left it
+        assert target.import_jsonl(lines, run_id=None) == LEAD
+        assert target.tree(LEAD) == tree
+        assert len(target.runs()) == 5
+    with fl.Runtime.open(tmp_path / "clash") as clash:
+        other = fl.Agent(name="other", llm=fl.ScriptedLLM([fl.Reply(text="mine")]))
+        assert clash.spawn(other, "go", run_id=LEAD).wait(timeout=30).ok
+        with pytest.raises(fl.ConfigError, match="already exists in this store with other events"):
+            clash.import_jsonl(lines, run_id=None)
+        assert [r.run_id for r in clash.runs()] == [LEAD]  # nothing else was imported

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 
 from foldloop.errors import ConfigError, RunNotFound
 from foldloop.events._catalogue import ChildEnded, ChildSpawned
-from foldloop.events._jsonl import dump_run, dump_tree, load_export
+from foldloop.events._jsonl import RunExport, dump_run, dump_tree, load_export
 from foldloop.events._recorded import Recorded
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._rules import check_run_id
@@ -60,6 +60,11 @@ class Transfer:
             todo.extend(reversed(below))
         return out
 
+    def _holds(self, run: RunExport) -> bool:
+        """The store holds exactly this exported run (an earlier import of it)."""
+        stored = [(r.seq, r.at, r.event) for r in self._queries.events(run.header.run_id)]
+        return stored == [(e.seq, e.at, e.event) for e in run.events]
+
     def import_jsonl(self, lines: Iterable[str], *, run_id: str | None) -> str:
         """Append an exported run (as ``run_id`` if given), or an exported tree under its
         own ids, to this store; returns the (root) run's id."""
@@ -82,16 +87,31 @@ class Transfer:
                         f"its run {run.header.run_id!r} records as ended; nothing was imported",
                         advice="export the tree again (foldloop export RUN --tree)",
                     )
+            # Each run is its own append: an import cut short (a kill) left the runs before
+            # the cut, each whole, and importing the file again adds the rest (a tree there
+            # whole, or a run of it there with other events, is refused).
+            present: set[str] = set()
             for run in export.runs:
                 check_run_id(run.header.run_id)
                 if self._queries.exists(run.header.run_id):
-                    raise ConfigError(
-                        f"run {run.header.run_id!r} of the tree of {export.run_id!r} already "
-                        "exists in this store; nothing was imported",
-                        advice="import the tree into a store that does not hold it",
-                    )
+                    if not self._holds(run):
+                        raise ConfigError(
+                            f"run {run.header.run_id!r} of the tree of {export.run_id!r} "
+                            "already exists in this store with other events; nothing was "
+                            "imported",
+                            advice="import the tree into a store that does not hold it",
+                        )
+                    present.add(run.header.run_id)
+            if len(present) == len(export.runs):
+                raise ConfigError(
+                    f"run {export.run_id!r} of the tree of {export.run_id!r} already exists in "
+                    "this store, and every run below it; nothing was imported",
+                    advice="import the tree into a store that does not hold it",
+                )
             for run in export.runs:
-                self._writes.import_run(run.header.run_id, [(e.event, e.at) for e in run.events])
+                if run.header.run_id not in present:
+                    events = [(e.event, e.at) for e in run.events]
+                    self._writes.import_run(run.header.run_id, events)
             return export.run_id
         (run,) = export.runs
         target = run_id if run_id is not None else run.header.run_id
