@@ -1149,3 +1149,19 @@ def test_a_child_status_this_version_does_not_know_reads_as_failed() -> None:
 
     assert _status("completed") is fl.RunStatus.COMPLETED
     assert _status("paused-by-a-newer-version") is fl.RunStatus.FAILED  # not a ValueError
+
+
+def test_verifying_a_tree_whose_child_is_missing_from_the_store_says_so(tmp_path: Path) -> None:
+    # A root exported alone and imported elsewhere: its tree's verify blamed a code change
+    # ("today's code decides ChildEnded(steps=0)") for a log that is simply not there.
+    worker = fl.Agent(name="worker", llm=fl.ScriptedLLM(answers("done")))
+    lead = fl.Agent(name="lead", llm=fl.ScriptedLLM(fans_out(("worker", "a"))), agents=[worker])
+    with fl.Runtime.open(tmp_path / "ran", agents=[lead]) as rt:
+        run_id = rt.spawn(lead, "go").wait(timeout=30).run_id
+        alone = list(rt.export(run_id))
+    with fl.Runtime.open(tmp_path / "elsewhere", agents=[lead]) as rt:
+        rt.import_jsonl(alone)
+        rt.verify(run_id)  # the root's own log replays
+        with pytest.raises(fl.errors.FoldloopError, match="holds no log of that child") as info:
+            rt.verify(run_id, tree=True)
+        assert not isinstance(info.value, fl.errors.NondeterminismError)

@@ -542,11 +542,16 @@ def _links(records: list[Recorded]) -> dict[str, _Link]:
 
 
 def _check_never_started(parent: RunState, link: _Link) -> None:
-    """A child the store holds no log of spent nothing: its end, if recorded, says so."""
+    """A child the store holds no log of spent nothing: its end, if recorded, says so; one
+    recorded as having spent is missing from this store (its tree came without it)."""
     ended = link.ended
     if ended is not None and (ended.steps or ended.usage != Usage()):
-        nothing = msgspec.structs.replace(ended, steps=0, usage=Usage())
-        raise NondeterminismError(parent.run_id, link.ended_seq, ended, nothing)
+        raise FoldloopError(
+            f"run {parent.run_id!r} records its child run {ended.run_id!r} as {ended.status} "
+            f"after {ended.steps} step(s), and this store holds no log of that child",
+            advice="verify the tree in the store it ran in, or bring it whole "
+            "(rt.export(root, tree=True), then import_jsonl)",
+        )
 
 
 def _status(recorded: str) -> RunStatus:
