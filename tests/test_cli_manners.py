@@ -369,7 +369,7 @@ def test_not_found_is_exit_3_for_every_run_and_token(shop: Shop, args: list[str]
 
 NEXT_STEPS = {
     "limited": "foldloop resume limited --agent MODULE:ATTR --max-steps N",
-    "stuck": "foldloop resume stuck --agent MODULE:ATTR",
+    "stuck": "start a new run with other tools or instructions",
     "failing": "foldloop resume failing --agent MODULE:ATTR",
     "waiting": "foldloop approve --run waiting --call call_1_1",
     "expired": "foldloop resume expired --agent MODULE:ATTR",

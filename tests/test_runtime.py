@@ -559,6 +559,9 @@ def test_no_progress_stops_a_looping_run(rt: fl.Runtime) -> None:
     result = run.wait(timeout=30)
     assert result.status is fl.RunStatus.NO_PROGRESS
     assert "same result 3 times" in result.reason and result.resumable
+    (step,) = rt.explain(run.id).next_steps  # a resume keeps the recorded instructions
+    assert step.startswith("start a new run with other tools or instructions"), step
+    assert "extend=fl.Limits(no_progress=N)" in step
 
 
 def test_max_seconds_uses_the_injected_clock(store_path: Path) -> None:

@@ -53,7 +53,10 @@ def advice(
             option = LIMIT_OPTIONS.get(limit, "--max-steps")
             return f"raise the ceiling: `{resume_command(run)} {option} N`"
         case RunStatus.NO_PROGRESS:
-            return f"change the tools or instructions, or continue with {resume}"
+            return (
+                "start a new run with other tools or instructions (a resume keeps the "
+                "recorded ones, and would repeat itself)"
+            )
         case RunStatus.AWAITING_APPROVAL if decided:
             calls = ", ".join(d.call_id for d in decided)
             return (

@@ -253,7 +253,14 @@ def explain(
             limit, step = _limit_step(state, last_limit)
             next_steps.append(step)
         case RunStatus.NO_PROGRESS:
-            next_steps.append(_resume_step(state, "change the tools or instructions, then ", ""))
+            next_steps.append(
+                _resume_step(
+                    state,
+                    "start a new run with other tools or instructions (a resume keeps the "
+                    "recorded ones, and would repeat itself); or let it repeat longer: ",
+                    "extend=fl.Limits(no_progress=N)",
+                )
+            )
         case RunStatus.FAILED if state.resumable:
             next_steps.append(_resume_step(state, "fix the model's availability, then ", ""))
         case RunStatus.FAILED:
