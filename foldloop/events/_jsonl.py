@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from foldloop.errors import ConfigError
-from foldloop.events._catalogue import KnownEvent, RunStarted
+from foldloop.events._catalogue import ChildEnded, KnownEvent, RunStarted
 from foldloop.events._named import from_named, to_named
 from foldloop.events._recorded import Recorded, UnknownEvent
 from foldloop.events._values import as_recorded
@@ -278,3 +278,11 @@ def _check_tree(tree: TreeHeader, runs: list[RunExport]) -> None:
                 f"(its parent is {first.parent_run_id!r})"
             )
         seen.add(run_id)
+    for run in runs:
+        ended = {e.event.run_id for e in run.events if isinstance(e.event, ChildEnded)}
+        if missing := sorted(ended - seen):  # an ended child's log is part of its parent's story
+            raise ConfigError(
+                f"the tree of {tree.run_id!r} lacks child run(s) {missing}, which its run "
+                f"{run.header.run_id!r} records as ended; nothing was imported",
+                advice="export the tree again (rt.export(root, tree=True))",
+            )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from foldloop.errors import ConfigError, RunNotFound
-from foldloop.events._catalogue import ChildEnded, ChildSpawned
+from foldloop.events._catalogue import ChildSpawned
 from foldloop.events._jsonl import RunExport, dump_run, dump_tree, load_export
 from foldloop.events._recorded import Recorded
 from foldloop.runtime._queries import Queries
@@ -77,16 +77,6 @@ class Transfer:
                     "it cannot be renamed",
                     advice="import it with run_id=None, into a store that does not hold it",
                 )
-            held = {run.header.run_id for run in export.runs}
-            for run in export.runs:
-                ended = [e.event for e in run.events if isinstance(e.event, ChildEnded)]
-                missing = sorted({e.run_id for e in ended} - held)
-                if missing:  # an ended child's log is part of its parent's story
-                    raise ConfigError(
-                        f"the tree of {export.run_id!r} lacks child run(s) {missing}, which "
-                        f"its run {run.header.run_id!r} records as ended; nothing was imported",
-                        advice="export the tree again (foldloop export RUN --tree)",
-                    )
             # Each run is its own append: an import cut short (a kill) left the runs before
             # the cut, each whole, and importing the file again adds the rest (a tree there
             # whole, or a run of it there with other events, is refused).
