@@ -9,12 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import foldloop as fl
 from foldloop.events import (
     KNOWN_TAGS,
     DecodeFailure,
     ModelRequested,
     ModelResponded,
     RunCompleted,
+    RunStarted,
     ToolCompleted,
     ToolRequested,
     UnknownEvent,
@@ -205,6 +207,7 @@ def test_a_bad_named_event_is_refused_naming_the_field(data: dict[str, Any], why
 
 def test_an_export_names_every_field_and_imports_back() -> None:
     events = [
+        RunStarted(agent="a", input="go"),  # an export is of a whole run
         ModelRequested(step=1, prompt_digest="d"),
         ToolCompleted(call_id="c1", result="4", duration_ms=0.5),
     ]
@@ -212,7 +215,7 @@ def test_an_export_names_every_field_and_imports_back() -> None:
         Recorded(run_id="r", seq=i, position=i, at=7, event=e) for i, e in enumerate(events, 1)
     ]
     lines = list(dump_run("r", records))
-    assert msgspec.json.decode(lines[2])["event"] == {
+    assert msgspec.json.decode(lines[3])["event"] == {
         "type": "tool.completed",
         "call_id": "c1",
         "result": "4",
@@ -261,3 +264,11 @@ def test_upcasters_see_positional_records_by_their_writers_field_names() -> None
     finally:
         codec_module._UPCASTERS.clear()
         named_module.PAST_FIELDS.clear()
+
+
+def test_an_export_that_does_not_begin_with_run_started_is_refused() -> None:
+    # It imported as a run of agent '' that nothing could resume or verify (a probe).
+    first = ModelRequested(step=1, prompt_digest="d")
+    records = [Recorded(run_id="r", seq=1, position=1, at=7, event=first)]
+    with pytest.raises(fl.ConfigError, match=r"does not begin with run\.started: not a whole run"):
+        load_run(list(dump_run("r", records)))

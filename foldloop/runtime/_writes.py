@@ -109,8 +109,8 @@ class RunWrites:
             self._store.import_run(target, payloads).wait()
         except ConcurrencyError as exc:
             raise ConfigError(
-                f"run {target!r} already exists in this store; import it under another "
-                "id (foldloop import FILE --run-id NEW)"
+                f"run {target!r} already exists in this store",
+                advice="import it under another id: import_jsonl(lines, run_id=NEW)",
             ) from exc
 
     def decide_approval(
