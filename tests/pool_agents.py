@@ -51,6 +51,20 @@ def _blocker_reply(messages: Sequence[fl.Message], tools: Sequence[fl.types.Tool
 
 blocker = fl.Agent(name="blocker", llm=fl.ScriptedLLM(_blocker_reply), tools=[wait_for])
 
+
+def _persistent_reply(
+    messages: Sequence[fl.Message], tools: Sequence[fl.types.ToolSpec]
+) -> fl.Reply:
+    """Ask to wait for the file the input names until the tool says it appeared (a call a
+    crash cut short is asked again)."""
+    if messages[-1].role == "tool" and messages[-1].content == "appeared":
+        return fl.Reply(text="done")
+    path = next(m.content for m in messages if m.role == "user")
+    return fl.Reply(tool_calls=[fl.ToolCall("wait_for", {"path": path})])
+
+
+persistent = fl.Agent(name="persistent", llm=fl.ScriptedLLM(_persistent_reply), tools=[wait_for])
+
 gated = fl.Agent(
     name="gated",
     llm=fl.ScriptedLLM(

@@ -644,3 +644,39 @@ def test_a_closed_pool_leaves_no_pipe_open(store_path: Path) -> None:
     )
     assert done.stdout.strip() == "closed", done.stderr
     assert "ResourceWarning" not in done.stderr, done.stderr  # before: the workers' stdout pipes
+
+
+def test_a_wait_rides_out_its_runs_worker_dying_and_then_its_replacement(
+    store_path: Path, tmp_path: Path
+) -> None:
+    # The handle's wait replaced the dead worker once: when the replacement died too, it
+    # said "interrupted, no runtime is driving it" while the pool went on to finish the run.
+    gate = tmp_path / "go"
+    with fl.WorkerPool(store_path, agents=["pool_agents:persistent"], processes=1) as pool:
+        handle = pool.spawn("persistent", str(gate))
+        waited: list[fl.RunResult] = []
+
+        def requests(n: int) -> bool:
+            return sum(r.type == "tool.requested" for r in pool.runtime.events(handle.id)) >= n
+
+        waiter = threading.Thread(target=lambda: waited.append(handle.wait(timeout=60)))
+        waiter.start()
+        for calls in (1, 2):  # the worker driving it, then the one that recovered it
+            wait_until(
+                lambda n=calls: (
+                    sum(r.type == "tool.requested" for r in pool.runtime.events(handle.id)) >= n
+                ),
+                30,
+                "the run's tool call under way",
+            )
+            victim = pool.workers[0]
+            os.kill(victim.pid, signal.SIGKILL)
+            wait_until(
+                lambda v=victim: pool.workers[0].pid != v.pid and bool(pool.workers[0].owner),
+                30,
+                "a replacement ready",
+            )
+        gate.touch()
+        waiter.join(60)
+        (result,) = waited
+        assert result.status is fl.RunStatus.COMPLETED, result

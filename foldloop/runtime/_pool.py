@@ -42,7 +42,7 @@ from foldloop.runtime._pool_args import (
 )
 from foldloop.runtime._pool_process import WorkerInfo, WorkerProcess
 from foldloop.runtime._pool_protocol import Cancel, Resume, Spawn, SpawnMany
-from foldloop.runtime._pool_spawns import Spawns
+from foldloop.runtime._pool_spawns import ATTEMPTS, Spawns
 from foldloop.runtime._results import RunHandle, RunResult
 from foldloop.runtime._rules import check_cap, check_inputs, check_spawn, new_run_id
 
@@ -91,11 +91,14 @@ class PooledRunHandle(RunHandle):
         super()._check_open()
 
     def wait(self, timeout: float | None = None, *, through_approvals: bool = False) -> RunResult:
-        """``RunHandle.wait``; if the run's worker died, a replacement is started (it
-        recovers the run) and waited on once."""
+        """``RunHandle.wait``; each time the run's worker died, a replacement is started (it
+        recovers the run) and waited on, ``ATTEMPTS`` deaths at most (its replacement may
+        die too: a death under each of them is no chance event)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         result = super().wait(timeout, through_approvals=through_approvals)
-        if result.status is RunStatus.INTERRUPTED and not self._pool.closed:
+        for _ in range(ATTEMPTS):
+            if result.status is not RunStatus.INTERRUPTED or self._pool.closed:
+                break
             self._pool.replace_dead()
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             result = super().wait(left, through_approvals=through_approvals)
