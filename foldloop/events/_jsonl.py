@@ -184,8 +184,7 @@ def load_export(lines: Iterable[str]) -> Export:
         )
     if events and not isinstance(events[0].event, RunStarted):
         raise ConfigError(
-            f"the export of run {header.run_id!r} does not begin with run.started: not a "
-            "whole run"
+            f"the export of run {header.run_id!r} does not begin with run.started: not a whole run"
         )
     return Export(header.run_id, tree=False, runs=(RunExport(header, tuple(events)),))
 
