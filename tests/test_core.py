@@ -768,3 +768,20 @@ def test_a_cut_result_or_error_is_told_with_its_length() -> None:
         "shown, 4 were left out]",
     ]
     assert replay(d.log) == fold(d.log)  # the lengths are recorded and replay
+
+
+def test_a_log_whose_resume_took_ceilings_todays_rule_would_raise_still_replays() -> None:
+    # Before 2026-12-07 an extension below an unset ceiling's default lowered it (max_steps=1
+    # on a run at the default 25 recorded 1); such a log must still replay exactly.
+    d = Driver(Limits(max_steps=2))
+    d.start()
+    d.reply([("add", "{}")])
+    d.finish(d.state.calls[0].call_id)
+    d.reply([("add", "{}")])
+    d.finish(d.state.calls[0].call_id)
+    assert d.state.status is RunStatus.LIMIT_REACHED
+    as_then = Limits(max_steps=3, max_depth=0)  # max_depth unset (3): today it stays 3
+    d.send(Resume(now=d.now(), owner="o", recorded=as_then))
+    assert d.state.limits == as_then
+    assert replay(d.log) == fold(d.log)
+    assert Limits(max_steps=2).extended(as_then).depth_ceiling == 3  # what today's rule takes

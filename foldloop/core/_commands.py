@@ -147,3 +147,6 @@ class Resume(Command, frozen=True):
     owner: str
     extend: Limits | None = None
     gated: tuple[ApprovalTicket, ...] = ()
+    recorded: Limits | None = None
+    """The ceilings a resume in the log took (replay): kept as they are, whatever the rule
+    of raising them (``Limits.extended``) says today."""

@@ -173,7 +173,7 @@ def command_for(
             return Resume(
                 now=now,
                 owner=event.owner,
-                extend=event.extended_limits,
+                recorded=event.extended_limits,
                 gated=_tickets(following, ()),
             )
         case ApprovalDecided():
