@@ -549,8 +549,8 @@ def _check_never_started(parent: RunState, link: _Link) -> None:
         raise FoldloopError(
             f"run {parent.run_id!r} records its child run {ended.run_id!r} as {ended.status} "
             f"after {ended.steps} step(s), and this store holds no log of that child",
-            advice="verify the tree in the store it ran in, or bring it whole "
-            "(rt.export(root, tree=True), then import_jsonl)",
+            advice="verify the tree in the store it ran in, or bring it whole: import its "
+            "tree export (rt.export(root, tree=True)), again if an import was cut short",
         )
 
 
