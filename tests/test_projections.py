@@ -251,6 +251,10 @@ def test_attach_refuses_what_it_cannot_run(rt: fl.Runtime) -> None:
         rt.attach(Positions())
     with pytest.raises(fl.ConfigError, match="set of event types"):
         rt.subscribe(print, types="tool.completed")
+    with pytest.raises(fl.ConfigError, match=r"'run\.complete' is not an event type \(did you"):
+        rt.subscribe(print, types={"run.complete"})  # a typo would never fire
+    with pytest.raises(fl.ConfigError, match=r"'tool\.done' is not an event type"):
+        rt.attach(fl.projections.Projection("typo", initial=int, apply=max, types={"tool.done"}))
     count = rt.attach(
         fl.projections.Projection("count", initial=lambda: 0, apply=lambda n, r: n + 1)
     )

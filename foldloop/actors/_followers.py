@@ -18,7 +18,7 @@ from foldloop._log import get_logger
 from foldloop.actors._projection_actor import ProjectionActor, ProjectionHandle
 from foldloop.errors import ConfigError, StoreError
 from foldloop.events._recorded import Recorded
-from foldloop.projections._base import Projection, check_projection
+from foldloop.projections._base import Projection, check_event_types, check_projection
 from foldloop.store import EventStore
 
 __all__ = ["Followers"]
@@ -86,9 +86,7 @@ class Followers:
         """Call ``callback`` for each record committed from now on (of ``types``)."""
         if not callable(callback):
             raise ConfigError(f"subscribe() takes a callable; got {type(callback).__name__}")
-        if isinstance(types, str):
-            raise ConfigError(f"types must be a set of event types, e.g. {{{types!r}}}")
-        wanted = frozenset(types) if types is not None else None
+        wanted = check_event_types(types)
         return self._start(
             _Subscription(callback, wanted), self.store.last_position(), None, name=None
         )

@@ -9,12 +9,14 @@ restart continues exactly where the projection stopped.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
 from foldloop.errors import ConfigError
+from foldloop.events._codec import KNOWN_TAGS
 from foldloop.events._recorded import Recorded
 
 __all__ = ["Projection", "check_projection"]
@@ -114,4 +116,23 @@ def check_projection(projection: object) -> Projection[Any]:
         )
     if not isinstance(projection.version, int) or projection.version < 1:
         raise ConfigError(f"projection {name!r}: version must be an int >= 1")
+    check_event_types(projection.types)
     return projection
+
+
+def check_event_types(types: object) -> frozenset[str] | None:
+    """``types`` as a set of event type names this foldloop writes (None: every type); a
+    name it does not know (a typo would never match) is a ConfigError naming the closest."""
+    if types is None:
+        return None
+    if isinstance(types, str) or not isinstance(types, Iterable):
+        raise ConfigError(f"types must be a set of event types, e.g. {{{types!r}}}")
+    wanted = frozenset(types)
+    for name in sorted(wanted, key=str):
+        if name not in KNOWN_TAGS:
+            close = difflib.get_close_matches(str(name), KNOWN_TAGS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{name!r} is not an event type{hint}; the types are {sorted(KNOWN_TAGS)}"
+            )
+    return wanted
