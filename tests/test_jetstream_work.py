@@ -221,3 +221,40 @@ def test_waits_on_runs_a_closed_runtime_left_take_them_up_without_a_grace_each(
     with fl.Runtime.open(nats_url, agents=[fast], clock=lambda: later) as rt:
         results = [rt.handle(h.id).wait(timeout=20) for h in handles]
     assert [r.status for r in results] == [fl.RunStatus.COMPLETED] * 3, results
+
+
+def pays(ledger: list[str], where: str) -> fl.Agent:
+    """A gated payment; its tool says which runtime's agent object ran it."""
+
+    @fl.tool(name="pay")
+    def pay(cents: int) -> str:
+        """Pay (an effect that leaves the process)."""
+        ledger.append(where)
+        return "paid"
+
+    def plan(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        if not any(m.role == "tool" for m in messages):
+            return fl.Reply(tool_calls=[fl.ToolCall("pay", {"cents": 5})])
+        return fl.Reply(text=messages[-1].content)
+
+    return fl.Agent(
+        name="payer", llm=fl.ScriptedLLM(plan), tools=[pay], approvals=fl.RequireApproval({"pay"})
+    )
+
+
+def test_a_host_without_the_agent_approves_and_the_worker_runs_the_call(nats_url: str) -> None:
+    # A runtime opened without agents enqueues and approves; spawning registered the agent
+    # with it, so its approval ran the gated tool in the host, not in the worker (a probe).
+    ledger: list[str] = []
+    with (
+        fl.Runtime.open(nats_url) as host,
+        fl.Runtime.open(nats_url, agents=[pays(ledger, "worker")]) as worker,
+    ):
+        handle = host.spawn(pays(ledger, "host"), "go")
+        assert handle.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+        (pending,) = host.pending_approvals()
+        host.approve(run_id=handle.id, call_id=pending.call_id, by="alice")
+        result = handle.wait(timeout=30, through_approvals=True)
+        assert (result.status, result.output) == (fl.RunStatus.COMPLETED, "paid"), result
+        assert worker.state(handle.id).status is fl.RunStatus.COMPLETED
+    assert ledger == ["worker"]

@@ -157,8 +157,14 @@ class Commands:
         is durable. Their writes are under way together, so they share commits. Nothing is
         written when an input is refused; when a start fails (a run id in use, the runtime
         closing), the others written are still driven and SpawnError says which started
-        (the first failure itself when none did, or for a single input)."""
-        self._agents.register(agent)
+        (the first failure itself when none did, or for a single input). On a shared work
+        queue a runtime drives only the agents it was opened with: it enqueues the others'
+        runs for the runtimes that have them (here it would run their tools, an approval's
+        included, and take its queued runs up in a wait)."""
+        if self._shared is None:
+            self._agents.register(agent)
+        else:
+            self._agents.check(agent)
         ids = list(run_ids) if run_ids is not None else [None] * len(inputs)
         for index, (text, run_id) in enumerate(zip(inputs, ids, strict=True)):
             try:

@@ -22,6 +22,13 @@ class AgentRegistry:
 
     def register(self, agent: Agent) -> None:
         """Make ``agent`` known; another agent of the same name is refused."""
+        self.check(agent)
+        self._agents[agent.name] = agent
+        for sub in agent.agents:  # a child run is decided by its own agent, found by name
+            self.register(sub)
+
+    def check(self, agent: Agent) -> None:
+        """Refuse what ``register`` would refuse, registering nothing."""
         if not isinstance(agent, Agent):
             raise ConfigError(f"expected an fl.Agent, got {type(agent).__name__}")
         known = self._agents.get(agent.name)
@@ -31,9 +38,6 @@ class AgentRegistry:
                 advice="runs find their agent by name: give each agent, sub-agents "
                 "included, a name of its own (or pass the same Agent object)",
             )
-        self._agents[agent.name] = agent
-        for sub in agent.agents:  # a child run is decided by its own agent, found by name
-            self.register(sub)
 
     def named(self, name: str) -> Agent | None:
         """The agent registered under ``name`` (None if unknown)."""
