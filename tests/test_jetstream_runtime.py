@@ -532,3 +532,44 @@ def test_a_read_in_flight_when_the_store_closes_is_a_store_error(tmp_path: Path)
     finally:
         os.kill(pid, signal.SIGCONT)
         server.stop()
+
+
+def test_a_reply_or_result_too_big_for_the_servers_max_payload_is_handled_once(
+    tmp_path: Path,
+) -> None:
+    # With max_payload 64 KiB, a 200 KB reply's append was refused, the run interrupted and
+    # recovered every 2 s: the model called again and again (a probe). Now the reply fails
+    # the run at once, as on LMDB, and a tool result is cut to what the store can keep.
+    conf = tmp_path / "small.conf"
+    conf.write_text("max_payload: 65536\n")
+    server = start_server(tmp_path / "srv", extra=["-c", str(conf)])
+    calls: list[int] = []
+
+    def big(messages: object, tools: object) -> fl.Reply:
+        calls.append(1)
+        return fl.Reply(text="x" * 200_000)
+
+    @fl.tool(idempotent=True)
+    def dump() -> str:
+        """Return a lot."""
+        return "y" * 200_000
+
+    talker = fl.Agent(name="talker", llm=fl.ScriptedLLM(big))
+    dumper = fl.Agent(
+        name="dumper",
+        llm=fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("dump", {})]), fl.Reply(text="ok")]),
+        tools=[dump],
+    )
+    try:
+        with fl.Runtime.open(f"{server.url}/big", agents=[talker, dumper]) as rt:
+            assert rt.store.max_event_bytes < 65536
+            result = rt.spawn(talker, "go").wait(timeout=30)
+            assert result.status is fl.RunStatus.FAILED, result
+            assert "200,000 bytes, over the" in result.reason
+            assert calls == [1]
+            run = rt.spawn(dumper, "go")
+            assert run.wait(timeout=30).ok
+            (done,) = [r.event for r in rt.events(run.id) if r.type == "tool.completed"]
+            assert done.original_chars == 200_000 and len(done.result) < 65536
+    finally:
+        server.stop()

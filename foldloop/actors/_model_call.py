@@ -19,7 +19,7 @@ from foldloop.events._values import Usage
 from foldloop.llm import AsyncComplete, Reply
 from foldloop.store import MAX_EVENT_BYTES
 
-__all__ = ["MAX_REPLY_BYTES", "ModelCall"]
+__all__ = ["MAX_REPLY_BYTES", "ModelCall", "reply_bound"]
 
 log = get_logger(__name__)
 
@@ -28,9 +28,14 @@ MAX_COUNT = 2**53
 """Token counts past this are no provider's (and would not fit a stored integer)."""
 
 
-MAX_REPLY_BYTES = MAX_EVENT_BYTES - 64 * 1024
-"""A model reply's text and calls past this cannot fit one event (its envelope, usage and
-model name take the rest)."""
+def reply_bound(event_bytes: int) -> int:
+    """The most a model reply's text and calls may take where an event may take
+    ``event_bytes`` (its envelope, usage and model name take the rest)."""
+    return event_bytes - min(64 * 1024, event_bytes // 4)
+
+
+MAX_REPLY_BYTES = reply_bound(MAX_EVENT_BYTES)
+"""A model reply's text and calls past this cannot fit one event in any store."""
 
 
 def _reply_bytes(reply: Reply) -> int:
@@ -58,7 +63,7 @@ def _implausible(usage: Usage) -> str:
 class ModelCall:
     """One model call of a run: what it asks, and its answer as the command it becomes."""
 
-    __slots__ = ("agent", "clock", "effect", "messages", "run_id", "specs")
+    __slots__ = ("agent", "clock", "effect", "max_reply_bytes", "messages", "run_id", "specs")
 
     def __init__(
         self,
@@ -69,8 +74,11 @@ class ModelCall:
         specs: Sequence[ToolSpec],
         *,
         run_id: str,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
     ) -> None:
         self.run_id = run_id
+        self.max_reply_bytes = max_reply_bytes
+        """Past this a reply could not be stored (``reply_bound`` of the store's events)."""
         self.agent = agent
         self.clock = clock
         self.effect = effect
@@ -132,11 +140,11 @@ class ModelCall:
         model = reply.model or self.agent.llm.model
         size = _reply_bytes(reply)
         odd = _implausible(usage)
-        if size > MAX_REPLY_BYTES or odd:  # it could not be recorded, or would corrupt the run
+        bound = self.max_reply_bytes
+        if size > bound or odd:  # it could not be recorded, or would corrupt the run
             why = (
-                f"replied with {size:,} bytes, over the {MAX_REPLY_BYTES:,} bytes a reply may "
-                "take in the log"
-                if size > MAX_REPLY_BYTES
+                f"replied with {size:,} bytes, over the {bound:,} bytes a reply may take in the log"
+                if size > bound
                 else f"reported {odd}, which is not a usage to record"
             )
             error = ModelCallError(f"model {model!r} {why}", retryable=False)

@@ -26,7 +26,7 @@ from foldloop._approvals import approval_changes, issue_tickets
 from foldloop._log import get_logger
 from foldloop.actors._base import FAILURES
 from foldloop.actors._event_loop import EventLoop
-from foldloop.actors._model_call import ModelCall
+from foldloop.actors._model_call import ModelCall, reply_bound
 from foldloop.actors._model_calls import ModelCalls
 from foldloop.actors._queued import Cancellable, QueuedCall
 from foldloop.actors._timers import Timers
@@ -417,7 +417,13 @@ class RunActor:
         ``acomplete``, else on the model pool; the reply comes back as a message."""
         messages = MessageView(self.state.history, self.state.steps)
         asked = ModelCall(
-            self.agent, self.system.clock, effect, messages, self._specs, run_id=self.run_id
+            self.agent,
+            self.system.clock,
+            effect,
+            messages,
+            self._specs,
+            run_id=self.run_id,
+            max_reply_bytes=reply_bound(self.system.store.max_event_bytes),
         )
         if effect.delay_s <= 0 and self._inline:
             self._post(asked.sync())

@@ -161,7 +161,8 @@ class ActorSystem:
                 # one runner a tool, whichever agents list it: its concurrency bounds them all
                 runner = next((r for r in self._runners.values() if r.tool is tool), None)
                 if runner is None:
-                    runner = ToolRunner(tool, self.timers, self.clock, self.loop)
+                    bound = self.store.max_event_bytes
+                    runner = ToolRunner(tool, self.timers, self.clock, self.loop, bound)
                     self._tools[key] = ToolActor.start(runner)
                 self._runners[key] = runner
             return runner

@@ -20,10 +20,12 @@ import msgspec
 from foldloop._log import get_logger
 from foldloop.actors._base import FastActor
 from foldloop.actors._event_loop import EventLoop
+from foldloop.actors._model_call import reply_bound
 from foldloop.actors._queued import Cancellable, QueuedCall
 from foldloop.actors._timers import Timer, Timers
 from foldloop.actors._workers import Workers
 from foldloop.core._commands import ToolFinished
+from foldloop.store import MAX_EVENT_BYTES
 from foldloop.tools._decorator import Tool, ToolOutcome
 
 __all__ = [
@@ -104,9 +106,17 @@ class ToolRunner:
     """One tool's bounded pool and timeouts; ``dispatch`` may be called from any thread."""
 
     def __init__(
-        self, tool: Tool, timers: Timers, clock: Callable[[], int], loop: EventLoop
+        self,
+        tool: Tool,
+        timers: Timers,
+        clock: Callable[[], int],
+        loop: EventLoop,
+        event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         self.tool = tool
+        self.result_bytes = reply_bound(event_bytes) if event_bytes < MAX_EVENT_BYTES else None
+        """What a store whose events are smaller than usual (``event_bytes``) can keep of a
+        result, if less than any tool's own bound."""
         self.timers = timers
         self.clock = clock
         self.loop = loop
@@ -131,8 +141,15 @@ class ToolRunner:
             return None
 
     def finished(self, run_id: str, call_id: str, outcome: ToolOutcome) -> ToolFinished:
-        """The command that reports a call's own outcome, cut to the tool's bound."""
+        """The command that reports a call's own outcome, cut to the tool's bound (and to what
+        the store can keep)."""
         outcome = self.tool.bounded(outcome)
+        text = outcome.text
+        bound = self.result_bytes
+        if bound is not None and len(text) * 4 > bound and len(raw := text.encode()) > bound:
+            kept = raw[:bound].decode("utf-8", "ignore")
+            original = outcome.original_chars or len(text)
+            outcome = msgspec.structs.replace(outcome, text=kept, original_chars=original)
         if outcome.original_chars is not None:
             log.warning(
                 "tool_result_cut",

@@ -46,12 +46,12 @@ from foldloop.store._approvals import ApprovalChanges, ApprovalRecord
 from foldloop.store._checkpoints import Checkpoint
 from foldloop.store._framing import Lease
 from foldloop.store._nats_bridge import LoopThread, NatsPending
-from foldloop.store._nats_log import NatsLog, events_of
+from foldloop.store._nats_log import HEADROOM, NatsLog, events_of
 from foldloop.store._nats_names import NatsTarget, parse_nats_url, shown
 from foldloop.store._nats_setup import set_up
 from foldloop.store._nats_tables import NatsTables
 from foldloop.store._nats_work import NatsWork, NatsWorkItem
-from foldloop.store._payloads import Payload
+from foldloop.store._payloads import MAX_EVENT_BYTES, Payload
 from foldloop.store._port import (
     EventStore,
     Listener,
@@ -211,6 +211,12 @@ class JetStreamStore:
     @property
     def location(self) -> str:
         return self._t.url
+
+    @property
+    def max_event_bytes(self) -> int:
+        """Bounded by the server's ``max_payload`` too (what one message may carry)."""
+        payload = self._nc.max_payload if self._nc is not None else MAX_EVENT_BYTES
+        return min(MAX_EVENT_BYTES, payload - HEADROOM)
 
     # -- appends ---------------------------------------------------------------------------
 

@@ -145,6 +145,10 @@ class LmdbStore:
         return str(self.path)
 
     @property
+    def max_event_bytes(self) -> int:
+        return MAX_EVENT_BYTES
+
+    @property
     def map_size(self) -> int:
         """Current LMDB map size in bytes."""
         return self.mapped.map_size

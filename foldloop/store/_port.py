@@ -93,6 +93,12 @@ class EventStore(Protocol):
         """Where the store is (a path, a URL): what reopens it from another process."""
         ...
 
+    @property
+    def max_event_bytes(self) -> int:
+        """The most one encoded event may take here (``MAX_EVENT_BYTES``, or less where the
+        store's transport says so): a model reply or tool result past it cannot be kept."""
+        ...
+
     # -- appends ---------------------------------------------------------------------------
 
     def append(
