@@ -132,6 +132,7 @@ class RunActor:
         self._inline = bool(getattr(agent.llm, "instant", False))
         self._asks = async_form(agent.llm)
         self._specs = _offered(agent, state)
+        self._reply_bytes = reply_bound(system.store.max_event_bytes)  # what the store keeps
         self._cancelling = False
         """A cancel was told to this run and is not handled yet."""
         self._closing = False
@@ -423,7 +424,7 @@ class RunActor:
             messages,
             self._specs,
             run_id=self.run_id,
-            max_reply_bytes=reply_bound(self.system.store.max_event_bytes),
+            max_reply_bytes=self._reply_bytes,
         )
         if effect.delay_s <= 0 and self._inline:
             self._post(asked.sync())

@@ -150,3 +150,10 @@ class Resume(Command, frozen=True):
     recorded: Limits | None = None
     """The ceilings a resume in the log took (replay): kept as they are, whatever the rule
     of raising them (``Limits.extended``) says today."""
+
+    def limits_after(self, limits: Limits) -> Limits | None:
+        """The ceilings the run goes on with, from ``limits``: as recorded, else raised by
+        ``extend`` (None: unchanged)."""
+        if self.recorded is not None:
+            return self.recorded
+        return limits.extended(self.extend) if self.extend else None

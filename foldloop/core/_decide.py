@@ -420,9 +420,7 @@ def decide(state: RunState, command: Command) -> Decision:
                     f"run {state.run_id!r} is {state.status.value} and cannot be resumed"
                     + (f" ({state.reason})" if state.reason else "")
                 )
-            extended = command.recorded or (
-                state.limits.extended(command.extend) if command.extend else None
-            )
+            extended = command.limits_after(state.limits)
             b.emit(RunResumed(owner=command.owner, extended_limits=extended))
             _recover(b, command.gated)
         case _:
