@@ -23,6 +23,7 @@ from foldloop.errors import ApprovalError, ConcurrencyError, ConfigError, RunLoc
 from foldloop.events import RunCompleted, RunStarted, ToolCompleted
 from foldloop.events._recorded import Recorded
 from foldloop.store import (
+    MAX_EVENT_BYTES,
     ApprovalChanges,
     ApprovalRecord,
     Checkpoint,
@@ -130,6 +131,13 @@ class StoreContract:
         assert store.read("nope") == []
         assert store.run_ids() == ["r1", "r2"]
         assert store.verify_chain("r1") == 3
+
+    def test_an_event_as_large_as_the_store_says_it_keeps_is_kept(self, store: EventStore) -> None:
+        bound = store.max_event_bytes
+        assert 0 < bound <= MAX_EVENT_BYTES
+        text = "x" * (bound - 1024)  # the event's envelope takes the rest
+        (rec,) = self.append(store, "big", [RunStarted(agent="a", input=text)], 0)
+        assert store.read("big")[0].event == rec.event
 
     def test_reads_from_a_seq_and_to_a_seq(self, store: EventStore) -> None:
         for i in range(5):
