@@ -8,6 +8,7 @@ writes the decision through ``RunWrites`` and hands the run on (``drive``).
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -52,13 +53,15 @@ from foldloop.runtime._rules import (
 )
 from foldloop.runtime._trees import TreeWork
 from foldloop.runtime._writes import RunWrites, together
-from foldloop.store import EventStore, Pending, RemoteCancel, WorkQueue
+from foldloop.store import EventStore, Pending, RemoteCancel, WorkQueue, answer_by
 from foldloop.tools._decorator import bound_text
 
 __all__ = ["Commands"]
 
 log = get_logger("foldloop.runtime")
 
+LANDED_LOOK_S = 5.0
+"""How long a start whose write failed looks for it in the log before saying it failed."""
 SPAWNS_CLOSE_WAIT = 10.0
 """Seconds a close waits for the spawn calls under way to finish the starts they began."""
 
@@ -235,9 +238,10 @@ class Commands:
         its lease, this runtime's, is let go, for ``recover()`` or a wait to take it up."""
         if not isinstance(failure, StoreError):
             return False
-        try:
-            if self._store.head(start.run_id) == 0:
-                return False
+        try:  # the server may be away: the spawn's error is not held up by this look long
+            with answer_by(time.monotonic() + LANDED_LOOK_S):
+                if self._store.head(start.run_id) == 0:
+                    return False
         except FoldloopError:
             return False
         try:

@@ -45,7 +45,14 @@ from foldloop.runtime._transfer import Transfer
 from foldloop.runtime._waiting import Waiter
 from foldloop.runtime._work_taker import WorkTaker
 from foldloop.runtime._writes import RunWrites
-from foldloop.store import DEFAULT_MAP_SIZE, EventStore, RemoteCancel, WorkQueue, connect_store
+from foldloop.store import (
+    DEFAULT_MAP_SIZE,
+    EventStore,
+    RemoteCancel,
+    WorkQueue,
+    answer_by,
+    connect_store,
+)
 from foldloop.store._nats_names import shown
 
 __all__ = ["Runtime", "run_ops", "spawn_named"]
@@ -57,6 +64,8 @@ MAX_CLOSE_TIMEOUT_S = 86_400.0
 POLL_INTERVAL_S = (0.001, 3_600.0)
 """The shortest and longest ``poll_interval`` (decisions of other processes reach runs
 within it; shorter, the poller would take a core)."""
+POLL_READ_S = 5.0
+"""The longest the poller waits for a store's answer to one read (a close waits for it)."""
 FLUSH_WAIT_S = 5.0
 """Seconds ``close()`` waits for the runs' last writes to be stored before it gives up its
 runs all the same (a store that cannot store them in that time has failed)."""
@@ -410,24 +419,28 @@ class Runtime(OpenOnly, ClosedOnExit):
         """Every ``poll_interval``: decisions and expiries into runs, the ends of children
         driven elsewhere into their parents, other processes' commits to the projections."""
         while not self._stop_polling.wait(self._poll_interval):
-            try:
-                self._desk.carry_due()
-            except StoreError as exc:  # said already by what the host itself reads
-                log.warning("approval_poll_failed", error=str(exc))
-            except Exception:
-                log.exception("approval_poll_failed")
-            try:
-                self._commands.trees.follow_children()
-            except StoreError as exc:
-                log.warning("children_poll_failed", error=str(exc))
-            except Exception:
-                log.exception("children_poll_failed")
-            try:
-                self._followers.tick()
-            except StoreError as exc:
-                log.warning("projection_poll_failed", error=str(exc))
-            except Exception:
-                log.exception("projection_poll_failed")
+            with answer_by(time.monotonic() + POLL_READ_S):  # a server away: a close is near
+                self._poll_once()
+
+    def _poll_once(self) -> None:
+        try:
+            self._desk.carry_due()
+        except StoreError as exc:  # said already by what the host itself reads
+            log.warning("approval_poll_failed", error=str(exc))
+        except Exception:
+            log.exception("approval_poll_failed")
+        try:
+            self._commands.trees.follow_children()
+        except StoreError as exc:
+            log.warning("children_poll_failed", error=str(exc))
+        except Exception:
+            log.exception("children_poll_failed")
+        try:
+            self._followers.tick()
+        except StoreError as exc:
+            log.warning("projection_poll_failed", error=str(exc))
+        except Exception:
+            log.exception("projection_poll_failed")
 
     # -- reading -------------------------------------------------------------------------
 

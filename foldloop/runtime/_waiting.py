@@ -25,7 +25,7 @@ from foldloop.runtime._lifecycle import CLOSED, REOPEN
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._results import RunResult, result_of
 from foldloop.runtime._rules import check_seconds
-from foldloop.store import EventStore, WorkQueue
+from foldloop.store import EventStore, WorkQueue, answer_by
 
 __all__ = ["LEASE_RELEASE_GRACE", "Waiter"]
 
@@ -58,6 +58,8 @@ FOLLOW_LOOKS_PER_S = 2_000.0
 than ``FOLLOW_LOOKS_PER_S * FOLLOW_PAUSE_S``: a thousand threads waiting on runs driven
 elsewhere each look every 0.5 s, not every 20 ms (a look is a head read and a lease check,
 ~30 us: a thousand every 20 ms would take more than a core)."""
+CLOSED_UNDER_READ_S = 2.0
+"""How long a close waits for a server to answer a read of a run it leaves (for its wait)."""
 SHARED_RECOVERY_GRACE_S = 30.0
 """On a store with a shared work queue, how long a run nobody drives is followed before
 ``wait`` says it is interrupted: its runtime's owner key lapses and workers recover it."""
@@ -89,15 +91,23 @@ class Waiter:
     def closed_under(self, run_ids: list[str]) -> None:
         """(Closing, what the runs wrote stored, the store still open.) Wake the waits on
         the runs the runtime left: each gets its run as the log holds it, interrupted unless
-        the log says it ended (its last commit landed as the close began)."""
+        the log says it ended (its last commit landed as the close began). A store that
+        stops answering (a server away) is not read again: a wait given no state reads it
+        itself, and says what failed."""
+        answering = True
         for run_id in run_ids:
             settlement = self._system.settlement(run_id)
             if settlement is None or settlement.event.is_set():
                 continue
-            try:
-                state: RunState | None = self._queries.state(run_id)
-            except FoldloopError:  # the wait reads it, and says what failed
-                state = None
+            state: RunState | None = None
+            if answering:
+                try:
+                    with answer_by(time.monotonic() + CLOSED_UNDER_READ_S):
+                        state = self._queries.state(run_id)
+                except (StoreNotFound, StoreCorrupted):
+                    pass
+                except FoldloopError:
+                    answering = False
             settlement.state = state
             if state is None or not state.terminal:
                 settlement.interrupted = CLOSED_UNDER
@@ -120,7 +130,8 @@ class Waiter:
         check_seconds("timeout", timeout, MAX_WAIT_S, none=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            return self._wait(run_id, deadline, through_approvals, ending)
+            with answer_by(deadline):  # a server's outage: its reads give up with the wait
+                return self._wait(run_id, deadline, through_approvals, ending)
         except StoreError as exc:
             if self._system.closed and not isinstance(exc, (StoreNotFound, StoreCorrupted)):
                 raise ConfigError(CLOSED, advice=REOPEN) from exc  # say so, not the store

@@ -8,6 +8,7 @@ several processes, no server); ``connect_store`` also opens one on NATS JetStrea
 
 from __future__ import annotations
 
+from foldloop.store._answer_by import answer_by
 from foldloop.store._approvals import ApprovalChanges, ApprovalRecord
 from foldloop.store._checkpoints import Checkpoint
 from foldloop.store._framing import Lease
@@ -45,6 +46,7 @@ __all__ = [
     "Snapshot",
     "WorkItem",
     "WorkQueue",
+    "answer_by",
     "append_events",
     "connect_store",
     "encode_all",

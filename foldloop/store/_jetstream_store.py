@@ -42,6 +42,7 @@ from foldloop.errors import (
     StoreError,
 )
 from foldloop.events._recorded import AnyEvent, Recorded
+from foldloop.store._answer_by import read_timeout
 from foldloop.store._approvals import ApprovalChanges, ApprovalRecord
 from foldloop.store._checkpoints import Checkpoint
 from foldloop.store._framing import Lease
@@ -185,6 +186,11 @@ class JetStreamStore:
         self._check_open(coro)
         return self._loop.call(self._guarded(coro), CALL_TIMEOUT_S)
 
+    def _read(self, coro: Coroutine[Any, Any, T]) -> T:
+        """A read: given up at the caller's deadline (``answer_by``), if it has one."""
+        self._check_open(coro)
+        return self._loop.call(self._guarded(coro), read_timeout(CALL_TIMEOUT_S), read=True)
+
     def _write(
         self,
         coro: Coroutine[Any, Any, T],
@@ -315,10 +321,10 @@ class JetStreamStore:
     # -- reads -----------------------------------------------------------------------------
 
     def head(self, run_id: str) -> int:
-        return self._call(self._log.head(run_id))
+        return self._read(self._log.head(run_id))
 
     def read(self, run_id: str, from_seq: int = 1, to_seq: int | None = None) -> list[Recorded]:
-        return self._call(self._log.read(run_id, from_seq, to_seq))
+        return self._read(self._log.read(run_id, from_seq, to_seq))
 
     def read_events(self, run_id: str, from_seq: int = 1) -> tuple[list[AnyEvent], list[int]]:
         return events_of(self.read(run_id, from_seq))
@@ -335,7 +341,7 @@ class JetStreamStore:
         return {run_id: self.read_events(run_id, seq) for run_id, seq in starts.items()}
 
     def run_ids(self) -> list[str]:
-        return self._call(self._log.run_ids())
+        return self._read(self._log.run_ids())
 
     def verify_chain(self, run_id: str) -> int:
         """The run's seqs run 1, 2, ... in position order and every event decodes."""
@@ -346,10 +352,10 @@ class JetStreamStore:
         return len(records)
 
     def read_all(self, from_position: int = 1, limit: int | None = None) -> list[Recorded]:
-        return self._call(self._log.read_all(from_position, limit))
+        return self._read(self._log.read_all(from_position, limit))
 
     def last_position(self) -> int:
-        return self._call(self._log.last_position())
+        return self._read(self._log.last_position())
 
     def add_listener(self, fn: Listener) -> Callable[[], None]:
         self._listeners.append(fn)
@@ -378,16 +384,16 @@ class JetStreamStore:
         return self._write(self._tables.release_lease(run_id, lease.owner, lease.epoch))
 
     def lease(self, run_id: str) -> Lease | None:
-        return self._call(self._tables.lease(run_id))
+        return self._read(self._tables.lease(run_id))
 
     def leases(self) -> dict[str, Lease]:
-        return self._call(self._tables.leases())
+        return self._read(self._tables.leases())
 
     def hold_owner(self, owner: str) -> OwnerKey:
         return OwnerKey(self, owner)
 
     def owner_alive(self, owner: str) -> bool:
-        return self._call(self._tables.owner_alive(owner))
+        return self._read(self._tables.owner_alive(owner))
 
     # -- approvals -------------------------------------------------------------------------
 
@@ -403,19 +409,19 @@ class JetStreamStore:
         return self.decide_approval(record, approved=False, by="", note="", now=now)
 
     def approval(self, run_id: str, call_id: str) -> ApprovalRecord | None:
-        return self._call(self._tables.approval(run_id, call_id))
+        return self._read(self._tables.approval(run_id, call_id))
 
     def approval_by_token(self, token_digest: str) -> ApprovalRecord | None:
-        return self._call(self._tables.approval_by_token(token_digest))
+        return self._read(self._tables.approval_by_token(token_digest))
 
     def approvals(self) -> list[ApprovalRecord]:
-        return self._call(self._tables.approvals())
+        return self._read(self._tables.approvals())
 
     def open_approvals(self) -> list[ApprovalRecord]:
-        return self._call(self._tables.open_approvals())
+        return self._read(self._tables.open_approvals())
 
     def due_approvals(self, now: int) -> list[ApprovalRecord]:
-        return self._call(self._tables.open_approvals(due_by=now))
+        return self._read(self._tables.open_approvals(due_by=now))
 
     # -- snapshots and checkpoints ---------------------------------------------------------
 
@@ -434,7 +440,7 @@ class JetStreamStore:
         )
 
     def snapshot(self, run_id: str) -> Snapshot | None:
-        return self._call(self._tables.snapshot(run_id))
+        return self._read(self._tables.snapshot(run_id))
 
     def put_checkpoint(
         self, checkpoint: Checkpoint, *, advance: bool = True, durable: bool = False
@@ -445,10 +451,10 @@ class JetStreamStore:
         return self._write(self._tables.delete_checkpoint(name))
 
     def checkpoint(self, name: str) -> Checkpoint | None:
-        return self._call(self._tables.checkpoint(name))
+        return self._read(self._tables.checkpoint(name))
 
     def checkpoints(self) -> list[Checkpoint]:
-        return self._call(self._tables.checkpoints())
+        return self._read(self._tables.checkpoints())
 
     # -- the work queue --------------------------------------------------------------------
 

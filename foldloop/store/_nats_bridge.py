@@ -80,16 +80,20 @@ class LoopThread:
         """Run ``coro`` on the loop; its future."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        """Run ``coro`` on the loop and wait for its result."""
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float, *, read: bool = False) -> T:
+        """Run ``coro`` on the loop and wait for its result; a ``read`` not answered in
+        time is cancelled (nothing to leave landing behind the caller's back)."""
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("a JetStream store call was made on the store's own loop")
+        future = self.submit(coro)
         try:
-            return self.submit(coro).result(timeout)
+            return future.result(timeout)
         except concurrent.futures.TimeoutError:
+            if read:
+                future.cancel()
             raise StoreError(
-                f"the NATS server did not answer within {timeout} s; is it reachable?"
+                f"the NATS server did not answer within {timeout:.3g} s; is it reachable?"
             ) from None
         except concurrent.futures.CancelledError:  # the store's close cancels calls in flight
             raise StoreError("the store closed before the NATS server answered") from None
