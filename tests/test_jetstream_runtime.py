@@ -231,8 +231,17 @@ def test_clear_failures_at_open(nats_server: NatsServer, tmp_path: Path) -> None
         fl.Runtime.open(f"{nats_server.url}/x", map_size=1 << 30)
     with pytest.raises(StoreNotFound, match="no foldloop store"):
         fl.Runtime.open(f"{nats_server.url}/never-made", create=False)
-    with pytest.raises(ConfigError, match="is not a port"):
-        connect_store("nats://127.0.0.1:99999/x")
+    for bad_port in ("nats://127.0.0.1:99999/x", "nats://127.0.0.1:/x", "nats://[::1]:/x"):
+        with pytest.raises(ConfigError, match="is not a port"):
+            connect_store(bad_port)
+    for no_host in ("nats://:4222/x", f"{nats_server.url},,127.0.0.1:1/x"):
+        with pytest.raises(ConfigError, match="without a host"):
+            connect_store(no_host)
+    with pytest.raises(ConfigError, match="is not a URL"):
+        connect_store("nats://[]:4222/x")
+    upper = "NATS" + nats_server.url[4:]  # a scheme is case-insensitive
+    with fl.Runtime.open(f"{upper}/x") as rt:
+        assert rt.store.location == f"{nats_server.url}/x"
     for mistyped in ("nat://127.0.0.1:4222/x", "http://127.0.0.1:4222/x"):
         with pytest.raises(ConfigError, match="a URL no store is at"):
             fl.Runtime.open(mistyped)

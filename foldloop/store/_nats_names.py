@@ -101,7 +101,7 @@ class NatsTarget(msgspec.Struct, frozen=True, kw_only=True):
 
 def is_nats_url(location: object) -> bool:
     """True for a store location that names NATS servers rather than a directory."""
-    return isinstance(location, str) and location.startswith(("nats://", "tls://"))
+    return isinstance(location, str) and location[:7].lower().startswith(("nats://", "tls://"))
 
 
 def is_other_url(location: object) -> bool:
@@ -115,23 +115,20 @@ def is_other_url(location: object) -> bool:
 
 def parse_nats_url(url: str) -> NatsTarget:
     """Servers, namespace and replicas of a store URL (ConfigError saying what is wrong)."""
-    parts = urlsplit(url)
-    hosts = [h for h in parts.netloc.split(",") if h]
+    scheme, sep, rest = url.partition("://")
+    url = scheme.lower() + sep + rest  # a scheme is case-insensitive (RFC 3986)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # a bracketed host that is no IPv6 address, say
+        raise ConfigError(f"store URL {shown(url)!r} is not a URL ({exc})") from None
+    hosts = parts.netloc.split(",") if parts.netloc else []
     if not hosts:
         raise ConfigError(
             f"no server in store URL {shown(url)!r}; write nats://HOST:PORT (several "
             "comma-separated)"
         )
     for host in hosts:
-        address = host.rpartition("@")[2]  # past any user:password@
-        if address.startswith("["):  # [IPv6]:port
-            port = address.partition("]:")[2]
-        else:
-            port = address.rpartition(":")[2] if ":" in address else ""
-        if port and not (port.isdigit() and 0 < int(port) < 65536):
-            raise ConfigError(
-                f"the port {port!r} in store URL {shown(url)!r} is not a port (1-65535)"
-            )
+        _check_server(host, url)
     namespace = parts.path.strip("/") or "foldloop"
     if not _NAMESPACE.fullmatch(namespace):
         raise ConfigError(
@@ -172,6 +169,27 @@ def parse_nats_url(url: str) -> NatsTarget:
         namespace=namespace,
         replicas=int(replicas_text),
     )
+
+
+def _check_server(host: str, url: str) -> None:
+    """One HOST[:PORT] of a store URL's server list (ConfigError saying what is wrong)."""
+    address = host.rpartition("@")[2]  # past any user:password@
+    if address.startswith("["):  # [IPv6]:port
+        name, _, port = address.partition("]:")
+        name, has_port = name + "]", ":" in address.rpartition("]")[2]
+    else:
+        name, colon, port = address.rpartition(":") if ":" in address else (address, "", "")
+        has_port = bool(colon)
+    if not name or name == "[]":
+        raise ConfigError(
+            f"a server without a host in store URL {shown(url)!r}; write nats://HOST:PORT "
+            "(several comma-separated, none empty)"
+        )
+    if has_port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(
+            f"the port {port!r} in store URL {shown(url)!r} is not a port (1-65535); write "
+            "HOST:PORT, or HOST alone for 4222"
+        )
 
 
 def shown(url: str) -> str:
