@@ -8,6 +8,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -16,8 +17,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from foldloop.actors._event_loop import EventLoop
 from foldloop.actors._mailboxes import Mailboxes
-from foldloop.actors._shard import Activate, Continue, Deliver, Shard
+from foldloop.actors._own_threads import outcome_in_hand
+from foldloop.actors._shard import Activate, Barrier, Continue, Deliver, Shard
 from foldloop.actors._timers import Timers
+from foldloop.actors._workers import Workers
 from tests.log_capture import capture_logs
 from tests.waiting import wait_until
 
@@ -142,19 +145,30 @@ class _Run:
         pass
 
 
+def started_shard(
+    on_deactivated: Callable[[Any], None] = lambda run: None,
+    on_dropped: Callable[[str, list[Any]], None] = lambda run_id, left: None,
+) -> Shard:
+    shard = Shard(on_deactivated, on_dropped)
+    shard.start_here()
+    return shard
+
+
 def test_a_shard_hands_each_run_its_messages_one_at_a_time_in_order() -> None:
-    # Twenty runs on two shards, each told 60 messages from four threads at once; some
-    # messages wait (as on a durable commit) and resume from yet another thread.
-    shards = [Shard.start(lambda run: None, lambda run_id, left: None) for _ in range(2)]
+    # Twenty runs on two shards, each told 60 messages from four threads at once, two of
+    # them pool threads that may handle their message themselves; some messages wait (as on
+    # a durable commit) and resume from yet another thread, a pool thread too.
+    shards = [started_shard() for _ in range(2)]
     try:
 
         def resume(run_id: str, then: Callable[[], bool]) -> None:
-            shards[int(run_id[1:]) % 2].tell(Continue(by_id[run_id], then))
+            with outcome_in_hand():
+                shards[int(run_id[1:]) % 2].post(Continue(by_id[run_id], then))
 
         runs = [_Run(f"r{i}", resume) for i in range(20)]
         by_id = {run.run_id: run for run in runs}
         for i, run in enumerate(runs):
-            shards[i % 2].tell(Activate(run))
+            shards[i % 2].post(Activate(run))
         sent: dict[str, list[int]] = {run.run_id: [] for run in runs}
         lock = threading.Lock()
 
@@ -165,7 +179,11 @@ def test_a_shard_hands_each_run_its_messages_one_at_a_time_in_order() -> None:
                 with lock:  # the order a run's messages are told in is the order to keep
                     message = seed * 1000 + n
                     sent[run.run_id].append(message)
-                    shards[int(run.run_id[1:]) % 2].tell(Deliver(run.run_id, message))
+                    if seed % 2:
+                        with outcome_in_hand():
+                            shards[int(run.run_id[1:]) % 2].post(Deliver(run.run_id, message))
+                    else:
+                        shards[int(run.run_id[1:]) % 2].post(Deliver(run.run_id, message))
 
         threads = [threading.Thread(target=teller, args=(s,)) for s in range(4)]
         for t in threads:
@@ -183,7 +201,7 @@ def test_a_shard_hands_each_run_its_messages_one_at_a_time_in_order() -> None:
         assert max(r.most_inside for r in runs) == 1
     finally:
         for shard in shards:
-            shard.stop()
+            shard.actor_ref.stop()
 
 
 class _Ending(_Run):
@@ -202,26 +220,75 @@ class _Ending(_Run):
 def test_a_shard_reports_what_a_run_leaves_unhandled_and_keeps_activations_apart() -> None:
     left: list[object] = []
     dropped: list[tuple[str, list[object]]] = []
-    shard = Shard.start(left.append, lambda run_id, messages: dropped.append((run_id, messages)))
+    shard = started_shard(left.append, lambda run_id, messages: dropped.append((run_id, messages)))
     try:
         first = _Ending("r1", lambda run_id, then: None)
-        shard.tell(Activate(first))
+        shard.post(Activate(first))
         for message in ("wait", 1, "end", 2):  # 1, "end", 2 queue behind the wait
-            shard.tell(Deliver("r1", message))
-        shard.tell(Continue(first, lambda: True))  # the wait is over: 1, then the end
-        shard.tell(Deliver("r1", 3))  # arrives once the run is gone
+            shard.post(Deliver("r1", message))
+        shard.post(Continue(first, lambda: True))  # the wait is over: 1, then the end
+        shard.post(Deliver("r1", 3))  # arrives once the run is gone
         wait_until(lambda: len(dropped) == 2, 5, "the unhandled messages to be reported")
         assert left == [first]
         assert dropped == [("r1", [2]), ("r1", [3])]
         assert first.handled == [1]
         second = _Ending("r1", lambda run_id, then: None)  # the same run, activated again
-        shard.tell(Activate(second))
-        shard.tell(Continue(first, lambda: first.handled.append(99) or True))  # stale
-        shard.tell(Deliver("r1", 4))
+        shard.post(Activate(second))
+        shard.post(Continue(first, lambda: first.handled.append(99) or True))  # stale
+        shard.post(Deliver("r1", 4))
         wait_until(lambda: second.handled == [4], 5, "the new activation to get its message")
         assert first.handled == [1]  # the old activation's continuation was not run
     finally:
-        shard.stop()
+        shard.actor_ref.stop()
+
+
+class _Where(_Ending):
+    """A hosted run that notes the thread handling each message; ``"block"`` holds the
+    handling thread until ``release`` is set."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id, lambda run_id, then: None)
+        self.threads: list[str] = []
+        self.blocking = threading.Event()
+        self.release = threading.Event()
+
+    def receive(self, message: object) -> bool:
+        self.threads.append(threading.current_thread().name)
+        if message == "block":
+            self.blocking.set()
+            assert self.release.wait(10)
+        return super().receive(message)
+
+
+def test_a_pool_thread_handles_its_message_itself_only_when_the_shard_is_idle() -> None:
+    shard = started_shard()
+    run = _Where("r1")
+    shard.post(Activate(run))
+    shard.actor_ref.ask(Barrier(), timeout=10)  # the activation handled: the shard idle
+    posted: list[str] = []
+
+    def from_a_pool_thread(message: object) -> None:
+        with outcome_in_hand():
+            shard.post(Deliver("r1", message))
+        posted.append(threading.current_thread().name)
+
+    try:
+        idle = threading.Thread(target=from_a_pool_thread, args=(1,), name="pool-a")
+        idle.start()
+        idle.join(10)
+        assert run.threads == ["pool-a"]  # handled on the posting thread, before post returned
+        shard.post(Deliver("r1", "block"))  # the shard's own thread holds this one
+        assert run.blocking.wait(10)
+        busy = threading.Thread(target=from_a_pool_thread, args=(2,), name="pool-b")
+        busy.start()
+        busy.join(10)
+        assert posted == ["pool-a", "pool-b"] and run.handled == [1]  # 2 waits its turn
+        run.release.set()
+        wait_until(lambda: run.handled == [1, "block", 2], 10, "the queued message")
+        assert run.threads[1] == run.threads[2] != "pool-b"  # on the shard's own thread
+    finally:
+        run.release.set()
+        shard.actor_ref.stop()
 
 
 class _Scripted:
@@ -428,3 +495,62 @@ def test_a_closed_loop_refuses_new_calls() -> None:
     with pytest.raises(RuntimeError, match="closed"):
         loop.start(coro)
     assert coro.cr_frame is None  # closed, not left to warn "never awaited"
+
+
+def test_a_job_a_pool_thread_submits_runs_next_on_it_unless_another_waits() -> None:
+    pool = Workers(2, "slot")
+    ran: list[tuple[str, str]] = []
+    done = threading.Event()
+
+    def note(what: str) -> None:
+        ran.append((what, threading.current_thread().name))
+
+    def second() -> None:
+        note("second")
+        done.set()
+
+    def first() -> None:
+        note("first")
+        with outcome_in_hand():
+            pool.submit(second)
+        time.sleep(0.05)  # a second thread would start the second job meanwhile
+        note("first ends")
+
+    pool.submit(first)
+    assert done.wait(10)
+    assert [what for what, _ in ran] == ["first", "first ends", "second"]
+    assert len({thread for _, thread in ran}) == 1
+
+    # A job's own submissions otherwise go to another thread: it may wait for them.
+    waited = threading.Event()
+
+    def waits_for_its_own() -> None:
+        inner = threading.Event()
+        pool.submit(inner.set)
+        if inner.wait(10):
+            waited.set()
+
+    pool.submit(waits_for_its_own)
+    assert waited.wait(15)
+    pool.shutdown()
+
+    # With a job waiting for a thread, the submitted one goes behind it (first come).
+    pool = Workers(1, "fifo")
+    ran.clear()
+    release = threading.Event()
+    both = threading.Barrier(2)
+
+    def its_own() -> None:
+        note("its own")
+        both.wait(10)
+
+    def holding() -> None:
+        release.wait(10)
+        pool.submit(its_own)
+
+    pool.submit(holding)
+    pool.submit(lambda: note("waited first"))
+    release.set()
+    both.wait(10)
+    assert [what for what, _ in ran] == ["waited first", "its own"]
+    pool.shutdown()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from foldloop._log import get_logger
 from foldloop.actors._event_loop import EventLoop
 from foldloop.actors._model_call import ModelCall
+from foldloop.actors._own_threads import outcome_in_hand
 from foldloop.actors._queued import Cancellable, QueuedCall
 from foldloop.actors._workers import Workers
 from foldloop.core._commands import Command
@@ -72,7 +73,9 @@ class ModelCalls:
         def call() -> None:
             try:
                 if queued.start():  # not cancelled (or held) while it waited for a thread
-                    reply(asked.sync())
+                    replied = asked.sync()
+                    with outcome_in_hand():
+                        reply(replied)
             finally:
                 self._leave()
 

@@ -4,9 +4,11 @@ not wait for the runtime to finish what that very thread is doing."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
-__all__ = ["mark_own_thread", "on_own_thread"]
+__all__ = ["mark_own_thread", "may_drive", "on_own_thread", "outcome_in_hand"]
 
 _marks = threading.local()
 
@@ -19,3 +21,20 @@ def mark_own_thread() -> None:
 def on_own_thread() -> bool:
     """True on a thread a runtime started for its work."""
     return bool(getattr(_marks, "own", False))
+
+
+@contextlib.contextmanager
+def outcome_in_hand() -> Iterator[None]:
+    """The calling pool thread's job is done but for handing its outcome on (a tool's, a
+    model's reply): meanwhile it may handle the message it posts itself (``Shard.post``) and
+    takes the job that step submits to its pool next (``Workers.submit``)."""
+    _marks.driver = True
+    try:
+        yield
+    finally:
+        _marks.driver = False
+
+
+def may_drive() -> bool:
+    """True inside ``outcome_in_hand``."""
+    return bool(getattr(_marks, "driver", False))

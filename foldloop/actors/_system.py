@@ -111,7 +111,7 @@ class ActorSystem:
         self.loop = EventLoop()
         """Where async model calls and async tools are awaited."""
         self.models = ModelCalls(max_model_calls, self.loop)
-        self._shards: list[pykka.ActorRef[Any]] = []
+        self._shards: list[Shard] = []
         self._models_seen: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         """Models that ran here (their connections close with the loop); one dropped by its
         host is forgotten with it."""
@@ -119,7 +119,7 @@ class ActorSystem:
         self._handed = threading.Condition(self._lock)  # a claim went, or became an actor
         self._actors: dict[str, RunActor] = {}
         """The actor of each run active here."""
-        self._placed: dict[str, pykka.ActorRef[Any]] = {}
+        self._placed: dict[str, Shard] = {}
         """The shard each active run is on."""
         self._claims: set[str] = set()
         """Runs one thread of this runtime has taken (the lease is per runtime, so it alone
@@ -256,8 +256,8 @@ class ActorSystem:
                 if any(type(message) is Cancel for message in came):
                     actor.cancel_requested()  # before the decision runs: it starts nothing new
                 # told under the lock: a tell that sees the run placed queues behind these
-                shard.tell(Activate(actor))
-                shard.tell(Deliver(run_id, decision))
+                shard.post(Activate(actor), inline=False)
+                shard.post(Deliver(run_id, decision), inline=False)
             except BaseException:
                 self._drop_claim(run_id)
                 raise
@@ -267,7 +267,7 @@ class ActorSystem:
             self._parked.pop(run_id, None)
             self._taking_up.pop(run_id, None)
             for message in came:
-                shard.tell(Deliver(run_id, message))
+                shard.post(Deliver(run_id, message), inline=False)
             self._actors[run_id] = actor
             if state.parent_call_id:
                 self._children.add(run_id)
@@ -276,12 +276,12 @@ class ActorSystem:
             self._placed[run_id] = shard
             self._handed.notify_all()
 
-    def _shard_of(self, run_id: str) -> pykka.ActorRef[Any]:
+    def _shard_of(self, run_id: str) -> Shard:
         """(Lock held.) The shard a run is placed on, by its id (shards start on first use)."""
         if not self._shards:
-            self._shards = [
-                Shard(self._deactivated, self._dropped).start_here() for _ in range(SHARDS)
-            ]
+            self._shards = [Shard(self._deactivated, self._dropped) for _ in range(SHARDS)]
+            for shard in self._shards:
+                shard.start_here()
         return self._shards[zlib.crc32(run_id.encode()) % len(self._shards)]
 
     def tell(self, run_id: str, message: Any, *, take_up: bool = True) -> bool:
@@ -310,7 +310,7 @@ class ActorSystem:
         if shard is None:
             return False
         try:
-            shard.tell(Deliver(run_id, message))
+            shard.post(Deliver(run_id, message))
         except pykka.ActorDeadError:  # closing
             return False
         return True
@@ -375,7 +375,7 @@ class ActorSystem:
             shard = self._placed.get(actor.run_id)
         if shard is not None:
             with contextlib.suppress(pykka.ActorDeadError):
-                shard.tell(Continue(actor, then))
+                shard.post(Continue(actor, then))
 
     def _deactivated(self, run: Any) -> None:
         """A shard let ``run`` go. A run that settled or failed has said so already; one that
@@ -562,8 +562,8 @@ class ActorSystem:
         with self._lock:
             self._closed = True
             actors = list(self._actors.values())
-            shards = list(self._shards)
-        drain(actors, shards, deadline)
+            refs = [shard.actor_ref for shard in self._shards]
+        drain(actors, refs, deadline)
         with self._lock:
             shards, self._shards = self._shards, []
             active = [*self._actors, *self._parked, *self._taking_up]
@@ -571,7 +571,7 @@ class ActorSystem:
             gates = list(self._gates.values())
         for shard in shards:  # each queues what its runs hold back, as it stops
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                shard.stop(block=True, timeout=5)
+                shard.actor_ref.stop(block=True, timeout=5)
         for ref in tools:
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 ref.stop(block=True, timeout=5)

@@ -21,6 +21,7 @@ from foldloop._log import get_logger
 from foldloop.actors._base import FastActor
 from foldloop.actors._event_loop import EventLoop
 from foldloop.actors._model_call import reply_bound
+from foldloop.actors._own_threads import outcome_in_hand
 from foldloop.actors._queued import Cancellable, QueuedCall
 from foldloop.actors._timers import Timer, Timers
 from foldloop.actors._workers import Workers
@@ -254,7 +255,9 @@ class ToolRunner:
             if not late.claim():  # it timed out: its lent thread is taken back
                 self.pool.reclaim()
             if once.claim():
-                report(self.finished(call.run_id, call.call_id, outcome))
+                finished = self.finished(call.run_id, call.call_id, outcome)
+                with outcome_in_hand():
+                    report(finished)
             else:
                 log.info("tool_result_late", run_id=call.run_id, call_id=call.call_id)
 

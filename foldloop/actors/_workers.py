@@ -13,11 +13,14 @@ from collections.abc import Callable
 
 from foldloop._log import get_logger
 from foldloop.actors._base import FAILURES
-from foldloop.actors._own_threads import mark_own_thread
+from foldloop.actors._own_threads import mark_own_thread, may_drive
 
 __all__ = ["Workers"]
 
 log = get_logger(__name__)
+
+_current = threading.local()
+"""``pool``: the Workers the current thread works for; ``slot``: the job it runs next."""
 
 
 class Workers:
@@ -38,12 +41,29 @@ class Workers:
         self._closed = False
 
     def submit(self, job: Callable[[], object]) -> None:
-        """Queue ``job``; start a thread if every running one is busy and the bound allows."""
+        """Queue ``job``; start a thread if every running one is busy and the bound allows.
+        A job one of this pool's threads submits as it hands its own job's outcome on
+        (``outcome_in_hand``), while no other job waits, is that thread's next (as Tokio's
+        LIFO slot): the run step that outcome drove asks for the next call, and the thread
+        about to be free makes it, with no hand-over."""
+        mine = may_drive() and getattr(_current, "pool", None) is self and _current.slot is None
         with self._lock:
             if self._closed:
                 return
+            if mine and not self._pending:
+                self._unfinished += 1
+                _current.slot = job
+                return
             self._pending += 1
             self._unfinished += 1
+            index = self._grow()
+        self._queue.put(job)
+        self._start(index)
+
+    def _requeue(self, job: Callable[[], object]) -> None:
+        """Queue a job already counted unfinished (a slot's whose thread ends)."""
+        with self._lock:
+            self._pending += 1
             index = self._grow()
         self._queue.put(job)
         self._start(index)
@@ -97,6 +117,7 @@ class Workers:
 
     def _work(self) -> None:
         mark_own_thread()
+        _current.pool, _current.slot = self, None
         while True:
             with self._lock:
                 self._idle += 1
@@ -117,17 +138,23 @@ class Workers:
                 closed = self._closed
             if job is None or closed:
                 return
-            try:
-                job()
-            except FAILURES:
-                log.exception("worker_job_failed", pool=self._name)
-            finally:
+            while job is not None:
+                try:
+                    job()
+                except FAILURES:
+                    log.exception("worker_job_failed", pool=self._name)
+                job, _current.slot = _current.slot, None
                 with self._lock:
+                    if job is not None and self._closed:
+                        self._unfinished -= 1  # dropped, as a queued one is
+                        job = None
                     self._unfinished -= 1
                     if not self._unfinished:
                         self._finished.notify_all()
                     above = self._threads > self._limit  # a lent thread given back
                     if above:
                         self._threads -= 1
-            if above:
-                return
+                if above:
+                    if job is not None:  # its thread ends: the job goes to another
+                        self._requeue(job)
+                    return

@@ -205,8 +205,8 @@ class Runtime(OpenOnly, ClosedOnExit):
 
         ``clock`` returns unix ns (inject one in tests); ``snapshot_every`` bounds how many
         events a resume folds; ``on_state`` observes every state a run actor reaches, on
-        the run's shard as its events are appended (a durable append may still be committing:
-        keep it quick and read the log for what is stored);
+        the thread handling the run's message as its events are appended (a durable append
+        may still be committing: keep it quick and read the log for what is stored);
         ``create=False`` refuses to create a missing store (read-only tools use it);
         ``max_model_calls`` caps the model calls in flight at once, async and sync together
         (a provider's rate limit; None: as many as runs ask for);
