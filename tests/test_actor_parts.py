@@ -554,3 +554,54 @@ def test_a_job_a_pool_thread_submits_runs_next_on_it_unless_another_waits() -> N
     both.wait(10)
     assert [what for what, _ in ran] == ["waited first", "its own"]
     pool.shutdown()
+
+
+class _Noting(_Ending):
+    """A hosted run that calls ``on_message(self, message)`` as it handles each one."""
+
+    def __init__(self, run_id: str, on_message: Callable[[_Noting, object], None]) -> None:
+        super().__init__(run_id, lambda run_id, then: None)
+        self.on_message = on_message
+        self.post: Callable[[object], None] = lambda message: None
+
+    def receive(self, message: object) -> bool:
+        self.on_message(self, message)
+        return super().receive(message)
+
+    def activated(self, post: Callable[[object], None]) -> None:
+        self.post = post
+
+
+def test_what_a_pool_thread_posts_as_it_handles_goes_behind_what_others_posted_meanwhile() -> None:
+    dropped: list[tuple[str, list[Any]]] = []
+    shard = started_shard(on_dropped=lambda run_id, left: dropped.append((run_id, left)))
+    other = _Noting("b", lambda run, message: None)
+
+    def on_lone(run: _Noting, message: object) -> None:
+        if message == "outcome":
+            # another thread places run b meanwhile (a parent taken up), then this step
+            # tells b something (a child's end): it must come after b's activation
+            placing = threading.Thread(
+                target=lambda: (
+                    shard.post(Activate(other), inline=False),
+                    shard.post(Deliver("b", "decision"), inline=False),
+                )
+            )
+            placing.start()
+            placing.join(10)
+            shard.post(Deliver("b", "told"))
+            # the run's own next message (an instant model's reply) after one told to it
+            shard.post(Deliver("a", "told"))
+            run.post("own")
+
+    lone = _Noting("a", on_lone)
+    shard.post(Activate(lone))
+    shard.actor_ref.ask(Barrier(), timeout=10)
+    try:
+        with outcome_in_hand():
+            shard.post(Deliver("a", "outcome"))
+        wait_until(lambda: len(other.handled) == 2 and len(lone.handled) == 3, 10, "all")
+        assert other.handled == ["decision", "told"] and not dropped
+        assert lone.handled == ["outcome", "told", "own"]
+    finally:
+        shard.actor_ref.stop()

@@ -1,6 +1,8 @@
 """Which threads are a runtime's own (its shards, pools and event loop): host code the
 runtime calls (a tool, a callback) runs on them, and a ``close()`` called from there must
-not wait for the runtime to finish what that very thread is doing."""
+not wait for the runtime to finish what that very thread is doing. And whether a pool
+thread is handing its job's outcome on (``outcome_in_hand``): then it may go on with the
+step that outcome starts."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-__all__ = ["mark_own_thread", "may_drive", "on_own_thread", "outcome_in_hand"]
+__all__ = ["holding_outcome", "mark_own_thread", "on_own_thread", "outcome_in_hand"]
 
 _marks = threading.local()
 
@@ -28,13 +30,13 @@ def outcome_in_hand() -> Iterator[None]:
     """The calling pool thread's job is done but for handing its outcome on (a tool's, a
     model's reply): meanwhile it may handle the message it posts itself (``Shard.post``) and
     takes the job that step submits to its pool next (``Workers.submit``)."""
-    _marks.driver = True
+    _marks.outcome = True
     try:
         yield
     finally:
-        _marks.driver = False
+        _marks.outcome = False
 
 
-def may_drive() -> bool:
+def holding_outcome() -> bool:
     """True inside ``outcome_in_hand``."""
-    return bool(getattr(_marks, "driver", False))
+    return bool(getattr(_marks, "outcome", False))

@@ -22,7 +22,7 @@ import msgspec
 from foldloop._log import get_logger
 from foldloop.actors._base import FAILURES, FastActor
 from foldloop.actors._mailboxes import Mailboxes
-from foldloop.actors._own_threads import may_drive
+from foldloop.actors._own_threads import holding_outcome
 
 __all__ = ["Activate", "Barrier", "Continue", "Deliver", "Hosted", "Shard"]
 
@@ -103,7 +103,7 @@ class Shard(FastActor):
     free, and the run's next step costs no hand-over. (With other runs active their steps
     share commits on the shard's thread; handled on pool threads, each would commit alone:
     2-4x the fsyncs at 1,000 runs.) One thread at a time handles the shard's messages
-    (``_driving``); what a pool thread handling one posts meanwhile (a commit it led landed)
+    (``_lock``); what a pool thread handling one posts meanwhile (a commit it led landed)
     follows it.
     """
 
@@ -117,31 +117,35 @@ class Shard(FastActor):
         self._mailboxes: Mailboxes[str, Any] = Mailboxes()
         self._on_deactivated = on_deactivated
         self._on_dropped = on_dropped
-        self._driving = threading.Lock()
-        """Held by the thread handling the shard's messages."""
+        self._lock = threading.Lock()
+        """Held by the thread handling the shard's messages (its own, or one handing its
+        outcome on)."""
         self._counting = threading.Lock()
         self._posted = 0
         """Messages put in the inbox (under ``_counting``)."""
         self._taken = 0
-        """Of them, handled (under ``_driving``): all of them when equal."""
+        """Of them, handled (under ``_lock``): all of them when equal."""
         self._after: collections.deque[Any] = collections.deque()
         """What the thread handling a message posted meanwhile: handled next, by it."""
         self._stopped = False
 
     def post(self, message: Any, *, inline: bool = True) -> None:
         """(Any thread.) Hand the shard ``message`` (``Activate``, ``Deliver``, ``Continue``);
-        raises ``pykka.ActorDeadError`` once it stopped. ``inline=False``: never handled on
-        the calling thread (it holds a lock the handling may take)."""
+        raises ``pykka.ActorDeadError`` once it stopped. ``inline=False``: a thread handing
+        its outcome on does not handle it itself (it holds a lock the handling may take)."""
         if getattr(_handling, "shard", None) is self:
-            self._after.append(message)
+            if self._posted == self._taken:  # nothing another thread posted waits before it
+                self._after.append(message)
+            else:
+                self._enqueue(message)
             return
-        if inline and len(self._runs) == 1 and may_drive() and self._driving.acquire(False):
+        if inline and len(self._runs) == 1 and holding_outcome() and self._lock.acquire(False):
             try:
-                if self._posted == self._taken and not self._stopped:
+                if self._posted == self._taken and len(self._runs) == 1 and not self._stopped:
                     self._handle_here(message)
                     return
             finally:
-                self._driving.release()
+                self._lock.release()
         self._enqueue(message)
 
     def _enqueue(self, message: Any) -> None:
@@ -150,13 +154,13 @@ class Shard(FastActor):
         self.actor_ref.tell(message)
 
     def on_receive(self, message: Any) -> None:
-        with self._driving:
+        with self._lock:
             if type(message) is not Barrier:  # asked, not posted: its answer is all it is for
                 self._taken += 1
                 self._receive(message)
 
     def _handle_here(self, message: Any) -> None:
-        """(``_driving`` held, a pool thread.) Handle ``message``, then what was posted
+        """(``_lock`` held, a pool thread.) Handle ``message``, then what was posted
         meanwhile."""
         _handling.shard = self
         try:
@@ -194,7 +198,8 @@ class Shard(FastActor):
         run = ref()
         if run is None:  # only the run holds this: gone, it cannot be posting
             return
-        if self._runs.get(run.run_id) is run and self._posted == self._taken:
+        waiting = self._posted != self._taken or self._after
+        if self._runs.get(run.run_id) is run and not waiting:
             first = self._mailboxes.post(run.run_id, message)
             if first is not None:  # the run was idle (not while it handles a message)
                 self._go(run, _receiving(run, first))
@@ -232,7 +237,7 @@ class Shard(FastActor):
             self._on_dropped(run.run_id, dropped)
 
     def on_stop(self) -> None:
-        with self._driving:
+        with self._lock:
             self._stopped = True
             for run in self._runs.values():
                 try:

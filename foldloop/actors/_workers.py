@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from foldloop._log import get_logger
 from foldloop.actors._base import FAILURES
-from foldloop.actors._own_threads import mark_own_thread, may_drive
+from foldloop.actors._own_threads import holding_outcome, mark_own_thread
 
 __all__ = ["Workers"]
 
@@ -45,8 +45,10 @@ class Workers:
         A job one of this pool's threads submits as it hands its own job's outcome on
         (``outcome_in_hand``), while no other job waits, is that thread's next (as Tokio's
         LIFO slot): the run step that outcome drove asks for the next call, and the thread
-        about to be free makes it, with no hand-over."""
-        mine = may_drive() and getattr(_current, "pool", None) is self and _current.slot is None
+        about to be free makes it, with no hand-over. The slot's job waits for its
+        submitter's job to return: submit it last, and never wait for it there."""
+        mine = holding_outcome() and getattr(_current, "pool", None) is self
+        mine = mine and _current.slot is None
         with self._lock:
             if self._closed:
                 return
@@ -63,6 +65,11 @@ class Workers:
     def _requeue(self, job: Callable[[], object]) -> None:
         """Queue a job already counted unfinished (a slot's whose thread ends)."""
         with self._lock:
+            if self._closed:  # dropped
+                self._unfinished -= 1
+                if not self._unfinished:
+                    self._finished.notify_all()
+                return
             self._pending += 1
             index = self._grow()
         self._queue.put(job)
@@ -146,7 +153,7 @@ class Workers:
                 job, _current.slot = _current.slot, None
                 with self._lock:
                     if job is not None and self._closed:
-                        self._unfinished -= 1  # dropped, as a queued one is
+                        self._unfinished -= 1  # dropped: the pool is shut down
                         job = None
                     self._unfinished -= 1
                     if not self._unfinished:
