@@ -238,18 +238,19 @@ class Commands:
         its lease, this runtime's, is let go, for ``recover()`` or a wait to take it up."""
         if not isinstance(failure, StoreError):
             return False
-        try:  # the server may be away: the spawn's error is not held up by this look long
-            with answer_by(time.monotonic() + LANDED_LOOK_S):
+        # the server may be away: the spawn's error is not held up by these looks long
+        with answer_by(time.monotonic() + LANDED_LOOK_S):
+            try:
                 if self._store.head(start.run_id) == 0:
                     return False
-        except FoldloopError:
-            return False
-        try:
-            lease = self._store.lease(start.run_id)
-            if lease is not None and lease.owner == self._owner:
-                self._store.release_lease(start.run_id, lease, durable=True).wait()
-        except FoldloopError:
-            pass  # the store is failing: the lease goes when this runtime closes
+            except FoldloopError:
+                return False
+            try:
+                lease = self._store.lease(start.run_id)
+                if lease is not None and lease.owner == self._owner:
+                    self._store.release_lease(start.run_id, lease, durable=True).wait()
+            except FoldloopError:
+                pass  # the store is failing: the lease goes when this runtime closes
         return True
 
     def _finish_start(self, start: _Start) -> BaseException | None:

@@ -418,29 +418,20 @@ class Runtime(OpenOnly, ClosedOnExit):
     def _poll(self) -> None:
         """Every ``poll_interval``: decisions and expiries into runs, the ends of children
         driven elsewhere into their parents, other processes' commits to the projections."""
+        polls = (
+            ("approval_poll_failed", self._desk.carry_due),
+            ("children_poll_failed", self._commands.trees.follow_children),
+            ("projection_poll_failed", self._followers.tick),
+        )
         while not self._stop_polling.wait(self._poll_interval):
-            with answer_by(time.monotonic() + POLL_READ_S):  # a server away: a close is near
-                self._poll_once()
-
-    def _poll_once(self) -> None:
-        try:
-            self._desk.carry_due()
-        except StoreError as exc:  # said already by what the host itself reads
-            log.warning("approval_poll_failed", error=str(exc))
-        except Exception:
-            log.exception("approval_poll_failed")
-        try:
-            self._commands.trees.follow_children()
-        except StoreError as exc:
-            log.warning("children_poll_failed", error=str(exc))
-        except Exception:
-            log.exception("children_poll_failed")
-        try:
-            self._followers.tick()
-        except StoreError as exc:
-            log.warning("projection_poll_failed", error=str(exc))
-        except Exception:
-            log.exception("projection_poll_failed")
+            for failed, poll in polls:
+                try:  # a server away: each poll's reads give up soon (a close waits for it)
+                    with answer_by(time.monotonic() + POLL_READ_S):
+                        poll()
+                except StoreError as exc:  # said already by what the host itself reads
+                    log.warning(failed, error=str(exc))
+                except Exception:
+                    log.exception(failed)
 
     # -- reading -------------------------------------------------------------------------
 

@@ -106,8 +106,10 @@ class Waiter:
                         state = self._queries.state(run_id)
                 except (StoreNotFound, StoreCorrupted):
                     pass
-                except FoldloopError:
+                except StoreError:  # the store does not answer: the waits read it
                     answering = False
+                except FoldloopError:  # this run's own trouble: its wait says what
+                    pass
             settlement.state = state
             if state is None or not state.terminal:
                 settlement.interrupted = CLOSED_UNDER
