@@ -340,7 +340,7 @@ def test_a_model_reply_that_comes_while_closing_starts_no_tool(store_path: Path)
 
     llm = fl.ScriptedLLM(
         [fl.Reply(tool_calls=[fl.ToolCall("pay", {"to": "bob"})]), fl.Reply(text="paid")],
-        latency_s=1.0,
+        latency_s=3.0,  # the close begins well before the reply, even on a loaded machine
     )
     payer = fl.Agent(name="payer", llm=llm, tools=[pay])
     rt = fl.Runtime.open(store_path, agents=[agent, payer])
