@@ -198,8 +198,8 @@ class Shard(FastActor):
         run = ref()
         if run is None:  # only the run holds this: gone, it cannot be posting
             return
-        waiting = self._posted != self._taken or self._after
-        if self._runs.get(run.run_id) is run and not waiting:
+        others_first = self._posted != self._taken or bool(self._after)
+        if self._runs.get(run.run_id) is run and not others_first:
             first = self._mailboxes.post(run.run_id, message)
             if first is not None:  # the run was idle (not while it handles a message)
                 self._go(run, _receiving(run, first))

@@ -47,8 +47,9 @@ class Workers:
         LIFO slot): the run step that outcome drove asks for the next call, and the thread
         about to be free makes it, with no hand-over. The slot's job waits for its
         submitter's job to return: submit it last, and never wait for it there."""
-        mine = holding_outcome() and getattr(_current, "pool", None) is self
-        mine = mine and _current.slot is None
+        mine = (
+            holding_outcome() and getattr(_current, "pool", None) is self and _current.slot is None
+        )
         with self._lock:
             if self._closed:
                 return
