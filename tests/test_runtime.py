@@ -325,6 +325,29 @@ def test_closing_records_a_tool_call_that_returns_within_its_timeout(store_path:
         assert kinds.count("tool.completed") == 1 and "tool.failed" not in kinds
 
 
+class GatedLLM(fl.ScriptedLLM):
+    """A scripted model whose first call is awaited on the loop and answers once ``answer``
+    is set; ``called`` is set as the call begins."""
+
+    def __init__(self, replies: Sequence[fl.Reply]) -> None:
+        super().__init__(replies, latency_s=0.001)  # a latency: awaited on the loop
+        self.called = threading.Event()
+        self.answer = threading.Event()
+
+    async def acomplete(
+        self,
+        messages: Sequence[fl.Message],
+        tools: Sequence[fl.types.ToolSpec],
+        *,
+        max_tokens: int | None = None,
+    ) -> fl.Reply:
+        if not self.called.is_set():
+            self.called.set()
+            while not self.answer.is_set():
+                await asyncio.sleep(0.005)
+        return await super().acomplete(messages, tools, max_tokens=max_tokens)
+
+
 def test_a_model_reply_that_comes_while_closing_starts_no_tool(store_path: Path) -> None:
     """While close() waits for one run's tool, another run's model reply arrives: it is not
     recorded and its tool call never starts (the drain would not wait for it); the resumed
@@ -338,21 +361,21 @@ def test_a_model_reply_that_comes_while_closing_starts_no_tool(store_path: Path)
         paid.append(to)
         return f"paid {to}"
 
-    llm = fl.ScriptedLLM(
-        [fl.Reply(tool_calls=[fl.ToolCall("pay", {"to": "bob"})]), fl.Reply(text="paid")],
-        latency_s=3.0,  # the close begins well before the reply, even on a loaded machine
+    llm = GatedLLM(
+        [fl.Reply(tool_calls=[fl.ToolCall("pay", {"to": "bob"})]), fl.Reply(text="paid")]
     )
     payer = fl.Agent(name="payer", llm=llm, tools=[pay])
     rt = fl.Runtime.open(store_path, agents=[agent, payer])
     rt.spawn(agent, "go")
     assert started.wait(10)
     run = rt.spawn(payer, "pay bob")
-    # its model call under way before the close begins (a close starts none): the request
-    # is in the log once the shard has made the call
-    wait_until(lambda: "model.requested" in types(rt, run.id), 10, "the model call to start")
+    # the call made (model.requested is in the log before it is: the call follows the append)
+    assert llm.called.wait(10)
     closing = threading.Thread(target=rt.close)
     with capture_logs() as logs:
         closing.start()
+        wait_until(lambda: logged(logs, "close_waits_for_tool_calls"), 10, "the close to begin")
+        llm.answer.set()
         wait_until(lambda: logged(logs, "command_dropped_at_close", run_id=run.id), 10, "the reply")
         release.set()
         closing.join(30)
