@@ -1288,6 +1288,36 @@ def test_a_close_from_the_runtimes_own_thread_returns_at_once_and_records_the_ca
         assert "tool.completed" in types(again, run.id)
 
 
+@pytest.mark.parametrize("when", ["every state", "the last state"])
+def test_an_on_state_that_raises_is_logged_and_its_run_goes_on(store_path: Path, when: str) -> None:
+    """on_state observes: when it raises (on the state that ends the run too, whose events
+    are on their way to the log already) the failure is logged and the run ends as its log
+    says, not interrupted with a reason the log contradicts."""
+    seen: list[int] = []
+
+    def on_state(state: fl.RunState) -> None:
+        seen.append(state.seq)
+        if when == "every state" or state.status is fl.RunStatus.COMPLETED:
+            raise RuntimeError(f"observer broke at {state.seq}")
+
+    llm = fl.ScriptedLLM(
+        [fl.Reply(tool_calls=[fl.ToolCall("add", {"a": 1, "b": 2})]), fl.Reply(text="3")]
+    )
+    agent = fl.Agent(name="observed", llm=llm, tools=[add])
+    with (
+        capture_logs() as logs,
+        fl.Runtime.open(store_path, agents=[agent], on_state=on_state) as rt,
+    ):
+        run = rt.spawn(agent, "add")
+        result = run.wait(timeout=30)
+        assert (result.status, result.output) == (fl.RunStatus.COMPLETED, "3")
+        stored = rt.state(run.id)
+        assert stored.status is fl.RunStatus.COMPLETED
+    failures = [e for e in logs if e.get("event") == "on_state_failed"]
+    assert failures and all(e["run_id"] == run.id for e in failures)
+    assert failures[-1]["seq"] == seen[-1] == stored.seq
+
+
 def test_recover_asks_once_per_owner_whether_it_lives(
     store_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

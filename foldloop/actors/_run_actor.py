@@ -299,8 +299,14 @@ class RunActor:
             if every and state.seq // every > before // every:
                 self._snapshot(state)
         self.state = state
-        if self.system.on_state is not None:
-            self.system.on_state(state)
+        observe = self.system.on_state
+        if observe is not None:
+            # it observes, it does not steer: the events are on their way to the log, so
+            # its failure is the host's to see in the log, not the run's end
+            try:
+                observe(state)
+            except Exception:
+                self.log.exception("on_state_failed", seq=state.seq)
         return decision.durable
 
     def _landing(self, decision: Decision, released: bool) -> Callable[[Pending[Any]], None]:

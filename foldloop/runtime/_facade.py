@@ -206,7 +206,8 @@ class Runtime(OpenOnly, ClosedOnExit):
         ``clock`` returns unix ns (inject one in tests); ``snapshot_every`` bounds how many
         events a resume folds; ``on_state`` observes every state a run actor reaches, on
         the thread handling the run's message as its events are appended (a durable append
-        may still be committing: keep it quick and read the log for what is stored);
+        may still be committing: keep it quick and read the log for what is stored; what it
+        raises is logged as ``on_state_failed`` and the run goes on);
         ``create=False`` refuses to create a missing store (read-only tools use it);
         ``max_model_calls`` caps the model calls in flight at once, async and sync together
         (a provider's rate limit; None: as many as runs ask for);
