@@ -124,10 +124,15 @@ class ToolSchemaError(FoldloopError, TypeError):
 
 
 class ModelCallError(FoldloopError):
-    """A model adapter failed; ``retryable`` tells the run whether asking again may help."""
+    """A model adapter failed; ``retryable`` tells the run whether asking again may help,
+    and ``retry_after_s`` how long the provider asked it to wait first (a 429's
+    ``Retry-After``): the run's retry waits at least that, up to a minute."""
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool = False, retry_after_s: float | None = None
+    ) -> None:
         self.retryable = retryable
+        self.retry_after_s = retry_after_s
         super().__init__(message)
 
 

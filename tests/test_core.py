@@ -387,6 +387,21 @@ def test_model_failures_retry_with_backoff_then_fail() -> None:
     assert d.state.status is RunStatus.FAILED and "429" in d.state.reason
 
 
+@given(asked=st.lists(st.floats(min_value=0, max_value=1e6), min_size=4, max_size=4))
+def test_a_retry_waits_what_the_provider_asked_up_to_a_minute(asked: list[float]) -> None:
+    """Each retry waits the longer of the run's backoff and the provider's Retry-After,
+    never past a minute (and never less than the backoff)."""
+    d = Driver()
+    d.start()
+    for attempt, wait in enumerate(asked, start=1):
+        failed = ModelCallFailed(
+            now=d.now(), step=1, error="429", retryable=True, retry_after_s=wait
+        )
+        (call,) = [e for e in d.send(failed).effects if isinstance(e, CallModel)]
+        backoff = min(8.0, 0.25 * 2 ** (attempt - 1))
+        assert call.delay_s == max(backoff, min(wait, 60.0))
+
+
 def test_cancel_is_final_and_late_results_are_recorded_but_not_acted_on() -> None:
     d = Driver()
     d.start()

@@ -7,6 +7,7 @@ so connection pools, cancellation and hang-ups are the SDKs' own.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import importlib
 import importlib.util
 import json
@@ -202,6 +203,43 @@ def test_acomplete_maps_errors_as_complete(provider: Provider, server: FakeOpenA
         assert str(async_.value) == str(sync.value)
         assert async_.value.retryable is sync.value.retryable is retryable
         assert f"HTTP {status}" in str(async_.value)
+
+
+def test_both_adapters_carry_the_servers_retry_after(
+    provider: Provider, server: FakeOpenAI
+) -> None:
+    llm = provider.make(server.url.removesuffix("/v1") + provider.url_suffix)
+    server.responses = [(*error(429, "slow"), {"retry-after": "7"}), error(500, "oops")]
+    for said in (7.0, None):
+        with pytest.raises(ModelCallError) as failed:
+            llm.complete(MESSAGES, TOOLS)
+        assert failed.value.retryable and failed.value.retry_after_s == said
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after": "2"}, 2.0),
+        ({"retry-after": "0.5"}, 0.5),
+        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),  # OpenAI's, the finer, first
+        ({"retry-after": "-1"}, None),
+        ({"retry-after": "soon"}, None),
+        ({"retry-after": "inf"}, None),
+        ({"retry-after-ms": "nan"}, None),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date gone by: now
+        ({}, None),
+    ],
+)
+def test_retry_after_reads_seconds_milliseconds_and_dates(
+    headers: dict[str, str], seconds: float | None
+) -> None:
+    assert sdk.retry_after(headers) == seconds
+
+
+def test_retry_after_as_a_date_to_come_is_the_seconds_until_it() -> None:
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    wait = sdk.retry_after({"retry-after": when})
+    assert wait is not None and 28 <= wait <= 30
 
 
 def test_a_cancelled_acomplete_raises_cancelled_and_hangs_up(

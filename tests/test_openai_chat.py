@@ -33,8 +33,10 @@ class FakeOpenAI:
     """
 
     def __init__(self) -> None:
-        self.responses: list[tuple[int, Any]] = []  # a JSON value, or bytes sent as they are
+        # a JSON value, or bytes sent as they are; with a third item, headers to send too
+        self.responses: list[tuple[int, Any] | tuple[int, Any, dict[str, str]]] = []
         self.requests: list[dict[str, Any]] = []
+        self.arrived: list[float] = []  # time.monotonic() of each request
         self.spends_all = False  # usage: the most a byte tokenizer counts, all of max_tokens
         self.delay_s = 0.0
         self.received = threading.Event()
@@ -49,7 +51,9 @@ class FakeOpenAI:
                 length = int(self.headers.get("content-length", 0))
                 request = json.loads(self.rfile.read(length))
                 owner.requests.append(request)
-                status, body = owner.responses.pop(0)
+                owner.arrived.append(time.monotonic())
+                status, body, *more = owner.responses.pop(0)
+                headers: dict[str, str] = more[0] if more else {}
                 if not self.headers.get("content-type", "").startswith("application/json"):
                     status, body = 400, {"error": {"message": "body must be declared JSON"}}
                 if owner.spends_all:
@@ -67,6 +71,8 @@ class FakeOpenAI:
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -199,6 +205,22 @@ def test_rate_limits_and_server_errors_are_recorded_and_retried(
     assert "429" in failed[0].error
     assert "500" in failed[1].error
     assert len(server.requests) == 3
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "value"), [(429, "retry-after", "1"), (503, "retry-after-ms", "1000")]
+)
+def test_a_retry_waits_as_long_as_the_server_asks(
+    rt: fl.Runtime, server: FakeOpenAI, status: int, header: str, value: str
+) -> None:
+    """A rate limit (or overload) that says how long to wait is retried after that long,
+    not after the run's own first backoff (0.25 s)."""
+    server.responses = [(*error(status, "busy"), {header: value}), completion(text="done")]
+    run = rt.spawn(agent(server, "patient"), "go")
+    assert run.wait(timeout=30).output == "done"
+    assert server.arrived[1] - server.arrived[0] >= 1.0
+    (failed,) = [r.event for r in rt.events(run.id) if r.type == "model.failed"]
+    assert "will retry after 1 s (the server's Retry-After)" in failed.error
 
 
 def test_a_reply_that_is_not_a_chat_completion_is_retried_with_a_clear_error(

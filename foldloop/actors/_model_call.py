@@ -5,6 +5,7 @@ hold)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -192,10 +193,20 @@ class ModelCall:
             )
 
     def failed(self, exc: Exception) -> Command:
-        if isinstance(exc, ModelCallError):
-            error, retryable = str(exc), exc.retryable
-        else:
-            error, retryable = f"{type(exc).__name__}: {exc}", False
+        if not isinstance(exc, ModelCallError):
+            error = f"{type(exc).__name__}: {exc}"
+            return ModelCallFailed(now=self.clock(), step=self.effect.step, error=error)
         return ModelCallFailed(
-            now=self.clock(), step=self.effect.step, error=error, retryable=retryable
+            now=self.clock(),
+            step=self.effect.step,
+            error=str(exc),
+            retryable=exc.retryable,
+            retry_after_s=_seconds(exc.retry_after_s),
         )
+
+
+def _seconds(given: object) -> float:
+    """A wait an adapter asked for, as seconds >= 0 (0 for anything that is not one)."""
+    if isinstance(given, int | float) and not isinstance(given, bool) and 0 < given < math.inf:
+        return float(given)
+    return 0.0

@@ -100,6 +100,8 @@ class ModelCallFailed(Command, frozen=True):
     step: int
     error: str
     retryable: bool = False
+    retry_after_s: float = 0.0
+    """How long the provider asked the run to wait before asking again (0: not said)."""
 
 
 class ToolFinished(Command, frozen=True):

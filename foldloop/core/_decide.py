@@ -79,7 +79,13 @@ from foldloop.events._catalogue import (
 )
 from foldloop.events._values import ToolCall
 
-__all__ = ["MAX_INVALID_ARGS", "MAX_MODEL_ATTEMPTS", "decide", "retry_delay"]
+__all__ = [
+    "MAX_INVALID_ARGS",
+    "MAX_MODEL_ATTEMPTS",
+    "MAX_RETRY_AFTER_S",
+    "decide",
+    "retry_delay",
+]
 
 MAX_MODEL_ATTEMPTS = 5
 """Attempts per step for retryable model failures before the run fails."""
@@ -88,9 +94,15 @@ MAX_INVALID_ARGS = 3
 """Invalid-argument tool calls in one step that end the run failed."""
 
 
-def retry_delay(attempt: int) -> float:
-    """Exponential backoff for the ``attempt``-th retry of a model call (capped at 8 s)."""
-    return float(min(8.0, 0.25 * 2 ** (attempt - 1)))
+MAX_RETRY_AFTER_S = 60.0
+"""The longest wait a provider's ``Retry-After`` buys: past it the run asks again anyway."""
+
+
+def retry_delay(attempt: int, asked_s: float = 0.0) -> float:
+    """The wait before the ``attempt``-th retry of a model call: exponential backoff
+    (capped at 8 s), or what the provider asked for (up to ``MAX_RETRY_AFTER_S``) if
+    longer."""
+    return max(float(min(8.0, 0.25 * 2 ** (attempt - 1))), min(asked_s, MAX_RETRY_AFTER_S))
 
 
 class _Builder:
@@ -384,7 +396,9 @@ def decide(state: RunState, command: Command) -> Decision:
             b.emit(ModelFailed(step=command.step, error=command.error, retryable=command.retryable))
             attempts = b.state.model_failures
             if command.retryable and attempts < MAX_MODEL_ATTEMPTS:
-                b.ask_again(command.step, attempts + 1, retry_delay(attempts))
+                b.ask_again(
+                    command.step, attempts + 1, retry_delay(attempts, command.retry_after_s)
+                )
             else:
                 why = f"gave up after {attempts} attempts" if command.retryable else "not retryable"
                 b.emit(

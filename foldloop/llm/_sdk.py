@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import email.utils
 import importlib.util
 import json
+import math
 import os
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from types import ModuleType
 from typing import Any, Generic, Protocol, TypeVar
 
 from foldloop.errors import ConfigError, ModelCallError
 
-__all__ = ["LoopClients", "api_key", "async_options", "sdk_errors"]
+__all__ = ["LoopClients", "api_key", "async_options", "retry_after", "sdk_errors"]
 
 
 def api_key(given: str | None, env_var: str, base_url: str | None, adapter: str) -> str:
@@ -42,8 +46,12 @@ def sdk_errors(sdk: ModuleType, model: str, retry_statuses: tuple[int, ...] = ()
     try:
         yield
     except (sdk.RateLimitError, sdk.InternalServerError) as exc:
+        wait = retry_after(exc.response.headers)
+        asked = "" if wait is None else f" after {wait:g} s (the server's Retry-After)"
         raise ModelCallError(
-            f"{model}: HTTP {exc.status_code}, will retry: {exc.message}", retryable=True
+            f"{model}: HTTP {exc.status_code}, will retry{asked}: {exc.message}",
+            retryable=True,
+            retry_after_s=wait,
         ) from None
     except (sdk.APITimeoutError, sdk.APIConnectionError) as exc:
         raise ModelCallError(f"{model}: {exc}", retryable=True) from None
@@ -55,7 +63,39 @@ def sdk_errors(sdk: ModuleType, model: str, retry_statuses: tuple[int, ...] = ()
             f"{model} refused the request (HTTP {exc.status_code}): {exc.message}"
             + ("" if retryable else "; fix the request (messages, tool schemas, model, key)"),
             retryable=retryable,
+            retry_after_s=retry_after(exc.response.headers) if retryable else None,
         ) from None
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """The wait in seconds a response asks for before the next request: ``retry-after-ms``
+    (OpenAI's), else ``retry-after`` in seconds or as an HTTP date; None when it asks none
+    or says it in no form these take."""
+    given = headers.get("retry-after-ms")
+    if given is not None:
+        seconds = _number(given)
+        return None if seconds is None else seconds / 1000
+    given = headers.get("retry-after")
+    if given is None:
+        return None
+    seconds = _number(given)
+    if seconds is not None:
+        return seconds
+    try:
+        when = email.utils.parsedate_to_datetime(given)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT; one that says no zone is taken as such
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 <= value < math.inf else None
 
 
 def check_settings(adapter: str, *, timeout: object, max_tokens: object) -> None:
