@@ -14,6 +14,12 @@ from pathlib import Path
 
 import foldloop as fl
 
+HOLD_IMPORT_ENV = "FOLDLOOP_TEST_HOLD_IMPORT"
+"""A file path: while that file exists, a worker importing this module waits (a slow start)."""
+if os.environ.get(HOLD_IMPORT_ENV):
+    while Path(os.environ[HOLD_IMPORT_ENV]).exists():
+        time.sleep(0.01)
+
 
 @fl.tool
 def add(a: int, b: int) -> int:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -35,6 +36,7 @@ from foldloop.runtime._pool_protocol import (
     SpawnedMany,
     decode_reply,
 )
+from tests import pool_agents
 from tests.waiting import wait_until
 
 WORKER = [sys.executable, "-m", "foldloop.runtime._pool_worker"]
@@ -644,6 +646,39 @@ def test_a_closed_pool_leaves_no_pipe_open(store_path: Path) -> None:
     )
     assert done.stdout.strip() == "closed", done.stderr
     assert "ResourceWarning" not in done.stderr, done.stderr  # before: the workers' stdout pipes
+
+
+def test_a_wait_keeps_to_its_timeout_while_a_replacement_worker_starts(
+    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's worker died and its replacement is slow to start: wait(timeout=0.5)
+    returns about then (the run as it stands), not once the replacement is ready; the
+    replacement goes on starting and finishes the run."""
+    hold = tmp_path / "hold-import"
+    monkeypatch.setenv(pool_agents.HOLD_IMPORT_ENV, str(hold))
+    gate = tmp_path / "go"
+    with fl.WorkerPool(store_path, agents=["pool_agents:persistent"], processes=1) as pool:
+        handle = pool.spawn("persistent", str(gate))
+        wait_until(
+            lambda: any(r.type == "tool.requested" for r in pool.runtime.events(handle.id)),
+            30,
+            "the run's tool call under way",
+        )
+        hold.touch()  # the replacement waits at its import until this goes
+        letting_go = threading.Timer(30, lambda: hold.unlink(missing_ok=True))
+        letting_go.start()
+        try:
+            os.kill(pool.workers[0].pid, signal.SIGKILL)
+            began = time.monotonic()
+            result = handle.wait(timeout=0.5)
+            took = time.monotonic() - began
+        finally:
+            letting_go.cancel()
+            hold.unlink(missing_ok=True)
+        assert took < 10, f"wait(timeout=0.5) took {took:.1f} s"
+        assert result.status is fl.RunStatus.INTERRUPTED and result.resumable, result
+        gate.touch()
+        assert handle.wait(timeout=60).status is fl.RunStatus.COMPLETED
 
 
 def test_a_wait_rides_out_its_runs_worker_dying_and_then_its_replacement(

@@ -93,13 +93,14 @@ class PooledRunHandle(RunHandle):
     def wait(self, timeout: float | None = None, *, through_approvals: bool = False) -> RunResult:
         """``RunHandle.wait``; each time the run's worker died, a replacement is started (it
         recovers the run) and waited on, ``ATTEMPTS`` deaths at most (its replacement may
-        die too: a death under each of them is no chance event)."""
+        die too: a death under each of them is no chance event), within ``timeout`` all
+        told (a replacement still starting then goes on starting)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         result = super().wait(timeout, through_approvals=through_approvals)
         for _ in range(ATTEMPTS):
             if result.status is not RunStatus.INTERRUPTED or self._pool.closed:
                 break
-            self._pool.replace_dead()
+            self._pool.replace_dead(ready_by=deadline)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             result = super().wait(left, through_approvals=through_approvals)
         return result
@@ -194,10 +195,16 @@ class WorkerPool(ClosedOnExit):
         except WorkerError as exc:
             log.warning("pool_worker_not_replaced", error=str(exc))
 
-    def _await_ready(self, worker: WorkerProcess) -> None:
+    def _await_ready(self, worker: WorkerProcess, ready_by: float | None = None) -> None:
+        """Wait for ``worker`` to say Ready: up to the start timeout (then WorkerError), or
+        until ``ready_by`` (a ``time.monotonic()``) if sooner (then it goes on starting)."""
+        left = None if ready_by is None else max(0.0, ready_by - time.monotonic())
+        cut_short = left is not None and left < self._start_timeout
         try:
-            worker.ready.result(self._start_timeout)
+            worker.ready.result(left if cut_short else self._start_timeout)
         except TimeoutError:
+            if cut_short:  # the caller's deadline came first: the worker goes on starting
+                return
             raise WorkerError(
                 f"worker process {worker.proc.pid} did not start within "
                 f"{self._start_timeout:g} s (WorkerPool(start_timeout=...))"
@@ -214,9 +221,11 @@ class WorkerPool(ClosedOnExit):
         with self._lock:
             return [w.info() for w in self._workers]
 
-    def replace_dead(self) -> list[WorkerInfo]:
+    def replace_dead(self, ready_by: float | None = None) -> list[WorkerInfo]:
         """Start a replacement for each worker that died; each recovers the runs left
-        without a live runtime before it says Ready. Returns the replacements."""
+        without a live runtime before it says Ready. Returns the replacements once they,
+        and any replacement started before and still starting, are ready (or, given
+        ``ready_by``, a ``time.monotonic()``, at the latest then)."""
         with self._lock:
             if self._closed:
                 return []
@@ -227,8 +236,9 @@ class WorkerPool(ClosedOnExit):
                 worker.stop(1.0)
                 self._workers[i] = replacement = self._start_worker()
                 fresh.append(replacement)
-            for worker in fresh:
-                self._await_ready(worker)
+            for worker in self._workers:
+                if not worker.ready.done():
+                    self._await_ready(worker, ready_by)
             return [w.info() for w in fresh]
 
     def _dead(self, worker: WorkerProcess) -> bool:
