@@ -315,25 +315,34 @@ class Queries:
 
     def decided(self, state: RunState) -> tuple[DecidedApproval, ...]:
         """Decisions recorded in the approvals table on calls ``state`` waits on, not yet
-        carried into its log (the log is the truth: these only say what comes next)."""
+        carried into its log (the log is the truth: these only say what comes next); a
+        request past its deadline counts as expired, as whoever drives the run next records
+        it (it can no longer be decided)."""
         if state.status is not RunStatus.AWAITING_APPROVAL:
             return ()
         out = []
+        now = self._clock()
         for call in state.calls:
             if call.status != "awaiting_approval":
                 continue
             record = self._store.approval(state.run_id, call.call_id)
-            if record is None or record.applied or record.status == "pending":
+            if record is None or record.applied:
                 continue
-            out.append(
-                DecidedApproval(
+            if record.status != "pending":
+                decided = DecidedApproval(
                     call_id=record.call_id,
                     outcome=record.status,
                     by=record.by,
                     at=record.decided_at,
                     note=record.note,
                 )
-            )
+            elif now >= record.expires_at:
+                decided = DecidedApproval(
+                    call_id=record.call_id, outcome="expired", by="", at=record.expires_at
+                )
+            else:
+                continue
+            out.append(decided)
         return tuple(out)
 
     def verify(self, run_id: str) -> RunState:
