@@ -61,7 +61,8 @@ class Explanation:
     and what the run's ceilings have left (empty for a run without children)."""
 
     def __str__(self) -> str:
-        lines = [f"run {self.run_id} is {self.status.value} after {self.steps} steps"]
+        steps = f"{self.steps} step" + ("" if self.steps == 1 else "s")
+        lines = [f"run {self.run_id} is {self.status.value} after {steps}"]
         if self.reason:
             lines.append(f"why: {self.reason}")
         if self.limit:
