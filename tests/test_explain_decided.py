@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -226,3 +228,41 @@ def test_in_process_approval_by_ids_moves_the_run_on_at_once(store_path: Path) -
         assert why.status is not fl.RunStatus.AWAITING_APPROVAL and why.decided == ()
         assert run.wait(timeout=30).status is fl.RunStatus.COMPLETED
         assert rt.explain("I").decided == ()
+
+
+def test_a_request_past_its_deadline_is_listed_and_explained_as_expired(store_path: Path) -> None:
+    """Nobody recorded its expiry yet (no runtime with the agent was open): the listing and
+    explain say it expired, as pending_approvals does, and do not ask anyone to decide it."""
+    with fl.Runtime.open(store_path, agents=[gated]) as rt:
+        run = rt.spawn(gated, "one and one", run_id="E")
+        assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+    ttl_s = gated.approvals.ttl if gated.approvals is not None else 0
+    later = time.time_ns() + int((ttl_s + 60) * 1e9)
+    with fl.Runtime.open(store_path, clock=lambda: later) as elsewhere:
+        assert elsewhere.pending_approvals() == []
+        (row,) = elsewhere.runs()
+        assert "call_1_1 (add) expired undecided" in row.reason, row
+        why = elsewhere.explain("E")
+        assert [d.outcome for d in why.decided] == ["expired"]
+        assert not any(step.startswith("decide") for step in why.next_steps), why
+
+
+def test_a_wait_where_nothing_can_carry_a_decision_in_returns(store_path: Path) -> None:
+    """Decided in a runtime without the agent, with none open that has it: the wait (even
+    without a timeout) returns the run interrupted, saying so, instead of waiting for ever;
+    a runtime with the agent then carries the decision in by itself."""
+    with fl.Runtime.open(store_path, agents=[gated]) as rt:
+        run = rt.spawn(gated, "one and one", run_id="W")
+        assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+    with fl.Runtime.open(store_path) as elsewhere:
+        elsewhere.approve(run_id="W", call_id="call_1_1", by="alice")
+        waited: list[fl.RunResult] = []
+        waiter = threading.Thread(target=lambda: waited.append(elsewhere.handle("W").wait()))
+        waiter.start()
+        waiter.join(30)
+        assert waited, "wait() did not return"
+        (result,) = waited
+        assert result.status is fl.RunStatus.INTERRUPTED and result.resumable
+        assert "no runtime with agent 'gated' took it up" in result.reason
+    with fl.Runtime.open(store_path, agents=[gated]) as rt:
+        assert rt.handle("W").wait(timeout=30).output == "2"

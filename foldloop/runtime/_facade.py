@@ -174,6 +174,7 @@ class Runtime(OpenOnly, ClosedOnExit):
                 self._desk,
                 self._admission,
                 take_up=self._commands.recovery.take_up_orphan,
+                knows=lambda name: self._agents.named(name) is not None,
             ),
             self._commands,
         )

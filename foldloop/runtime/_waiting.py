@@ -60,9 +60,22 @@ elsewhere each look every 0.5 s, not every 20 ms (a look is a head read and a le
 ~30 us: a thousand every 20 ms would take more than a core)."""
 CLOSED_UNDER_READ_S = 2.0
 """How long a close waits for a server to answer a read of a run it leaves (for its wait)."""
+CARRY_GRACE_S = 2.0
+"""How long a wait in a runtime without the run's agent follows a parked run whose decision
+is taken but not carried in before it says no runtime with the agent took it up (a live
+one's poller does within its poll_interval, 0.1 s by default)."""
 SHARED_RECOVERY_GRACE_S = 30.0
 """On a store with a shared work queue, how long a run nobody drives is followed before
 ``wait`` says it is interrupted: its runtime's owner key lapses and workers recover it."""
+
+
+def _not_carried(state: RunState) -> str:
+    """Why a wait returns a parked run whose decision nobody carries in as interrupted."""
+    return (
+        f"a decision on its approval is taken, but no runtime with agent {state.agent!r} "
+        f"took it up to carry it into the run's log; one that opens does by itself, or "
+        f"rt.resume({state.run_id!r}) in one"
+    )
 
 
 class Waiter:
@@ -77,10 +90,14 @@ class Waiter:
         admission: Admission,
         *,
         take_up: Callable[[str], bool],
+        knows: Callable[[str], bool],
     ) -> None:
         self._store = store
         self._take_up = take_up
         """Recovers a run nobody drives if its agent is known here (True: it moves on)."""
+        self._knows = knows
+        """Whether an agent (by name) is registered here: this runtime's poller carries the
+        decisions on its runs in."""
         self._system = system
         self._queries = queries
         self._desk = desk
@@ -266,13 +283,20 @@ class Waiter:
         pause = 0.001
         released_by: float | None = None
         undriven_since: float | None = None
+        uncarried_since: float | None = None
         state: RunState | None = None
         while True:
             try:
                 if state is None or self._store.head(run_id) != state.seq:
                     state = self._queries.state(run_id)
                 if state.settled and self._decision_pending(state, deadline):
-                    pass  # parked, but a runtime's poller carries a decision in: keep following
+                    # parked, but a runtime's poller carries a decision in: keep following,
+                    # unless none has taken it up for a while and this one cannot
+                    now = time.monotonic()
+                    if self._knows(state.agent) or self._queries.driven(run_id):
+                        uncarried_since = None
+                    elif now - (uncarried_since := uncarried_since or now) >= CARRY_GRACE_S:
+                        return state, _not_carried(state)
                 elif state.settled:
                     # The approvals table was read after the state: a decision carried in
                     # between shows as applied there and not yet here. Settled: no change.
