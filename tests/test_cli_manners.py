@@ -31,7 +31,7 @@ import pytest
 from typer.testing import CliRunner
 
 import foldloop as fl
-from foldloop.cli import app
+from foldloop.cli import app, demo_agent
 
 SCRIPT = Path(sysconfig.get_path("scripts")) / "foldloop"
 PYTHON_ADVICE = re.compile(r"\brt\.\w|\bfl\.\w|Runtime\.open|\bwait\(\)")
@@ -329,6 +329,37 @@ def test_a_reader_that_leaves_ends_the_command_quietly_with_0(
     )
     assert proc.stdout.strip() == "exit 0", proc.stderr
     assert proc.stderr == ""
+
+
+@pytest.mark.parametrize("lines", [2, 5])
+def test_a_reader_that_leaves_the_demo_ends_it_quietly_with_0(tmp_path: Path, lines: int) -> None:
+    """The demo prints its run's events from a subscription's thread: a reader leaving
+    there ends the demo quietly too (it stopped the subscription with an error, exit 1)."""
+    line = shlex.join([str(SCRIPT), "--store", str(tmp_path / "s"), "demo"])
+    proc = subprocess.run(
+        ["bash", "-c", f'{line} | head -{lines} >/dev/null; echo "exit ${{PIPESTATUS[0]}}"'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.stdout.strip() == "exit 0", proc.stderr
+    assert proc.stderr == ""
+
+
+def test_the_demo_goes_on_beside_another_runs_pending_approval(tmp_path: Path) -> None:
+    """A run of the store's left waiting for a person (a host's, an earlier demo's cut
+    short): the demo approves only its own run's request, and shows only its run."""
+    store = tmp_path / "s"
+    agent = demo_agent()
+    with fl.Runtime.open(store, agents=[agent]) as rt:
+        left = rt.spawn(agent, "a run left waiting").wait(timeout=30)
+        assert left.status is fl.RunStatus.AWAITING_APPROVAL
+    proc = script("--store", str(store), "demo")
+    assert proc.returncode == 0, proc.stderr
+    assert left.run_id not in proc.stdout and proc.stdout.count("approval needed") == 1
+    with fl.Runtime.open(store) as rt:
+        assert rt.state(left.run_id).status is fl.RunStatus.AWAITING_APPROVAL
+        assert [p.run_id for p in rt.pending_approvals()] == [left.run_id]
 
 
 # -- not found is 3 -------------------------------------------------------------------------
