@@ -73,7 +73,10 @@ def _child(store: Path, mode: str) -> dict[str, Any]:
         if result.status is fl.RunStatus.INTERRUPTED:  # a later step of the run was
             report["failures"].append(result.reason)
             report["interrupted"].append(result.run_id)
-            acked[result.run_id] = rt.state(result.run_id).seq
+            stored = rt.state(result.run_id)
+            acked[result.run_id] = stored.seq
+            # the result says what the log holds, not the steps it could not store
+            assert (result.steps, result.usage) == (stored.steps, stored.usage), result
             break
         assert result.ok, result
     report["map_size_full"] = rt.store.map_size
@@ -151,6 +154,27 @@ def test_once_space_is_freed_runs_go_on_the_map_grows_and_interrupted_runs_resum
     report = _run_child(store, "free")
     assert report["map_size"] > MAP_SIZE
     _check_reopened(store, report["completed"])
+
+
+def test_the_demo_on_a_disk_that_fills_says_so_and_exits_1(tmp_path: Path) -> None:
+    """Its run interrupted by a write that failed, the demo stops there and says why; it
+    does not go on to resume and verify as if the run had got where its actor had."""
+    store = tmp_path / "store"
+    script = [sys.executable, "-m", "foldloop", "--store", str(store), "demo"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.run(script, capture_output=True, text=True, timeout=60, env=env)
+    assert first.returncode == 0, first.stderr
+    size = (store / "data.mdb").stat().st_size
+
+    def no_growth() -> None:  # in the child, before exec: its store's file cannot grow
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
+
+    full = subprocess.run(
+        script, capture_output=True, text=True, timeout=60, env=env, preexec_fn=no_growth
+    )
+    assert full.returncode == 1, (full.stdout, full.stderr)
+    assert "the demo's run" in full.stderr and "Free space" in full.stderr, full.stderr
+    assert "replay check" not in full.stdout, full.stdout
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["child"]:

@@ -202,8 +202,8 @@ class Waiter:
             state = settlement.state
             if not settlement.event.is_set() or state is None:  # the deadline, or closed under it
                 return self._queries.state(run_id), settlement.interrupted
-            if settlement.interrupted:  # as it stood: its runtime may have closed the store
-                return state, settlement.interrupted
+            if settlement.interrupted:
+                return self._as_stored(run_id, state), settlement.interrupted
             if self._decision_pending(state, deadline):
                 # the poller (or the drive the decision started) continues the run; wait
                 # for that settlement
@@ -217,6 +217,17 @@ class Waiter:
                 break  # it moved on since it settled here (a decision carried in, a resume)
             return state, settlement.interrupted
         return self._follow(run_id, deadline)
+
+    def _as_stored(self, run_id: str, state: RunState) -> RunState:
+        """An interrupted run as its log holds it: what its actor decided but could not
+        store (a full disk) did not happen. As it stood when the store cannot say (closed
+        with its runtime: the close read it then; or failing)."""
+        if self._system.closed:
+            return state
+        try:
+            return self._queries.state(run_id)
+        except StoreError:
+            return state
 
     def _moved(self, run_id: str, seq: int, deadline: float | None) -> bool:
         """Wait for the parked run's log to grow past ``seq``; False at the deadline (it
