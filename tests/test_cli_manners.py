@@ -15,6 +15,7 @@ import json
 import os
 import pty
 import re
+import resource
 import shlex
 import struct
 import subprocess
@@ -360,6 +361,62 @@ def test_the_demo_goes_on_beside_another_runs_pending_approval(tmp_path: Path) -
     with fl.Runtime.open(store) as rt:
         assert rt.state(left.run_id).status is fl.RunStatus.AWAITING_APPROVAL
         assert [p.run_id for p in rt.pending_approvals()] == [left.run_id]
+
+
+# -- output that cannot be written is 1, said ------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["missing", "directory"])
+def test_an_export_to_a_file_it_cannot_write_says_so_and_leaves_nothing(
+    shop: Shop, tmp_path: Path, where: str
+) -> None:
+    target = tmp_path / "no" / "x.jsonl" if where == "missing" else tmp_path
+    proc = script("--store", str(shop.path), "export", "done", "-o", str(target))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: could not write '{target}': "), proc.stderr
+    assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [["export", "done"], ["runs"], ["events", "done"]])
+def test_output_to_a_full_device_is_an_error_not_a_traceback(
+    shop: Shop, command: list[str]
+) -> None:
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [str(SCRIPT), "--store", str(shop.path), *command],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == "error: could not write the output: No space left on device\n"
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_an_export_cut_short_by_a_full_disk_is_an_error(
+    shop: Shop, tmp_path: Path, unbuffered: str
+) -> None:
+    """Unbuffered (PYTHONUNBUFFERED, as many container images set it) stdout's short write
+    lost the rest of an export without a word, exit 0."""
+    target = tmp_path / "out.jsonl"
+
+    def small_files() -> None:  # in the child: a file stops growing at 1 KiB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY))
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with target.open("w") as out:
+        proc = subprocess.run(
+            [str(SCRIPT), "--store", str(shop.path), "export", "done"],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env={**env, "PYTHONUNBUFFERED": unbuffered} if unbuffered else env,
+            preexec_fn=small_files,
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == "error: could not write the output: File too large\n"
 
 
 # -- not found is 3 -------------------------------------------------------------------------

@@ -45,7 +45,15 @@ from foldloop.cli._fit import free
 from foldloop.cli._hints import advice as _advice
 from foldloop.cli._hints import invocation as _invocation
 from foldloop.cli._metrics_view import metrics_view
-from foldloop.cli._output import WideOpt, err, escape, import_lazy_modules
+from foldloop.cli._output import (
+    OUTPUT_FULL,
+    OutputFailed,
+    WideOpt,
+    err,
+    escape,
+    import_lazy_modules,
+    whole_writes,
+)
 from foldloop.cli._output import count as _count
 from foldloop.cli._output import event_json as _event_json
 from foldloop.cli._output import line as _line
@@ -54,6 +62,7 @@ from foldloop.cli._output import silence_stdout as _silence_stdout
 from foldloop.cli._output import summary as _summary
 from foldloop.cli._output import table as _table
 from foldloop.cli._output import whole as _whole
+from foldloop.cli._output import write_whole as _write_whole
 from foldloop.cli._tour import tour
 from foldloop.cli._tree_view import (
     Shown,
@@ -437,7 +446,7 @@ def export_run(
         if output is None:
             sys.stdout.write(text)
         else:
-            output.write_text(text)
+            _write_whole(output, text)
             written = _count(len(lines) - 1, "event")
             if tree:  # a header line for the tree, one for each run
                 runs = json.loads(lines[0])["runs"]
@@ -602,7 +611,21 @@ def _run(argv: list[str] | None) -> int:
         command(args=argv, prog_name="foldloop", standalone_mode=True)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    except OutputFailed as exc:
+        return _output_failed(str(exc))
+    except OSError as exc:
+        if exc.errno not in OUTPUT_FULL:
+            raise
+        return _output_failed(f"could not write the output: {exc.strerror}")
     return EXIT_OK
+
+
+def _output_failed(message: str) -> int:
+    """Say that the output could not be written (stdout's reader gets nothing more)."""
+    with contextlib.suppress(OSError, ValueError):
+        _silence_stdout()
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    return EXIT_ERROR
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
@@ -614,6 +637,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     a Ctrl-C ends the process at once, with no traceback.
     """
     import_lazy_modules()  # while a Ctrl-C still ends the process at once
+    whole_writes()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the script's exit-at-once ends
     try:
         try:
@@ -627,6 +651,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
         sys.stdout.flush()
     except BrokenPipeError:
         _silence_stdout()
+    except OSError as exc:
+        if exc.errno not in OUTPUT_FULL:
+            raise
+        code = _output_failed(f"could not write the output: {exc.strerror}")
     if code == EXIT_INTERRUPTED:
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.flush()
