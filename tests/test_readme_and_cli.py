@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from foldloop.store._preflight import FORMAT
+
 ROOT = Path(__file__).resolve().parents[1]
 FOLDLOOP = [sys.executable, "-m", "foldloop.cli"]
 
@@ -55,6 +57,10 @@ def test_readme_setup_commands_are_the_ones_ci_runs() -> None:
     assert "foldloop demo" in bash
     test_command = re.search(r"&& (\.venv/bin/python -m pytest -q[^\n]*)", bash)
     assert test_command is not None and test_command.group(1) in ci
+
+
+def test_readme_names_the_stores_format_of_this_version() -> None:
+    assert f"one on-disk format (format {FORMAT};" in (ROOT / "README.md").read_text()
 
 
 def test_demo_then_inspect_what_it_wrote(tmp_path: Path) -> None:
