@@ -100,6 +100,33 @@ def test_1_an_empty_store_path_or_one_with_a_nul_is_a_config_error(
 
 
 # 2
+@pytest.mark.parametrize("name", ["bad\udcffname", "x" * 300])
+def test_1_a_path_no_store_can_be_at_is_a_config_error_and_makes_nothing(
+    tmp_path: Path, name: str
+) -> None:
+    """Not UTF-8 (bytes of another encoding in argv), or a name the system refuses as too
+    long: said before anything is made, not lmdb's UnicodeEncodeError or an OSError."""
+    with pytest.raises(fl.ConfigError, match="the store path"):
+        fl.Runtime.open(tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_1_a_store_whose_owners_directory_is_a_file_is_refused_by_name(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    fl.Runtime.open(store).close()
+    shutil.rmtree(store / "owners")
+    (store / "owners").write_text("not a directory")
+    with pytest.raises(fl.errors.StoreAccessError, match="owner locks"):
+        fl.Runtime.open(store)
+
+
+def test_1_a_run_id_no_store_key_can_hold_names_no_run(tmp_path: Path) -> None:
+    with fl.Runtime.open(tmp_path / "s") as rt:
+        for read in (rt.state, rt.explain, rt.tree, rt.handle, lambda r: list(rt.events(r))):
+            with pytest.raises(fl.RunNotFound):
+                read("bad\udcffid")
+
+
 def test_2_a_network_filesystem_is_recognised_from_the_mount_table(tmp_path: Path) -> None:
     mounts = (
         "/dev/sda1 / ext4 rw 0 0\n"

@@ -40,6 +40,7 @@ def _as_a_user(argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 CHANGES: dict[str, Callable[[Path], None]] = {
     "data.mdb unreadable": lambda p: (p / "data.mdb").chmod(0),
+    "marker unreadable": lambda p: (p / "foldloop.store").chmod(0),
     "lock.mdb unreadable": lambda p: (p / "lock.mdb").chmod(0),
     "owners/ read-only": lambda p: (p / "owners").chmod(0o500),
     "store directory read-only": lambda p: p.chmod(0o500),

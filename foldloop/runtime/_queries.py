@@ -69,9 +69,15 @@ LAST_NUMBER = 2**63 - 1
 
 
 def checked_run_id(run_id: object) -> str:
-    """``run_id`` if it is a run id (a non-empty str), else a ConfigError saying so."""
+    """``run_id`` if it is a run id (a non-empty str), else a ConfigError saying so; text
+    no store key can hold (a lone surrogate: bytes of a non-UTF-8 argv) names no run."""
     if not isinstance(run_id, str) or not run_id:
         raise ConfigError(f"a run id is a non-empty str; got {run_id!r}")
+    if not run_id.isascii():
+        try:
+            run_id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RunNotFound(run_id) from None
     return run_id
 
 

@@ -20,13 +20,14 @@ where the parent is not writable or the path is a mount point.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from foldloop.errors import StoreAccessError, StoreError, StoreNotFound
+from foldloop.errors import ConfigError, StoreAccessError, StoreError, StoreNotFound
 from foldloop.store._env import initialise
 from foldloop.store._preflight import (
     MARKER,
@@ -50,6 +51,7 @@ def prepare_dir(path: Path, *, create: bool, map_size: int) -> bool:
     Returns True if this call created the store. Raises StoreError naming the path and the
     fix when the path cannot hold a store or the store there cannot be opened.
     """
+    check_path(path)
     if path.exists() and not path.is_dir():
         raise StoreError(f"{str(path)!r} is not a directory (foldloop stores are directories)")
     check_local(path)
@@ -66,6 +68,28 @@ def prepare_dir(path: Path, *, create: bool, map_size: int) -> bool:
                 return True
     check_store(path)
     return False
+
+
+def check_path(path: Path) -> None:
+    """Refuse a path no store can be at, before anything is made there: one LMDB cannot
+    open (not UTF-8: a file name with bytes of another encoding), or the system refuses
+    to look up (a name too long)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(
+            f"the store path {str(path)!r} is not UTF-8 text (LMDB opens only UTF-8 paths)",
+            advice="give a store directory whose path is UTF-8",
+        ) from None
+    try:
+        path.exists()
+    except OSError as exc:
+        raise ConfigError(
+            f"the store path {str(path)!r} cannot be used: {exc.strerror}",
+            advice="give a shorter store path (each name at most 255 bytes)"
+            if exc.errno == errno.ENAMETOOLONG
+            else "give another store directory",
+        ) from None
 
 
 def _make_dir(path: Path) -> None:

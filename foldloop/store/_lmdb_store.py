@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 import lmdb
 
 from foldloop._log import get_logger
-from foldloop.errors import ConcurrencyError, ConfigError, StoreError
+from foldloop.errors import ConcurrencyError, ConfigError, StoreAccessError, StoreError
 from foldloop.events._recorded import AnyEvent, Recorded
 from foldloop.store._approvals import ApprovalChanges, ApprovalRecord
 from foldloop.store._checkpoints import Checkpoint
@@ -108,7 +108,15 @@ class LmdbStore:
         except lmdb.Error as exc:
             self.env.close()
             raise lmdb_failure(path, "open", exc) from None
-        self.owners_dir.mkdir(mode=0o700, exist_ok=True)
+        try:
+            self.owners_dir.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            self.env.close()
+            raise StoreAccessError(
+                f"cannot make {str(self.owners_dir)!r}, the directory where runtimes keep "
+                f"their owner locks ({exc.strerror}): move what is there away, or fix the "
+                "store directory's permissions"
+            ) from None
         self.mapped = MappedEnv(self.env, path)
         self.numbers = RunNumbers(self.tables)
         self.tail = TailCache()

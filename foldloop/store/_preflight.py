@@ -106,6 +106,11 @@ def _read_marker(path: Path) -> tuple[int, str | None]:
         data = json.loads((path / MARKER).read_text())
         version = data.get("foldloop")
         return int(data["format"]), version if isinstance(version, str) else None
+    except PermissionError as exc:
+        raise StoreAccessError(
+            f"cannot read {str(path / MARKER)!r} ({exc.strerror}): foldloop needs read and "
+            "write access to the store's files; run as their owner or fix their modes (0600)"
+        ) from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise StoreCorrupted(
             f"{path / MARKER} is unreadable ({exc}); this is not an intact foldloop store"
