@@ -128,3 +128,8 @@ payer = fl.Agent(
     tools=[pay_once],
     approvals=fl.RequireApproval({"pay_once"}),
 )
+
+
+def unconfigured() -> fl.Agent:
+    """A factory that cannot make its agent (a key not set, say)."""
+    raise RuntimeError("no API key configured")

@@ -155,6 +155,10 @@ def test_bad_pool_arguments_are_refused_before_any_process_starts(store_path: Pa
         fl.WorkerPool(store_path, agents=["pool_agents:nobody"])
     with pytest.raises(fl.ConfigError, match="raised RuntimeError: the settings file is missing"):
         fl.WorkerPool(store_path, agents=["pool_broken:agent"])
+    with pytest.raises(
+        fl.ConfigError, match=r"calling unconfigured\(\) raised RuntimeError: no API"
+    ):
+        fl.WorkerPool(store_path, agents=["pool_agents:unconfigured"])
     with pytest.raises(fl.ConfigError, match="processes must be an int >= 1"):
         fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=0)
     with pytest.raises(fl.ConfigError, match="import paths of agents"):

@@ -29,7 +29,13 @@ def load_agent(spec: str) -> Agent:
             f"{type(exc).__name__}: {exc}"
         ) from exc
     if callable(obj) and not isinstance(obj, Agent):
-        obj = obj()
+        try:
+            obj = obj()
+        except Exception as exc:  # the factory's own failure (a key not set, say)
+            raise ConfigError(
+                f"cannot load agent {spec!r}: calling {attr}() raised {type(exc).__name__}: "
+                f"{str(exc)[:500]}"
+            ) from exc
     if not isinstance(obj, Agent):
         raise ConfigError(f"{spec!r} is a {type(obj).__name__}, not an fl.Agent")
     return obj
