@@ -569,7 +569,7 @@ def doctor() -> None:
     """Walk the whole store: checksums, hash chains, gapless seqs, decodability (on NATS:
     gapless seqs and decodability; JetStream checks its own bytes)."""
     on_nats = is_nats_url(_store())
-    with _runtime(_store()) as rt:
+    with _runtime(_store(), hint="restore it from a backup") as rt:
         problems = 0
         run_ids = rt.store.run_ids()
         # A store of many runs takes a while: a progress bar on stderr, when it is a terminal.

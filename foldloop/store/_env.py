@@ -80,9 +80,13 @@ def lmdb_failure(path: Path, doing: str, exc: lmdb.Error, *, then: str = "") -> 
     # A transaction goes bad (MDB_BAD_TXN) only after LMDB met a damaged page in it.
     damage = lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.InvalidError | lmdb.BadTxnError
     if isinstance(exc, damage):
+        # damage met opening it leaves nothing to read; met later, other runs may still read
+        readable = (
+            "" if doing == "open" else " (`foldloop doctor` lists the runs it can still read)"
+        )
         return StoreCorrupted(
-            f"{where} is damaged: LMDB could not {doing} it ({exc}); restore it from a backup "
-            f"(`foldloop doctor` lists the runs it can still read){then}"
+            f"{where} is damaged: LMDB could not {doing} it ({exc}){then}",
+            advice=f"restore it from a backup{readable}",
         )
     if isinstance(exc, lmdb.ReadersFullError):
         return StoreAccessError(
