@@ -523,10 +523,8 @@ def metrics(
         if serve is not None:
             with _errors(), serve_prometheus(handle, port=serve) as server:
                 err.print(f"serving {server.url} (following the log; Ctrl-C to stop)")
-                with contextlib.suppress(KeyboardInterrupt):
-                    while True:
-                        time.sleep(1)
-            return
+                while True:  # until a Ctrl-C: 130, as tail --follow
+                    time.sleep(1)
         if prometheus:
             sys.stdout.write(prometheus_text(handle.state))
             return
