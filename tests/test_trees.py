@@ -272,6 +272,10 @@ def test_cancelling_a_parent_cancels_its_whole_subtree(store_path: Path) -> None
                 )
                 cancelled = [r.event for r in rt.events(run_id) if r.type == "run.cancelled"]
                 assert cancelled[0].reason == "parent cancelled"
+            # the root's log ended before its child's end reached it: explain does not call
+            # the child running, as the tree beside it says it is cancelled
+            (child,) = [line for line in rt.explain(run.id).budget if "child" in line]
+            assert "running" not in child and "its own log says how it ended" in child, child
     finally:
         release.set()
 

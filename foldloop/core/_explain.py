@@ -114,9 +114,11 @@ def _ceilings(limits: Limits) -> str:
     return ", ".join(parts)
 
 
-def _child_line(link: ChildLink) -> str:
+def _child_line(link: ChildLink, *, ended: bool) -> str:
     allotted = _ceilings(link.allotted)
     head = f"child {link.run_id} ({link.agent}, call {link.call_id}) allotted {allotted}"
+    if link.running and ended:  # its end never reached this run's log (a cancel cascaded)
+        return f"{head}: not ended as this run ended; its own log says how it ended (tree)"
     if link.running:
         return f"{head}: running, its allotment held back"
     return f"{head}: spent {_spend(link.steps, link.usage)}, ended {link.status}"
@@ -133,7 +135,7 @@ def budget_lines(state: RunState) -> tuple[str, ...]:
             f"allotment it got: {_ceilings(state.limits)}"
         )
     lines.append(f"own model calls: {_spend(state.steps, state.usage)}")
-    lines.extend(_child_line(link) for link in state.children)
+    lines.extend(_child_line(link, ended=state.terminal) for link in state.children)
     used = spent(state)
     counted = _spend(used.steps, used.usage)
     lines.append(f"counted against its ceilings ({_ceilings(state.limits)}): {counted}")
