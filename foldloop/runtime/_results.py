@@ -119,12 +119,13 @@ class Damaged:
 
 
 def result_of(state: RunState, *, interrupted: str = "") -> RunResult:
+    """The result a wait returns; ``interrupted``: why nothing drives the run (a queued
+    run stays queued, as its log says: nothing holds it, and recover() admits it)."""
     status, reason = state.status, state.reason
     if interrupted:
-        status, reason = (
-            RunStatus.INTERRUPTED,
-            interrupted,
-        )
+        reason = interrupted
+        if status is not RunStatus.QUEUED:
+            status = RunStatus.INTERRUPTED
     elif status is RunStatus.RUNNING:
         reason = "still running"
     return RunResult(
@@ -133,8 +134,7 @@ def result_of(state: RunState, *, interrupted: str = "") -> RunResult:
         output=state.output,
         reason=reason,
         # a queued run is admitted (by recover() once its runtime is gone), never resumed
-        resumable=(status is RunStatus.INTERRUPTED and state.status is not RunStatus.QUEUED)
-        or (state.resumable and not state.terminal),
+        resumable=status is RunStatus.INTERRUPTED or (state.resumable and not state.terminal),
         usage=state.usage,
         steps=state.steps,
     )
