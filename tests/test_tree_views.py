@@ -90,6 +90,49 @@ def test_an_approval_deep_in_a_tree_names_its_root(store_path: Path) -> None:
         assert tree.wait(timeout=30).ok
 
 
+def test_a_request_below_a_cancelled_run_is_no_ones_to_decide(store_path: Path) -> None:
+    """The root is cancelled where nothing drives its tree (its cascade waits for a runtime
+    with the agents): approving the request below it is refused, not recorded for a tool
+    that must not run."""
+    ran: list[str] = []
+
+    @fl.tool
+    def publish(text: str) -> str:
+        """Publish the text."""
+        ran.append(text)
+        return f"published {text}"
+
+    def publishes(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.Reply:
+        if not any(m.role == "tool" for m in messages):
+            return fl.Reply(tool_calls=[fl.ToolCall("publish", {"text": "it"})])
+        return fl.Reply(text="done")
+
+    publisher = fl.Agent(
+        name="publisher",
+        llm=fl.ScriptedLLM(publishes),
+        tools=[publish],
+        approvals=fl.RequireApproval({"publish"}),
+    )
+    lead = fl.Agent(
+        name="lead", llm=fl.ScriptedLLM(fans_out(("publisher", "go"))), agents=[publisher]
+    )
+    with fl.Runtime.open(store_path, agents=[lead]) as rt:
+        root = rt.spawn(lead, "go")
+        wait_until(lambda: len(rt.pending_approvals()) == 1, 30, "the child's request")
+        (pending,) = rt.pending_approvals()
+    with fl.Runtime.open(store_path) as elsewhere:
+        elsewhere.handle(root.id).cancel(reason="stop")
+        assert elsewhere.state(root.id).status is fl.RunStatus.CANCELLED
+        with pytest.raises(fl.ApprovalError, match="in a tree that ended above it"):
+            elsewhere.approve(run_id=pending.run_id, call_id=pending.call_id, by="late")
+    with fl.Runtime.open(store_path, agents=[lead]) as rt:
+        rt.recover()
+        wait_until(
+            lambda: rt.state(pending.run_id).status is fl.RunStatus.CANCELLED, 20, "the cascade"
+        )
+    assert ran == []
+
+
 def test_run_metrics_add_up_each_tree_under_its_root(store_path: Path) -> None:
     lead = two_level_lead()
     plain = fl.Agent(name="plain", llm=fl.ScriptedLLM(answers("plain", USAGE)))

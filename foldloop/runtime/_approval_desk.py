@@ -48,7 +48,11 @@ class ApprovalDesk:
         agents: AgentRegistry,
         lifecycle: Lifecycle,
         clock: Callable[[], int],
+        tree_ended: Callable[[RunState], str | None],
     ) -> None:
+        self._tree_ended = tree_ended
+        """Why a run's tree ended above it ("parent cancelled"), or None: a request there
+        is no one's to decide (the cancel cascading to it may not have reached it yet)."""
         self._store = store
         self._system = system
         self._writes = writes
@@ -90,6 +94,13 @@ class ApprovalDesk:
                 raise ApprovalError(f"no approval request for run {run_id!r} call {call_id!r}")
         else:
             raise ConfigError("pass a token, or both run_id= and call_id=")
+        ended = self._tree_ended(self._queries.state(record.run_id))
+        if ended is not None and record.status == "pending":
+            raise ApprovalError(
+                f"run {record.run_id!r} is in a tree that ended above it ({ended}): its "
+                f"request for call {record.call_id!r} is no one's to decide; the cancel "
+                "reaches the run"
+            )
         now = self._clock()
         decided = self._writes.decide_approval(record, approved=approved, by=by, note=note, now=now)
         log.info(

@@ -128,6 +128,7 @@ class Runtime(OpenOnly, ClosedOnExit):
             agents=self._agents,
             lifecycle=self._lifecycle,
             clock=clock,
+            tree_ended=lambda state: self._commands.trees.cancel_reason(state),
         )
         self._commands = Commands(
             store=store,
