@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import sysconfig
 import threading
 import time
@@ -24,10 +25,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import foldloop as fl
 from foldloop._closing import ClosedOnExit
 from foldloop.cli import app
 from foldloop.store import open_store
 from foldloop.store._writer import WriteOp
+from tests.waiting import wait_until
 
 SOAK = bool(os.environ.get("FOLDLOOP_SOAK"))
 ITERATIONS = 1000 if SOAK else 25
@@ -274,3 +277,69 @@ def test_a_second_ctrl_c_interrupts_a_close_at_once() -> None:
         pass
     assert thing.steps == ["closing"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_whose_close_waits_for_a_tool_says_so(tmp_path: Path) -> None:
+    """`foldloop resume` drives a run whose tool call is under way: after one Ctrl-C the
+    close waits for the call (its outcome is recorded), and says so on stderr instead of
+    leaving the user before a silent terminal for up to 10 s."""
+    store, gate = tmp_path / "store", tmp_path / "gate"
+    tests_dir = str(Path(__file__).resolve().parent)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")])),
+    }
+    spawner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, foldloop as fl, pool_agents\n"
+            "rt = fl.Runtime.open(sys.argv[1], agents=[pool_agents.persistent])\n"
+            "print(rt.spawn(pool_agents.persistent, sys.argv[2]).id, flush=True)\n"
+            "sys.stdin.read()\n",
+            str(store),
+            str(gate),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert spawner.stdout is not None
+    run_id = spawner.stdout.readline().strip()
+    with fl.Runtime.open(store) as read:
+
+        def calls() -> int:
+            return sum(r.type == "tool.requested" for r in read.events(run_id))
+
+        wait_until(lambda: calls() == 1, 30, "the first tool call")
+        spawner.kill()  # its call is cut short: a resume asks again
+        spawner.wait()
+        driver = subprocess.Popen(
+            [
+                str(foldloop_script()),
+                "--store",
+                str(store),
+                "resume",
+                run_id,
+                "--agent",
+                "pool_agents:persistent",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            wait_until(lambda: calls() == 2, 30, "the resumed run's tool call")
+            driver.send_signal(signal.SIGINT)
+            assert driver.stderr is not None
+            said = driver.stderr.readline()
+            assert said.startswith("stopping: waiting for the tool calls under way"), said
+            gate.touch()
+            assert driver.wait(timeout=30) == 130
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait()
+        assert "tool.completed" in [r.type for r in read.events(run_id)]

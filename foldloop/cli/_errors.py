@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,5 +104,36 @@ def opened(
     store: Location, *, create: bool = False, agents: tuple[Agent, ...] = (), hint: str = ""
 ) -> Iterator[Runtime]:
     """A runtime on ``store`` whose foldloop errors end the command as ``errors`` says."""
-    with errors(hint), Runtime.open(store, create=create, agents=agents) as rt:
-        yield rt
+    with (
+        errors(hint),
+        _stopping() as stopping,
+        Runtime.open(store, create=create, agents=agents) as rt,
+    ):
+        try:
+            yield rt
+        except KeyboardInterrupt:
+            stopping.start()  # the close that follows says so if it takes long
+            raise
+
+
+SLOW_STOP_S = 0.5
+"""How long a close after Ctrl-C may take before the command says what it waits for."""
+
+
+@contextmanager
+def _stopping() -> Iterator[threading.Timer]:
+    """A timer, started on Ctrl-C, that says on stderr why the command has not ended yet
+    (tool calls under way are waited for, up to 10 s); stopped once the close is done."""
+    timer = threading.Timer(
+        SLOW_STOP_S,
+        lambda: err.print(
+            "stopping: waiting for the tool calls under way to return (up to 10 s), so "
+            "their outcomes are recorded; Ctrl-C again to stop now",
+            soft_wrap=True,
+        ),
+    )
+    timer.daemon = True
+    try:
+        yield timer
+    finally:
+        timer.cancel()

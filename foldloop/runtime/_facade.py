@@ -128,7 +128,7 @@ class Runtime(OpenOnly, ClosedOnExit):
             agents=self._agents,
             lifecycle=self._lifecycle,
             clock=clock,
-            tree_ended=lambda state: self._commands.trees.cancel_reason(state),
+            tree_ended=lambda state: self._commands.trees.cancel_reason(state),  # noqa: PLW0108 - made below
         )
         self._commands = Commands(
             store=store,
