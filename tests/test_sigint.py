@@ -335,7 +335,7 @@ def test_a_ctrl_c_whose_close_waits_for_a_tool_says_so(tmp_path: Path) -> None:
             driver.send_signal(signal.SIGINT)
             assert driver.stderr is not None
             said = driver.stderr.readline()
-            assert said.startswith("stopping: waiting for the tool calls under way"), said
+            assert said.startswith("stopping: waiting for the work under way"), said
             gate.touch()
             assert driver.wait(timeout=30) == 130
         finally:

@@ -127,8 +127,8 @@ def _stopping() -> Iterator[threading.Timer]:
     timer = threading.Timer(
         SLOW_STOP_S,
         lambda: err.print(
-            "stopping: waiting for the tool calls under way to return (up to 10 s), so "
-            "their outcomes are recorded; Ctrl-C again to stop now",
+            "stopping: waiting for the work under way to be recorded (a tool call under "
+            "way gets up to 10 s to return); Ctrl-C again to stop now",
             soft_wrap=True,
         ),
     )
