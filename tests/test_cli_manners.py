@@ -17,12 +17,14 @@ import pty
 import re
 import resource
 import shlex
+import stat
 import struct
 import subprocess
 import sys
 import sysconfig
 import termios
 import textwrap
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -375,6 +377,27 @@ def test_an_export_to_a_file_it_cannot_write_says_so_and_leaves_nothing(
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.startswith(f"error: could not write '{target}': "), proc.stderr
     assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_an_export_to_a_symlink_or_a_fifo_writes_through_it(shop: Shop, tmp_path: Path) -> None:
+    """Only a regular file is replaced whole; a link (as /dev/stdout is) and a FIFO are
+    written through, and stay what they are."""
+    whole = script("--store", str(shop.path), "export", "done").stdout
+    target, link = tmp_path / "target.jsonl", tmp_path / "link.jsonl"
+    target.write_text("old")
+    link.symlink_to(target)
+    proc = script("--store", str(shop.path), "export", "done", "-o", str(link))
+    assert proc.returncode == 0, proc.stderr
+    assert link.is_symlink() and target.read_text() == whole
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    read: list[str] = []
+    reader = threading.Thread(target=lambda: read.append(fifo.read_text()))
+    reader.start()
+    proc = script("--store", str(shop.path), "export", "done", "-o", str(fifo))
+    reader.join(30)
+    assert proc.returncode == 0, proc.stderr
+    assert read == [whole] and stat.S_ISFIFO(fifo.lstat().st_mode)
 
 
 @pytest.mark.parametrize("command", [["export", "done"], ["runs"], ["events", "done"]])

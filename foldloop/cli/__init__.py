@@ -45,15 +45,7 @@ from foldloop.cli._fit import free
 from foldloop.cli._hints import advice as _advice
 from foldloop.cli._hints import invocation as _invocation
 from foldloop.cli._metrics_view import metrics_view
-from foldloop.cli._output import (
-    OUTPUT_FULL,
-    OutputFailed,
-    WideOpt,
-    err,
-    escape,
-    import_lazy_modules,
-    whole_writes,
-)
+from foldloop.cli._output import WideOpt, err, escape, import_lazy_modules
 from foldloop.cli._output import count as _count
 from foldloop.cli._output import event_json as _event_json
 from foldloop.cli._output import line as _line
@@ -62,7 +54,8 @@ from foldloop.cli._output import silence_stdout as _silence_stdout
 from foldloop.cli._output import summary as _summary
 from foldloop.cli._output import table as _table
 from foldloop.cli._output import whole as _whole
-from foldloop.cli._output import write_whole as _write_whole
+from foldloop.cli._sink import OUTPUT_FULL, OutputFailed, whole_writes
+from foldloop.cli._sink import write_whole as _write_whole
 from foldloop.cli._tour import tour
 from foldloop.cli._tree_view import (
     Shown,

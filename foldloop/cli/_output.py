@@ -4,12 +4,9 @@ text escaped; a reader that leaves (``| head``) ends the command quietly."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import importlib
-import io
 import os
 import sys
-from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import msgspec
@@ -25,8 +22,6 @@ from foldloop.events._named import to_named
 from foldloop.events._recorded import Recorded, UnknownEvent
 
 __all__ = [
-    "OUTPUT_FULL",
-    "OutputFailed",
     "WideOpt",
     "command_line",
     "count",
@@ -42,8 +37,6 @@ __all__ = [
     "summary",
     "table",
     "whole",
-    "whole_writes",
-    "write_whole",
 ]
 
 
@@ -52,43 +45,6 @@ WideOpt = Annotated[
     typer.Option("--wide", help="On a terminal too, show every cell whole (rows may be long)."),
 ]
 """The ``--wide`` option of the commands that print tables."""
-
-
-OUTPUT_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO})
-"""A write's errors that say where the output goes is full: the command fails, saying so."""
-
-
-def whole_writes() -> None:
-    """Make every write to stdout whole, or an error. Under PYTHONUNBUFFERED (set in many
-    container images) stdout's text layer writes to the raw file, and a short write (a
-    full disk, a file size limit) drops the rest without a word: a ``foldloop export >
-    file`` would end 0 with half a file."""
-    stdout = sys.stdout
-    if isinstance(stdout, io.TextIOWrapper) and isinstance(stdout.buffer, io.RawIOBase):
-        sys.stdout = io.TextIOWrapper(
-            io.BufferedWriter(io.FileIO(os.dup(stdout.fileno()), "w")),
-            encoding=stdout.encoding,
-            errors=stdout.errors,
-            line_buffering=True,  # each line goes as it is written, as it did
-        )
-
-
-def write_whole(path: Path, text: str) -> None:
-    """Write ``text`` to the file at ``path``: all of it or, failing, none (a temporary file
-    beside it takes the place of the old one only once whole), with a CLI error saying
-    what went wrong."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise OutputFailed(f"could not write {str(path)!r}: {exc.strerror or exc}") from None
-
-
-class OutputFailed(Exception):
-    """The command's output could not be written (its message says where, and why)."""
 
 
 def silence_stdout() -> None:
