@@ -652,11 +652,13 @@ def test_a_closed_pool_leaves_no_pipe_open(store_path: Path) -> None:
     assert "ResourceWarning" not in done.stderr, done.stderr  # before: the workers' stdout pipes
 
 
+@pytest.mark.parametrize("replaced_by", ["the wait", "the pool"])
 def test_a_wait_keeps_to_its_timeout_while_a_replacement_worker_starts(
-    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replaced_by: str
 ) -> None:
     """The run's worker died and its replacement is slow to start: wait(timeout=0.5)
-    returns about then (the run as it stands), not once the replacement is ready; the
+    returns about then (the run as it stands), not once the replacement is ready, whether
+    the wait starts the replacement or the pool's own restart did a moment before; the
     replacement goes on starting and finishes the run."""
     hold = tmp_path / "hold-import"
     monkeypatch.setenv(pool_agents.HOLD_IMPORT_ENV, str(hold))
@@ -672,15 +674,18 @@ def test_a_wait_keeps_to_its_timeout_while_a_replacement_worker_starts(
         letting_go = threading.Timer(30, lambda: hold.unlink(missing_ok=True))
         letting_go.start()
         try:
-            os.kill(pool.workers[0].pid, signal.SIGKILL)
+            victim = pool.workers[0].pid
+            os.kill(victim, signal.SIGKILL)
             began = time.monotonic()
+            if replaced_by == "the pool":  # its restart (1 s on) waits for the slow start
+                wait_until(lambda: pool.workers[0].pid != victim, 10, "the pool's restart")
             result = handle.wait(timeout=0.5)
             took = time.monotonic() - began
         finally:
             letting_go.cancel()
             hold.unlink(missing_ok=True)
-        assert took < 10, f"wait(timeout=0.5) took {took:.1f} s"
-        assert result.status is fl.RunStatus.INTERRUPTED and result.resumable, result
+        assert took < 5, f"the restart's look and wait(timeout=0.5) took {took:.1f} s"
+        assert result.status in (fl.RunStatus.INTERRUPTED, fl.RunStatus.RUNNING), result
         gate.touch()
         assert handle.wait(timeout=60).status is fl.RunStatus.COMPLETED
 

@@ -225,7 +225,9 @@ class WorkerPool(ClosedOnExit):
         """Start a replacement for each worker that died; each recovers the runs left
         without a live runtime before it says Ready. Returns the replacements once they,
         and any replacement started before and still starting, are ready (or, given
-        ``ready_by``, a ``time.monotonic()``, at the latest then)."""
+        ``ready_by``, a ``time.monotonic()``, at the latest then). The pool's lock is held
+        only to start them: a wait with a deadline of its own is not held up by another
+        thread's wait for a slow start."""
         with self._lock:
             if self._closed:
                 return []
@@ -236,10 +238,15 @@ class WorkerPool(ClosedOnExit):
                 worker.stop(1.0)
                 self._workers[i] = replacement = self._start_worker()
                 fresh.append(replacement)
-            for worker in self._workers:
-                if not worker.ready.done():
-                    self._await_ready(worker, ready_by)
-            return [w.info() for w in fresh]
+            starting = [w for w in self._workers if not w.ready.done()]
+        try:
+            for worker in starting:
+                self._await_ready(worker, ready_by)
+        except WorkerError:
+            if self._closed:  # the close stopped it as it started
+                return []
+            raise
+        return [w.info() for w in fresh]
 
     def _dead(self, worker: WorkerProcess) -> bool:
         """Its process ended, or its owner lock is free (the process is dying: a SIGKILLed
