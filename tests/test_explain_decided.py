@@ -249,8 +249,9 @@ def test_a_request_past_its_deadline_is_listed_and_explained_as_expired(store_pa
 
 def test_a_wait_where_nothing_can_carry_a_decision_in_returns(store_path: Path) -> None:
     """Decided in a runtime without the agent, with none open that has it: the wait (even
-    without a timeout) returns the run interrupted, saying so, instead of waiting for ever;
-    a runtime with the agent then carries the decision in by itself."""
+    without a timeout) returns the run parked, as runs() lists it (the decision taken, not
+    yet carried in), instead of waiting for ever; a runtime with the agent then carries the
+    decision in by itself."""
     with fl.Runtime.open(store_path, agents=[gated]) as rt:
         run = rt.spawn(gated, "one and one", run_id="W")
         assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
@@ -262,7 +263,10 @@ def test_a_wait_where_nothing_can_carry_a_decision_in_returns(store_path: Path) 
         waiter.join(30)
         assert waited, "wait() did not return"
         (result,) = waited
-        assert result.status is fl.RunStatus.INTERRUPTED and result.resumable
-        assert "no runtime with agent 'gated' took it up" in result.reason
+        assert result.status is fl.RunStatus.AWAITING_APPROVAL and result.resumable
+        assert result.reason.startswith("decided, not yet carried into the run's log")
+        assert "approved by 'alice'" in result.reason
+        (listed,) = elsewhere.runs()
+        assert listed.reason == result.reason
     with fl.Runtime.open(store_path, agents=[gated]) as rt:
         assert rt.handle("W").wait(timeout=30).output == "2"

@@ -7,9 +7,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import msgspec
+
 from foldloop._log import get_logger
 from foldloop.actors._system import ActorSystem, Settlement
-from foldloop.core._explain import ORPHAN_QUEUED
+from foldloop.core._explain import ORPHAN_QUEUED, parked_reason
 from foldloop.core._state import RunState, RunStatus
 from foldloop.errors import (
     ConfigError,
@@ -62,20 +64,12 @@ CLOSED_UNDER_READ_S = 2.0
 """How long a close waits for a server to answer a read of a run it leaves (for its wait)."""
 CARRY_GRACE_S = 2.0
 """How long a wait in a runtime without the run's agent follows a parked run whose decision
-is taken but not carried in before it says no runtime with the agent took it up (a live
-one's poller does within its poll_interval, 0.1 s by default)."""
+is taken but not carried in before it returns the run parked, saying so (a live runtime
+with the agent carries it in within its poll_interval, 0.1 s by default; none may be open,
+and which agents another process has is not known here)."""
 SHARED_RECOVERY_GRACE_S = 30.0
 """On a store with a shared work queue, how long a run nobody drives is followed before
 ``wait`` says it is interrupted: its runtime's owner key lapses and workers recover it."""
-
-
-def _not_carried(state: RunState) -> str:
-    """Why a wait returns a parked run whose decision nobody carries in as interrupted."""
-    return (
-        f"a decision on its approval is taken, but no runtime with agent {state.agent!r} "
-        f"took it up to carry it into the run's log; one that opens does by itself, or "
-        f"rt.resume({state.run_id!r}) in one"
-    )
 
 
 class Waiter:
@@ -203,7 +197,9 @@ class Waiter:
             if not settlement.event.is_set() or state is None:  # the deadline, or closed under it
                 return self._queries.state(run_id), settlement.interrupted
             if settlement.interrupted:
-                return self._as_stored(run_id, state), settlement.interrupted
+                stored = self._as_stored(run_id, state)
+                # ended by its log (its end landed, or a resume elsewhere ended it since)
+                return stored, "" if stored.terminal else settlement.interrupted
             if self._decision_pending(state, deadline):
                 # the poller (or the drive the decision started) continues the run; wait
                 # for that settlement
@@ -307,7 +303,9 @@ class Waiter:
                     if self._knows(state.agent) or self._queries.driven(run_id):
                         uncarried_since = None
                     elif now - (uncarried_since := uncarried_since or now) >= CARRY_GRACE_S:
-                        return state, _not_carried(state)
+                        # as runs() lists it: parked, its decision taken, not yet carried in
+                        why = parked_reason(state, self._queries.decided(state))
+                        return msgspec.structs.replace(state, reason=why), ""
                 elif state.settled:
                     # The approvals table was read after the state: a decision carried in
                     # between shows as applied there and not yet here. Settled: no change.
