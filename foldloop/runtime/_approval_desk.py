@@ -20,7 +20,7 @@ from foldloop.core._commands import ApprovalTicket, Command, DecideApproval, Exp
 from foldloop.core._decide import decide
 from foldloop.core._effects import Decision
 from foldloop.core._state import RunState, RunStatus
-from foldloop.errors import ApprovalError, ConfigError, RunLocked
+from foldloop.errors import ApprovalError, ConfigError, FoldloopError, RunLocked
 from foldloop.runtime._driving import drive
 from foldloop.runtime._lifecycle import Lifecycle
 from foldloop.runtime._queries import Queries
@@ -63,14 +63,22 @@ class ApprovalDesk:
 
     def pending(self) -> list[PendingApproval]:
         """Gated calls waiting for a decision (with the token, where this runtime issued it),
-        each with the root of its run's tree."""
+        each with the root of its run's tree; not those past their deadline, nor those in
+        a tree that ended above them (the cancel cascading to them)."""
         now = self._clock()
         roots: dict[str, str] = {}
         return [
             replace(self._system.pending(r), root_run_id=self._queries.root_of(r.run_id, roots))
             for r in self._store.open_approvals()
-            if r.status == "pending" and now < r.expires_at
+            if r.status == "pending" and not r.lapsed(now) and not self._below_an_end(r)
         ]
+
+    def _below_an_end(self, record: ApprovalRecord) -> bool:
+        """The request's run is a child in a tree that ended above it."""
+        try:
+            return self._tree_ended(self._queries.state(record.run_id)) is not None
+        except FoldloopError:  # an unreadable run: its request stays listed
+            return False
 
     def record_decision(
         self,
@@ -94,8 +102,13 @@ class ApprovalDesk:
                 raise ApprovalError(f"no approval request for run {run_id!r} call {call_id!r}")
         else:
             raise ConfigError("pass a token, or both run_id= and call_id=")
-        ended = self._tree_ended(self._queries.state(record.run_id))
-        if ended is not None and record.status == "pending":
+        # an approval only: a denied call never runs, whoever denies it
+        ended = (
+            self._tree_ended(self._queries.state(record.run_id))
+            if approved and record.status == "pending"
+            else None
+        )
+        if ended is not None:
             raise ApprovalError(
                 f"run {record.run_id!r} is in a tree that ended above it ({ended}): its "
                 f"request for call {record.call_id!r} is no one's to decide; the cancel "
@@ -167,7 +180,7 @@ class ApprovalDesk:
                 continue
             now = self._clock()
             if record.status == "pending":
-                if now < record.expires_at:
+                if not record.lapsed(now):
                     continue
                 try:
                     record = self._writes.expire(record, now)

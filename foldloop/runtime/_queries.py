@@ -342,7 +342,7 @@ class Queries:
                     at=record.decided_at,
                     note=record.note,
                 )
-            elif now >= record.expires_at:
+            elif record.lapsed(now):
                 decided = DecidedApproval(
                     call_id=record.call_id, outcome="expired", by="", at=record.expires_at
                 )

@@ -40,6 +40,11 @@ class ApprovalRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     applied: bool = False
     applied_seq: int = 0
 
+    def lapsed(self, now: int) -> bool:
+        """Pending past its deadline at ``now`` (unix ns): no one can decide it any more,
+        whether or not its expiry is recorded yet."""
+        return self.status == "pending" and now >= self.expires_at
+
 
 class ApprovalChanges(msgspec.Struct, frozen=True, kw_only=True):
     """What an append changes in the approvals table, atomically with its events: the

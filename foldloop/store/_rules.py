@@ -87,7 +87,7 @@ def decided(
             f"run {current.run_id!r} no longer waits on call {current.call_id!r}: the run "
             "ended before anyone decided"
         )
-    if now >= current.expires_at:
+    if current.lapsed(now):
         return msgspec.structs.replace(current, status="expired", decided_at=now)
     return msgspec.structs.replace(
         current, status="approved" if approved else "denied", by=by, note=note, decided_at=now
