@@ -226,6 +226,7 @@ def test_both_adapters_carry_the_servers_retry_after(
         ({"retry-after": "soon"}, None),
         ({"retry-after": "inf"}, None),
         ({"retry-after-ms": "nan"}, None),
+        ({"retry-after-ms": "soon", "retry-after": "3"}, 3.0),  # one unreadable: the other
         ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date gone by: now
         ({}, None),
     ],

@@ -47,7 +47,7 @@ def sdk_errors(sdk: ModuleType, model: str, retry_statuses: tuple[int, ...] = ()
         yield
     except (sdk.RateLimitError, sdk.InternalServerError) as exc:
         wait = retry_after(exc.response.headers)
-        asked = "" if wait is None else f" after {wait:g} s (the server's Retry-After)"
+        asked = "" if wait is None else f" (the server asks to wait {wait:g} s)"
         raise ModelCallError(
             f"{model}: HTTP {exc.status_code}, will retry{asked}: {exc.message}",
             retryable=True,
@@ -71,10 +71,9 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     """The wait in seconds a response asks for before the next request: ``retry-after-ms``
     (OpenAI's), else ``retry-after`` in seconds or as an HTTP date; None when it asks none
     or says it in no form these take."""
-    given = headers.get("retry-after-ms")
-    if given is not None:
-        seconds = _number(given)
-        return None if seconds is None else seconds / 1000
+    millis = _number(headers.get("retry-after-ms", ""))
+    if millis is not None:
+        return millis / 1000
     given = headers.get("retry-after")
     if given is None:
         return None
