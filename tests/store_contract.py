@@ -326,6 +326,13 @@ class StoreContract:
             store.import_run("copy", payloads).wait()
         assert store.head("copy") == 300
 
+    def test_an_import_writes_the_approval_requests_it_waits_on(self, store: EventStore) -> None:
+        payloads = encode_all([ev(1)], 1000)
+        asked = ApprovalChanges(requests=(request("parked", "c1"),))
+        store.import_run("parked", payloads, approvals=asked).wait()
+        assert store.approval("parked", "c1") == request("parked", "c1")
+        assert store.head("parked") == 1
+
     # -- the whole log ---------------------------------------------------------------------
 
     def test_scan_gives_every_record_once_in_position_order(self, store: EventStore) -> None:

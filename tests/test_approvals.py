@@ -697,3 +697,27 @@ def test_the_cli_refuses_a_note_that_is_not_utf_8_as_a_usage_error(
     assert b"unpaired surrogate" in done.stderr and b"Traceback" not in done.stderr
     with fl.Runtime.open(store_path) as rt:
         assert [p.call_id for p in rt.pending_approvals()] == [pending.call_id]
+
+
+def test_a_run_imported_parked_at_an_approval_is_decidable_there(tmp_path: Path) -> None:
+    """Export and import move a parked run's requests with it: decidable by ids in the new
+    store, and by the token issued where it came from; a copy under another id is its
+    own request (ids only), not the original's, whose token that is."""
+    from tests.pool_agents import gated
+
+    with fl.Runtime.open(tmp_path / "a", agents=[gated]) as rt:
+        run = rt.spawn(gated, "one and one")
+        assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+        (asked,) = rt.pending_approvals()
+        lines = list(rt.export(run.id))
+    assert asked.token is not None
+    with fl.Runtime.open(tmp_path / "b", agents=[gated]) as there:
+        there.import_jsonl(lines)
+        copy = there.import_jsonl(lines, run_id="copy")
+        listed = {(p.run_id, p.call_id) for p in there.pending_approvals()}
+        assert listed == {(run.id, asked.call_id), (copy, asked.call_id)}
+        there.approve(asked.token, by="carried")  # decides the original's request only
+        assert there.handle(run.id).wait(timeout=30).output == "2"  # carried in
+        assert [(p.run_id, p.call_id) for p in there.pending_approvals()] == [(copy, asked.call_id)]
+        there.approve(run_id=copy, call_id=asked.call_id, by="ids")
+        assert there.handle(copy).wait(timeout=30).output == "2"

@@ -11,12 +11,15 @@ import contextlib
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 
+import msgspec
+
 from foldloop._approvals import approval_changes
+from foldloop.core._batch import fold_events
 from foldloop.core._commands import Command
 from foldloop.core._effects import Decision
 from foldloop.core._state import RunState
 from foldloop.errors import ConcurrencyError, ConfigError
-from foldloop.events._catalogue import KnownEvent
+from foldloop.events._catalogue import ApprovalRequested, KnownEvent
 from foldloop.events._recorded import Recorded
 from foldloop.runtime._rules import evolve_all
 from foldloop.store import ApprovalChanges, EventStore, Lease, Payload, Pending, encode_all
@@ -102,11 +105,17 @@ class RunWrites:
             release=release,
         )
 
-    def import_run(self, target: str, events: Sequence[tuple[KnownEvent, int]]) -> None:
-        """Append an exported run's events (each with its time) as the new run ``target``."""
+    def import_run(
+        self, target: str, events: Sequence[tuple[KnownEvent, int]], *, renamed: bool = False
+    ) -> None:
+        """Append an exported run's events (each with its time) as the new run ``target``,
+        with the approval requests it is parked on: decidable here by ids, and by the
+        token issued where it came from (its digest travels in approval.requested) unless
+        it is ``renamed``: a copy's request is not the original's, whose token that is."""
         payloads = [p for event, at in events for p in encode_all([event], at)]
+        approvals = _waited_on(target, events, keep_tokens=not renamed)
         try:
-            self._store.import_run(target, payloads).wait()
+            self._store.import_run(target, payloads, approvals=approvals).wait()
         except ConcurrencyError as exc:
             raise ConfigError(
                 f"run {target!r} already exists in this store",
@@ -125,3 +134,23 @@ class RunWrites:
     def expire(self, record: ApprovalRecord, now: int) -> ApprovalRecord:
         """Mark a pending request expired (its deadline has passed)."""
         return self._store.expire_approval(record, now=now).wait()
+
+
+def _waited_on(
+    run_id: str, events: Sequence[tuple[KnownEvent, int]], *, keep_tokens: bool
+) -> ApprovalChanges | None:
+    """The approval records of the requests a run's log leaves it waiting on (the last
+    request of each such call: a resume asks again with a new token); without
+    ``keep_tokens``, each under a digest no token has, so only its ids decide it."""
+    state = fold_events(run_id, iter(events), RunState(run_id=run_id))
+    waiting = {c.call_id for c in state.calls if c.status == "awaiting_approval"}
+    asked = {e.call_id: (e, at) for e, at in events if type(e) is ApprovalRequested}
+    last = [asked[call_id] for call_id in sorted(waiting) if call_id in asked]
+    if not last:
+        return None
+    if not keep_tokens:
+        last = [
+            (msgspec.structs.replace(e, token_digest=f"imported:{run_id}:{e.call_id}"), at)
+            for e, at in last
+        ]
+    return approval_changes(run_id, state, [e for e, _ in last], max(at for _, at in last))

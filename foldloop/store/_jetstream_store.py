@@ -309,13 +309,21 @@ class JetStreamStore:
             raise
         return epoch
 
-    def import_run(self, run_id: str, payloads: Sequence[Payload]) -> Pending[None]:
+    def import_run(
+        self,
+        run_id: str,
+        payloads: Sequence[Payload],
+        *,
+        approvals: ApprovalChanges | None = None,
+    ) -> Pending[None]:
         """Append a whole run under no lease (in parts of 1,000 events past that)."""
-        return self._write(self._import(run_id, payloads))
+        return self._write(self._import(run_id, payloads, approvals))
 
-    async def _import(self, run_id: str, payloads: Sequence[Payload]) -> None:
+    async def _import(
+        self, run_id: str, payloads: Sequence[Payload], approvals: ApprovalChanges | None
+    ) -> None:
         await self._append(
-            run_id, payloads, expected_seq=0, lease=None, release=False, approvals=None
+            run_id, payloads, expected_seq=0, lease=None, release=False, approvals=approvals
         )
 
     # -- reads -----------------------------------------------------------------------------

@@ -241,13 +241,28 @@ class LmdbStore:
 
         return self.submit(write)
 
-    def import_run(self, run_id: str, payloads: Sequence[Payload]) -> WriteOp[None]:
+    def import_run(
+        self,
+        run_id: str,
+        payloads: Sequence[Payload],
+        *,
+        approvals: ApprovalChanges | None = None,
+    ) -> WriteOp[None]:
         """Append a whole run under no lease (see ``port.EventStore``)."""
+        write = Append(
+            run_id,
+            payloads,
+            expected_seq=0,
+            lease=None,
+            release=False,
+            approvals=approvals,
+            records=False,
+        )
 
-        def write(w: WriteTxn) -> None:
-            w.append(run_id, payloads, expected_seq=0)
+        def imported(w: WriteTxn) -> None:
+            write(w)
 
-        return self.submit(write)
+        return self.submit(imported)
 
     def acquire_lease(self, run_id: str, owner: str) -> WriteOp[int]:
         """Take the run for ``owner``; resolves to the new epoch."""

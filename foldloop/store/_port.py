@@ -134,9 +134,16 @@ class EventStore(Protocol):
         owner holds its lease."""
         ...
 
-    def import_run(self, run_id: str, payloads: Sequence[Payload]) -> Pending[None]:
-        """Append a whole run (an export) as one write, under no lease; ConcurrencyError
-        when the run exists. The payloads keep their own times."""
+    def import_run(
+        self,
+        run_id: str,
+        payloads: Sequence[Payload],
+        *,
+        approvals: ApprovalChanges | None = None,
+    ) -> Pending[None]:
+        """Append a whole run (an export) as one write, under no lease, with the approval
+        records it waits on; ConcurrencyError when the run exists. The payloads keep their
+        own times."""
         ...
 
     # -- reads -----------------------------------------------------------------------------
