@@ -565,7 +565,9 @@ def _export_lines(shop: Shop) -> list[str]:
     return script("--store", str(shop.path), "export", "limited").stdout.splitlines()
 
 
-@pytest.mark.parametrize("case", ["garbage", "binary", "format", "truncated", "run-id"])
+@pytest.mark.parametrize(
+    "case", ["garbage", "binary", "format", "truncated", "run-id", "time", "too big"]
+)
 def test_a_failed_import_leaves_no_store(shop: Shop, tmp_path: Path, case: str) -> None:
     lines = _export_lines(shop)
     header = json.loads(lines[0])
@@ -579,6 +581,13 @@ def test_a_failed_import_leaves_no_store(shop: Shop, tmp_path: Path, case: str) 
         bad.write_text("\n".join([json.dumps({**header, "format": 99}), *lines[1:]]) + "\n")
     elif case == "truncated":
         bad.write_text("\n".join(lines[:-1]) + "\n")
+    elif case in ("time", "too big"):  # what no store can hold: a time past 64 bits, a
+        started = json.loads(lines[1])  # value past the event size limit
+        if case == "time":
+            started["at"] = 2**70
+        else:
+            started["event"]["input"] = "z" * 2_000_000
+        bad.write_text("\n".join([lines[0], json.dumps(started), *lines[2:]]) + "\n")
     else:
         bad.write_text("\n".join(lines) + "\n")
         extra = ["--run-id", "not a valid id!"]
@@ -590,6 +599,27 @@ def test_a_failed_import_leaves_no_store(shop: Shop, tmp_path: Path, case: str) 
         assert "Traceback" not in stderr
     assert not fresh.exists() and not fresh.parent.exists()
     assert list(empty.iterdir()) == []
+
+
+@pytest.mark.parametrize("char", ["\u2028", "\u2029", "\x85"])
+def test_an_export_holding_line_separators_in_its_text_imports_whole(
+    tmp_path: Path, char: str
+) -> None:
+    """JSON writes U+2028, U+2029 and NEL as they are: they split no line of the file."""
+    agent = fl.Agent(name="sep", llm=fl.ScriptedLLM([fl.Reply(text=f"one{char}two")]))
+    source, target = tmp_path / "a", tmp_path / "b"
+    with fl.Runtime.open(source) as rt:
+        run = rt.spawn(agent, f"in{char}put")
+        assert run.wait(timeout=30).ok
+        text = "\n".join(rt.export(run.id)) + "\n"
+    exported = tmp_path / "run.jsonl"
+    exported.write_text("\ufeff" + text.replace("\n", "\r\n"))  # an editor's BOM and CRLF too
+    code, _, stderr = cli(target, "import", str(exported))
+    assert code == 0, stderr
+    with fl.Runtime.open(target) as rt:
+        assert rt.state(run.id).output == f"one{char}two"
+        assert rt.import_jsonl(text, run_id="whole-text") == "whole-text"  # one str: its lines
+        assert rt.state("whole-text").output == f"one{char}two"
 
 
 # -- the demo's hints run as printed --------------------------------------------------------

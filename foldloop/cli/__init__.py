@@ -81,6 +81,7 @@ from foldloop.projections._prometheus import prometheus_text, serve_prometheus
 from foldloop.runtime import Runtime, RunTree
 from foldloop.runtime._agent_ref import load_agent
 from foldloop.runtime._rules import check_run_id
+from foldloop.store import encode_all
 from foldloop.store._nats_names import is_nats_url
 
 __all__ = ["app", "demo_agent", "main"]  # demo_agent: `--agent foldloop.cli:demo_agent`
@@ -462,7 +463,11 @@ def import_run(
         _fail(EXIT_NOT_FOUND, f"no file {str(file)!r}")
     # All checks that need no store come first: a bad file must not leave an empty store.
     try:
-        lines = file.read_text().splitlines()
+        # by "\n" alone, as written: U+2028 and the like inside JSON text break no line
+        text = file.read_text(encoding="utf-8-sig")  # a BOM an editor added goes
+        lines = [line.removesuffix("\r") for line in text.split("\n")]
+        if lines and not lines[-1]:
+            lines.pop()
     except UnicodeDecodeError:
         _fail(EXIT_USAGE, f"{str(file)!r} is not text, so not a foldloop export (JSONL)")
     except OSError as exc:
@@ -479,6 +484,8 @@ def import_run(
             check_run_id(run_id if run_id is not None else member.header.run_id)
             if not member.events:
                 raise ConfigError("the export holds no events")
+            for e in member.events:  # what no store can hold, before one is created
+                encode_all([e.event], e.at)
     elsewhere = "nats://HOST:PORT/NAMESPACE, another namespace" if is_nats_url(_store()) else "PATH"
     hint = (
         f"import the tree into another store (--store {elsewhere})"

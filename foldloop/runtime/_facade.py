@@ -494,8 +494,9 @@ class Runtime(OpenOnly, ClosedOnExit):
             raise ConfigError(f"tree must be True or False; got {tree!r}")
         return self._transfer.export(run_id, tree=tree)
 
-    def import_jsonl(self, lines: Iterable[str], *, run_id: str | None = None) -> str:
-        """Append an exported run to this store (as ``run_id`` if given); returns its id.
+    def import_jsonl(self, lines: Iterable[str] | str, *, run_id: str | None = None) -> str:
+        """Append an exported run (its lines, or its whole text) to this store (as ``run_id``
+        if given); returns its id.
         An exported tree is imported whole under its own run ids (``run_id`` must be None;
         if this store holds any of them, nothing is imported); returns its root's id.
 

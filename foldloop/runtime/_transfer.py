@@ -65,7 +65,7 @@ class Transfer:
         stored = [(r.seq, r.at, r.event) for r in self._queries.events(run.header.run_id)]
         return stored == [(e.seq, e.at, e.event) for e in run.events]
 
-    def import_jsonl(self, lines: Iterable[str], *, run_id: str | None) -> str:
+    def import_jsonl(self, lines: Iterable[str] | str, *, run_id: str | None) -> str:
         """Append an exported run (as ``run_id`` if given), or an exported tree under its
         own ids, to this store; returns the (root) run's id."""
         export = load_export(lines)
