@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -879,6 +880,11 @@ def test_export_then_import_gives_the_same_fold(rt: fl.Runtime, tmp_path: Path) 
                 [lines[0], lines[1], '{"seq": 2, "at": 1, "event": {"type": "nope"}}'],
                 run_id="bad2",
             )
+        # a field this foldloop does not know (a newer one's) is refused, not dropped
+        newer = json.loads(lines[3])
+        newer["event"]["future_field"] = 42
+        with pytest.raises(fl.ConfigError, match="line 4: field `future_field` is none"):
+            other.import_jsonl([*lines[:3], json.dumps(newer), *lines[4:]], run_id="bad3")
         assert sorted(other.store.run_ids()) == sorted([run.id, "copy-1"])
 
 

@@ -211,7 +211,9 @@ def _event(number: int, line: str, seq: int) -> ExportedEvent:
     try:
         with as_recorded():  # a log's values, even those checked only since it was written
             line_ = _LINE.decode(line)
-            event = ExportedEvent(seq=line_.seq, at=line_.at, event=from_named(line_.event))
+            event = ExportedEvent(
+                seq=line_.seq, at=line_.at, event=from_named(line_.event, strict=True)
+            )
     except msgspec.MsgspecError as exc:
         raise ConfigError(f"line {number}: {exc}") from None
     if event.seq != seq:

@@ -70,11 +70,23 @@ def to_named(event: KnownEvent) -> dict[str, Any]:
     return {"type": event.type, **_by_name(event)}
 
 
-def _from_map(cls: type[msgspec.Struct], data: Mapping[str, Any], path: str) -> Any:
+def _from_map(
+    cls: type[msgspec.Struct], data: Mapping[str, Any], path: str, *, strict: bool
+) -> Any:
     """An instance of the positional struct ``cls`` from a map of its field names; each
-    field validated against its type (unknown names are ignored, as msgspec does)."""
+    field validated against its type (unknown names are ignored, as msgspec does, unless
+    ``strict``: then refused, naming the first)."""
+    fields = msgspec.structs.fields(cls)
+    if strict:
+        known = {field.name for field in fields} | ({"type"} if not path else set())
+        unknown = next((name for name in data if name not in known), None)
+        if unknown is not None:
+            raise msgspec.ValidationError(
+                f"field `{path}{unknown}` is none this foldloop knows (written by a newer "
+                "one? read it there)"
+            )
     values: dict[str, Any] = {}
-    for field in msgspec.structs.fields(cls):
+    for field in fields:
         name = f"{path}{field.name}"
         if field.name not in data:
             if field.required:
@@ -82,7 +94,7 @@ def _from_map(cls: type[msgspec.Struct], data: Mapping[str, Any], path: str) -> 
             continue
         item, kind = data[field.name], field.type
         if _positional(kind) and isinstance(item, Mapping):
-            values[field.name] = _from_map(kind, item, f"{name}.")
+            values[field.name] = _from_map(kind, item, f"{name}.", strict=strict)
             continue
         try:
             values[field.name] = msgspec.convert(item, kind)
@@ -91,14 +103,15 @@ def _from_map(cls: type[msgspec.Struct], data: Mapping[str, Any], path: str) -> 
     return cls(**values)
 
 
-def from_named(data: Mapping[str, Any]) -> KnownEvent:
+def from_named(data: Mapping[str, Any], *, strict: bool = False) -> KnownEvent:
     """The event a map of field names holds (with its ``"type"``); raises
-    msgspec.ValidationError naming the field when it does not validate."""
+    msgspec.ValidationError naming the field when it does not validate, or, ``strict``,
+    when it holds a field the event does not have (an import must not drop data)."""
     tag = data.get("type")
     cls = _BY_TAG.get(tag) if isinstance(tag, str) else None
     if cls is None:
         raise msgspec.ValidationError(f"field `type`: no event type {tag!r}")
-    event: KnownEvent = _from_map(cls, data, "")
+    event: KnownEvent = _from_map(cls, data, "", strict=strict)
     return event
 
 
