@@ -332,6 +332,14 @@ def test_26_a_run_holding_a_newer_event_type_reads_but_does_not_resume(tmp_path:
         ):
             rt.resume(run.id, extend=fl.Limits(max_steps=5))
         assert rt.store.head(run.id) == head + 1  # nothing appended by the refusal
+    doctor = subprocess.run(
+        [sys.executable, "-m", "foldloop", "--store", str(tmp_path / "store"), "doctor"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert doctor.returncode == 0, doctor.stderr  # intact: kept as written
+    assert f"{run.id} seq {head + 1}: 'tool.stream_chunk'" in doctor.stdout, doctor.stdout
 
 
 def test_bad_query_arguments_are_config_errors_naming_the_value(tmp_path: Path) -> None:

@@ -75,6 +75,7 @@ from foldloop.errors import (
     StoreError,
 )
 from foldloop.events._jsonl import load_export
+from foldloop.events._recorded import UnknownEvent
 from foldloop.events._values import Limits
 from foldloop.projections._metrics import RunMetrics
 from foldloop.projections._prometheus import prometheus_text, serve_prometheus
@@ -578,9 +579,15 @@ def doctor() -> None:
             transient=True,
             disable=not err.is_terminal,
         )
+        newer: list[str] = []  # events of types a newer foldloop wrote: kept, not folded
         for run_id in checking:
             try:
                 rt.store.verify_chain(run_id)
+                newer += [
+                    f"{run_id} seq {r.seq}: {r.event.tag!r}"
+                    for r in rt.store.read(run_id)
+                    if isinstance(r.event, UnknownEvent)
+                ]
             except CorruptRecord as exc:
                 problems += 1
                 _prose(f"[red]{escape(exc.run_id)} seq {exc.seq}[/]: {escape(exc.problem)}")
@@ -593,6 +600,13 @@ def doctor() -> None:
             raise typer.Exit(EXIT_CORRUPT)
         counted = f"{_count(len(run_ids), 'run')}, {_count(rt.store.last_position(), 'event')}"
         _prose(f"ok: {counted}, all intact")
+        if newer:
+            _prose(
+                f"{_count(len(newer), 'event')} of a type this foldloop does not know (a newer "
+                "one wrote it; kept as written, not folded): "
+                + escape(", ".join(newer[:10]))
+                + (", ..." if len(newer) > 10 else "")
+            )
 
 
 app.command()(worker)
