@@ -37,7 +37,6 @@ from foldloop.cli._exit_codes import (
     EXIT_CORRUPT,
     EXIT_ERROR,
     EXIT_INTERRUPTED,
-    EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_USAGE,
 )
@@ -55,8 +54,8 @@ from foldloop.cli._output import summary as _summary
 from foldloop.cli._output import table as _table
 from foldloop.cli._output import whole as _whole
 from foldloop.cli._sink import OUTPUT_FULL, OutputFailed, whole_writes
-from foldloop.cli._sink import write_whole as _write_whole
 from foldloop.cli._tour import tour
+from foldloop.cli._transfer_commands import export_run, import_run
 from foldloop.cli._tree_view import (
     Shown,
     cancel_below,
@@ -74,15 +73,12 @@ from foldloop.errors import (
     RunNotFound,
     StoreError,
 )
-from foldloop.events._jsonl import load_export
 from foldloop.events._recorded import UnknownEvent
 from foldloop.events._values import Limits
 from foldloop.projections._metrics import RunMetrics
 from foldloop.projections._prometheus import prometheus_text, serve_prometheus
 from foldloop.runtime import Runtime, RunTree
 from foldloop.runtime._agent_ref import load_agent
-from foldloop.runtime._rules import check_run_id
-from foldloop.store import encode_all
 from foldloop.store._nats_names import is_nats_url
 
 __all__ = ["app", "demo_agent", "main"]  # demo_agent: `--agent foldloop.cli:demo_agent`
@@ -422,88 +418,8 @@ def tail(
             time.sleep(0.2)
 
 
-@app.command("export")
-def export_run(
-    run: RunArg,
-    output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="File (default stdout).")
-    ] = None,
-    tree: Annotated[
-        bool, typer.Option("--tree", help="The run and every child run below it, in one file.")
-    ] = False,
-) -> None:
-    """Export a run's events as JSONL (schema: foldloop.events._jsonl); with --tree, the
-    runs below it too (`foldloop import FILE` brings them all back, under their ids)."""
-    with _runtime(_store()) as rt:
-        lines = list(rt.export(run, tree=tree))
-    text = "\n".join(lines) + "\n"
-    with _errors():
-        if output is None:
-            sys.stdout.write(text)
-        else:
-            _write_whole(output, text)
-            written = _count(len(lines) - 1, "event")
-            if tree:  # a header line for the tree, one for each run
-                runs = json.loads(lines[0])["runs"]
-                written = (
-                    f"{_count(runs, 'run')} ({_count(len(lines) - 1 - runs, 'event')}) of the tree"
-                )
-            err.print(f"wrote {written} of {escape(run)} to {escape(str(output))}")
-
-
-@app.command("import")
-def import_run(
-    file: Annotated[Path, typer.Argument(metavar="FILE", help="A run exported as JSONL.")],
-    run_id: Annotated[
-        str | None, typer.Option("--run-id", help="Import under this id (one run, not a tree).")
-    ] = None,
-) -> None:
-    """Import a run exported as JSONL into the store (created if absent); a tree exported
-    with --tree comes back whole, under the ids it was exported with."""
-    if not file.is_file():
-        _fail(EXIT_NOT_FOUND, f"no file {str(file)!r}")
-    # All checks that need no store come first: a bad file must not leave an empty store.
-    try:
-        # by "\n" alone, as written: U+2028 and the like inside JSON text break no line
-        text = file.read_text(encoding="utf-8-sig")  # a BOM an editor added goes
-        lines = [line.removesuffix("\r") for line in text.split("\n")]
-        if lines and not lines[-1]:
-            lines.pop()
-    except UnicodeDecodeError:
-        _fail(EXIT_USAGE, f"{str(file)!r} is not text, so not a foldloop export (JSONL)")
-    except OSError as exc:
-        _fail(EXIT_ERROR, f"cannot read {str(file)!r}: {exc.strerror}")
-    with _errors():
-        export = load_export(lines)
-        if export.tree and run_id is not None:
-            raise ConfigError(
-                "--run-id renames one run; a run tree is imported under the ids it was "
-                "exported with (each child's id is derived from its parent's and recorded in "
-                "its log)"
-            )
-        for member in export.runs:
-            check_run_id(run_id if run_id is not None else member.header.run_id)
-            if not member.events:
-                raise ConfigError("the export holds no events")
-            for e in member.events:  # what no store can hold, before one is created
-                encode_all([e.event], e.at)
-    elsewhere = "nats://HOST:PORT/NAMESPACE, another namespace" if is_nats_url(_store()) else "PATH"
-    hint = (
-        f"import the tree into another store (--store {elsewhere})"
-        if export.tree
-        else "import it under another id with --run-id ID"
-    )
-    with _runtime(_store(), create=True, hint=hint) as rt:
-        imported = rt.import_jsonl(lines, run_id=run_id)
-        if not export.tree:
-            _prose(f"imported {escape(imported)}: {_count(rt.store.head(imported), 'event')}")
-            return
-        events = _count(sum(rt.store.head(m.header.run_id) for m in export.runs), "event")
-        below = len(export.runs) - 1
-        runs = f"and {_count(below, 'run')} below it" if below else "with no run below it"
-        _prose(f"imported {escape(imported)} {runs}: {events}")
-
-
+app.command("export")(export_run)
+app.command("import")(import_run)
 app.command()(approvals)
 
 

@@ -163,8 +163,8 @@ def load_export(lines: Iterable[str] | str) -> Export:
     """Parse and check an export, of one run or of a tree, given as its lines or as its
     whole text (split at "\n" only: JSON text may hold U+2028 and the like); every problem
     names its line."""
-    if isinstance(lines, str):
-        lines = lines.removeprefix("\ufeff").split("\n")
+    if isinstance(lines, str):  # CRLF taken too, and a BOM an editor added
+        lines = [line.removesuffix("\r") for line in lines.removeprefix("\ufeff").split("\n")]
     numbered = enumerate(lines, start=1)
     try:
         _, first = next(numbered)
