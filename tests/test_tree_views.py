@@ -124,9 +124,10 @@ def test_a_request_below_a_cancelled_run_is_no_ones_to_decide(store_path: Path) 
         elsewhere.handle(root.id).cancel(reason="stop")
         assert elsewhere.state(root.id).status is fl.RunStatus.CANCELLED
         assert elsewhere.pending_approvals() == []  # not listed for anyone to decide
-        with pytest.raises(fl.ApprovalError, match="in a tree that ended above it"):
+        # refused as below an ended tree, or, once the cascade got there, as ended itself
+        ended = "in a tree that ended above it|the run ended before anyone decided"
+        with pytest.raises(fl.ApprovalError, match=ended):
             elsewhere.approve(run_id=pending.run_id, call_id=pending.call_id, by="late")
-        elsewhere.deny(run_id=pending.run_id, call_id=pending.call_id, by="late")  # harmless
     with fl.Runtime.open(store_path, agents=[lead]) as rt:
         rt.recover()
         wait_until(

@@ -24,13 +24,14 @@ from foldloop._log import get_logger
 from foldloop.actors._approval_gate import ApprovalGate, Issued
 from foldloop.actors._drain import CLOSE_DRAIN_S, drain
 from foldloop.actors._event_loop import EventLoop
+from foldloop.actors._late_outcomes import LATE_OUTCOMES_S, LateOutcomes
 from foldloop.actors._model_calls import ModelCalls
 from foldloop.actors._run_actor import RunActor
 from foldloop.actors._shard import Activate, Continue, Deliver, Shard
 from foldloop.actors._timers import Timers
 from foldloop.actors._tool_actor import ToolActor, ToolRunner
 from foldloop.actors._workers import Workers
-from foldloop.core._commands import Cancel, Command
+from foldloop.core._commands import Cancel, Command, ToolFinished
 from foldloop.core._effects import Decision, SpawnChild
 from foldloop.core._state import RunState, RunStatus
 from foldloop.core._tree import child_finished, ended_for_parent, unstartable
@@ -108,6 +109,7 @@ class ActorSystem:
         self.on_state = on_state
         self.timers = Timers()
         self.notify_pool = Workers(NOTIFY_WORKERS, "foldloop-notify")
+        self.late = LateOutcomes(store)
         self.loop = EventLoop()
         """Where async model calls and async tools are awaited."""
         self.models = ModelCalls(max_model_calls, self.loop)
@@ -308,6 +310,8 @@ class ActorSystem:
             self.on_parked(run_id)
             return True
         if shard is None:
+            if type(message) is ToolFinished:  # its run ended here as the call went on
+                self.late.record(run_id, message)
             return False
         try:
             shard.post(Deliver(run_id, message))
@@ -427,6 +431,9 @@ class ActorSystem:
                 if isinstance(message, Command):
                     self.tell(run_id, message)
             return
+        for message in messages:
+            if type(message) is ToolFinished:  # came after its run's end: recorded after it
+                self.late.record(run_id, message)
         cancels = [m for m in messages if isinstance(m, Cancel)]
         log.debug("run_messages_dropped", run_id=run_id, count=len(messages) - len(cancels))
         if cancels and self.on_lost_cancel is not None:
@@ -576,6 +583,7 @@ class ActorSystem:
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 ref.stop(block=True, timeout=5)
         self._deliver_notifications(gates)
+        self.late.close(max(LATE_OUTCOMES_S, deadline - time.monotonic()))
         self.timers.stop()
         # model calls and async tools in flight are cancelled (runs resume later), waited for
         # what the drain left of its time; then the async models' connection pools closed
