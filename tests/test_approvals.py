@@ -700,9 +700,9 @@ def test_the_cli_refuses_a_note_that_is_not_utf_8_as_a_usage_error(
 
 
 def test_a_run_imported_parked_at_an_approval_is_decidable_there(tmp_path: Path) -> None:
-    """Export and import move a parked run's requests with it: decidable by ids in the new
-    store, and by the token issued where it came from; a copy under another id is its
-    own request (ids only), not the original's, whose token that is."""
+    """Export and import move a parked run's requests with it, decidable by ids in the new
+    store; the token issued where it came from decides nothing there (a copy re-exported
+    holds the original's digest: a token that travelled could decide another run)."""
     from tests.pool_agents import gated
 
     with fl.Runtime.open(tmp_path / "a", agents=[gated]) as rt:
@@ -716,8 +716,16 @@ def test_a_run_imported_parked_at_an_approval_is_decidable_there(tmp_path: Path)
         copy = there.import_jsonl(lines, run_id="copy")
         listed = {(p.run_id, p.call_id) for p in there.pending_approvals()}
         assert listed == {(run.id, asked.call_id), (copy, asked.call_id)}
-        there.approve(asked.token, by="carried")  # decides the original's request only
+        with pytest.raises(fl.ApprovalError, match="unknown or forged"):
+            there.approve(asked.token, by="carried")
+        there.approve(run_id=run.id, call_id=asked.call_id, by="ids")
         assert there.handle(run.id).wait(timeout=30).output == "2"  # carried in
         assert [(p.run_id, p.call_id) for p in there.pending_approvals()] == [(copy, asked.call_id)]
-        there.approve(run_id=copy, call_id=asked.call_id, by="ids")
-        assert there.handle(copy).wait(timeout=30).output == "2"
+        back = list(there.export(copy))  # the copy, home again under its own id
+    with fl.Runtime.open(tmp_path / "a", agents=[gated]) as rt:
+        rt.import_jsonl(back)
+        with pytest.raises(fl.ApprovalError):  # the original's token is not the copy's
+            rt.approve(asked.token, run_id=copy, call_id=asked.call_id)
+        rt.approve(asked.token, by="original")  # and still decides the original
+        assert rt.handle(run.id).wait(timeout=30).output == "2"
+        assert rt.state(copy).status is fl.RunStatus.AWAITING_APPROVAL

@@ -108,6 +108,5 @@ class Transfer:
         check_run_id(target)
         if not run.events:
             raise ConfigError("the export holds no events")
-        events = [(e.event, e.at) for e in run.events]
-        self._writes.import_run(target, events, renamed=target != run.header.run_id)
+        self._writes.import_run(target, [(e.event, e.at) for e in run.events])
         return target

@@ -8,6 +8,7 @@ taken outside any actor, an imported run, an approval decided or expired) goes t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 
@@ -105,15 +106,11 @@ class RunWrites:
             release=release,
         )
 
-    def import_run(
-        self, target: str, events: Sequence[tuple[KnownEvent, int]], *, renamed: bool = False
-    ) -> None:
+    def import_run(self, target: str, events: Sequence[tuple[KnownEvent, int]]) -> None:
         """Append an exported run's events (each with its time) as the new run ``target``,
-        with the approval requests it is parked on: decidable here by ids, and by the
-        token issued where it came from (its digest travels in approval.requested) unless
-        it is ``renamed``: a copy's request is not the original's, whose token that is."""
+        with the approval requests it is parked on, decidable here by ids."""
         payloads = [p for event, at in events for p in encode_all([event], at)]
-        approvals = _waited_on(target, events, keep_tokens=not renamed)
+        approvals = _waited_on(target, events)
         try:
             self._store.import_run(target, payloads, approvals=approvals).wait()
         except ConcurrencyError as exc:
@@ -136,21 +133,21 @@ class RunWrites:
         return self._store.expire_approval(record, now=now).wait()
 
 
-def _waited_on(
-    run_id: str, events: Sequence[tuple[KnownEvent, int]], *, keep_tokens: bool
-) -> ApprovalChanges | None:
+def _waited_on(run_id: str, events: Sequence[tuple[KnownEvent, int]]) -> ApprovalChanges | None:
     """The approval records of the requests a run's log leaves it waiting on (the last
-    request of each such call: a resume asks again with a new token); without
-    ``keep_tokens``, each under a digest no token has, so only its ids decide it."""
+    request of each such call: a resume asks again with a new token), each at its own time
+    and under a digest no token has: only its ids decide it. A token cannot travel with an
+    export, since the log cannot say whose it is (a copy re-exported holds the original's
+    digest)."""
     state = fold_events(run_id, iter(events), RunState(run_id=run_id))
     waiting = {c.call_id for c in state.calls if c.status == "awaiting_approval"}
     asked = {e.call_id: (e, at) for e, at in events if type(e) is ApprovalRequested}
-    last = [asked[call_id] for call_id in sorted(waiting) if call_id in asked]
-    if not last:
-        return None
-    if not keep_tokens:
-        last = [
-            (msgspec.structs.replace(e, token_digest=f"imported:{run_id}:{e.call_id}"), at)
-            for e, at in last
-        ]
-    return approval_changes(run_id, state, [e for e, _ in last], max(at for _, at in last))
+    requests: list[ApprovalRecord] = []
+    for call_id in sorted(waiting & asked.keys()):
+        event, at = asked[call_id]
+        unique = hashlib.sha256(f"{run_id}\0{call_id}".encode()).hexdigest()
+        event = msgspec.structs.replace(event, token_digest=f"imported:{unique}")
+        changes = approval_changes(run_id, state, [event], at)
+        if changes is not None:
+            requests += changes.requests
+    return ApprovalChanges(requests=tuple(requests)) if requests else None

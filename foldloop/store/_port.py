@@ -141,9 +141,10 @@ class EventStore(Protocol):
         *,
         approvals: ApprovalChanges | None = None,
     ) -> Pending[None]:
-        """Append a whole run (an export) as one write, under no lease, with the approval
-        records it waits on; ConcurrencyError when the run exists. The payloads keep their
-        own times."""
+        """Append a whole run (an export) under no lease, with the approval records it
+        waits on; ConcurrencyError when the run exists. The payloads keep their own times.
+        LMDB writes it all in one transaction; JetStream writes the log, then the records
+        (a crash between them leaves them to the next runtime that takes the run: resume)."""
         ...
 
     # -- reads -----------------------------------------------------------------------------
