@@ -386,10 +386,19 @@ def test_an_export_to_a_symlink_or_a_fifo_writes_through_it(shop: Shop, tmp_path
     proc = script("--store", str(shop.path), "export", "done", "-o", str(link))
     assert proc.returncode == 0, proc.stderr
     assert link.is_symlink() and target.read_text() == whole
+    target.write_text("old")
+
+    def small_files() -> None:  # in the child: a file stops growing at 1 KiB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY))
+
+    cut = script(
+        "--store", str(shop.path), "export", "done", "-o", str(link), preexec_fn=small_files
+    )
+    assert cut.returncode == 1 and target.read_text() == "old", cut.stderr  # whole or none
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     read: list[str] = []
-    reader = threading.Thread(target=lambda: read.append(fifo.read_text()))
+    reader = threading.Thread(target=lambda: read.append(fifo.read_text()), daemon=True)
     reader.start()
     proc = script("--store", str(shop.path), "export", "done", "-o", str(fifo))
     reader.join(30)

@@ -38,27 +38,32 @@ def whole_writes() -> None:
 
 def write_whole(path: Path, text: str) -> None:
     """Write ``text`` to ``path``, with a CLI error saying what went wrong. A regular file
-    (or none yet) is written whole or not at all: a temporary file beside it takes its
-    place once whole. Anything else (a symlink, a FIFO, ``/dev/stdout``) is written
-    through, as it is."""
+    (or none yet), directly or through symlinks, is written whole or not at all: a
+    temporary file beside it takes its place once whole (the links stay). Anything else
+    (a FIFO, a device, ``/dev/stdout``) is written through, as it is."""
     try:
-        kind = path.lstat().st_mode
-    except FileNotFoundError:
-        kind = stat.S_IFREG
+        kind = path.stat().st_mode
+    except FileNotFoundError:  # none yet, or a link to none
+        kind = stat.S_IFLNK if path.is_symlink() else stat.S_IFREG
     except OSError as exc:
         raise OutputFailed(f"could not write {str(path)!r}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(kind):
+    target = Path(os.path.realpath(path))
+    # /dev/stdout and its kin name a file another process opened: written through, as is
+    if not stat.S_ISREG(kind) or any(str(p).startswith(_THROUGH) for p in (path, target)):
         try:
             with path.open("w") as out:
                 out.write(text)
         except OSError as exc:
             raise OutputFailed(f"could not write {str(path)!r}: {exc.strerror or exc}") from None
         return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(text)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise OutputFailed(f"could not write {str(path)!r}: {exc.strerror or exc}") from None
+
+
+_THROUGH = ("/dev/", "/proc/")
