@@ -897,6 +897,11 @@ def test_export_then_import_gives_the_same_fold(rt: fl.Runtime, tmp_path: Path) 
         newer["event"]["future_field"] = 42
         with pytest.raises(fl.ConfigError, match="line 4: field `future_field` is none"):
             other.import_jsonl([*lines[:3], json.dumps(newer), *lines[4:]], run_id="bad3")
+        replied = json.loads(lines[3])  # model.responded: its tool calls, by name
+        assert replied["event"]["type"] == "model.responded", replied
+        replied["event"]["tool_calls"][1]["future"] = 1
+        with pytest.raises(fl.ConfigError, match=r"field `tool_calls\[1\]\.future` is none"):
+            other.import_jsonl([*lines[:3], json.dumps(replied), *lines[4:]], run_id="bad4")
         assert sorted(other.store.run_ids()) == sorted([run.id, "copy-1"])
 
 

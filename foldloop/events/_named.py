@@ -10,6 +10,7 @@ against its declared type.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -78,12 +79,11 @@ def _from_map(
     ``strict``: then refused, naming the first)."""
     fields = msgspec.structs.fields(cls)
     if strict:
-        known = {field.name for field in fields} | ({"type"} if not path else set())
-        unknown = next((name for name in data if name not in known), None)
+        unknown = _unknown_name(cls, data, path, top=not path)
         if unknown is not None:
             raise msgspec.ValidationError(
-                f"field `{path}{unknown}` is none this foldloop knows (written by a newer "
-                "one? read it there)"
+                f"field `{unknown}` is none this foldloop knows (written by a newer one? "
+                "read it there)"
             )
     values: dict[str, Any] = {}
     for field in fields:
@@ -101,6 +101,35 @@ def _from_map(
         except msgspec.ValidationError as exc:
             raise msgspec.ValidationError(f"field `{name}`: {exc}") from None
     return cls(**values)
+
+
+def _unknown_name(kind: Any, item: Any, path: str, *, top: bool = False) -> str | None:
+    """The first name in ``item`` that ``kind`` (a struct, or a tuple or list or union of
+    them, at any depth) has no field for, as a path; None if there is none."""
+    if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+        if not isinstance(item, Mapping):
+            return None
+        fields = {field.name: field.type for field in msgspec.structs.fields(kind)}
+        for name, value in item.items():
+            if name not in fields:
+                if not (top and name == "type"):
+                    return f"{path}{name}"
+                continue
+            found = _unknown_name(fields[name], value, f"{path}{name}.")
+            if found is not None:
+                return found
+        return None
+    args = typing.get_args(kind)
+    if isinstance(item, list) and typing.get_origin(kind) in (tuple, list) and args:
+        for i, element in enumerate(item):  # tuple[X, ...] or list[X]: each element an X
+            found = _unknown_name(args[0], element, f"{path.rstrip('.')}[{i}].")
+            if found is not None:
+                return found
+        return None
+    for arg in args:  # a union (X | None): the struct it can be
+        if isinstance(arg, type) and issubclass(arg, msgspec.Struct):
+            return _unknown_name(arg, item, path)
+    return None
 
 
 def from_named(data: Mapping[str, Any], *, strict: bool = False) -> KnownEvent:
