@@ -23,15 +23,17 @@ Payload = tuple[KnownEvent, bytes, int]
 """An event ready to append: the event, its encoded bytes, and its ``at`` (unix ns)."""
 
 
-_EARLIEST, _LATEST = -(1 << 63), (1 << 64) - 1
+LATEST_AT = (1 << 63) - 1
+"""The latest event time (unix ns) the log takes: two of them in one stored value are kept
+as offsets from the first, which a signed 64-bit value must hold."""
 
 
 def encode_all(events: Sequence[KnownEvent], at: int) -> list[Payload]:
     """Encode events before queueing them, so a bad payload fails in the caller, unwritten."""
-    if not _EARLIEST <= at <= _LATEST:  # what a stored value can hold (an import's own times)
+    if not 0 <= at <= LATEST_AT:  # an import brings its own times
         raise ConfigError(
-            f"an event's time must be unix ns a 64-bit value can hold; got {at!r} (nothing "
-            "was written)"
+            f"an event's time must be unix ns from 0 to 2**63-1; got {at!r} (nothing was "
+            "written)"
         )
     out: list[Payload] = []
     for event in events:
