@@ -67,11 +67,15 @@ class ApprovalDesk:
         a tree that ended above them (the cancel cascading to them)."""
         now = self._clock()
         roots: dict[str, str] = {}
-        return [
-            replace(self._system.pending(r), root_run_id=self._queries.root_of(r.run_id, roots))
-            for r in self._store.open_approvals()
-            if r.status == "pending" and not r.lapsed(now) and not self._below_an_end(r)
-        ]
+        listed = []
+        for record in self._store.open_approvals():
+            if record.status != "pending" or record.lapsed(now):
+                continue
+            root = self._queries.root_of(record.run_id, roots)
+            if root != record.run_id and self._below_an_end(record):  # a root has none above
+                continue
+            listed.append(replace(self._system.pending(record), root_run_id=root))
+        return listed
 
     def _below_an_end(self, record: ApprovalRecord) -> bool:
         """The request's run is a child in a tree that ended above it."""
