@@ -729,3 +729,21 @@ def test_a_run_imported_parked_at_an_approval_is_decidable_there(tmp_path: Path)
         rt.approve(asked.token, by="original")  # and still decides the original
         assert rt.handle(run.id).wait(timeout=30).output == "2"
         assert rt.state(copy).status is fl.RunStatus.AWAITING_APPROVAL
+
+
+def test_a_request_missing_beside_its_log_says_how_to_restore_it(store_path: Path) -> None:
+    """What a crash between a JetStream write's log and its records leaves (made here by
+    removing the record): approving by ids says the log waits, and what restores it."""
+    from foldloop.store._approvals import approval_key
+    from tests.pool_agents import gated
+
+    with fl.Runtime.open(store_path, agents=[gated]) as rt:
+        run = rt.spawn(gated, "one and one")
+        assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+        (asked,) = rt.pending_approvals()
+        key = approval_key(run.id, asked.call_id)
+        rt.store.submit(lambda w: w.txn.delete(key, db=rt.store.tables.approvals)).wait()
+        with pytest.raises(
+            fl.ApprovalError, match=r"its log says it waits.*rt.resume\(.*\) restores the request"
+        ):
+            rt.approve(run_id=run.id, call_id=asked.call_id)

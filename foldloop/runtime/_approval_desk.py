@@ -77,6 +77,21 @@ class ApprovalDesk:
             listed.append(replace(self._system.pending(record), root_run_id=root))
         return listed
 
+    def _restorable(self, run_id: str, call_id: str) -> str:
+        """Advice when the log says the call waits for a decision its request is missing
+        for (a crash between a JetStream write's log and its records): a resume restores it."""
+        try:
+            state = self._queries.state(run_id)
+        except FoldloopError:
+            return ""
+        if any(c.call_id == call_id and c.status == "awaiting_approval" for c in state.calls):
+            return (
+                "its log says it waits, its request unwritten (a crash between a JetStream "
+                f"write's events and its records): taking the run up, rt.resume({run_id!r}) "
+                "restores the request there"
+            )
+        return ""
+
     def _below_an_end(self, record: ApprovalRecord) -> bool:
         """The request's run is a child in a tree that ended above it."""
         try:
@@ -103,7 +118,10 @@ class ApprovalDesk:
         elif run_id is not None and call_id is not None:
             record = self._store.approval(run_id, call_id)
             if record is None:
-                raise ApprovalError(f"no approval request for run {run_id!r} call {call_id!r}")
+                raise ApprovalError(
+                    f"no approval request for run {run_id!r} call {call_id!r}",
+                    advice=self._restorable(run_id, call_id),
+                )
         else:
             raise ConfigError("pass a token, or both run_id= and call_id=")
         # an approval only: a denied call never runs, whoever denies it

@@ -32,8 +32,7 @@ def encode_all(events: Sequence[KnownEvent], at: int) -> list[Payload]:
     """Encode events before queueing them, so a bad payload fails in the caller, unwritten."""
     if not 0 <= at <= LATEST_AT:  # an import brings its own times
         raise ConfigError(
-            f"an event's time must be unix ns from 0 to 2**63-1; got {at!r} (nothing was "
-            "written)"
+            f"an event's time must be unix ns from 0 to 2**63-1; got {at!r} (nothing was written)"
         )
     out: list[Payload] = []
     for event in events:
