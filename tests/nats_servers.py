@@ -126,13 +126,39 @@ def start_server(
     root: Path, name: str = "n1", *, jetstream: bool = True, extra: Sequence[str] = ()
 ) -> NatsServer:
     """One nats-server (with JetStream unless told otherwise; ``extra`` arguments), ready."""
-    server = _server(root, name, list(extra), jetstream=jetstream)
-    server.start()
-    return server
+    for attempt in range(PORT_TRIES):
+        server = _server(root, name, list(extra), jetstream=jetstream)
+        try:
+            server.start()
+        except RuntimeError as exc:
+            if not _port_taken(exc) or attempt == PORT_TRIES - 1:
+                raise
+            continue
+        return server
+    raise AssertionError("unreachable")
+
+
+PORT_TRIES = 5
+"""A free port found is bound by the server a moment later: another process (a parallel
+test worker) may take it first; then the server starts again on other ports."""
+
+
+def _port_taken(exc: RuntimeError) -> bool:
+    return "address already in use" in str(exc)
 
 
 def start_cluster(root: Path, size: int = 3) -> list[NatsServer]:
     """``size`` nats-servers clustered with JetStream (a meta leader elected), ready."""
+    for attempt in range(PORT_TRIES):
+        try:
+            return _start_cluster(root / f"try{attempt}" if attempt else root, size)
+        except RuntimeError as exc:
+            if not _port_taken(exc) or attempt == PORT_TRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_cluster(root: Path, size: int) -> list[NatsServer]:
     servers = [_server(root, f"n{i + 1}", []) for i in range(size)]
     routes = ",".join(f"nats-route://127.0.0.1:{s.cluster_port}" for s in servers)
     for s in servers:
@@ -145,8 +171,13 @@ def start_cluster(root: Path, size: int = 3) -> list[NatsServer]:
         s.log = s.store_dir.parent / f"{s.name}.log"
         with s.log.open("ab") as out:
             s.proc = subprocess.Popen(s.args, stdout=out, stderr=subprocess.STDOUT)
-    for s in servers:
-        s.wait_ready(60)
+    try:
+        for s in servers:
+            s.wait_ready(60)
+    except RuntimeError:
+        for s in servers:  # the others of a cluster that cannot form
+            s.stop()
+        raise
     _wait_for_meta_leader(servers, 60)
     return servers
 
