@@ -237,21 +237,16 @@ def test_cancels_racing_tools_lose_nothing(rt: fl.Runtime) -> None:
         cancelled.set()
     # Cancelled while its tool ran: the late outcome recorded after the cancel.
     assert results[0].status is fl.RunStatus.CANCELLED
+    wait_until(lambda: types(rt, runs[0].id)[-1] == "tool.completed", 10, "the late outcome")
+    assert types(rt, runs[0].id)[-2:] == ["run.cancelled", "tool.completed"]
     for run, result in zip(runs, results, strict=True):
         assert result.status in (fl.RunStatus.COMPLETED, fl.RunStatus.CANCELLED), result
-        wait_until(  # every call's outcome in the log, the late ones too
-            lambda run=run: (
-                types(rt, run.id).count("tool.requested")
-                == types(rt, run.id).count("tool.completed")
-            ),
-            10,
-            f"{run.id}'s outcomes",
-        )
         kinds = types(rt, run.id)
         end = kinds.index("run.completed" if result.ok else "run.cancelled")
-        assert set(kinds[end + 1 :]) <= {"tool.completed"}, kinds
-        assert kinds.count("tool.requested") == 6 if result.ok else True
-    assert types(rt, runs[0].id)[-2:] == ["run.cancelled", "tool.completed"]
+        assert set(kinds[end + 1 :]) <= {"tool.completed"}, kinds  # late outcomes only
+        asked, done = kinds.count("tool.requested"), kinds.count("tool.completed")
+        # a call cancelled while it waited for a thread never ran: no outcome to come
+        assert (asked, done) == (6, 6) if result.ok else done <= asked <= done + 1
     assert all(r.ok for r in results[1::2])  # the ones nobody cancelled
 
 
