@@ -201,6 +201,29 @@ def test_cancel_is_immediate_while_a_tool_runs(rt: fl.Runtime) -> None:
     assert rt.verify(run.id).status is fl.RunStatus.CANCELLED  # as decide records it
 
 
+def test_a_close_right_after_a_cancel_waits_for_the_tool_and_records_its_outcome(
+    store_path: Path,
+) -> None:
+    """The run is cancelled while its sync tool runs, and the runtime closed at once: the
+    close waits for the call (as for a run still going) and its outcome lands after the
+    cancel, not lost with the runtime."""
+    agent, started, release = stuck_agent()
+    rt = fl.Runtime.open(store_path, agents=[agent])
+    run = rt.spawn(agent, "go")
+    assert started.wait(10)
+    run.cancel(reason="enough")
+    assert run.wait(timeout=5).status is fl.RunStatus.CANCELLED
+    closing = threading.Thread(target=rt.close)
+    with capture_logs() as logs:
+        closing.start()
+        wait_until(lambda: logged(logs, "close_waits_for_tool_calls"), 10, "the close to wait")
+        release.set()
+        closing.join(30)
+    assert not closing.is_alive()
+    with fl.Runtime.open(store_path, agents=[agent]) as again:
+        assert types(again, run.id)[-2:] == ["run.cancelled", "tool.completed"]
+
+
 def test_cancels_racing_tools_lose_nothing(rt: fl.Runtime) -> None:
     # Cancels land before, during and after tool calls: every run must settle, cancelled
     # ones with nothing after run.cancelled but the outcomes of the calls under way then.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pykka
@@ -28,22 +28,27 @@ BARRIER_WAIT_S = 5.0
 
 
 def drain(
-    actors: Sequence[RunActor], shards: Sequence[pykka.ActorRef[Any]], deadline: float
+    actors: Sequence[RunActor],
+    shards: Sequence[pykka.ActorRef[Any]],
+    deadline: float,
+    running: Callable[[], int] = lambda: 0,
 ) -> None:
     """Until ``deadline`` (a ``time.monotonic()``), wait for the runs' tool calls under way
-    to return and their outcomes to be recorded (the runs take no other command meanwhile)."""
+    to return and their outcomes to be recorded (the runs take no other command meanwhile),
+    and for the sync calls still ``running`` of runs that ended meanwhile (a cancel) to
+    hand their outcomes on."""
     for actor in actors:
         actor.closing()
     # A command a shard was already handling may still request a call: once each shard
     # answers a barrier, every run's state shows what it requested.
     barrier(shards, deadline)
     waiting = [actor for actor in actors if actor.tool_calls_under_way()]
-    if waiting:
-        calls = sum(actor.tool_calls_under_way() for actor in waiting)
+    if waiting or running():
+        calls = max(sum(actor.tool_calls_under_way() for actor in waiting), running())
         left = round(max(0.0, deadline - time.monotonic()), 3)
         log.info("close_waits_for_tool_calls", calls=calls, runs=len(waiting), timeout_s=left)
     pause = 0.001
-    while waiting and time.monotonic() < deadline:
+    while (waiting or running()) and time.monotonic() < deadline:
         time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         pause = min(pause * 2, 0.02)
         waiting = [actor for actor in actors if actor.tool_calls_under_way()]
@@ -59,6 +64,8 @@ def drain(
             runs=len(waiting),
             run_ids=[actor.run_id for actor in waiting[:10]],
         )
+    elif running():  # of runs that ended meanwhile: their outcomes will not be recorded
+        log.warning("tool_calls_of_ended_runs_unfinished_at_close", calls=running())
 
 
 def barrier(shards: Sequence[pykka.ActorRef[Any]], deadline: float) -> None:

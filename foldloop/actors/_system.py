@@ -169,6 +169,12 @@ class ActorSystem:
                 self._runners[key] = runner
             return runner
 
+    def _sync_calls_running(self) -> int:
+        """Sync tool calls started and not yet reported, of any run here."""
+        with self._lock:
+            runners = set(self._runners.values())
+        return sum(runner.running for runner in runners)
+
     # -- runs ----------------------------------------------------------------------------
 
     @property
@@ -570,7 +576,7 @@ class ActorSystem:
             self._closed = True
             actors = list(self._actors.values())
             refs = [shard.actor_ref for shard in self._shards]
-        drain(actors, refs, deadline)
+        drain(actors, refs, deadline, self._sync_calls_running)
         with self._lock:
             shards, self._shards = self._shards, []
             active = [*self._actors, *self._parked, *self._taking_up]

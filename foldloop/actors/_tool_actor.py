@@ -126,6 +126,10 @@ class ToolRunner:
         self.async_taken = 0
         """Its places taken (written on the loop only)."""
         self.pool = Workers(tool.concurrency, f"foldloop-tool-{tool.name}")
+        self.running = 0
+        """Sync calls started and not yet reported (a close waits for them, whether their
+        run is still going or was cancelled meanwhile: their outcomes are recorded)."""
+        self._running_lock = threading.Lock()
 
     def dispatch(self, call: RunToolCall, *, closing: bool = False) -> Cancellable | None:
         """Start ``call`` on the pool or, for an async tool, the loop; its outcome goes to
@@ -238,6 +242,21 @@ class ToolRunner:
             if not queued.start():  # its run was cancelled or closing while it waited
                 log.info("tool_call_not_started", run_id=call.run_id, call_id=call.call_id)
                 return
+            counted = OneOutcome()
+
+            def reported() -> None:  # once: its outcome, or its timeout, is handed on
+                if counted.claim():
+                    with self._running_lock:
+                        self.running -= 1
+
+            with self._running_lock:
+                self.running += 1
+            try:
+                invoke(reported)
+            finally:
+                reported()
+
+        def invoke(reported: Callable[[], None]) -> None:
             # The timeout runs from here: waiting for one of the tool's threads is not the
             # call. Past it, the call's thread no longer counts against the tool's bound (a
             # call that hangs must not hold up the ones queued behind it).
@@ -247,6 +266,7 @@ class ToolRunner:
                 if late.claim():  # still running (else it returned just now: nothing to lend)
                     self.pool.lend()
                 report(command)
+                reported()
 
             timer = self.watch(call.run_id, call.call_id, once, past_timeout)
             outcome = self.tool.invoke(call.args)  # the pool's threads are the tool's bound
