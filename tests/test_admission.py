@@ -42,7 +42,7 @@ from foldloop.core import (
 from foldloop.events import Recorded
 from foldloop.runtime._pool_protocol import Failed, decode_reply
 from tests.admission_worker import AGENT, agent
-from tests.waiting import wait_until
+from tests.waiting import inside, wait_until
 
 WORKER = Path(__file__).with_name("admission_worker.py")
 CLI = [sys.executable, "-m", "foldloop.cli"]
@@ -93,16 +93,6 @@ class Turnstile:
             with self._lock:
                 self.inside.discard(run)
         return fl.Reply(text=f"done {run}")
-
-
-def _inside(thread: threading.Thread, function: str) -> bool:
-    """``thread`` is running ``function`` now (somewhere down its stack)."""
-    frame = sys._current_frames().get(thread.ident or 0)
-    while frame is not None:
-        if frame.f_code.co_name == function:
-            return True
-        frame = frame.f_back
-    return False
 
 
 def statuses(rt: fl.Runtime) -> dict[str, str]:
@@ -254,7 +244,7 @@ def test_runs_queued_at_close_wait_for_the_next_runtime(store_path: Path) -> Non
     last = rt.handle("k2")
     waiter = threading.Thread(target=lambda: waited.append(last.wait()))
     waiter.start()
-    wait_until(lambda: _inside(waiter, "wait_turn"), 10, "the wait to wait for k2's turn")
+    wait_until(lambda: inside(waiter, "wait_turn"), 10, "the wait to wait for k2's turn")
     rt.close()
     waiter.join(10)
     assert waited and waited[0].status is RunStatus.QUEUED, waited  # as runs() and its log say

@@ -24,6 +24,7 @@ from foldloop.core._batch import fold
 from foldloop.core._explain import DecidedApproval, explain, parked_reason
 from foldloop.events import ApprovalDecided
 from tests.pool_agents import gated
+from tests.waiting import inside, wait_until
 
 TESTS = Path(__file__).resolve().parent
 AGENT = "pool_agents:gated"
@@ -247,19 +248,29 @@ def test_a_request_past_its_deadline_is_listed_and_explained_as_expired(store_pa
         assert not any(step.startswith("decide") for step in why.next_steps), why
 
 
-def test_a_wait_where_nothing_can_carry_a_decision_in_returns(store_path: Path) -> None:
+@pytest.mark.parametrize(
+    "how", ["decided, then waited", "waiting through, then decided"], ids=["then", "through"]
+)
+def test_a_wait_where_nothing_can_carry_a_decision_in_returns(store_path: Path, how: str) -> None:
     """Decided in a runtime without the agent, with none open that has it: the wait (even
-    without a timeout) returns the run parked, as runs() lists it (the decision taken, not
-    yet carried in), instead of waiting for ever; a runtime with the agent then carries the
-    decision in by itself."""
+    without a timeout, even waiting through approvals) returns the run parked, as runs()
+    lists it (the decision taken, not yet carried in), instead of waiting for ever; a
+    runtime with the agent then carries the decision in by itself."""
     with fl.Runtime.open(store_path, agents=[gated]) as rt:
         run = rt.spawn(gated, "one and one", run_id="W")
         assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+    through = how.startswith("waiting through")
     with fl.Runtime.open(store_path) as elsewhere:
-        elsewhere.approve(run_id="W", call_id="call_1_1", by="alice")
+        if not through:
+            elsewhere.approve(run_id="W", call_id="call_1_1", by="alice")
         waited: list[fl.RunResult] = []
-        waiter = threading.Thread(target=lambda: waited.append(elsewhere.handle("W").wait()))
+        waiter = threading.Thread(
+            target=lambda: waited.append(elsewhere.handle("W").wait(through_approvals=through))
+        )
         waiter.start()
+        if through:
+            wait_until(lambda: inside(waiter, "_moved"), 10, "the wait to wait through")
+            elsewhere.approve(run_id="W", call_id="call_1_1", by="alice")
         waiter.join(30)
         assert waited, "wait() did not return"
         (result,) = waited

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["logged", "wait_until"]
+__all__ = ["inside", "logged", "wait_until"]
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
@@ -25,3 +27,13 @@ def logged(logs: list[dict[str, Any]], event: str, **fields: object) -> bool:
     return any(
         e.get("event") == event and all(e.get(k) == v for k, v in fields.items()) for e in logs
     )
+
+
+def inside(thread: threading.Thread, function: str) -> bool:
+    """``thread`` is running ``function`` now (somewhere down its stack)."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False

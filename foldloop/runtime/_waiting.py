@@ -171,7 +171,8 @@ class Waiter:
                 through_approvals
                 and not interrupted
                 and state.status is RunStatus.AWAITING_APPROVAL
-                and self._moved(run_id, state.seq, deadline)
+                and not self._uncarried(state)
+                and self._moved(state, deadline)
             ):
                 continue
             return result_of(state, interrupted=interrupted)
@@ -225,18 +226,28 @@ class Waiter:
         except StoreError:
             return state
 
-    def _moved(self, run_id: str, seq: int, deadline: float | None) -> bool:
-        """Wait for the parked run's log to grow past ``seq``; False at the deadline (it
-        shares the follows' looks a second)."""
+    def _moved(self, state: RunState, deadline: float | None) -> bool:
+        """Wait for the parked run's log to grow past ``state``, or for a decision taken
+        on it that this runtime cannot carry in (the follow then gives a runtime that can
+        its grace); False at the deadline (it shares the follows' looks a second)."""
         pause = 0.001
+        run_id, seq = state.run_id, state.seq
         with self._following.call():
             while self._store.head(run_id) <= seq:
                 if deadline is not None and time.monotonic() >= deadline:
                     return False
+                if self._uncarried(state):
+                    return True
                 left = PARKED_POLL if deadline is None else deadline - time.monotonic()
                 time.sleep(max(0.0, min(pause, left)))
                 pause = min(pause * 1.5, self._longest_pause(PARKED_POLL))
         return True
+
+    def _uncarried(self, state: RunState) -> bool:
+        """Parked with a decision taken that this runtime cannot carry in (no agent): past
+        the follow's grace, waiting on through it would wait for a runtime that may never
+        open."""
+        return not self._knows(state.agent) and self._desk.decided_not_applied(state)
 
     def _decision_pending(self, state: RunState, deadline: float | None) -> bool:
         """Parked before a decision already taken reached it (and there is time left)."""
