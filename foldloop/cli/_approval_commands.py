@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import getpass
 import json
+import os
 from typing import Annotated
 
 import typer
@@ -96,7 +98,10 @@ def _decision(
 TokenArg = Annotated[str | None, typer.Argument(metavar="TOKEN", help="The approval token.")]
 RunOpt = Annotated[str | None, typer.Option("--run", help="Run id (with --call).")]
 CallOpt = Annotated[str | None, typer.Option("--call", help="Call id (with --run).")]
-ByOpt = Annotated[str, typer.Option("--by", help="Who decides (recorded).")]
+ByOpt = Annotated[
+    str | None,
+    typer.Option("--by", help="Who decides (recorded; default: this user's login name)."),
+]
 NoteOpt = Annotated[str, typer.Option("--note", help="Told to the model (deny) and recorded.")]
 
 
@@ -104,19 +109,29 @@ def approve(
     token: TokenArg = None,
     run: RunOpt = None,
     call: CallOpt = None,
-    by: ByOpt = "",
+    by: ByOpt = None,
     note: NoteOpt = "",
 ) -> None:
     """Approve a waiting call, by its token or by --run and --call."""
-    _decision(True, token, run=run, call=call, by=by, note=note)
+    _decision(True, token, run=run, call=call, by=_who(by), note=note)
 
 
 def deny(
     token: TokenArg = None,
     run: RunOpt = None,
     call: CallOpt = None,
-    by: ByOpt = "",
+    by: ByOpt = None,
     note: NoteOpt = "",
 ) -> None:
     """Deny a waiting call; the model is told the note and the run goes on."""
-    _decision(False, token, run=run, call=call, by=by, note=note)
+    _decision(False, token, run=run, call=call, by=_who(by), note=note)
+
+
+def _who(by: str | None) -> str:
+    """``--by`` as given, else this user's login name (a decision says who made it)."""
+    if by is not None:
+        return by
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container's)
+        return f"uid {os.getuid()}"
