@@ -67,6 +67,17 @@ class Settlement:
         self.interrupted: str = ""
 
 
+def _ended_for_good(done: Settlement | None) -> bool:
+    """The run ended here, and not by an interruption (its late outcomes are recorded)."""
+    return (
+        done is not None
+        and done.event.is_set()
+        and not done.interrupted
+        and done.state is not None
+        and done.state.terminal
+    )
+
+
 class ActorSystem:
     """Owns every actor of one runtime."""
 
@@ -170,10 +181,16 @@ class ActorSystem:
             return runner
 
     def _sync_calls_running(self) -> int:
-        """Sync tool calls started and not yet reported, of any run here."""
+        """Sync tool calls started and not yet reported of runs that ended here (a cancel):
+        their outcomes are recorded after the end (an interrupted run's are not)."""
         with self._lock:
             runners = set(self._runners.values())
-        return sum(runner.running for runner in runners)
+            ended = self._settlements
+        calls = 0
+        for runner in runners:
+            for run_id, count in runner.running().items():
+                calls += count if _ended_for_good(ended.get(run_id)) else 0
+        return calls
 
     # -- runs ----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ tasks on the runtime's event loop instead: no thread each, the timeout also canc
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -126,10 +127,15 @@ class ToolRunner:
         self.async_taken = 0
         """Its places taken (written on the loop only)."""
         self.pool = Workers(tool.concurrency, f"foldloop-tool-{tool.name}")
-        self.running = 0
-        """Sync calls started and not yet reported (a close waits for them, whether their
-        run is still going or was cancelled meanwhile: their outcomes are recorded)."""
+        self._running: collections.Counter[str] = collections.Counter()
+        """Sync calls started and not yet reported, by run (a close waits for those of runs
+        cancelled meanwhile: their outcomes are recorded after the cancel)."""
         self._running_lock = threading.Lock()
+
+    def running(self) -> dict[str, int]:
+        """(Any thread.) Sync calls started and not yet reported, by run id."""
+        with self._running_lock:
+            return dict(self._running)
 
     def dispatch(self, call: RunToolCall, *, closing: bool = False) -> Cancellable | None:
         """Start ``call`` on the pool or, for an async tool, the loop; its outcome goes to
@@ -247,10 +253,12 @@ class ToolRunner:
             def reported() -> None:  # once: its outcome, or its timeout, is handed on
                 if counted.claim():
                     with self._running_lock:
-                        self.running -= 1
+                        self._running[call.run_id] -= 1
+                        if not self._running[call.run_id]:
+                            del self._running[call.run_id]
 
             with self._running_lock:
-                self.running += 1
+                self._running[call.run_id] += 1
             try:
                 invoke(reported)
             finally:

@@ -62,6 +62,9 @@ elsewhere each look every 0.5 s, not every 20 ms (a look is a head read and a le
 ~30 us: a thousand every 20 ms would take more than a core)."""
 CLOSED_UNDER_READ_S = 2.0
 """How long a close waits for a server to answer a read of a run it leaves (for its wait)."""
+DECISION_LOOK_S = 0.5
+"""How often a wait through approvals in a runtime without the run's agent looks for a
+decision taken on it (a read of the approvals table a waiting call)."""
 CARRY_GRACE_S = 2.0
 """How long a wait in a runtime without the run's agent follows a parked run whose decision
 is taken but not carried in before it returns the run parked, saying so (a live runtime
@@ -232,12 +235,17 @@ class Waiter:
         its grace); False at the deadline (it shares the follows' looks a second)."""
         pause = 0.001
         run_id, seq = state.run_id, state.seq
+        carries = self._knows(state.agent)  # then this runtime's poller carries it in
+        look_at_decisions = time.monotonic()
         with self._following.call():
             while self._store.head(run_id) <= seq:
-                if deadline is not None and time.monotonic() >= deadline:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
                     return False
-                if self._uncarried(state):
-                    return True
+                if not carries and now >= look_at_decisions:  # a read a call: not every look
+                    if self._desk.decided_not_applied(state):
+                        return True
+                    look_at_decisions = now + DECISION_LOOK_S
                 left = PARKED_POLL if deadline is None else deadline - time.monotonic()
                 time.sleep(max(0.0, min(pause, left)))
                 pause = min(pause * 1.5, self._longest_pause(PARKED_POLL))
