@@ -26,6 +26,7 @@ from foldloop._approvals import approval_changes, issue_tickets
 from foldloop._log import get_logger
 from foldloop.actors._base import FAILURES
 from foldloop.actors._event_loop import EventLoop
+from foldloop.actors._gates import Gates
 from foldloop.actors._model_call import ModelCall, reply_bound
 from foldloop.actors._model_calls import ModelCalls
 from foldloop.actors._queued import Cancellable, QueuedCall
@@ -92,7 +93,7 @@ class RunHost(Protocol):
     @property
     def on_state(self) -> Callable[[RunState], None] | None: ...
     @property
-    def issued(self) -> dict[tuple[str, str], str]: ...
+    def gates(self) -> Gates: ...
     @property
     def timers(self) -> Timers: ...
     @property
@@ -101,7 +102,6 @@ class RunHost(Protocol):
     def loop(self) -> EventLoop: ...
 
     def tool_runner(self, agent: Agent, name: str) -> ToolRunner: ...
-    def notify(self, agent: Agent, state: RunState, call_id: str) -> None: ...
     def tell(self, run_id: str, message: Any) -> bool: ...
     def spawn_children(self, parent: RunState, effects: tuple[SpawnChild, ...]) -> None: ...
     def park(self, actor: RunActor) -> None: ...
@@ -230,7 +230,7 @@ class RunActor:
             for index, call in enumerate(decision.state.calls):
                 token = tokens.get(str(index))
                 if token is not None:
-                    self.system.issued[(self.run_id, call.call_id)] = token
+                    self.system.gates.issued[(self.run_id, call.call_id)] = token
         self._log_failures(decision)
         return self.carry_out(decision, command.now)
 
@@ -411,7 +411,7 @@ class RunActor:
                         if task is not None:
                             self._track(task)
                 case RequestApproval():
-                    self.system.notify(self.agent, self.state, effect.call_id)
+                    self.system.gates.notify(self.agent, self.state, effect.call_id)
                 case CancelChildren():
                     self.system.cancel_children(effect.run_ids, effect.reason)
                 case AwaitChildren():

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import inspect
 import threading
 import time
@@ -15,28 +14,25 @@ import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
 import pykka
 
 from foldloop._agent import Agent
-from foldloop._approvals import PendingApproval, RequireApproval
 from foldloop._log import get_logger
-from foldloop.actors._approval_gate import ApprovalGate, Issued
 from foldloop.actors._drain import CLOSE_DRAIN_S, drain
 from foldloop.actors._event_loop import EventLoop
+from foldloop.actors._gates import Gates
 from foldloop.actors._late_outcomes import LATE_OUTCOMES_S, LateOutcomes
 from foldloop.actors._model_calls import ModelCalls
 from foldloop.actors._run_actor import RunActor
 from foldloop.actors._shard import Activate, Continue, Deliver, Shard
 from foldloop.actors._timers import Timers
 from foldloop.actors._tool_actor import ToolActor, ToolRunner
-from foldloop.actors._workers import Workers
 from foldloop.core._commands import Cancel, Command, ToolFinished
 from foldloop.core._effects import Decision, SpawnChild
 from foldloop.core._state import RunState, RunStatus
 from foldloop.core._tree import child_finished, ended_for_parent, unstartable
 from foldloop.errors import ConfigError, RunLocked
-from foldloop.store import ApprovalRecord, EventStore, Lease
+from foldloop.store import EventStore, Lease
 from foldloop.tools._decorator import bound_text
 
 __all__ = ["CLOSE_DRAIN_S", "ActorSystem", "Settlement"]
@@ -46,8 +42,6 @@ log = get_logger(__name__)
 HANDOVER_WAIT = 5.0
 """Seconds a host's resume or cancel waits for another thread of this runtime that is
 carrying a decision into the run (the approvals poller, say) to finish, before RunLocked."""
-NOTIFY_WORKERS = 8
-"""Threads running approval ``notify`` callbacks (a chat message, an e-mail: I/O)."""
 SHARDS = 1
 """Actors (threads) the active runs are placed on. A run waits for a model, a tool or its
 commit without holding one; one interpreter lock runs one thread's Python at a time, so more
@@ -110,8 +104,6 @@ class ActorSystem:
         (``next_for_take_up``), off the calling thread: it waits for a commit."""
         self.park_after_s = PARK_AFTER_S
         """How long a run waiting only for its children stays active before it parks."""
-        self.root_of: Callable[[str], str] | None = None
-        """The root run of a run's tree (for the rows ``notify`` gets)."""
         self.on_cancel_children: Callable[[tuple[str, ...], str], None] | None = None
         """Cancels child runs (a parent's cancel cascades); called on a shard, as above."""
         self.owner = owner
@@ -119,7 +111,7 @@ class ActorSystem:
         self.snapshot_every = snapshot_every
         self.on_state = on_state
         self.timers = Timers()
-        self.notify_pool = Workers(NOTIFY_WORKERS, "foldloop-notify")
+        self.gates = Gates(store, self.timers)
         self.late = LateOutcomes(store)
         self.loop = EventLoop()
         """Where async model calls and async tools are awaited."""
@@ -152,10 +144,6 @@ class ActorSystem:
         self._ended: collections.deque[tuple[str, Settlement]] = collections.deque()
         """Settlements in the order their runs ended, for ``_forget_old``."""
         self._closed = False
-        self.issued: dict[tuple[str, str], str] = {}
-        """Tokens issued, until their request is durable and handed to its gate."""
-        self._gates: dict[str, ApprovalGate] = {}
-        self._gate_refs: dict[str, pykka.ActorRef[Any]] = {}
 
     # -- tools ---------------------------------------------------------------------------
 
@@ -524,63 +512,6 @@ class ActorSystem:
             if self._settlements.get(old_id) is old and old_id not in self._actors:
                 del self._settlements[old_id]
 
-    # -- approvals -----------------------------------------------------------------------
-
-    def pending(self, record: ApprovalRecord) -> PendingApproval:
-        """The host's view of an approval record (with the token if it was issued here)."""
-        try:
-            args: Any = msgspec.json.decode(record.args or "{}")
-        except msgspec.DecodeError:
-            args = record.args
-        return PendingApproval(
-            run_id=record.run_id,
-            call_id=record.call_id,
-            tool=record.tool,
-            args=args,
-            gate=record.gate,
-            summary=record.summary,
-            expires_at=record.expires_at,
-            token=self.token(record.run_id, record.call_id),
-        )
-
-    def gate(self, policy: RequireApproval) -> ApprovalGate:
-        """The ApprovalGate actor of ``policy``'s gate (started on first use)."""
-        with self._lock:
-            gate = self._gates.get(policy.gate)
-            if gate is None:
-                gate = ApprovalGate(policy, self.timers, self.notify_pool)
-                self._gate_refs[policy.gate] = gate.start_here()
-                self._gates[policy.gate] = gate
-            return gate
-
-    def token(self, run_id: str, call_id: str) -> str | None:
-        """A token this runtime issued for a request (never stored anywhere)."""
-        fresh = self.issued.get((run_id, call_id))
-        if fresh is not None:
-            return fresh
-        with self._lock:
-            gates = list(self._gates.values())
-        for gate in gates:
-            token = gate.token(run_id, call_id)
-            if token is not None:
-                return token
-        return None
-
-    def notify(self, agent: Agent, state: RunState, call_id: str) -> None:
-        """A request is durable: its gate remembers the token and tells ``notify``."""
-        policy = agent.approvals
-        record = self.store.approval(state.run_id, call_id)
-        if policy is None or record is None:
-            return
-        gate = self.gate(policy)
-        token = self.issued.pop((state.run_id, call_id), None)
-        if token is not None:
-            gate.remember(state.run_id, call_id, token)
-        pending = self.pending(record)
-        if state.parent_run_id and self.root_of is not None:  # a request deep in a tree
-            pending = dataclasses.replace(pending, root_run_id=self.root_of(state.run_id))
-        gate.actor_ref.tell(Issued(pending))
-
     # -- lifecycle -----------------------------------------------------------------------
 
     def stop(self, drain_s: float = CLOSE_DRAIN_S) -> list[str]:
@@ -597,22 +528,21 @@ class ActorSystem:
         with self._lock:
             shards, self._shards = self._shards, []
             active = [*self._actors, *self._parked, *self._taking_up]
-            tools = [*self._tools.values(), *self._gate_refs.values()]
-            gates = list(self._gates.values())
+            tools = [*self._tools.values(), *self.gates.refs()]
         for shard in shards:  # each queues what its runs hold back, as it stops
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 shard.actor_ref.stop(block=True, timeout=5)
         for ref in tools:
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 ref.stop(block=True, timeout=5)
-        self._deliver_notifications(gates)
+        self.gates.deliver_notifications()
         self.late.close(max(LATE_OUTCOMES_S, deadline - time.monotonic()))
         self.timers.stop()
         # model calls and async tools in flight are cancelled (runs resume later), waited for
         # what the drain left of its time; then the async models' connection pools closed
         self.loop.close(deadline - time.monotonic(), then=self._model_cleanups())
         self.models.shutdown()
-        self.notify_pool.shutdown()
+        self.gates.shutdown()
         return active
 
     def _model_cleanups(self) -> list[Callable[[], Awaitable[object]]]:
@@ -621,11 +551,3 @@ class ActorSystem:
             models = list(self._models_seen.values())
         closers = [getattr(m, "aclose", None) for m in models]
         return [c for c in closers if c is not None and inspect.iscoroutinefunction(c)]
-
-    def _deliver_notifications(self, gates: list[ApprovalGate]) -> None:
-        """Let every notify already handed to a gate run before the runtime closes: the
-        token it carries is stored nowhere else. A notify that hangs past its gate's
-        timeout is left behind (logged); its request stays pending, decidable by ids."""
-        timeout = max((gate.policy.notify_timeout for gate in gates), default=0.0)
-        if gates and not self.notify_pool.join(timeout):
-            log.warning("approval_notify_unfinished_at_close", timeout_s=timeout)

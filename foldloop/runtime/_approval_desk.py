@@ -74,7 +74,7 @@ class ApprovalDesk:
             root = self._queries.root_of(record.run_id, roots)
             if root != record.run_id and self._below_an_end(record):  # a root has none above
                 continue
-            listed.append(replace(self._system.pending(record), root_run_id=root))
+            listed.append(replace(self._system.gates.pending(record), root_run_id=root))
         return listed
 
     def _restorable(self, run_id: str, call_id: str) -> str:
@@ -189,7 +189,7 @@ class ApprovalDesk:
 
     def remember_tokens(self, run_id: str, tokens: dict[str, str]) -> None:
         for call_id, token in tokens.items():
-            self._system.issued[(run_id, call_id)] = token
+            self._system.gates.issued[(run_id, call_id)] = token
 
     def commands(self, state: RunState) -> Iterator[Command]:
         """Commands for the run's waiting calls that the approvals table has decided (or

@@ -27,7 +27,7 @@ def drive(
         try:
             for effect in decision.effects:
                 if isinstance(effect, RequestApproval):
-                    system.notify(agent, state, effect.call_id)
+                    system.gates.notify(agent, state, effect.call_id)
         finally:  # the run is parked or done whatever notify met: never left claimed
             if not released:
                 system.release_lease(state.run_id, epoch)

@@ -145,7 +145,7 @@ class Runtime(OpenOnly, ClosedOnExit):
         self.system.on_spawn_children = self._commands.spawn_children
         self.system.on_cancel_children = self._commands.cancel_children
         self.system.on_parked = self._commands.trees.take_up_parked
-        self.system.root_of = lambda run_id: self._queries.root_of(run_id, {})
+        self.system.gates.root_of = lambda run_id: self._queries.root_of(run_id, {})
         self._transfer = Transfer(self._queries, writes)
         self._stop_cancels = (
             store.serve_cancels(self._commands.cancel_here)
