@@ -17,7 +17,7 @@ from foldloop.core._commands import (
     Start,
     ToolFinished,
 )
-from foldloop.core._decide import MAX_INVALID_ARGS, MAX_MODEL_ATTEMPTS, decide
+from foldloop.core._decide import MAX_INVALID_ARGS, decide
 from foldloop.core._effects import (
     CallModel,
     Decision,
@@ -31,6 +31,7 @@ from foldloop.core._evolve import INITIAL, apply, evolve
 from foldloop.core._messages import Message, ToolSpec, prompt_digest
 from foldloop.core._pricing import DEFAULT_PRICING, ModelPrice, Pricing
 from foldloop.core._replay import command_for, replay
+from foldloop.core._retries import MAX_MODEL_ATTEMPTS
 from foldloop.core._state import STATE_VERSION, CallState, RunState, RunStatus
 
 __all__ = [

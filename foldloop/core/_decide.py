@@ -43,6 +43,7 @@ from foldloop.core._effects import (
 )
 from foldloop.core._evolve import Draft, all_finished
 from foldloop.core._messages import prompt_digest
+from foldloop.core._retries import MAX_MODEL_ATTEMPTS, retry_delay
 from foldloop.core._state import CallState, RunState, RunStatus
 from foldloop.core._tree import (
     allotment,
@@ -79,30 +80,10 @@ from foldloop.events._catalogue import (
 )
 from foldloop.events._values import ToolCall
 
-__all__ = [
-    "MAX_INVALID_ARGS",
-    "MAX_MODEL_ATTEMPTS",
-    "MAX_RETRY_AFTER_S",
-    "decide",
-    "retry_delay",
-]
-
-MAX_MODEL_ATTEMPTS = 5
-"""Attempts per step for retryable model failures before the run fails."""
+__all__ = ["MAX_INVALID_ARGS", "decide"]
 
 MAX_INVALID_ARGS = 3
 """Invalid-argument tool calls in one step that end the run failed."""
-
-
-MAX_RETRY_AFTER_S = 60.0
-"""The longest wait a provider's ``Retry-After`` buys: past it the run asks again anyway."""
-
-
-def retry_delay(attempt: int, asked_s: float = 0.0) -> float:
-    """The wait before the ``attempt``-th retry of a model call: exponential backoff
-    (capped at 8 s), or what the provider asked for (up to ``MAX_RETRY_AFTER_S``) if
-    longer."""
-    return max(float(min(8.0, 0.25 * 2 ** (attempt - 1))), min(asked_s, MAX_RETRY_AFTER_S))
 
 
 class _Builder:

@@ -317,14 +317,13 @@ class JetStreamStore:
         approvals: ApprovalChanges | None = None,
     ) -> Pending[None]:
         """Append a whole run under no lease (in parts of 1,000 events past that)."""
-        return self._write(self._import(run_id, payloads, approvals))
 
-    async def _import(
-        self, run_id: str, payloads: Sequence[Payload], approvals: ApprovalChanges | None
-    ) -> None:
-        await self._append(
-            run_id, payloads, expected_seq=0, lease=None, release=False, approvals=approvals
-        )
+        async def imported() -> None:
+            await self._append(
+                run_id, payloads, expected_seq=0, lease=None, release=False, approvals=approvals
+            )
+
+        return self._write(imported())
 
     # -- reads -----------------------------------------------------------------------------
 
