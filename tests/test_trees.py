@@ -276,6 +276,7 @@ def test_cancelling_a_parent_cancels_its_whole_subtree(store_path: Path) -> None
             # the child running, as the tree beside it says it is cancelled
             (child,) = [line for line in rt.explain(run.id).budget if "child" in line]
             assert "running" not in child and "its own log says how it ended" in child, child
+            release.set()  # else the close waits out its drain for the held calls
     finally:
         release.set()
 
@@ -753,6 +754,7 @@ def test_closing_right_after_cancelling_a_live_tree_leaves_nothing_below_it_runn
             run = rt.spawn(root, "go")
             wait_until(lambda: len(rt.runs()) == 4, 20, "the tree to grow to four runs")
             run.cancel()
+            rt.close(timeout=0.5)  # the leaves' calls are still held: a short drain
         release.set()
         with fl.Runtime.open(store_path) as rt:
             statuses = {node.run_id: node.status for node in rt.tree(run.id).walk()}
@@ -821,6 +823,7 @@ def test_a_cancel_reaches_a_child_another_runtime_drives(store_path: Path) -> No
                 "the child driven there to be cancelled",
             )
             assert there.state(pending.run_id).reason == "cancelled by the host: parent cancelled"
+            release.set()  # else the close waits out its drain for the held call
     finally:
         release.set()
 
@@ -911,6 +914,7 @@ def test_cancelling_a_parked_parent_cancels_it_and_its_children(store_path: Path
                     20,
                     "its children to be cancelled",
                 )
+            release.set()  # else the close waits out its drain for the held calls
     finally:
         release.set()
 
@@ -979,6 +983,7 @@ def test_commands_racing_to_a_parked_parent_are_all_handled_in_order(
             )
             run.cancel(reason="enough")
             assert run.wait(timeout=20).status is fl.RunStatus.CANCELLED
+            release.set()  # else the close waits out its drain for the held call
     finally:
         release.set()
 
