@@ -70,6 +70,30 @@ def test_runs_are_spread_over_the_workers_and_complete(store_path: Path) -> None
         assert types[-1] == "run.completed"
 
 
+def test_a_handle_hears_how_its_run_ended_from_the_worker_that_drove_it(
+    store_path: Path,
+) -> None:
+    """A wait on a run a worker drove to its end needs no read of the log: the worker tells
+    the host's handle (white-box: a closed pool's workers were read to their end, so every
+    end they told of is in its handle, and a wait on it would return just that)."""
+    with fl.WorkerPool(store_path, agents=["pool_agents:calc", "pool_agents:short"]) as pool:
+        ended = pool.spawn_many("calc", [f"sum {i}" for i in range(10)])
+        stopped = pool.spawn("short", "count")  # limit_reached: a resume can change it
+        ids = {h.id for h in [*ended, stopped]}
+
+        def all_settled() -> bool:
+            rows = [r for r in pool.runtime.runs() if r.run_id in ids]
+            done = (fl.RunStatus.COMPLETED, fl.RunStatus.LIMIT_REACHED)
+            return len(rows) == len(ids) and all(r.status in done for r in rows)
+
+        wait_until(all_settled, 30, "the runs to end in the workers")
+    with fl.Runtime.open(store_path) as rt:
+        for handle in ended:
+            assert handle._ended == rt.handle(handle.id).wait(timeout=5)
+            assert handle._ended.status is fl.RunStatus.COMPLETED
+        assert stopped._ended is None  # not final: only the log can say how it stands
+
+
 def test_spawn_many_spreads_the_runs_over_the_workers_in_input_order(
     store_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -411,7 +435,7 @@ def test_a_request_to_a_worker_whose_process_ended_fails_at_once() -> None:
         "import subprocess, sys; "
         f"subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.DEVNULL)"
     )
-    worker = WorkerProcess([sys.executable, "-c", script], os.environ, lambda: None)
+    worker = WorkerProcess([sys.executable, "-c", script], os.environ, lambda: None, print)
     try:
         wait_until(lambda: not worker.alive, 30, "the worker process to end")
         with pytest.raises(fl.errors.WorkerError, match=r"exited \(code 0\) before answering"):

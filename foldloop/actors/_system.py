@@ -106,6 +106,10 @@ class ActorSystem:
         """How long a run waiting only for its children stays active before it parks."""
         self.on_cancel_children: Callable[[tuple[str, ...], str], None] | None = None
         """Cancels child runs (a parent's cancel cascades); called on a shard, as above."""
+        self.on_ended: Callable[[RunState], None] | None = None
+        """Told the final state of each run that ended here (a terminal status, not an
+        interruption) once that end is durable; called on the thread that drove it (a
+        shard): hand slow work elsewhere."""
         self.owner = owner
         self.clock = clock
         self.snapshot_every = snapshot_every
@@ -461,6 +465,7 @@ class ActorSystem:
             self._forget_old(state.run_id, settlement)
         settlement.state = state
         settlement.event.set()
+        self._tell_ended(settlement)
         self.tell_parent(state)
 
     def settled(self, run_id: str, epoch: int, state: RunState, *, released: bool) -> None:
@@ -491,6 +496,7 @@ class ActorSystem:
         settlement.state = state
         settlement.interrupted = interrupted
         settlement.event.set()
+        self._tell_ended(settlement)
         if not interrupted:
             self.tell_parent(state)
         elif state.parent_call_id and not self._closed:  # its parent must not wait for ever
@@ -498,6 +504,11 @@ class ActorSystem:
             self.tell(state.parent_run_id, command)
         if self.on_inactive is not None:
             self.on_inactive(run_id)
+
+    def _tell_ended(self, settlement: Settlement) -> None:
+        state = settlement.state
+        if self.on_ended is not None and state is not None and _ended_for_good(settlement):
+            self.on_ended(state)
 
     def _forget_old(self, run_id: str, ended: Settlement) -> None:
         """(Lock held.) ``run_id`` ended with ``ended``: keep the settlements of runs driven

@@ -40,6 +40,7 @@ from foldloop.runtime._pool_args import (
     check_start_timeout,
     check_switch_interval,
 )
+from foldloop.runtime._pool_endings import EndingsHeard
 from foldloop.runtime._pool_process import WorkerInfo, WorkerProcess
 from foldloop.runtime._pool_protocol import Cancel, Resume, Spawn, SpawnMany
 from foldloop.runtime._pool_spawns import ATTEMPTS, Spawns
@@ -167,6 +168,7 @@ class WorkerPool(ClosedOnExit):
         self._closed = False
         self._spawns = CallsUnderWay()  # a close lets them read the log first
         self._next = itertools.count()
+        self._endings = EndingsHeard()
         self._workers: list[WorkerProcess] = []
         try:
             started = [self._start_worker() for _ in range(processes)]
@@ -178,7 +180,7 @@ class WorkerPool(ClosedOnExit):
             raise
 
     def _start_worker(self) -> WorkerProcess:
-        return WorkerProcess(self._command, self._env, self._worker_exited)
+        return WorkerProcess(self._command, self._env, self._worker_exited, self._endings.heard)
 
     def _worker_exited(self) -> None:
         """A started worker's process ended: replace it soon, from a thread of its own."""
@@ -346,7 +348,10 @@ class WorkerPool(ClosedOnExit):
             yield
 
     def _handle(self, run_id: str) -> PooledRunHandle:
-        return PooledRunHandle(self, run_id)
+        """A handle to give out: told of its run's end by the worker that drives it."""
+        handle = PooledRunHandle(self, run_id)
+        self._endings.given_out(handle)
+        return handle
 
     def _check_open(self) -> None:
         if self._closed:
@@ -382,7 +387,7 @@ class WorkerPool(ClosedOnExit):
         self._check_open()
         self.runtime.handle(run_id)  # raises RunNotFound
         worker = self._pick()
-        return PooledRunHandle(self, worker.request(Resume(0, run_id, extend)).result())
+        return self._handle(worker.request(Resume(0, run_id, extend)).result())
 
     def cancel_in_worker(self, run_id: str, reason: str) -> bool:
         """Ask the worker holding the run's lease to cancel it; False if none of this
@@ -401,7 +406,7 @@ class WorkerPool(ClosedOnExit):
         """A handle to an existing run of the store."""
         self._check_open()
         self.runtime.handle(run_id)  # raises RunNotFound
-        return PooledRunHandle(self, run_id)
+        return self._handle(run_id)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the workers (runs still going stay resumable) and the host's runtime."""

@@ -18,6 +18,7 @@ from foldloop import errors
 from foldloop.errors import FoldloopError, WorkerError
 from foldloop.runtime._pool_protocol import (
     Cancelled,
+    Ended,
     Failed,
     Ready,
     Request,
@@ -67,12 +68,18 @@ def _error(name: str, message: str) -> FoldloopError:
 
 
 class WorkerProcess:
-    """One worker process, the requests in flight to it and the thread reading its answers."""
+    """One worker process, the requests in flight to it and the thread reading its answers
+    (and the ends of runs it tells of, handed to ``on_ended``)."""
 
     def __init__(
-        self, command: list[str], env: Mapping[str, str], on_exit: Callable[[], None]
+        self,
+        command: list[str],
+        env: Mapping[str, str],
+        on_exit: Callable[[], None],
+        on_ended: Callable[[Ended], None],
     ) -> None:
         self._on_exit = on_exit
+        self._on_ended = on_ended
         self.proc = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=dict(env)
         )
@@ -105,7 +112,9 @@ class WorkerProcess:
                 reply = decode_reply(line)
             except msgspec.DecodeError:
                 continue  # not ours: the worker's stdout carries only protocol lines
-            if isinstance(reply, Ready):
+            if isinstance(reply, Ended):
+                self._on_ended(reply)
+            elif isinstance(reply, Ready):
                 self.ready.set_result(reply)
             elif isinstance(reply, Failed):
                 self.ready.set_exception(

@@ -1,8 +1,9 @@
 """What a WorkerPool and its worker processes say to each other: one JSON object a line.
 
 The host writes requests (spawn a run, cancel or resume one) to a worker's stdin; the worker answers
-on its stdout (its own logs go to stderr). Only plain data crosses: an agent travels as its
-name, known to the worker because it loaded the same ``module:attr`` at start.
+on its stdout (its own logs go to stderr), and tells there of the runs it drove that ended. Only
+plain data crosses: an agent travels as its name, known to the worker because it loaded the same
+``module:attr`` at start.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import msgspec
 
 from foldloop.events._values import Limits
+from foldloop.runtime._results import RunResult
 
 __all__ = [
     "REQUESTS",
     "Cancel",
     "Cancelled",
+    "Ended",
     "Failed",
     "Ready",
     "Refused",
@@ -116,7 +119,14 @@ class Failed(msgspec.Struct, frozen=True, tag="failed"):
     message: str
 
 
-Reply = Ready | Spawned | SpawnedMany | Cancelled | Refused | Failed
+class Ended(msgspec.Struct, frozen=True, tag="ended"):
+    """Runs the worker drove ended (each end durable): what a wait on each returns. Sent
+    unasked, in batches."""
+
+    results: list[RunResult]
+
+
+Reply = Ready | Spawned | SpawnedMany | Cancelled | Refused | Failed | Ended
 
 _ENCODER = msgspec.json.Encoder()
 _REPLIES = msgspec.json.Decoder(Reply)

@@ -3,8 +3,9 @@
 Started by ``WorkerPool`` as ``python -m foldloop.runtime._pool_worker --store PATH
 --agent module:attr ...``. It opens the store, recovers runs whose runtime died (a worker
 that was killed, say), says Ready, then spawns the runs the host asks for and drives them
-until its stdin closes. One process per core is how a pool uses more than one core: each
-has its own interpreter lock, and the store's leases keep each run driven by one of them.
+until its stdin closes, telling the host of each run that ended (``_pool_endings``). One
+process per core is how a pool uses more than one core: each has its own interpreter lock,
+and the store's leases keep each run driven by one of them.
 
 A worker whose host is gone (killed: its end of the pipes closed) stops as on a hang-up,
 quietly and with exit code 0: it reads no more requests, and the runs it drives stay
@@ -31,6 +32,7 @@ from foldloop._agent import Agent
 from foldloop.errors import ConfigError, FoldloopError, SpawnError
 from foldloop.runtime._agent_ref import load_agent
 from foldloop.runtime._facade import Runtime, spawn_named
+from foldloop.runtime._pool_endings import EndingsSender
 from foldloop.runtime._pool_protocol import (
     REQUESTS,
     Cancelled,
@@ -196,7 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # an agent's module may raise anything as it is imported
         answers.send(Failed(str(exc) if isinstance(exc, FoldloopError) else repr(exc)))
         return 1
-    with rt, ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="foldloop-spawn") as pool:
+    endings = EndingsSender(answers.send)  # closed last: it sends the close's ends too
+    rt.system.on_ended = endings.ended
+    with (
+        contextlib.closing(endings),
+        rt,
+        ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="foldloop-spawn") as pool,
+    ):
         try:
             recovered = [h.id for h in rt.recover()]
         except FoldloopError as exc:

@@ -11,7 +11,16 @@ from foldloop.errors import StoreCorrupted
 from foldloop.events._values import Usage
 from foldloop.runtime._lifecycle import OpenOnly
 
-__all__ = ["Damaged", "RunHandle", "RunOps", "RunResult", "RunSummary", "RunTree", "result_of"]
+__all__ = [
+    "Damaged",
+    "RunHandle",
+    "RunOps",
+    "RunResult",
+    "RunSummary",
+    "RunTree",
+    "is_final",
+    "result_of",
+]
 
 
 @dataclass(frozen=True)
@@ -140,6 +149,13 @@ def result_of(state: RunState, *, interrupted: str = "") -> RunResult:
     )
 
 
+def is_final(result: RunResult) -> bool:
+    """Nothing can change how the run stands any more (no resume, no decision)."""
+    return result.status in (RunStatus.COMPLETED, RunStatus.CANCELLED) or (
+        result.status is RunStatus.FAILED and not result.resumable
+    )
+
+
 class RunOps(Protocol):
     """What a RunHandle asks of the runtime that gave it out."""
 
@@ -199,11 +215,15 @@ class RunHandle(OpenOnly):
         result = self._ops.wait(
             self.id, timeout, through_approvals=through_approvals, ending=self._ending
         )
-        if result.status in (RunStatus.COMPLETED, RunStatus.CANCELLED) or (
-            result.status is RunStatus.FAILED and not result.resumable
-        ):
+        if is_final(result):
             self._ended, self._ending = result, None
         return result
+
+    def heard_ended(self, result: RunResult) -> None:
+        """(Any thread.) The runtime that drove the run says it ended as ``result`` (after
+        its end was durable): a wait returns that without reading the log."""
+        if result.run_id == self.id and is_final(result):
+            self._ended = result
 
     def cancel(self, reason: str = "") -> None:
         """Cancel the run (at once: model calls run off the run's thread)."""
