@@ -39,6 +39,7 @@ from foldloop.runtime._commands import Commands
 from foldloop.runtime._lifecycle import Lifecycle, OpenOnly
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._registry import AgentRegistry
+from foldloop.runtime._replay_checks import ReplayChecks
 from foldloop.runtime._results import RunHandle, RunOps, RunResult, RunSummary, RunTree
 from foldloop.runtime._rules import check_cap, check_inputs, check_seconds
 from foldloop.runtime._transfer import Transfer
@@ -120,6 +121,7 @@ class Runtime(OpenOnly, ClosedOnExit):
         self._followers = Followers(store, clock)
         writes = RunWrites(store, self.owner)
         self._queries = Queries(store, self.system, self._agents, clock)
+        self._checks = ReplayChecks(store, self._queries, self._agents)
         self._desk = ApprovalDesk(
             store=store,
             system=self.system,
@@ -479,10 +481,10 @@ class Runtime(OpenOnly, ClosedOnExit):
         returns each run's state by run id, depth first from ``run_id``.
         """
         if tree is True:
-            return self._queries.verify_tree(run_id)
+            return self._checks.verify_tree(run_id)
         if tree is not False:
             raise ConfigError(f"tree must be True or False; got {tree!r}")
-        return self._queries.verify(run_id)
+        return self._checks.verify(run_id)
 
     # -- transfer ------------------------------------------------------------------------
 
