@@ -70,6 +70,9 @@ POLL_READ_S = 5.0
 FLUSH_WAIT_S = 5.0
 """Seconds ``close()`` waits for the runs' last writes to be stored before it gives up its
 runs all the same (a store that cannot store them in that time has failed)."""
+THREADS_STOP_S = 5.0
+"""Seconds ``close()`` waits for the work-queue taker and the approvals poller to stop (a
+read of a store whose server is away may hold either that long)."""
 CLOSE_GRACE_S = 30.0
 """Seconds past its ``timeout`` a second ``close()`` waits for the first one to finish (the
 stores' own last writes and the actors' stops)."""
@@ -279,11 +282,16 @@ class Runtime(OpenOnly, ClosedOnExit):
         try:
             self._commands.stop_spawns()
             if self._taker is not None:
-                self._taker.close()
+                self._taker.stop()
             if self._stop_cancels is not None:
                 self._stop_cancels()
             self._stop_polling.set()
-            self._poller.join(timeout=5)
+            # Told to stop together, waited for together: each may be in a read of a store
+            # whose server went away, and their waits overlap rather than add up.
+            joined_by = time.monotonic() + THREADS_STOP_S
+            if self._taker is not None:
+                self._taker.join(THREADS_STOP_S)
+            self._poller.join(timeout=max(0.0, joined_by - time.monotonic()))
             self._followers.close()
             self._admission.close()
             self._commands.close()

@@ -72,10 +72,13 @@ class WorkTaker:
             # taken, or held by a live runtime, or left queued for recover(): the queue is done
             _settle(items, taken=True)
 
-    def close(self) -> None:
-        """Take nothing more (waits for a take under way)."""
+    def stop(self) -> None:
+        """Take nothing more (a take under way goes on: ``join`` waits for it)."""
         self._stop.set()
-        self._thread.join(POLL_S * 2 + 5)
+
+    def join(self, timeout: float = POLL_S * 2 + 5) -> None:
+        """Wait for a take under way, after ``stop``."""
+        self._thread.join(timeout)
 
 
 def _settle(items: list[WorkItem], *, taken: bool) -> None:
