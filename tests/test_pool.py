@@ -74,24 +74,19 @@ def test_a_handle_hears_how_its_run_ended_from_the_worker_that_drove_it(
     store_path: Path,
 ) -> None:
     """A wait on a run a worker drove to its end needs no read of the log: the worker tells
-    the host's handle (white-box: a closed pool's workers were read to their end, so every
-    end they told of is in its handle, and a wait on it would return just that)."""
+    the host's handle (white-box: ``_ended`` is what a wait returns without a read), also
+    of a run that ended before its spawn returned. A run that may move on is not told."""
     with fl.WorkerPool(store_path, agents=["pool_agents:calc", "pool_agents:short"]) as pool:
         ended = pool.spawn_many("calc", [f"sum {i}" for i in range(10)])
         stopped = pool.spawn("short", "count")  # limit_reached: a resume can change it
-        ids = {h.id for h in [*ended, stopped]}
-
-        def all_settled() -> bool:
-            rows = [r for r in pool.runtime.runs() if r.run_id in ids]
-            done = (fl.RunStatus.COMPLETED, fl.RunStatus.LIMIT_REACHED)
-            return len(rows) == len(ids) and all(r.status in done for r in rows)
-
-        wait_until(all_settled, 30, "the runs to end in the workers")
+        wait_until(lambda: all(h._ended is not None for h in ended), 30, "the ends to arrive")
+        told = {h.id: h.wait() for h in ended}
+        assert stopped.wait(timeout=30).status is fl.RunStatus.LIMIT_REACHED
     with fl.Runtime.open(store_path) as rt:
-        for handle in ended:
-            assert handle._ended == rt.handle(handle.id).wait(timeout=5)
-            assert handle._ended.status is fl.RunStatus.COMPLETED
-        assert stopped._ended is None  # not final: only the log can say how it stands
+        for run_id, result in told.items():
+            assert result == rt.handle(run_id).wait(timeout=5)
+            assert result.status is fl.RunStatus.COMPLETED
+    assert stopped._ended is None
 
 
 def test_spawn_many_spreads_the_runs_over_the_workers_in_input_order(
@@ -435,7 +430,9 @@ def test_a_request_to_a_worker_whose_process_ended_fails_at_once() -> None:
         "import subprocess, sys; "
         f"subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.DEVNULL)"
     )
-    worker = WorkerProcess([sys.executable, "-c", script], os.environ, lambda: None, print)
+    worker = WorkerProcess(
+        [sys.executable, "-c", script], os.environ, lambda: None, lambda ended: None
+    )
     try:
         wait_until(lambda: not worker.alive, 30, "the worker process to end")
         with pytest.raises(fl.errors.WorkerError, match=r"exited \(code 0\) before answering"):

@@ -108,8 +108,8 @@ class ActorSystem:
         """Cancels child runs (a parent's cancel cascades); called on a shard, as above."""
         self.on_ended: Callable[[RunState], None] | None = None
         """Told the final state of each run that ended here (a terminal status, not an
-        interruption) once that end is durable; called on the thread that drove it (a
-        shard): hand slow work elsewhere."""
+        interruption) once that end is durable; called on the thread that settled it (a
+        shard, often): hand slow work elsewhere. One that raises is logged."""
         self.owner = owner
         self.clock = clock
         self.snapshot_every = snapshot_every
@@ -508,7 +508,10 @@ class ActorSystem:
     def _tell_ended(self, settlement: Settlement) -> None:
         state = settlement.state
         if self.on_ended is not None and state is not None and _ended_for_good(settlement):
-            self.on_ended(state)
+            try:
+                self.on_ended(state)
+            except Exception:  # an observer: the run's parent and admission still hear of it
+                log.exception("on_ended_failed", run_id=state.run_id)
 
     def _forget_old(self, run_id: str, ended: Settlement) -> None:
         """(Lock held.) ``run_id`` ended with ``ended``: keep the settlements of runs driven

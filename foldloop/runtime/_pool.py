@@ -291,7 +291,7 @@ class WorkerPool(ClosedOnExit):
                 and dict(started.metadata) == (meta or {})
             )
 
-        with self._spawn_call():
+        with self._spawn_call(), self._endings.expecting([named]):
             mark = self.runtime.store.last_position() if run_id is not None else 0
             spawns = Spawns(self.runtime.store, [named], send, call="spawn", mark=mark, ours=ours)
             return spawns.run([[0]], 1, self._handle)[0]
@@ -336,7 +336,7 @@ class WorkerPool(ClosedOnExit):
             list(range(at, min(at + SPAWN_CHUNK, len(texts))))
             for at in range(0, len(texts), SPAWN_CHUNK)
         )
-        with self._spawn_call():
+        with self._spawn_call(), self._endings.expecting(run_ids):
             return spawns.run(chunks, max(1, SPAWN_WINDOW // SPAWN_CHUNK), self._handle)
 
     @contextlib.contextmanager
@@ -387,7 +387,8 @@ class WorkerPool(ClosedOnExit):
         self._check_open()
         self.runtime.handle(run_id)  # raises RunNotFound
         worker = self._pick()
-        return self._handle(worker.request(Resume(0, run_id, extend)).result())
+        with self._endings.expecting([run_id]):
+            return self._handle(worker.request(Resume(0, run_id, extend)).result())
 
     def cancel_in_worker(self, run_id: str, reason: str) -> bool:
         """Ask the worker holding the run's lease to cancel it; False if none of this

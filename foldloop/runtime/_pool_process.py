@@ -15,6 +15,7 @@ from typing import IO, Any
 import msgspec
 
 from foldloop import errors
+from foldloop._log import get_logger
 from foldloop.errors import FoldloopError, WorkerError
 from foldloop.runtime._pool_protocol import (
     Cancelled,
@@ -29,6 +30,8 @@ from foldloop.runtime._pool_protocol import (
 )
 
 __all__ = ["WorkerInfo", "WorkerProcess"]
+
+log = get_logger(__name__)
 
 SHOWN_RECOVERED = 5
 """How many recovered run ids a WorkerInfo's repr lists (past that, their count)."""
@@ -113,7 +116,10 @@ class WorkerProcess:
             except msgspec.DecodeError:
                 continue  # not ours: the worker's stdout carries only protocol lines
             if isinstance(reply, Ended):
-                self._on_ended(reply)
+                try:
+                    self._on_ended(reply)
+                except Exception:  # this thread settles the requests: it must go on
+                    log.exception("pool_ends_not_handed_out")
             elif isinstance(reply, Ready):
                 self.ready.set_result(reply)
             elif isinstance(reply, Failed):

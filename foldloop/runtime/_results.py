@@ -219,9 +219,10 @@ class RunHandle(OpenOnly):
             self._ended, self._ending = result, None
         return result
 
-    def heard_ended(self, result: RunResult) -> None:
-        """(Any thread.) The runtime that drove the run says it ended as ``result`` (after
-        its end was durable): a wait returns that without reading the log."""
+    def _heard_ended(self, result: RunResult) -> None:
+        """(Any thread; not public: only a pool tells it.) The runtime that drove the run says
+        it ended as ``result`` (after its end was durable): a wait returns that without
+        reading the log. Not checked for an open runtime: it may come as the pool closes."""
         if result.run_id == self.id and is_final(result):
             self._ended = result
 
