@@ -249,7 +249,11 @@ def test_15_surrogates_from_a_model_or_a_tool_are_made_storable(tmp_path: Path) 
         return "broken \ud800 result"
 
     llm = fl.ScriptedLLM(
-        [fl.Reply(tool_calls=[fl.ToolCall("echo", {"text": "x"})]), fl.Reply(text="end \udc80")]
+        [
+            # raw arguments as a provider's JSON may carry them: an escaped lone surrogate
+            fl.Reply(tool_calls=[fl.ToolCall("echo", '{"text": "x\ud800y"}', id="c\udc80")]),
+            fl.Reply(text="end \udc80"),
+        ]
     )
     agent = fl.Agent(name="surrogates", llm=llm, tools=[echo])
     with pytest.raises(fl.ConfigError, match="instructions contain an unpaired surrogate"):
@@ -261,6 +265,8 @@ def test_15_surrogates_from_a_model_or_a_tool_are_made_storable(tmp_path: Path) 
         assert result.output == "end ?"
         done = [r.event for r in rt.events(run.id)]
         assert any(getattr(e, "result", "") == "broken ? result" for e in done)
+        (asked,) = [e for e in done if isinstance(e, fl.events.ToolRequested)]
+        assert (asked.args, asked.call_id) == ('{"text": "x?y"}', "c?")
         rt.verify(run.id)
 
 

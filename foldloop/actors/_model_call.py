@@ -5,9 +5,12 @@ hold)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
+
+import msgspec
 
 from foldloop._agent import Agent
 from foldloop._log import get_logger
@@ -16,7 +19,7 @@ from foldloop.core._effects import CallModel
 from foldloop.core._messages import MessageView, ToolSpec
 from foldloop.errors import ModelCallError
 from foldloop.events._codec import storable_text
-from foldloop.events._values import Usage
+from foldloop.events._values import ToolCall, Usage
 from foldloop.llm import AsyncComplete, Reply
 from foldloop.store import MAX_EVENT_BYTES
 
@@ -37,6 +40,15 @@ def reply_bound(event_bytes: int) -> int:
 
 MAX_REPLY_BYTES = reply_bound(MAX_EVENT_BYTES)
 """A model reply's text and calls past this cannot fit one event in any store."""
+
+
+def _storable_call(call: ToolCall) -> ToolCall:
+    """The call with each lone surrogate replaced, as a reply's text is (a provider's JSON
+    may escape one into the arguments; the log cannot hold it)."""
+    name, args, ident = (storable_text(t) for t in (call.name, call.args, call.id))
+    if (name, args, ident) == (call.name, call.args, call.id):
+        return call
+    return msgspec.structs.replace(call, name=name, args=args, id=ident)
 
 
 def _reply_bytes(reply: Reply) -> int:
@@ -137,6 +149,9 @@ class ModelCall:
         return self.replied(reply, start)
 
     def replied(self, reply: Reply, start: float) -> Command:
+        calls = tuple(_storable_call(c) for c in reply.tool_calls)
+        if calls != tuple(reply.tool_calls):
+            reply = dataclasses.replace(reply, tool_calls=calls)
         usage = reply.usage or Usage()
         model = reply.model or self.agent.llm.model
         size = _reply_bytes(reply)
