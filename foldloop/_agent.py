@@ -57,6 +57,13 @@ class Agent:
                 f"agent {self.name!r}: llm must have a complete(messages, tools) method "
                 "(fl.ScriptedLLM, fl.OpenAIChat, ...)"
             )
+        model = getattr(self.llm, "model", None)
+        if not isinstance(model, str):
+            raise ConfigError(
+                f"agent {self.name!r}: llm must have a model attribute, the model's name as a "
+                f"str (recorded in model.responded, used for pricing); "
+                f"{type(self.llm).__name__}.model is {model!r}"
+            )
         if not isinstance(self.instructions, str):
             raise ConfigError(f"agent {self.name!r}: instructions must be a str")
         bad = unpaired_surrogate(self.instructions)

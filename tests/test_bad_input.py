@@ -369,6 +369,15 @@ def test_bad_query_arguments_are_config_errors_naming_the_value(tmp_path: Path) 
         list(pages)  # an iterator outliving its runtime says so, not a raw lmdb.Error
 
 
+def test_a_model_without_a_name_is_refused_at_the_agent() -> None:
+    class Nameless:
+        def complete(self, messages: object, tools: object, **kw: object) -> fl.Reply:
+            return fl.Reply(text="hi")
+
+    with pytest.raises(fl.ConfigError, match=r"llm must have a model attribute.*Nameless"):
+        fl.Agent(name="a", llm=Nameless())  # type: ignore[arg-type]
+
+
 def test_a_gate_naming_a_tool_the_agent_lacks_is_refused_at_the_agent() -> None:
     """A misspelt gate would gate nothing: the dangerous tool would run unasked."""
 
