@@ -144,12 +144,18 @@ class JetStreamStore:
         parts = (self._log, self._tables, self._work)
         await set_up(parts, t, timeout_s=CONNECT_TIMEOUT_S, create=create)
 
+    @property
+    def _connected(self) -> bool:
+        """Connected to a server now (not reconnecting, not closed)."""
+        return self._nc is not None and self._nc.is_connected
+
     async def _disconnect(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
             with contextlib.suppress(Exception):
                 await self._work.close()
-            with contextlib.suppress(Exception):
-                await self._nc.flush(timeout=2)
+            if self._nc.is_connected:  # else nothing can be flushed: the server is away
+                with contextlib.suppress(Exception):
+                    await self._nc.flush(timeout=2)
             with contextlib.suppress(Exception):
                 await self._nc.close()
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -531,8 +537,11 @@ class JetStreamStore:
         if self._closed:
             return
         self._closed = True
+        # With the server away, what is in flight cannot end now: do not wait for it again
+        # (the runtime's flush waited already).
+        settle_s = CLOSE_WAIT_S if self._connected else 0.0
         try:
-            self._loop.close(self._disconnect(), timeout=CLOSE_WAIT_S)
+            self._loop.close(self._disconnect(), timeout=CLOSE_WAIT_S, settle_s=settle_s)
         except StoreError as exc:
             log.warning("store_closed_unclean", store=self._t.shown, error=str(exc))
 
@@ -562,6 +571,9 @@ class OwnerKey:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        if not self._store._connected:
+            log.warning("owner_key_left_to_lapse", owner=self._owner, error="server away")
+            return
         try:  # the server gone: the key lapses at owner_ttl all the same
             await asyncio.wait_for(self._store._tables.drop_owner(self._owner), CLOSE_WAIT_S)
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:

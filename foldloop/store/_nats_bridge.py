@@ -132,10 +132,15 @@ class LoopThread:
         _, left = concurrent.futures.wait(list(self._inflight), timeout)
         return not left
 
-    def close(self, finish: Coroutine[Any, Any, None], timeout: float = 10.0) -> None:
-        """Let the writes in flight end, run ``finish`` (closing the connection), then stop
-        both threads."""
-        self.settle(timeout)
+    def close(
+        self,
+        finish: Coroutine[Any, Any, None],
+        timeout: float = 10.0,
+        settle_s: float | None = None,
+    ) -> None:
+        """Let the writes in flight end (``settle_s``, else ``timeout``), run ``finish``
+        (closing the connection), then stop both threads."""
+        self.settle(timeout if settle_s is None else settle_s)
         try:
             self.call(finish, timeout * 2)
         finally:
