@@ -178,6 +178,34 @@ def test_a_cancelled_run_leaves_no_request_to_decide(store_path: Path, ledger: L
     assert ledger.lines == []
 
 
+@pytest.mark.parametrize("verdict", ["approve", "deny"])
+def test_a_decision_a_cancel_overtakes_is_in_the_log_before_the_cancel(
+    store_path: Path, ledger: Ledger, verdict: str
+) -> None:
+    """A decision taken while no runtime with the agent could carry it in, then a cancel:
+    the cancel carries the decision into the log first (it was acknowledged: the log, not
+    only the approvals table, says who decided), and the call never runs."""
+    agent = make_agent(ledger)
+    with fl.Runtime.open(store_path, agents=[agent]) as rt:
+        run = rt.spawn(agent, "pay bob")
+        assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+        (pending,) = rt.pending_approvals()
+    with fl.Runtime.open(store_path) as other:  # without the agent: it cannot carry it in
+        getattr(other, verdict)(run_id=run.id, call_id=pending.call_id, by="alice")
+        other.handle(run.id).cancel(reason="changed my mind")
+        events = [r.event for r in other.events(run.id)]
+        decided = [e for e in events if isinstance(e, fl.events.ApprovalDecided)]
+        assert [(e.call_id, e.approved, e.by) for e in decided] == [
+            (pending.call_id, verdict == "approve", "alice")
+        ]
+        assert isinstance(events[-1], fl.events.RunCancelled)
+        assert other.state(run.id).status is fl.RunStatus.CANCELLED
+        assert other.pending_approvals() == []
+    with fl.Runtime.open(store_path, agents=[agent]) as rt:
+        rt.verify(run.id)  # the decision and the cancel replay as decide() takes them
+    assert ledger.lines == []
+
+
 def test_a_limit_reached_while_parked_keeps_the_other_requests_decidable(
     store_path: Path,
 ) -> None:

@@ -18,7 +18,7 @@ from foldloop._agent import Agent
 from foldloop._log import get_logger
 from foldloop.actors._system import HANDOVER_WAIT, ActorSystem
 from foldloop.actors._workers import Workers
-from foldloop.core._commands import Cancel, Resume, Start
+from foldloop.core._commands import Cancel, Command, Resume, Start
 from foldloop.core._decide import decide
 from foldloop.core._effects import Decision, SpawnChild
 from foldloop.core._state import RunState, RunStatus
@@ -543,13 +543,28 @@ class Commands:
         if running:
             self.cancel_children(running, "parent cancelled")
 
+    def _overtaken(self, state: RunState) -> tuple[list[tuple[Decision, Command]], RunState]:
+        """The decisions (and expiries) taken on the parked run's calls that never reached
+        it, as the run takes them, and the state after them: a cancel records them first,
+        so its log says who decided (their effects, a tool to run or a model to ask, are
+        never carried out)."""
+        steps: list[tuple[Decision, Command]] = []
+        for carried in self._desk.commands(state):
+            decision = decide(state, carried)
+            if decision.events and decision.state is not None:
+                steps.append((decision, carried))
+                state = decision.state
+        return steps, state
+
     def _cancel_taken(self, run_id: str, epoch: int, command: Cancel) -> None:
         """Cancel a run taken here that no actor drives; its lease goes with the cancel."""
         try:
             state = self._queries.state(run_id)
-            decision = decide(state, command)
+            steps, decided = self._overtaken(state)
+            decision = decide(decided, command)
             if decision.events:
-                self._writes.append_decisions(state, [(decision, command)], epoch, release=True)
+                steps.append((decision, command))
+                self._writes.append_decisions(state, steps, epoch, release=True)
         except BaseException:
             self._system.give_back(run_id, epoch)
             raise
