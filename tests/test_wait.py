@@ -418,3 +418,29 @@ def test_many_waits_on_runs_driven_elsewhere_share_a_budget_of_looks(
         assert p.wait(timeout=120) == 0
     assert rate <= 1.5 * FOLLOW_LOOKS_PER_S, f"{rate:.0f} looks a second"
     assert len(results) == runs and all(r.status is fl.RunStatus.COMPLETED for r in results)
+
+
+def test_a_run_another_runtime_took_over_is_waited_to_its_end_there(store_path: Path) -> None:
+    """A runtime that lost a run it drove (its owner key lapsed, as a JetStream server's
+    outage longer than owner_ttl makes every key lapse; here its lock is let go) is fenced
+    off at its next append: a wait on its handle follows the run to where the runtime that
+    took it over drives it, rather than calling it interrupted with the fencing message."""
+
+    def steps(messages: Sequence[fl.Message], tools: Sequence[fl.types.ToolSpec]) -> fl.Reply:
+        paid = sum(1 for m in messages if m.role == "tool")
+        if paid < 4:
+            return fl.Reply(tool_calls=[fl.ToolCall("pay", {"to": f"p{paid}"})])
+        return fl.Reply(text=f"done after {paid}")
+
+    agent = fl.Agent(name="taken", llm=fl.ScriptedLLM(steps, latency_s=0.3), tools=[pay])
+    with (
+        fl.Runtime.open(store_path, agents=[agent]) as here,
+        fl.Runtime.open(store_path, agents=[agent]) as there,
+    ):
+        run = here.spawn(agent, "pay")
+        wait_until(lambda: here.state(run.id).steps >= 2, 30, "two steps here")
+        here._owner_hold.release()  # white-box: its owner lapses while it lives
+        assert [h.id for h in there.recover()] == [run.id]
+        result = run.wait(timeout=30)
+        assert result.status is fl.RunStatus.COMPLETED, result
+        assert result.output == "done after 4"

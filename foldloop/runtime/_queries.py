@@ -400,6 +400,15 @@ class Queries:
         lease = self._store.lease(run_id)
         return lease is not None and bool(lease.owner) and self._store.owner_alive(lease.owner)
 
+    def driven_by_another(self, run_id: str) -> bool:
+        """A live runtime other than this one holds the run's lease."""
+        lease = self._store.lease(run_id)
+        return (
+            lease is not None
+            and lease.owner not in ("", self._system.owner)
+            and self._store.owner_alive(lease.owner)
+        )
+
 
 def shared_queue_reason(agent: str) -> str:
     """How a run waiting on a shared work queue is shown."""

@@ -202,8 +202,11 @@ class Waiter:
                 return self._queries.state(run_id), settlement.interrupted
             if settlement.interrupted:
                 stored = self._as_stored(run_id, state)
-                # ended by its log (its end landed, or a resume elsewhere ended it since)
-                return stored, "" if stored.terminal else settlement.interrupted
+                if stored.terminal:  # its end landed, or a resume elsewhere ended it since
+                    return stored, ""
+                if not self._system.closed and self._queries.driven_by_another(run_id):
+                    break  # another runtime took it over (it fenced this one off): follow it
+                return stored, settlement.interrupted
             if self._decision_pending(state, deadline):
                 # the poller (or the drive the decision started) continues the run; wait
                 # for that settlement
