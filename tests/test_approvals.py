@@ -206,6 +206,41 @@ def test_a_decision_a_cancel_overtakes_is_in_the_log_before_the_cancel(
     assert ledger.lines == []
 
 
+def test_a_decision_a_cancel_carries_in_that_ends_the_run_is_how_it_ends(
+    store_path: Path,
+) -> None:
+    """The carried denial finishes a step of three invalid-argument calls: the run fails
+    (as it would where the decision reached it first), and the cancel after it is moot."""
+
+    @fl.tool(name="pay")
+    def pay(to: str) -> str:
+        """Pay someone."""
+        return "paid " + to
+
+    def model(messages: object, tools: object) -> fl.Reply:
+        bad = [fl.ToolCall("pay", {"wrong": i}) for i in range(3)]
+        return fl.Reply(tool_calls=[*bad, fl.ToolCall("pay", {"to": "bob"})])
+
+    agent = fl.Agent(
+        name="bad-args",
+        llm=fl.ScriptedLLM(model),
+        tools=[pay],
+        approvals=fl.RequireApproval(tools=lambda name, args: "to" in args),
+    )
+    with fl.Runtime.open(store_path, agents=[agent]) as rt:
+        run = rt.spawn(agent, "x")
+        assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+        (pending,) = rt.pending_approvals()
+    with fl.Runtime.open(store_path) as other:
+        other.deny(run_id=run.id, call_id=pending.call_id, by="alice")
+        other.handle(run.id).cancel(reason="changed my mind")
+        types = [r.type for r in other.events(run.id)]
+        assert types[-3:] == ["approval.decided", "tool.failed", "run.failed"], types
+        assert other.pending_approvals() == []
+    with fl.Runtime.open(store_path, agents=[agent]) as rt:
+        rt.verify(run.id)
+
+
 def test_a_limit_reached_while_parked_keeps_the_other_requests_decidable(
     store_path: Path,
 ) -> None:

@@ -561,14 +561,17 @@ class Commands:
         try:
             state = self._queries.state(run_id)
             steps, decided = self._overtaken(state)
-            decision = decide(decided, command)
+            # timed after the decisions it follows (the take may have waited)
+            command = replace(command, now=max(command.now, self._clock()))
+            decision = decide(decided, command)  # refused if one of them ended the run
             if decision.events:
                 steps.append((decision, command))
+            if steps:
                 self._writes.append_decisions(state, steps, epoch, release=True)
         except BaseException:
             self._system.give_back(run_id, epoch)
             raise
-        if decision.events:
+        if steps:
             self._system.unclaim(run_id)
         else:
             self._system.give_back(run_id, epoch)
