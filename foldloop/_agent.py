@@ -58,10 +58,10 @@ class Agent:
                 "(fl.ScriptedLLM, fl.OpenAIChat, ...)"
             )
         model = getattr(self.llm, "model", None)
-        if not isinstance(model, str):
+        if not isinstance(model, str) or unpaired_surrogate(model) is not None:
             raise ConfigError(
-                f"agent {self.name!r}: llm must have a model attribute, the model's name as a "
-                f"str (recorded in model.responded, used for pricing); "
+                f"agent {self.name!r}: llm must have a model attribute, the model's name as "
+                f"valid Unicode text (recorded in model.responded, used for pricing); "
                 f"{type(self.llm).__name__}.model is {model!r}"
             )
         if not isinstance(self.instructions, str):

@@ -252,7 +252,7 @@ def test_15_surrogates_from_a_model_or_a_tool_are_made_storable(tmp_path: Path) 
         [
             # raw arguments as a provider's JSON may carry them: an escaped lone surrogate
             fl.Reply(tool_calls=[fl.ToolCall("echo", '{"text": "x\ud800y"}', id="c\udc80")]),
-            fl.Reply(text="end \udc80"),
+            fl.Reply(text="end \udc80", model="gpt-x\ud800"),
         ]
     )
     agent = fl.Agent(name="surrogates", llm=llm, tools=[echo])
@@ -265,6 +265,8 @@ def test_15_surrogates_from_a_model_or_a_tool_are_made_storable(tmp_path: Path) 
         assert result.output == "end ?"
         done = [r.event for r in rt.events(run.id)]
         assert any(getattr(e, "result", "") == "broken ? result" for e in done)
+        models = [e.model for e in done if isinstance(e, fl.events.ModelResponded)]
+        assert models[-1] == "gpt-x?"
         (asked,) = [e for e in done if isinstance(e, fl.events.ToolRequested)]
         assert (asked.args, asked.call_id) == ('{"text": "x?y"}', "c?")
         rt.verify(run.id)
@@ -376,6 +378,8 @@ def test_a_model_without_a_name_is_refused_at_the_agent() -> None:
 
     with pytest.raises(fl.ConfigError, match=r"llm must have a model attribute.*Nameless"):
         fl.Agent(name="a", llm=Nameless())  # type: ignore[arg-type]
+    with pytest.raises(fl.ConfigError, match=r"valid Unicode text.*'m\\ud800'"):
+        fl.Agent(name="a", llm=fl.ScriptedLLM([], model="m\ud800"))
 
 
 def test_a_gate_naming_a_tool_the_agent_lacks_is_refused_at_the_agent() -> None:

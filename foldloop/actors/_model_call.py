@@ -153,7 +153,7 @@ class ModelCall:
         if calls != tuple(reply.tool_calls):
             reply = dataclasses.replace(reply, tool_calls=calls)
         usage = reply.usage or Usage()
-        model = reply.model or self.agent.llm.model
+        model = storable_text(reply.model) or self.agent.llm.model
         size = _reply_bytes(reply)
         odd = _implausible(usage)
         bound = self.max_reply_bytes
