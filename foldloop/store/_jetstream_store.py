@@ -74,6 +74,9 @@ CANCEL_ANSWER_S = 2.0
 """How long a cancel asks around for the runtime driving its run."""
 CLOSE_WAIT_S = 3.0
 """How long a close waits for writes in flight, and for the owner key's removal."""
+AWAY_WAIT_S = 1.0
+"""The same, with the client not connected (reconnecting: a server back within the
+client's one-second reconnect wait still takes them; one gone costs a close no more)."""
 CALL_TIMEOUT_S = 60.0
 """The longest a blocking call waits on the loop (an append retries for 30 s inside it)."""
 
@@ -532,14 +535,14 @@ class JetStreamStore:
         return self._loop.settle(timeout)
 
     def close(self) -> None:
-        """Let what is in flight end (up to CLOSE_WAIT_S: a server gone is no reason to
-        hang), then disconnect; never raises."""
+        """Let what is in flight end (up to CLOSE_WAIT_S, AWAY_WAIT_S when not connected: a
+        server gone is no reason to hang), then disconnect; never raises."""
         if self._closed:
             return
         self._closed = True
-        # With the server away, what is in flight cannot end now: do not wait for it again
-        # (the runtime's flush waited already).
-        settle_s = CLOSE_WAIT_S if self._connected else 0.0
+        # With the server away, what is in flight cannot end unless it is back at once (the
+        # runtime's flush waited already)
+        settle_s = CLOSE_WAIT_S if self._connected else AWAY_WAIT_S
         try:
             self._loop.close(self._disconnect(), timeout=CLOSE_WAIT_S, settle_s=settle_s)
         except StoreError as exc:
@@ -571,11 +574,9 @@ class OwnerKey:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        if not self._store._connected:
-            log.warning("owner_key_left_to_lapse", owner=self._owner, error="server away")
-            return
+        wait_s = CLOSE_WAIT_S if self._store._connected else AWAY_WAIT_S
         try:  # the server gone: the key lapses at owner_ttl all the same
-            await asyncio.wait_for(self._store._tables.drop_owner(self._owner), CLOSE_WAIT_S)
+            await asyncio.wait_for(self._store._tables.drop_owner(self._owner), wait_s)
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             log.warning("owner_key_left_to_lapse", owner=self._owner, error=str(exc))
 
