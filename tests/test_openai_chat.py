@@ -234,6 +234,33 @@ def test_a_reply_that_is_not_a_chat_completion_is_retried_with_a_clear_error(
     assert "the response is not a chat completion" in failed[0].error
 
 
+def test_a_reply_nested_too_deep_to_read_is_retried_with_a_clear_error(
+    rt: fl.Runtime, server: FakeOpenAI
+) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    body = b'{"choices":[{"message":{"tool_calls":[{"function":{"arguments":{"a":%s}}}]}}]}'
+    server.responses = [(200, body % deep), completion(text="done")]
+    run = rt.spawn(agent(server, "deep"), "go")
+    assert run.wait(timeout=30).output == "done"
+    (failed,) = [r.event for r in rt.events(run.id) if r.type == "model.failed"]
+    assert failed.retryable and "nested too deep to read" in failed.error
+
+
+def test_a_refused_connection_is_named_not_called_a_timeout(rt: fl.Runtime) -> None:
+    """The SDK says "Request timed out." for a connection refused at once: the recorded
+    error carries what the transport said beneath it."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    llm = fl.OpenAIChat("gpt-4o-mini", base_url=f"http://127.0.0.1:{port}/v1", timeout=10)
+    run = rt.spawn(fl.Agent(name="nowhere", llm=llm), "go")
+    wait_until(lambda: any(r.type == "model.failed" for r in rt.events(run.id)), 30, "a failure")
+    failed = next(r.event for r in rt.events(run.id) if r.type == "model.failed")
+    run.cancel()
+    assert failed.retryable
+    assert "connect" in failed.error.lower().replace("connection error", ""), failed.error
+
+
 def test_lenient_servers_replies_are_read(rt: fl.Runtime, server: FakeOpenAI) -> None:
     # Arguments as an object, usage as floats or null, a 200 carrying an error: all seen
     # from OpenAI-compatible servers.

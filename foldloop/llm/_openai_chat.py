@@ -194,6 +194,11 @@ class OpenAIChat:
         """The response body as a Reply, one definition for both forms."""
         try:
             response = _decode(body)
+        except RecursionError:  # nested deeper than the decoder recurses
+            raise ModelCallError(
+                f"{self._model}: the response is JSON nested too deep to read: {body[:200]!r}",
+                retryable=True,
+            ) from None
         except msgspec.DecodeError as exc:
             raise ModelCallError(
                 f"{self._model}: the response is not a chat completion ({exc}): {body[:200]!r}",

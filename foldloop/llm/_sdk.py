@@ -54,9 +54,13 @@ def sdk_errors(sdk: ModuleType, model: str, retry_statuses: tuple[int, ...] = ()
             retry_after_s=wait,
         ) from None
     except (sdk.APITimeoutError, sdk.APIConnectionError) as exc:
-        raise ModelCallError(f"{model}: {exc}", retryable=True) from None
+        raise ModelCallError(f"{model}: {_with_cause(exc)}", retryable=True) from None
     except json.JSONDecodeError as exc:  # a 200 whose body is not JSON (a proxy's page)
         raise ModelCallError(f"{model}: the response is not JSON ({exc})", retryable=True) from None
+    except RecursionError:  # JSON nested deeper than a parser recurses
+        raise ModelCallError(
+            f"{model}: the response is JSON nested too deep to read", retryable=True
+        ) from None
     except sdk.APIStatusError as exc:
         retryable = exc.status_code in retry_statuses
         raise ModelCallError(
@@ -65,6 +69,17 @@ def sdk_errors(sdk: ModuleType, model: str, retry_statuses: tuple[int, ...] = ()
             retryable=retryable,
             retry_after_s=retry_after(exc.response.headers) if retryable else None,
         ) from None
+
+
+def _with_cause(exc: BaseException) -> str:
+    """The SDK's words and the transport's beneath them: its "Request timed out." may stand
+    for a refused connection, and "Connection error." for a reset or a redirect loop."""
+    said = str(exc)
+    cause = exc.__cause__ or exc.__context__
+    if cause is None:
+        return said
+    why = str(cause) or type(cause).__name__
+    return said if why in said else f"{said} ({type(cause).__name__}: {why})"
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
