@@ -1230,26 +1230,33 @@ def test_a_held_call_is_recorded_as_not_run_even_if_the_call_before_it_outlasts_
 
 def test_a_queued_async_call_does_not_start_while_closing(store_path: Path) -> None:
     """The same for an async tool's call waiting for its place (concurrency 1)."""
-    started = threading.Event()
+    started, release = threading.Event(), threading.Event()
     ran: list[int] = []
 
     @fl.tool(concurrency=1)
     async def one_at_a_time(n: int) -> str:
-        """The first call takes a while."""
+        """The first call lasts until the close has told the runs it is closing."""
         ran.append(n)
         if n == 1:
             started.set()
-            await asyncio.sleep(0.5)
+            while not release.is_set():
+                await asyncio.sleep(0.01)
         return f"done {n}"
 
     agent = fl.Agent(
         name="narrow-async", llm=calls_with_input("one_at_a_time"), tools=[one_at_a_time]
     )
-    with fl.Runtime.open(store_path, agents=[agent]) as rt:
+    with capture_logs() as logs, fl.Runtime.open(store_path, agents=[agent]) as rt:
         first = rt.spawn(agent, "1")
         assert started.wait(10)
         waiting = rt.spawn(agent, "2")
         wait_until(lambda: "tool.requested" in types(rt, waiting.id), 10, "the 2nd call")
+
+        def release_once_closing() -> None:  # its place frees only once the runs know
+            wait_until(lambda: logged(logs, "close_waits_for_tool_calls"), 10, "the drain")
+            release.set()
+
+        threading.Thread(target=release_once_closing).start()
         rt.close()
     assert ran == [1]
     with fl.Runtime.open(store_path, agents=[agent]) as again:
