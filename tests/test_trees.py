@@ -627,13 +627,13 @@ def test_cancelling_a_parent_no_runtime_drives_cancels_its_subtree(tmp_path: Pat
 def test_recover_finishes_a_cancel_cascade_a_crash_cut_short(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from foldloop.runtime._commands import Commands
+    from foldloop.runtime._cancels import Cancels
     from tests.tree_worker import build
 
     store, ledger = killed_mid_tree(tmp_path)
     root = build(ledger)
     with monkeypatch.context() as patched, fl.Runtime.open(store, agents=[root]) as rt:
-        patched.setattr(Commands, "cancel_children", lambda *args: None)  # the crash
+        patched.setattr(Cancels, "cancel_children", lambda *args: None)  # the crash
         rt.handle("tree").cancel(reason="stop")
         assert rt.state("tree").status is fl.RunStatus.CANCELLED
         cut = running_below(rt, "tree")
@@ -697,7 +697,7 @@ def test_resuming_only_the_root_of_a_killed_tree_finishes_the_tree(tmp_path: Pat
 def test_recover_cancels_a_parked_child_whose_parent_was_cancelled(
     store_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from foldloop.runtime._commands import Commands
+    from foldloop.runtime._cancels import Cancels
 
     ran: list[str] = []
 
@@ -723,7 +723,7 @@ def test_recover_cancels_a_parked_child_whose_parent_was_cancelled(
         run = rt.spawn(lead, "go")
         wait_until(rt.pending_approvals, 20, "the child to park at its gate")
         # the crash: no cascade is carried, neither by the runtime nor by the root's actor
-        patched.setattr(Commands, "_cancel_running_children", lambda *args: None)
+        patched.setattr(Cancels, "_cancel_running_children", lambda *args: None)
         patched.setattr(rt.system, "on_cancel_children", None)
         run.cancel()
         assert run.wait(timeout=20).status is fl.RunStatus.CANCELLED

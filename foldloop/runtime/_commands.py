@@ -1,5 +1,6 @@
-"""The host's commands that move runs: spawn, resume, cancel (recovery is ``Recovery``, in
-``_recovery.py``), and the admission of a queued run when its turn comes.
+"""The host's commands that move runs: spawn, resume, cancel (``Cancels``, in ``_cancels.py``;
+recovery is ``Recovery``, in ``_recovery.py``), and the admission of a queued run when its
+turn comes.
 
 Each takes the run (a claim here and its lease in the store), decides with the pure core,
 writes the decision through ``RunWrites`` and hands the run on (``drive``).
@@ -7,7 +8,6 @@ writes the decision through ``RunWrites`` and hands the run on (``drive``).
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,8 +17,7 @@ from msgspec.structs import replace
 from foldloop._agent import Agent
 from foldloop._log import get_logger
 from foldloop.actors._system import HANDOVER_WAIT, ActorSystem
-from foldloop.actors._workers import Workers
-from foldloop.core._commands import Cancel, Command, Resume, Start
+from foldloop.core._commands import Resume, Start
 from foldloop.core._decide import decide
 from foldloop.core._effects import Decision, SpawnChild
 from foldloop.core._state import RunState, RunStatus
@@ -28,7 +27,6 @@ from foldloop.errors import (
     ConfigError,
     FoldloopError,
     RunLocked,
-    RunNotFound,
     SchemaChangedError,
     StoreError,
 )
@@ -38,6 +36,7 @@ from foldloop.runtime._admission import Admission
 from foldloop.runtime._admits import Admits
 from foldloop.runtime._approval_desk import ApprovalDesk
 from foldloop.runtime._calls import CallsUnderWay
+from foldloop.runtime._cancels import Cancels
 from foldloop.runtime._driving import drive
 from foldloop.runtime._lifecycle import CLOSED, REOPEN
 from foldloop.runtime._queries import Queries
@@ -53,7 +52,7 @@ from foldloop.runtime._rules import (
 )
 from foldloop.runtime._trees import TreeWork
 from foldloop.runtime._writes import RunWrites, together
-from foldloop.store import EventStore, Pending, RemoteCancel, WorkQueue, answer_by
+from foldloop.store import EventStore, Pending, WorkQueue, answer_by
 from foldloop.tools._decorator import bound_text
 
 __all__ = ["Commands"]
@@ -90,16 +89,27 @@ class Commands:
         self._desk = desk
         self._clock = clock
         self._owner = owner
-        self._late_cancels = Workers(1, "foldloop-cancel")
         self._spawns = CallsUnderWay()  # see ``stop_spawns``
         self._closing = False
+        self.cancels = Cancels(
+            store=store,
+            system=system,
+            writes=writes,
+            queries=queries,
+            desk=desk,
+            clock=clock,
+            admission=admission,
+            cascade=lambda job: self.trees.submit(job),  # noqa: PLW0108 - made below
+            closing=lambda: self._closing,
+        )
+        """Cancels of runs (here or by taking them) and their cascade down a tree."""
         self.trees = TreeWork(
             system=system,
             queries=queries,
             agents=agents,
             writes=writes,
             clock=clock,
-            cancel_child=self._cancel_child,
+            cancel_child=self.cancels.cancel_child,
         )
         """Work on trees off the shards: a parent's children start in one job there, sharing
         commits; cancels go down a tree there; parked runs are taken up there."""
@@ -117,7 +127,7 @@ class Commands:
             owner=owner,
             admission=admission,
             resume=lambda run_id: self.resume(run_id, extend=None),
-            cancel_child=self._cancel_child,
+            cancel_child=self.cancels.cancel_child,
         )
         """Takes up runs a runtime left behind (``recover``, and a wait's take-up)."""
         self.admits = Admits(
@@ -394,18 +404,6 @@ class Commands:
                     "newer foldloop; upgrade foldloop to resume it (reading it works)"
                 )
 
-    def carry_lost_cancel(self, run_id: str, command: Cancel) -> None:
-        """A cancel reached a run as it stopped being active here (it parked, or a late
-        one found it gone): cancel it again, off the shard that reported it."""
-
-        def again() -> None:
-            try:
-                self.cancel(run_id, command.reason)
-            except FoldloopError as exc:
-                log.warning("cancel_not_carried", run_id=run_id, error=str(exc))
-
-        self._late_cancels.submit(again)
-
     def spawn_children(self, parent: RunState, effects: Sequence[SpawnChild]) -> None:
         """Start the child runs of a parent's sub-agent calls, or follow those that exist
         already (a resumed parent), off the calling shard; their starts share commits. A
@@ -436,7 +434,9 @@ class Commands:
                     self._child_not_started(parent, effect, failure)
         if starts and self._queries.state(parent.run_id).terminal:
             # cancelled while they started: the cascade may have found them not there yet
-            self.cancel_children(tuple(effect.run_id for effect, _ in starts), "parent cancelled")
+            self.cancels.cancel_children(
+                tuple(effect.run_id for effect, _ in starts), "parent cancelled"
+            )
         for effect in follow:
             self._follow_child(parent, effect.run_id)
 
@@ -481,19 +481,6 @@ class Commands:
         log.warning("child_not_started", run_id=effect.run_id, error=str(exc))
         self._system.tell(parent.run_id, unstartable(self._clock(), effect, str(exc)))
 
-    def cancel_children(self, run_ids: tuple[str, ...], reason: str) -> None:
-        """Cancel child runs (each cascades to its own), off the calling shard."""
-        for run_id in run_ids:
-            self.trees.submit(functools.partial(self._cancel_child, run_id, reason))
-
-    def _cancel_child(self, run_id: str, reason: str) -> None:
-        try:
-            self.cancel(run_id, reason)
-        except RunNotFound:  # a crash cut its start short (one still landing sees its parent ended)
-            log.debug("child_never_started", run_id=run_id)
-        except FoldloopError as exc:
-            log.warning("child_not_cancelled", run_id=run_id, error=str(exc))
-
     def stop_spawns(self) -> None:
         """Closing: spawn calls under way start no more runs, and finish those they began
         (waited for up to SPAWNS_CLOSE_WAIT s), so that none is left written but neither
@@ -505,76 +492,8 @@ class Commands:
     def close(self) -> None:
         """Stop carrying lost cancels; finish the tree work queued (a cancel's cascade, the
         children a decision started) and the cancels it told, up to ``TREE_CLOSE_WAIT`` s."""
-        self._late_cancels.shutdown()
+        self.cancels.close()
         self.trees.close()
-
-    def cancel(self, run_id: str, reason: str) -> None:
-        """Cancel the run: through its actor if one drives it here, else by taking it; and
-        every child run below it that still runs."""
-        command = Cancel(now=self._clock(), reason=reason)
-        while not self._system.tell(run_id, command):
-            if self._queries.state(run_id).terminal:
-                break
-            try:
-                epoch = self._system.take(run_id, wait=HANDOVER_WAIT)
-            except RunLocked:
-                if self._system.active(run_id) and not self._system.closed:
-                    continue  # another thread here handed it to an actor meanwhile: tell it
-                if isinstance(self._store, RemoteCancel) and self._store.ask_cancel(run_id, reason):
-                    break  # the runtime driving it elsewhere took it (and cascades it)
-                if self._closing or self._system.closed:  # a hand-over met the close
-                    raise ConfigError(CLOSED, advice=REOPEN) from None
-                raise
-            self._cancel_taken(run_id, epoch, command)
-            self._admission.forget(run_id)
-            break
-        self._cancel_running_children(run_id)
-
-    def cancel_here(self, run_id: str, reason: str) -> bool:
-        """A cancel asked for from another machine: True if a run driven here took it."""
-        return self._system.tell(run_id, Cancel(now=self._clock(), reason=reason))
-
-    def _cancel_running_children(self, run_id: str) -> None:
-        """The cascade, carried from the log now onto the tree pool (which ``close`` waits
-        for): the children the run's log says still run. Those its actor starts before the
-        cancel reaches it are cancelled by that decision's own effect, or by their start,
-        which finds the parent ended."""
-        running = tuple(c.run_id for c in self._queries.state(run_id).children if c.running)
-        if running:
-            self.cancel_children(running, "parent cancelled")
-
-    def _overtaken(self, state: RunState) -> tuple[list[tuple[Decision, Command]], RunState]:
-        """The decisions (and expiries) taken on the parked run's calls that never reached
-        it, as the run takes them, and the state after them: a cancel records them first,
-        so its log says who decided (their effects, a tool to run or a model to ask, are
-        never carried out)."""
-        steps: list[tuple[Decision, Command]] = []
-        for carried in self._desk.commands(state):
-            decision = decide(state, carried)
-            if decision.events and decision.state is not None:
-                steps.append((decision, carried))
-                state = decision.state
-        return steps, state
-
-    def _cancel_taken(self, run_id: str, epoch: int, command: Cancel) -> None:
-        """Cancel a run taken here that no actor drives; its lease goes with the cancel."""
-        try:
-            state = self._queries.state(run_id)
-            steps, decided = self._overtaken(state)
-            # timed after the decisions it follows (the take may have waited)
-            command = replace(command, now=max(command.now, self._clock()))
-            decision = decide(decided, command)  # refused if one of them ended the run
-            if decision.events:
-                steps.append((decision, command))
-            if steps:
-                self._writes.append_decisions(state, steps, epoch, release=True)
-        except BaseException:
-            self._system.give_back(run_id, epoch)
-            raise
-        if steps:
-            self._system.unclaim(run_id)
-        else:
-            self._system.give_back(run_id, epoch)
 
 
 @dataclass(slots=True)

@@ -146,14 +146,14 @@ class Runtime(OpenOnly, ClosedOnExit):
             owner=self.owner,
             admission=self._admission,
         )
-        self.system.on_lost_cancel = self._commands.carry_lost_cancel
+        self.system.on_lost_cancel = self._commands.cancels.carry_lost_cancel
         self.system.on_spawn_children = self._commands.spawn_children
-        self.system.on_cancel_children = self._commands.cancel_children
+        self.system.on_cancel_children = self._commands.cancels.cancel_children
         self.system.on_parked = self._commands.trees.take_up_parked
         self.system.gates.root_of = lambda run_id: self._queries.root_of(run_id, {})
         self._transfer = Transfer(self._queries, writes)
         self._stop_cancels = (
-            store.serve_cancels(self._commands.cancel_here)
+            store.serve_cancels(self._commands.cancels.cancel_here)
             if isinstance(store, RemoteCancel)
             else None
         )
@@ -579,7 +579,7 @@ class _RunOps:
         )
 
     def cancel(self, run_id: str, reason: str) -> None:
-        self._commands.cancel(run_id, reason)
+        self._commands.cancels.cancel(run_id, reason)
 
 
 def run_ops(runtime: Runtime) -> RunOps:
