@@ -258,7 +258,8 @@ def test_a_refused_connection_is_named_not_called_a_timeout(rt: fl.Runtime) -> N
     failed = next(r.event for r in rt.events(run.id) if r.type == "model.failed")
     run.cancel()
     assert failed.retryable
-    assert "connect" in failed.error.lower().replace("connection error", ""), failed.error
+    transport = failed.error.lower()  # aiohttp's words, or httpx's
+    assert "cannot connect" in transport or "connection attempts failed" in transport, transport
 
 
 def test_lenient_servers_replies_are_read(rt: fl.Runtime, server: FakeOpenAI) -> None:
@@ -315,6 +316,27 @@ def test_a_missing_key_for_the_real_api_is_a_clear_error(monkeypatch: pytest.Mon
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(fl.ConfigError, match="needs an API key"):
         fl.OpenAIChat("gpt-4o-mini")
+    with pytest.raises(fl.ConfigError, match="whitespace or a control character"):
+        fl.OpenAIChat("gpt-4o-mini", api_key="sk-from-a-file\n")  # no header could carry it
+
+
+def test_what_the_transport_says_is_masked_and_cut() -> None:
+    """It goes into the log: a credential in it (an h11 header error quotes the header) is
+    masked, its length capped, and a context Python was told to hide stays hidden."""
+    from foldloop.llm._sdk import CAUSE_CHARS, _with_cause
+
+    try:
+        try:
+            raise ValueError("Illegal header value b'Bearer sk-SECRET'; x-api-key: sk-2 " * 50)
+        except ValueError as cause:
+            raise ConnectionError("Connection error.") from cause
+    except ConnectionError as exc:
+        said = _with_cause(exc)
+    assert "sk-SECRET" not in said and "sk-2" not in said and "Bearer ***" in said
+    assert len(said) <= len("Connection error. (ValueError: )") + CAUSE_CHARS
+    hidden = ConnectionError("Connection error.")  # as `raise ... from None` in an except
+    hidden.__context__, hidden.__suppress_context__ = KeyError("unrelated"), True
+    assert _with_cause(hidden) == "Connection error."
 
 
 def test_closing_the_runtime_closes_the_models_pooled_connections(

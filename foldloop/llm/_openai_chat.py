@@ -151,10 +151,9 @@ class OpenAIChat:
         max_tokens: int | None = None,
     ) -> Reply:
         """One chat completion; provider usage flows into the run's ``model.responded``."""
+        body = self._request(messages, tools, max_tokens)
         with sdk.sdk_errors(self._openai, self._model):
-            response = self._client.post(
-                _PATH, content=self._request(messages, tools, max_tokens), cast_to=str
-            )
+            response = self._client.post(_PATH, content=body, cast_to=str)
         return self._reply(response)
 
     async def acomplete(
@@ -166,10 +165,9 @@ class OpenAIChat:
     ) -> Reply:
         """``complete`` on the running event loop; a cancel closes the request's connection."""
         client = self._async_clients.get()
+        body = self._request(messages, tools, max_tokens)
         with sdk.sdk_errors(self._openai, self._model):
-            response = await client.post(
-                _PATH, content=self._request(messages, tools, max_tokens), cast_to=str
-            )
+            response = await client.post(_PATH, content=body, cast_to=str)
         return self._reply(response)
 
     async def aclose(self) -> None:
@@ -188,7 +186,13 @@ class OpenAIChat:
             request["tools"] = [_tool(t) for t in tools]
         if max_tokens is not None:  # a run's ceiling asks for a cap
             request["max_tokens"] = min(max_tokens, self._max_tokens)
-        return msgspec.json.encode(request)
+        try:
+            return msgspec.json.encode(request)
+        except RecursionError:  # a tool schema nested deeper than the encoder recurses
+            raise ModelCallError(
+                f"{self._model}: the request's tool schemas nest too deep to encode",
+                retryable=False,
+            ) from None
 
     def _reply(self, body: str) -> Reply:
         """The response body as a Reply, one definition for both forms."""

@@ -15,6 +15,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -30,6 +31,13 @@ def api_key(given: str | None, env_var: str, base_url: str | None, adapter: str)
     """The key to use: given, else from the environment; local servers may need none."""
     key = given or os.environ.get(env_var)
     if key is not None:
+        if not key.isprintable() or any(c.isspace() for c in key):
+            where = "api_key=" if given else env_var
+            raise ConfigError(
+                f"{adapter}: the API key ({where}) holds whitespace or a control character "
+                "(a newline read from a file, say); no HTTP header can carry it",
+                advice="strip it: api_key=key.strip()",
+            )
         return key
     if base_url is None:
         raise ConfigError(f"{adapter} needs an API key: pass api_key= or set {env_var}")
@@ -57,9 +65,11 @@ def sdk_errors(sdk: ModuleType, model: str, retry_statuses: tuple[int, ...] = ()
         raise ModelCallError(f"{model}: {_with_cause(exc)}", retryable=True) from None
     except json.JSONDecodeError as exc:  # a 200 whose body is not JSON (a proxy's page)
         raise ModelCallError(f"{model}: the response is not JSON ({exc})", retryable=True) from None
-    except RecursionError:  # JSON nested deeper than a parser recurses
+    except RecursionError:  # JSON nested deeper than a parser recurses (either way)
         raise ModelCallError(
-            f"{model}: the response is JSON nested too deep to read", retryable=True
+            f"{model}: JSON nested too deep to encode or read (the request's tool schemas, "
+            "or the response)",
+            retryable=False,
         ) from None
     except sdk.APIStatusError as exc:
         retryable = exc.status_code in retry_statuses
@@ -71,14 +81,20 @@ def sdk_errors(sdk: ModuleType, model: str, retry_statuses: tuple[int, ...] = ()
         ) from None
 
 
+CAUSE_CHARS = 300
+"""The most of a transport's words an error carries."""
+_CREDENTIALS = re.compile(r"(?i)(bearer\s+|api[-_]key\W+)\S+")
+
+
 def _with_cause(exc: BaseException) -> str:
     """The SDK's words and the transport's beneath them: its "Request timed out." may stand
-    for a refused connection, and "Connection error." for a reset or a redirect loop."""
+    for a refused connection, and "Connection error." for a reset or a redirect loop. What
+    the transport says goes into the log: anything shaped like a credential is masked."""
     said = str(exc)
-    cause = exc.__cause__ or exc.__context__
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
     if cause is None:
         return said
-    why = str(cause) or type(cause).__name__
+    why = _CREDENTIALS.sub(r"\1***", str(cause) or type(cause).__name__)[:CAUSE_CHARS]
     return said if why in said else f"{said} ({type(cause).__name__}: {why})"
 
 
