@@ -245,6 +245,30 @@ def test_a_model_that_returns_no_reply_fails_the_run_saying_what_it_returned(
         assert "returned str, not fl.Reply" in result.reason
 
 
+def test_a_reply_with_a_field_of_the_wrong_type_fails_the_run_not_hangs_it(
+    tmp_path: Path,
+) -> None:
+    """``Reply(text=None)`` (a dict's ``get`` in a hand-written adapter) gave no command
+    back to the run at all: it waited for ever. A model name of None is the model's own."""
+    replies = iter([fl.Reply(text="hi", model=None), fl.Reply(text=None)])  # type: ignore[arg-type]
+
+    class Odd:
+        model = "odd-1"
+
+        def complete(self, messages: object, tools: object, **kw: object) -> fl.Reply:
+            return next(replies)
+
+    odd = fl.Agent(name="odd", llm=Odd())  # type: ignore[arg-type]
+    with fl.Runtime.open(tmp_path / "s", agents=[odd]) as rt:
+        first = rt.spawn(odd, "go").wait(timeout=10)
+        assert first.ok and first.output == "hi"
+        (named,) = [r.event.model for r in rt.events(first.run_id) if r.type == "model.responded"]
+        assert named == "odd-1"
+        second = rt.spawn(odd, "go").wait(timeout=10)
+        assert second.status is fl.RunStatus.FAILED, second
+        assert "returned an unusable fl.Reply" in second.reason
+
+
 def test_a_reply_too_big_to_record_fails_the_run_instead_of_interrupting_it(
     tmp_path: Path,
 ) -> None:

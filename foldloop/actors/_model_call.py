@@ -146,14 +146,24 @@ class ModelCall:
                 retryable=False,
             )
             return self.failed(error)
-        return self.replied(reply, start)
+        try:
+            return self.replied(reply, start)
+        except Exception as exc:  # a field of the wrong type (text=None, say): no command
+            # would come back to the run at all
+            error = ModelCallError(
+                f"model {self.agent.llm.model!r} returned an unusable fl.Reply: "
+                f"{type(exc).__name__}: {exc}",
+                retryable=False,
+            )
+            return self.failed(error)
 
     def replied(self, reply: Reply, start: float) -> Command:
         calls = tuple(_storable_call(c) for c in reply.tool_calls)
         if calls != tuple(reply.tool_calls):
             reply = dataclasses.replace(reply, tool_calls=calls)
         usage = reply.usage or Usage()
-        model = storable_text(reply.model) or self.agent.llm.model
+        named = reply.model if isinstance(reply.model, str) else ""  # None from a dict's get
+        model = storable_text(named) or self.agent.llm.model
         size = _reply_bytes(reply)
         odd = _implausible(usage)
         bound = self.max_reply_bytes
