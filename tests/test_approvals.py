@@ -199,6 +199,8 @@ def test_a_decision_a_cancel_overtakes_is_in_the_log_before_the_cancel(
             (pending.call_id, verdict == "approve", "alice")
         ]
         assert isinstance(events[-1], fl.events.RunCancelled)
+        times = [r.at for r in other.events(run.id)]
+        assert times == sorted(times)  # the cancel is timed after what it carried in
         assert other.state(run.id).status is fl.RunStatus.CANCELLED
         assert other.pending_approvals() == []
     with fl.Runtime.open(store_path, agents=[agent]) as rt:
