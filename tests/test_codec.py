@@ -128,7 +128,7 @@ FIELD_ORDER = {
     ),
     "model.requested": ("step", "prompt_digest", "max_tokens"),
     "model.responded": ("step", "text", "tool_calls", "usage", "model", "latency_ms"),
-    "model.failed": ("step", "error", "retryable"),
+    "model.failed": ("step", "error", "retryable", "out_of_time"),
     "tool.requested": ("call_id", "tool", "args", "step"),
     "tool.completed": ("call_id", "result", "duration_ms", "original_chars"),
     "tool.failed": ("call_id", "error", "kind", "original_chars"),

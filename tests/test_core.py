@@ -321,6 +321,27 @@ def test_max_cost_and_max_seconds_are_checked_before_actions() -> None:
     assert t.log[-1].event.limit == "max_seconds"
 
 
+def test_a_model_call_cut_at_max_seconds_stops_the_run_there() -> None:
+    """The call is told how long the ceiling leaves it; cut there, the run stops at the
+    ceiling (not retried), and a cut that comes early (a clock behind) is a retry."""
+    t = Driver(Limits(max_seconds=1))
+    t.clock = iter([0, 400_000_000, 1_000_000_001])
+    started = t.start()
+    (call,) = [e for e in started.effects if isinstance(e, CallModel)]
+    assert call.within_s == 1.0
+    early = t.send(
+        ModelCallFailed(now=t.now(), step=1, error="cut", retryable=True, out_of_time=True)
+    )
+    assert t.state.status is RunStatus.RUNNING  # 0.4 s in: asked again, with what is left
+    (again,) = [e for e in early.effects if isinstance(e, CallModel)]
+    assert again.within_s == pytest.approx(0.6)
+    t.send(ModelCallFailed(now=t.now(), step=1, error="cut", retryable=True, out_of_time=True))
+    assert t.state.status is RunStatus.LIMIT_REACHED
+    assert [r.type for r in t.log[-2:]] == ["model.failed", "run.limit_reached"]
+    assert t.log[-2].event.out_of_time and t.log[-1].event.limit == "max_seconds"
+    assert Driver(Limits()).start().effects[0].within_s is None  # no ceiling: not cut
+
+
 def test_no_progress_stops_after_the_same_result_n_times() -> None:
     d = Driver(Limits(no_progress=3))
     d.start()

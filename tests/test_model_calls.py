@@ -269,6 +269,34 @@ def test_a_reply_with_a_field_of_the_wrong_type_fails_the_run_not_hangs_it(
         assert "returned an unusable fl.Reply" in second.reason
 
 
+def test_an_async_model_call_is_cut_where_max_seconds_runs_out(tmp_path: Path) -> None:
+    """A model that answers late (a server dripping its reply) held the run past its
+    ceiling: the call is cut there, the run stops at limit_reached, the log replays, and a
+    resume with more time asks the model again."""
+    calls = iter([30.0, 0.0])
+
+    class Slow:
+        model = "slow-1"
+
+        def complete(self, messages: object, tools: object, **kw: object) -> fl.Reply:
+            raise AssertionError("the async form is used")
+
+        async def acomplete(self, messages: object, tools: object, **kw: object) -> fl.Reply:
+            await asyncio.sleep(next(calls))
+            return fl.Reply(text="at last")
+
+    slow = fl.Agent(name="slow", llm=Slow(), limits=fl.Limits(max_seconds=0.5))  # type: ignore[arg-type]
+    with fl.Runtime.open(tmp_path / "s", agents=[slow]) as rt:
+        result = rt.spawn(slow, "go").wait(timeout=20)  # the model takes 30 s
+        assert result.status is fl.RunStatus.LIMIT_REACHED and result.resumable, result
+        assert "max_seconds" in result.reason
+        events = [r.event for r in rt.events(result.run_id)]
+        assert isinstance(events[-2], fl.events.ModelFailed) and events[-2].out_of_time
+        rt.verify(result.run_id)
+        again = rt.resume(result.run_id, extend=fl.Limits(max_seconds=60)).wait(timeout=20)
+        assert again.ok and again.output == "at last", again
+
+
 def test_a_reply_too_big_to_record_fails_the_run_instead_of_interrupting_it(
     tmp_path: Path,
 ) -> None:

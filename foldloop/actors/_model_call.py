@@ -117,8 +117,12 @@ class ModelCall:
         """Await ``acomplete`` (on the runtime's loop; a cancel cancels it). What else it
         raises fails the call, ``SystemExit`` and a ``CancelledError`` of its own too."""
         start = time.perf_counter()
+        within = asyncio.timeout(self.effect.within_s)  # the run's max_seconds (None: none)
         try:
-            reply = await ask(self.messages, self.specs, max_tokens=self.effect.max_tokens)
+            async with within:
+                reply = await ask(self.messages, self.specs, max_tokens=self.effect.max_tokens)
+        except TimeoutError as exc:
+            return self._out_of_time() if within.expired() else self.failed(exc)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is None or task.cancelling():  # foldloop's cancel (its run's, a close)
@@ -133,6 +137,15 @@ class ModelCall:
             why = f"raised {type(exc).__name__}"
             return self.failed(ModelCallError(self._in_acomplete(why), retryable=False))
         return self.checked(reply, start)
+
+    def _out_of_time(self) -> Command:
+        """The call cut where the run's ``max_seconds`` ran out (the run stops there)."""
+        left = self.effect.within_s or 0.0
+        model = self.agent.llm.model
+        error = f"model {model!r} had not answered in the {left:.3g} s left of max_seconds"
+        return ModelCallFailed(
+            now=self.clock(), step=self.effect.step, error=error, retryable=True, out_of_time=True
+        )
 
     def _in_acomplete(self, why: str) -> str:
         return f"acomplete of model {self.agent.llm.model!r} {why}"

@@ -35,6 +35,7 @@ __all__ = [
     "json_bytes",
     "next_call",
     "prompt_bound",
+    "seconds_left",
     "specs_bytes",
 ]
 
@@ -159,6 +160,14 @@ def before_tools(state: RunState, now: int, used: Budget | None = None) -> RunLi
                 limit="max_seconds", value=round(elapsed, 3), ceiling=limits.max_seconds
             )
     return None
+
+
+def seconds_left(state: RunState, now: int) -> float | None:
+    """What the run's ``max_seconds`` leaves it from ``now`` (None: no such ceiling)."""
+    ceiling = state.limits.max_seconds
+    if ceiling is None:
+        return None
+    return max(0.0, ceiling - state.elapsed_ns(now) / _NS)
 
 
 def next_call(state: RunState, now: int) -> CallRoom:

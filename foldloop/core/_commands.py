@@ -102,6 +102,8 @@ class ModelCallFailed(Command, frozen=True):
     retryable: bool = False
     retry_after_s: float = 0.0
     """How long the provider asked the run to wait before asking again (0: not said)."""
+    out_of_time: bool = False
+    """The call was cut where the run's ``max_seconds`` ran out."""
 
 
 class ToolFinished(Command, frozen=True):

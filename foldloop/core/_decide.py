@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from msgspec.structs import replace
 
+from foldloop.core._ceilings import before_tools
 from foldloop.core._commands import (
     Admit,
     ApprovalTicket,
@@ -111,21 +112,7 @@ def decide(state: RunState, command: Command) -> Decision:
         case ModelCallFailed():
             if state.status is not RunStatus.RUNNING or state.model_pending != command.step:
                 return _rejected(f"no model call for step {command.step} is pending")
-            b.emit(ModelFailed(step=command.step, error=command.error, retryable=command.retryable))
-            attempts = b.state.model_failures
-            if command.retryable and attempts < MAX_MODEL_ATTEMPTS:
-                b.ask_again(
-                    command.step, attempts + 1, retry_delay(attempts, command.retry_after_s)
-                )
-            else:
-                why = f"gave up after {attempts} attempts" if command.retryable else "not retryable"
-                b.emit(
-                    RunFailed(
-                        kind=RunFailureKind.MODEL,
-                        error=f"model call for step {command.step} failed ({why}): {command.error}",
-                    )
-                )
-                b.settle()
+            _model_failed(b, command)
         case ToolFinished():
             call = next((c for c in state.calls if c.call_id == command.call_id), None)
             if call is None or call.finished:
@@ -185,6 +172,33 @@ def _start(b: DecisionBuilder, command: Start) -> None:
         b.settle()
     else:
         b.call_model()
+
+
+def _model_failed(b: DecisionBuilder, command: ModelCallFailed) -> None:
+    """Record a failed model call; ask again, stop at the time ceiling that cut it, or fail."""
+    b.emit(
+        ModelFailed(
+            step=command.step,
+            error=command.error,
+            retryable=command.retryable,
+            out_of_time=command.out_of_time,
+        )
+    )
+    attempts = b.state.model_failures
+    if command.out_of_time and (limit := before_tools(b.state, b.now)) is not None:
+        b.emit(limit)  # cut where the run's max_seconds ran out: it stops there
+        b.settle()
+    elif command.retryable and attempts < MAX_MODEL_ATTEMPTS:
+        b.ask_again(command.step, attempts + 1, retry_delay(attempts, command.retry_after_s))
+    else:
+        why = f"gave up after {attempts} attempts" if command.retryable else "not retryable"
+        b.emit(
+            RunFailed(
+                kind=RunFailureKind.MODEL,
+                error=f"model call for step {command.step} failed ({why}): {command.error}",
+            )
+        )
+        b.settle()
 
 
 def _tool_finished(b: DecisionBuilder, state: RunState, command: ToolFinished) -> None:

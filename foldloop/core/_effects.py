@@ -33,6 +33,9 @@ class CallModel(msgspec.Struct, frozen=True, kw_only=True):
     """The most input tokens the call's budget reserved (0: no ceiling needed a bound)."""
     reserved_usd: float = 0.0
     """The dollars the call's budget reserved (0: no priced cost ceiling)."""
+    within_s: float | None = None
+    """Seconds the run's ``max_seconds`` leaves the call (None: no such ceiling); an async
+    call still under way then is cut."""
 
 
 class ToolRun(msgspec.Struct, frozen=True, kw_only=True):

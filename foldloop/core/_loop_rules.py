@@ -9,7 +9,7 @@ rule a command starts; the rules here say what follows what.
 
 from __future__ import annotations
 
-from foldloop.core._ceilings import before_tools, call_room, next_call
+from foldloop.core._ceilings import before_tools, call_room, next_call, seconds_left
 from foldloop.core._commands import (
     ApprovalTicket,
 )
@@ -123,6 +123,7 @@ class DecisionBuilder:
                 max_tokens=left,
                 prompt_bound=room.prompt_bound,
                 reserved_usd=room.reserved_usd,
+                within_s=seconds_left(s, self.now),
             )
         )
 
@@ -143,6 +144,7 @@ class DecisionBuilder:
                 delay_s=delay_s,
                 prompt_bound=room.prompt_bound,
                 reserved_usd=room.reserved_usd,
+                within_s=seconds_left(self.state, self.now),
             )
         )
 

@@ -147,7 +147,11 @@ def command_for(
             )
         case ModelFailed():
             return ModelCallFailed(
-                now=now, step=event.step, error=event.error, retryable=event.retryable
+                now=now,
+                step=event.step,
+                error=event.error,
+                retryable=event.retryable,
+                out_of_time=event.out_of_time,
             )
         case ToolCompleted():
             return ToolFinished(

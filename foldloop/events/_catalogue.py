@@ -125,6 +125,8 @@ class ModelFailed(Event, tag="model.failed", frozen=True):
     step: int
     error: str
     retryable: bool = False
+    out_of_time: bool = False
+    """The call was cut where the run's ``max_seconds`` ran out (the run then stops there)."""
 
 
 class ToolRequested(Event, tag="tool.requested", frozen=True):
