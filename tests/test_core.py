@@ -334,7 +334,7 @@ def test_a_model_call_cut_at_max_seconds_stops_the_run_there() -> None:
     )
     assert t.state.status is RunStatus.RUNNING  # 0.4 s in: asked again, with what is left
     (again,) = [e for e in early.effects if isinstance(e, CallModel)]
-    assert again.within_s == pytest.approx(0.6)
+    assert again.within_s == pytest.approx(0.6 - again.delay_s)  # made after its backoff
     t.send(ModelCallFailed(now=t.now(), step=1, error="cut", retryable=True, out_of_time=True))
     assert t.state.status is RunStatus.LIMIT_REACHED
     assert [r.type for r in t.log[-2:]] == ["model.failed", "run.limit_reached"]
