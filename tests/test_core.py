@@ -323,19 +323,18 @@ def test_max_cost_and_max_seconds_are_checked_before_actions() -> None:
 
 def test_a_model_call_cut_at_max_seconds_stops_the_run_there() -> None:
     """The call is told how long the ceiling leaves it; cut there, the run stops at the
-    ceiling (not retried), and a cut that comes early (a clock behind) is a retry."""
+    ceiling (not retried), even when the run's own clock says less has passed (the cut
+    is the runtime's monotonic clock: an injected clock, or one stepped back)."""
     t = Driver(Limits(max_seconds=1))
-    t.clock = iter([0, 400_000_000, 1_000_000_001])
+    t.clock = iter([0, 200_000_000, 400_000_000])
     started = t.start()
     (call,) = [e for e in started.effects if isinstance(e, CallModel)]
     assert call.within_s == 1.0
-    early = t.send(
-        ModelCallFailed(now=t.now(), step=1, error="cut", retryable=True, out_of_time=True)
-    )
-    assert t.state.status is RunStatus.RUNNING  # 0.4 s in: asked again, with what is left
-    (again,) = [e for e in early.effects if isinstance(e, CallModel)]
-    assert again.within_s == pytest.approx(0.6 - again.delay_s)  # made after its backoff
-    t.send(ModelCallFailed(now=t.now(), step=1, error="cut", retryable=True, out_of_time=True))
+    failed = t.send(ModelCallFailed(now=t.now(), step=1, error="e", retryable=True))
+    (again,) = [e for e in failed.effects if isinstance(e, CallModel)]
+    assert again.within_s == pytest.approx(0.8)  # from the decision: its backoff counts
+    cut = ModelCallFailed(now=t.now(), step=1, error="cut", retryable=True, out_of_time=True)
+    t.send(cut)
     assert t.state.status is RunStatus.LIMIT_REACHED
     assert [r.type for r in t.log[-2:]] == ["model.failed", "run.limit_reached"]
     assert t.log[-2].event.out_of_time and t.log[-1].event.limit == "max_seconds"
@@ -468,7 +467,7 @@ class RunMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.d = Driver(Limits(max_steps=6, no_progress=3))
+        self.d = Driver(Limits(max_steps=6, no_progress=3, max_seconds=1e6))  # cut only
         self.d.start()
         self.executed: dict[tuple[str, str], int] = {}
         self.approved: set[str] = set()
@@ -529,14 +528,13 @@ class RunMachine(RuleBasedStateMachine):
     @precondition(
         lambda self: self.d.state.model_pending and self.d.state.status is RunStatus.RUNNING
     )
-    @rule(retryable=st.booleans())
-    def model_fails(self, retryable: bool) -> None:
+    @rule(retryable=st.booleans(), out_of_time=st.booleans())
+    def model_fails(self, retryable: bool, out_of_time: bool) -> None:
         step = self.d.state.model_pending
-        self.perform(
-            self.d.send(
-                ModelCallFailed(now=self.d.now(), step=step, error="e", retryable=retryable)
-            )
+        failed = ModelCallFailed(
+            now=self.d.now(), step=step, error="e", retryable=retryable, out_of_time=out_of_time
         )
+        self.perform(self.d.send(failed))
 
     @precondition(lambda self: any(c.status == "requested" for c in self.d.state.calls))
     @rule(

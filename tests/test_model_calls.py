@@ -14,6 +14,7 @@ import pytest
 
 import foldloop as fl
 from foldloop.actors._workers import Workers
+from foldloop.errors import ModelCallError
 from tests.waiting import wait_until
 
 
@@ -295,6 +296,60 @@ def test_an_async_model_call_is_cut_where_max_seconds_runs_out(tmp_path: Path) -
         rt.verify(result.run_id)
         again = rt.resume(result.run_id, extend=fl.Limits(max_seconds=60)).wait(timeout=20)
         assert again.ok and again.output == "at last", again
+
+
+def test_a_call_waiting_for_its_place_or_its_backoff_is_cut_at_max_seconds(
+    tmp_path: Path,
+) -> None:
+    """max_seconds counts from the decision to call: a call still waiting for a place
+    under max_model_calls, or a retry the provider asked to wait 30 s before, is not made
+    once the run's time is out, and the run stops there."""
+    hold = threading.Event()
+
+    class Holder:
+        model = "holder-1"
+
+        def complete(self, messages: object, tools: object, **kw: object) -> fl.Reply:
+            raise AssertionError("the async form is used")
+
+        async def acomplete(self, messages: object, tools: object, **kw: object) -> fl.Reply:
+            while not hold.is_set():  # keeps the only place
+                await asyncio.sleep(0.01)
+            return fl.Reply(text="held")
+
+    class Limited:
+        model = "limited-1"
+
+        def complete(self, messages: object, tools: object, **kw: object) -> fl.Reply:
+            raise AssertionError("the async form is used")
+
+        async def acomplete(self, messages: object, tools: object, **kw: object) -> fl.Reply:
+            raise ModelCallError("rate limited", retryable=True, retry_after_s=30)
+
+    holder = fl.Agent(name="holder", llm=Holder())  # type: ignore[arg-type]
+    short = fl.Limits(max_seconds=0.5)
+    waiting = fl.Agent(
+        name="waiting", llm=fl.ScriptedLLM([fl.Reply(text="x")], latency_s=0.01), limits=short
+    )
+    limited = fl.Agent(name="limited", llm=Limited(), limits=short)  # type: ignore[arg-type]
+    try:
+        with fl.Runtime.open(tmp_path / "s", agents=[holder, waiting], max_model_calls=1) as rt:
+            held = rt.spawn(holder, "hold")
+            wait_until(lambda: rt.state(held.id).model_pending, 10, "the place to be taken")
+            result = rt.spawn(waiting, "wait").wait(timeout=20)  # its place never comes
+            assert result.status is fl.RunStatus.LIMIT_REACHED, result
+            failed = [r.event for r in rt.events(result.run_id) if r.type == "model.failed"]
+            assert [f.out_of_time for f in failed] == [True]
+            hold.set()
+            assert held.wait(timeout=20).output == "held"
+        with fl.Runtime.open(tmp_path / "s", agents=[limited]) as rt:
+            result = rt.spawn(limited, "go").wait(timeout=20)  # not after the 30 s asked for
+            assert result.status is fl.RunStatus.LIMIT_REACHED, result
+            failed = [r.event for r in rt.events(result.run_id) if r.type == "model.failed"]
+            assert [f.out_of_time for f in failed] == [False, True]
+            rt.verify(result.run_id)
+    finally:
+        hold.set()
 
 
 def test_a_reply_too_big_to_record_fails_the_run_instead_of_interrupting_it(

@@ -76,7 +76,17 @@ def _implausible(usage: Usage) -> str:
 class ModelCall:
     """One model call of a run: what it asks, and its answer as the command it becomes."""
 
-    __slots__ = ("agent", "clock", "effect", "max_reply_bytes", "messages", "run_id", "specs")
+    __slots__ = (
+        "agent",
+        "asked_at",
+        "clock",
+        "deadline",
+        "effect",
+        "max_reply_bytes",
+        "messages",
+        "run_id",
+        "specs",
+    )
 
     def __init__(
         self,
@@ -97,6 +107,14 @@ class ModelCall:
         self.effect = effect
         self.messages = messages
         self.specs = specs
+        self.asked_at = time.monotonic()
+        self.deadline = None if effect.within_s is None else self.asked_at + effect.within_s
+        """When the run's ``max_seconds`` runs out (``time.monotonic()``, the event loop's
+        clock), fixed as the call is asked for: a backoff and a wait for a place count."""
+
+    def seconds_left(self) -> float:
+        """Until the deadline (``math.inf`` without one)."""
+        return math.inf if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
     def sync(self) -> Command:
         """Call ``complete`` (on the calling thread: a shard, or a pool's). What it raises
@@ -116,21 +134,21 @@ class ModelCall:
     async def awaited(self, ask: AsyncComplete) -> Command:
         """Await ``acomplete`` (on the runtime's loop; a cancel cancels it). What else it
         raises fails the call, ``SystemExit`` and a ``CancelledError`` of its own too."""
+        if self.seconds_left() <= 0:  # its place came after the run's time: not made
+            return self.out_of_time()
         start = time.perf_counter()
-        within = asyncio.timeout(self.effect.within_s)  # the run's max_seconds (None: none)
+        within = asyncio.timeout_at(self.deadline)  # the run's max_seconds (None: none)
         try:
             async with within:
                 reply = await ask(self.messages, self.specs, max_tokens=self.effect.max_tokens)
-        except TimeoutError as exc:
-            return self._out_of_time() if within.expired() else self.failed(exc)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is None or task.cancelling():  # foldloop's cancel (its run's, a close)
                 raise
             why = "raised CancelledError without being cancelled"
             return self.failed(ModelCallError(self._in_acomplete(why), retryable=False))
-        except Exception as exc:
-            return self.failed(exc)
+        except Exception as exc:  # cut, though a model may have made the cut its own error
+            return self.out_of_time() if within.expired() else self.failed(exc)
         except GeneratorExit:
             raise
         except BaseException as exc:  # out of the loop, it would stop every call on it
@@ -138,11 +156,14 @@ class ModelCall:
             return self.failed(ModelCallError(self._in_acomplete(why), retryable=False))
         return self.checked(reply, start)
 
-    def _out_of_time(self) -> Command:
-        """The call cut where the run's ``max_seconds`` ran out (the run stops there)."""
-        left = self.effect.within_s or 0.0
-        model = self.agent.llm.model
-        error = f"model {model!r} had not answered in the {left:.3g} s left of max_seconds"
+    def out_of_time(self) -> Command:
+        """The call cut (or not made) where the run's ``max_seconds`` ran out: the run stops
+        there."""
+        waited = time.monotonic() - self.asked_at
+        error = (
+            f"model {self.agent.llm.model!r} had not answered when the run's max_seconds ran "
+            f"out ({waited:.1f} s after the call was asked for)"
+        )
         return ModelCallFailed(
             now=self.clock(), step=self.effect.step, error=error, retryable=True, out_of_time=True
         )

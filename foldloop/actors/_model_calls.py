@@ -18,6 +18,7 @@ from foldloop.actors._event_loop import EventLoop
 from foldloop.actors._model_call import ModelCall
 from foldloop.actors._own_threads import outcome_in_hand
 from foldloop.actors._queued import Cancellable, QueuedCall
+from foldloop.actors._timers import Timers
 from foldloop.actors._workers import Workers
 from foldloop.core._commands import Command
 from foldloop.llm import AsyncComplete
@@ -30,9 +31,10 @@ log = get_logger(__name__)
 class ModelCalls:
     """Makes model calls from any thread, ``limit`` in flight at most (None: no cap)."""
 
-    def __init__(self, limit: int | None, loop: EventLoop) -> None:
+    def __init__(self, limit: int | None, loop: EventLoop, timers: Timers) -> None:
         self._limit = limit
         self._loop = loop
+        self._timers = timers
         self._pool = Workers(None, "foldloop-model")
         self._lock = threading.Lock()
         self._taken = 0
@@ -54,10 +56,19 @@ class ModelCalls:
             return
         queued = QueuedCall(lambda: None)  # held back at close: a resume asks again
         track(queued)
+
+        def lapse() -> None:  # still waiting when the run's max_seconds ran out: never made
+            if queued.withdraw():
+                reply(asked.out_of_time())
+
+        def waits() -> None:
+            if asked.deadline is not None:
+                self._timers.call_later(asked.seconds_left(), lapse)
+
         if asks is None:
-            self._enter(self._sync(asked, queued, reply))
+            self._enter(self._sync(asked, queued, reply), waits)
         else:
-            self._enter(self._awaited(asked, asks, queued, reply, track))
+            self._enter(self._awaited(asked, asks, queued, reply, track), waits)
 
     @property
     def in_flight(self) -> int:
@@ -110,14 +121,18 @@ class ModelCalls:
             self._waiting.clear()
         self._pool.shutdown()
 
-    def _enter(self, start: Callable[[], bool]) -> None:
+    def _enter(self, start: Callable[[], bool], waits: Callable[[], None]) -> None:
         """Run ``start`` now if a place is free (it raises as an uncapped call would), else
-        once one is."""
+        once one is (``waits`` is told it waits)."""
         with self._lock:
-            if self._limit is not None and self._taken >= self._limit:
+            queue = self._limit is not None and self._taken >= self._limit
+            if queue:
                 self._waiting.append(start)
-                return
-            self._taken += 1
+            else:
+                self._taken += 1
+        if queue:
+            waits()
+            return
         try:
             started = start()
         except BaseException:

@@ -44,6 +44,14 @@ class QueuedCall:
                 self._state = "cancelled"
             return self._state in ("cancelled", "held")
 
+    def withdraw(self) -> bool:
+        """Keep the call from starting if it still waits: True if this is what stopped it."""
+        with self._lock:
+            if self._state != "queued":
+                return False
+            self._state = "cancelled"
+            return True
+
     def hold(self) -> None:
         """The runtime is closing: the call never starts, and ``not_run`` says so now (a
         tool call's outcome; nothing for a model call, which a resume makes again)."""

@@ -434,14 +434,18 @@ class RunActor:
         )
         if effect.delay_s <= 0 and self._inline:
             self._post(asked.sync())
-        elif effect.delay_s > 0:
-            self.system.timers.call_later(effect.delay_s, lambda: self._start_call(asked))
+        elif effect.delay_s > 0:  # a backoff past the run's max_seconds is cut there too
+            wait = min(effect.delay_s, asked.seconds_left())
+            self.system.timers.call_later(wait, lambda: self._start_call(asked))
         else:
             self._start_call(asked)
 
     def _start_call(self, asked: ModelCall) -> None:
         if self._closing or self._cancelling or self.finished:  # a retry's delay ran out late
             self.log.debug("model_call_dropped", closing=self._closing)
+            return
+        if asked.seconds_left() <= 0:  # the backoff outlasted max_seconds: not made
+            self._post(asked.out_of_time())
             return
         reply = _to_run(self.system.tell, self.run_id)
         self.system.models.start(asked, self._asks, reply, self._track)

@@ -119,7 +119,7 @@ class ActorSystem:
         self.late = LateOutcomes(store)
         self.loop = EventLoop()
         """Where async model calls and async tools are awaited."""
-        self.models = ModelCalls(max_model_calls, self.loop)
+        self.models = ModelCalls(max_model_calls, self.loop, self.timers)
         self._shards: list[Shard] = []
         self._models_seen: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         """Models that ran here (their connections close with the loop); one dropped by its

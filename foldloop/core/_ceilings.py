@@ -37,6 +37,7 @@ __all__ = [
     "prompt_bound",
     "seconds_left",
     "specs_bytes",
+    "time_limit",
 ]
 
 PER_MESSAGE = 16
@@ -153,13 +154,18 @@ def before_tools(state: RunState, now: int, used: Budget | None = None) -> RunLi
         return RunLimitReached(
             limit="max_cost_usd", value=round(cost, 6), ceiling=limits.max_cost_usd
         )
-    if limits.max_seconds is not None:
-        elapsed = state.elapsed_ns(now) / _NS
-        if elapsed >= limits.max_seconds:
-            return RunLimitReached(
-                limit="max_seconds", value=round(elapsed, 3), ceiling=limits.max_seconds
-            )
+    if limits.max_seconds is not None and state.elapsed_ns(now) / _NS >= limits.max_seconds:
+        return time_limit(state, now)
     return None
+
+
+def time_limit(state: RunState, now: int) -> RunLimitReached | None:
+    """The ``max_seconds`` limit the run stops at, as of ``now`` (None: it has none)."""
+    ceiling = state.limits.max_seconds
+    if ceiling is None:
+        return None
+    elapsed = state.elapsed_ns(now) / _NS
+    return RunLimitReached(limit="max_seconds", value=round(elapsed, 3), ceiling=ceiling)
 
 
 def seconds_left(state: RunState, now: int) -> float | None:

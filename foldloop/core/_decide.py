@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from msgspec.structs import replace
 
-from foldloop.core._ceilings import before_tools
+from foldloop.core._ceilings import time_limit
 from foldloop.core._commands import (
     Admit,
     ApprovalTicket,
@@ -185,8 +185,10 @@ def _model_failed(b: DecisionBuilder, command: ModelCallFailed) -> None:
         )
     )
     attempts = b.state.model_failures
-    if command.out_of_time and (limit := before_tools(b.state, b.now)) is not None:
-        b.emit(limit)  # cut where the run's max_seconds ran out: it stops there
+    if command.out_of_time and (limit := time_limit(b.state, b.now)) is not None:
+        # cut where the runtime's monotonic clock said the ceiling ran out: the run stops
+        # there even if its own clock (injected, or stepped back) says less has passed
+        b.emit(limit)
         b.settle()
     elif command.retryable and attempts < MAX_MODEL_ATTEMPTS:
         b.ask_again(command.step, attempts + 1, retry_delay(attempts, command.retry_after_s))

@@ -34,8 +34,9 @@ class CallModel(msgspec.Struct, frozen=True, kw_only=True):
     reserved_usd: float = 0.0
     """The dollars the call's budget reserved (0: no priced cost ceiling)."""
     within_s: float | None = None
-    """Seconds the run's ``max_seconds`` leaves the call (None: no such ceiling); an async
-    call still under way then is cut."""
+    """Seconds the run's ``max_seconds`` leaves it from the decision (None: no such
+    ceiling), backoff and a wait for a place included: an async call still under way or
+    still waiting then is cut."""
 
 
 class ToolRun(msgspec.Struct, frozen=True, kw_only=True):

@@ -144,7 +144,7 @@ class DecisionBuilder:
                 delay_s=delay_s,
                 prompt_bound=room.prompt_bound,
                 reserved_usd=room.reserved_usd,
-                within_s=_after(seconds_left(self.state, self.now), delay_s),
+                within_s=seconds_left(self.state, self.now),
             )
         )
 
@@ -292,8 +292,3 @@ class DecisionBuilder:
             self.settle()
             return
         self.call_model()
-
-
-def _after(left: float | None, delay_s: float) -> float | None:
-    """What ``left`` seconds leave a call made ``delay_s`` from now (a retry's backoff)."""
-    return None if left is None else max(0.0, left - delay_s)
