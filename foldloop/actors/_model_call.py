@@ -23,7 +23,14 @@ from foldloop.events._values import ToolCall, Usage
 from foldloop.llm import AsyncComplete, Reply
 from foldloop.store import MAX_EVENT_BYTES
 
-__all__ = ["MAX_REPLY_BYTES", "ModelCall", "reply_bound"]
+PLACE = "a place under max_model_calls"
+"""What a call not made waited for (``ModelCall.out_of_time``)."""
+
+__all__ = ["BACKOFF", "MAX_REPLY_BYTES", "PLACE", "ModelCall", "reply_bound"]
+
+PLACE = "a place under max_model_calls"
+BACKOFF = "its retry's backoff"
+"""What a call not made was still waiting for (``ModelCall.out_of_time``)."""
 
 log = get_logger(__name__)
 
@@ -135,7 +142,7 @@ class ModelCall:
         """Await ``acomplete`` (on the runtime's loop; a cancel cancels it). What else it
         raises fails the call, ``SystemExit`` and a ``CancelledError`` of its own too."""
         if self.seconds_left() <= 0:  # its place came after the run's time: not made
-            return self.out_of_time()
+            return self.out_of_time(PLACE)
         start = time.perf_counter()
         within = asyncio.timeout_at(self.deadline)  # the run's max_seconds (None: none)
         try:
@@ -156,13 +163,14 @@ class ModelCall:
             return self.failed(ModelCallError(self._in_acomplete(why), retryable=False))
         return self.checked(reply, start)
 
-    def out_of_time(self) -> Command:
-        """The call cut (or not made) where the run's ``max_seconds`` ran out: the run stops
-        there."""
+    def out_of_time(self, waiting_for: str = "") -> Command:
+        """The call cut where the run's ``max_seconds`` ran out, or not made (still
+        ``waiting_for`` a place, or its backoff): the run stops there."""
         waited = time.monotonic() - self.asked_at
+        what = f"was still waiting for {waiting_for}" if waiting_for else "had not answered"
         error = (
-            f"model {self.agent.llm.model!r} had not answered when the run's max_seconds ran "
-            f"out ({waited:.1f} s after the call was asked for)"
+            f"model {self.agent.llm.model!r} {what} when the run's max_seconds ran out "
+            f"({waited:.1f} s after the call was asked for)"
         )
         return ModelCallFailed(
             now=self.clock(), step=self.effect.step, error=error, retryable=True, out_of_time=True

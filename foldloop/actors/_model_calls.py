@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from foldloop._log import get_logger
 from foldloop.actors._event_loop import EventLoop
-from foldloop.actors._model_call import ModelCall
+from foldloop.actors._model_call import PLACE, ModelCall
 from foldloop.actors._own_threads import outcome_in_hand
 from foldloop.actors._queued import Cancellable, QueuedCall
 from foldloop.actors._timers import Timers
@@ -59,11 +59,11 @@ class ModelCalls:
 
         def lapse() -> None:  # still waiting when the run's max_seconds ran out: never made
             if queued.withdraw():
-                reply(asked.out_of_time())
+                reply(asked.out_of_time(PLACE))
 
         def waits() -> None:
             if asked.deadline is not None:
-                self._timers.call_later(asked.seconds_left(), lapse)
+                queued.arm(self._timers.call_later(asked.seconds_left(), lapse).cancel)
 
         if asks is None:
             self._enter(self._sync(asked, queued, reply), waits)

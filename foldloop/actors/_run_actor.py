@@ -27,7 +27,7 @@ from foldloop._log import get_logger
 from foldloop.actors._base import FAILURES
 from foldloop.actors._event_loop import EventLoop
 from foldloop.actors._gates import Gates
-from foldloop.actors._model_call import ModelCall, reply_bound
+from foldloop.actors._model_call import BACKOFF, ModelCall, reply_bound
 from foldloop.actors._model_calls import ModelCalls
 from foldloop.actors._queued import Cancellable, QueuedCall
 from foldloop.actors._timers import Timers
@@ -445,7 +445,7 @@ class RunActor:
             self.log.debug("model_call_dropped", closing=self._closing)
             return
         if asked.seconds_left() <= 0:  # the backoff outlasted max_seconds: not made
-            self._post(asked.out_of_time())
+            self._post(asked.out_of_time(BACKOFF))
             return
         reply = _to_run(self.system.tell, self.run_id)
         self.system.models.start(asked, self._asks, reply, self._track)
