@@ -23,9 +23,6 @@ from foldloop.events._values import ToolCall, Usage
 from foldloop.llm import AsyncComplete, Reply
 from foldloop.store import MAX_EVENT_BYTES
 
-PLACE = "a place under max_model_calls"
-"""What a call not made waited for (``ModelCall.out_of_time``)."""
-
 __all__ = ["BACKOFF", "MAX_REPLY_BYTES", "PLACE", "ModelCall", "reply_bound"]
 
 PLACE = "a place under max_model_calls"
@@ -49,13 +46,18 @@ MAX_REPLY_BYTES = reply_bound(MAX_EVENT_BYTES)
 """A model reply's text and calls past this cannot fit one event in any store."""
 
 
-def _storable_call(call: ToolCall) -> ToolCall:
-    """The call with each lone surrogate replaced, as a reply's text is (a provider's JSON
-    may escape one into the arguments; the log cannot hold it)."""
-    name, args, ident = (storable_text(t) for t in (call.name, call.args, call.id))
-    if (name, args, ident) == (call.name, call.args, call.id):
-        return call
-    return msgspec.structs.replace(call, name=name, args=args, id=ident)
+def _storable_calls(calls: Sequence[ToolCall]) -> Sequence[ToolCall] | None:
+    """The calls with each lone surrogate replaced, as a reply's text is (a provider's JSON
+    may escape one into the arguments; the log cannot hold it); None when all are ASCII,
+    as nearly every reply's are (this runs on every reply)."""
+    if all(c.args.isascii() and c.name.isascii() and c.id.isascii() for c in calls):
+        return None
+    return tuple(
+        msgspec.structs.replace(
+            c, name=storable_text(c.name), args=storable_text(c.args), id=storable_text(c.id)
+        )
+        for c in calls
+    )
 
 
 def _reply_bytes(reply: Reply) -> int:
@@ -200,8 +202,8 @@ class ModelCall:
             return self.failed(error)
 
     def replied(self, reply: Reply, start: float) -> Command:
-        calls = tuple(_storable_call(c) for c in reply.tool_calls)
-        if calls != tuple(reply.tool_calls):
+        calls = _storable_calls(reply.tool_calls)
+        if calls is not None:
             reply = dataclasses.replace(reply, tool_calls=calls)
         usage = reply.usage or Usage()
         named = reply.model if isinstance(reply.model, str) else ""  # None from a dict's get
