@@ -29,8 +29,6 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from foldloop._log import get_logger
 from foldloop.errors import (
@@ -47,6 +45,7 @@ from foldloop.store._approvals import ApprovalChanges, ApprovalRecord
 from foldloop.store._checkpoints import Checkpoint
 from foldloop.store._framing import Lease
 from foldloop.store._nats_bridge import LoopThread, NatsPending
+from foldloop.store._nats_cancels import ask_cancel, serve_cancels
 from foldloop.store._nats_log import HEADROOM, NatsLog, events_of
 from foldloop.store._nats_names import NatsTarget, parse_nats_url, shown
 from foldloop.store._nats_setup import set_up
@@ -70,8 +69,6 @@ T = TypeVar("T")
 log = get_logger("foldloop.store")
 
 CONNECT_TIMEOUT_S = 5.0
-CANCEL_ANSWER_S = 2.0
-"""How long a cancel asks around for the runtime driving its run."""
 CLOSE_WAIT_S = 3.0
 """How long a close waits for writes in flight, and for the owner key's removal."""
 AWAY_WAIT_S = 1.0
@@ -152,11 +149,16 @@ class JetStreamStore:
         """Connected to a server now (not reconnecting, not closed)."""
         return self._nc is not None and self._nc.is_connected
 
+    @property
+    def _close_wait_s(self) -> float:
+        """How long a close waits on the server (for writes in flight, the owner key)."""
+        return CLOSE_WAIT_S if self._connected else AWAY_WAIT_S
+
     async def _disconnect(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
             with contextlib.suppress(Exception):
                 await self._work.close()
-            if self._nc.is_connected:  # else nothing can be flushed: the server is away
+            if self._connected:  # else nothing can be flushed: the server is away
                 with contextlib.suppress(Exception):
                     await self._nc.flush(timeout=2)
             with contextlib.suppress(Exception):
@@ -490,7 +492,8 @@ class JetStreamStore:
     def serve_cancels(self, handler: Callable[[str, str], bool]) -> Callable[[], None]:
         """Answer cancel requests for the runs ``handler`` drives (see ``RemoteCancel``):
         each runtime listens on the store's cancel subjects; only the driver answers."""
-        sub = self._call(self._serve_cancels(handler))
+        assert self._nc is not None
+        sub = self._call(serve_cancels(self._nc, self._t, handler))
 
         def stop() -> None:
             if not self._closed:
@@ -499,32 +502,10 @@ class JetStreamStore:
 
         return stop
 
-    async def _serve_cancels(self, handler: Callable[[str, str], bool]) -> Subscription:
-        assert self._nc is not None
-        loop = asyncio.get_running_loop()
-
-        async def heard(msg: Msg) -> None:
-            run_id = self._t.run_of(msg.subject)
-            reason = msg.data.decode(errors="replace")
-            # the handler tells an actor (it takes locks): off the loop
-            if await loop.run_in_executor(None, handler, run_id, reason) and msg.reply:
-                await msg.respond(b"1")
-
-        return await self._nc.subscribe(self._t.cancel_subject("*"), cb=heard)
-
     def ask_cancel(self, run_id: str, reason: str) -> bool:
         """Ask the runtime driving ``run_id`` to cancel it; whether one took it."""
-        return self._call(self._ask_cancel(run_id, reason))
-
-    async def _ask_cancel(self, run_id: str, reason: str) -> bool:
         assert self._nc is not None
-        try:
-            await self._nc.request(
-                self._t.cancel_subject(run_id), reason.encode(), timeout=CANCEL_ANSWER_S
-            )
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            return False
-        return True
+        return self._call(ask_cancel(self._nc, self._t, run_id, reason))
 
     def writes_together(self) -> AbstractContextManager[None]:
         """Nothing to do: every write is a publish in flight, acknowledged on its own."""
@@ -540,11 +521,8 @@ class JetStreamStore:
         if self._closed:
             return
         self._closed = True
-        # With the server away, what is in flight cannot end unless it is back at once (the
-        # runtime's flush waited already)
-        settle_s = CLOSE_WAIT_S if self._connected else AWAY_WAIT_S
-        try:
-            self._loop.close(self._disconnect(), timeout=CLOSE_WAIT_S, settle_s=settle_s)
+        try:  # (the runtime's flush waited already: away, little can still land)
+            self._loop.close(self._disconnect(), timeout=CLOSE_WAIT_S, settle_s=self._close_wait_s)
         except StoreError as exc:
             log.warning("store_closed_unclean", store=self._t.shown, error=str(exc))
 
@@ -574,7 +552,7 @@ class OwnerKey:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        wait_s = CLOSE_WAIT_S if self._store._connected else AWAY_WAIT_S
+        wait_s = self._store._close_wait_s
         try:  # the server gone: the key lapses at owner_ttl all the same
             await asyncio.wait_for(self._store._tables.drop_owner(self._owner), wait_s)
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
