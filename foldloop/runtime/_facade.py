@@ -25,7 +25,7 @@ from foldloop._log import get_logger
 from foldloop.actors._followers import Followers
 from foldloop.actors._own_threads import on_own_thread
 from foldloop.actors._projection_actor import ProjectionHandle
-from foldloop.actors._system import CLOSE_DRAIN_S, ActorSystem, Settlement
+from foldloop.actors._system import CLOSE_DRAIN_S, ActorSystem
 from foldloop.core._explain import Explanation
 from foldloop.core._state import RunState, RunStatus
 from foldloop.errors import ConfigError, RunNotFound, SpawnError, StoreError
@@ -36,11 +36,12 @@ from foldloop.runtime._admission import Admission
 from foldloop.runtime._approval_desk import ApprovalDesk
 from foldloop.runtime._collector import COLLECTOR
 from foldloop.runtime._commands import Commands
+from foldloop.runtime._handle_ops import HandleOps
 from foldloop.runtime._lifecycle import Lifecycle, OpenOnly
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._registry import AgentRegistry
 from foldloop.runtime._replay_checks import ReplayChecks
-from foldloop.runtime._results import RunHandle, RunOps, RunResult, RunSummary, RunTree
+from foldloop.runtime._results import RunHandle, RunOps, RunSummary, RunTree
 from foldloop.runtime._rules import check_cap, check_inputs, check_seconds
 from foldloop.runtime._transfer import Transfer
 from foldloop.runtime._waiting import Waiter
@@ -170,7 +171,7 @@ class Runtime(OpenOnly, ClosedOnExit):
             if isinstance(store, WorkQueue)
             else None
         )
-        self._ops = _RunOps(
+        self._ops = HandleOps(
             self._lifecycle,
             self._queries,
             Waiter(
@@ -182,7 +183,7 @@ class Runtime(OpenOnly, ClosedOnExit):
                 take_up=self._commands.recovery.take_up_orphan,
                 knows=lambda name: self._agents.named(name) is not None,
             ),
-            self._commands,
+            self._commands.cancels,
         )
         self._poll_interval = poll_interval
         self._stop_polling = threading.Event()
@@ -541,45 +542,6 @@ class Runtime(OpenOnly, ClosedOnExit):
         other subscribers are untouched. Call the returned handle (or ``.detach()``) to stop.
         """
         return self._followers.subscribe(callback, types)
-
-
-class _RunOps:
-    """What the handles a runtime gives out ask of it (``results.RunOps``)."""
-
-    def __init__(
-        self, lifecycle: Lifecycle, queries: Queries, waiter: Waiter, commands: Commands
-    ) -> None:
-        self._lifecycle = lifecycle
-        self._queries = queries
-        self._waiter = waiter
-        self._commands = commands
-
-    def check_open(self) -> None:
-        self._lifecycle.check()
-
-    def state(self, run_id: str) -> RunState:
-        return self._queries.state(run_id)
-
-    def ending(self, run_id: str) -> Settlement | None:
-        return self._waiter.ending(run_id)
-
-    def closed_under(self, run_ids: list[str]) -> None:
-        self._waiter.closed_under(run_ids)
-
-    def wait(
-        self,
-        run_id: str,
-        timeout: float | None,
-        *,
-        through_approvals: bool,
-        ending: Settlement | None,
-    ) -> RunResult:
-        return self._waiter.wait(
-            run_id, timeout, through_approvals=through_approvals, ending=ending
-        )
-
-    def cancel(self, run_id: str, reason: str) -> None:
-        self._commands.cancels.cancel(run_id, reason)
 
 
 def run_ops(runtime: Runtime) -> RunOps:
