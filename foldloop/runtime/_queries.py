@@ -47,6 +47,8 @@ _ORPHANED = {
 """How a run nobody drives (or, queued, holds) is shown: status and reason."""
 
 
+EXPLAIN_READS = 3
+"""Reads of a run's log and approvals an explanation makes at most to see them agree."""
 LAST_NUMBER = 2**63 - 1
 """Past any seq or position a log can reach: a larger start reads nothing, as this does."""
 
@@ -268,9 +270,15 @@ class Queries:
     def explain(self, run_id: str) -> Explanation:
         """Why the run is where it is and what to do, with the decisions the approvals
         table holds for calls it waits on and its log does not yet."""
-        records = list(self.events(run_id))
-        state = fold(records)
-        why = explain(state, records, orphaned=self.orphaned(run_id), decided=self.decided(state))
+        for _ in range(EXPLAIN_READS):
+            records = list(self.events(run_id))
+            state = fold(records)
+            decided = self.decided(state)
+            # the approvals table is read after the log: a decision carried in between
+            # shows as applied there and not yet in ``state`` (read again, then)
+            if self._store.head(run_id) == state.seq:
+                break
+        why = explain(state, records, orphaned=self.orphaned(run_id), decided=decided)
         if state.status is RunStatus.QUEUED and self.in_shared_queue(run_id):
             why = dataclasses.replace(
                 why,
