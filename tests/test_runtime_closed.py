@@ -162,7 +162,9 @@ def test_a_close_from_a_signal_handler_inside_spawn_many_does_not_wait_for_it(
     try:
         with capture_logs(logging.WARNING) as logs:
             signal.setitimer(signal.ITIMER_REAL, 0.05)
-            with pytest.raises(fl.errors.SpawnError):
+            # some runs started (SpawnError), or, on a slow machine, none before the close
+            # (the closed store's error): either way the call ends, and the close with it
+            with pytest.raises((fl.errors.SpawnError, fl.errors.StoreError)):
                 rt.spawn_many(agent, ["go"] * 50_000)
         assert closed == [True]
         assert not [e for e in logs if e.get("event") == "spawns_unfinished_at_close"]
