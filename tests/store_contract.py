@@ -218,6 +218,15 @@ class StoreContract:
         assert all(op.wait() == 1 for op in ops)
         assert store.leases() == dict.fromkeys(runs, Lease("x", 1))
 
+    def test_checkpoints_past_a_thousand_leave_the_deleted_out(self, store: EventStore) -> None:
+        names = [f"p{i:04d}" for i in range(1_100)]
+        for op in [store.put_checkpoint(Checkpoint(name=n, position=1)) for n in names]:
+            op.wait()
+        gone = names[::3] + names[-5:]  # the last ones too: a walk must not stop at them
+        for op in [store.delete_checkpoint(n) for n in gone]:
+            op.wait()
+        assert sorted(c.name for c in store.checkpoints()) == sorted(set(names) - set(gone))
+
     def test_a_live_owner_keeps_its_runs_a_dead_one_loses_them(self, store: EventStore) -> None:
         hold = store.hold_owner("alive")
         try:

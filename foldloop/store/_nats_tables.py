@@ -39,8 +39,8 @@ __all__ = ["NatsTables"]
 
 T = TypeVar("T")
 
-LIST_TIMEOUT_S = 10.0
-"""How long listing a bucket waits for its next key."""
+PAGE = 1024
+"""Keys a direct get answers at most at once (the server's own cap for multi_last)."""
 TABLES = ("leases", "owners", "approvals", "open", "snapshots", "checkpoints", "meta")
 
 _ENC = msgspec.msgpack.Encoder()
@@ -48,6 +48,11 @@ _LEASE = msgspec.msgpack.Decoder(Lease)
 _APPROVAL = msgspec.msgpack.Decoder(ApprovalRecord)
 _SNAPSHOT = msgspec.msgpack.Decoder(tuple[int, int, bytes, int])
 _DELETED = ("DEL", "PURGE")
+
+
+def _gone(headers: dict[str, str]) -> bool:
+    """A direct get's message that marks its key deleted, purged or expired."""
+    return headers.get("KV-Operation") in _DELETED or "Nats-Marker-Reason" in headers
 
 
 class NatsTables:
@@ -99,7 +104,7 @@ class NatsTables:
         except nats.js.errors.NotFoundError:
             return None, 0
         revision = int(msg.seq or 0)
-        if (msg.headers or {}).get("KV-Operation") in _DELETED:
+        if _gone(msg.headers or {}):
             return None, revision
         return msg.data or b"", revision
 
@@ -128,32 +133,37 @@ class NatsTables:
 
     async def _last_values(self, table: str, prefix: str = ">") -> list[tuple[str, bytes]]:
         """(key, value) of every key under ``prefix`` that holds a value: one direct get;
-        past its 1,024 keys, a watcher's initial values."""
+        past its 1,024 keys, the bucket's stream walked a page at a time."""
         bucket = self._t.bucket(table)
         base = f"$KV.{bucket}."
         try:
             msgs = await direct_batch(
-                self._nc, f"KV_{bucket}", {"multi_last": [base + prefix], "batch": 1024}
+                self._nc, f"KV_{bucket}", {"multi_last": [base + prefix], "batch": PAGE}
             )
         except TooManyResults:
-            return await retrying(lambda: self._watch_values(table, prefix))
+            return await self._walk_values(bucket, base + prefix)
         out = []
         for msg in msgs:
             h = msg.headers or {}
-            if h.get("KV-Operation") in _DELETED or "Nats-Marker-Reason" in h:
-                continue
-            out.append((h["Nats-Subject"][len(base) :], msg.data))
+            if not _gone(h):
+                out.append((h["Nats-Subject"][len(base) :], msg.data))
         return out
 
-    async def _watch_values(self, table: str, prefix: str) -> list[tuple[str, bytes]]:
-        watcher = await self._kv[table].watch(prefix, ignore_deletes=True)
-        out = []
-        try:
-            while (entry := await watcher.updates(timeout=LIST_TIMEOUT_S)) is not None:  # type: ignore[no-untyped-call]
-                out.append((entry.key, entry.value or b""))
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        return out
+    async def _walk_values(self, bucket: str, subject: str) -> list[tuple[str, bytes]]:
+        """Every key's value by reading the stream in sequence order: a bucket keeps one
+        message a key (history=1), so each live key is met at least once; a key written
+        again during the walk is met again later, and the later message wins."""
+        base = f"$KV.{bucket}."
+        values: dict[str, bytes | None] = {}
+        seq = 1
+        while msgs := await direct_batch(
+            self._nc, f"KV_{bucket}", {"seq": seq, "next_by_subj": subject, "batch": PAGE}
+        ):
+            for msg in msgs:
+                h = msg.headers or {}
+                values[h["Nats-Subject"][len(base) :]] = None if _gone(h) else msg.data
+            seq = int(msgs[-1].headers["Nats-Sequence"]) + 1  # type: ignore[index]
+        return [(key, value) for key, value in values.items() if value is not None]
 
     # -- owners ----------------------------------------------------------------------------
 
