@@ -37,7 +37,7 @@ from foldloop.runtime._approval_desk import ApprovalDesk
 from foldloop.runtime._collector import COLLECTOR
 from foldloop.runtime._commands import Commands
 from foldloop.runtime._handle_ops import HandleOps
-from foldloop.runtime._lifecycle import Lifecycle, OpenOnly
+from foldloop.runtime._lifecycle import Lifecycle, OpenOnly, calling, inside_a_call
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._registry import AgentRegistry
 from foldloop.runtime._replay_checks import ReplayChecks
@@ -261,22 +261,28 @@ class Runtime(OpenOnly, ClosedOnExit):
         of their tool never start (recorded as not run). A call still running then is left:
         a resume records it as interrupted. A ``close()`` from another thread meanwhile
         returns once this one is done (at once from a tool or callback it is waiting for).
-        Called from one of its own threads (a tool, ``on_state``, a notify), it starts the
-        close on a thread of its own and returns at once."""
+        Called from one of its own threads (a tool, ``on_state``, a notify), or from a signal
+        handler that interrupted a call into this runtime (the call ends once it has seen
+        the close), it starts the close on a thread of its own and returns at once."""
         check_seconds("timeout", timeout, MAX_CLOSE_TIMEOUT_S)
-        if not self._lifecycle.close(release_by=time.monotonic() + timeout + CLOSE_GRACE_S):
+        # A signal handler's close on a thread inside a call here: that call may hold any
+        # lock the close needs, and goes on only once the handler returns.
+        interrupting = inside_a_call()
+        release_by = time.monotonic() + timeout + CLOSE_GRACE_S
+        if not self._lifecycle.close(release_by=release_by, blocking=not interrupting):
             # another thread is closing it: return once it is closed (its outcomes stored),
             # unless this is one of the runtime's own threads, which that close waits for
-            if not on_own_thread():
+            if not (on_own_thread() or interrupting):
                 self._lifecycle.wait_released()
             return
         if os.getpid() != self._pid:  # inherited over os.fork: its threads stayed behind
             self._lifecycle.mark_released()
             return
-        if on_own_thread():  # a tool or callback: the close waits for what this thread does
+        if on_own_thread() or interrupting:  # the close waits for what this thread does
             threading.Thread(target=self._shut, args=(timeout,), name="foldloop-close").start()
             return
-        self._shut(timeout)
+        with calling():
+            self._shut(timeout)
 
     def _shut(self, timeout: float) -> None:
         """What the first ``close`` does."""
