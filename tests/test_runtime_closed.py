@@ -191,7 +191,8 @@ def inside_claim(frame, event, arg):  # the signal lands while claim holds the s
         signal.raise_signal(signal.SIGUSR1)
     return inside_claim
 
-sys.settrace(lambda frame, event, arg: inside_claim if frame.f_code is ActorSystem.claim.__code__ else None)
+claim = ActorSystem.claim.__code__
+sys.settrace(lambda frame, event, arg: inside_claim if frame.f_code is claim else None)
 try:
     rt.spawn_many(agent, ["go"] * 20)
 except (fl.errors.SpawnError, fl.errors.ConfigError) as exc:
