@@ -3,17 +3,23 @@ runtimes opened with the agent take them (a real nats-server)."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import gc
 import os
 import subprocess
 import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 import foldloop as fl
+from foldloop.store._nats_bridge import LoopThread
 from tests.nats_servers import start_server
 from tests.waiting import wait_until
 
@@ -258,3 +264,20 @@ def test_a_host_without_the_agent_approves_and_the_worker_runs_the_call(nats_url
         assert (result.status, result.output) == (fl.RunStatus.COMPLETED, "paid"), result
         assert worker.state(handle.id).status is fl.RunStatus.COMPLETED
     assert ledger == ["worker"]
+
+
+def test_a_work_item_settled_after_its_store_closed_is_a_store_error_and_nothing_dangles() -> None:
+    """The taker acknowledges items as the store closes: the ack is a StoreError it logs (the
+    item is offered again), not a coroutine that never runs (a RuntimeWarning at exit)."""
+    loop = LoopThread("closing")
+    loop.close(asyncio.sleep(0))
+
+    async def ack() -> None:
+        raise AssertionError("never run")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(fl.errors.StoreError, match="the store is closed"):
+            loop.submit(ack())
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Coroutine
@@ -66,6 +67,7 @@ class LoopThread:
         self._thread = threading.Thread(target=self._run, name=f"{name}-loop", daemon=True)
         self._notices: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._inflight: set[concurrent.futures.Future[Any]] = set()
+        self._open = True
         self._notifier = threading.Thread(
             target=self._notify_loop, name=f"{name}-notify", daemon=True
         )
@@ -77,8 +79,13 @@ class LoopThread:
         self.loop.run_forever()
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Run ``coro`` on the loop; its future."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        """Run ``coro`` on the loop; its future (StoreError once the loop is stopping: a
+        coroutine handed to a stopped loop would never run)."""
+        if self._open:
+            with contextlib.suppress(RuntimeError):  # the loop closed since: as if stopping
+                return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        coro.close()
+        raise StoreError("the store is closed")
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float, *, read: bool = False) -> T:
         """Run ``coro`` on the loop and wait for its result; a ``read`` not answered in
@@ -144,6 +151,7 @@ class LoopThread:
         try:
             self.call(finish, timeout * 2)
         finally:
+            self._open = False
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout)
             self._notices.put(_STOP)
