@@ -410,3 +410,28 @@ def test_a_model_call_waiting_for_a_capped_slot_is_never_made_once_its_run_is_ca
         assert first.wait(timeout=30).ok
         assert last.wait(timeout=30).ok
     assert asked == ["first", "last"]  # before: first, waiting 0, waiting 1, last
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_calls_cancelled_while_every_place_is_held_are_let_go_before_a_place_frees(
+    tmp_path: Path, form: Callable[[Gate], fl.LLM]
+) -> None:
+    # A provider that holds its calls for minutes while runs are cancelled or run out of
+    # time: what the cancelled calls hold (their messages) must not wait for a free place.
+    gate = Gate()
+    agent = fl.Agent(name="a", llm=form(gate))
+    with fl.Runtime.open(tmp_path / "s", agents=[agent], max_model_calls=1) as rt:
+        first = rt.spawn(agent, "first")
+        wait_until(lambda: gate.now == 1, 30, "the first call holding the one place")
+        waiting = [rt.spawn(agent, f"waiting {i}") for i in range(6)]
+        calls = rt.system.models
+        wait_until(lambda: len(calls._waiting) == 6, 30, "six calls waiting for the place")
+        try:
+            for handle in waiting:
+                handle.cancel("not needed")
+            assert all(h.wait(timeout=30).status is fl.RunStatus.CANCELLED for h in waiting)
+            assert len(calls._waiting) == 0 and gate.now == 1
+        finally:
+            gate.release.set()
+        assert first.wait(timeout=30).ok
+        assert rt.spawn(agent, "after").wait(timeout=30).ok

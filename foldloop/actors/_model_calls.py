@@ -38,8 +38,11 @@ class ModelCalls:
         self._pool = Workers(None, "foldloop-model")
         self._lock = threading.Lock()
         self._taken = 0
-        self._waiting: collections.deque[Callable[[], bool]] = collections.deque()
-        """Calls waiting for a place, each a start that says whether it took the place."""
+        self._waiting: collections.deque[tuple[QueuedCall, Callable[[], bool]]]
+        self._waiting = collections.deque()
+        """Calls waiting for a place, each with a start that says whether it took it."""
+        self._gone = 0
+        """Calls cancelled or withdrawn while they waited, still in ``_waiting``."""
 
     def start(
         self,
@@ -62,13 +65,22 @@ class ModelCalls:
                 reply(asked.out_of_time(PLACE))
 
         def waits() -> None:
+            timer = None
             if asked.deadline is not None:
-                queued.arm(self._timers.call_later(asked.seconds_left(), lapse).cancel)
+                timer = self._timers.call_later(asked.seconds_left(), lapse)
+
+            def stops_waiting() -> None:
+                if timer is not None:
+                    timer.cancel()
+                if not queued.started:  # a cancel or its deadline: its messages let go
+                    self._went()
+
+            queued.arm(stops_waiting)
 
         if asks is None:
-            self._enter(self._sync(asked, queued, reply), waits)
+            self._enter(queued, self._sync(asked, queued, reply), waits)
         else:
-            self._enter(self._awaited(asked, asks, queued, reply, track), waits)
+            self._enter(queued, self._awaited(asked, asks, queued, reply, track), waits)
 
     @property
     def in_flight(self) -> int:
@@ -121,13 +133,15 @@ class ModelCalls:
             self._waiting.clear()
         self._pool.shutdown()
 
-    def _enter(self, start: Callable[[], bool], waits: Callable[[], None]) -> None:
+    def _enter(
+        self, queued: QueuedCall, start: Callable[[], bool], waits: Callable[[], None]
+    ) -> None:
         """Run ``start`` now if a place is free (it raises as an uncapped call would), else
         once one is (``waits`` is told it waits)."""
         with self._lock:
             queue = self._limit is not None and self._taken >= self._limit
             if queue:
-                self._waiting.append(start)
+                self._waiting.append((queued, start))
             else:
                 self._taken += 1
         if queue:
@@ -141,6 +155,15 @@ class ModelCalls:
         if not started:
             self._leave()
 
+    def _went(self) -> None:
+        """A call stopped waiting without its place: once such calls are half of those
+        waiting, they are let go (while every place is held they would stay for as long)."""
+        with self._lock:
+            self._gone += 1
+            if self._gone * 2 > len(self._waiting):
+                self._waiting = collections.deque(w for w in self._waiting if not w[0].done())
+                self._gone = 0
+
     def _leave(self) -> None:
         """A call ended, or was not made: its place goes to the next one waiting."""
         while True:
@@ -148,7 +171,7 @@ class ModelCalls:
                 if not self._waiting:
                     self._taken -= 1
                     return
-                start = self._waiting.popleft()  # the place passes to it
+                _queued, start = self._waiting.popleft()  # the place passes to it
             try:
                 if start():
                     return

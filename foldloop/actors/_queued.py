@@ -70,6 +70,11 @@ class QueuedCall:
         if self._leave("held"):
             self._not_run()
 
+    @property
+    def started(self) -> bool:
+        """It got its slot."""
+        return self._state == "started"
+
     def done(self) -> bool:
         """Started, cancelled or held: nothing left to stop from starting."""
         return self._state != "queued"
