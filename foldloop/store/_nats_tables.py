@@ -20,7 +20,7 @@ import msgspec
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import KeyValueConfig, RawStreamMsg, StorageType
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -53,6 +53,13 @@ _DELETED = ("DEL", "PURGE")
 def _gone(headers: dict[str, str]) -> bool:
     """A direct get's message that marks its key deleted, purged or expired."""
     return headers.get("KV-Operation") in _DELETED or "Nats-Marker-Reason" in headers
+
+
+def _found(headers: dict[str, str], data: bytes) -> tuple[str, bytes | None, int]:
+    """(subject, value or None for a deleted key, stream sequence) of a direct get's
+    message."""
+    value = None if _gone(headers) else data
+    return headers["Nats-Subject"], value, int(headers["Nats-Sequence"])
 
 
 class NatsTables:
@@ -153,17 +160,35 @@ class NatsTables:
         """Every key's value by reading the stream in sequence order: a bucket keeps one
         message a key (history=1), so each live key is met at least once; a key written
         again during the walk is met again later, and the later message wins."""
-        base = f"$KV.{bucket}."
+        stream, base = f"KV_{bucket}", f"$KV.{bucket}."
         values: dict[str, bytes | None] = {}
         seq = 1
-        while msgs := await direct_batch(
-            self._nc, f"KV_{bucket}", {"seq": seq, "next_by_subj": subject, "batch": PAGE}
-        ):
-            for msg in msgs:
-                h = msg.headers or {}
-                values[h["Nats-Subject"][len(base) :]] = None if _gone(h) else msg.data
-            seq = int(msgs[-1].headers["Nats-Sequence"]) + 1  # type: ignore[index]
+        while True:
+            msgs = await direct_batch(
+                self._nc, stream, {"seq": seq, "next_by_subj": subject, "batch": PAGE}
+            )
+            found = [_found(m.headers or {}, m.data) for m in msgs]
+            if not found:
+                # direct gets are answered by any replica, which may lag: the stream's
+                # leader says whether anything is left
+                raw = await self._leader_next(stream, subject, seq)
+                if raw is None:
+                    break
+                value = None if _gone(raw.headers or {}) else raw.data or b""
+                found = [(raw.subject or "", value, int(raw.seq or 0))]
+            for subject_of_key, value, _seq in found:
+                values[subject_of_key[len(base) :]] = value
+            seq = found[-1][2] + 1
         return [(key, value) for key, value in values.items() if value is not None]
+
+    async def _leader_next(self, stream: str, subject: str, seq: int) -> RawStreamMsg | None:
+        """The stream leader's first message on ``subject`` at ``seq`` or later; None."""
+        try:
+            return await retrying(
+                lambda: self._js.get_msg(stream, seq=seq, subject=subject, next=True)
+            )
+        except nats.js.errors.NotFoundError:
+            return None
 
     # -- owners ----------------------------------------------------------------------------
 
