@@ -15,6 +15,7 @@ import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -281,3 +282,40 @@ def test_a_work_item_settled_after_its_store_closed_is_a_store_error_and_nothing
             loop.submit(ack())
         gc.collect()
     assert not [w for w in caught if "never awaited" in str(w.message)]
+
+
+def test_coroutines_handed_to_the_store_loop_as_it_closes_each_run_or_are_cancelled() -> None:
+    """Submits racing the close: each is refused (StoreError) or its future ends, ran or
+    cancelled; none waits for ever on a loop that stopped before its first step."""
+    for attempt in range(20):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            futures = submit_while_closing(LoopThread(f"racing{attempt}"), 50 * (attempt % 3))
+            assert all(f.done() for f in futures), "a future left pending by the stopped loop"
+            gc.collect()
+        assert not [w for w in caught if "never awaited" in str(w.message)]
+
+
+def submit_while_closing(loop: LoopThread, before: int) -> list[Any]:
+    """Close ``loop`` once ``before`` coroutines were handed to it by a thread that goes on
+    handing them over until refused; the futures it got."""
+    futures: list[Any] = []
+    refused = threading.Event()
+
+    async def ack() -> None:
+        await asyncio.sleep(0)
+
+    def submits() -> None:
+        while not refused.is_set():
+            try:
+                futures.append(loop.submit(ack()))
+            except fl.errors.StoreError:
+                refused.set()
+
+    thread = threading.Thread(target=submits)
+    thread.start()
+    wait_until(lambda: len(futures) > before, 10, "submits under way")
+    loop.close(asyncio.sleep(0))
+    thread.join(10)
+    assert refused.is_set()
+    return futures

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import queue
 import threading
 from collections.abc import Callable, Coroutine
@@ -68,6 +67,7 @@ class LoopThread:
         self._notices: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._inflight: set[concurrent.futures.Future[Any]] = set()
         self._open = True
+        self._opened = threading.Lock()
         self._notifier = threading.Thread(
             target=self._notify_loop, name=f"{name}-notify", daemon=True
         )
@@ -77,12 +77,19 @@ class LoopThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
+        # what was handed over as the loop stopped never took a step: cancelled, so that
+        # whoever waits on it hears so (and no coroutine is left never awaited)
+        left = asyncio.all_tasks(self.loop)
+        for task in left:
+            task.cancel()
+        if left:
+            self.loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Run ``coro`` on the loop; its future (StoreError once the loop is stopping: a
         coroutine handed to a stopped loop would never run)."""
-        if self._open:
-            with contextlib.suppress(RuntimeError):  # the loop closed since: as if stopping
+        with self._opened:  # handed over before the loop's stop is, or refused
+            if self._open:
                 return asyncio.run_coroutine_threadsafe(coro, self.loop)
         coro.close()
         raise StoreError("the store is closed")
@@ -151,8 +158,9 @@ class LoopThread:
         try:
             self.call(finish, timeout * 2)
         finally:
-            self._open = False
-            self.loop.call_soon_threadsafe(self.loop.stop)
+            with self._opened:
+                self._open = False
+                self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout)
             self._notices.put(_STOP)
             if threading.current_thread() is not self._notifier:
