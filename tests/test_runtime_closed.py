@@ -20,6 +20,7 @@ import foldloop as fl
 from foldloop.projections import RunMetrics
 from foldloop.runtime import _commands as commands_module
 from tests.log_capture import capture_logs
+from tests.signal_close_worker import CASES
 from tests.waiting import logged, wait_until
 
 CLOSED = r"this runtime is closed; open a new one with fl\.Runtime\.open\(\)"
@@ -175,48 +176,23 @@ def test_a_close_from_a_signal_handler_inside_spawn_many_does_not_wait_for_it(
         signal.signal(signal.SIGALRM, previous)
 
 
-HANDLER_CLOSES_IN_A_LOCK = """
-import signal, sys
-import foldloop as fl
-from foldloop.actors._system import ActorSystem
-
-agent = fl.Agent(name="many", llm=fl.ScriptedLLM(lambda m, t: fl.Reply(text="x")))
-rt = fl.Runtime.open(sys.argv[1], agents=[agent])
-signal.signal(signal.SIGUSR1, lambda signum, frame: rt.close(timeout=1))
-raised = []
-
-def inside_claim(frame, event, arg):  # the signal lands while claim holds the system's lock
-    if event == "line" and not raised and frame.f_locals["self"]._lock.locked():
-        raised.append(True)
-        signal.raise_signal(signal.SIGUSR1)
-    return inside_claim
-
-claim = ActorSystem.claim.__code__
-sys.settrace(lambda frame, event, arg: inside_claim if frame.f_code is claim else None)
-try:
-    rt.spawn_many(agent, ["go"] * 20)
-except (fl.errors.SpawnError, fl.errors.ConfigError) as exc:
-    print(type(exc).__name__)
-sys.settrace(None)
-rt.close()
-print("closed", raised == [True] and rt.closed)
-"""
-
-
-def test_a_signal_handlers_close_while_the_call_it_interrupted_holds_a_lock_returns(
-    tmp_path: Path,
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_signal_handlers_close_where_the_call_it_interrupted_holds_what_it_needs_returns(
+    tmp_path: Path, case: str
 ) -> None:
-    """The handler runs on the thread of the call it interrupted, which holds the lock the
-    close needs (the actor system's here) until the handler returns: the close goes on on
-    a thread of its own, and the call ends once it sees it."""
+    """The handler runs on the thread of the call it interrupted, which may hold what the
+    close needs (the actor system's lock, a page's read of the log, the closed mark) until
+    the handler returns: the close goes on on a thread of its own, and the call ends once
+    it sees it."""
     done = subprocess.run(
-        [sys.executable, "-c", HANDLER_CLOSES_IN_A_LOCK, str(tmp_path / "s")],
+        [sys.executable, "-m", "tests.signal_close_worker", str(tmp_path / "s"), case],
         capture_output=True,
         text=True,
-        timeout=30,  # a close that waits for the lock its own thread holds never returns
+        timeout=30,  # a close that waits for what its own thread holds never returns
+        cwd=Path(__file__).parent.parent,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[-2] == "closed True", done.stdout
+    assert done.stdout.splitlines()[-1] == "closed True", done.stdout
 
 
 def late_wait_through_close(

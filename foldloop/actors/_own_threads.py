@@ -2,7 +2,8 @@
 runtime calls (a tool, a callback) runs on them, and a ``close()`` called from there must
 not wait for the runtime to finish what that very thread is doing. And whether a pool
 thread is handing its job's outcome on (``outcome_in_hand``): then it may go on with the
-step that outcome starts."""
+step that outcome starts. And whether a thread is inside a call into a runtime
+(``calling``): a signal handler's ``close()`` there must not wait for what it interrupted."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-__all__ = ["holding_outcome", "mark_own_thread", "on_own_thread", "outcome_in_hand"]
+__all__ = [
+    "calling",
+    "holding_outcome",
+    "inside_a_call",
+    "mark_own_thread",
+    "on_own_thread",
+    "outcome_in_hand",
+]
 
 _marks = threading.local()
 
@@ -40,3 +48,19 @@ def outcome_in_hand() -> Iterator[None]:
 def holding_outcome() -> bool:
     """True inside ``outcome_in_hand``."""
     return bool(getattr(_marks, "outcome", False))
+
+
+def inside_a_call() -> bool:
+    """True while this thread is inside a call into a runtime (``calling``): a signal handler
+    that runs now interrupted it, perhaps holding any of the runtime's locks."""
+    return getattr(_marks, "calls", 0) > 0
+
+
+@contextlib.contextmanager
+def calling() -> Iterator[None]:
+    """This thread is inside a call into a runtime for the block's length."""
+    _marks.calls = getattr(_marks, "calls", 0) + 1
+    try:
+        yield
+    finally:
+        _marks.calls -= 1

@@ -16,6 +16,7 @@ from typing import Any
 
 from foldloop._log import get_logger
 from foldloop.actors._base import FAILURES, FastActor
+from foldloop.actors._own_threads import calling
 from foldloop.errors import ProjectionError
 from foldloop.projections._base import Projection
 from foldloop.store import Checkpoint, EventStore
@@ -268,9 +269,11 @@ class ProjectionHandle:
         Returns the position reached; raises ProjectionError if the projection stopped
         on a failing record, TimeoutError if ``timeout`` seconds were not enough.
         """
-        target = self._actor.store.last_position()
-        self._actor.poke()
-        if not self._actor.wait_for(target, timeout):
+        with calling():  # a signal handler's close must not wait for what this holds
+            target = self._actor.store.last_position()
+            self._actor.poke()
+            reached = self._actor.wait_for(target, timeout)
+        if not reached:
             raise TimeoutError(
                 f"projection {self.name!r} reached position {self.position} of {target} "
                 f"in {timeout} s; it is still catching up (call catch_up again to keep waiting)"
@@ -284,7 +287,8 @@ class ProjectionHandle:
         """Stop following the log; a stored projection writes its checkpoint first."""
         actor = self._actor
         if not actor.done:
-            actor.actor_ref.tell(_DETACH)
-            actor.wait_done(timeout=10)
+            with calling():
+                actor.actor_ref.tell(_DETACH)
+                actor.wait_done(timeout=10)
 
     __call__ = detach

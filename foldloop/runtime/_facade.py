@@ -23,7 +23,7 @@ from foldloop._approvals import PendingApproval
 from foldloop._closing import ClosedOnExit
 from foldloop._log import get_logger
 from foldloop.actors._followers import Followers
-from foldloop.actors._own_threads import on_own_thread
+from foldloop.actors._own_threads import calling, inside_a_call, on_own_thread
 from foldloop.actors._projection_actor import ProjectionHandle
 from foldloop.actors._system import CLOSE_DRAIN_S, ActorSystem
 from foldloop.core._explain import Explanation
@@ -37,7 +37,7 @@ from foldloop.runtime._approval_desk import ApprovalDesk
 from foldloop.runtime._collector import COLLECTOR
 from foldloop.runtime._commands import Commands
 from foldloop.runtime._handle_ops import HandleOps
-from foldloop.runtime._lifecycle import Lifecycle, OpenOnly, calling, inside_a_call
+from foldloop.runtime._lifecycle import Lifecycle, OpenOnly
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._registry import AgentRegistry
 from foldloop.runtime._replay_checks import ReplayChecks
@@ -268,6 +268,10 @@ class Runtime(OpenOnly, ClosedOnExit):
         # A signal handler's close on a thread inside a call here: that call may hold any
         # lock the close needs, and goes on only once the handler returns.
         interrupting = inside_a_call()
+        with calling():  # from here on, a handler's close that interrupts this one returns
+            self._close(timeout, interrupting)
+
+    def _close(self, timeout: float, interrupting: bool) -> None:
         release_by = time.monotonic() + timeout + CLOSE_GRACE_S
         if not self._lifecycle.close(release_by=release_by, blocking=not interrupting):
             # another thread is closing it: return once it is closed (its outcomes stored),
@@ -281,8 +285,7 @@ class Runtime(OpenOnly, ClosedOnExit):
         if on_own_thread() or interrupting:  # the close waits for what this thread does
             threading.Thread(target=self._shut, args=(timeout,), name="foldloop-close").start()
             return
-        with calling():
-            self._shut(timeout)
+        self._shut(timeout)
 
     def _shut(self, timeout: float) -> None:
         """What the first ``close`` does."""

@@ -8,39 +8,20 @@ attributes). tests/test_runtime_closed.py calls every public name after close.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ClassVar
 
+from foldloop.actors._own_threads import calling
 from foldloop.errors import ConfigError
 
-__all__ = ["CLOSED", "Lifecycle", "OpenOnly", "calling", "inside_a_call"]
+__all__ = ["CLOSED", "Lifecycle", "OpenOnly"]
 
 CLOSED = "this runtime is closed"
 REOPEN = "open a new one with fl.Runtime.open()"
-
-
-_calls = threading.local()
-
-
-def inside_a_call() -> bool:
-    """True while this thread is inside a call into a runtime or a handle: a signal handler
-    that runs now interrupted it, perhaps holding any of the runtime's locks."""
-    return getattr(_calls, "depth", 0) > 0
-
-
-@contextlib.contextmanager
-def calling() -> Iterator[None]:
-    """This thread is inside a call for the block's length (``inside_a_call``)."""
-    _calls.depth = getattr(_calls, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _calls.depth -= 1
 
 
 class Lifecycle:
@@ -61,16 +42,22 @@ class Lifecycle:
         """Mark it closed; True only the first time (the caller then releases what it holds,
         by ``release_by``, a ``time.monotonic()``). Not ``blocking``, False at once while
         another close holds the mark (a signal handler's, over the close it interrupted)."""
-        if not self._lock.acquire(blocking):  # two racing closes: one releases
+        if blocking:
+            with self._lock:  # two racing closes: one releases
+                return self._mark(release_by)
+        if not self._lock.acquire(blocking=False):
             return False
         try:
-            if self._closed:
-                return False
-            self._closed = True
-            self._release_by = release_by
-            return True
+            return self._mark(release_by)
         finally:
             self._lock.release()
+
+    def _mark(self, release_by: float) -> bool:
+        if self._closed:
+            return False
+        self._closed = True
+        self._release_by = release_by
+        return True
 
     def mark_released(self) -> None:
         """The first ``close`` let go of everything."""

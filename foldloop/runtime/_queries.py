@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import msgspec
 
+from foldloop.actors._own_threads import calling
 from foldloop.actors._system import ActorSystem
 from foldloop.core._batch import fold, fold_events
 from foldloop.core._explain import (
@@ -113,7 +114,8 @@ class Queries:
 
     def _pages(self, position: int) -> Iterator[Recorded]:
         while True:
-            page = self._store.read_all(position, limit=PAGE)
+            with calling():  # read after read_all() returned: a call all the same
+                page = self._store.read_all(position, limit=PAGE)
             yield from page
             if len(page) < PAGE:
                 return

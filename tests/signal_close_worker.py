@@ -1,0 +1,91 @@
+"""A process whose SIGUSR1 handler calls ``rt.close()`` while the main thread is inside the
+runtime at a chosen place (``sys.settrace`` raises the signal there, once): the handler
+runs on the thread it interrupted, which may hold what the close needs.
+
+    python -m tests.signal_close_worker STORE CASE
+
+Prints what the interrupted call ended with, then ``closed True`` once a later close
+returned and the runtime is closed. A close that waits for its own thread never gets there.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from types import CodeType, FrameType
+from typing import Any
+
+import foldloop as fl
+from foldloop.actors._system import ActorSystem
+from foldloop.runtime._lifecycle import Lifecycle
+from foldloop.store._log_reader import LogReader
+
+AGENT = fl.Agent(name="many", llm=fl.ScriptedLLM(lambda m, t: fl.Reply(text="x")))
+
+
+def _holds_its_lock(frame: FrameType) -> bool:
+    return bool(frame.f_locals["self"]._lock.locked())
+
+
+def _anywhere(frame: FrameType) -> bool:
+    return True
+
+
+Action = Callable[[fl.Runtime], Callable[[], Any]]
+"""Given the runtime, what the main thread then does with the signal armed."""
+
+# case: (where the signal lands, when there, what the main thread does)
+CASES: dict[str, tuple[CodeType, Callable[[FrameType], bool], Action]] = {
+    "spawn_many-in-claim": (
+        ActorSystem.claim.__code__,
+        _holds_its_lock,
+        lambda rt: lambda: rt.spawn_many(AGENT, ["go"] * 20),
+    ),
+    "read_all-reading-a-page": (
+        LogReader.read_all.__code__,
+        _anywhere,
+        lambda rt: lambda: sum(1 for _ in rt.read_all()),
+    ),
+    "catch_up-reading-the-head": (
+        LogReader.last_position.__code__,
+        _anywhere,
+        lambda rt: rt.subscribe(lambda record: None).catch_up,
+    ),
+    "close-marking-it-closed": (
+        Lifecycle.close.__code__,
+        _holds_its_lock,
+        lambda rt: rt.close,
+    ),
+}
+
+
+def main() -> None:
+    store, case = sys.argv[1], sys.argv[2]
+    code, ready, act = CASES[case]
+    rt = fl.Runtime.open(store, agents=[AGENT])
+    for handle in rt.spawn_many(AGENT, ["first"] * 3):
+        handle.wait(timeout=30)
+    action = act(rt)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: rt.close(timeout=1))
+    raised: list[bool] = []
+
+    def there(frame: FrameType, event: str, arg: object) -> Any:
+        if event == "line" and not raised and ready(frame):
+            raised.append(True)
+            signal.raise_signal(signal.SIGUSR1)
+        return there
+
+    sys.settrace(lambda frame, event, arg: there if frame.f_code is code else None)
+    try:
+        print("returned", type(action()).__name__, flush=True)
+    except fl.FoldloopError as exc:
+        print("raised", type(exc).__name__, flush=True)
+    finally:
+        sys.settrace(None)
+    rt.close()
+    print("closed", raised == [True] and rt.closed, flush=True)
+
+
+if __name__ == "__main__":
+    main()
