@@ -15,7 +15,7 @@ def whoami(tag: str) -> dict[str, object]:
     return {"pid": os.getpid(), "tag": tag}
 
 
-@fl.tool(subprocess=True, timeout=1.0)
+@fl.tool(subprocess=True, timeout=4.0)  # its process starts within it on a busy machine
 def hang(pidfile: str) -> str:
     """Write our pid, then hang in code that cannot be interrupted."""
     Path(pidfile).write_text(str(os.getpid()))
