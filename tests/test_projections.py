@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -534,3 +535,25 @@ def test_serving_metrics_on_a_port_taken_or_out_of_range_is_a_config_error(tmp_p
         taken.close()
     assert done.returncode == 2, done.stderr
     assert "cannot serve metrics" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_attach_the_runtime_closes_under_is_closed_not_a_failure_of_apply(
+    tmp_path: Path,
+) -> None:
+    """A close (a SIGTERM handler's, another thread's) while attach reads where to start:
+    the attach ends as any call on a closed runtime, not with a projection that stopped
+    on the closed store and blames its apply."""
+
+    class ClosedWhileStarting(RunMetrics):
+        def initial(self) -> RunMetricsState:
+            closing = threading.Thread(target=rt.close)
+            closing.start()
+            closing.join(30)
+            return super().initial()
+
+    rt = fl.Runtime.open(tmp_path / "s")
+    closed = pytest.raises(fl.ConfigError, match="this runtime is closed")
+    with capture_logs(logging.ERROR) as logs, closed:
+        rt.attach(ClosedWhileStarting(), reset=True)
+    assert rt.closed
+    assert not [e for e in logs if e.get("event") == "projection_stopped"]

@@ -46,9 +46,14 @@ class _Subscription(Projection[None]):
 class Followers:
     """Starts, wakes and stops the follower actors of one runtime."""
 
-    def __init__(self, store: EventStore, clock: Callable[[], int]) -> None:
+    def __init__(
+        self, store: EventStore, clock: Callable[[], int], closed: Callable[[], None]
+    ) -> None:
         self.store = store
         self.clock = clock
+        self._closed_error = closed
+        """Raises what a call on the closed runtime raises."""
+        self._closed = False
         self._lock = threading.Lock()
         self._actors: dict[int, ProjectionActor] = {}
         self._names: set[str] = set()
@@ -157,9 +162,14 @@ class Followers:
         actor.on_done = forget
         actor.start_here()
         with self._lock:
-            self._actors[key] = actor
-            if self._unlisten is None:
-                self._unlisten = self.store.add_listener(self._on_commit)
+            closed = self._closed
+            if not closed:
+                self._actors[key] = actor
+                if self._unlisten is None:
+                    self._unlisten = self.store.add_listener(self._on_commit)
+        if closed:  # the runtime closed while this attach read its start: it reads nothing
+            ProjectionHandle(actor).detach()
+            self._closed_error()
         actor.poke()
         return ProjectionHandle(actor)
 
@@ -180,6 +190,7 @@ class Followers:
     def close(self) -> None:
         """Detach every follower (stored projections write their checkpoints)."""
         with self._lock:
+            self._closed = True
             actors = list(self._actors.values())
             unlisten, self._unlisten = self._unlisten, None
         if unlisten is not None:

@@ -122,7 +122,7 @@ class Runtime(OpenOnly, ClosedOnExit):
             max_model_calls=max_model_calls,
             on_inactive=None if max_active_runs is None else self._admission.on_inactive,
         )
-        self._followers = Followers(store, clock)
+        self._followers = Followers(store, clock, self._lifecycle.check)
         writes = RunWrites(store, self.owner)
         self._queries = Queries(store, self.system, self._agents, clock)
         self._checks = ReplayChecks(store, self._queries, self._agents)
