@@ -389,7 +389,8 @@ def test_kill_loop_over_a_run_tree_starts_each_child_once_and_charges_each_leaf_
                 links = [c for c in parent.children if c.run_id == s.run_id]
                 assert len(links) == 1 and links[0].status == "completed"
                 assert by_id[s.parent_run_id]
-        charged = ledger.read_text().splitlines()
+        # none, when every leaf's charge was cut by a kill before it ran (a busy machine)
+        charged = ledger.read_text().splitlines() if ledger.exists() else []
         assert sorted(set(charged)) == sorted(set(charged) & set(leaves))
         assert len(charged) == len(set(charged))  # a non-idempotent tool never ran twice
         resumed = [
