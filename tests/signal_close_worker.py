@@ -10,15 +10,18 @@ returned and the runtime is closed. A close that waits for its own thread never 
 
 from __future__ import annotations
 
+import inspect
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import CodeType, FrameType
 from typing import Any
 
 import foldloop as fl
 from foldloop.actors._system import ActorSystem
 from foldloop.runtime._lifecycle import Lifecycle
+from foldloop.runtime._pool import WorkerPool
 from foldloop.store._log_reader import LogReader
 
 AGENT = fl.Agent(name="many", llm=fl.ScriptedLLM(lambda m, t: fl.Reply(text="x")))
@@ -60,14 +63,12 @@ CASES: dict[str, tuple[CodeType, Callable[[FrameType], bool], Action]] = {
 }
 
 
-def main() -> None:
-    store, case = sys.argv[1], sys.argv[2]
-    code, ready, act = CASES[case]
-    rt = fl.Runtime.open(store, agents=[AGENT])
-    for handle in rt.spawn_many(AGENT, ["first"] * 3):
-        handle.wait(timeout=30)
-    action = act(rt)
-    signal.signal(signal.SIGUSR1, lambda signum, frame: rt.close(timeout=1))
+POOL_CASE = "pool-replace_dead-holding-its-lock"
+
+
+def arm(code: CodeType, ready: Callable[[FrameType], bool]) -> list[bool]:
+    """Raise SIGUSR1 once, at the first line of ``code`` where ``ready`` holds (this
+    thread); the list it returns says whether it did."""
     raised: list[bool] = []
 
     def there(frame: FrameType, event: str, arg: object) -> Any:
@@ -77,6 +78,35 @@ def main() -> None:
         return there
 
     sys.settrace(lambda frame, event, arg: there if frame.f_code is code else None)
+    return raised
+
+
+def pool_main(store: str) -> None:
+    """The same for a WorkerPool whose replace_dead holds the pool's lock."""
+    sys.path.insert(0, str(Path(__file__).parent))  # the workers import pool_agents
+    pool = WorkerPool(store, agents=["pool_agents:calc"], processes=1)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: pool.close(timeout=5))
+    raised = arm(inspect.unwrap(WorkerPool.replace_dead).__code__, _holds_its_lock)
+    try:
+        print("returned", type(pool.replace_dead()).__name__, flush=True)
+    finally:
+        sys.settrace(None)
+    pool.close()
+    print("closed", raised == [True] and pool.closed, flush=True)
+
+
+def main() -> None:
+    store, case = sys.argv[1], sys.argv[2]
+    if case == POOL_CASE:
+        pool_main(store)
+        return
+    code, ready, act = CASES[case]
+    rt = fl.Runtime.open(store, agents=[AGENT])
+    for handle in rt.spawn_many(AGENT, ["first"] * 3):
+        handle.wait(timeout=30)
+    action = act(rt)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: rt.close(timeout=1))
+    raised = arm(code, ready)
     try:
         print("returned", type(action()).__name__, flush=True)
     except fl.FoldloopError as exc:

@@ -20,7 +20,7 @@ import foldloop as fl
 from foldloop.projections import RunMetrics
 from foldloop.runtime import _commands as commands_module
 from tests.log_capture import capture_logs
-from tests.signal_close_worker import CASES
+from tests.signal_close_worker import CASES, POOL_CASE
 from tests.waiting import logged, wait_until
 
 CLOSED = r"this runtime is closed; open a new one with fl\.Runtime\.open\(\)"
@@ -176,7 +176,7 @@ def test_a_close_from_a_signal_handler_inside_spawn_many_does_not_wait_for_it(
         signal.signal(signal.SIGALRM, previous)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", [*sorted(CASES), POOL_CASE])
 def test_a_signal_handlers_close_where_the_call_it_interrupted_holds_what_it_needs_returns(
     tmp_path: Path, case: str
 ) -> None:

@@ -8,10 +8,16 @@ step that outcome starts. And whether a thread is inside a call into a runtime
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 __all__ = [
+    "a_call",
     "calling",
     "holding_outcome",
     "inside_a_call",
@@ -64,3 +70,14 @@ def calling() -> Iterator[None]:
         yield
     finally:
         _marks.calls -= 1
+
+
+def a_call(method: Callable[P, R]) -> Callable[P, R]:
+    """Decorator: ``method`` runs inside ``calling``."""
+
+    @functools.wraps(method)
+    def marked(*args: P.args, **kwargs: P.kwargs) -> R:
+        with calling():
+            return method(*args, **kwargs)
+
+    return marked

@@ -27,6 +27,7 @@ from typing import Any
 from foldloop._agent import Agent
 from foldloop._closing import ClosedOnExit
 from foldloop._log import get_logger
+from foldloop.actors._own_threads import a_call, calling, inside_a_call
 from foldloop.core._state import RunStatus
 from foldloop.errors import ConfigError, WorkerError
 from foldloop.events import RunStarted
@@ -218,11 +219,13 @@ class WorkerPool(ClosedOnExit):
         return self._closed
 
     @property
+    @a_call
     def workers(self) -> list[WorkerInfo]:
         """The worker processes, in the order runs are handed out."""
         with self._lock:
             return [w.info() for w in self._workers]
 
+    @a_call
     def replace_dead(self, ready_by: float | None = None) -> list[WorkerInfo]:
         """Start a replacement for each worker that died; each recovers the runs left
         without a live runtime before it says Ready. Returns the replacements once they,
@@ -258,6 +261,7 @@ class WorkerPool(ClosedOnExit):
         owner = worker.owner
         return bool(owner) and not self.runtime.store.owner_alive(owner)
 
+    @a_call
     def spawn(
         self,
         agent: Agent | str,
@@ -296,6 +300,7 @@ class WorkerPool(ClosedOnExit):
             spawns = Spawns(self.runtime.store, [named], send, call="spawn", mark=mark, ours=ours)
             return spawns.run([[0]], 1, self._handle)[0]
 
+    @a_call
     def spawn_many(
         self,
         agent: Agent | str,
@@ -379,6 +384,7 @@ class WorkerPool(ClosedOnExit):
             self._check_open()  # under the lock: a close empties the list
             return self._workers[next(self._next) % len(self._workers)]
 
+    @a_call
     def resume(self, run_id: str, *, extend: Limits | None = None) -> PooledRunHandle:
         """Continue a resumable run on the next worker (``Runtime.resume``'s rules: RunLocked
         if a live runtime drives it, ConfigError if it cannot be resumed)."""
@@ -390,6 +396,7 @@ class WorkerPool(ClosedOnExit):
         with self._endings.expecting([run_id]):
             return self._handle(worker.request(Resume(0, run_id, extend)).result())
 
+    @a_call
     def cancel_in_worker(self, run_id: str, reason: str) -> bool:
         """Ask the worker holding the run's lease to cancel it; False if none of this
         pool's workers holds it (the run is parked or finished: cancel it from the host)."""
@@ -403,6 +410,7 @@ class WorkerPool(ClosedOnExit):
         driver.request(Cancel(0, run_id, reason)).result()
         return True
 
+    @a_call
     def handle(self, run_id: str) -> PooledRunHandle:
         """A handle to an existing run of the store."""
         self._check_open()
@@ -410,8 +418,16 @@ class WorkerPool(ClosedOnExit):
         return self._handle(run_id)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop the workers (runs still going stay resumable) and the host's runtime."""
-        with self._lock:
+        """Stop the workers (runs still going stay resumable) and the host's runtime. From
+        a signal handler that interrupted a call into the pool (which may hold the pool's
+        lock until the handler returns), the close goes on on a thread of its own."""
+        if inside_a_call():
+            threading.Thread(target=self._close, args=(timeout,), name="foldloop-close").start()
+            return
+        self._close(timeout)
+
+    def _close(self, timeout: float) -> None:
+        with calling(), self._lock:  # a handler's close landing here: see close()
             if self._closed:
                 return
             self._closed = True
