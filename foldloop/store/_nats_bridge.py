@@ -77,13 +77,14 @@ class LoopThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
-        # what was handed over as the loop stopped never took a step: cancelled, so that
-        # whoever waits on it hears so (and no coroutine is left never awaited)
+        # The loop stopped with work queued: tasks handed over just before (cancelled, so
+        # no coroutine is left never awaited) and the callbacks that tell their callers'
+        # futures how tasks ended; one more turn runs them.
         left = asyncio.all_tasks(self.loop)
         for task in left:
             task.cancel()
-        if left:
-            self.loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        self.loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        self.loop.run_until_complete(asyncio.sleep(0))
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Run ``coro`` on the loop; its future (StoreError once the loop is stopping: a
