@@ -9,6 +9,7 @@ the next creator makes). ``FOLDLOOP_SOAK=1`` runs 1,000 interruptions instead of
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -27,6 +28,7 @@ from typer.testing import CliRunner
 
 import foldloop as fl
 from foldloop._closing import ClosedOnExit
+from foldloop.cli import _interrupt as cli_interrupt
 from foldloop.cli import app
 from foldloop.store import open_store
 from foldloop.store._writer import WriteOp
@@ -343,3 +345,32 @@ def test_a_ctrl_c_whose_close_waits_for_a_tool_says_so(tmp_path: Path) -> None:
                 driver.kill()
                 driver.wait()
         assert "tool.completed" in [r.type for r in read.events(run_id)]
+
+
+def test_a_ctrl_c_whose_keyboardinterrupt_python_dropped_still_ends_a_cli_wait(
+    tmp_path: Path,
+) -> None:
+    """Python drops an exception raised in a ``__del__`` or a weakref callback, a Ctrl-C's
+    KeyboardInterrupt included: the CLI's waits (resume, the demo) still end within a slice
+    of it, not when the run does."""
+    release = threading.Event()
+
+    @fl.tool(idempotent=True)
+    def held() -> str:
+        """Wait to be let go."""
+        release.wait(30)
+        return "let go"
+
+    llm = fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("held", {})]), fl.Reply(text="x")])
+    agent = fl.Agent(name="held", llm=llm, tools=[held])
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        handle = rt.spawn(agent, "go")
+        try:
+            with contextlib.suppress(KeyboardInterrupt):  # as where Python drops it
+                cli_interrupt.on_sigint(signal.SIGINT, None)
+            with pytest.raises(KeyboardInterrupt):
+                cli_interrupt.waited(handle)
+        finally:
+            cli_interrupt._came.clear()
+            release.set()
+        assert handle.wait(timeout=30).ok

@@ -17,7 +17,6 @@ import os
 import shlex
 import signal
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -43,6 +42,7 @@ from foldloop.cli._exit_codes import (
 from foldloop.cli._fit import free
 from foldloop.cli._hints import advice as _advice
 from foldloop.cli._hints import invocation as _invocation
+from foldloop.cli._interrupt import on_sigint, pause, waited
 from foldloop.cli._metrics_view import metrics_view
 from foldloop.cli._output import WideOpt, err, escape, import_lazy_modules
 from foldloop.cli._output import count as _count
@@ -327,7 +327,7 @@ def resume(
             if raised
             else None
         )
-        result = rt.resume(run, extend=extend).wait()
+        result = waited(rt.resume(run, extend=extend))
         _prose(f"{escape(run)}: {result.status.value} {escape(result.reason or result.output)}")
         if result.status is not RunStatus.COMPLETED:
             advice = _advice(run, result.status, rt.state(run), list(rt.events(run)))
@@ -415,7 +415,7 @@ def tail(
                 position = rec.position + 1
             if not follow:
                 return
-            time.sleep(0.2)
+            pause(0.2)
 
 
 app.command("export")(export_run)
@@ -441,7 +441,7 @@ def metrics(
             with _errors(), serve_prometheus(handle, port=serve) as server:
                 err.print(f"serving {server.url} (following the log; Ctrl-C to stop)")
                 while True:  # until a Ctrl-C: 130, as tail --follow
-                    time.sleep(1)
+                    pause(1)
         if prometheus:
             sys.stdout.write(prometheus_text(handle.state))
             return
@@ -566,7 +566,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     """
     import_lazy_modules()  # while a Ctrl-C still ends the process at once
     whole_writes()
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # the script's exit-at-once ends
+    signal.signal(signal.SIGINT, on_sigint)  # the script's exit-at-once ends
     try:
         try:
             code = _run(argv)

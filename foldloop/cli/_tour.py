@@ -11,6 +11,7 @@ from foldloop.cli._demo import DEMO_INPUT, demo_agent
 from foldloop.cli._errors import Location, fail, opened
 from foldloop.cli._exit_codes import EXIT_ERROR
 from foldloop.cli._hints import resume_command
+from foldloop.cli._interrupt import waited
 from foldloop.cli._output import command_line, count, escape, line, prose, reader_gone, summary
 from foldloop.core._state import RunStatus
 from foldloop.events._recorded import Recorded
@@ -52,7 +53,7 @@ def tour(store: Location, again: str) -> None:
 
         follow = rt.subscribe(show)
         run = rt.spawn(agent, DEMO_INPUT, run_id=run_id)
-        result = shown(run.wait(timeout=60))
+        result = shown(waited(run, timeout=60))
         if result.status is RunStatus.AWAITING_APPROVAL:
             for pending in rt.pending_approvals():
                 if pending.run_id != run_id:
@@ -67,13 +68,13 @@ def tour(store: Location, again: str) -> None:
                 rt.approve(
                     run_id=run_id, call_id=pending.call_id, by="demo", note="fine by the demo"
                 )
-            result = shown(rt.handle(run.id).wait(timeout=60))
+            result = shown(waited(rt.handle(run.id), timeout=60))
         prose(f"\n[yellow]run {result.status.value}[/]: {escape(result.reason)}")
         prose("[dim]the demo raises the step ceiling and resumes it, as this would:[/]")
         resume_it = resume_command(run.id, DEMO_AGENT, again=again)
         command_line(f"  {escape(resume_it)} --max-steps 5\n")
         run = rt.resume(run.id, extend=Limits(max_steps=5))
-        result = shown(run.wait(timeout=60))
+        result = shown(waited(run, timeout=60))
         follow.detach()
         ended = f"\n[green]run {result.status.value}[/] after {count(result.steps, 'step')}"
         prose(f"{ended}:" if result.output else ended)
