@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import CodeType, FrameType
@@ -91,8 +92,11 @@ def pool_main(store: str) -> None:
         print("returned", type(pool.replace_dead()).__name__, flush=True)
     finally:
         sys.settrace(None)
-    pool.close()
-    print("closed", raised == [True] and pool.closed, flush=True)
+    deadline = time.monotonic() + 10
+    while not pool.closed and time.monotonic() < deadline:  # the handed-off close began
+        time.sleep(0.001)
+    pool.close()  # returns once the handler's close, handed to a thread, is done
+    print("closed", raised == [True] and pool.closed and pool.runtime.closed, flush=True)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -359,3 +359,32 @@ def test_a_model_retry_whose_delay_ends_during_the_close_is_not_made(tmp_path: P
             if closer.ident is None:
                 rt.close()
             closer.join(30)
+
+
+def test_a_close_inside_a_call_into_another_runtime_is_the_whole_close(tmp_path: Path) -> None:
+    """Only a close over a call into the same runtime goes on on a thread of its own: one
+    made in a call into another (an input generator it consumes) waits for the tool under
+    way and records its outcome before it returns, as any close does."""
+    started, release = threading.Event(), threading.Event()
+
+    @fl.tool(idempotent=True)
+    def slow() -> str:
+        """Take a moment."""
+        started.set()
+        release.wait(0.5)
+        return "done"
+
+    llm = fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("slow", {})]), fl.Reply(text="x")])
+    busy = fl.Agent(name="busy", llm=llm, tools=[slow])
+    other = fl.Runtime.open(tmp_path / "other", agents=[busy])
+    run = other.spawn(busy, "go").id
+    assert started.wait(30)
+
+    def inputs() -> Iterator[str]:
+        other.close()
+        yield "go"
+
+    with fl.Runtime.open(tmp_path / "s", agents=[AGENT]) as rt:
+        rt.spawn_many(AGENT, inputs())
+    with fl.Runtime.open(tmp_path / "other") as reopened:  # free: the close was done
+        assert "tool.completed" in [r.type for r in reopened.events(run)]

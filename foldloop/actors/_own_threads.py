@@ -11,7 +11,7 @@ import contextlib
 import functools
 import threading
 from collections.abc import Callable, Iterator
-from typing import ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -56,28 +56,45 @@ def holding_outcome() -> bool:
     return bool(getattr(_marks, "outcome", False))
 
 
-def inside_a_call() -> bool:
-    """True while this thread is inside a call into a runtime (``calling``): a signal handler
-    that runs now interrupted it, perhaps holding any of the runtime's locks."""
-    return getattr(_marks, "calls", 0) > 0
+def inside_a_call(store: object) -> bool:
+    """True while this thread is inside a call into the runtime on ``store`` (``calling``):
+    a signal handler that runs now interrupted it, perhaps holding any of its locks."""
+    calls: dict[int, int] | None = getattr(_marks, "calls", None)
+    return calls is not None and id(store) in calls
 
 
 @contextlib.contextmanager
-def calling() -> Iterator[None]:
-    """This thread is inside a call into a runtime for the block's length."""
-    _marks.calls = getattr(_marks, "calls", 0) + 1
+def calling(store: object) -> Iterator[None]:
+    """This thread is inside a call into the runtime on ``store`` for the block's length
+    (the store names the runtime: its handles, queries and projections all hold it)."""
+    calls: dict[int, int] | None = getattr(_marks, "calls", None)
+    if calls is None:
+        calls = _marks.calls = {}
+    key = id(store)
+    calls[key] = calls.get(key, 0) + 1
     try:
         yield
     finally:
-        _marks.calls -= 1
+        if calls[key] == 1:
+            del calls[key]
+        else:
+            calls[key] -= 1
 
 
-def a_call(method: Callable[P, R]) -> Callable[P, R]:
-    """Decorator: ``method`` runs inside ``calling``."""
+class _OnAStore(Protocol):
+    @property
+    def _call_key(self) -> object: ...
+
+
+S = TypeVar("S", bound=_OnAStore)
+
+
+def a_call(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
+    """Decorator: the method runs inside ``calling(self._call_key)``."""
 
     @functools.wraps(method)
-    def marked(*args: P.args, **kwargs: P.kwargs) -> R:
-        with calling():
-            return method(*args, **kwargs)
+    def marked(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with calling(self._call_key):
+            return method(self, *args, **kwargs)
 
     return marked

@@ -269,7 +269,8 @@ class ProjectionHandle:
         Returns the position reached; raises ProjectionError if the projection stopped
         on a failing record, TimeoutError if ``timeout`` seconds were not enough.
         """
-        with calling():  # a signal handler's close must not wait for what this holds
+        # a signal handler's close must not wait for what this holds
+        with calling(self._actor.store):
             target = self._actor.store.last_position()
             self._actor.poke()
             reached = self._actor.wait_for(target, timeout)
@@ -287,7 +288,7 @@ class ProjectionHandle:
         """Stop following the log; a stored projection writes its checkpoint first."""
         actor = self._actor
         if not actor.done:
-            with calling():
+            with calling(actor.store):
                 actor.actor_ref.tell(_DETACH)
                 actor.wait_done(timeout=10)
 

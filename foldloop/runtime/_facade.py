@@ -267,8 +267,8 @@ class Runtime(OpenOnly, ClosedOnExit):
         check_seconds("timeout", timeout, MAX_CLOSE_TIMEOUT_S)
         # A signal handler's close on a thread inside a call here: that call may hold any
         # lock the close needs, and goes on only once the handler returns.
-        interrupting = inside_a_call()
-        with calling():  # from here on, a handler's close that interrupts this one returns
+        interrupting = inside_a_call(self.store)
+        with calling(self.store):  # a handler's close that interrupts this one returns
             self._close(timeout, interrupting)
 
     def _close(self, timeout: float, interrupting: bool) -> None:
@@ -330,6 +330,10 @@ class Runtime(OpenOnly, ClosedOnExit):
 
     def _check_open(self) -> None:
         self._lifecycle.check()
+
+    @property
+    def _call_key(self) -> object:
+        return self.store
 
     # -- agents --------------------------------------------------------------------------
 

@@ -28,6 +28,10 @@ class HandleOps:
     def check_open(self) -> None:
         self._lifecycle.check()
 
+    @property
+    def call_key(self) -> object:
+        return self._queries.store
+
     def state(self, run_id: str) -> RunState:
         return self._queries.state(run_id)
 

@@ -94,12 +94,17 @@ class OpenOnly:
     def _check_open(self) -> None:
         raise NotImplementedError
 
+    @property
+    def _call_key(self) -> object:
+        """What names the runtime a call goes into (``own_threads.calling``): its store."""
+        raise NotImplementedError
+
 
 def _checked(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def checked(self: OpenOnly, *args: Any, **kwargs: Any) -> Any:
         self._check_open()
-        with calling():
+        with calling(self._call_key):
             return method(self, *args, **kwargs)
 
     return checked

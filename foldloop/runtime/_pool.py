@@ -34,7 +34,7 @@ from foldloop.events import RunStarted
 from foldloop.events._values import Limits
 from foldloop.runtime._agent_ref import load_agent
 from foldloop.runtime._calls import CallsUnderWay
-from foldloop.runtime._facade import Runtime, run_ops
+from foldloop.runtime._facade import CLOSE_GRACE_S, Runtime, run_ops
 from foldloop.runtime._pool_args import (
     check_log_level,
     check_processes,
@@ -167,6 +167,8 @@ class WorkerPool(ClosedOnExit):
         self._env = {**os.environ, "PYTHONPATH": os.pathsep.join(search)}
         self._lock = threading.Lock()
         self._closed = False
+        self._released = threading.Event()
+        """The first ``close`` is done."""
         self._spawns = CallsUnderWay()  # a close lets them read the log first
         self._next = itertools.count()
         self._endings = EndingsHeard()
@@ -421,21 +423,33 @@ class WorkerPool(ClosedOnExit):
         """Stop the workers (runs still going stay resumable) and the host's runtime. From
         a signal handler that interrupted a call into the pool (which may hold the pool's
         lock until the handler returns), the close goes on on a thread of its own."""
-        if inside_a_call():
+        if inside_a_call(self._call_key):
             threading.Thread(target=self._close, args=(timeout,), name="foldloop-close").start()
             return
         self._close(timeout)
 
     def _close(self, timeout: float) -> None:
-        with calling(), self._lock:  # a handler's close landing here: see close()
-            if self._closed:
-                return
-            self._closed = True
-            workers, self._workers = self._workers, []
-        deadline = time.monotonic() + timeout
-        for worker in workers:
-            worker.hang_up()  # all at once: they wind down in parallel
-        for worker in workers:
-            worker.stop(max(0.0, deadline - time.monotonic()))
-        self._spawns.wait_others(deadline - time.monotonic())
-        self.runtime.close()
+        with calling(self._call_key), self._lock:  # a handler's close landing here: see close()
+            first = not self._closed
+            if first:
+                self._closed = True
+                workers, self._workers = self._workers, []
+        if not first:  # another close is under way (a handler's, say): return once it is done
+            self._released.wait(timeout + CLOSE_GRACE_S)
+            return
+        try:
+            deadline = time.monotonic() + timeout
+            for worker in workers:
+                worker.hang_up()  # all at once: they wind down in parallel
+            for worker in workers:
+                worker.stop(max(0.0, deadline - time.monotonic()))
+            self._spawns.wait_others(deadline - time.monotonic())
+            self.runtime.close()
+        finally:
+            self._released.set()
+
+    @property
+    def _call_key(self) -> object:
+        """What names this pool in a call (``own_threads.calling``): its runtime's store, as
+        its handles name it."""
+        return self.runtime.store

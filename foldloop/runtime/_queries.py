@@ -88,6 +88,11 @@ class Queries:
         self._agents = agents
         self._clock = clock
 
+    @property
+    def store(self) -> EventStore:
+        """The store these queries read."""
+        return self._store
+
     def exists(self, run_id: str) -> bool:
         """The store holds events of the run."""
         return bool(self._store.head(checked_run_id(run_id)))
@@ -114,7 +119,7 @@ class Queries:
 
     def _pages(self, position: int) -> Iterator[Recorded]:
         while True:
-            with calling():  # read after read_all() returned: a call all the same
+            with calling(self._store):  # read after read_all() returned: a call all the same
                 page = self._store.read_all(position, limit=PAGE)
             yield from page
             if len(page) < PAGE:

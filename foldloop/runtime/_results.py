@@ -161,6 +161,11 @@ class RunOps(Protocol):
 
     def check_open(self) -> None: ...
 
+    @property
+    def call_key(self) -> object:
+        """What names the runtime a call goes into (``own_threads.calling``)."""
+        ...
+
     def state(self, run_id: str) -> RunState: ...
 
     def ending(self, run_id: str) -> Settlement | None:
@@ -195,6 +200,10 @@ class RunHandle(OpenOnly):
 
     def _check_open(self) -> None:
         self._ops.check_open()
+
+    @property
+    def _call_key(self) -> object:
+        return self._ops.call_key
 
     def wait(self, timeout: float | None = None, *, through_approvals: bool = False) -> RunResult:
         """Block until the run stops moving, and return where it stands.
