@@ -16,6 +16,9 @@ import nats
 import pytest
 
 import foldloop as fl
+from foldloop.store import Checkpoint, Lease
+from foldloop.store import _nats_tables as nats_tables
+from foldloop.store._jetstream_store import open_jetstream
 from tests.failover_agents import payer
 from tests.nats_servers import binary_problem, start_cluster
 from tests.waiting import wait_until
@@ -86,5 +89,39 @@ def test_a_worker_and_a_nats_node_killed_mid_way_lose_nothing(tmp_path: Path) ->
             if worker.poll() is None:
                 worker.kill()
                 worker.wait()
+        for node in nodes:
+            node.stop()
+
+
+@pytest.mark.timeout(120)
+def test_listings_of_a_replicated_store_come_from_the_leader_not_a_lagging_replica(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any replica answers a direct get, and one catching up after a pause answers that
+    there is nothing (a probe saw checkpoints() and leases() come back empty so): with
+    replicas, listings read the stream's leader. A replica cannot be made to lag to order
+    here: direct gets that find nothing stand for it."""
+    nodes = start_cluster(tmp_path / "cluster")
+    try:
+        url = ",".join(n.url for n in nodes).replace(",nats://", ",") + "/lists?replicas=3"
+        store = open_jetstream(url)
+        try:
+            names = [f"p{i:04d}" for i in range(1_100)]  # past a direct get's 1,024 keys
+            for op in [store.put_checkpoint(Checkpoint(name=n, position=1)) for n in names]:
+                op.wait()
+            for op in [store.delete_checkpoint(n) for n in names[::3]]:
+                op.wait()
+            store.acquire_lease("r", "x").wait()
+
+            async def catching_up(nc: object, stream: str, request: object) -> list[object]:
+                return []
+
+            monkeypatch.setattr(nats_tables, "direct_batch", catching_up)
+            kept = sorted(set(names) - set(names[::3]))
+            assert sorted(c.name for c in store.checkpoints()) == kept
+            assert store.leases() == {"r": Lease("x", 1)}
+        finally:
+            store.close()
+    finally:
         for node in nodes:
             node.stop()
