@@ -94,13 +94,13 @@ def test_a_worker_and_a_nats_node_killed_mid_way_lose_nothing(tmp_path: Path) ->
 
 
 @pytest.mark.timeout(120)
-def test_listings_of_a_replicated_store_come_from_the_leader_not_a_lagging_replica(
+def test_a_listing_a_catching_up_replica_answers_empty_asks_the_leader(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Any replica answers a direct get, and one catching up after a pause answers that
-    there is nothing (a probe saw checkpoints() and leases() come back empty so): with
-    replicas, listings read the stream's leader. A replica cannot be made to lag to order
-    here: direct gets that find nothing stand for it."""
+    there is nothing (a probe saw checkpoints() and leases() come back empty so): a listing
+    that finds nothing asks the stream's leader, and reads on from what it says. A replica
+    cannot be made to lag to order here: direct gets that find nothing stand for it."""
     nodes = start_cluster(tmp_path / "cluster")
     try:
         url = ",".join(n.url for n in nodes).replace(",nats://", ",") + "/lists?replicas=3"

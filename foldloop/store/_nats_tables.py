@@ -12,7 +12,6 @@ a prefix in one direct get, without a consumer.
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TypeVar
@@ -21,14 +20,7 @@ import msgspec
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
-    KeyValueConfig,
-    RawStreamMsg,
-    StorageType,
-)
+from nats.js.api import KeyValueConfig, RawStreamMsg, StorageType
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -36,9 +28,9 @@ from foldloop.errors import StoreCorrupted, StoreError, StoreNotFound
 from foldloop.store._approvals import ApprovalChanges, ApprovalRecord
 from foldloop.store._checkpoints import Checkpoint, decode_checkpoint, encode_checkpoint
 from foldloop.store._framing import Lease
-from foldloop.store._nats_log import REQUEST_TIMEOUT_S, TooManyResults, direct_batch
+from foldloop.store._nats_log import TooManyResults, direct_batch
 from foldloop.store._nats_names import NatsTarget, token, untoken
-from foldloop.store._nats_retry import TRANSIENT, retrying
+from foldloop.store._nats_retry import retrying
 from foldloop.store._port import Snapshot
 from foldloop.store._rules import acquired, applied, check_fence, checkpoint_advances, decided
 from foldloop.store._rules import released as released_lease
@@ -49,8 +41,6 @@ T = TypeVar("T")
 
 PAGE = 1024
 """Keys a direct get answers at most at once (the server's own cap for multi_last)."""
-LISTING_IDLE_S = 30.0
-"""A listing's consumer is deleted by the server this long after its last use."""
 TABLES = ("leases", "owners", "approvals", "open", "snapshots", "checkpoints", "meta")
 
 _ENC = msgspec.msgpack.Encoder()
@@ -150,17 +140,17 @@ class NatsTables:
 
     async def _last_values(self, table: str, prefix: str = ">") -> list[tuple[str, bytes]]:
         """(key, value) of every key under ``prefix`` that holds a value: one direct get;
-        past its 1,024 keys, the bucket's stream walked a page at a time. With replicas, as
-        the stream's leader has them (``_leader_values``)."""
+        past its 1,024 keys, the bucket's stream walked a page at a time."""
         bucket = self._t.bucket(table)
         base = f"$KV.{bucket}."
-        if self._t.replicas > 1:
-            return await retrying(lambda: self._leader_values(bucket, base + prefix))
         try:
             msgs = await direct_batch(
                 self._nc, f"KV_{bucket}", {"multi_last": [base + prefix], "batch": PAGE}
             )
         except TooManyResults:
+            return await self._walk_values(bucket, base + prefix)
+        if not msgs and self._t.replicas > 1:
+            # a replica catching up answers that there is nothing: the walk asks the leader
             return await self._walk_values(bucket, base + prefix)
         out = []
         for msg in msgs:
@@ -192,38 +182,6 @@ class NatsTables:
             for subject_of_key, value, _seq in found:
                 values[subject_of_key[len(base) :]] = value
             seq = found[-1][2] + 1
-        return [(key, value) for key, value in values.items() if value is not None]
-
-    async def _leader_values(self, bucket: str, subject: str) -> list[tuple[str, bytes]]:
-        """Every key's value through a consumer on the stream's leader (each subject's last
-        message, then what is written meanwhile, until none is pending): any replica
-        answers a direct get, and one catching up answers short, or that there is none."""
-        stream, base, name = f"KV_{bucket}", f"$KV.{bucket}.", f"list-{uuid.uuid4().hex}"
-        config = ConsumerConfig(
-            name=name,
-            filter_subject=subject,
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-            ack_policy=AckPolicy.NONE,
-            mem_storage=True,
-            num_replicas=1,
-            inactive_threshold=LISTING_IDLE_S,  # gone by itself if the delete below is not
-        )
-        info = await self._js.add_consumer(stream, config=config)
-        values: dict[str, bytes | None] = {}
-        try:
-            sub = await self._js.pull_subscribe_bind(stream=stream, name=name)
-            try:
-                pending = info.num_pending or 0
-                while pending:
-                    for msg in await sub.fetch(min(pending, PAGE), timeout=REQUEST_TIMEOUT_S):
-                        gone = _gone(msg.headers or {})
-                        values[msg.subject[len(base) :]] = None if gone else msg.data
-                        pending = msg.metadata.num_pending
-            finally:
-                await sub.unsubscribe()
-        finally:
-            with contextlib.suppress(*TRANSIENT, nats.js.errors.NotFoundError):
-                await self._js.delete_consumer(stream, name)
         return [(key, value) for key, value in values.items() if value is not None]
 
     async def _leader_next(self, stream: str, subject: str, seq: int) -> RawStreamMsg | None:
