@@ -164,8 +164,16 @@ def test_wait_through_approvals_follows_an_expiry_and_a_resume_by_another_proces
             with fl.Runtime.open({str(store_path)!r}, agents=[EXPIRING]) as other:
                 expired = lambda: any(c.status == "expired" for c in other.state({run.id!r}).calls)
                 wait_until(expired, 30, "the request to expire")
-                other.handle({run.id!r}).wait(timeout=30)  # and its lease to be let go
-                again = other.resume({run.id!r})
+                other.handle({run.id!r}).wait(timeout=30)
+                taken = []
+                def resumed():  # once the runtime that wrote the expiry let the run go
+                    try:
+                        taken.append(other.resume({run.id!r}))
+                    except fl.errors.RunLocked:
+                        return False
+                    return True
+                wait_until(resumed, 30, "the run's lease to be let go")
+                again = taken[0]
                 other.approve(run_id={run.id!r}, call_id={pending.call_id!r}, by="elsewhere")
                 print(again.wait(timeout=30, through_approvals=True).status.value, flush=True)
             """
