@@ -27,7 +27,8 @@ import pytest
 from typer.testing import CliRunner
 
 import foldloop as fl
-from foldloop._closing import ClosedOnExit
+from foldloop import _closing as closing
+from foldloop._closing import ClosedOnExit, noting_int_handler
 from foldloop.cli import _interrupt as cli_interrupt
 from foldloop.cli import app
 from foldloop.store import open_store
@@ -367,10 +368,35 @@ def test_a_ctrl_c_whose_keyboardinterrupt_python_dropped_still_ends_a_cli_wait(
         handle = rt.spawn(agent, "go")
         try:
             with contextlib.suppress(KeyboardInterrupt):  # as where Python drops it
-                cli_interrupt.on_sigint(signal.SIGINT, None)
+                noting_int_handler(signal.SIGINT, None)
             with pytest.raises(KeyboardInterrupt):
                 cli_interrupt.waited(handle)
         finally:
-            cli_interrupt._came.clear()
+            closing._came.clear()
             release.set()
         assert handle.wait(timeout=30).ok
+
+
+def test_a_close_under_the_cli_handler_holds_a_first_ctrl_c_and_not_a_second() -> None:
+    """The CLI notes each Ctrl-C (noting_int_handler): a close it runs still goes to its end
+    through one, then raises it; once one came, the next stops a close at once."""
+    steps: list[str] = []
+
+    def close() -> None:
+        steps.append("closing")
+        signal.raise_signal(signal.SIGINT)
+        steps.append("closed")
+
+    previous = signal.signal(signal.SIGINT, noting_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            closing.close_through_ctrl_c(close)
+        assert steps == ["closing", "closed"]
+        assert signal.getsignal(signal.SIGINT) is noting_int_handler
+        steps.clear()
+        with pytest.raises(KeyboardInterrupt):  # a Ctrl-C came: this one is the second
+            closing.close_through_ctrl_c(close)
+        assert steps == ["closing"]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        closing._came.clear()

@@ -26,6 +26,7 @@ from rich.progress import track
 from rich.table import Table
 
 from foldloop._agent import Agent
+from foldloop._closing import ctrl_c_came, noting_int_handler
 from foldloop.cli._approval_commands import approvals, approve, deny
 from foldloop.cli._demo import demo_agent
 from foldloop.cli._errors import choose_store, chosen_store, location
@@ -42,7 +43,7 @@ from foldloop.cli._exit_codes import (
 from foldloop.cli._fit import free
 from foldloop.cli._hints import advice as _advice
 from foldloop.cli._hints import invocation as _invocation
-from foldloop.cli._interrupt import on_sigint, pause, waited
+from foldloop.cli._interrupt import pause, waited
 from foldloop.cli._metrics_view import metrics_view
 from foldloop.cli._output import WideOpt, err, escape, import_lazy_modules
 from foldloop.cli._output import count as _count
@@ -566,10 +567,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
     """
     import_lazy_modules()  # while a Ctrl-C still ends the process at once
     whole_writes()
-    signal.signal(signal.SIGINT, on_sigint)  # the script's exit-at-once ends
+    signal.signal(signal.SIGINT, noting_int_handler)  # the script's exit-at-once ends
     try:
         try:
             code = _run(argv)
+            if ctrl_c_came():  # one whose KeyboardInterrupt Python dropped on the way
+                code = EXIT_INTERRUPTED
         finally:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
     except KeyboardInterrupt:

@@ -1,47 +1,48 @@
-"""Ctrl-C for the CLI. Python ignores an exception raised in a ``__del__`` or a weakref
-callback, a KeyboardInterrupt included: one that lands there is lost. The SIGINT handler
-notes that it came, and the command's long waits look between slices and raise it again."""
+"""Ctrl-C for the CLI. Python drops an exception raised in a ``__del__`` or a weakref
+callback, a KeyboardInterrupt included: the SIGINT handler notes each Ctrl-C
+(``noting_int_handler``), and the command's long waits look for one between slices."""
 
 from __future__ import annotations
 
 import threading
 import time
-from types import FrameType
 
-from foldloop.core._state import RunStatus
+from foldloop._closing import ctrl_c_came
 from foldloop.runtime._results import RunHandle, RunResult
 
-__all__ = ["on_sigint", "pause", "raise_if_interrupted", "waited"]
+__all__ = ["pause", "raise_if_interrupted", "waited"]
 
 SLICE_S = 0.5
-"""How long a wait goes before it looks for a Ctrl-C that was lost."""
-
-_came = threading.Event()
-
-
-def on_sigint(signum: int, frame: FrameType | None) -> None:
-    """The CLI's SIGINT handler: KeyboardInterrupt, noted."""
-    _came.set()
-    raise KeyboardInterrupt
+"""How long a wait goes before it looks for a Ctrl-C that was dropped."""
 
 
 def raise_if_interrupted() -> None:
-    """KeyboardInterrupt if a Ctrl-C came (its own may have been lost)."""
-    if _came.is_set():
+    """KeyboardInterrupt if a Ctrl-C came (its own may have been dropped)."""
+    if ctrl_c_came():
         raise KeyboardInterrupt
 
 
 def waited(handle: RunHandle, timeout: float | None = None) -> RunResult:
-    """``handle.wait(timeout)``, in slices, each followed by ``raise_if_interrupted``."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        left = SLICE_S if deadline is None else min(SLICE_S, deadline - time.monotonic())
-        result = handle.wait(timeout=max(0.0, left))
-        if result.status not in (RunStatus.RUNNING, RunStatus.QUEUED):  # else the slice ran out
-            return result
-        if deadline is not None and time.monotonic() >= deadline:
-            return result
+    """``handle.wait(timeout)``, whole, on a thread of its own; this thread looks for a
+    dropped Ctrl-C every ``SLICE_S`` meanwhile (the wait is left to the runtime's close)."""
+    outcome: list[RunResult | BaseException] = []
+    done = threading.Event()
+
+    def wait() -> None:
+        try:
+            outcome.append(handle.wait(timeout))
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=wait, name="foldloop-cli-wait", daemon=True).start()
+    while not done.wait(SLICE_S):
         raise_if_interrupted()
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def pause(seconds: float) -> None:
