@@ -172,7 +172,7 @@ def test_wait_through_approvals_follows_an_expiry_and_a_resume_by_another_proces
                     except fl.errors.RunLocked:
                         return False
                     return True
-                wait_until(resumed, 30, "the run's lease to be let go")
+                wait_until(resumed, 10, "the run's lease to be let go")
                 again = taken[0]
                 other.approve(run_id={run.id!r}, call_id={pending.call_id!r}, by="elsewhere")
                 print(again.wait(timeout=30, through_approvals=True).status.value, flush=True)

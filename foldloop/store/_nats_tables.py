@@ -150,7 +150,9 @@ class NatsTables:
         except TooManyResults:
             return await self._walk_values(bucket, base + prefix)
         if not msgs and self._t.replicas > 1:
-            # a replica catching up answers that there is nothing: the walk asks the leader
+            # a replica catching up answers that there is nothing: ask the leader
+            if await self._leader_next(f"KV_{bucket}", base + prefix, 1) is None:
+                return []
             return await self._walk_values(bucket, base + prefix)
         out = []
         for msg in msgs:
