@@ -26,6 +26,7 @@ import pytest
 import foldloop as fl
 from foldloop.runtime import _pool as pool_module
 from foldloop.runtime import _pool_args as pool_args
+from foldloop.runtime._lifecycle import CLOSED, REOPEN
 from foldloop.runtime._pool_process import WorkerProcess
 from foldloop.runtime._pool_protocol import (
     Failed,
@@ -36,6 +37,7 @@ from foldloop.runtime._pool_protocol import (
     SpawnedMany,
     decode_reply,
 )
+from foldloop.runtime._waiting import Waiter
 from tests import pool_agents
 from tests.waiting import wait_until
 
@@ -747,3 +749,21 @@ def test_a_wait_rides_out_its_runs_worker_dying_and_then_its_replacement(
         waiter.join(60)
         (result,) = waited
         assert result.status is fl.RunStatus.COMPLETED, result
+
+
+def test_a_wait_the_pools_close_cuts_short_says_the_pool_closed(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wait whose read fails as the close lets the store go raises the closed runtime's
+    # error; the runtime is the pool's, so it says to open the pool again, not a Runtime.
+    # Which way a real close lands cannot be chosen here: the read's failure is made to.
+    pool = fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=1)
+    handle = pool.spawn("calc", "sum")
+
+    def closed_under(self: Waiter, *args: object, **kwargs: object) -> fl.types.RunResult:
+        pool.close()
+        raise fl.ConfigError(CLOSED, advice=REOPEN)
+
+    monkeypatch.setattr(Waiter, "wait", closed_under)
+    with pytest.raises(fl.ConfigError, match="WorkerPool is closed"):
+        handle.wait(timeout=30)

@@ -98,14 +98,21 @@ class PooledRunHandle(RunHandle):
         die too: a death under each of them is no chance event), within ``timeout`` all
         told (a replacement still starting then goes on starting)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        result = super().wait(timeout, through_approvals=through_approvals)
+        result = self._wait_once(timeout, through_approvals)
         for _ in range(ATTEMPTS):
             if result.status is not RunStatus.INTERRUPTED or self._pool.closed:
                 break
             self._pool.replace_dead(ready_by=deadline)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            result = super().wait(left, through_approvals=through_approvals)
+            result = self._wait_once(left, through_approvals)
         return result
+
+    def _wait_once(self, timeout: float | None, through_approvals: bool) -> RunResult:
+        try:
+            return super().wait(timeout, through_approvals=through_approvals)
+        except ConfigError:
+            self._check_open()  # the pool closed under the wait: say so in the pool's words
+            raise
 
     def cancel(self, reason: str = "") -> None:
         """Cancel the run: through the worker that drives it, or here if none does."""
