@@ -142,24 +142,19 @@ class NatsTables:
         """(key, value) of every key under ``prefix`` that holds a value: one direct get;
         past its 1,024 keys, the bucket's stream walked a page at a time."""
         bucket = self._t.bucket(table)
-        base = f"$KV.{bucket}."
+        stream, base = f"KV_{bucket}", f"$KV.{bucket}."
+        subject = base + prefix
         try:
-            msgs = await direct_batch(
-                self._nc, f"KV_{bucket}", {"multi_last": [base + prefix], "batch": PAGE}
-            )
+            msgs = await direct_batch(self._nc, stream, {"multi_last": [subject], "batch": PAGE})
         except TooManyResults:
-            return await self._walk_values(bucket, base + prefix)
+            return await self._walk_values(bucket, subject)
         if not msgs and self._t.replicas > 1:
             # a replica catching up answers that there is nothing: ask the leader
-            if await self._leader_next(f"KV_{bucket}", base + prefix, 1) is None:
+            if await self._leader_next(stream, subject, 1) is None:
                 return []
-            return await self._walk_values(bucket, base + prefix)
-        out = []
-        for msg in msgs:
-            h = msg.headers or {}
-            if not _gone(h):
-                out.append((h["Nats-Subject"][len(base) :], msg.data))
-        return out
+            return await self._walk_values(bucket, subject)
+        found = (_found(m.headers or {}, m.data) for m in msgs)
+        return [(key[len(base) :], value) for key, value, _seq in found if value is not None]
 
     async def _walk_values(self, bucket: str, subject: str) -> list[tuple[str, bytes]]:
         """Every key's value by reading the stream in sequence order: a bucket keeps one
