@@ -308,6 +308,39 @@ def test_run_metrics_follow_approvals_failures_and_statuses(rt: fl.Runtime) -> N
     assert metrics.state.runs_by_status == status_counts(rt)
 
 
+def test_run_metrics_drop_the_calls_and_approvals_a_cancel_cut_short(rt: fl.Runtime) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    @fl.tool(idempotent=True)
+    def hang() -> str:
+        """Wait to be released."""
+        started.set()
+        release.wait(30)
+        return "late"
+
+    def one_call(name: str) -> fl.ScriptedLLM:
+        return fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall(name, {})]), fl.Reply(text="x")])
+
+    metrics = rt.attach(RunMetrics())
+    busy = rt.spawn(fl.Agent(name="busy", llm=one_call("hang"), tools=[hang]), "go")
+    gated = fl.Agent(
+        name="gated", llm=one_call("boom"), tools=[boom], approvals=fl.RequireApproval({"boom"})
+    )
+    waiting = rt.spawn(gated, "go")
+    assert started.wait(30)
+    assert waiting.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+    metrics.catch_up()
+    assert len(metrics.state.open_calls) == 1 and len(metrics.state.open_approvals) == 1
+    busy.cancel("enough")
+    waiting.cancel("enough")
+    release.set()
+    assert busy.wait(timeout=30).status is fl.RunStatus.CANCELLED
+    assert waiting.wait(timeout=30).status is fl.RunStatus.CANCELLED
+    metrics.catch_up()
+    assert dict(metrics.state.open_calls) == {} and dict(metrics.state.open_approvals) == {}
+    assert metrics.state.runs_by_status == {"cancelled": 2} == status_counts(rt)
+
+
 def test_prometheus_text_parses_back_and_is_served_over_http(rt: fl.Runtime) -> None:
     for i in range(3):
         rt.spawn(agent(), f"go {i}").wait(timeout=30)
@@ -454,7 +487,7 @@ events = st.one_of(
     st.builds(ApprovalDecided, call_id=st.sampled_from(CALLS), approved=st.booleans()),
     st.builds(ApprovalExpired, call_id=st.sampled_from(CALLS)),
     st.builds(RunCompleted, output=st.just("o")),
-    st.builds(RunFailed, error=st.just("e")),
+    st.builds(RunFailed, error=st.just("e"), kind=st.sampled_from(("error", "model"))),
     st.builds(RunCancelled),
     st.builds(
         RunLimitReached, limit=st.just("max_steps"), value=st.just(1.0), ceiling=st.just(1.0)
@@ -507,6 +540,47 @@ def test_run_metrics_counts_agree_with_the_records(records: list[fl.types.Record
     assert finished + len(state.open_calls) <= kinds[ToolRequested]
     families = {f.name: f for f in text_string_to_metric_families(prometheus_text(state))}
     assert sum(s.value for s in families["foldloop_runs"].samples) == len(state.runs)
+
+
+ends = st.one_of(
+    st.builds(RunCompleted, output=st.just("o")),
+    st.builds(RunCancelled),
+    st.builds(RunFailed, error=st.just("e"), kind=st.sampled_from(("error", "model"))),
+    st.builds(
+        RunLimitReached, limit=st.just("max_steps"), value=st.just(1.0), ceiling=st.just(1.0)
+    ),
+)
+ended_runs = st.lists(
+    st.tuples(st.lists(events.filter(lambda e: not isinstance(e, RunStarted)), max_size=12), ends),
+    min_size=1,
+    max_size=len(RUNS),
+).map(
+    lambda runs: [
+        fl.types.Recorded(run_id=RUNS[r], seq=i, position=i, at=i * 1_000_000, event=event)
+        for i, (r, event) in enumerate(
+            (
+                (r, event)
+                for r, (middle, end) in enumerate(runs)
+                for event in (RunStarted(agent="a", input="x"), *middle, end)
+            ),
+            start=1,
+        )
+    ]
+)
+
+
+@given(ended_runs)
+def test_run_metrics_keep_nothing_open_of_a_run_that_ended_for_good(
+    records: list[fl.types.Recorded],
+) -> None:
+    state = fold_metrics(records)
+    last = {rec.run_id: rec.event for rec in records}
+    for run_id, end in last.items():
+        left = [k for k in (*state.open_calls, *state.open_approvals) if k.startswith(run_id)]
+        if isinstance(end, RunCompleted | RunCancelled) or (
+            isinstance(end, RunFailed) and end.kind != "model"
+        ):
+            assert left == [], (run_id, end)
 
 
 CLI = [sys.executable, "-m", "foldloop.cli"]

@@ -17,7 +17,7 @@ each run's root is known from the runs folded before it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import immutables
@@ -34,6 +34,7 @@ from foldloop.events._catalogue import (
     RunCancelled,
     RunCompleted,
     RunFailed,
+    RunFailureKind,
     RunLimitReached,
     RunNoProgress,
     RunQueued,
@@ -62,13 +63,14 @@ _FINAL = {
 
 
 class _Run(msgspec.Struct, frozen=True, array_like=True):
-    """A run's bookkeeping: its status, the approval requests still open, and the root of
-    its tree ("" when it is a root)."""
+    """A run's bookkeeping: its status, the approval requests still open, the root of its
+    tree ("" when it is a root) and its tool calls still open (dropped when it ends)."""
 
     agent: str
     status: str
     waiting: frozenset[str] = frozenset()
     root: str = ""
+    calls: frozenset[str] = frozenset()
 
 
 class TreeTotals(msgspec.Struct, frozen=True, array_like=True):
@@ -188,7 +190,7 @@ class RunMetrics(Projection[RunMetricsState]):
     """``rt.attach(fl.projections.RunMetrics())``: figures for dashboards and alerts."""
 
     name = "foldloop.run_metrics"
-    version = 2
+    version = 3
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__(name)
@@ -222,13 +224,30 @@ def _run_started(s: RunMetricsState, r: Recorded) -> RunMetricsState:
 def _now(s: RunMetricsState, run_id: str, status: str, waiting: frozenset[str]) -> _Run:
     """The run's bookkeeping with this status and these open requests."""
     run = s.runs.get(run_id) or _Run("", status)
-    return _Run(run.agent, status, waiting, run.root)
+    return msgspec.structs.replace(run, status=status, waiting=waiting)
 
 
 def _run_ended(s: RunMetricsState, r: Recorded) -> RunMetricsState:
-    run = s.runs.get(r.run_id)
-    waiting = run.waiting if run is not None else frozenset()
-    return _moved(s, r.run_id, _now(s, r.run_id, _FINAL[type(r.event)], waiting))
+    run = s.runs.get(r.run_id) or _Run("", "running")
+    status = _FINAL[type(r.event)]
+    if not _for_good(r.event) or not (run.calls or run.waiting):
+        return _moved(s, r.run_id, msgspec.structs.replace(run, status=status))
+    # What it left open (a call or an approval a cancel cut short) will get no outcome.
+    calls, approvals = s.open_calls.mutate(), s.open_approvals.mutate()
+    for call_id in run.calls:
+        calls.pop(f"{r.run_id}\0{call_id}", None)
+    for call_id in run.waiting:
+        approvals.pop(f"{r.run_id}\0{call_id}", None)
+    s = msgspec.structs.replace(s, open_calls=calls.finish(), open_approvals=approvals.finish())
+    return _moved(s, r.run_id, _Run(run.agent, status, root=run.root))
+
+
+def _for_good(event: object) -> bool:
+    """The end is final: no ``run.resumed`` can follow it (a limit, no progress or a
+    model failure can be resumed, and what the run left open goes on then)."""
+    if isinstance(event, RunFailed):
+        return event.kind != RunFailureKind.MODEL
+    return isinstance(event, RunCompleted | RunCancelled)
 
 
 def _run_resumed(s: RunMetricsState, r: Recorded) -> RunMetricsState:
@@ -271,12 +290,24 @@ def _model_failed(s: RunMetricsState, _r: Recorded) -> RunMetricsState:
 def _tool_requested(s: RunMetricsState, r: Recorded) -> RunMetricsState:
     event: Any = r.event
     key = f"{r.run_id}\0{event.call_id}"
-    return msgspec.structs.replace(
+    s = msgspec.structs.replace(
         s,
         tool_calls=s.tool_calls + 1,
         open_calls=s.open_calls.set(key, (event.tool, r.at)),
         by_root=_tree(s, r.run_id, tool_calls=1),
     )
+    return _with_calls(s, r.run_id, lambda calls: calls | {event.call_id})
+
+
+def _with_calls(
+    s: RunMetricsState, run_id: str, change: Callable[[frozenset[str]], frozenset[str]]
+) -> RunMetricsState:
+    """The run's set of open tool calls changed (its status stays)."""
+    run = s.runs.get(run_id)
+    if run is None:
+        return s
+    run = msgspec.structs.replace(run, calls=change(run.calls))
+    return msgspec.structs.replace(s, runs=s.runs.set(run_id, run))
 
 
 def _tool_finished(s: RunMetricsState, r: Recorded) -> RunMetricsState:
@@ -292,9 +323,10 @@ def _tool_finished(s: RunMetricsState, r: Recorded) -> RunMetricsState:
     took = event.duration_ms / 1000 if getattr(event, "duration_ms", 0.0) else (r.at - at) / 1e9
     latency = dict(s.tool_latency)
     latency[tool] = latency.get(tool, Histogram()).observe(max(took, 0.0))
-    return msgspec.structs.replace(
+    s = msgspec.structs.replace(
         s, tool_failures=failures, tool_latency=latency, open_calls=s.open_calls.delete(key)
     )
+    return _with_calls(s, r.run_id, lambda calls: calls - {event.call_id})
 
 
 def _approval_requested(s: RunMetricsState, r: Recorded) -> RunMetricsState:
@@ -308,7 +340,7 @@ def _approval_requested(s: RunMetricsState, r: Recorded) -> RunMetricsState:
     run = s.runs.get(r.run_id) or _Run("", "running")
     waiting = run.waiting | {event.call_id}
     status = "awaiting_approval" if run.status == "running" else run.status
-    return _moved(s, r.run_id, _Run(run.agent, status, waiting, run.root))
+    return _moved(s, r.run_id, msgspec.structs.replace(run, status=status, waiting=waiting))
 
 
 def _approval_decided(s: RunMetricsState, r: Recorded) -> RunMetricsState:
@@ -327,7 +359,7 @@ def _approval_decided(s: RunMetricsState, r: Recorded) -> RunMetricsState:
         return s
     waiting = run.waiting - {event.call_id}
     status = "running" if run.status == "awaiting_approval" and not waiting else run.status
-    return _moved(s, r.run_id, _Run(run.agent, status, waiting, run.root))
+    return _moved(s, r.run_id, msgspec.structs.replace(run, status=status, waiting=waiting))
 
 
 def _approval_expired(s: RunMetricsState, r: Recorded) -> RunMetricsState:
