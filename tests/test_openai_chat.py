@@ -285,6 +285,30 @@ def test_lenient_servers_replies_are_read(rt: fl.Runtime, server: FakeOpenAI) ->
     assert (first_reply.usage.input_tokens, first_reply.usage.output_tokens) == (7, 0)
 
 
+@pytest.mark.parametrize(
+    ("status", "headers", "retried"),
+    [
+        (408, {}, True),  # request timeout
+        (409, {}, True),  # OpenAI's lock timeout
+        (400, {"x-should-retry": "true"}, True),  # the server's word overrides the status
+        (503, {"x-should-retry": "false"}, False),
+    ],
+)
+def test_what_the_sdks_own_retries_would_ask_again_is_retried(
+    rt: fl.Runtime, server: FakeOpenAI, status: int, headers: dict[str, str], retried: bool
+) -> None:
+    server.responses = [(*error(status, "try later"), headers), completion(text="done")]
+    result = rt.spawn(agent(server, f"s{status}"), "go").wait(timeout=30)
+    (failed,) = [r.event for r in rt.events(result.run_id) if r.type == "model.failed"]
+    assert failed.retryable is retried
+    assert f"HTTP {status}" in failed.error and "try later" in failed.error
+    if retried:
+        assert result.output == "done" and len(server.requests) == 2
+    else:
+        assert result.status is fl.RunStatus.FAILED and len(server.requests) == 1
+        assert "fix the request" in result.reason
+
+
 def test_a_bad_request_fails_the_run_clearly_without_retrying(
     rt: fl.Runtime, server: FakeOpenAI
 ) -> None:

@@ -2,8 +2,9 @@
 
 Tool calls travel as ``tool_use`` blocks and results as ``tool_result`` blocks in a user
 turn (consecutive results merged into one turn, as the API requires). Errors map like
-OpenAIChat's: rate limits, overloads, 5xx, timeouts and lost connections are retryable
-and retried by the run; refused requests are not.
+OpenAIChat's: what the SDK's own retries would ask again (408, 409, 429, 5xx and 529
+overloaded, or the server's ``x-should-retry``), timeouts and lost connections are
+retryable and retried by the run; refused requests are not.
 
 ``complete`` uses the SDK's ``Anthropic`` client, ``acomplete`` its ``AsyncAnthropic`` client
 (one per event loop, made on first use, its connection pool shared by every call on that
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["AnthropicChat"]
 
 DEFAULT_MAX_TOKENS = 4096
-_RETRY_STATUSES = (408, 409, 529)  # timeout, conflict and overloaded are worth asking again
 
 
 def _input(args: str) -> dict[str, Any]:
@@ -119,7 +119,7 @@ class AnthropicChat:
         max_tokens: int | None = None,
     ) -> Reply:
         """One messages-API call; provider usage flows into the run's ``model.responded``."""
-        with sdk.sdk_errors(self._anthropic, self._model, retry_statuses=_RETRY_STATUSES):
+        with sdk.sdk_errors(self._anthropic, self._model):
             response = self._client.messages.create(**self._request(messages, tools, max_tokens))
         return self._reply(response)
 
@@ -132,7 +132,7 @@ class AnthropicChat:
     ) -> Reply:
         """``complete`` on the running event loop; a cancel closes the request's connection."""
         client = self._async_clients.get()
-        with sdk.sdk_errors(self._anthropic, self._model, retry_statuses=_RETRY_STATUSES):
+        with sdk.sdk_errors(self._anthropic, self._model):
             response = await client.messages.create(**self._request(messages, tools, max_tokens))
         return self._reply(response)
 

@@ -1,9 +1,10 @@
 """OpenAIChat: any OpenAI-compatible chat completions server, through the official SDK.
 
 Install with ``pip install 'foldloop[openai]'``. The SDK's own retries are switched off:
-each rate limit (429), server error (5xx), timeout or connection failure is raised as a
-retryable ModelCallError, so the run records ``model.failed(retryable=True)`` and retries
-with its own backoff; a refused request (400, 401, 404...) is not retried. Tool-call
+what they would ask again (a 408, 409, 429 or 5xx, or what the server's ``x-should-retry``
+says), a timeout or a connection failure is raised as a retryable ModelCallError, so the
+run records ``model.failed(retryable=True)`` and retries with its own backoff; a refused
+request (400, 401, 404...) is not retried. Tool-call
 arguments are passed on verbatim, malformed or not: validation feeds errors back.
 
 ``complete`` uses the SDK's ``OpenAI`` client, ``acomplete`` its ``AsyncOpenAI`` client (one

@@ -24,7 +24,13 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from foldloop.errors import ConfigError, ModelCallError
 
-__all__ = ["LoopClients", "api_key", "async_options", "retry_after", "sdk_errors"]
+__all__ = [
+    "LoopClients",
+    "api_key",
+    "async_options",
+    "retry_after",
+    "sdk_errors",
+]
 
 
 def api_key(given: str | None, env_var: str, base_url: str | None, adapter: str) -> str:
@@ -45,7 +51,7 @@ def api_key(given: str | None, env_var: str, base_url: str | None, adapter: str)
 
 
 @contextlib.contextmanager
-def sdk_errors(sdk: ModuleType, model: str, retry_statuses: tuple[int, ...] = ()) -> Iterator[None]:
+def sdk_errors(sdk: ModuleType, model: str) -> Iterator[None]:
     """Turn the SDK's errors into ModelCallError, retryable when asking again may help.
 
     It wraps a sync call and an ``await`` alike; a cancellation (``asyncio.CancelledError``,
@@ -53,14 +59,6 @@ def sdk_errors(sdk: ModuleType, model: str, retry_statuses: tuple[int, ...] = ()
     """
     try:
         yield
-    except (sdk.RateLimitError, sdk.InternalServerError) as exc:
-        wait = retry_after(exc.response.headers)
-        asked = "" if wait is None else f" (the server asks to wait {wait:g} s)"
-        raise ModelCallError(
-            f"{model}: HTTP {exc.status_code}, will retry{asked}: {exc.message}",
-            retryable=True,
-            retry_after_s=wait,
-        ) from None
     except (sdk.APITimeoutError, sdk.APIConnectionError) as exc:
         raise ModelCallError(f"{model}: {_with_cause(exc)}", retryable=True) from None
     except json.JSONDecodeError as exc:  # a 200 whose body is not JSON (a proxy's page)
@@ -72,13 +70,35 @@ def sdk_errors(sdk: ModuleType, model: str, retry_statuses: tuple[int, ...] = ()
             retryable=False,
         ) from None
     except sdk.APIStatusError as exc:
-        retryable = exc.status_code in retry_statuses
+        headers = exc.response.headers
+        if not _worth_retrying(exc.status_code, headers):
+            raise ModelCallError(
+                f"{model} refused the request (HTTP {exc.status_code}): {exc.message}; fix "
+                "the request (messages, tool schemas, model, key)",
+                retryable=False,
+            ) from None
+        wait = retry_after(headers)
+        asked = "" if wait is None else f" (the server asks to wait {wait:g} s)"
         raise ModelCallError(
-            f"{model} refused the request (HTTP {exc.status_code}): {exc.message}"
-            + ("" if retryable else "; fix the request (messages, tool schemas, model, key)"),
-            retryable=retryable,
-            retry_after_s=retry_after(exc.response.headers) if retryable else None,
+            f"{model}: HTTP {exc.status_code}, will retry{asked}: {exc.message}",
+            retryable=True,
+            retry_after_s=wait,
         ) from None
+
+
+RETRIED_STATUSES = frozenset({408, 409, 429})
+"""Besides 5xx, what the SDKs' own retries ask again: a request timeout, a lock timeout
+(OpenAI's 409) and a rate limit."""
+
+
+def _worth_retrying(status: int, headers: Mapping[str, str]) -> bool:
+    """Whether asking again may get an answer, by the rule both SDKs' own retries follow: the
+    server's ``x-should-retry`` when it says, else 408, 409, 429 and any 5xx (Anthropic's
+    529 overloaded among them)."""
+    said = headers.get("x-should-retry")
+    if said in ("true", "false"):
+        return said == "true"
+    return status in RETRIED_STATUSES or status >= 500
 
 
 CAUSE_CHARS = 300
