@@ -111,6 +111,22 @@ def test_a_handle_of_a_closed_runtime_refuses_every_call(
         HANDLE_CALLS[name](run)
 
 
+def test_a_read_all_begun_before_the_close_says_the_runtime_closed(store_path: Path) -> None:
+    """Its pages are read as it is iterated: the next one, after the close, is a call on a
+    closed runtime like any other (not the store's own error)."""
+    agent = fl.Agent(name="many", llm=fl.ScriptedLLM(lambda messages, tools: fl.Reply(text="x")))
+    rt = fl.Runtime.open(store_path, agents=[agent])
+    for handle in rt.spawn_many(agent, [f"run {i}" for i in range(400)]):
+        assert handle.wait(timeout=30).ok
+    records = rt.read_all()
+    first = next(records)  # one page read; the log holds more than one
+    rt.close()
+    with pytest.raises(fl.ConfigError, match=CLOSED):
+        for _ in records:
+            pass
+    assert first.position == 1
+
+
 def test_close_and_closed_still_answer(
     closed: tuple[fl.Runtime, fl.types.RunHandle, list[str]],
 ) -> None:

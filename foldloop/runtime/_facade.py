@@ -124,7 +124,7 @@ class Runtime(OpenOnly, ClosedOnExit):
         )
         self._followers = Followers(store, clock, self._lifecycle.check)
         writes = RunWrites(store, self.owner)
-        self._queries = Queries(store, self.system, self._agents, clock)
+        self._queries = Queries(store, self.system, self._agents, clock, self._lifecycle.check)
         self._checks = ReplayChecks(store, self._queries, self._agents)
         self._desk = ApprovalDesk(
             store=store,

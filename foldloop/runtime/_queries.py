@@ -25,6 +25,7 @@ from foldloop.errors import (
     ConfigError,
     RunNotFound,
     StoreCorrupted,
+    StoreError,
 )
 from foldloop.events._catalogue import (
     RunStarted,
@@ -82,11 +83,13 @@ class Queries:
         system: ActorSystem,
         agents: AgentRegistry,
         clock: Callable[[], int],
+        check_open: Callable[[], None],
     ) -> None:
         self._store = store
         self._system = system
         self._agents = agents
         self._clock = clock
+        self._check_open = check_open
 
     @property
     def store(self) -> EventStore:
@@ -119,8 +122,15 @@ class Queries:
 
     def _pages(self, position: int) -> Iterator[Recorded]:
         while True:
-            with calling(self._store):  # read after read_all() returned: a call all the same
-                page = self._store.read_all(position, limit=PAGE)
+            # A page is read after read_all() returned: a call on the runtime all the same,
+            # which says so when the runtime closed meanwhile (before the read or under it).
+            self._check_open()
+            with calling(self._store):
+                try:
+                    page = self._store.read_all(position, limit=PAGE)
+                except StoreError:
+                    self._check_open()
+                    raise
             yield from page
             if len(page) < PAGE:
                 return
