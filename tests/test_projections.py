@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -631,3 +632,42 @@ def test_an_attach_the_runtime_closes_under_is_closed_not_a_failure_of_apply(
         rt.attach(ClosedWhileStarting(), reset=True)
     assert rt.closed
     assert not [e for e in logs if e.get("event") == "projection_stopped"]
+
+
+def closing_on_another_thread(rt: fl.Runtime) -> None:
+    """Close ``rt`` as a signal handler or another thread would, while a call is inside."""
+    closing = threading.Thread(target=rt.close)
+    closing.start()
+    closing.join(30)
+
+
+def test_an_attach_whose_checkpoint_read_the_close_cuts_is_closed_not_rebuilt(
+    tmp_path: Path,
+) -> None:
+    """The checkpoint read fails because the store closed, not because the checkpoint is
+    unreadable: no "rebuilt" warning, the closed runtime's error."""
+
+    class ClosedBeforeItsCheckpoint(RunMetrics):
+        @property
+        def stored(self) -> bool:
+            closing_on_another_thread(rt)
+            return True
+
+    rt = fl.Runtime.open(tmp_path / "s")
+    closed = pytest.raises(fl.ConfigError, match="this runtime is closed")
+    with capture_logs(logging.INFO) as logs, closed:
+        rt.attach(ClosedBeforeItsCheckpoint())
+    assert not [e for e in logs if e.get("event") == "projection_rebuilt"]
+
+
+def test_a_subscribe_the_runtime_closes_under_is_closed_not_a_store_error(
+    tmp_path: Path,
+) -> None:
+    rt = fl.Runtime.open(tmp_path / "s")
+
+    def types_read_as_the_runtime_closes() -> Iterator[str]:
+        closing_on_another_thread(rt)
+        yield "run.started"
+
+    with pytest.raises(fl.ConfigError, match="this runtime is closed"):
+        rt.subscribe(lambda rec: None, types=types_read_as_the_runtime_closes())

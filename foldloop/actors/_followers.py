@@ -8,8 +8,9 @@ log's last position with the last one it saw.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -78,7 +79,8 @@ class Followers:
                 )
             self._names.add(name)
         try:
-            position, state = self._start_point(projection, reset=reset)
+            with self._closed_says_so():
+                position, state = self._start_point(projection, reset=reset)
         except BaseException:
             with self._lock:
                 self._names.discard(name)
@@ -92,9 +94,19 @@ class Followers:
         if not callable(callback):
             raise ConfigError(f"subscribe() takes a callable; got {type(callback).__name__}")
         wanted = check_event_types(types)
-        return self._start(
-            _Subscription(callback, wanted), self.store.last_position(), None, name=None
-        )
+        with self._closed_says_so():
+            position = self.store.last_position()
+        return self._start(_Subscription(callback, wanted), position, None, name=None)
+
+    @contextlib.contextmanager
+    def _closed_says_so(self) -> Iterator[None]:
+        """A store read the runtime's close cut short raises what a call on the closed
+        runtime raises, not the store's own error."""
+        try:
+            yield
+        except StoreError:
+            self._closed_error()  # raises once the runtime is closed
+            raise
 
     def _start_point(self, projection: Projection[Any], *, reset: bool) -> tuple[int, Any]:
         name = projection.name
@@ -107,6 +119,7 @@ class Followers:
         try:
             checkpoint = self.store.checkpoint(name)
         except StoreError as exc:
+            self._closed_error()  # the close cut the read: no checkpoint is unreadable
             log.warning("projection_rebuilt", projection=name, why=str(exc))
             return 0, projection.initial()
         if checkpoint is None:
