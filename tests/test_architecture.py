@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "foldloop"
 
 LAYERS = {
     "errors": 0,
+    "_arguments": 1,
     "events": 1,
     "core": 2,
     "store": 3,

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +262,49 @@ def test_attach_refuses_what_it_cannot_run(rt: fl.Runtime) -> None:
     )
     rt.spawn(agent(), "go").wait(timeout=30)
     assert count.catch_up() == count.state == rt.store.last_position()
+
+
+class Opaque:
+    """A state msgspec cannot encode."""
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (lambda: fl.projections.Projection("😀" * 200, initial=int, apply=max), "500 bytes"),
+        (lambda: fl.projections.Projection("a\udc80", initial=int, apply=max), "500 bytes"),
+        (lambda: fl.projections.Projection("v", initial=int, apply=max, version=2**70), "version"),
+        (lambda: fl.projections.Projection("v", initial=int, apply=max, version=True), "version"),
+        (
+            lambda: fl.projections.Projection("opaque", initial=Opaque, apply=lambda s, r: s),
+            r"encode_state cannot store its initial\(\) state",
+        ),
+    ],
+    ids=["name-bytes", "name-surrogate", "version-huge", "version-bool", "state-opaque"],
+)
+def test_attach_refuses_a_projection_whose_checkpoint_could_never_be_kept(
+    rt: fl.Runtime, make: Callable[[], fl.projections.Projection[Any]], says: str
+) -> None:
+    """Each of these passed attach before and then failed every checkpoint write (or
+    read) deep in the store, visible only in a log line: every attach refolded the log."""
+    with pytest.raises(fl.ConfigError, match=says):
+        rt.attach(make())
+
+
+def test_attach_and_catch_up_check_their_arguments(rt: fl.Runtime) -> None:
+    with pytest.raises(fl.ConfigError, match="set of event types"):
+        fl.projections.Projection("t", initial=int, apply=max, types="tool.requested")
+    count = fl.projections.Projection("count", initial=lambda: 0, apply=lambda n, r: n + 1)
+    for every in (float("nan"), True, -1, "1"):
+        with pytest.raises(fl.ConfigError, match="checkpoint_every must be a number of seconds"):
+            rt.attach(count, checkpoint_every=every)  # type: ignore[arg-type]
+    with pytest.raises(fl.ConfigError, match="reset must be True or False"):
+        rt.attach(count, reset="yes")  # type: ignore[arg-type]
+    handle = rt.attach(count)  # none of the refused attaches kept its name
+    for timeout in ("5", -1, float("inf")):
+        with pytest.raises(fl.ConfigError, match="timeout must be None or a number of seconds"):
+            handle.catch_up(timeout=timeout)  # type: ignore[arg-type]
+    assert handle.catch_up(timeout=10) == rt.store.last_position()
 
 
 # -- RunMetrics ----------------------------------------------------------------------
@@ -620,10 +663,12 @@ def test_an_attach_the_runtime_closes_under_is_closed_not_a_failure_of_apply(
     on the closed store and blames its apply."""
 
     class ClosedWhileStarting(RunMetrics):
+        calls = 0
+
         def initial(self) -> RunMetricsState:
-            closing = threading.Thread(target=rt.close)
-            closing.start()
-            closing.join(30)
+            self.calls += 1
+            if self.calls == 2:  # the first is attach's check of the state's codec
+                closing_on_another_thread(rt)
             return super().initial()
 
     rt = fl.Runtime.open(tmp_path / "s")

@@ -15,11 +15,17 @@ from typing import Any
 
 import msgspec
 
+from foldloop._arguments import MAX_WAIT_S, check_seconds
 from foldloop._log import get_logger
 from foldloop.actors._projection_actor import ProjectionActor, ProjectionHandle
 from foldloop.errors import ConfigError, StoreError
 from foldloop.events._recorded import Recorded
-from foldloop.projections._base import Projection, check_event_types, check_projection
+from foldloop.projections._base import (
+    Projection,
+    check_event_types,
+    check_projection,
+    check_state_codec,
+)
 from foldloop.store import EventStore
 
 __all__ = ["Followers"]
@@ -66,10 +72,11 @@ class Followers:
     ) -> ProjectionHandle:
         """Start ``projection`` from its checkpoint (or from the start), then follow live."""
         projection = check_projection(projection)
-        if not isinstance(checkpoint_every, int | float) or checkpoint_every < 0:
-            raise ConfigError(
-                f"checkpoint_every is seconds between checkpoints (>= 0); got {checkpoint_every!r}"
-            )
+        if not isinstance(reset, bool):
+            raise ConfigError(f"reset must be True or False; got {reset!r:.80}")
+        check_seconds("checkpoint_every", checkpoint_every, MAX_WAIT_S)
+        if projection.stored:
+            check_state_codec(projection)
         name = projection.name
         with self._lock:
             if name in self._names:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from foldloop._arguments import MAX_WAIT_S, check_seconds
 from foldloop._log import get_logger
 from foldloop.actors._base import FAILURES, FastActor
 from foldloop.actors._own_threads import calling
@@ -269,6 +270,7 @@ class ProjectionHandle:
         Returns the position reached; raises ProjectionError if the projection stopped
         on a failing record, TimeoutError if ``timeout`` seconds were not enough.
         """
+        check_seconds("timeout", timeout, MAX_WAIT_S, none=True)
         # a signal handler's close must not wait for what this holds
         with calling(self._actor.store):
             target = self._actor.store.last_position()

@@ -19,7 +19,7 @@ from foldloop.errors import ConfigError
 from foldloop.events._codec import KNOWN_TAGS
 from foldloop.events._recorded import Recorded
 
-__all__ = ["Projection", "check_projection"]
+__all__ = ["Projection", "check_projection", "check_state_codec"]
 
 S = TypeVar("S")
 
@@ -67,7 +67,7 @@ class Projection(Generic[S]):
         if stored is not None:
             self.stored = stored
         if types is not None:
-            self.types = frozenset(types)
+            self.types = check_event_types(types)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} v{self.version}>"
@@ -101,6 +101,22 @@ class Projection(Generic[S]):
         return result
 
 
+MAX_NAME_CHARS = 200
+MAX_NAME_BYTES = 500
+"""A checkpoint is keyed by the name: LMDB takes keys of at most 511 bytes."""
+MAX_VERSION = 2**63 - 1
+"""The most a checkpoint's version field holds (a signed 64-bit integer)."""
+
+
+def _usable_name(name: object) -> bool:
+    if not isinstance(name, str) or not name or "\0" in name or len(name) > MAX_NAME_CHARS:
+        return False
+    try:
+        return len(name.encode()) <= MAX_NAME_BYTES
+    except UnicodeEncodeError:  # an unpaired surrogate: no store can key a checkpoint so
+        return False
+
+
 def check_projection(projection: object) -> Projection[Any]:
     """``projection`` if it is usable, else a ConfigError saying what is wrong."""
     if not isinstance(projection, Projection):
@@ -109,15 +125,53 @@ def check_projection(projection: object) -> Projection[Any]:
             "(subclass it, or build one with fl.projections.Projection(name, initial=, apply=))"
         )
     name = projection.name
-    if not isinstance(name, str) or not name or "\0" in name or len(name) > 200:
+    if not _usable_name(name):
         raise ConfigError(
-            f"a projection needs a name of 1-200 characters without NUL; got {name!r} "
+            f"a projection needs a name of 1-{MAX_NAME_CHARS} characters (at most "
+            f"{MAX_NAME_BYTES} bytes as UTF-8) without NUL; got {name!r:.300} "
             "(set the class attribute `name` or pass name=)"
         )
-    if not isinstance(projection.version, int) or projection.version < 1:
-        raise ConfigError(f"projection {name!r}: version must be an int >= 1")
+    version = projection.version
+    if type(version) is not int or not 1 <= version <= MAX_VERSION:
+        raise ConfigError(
+            f"projection {name!r}: version must be a whole number from 1 to {MAX_VERSION}; "
+            f"got {version!r:.80}"
+        )
     check_event_types(projection.types)
     return projection
+
+
+def check_state_codec(projection: Projection[Any]) -> None:
+    """A stored projection's state must come back from ``encode_state``/``decode_state``:
+    tried on ``initial()`` at attach, so a state msgspec cannot encode is refused there
+    rather than leaving every checkpoint unwritten (and each attach refolding the log)."""
+    name = projection.name
+    how = (
+        "make the state msgspec-serialisable, override encode_state/decode_state, "
+        "or pass stored=False"
+    )
+    state = projection.initial()
+    try:
+        raw = projection.encode_state(state)
+    except Exception as exc:
+        raise ConfigError(
+            f"projection {name!r}: encode_state cannot store its initial() state "
+            f"({type(exc).__name__}: {exc})",
+            advice=how,
+        ) from None
+    if not isinstance(raw, bytes):
+        raise ConfigError(
+            f"projection {name!r}: encode_state returned {type(raw).__name__}, not bytes",
+            advice=how,
+        )
+    try:
+        projection.decode_state(raw)
+    except Exception as exc:
+        raise ConfigError(
+            f"projection {name!r}: decode_state cannot read what encode_state wrote of its "
+            f"initial() state ({type(exc).__name__}: {exc})",
+            advice=how,
+        ) from None
 
 
 def check_event_types(types: object) -> frozenset[str] | None:

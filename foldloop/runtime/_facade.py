@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal, overload
 
 from foldloop._agent import Agent
 from foldloop._approvals import PendingApproval
+from foldloop._arguments import check_seconds
 from foldloop._closing import ClosedOnExit
 from foldloop._log import get_logger
 from foldloop.actors._followers import Followers
@@ -42,7 +43,7 @@ from foldloop.runtime._queries import Queries
 from foldloop.runtime._registry import AgentRegistry
 from foldloop.runtime._replay_checks import ReplayChecks
 from foldloop.runtime._results import RunHandle, RunOps, RunSummary, RunTree
-from foldloop.runtime._rules import check_cap, check_inputs, check_seconds
+from foldloop.runtime._rules import check_cap, check_inputs
 from foldloop.runtime._transfer import Transfer
 from foldloop.runtime._waiting import Waiter
 from foldloop.runtime._work_taker import WorkTaker

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 
+from foldloop._arguments import check_seconds
 from foldloop.errors import ConfigError
-from foldloop.runtime._rules import check_seconds
 
 __all__ = [
     "CPUS",

@@ -8,7 +8,6 @@ the facade so each reads on its own.
 from __future__ import annotations
 
 import datetime
-import math
 import re
 import secrets
 from collections.abc import Iterable, Mapping
@@ -30,7 +29,6 @@ __all__ = [
     "check_cap",
     "check_decision",
     "check_run_id",
-    "check_seconds",
     "check_spawn",
     "check_text",
     "evolve_all",
@@ -102,25 +100,6 @@ def evolve_all(state: RunState, decision: Decision, at: int) -> RunState:
 def new_run_id(agent: str) -> str:
     """A fresh run id for a run of ``agent`` (``calc-1a2b3c4d5e6f``)."""
     return f"{agent}-{secrets.token_hex(6)}"
-
-
-def check_seconds(
-    name: str, value: object, most: float, *, none: bool = False, least: float = 0.0
-) -> None:
-    """Raise ConfigError unless ``value`` is a number of seconds from ``least`` to ``most``
-    (or None, when ``none``): threading refuses waits past its own limit."""
-    if value is None and none:
-        return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not least <= value <= most
-    ):
-        also = "None or " if none else ""
-        raise ConfigError(
-            f"{name} must be {also}a number of seconds from {least:g} to {most:g}; got {value!r}"
-        )
 
 
 def check_text(what: str, value: object) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from foldloop._arguments import MAX_WAIT_S, check_seconds
 from foldloop._log import get_logger
 from foldloop.actors._system import ActorSystem, Settlement
 from foldloop.core._explain import ORPHAN_QUEUED, parked_reason
@@ -26,16 +27,12 @@ from foldloop.runtime._calls import CallsUnderWay
 from foldloop.runtime._lifecycle import CLOSED, REOPEN
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._results import RunResult, result_of
-from foldloop.runtime._rules import check_seconds
 from foldloop.store import EventStore, WorkQueue, answer_by
 
 __all__ = ["LEASE_RELEASE_GRACE", "Waiter"]
 
 log = get_logger("foldloop.runtime")
 
-MAX_WAIT_S = 365 * 86_400.0
-"""The longest ``wait(timeout=...)`` (a year: threading refuses waits past its own limit;
-None waits without one)."""
 LEASE_RELEASE_GRACE = 1.0
 """Seconds a wait on a run settled in another process waits for that process to release
 the run's lease before returning. A run releases it in the transaction that settles it,
