@@ -44,6 +44,7 @@ from foldloop.events import (
 from foldloop.projections import Histogram, RunMetrics, RunMetricsState, prometheus_text
 from tests.log_capture import capture_logs
 from tests.projection_shared import Positions, agent
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -440,6 +441,84 @@ def test_otel_spans_per_run_model_call_and_tool_call(rt: fl.Runtime) -> None:
             assert root.start_time <= span.start_time <= span.end_time <= root.end_time
     tool = next(s for s in spans if s.name == "foldloop.tool_call")
     assert tool.attributes is not None and tool.attributes["foldloop.tool"] == "add"
+
+
+def traced() -> tuple[Any, Any, collections.Counter[str]]:
+    """A tracer provider, its in-memory exporter, and a count of spans started and ended."""
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    counts: collections.Counter[str] = collections.Counter()
+
+    class Counting(SpanProcessor):
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            counts["started"] += 1
+
+        def on_end(self, span: Any) -> None:
+            counts["ended"] += 1
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.add_span_processor(Counting())
+    return provider, exporter, counts
+
+
+def test_otel_spans_end_when_a_cancel_outruns_a_tool_and_a_resume_stays_in_the_trace(
+    rt: fl.Runtime,
+) -> None:
+    """A tool's outcome recorded after its run was cancelled opens no span of a run that
+    ended; a run resumed after a limit continues under its first span, with its agent."""
+    provider, exporter, counts = traced()
+    follow = rt.subscribe(fl.projections.OtelSpans(provider))
+    started, release = threading.Event(), threading.Event()
+
+    @fl.tool(idempotent=True)
+    def hang() -> str:
+        """Wait to be released."""
+        started.set()
+        release.wait(30)
+        return "late"
+
+    cut = rt.spawn(
+        fl.Agent(
+            name="cut",
+            llm=fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("hang", {})])]),
+            tools=[hang],
+        ),
+        "go",
+    )
+    assert started.wait(30)
+    cut.cancel("enough")
+    assert cut.wait(timeout=30).status is fl.RunStatus.CANCELLED
+    release.set()
+    wait_until(
+        lambda: "tool.completed" in [r.type for r in rt.events(cut.id)], 30, "the late outcome"
+    )
+    limited = fl.Agent(
+        name="limited",
+        llm=fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("add", {"a": 1, "b": 1})])] * 3),
+        tools=[agent().tools[0]],
+        limits=fl.Limits(max_steps=1),
+    )
+    again = rt.spawn(limited, "loop")
+    assert again.wait(timeout=30).status is fl.RunStatus.LIMIT_REACHED
+    assert rt.resume(again.id, extend=fl.Limits(max_steps=2)).wait(timeout=30).status is (
+        fl.RunStatus.LIMIT_REACHED
+    )
+    follow.catch_up()
+    assert counts["started"] == counts["ended"]
+    runs = [s for s in exporter.get_finished_spans() if s.name == "foldloop.run"]
+    assert [s.attributes["foldloop.run_id"] for s in runs if s.attributes] == [
+        cut.id,
+        again.id,
+        again.id,
+    ]
+    first, resumed = runs[1], runs[2]
+    assert resumed.parent is not None and resumed.parent.span_id == first.context.span_id
+    assert resumed.context.trace_id == first.context.trace_id
+    assert resumed.attributes is not None and resumed.attributes["foldloop.agent"] == "limited"
 
 
 def test_structlog_events_at_the_edges_carry_the_run_id(rt: fl.Runtime) -> None:

@@ -6,13 +6,16 @@
 nests under the tool call span of the sub-agent call that started it, so a run tree is one
 trace. Span times are the events' recorded times, so spans describe what the log says
 happened. A run whose start came before the subscription gets its run span at the first
-record seen (a root span, parent unknown).
+record seen that starts a span (a root span, parent unknown). A resumed run's new span is a
+child of the span of the stretch it resumes; an outcome recorded after its run ended (a
+cancel does not wait for a tool) has no span left to end and starts none.
 
 Spans are side effects, so this is a subscriber rather than a stored projection.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from foldloop.errors import ConfigError
@@ -23,8 +26,10 @@ from foldloop.events._catalogue import (
     RunCancelled,
     RunCompleted,
     RunFailed,
+    RunFailureKind,
     RunLimitReached,
     RunNoProgress,
+    RunResumed,
     RunStarted,
     ToolCompleted,
     ToolFailed,
@@ -35,6 +40,9 @@ from foldloop.events._recorded import Recorded
 __all__ = ["OtelSpans"]
 
 _ENDS = (RunCompleted, RunFailed, RunCancelled, RunLimitReached, RunNoProgress)
+REMEMBERED_ENDS = 10_000
+"""Runs whose end a ``run.resumed`` may follow whose span this remembers (the oldest
+forgotten first): a resumed run's span continues in its trace."""
 
 
 class OtelSpans:
@@ -49,18 +57,20 @@ class OtelSpans:
             ) from None
         self._trace = trace
         self._tracer = trace.get_tracer("foldloop", tracer_provider=tracer_provider)
-        self._runs: dict[str, Any] = {}
+        self._runs: dict[str, tuple[Any, dict[str, Any]]] = {}  # run id -> (span, attributes)
+        self._ended: OrderedDict[str, tuple[Any, dict[str, Any]]] = OrderedDict()
         self._open: dict[tuple[str, str], Any] = {}
 
     def __call__(self, record: Recorded) -> None:
         event = record.event
         run_id = record.run_id
         if isinstance(event, RunStarted):
-            self._run_span(record, event)
-            return
-        run = self._run_span(record)
-        if isinstance(event, ModelRequested):
+            self._run_span(record, self._started(record, event))
+        elif isinstance(event, RunResumed):
+            self._resumed(record)
+        elif isinstance(event, ModelRequested):
             attrs: dict[str, Any] = {"foldloop.step": event.step}
+            run = self._run_span(record)
             self._start(record, (run_id, f"model:{event.step}"), "foldloop.model_call", run, attrs)
         elif isinstance(event, ModelResponded | ModelFailed):
             span = self._open.pop((run_id, f"model:{event.step}"), None)
@@ -73,8 +83,11 @@ class OtelSpans:
                 span.end(end_time=record.at)
         elif isinstance(event, ToolRequested):
             attrs = {"foldloop.tool": event.tool, "foldloop.call_id": event.call_id}
+            run = self._run_span(record)
             self._start(record, (run_id, event.call_id), "foldloop.tool_call", run, attrs)
         elif isinstance(event, ToolCompleted | ToolFailed):
+            # An outcome that comes after its run ended (a cancel does not wait for a
+            # tool) has no span open any more, and opens none.
             span = self._open.pop((run_id, event.call_id), None)
             if span is not None:
                 if isinstance(event, ToolFailed):
@@ -82,29 +95,60 @@ class OtelSpans:
                     self._error(span, event.error)
                 span.end(end_time=record.at)
         elif isinstance(event, _ENDS):
-            span = self._runs.pop(run_id)
-            span.set_attribute("foldloop.status", event.type.removeprefix("run."))
-            if isinstance(event, RunFailed):
-                self._error(span, event.error)
-            for key in [k for k in self._open if k[0] == run_id]:
-                self._open.pop(key).end(end_time=record.at)
-            span.end(end_time=record.at)
+            self._ended_run(record, event)
 
-    def _run_span(self, record: Recorded, started: RunStarted | None = None) -> Any:
-        span = self._runs.get(record.run_id)
-        if span is None:
-            attributes = {"foldloop.run_id": record.run_id}
-            context = None
-            if started is not None:
-                attributes["foldloop.agent"] = started.agent
-                if started.parent_run_id:
-                    attributes["foldloop.parent_run_id"] = started.parent_run_id
-                    attributes["foldloop.parent_call_id"] = started.parent_call_id
-                    context = self._parent_context(started)
-            span = self._tracer.start_span(
-                "foldloop.run", context=context, start_time=record.at, attributes=attributes
-            )
-            self._runs[record.run_id] = span
+    def _started(self, record: Recorded, started: RunStarted) -> tuple[Any, dict[str, Any]]:
+        """The context and attributes of a run's span, from its ``run.started``."""
+        attributes: dict[str, Any] = {
+            "foldloop.run_id": record.run_id,
+            "foldloop.agent": started.agent,
+        }
+        context = None
+        if started.parent_run_id:
+            attributes["foldloop.parent_run_id"] = started.parent_run_id
+            attributes["foldloop.parent_call_id"] = started.parent_call_id
+            context = self._parent_context(started)
+        return context, attributes
+
+    def _resumed(self, record: Recorded) -> None:
+        """A resumed run gets a span of its own for what follows, under the span of the
+        stretch it resumes (when this subscriber saw it end), with its attributes."""
+        before = self._ended.pop(record.run_id, None)
+        if before is None:
+            self._run_span(record)
+            return
+        span, attributes = before
+        self._run_span(record, (self._trace.set_span_in_context(span), attributes))
+
+    def _ended_run(self, record: Recorded, event: Any) -> None:
+        run_id = record.run_id
+        span = self._run_span(record)
+        _, attributes = self._runs.pop(run_id)
+        span.set_attribute("foldloop.status", event.type.removeprefix("run."))
+        if isinstance(event, RunFailed):
+            self._error(span, event.error)
+        for key in [k for k in self._open if k[0] == run_id]:
+            self._open.pop(key).end(end_time=record.at)
+        span.end(end_time=record.at)
+        resumable = isinstance(event, RunLimitReached | RunNoProgress) or (
+            isinstance(event, RunFailed) and event.kind == RunFailureKind.MODEL
+        )
+        if resumable:
+            self._ended[run_id] = (span, attributes)
+            if len(self._ended) > REMEMBERED_ENDS:
+                self._ended.popitem(last=False)
+
+    def _run_span(self, record: Recorded, start: tuple[Any, dict[str, Any]] | None = None) -> Any:
+        """The run's open span; one is started if it has none (in ``start``'s context, with
+        its attributes; else a root span, the run's start not seen here)."""
+        found = self._runs.get(record.run_id)
+        if found is not None:
+            return found[0]
+        context, attributes = start or (None, {"foldloop.run_id": record.run_id})
+        span = self._tracer.start_span(
+            "foldloop.run", context=context, start_time=record.at, attributes=attributes
+        )
+        self._runs[record.run_id] = (span, attributes)
         return span
 
     def _parent_context(self, started: RunStarted) -> Any:
@@ -113,7 +157,8 @@ class OtelSpans:
         parent = started.parent_run_id or ""
         span = self._open.get((parent, started.parent_call_id))
         if span is None:
-            span = self._runs.get(parent)
+            found = self._runs.get(parent)
+            span = None if found is None else found[0]
         return None if span is None else self._trace.set_span_in_context(span)
 
     def _start(
