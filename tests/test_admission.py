@@ -40,6 +40,7 @@ from foldloop.core import (
     replay,
 )
 from foldloop.events import Recorded
+from foldloop.runtime._admission import Admission
 from foldloop.runtime._pool_protocol import Failed, decode_reply
 from tests.admission_worker import AGENT, agent
 from tests.waiting import inside, wait_until
@@ -543,3 +544,33 @@ def test_a_worker_hands_its_caps_to_its_runtime(store_path: Path) -> None:
         reply = decode_reply(out.stdout.splitlines()[0])
         assert isinstance(reply, Failed)
         assert f"{name} must be an int >= 1" in reply.message
+
+
+def test_a_run_the_store_failed_to_admit_keeps_its_place_at_the_head() -> None:
+    """An admission the store fails (a server away) is tried again a little later; the
+    runs queued behind it wait for it rather than overtake it (FIFO holds)."""
+    admitted: list[str] = []
+    failed: list[str] = []
+    all_in = threading.Event()
+
+    def admit(run_ids: list[str]) -> list[str]:
+        retry = []
+        for run_id in run_ids:
+            if run_id == "r1" and not failed:
+                failed.append(run_id)
+                retry.append(run_id)
+            else:
+                admitted.append(run_id)
+        if len(admitted) == 5:
+            all_in.set()
+        return retry
+
+    admission = Admission(1, active=lambda: 0, admit=admit)
+    try:
+        admission.enqueue(["r1", "r2", "r3", "r4", "r5"])
+        assert admission.wait_turn("r1", time.monotonic() + 30) == "now"
+        assert all_in.wait(30)
+        assert failed == ["r1"]
+        assert admitted == ["r1", "r2", "r3", "r4", "r5"]
+    finally:
+        admission.close()

@@ -180,20 +180,29 @@ class Admission:
             finally:
                 with self._lock:
                     self._reserved -= len(batch)
-                    self._waiting.difference_update(batch)
+                    held = bool(retry) and not self._closed
+                    if held:  # the store failed them (a server away): their turn holds
+                        self._queue.extendleft(reversed(retry))
+                    self._waiting.difference_update(set(batch) - set(retry) if held else batch)
                     self._changed.notify_all()
-            for run_id in retry:  # the store failed them (a server away): their turn again
-                if self._closed:
-                    log.info("admission_cut_by_close", run_id=run_id)
-                else:
-                    log.warning("admission_retried", run_id=run_id)
-                    self._retry_later(run_id)
+            if held:
+                log.warning("admission_retried", run_ids=retry, after_s=RETRY_AFTER_S)
+                self._pause()
+                return
+            if retry:  # their lease is let go at the close: recover() queues them elsewhere
+                log.info("admission_cut_by_close", run_ids=retry)
 
-    def _retry_later(self, run_id: str) -> None:
-        """Queue ``run_id`` again (at the back) after RETRY_AFTER_S, unless closed by then."""
-        timer = threading.Timer(RETRY_AFTER_S, lambda: self.enqueue((run_id,)))
+    def _pause(self) -> None:
+        """Admit nothing for RETRY_AFTER_S (``_scheduled`` stays set, so no drain starts
+        meanwhile): the runs the store failed, back at the queue's head, go first after."""
+        timer = threading.Timer(RETRY_AFTER_S, self._resume)
         timer.daemon = True
         timer.start()
+
+    def _resume(self) -> None:
+        with self._lock:
+            self._scheduled = False
+        self.pump()
 
     def close(self) -> None:
         """Admit nothing more (the queued runs stay queued in the log, for ``recover()``);
