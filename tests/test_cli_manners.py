@@ -34,7 +34,7 @@ import pytest
 from typer.testing import CliRunner
 
 import foldloop as fl
-from foldloop.cli import app, demo_agent
+from foldloop.cli import RUNS_LISTED, app, demo_agent
 
 SCRIPT = Path(sysconfig.get_path("scripts")) / "foldloop"
 PYTHON_ADVICE = re.compile(r"\brt\.\w|\bfl\.\w|Runtime\.open|\bwait\(\)")
@@ -658,3 +658,29 @@ def test_the_demo_hints_work_with_no_virtualenv_activated(tmp_path: Path, how: s
             shlex.split(hint), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
         )
         assert proc.returncode == 0, (hint, proc.stderr)
+
+
+def test_runs_lists_the_most_recently_updated_first_and_says_what_it_left_out(
+    tmp_path: Path,
+) -> None:
+    """A table of thousands of runs takes seconds to draw: the default lists RUNS_LISTED,
+    newest first, and says on stderr how many it left out and how to see them."""
+    many = fl.Agent(name="many", llm=fl.ScriptedLLM(lambda messages, tools: fl.Reply(text="x")))
+    store = tmp_path / "many"
+    with fl.Runtime.open(store, agents=[many]) as rt:
+        for handle in rt.spawn_many(many, [f"run {i}" for i in range(RUNS_LISTED + 5)]):
+            assert handle.wait(timeout=30).ok
+        newest = [r.run_id for r in sorted(rt.runs(), key=lambda r: -r.updated_at)]
+
+    def listed(stdout: str) -> list[str]:
+        return [word for line in stdout.splitlines() for word in line.split() if word in ids]
+
+    ids = set(newest)
+    code, stdout, stderr = cli(store, "runs")
+    assert code == 0
+    assert listed(stdout) == newest[:RUNS_LISTED]
+    assert f"{RUNS_LISTED} of {RUNS_LISTED + 5} runs listed" in " ".join(stderr.split())
+    code, stdout, stderr = cli(store, "runs", "--limit", "2")
+    assert (code, listed(stdout)) == (0, newest[:2])
+    code, stdout, stderr = cli(store, "runs", "--limit", "0")
+    assert (code, listed(stdout), stderr) == (0, newest, "")

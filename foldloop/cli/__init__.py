@@ -144,6 +144,11 @@ def demo() -> None:
     tour(store, again)
 
 
+RUNS_LISTED = 200
+"""Runs ``foldloop runs`` lists unless told otherwise: a table of thousands takes seconds
+to draw and nobody reads it."""
+
+
 @app.command()
 def runs(
     status: Annotated[
@@ -155,13 +160,20 @@ def runs(
     every: Annotated[
         bool, typer.Option("--all", help="Every run, child runs too, each with its parent.")
     ] = False,
+    limit: Annotated[
+        int,
+        typer.Option(
+            min=0, help="List at most this many (the most recently updated); 0: all of them."
+        ),
+    ] = RUNS_LISTED,
     wide: WideOpt = False,
 ) -> None:
-    """List the runs in the store: the roots of run trees, each with how many runs are
-    below it (child runs its sub-agent calls started, and theirs; the column shows once
-    there are some); `--all` lists every run, with its parent. --status and --agent
-    filter the runs listed: the roots, or with --all every run. `foldloop tree RUN` draws
-    a tree; `foldloop explain RUN` says what to do with a run."""
+    """List the runs in the store, the most recently updated first: the roots of run
+    trees, each with how many runs are below it (child runs its sub-agent calls started,
+    and theirs; the column shows once there are some); `--all` lists every run, with its
+    parent. --status and --agent filter the runs listed: the roots, or with --all every
+    run. `foldloop tree RUN` draws a tree; `foldloop explain RUN` says what to do with a
+    run."""
     try:
         wanted = RunStatus(status) if status is not None else None
     except ValueError:
@@ -175,6 +187,10 @@ def runs(
             for row in listed
             if (wanted is None or row.status is wanted) and (agent is None or row.agent == agent)
         ]
+        listed.sort(key=lambda row: row.updated_at, reverse=True)
+        matching = len(listed)
+        if limit:
+            del listed[limit:]
         # a store without run trees keeps the narrower table of plain runs
         parents = every and any(row.parent_run_id for row in listed)
         counts = not every and any(below[row.run_id] for row in listed)
@@ -192,6 +208,11 @@ def runs(
                 cells.append(str(below[row.run_id]))
             table.add_row(*cells, escape(row.reason))
         _table(table, wide=wide)
+        if len(listed) < matching:
+            err.print(
+                f"{len(listed):,} of {matching:,} runs listed (the most recently updated); "
+                "--limit 0 lists them all, --status and --agent narrow them"
+            )
 
 
 def _shown(rt: Runtime) -> Shown:
