@@ -353,7 +353,12 @@ def test_run_metrics_follow_approvals_failures_and_statuses(rt: fl.Runtime) -> N
     assert metrics.state.runs_by_status == status_counts(rt)
 
 
-def test_run_metrics_drop_the_calls_and_approvals_a_cancel_cut_short(rt: fl.Runtime) -> None:
+def test_run_metrics_time_a_tool_a_cancel_did_not_wait_for_and_drop_approvals_it_cut(
+    rt: fl.Runtime,
+) -> None:
+    """A cancel does not wait for a running tool: the call is no longer open once the run
+    ended, and its outcome, recorded after, is timed all the same. An approval the cancel
+    cut gets no decision: it is no longer open either."""
     started, release = threading.Event(), threading.Event()
 
     @fl.tool(idempotent=True)
@@ -378,12 +383,60 @@ def test_run_metrics_drop_the_calls_and_approvals_a_cancel_cut_short(rt: fl.Runt
     assert len(metrics.state.open_calls) == 1 and len(metrics.state.open_approvals) == 1
     busy.cancel("enough")
     waiting.cancel("enough")
-    release.set()
     assert busy.wait(timeout=30).status is fl.RunStatus.CANCELLED
     assert waiting.wait(timeout=30).status is fl.RunStatus.CANCELLED
     metrics.catch_up()
     assert dict(metrics.state.open_calls) == {} and dict(metrics.state.open_approvals) == {}
     assert metrics.state.runs_by_status == {"cancelled": 2} == status_counts(rt)
+    release.set()
+    wait_until(
+        lambda: "tool.completed" in [r.type for r in rt.events(busy.id)], 30, "the late outcome"
+    )
+    metrics.catch_up()
+    assert metrics.state.tool_latency["hang"].count == 1
+    assert dict(metrics.state.open_calls) == {}
+
+
+CUT_THEN_KILLED = """
+import sys, threading, foldloop as fl
+@fl.tool(idempotent=True)
+def hang() -> str:
+    \"\"\"Never returns.\"\"\"
+    threading.Event().wait()
+    return "never"
+llm = fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("hang", {})])])
+rt = fl.Runtime.open(sys.argv[1], agents=[fl.Agent(name="cut", llm=llm, tools=[hang])])
+run = rt.spawn(rt.agent_named("cut"), "go")
+while "tool.requested" not in [r.type for r in rt.events(run.id)]:
+    pass
+run.cancel("enough")
+print(run.wait(timeout=30).status.value, flush=True)
+threading.Event().wait()
+"""
+
+
+def test_run_metrics_keep_no_call_open_of_a_run_cancelled_before_its_process_died(
+    store_path: Path,
+) -> None:
+    """The process that cancelled a run during a tool call is SIGKILLed before the tool
+    ends: no outcome ever comes, and the call is not open for ever in the metrics."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CUT_THEN_KILLED, str(store_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "cancelled"
+    finally:
+        proc.kill()
+        proc.wait(30)
+    with fl.Runtime.open(store_path) as rt:
+        metrics = rt.attach(RunMetrics())
+        metrics.catch_up()
+        assert metrics.state.runs_by_status == {"cancelled": 1}
+        assert dict(metrics.state.open_calls) == {} and metrics.state.tool_calls == 1
 
 
 def test_prometheus_text_parses_back_and_is_served_over_http(rt: fl.Runtime) -> None:

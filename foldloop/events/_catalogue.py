@@ -48,6 +48,7 @@ __all__ = [
     "ToolFailed",
     "ToolFailureKind",
     "ToolRequested",
+    "may_resume",
 ]
 
 ToolFailureKind = Literal["exception", "timeout", "invalid_args", "interrupted", "denied"]
@@ -221,6 +222,14 @@ class RunCancelled(Event, tag="run.cancelled", frozen=True):
     """Host code cancelled the run."""
 
     reason: str = ""
+
+
+def may_resume(event: object) -> bool:
+    """Whether a run that ended with ``event`` can go on (``Runtime.resume``): after a
+    limit, no progress or a model failure; every other end is final."""
+    if isinstance(event, RunFailed):
+        return event.kind == RunFailureKind.MODEL
+    return isinstance(event, RunLimitReached | RunNoProgress)
 
 
 class RunResumed(Event, tag="run.resumed", frozen=True):

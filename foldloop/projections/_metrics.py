@@ -34,7 +34,6 @@ from foldloop.events._catalogue import (
     RunCancelled,
     RunCompleted,
     RunFailed,
-    RunFailureKind,
     RunLimitReached,
     RunNoProgress,
     RunQueued,
@@ -43,6 +42,7 @@ from foldloop.events._catalogue import (
     ToolCompleted,
     ToolFailed,
     ToolRequested,
+    may_resume,
 )
 from foldloop.events._recorded import Recorded
 from foldloop.events._values import Usage
@@ -64,13 +64,15 @@ _FINAL = {
 
 class _Run(msgspec.Struct, frozen=True, array_like=True):
     """A run's bookkeeping: its status, the approval requests still open, the root of its
-    tree ("" when it is a root) and its tool calls still open (dropped when it ends)."""
+    tree ("" when it is a root), its tool calls still open, and those its final end cut."""
 
     agent: str
     status: str
     waiting: frozenset[str] = frozenset()
     root: str = ""
     calls: frozenset[str] = frozenset()
+    cut: tuple[tuple[str, str, int], ...] = ()
+    """(call id, tool, requested at) of calls its final end left without an outcome."""
 
 
 class TreeTotals(msgspec.Struct, frozen=True, array_like=True):
@@ -230,24 +232,21 @@ def _now(s: RunMetricsState, run_id: str, status: str, waiting: frozenset[str]) 
 def _run_ended(s: RunMetricsState, r: Recorded) -> RunMetricsState:
     run = s.runs.get(r.run_id) or _Run("", "running")
     status = _FINAL[type(r.event)]
-    if not _for_good(r.event) or not (run.calls or run.waiting):
+    if may_resume(r.event) or not (run.calls or run.waiting):
         return _moved(s, r.run_id, msgspec.structs.replace(run, status=status))
-    # What it left open (a call or an approval a cancel cut short) will get no outcome.
+    # A final end: its open approvals get no decision, and its calls are no longer open
+    # (a cancel does not wait for a tool: the outcome may still come, and is timed then).
     calls, approvals = s.open_calls.mutate(), s.open_approvals.mutate()
+    cut: list[tuple[str, str, int]] = []
     for call_id in run.calls:
-        calls.pop(f"{r.run_id}\0{call_id}", None)
+        opened = calls.pop(f"{r.run_id}\0{call_id}", None)
+        if opened is not None:
+            cut.append((call_id, *opened))
     for call_id in run.waiting:
         approvals.pop(f"{r.run_id}\0{call_id}", None)
     s = msgspec.structs.replace(s, open_calls=calls.finish(), open_approvals=approvals.finish())
-    return _moved(s, r.run_id, _Run(run.agent, status, root=run.root))
-
-
-def _for_good(event: object) -> bool:
-    """The end is final: no ``run.resumed`` can follow it (a limit, no progress or a
-    model failure can be resumed, and what the run left open goes on then)."""
-    if isinstance(event, RunFailed):
-        return event.kind != RunFailureKind.MODEL
-    return isinstance(event, RunCompleted | RunCancelled)
+    ended = _Run(run.agent, status, root=run.root, cut=(*run.cut, *cut))
+    return _moved(s, r.run_id, ended)
 
 
 def _run_resumed(s: RunMetricsState, r: Recorded) -> RunMetricsState:
@@ -318,15 +317,36 @@ def _tool_finished(s: RunMetricsState, r: Recorded) -> RunMetricsState:
     if isinstance(event, ToolFailed):
         failures = _bump(failures, event.kind)
     if opened is None:
-        return msgspec.structs.replace(s, tool_failures=failures)
-    tool, at = opened
+        s = msgspec.structs.replace(s, tool_failures=failures)
+        return _late_outcome(s, r) if event.call_id in _cut_ids(s, r.run_id) else s
+    s = msgspec.structs.replace(s, tool_failures=failures, open_calls=s.open_calls.delete(key))
+    s = _timed(s, r, *opened)
+    return _with_calls(s, r.run_id, lambda calls: calls - {event.call_id})
+
+
+def _timed(s: RunMetricsState, r: Recorded, tool: str, at: int) -> RunMetricsState:
+    """The tool's latency histogram with this outcome's call in it."""
+    event: Any = r.event
     took = event.duration_ms / 1000 if getattr(event, "duration_ms", 0.0) else (r.at - at) / 1e9
     latency = dict(s.tool_latency)
     latency[tool] = latency.get(tool, Histogram()).observe(max(took, 0.0))
-    s = msgspec.structs.replace(
-        s, tool_failures=failures, tool_latency=latency, open_calls=s.open_calls.delete(key)
-    )
-    return _with_calls(s, r.run_id, lambda calls: calls - {event.call_id})
+    return msgspec.structs.replace(s, tool_latency=latency)
+
+
+def _cut_ids(s: RunMetricsState, run_id: str) -> tuple[str, ...]:
+    run = s.runs.get(run_id)
+    return () if run is None else tuple(call_id for call_id, _, _ in run.cut)
+
+
+def _late_outcome(s: RunMetricsState, r: Recorded) -> RunMetricsState:
+    """The outcome of a call its run's final end cut (a tool a cancel did not wait for):
+    timed as any other, and no longer kept."""
+    event: Any = r.event
+    run = s.runs[r.run_id]
+    call = next(c for c in run.cut if c[0] == event.call_id)
+    s = _timed(s, r, call[1], call[2])
+    run = msgspec.structs.replace(run, cut=tuple(c for c in run.cut if c is not call))
+    return msgspec.structs.replace(s, runs=s.runs.set(r.run_id, run))
 
 
 def _approval_requested(s: RunMetricsState, r: Recorded) -> RunMetricsState:

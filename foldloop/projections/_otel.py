@@ -26,7 +26,6 @@ from foldloop.events._catalogue import (
     RunCancelled,
     RunCompleted,
     RunFailed,
-    RunFailureKind,
     RunLimitReached,
     RunNoProgress,
     RunResumed,
@@ -34,6 +33,7 @@ from foldloop.events._catalogue import (
     ToolCompleted,
     ToolFailed,
     ToolRequested,
+    may_resume,
 )
 from foldloop.events._recorded import Recorded
 
@@ -130,10 +130,7 @@ class OtelSpans:
         for key in [k for k in self._open if k[0] == run_id]:
             self._open.pop(key).end(end_time=record.at)
         span.end(end_time=record.at)
-        resumable = isinstance(event, RunLimitReached | RunNoProgress) or (
-            isinstance(event, RunFailed) and event.kind == RunFailureKind.MODEL
-        )
-        if resumable:
+        if may_resume(event):
             self._ended[run_id] = (span, attributes)
             if len(self._ended) > REMEMBERED_ENDS:
                 self._ended.popitem(last=False)
