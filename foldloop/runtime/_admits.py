@@ -15,7 +15,7 @@ from foldloop.core._commands import Admit
 from foldloop.core._decide import decide
 from foldloop.core._effects import Decision
 from foldloop.core._state import RunState, RunStatus
-from foldloop.errors import RunLocked, StoreError
+from foldloop.errors import RunLocked, StoreCorrupted, StoreError
 from foldloop.runtime._driving import drive
 from foldloop.runtime._queries import Queries
 from foldloop.runtime._registry import AgentRegistry
@@ -150,10 +150,12 @@ class Admits:
 
 
 def _failed(run_id: str, exc: Exception, retry: list[str]) -> None:
-    """A run that could not be admitted now: skipped (a live runtime took it), tried again
-    later (the store failed), or logged."""
+    """A run that could not be admitted now: skipped (a live runtime took it, or its log is
+    damaged), tried again later (the store failed: the queue waits for it), or logged."""
     if isinstance(exc, RunLocked):  # a live runtime recovered it, having found this one dead
         log.warning("admission_skipped", run_id=run_id, error=str(exc))
+    elif isinstance(exc, StoreCorrupted):  # asking again cannot help, and would hold the queue
+        log.error("admission_skipped", run_id=run_id, error=str(exc))
     elif isinstance(exc, StoreError):
         log.info("admission_store_failed", run_id=run_id, error=str(exc))
         retry.append(run_id)
