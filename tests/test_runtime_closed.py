@@ -111,6 +111,25 @@ def test_a_handle_of_a_closed_runtime_refuses_every_call(
         HANDLE_CALLS[name](run)
 
 
+def test_a_projection_handle_of_a_closed_runtime_refuses_catch_up(store_path: Path) -> None:
+    """The handles attach and subscribe gave out answer as the runtime's own: catch_up on a
+    closed runtime is its ConfigError, not the store's; what they hold stays readable."""
+    rt = fl.Runtime.open(store_path, agents=[AGENT])
+    metrics = rt.attach(RunMetrics())
+    seen: list[str] = []
+    subscription = rt.subscribe(lambda rec: seen.append(rec.type))
+    assert rt.spawn(AGENT, "hi").wait(timeout=30).ok
+    reached = metrics.catch_up()
+    subscription.catch_up()
+    rt.close()
+    for handle in (metrics, subscription):
+        with pytest.raises(fl.ConfigError, match=CLOSED):
+            handle.catch_up()
+        handle.detach()  # a no-op, as close() is
+    assert metrics.position == reached and metrics.state.runs_by_status == {"completed": 1}
+    assert "run.completed" in seen
+
+
 def test_a_read_all_begun_before_the_close_says_the_runtime_closed(store_path: Path) -> None:
     """Its pages are read as it is iterated: the next one, after the close, is a call on a
     closed runtime like any other (not the store's own error)."""

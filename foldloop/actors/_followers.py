@@ -8,15 +8,15 @@ log's last position with the last one it saw.
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
 
 from foldloop._arguments import MAX_WAIT_S, check_seconds
 from foldloop._log import get_logger
+from foldloop.actors._own_threads import closed_says_so
 from foldloop.actors._projection_actor import ProjectionActor, ProjectionHandle
 from foldloop.errors import ConfigError, StoreError
 from foldloop.events._recorded import Recorded
@@ -86,7 +86,7 @@ class Followers:
                 )
             self._names.add(name)
         try:
-            with self._closed_says_so():
+            with closed_says_so(self._closed_error):
                 position, state = self._start_point(projection, reset=reset)
         except BaseException:
             with self._lock:
@@ -101,19 +101,9 @@ class Followers:
         if not callable(callback):
             raise ConfigError(f"subscribe() takes a callable; got {type(callback).__name__}")
         wanted = check_event_types(types)
-        with self._closed_says_so():
+        with closed_says_so(self._closed_error):
             position = self.store.last_position()
         return self._start(_Subscription(callback, wanted), position, None, name=None)
-
-    @contextlib.contextmanager
-    def _closed_says_so(self) -> Iterator[None]:
-        """A store read the runtime's close cut short raises what a call on the closed
-        runtime raises, not the store's own error."""
-        try:
-            yield
-        except StoreError:
-            self._closed_error()  # raises once the runtime is closed
-            raise
 
     def _start_point(self, projection: Projection[Any], *, reset: bool) -> tuple[int, Any]:
         name = projection.name
@@ -124,9 +114,9 @@ class Followers:
         if not projection.stored:
             return 0, projection.initial()
         try:
-            checkpoint = self.store.checkpoint(name)
+            with closed_says_so(self._closed_error):  # no checkpoint is unreadable then
+                checkpoint = self.store.checkpoint(name)
         except StoreError as exc:
-            self._closed_error()  # the close cut the read: no checkpoint is unreadable
             log.warning("projection_rebuilt", projection=name, why=str(exc))
             return 0, projection.initial()
         if checkpoint is None:
@@ -188,10 +178,10 @@ class Followers:
                 if self._unlisten is None:
                     self._unlisten = self.store.add_listener(self._on_commit)
         if closed:  # the runtime closed while this attach read its start: it reads nothing
-            ProjectionHandle(actor).detach()
+            ProjectionHandle(actor, self._closed_error).detach()
             self._closed_error()
         actor.poke()
-        return ProjectionHandle(actor)
+        return ProjectionHandle(actor, self._closed_error)
 
     def _on_commit(self, _records: list[Recorded]) -> None:
         for actor in list(self._actors.values()):
@@ -216,7 +206,7 @@ class Followers:
         if unlisten is not None:
             unlisten()
         for actor in actors:
-            ProjectionHandle(actor).detach()
+            ProjectionHandle(actor, self._closed_error).detach()
         with self._lock:
             self._actors.clear()
             self._names.clear()

@@ -3,7 +3,8 @@ runtime calls (a tool, a callback) runs on them, and a ``close()`` called from t
 not wait for the runtime to finish what that very thread is doing. And whether a pool
 thread is handing its job's outcome on (``outcome_in_hand``): then it may go on with the
 step that outcome starts. And whether a thread is inside a call into a runtime
-(``calling``): a signal handler's ``close()`` there must not wait for what it interrupted."""
+(``calling``): a signal handler's ``close()`` there must not wait for what it interrupted,
+and a read its close cut short says the runtime closed (``closed_says_so``)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
+from foldloop.errors import StoreError
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
 __all__ = [
     "a_call",
     "calling",
+    "closed_says_so",
     "holding_outcome",
     "inside_a_call",
     "mark_own_thread",
@@ -79,6 +83,18 @@ def calling(store: object) -> Iterator[None]:
             del calls[key]
         else:
             calls[key] -= 1
+
+
+@contextlib.contextmanager
+def closed_says_so(check_open: Callable[[], None]) -> Iterator[None]:
+    """A store read in a call into a runtime that its close cut short (or that came after
+    it) raises what any call on the closed runtime raises (``check_open``'s), not the
+    store's own error."""
+    try:
+        yield
+    except StoreError:
+        check_open()  # raises once the runtime is closed
+        raise
 
 
 class _OnAStore(Protocol):

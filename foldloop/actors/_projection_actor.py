@@ -17,7 +17,7 @@ from typing import Any
 from foldloop._arguments import MAX_WAIT_S, check_seconds
 from foldloop._log import get_logger
 from foldloop.actors._base import FAILURES, FastActor
-from foldloop.actors._own_threads import calling
+from foldloop.actors._own_threads import calling, closed_says_so
 from foldloop.errors import ProjectionError
 from foldloop.projections._base import Projection
 from foldloop.store import Checkpoint, EventStore
@@ -226,8 +226,10 @@ class ProjectionHandle:
     after every page). Calling the handle, like ``detach()``, stops it.
     """
 
-    def __init__(self, actor: ProjectionActor) -> None:
+    def __init__(self, actor: ProjectionActor, check_open: Callable[[], None]) -> None:
         self._actor = actor
+        self._check_open = check_open
+        """Raises what a call on the closed runtime raises, once it is closed."""
         self.name = actor.projection.name
 
     def __repr__(self) -> str:
@@ -271,9 +273,11 @@ class ProjectionHandle:
         on a failing record, TimeoutError if ``timeout`` seconds were not enough.
         """
         check_seconds("timeout", timeout, MAX_WAIT_S, none=True)
+        self._check_open()
         # a signal handler's close must not wait for what this holds
         with calling(self._actor.store):
-            target = self._actor.store.last_position()
+            with closed_says_so(self._check_open):
+                target = self._actor.store.last_position()
             self._actor.poke()
             reached = self._actor.wait_for(target, timeout)
         if not reached:

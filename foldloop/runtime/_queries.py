@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import msgspec
 
-from foldloop.actors._own_threads import calling
+from foldloop.actors._own_threads import calling, closed_says_so
 from foldloop.actors._system import ActorSystem
 from foldloop.core._batch import fold, fold_events
 from foldloop.core._explain import (
@@ -25,7 +25,6 @@ from foldloop.errors import (
     ConfigError,
     RunNotFound,
     StoreCorrupted,
-    StoreError,
 )
 from foldloop.events._catalogue import (
     RunStarted,
@@ -125,12 +124,8 @@ class Queries:
             # A page is read after read_all() returned: a call on the runtime all the same,
             # which says so when the runtime closed meanwhile (before the read or under it).
             self._check_open()
-            with calling(self._store):
-                try:
-                    page = self._store.read_all(position, limit=PAGE)
-                except StoreError:
-                    self._check_open()
-                    raise
+            with calling(self._store), closed_says_so(self._check_open):
+                page = self._store.read_all(position, limit=PAGE)
             yield from page
             if len(page) < PAGE:
                 return
