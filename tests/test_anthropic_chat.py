@@ -89,6 +89,20 @@ def test_rate_limits_and_overloads_are_retried_bad_requests_are_not(
     assert "roles must alternate" in failed.reason
 
 
+@pytest.mark.parametrize(
+    ("status", "headers", "retried"),
+    [(408, {}, True), (409, {}, True), (529, {"x-should-retry": "false"}, False)],
+)
+def test_what_the_sdks_own_retries_would_ask_again_is_retried(
+    rt: fl.Runtime, server: FakeServer, status: int, headers: dict[str, str], retried: bool
+) -> None:
+    server.responses = [(*error(status, "later"), headers), message(text="ok")]
+    result = rt.spawn(agent(server, f"s{status}"), "go").wait(timeout=30)
+    (failed,) = [r.event for r in rt.events(result.run_id) if r.type == "model.failed"]
+    assert failed.retryable is retried
+    assert (result.output == "ok") is retried
+
+
 def test_a_missing_key_for_the_real_api_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     with pytest.raises(fl.ConfigError, match="needs an API key"):

@@ -24,13 +24,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from foldloop.errors import ConfigError, ModelCallError
 
-__all__ = [
-    "LoopClients",
-    "api_key",
-    "async_options",
-    "retry_after",
-    "sdk_errors",
-]
+__all__ = ["LoopClients", "api_key", "async_options", "retry_after", "sdk_errors"]
 
 
 def api_key(given: str | None, env_var: str, base_url: str | None, adapter: str) -> str:
@@ -71,16 +65,21 @@ def sdk_errors(sdk: ModuleType, model: str) -> Iterator[None]:
         ) from None
     except sdk.APIStatusError as exc:
         headers = exc.response.headers
-        if not _worth_retrying(exc.status_code, headers):
+        status = exc.status_code
+        if not _worth_retrying(status, headers):
+            fix = (
+                "the server says not to retry (x-should-retry: false)"
+                if status >= 500
+                else "fix the request (messages, tool schemas, model, key)"
+            )
             raise ModelCallError(
-                f"{model} refused the request (HTTP {exc.status_code}): {exc.message}; fix "
-                "the request (messages, tool schemas, model, key)",
+                f"{model} refused the request (HTTP {status}): {exc.message}; {fix}",
                 retryable=False,
             ) from None
         wait = retry_after(headers)
         asked = "" if wait is None else f" (the server asks to wait {wait:g} s)"
         raise ModelCallError(
-            f"{model}: HTTP {exc.status_code}, will retry{asked}: {exc.message}",
+            f"{model}: HTTP {status}, will retry{asked}: {exc.message}",
             retryable=True,
             retry_after_s=wait,
         ) from None
