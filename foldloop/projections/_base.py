@@ -141,16 +141,16 @@ def check_projection(projection: object) -> Projection[Any]:
     return projection
 
 
-def check_state_codec(projection: Projection[Any]) -> None:
+def check_state_codec(projection: Projection[Any], state: object) -> None:
     """A stored projection's state must come back from ``encode_state``/``decode_state``:
-    tried on ``initial()`` at attach, so a state msgspec cannot encode is refused there
-    rather than leaving every checkpoint unwritten (and each attach refolding the log)."""
+    tried at attach on the state it starts from (``initial()``'s), so a state msgspec
+    cannot encode is refused there rather than leaving every checkpoint unwritten (and
+    each attach refolding the log)."""
     name = projection.name
     how = (
         "make the state msgspec-serialisable, override encode_state/decode_state, "
         "or pass stored=False"
     )
-    state = projection.initial()
     try:
         raw = projection.encode_state(state)
     except Exception as exc:
