@@ -353,12 +353,9 @@ def test_run_metrics_follow_approvals_failures_and_statuses(rt: fl.Runtime) -> N
     assert metrics.state.runs_by_status == status_counts(rt)
 
 
-def test_run_metrics_time_a_tool_a_cancel_did_not_wait_for_and_drop_approvals_it_cut(
-    rt: fl.Runtime,
-) -> None:
-    """A cancel does not wait for a running tool: the call is no longer open once the run
-    ended, and its outcome, recorded after, is timed all the same. An approval the cancel
-    cut gets no decision: it is no longer open either."""
+def held_tool() -> tuple[Any, threading.Event, threading.Event]:
+    """An idempotent tool ``hang`` that sets ``started`` and returns once ``release`` is set
+    (a cancel does not wait for it: its outcome is recorded after the run ended)."""
     started, release = threading.Event(), threading.Event()
 
     @fl.tool(idempotent=True)
@@ -367,6 +364,17 @@ def test_run_metrics_time_a_tool_a_cancel_did_not_wait_for_and_drop_approvals_it
         started.set()
         release.wait(30)
         return "late"
+
+    return hang, started, release
+
+
+def test_run_metrics_time_a_tool_a_cancel_did_not_wait_for_and_drop_approvals_it_cut(
+    rt: fl.Runtime,
+) -> None:
+    """A cancel does not wait for a running tool: the call is no longer open once the run
+    ended, and its outcome, recorded after, is timed all the same. An approval the cancel
+    cut gets no decision: it is no longer open either."""
+    hang, started, release = held_tool()
 
     def one_call(name: str) -> fl.ScriptedLLM:
         return fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall(name, {})]), fl.Reply(text="x")])
@@ -525,14 +533,7 @@ def test_otel_spans_end_when_a_cancel_outruns_a_tool_and_a_resume_stays_in_the_t
     ended; a run resumed after a limit continues under its first span, with its agent."""
     provider, exporter, counts = traced()
     follow = rt.subscribe(fl.projections.OtelSpans(provider))
-    started, release = threading.Event(), threading.Event()
-
-    @fl.tool(idempotent=True)
-    def hang() -> str:
-        """Wait to be released."""
-        started.set()
-        release.wait(30)
-        return "late"
+    hang, started, release = held_tool()
 
     cut = rt.spawn(
         fl.Agent(
