@@ -287,3 +287,35 @@ def check_recovered(store: Path, ledger: Path) -> int:
         assert times == 1, f"non-idempotent charge {ref} ran {times} times"
         assert ref in intents, f"charge {ref} ran without a durable intent in the log"
     return len(by_run)
+
+
+CANCEL_THEN_DIE = """
+import os, signal, sys, foldloop as fl
+llm = fl.ScriptedLLM([fl.Reply(text="late")] * 2, latency_s=30)
+agent = fl.Agent(name="slow", llm=llm)
+rt = fl.Runtime.open(sys.argv[1], agents=[agent])
+runs = [rt.spawn(agent, f"go {i}") for i in range(int(sys.argv[2]))]
+while not all("model.requested" in [r.type for r in rt.events(run.id)] for run in runs):
+    pass
+for run in runs:
+    run.cancel("enough")
+os.kill(os.getpid(), signal.SIGKILL)  # at once: nothing after cancel() returned may be needed
+"""
+
+
+def test_a_cancel_that_returned_survives_a_sigkill_right_after(tmp_path: Path) -> None:
+    """cancel() returns once run.cancelled is in the log: a process killed the moment its
+    cancels returned leaves every run cancelled, not resumable to completion."""
+    store = tmp_path / "store"
+    proc = subprocess.run(
+        [sys.executable, "-c", CANCEL_THEN_DIE, str(store), "8"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    with fl.Runtime.open(store) as rt:
+        ends = {row.run_id: row.status for row in rt.runs()}
+    assert len(ends) == 8
+    assert set(ends.values()) == {fl.RunStatus.CANCELLED}, ends

@@ -21,7 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import foldloop as fl
-from foldloop.core._commands import ChildFinished, Command, ModelReplied, Start
+from foldloop.actors._system import ActorSystem
+from foldloop.core._commands import Cancel, ChildFinished, Command, ModelReplied, Start
 from foldloop.core._decide import decide
 from foldloop.core._effects import CallModel, SpawnChild
 from foldloop.core._state import RunState
@@ -1105,17 +1106,30 @@ def test_a_cancel_that_comes_while_a_parked_parent_is_taken_up_starts_nothing_ne
             assert cancelled.wait(20)
         return append(self, state, *args, **kwargs)
 
+    tell = ActorSystem.tell
+
+    def noting_tell(self: ActorSystem, run_id: str, message: object) -> bool:
+        told = tell(self, run_id, message)  # type: ignore[arg-type]
+        if type(message) is Cancel and run_id == run.id:
+            cancelled.set()  # queued for the lead being taken up: let the take-up go on
+        return told
+
     try:
         with fl.Runtime.open(store_path, agents=[lead]) as rt:
             rt.system.park_after_s = 0.01
             run = rt.spawn(lead, "go")
             wait_until(lambda: rt.system.parked(run.id), 20, "the lead to park")
             monkeypatch.setattr(RunWrites, "append_decisions", held_append)
+            monkeypatch.setattr(ActorSystem, "tell", noting_tell)
             release.set()  # the child ends: its end takes the lead up
             assert taking_up.wait(20)
-            run.cancel()  # reaches the lead once it is taken up, behind the child's end
-            cancelled.set()
+            # reaches the lead once it is taken up, behind the child's end; returns once
+            # the cancel is in the log, so from a thread of its own
+            canceller = threading.Thread(target=run.cancel)
+            canceller.start()
             assert run.wait(timeout=20).status is fl.RunStatus.CANCELLED
+            canceller.join(20)
+            assert not canceller.is_alive()
         assert len(asked) == 1  # the child's answer did not ask the lead's model again
     finally:
         release.set()

@@ -5,11 +5,13 @@ its runtime), and the cascade down a tree, on the tree pool."""
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 
 from msgspec.structs import replace
 
 from foldloop._log import get_logger
+from foldloop.actors._own_threads import on_own_thread
 from foldloop.actors._system import HANDOVER_WAIT, ActorSystem
 from foldloop.actors._workers import Workers
 from foldloop.core._commands import Cancel, Command
@@ -27,6 +29,10 @@ from foldloop.store import EventStore, RemoteCancel
 __all__ = ["Cancels"]
 
 log = get_logger("foldloop.runtime")
+
+CANCEL_WAIT_S = 30.0
+"""The longest a cancel waits for the run's end to be in the log (a swamped runtime): past
+it, it returns with the cancel on its way to the run, and says so in the log."""
 
 
 class Cancels:
@@ -91,9 +97,16 @@ class Cancels:
 
     def cancel(self, run_id: str, reason: str) -> None:
         """Cancel the run: through its actor if one drives it here, else by taking it; and
-        every child run below it that still runs."""
+        every child run below it that still runs. Returns once the run's end is in the log
+        (its ``run.cancelled``, or the end it reached first), but on a runtime's own thread
+        (a tool's, a callback's), which must not wait for the runtime's own work."""
         command = Cancel(now=self._clock(), reason=reason)
-        while not self._system.tell(run_id, command):
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while True:
+            if self._system.tell(run_id, command):
+                if on_own_thread() or self._ended(run_id, deadline):
+                    break
+                continue  # it parked before the cancel reached it: take it now
             if self._queries.state(run_id).terminal:
                 break
             try:
@@ -110,6 +123,19 @@ class Cancels:
             self._admission.forget(run_id)
             break
         self._cancel_running_children(run_id)
+
+    def _ended(self, run_id: str, deadline: float) -> bool:
+        """Wait for the run the cancel was told to to settle (its end is durable by then);
+        True once it ended, or the wait is over (the cancel is on its way: it is logged);
+        False when it parked instead (the cancel came as it did)."""
+        settlement = self._system.settlement(run_id)
+        if settlement is None:
+            return True  # settled and forgotten meanwhile (an end reached first)
+        if not settlement.event.wait(max(0.0, deadline - time.monotonic())):
+            log.warning("cancel_not_yet_recorded", run_id=run_id, waited_s=CANCEL_WAIT_S)
+            return True
+        state = settlement.state
+        return settlement.interrupted != "" or state is None or state.terminal
 
     def cancel_here(self, run_id: str, reason: str) -> bool:
         """A cancel asked for from another machine: True if a run driven here took it."""
