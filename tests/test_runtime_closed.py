@@ -130,6 +130,25 @@ def test_a_projection_handle_of_a_closed_runtime_refuses_catch_up(store_path: Pa
     assert "run.completed" in seen
 
 
+def test_a_call_the_close_cuts_short_says_the_runtime_closed(
+    closed: tuple[fl.Runtime, fl.types.RunHandle, list[str]], store_path: Path
+) -> None:
+    """Any public call a close cuts short (here an import whose lines close the runtime
+    as they run out, so its write meets the closed store) ends with the closed runtime's
+    ConfigError, not the store's own error."""
+    _, _, lines = closed
+    rt = fl.Runtime.open(store_path, agents=[AGENT])
+
+    def lines_then_a_close() -> Iterator[str]:
+        yield from lines
+        closing = threading.Thread(target=rt.close)
+        closing.start()
+        closing.join(30)
+
+    with pytest.raises(fl.ConfigError, match=CLOSED):
+        rt.import_jsonl(lines_then_a_close(), run_id="copy")
+
+
 def test_a_read_all_begun_before_the_close_says_the_runtime_closed(store_path: Path) -> None:
     """Its pages are read as it is iterated: the next one, after the close, is a call on a
     closed runtime like any other (not the store's own error)."""

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from foldloop.actors._own_threads import calling
+from foldloop.actors._own_threads import calling, closed_says_so
 from foldloop.errors import ConfigError
 
 __all__ = ["CLOSED", "Lifecycle", "OpenOnly"]
@@ -104,7 +104,8 @@ def _checked(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def checked(self: OpenOnly, *args: Any, **kwargs: Any) -> Any:
         self._check_open()
-        with calling(self._call_key):
+        # a close that cuts the call short is the closed runtime's error, not the store's
+        with calling(self._call_key), closed_says_so(self._check_open):
             return method(self, *args, **kwargs)
 
     return checked
