@@ -278,7 +278,7 @@ class Opaque:
         (lambda: fl.projections.Projection("v", initial=int, apply=max, version=True), "version"),
         (
             lambda: fl.projections.Projection("opaque", initial=Opaque, apply=lambda s, r: s),
-            r"encode_state cannot store its initial\(\) state",
+            "encode_state cannot store the state it starts from",
         ),
     ],
     ids=["name-bytes", "name-surrogate", "version-huge", "version-bool", "state-opaque"],
@@ -290,6 +290,47 @@ def test_attach_refuses_a_projection_whose_checkpoint_could_never_be_kept(
     read) deep in the store, visible only in a log line: every attach refolded the log."""
     with pytest.raises(fl.ConfigError, match=says):
         rt.attach(make())
+
+
+class Counted(fl.projections.Projection[int]):
+    """Counts the records it applies (``applied``), from a checkpoint or from the start."""
+
+    name = "counted"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.applied = 0
+
+    def initial(self) -> int:
+        return 0
+
+    def apply(self, state: int, record: fl.types.Recorded) -> int:
+        self.applied += 1
+        return state + 1
+
+
+class StoresText(Counted):
+    def encode_state(self, state: int) -> bytes:
+        return str(state)  # type: ignore[return-value]  # what the check is for
+
+
+def test_a_refused_attach_changes_nothing_and_a_checkpointed_name_is_checked_too(
+    rt: fl.Runtime,
+) -> None:
+    """A codec that could never store its state is refused under a name that has a
+    checkpoint too, and a refused attach(reset=True) leaves that checkpoint as it was."""
+    rt.spawn(agent(), "go").wait(timeout=30)
+    first = Counted()
+    handle = rt.attach(first)
+    handle.catch_up()
+    handle.detach()  # checkpointed at the log's end
+    assert first.applied == rt.store.last_position()
+    for reset in (False, True):
+        with pytest.raises(fl.ConfigError, match="encode_state returned str, not bytes"):
+            rt.attach(StoresText(), reset=reset)
+    again = Counted()
+    rt.attach(again).catch_up()
+    assert again.applied == 0  # went on from the checkpoint: nothing refolded
 
 
 def test_attach_and_catch_up_check_their_arguments(rt: fl.Runtime) -> None:

@@ -86,8 +86,10 @@ class Followers:
         try:
             with closed_says_so(self._closed_error):
                 position, state = self._start_point(projection, reset=reset)
-            if projection.stored and position == 0:  # a checkpoint read back needs no proof
-                check_state_codec(projection, state)
+                if projection.stored:  # a checkpoint read back needs no proof it reads back
+                    check_state_codec(projection, state, read_back=position == 0)
+                if reset and not self.store.readonly:  # once nothing above refused it
+                    self.store.delete_checkpoint(name).wait()
         except BaseException:
             with self._lock:
                 self._names.discard(name)
@@ -107,9 +109,7 @@ class Followers:
 
     def _start_point(self, projection: Projection[Any], *, reset: bool) -> tuple[int, Any]:
         name = projection.name
-        if reset:
-            if not self.store.readonly:
-                self.store.delete_checkpoint(name).wait()
+        if reset:  # its checkpoint is deleted once the attach is not refused
             return 0, projection.initial()
         if not projection.stored:
             return 0, projection.initial()

@@ -201,11 +201,14 @@ class ProjectionActor(FastActor):
         position, state = self._published
         projection = self.projection
         try:
+            raw = projection.encode_state(state)
+            if not isinstance(raw, bytes):  # stored, it could never be read back
+                raise TypeError(f"encode_state returned {type(raw).__name__}, not bytes")
             checkpoint = Checkpoint(
                 name=projection.name,
                 version=projection.version,
                 position=position,
-                state=projection.encode_state(state),
+                state=raw,
                 failure=self.failure,
                 updated_at=self.clock(),
             )

@@ -141,11 +141,11 @@ def check_projection(projection: object) -> Projection[Any]:
     return projection
 
 
-def check_state_codec(projection: Projection[Any], state: object) -> None:
-    """A stored projection's state must come back from ``encode_state``/``decode_state``:
-    tried at attach on the state it starts from (``initial()``'s), so a state msgspec
-    cannot encode is refused there rather than leaving every checkpoint unwritten (and
-    each attach refolding the log)."""
+def check_state_codec(projection: Projection[Any], state: object, *, read_back: bool) -> None:
+    """A stored projection's state must be stored by ``encode_state`` (as bytes) and, with
+    ``read_back``, read by ``decode_state``: tried at attach on the state it starts from, so
+    a state msgspec cannot encode is refused there rather than leaving every checkpoint
+    unwritten (and each attach refolding the log)."""
     name = projection.name
     how = (
         "make the state msgspec-serialisable, override encode_state/decode_state, "
@@ -155,7 +155,7 @@ def check_state_codec(projection: Projection[Any], state: object) -> None:
         raw = projection.encode_state(state)
     except Exception as exc:
         raise ConfigError(
-            f"projection {name!r}: encode_state cannot store its initial() state "
+            f"projection {name!r}: encode_state cannot store the state it starts from "
             f"({type(exc).__name__}: {exc})",
             advice=how,
         ) from None
@@ -164,6 +164,8 @@ def check_state_codec(projection: Projection[Any], state: object) -> None:
             f"projection {name!r}: encode_state returned {type(raw).__name__}, not bytes",
             advice=how,
         )
+    if not read_back:
+        return
     try:
         projection.decode_state(raw)
     except Exception as exc:
