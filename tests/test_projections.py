@@ -5,6 +5,7 @@ and OpenTelemetry, and the structlog events at the edges."""
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import signal
@@ -602,6 +603,7 @@ def test_otel_spans_end_when_a_cancel_outruns_a_tool_and_a_resume_stays_in_the_t
     assert rt.resume(again.id, extend=fl.Limits(max_steps=2)).wait(timeout=30).status is (
         fl.RunStatus.LIMIT_REACHED
     )
+    rt.handle(again.id).cancel("enough")  # a run at its limit, cancelled: its trace still
     follow.catch_up()
     assert counts["started"] == counts["ended"]
     runs = [s for s in exporter.get_finished_spans() if s.name == "foldloop.run"]
@@ -609,11 +611,14 @@ def test_otel_spans_end_when_a_cancel_outruns_a_tool_and_a_resume_stays_in_the_t
         cut.id,
         again.id,
         again.id,
+        again.id,
     ]
-    first, resumed = runs[1], runs[2]
-    assert resumed.parent is not None and resumed.parent.span_id == first.context.span_id
-    assert resumed.context.trace_id == first.context.trace_id
-    assert resumed.attributes is not None and resumed.attributes["foldloop.agent"] == "limited"
+    for before, after in itertools.pairwise(runs[1:]):
+        assert after.parent is not None and after.parent.span_id == before.context.span_id
+        assert after.context.trace_id == before.context.trace_id
+        assert after.attributes is not None and after.attributes["foldloop.agent"] == "limited"
+    assert runs[-1].attributes is not None
+    assert runs[-1].attributes["foldloop.status"] == "cancelled"
 
 
 def test_structlog_events_at_the_edges_carry_the_run_id(rt: fl.Runtime) -> None:

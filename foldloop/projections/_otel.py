@@ -67,7 +67,7 @@ class OtelSpans:
         if isinstance(event, RunStarted):
             self._run_span(record, self._started(record, event))
         elif isinstance(event, RunResumed):
-            self._resumed(record)
+            self._run_span(record)
         elif isinstance(event, ModelRequested):
             attrs: dict[str, Any] = {"foldloop.step": event.step}
             run = self._run_span(record)
@@ -110,16 +110,6 @@ class OtelSpans:
             context = self._parent_context(started)
         return context, attributes
 
-    def _resumed(self, record: Recorded) -> None:
-        """A resumed run gets a span of its own for what follows, under the span of the
-        stretch it resumes (when this subscriber saw it end), with its attributes."""
-        before = self._ended.pop(record.run_id, None)
-        if before is None:
-            self._run_span(record)
-            return
-        span, attributes = before
-        self._run_span(record, (self._trace.set_span_in_context(span), attributes))
-
     def _ended_run(self, record: Recorded, event: Any) -> None:
         run_id = record.run_id
         span = self._run_span(record)
@@ -136,11 +126,16 @@ class OtelSpans:
                 self._ended.popitem(last=False)
 
     def _run_span(self, record: Recorded, start: tuple[Any, dict[str, Any]] | None = None) -> Any:
-        """The run's open span; one is started if it has none (in ``start``'s context, with
-        its attributes; else a root span, the run's start not seen here)."""
+        """The run's open span; one is started if it has none: in ``start``'s context with
+        its attributes, else under the span of the stretch that ended before this one (a
+        resume, or a cancel of a run at a limit) with its attributes, else a root span (the
+        run's start was not seen here)."""
         found = self._runs.get(record.run_id)
         if found is not None:
             return found[0]
+        if start is None and (before := self._ended.pop(record.run_id, None)) is not None:
+            span, attributes = before
+            start = (self._trace.set_span_in_context(span), attributes)
         context, attributes = start or (None, {"foldloop.run_id": record.run_id})
         span = self._tracer.start_span(
             "foldloop.run", context=context, start_time=record.at, attributes=attributes
