@@ -679,7 +679,8 @@ def test_runs_lists_the_most_recently_updated_first_and_says_what_it_left_out(
     code, stdout, stderr = cli(store, "runs")
     assert code == 0
     assert listed(stdout) == newest[:RUNS_LISTED]
-    assert f"{RUNS_LISTED} of {RUNS_LISTED + 5} runs listed" in " ".join(stderr.split())
+    assert stderr.startswith(f"{RUNS_LISTED} of {RUNS_LISTED + 5} runs listed")
+    assert stderr.endswith("narrow them\n") and stderr.count("\n") == 1  # whole, piped
     code, stdout, stderr = cli(store, "runs", "--limit", "2")
     assert (code, listed(stdout)) == (0, newest[:2])
     code, stdout, stderr = cli(store, "runs", "--limit", "0")

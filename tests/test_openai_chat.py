@@ -220,7 +220,7 @@ def test_a_retry_waits_as_long_as_the_server_asks(
     assert run.wait(timeout=30).output == "done"
     assert server.arrived[1] - server.arrived[0] >= 1.0
     (failed,) = [r.event for r in rt.events(run.id) if r.type == "model.failed"]
-    assert "will retry (the server asks to wait 1 s)" in failed.error
+    assert "(retryable, the server asks to wait 1 s)" in failed.error
 
 
 def test_a_reply_that_is_not_a_chat_completion_is_retried_with_a_clear_error(
@@ -292,6 +292,7 @@ def test_lenient_servers_replies_are_read(rt: fl.Runtime, server: FakeOpenAI) ->
         (409, {}, True),  # OpenAI's lock timeout
         (400, {"x-should-retry": "true"}, True),  # the server's word overrides the status
         (503, {"x-should-retry": "false"}, False),
+        (429, {"x-should-retry": "false"}, False),
     ],
 )
 def test_what_the_sdks_own_retries_would_ask_again_is_retried(
@@ -307,6 +308,7 @@ def test_what_the_sdks_own_retries_would_ask_again_is_retried(
     else:
         assert result.status is fl.RunStatus.FAILED and len(server.requests) == 1
         assert "the server says not to retry" in result.reason
+        assert "fix the request" not in result.reason
 
 
 def test_a_bad_request_fails_the_run_clearly_without_retrying(

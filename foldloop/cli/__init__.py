@@ -211,7 +211,8 @@ def runs(
         if len(listed) < matching:
             err.print(
                 f"{len(listed):,} of {matching:,} runs listed (the most recently updated); "
-                "--limit 0 lists them all, --status and --agent narrow them"
+                "--limit 0 lists them all, --status and --agent narrow them",
+                soft_wrap=True,
             )
 
 

@@ -69,7 +69,7 @@ def sdk_errors(sdk: ModuleType, model: str) -> Iterator[None]:
         if not _worth_retrying(status, headers):
             fix = (
                 "the server says not to retry (x-should-retry: false)"
-                if status >= 500
+                if headers.get("x-should-retry") == "false"
                 else "fix the request (messages, tool schemas, model, key)"
             )
             raise ModelCallError(
@@ -77,9 +77,9 @@ def sdk_errors(sdk: ModuleType, model: str) -> Iterator[None]:
                 retryable=False,
             ) from None
         wait = retry_after(headers)
-        asked = "" if wait is None else f" (the server asks to wait {wait:g} s)"
+        asked = "" if wait is None else f", the server asks to wait {wait:g} s"
         raise ModelCallError(
-            f"{model}: HTTP {status}, will retry{asked}: {exc.message}",
+            f"{model}: HTTP {status} (retryable{asked}): {exc.message}",
             retryable=True,
             retry_after_s=wait,
         ) from None
