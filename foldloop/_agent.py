@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -72,6 +72,7 @@ class Agent:
                 f"agent {self.name!r}: instructions contain an unpaired surrogate at index "
                 f"{bad}; text must be valid Unicode"
             )
+        self._check_listed("tools", self.tools, "@fl.tool functions")
         tools = tuple(self.tools)
         seen: set[str] = set()
         for t in tools:
@@ -82,6 +83,8 @@ class Agent:
             if t.name in seen:
                 raise ConfigError(f"agent {self.name!r}: tool {t.name!r} is registered twice")
             seen.add(t.name)
+        if not isinstance(self.agents, Agent):
+            self._check_listed("agents", self.agents, "fl.Agent objects")
         agents = tuple(self.agents) if not isinstance(self.agents, Agent) else (self.agents,)
         for a in agents:
             if not isinstance(a, Agent):
@@ -125,6 +128,11 @@ class Agent:
     def tools_digest(self) -> str:
         """Digest of the tool set; a run started with another digest cannot resume here."""
         return self._digest
+
+    def _check_listed(self, what: str, given: object, of: str) -> None:
+        """``given`` must be a sequence (a str or a lone value is not one)."""
+        if isinstance(given, str | bytes) or not isinstance(given, Iterable):
+            raise ConfigError(f"agent {self.name!r}: {what} is a list of {of}; got {given!r:.80}")
 
     @property
     def tool_infos(self) -> tuple[ToolInfo, ...]:

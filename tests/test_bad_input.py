@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -369,6 +370,15 @@ def test_bad_query_arguments_are_config_errors_naming_the_value(tmp_path: Path) 
         pages = rt.read_all()
     with pytest.raises(fl.ConfigError, match="this runtime is closed"):
         list(pages)  # an iterator outliving its runtime says so, not a raw lmdb.Error
+
+
+@pytest.mark.parametrize("given", [None, 5, "leaf"])
+@pytest.mark.parametrize(("field", "of"), [("tools", "@fl.tool"), ("agents", "fl.Agent")])
+def test_tools_and_agents_that_are_not_lists_are_config_errors(
+    field: str, of: str, given: object
+) -> None:
+    with pytest.raises(fl.ConfigError, match=rf"{field} is a list of {re.escape(of)}.*got"):
+        fl.Agent(name="a", llm=fl.ScriptedLLM([]), **{field: given})  # type: ignore[arg-type]
 
 
 def test_a_model_without_a_name_is_refused_at_the_agent() -> None:
