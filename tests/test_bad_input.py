@@ -372,6 +372,20 @@ def test_bad_query_arguments_are_config_errors_naming_the_value(tmp_path: Path) 
         list(pages)  # an iterator outliving its runtime says so, not a raw lmdb.Error
 
 
+def test_a_parent_run_id_the_store_does_not_hold_is_a_config_error(tmp_path: Path) -> None:
+    """A typo'd parent would file the run under a root that does not exist."""
+    agent = quiet_agent()
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        with pytest.raises(fl.ConfigError, match="parent_run_id 'nope' names no run"):
+            rt.spawn(agent, "hi", parent_run_id="nope")
+        assert rt.runs() == []  # nothing written
+        parent = rt.spawn(agent, "parent")
+        child = rt.spawn(agent, "child", parent_run_id=parent.id)
+        assert child.wait(timeout=30).ok
+        (row,) = [r for r in rt.runs() if r.run_id == child.id]
+        assert row.parent_run_id == parent.id
+
+
 @pytest.mark.parametrize("given", [None, 5, "leaf"])
 @pytest.mark.parametrize(("field", "of"), [("tools", "@fl.tool"), ("agents", "fl.Agent")])
 def test_tools_and_agents_that_are_not_lists_are_config_errors(

@@ -189,6 +189,11 @@ class Commands:
         named = [run_id for run_id in ids if run_id is not None]
         if len(set(named)) != len(named):
             raise ConfigError("spawn_many was given a run_id twice; give each run its own")
+        if parent_run_id is not None and self._store.head(parent_run_id) == 0:
+            raise ConfigError(
+                f"parent_run_id {parent_run_id!r} names no run in this store",
+                advice="give the id of a run spawned here before (or leave parent_run_id out)",
+            )
         meta = tuple(sorted((metadata or {}).items()))
         starts: list[_Start] = []
         with self._spawns.call():
