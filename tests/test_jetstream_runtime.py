@@ -422,6 +422,8 @@ def test_a_cancel_from_another_host_reaches_the_run_where_it_is_driven(nats_url:
         handle = host.spawn(agent, "go")
         wait_until(lambda: worker.store.head(handle.id) >= 6, 30, "the run to be under way")
         host.handle(handle.id).cancel()
+        # returned once the cancel the worker took is in the log
+        assert host.state(handle.id).status is fl.RunStatus.CANCELLED
         result = handle.wait(timeout=30)
         assert result.status is fl.RunStatus.CANCELLED
         assert worker.state(handle.id).status is fl.RunStatus.CANCELLED

@@ -115,7 +115,10 @@ class Cancels:
                 if self._system.active(run_id) and not self._system.closed:
                     continue  # another thread here handed it to an actor meanwhile: tell it
                 if isinstance(self._store, RemoteCancel) and self._store.ask_cancel(run_id, reason):
-                    break  # the runtime driving it elsewhere took it (and cascades it)
+                    # the runtime driving it elsewhere took it (and cascades it)
+                    if on_own_thread() or self._ended_elsewhere(run_id, deadline):
+                        break
+                    continue  # it parked there before the cancel reached it: take it here
                 if self._closing() or self._system.closed:  # a hand-over met the close
                     raise ConfigError(CLOSED, advice=REOPEN) from None
                 raise
@@ -123,6 +126,22 @@ class Cancels:
             self._admission.forget(run_id)
             break
         self._cancel_running_children(run_id)
+
+    def _ended_elsewhere(self, run_id: str, deadline: float) -> bool:
+        """Read the run's log until the cancel another runtime took is in it (as ``_ended``:
+        True once it ended, or the wait is over; False when it parked there instead)."""
+        pause = 0.005
+        while True:
+            state = self._queries.state(run_id)
+            if state.terminal:
+                return True
+            if state.settled:  # parked: nothing drives it there now
+                return False
+            if time.monotonic() + pause > deadline:
+                log.warning("cancel_not_yet_recorded", run_id=run_id, waited_s=CANCEL_WAIT_S)
+                return True
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     def _ended(self, run_id: str, deadline: float) -> bool:
         """Wait for the run the cancel was told to to settle (its end is durable by then);
