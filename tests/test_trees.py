@@ -27,10 +27,12 @@ from foldloop.core._decide import decide
 from foldloop.core._effects import CallModel, SpawnChild
 from foldloop.core._state import RunState
 from foldloop.core._tree import child_finished, child_run_id, ended_for_parent
+from foldloop.errors import RunLocked
 from foldloop.events import Limits, ToolCall, ToolInfo, Usage
 from foldloop.tools._decorator import DEFAULT_MAX_RESULT_CHARS
+from tests.log_capture import capture_logs
 from tests.tree_models import answers, fans_out
-from tests.waiting import wait_until
+from tests.waiting import logged, wait_until
 
 
 def holding(name: str, release: threading.Event, **kw: Any) -> fl.Agent:
@@ -1193,3 +1195,43 @@ def test_verifying_a_tree_whose_child_is_missing_from_the_store_says_so(tmp_path
         with pytest.raises(fl.errors.FoldloopError, match="holds no log of that child") as info:
             rt.verify(run_id, tree=True)
         assert not isinstance(info.value, fl.errors.NondeterminismError)
+
+
+def test_a_cancel_whose_take_up_of_a_parked_parent_fails_is_carried_at_once(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taking up a parked parent can fail (another thread holds its claim past the
+    hand-over wait, the store away). The cancel that came for it is carried all the same,
+    cancel() returns once it is in the log, not after waiting out its bound (nor does the
+    run stay taken up for ever, every later tell lost), and a wait() on it hears of it."""
+    release = threading.Event()
+    lead = fl.Agent(
+        name="lead", llm=fl.ScriptedLLM(fans_out(("leaf", "a"))), agents=[holding("leaf", release)]
+    )
+    take = ActorSystem.take
+    failed: list[str] = []
+
+    def take_failing_once(self: ActorSystem, run_id: str, *, wait: float = 0.0) -> int:
+        if threading.current_thread().name.startswith("foldloop-children") and not failed:
+            failed.append(run_id)
+            raise RunLocked(f"run {run_id!r} is claimed by another thread here")
+        return take(self, run_id, wait=wait)
+
+    try:
+        with capture_logs() as logs, fl.Runtime.open(store_path, agents=[lead]) as rt:
+            rt.system.park_after_s = 0.01
+            run = rt.spawn(lead, "go")
+            wait_until(lambda: rt.system.parked(run.id), 20, "the lead to park")
+            monkeypatch.setattr(ActorSystem, "take", take_failing_once)
+            run.cancel("enough")
+            assert failed == [run.id]  # the take-up did fail
+            assert rt.state(run.id).status is fl.RunStatus.CANCELLED
+            assert not logged(logs, "cancel_not_yet_recorded")
+            monkeypatch.undo()
+            settled = rt.system.settlement(run.id)  # what a wait() on the run waits for
+            assert settled is not None
+            wait_until(settled.event.is_set, 10, "the waits on the run to hear of its end")
+            assert run.wait(timeout=20).status is fl.RunStatus.CANCELLED
+            release.set()  # the cancelled leaf's tool: the close waits for it
+    finally:
+        release.set()

@@ -432,6 +432,16 @@ class ActorSystem:
                 self._parked[run_id] = tuple(c.run_id for c in state.children if c.running)
             return None
 
+    def take_up_failed(self, run_id: str) -> None:
+        """Taking the parked run up failed: what came for it is dropped (a tell from now on
+        finds it neither driven nor parked here, and takes its caller's other way), but a
+        cancel among it, which is carried as a lost one."""
+        with self._lock:
+            came = self._taking_up.pop(run_id, [])
+        cancels = [m for m in came if isinstance(m, Cancel)]
+        if cancels and self.on_lost_cancel is not None:
+            self.on_lost_cancel(run_id, cancels[0])
+
     def parked(self, run_id: str) -> bool:
         """The run is parked here, waiting for its children (or being taken up)."""
         with self._lock:

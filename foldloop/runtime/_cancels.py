@@ -104,7 +104,7 @@ class Cancels:
         deadline = time.monotonic() + CANCEL_WAIT_S
         while True:
             if self._system.tell(run_id, command):
-                if on_own_thread() or self._ended(run_id, deadline):
+                if on_own_thread() or self._recorded(run_id, deadline):
                     break
                 continue  # it parked before the cancel reached it: take it now
             if self._queries.state(run_id).terminal:
@@ -116,7 +116,7 @@ class Cancels:
                     continue  # another thread here handed it to an actor meanwhile: tell it
                 if isinstance(self._store, RemoteCancel) and self._store.ask_cancel(run_id, reason):
                     # the runtime driving it elsewhere took it (and cascades it)
-                    if on_own_thread() or self._ended_elsewhere(run_id, deadline):
+                    if on_own_thread() or self._recorded(run_id, deadline):
                         break
                     continue  # it parked there before the cancel reached it: take it here
                 if self._closing() or self._system.closed:  # a hand-over met the close
@@ -127,38 +127,34 @@ class Cancels:
             break
         self._cancel_running_children(run_id)
 
-    def _ended_elsewhere(self, run_id: str, deadline: float) -> bool:
-        """Read the run's log until the cancel another runtime took is in it (as ``_ended``:
-        True once it ended, or the wait is over; False when it parked there instead)."""
-        pause = 0.005
-        while True:
-            state = self._queries.state(run_id)
-            if state.terminal:
-                return True
-            if state.settled:  # parked: nothing drives it there now
-                return False
-            if time.monotonic() + pause > deadline:
-                log.warning("cancel_not_yet_recorded", run_id=run_id, waited_s=CANCEL_WAIT_S)
-                return True
-            time.sleep(pause)
-            pause = min(pause * 2, 0.1)
-
-    def _ended(self, run_id: str, deadline: float) -> bool:
-        """Wait for the run the cancel was told to to settle (its end is durable by then);
-        True once it ended, or the wait is over (the cancel is on its way: it is logged);
-        False when it parked instead (the cancel came as it did)."""
-        settlement = self._system.settlement(run_id)
-        if settlement is None:
-            return True  # settled and forgotten meanwhile (an end reached first)
-        if not settlement.event.wait(max(0.0, deadline - time.monotonic())):
-            log.warning("cancel_not_yet_recorded", run_id=run_id, waited_s=CANCEL_WAIT_S)
-            return True
-        state = settlement.state
-        return settlement.interrupted != "" or state is None or state.terminal
-
     def cancel_here(self, run_id: str, reason: str) -> bool:
         """A cancel asked for from another machine: True if a run driven here took it."""
         return self._system.tell(run_id, Cancel(now=self._clock(), reason=reason))
+
+    def _recorded(self, run_id: str, deadline: float) -> bool:
+        """Wait for the end of the run a cancel was told to (here, or by the runtime driving
+        it elsewhere) to be in the log: True once it ended, or the wait is over (the cancel
+        is on its way: logged); False when it parked instead (the cancel came as it did,
+        and is for the caller to take it now). Its settlement here says so at once; the
+        log, read with a growing pause, says so wherever it went (a lost cancel carried)."""
+        settlement = self._system.settlement(run_id)
+        began, pause = time.monotonic(), 0.002
+        while True:
+            if settlement is not None and settlement.event.wait(pause):
+                state = settlement.state
+                return settlement.interrupted != "" or state is None or state.terminal
+            state = self._queries.state(run_id)
+            if state.terminal:
+                return True
+            if settlement is None and state.settled:  # parked, where nothing drives it
+                return False
+            if time.monotonic() + pause > deadline:
+                waited = round(time.monotonic() - began, 1)
+                log.warning("cancel_not_yet_recorded", run_id=run_id, waited_s=waited)
+                return True
+            if settlement is None:
+                time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     def _cancel_running_children(self, run_id: str) -> None:
         """The cascade, carried from the log now onto the tree pool (which ``close`` waits
@@ -197,7 +193,10 @@ class Cancels:
         except BaseException:
             self._system.give_back(run_id, epoch)
             raise
-        if steps:
+        ended = steps[-1][0].state if steps else None
+        if ended is not None:  # waits on it (one parked for its children) hear of its end
+            self._system.settled_without_actor(ended)
+        elif steps:
             self._system.unclaim(run_id)
         else:
             self._system.give_back(run_id, epoch)

@@ -150,7 +150,7 @@ class TreeWork:
             epoch = self._system.take(run_id, wait=HANDOVER_WAIT)
         except FoldloopError as exc:
             log.warning("parked_run_not_taken_up", run_id=run_id, error=str(exc))
-            self._system.next_for_take_up(run_id, None)  # drops what came: recover() resumes it
+            self._system.take_up_failed(run_id)  # recover() resumes it
             return
         state: RunState | None = None
         try:
@@ -166,7 +166,7 @@ class TreeWork:
                 drive(self._system, agent, state, epoch, decision, released=settles)
                 return
         except BaseException as exc:
-            self._system.next_for_take_up(run_id, None)
+            self._system.take_up_failed(run_id)
             self._system.give_back(run_id, epoch)
             if isinstance(exc, FoldloopError):
                 log.warning("parked_run_not_taken_up", run_id=run_id, error=str(exc))
