@@ -1,6 +1,7 @@
-"""A process whose SIGUSR1 handler calls ``rt.close()`` while the main thread is inside the
-runtime at a chosen place (``sys.settrace`` raises the signal there, once): the handler
-runs on the thread it interrupted, which may hold what the close needs.
+"""A process whose SIGUSR1 handler calls ``rt.close()`` (or a run's ``cancel()``) while the
+main thread is inside the runtime at a chosen place (``sys.settrace`` raises the signal
+there, once): the handler runs on the thread it interrupted, which may hold what the close
+(or the cancel) needs.
 
     python -m tests.signal_close_worker STORE CASE
 
@@ -65,6 +66,8 @@ CASES: dict[str, tuple[CodeType, Callable[[FrameType], bool], Action]] = {
 
 
 POOL_CASE = "pool-replace_dead-holding-its-lock"
+CANCEL_CASE = "cancel-over-spawn_many-in-claim"
+SLOW = fl.Agent(name="slow", llm=fl.ScriptedLLM([fl.Reply(text="late")], latency_s=30))
 
 
 def arm(code: CodeType, ready: Callable[[FrameType], bool]) -> list[bool]:
@@ -99,10 +102,32 @@ def pool_main(store: str) -> None:
     print("closed", raised == [True] and pool.closed and pool.runtime.closed, flush=True)
 
 
+def cancel_main(store: str) -> None:
+    """A handler that cancels a run (not closes) over spawn_many holding the system's lock:
+    the cancel goes on on a thread of its own, the run ends cancelled."""
+    rt = fl.Runtime.open(store, agents=[AGENT, SLOW])
+    slow = rt.spawn(SLOW, "slow")
+    while "model.requested" not in [r.type for r in rt.events(slow.id)]:
+        time.sleep(0.001)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: slow.cancel("from a handler"))
+    code, ready, _ = CASES["spawn_many-in-claim"]
+    raised = arm(code, ready)
+    try:
+        print("returned", len(rt.spawn_many(AGENT, ["go"] * 20)), flush=True)
+    finally:
+        sys.settrace(None)
+    ended = slow.wait(timeout=30).status
+    rt.close()
+    print("cancelled", raised == [True] and ended is fl.RunStatus.CANCELLED, flush=True)
+
+
 def main() -> None:
     store, case = sys.argv[1], sys.argv[2]
     if case == POOL_CASE:
         pool_main(store)
+        return
+    if case == CANCEL_CASE:
+        cancel_main(store)
         return
     code, ready, act = CASES[case]
     rt = fl.Runtime.open(store, agents=[AGENT])

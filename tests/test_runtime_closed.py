@@ -20,7 +20,7 @@ import foldloop as fl
 from foldloop.projections import RunMetrics
 from foldloop.runtime import _commands as commands_module
 from tests.log_capture import capture_logs
-from tests.signal_close_worker import CASES, POOL_CASE
+from tests.signal_close_worker import CANCEL_CASE, CASES, POOL_CASE
 from tests.waiting import logged, wait_until
 
 CLOSED = r"this runtime is closed; open a new one with fl\.Runtime\.open\(\)"
@@ -247,6 +247,23 @@ def test_a_signal_handlers_close_where_the_call_it_interrupted_holds_what_it_nee
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "closed True", done.stdout
+
+
+def test_a_signal_handlers_cancel_over_a_call_holding_the_system_lock_returns(
+    tmp_path: Path,
+) -> None:
+    """A handler's cancel interrupting spawn_many where it holds the actor system's lock
+    goes on on a thread of its own (it waited for that lock for ever): the run is
+    cancelled once the handler and the call it interrupted returned."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.signal_close_worker", str(tmp_path / "s"), CANCEL_CASE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "cancelled True", done.stdout
 
 
 def late_wait_through_close(

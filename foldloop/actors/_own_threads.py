@@ -22,6 +22,7 @@ R = TypeVar("R")
 __all__ = [
     "a_call",
     "calling",
+    "calls_into",
     "closed_says_so",
     "holding_outcome",
     "inside_a_call",
@@ -58,6 +59,13 @@ def outcome_in_hand() -> Iterator[None]:
 def holding_outcome() -> bool:
     """True inside ``outcome_in_hand``."""
     return bool(getattr(_marks, "outcome", False))
+
+
+def calls_into(store: object) -> int:
+    """How many calls into the runtime on ``store`` this thread is inside (``calling``): two
+    or more when a signal handler's call interrupted another, perhaps holding its locks."""
+    calls: dict[int, int] | None = getattr(_marks, "calls", None)
+    return 0 if calls is None else calls.get(id(store), 0)
 
 
 def inside_a_call(store: object) -> bool:

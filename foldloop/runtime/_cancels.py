@@ -11,7 +11,7 @@ from collections.abc import Callable
 from msgspec.structs import replace
 
 from foldloop._log import get_logger
-from foldloop.actors._own_threads import on_own_thread
+from foldloop.actors._own_threads import calls_into, on_own_thread
 from foldloop.actors._system import HANDOVER_WAIT, ActorSystem
 from foldloop.actors._workers import Workers
 from foldloop.core._commands import Cancel, Command
@@ -71,14 +71,14 @@ class Cancels:
     def carry_lost_cancel(self, run_id: str, command: Cancel) -> None:
         """A cancel reached a run as it stopped being active here (it parked, or a late
         one found it gone): cancel it again, off the shard that reported it."""
+        self._late_cancels.submit(functools.partial(self._carried, run_id, command.reason))
 
-        def again() -> None:
-            try:
-                self.cancel(run_id, command.reason)
-            except FoldloopError as exc:
-                log.warning("cancel_not_carried", run_id=run_id, error=str(exc))
-
-        self._late_cancels.submit(again)
+    def _carried(self, run_id: str, reason: str) -> None:
+        """(The late cancels' thread.) A cancel carried here, not made by the caller."""
+        try:
+            self.cancel(run_id, reason)
+        except FoldloopError as exc:
+            log.warning("cancel_not_carried", run_id=run_id, error=str(exc))
 
     def cancel_children(self, run_ids: tuple[str, ...], reason: str) -> None:
         """Cancel child runs (each cascades to its own), off the calling shard."""
@@ -100,6 +100,9 @@ class Cancels:
         every child run below it that still runs. Returns once the run's end is in the log
         (its ``run.cancelled``, or the end it reached first), but on a runtime's own thread
         (a tool's, a callback's), which must not wait for the runtime's own work."""
+        if calls_into(self._store) > 1:  # a signal handler's, over a call it interrupted
+            self._late_cancels.submit(functools.partial(self._carried, run_id, reason))
+            return
         command = Cancel(now=self._clock(), reason=reason)
         deadline = time.monotonic() + CANCEL_WAIT_S
         while True:
