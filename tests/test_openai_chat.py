@@ -307,8 +307,8 @@ def test_what_the_sdks_own_retries_would_ask_again_is_retried(
         assert result.output == "done" and len(server.requests) == 2
     else:
         assert result.status is fl.RunStatus.FAILED and len(server.requests) == 1
-        assert "the server says not to retry" in result.reason
-        assert "fix the request" not in result.reason
+        assert "the server says not to ask again (x-should-retry: false)" in result.reason
+        assert "fix the request" not in result.reason and "refused" not in result.reason
 
 
 def test_a_bad_request_fails_the_run_clearly_without_retrying(

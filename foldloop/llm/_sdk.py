@@ -67,13 +67,14 @@ def sdk_errors(sdk: ModuleType, model: str) -> Iterator[None]:
         headers = exc.response.headers
         status = exc.status_code
         if not _worth_retrying(status, headers):
-            fix = (
-                "the server says not to retry (x-should-retry: false)"
-                if headers.get("x-should-retry") == "false"
-                else "fix the request (messages, tool schemas, model, key)"
-            )
+            if status in RETRIED_STATUSES or status >= 500:  # retried but for the server's word
+                said = f"{model}: HTTP {status}, and the server says not to ask again"
+                raise ModelCallError(
+                    f"{said} (x-should-retry: false): {exc.message}", retryable=False
+                ) from None
             raise ModelCallError(
-                f"{model} refused the request (HTTP {status}): {exc.message}; {fix}",
+                f"{model} refused the request (HTTP {status}): {exc.message}; fix the request "
+                "(messages, tool schemas, model, key)",
                 retryable=False,
             ) from None
         wait = retry_after(headers)
