@@ -153,6 +153,16 @@ def test_a_decision_taken_in_the_host_is_carried_by_a_worker(store_path: Path) -
         assert result.status is fl.RunStatus.COMPLETED and result.output == "2", result
 
 
+def test_a_pooled_cancel_of_a_parked_run_returns_once_it_is_recorded(store_path: Path) -> None:
+    """No worker holds a run parked at an approval: the host cancels it itself, and
+    returns once run.cancelled is in the log, as any cancel does."""
+    with fl.WorkerPool(store_path, agents=["pool_agents:gated"], processes=1) as pool:
+        handle = pool.spawn("gated", "one plus one")
+        assert handle.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+        handle.cancel("no")
+        assert pool.runtime.state(handle.id).status is fl.RunStatus.CANCELLED
+
+
 def test_a_worker_refusal_reaches_the_host_as_the_same_error(store_path: Path) -> None:
     with fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=1) as pool:
         assert pool.spawn("calc", "first", run_id="same").wait(timeout=30).ok

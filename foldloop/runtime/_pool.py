@@ -117,7 +117,9 @@ class PooledRunHandle(RunHandle):
     def cancel(self, reason: str = "") -> None:
         """Cancel the run: through the worker that drives it, or here if none does."""
         if not self._pool.cancel_in_worker(self.id, reason):
-            super().cancel(reason)
+            # not super().cancel: a second public call on this thread reads as a signal
+            # handler's over the first, whose cancel is handed off instead of awaited
+            self._ops.cancel(self.id, reason)
 
 
 class WorkerPool(ClosedOnExit):

@@ -236,7 +236,7 @@ class RunHandle(OpenOnly):
             self._ended = result
 
     def cancel(self, reason: str = "") -> None:
-        """Cancel the run (at once: model calls run off the run's thread)."""
+        """Cancel the run; returns once its end is in the log (see README, "Cancel")."""
         self._ops.cancel(self.id, reason)
 
     @property
