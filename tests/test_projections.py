@@ -329,6 +329,10 @@ def test_a_refused_attach_changes_nothing_and_a_checkpointed_name_is_checked_too
     for reset in (False, True):
         with pytest.raises(fl.ConfigError, match="encode_state returned str, not bytes"):
             rt.attach(StoresText(), reset=reset)
+    refused = pytest.raises(fl.ConfigError, match="encode_state cannot store")
+    with capture_logs(logging.INFO) as logs, refused:  # its checkpoint unreadable to it too
+        rt.attach(fl.projections.Projection("counted", initial=Opaque, apply=lambda s, r: s))
+    assert not [e for e in logs if e.get("event") == "projection_rebuilt"]  # refused, no more
     again = Counted()
     rt.attach(again).catch_up()
     assert again.applied == 0  # went on from the checkpoint: nothing refolded

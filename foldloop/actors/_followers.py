@@ -133,8 +133,10 @@ class Followers:
         try:
             state = projection.decode_state(checkpoint.state)
         except (msgspec.MsgspecError, ValueError, TypeError) as exc:
+            initial = projection.initial()
+            check_state_codec(projection, initial, read_back=True)  # refused, not rebuilt
             log.warning("projection_rebuilt", projection=name, why=f"state unreadable: {exc}")
-            return 0, projection.initial()
+            return 0, initial
         if checkpoint.failure is not None:
             log.info(
                 "projection_retrying",
