@@ -406,3 +406,16 @@ def test_after_a_refusal_a_request_whose_worker_dies_is_not_sent_again(store_pat
     assert len(sent) == 4  # the dead worker's inputs were not sent again
     assert error.missing == (2, 3, 4, 5)
     assert error.started == ("run-0", "run-1", "run-6", "run-7")
+
+
+def test_a_request_to_a_worker_the_close_hung_up_on_is_a_worker_error(store_path: Path) -> None:
+    """The pool's close closes a worker's stdin while another thread may be sending it a
+    request: that request fails as a WorkerError (spawn_many then says what started), not
+    with the file's own ValueError."""
+    from foldloop.runtime._pool_protocol import Cancel as CancelRequest
+
+    with fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=1) as pool:
+        (worker,) = pool._workers  # the process the close hangs up on
+        worker.hang_up()
+        with pytest.raises(fl.errors.WorkerError):
+            worker.request(CancelRequest(id=0, run_id="any"))

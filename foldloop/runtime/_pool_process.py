@@ -171,7 +171,7 @@ class WorkerProcess:
             try:
                 self.proc.stdin.write(encode(request))
                 self.proc.stdin.flush()
-            except OSError:
+            except (OSError, ValueError):  # ValueError: the pool's close closed its stdin
                 self._pending.pop(request.id, None)
                 raise WorkerError(
                     f"worker process {self.proc.pid} is gone; the pool starts another"
