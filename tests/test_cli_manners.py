@@ -34,7 +34,8 @@ import pytest
 from typer.testing import CliRunner
 
 import foldloop as fl
-from foldloop.cli import RUNS_LISTED, app, demo_agent
+from foldloop.cli import app, demo_agent
+from foldloop.cli._runs_command import RUNS_LISTED
 
 SCRIPT = Path(sysconfig.get_path("scripts")) / "foldloop"
 PYTHON_ADVICE = re.compile(r"\brt\.\w|\bfl\.\w|Runtime\.open|\bwait\(\)")
