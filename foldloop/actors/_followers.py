@@ -85,9 +85,11 @@ class Followers:
             self._names.add(name)
         try:
             with closed_says_so(self._closed_error):
-                position, state = self._start_point(projection, reset=reset)
+                position, state, rebuilt = self._start_point(projection, reset=reset)
                 if projection.stored:  # a checkpoint read back needs no proof it reads back
                     check_state_codec(projection, state, read_back=position == 0)
+                if rebuilt is not None:  # said once the attach is not refused
+                    rebuilt()
                 if reset and not self.store.readonly:  # once nothing above refused it
                     self.store.delete_checkpoint(name).wait()
         except BaseException:
@@ -107,36 +109,39 @@ class Followers:
             position = self.store.last_position()
         return self._start(_Subscription(callback, wanted), position, None, name=None)
 
-    def _start_point(self, projection: Projection[Any], *, reset: bool) -> tuple[int, Any]:
+    def _start_point(
+        self, projection: Projection[Any], *, reset: bool
+    ) -> tuple[int, Any, Callable[[], None] | None]:
+        """(position, state) to start from, and the log line of a checkpoint it could not
+        start from (for the caller to write once nothing refused the attach)."""
         name = projection.name
-        if reset:  # its checkpoint is deleted once the attach is not refused
-            return 0, projection.initial()
-        if not projection.stored:
-            return 0, projection.initial()
+
+        def rebuilt(why: str, *, warn: bool = True) -> tuple[int, Any, Callable[[], None]]:
+            say = log.warning if warn else log.info
+            return (
+                0,
+                projection.initial(),
+                lambda: say("projection_rebuilt", projection=name, why=why),
+            )
+
+        if reset or not projection.stored:  # a reset's checkpoint goes once nothing refused it
+            return 0, projection.initial(), None
         try:
             with closed_says_so(self._closed_error):  # no checkpoint is unreadable then
                 checkpoint = self.store.checkpoint(name)
         except StoreError as exc:
-            log.warning("projection_rebuilt", projection=name, why=str(exc))
-            return 0, projection.initial()
+            return rebuilt(str(exc))
         if checkpoint is None:
-            return 0, projection.initial()
+            return 0, projection.initial(), None
         if checkpoint.version != projection.version:
-            log.info(
-                "projection_rebuilt",
-                projection=name,
-                why=f"version {checkpoint.version} stored, {projection.version} attached",
-            )
-            return 0, projection.initial()
+            why = f"version {checkpoint.version} stored, {projection.version} attached"
+            return rebuilt(why, warn=False)
         if checkpoint.state is None:
-            return 0, projection.initial()
+            return 0, projection.initial(), None
         try:
             state = projection.decode_state(checkpoint.state)
         except (msgspec.MsgspecError, ValueError, TypeError) as exc:
-            initial = projection.initial()
-            check_state_codec(projection, initial, read_back=True)  # refused, not rebuilt
-            log.warning("projection_rebuilt", projection=name, why=f"state unreadable: {exc}")
-            return 0, initial
+            return rebuilt(f"state unreadable: {exc}")
         if checkpoint.failure is not None:
             log.info(
                 "projection_retrying",
@@ -144,7 +149,7 @@ class Followers:
                 position=checkpoint.failure.position,
                 error=checkpoint.failure.error,
             )
-        return checkpoint.position, state
+        return checkpoint.position, state, None
 
     def _start(
         self,

@@ -71,8 +71,7 @@ def calls_into(store: object) -> int:
 def inside_a_call(store: object) -> bool:
     """True while this thread is inside a call into the runtime on ``store`` (``calling``):
     a signal handler that runs now interrupted it, perhaps holding any of its locks."""
-    calls: dict[int, int] | None = getattr(_marks, "calls", None)
-    return calls is not None and id(store) in calls
+    return calls_into(store) > 0
 
 
 @contextlib.contextmanager

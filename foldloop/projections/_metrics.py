@@ -317,8 +317,7 @@ def _tool_finished(s: RunMetricsState, r: Recorded) -> RunMetricsState:
     if isinstance(event, ToolFailed):
         failures = _bump(failures, event.kind)
     if opened is None:
-        s = msgspec.structs.replace(s, tool_failures=failures)
-        return _late_outcome(s, r) if event.call_id in _cut_ids(s, r.run_id) else s
+        return _late_outcome(msgspec.structs.replace(s, tool_failures=failures), r)
     s = msgspec.structs.replace(s, tool_failures=failures, open_calls=s.open_calls.delete(key))
     s = _timed(s, r, *opened)
     return _with_calls(s, r.run_id, lambda calls: calls - {event.call_id})
@@ -333,17 +332,15 @@ def _timed(s: RunMetricsState, r: Recorded, tool: str, at: int) -> RunMetricsSta
     return msgspec.structs.replace(s, tool_latency=latency)
 
 
-def _cut_ids(s: RunMetricsState, run_id: str) -> tuple[str, ...]:
-    run = s.runs.get(run_id)
-    return () if run is None else tuple(call_id for call_id, _, _ in run.cut)
-
-
 def _late_outcome(s: RunMetricsState, r: Recorded) -> RunMetricsState:
     """The outcome of a call its run's final end cut (a tool a cancel did not wait for):
-    timed as any other, and no longer kept."""
+    timed as any other, and no longer kept; any other outcome of no open call changes
+    nothing more."""
     event: Any = r.event
-    run = s.runs[r.run_id]
-    call = next(c for c in run.cut if c[0] == event.call_id)
+    run = s.runs.get(r.run_id)
+    call = None if run is None else next((c for c in run.cut if c[0] == event.call_id), None)
+    if run is None or call is None:
+        return s
     s = _timed(s, r, call[1], call[2])
     run = msgspec.structs.replace(run, cut=tuple(c for c in run.cut if c is not call))
     return msgspec.structs.replace(s, runs=s.runs.set(r.run_id, run))
