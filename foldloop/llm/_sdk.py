@@ -67,7 +67,7 @@ def sdk_errors(sdk: ModuleType, model: str) -> Iterator[None]:
         headers = exc.response.headers
         status = exc.status_code
         if not _worth_retrying(status, headers):
-            if status in RETRIED_STATUSES or status >= 500:  # retried but for the server's word
+            if _retried_by_status(status):  # but for the server's word
                 said = f"{model}: HTTP {status}, and the server says not to ask again"
                 raise ModelCallError(
                     f"{said} (x-should-retry: false): {exc.message}", retryable=False
@@ -98,6 +98,10 @@ def _worth_retrying(status: int, headers: Mapping[str, str]) -> bool:
     said = headers.get("x-should-retry")
     if said in ("true", "false"):
         return said == "true"
+    return _retried_by_status(status)
+
+
+def _retried_by_status(status: int) -> bool:
     return status in RETRIED_STATUSES or status >= 500
 
 
