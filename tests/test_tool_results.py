@@ -13,7 +13,7 @@ import pytest
 import foldloop as fl
 from foldloop.core._messages import Message, ToolSpec
 from foldloop.events import ToolCompleted, ToolFailed
-from foldloop.tools._decorator import DEFAULT_MAX_RESULT_CHARS, MAX_RESULT_BYTES
+from foldloop.tools._decorator import DEFAULT_MAX_RESULT_CHARS, MAX_RESULT_BYTES, ToolOutcome
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BIG = 5_000_000
@@ -172,3 +172,55 @@ def test_the_readme_documents_the_limit() -> None:
     assert "max_result_chars" in tools
     assert f"{DEFAULT_MAX_RESULT_CHARS:,}" in tools
     assert "tool_result_cut" in tools and "original_chars" in tools
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message for you")
+
+
+@fl.tool(timeout=None)
+def loops_back() -> list[object]:
+    """Return a list that holds itself (no JSON can say it)."""
+    looped: list[object] = []
+    looped.append(looped)
+    return looped
+
+
+@fl.tool(timeout=None)
+def unprintable() -> str:
+    """Raise an error whose message cannot be read."""
+    raise Unprintable
+
+
+@pytest.mark.parametrize("tool", [loops_back, unprintable], ids=lambda t: t.name)
+def test_a_failure_that_cannot_be_put_in_words_is_still_the_calls_outcome(
+    tmp_path: Path, tool: fl.types.Tool
+) -> None:
+    """Neither may escape as an error of the pool's thread: with no timeout, the run would
+    wait for the call for ever."""
+    outcome = tool.invoke("{}")
+    assert (outcome.ok, outcome.kind) == (False, "exception"), outcome
+    _model, events, result = run_once(tmp_path, tool)
+    assert result.ok, result
+    failed = [e for e in events if isinstance(e, ToolFailed)]
+    assert [f.kind for f in failed] == ["exception"]
+    assert failed[0].error == outcome.text
+
+
+class Broken(fl.types.Tool):
+    """A Tool whose invoke itself raises (a subclass's bug, not the function's failure)."""
+
+    def invoke(self, args: str) -> ToolOutcome:
+        raise LookupError("no such backend")
+
+
+def test_a_tool_whose_invoke_raises_fails_the_call_at_once(tmp_path: Path) -> None:
+    def lookup() -> str:
+        """Look it up."""
+        return "never"
+
+    _model, events, result = run_once(tmp_path, Broken(lookup, timeout=None))
+    assert result.ok, result
+    failed = [e for e in events if isinstance(e, ToolFailed)]
+    assert [(f.kind, f.error) for f in failed] == [("exception", "LookupError: no such backend")]

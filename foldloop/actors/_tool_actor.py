@@ -19,7 +19,7 @@ from collections.abc import Callable
 import msgspec
 
 from foldloop._log import get_logger
-from foldloop.actors._base import FastActor
+from foldloop.actors._base import FAILURES, FastActor
 from foldloop.actors._event_loop import EventLoop
 from foldloop.actors._model_call import reply_bound
 from foldloop.actors._own_threads import outcome_in_hand
@@ -28,7 +28,7 @@ from foldloop.actors._timers import Timer, Timers
 from foldloop.actors._workers import Workers
 from foldloop.core._commands import ToolFinished
 from foldloop.store import MAX_EVENT_BYTES
-from foldloop.tools._decorator import Tool, ToolOutcome
+from foldloop.tools._decorator import Tool, ToolOutcome, failure_text
 
 __all__ = [
     "AsyncCall",
@@ -277,7 +277,11 @@ class ToolRunner:
                 reported()
 
             timer = self.watch(call.run_id, call.call_id, once, past_timeout)
-            outcome = self.tool.invoke(call.args)  # the pool's threads are the tool's bound
+            try:
+                outcome = self.tool.invoke(call.args)  # the pool's threads are the tool's bound
+            except FAILURES as exc:  # a Tool whose invoke raises: the run must still hear of it
+                log.exception("tool_invoke_failed", tool=self.tool.name, run_id=call.run_id)
+                outcome = ToolOutcome(False, failure_text(exc), "exception")
             if timer is not None:
                 timer.cancel()  # release the run's references now, not in `timeout` s
             if not late.claim():  # it timed out: its lent thread is taken back

@@ -29,6 +29,7 @@ from foldloop.tools._command import run_command
 from foldloop.tools._schema import ArgSchema, build_arg_schema, parse_docstring
 
 __all__ = [
+    "failure_text",
     "bound_text",
     "DEFAULT_MAX_RESULT_CHARS",
     "DEFAULT_TIMEOUT",
@@ -46,8 +47,25 @@ DEFAULT_MAX_RESULT_CHARS = 256 * 1024
 MAX_RESULT_BYTES = 1_000_000
 """What a result may take in the log (UTF-8): under the store's 1 MiB an event, with room
 for its other fields. A result of wide characters is cut to this too."""
+ISOLATED_OUTPUT_BYTES = 8 * MAX_RESULT_BYTES
+"""What a subprocess tool's child may write back: its outcome, cut to the tool's bound in the
+child, as JSON (escapes take up to 6 bytes a character)."""
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _JSON = msgspec.json.Encoder(order="sorted")
+
+
+def failure_text(exc: BaseException) -> str:
+    """What the model is told of an exception a tool's call raised."""
+    if not isinstance(exc, Exception):  # SystemExit, KeyboardInterrupt: the type says it
+        return f"{type(exc).__name__} raised inside the tool"
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception as unreadable:  # its __str__ failed: the call's outcome all the same
+        text = (
+            f"{type(exc).__name__} raised inside the tool (its message could not be read: "
+            f"{type(unreadable).__name__})"
+        )
+    return storable_text(text)
 
 
 class ToolOutcome(msgspec.Struct, frozen=True):
@@ -199,10 +217,18 @@ class Tool:
             self.validate(args)  # refuse bad arguments before starting a process
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             return ToolOutcome(False, f"invalid arguments for {self.name!r}: {exc}", "invalid_args")
-        cmd = [sys.executable, "-m", "foldloop.tools._isolated", self._module]
-        cmd += [self.fn.__qualname__, args or "{}"]
+        cmd = [sys.executable, "-m", "foldloop.tools._isolated", self._module, self.fn.__qualname__]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        result = run_command(cmd, timeout=self.timeout or 10**9, env=env)
+        try:  # the arguments go on its stdin: a command line holds 128 KiB an argument
+            result = run_command(
+                cmd,
+                timeout=self.timeout or 10**9,
+                env=env,
+                input=(args or "{}").encode("utf-8", "surrogatepass"),
+                max_output=ISOLATED_OUTPUT_BYTES,
+            )
+        except ConfigError as exc:  # it could not start (no memory, no such interpreter...)
+            return ToolOutcome(False, f"tool {self.name!r}'s process: {exc.fact}", "exception")
         ms = result.duration_s * 1000
         if result.timed_out:
             why = f"tool {self.name!r} did not finish within {self.timeout:g} s"
@@ -263,11 +289,7 @@ class Tool:
     @staticmethod
     def _raised(exc: BaseException, start: float) -> ToolOutcome:
         ms = (time.perf_counter() - start) * 1000
-        if not isinstance(exc, Exception):
-            return ToolOutcome(
-                False, f"{type(exc).__name__} raised inside the tool", "exception", ms
-            )
-        return ToolOutcome(False, storable_text(f"{type(exc).__name__}: {exc}"), "exception", ms)
+        return ToolOutcome(False, failure_text(exc), "exception", ms)
 
     @staticmethod
     def _returned(value: object, start: float) -> ToolOutcome:
@@ -285,10 +307,11 @@ class Tool:
             )
         try:
             return ToolOutcome(True, storable_text(_JSON.encode(value).decode()), "", ms)
-        except (TypeError, msgspec.EncodeError, UnicodeEncodeError) as exc:
+        except Exception as exc:  # TypeError, EncodeError, RecursionError (it holds itself)...
             return ToolOutcome(
                 False,
-                f"the tool returned a {type(value).__name__} that is not JSON-encodable ({exc}); "
+                f"the tool returned a {type(value).__name__} that is not JSON-encodable "
+                f"({type(exc).__name__}: {exc}); "
                 "return str, numbers, lists, dicts, dataclasses or msgspec Structs",
                 "exception",
                 ms,
