@@ -27,3 +27,23 @@ def hang(pidfile: str) -> str:
 def crash() -> str:
     """Die without a word."""
     os._exit(7)
+
+
+@fl.tool(subprocess=True)
+def chatty(n: int) -> str:
+    """Print as it works (as libraries do), then answer."""
+    print("working on", n)
+    os.write(1, b"a line straight to fd 1\n")
+    return f"got {n}"
+
+
+@fl.tool(subprocess=True)
+def echo_size(text: str) -> int:
+    """How long the text it was given is."""
+    return len(text)
+
+
+@fl.tool(subprocess=True)
+def big_result(chars: int) -> str:
+    """A result of ``chars`` characters."""
+    return "x" * chars

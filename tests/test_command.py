@@ -73,3 +73,13 @@ def test_a_tool_can_shell_out(tmp_path: Path) -> None:
     target = tmp_path / "f.txt"
     target.write_text("a\nb\nc\n")
     assert count_lines.invoke(f'{{"path": "{target}"}}').text == "3"
+
+
+def test_input_goes_to_the_commands_stdin_and_output_keeps_its_first_max_output_bytes() -> None:
+    echo = "import sys; data = sys.stdin.buffer.read(); sys.stdout.write(str(len(data)) * 9)"
+    result = fl.run_command([sys.executable, "-c", echo], timeout=30, input=b"x" * 300_000)
+    assert result.ok and result.stdout == "300000" * 9
+    cut = fl.run_command([sys.executable, "-c", echo], timeout=30, input=b"x", max_output=4)
+    assert cut.ok and cut.stdout == "1111"
+    quiet = fl.run_command([sys.executable, "-c", echo], timeout=30)
+    assert quiet.stdout == "0" * 9  # no input: an empty stdin, not the caller's

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import foldloop as fl
-from tests.isolated_tools import crash, hang, whoami
+from tests.isolated_tools import big_result, chatty, crash, echo_size, hang, whoami
 from tests.test_command import alive
 from tests.waiting import wait_until
 
@@ -53,3 +53,21 @@ def test_a_subprocess_tool_must_be_importable() -> None:
         def local() -> str:
             """Not importable by name."""
             return "x"
+
+
+def test_what_a_subprocess_tool_prints_does_not_spoil_its_result() -> None:
+    outcome = chatty.invoke('{"n": 5}')
+    assert (outcome.ok, outcome.text) == (True, "got 5"), outcome
+
+
+def test_arguments_past_what_a_command_line_holds_reach_a_subprocess_tool() -> None:
+    text = "y" * 300_000  # Linux refuses a single argv string past 128 KiB
+    outcome = echo_size.invoke(json.dumps({"text": text}))
+    assert (outcome.ok, outcome.text) == (True, "300000"), outcome
+
+
+def test_a_subprocess_tools_long_result_is_cut_as_any_tools_is(tmp_path: Path) -> None:
+    outcome = big_result.invoke('{"chars": 2000000}')
+    assert outcome.ok, outcome
+    assert len(outcome.text) == big_result.max_result_chars
+    assert outcome.original_chars == 2_000_000

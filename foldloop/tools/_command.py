@@ -53,8 +53,10 @@ def run_command(
     env: Mapping[str, str] | None = None,
     grace: float = 2.0,
     max_output: int = _CAP,
+    input: bytes | None = None,
 ) -> CommandResult:
-    """Run ``cmd`` (an argv list) for at most ``timeout`` seconds; never raises for its exit."""
+    """Run ``cmd`` (an argv list) for at most ``timeout`` seconds, ``input`` on its stdin
+    (else none); never raises for its exit."""
     if isinstance(cmd, str) or not cmd or not all(isinstance(a, str) for a in cmd):
         raise ConfigError(f"cmd must be a non-empty list of strings (argv, no shell); got {cmd!r}")
     if (
@@ -73,7 +75,7 @@ def run_command(
             list(cmd),
             cwd=cwd,
             env=dict(env) if env is not None else None,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group, killed as a whole
@@ -82,7 +84,7 @@ def run_command(
         raise ConfigError(f"cannot start {cmd[0]!r}: {exc}") from None
     timed_out = False
     try:
-        out, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
         _kill_group(proc.pid, signal.SIGTERM)

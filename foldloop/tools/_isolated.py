@@ -1,15 +1,17 @@
-"""Run one tool call in this (child) process: ``python -m foldloop.tools._isolated M Q ARGS``.
+"""Run one tool call in this (child) process: ``python -m foldloop.tools._isolated M Q``.
 
 The parent (``Tool.invoke`` of a ``@tool(subprocess=True)`` tool) starts this module in a
 new process group, so a hung tool is killed with its whole group at the timeout. The tool
 is found by module and qualified name (so it must be defined at module level); arguments
-arrive as JSON text and the outcome leaves as one JSON object: nothing is pickled.
+arrive as JSON text on stdin and the outcome leaves on stdout as one JSON object, cut to
+the tool's bound: nothing is pickled. What the tool itself prints goes to stderr.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from typing import Any
 
@@ -41,16 +43,20 @@ def _find(module: str, qualname: str) -> Any:
 
 def main(argv: list[str]) -> int:
     """Entry point of the child."""
-    module, qualname, args = argv[1], argv[2], argv[3]
+    module, qualname = argv[1], argv[2]
+    args = sys.stdin.buffer.read().decode("utf-8", "surrogatepass")
+    answer = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # the tool's prints (and its libraries', at any level) are not its outcome
     try:
         found = _find(module, qualname)
     except Exception as exc:
         outcome = ToolOutcome(False, f"cannot load tool {module}:{qualname}: {exc!r}", "exception")
     else:
         tool = found if isinstance(found, Tool) else Tool(found)
-        outcome = tool.invoke_here(args)
-    sys.stdout.write(msgspec.json.encode(outcome).decode())
+        outcome = tool.bounded(tool.invoke_here(args))
     sys.stdout.flush()
+    answer.write(msgspec.json.encode(outcome))
+    answer.flush()
     return 0
 
 
