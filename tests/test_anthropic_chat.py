@@ -131,6 +131,12 @@ def test_invalid_tool_input_is_fed_back_as_a_tool_result(
         pytest.param(b"<html>proxy error</html>", id="html"),
         pytest.param({"id": "msg_1", "type": "message"}, id="no-content"),
         pytest.param([1, 2], id="a-list"),
+        pytest.param(
+            b'{"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": '
+            b'[{"type": "text", "text": "hi"}], "stop_reason": "end_turn", "usage": '
+            b'{"input_tokens": 1e400, "output_tokens": 1}}',
+            id="infinite-usage",
+        ),
     ],
 )
 def test_a_reply_that_is_not_a_message_is_retried_with_a_clear_error(

@@ -164,7 +164,7 @@ class AnthropicChat:
         without checking it: a body that is JSON but no message fails here, retryable)."""
         try:
             return self._read(response)
-        except (AttributeError, TypeError, KeyError, ValueError) as exc:
+        except (AttributeError, TypeError, KeyError, ValueError, ArithmeticError) as exc:
             raise ModelCallError(
                 f"{self._model}: the response is not a Messages-API message "
                 f"({type(exc).__name__}: {exc}): {str(response)[:200]!r}",
