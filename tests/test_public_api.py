@@ -130,7 +130,8 @@ RESPONDED_BEFORE = bytes.fromhex(
     "0000a87363726970746564cb3ff8000000000000"
 )
 """``model.responded`` as foldloop wrote it with two tool-call classes (ToolCall for the host,
-ModelToolCall for the log), computed from that code: the one class must write the same bytes."""
+ModelToolCall for the log), computed from that code: the one class must write the same bytes
+(since, with ``stop_reason`` after them: an array of 8, not 7, ending in an empty string)."""
 
 DIGEST_BEFORE = "31f1796d67d9338a7501f60bd7c5110d"
 """The history digest of the same calls then: prompt digests of logged runs must not move."""
@@ -156,8 +157,8 @@ def test_a_recorded_reply_encodes_byte_identically_to_before() -> None:
         model="scripted",
         latency_ms=1.5,
     )
-    assert encode_event(event) == RESPONDED_BEFORE
-    assert decode_event(RESPONDED_BEFORE) == event
+    assert encode_event(event) == b"\x98" + RESPONDED_BEFORE[1:] + b"\xa0"
+    assert decode_event(RESPONDED_BEFORE) == event  # a reply logged before stop_reason
     messages = [
         Message(role="user", content="2+3?"),
         Message(role="assistant", tool_calls=reply_calls()),

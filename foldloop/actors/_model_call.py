@@ -21,6 +21,7 @@ from foldloop.errors import ModelCallError
 from foldloop.events._codec import storable_text
 from foldloop.events._values import ToolCall, Usage
 from foldloop.llm import AsyncComplete, Reply
+from foldloop.llm._protocol import STOP_REASONS
 from foldloop.store import MAX_EVENT_BYTES
 
 __all__ = ["BACKOFF", "MAX_REPLY_BYTES", "PLACE", "ModelCall", "reply_bound"]
@@ -202,6 +203,10 @@ class ModelCall:
             return self.failed(error)
 
     def replied(self, reply: Reply, start: float) -> Command:
+        if reply.stop_reason not in STOP_REASONS:  # an unusable Reply (``checked`` says so)
+            raise ValueError(
+                f"stop_reason {reply.stop_reason!r} is not one of {sorted(STOP_REASONS)}"
+            )
         calls = _storable_calls(reply.tool_calls)
         if calls is not None:
             reply = dataclasses.replace(reply, tool_calls=calls)
@@ -230,6 +235,7 @@ class ModelCall:
             usage=usage,
             model=model,
             latency_ms=round((time.perf_counter() - start) * 1000, 3),
+            stop_reason=reply.stop_reason,
         )
 
     def _priced(self, model: str, usage: Usage) -> Usage:

@@ -77,6 +77,7 @@ class ModelReplied(Command, frozen=True):
     model: str = ""
     latency_ms: float = 0.0
     gated: tuple[ApprovalTicket, ...] = ()
+    stop_reason: str = ""
 
 
 class DecideApproval(Command, frozen=True):

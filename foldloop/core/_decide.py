@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from msgspec.structs import replace
 
-from foldloop.core._ceilings import time_limit
+from foldloop.core._ceilings import call_room, time_limit
 from foldloop.core._commands import (
     Admit,
     ApprovalTicket,
@@ -37,6 +37,7 @@ from foldloop.core._retries import MAX_MODEL_ATTEMPTS, retry_delay
 from foldloop.core._state import RunState, RunStatus
 from foldloop.core._tree import (
     child_input,
+    spent,
 )
 from foldloop.events._catalogue import (
     ApprovalDecided,
@@ -102,11 +103,11 @@ def decide(state: RunState, command: Command) -> Decision:
                     usage=command.usage,
                     model=command.model,
                     latency_ms=command.latency_ms,
+                    stop_reason=command.stop_reason,
                 )
             )
             if not b.state.calls:
-                b.emit(RunCompleted(output=command.text))
-                b.settle()
+                _final_reply(b, command)
             else:
                 b.propose(b.state.calls, command.gated)
         case ModelCallFailed():
@@ -145,6 +146,44 @@ def decide(state: RunState, command: Command) -> Decision:
         case _:
             return _rejected(f"unknown command {type(command).__name__}")
     return b.decision()
+
+
+def _final_reply(b: DecisionBuilder, command: ModelReplied) -> None:
+    """A reply without tool calls ends the run: completed when the model ended its turn.
+    One it did not finish is no result: cut at a token cap the run's own ceilings set, the
+    run stops at that ceiling (resume it with more); cut at the model's own cap, or refused,
+    the model failed (resumable once the cap is raised or the prompt changed)."""
+    match command.stop_reason:
+        case "":
+            b.emit(RunCompleted(output=command.text))
+        case "max_tokens" if (room := call_room(b.state, spent(b.state))).limit is not None:
+            b.emit(room.limit)
+        case "max_tokens":
+            b.emit(
+                RunFailed(
+                    kind=RunFailureKind.MODEL,
+                    error=(
+                        f"the model's reply to step {command.step} was cut at its max_tokens "
+                        "before it finished; raise the model's max_tokens and resume the run"
+                    ),
+                )
+            )
+        case "refusal":
+            said = f": {command.text[:200]!r}" if command.text else ""
+            b.emit(
+                RunFailed(
+                    kind=RunFailureKind.MODEL,
+                    error=f"the model refused to answer step {command.step}{said}",
+                )
+            )
+        case other:  # a reason a newer version records
+            b.emit(
+                RunFailed(
+                    kind=RunFailureKind.MODEL,
+                    error=f"the model stopped before it finished step {command.step} ({other})",
+                )
+            )
+    b.settle()
 
 
 def _start(b: DecisionBuilder, command: Start) -> None:

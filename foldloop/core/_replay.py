@@ -144,6 +144,7 @@ def command_for(
                 model=event.model,
                 latency_ms=event.latency_ms,
                 gated=_tickets(following, tuple(c.id for c in event.tool_calls)),
+                stop_reason=event.stop_reason,
             )
         case ModelFailed():
             return ModelCallFailed(

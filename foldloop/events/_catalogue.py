@@ -118,6 +118,9 @@ class ModelResponded(Event, tag="model.responded", frozen=True):
     usage: Usage = Usage()
     model: str = ""
     latency_ms: float = 0.0
+    stop_reason: str = ""
+    """Why the model stopped short of ending its turn (``Reply.stop_reason``): "" if it
+    ended it, ``"max_tokens"`` (cut at the call's token cap) or ``"refusal"``."""
 
 
 class ModelFailed(Event, tag="model.failed", frozen=True):

@@ -21,7 +21,7 @@ from foldloop.core._messages import Message, ToolSpec
 from foldloop.errors import ConfigError, ModelCallError
 from foldloop.events._values import Usage
 from foldloop.llm import _sdk as sdk
-from foldloop.llm._protocol import Reply, ToolCall
+from foldloop.llm._protocol import Reply, StopReason, ToolCall
 
 if TYPE_CHECKING:
     from anthropic.types import Message as AnthropicMessage
@@ -29,6 +29,13 @@ if TYPE_CHECKING:
 __all__ = ["AnthropicChat"]
 
 DEFAULT_MAX_TOKENS = 4096
+
+_STOPS: dict[str, StopReason] = {
+    "max_tokens": "max_tokens",
+    "model_context_window_exceeded": "max_tokens",
+    "refusal": "refusal",
+}
+"""A message's stop_reason as a Reply's (the others end the turn)."""
 
 
 def _input(args: str) -> dict[str, Any]:
@@ -183,6 +190,7 @@ class AnthropicChat:
         usage = response.usage
         return Reply(
             text=text,
+            stop_reason=_STOPS.get(response.stop_reason or "", ""),
             tool_calls=calls,
             usage=Usage(
                 input_tokens=int(usage.input_tokens or 0) if usage else 0,

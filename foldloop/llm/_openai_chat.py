@@ -27,7 +27,7 @@ from foldloop.core._messages import Message, ToolSpec
 from foldloop.errors import ConfigError, ModelCallError
 from foldloop.events._values import Usage
 from foldloop.llm import _sdk as sdk
-from foldloop.llm._protocol import Reply, ToolCall
+from foldloop.llm._protocol import Reply, StopReason, ToolCall
 
 __all__ = ["OpenAIChat"]
 
@@ -50,10 +50,16 @@ class _Call(msgspec.Struct):
 class _Message(msgspec.Struct):
     content: str | None = None
     tool_calls: list[_Call] | None = None
+    refusal: str | None = None
 
 
 class _Choice(msgspec.Struct):
     message: _Message
+    finish_reason: str | None = None
+
+
+_STOPS: dict[str | None, StopReason] = {"length": "max_tokens", "content_filter": "refusal"}
+"""A choice's finish_reason as a Reply's stop_reason (the others end the turn)."""
 
 
 class _Usage(msgspec.Struct):
@@ -223,8 +229,10 @@ class OpenAIChat:
             if (fn := c.function) is not None
         ]
         usage = response.usage
+        choice = response.choices[0]
         return Reply(
-            text=message.content or "",
+            text=message.content or message.refusal or "",
+            stop_reason="refusal" if message.refusal else _STOPS.get(choice.finish_reason, ""),
             tool_calls=calls,
             usage=Usage(
                 input_tokens=int(usage.prompt_tokens or 0) if usage else 0,

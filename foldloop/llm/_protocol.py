@@ -5,12 +5,16 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, cast, runtime_checkable
+from typing import Literal, Protocol, cast, get_args, runtime_checkable
 
 from foldloop.core._messages import Message, ToolSpec
 from foldloop.events._values import ToolCall, Usage
 
-__all__ = ["LLM", "AsyncComplete", "Reply", "ToolCall", "async_form"]
+__all__ = ["LLM", "STOP_REASONS", "AsyncComplete", "Reply", "StopReason", "ToolCall", "async_form"]
+
+
+StopReason = Literal["", "max_tokens", "refusal"]
+STOP_REASONS: frozenset[str] = frozenset(get_args(StopReason))
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,11 @@ class Reply:
     tool_calls: Sequence[ToolCall] = ()
     usage: Usage | None = None
     model: str = ""
+    stop_reason: StopReason = ""
+    """Why the model stopped short of ending its turn: "" when it ended it (or said
+    nothing), ``"max_tokens"`` when the reply was cut at the call's token cap,
+    ``"refusal"`` when the provider refused or filtered it. A final reply that is not ""
+    does not complete the run."""
 
 
 @runtime_checkable

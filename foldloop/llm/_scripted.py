@@ -14,6 +14,7 @@ block there.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
@@ -139,10 +140,7 @@ class ScriptedLLM:
             completion = estimate_tokens(reply.text) + 8 * len(reply.tool_calls)
             if max_tokens is not None:
                 completion = min(completion, max_tokens)
-            reply = Reply(
-                text=reply.text,
-                tool_calls=reply.tool_calls,
-                usage=Usage(input_tokens=prompt, output_tokens=completion),
-                model=reply.model,
+            reply = dataclasses.replace(
+                reply, usage=Usage(input_tokens=prompt, output_tokens=completion)
             )
         return reply
