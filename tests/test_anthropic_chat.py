@@ -170,6 +170,25 @@ def test_both_adapters_refuse_bad_settings_alike(
         adapter("m", base_url="http://127.0.0.1:9", **{setting: value})
 
 
+@pytest.mark.parametrize("adapter", [fl.OpenAIChat, fl.AnthropicChat])
+@pytest.mark.parametrize(
+    ("model", "base_url", "says"),
+    [
+        ("", "http://127.0.0.1:9", "the model must be a name the provider knows"),
+        ("  ", None, "the model must be a name the provider knows"),
+        ("m", "127.0.0.1:8000/v1", "base_url must be an http:// or https:// URL"),
+        ("m", "ftp://example.com", "base_url must be an http:// or https:// URL"),
+        ("m", "http://", "base_url must be an http:// or https:// URL"),
+    ],
+)
+def test_both_adapters_refuse_a_model_or_url_no_call_could_use(
+    adapter: Any, model: str, base_url: str | None, says: str
+) -> None:
+    """Each would fail every call (a URL without a scheme, retried as a connection error)."""
+    with pytest.raises(fl.errors.ConfigError, match=says):
+        adapter(model, base_url=base_url, api_key="k")
+
+
 def test_lenient_replies_are_read_as_openai_chat_reads_them(
     rt: fl.Runtime, server: FakeServer
 ) -> None:

@@ -91,7 +91,9 @@ class AnthropicChat:
         timeout: float = 60.0,
         max_tokens: int = DEFAULT_MAX_TOKENS,
     ) -> None:
-        sdk.check_settings("AnthropicChat", timeout=timeout, max_tokens=max_tokens)
+        sdk.check_settings(
+            "AnthropicChat", model=model, base_url=base_url, timeout=timeout, max_tokens=max_tokens
+        )
         try:
             import anthropic  # noqa: PLC0415 - an optional extra, imported when used
         except ImportError:

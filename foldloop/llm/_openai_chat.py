@@ -123,7 +123,9 @@ class OpenAIChat:
         timeout: float = 60.0,
         max_tokens: int = DEFAULT_MAX_TOKENS,
     ) -> None:
-        sdk.check_settings("OpenAIChat", timeout=timeout, max_tokens=max_tokens)
+        sdk.check_settings(
+            "OpenAIChat", model=model, base_url=base_url, timeout=timeout, max_tokens=max_tokens
+        )
         try:
             import openai  # noqa: PLC0415 - an optional extra, imported when used
         except ImportError:

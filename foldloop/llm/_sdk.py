@@ -18,6 +18,7 @@ import os
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from types import ModuleType
 from typing import Any, Generic, Protocol, TypeVar
@@ -152,8 +153,22 @@ def _number(text: str) -> float | None:
     return value if 0 <= value < math.inf else None
 
 
-def check_settings(adapter: str, *, timeout: object, max_tokens: object) -> None:
+def check_settings(
+    adapter: str, *, model: object, base_url: object, timeout: object, max_tokens: object
+) -> None:
     """Refuse an adapter's settings the SDK would take and fail on later (or every call)."""
+    if not isinstance(model, str) or not model.strip():
+        raise ConfigError(
+            f"{adapter}(model={model!r}): the model must be a name the provider knows "
+            "(such as 'gpt-4o-mini' or 'claude-haiku-4-5')"
+        )
+    if base_url is not None:
+        parts = urllib.parse.urlsplit(base_url) if isinstance(base_url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                f"{adapter}(base_url={base_url!r}): base_url must be an http:// or https:// "
+                "URL (such as 'http://127.0.0.1:8000/v1'), or None for the provider's"
+            )
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ConfigError(
             f"{adapter}(max_tokens={max_tokens!r}): max_tokens must be a whole number >= 1 "
