@@ -452,3 +452,38 @@ def test_an_error_carries_its_fact_and_its_advice_as_fields() -> None:
     )
     plain = fl.StoreError("cancelled by the host: paid; see fl.docs")  # no advice field
     assert _in_cli_words(plain, "`foldloop runs`") == str(plain)
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        (b'{"foldloop": "run"}\n', "the export is bytes"),
+        (None, "an export is its text (a str) or its lines; got NoneType"),
+        (5, "an export is its text (a str) or its lines; got int"),
+        ([7], "line 1 of the export is a int, not text"),
+    ],
+)
+def test_an_import_given_no_text_says_so(tmp_path: Path, given: object, says: str) -> None:
+    with (
+        fl.Runtime.open(tmp_path / "s") as rt,
+        pytest.raises(fl.ConfigError, match=re.escape(says)),
+    ):
+        rt.import_jsonl(given)  # type: ignore[arg-type]
+
+
+def test_an_export_with_more_events_than_its_header_is_not_called_truncated(
+    tmp_path: Path,
+) -> None:
+    agent = fl.Agent(name="a", llm=fl.ScriptedLLM([fl.Reply(text="ok")]))
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        run = rt.spawn(agent, "go")
+        assert run.wait(timeout=30).ok
+        lines = list(rt.export(run.id))
+    header = json.loads(lines[0])
+    header["events"] -= 1
+    with (
+        fl.Runtime.open(tmp_path / "t") as rt,
+        pytest.raises(fl.ConfigError, match=r"past the \d+ its header promises") as caught,
+    ):
+        rt.import_jsonl([json.dumps(header), *lines[1:]])
+    assert "truncated" not in str(caught.value)

@@ -525,3 +525,31 @@ def test_a_tree_import_cut_short_is_finished_by_importing_it_again(
         with pytest.raises(fl.ConfigError, match="already exists in this store with other events"):
             clash.import_jsonl(lines, run_id=None)
         assert [r.run_id for r in clash.runs()] == [LEAD]  # nothing else was imported
+
+
+def test_the_import_command_counts_only_what_it_added_and_reads_stdin(
+    forest: Path, tmp_path: Path
+) -> None:
+    with fl.Runtime.open(forest, create=False) as rt:
+        lines = list(rt.export(LEAD, tree=True))
+        root_alone = list(rt.export(LEAD))
+    target = tmp_path / "target"
+    with fl.Runtime.open(target) as rt:
+        assert rt.import_jsonl(root_alone) == LEAD  # where an import cut short left it
+        before = rt.store.head(LEAD)
+    every = len(lines) - 1 - sum(line.startswith('{"foldloop"') for line in lines[1:])
+    proc = subprocess.run(
+        [str(SCRIPT), "--store", str(target), "import", "-"],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (
+        f"imported lead and 4 runs below it: {every - before} events "
+        "(1 run already here left as they were)\n"
+    )
+    folder = script(tmp_path / "other", "import", str(tmp_path))
+    assert folder.returncode == 2 and "is a directory" in folder.stderr
+    assert not (tmp_path / "other").exists()

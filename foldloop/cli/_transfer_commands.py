@@ -58,14 +58,20 @@ def export_run(
 
 
 def import_run(
-    file: Annotated[Path, typer.Argument(metavar="FILE", help="A run exported as JSONL.")],
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="A run exported as JSONL ('-': stdin).")
+    ],
     run_id: Annotated[
         str | None, typer.Option("--run-id", help="Import under this id (one run, not a tree).")
     ] = None,
 ) -> None:
     """Import a run exported as JSONL into the store (created if absent); a tree exported
     with --tree comes back whole, under the ids it was exported with."""
-    if not file.is_file():
+    if str(file) == "-":
+        file = Path("/dev/stdin")
+    elif file.is_dir():
+        _fail(EXIT_USAGE, f"{str(file)!r} is a directory; give the file an export was written to")
+    elif not file.exists():
         _fail(EXIT_NOT_FOUND, f"no file {str(file)!r}")
     # All checks that need no store come first: a bad file must not leave an empty store.
     try:
@@ -95,11 +101,15 @@ def import_run(
         else "import it under another id with --run-id ID"
     )
     with _runtime(_store(), create=True, hint=hint) as rt:
+        runs_here = export.runs if export.tree else ()
+        held = {m.header.run_id for m in runs_here if rt.store.head(m.header.run_id)}
         imported = rt.import_jsonl(text, run_id=run_id)
         if not export.tree:
             _prose(f"imported {escape(imported)}: {_count(rt.store.head(imported), 'event')}")
             return
-        events = _count(sum(rt.store.head(m.header.run_id) for m in export.runs), "event")
+        added = [m.header.run_id for m in export.runs if m.header.run_id not in held]
+        events = _count(sum(rt.store.head(run) for run in added), "event")
         below = len(export.runs) - 1
         runs = f"and {_count(below, 'run')} below it" if below else "with no run below it"
-        _prose(f"imported {escape(imported)} {runs}: {events}")
+        kept = f" ({_count(len(held), 'run')} already here left as they were)" if held else ""
+        _prose(f"imported {escape(imported)} {runs}: {events}{kept}")

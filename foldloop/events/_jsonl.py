@@ -159,13 +159,31 @@ def load_run(lines: Iterable[str]) -> tuple[ExportHeader, list[ExportedEvent]]:
     return run.header, list(run.events)
 
 
+def _texts(lines: object) -> Iterator[str]:
+    """The lines of an export, each checked to be text (bytes read from a file are not)."""
+    if isinstance(lines, bytes | bytearray | memoryview):
+        raise ConfigError(
+            "the export is bytes; give its text (a str, or its lines): decode it as UTF-8 first"
+        )
+    try:
+        items = iter(lines)  # type: ignore[call-overload]
+    except TypeError:
+        raise ConfigError(
+            f"an export is its text (a str) or its lines; got {type(lines).__name__}"
+        ) from None
+    for number, line in enumerate(items, start=1):
+        if not isinstance(line, str):
+            raise ConfigError(f"line {number} of the export is a {type(line).__name__}, not text")
+        yield line
+
+
 def load_export(lines: Iterable[str] | str) -> Export:
     """Parse and check an export, of one run or of a tree, given as its lines or as its
     whole text (split at "\n" only: JSON text may hold U+2028 and the like); every problem
     names its line."""
     if isinstance(lines, str):  # CRLF taken too, and a BOM an editor added
         lines = [line.removesuffix("\r") for line in lines.removeprefix("\ufeff").split("\n")]
-    numbered = enumerate(lines, start=1)
+    numbered = enumerate(_texts(lines), start=1)
     try:
         _, first = next(numbered)
     except StopIteration:
@@ -181,10 +199,15 @@ def load_export(lines: Iterable[str] | str) -> Export:
     events: list[ExportedEvent] = []
     for number, line in rest:
         events.append(_event(number, line, len(events) + 1))
-    if len(events) != header.events:
+    if len(events) < header.events:
         raise ConfigError(
             f"the export is truncated: the header promises {header.events} events, "
             f"the file has {len(events)}"
+        )
+    if len(events) > header.events:
+        raise ConfigError(
+            f"the file has {len(events)} events, past the {header.events} its header promises: "
+            "not an export as foldloop wrote it (edited, or two joined)"
         )
     if events and not isinstance(events[0].event, RunStarted):
         raise ConfigError(
