@@ -3,12 +3,14 @@ run does not complete on it. Both adapters say why a reply stopped (``Reply.stop
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import datetime
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 
 import foldloop as fl
+from foldloop.core import ModelPrice
 from foldloop.events import ModelResponded
 from tests.test_anthropic_chat import message
 from tests.test_openai_chat import FakeOpenAI, completion
@@ -16,7 +18,9 @@ from tests.test_openai_chat import FakeOpenAI, completion
 CUT = fl.Reply(text="The answer is thr", stop_reason="max_tokens")
 
 
-def spawn(rt: fl.Runtime, *replies: fl.Reply, limits: fl.Limits | None = None) -> fl.RunHandle:
+def spawn(
+    rt: fl.Runtime, *replies: fl.Reply, limits: fl.Limits | None = None
+) -> fl.types.RunHandle:
     agent = fl.Agent(name="cut", llm=fl.ScriptedLLM(list(replies)), limits=limits or fl.Limits())
     return rt.spawn(agent, "go")
 
@@ -29,26 +33,79 @@ def test_a_final_reply_cut_at_the_models_cap_fails_the_run_resumably(rt: fl.Runt
     run = spawn(rt, CUT, fl.Reply(text="The answer is three."))
     result = run.wait(timeout=30)
     assert result.status is fl.RunStatus.FAILED and result.resumable, result
-    assert "cut at its max_tokens" in result.reason and result.output == ""
+    assert "cut at its own max_tokens" in result.reason and result.output == ""
     assert [e.stop_reason for e in responded(rt, run.id)] == ["max_tokens"]
     assert rt.resume(run.id).wait(timeout=30).output == "The answer is three."
     rt.verify(run.id)  # the rule replays as it decided
 
 
-def test_a_final_reply_cut_where_the_runs_ceiling_left_it_stops_at_that_ceiling(
-    rt: fl.Runtime,
+class WritesItsCap:
+    """Writes every token it is allowed (its first reply cut there), then answers in full;
+    keeps the max_tokens of each call."""
+
+    model = "capped"
+
+    def __init__(self) -> None:
+        self.caps: list[int | None] = []
+
+    def complete(
+        self, messages: Sequence[fl.Message], tools: object, *, max_tokens: int | None = None
+    ) -> fl.Reply:
+        self.caps.append(max_tokens)
+        if len(self.caps) == 1:
+            assert max_tokens is not None  # a ceiling of the run set it
+            usage = fl.types.Usage(input_tokens=40, output_tokens=max_tokens)
+            return fl.Reply(text="The answer is thr", stop_reason="max_tokens", usage=usage)
+        done = fl.types.Usage(input_tokens=40, output_tokens=5)
+        return fl.Reply(text="The answer is three.", usage=done)
+
+
+@pytest.mark.parametrize(
+    ("limits", "extend", "says"),
+    [
+        (fl.Limits(max_tokens=3000), fl.Limits(max_tokens=20_000), "max_tokens ceiling 3,000"),
+        (
+            fl.Limits(max_cost_usd=0.05),
+            fl.Limits(max_cost_usd=1.0),
+            "max_cost_usd ceiling $0.05",
+        ),
+    ],
+    ids=["max_tokens", "max_cost_usd"],
+)
+def test_a_final_reply_cut_at_the_cap_a_ceiling_set_stops_the_run_at_that_ceiling(
+    rt: fl.Runtime, limits: fl.Limits, extend: fl.Limits, says: str
 ) -> None:
-    spent_all = fl.Reply(
-        text="The answer is thr",
-        stop_reason="max_tokens",
-        usage=fl.types.Usage(input_tokens=600, output_tokens=400),
+    llm = WritesItsCap()
+    pricing = fl.Pricing(
+        as_of=datetime.date.today().isoformat(), prices={"capped": ModelPrice(3.0, 15.0)}
     )
-    run = spawn(rt, spent_all, fl.Reply(text="ee."), limits=fl.Limits(max_tokens=1000))
+    agent = fl.Agent(name="capped", llm=llm, limits=limits, pricing=pricing)
+    run = rt.spawn(agent, "go")
     result = run.wait(timeout=30)
     assert result.status is fl.RunStatus.LIMIT_REACHED, result
-    assert "max_tokens" in result.reason
-    more = rt.resume(run.id, extend=fl.Limits(max_tokens=5000)).wait(timeout=30)
-    assert more.output == "ee.", more
+    assert says in result.reason, result.reason
+    more = rt.resume(run.id, extend=extend).wait(timeout=30)
+    assert more.output == "The answer is three.", more
+    assert len(llm.caps) == 2 and llm.caps[1] is not None and llm.caps[1] > llm.caps[0]
+    rt.verify(run.id)
+
+
+def test_a_resume_after_a_cut_reply_asks_without_it(rt: fl.Runtime) -> None:
+    """A cut reply is no turn: the model is not handed its fragment back to continue
+    (Anthropic's newer models refuse a prompt that ends with the assistant's turn)."""
+    seen: list[list[str]] = []
+
+    def model(messages: Sequence[fl.Message], tools: object) -> fl.Reply:
+        seen.append([m.role for m in messages])
+        if len(seen) == 1:
+            return CUT
+        return fl.Reply(text="The answer is three.")
+
+    agent = fl.Agent(name="cut", llm=fl.ScriptedLLM(model))
+    run = rt.spawn(agent, "go")
+    assert run.wait(timeout=30).status is fl.RunStatus.FAILED
+    assert rt.resume(run.id).wait(timeout=30).output == "The answer is three."
+    assert seen[1] == seen[0] and seen[0][-1] == "user"
 
 
 def test_a_refused_final_reply_fails_the_run_quoting_it(rt: fl.Runtime) -> None:

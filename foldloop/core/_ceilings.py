@@ -32,6 +32,7 @@ __all__ = [
     "CallRoom",
     "before_tools",
     "call_room",
+    "ceiling_that_cut",
     "json_bytes",
     "next_call",
     "prompt_bound",
@@ -130,6 +131,37 @@ def call_room(state: RunState, used: Budget) -> CallRoom:
     out = 0 if room is None else room
     reserved = (prompt * per_input + out * per_output) / 1e6
     return CallRoom(max_tokens=room, prompt_bound=prompt, reserved_usd=reserved)
+
+
+def ceiling_that_cut(
+    before: RunState, after: RunState, output_tokens: int
+) -> RunLimitReached | None:
+    """The ceiling that cut a reply of ``output_tokens`` to ``before``'s pending call, when
+    the run's own ceilings set the call's cap and the reply used all of it; None when they
+    did not (the model's own cap cut it). The cap is recomputed by the rule the call was
+    made by: nothing it depends on changes while a call is pending."""
+    cap = call_room(before, spent(before)).max_tokens
+    if cap is None or output_tokens < cap:
+        return None
+    limits, used = before.limits, spent(after).usage
+    if limits.max_tokens is not None and (
+        limits.max_cost_usd is None or _token_room(before) == cap
+    ):
+        return RunLimitReached(
+            limit="max_tokens", value=used.total_tokens, ceiling=limits.max_tokens
+        )
+    assert limits.max_cost_usd is not None  # a cap was set: by tokens or by dollars
+    return RunLimitReached(
+        limit="max_cost_usd", value=round(used.cost_usd, 6), ceiling=limits.max_cost_usd
+    )
+
+
+def _token_room(state: RunState) -> int | None:
+    """The cap the token ceiling alone sets on the pending call."""
+    alone = msgspec.structs.replace(
+        state, limits=msgspec.structs.replace(state.limits, max_cost_usd=None)
+    )
+    return call_room(alone, spent(alone)).max_tokens
 
 
 def _clamped(state: RunState, used: Budget) -> CallRoom:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from msgspec.structs import replace
 
-from foldloop.core._ceilings import call_room, time_limit
+from foldloop.core._ceilings import ceiling_that_cut, time_limit
 from foldloop.core._commands import (
     Admit,
     ApprovalTicket,
@@ -37,7 +37,6 @@ from foldloop.core._retries import MAX_MODEL_ATTEMPTS, retry_delay
 from foldloop.core._state import RunState, RunStatus
 from foldloop.core._tree import (
     child_input,
-    spent,
 )
 from foldloop.events._catalogue import (
     ApprovalDecided,
@@ -107,7 +106,7 @@ def decide(state: RunState, command: Command) -> Decision:
                 )
             )
             if not b.state.calls:
-                _final_reply(b, command)
+                _final_reply(b, state, command)
             else:
                 b.propose(b.state.calls, command.gated)
         case ModelCallFailed():
@@ -148,23 +147,27 @@ def decide(state: RunState, command: Command) -> Decision:
     return b.decision()
 
 
-def _final_reply(b: DecisionBuilder, command: ModelReplied) -> None:
+def _final_reply(b: DecisionBuilder, before: RunState, command: ModelReplied) -> None:
     """A reply without tool calls ends the run: completed when the model ended its turn.
-    One it did not finish is no result: cut at a token cap the run's own ceilings set, the
-    run stops at that ceiling (resume it with more); cut at the model's own cap, or refused,
-    the model failed (resumable once the cap is raised or the prompt changed)."""
+    One it did not finish is no result (nor a turn of the conversation: a resume asks
+    again from before it): cut at the cap the run's own ceilings set, the run stops at that
+    ceiling (resume it with more); cut at the model's own cap, or refused, the model failed
+    (resumable: once its cap is raised; a refusal may not come again)."""
     match command.stop_reason:
         case "":
             b.emit(RunCompleted(output=command.text))
-        case "max_tokens" if (room := call_room(b.state, spent(b.state))).limit is not None:
-            b.emit(room.limit)
+        case "max_tokens" if (
+            cut := ceiling_that_cut(before, b.state, command.usage.output_tokens)
+        ) is not None:
+            b.emit(cut)
         case "max_tokens":
             b.emit(
                 RunFailed(
                     kind=RunFailureKind.MODEL,
                     error=(
-                        f"the model's reply to step {command.step} was cut at its max_tokens "
-                        "before it finished; raise the model's max_tokens and resume the run"
+                        f"the model's reply to step {command.step} was cut at its own "
+                        "max_tokens before it finished; raise the model's max_tokens (the "
+                        "adapter's max_tokens=) and resume the run"
                     ),
                 )
             )

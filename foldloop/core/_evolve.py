@@ -352,6 +352,8 @@ def _model_responded(d: Draft, event: ModelResponded, at: int) -> None:
     d.gated = False
     d.basis_tokens = usage.input_tokens  # the prompt it answered: all messages so far
     d.basis_size = d.history.size + len(d.messages)
+    if event.stop_reason and not asked:
+        return  # a final reply the model did not finish is no turn: a resume asks again
     d.messages.append(Message(role="assistant", content=event.text, tool_calls=asked))
 
 
