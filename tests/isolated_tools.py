@@ -47,3 +47,12 @@ def echo_size(text: str) -> int:
 def big_result(chars: int) -> str:
     """A result of ``chars`` characters."""
     return "x" * chars
+
+
+@fl.tool(subprocess=True)
+def closes_stdout() -> str:
+    """Close its stdout, then answer all the same."""
+    import sys
+
+    sys.stdout.close()
+    return "fine"

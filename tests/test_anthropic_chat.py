@@ -179,6 +179,7 @@ def test_both_adapters_refuse_bad_settings_alike(
         ("m", "127.0.0.1:8000/v1", "base_url must be an http:// or https:// URL"),
         ("m", "ftp://example.com", "base_url must be an http:// or https:// URL"),
         ("m", "http://", "base_url must be an http:// or https:// URL"),
+        ("m", "http://[::1", "base_url must be an http:// or https:// URL"),
     ],
 )
 def test_both_adapters_refuse_a_model_or_url_no_call_could_use(

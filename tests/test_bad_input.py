@@ -487,3 +487,16 @@ def test_an_export_with_more_events_than_its_header_is_not_called_truncated(
     ):
         rt.import_jsonl([json.dumps(header), *lines[1:]])
     assert "truncated" not in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["", "\n", "  \n\n"])
+def test_an_import_of_nothing_says_the_export_is_empty(tmp_path: Path, text: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "foldloop.cli", "--store", str(tmp_path / "s"), "import", "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "the export is empty" in proc.stderr, proc.stderr
+    assert not (tmp_path / "s").exists()

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 import foldloop as fl
-from tests.isolated_tools import big_result, chatty, crash, echo_size, hang, whoami
+from tests.isolated_tools import (
+    big_result,
+    chatty,
+    closes_stdout,
+    crash,
+    echo_size,
+    hang,
+    whoami,
+)
 from tests.test_command import alive
 from tests.waiting import wait_until
 
@@ -58,6 +66,8 @@ def test_a_subprocess_tool_must_be_importable() -> None:
 def test_what_a_subprocess_tool_prints_does_not_spoil_its_result() -> None:
     outcome = chatty.invoke('{"n": 5}')
     assert (outcome.ok, outcome.text) == (True, "got 5"), outcome
+    closed = closes_stdout.invoke("{}")
+    assert (closed.ok, closed.text) == (True, "fine"), closed
 
 
 def test_arguments_past_what_a_command_line_holds_reach_a_subprocess_tool() -> None:

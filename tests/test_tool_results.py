@@ -215,12 +215,25 @@ class Broken(fl.types.Tool):
         raise LookupError("no such backend")
 
 
-def test_a_tool_whose_invoke_raises_fails_the_call_at_once(tmp_path: Path) -> None:
+class BrokenAsync(fl.types.Tool):
+    """The same of an async def tool: its ainvoke raises."""
+
+    async def ainvoke(self, args: str) -> ToolOutcome:
+        raise LookupError("no such backend")
+
+
+@pytest.mark.parametrize("form", ["sync", "async"])
+def test_a_tool_whose_invoke_raises_fails_the_call_at_once(tmp_path: Path, form: str) -> None:
     def lookup() -> str:
         """Look it up."""
         return "never"
 
-    _model, events, result = run_once(tmp_path, Broken(lookup, timeout=None))
+    async def alookup() -> str:
+        """Look it up."""
+        return "never"
+
+    tool = Broken(lookup, timeout=None) if form == "sync" else BrokenAsync(alookup, timeout=None)
+    _model, events, result = run_once(tmp_path, tool)
     assert result.ok, result
     failed = [e for e in events if isinstance(e, ToolFailed)]
     assert [(f.kind, f.error) for f in failed] == [("exception", "LookupError: no such backend")]

@@ -359,8 +359,7 @@ class ToolRunner:
         except GeneratorExit:
             raise
         except BaseException as exc:  # out of the loop, it would stop every call on it
-            why = f"{type(exc).__name__} raised inside the tool"
-            return ToolOutcome(False, why, "exception", _ms_since(started))
+            return ToolOutcome(False, failure_text(exc), "exception", _ms_since(started))
         finally:
             if timer is not None:
                 timer.cancel()

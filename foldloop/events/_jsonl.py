@@ -184,10 +184,11 @@ def load_export(lines: Iterable[str] | str) -> Export:
     if isinstance(lines, str):  # CRLF taken too, and a BOM an editor added
         lines = [line.removesuffix("\r") for line in lines.removeprefix("\ufeff").split("\n")]
     numbered = enumerate(_texts(lines), start=1)
-    try:
-        _, first = next(numbered)
-    except StopIteration:
-        raise ConfigError("the export is empty; expected a foldloop run header line") from None
+    _, first = next(numbered, (0, ""))
+    if not first.strip():
+        if not any(line.strip() for _, line in numbered):
+            raise ConfigError("the export is empty; expected a foldloop run header line")
+        raise ConfigError("line 1 is blank; an export begins with its run header line")
     try:
         kind = _KIND.decode(first)
     except msgspec.MsgspecError as exc:

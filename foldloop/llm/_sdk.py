@@ -163,7 +163,10 @@ def check_settings(
             "(such as 'gpt-4o-mini' or 'claude-haiku-4-5')"
         )
     if base_url is not None:
-        parts = urllib.parse.urlsplit(base_url) if isinstance(base_url, str) else None
+        try:
+            parts = urllib.parse.urlsplit(base_url) if isinstance(base_url, str) else None
+        except ValueError:  # "http://[::1": an IPv6 host cut short
+            parts = None
         if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(
                 f"{adapter}(base_url={base_url!r}): base_url must be an http:// or https:// "

@@ -192,7 +192,9 @@ class Tool:
 
     def invoke(self, args: str) -> ToolOutcome:
         """Validate ``args`` and run the tool (in a child process if ``subprocess=True``; an
-        ``async def`` tool on an event loop of its own, outside one: ``ainvoke`` inside)."""
+        ``async def`` tool on an event loop of its own, outside one: ``ainvoke`` inside).
+        Failures are outcomes; a subprocess tool's comes back cut to ``max_result_chars``
+        (its child cuts it), the others' as the call gave it (a run cuts every outcome)."""
         if self.is_async:
             try:
                 asyncio.get_running_loop()

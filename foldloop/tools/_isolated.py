@@ -9,6 +9,7 @@ the tool's bound: nothing is pickled. What the tool itself prints goes to stderr
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -54,7 +55,8 @@ def main(argv: list[str]) -> int:
     else:
         tool = found if isinstance(found, Tool) else Tool(found)
         outcome = tool.bounded(tool.invoke_here(args))
-    sys.stdout.flush()
+    with contextlib.suppress(ValueError, OSError):  # the tool may have closed sys.stdout
+        sys.stdout.flush()
     answer.write(msgspec.json.encode(outcome))
     answer.flush()
     return 0
