@@ -56,3 +56,14 @@ def closes_stdout() -> str:
 
     sys.stdout.close()
     return "fine"
+
+
+@fl.tool(subprocess=True, timeout=30)
+def starts_background(pidfile: str) -> str:
+    """Start a process that outlives the call (it inherits the call's stdout and stderr)."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    Path(pidfile).write_text(str(child.pid))
+    return "started"

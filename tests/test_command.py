@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -83,3 +85,31 @@ def test_input_goes_to_the_commands_stdin_and_output_keeps_its_first_max_output_
     assert cut.ok and cut.stdout == "1111"
     quiet = fl.run_command([sys.executable, "-c", echo], timeout=30)
     assert quiet.stdout == "0" * 9  # no input: an empty stdin, not the caller's
+
+
+def test_a_process_that_left_the_group_cannot_hold_the_call(tmp_path: Path) -> None:
+    """A grandchild in a session of its own survives the group's kill and holds whatever
+    it inherited: the call still ends at its timeout (it waited for the grandchild)."""
+    pidfile = tmp_path / "pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+        " start_new_session=True)\n"
+        f"open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
+        "print('hi', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    try:
+        result = fl.run_command([sys.executable, "-c", script], timeout=2, grace=1)
+        assert result.timed_out and result.stdout == "hi\n", result
+        assert result.duration_s < 20
+    finally:
+        wait_until(pidfile.exists, 10, "the grandchild's pid")
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def test_input_may_be_text_and_nothing_else() -> None:
+    cat = [sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.read())"]
+    assert fl.run_command(cat, timeout=30, input="héllo").stdout == "héllo"
+    with pytest.raises(fl.ConfigError, match="input must be bytes or str"):
+        fl.run_command(cat, timeout=30, input=5)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from tests.isolated_tools import (
     crash,
     echo_size,
     hang,
+    starts_background,
     whoami,
 )
 from tests.test_command import alive
@@ -81,3 +82,16 @@ def test_a_subprocess_tools_long_result_is_cut_as_any_tools_is(tmp_path: Path) -
     assert outcome.ok, outcome
     assert len(outcome.text) == big_result.max_result_chars
     assert outcome.original_chars == 2_000_000
+
+
+def test_a_subprocess_tool_that_leaves_a_process_behind_returns_when_it_does(
+    tmp_path: Path,
+) -> None:
+    """The process it started holds the call's stdout and stderr: the call must not wait
+    for them to close (it did, then recorded a timeout for a call that had returned)."""
+    pidfile = tmp_path / "pid"
+    outcome = starts_background.invoke(json.dumps({"pidfile": str(pidfile)}))
+    assert (outcome.ok, outcome.text) == (True, "started"), outcome
+    assert outcome.duration_ms < 20_000  # its timeout is 30 s
+    left = int(pidfile.read_text())
+    wait_until(lambda: not alive(left), 10, "the process it left in its group to be killed")

@@ -3,7 +3,9 @@
 ``subprocess.run(timeout=)`` kills only the direct child; a grandchild that inherited the
 pipes keeps ``communicate()`` waiting (python/cpython #76116). So the command runs in a
 new session (its own process group), and on timeout the whole group gets SIGTERM, then,
-after ``grace`` seconds, SIGKILL. argv lists only (never a shell); output is capped.
+after ``grace`` seconds, SIGKILL; its stdin, stdout and stderr are temporary files, not
+pipes, so a process it left outside its group cannot hold the call either. argv lists only
+(never a shell); the output read back is capped.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from foldloop.errors import ConfigError
 
@@ -53,10 +56,14 @@ def run_command(
     env: Mapping[str, str] | None = None,
     grace: float = 2.0,
     max_output: int = _CAP,
-    input: bytes | None = None,
+    input: bytes | str | None = None,
 ) -> CommandResult:
     """Run ``cmd`` (an argv list) for at most ``timeout`` seconds, ``input`` on its stdin
-    (else none); never raises for its exit."""
+    (else none); never raises for its exit.
+
+    Its output goes to unnamed temporary files, not pipes: the call ends when the command
+    does (a process it left behind, holding what it inherited, cannot hold the call), and
+    only the first ``max_output`` bytes of each are read back."""
     if isinstance(cmd, str) or not cmd or not all(isinstance(a, str) for a in cmd):
         raise ConfigError(f"cmd must be a non-empty list of strings (argv, no shell); got {cmd!r}")
     if (
@@ -67,38 +74,57 @@ def run_command(
         raise ConfigError(f"timeout must be a finite number of seconds > 0; got {timeout!r}")
     if cwd is not None and not Path(cwd).is_dir():
         raise ConfigError(f"cwd {str(cwd)!r} is not a directory")
+    if isinstance(input, str):
+        input = input.encode("utf-8", "surrogatepass")
+    elif input is not None and not isinstance(input, bytes | bytearray):
+        raise ConfigError(f"input must be bytes or str (the command's stdin); got {input!r:.80}")
     import subprocess  # noqa: PLC0415 - spares `import foldloop` until a command runs
+    import tempfile  # noqa: PLC0415
 
     start = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            list(cmd),
-            cwd=cwd,
-            env=dict(env) if env is not None else None,
-            stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # its own process group, killed as a whole
-        )
-    except OSError as exc:
-        raise ConfigError(f"cannot start {cmd[0]!r}: {exc}") from None
-    timed_out = False
-    try:
-        out, err = proc.communicate(input, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        _kill_group(proc.pid, signal.SIGTERM)
+    with (
+        tempfile.TemporaryFile() as stdin,
+        tempfile.TemporaryFile() as stdout,
+        tempfile.TemporaryFile() as stderr,
+    ):
+        if input:
+            stdin.write(input)
+            stdin.seek(0)
         try:
-            out, err = proc.communicate(timeout=grace)
+            proc = subprocess.Popen(
+                list(cmd),
+                cwd=cwd,
+                env=dict(env) if env is not None else None,
+                stdin=subprocess.DEVNULL if input is None else stdin,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,  # its own process group, killed as a whole
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot start {cmd[0]!r}: {exc}") from None
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-    finally:
-        _kill_group(proc.pid, signal.SIGKILL)  # leave no stragglers in its group
-    return CommandResult(
-        returncode=proc.returncode,
-        stdout=out[:max_output].decode("utf-8", "replace"),
-        stderr=err[:max_output].decode("utf-8", "replace"),
-        timed_out=timed_out,
-        duration_s=round(time.monotonic() - start, 3),
-    )
+            timed_out = True
+            _kill_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+        finally:
+            _kill_group(proc.pid, signal.SIGKILL)  # leave no stragglers in its group
+        return CommandResult(
+            returncode=proc.returncode,
+            stdout=_head(stdout, max_output),
+            stderr=_head(stderr, max_output),
+            timed_out=timed_out,
+            duration_s=round(time.monotonic() - start, 3),
+        )
+
+
+def _head(file: IO[bytes], size: int) -> str:
+    """The first ``size`` bytes a command wrote to ``file``, as text."""
+    file.seek(0)
+    return file.read(size).decode("utf-8", "replace")
