@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from foldloop._arguments import MAX_WAIT_S, check_seconds
 from foldloop.core._commands import ApprovalTicket
 from foldloop.core._state import RunState
 from foldloop.errors import ConfigError
@@ -70,6 +71,10 @@ class PendingApproval:
 Notify = Callable[[PendingApproval], None]
 
 
+MAX_TTL_S = 10 * 365 * 86_400.0
+"""The longest a request may wait for a person (its expiry is stored in nanoseconds)."""
+
+
 @dataclass(frozen=True, eq=False)
 class RequireApproval:
     """Gate the calls of ``tools`` (names, or a predicate ``(tool, args) -> bool``)."""
@@ -93,8 +98,24 @@ class RequireApproval:
                     f"RequireApproval: tool names must be str; got {sorted(map(repr, names))}"
                 )
             object.__setattr__(self, "tools", names)
-        if not isinstance(self.ttl, int | float) or not self.ttl > 0:
-            raise ConfigError(f"ttl must be a positive number of seconds; got {self.ttl!r}")
+        if (
+            isinstance(self.ttl, bool)
+            or not isinstance(self.ttl, int | float)
+            or not 0 < self.ttl <= MAX_TTL_S  # NaN fails both
+        ):
+            raise ConfigError(
+                f"ttl must be a number of seconds > 0 and at most {MAX_TTL_S:,.0f} (ten "
+                f"years); got {self.ttl!r}",
+                advice="for a request that waits as good as for ever, give ttl=315_360_000",
+            )
+        check_seconds("notify_timeout", self.notify_timeout, MAX_WAIT_S)
+        if self.notify is not None and not callable(self.notify):
+            raise ConfigError(
+                f"notify must be None or a callable taking the PendingApproval; got "
+                f"{self.notify!r:.80}"
+            )
+        if not isinstance(self.gate, str) or not self.gate:
+            raise ConfigError(f"gate must be a non-empty name; got {self.gate!r}")
 
     def requires(self, tool: str, args_json: str) -> bool:
         """Whether a call of ``tool`` with these arguments must wait for a person."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import math
 import os
 import subprocess
 import sys
@@ -812,3 +813,54 @@ def test_a_request_missing_beside_its_log_says_how_to_restore_it(store_path: Pat
             fl.ApprovalError, match=r"its log says it waits.*rt.resume\(.*\) restores the request"
         ):
             rt.approve(run_id=run.id, call_id=asked.call_id)
+
+
+def test_two_agents_policies_on_the_default_gate_each_tell_their_own_notify(
+    tmp_path: Path,
+) -> None:
+    told: dict[str, list[str]] = {"ops": [], "billing": []}
+    done = threading.Semaphore(0)
+
+    def teller(who: str) -> Callable[[PendingApproval], None]:
+        def notify(p: PendingApproval) -> None:
+            told[who].append(p.run_id)
+            done.release()
+
+        return notify
+
+    @fl.tool
+    def charge(amount: int) -> str:
+        """Charge a card."""
+        return "charged"
+
+    def gated(name: str) -> fl.Agent:
+        llm = fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("charge", {"amount": 5})])])
+        policy = fl.RequireApproval({"charge"}, notify=teller(name))
+        return fl.Agent(name=name, llm=llm, tools=[charge], approvals=policy)
+
+    ops, billing = gated("ops"), gated("billing")
+    with fl.Runtime.open(tmp_path / "s", agents=[ops, billing]) as rt:
+        first, second = rt.spawn(ops, "go"), rt.spawn(billing, "go")
+        assert done.acquire(timeout=30) and done.acquire(timeout=30)
+        assert told == {"ops": [first.id], "billing": [second.id]}
+        for run in (first, second):
+            run.cancel()
+
+
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ({"ttl": math.inf}, "ttl must be a number of seconds > 0 and at most"),
+        ({"ttl": 1e12}, "ttl must be a number of seconds > 0 and at most"),
+        ({"ttl": True}, "ttl must be a number of seconds > 0 and at most"),
+        ({"ttl": 0}, "ttl must be a number of seconds > 0 and at most"),
+        ({"notify": 5}, "notify must be None or a callable"),
+        ({"notify_timeout": -1}, "notify_timeout must be a number of seconds"),
+        ({"gate": ""}, "gate must be a non-empty name"),
+    ],
+)
+def test_a_policy_no_request_could_keep_is_refused_where_it_is_written(
+    setting: dict[str, object], says: str
+) -> None:
+    with pytest.raises(fl.ConfigError, match=says):
+        fl.RequireApproval({"charge"}, **setting)  # type: ignore[arg-type]

@@ -36,8 +36,10 @@ class Gates:
         self._store = store
         self._timers = timers
         self._lock = threading.Lock()
-        self._gates: dict[str, ApprovalGate] = {}
-        self._refs: dict[str, pykka.ActorRef[Any]] = {}
+        # one actor per policy (an agent's RequireApproval: its notify, its timeout), not
+        # per gate name: agents whose policies share a name must not share a notify
+        self._gates: dict[RequireApproval, ApprovalGate] = {}
+        self._refs: dict[RequireApproval, pykka.ActorRef[Any]] = {}
         self._notify_pool = Workers(NOTIFY_WORKERS, "foldloop-notify")
         self.issued: dict[tuple[str, str], str] = {}
         """Tokens issued, until their request is durable and handed to its gate."""
@@ -62,13 +64,13 @@ class Gates:
         )
 
     def gate(self, policy: RequireApproval) -> ApprovalGate:
-        """The ApprovalGate actor of ``policy``'s gate (started on first use)."""
+        """The ApprovalGate actor of ``policy`` (started on first use)."""
         with self._lock:
-            gate = self._gates.get(policy.gate)
+            gate = self._gates.get(policy)
             if gate is None:
                 gate = ApprovalGate(policy, self._timers, self._notify_pool)
-                self._refs[policy.gate] = gate.start_here()
-                self._gates[policy.gate] = gate
+                self._refs[policy] = gate.start_here()
+                self._gates[policy] = gate
             return gate
 
     def token(self, run_id: str, call_id: str) -> str | None:
