@@ -186,6 +186,8 @@ def test_bad_pool_arguments_are_refused_before_any_process_starts(store_path: Pa
         fl.WorkerPool(store_path, agents=["pool_agents:nobody"])
     with pytest.raises(fl.ConfigError, match="raised RuntimeError: the settings file is missing"):
         fl.WorkerPool(store_path, agents=["pool_broken:agent"])
+    with pytest.raises(fl.ConfigError, match="importing pool_exits raised SystemExit: 3"):
+        fl.WorkerPool(store_path, agents=["pool_exits:agent"])  # not the host's exit
     with pytest.raises(
         fl.ConfigError, match=r"calling unconfigured\(\) raised RuntimeError: no API"
     ):

@@ -23,7 +23,7 @@ def load_agent(spec: str) -> Agent:
         obj: object = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"cannot load agent {spec!r}: {exc}") from None
-    except Exception as exc:  # the module itself raised as it was imported
+    except (Exception, SystemExit) as exc:  # the module raised (or exited) as it was imported
         raise ConfigError(
             f"cannot load agent {spec!r}: importing {module_name} raised "
             f"{type(exc).__name__}: {exc}"
@@ -31,7 +31,7 @@ def load_agent(spec: str) -> Agent:
     if callable(obj) and not isinstance(obj, Agent):
         try:
             obj = obj()
-        except Exception as exc:  # the factory's own failure (a key not set, say)
+        except (Exception, SystemExit) as exc:  # the factory's own failure (a key not set)
             raise ConfigError(
                 f"cannot load agent {spec!r}: calling {attr}() raised {type(exc).__name__}: "
                 f"{str(exc)[:500]}"
