@@ -319,6 +319,10 @@ def test_explain_of_a_child_that_ended_by_itself_says_to_start_anew_from_the_roo
         "nothing here: it is a sub-agent's child, and its parent lead has its outcome (a "
         "failed call); start a new run with higher ceilings at its root"
     )
+    # the command line says the same, not "resume it" (which would be refused)
+    from foldloop.cli._hints import advice
+
+    assert advice("r", d.state.status, d.state, d.log) == step
 
 
 def test_a_reply_priced_above_what_its_call_reserved_is_logged(store_path: Path) -> None:

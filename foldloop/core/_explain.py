@@ -22,7 +22,14 @@ from foldloop.events._catalogue import (
 from foldloop.events._recorded import Recorded
 from foldloop.events._values import Limits, Usage, limit_amount
 
-__all__ = ["ORPHAN_QUEUED", "DecidedApproval", "Explanation", "explain", "parked_reason"]
+__all__ = [
+    "ORPHAN_QUEUED",
+    "DecidedApproval",
+    "Explanation",
+    "ended_child_step",
+    "explain",
+    "parked_reason",
+]
 
 ORPHAN_QUEUED = "queued, and no live runtime holds it (the one that queued it is gone)"
 ORPHAN_RUNNING = "the runtime driving it stopped before the run finished"
@@ -193,15 +200,20 @@ def parked_reason(state: RunState, decided: Sequence[DecidedApproval]) -> str:
 
 
 def _resume_step(state: RunState, what: str, extend: str) -> str:
-    """The next step of a run that ``resume`` continues. A sub-agent's child that ended by
-    itself cannot be resumed: its parent has its outcome already (a failed tool call)."""
+    """The next step of a run that ``resume`` continues (see ``ended_child_step``)."""
     if state.parent_run_id:
-        return (
-            f"nothing here: it is a sub-agent's child, and its parent {state.parent_run_id} "
-            "has its outcome (a failed call); start a new run"
-            + (" with higher ceilings at its root" if extend else "")
-        )
+        return ended_child_step(state, higher=bool(extend))
     return what + f"rt.resume(run_id{', ' + extend if extend else ''})"
+
+
+def ended_child_step(state: RunState, *, higher: bool = False) -> str:
+    """The next step of a sub-agent's child that ended by itself (a ceiling, a failure):
+    none here, as its resume is refused: its parent has its outcome (a failed tool call)."""
+    return (
+        f"nothing here: it is a sub-agent's child, and its parent {state.parent_run_id} "
+        "has its outcome (a failed call); start a new run"
+        + (" with higher ceilings at its root" if higher else "")
+    )
 
 
 def _limit_step(state: RunState, event: RunLimitReached) -> tuple[str, str]:
