@@ -85,3 +85,16 @@ def test_a_ctrl_c_of_the_script_during_invoke_of_an_async_tool_stops_the_script(
 
     with pytest.raises(KeyboardInterrupt):  # before: an outcome, and the script went on
         waits.invoke("{}")
+
+
+def test_arguments_that_are_not_valid_unicode_are_invalid_not_a_crash() -> None:
+    @fl.tool
+    def echo(s: str) -> str:
+        """Echo."""
+        return s
+
+    outcome = echo.invoke('{"s": "x\ud800y"}')
+    assert (outcome.ok, outcome.kind) == (False, "invalid_args"), outcome
+    assert "not valid Unicode text" in outcome.text
+    with pytest.raises(fl.ConfigError, match="valid Unicode"):
+        fl.ToolCall("echo", {"s": "lone \ud800"})

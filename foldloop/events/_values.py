@@ -234,9 +234,10 @@ def _args_text(name: object, args: object) -> str:
         )
     try:
         return _CANONICAL_JSON.encode(dict(args)).decode()
-    except (TypeError, msgspec.EncodeError) as exc:
+    except (TypeError, msgspec.EncodeError, UnicodeEncodeError) as exc:
         raise ConfigError(
-            f"fl.ToolCall({name!r}, args=...): the arguments must be JSON values ({exc})"
+            f"fl.ToolCall({name!r}, args=...): the arguments must be JSON values, their text "
+            f"valid Unicode ({exc})"
         ) from exc
 
 

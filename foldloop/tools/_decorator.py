@@ -215,10 +215,9 @@ class Tool:
         return self.invoke_here(args)
 
     def _invoke_in_subprocess(self, args: str) -> ToolOutcome:
-        try:
-            self.validate(args)  # refuse bad arguments before starting a process
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            return ToolOutcome(False, f"invalid arguments for {self.name!r}: {exc}", "invalid_args")
+        refused = self._arguments(args)  # refuse bad arguments before starting a process
+        if isinstance(refused, ToolOutcome):
+            return refused
         cmd = [sys.executable, "-m", "foldloop.tools._isolated", self._module, self.fn.__qualname__]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         try:  # the arguments go on its stdin: a command line holds 128 KiB an argument
@@ -284,6 +283,13 @@ class Tool:
             return ToolOutcome(
                 False,
                 f"arguments for {self.name!r} are not valid JSON ({exc}); send a JSON object",
+                "invalid_args",
+            )
+        except UnicodeEncodeError as exc:  # a lone surrogate: no JSON text holds one
+            return ToolOutcome(
+                False,
+                f"arguments for {self.name!r} are not valid Unicode text ({exc.reason} at "
+                f"index {exc.start})",
                 "invalid_args",
             )
         return {name: getattr(parsed, name) for name in self.schema.names}
