@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -193,3 +194,16 @@ def test_anthropic_chat_says_why_a_reply_stopped(
     base = server.url.removesuffix("/v1")  # the SDK appends /v1/messages itself
     reply = fl.AnthropicChat("claude-haiku-4-5", base_url=base, api_key="k").complete([], [])
     assert (reply.stop_reason, reply.text) == (stop_reason, "The answer is thr")
+
+
+def test_explain_says_a_reply_was_cut_and_a_long_refusal_is_quoted_cut(
+    rt: fl.Runtime, store_path: Path
+) -> None:
+    cut = spawn(rt, CUT)
+    assert cut.wait(timeout=30).status is fl.RunStatus.FAILED
+    assert "with its final text, cut at its max_tokens" in str(rt.explain(cut.id))
+    long = "No. " * 100
+    with fl.Runtime.open(store_path) as other:  # an agent of the same name, other replies
+        refused = spawn(other, fl.Reply(text=long, stop_reason="refusal"))
+        reason = refused.wait(timeout=30).reason
+    assert reason.endswith(f"{long[:200] + '...'!r}"), reason

@@ -172,7 +172,8 @@ def _final_reply(b: DecisionBuilder, before: RunState, command: ModelReplied) ->
                 )
             )
         case "refusal":
-            said = f": {command.text[:200]!r}" if command.text else ""
+            quoted = command.text[:200] + ("..." if len(command.text) > 200 else "")
+            said = f": {quoted!r}" if command.text else ""
             b.emit(
                 RunFailed(
                     kind=RunFailureKind.MODEL,

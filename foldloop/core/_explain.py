@@ -80,6 +80,10 @@ class Explanation:
         return "\n".join(lines)
 
 
+_STOPPED = {"max_tokens": ", cut at its max_tokens", "refusal": ", a refusal"}
+"""How a reply's stop_reason reads in an explanation."""
+
+
 def _describe(records: Sequence[Recorded]) -> str:
     """The last decision: the last input event and what was decided after it."""
     start = len(records) - 1
@@ -93,9 +97,11 @@ def _describe(records: Sequence[Recorded]) -> str:
         event = rec.event
         if isinstance(event, ModelResponded):
             calls = ", ".join(c.name for c in event.tool_calls)
+            stopped = _STOPPED.get(event.stop_reason, f" (stopped: {event.stop_reason})")
             parts.append(
                 f"seq {rec.seq}: the model answered step {event.step}"
                 + (f" asking for {calls}" if calls else " with its final text")
+                + (stopped if event.stop_reason else "")
             )
         elif isinstance(event, ToolFailed):
             parts.append(f"seq {rec.seq}: tool call {event.call_id} failed ({event.kind})")
