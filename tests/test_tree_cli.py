@@ -538,6 +538,8 @@ def test_the_import_command_counts_only_what_it_added_and_reads_stdin(
         assert rt.import_jsonl(root_alone) == LEAD  # where an import cut short left it
         before = rt.store.head(LEAD)
     every = len(lines) - 1 - sum(line.startswith('{"foldloop"') for line in lines[1:])
+    dashed = script(forest, "export", LEAD, "--tree", "-o", "-")  # '-' is stdout, as in import
+    assert dashed.returncode == 0 and dashed.stdout.splitlines() == lines, dashed.stderr
     proc = subprocess.run(
         [str(SCRIPT), "--store", str(target), "import", "-"],
         input="\n".join(lines) + "\n",

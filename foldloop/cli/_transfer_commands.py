@@ -32,7 +32,7 @@ RunArg = Annotated[str, typer.Argument(metavar="RUN", help="The run id (see `fol
 def export_run(
     run: RunArg,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="File (default stdout).")
+        Path | None, typer.Option("-o", "--output", help="File (default, or '-': stdout).")
     ] = None,
     tree: Annotated[
         bool, typer.Option("--tree", help="The run and every child run below it, in one file.")
@@ -44,7 +44,7 @@ def export_run(
         lines = list(rt.export(run, tree=tree))
     text = "\n".join(lines) + "\n"
     with _errors():
-        if output is None:
+        if output is None or str(output) == "-":
             sys.stdout.write(text)
         else:
             _write_whole(output, text)
