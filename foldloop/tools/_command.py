@@ -3,9 +3,10 @@
 ``subprocess.run(timeout=)`` kills only the direct child; a grandchild that inherited the
 pipes keeps ``communicate()`` waiting (python/cpython #76116). So the command runs in a
 new session (its own process group), and on timeout the whole group gets SIGTERM, then,
-after ``grace`` seconds, SIGKILL; its stdin, stdout and stderr are temporary files, not
-pipes, so a process it left outside its group cannot hold the call either. argv lists only
-(never a shell); the output read back is capped.
+after ``grace`` seconds, SIGKILL. Its output is read until it exits (Linux tells of the exit
+through a pidfd), not until its pipes close, so a process it left outside its group cannot
+hold the call either; past ``max_output`` bytes a stream's output is read and dropped.
+argv lists only (never a shell).
 """
 
 from __future__ import annotations
@@ -13,14 +14,18 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import selectors
 import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import TYPE_CHECKING
 
 from foldloop.errors import ConfigError
+
+if TYPE_CHECKING:
+    import subprocess
 
 __all__ = ["CommandResult", "run_command"]
 
@@ -61,9 +66,9 @@ def run_command(
     """Run ``cmd`` (an argv list) for at most ``timeout`` seconds, ``input`` on its stdin
     (else none); never raises for its exit.
 
-    Its output goes to unnamed temporary files, not pipes: the call ends when the command
-    does (a process it left behind, holding what it inherited, cannot hold the call), and
-    only the first ``max_output`` bytes of each are read back."""
+    The call ends when the command does: what it wrote is read up to then (the first
+    ``max_output`` bytes of each stream kept, the rest dropped as it comes), and a process
+    it left behind, holding its pipes, is not waited for."""
     if isinstance(cmd, str) or not cmd or not all(isinstance(a, str) for a in cmd):
         raise ConfigError(f"cmd must be a non-empty list of strings (argv, no shell); got {cmd!r}")
     if (
@@ -82,11 +87,7 @@ def run_command(
     import tempfile  # noqa: PLC0415
 
     start = time.monotonic()
-    with (
-        tempfile.TemporaryFile() as stdin,
-        tempfile.TemporaryFile() as stdout,
-        tempfile.TemporaryFile() as stderr,
-    ):
+    with tempfile.TemporaryFile() as stdin:  # read at the command's pace: no pipe to fill
         if input:
             stdin.write(input)
             stdin.seek(0)
@@ -96,35 +97,94 @@ def run_command(
                 cwd=cwd,
                 env=dict(env) if env is not None else None,
                 stdin=subprocess.DEVNULL if input is None else stdin,
-                stdout=stdout,
-                stderr=stderr,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 start_new_session=True,  # its own process group, killed as a whole
             )
         except OSError as exc:
             raise ConfigError(f"cannot start {cmd[0]!r}: {exc}") from None
-        timed_out = False
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    try:
+        output, timed_out = _collect(proc, timeout, grace, max_output)
+    finally:
+        _kill_group(proc.pid, signal.SIGKILL)  # leave no stragglers in its group
+        proc.stdout.close()
+        proc.stderr.close()
+        proc.wait()
+    return CommandResult(
+        returncode=proc.returncode,
+        stdout=output[0].decode("utf-8", "replace"),
+        stderr=output[1].decode("utf-8", "replace"),
+        timed_out=timed_out,
+        duration_s=round(time.monotonic() - start, 3),
+    )
+
+
+_CHUNK = 1 << 16
+_POLL_S = 0.05
+"""How often the exit of a command is looked for where no pidfd tells of it."""
+
+
+def _collect(
+    proc: subprocess.Popen[bytes], timeout: float, grace: float, cap: int
+) -> tuple[tuple[bytes, bytes], bool]:
+    """The first ``cap`` bytes of the command's stdout and stderr, read until it exits, and
+    whether its time ran out (its group is sent SIGTERM then, SIGKILL ``grace`` s later)."""
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    pipes = (proc.stdout.fileno(), proc.stderr.fileno())
+    kept = {fd: bytearray() for fd in pipes}
+    exit_fd = _exit_fd(proc.pid)
+    deadline, timed_out, killed = time.monotonic() + timeout, False, False
+    with selectors.DefaultSelector() as selector:
+        for fd in pipes:
+            os.set_blocking(fd, False)
+            selector.register(fd, selectors.EVENT_READ)
+        if exit_fd is not None:
+            selector.register(exit_fd, selectors.EVENT_READ)
         try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc.pid, signal.SIGKILL)
-                proc.wait()
+            while exit_fd is not None or proc.poll() is None:
+                now = time.monotonic()
+                if now >= deadline and not killed:
+                    killed = timed_out  # the second time round: SIGKILL
+                    _kill_group(proc.pid, signal.SIGKILL if timed_out else signal.SIGTERM)
+                    timed_out, deadline = True, now + grace
+                wait = None if killed else max(0.0, deadline - now)  # killed: it ends now
+                if exit_fd is None:
+                    wait = _POLL_S if wait is None else min(wait, _POLL_S)
+                ready = [key.fd for key, _ in selector.select(wait)]
+                if exit_fd in ready:
+                    break
+                for fd in ready:
+                    if not _take(fd, kept[fd], cap):
+                        selector.unregister(fd)  # its end: the command closed it
         finally:
-            _kill_group(proc.pid, signal.SIGKILL)  # leave no stragglers in its group
-        return CommandResult(
-            returncode=proc.returncode,
-            stdout=_head(stdout, max_output),
-            stderr=_head(stderr, max_output),
-            timed_out=timed_out,
-            duration_s=round(time.monotonic() - start, 3),
-        )
+            if exit_fd is not None:
+                os.close(exit_fd)
+    for fd in pipes:  # it exited: what it wrote waits in the pipes, taken without waiting
+        while _take(fd, kept[fd], cap, once=True):
+            pass
+    return (bytes(kept[pipes[0]]), bytes(kept[pipes[1]])), timed_out
 
 
-def _head(file: IO[bytes], size: int) -> str:
-    """The first ``size`` bytes a command wrote to ``file``, as text."""
-    file.seek(0)
-    return file.read(size).decode("utf-8", "replace")
+def _take(fd: int, kept: bytearray, cap: int, *, once: bool = False) -> bool:
+    """Read what ``fd`` holds now into ``kept`` (up to ``cap`` bytes, the rest dropped);
+    False at its end, or (``once``) when nothing more waits."""
+    try:
+        data = os.read(fd, _CHUNK)
+    except BlockingIOError:
+        return not once
+    except OSError:
+        return False
+    if len(kept) < cap:
+        kept += data[: cap - len(kept)]
+    return bool(data)
+
+
+def _exit_fd(pid: int) -> int | None:
+    """A descriptor that becomes readable when ``pid`` exits (Linux's pidfd), if there is one."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
