@@ -19,6 +19,7 @@ from foldloop.core._explain import explain
 from foldloop.core._messages import Message, ToolSpec
 from foldloop.core._tree import child_finished
 from foldloop.events import Limits, ModelRequested, Recorded, RunLimitReached, RunStarted
+from foldloop.events._catalogue import RunFailureKind
 from foldloop.events._values import Usage
 from tests.log_capture import capture_logs
 from tests.test_core import Driver, ticket
@@ -323,6 +324,19 @@ def test_explain_of_a_child_that_ended_by_itself_says_to_start_anew_from_the_roo
     from foldloop.cli._hints import advice
 
     assert advice("r", d.state.status, d.state, d.log) == step
+    for status, failure, says in [
+        (RunStatus.NO_PROGRESS, None, step),
+        (
+            RunStatus.FAILED,
+            RunFailureKind.MODEL,
+            step.removesuffix(" with higher ceilings at its root"),
+        ),
+        (RunStatus.FAILED, RunFailureKind.ERROR, "start a new run: "),  # nothing to resume
+    ]:
+        other = msgspec.structs.replace(d.state, status=status, failure=failure)
+        (said,) = explain(other, d.log).next_steps
+        assert said.startswith(says), (status, said)
+        assert advice("r", status, other, d.log).startswith(says), (status, failure)
 
 
 def test_a_reply_priced_above_what_its_call_reserved_is_logged(store_path: Path) -> None:

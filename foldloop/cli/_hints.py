@@ -11,7 +11,6 @@ from pathlib import Path
 
 from foldloop.core._explain import DecidedApproval, ended_child_step
 from foldloop.core._state import RunState, RunStatus
-from foldloop.core._tree import ended_for_parent
 from foldloop.events import RunLimitReached
 from foldloop.events._recorded import Recorded
 
@@ -30,10 +29,6 @@ def resume_command(run: str, agent: str = AGENT_PLACEHOLDER, *, again: str = "fo
     return f"{again} resume {run} --agent {agent}"
 
 
-_RESUMED = (RunStatus.LIMIT_REACHED, RunStatus.FAILED)
-"""Statuses whose next step is a resume, but for a sub-agent's child that ended by itself."""
-
-
 def advice(
     run: str,
     status: RunStatus,
@@ -47,8 +42,9 @@ def advice(
     not yet carried into its log, ``rt.explain(run).decided``; ``orphaned``: queued by a
     runtime that is gone, ``rt.explain(run).orphaned``)."""
     resume = f"`{resume_command(run)}`"
-    if state.parent_run_id and ended_for_parent(state) and status in _RESUMED:
-        return ended_child_step(state, higher=status is RunStatus.LIMIT_REACHED)
+    child = ended_child_step(state)
+    if child is not None:
+        return child
     match status:
         case RunStatus.COMPLETED:
             return f"nothing: it completed (its output: `foldloop show {run}`)"

@@ -207,18 +207,22 @@ def parked_reason(state: RunState, decided: Sequence[DecidedApproval]) -> str:
 
 def _resume_step(state: RunState, what: str, extend: str) -> str:
     """The next step of a run that ``resume`` continues (see ``ended_child_step``)."""
-    if state.parent_run_id:
-        return ended_child_step(state, higher=bool(extend))
-    return what + f"rt.resume(run_id{', ' + extend if extend else ''})"
+    return ended_child_step(state) or what + f"rt.resume(run_id{', ' + extend if extend else ''})"
 
 
-def ended_child_step(state: RunState, *, higher: bool = False) -> str:
-    """The next step of a sub-agent's child that ended by itself (a ceiling, a failure):
-    none here, as its resume is refused: its parent has its outcome (a failed tool call)."""
+_RESUMED = (RunStatus.LIMIT_REACHED, RunStatus.NO_PROGRESS, RunStatus.FAILED)
+
+
+def ended_child_step(state: RunState) -> str | None:
+    """The next step of a sub-agent's child that ended by itself where a root's next step
+    is a resume (a ceiling, no progress, a model failure): none here, as its resume is
+    refused: its parent has its outcome (a failed tool call). None for any other run."""
+    if not state.parent_run_id or state.status not in _RESUMED or not state.resumable:
+        return None
     return (
         f"nothing here: it is a sub-agent's child, and its parent {state.parent_run_id} "
         "has its outcome (a failed call); start a new run"
-        + (" with higher ceilings at its root" if higher else "")
+        + ("" if state.status is RunStatus.FAILED else " with higher ceilings at its root")
     )
 
 
