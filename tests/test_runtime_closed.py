@@ -165,6 +165,19 @@ def test_a_read_all_begun_before_the_close_says_the_runtime_closed(store_path: P
     assert first.position == 1
 
 
+def test_a_read_all_of_a_short_log_read_on_after_the_close_says_so(store_path: Path) -> None:
+    """All of it came in its first page: the records left of it are not handed out as if
+    the runtime were open (a host would think it read the whole log)."""
+    agent = fl.Agent(name="one", llm=fl.ScriptedLLM([fl.Reply(text="x")]))
+    rt = fl.Runtime.open(store_path, agents=[agent])
+    assert rt.spawn(agent, "go").wait(timeout=30).ok
+    records = rt.read_all()
+    assert next(records).position == 1
+    rt.close()
+    with pytest.raises(fl.ConfigError, match=CLOSED):
+        next(records)
+
+
 def test_close_and_closed_still_answer(
     closed: tuple[fl.Runtime, fl.types.RunHandle, list[str]],
 ) -> None:

@@ -126,7 +126,9 @@ class Queries:
             self._check_open()
             with calling(self._store), closed_says_so(self._check_open):
                 page = self._store.read_all(position, limit=PAGE)
-            yield from page
+            for record in page:
+                self._check_open()  # a loop read on past the close is told, whatever the page
+                yield record
             if len(page) < PAGE:
                 return
             position = page[-1].position + 1
