@@ -281,3 +281,18 @@ def test_a_wait_where_nothing_can_carry_a_decision_in_returns(store_path: Path, 
         assert listed.reason == result.reason
     with fl.Runtime.open(store_path, agents=[gated]) as rt:
         assert rt.handle("W").wait(timeout=30).output == "2"
+
+
+def test_a_wait_that_times_out_on_a_decided_run_says_it_was_decided(store_path: Path) -> None:
+    """Before the follow's grace for carrying it in is over, the timeout came first: the
+    reason is still the one runs() lists, not "waiting for a person"."""
+    with fl.Runtime.open(store_path, agents=[gated]) as rt:
+        run = rt.spawn(gated, "one and one", run_id="T")
+        assert run.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+    with fl.Runtime.open(store_path) as elsewhere:
+        elsewhere.approve(run_id="T", call_id="call_1_1", by="alice")
+        result = elsewhere.handle("T").wait(timeout=0.2)
+        assert result.status is fl.RunStatus.AWAITING_APPROVAL
+        assert result.reason.startswith("decided, not yet carried into the run's log"), result
+        (listed,) = elsewhere.runs()
+        assert listed.reason == result.reason

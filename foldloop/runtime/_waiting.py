@@ -175,7 +175,15 @@ class Waiter:
                 and self._moved(state, deadline)
             ):
                 continue
-            return result_of(state, interrupted=interrupted)
+            return result_of(self._as_listed(state), interrupted=interrupted)
+
+    def _as_listed(self, state: RunState) -> RunState:
+        """``state`` with the reason ``runs()`` lists it with: a parked run with a decision
+        taken and not yet carried into its log says so (not "waiting for a person")."""
+        if state.status is not RunStatus.AWAITING_APPROVAL:
+            return state
+        why = parked_reason(state, self._queries.decided(state))
+        return state if why == state.reason else msgspec.structs.replace(state, reason=why)
 
     def _settle(
         self, run_id: str, deadline: float | None, ending: Settlement | None
@@ -322,9 +330,7 @@ class Waiter:
                     if self._knows(state.agent) or self._queries.driven(run_id):
                         uncarried_since = None
                     elif now - (uncarried_since := uncarried_since or now) >= CARRY_GRACE_S:
-                        # as runs() lists it: parked, its decision taken, not yet carried in
-                        why = parked_reason(state, self._queries.decided(state))
-                        return msgspec.structs.replace(state, reason=why), ""
+                        return state, ""  # parked, its decision taken, not yet carried in
                 elif state.settled:
                     # The approvals table was read after the state: a decision carried in
                     # between shows as applied there and not yet here. Settled: no change.
