@@ -540,6 +540,15 @@ def test_the_import_command_counts_only_what_it_added_and_reads_stdin(
     every = len(lines) - 1 - sum(line.startswith('{"foldloop"') for line in lines[1:])
     dashed = script(forest, "export", LEAD, "--tree", "-o", "-")  # '-' is stdout, as in import
     assert dashed.returncode == 0 and dashed.stdout.splitlines() == lines, dashed.stderr
+    named = subprocess.run(  # ./- is a file of that name
+        [str(SCRIPT), "--store", str(forest), "export", LEAD, "-o", "./-"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert named.returncode == 0 and named.stdout == "", named.stderr
+    assert json.loads((tmp_path / "-").read_text().splitlines()[0])["foldloop"] == "run"
     proc = subprocess.run(
         [str(SCRIPT), "--store", str(target), "import", "-"],
         input="\n".join(lines) + "\n",

@@ -32,7 +32,7 @@ RunArg = Annotated[str, typer.Argument(metavar="RUN", help="The run id (see `fol
 def export_run(
     run: RunArg,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="File (default, or '-': stdout).")
+        str | None, typer.Option("-o", "--output", help="File (default, or '-': stdout).")
     ] = None,
     tree: Annotated[
         bool, typer.Option("--tree", help="The run and every child run below it, in one file.")
@@ -44,10 +44,10 @@ def export_run(
         lines = list(rt.export(run, tree=tree))
     text = "\n".join(lines) + "\n"
     with _errors():
-        if output is None or str(output) == "-":
+        if output is None or output == "-":  # as written: ./- names a file
             sys.stdout.write(text)
         else:
-            _write_whole(output, text)
+            _write_whole(Path(output), text)
             written = _count(len(lines) - 1, "event")
             if tree:  # a header line for the tree, one for each run
                 runs = json.loads(lines[0])["runs"]
@@ -58,8 +58,8 @@ def export_run(
 
 
 def import_run(
-    file: Annotated[
-        Path, typer.Argument(metavar="FILE", help="A run exported as JSONL ('-': stdin).")
+    given: Annotated[
+        str, typer.Argument(metavar="FILE", help="A run exported as JSONL ('-': stdin).")
     ],
     run_id: Annotated[
         str | None, typer.Option("--run-id", help="Import under this id (one run, not a tree).")
@@ -67,11 +67,10 @@ def import_run(
 ) -> None:
     """Import a run exported as JSONL into the store (created if absent); a tree exported
     with --tree comes back whole, under the ids it was exported with."""
-    if str(file) == "-":
-        file = Path("/dev/stdin")
-    elif file.is_dir():
+    file = Path("/dev/stdin" if given == "-" else given)  # as written: ./- names a file
+    if given != "-" and file.is_dir():
         _fail(EXIT_USAGE, f"{str(file)!r} is a directory; give the file an export was written to")
-    elif not file.exists():
+    elif given != "-" and not file.exists():
         _fail(EXIT_NOT_FOUND, f"no file {str(file)!r}")
     # All checks that need no store come first: a bad file must not leave an empty store.
     try:
