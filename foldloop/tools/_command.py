@@ -80,7 +80,10 @@ def run_command(
     if cwd is not None and not Path(cwd).is_dir():
         raise ConfigError(f"cwd {str(cwd)!r} is not a directory")
     if isinstance(input, str):
-        input = input.encode("utf-8", "surrogatepass")
+        try:
+            input = input.encode()
+        except UnicodeEncodeError as exc:
+            raise ConfigError(f"input is not valid Unicode text ({exc.reason})") from None
     elif input is not None and not isinstance(input, bytes | bytearray):
         raise ConfigError(f"input must be bytes or str (the command's stdin); got {input!r:.80}")
     import subprocess  # noqa: PLC0415 - spares `import foldloop` until a command runs

@@ -225,7 +225,7 @@ class Tool:
                 cmd,
                 timeout=self.timeout or 10**9,
                 env=env,
-                input=(args or "{}").encode("utf-8", "surrogatepass"),
+                input=args or "{}",
                 max_output=ISOLATED_OUTPUT_BYTES,
             )
         except ConfigError as exc:  # it could not start (no memory, no such interpreter...)

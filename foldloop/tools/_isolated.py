@@ -45,7 +45,7 @@ def _find(module: str, qualname: str) -> Any:
 def main(argv: list[str]) -> int:
     """Entry point of the child."""
     module, qualname = argv[1], argv[2]
-    args = sys.stdin.buffer.read().decode("utf-8", "surrogatepass")
+    args = sys.stdin.buffer.read().decode()
     answer = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # the tool's prints (and its libraries', at any level) are not its outcome
     try:
