@@ -1,4 +1,5 @@
-"""ApprovalGate: one actor per gate; holds the tokens it issued and tells ``notify``.
+"""ApprovalGate: one actor per approval policy (an agent's ``RequireApproval``, its gate);
+holds the tokens it issued and tells the policy's ``notify``.
 
 Pending requests themselves live in the store's approvals table (so any process can
 decide them and a parked run needs no actor); the gate keeps what must never be stored,
@@ -32,7 +33,7 @@ class Issued:
 
 
 class ApprovalGate(FastActor):
-    """The actor of one gate."""
+    """The actor of one approval policy."""
 
     def __init__(self, policy: RequireApproval, timers: Timers, pool: Workers) -> None:
         super().__init__()

@@ -1,5 +1,5 @@
-"""The approval gates of one runtime: an ApprovalGate actor for each gate name (started on
-first use), the tokens issued here (stored nowhere: only their digests are), and the pool
+"""The approval gates of one runtime: an ApprovalGate actor for each agent's approval policy
+(started on first use), the tokens issued here (stored nowhere: only their digests are), and the pool
 their ``notify`` callbacks run on."""
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ class Gates:
         self._timers = timers
         self._lock = threading.Lock()
         # one actor per policy (an agent's RequireApproval: its notify, its timeout), not
-        # per gate name: agents whose policies share a name must not share a notify
+        # per gate name: agents whose policies share a name must not share a notify. Keyed
+        # by the object (RequireApproval is eq=False: hashed by identity).
         self._gates: dict[RequireApproval, ApprovalGate] = {}
         self._refs: dict[RequireApproval, pykka.ActorRef[Any]] = {}
         self._notify_pool = Workers(NOTIFY_WORKERS, "foldloop-notify")
