@@ -113,6 +113,8 @@ def test_input_may_be_text_and_nothing_else() -> None:
     assert fl.run_command(cat, timeout=30, input="héllo").stdout == "héllo"
     with pytest.raises(fl.ConfigError, match="input must be bytes or str"):
         fl.run_command(cat, timeout=30, input=5)  # type: ignore[arg-type]
+    with pytest.raises(fl.ConfigError, match="input is not valid Unicode text"):
+        fl.run_command(cat, timeout=30, input="x\ud800")
 
 
 def test_output_past_max_output_is_dropped_as_it_comes() -> None:
