@@ -1,6 +1,6 @@
 """The approval gates of one runtime: an ApprovalGate actor for each agent's approval policy
-(started on first use), the tokens issued here (stored nowhere: only their digests are), and the pool
-their ``notify`` callbacks run on."""
+(started on first use), the tokens issued here (stored nowhere: only their digests are),
+and the pool their ``notify`` callbacks run on."""
 
 from __future__ import annotations
 
