@@ -895,3 +895,31 @@ def test_a_subscribe_the_runtime_closes_under_is_closed_not_a_store_error(
 
     with pytest.raises(fl.ConfigError, match="this runtime is closed"):
         rt.subscribe(lambda rec: None, types=types_read_as_the_runtime_closes())
+
+
+def test_an_attach_right_after_a_detach_goes_on_from_where_the_detach_left_it(
+    tmp_path: Path,
+) -> None:
+    """detach() returns once its checkpoint can be read back: the checkpoint of the last
+    page was written without waiting, and a new attach read the one before it (and
+    applied a page again)."""
+    applied: list[int] = []
+
+    class Slow(Positions):
+        name = "slow-positions"
+
+        def apply(self, state: tuple[int, ...], record: fl.types.Recorded) -> tuple[int, ...]:
+            applied.append(record.position)
+            return super().apply(state, record)
+
+    with fl.Runtime.open(tmp_path / "s", agents=[agent()]) as rt:
+        for handle in rt.spawn_many(agent(), ["go"] * 300):
+            assert handle.wait(timeout=30).ok
+        for _ in range(3):  # each round: detach as a page is done, attach at once
+            first = rt.attach(Slow(), checkpoint_every=0.001)
+            wait_until(lambda h=first: h.position > 0, 30, "a page to be applied")
+            first.detach()
+        last = rt.attach(Slow())
+        last.catch_up(timeout=60)
+        assert len(applied) == len(set(applied)), "records applied again after a detach"
+        assert last.state == tuple(range(1, last.position + 1))

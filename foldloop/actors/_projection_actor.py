@@ -20,7 +20,7 @@ from foldloop.actors._base import FAILURES, FastActor
 from foldloop.actors._own_threads import calling, closed_says_so
 from foldloop.errors import ProjectionError
 from foldloop.projections._base import Projection
-from foldloop.store import Checkpoint, EventStore
+from foldloop.store import Checkpoint, EventStore, Pending
 from foldloop.store._checkpoints import ProjectionFailure
 
 __all__ = ["ProjectionActor", "ProjectionHandle"]
@@ -68,6 +68,8 @@ class ProjectionActor(FastActor):
         self._apply = projection.apply
         self._published: tuple[int, Any] = (position, state)
         self._checkpointed = position
+        self._unconfirmed: Pending[Any] | None = None
+        """The last checkpoint write not waited for: a stop waits for it."""
         self._last_checkpoint = time.monotonic()
         self._poked = threading.Event()
         self._changed = threading.Condition()
@@ -186,8 +188,19 @@ class ProjectionActor(FastActor):
         if not self.done:
             if self.stored and self._published[0] != self._checkpointed:
                 self._checkpoint(wait=True)
+            elif self._unconfirmed is not None:  # written, but maybe not yet landed
+                self._confirm(self._unconfirmed)
             self._mark_done()
         self.stop()
+
+    def _confirm(self, op: Pending[Any]) -> None:
+        """Wait for a checkpoint write: a detach returns once a new attach can read it."""
+        try:
+            op.wait()
+        except FAILURES as exc:
+            log.warning(
+                "projection_checkpoint_failed", projection=self.projection.name, error=str(exc)
+            )
 
     def _mark_done(self) -> None:
         with self._changed:
@@ -213,6 +226,7 @@ class ProjectionActor(FastActor):
                 updated_at=self.clock(),
             )
             op = self.store.put_checkpoint(checkpoint)
+            self._unconfirmed = None if wait else op
             if wait:
                 op.wait()
         except FAILURES as exc:
