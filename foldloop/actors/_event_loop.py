@@ -185,6 +185,11 @@ class EventLoop:
             self._cancelled.add(task)
             task.cancel()
 
+    def cancelled_here(self, task: asyncio.Task[Any]) -> bool:
+        """(On the loop.) Whether foldloop cancelled ``task`` (its run's cancel, a timeout, a
+        close), not the code it runs (``task.cancelling()`` counts either)."""
+        return task in self._cancelled
+
     def abandon(self, task: asyncio.Task[Any]) -> None:
         """(On the loop.) Give ``task`` up (past its timeout, its outcome reported): it is
         cancelled, and a close does not wait for it."""

@@ -9,6 +9,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import msgspec
 
@@ -21,7 +22,7 @@ from foldloop.errors import ModelCallError
 from foldloop.events._codec import storable_text
 from foldloop.events._values import ToolCall, Usage
 from foldloop.llm import AsyncComplete, Reply
-from foldloop.llm._protocol import STOP_REASONS
+from foldloop.llm._protocol import STOP_REASONS, StopReason
 from foldloop.store import MAX_EVENT_BYTES
 
 __all__ = ["BACKOFF", "MAX_REPLY_BYTES", "PLACE", "ModelCall", "reply_bound"]
@@ -48,17 +49,41 @@ MAX_REPLY_BYTES = reply_bound(MAX_EVENT_BYTES)
 
 
 def _storable_calls(calls: Sequence[ToolCall]) -> Sequence[ToolCall] | None:
-    """The calls with each lone surrogate replaced, as a reply's text is (a provider's JSON
-    may escape one into the arguments; the log cannot hold it); None when all are ASCII,
-    as nearly every reply's are (this runs on every reply)."""
-    if all(c.args.isascii() and c.name.isascii() and c.id.isascii() for c in calls):
+    """The calls as the log can hold them: each an ``fl.ToolCall`` (a look-alike would be
+    written as something no reader decodes), its texts plain ``str`` with each lone
+    surrogate replaced, as a reply's text is (a provider's JSON may escape one into the
+    arguments); None when all are so already, as nearly every reply's are (this runs on
+    every reply)."""
+    for call in calls:
+        if type(call) is not ToolCall:
+            raise TypeError(f"tool_calls holds a {type(call).__name__}, not an fl.ToolCall")
+    if all(
+        type(c.name) is type(c.args) is type(c.id) is str
+        and c.args.isascii()
+        and c.name.isascii()
+        and c.id.isascii()
+        for c in calls
+    ):
         return None
     return tuple(
         msgspec.structs.replace(
-            c, name=storable_text(c.name), args=storable_text(c.args), id=storable_text(c.id)
+            c,
+            name=_text(c.name, "a tool call's name"),
+            args=_text(c.args, "a tool call's args"),
+            id=_text(c.id, "a tool call's id"),
         )
         for c in calls
     )
+
+
+def _text(value: object, what: str) -> str:
+    """``value`` as a plain ``str`` the log can hold: a subclass (numpy's ``str_``, say) is
+    copied out of it, lone surrogates replaced; anything else is not text."""
+    if type(value) is not str:
+        if not isinstance(value, str):
+            raise TypeError(f"{what} is a {type(value).__name__}, not str")
+        value = str.__str__(value)
+    return storable_text(value)
 
 
 def _reply_bytes(reply: Reply) -> int:
@@ -136,14 +161,17 @@ class ModelCall:
             )
         except Exception as exc:
             return self.failed(exc)
-        except (SystemExit, KeyboardInterrupt) as exc:
+        except BaseException as exc:  # SystemExit, GeneratorExit, a test runner's outcome...
             why = f"model {self.agent.llm.model!r}: complete raised {type(exc).__name__}"
             return self.failed(ModelCallError(why, retryable=False))
         return self.checked(reply, start)
 
-    async def awaited(self, ask: AsyncComplete) -> Command:
+    async def awaited(
+        self, ask: AsyncComplete, cancelled_here: Callable[[asyncio.Task[Any]], bool]
+    ) -> Command:
         """Await ``acomplete`` (on the runtime's loop; a cancel cancels it). What else it
-        raises fails the call, ``SystemExit`` and a ``CancelledError`` of its own too."""
+        raises fails the call, ``SystemExit`` and a ``CancelledError`` of its own too (one
+        it raised, or a cancel of its own task: ``cancelled_here`` tells foldloop's)."""
         if self.seconds_left() <= 0:  # its place came after the run's time: not made
             return self.out_of_time(PLACE)
         start = time.perf_counter()
@@ -153,7 +181,7 @@ class ModelCall:
                 reply = await ask(self.messages, self.specs, max_tokens=self.effect.max_tokens)
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if task is None or task.cancelling():  # foldloop's cancel (its run's, a close)
+            if task is None or cancelled_here(task):  # foldloop's cancel (its run's, a close)
                 raise
             why = "raised CancelledError without being cancelled"
             return self.failed(ModelCallError(self._in_acomplete(why), retryable=False))
@@ -203,16 +231,23 @@ class ModelCall:
             return self.failed(error)
 
     def replied(self, reply: Reply, start: float) -> Command:
-        if reply.stop_reason not in STOP_REASONS:  # an unusable Reply (``checked`` says so)
+        """The reply as its command; raises for a Reply whose fields the log cannot hold
+        (``checked`` says so)."""
+        if reply.stop_reason not in STOP_REASONS:
             raise ValueError(
                 f"stop_reason {reply.stop_reason!r} is not one of {sorted(STOP_REASONS)}"
             )
-        calls = _storable_calls(reply.tool_calls)
-        if calls is not None:
-            reply = dataclasses.replace(reply, tool_calls=calls)
+        asked = tuple(reply.tool_calls)  # once: a generator is not emptied by a check
+        calls = _storable_calls(asked)
+        reply = dataclasses.replace(
+            reply,
+            text=_text(reply.text, "text"),
+            tool_calls=asked if calls is None else calls,
+            stop_reason=cast(StopReason, str.__str__(reply.stop_reason)),
+        )
         usage = reply.usage or Usage()
         named = reply.model if isinstance(reply.model, str) else ""  # None from a dict's get
-        model = storable_text(named) or self.agent.llm.model
+        model = _text(named, "model") or _text(self.agent.llm.model, "the model's name")
         size = _reply_bytes(reply)
         odd = _implausible(usage)
         bound = self.max_reply_bytes
@@ -230,7 +265,7 @@ class ModelCall:
         return ModelReplied(
             now=self.clock(),
             step=self.effect.step,
-            text=storable_text(reply.text),
+            text=reply.text,
             tool_calls=tuple(reply.tool_calls),
             usage=usage,
             model=model,

@@ -55,7 +55,7 @@ class ModelCalls:
         ``complete`` on the pool when None. ``reply`` gets its command; ``track`` each thing
         a cancel of its run cancels (the call while it waits, the awaited call)."""
         if asks is not None and self._limit is None:  # nothing to wait for: straight on
-            track(self._loop.start(asked.awaited(asks), reply))
+            track(self._loop.start(asked.awaited(asks, self._loop.cancelled_here), reply))
             return
         queued = QueuedCall(lambda: None)  # held back at close: a resume asks again
         track(queued)
@@ -122,7 +122,8 @@ class ModelCalls:
         def begin() -> bool:
             if not queued.start():
                 return False
-            track(self._loop.start(asked.awaited(asks), reply, on_end=self._leave))
+            awaited = asked.awaited(asks, self._loop.cancelled_here)
+            track(self._loop.start(awaited, reply, on_end=self._leave))
             return True
 
         return begin

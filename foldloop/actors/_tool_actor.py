@@ -352,7 +352,7 @@ class ToolRunner:
         except asyncio.CancelledError:
             if expired:
                 return None
-            if task.cancelling():  # foldloop's cancel (its run's, a close): not an outcome
+            if self.loop.cancelled_here(task):  # foldloop's (its run's, a close): no outcome
                 raise
             why = "CancelledError raised inside the tool without its call being cancelled"
             return ToolOutcome(False, why, "exception", _ms_since(started))
