@@ -397,6 +397,15 @@ def test_run_metrics_follow_approvals_failures_and_statuses(rt: fl.Runtime) -> N
     metrics.catch_up()
     assert metrics.state.runs_by_status == {"completed": 1, "limit_reached": 1}
     assert metrics.state.runs_by_status == status_counts(rt)
+    calls = metrics.state.tool_calls
+    denied = rt.spawn(gated, "try again")
+    assert denied.wait(timeout=30).status is fl.RunStatus.AWAITING_APPROVAL
+    rt.deny(run_id=denied.id, call_id=rt.pending_approvals()[0].call_id, by="alice")
+    assert rt.handle(denied.id).wait(timeout=30).status is fl.RunStatus.COMPLETED
+    metrics.catch_up()
+    # a denied call is a call (never made): failures never outnumber calls
+    assert metrics.state.tool_calls == calls + 1
+    assert metrics.state.tool_failures == {"exception": 1, "denied": 1}
 
 
 def held_tool() -> tuple[Any, threading.Event, threading.Event]:

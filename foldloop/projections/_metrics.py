@@ -192,7 +192,7 @@ class RunMetrics(Projection[RunMetricsState]):
     """``rt.attach(fl.projections.RunMetrics())``: figures for dashboards and alerts."""
 
     name = "foldloop.run_metrics"
-    version = 3
+    version = 4
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__(name)
@@ -316,6 +316,10 @@ def _tool_finished(s: RunMetricsState, r: Recorded) -> RunMetricsState:
     failures = s.tool_failures
     if isinstance(event, ToolFailed):
         failures = _bump(failures, event.kind)
+        if event.kind == "denied":  # a call, though never requested: the person said no
+            s = msgspec.structs.replace(
+                s, tool_calls=s.tool_calls + 1, by_root=_tree(s, r.run_id, tool_calls=1)
+            )
     if opened is None:
         return _late_outcome(msgspec.structs.replace(s, tool_failures=failures), r)
     s = msgspec.structs.replace(s, tool_failures=failures, open_calls=s.open_calls.delete(key))
