@@ -932,3 +932,29 @@ def test_an_attach_right_after_a_detach_goes_on_from_where_the_detach_left_it(
         last.catch_up(timeout=60)
         assert len(applied) == len(set(applied)), "records applied again after a detach"
         assert last.state == tuple(range(1, last.position + 1))
+
+
+def test_the_prometheus_helpers_say_what_they_take(rt: fl.Runtime) -> None:
+    handle = rt.attach(RunMetrics())
+    with pytest.raises(fl.ConfigError, match="prometheus_text takes a RunMetricsState"):
+        prometheus_text(handle)  # type: ignore[arg-type]
+    for wrong in (handle.state, None, 5):
+        with pytest.raises(fl.ConfigError, match="serve_prometheus takes an attached"):
+            fl.projections.serve_prometheus(wrong, port=0)
+
+
+def test_a_stopped_projection_logs_the_traceback_of_its_apply(rt: fl.Runtime) -> None:
+    def apply(state: int, record: fl.types.Recorded) -> int:
+        raise ValueError("no such field")
+
+    with capture_logs() as logs:
+        handle = rt.attach(fl.projections.Projection("breaks", initial=int, apply=apply))
+        assert rt.spawn(agent(), "go").wait(timeout=30).ok
+        wait_until(lambda: handle.error is not None, 30, "the projection to stop")
+        wait_until(
+            lambda: any(r.get("event") == "projection_stopped" for r in logs),
+            10,
+            "projection_stopped to be logged",
+        )
+    (record,) = [r for r in logs if r.get("event") == "projection_stopped"]
+    assert record.get("exc_info"), record

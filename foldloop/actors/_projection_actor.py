@@ -178,6 +178,7 @@ class ProjectionActor(FastActor):
             seq=seq,
             event_type=event_type,
             error=self.failure.error,
+            exc_info=exc,  # the apply's traceback (README: ERROR with its traceback)
         )
         self._published = (position, state)
         self._checkpoint(wait=True)

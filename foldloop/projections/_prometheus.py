@@ -122,6 +122,11 @@ def prometheus_text(state: RunMetricsState) -> str:
     """``state`` in the Prometheus text format (version 0.0.4), ready for a scrape."""
     from prometheus_client import generate_latest  # noqa: PLC0415
 
+    if not isinstance(state, RunMetricsState):
+        raise ConfigError(
+            f"prometheus_text takes a RunMetricsState; got {type(state).__name__}",
+            advice="pass the handle's state: prometheus_text(handle.state)",
+        )
     text: bytes = generate_latest(_registry(lambda: state))
     return text.decode()
 
@@ -154,8 +159,15 @@ def serve_prometheus(source: Any, *, port: int = 9464, addr: str = "127.0.0.1") 
     on ``http://addr:port/metrics`` from a daemon thread. ``port=0`` picks a free port."""
     from prometheus_client import start_http_server  # noqa: PLC0415
 
+    handle = hasattr(source, "state") and hasattr(source, "detach")  # (calling one detaches)
+    if not (handle or callable(source)):
+        raise ConfigError(
+            f"serve_prometheus takes an attached RunMetrics handle or a function returning "
+            f"its state; got {type(source).__name__}",
+            advice="serve_prometheus(rt.attach(fl.projections.RunMetrics()))",
+        )
     read: Callable[[], RunMetricsState] = (
-        (lambda: source.state) if hasattr(source, "state") else source
+        (lambda: source.state) if handle else source
     )
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError(f"port must be an int from 0 to 65535 (0: a free one); got {port!r}")
