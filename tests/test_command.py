@@ -121,3 +121,16 @@ def test_output_past_max_output_is_dropped_as_it_comes() -> None:
     big = [sys.executable, "-c", "import sys; sys.stdout.buffer.write(b'x' * 50_000_000)"]
     result = fl.run_command(big, timeout=60, max_output=10)
     assert result.ok and result.stdout == "x" * 10
+
+
+def test_a_timeout_past_what_one_wait_takes_is_waited_in_parts() -> None:
+    """epoll refuses a wait past ~24.8 days: a subprocess tool without a timeout is given
+    10**9 s (each call failed with OverflowError)."""
+    result = fl.run_command([sys.executable, "-c", "print('ok')"], timeout=10**9)
+    assert result.ok and result.stdout == "ok\n", result
+
+
+@pytest.mark.parametrize("grace", [float("nan"), float("inf"), -1, True, "1"])
+def test_grace_must_be_a_finite_number_of_seconds(grace: object) -> None:
+    with pytest.raises(fl.ConfigError, match="grace must be a finite number of seconds"):
+        fl.run_command([sys.executable, "-c", "pass"], timeout=5, grace=grace)  # type: ignore[arg-type]

@@ -95,3 +95,9 @@ def test_a_subprocess_tool_that_leaves_a_process_behind_returns_when_it_does(
     assert outcome.duration_ms < 20_000  # its timeout is 30 s
     left = int(pidfile.read_text())
     wait_until(lambda: not alive(left), 10, "the process it left in its group to be killed")
+
+
+def test_a_subprocess_tool_without_a_timeout_runs() -> None:
+    untimed = fl.tool(subprocess=True, timeout=None)(whoami.fn)
+    outcome = untimed.invoke('{"tag": "x"}')
+    assert outcome.ok, outcome

@@ -166,9 +166,7 @@ def serve_prometheus(source: Any, *, port: int = 9464, addr: str = "127.0.0.1") 
             f"its state; got {type(source).__name__}",
             advice="serve_prometheus(rt.attach(fl.projections.RunMetrics()))",
         )
-    read: Callable[[], RunMetricsState] = (
-        (lambda: source.state) if handle else source
-    )
+    read: Callable[[], RunMetricsState] = (lambda: source.state) if handle else source
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError(f"port must be an int from 0 to 65535 (0: a free one); got {port!r}")
     try:

@@ -77,6 +77,12 @@ def run_command(
         or not (math.isfinite(timeout) and timeout > 0)
     ):
         raise ConfigError(f"timeout must be a finite number of seconds > 0; got {timeout!r}")
+    if (
+        isinstance(grace, bool)
+        or not isinstance(grace, int | float)
+        or not (math.isfinite(grace) and grace >= 0)
+    ):
+        raise ConfigError(f"grace must be a finite number of seconds >= 0; got {grace!r}")
     if cwd is not None and not Path(cwd).is_dir():
         raise ConfigError(f"cwd {str(cwd)!r} is not a directory")
     if isinstance(input, str):
@@ -92,7 +98,10 @@ def run_command(
     start = time.monotonic()
     with tempfile.TemporaryFile() as stdin:  # read at the command's pace: no pipe to fill
         if input:
-            stdin.write(input)
+            try:
+                stdin.write(input)
+            except OSError as exc:  # a full disk
+                raise ConfigError(f"cannot hold the command's input: {exc}") from None
             stdin.seek(0)
         try:
             proc = subprocess.Popen(
@@ -127,6 +136,9 @@ def run_command(
 _CHUNK = 1 << 16
 _POLL_S = 0.05
 """How often the exit of a command is looked for where no pidfd tells of it."""
+_LONGEST_SELECT_S = 3600.0
+"""The longest one wait of the loop (epoll refuses waits past ~24.8 days: a subprocess
+tool without a timeout is given 10**9 s)."""
 
 
 def _collect(
@@ -138,22 +150,23 @@ def _collect(
     assert proc.stderr is not None
     pipes = (proc.stdout.fileno(), proc.stderr.fileno())
     kept = {fd: bytearray() for fd in pipes}
-    exit_fd = _exit_fd(proc.pid)
     deadline, timed_out, killed = time.monotonic() + timeout, False, False
-    with selectors.DefaultSelector() as selector:
-        for fd in pipes:
-            os.set_blocking(fd, False)
-            selector.register(fd, selectors.EVENT_READ)
-        if exit_fd is not None:
-            selector.register(exit_fd, selectors.EVENT_READ)
-        try:
+    exit_fd = _exit_fd(proc.pid)
+    try:
+        with selectors.DefaultSelector() as selector:
+            for fd in pipes:
+                os.set_blocking(fd, False)
+                selector.register(fd, selectors.EVENT_READ)
+            if exit_fd is not None:
+                selector.register(exit_fd, selectors.EVENT_READ)
             while exit_fd is not None or proc.poll() is None:
                 now = time.monotonic()
                 if now >= deadline and not killed:
                     killed = timed_out  # the second time round: SIGKILL
                     _kill_group(proc.pid, signal.SIGKILL if timed_out else signal.SIGTERM)
                     timed_out, deadline = True, now + grace
-                wait = None if killed else max(0.0, deadline - now)  # killed: it ends now
+                # killed, it ends now; else until the deadline, in waits epoll takes
+                wait = None if killed else min(max(0.0, deadline - now), _LONGEST_SELECT_S)
                 if exit_fd is None:
                     wait = _POLL_S if wait is None else min(wait, _POLL_S)
                 ready = [key.fd for key, _ in selector.select(wait)]
@@ -162,9 +175,9 @@ def _collect(
                 for fd in ready:
                     if not _take(fd, kept[fd], cap):
                         selector.unregister(fd)  # its end: the command closed it
-        finally:
-            if exit_fd is not None:
-                os.close(exit_fd)
+    finally:
+        if exit_fd is not None:
+            os.close(exit_fd)
     for fd in pipes:  # it exited: what it wrote waits in the pipes, taken without waiting
         while _take(fd, kept[fd], cap, once=True):
             pass
