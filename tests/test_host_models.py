@@ -134,3 +134,18 @@ def test_an_async_tool_that_cancels_its_own_task_is_a_failed_call(rt: fl.Runtime
     assert result.ok, result
     (failed,) = [r.event for r in rt.events(result.run_id) if r.type == "tool.failed"]
     assert failed.kind == "exception" and "CancelledError" in failed.error
+
+
+class AsyncComplete:
+    model = "host"
+
+    async def complete(
+        self, messages: Sequence[fl.Message], tools: object, **_: object
+    ) -> fl.Reply:
+        return fl.Reply(text="never")
+
+
+def test_an_async_def_complete_is_told_to_be_acomplete(rt: fl.Runtime) -> None:
+    result, _ = run(rt, AsyncComplete())
+    assert result.status is fl.RunStatus.FAILED, result
+    assert "its complete is an async def; name it acomplete" in result.reason

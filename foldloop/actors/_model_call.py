@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -214,11 +215,14 @@ class ModelCall:
         """The reply as its command; a model that returned something else fails the run's
         call, saying what it returned (a bug in the model's code, not worth a retry)."""
         if not isinstance(reply, Reply):
-            error = ModelCallError(
-                f"model {self.agent.llm.model!r} returned {type(reply).__name__}, not fl.Reply",
-                retryable=False,
-            )
-            return self.failed(error)
+            said = f"model {self.agent.llm.model!r} returned {type(reply).__name__}, not fl.Reply"
+            if inspect.iscoroutine(reply):  # an ``async def complete``
+                reply.close()  # never awaited: closed here, not warned about at exit
+                said += (
+                    ": its complete is an async def; name it acomplete (foldloop awaits that) "
+                    "or make complete a plain def"
+                )
+            return self.failed(ModelCallError(said, retryable=False))
         try:
             return self.replied(reply, start)
         except Exception as exc:  # a field of the wrong type (text=None, say): no command
