@@ -259,6 +259,8 @@ def test_attach_refuses_what_it_cannot_run(rt: fl.Runtime) -> None:
         rt.subscribe(print, types={"run.complete"})  # a typo would never fire
     with pytest.raises(fl.ConfigError, match=r"'tool\.done' is not an event type"):
         rt.attach(fl.projections.Projection("typo", initial=int, apply=max, types={"tool.done"}))
+    with pytest.raises(fl.ConfigError, match="types is empty"):
+        rt.subscribe(print, types=set())  # it would never fire either
     count = rt.attach(
         fl.projections.Projection("count", initial=lambda: 0, apply=lambda n, r: n + 1)
     )

@@ -184,6 +184,11 @@ def check_event_types(types: object) -> frozenset[str] | None:
     if isinstance(types, str) or not isinstance(types, Iterable):
         raise ConfigError(f"types must be a set of event types, e.g. {{{types!r}}}")
     wanted = frozenset(types)
+    if not wanted:  # it would never see a record: a mistake, not a choice
+        raise ConfigError(
+            "types is empty, so nothing would ever be applied",
+            advice="name the event types to follow, or pass None for every type",
+        )
     for name in sorted(wanted, key=str):
         if name not in KNOWN_TAGS:
             close = difflib.get_close_matches(str(name), KNOWN_TAGS, n=1)
