@@ -25,6 +25,11 @@ __all__ = ["Agent"]
 _NAME = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+MAX_MODEL_NAME = 1024
+"""The longest model name an agent takes (every reply records it: a page of text there
+would fill each event)."""
+
+
 @dataclass(frozen=True, eq=False)
 class Agent:
     """A named agent. Runs record its name; ``recover``/``resume`` find it again by name.
@@ -58,11 +63,16 @@ class Agent:
                 "(fl.ScriptedLLM, fl.OpenAIChat, ...)"
             )
         model = getattr(self.llm, "model", None)
-        if not isinstance(model, str) or unpaired_surrogate(model) is not None:
+        if (
+            not isinstance(model, str)
+            or unpaired_surrogate(model) is not None
+            or len(model) > MAX_MODEL_NAME
+        ):
             raise ConfigError(
                 f"agent {self.name!r}: llm must have a model attribute, the model's name as "
-                f"valid Unicode text (recorded in model.responded, used for pricing); "
-                f"{type(self.llm).__name__}.model is {model!r}"
+                f"valid Unicode text of at most {MAX_MODEL_NAME} characters (recorded in "
+                f"model.responded, used for pricing); {type(self.llm).__name__}.model is "
+                f"{model!r:.200}"
             )
         if not isinstance(self.instructions, str):
             raise ConfigError(f"agent {self.name!r}: instructions must be a str")

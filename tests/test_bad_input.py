@@ -404,6 +404,8 @@ def test_a_model_without_a_name_is_refused_at_the_agent() -> None:
         fl.Agent(name="a", llm=Nameless())  # type: ignore[arg-type]
     with pytest.raises(fl.ConfigError, match=r"valid Unicode text.*'m\\ud800'"):
         fl.Agent(name="a", llm=fl.ScriptedLLM([], model="m\ud800"))
+    with pytest.raises(fl.ConfigError, match="at most 1024 characters"):
+        fl.Agent(name="a", llm=fl.ScriptedLLM([], model="m" * 2_000_000))  # every reply
 
 
 def test_a_gate_naming_a_tool_the_agent_lacks_is_refused_at_the_agent() -> None:
