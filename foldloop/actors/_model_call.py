@@ -5,12 +5,11 @@ hold)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 
@@ -23,7 +22,7 @@ from foldloop.errors import ModelCallError
 from foldloop.events._codec import storable_text
 from foldloop.events._values import ToolCall, Usage
 from foldloop.llm import AsyncComplete, Reply
-from foldloop.llm._protocol import STOP_REASONS, StopReason
+from foldloop.llm._protocol import STOP_REASONS
 from foldloop.store import MAX_EVENT_BYTES
 
 __all__ = ["BACKOFF", "MAX_REPLY_BYTES", "PLACE", "ModelCall", "reply_bound"]
@@ -49,7 +48,7 @@ MAX_REPLY_BYTES = reply_bound(MAX_EVENT_BYTES)
 """A model reply's text and calls past this cannot fit one event in any store."""
 
 
-def _storable_calls(calls: Sequence[ToolCall]) -> Sequence[ToolCall] | None:
+def _storable_calls(calls: Sequence[ToolCall]) -> tuple[ToolCall, ...] | None:
     """The calls as the log can hold them: each an ``fl.ToolCall`` (a look-alike would be
     written as something no reader decodes), its texts plain ``str`` with each lone
     surrogate replaced, as a reply's text is (a provider's JSON may escape one into the
@@ -87,11 +86,10 @@ def _text(value: object, what: str) -> str:
     return storable_text(value)
 
 
-def _reply_bytes(reply: Reply) -> int:
+def _reply_bytes(text: str, calls: Sequence[ToolCall]) -> int:
     """About the bytes a reply takes in its event (exactly its text and calls')."""
-    text = reply.text
     size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-    for call in reply.tool_calls:
+    for call in calls:
         size += len(call.name.encode()) + len(call.args.encode("utf-8", "surrogatepass"))
         size += len(call.id.encode())
     return size
@@ -241,18 +239,14 @@ class ModelCall:
             raise ValueError(
                 f"stop_reason {reply.stop_reason!r} is not one of {sorted(STOP_REASONS)}"
             )
+        text = _text(reply.text, "text")
         asked = tuple(reply.tool_calls)  # once: a generator is not emptied by a check
-        calls = _storable_calls(asked)
-        reply = dataclasses.replace(
-            reply,
-            text=_text(reply.text, "text"),
-            tool_calls=asked if calls is None else calls,
-            stop_reason=cast(StopReason, str.__str__(reply.stop_reason)),
-        )
+        storable = _storable_calls(asked)
+        calls = asked if storable is None else storable
         usage = reply.usage or Usage()
         named = reply.model if isinstance(reply.model, str) else ""  # None from a dict's get
         model = _text(named, "model") or _text(self.agent.llm.model, "the model's name")
-        size = _reply_bytes(reply)
+        size = _reply_bytes(text, calls)
         odd = _implausible(usage)
         bound = self.max_reply_bytes
         if size > bound or odd:  # it could not be recorded, or would corrupt the run
@@ -269,12 +263,12 @@ class ModelCall:
         return ModelReplied(
             now=self.clock(),
             step=self.effect.step,
-            text=reply.text,
-            tool_calls=tuple(reply.tool_calls),
+            text=text,
+            tool_calls=calls,
             usage=usage,
             model=model,
             latency_ms=round((time.perf_counter() - start) * 1000, 3),
-            stop_reason=reply.stop_reason,
+            stop_reason=str.__str__(reply.stop_reason),  # a str subclass copied out
         )
 
     def _priced(self, model: str, usage: Usage) -> Usage:
