@@ -71,18 +71,8 @@ def run_command(
     it left behind, holding its pipes, is not waited for."""
     if isinstance(cmd, str) or not cmd or not all(isinstance(a, str) for a in cmd):
         raise ConfigError(f"cmd must be a non-empty list of strings (argv, no shell); got {cmd!r}")
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not (math.isfinite(timeout) and timeout > 0)
-    ):
-        raise ConfigError(f"timeout must be a finite number of seconds > 0; got {timeout!r}")
-    if (
-        isinstance(grace, bool)
-        or not isinstance(grace, int | float)
-        or not (math.isfinite(grace) and grace >= 0)
-    ):
-        raise ConfigError(f"grace must be a finite number of seconds >= 0; got {grace!r}")
+    _check_seconds("timeout", timeout, zero=False)
+    _check_seconds("grace", grace, zero=True)
     if cwd is not None and not Path(cwd).is_dir():
         raise ConfigError(f"cwd {str(cwd)!r} is not a directory")
     if isinstance(input, str):
@@ -131,6 +121,19 @@ def run_command(
         timed_out=timed_out,
         duration_s=round(time.monotonic() - start, 3),
     )
+
+
+def _check_seconds(name: str, value: object, *, zero: bool) -> None:
+    """Refuse what is not a finite number of seconds above 0 (or 0 too, with ``zero``)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not zero)
+    ):
+        least = ">= 0" if zero else "> 0"
+        raise ConfigError(f"{name} must be a finite number of seconds {least}; got {value!r}")
 
 
 _CHUNK = 1 << 16
