@@ -17,6 +17,8 @@ target from issue 20:
 - ``10k-pool``: the same over a WorkerPool of 2 processes
 - ``openai``: the 1k case through ``fl.OpenAIChat`` against ``fleet_server.py``, a local
   OpenAI-compatible server started here, answering after L seconds
+- ``openai-sdk``: the openai case's requests made by the SDK alone, no foldloop
+  (``fleet_sdk.py``): the most the ``openai`` case can reach on this machine
 - ``langgraph`` (when installed): the 1k case as a LangGraph StateGraph (model node, tool
   node) over ``graph.ainvoke`` with ``AsyncSqliteSaver``, all runs gathered on one loop
 
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -48,7 +51,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,10 +92,12 @@ CASES = {
     "10k": Case("10k", 10_000, 5, 1.0, min_share=0.5, max_rss_kib=100),
     "10k-pool": Case("10k-pool", 10_000, 5, 1.0, min_share=0.8),
     "openai": Case("openai", 1_000, 10, 1.0, min_share=0.8),
+    "openai-sdk": Case("openai-sdk", 1_000, 10, 1.0),
     "langgraph": Case("langgraph", 1_000, 10, 1.0),
 }
 NEEDS = {
     "openai": ("openai",),
+    "openai-sdk": ("openai",),
     "langgraph": ("langgraph", "langgraph.checkpoint.sqlite", "aiosqlite"),
 }
 
@@ -289,14 +294,15 @@ def case_pool(out: Outcome, deadline: float, args: argparse.Namespace) -> None:
         drive(lambda: pool.spawn("fleet", "go"), out, deadline, sampler, args.spawners, spawn_all)
 
 
-def case_openai(out: Outcome, deadline: float, args: argparse.Namespace) -> None:
-    """The runtime case through fl.OpenAIChat against fleet_server.py in a subprocess."""
+@contextlib.contextmanager
+def fleet_server(steps: int, latency_s: float) -> Iterator[str]:
+    """``fleet_server.py`` in a subprocess; yields its base URL."""
     server = subprocess.Popen(
         [
             sys.executable,
             str(HERE / "fleet_server.py"),
-            f"--steps={out.steps}",
-            f"--latency-s={out.latency_s}",
+            f"--steps={steps}",
+            f"--latency-s={latency_s}",
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -304,9 +310,7 @@ def case_openai(out: Outcome, deadline: float, args: argparse.Namespace) -> None
     )
     try:
         assert server.stdout is not None
-        url = server.stdout.readline().split()[-1]
-        llm = fl.OpenAIChat("fleet", base_url=url, api_key="x")
-        case_runtime(out, deadline, args, llm)
+        yield server.stdout.readline().split()[-1]
     finally:
         assert server.stdin is not None
         server.stdin.close()  # the server exits when its stdin closes
@@ -314,6 +318,24 @@ def case_openai(out: Outcome, deadline: float, args: argparse.Namespace) -> None
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def case_openai(out: Outcome, deadline: float, args: argparse.Namespace) -> None:
+    """The runtime case through fl.OpenAIChat against fleet_server.py in a subprocess."""
+    with fleet_server(out.steps, out.latency_s) as url:
+        llm = fl.OpenAIChat("fleet", base_url=url, api_key="x")
+        case_runtime(out, deadline, args, llm)
+
+
+def case_openai_sdk(out: Outcome, deadline: float) -> None:
+    """The openai case's requests made by the SDK alone (``fleet_sdk.py``), no foldloop."""
+    import fleet_sdk  # noqa: PLC0415 - a reference, imported when it runs
+
+    with fleet_server(out.steps, out.latency_s) as url, Sampler() as sampler:
+        got = asyncio.run(fleet_sdk.fleet(out.runs, out.steps, deadline, url))
+    out.spawned, out.completed, out.steps_done = out.runs, got.completed, got.steps_done
+    out.wall_s, out.timed_out, out.problem = got.wall_s, got.timed_out, got.problem
+    sampler.fill(out)
 
 
 def case_langgraph(out: Outcome, deadline: float) -> None:
@@ -339,6 +361,8 @@ def child(args: argparse.Namespace) -> None:
         case_pool(out, deadline, args)
     elif args.child == "openai":
         case_openai(out, deadline, args)
+    elif args.child == "openai-sdk":
+        case_openai_sdk(out, deadline)
     else:
         case_langgraph(out, deadline)
     print("RESULT " + json.dumps(dataclasses.asdict(out)), flush=True)
