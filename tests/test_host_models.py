@@ -149,3 +149,43 @@ def test_an_async_def_complete_is_told_to_be_acomplete(rt: fl.Runtime) -> None:
     result, _ = run(rt, AsyncComplete())
     assert result.status is fl.RunStatus.FAILED, result
     assert "its complete is an async def; name it acomplete" in result.reason
+
+
+class AsyncRaises:
+    model = "host"
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def complete(self, messages: Sequence[fl.Message], tools: object, **_: object) -> fl.Reply:
+        raise AssertionError("acomplete is the form used")
+
+    async def acomplete(
+        self, messages: Sequence[fl.Message], tools: object, **_: object
+    ) -> fl.Reply:
+        await asyncio.sleep(0)
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc", [GeneratorExit(), SystemExit(3)], ids=lambda e: type(e).__name__)
+def test_an_acomplete_that_raises_what_is_not_an_exception_fails_the_call(
+    rt: fl.Runtime, exc: BaseException
+) -> None:
+    result, _ = run(rt, AsyncRaises(exc))
+    assert result.status is fl.RunStatus.FAILED, result
+    assert f"acomplete of model 'host' raised {type(exc).__name__}" in result.reason
+
+
+def test_an_async_tool_that_raises_generator_exit_is_a_failed_call(rt: fl.Runtime) -> None:
+    @fl.tool(timeout=None)
+    async def closes() -> str:
+        """Raise GeneratorExit itself."""
+        await asyncio.sleep(0)
+        raise GeneratorExit
+
+    llm = fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("closes")]), fl.Reply(text="ok")])
+    agent = fl.Agent(name="closes", llm=llm, tools=[closes])
+    result = rt.spawn(agent, "go").wait(timeout=30)
+    assert result.ok, result
+    (failed,) = [r.event for r in rt.events(result.run_id) if r.type == "tool.failed"]
+    assert failed.kind == "exception" and "GeneratorExit" in failed.error

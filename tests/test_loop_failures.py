@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import foldloop as fl
-from foldloop.actors._event_loop import EventLoop
+from foldloop.actors._event_loop import EventLoop, in_step_of
 from foldloop.events import ModelFailed, ToolCompleted, ToolFailed
 from foldloop.types import ToolSpec
 from tests.log_capture import capture_logs
@@ -433,3 +433,34 @@ def test_a_close_cancels_once_more_a_call_that_swallowed_its_runs_cancel(tmp_pat
     finally:
         rt.close(timeout=1)  # cancelled once more 0.5 s in
     assert model.ended.wait(10), "the close left the call running on the loop's thread"
+
+
+def test_in_step_of_tells_a_task_s_own_step_from_a_close_of_its_coroutine() -> None:
+    """A coroutine closed by the garbage collector is told GeneratorExit outside any step
+    of its task: it must let it go on out (catching it makes close() raise RuntimeError)."""
+    seen: list[bool] = []
+
+    async def body() -> None:
+        task = asyncio.current_task()
+        seen.append(in_step_of(task))
+        try:
+            await asyncio.Event().wait()
+        except GeneratorExit:
+            seen.append(in_step_of(task))
+            raise
+
+    async def other() -> None:
+        seen.append(in_step_of(mine))
+
+    loop = asyncio.new_event_loop()
+    try:
+        coro = body()
+        mine = loop.create_task(coro)
+        loop.run_until_complete(asyncio.sleep(0))  # body runs up to its wait
+        loop.run_until_complete(other())
+        coro.close()  # as the collector would, from outside any step
+    finally:
+        mine._log_destroy_pending = False  # type: ignore[attr-defined]
+        loop.close()
+    assert seen == [True, False, False]
+    assert not in_step_of(None)

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from foldloop._log import get_logger
 from foldloop.actors._own_threads import mark_own_thread
 
-__all__ = ["LATE_S", "LOOP_CLOSE_S", "EventLoop", "LoopCall"]
+__all__ = ["LATE_S", "LOOP_CLOSE_S", "EventLoop", "LoopCall", "in_step_of"]
 
 T = TypeVar("T")
 
@@ -39,6 +39,16 @@ CLEANUP_AT_LEAST_S = 2.0
 """The least a close gives each model's ``aclose``, however short its own wait."""
 CLOSE_SLACK_S = 1.0
 """What a close waits past its bounds for the loop to answer and its thread to end."""
+
+
+def in_step_of(task: asyncio.Task[Any] | None) -> bool:
+    """Whether the code calling this runs as a step of ``task``. A ``GeneratorExit`` caught
+    outside one was thrown in by a close of the coroutine (the garbage collector's, of a
+    task nobody holds): it must go on out. Inside one, the awaited code raised it."""
+    try:
+        return task is not None and asyncio.current_task() is task
+    except RuntimeError:  # no loop runs on this thread
+        return False
 
 
 class LoopCall:

@@ -15,6 +15,7 @@ import msgspec
 
 from foldloop._agent import Agent
 from foldloop._log import get_logger
+from foldloop.actors._event_loop import in_step_of
 from foldloop.core._commands import Command, ModelCallFailed, ModelReplied
 from foldloop.core._effects import CallModel
 from foldloop.core._messages import MessageView, ToolSpec
@@ -174,21 +175,21 @@ class ModelCall:
         if self.seconds_left() <= 0:  # its place came after the run's time: not made
             return self.out_of_time(PLACE)
         start = time.perf_counter()
+        task = asyncio.current_task()
         within = asyncio.timeout_at(self.deadline)  # the run's max_seconds (None: none)
         try:
             async with within:
                 reply = await ask(self.messages, self.specs, max_tokens=self.effect.max_tokens)
         except asyncio.CancelledError:
-            task = asyncio.current_task()
             if task is None or cancelled_here(task):  # foldloop's cancel (its run's, a close)
                 raise
             why = "raised CancelledError without being cancelled"
             return self.failed(ModelCallError(self._in_acomplete(why), retryable=False))
         except Exception as exc:  # cut, though a model may have made the cut its own error
             return self.out_of_time() if within.expired() else self.failed(exc)
-        except GeneratorExit:
-            raise
         except BaseException as exc:  # out of the loop, it would stop every call on it
+            if isinstance(exc, GeneratorExit) and not in_step_of(task):
+                raise  # its coroutine is being closed, not run: nobody waits for a reply
             why = f"raised {type(exc).__name__}"
             return self.failed(ModelCallError(self._in_acomplete(why), retryable=False))
         return self.checked(reply, start)

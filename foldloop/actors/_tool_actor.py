@@ -20,7 +20,7 @@ import msgspec
 
 from foldloop._log import get_logger
 from foldloop.actors._base import FAILURES, FastActor
-from foldloop.actors._event_loop import EventLoop
+from foldloop.actors._event_loop import EventLoop, in_step_of
 from foldloop.actors._model_call import reply_bound
 from foldloop.actors._own_threads import outcome_in_hand
 from foldloop.actors._queued import Cancellable, QueuedCall
@@ -356,9 +356,9 @@ class ToolRunner:
                 raise
             why = "CancelledError raised inside the tool without its call being cancelled"
             return ToolOutcome(False, why, "exception", _ms_since(started))
-        except GeneratorExit:
-            raise
         except BaseException as exc:  # out of the loop, it would stop every call on it
+            if isinstance(exc, GeneratorExit) and not in_step_of(task):
+                raise  # its coroutine is being closed, not run: nobody waits for an outcome
             return ToolOutcome(False, failure_text(exc), "exception", _ms_since(started))
         finally:
             if timer is not None:
