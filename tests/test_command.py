@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -134,3 +135,65 @@ def test_a_timeout_past_what_one_wait_takes_is_waited_in_parts() -> None:
 def test_grace_must_be_a_finite_number_of_seconds(grace: object) -> None:
     with pytest.raises(fl.ConfigError, match="grace must be a finite number of seconds"):
         fl.run_command([sys.executable, "-c", "pass"], timeout=5, grace=grace)  # type: ignore[arg-type]
+
+
+HOST = """
+import sys, threading
+import foldloop as fl
+script = 'trap "" TERM; sleep 300 & echo $! > {pids}/grandchild; echo $$ > {pids}/command; wait'
+threading.Thread(target=fl.run_command, args=(["sh", "-c", script], 600)).start()
+fl.run_command(["sh", "-c", "sleep 300 & echo $! > {pids}/second; wait"], 600)
+"""
+
+
+def test_the_commands_of_a_host_killed_by_sigkill_are_stopped(tmp_path: Path) -> None:
+    """The host's death, even a SIGKILL, stops the groups of the commands it was running,
+    one that ignores SIGTERM too (SIGKILL follows)."""
+    host = subprocess.Popen([sys.executable, "-c", HOST.format(pids=tmp_path)])
+    try:
+        names = ("command", "grandchild", "second")
+
+        def started() -> bool:
+            return all((tmp_path / n).exists() and (tmp_path / n).read_text() for n in names)
+
+        wait_until(started, 30, "the host's commands to start")
+        pids = [int((tmp_path / n).read_text()) for n in names]
+        assert all(alive(pid) for pid in pids)
+    finally:
+        host.kill()
+        host.wait()
+    for pid in pids:
+        wait_until(lambda pid=pid: not alive(pid), 10, f"process {pid} to be stopped")
+
+
+FORKING_HOST = """
+import os, time
+import foldloop as fl
+fl.run_command(["true"], 10)  # the reaper starts
+child = os.fork()
+if child == 0:  # holds what it inherited, for as long as the test lets it
+    time.sleep(300)
+    os._exit(0)
+open("{pids}/fork", "w").write(str(child))
+fl.run_command(["sh", "-c", "echo $$ > {pids}/command; sleep 300"], 600)
+"""
+
+
+def test_a_forked_child_of_the_host_does_not_keep_its_commands_alive(tmp_path: Path) -> None:
+    """A child made by os.fork lets go of the host's reaper: the host's death still stops
+    its commands while the fork lives on."""
+    host = subprocess.Popen([sys.executable, "-c", FORKING_HOST.format(pids=tmp_path)])
+    fork = 0
+    try:
+        written = tmp_path / "command"
+        wait_until(lambda: written.exists() and written.read_text(), 30, "the command's pid")
+        fork = int((tmp_path / "fork").read_text())
+        command = int(written.read_text())
+    finally:
+        host.kill()
+        host.wait()
+    try:
+        wait_until(lambda: not alive(command), 10, "the command to be stopped")
+        assert alive(fork)
+    finally:
+        os.kill(fork, signal.SIGKILL)

@@ -6,7 +6,8 @@ new session (its own process group), and on timeout the whole group gets SIGTERM
 after ``grace`` seconds, SIGKILL. Its output is read until it exits (Linux tells of the exit
 through a pidfd), not until its pipes close, so a process it left outside its group cannot
 hold the call either; past ``max_output`` bytes a stream's output is read and dropped.
-argv lists only (never a shell).
+While it runs, its group is listed with this process's reaper (``_reaper``), which stops it
+if this process dies first. argv lists only (never a shell).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def run_command(
     import subprocess  # noqa: PLC0415 - spares `import foldloop` until a command runs
     import tempfile  # noqa: PLC0415
 
+    from foldloop.tools import _reaper  # noqa: PLC0415
+
     start = time.monotonic()
     with tempfile.TemporaryFile() as stdin:  # read at the command's pace: no pipe to fill
         if input:
@@ -108,12 +111,14 @@ def run_command(
     assert proc.stdout is not None
     assert proc.stderr is not None
     try:
+        _reaper.watch(proc.pid)  # its group is stopped if this process dies before it ends
         output, timed_out = _collect(proc, timeout, grace, max_output)
     finally:
         _kill_group(proc.pid, signal.SIGKILL)  # leave no stragglers in its group
         proc.stdout.close()
         proc.stderr.close()
         proc.wait()
+        _reaper.forget(proc.pid)
     return CommandResult(
         returncode=proc.returncode,
         stdout=output[0].decode("utf-8", "replace"),
