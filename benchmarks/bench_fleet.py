@@ -18,7 +18,8 @@ target from issue 20:
 - ``openai``: the 1k case through ``fl.OpenAIChat`` against ``fleet_server.py``, a local
   OpenAI-compatible server started here, answering after L seconds
 - ``openai-sdk``: the openai case's requests made by the SDK alone, no foldloop
-  (``fleet_sdk.py``): the most the ``openai`` case can reach on this machine
+  (``fleet_sdk.py``), all conversations started at once (``--one-by-one``, ``--spawners``
+  and ``--max-model-calls`` do not apply; its CPU a step is the client's alone)
 - ``langgraph`` (when installed): the 1k case as a LangGraph StateGraph (model node, tool
   node) over ``graph.ainvoke`` with ``AsyncSqliteSaver``, all runs gathered on one loop
 

@@ -1,39 +1,28 @@
-"""The ``openai`` case's workload with the OpenAI SDK alone: the most that case can reach here.
+"""The ``openai`` case's workload made with the OpenAI SDK alone: its reference.
 
 No run, no log, no tool pool: ``runs`` conversations gathered on one event loop, each making
 ``steps`` chat completions against ``fleet_server.py`` through one ``AsyncOpenAI`` client set
-up as ``fl.OpenAIChat`` sets up its own (aiohttp transport when installed, no SDK retries,
-the body posted as JSON and the reply read as text), answering each tool call itself with
-its ``pong``. Whatever share of the latency bound this reaches, the SDK's own CPU a request
-keeps foldloop's ``openai`` case below it.
+up as ``fl.OpenAIChat`` sets up its own (aiohttp transport when installed, no SDK retries),
+with the same request bodies (``OpenAIChat``'s own tool definition of ``ping``, compact JSON,
+posted as bytes and the reply read as text), answering each tool call itself with its
+``pong``. What the SDK's own CPU a request costs shows in its share of the latency bound.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import openai
+from fleet_agents import ping
 
 import foldloop.llm._sdk as sdk
+from foldloop.llm._openai_chat import _tool
 
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "ping",
-            "description": "Answer at once.",
-            "parameters": {
-                "type": "object",
-                "properties": {"i": {"type": "integer"}},
-                "required": ["i"],
-            },
-        },
-    }
-]
+TOOLS = [_tool(ping.spec)]
 
 
 @dataclass
@@ -56,13 +45,13 @@ async def fleet(runs: int, steps: int, deadline: float, url: str) -> Fleet:
     async def conversation() -> None:
         messages: list[dict[str, Any]] = [{"role": "user", "content": "go"}]
         for _ in range(steps):
-            body = json.dumps({"model": "fleet", "messages": messages, "tools": TOOLS})
-            text = await client.post("/chat/completions", content=body.encode(), cast_to=str)
+            body = msgspec.json.encode({"model": "fleet", "messages": messages, "tools": TOOLS})
+            text = await client.post("/chat/completions", content=body, cast_to=str)
             out.steps_done += 1
-            message = json.loads(text)["choices"][0]["message"]
+            message = msgspec.json.decode(text)["choices"][0]["message"]
             messages.append(message)
             for call in message.get("tool_calls") or []:
-                i = json.loads(call["function"]["arguments"])["i"]
+                i = msgspec.json.decode(call["function"]["arguments"])["i"]
                 messages.append(
                     {"role": "tool", "tool_call_id": call["id"], "content": f"pong {i}"}
                 )
