@@ -22,7 +22,7 @@ from foldloop.actors._shard import Activate, Barrier, Continue, Deliver, Shard
 from foldloop.actors._timers import Timers
 from foldloop.actors._workers import Workers
 from tests.log_capture import capture_logs
-from tests.waiting import wait_until
+from tests.waiting import inside, wait_until
 
 
 def test_cancelled_timers_do_not_pile_up() -> None:
@@ -37,6 +37,25 @@ def test_cancelled_timers_do_not_pile_up() -> None:
         timers.call_later(0.01, lambda: fired.append(-1))
         wait_until(lambda: fired, 5, "the live timer to fire")
         assert fired == [-1]  # only the live timer ran
+    finally:
+        timers.stop()
+
+
+@pytest.mark.parametrize("far", [1e10, float("inf")])
+def test_a_timer_due_past_what_one_wait_takes_leaves_the_others_running(far: float) -> None:
+    """A tool timeout or a run's max_seconds of centuries is accepted: waiting for it must not
+    end the timer thread (every tool timeout and retry of the runtime is on it)."""
+    timers = Timers()
+    try:
+        fired: list[str] = []
+        timers.call_later(far, lambda: fired.append("far"))
+        timers.call_later(0, lambda: fired.append("first"))
+        wait_until(lambda: fired, 5, "the first timer to fire")
+        thread = timers._thread  # next, it waits for the far one
+        wait_until(lambda: inside(thread, "wait") or not thread.is_alive(), 5, "the far wait")
+        timers.call_later(0.01, lambda: fired.append("near"))
+        wait_until(lambda: len(fired) == 2, 5, "the near timer to fire")
+        assert fired == ["first", "near"]
     finally:
         timers.stop()
 

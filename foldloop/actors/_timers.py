@@ -19,6 +19,9 @@ __all__ = ["Timer", "Timers"]
 log = get_logger(__name__)
 
 _COMPACT_AFTER = 1024
+_LONGEST_WAIT_S = 3600.0
+"""The longest one wait of the thread: a timer due in centuries (a tool timeout of 1e10 s)
+is waited for in parts, not by a wait past what the platform's clock takes (OverflowError)."""
 
 
 class Timer:
@@ -85,7 +88,7 @@ class Timers:
             with self._lock:
                 while not self._stopped and (not self._heap or self._heap[0][0] > time.monotonic()):
                     timeout = self._heap[0][0] - time.monotonic() if self._heap else None
-                    self._cond.wait(timeout)
+                    self._cond.wait(None if timeout is None else min(timeout, _LONGEST_WAIT_S))
                 if self._stopped:
                     return
                 _, _, timer = heapq.heappop(self._heap)
