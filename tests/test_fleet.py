@@ -379,6 +379,44 @@ def test_spawn_many_refuses_a_bad_input_before_writing_anything(tmp_path: Path) 
         assert rt.runs() == []
 
 
+class Text(str):
+    """A str subclass, as numpy's str_ or markupsafe's Markup are."""
+
+
+def test_spawn_many_refuses_an_input_its_run_started_cannot_hold_before_writing_anything(
+    tmp_path: Path,
+) -> None:
+    """Under the limit alone, over it with the instructions its run.started records too."""
+    agent = fl.Agent(
+        name="many", llm=fl.ScriptedLLM([fl.Reply(text="ok")]), instructions="i" * 600_000
+    )
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        with pytest.raises(fl.ConfigError, match=r"inputs\[2\]: input is 600,000 bytes; with wha"):
+            rt.spawn_many(agent, ["fine", "fine too", "x" * 600_000])
+        assert rt.runs() == []
+        with pytest.raises(fl.ConfigError, match=r"run\.started event of 1,200"):
+            rt.spawn(agent, "x" * 600_000)
+        assert rt.runs() == []
+        room = 1_048_576 - 600_000 - 400  # what a run.started holds besides, with margin
+        assert rt.spawn_many(agent, ["fine", "y" * room])[1].wait(timeout=30).ok
+
+
+def test_inputs_and_metadata_of_a_str_subclass_are_recorded_as_text(tmp_path: Path) -> None:
+    agent = fl.Agent(name="many", llm=fl.ScriptedLLM(lambda m, t: fl.Reply(text="ok")))
+    with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        one = rt.spawn(agent, Text("one"), metadata={Text("k"): Text("v")})
+        many = rt.spawn_many(agent, [Text("two"), "three"], metadata={"k": Text("w")})
+        for handle in (one, *many):
+            assert handle.wait(timeout=30).ok
+        started = [next(iter(rt.events(h.id))).event for h in (one, *many)]
+    assert [(s.input, s.metadata) for s in started] == [
+        ("one", (("k", "v"),)),
+        ("two", (("k", "w"),)),
+        ("three", (("k", "w"),)),
+    ]
+    assert all(type(s.input) is str for s in started)
+
+
 def test_spawn_many_past_the_cap_queues_the_rest_in_order(tmp_path: Path) -> None:
     agent = fl.Agent(name="many", llm=fl.ScriptedLLM([fl.Reply(text="ok")], latency_s=0.05))
     with fl.Runtime.open(tmp_path / "s", agents=[agent], max_active_runs=2) as rt:

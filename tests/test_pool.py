@@ -111,6 +111,14 @@ def test_spawn_many_spreads_the_runs_over_the_workers_in_input_order(
         inputs = [next(m.content for m in st.messages if m.role == "user") for st in states]
         assert inputs == [f"sum {i}" for i in range(200)]
         assert [w.spawned for w in pool.workers] == [100, 100]
+        # a str subclass (numpy's str_, say) is sent and recorded as its text
+        mixed = pool.spawn_many("calc", [Text("sum 1"), "sum 2"], metadata={"k": Text("v")})
+        lone = pool.spawn("calc", Text("sum 3"), metadata={Text("k"): "v"})
+        assert all(h.wait(timeout=60).ok for h in (*mixed, lone))
+
+
+class Text(str):
+    """A str subclass."""
 
 
 def test_a_worker_killed_mid_tool_is_replaced_and_its_run_recovered(

@@ -20,7 +20,7 @@ from foldloop.core._commands import Command, ModelCallFailed, ModelReplied
 from foldloop.core._effects import CallModel
 from foldloop.core._messages import MessageView, ToolSpec
 from foldloop.errors import ModelCallError
-from foldloop.events._codec import storable_text
+from foldloop.events._codec import plain_str, storable_text
 from foldloop.events._values import ToolCall, Usage
 from foldloop.llm import AsyncComplete, Reply
 from foldloop.llm._protocol import STOP_REASONS
@@ -80,11 +80,9 @@ def _storable_calls(calls: Sequence[ToolCall]) -> tuple[ToolCall, ...] | None:
 def _text(value: object, what: str) -> str:
     """``value`` as a plain ``str`` the log can hold: a subclass (numpy's ``str_``, say) is
     copied out of it, lone surrogates replaced; anything else is not text."""
-    if type(value) is not str:
-        if not isinstance(value, str):
-            raise TypeError(f"{what} is a {type(value).__name__}, not str")
-        value = str.__str__(value)
-    return storable_text(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{what} is a {type(value).__name__}, not str")
+    return storable_text(plain_str(value))
 
 
 def _reply_bytes(text: str, calls: Sequence[ToolCall]) -> int:
@@ -269,7 +267,7 @@ class ModelCall:
             usage=usage,
             model=model,
             latency_ms=round((time.perf_counter() - start) * 1000, 3),
-            stop_reason=str.__str__(reply.stop_reason),  # a str subclass copied out
+            stop_reason=plain_str(reply.stop_reason),
         )
 
     def _priced(self, model: str, usage: Usage) -> Usage:

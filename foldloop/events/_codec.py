@@ -26,6 +26,7 @@ __all__ = [
     "decode_event",
     "has_upcasters",
     "encode_event",
+    "plain_str",
     "register_upcaster",
     "schema_version_of",
     "storable_text",
@@ -75,6 +76,12 @@ def storable_text(text: str) -> str:
     """``text`` with each lone surrogate replaced by ``?``: what the log can hold of text that
     came from outside (a model's reply, a tool's result), never a crash."""
     return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
+
+
+def plain_str(text: str) -> str:
+    """``text`` as a ``str`` itself: the encoder takes no subclass (numpy's ``str_``, say),
+    so the text of one is copied out."""
+    return text if type(text) is str else str.__str__(text)
 
 
 def schema_version_of(event: Event) -> int:

@@ -30,6 +30,7 @@ from foldloop.errors import (
     SchemaChangedError,
     StoreError,
 )
+from foldloop.events._codec import encode_event, plain_str
 from foldloop.events._recorded import UnknownEvent
 from foldloop.events._values import Limits
 from foldloop.runtime._admission import Admission
@@ -63,6 +64,8 @@ LANDED_LOOK_S = 5.0
 """How long a start whose write failed looks for it in the log before saying it failed."""
 SPAWNS_CLOSE_WAIT = 10.0
 """Seconds a close waits for the spawn calls under way to finish the starts they began."""
+_STR_HEADER_GROWTH = 4
+"""Bytes a msgpack str's header grows by from an empty one to the longest (1 to 5)."""
 
 
 class Commands:
@@ -179,13 +182,18 @@ class Commands:
         else:
             self._agents.check(agent)
         ids = list(run_ids) if run_ids is not None else [None] * len(inputs)
+        check_spawn("", None, metadata, parent_run_id)  # once: the same for every input
+        meta = tuple(sorted((plain_str(k), plain_str(v)) for k, v in (metadata or {}).items()))
+        # a single input's run.started is refused as it is encoded, before it is written
+        room = self._input_room(agent, meta, parent_run_id) if len(inputs) > 1 else None
         for index, (text, run_id) in enumerate(zip(inputs, ids, strict=True)):
             try:
-                check_spawn(text, run_id, metadata, parent_run_id)
+                check_spawn(text, run_id, None, None, room=room)
             except ConfigError as exc:
                 if len(inputs) == 1:
                     raise
                 raise ConfigError(f"inputs[{index}]: {exc.fact}", advice=exc.advice) from None
+        inputs = [plain_str(text) for text in inputs]
         named = [run_id for run_id in ids if run_id is not None]
         if len(set(named)) != len(named):
             raise ConfigError("spawn_many was given a run_id twice; give each run its own")
@@ -194,7 +202,6 @@ class Commands:
                 f"parent_run_id {parent_run_id!r} names no run in this store",
                 advice="give the id of a run spawned here before (or leave parent_run_id out)",
             )
-        meta = tuple(sorted((metadata or {}).items()))
         starts: list[_Start] = []
         with self._spawns.call():
             try:
@@ -216,6 +223,17 @@ class Commands:
         started = tuple(start.run_id for start, ok in zip(starts, landed, strict=True) if ok)
         missing = tuple(i for i in range(len(inputs)) if i >= len(starts) or not landed[i])
         raise partly_spawned(len(inputs), started, missing, first) from first
+
+    def _input_room(
+        self, agent: Agent, meta: tuple[tuple[str, str], ...], parent_run_id: str | None
+    ) -> int:
+        """The bytes an input may take: an event's limit less what its run.started records
+        besides (the agent's instructions, tools and limits, the metadata)."""
+        now = self._clock()
+        limits = priced_limits(agent, now)
+        probe = agent.start("", now=now, metadata=meta, parent_run_id=parent_run_id, limits=limits)
+        started = decide(RunState(run_id="room"), probe).events[0]
+        return self._store.max_event_bytes - len(encode_event(started)) - _STR_HEADER_GROWTH
 
     def _begin_starts(
         self,

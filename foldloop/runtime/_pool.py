@@ -31,6 +31,7 @@ from foldloop.actors._own_threads import a_call, calling, inside_a_call
 from foldloop.core._state import RunStatus
 from foldloop.errors import ConfigError, WorkerError
 from foldloop.events import RunStarted
+from foldloop.events._codec import plain_str
 from foldloop.events._values import Limits
 from foldloop.runtime._agent_ref import load_agent
 from foldloop.runtime._calls import CallsUnderWay
@@ -288,11 +289,12 @@ class WorkerPool(ClosedOnExit):
         self._check_open()
         name = self._agent_name(agent)
         check_spawn(input, run_id, metadata, parent_run_id)
-        meta = dict(metadata) if metadata is not None else None
+        meta = _plain(metadata)
         named = run_id if run_id is not None else new_run_id(name)
+        text = plain_str(input)
 
         def send(indices: list[int]) -> Future[Any]:
-            request = Spawn(0, name, input, named, meta, parent_run_id)
+            request = Spawn(0, name, text, named, meta, parent_run_id)
             return self._pick().request(request)
 
         # a run id the caller chose may have a run already, or get another caller's: only one
@@ -338,7 +340,8 @@ class WorkerPool(ClosedOnExit):
             except ConfigError as exc:
                 raise ConfigError(f"inputs[{index}]: {exc.fact}", advice=exc.advice) from None
         check_spawn("", None, metadata, None)  # the metadata, once for all inputs
-        meta = dict(metadata) if metadata is not None else None
+        meta = _plain(metadata)
+        texts = [plain_str(text) for text in texts]
         run_ids = [new_run_id(name) for _ in texts]
 
         def send(indices: list[int]) -> Future[Any]:
@@ -462,3 +465,10 @@ class WorkerPool(ClosedOnExit):
         """What names this pool in a call (``own_threads.calling``): its runtime's store, as
         its handles name it."""
         return self.runtime.store
+
+
+def _plain(metadata: Mapping[str, str] | None) -> dict[str, str] | None:
+    """Checked metadata as the workers are sent it: plain str keys and values."""
+    if metadata is None:
+        return None
+    return {plain_str(key): plain_str(value) for key, value in metadata.items()}

@@ -156,14 +156,29 @@ def check_inputs(inputs: object) -> None:
         )
 
 
-def check_spawn(input: object, run_id: object, metadata: object, parent_run_id: object) -> None:
+def check_spawn(
+    input: object,
+    run_id: object,
+    metadata: object,
+    parent_run_id: object,
+    *,
+    room: int | None = None,
+) -> None:
     """Refuse a spawn's arguments before anything is written (``run_id`` and
-    ``parent_run_id`` may be None: a run id is made, no parent is recorded)."""
+    ``parent_run_id`` may be None: a run id is made, no parent is recorded; ``room``: the
+    bytes its run.started leaves the input, when known)."""
     check_text("input", input)
     size = len(str(input).encode())  # a str: check_text said so
     if size > MAX_EVENT_BYTES:  # its run.started could not be stored (nor any of a spawn_many)
         raise ConfigError(
             f"input is {size:,} bytes, over the {MAX_EVENT_BYTES:,}-byte limit of an event",
+            advice="keep large data outside the log and pass a reference to it",
+        )
+    if room is not None and size > room:
+        raise ConfigError(
+            f"input is {size:,} bytes; with what its run.started event records besides (the "
+            f"agent's instructions, tools and limits, the metadata) it leaves room for "
+            f"{max(room, 0):,}, under the limit of an event",
             advice="keep large data outside the log and pass a reference to it",
         )
     if run_id is not None:
