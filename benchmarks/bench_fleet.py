@@ -125,6 +125,7 @@ class Outcome:
     wall_s: float = 0.0
     spawn_s: float = 0.0
     cpu_s: float = 0.0
+    host_cpu_s: float = 0.0
     threads_peak: int | None = None
     rss_per_run_kib: float | None = None
     timed_out: bool = False
@@ -180,6 +181,7 @@ class Sampler:
         self.threads_peak = 0
         self.rss_peak = self.base_rss
         self.cpu_s = 0.0
+        self.host_cpu_s = 0.0  # this process's share of cpu_s
 
     def _sample(self) -> tuple[int, int]:
         threads, rss = _status("self") or (0, 0)
@@ -200,16 +202,18 @@ class Sampler:
 
     def __enter__(self) -> Sampler:
         self.cpu_s = -_cpu_s(self._others())
+        self.host_cpu_s = -_cpu_s([])
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.cpu_s += _cpu_s(self._others())
+        self.host_cpu_s += _cpu_s([])
         self._stop.set()
         self._thread.join()
 
     def fill(self, out: Outcome) -> None:
-        out.cpu_s = self.cpu_s
+        out.cpu_s, out.host_cpu_s = self.cpu_s, self.host_cpu_s
         if self.reachable:
             out.threads_peak = self.threads_peak
             if out.spawned:
@@ -418,6 +422,9 @@ def describe(case: Case, out: Outcome) -> str:
     )
     if out.steps_done:
         head += f"\n   CPU {out.cpu_s / out.steps_done * 1e6:,.0f} us a step (spawn included)"
+        workers_s = out.cpu_s - out.host_cpu_s
+        if workers_s > 0.05:  # a pool: the workers' CPU beside the host's
+            head += f" (the host {out.host_cpu_s:.1f} s, its workers {workers_s:.1f} s)"
     if out.spawn_s:
         head += f", spawning took {out.spawn_s:.1f} s"
         if out.spawn_s > out.steps * out.latency_s:
