@@ -7,11 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import foldloop as fl
+from foldloop.tools import _reaper
 from tests.waiting import wait_until
 
 
@@ -137,6 +140,29 @@ def test_grace_must_be_a_finite_number_of_seconds(grace: object) -> None:
         fl.run_command([sys.executable, "-c", "pass"], timeout=5, grace=grace)  # type: ignore[arg-type]
 
 
+def killed_host(tmp_path: Path, script: str, names: tuple[str, ...], **popen: Any) -> list[int]:
+    """Run ``script`` in a host process, wait for it to write each of ``names`` (a pid) into
+    ``tmp_path``, SIGKILL it; the pids written."""
+    host = subprocess.Popen([sys.executable, "-c", script.format(pids=tmp_path)], **popen)
+    try:
+
+        def written() -> bool:
+            return all((tmp_path / n).exists() and (tmp_path / n).read_text() for n in names)
+
+        wait_until(written, 30, "the host's commands to start")
+        pids = [int((tmp_path / n).read_text()) for n in names]
+        assert all(alive(pid) for pid in pids)
+    finally:
+        host.kill()
+        host.wait()
+    return pids
+
+
+def stopped(pids: list[int]) -> None:
+    for pid in pids:
+        wait_until(lambda pid=pid: not alive(pid), 10, f"process {pid} to be stopped")
+
+
 HOST = """
 import sys, threading
 import foldloop as fl
@@ -149,51 +175,102 @@ fl.run_command(["sh", "-c", "sleep 300 & echo $! > {pids}/second; wait"], 600)
 def test_the_commands_of_a_host_killed_by_sigkill_are_stopped(tmp_path: Path) -> None:
     """The host's death, even a SIGKILL, stops the groups of the commands it was running,
     one that ignores SIGTERM too (SIGKILL follows)."""
-    host = subprocess.Popen([sys.executable, "-c", HOST.format(pids=tmp_path)])
+    stopped(killed_host(tmp_path, HOST, ("command", "grandchild", "second")))
+
+
+REAPER_KILLED = """
+import os, signal, threading
+import foldloop as fl
+from foldloop.tools import _reaper
+first = 'echo $$ > {pids}/first; sleep 300'
+threading.Thread(target=fl.run_command, args=(["sh", "-c", first], 600)).start()
+while not os.path.exists("{pids}/first"):
+    pass
+os.kill(_reaper._reaper._proc.pid, signal.SIGKILL)  # by hand, while the first one runs
+_reaper._reaper._proc.wait()
+fl.run_command(["sh", "-c", "echo $$ > {pids}/second; sleep 300"], 600)
+"""
+
+
+def test_a_reaper_killed_by_hand_is_replaced_by_one_that_knows_every_command(
+    tmp_path: Path,
+) -> None:
+    stopped(killed_host(tmp_path, REAPER_KILLED, ("first", "second")))
+
+
+ZIPPED_HOST = """
+import sys
+sys.path.insert(0, "{pids}/foldloop.zip")
+import foldloop as fl
+assert fl.__file__.startswith("{pids}/foldloop.zip"), fl.__file__
+fl.run_command(["sh", "-c", "echo $$ > {pids}/command; sleep 300"], 600)
+"""
+
+
+def test_a_foldloop_imported_from_a_zip_still_stops_its_commands(tmp_path: Path) -> None:
+    package = Path(fl.__file__).parent
+    with zipfile.ZipFile(tmp_path / "foldloop.zip", "w") as archive:
+        for source in package.rglob("*.py"):
+            archive.write(source, Path("foldloop") / source.relative_to(package))
+    stopped(killed_host(tmp_path, ZIPPED_HOST, ("command",)))
+
+
+def test_a_reaper_that_stops_reading_holds_no_command_up_and_is_replaced() -> None:
+    """Writes to it never wait: past a full pipe it is replaced by one given the list."""
+    reaper = _reaper._Reaper()
+    reaper.ready()
+    first = reaper._proc
+    assert first is not None
+    os.kill(first.pid, signal.SIGSTOP)
     try:
-        names = ("command", "grandchild", "second")
-
-        def started() -> bool:
-            return all((tmp_path / n).exists() and (tmp_path / n).read_text() for n in names)
-
-        wait_until(started, 30, "the host's commands to start")
-        pids = [int((tmp_path / n).read_text()) for n in names]
-        assert all(alive(pid) for pid in pids)
+        for pgid in range(10_000, 20_000):  # far more than a pipe holds
+            reaper.watch(pgid, 2.0)
+            reaper.forget(pgid)
+        reaper.watch(1_000_000, 2.0)
+        second = reaper._proc
+        assert second is not None and second.pid != first.pid and second.poll() is None
+        assert reaper._groups == {1_000_000: 2.0}
     finally:
-        host.kill()
-        host.wait()
-    for pid in pids:
-        wait_until(lambda pid=pid: not alive(pid), 10, f"process {pid} to be stopped")
+        first.kill()
+        first.wait()
+        if reaper._proc is not None:
+            reaper.forget(1_000_000)
+            assert reaper._proc.stdin is not None
+            reaper._proc.stdin.close()  # its end: it stops, with nothing listed
+            reaper._proc.wait()
 
 
 FORKING_HOST = """
-import os, time
+import gc, os, time
 import foldloop as fl
 fl.run_command(["true"], 10)  # the reaper starts
 child = os.fork()
 if child == 0:  # holds what it inherited, for as long as the test lets it
+    gc.collect()
+    with open("{pids}/fork", "w") as f:
+        f.write(str(os.getpid()))
     time.sleep(300)
     os._exit(0)
-open("{pids}/fork", "w").write(str(child))
 fl.run_command(["sh", "-c", "echo $$ > {pids}/command; sleep 300"], 600)
 """
 
 
 def test_a_forked_child_of_the_host_does_not_keep_its_commands_alive(tmp_path: Path) -> None:
-    """A child made by os.fork lets go of the host's reaper: the host's death still stops
-    its commands while the fork lives on."""
-    host = subprocess.Popen([sys.executable, "-c", FORKING_HOST.format(pids=tmp_path)])
-    fork = 0
+    """A child made by os.fork lets go of the host's reaper, quietly (a warning there breaks
+    a test suite run with -W error): the host's death still stops its commands while the
+    fork lives on."""
+    with (tmp_path / "stderr").open("w") as err:
+        command, fork = killed_host(
+            tmp_path, FORKING_HOST, ("command", "fork"), stderr=err, env=_dev_mode()
+        )
     try:
-        written = tmp_path / "command"
-        wait_until(lambda: written.exists() and written.read_text(), 30, "the command's pid")
-        fork = int((tmp_path / "fork").read_text())
-        command = int(written.read_text())
-    finally:
-        host.kill()
-        host.wait()
-    try:
-        wait_until(lambda: not alive(command), 10, "the command to be stopped")
+        stopped([command])
         assert alive(fork)
     finally:
         os.kill(fork, signal.SIGKILL)
+    assert "Warning" not in (tmp_path / "stderr").read_text()
+
+
+def _dev_mode() -> dict[str, str]:
+    """The environment with Python's dev mode on (ResourceWarnings shown)."""
+    return {**os.environ, "PYTHONDEVMODE": "1"}

@@ -96,6 +96,7 @@ def run_command(
             except OSError as exc:  # a full disk
                 raise ConfigError(f"cannot hold the command's input: {exc}") from None
             stdin.seek(0)
+        _reaper.ready()  # before the command: a host killed as it starts leaves no orphan
         try:
             proc = subprocess.Popen(
                 list(cmd),
@@ -111,14 +112,14 @@ def run_command(
     assert proc.stdout is not None
     assert proc.stderr is not None
     try:
-        _reaper.watch(proc.pid)  # its group is stopped if this process dies before it ends
+        _reaper.watch(proc.pid, grace)  # its group (pgid: its pid, a session's leader)
         output, timed_out = _collect(proc, timeout, grace, max_output)
     finally:
         _kill_group(proc.pid, signal.SIGKILL)  # leave no stragglers in its group
+        _reaper.forget(proc.pid)  # before the wait: until then, no other process has its pid
         proc.stdout.close()
         proc.stderr.close()
         proc.wait()
-        _reaper.forget(proc.pid)
     return CommandResult(
         returncode=proc.returncode,
         stdout=output[0].decode("utf-8", "replace"),

@@ -1,53 +1,55 @@
-"""The reaper's own process (``_reaper.py``): stdlib only, run by path, not as a package module.
+"""The reaper's own process (``_reaper.py``): stdlib only, its source run with ``python -I -c``.
 
-It reads ``+PGID`` and ``-PGID`` lines on stdin: process groups of commands started and
-ended by the process that started it. When stdin ends, that process is gone (exited, or
-killed: the kernel closes its end of the pipe either way), and the groups still listed get
-SIGTERM, then SIGKILL after a grace period.
+It reads ``+PGID GRACE`` and ``-PGID`` lines, its arguments first, then stdin: process
+groups of commands started and ended by the process that started it, each with the seconds it
+has to end after SIGTERM. When stdin ends, that process is gone (exited, or killed: the kernel
+closes its end of the pipe either way), and the groups still listed get SIGTERM, then SIGKILL
+once their grace is over.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sys
 import time
 
-GRACE_S = 2.0
-"""How long the groups have to end after SIGTERM (``run_command``'s default grace)."""
 
-
-def _signal(groups: set[int], sig: int) -> set[int]:
+def _signal(groups: dict[int, float], sig: int) -> dict[int, float]:
     """Send ``sig`` to each group; the ones that still had a process."""
-    alive = set()
-    for pgid in groups:
+    alive = {}
+    for pgid, grace in groups.items():
         try:
             os.killpg(pgid, sig)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):  # gone (its id may be another's now)
             continue
-        except PermissionError:  # not ours any more (its id went to another user's group)
-            continue
-        alive.add(pgid)
+        alive[pgid] = grace
     return alive
 
 
 def main() -> int:
-    groups: set[int] = set()
-    for line in sys.stdin.buffer:
-        sign, number = line[:1], line[1:].strip()
-        if not number.isdigit():
+    groups: dict[int, float] = {}
+    listed = [arg.encode() for arg in sys.argv[1:]]  # the list so far, when it replaces one
+    for line in itertools.chain(listed, sys.stdin.buffer):
+        sign, _, rest = line.strip().partition(b" ")
+        try:
+            pgid = int(sign[1:])
+            grace = float(rest) if rest else 0.0
+        except ValueError:
             continue
-        pgid = int(number)
-        if sign == b"+":
-            groups.add(pgid)
-        elif sign == b"-":
-            groups.discard(pgid)
+        if sign[:1] == b"+":
+            groups[pgid] = grace
+        elif sign[:1] == b"-":
+            groups.pop(pgid, None)
     alive = _signal(groups, signal.SIGTERM)
-    end = time.monotonic() + GRACE_S
-    while alive and time.monotonic() < end:
-        time.sleep(0.05)
-        alive = _signal(alive, 0)
-    _signal(alive, signal.SIGKILL)
+    start = time.monotonic()
+    while alive:
+        late = {p: g for p, g in alive.items() if time.monotonic() - start >= g}
+        _signal(late, signal.SIGKILL)
+        alive = _signal({p: g for p, g in alive.items() if p not in late}, 0)
+        if alive:
+            time.sleep(0.05)
     return 0
 
 
