@@ -218,26 +218,48 @@ def test_a_foldloop_imported_from_a_zip_still_stops_its_commands(tmp_path: Path)
 def test_a_reaper_that_stops_reading_holds_no_command_up_and_is_replaced() -> None:
     """Writes to it never wait: past a full pipe it is replaced by one given the list."""
     reaper = _reaper._Reaper()
-    reaper.ready()
+    kept = reaper.starting(2.0)
     first = reaper._proc
     assert first is not None
     os.kill(first.pid, signal.SIGSTOP)
     try:
         for pgid in range(10_000, 20_000):  # far more than a pipe holds
-            reaper.watch(pgid, 2.0)
-            reaper.forget(pgid)
-        reaper.watch(1_000_000, 2.0)
+            tag = reaper.starting(2.0)
+            reaper.started(tag, pgid)
+            reaper.forget(tag)
+        last = reaper.starting(2.0)
+        reaper.started(last, 1_000_000)
         second = reaper._proc
         assert second is not None and second.pid != first.pid and second.poll() is None
-        assert reaper._groups == {1_000_000: 2.0}
+        assert reaper._commands == {kept: (None, 2.0), last: (1_000_000, 2.0)}
     finally:
         first.kill()
         first.wait()
+        reaper.forget(kept)
+        reaper.forget(last)
         if reaper._proc is not None:
-            reaper.forget(1_000_000)
             assert reaper._proc.stdin is not None
             reaper._proc.stdin.close()  # its end: it stops, with nothing listed
             reaper._proc.wait()
+
+
+DIES_STARTING = """
+import time
+import foldloop as fl
+from foldloop.tools import _reaper
+
+def killed_before_it_tells(tag, pgid):  # the host dies before the reaper hears the group
+    with open("{pids}/command", "w") as f:
+        f.write(str(pgid))
+    time.sleep(300)
+
+_reaper.started = killed_before_it_tells
+fl.run_command(["sleep", "300"], 600)
+"""
+
+
+def test_a_command_its_host_died_starting_is_found_by_its_tag(tmp_path: Path) -> None:
+    stopped(killed_host(tmp_path, DIES_STARTING, ("command",)))
 
 
 FORKING_HOST = """

@@ -6,7 +6,7 @@ new session (its own process group), and on timeout the whole group gets SIGTERM
 after ``grace`` seconds, SIGKILL. Its output is read until it exits (Linux tells of the exit
 through a pidfd), not until its pipes close, so a process it left outside its group cannot
 hold the call either; past ``max_output`` bytes a stream's output is read and dropped.
-While it runs, its group is listed with this process's reaper (``_reaper``), which stops it
+While it runs, it is listed with this process's reaper (``_reaper``), which stops its group
 if this process dies first. argv lists only (never a shell).
 """
 
@@ -96,27 +96,32 @@ def run_command(
             except OSError as exc:  # a full disk
                 raise ConfigError(f"cannot hold the command's input: {exc}") from None
             stdin.seek(0)
-        _reaper.ready()  # before the command: a host killed as it starts leaves no orphan
+        # the reaper hears of it before it starts (by the tag in its environment): a host
+        # killed as it starts it leaves no orphan
+        tag = _reaper.starting(grace)
         try:
             proc = subprocess.Popen(
                 list(cmd),
                 cwd=cwd,
-                env=dict(env) if env is not None else None,
+                env={**(os.environ if env is None else env), _reaper.TAG_VARIABLE: tag},
                 stdin=subprocess.DEVNULL if input is None else stdin,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,  # its own process group, killed as a whole
             )
-        except OSError as exc:
-            raise ConfigError(f"cannot start {cmd[0]!r}: {exc}") from None
+        except BaseException as exc:
+            _reaper.forget(tag)
+            if isinstance(exc, OSError):
+                raise ConfigError(f"cannot start {cmd[0]!r}: {exc}") from None
+            raise
     assert proc.stdout is not None
     assert proc.stderr is not None
     try:
-        _reaper.watch(proc.pid, grace)  # its group (pgid: its pid, a session's leader)
+        _reaper.started(tag, proc.pid)  # its group (pgid: its pid, a session's leader)
         output, timed_out = _collect(proc, timeout, grace, max_output)
     finally:
         _kill_group(proc.pid, signal.SIGKILL)  # leave no stragglers in its group
-        _reaper.forget(proc.pid)  # before the wait: until then, no other process has its pid
+        _reaper.forget(tag)  # before the wait: until then, no other process has its pid
         proc.stdout.close()
         proc.stderr.close()
         proc.wait()

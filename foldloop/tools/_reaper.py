@@ -3,10 +3,11 @@
 ``run_command`` starts each command in a process group of its own (so a timeout kills the
 whole group), which also takes it out of the host's reach when the host dies: a hung one
 would run on for ever. So the first command also starts a small reaper process (the source
-of ``_reaper_child``, stdlib only) holding the read end of a pipe from this process; each
-command's group is listed with it while it runs. The kernel closes the pipe when this
-process ends, however it ends, and the reaper then stops the groups still listed (SIGTERM,
-SIGKILL once the command's grace is over).
+of ``_reaper_child``, stdlib only) holding the read end of a pipe from this process, and is
+told of each command while it runs: as it starts (a tag, which is also put in the command's
+environment), then its group. The kernel closes the pipe when this process ends, however it
+ends, and the reaper then stops the groups still listed (SIGTERM, SIGKILL once the command's
+grace is over); a command this process died starting is found by its tag.
 
 The list is kept here too: a reaper that died (killed by hand) or stopped reading is
 replaced by one given the whole list. Writes never wait (a reaper that is not reading must
@@ -25,7 +26,10 @@ import threading
 
 from foldloop._log import get_logger
 
-__all__ = ["forget", "ready", "watch"]
+__all__ = ["TAG_VARIABLE", "forget", "started", "starting"]
+
+TAG_VARIABLE = "FOLDLOOP_COMMAND_TAG"
+"""Where a command's environment holds its tag (``_reaper_child.TAG_VARIABLE`` too)."""
 
 log = get_logger(__name__)
 
@@ -36,31 +40,38 @@ class _Reaper:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
-        self._groups: dict[int, float] = {}
-        """The groups of the commands running (pgid: their grace after SIGTERM)."""
+        self._commands: dict[str, tuple[int | None, float]] = {}
+        """The commands running, by tag: their group (None until told) and grace."""
+        self._count = 0
         self._source: str | None = None
         self._unavailable = False
         self._inherited: list[subprocess.Popen[bytes]] = []
         """Reapers of the parent this process was forked from, held so that their Popen is
         never collected (its __del__ would warn of a process this one cannot wait for)."""
 
-    def ready(self) -> None:
-        """Start the reaper now if none runs, so a command's first moments are covered."""
+    def starting(self, grace: float) -> str:
+        """List a command about to start (``grace``: its seconds after SIGTERM); returns
+        the tag to put in its environment (``TAG_VARIABLE``)."""
         with self._lock:
-            self._running()
+            self._count += 1
+            tag = f"{os.getpid()}.{self._count}"
+            self._commands[tag] = (None, grace)
+            self._send(b"+%s %r\n" % (tag.encode(), grace))
+            return tag
 
-    def watch(self, pgid: int, grace: float) -> None:
-        """List ``pgid``, the group of a command just started (its leader's pid)."""
+    def started(self, tag: str, pgid: int) -> None:
+        """The command tagged ``tag`` started, in group ``pgid`` (its leader's pid)."""
         with self._lock:
-            self._groups[pgid] = grace
-            self._send(_line(pgid, grace))
+            if tag in self._commands:
+                self._commands[tag] = (pgid, self._commands[tag][1])
+                self._send(b"=%s %d\n" % (tag.encode(), pgid))
 
-    def forget(self, pgid: int) -> None:
-        """Take ``pgid`` off the list before its leader is waited for (while no other
-        process can be given its id)."""
+    def forget(self, tag: str) -> None:
+        """Take the command off the list: it ended (or never started), its group killed.
+        Before its leader is waited for: until then no other process can have its pid."""
         with self._lock:
-            if self._groups.pop(pgid, None) is not None and self._proc is not None:
-                self._send(b"-%d\n" % pgid)
+            if self._commands.pop(tag, None) is not None and self._proc is not None:
+                self._send(b"-%s\n" % tag.encode())
 
     def _running(self) -> subprocess.Popen[bytes] | None:
         """(Lock held.) The reaper, started (given the whole list) if none runs."""
@@ -68,7 +79,8 @@ class _Reaper:
         if proc is not None and proc.poll() is None:
             return proc
         if proc is not None:
-            log.warning("command_reaper_gone", returncode=proc.returncode, groups=len(self._groups))
+            listed = len(self._commands)
+            log.warning("command_reaper_gone", returncode=proc.returncode, commands=listed)
         self._proc = proc = self._start()
         return proc
 
@@ -81,7 +93,7 @@ class _Reaper:
         try:
             os.write(proc.stdin.fileno(), line)  # under PIPE_BUF: written whole or not at all
         except OSError as exc:  # full (it stopped reading) or broken (it died)
-            log.warning("command_reaper_replaced", error=str(exc), groups=len(self._groups))
+            log.warning("command_reaper_replaced", error=str(exc), commands=len(self._commands))
             with contextlib.suppress(OSError):
                 proc.kill()
             self._proc = None
@@ -103,8 +115,7 @@ class _Reaper:
                 )
             proc = subprocess.Popen(
                 # isolated: it imports nothing of the host's; the list so far as arguments
-                [sys.executable, "-I", "-c", self._source]
-                + [_line(p, g).decode().strip() for p, g in self._groups.items()],
+                [sys.executable, "-I", "-c", self._source, *self._listed()],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -118,6 +129,15 @@ class _Reaper:
         os.set_blocking(proc.stdin.fileno(), False)
         return proc
 
+    def _listed(self) -> list[str]:
+        """(Lock held.) The list as a new reaper's arguments (the lines it would have read)."""
+        lines = []
+        for tag, (pgid, grace) in self._commands.items():
+            lines.append(f"+{tag} {grace!r}")
+            if pgid is not None:
+                lines.append(f"={tag} {pgid}")
+        return lines
+
     def before_fork(self) -> None:
         self._lock.acquire()  # no fork while a reaper starts: its pipe would be inherited
 
@@ -127,7 +147,7 @@ class _Reaper:
     def after_fork_in_child(self) -> None:
         """Let go of the parent's reaper and list: the inherited end of its pipe would keep
         it from seeing the parent end, and the parent's commands are not this process's."""
-        proc, self._proc, self._groups = self._proc, None, {}
+        proc, self._proc, self._commands = self._proc, None, {}
         self._lock = threading.Lock()
         if proc is not None and proc.stdin is not None:
             with contextlib.suppress(OSError):
@@ -135,13 +155,9 @@ class _Reaper:
             self._inherited.append(proc)
 
 
-def _line(pgid: int, grace: float) -> bytes:
-    return b"+%d %r\n" % (pgid, grace)
-
-
 _reaper = _Reaper()
-ready = _reaper.ready
-watch = _reaper.watch
+starting = _reaper.starting
+started = _reaper.started
 forget = _reaper.forget
 os.register_at_fork(
     before=_reaper.before_fork,

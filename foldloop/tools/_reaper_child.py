@@ -1,10 +1,16 @@
 """The reaper's own process (``_reaper.py``): stdlib only, its source run with ``python -I -c``.
 
-It reads ``+PGID GRACE`` and ``-PGID`` lines, its arguments first, then stdin: process
-groups of commands started and ended by the process that started it, each with the seconds it
-has to end after SIGTERM. When stdin ends, that process is gone (exited, or killed: the kernel
-closes its end of the pipe either way), and the groups still listed get SIGTERM, then SIGKILL
-once their grace is over.
+It reads lines, its arguments first, then stdin, about the commands of the process that
+started it, each known by a tag that is also in the command's environment (``TAG_VARIABLE``):
+
+- ``+TAG GRACE``: a command is starting, with GRACE seconds to end after SIGTERM;
+- ``=TAG PGID``: it started, in process group PGID;
+- ``-TAG``: it ended (its group killed).
+
+When stdin ends, that process is gone (exited, or killed: the kernel closes its end of the
+pipe either way), and the groups still listed get SIGTERM, then SIGKILL once their grace is
+over. A command whose group was never told (the process died as it started it) is found by
+its tag among the processes' environments (Linux's ``/proc``).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import os
 import signal
 import sys
 import time
+
+TAG_VARIABLE = b"FOLDLOOP_COMMAND_TAG"
 
 
 def _signal(groups: dict[int, float], sig: int) -> dict[int, float]:
@@ -28,20 +36,46 @@ def _signal(groups: dict[int, float], sig: int) -> dict[int, float]:
     return alive
 
 
+def _tagged(tags: dict[bytes, float]) -> dict[int, float]:
+    """The groups of the processes whose environment holds one of ``tags``."""
+    wanted = {TAG_VARIABLE + b"=" + tag: grace for tag, grace in tags.items()}
+    found: dict[int, float] = {}
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:  # no /proc: nothing to look in
+        return found
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as environ:
+                variables = environ.read().split(b"\0")
+            tagged = [wanted[v] for v in variables if v in wanted]
+            pgid = os.getpgid(pid) if tagged else 0
+            if pgid > 1 and pgid != os.getpgrp():  # never its own group, nor init's
+                found[pgid] = tagged[0]
+        except (OSError, ValueError):  # gone, or not ours to read
+            continue
+    return found
+
+
 def main() -> int:
-    groups: dict[int, float] = {}
+    started: dict[bytes, tuple[int | None, float]] = {}
     listed = [arg.encode() for arg in sys.argv[1:]]  # the list so far, when it replaces one
     for line in itertools.chain(listed, sys.stdin.buffer):
-        sign, _, rest = line.strip().partition(b" ")
+        head, _, rest = line.strip().partition(b" ")
+        sign, tag = head[:1], head[1:]
         try:
-            pgid = int(sign[1:])
-            grace = float(rest) if rest else 0.0
+            if sign == b"+":
+                started[tag] = (None, float(rest))
+            elif sign == b"=" and tag in started:
+                started[tag] = (int(rest), started[tag][1])
+            elif sign == b"-":
+                started.pop(tag, None)
         except ValueError:
             continue
-        if sign[:1] == b"+":
-            groups[pgid] = grace
-        elif sign[:1] == b"-":
-            groups.pop(pgid, None)
+    groups = {pgid: grace for pgid, grace in started.values() if pgid is not None}
+    unknown = {tag: grace for tag, (pgid, grace) in started.items() if pgid is None}
+    if unknown:
+        groups.update(_tagged(unknown))
     alive = _signal(groups, signal.SIGTERM)
     start = time.monotonic()
     while alive:
