@@ -168,14 +168,54 @@ import sys, threading
 import foldloop as fl
 script = 'trap "" TERM; sleep 300 & echo $! > {pids}/grandchild; echo $$ > {pids}/command; wait'
 threading.Thread(target=fl.run_command, args=(["sh", "-c", script], 600)).start()
+untagged = 'echo $$ > {pids}/untagged; exec env -u FOLDLOOP_COMMAND_TAG sleep 300'
+threading.Thread(target=fl.run_command, args=(["sh", "-c", untagged], 600)).start()
 fl.run_command(["sh", "-c", "sleep 300 & echo $! > {pids}/second; wait"], 600)
 """
 
 
 def test_the_commands_of_a_host_killed_by_sigkill_are_stopped(tmp_path: Path) -> None:
     """The host's death, even a SIGKILL, stops the groups of the commands it was running,
-    one that ignores SIGTERM too (SIGKILL follows)."""
-    stopped(killed_host(tmp_path, HOST, ("command", "grandchild", "second")))
+    one that ignores SIGTERM too (SIGKILL follows), one that dropped its tag (found by the
+    group the reaper was told)."""
+    stopped(killed_host(tmp_path, HOST, ("command", "grandchild", "untagged", "second")))
+
+
+def test_tags_are_never_the_same_in_two_processes_of_one_pid() -> None:
+    """A pid comes back (os.execv keeps it; the counter wraps): a tag must not name a command
+    of an earlier process, whose daemon may carry it still."""
+    one, other = _reaper._Reaper(), _reaper._Reaper()
+    one._unavailable = other._unavailable = True  # no reaper process: tags only
+    assert one.starting(2.0) != other.starting(2.0)
+
+
+LOGS_FORK = """
+import logging, os, signal, subprocess, threading
+import foldloop as fl
+from foldloop.tools import _reaper
+
+class Pager(logging.Handler):  # a handler that starts a process (fork handlers run)
+    def emit(self, record):
+        subprocess.run(["true"], preexec_fn=lambda: None)
+
+logging.getLogger("foldloop").addHandler(Pager())
+fl.run_command(["true"], 5)
+os.kill(_reaper._reaper._proc.pid, signal.SIGKILL)  # its replacement is logged
+_reaper._reaper._proc.wait()
+command = threading.Thread(target=fl.run_command, args=(["true"], 5), daemon=True)
+command.start()
+command.join(20)
+print("hung" if command.is_alive() else "ran", flush=True)
+os._exit(0)
+"""
+
+
+def test_a_log_handler_that_forks_does_not_deadlock_the_next_command() -> None:
+    """The reaper's warnings are logged once its lock is let go: a fork waits for that lock."""
+    done = subprocess.run(
+        [sys.executable, "-c", LOGS_FORK], capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == "ran", done.stderr[-2000:]
 
 
 REAPER_KILLED = """
@@ -222,21 +262,24 @@ def test_a_reaper_that_stops_reading_holds_no_command_up_and_is_replaced() -> No
     first = reaper._proc
     assert first is not None
     os.kill(first.pid, signal.SIGSTOP)
+    beyond = 2**22 + 1  # past the most pids Linux gives: no real group has these ids
+    last = None
     try:
-        for pgid in range(10_000, 20_000):  # far more than a pipe holds
+        for pgid in range(beyond, beyond + 10_000):  # far more than a pipe holds
             tag = reaper.starting(2.0)
             reaper.started(tag, pgid)
             reaper.forget(tag)
         last = reaper.starting(2.0)
-        reaper.started(last, 1_000_000)
+        reaper.started(last, 2 * beyond)
         second = reaper._proc
         assert second is not None and second.pid != first.pid and second.poll() is None
-        assert reaper._commands == {kept: (None, 2.0), last: (1_000_000, 2.0)}
+        assert reaper._commands == {kept: (None, 2.0), last: (2 * beyond, 2.0)}
     finally:
         first.kill()
         first.wait()
         reaper.forget(kept)
-        reaper.forget(last)
+        if last is not None:
+            reaper.forget(last)
         if reaper._proc is not None:
             assert reaper._proc.stdin is not None
             reaper._proc.stdin.close()  # its end: it stops, with nothing listed

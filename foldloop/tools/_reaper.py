@@ -34,17 +34,26 @@ TAG_VARIABLE = "FOLDLOOP_COMMAND_TAG"
 log = get_logger(__name__)
 
 
+_BOOT = "import sys; exec(eval(sys.stdin.buffer.readline()))"
+"""What the reaper is started with: its source comes as the first line of its stdin (a command
+line holding it would show in ``ps`` and match a user's ``pkill -f``)."""
+_NAME = "foldloop-reaper"
+
+
 class _Reaper:
-    """The reaper of this process and the groups listed with it."""
+    """The reaper of this process and the commands listed with it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._commands: dict[str, tuple[int | None, float]] = {}
         """The commands running, by tag: their group (None until told) and grace."""
+        self._prefix = os.urandom(8).hex()  # tags no other process gives (pids are reused)
         self._count = 0
-        self._source: str | None = None
+        self._source: bytes | None = None
         self._unavailable = False
+        self._notes: list[tuple[str, dict[str, object]]] = []
+        """Warnings made under the lock, logged once it is let go (a handler may fork)."""
         self._inherited: list[subprocess.Popen[bytes]] = []
         """Reapers of the parent this process was forked from, held so that their Popen is
         never collected (its __del__ would warn of a process this one cannot wait for)."""
@@ -54,10 +63,11 @@ class _Reaper:
         the tag to put in its environment (``TAG_VARIABLE``)."""
         with self._lock:
             self._count += 1
-            tag = f"{os.getpid()}.{self._count}"
+            tag = f"{self._prefix}.{self._count}"
             self._commands[tag] = (None, grace)
             self._send(b"+%s %r\n" % (tag.encode(), grace))
-            return tag
+        self._say()
+        return tag
 
     def started(self, tag: str, pgid: int) -> None:
         """The command tagged ``tag`` started, in group ``pgid`` (its leader's pid)."""
@@ -65,6 +75,7 @@ class _Reaper:
             if tag in self._commands:
                 self._commands[tag] = (pgid, self._commands[tag][1])
                 self._send(b"=%s %d\n" % (tag.encode(), pgid))
+        self._say()
 
     def forget(self, tag: str) -> None:
         """Take the command off the list: it ended (or never started), its group killed.
@@ -72,6 +83,13 @@ class _Reaper:
         with self._lock:
             if self._commands.pop(tag, None) is not None and self._proc is not None:
                 self._send(b"-%s\n" % tag.encode())
+        self._say()
+
+    def _say(self) -> None:
+        """Log the warnings made under the lock (now let go)."""
+        while self._notes:
+            event, fields = self._notes.pop(0)
+            log.warning(event, **fields)
 
     def _running(self) -> subprocess.Popen[bytes] | None:
         """(Lock held.) The reaper, started (given the whole list) if none runs."""
@@ -79,8 +97,16 @@ class _Reaper:
         if proc is not None and proc.poll() is None:
             return proc
         if proc is not None:
-            listed = len(self._commands)
-            log.warning("command_reaper_gone", returncode=proc.returncode, commands=listed)
+            if proc.returncode > 0:  # it ended by itself: this interpreter cannot run it
+                self._give_up(f"it exited with {proc.returncode} ({sys.executable})")
+                self._proc = None
+                return None
+            self._notes.append(
+                (
+                    "command_reaper_gone",
+                    {"returncode": proc.returncode, "commands": len(self._commands)},
+                )
+            )
         self._proc = proc = self._start()
         return proc
 
@@ -93,7 +119,9 @@ class _Reaper:
         try:
             os.write(proc.stdin.fileno(), line)  # under PIPE_BUF: written whole or not at all
         except OSError as exc:  # full (it stopped reading) or broken (it died)
-            log.warning("command_reaper_replaced", error=str(exc), commands=len(self._commands))
+            self._notes.append(
+                ("command_reaper_replaced", {"error": str(exc), "commands": len(self._commands)})
+            )
             with contextlib.suppress(OSError):
                 proc.kill()
             self._proc = None
@@ -103,31 +131,45 @@ class _Reaper:
         if self._unavailable:
             return None
         if getattr(sys, "frozen", False) or not sys.executable:  # no interpreter of its own
-            self._unavailable = True
-            log.warning("command_reaper_unavailable", why="no Python interpreter to run it with")
+            self._give_up("this process has no Python interpreter to run it with")
             return None
         try:
             if self._source is None:
-                self._source = (
+                source = (
                     importlib.resources.files(__package__ or "foldloop.tools")
                     .joinpath("_reaper_child.py")
                     .read_text()
                 )
+                self._source = repr(source).encode() + b"\n"
             proc = subprocess.Popen(
                 # isolated: it imports nothing of the host's; the list so far as arguments
-                [sys.executable, "-I", "-c", self._source, *self._listed()],
+                [sys.executable, "-I", "-c", _BOOT, _NAME, *self._listed()],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 cwd="/",  # holds no directory of the host's (a mount it would keep busy)
                 start_new_session=True,  # the terminal's signals are the host's, not its
             )
-        except OSError as exc:
-            log.warning("command_reaper_not_started", error=str(exc))
+        except (FileNotFoundError, PermissionError) as exc:  # no interpreter there
+            self._give_up(str(exc))
+            return None
+        except OSError as exc:  # out of processes or memory: the next command tries again
+            self._notes.append(("command_reaper_not_started", {"error": str(exc)}))
             return None
         assert proc.stdin is not None
+        try:
+            os.write(proc.stdin.fileno(), self._source)  # into an empty pipe: whole
+        except OSError as exc:
+            self._notes.append(("command_reaper_not_started", {"error": str(exc)}))
+            proc.kill()
+            return None
         os.set_blocking(proc.stdin.fileno(), False)
         return proc
+
+    def _give_up(self, why: str) -> None:
+        """(Lock held.) No reaper can run here: commands run unwatched, said once."""
+        self._unavailable = True
+        self._notes.append(("command_reaper_unavailable", {"why": why}))
 
     def _listed(self) -> list[str]:
         """(Lock held.) The list as a new reaper's arguments (the lines it would have read)."""
@@ -149,6 +191,7 @@ class _Reaper:
         it from seeing the parent end, and the parent's commands are not this process's."""
         proc, self._proc, self._commands = self._proc, None, {}
         self._lock = threading.Lock()
+        self._prefix, self._count, self._notes = os.urandom(8).hex(), 0, []
         if proc is not None and proc.stdin is not None:
             with contextlib.suppress(OSError):
                 proc.stdin.close()

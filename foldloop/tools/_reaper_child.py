@@ -1,7 +1,8 @@
-"""The reaper's own process (``_reaper.py``): stdlib only, its source run with ``python -I -c``.
+"""The reaper's own process (``_reaper.py``): stdlib only, its source read from its stdin.
 
-It reads lines, its arguments first, then stdin, about the commands of the process that
-started it, each known by a tag that is also in the command's environment (``TAG_VARIABLE``):
+It reads lines, its arguments first (after its name), then stdin, about the commands of the
+process that started it, each known by a tag that is also in the command's environment
+(``TAG_VARIABLE``):
 
 - ``+TAG GRACE``: a command is starting, with GRACE seconds to end after SIGTERM;
 - ``=TAG PGID``: it started, in process group PGID;
@@ -59,7 +60,7 @@ def _tagged(tags: dict[bytes, float]) -> dict[int, float]:
 
 def main() -> int:
     started: dict[bytes, tuple[int | None, float]] = {}
-    listed = [arg.encode() for arg in sys.argv[1:]]  # the list so far, when it replaces one
+    listed = [arg.encode() for arg in sys.argv[2:]]  # the list so far, when it replaces one
     for line in itertools.chain(listed, sys.stdin.buffer):
         head, _, rest = line.strip().partition(b" ")
         sign, tag = head[:1], head[1:]
