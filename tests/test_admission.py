@@ -260,6 +260,39 @@ def test_runs_queued_at_close_wait_for_the_next_runtime(store_path: Path) -> Non
         assert admitted_order(again) == ["k1", "k2"]
 
 
+def test_a_wait_the_close_wakes_says_queued_even_once_the_store_is_closed(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close wakes a wait on a queued run and goes on to close the store: a wait that
+    reads only after that (a loaded machine) still says queued, not that the runtime closed."""
+    store_closed = threading.Event()
+    wait_turn = Admission.wait_turn
+
+    def slow_to_read(self: Admission, run_id: str, deadline: float | None) -> str:
+        turn = wait_turn(self, run_id, deadline)
+        if turn == "closed":
+            store_closed.wait(10)
+        return turn
+
+    monkeypatch.setattr(Admission, "wait_turn", slow_to_read)
+    model = Turnstile()
+    queue = agent(model)
+    rt = fl.Runtime.open(store_path, agents=[queue], max_active_runs=1)
+    for run in ("k0", "k1"):
+        rt.spawn(queue, run, run_id=run)
+    wait_until(lambda: "k0" in model.inside, 10, "k0 in its model call")
+    waited: list[fl.types.RunResult] = []
+    waiter = threading.Thread(target=lambda: waited.append(rt.handle("k1").wait()))
+    waiter.start()
+    wait_until(lambda: inside(waiter, "wait_turn"), 10, "the wait to wait for k1's turn")
+    rt.close()
+    store_closed.set()
+    waiter.join(10)
+    model.open("k0")  # the closed runtime's model thread ends; its reply is dropped
+    assert waited and waited[0].status is RunStatus.QUEUED, waited
+    assert "recover()" in waited[0].reason
+
+
 def test_recover_off_the_main_thread_takes_queued_runs_sharing_commits(store_path: Path) -> None:
     """A host recovering from a thread of its own (a server's start-up task): the queued
     runs' leases are taken in a few commits, not one each."""

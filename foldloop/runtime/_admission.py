@@ -129,6 +129,10 @@ class Admission:
             self._waiting.discard(run_id)
             self._changed.notify_all()
 
+    def queued_here(self, run_id: str) -> bool:
+        """The run waits here for its turn (or is being admitted)."""
+        return run_id in self._waiting
+
     def wait_turn(self, run_id: str, deadline: float | None) -> Turn:
         """Block while the run waits here for its turn (``deadline``: ``time.monotonic()``).
         Returns at once for a run not queued here."""

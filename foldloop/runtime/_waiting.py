@@ -194,12 +194,20 @@ class Waiter:
             state = ending.state
             if state is not None and state.terminal and not ending.interrupted:
                 return state, ""  # ended for good: nothing can have changed it since
+        # A queued run's state, read before its wait: the close that ends the wait goes on
+        # to close the store, maybe before the wait reads again (and queued, it is unchanged).
+        queued = self._queries.state(run_id) if self._admission.queued_here(run_id) else None
         turn = self._admission.wait_turn(run_id, deadline)
         if turn == "deadline":
             return self._queries.state(run_id), ""
         if turn == "closed":
             why = "the runtime holding it in its queue was closed; recover() in a new one admits it"
-            return self._queries.state(run_id), why
+            try:
+                return self._queries.state(run_id), why
+            except StoreError:
+                if queued is None or not self._system.closed:
+                    raise
+                return queued, why
         while (settlement := self._system.settlement(run_id)) is not None:
             settlement.event.wait(None if deadline is None else max(0, deadline - time.monotonic()))
             state = settlement.state
