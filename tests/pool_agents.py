@@ -90,6 +90,10 @@ short = fl.Agent(
     limits=fl.Limits(max_steps=2),
 )
 
+wordy = fl.Agent(  # its run.started leaves an input under half an event
+    name="wordy", llm=fl.ScriptedLLM(lambda m, t: fl.Reply(text="ok")), instructions="i" * 600_000
+)
+
 
 @fl.tool(idempotent=True)
 def switch_interval() -> str:

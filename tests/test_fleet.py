@@ -397,6 +397,9 @@ def test_spawn_many_refuses_an_input_its_run_started_cannot_hold_before_writing_
         with pytest.raises(fl.ConfigError, match=r"run\.started event of 1,200"):
             rt.spawn(agent, "x" * 600_000)
         assert rt.runs() == []
+        with pytest.raises(fl.ConfigError, match=r"without its input .* no input fits"):
+            rt.spawn_many(agent, ["a", "b"], metadata={"k": "m" * 500_000})  # not inputs[0]'s
+        assert rt.runs() == []
         room = 1_048_576 - 600_000 - 400  # what a run.started holds besides, with margin
         assert rt.spawn_many(agent, ["fine", "y" * room])[1].wait(timeout=30).ok
 

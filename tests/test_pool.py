@@ -117,6 +117,19 @@ def test_spawn_many_spreads_the_runs_over_the_workers_in_input_order(
         assert all(h.wait(timeout=60).ok for h in (*mixed, lone))
 
 
+def test_spawn_many_refuses_an_input_its_run_started_cannot_hold_before_sending_any(
+    store_path: Path,
+) -> None:
+    """Under an event's limit alone, over it beside the agent's instructions: refused on the
+    host, named by its place among all the inputs, before a chunk goes to a worker."""
+    with fl.WorkerPool(store_path, agents=["pool_agents:wordy"], processes=1) as pool:
+        inputs = [f"q{i}" for i in range(300)] + ["x" * 600_000]
+        with pytest.raises(fl.ConfigError, match=r"^inputs\[300\]: input is 600,000 bytes; with"):
+            pool.spawn_many("wordy", inputs)
+        assert [w.spawned for w in pool.workers] == [0]
+        assert pool.runtime.runs() == []
+
+
 class Text(str):
     """A str subclass."""
 

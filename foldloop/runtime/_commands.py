@@ -30,7 +30,7 @@ from foldloop.errors import (
     SchemaChangedError,
     StoreError,
 )
-from foldloop.events._codec import encode_event, plain_str
+from foldloop.events._codec import plain_str
 from foldloop.events._recorded import UnknownEvent
 from foldloop.events._values import Limits
 from foldloop.runtime._admission import Admission
@@ -46,6 +46,7 @@ from foldloop.runtime._registry import AgentRegistry
 from foldloop.runtime._rules import (
     check_spawn,
     evolve_all,
+    input_room,
     merged,
     new_run_id,
     partly_spawned,
@@ -64,8 +65,6 @@ LANDED_LOOK_S = 5.0
 """How long a start whose write failed looks for it in the log before saying it failed."""
 SPAWNS_CLOSE_WAIT = 10.0
 """Seconds a close waits for the spawn calls under way to finish the starts they began."""
-_STR_HEADER_GROWTH = 4
-"""Bytes a msgpack str's header grows by from an empty one to the longest (1 to 5)."""
 
 
 class Commands:
@@ -184,8 +183,18 @@ class Commands:
         ids = list(run_ids) if run_ids is not None else [None] * len(inputs)
         check_spawn("", None, metadata, parent_run_id)  # once: the same for every input
         meta = tuple(sorted((plain_str(k), plain_str(v)) for k, v in (metadata or {}).items()))
-        # a single input's run.started is refused as it is encoded, before it is written
-        room = self._input_room(agent, meta, parent_run_id) if len(inputs) > 1 else None
+        now = self._clock()
+        limits = priced_limits(agent, now)
+        room = None  # one input: its encode refuses it unwritten (spawn's path: one encode)
+        if len(inputs) > 1:
+            room = input_room(
+                agent,
+                now=now,
+                limits=limits,
+                metadata=meta,
+                parent_run_id=parent_run_id,
+                max_event_bytes=self._store.max_event_bytes,
+            )
         for index, (text, run_id) in enumerate(zip(inputs, ids, strict=True)):
             try:
                 check_spawn(text, run_id, None, None, room=room)
@@ -206,7 +215,14 @@ class Commands:
         with self._spawns.call():
             try:
                 refused = self._begin_starts(
-                    agent, inputs, ids, meta=meta, parent_run_id=parent_run_id, starts=starts
+                    agent,
+                    inputs,
+                    ids,
+                    meta=meta,
+                    parent_run_id=parent_run_id,
+                    starts=starts,
+                    now=now,
+                    limits=limits,
                 )
             finally:  # the writes begun stand, even past a Ctrl-C: each run is driven or queued
                 outcomes = [(start, self._finish_start(start)) for start in starts]
@@ -224,17 +240,6 @@ class Commands:
         missing = tuple(i for i in range(len(inputs)) if i >= len(starts) or not landed[i])
         raise partly_spawned(len(inputs), started, missing, first) from first
 
-    def _input_room(
-        self, agent: Agent, meta: tuple[tuple[str, str], ...], parent_run_id: str | None
-    ) -> int:
-        """The bytes an input may take: an event's limit less what its run.started records
-        besides (the agent's instructions, tools and limits, the metadata)."""
-        now = self._clock()
-        limits = priced_limits(agent, now)
-        probe = agent.start("", now=now, metadata=meta, parent_run_id=parent_run_id, limits=limits)
-        started = decide(RunState(run_id="room"), probe).events[0]
-        return self._store.max_event_bytes - len(encode_event(started)) - _STR_HEADER_GROWTH
-
     def _begin_starts(
         self,
         agent: Agent,
@@ -244,11 +249,11 @@ class Commands:
         meta: tuple[tuple[str, str], ...],
         parent_run_id: str | None,
         starts: list[_Start],
+        now: int,
+        limits: Limits,
     ) -> Exception | None:
         """Begin the starts, in order, into ``starts`` (their writes sharing commits); the
         failure that stopped them (the rest are not tried), None when all began."""
-        now = self._clock()
-        limits = priced_limits(agent, now)
         with together(self._store, len(inputs)):
             for text, given in zip(inputs, ids, strict=True):
                 try:

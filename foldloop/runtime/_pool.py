@@ -47,7 +47,14 @@ from foldloop.runtime._pool_process import WorkerInfo, WorkerProcess
 from foldloop.runtime._pool_protocol import Cancel, Resume, Spawn, SpawnMany
 from foldloop.runtime._pool_spawns import ATTEMPTS, Spawns
 from foldloop.runtime._results import RunHandle, RunResult
-from foldloop.runtime._rules import check_cap, check_inputs, check_spawn, new_run_id
+from foldloop.runtime._rules import (
+    check_cap,
+    check_inputs,
+    check_spawn,
+    input_room,
+    new_run_id,
+    priced_limits,
+)
 
 __all__ = ["PooledRunHandle", "WorkerInfo", "WorkerPool"]
 
@@ -158,7 +165,7 @@ class WorkerPool(ClosedOnExit):
         check_switch_interval(switch_interval)
         check_cap("max_model_calls", max_model_calls)
         check_cap("max_active_runs", max_active_runs)
-        self._agents = {load_agent(spec).name for spec in specs}
+        self._agents = {a.name: a for a in map(load_agent, specs)}  # for the checks a spawn makes
         self._start_timeout = start_timeout
         self.runtime = Runtime.open(path)  # drives nothing: it knows no agents
         self._command = [sys.executable, "-m", "foldloop.runtime._pool_worker"]
@@ -303,7 +310,7 @@ class WorkerPool(ClosedOnExit):
         def ours(started: RunStarted) -> bool:
             return (
                 started.agent == name
-                and started.input == input
+                and started.input == text
                 and started.parent_run_id == parent_run_id
                 and dict(started.metadata) == (meta or {})
             )
@@ -334,13 +341,24 @@ class WorkerPool(ClosedOnExit):
         check_inputs(inputs)
         texts = list(inputs)
         name = self._agent_name(agent)
-        for index, text in enumerate(texts):
-            try:
-                check_spawn(text, None, None, None)
-            except ConfigError as exc:
-                raise ConfigError(f"inputs[{index}]: {exc.fact}", advice=exc.advice) from None
         check_spawn("", None, metadata, None)  # the metadata, once for all inputs
         meta = _plain(metadata)
+        room = None
+        if len(texts) > 1:  # what each run.started leaves its input, as a worker works it out
+            now = time.time_ns()
+            room = input_room(
+                self._agents[name],
+                now=now,
+                limits=priced_limits(self._agents[name], now),
+                metadata=tuple(sorted((meta or {}).items())),
+                parent_run_id=None,
+                max_event_bytes=self.runtime.store.max_event_bytes,
+            )
+        for index, text in enumerate(texts):
+            try:
+                check_spawn(text, None, None, None, room=room)
+            except ConfigError as exc:
+                raise ConfigError(f"inputs[{index}]: {exc.fact}", advice=exc.advice) from None
         texts = [plain_str(text) for text in texts]
         run_ids = [new_run_id(name) for _ in texts]
 

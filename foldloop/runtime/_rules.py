@@ -16,11 +16,12 @@ import msgspec
 
 from foldloop._agent import Agent
 from foldloop._log import get_logger
+from foldloop.core._decide import decide
 from foldloop.core._effects import Decision, Effect, Settle
 from foldloop.core._evolve import apply
 from foldloop.core._state import RunState
 from foldloop.errors import ConfigError, FoldloopError, SpawnError
-from foldloop.events._codec import unpaired_surrogate
+from foldloop.events._codec import encode_event, plain_str, unpaired_surrogate
 from foldloop.events._values import Limits
 from foldloop.store import MAX_EVENT_BYTES
 
@@ -156,6 +157,35 @@ def check_inputs(inputs: object) -> None:
         )
 
 
+_STR_HEADER_GROWTH = 4
+"""Bytes a msgpack str's header grows by from an empty one to the longest (1 to 5)."""
+
+
+def input_room(
+    agent: Agent,
+    *,
+    now: int,
+    limits: Limits,
+    metadata: tuple[tuple[str, str], ...],
+    parent_run_id: str | None,
+    max_event_bytes: int,
+) -> int:
+    """The bytes an input may take in its run.started: an event's limit less what the event
+    records besides (the agent's instructions, tools and limits, the metadata); refused
+    when that leaves none."""
+    probe = agent.start("", now=now, metadata=metadata, parent_run_id=parent_run_id, limits=limits)
+    besides = len(encode_event(decide(RunState(run_id="room"), probe).events[0]))
+    besides += _STR_HEADER_GROWTH
+    if besides >= max_event_bytes:
+        raise ConfigError(
+            f"agent {agent.name!r}'s run.started takes {besides:,} bytes without its input (the "
+            f"instructions, tools and limits, the metadata), over the {max_event_bytes:,}-byte "
+            "limit of an event: no input fits",
+            advice="keep large instructions or metadata outside the log and pass a reference",
+        )
+    return max_event_bytes - besides
+
+
 def check_spawn(
     input: object,
     run_id: object,
@@ -168,7 +198,8 @@ def check_spawn(
     ``parent_run_id`` may be None: a run id is made, no parent is recorded; ``room``: the
     bytes its run.started leaves the input, when known)."""
     check_text("input", input)
-    size = len(str(input).encode())  # a str: check_text said so
+    assert isinstance(input, str)  # check_text said so
+    size = len(plain_str(input).encode())  # as it is recorded
     if size > MAX_EVENT_BYTES:  # its run.started could not be stored (nor any of a spawn_many)
         raise ConfigError(
             f"input is {size:,} bytes, over the {MAX_EVENT_BYTES:,}-byte limit of an event",
