@@ -278,17 +278,19 @@ def test_a_wait_the_close_wakes_says_queued_even_once_the_store_is_closed(
     model = Turnstile()
     queue = agent(model)
     rt = fl.Runtime.open(store_path, agents=[queue], max_active_runs=1)
-    for run in ("k0", "k1"):
-        rt.spawn(queue, run, run_id=run)
-    wait_until(lambda: "k0" in model.inside, 10, "k0 in its model call")
     waited: list[fl.types.RunResult] = []
-    waiter = threading.Thread(target=lambda: waited.append(rt.handle("k1").wait()))
-    waiter.start()
-    wait_until(lambda: inside(waiter, "wait_turn"), 10, "the wait to wait for k1's turn")
-    rt.close()
-    store_closed.set()
+    try:
+        for run in ("k0", "k1"):
+            rt.spawn(queue, run, run_id=run)
+        wait_until(lambda: "k0" in model.inside, 10, "k0 in its model call")
+        waiter = threading.Thread(target=lambda: waited.append(rt.handle("k1").wait()))
+        waiter.start()
+        wait_until(lambda: inside(waiter, "wait_turn"), 10, "the wait to wait for k1's turn")
+    finally:
+        rt.close()
+        store_closed.set()
+        model.open("k0")  # the closed runtime's model thread ends; its reply is dropped
     waiter.join(10)
-    model.open("k0")  # the closed runtime's model thread ends; its reply is dropped
     assert waited and waited[0].status is RunStatus.QUEUED, waited
     assert "recover()" in waited[0].reason
 

@@ -213,7 +213,8 @@ class Admission:
         let an admission under way finish first."""
         with self._lock:
             self._closed = True
-            self._changed.notify_all()
         if not self._thread.join(CLOSE_WAIT):
             log.warning("admission_unfinished_at_close", timeout_s=CLOSE_WAIT)
         self._thread.shutdown()
+        with self._lock:  # only now: a run in the last admission has left the queue
+            self._changed.notify_all()
