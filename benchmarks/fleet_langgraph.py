@@ -11,10 +11,10 @@ langgraph-checkpoint-sqlite aiosqlite`` (not a foldloop dependency).
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from fleet_tasks import Fleet, run_all
 
 # Module-level imports: LangGraph evaluates the nodes' type hints in this module's globals.
 from langchain_core.messages import (  # type: ignore[import-not-found, unused-ignore]
@@ -31,17 +31,6 @@ from langgraph.graph import (  # type: ignore[import-not-found, unused-ignore]
     MessagesState,
     StateGraph,
 )
-
-
-@dataclass
-class Fleet:
-    """What a LangGraph fleet got done before its deadline."""
-
-    wall_s: float = 0.0
-    steps_done: int = 0
-    completed: int = 0
-    timed_out: bool = False
-    problem: str = ""
 
 
 async def fleet(runs: int, steps: int, latency_s: float, deadline: float, db: Path) -> Fleet:
@@ -76,27 +65,12 @@ async def fleet(runs: int, steps: int, latency_s: float, deadline: float, db: Pa
     builder.add_edge("tools", "model")
     async with AsyncSqliteSaver.from_conn_string(str(db)) as saver:
         graph = builder.compile(checkpointer=saver)
-        start = time.perf_counter()
-        tasks = [
-            asyncio.create_task(
-                graph.ainvoke(
-                    {"messages": [HumanMessage(content="go")]},
-                    config={
-                        "configurable": {"thread_id": f"run-{i}"},
-                        "recursion_limit": 4 * steps,
-                    },
-                )
+        invocations = [
+            graph.ainvoke(
+                {"messages": [HumanMessage(content="go")]},
+                config={"configurable": {"thread_id": f"run-{i}"}, "recursion_limit": 4 * steps},
             )
             for i in range(runs)
         ]
-        finished, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
-        out.wall_s = time.perf_counter() - start
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-    out.completed = sum(1 for t in finished if t.exception() is None)
-    out.timed_out = bool(pending)
-    failed = [t for t in finished if t.exception() is not None]
-    if failed:
-        out.problem = f"{len(failed)} runs raised: {failed[0].exception()!r:.200}"
+        await run_all(out, invocations, deadline, "runs")
     return out

@@ -10,30 +10,17 @@ posted as bytes and the reply read as text), answering each tool call itself wit
 
 from __future__ import annotations
 
-import asyncio
-import time
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import openai
 from fleet_agents import ping
+from fleet_tasks import Fleet, run_all
 
 import foldloop.llm._sdk as sdk
 from foldloop.llm._openai_chat import _tool
 
 TOOLS = [_tool(ping.spec)]
-
-
-@dataclass
-class Fleet:
-    """What the bare SDK got done before its deadline."""
-
-    wall_s: float = 0.0
-    steps_done: int = 0
-    completed: int = 0
-    timed_out: bool = False
-    problem: str = ""
 
 
 async def fleet(runs: int, steps: int, deadline: float, url: str) -> Fleet:
@@ -57,16 +44,5 @@ async def fleet(runs: int, steps: int, deadline: float, url: str) -> Fleet:
                 )
 
     async with client:
-        start = time.perf_counter()
-        tasks = [asyncio.create_task(conversation()) for _ in range(runs)]
-        finished, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
-        out.wall_s = time.perf_counter() - start
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-    out.completed = sum(1 for t in finished if t.exception() is None)
-    out.timed_out = bool(pending)
-    failed = [t for t in finished if t.exception() is not None]
-    if failed:
-        out.problem = f"{len(failed)} conversations raised: {failed[0].exception()!r:.200}"
+        await run_all(out, [conversation() for _ in range(runs)], deadline, "conversations")
     return out

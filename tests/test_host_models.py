@@ -85,15 +85,6 @@ class Raises:
         raise self.exc
 
 
-@pytest.mark.parametrize("exc", [GeneratorExit(), SystemExit(3)], ids=lambda e: type(e).__name__)
-def test_a_complete_that_raises_what_is_not_an_exception_fails_the_call(
-    rt: fl.Runtime, exc: BaseException
-) -> None:
-    result, _ = run(rt, Raises(exc))
-    assert result.status is fl.RunStatus.FAILED, result
-    assert f"complete raised {type(exc).__name__}" in result.reason
-
-
 class CancelsItself:
     model = "host"
 
@@ -168,12 +159,17 @@ class AsyncRaises:
 
 
 @pytest.mark.parametrize("exc", [GeneratorExit(), SystemExit(3)], ids=lambda e: type(e).__name__)
-def test_an_acomplete_that_raises_what_is_not_an_exception_fails_the_call(
-    rt: fl.Runtime, exc: BaseException
+@pytest.mark.parametrize(
+    ("form", "said"),
+    [(Raises, "complete raised"), (AsyncRaises, "acomplete of model 'host' raised")],
+    ids=["complete", "acomplete"],
+)
+def test_a_model_that_raises_what_is_not_an_exception_fails_the_call(
+    rt: fl.Runtime, exc: BaseException, form: type[Raises | AsyncRaises], said: str
 ) -> None:
-    result, _ = run(rt, AsyncRaises(exc))
+    result, _ = run(rt, form(exc))
     assert result.status is fl.RunStatus.FAILED, result
-    assert f"acomplete of model 'host' raised {type(exc).__name__}" in result.reason
+    assert f"{said} {type(exc).__name__}" in result.reason
 
 
 def test_an_async_tool_that_raises_generator_exit_is_a_failed_call(rt: fl.Runtime) -> None:
