@@ -17,10 +17,10 @@ the actor threads) and the process's CPU a step over them.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import resource
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
@@ -31,8 +31,11 @@ import foldloop as fl
 
 
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 100
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("runs", nargs="?", type=int, default=100, help="runs at once (100)")
+    parser.add_argument("rounds", nargs="?", type=int, default=3, help="rounds (3)")
+    args = parser.parse_args()
+    runs, rounds = args.runs, args.rounds
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     with tempfile.TemporaryDirectory() as d, fl.Runtime.open(Path(d) / "fl") as rt:
         a = agent(STEPS, "load")
