@@ -119,12 +119,19 @@ def test_an_async_tool_that_cancels_its_own_task_is_a_failed_call(rt: fl.Runtime
         await asyncio.sleep(1)
         return "never"
 
-    llm = fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("stubborn")]), fl.Reply(text="ok")])
-    agent = fl.Agent(name="stubborn", llm=llm, tools=[stubborn])
+    failed = tool_failure(rt, stubborn)
+    assert failed.kind == "exception" and "CancelledError" in failed.error
+
+
+def tool_failure(rt: fl.Runtime, tool: fl.Tool) -> fl.events.ToolFailed:
+    """The tool.failed of a run whose model calls ``tool`` once (the run itself completes)."""
+    llm = fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall(tool.name)]), fl.Reply(text="ok")])
+    agent = fl.Agent(name=tool.name, llm=llm, tools=[tool])
     result = rt.spawn(agent, "go").wait(timeout=30)
     assert result.ok, result
     (failed,) = [r.event for r in rt.events(result.run_id) if r.type == "tool.failed"]
-    assert failed.kind == "exception" and "CancelledError" in failed.error
+    assert isinstance(failed, fl.events.ToolFailed)
+    return failed
 
 
 class AsyncComplete:
@@ -179,9 +186,5 @@ def test_an_async_tool_that_raises_generator_exit_is_a_failed_call(rt: fl.Runtim
         await asyncio.sleep(0)
         raise GeneratorExit
 
-    llm = fl.ScriptedLLM([fl.Reply(tool_calls=[fl.ToolCall("closes")]), fl.Reply(text="ok")])
-    agent = fl.Agent(name="closes", llm=llm, tools=[closes])
-    result = rt.spawn(agent, "go").wait(timeout=30)
-    assert result.ok, result
-    (failed,) = [r.event for r in rt.events(result.run_id) if r.type == "tool.failed"]
+    failed = tool_failure(rt, closes)
     assert failed.kind == "exception" and "GeneratorExit" in failed.error
