@@ -53,6 +53,7 @@ from foldloop.runtime._rules import (
     check_spawn,
     input_room,
     new_run_id,
+    plain_metadata,
     priced_limits,
 )
 
@@ -296,7 +297,7 @@ class WorkerPool(ClosedOnExit):
         self._check_open()
         name = self._agent_name(agent)
         check_spawn(input, run_id, metadata, parent_run_id)
-        meta = _plain(metadata)
+        meta = plain_metadata(metadata)
         named = run_id if run_id is not None else new_run_id(name)
         text = plain_str(input)
 
@@ -342,7 +343,7 @@ class WorkerPool(ClosedOnExit):
         texts = list(inputs)
         name = self._agent_name(agent)
         check_spawn("", None, metadata, None)  # the metadata, once for all inputs
-        meta = _plain(metadata)
+        meta = plain_metadata(metadata)
         room = None
         if len(texts) > 1:  # what each run.started leaves its input, as a worker works it out
             now = time.time_ns()
@@ -483,10 +484,3 @@ class WorkerPool(ClosedOnExit):
         """What names this pool in a call (``own_threads.calling``): its runtime's store, as
         its handles name it."""
         return self.runtime.store
-
-
-def _plain(metadata: Mapping[str, str] | None) -> dict[str, str] | None:
-    """Checked metadata as the workers are sent it: plain str keys and values."""
-    if metadata is None:
-        return None
-    return {plain_str(key): plain_str(value) for key, value in metadata.items()}

@@ -157,6 +157,13 @@ def check_inputs(inputs: object) -> None:
         )
 
 
+def plain_metadata(metadata: Mapping[str, str] | None) -> dict[str, str] | None:
+    """Checked metadata (``check_spawn``) as it is recorded: plain str keys and values."""
+    if metadata is None:
+        return None
+    return {plain_str(key): plain_str(value) for key, value in metadata.items()}
+
+
 _STR_HEADER_GROWTH = 4
 """Bytes a msgpack str's header grows by from an empty one to the longest (1 to 5)."""
 
