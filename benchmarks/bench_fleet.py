@@ -14,6 +14,9 @@ target from issue 20:
 
 - ``1k``: 1,000 runs x 10 steps, L = 1 s, one Runtime, ScriptedLLM(latency_s=L)
 - ``10k``: 10,000 runs x 5 steps, one Runtime
+- ``10k-lean``: the 10k workload through the least shell DESIGN allows, no Runtime
+  (``fleet_lean.py``: foldloop's ``decide``, encoding and sealing, one loop, one thread for
+  the runs, one for the tool, one writer): what foldloop's shell costs over it
 - ``10k-pool``: the same over a WorkerPool of 2 processes
 - ``openai``: the 1k case through ``fl.OpenAIChat`` against ``fleet_server.py``, a local
   OpenAI-compatible server started here, answering after L seconds
@@ -91,6 +94,7 @@ CASES = {
     # threads: 64 plus the tool's own pool (its concurrency)
     "1k": Case("1k", 1_000, 10, 1.0, min_share=0.9, max_threads=64 + ping.concurrency),
     "10k": Case("10k", 10_000, 5, 1.0, min_share=0.5, max_rss_kib=100),
+    "10k-lean": Case("10k-lean", 10_000, 5, 1.0),
     "10k-pool": Case("10k-pool", 10_000, 5, 1.0, min_share=0.8),
     "openai": Case("openai", 1_000, 10, 1.0, min_share=0.8),
     "openai-sdk": Case("openai-sdk", 1_000, 10, 1.0),
@@ -343,6 +347,19 @@ def case_openai_sdk(out: Outcome, deadline: float) -> None:
     sampler.fill(out)
 
 
+def case_lean(out: Outcome, deadline: float) -> None:
+    """The same workload through the least shell DESIGN allows (``fleet_lean.py``)."""
+    import fleet_lean  # noqa: PLC0415 - a reference, imported when it runs
+
+    with tempfile.TemporaryDirectory(prefix="fleet-lean-") as d, Sampler() as sampler:
+        fleet = fleet_lean.LeanFleet(Path(d), out.runs, out.steps, out.latency_s)
+        out.wall_s = fleet.run(deadline)
+    out.spawned, out.completed = out.runs, fleet.settled
+    out.steps_done = fleet.settled * out.steps
+    out.timed_out = fleet.settled < out.runs
+    sampler.fill(out)
+
+
 def case_langgraph(out: Outcome, deadline: float) -> None:
     """The same workload as a LangGraph agent loop (``fleet_langgraph.py``)."""
     import fleet_langgraph  # noqa: PLC0415 - an optional reference, imported when it runs
@@ -368,6 +385,8 @@ def child(args: argparse.Namespace) -> None:
         case_openai(out, deadline, args)
     elif args.child == "openai-sdk":
         case_openai_sdk(out, deadline)
+    elif args.child == "10k-lean":
+        case_lean(out, deadline)
     else:
         case_langgraph(out, deadline)
     print("RESULT " + json.dumps(dataclasses.asdict(out)), flush=True)
@@ -535,6 +554,12 @@ def host(args: argparse.Namespace) -> None:
             f"foldloop (1k) / LangGraph ainvoke + AsyncSqliteSaver: "
             f"{ours.rate / theirs.rate:.2f}x the steps/s ({ours.share:.0%} against "
             f"{theirs.share:.0%} of the bound)"
+        )
+    if "10k" in done and "10k-lean" in done:
+        ours_us, lean_us = (done[n].cpu_s / done[n].steps_done * 1e6 for n in ("10k", "10k-lean"))
+        print(
+            f"foldloop (10k) / the lean shell (10k-lean): {ours_us / lean_us:.2f}x the CPU a "
+            f"step ({ours_us:,.0f} us against {lean_us:,.0f} us)"
         )
     print()
     table(rows)
