@@ -20,7 +20,7 @@ from foldloop.actors._mailboxes import Mailboxes
 from foldloop.actors._own_threads import outcome_in_hand
 from foldloop.actors._shard import Activate, Barrier, Continue, Deliver, Shard
 from foldloop.actors._timers import Timers
-from foldloop.actors._workers import Workers
+from foldloop.actors._workers import LAZY_S, Workers
 from tests.log_capture import capture_logs
 from tests.waiting import inside, wait_until
 
@@ -573,6 +573,63 @@ def test_a_job_a_pool_thread_submits_runs_next_on_it_unless_another_waits() -> N
     both.wait(10)
     assert [what for what, _ in ran] == ["waited first", "its own"]
     pool.shutdown()
+
+
+def _threads_named(prefix: str) -> int:
+    return sum(t.name.startswith(prefix) for t in threading.enumerate())
+
+
+def test_a_lazy_pool_leaves_jobs_to_its_awake_thread_until_that_one_is_long_in_a_job() -> None:
+    looks: list[Callable[[], None]] = []
+    pool = Workers(8, "lazy-", call_later=lambda delay_s, look: looks.append(look))
+    release, started, second_ran = threading.Event(), threading.Event(), threading.Event()
+    ran: list[tuple[int, str]] = []
+
+    def blocks() -> None:
+        started.set()
+        release.wait(30)
+
+    pool.submit(blocks)
+    assert started.wait(10)
+    for i in range(5):
+        pool.submit(lambda i=i: ran.append((i, threading.current_thread().name)))
+    assert _threads_named("lazy-") == 1, "a thread started for jobs the awake one reaches"
+    assert len(looks) == 1  # one look armed for them all
+    release.set()
+    wait_until(lambda: len(ran) == 5, 10, "the queued jobs to run")
+    assert [i for i, _ in ran] == [0, 1, 2, 3, 4]
+    assert len({name for _, name in ran}) == 1
+    looks.pop()()  # due now: nothing waits, nothing starts
+    assert _threads_named("lazy-") == 1
+
+    # Behind a thread LAZY_S into one job (blocked), the look starts a thread for the next.
+    started.clear()
+    release.clear()
+    pool.submit(blocks)
+    assert started.wait(10)
+    pool.submit(second_ran.set)
+    time.sleep(LAZY_S * 2)  # the blocked job is now older than LAZY_S
+    looks.pop()()
+    assert second_ran.wait(10), "a job waited behind a blocked one with threads to spare"
+    release.set()
+    pool.shutdown()
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_jobs_racing_idle_threads_ending_all_run_in_a_lazy_pool_too(lazy: bool) -> None:
+    timers = Timers()
+    pool = Workers(4, "racing-", keep_idle_s=0.001, call_later=timers.call_later if lazy else None)
+    ran = threading.Semaphore(0)
+    try:
+        for i in range(2000):
+            pool.submit(ran.release)
+            if i % 50 == 0:
+                threading.Event().wait(0.002)  # let threads go idle and end between submits
+        for _ in range(2000):
+            assert ran.acquire(timeout=30), "a job was left with no thread to run it"
+    finally:
+        pool.shutdown()
+        timers.stop()
 
 
 class _Noting(_Ending):

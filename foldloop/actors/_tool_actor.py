@@ -126,7 +126,9 @@ class ToolRunner:
         """The bound of an async tool's calls in flight on the loop."""
         self.async_taken = 0
         """Its places taken (written on the loop only)."""
-        self.pool = Workers(tool.concurrency, f"foldloop-tool-{tool.name}")
+        self.pool = Workers(
+            tool.concurrency, f"foldloop-tool-{tool.name}", call_later=timers.call_later
+        )
         self._running: collections.Counter[str] = collections.Counter()
         """Sync calls started and not yet reported, by run (a close waits for those of runs
         cancelled meanwhile: their outcomes are recorded after the cancel)."""

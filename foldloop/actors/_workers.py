@@ -3,21 +3,34 @@
 ``concurrent.futures.ThreadPoolExecutor`` builds a Future, a work item and a semaphore
 dance for every call; the step path wants none of that (results travel back as actor
 messages), so this is a queue and up to ``limit`` threads, started on demand.
+
+A lazy pool (given ``call_later``: a tool's) wakes or starts no thread for a job while one
+of its threads is awake: that thread takes the job when its own ends. Under the
+interpreter lock more threads do not run short jobs sooner; each one woken for a job or
+two contends for the lock with every other thread of the runtime (eight threads for a
+trivial tool cost a fleet a quarter more CPU, ``bench_fleet.py --case 10k``). Jobs still
+waiting ``LAZY_S`` later, behind threads that have all been in one job that long (blocked
+in I/O, say), get threads of their own.
 """
 
 from __future__ import annotations
 
-import queue
+import collections
+import itertools
 import threading
+import time
 from collections.abc import Callable
 
 from foldloop._log import get_logger
 from foldloop.actors._base import FAILURES
 from foldloop.actors._own_threads import holding_outcome, mark_own_thread
 
-__all__ = ["Workers"]
+__all__ = ["LAZY_S", "Workers"]
 
 log = get_logger(__name__)
+
+LAZY_S = 0.01
+"""How long a lazy pool's jobs wait behind busy threads before more threads start."""
 
 _current = threading.local()
 """``pool``: the Workers the current thread works for; ``slot``: the job it runs next."""
@@ -27,21 +40,37 @@ class Workers:
     """Run callables on at most ``limit`` threads (None: as many as jobs wait); extra jobs
     wait in order. A thread idle for ``keep_idle_s`` ends, so a burst leaves none behind."""
 
-    def __init__(self, limit: int | None, name: str, *, keep_idle_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        limit: int | None,
+        name: str,
+        *,
+        keep_idle_s: float = 30.0,
+        call_later: Callable[[float, Callable[[], None]], object] | None = None,
+    ) -> None:
         self._limit = limit if limit is not None else 2**31
         self._keep_idle_s = keep_idle_s
         self._name = name
-        self._queue: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
+        self._jobs: collections.deque[Callable[[], object]] = collections.deque()
         self._lock = threading.Lock()
         self._threads = 0
-        self._idle = 0
-        self._pending = 0
+        self._sleepers: list[threading.Lock] = []
+        """Idle threads, each waiting for its own lock's release (the last in woken first):
+        who was woken, and who timed out, is exact under ``_lock``, as a Condition's
+        notify and timeout are not to its waiters."""
+        self._coming = 0
+        """Threads woken or started for a job that have not yet taken one."""
+        self._numbers = itertools.count(1)  # names its threads
         self._unfinished = 0  # queued or running
         self._finished = threading.Condition(self._lock)
         self._closed = False
+        self._call_later = call_later
+        self._took_at: dict[int, float] = {}
+        """When each awake thread (by ident) took its job (lazy pools only)."""
+        self._check_armed = False
 
     def submit(self, job: Callable[[], object]) -> None:
-        """Queue ``job``; start a thread if every running one is busy and the bound allows.
+        """Queue ``job``; wake or start a thread for it if it needs one and the bound allows.
         A job one of this pool's threads submits as it hands its own job's outcome on
         (``outcome_in_hand``), while no other job waits, is that thread's next (as Tokio's
         LIFO slot): the run step that outcome drove asks for the next call, and the thread
@@ -53,15 +82,13 @@ class Workers:
         with self._lock:
             if self._closed:
                 return
-            if mine and not self._pending:
-                self._unfinished += 1
+            self._unfinished += 1
+            if mine and not self._jobs:
                 _current.slot = job
                 return
-            self._pending += 1
-            self._unfinished += 1
-            index = self._grow()
-        self._queue.put(job)
-        self._start(index)
+            self._jobs.append(job)
+            started = self._serve(lazily=True)
+        self._start(started)
 
     def _requeue(self, job: Callable[[], object]) -> None:
         """Queue a job already counted unfinished (a slot's whose thread ends)."""
@@ -71,15 +98,15 @@ class Workers:
                 if not self._unfinished:
                     self._finished.notify_all()
                 return
-            self._pending += 1
-            index = self._grow()
-        self._queue.put(job)
-        self._start(index)
+            self._jobs.append(job)
+            started = self._serve(lazily=False)
+        self._start(started)
 
     def has_room(self) -> bool:
         """Every job queued has a thread, idle or yet to start (none waits for one)."""
         with self._lock:
-            return self._pending <= self._idle or self._threads < self._limit
+            covered = len(self._sleepers) + self._coming
+            return len(self._jobs) <= covered or self._threads < self._limit
 
     def lend(self) -> None:
         """One more thread may run (a job holding one is past its timeout and no longer
@@ -88,21 +115,51 @@ class Workers:
             if self._closed:
                 return
             self._limit += 1
-            index = self._grow()
-        self._start(index)
+            started = self._serve(lazily=False)
+        self._start(started)
 
-    def _grow(self) -> int | None:
-        """(Lock held.) Count a new thread if jobs outnumber the idle ones and the bound
-        allows; its number, or None."""
-        if self._pending > self._idle and self._threads < self._limit:
-            self._threads += 1
-            return self._threads
-        return None
+    def _serve(self, *, lazily: bool) -> int:
+        """(Lock held.) Wake idle threads or count new ones (up to the bound) for the jobs
+        queued; a lazy pool, while one of its threads is awake, leaves them to it and looks
+        again in LAZY_S. Returns how many threads to start."""
+        sleepers = self._sleepers
+        if lazily and self._call_later is not None and self._threads > len(sleepers):
+            self._arm_check()
+            return 0
+        wanted = len(self._jobs) - self._coming
+        woken = max(0, min(wanted, len(sleepers)))
+        for _ in range(woken):
+            sleepers.pop().release()
+        new = max(0, min(wanted - woken, self._limit - self._threads))
+        self._threads += new
+        self._coming += woken + new
+        return new
 
-    def _start(self, index: int | None) -> None:
-        """Start the thread ``_grow`` counted (if it counted one)."""
-        if index is not None:
-            threading.Thread(target=self._work, name=f"{self._name}-{index}", daemon=True).start()
+    def _arm_check(self) -> None:
+        """(Lock held.) Look again in LAZY_S, in case no submit comes to."""
+        if not self._check_armed and self._call_later is not None:
+            self._check_armed = True
+            self._call_later(LAZY_S, self._check)
+
+    def _check(self) -> None:
+        """Serve the jobs still waiting if every awake thread has been in its job LAZY_S."""
+        with self._lock:
+            self._check_armed = False
+            if self._closed or not self._jobs:
+                return
+            since = time.monotonic() - LAZY_S
+            awake = self._threads - len(self._sleepers)
+            if awake > len(self._took_at) or any(t > since for t in self._took_at.values()):
+                self._arm_check()  # one is starting, or taking job after job: it reaches them
+                return
+            started = self._serve(lazily=False)
+        self._start(started)
+
+    def _start(self, count: int) -> None:
+        """Start ``count`` threads ``_serve`` counted."""
+        for _ in range(count):
+            name = f"{self._name}-{next(self._numbers)}"
+            threading.Thread(target=self._work, name=name, daemon=True).start()
 
     def reclaim(self) -> None:
         """Undo a ``lend``: a thread above the bound ends once its job is done."""
@@ -119,50 +176,81 @@ class Workers:
         """Stop every thread once its current job ends; queued jobs are dropped."""
         with self._lock:
             self._closed = True
-            threads = self._threads
-        for _ in range(threads):
-            self._queue.put(None)
+            self._coming += len(self._sleepers)  # each woken one counts itself out
+            while self._sleepers:
+                self._sleepers.pop().release()
 
     def _work(self) -> None:
         mark_own_thread()
         _current.pool, _current.slot = self, None
-        while True:
-            with self._lock:
-                self._idle += 1
-            try:
-                job = self._queue.get(timeout=self._keep_idle_s)
-            except queue.Empty:
-                with self._lock:
-                    self._idle -= 1
-                    # end only if the threads still idle cover every queued job (a submit
-                    # that counted this one as idle started no thread for its job)
-                    if self._pending <= self._idle:
-                        self._threads -= 1
-                        return
-                continue
-            with self._lock:
-                self._idle -= 1
-                self._pending -= 1
-                closed = self._closed
-            if job is None or closed:
-                return
-            while job is not None:
-                try:
-                    job()
-                except FAILURES:
-                    log.exception("worker_job_failed", pool=self._name)
-                job, _current.slot = _current.slot, None
-                with self._lock:
-                    if job is not None and self._closed:
-                        self._unfinished -= 1  # dropped: the pool is shut down
-                        job = None
-                    self._unfinished -= 1
-                    if not self._unfinished:
-                        self._finished.notify_all()
-                    above = self._threads > self._limit  # a lent thread given back
-                    if above:
-                        self._threads -= 1
-                if above:
-                    if job is not None:  # its thread ends: the job goes to another
-                        self._requeue(job)
+        me = threading.get_ident()
+        coming = True  # started for a job
+        try:
+            while (job := self._next_job(me, coming)) is not None:
+                coming = False
+                if not self._run(job):
                     return
+        finally:
+            with self._lock:
+                self._took_at.pop(me, None)
+
+    def _next_job(self, me: int, coming: bool) -> Callable[[], object] | None:
+        """The next job queued, once there is one; None when this thread should end (the
+        pool shut down, or nothing came for ``keep_idle_s``). ``coming``: it was started
+        for a job (counted in ``_coming`` until it looks)."""
+        with self._lock:
+            if coming:
+                self._coming -= 1
+            self._took_at.pop(me, None)
+            while not self._jobs:
+                if self._closed:
+                    self._threads -= 1
+                    return None
+                wake = threading.Lock()
+                wake.acquire()
+                self._sleepers.append(wake)
+                self._lock.release()
+                try:
+                    wake.acquire(timeout=self._keep_idle_s)
+                finally:
+                    self._lock.acquire()
+                if wake in self._sleepers:  # nobody woke it for keep_idle_s
+                    self._sleepers.remove(wake)
+                    if not self._jobs:
+                        self._threads -= 1
+                        return None
+                else:  # woken for a job (counted coming), which another may have taken
+                    self._coming -= 1
+            if self._closed:
+                self._threads -= 1
+                return None
+            if self._call_later is not None:
+                self._took_at[me] = time.monotonic()
+            return self._jobs.popleft()
+
+    def _run(self, job: Callable[[], object] | None) -> bool:
+        """Run ``job`` and the slot jobs it leaves; False when this thread should end (it
+        was lent, and is given back)."""
+        while job is not None:
+            try:
+                job()
+            except FAILURES:
+                log.exception("worker_job_failed", pool=self._name)
+            job, _current.slot = _current.slot, None
+            with self._lock:
+                if job is not None and self._closed:
+                    self._unfinished -= 1  # dropped: the pool is shut down
+                    job = None
+                self._unfinished -= 1
+                if not self._unfinished:
+                    self._finished.notify_all()
+                above = self._threads > self._limit  # a lent thread given back
+                if above:
+                    self._threads -= 1
+                elif job is not None and self._call_later is not None:
+                    self._took_at[threading.get_ident()] = time.monotonic()
+            if above:
+                if job is not None:  # its thread ends: the job goes to another
+                    self._requeue(job)
+                return False
+        return True
