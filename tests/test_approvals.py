@@ -704,6 +704,14 @@ def test_the_cli_lists_and_decides_approvals(store_path: Path, ledger: Ledger) -
         forged = cli("approve", "not-a-token")
         assert forged.returncode == 3  # not found
         assert "unknown or forged" in forged.stderr
+        nobody = cli("approve", "--run", run.id, "--call", pending.call_id, "--by", " ")
+        assert nobody.returncode == 2
+        assert "--by is empty" in nobody.stderr
+        huge = cli("approve", "--run", run.id, "--call", pending.call_id, "--note", "n" * 70_000)
+        assert huge.returncode == 2
+        assert "over the 65,536 a decision may carry" in huge.stderr
+        assert "expired" not in huge.stderr  # the hint for a request that is not waiting
+        assert rt.pending_approvals() == [pending]  # neither was recorded
         denied = cli("deny", "--run", run.id, "--call", pending.call_id, "--note", "no")
         assert denied.returncode == 0, denied.stderr
         again = cli("approve", "--run", run.id, "--call", pending.call_id, "--by", "cli")

@@ -24,6 +24,7 @@ from foldloop.cli._output import prose as _prose
 from foldloop.cli._output import table as _table
 from foldloop.errors import RunNotFound
 from foldloop.runtime import Runtime
+from foldloop.runtime._rules import check_decision
 from foldloop.store._approvals import ApprovalRecord
 
 __all__ = ["approvals", "approve", "deny"]
@@ -80,6 +81,8 @@ def _decision(
 ) -> None:
     if token is None and (run is None or call is None):
         _fail(EXIT_USAGE, "give a TOKEN, or both --run and --call")
+    with _errors():  # what is wrong with the command itself, before any store is opened
+        check_decision(token, run, call, by, note)
     with _runtime(_store()) as rt:
         record = _request(rt, token, run, call)
         resume = _resume_command(record.run_id)
@@ -130,6 +133,8 @@ def deny(
 def _who(by: str | None) -> str:
     """``--by`` as given, else this user's login name (a decision says who made it)."""
     if by is not None:
+        if not by.strip():
+            _fail(EXIT_USAGE, "--by is empty: name who decides, or leave it out (your login name)")
         return by
     try:
         return getpass.getuser()
