@@ -483,6 +483,19 @@ def test_not_found_is_exit_3_for_every_run_and_token(shop: Shop, args: list[str]
     assert not PYTHON_ADVICE.search(stderr), stderr
 
 
+@pytest.mark.parametrize("option", ["--max-seconds", "--max-cost-usd"])
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan"])
+def test_a_ceiling_to_raise_to_must_be_above_0_in_the_options_words(
+    shop: Shop, option: str, value: str
+) -> None:
+    code, _, stderr = cli(
+        shop.path, "resume", "limited", "--agent", "foldloop.cli:demo_agent", option, value
+    )
+    assert code == 2, stderr
+    assert f"{option} is a ceiling to raise to: give a finite number above 0" in stderr
+    assert "fl.Limits" not in stderr
+
+
 # -- hints name CLI commands ----------------------------------------------------------------
 
 NEXT_STEPS = {

@@ -13,6 +13,7 @@ import contextlib
 import datetime
 import json
 import logging
+import math
 import os
 import shlex
 import signal
@@ -261,13 +262,16 @@ def resume(
     max_steps: Annotated[int | None, typer.Option(min=1, help="Raise the step ceiling.")] = None,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Raise the token ceiling.")] = None,
     max_seconds: Annotated[
-        float | None, typer.Option(min=0, help="Raise the ceiling of seconds.")
+        float | None, typer.Option(help="Raise the ceiling of seconds (above 0).")
     ] = None,
     max_cost_usd: Annotated[
-        float | None, typer.Option(min=0, help="Raise the cost ceiling (USD).")
+        float | None, typer.Option(help="Raise the cost ceiling (USD, above 0).")
     ] = None,
 ) -> None:
     """Continue a resumable run and wait for it to settle."""
+    for option, value in (("--max-seconds", max_seconds), ("--max-cost-usd", max_cost_usd)):
+        if value is not None and not 0 < value < math.inf:
+            _fail(EXIT_USAGE, f"{option} is a ceiling to raise to: give a finite number above 0")
     loaded = _load_agent(agent)
     raised = (max_steps, max_tokens, max_seconds, max_cost_usd) != (None, None, None, None)
     with _runtime(_store(), agents=(loaded,), hint=_AGENT_HINT) as rt:
