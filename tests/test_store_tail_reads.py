@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from foldloop.events import ToolCompleted
-from foldloop.store import open_store
+from foldloop.store import _tail, open_store
+from foldloop.store._framing import Head
 
 WRITER = textwrap.dedent(
     """
@@ -108,3 +109,20 @@ def test_reads_scan_each_value_another_process_wrote_once(
         assert sorted(scanned) == [1, 2, 3, 4]  # the new value only
     finally:
         store.close()
+
+
+def test_heads_known_at_an_own_index_write_are_kept_up_to_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_tail, "KEPT_HEADS", 3)
+    tail = _tail.TailCache()
+    a, b, c = (Head(n, bytes([n]) * 32) for n in (1, 2, 3))
+    tail.extend([("a", 1, 1, a.hash)], {"a": a}, 1)
+    tail.restart(1, {"b": b})  # its own commit indexed the tail: what it knew stays true
+    assert (tail.head("a"), tail.head("b"), len(tail)) == (a, b, 0)
+    tail.restart(2)  # another process indexed: records it never scanned may move any head
+    assert (tail.head("a"), tail.head("b")) == (None, None)
+    tail.restart(3, {"a": a, "b": b, "c": c})
+    assert tail.head("c") == c
+    tail.restart(4, {"d": Head(4, b"d" * 32)})  # past the bound: all go, the new ones stay
+    assert (tail.head("a"), tail.head("d")) == (None, Head(4, b"d" * 32))

@@ -19,10 +19,12 @@ from collections.abc import Callable, Iterable, Sequence
 from foldloop.store._framing import Head, chain_hash
 from foldloop.store._layout import TailEntry
 
-__all__ = ["Scanned", "TailCache", "TailView"]
+__all__ = ["KEPT_HEADS", "Scanned", "TailCache", "TailView"]
 
 Scanned = tuple[int, bytes, str, int, int]
 """(position, value, run_id, first seq, count) of a stored value found by a scan."""
+KEPT_HEADS = 65_536
+"""Heads kept over an index write at most (a fleet's active runs; a few MiB)."""
 TailView = tuple[int, list[TailEntry], int]
 """(index mark the entries follow, the entries, the last position they cover)."""
 
@@ -50,7 +52,8 @@ class TailCache:
         return self._entries
 
     def head(self, run_id: str) -> Head | None:
-        """The run's head if its last records are in the tail (write path only)."""
+        """The run's head if its last records are in the tail, or were when this process
+        last indexed it (write path only)."""
         return self._heads.get(run_id)
 
     def sync(self, indexed: int, scan: Callable[[int], Iterable[Scanned]]) -> None:
@@ -66,11 +69,16 @@ class TailCache:
             self._scanned = position + count - 1
         self._publish()
 
-    def restart(self, indexed: int) -> None:
-        """Empty the tail: everything up to ``indexed`` is in the index now."""
+    def restart(self, indexed: int, heads: dict[str, Head] | None = None) -> None:
+        """Empty the tail: everything up to ``indexed`` is in the index now. ``heads``: the
+        heads of the runs this process's own commit moved, which indexed the whole tail
+        this cache knew: every head known stays true and is kept (up to KEPT_HEADS), so
+        a run's next append does not look its head up in the index."""
         self._base = self._scanned = indexed
         self._entries = []
-        self._heads = {}
+        if heads is None or len(self._heads) + len(heads) > KEPT_HEADS:
+            self._heads = {}
+        self._heads.update(heads or {})
         self._publish()
 
     def extend(self, new: Iterable[TailEntry], heads: dict[str, Head], last: int) -> None:

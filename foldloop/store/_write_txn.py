@@ -207,8 +207,8 @@ class WriteTxn:
             self._parent.commit()
             for run_id, number in self._numbered.items():
                 parts.numbers.remember(run_id, number)
-            if indexed:
-                tail.restart(self._next - 1)
+            if indexed:  # the whole tail as this cache knew it: its heads stay true
+                tail.restart(self._next - 1, self._heads)
             elif self._new:
                 tail.extend(self._new, self._heads, self._next - 1)
         finally:
