@@ -615,6 +615,49 @@ def test_a_lazy_pool_leaves_jobs_to_its_awake_thread_until_that_one_is_long_in_a
     pool.shutdown()
 
 
+class _Bail(BaseException):
+    """Outside FAILURES: it ends the pool thread it is raised on."""
+
+
+def test_a_lazy_pool_goes_on_past_a_thread_that_died_or_never_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    timers = Timers()
+    pool = Workers(4, "mortal-", call_later=timers.call_later)
+    try:
+        monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the dying thread
+
+        def bail() -> None:
+            raise _Bail
+
+        pool.submit(bail)
+        ran = threading.Event()
+        pool.submit(ran.set)
+        assert ran.wait(10), "a job was left to the thread that died"
+
+        real_start = threading.Thread.start
+        failed: list[str] = []
+
+        def start_once_failing(thread: threading.Thread) -> None:
+            if thread.name.startswith("mortal-") and not failed:
+                failed.append(thread.name)
+                raise RuntimeError("can't start new thread")
+            real_start(thread)
+
+        pool.shutdown()
+        pool = Workers(4, "mortal-", call_later=timers.call_later)
+        monkeypatch.setattr(threading.Thread, "start", start_once_failing)
+        first = threading.Event()
+        with pytest.raises(RuntimeError, match="can't start"):
+            pool.submit(first.set)
+        ran.clear()
+        pool.submit(ran.set)
+        assert ran.wait(10) and first.wait(10), "jobs were left to a thread never started"
+    finally:
+        pool.shutdown()
+        timers.stop()
+
+
 @pytest.mark.parametrize("lazy", [False, True])
 def test_jobs_racing_idle_threads_ending_all_run_in_a_lazy_pool_too(lazy: bool) -> None:
     timers = Timers()

@@ -54,7 +54,10 @@ class Workers:
         self._jobs: collections.deque[Callable[[], object]] = collections.deque()
         self._lock = threading.Lock()
         self._threads = 0
-        self._sleepers: list[threading.Lock] = []
+        """Threads running, or counted to start: a lazy pool leaves jobs to every one not
+        sleeping, so one counted must exist (``_start`` and ``_died`` count out those that
+        do not)."""
+        self._sleepers: dict[threading.Lock, None] = {}
         """Idle threads, each waiting for its own lock's release (the last in woken first):
         who was woken, and who timed out, is exact under ``_lock``, as a Condition's
         notify and timeout are not to its waiters."""
@@ -103,7 +106,8 @@ class Workers:
         self._start(started)
 
     def has_room(self) -> bool:
-        """Every job queued has a thread, idle or yet to start (none waits for one)."""
+        """Every job queued has a thread, sleeping or on its way, or one may start for it
+        (a lazy pool's job left to an awake thread counts as covered)."""
         with self._lock:
             covered = len(self._sleepers) + self._coming
             return len(self._jobs) <= covered or self._threads < self._limit
@@ -129,7 +133,7 @@ class Workers:
         wanted = len(self._jobs) - self._coming
         woken = max(0, min(wanted, len(sleepers)))
         for _ in range(woken):
-            sleepers.pop().release()
+            sleepers.popitem()[0].release()  # the last to sleep: the others may time out
         new = max(0, min(wanted - woken, self._limit - self._threads))
         self._threads += new
         self._coming += woken + new
@@ -156,10 +160,18 @@ class Workers:
         self._start(started)
 
     def _start(self, count: int) -> None:
-        """Start ``count`` threads ``_serve`` counted."""
-        for _ in range(count):
+        """Start ``count`` threads ``_serve`` counted; those that cannot start (the OS's
+        thread limit) are counted out again, so that no job is left to a thread that does
+        not exist, and the failure is raised."""
+        for started in range(count):
             name = f"{self._name}-{next(self._numbers)}"
-            threading.Thread(target=self._work, name=name, daemon=True).start()
+            try:
+                threading.Thread(target=self._work, name=name, daemon=True).start()
+            except BaseException:
+                with self._lock:
+                    self._threads -= count - started
+                    self._coming -= count - started
+                raise
 
     def reclaim(self) -> None:
         """Undo a ``lend``: a thread above the bound ends once its job is done."""
@@ -178,28 +190,28 @@ class Workers:
             self._closed = True
             self._coming += len(self._sleepers)  # each woken one counts itself out
             while self._sleepers:
-                self._sleepers.pop().release()
+                self._sleepers.popitem()[0].release()
 
     def _work(self) -> None:
         mark_own_thread()
         _current.pool, _current.slot = self, None
         me = threading.get_ident()
-        coming = True  # started for a job
+        started_for_job = True
         try:
-            while (job := self._next_job(me, coming)) is not None:
-                coming = False
+            while (job := self._next_job(me, started_for_job)) is not None:
+                started_for_job = False
                 if not self._run(job):
                     return
         finally:
             with self._lock:
                 self._took_at.pop(me, None)
 
-    def _next_job(self, me: int, coming: bool) -> Callable[[], object] | None:
+    def _next_job(self, me: int, started_for_job: bool) -> Callable[[], object] | None:
         """The next job queued, once there is one; None when this thread should end (the
-        pool shut down, or nothing came for ``keep_idle_s``). ``coming``: it was started
-        for a job (counted in ``_coming`` until it looks)."""
+        pool shut down, or nothing came for ``keep_idle_s``). ``started_for_job``: counted
+        in ``_coming`` until it looks."""
         with self._lock:
-            if coming:
+            if started_for_job:
                 self._coming -= 1
             self._took_at.pop(me, None)
             while not self._jobs:
@@ -208,18 +220,18 @@ class Workers:
                     return None
                 wake = threading.Lock()
                 wake.acquire()
-                self._sleepers.append(wake)
+                self._sleepers[wake] = None
                 self._lock.release()
                 try:
                     wake.acquire(timeout=self._keep_idle_s)
                 finally:
                     self._lock.acquire()
                 if wake in self._sleepers:  # nobody woke it for keep_idle_s
-                    self._sleepers.remove(wake)
+                    del self._sleepers[wake]
                     if not self._jobs:
                         self._threads -= 1
                         return None
-                else:  # woken for a job (counted coming), which another may have taken
+                else:  # woken, for a job (which another may have taken) or by shutdown
                     self._coming -= 1
             if self._closed:
                 self._threads -= 1
@@ -236,6 +248,9 @@ class Workers:
                 job()
             except FAILURES:
                 log.exception("worker_job_failed", pool=self._name)
+            except BaseException:  # outside FAILURES: it ends this thread
+                self._died()
+                raise
             job, _current.slot = _current.slot, None
             with self._lock:
                 if job is not None and self._closed:
@@ -254,3 +269,15 @@ class Workers:
                     self._requeue(job)
                 return False
         return True
+
+    def _died(self) -> None:
+        """This thread ends in its job: counted out (a lazy pool would leave jobs to it for
+        ever), its job too, and the slot job it left goes to another thread."""
+        slot, _current.slot = _current.slot, None
+        with self._lock:
+            self._threads -= 1
+            self._unfinished -= 1
+            if not self._unfinished:
+                self._finished.notify_all()
+        if slot is not None:
+            self._requeue(slot)
