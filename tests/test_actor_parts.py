@@ -658,23 +658,6 @@ def test_a_lazy_pool_goes_on_past_a_thread_that_died_or_never_started(
         timers.stop()
 
 
-@pytest.mark.parametrize("lazy", [False, True])
-def test_jobs_racing_idle_threads_ending_all_run_in_a_lazy_pool_too(lazy: bool) -> None:
-    timers = Timers()
-    pool = Workers(4, "racing-", keep_idle_s=0.001, call_later=timers.call_later if lazy else None)
-    ran = threading.Semaphore(0)
-    try:
-        for i in range(2000):
-            pool.submit(ran.release)
-            if i % 50 == 0:
-                threading.Event().wait(0.002)  # let threads go idle and end between submits
-        for _ in range(2000):
-            assert ran.acquire(timeout=30), "a job was left with no thread to run it"
-    finally:
-        pool.shutdown()
-        timers.stop()
-
-
 class _Noting(_Ending):
     """A hosted run that calls ``on_message(self, message)`` as it handles each one."""
 

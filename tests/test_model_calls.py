@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import foldloop as fl
+from foldloop.actors._timers import Timers
 from foldloop.actors._workers import Workers
 from foldloop.errors import ModelCallError
 from tests.waiting import wait_until
@@ -185,16 +186,21 @@ def test_a_bursts_threads_end_once_idle_and_the_pool_still_serves() -> None:
     pool.shutdown()
 
 
-def test_jobs_racing_idle_threads_ending_all_run() -> None:
-    pool = Workers(None, "race", keep_idle_s=0.001)
+@pytest.mark.parametrize(("limit", "lazy"), [(None, False), (4, False), (4, True)])
+def test_jobs_racing_idle_threads_ending_all_run(limit: int | None, lazy: bool) -> None:
+    timers = Timers()
+    pool = Workers(limit, "race", keep_idle_s=0.001, call_later=timers.call_later if lazy else None)
     ran = threading.Semaphore(0)
-    for i in range(2000):
-        pool.submit(ran.release)
-        if i % 50 == 0:
-            threading.Event().wait(0.002)  # let threads go idle and end between submits
-    for _ in range(2000):
-        assert ran.acquire(timeout=30), "a job was left with no thread to run it"
-    pool.shutdown()
+    try:
+        for i in range(2000):
+            pool.submit(ran.release)
+            if i % 50 == 0:
+                threading.Event().wait(0.002)  # let threads go idle and end between submits
+        for _ in range(2000):
+            assert ran.acquire(timeout=30), "a job was left with no thread to run it"
+    finally:
+        pool.shutdown()
+        timers.stop()
 
 
 def test_a_scripted_function_with_no_latency_may_block_and_is_not_capped(
