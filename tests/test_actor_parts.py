@@ -615,6 +615,27 @@ def test_a_lazy_pool_leaves_jobs_to_its_awake_thread_until_that_one_is_long_in_a
     pool.shutdown()
 
 
+def test_a_lazy_pool_leaves_jobs_to_a_thread_handing_its_outcome_on_however_long() -> None:
+    looks: list[Callable[[], None]] = []
+    pool = Workers(8, "handing-", call_later=lambda delay_s, look: looks.append(look))
+    handing, release, queued_ran = threading.Event(), threading.Event(), threading.Event()
+
+    def hands_on_slowly() -> None:
+        with pool.handing_on():  # a run's step, a lock of the runtime's: not a blocked call
+            handing.set()
+            release.wait(30)
+
+    pool.submit(hands_on_slowly)
+    assert handing.wait(10)
+    pool.submit(queued_ran.set)
+    time.sleep(LAZY_S * 2)  # longer than LAZY_S in its job
+    looks.pop()()
+    assert _threads_named("handing-") == 1, "a thread started behind one handing on"
+    release.set()
+    assert queued_ran.wait(10)
+    pool.shutdown()
+
+
 class _Bail(BaseException):
     """Outside FAILURES: it ends the pool thread it is raised on."""
 

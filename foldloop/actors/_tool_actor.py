@@ -22,7 +22,6 @@ from foldloop._log import get_logger
 from foldloop.actors._base import FAILURES, FastActor
 from foldloop.actors._event_loop import EventLoop, in_step_of
 from foldloop.actors._model_call import reply_bound
-from foldloop.actors._own_threads import outcome_in_hand
 from foldloop.actors._queued import Cancellable, QueuedCall
 from foldloop.actors._timers import Timer, Timers
 from foldloop.actors._workers import Workers
@@ -290,7 +289,7 @@ class ToolRunner:
                 self.pool.reclaim()
             if once.claim():
                 finished = self.finished(call.run_id, call.call_id, outcome)
-                with outcome_in_hand():
+                with self.pool.handing_on():
                     report(finished)
             else:
                 log.info("tool_result_late", run_id=call.run_id, call_id=call.call_id)

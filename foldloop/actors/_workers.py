@@ -16,14 +16,16 @@ in I/O, say), get threads of their own.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
+import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from foldloop._log import get_logger
 from foldloop.actors._base import FAILURES
-from foldloop.actors._own_threads import holding_outcome, mark_own_thread
+from foldloop.actors._own_threads import holding_outcome, mark_own_thread, outcome_in_hand
 
 __all__ = ["LAZY_S", "Workers"]
 
@@ -138,6 +140,17 @@ class Workers:
         self._threads += new
         self._coming += woken + new
         return new
+
+    @contextlib.contextmanager
+    def handing_on(self) -> Iterator[None]:
+        """(A pool thread.) ``outcome_in_hand`` for a job whose own work is done: what is
+        left (a run's step, a lock of the runtime's) is no call blocked in I/O, so however
+        long it takes, a lazy pool leaves the jobs queued to this thread."""
+        if self._call_later is not None:
+            with self._lock:
+                self._took_at[threading.get_ident()] = math.inf
+        with outcome_in_hand():
+            yield
 
     def _arm_check(self) -> None:
         """(Lock held.) Look again in LAZY_S, in case no submit comes to."""
