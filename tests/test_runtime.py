@@ -19,6 +19,7 @@ import msgspec
 import pytest
 
 import foldloop as fl
+from foldloop.actors import _tool_actor
 from foldloop.core import fold
 from tests.log_capture import capture_logs
 from tests.peak import Peak
@@ -130,6 +131,40 @@ def test_a_tool_past_its_timeout_fails_with_kind_timeout_and_the_run_goes_on(
         assert returned.wait(10)
         wait_until(lambda: logged(logs, "tool_result_late", run_id=run.id), 10, "the drop")
     assert "tool.completed" not in types(rt, run.id)
+
+
+def test_the_call_behind_a_timed_out_one_starts_before_the_timeout_is_logged(
+    rt: fl.Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first log record of a process may take long (its logging set up then): the
+    # call's place is handed on first.
+    release, second = threading.Event(), threading.Event()
+
+    @fl.tool(timeout=0.2, concurrency=1, idempotent=True)
+    def one_at_a_time(n: int) -> str:
+        """Hang on the first call."""
+        if n == 1:
+            release.wait(30)  # past the log's wait below: only the timeout frees its place
+        else:
+            second.set()
+        return str(n)
+
+    seen_at_log: list[bool] = []
+
+    class SlowLog:
+        def warning(self, event: str, **fields: object) -> None:
+            if event == "tool_timed_out":
+                seen_at_log.append(second.wait(5))
+
+    monkeypatch.setattr(_tool_actor, "log", SlowLog())
+    calls = [fl.ToolCall("one_at_a_time", {"n": 1}), fl.ToolCall("one_at_a_time", {"n": 2})]
+    llm = fl.ScriptedLLM([fl.Reply(tool_calls=calls), fl.Reply(text="ok")])
+    try:
+        run = rt.spawn(fl.Agent(name="queued", llm=llm, tools=[one_at_a_time]), "go")
+        assert run.wait(timeout=30).ok
+    finally:
+        release.set()
+    assert seen_at_log == [True], "the queued call waited for the timeout's log record"
 
 
 def stuck_agent() -> tuple[fl.Agent, threading.Event, threading.Event]:

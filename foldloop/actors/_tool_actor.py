@@ -174,9 +174,9 @@ class ToolRunner:
         return outcome_command(call_id, outcome, self.clock())
 
     def timed_out(self, run_id: str, call_id: str, started: float) -> ToolFinished:
-        """The outcome of a call still running ``timeout`` s after ``started`` (monotonic)."""
+        """The outcome of a call still running ``timeout`` s after ``started`` (monotonic);
+        ``say_timed_out`` once it is handed on (the first log record may take long)."""
         timeout = self.tool.timeout or 0.0
-        log.warning("tool_timed_out", run_id=run_id, tool=self.tool.name, timeout_s=timeout)
         return ToolFinished(
             now=self.clock(),
             call_id=call_id,
@@ -184,6 +184,11 @@ class ToolRunner:
             result=f"tool {self.tool.name!r} did not finish within {timeout:g} s",
             kind="timeout",
             duration_ms=round((time.monotonic() - started) * 1000, 3),
+        )
+
+    def say_timed_out(self, run_id: str) -> None:
+        log.warning(
+            "tool_timed_out", run_id=run_id, tool=self.tool.name, timeout_s=self.tool.timeout
         )
 
     def _free(self) -> bool:
@@ -227,6 +232,7 @@ class ToolRunner:
         def expire() -> None:
             if once.claim():
                 deliver(self.timed_out(run_id, call_id, started))
+                self.say_timed_out(run_id)
 
         return self.timers.call_later(timeout, expire)
 
@@ -345,6 +351,7 @@ class ToolRunner:
             self.loop.abandon(task)
             if once.claim():
                 report(self.timed_out(call.run_id, call.call_id, started))
+                self.say_timed_out(call.run_id)
 
         timeout = self.tool.timeout
         timer = None if timeout is None else asyncio.get_running_loop().call_later(timeout, expire)
