@@ -13,7 +13,6 @@ import contextlib
 import datetime
 import json
 import logging
-import math
 import os
 import shlex
 import signal
@@ -42,6 +41,7 @@ from foldloop.cli._exit_codes import (
     EXIT_USAGE,
 )
 from foldloop.cli._fit import free
+from foldloop.cli._hints import LIMIT_OPTIONS
 from foldloop.cli._hints import advice as _advice
 from foldloop.cli._hints import invocation as _invocation
 from foldloop.cli._interrupt import pause, waited
@@ -269,27 +269,32 @@ def resume(
     ] = None,
 ) -> None:
     """Continue a resumable run and wait for it to settle."""
-    for option, value in (("--max-seconds", max_seconds), ("--max-cost-usd", max_cost_usd)):
-        if value is not None and not 0 < value < math.inf:
-            _fail(EXIT_USAGE, f"{option} is a ceiling to raise to: give a finite number above 0")
+    extend = _raised_limits(
+        max_steps=max_steps,
+        max_tokens=max_tokens,
+        max_seconds=max_seconds,
+        max_cost_usd=max_cost_usd,
+    )
     loaded = _load_agent(agent)
-    raised = (max_steps, max_tokens, max_seconds, max_cost_usd) != (None, None, None, None)
     with _runtime(_store(), agents=(loaded,), hint=_AGENT_HINT) as rt:
-        extend = (
-            Limits(
-                max_steps=max_steps,
-                max_tokens=max_tokens,
-                max_seconds=max_seconds,
-                max_cost_usd=max_cost_usd,
-            )
-            if raised
-            else None
-        )
         result = waited(rt.resume(run, extend=extend))
         _prose(f"{escape(run)}: {result.status.value} {escape(result.reason or result.output)}")
         if result.status is not RunStatus.COMPLETED:
             advice = _advice(run, result.status, rt.state(run), list(rt.events(run)))
             _prose(f"next: {escape(advice)}")
+
+
+def _raised_limits(**given: Any) -> Limits | None:
+    """The ceilings given (None: none), each checked by ``fl.Limits``'s own rule and a
+    refusal said in the option's words."""
+    raised: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
+    for name, value in raised.items():
+        try:
+            Limits(**{name: value})
+        except ConfigError:
+            option = LIMIT_OPTIONS[name]
+            _fail(EXIT_USAGE, f"{option} is a ceiling to raise to: give a finite number above 0")
+    return Limits(**raised) if raised else None
 
 
 @app.command()
