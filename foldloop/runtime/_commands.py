@@ -48,9 +48,9 @@ from foldloop.runtime._rules import (
     evolve_all,
     input_room,
     merged,
+    metadata_pairs,
     new_run_id,
     partly_spawned,
-    plain_metadata,
     priced_limits,
 )
 from foldloop.runtime._trees import TreeWork
@@ -183,7 +183,7 @@ class Commands:
             self._agents.check(agent)
         ids = list(run_ids) if run_ids is not None else [None] * len(inputs)
         check_spawn("", None, metadata, parent_run_id)  # once: the same for every input
-        meta = tuple(sorted((plain_metadata(metadata) or {}).items()))
+        meta = metadata_pairs(metadata)
         now = self._clock()
         limits = priced_limits(agent, now)
         room = None  # one input: its encode refuses it unwritten (spawn's path: one encode)

@@ -52,6 +52,7 @@ from foldloop.runtime._rules import (
     check_inputs,
     check_spawn,
     input_room,
+    metadata_pairs,
     new_run_id,
     plain_metadata,
     priced_limits,
@@ -351,7 +352,7 @@ class WorkerPool(ClosedOnExit):
                 self._agents[name],
                 now=now,
                 limits=priced_limits(self._agents[name], now),
-                metadata=tuple(sorted((meta or {}).items())),
+                metadata=metadata_pairs(meta),
                 parent_run_id=None,
                 max_event_bytes=self.runtime.store.max_event_bytes,
             )

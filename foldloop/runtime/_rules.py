@@ -33,9 +33,12 @@ __all__ = [
     "check_spawn",
     "check_text",
     "evolve_all",
+    "input_room",
     "iso",
     "merged",
+    "metadata_pairs",
     "new_run_id",
+    "plain_metadata",
     "priced_limits",
     "tool_drift",
 ]
@@ -162,6 +165,11 @@ def plain_metadata(metadata: Mapping[str, str] | None) -> dict[str, str] | None:
     if metadata is None:
         return None
     return {plain_str(key): plain_str(value) for key, value in metadata.items()}
+
+
+def metadata_pairs(metadata: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    """Checked metadata as run.started records it: sorted pairs of plain str."""
+    return tuple(sorted((plain_metadata(metadata) or {}).items()))
 
 
 _STR_HEADER_GROWTH = 4
