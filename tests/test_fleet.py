@@ -265,15 +265,12 @@ def test_a_queued_sync_call_never_starts_once_cancel_returns(tmp_path: Path) -> 
 
     agent = fl.Agent(name="payer", llm=pays_once(), tools=[pay])
     with fl.Runtime.open(tmp_path / "s", agents=[agent]) as rt:
+        pool = rt.system.tool_runner(agent, "pay").pool
         for i in range(20):
             holder = rt.spawn(agent, f"hold{i}")
             wait_until(lambda i=i: f"hold{i}" in ran, 10, "the slot to be taken")
             queued = rt.spawn(agent, f"queued{i}")
-            wait_until(
-                lambda q=queued: "tool.requested" in [r.type for r in rt.events(q.id)],
-                10,
-                "the second call to be requested (and queued behind the first)",
-            )
+            wait_until(lambda: not pool.has_room(), 10, "the second call to queue")
             queued.cancel(reason="never mind")
             releases.setdefault(f"hold{i}", threading.Event()).set()  # the slot frees now
             assert holder.wait(timeout=10).ok
