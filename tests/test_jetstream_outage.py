@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import foldloop as fl
+import foldloop.runtime._facade as facade
 from foldloop.errors import StoreError
 from foldloop.store import answer_by
 from foldloop.store._answer_by import LAST_LOOK_S, read_timeout
@@ -22,9 +23,12 @@ def asks_slowly(messages: Sequence[fl.Message], tools: Sequence[object]) -> fl.R
 
 
 def test_a_wait_with_a_timeout_gives_up_with_it_while_the_server_is_away(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Its reads retried for 30 s each: wait(timeout=2) raised after 31-37 s.
+    # The close's own waits for a server gone are test_jetstream_runtime's: short here.
+    monkeypatch.setattr(facade, "THREADS_STOP_S", 1.0)
+    monkeypatch.setattr(facade, "FLUSH_WAIT_S", 1.0)
     server = start_server(tmp_path)
     agent = fl.Agent(name="slow", llm=fl.ScriptedLLM(asks_slowly, latency_s=120))
     before = set(threading.enumerate())
