@@ -3,7 +3,7 @@
 ``run_numbers`` maps a run id to its number and ``run_ids`` the number back; a number is
 given once, the next after the last one given, and never reused. Numbers never change once
 committed, so a cached one is never stale; the cache is bounded (``KEPT``) so that a store
-of a million runs costs a process no more memory than one of a thousand.
+of a million runs costs a process no more than a few MiB for it.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from foldloop.store._framing import pack_run, unpack_run
 
 __all__ = ["KEPT", "RunNumbers"]
 
-KEPT = 2048
-"""Run numbers a process keeps cached (a run's number is read from LMDB when not)."""
+KEPT = 65_536
+"""Run numbers a process keeps cached (a run's number is read from LMDB when not): a
+fleet's runs in flight, as ``KEPT_HEADS`` (fewer, and a fleet stepping through them all
+starts the cache over again and again, reading each number at each append)."""
 
 
 class RunNumbers:
