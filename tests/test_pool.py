@@ -117,6 +117,18 @@ def test_spawn_many_spreads_the_runs_over_the_workers_in_input_order(
         assert all(h.wait(timeout=60).ok for h in (*mixed, lone))
 
 
+def test_spawn_many_of_fewer_runs_than_a_request_holds_gives_each_worker_a_share(
+    store_path: Path,
+) -> None:
+    # 12 runs went in one request to one worker: a worker's max_active_runs then capped them.
+    with fl.WorkerPool(store_path, agents=["pool_agents:calc"], processes=2) as pool:
+        handles = pool.spawn_many("calc", [f"sum {i}" for i in range(12)])
+        assert [w.spawned for w in pool.workers] == [6, 6]
+        handles += pool.spawn_many("calc", [f"sum {i}" for i in range(3)])
+        assert sorted(w.spawned for w in pool.workers) == [7, 8]
+        assert all(h.wait(timeout=60).ok for h in handles)
+
+
 def test_spawn_many_refuses_an_input_its_run_started_cannot_hold_before_sending_any(
     store_path: Path,
 ) -> None:

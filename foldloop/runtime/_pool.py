@@ -132,6 +132,12 @@ class PooledRunHandle(RunHandle):
             self._ops.cancel(self.id, reason)
 
 
+def chunk_size(inputs: int, workers: int) -> int:
+    """Inputs a ``spawn_many`` request carries: ``SPAWN_CHUNK``, or fewer so that each worker
+    gets a share (12 runs in one request would leave a worker of two idle)."""
+    return max(1, min(SPAWN_CHUNK, -(-inputs // max(1, workers))))
+
+
 class WorkerPool(ClosedOnExit):
     """``processes`` worker processes driving runs of ``agents`` on the store at ``path``.
 
@@ -371,12 +377,10 @@ class WorkerPool(ClosedOnExit):
             return self._pick().request(request)
 
         spawns = Spawns(self.runtime.store, run_ids, send, call="spawn_many")
-        chunks = (
-            list(range(at, min(at + SPAWN_CHUNK, len(texts))))
-            for at in range(0, len(texts), SPAWN_CHUNK)
-        )
+        size = chunk_size(len(texts), len(self._workers))
+        chunks = (list(range(at, min(at + size, len(texts)))) for at in range(0, len(texts), size))
         with self._spawn_call(), self._endings.expecting(run_ids):
-            return spawns.run(chunks, max(1, SPAWN_WINDOW // SPAWN_CHUNK), self._handle)
+            return spawns.run(chunks, max(1, SPAWN_WINDOW // size), self._handle)
 
     @contextlib.contextmanager
     def _spawn_call(self) -> Iterator[None]:
