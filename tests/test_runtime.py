@@ -846,6 +846,12 @@ def test_second_runtime_cannot_resume_a_run_driven_elsewhere(store_path: Path) -
             child.kill()
             child.wait()
             assert rt.runs()[0].status is fl.RunStatus.INTERRUPTED  # the lease died with it
+            stranger = fl.Agent(name="other", llm=fl.ScriptedLLM([fl.Reply(text="no")]))
+            with capture_logs() as logs, fl.Runtime.open(store_path, agents=[stranger]) as other:
+                assert other.recover() == []  # not its agent's run: left, and said so
+                assert other.recover() == []  # said once, not at each recover
+            said = [e for e in logs if e["event"] == "recover_left_runs_of_unknown_agents"]
+            assert [e["agents"] for e in said] == [{"slow": 1}]
             (handle,) = rt.recover()
             assert handle.wait(timeout=30).output == "mine"
     finally:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import collections
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +71,8 @@ class Recovery:
         """Resumes a run as it stands (no limits extended)."""
         self._cancel_child = cancel_child
         self._shared = store if isinstance(store, WorkQueue) else None
+        self._unknown_said: set[str] = set()
+        """Agents whose runs a recover left, said once (a worker recovers every few s)."""
         self._taking_queue = threading.Lock()
 
     def recover(self) -> list[str]:
@@ -79,6 +82,7 @@ class Recovery:
         queued: list[str] = []
         orphans = []
         released: set[str] = set()  # queued runs nobody holds: on a shared queue, still there
+        unknown: collections.Counter[str] = collections.Counter()  # runs left, by agent
         leases = self._store.leases()
         alive = {self._owner: True}  # each owner asked about once a scan (JetStream: a request)
         for run_id in self._store.run_ids():
@@ -104,6 +108,7 @@ class Recovery:
                 log.warning("recover_skipped", run_id=state.run_id, error=str(state.error))
                 continue
             if self._agents.named(state.agent) is None:
+                unknown[state.agent] += 1
                 continue
             ended = self._trees.cancel_reason(state)
             if ended is not None:  # a cascade cut short, or a child its parent gave up on
@@ -115,6 +120,14 @@ class Recovery:
                     queued.append(state.run_id)
                 continue
             running.append(state)
+        if not unknown.keys() <= self._unknown_said:
+            self._unknown_said.update(unknown)
+            log.warning(
+                "recover_left_runs_of_unknown_agents",
+                runs=sum(unknown.values()),
+                agents=dict(unknown.most_common(10)),
+                advice="open a runtime with these agents (or register them) and recover there",
+            )
         return self._resume_all(running) + self.take_queued(queued)
 
     def _resume_all(self, states: list[RunState]) -> list[str]:
