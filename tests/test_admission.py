@@ -454,6 +454,34 @@ def _cli(store: Path, *args: str) -> str:
     return out.stdout
 
 
+def test_the_cli_cancel_of_a_run_queued_in_a_live_runtime_says_it_is_held_queued(
+    store_path: Path,
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, str(WORKER), str(store_path), "--ids", "z0,y1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _read_until(proc, {"QUEUED"})
+        out = subprocess.run(
+            [*CLI, "--store", str(store_path), "cancel", "y1"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    said = " ".join(out.stderr.split())
+    assert out.returncode == 1, out.stderr
+    assert "a live runtime in another process holds it queued" in said, said
+    assert "drives it" not in said
+
+
 def test_queued_runs_survive_a_sigkill_and_recover_admits_them_in_spawn_order(
     store_path: Path,
 ) -> None:

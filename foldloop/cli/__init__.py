@@ -323,6 +323,11 @@ _ELSEWHERE = (
     "a live runtime in another process drives it, and a cancel reaches a run only through "
     "the runtime driving it: cancel it in that process, or stop that process and run "
 )
+_HELD_QUEUED = (
+    "a live runtime in another process holds it queued (it starts there in its turn), and a "
+    "cancel reaches a run only through the runtime holding it: cancel it in that process, or "
+    "stop that process and run "
+)
 
 
 @app.command()
@@ -338,9 +343,8 @@ def cancel(
         try:
             rt.handle(run).cancel(reason)
         except RunLocked:
-            _fail(
-                EXIT_ERROR, f"cannot cancel {run!r} from here: {_ELSEWHERE}`foldloop cancel {run}`"
-            )
+            why = _HELD_QUEUED if ended.status is RunStatus.QUEUED else _ELSEWHERE
+            _fail(EXIT_ERROR, f"cannot cancel {run!r} from here: {why}`foldloop cancel {run}`")
         elsewhere = cancel_below(rt, run)
         below = len(cancelled_below(rt, run) - before)
         if ended.terminal and not below and not elsewhere:
