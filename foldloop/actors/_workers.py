@@ -19,7 +19,6 @@ import collections
 import contextlib
 import itertools
 import math
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,11 +31,8 @@ __all__ = ["LAZY_S", "Workers"]
 
 log = get_logger(__name__)
 
-LAZY_S = 10 * sys.getswitchinterval()
-"""How long a lazy pool's jobs wait behind busy threads before more threads start: ten of
-the interpreter's switch intervals (50 ms at Python's default), well past what a thread of
-a busy process waits for the lock (at 10 ms, a fleet's trivial tool grew to eight threads
-that then contended for it; ``bench_fleet.py --case 10k``)."""
+LAZY_S = 0.01
+"""How long a lazy pool's jobs wait behind busy threads before more threads start."""
 
 _current = threading.local()
 """``pool``: the Workers the current thread works for; ``slot``: the job it runs next."""
