@@ -120,12 +120,13 @@ class Recovery:
                     queued.append(state.run_id)
                 continue
             running.append(state)
-        if not unknown.keys() <= self._unknown_said:
-            self._unknown_said.update(unknown)
+        new = collections.Counter({a: n for a, n in unknown.items() if a not in self._unknown_said})
+        if new:
+            self._unknown_said.update(new)
             log.warning(
                 "recover_left_runs_of_unknown_agents",
-                runs=sum(unknown.values()),
-                agents=dict(unknown.most_common(10)),
+                runs=sum(new.values()),
+                agents=dict(new.most_common(10)),
                 advice="open a runtime with these agents (or register them) and recover there",
             )
         return self._resume_all(running) + self.take_queued(queued)
