@@ -846,6 +846,8 @@ def test_second_runtime_cannot_resume_a_run_driven_elsewhere(store_path: Path) -
             child.kill()
             child.wait()
             assert rt.runs()[0].status is fl.RunStatus.INTERRUPTED  # the lease died with it
+            done = fl.Agent(name="done", llm=fl.ScriptedLLM([fl.Reply(text="ok")]))
+            assert rt.spawn(done, "go").wait(timeout=30).ok  # ended: nothing of it is left
             stranger = fl.Agent(name="other", llm=fl.ScriptedLLM([fl.Reply(text="no")]))
             with capture_logs() as logs, fl.Runtime.open(store_path, agents=[stranger]) as other:
                 assert other.recover() == []  # not its agent's run: left, and said so

@@ -108,7 +108,8 @@ class Recovery:
                 log.warning("recover_skipped", run_id=state.run_id, error=str(state.error))
                 continue
             if self._agents.named(state.agent) is None:
-                unknown[state.agent] += 1
+                if state.status in (RunStatus.RUNNING, RunStatus.QUEUED):  # else nothing left
+                    unknown[state.agent] += 1
                 continue
             ended = self._trees.cancel_reason(state)
             if ended is not None:  # a cascade cut short, or a child its parent gave up on
@@ -122,11 +123,12 @@ class Recovery:
             running.append(state)
         new = collections.Counter({a: n for a, n in unknown.items() if a not in self._unknown_said})
         if new:
-            self._unknown_said.update(new)
+            named = dict(new.most_common(10))  # the rest are named by a later recover
+            self._unknown_said.update(named)
             log.warning(
                 "recover_left_runs_of_unknown_agents",
-                runs=sum(new.values()),
-                agents=dict(new.most_common(10)),
+                runs=sum(named.values()),
+                agents=named,
                 advice="open a runtime with these agents (or register them) and recover there",
             )
         return self._resume_all(running) + self.take_queued(queued)
