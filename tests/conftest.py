@@ -24,10 +24,13 @@ settings.register_profile("nightly", max_examples=5000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """``-n auto``: one worker more than the cores this process may use. Most tests wait on
     subprocesses, servers and timers, so cores-many workers leave a third of the CPU idle
-    (2 cores: 4:43 at two workers, 3:24 at three)."""
+    (2 cores: 4:43 at two workers, 3:24 at three). ``-n logical`` and
+    PYTEST_XDIST_AUTO_NUM_WORKERS keep xdist's own meaning (None: its hook answers)."""
+    if config.option.numprocesses != "auto" or os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
