@@ -343,7 +343,8 @@ def cancel(
         try:
             rt.handle(run).cancel(reason)
         except RunLocked:
-            why = _HELD_QUEUED if ended.status is RunStatus.QUEUED else _ELSEWHERE
+            queued = rt.state(run).status is RunStatus.QUEUED  # now: it may have started since
+            why = _HELD_QUEUED if queued else _ELSEWHERE
             _fail(EXIT_ERROR, f"cannot cancel {run!r} from here: {why}`foldloop cancel {run}`")
         elsewhere = cancel_below(rt, run)
         below = len(cancelled_below(rt, run) - before)
