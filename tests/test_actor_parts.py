@@ -579,9 +579,38 @@ def _threads_named(prefix: str) -> int:
     return sum(t.name.startswith(prefix) for t in threading.enumerate())
 
 
+class Looks:
+    """A lazy pool's looks, armed by it and run by the test, each when due or later."""
+
+    def __init__(self) -> None:
+        self.armed: list[tuple[float, Callable[[], None]]] = []
+
+    def call_later(self, delay_s: float, look: Callable[[], None]) -> None:
+        self.armed.append((time.monotonic() + delay_s, look))
+
+    def __len__(self) -> int:
+        return len(self.armed)
+
+    def run(self, late_s: float = 0.0) -> None:
+        """Run the look armed last, ``late_s`` past its due time."""
+        due, look = self.armed.pop()
+        time.sleep(max(0.0, due + late_s - time.monotonic()))
+        look()
+
+    def run_until(self, done: threading.Event, timeout: float = 10) -> None:
+        """Run each look as it falls due until ``done`` (the look re-arms while it waits)."""
+        deadline = time.monotonic() + timeout
+        while not done.is_set():
+            assert time.monotonic() < deadline, "the looks never served the job"
+            if self.armed:
+                self.run()
+            else:
+                done.wait(0.01)
+
+
 def test_a_lazy_pool_leaves_jobs_to_its_awake_thread_until_that_one_is_long_in_a_job() -> None:
-    looks: list[Callable[[], None]] = []
-    pool = Workers(8, "lazy-", call_later=lambda delay_s, look: looks.append(look))
+    looks = Looks()
+    pool = Workers(8, "lazy-", call_later=looks.call_later)
     release, started, second_ran = threading.Event(), threading.Event(), threading.Event()
     ran: list[tuple[int, str]] = []
 
@@ -599,25 +628,47 @@ def test_a_lazy_pool_leaves_jobs_to_its_awake_thread_until_that_one_is_long_in_a
     wait_until(lambda: len(ran) == 5, 10, "the queued jobs to run")
     assert [i for i, _ in ran] == [0, 1, 2, 3, 4]
     assert len({name for _, name in ran}) == 1
-    looks.pop()()  # due now: nothing waits, nothing starts
+    looks.run()  # nothing waits, nothing starts
     assert _threads_named("lazy-") == 1
 
-    # Behind a thread LAZY_S into one job (blocked), the look starts a thread for the next.
+    # Behind a thread LAZY_S into one job (blocked), a look on time starts a thread for the
+    # next (each look runs when due: late ones wait longer, below).
     started.clear()
     release.clear()
     pool.submit(blocks)
     assert started.wait(10)
     pool.submit(second_ran.set)
-    time.sleep(LAZY_S * 2)  # the blocked job is now older than LAZY_S
-    looks.pop()()
-    assert second_ran.wait(10), "a job waited behind a blocked one with threads to spare"
+    looks.run_until(second_ran)
+    assert _threads_named("lazy-") == 2
+    release.set()
+    pool.shutdown()
+
+
+def test_a_late_look_counts_a_job_blocked_only_past_twice_its_lateness() -> None:
+    # A look run late says the process's threads wait that long for the interpreter lock:
+    # a thread in its job for less than LAZY_S past twice that may be one of them.
+    looks = Looks()
+    pool = Workers(8, "late-", call_later=looks.call_later)
+    release, started, second_ran = threading.Event(), threading.Event(), threading.Event()
+
+    def blocks() -> None:
+        started.set()
+        release.wait(30)
+
+    pool.submit(blocks)
+    assert started.wait(10)
+    pool.submit(second_ran.set)
+    looks.run(late_s=1.0)  # its job is ~1 s old then: under LAZY_S + 2 x 1 s
+    assert _threads_named("late-") == 1, "a late look took a thread waiting its turn as blocked"
+    assert len(looks) == 1  # it looks again
+    looks.run_until(second_ran)  # on time, the blocked job is served
     release.set()
     pool.shutdown()
 
 
 def test_a_lazy_pool_leaves_jobs_to_a_thread_handing_its_outcome_on_however_long() -> None:
-    looks: list[Callable[[], None]] = []
-    pool = Workers(8, "handing-", call_later=lambda delay_s, look: looks.append(look))
+    looks = Looks()
+    pool = Workers(8, "handing-", call_later=looks.call_later)
     handing, release, queued_ran = threading.Event(), threading.Event(), threading.Event()
 
     def hands_on_slowly() -> None:
@@ -629,7 +680,7 @@ def test_a_lazy_pool_leaves_jobs_to_a_thread_handing_its_outcome_on_however_long
     assert handing.wait(10)
     pool.submit(queued_ran.set)
     time.sleep(LAZY_S * 2)  # longer than LAZY_S in its job
-    looks.pop()()
+    looks.run()
     assert _threads_named("handing-") == 1, "a thread started behind one handing on"
     release.set()
     assert queued_ran.wait(10)

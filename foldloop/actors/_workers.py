@@ -32,7 +32,8 @@ __all__ = ["LAZY_S", "Workers"]
 log = get_logger(__name__)
 
 LAZY_S = 0.01
-"""How long a lazy pool's jobs wait behind busy threads before more threads start."""
+"""How long a lazy pool's jobs wait behind busy threads before more threads start (in a
+quiet process: a look that runs late waits longer, see ``Workers._check``)."""
 
 _current = threading.local()
 """``pool``: the Workers the current thread works for; ``slot``: the job it runs next."""
@@ -73,6 +74,7 @@ class Workers:
         self._took_at: dict[int, float] = {}
         """When each awake thread (by ident) took its job (lazy pools only)."""
         self._check_armed = False
+        self._check_due = 0.0  # when the look armed is due (time.monotonic())
 
     def submit(self, job: Callable[[], object]) -> None:
         """Queue ``job``; wake or start a thread for it if it needs one and the bound allows.
@@ -156,15 +158,20 @@ class Workers:
         """(Lock held.) Look again in LAZY_S, in case no submit comes to."""
         if not self._check_armed and self._call_later is not None:
             self._check_armed = True
+            self._check_due = time.monotonic() + LAZY_S
             self._call_later(LAZY_S, self._check)
 
     def _check(self) -> None:
-        """Serve the jobs still waiting if every awake thread has been in its job LAZY_S."""
+        """Serve the jobs still waiting if every awake thread has been in its job LAZY_S past
+        twice the look's own lateness: a look late by that much says this process's threads
+        wait that long for the interpreter lock, and a thread waiting for it is not blocked
+        (in a busy fleet a trivial tool's pool grew to eight threads on LAZY_S alone)."""
         with self._lock:
             self._check_armed = False
             if self._closed or not self._jobs:
                 return
-            since = time.monotonic() - LAZY_S
+            now = time.monotonic()
+            since = now - LAZY_S - 2 * max(0.0, now - self._check_due)
             awake = self._threads - len(self._sleepers)
             if awake > len(self._took_at) or any(t > since for t in self._took_at.values()):
                 self._arm_check()  # one is starting, or taking job after job: it reaches them
