@@ -164,12 +164,21 @@ def stopped(pids: list[int]) -> None:
 
 
 HOST = """
-import sys, threading
+import os, sys, threading, time
 import foldloop as fl
+from foldloop.tools import _reaper
 script = 'trap "" TERM; sleep 300 & echo $! > {pids}/grandchild; echo $$ > {pids}/command; wait'
 threading.Thread(target=fl.run_command, args=(["sh", "-c", script], 600)).start()
 untagged = 'echo $$ > {pids}/untagged; exec env -u FOLDLOOP_COMMAND_TAG sleep 300'
 threading.Thread(target=fl.run_command, args=(["sh", "-c", untagged], 600)).start()
+
+def told():  # the reaper knows each command's group (the untagged one is found by it alone)
+    commands = _reaper._reaper._commands
+    while len(commands) < 3 or any(pgid is None for pgid, _ in list(commands.values())):
+        time.sleep(0.01)
+    open("{pids}/told", "w").write(str(os.getpid()))
+
+threading.Thread(target=told, daemon=True).start()
 fl.run_command(["sh", "-c", "sleep 300 & echo $! > {pids}/second; wait"], 600)
 """
 
@@ -178,7 +187,7 @@ def test_the_commands_of_a_host_killed_by_sigkill_are_stopped(tmp_path: Path) ->
     """The host's death, even a SIGKILL, stops the groups of the commands it was running,
     one that ignores SIGTERM too (SIGKILL follows), one that dropped its tag (found by the
     group the reaper was told)."""
-    stopped(killed_host(tmp_path, HOST, ("command", "grandchild", "untagged", "second")))
+    stopped(killed_host(tmp_path, HOST, ("command", "grandchild", "untagged", "second", "told")))
 
 
 def test_tags_are_never_the_same_in_two_processes_of_one_pid() -> None:
