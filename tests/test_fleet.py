@@ -460,6 +460,14 @@ def test_spawn_many_refuses_one_str_for_its_inputs(tmp_path: Path) -> None:
             rt.spawn_many(agent, 42)  # type: ignore[arg-type]
         with pytest.raises(fl.ConfigError, match=r"inputs\[1\]: input must be a str"):
             rt.spawn_many(agent, ["fine", 3])  # type: ignore[list-item]
+        with pytest.raises(fl.ConfigError, match=r"^inputs\[0\]: input must be a str"):
+            rt.spawn_many(agent, [3])  # type: ignore[list-item]  # one input: named all the same
+        with pytest.raises(fl.ConfigError, match=r"^input must be a str"):
+            rt.spawn(agent, 3)  # type: ignore[arg-type]  # spawn's one input has no index
+        with pytest.raises(fl.ConfigError, match=r"^inputs\[0\]: input is 2,000,000 bytes"):
+            rt.spawn_many(agent, ["x" * 2_000_000])
+        with pytest.raises(fl.ConfigError, match=r"^input is 2,000,000 bytes"):
+            rt.spawn(agent, "x" * 2_000_000)
         assert rt.runs() == []
 
 

@@ -157,7 +157,12 @@ class Commands:
 
         Past ``max_active_runs`` the run is recorded queued and waits its turn (FIFO)."""
         return self.spawn_many(
-            agent, [input], run_ids=[run_id], metadata=metadata, parent_run_id=parent_run_id
+            agent,
+            [input],
+            run_ids=[run_id],
+            metadata=metadata,
+            parent_run_id=parent_run_id,
+            indexed=False,
         )[0]
 
     def spawn_many(
@@ -168,6 +173,7 @@ class Commands:
         run_ids: Sequence[str | None] | None = None,
         metadata: Mapping[str, str] | None,
         parent_run_id: str | None = None,
+        indexed: bool = True,
     ) -> list[str]:
         """Start a run of ``agent`` on each input, in order; returns once every run.started
         is durable. Their writes are under way together, so they share commits. Nothing is
@@ -176,7 +182,8 @@ class Commands:
         (the first failure itself when none did, or for a single input). On a shared work
         queue a runtime drives only the agents it was opened with: it enqueues the others'
         runs for the runtimes that have them (here it would run their tools, an approval's
-        included, and take its queued runs up in a wait)."""
+        included, and take its queued runs up in a wait). A refused input is named by its
+        index (``indexed``; not for ``spawn``'s one)."""
         if self._shared is None:
             self._agents.register(agent)
         else:
@@ -186,8 +193,8 @@ class Commands:
         meta = metadata_pairs(metadata)
         now = self._clock()
         limits = priced_limits(agent, now)
-        room = None  # one input: its encode refuses it unwritten (spawn's path: one encode)
-        if len(inputs) > 1:
+        room = None  # spawn's one input: its encode refuses it unwritten (one encode)
+        if indexed:
             room = input_room(
                 agent,
                 now=now,
@@ -200,7 +207,7 @@ class Commands:
             try:
                 check_spawn(text, run_id, None, None, room=room)
             except ConfigError as exc:
-                if len(inputs) == 1:
+                if not indexed:
                     raise
                 raise ConfigError(f"inputs[{index}]: {exc.fact}", advice=exc.advice) from None
         inputs = [plain_str(text) for text in inputs]
