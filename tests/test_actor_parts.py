@@ -597,15 +597,15 @@ class Looks:
         time.sleep(max(0.0, due + late_s - time.monotonic()))
         look()
 
-    def run_until(self, done: threading.Event, timeout: float = 10) -> None:
-        """Run each look as it falls due until ``done`` (the look re-arms while it waits)."""
+    def run_until(self, done: Callable[[], bool], timeout: float = 10) -> None:
+        """Run each look as it falls due until ``done()`` (a look re-arms while it waits)."""
         deadline = time.monotonic() + timeout
-        while not done.is_set():
+        while not done():
             assert time.monotonic() < deadline, "the looks never served the job"
             if self.armed:
                 self.run()
             else:
-                done.wait(0.01)
+                time.sleep(0.01)
 
 
 def test_a_lazy_pool_leaves_jobs_to_its_awake_thread_until_that_one_is_long_in_a_job() -> None:
@@ -638,7 +638,7 @@ def test_a_lazy_pool_leaves_jobs_to_its_awake_thread_until_that_one_is_long_in_a
     pool.submit(blocks)
     assert started.wait(10)
     pool.submit(second_ran.set)
-    looks.run_until(second_ran)
+    looks.run_until(second_ran.is_set)
     assert _threads_named("lazy-") == 2
     release.set()
     pool.shutdown()
@@ -661,7 +661,7 @@ def test_a_late_look_counts_a_job_blocked_only_past_twice_its_lateness() -> None
     looks.run(late_s=1.0)  # its job is ~1 s old then: under LAZY_S + 2 x 1 s
     assert _threads_named("late-") == 1, "a late look took a thread waiting its turn as blocked"
     assert len(looks) == 1  # it looks again
-    looks.run_until(second_ran)  # on time, the blocked job is served
+    looks.run_until(second_ran.is_set)  # on time, the blocked job is served
     release.set()
     pool.shutdown()
 
@@ -684,6 +684,34 @@ def test_a_lazy_pool_leaves_jobs_to_a_thread_handing_its_outcome_on_however_long
     assert _threads_named("handing-") == 1, "a thread started behind one handing on"
     release.set()
     assert queued_ran.wait(10)
+    pool.shutdown()
+
+
+def test_a_lazy_pool_wakes_an_idle_thread_for_a_job_behind_one_handing_on() -> None:
+    # An idle thread sat while a job waited for as long as the thread ahead handed its outcome
+    # on (a run's step that may wait on another process's write lock).
+    looks = Looks()
+    pool = Workers(8, "idle-", call_later=looks.call_later)
+    release, handing, ran = threading.Event(), threading.Event(), threading.Event()
+    blocked = [threading.Event(), threading.Event()]
+    for gate in blocked:  # two threads, both idle afterwards
+        pool.submit(lambda gate=gate: gate.wait(30))
+    looks.run_until(lambda: _threads_named("idle-") == 2)
+    for gate in blocked:
+        gate.set()
+    pool.join(10)
+
+    def hands_on_slowly() -> None:
+        with pool.handing_on():
+            handing.set()
+            release.wait(30)
+
+    pool.submit(hands_on_slowly)
+    assert handing.wait(10)
+    pool.submit(ran.set)
+    looks.run_until(ran.is_set)
+    assert _threads_named("idle-") == 2  # woken, not started
+    release.set()
     pool.shutdown()
 
 

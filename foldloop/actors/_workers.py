@@ -126,10 +126,10 @@ class Workers:
             started = self._serve(lazily=False)
         self._start(started)
 
-    def _serve(self, *, lazily: bool) -> int:
-        """(Lock held.) Wake idle threads or count new ones (up to the bound) for the jobs
-        queued; a lazy pool, while one of its threads is awake, leaves them to it and looks
-        again in LAZY_S. Returns how many threads to start."""
+    def _serve(self, *, lazily: bool, grow: bool = True) -> int:
+        """(Lock held.) Wake idle threads or count new ones (up to the bound; none unless
+        ``grow``) for the jobs queued; a lazy pool, while one of its threads is awake, leaves
+        them to it and looks again in LAZY_S. Returns how many threads to start."""
         sleepers = self._sleepers
         if lazily and self._call_later is not None and self._threads > len(sleepers):
             self._arm_check()
@@ -138,7 +138,7 @@ class Workers:
         woken = max(0, min(wanted, len(sleepers)))
         for _ in range(woken):
             sleepers.popitem()[0].release()  # the last to sleep: the others may time out
-        new = max(0, min(wanted - woken, self._limit - self._threads))
+        new = max(0, min(wanted - woken, self._limit - self._threads)) if grow else 0
         self._threads += new
         self._coming += woken + new
         return new
@@ -165,7 +165,8 @@ class Workers:
         """Serve the jobs still waiting if every awake thread has been in its job LAZY_S past
         twice the look's own lateness: a look late by that much says this process's threads
         wait that long for the interpreter lock, and a thread waiting for it is not blocked
-        (in a busy fleet a trivial tool's pool grew to eight threads on LAZY_S alone)."""
+        (in a busy fleet a trivial tool's pool grew to eight threads on LAZY_S alone). Behind
+        a thread handing its outcome on, idle threads are woken, and none started."""
         with self._lock:
             self._check_armed = False
             if self._closed or not self._jobs:
@@ -173,10 +174,14 @@ class Workers:
             now = time.monotonic()
             since = now - LAZY_S - 2 * max(0.0, now - self._check_due)
             awake = self._threads - len(self._sleepers)
-            if awake > len(self._took_at) or any(t > since for t in self._took_at.values()):
+            took = self._took_at.values()
+            if awake > len(self._took_at) or any(since < t < math.inf for t in took):
                 self._arm_check()  # one is starting, or taking job after job: it reaches them
                 return
-            started = self._serve(lazily=False)
+            handing = math.inf in took  # its step may be long; the jobs are no reason to grow
+            started = self._serve(lazily=False, grow=not handing)
+            if len(self._jobs) > self._coming:
+                self._arm_check()
         self._start(started)
 
     def _start(self, count: int) -> None:
