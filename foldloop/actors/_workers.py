@@ -73,8 +73,7 @@ class Workers:
         self._call_later = call_later
         self._took_at: dict[int, float] = {}
         """When each awake thread (by ident) took its job (lazy pools only)."""
-        self._check_armed = False
-        self._check_due = 0.0  # when the look armed is due (time.monotonic())
+        self._check_due: float | None = None  # when the look armed is due (monotonic)
 
     def submit(self, job: Callable[[], object]) -> None:
         """Queue ``job``; wake or start a thread for it if it needs one and the bound allows.
@@ -156,8 +155,7 @@ class Workers:
 
     def _arm_check(self) -> None:
         """(Lock held.) Look again in LAZY_S, in case no submit comes to."""
-        if not self._check_armed and self._call_later is not None:
-            self._check_armed = True
+        if self._check_due is None and self._call_later is not None:
             self._check_due = time.monotonic() + LAZY_S
             self._call_later(LAZY_S, self._check)
 
@@ -168,11 +166,11 @@ class Workers:
         (in a busy fleet a trivial tool's pool grew to eight threads on LAZY_S alone). Behind
         a thread handing its outcome on, idle threads are woken, and none started."""
         with self._lock:
-            self._check_armed = False
+            due, self._check_due = self._check_due or 0.0, None
             if self._closed or not self._jobs:
                 return
             now = time.monotonic()
-            since = now - LAZY_S - 2 * max(0.0, now - self._check_due)
+            since = now - LAZY_S - 2 * max(0.0, now - due)
             awake = self._threads - len(self._sleepers)
             took = self._took_at.values()
             if awake > len(self._took_at) or any(since < t < math.inf for t in took):
@@ -180,7 +178,7 @@ class Workers:
                 return
             handing = math.inf in took  # its step may be long; the jobs are no reason to grow
             started = self._serve(lazily=False, grow=not handing)
-            if len(self._jobs) > self._coming:
+            if handing and len(self._jobs) > self._coming:  # none woken for them: look again
                 self._arm_check()
         self._start(started)
 

@@ -14,13 +14,14 @@ from typing import Any
 from foldloop.errors import CorruptRecord
 from foldloop.store._env import Tables
 from foldloop.store._framing import pack_run, unpack_run
+from foldloop.store._tail import KEPT_HEADS
 
 __all__ = ["KEPT", "RunNumbers"]
 
-KEPT = 65_536
+KEPT = KEPT_HEADS
 """Run numbers a process keeps cached (a run's number is read from LMDB when not): a
-fleet's runs in flight, as ``KEPT_HEADS`` (fewer, and a fleet stepping through them all
-starts the cache over again and again, reading each number at each append); ~10 MiB full."""
+fleet's runs in flight, as the heads (fewer, and a fleet stepping through them all starts
+the cache over again and again, reading each number at each append); ~10 MiB full."""
 
 
 class RunNumbers:
